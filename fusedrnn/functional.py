@@ -1,0 +1,87 @@
+"""The stack driver: layers × directions on top of a backend's layer op.
+
+The modules in :mod:`fusedrnn.modules` validate arguments the way torch.nn does
+and then call :func:`rnn_stack`, which owns everything between one layer op
+and the next: splitting the flat weight list, feeding each layer the previous
+layer's output, concatenating the two directions, inter-layer dropout, and
+stacking the final states into torch.nn's ``[L*D, B, H]`` layout.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def weights_per_direction(has_bias: bool, proj_size: int) -> int:
+    return 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
+
+
+def split_weights(
+    flat: list[Tensor], has_bias: bool, proj_size: int
+) -> list[tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+    """torch.nn's flat weight order → (w_ih, w_hh, b_ih, b_hh, w_hr) per layer×direction."""
+    k = weights_per_direction(has_bias, proj_size)
+    out = []
+    for i in range(0, len(flat), k):
+        group = flat[i : i + k]
+        w_ih, w_hh = group[0], group[1]
+        b_ih, b_hh = (group[2], group[3]) if has_bias else (None, None)
+        w_hr = group[-1] if proj_size > 0 else None
+        out.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+    return out
+
+
+def rnn_stack(
+    backend: ModuleType,
+    cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
+    x: Tensor,  # [T, B, I] time-major, or packed data [N, I]
+    hx: Tensor,  # [L*D, B, Hout]
+    cx: Tensor | None,  # [L*D, B, H] (LSTM only)
+    flat_weights: list[Tensor],  # torch.nn order, see split_weights
+    num_layers: int,
+    bidirectional: bool,
+    has_bias: bool,
+    proj_size: int,
+    dropout: float,
+    training: bool,
+    batch_sizes: Tensor | None,  # [T] int64 CPU, packed input only
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Returns output ([T, B, D*Hout] or packed [N, D*Hout]), h_n, c_n."""
+    dirs = 2 if bidirectional else 1
+    weights = split_weights(flat_weights, has_bias, proj_size)
+    h_n: list[Tensor] = []
+    c_n: list[Tensor] = []
+    layer_in = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            idx = layer * dirs + d
+            w_ih, w_hh, b_ih, b_hh, w_hr = weights[idx]
+            y, h, c = backend.layer(
+                cell,
+                layer_in,
+                hx[idx],
+                cx[idx] if cx is not None else None,
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+                w_hr,
+                batch_sizes,
+                d == 1,
+            )
+            outs.append(y)
+            h_n.append(h)
+            if c is not None:
+                c_n.append(c)
+        layer_out = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_out = F.dropout(layer_out, p=dropout, training=True)
+        layer_in = layer_out
+    return layer_in, torch.stack(h_n), torch.stack(c_n) if cx is not None else None

@@ -1,0 +1,682 @@
+"""Drop-in replacements for torch.nn.LSTM / GRU / RNN and their cells.
+
+Constructor arguments (and their positional order), parameter names, shapes,
+registration order, initialisation, gate order, outputs and error messages
+follow torch.nn, so a ``state_dict`` moves between the two in both directions
+with no converter. The one addition is the keyword-only ``backend=``.
+
+Design decision: the classes subclass :class:`torch.nn.Module`, not
+``torch.nn.RNNBase``. ``isinstance(m, torch.nn.LSTM)`` is therefore False, but
+TorchDynamo graph-breaks on every ``nn.RNNBase`` subclass, and staying outside
+that hierarchy is what keeps ``torch.compile(fullgraph=True)`` possible.
+
+Weights are read with ``getattr`` at every call (no cached flat list), so
+``optimizer.step()``, ``load_state_dict``, ``.to()``, reassigning a weight,
+``torch.func.functional_call`` and parametrizations are always seen.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn import init
+from torch.nn.utils.rnn import PackedSequence
+
+from . import backends
+from .functional import MODES, rnn_stack
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
+    return tensor.index_select(dim, permutation)
+
+
+def _check_seq_len(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:
+    seq_len = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
+    if seq_len == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+
+class RNNBase(nn.Module):
+    """Shared machinery of LSTM, GRU and RNN (mirrors ``torch.nn.RNNBase``)."""
+
+    mode: str
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.backend = backend
+        num_directions = 2 if bidirectional else 1
+
+        if (
+            not isinstance(dropout, numbers.Number)
+            or not 0 <= dropout <= 1
+            or isinstance(dropout, bool)
+        ):
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the "
+                "probability of an element being zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so "
+                "non-zero dropout expects num_layers greater than 1, but got "
+                f"dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        if not isinstance(batch_first, bool):
+            raise TypeError(
+                f"batch_first should be of type bool, got: {type(batch_first).__name__}"
+            )
+        if not isinstance(input_size, int):
+            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError(
+                "proj_size should be a positive integer or zero to disable projections"
+            )
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if mode not in _GATES:
+            raise ValueError("Unrecognized RNN mode: " + mode)
+        if backend is not None and backend not in backends.BACKENDS:
+            raise ValueError(
+                f"unknown fusedrnn backend {backend!r}; choose from {backends.BACKENDS}"
+            )
+
+        gate_size = _GATES[mode] * hidden_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = [
+                    ("weight_ih", (gate_size, layer_input_size)),
+                    ("weight_hh", (gate_size, real_hidden_size)),
+                ]
+                if bias:
+                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
+                names = []
+                for stem, shape in shapes:
+                    name = f"{stem}_l{layer}{suffix}"
+                    self.register_parameter(
+                        name, nn.Parameter(torch.empty(shape, **factory_kwargs))
+                    )
+                    names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # -- torch.nn.RNNBase compatibility -------------------------------------------------
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        # Looked up at every access: never stale (functional_call, parametrizations, ...).
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept for compatibility: fusedrnn reads the weights where they are."""
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        if self.backend is not None:
+            s += ", backend={backend!r}"
+        return s.format(**self.__dict__)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", None)
+
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        weight_dtype = getattr(self, self._flat_weights_names[0]).dtype
+        if input.dtype != weight_dtype and not torch.is_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype "
+                f"({weight_dtype}). Convert input: input.to({weight_dtype}), "
+                f"or convert model: model.to({input.dtype})"
+            )
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_input_dim:
+            raise RuntimeError(
+                f"input must have {expected_input_dim} dimensions, got {input.dim()}"
+            )
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                "input.size(-1) must be equal to input_size. "
+                f"Expected {self.input_size}, got {input.size(-1)}"
+            )
+
+    def get_expected_hidden_size(
+        self, input: Tensor, batch_sizes: Tensor | None
+    ) -> tuple[int, int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (self.num_layers * num_directions, mini_batch, real_hidden_size)
+
+    def check_hidden_size(
+        self,
+        hx: Tensor,
+        expected_hidden_size: tuple[int, int, int],
+        msg: str = "Expected hidden size {}, got {}",
+    ) -> None:
+        if hx.size() != expected_hidden_size:
+            raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(self, input: Tensor, hidden: Tensor, batch_sizes: Tensor | None):
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+
+    def permute_hidden(self, hx: Tensor, permutation: Tensor | None) -> Tensor:
+        if permutation is None:
+            return hx
+        return _apply_permutation(hx, permutation)
+
+    # -- the shared forward ---------------------------------------------------------------
+
+    def _run(
+        self,
+        input: Tensor,  # [T, B, I] (batch_first already undone) or packed data [N, I]
+        hx: Tensor,  # [L*D, B, Hout]
+        cx: Tensor | None,  # [L*D, B, H]
+        batch_sizes: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        name = backends.resolve(self.backend, input.device.type)
+        return rnn_stack(
+            backends.get(name),
+            MODES[self.mode],
+            input,
+            hx,
+            cx,
+            self._flat_weights,
+            self.num_layers,
+            self.bidirectional,
+            self.bias,
+            self.proj_size,
+            self.dropout,
+            self.training,
+            batch_sizes,
+        )
+
+    def _unpack_input(self, input, hx, is_lstm: bool):
+        """torch.nn's input handling: PackedSequence, unbatched 2-D, batch_first.
+
+        Returns (input [T,B,I] or packed data, hx, batch_sizes, sorted_indices,
+        unsorted_indices, is_batched)."""
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            return data, hx, batch_sizes, sorted_indices, unsorted_indices, True
+        if input.dim() not in (2, 3):
+            prefix = "RNN" if self.mode.startswith("RNN") else self.mode
+            tail = " tensor instead" if prefix == "RNN" else " instead"
+            raise ValueError(f"{prefix}: Expected input to be 2D or 3D, got {input.dim()}D{tail}")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if is_lstm:
+                    if hx[0].dim() != 2 or hx[1].dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+                else:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx should also be 2-D but got "
+                            f"{hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+        elif hx is not None:
+            if is_lstm:
+                if hx[0].dim() != 3 or hx[1].dim() != 3:
+                    raise RuntimeError(
+                        "For batched 3-D input, hx and cx should also be 3-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
+            elif hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+        return input, hx, None, None, None, is_batched
+
+    def _time_major(self, input: Tensor, batch_sizes: Tensor | None) -> Tensor:
+        if batch_sizes is None and self.batch_first:
+            return input.transpose(0, 1)
+        return input
+
+    def _output(self, output, batch_sizes, sorted_indices, unsorted_indices, is_batched):
+        if batch_sizes is not None:
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+        return output
+
+
+class RNN(RNNBase):
+    """Drop-in ``torch.nn.RNN`` (Elman RNN, tanh or relu) with fused kernels."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
+        super().__init__(mode, *args, **kwargs)
+
+    def forward(self, input, hx: Tensor | None = None):
+        return _forward_single_state(self, input, hx)
+
+
+class GRU(RNNBase):
+    """Drop-in ``torch.nn.GRU`` with fused kernels (gate rows r, z, n)."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def forward(self, input, hx: Tensor | None = None):
+        return _forward_single_state(self, input, hx)
+
+
+def _forward_single_state(self: RNNBase, input, hx):
+    """GRU / RNN forward: one state tensor."""
+    orig_is_packed = isinstance(input, PackedSequence)
+    input, hx, batch_sizes, sorted_indices, unsorted_indices, is_batched = self._unpack_input(
+        input, hx, is_lstm=False
+    )
+    num_directions = 2 if self.bidirectional else 1
+    if batch_sizes is not None:
+        max_batch_size = int(batch_sizes[0])
+    else:
+        max_batch_size = input.size(0) if self.batch_first else input.size(1)
+    if hx is None:
+        hx = torch.zeros(
+            self.num_layers * num_directions,
+            max_batch_size,
+            self.hidden_size,
+            dtype=input.dtype,
+            device=input.device,
+        )
+    else:
+        hx = self.permute_hidden(hx, sorted_indices)
+    self.check_forward_args(input, hx, batch_sizes)
+    _check_seq_len(input, batch_sizes, self.batch_first)
+    input = self._time_major(input, batch_sizes)
+    output, h_n, _ = self._run(input, hx, None, batch_sizes)
+    output = self._output(output, batch_sizes, sorted_indices, unsorted_indices, is_batched)
+    if not orig_is_packed and not is_batched:
+        h_n = h_n.squeeze(1)
+    return output, self.permute_hidden(h_n, unsorted_indices)
+
+
+class LSTM(RNNBase):
+    """Drop-in ``torch.nn.LSTM`` with fused kernels (gate rows i, f, g, o)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    def get_expected_cell_size(
+        self, input: Tensor, batch_sizes: Tensor | None
+    ) -> tuple[int, int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+        num_directions = 2 if self.bidirectional else 1
+        return (self.num_layers * num_directions, mini_batch, self.hidden_size)
+
+    def check_forward_args(self, input, hidden, batch_sizes):  # type: ignore[override]
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(
+            hidden[0],
+            self.get_expected_hidden_size(input, batch_sizes),
+            "Expected hidden[0] size {}, got {}",
+        )
+        self.check_hidden_size(
+            hidden[1],
+            self.get_expected_cell_size(input, batch_sizes),
+            "Expected hidden[1] size {}, got {}",
+        )
+
+    def permute_hidden(self, hx, permutation):  # type: ignore[override]
+        if permutation is None:
+            return hx
+        return _apply_permutation(hx[0], permutation), _apply_permutation(hx[1], permutation)
+
+    def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
+        orig_is_packed = isinstance(input, PackedSequence)
+        input, hx, batch_sizes, sorted_indices, unsorted_indices, is_batched = self._unpack_input(
+            input, hx, is_lstm=True
+        )
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if hx is None:
+            if batch_sizes is not None:
+                max_batch_size = int(batch_sizes[0])
+            else:
+                max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            shape = (self.num_layers * num_directions, max_batch_size)
+            kw = {"dtype": input.dtype, "device": input.device}
+            hx = (
+                torch.zeros(*shape, real_hidden_size, **kw),
+                torch.zeros(*shape, self.hidden_size, **kw),
+            )
+        hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(input, hx, batch_sizes)
+        _check_seq_len(input, batch_sizes, self.batch_first)
+        input = self._time_major(input, batch_sizes)
+        output, h_n, c_n = self._run(input, hx[0], hx[1], batch_sizes)
+        output = self._output(output, batch_sizes, sorted_indices, unsorted_indices, is_batched)
+        if not orig_is_packed and not is_batched:
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, self.permute_hidden((h_n, c_n), unsorted_indices)
+
+
+# -- cells ------------------------------------------------------------------------------
+
+
+class RNNCellBase(nn.Module):
+    """Shared machinery of the cells (mirrors ``torch.nn.RNNCellBase``)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        num_chunks: int,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.backend = backend
+        if backend is not None and backend not in backends.BACKENDS:
+            raise ValueError(
+                f"unknown fusedrnn backend {backend!r}; choose from {backends.BACKENDS}"
+            )
+        self.weight_ih = nn.Parameter(
+            torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs)
+        )
+        self.weight_hh = nn.Parameter(
+            torch.empty((num_chunks * hidden_size, hidden_size), **factory_kwargs)
+        )
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+            self.bias_hh = nn.Parameter(torch.empty(num_chunks * hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if "bias" in self.__dict__ and self.bias is not True:
+            s += ", bias={bias}"
+        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        if self.backend is not None:
+            s += ", backend={backend!r}"
+        return s.format(**self.__dict__)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", None)
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def _check(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
+        """The checks torch's cell kernels make, with their messages."""
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
+            )
+        for i, h in enumerate(states):
+            if input.size(0) != h.size(0):
+                raise RuntimeError(
+                    f"Input batch size {input.size(0)} doesn't match hidden{i} "
+                    f"batch size {h.size(0)}"
+                )
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, "
+                    f"expected {self.hidden_size}"
+                )
+        for t in (self.weight_hh, *states):
+            if t.dtype != input.dtype:
+                raise RuntimeError(
+                    "mat1 and mat2 must have the same dtype, but got "
+                    f"{_dtype_name(input.dtype)} and {_dtype_name(t.dtype)}"
+                )
+
+    def _step(self, cell: str, input: Tensor, h: Tensor, c: Tensor | None):
+        """One step through the layer op: a sequence of length one."""
+        backend = backends.get(backends.resolve(self.backend, input.device.type))
+        _, h_n, c_n = backend.layer(
+            cell,
+            input.unsqueeze(0),
+            h,
+            c,
+            self.weight_ih,
+            self.weight_hh,
+            self.bias_ih,
+            self.bias_hh,
+            None,
+            None,
+            False,
+        )
+        return h_n, c_n
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {
+        torch.float32: "Float",
+        torch.float64: "Double",
+        torch.float16: "Half",
+        torch.bfloat16: "BFloat16",
+    }.get(dtype, str(dtype))
+
+
+class RNNCell(RNNCellBase):
+    """Drop-in ``torch.nn.RNNCell``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype, backend=backend)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(
+                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
+            )
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        self._check(input, (hx,))
+        cell = "rnn_tanh" if self.nonlinearity == "tanh" else "rnn_relu"
+        h, _ = self._step(cell, input, hx, None)
+        return h if is_batched else h.squeeze(0)
+
+
+class GRUCell(RNNCellBase):
+    """Drop-in ``torch.nn.GRUCell``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(
+                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
+            )
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        self._check(input, (hx,))
+        h, _ = self._step("gru", input, hx, None)
+        return h if is_batched else h.squeeze(0)
+
+
+class LSTMCell(RNNCellBase):
+    """Drop-in ``torch.nn.LSTMCell``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend=backend)
+
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
+                    )
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(
+                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
+            )
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        self._check(input, tuple(hx))
+        h, c = self._step("lstm", input, hx[0], hx[1])
+        if not is_batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
