@@ -36,6 +36,14 @@ def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Ten
     return tensor.index_select(dim, permutation)
 
 
+def _promote_cell_state(c: Tensor, dtype: torch.dtype) -> Tensor:
+    """torch.nn uses c only elementwise, so a c of a narrower dtype is promoted, exactly;
+    doing that up front keeps mixed dtypes away from the backends."""
+    if c.dtype != dtype and torch.promote_types(c.dtype, dtype) == dtype:
+        return c.to(dtype)
+    return c
+
+
 def _check_seq_len(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:
     seq_len = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     if seq_len == 0:
@@ -192,7 +200,7 @@ class RNNBase(nn.Module):
 
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         weight_dtype = getattr(self, self._flat_weights_names[0]).dtype
-        if input.dtype != weight_dtype and not torch.is_autocast_enabled():
+        if input.dtype != weight_dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype "
                 f"({weight_dtype}). Convert input: input.to({weight_dtype}), "
@@ -445,9 +453,13 @@ class LSTM(RNNBase):
             )
         hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
+        if len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
         _check_seq_len(input, batch_sizes, self.batch_first)
         input = self._time_major(input, batch_sizes)
-        output, h_n, c_n = self._run(input, hx[0], hx[1], batch_sizes)
+        output, h_n, c_n = self._run(
+            input, hx[0], _promote_cell_state(hx[1], input.dtype), batch_sizes
+        )
         output = self._output(output, batch_sizes, sorted_indices, unsorted_indices, is_batched)
         if not orig_is_packed and not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
@@ -531,11 +543,13 @@ class RNNCellBase(nn.Module):
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, "
                     f"expected {self.hidden_size}"
                 )
-        for t in (self.weight_hh, *states):
-            if t.dtype != input.dtype:
+        # torch's cells fail in their two matmuls (input @ W_ih^T, then h @ W_hh^T); c is
+        # only used elementwise, so a c of another dtype is promoted, not rejected.
+        for mat1, mat2 in ((input, self.weight_ih), (states[0], self.weight_hh)):
+            if mat1.dtype != mat2.dtype:
                 raise RuntimeError(
                     "mat1 and mat2 must have the same dtype, but got "
-                    f"{_dtype_name(input.dtype)} and {_dtype_name(t.dtype)}"
+                    f"{_dtype_name(mat1.dtype)} and {_dtype_name(mat2.dtype)}"
                 )
 
     def _step(self, cell: str, input: Tensor, h: Tensor, c: Tensor | None):
@@ -675,8 +689,15 @@ class LSTMCell(RNNCellBase):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        if not isinstance(hx, (tuple, list)):
+            raise TypeError(
+                "lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
+                f"not {type(hx).__name__}"
+            )
+        if len(hx) != 2:
+            raise RuntimeError("lstm_cell expects two hidden states")
         self._check(input, tuple(hx))
-        h, c = self._step("lstm", input, hx[0], hx[1])
+        h, c = self._step("lstm", input, hx[0], _promote_cell_state(hx[1], input.dtype))
         if not is_batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c

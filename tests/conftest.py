@@ -1,0 +1,80 @@
+"""Shared fixtures for the fusedrnn test suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusedrnn
+
+# Backends that run on CPU tensors in the ordinary test run. Triton under the
+# interpreter is slow and is covered by its own tests.
+CPU_BACKENDS = [name for name in fusedrnn.available_backends("cpu") if name != "triton"]
+
+# Tolerances for comparing with torch.nn (same weights, same data).
+TOLERANCES = {
+    torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+    torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same random state, so failures reproduce."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``: tiny tensors
+    run fastest, and steadiest on a shared machine, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def cpu_backend(request) -> str:
+    """Each backend that can run on CPU tensors here (always "reference")."""
+    return request.param
+
+
+@pytest.fixture
+def tol():
+    """dtype -> dict(rtol=..., atol=...) for comparisons with torch.nn."""
+    return TOLERANCES.__getitem__
+
+
+@pytest.fixture
+def rnn_pair():
+    """Factory: (torch.nn module, fusedrnn module) with identical weights.
+
+    ``rnn_pair("LSTM", 3, 5, num_layers=2, backend="reference", dtype=torch.float64)``
+    builds the torch.nn module, then the fusedrnn one loaded from its state_dict.
+    """
+
+    def make(cls: str, *args, backend: str = "reference", dtype=torch.float64, **kwargs):
+        ref = getattr(torch.nn, cls)(*args, **kwargs).to(dtype)
+        mod = getattr(fusedrnn, cls)(*args, backend=backend, **kwargs).to(dtype)
+        mod.load_state_dict(ref.state_dict())
+        return ref, mod
+
+    return make
+
+
+@pytest.fixture
+def same_error():
+    """Run ``fn(torch.nn)`` and ``fn(fusedrnn)``; assert both raise the same exception
+    type with the same message, and return that exception."""
+
+    def check(fn, expected: type[BaseException] = Exception) -> BaseException:
+        with pytest.raises(expected) as ref_info:
+            fn(torch.nn)
+        with pytest.raises(expected) as mod_info:
+            fn(fusedrnn)
+        assert type(mod_info.value) is type(ref_info.value)
+        assert str(mod_info.value) == str(ref_info.value)
+        return mod_info.value
+
+    return check

@@ -1,0 +1,195 @@
+"""Backend selection from the modules: explicit backend=, FUSEDRNN_BACKEND, automatic
+choice, clear errors for unknown or unavailable backends, and an import that never
+touches a GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import backends
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No FUSEDRNN_BACKEND / TRITON_INTERPRET from the caller's shell, and the
+    one-time fallback warning re-armed."""
+    monkeypatch.delenv("FUSEDRNN_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(backends, "_warned_fallback", False)
+    return monkeypatch
+
+
+def _unavailable(device="cpu"):
+    """Names of known backends that cannot run on ``device`` here."""
+    return [n for n in backends.BACKENDS if n not in fusedrnn.available_backends(device)]
+
+
+def test_available_backends_lists_reference():
+    names = fusedrnn.available_backends()
+    assert "reference" in names
+    assert set(names) <= set(backends.BACKENDS)
+    assert "reference" in fusedrnn.available_backends("cpu")
+    assert "reference" in fusedrnn.available_backends(torch.device("cpu"))
+    assert set(fusedrnn.available_backends("cpu")) <= set(names)
+    assert "cpu" not in fusedrnn.available_backends("cuda")
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_explicit_reference_backend_runs(cls, clean_env):
+    clean_env.setenv("FUSEDRNN_BACKEND", "cuda")  # explicit backend= wins over the env var
+    mod = getattr(fusedrnn, cls)(3, 4, backend="reference")
+    x = torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning for an explicit choice
+        mod(x)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRUCell"])
+def test_env_var_is_honoured(cls, clean_env):
+    mod = getattr(fusedrnn, cls)(3, 4)
+    x = torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
+    clean_env.setenv("FUSEDRNN_BACKEND", "reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mod(x)
+    assert backends.resolve(None, torch.device("cpu")) == "reference"
+    clean_env.setenv("FUSEDRNN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="unknown fusedrnn backend 'bogus'"):
+        mod(x)
+    for name in _unavailable():
+        clean_env.setenv("FUSEDRNN_BACKEND", name)
+        with pytest.raises(fusedrnn.BackendUnavailableError, match=name):
+            mod(x)
+    clean_env.setenv("FUSEDRNN_BACKEND", "")  # empty means unset
+    assert backends.resolve(None, torch.device("cpu")) in ("cpu", "reference")
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "RNNCell"])
+def test_unknown_backend_name_is_a_value_error(cls, clean_env):
+    with pytest.raises(ValueError, match=r"unknown fusedrnn backend 'fast'; choose from"):
+        getattr(fusedrnn, cls)(3, 4, backend="fast")
+    with pytest.raises(ValueError, match="unknown fusedrnn backend"):
+        backends.resolve("fast", torch.device("cpu"))
+
+
+def test_unavailable_backend_error_says_how_to_get_it(clean_env):
+    if "cuda" in fusedrnn.available_backends():
+        pytest.skip("the CUDA extension is built here")
+    mod = fusedrnn.LSTM(3, 4, backend="cuda")
+    with pytest.raises(fusedrnn.BackendUnavailableError) as info:
+        mod(torch.randn(5, 2, 3))
+    message = str(info.value)
+    assert "'cuda'" in message and "not available" in message
+    assert "pip install" in message and "nvcc" in message
+    assert issubclass(fusedrnn.BackendUnavailableError, RuntimeError)
+    cell = fusedrnn.GRUCell(3, 4, backend="cuda")
+    with pytest.raises(fusedrnn.BackendUnavailableError, match="pip install"):
+        cell(torch.randn(2, 3))
+
+
+def test_every_unavailable_backend_is_a_clear_error(clean_env):
+    for name in _unavailable("cpu"):
+        mod = fusedrnn.GRU(3, 4, backend=name)
+        with pytest.raises(fusedrnn.BackendUnavailableError, match=f"fusedrnn backend '{name}'"):
+            mod(torch.randn(5, 2, 3))
+
+
+def test_cpu_backend_missing_or_used(clean_env):
+    mod = fusedrnn.RNN(3, 4, backend="cpu")
+    if "cpu" in fusedrnn.available_backends():
+        ref = fusedrnn.RNN(3, 4, backend="reference")
+        ref.load_state_dict(mod.state_dict())
+        x = torch.randn(5, 2, 3)
+        torch.testing.assert_close(mod(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+    else:
+        with pytest.raises(fusedrnn.BackendUnavailableError, match="fusedrnn._C was not built"):
+            mod(torch.randn(5, 2, 3))
+
+
+def test_automatic_choice_on_cpu(clean_env):
+    mod = fusedrnn.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    if "cpu" in fusedrnn.available_backends():
+        assert backends.resolve(None, torch.device("cpu")) == "cpu"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            mod(x)
+    else:
+        with pytest.warns(UserWarning, match="reference backend") as record:
+            mod(x)
+        assert len(record) == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # only once per process
+            mod(x)
+        assert backends.resolve(None, torch.device("cpu")) == "reference"
+
+
+def test_backend_attribute_can_change_between_calls(clean_env):
+    mod = fusedrnn.LSTM(3, 4)
+    mod.backend = "reference"
+    x = torch.randn(5, 2, 3)
+    out = mod(x)[0]
+    for name in _unavailable():
+        mod.backend = name
+        with pytest.raises(fusedrnn.BackendUnavailableError):
+            mod(x)
+    mod.backend = "reference"
+    torch.testing.assert_close(mod(x)[0], out, rtol=0, atol=0)
+
+
+_SUBPROCESS = textwrap.dedent(
+    """
+    import sys
+    import torch
+
+    def triton_driver_created():
+        # importing triton (torch._dynamo does) loads its driver modules; what must not
+        # happen is creating the driver, which probes CUDA
+        config = getattr(sys.modules.get("triton.runtime.driver"), "driver", None)
+        return config is not None and (config._default or config._active) is not None
+
+    import fusedrnn
+    assert not torch.cuda.is_initialized(), "import initialised CUDA"
+    assert not triton_driver_created(), "import created triton's GPU driver"
+    assert "fusedrnn._C" not in sys.modules and "fusedrnn._C_cuda" not in sys.modules
+    x = torch.randn(4, 2, 3)
+    for cls in (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN):
+        cls(3, 5)(x)  # automatic choice
+    fusedrnn.LSTMCell(3, 5)(x[0])
+    assert not torch.cuda.is_initialized(), "a CPU forward initialised CUDA"
+    names = fusedrnn.available_backends()
+    assert "reference" in names, names
+    assert not torch.cuda.is_initialized(), "probing backends initialised CUDA"
+    assert not triton_driver_created(), "probing backends created triton's GPU driver"
+    print("ok", names)
+    """
+)
+
+
+def test_import_never_touches_a_gpu():
+    env = {k: v for k, v in os.environ.items() if k not in ("FUSEDRNN_BACKEND", "TRITON_INTERPRET")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _SUBPROCESS],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok")

@@ -1,0 +1,249 @@
+"""LSTMCell / GRUCell / RNNCell against the torch.nn cells: construction, parameters,
+values and gradients (batched, unbatched, hx None, bias False) and errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CELLS = {
+    "LSTMCell": ("LSTMCell", {}),
+    "GRUCell": ("GRUCell", {}),
+    "RNNCell_tanh": ("RNNCell", {"nonlinearity": "tanh"}),
+    "RNNCell_relu": ("RNNCell", {"nonlinearity": "relu"}),
+}
+I, H, B = 3, 5, 4
+
+
+def _pair(name, backend, dtype=torch.float64, input_size=I, hidden=H, **kwargs):
+    cls, extra = CELLS[name]
+    ref = getattr(nn, cls)(input_size, hidden, **extra, **kwargs).to(dtype)
+    mod = getattr(fusedrnn, cls)(input_size, hidden, backend=backend, **extra, **kwargs)
+    mod = mod.to(dtype)
+    mod.load_state_dict(ref.state_dict())
+    return ref, mod
+
+
+def _state(name, lead, hidden=H, dtype=torch.float64):
+    h = torch.randn(*lead, hidden, dtype=dtype)
+    return (h, torch.randn(*lead, hidden, dtype=dtype)) if name == "LSTMCell" else h
+
+
+def _run(cell, x, hx):
+    """Outputs and grads (input, states, parameters) of a random function of them."""
+    x = x.clone().requires_grad_()
+    wrt = [x]
+    if hx is not None:
+        if isinstance(hx, tuple):
+            hx = tuple(h.clone().requires_grad_() for h in hx)
+            wrt += list(hx)
+        else:
+            hx = hx.clone().requires_grad_()
+            wrt.append(hx)
+    out = cell(x, hx)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    gen = torch.Generator().manual_seed(3)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    grads = torch.autograd.grad(loss, wrt + list(cell.parameters()))
+    return [o.detach() for o in outs], list(grads)
+
+
+def _assert_same(ref, mod, x, hx, rtol, atol):
+    ref_outs, ref_grads = _run(ref, x, hx)
+    outs, grads = _run(mod, x, hx)
+    assert isinstance(mod(x, hx), tuple) == isinstance(ref(x, hx), tuple)
+    for i, (a, b) in enumerate(zip(outs, ref_outs, strict=True)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=f"output {i}")
+    for i, (a, b) in enumerate(zip(grads, ref_grads, strict=True)):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=f"gradient {i}")
+
+
+GRID = list(itertools.product(CELLS, (True, False), (True, False), (True, False)))
+
+
+@pytest.mark.parametrize("name,bias,batched,with_hx", GRID)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cell_matches_torch(name, bias, batched, with_hx, dtype, cpu_backend, tol):
+    ref, mod = _pair(name, cpu_backend, dtype, bias=bias)
+    lead = (B,) if batched else ()
+    x = torch.randn(*lead, I, dtype=dtype)
+    hx = _state(name, lead, dtype=dtype) if with_hx else None
+    _assert_same(ref, mod, x, hx, **tol(dtype))
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("batch,input_size,hidden", [(1, 1, 1), (1, 2, 7), (3, 1, 2), (5, 4, 9)])
+def test_cell_awkward_shapes(name, batch, input_size, hidden, cpu_backend):
+    ref, mod = _pair(name, cpu_backend, input_size=input_size, hidden=hidden)
+    x = torch.randn(batch, input_size, dtype=torch.float64)
+    _assert_same(ref, mod, x, _state(name, (batch,), hidden), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_cell_loop_over_time(name, cpu_backend):
+    """Gradients through several chained steps, as a user's own loop would run them."""
+    ref, mod = _pair(name, cpu_backend)
+    xs = torch.randn(6, B, I, dtype=torch.float64)
+    results = []
+    for cell in (ref, mod):
+        x = xs.clone().requires_grad_()
+        state = None
+        total = 0
+        for t in range(x.shape[0]):
+            state = cell(x[t], state)
+            h = state[0] if isinstance(state, tuple) else state
+            total = total + (h * (t + 1)).sum()
+        results.append(torch.autograd.grad(total, [x, *cell.parameters()]))
+    for a, b in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_cell_parameters_init_and_repr(name):
+    cls, extra = CELLS[name]
+    for kwargs in ({}, {"bias": False}, {"dtype": torch.float64}):
+        torch.manual_seed(4)
+        ref = getattr(nn, cls)(I, H, **extra, **kwargs)
+        torch.manual_seed(4)
+        mod = getattr(fusedrnn, cls)(I, H, **extra, **kwargs)
+        assert [(n, p.shape, p.dtype) for n, p in mod.named_parameters()] == [
+            (n, p.shape, p.dtype) for n, p in ref.named_parameters()
+        ]
+        for a, b in zip(mod.parameters(), ref.parameters(), strict=True):
+            assert torch.equal(a, b)
+            assert a.abs().max() <= 1 / math.sqrt(H)
+        assert list(mod.state_dict()) == list(ref.state_dict())
+        assert repr(mod) == repr(ref)
+        assert (mod.bias_ih is None) == (ref.bias_ih is None)
+        for attr in ("input_size", "hidden_size", "bias"):
+            assert getattr(mod, attr) == getattr(ref, attr)
+
+
+def test_rnn_cell_positional_arguments():
+    for args in [
+        (3, 4),
+        (3, 4, False),
+        (3, 4, True, "relu"),
+        (3, 4, False, "tanh", "cpu"),
+        (3, 4, True, "relu", None, torch.float64),
+    ]:
+        ref, mod = nn.RNNCell(*args), fusedrnn.RNNCell(*args)
+        assert (mod.nonlinearity, mod.bias) == (ref.nonlinearity, ref.bias)
+        assert mod.weight_hh.dtype == ref.weight_hh.dtype
+        assert repr(mod) == repr(ref)
+    for cls in ("LSTMCell", "GRUCell"):
+        for args in [(3, 4, False), (3, 4, True, "cpu", torch.float64)]:
+            ref, mod = getattr(nn, cls)(*args), getattr(fusedrnn, cls)(*args)
+            assert [(n, p.dtype) for n, p in mod.named_parameters()] == [
+                (n, p.dtype) for n, p in ref.named_parameters()
+            ]
+    assert fusedrnn.GRUCell(3, 4, backend="reference").backend == "reference"
+    assert repr(fusedrnn.GRUCell(3, 4, backend="reference")) == (
+        "GRUCell(3, 4, backend='reference')"
+    )
+    with pytest.raises(ValueError, match="unknown fusedrnn backend"):
+        fusedrnn.LSTMCell(3, 4, backend="gpu")
+
+
+def _t(*shape, dtype=torch.float64):
+    return torch.randn(shape, dtype=dtype)
+
+
+CELL_ERRORS = [
+    ("input size", lambda n: (_t(3, 11), _state(n, (3,)))),
+    ("hidden size", lambda n: (_t(3, I), _state(n, (3,), H + 1))),
+    ("batch size", lambda n: (_t(3, I), _state(n, (5,)))),
+    ("input 3-D", lambda n: (_t(2, 3, I), None)),
+    ("input 0-D", lambda n: (_t(), None)),
+    ("hidden 3-D", lambda n: (_t(3, I), _state(n, (1, 3)))),
+    ("hidden 4-D", lambda n: (_t(3, I), _state(n, (3, 1, 1)))),
+    ("unbatched input, batched hidden", lambda n: (_t(I), _state(n, (3,)))),
+    ("batched input, unbatched hidden", lambda n: (_t(3, I), _state(n, ()))),
+    ("input dtype", lambda n: (_t(3, I, dtype=torch.float32), None)),
+    ("hidden dtype", lambda n: (_t(3, I), _state(n, (3,), dtype=torch.float32))),
+    ("unbatched input size", lambda n: (_t(I + 1), _state(n, ()))),
+    ("unbatched hidden size", lambda n: (_t(I), _state(n, (), H - 1))),
+]
+LSTM_CELL_ERRORS = [
+    ("c size", lambda: (_t(3, I), (_t(3, H), _t(3, H + 1)))),
+    ("c batch", lambda: (_t(3, I), (_t(3, H), _t(2, H)))),
+    ("c 3-D", lambda: (_t(3, I), (_t(3, H), _t(1, 3, H)))),
+    ("hx a 1-tuple", lambda: (_t(3, I), (_t(3, H),))),
+    ("hx a 3-tuple", lambda: (_t(3, I), (_t(3, H),) * 3)),
+    ("hx a 1-tuple with bad input", lambda: (_t(3, I + 1), (_t(3, H),))),
+    ("unbatched hx a 1-tuple", lambda: (_t(I), (_t(H),))),
+    ("hx a tensor", lambda: (_t(3, I), _t(3, H))),
+]
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("desc,make", CELL_ERRORS, ids=[c[0] for c in CELL_ERRORS])
+def test_cell_errors_match_torch(name, desc, make, same_error):
+    cls, extra = CELLS[name]
+    x, hx = make(name)
+
+    def build(lib):
+        kw = {"backend": "reference"} if lib is fusedrnn else {}
+        return getattr(lib, cls)(I, H, **extra, **kw).double()
+
+    same_error(lambda lib: build(lib)(x, hx))
+
+
+@pytest.mark.parametrize("desc,make", LSTM_CELL_ERRORS, ids=[c[0] for c in LSTM_CELL_ERRORS])
+def test_lstm_cell_state_errors_match_torch(desc, make, same_error):
+    x, hx = make()
+
+    def build(lib):
+        kw = {"backend": "reference"} if lib is fusedrnn else {}
+        return lib.LSTMCell(I, H, **kw).double()
+
+    same_error(lambda lib: build(lib)(x, hx))
+
+
+def test_rnn_cell_unknown_nonlinearity_fails_at_forward(same_error):
+    def run(lib):
+        kw = {"backend": "reference"} if lib is fusedrnn else {}
+        cell = lib.RNNCell(I, H, nonlinearity="gelu", **kw)  # accepted, as in torch.nn
+        return cell(torch.randn(2, I))
+
+    same_error(run, RuntimeError)
+
+
+def test_lstm_cell_promotes_a_cell_state_of_another_dtype(cpu_backend):
+    """torch.nn only multiplies c elementwise, so a float32 c with float64 weights is
+    promoted rather than rejected."""
+    ref, mod = _pair("LSTMCell", cpu_backend)
+    x, h, c = _t(3, I), _t(3, H), _t(3, H, dtype=torch.float32)
+    for a, b in zip(mod(x, (h, c)), ref(x, (h, c)), strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_cell_empty_batch(name, cpu_backend):
+    ref, mod = _pair(name, cpu_backend)
+    x = torch.randn(0, I, dtype=torch.float64)
+    a, b = mod(x), ref(x)
+    for u, v in zip(
+        a if isinstance(a, tuple) else [a], b if isinstance(b, tuple) else [b], strict=True
+    ):
+        assert u.shape == v.shape
+
+
+def test_rnn_cell_nonlinearity_is_read_at_every_call(cpu_backend):
+    ref, mod = _pair("RNNCell_tanh", cpu_backend)
+    x, h = _t(3, I), _t(3, H)
+    for cell in (ref, mod):
+        cell.nonlinearity = "relu"
+    out = mod(x, h)
+    assert (out >= 0).all()
+    torch.testing.assert_close(out, ref(x, h), rtol=1e-12, atol=1e-12)

@@ -1,0 +1,342 @@
+"""Construction of LSTM / GRU / RNN: arguments, validation, parameters, init, repr.
+
+Every check compares with torch.nn built from the same arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+
+CLASSES = ["LSTM", "GRU", "RNN"]
+CONFIG_ATTRS = [
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "bias",
+    "batch_first",
+    "dropout",
+    "bidirectional",
+    "proj_size",
+    "mode",
+]
+
+
+def _build(lib, cls, *args, **kwargs):
+    # backend= is left out so that Python's own argument errors read the same; nothing
+    # here runs a forward pass.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(lib, cls)(*args, **kwargs)
+
+
+def _assert_same_config(ref: nn.Module, mod: nn.Module) -> None:
+    for attr in CONFIG_ATTRS:
+        assert getattr(mod, attr) == getattr(ref, attr), attr
+        assert type(getattr(mod, attr)) is type(getattr(ref, attr)), attr
+    if hasattr(ref, "nonlinearity"):
+        assert mod.nonlinearity == ref.nonlinearity
+
+
+# -- argument forms ---------------------------------------------------------------------
+
+POSITIONAL = {
+    # input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size
+    "LSTM": [
+        (3, 5),
+        (3, 5, 2),
+        (3, 5, 2, False),
+        (3, 5, 2, True, True),
+        (3, 5, 3, True, True, 0.25),
+        (3, 5, 2, False, True, 0.5, True),
+        (3, 5, 2, True, False, 0.0, True, 2),
+        (3, 5, 1, True, False, 0.0, False, 4, "cpu", torch.float64),
+    ],
+    "GRU": [
+        (3, 5),
+        (3, 5, 2),
+        (3, 5, 2, False),
+        (3, 5, 2, True, True),
+        (3, 5, 3, True, True, 0.25),
+        (3, 5, 2, False, True, 0.5, True),
+        # the 8th positional of RNNBase is proj_size; 0 is accepted for GRU and RNN
+        (3, 5, 2, True, False, 0.0, True, 0),
+    ],
+    # RNN takes nonlinearity as its 4th positional argument
+    "RNN": [
+        (3, 5),
+        (3, 5, 2),
+        (3, 5, 2, "relu"),
+        (3, 5, 2, "tanh", False),
+        (3, 5, 2, "relu", True, True),
+        (3, 5, 3, "relu", False, True, 0.25),
+        (3, 5, 2, "tanh", True, False, 0.5, True),
+        (3, 5, 2, "relu", True, False, 0.0, True, 0, "cpu", torch.float64),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "cls,args", [(cls, args) for cls, cases in POSITIONAL.items() for args in cases]
+)
+def test_positional_arguments(cls, args):
+    ref = _build(nn, cls, *args)
+    mod = _build(fusedrnn, cls, *args)
+    _assert_same_config(ref, mod)
+    assert [(n, p.shape, p.dtype) for n, p in mod.named_parameters()] == [
+        (n, p.shape, p.dtype) for n, p in ref.named_parameters()
+    ]
+
+
+KEYWORDS = [
+    ("LSTM", {"input_size": 2, "hidden_size": 7}),
+    ("LSTM", {"input_size": 2, "hidden_size": 7, "num_layers": 3, "proj_size": 3}),
+    ("LSTM", {"input_size": 1, "hidden_size": 1, "bias": False, "batch_first": True}),
+    ("GRU", {"input_size": 2, "hidden_size": 7, "bidirectional": True, "dropout": 0.3}),
+    ("GRU", {"input_size": 4, "hidden_size": 3, "num_layers": 2, "bias": False}),
+    ("RNN", {"input_size": 2, "hidden_size": 7, "nonlinearity": "relu", "num_layers": 2}),
+    ("RNN", {"input_size": 2, "hidden_size": 7, "nonlinearity": "tanh", "batch_first": True}),
+    ("RNN", {"input_size": 2, "hidden_size": 7, "dtype": torch.float64, "device": "cpu"}),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", KEYWORDS)
+def test_keyword_arguments(cls, kwargs):
+    ref = _build(nn, cls, **kwargs)
+    mod = _build(fusedrnn, cls, **kwargs)
+    _assert_same_config(ref, mod)
+    assert [(n, p.shape, p.dtype) for n, p in mod.named_parameters()] == [
+        (n, p.shape, p.dtype) for n, p in ref.named_parameters()
+    ]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_factory_kwargs(cls, dtype):
+    mod = _build(fusedrnn, cls, 3, 4, 2, device=torch.device("cpu"), dtype=dtype)
+    for p in mod.parameters():
+        assert p.dtype == dtype and p.device.type == "cpu"
+    meta = _build(fusedrnn, cls, 3, 4, device="meta", dtype=dtype)
+    assert all(p.is_meta and p.dtype == dtype for p in meta.parameters())
+
+
+def test_default_dtype_is_followed():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        mod = _build(fusedrnn, "GRU", 3, 4)
+    finally:
+        torch.set_default_dtype(old)
+    assert all(p.dtype == torch.float64 for p in mod.parameters())
+
+
+def test_backend_is_keyword_only():
+    with pytest.raises(TypeError):
+        fusedrnn.LSTM(3, 4, 1, True, False, 0.0, False, 0, None, None, "reference")
+    assert fusedrnn.LSTM(3, 4, backend="reference").backend == "reference"
+    assert fusedrnn.LSTM(3, 4).backend is None
+
+
+# -- validation errors: same type and message as torch.nn --------------------------------
+
+BAD_ARGS = [
+    ((4, 0), {}),
+    ((4, -1), {}),
+    ((0, 3), {}),
+    ((-2, 3), {}),
+    ((4.0, 3), {}),
+    ((4, 3.0), {}),
+    (("4", 3), {}),
+    ((4, 3, 0), {}),
+    ((4, 3, -1), {}),
+    ((4, 3, 1.5), {}),
+    ((4, 3), {"num_layers": "2"}),
+    ((4, 3), {"bias": 1}),
+    ((4, 3), {"bias": None}),
+    ((4, 3), {"batch_first": 0}),
+    ((4, 3), {"dropout": 1.5}),
+    ((4, 3), {"dropout": -0.1}),
+    ((4, 3), {"dropout": True}),
+    ((4, 3), {"dropout": "0.1"}),
+    ((4, 3), {"dropout": None}),
+    ((4, 3), {"proj_size": 3}),
+    ((4, 3), {"proj_size": 5}),
+    ((4, 3), {"proj_size": -1}),
+    ((4, 3), {"proj_size": 1.5}),
+    ((4, 3), {"nonlinearity": "relu"}),
+    ((4, 3), {"unknown": 1}),
+    ((4, 3), {"input_size": 4}),
+    ((4, 3), {"dtype": torch.int32}),
+    ((4, 3, 2, "gelu"), {}),
+    ((4, 3, 2, "relu"), {"nonlinearity": "tanh"}),
+    ((4, 3, 1, True, False, 0.0, False, 0, None, None, None), {}),
+    ((4, 3), {"nonlinearity": "sigmoid"}),
+    ((4, 3), {"nonlinearity": None}),
+    ((), {}),
+    ((4,), {}),
+]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("args,kwargs", BAD_ARGS)
+def test_construction_errors_match_torch(cls, args, kwargs, same_error):
+    """Where torch.nn raises, fusedrnn raises the same; where it accepts (e.g. RNN's
+    nonlinearity keyword), fusedrnn accepts too."""
+    try:
+        ref = _build(nn, cls, *args, **kwargs)
+    except Exception:
+        same_error(lambda lib: _build(lib, cls, *args, **kwargs))
+    else:
+        _assert_same_config(ref, _build(fusedrnn, cls, *args, **kwargs))
+
+
+@pytest.mark.parametrize("cls", ["GRU", "RNN"])
+@pytest.mark.parametrize("proj_size", [0, 1, 2, -1])
+def test_proj_size_rejected_for_gru_and_rnn(cls, proj_size, same_error):
+    err = same_error(lambda lib: _build(lib, cls, 4, 3, proj_size=proj_size), ValueError)
+    assert "only supported for LSTM" in str(err)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_unknown_backend_name_rejected_at_construction(cls):
+    with pytest.raises(ValueError, match="unknown fusedrnn backend 'nope'"):
+        getattr(fusedrnn, cls)(3, 4, backend="nope")
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("dropout", [0.2, 1, 1.0])
+def test_dropout_warning_for_one_layer(cls, dropout):
+    with warnings.catch_warnings(record=True) as ref_w:
+        warnings.simplefilter("always")
+        getattr(nn, cls)(3, 4, dropout=dropout)
+    with warnings.catch_warnings(record=True) as mod_w:
+        warnings.simplefilter("always")
+        getattr(fusedrnn, cls)(3, 4, dropout=dropout, backend="reference")
+    assert len(ref_w) == 1
+    assert [(w.category, str(w.message)) for w in mod_w] == [
+        (w.category, str(w.message)) for w in ref_w
+    ]
+    # the warning points at the user's line, not into fusedrnn
+    assert mod_w[0].filename == __file__
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_no_warning_for_several_layers_or_no_dropout(cls):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        getattr(fusedrnn, cls)(3, 4, num_layers=2, dropout=0.5, backend="reference")
+        getattr(fusedrnn, cls)(3, 4, dropout=0.0, backend="reference")
+
+
+# -- parameters -------------------------------------------------------------------------
+
+PARAM_CONFIGS = [
+    ("LSTM", {}),
+    ("LSTM", {"num_layers": 3, "bidirectional": True}),
+    ("LSTM", {"num_layers": 2, "proj_size": 2}),
+    ("LSTM", {"num_layers": 2, "proj_size": 3, "bias": False, "bidirectional": True}),
+    ("LSTM", {"num_layers": 2, "bias": False}),
+    ("GRU", {}),
+    ("GRU", {"num_layers": 3, "bidirectional": True}),
+    ("GRU", {"num_layers": 2, "bias": False, "bidirectional": True}),
+    ("RNN", {"nonlinearity": "relu"}),
+    ("RNN", {"num_layers": 3, "bidirectional": True, "bias": False}),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", PARAM_CONFIGS)
+def test_parameter_names_shapes_and_order(cls, kwargs):
+    ref = _build(nn, cls, 3, 5, **kwargs)
+    mod = _build(fusedrnn, cls, 3, 5, **kwargs)
+    assert [(n, p.shape) for n, p in mod.named_parameters()] == [
+        (n, p.shape) for n, p in ref.named_parameters()
+    ]
+    assert all(p.requires_grad for p in mod.parameters())
+    assert list(mod.state_dict()) == list(ref.state_dict())
+    assert list(mod.named_buffers()) == []
+    assert mod._flat_weights_names == ref._flat_weights_names
+    assert [[w.shape for w in ws] for ws in mod.all_weights] == [
+        [w.shape for w in ws] for ws in ref.all_weights
+    ]
+    # all_weights and _flat_weights hold the registered parameters themselves
+    params = dict(mod.named_parameters())
+    flat = [params[n] for n in mod._flat_weights_names]
+    assert all(a is b for a, b in zip(mod._flat_weights, flat, strict=True))
+    nested = [w for ws in mod.all_weights for w in ws]
+    assert all(a is b for a, b in zip(nested, flat, strict=True))
+
+
+@pytest.mark.parametrize("cls,kwargs", PARAM_CONFIGS)
+def test_same_seed_gives_same_initial_weights(cls, kwargs):
+    torch.manual_seed(123)
+    ref = _build(nn, cls, 3, 5, **kwargs)
+    torch.manual_seed(123)
+    mod = _build(fusedrnn, cls, 3, 5, **kwargs)
+    for (name, a), b in zip(ref.named_parameters(), mod.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("hidden_size", [1, 7, 64])
+def test_init_is_uniform_in_plus_minus_one_over_sqrt_h(cls, hidden_size):
+    mod = _build(fusedrnn, cls, 16, hidden_size, num_layers=2, bidirectional=True)
+    bound = 1.0 / math.sqrt(hidden_size)
+    values = torch.cat([p.detach().flatten() for p in mod.parameters()]).double()
+    n = values.numel()
+    assert values.abs().max() <= bound
+    # U(-b, b): mean 0 and variance b^2/3; allow 5 standard errors
+    assert abs(values.mean().item()) < 5 * bound / math.sqrt(3 * n)
+    var = values.var().item()
+    assert abs(var - bound**2 / 3) < 5 * bound**2 * math.sqrt(4 / (45 * n))
+    # roughly flat: each of 4 bins holds a quarter of the values
+    hist = torch.histc(values, bins=4, min=-bound, max=bound) / n
+    assert torch.allclose(hist, torch.full_like(hist, 0.25), atol=5 * math.sqrt(0.1875 / n))
+    # every parameter (weights and biases of every layer) is initialised, not left empty
+    for p in mod.parameters():
+        assert p.detach().abs().max() <= bound
+        assert p.numel() < 4 or p.detach().std() > 0
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_reset_parameters_redraws(cls):
+    mod = _build(fusedrnn, cls, 3, 4)
+    before = [p.detach().clone() for p in mod.parameters()]
+    mod.reset_parameters()
+    for a, b in zip(before, mod.parameters(), strict=True):
+        assert not torch.equal(a, b)
+        assert b.abs().max() <= 0.5
+
+
+@pytest.mark.parametrize("cls,kwargs", PARAM_CONFIGS + [("RNN", {"dropout": 0.5})])
+def test_repr_equals_torch_when_backend_is_none(cls, kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = getattr(nn, cls)(3, 5, batch_first=True, **kwargs)
+        mod = getattr(fusedrnn, cls)(3, 5, batch_first=True, **kwargs)
+    assert mod.extra_repr() == ref.extra_repr()
+    assert repr(mod) == repr(ref)
+
+
+def test_repr_names_an_explicit_backend():
+    mod = fusedrnn.GRU(3, 5, num_layers=2, backend="reference")
+    assert repr(mod) == "GRU(3, 5, num_layers=2, backend='reference')"
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_flatten_parameters_is_harmless(cls, rnn_pair):
+    ref, mod = rnn_pair(cls, 3, 4, num_layers=2)
+    mod.flatten_parameters()
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(mod(x)[0], ref(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_classes_are_modules_with_torch_names():
+    for cls in CLASSES + ["LSTMCell", "GRUCell", "RNNCell"]:
+        assert issubclass(getattr(fusedrnn, cls), nn.Module)
+        assert getattr(fusedrnn, cls).__name__ == cls

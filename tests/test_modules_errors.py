@@ -1,0 +1,195 @@
+"""Bad input to LSTM / GRU / RNN: the same exception type and message as torch.nn.
+
+Each case builds the torch.nn module and the fusedrnn module from the same arguments,
+runs both on the same bad input, and compares what they raise.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+D = torch.float64
+CLASSES = {"LSTM": {}, "GRU": {}, "RNN": {}, "RNN_RELU": {"nonlinearity": "relu"}}
+
+
+def _module(lib, name, *args, **kwargs):
+    cls = "RNN" if name.startswith("RNN") else name
+    kwargs = {**CLASSES[name], **kwargs}
+    if lib is fusedrnn:
+        kwargs["backend"] = "reference"
+    return getattr(lib, cls)(*args, **kwargs).to(D)
+
+
+def _t(*shape, dtype=D):
+    return torch.randn(shape, dtype=dtype)
+
+
+def _state(name, h, c=None):
+    """GRU/RNN take h; LSTM takes (h, c), with c shaped like h unless given."""
+    if name == "LSTM":
+        return (h, h.clone() if c is None else c)
+    return h
+
+
+# (description, constructor kwargs, input factory, hx factory(name) or None)
+CASES = [
+    ("input size 3-D", {}, lambda: _t(5, 3, 7), None),
+    ("input size 2-D", {}, lambda: _t(5, 7), None),
+    ("input size batch_first", {"batch_first": True}, lambda: _t(3, 5, 7), None),
+    ("input 1-D", {}, lambda: _t(4), None),
+    ("input 4-D", {}, lambda: _t(2, 3, 5, 4), None),
+    ("input 0-D", {}, lambda: _t(), None),
+    ("input dtype float32", {}, lambda: _t(5, 3, 4, dtype=torch.float32), None),
+    ("input dtype int64", {}, lambda: torch.ones(5, 3, 4, dtype=torch.int64), None),
+    ("input dtype unbatched", {}, lambda: _t(5, 4, dtype=torch.float32), None),
+    ("seq len 0", {}, lambda: _t(0, 3, 4), None),
+    ("seq len 0 unbatched", {}, lambda: _t(0, 4), None),
+    ("seq len 0 batch_first", {"batch_first": True}, lambda: _t(3, 0, 4), None),
+    ("seq len 0 with hx", {}, lambda: _t(0, 3, 4), lambda n: _state(n, _t(1, 3, 6))),
+    ("hx layers", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(2, 3, 6))),
+    (
+        "hx layers bidir",
+        {"bidirectional": True},
+        lambda: _t(5, 3, 4),
+        lambda n: _state(n, _t(1, 3, 6)),
+    ),
+    ("hx layers stacked", {"num_layers": 3}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(2, 3, 6))),
+    ("hx batch", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 2, 6))),
+    (
+        "hx batch batch_first",
+        {"batch_first": True},
+        lambda: _t(3, 5, 4),
+        lambda n: _state(n, _t(1, 5, 6)),
+    ),
+    ("hx hidden", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 3, 5))),
+    ("hx 2-D for batched", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(3, 6))),
+    ("hx 4-D for batched", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 1, 3, 6))),
+    ("hx 3-D for unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(1, 1, 6))),
+    ("hx 1-D for unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(6))),
+    ("hx hidden unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(1, 5))),
+    ("hx layers unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(3, 6))),
+    ("hx dtype", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 3, 6, dtype=torch.float32))),
+    ("hx not a tensor", {}, lambda: _t(5, 3, 4), lambda n: [[0.0] * 6] * 3),
+    ("input not a tensor", {}, lambda: [[0.0] * 4] * 5, None),
+    # several mistakes at once: the first check torch.nn makes decides the error
+    ("input size and hx layers", {}, lambda: _t(5, 3, 7), lambda n: _state(n, _t(2, 3, 6))),
+    ("input 4-D and dtype", {}, lambda: _t(2, 3, 5, 4, dtype=torch.float32), None),
+    ("input dtype and size", {}, lambda: _t(5, 3, 7, dtype=torch.float32), None),
+    ("hx dims and hidden", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(3, 5))),
+]
+LSTM_CASES = [
+    ("c hidden", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 3, 5))),
+    ("c batch", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 2, 6))),
+    ("c layers", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(2, 3, 6))),
+    ("c 2-D for batched", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(3, 6))),
+    ("h 2-D for batched", {}, lambda: _t(5, 3, 4), lambda n: (_t(3, 6), _t(1, 3, 6))),
+    ("c 3-D for unbatched", {}, lambda: _t(5, 4), lambda n: (_t(1, 6), _t(1, 1, 6))),
+    (
+        "h of cell size with proj",
+        {"proj_size": 2},
+        lambda: _t(5, 3, 4),
+        lambda n: (_t(1, 3, 6), _t(1, 3, 6)),
+    ),
+    ("c of proj size", {"proj_size": 2}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 2), _t(1, 3, 2))),
+    ("hx a single tensor", {}, lambda: _t(5, 3, 4), lambda n: _t(1, 3, 6)),
+    ("hx a 1-tuple", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6),)),
+    ("hx a 3-tuple", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
+    ("hx a 3-tuple seq len 0", {}, lambda: _t(0, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
+    ("h dtype", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6, dtype=torch.float32), _t(1, 3, 6))),
+]
+
+
+def _case_ids(cases):
+    return [c[0] for c in cases]
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("desc,kwargs,make_input,make_hx", CASES, ids=_case_ids(CASES))
+def test_bad_input_same_error(name, desc, kwargs, make_input, make_hx, same_error):
+    x = make_input()
+    hx = make_hx(name) if make_hx else None
+    same_error(lambda lib: _module(lib, name, 4, 6, **kwargs)(x, hx))
+
+
+@pytest.mark.parametrize("desc,kwargs,make_input,make_hx", LSTM_CASES, ids=_case_ids(LSTM_CASES))
+def test_bad_lstm_state_same_error(desc, kwargs, make_input, make_hx, same_error):
+    x = make_input()
+    hx = make_hx("LSTM")
+    same_error(lambda lib: _module(lib, "LSTM", 4, 6, **kwargs)(x, hx))
+
+
+@pytest.mark.parametrize("name", ["GRU", "RNN", "RNN_RELU"])
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_bad_packed_input_same_error(name, enforce_sorted, same_error):
+    x = _t(4, 3, 4)
+    lengths = [4, 3, 1] if enforce_sorted else [3, 4, 1]
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    wrong_size = pack_padded_sequence(_t(4, 3, 5), lengths, enforce_sorted=enforce_sorted)
+    same_error(lambda lib: _module(lib, name, 4, 6)(wrong_size))
+    same_error(lambda lib: _module(lib, name, 4, 6)(packed, _t(1, 3, 5)))
+    same_error(lambda lib: _module(lib, name, 4, 6)(packed, _t(2, 3, 6)))
+    same_error(lambda lib: _module(lib, name, 4, 6)(packed, _t(1, 2, 6)))
+    same_error(lambda lib: _module(lib, name, 4, 6).float()(packed))
+
+
+def test_bad_packed_lstm_input_gives_clear_errors():
+    """torch.nn.LSTM skips its Python checks for packed input and fails later inside
+    ATen ("got an incorrect number of RNN parameters", a matmul shape error, ...).
+    fusedrnn checks packed input as torch.nn.GRU does: the same exception types as
+    torch.nn.LSTM for sizes, with torch.nn's own clear messages."""
+    x = _t(4, 3, 4)
+    packed = pack_padded_sequence(x, [3, 4, 1], enforce_sorted=False)
+    lstm = _module(fusedrnn, "LSTM", 4, 6)
+    h, c = _t(1, 3, 6), _t(1, 3, 6)
+    cases = [
+        (
+            lambda: lstm(pack_padded_sequence(_t(4, 3, 5), [4, 3, 1])),
+            "input.size(-1) must be equal to input_size. Expected 4, got 5",
+        ),
+        (
+            lambda: lstm(packed, (_t(1, 3, 5), c)),
+            "Expected hidden[0] size (1, 3, 6), got [1, 3, 5]",
+        ),
+        (
+            lambda: lstm(packed, (h, _t(1, 3, 5))),
+            "Expected hidden[1] size (1, 3, 6), got [1, 3, 5]",
+        ),
+        (
+            lambda: lstm(packed, (_t(2, 3, 6), _t(2, 3, 6))),
+            "Expected hidden[0] size (1, 3, 6), got [2, 3, 6]",
+        ),
+        (
+            lambda: lstm(pack_padded_sequence(x, [4, 3, 1]), (h, c, c)),
+            "lstm expects two hidden states",
+        ),
+    ]
+    for fn, message in cases:
+        with pytest.raises(RuntimeError) as info:
+            fn()
+        assert str(info.value) == message
+    with pytest.raises(ValueError, match=r"RNN input dtype \(torch.float64\) does not match"):
+        lstm.float()(packed)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_empty_batch_matches_torch(name):
+    """A batch of zero sequences is not an error in torch.nn on the CPU."""
+    x = _t(3, 0, 4)
+    ref = _module(torch.nn, name, 4, 6, num_layers=2)
+    mod = _module(fusedrnn, name, 4, 6, num_layers=2)
+    mod.load_state_dict(ref.state_dict())
+    ref_out, ref_state = ref(x)
+    out, state = mod(x)
+    assert out.shape == ref_out.shape
+    for a, b in zip(
+        state if name == "LSTM" else [state],
+        ref_state if name == "LSTM" else [ref_state],
+        strict=True,
+    ):
+        assert a.shape == b.shape

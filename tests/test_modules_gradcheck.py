@@ -1,0 +1,97 @@
+"""gradcheck / gradgradcheck of the modules in float64 on tiny sizes, with respect to
+the input, the initial state and every parameter (passed through functional_call)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CASES = {
+    "LSTM": ("LSTM", {}),
+    "LSTM_PROJ": ("LSTM", {"proj_size": 2}),
+    "GRU": ("GRU", {}),
+    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
+    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
+}
+T, B, I, H = 3, 2, 2, 3
+LENGTHS = [2, 3]
+
+
+def _function(mode, bidirectional, packed, backend, num_layers=1):
+    """(f, inputs): f(*inputs) runs the module with every differentiable tensor as
+    an explicit input, returning every output."""
+    cls, kw = CASES[mode]
+    mod = getattr(fusedrnn, cls)(
+        I, H, num_layers=num_layers, bidirectional=bidirectional, backend=backend, **kw
+    ).double()
+    names = [n for n, _ in mod.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in mod.parameters()]
+    n = num_layers * (2 if bidirectional else 1)
+    h_out = kw.get("proj_size") or H
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(n, B, h_out, dtype=torch.float64, requires_grad=True)]
+    if cls == "LSTM":
+        states.append(torch.randn(n, B, H, dtype=torch.float64, requires_grad=True))
+
+    def f(x, *rest):
+        hx = rest[: len(states)]
+        weights = dict(zip(names, rest[len(states) :], strict=True))
+        inp = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
+        out, state = functional_call(mod, weights, (inp, hx if cls == "LSTM" else hx[0]))
+        out = out.data if packed else out
+        return (out, *state) if cls == "LSTM" else (out, state)
+
+    return f, (x, *states, *params)
+
+
+@pytest.mark.parametrize("mode", CASES)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_gradcheck(mode, bidirectional, packed, cpu_backend):
+    f, inputs = _function(mode, bidirectional, packed, cpu_backend)
+    # the full Jacobian for the simplest layout; random projections of it elsewhere
+    fast = bidirectional or packed
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast)
+
+
+@pytest.mark.parametrize("mode", CASES)
+def test_gradcheck_two_layers(mode, cpu_backend):
+    f, inputs = _function(mode, True, False, cpu_backend, num_layers=2)
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", CASES)
+@pytest.mark.parametrize(
+    "bidirectional,packed", [(False, False), (True, True)], ids=["uni-dense", "bi-packed"]
+)
+def test_gradgradcheck_reference(mode, bidirectional, packed):
+    """Second derivatives (torch.nn supports double backward): the reference backend,
+    which autograd differentiates twice."""
+    f, inputs = _function(mode, bidirectional, packed, "reference")
+    assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_gradcheck(cls, bias, cpu_backend):
+    cell = getattr(fusedrnn, cls)(I, H, bias=bias, backend=cpu_backend).double()
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+
+    def f(x, h, c, *weights):
+        hx = (h, c) if cls == "LSTMCell" else h
+        return functional_call(cell, dict(zip(names, weights, strict=True)), (x, hx))
+
+    assert gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+    if cpu_backend == "reference":
+        assert gradgradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
