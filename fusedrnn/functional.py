@@ -85,3 +85,72 @@ def rnn_stack(
             layer_out = F.dropout(layer_out, p=dropout, training=True)
         layer_in = layer_out
     return layer_in, torch.stack(h_n), torch.stack(c_n) if cx is not None else None
+
+
+def rnn_stack_variants(
+    layer_op,  # fusedrnn.variants.resolve_backend(...): a variant layer op
+    cell: str,  # "lstm" | "gru"
+    x: Tensor,  # [T, B, I] time-major, or packed data [N, I]
+    hx: Tensor,  # [L*D, B, Hout]
+    cx: Tensor | None,  # [L*D, B, H] (LSTM only)
+    flat_weights: list[Tensor],  # torch.nn order (G = 3 gate blocks with cifg)
+    extra_weights: list[dict[str, Tensor]],  # per layer-direction, fusedrnn.variants stems
+    options,  # fusedrnn.variants.CellOptions
+    num_layers: int,
+    bidirectional: bool,
+    has_bias: bool,
+    proj_size: int,
+    dropout: float,
+    training: bool,
+    batch_sizes: Tensor | None,  # [T] int64 CPU, packed input only
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`rnn_stack` for the cell variants (layer norm, zoneout, peephole, cifg)."""
+    from .variants import draw_zoneout_masks
+
+    dirs = 2 if bidirectional else 1
+    weights = split_weights(flat_weights, has_bias, proj_size)
+    hidden = cx.shape[-1] if cx is not None else hx.shape[-1]
+    masks = draw_zoneout_masks(options, x, hx.shape[-1], hidden, num_layers * dirs, training)
+    h_n: list[Tensor] = []
+    c_n: list[Tensor] = []
+    layer_in = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            idx = layer * dirs + d
+            w_ih, w_hh, b_ih, b_hh, w_hr = weights[idx]
+            extra = extra_weights[idx]
+            y, h, c = layer_op(
+                cell,
+                layer_in,
+                hx[idx],
+                cx[idx] if cx is not None else None,
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+                w_hr,
+                batch_sizes,
+                d == 1,
+                cifg=options.cifg,
+                ln_ih_w=extra.get("layer_norm_ih_weight"),
+                ln_ih_b=extra.get("layer_norm_ih_bias"),
+                ln_hh_w=extra.get("layer_norm_hh_weight"),
+                ln_hh_b=extra.get("layer_norm_hh_bias"),
+                ln_c_w=extra.get("layer_norm_c_weight"),
+                ln_c_b=extra.get("layer_norm_c_bias"),
+                w_ch=extra.get("weight_ch"),
+                zoneout_h=options.zoneout_h,
+                zoneout_c=options.zoneout_c,
+                mask_h=masks[idx][0],
+                mask_c=masks[idx][1],
+            )
+            outs.append(y)
+            h_n.append(h)
+            if c is not None:
+                c_n.append(c)
+        layer_out = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_out = F.dropout(layer_out, p=dropout, training=True)
+        layer_in = layer_out
+    return layer_in, torch.stack(h_n), torch.stack(c_n) if cx is not None else None

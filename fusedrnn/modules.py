@@ -27,7 +27,8 @@ from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence
 
 from . import backends
-from .functional import MODES, rnn_stack
+from . import variants as _variants
+from .functional import MODES, rnn_stack, rnn_stack_variants
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
@@ -70,6 +71,10 @@ class RNNBase(nn.Module):
         dtype=None,
         *,
         backend: str | None = None,
+        layer_norm: bool = False,
+        zoneout: float | tuple[float, float] = 0.0,
+        peephole: bool = False,
+        cifg: bool = False,
     ) -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
@@ -130,7 +135,9 @@ class RNNBase(nn.Module):
                 f"unknown fusedrnn backend {backend!r}; choose from {backends.BACKENDS}"
             )
 
-        gate_size = _GATES[mode] * hidden_size
+        # cell variants (fusedrnn.variants); all off is exactly the torch.nn layer
+        self.cell_options = _variants.parse(mode, layer_norm, zoneout, peephole, cifg)
+        gate_size = self.cell_options.gate_count(mode) * hidden_size
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []
@@ -155,6 +162,7 @@ class RNNBase(nn.Module):
                     names.append(name)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
+        _variants.register_parameters(self, factory_kwargs)
         self.reset_parameters()
 
     # -- torch.nn.RNNBase compatibility -------------------------------------------------
@@ -175,6 +183,7 @@ class RNNBase(nn.Module):
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for weight in self.parameters():
             init.uniform_(weight, -stdv, stdv)
+        _variants.reset_parameters(self)
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -192,11 +201,13 @@ class RNNBase(nn.Module):
             s += ", bidirectional={bidirectional}"
         if self.backend is not None:
             s += ", backend={backend!r}"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _variants.extra_repr(self.cell_options)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", None)
+        self.__dict__.setdefault("cell_options", _variants.CellOptions())
+        self.__dict__.setdefault("_variant_names", [])
 
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         weight_dtype = getattr(self, self._flat_weights_names[0]).dtype
@@ -255,6 +266,24 @@ class RNNBase(nn.Module):
         cx: Tensor | None,  # [L*D, B, H]
         batch_sizes: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        if self.cell_options.enabled:
+            return rnn_stack_variants(
+                _variants.resolve_backend(self.backend, self.cell_options),
+                MODES[self.mode],
+                input,
+                hx,
+                cx,
+                self._flat_weights,
+                _variants.layer_weights(self),
+                self.cell_options,
+                self.num_layers,
+                self.bidirectional,
+                self.bias,
+                self.proj_size,
+                self.dropout,
+                self.training,
+                batch_sizes,
+            )
         name = backends.resolve(self.backend, input.device.type)
         return rnn_stack(
             backends.get(name),
@@ -357,7 +386,14 @@ class RNN(RNNBase):
 
 
 class GRU(RNNBase):
-    """Drop-in ``torch.nn.GRU`` with fused kernels (gate rows r, z, n)."""
+    """Drop-in ``torch.nn.GRU`` with fused kernels (gate rows r, z, n).
+
+    Keyword-only variants (off by default; see ``docs/variants.md``): ``layer_norm=True``
+    normalises the input and recurrent projections (parameters ``layer_norm_{ih,hh}_
+    {weight,bias}_l{k}``, registered after the torch.nn ones); ``zoneout=p`` keeps each unit
+    of h at its previous value with probability p in training (its expectation in eval).
+    With a variant on, the layer currently runs on the reference backend only.
+    """
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -400,7 +436,23 @@ def _forward_single_state(self: RNNBase, input, hx):
 
 
 class LSTM(RNNBase):
-    """Drop-in ``torch.nn.LSTM`` with fused kernels (gate rows i, f, g, o)."""
+    """Drop-in ``torch.nn.LSTM`` with fused kernels (gate rows i, f, g, o).
+
+    Keyword-only variants (off by default; see ``docs/variants.md``):
+
+    - ``layer_norm=True``: LN of the input and recurrent projections and of c_t in
+      h_t = o * tanh(LN(c_t)); parameters ``layer_norm_{ih,hh,c}_{weight,bias}_l{k}``.
+    - ``zoneout=p`` or ``(p_h, p_c)``: in training each unit of h (of c) keeps its previous
+      value with probability p_h (p_c); in eval the expectation is used.
+    - ``peephole=True``: i and f see c_{t-1}, o sees c_t through ``weight_ch_l{k}`` [3, H].
+    - ``cifg=True``: f = 1 - i; the forget rows are gone, so ``weight_ih_l{k}`` is [3H, I],
+      ``weight_hh_l{k}`` [3H, Hout] and the biases [3H] (rows i, g, o). Such a state_dict
+      does not load into torch.nn.LSTM.
+
+    The extra parameters are registered after the torch.nn ones: the torch.nn keys and their
+    order are unchanged (cifg aside). With a variant on, the layer currently runs on the
+    reference backend only.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
