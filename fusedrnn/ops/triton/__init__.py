@@ -1,0 +1,63 @@
+"""The ``triton`` backend: fused per-step and persistent Triton kernels.
+
+Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` is set before
+the kernels are first loaded. Importing this package imports neither triton nor a
+GPU runtime; :func:`layer` loads the kernels on first use.
+
+Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
+backward), :mod:`.common` (the shared backward state-gradient helper),
+:mod:`.lstm` / :mod:`.gru` / :mod:`.rnn` (per-step kernels and their launchers),
+:mod:`.persistent` (whole-sequence kernels for small H), :mod:`.layer_op` (input
+GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
+shipped block configurations), :mod:`.runtime` (launch accounting, debug poisoning).
+
+Launches per layer and direction, T steps (see :func:`launch_counter`):
+
+=====================  ==================  ==================
+path                   forward             backward
+=====================  ==================  ==================
+per-step               T (2T with proj)    T (2T with proj)
+persistent (small H)   1                   1
+=====================  ==================  ==================
+
+plus torch GEMMs around them: the input projection before the loop, and after the
+backward loop ``dx``, ``dW_ih``, ``dW_hh``, ``dW_hr`` and the bias sums (plus one
+``dG_first W_hh`` product for ``dh0`` on the per-step path).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from .runtime import launch_counter, poison_buffers
+
+__all__ = ["is_available", "kernel_path", "layer", "launch_counter", "poison_buffers"]
+
+
+def is_available() -> bool:
+    """True when the ``triton`` package is installed (no GPU is probed).
+
+    triton itself is not imported here: whether its kernels run in the interpreter
+    is fixed when triton is first imported (``TRITON_INTERPRET``), and probing
+    backends must not decide that for the process."""
+    if "triton" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def kernel_path(path: str | None):
+    """Context manager forcing "step" or "persistent" kernels (None: automatic)."""
+    from .persistent import kernel_path as _kernel_path
+
+    return _kernel_path(path)
+
+
+def layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    """The layer op contract (see :mod:`fusedrnn.ops`), run by the Triton kernels."""
+    from .layer_op import layer as _layer
+
+    return _layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)

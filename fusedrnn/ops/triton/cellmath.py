@@ -1,0 +1,95 @@
+"""Per-element cell math shared by every Triton kernel of this backend.
+
+All functions take and return tensors in the accumulation dtype (float32, or
+float64 for float64 layers). ``tanh`` is written through ``sigmoid`` so that the
+same code runs under ``TRITON_INTERPRET=1``, which has no libdevice.
+
+Backward formulas (``d*`` are gradients of the loss, ``'`` marks derivatives):
+
+LSTM, with ``m = o * tanh(c)`` the unprojected output::
+
+    dc   = dc_in + dm * o * (1 - tanh(c)^2)
+    d(o) = dm * tanh(c)          d(pre_o) = d(o) * o (1 - o)
+    d(i) = dc * g                d(pre_i) = d(i) * i (1 - i)
+    d(g) = dc * i                d(pre_g) = d(g) * (1 - g^2)
+    d(f) = dc * c_prev           d(pre_f) = d(f) * f (1 - f)
+    dc_prev = dc * f
+
+GRU (``hn = W_hn h_prev + b_hn`` is the recurrent part of the new gate)::
+
+    dn = dh (1 - z)              d(pre_n) = dn (1 - n^2)
+    dz = dh (h_prev - n)         d(pre_z) = dz z (1 - z)
+    dr = d(pre_n) hn             d(pre_r) = dr r (1 - r)
+    d(hn) = d(pre_n) r           (gradient of the recurrent n-part, b_hn included)
+    dh_prev = dh z + [d(pre_r), d(pre_z), d(hn)] W_hh
+
+RNN: ``d(pre) = dh (1 - h^2)`` (tanh) or ``dh [h > 0]`` (relu), from the saved output.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    return 2.0 * sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def lstm_fwd(pre_i, pre_f, pre_g, pre_o, c_prev):
+    i = sigmoid(pre_i)
+    f = sigmoid(pre_f)
+    g = tanh(pre_g)
+    o = sigmoid(pre_o)
+    c = f * c_prev + i * g
+    m = o * tanh(c)
+    return i, f, g, o, c, m
+
+
+@triton.jit
+def lstm_bwd(i, f, g, o, c_prev, c, dm, dc_in):
+    tc = tanh(c)
+    dc = dc_in + dm * o * (1.0 - tc * tc)
+    d_i = dc * g * i * (1.0 - i)
+    d_f = dc * c_prev * f * (1.0 - f)
+    d_g = dc * i * (1.0 - g * g)
+    d_o = dm * tc * o * (1.0 - o)
+    return d_i, d_f, d_g, d_o, dc * f
+
+
+@triton.jit
+def gru_fwd(xr, xz, xn, hr, hz, hn, h_prev):
+    r = sigmoid(xr + hr)
+    z = sigmoid(xz + hz)
+    n = tanh(xn + r * hn)
+    h = (1.0 - z) * n + z * h_prev
+    return r, z, n, h
+
+
+@triton.jit
+def gru_bwd(r, z, n, hn, h_prev, dh):
+    d_n = dh * (1.0 - z) * (1.0 - n * n)
+    d_z = dh * (h_prev - n) * z * (1.0 - z)
+    d_r = d_n * hn * r * (1.0 - r)
+    return d_r, d_z, d_n, d_n * r, dh * z
+
+
+@triton.jit
+def rnn_fwd(pre, RELU: tl.constexpr):
+    if RELU:
+        return tl.maximum(pre, 0.0)
+    else:
+        return tanh(pre)
+
+
+@triton.jit
+def rnn_bwd(h, dh, RELU: tl.constexpr):
+    if RELU:
+        return tl.where(h > 0.0, dh, 0.0)
+    else:
+        return dh * (1.0 - h * h)

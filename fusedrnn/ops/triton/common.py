@@ -1,0 +1,78 @@
+"""Triton helpers shared by the per-step kernels of every cell.
+
+State-history layout (all per-step kernels): ``Hs [T+1, B, Hout]`` holds every
+hidden state; the forward direction reads slot t and writes slot t+1, the reverse
+direction reads slot t+1 and writes slot t, so ``y`` is a view of ``Hs`` and the
+input is never flipped. Rows that are inactive at a step (packed sequences) are
+copied through, so every slot holds the full batch.
+
+Backward state gradient (``state_grad``): the gradient of the state a step writes
+is the gradient arriving at that slot (from ``y`` / ``h_n``) plus what the step
+processed just before (in backward order, i.e. the next step in time) sends back:
+``dG_next W_hh`` for rows active there, or the whole running gradient for rows
+that were inactive (their state was copied). The running buffer ``DH [B, Hout]``
+holds, per row, either the pointwise part of that gradient (GRU's ``dh z``;
+0 for LSTM / RNN) or the full carried gradient. Computing ``dG_next W_hh`` at the
+start of the next launch (instead of at the end of the launch that produced
+``dG_next``) keeps one launch per step: every program needs all of ``dG_next``.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def state_grad(
+    dh_ptr,  # [B, HOUT] running state gradient (accumulation dtype)
+    dg_ptr,  # [T, B, GH] recurrent gate gradients of every step
+    w_ptr,  # [GH, HOUT] W_hh
+    dhs_ptr,  # [T+1, B, HOUT] gradient of the state history (HAS_DHS)
+    dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
+    dg_prev_off,  # element offset of dG of the step processed before this one
+    dhs_off,  # element offset of dHs[slot written by this step]
+    y_row0,  # first row of this step in the packed output
+    rows,  # [BLOCK_B] batch rows of this program
+    cols,  # [BLOCK_H] state columns of this program
+    rmask,  # [BLOCK_B] rows < B
+    cmask,  # [BLOCK_H] cols < HOUT
+    act,  # [BLOCK_B] rows active at this step
+    prev,  # [BLOCK_B] rows active at the step processed before this one
+    GH,
+    HOUT,
+    HAS_DHS: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    acc_ty = dh_ptr.dtype.element_ty
+    mask2 = rmask[:, None] & cmask[None, :]
+    total = tl.load(dh_ptr + rows[:, None] * HOUT + cols[None, :], mask=mask2, other=0.0)
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
+    for k0 in range(0, GH, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < GH
+        dgp = tl.load(
+            dg_ptr + dg_prev_off + rows[:, None] * GH + ks[None, :],
+            mask=prev[:, None] & kmask[None, :],
+            other=0.0,
+        )
+        w = tl.load(
+            w_ptr + ks[:, None] * HOUT + cols[None, :],
+            mask=kmask[:, None] & cmask[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(dgp, w, acc, input_precision=PRECISION)
+    total += acc
+    if HAS_DHS:
+        total += tl.load(
+            dhs_ptr + dhs_off + rows[:, None] * HOUT + cols[None, :], mask=mask2, other=0.0
+        ).to(acc_ty)
+    if HAS_DY:
+        total += tl.load(
+            dy_ptr + (y_row0 + rows[:, None]).to(tl.int64) * HOUT + cols[None, :],
+            mask=act[:, None] & cmask[None, :],
+            other=0.0,
+        ).to(acc_ty)
+    return total

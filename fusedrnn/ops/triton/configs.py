@@ -1,0 +1,88 @@
+"""The shipped kernel configurations: the one place the launchers pick from.
+
+``fusedrnn.compile_report`` compiles exactly these for sm_80 / sm_90 and fails on
+any spill, and the benchmark cost model reads them from here too.
+
+Per-step kernels: a program owns ``block_b`` batch rows x ``block_h`` hidden units
+(all gates of those units), looping over the reduction dimension in ``block_k``
+chunks. ``tl.dot`` needs every block dimension >= 16, so B=1 still uses 16 rows
+(masked).
+
+Persistent kernels: a program owns ``block_b`` batch rows for the whole sequence
+and all hidden units, so it keeps the whole ``W_hh`` ([G*H, H]) in registers
+across steps; ``max_hidden`` is the largest H for which the compile report shows
+zero spills on sm_80 and sm_90 (float32 / bf16, also fp16 with
+``--dtypes fp16``; float64 never takes the persistent path). This module imports nothing from triton, so cost models can read
+it anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class PersistentConfig:
+    cell: str
+    block_h: int  # power of two >= max_hidden; smaller H is masked
+    max_hidden: int
+    block_b: int
+    num_warps: int
+    num_stages: int = 1
+
+
+# per-step kernels (forward step, backward step, projection step, state-gradient step)
+STEP_CONFIGS: tuple[StepConfig, ...] = (
+    StepConfig(block_b=16, block_h=32, block_k=16, num_warps=4, num_stages=2),
+    StepConfig(block_b=32, block_h=32, block_k=16, num_warps=4, num_stages=2),
+)
+
+# persistent whole-sequence kernels; see the module docstring for max_hidden
+# one config per cell: smaller H runs the same kernel with masked units
+PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = (
+    PersistentConfig("lstm", block_h=32, max_hidden=32, block_b=16, num_warps=8),
+    PersistentConfig("gru", block_h=32, max_hidden=32, block_b=16, num_warps=4),
+    PersistentConfig("rnn_tanh", block_h=64, max_hidden=64, block_b=16, num_warps=4),
+    PersistentConfig("rnn_relu", block_h=64, max_hidden=64, block_b=16, num_warps=4),
+)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pick_step_config(batch: int, hidden: int) -> StepConfig:
+    """On a GPU: the smallest batch block covering B (the largest when none does),
+    which keeps many programs in flight for the latency-bound per-step launch.
+    Under the interpreter (cost grows with the number of programs): the config
+    with the fewest programs."""
+    if interpreting():
+        return min(
+            STEP_CONFIGS,
+            key=lambda c: (
+                -(-batch // c.block_b) * -(-hidden // c.block_h),
+                c.block_b * c.block_h,
+            ),
+        )
+    fits = [c for c in STEP_CONFIGS if c.block_b >= batch]
+    if not fits:
+        return max(STEP_CONFIGS, key=lambda c: c.block_b)
+    return min(fits, key=lambda c: c.block_b)
+
+
+def pick_persistent_config(cell: str, hidden: int, hidden_out: int) -> PersistentConfig | None:
+    """The persistent config for this cell and H, or None when W_hh does not fit."""
+    if hidden_out != hidden:
+        return None
+    fits = [c for c in PERSISTENT_CONFIGS if c.cell == cell and hidden <= c.max_hidden]
+    return min(fits, key=lambda c: c.block_h) if fits else None

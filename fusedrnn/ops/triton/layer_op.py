@@ -1,0 +1,185 @@
+"""The triton backend's layer op: input GEMM, the cell's step kernels, weight GEMMs.
+
+Forward: ``xg = x W_ih^T + b_ih`` for every step in one GEMM, then the cell's
+per-step kernels (or one persistent launch, see :mod:`.persistent`) over the
+state histories. Backward: the cell's backward step kernels produce the gate
+gradients ``dG [T, B, G*H]`` of every step (zero in rows a packed step did not
+compute), then one GEMM each::
+
+    dx = dG_x W_ih      dW_ih = dG_x^T x      db_ih = sum(dG_x)
+    dW_hh = dG_h^T h_prev      db_hh = sum(dG_h)      dW_hr = dh^T m
+
+where ``dG_x = dG_h = dG`` except for the GRU (its ``n`` gate's recurrent part is
+scaled by ``r``), ``h_prev`` is a view of the state history and the sums are
+deterministic reductions (no atomics).
+
+Registered with torch.library (:mod:`fusedrnn.ops.library`) as
+``fusedrnn::triton_layer_fwd`` / ``fusedrnn::triton_layer_bwd``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import library
+from . import runtime
+from .gru import _gru_bwd, _gru_fwd
+from .lstm import _lstm_bwd, _lstm_fwd
+from .persistent import persistent_bwd, persistent_fwd, use_persistent
+from .rnn import _rnn_bwd, _rnn_fwd
+
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> None:
+    if cell not in GATES:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {tuple(GATES)}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"fusedrnn triton backend: unsupported dtype {x.dtype}")
+    tensors = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
+    if any(t.dtype != x.dtype for t in tensors):
+        raise TypeError("fusedrnn triton backend: all inputs and weights must share one dtype")
+    if any(t.device != x.device for t in tensors):
+        raise ValueError("fusedrnn triton backend: all inputs and weights must be on one device")
+    if (cell == "lstm") != (c0 is not None):
+        raise ValueError("c0 must be given for the LSTM and only for it")
+    if w_hr is not None and cell != "lstm":
+        raise ValueError("w_hr (proj_size) exists only for the LSTM")
+    if batch_sizes is not None and batch_sizes.device.type != "cpu":
+        raise ValueError("batch_sizes must be a CPU tensor")
+    # the kernels index raw memory: wrong shapes must not reach them
+    GH, Hout = w_hh.shape
+    H = GH // GATES[cell]
+    B = h0.shape[0]
+    want = {
+        "w_hh": (w_hh.shape, (GATES[cell] * H, Hout)),
+        "w_ih": (w_ih.shape, (GH, x.shape[-1])),
+        "h0": (h0.shape, (B, Hout)),
+        "c0": (c0.shape if c0 is not None else None, (B, H) if c0 is not None else None),
+        "b_ih": (b_ih.shape if b_ih is not None else None, (GH,) if b_ih is not None else None),
+        "b_hh": (b_hh.shape if b_hh is not None else None, (GH,) if b_hh is not None else None),
+        "w_hr": (w_hr.shape if w_hr is not None else None, (Hout, H) if w_hr is not None else None),
+    }
+    for name, (got, expected) in want.items():
+        if got is not None and tuple(got) != expected:
+            raise ValueError(f"{name} has shape {tuple(got)}, expected {expected}")
+    if w_hr is None and Hout != H:
+        raise ValueError(f"w_hh has shape {(GH, Hout)}, expected {(GH, H)} without w_hr")
+    if x.dim() != (2 if batch_sizes is not None else 3) or (
+        batch_sizes is None and x.shape[1] != B
+    ):
+        raise ValueError(f"x has shape {tuple(x.shape)}, which does not match h0 {(B, Hout)}")
+
+
+def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
+    seq_len = batch_sizes.numel() if batch_sizes is not None else x.shape[0]
+    return runtime.Plan(batch_sizes, seq_len, h0.shape[0], reverse)
+
+
+def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> list[Tensor]:
+    """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused)."""
+    _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    packed = batch_sizes is not None
+    plan = _plan(x, h0, batch_sizes, reverse)
+    flat_x = x if packed else x.reshape(-1, x.shape[-1])
+    xg = F.linear(flat_x, w_ih, b_ih)  # [N, G*H]: one GEMM for every step
+    w_hh = w_hh.contiguous()
+    b_hh = b_hh.contiguous() if b_hh is not None else None
+    h0 = h0.contiguous()
+
+    def empty() -> Tensor:  # distinct placeholders: custom-op outputs may not alias
+        return x.new_empty(0)
+
+    if use_persistent(cell, w_hh, w_hr, plan):
+        c0 = c0.contiguous() if c0 is not None else None
+        return persistent_fwd(cell, xg, h0, c0, w_hh, b_hh, plan, packed)
+    if cell == "lstm":
+        w_hr = w_hr.contiguous() if w_hr is not None else None
+        return _lstm_fwd(xg, h0, c0.contiguous(), w_hh, b_hh, w_hr, plan, packed)
+    if cell == "gru":
+        hs, gates, y = _gru_fwd(xg, h0, w_hh, b_hh, plan, packed)
+        return [hs, empty(), gates, empty(), y]
+    hs, y = _rnn_fwd(xg, h0, w_hh, b_hh, plan, packed, relu=cell == "rnn_relu")
+    return [hs, empty(), empty(), empty(), y]
+
+
+def fake_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
+    B, Hout = h0.shape
+    GH = w_hh.shape[0]
+    H = GH // GATES[cell]
+    acc = runtime.acc_dtype(x.dtype)
+    hs = x.new_empty(T + 1, B, Hout)
+    y = x.new_empty(x.shape[0], Hout) if batch_sizes is not None else x.new_empty(0)
+    if cell == "lstm":
+        m = x.new_empty(T, B, H) if w_hr is not None else x.new_empty(0)
+        return [hs, x.new_empty(T + 1, B, H, dtype=acc), x.new_empty(T, B, 4 * H, dtype=acc), m, y]
+    gates = x.new_empty(T, B, 4 * H, dtype=acc) if cell == "gru" else x.new_empty(0)
+    return [hs, x.new_empty(0), gates, x.new_empty(0), y]
+
+
+def unpack(cell, x, h0, batch_sizes, reverse, buffers):
+    """``(y, h_n, c_n)`` as views of the state histories."""
+    hs, cs, _, _, y = buffers
+    T = hs.shape[0] - 1
+    last = 0 if reverse else T
+    if batch_sizes is None:
+        y = hs[:T] if reverse else hs[1:]
+    c_n = cs[last].to(h0.dtype) if cell == "lstm" else None
+    return y, hs[last], c_n
+
+
+def _packed_rows(batch_sizes: Tensor, batch: int, device: torch.device) -> Tensor:
+    """[N] row of the dense [T*B] layout for every packed row (t-major order)."""
+    sizes = batch_sizes.to(device)
+    active = torch.arange(batch, device=device)[None, :] < sizes[:, None]  # [T, B]
+    return active.flatten().nonzero().squeeze(1)
+
+
+def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
+             grads, needs):  # fmt: skip
+    """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)``; None where not needed."""
+    hs, cs, gates, m, y = buffers
+    # autograd may hand over expanded or strided gradients; the kernels index densely
+    # (and zeros for the empty placeholder buffers)
+    dhs, dcs, _, _, dy = (g.contiguous() if g is not None and g.numel() else None for g in grads)
+    packed = batch_sizes is not None
+    plan = _plan(x, h0, batch_sizes, reverse)
+    T, B = plan.T, plan.B
+    w_hh = w_hh.contiguous()
+    dht = dc0 = None
+    if use_persistent(cell, w_hh, w_hr, plan):
+        dgx, dgh, dh0, dc0 = persistent_bwd(cell, w_hh, hs, cs, gates, dhs, dcs, dy, plan)
+    elif cell == "lstm":
+        w_hr_c = w_hr.contiguous() if w_hr is not None else None
+        dg, dh0, dc0, dht = _lstm_bwd(w_hh, w_hr_c, cs, gates, dhs, dcs, dy, plan)
+        dgx = dgh = dg
+    elif cell == "gru":
+        dgx, dgh, dh0 = _gru_bwd(w_hh, hs, gates, dhs, dy, plan)
+    else:
+        dg, dh0 = _rnn_bwd(w_hh, hs, dhs, dy, plan, relu=cell == "rnn_relu")
+        dgx = dgh = dg
+    GH = dgx.shape[-1]
+    acc = dh0.dtype
+    dgx_flat = dgx.view(T * B, GH)
+    dxg = dgx_flat[_packed_rows(batch_sizes, B, x.device)] if packed else dgx_flat
+    flat_x = x if packed else x.reshape(-1, x.shape[-1])
+    dgh_flat = dgh.view(T * B, GH)
+    h_prev = (hs[1:] if reverse else hs[:T]).reshape(T * B, -1)
+    n_x, n_h0, n_c0, n_wih, n_whh, n_bih, n_bhh, n_whr = needs
+    return [
+        (dxg @ w_ih).view(x.shape) if n_x else None,
+        dh0.to(h0.dtype) if n_h0 else None,
+        dc0.to(h0.dtype) if n_c0 and dc0 is not None else None,
+        dxg.t() @ flat_x if n_wih else None,
+        dgh_flat.t() @ h_prev if n_whh else None,
+        dxg.sum(0, dtype=acc).to(x.dtype) if n_bih else None,
+        dgh_flat.sum(0, dtype=acc).to(x.dtype) if n_bhh else None,
+        dht.view(T * B, -1).t() @ m.view(T * B, -1) if n_whr and dht is not None else None,
+    ]
+
+
+layer = library.define_layer_op("triton", forward, fake_forward, backward, unpack)

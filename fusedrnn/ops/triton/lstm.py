@@ -1,0 +1,429 @@
+"""LSTM per-step kernels: forward step, projection step, backward step.
+
+Forward, one launch per step (plus one projection launch per step when
+proj_size > 0): a program owns BLOCK_B batch rows x BLOCK_H hidden units and
+computes all four gates of those units, ``pre_q = xg_q + h_prev W_hh,q^T + b_hh,q``,
+then the cell update (see :mod:`.cellmath`). It writes ``c_t``, the gate
+activations (saved for the backward) and either ``h_t`` (no projection) or the
+unprojected ``m_t``; the projection launch then writes ``h_t = m_t W_hr^T``,
+because every program of the next step needs the complete ``h_t``.
+
+Backward, one launch per step (two with projection): the program first forms the
+gradient of ``h_t`` (:func:`.common.state_grad`, which includes ``dG_{t+1} W_hh``),
+then the gate gradients ``dG_t`` and ``dc_{t-1}`` by :func:`.cellmath.lstm_bwd`.
+With projection a state-gradient launch over the ``Hout`` columns forms
+``dh_t`` first and the gate launch computes ``dm_t = dh_t W_hr`` in-kernel.
+Weight gradients are GEMMs over all steps afterwards (see :mod:`.layer`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import runtime
+from .cellmath import lstm_bwd, lstm_fwd
+from .common import state_grad
+from .configs import pick_step_config
+
+
+@triton.jit
+def _lstm_fwd_step_kernel(
+    xg_ptr,  # [N, 4H] input projection x W_ih^T + b_ih (x layout)
+    w_ptr,  # [4H, HOUT] W_hh
+    b_ptr,  # [4H] b_hh (HAS_BIAS)
+    hs_ptr,  # [T+1, B, HOUT] hidden-state history
+    cs_ptr,  # [T+1, B, H] cell-state history (accumulation dtype)
+    gates_ptr,  # [T, B, 4H] saved i, f, g, o (accumulation dtype)
+    m_ptr,  # [T, B, H] unprojected output (PROJ)
+    y_ptr,  # [N, HOUT] packed output (WRITE_Y)
+    xg_row0,  # first row of this step in x / xg / y
+    rows_active,  # batch rows computed at this step (packed), else B
+    hs_r,  # element offsets: Hs slot read, Hs slot written
+    hs_w,
+    cs_r,  # Cs slot read, Cs slot written
+    cs_w,
+    gates_off,  # t * B * 4H: step t in gates
+    m_off,  # t * B * H: step t in m
+    B,
+    H,
+    HOUT,
+    HAS_BIAS: tl.constexpr,
+    PROJ: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    acc_ty = cs_ptr.dtype.element_ty
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    umask = units < H
+    act = rows < rows_active
+    mask2 = rmask[:, None] & umask[None, :]
+    amask = act[:, None] & umask[None, :]
+
+    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
+    for k0 in range(0, HOUT, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < HOUT
+        h = tl.load(
+            hs_ptr + hs_r + rows[:, None] * HOUT + ks[None, :],
+            mask=act[:, None] & kmask[None, :],
+            other=0.0,
+        )
+        # W_hh^T tiles [BLOCK_K, BLOCK_H], one per gate
+        w_off = units[None, :] * HOUT + ks[:, None]
+        wmask = kmask[:, None] & umask[None, :]
+        w = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
+        acc_i = tl.dot(h, w, acc_i, input_precision=PRECISION)
+        w = tl.load(w_ptr + H * HOUT + w_off, mask=wmask, other=0.0)
+        acc_f = tl.dot(h, w, acc_f, input_precision=PRECISION)
+        w = tl.load(w_ptr + 2 * H * HOUT + w_off, mask=wmask, other=0.0)
+        acc_g = tl.dot(h, w, acc_g, input_precision=PRECISION)
+        w = tl.load(w_ptr + 3 * H * HOUT + w_off, mask=wmask, other=0.0)
+        acc_o = tl.dot(h, w, acc_o, input_precision=PRECISION)
+
+    xg = xg_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * (4 * H) + units[None, :]
+    acc_i += tl.load(xg, mask=amask, other=0.0).to(acc_ty)
+    acc_f += tl.load(xg + H, mask=amask, other=0.0).to(acc_ty)
+    acc_g += tl.load(xg + 2 * H, mask=amask, other=0.0).to(acc_ty)
+    acc_o += tl.load(xg + 3 * H, mask=amask, other=0.0).to(acc_ty)
+    if HAS_BIAS:
+        acc_i += tl.load(b_ptr + units, mask=umask, other=0.0).to(acc_ty)[None, :]
+        acc_f += tl.load(b_ptr + H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
+        acc_g += tl.load(b_ptr + 2 * H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
+        acc_o += tl.load(b_ptr + 3 * H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
+
+    state = rows[:, None] * H + units[None, :]
+    c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
+    i, f, g, o, c, m = lstm_fwd(acc_i, acc_f, acc_g, acc_o, c_prev)
+    tl.store(cs_ptr + cs_w + state, tl.where(act[:, None], c, c_prev), mask=mask2)
+
+    saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
+    tl.store(saved, tl.where(act[:, None], i, 0.0), mask=mask2)
+    tl.store(saved + H, tl.where(act[:, None], f, 0.0), mask=mask2)
+    tl.store(saved + 2 * H, tl.where(act[:, None], g, 0.0), mask=mask2)
+    tl.store(saved + 3 * H, tl.where(act[:, None], o, 0.0), mask=mask2)
+
+    if PROJ:
+        # zeros in inactive rows: the dW_hr GEMM reads every row
+        tl.store(m_ptr + m_off + state, tl.where(act[:, None], m, 0.0), mask=mask2)
+    else:
+        h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
+        h_new = tl.where(act[:, None], m.to(h_prev.dtype), h_prev)
+        tl.store(hs_ptr + hs_w + state, h_new, mask=mask2)
+        if WRITE_Y:
+            tl.store(
+                y_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * H + units[None, :],
+                h_new,
+                mask=amask,
+            )
+
+
+@triton.jit
+def _lstm_proj_step_kernel(
+    m_ptr,  # [T, B, H] unprojected outputs
+    w_ptr,  # [HOUT, H] W_hr
+    hs_ptr,  # [T+1, B, HOUT] hidden-state history
+    y_ptr,  # [N, HOUT] packed output (WRITE_Y)
+    xg_row0,
+    rows_active,
+    hs_r,
+    hs_w,
+    m_off,  # offset of step t in m
+    B,
+    H,
+    HOUT,
+    WRITE_Y: tl.constexpr,
+    ACC_TY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < HOUT
+    act = rows < rows_active
+    mask2 = rmask[:, None] & cmask[None, :]
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < H
+        m = tl.load(
+            m_ptr + m_off + rows[:, None] * H + ks[None, :],
+            mask=act[:, None] & kmask[None, :],
+            other=0.0,
+        )
+        w = tl.load(
+            w_ptr + cols[None, :] * H + ks[:, None],
+            mask=kmask[:, None] & cmask[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(m, w, acc, input_precision=PRECISION)
+    state = rows[:, None] * HOUT + cols[None, :]
+    h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
+    h_new = tl.where(act[:, None], acc.to(h_prev.dtype), h_prev)
+    tl.store(hs_ptr + hs_w + state, h_new, mask=mask2)
+    if WRITE_Y:
+        tl.store(
+            y_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * HOUT + cols[None, :],
+            h_new,
+            mask=act[:, None] & cmask[None, :],
+        )
+
+
+@triton.jit
+def _lstm_bwd_step_kernel(
+    dg_ptr,  # [T, B, 4H] gate-gradient history (written at step t, read at the previous one)
+    w_ptr,  # [4H, HOUT] W_hh
+    gates_ptr,  # [T, B, 4H] saved i, f, g, o
+    cs_ptr,  # [T+1, B, H] cell-state history
+    dh_ptr,  # [B, HOUT] running state gradient (see common.py; not PROJ)
+    dc_ptr,  # [B, H] running cell-state gradient
+    dhs_ptr,  # [T+1, B, HOUT] gradient of Hs (HAS_DHS)
+    dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
+    dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
+    dht_ptr,  # [T, B, HOUT] gradient of h_t from the projection launch (PROJ)
+    whr_ptr,  # [HOUT, H] W_hr (PROJ)
+    y_row0,
+    rows_active,
+    rows_prev,  # rows active at the step processed before (0 for the first)
+    hs_w,  # offset of the Hs slot this step wrote
+    cs_r,
+    cs_w,
+    gates_off,  # t * B * 4H: step t in gates and dG
+    dg_prev_off,  # offset of dG of the step processed before
+    dht_off,  # t * B * HOUT
+    B,
+    H,
+    HOUT,
+    PROJ: tl.constexpr,
+    HAS_DHS: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    HAS_DCS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    acc_ty = dc_ptr.dtype.element_ty
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    umask = units < H
+    act = rows < rows_active
+    mask2 = rmask[:, None] & umask[None, :]
+
+    if PROJ:
+        dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
+        for k0 in range(0, HOUT, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < HOUT
+            dht = tl.load(
+                dht_ptr + dht_off + rows[:, None] * HOUT + ks[None, :],
+                mask=act[:, None] & kmask[None, :],
+                other=0.0,
+            )
+            w = tl.load(
+                whr_ptr + ks[:, None] * H + units[None, :],
+                mask=kmask[:, None] & umask[None, :],
+                other=0.0,
+            )
+            dm = tl.dot(dht, w, dm, input_precision=PRECISION)
+    else:
+        dm = state_grad(
+            dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
+            rows, units, rmask, umask, act, rows < rows_prev, 4 * H, HOUT,
+            HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+        )  # fmt: skip
+        tl.store(
+            dh_ptr + rows[:, None] * HOUT + units[None, :],
+            tl.where(act[:, None], 0.0, dm),
+            mask=mask2,
+        )
+
+    state = rows[:, None] * H + units[None, :]
+    dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
+    if HAS_DCS:
+        dc += tl.load(dcs_ptr + cs_w + state, mask=mask2, other=0.0).to(acc_ty)
+    c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
+    c = tl.load(cs_ptr + cs_w + state, mask=mask2, other=0.0)
+    saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
+    i = tl.load(saved, mask=mask2, other=0.0)
+    f = tl.load(saved + H, mask=mask2, other=0.0)
+    g = tl.load(saved + 2 * H, mask=mask2, other=0.0)
+    o = tl.load(saved + 3 * H, mask=mask2, other=0.0)
+    d_i, d_f, d_g, d_o, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, dm, dc)
+
+    a = act[:, None]
+    dg_ty = dg_ptr.dtype.element_ty
+    out = dg_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
+    tl.store(out, tl.where(a, d_i, 0.0).to(dg_ty), mask=mask2)
+    tl.store(out + H, tl.where(a, d_f, 0.0).to(dg_ty), mask=mask2)
+    tl.store(out + 2 * H, tl.where(a, d_g, 0.0).to(dg_ty), mask=mask2)
+    tl.store(out + 3 * H, tl.where(a, d_o, 0.0).to(dg_ty), mask=mask2)
+    tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
+
+
+@triton.jit
+def _lstm_proj_grad_step_kernel(
+    dg_ptr,  # [T, B, 4H] gate-gradient history
+    w_ptr,  # [4H, HOUT] W_hh
+    dh_ptr,  # [B, HOUT] running state gradient
+    dhs_ptr,  # [T+1, B, HOUT] gradient of Hs (HAS_DHS)
+    dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
+    dht_ptr,  # [T, B, HOUT] out: gradient of h_t (zero in inactive rows)
+    y_row0,
+    rows_active,
+    rows_prev,
+    hs_w,
+    dht_off,  # t * B * HOUT
+    dg_prev_off,
+    B,
+    H,
+    HOUT,
+    HAS_DHS: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < HOUT
+    act = rows < rows_active
+    mask2 = rmask[:, None] & cmask[None, :]
+    total = state_grad(
+        dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
+        rows, cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT,
+        HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+    )  # fmt: skip
+    state = rows[:, None] * HOUT + cols[None, :]
+    a = act[:, None]
+    tl.store(dh_ptr + state, tl.where(a, 0.0, total), mask=mask2)
+    tl.store(
+        dht_ptr + dht_off + state,
+        tl.where(a, total, 0.0).to(dht_ptr.dtype.element_ty),
+        mask=mask2,
+    )
+
+
+def _lstm_fwd(
+    xg: Tensor,  # [N, 4H] input projection, b_ih included
+    h0: Tensor,  # [B, Hout]
+    c0: Tensor,  # [B, H]
+    w_hh: Tensor,  # [4H, Hout] contiguous
+    b_hh: Tensor | None,  # [4H]
+    w_hr: Tensor | None,  # [Hout, H] contiguous
+    plan: runtime.Plan,
+    packed: bool,
+) -> list[Tensor]:
+    """Allocate the histories and launch the step kernels. Returns
+    ``[Hs [T+1,B,Hout], Cs [T+1,B,H], gates [T,B,4H], m [T,B,H] | empty, y [N,Hout] | empty]``."""
+    T, B = plan.T, plan.B
+    H, Hout = w_hh.shape[0] // 4, w_hh.shape[1]
+    dt, dev, acc = xg.dtype, xg.device, runtime.acc_dtype(xg.dtype)
+    hs = runtime.empty(T + 1, B, Hout, dtype=dt, device=dev)
+    hs[plan.first_slot] = h0
+    cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev)
+    cs[plan.first_slot] = c0
+    gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev)
+    proj = w_hr is not None
+    m = runtime.empty(T, B, H, dtype=dt, device=dev) if proj else hs.new_empty(0)
+    y = runtime.empty(xg.shape[0], Hout, dtype=dt, device=dev) if packed else hs.new_empty(0)
+    cfg = pick_step_config(B, H)
+    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
+    grid_p = (triton.cdiv(Hout, cfg.block_h), triton.cdiv(B, cfg.block_b))
+    prec = runtime.dot_precision(dt)
+    blocks = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
+    for s in plan.steps:
+        runtime.launch(
+            _lstm_fwd_step_kernel, grid,
+            xg, w_hh, b_hh if b_hh is not None else xg, hs, cs, gates,
+            m if proj else hs, y if packed else hs,
+            s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout,
+            s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * H, B, H, Hout,
+            HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, PRECISION=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **blocks,
+        )  # fmt: skip
+        if proj:
+            runtime.launch(
+                _lstm_proj_step_kernel, grid_p,
+                m, w_hr, hs, y if packed else hs,
+                s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.t * B * H,
+                B, H, Hout,
+                WRITE_Y=packed, ACC_TY=tl.float64 if acc == torch.float64 else tl.float32,
+                PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **blocks,
+            )  # fmt: skip
+    return [hs, cs, gates, m, y]
+
+
+def _lstm_bwd(
+    w_hh: Tensor,  # [4H, Hout] contiguous
+    w_hr: Tensor | None,  # [Hout, H] contiguous
+    cs: Tensor,  # [T+1, B, H]
+    gates: Tensor,  # [T, B, 4H]
+    dhs: Tensor | None,  # [T+1, B, Hout] gradient of Hs
+    dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
+    dy: Tensor | None,  # [N, Hout] gradient of the packed output
+    plan: runtime.Plan,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Launch the backward steps. Returns ``dG [T,B,4H]`` (zero in inactive rows),
+    ``dh0 [B,Hout]``, ``dc0 [B,H]`` (accumulation dtype) and, with projection,
+    ``dh [T,B,Hout]`` (gradient of every projected output, for ``dW_hr``)."""
+    T, B = plan.T, plan.B
+    H, Hout = w_hh.shape[0] // 4, w_hh.shape[1]
+    dt, dev, acc = w_hh.dtype, w_hh.device, cs.dtype
+    dg = runtime.empty(T, B, 4 * H, dtype=dt, device=dev)
+    dh = torch.zeros(B, Hout, dtype=acc, device=dev)
+    dc = torch.zeros(B, H, dtype=acc, device=dev)
+    proj = w_hr is not None
+    dht = runtime.empty(T, B, Hout, dtype=dt, device=dev) if proj else None
+    cfg = pick_step_config(B, H)
+    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
+    grid_p = (triton.cdiv(Hout, cfg.block_h), triton.cdiv(B, cfg.block_b))
+    prec = runtime.dot_precision(dt)
+    blocks = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
+    flags = dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None, PRECISION=prec)
+    anyt = dg  # placeholder pointer for absent tensors
+    rows_prev, t_prev = 0, 0
+    for s in reversed(plan.steps):
+        if proj:
+            runtime.launch(
+                _lstm_proj_grad_step_kernel, grid_p,
+                dg, w_hh, dh, dhs if dhs is not None else anyt, dy if dy is not None else anyt,
+                dht, s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.t * B * Hout,
+                t_prev * B * 4 * H, B, H, Hout,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **blocks,
+            )  # fmt: skip
+        runtime.launch(
+            _lstm_bwd_step_kernel, grid,
+            dg, w_hh, gates, cs, dh, dc,
+            dhs if dhs is not None else anyt, dy if dy is not None else anyt,
+            dcs if dcs is not None else anyt, dht if proj else anyt, w_hr if proj else anyt,
+            s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.slot_r * B * H, s.slot_w * B * H,
+            s.t * B * 4 * H, t_prev * B * 4 * H, s.t * B * Hout, B, H, Hout,
+            PROJ=proj, HAS_DCS=dcs is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **blocks,
+        )  # fmt: skip
+        rows_prev, t_prev = s.rows, s.t
+    # the first step's dG W_hh has no later launch to fold it in: one GEMM
+    if rows_prev:
+        dh[:rows_prev].addmm_(dg[t_prev, :rows_prev].to(acc), w_hh.to(acc))
+    if dhs is not None:
+        dh += dhs[plan.first_slot]
+    if dcs is not None:
+        dc += dcs[plan.first_slot]
+    return dg, dh, dc, dht

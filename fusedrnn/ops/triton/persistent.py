@@ -1,0 +1,414 @@
+"""Persistent whole-sequence kernels: one launch per layer and direction.
+
+A program owns BLOCK_B batch rows for the entire sequence. Because the next step
+of those rows needs *all* hidden units of the previous step, the program holds the
+whole ``W_hh`` ([G*H, H], one [BLOCK_H, BLOCK_H] tile per gate) in registers and
+loops over time inside the kernel, keeping ``h`` (and ``c``) on chip; there is no
+inter-program communication. That only fits for small H: the shipped limits
+(``configs.PERSISTENT_CONFIGS``) are the largest H whose kernels compile with zero
+spills on sm_80 and sm_90 (see ``python -m fusedrnn.compile_report``). Larger H,
+``proj_size > 0`` and float64 use the per-step kernels.
+
+The forward writes exactly the buffers the per-step kernels write (``Hs``, ``Cs``,
+saved gates, packed ``y``), so the weight-gradient GEMMs are shared. The backward
+walks time in reverse inside one launch: the state gradient
+``dh = dh_carry + dHs[slot] (+ dy)`` and ``dc`` give the gate gradients through
+:mod:`.cellmath`, and ``dh_prev = sum_q dG_h,q W_hh,q (+ dh z for the GRU)`` is
+formed in registers, so ``dh0``/``dc0`` come out of the same launch. Per-step
+``(first row, active rows)`` pairs are read from a small int32 table, which
+covers packed sequences; REVERSE flips the visiting order without copying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import runtime
+from .cellmath import gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
+from .configs import PersistentConfig, pick_persistent_config
+
+# CELL codes (constexpr)
+LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
+CELL_CODE = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU}
+_forced: str | None = None  # "step" | "persistent" | None (automatic); for tests
+
+
+@triton.jit
+def _w_tile(w_ptr, q, H, units, umask, TRANSPOSE: tl.constexpr):
+    """Gate q's block of W_hh [G*H, H]: [k, unit] if TRANSPOSE else [unit, k]."""
+    if TRANSPOSE:
+        off = (q * H + units[None, :]) * H + units[:, None]
+    else:
+        off = (q * H + units[:, None]) * H + units[None, :]
+    return tl.load(w_ptr + off, mask=umask[:, None] & umask[None, :], other=0.0)
+
+
+@triton.jit
+def _persistent_fwd_kernel(
+    xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
+    w_ptr,  # [G*H, H] W_hh
+    b_ptr,  # [G*H] b_hh (HAS_BIAS)
+    hs_ptr,  # [T+1, B, H] hidden-state history (slot of h0 filled)
+    cs_ptr,  # [T+1, B, H] cell-state history (LSTM; slot of c0 filled)
+    gates_ptr,  # [T, B, 4H] saved gates (LSTM: i f g o, GRU: r z n hn)
+    y_ptr,  # [N, H] packed output (WRITE_Y)
+    steps_ptr,  # [T, 2] int32: first row of step t in x / y, active rows at t
+    T,
+    B,
+    H,
+    CELL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    ACC_TY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    umask = units < H
+    mask2 = rmask[:, None] & umask[None, :]
+    state = rows[:, None] * H + units[None, :]
+    first = T if REVERSE else 0
+
+    # W_hh^T per gate, resident for the whole sequence
+    w0 = _w_tile(w_ptr, 0, H, units, umask, True)
+    if G > 1:
+        w1 = _w_tile(w_ptr, 1, H, units, umask, True)
+        w2 = _w_tile(w_ptr, 2, H, units, umask, True)
+    if G > 3:
+        w3 = _w_tile(w_ptr, 3, H, units, umask, True)
+    b0 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+    b1 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+    b2 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+    b3 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+    if HAS_BIAS:
+        b0 = tl.load(b_ptr + units, mask=umask, other=0.0).to(ACC_TY)
+        if G > 1:
+            b1 = tl.load(b_ptr + H + units, mask=umask, other=0.0).to(ACC_TY)
+            b2 = tl.load(b_ptr + 2 * H + units, mask=umask, other=0.0).to(ACC_TY)
+        if G > 3:
+            b3 = tl.load(b_ptr + 3 * H + units, mask=umask, other=0.0).to(ACC_TY)
+
+    h = tl.load(hs_ptr + first * B * H + state, mask=mask2, other=0.0)
+    c = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    if CELL == 0:
+        c = tl.load(cs_ptr + first * B * H + state, mask=mask2, other=0.0)
+
+    for s in range(T):
+        if REVERSE:
+            t = T - 1 - s
+            slot = t
+        else:
+            t = s
+            slot = t + 1
+        row0 = tl.load(steps_ptr + 2 * t)
+        act = rows < tl.load(steps_ptr + 2 * t + 1)
+        a = act[:, None]
+        xg = xg_ptr + (row0 + rows[:, None]).to(tl.int64) * (G * H) + units[None, :]
+        amask = a & umask[None, :]
+        hd = tl.where(a, h, 0.0)
+        p0 = tl.dot(hd, w0, input_precision=PRECISION, out_dtype=ACC_TY) + b0[None, :]
+        p0 += tl.load(xg, mask=amask, other=0.0).to(ACC_TY)
+        saved = gates_ptr + t * B * 4 * H + rows[:, None] * (4 * H) + units[None, :]
+        if CELL == 0:
+            p1 = tl.dot(hd, w1, input_precision=PRECISION, out_dtype=ACC_TY) + b1[None, :]
+            p2 = tl.dot(hd, w2, input_precision=PRECISION, out_dtype=ACC_TY) + b2[None, :]
+            p3 = tl.dot(hd, w3, input_precision=PRECISION, out_dtype=ACC_TY) + b3[None, :]
+            p1 += tl.load(xg + H, mask=amask, other=0.0).to(ACC_TY)
+            p2 += tl.load(xg + 2 * H, mask=amask, other=0.0).to(ACC_TY)
+            p3 += tl.load(xg + 3 * H, mask=amask, other=0.0).to(ACC_TY)
+            i, f, g, o, c_new, h_new = lstm_fwd(p0, p1, p2, p3, c)
+            c = tl.where(a, c_new, c)
+            tl.store(cs_ptr + slot * B * H + state, c, mask=mask2)
+            tl.store(saved, tl.where(a, i, 0.0), mask=mask2)
+            tl.store(saved + H, tl.where(a, f, 0.0), mask=mask2)
+            tl.store(saved + 2 * H, tl.where(a, g, 0.0), mask=mask2)
+            tl.store(saved + 3 * H, tl.where(a, o, 0.0), mask=mask2)
+        elif CELL == 1:
+            hz = tl.dot(hd, w1, input_precision=PRECISION, out_dtype=ACC_TY) + b1[None, :]
+            hn = tl.dot(hd, w2, input_precision=PRECISION, out_dtype=ACC_TY) + b2[None, :]
+            xz = tl.load(xg + H, mask=amask, other=0.0).to(ACC_TY)
+            xn = tl.load(xg + 2 * H, mask=amask, other=0.0).to(ACC_TY)
+            # p0 holds x_r + h_r; gru_fwd adds its arguments pairwise
+            r, z, n, h_new = gru_fwd(p0, xz, xn, 0.0, hz, hn, h.to(ACC_TY))
+            tl.store(saved, tl.where(a, r, 0.0), mask=mask2)
+            tl.store(saved + H, tl.where(a, z, 0.0), mask=mask2)
+            tl.store(saved + 2 * H, tl.where(a, n, 0.0), mask=mask2)
+            tl.store(saved + 3 * H, tl.where(a, hn, 0.0), mask=mask2)
+        else:
+            h_new = rnn_fwd(p0, CELL == 3)
+        h = tl.where(a & umask[None, :], h_new.to(h.dtype), h)
+        tl.store(hs_ptr + slot * B * H + state, h, mask=mask2)
+        if WRITE_Y:
+            tl.store(
+                y_ptr + (row0 + rows[:, None]).to(tl.int64) * H + units[None, :], h, mask=amask
+            )
+
+
+@triton.jit
+def _persistent_bwd_kernel(
+    dgx_ptr,  # [T, B, G*H] out: input-side gate gradients (zero in inactive rows)
+    dgh_ptr,  # [T, B, G*H] out: recurrent-side gate gradients (GRU only)
+    w_ptr,  # [G*H, H] W_hh
+    hs_ptr,  # [T+1, B, H] hidden-state history
+    cs_ptr,  # [T+1, B, H] cell-state history (LSTM)
+    gates_ptr,  # [T, B, 4H] saved gates (LSTM, GRU)
+    dhs_ptr,  # [T+1, B, H] gradient of Hs (HAS_DHS)
+    dy_ptr,  # [N, H] gradient of the packed output (HAS_DY)
+    dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
+    dh0_ptr,  # [B, H] out: gradient of h0 (accumulation dtype)
+    dc0_ptr,  # [B, H] out: gradient of c0 (LSTM)
+    steps_ptr,  # [T, 2] int32: first row of step t, active rows at t
+    T,
+    B,
+    H,
+    CELL: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_DHS: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    HAS_DCS: tl.constexpr,
+    ACC_TY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    umask = units < H
+    mask2 = rmask[:, None] & umask[None, :]
+    state = rows[:, None] * H + units[None, :]
+    dg_ty = dgx_ptr.dtype.element_ty
+
+    # W_hh per gate ([gate unit, k]), resident for the whole sequence
+    w0 = _w_tile(w_ptr, 0, H, units, umask, False)
+    if G > 1:
+        w1 = _w_tile(w_ptr, 1, H, units, umask, False)
+        w2 = _w_tile(w_ptr, 2, H, units, umask, False)
+    if G > 3:
+        w3 = _w_tile(w_ptr, 3, H, units, umask, False)
+
+    dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)  # carried state gradient
+    dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    for s in range(T):
+        if REVERSE:
+            t = s
+            slot_r = t + 1
+            slot_w = t
+        else:
+            t = T - 1 - s
+            slot_r = t
+            slot_w = t + 1
+        row0 = tl.load(steps_ptr + 2 * t)
+        act = rows < tl.load(steps_ptr + 2 * t + 1)
+        a = act[:, None]
+        total = dh
+        if HAS_DHS:
+            total += tl.load(dhs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
+        if HAS_DY:
+            total += tl.load(
+                dy_ptr + (row0 + rows[:, None]).to(tl.int64) * H + units[None, :],
+                mask=a & umask[None, :],
+                other=0.0,
+            ).to(ACC_TY)
+        saved = gates_ptr + t * B * 4 * H + rows[:, None] * (4 * H) + units[None, :]
+        out = t * B * G * H + rows[:, None] * (G * H) + units[None, :]
+        if CELL == 0:
+            dc_in = dc
+            if HAS_DCS:
+                dc_in += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
+            c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+            c = tl.load(cs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
+            i = tl.load(saved, mask=mask2, other=0.0)
+            f = tl.load(saved + H, mask=mask2, other=0.0)
+            g = tl.load(saved + 2 * H, mask=mask2, other=0.0)
+            o = tl.load(saved + 3 * H, mask=mask2, other=0.0)
+            d0, d1, d2, d3, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, total, dc_in)
+            dc = tl.where(a, dc_prev, dc_in)
+            d0 = tl.where(a, d0, 0.0).to(dg_ty)
+            d1 = tl.where(a, d1, 0.0).to(dg_ty)
+            d2 = tl.where(a, d2, 0.0).to(dg_ty)
+            d3 = tl.where(a, d3, 0.0).to(dg_ty)
+            tl.store(dgx_ptr + out + H, d1, mask=mask2)
+            tl.store(dgx_ptr + out + 2 * H, d2, mask=mask2)
+            tl.store(dgx_ptr + out + 3 * H, d3, mask=mask2)
+            prev = tl.dot(d0, w0, input_precision=PRECISION, out_dtype=ACC_TY)
+            prev = tl.dot(d1, w1, prev, input_precision=PRECISION, out_dtype=ACC_TY)
+            prev = tl.dot(d2, w2, prev, input_precision=PRECISION, out_dtype=ACC_TY)
+            prev = tl.dot(d3, w3, prev, input_precision=PRECISION, out_dtype=ACC_TY)
+        elif CELL == 1:
+            h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
+            r = tl.load(saved, mask=mask2, other=0.0)
+            z = tl.load(saved + H, mask=mask2, other=0.0)
+            n = tl.load(saved + 2 * H, mask=mask2, other=0.0)
+            hn = tl.load(saved + 3 * H, mask=mask2, other=0.0)
+            d0, d1, dxn, dhn, direct = gru_bwd(r, z, n, hn, h_prev, total)
+            d0 = tl.where(a, d0, 0.0).to(dg_ty)
+            d1 = tl.where(a, d1, 0.0).to(dg_ty)
+            dhn = tl.where(a, dhn, 0.0).to(dg_ty)
+            tl.store(dgx_ptr + out + H, d1, mask=mask2)
+            tl.store(dgx_ptr + out + 2 * H, tl.where(a, dxn, 0.0).to(dg_ty), mask=mask2)
+            tl.store(dgh_ptr + out, d0, mask=mask2)
+            tl.store(dgh_ptr + out + H, d1, mask=mask2)
+            tl.store(dgh_ptr + out + 2 * H, dhn, mask=mask2)
+            prev = tl.dot(d0, w0, input_precision=PRECISION, out_dtype=ACC_TY)
+            prev = tl.dot(d1, w1, prev, input_precision=PRECISION, out_dtype=ACC_TY)
+            prev = tl.dot(dhn, w2, prev, input_precision=PRECISION, out_dtype=ACC_TY)
+            prev += direct
+        else:
+            h = tl.load(hs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
+            d0 = tl.where(a, rnn_bwd(h, total, CELL == 3), 0.0).to(dg_ty)
+            prev = tl.dot(d0, w0, input_precision=PRECISION, out_dtype=ACC_TY)
+        tl.store(dgx_ptr + out, d0, mask=mask2)
+        dh = tl.where(a, prev, total)
+
+    first = T if REVERSE else 0
+    if HAS_DHS:
+        dh += tl.load(dhs_ptr + first * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
+    tl.store(dh0_ptr + state, dh, mask=mask2)
+    if CELL == 0:
+        if HAS_DCS:
+            dc += tl.load(dcs_ptr + first * B * H + state, mask=mask2, other=0.0)
+        tl.store(dc0_ptr + state, dc, mask=mask2)
+
+
+def force_path(path: str | None) -> None:
+    """Force "step" or "persistent" kernels (tests); None restores the automatic choice."""
+    global _forced
+    if path not in (None, "step", "persistent"):
+        raise ValueError(f"unknown kernel path {path!r}")
+    _forced = path
+
+
+@contextlib.contextmanager
+def kernel_path(path: str | None) -> Iterator[None]:
+    """``with kernel_path("step"):`` forces the per-step (or persistent) kernels."""
+    old = _forced
+    force_path(path)
+    try:
+        yield
+    finally:
+        force_path(old)
+
+
+def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | None:
+    H = w_hh.shape[1]
+    hout = w_hr.shape[0] if w_hr is not None else H
+    if w_hh.dtype == torch.float64 or w_hr is not None:
+        return None
+    return pick_persistent_config(cell, H, hout)
+
+
+def use_persistent(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> bool:
+    if _forced == "step":
+        return False
+    H = w_hh.shape[1]
+    if _forced == "persistent":
+        if w_hr is not None or H > 64:
+            raise ValueError("persistent kernels need proj_size == 0 and H <= 64")
+        return True
+    # the kernel forms per-step offsets such as t*B*4H in int32
+    small = (plan.T + 1) * plan.B * 4 * H < 2**31
+    return plan.T > 0 and small and _config(cell, w_hh, w_hr) is not None
+
+
+def _block_h(H: int) -> int:
+    return max(16, triton.next_power_of_2(H))
+
+
+def _steps_table(plan: runtime.Plan, device: torch.device) -> Tensor:
+    table = [0] * (2 * plan.T)
+    for s in plan.steps:
+        table[2 * s.t], table[2 * s.t + 1] = s.row0, s.rows
+    return torch.tensor(table, dtype=torch.int32).to(device)
+
+
+def _launch_params(cell: str, w_hh: Tensor) -> dict:
+    cfg = _config(cell, w_hh, None)
+    block_b = cfg.block_b if cfg else 16
+    warps = cfg.num_warps if cfg else 4
+    stages = cfg.num_stages if cfg else 1
+    acc = tl.float64 if w_hh.dtype == torch.float64 else tl.float32
+    return dict(
+        CELL=CELL_CODE[cell],
+        ACC_TY=acc,
+        PRECISION=runtime.dot_precision(w_hh.dtype),
+        BLOCK_B=block_b,
+        BLOCK_H=cfg.block_h if cfg else _block_h(w_hh.shape[1]),
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+def persistent_fwd(
+    cell: str,
+    xg: Tensor,  # [N, G*H] input projection, b_ih included
+    h0: Tensor,  # [B, H]
+    c0: Tensor | None,  # [B, H] (LSTM)
+    w_hh: Tensor,  # [G*H, H] contiguous
+    b_hh: Tensor | None,  # [G*H]
+    plan: runtime.Plan,
+    packed: bool,
+) -> list[Tensor]:
+    """One launch for the sequence; the same buffers as the per-step launchers."""
+    T, B, H = plan.T, plan.B, w_hh.shape[1]
+    dt, dev, acc = xg.dtype, xg.device, runtime.acc_dtype(xg.dtype)
+    hs = runtime.empty(T + 1, B, H, dtype=dt, device=dev)
+    hs[plan.first_slot] = h0
+    lstm, gated = cell == "lstm", cell in ("lstm", "gru")
+    cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev) if lstm else hs.new_empty(0)
+    if lstm:
+        cs[plan.first_slot] = c0
+    gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev) if gated else hs.new_empty(0)
+    y = runtime.empty(xg.shape[0], H, dtype=dt, device=dev) if packed else hs.new_empty(0)
+    params = _launch_params(cell, w_hh)
+    runtime.launch(
+        _persistent_fwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
+        xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
+        gates if gated else hs, y if packed else hs, _steps_table(plan, dev), T, B, H,
+        HAS_BIAS=b_hh is not None, REVERSE=plan.reverse, WRITE_Y=packed, **params,
+    )  # fmt: skip
+    return [hs, cs, gates, hs.new_empty(0), y]
+
+
+def persistent_bwd(
+    cell: str,
+    w_hh: Tensor,  # [G*H, H] contiguous
+    hs: Tensor,  # [T+1, B, H]
+    cs: Tensor,  # [T+1, B, H] (LSTM) or empty
+    gates: Tensor,  # [T, B, 4H] (LSTM, GRU) or empty
+    dhs: Tensor | None,  # [T+1, B, H]
+    dcs: Tensor | None,  # [T+1, B, H]
+    dy: Tensor | None,  # [N, H]
+    plan: runtime.Plan,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """One launch; returns ``dG_x``, ``dG_h`` [T,B,G*H], ``dh0`` and ``dc0`` (LSTM)."""
+    T, B, H = plan.T, plan.B, w_hh.shape[1]
+    GH = w_hh.shape[0]
+    dt, dev, acc = w_hh.dtype, w_hh.device, runtime.acc_dtype(w_hh.dtype)
+    dgx = runtime.empty(T, B, GH, dtype=dt, device=dev)
+    dgh = runtime.empty(T, B, GH, dtype=dt, device=dev) if cell == "gru" else dgx
+    dh0 = runtime.empty(B, H, dtype=acc, device=dev)
+    dc0 = runtime.empty(B, H, dtype=acc, device=dev) if cell == "lstm" else None
+    params = _launch_params(cell, w_hh)
+    runtime.launch(
+        _persistent_bwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
+        dgx, dgh, w_hh, hs, cs if cs.numel() else hs, gates if gates.numel() else hs,
+        dhs if dhs is not None else hs, dy if dy is not None else hs,
+        dcs if dcs is not None else dh0, dh0, dc0 if dc0 is not None else dh0,
+        _steps_table(plan, dev), T, B, H,
+        REVERSE=plan.reverse, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
+        HAS_DCS=dcs is not None, **params,
+    )  # fmt: skip
+    return dgx, dgh, dh0, dc0

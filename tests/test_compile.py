@@ -1,0 +1,94 @@
+"""torch.compile(fullgraph=True) over models built from fusedrnn modules.
+
+The triton backend is a pair of torch.library custom ops (forward / backward,
+with fake kernels and an autograd registration; see fusedrnn/ops/library.py),
+so Dynamo traces it as opaque nodes; the reference backend is plain PyTorch.
+Both must trace without a graph break and match eager, forward and backward.
+(PackedSequence input is data-dependent, pack_padded_sequence breaks the graph
+in torch.nn too, so the compiled models here take dense input.)
+On a machine without CUDA the triton backend runs under the Triton interpreter,
+which needs TRITON_INTERPRET=1 in the environment of the pytest process (the
+triton case is skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+
+import fusedrnn
+
+
+def _triton_interprets() -> bool:
+    """The triton backend runs on CPU tensors only if triton was first imported
+    with TRITON_INTERPRET=1 (else its kernels are compiled, which needs a GPU)."""
+    if "triton" not in fusedrnn.available_backends("cpu"):
+        return False
+    import triton.language.standard
+
+    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+
+
+BACKENDS = ["reference", "cpu", "triton"]
+AVAILABLE = {"reference": True, "cpu": "cpu" in fusedrnn.available_backends("cpu")}
+AVAILABLE["triton"] = _triton_interprets()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    if not AVAILABLE[request.param]:
+        pytest.skip(f"the {request.param} backend cannot run on CPU tensors here")
+    return request.param
+
+
+class TwoLayerLM(torch.nn.Module):
+    def __init__(self, cls: str, backend: str, **kwargs):
+        super().__init__()
+        self.rnn = getattr(fusedrnn, cls)(3, 6, num_layers=2, backend=backend, **kwargs)
+        out = (self.rnn.proj_size or 6) * (2 if self.rnn.bidirectional else 1)
+        self.head = torch.nn.Linear(out, 4)
+
+    def forward(self, x):
+        y, hidden = self.rnn(x)
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        return self.head(y).square().mean() + h.sum()
+
+
+def _check(model: torch.nn.Module, *inputs):
+    # fullgraph=True turns any graph break into an error
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    loss_c = compiled(*inputs)
+    loss_c.backward()
+    grads_c = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss_e = model(*inputs)
+    loss_e.backward()
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=1e-12)
+    for (name, p), g in zip(model.named_parameters(), grads_c, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_compile_two_layer_lstm(backend):
+    model = TwoLayerLM("LSTM", backend).double()
+    _check(model, torch.randn(5, 2, 3, dtype=torch.float64))
+
+
+def test_compile_bidirectional_gru(backend):
+    model = TwoLayerLM("GRU", backend, bidirectional=True).double()
+    _check(model, torch.randn(4, 3, 3, dtype=torch.float64))
+
+
+def test_compile_lstm_proj_batch_first(backend):
+    model = TwoLayerLM("LSTM", backend, proj_size=4, batch_first=True).double()
+    _check(model, torch.randn(2, 5, 3, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not AVAILABLE["triton"], reason="triton backend not available on CPU")
+def test_triton_ops_are_registered():
+    from fusedrnn.ops.triton.layer_op import layer
+
+    assert layer.fwd_op._qualname == "fusedrnn::triton_layer_fwd"
+    assert torch.ops.fusedrnn.triton_layer_fwd.default is not None
+    assert torch.ops.fusedrnn.triton_layer_bwd.default is not None

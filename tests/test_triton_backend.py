@@ -1,0 +1,361 @@
+"""The triton backend against the reference backend (autograd-differentiated).
+
+On a machine without CUDA the kernels run on CPU tensors under the Triton
+interpreter, which must be chosen before triton is first imported (and
+``import fusedrnn`` already imports it, through torch._dynamo), so run this module
+as ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_backend.py``; without
+that (and without CUDA) it skips. With CUDA the same checks run on CUDA tensors
+(marked ``gpu``). Every buffer the kernels write is NaN-poisoned first, so an
+element a kernel forgets to write shows up in the comparison.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import triton.language.standard  # noqa: E402
+
+import fusedrnn  # noqa: E402
+from fusedrnn.ops import reference  # noqa: E402
+from fusedrnn.ops import triton as tb  # noqa: E402
+
+# the interpreter is active only if triton was first imported with TRITON_INTERPRET=1
+INTERPRET = type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+HAS_CUDA = torch.cuda.is_available()
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+# dtype -> tolerance against the reference in the same dtype
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+# TF32 on GPUs; half inputs against the float32 reference
+GPU_TOL = {torch.float32: 5e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+DEVICES = []
+if INTERPRET:
+    DEVICES.append("cpu")
+if HAS_CUDA:
+    DEVICES.append(pytest.param("cuda", marks=pytest.mark.gpu))
+if not DEVICES:
+    pytest.skip(
+        "the triton backend needs CUDA, or TRITON_INTERPRET=1 in the environment of the "
+        "pytest process (set before triton is imported)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _poison():
+    with tb.poison_buffers():
+        yield
+
+
+def random_lengths(batch: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
+    """batch_sizes [T] of a random non-increasing set of lengths with max seq_len."""
+    lens = torch.randint(1, seq_len + 1, (batch,), generator=gen).tolist()
+    lens = sorted(lens, reverse=True)
+    lens[0] = seq_len
+    return torch.tensor([sum(n > t for n in lens) for t in range(seq_len)], dtype=torch.int64)
+
+
+def make_inputs(cell, T, B, I, H, *, proj=0, bias=True, packed=False, dtype, device, seed=0):
+    """Random layer-op inputs on ``device`` (fresh data for every case)."""
+    gen = torch.Generator().manual_seed(seed)
+    G = reference.GATES[cell]
+    Hout = proj or H
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    batch_sizes = random_lengths(B, T, gen) if packed else None
+    x = rnd(int(batch_sizes.sum()), I) if packed else rnd(T, B, I)
+    args = [
+        x,
+        rnd(B, Hout),
+        rnd(B, H) if cell == "lstm" else None,
+        rnd(G * H, I, scale=0.4),
+        rnd(G * H, Hout, scale=0.4),
+        rnd(G * H) if bias else None,
+        rnd(G * H) if bias else None,
+        rnd(Hout, H, scale=0.4) if proj else None,
+    ]
+    args = [a.to(device) if a is not None else None for a in args]
+    return args, batch_sizes
+
+
+def run_layer(fn, cell, args, batch_sizes, reverse, seed=1):
+    """Outputs and the gradients of every input under a random linear loss."""
+    leaves = [a.detach().clone().requires_grad_() if a is not None else None for a in args]
+    y, h_n, c_n = fn(cell, *leaves, batch_sizes, reverse)
+    outs = [y, h_n] + ([c_n] if c_n is not None else [])
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum(
+        (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o)).sum() for o in outs
+    )
+    loss.backward()
+    return outs, [a.grad if a is not None else None for a in leaves]
+
+
+def assert_close_all(got, want, tol, what):
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        if w is None:
+            assert g is None, f"{what}[{k}] should be None"
+            continue
+        assert g is not None, f"{what}[{k}] missing"
+        assert g.shape == w.shape and g.dtype == w.dtype, f"{what}[{k}] {g.shape} vs {w.shape}"
+        assert torch.isfinite(g).all(), f"{what}[{k}] has non-finite values (unwritten?)"
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m, k=k: f"{what}[{k}]: {m}")
+
+
+# (T, B, I, H, proj, bias, packed, reverse): awkward shapes and every option
+CASES = [
+    pytest.param(5, 3, 4, 20, 0, True, False, False, id="dense"),
+    pytest.param(4, 5, 3, 13, 0, True, True, True, id="packed-reverse"),
+    pytest.param(4, 4, 3, 9, 0, False, True, False, id="packed-nobias"),
+    pytest.param(3, 2, 4, 7, 0, True, False, True, id="reverse"),
+    pytest.param(1, 1, 3, 5, 0, True, False, False, id="B1-T1"),
+    pytest.param(3, 1, 2, 33, 0, True, False, False, id="B1-H33"),
+    pytest.param(2, 20, 3, 40, 0, True, True, True, id="B20-H40-packed-reverse"),
+]
+PROJ_CASES = [
+    pytest.param(4, 3, 4, 11, 5, True, False, False, id="proj"),
+    pytest.param(4, 4, 3, 9, 4, True, True, True, id="proj-packed-reverse"),
+    pytest.param(3, 2, 3, 6, 3, False, False, True, id="proj-nobias-reverse"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("T,B,I,H,proj,bias,packed,reverse", CASES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(cell, T, B, I, H, proj, bias, packed, reverse, dtype, path, device):
+    args, bs = make_inputs(
+        cell, T, B, I, H, proj=proj, bias=bias, packed=packed, dtype=dtype, device=device
+    )
+    with tb.kernel_path(path):
+        out, grads = run_layer(tb.layer, cell, args, bs, reverse)
+    ref_out, ref_grads = run_layer(reference.layer, cell, args, bs, reverse)
+    tol = TOL[dtype] if device == "cpu" else GPU_TOL.get(dtype, TOL[dtype])
+    assert_close_all(out, ref_out, tol, "output")
+    assert_close_all(grads, ref_grads, tol, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("T,B,I,H,proj,bias,packed,reverse", PROJ_CASES)
+def test_lstm_proj_matches_reference(T, B, I, H, proj, bias, packed, reverse, dtype, device):
+    """proj_size > 0 always runs the per-step kernels (plus the projection launch)."""
+    test_matches_reference("lstm", T, B, I, H, proj, bias, packed, reverse, dtype, None, device)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_only_some_outputs_used(cell):
+    """Gradients arriving only through h_n (or only through y) are handled."""
+    args, bs = make_inputs(cell, 3, 3, 2, 6, packed=True, dtype=torch.float64, device=DEVICES[0])
+    for pick in (0, 1):
+        leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
+        ref_leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
+        tb.layer(cell, *leaves, bs, False)[pick].sum().backward()
+        reference.layer(cell, *ref_leaves, bs, False)[pick].sum().backward()
+        grads = [a.grad if a is not None else None for a in leaves]
+        want = [a.grad if a is not None else None for a in ref_leaves]
+        assert_close_all(grads, want, 1e-10, f"grad via output {pick}")
+
+
+@pytest.mark.skipif(not INTERPRET, reason="float64 gradcheck runs under the interpreter")
+@pytest.mark.parametrize(
+    "cell,proj,packed,reverse",
+    [
+        ("lstm", 0, False, False),
+        ("lstm", 2, True, True),
+        ("gru", 0, True, False),
+        ("rnn_tanh", 0, False, True),
+        ("rnn_relu", 0, True, False),
+    ],
+)
+def test_gradcheck(cell, proj, packed, reverse):
+    args, bs = make_inputs(
+        cell, 3, 2, 2, 2, proj=proj, packed=packed, dtype=torch.float64, device="cpu", seed=7
+    )
+    present = [a.clone().requires_grad_() for a in args if a is not None]
+    where = [a is not None for a in args]
+
+    def fn(*tensors):
+        it = iter(tensors)
+        full = [next(it) if w else None for w in where]
+        y, h, c = tb.layer(cell, *full, bs, reverse)
+        return (y, h) if c is None else (y, h, c)
+
+    assert torch.autograd.gradcheck(fn, present, fast_mode=True)
+
+
+def _count_launches(cell, H, proj, path, T=4, packed=False):
+    args, bs = make_inputs(
+        cell, T, 3, 3, H, proj=proj, packed=packed, dtype=torch.float32, device=DEVICES[0]
+    )
+    leaves = [a.requires_grad_() if a is not None else None for a in args]
+    with tb.kernel_path(path):
+        with tb.launch_counter() as fwd:
+            y, h, c = tb.layer(cell, *leaves, bs, True)
+        with tb.launch_counter() as bwd:
+            (y.sum() + h.sum()).backward()
+    return fwd.total, bwd.total
+
+
+@pytest.mark.parametrize(
+    "cell,proj,per_step",
+    [("lstm", 0, 1), ("gru", 0, 1), ("rnn_tanh", 0, 1), ("rnn_relu", 0, 1), ("lstm", 3, 2)],
+)
+def test_launch_counts_per_step(cell, proj, per_step):
+    """Per-step kernels: one launch per step forward and backward (two with proj:
+    the projection launch forward, the state-gradient launch backward)."""
+    assert _count_launches(cell, 17, proj, "step") == (per_step * 4, per_step * 4)
+    assert _count_launches(cell, 17, proj, "step", packed=True) == (per_step * 4, per_step * 4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_launch_counts_persistent(cell):
+    """Persistent kernels: one launch per sequence forward and one backward."""
+    assert _count_launches(cell, 20, 0, "persistent", T=5) == (1, 1)
+
+
+def test_automatic_path_choice():
+    """Small H takes the persistent kernels automatically; large H, proj_size and
+    float64 take the per-step kernels."""
+    from fusedrnn.ops.triton.configs import PERSISTENT_CONFIGS
+
+    for cell in CELLS:
+        limit = max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell)
+        assert _count_launches(cell, limit, 0, None, T=2) == (1, 1)
+        assert _count_launches(cell, limit + 1, 0, None, T=2) == (2, 2)
+    assert _count_launches("lstm", 8, 4, None, T=2) == (4, 4)
+
+
+def test_bad_input_errors():
+    args, bs = make_inputs("gru", 2, 2, 3, 4, dtype=torch.float64, device=DEVICES[0])
+    bad = list(args)
+    bad[4] = bad[4].float()
+    with pytest.raises(TypeError, match="share one dtype"):
+        tb.layer("gru", *bad, bs, False)
+    with pytest.raises(ValueError, match="unknown cell"):
+        tb.layer("lstmx", *args, bs, False)
+    with pytest.raises(ValueError, match="c0 must be given"):
+        tb.layer("lstm", *args, bs, False)
+    bad = list(args)
+    bad[1] = bad[1][:, :3]
+    with pytest.raises(ValueError, match="h0 has shape"):
+        tb.layer("gru", *bad, bs, False)
+    bad = list(args)
+    bad[5] = bad[5][:-1]
+    with pytest.raises(ValueError, match="b_ih has shape"):
+        tb.layer("gru", *bad, bs, False)
+
+
+def _check_half(cell, dtype, device, path):
+    """Half-precision inputs with fp32 accumulation and fp32 cell state vs the float32
+    reference on the same (rounded) inputs."""
+    args, bs = make_inputs(cell, 5, 7, 5, 20, packed=True, dtype=dtype, device=device)
+    with tb.kernel_path(path):
+        out, grads = run_layer(tb.layer, cell, args, bs, True)
+    assert all(o.dtype == dtype for o in out)
+    args32 = [a.float() if a is not None else None for a in args]
+    ref_out, ref_grads = run_layer(reference.layer, cell, args32, bs, True)
+    tol = GPU_TOL[dtype]
+    assert_close_all([o.float() for o in out], ref_out, tol, "output")
+    assert_close_all([g.float() if g is not None else None for g in grads], ref_grads, tol, "grad")
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter run")
+@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_fp16_interpreter(cell, path):
+    """fp16 under the interpreter (its tl.dot is right for fp16, wrong for bf16)."""
+    _check_half(cell, torch.float16, "cpu", path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_precision_gpu(cell, dtype, path):
+    _check_half(cell, dtype, "cuda", path)
+
+
+# ---- the modules with backend="triton" against torch.nn ---------------------------------
+
+
+def _pair(cls, *args, dtype, device, **kwargs):
+    ref = getattr(torch.nn, cls)(*args, **kwargs).to(dtype=dtype, device=device)
+    mod = getattr(fusedrnn, cls)(*args, backend="triton", **kwargs).to(dtype=dtype, device=device)
+    mod.load_state_dict(ref.state_dict())
+    return ref, mod
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        ("LSTM", dict(num_layers=2, bidirectional=True)),
+        ("LSTM", dict(num_layers=2, proj_size=3)),
+        ("GRU", dict(num_layers=2, bidirectional=True, bias=False)),
+        ("RNN", dict(num_layers=2, nonlinearity="relu", bidirectional=True)),
+    ],
+)
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_module_matches_torch_nn(cls, kwargs, packed, device):
+    dtype = torch.float64
+    ref, mod = _pair(cls, 3, 7, dtype=dtype, device=device, **kwargs)
+    lengths = [4, 4, 2, 1]
+    x = torch.randn(4, len(lengths), 3, dtype=dtype, device=device)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out_r, hid_r = ref(x)
+    out_m, hid_m = mod(x)
+    if packed:
+        out_r, out_m = out_r.data, out_m.data
+    hid_r = hid_r if isinstance(hid_r, tuple) else (hid_r,)
+    hid_m = hid_m if isinstance(hid_m, tuple) else (hid_m,)
+    for a, b in zip((out_m, *hid_m), (out_r, *hid_r), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    loss_r = out_r.square().sum() + sum(h.sum() for h in hid_r)
+    loss_m = out_m.square().sum() + sum(h.sum() for h in hid_m)
+    loss_r.backward()
+    loss_m.backward()
+    for (name, p_r), p_m in zip(ref.named_parameters(), mod.parameters(), strict=True):
+        torch.testing.assert_close(p_m.grad, p_r.grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_matches_torch_nn(cls, device):
+    dtype = torch.float64
+    ref, mod = _pair(cls, 4, 9, dtype=dtype, device=device)
+    x = torch.randn(3, 4, dtype=dtype, device=device)
+    h = torch.randn(3, 9, dtype=dtype, device=device)
+    state = (h, torch.randn(3, 9, dtype=dtype, device=device)) if cls == "LSTMCell" else h
+    out_r, out_m = ref(x, state), mod(x, state)
+    out_r = out_r if isinstance(out_r, tuple) else (out_r,)
+    out_m = out_m if isinstance(out_m, tuple) else (out_m,)
+    for a, b in zip(out_m, out_r, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    sum(o.sum() for o in out_r).backward()
+    sum(o.sum() for o in out_m).backward()
+    for (name, p_r), p_m in zip(ref.named_parameters(), mod.parameters(), strict=True):
+        torch.testing.assert_close(p_m.grad, p_r.grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_dot_precision_follows_allow_tf32():
+    from fusedrnn.ops.triton.runtime import dot_precision
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert dot_precision(torch.float32) == "ieee"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert dot_precision(torch.float32) == "tf32"
+        assert dot_precision(torch.float64) == "ieee"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
