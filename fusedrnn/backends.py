@@ -86,7 +86,6 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return names
 
 
-@torch._dynamo.assume_constant_result
 def resolve(name: str | None, device_type: str) -> str:
     """The backend name to use for tensors on a device of type ``device_type``.
 
@@ -125,6 +124,11 @@ def resolve(name: str | None, device_type: str) -> str:
             stacklevel=3,
         )
     return "reference"
+
+
+# What torch._dynamo.assume_constant_result does, without importing torch._dynamo (seconds
+# of start-up for every command-line run) just to set one attribute.
+resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def get(name: str) -> ModuleType:

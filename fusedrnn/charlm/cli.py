@@ -1,0 +1,341 @@
+"""Command line: ``fusedrnn-charlm train | sample | eval`` (also ``python -m fusedrnn.charlm``).
+
+Every user-facing problem ends with one line on stderr and a non-zero exit code, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import CharLMError
+
+PROG = "fusedrnn-charlm"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (or resume one)",
+        description="Train a character-level language model. Settings not given take their "
+        "defaults; when resuming, the checkpoint's settings are used.",
+    )
+    a = p.add_argument
+    g = p.add_argument_group("data")
+    a = g.add_argument
+    a("--data", metavar="FILE", help="UTF-8 text file (default: the embedded Shakespeare corpus)")
+    a("--bytes", action="store_true", default=None, help="treat the file as raw bytes")
+    a("--val-frac", type=float, help="fraction of the text for validation (default 0.05)")
+    a("--test-frac", type=float, help="fraction of the text for test (default 0.05)")
+    g = p.add_argument_group("model")
+    a = g.add_argument
+    a("--model", choices=["lstm", "gru", "rnn", "rnn_relu"], help="cell type (default lstm)")
+    a("--hidden", type=int, help="hidden size (default 128)")
+    a("--layers", type=int, help="number of layers (default 2)")
+    a("--embed", type=int, help="embedding size; 0 = one-hot inputs (default 64)")
+    a("--dropout", type=float, help="dropout between layers and before the decoder (default 0)")
+    a(
+        "--impl",
+        choices=["fusedrnn", "torch"],
+        help="recurrent layers: fusedrnn (default) or torch.nn for comparison",
+    )
+    a("--backend", help="fusedrnn backend (reference, cpu, triton, cuda; default automatic)")
+    a("--layer-norm", action="store_true", default=None, help="layer-normalised LSTM/GRU")
+    a("--zoneout", type=float, help="zoneout probability of h (and c for LSTM), in [0, 1)")
+    a("--peephole", action="store_true", default=None, help="LSTM peephole connections")
+    a("--cifg", action="store_true", default=None, help="LSTM coupled input-forget gate")
+    g = p.add_argument_group("optimisation")
+    a = g.add_argument
+    a("--seq-len", type=int, help="truncated BPTT length (default 64)")
+    a("--batch-size", type=int, help="parallel streams, global over processes (default 32)")
+    a("--optimizer", choices=["adam", "rmsprop"], help="default adam")
+    a("--lr", type=float, help="learning rate (default 2e-3)")
+    a("--lr-schedule", choices=["constant", "step", "cosine"], help="default constant")
+    a(
+        "--lr-decay",
+        type=float,
+        help="step schedule: lr factor per --lr-decay-every iterations (default 0.97)",
+    )
+    a("--lr-decay-every", type=int, help="step schedule period in iterations (default 1000)")
+    a("--min-lr", type=float, help="cosine schedule floor (default 0)")
+    a("--warmup", type=int, help="linear warmup iterations (default 0)")
+    a("--weight-decay", type=float, help="default 0")
+    a("--grad-clip", type=float, help="clip the gradient norm; 0 = off (default 5)")
+    g = p.add_argument_group("stopping (whichever comes first; none given: 10 epochs)")
+    a = g.add_argument
+    a("--max-iters", type=int, help="total optimizer steps")
+    a("--max-epochs", type=int, help="passes over the training text")
+    a(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="wall-clock budget of this run, final evaluation included",
+    )
+    g = p.add_argument_group("output")
+    a = g.add_argument
+    a("--out", metavar="DIR", help="checkpoints, metrics, plots, samples (default runs/charlm)")
+    a(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="CHECKPOINT",
+        help="continue from CHECKPOINT (default: DIR/last.pt; a fresh start if there is none)",
+    )
+    a("--eval-every", type=int, help="evaluate (and checkpoint) every N iterations (default 200)")
+    a(
+        "--eval-max-chars",
+        type=int,
+        help="periodic evaluations read at most N val chars; 0 = all (default 50000)",
+    )
+    a("--checkpoint-every", type=int, help="default: at every evaluation")
+    a("--log-every", type=int, help="progress line every N iterations when not a TTY")
+    a("--sample-every", type=int, help="print a sample every N iterations; 0 = never")
+    a(
+        "--sample-at",
+        metavar="ITERS",
+        help="comma-separated iterations whose samples are saved to DIR/samples.jsonl",
+    )
+    a("--sample-length", type=int, help="characters per training sample (default 200)")
+    a("--sample-temperature", type=float, help="default 0.8")
+    a("--sample-prime", metavar="TEXT", help="prime text for the training samples")
+    a("--no-plot", dest="plot", action="store_false", default=None, help="skip loss.png")
+    a(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="force the live progress bar",
+    )
+    a(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="periodic lines instead of a live bar",
+    )
+    a("--quiet", action="store_true", default=None, help="no console output")
+    g = p.add_argument_group("runtime")
+    a = g.add_argument
+    a("--seed", type=int, help="default 1234")
+    a("--device", help="cpu (default), cuda, cuda:N or auto")
+    a("--threads", type=int, help="torch intra-op threads")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt from training")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--impl", choices=["fusedrnn", "torch"], help="recurrent layers to run")
+    p.add_argument("--backend", help="fusedrnn backend (default: automatic)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate text from a checkpoint",
+        description="Generate text, streaming it to stdout as it is produced.",
+    )
+    _add_model_args(p)
+    p.add_argument("--prime", default="", metavar="TEXT", help="text to start from (echoed)")
+    p.add_argument("--length", type=int, default=500, help="characters to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only")
+    p.add_argument("--argmax", action="store_true", help="greedy: always the likeliest")
+    p.add_argument("--seed", type=int, default=None, help="makes the output reproducible")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.set_defaults(func=cmd_sample)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="loss on the validation or test split",
+        description="Loss in nats/char and bits/char on a split of the data the "
+        "checkpoint was trained on (or of --data, split the same way).",
+    )
+    _add_model_args(p)
+    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--data", metavar="FILE", help="evaluate on this file's split instead")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the training value")
+    p.add_argument("--seq-len", type=int, default=None, help="default: the training value")
+    p.add_argument("--max-chars", type=int, default=0, help="read at most N chars (0 = all)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Character-level language models on fusedrnn layers.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_train(sub)
+    _add_sample(sub)
+    _add_eval(sub)
+    try:  # visualize, find-cells, ngram, evolution (the analysis tools), when present
+        from .analysis_cli import register_analysis_commands
+    except ImportError:
+        register_analysis_commands = None
+    if register_analysis_commands is not None:
+        register_analysis_commands(sub)
+    return p
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    train(cfg)
+    return 0
+
+
+def _load(args):
+    import torch
+
+    from .checkpoint import load_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CharLMError(f"--device {device} requested but CUDA is not available")
+    return load_checkpoint(
+        args.checkpoint, map_location=device, impl=args.impl, backend=args.backend
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .sample import generate
+
+    if args.length < 0:
+        raise CharLMError("--length must be >= 0")
+    if args.num_samples < 1:
+        raise CharLMError("--num-samples must be >= 1")
+    if args.temperature <= 0 and not args.argmax:
+        raise CharLMError("--temperature must be > 0 (use --argmax for greedy decoding)")
+    if args.top_k is not None and args.top_k < 1:
+        raise CharLMError("--top-k must be >= 1")
+    model, vocab, _ = _load(args)
+    prime = vocab.text_from_user(args.prime)
+    vocab.encode(prime)  # unknown characters: a clear error before any output
+    gen = torch.Generator()
+    gen.manual_seed(args.seed if args.seed is not None else torch.seed())
+    out = sys.stdout.buffer if vocab.bytes_mode else None
+
+    def emit(s: str) -> None:
+        if out is not None:
+            out.write(vocab.to_output_bytes(s))
+            out.flush()
+        else:
+            sys.stdout.write(s)
+            sys.stdout.flush()
+
+    for i in range(args.num_samples):
+        if i:
+            emit("\n\n")
+        emit(prime)
+        generate(
+            model,
+            vocab,
+            prime,
+            args.length,
+            args.temperature,
+            args.top_k,
+            args.argmax,
+            generator=gen,
+            on_text=emit,
+        )
+    emit("\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import encode_tensor, load_corpus, split_corpus, text_sha256
+    from .evaluate import bits, evaluate
+
+    model, vocab, cfg = _load(args)
+    path = args.data if args.data is not None else cfg.get("data")
+    if path is not None and not os.path.exists(path):
+        raise CharLMError(
+            f"the checkpoint's training data {path} is not there any more; pass --data FILE"
+        )
+    text = load_corpus(path, bool(cfg.get("bytes", False)))
+    unknown = vocab.unknown(text)
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:5])
+        raise CharLMError(
+            f"the data has characters outside the checkpoint's vocabulary ({shown}): "
+            "the checkpoint was trained with a different vocabulary"
+        )
+    same = text_sha256(text) == cfg.get("data_sha256")
+    parts = split_corpus(text, float(cfg.get("val_frac", 0.05)), float(cfg.get("test_frac", 0.05)))
+    part = parts[{"train": 0, "val": 1, "test": 2}[args.split]]
+    if len(part) < 2:
+        raise CharLMError(
+            f"the {args.split} split is empty (the run used val_frac={cfg.get('val_frac')}, "
+            f"test_frac={cfg.get('test_frac')})"
+        )
+    ids = encode_tensor(vocab, part)
+    nats, n = evaluate(
+        model,
+        ids,
+        args.batch_size or int(cfg.get("batch_size", 32)),
+        args.seq_len or int(cfg.get("seq_len", 64)),
+        args.max_chars or None,
+    )
+    res = {
+        "split": args.split,
+        "loss_nats": nats,
+        "bits_per_char": bits(nats),
+        "chars": n,
+        "same_data_as_training": same,
+    }
+    if args.json:
+        print(json.dumps(res))
+    else:
+        note = "" if same else " (data differs from the training data)"
+        print(
+            f"{args.split} loss: {nats:.4f} nats/char, {bits(nats):.4f} bits/char "
+            f"over {n:,} chars{note}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CharLMError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # e.g. `fusedrnn-charlm sample | head`: the reader left; not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except (RuntimeError, OSError, ValueError) as e:
+        # backend unavailable, unwritable --out, ...: still one line, no traceback
+        if os.environ.get("FUSEDRNN_CHARLM_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{PROG}: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1

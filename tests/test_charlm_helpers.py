@@ -1,0 +1,101 @@
+"""Helpers shared by the charlm tests."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+WORDS = (
+    "the king queen of and to my lord good sir what shall we do now thou art a fool "
+    "love night day sword crown speak hear me"
+).split()
+
+
+def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
+    """A small pseudo-English corpus with a 26-ish character vocabulary and line structure."""
+    rng = random.Random(seed)
+    lines = []
+    size = 0
+    while size < n_chars:
+        speaker = rng.choice(["KING", "QUEEN", "FOOL"])
+        body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
+        line = f"{speaker}:\n{body.capitalize()}.\n"
+        lines.append(line)
+        size += len(line)
+    return "".join(lines)[:n_chars]
+
+
+def tiny_args(**over) -> dict:
+    """Settings of a tiny, fast model (seconds on one core)."""
+    cfg = {
+        "hidden": 24,
+        "layers": 2,
+        "embed": 8,
+        "batch_size": 4,
+        "seq_len": 16,
+        "eval_every": 5,
+        "eval_max_chars": 2000,
+        "sample_every": 0,
+        "sample_length": 20,
+        "plot": False,
+        "quiet": True,
+        "seed": 3,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def cli_flags(cfg: dict) -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            out.append(flag)
+        elif v is False:
+            if k == "plot":
+                out.append("--no-plot")
+        elif v is not None:
+            out += [flag, str(v)]
+    return out
+
+
+def read_losses(out_dir) -> list[tuple[int, str]]:
+    """(iter, train_loss as written) rows of metrics.csv: compared as exact strings."""
+    with open(Path(out_dir) / "metrics.csv", newline="") as f:
+        return [(int(r["iter"]), r["train_loss"]) for r in csv.DictReader(f)]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("OMP_NUM_THREADS", "1")
+    e["PYTHONWARNINGS"] = "ignore"
+    return e
+
+
+def run_cli(*args, check: bool = False, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        [sys.executable, "-m", "fusedrnn.charlm", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+        cwd=kw.get("cwd", ROOT),
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+    return r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
