@@ -1,0 +1,35 @@
+// Python bindings of the CPU backend (module fusedrnn._C). Every entry point releases the GIL:
+// the loops run entirely in C++.
+#include <torch/extension.h>
+
+#include "blas.h"
+#include "kernels.h"
+#include "layer_ops.h"
+
+namespace py = pybind11;
+using fusedrnn::cpu::kernel_isa;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fusedrnn compiled CPU backend";
+  m.def("layer_fwd", &fusedrnn::cpu::layer_fwd, py::call_guard<py::gil_scoped_release>(),
+        "Forward of one layer/direction: -> [y, h_n, c_n, ws1, ws2]", py::arg("cell"),
+        py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hr"), py::arg("batch_sizes"),
+        py::arg("reverse"), py::arg("train"));
+  m.def("layer_bwd", &fusedrnn::cpu::layer_bwd, py::call_guard<py::gil_scoped_release>(),
+        "Backward of one layer/direction: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]",
+        py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hr"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("y"), py::arg("ws1"), py::arg("ws2"),
+        py::arg("grad_y"), py::arg("grad_hn"), py::arg("grad_cn"), py::arg("grad_mask"));
+  m.def("stack_step", &fusedrnn::cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
+        "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n]",
+        py::arg("cell"), py::arg("x"), py::arg("hx"), py::arg("cx"), py::arg("flat_weights"),
+        py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"));
+  m.def("kernel_isa", [] { return std::string(kernel_isa()); },
+        "Instruction set of the pointwise kernels chosen for this CPU");
+  m.def(
+      "_set_split_gemm",
+      [](bool on) { fusedrnn::cpu::split_gemm_enabled() = on; },
+      "Benchmarking switch: split the per-step GEMMs by columns over threads (default on)");
+}

@@ -1,0 +1,122 @@
+// Row-major GEMM on raw pointers for the CPU backend.
+//
+// The per-step recurrent GEMM is small (e.g. [64, 256] x [256, 1024]) and runs T times per
+// layer, so dispatcher overhead and temporaries matter. When the BLAS that ships inside
+// libtorch_cpu exports the Fortran symbols sgemm_/dgemm_ (MKL and OpenBLAS builds do) we call
+// them directly; they are declared weak so that a torch build without them still loads this
+// extension and falls back to at::addmm_out on tensors wrapping the same memory.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc)
+    __attribute__((weak));
+}
+
+namespace fusedrnn::cpu {
+
+namespace detail {
+inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                         const float* alpha, const float* a, const int* lda, const float* b,
+                         const int* ldb, const float* beta, float* c, const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                         const double* alpha, const double* a, const int* lda, const double* b,
+                         const int* ldb, const double* beta, double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+template <typename T>
+inline bool have_fortran_gemm();
+template <>
+inline bool have_fortran_gemm<float>() { return sgemm_ != nullptr; }
+template <>
+inline bool have_fortran_gemm<double>() { return dgemm_ != nullptr; }
+}  // namespace detail
+
+// C[m, n] = alpha * op(A) op(B) + beta * C, all row-major.
+//   op(A) = A [m, k] (leading dimension lda)  or, with ta, A^T where A is stored [k, m]
+//   op(B) = B [k, n] (leading dimension ldb)  or, with tb, B^T where B is stored [n, k]
+// With beta == 0 C is not read (may hold garbage).
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // BLAS would scale C by beta; do it here to skip the empty product
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (detail::have_fortran_gemm<T>()) {
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
+    const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+    const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
+    detail::fortran_gemm(&opb, &opa, &M, &N, &K, &alpha, B, &LDA, A, &LDB, &beta, C, &LDC);
+    return;
+  }
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto a = ta ? at::from_blob(const_cast<T*>(A), {m, k}, {1, lda}, opts)
+              : at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opts);
+  auto b = tb ? at::from_blob(const_cast<T*>(B), {k, n}, {1, ldb}, opts)
+              : at::from_blob(const_cast<T*>(B), {k, n}, {ldb, 1}, opts);
+  auto c = at::from_blob(C, {m, n}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+    if (alpha != T(1)) c.mul_(alpha);
+  } else {
+    c.addmm_(a, b, beta, alpha);
+  }
+}
+
+// Whether gemm_split_n splits (on by default; a switch for benchmarking the two strategies).
+inline std::atomic<bool>& split_gemm_enabled() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+
+// Runs fn(c0, c1) over [0, n) cut into one contiguous block of columns per thread (multiples of
+// 16); BLAS calls inside fn run single-threaded (BLAS runs sequentially in a parallel region).
+// For the per-step recurrent GEMMs (m = batch, a few dozen rows) the BLAS's own threading
+// splits the work badly on two cores; column blocks give each thread an equal share and its
+// own slice of the weights.
+template <typename F>
+void parallel_columns(int64_t n, const F& fn) {
+  const int64_t P = at::get_num_threads();
+  if (P <= 1 || n < 128 || at::in_parallel_region() || !split_gemm_enabled()) {
+    fn(int64_t(0), n);
+    return;
+  }
+  const int64_t per = ((n + P - 1) / P + 15) / 16 * 16;
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c0 = p * per, c1 = std::min(n, c0 + per);
+      if (c0 < c1) fn(c0, c1);
+    }
+  });
+}
+
+// gemm() split over the columns of C with parallel_columns.
+template <typename T>
+void gemm_split_n(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A,
+                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m == 0) return;
+  parallel_columns(n, [&](int64_t c0, int64_t c1) {
+    // op(B) columns [c0, c1): rows of B when it is stored transposed ([n, k]), else columns
+    const T* Bp = tb ? B + c0 * ldb : B + c0;
+    gemm<T>(ta, tb, m, c1 - c0, k, alpha, A, lda, Bp, ldb, beta, C + c0, ldc);
+  });
+}
+
+}  // namespace fusedrnn::cpu

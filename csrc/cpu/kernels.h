@@ -1,0 +1,56 @@
+// The fused per-step pointwise kernels of the CPU backend: one call handles units [j0, j1) of
+// one batch row; pointers arrive already offset to j0, gate k of a row sits at +k*H.
+//
+// They are compiled twice (kernels_generic.cpp for the baseline ISA, kernels_avx2.cpp for
+// AVX2+FMA) from kernels_impl.h and selected once at run time, so a wheel built here runs on
+// any x86-64 and still gets 8-wide vector math where the CPU has it. This header declares
+// only a table of function pointers: no inline code, nothing that could be linked across the
+// two ISA copies.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn::cpu {
+
+template <typename T>
+struct PointwiseKernels {
+  // LSTM forward. g [4H]: pre-activations without biases, overwritten by the activations
+  // i, f, g, o when save_act. c_prev, c_out [H] distinct. h_out [H] (before any projection).
+  void (*lstm_fwd)(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out,
+                   T* h_out, bool save_act);
+  // LSTM backward. act [4H] saved activations; c_prev, c [H]; dh = dh_a (+ dh_b if not null);
+  // dc [H] in: gradient from step t+1, out: gradient w.r.t. c_prev; dg [4H] out:
+  // pre-activation gradients; hraw [H] out if not null: o * tanh(c) (for dW_hr).
+  void (*lstm_bwd)(int64_t n, int64_t H, const T* act, const T* c_prev, const T* c,
+                   const T* dh_a, const T* dh_b, T* dc, T* dg, T* hraw);
+  // GRU forward. g [3H]: x-part without biases, overwritten by r, z, n when save_act;
+  // hg [3H]: h_prev W_hh^T without biases; bias_x [3H] = b_ih + (b_hr, b_hz, 0);
+  // bias_hn [H] = b_hn; hn_out [H] (if not null): hn including b_hn, saved for backward.
+  void (*gru_fwd)(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
+                  const T* h_prev, T* h_out, T* hn_out, bool save_act);
+  // GRU backward. act [3H] r, z, n; hn [H]; dh [H] in: gradient from step t+1 (dy added here),
+  // out: the direct part z * dh of the gradient w.r.t. h_prev; dgx, dgh [3H] out.
+  void (*gru_bwd)(int64_t n, int64_t H, const T* act, const T* hn, const T* h_prev,
+                  const T* dy, T* dh, T* dgx, T* dgh);
+  // Elman RNN forward: h_out = act(pre + bias).
+  void (*rnn_fwd)(int64_t n, const T* bias, const T* pre, T* h_out, bool relu);
+  // Elman RNN backward: dg = act'(h) * (dy + dh).
+  void (*rnn_bwd)(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu);
+};
+
+namespace generic {
+PointwiseKernels<float> make_kernels_f32();
+PointwiseKernels<double> make_kernels_f64();
+}  // namespace generic
+namespace avx2 {
+bool compiled();
+PointwiseKernels<float> make_kernels_f32();
+PointwiseKernels<double> make_kernels_f64();
+}  // namespace avx2
+
+// The table for this CPU (AVX2+FMA copy when both the build and the CPU have it).
+const PointwiseKernels<float>& kernels(float);
+const PointwiseKernels<double>& kernels(double);
+const char* kernel_isa();
+
+}  // namespace fusedrnn::cpu

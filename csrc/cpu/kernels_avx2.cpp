@@ -1,0 +1,39 @@
+// AVX2+FMA copy of the pointwise kernels (used only when the CPU reports both, see
+// kernels_generic.cpp). Every standard header is included before the target pragma so that
+// only this file's own functions, and the cell math inlined into them, get the wider ISA;
+// the cell math lives in its own inline namespace (FRNN_ISA_NAMESPACE) for the same reason.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define FRNN_ISA_NAMESPACE avx2
+#include "kernels_impl.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace fusedrnn::cpu::avx2 {
+bool compiled() { return true; }
+}  // namespace fusedrnn::cpu::avx2
+
+#else
+
+namespace fusedrnn::cpu::avx2 {
+bool compiled() { return false; }
+PointwiseKernels<float> make_kernels_f32() { return {}; }
+PointwiseKernels<double> make_kernels_f64() { return {}; }
+}  // namespace fusedrnn::cpu::avx2
+
+#endif

@@ -1,0 +1,199 @@
+// Loops of the pointwise kernels declared in kernels.h. Included once per ISA by
+// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set; nothing else includes it.
+//
+// Each loop walks contiguous units j with every pointer __restrict and no branches other than
+// selects, so that -O3 -fno-trapping-math vectorises it, including the exp inside the
+// activations (cell_math.h keeps float exp free of library calls for exactly this reason).
+// Options that would otherwise be a branch per element are template parameters.
+
+#include "../cell_math.h"
+
+namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE {
+
+template <typename T, bool SAVE>
+void lstm_fwd_loop(int64_t n, int64_t H, const T* __restrict bias, T* __restrict g,
+                   const T* __restrict c_prev, T* __restrict c_out, T* __restrict h_out) {
+  T* __restrict gi = g;
+  T* __restrict gf = g + H;
+  T* __restrict gg = g + 2 * H;
+  T* __restrict go = g + 3 * H;
+  const T* __restrict bi = bias;
+  const T* __restrict bf = bias + H;
+  const T* __restrict bg = bias + 2 * H;
+  const T* __restrict bo = bias + 3 * H;
+  for (int64_t j = 0; j < n; ++j) {
+    T i, f, gv, o, c, tc, h;
+    LSTMCell::forward<T>(gi[j] + bi[j], gf[j] + bf[j], gg[j] + bg[j], go[j] + bo[j], c_prev[j],
+                         i, f, gv, o, c, tc, h);
+    c_out[j] = c;
+    h_out[j] = h;
+    if constexpr (SAVE) {
+      gi[j] = i;
+      gf[j] = f;
+      gg[j] = gv;
+      go[j] = o;
+    }
+  }
+}
+
+template <typename T>
+void lstm_fwd(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out, T* h_out,
+              bool save_act) {
+  if (save_act)
+    lstm_fwd_loop<T, true>(n, H, bias, g, c_prev, c_out, h_out);
+  else
+    lstm_fwd_loop<T, false>(n, H, bias, g, c_prev, c_out, h_out);
+}
+
+template <typename T, bool TWO_DH, bool HRAW>
+void lstm_bwd_loop(int64_t n, int64_t H, const T* __restrict act, const T* __restrict c_prev,
+                   const T* __restrict c, const T* __restrict dh_a, const T* __restrict dh_b,
+                   T* __restrict dc, T* __restrict dg, T* __restrict hraw) {
+  const T* __restrict ai = act;
+  const T* __restrict af = act + H;
+  const T* __restrict ag = act + 2 * H;
+  const T* __restrict ao = act + 3 * H;
+  T* __restrict di = dg;
+  T* __restrict df = dg + H;
+  T* __restrict dgg = dg + 2 * H;
+  T* __restrict dout = dg + 3 * H;
+  for (int64_t j = 0; j < n; ++j) {
+    T dh = dh_a[j];
+    if constexpr (TWO_DH) dh += dh_b[j];
+    const T tc = tanh_(c[j]);
+    T gi, gf, gg, go, dcp;
+    LSTMCell::backward<T>(dh, dc[j], ai[j], af[j], ag[j], ao[j], c_prev[j], tc, gi, gf, gg, go,
+                          dcp);
+    di[j] = gi;
+    df[j] = gf;
+    dgg[j] = gg;
+    dout[j] = go;
+    dc[j] = dcp;
+    if constexpr (HRAW) hraw[j] = ao[j] * tc;
+  }
+}
+
+template <typename T>
+void lstm_bwd(int64_t n, int64_t H, const T* act, const T* c_prev, const T* c, const T* dh_a,
+              const T* dh_b, T* dc, T* dg, T* hraw) {
+  if (dh_b != nullptr) {
+    if (hraw != nullptr)
+      lstm_bwd_loop<T, true, true>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
+    else
+      lstm_bwd_loop<T, true, false>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
+  } else {
+    if (hraw != nullptr)
+      lstm_bwd_loop<T, false, true>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
+    else
+      lstm_bwd_loop<T, false, false>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
+  }
+}
+
+template <typename T, bool SAVE>
+void gru_fwd_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* __restrict bias_hn,
+                  T* __restrict g, const T* __restrict hg, const T* __restrict h_prev,
+                  T* __restrict h_out, T* __restrict hn_out) {
+  T* __restrict gr = g;
+  T* __restrict gz = g + H;
+  T* __restrict gn = g + 2 * H;
+  const T* __restrict hr = hg;
+  const T* __restrict hz = hg + H;
+  const T* __restrict hnp = hg + 2 * H;
+  const T* __restrict br = bias_x;
+  const T* __restrict bz = bias_x + H;
+  const T* __restrict bn = bias_x + 2 * H;
+  for (int64_t j = 0; j < n; ++j) {
+    const T hn = hnp[j] + bias_hn[j];
+    T r, z, nn, h;
+    GRUCell::forward<T>(gr[j] + br[j], gz[j] + bz[j], gn[j] + bn[j], hr[j], hz[j], hn, h_prev[j],
+                        r, z, nn, h);
+    h_out[j] = h;
+    if constexpr (SAVE) {
+      gr[j] = r;
+      gz[j] = z;
+      gn[j] = nn;
+      hn_out[j] = hn;
+    }
+  }
+}
+
+template <typename T>
+void gru_fwd(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
+             const T* h_prev, T* h_out, T* hn_out, bool save_act) {
+  if (save_act)
+    gru_fwd_loop<T, true>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
+  else
+    gru_fwd_loop<T, false>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
+}
+
+template <typename T>
+void gru_bwd(int64_t n, int64_t H, const T* __restrict act, const T* __restrict hn,
+             const T* __restrict h_prev, const T* __restrict dy, T* __restrict dh,
+             T* __restrict dgx, T* __restrict dgh) {
+  const T* __restrict ar = act;
+  const T* __restrict az = act + H;
+  const T* __restrict an = act + 2 * H;
+  T* __restrict dxr = dgx;
+  T* __restrict dxz = dgx + H;
+  T* __restrict dxn = dgx + 2 * H;
+  T* __restrict dhr = dgh;
+  T* __restrict dhz = dgh + H;
+  T* __restrict dhn = dgh + 2 * H;
+  for (int64_t j = 0; j < n; ++j) {
+    T xr, xz, xn, gr, gz, gn, direct;
+    GRUCell::backward<T>(dy[j] + dh[j], ar[j], az[j], an[j], hn[j], h_prev[j], xr, xz, xn, gr, gz,
+                         gn, direct);
+    dxr[j] = xr;
+    dxz[j] = xz;
+    dxn[j] = xn;
+    dhr[j] = gr;
+    dhz[j] = gz;
+    dhn[j] = gn;
+    dh[j] = direct;
+  }
+}
+
+template <typename T, typename Cell>
+void rnn_fwd_loop(int64_t n, const T* __restrict bias, const T* __restrict pre,
+                  T* __restrict h_out) {
+  for (int64_t j = 0; j < n; ++j) h_out[j] = Cell::template forward<T>(pre[j] + bias[j]);
+}
+
+template <typename T>
+void rnn_fwd(int64_t n, const T* bias, const T* pre, T* h_out, bool relu) {
+  if (relu)
+    rnn_fwd_loop<T, RNNReluCell>(n, bias, pre, h_out);
+  else
+    rnn_fwd_loop<T, RNNTanhCell>(n, bias, pre, h_out);
+}
+
+template <typename T, typename Cell>
+void rnn_bwd_loop(int64_t n, const T* __restrict h, const T* __restrict dy,
+                  const T* __restrict dh, T* __restrict dg) {
+  for (int64_t j = 0; j < n; ++j) dg[j] = Cell::template backward<T>(dy[j] + dh[j], h[j]);
+}
+
+template <typename T>
+void rnn_bwd(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu) {
+  if (relu)
+    rnn_bwd_loop<T, RNNReluCell>(n, h, dy, dh, dg);
+  else
+    rnn_bwd_loop<T, RNNTanhCell>(n, h, dy, dh, dg);
+}
+
+template <typename T>
+PointwiseKernels<T> make_kernels() {
+  PointwiseKernels<T> k;
+  k.lstm_fwd = &lstm_fwd<T>;
+  k.lstm_bwd = &lstm_bwd<T>;
+  k.gru_fwd = &gru_fwd<T>;
+  k.gru_bwd = &gru_bwd<T>;
+  k.rnn_fwd = &rnn_fwd<T>;
+  k.rnn_bwd = &rnn_bwd<T>;
+  return k;
+}
+
+PointwiseKernels<float> make_kernels_f32() { return make_kernels<float>(); }
+PointwiseKernels<double> make_kernels_f64() { return make_kernels<double>(); }
+
+}  // namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE

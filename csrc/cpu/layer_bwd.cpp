@@ -1,0 +1,228 @@
+// Backward of one layer in one direction: the forward's steps visited in the opposite order.
+//
+//   per step (rows = batch_sizes[t]), gate columns in the forward's chunk layout (common.h):
+//     dh = dy_t + dh_state                        (LSTM with projection: DH_t = dy_t + dh_state
+//                                                  and dh_raw = DH_t W_hr, one small GEMM)
+//     fused pointwise -> dG_t (pre-activation gradients), dc_state <- dc_{t-1}
+//     dh_state = dG_t W_hh                         one GEMM per step into a preallocated buffer
+//                                                 (GRU: dh_state = z dh + dGh_t W_hh, beta = 1)
+//   after the loop, large GEMMs over all steps at once:
+//     dW_ih = dG^T X     dX = dG W_ih     dW_hh = sum_t dG_t^T h_{t-1} (stacked: one GEMM)
+//     dW_hr = DH^T H_raw                  db = column sums of dG (deterministic, no atomics)
+//
+// dh_state / dc_state start as grad h_n / grad c_n and end as grad h0 / grad c0: a row that
+// finished early in the forward direction picks up its grad h_n when the walk reaches its last
+// step, a row that started late in the reverse direction leaves its grad h0 behind.
+// The per-element derivations are in csrc/cell_math.h.
+#include "layer_ops.h"
+
+#include "blas.h"
+#include "common.h"
+
+namespace fusedrnn::cpu {
+
+namespace {
+
+template <typename T>
+std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor& y_in,
+                                 const at::Tensor& ws1, const at::Tensor& ws2,
+                                 const at::Tensor& grad_y, const std::optional<at::Tensor>& grad_hn,
+                                 const std::optional<at::Tensor>& grad_cn, int64_t mask) {
+  const int64_t G = num_gates(cell), H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
+  const auto opts = a.x.options();
+  const auto& K = kernels(T{});
+  auto none = [&] { return at::empty({0}, opts); };
+  std::vector<at::Tensor> out(8);
+  for (auto& t : out) t = none();
+  if (mask == 0) return out;
+
+  const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
+  const at::Tensor y = y_in.reshape({N, Hout}).contiguous();  // [N, Hout]
+  TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
+              " elements, expected ", N * Hout);
+  const at::Tensor dy = grad_y.reshape({N, Hout}).contiguous();  // [N, Hout]
+  at::Tensor dh_state = grad_hn.has_value() && grad_hn->defined()
+                            ? grad_hn->reshape({B, Hout}).clone(at::MemoryFormat::Contiguous)
+                            : at::zeros({B, Hout}, opts);  // [B, Hout]
+  at::Tensor dc_state;                                    // [B, H] (LSTM)
+  if (cell == Cell::LSTM)
+    dc_state = grad_cn.has_value() && grad_cn->defined()
+                   ? grad_cn->reshape({B, H}).clone(at::MemoryFormat::Contiguous)
+                   : at::zeros({B, H}, opts);
+  at::Tensor dG = at::empty({N, GH}, opts);  // [N, G*H] input-side pre-activation gradients
+  at::Tensor dGh = cell == Cell::GRU ? at::empty({N, GH}, opts) : dG;  // recurrent side (GRU)
+
+  const T* yp = cptr<T>(y);
+  const T* dyp = cptr<T>(dy);
+  const T* h0 = cptr<T>(a.h0);
+  const T* whh = cptr<T>(a.w_hh);
+  T* dhs = ptr<T>(dh_state);
+  T* dGp = ptr<T>(dG);
+  T* dGhp = ptr<T>(dGh);
+  const bool proj = a.w_hr.has_value();
+  const ChunkLayout& L = a.layout;
+  at::Tensor DH, Hraw;
+
+  if (cell == Cell::LSTM) {
+    TORCH_CHECK(ws1.numel() == N * GH && ws2.numel() == N * H,
+                "fusedrnn cpu backend: LSTM backward needs the forward's saved tensors");
+    const T* act = cptr<T>(ws1);
+    const T* C = cptr<T>(ws2);
+    const T* c0 = cptr<T>(a.c0);
+    T* dcs = ptr<T>(dc_state);
+    at::Tensor dhraw;
+    T *DHp = nullptr, *Hrawp = nullptr, *dhrawp = nullptr;
+    if (proj) {
+      DH = at::empty({N, Hout}, opts);
+      Hraw = at::empty({N, H}, opts);
+      dhraw = at::empty({B, H}, opts);
+      DHp = ptr<T>(DH);
+      Hrawp = ptr<T>(Hraw);
+      dhrawp = ptr<T>(dhraw);
+    }
+    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+      const Step& s = *it;
+      if (proj) {
+        T* dst = DHp + s.off * Hout;
+        const T* src = dyp + s.off * Hout;
+        for (int64_t k = 0; k < s.rows * Hout; ++k) dst[k] = src[k] + dhs[k];
+        gemm<T>(false, false, s.rows, H, Hout, T(1), dst, Hout, cptr<T>(*a.w_hr), H, T(0),
+                dhrawp, H);
+      }
+      parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
+        for (int64_t b = 0; b < s.rows; ++b) {
+          const int64_t r = s.off + b;
+          const T* cp = b < s.from_prev ? C + (s.prev_off + b) * H : c0 + b * H;
+          const T* dh_a = proj ? dhrawp + b * H : dyp + r * Hout;
+          const T* dh_b = proj ? nullptr : dhs + b * Hout;
+          for (int64_t c = k0; c < k1; ++c) {
+            const int64_t u = L.start(c), w = L.width(c), col = L.col(c);
+            K.lstm_bwd(w, w, act + r * GH + col, cp + u, C + r * H + u, dh_a + u,
+                       dh_b ? dh_b + u : nullptr, dcs + b * H + u, dGp + r * GH + col,
+                       proj ? Hrawp + r * H + u : nullptr);
+          }
+        }
+      });
+      gemm_split_n<T>(false, false, s.rows, Hout, GH, T(1), dGp + s.off * GH, GH, whh, Hout, T(0),
+                      dhs, Hout);
+    }
+  } else if (cell == Cell::GRU) {
+    TORCH_CHECK(ws1.numel() == N * GH && ws2.numel() == N * H,
+                "fusedrnn cpu backend: GRU backward needs the forward's saved tensors");
+    const T* act = cptr<T>(ws1);
+    const T* hn = cptr<T>(ws2);
+    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+      const Step& s = *it;
+      parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
+        for (int64_t b = 0; b < s.rows; ++b) {
+          const int64_t r = s.off + b;
+          const T* hp = b < s.from_prev ? yp + (s.prev_off + b) * H : h0 + b * H;
+          for (int64_t c = k0; c < k1; ++c) {
+            const int64_t u = L.start(c), w = L.width(c), col = L.col(c);
+            K.gru_bwd(w, w, act + r * GH + col, hn + r * H + u, hp + u, dyp + r * H + u,
+                      dhs + b * H + u, dGp + r * GH + col, dGhp + r * GH + col);
+          }
+        }
+      });
+      gemm_split_n<T>(false, false, s.rows, H, GH, T(1), dGhp + s.off * GH, GH, whh, H, T(1), dhs,
+                      H);
+    }
+  } else {
+    const bool relu = cell == Cell::RNN_RELU;
+    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+      const Step& s = *it;
+      parallel_rows(s.rows, H, 2, [&](int64_t b, int64_t j0, int64_t j1) {
+        const int64_t r = s.off + b;
+        K.rnn_bwd(j1 - j0, yp + r * H + j0, dyp + r * H + j0, dhs + b * H + j0, dGp + r * H + j0,
+                  relu);
+      });
+      gemm_split_n<T>(false, false, s.rows, H, GH, T(1), dGp + s.off * GH, GH, whh, H, T(0), dhs,
+                      H);
+    }
+  }
+
+  if (mask & kGradX) {
+    at::Tensor dx = at::empty({N, a.I}, opts);  // [N, I] = dG W_ih
+    gemm<T>(false, false, N, a.I, GH, T(1), dGp, GH, cptr<T>(a.w_ih), a.I, T(0), ptr<T>(dx), a.I);
+    out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
+  }
+  if (mask & kGradH0) out[1] = dh_state;
+  if ((mask & kGradC0) && cell == Cell::LSTM) out[2] = dc_state;
+  if (mask & kGradWih) {
+    at::Tensor dw = at::empty({GH, a.I}, opts);  // [G*H, I] = dG^T X
+    gemm<T>(true, false, GH, a.I, N, T(1), dGp, GH, cptr<T>(a.x), a.I, T(0), ptr<T>(dw), a.I);
+    out[3] = dw;
+  }
+  if (mask & kGradWhh) {
+    at::Tensor dw = at::empty({GH, Hout}, opts);  // [G*H, Hout] = sum_t dGh_t^T h_{t-1}
+    T* dwp = ptr<T>(dw);
+    if (N == 0) {
+      dw.zero_();
+    } else if (!a.packed) {
+      // Dense: the previous states of all steps but the first visited are y shifted by one
+      // step, so the stacked GEMM reads y in place; the first visited step pairs with h0.
+      const int64_t body = N - B;
+      const T* g_body = a.reverse ? dGhp : dGhp + B * GH;
+      const T* h_body = a.reverse ? yp + B * Hout : yp;
+      const T* g_first = a.reverse ? dGhp + body * GH : dGhp;
+      gemm<T>(true, false, GH, Hout, body, T(1), g_body, GH, h_body, Hout, T(0), dwp, Hout);
+      gemm<T>(true, false, GH, Hout, B, T(1), g_first, GH, h0, Hout, T(1), dwp, Hout);
+    } else {
+      // Packed: gather h_{t-1} of every row into one [N, Hout] matrix, then one GEMM.
+      at::Tensor hprev = at::empty({N, Hout}, opts);
+      T* hp = ptr<T>(hprev);
+      for (const Step& s : steps) {
+        if (s.from_prev > 0)
+          std::memcpy(hp + s.off * Hout, yp + s.prev_off * Hout, sizeof(T) * s.from_prev * Hout);
+        if (s.rows > s.from_prev)
+          std::memcpy(hp + (s.off + s.from_prev) * Hout, h0 + s.from_prev * Hout,
+                      sizeof(T) * (s.rows - s.from_prev) * Hout);
+      }
+      gemm<T>(true, false, GH, Hout, N, T(1), dGhp, GH, hp, Hout, T(0), dwp, Hout);
+    }
+    out[4] = dw;
+  }
+  if (mask & kGradBih) out[5] = dG.sum(0);
+  if (mask & kGradBhh)  // LSTM / RNN add both biases once: the same gradient, one reduction
+    out[6] = (cell != Cell::GRU && (mask & kGradBih)) ? out[5].clone() : dGh.sum(0);
+  if (a.perm.defined()) {  // gradient rows (and bias entries) back to PyTorch's gate order
+    const at::Tensor inv = at::empty_like(a.perm).index_copy_(
+        0, a.perm, at::arange(a.perm.numel(), a.perm.options()));
+    for (int k : {3, 4, 5, 6})
+      if (out[k].numel() > 0) out[k] = out[k].index_select(0, inv);
+  }
+  if ((mask & kGradWhr) && proj) {
+    at::Tensor dw = at::empty({Hout, H}, opts);  // [Hout, H] = DH^T H_raw
+    gemm<T>(true, false, Hout, H, N, T(1), cptr<T>(DH), Hout, cptr<T>(Hraw), H, T(0), ptr<T>(dw),
+            H);
+    out[7] = dw;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> layer_bwd(const std::string& cell_name, const at::Tensor& x,
+                                  const at::Tensor& h0, const std::optional<at::Tensor>& c0,
+                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                  const std::optional<at::Tensor>& b_ih,
+                                  const std::optional<at::Tensor>& b_hh,
+                                  const std::optional<at::Tensor>& w_hr,
+                                  const std::optional<at::Tensor>& batch_sizes, bool reverse,
+                                  const at::Tensor& y, const at::Tensor& ws1,
+                                  const at::Tensor& ws2, const at::Tensor& grad_y,
+                                  const std::optional<at::Tensor>& grad_hn,
+                                  const std::optional<at::Tensor>& grad_cn, int64_t grad_mask) {
+  const Cell cell = parse_cell(cell_name);
+  c10::NoGradGuard no_grad;
+  const LayerArgs a = prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse);
+  if (!b_ih.has_value()) grad_mask &= ~int64_t(kGradBih);
+  if (!b_hh.has_value()) grad_mask &= ~int64_t(kGradBhh);
+  if (a.x.scalar_type() == at::kFloat)
+    return bwd_impl<float>(cell, a, y, ws1.contiguous(), ws2.contiguous(), grad_y, grad_hn,
+                           grad_cn, grad_mask);
+  return bwd_impl<double>(cell, a, y, ws1.contiguous(), ws2.contiguous(), grad_y, grad_hn,
+                          grad_cn, grad_mask);
+}
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,126 @@
+// Shared pieces of the CUDA kernels that also compile as plain host C++.
+//
+// Every kernel of csrc/cuda is `elementwise_kernel<Op>`: a grid-stride loop that calls an
+// element functor `Op` (one per op and template configuration) for every index. The functors,
+// the loop, the launch shape and the dispatch from runtime options to template parameters are
+// all host+device code, so csrc/cuda/harness/host_driver.cpp runs exactly this code on the CPU
+// by walking every (block, thread) of the grid the launcher would use. Only the `<<<...>>>`
+// itself is GPU-only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cell_math.h"
+#include "cuda/launchers.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+// Arithmetic type for a storage type: half and bfloat16 compute (and keep the cell state) in
+// float; float and double compute in themselves.
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccOf<T>::type;
+
+FRNN_HD float to_acc(float x) { return x; }
+FRNN_HD double to_acc(double x) { return x; }
+FRNN_HD float to_acc(__half x) { return __half2float(x); }
+FRNN_HD float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+FRNN_HD T from_acc(acc_t<T> x) {
+  return x;
+}
+template <>
+FRNN_HD __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+FRNN_HD __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Typed views of the untyped launcher arguments (see launchers.h for the shapes).
+template <typename T>
+FRNN_HD const T* in(const void* p) {
+  return static_cast<const T*>(p);
+}
+template <typename T>
+FRNN_HD T* out(void* p) {
+  return static_cast<T*>(p);
+}
+
+// The loop every kernel runs. Element `i` is visited by exactly one (block, thread): thread
+// `thread` of block `block` takes i = block * block_dim + thread, then strides by the whole grid.
+template <class Op>
+FRNN_HD void grid_stride_loop(uint32_t block, uint32_t block_dim, uint32_t grid_dim,
+                              uint32_t thread, int64_t n, const Op& op) {
+  const int64_t stride = static_cast<int64_t>(grid_dim) * block_dim;
+  for (int64_t i = static_cast<int64_t>(block) * block_dim + thread; i < n; i += stride) {
+    op(i);
+  }
+}
+
+struct LaunchShape {
+  uint32_t blocks;
+  uint32_t threads;
+};
+
+constexpr uint32_t kThreads = 256;
+// Enough blocks to fill any current GPU many times over; larger problems use the stride loop.
+constexpr uint32_t kMaxBlocks = 65535;
+
+inline LaunchShape launch_shape(int64_t n, uint32_t max_blocks = kMaxBlocks) {
+  const int64_t want = (n + kThreads - 1) / kThreads;
+  const int64_t blocks = want < 1 ? 1 : (want > max_blocks ? max_blocks : want);
+  return {static_cast<uint32_t>(blocks), kThreads};
+}
+
+// Runtime option -> template parameter. `f` receives std::true_type / std::false_type, or a
+// Tag<T> for the storage type, and reads the value with decltype(...)::value / ::type.
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+template <class F>
+void with_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+template <class F>
+bool with_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::f32:
+      f(Tag<float>{});
+      return true;
+    case DType::f64:
+      f(Tag<double>{});
+      return true;
+    case DType::f16:
+      f(Tag<__half>{});
+      return true;
+    case DType::bf16:
+      f(Tag<__nv_bfloat16>{});
+      return true;
+  }
+  return false;
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,35 @@
+// The one kernel template of csrc/cuda and its launch, shared by every launcher (device code:
+// included only by the .cu files).
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+
+// The functor is passed by value in the kernel parameters (a few pointers and sizes).
+// No __launch_bounds__: with it ptxas caps the double-precision LSTM step at 48 registers and
+// spills across the libdevice division call; 256 threads fit any register count up to 255.
+template <class Op>
+__global__ void elementwise_kernel(const Op op, int64_t n) {
+  grid_stride_loop(blockIdx.x, blockDim.x, gridDim.x, threadIdx.x, n, op);
+}
+
+// The `run` callback of the dispatch functions, on the GPU.
+struct GpuRun {
+  cudaStream_t stream;
+
+  template <class Op>
+  void operator()(const Op& op, int64_t n) const {
+    if (n <= 0) return;
+    const LaunchShape shape = launch_shape(n);
+    elementwise_kernel<Op><<<shape.blocks, shape.threads, 0, stream>>>(op, n);
+  }
+};
+
+inline cudaError_t launch_status(bool dtype_known) {
+  return dtype_known ? cudaPeekAtLastError() : cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,303 @@
+// One layer, one direction, of the CUDA backend: the time loop around the per-step kernels.
+//
+// ATen only (no CUDA headers): the GEMMs are ATen calls, the per-step element kernels are reached
+// through a `Launch` policy. bindings.cpp instantiates it with the CUDA launchers (GEMMs go to
+// cuBLAS on the current stream); the test-suite instantiates it with the host harness
+// (csrc/cuda/harness/host_driver.cpp) on CPU tensors, so this exact loop is tested here.
+//
+// A Launch provides, each launching one kernel family and checking for errors itself:
+//   lstm_forward_step(DType, has_bias, save, proj, LstmFwdArgs)
+//   lstm_backward_step(DType, add_state, LstmBwdArgs)
+//   gru_forward_step(DType, has_bias, save, GruFwdArgs) / gru_backward_step(DType, GruBwdArgs)
+//   rnn_forward_step(DType, relu, has_bias, save, RnnFwdArgs) / rnn_backward_step(DType, relu, ..)
+//   column_sum(DType, ColSumArgs)
+//
+// Forward, per step t with `rows` active rows starting at packed row `start`:
+//   hg[:rows] = h_state[:rows] W_hh^T                  (GEMM)
+//   kernel: gates, c_state/h_state/y update, saved activations
+//   (proj) y_t = hpre_t W_hr^T; h_state[:rows] = y_t   (GEMM + copy)
+// Backward, walking the steps in the opposite order (G_t = gate pre-activations):
+//   (proj) dh_t = dy_t + dh_state[:rows]; dhpre = dh_t W_hr
+//   kernel: dG_t (and for GRU the recurrent-side dHG_t and the direct term dh_t * z)
+//   dh_state[:rows] = dHG_t W_hh (+ direct term for GRU)   (GEMM)
+// then dX = dG W_ih, dW_ih = dG^T X, dW_hh = dHG^T H_prev, dW_hr = dH^T Hpre (GEMMs over all
+// steps at once) and the bias gradients as deterministic column sums of dG and dHG.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "cuda/launchers.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+enum class CellKind { lstm, gru, rnn_tanh, rnn_relu };
+
+inline CellKind parse_cell(const std::string& cell) {
+  if (cell == "lstm") return CellKind::lstm;
+  if (cell == "gru") return CellKind::gru;
+  if (cell == "rnn_tanh") return CellKind::rnn_tanh;
+  if (cell == "rnn_relu") return CellKind::rnn_relu;
+  TORCH_CHECK(false, "fusedrnn: unknown cell '", cell, "'; expected lstm, gru, rnn_tanh, rnn_relu");
+}
+
+inline int64_t num_gates(CellKind c) {
+  return c == CellKind::lstm ? 4 : (c == CellKind::gru ? 3 : 1);
+}
+
+// Columns of the per-row saved activations, in units of H (see launchers.h).
+inline int64_t saved_width(CellKind c) {
+  return c == CellKind::lstm ? 6 : (c == CellKind::gru ? 4 : 0);
+}
+
+inline DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return DType::f32;
+    case at::kDouble:
+      return DType::f64;
+    case at::kHalf:
+      return DType::f16;
+    case at::kBFloat16:
+      return DType::bf16;
+    default:
+      TORCH_CHECK(false, "fusedrnn cuda backend: unsupported dtype ", t.scalar_type(),
+                  " (float32, float64, float16, bfloat16 are supported)");
+  }
+}
+
+// Accumulation / cell-state dtype: float for half and bfloat16.
+inline at::ScalarType acc_type_of(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// Rows [start, start + rows) of a per-row buffer; undefined stays undefined.
+inline at::Tensor rows_of(const at::Tensor& t, int64_t start, int64_t rows) {
+  return t.defined() ? t.narrow(0, start, rows) : t;
+}
+
+// The (t, start, rows) of every step in the order the direction visits them.
+struct Step {
+  int64_t t, start, rows;
+};
+
+inline std::vector<Step> visit_order(const std::vector<int64_t>& sizes, int64_t batch,
+                                     bool reverse) {
+  const int64_t n = static_cast<int64_t>(sizes.size());
+  std::vector<int64_t> offsets(n, 0);
+  for (int64_t t = 0; t < n; ++t) {
+    TORCH_CHECK(sizes[t] >= 1 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]),
+                "fusedrnn: batch sizes must be non-increasing and within [1, batch]");
+    if (t > 0) offsets[t] = offsets[t - 1] + sizes[t - 1];
+  }
+  std::vector<Step> steps;
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t t = reverse ? n - 1 - k : k;
+    steps.push_back({t, offsets[t], sizes[t]});
+  }
+  return steps;
+}
+
+template <class Launch>
+at::Tensor column_sum(Launch& launch, const at::Tensor& m) {  // m: [N, C] -> [C]
+  ColSumArgs a{};
+  a.n_rows = m.size(0);
+  a.n_cols = m.size(1);
+  a.parts = colsum_parts(a.n_rows);
+  at::Tensor partial = at::empty({a.parts, a.n_cols}, m.options().dtype(acc_type_of(m)));
+  at::Tensor out = at::empty({a.n_cols}, m.options());
+  a.src = m.data_ptr();
+  a.partial = partial.data_ptr();
+  a.out = out.data_ptr();
+  if (a.n_cols > 0) launch.column_sum(dtype_of(m), a);
+  return out;
+}
+
+// Returns {y [N, Hout], h_n [B, Hout], c_n [B, H] or undefined, saved [N, S*H] acc or undefined,
+// h_prev [N, Hout] or undefined, hpre [N, H] or undefined}; the last three only when `save`.
+// All tensor arguments contiguous, same dtype and device (checked by the caller).
+template <class Launch>
+std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
+                                      const at::Tensor& x,       // [N, I]
+                                      const at::Tensor& h0,      // [B, Hout]
+                                      const at::Tensor& c0,      // [B, H] (LSTM)
+                                      const at::Tensor& w_ih,    // [G*H, I]
+                                      const at::Tensor& w_hh,    // [G*H, Hout]
+                                      const at::Tensor& b_ih,    // [G*H] or undefined
+                                      const at::Tensor& b_hh,    // [G*H] or undefined
+                                      const at::Tensor& w_hr,    // [Hout, H] or undefined
+                                      const std::vector<int64_t>& sizes,  // [T] rows per step
+                                      bool reverse, bool save) {
+  const int64_t G = num_gates(cell), H = w_hh.size(0) / G, Hout = h0.size(1), B = h0.size(0);
+  const int64_t N = x.size(0);
+  const bool has_bias = b_hh.defined(), proj = w_hr.defined();
+  const DType dt = dtype_of(x);
+  const auto acc = x.options().dtype(acc_type_of(x));
+
+  at::Tensor xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());  // [N, GH]
+  at::Tensor h_state = h0.clone();                                           // [B, Hout]
+  at::Tensor c_state = cell == CellKind::lstm ? c0.to(acc, /*non_blocking=*/false, /*copy=*/true)
+                                              : at::Tensor();                // [B, H] acc
+  at::Tensor y = at::empty({N, Hout}, x.options());
+  at::Tensor hpre = proj ? at::empty({N, H}, x.options()) : at::Tensor();  // o * tanh(c_t)
+  at::Tensor hg = at::empty({B, G * H}, x.options());
+  const int64_t S = saved_width(cell);
+  at::Tensor saved = save && S > 0 ? at::empty({N, S * H}, acc) : at::Tensor();
+  at::Tensor h_prev = save ? at::empty({N, Hout}, x.options()) : at::Tensor();
+
+  for (const Step& s : visit_order(sizes, B, reverse)) {
+    at::Tensor hg_t = hg.narrow(0, 0, s.rows);
+    at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh.t());
+    at::Tensor y_t = y.narrow(0, s.start, s.rows);
+    if (cell == CellKind::lstm) {
+      LstmFwdArgs a{};
+      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
+      a.hg = hg_t.data_ptr();
+      a.b_hh = ptr(b_hh);
+      a.h_state = h_state.data_ptr();
+      a.c_state = c_state.data_ptr();
+      a.y = proj ? hpre.narrow(0, s.start, s.rows).data_ptr() : y_t.data_ptr();
+      a.save = ptr(rows_of(saved, s.start, s.rows));
+      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
+      a.rows = s.rows;
+      a.hidden = H;
+      a.hidden_out = Hout;
+      launch.lstm_forward_step(dt, has_bias, save, proj, a);
+      if (proj) {
+        at::mm_out(y_t, hpre.narrow(0, s.start, s.rows), w_hr.t());
+        h_state.narrow(0, 0, s.rows).copy_(y_t);
+      }
+    } else if (cell == CellKind::gru) {
+      GruFwdArgs a{};
+      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
+      a.hg = hg_t.data_ptr();
+      a.b_hh = ptr(b_hh);
+      a.h_state = h_state.data_ptr();
+      a.y = y_t.data_ptr();
+      a.save = ptr(rows_of(saved, s.start, s.rows));
+      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
+      a.rows = s.rows;
+      a.hidden = H;
+      launch.gru_forward_step(dt, has_bias, save, a);
+    } else {
+      RnnFwdArgs a{};
+      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
+      a.hg = hg_t.data_ptr();
+      a.b_hh = ptr(b_hh);
+      a.h_state = h_state.data_ptr();
+      a.y = y_t.data_ptr();
+      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
+      a.rows = s.rows;
+      a.hidden = H;
+      launch.rnn_forward_step(dt, cell == CellKind::rnn_relu, has_bias, save, a);
+    }
+  }
+  at::Tensor c_n = cell == CellKind::lstm ? c_state.to(x.scalar_type()) : at::Tensor();
+  return {y, h_state, c_n, saved, h_prev, hpre};
+}
+
+// Returns {dx [N, I], dh0 [B, Hout], dc0 [B, H] or undefined, dw_ih, dw_hh, db_ih, db_hh (or
+// undefined without bias), dw_hr (or undefined)}. `y`, `saved`, `h_prev`, `hpre` are the
+// forward's outputs (forward run with save = true).
+template <class Launch>
+std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
+                                       const at::Tensor& dy,      // [N, Hout]
+                                       const at::Tensor& dh_n,    // [B, Hout]
+                                       const at::Tensor& dc_n,    // [B, H] (LSTM) or undefined
+                                       const at::Tensor& x,       // [N, I]
+                                       const at::Tensor& w_ih,    // [G*H, I]
+                                       const at::Tensor& w_hh,    // [G*H, Hout]
+                                       const at::Tensor& w_hr,    // [Hout, H] or undefined
+                                       bool has_bias,
+                                       const std::vector<int64_t>& sizes, bool reverse,
+                                       const at::Tensor& y,       // [N, Hout]
+                                       const at::Tensor& saved,   // [N, S*H] acc (LSTM, GRU)
+                                       const at::Tensor& h_prev,  // [N, Hout]
+                                       const at::Tensor& hpre) {  // [N, H] (proj)
+  const int64_t G = num_gates(cell), H = w_hh.size(0) / G, Hout = dh_n.size(1);
+  const int64_t B = dh_n.size(0), N = x.size(0);
+  const bool proj = w_hr.defined();
+  const DType dt = dtype_of(x);
+  const auto acc = x.options().dtype(acc_type_of(x));
+
+  at::Tensor dh_state = dh_n.clone();  // [B, Hout]: gradient reaching h_t from later steps
+  at::Tensor dc_state;                 // [B, H] acc
+  if (cell == CellKind::lstm) {
+    dc_state = dc_n.defined() ? dc_n.to(acc, false, /*copy=*/true) : at::zeros({B, H}, acc);
+  }
+  at::Tensor dxg = at::empty({N, G * H}, x.options());                      // dG
+  at::Tensor dhg = cell == CellKind::gru ? at::empty({N, G * H}, x.options()) : dxg;  // dHG
+  at::Tensor dh_all = proj ? at::empty({N, Hout}, x.options()) : at::Tensor();
+  at::Tensor dhpre = proj ? at::empty({B, H}, x.options()) : at::Tensor();
+
+  const std::vector<Step> order = visit_order(sizes, B, reverse);
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    const Step& s = *it;
+    at::Tensor dh_rows = dh_state.narrow(0, 0, s.rows);
+    at::Tensor dy_t = dy.narrow(0, s.start, s.rows);
+    at::Tensor dxg_t = dxg.narrow(0, s.start, s.rows);
+    if (cell == CellKind::lstm) {
+      LstmBwdArgs a{};
+      if (proj) {
+        at::Tensor dh_t = dh_all.narrow(0, s.start, s.rows);
+        at::add_out(dh_t, dy_t, dh_rows);
+        at::Tensor dhpre_t = dhpre.narrow(0, 0, s.rows);
+        at::mm_out(dhpre_t, dh_t, w_hr);
+        a.dh = dhpre_t.data_ptr();
+      } else {
+        a.dh = dy_t.data_ptr();
+        a.dh_state = dh_state.data_ptr();
+      }
+      a.dc_state = dc_state.data_ptr();
+      a.save = saved.narrow(0, s.start, s.rows).data_ptr();
+      a.dgates = dxg_t.data_ptr();
+      a.rows = s.rows;
+      a.hidden = H;
+      launch.lstm_backward_step(dt, /*add_state=*/!proj, a);
+      at::mm_out(dh_rows, dxg_t, w_hh);
+    } else if (cell == CellKind::gru) {
+      GruBwdArgs a{};
+      at::Tensor dhg_t = dhg.narrow(0, s.start, s.rows);
+      a.dy = dy_t.data_ptr();
+      a.dh_state = dh_state.data_ptr();
+      a.save = saved.narrow(0, s.start, s.rows).data_ptr();
+      a.h_prev = h_prev.narrow(0, s.start, s.rows).data_ptr();
+      a.dxg = dxg_t.data_ptr();
+      a.dhg = dhg_t.data_ptr();
+      a.rows = s.rows;
+      a.hidden = H;
+      launch.gru_backward_step(dt, a);
+      dh_rows.addmm_(dhg_t, w_hh);  // the kernel left the direct term dh_t * z there
+    } else {
+      RnnBwdArgs a{};
+      a.dy = dy_t.data_ptr();
+      a.dh_state = dh_state.data_ptr();
+      a.y = y.narrow(0, s.start, s.rows).data_ptr();
+      a.dgates = dxg_t.data_ptr();
+      a.rows = s.rows;
+      a.hidden = H;
+      launch.rnn_backward_step(dt, cell == CellKind::rnn_relu, a);
+      at::mm_out(dh_rows, dxg_t, w_hh);
+    }
+  }
+
+  at::Tensor dx = at::mm(dxg, w_ih);             // [N, I]
+  at::Tensor dw_ih = at::mm(dxg.t(), x);         // [G*H, I]
+  at::Tensor dw_hh = at::mm(dhg.t(), h_prev);    // [G*H, Hout]
+  at::Tensor db_ih, db_hh;
+  if (has_bias) {
+    db_ih = column_sum(launch, dxg);             // [G*H]
+    db_hh = cell == CellKind::gru ? column_sum(launch, dhg) : db_ih.clone();
+  }
+  at::Tensor dw_hr = proj ? at::mm(dh_all.t(), hpre) : at::Tensor();  // [Hout, H]
+  at::Tensor dc0 = cell == CellKind::lstm ? dc_state.to(x.scalar_type()) : at::Tensor();
+  return {dx, dh_state, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,229 @@
+"""The ``cpu`` backend: the compiled C++ extension ``fusedrnn._C`` (csrc/cpu).
+
+Each layer runs its whole time loop in C++: one GEMM for the input projection of all steps,
+then per step one parallel region in which every thread accumulates ``h W_hh^T`` for its own
+block of gate columns into that projection and runs the fused pointwise kernel (the
+per-element math of csrc/cell_math.h, shared with the CUDA kernels) on those columns. The
+backward is hand-written: a fused pointwise kernel and one GEMM per step, then the weight
+gradients as large GEMMs over all steps and the bias gradients as column sums.
+``stack_step`` runs one time step of a whole unidirectional stack in one C++ call (sampling).
+
+Backward derivation (per element; see csrc/cell_math.h for every cell)::
+
+    LSTM  dc = dc_next + dh o (1 - tanh(c)^2)    dgo = dh tanh(c) o (1 - o)
+          dgi = dc g i (1 - i)   dgf = dc c_prev f (1 - f)   dgg = dc i (1 - g^2)
+          dc_prev = dc f
+    GRU   dxn = dh (1 - z)(1 - n^2)   dhn = dxn r   dxr = dhr = dxn hn r (1 - r)
+          dxz = dhz = dh (h_prev - n) z (1 - z)   dh_prev = dh z + [dhr dhz dhn] W_hh
+    RNN   dpre = dh (1 - h^2) (tanh) or dh [h > 0] (relu)
+    all   dh_prev = dG W_hh,  dW_hh = sum_t dG_t^T h_{t-1},  dW_ih = dG^T X,  dX = dG W_ih,
+          db = column sums of dG;  with a projection dh_raw = dh W_hr, dW_hr = dH^T H_raw.
+
+The ops are registered with ``torch.library.custom_op`` (``fusedrnn::cpu_layer_fwd`` and
+``fusedrnn::cpu_layer_bwd``) with fake implementations and ``register_autograd``, so that
+``torch.compile(fullgraph=True)`` traces models using this backend without graph breaks.
+
+This module imports cleanly when the extension was not built; ``is_available()`` is then False.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    from fusedrnn import _C
+except (ImportError, OSError):  # not built (no compiler, FUSEDRNN_SKIP_CPU_BUILD=1, ...)
+    _C = None
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+# layer_bwd's grad_mask bits, in the order of the differentiable inputs
+_GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+
+
+def is_available() -> bool:
+    return _C is not None
+
+
+def _need_extension() -> None:
+    if _C is None:
+        raise RuntimeError(
+            "fusedrnn cpu backend: the C++ extension fusedrnn._C was not built. Build it with "
+            "a C++ compiler present: pip install --no-build-isolation -e ."
+        )
+
+
+def _saves(cell: str) -> bool:
+    return cell in ("lstm", "gru")
+
+
+@torch.library.custom_op("fusedrnn::cpu_layer_fwd", mutates_args=())
+def _layer_fwd(
+    cell: str,
+    x: Tensor,  # [T, B, I] dense or [N, I] packed
+    h0: Tensor,  # [B, Hout]
+    c0: Tensor | None,  # [B, H] (LSTM)
+    w_ih: Tensor,  # [G*H, I]
+    w_hh: Tensor,  # [G*H, Hout]
+    b_ih: Tensor | None,  # [G*H]
+    b_hh: Tensor | None,  # [G*H]
+    w_hr: Tensor | None,  # [Hout, H]
+    batch_sizes: Tensor | None,  # [T] int64 CPU
+    reverse: bool,
+    train: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> y, h_n, c_n ([0] unless LSTM), ws1, ws2 (saved for backward, [0] unless train)."""
+    _need_extension()
+    y, h_n, c_n, ws1, ws2 = _C.layer_fwd(
+        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train
+    )
+    return y, h_n, c_n, ws1, ws2
+
+
+@_layer_fwd.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train):
+    G = GATES[cell]
+    H = w_ih.shape[0] // G
+    B, Hout = h0.shape
+    packed = batch_sizes is not None
+    N = x.shape[0] if packed else x.shape[0] * x.shape[1]
+    y = x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout))
+    h_n = h0.new_empty((B, Hout))
+    c_n = h0.new_empty((B, H) if cell == "lstm" else (0,))
+    keep = train and _saves(cell)
+    ws1 = x.new_empty((N, G * H) if keep else (0,))
+    ws2 = x.new_empty((N, H) if keep else (0,))
+    return y, h_n, c_n, ws1, ws2
+
+
+@torch.library.custom_op("fusedrnn::cpu_layer_bwd", mutates_args=())
+def _layer_bwd(
+    cell: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    batch_sizes: Tensor | None,
+    reverse: bool,
+    y: Tensor,  # forward output
+    ws1: Tensor,  # saved by the forward
+    ws2: Tensor,
+    grad_y: Tensor,  # like y
+    grad_hn: Tensor | None,  # [B, Hout]
+    grad_cn: Tensor | None,  # [B, H]
+    grad_mask: int,  # bit k set: gradient of _GRAD_INPUTS[k] wanted
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr ([0] where not wanted)."""
+    _need_extension()
+    return tuple(
+        _C.layer_bwd(
+            cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+            y, ws1, ws2, grad_y, grad_hn, grad_cn, grad_mask,
+        )
+    )  # fmt: skip
+
+
+@_layer_bwd.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, y, ws1, ws2,
+      grad_y, grad_hn, grad_cn, grad_mask):  # fmt: skip
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    out = []
+    for k, t in enumerate(inputs):
+        wanted = t is not None and (grad_mask >> k) & 1 and not (k == 2 and cell != "lstm")
+        out.append(t.new_empty(t.shape) if wanted else x.new_empty((0,)))
+    return tuple(out)
+
+
+def _setup_context(ctx, inputs, output):
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train = inputs
+    y, _h_n, _c_n, ws1, ws2 = output
+    ctx.cell, ctx.reverse, ctx.train = cell, reverse, train
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, y, ws1, ws2)
+    ctx.mark_non_differentiable(ws1, ws2)
+
+
+def _backward(ctx, grad_y, grad_hn, grad_cn, _g1, _g2):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, y, ws1, ws2 = ctx.saved_tensors
+    needs = ctx.needs_input_grad[1:9]
+    mask = sum(1 << k for k, n in enumerate(needs) if n)
+    if mask and not ctx.train:
+        raise RuntimeError(
+            "fusedrnn cpu backend: the forward ran with train=False (nothing saved); call "
+            "fusedrnn.ops.cpu.layer, which decides this from requires_grad"
+        )
+    if grad_y is None:
+        grad_y = torch.zeros_like(y)
+    grads = _layer_bwd(
+        ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
+        y, ws1, ws2, grad_y, grad_hn, grad_cn if ctx.cell == "lstm" else None, mask,
+    )  # fmt: skip
+    out = [g if n else None for g, n in zip(grads, needs, strict=True)]
+    return (None, *out, None, None, None)
+
+
+torch.library.register_autograd("fusedrnn::cpu_layer_fwd", _backward, setup_context=_setup_context)
+
+
+def layer(
+    cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
+    x: Tensor,  # [T, B, I] dense, or [N, I] packed data when batch_sizes is given
+    h0: Tensor,  # [B, Hout]
+    c0: Tensor | None,  # [B, H], LSTM only
+    w_ih: Tensor,  # [G*H, I]
+    w_hh: Tensor,  # [G*H, Hout]
+    b_ih: Tensor | None,  # [G*H]
+    b_hh: Tensor | None,  # [G*H]
+    w_hr: Tensor | None,  # [Hout, H], LSTM with proj_size > 0 only
+    batch_sizes: Tensor | None,  # [T] int64 on the CPU, non-increasing
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One layer in one direction; same contract as :func:`fusedrnn.ops.reference.layer`."""
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
+    if cell != "lstm":
+        c0 = None
+    elif c0 is None:
+        raise ValueError("fusedrnn cpu backend: LSTM needs c0")
+    train = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    )
+    y, h_n, c_n, _, _ = _layer_fwd(
+        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train
+    )
+    return y, h_n, c_n if cell == "lstm" else None
+
+
+def stack_step(
+    cell: str,
+    x: Tensor,  # [B, I]
+    hx: Tensor,  # [L, B, Hout]
+    cx: Tensor | None,  # [L, B, H] (LSTM)
+    flat_weights: list[Tensor],  # torch.nn order: per layer w_ih, w_hh, [b_ih, b_hh], [w_hr]
+    num_layers: int,
+    has_bias: bool,
+    proj_size: int,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One time step through a unidirectional stack, no dropout, no autograd.
+
+    For sampling loops: the whole stack runs in one C++ call. Returns ``y`` [B, Hout] (the
+    last layer's new h), ``h_n`` [L, B, Hout] and ``c_n`` [L, B, H] (LSTM) or None.
+    """
+    _need_extension()
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
+    if torch.is_grad_enabled() and (
+        x.requires_grad or hx.requires_grad or any(w.requires_grad for w in flat_weights)
+    ):
+        raise RuntimeError(
+            "fusedrnn.ops.cpu.stack_step does not record autograd; call it under "
+            "torch.no_grad() / torch.inference_mode(), or use layer()"
+        )
+    y, h_n, c_n = _C.stack_step(
+        cell, x, hx, cx if cell == "lstm" else None, flat_weights, num_layers, has_bias, proj_size
+    )
+    return y, h_n, c_n if cell == "lstm" else None
