@@ -131,8 +131,17 @@ def resolve(name: str | None, device_type: str) -> str:
 resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
+def under_functorch() -> bool:
+    """True inside torch.func transforms (grad, vmap, ...), which cannot see through the fused
+    backends' custom ops; the layer op then runs on the reference backend, whose plain torch
+    operations every transform supports."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def get(name: str) -> ModuleType:
     """The backend module for a name returned by :func:`resolve`."""
+    if name != "reference" and under_functorch():
+        name = "reference"
     mod = _probe_cache.get(name) if name in _probe_cache else _load(name)
     if mod is None:
         raise BackendUnavailableError(

@@ -37,6 +37,13 @@ def split_weights(
     return out
 
 
+def _records_autograd(*tensors) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    flat = [t for item in tensors for t in (item if isinstance(item, list) else [item])]
+    return any(t is not None and t.requires_grad for t in flat)
+
+
 def rnn_stack(
     backend: ModuleType,
     cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
@@ -53,6 +60,21 @@ def rnn_stack(
     batch_sizes: Tensor | None,  # [T] int64 CPU, packed input only
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Returns output ([T, B, D*Hout] or packed [N, D*Hout]), h_n, c_n."""
+    if (
+        batch_sizes is None
+        and x.shape[0] == 1
+        and not bidirectional
+        and hasattr(backend, "stack_step")
+        and not (dropout > 0 and training and num_layers > 1)
+        and not _records_autograd(x, hx, cx, flat_weights)
+        and not torch.compiler.is_compiling()
+    ):
+        # The sampling loop (one step, no autograd): the whole stack in one backend call,
+        # which skips the per-layer op dispatch that dominates at this size.
+        y, h_n, c_n = backend.stack_step(
+            cell, x[0], hx, cx, flat_weights, num_layers, has_bias, proj_size
+        )
+        return y.unsqueeze(0), h_n, c_n
     dirs = 2 if bidirectional else 1
     weights = split_weights(flat_weights, has_bias, proj_size)
     h_n: list[Tensor] = []

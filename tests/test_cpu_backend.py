@@ -219,15 +219,28 @@ def test_bad_input_errors():
     with pytest.raises(RuntimeError, match="dtype"):
         cpu.layer("lstm", inp["x"].double(), inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"],
                   None, None, None, None, False)  # fmt: skip
-    with pytest.raises(RuntimeError, match="float32 and float64"):
-        cpu.layer("rnn_tanh", inp["x"].half(), inp["h0"].half(), None, inp["w_ih"][:5].half(),
-                  inp["w_hh"][:5].half(), None, None, None, None, False)  # fmt: skip
     with pytest.raises(ValueError, match="unknown cell"):
         cpu.layer("lstmx", inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], None,
                   None, None, None, False)  # fmt: skip
     with pytest.raises(RuntimeError, match="batch_sizes"):
         cpu.layer("lstm", inp["x"].reshape(6, 4), inp["h0"], inp["c0"], inp["w_ih"],
                   inp["w_hh"], None, None, None, torch.tensor([2, 2, 3]), False)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype):
+    """bf16/fp16 (CPU autocast) run the float32 kernels and come back in the input dtype: equal
+    to the reference on the same values in float32, rounded once at the end (float32 results
+    that differ in the last bits may round to neighbouring values: one unit of the dtype)."""
+    inp = make_inputs("lstm", 3, 2, 4, 5)
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
+    low = {k: inp[k].to(dtype) for k in names}
+    got = cpu.layer("lstm", *(low[k] for k in names), None, None, False)
+    want = reference.layer("lstm", *(low[k].float() for k in names), None, None, False)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(g, w.to(dtype), rtol=eps, atol=eps)
 
 
 def test_opcheck_fake_and_autograd_registration():

@@ -182,7 +182,30 @@ def layer(
     batch_sizes: Tensor | None,  # [T] int64 on the CPU, non-increasing
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One layer in one direction; same contract as :func:`fusedrnn.ops.reference.layer`."""
+    """One layer in one direction; same contract as :func:`fusedrnn.ops.reference.layer`.
+
+    bfloat16 / float16 (e.g. under CPU autocast) are computed in float32, as the GPU backends
+    accumulate, and returned in the input's dtype.
+    """
+    if x.dtype in (torch.bfloat16, torch.float16):
+
+        def f32(t):
+            return None if t is None else t.float()
+
+        y, h_n, c_n = layer(
+            cell,
+            f32(x),
+            f32(h0),
+            f32(c0),
+            f32(w_ih),
+            f32(w_hh),
+            f32(b_ih),
+            f32(b_hh),
+            f32(w_hr),
+            batch_sizes,
+            reverse,
+        )
+        return y.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
     if cell != "lstm":

@@ -1,0 +1,230 @@
+"""Timing, memory, FLOP counts and machine facts for the benchmark suite.
+
+CPU times come from ``torch.utils.benchmark.Timer.blocked_autorange``; its ``times`` are the
+per-call averages of each block, so p20 / p80 are quantiles over blocks. GPU times come from CUDA
+events around single calls after a warm-up. Either way several short rounds per provider are
+interleaved with the other providers of the same configuration and their samples pooled, so a
+machine that speeds up or slows down during a run moves every provider alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.benchmark import Timer
+
+# -- FLOPs ------------------------------------------------------------------------------------
+
+
+def forward_flops(cell: str, B: int, T: int, I: int, H: int, layers: int) -> int:  # noqa: E741
+    """Multiply-adds of the two GEMMs, 2·B·T·(G·H)·(I+H) per layer; pointwise math not counted."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    total = 0
+    for layer in range(layers):
+        in_size = I if layer == 0 else H
+        total += 2 * B * T * gates * H * (in_size + H)
+    return total
+
+
+def mode_flops(mode: str, cell: str, B: int, T: int, I: int, H: int, layers: int) -> int:  # noqa: E741
+    """Backward costs two forward GEMMs' worth (dgates·W for dx/dh, dgatesᵀ·[x,h] for dW)."""
+    fwd = forward_flops(cell, B, T, I, H, layers)
+    return 3 * fwd if mode == "fwdbwd" else fwd
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    times_s: list[float] = field(default_factory=list)  # per-call seconds, pooled over rounds
+
+    def quantile(self, q: float) -> float:
+        xs = sorted(self.times_s)
+        if not xs:
+            return float("nan")
+        pos = q * (len(xs) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times_s) if self.times_s else float("nan")
+
+
+def time_round_cpu(
+    fn: Callable[[], object], min_run_time: float, threads: int, min_blocks: int = 2
+) -> list[float]:
+    """Per-call seconds: block averages of one ``blocked_autorange`` for fast calls; for a
+    call slower than ``min_run_time`` (which would give a single block after a calibration call
+    of its own) ``min_blocks`` single calls timed directly."""
+    start = time.perf_counter()
+    with set_threads(threads):
+        fn()
+    first = time.perf_counter() - start
+    if first < min_run_time / 2:
+        timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+        return list(timer.blocked_autorange(min_run_time=min_run_time).times)
+    times = [first]
+    with set_threads(threads):
+        while len(times) < min_blocks:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+class set_threads:  # noqa: N801 - used like a function
+    """torch.set_num_threads for a block, as Timer(num_threads=...) does for its statement."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def time_round_cuda(fn: Callable[[], object], min_run_time: float) -> list[float]:
+    """Per-call times from CUDA events, at least three calls and ``min_run_time`` seconds."""
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < 3 or spent < min_run_time:
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        t = start.elapsed_time(end) / 1e3
+        times.append(t)
+        spent += t
+    return times
+
+
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def warm_up(fn: Callable[[], object], device: str, min_calls: int = 2, min_time: float = 0.2):
+    start = time.perf_counter()
+    calls = 0
+    while calls < min_calls or time.perf_counter() - start < min_time:
+        fn()
+        calls += 1
+    sync(device)
+
+
+def sgemm_peak_gflops(device: str, threads: int, n: int = 2048, min_run_time: float = 1.0):
+    """Median GFLOP/s of torch.mm on two n×n float32 matrices: the roof the RNNs are held to."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+
+    def fn():
+        return torch.mm(a, b)
+
+    warm_up(fn, device)
+    if torch.device(device).type == "cuda":
+        times = time_round_cuda(fn, min_run_time)
+    else:
+        times = time_round_cpu(fn, min_run_time, threads)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> int:
+    """Bytes of distinct storages autograd saves for backward while ``fn`` builds its graph.
+
+    Seen through ``torch.autograd.graph.saved_tensors_hooks``, which every saved variable passes:
+    autograd's own nodes, a custom ``autograd.Function``'s ``ctx.save_for_backward``, a
+    ``custom_op``'s ``register_autograd`` context and AOTAutograd's compiled graphs alike.
+    Tensors a backend stashes as plain ``ctx`` attributes are invisible to it. Storages of
+    ``exclude`` (the parameters and the input) are not activations and are not counted.
+    """
+    skip = set()
+    for t in exclude:
+        skip.add(t.untyped_storage().data_ptr())
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # e.g. opaque mkldnn tensors
+            key, nbytes = id(t), t.numel() * t.element_size()
+        if key not in skip:
+            seen[key] = max(seen.get(key, 0), nbytes)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def cuda_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak CUDA memory allocated above what was allocated before ``fn`` ran."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+# -- machine ----------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)", "", text.lower())
+    text = re.sub(r"\b(cpu|processor|with radeon graphics)\b", "", text)
+    text = re.sub(r"@.*$", "", text)
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def machine_tag(device: str, threads: int) -> str:
+    if torch.device(device).type == "cuda":
+        return "cuda-" + slug(torch.cuda.get_device_name())
+    return f"cpu-{slug(cpu_model())}-{threads}t"
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def versions() -> dict[str, str]:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "absent"
+    return {"torch": torch.__version__, "triton": triton_version}

@@ -1,0 +1,188 @@
+"""The benchmark harness (bench/run.py --quick) and the GPU cost model's counts."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import costmodel  # noqa: E402
+import measure  # noqa: E402
+import providers as P  # noqa: E402
+import run as bench_run  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_quick")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return out, proc
+
+
+def test_quick_run_exits_cleanly(quick_run):
+    out, proc = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "wrote" in proc.stdout
+
+
+def test_quick_csv_is_well_formed(quick_run):
+    out, _ = quick_run
+    with open(out / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench_run.COLUMNS
+        rows = list(reader)
+    assert rows
+    names = P.all_provider_names("cpu")
+    assert {r["provider"] for r in rows} == set(names)
+    assert {r["cell"] for r in rows} == set(P.CELLS)
+    assert {r["mode"] for r in rows} == set(P.MODES)
+    assert not any("triton" in r["provider"] for r in rows), "the interpreter is never timed"
+    for r in rows:
+        assert r["status"] in ("ok", "skipped", "error"), r
+        if r["status"] != "ok":
+            assert r["reason"], r
+            continue
+        med, p20, p80 = (float(r[k]) for k in ("median_ms", "p20_ms", "p80_ms"))
+        assert 0 < p20 <= med <= p80, r
+        assert int(r["samples"]) >= 1
+        assert float(r["speedup_vs_torch_nn"]) > 0
+        assert int(r["flops"]) == measure.mode_flops(
+            r["mode"], r["cell"], *(int(r[k]) for k in ("B", "T", "I", "H", "layers"))
+        )
+        assert float(r["max_abs_err_out"]) <= 1e-4
+        if r["mode"] == "fwdbwd":
+            assert int(r["saved_activation_bytes"]) > 0, r
+    # the baseline and the always-present oracle backend are timed everywhere
+    for name in (P.TORCH_NN, "fusedrnn[reference]"):
+        assert all(r["status"] == "ok" for r in rows if r["provider"] == name)
+    assert all(float(r["speedup_vs_torch_nn"]) == 1.0 for r in rows if r["provider"] == P.TORCH_NN)
+    # torch.compile is exercised in every mode (or its failure is recorded with a reason)
+    comp = [r for r in rows if r["provider"] == P.COMPILE and r["status"] != "skipped"]
+    assert {r["mode"] for r in comp} == set(P.MODES)
+    assert all(r["first_call_s"] for r in comp if r["status"] == "ok")
+
+
+def test_quick_markdown_tables_are_consistent(quick_run):
+    out, _ = quick_run
+    text = (out / "results.md").read_text()
+    assert text.startswith("# fusedrnn benchmark results")
+    for heading in ("## Headline", "## Sweeps", "## torch.compile", "## Memory", "## Plots"):
+        assert heading in text
+    table = []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            widths = {ln.count("|") for ln in table}
+            assert len(widths) == 1, table
+            assert set(table[1].replace("|", "")) <= set("-"), table
+            table = []
+    for png in out.glob("*.png"):
+        assert f"]({png.name})" in text
+
+
+def test_quick_plots_are_pngs(quick_run):
+    import matplotlib.image as mpimg
+
+    out, _ = quick_run
+    names = {p.name for p in out.glob("*.png")}
+    expected = {"speedup_headline.png", "time_vs_hidden_fwd.png", "time_vs_batch_fwdbwd.png"}
+    assert expected <= names
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        img = mpimg.imread(out / name)
+        assert img.shape[0] > 100 and img.shape[1] > 100
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_device_skips_without_gpu(capsys):
+    assert bench_run.main(["--device", "cuda"]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_correctness_check_catches_a_wrong_provider():
+    cfg = P.Config("gru", "fwdbwd", 3, 5, 4, 7, 2, torch.float32, "cpu")
+    ref = P.make_reference_module(cfg)
+    x, state = P.make_inputs(cfg)
+    want = P.evaluate(*P.build(P.TORCH_NN, ref, cfg), x, state, with_grad=True)
+    run, params = P.build(P.NAIVE, ref, cfg)
+    ok = P.compare(P.evaluate(run, params, x, state, with_grad=True), want, cfg.dtype)
+    assert ok[2] == "" and ok[0] < 1e-5 and ok[1] < 1e-5
+    with torch.no_grad():
+        params[1][0, 0] += 0.1  # layer 0 weight_hh: outputs and gradients move
+    bad = P.compare(P.evaluate(run, params, x, state, with_grad=True), want, cfg.dtype)
+    assert bad[2].startswith("outputs differ")
+
+
+def test_flop_count_by_hand():
+    # LSTM, I=128, H=256, 2 layers, B=64, T=64: 2·B·T·4H·(I+H) + 2·B·T·4H·(H+H)
+    fwd = 2 * 64 * 64 * 1024 * (128 + 256) + 2 * 64 * 64 * 1024 * 512
+    assert measure.forward_flops("lstm", 64, 64, 128, 256, 2) == fwd
+    assert measure.mode_flops("fwdbwd", "lstm", 64, 64, 128, 256, 2) == 3 * fwd
+    assert measure.mode_flops("step", "rnn", 1, 1, 128, 512, 2) == 2 * 512 * 640 + 2 * 512 * 1024
+
+
+def test_costmodel_step_kernel_by_hand():
+    cfg = costmodel.KernelConfig("triton", "step", "hand", block_b=64, block_h=32)
+    plan = costmodel.plan(cfg, "lstm", B=64, T=64, I=128, H=256, dtype="float32", training=True)
+    (k,) = plan.step_fwd
+    assert k.flops == 2 * 64 * 1024 * 256
+    w_hh, b_hh = 1024 * 256 * 4, 1024 * 4
+    xg, h_prev, h_new = 64 * 1024 * 4, 64 * 256 * 4, 64 * 256 * 4
+    c_prev_and_new, saved_gates = 2 * 64 * 256 * 4, 64 * 1024 * 4
+    assert k.bytes == w_hh + b_hh + xg + h_prev + h_new + c_prev_and_new + saved_gates == 1839104
+    assert k.programs == 8 and k.launches == 1
+    gpu = costmodel.GPUS["H100"]
+    share = 8 / 132
+    want = max(k.flops / (67e12 * share), 1839104 / (3.0e12 * share)) + 2e-6
+    assert math.isclose(costmodel.kernel_time(k, gpu, "float32"), want, rel_tol=1e-12)
+    # inference skips the saved gates
+    inf = costmodel.plan(cfg, "lstm", B=64, T=64, I=128, H=256, dtype="float32", training=False)
+    assert inf.step_fwd[0].bytes == 1839104 - saved_gates
+    (gemm,) = plan.once_fwd
+    assert gemm.flops == 2 * 64 * 64 * 1024 * 128
+
+
+def test_costmodel_launch_counts():
+    cuda, _ = costmodel.cuda_config()
+    p = costmodel.predict(cuda, costmodel.GPUS["A100"], "gru", 16, 100, 32, 64, 2, "bfloat16")
+    # per layer: input GEMM + T x (GEMM + pointwise); backward adds T x 2 and three GEMMs
+    assert p.launches_seq_fwd == 2 * (1 + 100 * 2)
+    assert p.launches_seq_fwdbwd == 2 * (1 + 100 * 2 + 100 * 2 + 3)
+    assert p.fwd_s > 0 and p.fwdbwd_s > p.fwd_s
+
+
+def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
+    configs, note = costmodel.triton_configs()
+    try:
+        from fusedrnn.ops.triton import configs as tc
+    except Exception:
+        assert configs == [] and note.startswith("no triton configs found")
+    else:
+        steps = [c for c in configs if c.kind == "step"]
+        assert [(c.block_b, c.block_h) for c in steps] == [
+            (c.block_b, c.block_h) for c in tc.STEP_CONFIGS
+        ]
+    monkeypatch.setitem(sys.modules, "fusedrnn.ops.triton.configs", None)
+    configs, note = costmodel.triton_configs()
+    assert configs == [] and note.startswith("no triton configs found")
+    assert "no triton configs found" in costmodel.report(["H100"])
