@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharLMError
+from .errors import CharLMError, standalone_main
 from .features import BINARY_FEATURES, FEATURES, compute_features
 from .visualize import (
     SCALES,
@@ -404,14 +404,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fusedrnn-charlm find-cells")
-    _add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except CharLMError as e:
-        print(f"fusedrnn-charlm: error: {e}", file=sys.stderr)
-        return 1
+    return standalone_main("fusedrnn-charlm find-cells", _add_arguments, run, argv)
 
 
 if __name__ == "__main__":

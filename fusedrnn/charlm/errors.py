@@ -15,3 +15,20 @@ class CheckpointError(CharLMError):
 
 class TrainingError(CharLMError):
     """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+def standalone_main(prog: str, add_arguments, run, argv: list[str] | None = None) -> int:
+    """Run one subcommand as its own program (``python -m fusedrnn.charlm.<module>``): parse
+    ``argv`` with the arguments ``add_arguments`` declares, call ``run``, and report a
+    :class:`CharLMError` as one line on stderr with exit code 1."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog=prog)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except CharLMError as e:
+        print(f"fusedrnn-charlm: error: {e}", file=sys.stderr)
+        return 1

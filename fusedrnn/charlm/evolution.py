@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import CharLMError, DataError
+from .errors import DataError, standalone_main
 
 _HEADER = re.compile(r"^=== iteration (\d+)(?:, val loss ([0-9.eE+-]+|nan|inf))? ===$", re.M)
 
@@ -178,14 +178,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fusedrnn-charlm evolution")
-    _add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except CharLMError as e:
-        print(f"fusedrnn-charlm: error: {e}", file=sys.stderr)
-        return 1
+    return standalone_main("fusedrnn-charlm evolution", _add_arguments, run, argv)
 
 
 if __name__ == "__main__":

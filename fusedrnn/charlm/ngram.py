@@ -44,7 +44,7 @@ import time
 
 import numpy as np
 
-from .errors import CharLMError, DataError
+from .errors import CharLMError, DataError, standalone_main
 
 _FALLBACK_DISCOUNT = 0.5
 
@@ -324,14 +324,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fusedrnn-charlm ngram")
-    _add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except CharLMError as e:
-        print(f"fusedrnn-charlm: error: {e}", file=sys.stderr)
-        return 1
+    return standalone_main("fusedrnn-charlm ngram", _add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharLMError, DataError
+from .errors import CharLMError, DataError, standalone_main
 
 DEFAULT_MAX_CHARS = 2000
 PNG_MAX_CHARS = 4000  # beyond this a PNG would be unreadably large; the HTML has no such limit
@@ -758,14 +758,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fusedrnn-charlm visualize")
-    _add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except CharLMError as e:
-        print(f"fusedrnn-charlm: error: {e}", file=sys.stderr)
-        return 1
+    return standalone_main("fusedrnn-charlm visualize", _add_arguments, run, argv)
 
 
 if __name__ == "__main__":
