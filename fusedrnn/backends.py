@@ -142,7 +142,7 @@ def get(name: str) -> ModuleType:
     """The backend module for a name returned by :func:`resolve`."""
     if name != "reference" and under_functorch():
         name = "reference"
-    mod = _probe_cache.get(name) if name in _probe_cache else _load(name)
+    mod = _load(name)
     if mod is None:
         raise BackendUnavailableError(
             f"fusedrnn backend {name!r} is not available: {_HOW_TO_GET.get(name, '')}"

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from .analysis_cli import register_analysis_commands
 from .errors import CharLMError
 
 PROG = "fusedrnn-charlm"
@@ -178,12 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
-    try:  # visualize, find-cells, ngram, evolution (the analysis tools), when present
-        from .analysis_cli import register_analysis_commands
-    except ImportError:
-        register_analysis_commands = None
-    if register_analysis_commands is not None:
-        register_analysis_commands(sub)
+    register_analysis_commands(sub)  # visualize, find-cells, ngram, evolution
     return p
 
 
