@@ -248,5 +248,154 @@ struct RNNReluCell {
   FRNN_HD static T backward(T dh, T h) { return h > T(0) ? dh : T(0); }
 };
 
+// =============================================================================================
+// Cell variants (docs/variants.md): layer norm, zoneout, peephole, coupled input-forget gate.
+// =============================================================================================
+// Same conventions as above: one element per call, row reductions (the mean / variance of a
+// layer-norm row and the two row sums of its backward) are done by the caller, which passes
+// them in. Options are template bools so that a loop instantiated for one combination has no
+// branch per element.
+
+// ---------------------------------------------------------------------------------------------
+// Layer normalisation of one row v[0..K) (biased variance, eps inside the square root):
+//   mean = sum_j v_j / K     var = sum_j (v_j - mean)^2 / K     rstd = 1 / sqrt(var + eps)
+//   xhat_j = (v_j - mean) rstd          out_j = xhat_j w_j + b_j
+// Backward, given dout_j (gradient reaching out_j):
+//   dw_j += dout_j xhat_j,  db_j += dout_j      (summed over rows by the caller)
+//   dxhat_j = dout_j w_j
+//   dv_j = rstd (dxhat_j - mean_k(dxhat_k) - xhat_j mean_k(dxhat_k xhat_k))
+// The last line: xhat_j = (v_j - mean) rstd with d mean / d v_k = 1/K and
+//   d rstd / d v_k = -rstd^3 (v_k - mean) / K = -rstd^2 xhat_k / K, so
+//   dv_k = sum_j dxhat_j d xhat_j / d v_k
+//        = rstd dxhat_k - rstd/K sum_j dxhat_j - rstd xhat_k / K sum_j dxhat_j xhat_j.
+// The caller computes the two row means (mean_dxhat, mean_dxhat_xhat) in a first pass.
+struct LayerNorm {
+  template <typename T>
+  FRNN_HD static T rstd(T var, T eps) {
+#if defined(__CUDA_ARCH__)
+    return T(1) / ::sqrt(var + eps);
+#else
+    return T(1) / std::sqrt(var + eps);
+#endif
+  }
+
+  template <typename T>
+  FRNN_HD static T normalize(T v, T mean, T rstd) { return (v - mean) * rstd; }
+
+  template <typename T>
+  FRNN_HD static T forward(T v, T mean, T rstd, T w, T b, T& xhat) {
+    xhat = (v - mean) * rstd;
+    return xhat * w + b;
+  }
+
+  // dxhat_j = dout_j w_j: the first-pass term whose row sums the backward needs
+  template <typename T>
+  FRNN_HD static T dxhat(T dout, T w) { return dout * w; }
+
+  template <typename T>
+  FRNN_HD static T backward(T dxhat, T xhat, T rstd, T mean_dxhat, T mean_dxhat_xhat) {
+    return rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Zoneout of one state element. keep = the mask value m (training: 1 keeps the old value) or
+// the probability p (evaluation: the expectation), the formula is the same:
+//   state = keep old + (1 - keep) new
+// Backward: d new = (1 - keep) d state,  d old (direct part) = keep d state. The mask is not
+// differentiated.
+struct Zoneout {
+  template <typename T>
+  FRNN_HD static T forward(T new_value, T old_value, T keep) {
+    return keep * old_value + (T(1) - keep) * new_value;
+  }
+
+  template <typename T>
+  FRNN_HD static void backward(T dstate, T keep, T& dnew, T& dold) {
+    dnew = (T(1) - keep) * dstate;
+    dold = keep * dstate;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// LSTM with peephole (PEEP) and / or coupled input-forget gate (CIFG); layer norm of c and
+// zoneout are applied by the caller between the two halves (LayerNorm / Zoneout above).
+// pi, pf, pg, po are the gate pre-activations without the peephole terms (x part, h part and
+// biases, after LN_ih / LN_hh when layer norm is on); cifg has no pf (f = 1 - i).
+//
+// Forward, first half (per element, needs c_prev only):
+//   i = s(pi + [w_ci c_prev])    f = s(pf + [w_cf c_prev])  or  1 - i (CIFG)
+//   g = tanh(pg)                 c = f c_prev + i g          (c~_t, before zoneout)
+// Forward, second half (after the caller's row statistics of c for LN_c):
+//   o = s(po + [w_co c])         cn = LN_c(c) or c           h = o tanh(cn)
+//
+// Backward, first half: given dh (gradient reaching h, after zoneout and projection):
+//   dpo = dh tanh(cn) o (1 - o)           dcn = dh o (1 - tanh(cn)^2)
+// The caller turns dcn into dc_ln (through LN_c's backward, or dc_ln = dcn without LN) and
+// adds the zoneout part (1 - keep_c) dc_t. Backward, second half, with dc = that sum:
+//   dc     += [w_co dpo]                  (o sees the new c through the peephole)
+//   dpi     = dc (g - c_prev) i (1 - i)  (CIFG: c = c_prev + i (g - c_prev))
+//           = dc g i (1 - i)             (otherwise)
+//   dpf     = dc c_prev f (1 - f)         dpg = dc i (1 - g^2)
+//   dc_prev = dc f + [w_ci dpi + w_cf dpf]  (the caller adds the zoneout part keep_c dc_t)
+// Peephole weight gradients (summed over rows by the caller): dw_ci += dpi c_prev,
+// dw_cf += dpf c_prev, dw_co += dpo c.
+struct LSTMVariantCell {
+  template <bool PEEP, bool CIFG, typename T>
+  FRNN_HD static void forward_state(T pi, T pf, T pg, T c_prev, T w_ci, T w_cf,
+                                    T& i, T& f, T& g, T& c) {
+    if constexpr (PEEP) pi += w_ci * c_prev;
+    i = sigmoid(pi);
+    if constexpr (CIFG) {
+      f = T(1) - i;
+    } else {
+      if constexpr (PEEP) pf += w_cf * c_prev;
+      f = sigmoid(pf);
+    }
+    g = tanh_(pg);
+    c = f * c_prev + i * g;
+  }
+
+  template <bool PEEP, typename T>
+  FRNN_HD static void forward_output(T po, T c, T cn, T w_co, T& o, T& tanh_cn, T& h) {
+    if constexpr (PEEP) po += w_co * c;
+    o = sigmoid(po);
+    tanh_cn = tanh_(cn);
+    h = o * tanh_cn;
+  }
+
+  template <typename T>
+  FRNN_HD static void backward_output(T dh, T o, T tanh_cn, T& dpo, T& dcn) {
+    dpo = dh * tanh_cn * o * (T(1) - o);
+    dcn = dh * o * (T(1) - tanh_cn * tanh_cn);
+  }
+
+  template <bool PEEP, bool CIFG, typename T>
+  FRNN_HD static void backward_state(T dc, T dpo, T i, T f, T g, T c_prev,
+                                     T w_ci, T w_cf, T w_co,
+                                     T& dpi, T& dpf, T& dpg, T& dc_prev) {
+    if constexpr (PEEP) dc += w_co * dpo;
+    if constexpr (CIFG) {
+      dpi = dc * (g - c_prev) * i * (T(1) - i);
+      dpf = T(0);
+    } else {
+      dpi = dc * g * i * (T(1) - i);
+      dpf = dc * c_prev * f * (T(1) - f);
+    }
+    dpg = dc * i * (T(1) - g * g);
+    dc_prev = dc * f;
+    if constexpr (PEEP) {
+      dc_prev += w_ci * dpi;
+      if constexpr (!CIFG) dc_prev += w_cf * dpf;
+    }
+  }
+};
+
+// GRU variants need no struct of their own: with layer norm the recurrent part
+// (hr, hz, hn) = LN_hh(h_prev W_hh^T) + b_hh and the input part LN_ih(x W_ih^T) + b_ih enter
+// GRUCell::forward / backward unchanged (b_hn, and LN, stay inside r * hn), and zoneout wraps
+// the cell's h with Zoneout (backward: GRUCell::backward gets (1 - keep) dh_t, the direct
+// gradient to h_prev gains keep dh_t).
+
 }  // inline namespace FRNN_ISA_NAMESPACE
 }  // namespace fusedrnn

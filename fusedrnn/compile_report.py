@@ -64,6 +64,27 @@ def _step_variants():
     ]  # fmt: skip
 
 
+def _variant_kernel_variants():
+    """(module, kernel, variant name, feature constexprs) of the cell-variant step kernels:
+    everything on ("all": layer norm, peephole, projection, masked zoneout), CIFG with
+    evaluation zoneout, and everything off."""
+    grads = dict(HAS_DHS=True, HAS_DY=True)
+    lstm_all = dict(LAYER_NORM=True, PEEPHOLE=True, CIFG=False, PROJ=True, ZONE_H=1, ZONE_C=1)
+    lstm_cifg = dict(LAYER_NORM=True, PEEPHOLE=True, CIFG=True, PROJ=False, ZONE_H=2, ZONE_C=2)
+    lstm_off = dict(LAYER_NORM=False, PEEPHOLE=False, CIFG=False, PROJ=False, ZONE_H=0, ZONE_C=0)
+    gru_ln = dict(LAYER_NORM=True, ZONE_H=1)
+    gru_off = dict(LAYER_NORM=False, ZONE_H=0)
+    out = []
+    for cell, name, flags in (("lstm", "all", lstm_all), ("lstm", "cifg+eval", lstm_cifg),
+                              ("lstm", "plain", lstm_off), ("gru", "ln+mask", gru_ln),
+                              ("gru", "plain", gru_off)):  # fmt: skip
+        fwd = dict(HAS_BIAS=True, WRITE_Y=True, **flags)
+        bwd = dict(**grads, **flags) | (dict(HAS_DCS=True) if cell == "lstm" else {})
+        out.append((f"{cell}_variants", f"_{cell}_variant_fwd_step_kernel", name, fwd))
+        out.append((f"{cell}_variants", f"_{cell}_variant_bwd_step_kernel", name, bwd))
+    return out
+
+
 def jobs(archs: list[int], dtypes: list[str]) -> list[Job]:
     from fusedrnn.ops.triton import configs
     from fusedrnn.ops.triton.persistent import CELL_CODE
@@ -82,6 +103,18 @@ def jobs(archs: list[int], dtypes: list[str]) -> list[Job]:
                         Job(mod, kernel, variant, tuple(flags.items()), blocks,
                             c.num_warps, c.num_stages, dt, arch)
                     )  # fmt: skip
+            if dt in ("fp32", "fp64"):  # the variant kernels support float32 and float64
+                for mod, kernel, variant, flags in _variant_kernel_variants():
+                    for c in configs.VARIANT_CONFIGS:
+                        blocks = (
+                            ("BLOCK_B", c.block_b),
+                            ("BLOCK_H", c.block_h),
+                            ("BLOCK_K", c.block_k),
+                        )
+                        out.append(
+                            Job(mod, kernel, variant, tuple(flags.items()), blocks,
+                                c.num_warps, c.num_stages, dt, arch)
+                        )  # fmt: skip
             if dt == "fp64":
                 continue  # float64 never takes the persistent path
             for c in configs.PERSISTENT_CONFIGS:

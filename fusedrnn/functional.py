@@ -75,8 +75,30 @@ def rnn_stack(
             cell, x[0], hx, cx, flat_weights, num_layers, has_bias, proj_size
         )
         return y.unsqueeze(0), h_n, c_n
-    dirs = 2 if bidirectional else 1
     weights = split_weights(flat_weights, has_bias, proj_size)
+    extra: list[dict] = [{} for _ in weights]
+    return _run_layers(
+        backend.layer, cell, x, hx, cx, weights, extra, num_layers, bidirectional, dropout,
+        training, batch_sizes,
+    )  # fmt: skip
+
+
+def _run_layers(
+    layer_op,  # a backend's layer op (fusedrnn/ops/CONTRACT.md), or its variant op
+    cell: str,
+    x: Tensor,  # [T, B, I] or packed data [N, I]
+    hx: Tensor,  # [L*D, B, Hout]
+    cx: Tensor | None,  # [L*D, B, H] (LSTM only)
+    weights: list[tuple],  # (w_ih, w_hh, b_ih, b_hh, w_hr) per layer-direction
+    extra: list[dict],  # keyword arguments of layer_op per layer-direction (variants)
+    num_layers: int,
+    bidirectional: bool,
+    dropout: float,
+    training: bool,
+    batch_sizes: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The layer x direction loop shared by the plain and the variant stacks."""
+    dirs = 2 if bidirectional else 1
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     layer_in = x
@@ -85,7 +107,7 @@ def rnn_stack(
         for d in range(dirs):
             idx = layer * dirs + d
             w_ih, w_hh, b_ih, b_hh, w_hr = weights[idx]
-            y, h, c = backend.layer(
+            y, h, c = layer_op(
                 cell,
                 layer_in,
                 hx[idx],
@@ -97,6 +119,7 @@ def rnn_stack(
                 w_hr,
                 batch_sizes,
                 d == 1,
+                **extra[idx],
             )
             outs.append(y)
             h_n.append(h)
@@ -133,46 +156,24 @@ def rnn_stack_variants(
     weights = split_weights(flat_weights, has_bias, proj_size)
     hidden = cx.shape[-1] if cx is not None else hx.shape[-1]
     masks = draw_zoneout_masks(options, x, hx.shape[-1], hidden, num_layers * dirs, training)
-    h_n: list[Tensor] = []
-    c_n: list[Tensor] = []
-    layer_in = x
-    for layer in range(num_layers):
-        outs = []
-        for d in range(dirs):
-            idx = layer * dirs + d
-            w_ih, w_hh, b_ih, b_hh, w_hr = weights[idx]
-            extra = extra_weights[idx]
-            y, h, c = layer_op(
-                cell,
-                layer_in,
-                hx[idx],
-                cx[idx] if cx is not None else None,
-                w_ih,
-                w_hh,
-                b_ih,
-                b_hh,
-                w_hr,
-                batch_sizes,
-                d == 1,
-                cifg=options.cifg,
-                ln_ih_w=extra.get("layer_norm_ih_weight"),
-                ln_ih_b=extra.get("layer_norm_ih_bias"),
-                ln_hh_w=extra.get("layer_norm_hh_weight"),
-                ln_hh_b=extra.get("layer_norm_hh_bias"),
-                ln_c_w=extra.get("layer_norm_c_weight"),
-                ln_c_b=extra.get("layer_norm_c_bias"),
-                w_ch=extra.get("weight_ch"),
-                zoneout_h=options.zoneout_h,
-                zoneout_c=options.zoneout_c,
-                mask_h=masks[idx][0],
-                mask_c=masks[idx][1],
-            )
-            outs.append(y)
-            h_n.append(h)
-            if c is not None:
-                c_n.append(c)
-        layer_out = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-        if dropout > 0 and training and layer < num_layers - 1:
-            layer_out = F.dropout(layer_out, p=dropout, training=True)
-        layer_in = layer_out
-    return layer_in, torch.stack(h_n), torch.stack(c_n) if cx is not None else None
+    extra = [
+        {
+            "cifg": options.cifg,
+            "ln_ih_w": e.get("layer_norm_ih_weight"),
+            "ln_ih_b": e.get("layer_norm_ih_bias"),
+            "ln_hh_w": e.get("layer_norm_hh_weight"),
+            "ln_hh_b": e.get("layer_norm_hh_bias"),
+            "ln_c_w": e.get("layer_norm_c_weight"),
+            "ln_c_b": e.get("layer_norm_c_bias"),
+            "w_ch": e.get("weight_ch"),
+            "zoneout_h": options.zoneout_h,
+            "zoneout_c": options.zoneout_c,
+            "mask_h": mh,
+            "mask_c": mc,
+        }
+        for e, (mh, mc) in zip(extra_weights, masks, strict=True)
+    ]
+    return _run_layers(
+        layer_op, cell, x, hx, cx, weights, extra, num_layers, bidirectional, dropout, training,
+        batch_sizes,
+    )  # fmt: skip

@@ -268,7 +268,7 @@ class RNNBase(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         if self.cell_options.enabled:
             return rnn_stack_variants(
-                _variants.resolve_backend(self.backend, self.cell_options),
+                _variants.resolve_backend(self.backend, self.cell_options, input.device.type),
                 MODES[self.mode],
                 input,
                 hx,

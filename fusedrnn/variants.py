@@ -28,8 +28,10 @@ order in ``state_dict``. With ``cifg`` the torch.nn weights themselves lose the 
 
 from __future__ import annotations
 
+import importlib
 import numbers
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -237,22 +239,52 @@ def layer_weights(module) -> list[dict[str, Tensor]]:
     ]
 
 
-def resolve_backend(name: str | None, options: CellOptions):
-    """The layer op that runs the variants: the reference one, the only one so far.
+# The variant layer op of each backend that has one (same signature as
+# fusedrnn.ops.reference_variants.layer).
+VARIANT_OPS = {
+    "reference": "fusedrnn.ops.reference_variants",
+    "cpu": "fusedrnn.ops.cpu_variants",
+    "triton": "fusedrnn.ops.triton.variants",
+    "cuda": "fusedrnn.ops.cuda_variants",
+}
 
-    An explicit request for another backend (``backend=`` or ``FUSEDRNN_BACKEND``) is an
-    error, never a silent fallback."""
-    if name is None:
-        name = os.environ.get("FUSEDRNN_BACKEND") or None
-    if name is not None and name != "reference":
+
+def variant_backend(name: str | None, device_type: str, options: CellOptions) -> str:
+    """The backend that runs the variants for ``backend=name`` on ``device_type`` tensors.
+
+    The plain selection (:func:`fusedrnn.backends.resolve`) decides, with its errors for
+    unknown or unavailable backends. An explicit request for a backend without variant
+    kernels is an error, never a silent fallback; an automatic choice without them falls
+    back to the reference op. Marked constant for torch.compile, like ``resolve``.
+    """
+    from . import backends
+
+    explicit = name is not None or bool(os.environ.get("FUSEDRNN_BACKEND"))
+    chosen = backends.resolve(name, device_type)
+    if chosen in VARIANT_OPS:
+        importlib.import_module(VARIANT_OPS[chosen])
+        return chosen
+    if explicit:
         raise NotImplementedError(
-            f"fusedrnn backend {name!r} does not implement the cell variant(s) "
-            f"{', '.join(options.names())}: they currently run on the 'reference' backend only "
-            "(pass backend='reference' or leave backend unset)"
+            f"fusedrnn backend {chosen!r} does not implement the cell variant(s) "
+            f"{', '.join(options.names())}; backends that do: {', '.join(VARIANT_OPS)}"
         )
-    from .ops import reference_variants
+    return "reference"
 
-    return reference_variants.layer
+
+variant_backend._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def resolve_backend(name: str | None, options: CellOptions, device_type: str = "cpu"):
+    """The variant layer op for ``backend=name`` on ``device_type`` tensors (see
+    :func:`variant_backend`). Inside torch.func transforms it is the reference op, whose
+    plain torch operations every transform supports (the fused ops are opaque to them)."""
+    from . import backends
+
+    chosen = variant_backend(name, device_type, options)
+    if chosen != "reference" and backends.under_functorch():
+        chosen = "reference"
+    return sys.modules[VARIANT_OPS[chosen]].layer
 
 
 def draw_zoneout_masks(

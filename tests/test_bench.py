@@ -186,3 +186,26 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
     configs, note = costmodel.triton_configs()
     assert configs == [] and note.startswith("no triton configs found")
     assert "no triton configs found" in costmodel.report(["H100"])
+
+
+def test_variants_bench_quick(tmp_path):
+    """bench/variants.py --quick: every provider agrees with the reference op (checked inside
+    the script, which fails otherwise), and the CSV / table are written."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "variants.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "variants.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    import variants as bench_variants
+
+    assert {r["variant"] for r in rows} == set(bench_variants.VARIANTS)
+    assert {r["phase"] for r in rows} == {"forward", "forward+backward"}
+    assert all(float(r["median_ms"]) > 0 for r in rows)
+    head = [r for r in rows if r["variant"] == bench_variants.HEADLINE]
+    assert {"cell loop", "fusedrnn[reference]"} <= {r["provider"] for r in head}
+    assert "| LN-LSTM | forward+backward |" in (tmp_path / "variants.md").read_text()

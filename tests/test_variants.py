@@ -615,18 +615,43 @@ def test_variants_are_keyword_only_and_rnn_unchanged():
     assert not fusedrnn.RNN(I, H).cell_options.enabled
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
-def test_variant_on_other_backend_raises(backend, monkeypatch):
+def test_variant_on_backend_without_variant_kernels_raises(monkeypatch):
+    """An explicit backend without a variant op is an error; an automatic choice falls back
+    to the reference op. Simulated by hiding the reference backend's own variant op entry,
+    so the check does not depend on which extensions were built."""
     x = torch.randn(T, B, I)
-    m = fusedrnn.LSTM(I, H, layer_norm=True, zoneout=0.1, backend=backend)
-    with pytest.raises(NotImplementedError, match=r"layer_norm, zoneout.*'reference' backend only"):
+    monkeypatch.delitem(variants.VARIANT_OPS, "reference")
+    m = fusedrnn.LSTM(I, H, layer_norm=True, zoneout=0.1, backend="reference")
+    with pytest.raises(
+        NotImplementedError,
+        match=r"'reference' does not implement the cell variant\(s\) "
+        r"layer_norm, zoneout; backends that do: cpu, triton",
+    ):
         m(x)
     m = fusedrnn.GRU(I, H, layer_norm=True)
-    monkeypatch.setenv("FUSEDRNN_BACKEND", backend)
-    with pytest.raises(NotImplementedError, match=f"{backend!r} does not implement"):
-        m(x)
     monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
-    assert m(x)[0].shape == (T, B, H)
+    with pytest.raises(NotImplementedError, match="'reference' does not implement"):
+        m(x)
+
+
+def test_variant_automatic_choice_falls_back_to_reference(monkeypatch):
+    if "cpu" not in fusedrnn.available_backends("cpu"):
+        pytest.skip("the compiled cpu backend is not built")
+    monkeypatch.delitem(variants.VARIANT_OPS, "cpu")  # as if it had no variant op
+    assert variants.variant_backend(None, "cpu", variants.CellOptions(layer_norm=True)) == (
+        "reference"
+    )
+    with pytest.raises(NotImplementedError, match="'cpu' does not implement"):
+        variants.variant_backend("cpu", "cpu", variants.CellOptions(layer_norm=True))
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_variant_on_unavailable_backend_raises(backend):
+    if backend in fusedrnn.available_backends("cpu"):
+        pytest.skip(f"{backend} runs on CPU tensors here")
+    m = fusedrnn.LSTM(I, H, layer_norm=True, backend=backend)
+    with pytest.raises(fusedrnn.BackendUnavailableError, match=f"{backend!r}"):
+        m(torch.randn(T, B, I))
 
 
 def test_variant_module_runs_with_reference_backend_explicitly():

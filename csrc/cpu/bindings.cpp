@@ -5,6 +5,7 @@
 #include "blas.h"
 #include "kernels.h"
 #include "layer_ops.h"
+#include "variant_ops.h"
 
 namespace py = pybind11;
 using fusedrnn::cpu::kernel_isa;
@@ -26,6 +27,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n]",
         py::arg("cell"), py::arg("x"), py::arg("hx"), py::arg("cx"), py::arg("flat_weights"),
         py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"));
+  m.def("variant_fwd", &fusedrnn::cpu::variant_fwd, py::call_guard<py::gil_scoped_release>(),
+        "Forward of one variant layer/direction: -> [y, h_n, c_n, act, cs, ct, hh, xh, stats]",
+        py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hr"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("cifg"), py::arg("ln_ih_w"),
+        py::arg("ln_ih_b"), py::arg("ln_hh_w"), py::arg("ln_hh_b"), py::arg("ln_c_w"),
+        py::arg("ln_c_b"), py::arg("w_ch"), py::arg("zoneout_h"), py::arg("zoneout_c"),
+        py::arg("mask_h"), py::arg("mask_c"), py::arg("eps"), py::arg("train"));
+  m.def("variant_bwd", &fusedrnn::cpu::variant_bwd, py::call_guard<py::gil_scoped_release>(),
+        "Backward of one variant layer/direction: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, "
+        "dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch]",
+        py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("w_hr"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("cifg"), py::arg("ln_ih_w"),
+        py::arg("ln_ih_b"), py::arg("ln_hh_w"), py::arg("ln_hh_b"), py::arg("ln_c_w"),
+        py::arg("ln_c_b"), py::arg("w_ch"), py::arg("zoneout_h"), py::arg("zoneout_c"),
+        py::arg("mask_h"), py::arg("mask_c"), py::arg("eps"), py::arg("y"), py::arg("saved"),
+        py::arg("grad_y"), py::arg("grad_hn"), py::arg("grad_cn"), py::arg("grad_mask"));
+  m.def(
+      "_set_variant_row_blocks",
+      [](bool on) { fusedrnn::cpu::variant_row_blocks_enabled() = on; },
+      "Benchmarking switch: cell variants run blocks of batch rows per thread through the whole "
+      "sequence (default on) instead of splitting every step over the threads");
   m.def("kernel_isa", [] { return std::string(kernel_isa()); },
         "Instruction set of the pointwise kernels chosen for this CPU");
   m.def(

@@ -14,6 +14,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "kernels.h"
+
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -45,6 +47,10 @@ template <>
 inline bool have_fortran_gemm<double>() { return dgemm_ != nullptr; }
 }  // namespace detail
 
+// Products with at most this many rows in C and B stored transposed (a sampling step's
+// x W^T) go to gemm_small_m of the kernel table instead of the BLAS.
+constexpr int64_t kSmallM = 4;
+
 // C[m, n] = alpha * op(A) op(B) + beta * C, all row-major.
 //   op(A) = A [m, k] (leading dimension lda)  or, with ta, A^T where A is stored [k, m]
 //   op(B) = B [k, n] (leading dimension ldb)  or, with tb, B^T where B is stored [n, k]
@@ -56,6 +62,10 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
   if (k == 0) {  // BLAS would scale C by beta; do it here to skip the empty product
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (m <= kSmallM && !ta && tb && alpha == T(1)) {
+    kernels(T{}).gemm_small_m(m, n, k, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   if (detail::have_fortran_gemm<T>()) {

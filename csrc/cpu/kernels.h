@@ -36,6 +36,10 @@ struct PointwiseKernels {
   void (*rnn_fwd)(int64_t n, const T* bias, const T* pre, T* h_out, bool relu);
   // Elman RNN backward: dg = act'(h) * (dy + dh).
   void (*rnn_bwd)(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu);
+  // Row-major C[m, n] = A[m, k] B^T + beta C with B stored [n, k], for m of a few rows
+  // (sampling steps); with beta == 0 C is not read.
+  void (*gemm_small_m)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                       int64_t ldb, T beta, T* C, int64_t ldc);
 };
 
 namespace generic {

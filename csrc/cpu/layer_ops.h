@@ -75,3 +75,51 @@ std::vector<at::Tensor> stack_step(const std::string& cell, const at::Tensor& x,
                                    int64_t num_layers, bool has_bias, int64_t proj_size);
 
 }  // namespace fusedrnn::cpu
+
+// ---------------------------------------------------------------------------------------------
+// Cell variants (layer norm, zoneout, peephole, cifg): variant_fwd.cpp / variant_bwd.cpp. The
+// math is fusedrnn/ops/reference_variants.py::layer, the per-element part csrc/cell_math.h.
+// ---------------------------------------------------------------------------------------------
+namespace fusedrnn::cpu {
+
+// -> {y, h_n, c_n ([0] for GRU), act, cs, ct, hh, xh, stats}; the last six are saved for the
+// backward when train (else [0]): act [N, G*H] activations, cs [N, H] the states c_t (LSTM),
+// ct [N, H] c~_t (LSTM) or the recurrent n part (GRU), hh / xh [N, G*H] the normalised
+// recurrent / input projections (ln), stats [N, 4] (rstd_ih, rstd_hh, mean_c, rstd_c) (ln).
+std::vector<at::Tensor> variant_fwd(
+    const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
+    const std::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
+    bool reverse, bool cifg, const std::optional<at::Tensor>& ln_ih_w,
+    const std::optional<at::Tensor>& ln_ih_b, const std::optional<at::Tensor>& ln_hh_w,
+    const std::optional<at::Tensor>& ln_hh_b, const std::optional<at::Tensor>& ln_c_w,
+    const std::optional<at::Tensor>& ln_c_b, const std::optional<at::Tensor>& w_ch,
+    double zoneout_h, double zoneout_c, const std::optional<at::Tensor>& mask_h,
+    const std::optional<at::Tensor>& mask_c, double eps, bool train);
+
+// Gradient mask bits of variant_bwd, in the order of its outputs.
+enum VariantGradBit : int64_t {
+  kVGradX = 1, kVGradH0 = 2, kVGradC0 = 4, kVGradWih = 8, kVGradWhh = 16, kVGradBih = 32,
+  kVGradBhh = 64, kVGradWhr = 128, kVGradLnIhW = 256, kVGradLnIhB = 512, kVGradLnHhW = 1024,
+  kVGradLnHhB = 2048, kVGradLnCW = 4096, kVGradLnCB = 8192, kVGradWch = 16384
+};
+
+// -> {dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b,
+// dln_c_w, dln_c_b, dw_ch}; a gradient not asked for (or of an absent input) is [0].
+std::vector<at::Tensor> variant_bwd(
+    const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
+    const std::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
+    bool reverse, bool cifg, const std::optional<at::Tensor>& ln_ih_w,
+    const std::optional<at::Tensor>& ln_ih_b, const std::optional<at::Tensor>& ln_hh_w,
+    const std::optional<at::Tensor>& ln_hh_b, const std::optional<at::Tensor>& ln_c_w,
+    const std::optional<at::Tensor>& ln_c_b, const std::optional<at::Tensor>& w_ch,
+    double zoneout_h, double zoneout_c, const std::optional<at::Tensor>& mask_h,
+    const std::optional<at::Tensor>& mask_c, double eps, const at::Tensor& y,
+    const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
+    const std::optional<at::Tensor>& grad_hn, const std::optional<at::Tensor>& grad_cn,
+    int64_t grad_mask);
+
+}  // namespace fusedrnn::cpu

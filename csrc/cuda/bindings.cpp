@@ -8,6 +8,8 @@
 
 #include "cuda/launchers.h"
 #include "cuda/layer_module.h"
+#include "cuda/variant_launchers.h"
+#include "cuda/variant_module.h"
 
 namespace fusedrnn {
 namespace cuda {
@@ -42,6 +44,24 @@ struct CudaLaunch {
     check(cuda::rnn_backward_step(dt, relu, a, stream));
   }
   void column_sum(DType dt, const ColSumArgs& a) { check(cuda::column_sum(dt, a, stream)); }
+
+  // cell variants (variant_driver.h)
+  void lstm_variant_forward(DType dt, bool ln, bool peep, bool cifg, const LstmVarFwdArgs& a) {
+    check(cuda::lstm_variant_forward(dt, ln, peep, cifg, a, stream));
+  }
+  void lstm_variant_backward(DType dt, bool ln, bool peep, bool cifg, const LstmVarBwdArgs& a) {
+    check(cuda::lstm_variant_backward(dt, ln, peep, cifg, a, stream));
+  }
+  void gru_variant_forward(DType dt, bool ln, const GruVarFwdArgs& a) {
+    check(cuda::gru_variant_forward(dt, ln, a, stream));
+  }
+  void gru_variant_backward(DType dt, bool ln, const GruVarBwdArgs& a) {
+    check(cuda::gru_variant_backward(dt, ln, a, stream));
+  }
+  void zone_forward(DType dt, const ZoneFwdArgs& a) { check(cuda::zone_forward(dt, a, stream)); }
+  void zone_backward(DType dt, const ZoneBwdArgs& a) {
+    check(cuda::zone_backward(dt, a, stream));
+  }
 };
 
 }  // namespace
@@ -51,4 +71,5 @@ struct CudaLaunch {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn CUDA backend (per-step fused gate kernels, cuBLAS GEMMs)";
   fusedrnn::cuda::bind_layer<fusedrnn::cuda::CudaLaunch>(m);
+  fusedrnn::cuda::bind_variant_layer<fusedrnn::cuda::CudaLaunch>(m);
 }

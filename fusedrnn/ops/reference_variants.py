@@ -114,6 +114,45 @@ def gru_variant_cell_reference(
     return (1 - z) * n + z * h
 
 
+def check_options(
+    cell: str,
+    w_ih: Tensor,  # [G*H, I]
+    w_hh: Tensor,  # [G*H, Hout]
+    cifg: bool,
+    ln_ih_w: Tensor | None,
+    ln_hh_w: Tensor | None,
+    ln_c_w: Tensor | None,
+    w_ch: Tensor | None,
+    zoneout_c: float,
+    mask_c: Tensor | None,
+) -> int:
+    """The checks every backend's variant op makes first, with the same messages; returns H."""
+    if cell not in CELLS:
+        raise ValueError(f"cell variants exist for {CELLS}, got {cell!r}")
+    is_lstm = cell == "lstm"
+    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or mask_c is not None):
+        raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
+    if not is_lstm and zoneout_c > 0:
+        raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
+    ln_given = [ln_ih_w is not None, ln_hh_w is not None] + (
+        [ln_c_w is not None] if is_lstm else []
+    )
+    if any(ln_given) and not all(ln_given):
+        raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
+    gates = (3 if cifg else 4) if is_lstm else 3
+    hidden = w_hh.shape[0] // gates
+    if w_hh.shape[0] != gates * hidden or w_ih.shape[0] != gates * hidden:
+        raise ValueError(
+            f"{cell}{' with cifg' if cifg else ''} expects {gates} gate blocks: w_ih / w_hh "
+            f"of {gates}*H rows, got {tuple(w_ih.shape)} and {tuple(w_hh.shape)}"
+        )
+    if w_ch is not None and tuple(w_ch.shape) != ((2 if cifg else 3), hidden):
+        raise ValueError(
+            f"peephole weights must be [{2 if cifg else 3}, {hidden}], got {tuple(w_ch.shape)}"
+        )
+    return hidden
+
+
 def layer(
     cell: str,  # "lstm" | "gru"
     x: Tensor,  # [T, B, I] dense, or [N, I] packed data when batch_sizes is given
@@ -141,29 +180,8 @@ def layer(
     mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Run one variant layer in one direction; returns (y, h_n, c_n) as the plain op does."""
-    if cell not in CELLS:
-        raise ValueError(f"cell variants exist for {CELLS}, got {cell!r}")
+    check_options(cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c)
     is_lstm = cell == "lstm"
-    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or mask_c is not None):
-        raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
-    if not is_lstm and zoneout_c > 0:
-        raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
-    ln_given = [ln_ih_w is not None, ln_hh_w is not None] + (
-        [ln_c_w is not None] if is_lstm else []
-    )
-    if any(ln_given) and not all(ln_given):
-        raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
-    gates = (3 if cifg else 4) if is_lstm else 3
-    hidden = w_hh.shape[0] // gates
-    if w_hh.shape[0] != gates * hidden or w_ih.shape[0] != gates * hidden:
-        raise ValueError(
-            f"{cell}{' with cifg' if cifg else ''} expects {gates} gate blocks: w_ih / w_hh "
-            f"of {gates}*H rows, got {tuple(w_ih.shape)} and {tuple(w_hh.shape)}"
-        )
-    if w_ch is not None and tuple(w_ch.shape) != ((2 if cifg else 3), hidden):
-        raise ValueError(
-            f"peephole weights must be [{2 if cifg else 3}, {hidden}], got {tuple(w_ch.shape)}"
-        )
 
     packed = batch_sizes is not None
     batch = h0.shape[0]

@@ -93,3 +93,87 @@ def rnn_bwd(h, dh, RELU: tl.constexpr):
         return tl.where(h > 0.0, dh, 0.0)
     else:
         return dh * (1.0 - h * h)
+
+
+# ---- cell variants (layer norm, zoneout, peephole, cifg; math in docs/variants.md) ----------
+#
+# Zoneout ``out = k * old + (1 - k) * new`` with keep weight ``k``: the mask (MODE 1,
+# training), the probability p (MODE 2, evaluation), or 0 (MODE 0, off); so
+# ``d new = (1 - k) d out`` and ``d old = k d out``.
+#
+# Layer norm ``y = xhat * w + b``, ``xhat = (x - mean) * rstd`` over a row of K
+# features: with ``dxhat = dy * w``,
+# ``dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``.
+#
+# LSTM variant, with ``f = 1 - i`` under CIFG and peepholes ``w_ci, w_cf, w_co``::
+#
+#     i = sigmoid(pre_i + w_ci c_prev)   f = sigmoid(pre_f + w_cf c_prev)   g = tanh(pre_g)
+#     c = f c_prev + i g                 o = sigmoid(pre_o + w_co c)        m = o tanh(l)
+#
+# where ``l = LN_c(c)`` or ``c``. Backward from ``dm`` and the total ``dc`` of ``c``:
+# ``d(pre_o) = dm tanh(l) o (1 - o)``, ``dl = dm o (1 - tanh(l)^2)``, ``dc += d(pre_o) w_co``
+# (done by the kernel), then ``d(pre_i) = dc (g - c_prev) i (1 - i)`` under CIFG (``f``
+# depends on ``i``) else ``dc g i (1 - i)``, ``d(pre_f) = dc c_prev f (1 - f)``,
+# ``d(pre_g) = dc i (1 - g^2)``, ``dc_prev = dc f + d(pre_i) w_ci + d(pre_f) w_cf``.
+
+
+@triton.jit
+def zoneout_keep(mask, p, MODE: tl.constexpr):
+    """Keep weight of the old value: mask (MODE 1), p (MODE 2) or 0 (MODE 0)."""
+    if MODE == 1:
+        return mask
+    elif MODE == 2:
+        return p + 0.0 * mask
+    else:
+        return 0.0 * mask
+
+
+@triton.jit
+def layer_norm_bwd(dxhat, xhat, rstd, mean_d, mean_dx):
+    """Input gradient of layer norm from ``dxhat = dy * w`` and the row means
+    ``mean(dxhat)``, ``mean(dxhat * xhat)`` ([BLOCK_B] each)."""
+    return rstd[:, None] * (dxhat - mean_d[:, None] - xhat * mean_dx[:, None])
+
+
+@triton.jit
+def lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE: tl.constexpr,
+                     CIFG: tl.constexpr):  # fmt: skip
+    """i, f, g and the candidate cell state; w_ci / w_cf are [BLOCK_H] peephole rows."""
+    if PEEPHOLE:
+        pre_i = pre_i + w_ci[None, :] * c_prev
+        if not CIFG:
+            pre_f = pre_f + w_cf[None, :] * c_prev
+    i = sigmoid(pre_i)
+    if CIFG:
+        f = 1.0 - i
+    else:
+        f = sigmoid(pre_f)
+    g = tanh(pre_g)
+    return i, f, g, f * c_prev + i * g
+
+
+@triton.jit
+def lstm_variant_out_bwd(o, l, dm):
+    """``(d pre_o, dl)`` of ``m = o * tanh(l)``."""
+    th = tanh(l)
+    return dm * th * o * (1.0 - o), dm * o * (1.0 - th * th)
+
+
+@triton.jit
+def lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE: tl.constexpr,
+                     CIFG: tl.constexpr):  # fmt: skip
+    """``(d pre_i, d pre_f, d pre_g, dc_prev)`` from the total gradient ``dc`` of the
+    candidate cell state (``d pre_f`` is 0 under CIFG)."""
+    if CIFG:
+        d_i = dc * (g - c_prev) * i * (1.0 - i)
+        d_f = 0.0 * dc
+    else:
+        d_i = dc * g * i * (1.0 - i)
+        d_f = dc * c_prev * f * (1.0 - f)
+    d_g = dc * i * (1.0 - g * g)
+    dc_prev = dc * f
+    if PEEPHOLE:
+        dc_prev += d_i * w_ci[None, :]
+        if not CIFG:
+            dc_prev += d_f * w_cf[None, :]
+    return d_i, d_f, d_g, dc_prev

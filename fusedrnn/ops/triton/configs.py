@@ -47,6 +47,13 @@ STEP_CONFIGS: tuple[StepConfig, ...] = (
     StepConfig(block_b=32, block_h=32, block_k=16, num_warps=4, num_stages=2),
 )
 
+# variant step kernels (layer norm, zoneout, peephole, cifg): a program owns block_b rows
+# and all G*H features of them, looping in block_h chunks (layer norm needs whole rows).
+# 32-row blocks spill on sm_90 (fp32) with 4 or 8 warps, so B > 16 runs several programs.
+VARIANT_CONFIGS: tuple[StepConfig, ...] = (
+    StepConfig(block_b=16, block_h=32, block_k=32, num_warps=8, num_stages=1),
+)
+
 # persistent whole-sequence kernels; see the module docstring for max_hidden
 # one config per cell: smaller H runs the same kernel with masked units
 PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = (
@@ -77,6 +84,15 @@ def pick_step_config(batch: int, hidden: int) -> StepConfig:
     fits = [c for c in STEP_CONFIGS if c.block_b >= batch]
     if not fits:
         return max(STEP_CONFIGS, key=lambda c: c.block_b)
+    return min(fits, key=lambda c: c.block_b)
+
+
+def pick_variant_config(batch: int) -> StepConfig:
+    """The smallest row block covering B (the largest when none does): under the
+    interpreter that is the fewest programs, on a GPU it keeps the most in flight."""
+    fits = [c for c in VARIANT_CONFIGS if c.block_b >= batch]
+    if not fits:
+        return max(VARIANT_CONFIGS, key=lambda c: c.block_b)
     return min(fits, key=lambda c: c.block_b)
 
 

@@ -1,0 +1,327 @@
+// Backward of one variant layer in one direction: the forward's steps visited in the opposite
+// order by every block of batch rows (one per thread, as in variant_fwd.cpp), per step:
+//
+//   dh_t = dy_t + dh_state;  zoneout: dh~ = (1 - keep) dh_t, dh_state <- keep dh_t
+//   LSTM with projection: dh_raw = dh~ W_hr                   (one BLAS call)
+//   pointwise (LSTM in two halves around the LN_c row sums) -> dP, the gate pre-activation
+//     gradients (GRU: dA input side, dS recurrent side), dc_state <- dc_{t-1}
+//   ln: dHP = LN_hh backward of dP (dS) per row;  without ln dHP = dP (dS)
+//   dh_state += dHP W_hh                                       (one BLAS call)
+//
+// then over all steps at once (deterministic column sums and GEMMs, no atomics):
+//   db_ih = sum_rows dP;  db_hh = sum_rows dS (LSTM: dS = dP);  LN biases: the same sums
+//   ln:  dln_hh_w = sum_rows dS hh;  dln_ih_w = sum_rows dP xh;  dXP = LN_ih backward of dP
+//        dln_c_w = sum_rows dcn chat;  dln_c_b = sum_rows dcn
+//   dX = dXP W_ih    dW_ih = dXP^T X    dW_hh = dHP^T H_prev (gathered)   dW_hr = dH~^T H_raw
+//   peephole: dw_ci = sum_rows dP_i c_prev, dw_cf = sum_rows dP_f c_prev, dw_co = sum dP_o c~
+//
+// dh_state / dc_state start as grad h_n / grad c_n and end as grad h0 / grad c0 exactly as in
+// layer_bwd.cpp. Per-element derivations: csrc/cell_math.h (LayerNorm, Zoneout,
+// LSTMVariantCell, GRUCell).
+#include <array>
+
+#include "blas.h"
+#include "layer_ops.h"
+#include "variant_ops.h"
+
+namespace fusedrnn::cpu {
+
+namespace {
+
+// Column sums over rows of a [rows, cols] (row stride lda), in one pass over a:
+// {sum a (if with_sum), sum a b1 (if b1), sum a b2 (if b2)}, each [cols] (undefined if not
+// asked for); b1, b2 [rows, cols] with row stride ldb. Each thread owns one contiguous block
+// of columns and walks the rows in order, summing blocks of kRows rows and then the block
+// sums, so every column is summed in the same order whatever the number of threads.
+template <typename T>
+std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, const T* b1,
+                                      const T* b2, int64_t ldb, int64_t rows, int64_t cols,
+                                      const at::TensorOptions& opts) {
+  constexpr int64_t kRows = 64;
+  const auto& K = variant_kernels(T{});
+  std::array<at::Tensor, 3> out;
+  const bool want[3] = {with_sum, b1 != nullptr, b2 != nullptr};
+  T* o[3] = {nullptr, nullptr, nullptr};
+  for (int k = 0; k < 3; ++k)
+    if (want[k]) {
+      out[k] = at::zeros({cols}, opts);
+      o[k] = out[k].data_ptr<T>();
+    }
+  if (!want[0] && !want[1] && !want[2]) return out;
+  const int64_t P = rows * cols < 65536 ? 1 : std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per = ((cols + P - 1) / P + 15) / 16 * 16;
+  at::parallel_for(0, P, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c0 = q * per, w = std::min(cols, c0 + per) - c0;
+      if (w <= 0) continue;
+      std::vector<T> part(3 * w);
+      T* pp[3];
+      for (int k = 0; k < 3; ++k) pp[k] = want[k] ? part.data() + k * w : nullptr;
+      for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+        std::fill(part.begin(), part.end(), T(0));
+        K.col_accumulate(std::min(kRows, rows - r0), w, a + r0 * lda + c0, lda,
+                         b1 ? b1 + r0 * ldb + c0 : nullptr, b2 ? b2 + r0 * ldb + c0 : nullptr,
+                         ldb, pp[0], pp[1], pp[2]);
+        for (int k = 0; k < 3; ++k)
+          if (want[k])
+            for (int64_t j = 0; j < w; ++j) o[k][c0 + j] += pp[k][j];
+      }
+    }
+  });
+  return out;
+}
+
+template <typename T>
+std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
+                                 const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
+                                 const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                 int64_t mask) {
+  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln, proj = a.proj;
+  const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
+  const auto opts = a.x.options();
+  const auto& K = variant_kernels(T{});
+  const VariantFlags& fl = a.flags;
+  auto empty = [&] { return at::empty({0}, opts); };
+  std::vector<at::Tensor> out(15);
+  for (auto& t : out) t = empty();
+  if (mask == 0) return out;
+
+  TORCH_CHECK(saved.size() == kVariantSaved, "fusedrnn cpu variants: backward needs the ",
+              kVariantSaved, " tensors the forward saved");
+  const at::Tensor act_t = saved[0].contiguous(), cs_t = saved[1].contiguous(),
+                   ct_t = saved[2].contiguous(), hh_t = saved[3].contiguous(),
+                   xh_t = saved[4].contiguous(), st_t = saved[5].contiguous();
+  TORCH_CHECK(act_t.numel() == N * GH && ct_t.numel() == N * H &&
+                  (!lstm || cs_t.numel() == N * H) &&
+                  (!ln || (hh_t.numel() == N * GH && xh_t.numel() == N * GH &&
+                           st_t.numel() == N * 4)),
+              "fusedrnn cpu variants: the backward needs the forward's saved tensors (run the "
+              "forward with train=True)");
+  const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
+  const at::Tensor y = y_in.reshape({N, Hout}).contiguous();
+  TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu variants: grad_y has ", grad_y.numel(),
+              " elements, expected ", N * Hout);
+  const at::Tensor dy = grad_y.reshape({N, Hout}).contiguous();
+  at::Tensor dh_state = grad_hn.has_value() && grad_hn->defined()
+                            ? grad_hn->reshape({B, Hout}).clone(at::MemoryFormat::Contiguous)
+                            : at::zeros({B, Hout}, opts);  // [B, Hout]
+  at::Tensor dc_state;                                    // [B, H] (LSTM)
+  if (lstm)
+    dc_state = grad_cn.has_value() && grad_cn->defined()
+                   ? grad_cn->reshape({B, H}).clone(at::MemoryFormat::Contiguous)
+                   : at::zeros({B, H}, opts);
+
+  at::Tensor dP = at::empty({N, GH}, opts);                     // input side
+  at::Tensor dS = lstm ? dP : at::empty({N, GH}, opts);         // recurrent side (GRU)
+  at::Tensor dHP = ln ? at::empty({N, GH}, opts) : dS;          // before LN_hh
+  at::Tensor dcn = lstm && ln ? at::empty({N, H}, opts) : at::empty({B, H}, opts);
+  at::Tensor pcn = lstm && ln ? at::empty({N, H}, opts) : at::empty({B, H}, opts);  // dcn xhat
+  at::Tensor dht = proj ? at::empty({N, Hout}, opts) : at::empty({B, Hout}, opts);  // dh~
+  at::Tensor hraw = proj ? at::empty({N, H}, opts) : at::empty({B, H}, opts);
+  at::Tensor dhraw = proj ? at::empty({B, H}, opts) : empty();
+
+  const T* act = cptr<T>(act_t);
+  const T* C = lstm ? cptr<T>(cs_t) : nullptr;
+  const T* CT = cptr<T>(ct_t);
+  const T* HH = ln ? cptr<T>(hh_t) : nullptr;
+  const T* ST = ln ? cptr<T>(st_t) : nullptr;
+  const T* yp = cptr<T>(y);
+  const T* dyp = cptr<T>(dy);
+  const T* h0 = cptr<T>(a.h0);
+  const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
+  const T* whh = cptr<T>(a.w_hh);
+  const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
+  const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
+  const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
+  const T* wch = fl.peep ? cptr<T>(a.w_ch) : nullptr;
+  const T* kh = a.zone_h ? cptr<T>(a.keep_h) : nullptr;
+  const T* kc = fl.zone_c ? cptr<T>(a.keep_c) : nullptr;
+  T* dhs = ptr<T>(dh_state);
+  T* dcs = lstm ? ptr<T>(dc_state) : nullptr;
+  T* dPp = ptr<T>(dP);
+  T* dSp = ptr<T>(dS);
+  T* dHPp = ptr<T>(dHP);
+  T* dcnp = ptr<T>(dcn);
+  T* pcnp = ptr<T>(pcn);
+  T* dhtp = ptr<T>(dht);
+  T* hrawp = ptr<T>(hraw);
+  T* dhrawp = proj ? ptr<T>(dhraw) : nullptr;
+
+  // Rows [b0, b1) through every step, last step first; blocks of rows run on different
+  // threads without meeting in the loop (run_row_blocks, as in the forward).
+  auto run_rows = [&](int64_t b0, int64_t b1) {
+    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+      const Step& s = *it;
+      const int64_t e = std::min(b1, s.rows);  // active rows of the block: [b0, e)
+      if (e <= b0) continue;
+      T* dh_rows = dhtp + (proj ? s.off : 0) * Hout;
+      T* hraw_rows = hrawp + (proj ? s.off : 0) * H;
+      T* dcn_rows = dcnp + (lstm && ln ? s.off : 0) * H;
+      T* pcn_rows = pcnp + (lstm && ln ? s.off : 0) * H;
+      // pointwise rows, split over the threads when this is the single block
+      step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
+        for (int64_t b = q0; b < q1; ++b) {
+          const int64_t r = s.off + b;
+          K.zone_bwd(a.zone_h, Hout, a.zone_h ? kh + r * a.keep_h_stride : nullptr,
+                     dyp + r * Hout, dhs + b * Hout, dh_rows + b * Hout);
+        }
+        if (proj)
+          gemm_split_n<T>(false, false, q1 - q0, H, Hout, T(1), dh_rows + q0 * Hout, Hout,
+                          cptr<T>(a.w_hr), H, T(0), dhrawp + q0 * H, H);
+        for (int64_t b = q0; b < q1; ++b) {
+          const int64_t r = s.off + b;
+          if (lstm) {
+            const T* cp = b < s.from_prev ? C + (s.prev_off + b) * H : c0 + b * H;
+            const T mc = ln ? ST[r * 4 + 2] : T(0), rc = ln ? ST[r * 4 + 3] : T(1);
+            T m1 = 0, m2 = 0;
+            const T* dh = proj ? dhrawp + b * H : dh_rows + b * Hout;
+            K.lstm_bwd_a(fl, H, dh, act + r * GH + (G - 1) * H, CT + r * H, mc, rc, lncw, lncb,
+                         dPp + r * GH + (G - 1) * H, dcn_rows + b * H, pcn_rows + b * H,
+                         hraw_rows + b * H, &m1, &m2);
+            K.lstm_bwd_b(fl, H, dcs + b * H, fl.zone_c ? kc + r * a.keep_c_stride : nullptr,
+                         dcn_rows + b * H, CT + r * H, mc, rc, lncw, m1, m2, act + r * GH, cp,
+                         wch, dPp + r * GH);
+          } else {
+            const T* hp = b < s.from_prev ? yp + (s.prev_off + b) * H : h0 + b * H;
+            K.gru_bwd(H, dh_rows + b * H, act + r * GH, CT + r * H, hp, dhs + b * H,
+                      dPp + r * GH, dSp + r * GH);
+          }
+          if (ln) K.ln_bwd(GH, dSp + r * GH, HH + r * GH, lnhh, ST[r * 4 + 1], dHPp + r * GH);
+        }
+      });
+      gemm_split_n<T>(false, false, e - b0, Hout, GH, T(1), dHPp + (s.off + b0) * GH, GH, whh,
+                      Hout, T(1), dhs + b0 * Hout, Hout);
+    }
+  };
+  run_row_blocks(steps, B, GH * Hout, run_rows);
+
+  // Column sums first: they read dP, which the LN_ih backward below overwrites. b_ih and the
+  // LN_ih bias enter as one sum, b_hh and the LN_hh bias too (LSTM: all four, dS = dP); the
+  // gain gradients are sums of dP xh and dS hh. Every output gets its own tensor (outputs of
+  // the op must not alias each other).
+  {
+    const int64_t want_in = kVGradBih | kVGradLnIhB, want_rec = kVGradBhh | kVGradLnHhB;
+    const bool sum_in = mask & (want_in | (lstm ? want_rec : 0));
+    const T* b_xh = ln && (mask & kVGradLnIhW) ? cptr<T>(xh_t) : nullptr;
+    const T* b_hh = ln && (mask & kVGradLnHhW) ? HH : nullptr;
+    auto s_in = column_sums<T>(dPp, GH, sum_in, b_xh, lstm ? b_hh : nullptr, GH, N, GH, opts);
+    std::array<at::Tensor, 3> s_rec;
+    if (!lstm)
+      s_rec = column_sums<T>(dSp, GH, (mask & want_rec) != 0, nullptr, b_hh, GH, N, GH, opts);
+    const at::Tensor& db_in = s_in[0];
+    const at::Tensor& db_rec = lstm ? s_in[0] : s_rec[0];
+    if (mask & kVGradBih) out[5] = db_in.clone();
+    if (mask & kVGradLnIhB) out[9] = db_in.clone();
+    if (mask & kVGradBhh) out[6] = db_rec.clone();
+    if (mask & kVGradLnHhB) out[11] = db_rec.clone();
+    if (b_xh) out[8] = s_in[1];
+    if (b_hh) out[10] = lstm ? s_in[2] : s_rec[2];
+  }
+  if (ln && lstm && (mask & (kVGradLnCW | kVGradLnCB))) {
+    // pcn = dcn xhat_c row by row: the gain's terms; dcn: the bias'
+    const bool gain = mask & kVGradLnCW, bias = mask & kVGradLnCB;
+    auto s_c = column_sums<T>(pcnp, H, gain, nullptr, nullptr, H, N, H, opts);
+    auto s_b = column_sums<T>(dcnp, H, bias, nullptr, nullptr, H, N, H, opts);
+    if (mask & kVGradLnCW) out[12] = s_c[0];
+    if (mask & kVGradLnCB) out[13] = s_b[0];
+  }
+  if ((mask & kVGradWch) && fl.peep) {
+    at::Tensor cprev = at::empty({N, H}, opts);  // c_{t-1} of every row
+    T* cpv = ptr<T>(cprev);
+    for (const Step& s : steps) {
+      if (s.from_prev > 0)
+        std::memcpy(cpv + s.off * H, C + s.prev_off * H, sizeof(T) * s.from_prev * H);
+      if (s.rows > s.from_prev)
+        std::memcpy(cpv + (s.off + s.from_prev) * H, c0 + s.from_prev * H,
+                    sizeof(T) * (s.rows - s.from_prev) * H);
+    }
+    // rows (w_ci, w_cf, w_co) or (w_ci, w_co): dP_i c_prev, dP_f c_prev, dP_o c~
+    const int64_t ko = fl.cifg ? 2 : 3;
+    std::vector<at::Tensor> rows{column_sums<T>(dPp, GH, false, cpv, nullptr, H, N, H, opts)[1]};
+    if (!fl.cifg)
+      rows.push_back(column_sums<T>(dPp + H, GH, false, cpv, nullptr, H, N, H, opts)[1]);
+    rows.push_back(column_sums<T>(dPp + ko * H, GH, false, CT, nullptr, H, N, H, opts)[1]);
+    out[14] = at::stack(rows);
+  }
+  // Input side: LN_ih backward row by row over all steps, in place (dP becomes dXP) once the
+  // column sums above have read dP.
+  at::Tensor dXP = dP;
+  if (ln && (mask & (kVGradX | kVGradWih))) {
+    const T* XH = cptr<T>(xh_t);
+    const T* w = cptr<T>(a.ln_ih_w);
+    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
+                     [&](int64_t r0, int64_t r1) {
+                       for (int64_t r = r0; r < r1; ++r)
+                         K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);
+                     });
+  }
+  if (mask & kVGradX) {
+    at::Tensor dx = at::empty({N, a.I}, opts);  // [N, I] = dXP W_ih
+    gemm<T>(false, false, N, a.I, GH, T(1), cptr<T>(dXP), GH, cptr<T>(a.w_ih), a.I, T(0),
+            ptr<T>(dx), a.I);
+    out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
+  }
+  if (mask & kVGradWih) {
+    at::Tensor dw = at::empty({GH, a.I}, opts);  // [G*H, I] = dXP^T X
+    gemm<T>(true, false, GH, a.I, N, T(1), cptr<T>(dXP), GH, cptr<T>(a.x), a.I, T(0), ptr<T>(dw),
+            a.I);
+    out[3] = dw;
+  }
+  if (mask & kVGradWhh) {
+    // h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM
+    at::Tensor hprev = at::empty({N, Hout}, opts);
+    T* hpv = ptr<T>(hprev);
+    for (const Step& s : steps) {
+      if (s.from_prev > 0)
+        std::memcpy(hpv + s.off * Hout, yp + s.prev_off * Hout, sizeof(T) * s.from_prev * Hout);
+      if (s.rows > s.from_prev)
+        std::memcpy(hpv + (s.off + s.from_prev) * Hout, h0 + s.from_prev * Hout,
+                    sizeof(T) * (s.rows - s.from_prev) * Hout);
+    }
+    at::Tensor dw = at::empty({GH, Hout}, opts);  // [G*H, Hout] = dHP^T H_prev
+    gemm<T>(true, false, GH, Hout, N, T(1), dHPp, GH, hpv, Hout, T(0), ptr<T>(dw), Hout);
+    out[4] = dw;
+  }
+  if ((mask & kVGradWhr) && proj) {
+    at::Tensor dw = at::empty({Hout, H}, opts);  // [Hout, H] = dH~^T H_raw
+    gemm<T>(true, false, Hout, H, N, T(1), dhtp, Hout, hrawp, H, T(0), ptr<T>(dw), H);
+    out[7] = dw;
+  }
+  if (mask & kVGradH0) out[1] = dh_state;
+  if ((mask & kVGradC0) && lstm) out[2] = dc_state;
+  return out;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> variant_bwd(
+    const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse, bool cifg,
+    const OptTensor& ln_ih_w, const OptTensor& ln_ih_b, const OptTensor& ln_hh_w,
+    const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
+    const OptTensor& w_ch, double zoneout_h, double zoneout_c, const OptTensor& mask_h,
+    const OptTensor& mask_c, double eps, const at::Tensor& y, const std::vector<at::Tensor>& saved,
+    const at::Tensor& grad_y, const OptTensor& grad_hn, const OptTensor& grad_cn,
+    int64_t grad_mask) {
+  c10::NoGradGuard no_grad;
+  const VariantArgs a = prepare_variant(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                        batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b, ln_hh_w,
+                                        ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
+                                        mask_h, mask_c, eps);
+  // gradients of absent inputs are never produced
+  const std::pair<bool, int64_t> absent[] = {
+      {!b_ih.has_value(), kVGradBih},       {!b_hh.has_value(), kVGradBhh},
+      {!w_hr.has_value(), kVGradWhr},       {!ln_ih_w.has_value(), kVGradLnIhW},
+      {!ln_ih_b.has_value(), kVGradLnIhB},  {!ln_hh_w.has_value(), kVGradLnHhW},
+      {!ln_hh_b.has_value(), kVGradLnHhB},  {!ln_c_w.has_value(), kVGradLnCW},
+      {!ln_c_b.has_value(), kVGradLnCB},    {!w_ch.has_value(), kVGradWch},
+      {a.cell != Cell::LSTM, kVGradC0}};
+  for (const auto& [gone, bit] : absent)
+    if (gone) grad_mask &= ~bit;
+  if (a.x.scalar_type() == at::kFloat)
+    return bwd_impl<float>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
+  return bwd_impl<double>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
+}
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,198 @@
+// Forward of one variant layer (layer norm, zoneout, peephole, cifg) in one direction over a
+// whole (dense or packed) sequence; the math of fusedrnn/ops/reference_variants.py::layer.
+//
+//   XP = X W_ih^T                           one GEMM for every step               [N, G*H]
+//   xg = LN_ih(XP) + b_ih + LN_ih bias       row by row, all N rows at once (LN is per row)
+//   the batch rows are cut into one block per thread (rows are independent sequences, and
+//   layer norm needs whole rows), each thread runs its block through every step:
+//     HP = h_prev W_hh^T                     one BLAS call
+//     per row: LN_hh statistics of HP, first pointwise half (gates, c~), LN_c statistics of
+//              c~, second half (o, h~, zoneout of c)       (GRU: one pointwise pass)
+//     LSTM with projection: y rows = h~ W_hr^T, one BLAS call
+//     zoneout of h on the y rows
+//   so the threads never wait for each other inside the loop. A batch too small to cut runs
+//   as one block whose GEMMs are split over column blocks of the weights at every step.
+//
+// h_prev is read in place from the previous step's rows of y (plus h0 rows for sequences that
+// start at this step). With train=true the activations overwrite xg and everything the
+// backward needs is kept (see layer_ops.h); otherwise only [B, .] scratch rows are used.
+#include "blas.h"
+#include "layer_ops.h"
+#include "variant_ops.h"
+
+namespace fusedrnn::cpu {
+
+namespace {
+
+template <typename T>
+std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
+  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln, proj = a.proj;
+  const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
+  const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
+  const auto opts = a.x.options();
+  const auto& K = variant_kernels(T{});
+  const VariantFlags& fl = a.flags;
+  const T eps = static_cast<T>(a.eps);
+  auto empty = [&] { return at::empty({0}, opts); };
+
+  // Input side for all steps: xg [N, G*H] (becomes the activations), xh [N, G*H] (ln).
+  at::Tensor xg = at::empty({N, GH}, opts);
+  at::Tensor xh = ln ? at::empty({N, GH}, opts) : empty();
+  at::Tensor stats = ln ? at::empty({train ? N : B, 4}, opts) : empty();  // rstd_ih, rstd_hh,
+  T* stp = ln ? ptr<T>(stats) : nullptr;                                  // mean_c, rstd_c
+  {
+    T* dst = ln ? ptr<T>(xh) : ptr<T>(xg);
+    gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), dst,
+            GH);
+    if (ln) {
+      const T* w = cptr<T>(a.ln_ih_w);
+      const T* b = cptr<T>(a.b_in);
+      T* xgp = ptr<T>(xg);
+      at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
+                       [&](int64_t r0, int64_t r1) {
+                         for (int64_t r = r0; r < r1; ++r) {
+                           T mean, rstd;
+                           K.ln_stats(GH, dst + r * GH, eps, &mean, &rstd);
+                           K.ln_apply(GH, dst + r * GH, xgp + r * GH, w, b, mean, rstd);
+                           if (train) stp[r * 4] = rstd;
+                         }
+                       });
+    } else {
+      xg.add_(a.b_in);
+    }
+  }
+
+  at::Tensor y = at::empty({N, Hout}, opts);  // [N, Hout]
+  at::Tensor h_n = a.h0.clone();              // [B, Hout]
+  at::Tensor c_n = lstm ? a.c0.clone() : empty();
+  // hp: h_prev W_hh^T, normalised in place (ln: the saved hh when training)
+  at::Tensor hh = ln && train ? at::empty({N, GH}, opts) : at::empty({B, GH}, opts);
+  // LSTM: c_t states (all kept when training, else a [2, B, H] ping-pong), c~_t;
+  // GRU: nothing, and the recurrent n part in ct
+  at::Tensor cs = !lstm ? empty() : train ? at::empty({N, H}, opts) : at::empty({2, B, H}, opts);
+  at::Tensor ct = at::empty({train ? N : B, H}, opts);
+  at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
+
+  const T* whh = cptr<T>(a.w_hh);
+  const T* h0 = cptr<T>(a.h0);
+  const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
+  const T* b_rec = cptr<T>(a.b_rec);
+  const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
+  const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
+  const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
+  const T* wch = fl.peep ? cptr<T>(a.w_ch) : nullptr;
+  const T* wco = fl.peep ? wch + (fl.cifg ? 1 : 2) * H : nullptr;
+  const T* kh = a.zone_h ? cptr<T>(a.keep_h) : nullptr;
+  const T* kc = fl.zone_c ? cptr<T>(a.keep_c) : nullptr;
+  T* yp = ptr<T>(y);
+  T* xgp = ptr<T>(xg);
+  T* hhp = ptr<T>(hh);
+  T* csp = lstm ? ptr<T>(cs) : nullptr;
+  T* ctp = ptr<T>(ct);
+  T* hrawp = proj ? ptr<T>(hraw) : nullptr;
+
+  // Rows [b0, b1) through every step. Rows are independent sequences, so blocks of rows run
+  // on different threads without meeting once in the loop (see row_blocks); a single block
+  // splits each step's GEMMs over the columns instead (gemm_split_n, inline when called from
+  // a block thread).
+  auto run_rows = [&](int64_t b0, int64_t b1) {
+    for (size_t k = 0; k < steps.size(); ++k) {
+      const Step& s = steps[k];
+      const int64_t e = std::min(b1, s.rows);  // active rows of the block: [b0, e)
+      if (e <= b0) continue;
+      // rows of this step in the buffers that are [N, .] when training, [B, .] scratch else
+      const int64_t so = train ? s.off : 0;
+      T* act = xgp + s.off * GH;
+      T* hp = hhp + (ln && train ? s.off : 0) * GH;
+      T* ctr = ctp + so * H;
+      T* st = ln ? stp + so * 4 : nullptr;
+      T* c_out = nullptr;
+      const T* c_in = nullptr;
+      if (lstm) {
+        c_out = train ? csp + s.off * H : csp + (k % 2) * B * H;
+        c_in = !train ? csp + ((k + 1) % 2) * B * H : s.prev_off >= 0 ? csp + s.prev_off * H : c0;
+      }
+      auto h_prev = [&](int64_t b) {
+        return b < s.from_prev ? yp + (s.prev_off + b) * Hout : h0 + b * Hout;
+      };
+      // HP: continuing rows read the previous step's y, rows starting here read h0
+      const int64_t m = std::min(e, s.from_prev), n0 = std::max(b0, s.from_prev);
+      if (b0 < m)
+        gemm_split_n<T>(false, true, m - b0, GH, Hout, T(1), yp + (s.prev_off + b0) * Hout, Hout,
+                        whh, Hout, T(0), hp + b0 * GH, GH);
+      if (n0 < e)
+        gemm_split_n<T>(false, true, e - n0, GH, Hout, T(1), h0 + n0 * Hout, Hout, whh, Hout, T(0),
+                        hp + n0 * GH, GH);
+      // pointwise rows, split over the threads when this is the single block
+      step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
+        for (int64_t b = q0; b < q1; ++b) {
+          T mean = 0, rstd = 1;
+          if (ln) {
+            K.ln_stats(GH, hp + b * GH, eps, &mean, &rstd);
+            st[b * 4 + 1] = rstd;
+          }
+          const int64_t r = s.off + b;
+          if (lstm) {
+            const T* cp = (b < s.from_prev ? c_in : c0) + b * H;
+            K.rec_part(ln, true, GH, hp + b * GH, mean, rstd, lnhh, b_rec, act + b * GH);
+            K.lstm_fwd_a(fl, H, act + b * GH, wch, cp, ctr + b * H);
+            T mc = 0, rc = 1;
+            if (ln) {
+              K.ln_stats(H, ctr + b * H, eps, &mc, &rc);
+              st[b * 4 + 2] = mc;
+              st[b * 4 + 3] = rc;
+            }
+            T* ho = proj ? hrawp + b * H : yp + r * Hout;
+            K.lstm_fwd_b(fl, H, act + b * GH + (G - 1) * H, ctr + b * H, mc, rc, lncw, lncb, wco,
+                         cp, fl.zone_c ? kc + r * a.keep_c_stride : nullptr, ho, c_out + b * H);
+          } else {
+            K.rec_part(ln, true, 2 * H, hp + b * GH, mean, rstd, lnhh, b_rec, act + b * GH);
+            K.rec_part(ln, false, H, hp + b * GH + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
+                       b_rec + 2 * H, ctr + b * H);
+            K.gru_fwd(H, act + b * GH, ctr + b * H, h_prev(b), yp + r * H);
+          }
+        }
+        if (proj)
+          gemm_split_n<T>(false, true, q1 - q0, Hout, H, T(1), hrawp + q0 * H, H,
+                          cptr<T>(a.w_hr), H, T(0), yp + (s.off + q0) * Hout, Hout);
+        if (a.zone_h)
+          for (int64_t b = q0; b < q1; ++b)
+            K.zone_fwd(Hout, kh + (s.off + b) * a.keep_h_stride, h_prev(b),
+                       yp + (s.off + b) * Hout);
+      });
+      // rows that are not active in the next step are final
+      const int64_t f0 = std::max(b0, s.finish_from);
+      if (f0 < e) {
+        std::memcpy(ptr<T>(h_n) + f0 * Hout, yp + (s.off + f0) * Hout, sizeof(T) * (e - f0) * Hout);
+        if (lstm)
+          std::memcpy(ptr<T>(c_n) + f0 * H, c_out + f0 * H, sizeof(T) * (e - f0) * H);
+      }
+    }
+  };
+  run_row_blocks(steps, B, GH * Hout, run_rows);
+
+  if (!a.packed) y = y.view({a.T, B, Hout});
+  if (!train) return {y, h_n, c_n, empty(), empty(), empty(), empty(), empty(), empty()};
+  return {y, h_n, c_n, xg, lstm ? cs : empty(), ct, ln ? hh : empty(), xh, stats};
+}
+
+}  // namespace
+
+std::vector<at::Tensor> variant_fwd(
+    const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse, bool cifg,
+    const OptTensor& ln_ih_w, const OptTensor& ln_ih_b, const OptTensor& ln_hh_w,
+    const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
+    const OptTensor& w_ch, double zoneout_h, double zoneout_c, const OptTensor& mask_h,
+    const OptTensor& mask_c, double eps, bool train) {
+  c10::NoGradGuard no_grad;
+  const VariantArgs a = prepare_variant(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                        batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b, ln_hh_w,
+                                        ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
+                                        mask_h, mask_c, eps);
+  if (a.x.scalar_type() == at::kFloat) return fwd_impl<float>(a, train);
+  return fwd_impl<double>(a, train);
+}
+
+}  // namespace fusedrnn::cpu

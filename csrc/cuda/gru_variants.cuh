@@ -1,0 +1,146 @@
+// GRU variant row functors (layer norm LN as a template bool, zoneout of h as a uniform
+// runtime branch) and their dispatch; structure as lstm_variants.cuh. Per-element math:
+// GRUCell (unchanged: LN_hh and b_hn stay inside r * (.)), LayerNorm, Zoneout in cell_math.h.
+#pragma once
+
+#include "cuda/lstm_variants.cuh"  // zone_keep
+#include "cuda/rowblock.cuh"
+#include "cuda/variant_launchers.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+// Forward, per row: [ln] mean / variance of the 3H recurrent features; per unit the recurrent
+// parts (LN_hh, b_hh), the GRU cell, zoneout of h.
+template <typename T, bool LN>
+struct GruVarFwdOp {
+  GruVarFwdArgs a;
+
+  template <class Blk>
+  FRNN_HD void operator()(const Blk& blk, int64_t r) const {
+    using A = acc_t<T>;
+    const int64_t H = a.hidden, GH = 3 * H;
+    const T* xg = in<T>(a.xg) + r * GH;
+    const T* hg = in<T>(a.hg) + r * GH;
+    const T* b_hh = in<T>(a.b_hh);
+    const T* ln_w = in<T>(a.ln_hh_w);
+    const T* ln_b = in<T>(a.ln_hh_b);
+    A* act = out<A>(a.act) + r * 4 * H;
+    A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
+    T* h_state = out<T>(a.h_state) + r * H;
+    A mean = A(0), rstd = A(1);
+    if constexpr (LN) {
+      mean = blk.template sum<A>(GH, [&](int64_t k) { return to_acc(hg[k]); }) / A(GH);
+      const A var = blk.template sum<A>(GH, [&](int64_t k) {
+        const A d = to_acc(hg[k]) - mean;
+        return d * d;
+      }) / A(GH);
+      rstd = LayerNorm::rstd<A>(var, A(a.eps));
+    }
+    auto rec = [&](int64_t e) -> A {  // recurrent part of feature e
+      A v = to_acc(hg[e]);
+      if constexpr (LN) {
+        A xhat;
+        v = LayerNorm::forward<A>(v, mean, rstd, to_acc(ln_w[e]),
+                                  ln_b != nullptr ? to_acc(ln_b[e]) : A(0), xhat);
+        hhat[e] = xhat;
+      }
+      return b_hh != nullptr ? v + to_acc(b_hh[e]) : v;
+    };
+    blk.for_each(H, [&](int64_t j) {
+      if constexpr (LN) {
+        if (j == 0) {
+          A* st = out<A>(a.stats) + r * 4;
+          st[0] = mean;
+          st[1] = rstd;
+        }
+      }
+      const T hp = h_state[j];
+      out<T>(a.h_prev)[r * H + j] = hp;
+      const A hn = rec(2 * H + j);
+      A rr, z, n, h;
+      GRUCell::forward<A>(to_acc(xg[j]), to_acc(xg[H + j]), to_acc(xg[2 * H + j]), rec(j),
+                          rec(H + j), hn, to_acc(hp), rr, z, n, h);
+      if (a.zone_h.on) h = Zoneout::forward<A>(h, to_acc(hp), zone_keep<T>(a.zone_h, r * H, j));
+      const T hv = from_acc<T>(h);
+      out<T>(a.y)[r * H + j] = hv;
+      h_state[j] = hv;
+      act[j] = rr;
+      act[H + j] = z;
+      act[2 * H + j] = n;
+      act[3 * H + j] = hn;
+    });
+  }
+};
+
+// Backward, per row: per unit zoneout's backward and the GRU cell's (dA input side, dS
+// recurrent side, the direct part of dh_{t-1}); [ln] the two LN_hh row sums, then dHP.
+template <typename T, bool LN>
+struct GruVarBwdOp {
+  GruVarBwdArgs a;
+
+  template <class Blk>
+  FRNN_HD void operator()(const Blk& blk, int64_t r) const {
+    using A = acc_t<T>;
+    const int64_t H = a.hidden, GH = 3 * H;
+    const A* act = in<A>(a.act) + r * 4 * H;
+    T* dh_state = out<T>(a.dh_state) + r * H;
+    T* dx = out<T>(a.dxg) + r * GH;
+    T* ds = out<T>(a.dhg) + r * GH;
+    blk.for_each(H, [&](int64_t j) {
+      const A dh = to_acc(in<T>(a.dy)[r * H + j]) + to_acc(dh_state[j]);
+      A dnew = dh, dold = A(0);
+      if (a.zone_h.on) Zoneout::backward<A>(dh, zone_keep<T>(a.zone_h, r * H, j), dnew, dold);
+      A dxr, dxz, dxn, dhr, dhz, dhn, direct;
+      GRUCell::backward<A>(dnew, act[j], act[H + j], act[2 * H + j], act[3 * H + j],
+                           to_acc(in<T>(a.h_prev)[r * H + j]), dxr, dxz, dxn, dhr, dhz, dhn,
+                           direct);
+      dh_state[j] = from_acc<T>(direct + dold);
+      dx[j] = from_acc<T>(dxr);
+      dx[H + j] = from_acc<T>(dxz);
+      dx[2 * H + j] = from_acc<T>(dxn);
+      ds[j] = from_acc<T>(dhr);
+      ds[H + j] = from_acc<T>(dhz);
+      ds[2 * H + j] = from_acc<T>(dhn);
+    });
+    if constexpr (LN) {
+      const A* hhat = in<A>(a.hhat) + r * GH;
+      const A rstd = in<A>(a.stats)[r * 4 + 1];
+      const T* ln_w = in<T>(a.ln_hh_w);
+      T* dhp = out<T>(a.dhp) + r * GH;
+      const A n1 = blk.template sum<A>(GH, [&](int64_t k) {
+        return LayerNorm::dxhat<A>(to_acc(ds[k]), to_acc(ln_w[k]));
+      }) / A(GH);
+      const A n2 = blk.template sum<A>(GH, [&](int64_t k) {
+        return LayerNorm::dxhat<A>(to_acc(ds[k]), to_acc(ln_w[k])) * hhat[k];
+      }) / A(GH);
+      blk.for_each(GH, [&](int64_t k) {
+        dhp[k] = from_acc<T>(LayerNorm::backward<A>(
+            LayerNorm::dxhat<A>(to_acc(ds[k]), to_acc(ln_w[k])), hhat[k], rstd, n1, n2));
+      });
+    }
+  }
+};
+
+template <class Run>
+bool gru_variant_forward_dispatch(DType dt, bool ln, const GruVarFwdArgs& a, Run&& run) {
+  return with_dtype(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    with_bool(ln, [&](auto l) {
+      run(GruVarFwdOp<T, decltype(l)::value>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
+    });
+  });
+}
+
+template <class Run>
+bool gru_variant_backward_dispatch(DType dt, bool ln, const GruVarBwdArgs& a, Run&& run) {
+  return with_dtype(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    with_bool(ln, [&](auto l) {
+      run(GruVarBwdOp<T, decltype(l)::value>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

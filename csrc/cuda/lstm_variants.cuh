@@ -1,0 +1,277 @@
+// LSTM variant row functors (layer norm LN, peephole PEEP, coupled input-forget gate CIFG as
+// template bools; zoneout and the projection as uniform runtime branches) and their dispatch.
+// Host+device code run by the kernels (lstm_variants.cu) and by the host harness. One call
+// handles one batch row r of one step (see rowblock.cuh). Per-element math: LayerNorm, Zoneout,
+// LSTMVariantCell in csrc/cell_math.h.
+#pragma once
+
+#include "cuda/rowblock.cuh"
+#include "cuda/variant_launchers.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+// keep value of element j of a zoneout (mask row or p)
+template <typename T>
+FRNN_HD acc_t<T> zone_keep(const ZoneArgs& z, int64_t row_offset, int64_t j) {
+  using A = acc_t<T>;
+  return z.mask != nullptr ? to_acc(in<T>(z.mask)[row_offset + j]) : static_cast<A>(z.p);
+}
+
+// Forward, per row: [ln] mean / variance of the G*H recurrent features; first half per unit j
+// (gates with LN_hh and biases, peephole i / f, c~); [ln] mean / variance of c~ over H; second
+// half per unit (LN_c, o with peephole, h, zoneout of c and, without proj, of h).
+template <typename T, bool LN, bool PEEP, bool CIFG>
+struct LstmVarFwdOp {
+  LstmVarFwdArgs a;
+
+  template <class Blk>
+  FRNN_HD void operator()(const Blk& blk, int64_t r) const {
+    using A = acc_t<T>;
+    constexpr int64_t G = CIFG ? 3 : 4;
+    const int64_t H = a.hidden, Ho = a.hidden_out, GH = G * H;
+    const T* xg = in<T>(a.xg) + r * GH;
+    const T* hg = in<T>(a.hg) + r * GH;
+    const T* b_hh = in<T>(a.b_hh);
+    const T* ln_w = in<T>(a.ln_hh_w);
+    const T* ln_b = in<T>(a.ln_hh_b);
+    const T* w_ch = in<T>(a.w_ch);
+    A* act = out<A>(a.act) + r * GH;
+    A* cell = out<A>(a.cell) + r * 3 * H;  // c_{t-1} | c~ | tanh(cn)
+    A* c_state = out<A>(a.c_state) + r * H;
+    A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
+    A* st = LN ? out<A>(a.stats) + r * 4 : nullptr;
+    T* h_state = out<T>(a.h_state) + r * Ho;
+    T* h_prev = out<T>(a.h_prev) + r * Ho;
+
+    blk.for_each(Ho, [&](int64_t j) { h_prev[j] = h_state[j]; });
+    A mean = A(0), rstd = A(1);
+    if constexpr (LN) {
+      mean = blk.template sum<A>(GH, [&](int64_t k) { return to_acc(hg[k]); }) / A(GH);
+      const A var = blk.template sum<A>(GH, [&](int64_t k) {
+        const A d = to_acc(hg[k]) - mean;
+        return d * d;
+      }) / A(GH);
+      rstd = LayerNorm::rstd<A>(var, A(a.eps));
+    }
+    // pre-activation of gate k, unit j without the peephole term
+    auto pre = [&](int64_t k, int64_t j) -> A {
+      const int64_t e = k * H + j;
+      A v = to_acc(hg[e]);
+      if constexpr (LN) {
+        A xhat;
+        v = LayerNorm::forward<A>(v, mean, rstd, to_acc(ln_w[e]),
+                                  ln_b != nullptr ? to_acc(ln_b[e]) : A(0), xhat);
+        hhat[e] = xhat;
+      }
+      if (b_hh != nullptr) v += to_acc(b_hh[e]);
+      return v + to_acc(xg[e]);
+    };
+    blk.for_each(H, [&](int64_t j) {
+      if constexpr (LN) {
+        if (j == 0) {
+          st[0] = mean;
+          st[1] = rstd;
+        }
+      }
+      const A c_prev = c_state[j];
+      const A w_ci = PEEP ? to_acc(w_ch[j]) : A(0);
+      const A w_cf = PEEP && !CIFG ? to_acc(w_ch[H + j]) : A(0);
+      A pf = A(0);
+      if constexpr (!CIFG) pf = pre(1, j);
+      A i, f, g, c;
+      LSTMVariantCell::forward_state<PEEP, CIFG, A>(pre(0, j), pf, pre(G - 2, j), c_prev, w_ci,
+                                                   w_cf, i, f, g, c);
+      act[j] = i;
+      if constexpr (!CIFG) act[H + j] = f;
+      act[(G - 2) * H + j] = g;
+      act[(G - 1) * H + j] = pre(G - 1, j);  // o's pre-activation until the second half
+      cell[j] = c_prev;
+      cell[H + j] = c;
+    });
+    A mean_c = A(0), rstd_c = A(1);
+    if constexpr (LN) {
+      mean_c = blk.template sum<A>(H, [&](int64_t j) { return cell[H + j]; }) / A(H);
+      const A var = blk.template sum<A>(H, [&](int64_t j) {
+        const A d = cell[H + j] - mean_c;
+        return d * d;
+      }) / A(H);
+      rstd_c = LayerNorm::rstd<A>(var, A(a.eps));
+    }
+    const T* ln_cw = in<T>(a.ln_c_w);
+    const T* ln_cb = in<T>(a.ln_c_b);
+    blk.for_each(H, [&](int64_t j) {
+      if constexpr (LN) {
+        if (j == 0) {
+          st[2] = mean_c;
+          st[3] = rstd_c;
+        }
+      }
+      const A c = cell[H + j];
+      A cn = c;
+      if constexpr (LN) {
+        A chat;
+        cn = LayerNorm::forward<A>(c, mean_c, rstd_c, to_acc(ln_cw[j]),
+                                   ln_cb != nullptr ? to_acc(ln_cb[j]) : A(0), chat);
+      }
+      const A w_co = PEEP ? to_acc(w_ch[(G - 2) * H + j]) : A(0);
+      A o, tanh_cn, h;
+      LSTMVariantCell::forward_output<PEEP, A>(act[(G - 1) * H + j], c, cn, w_co, o, tanh_cn, h);
+      act[(G - 1) * H + j] = o;
+      cell[2 * H + j] = tanh_cn;
+      c_state[j] = a.zone_c.on ? Zoneout::forward<A>(c, cell[j], zone_keep<T>(a.zone_c, r * H, j))
+                               : c;
+      if (a.proj) {
+        out<T>(a.hraw)[r * H + j] = from_acc<T>(h);
+      } else {  // Hout == H: h_prev[j] was copied by this thread (same partition)
+        if (a.zone_h.on) {
+          h = Zoneout::forward<A>(h, to_acc(h_prev[j]), zone_keep<T>(a.zone_h, r * Ho, j));
+        }
+        const T hv = from_acc<T>(h);
+        out<T>(a.y)[r * Ho + j] = hv;
+        h_state[j] = hv;
+      }
+    });
+  }
+};
+
+// Backward, per row: [ln] the two LN_c row sums of dcn w_c and dcn w_c chat; per unit j the
+// output half, LN_c's backward, zoneout of c and the state half (dP, dc_{t-1}); [ln] the two
+// LN_hh row sums of dP w_hh and dP w_hh hhat, then dHP per feature.
+template <typename T, bool LN, bool PEEP, bool CIFG>
+struct LstmVarBwdOp {
+  LstmVarBwdArgs a;
+
+  template <class Blk>
+  FRNN_HD void operator()(const Blk& blk, int64_t r) const {
+    using A = acc_t<T>;
+    constexpr int64_t G = CIFG ? 3 : 4;
+    const int64_t H = a.hidden, Ho = a.hidden_out, GH = G * H;
+    const A* act = in<A>(a.act) + r * GH;
+    const A* cell = in<A>(a.cell) + r * 3 * H;
+    const A* st = LN ? in<A>(a.stats) + r * 4 : nullptr;
+    const T* ln_cw = in<T>(a.ln_c_w);
+    const T* w_ch = in<T>(a.w_ch);
+    A* dc_state = out<A>(a.dc_state) + r * H;
+    T* dg = out<T>(a.dgates) + r * GH;
+    T* dh_state = a.proj ? nullptr : out<T>(a.dh_state) + r * Ho;
+
+    // total gradient reaching y_t (= the zoned-out h_t) without proj; dh~ W_hr with proj
+    auto dh_total = [&](int64_t j) -> A {
+      if (a.proj) return to_acc(in<T>(a.dh_raw)[r * H + j]);
+      return to_acc(in<T>(a.dy)[r * Ho + j]) + to_acc(dh_state[j]);
+    };
+    auto dh_new = [&](int64_t j, A dh) -> A {  // the part reaching h~ (zoneout's backward)
+      if (a.proj || !a.zone_h.on) return dh;
+      A dnew, dold;
+      Zoneout::backward<A>(dh, zone_keep<T>(a.zone_h, r * Ho, j), dnew, dold);
+      return dnew;
+    };
+    const A mean_c = LN ? st[2] : A(0), rstd_c = LN ? st[3] : A(1);
+    auto chat = [&](int64_t j) { return LayerNorm::normalize<A>(cell[H + j], mean_c, rstd_c); };
+    A m1 = A(0), m2 = A(0);
+    if constexpr (LN) {
+      A* dcn = out<A>(a.dcn) + r * H;
+      A* pcn = out<A>(a.pcn) + r * H;
+      blk.for_each(H, [&](int64_t j) {
+        A dpo, d;
+        LSTMVariantCell::backward_output<A>(dh_new(j, dh_total(j)), act[(G - 1) * H + j],
+                                            cell[2 * H + j], dpo, d);
+        dcn[j] = d;
+        pcn[j] = d * chat(j);
+      });
+      m1 = blk.template sum<A>(H, [&](int64_t j) {
+        return LayerNorm::dxhat<A>(dcn[j], to_acc(ln_cw[j]));
+      }) / A(H);
+      m2 = blk.template sum<A>(H, [&](int64_t j) {
+        return LayerNorm::dxhat<A>(dcn[j], to_acc(ln_cw[j])) * chat(j);
+      }) / A(H);
+    }
+    blk.for_each(H, [&](int64_t j) {
+      const A dh = dh_total(j);
+      A dpo, dcn;
+      LSTMVariantCell::backward_output<A>(dh_new(j, dh), act[(G - 1) * H + j], cell[2 * H + j],
+                                          dpo, dcn);
+      A dc = dcn;
+      if constexpr (LN) {
+        dc = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dcn, to_acc(ln_cw[j])), chat(j), rstd_c,
+                                    m1, m2);
+      }
+      // zoneout of c: c_t = keep c_{t-1} + (1 - keep) c~
+      const A dct = dc_state[j];
+      A dnew = dct, dold = A(0);
+      if (a.zone_c.on) Zoneout::backward<A>(dct, zone_keep<T>(a.zone_c, r * H, j), dnew, dold);
+      dc += dnew;
+      const A i = act[j];
+      const A f = CIFG ? A(1) - i : act[H + j];
+      const A w_ci = PEEP ? to_acc(w_ch[j]) : A(0);
+      const A w_cf = PEEP && !CIFG ? to_acc(w_ch[H + j]) : A(0);
+      const A w_co = PEEP ? to_acc(w_ch[(G - 2) * H + j]) : A(0);
+      A dpi, dpf, dpg, dc_prev;
+      LSTMVariantCell::backward_state<PEEP, CIFG, A>(dc, dpo, i, f, act[(G - 2) * H + j],
+                                                     cell[j], w_ci, w_cf, w_co, dpi, dpf, dpg,
+                                                     dc_prev);
+      dc_state[j] = dc_prev + dold;
+      dg[j] = from_acc<T>(dpi);
+      if constexpr (!CIFG) dg[H + j] = from_acc<T>(dpf);
+      dg[(G - 2) * H + j] = from_acc<T>(dpg);
+      dg[(G - 1) * H + j] = from_acc<T>(dpo);
+      if (!a.proj) {  // direct part of dh_{t-1}; the caller adds dHP W_hh
+        A direct = A(0);
+        if (a.zone_h.on) direct = zone_keep<T>(a.zone_h, r * Ho, j) * dh;
+        dh_state[j] = from_acc<T>(direct);
+      }
+    });
+    if constexpr (LN) {
+      const A* hhat = in<A>(a.hhat) + r * GH;
+      const T* ln_w = in<T>(a.ln_hh_w);
+      T* dhp = out<T>(a.dhp) + r * GH;
+      const A n1 = blk.template sum<A>(GH, [&](int64_t k) {
+        return LayerNorm::dxhat<A>(to_acc(dg[k]), to_acc(ln_w[k]));
+      }) / A(GH);
+      const A n2 = blk.template sum<A>(GH, [&](int64_t k) {
+        return LayerNorm::dxhat<A>(to_acc(dg[k]), to_acc(ln_w[k])) * hhat[k];
+      }) / A(GH);
+      blk.for_each(GH, [&](int64_t k) {
+        dhp[k] = from_acc<T>(LayerNorm::backward<A>(
+            LayerNorm::dxhat<A>(to_acc(dg[k]), to_acc(ln_w[k])), hhat[k], st[1], n1, n2));
+      });
+    }
+  }
+};
+
+// `run(op, rows, hidden, smem_bytes)` runs op over every row: a kernel launch or the harness.
+template <class Run>
+bool lstm_variant_forward_dispatch(DType dt, bool ln, bool peep, bool cifg,
+                                   const LstmVarFwdArgs& a, Run&& run) {
+  return with_dtype(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    with_bool(ln, [&](auto l) {
+      with_bool(peep, [&](auto p) {
+        with_bool(cifg, [&](auto c) {
+          run(LstmVarFwdOp<T, decltype(l)::value, decltype(p)::value, decltype(c)::value>{a},
+              a.rows, a.hidden, sizeof(acc_t<T>));
+        });
+      });
+    });
+  });
+}
+
+template <class Run>
+bool lstm_variant_backward_dispatch(DType dt, bool ln, bool peep, bool cifg,
+                                    const LstmVarBwdArgs& a, Run&& run) {
+  return with_dtype(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    with_bool(ln, [&](auto l) {
+      with_bool(peep, [&](auto p) {
+        with_bool(cifg, [&](auto c) {
+          run(LstmVarBwdOp<T, decltype(l)::value, decltype(p)::value, decltype(c)::value>{a},
+              a.rows, a.hidden, sizeof(acc_t<T>));
+        });
+      });
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,33 @@
+// The row kernel template and its launch (device code: included only by the .cu files), the
+// row-kernel counterpart of kernel.cuh.
+#pragma once
+
+#include "cuda/kernel.cuh"
+#include "cuda/rowblock.cuh"
+
+namespace fusedrnn {
+namespace cuda {
+
+// One block per row (stride over rows when the grid is smaller); blockDim.x accumulators of
+// the op's accumulation type in dynamic shared memory. No __launch_bounds__, as kernel.cuh.
+template <class Op>
+__global__ void row_kernel(const Op op, int64_t rows) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const DeviceBlock blk{smem};
+  row_loop(blockIdx.x, gridDim.x, rows, blk, op);
+}
+
+// The `run` callback of the row dispatch functions, on the GPU.
+struct GpuRowRun {
+  cudaStream_t stream;
+
+  template <class Op>
+  void operator()(const Op& op, int64_t rows, int64_t hidden, size_t acc_bytes) const {
+    if (rows <= 0) return;
+    const LaunchShape shape = row_launch_shape(rows, hidden);
+    row_kernel<Op><<<shape.blocks, shape.threads, shape.threads * acc_bytes, stream>>>(op, rows);
+  }
+};
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,114 @@
+// Python functions of the variant layer, shared by the CUDA extension (bindings.cpp) and the
+// host test build (harness/variant_host_driver.cpp), as layer_module.h for the plain layer.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cuda/layer_module.h"
+#include "cuda/variant_driver.h"
+
+namespace fusedrnn {
+namespace cuda {
+
+using OptT = std::optional<at::Tensor>;
+
+// The Python side (fusedrnn/ops/cuda_variants.py) validates shapes with the reference's
+// messages; this only guards the raw-pointer kernels.
+inline VariantConfig variant_config(const std::string& cell, bool cifg, bool ln, bool peep,
+                                    bool proj, double p_h, double p_c, double eps,
+                                    const at::Tensor& w_hh, int64_t B, int64_t Hout,
+                                    int64_t N) {
+  TORCH_CHECK(cell == "lstm" || cell == "gru", "fusedrnn: cell variants exist for lstm and gru");
+  VariantConfig v{};
+  v.lstm = cell == "lstm";
+  TORCH_CHECK(v.lstm || !(cifg || peep || proj), "fusedrnn: cifg, peephole, proj are LSTM-only");
+  v.ln = ln;
+  v.peep = peep;
+  v.cifg = cifg;
+  v.proj = proj;
+  v.p_h = p_h;
+  v.p_c = p_c;
+  v.eps = eps;
+  v.G = v.lstm ? (cifg ? 3 : 4) : 3;
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % v.G == 0, "fusedrnn: w_hh must be [G*H, Hout]");
+  v.H = w_hh.size(0) / v.G;
+  v.B = B;
+  v.Hout = Hout;
+  v.N = N;
+  return v;
+}
+
+template <class Launch>
+void bind_variant_layer(pybind11::module& m) {
+  namespace py = pybind11;
+  m.def(
+      "variant_forward",
+      [](const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptT& c0,
+         const at::Tensor& w_ih, const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh,
+         const OptT& w_hr, const std::vector<int64_t>& batch_sizes, bool reverse, bool cifg,
+         const OptT& ln_ih_w, const OptT& ln_ih_b, const OptT& ln_hh_w, const OptT& ln_hh_b,
+         const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch, double p_h, double p_c,
+         const OptT& mask_h, const OptT& mask_c, double eps, bool save) {
+        check_operands(x, {x, h0, opt(c0), w_ih, w_hh, opt(b_ih), opt(b_hh), opt(w_hr),
+                           opt(ln_ih_w), opt(ln_ih_b), opt(ln_hh_w), opt(ln_hh_b), opt(ln_c_w),
+                           opt(ln_c_b), opt(w_ch), opt(mask_h), opt(mask_c)});
+        const VariantConfig v =
+            variant_config(cell, cifg, ln_ih_w.has_value(), w_ch.has_value(), w_hr.has_value(),
+                           p_h, p_c, eps, w_hh, h0.size(0), h0.size(1), x.size(0));
+        TORCH_CHECK(!v.lstm || c0.has_value(), "fusedrnn: LSTM needs c0");
+        TORCH_CHECK(!v.ln || (ln_hh_w.has_value() && (!v.lstm || ln_c_w.has_value())),
+                    "fusedrnn: layer norm needs all its gains");
+        typename Launch::Guard guard(x.device());
+        Launch launch;
+        return variant_forward(launch, v, x, h0, opt(c0), w_ih, w_hh, opt(b_ih), opt(b_hh),
+                               opt(w_hr), opt(ln_ih_w), opt(ln_ih_b), opt(ln_hh_w), opt(ln_hh_b),
+                               opt(ln_c_w), opt(ln_c_b), opt(w_ch), opt(mask_h), opt(mask_c),
+                               batch_sizes, reverse, save);
+      },
+      "One variant layer, one direction: returns [y, h_n, c_n, act, cell, hhat, stats, h_prev, "
+      "hraw, xhat_ih, rstd_ih]");
+  m.def(
+      "variant_backward",
+      [](const std::string& cell, const at::Tensor& dy, const at::Tensor& dh_n, const OptT& dc_n,
+         const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptT& w_hr,
+         bool cifg, const OptT& ln_ih_w, const OptT& ln_hh_w, const OptT& ln_c_w,
+         const OptT& w_ch, double p_h, double p_c, const OptT& mask_h, const OptT& mask_c,
+         const std::vector<bool>& has, const std::vector<int64_t>& batch_sizes, bool reverse,
+         double eps, const std::vector<std::optional<at::Tensor>>& fwd) {
+        check_operands(x, {dy, dh_n, opt(dc_n), x, w_ih, w_hh, opt(w_hr), opt(ln_ih_w),
+                           opt(ln_hh_w), opt(ln_c_w), opt(w_ch), opt(mask_h), opt(mask_c)});
+        TORCH_CHECK(has.size() == 15 && fwd.size() == 11,
+                    "fusedrnn: variant_backward needs 15 presence flags and 11 forward buffers");
+        const VariantConfig v =
+            variant_config(cell, cifg, ln_ih_w.has_value(), w_ch.has_value(), w_hr.has_value(),
+                           p_h, p_c, eps, w_hh, dh_n.size(0), dh_n.size(1), x.size(0));
+        std::vector<at::Tensor> buffers;
+        for (const auto& t : fwd) {
+          TORCH_CHECK(!t.has_value() || t->is_contiguous(), "fusedrnn: buffers not contiguous");
+          buffers.push_back(opt(t));
+        }
+        const int64_t GH = v.G * v.H;
+        TORCH_CHECK(buffers[3].defined() && buffers[3].size(0) == v.N &&
+                        buffers[7].defined() && buffers[7].size(0) == v.N &&
+                        (!v.lstm || (buffers[4].defined() && buffers[4].size(0) == v.N)) &&
+                        (!v.ln || (buffers[5].defined() && buffers[5].numel() == v.N * GH &&
+                                   buffers[9].defined() && buffers[10].defined())) &&
+                        (!v.proj || (buffers[8].defined() && buffers[8].size(0) == v.N)),
+                    "fusedrnn: the saved activations are missing (forward run with save=False)");
+        typename Launch::Guard guard(x.device());
+        Launch launch;
+        return variant_backward(launch, v, dy, dh_n, opt(dc_n), x, w_ih, w_hh, opt(w_hr),
+                                opt(ln_ih_w), opt(ln_hh_w), opt(ln_c_w), opt(w_ch), opt(mask_h),
+                                opt(mask_c), has, batch_sizes, reverse, buffers);
+      },
+      "Gradients of variant_forward for x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, "
+      "ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch (None where absent)");
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,398 @@
+"""The ``cuda`` backend of the cell variants: layer norm, zoneout, peephole, CIFG (csrc/cuda).
+
+Same contract and results as :func:`fusedrnn.ops.reference_variants.layer` (the spec; math in
+docs/variants.md). The time loop is C++ (csrc/cuda/variant_driver.h): the input projection of
+all steps is one GEMM and its layer norm is done for all rows at once; per step one cuBLAS GEMM
+``h_{t-1} W_hh^T`` and one fused row kernel, in which a thread block owns one batch row (layer
+norm needs whole rows) and reduces the row statistics in a fixed order (csrc/cuda/rowblock.cuh).
+The per-element math is csrc/cell_math.h (LayerNorm, Zoneout, LSTMVariantCell, GRUCell), the
+same code the cpu backend runs. With a projection, zoneout of h acts on ``y_t = hraw W_hr^T``
+in a small elementwise kernel after the GEMM.
+
+Backward (per element; csrc/cell_math.h has each step in full), per step in reverse order::
+
+    zoneout   s_t = k s_{t-1} + (1 - k) s~_t:   ds~ = (1 - k) ds,  ds_{t-1} += k ds
+              (k = the mask in training, p in evaluation; masks are not differentiated)
+    LN        out = xhat w + b, xhat = (v - mean) rstd:
+              dv = rstd (dout w - mean(dout w) - xhat mean(dout w xhat))    (row means:
+              two block reductions in the row kernel)
+    LSTM      dpo = dh~ tanh(cn) o (1 - o)   dcn = dh~ o (1 - tanh(cn)^2)   cn = LN_c(c~) or c~
+              dc~ = (1 - k_c) dc_t + LN_c backward of dcn + w_co dpo
+              dpi = dc~ g i (1 - i)   [cifg: dc~ (g - c_prev) i (1 - i)]
+              dpf = dc~ c_prev f (1 - f)   dpg = dc~ i (1 - g^2)
+              dc_prev = k_c dc_t + dc~ f + w_ci dpi + w_cf dpf
+    GRU       the plain GRU cell's backward on (1 - k) dh_t (dA input side, dS recurrent side)
+    all       dHP = LN_hh backward of dP (GRU: of dS),  dh_{t-1} = direct part + dHP W_hh
+
+then over all steps (GEMMs and deterministic column sums, no atomics)::
+
+    dXP = LN_ih backward of dP,  dX = dXP W_ih,  dW_ih = dXP^T X,  dW_hh = dHP^T H_prev,
+    dW_hr = dH~^T Hraw,  db_ih = dln_ih_b = colsum(dP),  db_hh = dln_hh_b = colsum(dS),
+    dln_ih_w = colsum(dP xhat_ih),  dln_hh_w = colsum(dS xhat_hh),
+    dln_c_w = colsum(dcn chat),  dln_c_b = colsum(dcn),
+    dw_ci = colsum(dP_i c_prev),  dw_cf = colsum(dP_f c_prev),  dw_co = colsum(dP_o c~).
+
+The ops are ``torch.library.custom_op`` (``fusedrnn::cuda_variant_fwd`` / ``_bwd``) with fake
+implementations and ``register_autograd``, as :mod:`fusedrnn.ops.cuda`. Importing this module
+never touches CUDA and never imports the extension; ``is_available()`` does both, lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from ..variants import LN_EPS
+from . import cuda as _cuda
+
+CELLS = ("lstm", "gru")
+SUPPORTED_DTYPES = _cuda.SUPPORTED_DTYPES
+# the differentiable inputs, in the order of variant_backward's gradients
+GRAD_INPUTS = (
+    "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr",
+    "ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch",
+)  # fmt: skip
+# their positions among the forward op's arguments
+_DIFF_POS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15, 16, 17, 18)
+_N_BUFFERS = 11  # y, h_n, c_n, act, cell, hhat, stats, h_prev, hraw, xhat_ih, rstd_ih
+
+
+def is_available() -> bool:
+    """True when a CUDA device is usable and fusedrnn._C_cuda was built with the variants."""
+    return _cuda.is_available() and hasattr(_cuda._load_ext(), "variant_forward")
+
+
+def _gates(cell: str, cifg: bool) -> int:
+    return (3 if cifg else 4) if cell == "lstm" else 3
+
+
+def _check(device_type, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg,
+           lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c) -> None:  # fmt: skip
+    """The reference's checks and messages, plus what the raw-pointer kernels need."""
+    if cell not in CELLS:
+        raise ValueError(f"cell variants exist for {CELLS}, got {cell!r}")
+    is_lstm = cell == "lstm"
+    ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b = lns
+    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or mask_c is not None):
+        raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
+    if not is_lstm and zoneout_c > 0:
+        raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
+    ln_given = [ln_ih_w is not None, ln_hh_w is not None] + (
+        [ln_c_w is not None] if is_lstm else []
+    )
+    if any(ln_given) and not all(ln_given):
+        raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
+    for name, p in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+        if not 0 <= p < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {p}")
+    G = _gates(cell, cifg)
+    if w_hh.dim() != 2 or w_ih.dim() != 2 or w_hh.shape[0] % G or w_ih.shape[0] != w_hh.shape[0]:
+        raise ValueError(
+            f"{cell}{' with cifg' if cifg else ''} expects {G} gate blocks: w_ih / w_hh "
+            f"of {G}*H rows, got {tuple(w_ih.shape)} and {tuple(w_hh.shape)}"
+        )
+    H = w_hh.shape[0] // G
+    if w_ch is not None and tuple(w_ch.shape) != ((2 if cifg else 3), H):
+        raise ValueError(
+            f"peephole weights must be [{2 if cifg else 3}, {H}], got {tuple(w_ch.shape)}"
+        )
+    tensors = dict(x=x, h0=h0, c0=c0 if is_lstm else None, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                   b_hh=b_hh, w_hr=w_hr, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w,
+                   ln_hh_b=ln_hh_b, ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch)  # fmt: skip
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device.type != device_type:
+            raise ValueError(
+                f"the cuda backend needs {device_type} tensors, got {name} on {t.device}"
+            )
+        if t.device != x.device or t.dtype != x.dtype:
+            raise ValueError(
+                f"{name} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}: "
+                "all operands must share dtype and device"
+            )
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"the cuda backend supports {SUPPORTED_DTYPES}, got {x.dtype}")
+    packed = batch_sizes is not None
+    if x.dim() != (2 if packed else 3):
+        raise ValueError(f"x must be {'[N, I] packed' if packed else '[T, B, I]'}, got {x.shape}")
+    if h0.dim() != 2:
+        raise ValueError(f"h0 must be [B, Hout], got {tuple(h0.shape)}")
+    B, Hout = h0.shape
+    if w_hr is not None:
+        if not is_lstm:
+            raise ValueError(f"{cell} has no projection (w_hr must be None)")
+        if tuple(w_hr.shape) != (Hout, H) or Hout >= H:
+            raise ValueError(f"w_hr {tuple(w_hr.shape)} must be [proj_size < {H}, {H}]")
+    elif Hout != H:
+        raise ValueError(f"h0 {tuple(h0.shape)} does not match H={H}")
+    if w_ih.shape[1] != x.shape[-1] or w_hh.shape[1] != Hout:
+        raise ValueError(
+            f"w_ih {tuple(w_ih.shape)} / w_hh {tuple(w_hh.shape)} do not match input size "
+            f"{x.shape[-1]} and Hout={Hout}"
+        )
+    if not packed and x.shape[1] != B:
+        raise ValueError(f"x batch {x.shape[1]} != h0 batch {B}")
+    if is_lstm and (c0 is None or tuple(c0.shape) != (B, H)):
+        raise ValueError(f"lstm needs c0 of shape [{B}, {H}]")
+    widths = dict(b_ih=G * H, b_hh=G * H, ln_ih_w=G * H, ln_ih_b=G * H, ln_hh_w=G * H,
+              ln_hh_b=G * H, ln_c_w=H, ln_c_b=H)  # fmt: skip
+    for name, n in widths.items():
+        t = tensors[name]
+        if t is not None and tuple(t.shape) != (n,):
+            raise ValueError(f"{name} {tuple(t.shape)} must be [{n}]")
+    if packed:
+        if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu":
+            raise ValueError("batch_sizes must be a 1-D CPU tensor")
+        sizes = batch_sizes.tolist()
+        if sizes and (sizes[0] > B or min(sizes) < 1 or sizes != sorted(sizes, reverse=True)):
+            raise ValueError(f"batch_sizes must be non-increasing within [1, {B}]")
+        if sum(sizes) != x.shape[0]:
+            raise ValueError(f"batch_sizes sum to {sum(sizes)} but x has {x.shape[0]} rows")
+    lead = tuple(x.shape[:-1])
+    for name, m, k in (("mask_h", mask_h, Hout), ("mask_c", mask_c, H)):
+        if m is not None and (tuple(m.shape) != (*lead, k) or m.device != x.device):
+            raise ValueError(f"{name} must be {(*lead, k)} on {x.device} (like y), got "
+                             f"{tuple(m.shape)} on {m.device}")  # fmt: skip
+
+
+def _sizes(x: Tensor, h0: Tensor, batch_sizes: Tensor | None) -> list[int]:
+    """Active rows of every step (dense input: all rows, every step)."""
+    if batch_sizes is not None:
+        return [int(b) for b in batch_sizes.tolist()]
+    return [h0.shape[0]] * x.shape[0]
+
+
+def _rows(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
+    """[T, B, K] or [N, K] -> contiguous [N, K] (masks: detached, in x's dtype)."""
+    if t is None:
+        return None
+    t = t.reshape(-1, t.shape[-1])
+    return (t.detach().to(dtype) if dtype is not None else t).contiguous()
+
+
+def _c(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def make_layer(
+    backend: str, get_ext: Callable[[], ModuleType], device_type: str = "cuda"
+) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
+    """The variant layer op over an extension with ``variant_forward`` / ``variant_backward``
+    (fusedrnn._C_cuda; the test-suite passes a CPU build of the same driver)."""
+
+    def run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
+                    lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c, save):  # fmt: skip
+        return get_ext().variant_forward(
+            cell, _rows(x), h0.contiguous(), _c(c0) if cell == "lstm" else None,
+            w_ih.contiguous(), w_hh.contiguous(), _c(b_ih), _c(b_hh), _c(w_hr),
+            _sizes(x, h0, batch_sizes), reverse, cifg, *[_c(t) for t in lns], _c(w_ch),
+            float(zoneout_h), float(zoneout_c), _rows(mask_h, x.dtype), _rows(mask_c, x.dtype),
+            LN_EPS, save,
+        )  # fmt: skip
+
+    @torch.library.custom_op(f"fusedrnn::{backend}_variant_fwd", mutates_args=())
+    def fwd_op(
+        cell: str,
+        x: Tensor,  # [T, B, I] dense or [N, I] packed
+        h0: Tensor,  # [B, Hout]
+        c0: Tensor | None,  # [B, H] (LSTM)
+        w_ih: Tensor,  # [G*H, I]
+        w_hh: Tensor,  # [G*H, Hout]
+        b_ih: Tensor | None,  # [G*H]
+        b_hh: Tensor | None,  # [G*H]
+        w_hr: Tensor | None,  # [Hout, H]
+        batch_sizes: Tensor | None,  # [T] int64 CPU
+        reverse: bool,
+        cifg: bool,
+        ln_ih_w: Tensor | None,  # [G*H]
+        ln_ih_b: Tensor | None,  # [G*H]
+        ln_hh_w: Tensor | None,  # [G*H]
+        ln_hh_b: Tensor | None,  # [G*H]
+        ln_c_w: Tensor | None,  # [H]
+        ln_c_b: Tensor | None,  # [H]
+        w_ch: Tensor | None,  # [3, H] or [2, H]
+        zoneout_h: float,
+        zoneout_c: float,
+        mask_h: Tensor | None,  # like y
+        mask_c: Tensor | None,  # like y with H features
+    ) -> list[Tensor]:
+        """-> [y [N, Hout], h_n, c_n, act, cell, hhat, stats, h_prev, hraw, xhat_ih, rstd_ih]
+        (variant_driver.h), [0] placeholders for absent buffers."""
+        lns = (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b)
+        out = run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                          cifg, lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c, True)  # fmt: skip
+        return [t if t is not None else x.new_empty(0) for t in out]
+
+    @fwd_op.register_fake
+    def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+          ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
+          mask_c):  # fmt: skip
+        G = _gates(cell, cifg)
+        H, (B, Hout) = w_hh.shape[0] // G, h0.shape
+        N = x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
+        lstm, ln, proj = cell == "lstm", ln_ih_w is not None, w_hr is not None
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+
+        def maybe(keep, *shape, dtype=None):
+            return x.new_empty(shape if keep else (0,), dtype=dtype if keep else None)
+
+        return [
+            x.new_empty(N, Hout), x.new_empty(B, Hout), maybe(lstm, B, H),
+            x.new_empty(N, G * H if lstm else 4 * H, dtype=acc), maybe(lstm, N, 3 * H, dtype=acc),
+            maybe(ln, N, G * H, dtype=acc), maybe(ln, N, 4, dtype=acc), x.new_empty(N, Hout),
+            maybe(proj, N, H), maybe(ln, N, G * H, dtype=acc), maybe(ln, N, 1, dtype=acc),
+        ]  # fmt: skip
+
+    @torch.library.custom_op(f"fusedrnn::{backend}_variant_bwd", mutates_args=())
+    def bwd_op(
+        cell: str,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        w_hr: Tensor | None,
+        batch_sizes: Tensor | None,
+        reverse: bool,
+        cifg: bool,
+        ln_ih_w: Tensor | None,
+        ln_ih_b: Tensor | None,
+        ln_hh_w: Tensor | None,
+        ln_hh_b: Tensor | None,
+        ln_c_w: Tensor | None,
+        ln_c_b: Tensor | None,
+        w_ch: Tensor | None,
+        zoneout_h: float,
+        zoneout_c: float,
+        mask_h: Tensor | None,
+        mask_c: Tensor | None,
+        buffers: list[Tensor],  # the forward op's outputs
+        grad_y: Tensor,  # [N, Hout]
+        grad_hn: Tensor,  # [B, Hout]
+        grad_cn: Tensor | None,  # [B, H] (LSTM)
+        needs: list[bool],  # per GRAD_INPUTS entry
+    ) -> list[Tensor]:
+        """-> one gradient per GRAD_INPUTS entry ([0] where not needed or absent)."""
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                  ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch)  # fmt: skip
+        has = [t is not None for t in inputs]
+        has[2] = has[2] and cell == "lstm"
+        fwd = [t if t.dim() == 2 else None for t in buffers]  # [0] placeholders -> None
+        out = get_ext().variant_backward(
+            cell, grad_y.contiguous(), grad_hn.contiguous(),
+            _c(grad_cn) if cell == "lstm" else None, _rows(x), w_ih.contiguous(),
+            w_hh.contiguous(), _c(w_hr), cifg, _c(ln_ih_w), _c(ln_hh_w), _c(ln_c_w), _c(w_ch),
+            float(zoneout_h), float(zoneout_c), _rows(mask_h, x.dtype), _rows(mask_c, x.dtype),
+            has, _sizes(x, h0, batch_sizes), reverse, LN_EPS, fwd,
+        )  # fmt: skip
+        if out[0] is not None:
+            out[0] = out[0].view(x.shape)  # dx [N, I] -> x's shape
+        return [
+            g if g is not None and n and h else x.new_empty(0)
+            for g, n, h in zip(out, needs, has, strict=True)
+        ]
+
+    @bwd_op.register_fake
+    def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+          ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c,
+          buffers, grad_y, grad_hn, grad_cn, needs):  # fmt: skip
+        inputs = (x, h0, c0 if cell == "lstm" else None, w_ih, w_hh, b_ih, b_hh, w_hr,
+                  ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch)  # fmt: skip
+        return [
+            torch.empty_like(t) if n and t is not None else x.new_empty(0)
+            for n, t in zip(needs, inputs, strict=True)
+        ]
+
+    def setup_context(ctx, inputs, output):
+        ctx.cell, ctx.reverse, ctx.cifg = inputs[0], inputs[10], inputs[11]
+        ctx.zoneout = (inputs[19], inputs[20])
+        ctx.present = [inputs[p] is not None for p in _DIFF_POS]
+        ctx.save_for_backward(*[inputs[p] for p in _DIFF_POS], inputs[9], inputs[21],
+                              inputs[22], *output)  # fmt: skip
+
+    def backward(ctx, grads):
+        t = ctx.saved_tensors
+        diff, (batch_sizes, mask_h, mask_c), buffers = t[:15], t[15:18], list(t[18:])
+        wanted = [ctx.needs_input_grad[p] for p in _DIFF_POS]
+        needs = [bool(n) and p for n, p in zip(wanted, ctx.present, strict=True)]
+        y, h_n, c_n = buffers[:3]
+        grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
+        grad_hn = grads[1] if grads[1] is not None else torch.zeros_like(h_n)
+        grad_cn = None
+        if ctx.cell == "lstm":
+            grad_cn = grads[2] if grads[2] is not None else torch.zeros_like(c_n)
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = diff[:8]
+        out = bwd_op(
+            ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
+            ctx.cifg, *diff[8:14], diff[14], *ctx.zoneout, mask_h, mask_c, buffers, grad_y,
+            grad_hn, grad_cn, needs,
+        )  # fmt: skip
+        result: list[Tensor | None] = [None] * 23
+        for p, g, n in zip(_DIFF_POS, out, needs, strict=True):
+            result[p] = g if n else None
+        return tuple(result)
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+
+    def unpack(cell, x, h0, c0, batch_sizes, y, h_n, c_n):
+        if batch_sizes is None:
+            y = y.view(x.shape[0], x.shape[1], h0.shape[1])  # [N, Hout] -> [T, B, Hout]
+        # GRU: c_n is c0 as given, as the reference returns it
+        return y, h_n, c_n if cell == "lstm" else c0
+
+    def layer(
+        cell: str,  # "lstm" | "gru"
+        x: Tensor,  # [T, B, I] dense, or [N, I] packed data when batch_sizes is given
+        h0: Tensor,  # [B, Hout]
+        c0: Tensor | None,  # [B, H], LSTM only
+        w_ih: Tensor,  # [G*H, I]   (G = 4 LSTM, 3 LSTM+cifg, 3 GRU)
+        w_hh: Tensor,  # [G*H, Hout]
+        b_ih: Tensor | None,  # [G*H]
+        b_hh: Tensor | None,  # [G*H]
+        w_hr: Tensor | None,  # [Hout, H], LSTM with proj_size > 0 only
+        batch_sizes: Tensor | None,  # [T] int64 on the CPU, non-increasing
+        reverse: bool,
+        *,
+        cifg: bool = False,
+        ln_ih_w: Tensor | None = None,  # [G*H]  layer norm on iff given
+        ln_ih_b: Tensor | None = None,  # [G*H]
+        ln_hh_w: Tensor | None = None,  # [G*H]
+        ln_hh_b: Tensor | None = None,  # [G*H]
+        ln_c_w: Tensor | None = None,  # [H]  LSTM only
+        ln_c_b: Tensor | None = None,  # [H]
+        w_ch: Tensor | None = None,  # [3, H] or [2, H] with cifg; peephole on iff given
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
+        mask_h: Tensor | None = None,  # like y: [T, B, Hout] or [N, Hout]; training zoneout
+        mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One variant layer in one direction; contract of ``reference_variants.layer``."""
+        lns = (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b)
+        _check(device_type, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg,
+               lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c)  # fmt: skip
+        c_in = c0 if cell == "lstm" else None
+        diff = (x, h0, c_in, w_ih, w_hh, b_ih, b_hh, w_hr, *lns, w_ch)
+        train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in diff)
+        if train or torch.compiler.is_compiling():
+            out = fwd_op(
+                cell, x, h0, c_in, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
+                *lns, w_ch, float(zoneout_h), float(zoneout_c), mask_h, mask_c,
+            )  # fmt: skip
+        else:  # eager inference: the same kernels, writing scratch rows instead of history
+            out = run_forward(cell, x, h0, c_in, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                              reverse, cifg, lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c,
+                              False)  # fmt: skip
+        return unpack(cell, x, h0, c0, batch_sizes, *out[:3])
+
+    layer.fwd_op = fwd_op
+    layer.bwd_op = bwd_op
+    return layer
+
+
+layer = make_layer("cuda", _cuda._load_ext)

@@ -1,0 +1,459 @@
+"""The triton backend's variant layer op: layer norm, zoneout, peephole, CIFG.
+
+Same contract, validation and results as :func:`fusedrnn.ops.reference_variants.layer`
+(math in ``docs/variants.md``). Forward: the input projection of every step in one
+GEMM, ``xg = LN_ih(x W_ih^T) + b_ih`` (layer norm is per row, so normalising all
+steps at once is exact), then one variant step kernel per step
+(:mod:`.lstm_variants`, :mod:`.gru_variants`). Backward: the backward step kernels
+produce, per step, ``dG`` (gradient of ``xg``), ``dG_s`` (of the recurrent part ``s``
+after its layer norm and biases; ``dG`` itself for the LSTM) and ``dS_raw`` (of
+``h_prev W_hh^T``), zero in rows a packed step did not compute; then, over all steps::
+
+    dxg = dG (packed rows)      du = LN_bwd(dxg ln_ih_w, uhat, rstd_u)  (or dxg)
+    dx = du W_ih                dW_ih = du^T x            db_ih = sum dxg
+    d ln_ih_w = sum dxg uhat    d ln_ih_b = sum dxg
+    dW_hh = dS_raw^T h_prev     db_hh = d ln_hh_b = sum dG_s     d ln_hh_w = sum dG_s shat
+    d ln_c_w = sum dl chat      d ln_c_b = sum dl         dW_hr = dh~^T m
+    d w_ci = sum dG_i c_prev    d w_cf = sum dG_f c_prev  d w_co = sum dG_o c~
+
+with ``LN_bwd(dxhat, xhat, rstd) = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``
+per row; every sum is a deterministic column reduction (no atomics).
+
+Registered with torch.library as ``fusedrnn::triton_variants_fwd`` /
+``fusedrnn::triton_variants_bwd`` (register_fake + register_autograd), so
+``torch.compile(fullgraph=True)`` sees two opaque nodes. Supports float32 and float64.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...variants import LN_EPS
+from .. import reference_variants
+from ..library import NAMESPACE
+from . import runtime
+
+CELLS = ("lstm", "gru")
+DTYPES = (torch.float32, torch.float64)
+# the differentiable inputs, in the order of the backward op's outputs
+GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "ln_ih_w", "ln_ih_b",
+               "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch")  # fmt: skip
+# where they sit among the forward op's arguments
+GRAD_POSITIONS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15, 16, 17, 18)
+
+
+def _shape(t: Tensor | None) -> tuple[int, ...] | None:
+    return None if t is None else tuple(t.shape)
+
+
+def _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg, ln_ih_w, ln_ih_b,
+           ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_c, mask_h, mask_c) -> None:  # fmt: skip
+    # first the reference op's own checks, with its messages
+    H = reference_variants.check_options(
+        cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c
+    )
+    is_lstm = cell == "lstm"
+    gates = (3 if cifg else 4) if is_lstm else 3
+    # then what the kernels rely on: they index raw memory
+    given = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
+             ln_c_w, ln_c_b, w_ch, mask_h, mask_c)  # fmt: skip
+    tensors = [t for t in given if t is not None]
+    if x.dtype not in DTYPES:
+        raise TypeError(
+            f"fusedrnn triton variant kernels: unsupported dtype {x.dtype} "
+            "(float32 and float64 are supported)"
+        )
+    if any(t.dtype != x.dtype for t in tensors):
+        raise TypeError(
+            "fusedrnn triton backend: all inputs, weights and masks must share one dtype"
+        )
+    if any(t.device != x.device for t in tensors):
+        raise ValueError("fusedrnn triton backend: all inputs and weights must be on one device")
+    if is_lstm != (c0 is not None):
+        raise ValueError("c0 must be given for the LSTM and only for it")
+    if w_hr is not None and not is_lstm:
+        raise ValueError("w_hr (proj_size) exists only for the LSTM")
+    if batch_sizes is not None and batch_sizes.device.type != "cpu":
+        raise ValueError("batch_sizes must be a CPU tensor")
+    packed = batch_sizes is not None
+    if x.dim() != (2 if packed else 3):
+        raise ValueError(f"x has shape {tuple(x.shape)}, expected {'2' if packed else '3'} dims")
+    B, Hout = h0.shape[0], w_hh.shape[1]
+    GH = gates * H
+    lead = (x.shape[0],) if packed else (x.shape[0], B)
+    want = {
+        "h0": (h0, (B, Hout)),
+        "c0": (c0, (B, H)),
+        "w_ih": (w_ih, (GH, x.shape[-1])),
+        "b_ih": (b_ih, (GH,)),
+        "b_hh": (b_hh, (GH,)),
+        "w_hr": (w_hr, (Hout, H)),
+        "ln_ih_w": (ln_ih_w, (GH,)),
+        "ln_ih_b": (ln_ih_b, (GH,)),
+        "ln_hh_w": (ln_hh_w, (GH,)),
+        "ln_hh_b": (ln_hh_b, (GH,)),
+        "ln_c_w": (ln_c_w, (H,)),
+        "ln_c_b": (ln_c_b, (H,)),
+        "mask_h": (mask_h, (*lead, Hout)),
+        "mask_c": (mask_c, (*lead, H)),
+    }
+    for name, (t, expected) in want.items():
+        if t is not None and tuple(t.shape) != expected:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
+    if w_hr is None and Hout != H:
+        raise ValueError(f"w_hh has shape {(GH, Hout)}, expected {(GH, H)} without w_hr")
+    if not packed and x.shape[1] != B:
+        raise ValueError(f"x has shape {tuple(x.shape)}, which does not match h0 {(B, Hout)}")
+    if (ln_ih_b is not None or ln_hh_b is not None or ln_c_b is not None) and ln_ih_w is None:
+        raise ValueError("layer-norm biases need the layer-norm gains")
+
+
+def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
+    seq_len = batch_sizes.numel() if batch_sizes is not None else x.shape[0]
+    return runtime.Plan(batch_sizes, seq_len, h0.shape[0], reverse)
+
+
+def _flat(t: Tensor | None, packed: bool) -> Tensor | None:
+    """[T, B, K] -> [T*B, K] contiguous (packed [N, K] stays)."""
+    if t is None:
+        return None
+    return (t if packed else t.reshape(-1, t.shape[-1])).contiguous()
+
+
+def _zone_mode(mask: Tensor | None, p: float) -> int:
+    """0 off, 1 training mask, 2 evaluation expectation (as the reference's _zone)."""
+    return 1 if mask is not None else (2 if p > 0 else 0)
+
+
+def _contig(*ts: Tensor | None) -> list[Tensor | None]:
+    return [t.contiguous() if t is not None else None for t in ts]
+
+
+def _sum_bias(*ts: Tensor | None) -> Tensor | None:
+    present = [t for t in ts if t is not None]
+    return None if not present else sum(present[1:], present[0]).contiguous()
+
+
+def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+            ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
+            mask_c) -> list[Tensor]:  # fmt: skip
+    """Buffers: LSTM ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]``, GRU
+    ``[Hs, gates, shat, rstd, y, uhat, rstd_u]`` (see the cell launchers; ``uhat [N, GH]``
+    and ``rstd_u [N, 1]`` are the input projection's layer norm; empty when unused)."""
+    from .gru_variants import _gru_variant_fwd
+    from .lstm_variants import _lstm_variant_fwd
+
+    _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg, ln_ih_w, ln_ih_b,
+           ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_c, mask_h, mask_c)  # fmt: skip
+    packed = batch_sizes is not None
+    plan = _plan(x, h0, batch_sizes, reverse)
+    flat_x = x if packed else x.reshape(-1, x.shape[-1])
+    if ln_ih_w is None:
+        xg = F.linear(flat_x, w_ih, b_ih)  # [N, G*H]: one GEMM for every step
+        uhat, rstd_u = x.new_empty(0), x.new_empty(0)
+    else:
+        u = F.linear(flat_x, w_ih)
+        mean = u.mean(-1, keepdim=True)
+        rstd_u = torch.rsqrt((u - mean).square().mean(-1, keepdim=True) + LN_EPS)
+        uhat = (u - mean) * rstd_u
+        xg = uhat * ln_ih_w
+        for b in (ln_ih_b, b_ih):
+            xg = xg + b if b is not None else xg
+    xg = xg.contiguous()
+    par = torch.tensor([zoneout_h, zoneout_c, LN_EPS], dtype=x.dtype, device=x.device)
+    w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr)
+    bias = _sum_bias(b_hh, ln_hh_b)
+    mh = _flat(mask_h, packed)
+    zh = _zone_mode(mask_h, zoneout_h)
+    if cell == "gru":
+        out = _gru_variant_fwd(xg, h0, w_hh, bias, ln_hh_w, mh, par, zh, plan, packed)
+    else:
+        if ln_c_w is not None and ln_c_b is None:
+            ln_c_b = torch.zeros_like(ln_c_w)
+        zone = (zh, _zone_mode(mask_c, zoneout_c))
+        out = _lstm_variant_fwd(
+            xg, h0, c0.contiguous(), w_hh, bias, ln_hh_w, ln_c_w, _contig(ln_c_b)[0], w_ch, w_hr,
+            mh, _flat(mask_c, packed), par, zone, cifg, plan, packed,
+        )  # fmt: skip
+    return [*out, uhat, rstd_u]
+
+
+def fake_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
+                 ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
+                 mask_h, mask_c):  # fmt: skip
+    T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
+    N = x.shape[0] if batch_sizes is not None else T * x.shape[1]
+    B, Hout = h0.shape
+    GH = w_hh.shape[0]
+    H = GH // ((3 if cifg else 4) if cell == "lstm" else 3)
+    ln, packed = ln_ih_w is not None, batch_sizes is not None
+
+    def buf(*shape: int, on: bool = True) -> Tensor:
+        return x.new_empty(*shape) if on else x.new_empty(0)
+
+    tail = [buf(N, GH, on=ln), buf(N, 1, on=ln)]
+    y = buf(x.shape[0], Hout, on=packed)
+    if cell == "gru":
+        return [buf(T + 1, B, H), buf(T, B, 4 * H), buf(T, B, GH, on=ln), buf(T, B, on=ln), y,
+                *tail]  # fmt: skip
+    return [buf(T + 1, B, Hout), buf(T + 1, B, H), buf(T, B, 4 * H), buf(T, B, H),
+            buf(T, B, GH, on=ln), buf(T, B, H, on=ln), buf(T, B, 2, on=ln),
+            buf(T, B, H, on=w_hr is not None), y, *tail]  # fmt: skip
+
+
+def unpack(cell, x, h0, batch_sizes, reverse, buffers):
+    """``(y, h_n, c_n)`` as views of the state histories."""
+    hs = buffers[0]
+    T = hs.shape[0] - 1
+    last = 0 if reverse else T
+    y = buffers[4 if cell == "gru" else 8]
+    if batch_sizes is None:
+        y = hs[:T] if reverse else hs[1:]
+    return y, hs[last], buffers[1][last] if cell == "lstm" else None
+
+
+def _packed_rows(batch_sizes: Tensor, batch: int, device: torch.device) -> Tensor:
+    """[N] row of the dense [T*B] layout for every packed row (t-major order)."""
+    sizes = batch_sizes.to(device)
+    active = torch.arange(batch, device=device)[None, :] < sizes[:, None]  # [T, B]
+    return active.flatten().nonzero().squeeze(1)
+
+
+def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
+    """Layer-norm input gradient per row (see the module docstring)."""
+    return rstd * (
+        dxhat - dxhat.mean(-1, keepdim=True) - xhat * (dxhat * xhat).mean(-1, keepdim=True)
+    )
+
+
+def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+             ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
+             mask_c, buffers, grads, needs) -> list[Tensor | None]:  # fmt: skip
+    """Gradients of the GRAD_INPUTS; None where not needed."""
+    from .gru_variants import _gru_variant_bwd
+    from .lstm_variants import _lstm_variant_bwd
+
+    # autograd may hand over expanded or strided gradients; the kernels index densely
+    grads = [g.contiguous() if g is not None and g.numel() else None for g in grads]
+    packed = batch_sizes is not None
+    plan = _plan(x, h0, batch_sizes, reverse)
+    T, B = plan.T, plan.B
+    GH, Hout = w_hh.shape
+    par = torch.tensor([zoneout_h, zoneout_c, LN_EPS], dtype=x.dtype, device=x.device)
+    w_hh, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, ln_hh_w, ln_c_w, w_ch, w_hr)
+    mh = _flat(mask_h, packed)
+    zh = _zone_mode(mask_h, zoneout_h)
+    hs, uhat, rstd_u = buffers[0], buffers[-2], buffers[-1]
+    out: dict[str, Tensor | None] = {}
+    if cell == "gru":
+        dhs, _, _, _, dy = grads[:5]
+        dgx, dgs, ds, dh0 = _gru_variant_bwd(w_hh, ln_hh_w, mh, par, zh, buffers[:5], dhs, dy, plan)
+        shat = buffers[2]
+    else:
+        H = GH // (3 if cifg else 4)
+        dhs, dcs, dy = grads[0], grads[1], grads[8]
+        lncb = ln_c_b if ln_c_b is not None or ln_c_w is None else torch.zeros_like(ln_c_w)
+        zone = (zh, _zone_mode(mask_c, zoneout_c))
+        dgx, ds, dht, dl, dh0, dc0 = _lstm_variant_bwd(
+            w_hh, w_hr, ln_hh_w, ln_c_w, _contig(lncb)[0], w_ch, mh, _flat(mask_c, packed), par,
+            zone, cifg, buffers[:9], dhs, dcs, dy, plan,
+        )  # fmt: skip
+        dgs = dgx
+        cs, ct, shat, chat, m = buffers[1], buffers[3], buffers[4], buffers[5], buffers[7]
+        out["c0"] = dc0
+        if ln_c_w is not None:
+            out["ln_c_w"] = (dl * chat).sum((0, 1))
+            out["ln_c_b"] = dl.sum((0, 1))
+        if w_ch is not None:
+            c_prev = cs[1:] if reverse else cs[:T]
+            rows = [(dgx[..., :H] * c_prev).sum((0, 1))]
+            if not cifg:
+                rows.append((dgx[..., H : 2 * H] * c_prev).sum((0, 1)))
+            rows.append((dgx[..., GH - H :] * ct).sum((0, 1)))
+            out["w_ch"] = torch.stack(rows)
+        if w_hr is not None:
+            out["w_hr"] = dht.view(T * B, Hout).t() @ m.view(T * B, -1)
+    out["h0"] = dh0
+
+    # input side: dG of the packed rows, through LN_ih, then the input GEMMs
+    dgx_flat = dgx.view(T * B, GH)
+    dxg = dgx_flat[_packed_rows(batch_sizes, B, x.device)] if packed else dgx_flat
+    flat_x = x if packed else x.reshape(-1, x.shape[-1])
+    out["b_ih"] = dxg.sum(0)
+    du = dxg
+    if ln_ih_w is not None:
+        out["ln_ih_w"] = (dxg * uhat).sum(0)
+        out["ln_ih_b"] = out["b_ih"].clone()  # op outputs may not alias
+        du = _ln_bwd(dxg * ln_ih_w, uhat, rstd_u)
+    n = dict(zip(GRAD_INPUTS, needs, strict=True))
+    if n["x"]:
+        out["x"] = (du @ w_ih).view(x.shape)
+    if n["w_ih"]:
+        out["w_ih"] = du.t() @ flat_x
+
+    # recurrent side
+    out["b_hh"] = dgs.sum((0, 1))
+    if ln_hh_w is not None:
+        out["ln_hh_w"] = (dgs * shat).sum((0, 1))
+        out["ln_hh_b"] = out["b_hh"].clone()
+    if n["w_hh"]:
+        h_prev = (hs[1:] if reverse else hs[:T]).reshape(T * B, Hout)
+        out["w_hh"] = ds.view(T * B, GH).t() @ h_prev
+    return [out.get(name) if need else None for name, need in zip(GRAD_INPUTS, needs, strict=True)]
+
+
+# ---- torch.library registration ----------------------------------------------------------
+
+
+@torch.library.custom_op(f"{NAMESPACE}::triton_variants_fwd", mutates_args=())
+def variants_fwd(
+    cell: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    batch_sizes: Tensor | None,
+    reverse: bool,
+    cifg: bool,
+    ln_ih_w: Tensor | None,
+    ln_ih_b: Tensor | None,
+    ln_hh_w: Tensor | None,
+    ln_hh_b: Tensor | None,
+    ln_c_w: Tensor | None,
+    ln_c_b: Tensor | None,
+    w_ch: Tensor | None,
+    zoneout_h: float,
+    zoneout_c: float,
+    mask_h: Tensor | None,
+    mask_c: Tensor | None,
+) -> list[Tensor]:
+    return forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
+                   ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h,
+                   zoneout_c, mask_h, mask_c)  # fmt: skip
+
+
+variants_fwd.register_fake(fake_forward)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::triton_variants_bwd", mutates_args=())
+def variants_bwd(
+    cell: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    batch_sizes: Tensor | None,
+    reverse: bool,
+    cifg: bool,
+    ln_ih_w: Tensor | None,
+    ln_ih_b: Tensor | None,
+    ln_hh_w: Tensor | None,
+    ln_hh_b: Tensor | None,
+    ln_c_w: Tensor | None,
+    ln_c_b: Tensor | None,
+    w_ch: Tensor | None,
+    zoneout_h: float,
+    zoneout_c: float,
+    mask_h: Tensor | None,
+    mask_c: Tensor | None,
+    buffers: list[Tensor],
+    grads: list[Tensor | None],
+    needs: list[bool],
+) -> list[Tensor]:
+    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+            ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
+            mask_c)  # fmt: skip
+    out = backward(*args, buffers, grads, needs)
+    # an empty placeholder for every gradient not needed (custom ops return no None)
+    return [g if g is not None else x.new_empty(0) for g in out]
+
+
+@variants_bwd.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b,
+      ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c, buffers,
+      grads, needs):  # fmt: skip
+    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+            ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
+            mask_c)  # fmt: skip
+    inputs = [args[p] for p in GRAD_POSITIONS]
+    return [
+        torch.empty_like(t) if n and t is not None else x.new_empty(0)
+        for n, t in zip(needs, inputs, strict=True)
+    ]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.cell, ctx.reverse, ctx.cifg = inputs[0], inputs[10], inputs[11]
+    ctx.zoneout = (inputs[19], inputs[20])
+    ctx.present = [inputs[p] is not None for p in GRAD_POSITIONS]
+    tensors = [inputs[p] for p in range(len(inputs)) if p not in (0, 10, 11, 19, 20)]
+    ctx.save_for_backward(*tensors, *output)
+    ctx.n_inputs = len(tensors)
+
+
+def _backward_rule(ctx, grads):
+    saved = ctx.saved_tensors
+    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
+     ln_c_w, ln_c_b, w_ch, mask_h, mask_c) = saved[: ctx.n_inputs]  # fmt: skip
+    buffers = list(saved[ctx.n_inputs :])
+    needs = [
+        bool(ctx.needs_input_grad[p]) and present
+        for p, present in zip(GRAD_POSITIONS, ctx.present, strict=True)
+    ]
+    out = variants_bwd(
+        ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse, ctx.cifg,
+        ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, *ctx.zoneout, mask_h, mask_c,
+        buffers, list(grads), needs,
+    )  # fmt: skip
+    result = [None] * 23
+    for p, g, n in zip(GRAD_POSITIONS, out, needs, strict=True):
+        result[p] = g if n else None
+    return tuple(result)
+
+
+variants_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+def layer(
+    cell: str,  # "lstm" | "gru"
+    x: Tensor,  # [T, B, I] dense or [N, I] packed
+    h0: Tensor,  # [B, Hout]
+    c0: Tensor | None,  # [B, H]
+    w_ih: Tensor,  # [G*H, I]
+    w_hh: Tensor,  # [G*H, Hout]
+    b_ih: Tensor | None,  # [G*H]
+    b_hh: Tensor | None,  # [G*H]
+    w_hr: Tensor | None,  # [Hout, H]
+    batch_sizes: Tensor | None,  # [T] int64 on the CPU
+    reverse: bool,
+    *,
+    cifg: bool = False,
+    ln_ih_w: Tensor | None = None,  # [G*H]
+    ln_ih_b: Tensor | None = None,  # [G*H]
+    ln_hh_w: Tensor | None = None,  # [G*H]
+    ln_hh_b: Tensor | None = None,  # [G*H]
+    ln_c_w: Tensor | None = None,  # [H]
+    ln_c_b: Tensor | None = None,  # [H]
+    w_ch: Tensor | None = None,  # [3, H] or [2, H] with cifg
+    zoneout_h: float = 0.0,
+    zoneout_c: float = 0.0,
+    mask_h: Tensor | None = None,  # [T, B, Hout] or [N, Hout]
+    mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`fusedrnn.ops.reference_variants.layer`, run by the Triton variant kernels."""
+    buffers = variants_fwd(
+        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+        ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, float(zoneout_h), float(zoneout_c),
+        mask_h, mask_c,
+    )  # fmt: skip
+    return unpack(cell, x, h0, batch_sizes, reverse, buffers)
