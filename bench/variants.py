@@ -157,11 +157,10 @@ def providers(name: str, I: int, H: int, L: int) -> dict[str, nn.Module]:  # noq
     if kw.keys() == {"layer_norm"}:
         out["cell loop"] = CellLoop(ref)
     out["fusedrnn[reference]"] = ref
-    for backend in ("cpu",):
-        if backend in fusedrnn.available_backends("cpu"):
-            m = cls(I, H, L, backend=backend, **kw)
-            m.load_state_dict(ref.state_dict())
-            out[f"fusedrnn[{backend}]"] = m
+    if "cpu" in fusedrnn.available_backends("cpu"):
+        m = cls(I, H, L, backend="cpu", **kw)
+        m.load_state_dict(ref.state_dict())
+        out["fusedrnn[cpu]"] = m
     plain = getattr(nn, mode)(I, H, L)
     out["torch.nn (no variant)"] = plain
     return out

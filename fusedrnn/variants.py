@@ -275,7 +275,7 @@ def variant_backend(name: str | None, device_type: str, options: CellOptions) ->
 variant_backend._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
-def resolve_backend(name: str | None, options: CellOptions, device_type: str = "cpu"):
+def resolve_backend(name: str | None, options: CellOptions, device_type: str):
     """The variant layer op for ``backend=name`` on ``device_type`` tensors (see
     :func:`variant_backend`). Inside torch.func transforms it is the reference op, whose
     plain torch operations every transform supports (the fused ops are opaque to them)."""

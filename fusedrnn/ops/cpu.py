@@ -169,6 +169,21 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, _g1, _g2):
 torch.library.register_autograd("fusedrnn::cpu_layer_fwd", _backward, setup_context=_setup_context)
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def in_float32(op, dtype: torch.dtype, *args, **kwargs) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``op(*args, **kwargs)`` with every floating-point tensor argument in float32, as the GPU
+    backends accumulate; its (y, h_n, c_n) are returned in ``dtype``. For the half-precision
+    inputs (e.g. under CPU autocast) that the kernels do not take directly."""
+
+    def f32(t):
+        return t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
+
+    y, h_n, c_n = op(*[f32(a) for a in args], **{k: f32(v) for k, v in kwargs.items()})
+    return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
+
+
 def layer(
     cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
     x: Tensor,  # [T, B, I] dense, or [N, I] packed data when batch_sizes is given
@@ -187,25 +202,10 @@ def layer(
     bfloat16 / float16 (e.g. under CPU autocast) are computed in float32, as the GPU backends
     accumulate, and returned in the input's dtype.
     """
-    if x.dtype in (torch.bfloat16, torch.float16):
-
-        def f32(t):
-            return None if t is None else t.float()
-
-        y, h_n, c_n = layer(
-            cell,
-            f32(x),
-            f32(h0),
-            f32(c0),
-            f32(w_ih),
-            f32(w_hh),
-            f32(b_ih),
-            f32(b_hh),
-            f32(w_hr),
-            batch_sizes,
-            reverse,
+    if x.dtype in LOW_PRECISION:
+        return in_float32(
+            layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
         )
-        return y.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
     if cell != "lstm":

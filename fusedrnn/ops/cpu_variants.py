@@ -270,19 +270,13 @@ def layer(
         ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b, ln_c_w=ln_c_w,
         ln_c_b=ln_c_b, w_ch=w_ch,
     )  # fmt: skip
-    if x.dtype in (torch.bfloat16, torch.float16):
-
-        def f32(t):
-            return None if t is None else t.float()
-
-        y, h_n, c_n = layer(
-            cell, f32(x), f32(h0), f32(c0), f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh),
-            f32(w_hr), batch_sizes, reverse, cifg=cifg,
-            **{k: f32(v) for k, v in weights.items()},
-            zoneout_h=zoneout_h, zoneout_c=zoneout_c, mask_h=f32(mask_h), mask_c=f32(mask_c),
+    if x.dtype in cpu.LOW_PRECISION:
+        y, h_n, c_n = cpu.in_float32(
+            layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+            cifg=cifg, **weights, zoneout_h=zoneout_h, zoneout_c=zoneout_c, mask_h=mask_h,
+            mask_c=mask_c,
         )  # fmt: skip
-        c_n = c_n if cell == "lstm" else c0
-        return y.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
+        return y, h_n, c_n if cell == "lstm" else c0
     is_lstm = cell == "lstm"
     # masks are data, never differentiated, and the kernels read them in x's dtype
     mask_h = None if mask_h is None else mask_h.detach().to(x.dtype)
