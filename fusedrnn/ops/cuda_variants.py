@@ -47,6 +47,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import cuda as _cuda
+from . import reference_variants
 
 CELLS = ("lstm", "gru")
 SUPPORTED_DTYPES = _cuda.SUPPORTED_DTYPES
@@ -72,33 +73,20 @@ def _gates(cell: str, cifg: bool) -> int:
 def _check(device_type, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg,
            lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c) -> None:  # fmt: skip
     """The reference's checks and messages, plus what the raw-pointer kernels need."""
-    if cell not in CELLS:
-        raise ValueError(f"cell variants exist for {CELLS}, got {cell!r}")
-    is_lstm = cell == "lstm"
     ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b = lns
-    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or mask_c is not None):
-        raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
-    if not is_lstm and zoneout_c > 0:
-        raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
-    ln_given = [ln_ih_w is not None, ln_hh_w is not None] + (
-        [ln_c_w is not None] if is_lstm else []
+    H = reference_variants.check_options(
+        cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c
     )
-    if any(ln_given) and not all(ln_given):
-        raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
-    for name, p in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
-        if not 0 <= p < 1:
-            raise ValueError(f"{name} must lie in [0, 1), got {p}")
     G = _gates(cell, cifg)
-    if w_hh.dim() != 2 or w_ih.dim() != 2 or w_hh.shape[0] % G or w_ih.shape[0] != w_hh.shape[0]:
+    if w_hh.dim() != 2 or w_ih.dim() != 2:
         raise ValueError(
             f"{cell}{' with cifg' if cifg else ''} expects {G} gate blocks: w_ih / w_hh "
             f"of {G}*H rows, got {tuple(w_ih.shape)} and {tuple(w_hh.shape)}"
         )
-    H = w_hh.shape[0] // G
-    if w_ch is not None and tuple(w_ch.shape) != ((2 if cifg else 3), H):
-        raise ValueError(
-            f"peephole weights must be [{2 if cifg else 3}, {H}], got {tuple(w_ch.shape)}"
-        )
+    is_lstm = cell == "lstm"
+    for name, p in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+        if not 0 <= p < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {p}")
     tensors = dict(x=x, h0=h0, c0=c0 if is_lstm else None, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                    b_hh=b_hh, w_hr=w_hr, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w,
                    ln_hh_b=ln_hh_b, ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch)  # fmt: skip
