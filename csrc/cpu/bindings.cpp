@@ -5,6 +5,7 @@
 #include "blas.h"
 #include "kernels.h"
 #include "layer_ops.h"
+#include "sgemm.h"
 #include "variant_ops.h"
 
 namespace py = pybind11;
@@ -56,4 +57,32 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "_set_split_gemm",
       [](bool on) { fusedrnn::cpu::split_gemm_enabled() = on; },
       "Benchmarking switch: split the per-step GEMMs by columns over threads (default on)");
+  m.def(
+      "_set_own_sgemm",
+      [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },
+      "Benchmarking switch: float32 GEMMs use the packed AVX2 kernel (default on where the CPU "
+      "has AVX2+FMA) instead of the BLAS");
+  m.def("own_sgemm", &fusedrnn::cpu::use_own_sgemm,
+        "Whether float32 GEMMs currently use the packed AVX2 kernel");
+  m.def(
+      "_gemm",
+      [](bool ta, bool tb, double alpha, const at::Tensor& A, const at::Tensor& B, double beta,
+         at::Tensor& C) {
+        // Test entry to gemm() on strided 2-D operands: the stride of dim 0 is the leading
+        // dimension, dim 1 must be contiguous.
+        for (const at::Tensor* t : {&A, &B, static_cast<const at::Tensor*>(&C)})
+          TORCH_CHECK(t->dim() == 2 && t->stride(1) == 1 && t->scalar_type() == C.scalar_type(),
+                      "_gemm: operands must be 2-D, row-contiguous and of one dtype");
+        const int64_t m = C.size(0), n = C.size(1), k = ta ? A.size(0) : A.size(1);
+        TORCH_CHECK((ta ? A.size(1) : A.size(0)) == m && (tb ? B.size(1) : B.size(0)) == k &&
+                        (tb ? B.size(0) : B.size(1)) == n,
+                    "_gemm: shapes do not match");
+        AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "_gemm", [&] {
+          fusedrnn::cpu::gemm<scalar_t>(ta, tb, m, n, k, scalar_t(alpha), A.data_ptr<scalar_t>(),
+                                        A.stride(0), B.data_ptr<scalar_t>(), B.stride(0),
+                                        scalar_t(beta), C.data_ptr<scalar_t>(), C.stride(0));
+        });
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "Test entry: C = alpha op(A) op(B) + beta C through the backend's gemm()");
 }

@@ -13,8 +13,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <optional>
+#include <type_traits>
 
 #include "kernels.h"
+#include "sgemm.h"
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -67,6 +70,14 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
   if (m <= kSmallM && !ta && tb && alpha == T(1)) {
     kernels(T{}).gemm_small_m(m, n, k, A, lda, B, ldb, beta, C, ldc);
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    // Below kSgemmMinM rows packing op(B) on every call costs more than the kernel saves
+    // (the step loops pack their weights once: StepWeights).
+    if (m >= kSgemmMinM && use_own_sgemm()) {
+      sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    }
   }
   if (detail::have_fortran_gemm<T>()) {
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
@@ -127,6 +138,47 @@ void gemm_split_n(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, co
     const T* Bp = tb ? B + c0 * ldb : B + c0;
     gemm<T>(ta, tb, m, c1 - c0, k, alpha, A, lda, Bp, ldb, beta, C + c0, ldc);
   });
+}
+
+// The recurrent weights of a step loop, op(W) [k, n], multiplied once per step by the
+// previous states: packed once per layer call when gemm() would use the packed float32 kernel.
+template <typename T>
+class StepWeights {
+ public:
+  StepWeights(bool tw, int64_t k, int64_t n, const T* W, int64_t ldw)
+      : tw_(tw), k_(k), n_(n), W_(W), ldw_(ldw) {
+    if constexpr (std::is_same_v<T, float>)
+      if (use_own_sgemm() && k > 0 && n > 0) packed_ = pack_b(tw, k, n, W, ldw);
+  }
+  // C[:, c0:c1] = A[m, k] op(W)[:, c0:c1] + beta * C[:, c0:c1]; C points at column 0 and c0
+  // is a multiple of 16 (the chunk layout's and parallel_columns' column blocks are).
+  void mul(int64_t m, int64_t c0, int64_t c1, const T* A, int64_t lda, T beta, T* C,
+           int64_t ldc) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_ && m > kSmallM) {
+        sgemm_packed(false, m, c0, c1, 1.f, A, lda, *packed_, beta, C, ldc);
+        return;
+      }
+    }
+    const T* Wc = tw_ ? W_ + c0 * ldw_ : W_ + c0;
+    gemm<T>(false, tw_, m, c1 - c0, k_, T(1), A, lda, Wc, ldw_, beta, C + c0, ldc);
+  }
+  int64_t n() const { return n_; }
+
+ private:
+  bool tw_;
+  int64_t k_, n_;
+  const T* W_;
+  int64_t ldw_;
+  std::optional<PackedB> packed_;
+};
+
+// StepWeights::mul over all columns, split over the threads like gemm_split_n.
+template <typename T>
+void mul_split_n(const StepWeights<T>& W, int64_t m, const T* A, int64_t lda, T beta, T* C,
+                 int64_t ldc) {
+  if (m == 0) return;
+  parallel_columns(W.n(), [&](int64_t c0, int64_t c1) { W.mul(m, c0, c1, A, lda, beta, C, ldc); });
 }
 
 }  // namespace fusedrnn::cpu

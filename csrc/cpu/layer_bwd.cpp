@@ -55,7 +55,8 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
   const T* yp = cptr<T>(y);
   const T* dyp = cptr<T>(dy);
   const T* h0 = cptr<T>(a.h0);
-  const T* whh = cptr<T>(a.w_hh);
+  // dG_t W_hh, op(W) = W_hh [G*H, Hout]
+  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout);
   T* dhs = ptr<T>(dh_state);
   T* dGp = ptr<T>(dG);
   T* dGhp = ptr<T>(dGh);
@@ -72,10 +73,12 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
     T* dcs = ptr<T>(dc_state);
     at::Tensor dhraw;
     T *DHp = nullptr, *Hrawp = nullptr, *dhrawp = nullptr;
+    std::optional<StepWeights<T>> whr;
     if (proj) {
       DH = at::empty({N, Hout}, opts);
       Hraw = at::empty({N, H}, opts);
       dhraw = at::empty({B, H}, opts);
+      whr.emplace(false, Hout, H, cptr<T>(*a.w_hr), H);  // DH_t W_hr, op(W) = W_hr [Hout, H]
       DHp = ptr<T>(DH);
       Hrawp = ptr<T>(Hraw);
       dhrawp = ptr<T>(dhraw);
@@ -86,8 +89,7 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
         T* dst = DHp + s.off * Hout;
         const T* src = dyp + s.off * Hout;
         for (int64_t k = 0; k < s.rows * Hout; ++k) dst[k] = src[k] + dhs[k];
-        gemm<T>(false, false, s.rows, H, Hout, T(1), dst, Hout, cptr<T>(*a.w_hr), H, T(0),
-                dhrawp, H);
+        mul_split_n(*whr, s.rows, dst, Hout, T(0), dhrawp, H);
       }
       parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
         for (int64_t b = 0; b < s.rows; ++b) {
@@ -103,8 +105,7 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
           }
         }
       });
-      gemm_split_n<T>(false, false, s.rows, Hout, GH, T(1), dGp + s.off * GH, GH, whh, Hout, T(0),
-                      dhs, Hout);
+      mul_split_n(whh, s.rows, dGp + s.off * GH, GH, T(0), dhs, Hout);
     }
   } else if (cell == Cell::GRU) {
     TORCH_CHECK(ws1.numel() == N * GH && ws2.numel() == N * H,
@@ -124,8 +125,7 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
           }
         }
       });
-      gemm_split_n<T>(false, false, s.rows, H, GH, T(1), dGhp + s.off * GH, GH, whh, H, T(1), dhs,
-                      H);
+      mul_split_n(whh, s.rows, dGhp + s.off * GH, GH, T(1), dhs, H);
     }
   } else {
     const bool relu = cell == Cell::RNN_RELU;
@@ -136,8 +136,7 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
         K.rnn_bwd(j1 - j0, yp + r * H + j0, dyp + r * H + j0, dhs + b * H + j0, dGp + r * H + j0,
                   relu);
       });
-      gemm_split_n<T>(false, false, s.rows, H, GH, T(1), dGp + s.off * GH, GH, whh, H, T(0), dhs,
-                      H);
+      mul_split_n(whh, s.rows, dGp + s.off * GH, GH, T(0), dhs, H);
     }
   }
 

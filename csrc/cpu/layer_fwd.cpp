@@ -38,7 +38,8 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
   at::Tensor c_n = cell == Cell::LSTM ? a.c0.clone() : at::empty({0}, opts);  // [B, H]
   at::Tensor ws1 = at::empty({0}, opts), ws2 = at::empty({0}, opts);
 
-  const T* whh = cptr<T>(a.w_hh);
+  // h_prev W_hh^T, op(W) = W_hh^T [Hout, G*H]
+  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout);
   const T* h0 = cptr<T>(a.h0);
   T* yp = ptr<T>(y);
   T* xgp = ptr<T>(xg);
@@ -46,14 +47,12 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
   const ChunkLayout& L = a.layout;
   // Recurrent GEMM of one step into dst rows [0, rows), gate columns [c0, c1) only (row stride
   // GH): rows continuing from the previous step read its y block, rows starting here read h0.
-  // Called inside the per-step parallel region, so each call is one single-threaded BLAS call.
+  // Called inside the per-step parallel region, so each call runs on one thread.
   auto recurrent = [&](const Step& s, T* dst, T beta, int64_t c0, int64_t c1) {
-    if (s.from_prev > 0)
-      gemm<T>(false, true, s.from_prev, c1 - c0, Hout, T(1), yp + s.prev_off * Hout, Hout,
-              whh + c0 * Hout, Hout, beta, dst + c0, GH);
+    if (s.from_prev > 0) whh.mul(s.from_prev, c0, c1, yp + s.prev_off * Hout, Hout, beta, dst, GH);
     if (s.rows > s.from_prev)
-      gemm<T>(false, true, s.rows - s.from_prev, c1 - c0, Hout, T(1), h0 + s.from_prev * Hout,
-              Hout, whh + c0 * Hout, Hout, beta, dst + s.from_prev * GH + c0, GH);
+      whh.mul(s.rows - s.from_prev, c0, c1, h0 + s.from_prev * Hout, Hout, beta,
+              dst + s.from_prev * GH, GH);
   };
   auto finish_h = [&](const Step& s) {
     if (s.finish_from < s.rows)
@@ -69,6 +68,8 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
     at::Tensor hraw = proj ? at::empty({B, H}, opts) : at::empty({0}, opts);
     T* csp = ptr<T>(cs);
     T* hrawp = proj ? ptr<T>(hraw) : nullptr;
+    // h_raw W_hr^T, op(W) = W_hr^T [H, Hout]
+    const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H);
     for (size_t k = 0; k < steps.size(); ++k) {
       const Step& s = steps[k];
       T* gates = xgp + s.off * GH;
@@ -89,9 +90,7 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
           }
         }
       });
-      if (proj)
-        gemm<T>(false, true, s.rows, Hout, H, T(1), hrawp, H, cptr<T>(*a.w_hr), H, T(0),
-                yp + s.off * Hout, Hout);
+      if (proj) mul_split_n(whr, s.rows, hrawp, H, T(0), yp + s.off * Hout, Hout);
       finish_h(s);
       if (s.finish_from < s.rows)
         std::memcpy(ptr<T>(c_n) + s.finish_from * H, c_out + s.finish_from * H,

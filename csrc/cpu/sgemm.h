@@ -1,0 +1,65 @@
+// Packed float32 GEMM for the CPU backend (BLIS-style blocking around a 6x16 AVX2 register
+// tile), used instead of the BLAS for float32 when the CPU has AVX2+FMA.
+//
+//   op(B) is packed into K blocks of kSgemmKC rows, each a run of [kb, 16] column panels
+//   (zero-padded), so that one micro-panel (16 columns x kb) stays in L1 while a packed block
+//   of op(A) (kSgemmMC rows x kb, [kb, 6] row panels) stays in L2.
+//
+// The step loops pack their recurrent weights once per layer call (PackedB) and multiply
+// every step against them, where the BLAS would repack the weights at every step.
+// Only the packing and the micro-kernel are ISA specific (sgemm_avx2.cpp); the loops are here.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <cstdint>
+
+namespace fusedrnn::cpu {
+
+constexpr int64_t kSgemmMR = 6, kSgemmNR = 16, kSgemmKC = 256, kSgemmMC = 144;
+// gemm() takes the packed kernel from this many rows of C on (see blas.h).
+constexpr int64_t kSgemmMinM = 128;
+
+namespace sgemm_avx2 {
+bool compiled();
+// out [ceil(rows/6) panels][kb][6] <- op(A) rows [0, rows) x kb (zero-padded rows)
+void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, float* out);
+// out [ceil(cols/16) panels][kb][16] <- op(B) kb x cols [0, cols) (zero-padded columns)
+void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, float* out);
+// C[rows, cols] = alpha * Ap Bp + beta * C (C not read when beta == 0), packed operands
+void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* Ap,
+                  const float* Bp, float beta, float* C, int64_t ldc);
+}  // namespace sgemm_avx2
+
+// Benchmarking switch (default on): float32 GEMMs use the packed kernel where available.
+std::atomic<bool>& own_sgemm_enabled();
+// The packed kernel is compiled, the CPU has AVX2+FMA (FUSEDRNN_CPU_ISA=generic turns it off
+// with the other AVX2 kernels) and the switch is on.
+bool use_own_sgemm();
+
+// op(B) [k, n] in the packed layout; op(B) = B [k, n] (ldb), or B^T with tb, B stored [n, k].
+struct PackedB {
+  int64_t k = 0, n = 0, panels = 0;
+  at::Tensor buf;  // [ceil(k/KC) blocks][panels][kb][16] float32
+  // First value of K block p in the panel that starts at column c (a multiple of 16).
+  const float* at(int64_t p, int64_t c) const {
+    const int64_t kb = std::min(kSgemmKC, k - p * kSgemmKC);
+    return buf.data_ptr<float>() + p * kSgemmKC * panels * kSgemmNR + c * kb;
+  }
+};
+
+// Packs op(B); the panels are shared out over the threads unless called in a parallel region.
+PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb);
+
+// C[:, c0:c1] = alpha * op(A)[m, k] op(B)[:, c0:c1] + beta * C[:, c0:c1] on the calling
+// thread; C points at column 0, c0 is a multiple of 16; op(A) = A [m, k], or A^T with ta.
+void sgemm_packed(bool ta, int64_t m, int64_t c0, int64_t c1, float alpha, const float* A,
+                  int64_t lda, const PackedB& B, float beta, float* C, int64_t ldc);
+
+// Row-major C[m, n] = alpha * op(A) op(B) + beta * C (the contract of blas.h gemm); blocks of
+// rows are shared out over the threads unless called in a parallel region.
+void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace fusedrnn::cpu

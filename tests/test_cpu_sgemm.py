@@ -1,0 +1,134 @@
+"""The CPU backend's packed float32 GEMM (csrc/cpu/sgemm*.{h,cpp}) against float64 torch.matmul.
+
+``gemm()`` sends float32 products with at least 128 rows to the packed kernel, and the step
+loops multiply every step against recurrent weights packed once per call. Checked here: every
+transposition, alpha / beta (beta == 0 must not read C), leading dimensions larger than the
+row, edge tiles (rows not a multiple of 6, columns not a multiple of 16), inner dimensions
+across the 256-deep blocks, and layers whose step products take the packed path, with the
+kernel on and off.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from test_cpu_backend import NAMES, make_inputs, run
+
+from fusedrnn.ops import cpu, reference
+
+pytestmark = pytest.mark.skipif(
+    not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
+)
+
+
+@pytest.fixture(params=[True, False], ids=["own", "blas"])
+def own_sgemm(request):
+    from fusedrnn import _C
+
+    _C._set_own_sgemm(request.param)
+    yield request.param and _C.own_sgemm()
+    _C._set_own_sgemm(True)
+
+
+def strided(rows, cols, g, pad=3):
+    """[rows, cols] float32 view with leading dimension cols + pad (padding = NaN sentinel)."""
+    base = torch.full((rows, cols + pad), float("nan"))
+    base[:, :cols] = torch.randn(rows, cols, generator=g)
+    return base, base[:, :cols]
+
+
+SHAPES = [  # (m, n, k): edges of the 6-row / 16-column tiles and of the 256-deep K blocks
+    (128, 16, 256),
+    (129, 17, 257),
+    (133, 1, 1),
+    (150, 40, 513),
+    (300, 7, 31),
+    (144, 33, 600),
+    (290, 64, 255),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_gemm_matches_float64(own_sgemm, ta, tb, threads):
+    from fusedrnn import _C
+
+    g = torch.Generator().manual_seed(7)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for (m, n, k), (alpha, beta) in zip(SHAPES, itertools.cycle([(1.0, 0.0), (0.5, 1.0),
+                                                                     (-2.0, 0.75)])):  # fmt: skip
+            _, A = strided(k, m, g) if ta else strided(m, k, g)
+            _, B = strided(n, k, g) if tb else strided(k, n, g)
+            c_base, C = strided(m, n, g, pad=5)
+            c_in = C.clone()
+            if beta == 0.0:  # C must not be read: NaN would survive into the result
+                C.fill_(float("nan"))
+            _C._gemm(ta, tb, alpha, A, B, beta, C)
+            opa = A.t() if ta else A
+            opb = B.t() if tb else B
+            want = alpha * (opa.double() @ opb.double())
+            if beta != 0.0:
+                want += beta * c_in.double()
+            # float32 accumulation of k products of unit-variance values
+            tol = 1e-6 * (k**0.5) * 8
+            torch.testing.assert_close(C.double(), want, rtol=1e-5, atol=tol * abs(alpha),
+                                       msg=lambda s, mnk=(m, n, k): f"{mnk}: {s}")  # fmt: skip
+            assert torch.isnan(c_base[:, n:]).all(), "wrote past the last column of C"
+    finally:
+        torch.set_num_threads(saved)
+
+
+def outputs_and_grads(backend, cell, inp, reverse, dtype, seed=1):
+    """Forward outputs and all input gradients under fixed random upstream gradients, with the
+    inputs cast to dtype (so one draw serves a float32 and a float64 run)."""
+    leaves = {n: inp[n].detach().to(dtype).requires_grad_() for n in NAMES if inp[n] is not None}
+    args = dict(inp, **leaves)
+    outs = [o for o in run(backend, cell, args, reverse) if o is not None]
+    g = torch.Generator().manual_seed(seed)
+    ups = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(dtype) for o in outs]
+    grads = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, ups, strict=True)),
+                                list(leaves.values()))  # fmt: skip
+    return [t.detach().double() for t in (*outs, *grads)]
+
+
+def compare_to_float64(cell, inp, reverse):
+    """The cpu op in float32 must be as close to the float64 reference as the float32 reference
+    itself is (within 4x), on every output and every gradient: at these sizes float32 rounding
+    alone exceeds a fixed 1e-5, so the float64 run is the oracle and the float32 reference
+    calibrates what float32 can achieve."""
+    truth = outputs_and_grads(reference, cell, inp, reverse, torch.float64)
+    ref32 = outputs_and_grads(reference, cell, inp, reverse, torch.float32)
+    got = outputs_and_grads(cpu, cell, inp, reverse, torch.float32)
+    for i, (t, r, c) in enumerate(zip(truth, ref32, got, strict=True)):
+        err_ref = (r - t).abs().max().item()
+        err = (c - t).abs().max().item()
+        assert err <= 4 * err_ref + 1e-6 * (1 + t.abs().max().item()), (
+            f"result {i}: cpu float32 error {err:.3g}, reference float32 error {err_ref:.3g}"
+        )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_layer_with_packed_step_products(own_sgemm, cell, threads):
+    """B = 13 rows per step (above the small-product path), H = 300 (several unit chunks, a
+    partial last chunk, recurrent products 300 deep in the forward and G*300 in the backward),
+    N = 143 rows of input projection; dense forward and packed reverse."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inp = make_inputs(cell, 11, 13, 270, 300, dtype=torch.float64, seed=11)
+        compare_to_float64(cell, inp, False)
+        lengths = [11] * 6 + [9] * 4 + [5, 2, 1]
+        inp = make_inputs(cell, 11, 13, 270, 300, lengths=lengths, dtype=torch.float64, seed=12)
+        compare_to_float64(cell, inp, True)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_lstm_projection_with_packed_step_products(own_sgemm):
+    inp = make_inputs("lstm", 9, 16, 140, 260, proj=131, dtype=torch.float64, seed=13)
+    compare_to_float64("lstm", inp, False)
