@@ -345,3 +345,30 @@ def test_generic_isa_copy_matches_too():
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scratch_reuse_leaves_earlier_results_intact(cell):
+    """Layer calls reuse per-thread scratch buffers (gates, packed weights, dG): results and
+    gradients of one call must survive later calls on other data, and freeing the buffers
+    must not change anything."""
+    from fusedrnn import _C
+
+    def once(seed, lengths=None):
+        inp = make_inputs(cell, 5, 7, 6, 70, lengths=lengths, seed=seed)
+        with torch.no_grad():
+            y_inf = run(cpu, cell, inp, False)[0]
+        outs = run(cpu, cell, inp, False)
+        grads = torch.autograd.grad(outs[0].sum(), [inp["x"], inp["w_hh"]])
+        return [t.detach() for t in (y_inf, outs[0], *grads)], inp
+
+    first, inp1 = once(21)
+    kept = [t.clone() for t in first]
+    once(22)
+    once(23, lengths=[5, 5, 4, 3, 3, 2, 1])
+    for a, b in zip(first, kept, strict=True):
+        assert torch.equal(a, b)
+    _C.release_scratch()
+    again, _ = once(21)
+    for a, b in zip(again, kept, strict=True):
+        assert torch.equal(a, b)

@@ -5,6 +5,7 @@
 #include "blas.h"
 #include "kernels.h"
 #include "layer_ops.h"
+#include "scratch.h"
 #include "sgemm.h"
 #include "variant_ops.h"
 
@@ -62,6 +63,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },
       "Benchmarking switch: float32 GEMMs use the packed AVX2 kernel (default on where the CPU "
       "has AVX2+FMA) instead of the BLAS");
+  m.def("release_scratch", &fusedrnn::cpu::release_scratch,
+        "Frees the scratch buffers that the calling thread keeps between layer calls");
   m.def("own_sgemm", &fusedrnn::cpu::use_own_sgemm,
         "Whether float32 GEMMs currently use the packed AVX2 kernel");
   m.def(

@@ -145,10 +145,10 @@ void gemm_split_n(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, co
 template <typename T>
 class StepWeights {
  public:
-  StepWeights(bool tw, int64_t k, int64_t n, const T* W, int64_t ldw)
+  StepWeights(bool tw, int64_t k, int64_t n, const T* W, int64_t ldw, Scratch slot)
       : tw_(tw), k_(k), n_(n), W_(W), ldw_(ldw) {
     if constexpr (std::is_same_v<T, float>)
-      if (use_own_sgemm() && k > 0 && n > 0) packed_ = pack_b(tw, k, n, W, ldw);
+      if (use_own_sgemm() && k > 0 && n > 0) packed_ = pack_b(tw, k, n, W, ldw, slot);
   }
   // C[:, c0:c1] = A[m, k] op(W)[:, c0:c1] + beta * C[:, c0:c1]; C points at column 0 and c0
   // is a multiple of 16 (the chunk layout's and parallel_columns' column blocks are).

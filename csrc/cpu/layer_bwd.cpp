@@ -18,6 +18,7 @@
 
 #include "blas.h"
 #include "common.h"
+#include "scratch.h"
 
 namespace fusedrnn::cpu {
 
@@ -49,14 +50,15 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
     dc_state = grad_cn.has_value() && grad_cn->defined()
                    ? grad_cn->reshape({B, H}).clone(at::MemoryFormat::Contiguous)
                    : at::zeros({B, H}, opts);
-  at::Tensor dG = at::empty({N, GH}, opts);  // [N, G*H] input-side pre-activation gradients
-  at::Tensor dGh = cell == Cell::GRU ? at::empty({N, GH}, opts) : dG;  // recurrent side (GRU)
+  const auto dtype = a.x.scalar_type();
+  at::Tensor dG = scratch(Scratch::kGates, {N, GH}, dtype);  // [N, G*H] input-side pre-activation gradients
+  at::Tensor dGh = cell == Cell::GRU ? scratch(Scratch::kGatesH, {N, GH}, dtype) : dG;  // recurrent side (GRU)
 
   const T* yp = cptr<T>(y);
   const T* dyp = cptr<T>(dy);
   const T* h0 = cptr<T>(a.h0);
   // dG_t W_hh, op(W) = W_hh [G*H, Hout]
-  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout);
+  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
   T* dhs = ptr<T>(dh_state);
   T* dGp = ptr<T>(dG);
   T* dGhp = ptr<T>(dGh);
@@ -75,10 +77,11 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
     T *DHp = nullptr, *Hrawp = nullptr, *dhrawp = nullptr;
     std::optional<StepWeights<T>> whr;
     if (proj) {
-      DH = at::empty({N, Hout}, opts);
-      Hraw = at::empty({N, H}, opts);
+      DH = scratch(Scratch::kWork1, {N, Hout}, dtype);
+      Hraw = scratch(Scratch::kWork2, {N, H}, dtype);
       dhraw = at::empty({B, H}, opts);
-      whr.emplace(false, Hout, H, cptr<T>(*a.w_hr), H);  // DH_t W_hr, op(W) = W_hr [Hout, H]
+      // DH_t W_hr, op(W) = W_hr [Hout, H]
+      whr.emplace(false, Hout, H, cptr<T>(*a.w_hr), H, Scratch::kPackedProj);
       DHp = ptr<T>(DH);
       Hrawp = ptr<T>(Hraw);
       dhrawp = ptr<T>(dhraw);
@@ -168,7 +171,7 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
       gemm<T>(true, false, GH, Hout, B, T(1), g_first, GH, h0, Hout, T(1), dwp, Hout);
     } else {
       // Packed: gather h_{t-1} of every row into one [N, Hout] matrix, then one GEMM.
-      at::Tensor hprev = at::empty({N, Hout}, opts);
+      at::Tensor hprev = scratch(Scratch::kWork3, {N, Hout}, dtype);
       T* hp = ptr<T>(hprev);
       for (const Step& s : steps) {
         if (s.from_prev > 0)

@@ -17,6 +17,7 @@
 
 #include "blas.h"
 #include "common.h"
+#include "scratch.h"
 
 namespace fusedrnn::cpu {
 
@@ -29,7 +30,8 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
   const auto opts = a.x.options();
   const auto& K = kernels(T{});
 
-  at::Tensor xg = at::empty({N, GH}, opts);  // [N, G*H]
+  // [N, G*H]; kept (returned as ws1) only when training
+  at::Tensor xg = train ? at::empty({N, GH}, opts) : scratch(Scratch::kGates, {N, GH}, a.x.scalar_type());
   gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), ptr<T>(xg),
           GH);
 
@@ -39,7 +41,7 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
   at::Tensor ws1 = at::empty({0}, opts), ws2 = at::empty({0}, opts);
 
   // h_prev W_hh^T, op(W) = W_hh^T [Hout, G*H]
-  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout);
+  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
   const T* h0 = cptr<T>(a.h0);
   T* yp = ptr<T>(y);
   T* xgp = ptr<T>(xg);
@@ -69,7 +71,8 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
     T* csp = ptr<T>(cs);
     T* hrawp = proj ? ptr<T>(hraw) : nullptr;
     // h_raw W_hr^T, op(W) = W_hr^T [H, Hout]
-    const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H);
+    const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H,
+                             Scratch::kPackedProj);
     for (size_t k = 0; k < steps.size(); ++k) {
       const Step& s = steps[k];
       T* gates = xgp + s.off * GH;

@@ -1,5 +1,6 @@
 // Validation of one layer's arguments (clear errors for bad input) and their contiguous form.
 #include "layer_ops.h"
+#include "scratch.h"
 
 namespace fusedrnn::cpu {
 
@@ -104,8 +105,10 @@ LayerArgs prepare(Cell cell, const at::Tensor& x, const at::Tensor& h0,
       for (int64_t g = 0; g < G; ++g)
         for (int64_t j = 0; j < a.layout.width(c); ++j)
           p[a.layout.col(c) + g * a.layout.width(c) + j] = g * a.H + a.layout.start(c) + j;
-    a.w_ih = a.w_ih.index_select(0, a.perm);
-    a.w_hh = a.w_hh.index_select(0, a.perm);
+    at::Tensor w_ih_l = scratch(Scratch::kPermIh, a.w_ih.sizes(), dtype);
+    at::Tensor w_hh_l = scratch(Scratch::kPermHh, a.w_hh.sizes(), dtype);
+    a.w_ih = at::index_select_out(w_ih_l, a.w_ih, 0, a.perm);
+    a.w_hh = at::index_select_out(w_hh_l, a.w_hh, 0, a.perm);
     a.bias = a.bias.index_select(0, a.perm);
   }
   return a;

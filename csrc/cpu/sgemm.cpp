@@ -24,12 +24,12 @@ bool use_own_sgemm() {
   return available && own_sgemm_enabled();
 }
 
-PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb) {
+PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb, Scratch slot) {
   PackedB p;
   p.k = k;
   p.n = n;
   p.panels = (n + kSgemmNR - 1) / kSgemmNR;
-  p.buf = at::empty({k * p.panels * kSgemmNR}, at::TensorOptions().dtype(at::kFloat));
+  p.buf = scratch(slot, {k * p.panels * kSgemmNR}, at::kFloat);
   float* out = p.buf.data_ptr<float>();
   at::parallel_for(0, p.panels, 8, [&](int64_t j0, int64_t j1) {
     const int64_t c0 = j0 * kSgemmNR, c1 = std::min(n, j1 * kSgemmNR);
@@ -69,7 +69,7 @@ void sgemm_packed(bool ta, int64_t m, int64_t c0, int64_t c1, float alpha, const
 void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  const PackedB packed = pack_b(tb, k, n, B, ldb);
+  const PackedB packed = pack_b(tb, k, n, B, ldb, Scratch::kPackedGemm);
   const int64_t P = at::in_parallel_region() ? 1 : at::get_num_threads();
   // Row blocks of at most kSgemmMC rows, as many per thread and as equal as the 6-row
   // panels allow.

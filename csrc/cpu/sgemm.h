@@ -15,6 +15,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "scratch.h"
+
 namespace fusedrnn::cpu {
 
 constexpr int64_t kSgemmMR = 6, kSgemmNR = 16, kSgemmKC = 256, kSgemmMC = 144;
@@ -49,8 +51,9 @@ struct PackedB {
   }
 };
 
-// Packs op(B); the panels are shared out over the threads unless called in a parallel region.
-PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb);
+// Packs op(B) into the calling thread's scratch slot; the panels are shared out over the
+// threads unless called in a parallel region.
+PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb, Scratch slot);
 
 // C[:, c0:c1] = alpha * op(A)[m, k] op(B)[:, c0:c1] + beta * C[:, c0:c1] on the calling
 // thread; C points at column 0, c0 is a multiple of 16; op(A) = A [m, k], or A^T with ta.

@@ -1,0 +1,42 @@
+// Scratch memory of the CPU layer ops, kept by each calling thread between calls.
+//
+// The big temporaries of a layer call (pre-activation gradients, packed weights, the gates
+// of an inference forward) are tens of MB at B = 64, T = 64, H = 512. Freshly allocated on
+// every call, they come back from the system as untouched pages, and faulting them in cost
+// about a fifth of the CPU time of a forward+backward there (minor faults, measured with
+// getrusage). Each slot below keeps its last buffer instead; outputs are never scratch.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace fusedrnn::cpu {
+
+enum class Scratch : int {
+  kPackedRecurrent,  // StepWeights of W_hh
+  kPackedProj,       // StepWeights of W_hr
+  kPackedGemm,       // op(B) packed inside one sgemm() call
+  kPermIh,           // W_ih rows in the chunk layout
+  kPermHh,           // W_hh rows in the chunk layout
+  kGates,            // [N, G*H]: gates of an inference forward / dG of a backward
+  kGatesH,           // [N, G*H]: recurrent-side dG of a GRU backward
+  kWork1,
+  kWork2,
+  kWork3,
+  kCount
+};
+
+// Buffers above this size are allocated per call and not kept.
+constexpr int64_t kScratchMaxBytes = int64_t(256) << 20;
+
+// An uninitialised tensor of the given shape and dtype in the calling thread's buffer for
+// slot (grown when too small). If the slot's buffer is still referenced — a tensor from an
+// earlier request is alive — a fresh tensor is returned instead, so two live requests never
+// share memory.
+at::Tensor scratch(Scratch slot, at::IntArrayRef shape, at::ScalarType dtype);
+
+// Frees the calling thread's buffers.
+void release_scratch();
+
+}  // namespace fusedrnn::cpu
