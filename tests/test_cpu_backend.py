@@ -372,3 +372,16 @@ def test_scratch_reuse_leaves_earlier_results_intact(cell):
     again, _ = once(21)
     for a, b in zip(again, kept, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("which", ["y", "h_n", "c_n"])
+def test_loss_on_one_output_only(which):
+    """Output gradients autograd does not produce reach the backward as None (nothing is
+    materialised); each output alone must still give the reference gradients."""
+    inp = make_inputs("lstm", 5, 3, 4, 40, dtype=torch.float64, seed=31)
+    k = ("y", "h_n", "c_n").index(which)
+    leaves = [inp[n] for n in NAMES if inp[n] is not None]
+    got = torch.autograd.grad(run(cpu, "lstm", inp, False)[k].sum(), leaves)
+    want = torch.autograd.grad(run(reference, "lstm", inp, False)[k].sum(), leaves)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])

@@ -144,19 +144,23 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
   }
 
   if (mask & kGradX) {
-    at::Tensor dx = at::empty({N, a.I}, opts);  // [N, I] = dG W_ih
+    at::Tensor dx = pooled_output({N, a.I}, dtype);  // [N, I] = dG W_ih
     gemm<T>(false, false, N, a.I, GH, T(1), dGp, GH, cptr<T>(a.w_ih), a.I, T(0), ptr<T>(dx), a.I);
     out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
   }
   if (mask & kGradH0) out[1] = dh_state;
   if ((mask & kGradC0) && cell == Cell::LSTM) out[2] = dc_state;
   if (mask & kGradWih) {
-    at::Tensor dw = at::empty({GH, a.I}, opts);  // [G*H, I] = dG^T X
+    // [G*H, I] = dG^T X, rows in the chunk layout (a scratch buffer when permuted back below)
+    at::Tensor dw = a.perm.defined() ? scratch(Scratch::kGradWih, {GH, a.I}, dtype)
+                                     : pooled_output({GH, a.I}, dtype);
     gemm<T>(true, false, GH, a.I, N, T(1), dGp, GH, cptr<T>(a.x), a.I, T(0), ptr<T>(dw), a.I);
     out[3] = dw;
   }
   if (mask & kGradWhh) {
-    at::Tensor dw = at::empty({GH, Hout}, opts);  // [G*H, Hout] = sum_t dGh_t^T h_{t-1}
+    // [G*H, Hout] = sum_t dGh_t^T h_{t-1}
+    at::Tensor dw = a.perm.defined() ? scratch(Scratch::kGradWhh, {GH, Hout}, dtype)
+                                     : pooled_output({GH, Hout}, dtype);
     T* dwp = ptr<T>(dw);
     if (N == 0) {
       dw.zero_();
@@ -190,7 +194,12 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
   if (a.perm.defined()) {  // gradient rows (and bias entries) back to PyTorch's gate order
     const at::Tensor inv = at::empty_like(a.perm).index_copy_(
         0, a.perm, at::arange(a.perm.numel(), a.perm.options()));
-    for (int k : {3, 4, 5, 6})
+    for (int k : {3, 4})
+      if (out[k].numel() > 0) {
+        at::Tensor dst = pooled_output(out[k].sizes(), dtype);
+        out[k] = at::index_select_out(dst, out[k], 0, inv);
+      }
+    for (int k : {5, 6})
       if (out[k].numel() > 0) out[k] = out[k].index_select(0, inv);
   }
   if ((mask & kGradWhr) && proj) {

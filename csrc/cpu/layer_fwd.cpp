@@ -31,11 +31,12 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
   const auto& K = kernels(T{});
 
   // [N, G*H]; kept (returned as ws1) only when training
-  at::Tensor xg = train ? at::empty({N, GH}, opts) : scratch(Scratch::kGates, {N, GH}, a.x.scalar_type());
+  const auto dtype = a.x.scalar_type();
+  at::Tensor xg = train ? pooled_output({N, GH}, dtype) : scratch(Scratch::kGates, {N, GH}, dtype);
   gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), ptr<T>(xg),
           GH);
 
-  at::Tensor y = at::empty({N, Hout}, opts);           // [N, Hout]
+  at::Tensor y = pooled_output({N, Hout}, dtype);     // [N, Hout]
   at::Tensor h_n = a.h0.clone();                       // [B, Hout]
   at::Tensor c_n = cell == Cell::LSTM ? a.c0.clone() : at::empty({0}, opts);  // [B, H]
   at::Tensor ws1 = at::empty({0}, opts), ws2 = at::empty({0}, opts);
@@ -66,7 +67,7 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
     const T* bias = cptr<T>(a.bias);
     const T* c0 = cptr<T>(a.c0);
     const bool proj = a.w_hr.has_value();
-    at::Tensor cs = train ? at::empty({N, H}, opts) : at::empty({2, B, H}, opts);
+    at::Tensor cs = train ? pooled_output({N, H}, dtype) : at::empty({2, B, H}, opts);
     at::Tensor hraw = proj ? at::empty({B, H}, opts) : at::empty({0}, opts);
     T* csp = ptr<T>(cs);
     T* hrawp = proj ? ptr<T>(hraw) : nullptr;
@@ -107,7 +108,7 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
     const T* bias_x = cptr<T>(a.bias);
     const T* bias_hn = cptr<T>(a.bias_hn);
     at::Tensor hg = at::empty({B, GH}, opts);          // [B, 3H] h_prev W_hh^T of one step
-    at::Tensor hn = train ? at::empty({N, H}, opts) : at::empty({0}, opts);  // [N, H] saved
+    at::Tensor hn = train ? pooled_output({N, H}, dtype) : at::empty({0}, opts);  // [N, H] saved
     T* hgp = ptr<T>(hg);
     T* hnp = train ? ptr<T>(hn) : nullptr;
     for (const Step& s : steps) {

@@ -1,6 +1,9 @@
 #include "scratch.h"
 
+#include <c10/util/strides.h>
+
 #include <array>
+#include <vector>
 
 namespace fusedrnn::cpu {
 
@@ -9,7 +12,41 @@ std::array<at::Tensor, static_cast<size_t>(Scratch::kCount)>& buffers() {
   thread_local std::array<at::Tensor, static_cast<size_t>(Scratch::kCount)> b;
   return b;
 }
+std::vector<c10::Storage>& output_pool() {
+  thread_local std::vector<c10::Storage> pool;
+  return pool;
+}
 }  // namespace
+
+at::Tensor pooled_output(at::IntArrayRef shape, at::ScalarType dtype) {
+  const auto opts = at::TensorOptions().dtype(dtype);
+  int64_t numel = 1;
+  for (const int64_t s : shape) numel *= s;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (bytes < (size_t(1) << 20)) return at::empty(shape, opts);  // malloc reuses small blocks
+  auto& pool = output_pool();
+  auto as_tensor = [&](const c10::Storage& st) {
+    return at::empty({0}, opts).set_(st, 0, shape, c10::contiguous_strides(shape));
+  };
+  int64_t held = 0;
+  for (const c10::Storage& st : pool) {
+    // use_count 1: only the pool holds it; resizing a returned tensor may have changed nbytes
+    if (st.use_count() == 1 && st.nbytes() == bytes) return as_tensor(st);
+    held += static_cast<int64_t>(st.nbytes());
+  }
+  at::Tensor fresh = at::empty(shape, opts);
+  if (held + static_cast<int64_t>(bytes) <= kOutputPoolBytes) {
+    pool.push_back(fresh.storage());
+  } else {  // full: replace a released buffer of another size, if there is one
+    for (c10::Storage& st : pool)
+      if (st.use_count() == 1 &&
+          held - static_cast<int64_t>(st.nbytes() + bytes) <= kOutputPoolBytes) {
+        st = fresh.storage();
+        break;
+      }
+  }
+  return fresh;
+}
 
 at::Tensor scratch(Scratch slot, at::IntArrayRef shape, at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(dtype);
@@ -28,6 +65,7 @@ at::Tensor scratch(Scratch slot, at::IntArrayRef shape, at::ScalarType dtype) {
 
 void release_scratch() {
   for (auto& b : buffers()) b = at::Tensor();
+  output_pool().clear();
 }
 
 }  // namespace fusedrnn::cpu

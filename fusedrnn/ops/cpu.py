@@ -145,6 +145,9 @@ def _setup_context(ctx, inputs, output):
     ctx.cell, ctx.reverse, ctx.train = cell, reverse, train
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, y, ws1, ws2)
     ctx.mark_non_differentiable(ws1, ws2)
+    # Absent output gradients stay None: materialised, the saved buffers' would be [N, G*H]
+    # of zeros per layer per backward (the kernels take None for grad h_n / c_n).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_hn, grad_cn, _g1, _g2):

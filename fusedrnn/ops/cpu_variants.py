@@ -197,6 +197,8 @@ def _setup_context(ctx, inputs, output):
     y, saved = output[0], list(output[3:])
     ctx.save_for_backward(*diff, inputs[9], inputs[21], inputs[22], y, *saved)
     ctx.mark_non_differentiable(*saved)
+    # Absent output gradients stay None (see fusedrnn.ops.cpu._setup_context).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_y, grad_hn, grad_cn, *_saved_grads):
