@@ -106,7 +106,10 @@ def markdown(rows: list[dict], meta: dict, plots: list[Path]) -> str:
         f"- torch {meta['versions']['torch']}, triton {meta['versions']['triton']}",
         f"- sgemm peak measured in the same run (torch.mm, {meta['sgemm_n']}² float32, median; "
         f"the better of the start and the end of the run): "
-        f"**{meta['sgemm_peak_gflops']:.1f} GFLOP/s**",
+        f"**{meta['sgemm_peak_gflops']:.1f} GFLOP/s**. This is the BLAS of torch, not the "
+        "FMA peak of the CPU: fusedrnn[cpu] uses its own packed GEMM where it can, so its share "
+        "may exceed 100 %",
+        f"- fusedrnn[cpu]: {meta.get('cpu_kernels', 'not recorded')}",
         f"- Providers: {', '.join(meta['providers'])}",
         f"- {load_note}",
         "",

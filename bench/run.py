@@ -346,6 +346,16 @@ def parse_args(argv=None):
     return args
 
 
+def _cpu_kernels() -> str:
+    """What fusedrnn[cpu] runs on this machine (its GEMM may beat the torch.mm peak)."""
+    try:
+        from fusedrnn import _C
+    except ImportError:
+        return "fusedrnn._C not built"
+    gemm = "packed AVX2 kernel of fusedrnn" if _C.own_sgemm() else "the BLAS of torch"
+    return f"pointwise kernels {_C.kernel_isa()}, float32 GEMMs: {gemm}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report_only:
@@ -439,6 +449,7 @@ def main(argv=None) -> int:
         "providers": names,
         "compile_scope": args.compile_scope,
         "skipped_budget": skipped_budget,
+        "cpu_kernels": _cpu_kernels(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     signal.signal(signal.SIGTERM, _interrupt)  # a killed run still writes its report

@@ -8,6 +8,12 @@ backward is hand-written: a fused pointwise kernel and one GEMM per step, then t
 gradients as large GEMMs over all steps and the bias gradients as column sums.
 ``stack_step`` runs one time step of a whole unidirectional stack in one C++ call (sampling).
 
+Float32 GEMMs take the extension's own packed kernel (a 6x16 AVX2 register tile, csrc/cpu/
+sgemm*) on CPUs with AVX2+FMA; the recurrent weights are packed once per layer call rather
+than once per step. Large temporaries live in per-thread scratch buffers and outputs come from
+a per-thread pool of released outputs, so that repeated calls of the same shapes (training)
+reuse memory instead of faulting in new pages; :func:`empty_cache` returns it.
+
 Backward derivation (per element; see csrc/cell_math.h for every cell)::
 
     LSTM  dc = dc_next + dh o (1 - tanh(c)^2)    dgo = dh tanh(c) o (1 - o)
@@ -44,6 +50,14 @@ _GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
 def is_available() -> bool:
     return _C is not None
+
+
+def empty_cache() -> None:
+    """Frees the scratch buffers and the pool of released outputs that the calling thread keeps
+    between layer calls (like ``torch.cuda.empty_cache``; tensors still in use keep their
+    memory). A no-op without the extension."""
+    if _C is not None:
+        _C.release_scratch()
 
 
 def _need_extension() -> None:
