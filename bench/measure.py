@@ -143,6 +143,24 @@ def sgemm_peak_gflops(device: str, threads: int, n: int = 2048, min_run_time: fl
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def own_sgemm_peak_gflops(threads: int, n: int = 2048, min_run_time: float = 1.0):
+    """Median GFLOP/s of fusedrnn's own packed float32 GEMM (the cpu backend's) on two n×n
+    matrices, or None where it is not built or not used on this CPU."""
+    try:
+        from fusedrnn import _C
+    except ImportError:
+        return None
+    if not _C.own_sgemm():
+        return None
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+
+    def fn():
+        _C._gemm(False, False, 1.0, a, b, 0.0, c)
+
+    warm_up(fn, "cpu")
+    return 2 * n**3 / statistics.median(time_round_cpu(fn, min_run_time, threads)) / 1e9
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 

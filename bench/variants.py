@@ -254,6 +254,7 @@ def main(argv=None) -> int:
         **measure.versions(),
     }
     peak_start = measure.sgemm_peak_gflops("cpu", args.threads, min_run_time=min_run)
+    own_start = measure.own_sgemm_peak_gflops(args.threads, min_run_time=min_run)
     rows = []
     for name in names:
         mode = VARIANTS[name][0]
@@ -296,6 +297,9 @@ def main(argv=None) -> int:
     peak_end = measure.sgemm_peak_gflops("cpu", args.threads, min_run_time=min_run)
     # the better of the two: a momentary slowdown must not lower the roof
     meta["sgemm_peak_gflops"] = round(max(peak_start, peak_end), 1)
+    own_end = measure.own_sgemm_peak_gflops(args.threads, min_run_time=min_run)
+    if own_start is not None and own_end is not None:
+        meta["own_sgemm_peak_gflops"] = round(max(own_start, own_end), 1)
     meta["headline_gemm_gflop"] = measure.mode_flops("fwdbwd", "lstm", B, T, I, H, L) / 1e9
     meta["load_end"] = measure.load_average()
     meta["elapsed_s"] = round(time.time() - start, 1)
@@ -350,7 +354,11 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
     if "cell loop" in head and "fusedrnn[cpu]" in head:
         loop_ms = head["cell loop"]["median_ms"]
         ratio = loop_ms / head["fusedrnn[cpu]"]["median_ms"]
-        floor_ms = meta["headline_gemm_gflop"] / meta["sgemm_peak_gflops"] * 1e3
+        # the best GEMM rate measured: torch.mm's, or the cpu backend's own kernel where faster
+        rate, rate_name = meta["sgemm_peak_gflops"], "torch.mm"
+        if meta.get("own_sgemm_peak_gflops", 0) > rate:
+            rate, rate_name = meta["own_sgemm_peak_gflops"], "fusedrnn's packed GEMM"
+        floor_ms = meta["headline_gemm_gflop"] / rate * 1e3
         lines += [
             "",
             f"Goal: {HEADLINE} forward+backward, fusedrnn[cpu] ≥ {GOAL:.0f}× the cell loop: "
@@ -358,12 +366,15 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
             "",
             f"The roof: this model's forward+backward is {meta['headline_gemm_gflop']:.3g} GFLOP of "
             f"matrix products (2·B·T·4H·(I+H) per layer, three times for forward+backward), "
-            f"which at the sgemm peak measured in this run ({meta['sgemm_peak_gflops']} "
-            f"GFLOP/s, torch.mm 2048², {meta['threads']} threads) take at least "
-            f"{floor_ms:.0f} ms. No implementation can beat the cell loop by more than "
-            f"{loop_ms / floor_ms:.2f}× here (at B={s['B']}, H={s['H']} a CPU spends most of "
-            "the loop's time in its GEMMs, not in per-step overhead). fusedrnn[cpu] reaches "
-            f"{floor_ms / head['fusedrnn[cpu]']['median_ms']:.0%} of that roof.",
+            f"which at the best GEMM rate measured in this run ({rate} GFLOP/s, {rate_name}; "
+            f"2048² float32, {meta['threads']} threads: torch.mm {meta['sgemm_peak_gflops']}, "
+            f"fusedrnn's packed GEMM {meta.get('own_sgemm_peak_gflops', 'not used')}) take at "
+            f"least {floor_ms:.0f} ms: "
+            f"{loop_ms / floor_ms:.2f}× faster than the cell loop is what an implementation "
+            "doing nothing but those products at that rate would reach. It is a bound for "
+            "that GEMM rate, not for the CPU: the FMA peak of these cores is higher (about "
+            "94 GFLOP/s per core in a loop of independent FMAs). fusedrnn[cpu] reaches "
+            f"{floor_ms / head['fusedrnn[cpu]']['median_ms']:.0%} of that bound.",
         ]
     (out / "variants.md").write_text("\n".join(lines) + "\n")
 

@@ -206,12 +206,14 @@ def test_packed_with_sequences_ending_at_once(cell):
         compare(args, kw, reverse, torch.float64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("batch,blocks", [(17, True), (17, False), (3, True)])
-def test_several_threads(cell, batch, blocks):
+def test_several_threads(cell, batch, blocks, dtype):
     # B=17: big enough for blocks of rows on separate threads, cut unevenly (packed lengths),
     # or (blocks off) for steps split over the threads: GEMMs over columns (H >= 128, uneven),
-    # pointwise over rows; B=3: too small for blocks, split steps
+    # pointwise over rows; B=3: too small for blocks, split steps. In float32 the step
+    # products of more than four rows use the packed weights (shared by the row blocks).
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     _C._set_variant_row_blocks(blocks)
@@ -219,9 +221,9 @@ def test_several_threads(cell, batch, blocks):
         lstm = cell == "lstm"
         lengths = (3,) * 9 + (2,) * 5 + (1,) * 3 if batch == 17 else (3, 2, 2)
         args, kw = make_case(cell, T=3, B=batch, I=8, H=130, ln=True, peep=lstm, zone="both",
-                             lengths=lengths)  # fmt: skip
-        compare(args, kw, False, torch.float64)
-        compare(args, kw, True, torch.float64)
+                             lengths=lengths, dtype=dtype)  # fmt: skip
+        compare(args, kw, False, dtype)
+        compare(args, kw, True, dtype)
     finally:
         torch.set_num_threads(threads)
         _C._set_variant_row_blocks(True)

@@ -129,7 +129,10 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   const T* dyp = cptr<T>(dy);
   const T* h0 = cptr<T>(a.h0);
   const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
-  const T* whh = cptr<T>(a.w_hh);
+  // dHP_t W_hh and DH_t W_hr: weights packed once for all steps and row blocks
+  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
+  const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? cptr<T>(a.w_hr) : nullptr, H,
+                           Scratch::kPackedProj);
   const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
   const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
   const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
@@ -165,9 +168,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
           K.zone_bwd(a.zone_h, Hout, a.zone_h ? kh + r * a.keep_h_stride : nullptr,
                      dyp + r * Hout, dhs + b * Hout, dh_rows + b * Hout);
         }
-        if (proj)
-          gemm_split_n<T>(false, false, q1 - q0, H, Hout, T(1), dh_rows + q0 * Hout, Hout,
-                          cptr<T>(a.w_hr), H, T(0), dhrawp + q0 * H, H);
+        if (proj) mul_split_n(whr, q1 - q0, dh_rows + q0 * Hout, Hout, T(0), dhrawp + q0 * H, H);
         for (int64_t b = q0; b < q1; ++b) {
           const int64_t r = s.off + b;
           if (lstm) {
@@ -189,8 +190,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
           if (ln) K.ln_bwd(GH, dSp + r * GH, HH + r * GH, lnhh, ST[r * 4 + 1], dHPp + r * GH);
         }
       });
-      gemm_split_n<T>(false, false, e - b0, Hout, GH, T(1), dHPp + (s.off + b0) * GH, GH, whh,
-                      Hout, T(1), dhs + b0 * Hout, Hout);
+      mul_split_n(whh, e - b0, dHPp + (s.off + b0) * GH, GH, T(1), dhs + b0 * Hout, Hout);
     }
   };
   run_row_blocks(steps, B, GH * Hout, run_rows);

@@ -73,7 +73,10 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
   at::Tensor ct = at::empty({train ? N : B, H}, opts);
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
-  const T* whh = cptr<T>(a.w_hh);
+  // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
+  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
+  const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(a.w_hr) : nullptr, H,
+                           Scratch::kPackedProj);
   const T* h0 = cptr<T>(a.h0);
   const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
   const T* b_rec = cptr<T>(a.b_rec);
@@ -118,11 +121,8 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
       // HP: continuing rows read the previous step's y, rows starting here read h0
       const int64_t m = std::min(e, s.from_prev), n0 = std::max(b0, s.from_prev);
       if (b0 < m)
-        gemm_split_n<T>(false, true, m - b0, GH, Hout, T(1), yp + (s.prev_off + b0) * Hout, Hout,
-                        whh, Hout, T(0), hp + b0 * GH, GH);
-      if (n0 < e)
-        gemm_split_n<T>(false, true, e - n0, GH, Hout, T(1), h0 + n0 * Hout, Hout, whh, Hout, T(0),
-                        hp + n0 * GH, GH);
+        mul_split_n(whh, m - b0, yp + (s.prev_off + b0) * Hout, Hout, T(0), hp + b0 * GH, GH);
+      if (n0 < e) mul_split_n(whh, e - n0, h0 + n0 * Hout, Hout, T(0), hp + n0 * GH, GH);
       // pointwise rows, split over the threads when this is the single block
       step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
         for (int64_t b = q0; b < q1; ++b) {
@@ -152,9 +152,7 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
             K.gru_fwd(H, act + b * GH, ctr + b * H, h_prev(b), yp + r * H);
           }
         }
-        if (proj)
-          gemm_split_n<T>(false, true, q1 - q0, Hout, H, T(1), hrawp + q0 * H, H,
-                          cptr<T>(a.w_hr), H, T(0), yp + (s.off + q0) * Hout, Hout);
+        if (proj) mul_split_n(whr, q1 - q0, hrawp + q0 * H, H, T(0), yp + (s.off + q0) * Hout, Hout);
         if (a.zone_h)
           for (int64_t b = q0; b < q1; ++b)
             K.zone_fwd(Hout, kh + (s.off + b) * a.keep_h_stride, h_prev(b),
