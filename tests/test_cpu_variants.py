@@ -397,3 +397,26 @@ def test_generic_isa_copy_matches():
     res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_scratch_reuse_leaves_earlier_results_intact(cell):
+    """The variant ops reuse per-thread scratch buffers and pooled outputs: the outputs and
+    gradients of one call must survive later calls (training and inference, other shapes)."""
+    lstm = cell == "lstm"
+
+    def once(seed, B=6, lengths=None):
+        args, kw = make_case(cell, T=5, B=B, I=6, H=40, ln=True, peep=lstm, proj=3 * lstm,
+                             zone="mask_h", lengths=lengths, dtype=torch.float32, seed=seed)  # fmt: skip
+        with torch.no_grad():
+            y_inf = cpu_variants.layer(*args, False, **kw)[0]
+        outs = [o for o in cpu_variants.layer(*args, False, **kw) if o is not None]
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves(args, kw))
+        return [t.detach() for t in (y_inf, *outs, *grads)]
+
+    first = once(41)
+    kept = [t.clone() for t in first]
+    once(42)
+    once(43, B=4, lengths=(5, 4, 2, 1))
+    for a, b in zip(first, kept, strict=True):
+        assert torch.equal(a, b)

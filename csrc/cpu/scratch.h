@@ -27,6 +27,10 @@ enum class Scratch : int {
   kWork1,
   kWork2,
   kWork3,
+  kWork4,
+  kWork5,
+  kWork6,
+  kWork7,
   kCount
 };
 

@@ -22,6 +22,7 @@
 
 #include "blas.h"
 #include "layer_ops.h"
+#include "scratch.h"
 #include "variant_ops.h"
 
 namespace fusedrnn::cpu {
@@ -111,13 +112,15 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
                    ? grad_cn->reshape({B, H}).clone(at::MemoryFormat::Contiguous)
                    : at::zeros({B, H}, opts);
 
-  at::Tensor dP = at::empty({N, GH}, opts);                     // input side
-  at::Tensor dS = lstm ? dP : at::empty({N, GH}, opts);         // recurrent side (GRU)
-  at::Tensor dHP = ln ? at::empty({N, GH}, opts) : dS;          // before LN_hh
-  at::Tensor dcn = lstm && ln ? at::empty({N, H}, opts) : at::empty({B, H}, opts);
-  at::Tensor pcn = lstm && ln ? at::empty({N, H}, opts) : at::empty({B, H}, opts);  // dcn xhat
-  at::Tensor dht = proj ? at::empty({N, Hout}, opts) : at::empty({B, Hout}, opts);  // dh~
-  at::Tensor hraw = proj ? at::empty({N, H}, opts) : at::empty({B, H}, opts);
+  const auto dtype = a.x.scalar_type();
+  auto tmp = [&](Scratch slot, at::IntArrayRef shape) { return scratch(slot, shape, dtype); };
+  at::Tensor dP = tmp(Scratch::kGates, {N, GH});                     // input side
+  at::Tensor dS = lstm ? dP : tmp(Scratch::kGatesH, {N, GH});        // recurrent side (GRU)
+  at::Tensor dHP = ln ? tmp(Scratch::kWork1, {N, GH}) : dS;          // before LN_hh
+  at::Tensor dcn = tmp(Scratch::kWork2, {lstm && ln ? N : B, H});
+  at::Tensor pcn = tmp(Scratch::kWork3, {lstm && ln ? N : B, H});    // dcn xhat
+  at::Tensor dht = tmp(Scratch::kWork4, {proj ? N : B, Hout});       // dh~
+  at::Tensor hraw = tmp(Scratch::kWork5, {proj ? N : B, H});
   at::Tensor dhraw = proj ? at::empty({B, H}, opts) : empty();
 
   const T* act = cptr<T>(act_t);
@@ -226,7 +229,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
     if (mask & kVGradLnCB) out[13] = s_b[0];
   }
   if ((mask & kVGradWch) && fl.peep) {
-    at::Tensor cprev = at::empty({N, H}, opts);  // c_{t-1} of every row
+    at::Tensor cprev = tmp(Scratch::kWork6, {N, H});  // c_{t-1} of every row
     T* cpv = ptr<T>(cprev);
     for (const Step& s : steps) {
       if (s.from_prev > 0)
@@ -256,7 +259,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
                      });
   }
   if (mask & kVGradX) {
-    at::Tensor dx = at::empty({N, a.I}, opts);  // [N, I] = dXP W_ih
+    at::Tensor dx = pooled_output({N, a.I}, dtype);  // [N, I] = dXP W_ih
     gemm<T>(false, false, N, a.I, GH, T(1), cptr<T>(dXP), GH, cptr<T>(a.w_ih), a.I, T(0),
             ptr<T>(dx), a.I);
     out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
@@ -269,7 +272,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   }
   if (mask & kVGradWhh) {
     // h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM
-    at::Tensor hprev = at::empty({N, Hout}, opts);
+    at::Tensor hprev = tmp(Scratch::kWork7, {N, Hout});
     T* hpv = ptr<T>(hprev);
     for (const Step& s : steps) {
       if (s.from_prev > 0)

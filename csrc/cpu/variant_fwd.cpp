@@ -18,6 +18,7 @@
 // backward needs is kept (see layer_ops.h); otherwise only [B, .] scratch rows are used.
 #include "blas.h"
 #include "layer_ops.h"
+#include "scratch.h"
 #include "variant_ops.h"
 
 namespace fusedrnn::cpu {
@@ -36,8 +37,13 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
   auto empty = [&] { return at::empty({0}, opts); };
 
   // Input side for all steps: xg [N, G*H] (becomes the activations), xh [N, G*H] (ln).
-  at::Tensor xg = at::empty({N, GH}, opts);
-  at::Tensor xh = ln ? at::empty({N, GH}, opts) : empty();
+  // [N, .] buffers are outputs (saved for the backward) when training, scratch otherwise
+  const auto dtype = a.x.scalar_type();
+  auto big = [&](Scratch slot, at::IntArrayRef shape) {
+    return train ? pooled_output(shape, dtype) : scratch(slot, shape, dtype);
+  };
+  at::Tensor xg = big(Scratch::kGates, {N, GH});
+  at::Tensor xh = ln ? big(Scratch::kWork1, {N, GH}) : empty();
   at::Tensor stats = ln ? at::empty({train ? N : B, 4}, opts) : empty();  // rstd_ih, rstd_hh,
   T* stp = ln ? ptr<T>(stats) : nullptr;                                  // mean_c, rstd_c
   {
@@ -62,15 +68,15 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
     }
   }
 
-  at::Tensor y = at::empty({N, Hout}, opts);  // [N, Hout]
+  at::Tensor y = pooled_output({N, Hout}, dtype);  // [N, Hout]
   at::Tensor h_n = a.h0.clone();              // [B, Hout]
   at::Tensor c_n = lstm ? a.c0.clone() : empty();
   // hp: h_prev W_hh^T, normalised in place (ln: the saved hh when training)
-  at::Tensor hh = ln && train ? at::empty({N, GH}, opts) : at::empty({B, GH}, opts);
+  at::Tensor hh = ln && train ? pooled_output({N, GH}, dtype) : at::empty({B, GH}, opts);
   // LSTM: c_t states (all kept when training, else a [2, B, H] ping-pong), c~_t;
   // GRU: nothing, and the recurrent n part in ct
-  at::Tensor cs = !lstm ? empty() : train ? at::empty({N, H}, opts) : at::empty({2, B, H}, opts);
-  at::Tensor ct = at::empty({train ? N : B, H}, opts);
+  at::Tensor cs = !lstm ? empty() : train ? pooled_output({N, H}, dtype) : at::empty({2, B, H}, opts);
+  at::Tensor ct = train ? pooled_output({N, H}, dtype) : at::empty({B, H}, opts);
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
   // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
