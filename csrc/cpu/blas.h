@@ -1,10 +1,12 @@
 // Row-major GEMM on raw pointers for the CPU backend.
 //
 // The per-step recurrent GEMM is small (e.g. [64, 256] x [256, 1024]) and runs T times per
-// layer, so dispatcher overhead and temporaries matter. When the BLAS that ships inside
-// libtorch_cpu exports the Fortran symbols sgemm_/dgemm_ (MKL and OpenBLAS builds do) we call
-// them directly; they are declared weak so that a torch build without them still loads this
-// extension and falls back to at::addmm_out on tensors wrapping the same memory.
+// layer, so dispatcher overhead and temporaries matter. float32 products with many rows go to
+// the packed kernel of sgemm.h where the CPU has AVX2+FMA, and the step loops multiply against
+// weights packed once per layer call (StepWeights below). Everything else goes to the BLAS
+// inside libtorch_cpu: when it exports the Fortran symbols sgemm_/dgemm_ (MKL and OpenBLAS
+// builds do) we call them directly; they are declared weak so that a torch build without them
+// still loads this extension and falls back to at::addmm_out on tensors wrapping the memory.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -101,7 +103,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
   }
 }
 
-// Whether gemm_split_n splits (on by default; a switch for benchmarking the two strategies).
+// Whether parallel_columns splits (on by default; a switch for benchmarking the two strategies).
 inline std::atomic<bool>& split_gemm_enabled() {
   static std::atomic<bool> on{true};
   return on;
@@ -125,18 +127,6 @@ void parallel_columns(int64_t n, const F& fn) {
       const int64_t c0 = p * per, c1 = std::min(n, c0 + per);
       if (c0 < c1) fn(c0, c1);
     }
-  });
-}
-
-// gemm() split over the columns of C with parallel_columns.
-template <typename T>
-void gemm_split_n(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A,
-                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (m == 0) return;
-  parallel_columns(n, [&](int64_t c0, int64_t c1) {
-    // op(B) columns [c0, c1): rows of B when it is stored transposed ([n, k]), else columns
-    const T* Bp = tb ? B + c0 * ldb : B + c0;
-    gemm<T>(ta, tb, m, c1 - c0, k, alpha, A, lda, Bp, ldb, beta, C + c0, ldc);
   });
 }
 
@@ -173,7 +163,7 @@ class StepWeights {
   std::optional<PackedB> packed_;
 };
 
-// StepWeights::mul over all columns, split over the threads like gemm_split_n.
+// StepWeights::mul over all columns, split over the threads by parallel_columns.
 template <typename T>
 void mul_split_n(const StepWeights<T>& W, int64_t m, const T* A, int64_t lda, T beta, T* C,
                  int64_t ldc) {

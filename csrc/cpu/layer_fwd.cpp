@@ -3,7 +3,7 @@
 //   xg = X W_ih^T                        one GEMM for every step           [N, G*H]
 //   per visited step t (rows = batch_sizes[t]), one parallel region in which every thread
 //   owns a run of unit chunks (see ChunkLayout) and
-//     gates_t[:, its columns] += h_prev W_hh[its rows]^T    one single-threaded BLAS call,
+//     gates_t[:, its columns] += h_prev W_hh[its rows]^T    one single-threaded GEMM call
 //                                        accumulating into xg's block (beta = 1), so the
 //                                        input projection needs no separate add pass
 //     runs the fused pointwise (biases, gates, state update) on exactly those columns while

@@ -2,11 +2,11 @@
 // order by every block of batch rows (one per thread, as in variant_fwd.cpp), per step:
 //
 //   dh_t = dy_t + dh_state;  zoneout: dh~ = (1 - keep) dh_t, dh_state <- keep dh_t
-//   LSTM with projection: dh_raw = dh~ W_hr                   (one BLAS call)
+//   LSTM with projection: dh_raw = dh~ W_hr                   (one GEMM call)
 //   pointwise (LSTM in two halves around the LN_c row sums) -> dP, the gate pre-activation
 //     gradients (GRU: dA input side, dS recurrent side), dc_state <- dc_{t-1}
 //   ln: dHP = LN_hh backward of dP (dS) per row;  without ln dHP = dP (dS)
-//   dh_state += dHP W_hh                                       (one BLAS call)
+//   dh_state += dHP W_hh                                       (one GEMM call)
 //
 // then over all steps at once (deterministic column sums and GEMMs, no atomics):
 //   db_ih = sum_rows dP;  db_hh = sum_rows dS (LSTM: dS = dP);  LN biases: the same sums

@@ -5,10 +5,10 @@
 //   xg = LN_ih(XP) + b_ih + LN_ih bias       row by row, all N rows at once (LN is per row)
 //   the batch rows are cut into one block per thread (rows are independent sequences, and
 //   layer norm needs whole rows), each thread runs its block through every step:
-//     HP = h_prev W_hh^T                     one BLAS call
+//     HP = h_prev W_hh^T                     one GEMM call
 //     per row: LN_hh statistics of HP, first pointwise half (gates, c~), LN_c statistics of
 //              c~, second half (o, h~, zoneout of c)       (GRU: one pointwise pass)
-//     LSTM with projection: y rows = h~ W_hr^T, one BLAS call
+//     LSTM with projection: y rows = h~ W_hr^T, one GEMM call
 //     zoneout of h on the y rows
 //   so the threads never wait for each other inside the loop. A batch too small to cut runs
 //   as one block whose GEMMs are split over column blocks of the weights at every step.
@@ -102,7 +102,7 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
 
   // Rows [b0, b1) through every step. Rows are independent sequences, so blocks of rows run
   // on different threads without meeting once in the loop (see row_blocks); a single block
-  // splits each step's GEMMs over the columns instead (gemm_split_n, inline when called from
+  // splits each step's GEMMs over the columns instead (mul_split_n, inline when called from
   // a block thread).
   auto run_rows = [&](int64_t b0, int64_t b1) {
     for (size_t k = 0; k < steps.size(); ++k) {

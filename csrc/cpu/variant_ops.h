@@ -57,7 +57,7 @@ VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const 
 // number of (row, step) pairs (packed sequences: the first rows are the longest). Below
 // kMinRows rows per block, or when the whole layer is small (work_per_row_step ~ flops of one
 // row in one step), one block [0, B) runs on the calling thread and splits every step over the
-// threads instead: its GEMMs over column blocks (gemm_split_n), its pointwise work over rows
+// threads instead: its GEMMs over column blocks (mul_split_n), its pointwise work over rows
 // (step_rows). The blocks never synchronise inside the loop, so they also keep their speed
 // when another process takes a core for a while; a split step waits for every thread twice.
 inline std::atomic<bool>& variant_row_blocks_enabled() {
