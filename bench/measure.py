@@ -131,10 +131,11 @@ def sgemm_peak_gflops(device: str, threads: int, n: int = 2048, min_run_time: fl
     """Median GFLOP/s of torch.mm on two n×n float32 matrices: the roof the RNNs are held to."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
+    return _square_gemm_gflops(lambda: torch.mm(a, b), device, threads, n, min_run_time)
 
-    def fn():
-        return torch.mm(a, b)
 
+def _square_gemm_gflops(fn, device: str, threads: int, n: int, min_run_time: float) -> float:
+    """Median GFLOP/s of fn, one n×n×n matrix product per call."""
     warm_up(fn, device)
     if torch.device(device).type == "cuda":
         times = time_round_cuda(fn, min_run_time)
@@ -153,12 +154,9 @@ def own_sgemm_peak_gflops(threads: int, n: int = 2048, min_run_time: float = 1.0
     if not _C.own_sgemm():
         return None
     a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-
-    def fn():
-        _C._gemm(False, False, 1.0, a, b, 0.0, c)
-
-    warm_up(fn, "cpu")
-    return 2 * n**3 / statistics.median(time_round_cpu(fn, min_run_time, threads)) / 1e9
+    return _square_gemm_gflops(
+        lambda: _C._gemm(False, False, 1.0, a, b, 0.0, c), "cpu", threads, n, min_run_time
+    )
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -51,8 +51,9 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
                    ? grad_cn->reshape({B, H}).clone(at::MemoryFormat::Contiguous)
                    : at::zeros({B, H}, opts);
   const auto dtype = a.x.scalar_type();
-  at::Tensor dG = scratch(Scratch::kGates, {N, GH}, dtype);  // [N, G*H] input-side pre-activation gradients
-  at::Tensor dGh = cell == Cell::GRU ? scratch(Scratch::kGatesH, {N, GH}, dtype) : dG;  // recurrent side (GRU)
+  // [N, G*H] pre-activation gradients: input side, and recurrent side (GRU only)
+  at::Tensor dG = scratch(Scratch::kGates, {N, GH}, dtype);
+  at::Tensor dGh = cell == Cell::GRU ? scratch(Scratch::kGatesH, {N, GH}, dtype) : dG;
 
   const T* yp = cptr<T>(y);
   const T* dyp = cptr<T>(dy);

@@ -32,7 +32,7 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
 
   // [N, G*H]; kept (returned as ws1) only when training
   const auto dtype = a.x.scalar_type();
-  at::Tensor xg = train ? pooled_output({N, GH}, dtype) : scratch(Scratch::kGates, {N, GH}, dtype);
+  at::Tensor xg = output_or_scratch(train, Scratch::kGates, {N, GH}, dtype);
   gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), ptr<T>(xg),
           GH);
 

@@ -1,5 +1,6 @@
 #include "scratch.h"
 
+#include <c10/util/accumulate.h>
 #include <c10/util/strides.h>
 
 #include <array>
@@ -16,13 +17,14 @@ std::vector<c10::Storage>& output_pool() {
   thread_local std::vector<c10::Storage> pool;
   return pool;
 }
+int64_t nbytes(at::IntArrayRef shape, at::ScalarType dtype) {
+  return c10::multiply_integers(shape) * static_cast<int64_t>(c10::elementSize(dtype));
+}
 }  // namespace
 
 at::Tensor pooled_output(at::IntArrayRef shape, at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(dtype);
-  int64_t numel = 1;
-  for (const int64_t s : shape) numel *= s;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  const auto bytes = static_cast<size_t>(nbytes(shape, dtype));
   if (bytes < (size_t(1) << 20)) return at::empty(shape, opts);  // malloc reuses small blocks
   auto& pool = output_pool();
   auto as_tensor = [&](const c10::Storage& st) {
@@ -50,9 +52,7 @@ at::Tensor pooled_output(at::IntArrayRef shape, at::ScalarType dtype) {
 
 at::Tensor scratch(Scratch slot, at::IntArrayRef shape, at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(dtype);
-  int64_t numel = 1;
-  for (const int64_t s : shape) numel *= s;
-  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
+  const int64_t bytes = nbytes(shape, dtype);
   if (bytes == 0 || bytes > kScratchMaxBytes) return at::empty(shape, opts);
   at::Tensor& buf = buffers()[static_cast<size_t>(slot)];
   if (buf.defined() && buf.storage().use_count() > 1) return at::empty(shape, opts);
@@ -61,6 +61,11 @@ at::Tensor scratch(Scratch slot, at::IntArrayRef shape, at::ScalarType dtype) {
     buf = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
   }
   return buf.narrow(0, 0, bytes).view(dtype).view(shape);
+}
+
+at::Tensor output_or_scratch(bool keep, Scratch slot, at::IntArrayRef shape,
+                             at::ScalarType dtype) {
+  return keep ? pooled_output(shape, dtype) : scratch(slot, shape, dtype);
 }
 
 void release_scratch() {

@@ -39,11 +39,8 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
   // Input side for all steps: xg [N, G*H] (becomes the activations), xh [N, G*H] (ln).
   // [N, .] buffers are outputs (saved for the backward) when training, scratch otherwise
   const auto dtype = a.x.scalar_type();
-  auto big = [&](Scratch slot, at::IntArrayRef shape) {
-    return train ? pooled_output(shape, dtype) : scratch(slot, shape, dtype);
-  };
-  at::Tensor xg = big(Scratch::kGates, {N, GH});
-  at::Tensor xh = ln ? big(Scratch::kWork1, {N, GH}) : empty();
+  at::Tensor xg = output_or_scratch(train, Scratch::kGates, {N, GH}, dtype);
+  at::Tensor xh = ln ? output_or_scratch(train, Scratch::kWork1, {N, GH}, dtype) : empty();
   at::Tensor stats = ln ? at::empty({train ? N : B, 4}, opts) : empty();  // rstd_ih, rstd_hh,
   T* stp = ln ? ptr<T>(stats) : nullptr;                                  // mean_c, rstd_c
   {
@@ -75,7 +72,9 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
   at::Tensor hh = ln && train ? pooled_output({N, GH}, dtype) : at::empty({B, GH}, opts);
   // LSTM: c_t states (all kept when training, else a [2, B, H] ping-pong), c~_t;
   // GRU: nothing, and the recurrent n part in ct
-  at::Tensor cs = !lstm ? empty() : train ? pooled_output({N, H}, dtype) : at::empty({2, B, H}, opts);
+  at::Tensor cs = !lstm  ? empty()
+                  : train ? pooled_output({N, H}, dtype)
+                          : at::empty({2, B, H}, opts);
   at::Tensor ct = train ? pooled_output({N, H}, dtype) : at::empty({B, H}, opts);
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
@@ -158,7 +157,8 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
             K.gru_fwd(H, act + b * GH, ctr + b * H, h_prev(b), yp + r * H);
           }
         }
-        if (proj) mul_split_n(whr, q1 - q0, hrawp + q0 * H, H, T(0), yp + (s.off + q0) * Hout, Hout);
+        if (proj)
+          mul_split_n(whr, q1 - q0, hrawp + q0 * H, H, T(0), yp + (s.off + q0) * Hout, Hout);
         if (a.zone_h)
           for (int64_t b = q0; b < q1; ++b)
             K.zone_fwd(Hout, kh + (s.off + b) * a.keep_h_stride, h_prev(b),
