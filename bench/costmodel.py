@@ -1,42 +1,52 @@
-"""GPU cost model of the fused kernels: FLOPs, bytes and launches per step, predicted times.
+"""GPU cost model of the fused kernels: work, launches and latency per step, predicted times.
 
-    python bench/costmodel.py [--gpu H100,A100] [--markdown out.md]
+    python bench/costmodel.py [--gpu H100,H200,A100] [--markdown out.md]
 
-Nothing here runs on a GPU: every time printed is a PREDICTION from the ceilings below, next to
-the published anchor (FlashRNN's H100 table). The kernel configurations are read from the code
-that launches them: ``fusedrnn.ops.triton.configs`` (``STEP_CONFIGS``, ``PERSISTENT_CONFIGS`` and
-the ``pick_*`` functions the launchers call) and the CUDA backend's launch shape
+Nothing here runs on a GPU: every time printed is a PREDICTION from the ceilings and
+assumptions below (each with its source), printed beside published measurements where they
+exist. The kernel configurations are read from the code that launches them:
+``fusedrnn.ops.triton.configs`` (``STEP_CONFIGS``, ``VARIANT_CONFIGS``, ``PERSISTENT_CONFIGS``
+and the ``pick_*`` functions the launchers call) and the CUDA backend's launch shape
 (``kThreads`` / ``kMaxBlocks`` in ``csrc/cuda/common.cuh``).
 
-The model, per layer and direction (G gates, H hidden, Hout = H, I input, B batch, T steps,
-``e`` bytes per element of the data type, ``a`` of the accumulation type: 4 for every type here
-except float64):
+Work, per layer and direction (G gates, H hidden, I input, B batch, T steps, ``e`` bytes per
+element of the data type, ``a`` = 4 bytes for the float32 gates, cell state and gradients):
 
 Forward
-  once:     input GEMM  X[T·B, I] · W_ihᵀ[I, G·H]:  2·T·B·G·H·I FLOPs,
-            (T·B·I + G·H·I + T·B·G·H)·e bytes
-  per step: recurrent product h·W_hhᵀ plus the gate math: 2·B·G·H·H FLOPs; bytes read W_hh
-            (G·H·H·e, once per step: its re-reads by every batch block are L2 traffic, reported
-            apart), b_hh, xg_t (B·G·H·e), h_{t-1} (B·H·e), c_{t-1} (B·H·a, LSTM); written h_t
-            (B·H·e; the output y is a view of the h history), c_t (B·H·a, LSTM) and, when
-            training, the saved activations (B·S·H·a, S = 4 for LSTM gates, 4 for GRU r, z, n,
-            W_hn·h, 0 for RNN, whose backward uses the h history).
+  once:     input GEMM  X[T·B, I] · W_ihᵀ[I, G·H]:  2·T·B·G·H·I FLOPs.
+  per step: recurrent product h·W_hhᵀ (reduction K = H) plus the gate math: 2·B·G·H·H FLOPs;
+            HBM bytes: W_hh (G·H·H·e; its re-reads by every batch block are L2 traffic,
+            reported apart), b_hh, xg_t, h_{t-1}, c_{t-1} and c_t (LSTM), h_t, and when
+            training the saved activations (4·B·H·a for LSTM and GRU, none for RNN).
 Backward
-  per step: dh_t = dy_t + dG_{t+1}·W_hh and the gate gradients: 2·B·G·H·H FLOPs; bytes read
-            W_hh, dy_t (B·H·e), dG_{t+1} (B·G·H·a), the saved activations, c_{t-1}, c_t (LSTM) or
-            h_{t-1} (GRU); written dG_t (B·G·H·a) and dc_{t-1} (B·H·a, LSTM).
-  once:     dW_hh = dGᵀ·H_prev, dW_ih = dGᵀ·X, dX = dG·W_ih: 2·T·B·G·H·(H + 2·I) FLOPs.
+  per step: dh_t = dy_t + dG_{t+1}·W_hh (reduction K = G·H, G times the forward's) and the
+            gate gradients: 2·B·G·H·H FLOPs.
+  once:     dW_hh, dW_ih, dX: 2·T·B·G·H·(H + 2·I) FLOPs (bias-gradient sums not counted).
 
-Bias-gradient reductions are not counted. float32 products are costed at the fp32 peak (no
-TF32), half-precision ones at the dense tensor-core peak. Bytes are HBM bytes: a W_hh that stays
-in L2 from one step to the next (it fits: 4.5 MiB at H=768 fp16 against 50 MiB of H100 L2)
-would make the per-step kernels faster than predicted.
+Time of one kernel:
 
-A kernel's time is max(FLOPs / (peak·u), bytes / (bandwidth·u)) + the GPU-side cost of a
-dependent launch, where u = min(1, programs / SMs) is the share of the GPU a grid can use: a
-per-step grid of 8 programs on a 132-SM H100 gets 8/132 of its bandwidth. The host side is
-reported apart as a floor (launches × host cost per launch): a per-step launch loop cannot run
-faster than its host can issue launches unless the loop is captured in a CUDA graph.
+    max(FLOPs / (rate · u), bytes / (bandwidth · u), waves · chain · L2 latency)
+        + GPU gap per dependent launch
+
+- u = min(1, programs / SMs): the share of the GPU a grid can use (8 programs on 132 SMs
+  get 8/132 of its bandwidth and FLOPs).
+- rate: the ceiling of the arithmetic the kernel's products use: float32 FMA for an IEEE
+  float32 ``tl.dot`` (Triton lowers it to FMA instructions), the TF32 tensor-core rate when
+  ``torch.backends.cuda.matmul.allow_tf32`` is set, the dense bf16/fp16 tensor-core rate for
+  half types. These are peaks: small tiles reach less, so every prediction is optimistic.
+- chain: the dependent iterations of the kernel's serial loop. A per-step kernel walks its
+  reduction in ``block_k`` chunks and each chunk waits for a W_hh tile from L2 (the pipeline
+  of ``num_stages`` keeps ``num_stages - 1`` tiles in flight), plus two round trips for the
+  step's own loads and stores: ceil(K / block_k) / max(1, num_stages - 1) + 2.
+  waves = ceil(programs / (SMs · programs per SM)), programs per SM from the warp limit.
+- the three terms overlap perfectly (max, not sum): optimistic again.
+
+A sequence's time adds the kernels of its layers. The host issues the launches: a per-step
+launch loop costs ``launches × host cost`` on the CPU, and the GPU cannot finish before the host
+has issued the last launch, so the predicted wall time is
+``max(GPU time, host time) + one host launch`` (the first launch's latency). A CUDA graph replay
+removes the host term; the column "if graph-captured" shows what that would give (the per-step
+paths are not graph-captured today).
 """
 
 from __future__ import annotations
@@ -59,64 +69,108 @@ ELEM = {"float32": 4, "bfloat16": 2, "float16": 2}
 ACC = 4  # bytes: gates, c and gradients are kept in float32 for every data type here
 
 
-# -- ceilings ---------------------------------------------------------------------------------
+# -- ceilings (datasheets) ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Gpu:
     name: str
-    bandwidth: float  # bytes/s, device copy
-    fp32: float  # FLOP/s, dense float32 (no TF32)
+    bandwidth: float  # bytes/s, HBM, datasheet
+    fp32: float  # FLOP/s, float32 FMA (no tensor cores)
+    tf32: float  # FLOP/s, dense TF32 tensor cores
     half: float  # FLOP/s, dense bf16 / fp16 tensor cores
     sms: int
+    clock: float  # Hz, boost clock
     source: str
 
 
 GPUS = {
     "H100": Gpu(
-        "H100 SXM",
-        3.0e12,
-        67e12,
-        800e12,
+        "H100 SXM5 80GB",
+        3.35e12,
+        66.9e12,
+        494.7e12,
+        989.4e12,
         132,
-        "measured on an H100 SXM: 3.0 TB/s device-to-device copy, ~67 TFLOP/s fp32, "
-        "~800 TFLOP/s bf16 dense GEMM; 132 SMs",
+        1.98e9,
+        "NVIDIA H100 datasheet (SXM5): 3.35 TB/s HBM3, 67 TFLOP/s fp32, 989 TFLOP/s TF32 and "
+        "1,979 TFLOP/s bf16/fp16 with sparsity (half that dense), 132 SMs, 1.98 GHz boost",
+    ),
+    "H200": Gpu(
+        "H200 SXM 141GB",
+        4.8e12,
+        66.9e12,
+        494.7e12,
+        989.4e12,
+        132,
+        1.98e9,
+        "NVIDIA H200 datasheet: 4.8 TB/s HBM3e; the H100 SXM5's SMs, clocks and compute rates",
     ),
     "A100": Gpu(
         "A100 SXM4 80GB",
-        0.9 * 2.039e12,
+        2.039e12,
         19.5e12,
+        156e12,
         312e12,
         108,
-        "NVIDIA A100 datasheet: 2,039 GB/s HBM2e (80 GB SXM4; 1,555 GB/s for the 40 GB part), "
-        "19.5 TFLOP/s fp32, 312 TFLOP/s bf16/fp16 dense, 108 SMs; the bandwidth is taken at 0.9 "
-        "of the datasheet, the ratio the H100's measured copy (3.0) bears to its datasheet "
-        "3.35 TB/s",
+        1.41e9,
+        "NVIDIA A100 datasheet (SXM4 80GB): 2,039 GB/s HBM2e, 19.5 TFLOP/s fp32, 156 TFLOP/s "
+        "TF32 and 312 TFLOP/s bf16/fp16 dense, 108 SMs, 1.41 GHz boost",
     ),
 }
 
-# Assumptions, not measurements: what one dependent launch costs on the GPU (fill + drain of a
-# small kernel behind the previous one) and on the host (Triton's Python launcher; a C++ loop
-# calling cudaLaunchKernel plus an ATen/cuBLAS GEMM call).
-GPU_LAUNCH_S = 2.0e-6
-HOST_LAUNCH_S = {"triton": 20e-6, "cuda": 5e-6}
-# Inside a persistent kernel a step still waits for its dependent chain (load xg_t, dot with the
-# register-resident W_hh, gate math, write h_t) to finish: assumed 1 µs per step.
-PERSISTENT_STEP_S = 1.0e-6
+# -- assumptions (not measured here; each says where it comes from) ----------------------------
 
-# Published anchor: FlashRNN (Pöppel et al., 2024), H100, LSTM B=16 T=1024 H=768, cuDNN fp16.
-ANCHOR = {
-    "source": "FlashRNN paper, H100 table, LSTM B=16 T=1024 H=768: cuDNN fp16",
+BANDWIDTH_SHARE = 0.9
+BANDWIDTH_SHARE_SOURCE = (
+    "assumed: streaming kernels reach about 90 % of the datasheet HBM bandwidth"
+)
+L2_HIT_CYCLES = 270
+L2_HIT_SOURCE = (
+    "assumed: published microbenchmarks put an L2 hit on recent NVIDIA GPUs at roughly "
+    "200-340 cycles (222-339 across the SMs of an L40, arXiv:2606.22588); no Hopper figure "
+    "was measured here"
+)
+MAX_WARPS_PER_SM = 64  # CUDA programming guide, compute capability 8.0 and 9.0
+MAX_PROGRAMS_PER_SM = 32  # same table: resident blocks per SM
+GPU_LAUNCH_S = 2.0e-6
+GPU_LAUNCH_SOURCE = "assumed: drain + start of a small kernel behind the previous one"
+HOST_LAUNCH_S = {"triton": 20e-6, "cuda": 5e-6}
+HOST_LAUNCH_SOURCE = (
+    "assumed: Triton's Python launch path plus the launcher's own Python per step (10-20 µs "
+    "are commonly quoted per Triton launch); a C++ loop through ATen and cuBLAS ~5 µs per call"
+)
+# cuBLAS picks its own kernels; the per-step GEMM [B, H]·[H, G·H] is costed with one assumed
+# tile shape and pipeline depth, typical of its Ampere/Hopper kernels.
+CUBLAS_TILE = (64, 128, 32)  # (BM, BN, BK)
+CUBLAS_STAGES = 4
+
+# Published measurements at their shapes (FlashRNN: Pöppel et al., 2024, H100 table).
+PUBLISHED = {
+    "source": "FlashRNN paper (Pöppel et al., 2024), H100, LSTM B=16 T=1024 H=768",
     "cell": "lstm",
     "B": 16,
     "T": 1024,
     "I": 768,
     "H": 768,
     "layers": 1,
-    "dtype": "float16",
-    "fwd_ms": 2.01,
-    "fwdbwd_ms": 5.19,
+    "rows": [
+        ("cuDNN fp16", 2.01, 5.19),
+        ("FlashRNN fused kernel", 4.87, 13.61),
+    ],
 }
+ANCHOR = PUBLISHED  # the shape every comparison is made at
+
+
+def l2_latency(gpu: Gpu) -> float:
+    return L2_HIT_CYCLES / gpu.clock
+
+
+def dot_rate(gpu: Gpu, dtype: str, precision: str) -> float:
+    """FLOP/s ceiling of the products a kernel runs (see the module docstring)."""
+    if dtype != "float32":
+        return gpu.half
+    return gpu.tf32 if precision == "tf32" else gpu.fp32
 
 
 # -- kernel configurations, read from the code ------------------------------------------------
@@ -124,14 +178,18 @@ ANCHOR = {
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """One way the fused layer runs; ``kind`` is step (per-step launch), persistent (one launch
-    per sequence) or gemm+pointwise (a library GEMM and one element-wise kernel per step)."""
+    """One way the fused layer runs; ``kind`` is step (per-step launch), variant (the per-step
+    kernels of the cell variants), persistent (one launch per sequence) or gemm+pointwise (a
+    library GEMM and one element-wise kernel per step)."""
 
     backend: str
     kind: str
     description: str
     block_b: int = 0
     block_h: int = 0
+    block_k: int = 0
+    num_warps: int = 4
+    num_stages: int = 1
     threads: int = 0  # gemm+pointwise: threads per block of the element-wise kernel
     max_blocks: int = 0
     max_hidden: int = 0  # persistent: the largest H it takes
@@ -139,25 +197,35 @@ class KernelConfig:
     picker: object = field(default=None, compare=False, repr=False)
 
 
+def _step_config(kind, c, picker) -> KernelConfig:
+    return KernelConfig(
+        "triton",
+        kind,
+        f"{'per-step' if kind == 'step' else 'variant per-step'} block_b={c.block_b} "
+        f"block_h={c.block_h} block_k={c.block_k} warps={c.num_warps} stages={c.num_stages}",
+        block_b=c.block_b,
+        block_h=c.block_h,
+        block_k=c.block_k,
+        num_warps=c.num_warps,
+        num_stages=c.num_stages,
+        picker=picker,
+    )
+
+
 def triton_configs() -> tuple[list[KernelConfig], str]:
     """The Triton backend's shipped configurations, or ([], why not)."""
     try:
         tc = importlib.import_module("fusedrnn.ops.triton.configs")
-    except Exception as exc:  # triton missing, or the module not written yet
+    except Exception as exc:  # triton missing, or the module not importable
         return [], f"no triton configs found (fusedrnn.ops.triton.configs: {exc})"
-    out = []
-    for c in getattr(tc, "STEP_CONFIGS", ()):
-        out.append(
-            KernelConfig(
-                "triton",
-                "step",
-                f"per-step block_b={c.block_b} block_h={c.block_h} block_k={c.block_k} "
-                f"warps={c.num_warps}",
-                block_b=c.block_b,
-                block_h=c.block_h,
-                picker=getattr(tc, "pick_step_config", None),
-            )
-        )
+    out = [
+        _step_config("step", c, getattr(tc, "pick_step_config", None))
+        for c in getattr(tc, "STEP_CONFIGS", ())
+    ]
+    out += [
+        _step_config("variant", c, getattr(tc, "pick_variant_config", None))
+        for c in getattr(tc, "VARIANT_CONFIGS", ())
+    ]
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
         out.append(
             KernelConfig(
@@ -167,6 +235,7 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
                 f"warps={c.num_warps}",
                 block_b=c.block_b,
                 block_h=c.block_h,
+                num_warps=c.num_warps,
                 max_hidden=c.max_hidden,
                 cell=c.cell,
             )
@@ -191,25 +260,38 @@ def cuda_config() -> tuple[KernelConfig, str]:
         pass
     desc = f"cuBLAS GEMM + element-wise kernel per step ({threads} threads/block, grid-stride)"
     return KernelConfig(
-        "cuda", "gemm+pointwise", desc, threads=threads, max_blocks=max_blocks
+        "cuda",
+        "gemm+pointwise",
+        desc,
+        threads=threads,
+        max_blocks=max_blocks,
+        num_warps=threads // 32,
     ), note
 
 
-def applicable(cfg: KernelConfig, cell: str, B: int, H: int) -> bool:
+def applicable(cfg: KernelConfig, cell: str, B: int, H: int, variant: bool = False) -> bool:
     """Whether the launchers would pick ``cfg`` for this shape (mirrors the pick functions)."""
+    if (cfg.kind == "variant") != variant:  # the variant kernels serve only the variants
+        return False
+    if cfg.kind == "variant":
+        return cfg.picker is None or _picked(cfg, B)
     if cfg.kind == "persistent":
         return cfg.cell in (cell, "rnn_tanh" if cell == "rnn" else cell) and H <= cfg.max_hidden
-    if cfg.kind == "step" and cfg.picker is not None:
-        import os
-
-        saved = os.environ.pop("TRITON_INTERPRET", None)  # the GPU choice, not the interpreter's
-        try:
-            chosen = cfg.picker(B, H)
-        finally:
-            if saved is not None:
-                os.environ["TRITON_INTERPRET"] = saved
-        return (chosen.block_b, chosen.block_h) == (cfg.block_b, cfg.block_h)
+    if cfg.kind == "step":
+        return cfg.picker is None or _picked(cfg, B, H)
     return True
+
+
+def _picked(cfg: KernelConfig, *shape: int) -> bool:
+    import os
+
+    saved = os.environ.pop("TRITON_INTERPRET", None)  # the GPU choice, not the interpreter's
+    try:
+        chosen = cfg.picker(*shape)
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+    return (chosen.block_b, chosen.block_h) == (cfg.block_b, cfg.block_h)
 
 
 # -- counts -----------------------------------------------------------------------------------
@@ -217,7 +299,7 @@ def applicable(cfg: KernelConfig, cell: str, B: int, H: int) -> bool:
 
 @dataclass
 class Kernel:
-    """One launch (or one step of a persistent kernel): work and grid size."""
+    """One launch (or one step of a persistent kernel): work, grid and serial chain."""
 
     name: str
     flops: float
@@ -225,7 +307,9 @@ class Kernel:
     programs: int
     l2_bytes: float = 0.0
     launches: int = 1  # GPU launches this costs (0 inside a persistent kernel)
-    fixed_s: float = 0.0  # latency that no ceiling covers (a persistent kernel's step chain)
+    chain: float = 0.0  # dependent L2 round trips of its serial loop
+    warps: int = 4  # per program, for the number of waves
+    rate_per_sm: bool = False  # persistent: a program's product runs on its own SM only
 
 
 @dataclass
@@ -238,9 +322,15 @@ class Plan:
     once_bwd: list[Kernel]
 
 
-def _gemm(name, m, n, k, e, out_e=None, programs=10**6) -> Kernel:
+def _gemm(name, m, n, k, e, out_e=None) -> Kernel:
+    """A large library GEMM: fills the GPU, its time is its roofline."""
     out_e = e if out_e is None else out_e
-    return Kernel(name, 2.0 * m * n * k, (m * k + k * n) * e + m * n * out_e, programs)
+    return Kernel(name, 2.0 * m * n * k, (m * k + k * n) * e + m * n * out_e, 10**6)
+
+
+def chain_length(k: int, block_k: int, stages: int) -> float:
+    """Dependent L2 round trips of a step kernel reducing over ``k`` (module docstring)."""
+    return math.ceil(k / block_k) / max(1, stages - 1) + 2
 
 
 def plan(
@@ -260,42 +350,89 @@ def plan(
         _gemm("dW_ih GEMM", G * H, I, T * B, a, out_e=e),
         _gemm("dX GEMM", T * B, I, G * H, a, out_e=e),
     ]
+    w = cfg.num_warps
 
     if cfg.kind == "step":
         blocks_b = math.ceil(B / cfg.block_b)
         programs = blocks_b * math.ceil(H / cfg.block_h)
         l2 = (blocks_b - 1) * w_hh
-        step_fwd = [Kernel("fused step", rec_flops, w_hh + G * H * e + fwd_rows, programs, l2)]
-        step_bwd = [Kernel("fused step bwd", rec_flops, w_hh + bwd_rows, programs, l2)]
+        bk, st = cfg.block_k, cfg.num_stages
+        step_fwd = [
+            Kernel("fused step", rec_flops, w_hh + G * H * e + fwd_rows, programs, l2,
+                   chain=chain_length(H, bk, st), warps=w)
+        ]  # fmt: skip
+        step_bwd = [
+            Kernel("fused step bwd", rec_flops, w_hh + bwd_rows, programs, l2,
+                   chain=chain_length(G * H, bk, st), warps=w)
+        ]  # fmt: skip
+        return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
+    if cfg.kind == "variant":
+        # a program owns block_b rows and all G·H features: it walks G·H in block_h chunks,
+        # each a reduction over H (forward) or G·H (backward) in block_k chunks
+        programs = math.ceil(B / cfg.block_b)
+        l2 = (programs - 1) * w_hh
+        n_chunks = math.ceil(G * H / cfg.block_h)
+        bk, st = cfg.block_k, cfg.num_stages
+        fwd_chain = n_chunks * (chain_length(H, bk, st) - 2) + 2
+        bwd_chain = math.ceil(H / cfg.block_h) * (chain_length(G * H, bk, st) - 2) + 2
+        step_fwd = [
+            Kernel("variant step", rec_flops, w_hh + G * H * e + fwd_rows, programs, l2,
+                   chain=fwd_chain, warps=w)
+        ]  # fmt: skip
+        step_bwd = [
+            Kernel("variant step bwd", rec_flops, w_hh + bwd_rows, programs, l2,
+                   chain=bwd_chain, warps=w)
+        ]  # fmt: skip
         return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
     if cfg.kind == "persistent":
         programs = math.ceil(B / cfg.block_b)
-        # W_hh is loaded once per program into registers: the whole sequence's weight traffic
-        load = Kernel("persistent launch (W_hh load)", 0.0, w_hh * programs, programs)
+        # W_hh is loaded once per program and stays on chip: a step waits for its xg_t load
+        # (one round trip) and the store of h_t (one more) around an on-chip product
+        load = Kernel("persistent launch (W_hh load)", 0.0, w_hh * programs, programs, warps=w)
         step_fwd = [
-            Kernel("persistent step", rec_flops, fwd_rows, programs, 0.0, 0, PERSISTENT_STEP_S)
-        ]
+            Kernel("persistent step", rec_flops, fwd_rows, programs, 0.0, 0, chain=2, warps=w,
+                   rate_per_sm=True)
+        ]  # fmt: skip
         step_bwd = [
-            Kernel("persistent step bwd", rec_flops, bwd_rows, programs, 0.0, 0, PERSISTENT_STEP_S)
-        ]
+            Kernel("persistent step bwd", rec_flops, bwd_rows, programs, 0.0, 0, chain=2,
+                   warps=w, rate_per_sm=True)
+        ]  # fmt: skip
         return Plan(once_fwd + [load], step_fwd, step_bwd, [load, *once_bwd])
     # gemm+pointwise: the product hg = h·W_hhᵀ goes through memory between the two launches
+    bm, bn, bk = CUBLAS_TILE
     n = B * H
     blocks = min(math.ceil(n / cfg.threads), cfg.max_blocks)
     hg = B * G * H * a
-    gemm_f = Kernel("recurrent GEMM", rec_flops, w_hh + B * H * e + hg, 10**6)
-    gemm_b = Kernel("recurrent GEMM bwd", rec_flops, w_hh + B * G * H * a + B * H * a, 10**6)
-    step_fwd = [gemm_f, Kernel("pointwise", 0.0, fwd_rows + hg + G * H * e, blocks)]
-    step_bwd = [Kernel("pointwise bwd", 0.0, bwd_rows, blocks), gemm_b]
-    return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
+    gemm_f = Kernel(
+        "recurrent GEMM", rec_flops, w_hh + B * H * e + hg,
+        math.ceil(B / bm) * math.ceil(G * H / bn), chain=chain_length(H, bk, CUBLAS_STAGES),
+    )  # fmt: skip
+    gemm_b = Kernel(
+        "recurrent GEMM bwd", rec_flops, w_hh + B * G * H * a + B * H * a,
+        math.ceil(B / bm) * math.ceil(H / bn), chain=chain_length(G * H, bk, CUBLAS_STAGES),
+    )  # fmt: skip
+    pw = Kernel("pointwise", 0.0, fwd_rows + hg + G * H * e, blocks, chain=2, warps=w)
+    pw_b = Kernel("pointwise bwd", 0.0, bwd_rows, blocks, chain=2, warps=w)
+    return Plan(once_fwd, [gemm_f, pw], [pw_b, gemm_b], once_bwd)
 
 
-def kernel_time(k: Kernel, gpu: Gpu, dtype: str) -> float:
-    """Seconds on ``gpu``: roofline at the grid's share of the SMs, plus the launch cost."""
-    peak = gpu.fp32 if dtype == "float32" else gpu.half
+def waves(k: Kernel, gpu: Gpu) -> int:
+    per_sm = max(1, min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // max(1, k.warps)))
+    return math.ceil(k.programs / (gpu.sms * per_sm))
+
+
+def kernel_time(k: Kernel, gpu: Gpu, dtype: str, precision: str = "ieee") -> float:
+    """Seconds on ``gpu`` (module docstring): roofline at the grid's share of the SMs, or the
+    serial chain when it is longer, plus the GPU gap of its launches."""
+    rate = dot_rate(gpu, dtype, precision)
     share = min(1.0, k.programs / gpu.sms)
-    roof = max(k.flops / (peak * share), k.bytes / (gpu.bandwidth * share))
-    return roof + GPU_LAUNCH_S * k.launches + k.fixed_s
+    if k.rate_per_sm:  # each program's product runs on one SM; programs run side by side
+        compute = k.flops / k.programs / (rate / gpu.sms) if k.flops else 0.0
+    else:
+        compute = k.flops / (rate * share)
+    memory = k.bytes / (gpu.bandwidth * BANDWIDTH_SHARE * share)
+    chain = waves(k, gpu) * k.chain * l2_latency(gpu)
+    return max(compute, memory, chain) + GPU_LAUNCH_S * k.launches
 
 
 @dataclass
@@ -308,10 +445,17 @@ class Prediction:
     flops_step: float
     bytes_step: float
     l2_bytes_step: float
-    fwd_s: float
+    gpu_fwd_s: float  # GPU time alone: what a graph replay would take
+    gpu_fwdbwd_s: float
+    host_fwd_s: float  # host time to issue the launches
+    host_fwdbwd_s: float
+    fwd_s: float  # predicted wall time: max(GPU, host) + one host launch
     fwdbwd_s: float
-    host_floor_fwd_s: float
-    host_floor_fwdbwd_s: float
+
+
+def wall_time(gpu_s: float, host_s: float, host_launch_s: float) -> float:
+    """The GPU cannot finish before the host has issued the last launch."""
+    return max(gpu_s, host_s) + host_launch_s
 
 
 def predict(
@@ -324,19 +468,19 @@ def predict(
     H: int,
     layers: int,
     dtype: str,
+    precision: str = "ieee",
 ) -> Prediction:
     inf = plan(cfg, cell, B, T, I, H, dtype, training=False)
     tr = plan(cfg, cell, B, T, I, H, dtype, training=True)
     deep_inf = plan(cfg, cell, B, T, H, H, dtype, training=False)
     deep_tr = plan(cfg, cell, B, T, H, H, dtype, training=True)
 
+    def t(ks) -> float:
+        return sum(kernel_time(k, gpu, dtype, precision) for k in ks)
+
     def seq_time(p: Plan, backward: bool) -> float:
-        t = sum(kernel_time(k, gpu, dtype) for k in p.once_fwd)
-        t += T * sum(kernel_time(k, gpu, dtype) for k in p.step_fwd)
-        if backward:
-            t += T * sum(kernel_time(k, gpu, dtype) for k in p.step_bwd)
-            t += sum(kernel_time(k, gpu, dtype) for k in p.once_bwd)
-        return t
+        s = t(p.once_fwd) + T * t(p.step_fwd)
+        return s + (T * t(p.step_bwd) + t(p.once_bwd) if backward else 0.0)
 
     def launches(p: Plan, backward: bool) -> int:
         n = sum(k.launches for k in p.once_fwd) + T * sum(k.launches for k in p.step_fwd)
@@ -344,8 +488,8 @@ def predict(
             n += T * sum(k.launches for k in p.step_bwd) + sum(k.launches for k in p.once_bwd)
         return n
 
-    fwd = seq_time(inf, False) + (layers - 1) * seq_time(deep_inf, False)
-    fwdbwd = seq_time(tr, True) + (layers - 1) * seq_time(deep_tr, True)
+    gpu_fwd = seq_time(inf, False) + (layers - 1) * seq_time(deep_inf, False)
+    gpu_fwdbwd = seq_time(tr, True) + (layers - 1) * seq_time(deep_tr, True)
     n_fwd = launches(inf, False) * layers
     n_fwdbwd = launches(tr, True) * layers
     host = HOST_LAUNCH_S[cfg.backend]
@@ -358,24 +502,31 @@ def predict(
         flops_step=sum(k.flops for k in inf.step_fwd),
         bytes_step=sum(k.bytes for k in inf.step_fwd),
         l2_bytes_step=sum(k.l2_bytes for k in inf.step_fwd),
-        fwd_s=fwd,
-        fwdbwd_s=fwdbwd,
-        host_floor_fwd_s=n_fwd * host,
-        host_floor_fwdbwd_s=n_fwdbwd * host,
+        gpu_fwd_s=gpu_fwd,
+        gpu_fwdbwd_s=gpu_fwdbwd,
+        host_fwd_s=n_fwd * host,
+        host_fwdbwd_s=n_fwdbwd * host,
+        fwd_s=wall_time(gpu_fwd, n_fwd * host, host),
+        fwdbwd_s=wall_time(gpu_fwdbwd, n_fwdbwd * host, host),
     )
 
 
 # -- report -----------------------------------------------------------------------------------
 
+_ANCHOR_SHAPE = {k: PUBLISHED[k] for k in ("cell", "B", "T", "I", "H", "layers")}
 CASES = [
-    dict(ANCHOR, label="FlashRNN anchor"),
-    dict(ANCHOR, label="FlashRNN anchor, bf16", dtype="bfloat16"),
-    {"label": "bench headline", "cell": "lstm", "B": 64, "T": 64, "I": 128, "H": 256,
+    dict(_ANCHOR_SHAPE, label="published anchor", dtype="float16", published=True),
+    dict(_ANCHOR_SHAPE, label="published anchor, bf16", dtype="bfloat16", published=True),
+    {"label": "GPU headline", "cell": "lstm", "B": 64, "T": 100, "I": 512, "H": 512,
+     "layers": 1, "dtype": "float32"},
+    {"label": "GPU headline, TF32 allowed", "cell": "lstm", "B": 64, "T": 100, "I": 512,
+     "H": 512, "layers": 1, "dtype": "float32", "precision": "tf32"},
+    {"label": "char-LM 2x512", "cell": "lstm", "B": 64, "T": 128, "I": 64, "H": 512,
+     "layers": 2, "dtype": "bfloat16"},
+    {"label": "CPU bench headline", "cell": "gru", "B": 64, "T": 64, "I": 128, "H": 512,
      "layers": 2, "dtype": "float32"},
-    {"label": "bench headline", "cell": "lstm", "B": 64, "T": 64, "I": 128, "H": 512,
-     "layers": 2, "dtype": "float32"},
-    {"label": "bench headline", "cell": "gru", "B": 64, "T": 64, "I": 128, "H": 512,
-     "layers": 2, "dtype": "float32"},
+    {"label": "layer-norm LSTM (variant kernels)", "cell": "lstm", "B": 16, "T": 1024,
+     "I": 768, "H": 768, "layers": 1, "dtype": "bfloat16", "variant": True},
     {"label": "small H (persistent range)", "cell": "rnn", "B": 16, "T": 1024, "I": 64,
      "H": 64, "layers": 1, "dtype": "bfloat16"},
     {"label": "sampling step", "cell": "lstm", "B": 1, "T": 1, "I": 128, "H": 512,
@@ -387,19 +538,22 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3g}"
+
+
 def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
     """One row per shipped configuration: its per-step cost at a shape it serves."""
     lines = [
-        "## Every shipped configuration, one forward step (training: saved activations written)",
+        "## Every shipped configuration, one step (training)",
         "",
-        "Per-step kernels at B=64, H=256, I=128, LSTM, float32 (whether or not the launcher "
-        "would pick that config there); persistent kernels at their cell, largest H and "
-        "B=block_b, bfloat16.",
+        "Per-step and variant kernels at LSTM B=64 H=256 float32 IEEE (whether or not the "
+        "launcher would pick that config there); persistent kernels at their cell, largest H "
+        "and B=block_b, bfloat16. Chain: dependent L2 round trips per step, forward / backward.",
         "",
-        "| config | shape | programs | launches/step | FLOPs/step | bytes/step | "
-        + " | ".join(f"predicted µs/step {g}" for g in gpus)
-        + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(gpus),
+        "| config | shape | programs | launches/step fwd, bwd | chain fwd, bwd | FLOPs/step | "
+        "bytes/step | " + " | ".join(f"predicted µs/step fwd, bwd {g}" for g in gpus) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(gpus),
     ]
     for c in configs:
         if c.kind == "persistent":
@@ -408,16 +562,57 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
         else:
             cell, B, H, dt = "lstm", 64, 256, "float32"
         p = plan(c, cell, B, 64, 128, H, dt, training=True)
-        times = [sum(kernel_time(k, GPUS[g], dt) for k in p.step_fwd) * 1e6 for g in gpus]
+        times = [
+            (
+                sum(kernel_time(k, GPUS[g], dt) for k in p.step_fwd) * 1e6,
+                sum(kernel_time(k, GPUS[g], dt) for k in p.step_bwd) * 1e6,
+            )
+            for g in gpus
+        ]
+        progs = "+".join(str(k.programs if k.programs < 10**6 else "lib") for k in p.step_fwd)
         lines.append(
-            f"| {c.backend}: {c.description} | {cell.upper()} B={B} H={H} {dt} | "
-            f"{max(k.programs for k in p.step_fwd) if c.kind != 'gemm+pointwise' else 'cuBLAS + ' + str(p.step_fwd[1].programs)} | "
-            f"{sum(k.launches for k in p.step_fwd)} | "
+            f"| {c.backend}: {c.description} | {cell.upper()} B={B} H={H} {dt} | {progs} | "
+            f"{sum(k.launches for k in p.step_fwd)}, {sum(k.launches for k in p.step_bwd)} | "
+            f"{sum(k.chain for k in p.step_fwd):.0f}, {sum(k.chain for k in p.step_bwd):.0f} | "
             f"{sum(k.flops for k in p.step_fwd) / 1e6:.2f} M | "
             f"{_fmt_bytes(sum(k.bytes for k in p.step_fwd))} | "
-            + " | ".join(f"{t:.2f} (prediction)" for t in times)
+            + " | ".join(f"{f:.2f}, {b:.2f} (prediction)" for f, b in times)
             + " |"
         )
+    return lines + [""]
+
+
+def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]:
+    cell, B, T, I, H, L, dt = (case[k] for k in ("cell", "B", "T", "I", "H", "layers", "dtype"))  # noqa: E741
+    prec = case.get("precision", "ieee")
+    variant = case.get("variant", False)
+    chosen = [c for c in configs if applicable(c, cell, B, H, variant)]
+    prec_note = f" {prec.upper()}" if dt == "float32" else ""
+    lines = [
+        f"## {case['label']}: {cell.upper()} B={B} T={T} I={I} H={H} layers={L} {dt}{prec_note}",
+        "",
+        "| GPU | implementation | launches/step fwd, bwd | launches/seq fwd, fwd+bwd | "
+        "host time fwd, fwd+bwd ms | GPU time fwd, fwd+bwd ms | predicted fwd ms | "
+        "predicted fwd+bwd ms | if graph-captured fwd, fwd+bwd ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in gpus:
+        for c in chosen:
+            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec)
+            lines.append(
+                f"| {g} | {p.implementation} | {p.launches_step_fwd}, {p.launches_step_bwd} | "
+                f"{p.launches_seq_fwd}, {p.launches_seq_fwdbwd} | "
+                f"{_ms(p.host_fwd_s)}, {_ms(p.host_fwdbwd_s)} | "
+                f"{_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} | "
+                f"**{_ms(p.fwd_s)}** (prediction) | **{_ms(p.fwdbwd_s)}** (prediction) | "
+                f"{_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} (prediction) |"
+            )
+    if case.get("published"):
+        for name, fwd, fwdbwd in PUBLISHED["rows"]:
+            lines.append(
+                f"| H100 | {name} (published, measured: {PUBLISHED['source']}) | | | | | "
+                f"{fwd} | {fwdbwd} | |"
+            )
     return lines + [""]
 
 
@@ -428,57 +623,43 @@ def report(gpus: list[str]) -> str:
     lines = [
         "# fusedrnn GPU cost model — every time below is a PREDICTION, not a measurement",
         "",
-        "Ceilings:",
+        "Generated by `python bench/costmodel.py`; the formulas are in its docstring. Every "
+        "prediction is optimistic by construction (peak rates, perfect overlap of compute, "
+        "memory and latency).",
+        "",
+        "Ceilings (datasheets):",
         *[f"- {GPUS[g].name}: {GPUS[g].source}" for g in gpus],
-        f"- assumed, not measured: {GPU_LAUNCH_S * 1e6:.1f} µs of GPU time per dependent "
-        f"launch; host cost per launch {', '.join(f'{k} {v * 1e6:.0f} µs' for k, v in HOST_LAUNCH_S.items())} "
-        "(host floor = launches × that: what a launch loop costs unless captured in a CUDA graph)",
+        "",
+        "Assumptions (not measured here):",
+        f"- {BANDWIDTH_SHARE:.0%} of the datasheet bandwidth: {BANDWIDTH_SHARE_SOURCE}",
+        f"- L2 hit {L2_HIT_CYCLES} cycles "
+        f"({', '.join(f'{g} {l2_latency(GPUS[g]) * 1e9:.0f} ns' for g in gpus)}): {L2_HIT_SOURCE}",
+        f"- {GPU_LAUNCH_S * 1e6:.1f} µs of GPU time per dependent launch: {GPU_LAUNCH_SOURCE}",
+        f"- host time per launch {', '.join(f'{k} {v * 1e6:.0f} µs' for k, v in HOST_LAUNCH_S.items())}: "
+        f"{HOST_LAUNCH_SOURCE}",
+        f"- cuBLAS per-step GEMM: tile {'x'.join(map(str, CUBLAS_TILE))}, {CUBLAS_STAGES} "
+        "pipeline stages (its real kernel choice was not inspected)",
+        f"- at most {MAX_WARPS_PER_SM} warps and {MAX_PROGRAMS_PER_SM} programs per SM (CUDA "
+        "programming guide, compute capability 8.0/9.0); register limits are ignored, so the "
+        "number of waves is a lower bound",
+        "- float32 products: the FMA rate for an IEEE `tl.dot`, the TF32 rate when "
+        "`torch.backends.cuda.matmul.allow_tf32` is set (cuDNN's RNNs use TF32 by default: "
+        "`torch.backends.cudnn.allow_tf32` is True)",
         "",
     ]
     if note:
         lines += [f"**{note}**: only the CUDA backend's configuration is modelled.", ""]
     if cuda_note:
         lines += [f"CUDA backend: {cuda_note}.", ""]
-    lines += [
-        f"Anchor (published, measured): {ANCHOR['source']}: {ANCHOR['fwd_ms']} ms forward, "
-        f"{ANCHOR['fwdbwd_ms']} ms forward+backward.",
-        "",
-    ]
     lines += _every_config(configs, gpus)
     for case in CASES:
-        cell, B, T, I, H, L, dt = (case[k] for k in ("cell", "B", "T", "I", "H", "layers", "dtype"))  # noqa: E741
-        chosen = [c for c in configs if applicable(c, cell, B, H)]
-        lines += [
-            f"## {case['label']}: {cell.upper()} B={B} T={T} I={I} H={H} layers={L} {dt}",
-            "",
-            "| GPU | implementation | launches/step fwd, bwd | launches/seq fwd, fwd+bwd | "
-            "FLOPs/step | bytes/step (+L2 re-reads) | predicted fwd ms | predicted fwd+bwd ms "
-            "| host floor fwd, fwd+bwd ms |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for g in gpus:
-            for c in chosen:
-                p = predict(c, GPUS[g], cell, B, T, I, H, L, dt)
-                lines.append(
-                    f"| {g} | {p.implementation} | {p.launches_step_fwd}, {p.launches_step_bwd} | "
-                    f"{p.launches_seq_fwd}, {p.launches_seq_fwdbwd} | {p.flops_step / 1e6:.1f} M | "
-                    f"{_fmt_bytes(p.bytes_step)} (+{_fmt_bytes(p.l2_bytes_step)}) | "
-                    f"{p.fwd_s * 1e3:.3g} (prediction) | {p.fwdbwd_s * 1e3:.3g} (prediction) | "
-                    f"{p.host_floor_fwd_s * 1e3:.3g}, {p.host_floor_fwdbwd_s * 1e3:.3g} "
-                    "(prediction) |"
-                )
-        if "fwd_ms" in case:
-            lines.append(
-                f"| H100 | published cuDNN fp16 (measured, FlashRNN) | | | | | "
-                f"{case['fwd_ms']} | {case['fwdbwd_ms']} | |"
-            )
-        lines.append("")
+        lines += _case(case, configs, gpus)
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Predicted GPU cost of the fused RNN kernels")
-    p.add_argument("--gpu", default="H100,A100", help="comma list from " + ",".join(GPUS))
+    p.add_argument("--gpu", default="H100,H200,A100", help="comma list from " + ",".join(GPUS))
     p.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = p.parse_args(argv)
     gpus = [g.strip() for g in args.gpu.split(",")]

@@ -142,7 +142,9 @@ def test_flop_count_by_hand():
 
 
 def test_costmodel_step_kernel_by_hand():
-    cfg = costmodel.KernelConfig("triton", "step", "hand", block_b=64, block_h=32)
+    cfg = costmodel.KernelConfig(
+        "triton", "step", "hand", block_b=64, block_h=32, block_k=16, num_warps=4, num_stages=2
+    )
     plan = costmodel.plan(cfg, "lstm", B=64, T=64, I=128, H=256, dtype="float32", training=True)
     (k,) = plan.step_fwd
     assert k.flops == 2 * 64 * 1024 * 256
@@ -151,9 +153,16 @@ def test_costmodel_step_kernel_by_hand():
     c_prev_and_new, saved_gates = 2 * 64 * 256 * 4, 64 * 1024 * 4
     assert k.bytes == w_hh + b_hh + xg + h_prev + h_new + c_prev_and_new + saved_gates == 1839104
     assert k.programs == 8 and k.launches == 1
+    # the serial loop: 256 / 16 chunks of K = H forward, 1024 / 16 of K = 4H backward, with
+    # one tile in flight (2 stages), plus the step's own load and store round trips
+    assert k.chain == 16 + 2
+    assert plan.step_bwd[0].chain == 64 + 2
     gpu = costmodel.GPUS["H100"]
     share = 8 / 132
-    want = max(k.flops / (67e12 * share), 1839104 / (3.0e12 * share)) + 2e-6
+    compute = k.flops / (66.9e12 * share)
+    memory = 1839104 / (3.35e12 * 0.9 * share)
+    latency = 18 * 270 / 1.98e9
+    want = max(compute, memory, latency) + 2e-6
     assert math.isclose(costmodel.kernel_time(k, gpu, "float32"), want, rel_tol=1e-12)
     # inference skips the saved gates
     inf = costmodel.plan(cfg, "lstm", B=64, T=64, I=128, H=256, dtype="float32", training=False)
@@ -162,13 +171,52 @@ def test_costmodel_step_kernel_by_hand():
     assert gemm.flops == 2 * 64 * 64 * 1024 * 128
 
 
-def test_costmodel_launch_counts():
+def test_costmodel_rates_waves_and_chain():
+    gpu = costmodel.GPUS["A100"]
+    big = costmodel.Kernel("k", flops=1e12, bytes=0.0, programs=10**6)
+    for dtype, prec, rate in [
+        ("float32", "ieee", 19.5e12),
+        ("float32", "tf32", 156e12),
+        ("bfloat16", "ieee", 312e12),
+        ("float16", "tf32", 312e12),
+    ]:
+        want = 1e12 / rate + 2e-6
+        assert math.isclose(costmodel.kernel_time(big, gpu, dtype, prec), want, rel_tol=1e-12)
+    # 4-warp programs: 16 fit on an SM (64 warps), so 108 * 16 + 1 programs take two waves
+    k = costmodel.Kernel("k", 0.0, 0.0, programs=108 * 16 + 1, chain=10, warps=4)
+    assert costmodel.waves(k, gpu) == 2
+    want = 2 * 10 * 270 / 1.41e9 + 2e-6
+    assert math.isclose(costmodel.kernel_time(k, gpu, "float32"), want, rel_tol=1e-12)
+    assert costmodel.chain_length(3072, 16, 2) == 192 + 2
+    assert costmodel.chain_length(100, 32, 4) == 4 / 3 + 2
+    # a persistent step's product runs on its own SM
+    p = costmodel.Kernel("p", flops=2e9, bytes=0.0, programs=2, launches=0, rate_per_sm=True)
+    assert math.isclose(costmodel.kernel_time(p, gpu, "bfloat16"), 1e9 / (312e12 / 108))
+
+
+def test_costmodel_variant_chain():
+    cfg = costmodel.KernelConfig(
+        "triton", "variant", "hand", block_b=16, block_h=32, block_k=32, num_stages=1
+    )
+    p = costmodel.plan(cfg, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True)
+    # a program walks 4H / 32 = 8 feature chunks, each reducing over H / 32 = 2 tiles
+    assert p.step_fwd[0].chain == 8 * 2 + 2 and p.step_fwd[0].programs == 2
+    # backward: H / 32 = 2 chunks of dh, each reducing over 4H / 32 = 8 tiles
+    assert p.step_bwd[0].chain == 2 * 8 + 2
+
+
+def test_costmodel_host_time_is_part_of_the_prediction():
     cuda, _ = costmodel.cuda_config()
     p = costmodel.predict(cuda, costmodel.GPUS["A100"], "gru", 16, 100, 32, 64, 2, "bfloat16")
     # per layer: input GEMM + T x (GEMM + pointwise); backward adds T x 2 and three GEMMs
     assert p.launches_seq_fwd == 2 * (1 + 100 * 2)
     assert p.launches_seq_fwdbwd == 2 * (1 + 100 * 2 + 100 * 2 + 3)
-    assert p.fwd_s > 0 and p.fwdbwd_s > p.fwd_s
+    assert p.host_fwd_s == p.launches_seq_fwd * 5e-6
+    assert p.fwd_s == max(p.gpu_fwd_s, p.host_fwd_s) + 5e-6
+    assert p.fwdbwd_s == max(p.gpu_fwdbwd_s, p.host_fwdbwd_s) + 5e-6
+    assert p.gpu_fwd_s > 0 and p.gpu_fwdbwd_s > p.gpu_fwd_s
+    assert costmodel.wall_time(1.0, 3.0, 0.5) == 3.5
+    assert costmodel.wall_time(3.0, 1.0, 0.5) == 3.5
 
 
 def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
