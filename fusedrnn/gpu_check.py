@@ -483,15 +483,17 @@ def tests_phase(plan: Plan, phase: Phase, log, allotted: float) -> tuple[str, st
 # -- phase 3b: every cell, backend and dtype against torch.nn, in process ---------------------
 
 
-def check_phase(plan: Plan, phase: Phase, budget: Budget, deadline_s: float) -> tuple[str, str]:
+def check_phase(plan: Plan, phase: Phase, budget: Budget, allotted: float) -> tuple[str, str]:
     """Forward and all gradients of each fused backend against torch.nn with the same weights:
-    bench/providers.py's evaluate/compare, so the benchmark and this check share tolerances."""
+    bench/providers.py's evaluate/compare, so the benchmark and this check share tolerances.
+    A case runs to its end once started; none starts after ``allotted`` seconds."""
     import providers as P
 
     import fusedrnn
 
     backends = [b for b in plan.wanted_backends if b in fusedrnn.available_backends(plan.device)]
     phase.details["backends"] = backends
+    stop_at = budget.elapsed() + allotted
     cases = []
     B, T, I, H, layers = plan.check_shape  # noqa: E741
     for dtype in plan.check_dtypes:
@@ -500,7 +502,7 @@ def check_phase(plan: Plan, phase: Phase, budget: Budget, deadline_s: float) -> 
             for backend in backends:
                 case = {"cell": cell, "dtype": cfg.dtype_name, "backend": backend}
                 cases.append(case)
-                if budget.remaining() < deadline_s:
+                if budget.elapsed() >= stop_at:
                     case.update(status="skipped", reason="time budget spent")
                     continue
                 case.update(_check_case(P, cfg, backend))
@@ -940,7 +942,7 @@ def _main(args, argv, clock) -> int:
                 plan, env, phases["build"], log, s, args.rebuild, args.dry_run
             ),
             "tests": lambda s: tests_phase(plan, phases["tests"], log, s),
-            "check": lambda s: check_phase(plan, phases["check"], budget, reserve("check")),
+            "check": lambda s: check_phase(plan, phases["check"], budget, s),
             "bench": lambda s: bench_phase(
                 plan, env, tag, out, state, phases["bench"], budget, args.compile, command
             ),
