@@ -20,8 +20,8 @@ skipped with a recorded reason when too little is left, never overrunning it:
 Into ``--out`` (default ``bench/results/gpu-<name>/``; a scratch directory with ``--dry-run``)
 it also writes ``gpu_check.json`` (phases, wall times, counts), ``summary.md`` and
 ``gpu_check.log`` (the build and pytest output). Exit status: 0 all ran clean, 1 something failed
-or disagreed with torch.nn, 2 nothing could run (no CUDA device, no bench/ directory), 3 clean
-but cut short (a phase or a benchmark shape skipped for time).
+or disagreed with torch.nn, 2 nothing could run (no CUDA device, no bench/ directory), 3 nothing
+failed but the budget cut something short (a phase skipped or stopped, a shape left out).
 
 bench/ is imported from the checkout this package lives in: run it from a source checkout.
 """
@@ -470,9 +470,10 @@ def tests_phase(plan: Plan, phase: Phase, log, allotted: float) -> tuple[str, st
     phase.details.update(command=" ".join(pytest_command(plan)), exit_status=rc, **parsed)
     counts = parsed["counts"]
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no test reported"
-    if rc is None:
-        return "timeout", f"stopped after {allotted:.0f} s: {summary} so far"
     bad = counts.get("failed", 0) + counts.get("error", 0)
+    if rc is None:
+        status = "failed" if bad else "timeout"
+        return status, f"stopped after {allotted:.0f} s: {summary} so far"
     if bad or rc not in (0, 5):
         return "failed", f"exit status {rc}: {summary}"
     if not counts.get("passed"):
@@ -515,6 +516,10 @@ def check_phase(plan: Plan, phase: Phase, budget: Budget, allotted: float) -> tu
         summary += f"; not available: {', '.join(missing)}"
     if n["incorrect"] or n["error"]:
         return "failed", summary
+    if n["skipped"]:
+        phase.details["cut_short"] = True
+        if not n["ok"]:
+            return "skipped", summary
     if not n["ok"]:
         return "failed", summary or "no backend to check"
     return ("failed" if missing else "ok"), summary
@@ -888,12 +893,12 @@ def _inside(path: Path, parent: Path) -> bool:
 
 
 def exit_status(phases: list[Phase], state: BenchState) -> int:
-    """1: something failed or disagreed with torch.nn; 3: clean but cut short by the budget."""
-    if any(p.status in ("failed", "timeout") for p in phases):
+    """1: something failed or disagreed with torch.nn; 3: nothing failed, but the budget cut
+    something short (a phase skipped or stopped at its timeout, cases or shapes left out)."""
+    if any(p.status == "failed" for p in phases):
         return 1
-    if state.skipped or any(p.status == "skipped" for p in phases):
-        return 3
-    return 0
+    cut = any(p.status in ("skipped", "timeout") or p.details.get("cut_short") for p in phases)
+    return 3 if cut or state.skipped else 0
 
 
 def main(argv=None, clock: Callable[[], float] = time.monotonic) -> int:

@@ -160,9 +160,20 @@ def test_zero_budget_skips_every_phase_but_still_reports(tmp_path, capsys):
     assert "Not measured" in (tmp_path / "summary.md").read_text()
 
 
+def test_check_phase_starts_no_case_past_its_allotment():
+    plan = gc.dry_run_plan()
+    phase = gc.Phase("check")
+    status, reason = gc.check_phase(plan, phase, gc.Budget(60), allotted=0)
+    assert status == "skipped" and phase.details["cut_short"]
+    assert all(c["status"] == "skipped" for c in phase.details["cases"])
+    assert len(phase.details["cases"]) == len(P.CELLS) * len(plan.check_dtypes)
+    assert gc.exit_status([phase], gc.BenchState()) == 3
+
+
 def test_exit_status():
     ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
     assert gc.exit_status([ok], gc.BenchState()) == 0
+    assert gc.exit_status([ok, gc.Phase("t", "timeout")], gc.BenchState()) == 3
     assert gc.exit_status([ok], gc.BenchState(skipped=["lstm fwd"])) == 3
     assert gc.exit_status([ok, skipped], gc.BenchState()) == 3
     assert gc.exit_status([ok, skipped, failed], gc.BenchState()) == 1
