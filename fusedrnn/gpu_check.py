@@ -858,7 +858,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="every phase on CPU tensors with tiny shapes, into a scratch directory",
     )
     p.add_argument("--rebuild", action="store_true", help="build even if the extension imports")
-    p.add_argument("--compile", action="store_true", help="add torch.compile on the char-LM shape")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile on the char-LM shape (its compile can take minutes and, once "
+        "started, is not stopped by the budget)",
+    )
     p.add_argument("--no-plots", action="store_true")
     return p.parse_args(argv)
 
@@ -975,7 +980,7 @@ def _main(args, argv, clock) -> int:
         "tag": tag,
         "mode": "dry-run" if args.dry_run else "gpu",
         "command": command,
-        "out": str(out),
+        "out": str(out.relative_to(ROOT)) if _inside(out, ROOT) else str(out),
         "budget_s": budget.total_s,
         "elapsed_s": round(budget.elapsed(), 1),
         "exit_status": status,
