@@ -212,6 +212,44 @@ def test_a_timeout_ends_the_command_and_its_children(tmp_path):
     assert time.monotonic() - start < 30
 
 
+def test_gpu_summary_states_the_machine(dry_run):
+    out, _, _ = dry_run
+    env = {
+        "date_utc": "2026-12-04 00:00 UTC",
+        "gpu": "NVIDIA H200",
+        "sm_count": 132,
+        "capability": "9.0",
+        "cpu_model": "Some CPU",
+        "cpu_count": 16,
+        "torch": "2.11.0+cu130",
+        "torch_cuda": "13.0",
+        "cudnn": 91000,
+        "triton": "3.6.0",
+        "python": "3.12.3",
+        "nvidia_smi": {
+            "name": "NVIDIA H200",
+            "driver_version": "580.1",
+            "clocks.sm": "1980",
+            "clocks.max.sm": "1980",
+            "clocks.mem": "3201",
+        },
+    }
+    assert gc.gpu_tag(env) == "gpu-nvidia-h200"
+    report = {
+        "tag": gc.gpu_tag(env),
+        "mode": "gpu",
+        "command": "python -m fusedrnn.gpu_check",
+        "elapsed_s": 400.0,
+        "budget_s": 450.0,
+        "exit_status": 0,
+        "env": env,
+        "phases": [vars(gc.Phase("bench", "ok", "", 200.0))],
+    }
+    text = gc.summary_markdown(report, _rows(out))
+    assert "NVIDIA H200, 132 SMs, capability 9.0" in text
+    assert "SM 1980 / 1980 MHz" in text and "CUDA 13.0" in text
+
+
 def test_exit_status():
     ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
     assert gc.exit_status([ok], gc.BenchState()) == 0
