@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -61,6 +62,8 @@ GPU_TEST_FILES = (
     "tests/test_cuda_variants.py",
 )
 LOG_TAIL_LINES = 40
+# past the budget, in-process phases are stopped (GPU default: 450 + 20 s, under 8 min)
+WATCHDOG_GRACE_S = 20
 
 
 class CheckError(Exception):
@@ -217,10 +220,14 @@ def gpu_plan() -> Plan:
 
 def dry_run_plan() -> Plan:
     """The GPU plan's plumbing on CPU tensors: the cpu backend stands in for triton and cuda,
-    torch.nn (oneDNN) for cuDNN, a quick CPU test file for the GPU tests, tiny shapes."""
+    torch.nn (oneDNN) for cuDNN, a quick CPU test file for the GPU tests, tiny shapes. Where
+    the cpu extension was not built, the reference backend stands in for it."""
+    import fusedrnn
+
+    built = "cpu" in fusedrnn.available_backends("cpu")
     return Plan(
         device="cpu",
-        wanted_backends=("cpu",),
+        wanted_backends=("cpu",) if built else ("reference",),
         built_backend="cpu",
         check_dtypes=(torch.float32, torch.bfloat16),
         check_shape=(2, 3, 5, 7, 2),
@@ -915,6 +922,70 @@ def main(argv=None, clock: Callable[[], float] = time.monotonic) -> int:
         return 2
 
 
+@dataclass
+class Session:
+    """What one run has found and measured so far: everything the final report is made of."""
+
+    args: argparse.Namespace
+    plan: Plan
+    budget: Budget
+    command: str
+    env: dict = field(default_factory=dict)
+    tag: str = ""
+    out: Path = Path()
+    phases: dict[str, Phase] = field(default_factory=dict)
+    state: BenchState = field(default_factory=BenchState)
+    current: str = ""  # the phase running now
+
+
+def finish(s: Session) -> int:
+    """Write meta.json, results.*, gpu_check.json and summary.md from what was done."""
+    if not s.state.meta:
+        device = s.env.get("gpu") or "cpu (dry run)"
+        nan = {"float32": float("nan")}
+        s.state.meta.update(_meta(s.plan, s.env, s.tag, nan, s.command, device, s.args.compile))
+    write_bench_outputs(s.out, s.state, plots=not s.args.no_plots, budget=s.budget)
+    status = exit_status(list(s.phases.values()), s.state)
+    report = {
+        "tag": s.tag,
+        "mode": "dry-run" if s.args.dry_run else "gpu",
+        "command": s.command,
+        "out": str(s.out.relative_to(ROOT)) if _inside(s.out, ROOT) else str(s.out),
+        "budget_s": s.budget.total_s,
+        "elapsed_s": round(s.budget.elapsed(), 1),
+        "exit_status": status,
+        "env": s.env,
+        "phases": [vars(p) for p in s.phases.values()],
+    }
+    (s.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    (s.out / "summary.md").write_text(summary_markdown(report, s.state.rows))
+    print(f"gpu_check: wrote {s.out} in {s.budget.elapsed():.0f} s; exit status {status}")
+    sys.stdout.flush()
+    return status
+
+
+def start_watchdog(s: Session, after_s: float) -> threading.Timer:
+    """A kernel that never returns (a grid barrier waiting on a block that is not resident, say)
+    would hold the in-process phases past any budget: at ``after_s`` the report is written from
+    what was done and the process ends."""
+
+    def fire():
+        phase = s.phases.get(s.current)
+        if phase is not None:
+            phase.status = "failed"
+            phase.reason = f"still running {after_s:.0f} s after the start: stopped (a hang?)"
+        print(f"gpu_check: {s.current or 'run'} still running at {after_s:.0f} s; stopping")
+        try:
+            finish(s)
+        finally:
+            os._exit(1)
+
+    timer = threading.Timer(after_s, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _main(args, argv, clock) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         raise CheckError(
@@ -924,73 +995,64 @@ def _main(args, argv, clock) -> int:
         )
     import_bench()
     plan = dry_run_plan() if args.dry_run else gpu_plan()
-    budget = Budget(plan.budget_s if args.budget_s is None else args.budget_s, clock)
-    command = "python -m fusedrnn.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
-    phases = {name: Phase(name) for name in ("environment", "build", "tests", "check", "bench")}
-
-    env_phase = phases["environment"]
+    s = Session(
+        args=args,
+        plan=plan,
+        budget=Budget(plan.budget_s if args.budget_s is None else args.budget_s, clock),
+        command="python -m fusedrnn.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
+    s.phases = {n: Phase(n) for n in ("environment", "build", "tests", "check", "bench")}
     start = clock()
-    env = environment(plan, budget)
-    env_phase.status, env_phase.wall_s = "ok", round(clock() - start, 2)
-    tag = gpu_tag(env)
-    out = choose_out(args, args.dry_run, tag).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "env.json").write_text(json.dumps(env, indent=1))
-    print(f"gpu_check: {env.get('gpu') or 'dry run on the CPU'} -> {out}")
-    print(f"gpu_check: budget {budget.total_s:.0f} s")
+    s.env = environment(plan, s.budget)
+    s.phases["environment"].status = "ok"
+    s.phases["environment"].wall_s = round(clock() - start, 2)
+    s.tag = gpu_tag(s.env)
+    s.out = choose_out(args, args.dry_run, s.tag).resolve()
+    s.out.mkdir(parents=True, exist_ok=True)
+    (s.out / "env.json").write_text(json.dumps(s.env, indent=1))
+    print(f"gpu_check: {s.env.get('gpu') or 'dry run on the CPU'} -> {s.out}")
+    print(f"gpu_check: budget {s.budget.total_s:.0f} s")
+    watchdog = start_watchdog(s, s.budget.remaining() + WATCHDOG_GRACE_S)
+    try:
+        _run_phases(s)
+    finally:
+        watchdog.cancel()
+    return finish(s)
 
+
+def _run_phases(s: Session) -> None:
+    plan, budget, args = s.plan, s.budget, s.args
     order = ["build", "tests", "check", "bench"]
 
     def reserve(name: str) -> float:
         later = order[order.index(name) + 1 :]
         return sum(plan.limits[n].min_s for n in later) + plan.write_reserve_s
 
-    state = BenchState()
-    with open(out / "gpu_check.log", "w") as log:
+    with open(s.out / "gpu_check.log", "w") as log:
         steps = {
-            "build": lambda s: build_phase(
-                plan, env, phases["build"], log, s, args.rebuild, args.dry_run
+            "build": lambda t: build_phase(
+                plan, s.env, s.phases["build"], log, t, args.rebuild, args.dry_run
             ),
-            "tests": lambda s: tests_phase(plan, phases["tests"], log, s),
-            "check": lambda s: check_phase(plan, phases["check"], budget, s),
-            "bench": lambda s: bench_phase(
-                plan, env, tag, out, state, phases["bench"], budget, args.compile, command
+            "tests": lambda t: tests_phase(plan, s.phases["tests"], log, t),
+            "check": lambda t: check_phase(plan, s.phases["check"], budget, t),
+            "bench": lambda t: bench_phase(
+                plan,
+                s.env,
+                s.tag,
+                s.out,
+                s.state,
+                s.phases["bench"],
+                budget,
+                args.compile,
+                s.command,
             ),
         }
         for name in order:
-            phase = run_phase(budget, phases[name], plan.limits[name], reserve(name), steps[name])
+            s.current = name
+            phase = run_phase(budget, s.phases[name], plan.limits[name], reserve(name), steps[name])
             print(f"gpu_check: {name}: {phase.status} ({phase.wall_s} s) {phase.reason}")
             sys.stdout.flush()
-
-    if not state.meta:
-        state.meta.update(
-            _meta(
-                plan,
-                env,
-                tag,
-                {"float32": float("nan")},
-                command,
-                env.get("gpu") or "cpu (dry run)",
-                args.compile,
-            )
-        )
-    write_bench_outputs(out, state, plots=not args.no_plots, budget=budget)
-    status = exit_status(list(phases.values()), state)
-    report = {
-        "tag": tag,
-        "mode": "dry-run" if args.dry_run else "gpu",
-        "command": command,
-        "out": str(out.relative_to(ROOT)) if _inside(out, ROOT) else str(out),
-        "budget_s": budget.total_s,
-        "elapsed_s": round(budget.elapsed(), 1),
-        "exit_status": status,
-        "env": env,
-        "phases": [vars(p) for p in phases.values()],
-    }
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "summary.md").write_text(summary_markdown(report, state.rows))
-    print(f"gpu_check: wrote {out} in {budget.elapsed():.0f} s; exit status {status}")
-    return status
+        s.current = ""
 
 
 if __name__ == "__main__":
