@@ -4,7 +4,9 @@
     python -m fusedrnn.gpu_check --dry-run     # the same pipeline on CPU tensors, tiny sizes
 
 Phases, each given what is left of one global time budget (``--budget-s``, default 7.5 min) and
-skipped with a recorded reason when too little is left, never overrunning it:
+skipped with a recorded reason when too little is left, never overrunning it (subprocesses have
+timeouts; a watchdog ends an in-process phase still running 20 s past the budget, a hung kernel
+say, after writing the report):
 
 1. environment: GPU, multiprocessors, driver, CUDA, cuDNN, torch and triton versions, clocks
    (``env.json``);
