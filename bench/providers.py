@@ -211,7 +211,7 @@ TOLERANCES = {
 }
 
 
-# TF32 keeps 10 mantissa bits of each float32 product operand (METHOD: ~3e-4 relative per
+# TF32 keeps 10 mantissa bits of each float32 product operand (about 3e-4 relative error per
 # product); over a recurrence that compounds, so it is held to a tolerance between float32's and
 # bfloat16's.
 TF32_TOLERANCE = (2e-2, 2e-2)

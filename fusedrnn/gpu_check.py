@@ -735,7 +735,11 @@ def _meta(plan, env, tag, peaks, command, device_desc, compile_charlm) -> dict:
         + ([P.COMPILE] if compile_charlm else []),
         "compile_scope": "char-LM shape" if compile_charlm else "none",
         "skipped_budget": [],
-        "cpu_kernels": "not measured by gpu_check",
+        "cpu_kernels": (
+            "stands in for triton and cuda in this dry run"
+            if plan.device == "cpu"
+            else "not run: this run measures the GPU backends"
+        ),
         "peak_note": _peak_note(plan, peaks),
         "tf32": "rows labelled float32+tf32 ran with TF32 allowed in cuBLAS and cuDNN alike; "
         "plain float32 rows with TF32 off in both",
