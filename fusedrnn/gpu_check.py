@@ -383,14 +383,22 @@ def run_logged(cmd: list[str], timeout_s: float, log, env: dict | None = None) -
         text, _ = proc.communicate(timeout=max(timeout_s, 1.0))
         rc = proc.returncode
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         text, _ = proc.communicate()
         rc = None
+    except BaseException:  # interrupted: its own session would let it run on
+        _kill_group(proc)
+        proc.wait()
+        raise
     log.write(text)
     log.write(f"\n[exit status {rc}]\n")
     log.flush()
     return rc, text
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def tail(text: str, n: int = LOG_TAIL_LINES) -> list[str]:
@@ -911,7 +919,9 @@ def exit_status(phases: list[Phase], state: BenchState) -> int:
     something short (a phase skipped or stopped at its timeout, cases or shapes left out)."""
     if any(p.status == "failed" for p in phases):
         return 1
-    cut = any(p.status in ("skipped", "timeout") or p.details.get("cut_short") for p in phases)
+    cut = any(
+        p.status in ("skipped", "timeout", "not run") or p.details.get("cut_short") for p in phases
+    )
     return 3 if cut or state.skipped else 0
 
 
@@ -942,6 +952,9 @@ class Session:
 
 def finish(s: Session) -> int:
     """Write meta.json, results.*, gpu_check.json and summary.md from what was done."""
+    for phase in s.phases.values():
+        if phase.status == "pending":
+            phase.status, phase.reason = "not run", "the run stopped before this phase"
     if not s.state.meta:
         device = s.env.get("gpu") or "cpu (dry run)"
         nan = {"float32": float("nan")}
@@ -1015,11 +1028,22 @@ def _main(args, argv, clock) -> int:
     print(f"gpu_check: {s.env.get('gpu') or 'dry run on the CPU'} -> {s.out}")
     print(f"gpu_check: budget {s.budget.total_s:.0f} s")
     watchdog = start_watchdog(s, s.budget.remaining() + WATCHDOG_GRACE_S)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed run still writes its report
     try:
         _run_phases(s)
+    except KeyboardInterrupt:
+        phase = s.phases.get(s.current)
+        if phase is not None:
+            phase.status, phase.reason = "failed", "interrupted"
+        print("gpu_check: interrupted; writing the report of what was done")
     finally:
         watchdog.cancel()
+        signal.signal(signal.SIGTERM, previous)
     return finish(s)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _run_phases(s: Session) -> None:

@@ -278,6 +278,42 @@ time.sleep(60)  # a kernel that never returns
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "results.csv").is_file()
 
 
+def _gone(pid: int) -> bool:
+    import os
+
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_an_interrupt_ends_the_command_and_its_children(tmp_path):
+    import signal
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    )
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(3)
+    try:
+        with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
+            gc.run_logged([sys.executable, "-c", script], 60, log)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _gone(int(pid_file.read_text()))
+
+
 def test_exit_status():
     ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
     assert gc.exit_status([ok], gc.BenchState()) == 0
