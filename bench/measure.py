@@ -134,6 +134,16 @@ def sgemm_peak_gflops(device: str, threads: int, n: int = 2048, min_run_time: fl
     return _square_gemm_gflops(lambda: torch.mm(a, b), device, threads, n, min_run_time)
 
 
+def gemm_peak_gflops(
+    device: str, threads: int, dtype: torch.dtype, n: int = 2048, min_run_time: float = 1.0
+) -> float:
+    """Median GFLOP/s of torch.mm on two n×n matrices of ``dtype`` (on a GPU the roof of
+    bfloat16 rows is the tensor cores', far above float32's)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return _square_gemm_gflops(lambda: torch.mm(a, b), device, threads, n, min_run_time)
+
+
 def _square_gemm_gflops(fn, device: str, threads: int, n: int, min_run_time: float) -> float:
     """Median GFLOP/s of fn, one n×n×n matrix product per call."""
     warm_up(fn, device)

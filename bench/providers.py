@@ -17,9 +17,10 @@ Every provider turns one ``torch.nn`` module (the weights every provider shares)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +209,36 @@ TOLERANCES = {
     torch.bfloat16: (5e-2, 5e-2),
     torch.float16: (1e-2, 1e-2),
 }
+
+
+# TF32 keeps 10 mantissa bits of each float32 product operand (about 3e-4 relative error per
+# product); over a recurrence that compounds, so it is held to a tolerance between float32's and
+# bfloat16's.
+TF32_TOLERANCE = (2e-2, 2e-2)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 on or off for cuBLAS (torch.mm, the fused backends' GEMMs, Triton's float32 dots
+    follow the same flag) and cuDNN (torch.nn's RNNs) together, so that a float32 comparison
+    pits like against like; torch's own defaults differ (cuDNN on, matmul off). While TF32 is
+    on, float32 is compared at ``TF32_TOLERANCE``."""
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        TOLERANCES[torch.float32],
+    )
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    if enabled:
+        TOLERANCES[torch.float32] = TF32_TOLERANCE
+    try:
+        yield
+    finally:
+        matmul, cudnn, tol = before
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+        TOLERANCES[torch.float32] = tol
 
 
 def _flat_state(state: State) -> list[Tensor]:

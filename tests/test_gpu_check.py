@@ -1,0 +1,433 @@
+"""python -m fusedrnn.gpu_check: its CPU dry run end to end, the time budget, the no-GPU exit."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusedrnn import gpu_check as gc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import providers as P  # noqa: E402
+import run as bench_run  # noqa: E402
+
+EXPECTED_FILES = {
+    "env.json",
+    "results.csv",
+    "results.md",
+    "meta.json",
+    "gpu_check.json",
+    "summary.md",
+    "gpu_check.log",
+    "speedup_headline.png",
+}
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check_dry")
+    start = time.monotonic()
+    proc = subprocess.run(
+        # about 20 s here; the budget leaves room for a busy CI machine
+        [sys.executable, "-m", "fusedrnn.gpu_check", "--dry-run", "--out", str(out)]
+        + ["--budget-s", "180"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return out, proc, time.monotonic() - start
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench_run.COLUMNS
+        return list(reader)
+
+
+def test_dry_run_completes_in_time_and_writes_every_file(dry_run):
+    out, proc, wall = dry_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == EXPECTED_FILES
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["mode"] == "dry-run" and report["exit_status"] == 0
+    assert report["elapsed_s"] <= report["budget_s"]
+    assert wall < 180, f"the dry run took {wall:.0f} s"
+    phases = {p["name"]: p for p in report["phases"]}
+    assert list(phases) == ["environment", "build", "tests", "check", "bench"]
+    for p in phases.values():
+        # a checkout without the cpu extension is not built by a dry run
+        assert p["status"] == "ok" or (p["name"], p["status"]) == ("build", "not attempted"), p
+        assert p["wall_s"] >= 0
+    assert phases["tests"]["details"]["counts"].get("passed", 0) > 0
+    assert phases["tests"]["details"]["failing"] == []
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+
+
+def test_dry_run_checks_every_cell_and_dtype(dry_run):
+    out, _, _ = dry_run
+    check = next(
+        p
+        for p in json.loads((out / "gpu_check.json").read_text())["phases"]
+        if p["name"] == "check"
+    )
+    cases = check["details"]["cases"]
+    plan = gc.dry_run_plan()
+    assert {(c["cell"], c["dtype"]) for c in cases} == {
+        (cell, str(d).replace("torch.", "")) for cell in P.CELLS for d in plan.check_dtypes
+    }
+    for c in cases:
+        assert c["status"] == "ok", c
+        tol_out, _ = P.TOLERANCES[getattr(torch, c["dtype"])]
+        assert c["max_abs_err_out"] <= tol_out
+
+
+def test_dry_run_benchmark_rows_and_ratios(dry_run):
+    out, _, _ = dry_run
+    rows = _rows(out)
+    plan = gc.dry_run_plan()
+    keys = {(r["dtype"], r["mode"], r["B"], r["T"], r["I"], r["H"], r["layers"]) for r in rows}
+    want = {
+        (s.dtype_label, mode, *(str(v) for v in (s.B, s.T, s.I, s.H, s.layers)))
+        for s in plan.shapes
+        for mode in ("fwd", "fwdbwd")
+    }
+    assert keys == want
+    assert {r["provider"] for r in rows} == {P.TORCH_NN, f"fusedrnn[{plan.wanted_backends[0]}]"}
+    summary = (out / "summary.md").read_text()
+    results_md = (out / "results.md").read_text()
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["machine"] == "dry-run-cpu"
+        nn = next(
+            n
+            for n in rows
+            if n["provider"] == P.TORCH_NN
+            and all(n[k] == r[k] for k in ("dtype", "mode", "B", "T", "I", "H", "layers"))
+        )
+        ratio = float(nn["median_ms"]) / float(r["median_ms"])  # from the CSV's own medians
+        assert float(r["speedup_vs_torch_nn"]) == pytest.approx(ratio, rel=2e-3, abs=1e-3)
+        if r["provider"] != P.TORCH_NN:
+            shown = f"{float(r['speedup_vs_torch_nn']):.2f}× ({r['median_ms']} ms)"
+            assert shown in summary
+            assert f"{float(r['speedup_vs_torch_nn']):.2f}×" in results_md
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tag"] == "dry-run-cpu" and meta["quick"] is True
+    assert "float32+tf32" in summary
+
+
+def test_budget_allot_and_skip_with_a_fake_clock():
+    now = [100.0]
+    budget = gc.Budget(60, clock=lambda: now[0])
+    assert budget.allot(max_s=30, reserve_s=10) == 30
+    now[0] += 25
+    assert budget.remaining() == 35
+    assert budget.allot(max_s=30, reserve_s=10) == 25
+
+    def work(allotted):
+        now[0] += 7
+        return "ok", f"had {allotted:.0f} s"
+
+    phase = gc.run_phase(budget, gc.Phase("a"), gc.Limits(5, 30), 10, work)
+    assert (phase.status, phase.reason, phase.wall_s) == ("ok", "had 25 s", 7)
+    # 28 s left, 25 of them kept for later: 3 s is under this phase's minimum
+    phase = gc.run_phase(budget, gc.Phase("b"), gc.Limits(5, 30), 25, work)
+    assert phase.status == "skipped" and "time budget" in phase.reason
+    assert now[0] == 132, "a skipped phase must not run"
+
+    def broken(allotted):
+        raise RuntimeError("kernel exploded")
+
+    phase = gc.run_phase(budget, gc.Phase("c"), gc.Limits(0, 30), 0, broken)
+    assert phase.status == "failed" and "kernel exploded" in phase.reason
+
+
+def test_zero_budget_skips_every_phase_but_still_reports(tmp_path, capsys):
+    assert gc.main(["--dry-run", "--budget-s", "0", "--out", str(tmp_path)]) == 3
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    for p in report["phases"][1:]:
+        assert p["status"] == "skipped" and "time budget" in p["reason"], p
+    assert _rows(tmp_path) == []
+    assert "Not measured" in (tmp_path / "summary.md").read_text()
+
+
+def test_check_phase_starts_no_case_past_its_allotment():
+    plan = gc.dry_run_plan()
+    phase = gc.Phase("check")
+    status, reason = gc.check_phase(plan, phase, gc.Budget(60), allotted=0)
+    assert status == "skipped" and phase.details["cut_short"]
+    assert all(c["status"] == "skipped" for c in phase.details["cases"])
+    assert len(phase.details["cases"]) == len(P.CELLS) * len(plan.check_dtypes)
+    assert gc.exit_status([phase], gc.BenchState()) == 3
+
+
+def test_build_phase_builds_what_is_missing(tmp_path, monkeypatch):
+    probes = iter([["reference"], ["reference", "cuda"]])  # before and after the build
+    monkeypatch.setattr(gc, "probe_backends", lambda device, timeout_s: next(probes))
+    monkeypatch.setattr(gc, "build_command", lambda: [sys.executable, "-c", "print('built ok')"])
+    plan, phase = gc.gpu_plan(), gc.Phase("build")
+    with open(tmp_path / "log", "w") as log:
+        status, reason = gc.build_phase(
+            plan, {"capability": "9.0"}, phase, log, 100, rebuild=False, dry_run=False
+        )
+    assert status == "ok", reason
+    assert phase.details["exit_status"] == 0 and phase.details["log_tail"] == ["built ok"]
+    assert phase.details["backends_after"] == ["reference", "cuda"]
+    assert "built ok" in (tmp_path / "log").read_text()
+    assert gc.build_env({"capability": "9.0"})["TORCH_CUDA_ARCH_LIST"] == "9.0"
+
+
+def test_build_phase_reports_an_extension_still_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(gc, "probe_backends", lambda device, timeout_s: ["reference"])
+    monkeypatch.setattr(gc, "build_command", lambda: [sys.executable, "-c", "raise SystemExit(1)"])
+    with open(tmp_path / "log", "w") as log:
+        status, reason = gc.build_phase(
+            gc.gpu_plan(), {}, gc.Phase("build"), log, 100, rebuild=False, dry_run=False
+        )
+    assert status == "failed" and "cuda still not importable" in reason
+
+
+def test_a_timeout_ends_the_command_and_its_children(tmp_path):
+    # the grandchild holds the output pipe open: a plain kill of the child would hang here
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print('started', flush=True); time.sleep(60)"
+    )
+    start = time.monotonic()
+    with open(tmp_path / "log", "w") as log:
+        rc, text = gc.run_logged([sys.executable, "-c", script], 3, log)
+    assert rc is None and "started" in text
+    assert time.monotonic() - start < 30
+
+
+def test_gpu_summary_states_the_machine(dry_run):
+    out, _, _ = dry_run
+    env = {
+        "date_utc": "2026-12-04 00:00 UTC",
+        "gpu": "NVIDIA H200",
+        "sm_count": 132,
+        "capability": "9.0",
+        "cpu_model": "Some CPU",
+        "cpu_count": 16,
+        "torch": "2.11.0+cu130",
+        "torch_cuda": "13.0",
+        "cudnn": 91000,
+        "triton": "3.6.0",
+        "python": "3.12.3",
+        "nvidia_smi": {
+            "name": "NVIDIA H200",
+            "driver_version": "580.1",
+            "clocks.sm": "1980",
+            "clocks.max.sm": "1980",
+            "clocks.mem": "3201",
+        },
+    }
+    assert gc.gpu_tag(env) == "gpu-nvidia-h200"
+    report = {
+        "tag": gc.gpu_tag(env),
+        "mode": "gpu",
+        "command": "python -m fusedrnn.gpu_check",
+        "elapsed_s": 400.0,
+        "budget_s": 450.0,
+        "exit_status": 0,
+        "env": env,
+        "phases": [vars(gc.Phase("bench", "ok", "", 200.0))],
+    }
+    text = gc.summary_markdown(report, _rows(out))
+    assert "NVIDIA H200, 132 SMs, capability 9.0" in text
+    assert "SM 1980 / 1980 MHz" in text and "CUDA 13.0" in text
+
+
+def test_watchdog_writes_the_report_and_ends_a_hung_run(tmp_path):
+    script = f"""
+import time
+from pathlib import Path
+from fusedrnn import gpu_check as gc
+gc.import_bench()
+args = gc.parse_args(["--dry-run", "--no-plots"])
+plan = gc.dry_run_plan()
+s = gc.Session(args=args, plan=plan, budget=gc.Budget(1), command="test")
+s.out, s.tag, s.current = Path({str(tmp_path)!r}), "dry-run-cpu", "check"
+s.env = gc.environment(plan, s.budget)
+s.phases = {{"environment": gc.Phase("environment", "ok"), "check": gc.Phase("check")}}
+gc.start_watchdog(s, 0.5)
+time.sleep(60)  # a kernel that never returns
+"""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert time.monotonic() - start < 50
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    check = report["phases"][1]
+    assert check["status"] == "failed" and "still running" in check["reason"]
+    assert (tmp_path / "summary.md").is_file() and (tmp_path / "results.csv").is_file()
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_an_interrupt_ends_the_command_and_its_children(tmp_path):
+    import signal
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    )
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(3)
+    try:
+        with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
+            gc.run_logged([sys.executable, "-c", script], 60, log)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_exit_status():
+    ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
+    assert gc.exit_status([ok], gc.BenchState()) == 0
+    assert gc.exit_status([ok, gc.Phase("t", "timeout")], gc.BenchState()) == 3
+    assert gc.exit_status([ok], gc.BenchState(skipped=["lstm fwd"])) == 3
+    assert gc.exit_status([ok, skipped], gc.BenchState()) == 3
+    assert gc.exit_status([ok, skipped, failed], gc.BenchState()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_without_gpu_exits_2_and_writes_nothing(capsys):
+    before = sorted(p.name for p in gc.RESULTS.iterdir())
+    assert gc.main([]) == 2
+    msg = capsys.readouterr().out
+    assert msg.startswith("gpu_check: no CUDA device: ") and msg.count("\n") == 1
+    assert sorted(p.name for p in gc.RESULTS.iterdir()) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_module_entry_point_without_gpu():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusedrnn.gpu_check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stdout
+
+
+def test_dry_run_output_is_never_committed_results(tmp_path):
+    out = gc.choose_out(argparse.Namespace(out=None), dry_run=True, tag="dry-run-cpu")
+    try:
+        assert not gc._inside(out, ROOT)
+    finally:
+        out.rmdir()
+    inside = gc.RESULTS / "dry-run-cpu"
+    assert gc.main(["--dry-run", "--out", str(inside)]) == 2
+    assert not inside.exists()
+    assert gc.choose_out(argparse.Namespace(out=None), False, "gpu-x") == gc.RESULTS / "gpu-x"
+
+
+def test_missing_bench_dir_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gc, "BENCH", tmp_path / "bench")
+    assert gc.main(["--dry-run", "--out", str(tmp_path / "out")]) == 2
+    assert "source checkout" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_touches_neither_gpu_nor_bench():
+    code = (
+        "import sys, torch, fusedrnn.gpu_check\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "assert not {'run', 'measure', 'providers', 'report'} & set(sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+PLAIN = """\
+tests/test_a.py::test_x[cuda-lstm] PASSED                                 [ 25%]
+tests/test_a.py::test_x[cuda-gru] FAILED                                  [ 50%]
+tests/test_b.py::test_y SKIPPED (needs a GPU)                             [ 75%]
+tests/test_b.py::test_z ERROR                                             [100%]
+=========================== short test summary info ============================
+FAILED tests/test_a.py::test_x[cuda-gru] - AssertionError: 1 != 2
+ERROR tests/test_b.py::test_z - RuntimeError
+======= 1 failed, 1 passed, 1 skipped, 3 deselected, 1 error in 2.50s ========
+"""
+
+XDIST_CUT = """\
+[gw0] [ 50%] PASSED tests/test_a.py::test_x[cuda-lstm]
+[gw1] [100%] FAILED tests/test_a.py::test_x[cuda-gru]
+[gw0] [100%] PASSED tests/test_a.py::test_w
+"""
+
+
+def test_parse_pytest_output():
+    got = gc.parse_pytest(PLAIN)
+    assert got["counts"] == {"failed": 1, "passed": 1, "skipped": 1, "deselected": 3, "error": 1}
+    assert got["failing"] == ["tests/test_a.py::test_x[cuda-gru]", "tests/test_b.py::test_z"]
+    assert got["complete"]
+    cut = gc.parse_pytest(XDIST_CUT)  # a run stopped at its timeout: no summary line
+    assert cut["counts"] == {"passed": 2, "failed": 1} and not cut["complete"]
+    assert cut["failing"] == ["tests/test_a.py::test_x[cuda-gru]"]
+
+
+def test_tf32_context_sets_both_libraries_and_restores():
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        P.TOLERANCES[torch.float32],
+    )
+    with P.tf32(True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert P.TOLERANCES[torch.float32] == P.TF32_TOLERANCE
+    with P.tf32(False):
+        assert not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+    after = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        P.TOLERANCES[torch.float32],
+    )
+    assert after == before
+
+
+def test_gpu_plan_holds_the_headline_shapes():
+    plan = gc.gpu_plan()
+    got = {(s.B, s.T, s.I, s.H, s.layers, s.dtype_label) for s in plan.shapes}
+    assert (16, 1024, 768, 768, 1, "bfloat16") in got
+    assert (64, 100, 512, 512, 1, "float32") in got
+    assert (64, 100, 512, 512, 1, "float32+tf32") in got
+    assert (64, 128, 64, 512, 2, "float32") in got
+    assert plan.budget_s <= 480 and set(plan.wanted_backends) == {"triton", "cuda"}
+    assert plan.test_args == ("-m", "gpu", "tests")
