@@ -474,7 +474,19 @@ def layer(
     mask_h: Tensor | None = None,  # [T, B, Hout] or [N, Hout]
     mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`fusedrnn.ops.reference_variants.layer`, run by the Triton variant kernels."""
+    """:func:`fusedrnn.ops.reference_variants.layer`, run by the Triton variant kernels.
+
+    bfloat16 / float16 (e.g. under autocast) are computed in float32, which the variant
+    kernels take, and returned in the input's dtype (as the cpu backend does)."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        from ..cpu import in_float32
+
+        return in_float32(
+            layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+            cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
+            ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+            mask_h=mask_h, mask_c=mask_c,
+        )  # fmt: skip
     buffers = variants_fwd(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
         ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, float(zoneout_h), float(zoneout_c),
