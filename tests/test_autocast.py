@@ -250,3 +250,20 @@ def test_cuda_autocast_matches_torch_nn(cls, dtype):
     with torch.autocast("cuda", dtype=dtype):
         want, got = ref(x), mod(x)
     _compare(got, want, dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_compiled_under_autocast(backend):
+    """The boundary (autocast state query, casts, autocast switched off) traces with
+    fullgraph=True and gives eager's results."""
+    import torch._dynamo
+
+    mod = fusedrnn.LSTM(I, H, num_layers=2, backend=backend)
+    x = torch.randn(T, B, I)
+    torch._dynamo.reset()
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = compiled(x), mod(x)
+    for a, b in zip(_flat(got), _flat(want), strict=True):
+        assert a.dtype == b.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
