@@ -170,7 +170,7 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     GH = dgx.shape[-1]
     acc = dh0.dtype
     dgx_flat = dgx.view(T * B, GH)
-    dxg = runtime.packed_rows(dgx, plan) if packed else dgx_flat
+    dxg = runtime.packed_rows(dgx.view(T, B, GH), plan) if packed else dgx_flat
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
     dgh_flat = dgh.view(T * B, GH)
     h_prev = (hs[1:] if reverse else hs[:T]).reshape(T * B, -1)

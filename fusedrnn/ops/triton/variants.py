@@ -301,7 +301,7 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
 
     # input side: dG of the packed rows, through LN_ih, then the input GEMMs
     dgx_flat = dgx.view(T * B, GH)
-    dxg = runtime.packed_rows(dgx, plan) if packed else dgx_flat
+    dxg = runtime.packed_rows(dgx.view(T, B, GH), plan) if packed else dgx_flat
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
     out["b_ih"] = dxg.sum(0)
     du = dxg
