@@ -63,13 +63,14 @@ class _Capture(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _inputs(cell: str, layout: str, dtype: torch.dtype, *, gates: int | None = None):
+def _inputs(cell: str, layout: str, dtype: torch.dtype, *, gates: int | None = None, device="cpu"):
     """Layer-op positional arguments (x ... batch_sizes, reverse) with grads required."""
     gen = torch.Generator().manual_seed(0)
     G = gates or {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
 
     def rnd(*shape, scale=0.5):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+        return t.to(dtype=dtype, device=device)
 
     batch_sizes = None
     if layout.startswith("packed"):
@@ -134,39 +135,42 @@ def _opcheck_all(calls, *, skip=()):
     return seen
 
 
-def _variant_kw(cell: str, layout: str, dtype: torch.dtype, G: int):
+def _variant_kw(cell: str, layout: str, dtype: torch.dtype, G: int, device="cpu"):
     gen = torch.Generator().manual_seed(1)
     n_rows = (T, B) if not layout.startswith("packed") else (5,)
 
     def rnd(*shape, shift=0.0):
         t = torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.3 + shift
-        return t.to(dtype).requires_grad_()
+        return t.to(dtype=dtype, device=device).requires_grad_()
+
+    def mask(n):
+        return (torch.rand(*n_rows, n, generator=gen) < 0.3).to(dtype=dtype, device=device)
 
     kw = dict(
         ln_ih_w=rnd(G * H, shift=1.0), ln_ih_b=rnd(G * H), ln_hh_w=rnd(G * H, shift=1.0),
-        ln_hh_b=rnd(G * H), zoneout_h=0.3,
-        mask_h=(torch.rand(*n_rows, H, generator=gen) < 0.3).to(dtype),
+        ln_hh_b=rnd(G * H), zoneout_h=0.3, mask_h=mask(H),
     )  # fmt: skip
     if cell == "lstm":
         kw.update(cifg=False, ln_c_w=rnd(H, shift=1.0), ln_c_b=rnd(H), w_ch=rnd(3, H))
-        kw.update(zoneout_c=0.2, mask_c=(torch.rand(*n_rows, H, generator=gen) < 0.3).to(dtype))
+        kw.update(zoneout_c=0.2, mask_c=mask(H))
     return kw
 
 
-def _check_plain(layer, layout, dtype, cells=("lstm", "gru", "rnn_relu")):
+def _check_plain(layer, layout, dtype, cells=("lstm", "gru", "rnn_relu"), device="cpu"):
     seen = set()
     for cell in cells:
-        calls = _run_and_capture(layer, cell, _inputs(cell, layout, dtype))
+        calls = _run_and_capture(layer, cell, _inputs(cell, layout, dtype, device=device))
         seen |= _opcheck_all(calls)
     return seen
 
 
-def _check_variants(layer, layout, dtype, *, skip=(), cells=("lstm", "gru")):
+def _check_variants(layer, layout, dtype, *, skip=(), cells=("lstm", "gru"), device="cpu"):
     seen = set()
     for cell in cells:
         G = 4 if cell == "lstm" else 3
-        args = _inputs(cell, layout, dtype, gates=G)
-        calls = _run_and_capture(layer, cell, args, **_variant_kw(cell, layout, dtype, G))
+        args = _inputs(cell, layout, dtype, gates=G, device=device)
+        kw = _variant_kw(cell, layout, dtype, G, device)
+        calls = _run_and_capture(layer, cell, args, **kw)
         seen |= _opcheck_all(calls, skip=skip if cell == "gru" else ())
     return seen
 
@@ -245,6 +249,32 @@ def test_triton_variant_ops(layout, dtype):
     assert seen == {"fusedrnn::triton_variants_fwd", "fusedrnn::triton_variants_bwd"}
 
 
+def _gpu_layers(backend: str):
+    if backend == "triton":
+        from fusedrnn.ops.triton import variants
+        from fusedrnn.ops.triton.layer_op import layer
+
+        return layer, variants.layer
+    from fusedrnn.ops import cuda, cuda_variants
+
+    if not cuda.is_available():
+        pytest.skip("the CUDA extension is not built")
+    return cuda.layer, cuda_variants.layer
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout,dtype", CASES)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_ops(backend, layout, dtype):
+    """The GPU backends' ops on CUDA tensors (the cuda ops load only in a CUDA build)."""
+    layer, variant_layer = _gpu_layers(backend)
+    seen = _check_plain(layer, layout, dtype, device="cuda")
+    seen |= _check_variants(variant_layer, layout, dtype, device="cuda")
+    assert {n.split("::")[1].split("_")[0] for n in seen} == {backend}
+    assert len(seen) == 4
+
+
 # every module that declares fusedrnn custom ops, and the ops the tests above cover
 OP_MODULES = {
     "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd"),
@@ -252,7 +282,7 @@ OP_MODULES = {
     "fusedrnn.ops.triton.layer_op": ("triton_layer_fwd", "triton_layer_bwd"),
     "fusedrnn.ops.triton.variants": ("triton_variants_fwd", "triton_variants_bwd"),
 }
-# registered only when the CUDA extension loads (a CUDA build); checked by the CUDA tests
+# checked on CUDA tensors by test_gpu_ops (their kernels need a GPU)
 CUDA_ONLY = ("cuda_layer_fwd", "cuda_layer_bwd", "cuda_variant_fwd", "cuda_variant_bwd")
 
 
