@@ -37,6 +37,25 @@ def split_weights(
     return out
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype the recurrent layers compute and return in under ``torch.autocast`` for
+    ``device_type``, or None when autocast is off there.
+
+    torch.nn's recurrent layers are autocast ops on CUDA (cuDNN's RNN and the fused cells
+    cast to the autocast dtype) and so is its oneDNN LSTM on CPU: output in the autocast
+    dtype. fusedrnn applies that one rule on every device and backend."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    # autocast's rule for what it casts: floating tensors other than float64
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 def _records_autograd(*tensors) -> bool:
     if not torch.is_grad_enabled():
         return False
@@ -59,9 +78,22 @@ def rnn_stack(
     training: bool,
     batch_sizes: Tensor | None,  # [T] int64 CPU, packed input only
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Returns output ([T, B, D*Hout] or packed [N, D*Hout]), h_n, c_n."""
+    """Returns output ([T, B, D*Hout] or packed [N, D*Hout]), h_n, c_n.
+
+    Under autocast the inputs, states and weights are cast once, here, to the autocast dtype
+    (:func:`autocast_dtype`) and the layers run with autocast off: the ops see one dtype, as
+    their kernels require, and nothing inside them is re-cast per step."""
+    dtype = autocast_dtype(x.device.type)
+    if dtype is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return rnn_stack(
+                backend, cell, _cast(x, dtype), _cast(hx, dtype), _cast(cx, dtype),
+                [_cast(w, dtype) for w in flat_weights], num_layers, bidirectional, has_bias,
+                proj_size, dropout, training, batch_sizes,
+            )  # fmt: skip
     if (
         batch_sizes is None
+        and x.dtype in (torch.float32, torch.float64)
         and x.shape[0] == 1
         and not bidirectional
         and hasattr(backend, "stack_step")
@@ -149,8 +181,19 @@ def rnn_stack_variants(
     training: bool,
     batch_sizes: Tensor | None,  # [T] int64 CPU, packed input only
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`rnn_stack` for the cell variants (layer norm, zoneout, peephole, cifg)."""
+    """:func:`rnn_stack` for the cell variants (layer norm, zoneout, peephole, cifg), with
+    the same autocast rule."""
     from .variants import draw_zoneout_masks
+
+    dtype = autocast_dtype(x.device.type)
+    if dtype is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return rnn_stack_variants(
+                layer_op, cell, _cast(x, dtype), _cast(hx, dtype), _cast(cx, dtype),
+                [_cast(w, dtype) for w in flat_weights],
+                [{k: _cast(w, dtype) for k, w in e.items()} for e in extra_weights], options,
+                num_layers, bidirectional, has_bias, proj_size, dropout, training, batch_sizes,
+            )  # fmt: skip
 
     dirs = 2 if bidirectional else 1
     weights = split_weights(flat_weights, has_bias, proj_size)
@@ -177,3 +220,28 @@ def rnn_stack_variants(
         layer_op, cell, x, hx, cx, weights, extra, num_layers, bidirectional, dropout, training,
         batch_sizes,
     )  # fmt: skip
+
+
+def cell_step(
+    backend: ModuleType,
+    cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
+    x: Tensor,  # [B, I]
+    h: Tensor,  # [B, H]
+    c: Tensor | None,  # [B, H] (LSTM)
+    w_ih: Tensor,  # [G*H, I]
+    w_hh: Tensor,  # [G*H, H]
+    b_ih: Tensor | None,  # [G*H]
+    b_hh: Tensor | None,  # [G*H]
+) -> tuple[Tensor, Tensor | None]:
+    """One step of a single cell (LSTMCell / GRUCell / RNNCell) through the layer op: a
+    sequence of length one. Same autocast rule as :func:`rnn_stack`."""
+    dtype = autocast_dtype(x.device.type)
+    if dtype is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return cell_step(
+                backend, cell, *(_cast(t, dtype) for t in (x, h, c, w_ih, w_hh, b_ih, b_hh))
+            )
+    _, h_n, c_n = backend.layer(
+        cell, x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, None, False
+    )
+    return h_n, c_n

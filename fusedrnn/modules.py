@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import backends
 from . import variants as _variants
-from .functional import MODES, rnn_stack, rnn_stack_variants
+from .functional import MODES, cell_step, rnn_stack, rnn_stack_variants
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
@@ -597,8 +597,10 @@ class RNNCellBase(nn.Module):
                 )
         # torch's cells fail in their two matmuls (input @ W_ih^T, then h @ W_hh^T); c is
         # only used elementwise, so a c of another dtype is promoted, not rejected.
+        # (under autocast they cast both sides instead)
+        autocast = torch.is_autocast_enabled(input.device.type)
         for mat1, mat2 in ((input, self.weight_ih), (states[0], self.weight_hh)):
-            if mat1.dtype != mat2.dtype:
+            if mat1.dtype != mat2.dtype and not autocast:
                 raise RuntimeError(
                     "mat1 and mat2 must have the same dtype, but got "
                     f"{_dtype_name(mat1.dtype)} and {_dtype_name(mat2.dtype)}"
@@ -607,20 +609,9 @@ class RNNCellBase(nn.Module):
     def _step(self, cell: str, input: Tensor, h: Tensor, c: Tensor | None):
         """One step through the layer op: a sequence of length one."""
         backend = backends.get(backends.resolve(self.backend, input.device.type))
-        _, h_n, c_n = backend.layer(
-            cell,
-            input.unsqueeze(0),
-            h,
-            c,
-            self.weight_ih,
-            self.weight_hh,
-            self.bias_ih,
-            self.bias_hh,
-            None,
-            None,
-            False,
+        return cell_step(
+            backend, cell, input, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         )
-        return h_n, c_n
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

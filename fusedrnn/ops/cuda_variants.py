@@ -293,7 +293,7 @@ def make_layer(
         inputs = (x, h0, c0 if cell == "lstm" else None, w_ih, w_hh, b_ih, b_hh, w_hr,
                   ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch)  # fmt: skip
         return [
-            torch.empty_like(t) if n and t is not None else x.new_empty(0)
+            t.new_empty(t.shape) if n and t is not None else x.new_empty(0)
             for n, t in zip(needs, inputs, strict=True)
         ]
 

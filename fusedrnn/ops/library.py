@@ -98,8 +98,10 @@ def define_layer_op(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers, grads, needs
     ):
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        # the real gradients are fresh contiguous tensors whatever the inputs' strides (a
+        # batch_first x is a transposed view): empty_like would copy the input's strides
         return [
-            torch.empty_like(t) if n and t is not None else x.new_empty(0)
+            t.new_empty(t.shape) if n and t is not None else x.new_empty(0)
             for n, t in zip(needs, inputs, strict=True)
         ]
 

@@ -9,9 +9,10 @@ backward), :mod:`.common` (the shared backward state-gradient helper),
 :mod:`.lstm` / :mod:`.gru` / :mod:`.rnn` (per-step kernels and their launchers),
 :mod:`.persistent` (whole-sequence kernels for small H), :mod:`.layer_op` (input
 GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
-shipped block configurations), :mod:`.runtime` (launch accounting, debug poisoning),
-:mod:`.variants` (the layer norm / zoneout / peephole / CIFG op; its step kernels in
-:mod:`.lstm_variants` / :mod:`.gru_variants`, whole-row helpers in :mod:`.rowwise`).
+shipped block configurations), :mod:`.runtime` (the guarded launcher, device guard,
+launch accounting, debug poisoning), :mod:`.variants` (the layer norm / zoneout /
+peephole / CIFG op; its step kernels in :mod:`.lstm_variants` / :mod:`.gru_variants`,
+whole-row helpers in :mod:`.rowwise`).
 
 Launches per layer and direction, T steps (see :func:`launch_counter`):
 

@@ -82,6 +82,11 @@ def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> list[Tensor]:
     """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused)."""
     _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    with runtime.device_guard(x.device):
+        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> list[Tensor]:
     packed = batch_sizes is not None
     plan = _plan(x, h0, batch_sizes, reverse)
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
@@ -132,16 +137,16 @@ def unpack(cell, x, h0, batch_sizes, reverse, buffers):
     return y, hs[last], c_n
 
 
-def _packed_rows(batch_sizes: Tensor, batch: int, device: torch.device) -> Tensor:
-    """[N] row of the dense [T*B] layout for every packed row (t-major order)."""
-    sizes = batch_sizes.to(device)
-    active = torch.arange(batch, device=device)[None, :] < sizes[:, None]  # [T, B]
-    return active.flatten().nonzero().squeeze(1)
-
-
 def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
              grads, needs):  # fmt: skip
     """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)``; None where not needed."""
+    with runtime.device_guard(x.device):
+        return _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                         buffers, grads, needs)  # fmt: skip
+
+
+def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
+              grads, needs):  # fmt: skip
     hs, cs, gates, m, y = buffers
     # autograd may hand over expanded or strided gradients; the kernels index densely
     # (and zeros for the empty placeholder buffers)
@@ -165,7 +170,7 @@ def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
     GH = dgx.shape[-1]
     acc = dh0.dtype
     dgx_flat = dgx.view(T * B, GH)
-    dxg = dgx_flat[_packed_rows(batch_sizes, B, x.device)] if packed else dgx_flat
+    dxg = runtime.packed_rows(dgx.view(T, B, GH), plan) if packed else dgx_flat
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
     dgh_flat = dgh.view(T * B, GH)
     h_prev = (hs[1:] if reverse else hs[:T]).reshape(T * B, -1)

@@ -1,9 +1,10 @@
-"""Launch accounting, debug poisoning and dtype policy for the Triton kernels."""
+"""Launch accounting, device guard, debug poisoning and dtype policy for the Triton kernels."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -38,10 +39,56 @@ def launch_counter() -> Iterator[LaunchCounter]:
         _counters.remove(counter)
 
 
+_guarded = threading.local()  # .devices: the devices entered by device_guard, innermost last
+
+
+@contextlib.contextmanager
+def device_guard(device: torch.device) -> Iterator[None]:
+    """Make ``device`` current for the Triton launches inside the block.
+
+    Triton launches on the *current* CUDA device and its current stream, not on the device of
+    the tensors it is handed; without this, tensors on cuda:1 while cuda:0 is current would be
+    read from the wrong device. A no-op for CPU tensors (the interpreter) apart from recording
+    the device, which :func:`launch` checks."""
+    stack = _guarded.__dict__.setdefault("devices", [])
+    stack.append(device)
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                yield
+        else:
+            yield
+    finally:
+        stack.pop()
+
+
+def _name(kernel) -> str:
+    return kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
+
+
+def _check_guard(kernel, args) -> None:
+    stack = getattr(_guarded, "devices", None)
+    if not stack:
+        raise RuntimeError(
+            f"fusedrnn: Triton kernel {_name(kernel)} launched outside runtime.device_guard"
+        )
+    # The first tensor argument stands for all: the ops check that their inputs share one
+    # device and allocate every buffer there; checking each argument would add microseconds
+    # to every launch of the per-step path.
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if first is not None and first.device != stack[-1]:
+        raise RuntimeError(
+            f"fusedrnn: Triton kernel {_name(kernel)} got a tensor on {first.device} under the "
+            f"device guard of {stack[-1]}"
+        )
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
-    """Launch ``kernel[grid](*args, **kwargs)`` and record it."""
+    """Launch ``kernel[grid](*args, **kwargs)`` and record it. Every launch must sit inside
+    :func:`device_guard` for the device of its tensors (checked here)."""
+    _check_guard(kernel, args)
     for counter in _counters:
-        name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
+        name = _name(kernel)
         counter.by_kernel[name] = counter.by_kernel.get(name, 0) + 1
     kernel[grid](*args, **kwargs)
 
@@ -106,3 +153,11 @@ class Plan:
         self.steps = [Step(t, offsets[t], sizes[t], reverse) for t in order]
         self.first_slot = self.T if reverse else 0  # holds h0 / c0
         self.last_slot = 0 if reverse else self.T  # holds h_n / c_n
+
+
+def packed_rows(dense: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """The packed rows ``[N, K]`` (t-major) of a ``[T, B, K]`` tensor: views sliced with the
+    host's batch sizes and one cat, so no index tensor is copied to the device and nothing
+    waits for it (as ``nonzero`` on a device mask would)."""
+    by_t = sorted(plan.steps, key=lambda s: s.t)
+    return torch.cat([dense[s.t, : s.rows] for s in by_t])

@@ -142,11 +142,20 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
     """Buffers: LSTM ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]``, GRU
     ``[Hs, gates, shat, rstd, y, uhat, rstd_u]`` (see the cell launchers; ``uhat [N, GH]``
     and ``rstd_u [N, 1]`` are the input projection's layer norm; empty when unused)."""
+    _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg, ln_ih_w, ln_ih_b,
+           ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_c, mask_h, mask_c)  # fmt: skip
+    with runtime.device_guard(x.device):
+        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                        cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h,
+                        zoneout_c, mask_h, mask_c)  # fmt: skip
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+             ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
+             mask_c) -> list[Tensor]:  # fmt: skip
     from .gru_variants import _gru_variant_fwd
     from .lstm_variants import _lstm_variant_fwd
 
-    _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg, ln_ih_w, ln_ih_b,
-           ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_c, mask_h, mask_c)  # fmt: skip
     packed = batch_sizes is not None
     plan = _plan(x, h0, batch_sizes, reverse)
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
@@ -162,7 +171,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
         for b in (ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
     xg = xg.contiguous()
-    par = torch.tensor([zoneout_h, zoneout_c, LN_EPS], dtype=x.dtype, device=x.device)
+    par = _params(x, zoneout_h, zoneout_c)
     w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr)
     bias = _sum_bias(b_hh, ln_hh_b)
     mh = _flat(mask_h, packed)
@@ -214,11 +223,14 @@ def unpack(cell, x, h0, batch_sizes, reverse, buffers):
     return y, hs[last], buffers[1][last] if cell == "lstm" else None
 
 
-def _packed_rows(batch_sizes: Tensor, batch: int, device: torch.device) -> Tensor:
-    """[N] row of the dense [T*B] layout for every packed row (t-major order)."""
-    sizes = batch_sizes.to(device)
-    active = torch.arange(batch, device=device)[None, :] < sizes[:, None]  # [T, B]
-    return active.flatten().nonzero().squeeze(1)
+def _params(x: Tensor, zoneout_h: float, zoneout_c: float) -> Tensor:
+    """``[zoneout_h, zoneout_c, LN_EPS]`` on x's device, written by fills with scalar
+    arguments: a tensor literal would be a host-to-device copy inside the op."""
+    par = x.new_empty(3)
+    par[0:1].fill_(zoneout_h)
+    par[1:2].fill_(zoneout_c)
+    par[2:3].fill_(LN_EPS)
+    return par
 
 
 def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
@@ -232,6 +244,16 @@ def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
              ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
              mask_c, buffers, grads, needs) -> list[Tensor | None]:  # fmt: skip
     """Gradients of the GRAD_INPUTS; None where not needed."""
+    with runtime.device_guard(x.device):
+        return _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                         cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch,
+                         zoneout_h, zoneout_c, mask_h, mask_c, buffers, grads,
+                         needs)  # fmt: skip
+
+
+def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
+              ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
+              mask_c, buffers, grads, needs) -> list[Tensor | None]:  # fmt: skip
     from .gru_variants import _gru_variant_bwd
     from .lstm_variants import _lstm_variant_bwd
 
@@ -241,7 +263,7 @@ def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
     plan = _plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     GH, Hout = w_hh.shape
-    par = torch.tensor([zoneout_h, zoneout_c, LN_EPS], dtype=x.dtype, device=x.device)
+    par = _params(x, zoneout_h, zoneout_c)
     w_hh, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, ln_hh_w, ln_c_w, w_ch, w_hr)
     mh = _flat(mask_h, packed)
     zh = _zone_mode(mask_h, zoneout_h)
@@ -279,7 +301,7 @@ def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
 
     # input side: dG of the packed rows, through LN_ih, then the input GEMMs
     dgx_flat = dgx.view(T * B, GH)
-    dxg = dgx_flat[_packed_rows(batch_sizes, B, x.device)] if packed else dgx_flat
+    dxg = runtime.packed_rows(dgx.view(T, B, GH), plan) if packed else dgx_flat
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
     out["b_ih"] = dxg.sum(0)
     du = dxg
@@ -386,8 +408,10 @@ def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
             ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
             mask_c)  # fmt: skip
     inputs = [args[p] for p in GRAD_POSITIONS]
+    # the real gradients are fresh contiguous tensors whatever the inputs' strides (a
+    # batch_first x is a transposed view): empty_like would copy the input's strides
     return [
-        torch.empty_like(t) if n and t is not None else x.new_empty(0)
+        t.new_empty(t.shape) if n and t is not None else x.new_empty(0)
         for n, t in zip(needs, inputs, strict=True)
     ]
 
@@ -450,7 +474,19 @@ def layer(
     mask_h: Tensor | None = None,  # [T, B, Hout] or [N, Hout]
     mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`fusedrnn.ops.reference_variants.layer`, run by the Triton variant kernels."""
+    """:func:`fusedrnn.ops.reference_variants.layer`, run by the Triton variant kernels.
+
+    bfloat16 / float16 (e.g. under autocast) are computed in float32, which the variant
+    kernels take, and returned in the input's dtype (as the cpu backend does)."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        from ..cpu import in_float32
+
+        return in_float32(
+            layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+            cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
+            ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+            mask_h=mask_h, mask_c=mask_c,
+        )  # fmt: skip
     buffers = variants_fwd(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
         ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, float(zoneout_h), float(zoneout_c),

@@ -1,0 +1,362 @@
+"""What the ops must not do on a GPU, checked on CPU tensors: host syncs and host-to-device
+copies inside an op, and Triton launches outside a device guard.
+
+**Host syncs.** Every fusedrnn custom op, forward and backward, dense and packed, runs under a
+``TorchDispatchMode`` that sees every aten op inside it (the C++ extension's included) and
+fails on:
+
+- ``_local_scalar_dense`` / ``item`` (``.item()``, ``int(t)``, ``bool(t)``), ``nonzero``,
+  ``masked_select`` and ``unique`` on any tensor but ``batch_sizes`` and tensors computed from
+  it alone: on a device tensor they wait for the device. ``batch_sizes`` is a CPU tensor by the
+  layer-op contract; reading its values (e.g. the C++ extension's ``sum().item()`` check) is a
+  host read, not a device sync, and is allowed.
+- ``lift_fresh``: a tensor literal (``torch.tensor(python_data)``) made inside an op, which on
+  a GPU becomes a pageable host-to-device copy (and cannot be captured in a CUDA graph);
+- ``_to_copy`` / ``copy_`` from a CPU tensor to another device, and any ``_to_copy`` of
+  ``batch_sizes`` (uploading it is the same copy).
+
+On CPU tensors ``t.to(x.device)`` of a CPU tensor is a no-op that never reaches the dispatcher,
+so the third rule only bites on a GPU; the literal or index tensor such an upload needs is
+caught by the first two.
+
+**Device guard.** Triton launches on the current CUDA device, not on its tensors' device;
+every launch goes through :func:`fusedrnn.ops.triton.runtime.launch`, which refuses to launch
+outside :func:`~fusedrnn.ops.triton.runtime.device_guard` for the tensors' device. A static
+scan checks that no other launch site exists and that the op bodies enter the guard; a mocked
+two-device test checks what the guard enters.
+
+The triton cases need ``TRITON_INTERPRET=1`` (set before triton is imported) and skip without
+it: ``TRITON_INTERPRET=1 python -m pytest tests/test_op_hygiene.py -k triton``.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+import torch._library.custom_ops as custom_ops
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fusedrnn.ops import cpu
+
+aten = torch.ops.aten
+TRITON_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
+
+
+def _interpreting() -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import triton.language.standard
+
+    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+
+
+INTERPRET = _interpreting()
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRET, reason="triton ops run on CPU tensors only with TRITON_INTERPRET=1"
+)
+needs_cpu = pytest.mark.skipif(not cpu.is_available(), reason="fusedrnn._C is not built")
+
+SYNCS = {
+    aten._local_scalar_dense.default,
+    aten.item.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+}
+LITERALS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
+
+
+class HostSyncError(AssertionError):
+    pass
+
+
+class NoHostSync(TorchDispatchMode):
+    """Fails on a host sync or host-to-device copy inside a fusedrnn op (see the module
+    docstring); ``batch_sizes`` may be read on the host."""
+
+    def __init__(self, batch_sizes: torch.Tensor | None):
+        super().__init__()
+        self.host = batch_sizes
+        self.host_ptrs = (
+            set() if batch_sizes is None else {batch_sizes.untyped_storage().data_ptr()}
+        )
+        self.inside: list[str] = []  # the fusedrnn ops being run
+        self.ops_run: list[str] = []
+
+    def _is_host(self, t) -> bool:
+        """``t`` is batch_sizes, a view of it, or computed from it alone (host data)."""
+        return isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.host_ptrs
+
+    def _track(self, args, kwargs, out) -> None:
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if tensors and all(self._is_host(t) for t in tensors):
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(o, torch.Tensor):
+                    self.host_ptrs.add(o.untyped_storage().data_ptr())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "fusedrnn":
+            # run the op's Python body under this mode, so that every aten op it calls
+            # (in Python or in the C++ extension) comes through here
+            self.ops_run.append(func.name())
+            self.inside.append(func.name())
+            try:
+                with self:
+                    return custom_ops.OPDEFS[func.name()]._init_fn(*args, **kwargs)
+            finally:
+                self.inside.pop()
+        if not self.inside:
+            return func(*args, **kwargs)
+        self._check(func, args, kwargs)
+        out = func(*args, **kwargs)
+        self._track(args, kwargs, out)
+        return out
+
+    def _check(self, func, args, kwargs) -> None:
+        where = self.inside[-1]
+        if func in SYNCS and not self._is_host(args[0]):
+            raise HostSyncError(f"{where}: {func} waits for the device")
+        if func in LITERALS:
+            raise HostSyncError(f"{where}: {func}: a tensor literal (a host-to-device copy)")
+        if func is aten._to_copy.default:
+            src, dev = args[0], kwargs.get("device")
+            if self._is_host(src):
+                raise HostSyncError(f"{where}: batch_sizes copied by {func}")
+            if dev is not None and src.device.type == "cpu" and torch.device(dev).type != "cpu":
+                raise HostSyncError(f"{where}: host-to-device copy by {func}")
+        if func in (aten.copy_.default, aten.copy.default):
+            dst, src = args[0], args[1]
+            if src.device.type == "cpu" and dst.device.type != "cpu":
+                raise HostSyncError(f"{where}: host-to-device copy by {func}")
+
+
+def _layer_args(cell: str, packed: bool, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
+    T, B, I, H = 3, 3, 3, 4
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
+
+    batch_sizes = torch.tensor([3, 2, 1]) if packed else None
+    x = rnd(6, I) if packed else rnd(T, B, I)
+    ts = [x, rnd(B, H), rnd(B, H) if cell == "lstm" else None, rnd(G * H, I), rnd(G * H, H),
+          rnd(G * H), rnd(G * H)]  # fmt: skip
+    for t in ts:
+        if t is not None:
+            t.requires_grad_()
+    return [*ts, None, batch_sizes, False]
+
+
+def _ln(cell: str) -> dict:
+    """Layer-norm gains (H = 4) of a variant layer."""
+    GH = 16 if cell == "lstm" else 12
+    kw = dict(ln_ih_w=torch.ones(GH), ln_hh_w=torch.ones(GH))
+    if cell == "lstm":
+        kw["ln_c_w"] = torch.ones(4)
+    return kw
+
+
+def _run(layer, cell, packed, reverse=False, **kw):
+    args = _layer_args(cell, packed)
+    args[-1] = reverse
+    with NoHostSync(args[-2]) as mode:
+        y, h_n, c_n = layer(cell, *args, **kw)
+        outs = [o for o in (y, h_n, c_n) if o is not None and o.requires_grad]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+    # both ops ran under the mode
+    assert any(n.endswith("_fwd") for n in mode.ops_run), mode.ops_run
+    assert any(n.endswith("_bwd") for n in mode.ops_run), mode.ops_run
+
+
+def test_the_mode_catches_the_patterns():
+    """The checks fire on what they are meant to catch (a test of the test)."""
+    bs = torch.tensor([2, 1])
+
+    @torch.library.custom_op("fusedrnn_test::bad", mutates_args=())
+    def bad(x: torch.Tensor, batch_sizes: torch.Tensor, how: int) -> torch.Tensor:
+        if how == 0:
+            return x * int(x.sum())
+        if how == 1:
+            return x[(x > 0).nonzero().squeeze(1)]
+        if how == 2:
+            return x * torch.tensor([1.0, 2.0])
+        return x * int(batch_sizes[0])  # allowed: a host read
+
+    x = torch.randn(2)
+
+    class Mode(NoHostSync):  # the test namespace stands in for fusedrnn's
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "fusedrnn_test":
+                self.inside.append(func.name())
+                try:
+                    with self:
+                        return bad._init_fn(*args, **(kwargs or {}))
+                finally:
+                    self.inside.pop()
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    for how in (0, 1, 2):
+        with pytest.raises(HostSyncError), Mode(bs):
+            bad(x, bs, how)
+    with Mode(bs):
+        bad(x, bs, 3)
+
+
+@needs_cpu
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_cpu_ops_do_not_sync(cell, packed):
+    _run(cpu.layer, cell, packed)
+
+
+@needs_cpu
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cpu_variant_ops_do_not_sync(cell, packed):
+    from fusedrnn.ops import cpu_variants
+
+    _run(cpu_variants.layer, cell, packed, zoneout_h=0.2, **_ln(cell))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize(
+    "packed,reverse",
+    [(False, False), (True, False), (True, True)],
+    ids=["dense", "packed", "packed_rev"],
+)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_triton_ops_do_not_sync(cell, packed, reverse, path):
+    from fusedrnn.ops import triton as tb
+    from fusedrnn.ops.triton.layer_op import layer
+
+    with tb.kernel_path(path):
+        _run(layer, cell, packed, reverse)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_triton_variant_ops_do_not_sync(packed):
+    from fusedrnn.ops.triton.variants import layer
+
+    _run(layer, "lstm", packed, zoneout_h=0.2, zoneout_c=0.1, **_ln("lstm"))
+
+
+# ---- device guard ------------------------------------------------------------------------
+
+
+def _functions_with(tree: ast.AST):
+    """(function name, node) for every function in a module, innermost first."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node
+
+
+def test_triton_launches_only_through_the_guarded_launcher():
+    """Static: the only ``kernel[grid](...)`` call in ops/triton is in runtime.launch (which
+    checks the guard); every kernel call elsewhere goes through it."""
+    sites = []
+    for path in sorted(TRITON_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fname, fn in _functions_with(tree):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                    sites.append((path.name, fname))
+    assert set(sites) == {("runtime.py", "launch")}, sites
+    # and runtime.launch refuses to launch without a guard, before anything else
+    tree = ast.parse((TRITON_DIR / "runtime.py").read_text())
+    launch = next(fn for name, fn in _functions_with(tree) if name == "launch")
+    calls = [n for n in ast.walk(launch) if isinstance(n, ast.Call)]
+    assert any(getattr(c.func, "id", None) == "_check_guard" for c in calls)
+
+
+ENTRIES = {"layer_op.py": ("forward", "backward"), "variants.py": ("forward", "backward")}
+
+
+def test_triton_op_bodies_enter_the_guard():
+    """Static: the bodies of the custom ops (what torch.library calls) enter
+    ``runtime.device_guard(x.device)`` around all their work."""
+    for file, names in ENTRIES.items():
+        tree = ast.parse((TRITON_DIR / file).read_text())
+        found = {}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name in names:
+                withs = [n for n in node.body if isinstance(n, ast.With)]
+                found[node.name] = [ast.unparse(i.context_expr) for w in withs for i in w.items]
+        for name in names:
+            assert "runtime.device_guard(x.device)" in found.get(name, []), (file, name)
+
+
+def test_triton_guard_enters_the_tensors_device(monkeypatch):
+    """Mocked two devices (no GPU here): the guard makes the tensors' device current and
+    restores the previous one; for CPU tensors it touches no CUDA state."""
+    from fusedrnn.ops.triton import runtime
+
+    entered = []
+
+    class FakeDevice:
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def __enter__(self):
+            entered.append(("enter", self.device))
+
+        def __exit__(self, *exc):
+            entered.append(("exit", self.device))
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    with runtime.device_guard(torch.device("cuda", 1)):
+        assert entered == [("enter", torch.device("cuda", 1))]
+    assert entered[-1] == ("exit", torch.device("cuda", 1))
+    entered.clear()
+    with runtime.device_guard(torch.device("cpu")):
+        pass
+    assert entered == []
+
+
+def test_triton_launch_outside_the_guard_is_refused():
+    from fusedrnn.ops.triton import runtime
+
+    def kernel(*a):
+        raise AssertionError("must not launch")
+
+    with pytest.raises(RuntimeError, match="outside runtime.device_guard"):
+        runtime.launch(kernel, (1,), torch.zeros(1))
+    # a tensor on another device than the guard's (cuda:1 vs cuda:0, here meta vs cpu)
+    with pytest.raises(RuntimeError, match="on cpu under the device guard of meta"):
+        with runtime.device_guard(torch.device("meta")):
+            runtime.launch(kernel, (1,), torch.zeros(1))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_triton_ops_run_under_the_guard_of_their_device(monkeypatch, packed):
+    """The op bodies enter the guard for x's device, forward and backward, and every launch
+    happens inside it (runtime.launch checks each one)."""
+    from fusedrnn.ops.triton import runtime
+    from fusedrnn.ops.triton.layer_op import layer
+
+    seen = []
+    real = runtime.device_guard
+
+    @contextlib.contextmanager
+    def recording(device):
+        seen.append(device)
+        with real(device):
+            yield
+
+    monkeypatch.setattr(runtime, "device_guard", recording)
+    args = _layer_args("gru", packed)
+    with runtime.launch_counter() as launches:
+        y, h_n, _ = layer("gru", *args)
+        (y.sum() + h_n.sum()).backward()
+    assert seen == [torch.device("cpu")] * 2
+    assert launches.total > 0

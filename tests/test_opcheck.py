@@ -1,0 +1,304 @@
+"""torch.library.opcheck over every fusedrnn custom op, forward and backward.
+
+opcheck runs all of its tests (schema, autograd registration, fake tensor, which compares
+the fake kernel's shapes *and strides* with the real kernel's, and aot_dispatch_dynamic) on
+the arguments the ops really receive: the forward and backward ops' arguments are captured
+from a layer call and its backward, for dense, batch_first (a transposed, non-contiguous x),
+packed and reverse inputs, in float32 and float64. Inductor plans memory from the fake
+strides, so a fake that disagrees with the kernel gives it wrong results or an assert.
+
+The triton ops run on CPU tensors only under the Triton interpreter, which must be chosen
+before triton is imported: ``TRITON_INTERPRET=1 python -m pytest tests/test_opcheck.py -k
+triton`` (as .ci/run does); without it they skip.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fusedrnn.ops import cpu
+
+OPTESTS = (
+    "test_schema",
+    "test_autograd_registration",
+    "test_faketensor",
+    "test_aot_dispatch_dynamic",
+)
+LAYOUTS = ("dense", "batch_first", "packed", "dense_reverse", "packed_reverse")
+# every layout in float64, the layouts whose fakes differ most in float32 (kept few: the
+# interpreter is slow)
+CASES = [pytest.param(lay, torch.float64, id=f"{lay}-fp64") for lay in LAYOUTS] + [
+    pytest.param(lay, torch.float32, id=f"{lay}-fp32") for lay in ("batch_first", "packed_reverse")
+]
+T, B, I, H = 3, 2, 3, 4
+
+
+def _interpreting() -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import triton.language.standard
+
+    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+
+
+INTERPRET = _interpreting()
+
+
+class _Capture(TorchDispatchMode):
+    """Records every fusedrnn::* op call with its arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[torch._ops.OpOverload, tuple, dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "fusedrnn":
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _inputs(cell: str, layout: str, dtype: torch.dtype, *, gates: int | None = None, device="cpu"):
+    """Layer-op positional arguments (x ... batch_sizes, reverse) with grads required."""
+    gen = torch.Generator().manual_seed(0)
+    G = gates or {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
+
+    def rnd(*shape, scale=0.5):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+        return t.to(dtype=dtype, device=device)
+
+    batch_sizes = None
+    if layout.startswith("packed"):
+        batch_sizes = torch.tensor([2, 2, 1])
+        x = rnd(int(batch_sizes.sum()), I)
+    elif layout == "batch_first":
+        x = rnd(B, T, I).transpose(0, 1)  # what a batch_first module hands the op
+    else:
+        x = rnd(T, B, I)
+    ts = [
+        x,
+        rnd(B, H),
+        rnd(B, H) if cell == "lstm" else None,
+        rnd(G * H, I),
+        rnd(G * H, H),
+        rnd(G * H),
+        rnd(G * H),
+    ]
+    for t in ts:
+        if t is not None:
+            t.requires_grad_()
+    return [*ts, None, batch_sizes, layout.endswith("reverse")]
+
+
+def _run_and_capture(layer, cell, args, **kw):
+    with _Capture() as cap:
+        y, h_n, c_n = layer(cell, *args, **kw)
+        outs = [o for o in (y, h_n, c_n) if o is not None and o.requires_grad]
+        # gradients into every output, so every branch of the backward runs
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+    return cap.calls
+
+
+def _regrad(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
+    """Fresh copies of the captured arguments: the forward ops' autograd registration is
+    tested on inputs that require grad (masks and batch_sizes are data, never differentiated);
+    the backward ops are checked as first-order ops (detached inputs)."""
+    forward = op.name().endswith("_fwd")
+
+    def fix(a, name):
+        if isinstance(a, (list, tuple)):
+            return type(a)(fix(b, name) for b in a)
+        if not isinstance(a, torch.Tensor):
+            return a
+        a = a.detach().clone()
+        if forward and a.is_floating_point() and not name.startswith("mask"):
+            a.requires_grad_()
+        return a
+
+    schema = op._schema.arguments
+    return tuple(fix(a, s.name) for a, s in zip(args, schema, strict=False)), kwargs
+
+
+def _opcheck_all(calls, *, skip=()):
+    """opcheck every captured call; ``skip``: (op name, opcheck test) pairs left out."""
+    seen = set()
+    for op, args, kwargs in calls:
+        seen.add(op.name())
+        args, kwargs = _regrad(op, args, kwargs)
+        tests = tuple(t for t in OPTESTS if (op.name(), t) not in skip)
+        torch.library.opcheck(op, args, kwargs, test_utils=tests)
+    return seen
+
+
+def _variant_kw(cell: str, layout: str, dtype: torch.dtype, G: int, device="cpu"):
+    gen = torch.Generator().manual_seed(1)
+    n_rows = (T, B) if not layout.startswith("packed") else (5,)
+
+    def rnd(*shape, shift=0.0):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.3 + shift
+        return t.to(dtype=dtype, device=device).requires_grad_()
+
+    def mask(n):
+        return (torch.rand(*n_rows, n, generator=gen) < 0.3).to(dtype=dtype, device=device)
+
+    kw = dict(
+        ln_ih_w=rnd(G * H, shift=1.0), ln_ih_b=rnd(G * H), ln_hh_w=rnd(G * H, shift=1.0),
+        ln_hh_b=rnd(G * H), zoneout_h=0.3, mask_h=mask(H),
+    )  # fmt: skip
+    if cell == "lstm":
+        kw.update(cifg=False, ln_c_w=rnd(H, shift=1.0), ln_c_b=rnd(H), w_ch=rnd(3, H))
+        kw.update(zoneout_c=0.2, mask_c=mask(H))
+    return kw
+
+
+def _check_plain(layer, layout, dtype, cells=("lstm", "gru", "rnn_relu"), device="cpu"):
+    seen = set()
+    for cell in cells:
+        calls = _run_and_capture(layer, cell, _inputs(cell, layout, dtype, device=device))
+        seen |= _opcheck_all(calls)
+    return seen
+
+
+def _check_variants(layer, layout, dtype, *, skip=(), cells=("lstm", "gru"), device="cpu"):
+    seen = set()
+    for cell in cells:
+        G = 4 if cell == "lstm" else 3
+        args = _inputs(cell, layout, dtype, gates=G, device=device)
+        kw = _variant_kw(cell, layout, dtype, G, device)
+        calls = _run_and_capture(layer, cell, args, **kw)
+        seen |= _opcheck_all(calls, skip=skip if cell == "gru" else ())
+    return seen
+
+
+needs_cpu = pytest.mark.skipif(not cpu.is_available(), reason="fusedrnn._C is not built")
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRET, reason="triton ops run on CPU tensors only with TRITON_INTERPRET=1"
+)
+
+
+@needs_cpu
+@pytest.mark.parametrize("layout,dtype", CASES)
+def test_cpu_layer_ops(layout, dtype):
+    seen = _check_plain(cpu.layer, layout, dtype)
+    assert seen == {"fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"}
+
+
+@needs_cpu
+@pytest.mark.parametrize("layout,dtype", CASES)
+def test_cpu_variant_ops(layout, dtype):
+    from fusedrnn.ops import cpu_variants
+
+    # the GRU forward leaves part of a saved buffer unwritten (see the xfail below), which
+    # aot_dispatch_dynamic's comparison of every output trips over
+    skip = {("fusedrnn::cpu_variant_fwd", "test_aot_dispatch_dynamic")}
+    seen = _check_variants(cpu_variants.layer, layout, dtype, skip=skip)
+    assert seen == {"fusedrnn::cpu_variant_fwd", "fusedrnn::cpu_variant_bwd"}
+
+
+@needs_cpu
+@pytest.mark.xfail(
+    reason="cpu_variant_fwd for the GRU leaves columns 2-3 of its saved stats [N, 4] "
+    "uninitialised (the GRU uses two), so its outputs are not a function of its inputs",
+    strict=False,
+)
+def test_cpu_variant_gru_outputs_are_deterministic():
+    from fusedrnn.ops import cpu_variants
+
+    args = _inputs("gru", "dense", torch.float32, gates=3)
+    calls = _run_and_capture(cpu_variants.layer, "gru", args, **_variant_kw("gru", "dense",
+                             torch.float32, 3))  # fmt: skip
+    op, a, kw = calls[0]
+    a = [t.detach() if isinstance(t, torch.Tensor) else t for t in a]
+    outs = []
+    for fill in (7.0, 9.0):
+        junk = [torch.full((1000,), fill) for _ in range(50)]  # dirty the allocator's pages
+        del junk
+        outs.append(op(*a, **kw))
+    for k, (o1, o2) in enumerate(zip(*outs, strict=True)):
+        assert torch.equal(o1, o2), f"output {k}"
+
+
+@needs_interpreter
+@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("layout,dtype", CASES)
+def test_triton_layer_ops(layout, dtype, path):
+    from fusedrnn.ops import triton as tb
+    from fusedrnn.ops.triton.layer_op import layer
+
+    if path == "persistent" and dtype == torch.float64:
+        pytest.skip("the persistent kernels do not take float64")
+    # one cell per case, in turn, to keep the interpreter's time down
+    cell = ("lstm", "gru", "rnn_relu")[LAYOUTS.index(layout) % 3]
+    with tb.kernel_path(path):
+        seen = _check_plain(layer, layout, dtype, cells=(cell,))
+    assert seen == {"fusedrnn::triton_layer_fwd", "fusedrnn::triton_layer_bwd"}
+
+
+@needs_interpreter
+@pytest.mark.parametrize("layout,dtype", CASES)
+def test_triton_variant_ops(layout, dtype):
+    from fusedrnn.ops.triton.variants import layer
+
+    cell = ("lstm", "gru")[LAYOUTS.index(layout) % 2]
+    seen = _check_variants(layer, layout, dtype, cells=(cell,))
+    assert seen == {"fusedrnn::triton_variants_fwd", "fusedrnn::triton_variants_bwd"}
+
+
+def _gpu_layers(backend: str):
+    if backend == "triton":
+        from fusedrnn.ops.triton import variants
+        from fusedrnn.ops.triton.layer_op import layer
+
+        return layer, variants.layer
+    from fusedrnn.ops import cuda, cuda_variants
+
+    if not cuda.is_available():
+        pytest.skip("the CUDA extension is not built")
+    return cuda.layer, cuda_variants.layer
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout,dtype", CASES)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_ops(backend, layout, dtype):
+    """The GPU backends' ops on CUDA tensors (the cuda ops load only in a CUDA build)."""
+    layer, variant_layer = _gpu_layers(backend)
+    seen = _check_plain(layer, layout, dtype, device="cuda")
+    seen |= _check_variants(variant_layer, layout, dtype, device="cuda")
+    assert {n.split("::")[1].split("_")[0] for n in seen} == {backend}
+    assert len(seen) == 4
+
+
+# every module that declares fusedrnn custom ops, and the ops the tests above cover
+OP_MODULES = {
+    "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd"),
+    "fusedrnn.ops.cpu_variants": ("cpu_variant_fwd", "cpu_variant_bwd"),
+    "fusedrnn.ops.triton.layer_op": ("triton_layer_fwd", "triton_layer_bwd"),
+    "fusedrnn.ops.triton.variants": ("triton_variants_fwd", "triton_variants_bwd"),
+}
+# checked on CUDA tensors by test_gpu_ops (their kernels need a GPU)
+CUDA_ONLY = ("cuda_layer_fwd", "cuda_layer_bwd", "cuda_variant_fwd", "cuda_variant_bwd")
+
+
+def test_triton_every_custom_op_is_covered():
+    """No op in the fusedrnn namespace escapes the checks above (named "triton" so that the
+    interpreter run, where the triton ops can load, executes it too)."""
+    for name in OP_MODULES:
+        if name.startswith("fusedrnn.ops.triton") and not INTERPRET:
+            continue
+        importlib.import_module(name)
+    for name in ("fusedrnn.ops.cuda", "fusedrnn.ops.cuda_variants"):
+        importlib.import_module(name)
+    registered = {
+        n.split("::", 1)[1]
+        for n in torch._C._dispatch_get_all_op_names()
+        if n.startswith("fusedrnn::")
+    }
+    covered = {op for ops in OP_MODULES.values() for op in ops}
+    assert registered - covered - set(CUDA_ONLY) == set()
