@@ -376,6 +376,36 @@ def test_fake_forward_matches_real_buffers(host_layer, case, dtype):
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fake_backward_strides_match_real(host_layer, cell):
+    """batch_first modules pass the op a transposed x. The real backward returns contiguous
+    gradients (dx is a view of a fresh [N, I] buffer); the fake must promise the same strides,
+    or a compiled graph would be traced with layouts the op does not produce."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    if cell == "lstm":
+        p = _lstm(False, True, False, 0, True, "off", B=3, T=4, I=2, H=5)
+    else:
+        p = _gru(True, True, "off", B=3, T=4, I=2, H=5)
+    p = _cast(p, torch.float32)
+    p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, I] of a [B, T, I]
+    assert not p["x"].is_contiguous()
+    names = ("cell", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "batch_sizes")
+    lns = ("ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch")
+    args = [p.get(k) for k in names] + [False, p["cifg"]] + [p.get(k) for k in lns]
+    args += [p.get("zoneout_h", 0.0), p.get("zoneout_c", 0.0), p.get("mask_h"), p.get("mask_c")]
+    buffers = host_layer.fwd_op(*args)
+    grads = [torch.ones_like(buffers[0]), torch.ones_like(buffers[1])]
+    grads.append(torch.ones_like(buffers[2]) if cell == "lstm" else None)
+    diff = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", *lns)
+    needs = [p.get(k) is not None and (k != "c0" or cell == "lstm") for k in diff]
+    real = host_layer.bwd_op(*args, buffers, *grads, needs)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = host_layer.bwd_op(*args, buffers, *grads, needs)
+    assert real[0].shape == p["x"].shape
+    assert [(t.shape, t.stride()) for t in fake] == [(t.shape, t.stride()) for t in real]
+
+
 def test_host_rejects_bad_input(host_layer):
     p = _lstm(True, True, False, 0, True, "train", B=2, T=3, I=2, H=3)
     run = lambda **kw: host_layer(**{**p, **kw}, reverse=False)  # noqa: E731
