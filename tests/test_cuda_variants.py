@@ -271,6 +271,31 @@ def test_host_low_precision(host_layer, make, dtype):
     _compare(host_layer, make(B=4, T=5, I=3, H=6, packed=True), False, dtype)
 
 
+@pytest.mark.parametrize("case", ["gru", "gru-zone", "lstm-ln-peep"])
+def test_host_long_sequence_bfloat16(host_layer, case):
+    """T = 512 in bfloat16 against float64 on the same bfloat16-rounded inputs, the update
+    (GRU) or forget (LSTM) gate near 1 so that the state and its gradient carry over hundreds
+    of steps. Rounding the running state, h W_hh^T or the running gradient to bfloat16 every
+    step would compound with T; the bound is two units of bfloat16's spacing (2^-8) of the
+    largest magnitude, the rounding of the stored outputs and inputs, the same for any T."""
+    H = 8
+    if case == "gru":
+        p = _gru(False, True, "off", B=3, T=512, I=4, H=H)
+    elif case == "gru-zone":
+        p = _gru(False, True, "train", B=3, T=512, I=4, H=H)
+    else:
+        p = _lstm(True, True, False, 0, True, "off", B=3, T=512, I=4, H=H)
+    gate = "ln_ih_b" if case == "lstm-ln-peep" else "b_ih"
+    p[gate][H : 2 * H] += 5.0  # forget (LSTM) / update (GRU) gate: long memory
+    rounded = _cast(_cast(p, torch.bfloat16), torch.float64)
+    outs, grads = _run(host_layer, _cast(rounded, torch.bfloat16), False)
+    ref_outs, ref_grads = _run(rv.layer, rounded, False)
+    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
+        _assert_close(o, r, 2 * 2.0**-8, name)
+    for k in ref_grads:
+        _assert_close(grads[k], ref_grads[k], 2 * 2.0**-8, f"d{k}")
+
+
 @pytest.mark.parametrize(
     "B,T,I,H", [(1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 3, 5, 300)], ids=str
 )
