@@ -401,6 +401,25 @@ def test_fake_forward_matches_real_buffers(host_layer, case, dtype):
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
 
 
+@pytest.mark.parametrize("case", ["lstm-ln-peep-proj-zone", "gru"])
+def test_host_under_autocast_matches_float32(host_layer, case):
+    """Under torch.autocast the variant op keeps its own dtypes (autocast is excluded inside
+    it): float32 operands give bitwise the float32 results. AutocastCPU, which the CPU build
+    exercises, retypes the same GEMMs that AutocastCUDA would on the GPU build."""
+    if case == "gru":
+        p = _gru(False, True, "off", B=3, T=4, I=2, H=5, packed=True)
+    else:
+        p = _lstm(True, True, False, 2, True, "train", B=3, T=4, I=2, H=5, packed=True)
+    p = _cast(p, torch.float32)
+    want_outs, want_grads = _run(host_layer, p, reverse=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs, grads = _run(host_layer, p, reverse=False)
+    for o, w in zip(outs, want_outs, strict=True):
+        assert o.dtype == torch.float32 and torch.equal(o, w)
+    for k, w in want_grads.items():
+        assert grads[k].dtype == torch.float32 and torch.equal(grads[k], w), k
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_fake_backward_strides_match_real(host_layer, cell):
     """batch_first modules pass the op a transposed x. The real backward returns contiguous
