@@ -20,9 +20,10 @@
 // backward carries across steps (dh_state, dc_state, dG, dHG) are float, so the error stays at
 // the rounding of the stored outputs instead of compounding with T. The GEMMs that produce them
 // run on float operands: W_hh (and W_hr) are converted once per call, Hpre per step with proj;
-// the weight-gradient GEMMs after the loop convert X, H_prev and Hpre once. On a GPU this trades the half-precision tensor-core rate
-// of those GEMMs for float (or TF32) GEMMs; ATen's mixed-dtype mm (half operands, float result)
-// exists only for CUDA, and the host harness must run the same code.
+// the weight-gradient GEMMs after the loop convert X, H_prev and Hpre once. On a GPU this costs
+// the half-precision tensor-core rate of those GEMMs and doubles the W_hh bytes each step reads;
+// ATen's mixed-dtype mm (half operands, float result) would avoid both but has no CPU kernel,
+// and the host harness must run this same code.
 // Backward, walking the steps in the opposite order (G_t = gate pre-activations):
 //   (proj) dh_t = dy_t + dh_state[:rows]; dhpre = dh_t W_hr
 //   kernel: dG_t (and for GRU the recurrent-side dHG_t and the direct term dh_t * z)
