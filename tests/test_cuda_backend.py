@@ -331,6 +331,73 @@ def test_fake_forward_matches_real_buffers(host_layer, cell, proj, dtype):
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
 
 
+@pytest.mark.parametrize("cell,proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
+def test_host_walk_under_autocast_matches_float32(host_layer, cell, proj):
+    """Under torch.autocast the op keeps its own dtypes: float32 operands give bitwise the
+    float32 outputs and gradients. The op excludes every autocast dispatch key for its body;
+    a CPU build can only exercise AutocastCPU (CPU tensors), which retypes the same GEMMs
+    (mm, addmm) to bfloat16 that AutocastCUDA retypes on the GPU build."""
+    p = _problem(cell, torch.float32, B=4, T=5, I=3, H=6, proj=proj, bias=True, packed=True)
+    want_outs, want_grads = _run(host_layer, p, reverse=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs, grads = _run(host_layer, p, reverse=False)
+    for o, w in zip(outs, want_outs, strict=True):
+        assert o.dtype == torch.float32 and torch.equal(o, w)
+    for k, w in want_grads.items():
+        assert grads[k].dtype == torch.float32 and torch.equal(grads[k], w), k
+
+
+# one unit of bfloat16's spacing at 1 (2^-8, twice the unit roundoff): outputs and gradients
+# are stored in bfloat16, and so are the operands they are computed from
+BF16_ULP = 2.0**-8
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_host_walk_long_sequence_bfloat16(host_layer, cell):
+    """T = 512 in bfloat16 against float64 on the same bfloat16-rounded inputs. The forget gate
+    (LSTM) or update gate (GRU) sits near 1, so the state and its gradient carry over hundreds
+    of steps: rounding the running state, the pre-activation or the running gradient to
+    bfloat16 every step compounds with T. The tolerance is that of bfloat16 storage of the
+    outputs and inputs alone, the same for any T."""
+    H = 8
+    p = _problem(cell, torch.float64, B=3, T=512, I=4, H=H, proj=0, bias=True, packed=False)
+    if cell in ("lstm", "gru"):
+        p["b_ih"][H : 2 * H] += 5.0  # forget (LSTM) / update (GRU) gate bias: long memory
+    p = {k: (v.to(torch.bfloat16).double() if torch.is_tensor(v) and v.is_floating_point()
+             else v) for k, v in p.items()}  # fmt: skip
+    outs, grads = _run(host_layer, p, False, torch.bfloat16)
+    ref_outs, ref_grads = _run(reference.layer, p, False, torch.float64)
+    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
+        _assert_close(o, r, 2 * BF16_ULP, name)
+    for k in ref_grads:
+        _assert_close(grads[k], ref_grads[k], 2 * BF16_ULP, f"d{k}")
+
+
+def test_every_op_holds_device_guard_and_excludes_autocast():
+    """Each exported op body constructs the Launch's device guard for x's device (the CUDA
+    build's Guard is c10::cuda::CUDAGuard) and excludes autocast before any tensor work. The
+    host build runs the same bodies with a no-op guard, so which device becomes current can
+    only be observed on a machine with more than one GPU; this checks the source."""
+    import re
+
+    bindings = (CSRC / "cuda" / "bindings.cpp").read_text()
+    assert re.search(r"using Guard = c10::cuda::CUDAGuard;", bindings)
+    n_ops = 0
+    for name in ("layer_module.h", "variant_module.h"):
+        src = (CSRC / "cuda" / name).read_text()
+        bodies = src.split("m.def(")[1:]
+        assert bodies, name
+        for body in bodies:
+            n_ops += 1
+            op = re.search(r'"(\w+)"', body).group(1)
+            guard = body.find("typename Launch::Guard guard(x.device());")
+            no_autocast = body.find("const NoAutocast no_autocast(c10::autocast_dispatch_keyset);")
+            launch = body.find("Launch launch;")
+            assert 0 <= no_autocast < launch and 0 <= guard < launch, (name, op)
+            assert body.count("Launch launch;") == 1, (name, op)
+    assert n_ops == 4
+
+
 def test_host_walk_rejects_bad_input(host_layer):
     p = _problem("gru", torch.float32, B=2, T=3, I=2, H=3, proj=0, bias=True, packed=False)
     with pytest.raises(ValueError, match="share dtype"):

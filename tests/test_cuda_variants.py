@@ -271,6 +271,31 @@ def test_host_low_precision(host_layer, make, dtype):
     _compare(host_layer, make(B=4, T=5, I=3, H=6, packed=True), False, dtype)
 
 
+@pytest.mark.parametrize("case", ["gru", "gru-zone", "lstm-ln-peep"])
+def test_host_long_sequence_bfloat16(host_layer, case):
+    """T = 512 in bfloat16 against float64 on the same bfloat16-rounded inputs, the update
+    (GRU) or forget (LSTM) gate near 1 so that the state and its gradient carry over hundreds
+    of steps. Rounding the running state, h W_hh^T or the running gradient to bfloat16 every
+    step would compound with T; the bound is two units of bfloat16's spacing (2^-8) of the
+    largest magnitude, the rounding of the stored outputs and inputs, the same for any T."""
+    H = 8
+    if case == "gru":
+        p = _gru(False, True, "off", B=3, T=512, I=4, H=H)
+    elif case == "gru-zone":
+        p = _gru(False, True, "train", B=3, T=512, I=4, H=H)
+    else:
+        p = _lstm(True, True, False, 0, True, "off", B=3, T=512, I=4, H=H)
+    gate = "ln_ih_b" if case == "lstm-ln-peep" else "b_ih"
+    p[gate][H : 2 * H] += 5.0  # forget (LSTM) / update (GRU) gate: long memory
+    rounded = _cast(_cast(p, torch.bfloat16), torch.float64)
+    outs, grads = _run(host_layer, _cast(rounded, torch.bfloat16), False)
+    ref_outs, ref_grads = _run(rv.layer, rounded, False)
+    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
+        _assert_close(o, r, 2 * 2.0**-8, name)
+    for k in ref_grads:
+        _assert_close(grads[k], ref_grads[k], 2 * 2.0**-8, f"d{k}")
+
+
 @pytest.mark.parametrize(
     "B,T,I,H", [(1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 3, 5, 300)], ids=str
 )
@@ -374,6 +399,55 @@ def test_fake_forward_matches_real_buffers(host_layer, case, dtype):
         fake = host_layer.fwd_op(*args)
     assert all(isinstance(t, FakeTensor) for t in fake)
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+
+
+@pytest.mark.parametrize("case", ["lstm-ln-peep-proj-zone", "gru"])
+def test_host_under_autocast_matches_float32(host_layer, case):
+    """Under torch.autocast the variant op keeps its own dtypes (autocast is excluded inside
+    it): float32 operands give bitwise the float32 results. AutocastCPU, which the CPU build
+    exercises, retypes the same GEMMs that AutocastCUDA would on the GPU build."""
+    if case == "gru":
+        p = _gru(False, True, "off", B=3, T=4, I=2, H=5, packed=True)
+    else:
+        p = _lstm(True, True, False, 2, True, "train", B=3, T=4, I=2, H=5, packed=True)
+    p = _cast(p, torch.float32)
+    want_outs, want_grads = _run(host_layer, p, reverse=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs, grads = _run(host_layer, p, reverse=False)
+    for o, w in zip(outs, want_outs, strict=True):
+        assert o.dtype == torch.float32 and torch.equal(o, w)
+    for k, w in want_grads.items():
+        assert grads[k].dtype == torch.float32 and torch.equal(grads[k], w), k
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fake_backward_strides_match_real(host_layer, cell):
+    """batch_first modules pass the op a transposed x. The real backward returns contiguous
+    gradients (dx is a view of a fresh [N, I] buffer); the fake must promise the same strides,
+    or a compiled graph would be traced with layouts the op does not produce."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    if cell == "lstm":
+        p = _lstm(False, True, False, 0, True, "off", B=3, T=4, I=2, H=5)
+    else:
+        p = _gru(True, True, "off", B=3, T=4, I=2, H=5)
+    p = _cast(p, torch.float32)
+    p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, I] of a [B, T, I]
+    assert not p["x"].is_contiguous()
+    names = ("cell", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "batch_sizes")
+    lns = ("ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch")
+    args = [p.get(k) for k in names] + [False, p["cifg"]] + [p.get(k) for k in lns]
+    args += [p.get("zoneout_h", 0.0), p.get("zoneout_c", 0.0), p.get("mask_h"), p.get("mask_c")]
+    buffers = host_layer.fwd_op(*args)
+    grads = [torch.ones_like(buffers[0]), torch.ones_like(buffers[1])]
+    grads.append(torch.ones_like(buffers[2]) if cell == "lstm" else None)
+    diff = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", *lns)
+    needs = [p.get(k) is not None and (k != "c0" or cell == "lstm") for k in diff]
+    real = host_layer.bwd_op(*args, buffers, *grads, needs)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = host_layer.bwd_op(*args, buffers, *grads, needs)
+    assert real[0].shape == p["x"].shape
+    assert [(t.shape, t.stride()) for t in fake] == [(t.shape, t.stride()) for t in real]
 
 
 def test_host_rejects_bad_input(host_layer):

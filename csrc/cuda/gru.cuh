@@ -16,21 +16,20 @@ struct GruFwdOp {
     const int64_t H = a.hidden;
     const int64_t r = idx / H, j = idx - r * H;
     const T* xg = in<T>(a.xg) + r * 3 * H + j;
-    const T* hg = in<T>(a.hg) + r * 3 * H + j;
+    const A* hg = in<A>(a.hg) + r * 3 * H + j;
     A hpart[3];
     for (int k = 0; k < 3; ++k) {
-      hpart[k] = to_acc(hg[k * H]);
+      hpart[k] = hg[k * H];
       if constexpr (HasBias) hpart[k] += to_acc(in<T>(a.b_hh)[k * H + j]);
     }
-    T* h_state = out<T>(a.h_state) + r * H + j;
-    const T h_prev = *h_state;
-    if constexpr (Save) out<T>(a.h_prev_save)[r * H + j] = h_prev;
+    A* h_state = out<A>(a.h_state) + r * H + j;
+    const A h_prev = *h_state;
+    if constexpr (Save) out<T>(a.h_prev_save)[r * H + j] = from_acc<T>(h_prev);
     A rr, z, n, h;
     GRUCell::forward<A>(to_acc(xg[0]), to_acc(xg[H]), to_acc(xg[2 * H]), hpart[0], hpart[1],
-                        hpart[2], to_acc(h_prev), rr, z, n, h);
-    const T h_out = from_acc<T>(h);
-    out<T>(a.y)[r * H + j] = h_out;
-    *h_state = h_out;
+                        hpart[2], h_prev, rr, z, n, h);
+    out<T>(a.y)[r * H + j] = from_acc<T>(h);
+    *h_state = h;
     if constexpr (Save) {
       A* s = out<A>(a.save) + r * 4 * H + j;
       s[0] = rr;
@@ -49,21 +48,21 @@ struct GruBwdOp {
     using A = acc_t<T>;
     const int64_t H = a.hidden;
     const int64_t r = idx / H, j = idx - r * H;
-    T* dh_state = out<T>(a.dh_state) + r * H + j;
-    const A dh = to_acc(in<T>(a.dy)[r * H + j]) + to_acc(*dh_state);
+    A* dh_state = out<A>(a.dh_state) + r * H + j;
+    const A dh = to_acc(in<T>(a.dy)[r * H + j]) + *dh_state;
     const A* s = in<A>(a.save) + r * 4 * H + j;
     A dxr, dxz, dxn, dhr, dhz, dhn, direct;
     GRUCell::backward<A>(dh, s[0], s[H], s[2 * H], s[3 * H], to_acc(in<T>(a.h_prev)[r * H + j]),
                          dxr, dxz, dxn, dhr, dhz, dhn, direct);
-    T* dx = out<T>(a.dxg) + r * 3 * H + j;
-    dx[0] = from_acc<T>(dxr);
-    dx[H] = from_acc<T>(dxz);
-    dx[2 * H] = from_acc<T>(dxn);
-    T* dhg = out<T>(a.dhg) + r * 3 * H + j;
-    dhg[0] = from_acc<T>(dhr);
-    dhg[H] = from_acc<T>(dhz);
-    dhg[2 * H] = from_acc<T>(dhn);
-    *dh_state = from_acc<T>(direct);
+    A* dx = out<A>(a.dxg) + r * 3 * H + j;
+    dx[0] = dxr;
+    dx[H] = dxz;
+    dx[2 * H] = dxn;
+    A* dhg = out<A>(a.dhg) + r * 3 * H + j;
+    dhg[0] = dhr;
+    dhg[H] = dhz;
+    dhg[2 * H] = dhn;
+    *dh_state = direct;
   }
 };
 

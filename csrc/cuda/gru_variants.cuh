@@ -21,13 +21,13 @@ struct GruVarFwdOp {
     using A = acc_t<T>;
     const int64_t H = a.hidden, GH = 3 * H;
     const T* xg = in<T>(a.xg) + r * GH;
-    const T* hg = in<T>(a.hg) + r * GH;
+    const A* hg = in<A>(a.hg) + r * GH;
     const T* b_hh = in<T>(a.b_hh);
     const T* ln_w = in<T>(a.ln_hh_w);
     const T* ln_b = in<T>(a.ln_hh_b);
     A* act = out<A>(a.act) + r * 4 * H;
     A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
-    T* h_state = out<T>(a.h_state) + r * H;
+    A* h_state = out<A>(a.h_state) + r * H;
     A mean = A(0), rstd = A(1);
     if constexpr (LN) {
       mean = blk.template sum<A>(GH, [&](int64_t k) { return to_acc(hg[k]); }) / A(GH);
@@ -55,16 +55,15 @@ struct GruVarFwdOp {
           st[1] = rstd;
         }
       }
-      const T hp = h_state[j];
-      out<T>(a.h_prev)[r * H + j] = hp;
+      const A hp = h_state[j];
+      out<T>(a.h_prev)[r * H + j] = from_acc<T>(hp);
       const A hn = rec(2 * H + j);
       A rr, z, n, h;
       GRUCell::forward<A>(to_acc(xg[j]), to_acc(xg[H + j]), to_acc(xg[2 * H + j]), rec(j),
-                          rec(H + j), hn, to_acc(hp), rr, z, n, h);
-      if (a.zone_h.on) h = Zoneout::forward<A>(h, to_acc(hp), zone_keep<T>(a.zone_h, r * H, j));
-      const T hv = from_acc<T>(h);
-      out<T>(a.y)[r * H + j] = hv;
-      h_state[j] = hv;
+                          rec(H + j), hn, hp, rr, z, n, h);
+      if (a.zone_h.on) h = Zoneout::forward<A>(h, hp, zone_keep<T>(a.zone_h, r * H, j));
+      out<T>(a.y)[r * H + j] = from_acc<T>(h);
+      h_state[j] = h;
       act[j] = rr;
       act[H + j] = z;
       act[2 * H + j] = n;
@@ -84,39 +83,39 @@ struct GruVarBwdOp {
     using A = acc_t<T>;
     const int64_t H = a.hidden, GH = 3 * H;
     const A* act = in<A>(a.act) + r * 4 * H;
-    T* dh_state = out<T>(a.dh_state) + r * H;
-    T* dx = out<T>(a.dxg) + r * GH;
-    T* ds = out<T>(a.dhg) + r * GH;
+    A* dh_state = out<A>(a.dh_state) + r * H;
+    A* dx = out<A>(a.dxg) + r * GH;
+    A* ds = out<A>(a.dhg) + r * GH;
     blk.for_each(H, [&](int64_t j) {
-      const A dh = to_acc(in<T>(a.dy)[r * H + j]) + to_acc(dh_state[j]);
+      const A dh = to_acc(in<T>(a.dy)[r * H + j]) + dh_state[j];
       A dnew = dh, dold = A(0);
       if (a.zone_h.on) Zoneout::backward<A>(dh, zone_keep<T>(a.zone_h, r * H, j), dnew, dold);
       A dxr, dxz, dxn, dhr, dhz, dhn, direct;
       GRUCell::backward<A>(dnew, act[j], act[H + j], act[2 * H + j], act[3 * H + j],
                            to_acc(in<T>(a.h_prev)[r * H + j]), dxr, dxz, dxn, dhr, dhz, dhn,
                            direct);
-      dh_state[j] = from_acc<T>(direct + dold);
-      dx[j] = from_acc<T>(dxr);
-      dx[H + j] = from_acc<T>(dxz);
-      dx[2 * H + j] = from_acc<T>(dxn);
-      ds[j] = from_acc<T>(dhr);
-      ds[H + j] = from_acc<T>(dhz);
-      ds[2 * H + j] = from_acc<T>(dhn);
+      dh_state[j] = direct + dold;
+      dx[j] = dxr;
+      dx[H + j] = dxz;
+      dx[2 * H + j] = dxn;
+      ds[j] = dhr;
+      ds[H + j] = dhz;
+      ds[2 * H + j] = dhn;
     });
     if constexpr (LN) {
       const A* hhat = in<A>(a.hhat) + r * GH;
       const A rstd = in<A>(a.stats)[r * 4 + 1];
       const T* ln_w = in<T>(a.ln_hh_w);
-      T* dhp = out<T>(a.dhp) + r * GH;
+      A* dhp = out<A>(a.dhp) + r * GH;
       const A n1 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(to_acc(ds[k]), to_acc(ln_w[k]));
+        return LayerNorm::dxhat<A>(ds[k], to_acc(ln_w[k]));
       }) / A(GH);
       const A n2 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(to_acc(ds[k]), to_acc(ln_w[k])) * hhat[k];
+        return LayerNorm::dxhat<A>(ds[k], to_acc(ln_w[k])) * hhat[k];
       }) / A(GH);
       blk.for_each(GH, [&](int64_t k) {
-        dhp[k] = from_acc<T>(LayerNorm::backward<A>(
-            LayerNorm::dxhat<A>(to_acc(ds[k]), to_acc(ln_w[k])), hhat[k], rstd, n1, n2));
+        dhp[k] = LayerNorm::backward<A>(LayerNorm::dxhat<A>(ds[k], to_acc(ln_w[k])), hhat[k],
+                                        rstd, n1, n2);
       });
     }
   }

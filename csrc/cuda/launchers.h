@@ -7,6 +7,9 @@
 // rows of this step (rows <= B; rows beyond it are never touched), T = storage type of `dtype`,
 // acc = float for T in {float, half, bfloat16}, double for double. All buffers are contiguous and
 // row-major. "State" buffers hold all B rows; per-step buffers start at the step's first row.
+// The recurrent state (h, c), the recurrent product h W_hh^T and everything the backward carries
+// from step to step (dh, dc, the gate gradients that feed dh_{t-1}) are acc: rounding them to a
+// half type every step would compound over the sequence. Outputs (y, saved h_{t-1}) are T.
 //
 // Every launcher only launches: the caller allocates. It returns cudaErrorInvalidValue for an
 // unknown dtype, else cudaPeekAtLastError() (the launch status, not cleared, so that the caller's
@@ -25,9 +28,9 @@ enum class DType : int32_t { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 // LSTM forward step; gates ordered i, f, g, o.
 struct LstmFwdArgs {
   const void* xg;     // [rows, 4H] T    x_t W_ih^T + b_ih
-  const void* hg;     // [rows, 4H] T    h_{t-1} W_hh^T (no bias)
+  const void* hg;     // [rows, 4H] acc  h_{t-1} W_hh^T (no bias)
   const void* b_hh;   // [4H] T          read when has_bias
-  void* h_state;      // [B, Hout] T     h_{t-1} in; h_t out unless proj (then the caller's GEMM)
+  void* h_state;      // [B, Hout] acc   h_{t-1} in; h_t out unless proj (then the caller's GEMM)
   void* c_state;      // [B, H] acc      c_{t-1} in, c_t out
   void* y;            // [rows, Hout] T  h_t; with proj [rows, H] o*tanh(c_t), before W_hr
   void* save;         // [rows, 6H] acc  i f g o c_{t-1} tanh(c_t), written when save
@@ -37,14 +40,14 @@ struct LstmFwdArgs {
   int64_t hidden_out;  // Hout (== H unless proj)
 };
 
-// LSTM backward step. Without proj, dh = dy_t + dh_state (add_state); with proj the caller
-// passes dh = (dy_t + dh_state) W_hr, already summed, and add_state = false.
+// LSTM backward step. Without proj, dh = dy_t + dh_state (add_state; dh is then dy_t, T); with
+// proj the caller passes dh = (dy_t + dh_state) W_hr, already summed (acc), and add_state = false.
 struct LstmBwdArgs {
-  const void* dh;        // [rows, H] T
-  const void* dh_state;  // [B, H] T      gradient reaching h_t from step t+1, read when add_state
+  const void* dh;        // [rows, H] T with add_state, else acc
+  const void* dh_state;  // [B, H] acc    gradient reaching h_t from step t+1, read when add_state
   void* dc_state;        // [B, H] acc    dc_t in, dc_{t-1} out
   const void* save;      // [rows, 6H] acc (see LstmFwdArgs)
-  void* dgates;          // [rows, 4H] T  gradient of the gate pre-activations
+  void* dgates;          // [rows, 4H] acc gradient of the gate pre-activations
   int64_t rows;
   int64_t hidden;
 };
@@ -52,9 +55,9 @@ struct LstmBwdArgs {
 // GRU forward step; gates ordered r, z, n; b_hn stays inside the reset product.
 struct GruFwdArgs {
   const void* xg;     // [rows, 3H] T    x_t W_ih^T + b_ih
-  const void* hg;     // [rows, 3H] T    h_{t-1} W_hh^T (no bias)
+  const void* hg;     // [rows, 3H] acc  h_{t-1} W_hh^T (no bias)
   const void* b_hh;   // [3H] T          read when has_bias
-  void* h_state;      // [B, H] T        h_{t-1} in, h_t out
+  void* h_state;      // [B, H] acc      h_{t-1} in, h_t out
   void* y;            // [rows, H] T     h_t
   void* save;         // [rows, 4H] acc  r z n hn (hn = h_{t-1} W_hn^T + b_hn), when save
   void* h_prev_save;  // [rows, H] T     copy of h_{t-1}, when save
@@ -65,11 +68,11 @@ struct GruFwdArgs {
 // GRU backward step. Afterwards the caller adds dhg W_hh into dh_state[:rows].
 struct GruBwdArgs {
   const void* dy;      // [rows, H] T
-  void* dh_state;      // [B, H] T       dh from step t+1 in; direct part dh_t * z out
+  void* dh_state;      // [B, H] acc     dh from step t+1 in; direct part dh_t * z out
   const void* save;    // [rows, 4H] acc (see GruFwdArgs)
   const void* h_prev;  // [rows, H] T    saved h_{t-1}
-  void* dxg;           // [rows, 3H] T   gradient of x_t W_ih^T + b_ih
-  void* dhg;           // [rows, 3H] T   gradient of h_{t-1} W_hh^T + b_hh
+  void* dxg;           // [rows, 3H] acc gradient of x_t W_ih^T + b_ih
+  void* dhg;           // [rows, 3H] acc gradient of h_{t-1} W_hh^T + b_hh
   int64_t rows;
   int64_t hidden;
 };
@@ -77,9 +80,9 @@ struct GruBwdArgs {
 // Elman RNN (tanh or relu) forward step.
 struct RnnFwdArgs {
   const void* xg;     // [rows, H] T  x_t W_ih^T + b_ih
-  const void* hg;     // [rows, H] T  h_{t-1} W_hh^T (no bias)
+  const void* hg;     // [rows, H] acc h_{t-1} W_hh^T (no bias)
   const void* b_hh;   // [H] T        read when has_bias
-  void* h_state;      // [B, H] T     h_{t-1} in, h_t out
+  void* h_state;      // [B, H] acc   h_{t-1} in, h_t out
   void* y;            // [rows, H] T  h_t (the backward reads it back: no other saving)
   void* h_prev_save;  // [rows, H] T  copy of h_{t-1}, when save
   int64_t rows;
@@ -89,9 +92,9 @@ struct RnnFwdArgs {
 // Elman RNN backward step. Afterwards the caller writes dgates W_hh into dh_state[:rows].
 struct RnnBwdArgs {
   const void* dy;        // [rows, H] T
-  const void* dh_state;  // [B, H] T   gradient reaching h_t from step t+1
-  const void* y;         // [rows, H] T  h_t of this step
-  void* dgates;          // [rows, H] T  gradient of the pre-activation
+  const void* dh_state;  // [B, H] acc   gradient reaching h_t from step t+1
+  const void* y;         // [rows, H] T    h_t of this step
+  void* dgates;          // [rows, H] acc  gradient of the pre-activation
   int64_t rows;
   int64_t hidden;
 };

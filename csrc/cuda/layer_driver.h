@@ -15,7 +15,15 @@
 // Forward, per step t with `rows` active rows starting at packed row `start`:
 //   hg[:rows] = h_state[:rows] W_hh^T                  (GEMM)
 //   kernel: gates, c_state/h_state/y update, saved activations
-//   (proj) y_t = hpre_t W_hr^T; h_state[:rows] = y_t   (GEMM + copy)
+//   (proj) h_state[:rows] = hpre_t W_hr^T; y_t = h_state[:rows]   (GEMM + copy)
+// For half and bfloat16 storage, the recurrent state (h_state, c_state), hg and everything the
+// backward carries across steps (dh_state, dc_state, dG, dHG) are float, so the error stays at
+// the rounding of the stored outputs instead of compounding with T. The GEMMs that produce them
+// run on float operands: W_hh (and W_hr) are converted once per call, Hpre per step with proj;
+// the weight-gradient GEMMs after the loop convert X, H_prev and Hpre once. On a GPU this costs
+// the half-precision tensor-core rate of those GEMMs and doubles the W_hh bytes each step reads;
+// ATen's mixed-dtype mm (half operands, float result) would avoid both but has no CPU kernel,
+// and the host harness must run this same code.
 // Backward, walking the steps in the opposite order (G_t = gate pre-activations):
 //   (proj) dh_t = dy_t + dh_state[:rows]; dhpre = dh_t W_hr
 //   kernel: dG_t (and for GRU the recurrent-side dHG_t and the direct term dh_t * z)
@@ -137,22 +145,29 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
   const int64_t N = x.size(0);
   const bool has_bias = b_hh.defined(), proj = w_hr.defined();
   const DType dt = dtype_of(x);
-  const auto acc = x.options().dtype(acc_type_of(x));
+  const at::ScalarType A = acc_type_of(x);
+  const auto acc = x.options().dtype(A);
 
   at::Tensor xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());  // [N, GH]
-  at::Tensor h_state = h0.clone();                                           // [B, Hout]
+  // the kernels read xg as x's dtype: a retyped GEMM (autocast) would be read out of bounds
+  TORCH_CHECK(xg.scalar_type() == x.scalar_type() && xg.is_contiguous(),
+              "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
+              x.scalar_type(), " operands (is autocast excluded?)");
+  const at::Tensor w_hh_acc = w_hh.to(A);  // [G*H, Hout] acc; no copy for float and double
+  const at::Tensor w_hr_acc = proj ? w_hr.to(A) : at::Tensor();  // [Hout, H] acc
+  at::Tensor h_state = h0.to(acc, /*non_blocking=*/false, /*copy=*/true);  // [B, Hout] acc
   at::Tensor c_state = cell == CellKind::lstm ? c0.to(acc, /*non_blocking=*/false, /*copy=*/true)
                                               : at::Tensor();                // [B, H] acc
   at::Tensor y = at::empty({N, Hout}, x.options());
   at::Tensor hpre = proj ? at::empty({N, H}, x.options()) : at::Tensor();  // o * tanh(c_t)
-  at::Tensor hg = at::empty({B, G * H}, x.options());
+  at::Tensor hg = at::empty({B, G * H}, acc);
   const int64_t S = saved_width(cell);
   at::Tensor saved = save && S > 0 ? at::empty({N, S * H}, acc) : at::Tensor();
   at::Tensor h_prev = save ? at::empty({N, Hout}, x.options()) : at::Tensor();
 
   for (const Step& s : visit_order(sizes, B, reverse)) {
     at::Tensor hg_t = hg.narrow(0, 0, s.rows);
-    at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh.t());
+    at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh_acc.t());
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
     if (cell == CellKind::lstm) {
       LstmFwdArgs a{};
@@ -169,8 +184,9 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
       a.hidden_out = Hout;
       launch.lstm_forward_step(dt, has_bias, save, proj, a);
       if (proj) {
-        at::mm_out(y_t, hpre.narrow(0, s.start, s.rows), w_hr.t());
-        h_state.narrow(0, 0, s.rows).copy_(y_t);
+        at::Tensor h_rows = h_state.narrow(0, 0, s.rows);
+        at::mm_out(h_rows, hpre.narrow(0, s.start, s.rows).to(A), w_hr_acc.t());
+        y_t.copy_(h_rows);
       }
     } else if (cell == CellKind::gru) {
       GruFwdArgs a{};
@@ -198,7 +214,7 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
     }
   }
   at::Tensor c_n = cell == CellKind::lstm ? c_state.to(x.scalar_type()) : at::Tensor();
-  return {y, h_state, c_n, saved, h_prev, hpre};
+  return {y, h_state.to(x.scalar_type()), c_n, saved, h_prev, hpre};
 }
 
 // Returns {dx [N, I], dh0 [B, Hout], dc0 [B, H] or undefined, dw_ih, dw_hh, db_ih, db_hh (or
@@ -223,17 +239,21 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
   const int64_t B = dh_n.size(0), N = x.size(0);
   const bool proj = w_hr.defined();
   const DType dt = dtype_of(x);
-  const auto acc = x.options().dtype(acc_type_of(x));
+  const at::ScalarType T = x.scalar_type(), A = acc_type_of(x);
+  const auto acc = x.options().dtype(A);
+  const at::Tensor w_hh_acc = w_hh.to(A);                            // [G*H, Hout] acc
+  const at::Tensor w_hr_acc = proj ? w_hr.to(A) : at::Tensor();      // [Hout, H] acc
 
-  at::Tensor dh_state = dh_n.clone();  // [B, Hout]: gradient reaching h_t from later steps
-  at::Tensor dc_state;                 // [B, H] acc
+  // [B, Hout] acc: gradient reaching h_t from later steps
+  at::Tensor dh_state = dh_n.to(acc, false, /*copy=*/true);
+  at::Tensor dc_state;  // [B, H] acc
   if (cell == CellKind::lstm) {
     dc_state = dc_n.defined() ? dc_n.to(acc, false, /*copy=*/true) : at::zeros({B, H}, acc);
   }
-  at::Tensor dxg = at::empty({N, G * H}, x.options());                      // dG
-  at::Tensor dhg = cell == CellKind::gru ? at::empty({N, G * H}, x.options()) : dxg;  // dHG
-  at::Tensor dh_all = proj ? at::empty({N, Hout}, x.options()) : at::Tensor();
-  at::Tensor dhpre = proj ? at::empty({B, H}, x.options()) : at::Tensor();
+  at::Tensor dxg = at::empty({N, G * H}, acc);                                 // dG
+  at::Tensor dhg = cell == CellKind::gru ? at::empty({N, G * H}, acc) : dxg;  // dHG
+  at::Tensor dh_all = proj ? at::empty({N, Hout}, acc) : at::Tensor();
+  at::Tensor dhpre = proj ? at::empty({B, H}, acc) : at::Tensor();
 
   const std::vector<Step> order = visit_order(sizes, B, reverse);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
@@ -247,7 +267,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
         at::Tensor dh_t = dh_all.narrow(0, s.start, s.rows);
         at::add_out(dh_t, dy_t, dh_rows);
         at::Tensor dhpre_t = dhpre.narrow(0, 0, s.rows);
-        at::mm_out(dhpre_t, dh_t, w_hr);
+        at::mm_out(dhpre_t, dh_t, w_hr_acc);
         a.dh = dhpre_t.data_ptr();
       } else {
         a.dh = dy_t.data_ptr();
@@ -259,7 +279,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.rows = s.rows;
       a.hidden = H;
       launch.lstm_backward_step(dt, /*add_state=*/!proj, a);
-      at::mm_out(dh_rows, dxg_t, w_hh);
+      at::mm_out(dh_rows, dxg_t, w_hh_acc);
     } else if (cell == CellKind::gru) {
       GruBwdArgs a{};
       at::Tensor dhg_t = dhg.narrow(0, s.start, s.rows);
@@ -272,7 +292,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.rows = s.rows;
       a.hidden = H;
       launch.gru_backward_step(dt, a);
-      dh_rows.addmm_(dhg_t, w_hh);  // the kernel left the direct term dh_t * z there
+      dh_rows.addmm_(dhg_t, w_hh_acc);  // the kernel left the direct term dh_t * z there
     } else {
       RnnBwdArgs a{};
       a.dy = dy_t.data_ptr();
@@ -282,21 +302,22 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.rows = s.rows;
       a.hidden = H;
       launch.rnn_backward_step(dt, cell == CellKind::rnn_relu, a);
-      at::mm_out(dh_rows, dxg_t, w_hh);
+      at::mm_out(dh_rows, dxg_t, w_hh_acc);
     }
   }
 
-  at::Tensor dx = at::mm(dxg, w_ih);             // [N, I]
-  at::Tensor dw_ih = at::mm(dxg.t(), x);         // [G*H, I]
-  at::Tensor dw_hh = at::mm(dhg.t(), h_prev);    // [G*H, Hout]
+  // .to(T) of an acc result is a fresh tensor for half types and the same one otherwise
+  at::Tensor dx = at::mm(dxg, w_ih.to(A)).to(T);           // [N, I]
+  at::Tensor dw_ih = at::mm(dxg.t(), x.to(A)).to(T);       // [G*H, I]
+  at::Tensor dw_hh = at::mm(dhg.t(), h_prev.to(A)).to(T);  // [G*H, Hout]
   at::Tensor db_ih, db_hh;
   if (has_bias) {
-    db_ih = column_sum(launch, dxg);             // [G*H]
-    db_hh = cell == CellKind::gru ? column_sum(launch, dhg) : db_ih.clone();
+    db_ih = column_sum(launch, dxg).to(T);  // [G*H]
+    db_hh = cell == CellKind::gru ? column_sum(launch, dhg).to(T) : db_ih.clone();
   }
-  at::Tensor dw_hr = proj ? at::mm(dh_all.t(), hpre) : at::Tensor();  // [Hout, H]
-  at::Tensor dc0 = cell == CellKind::lstm ? dc_state.to(x.scalar_type()) : at::Tensor();
-  return {dx, dh_state, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+  at::Tensor dw_hr = proj ? at::mm(dh_all.t(), hpre.to(A)).to(T) : at::Tensor();  // [Hout, H]
+  at::Tensor dc0 = cell == CellKind::lstm ? dc_state.to(T) : at::Tensor();
+  return {dx, dh_state.to(T), dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
 }
 
 }  // namespace cuda

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/utils/pybind.h>  // at::Tensor <-> torch.Tensor casters; lighter than
                                       // torch/extension.h, which the build does not need
 
@@ -36,6 +37,12 @@ inline void check_operands(const at::Tensor& x, std::initializer_list<at::Tensor
   }
 }
 
+// Held by every op for its whole body: the kernels read the buffers that the op's own GEMMs
+// fill as the dtype the driver allocated them in, so autocast must not retype those GEMMs
+// (under autocast at::addmm on float operands would return bfloat16). Autocast belongs at the
+// op's boundary (the caller casts the inputs once); inside, the op keeps its dtypes.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
+
 template <class Launch>
 void bind_layer(pybind11::module& m) {
   namespace py = pybind11;
@@ -50,6 +57,7 @@ void bind_layer(pybind11::module& m) {
         check_operands(x, {x, h0, opt(c0), w_ih, w_hh, opt(b_ih), opt(b_hh), opt(w_hr)});
         TORCH_CHECK(kind != CellKind::lstm || c0.has_value(), "fusedrnn: LSTM needs c0");
         TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "fusedrnn: give both biases or none");
+        const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
         typename Launch::Guard guard(x.device());
         Launch launch;
         return layer_forward(launch, kind, x, h0, opt(c0), w_ih, w_hh, opt(b_ih), opt(b_hh),
@@ -72,6 +80,7 @@ void bind_layer(pybind11::module& m) {
         TORCH_CHECK(kind == CellKind::rnn_tanh || kind == CellKind::rnn_relu ||
                         (saved.has_value() && saved->is_contiguous()),
                     "fusedrnn: the saved activations are missing");
+        const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
         typename Launch::Guard guard(x.device());
         Launch launch;
         return layer_backward(launch, kind, dy, dh_n, opt(dc_n), x, w_ih, w_hh, opt(w_hr),

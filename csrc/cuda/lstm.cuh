@@ -20,24 +20,24 @@ struct LstmFwdOp {
     const int64_t H = a.hidden, Ho = a.hidden_out;
     const int64_t r = idx / H, j = idx - r * H;
     const T* xg = in<T>(a.xg) + r * 4 * H + j;
-    const T* hg = in<T>(a.hg) + r * 4 * H + j;
+    const A* hg = in<A>(a.hg) + r * 4 * H + j;
     A pre[4];
     for (int k = 0; k < 4; ++k) {
-      pre[k] = to_acc(xg[k * H]) + to_acc(hg[k * H]);
+      pre[k] = to_acc(xg[k * H]) + hg[k * H];
       if constexpr (HasBias) pre[k] += to_acc(in<T>(a.b_hh)[k * H + j]);
     }
     A* c_state = out<A>(a.c_state) + r * H + j;
     const A c_prev = *c_state;
-    T* h_state = out<T>(a.h_state) + r * Ho + j;
+    A* h_state = out<A>(a.h_state) + r * Ho + j;
     if constexpr (Save) {
-      if (j < Ho) out<T>(a.h_prev_save)[r * Ho + j] = *h_state;
+      if (j < Ho) out<T>(a.h_prev_save)[r * Ho + j] = from_acc<T>(*h_state);
     }
     A i, f, g, o, c, tanh_c, h;
     LSTMCell::forward<A>(pre[0], pre[1], pre[2], pre[3], c_prev, i, f, g, o, c, tanh_c, h);
     *c_state = c;
     const T h_out = from_acc<T>(h);
     out<T>(a.y)[r * H + j] = h_out;  // y is [rows, H]: without proj Hout == H
-    if constexpr (!Proj) *h_state = h_out;  // with proj: the caller's W_hr GEMM writes h_t
+    if constexpr (!Proj) *h_state = h;  // with proj: the caller's W_hr GEMM writes h_t
     if constexpr (Save) {
       A* s = out<A>(a.save) + r * 6 * H + j;
       s[0] = i;
@@ -59,19 +59,23 @@ struct LstmBwdOp {
     using A = acc_t<T>;
     const int64_t H = a.hidden;
     const int64_t r = idx / H, j = idx - r * H;
-    A dh = to_acc(in<T>(a.dh)[r * H + j]);
-    if constexpr (AddState) dh += to_acc(in<T>(a.dh_state)[r * H + j]);
+    A dh;
+    if constexpr (AddState) {
+      dh = to_acc(in<T>(a.dh)[r * H + j]) + in<A>(a.dh_state)[r * H + j];
+    } else {
+      dh = in<A>(a.dh)[r * H + j];
+    }
     A* dc = out<A>(a.dc_state) + r * H + j;
     const A* s = in<A>(a.save) + r * 6 * H + j;
     A dgi, dgf, dgg, dgo, dc_prev;
     LSTMCell::backward<A>(dh, *dc, s[0], s[H], s[2 * H], s[3 * H], s[4 * H], s[5 * H], dgi, dgf,
                           dgg, dgo, dc_prev);
     *dc = dc_prev;
-    T* dg = out<T>(a.dgates) + r * 4 * H + j;
-    dg[0] = from_acc<T>(dgi);
-    dg[H] = from_acc<T>(dgf);
-    dg[2 * H] = from_acc<T>(dgg);
-    dg[3 * H] = from_acc<T>(dgo);
+    A* dg = out<A>(a.dgates) + r * 4 * H + j;
+    dg[0] = dgi;
+    dg[H] = dgf;
+    dg[2 * H] = dgg;
+    dg[3 * H] = dgo;
   }
 };
 

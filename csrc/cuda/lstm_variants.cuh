@@ -31,7 +31,7 @@ struct LstmVarFwdOp {
     constexpr int64_t G = CIFG ? 3 : 4;
     const int64_t H = a.hidden, Ho = a.hidden_out, GH = G * H;
     const T* xg = in<T>(a.xg) + r * GH;
-    const T* hg = in<T>(a.hg) + r * GH;
+    const A* hg = in<A>(a.hg) + r * GH;
     const T* b_hh = in<T>(a.b_hh);
     const T* ln_w = in<T>(a.ln_hh_w);
     const T* ln_b = in<T>(a.ln_hh_b);
@@ -41,10 +41,10 @@ struct LstmVarFwdOp {
     A* c_state = out<A>(a.c_state) + r * H;
     A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
     A* st = LN ? out<A>(a.stats) + r * 4 : nullptr;
-    T* h_state = out<T>(a.h_state) + r * Ho;
+    A* h_state = out<A>(a.h_state) + r * Ho;
     T* h_prev = out<T>(a.h_prev) + r * Ho;
 
-    blk.for_each(Ho, [&](int64_t j) { h_prev[j] = h_state[j]; });
+    blk.for_each(Ho, [&](int64_t j) { h_prev[j] = from_acc<T>(h_state[j]); });
     A mean = A(0), rstd = A(1);
     if constexpr (LN) {
       mean = blk.template sum<A>(GH, [&](int64_t k) { return to_acc(hg[k]); }) / A(GH);
@@ -123,13 +123,12 @@ struct LstmVarFwdOp {
                                : c;
       if (a.proj) {
         out<T>(a.hraw)[r * H + j] = from_acc<T>(h);
-      } else {  // Hout == H: h_prev[j] was copied by this thread (same partition)
+      } else {  // Hout == H: this thread read h_state[j] above (same partition)
         if (a.zone_h.on) {
-          h = Zoneout::forward<A>(h, to_acc(h_prev[j]), zone_keep<T>(a.zone_h, r * Ho, j));
+          h = Zoneout::forward<A>(h, h_state[j], zone_keep<T>(a.zone_h, r * Ho, j));
         }
-        const T hv = from_acc<T>(h);
-        out<T>(a.y)[r * Ho + j] = hv;
-        h_state[j] = hv;
+        out<T>(a.y)[r * Ho + j] = from_acc<T>(h);
+        h_state[j] = h;
       }
     });
   }
@@ -153,13 +152,13 @@ struct LstmVarBwdOp {
     const T* ln_cw = in<T>(a.ln_c_w);
     const T* w_ch = in<T>(a.w_ch);
     A* dc_state = out<A>(a.dc_state) + r * H;
-    T* dg = out<T>(a.dgates) + r * GH;
-    T* dh_state = a.proj ? nullptr : out<T>(a.dh_state) + r * Ho;
+    A* dg = out<A>(a.dgates) + r * GH;
+    A* dh_state = a.proj ? nullptr : out<A>(a.dh_state) + r * Ho;
 
     // total gradient reaching y_t (= the zoned-out h_t) without proj; dh~ W_hr with proj
     auto dh_total = [&](int64_t j) -> A {
-      if (a.proj) return to_acc(in<T>(a.dh_raw)[r * H + j]);
-      return to_acc(in<T>(a.dy)[r * Ho + j]) + to_acc(dh_state[j]);
+      if (a.proj) return in<A>(a.dh_raw)[r * H + j];
+      return to_acc(in<T>(a.dy)[r * Ho + j]) + dh_state[j];
     };
     auto dh_new = [&](int64_t j, A dh) -> A {  // the part reaching h~ (zoneout's backward)
       if (a.proj || !a.zone_h.on) return dh;
@@ -212,29 +211,29 @@ struct LstmVarBwdOp {
                                                      cell[j], w_ci, w_cf, w_co, dpi, dpf, dpg,
                                                      dc_prev);
       dc_state[j] = dc_prev + dold;
-      dg[j] = from_acc<T>(dpi);
-      if constexpr (!CIFG) dg[H + j] = from_acc<T>(dpf);
-      dg[(G - 2) * H + j] = from_acc<T>(dpg);
-      dg[(G - 1) * H + j] = from_acc<T>(dpo);
+      dg[j] = dpi;
+      if constexpr (!CIFG) dg[H + j] = dpf;
+      dg[(G - 2) * H + j] = dpg;
+      dg[(G - 1) * H + j] = dpo;
       if (!a.proj) {  // direct part of dh_{t-1}; the caller adds dHP W_hh
         A direct = A(0);
         if (a.zone_h.on) direct = zone_keep<T>(a.zone_h, r * Ho, j) * dh;
-        dh_state[j] = from_acc<T>(direct);
+        dh_state[j] = direct;
       }
     });
     if constexpr (LN) {
       const A* hhat = in<A>(a.hhat) + r * GH;
       const T* ln_w = in<T>(a.ln_hh_w);
-      T* dhp = out<T>(a.dhp) + r * GH;
+      A* dhp = out<A>(a.dhp) + r * GH;
       const A n1 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(to_acc(dg[k]), to_acc(ln_w[k]));
+        return LayerNorm::dxhat<A>(dg[k], to_acc(ln_w[k]));
       }) / A(GH);
       const A n2 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(to_acc(dg[k]), to_acc(ln_w[k])) * hhat[k];
+        return LayerNorm::dxhat<A>(dg[k], to_acc(ln_w[k])) * hhat[k];
       }) / A(GH);
       blk.for_each(GH, [&](int64_t k) {
-        dhp[k] = from_acc<T>(LayerNorm::backward<A>(
-            LayerNorm::dxhat<A>(to_acc(dg[k]), to_acc(ln_w[k])), hhat[k], st[1], n1, n2));
+        dhp[k] = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dg[k], to_acc(ln_w[k])), hhat[k],
+                                        st[1], n1, n2);
       });
     }
   }

@@ -18,12 +18,12 @@ struct RnnFwdOp {
     using A = acc_t<T>;
     const int64_t H = a.hidden;
     const int64_t r = idx / H, j = idx - r * H;
-    A pre = to_acc(in<T>(a.xg)[r * H + j]) + to_acc(in<T>(a.hg)[r * H + j]);
+    A pre = to_acc(in<T>(a.xg)[r * H + j]) + in<A>(a.hg)[r * H + j];
     if constexpr (HasBias) pre += to_acc(in<T>(a.b_hh)[j]);
-    T* h_state = out<T>(a.h_state) + r * H + j;
-    if constexpr (Save) out<T>(a.h_prev_save)[r * H + j] = *h_state;
-    const T h = from_acc<T>(RnnCellOf<Relu>::template forward<A>(pre));
-    out<T>(a.y)[r * H + j] = h;
+    A* h_state = out<A>(a.h_state) + r * H + j;
+    if constexpr (Save) out<T>(a.h_prev_save)[r * H + j] = from_acc<T>(*h_state);
+    const A h = RnnCellOf<Relu>::template forward<A>(pre);
+    out<T>(a.y)[r * H + j] = from_acc<T>(h);
     *h_state = h;
   }
 };
@@ -36,9 +36,9 @@ struct RnnBwdOp {
     using A = acc_t<T>;
     const int64_t H = a.hidden;
     const int64_t r = idx / H, j = idx - r * H;
-    const A dh = to_acc(in<T>(a.dy)[r * H + j]) + to_acc(in<T>(a.dh_state)[r * H + j]);
+    const A dh = to_acc(in<T>(a.dy)[r * H + j]) + in<A>(a.dh_state)[r * H + j];
     const A h = to_acc(in<T>(a.y)[r * H + j]);
-    out<T>(a.dgates)[r * H + j] = from_acc<T>(RnnCellOf<Relu>::template backward<A>(dh, h));
+    out<A>(a.dgates)[r * H + j] = RnnCellOf<Relu>::template backward<A>(dh, h);
   }
 };
 

@@ -81,8 +81,11 @@ std::vector<at::Tensor> variant_forward(
     const std::vector<int64_t>& sizes, bool reverse, bool save) {
   const int64_t GH = v.G * v.H, H = v.H, Hout = v.Hout, B = v.B, N = v.N;
   const DType dt = dtype_of(x);
-  const auto acc = x.options().dtype(acc_type_of(x));
+  const at::ScalarType A = acc_type_of(x);
+  const auto acc = x.options().dtype(A);
   const int64_t R = save ? N : B;  // rows of the per-row buffers
+  // float operands for the per-step GEMM whose result is carried (see layer_driver.h)
+  const at::Tensor w_hh_acc = w_hh.to(A);  // [GH, Hout]
 
   at::Tensor xg, xhat_ih, rstd_ih;  // [N, GH] T, [N, GH] acc, [N, 1] acc
   if (v.ln) {
@@ -97,11 +100,15 @@ std::vector<at::Tensor> variant_forward(
   } else {
     xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());
   }
+  // the kernels read xg as x's dtype: a retyped GEMM (autocast) would be read out of bounds
+  TORCH_CHECK(xg.scalar_type() == x.scalar_type() && xg.is_contiguous(),
+              "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
+              x.scalar_type(), " operands (is autocast excluded?)");
 
-  at::Tensor h_state = h0.clone();                                           // [B, Hout]
+  at::Tensor h_state = h0.to(acc, false, /*copy=*/true);                     // [B, Hout] acc
   at::Tensor c_state = v.lstm ? c0.to(acc, false, /*copy=*/true) : at::Tensor();  // [B, H]
   at::Tensor y = at::empty({N, Hout}, x.options());
-  at::Tensor hg = at::empty({B, GH}, x.options());
+  at::Tensor hg = at::empty({B, GH}, acc);
   at::Tensor act = at::empty({R, v.lstm ? GH : 4 * H}, acc);
   at::Tensor cell = v.lstm ? at::empty({R, 3 * H}, acc) : at::Tensor();
   at::Tensor hhat = v.ln ? at::empty({R, GH}, acc) : at::Tensor();
@@ -112,7 +119,7 @@ std::vector<at::Tensor> variant_forward(
   for (const Step& s : visit_order(sizes, B, reverse)) {
     const int64_t so = save ? s.start : 0;
     at::Tensor hg_t = hg.narrow(0, 0, s.rows);
-    at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh.t());
+    at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh_acc.t());
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
     if (v.lstm) {
       LstmVarFwdArgs a{};
@@ -142,11 +149,10 @@ std::vector<at::Tensor> variant_forward(
       a.hidden_out = Hout;
       launch.lstm_variant_forward(dt, v.ln, v.peep, v.cifg, a);
       if (v.proj) {
-        at::mm_out(y_t, hraw.narrow(0, so, s.rows), w_hr.t());
+        at::mm_out(y_t, hraw.narrow(0, so, s.rows), w_hr.t());  // zone_forward: h_state
         ZoneFwdArgs z{};
         z.y = y_t.data_ptr();
         z.h_state = h_state.data_ptr();
-        z.h_prev = h_prev.narrow(0, so, s.rows).data_ptr();
         z.zone = zone_args(mask_h, s.start, s.rows, v.p_h);
         z.rows = s.rows;
         z.width = Hout;
@@ -173,7 +179,8 @@ std::vector<at::Tensor> variant_forward(
     }
   }
   at::Tensor c_n = v.lstm ? c_state.to(x.scalar_type()) : at::Tensor();
-  return {y, h_state, c_n, act, cell, hhat, stats, h_prev, hraw, xhat_ih, rstd_ih};
+  return {y, h_state.to(x.scalar_type()), c_n, act, cell, hhat, stats, h_prev, hraw, xhat_ih,
+          rstd_ih};
 }
 
 // Returns the gradients of {x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b,
@@ -199,21 +206,23 @@ std::vector<at::Tensor> variant_backward(
     const std::vector<at::Tensor>& fwd) {
   const int64_t G = v.G, GH = G * v.H, H = v.H, Hout = v.Hout, B = v.B, N = v.N;
   const DType dt = dtype_of(x);
-  const auto acc = x.options().dtype(acc_type_of(x));
-  const at::ScalarType T = x.scalar_type();
+  const at::ScalarType T = x.scalar_type(), A = acc_type_of(x);
+  const auto acc = x.options().dtype(A);
+  const at::Tensor w_hh_acc = w_hh.to(A);                        // [GH, Hout]
+  const at::Tensor w_hr_acc = v.proj ? w_hr.to(A) : at::Tensor();  // [Hout, H]
   const at::Tensor &act = fwd[3], &cell = fwd[4], &hhat = fwd[5], &stats = fwd[6],
                    &h_prev = fwd[7], &hraw = fwd[8], &xhat_ih = fwd[9], &rstd_ih = fwd[10];
 
-  at::Tensor dh_state = dh_n.clone();  // [B, Hout]
-  at::Tensor dc_state;                 // [B, H] acc
+  at::Tensor dh_state = dh_n.to(acc, false, /*copy=*/true);  // [B, Hout] acc
+  at::Tensor dc_state;                                       // [B, H] acc
   if (v.lstm) dc_state = dc_n.defined() ? dc_n.to(acc, false, true) : at::zeros({B, H}, acc);
-  at::Tensor dP = at::empty({N, GH}, x.options());                       // gates / input side
-  at::Tensor dS = v.lstm ? dP : at::empty({N, GH}, x.options());         // recurrent side
-  at::Tensor dHP = v.ln ? at::empty({N, GH}, x.options()) : dS;          // before LN_hh
+  at::Tensor dP = at::empty({N, GH}, acc);                  // gates / input side
+  at::Tensor dS = v.lstm ? dP : at::empty({N, GH}, acc);    // recurrent side
+  at::Tensor dHP = v.ln ? at::empty({N, GH}, acc) : dS;     // before LN_hh
   at::Tensor dcn = v.lstm && v.ln ? at::empty({N, H}, acc) : at::Tensor();
   at::Tensor pcn = v.lstm && v.ln ? at::empty({N, H}, acc) : at::Tensor();
-  at::Tensor dht = v.proj ? at::empty({N, Hout}, x.options()) : at::Tensor();
-  at::Tensor dhraw = v.proj ? at::empty({B, H}, x.options()) : at::Tensor();
+  at::Tensor dht = v.proj ? at::empty({N, Hout}, acc) : at::Tensor();
+  at::Tensor dhraw = v.proj ? at::empty({B, H}, acc) : at::Tensor();
 
   const std::vector<Step> order = visit_order(sizes, B, reverse);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
@@ -231,7 +240,7 @@ std::vector<at::Tensor> variant_backward(
         z.width = Hout;
         launch.zone_backward(dt, z);
         at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
-        at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), w_hr);
+        at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), w_hr_acc);
         a.dh_raw = dhraw_t.data_ptr();
       } else {
         a.dy = dy.narrow(0, s.start, s.rows).data_ptr();
@@ -273,7 +282,7 @@ std::vector<at::Tensor> variant_backward(
       a.hidden = H;
       launch.gru_variant_backward(dt, v.ln, a);
     }
-    dh_rows.addmm_(dHP.narrow(0, s.start, s.rows), w_hh);  // + the kernel's direct part
+    dh_rows.addmm_(dHP.narrow(0, s.start, s.rows), w_hh_acc);  // + the kernel's direct part
   }
 
   std::vector<at::Tensor> g(15);
@@ -281,22 +290,23 @@ std::vector<at::Tensor> variant_backward(
   if (v.ln) {
     // LN_ih backward, all rows at once: dxhat = dP w, dXP = rstd (dxhat - mean(dxhat)
     // - xhat mean(dxhat xhat)) (csrc/cell_math.h, LayerNorm)
-    const at::Tensor dxh = dP.to(acc_type_of(x)) * ln_ih_w.to(acc_type_of(x));
-    dXP = (rstd_ih * (dxh - dxh.mean(1, true) - xhat_ih * (dxh * xhat_ih).mean(1, true))).to(T);
+    const at::Tensor dxh = dP * ln_ih_w.to(A);
+    dXP = rstd_ih * (dxh - dxh.mean(1, true) - xhat_ih * (dxh * xhat_ih).mean(1, true));
   }
-  g[0] = at::mm(dXP, w_ih);         // dx [N, I]
-  g[1] = dh_state;                  // dh0 [B, Hout]
-  if (v.lstm) g[2] = dc_state.to(T);  // dc0 [B, H]
-  g[3] = at::mm(dXP.t(), x);        // dW_ih [GH, I]
-  g[4] = at::mm(dHP.t(), h_prev);   // dW_hh [GH, Hout]
-  if (has[5]) g[5] = column_sum(launch, dP);  // db_ih: the input side's pre-activation grads
-  if (has[6]) g[6] = column_sum(launch, dS);  // db_hh: the recurrent side's
-  if (v.proj) g[7] = at::mm(dht.t(), hraw);   // dW_hr [Hout, H]
+  // acc products, returned in T (.to(T) is a no-op for float and double)
+  g[0] = at::mm(dXP, w_ih.to(A)).to(T);  // dx [N, I]
+  g[1] = dh_state.to(T);                 // dh0 [B, Hout]
+  if (v.lstm) g[2] = dc_state.to(T);     // dc0 [B, H]
+  g[3] = at::mm(dXP.t(), x.to(A)).to(T);       // dW_ih [GH, I]
+  g[4] = at::mm(dHP.t(), h_prev.to(A)).to(T);  // dW_hh [GH, Hout]
+  if (has[5]) g[5] = column_sum_as(launch, dP, T);  // db_ih: the input side's pre-activations
+  if (has[6]) g[6] = column_sum_as(launch, dS, T);  // db_hh: the recurrent side's
+  if (v.proj) g[7] = at::mm(dht.t(), hraw.to(A)).to(T);  // dW_hr [Hout, H]
   if (v.ln) {
-    g[8] = column_sum_as(launch, dP.to(acc_type_of(x)) * xhat_ih, T);
-    if (has[9]) g[9] = column_sum(launch, dP);
-    g[10] = column_sum_as(launch, dS.to(acc_type_of(x)) * hhat, T);
-    if (has[11]) g[11] = column_sum(launch, dS);
+    g[8] = column_sum_as(launch, dP * xhat_ih, T);
+    if (has[9]) g[9] = column_sum_as(launch, dP, T);
+    g[10] = column_sum_as(launch, dS * hhat, T);
+    if (has[11]) g[11] = column_sum_as(launch, dS, T);
     if (v.lstm) {
       g[12] = column_sum_as(launch, pcn, T);
       if (has[13]) g[13] = column_sum_as(launch, dcn, T);
@@ -304,7 +314,7 @@ std::vector<at::Tensor> variant_backward(
   }
   if (v.peep) {
     // rows w_ci, w_cf, w_co (cifg: w_ci, w_co): dP_i c_{t-1}, dP_f c_{t-1}, dP_o c~_t
-    const at::Tensor dPa = dP.to(acc_type_of(x));
+    const at::Tensor& dPa = dP;
     const at::Tensor c_prev = cell.narrow(1, 0, H), c_new = cell.narrow(1, H, H);
     std::vector<at::Tensor> rows{column_sum_as(launch, dPa.narrow(1, 0, H) * c_prev, T)};
     if (!v.cifg) rows.push_back(column_sum_as(launch, dPa.narrow(1, H, H) * c_prev, T));

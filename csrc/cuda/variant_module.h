@@ -63,6 +63,7 @@ void bind_variant_layer(pybind11::module& m) {
         TORCH_CHECK(!v.lstm || c0.has_value(), "fusedrnn: LSTM needs c0");
         TORCH_CHECK(!v.ln || (ln_hh_w.has_value() && (!v.lstm || ln_c_w.has_value())),
                     "fusedrnn: layer norm needs all its gains");
+        const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
         typename Launch::Guard guard(x.device());
         Launch launch;
         return variant_forward(launch, v, x, h0, opt(c0), w_ih, w_hh, opt(b_ih), opt(b_hh),
@@ -100,6 +101,7 @@ void bind_variant_layer(pybind11::module& m) {
                                    buffers[9].defined() && buffers[10].defined())) &&
                         (!v.proj || (buffers[8].defined() && buffers[8].size(0) == v.N)),
                     "fusedrnn: the saved activations are missing (forward run with save=False)");
+        const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
         typename Launch::Guard guard(x.device());
         Launch launch;
         return variant_backward(launch, v, dy, dh_n, opt(dc_n), x, w_ih, w_hh, opt(w_hr),

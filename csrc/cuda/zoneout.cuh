@@ -10,7 +10,8 @@
 namespace fusedrnn {
 namespace cuda {
 
-// y <- keep h_{t-1} + (1 - keep) y (or y unchanged), h_state[r] <- y
+// h_state[r] <- keep h_{t-1} + (1 - keep) y (or y), y <- h_state[r]; h_{t-1} is read from the
+// float state, not from the rounded copy in h_prev
 template <typename T>
 struct ZoneFwdOp {
   ZoneFwdArgs a;
@@ -19,11 +20,11 @@ struct ZoneFwdOp {
     using A = acc_t<T>;
     const int64_t j = idx % a.width;
     T* y = out<T>(a.y) + idx;
-    if (a.zone.on) {
-      *y = from_acc<T>(Zoneout::forward<A>(to_acc(*y), to_acc(in<T>(a.h_prev)[idx]),
-                                           zone_keep<T>(a.zone, idx - j, j)));
-    }
-    out<T>(a.h_state)[idx] = *y;  // rows of h_state are the step's first rows
+    A* h_state = out<A>(a.h_state) + idx;  // rows of h_state are the step's first rows
+    A h = to_acc(*y);
+    if (a.zone.on) h = Zoneout::forward<A>(h, *h_state, zone_keep<T>(a.zone, idx - j, j));
+    *y = from_acc<T>(h);
+    *h_state = h;
   }
 };
 
@@ -35,12 +36,12 @@ struct ZoneBwdOp {
   FRNN_HD void operator()(int64_t idx) const {
     using A = acc_t<T>;
     const int64_t j = idx % a.width;
-    T* dhs = out<T>(a.dh_state) + idx;
-    const A dh = to_acc(in<T>(a.dy)[idx]) + to_acc(*dhs);
+    A* dhs = out<A>(a.dh_state) + idx;
+    const A dh = to_acc(in<T>(a.dy)[idx]) + *dhs;
     A dnew = dh, dold = A(0);
     if (a.zone.on) Zoneout::backward<A>(dh, zone_keep<T>(a.zone, idx - j, j), dnew, dold);
-    out<T>(a.dht)[idx] = from_acc<T>(dnew);
-    *dhs = from_acc<T>(dold);
+    out<A>(a.dht)[idx] = dnew;
+    *dhs = dold;
   }
 };
 

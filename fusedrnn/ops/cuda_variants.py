@@ -292,6 +292,8 @@ def make_layer(
           buffers, grad_y, grad_hn, grad_cn, needs):  # fmt: skip
         inputs = (x, h0, c0 if cell == "lstm" else None, w_ih, w_hh, b_ih, b_hh, w_hr,
                   ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch)  # fmt: skip
+        # contiguous like the real gradients: empty_like would copy the strides of a transposed
+        # (batch_first) x, which the real dx (a view of a fresh [N, I] buffer) does not have
         return [
             t.new_empty(t.shape) if n and t is not None else x.new_empty(0)
             for n, t in zip(needs, inputs, strict=True)
