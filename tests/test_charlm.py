@@ -456,8 +456,10 @@ def test_cli_eval_and_sample(trained, capsys):
     first = capsys.readouterr().out
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == first  # seeded: reproducible
-    parts = first.split("\n\n")
-    assert first.startswith("KING") and len(parts) >= 2
+    # each sample under its own numbered line, so that they do not run together
+    parts = first.split("\n")
+    assert parts[0] == "--- sample 1 of 2 ---" and parts[1].startswith("KING")
+    assert "\n\n--- sample 2 of 2 ---\nKING" in first
     assert cli.main([*argv[:-4], "--argmax", "--length", "30"]) == 0
     greedy = capsys.readouterr().out
     model, vocab, _ = load_checkpoint(ck)
