@@ -700,23 +700,22 @@ def test_errors_are_one_sentence_in_plain_words(trained, tmp_path, capsys):
     ck = trained[0] / "last.pt"
     (tmp_path / "truncated.pt").write_bytes(ck.read_bytes()[:3000])
     not_ours = ("miniz", "PytorchStreamReader", "[Errno", "Error:")
-    msgs = [
-        _one_line_error(capsys, ["sample", "--checkpoint", tmp_path / "truncated.pt"]),
-        _one_line_error(capsys, ["eval", "--checkpoint", tmp_path / "missing.pt"]),
-        _one_line_error(capsys, ["sample", "--checkpoint", tmp_path]),
-        _one_line_error(capsys, ["sample", "--checkpoint", ck, "--prime-file", tmp_path]),
-        _one_line_error(capsys, ["sample", "--checkpoint", ck, "--output", tmp_path]),
-        _one_line_error(capsys, ["train", "--data", tmp_path, "--quiet"]),
-        _one_line_error(capsys, ["train", "--data", tmp_path / "missing.txt", "--quiet"]),
-        _one_line_error(capsys, ["train", "--out", ck, "--max-iters", 1, "--quiet"]),
-        _one_line_error(capsys, ["train", "--init-from", tmp_path / "truncated.pt", "--quiet"]),
-    ]
-    for m in msgs:
+
+    def plain(argv, expected: str) -> None:
+        m = _one_line_error(capsys, argv)
         assert not any(s in m for s in not_ours), m
         assert m.count(". ") == 0 and len(m) < 240, m
-    assert "truncated or damaged" in msgs[0]
-    assert "not found" in msgs[1] and "directory" in msgs[2] and "directory" in msgs[3]
-    assert "is a file" in msgs[7]
+        assert expected in m, m
+
+    plain(["sample", "--checkpoint", tmp_path / "truncated.pt"], "truncated or damaged")
+    plain(["train", "--out", ck, "--max-iters", 1, "--quiet"], "is a file")
+    plain(["eval", "--checkpoint", tmp_path / "missing.pt"], "not found")
+    plain(["sample", "--checkpoint", tmp_path], "directory")
+    plain(["train", "--data", tmp_path, "--quiet"], "directory")
+    plain(["train", "--data", tmp_path / "missing.txt", "--quiet"], "not found")
+    plain(["train", "--init-from", tmp_path / "truncated.pt", "--quiet"], "truncated or damaged")
+    plain(["sample", "--checkpoint", ck, "--prime-file", tmp_path], "directory")
+    plain(["sample", "--checkpoint", ck, "--output", tmp_path], "directory")
 
 
 # ----------------------------------------------------------------------------- fine-tuning etc.
