@@ -82,6 +82,9 @@ PRESETS: dict[str, dict] = {
         "lr": 6e-3,
         "threads": 1,
         "eval_max_chars": 20_000,
+        # evaluations and samples come from the time budget's cadence; on an idle machine an
+        # evaluation every 200 of these short steps would come every few seconds
+        "eval_every": 2000,
     },
 }
 
