@@ -69,7 +69,8 @@ DEFAULTS: dict = {
 
 # Named groups of settings. "tiny" is the README demo: on a busy 2-core machine it must reach
 # a readable sample in 90 s, so the model is small enough that even a fraction of one core runs
-# several hundred steps, small batches buy more steps per character, and one thread avoids
+# several hundred steps, a high learning rate makes the most of those few steps (measured: val
+# 1.84 after 820k characters, against 1.86 with B=16 and lr 6e-3 or 1e-2), and one thread avoids
 # losing time slices to other processes.
 PRESETS: dict[str, dict] = {
     "tiny": {
@@ -77,9 +78,9 @@ PRESETS: dict[str, dict] = {
         "layers": 1,
         "hidden": 128,
         "embed": 32,
-        "batch_size": 16,
+        "batch_size": 32,
         "seq_len": 64,
-        "lr": 6e-3,
+        "lr": 1e-2,
         "threads": 1,
         "eval_max_chars": 20_000,
         # evaluations and samples come from the time budget's cadence; on an idle machine an
