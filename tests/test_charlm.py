@@ -683,6 +683,12 @@ def test_resume_from_a_directory_says_what_it_resumed(text_file, tmp_path, capsy
     msg = _one_line_error(capsys, ["train", "--resume", tmp_path / "nothing.pt", "--quiet"])
     assert "no such checkpoint" in msg
     assert not (tmp_path / "runs").exists()
+    # bare --resume in a directory without a checkpoint: a new run, and one line says so
+    fresh = tmp_path / "fresh"
+    argv = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False, max_iters=2))]
+    assert cli.main([str(a) for a in [*argv, "--out", fresh, "--resume", "--no-progress"]]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"--resume: no checkpoint in {fresh} yet, starting a new run"
 
 
 def test_console_lines_are_not_repeated(text_file, tmp_path, capsys):
