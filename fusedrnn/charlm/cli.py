@@ -27,7 +27,8 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         h = action.help or ""
-        if "(default" in h or action.default in (None, False, argparse.SUPPRESS):
+        d = action.default
+        if "(default" in h or d is None or d is False or d == "" or d is argparse.SUPPRESS:
             return h
         if not action.option_strings:
             return h
@@ -198,7 +199,11 @@ def _add_train(sub) -> None:
 def _add_model_args(p) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt from training")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--impl", choices=["fusedrnn", "torch"], help="recurrent layers to run")
+    p.add_argument(
+        "--impl",
+        choices=["fusedrnn", "torch"],
+        help="recurrent layers to run (default: the checkpoint's)",
+    )
     p.add_argument("--backend", help="fusedrnn backend (default: automatic)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
 
