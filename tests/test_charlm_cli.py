@@ -92,7 +92,7 @@ def test_round_trip_train_sample_eval_resume(text_file, tmp_path, capsys):
     assert res["chars"] > 0 and abs(res["loss_nats"] - model_val) < 0.05  # full vs capped val
 
     r = run_cli("train", "--out", out, "--resume", "--max-iters", 12, "--no-progress", check=True)
-    assert "resuming from" in r.stdout and "done: 12 iterations" in r.stdout
+    assert "resumed from" in r.stdout and "done: 12 iterations" in r.stdout
     assert [i for i, _ in read_losses(out)] == list(range(1, 13))
 
     # a bad input in a real process: exit code 1, one line on stderr, no traceback

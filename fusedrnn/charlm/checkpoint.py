@@ -95,7 +95,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint path is a directory: {path}")
+        raise CheckpointError(f"checkpoint path {path} is a directory, not a checkpoint file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint is empty (corrupt): {path}")
     try:
@@ -108,9 +108,15 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
                 "plain data, which could run arbitrary code (loaded with weights_only=True)"
             ) from None
         raise CheckpointError(f"corrupt checkpoint {path}: {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {first}") from None
+    except OSError as e:
+        why = (e.strerror or type(e).__name__).lower()
+        raise CheckpointError(f"cannot read checkpoint {path}: {why}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError):
+        # torch's own text (zip reader internals) would not tell the user more than this
+        raise CheckpointError(
+            f"corrupt checkpoint {path}: the file is truncated or damaged (it is not a "
+            "complete checkpoint archive)"
+        ) from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fusedrnn-charlm checkpoint")
     if ck.get("version") != VERSION:

@@ -11,6 +11,7 @@ import os
 import sys
 
 from .analysis_cli import register_analysis_commands
+from .config import PRESETS
 from .errors import CharLMError
 
 PROG = "fusedrnn-charlm"
@@ -21,27 +22,65 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows every option's default (argparse's own formatter would also print 'None')."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if "(default" in h or d is None or d is False or d == "" or d is argparse.SUPPRESS:
+            return h
+        if not action.option_strings:
+            return h
+        return f"{h} (default: %(default)s)" if h else "default: %(default)s"
+
+
+def _show_train_defaults(p: argparse.ArgumentParser) -> None:
+    """train's options default to None (so that a resumed run can tell what was given); their
+    help shows the value that None stands for."""
+    from .config import DEFAULTS
+
+    for action in p._actions:
+        value = DEFAULTS.get(action.dest)
+        if not action.option_strings or action.help is None or "(default" in action.help:
+            continue
+        if value is None or value is False or value == [] or value == "":
+            continue
+        if action.dest in ("plot", "progress"):
+            continue
+        shown = str(value).replace("%", "%%")
+        action.help = f"{action.help} (default: {shown})"
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model (or resume one)",
         description="Train a character-level language model. Settings not given take their "
-        "defaults; when resuming, the checkpoint's settings are used.",
+        "defaults (or the --preset's); when resuming, the checkpoint's settings are used.",
+        formatter_class=_Help,
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="named settings; flags given beside it win. tiny: "
+        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["tiny"].items())
+        + " (the 90-second demo)",
     )
     a = p.add_argument
     g = p.add_argument_group("data")
     a = g.add_argument
     a("--data", metavar="FILE", help="UTF-8 text file (default: the embedded Shakespeare corpus)")
     a("--bytes", action="store_true", default=None, help="treat the file as raw bytes")
-    a("--val-frac", type=float, help="fraction of the text for validation (default 0.05)")
-    a("--test-frac", type=float, help="fraction of the text for test (default 0.05)")
+    a("--val-frac", type=float, help="fraction of the text for validation")
+    a("--test-frac", type=float, help="fraction of the text for test")
     g = p.add_argument_group("model")
     a = g.add_argument
-    a("--model", choices=["lstm", "gru", "rnn", "rnn_relu"], help="cell type (default lstm)")
-    a("--hidden", type=int, help="hidden size (default 128)")
-    a("--layers", type=int, help="number of layers (default 2)")
-    a("--embed", type=int, help="embedding size; 0 = one-hot inputs (default 64)")
-    a("--dropout", type=float, help="dropout between layers and before the decoder (default 0)")
+    a("--model", choices=["lstm", "gru", "rnn", "rnn_relu"], help="cell type")
+    a("--hidden", type=int, help="hidden size")
+    a("--layers", type=int, help="number of layers")
+    a("--embed", type=int, help="embedding size; 0 = one-hot inputs")
+    a("--dropout", type=float, help="dropout between layers and before the decoder")
     a(
         "--impl",
         choices=["fusedrnn", "torch"],
@@ -54,21 +93,21 @@ def _add_train(sub) -> None:
     a("--cifg", action="store_true", default=None, help="LSTM coupled input-forget gate")
     g = p.add_argument_group("optimisation")
     a = g.add_argument
-    a("--seq-len", type=int, help="truncated BPTT length (default 64)")
-    a("--batch-size", type=int, help="parallel streams, global over processes (default 32)")
-    a("--optimizer", choices=["adam", "rmsprop"], help="default adam")
-    a("--lr", type=float, help="learning rate (default 2e-3)")
-    a("--lr-schedule", choices=["constant", "step", "cosine"], help="default constant")
+    a("--seq-len", type=int, help="truncated BPTT length")
+    a("--batch-size", type=int, help="parallel streams, global over processes")
+    a("--optimizer", choices=["adam", "rmsprop"], help="optimizer")
+    a("--lr", type=float, help="learning rate")
+    a("--lr-schedule", choices=["constant", "step", "cosine"], help="learning-rate schedule")
     a(
         "--lr-decay",
         type=float,
-        help="step schedule: lr factor per --lr-decay-every iterations (default 0.97)",
+        help="step schedule: lr factor per --lr-decay-every iterations",
     )
-    a("--lr-decay-every", type=int, help="step schedule period in iterations (default 1000)")
-    a("--min-lr", type=float, help="cosine schedule floor (default 0)")
-    a("--warmup", type=int, help="linear warmup iterations (default 0)")
-    a("--weight-decay", type=float, help="default 0")
-    a("--grad-clip", type=float, help="clip the gradient norm; 0 = off (default 5)")
+    a("--lr-decay-every", type=int, help="step schedule period in iterations")
+    a("--min-lr", type=float, help="cosine schedule floor")
+    a("--warmup", type=int, help="linear warmup iterations")
+    a("--weight-decay", type=float, help="L2 penalty (Adam or RMSprop weight_decay)")
+    a("--grad-clip", type=float, help="clip the gradient norm; 0 = off")
     g = p.add_argument_group("stopping (whichever comes first; none given: 10 epochs)")
     a = g.add_argument
     a("--max-iters", type=int, help="total optimizer steps")
@@ -81,19 +120,39 @@ def _add_train(sub) -> None:
     )
     g = p.add_argument_group("output")
     a = g.add_argument
-    a("--out", metavar="DIR", help="checkpoints, metrics, plots, samples (default runs/charlm)")
+    a("--out", metavar="DIR", help="checkpoints, metrics, plots, samples")
     a(
         "--resume",
         nargs="?",
         const="auto",
         metavar="CHECKPOINT",
-        help="continue from CHECKPOINT (default: DIR/last.pt; a fresh start if there is none)",
+        help="continue from CHECKPOINT or DIR/last.pt (bare --resume: --out's last.pt, or a new run if there is none yet)",
     )
-    a("--eval-every", type=int, help="evaluate (and checkpoint) every N iterations (default 200)")
+    a("--eval-every", type=int, help="evaluate (and checkpoint) every N iterations")
+    a(
+        "--eval-time-frac",
+        type=float,
+        metavar="FRAC",
+        help="with --time-budget, also evaluate, checkpoint and sample every FRAC of the budget; "
+        "0 = off",
+    )
+    a(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start a new run from CHECKPOINT's weights and vocabulary (fine-tuning on --data): "
+        "new optimizer, iteration 0; the data must use only the checkpoint's characters",
+    )
+    a(
+        "--keep-checkpoints",
+        action="store_true",
+        default=None,
+        help="beside last.pt and best.pt keep every evaluated checkpoint as "
+        "ckpt_iter<N>_epoch<E>_val<LOSS>.pt",
+    )
     a(
         "--eval-max-chars",
         type=int,
-        help="periodic evaluations read at most N val chars; 0 = all (default 50000)",
+        help="periodic evaluations read at most N val chars; 0 = all",
     )
     a("--checkpoint-every", type=int, help="default: at every evaluation")
     a("--log-every", type=int, help="progress line every N iterations when not a TTY")
@@ -103,8 +162,8 @@ def _add_train(sub) -> None:
         metavar="ITERS",
         help="comma-separated iterations whose samples are saved to DIR/samples.jsonl",
     )
-    a("--sample-length", type=int, help="characters per training sample (default 200)")
-    a("--sample-temperature", type=float, help="default 0.8")
+    a("--sample-length", type=int, help="characters per training sample")
+    a("--sample-temperature", type=float, help="temperature of the training samples")
     a("--sample-prime", metavar="TEXT", help="prime text for the training samples")
     a("--no-plot", dest="plot", action="store_false", default=None, help="skip loss.png")
     a(
@@ -124,34 +183,58 @@ def _add_train(sub) -> None:
     a("--quiet", action="store_true", default=None, help="no console output")
     g = p.add_argument_group("runtime")
     a = g.add_argument
-    a("--seed", type=int, help="default 1234")
+    a("--seed", type=int, help="random seed (weights, dropout, samples)")
     a("--device", help="cpu (default), cuda, cuda:N or auto")
-    a("--threads", type=int, help="torch intra-op threads")
+    a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    a(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="bfloat16: the forward pass under torch.autocast (loss and weights stay float32)",
+    )
+    a("--compile", action="store_true", default=None, help="torch.compile the model for training")
+    _show_train_defaults(p)
     p.set_defaults(func=cmd_train)
 
 
 def _add_model_args(p) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt from training")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    p.add_argument("--impl", choices=["fusedrnn", "torch"], help="recurrent layers to run")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--impl",
+        choices=["fusedrnn", "torch"],
+        help="recurrent layers to run (default: the checkpoint's)",
+    )
     p.add_argument("--backend", help="fusedrnn backend (default: automatic)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
 
 
 def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="generate text from a checkpoint",
-        description="Generate text, streaming it to stdout as it is produced.",
+        description="Generate text, streaming it to stdout (or --output FILE) as it is produced.",
+        formatter_class=_Help,
     )
     _add_model_args(p)
-    p.add_argument("--prime", default="", metavar="TEXT", help="text to start from (echoed)")
+    p.add_argument(
+        "--prime",
+        default="",
+        metavar="TEXT",
+        help="text to start from (echoed); without one, a line start of the training text",
+    )
+    p.add_argument("--prime-file", metavar="FILE", help="read the prime text from FILE")
     p.add_argument("--length", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only")
     p.add_argument("--argmax", action="store_true", help="greedy: always the likeliest")
     p.add_argument("--seed", type=int, default=None, help="makes the output reproducible")
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="independent samples, each under a '--- sample i of N ---' line",
+    )
+    p.add_argument("--output", metavar="FILE", help="write the samples to FILE, not stdout")
     p.set_defaults(func=cmd_sample)
 
 
@@ -161,9 +244,10 @@ def _add_eval(sub) -> None:
         help="loss on the validation or test split",
         description="Loss in nats/char and bits/char on a split of the data the "
         "checkpoint was trained on (or of --data, split the same way).",
+        formatter_class=_Help,
     )
     _add_model_args(p)
-    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--split", choices=["val", "test", "train"], default="val", help="data split")
     p.add_argument("--data", metavar="FILE", help="evaluate on this file's split instead")
     p.add_argument("--batch-size", type=int, default=None, help="default: the training value")
     p.add_argument("--seq-len", type=int, default=None, help="default: the training value")
@@ -173,7 +257,11 @@ def _add_eval(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Character-level language models on fusedrnn layers.")
+    p = _Parser(
+        prog=PROG,
+        description="Character-level language models on fusedrnn layers.",
+        formatter_class=_Help,
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_train(sub)
@@ -194,6 +282,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reason(e: OSError) -> str:
+    """An OSError's cause in plain words, without the ``[Errno N]`` prefix."""
+    return (e.strerror or type(e).__name__).lower()
+
+
 def _load(args):
     import torch
 
@@ -211,6 +304,21 @@ def _load(args):
     )
 
 
+def _read_prime_file(path: str, bytes_mode: bool) -> str:
+    if not os.path.exists(path):
+        raise CharLMError(f"--prime-file {path} does not exist")
+    if os.path.isdir(path):
+        raise CharLMError(f"--prime-file {path} is a directory, not a file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if bytes_mode:
+        return raw.decode("latin-1")
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise CharLMError(f"--prime-file {path} is not UTF-8 text") from None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -224,37 +332,58 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise CharLMError("--temperature must be > 0 (use --argmax for greedy decoding)")
     if args.top_k is not None and args.top_k < 1:
         raise CharLMError("--top-k must be >= 1")
-    model, vocab, _ = _load(args)
-    prime = vocab.text_from_user(args.prime)
+    if args.prime and args.prime_file:
+        raise CharLMError("give the prime as --prime TEXT or --prime-file FILE, not both")
+    if args.output is not None and os.path.isdir(args.output):
+        raise CharLMError(f"--output {args.output} is a directory, not a file")
+    model, vocab, cfg = _load(args)
+    if args.prime_file:
+        prime = _read_prime_file(args.prime_file, vocab.bytes_mode)
+    else:
+        prime = vocab.text_from_user(args.prime)
     vocab.encode(prime)  # unknown characters: a clear error before any output
     gen = torch.Generator()
     gen.manual_seed(args.seed if args.seed is not None else torch.seed())
-    out = sys.stdout.buffer if vocab.bytes_mode else None
+    if args.output is not None:
+        try:
+            out = open(args.output, "wb")
+        except OSError as e:
+            raise CharLMError(f"cannot write --output {args.output}: {_reason(e)}") from None
+    else:
+        out = sys.stdout.buffer if vocab.bytes_mode else None
 
     def emit(s: str) -> None:
         if out is not None:
-            out.write(vocab.to_output_bytes(s))
+            out.write(vocab.to_output_bytes(s) if vocab.bytes_mode else s.encode("utf-8"))
             out.flush()
         else:
             sys.stdout.write(s)
             sys.stdout.flush()
 
-    for i in range(args.num_samples):
-        if i:
-            emit("\n\n")
-        emit(prime)
-        generate(
-            model,
-            vocab,
-            prime,
-            args.length,
-            args.temperature,
-            args.top_k,
-            args.argmax,
-            generator=gen,
-            on_text=emit,
-        )
-    emit("\n")
+    n = args.num_samples
+    try:
+        for i in range(n):
+            if n > 1:
+                emit(("\n" if i else "") + f"--- sample {i + 1} of {n} ---\n")
+            emit(prime)
+            generate(
+                model,
+                vocab,
+                prime,
+                args.length,
+                args.temperature,
+                args.top_k,
+                args.argmax,
+                generator=gen,
+                on_text=emit,
+                context=None if prime else cfg.get("sample_context"),
+            )
+            emit("\n")
+    finally:
+        if args.output is not None:
+            out.close()
+    if args.output is not None:
+        print(f"wrote {n} sample{'s' if n > 1 else ''} to {args.output}")
     return 0
 
 
@@ -328,10 +457,17 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 0
-    except (RuntimeError, OSError, ValueError) as e:
-        # backend unavailable, unwritable --out, ...: still one line, no traceback
+    except OSError as e:
+        # an unwritable --out, a full disk, ...: the file and the cause, in one line
+        if os.environ.get("FUSEDRNN_CHARLM_DEBUG"):
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"{PROG}: error: cannot use{where}: {_reason(e)}", file=sys.stderr)
+        return 1
+    except (RuntimeError, ValueError) as e:
+        # backend unavailable, ...: still one line, no traceback
         if os.environ.get("FUSEDRNN_CHARLM_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{PROG}: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 1

@@ -46,11 +46,16 @@ def generate(
     argmax: bool = False,
     generator: torch.Generator | None = None,
     on_text: Callable[[str], None] | None = None,
+    context: list[str] | None = None,
 ) -> str:
     """Generate ``length`` characters after ``prime`` (the prime is not part of the result).
 
-    An empty prime starts from a newline when the vocabulary has one (the natural start of a
-    line), else from the first character of the vocabulary; either way that seed is not output.
+    An empty prime starts from ``context`` when given: one of its texts (stretches of training
+    text that end at a line start, see :func:`line_start_contexts`), chosen with ``generator``,
+    is read first and not output, so the state is that of a model in the middle of real text.
+    From a zero state a lone newline is a context the model has rarely seen, and at a low
+    temperature its likeliest continuation is often a run of spaces. Without ``context`` the seed
+    is a newline when the vocabulary has one, else its first character.
     ``on_text`` receives every character as soon as it is chosen (streaming).
     """
     if length < 0:
@@ -63,7 +68,13 @@ def generate(
     model.eval()
     try:
         device = model.decoder.weight.device
-        seed = prime if prime else ("\n" if "\n" in vocab.stoi else vocab.chars[0])
+        usable = [c for c in (context or []) if c and not vocab.unknown(c)]
+        if prime:
+            seed = prime
+        elif usable:
+            seed = usable[int(torch.randint(len(usable), (1,), generator=generator))]
+        else:
+            seed = "\n" if "\n" in vocab.stoi else vocab.chars[0]
         ids = torch.tensor([vocab.encode(seed)], dtype=torch.long, device=device)  # [1, P]
         logits, states, _ = model.forward_layers(ids)
         last = logits[:, -1].float().cpu()  # [1, V]; choices are made on the CPU generator
@@ -81,3 +92,25 @@ def generate(
         return "".join(out)
     finally:
         model.train(was_training)
+
+
+def line_start_contexts(text: str, n: int = 16, width: int = 120, seed: int = 0) -> list[str]:
+    """Up to ``n`` stretches of ``text``, each about ``width`` characters ending just after a
+    newline, at positions spread over the text (deterministic for a ``seed``). Stored in a
+    checkpoint, they let an unprimed sample start from a line start in real context."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[str] = []
+    if len(text) <= width:
+        return out
+    for _ in range(n * 4):
+        if len(out) >= n:
+            break
+        end = text.find("\n", rng.randrange(width, len(text)))
+        if end < 0:
+            continue
+        piece = text[end + 1 - width : end + 1]
+        if piece not in out:
+            out.append(piece)
+    return out

@@ -51,7 +51,7 @@ from .errors import CharLMError, CheckpointError, TrainingError
 from .evaluate import bits, evaluate
 from .model import CharRNN, detach_state
 from .progress import Progress
-from .sample import generate
+from .sample import generate, line_start_contexts
 
 # train_s: wall time spent in training steps only (no evaluation, sampling, checkpointing), summed
 # over resumed runs: the x axis for comparing implementations. train_cpu_s: the process CPU time
@@ -317,15 +317,40 @@ class _Metrics:
 
 # ----------------------------------------------------------------------------- train
 
+# Settings that --init-from takes from its checkpoint (they define the weights' shapes and roles).
+_ARCH_KEYS = ("model", "hidden", "layers", "embed", "layer_norm", "zoneout", "peephole", "cifg")
+
 
 def _resume_path(cfg_resume, out: Path) -> Path | None:
-    """The checkpoint to resume from: None for a fresh start."""
+    """The checkpoint to resume from: None for a fresh start.
+
+    Bare ``--resume`` means "continue if there is something to continue"; a path that was
+    named explicitly must exist, since silently starting over would throw away the user's
+    intent (and, with the same --out, their metrics).
+    """
     if cfg_resume in (None, False, ""):
         return None
     if cfg_resume in (True, "auto"):
         p = out / "last.pt"
         return p if p.exists() else None
-    return Path(cfg_resume)
+    p = Path(cfg_resume)
+    if p.is_dir():
+        if not (p / "last.pt").is_file():
+            raise CheckpointError(f"--resume {p}: the directory holds no last.pt to resume from")
+        return p / "last.pt"
+    if not p.exists():
+        raise CheckpointError(f"--resume {p}: there is no such checkpoint")
+    return p
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CharLMError(f"--out {out} is a file; it must be a directory (or not exist yet)")
+
+
+def checkpoint_name(it: int, epoch: float, val: float) -> str:
+    """char-rnn's habit (``lm_lstm_epoch1.00_1.3245.t7``): the val loss readable in a listing."""
+    return f"ckpt_iter{it:07d}_epoch{epoch:.2f}_val{val:.4f}.pt"
 
 
 def train(
@@ -361,7 +386,13 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
         if d.main and not quiet:
             print(msg, flush=True)
 
+    _check_out_dir(out)
     resume_from = _resume_path(given.get("resume"), out)
+    if given.get("init_from") is not None and given.get("resume") not in (None, False, ""):
+        raise CharLMError(
+            "--init-from starts a new run from a checkpoint's weights; it cannot be combined "
+            "with --resume, which continues a run"
+        )
     ck = None
     if resume_from is not None:
         ck = read_checkpoint(resume_from, map_location="cpu")
@@ -370,9 +401,30 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
         if "out" not in given:  # --resume PATH alone: carry on in the checkpoint's directory
             out = resume_from.parent
     elif given.get("resume") in (True, "auto"):
-        say(f"no checkpoint in {out} yet: starting a new run")
+        say(f"--resume: no checkpoint in {out} yet, starting a new run")
     cfg = cfgmod.resolve(config, ck["config"] if ck is not None else None)
     cfg["out"] = str(out)
+    init = None
+    if ck is None and cfg["init_from"] is not None:
+        init = read_checkpoint(cfg["init_from"], map_location="cpu")
+        init_model, init_vocab, init_cfg = model_from_checkpoint(
+            init, str(cfg["init_from"]), impl=cfg["impl"], backend=cfg["backend"]
+        )
+        init_arch = init_model.architecture()
+        for k in _ARCH_KEYS:
+            if k in given and given[k] != init_arch.get(k, cfgmod.DEFAULTS[k]):
+                raise CharLMError(
+                    f"--init-from takes the model from {cfg['init_from']} "
+                    f"({k.replace('_', '-')} {init_arch.get(k)!r}); drop --{k.replace('_', '-')}"
+                )
+            cfg[k] = init_arch.get(k, cfgmod.DEFAULTS[k])
+        if bool(cfg["bytes"]) != init_vocab.bytes_mode:
+            raise CharLMError(
+                f"--init-from {cfg['init_from']} was trained "
+                + ("on bytes; add --bytes" if init_vocab.bytes_mode else "on text; drop --bytes")
+            )
+    elif ck is not None:
+        cfg["init_from"] = ck["config"].get("init_from")  # history, not an instruction
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     device = _pick_device(cfg["device"], d)
@@ -399,6 +451,17 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
                 "the training data differs from the data the checkpoint was trained on "
                 f"({ck['config'].get('data_desc', '?')}); resuming would not continue the run"
             )
+    elif init is not None:
+        # The embedding and decoder rows belong to the checkpoint's characters, so the new text
+        # is read with that vocabulary; characters it lacks have no trained row to start from.
+        vocab = init_vocab
+        unknown = vocab.unknown(text)
+        if unknown:
+            raise CheckpointError(
+                f"the data has characters outside the vocabulary of --init-from "
+                f"{cfg['init_from']} ({', '.join(repr(c) for c in unknown[:5])}); fine-tuning "
+                "needs text written with the checkpoint's characters"
+            )
     else:
         vocab = Vocab.from_text(text, bytes_mode=cfg["bytes"])
     n_chars = len(text)
@@ -420,6 +483,10 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
         model, _, _ = model_from_checkpoint(
             ck, str(resume_from), impl=cfg["impl"], backend=cfg["backend"]
         )
+    elif init is not None:
+        model = init_model
+        model.drop.p = cfg["dropout"]  # a training setting: fine-tuning may choose its own
+        del init
     else:
         model = CharRNN(
             vocab.size,
@@ -447,6 +514,7 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
             "data_sha256": sha,
             "data_desc": data_desc,
             "data_chars": n_chars,
+            "sample_context": line_start_contexts(train_text, seed=cfg["seed"]),
             "world_size": d.world,
         }
     )
@@ -479,14 +547,26 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
                 f"note: the checkpoint was written by {len(rngs)} process(es), this run has "
                 f"{d.world}: random streams (dropout) are re-seeded"
             )
-        say(f"resuming from {resume_from} at iteration {it} (epoch {pos.epoch})")
+        say(
+            f"resumed from {resume_from}: iteration {it}, epoch {pos.epoch}, best val loss "
+            + (f"{best_val:.4f}" if math.isfinite(best_val) else "n/a")
+        )
+    elif cfg["init_from"] is not None:
+        say(
+            f"initialised from {cfg['init_from']}: its weights and vocabulary; "
+            "new data, optimizer and iteration count"
+        )
     del ck
 
     net = model
+    if cfg["compile"]:
+        # the compiled wrapper runs the training steps; checkpoints keep saving ``model``, so
+        # their parameter names stay those of the plain module
+        net = torch.compile(model)
     if d.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -533,7 +613,7 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
             },
         }
 
-    def checkpoint(best: bool) -> None:
+    def checkpoint(best: bool, keep: float | None = None) -> None:
         nonlocal rngs_all, hidden_all
         # collectives: every rank takes part, rank 0 writes
         hidden_all = _all_gather_state(detach_state(state), d)
@@ -549,6 +629,9 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
             if best:
                 save_checkpoint(out / "best.pt", p)
             save_checkpoint(out / "last.pt", p)
+            if keep is not None:
+                epoch = pos.epoch + pos.batch / batcher.batches_per_epoch
+                save_checkpoint(out / checkpoint_name(it, epoch, keep), p)
 
     rngs_all: list = []
     hidden_all = None
@@ -557,7 +640,13 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
     def take_sample(scheduled: bool) -> None:
         g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + it)
         text_out = generate(
-            model, vocab, prime, cfg["sample_length"], cfg["sample_temperature"], generator=g
+            model,
+            vocab,
+            prime,
+            cfg["sample_length"],
+            cfg["sample_temperature"],
+            generator=g,
+            context=cfg["sample_context"],
         )
         rec = {
             "iter": it,
@@ -619,6 +708,24 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
     if d.main and 0 in sample_at and it == 0:
         take_sample(True)
 
+    # With a time budget, evaluate (and sample) at fractions of it too: an iteration count
+    # alone may never come within the budget on a slow or busy machine.
+    eval_period = (cfg["time_budget"] or 0.0) * cfg["eval_time_frac"]
+    next_timed_eval = eval_period
+
+    def timed_eval_due() -> bool:
+        nonlocal next_timed_eval
+        if eval_period <= 0:
+            return False
+        elapsed = time.perf_counter() - t_start
+        if elapsed < next_timed_eval:
+            return False
+        while next_timed_eval <= elapsed:
+            next_timed_eval += eval_period
+        return True
+
+    keep_val = None
+    autocast_dtype = torch.bfloat16 if cfg["dtype"] == "bfloat16" else None
     speed = 0.0
     reason = stop_reason()
     if d.active and reason == "time_budget":
@@ -636,7 +743,9 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
             state = None  # a new epoch starts the streams over
         for g in optimizer.param_groups:
             g["lr"] = lr_at(cfg, it)
-        logits, state = net(x, state)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits, state = net(x, state)
+        # the loss (a log-softmax over the vocabulary) stays in float32 under autocast
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -645,13 +754,16 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
 
             # one tiny collective: the global mean loss and rank 0's stop decision
             flag = 1.0 if (d.main and budget_spent()) else 0.0
-            buf = torch.tensor([loss.detach().float().cpu().item(), flag], dtype=torch.float64)
+            due = 1.0 if (d.main and timed_eval_due()) else 0.0
+            buf = torch.tensor([loss.detach().float().cpu().item(), flag, due], dtype=torch.float64)
             dist.all_reduce(buf)
             loss_val = float(buf[0]) / d.world
             budget_hit = buf[1] > 0
+            timed = bool(buf[2] > 0)
         else:
             loss_val = loss.item()
             budget_hit = False
+            timed = timed_eval_due()
         if not math.isfinite(loss_val):
             raise TrainingError(
                 f"the loss became {loss_val} at iteration {it + 1}; try a lower --lr or "
@@ -680,7 +792,8 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
             reason = None  # only rank 0's clock decides, through the collective
         val = None
         improved = False
-        if d.main and has_val and (it % cfg["eval_every"] == 0 or reason is not None):
+        eval_now = it % cfg["eval_every"] == 0 or reason is not None or timed
+        if d.main and has_val and eval_now:
             progress.clear()
             limit = cfg["eval_max_chars"] or None
             val, nval = evaluate(model, val_ids, cfg["batch_size"], cfg["seq_len"], limit)
@@ -694,6 +807,8 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
             )
             if on_eval is not None:
                 on_eval({"iter": it, "train_loss": loss_val, "val_loss": val, "val_chars": nval})
+            if cfg["keep_checkpoints"]:
+                keep_val = val
         if d.main:
             metrics.row(
                 iter=it,
@@ -706,12 +821,15 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
                 train_s=round(train_s, 3),
                 train_cpu_s=round(train_cpu_s, 3),
             )
-            progress.update(it, loss_val, speed, pos.epoch)
+            if val is None:  # an evaluation line already reports this iteration
+                progress.update(it, loss_val, speed, pos.epoch)
             if it in sample_at:
                 take_sample(True)
-            elif sample_every and it % sample_every == 0 and reason is None:
+            elif reason is None and (
+                (sample_every and it % sample_every == 0) or (timed and cfg["sample_every"] is None)
+            ):
                 take_sample(False)
-        if d.active and (it % cfg["eval_every"] == 0 or reason is not None):
+        if d.active and eval_now:
             import torch.distributed as dist
 
             # only rank 0 evaluates; all ranks must agree on whether a checkpoint (a collective)
@@ -719,10 +837,18 @@ def _train(config, given, out, d: Dist, t_start, on_sample, on_eval) -> dict:
             flag = torch.tensor([1.0 if improved else 0.0])
             dist.broadcast(flag, 0)
             improved = bool(flag.item())
-        if it % ckpt_every == 0 or reason is not None or improved:
+        evaluated = eval_now and has_val
+        if (
+            it % ckpt_every == 0
+            or reason is not None
+            or improved
+            or (evaluated and cfg["keep_checkpoints"])
+            or (timed and cfg["checkpoint_every"] is None)
+        ):
             if not has_val:
                 improved = True  # no validation split: "best" is simply the latest
-            checkpoint(best=improved)
+            checkpoint(best=improved, keep=keep_val)
+            keep_val = None
             if d.main and cfg["plot"]:
                 metrics.plot()
 
