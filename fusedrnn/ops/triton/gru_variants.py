@@ -35,7 +35,18 @@ from .lstm_variants import recurrent_part
 from .rowwise import emit_state, ln_bwd_rows, rec_raw_stats
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "hs_r",
+        "hs_w",
+        "gates_off",
+        "gh_off",
+        "stat_off",
+        "B",
+    ]
+)
 def _gru_variant_fwd_step_kernel(
     xg_ptr,  # [N, 3H] input projection (LN_ih and b_ih applied)
     w_ptr,  # [3H, H] W_hh
@@ -50,11 +61,11 @@ def _gru_variant_fwd_step_kernel(
     y_ptr,  # [N, H] packed output (WRITE_Y)
     row0,
     rows_active,
-    hs_r,
-    hs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * 3H
-    stat_off,  # t * B
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * 3H
+    stat_off: tl.int64,  # t * B
     B,
     H,
     HAS_BIAS: tl.constexpr,
@@ -67,7 +78,7 @@ def _gru_variant_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     GH = 3 * H
@@ -120,7 +131,20 @@ def _gru_variant_fwd_step_kernel(
                    units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "rows_prev",
+        "hs_r",
+        "hs_w",
+        "gates_off",
+        "gh_off",
+        "gh_prev_off",
+        "stat_off",
+        "B",
+    ]
+)
 def _gru_variant_bwd_step_kernel(
     dgx_ptr,  # [T, B, 3H] out: gradient of xg
     dgs_ptr,  # [T, B, 3H] out: gradient of s
@@ -139,12 +163,12 @@ def _gru_variant_bwd_step_kernel(
     row0,
     rows_active,
     rows_prev,
-    hs_r,
-    hs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * 3H
-    gh_prev_off,  # offset of dS_raw of the step processed before
-    stat_off,  # t * B
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * 3H
+    gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
+    stat_off: tl.int64,  # t * B
     B,
     H,
     LAYER_NORM: tl.constexpr,
@@ -157,7 +181,7 @@ def _gru_variant_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     a = act[:, None]

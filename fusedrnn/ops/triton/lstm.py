@@ -29,7 +29,19 @@ from .common import state_grad
 from .configs import pick_step_config
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "xg_row0",
+        "rows_active",
+        "hs_r",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "m_off",
+        "B",
+    ]
+)
 def _lstm_fwd_step_kernel(
     xg_ptr,  # [N, 4H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [4H, HOUT] W_hh
@@ -41,12 +53,12 @@ def _lstm_fwd_step_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     xg_row0,  # first row of this step in x / xg / y
     rows_active,  # batch rows computed at this step (packed), else B
-    hs_r,  # element offsets: Hs slot read, Hs slot written
-    hs_w,
-    cs_r,  # Cs slot read, Cs slot written
-    cs_w,
-    gates_off,  # t * B * 4H: step t in gates
-    m_off,  # t * B * H: step t in m
+    hs_r: tl.int64,  # element offsets: Hs slot read, Hs slot written
+    hs_w: tl.int64,
+    cs_r: tl.int64,  # Cs slot read, Cs slot written
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H: step t in gates
+    m_off: tl.int64,  # t * B * H: step t in m
     B,
     H,
     HOUT,
@@ -59,8 +71,8 @@ def _lstm_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = cs_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -128,7 +140,7 @@ def _lstm_fwd_step_kernel(
             )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "m_off", "B"])
 def _lstm_proj_step_kernel(
     m_ptr,  # [T, B, H] unprojected outputs
     w_ptr,  # [HOUT, H] W_hr
@@ -136,9 +148,9 @@ def _lstm_proj_step_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     xg_row0,
     rows_active,
-    hs_r,
-    hs_w,
-    m_off,  # offset of step t in m
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    m_off: tl.int64,  # offset of step t in m
     B,
     H,
     HOUT,
@@ -149,8 +161,8 @@ def _lstm_proj_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < HOUT
     act = rows < rows_active
@@ -182,7 +194,20 @@ def _lstm_proj_step_kernel(
         )
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "y_row0",
+        "rows_active",
+        "rows_prev",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "dg_prev_off",
+        "dht_off",
+        "B",
+    ]
+)
 def _lstm_bwd_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history (written at step t, read at the previous one)
     w_ptr,  # [4H, HOUT] W_hh
@@ -198,12 +223,12 @@ def _lstm_bwd_step_kernel(
     y_row0,
     rows_active,
     rows_prev,  # rows active at the step processed before (0 for the first)
-    hs_w,  # offset of the Hs slot this step wrote
-    cs_r,
-    cs_w,
-    gates_off,  # t * B * 4H: step t in gates and dG
-    dg_prev_off,  # offset of dG of the step processed before
-    dht_off,  # t * B * HOUT
+    hs_w: tl.int64,  # offset of the Hs slot this step wrote
+    cs_r: tl.int64,
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H: step t in gates and dG
+    dg_prev_off: tl.int64,  # offset of dG of the step processed before
+    dht_off: tl.int64,  # t * B * HOUT
     B,
     H,
     HOUT,
@@ -217,8 +242,8 @@ def _lstm_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dc_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -275,7 +300,9 @@ def _lstm_bwd_step_kernel(
     tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "dht_off", "dg_prev_off", "B"]
+)
 def _lstm_proj_grad_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history
     w_ptr,  # [4H, HOUT] W_hh
@@ -286,9 +313,9 @@ def _lstm_proj_grad_step_kernel(
     y_row0,
     rows_active,
     rows_prev,
-    hs_w,
-    dht_off,  # t * B * HOUT
-    dg_prev_off,
+    hs_w: tl.int64,
+    dht_off: tl.int64,  # t * B * HOUT
+    dg_prev_off: tl.int64,
     B,
     H,
     HOUT,
@@ -299,8 +326,8 @@ def _lstm_proj_grad_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < HOUT
     act = rows < rows_active

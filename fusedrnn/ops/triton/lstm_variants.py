@@ -92,7 +92,21 @@ def recurrent_part(
     return s
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "hs_r",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "gh_off",
+        "h_off",
+        "stat_off",
+        "B",
+    ]
+)
 def _lstm_variant_fwd_step_kernel(
     xg_ptr,  # [N, GH] input projection (LN_ih and b_ih applied)
     w_ptr,  # [GH, HOUT] W_hh
@@ -116,14 +130,14 @@ def _lstm_variant_fwd_step_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     row0,  # first row of this step in xg / y / masks
     rows_active,
-    hs_r,  # offsets of the Hs slots read / written
-    hs_w,
-    cs_r,  # offsets of the Cs slots read / written
-    cs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * GH
-    h_off,  # t * B * H
-    stat_off,  # t * B * 2
+    hs_r: tl.int64,  # offsets of the Hs slots read / written
+    hs_w: tl.int64,
+    cs_r: tl.int64,  # offsets of the Cs slots read / written
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * GH
+    h_off: tl.int64,  # t * B * H
+    stat_off: tl.int64,  # t * B * 2
     B,
     H,
     HOUT,
@@ -141,7 +155,7 @@ def _lstm_variant_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = cs_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     # feature offsets of the gate blocks in W and of the peephole rows in w_ch
@@ -277,7 +291,23 @@ def _lstm_variant_fwd_step_kernel(
                        cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "rows_prev",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "gh_off",
+        "gh_prev_off",
+        "h_off",
+        "hout_off",
+        "stat_off",
+        "B",
+    ]
+)
 def _lstm_variant_bwd_step_kernel(
     dg_ptr,  # [T, B, GH] out: gradient of the gate pre-activations dG
     ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG itself), read at the next launch
@@ -306,15 +336,15 @@ def _lstm_variant_bwd_step_kernel(
     row0,
     rows_active,
     rows_prev,  # rows active at the step processed before (0 for the first)
-    hs_w,  # offset of the Hs slot this step wrote
-    cs_r,
-    cs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * GH
-    gh_prev_off,  # offset of dS_raw of the step processed before
-    h_off,  # t * B * H
-    hout_off,  # t * B * HOUT
-    stat_off,  # t * B * 2
+    hs_w: tl.int64,  # offset of the Hs slot this step wrote
+    cs_r: tl.int64,
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * GH
+    gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
+    h_off: tl.int64,  # t * B * H
+    hout_off: tl.int64,  # t * B * HOUT
+    stat_off: tl.int64,  # t * B * 2
     B,
     H,
     HOUT,
@@ -333,7 +363,7 @@ def _lstm_variant_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = dc_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     a = act[:, None]

@@ -21,7 +21,7 @@ from .common import state_grad
 from .configs import pick_step_config
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "B"])
 def _rnn_fwd_step_kernel(
     xg_ptr,  # [N, H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [H, H] W_hh
@@ -30,8 +30,8 @@ def _rnn_fwd_step_kernel(
     y_ptr,  # [N, H] packed output (WRITE_Y)
     xg_row0,
     rows_active,
-    hs_r,
-    hs_w,
+    hs_r: tl.int64,
+    hs_w: tl.int64,
     B,
     H,
     RELU: tl.constexpr,
@@ -43,8 +43,8 @@ def _rnn_fwd_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -80,7 +80,9 @@ def _rnn_fwd_step_kernel(
         )
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "g_off", "dg_prev_off", "B"]
+)
 def _rnn_bwd_step_kernel(
     dg_ptr,  # [T, B, H] gate-gradient history
     w_ptr,  # [H, H] W_hh
@@ -91,9 +93,9 @@ def _rnn_bwd_step_kernel(
     y_row0,
     rows_active,
     rows_prev,
-    hs_w,
-    g_off,  # t * B * H
-    dg_prev_off,
+    hs_w: tl.int64,
+    g_off: tl.int64,  # t * B * H
+    dg_prev_off: tl.int64,
     B,
     H,
     RELU: tl.constexpr,
@@ -105,8 +107,8 @@ def _rnn_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dh_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active

@@ -24,6 +24,7 @@ class LaunchCounter:
 
 
 _counters: list[LaunchCounter] = []
+_captured: list[list] = []
 _poison = os.environ.get("FUSEDRNN_TRITON_POISON") == "1"
 
 
@@ -38,11 +39,27 @@ def launch_counter() -> Iterator[LaunchCounter]:
         _counters.remove(counter)
 
 
+@contextlib.contextmanager
+def capture_launches() -> Iterator[list]:
+    """Inside the block, launches are recorded as ``(kernel, grid, args, kwargs)`` and
+    not run. The compile report derives the specialisations a launch makes from these
+    (no GPU needed: the launchers run on CPU tensors and only their arguments matter)."""
+    records: list = []
+    _captured.append(records)
+    try:
+        yield records
+    finally:
+        _captured.remove(records)
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
     """Launch ``kernel[grid](*args, **kwargs)`` and record it."""
     for counter in _counters:
         name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
         counter.by_kernel[name] = counter.by_kernel.get(name, 0) + 1
+    if _captured:
+        _captured[-1].append((kernel, grid, args, kwargs))
+        return
     kernel[grid](*args, **kwargs)
 
 
