@@ -51,7 +51,7 @@ PRECISIONS = {
 }
 # (B, H, Hout with projection): B on both sides of the step configs' 16-row block,
 # hidden sizes divisible by 16 and not; H <= 32 also reaches the persistent kernels
-SHAPES = ((3, 32, 16), (20, 24, 12))
+SHAPES = ((3, 32, 16), (20, 24, 12), (3, 24, 12), (20, 32, 16))
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,9 @@ def _launchers(torch, dtype):
                     )  # fmt: skip
 
 
+_BINDERS: dict = {}
+
+
 def specialisation(kernel, args: tuple, kwargs: dict, backend=None):
     """``(signature, constexprs, attrs, options)`` exactly as ``JITFunction.run`` derives
     them for a launch with these arguments (Triton's own binder: integer and pointer
@@ -186,8 +189,11 @@ def specialisation(kernel, args: tuple, kwargs: dict, backend=None):
     from triton.runtime.jit import create_function_from_signature
 
     if backend is None:
-        backend = make_backend(GPUTarget("cuda", 90, 32))
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        backend = _BINDERS.setdefault("backend", make_backend(GPUTarget("cuda", 90, 32)))
+    binder = _BINDERS.get((id(kernel), id(backend)))
+    if binder is None:
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        _BINDERS[(id(kernel), id(backend))] = binder
     bound, spec, options = binder(*args, **kwargs)
     return kernel._pack_args(backend, kwargs, bound, spec, options)[1:] + (
         {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs},

@@ -41,8 +41,8 @@ def _gru_fwd_step_kernel(
     gates_off: tl.int64,  # t * B * 4H: step t in gates
     B,
     H,
-    HAS_BIAS: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    HAS_BIAS,
+    WRITE_Y,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -135,8 +135,8 @@ def _gru_bwd_step_kernel(
     dg_prev_off: tl.int64,  # offset of dG_h of the step processed before
     B,
     H,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
+    HAS_DHS,
+    HAS_DY,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,

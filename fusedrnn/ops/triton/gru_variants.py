@@ -45,6 +45,7 @@ from .rowwise import emit_state, ln_bwd_rows, rec_raw_stats
         "gh_off",
         "stat_off",
         "B",
+        "ZONE_H",
     ]
 )
 def _gru_variant_fwd_step_kernel(
@@ -68,10 +69,10 @@ def _gru_variant_fwd_step_kernel(
     stat_off: tl.int64,  # t * B
     B,
     H,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     LAYER_NORM: tl.constexpr,
-    ZONE_H: tl.constexpr,  # 0 off, 1 mask, 2 evaluation (p)
-    WRITE_Y: tl.constexpr,
+    ZONE_H,  # 0 off, 1 mask, 2 evaluation (p)
+    WRITE_Y,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -143,6 +144,7 @@ def _gru_variant_fwd_step_kernel(
         "gh_prev_off",
         "stat_off",
         "B",
+        "ZONE_H",
     ]
 )
 def _gru_variant_bwd_step_kernel(
@@ -172,9 +174,9 @@ def _gru_variant_bwd_step_kernel(
     B,
     H,
     LAYER_NORM: tl.constexpr,
-    ZONE_H: tl.constexpr,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
+    ZONE_H,
+    HAS_DHS,
+    HAS_DY,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,

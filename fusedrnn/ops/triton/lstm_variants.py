@@ -68,7 +68,7 @@ def recurrent_part(
     fmask,
     GH,
     HOUT,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     LAYER_NORM: tl.constexpr,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -105,6 +105,8 @@ def recurrent_part(
         "h_off",
         "stat_off",
         "B",
+        "ZONE_H",
+        "ZONE_C",
     ]
 )
 def _lstm_variant_fwd_step_kernel(
@@ -141,14 +143,14 @@ def _lstm_variant_fwd_step_kernel(
     B,
     H,
     HOUT,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     LAYER_NORM: tl.constexpr,
     PEEPHOLE: tl.constexpr,
     CIFG: tl.constexpr,
     PROJ: tl.constexpr,
-    ZONE_H: tl.constexpr,  # 0 off, 1 mask, 2 evaluation (p)
-    ZONE_C: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    ZONE_H,  # 0 off, 1 mask, 2 evaluation (p)
+    ZONE_C,
+    WRITE_Y,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -306,6 +308,8 @@ def _lstm_variant_fwd_step_kernel(
         "hout_off",
         "stat_off",
         "B",
+        "ZONE_H",
+        "ZONE_C",
     ]
 )
 def _lstm_variant_bwd_step_kernel(
@@ -352,11 +356,11 @@ def _lstm_variant_bwd_step_kernel(
     PEEPHOLE: tl.constexpr,
     CIFG: tl.constexpr,
     PROJ: tl.constexpr,
-    ZONE_H: tl.constexpr,
-    ZONE_C: tl.constexpr,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
-    HAS_DCS: tl.constexpr,
+    ZONE_H,
+    ZONE_C,
+    HAS_DHS,
+    HAS_DY,
+    HAS_DCS,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
