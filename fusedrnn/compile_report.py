@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # label -> (torch dtype name, allow TF32)
 PRECISIONS = {
@@ -64,6 +64,7 @@ class Job:
     attrs: tuple  # names of the arguments Triton marks divisible by 16
     num_warps: int
     num_stages: int
+    maxnreg: int | None
     arch: int
 
     def flags(self) -> str:
@@ -75,7 +76,8 @@ class Job:
     def blocks(self) -> str:
         c = dict(self.constexprs)
         dims = [str(c[k]) for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K") if k in c]
-        return "x".join(dims) + f" w{self.num_warps} s{self.num_stages}"
+        regs = f" r{self.maxnreg}" if self.maxnreg else ""
+        return "x".join(dims) + f" w{self.num_warps} s{self.num_stages}{regs}"
 
 
 def _launchers(torch, dtype):
@@ -178,6 +180,7 @@ def _launchers(torch, dtype):
 
 
 _BINDERS: dict = {}
+_PACKED: dict = {}
 
 
 def specialisation(kernel, args: tuple, kwargs: dict, backend=None):
@@ -195,9 +198,15 @@ def specialisation(kernel, args: tuple, kwargs: dict, backend=None):
         binder = create_function_from_signature(kernel.signature, kernel.params, backend)
         _BINDERS[(id(kernel), id(backend))] = binder
     bound, spec, options = binder(*args, **kwargs)
-    return kernel._pack_args(backend, kwargs, bound, spec, options)[1:] + (
-        {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs},
-    )
+    # the launcher's cache key is made from ``spec`` and the options: equal keys, one compile
+    key = (id(kernel), repr(spec), repr(sorted(options.items())))
+    packed = _PACKED.get(key)
+    if packed is None:
+        packed = kernel._pack_args(backend, kwargs, bound, spec, options)[1:] + (
+            {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs},
+        )
+        _PACKED[key] = packed
+    return packed
 
 
 def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
@@ -205,27 +214,39 @@ def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
 
     from fusedrnn.ops.triton.runtime import capture_launches
 
-    seen: dict[tuple, None] = {}
+    seen: dict[Job, None] = {}
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    old_threads = torch.get_num_threads()
+    # the launchers' own torch work runs on tiny tensors: threads only contend
+    torch.set_num_threads(1)
     try:
         for label in precisions:
             dtype_name, tf32 = PRECISIONS[label]
             torch.backends.cuda.matmul.allow_tf32 = tf32
             with capture_launches() as records:
                 _launchers(torch, getattr(torch, dtype_name))
+            jobs_of: dict[tuple, Job] = {}
             for kernel, _grid, args, kwargs in records:
-                sig, constexprs, attrs, opts = specialisation(kernel, args, kwargs)
-                names = [p.name for p in kernel.params]
-                cx = tuple((names[k[0]], str(v) if hasattr(v, "primitive_bitwidth") else v)
-                           for k, v in constexprs.items())  # fmt: skip
-                divisible = tuple(names[k[0]] for k, v in attrs.items() if v)
-                key = (kernel.fn.__module__, kernel.fn.__name__, label, tuple(sig.items()), cx,
-                       divisible, opts.get("num_warps", 4), opts.get("num_stages", 3))  # fmt: skip
-                seen[key] = None
+                spec = specialisation(kernel, args, kwargs)
+                if id(spec) not in jobs_of:
+                    jobs_of[id(spec)] = job_key(kernel, args, kwargs, label)
+                seen[jobs_of[id(spec)]] = None
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
-    return [Job(mod.rsplit(".", 1)[1], name, label, sig, cx, div, w, s, arch)
-            for arch in archs for (mod, name, label, sig, cx, div, w, s) in seen]  # fmt: skip
+        torch.set_num_threads(old_threads)
+    return [replace(j, arch=arch) for arch in archs for j in seen]
+
+
+def job_key(kernel, args: tuple, kwargs: dict, precision: str = "", arch: int = 0) -> Job:
+    """The compile a launch with these arguments needs (see :func:`specialisation`)."""
+    sig, constexprs, attrs, opts = specialisation(kernel, args, kwargs)
+    names = [p.name for p in kernel.params]
+    cx = tuple((names[k[0]], str(v) if hasattr(v, "primitive_bitwidth") else v)
+               for k, v in constexprs.items())  # fmt: skip
+    divisible = tuple(names[k[0]] for k, v in attrs.items() if v)
+    return Job(kernel.fn.__module__.rsplit(".", 1)[1], kernel.fn.__name__, precision,
+               tuple(sig.items()), cx, divisible, opts.get("num_warps", 4),
+               opts.get("num_stages", 3), opts.get("maxnreg"), arch)  # fmt: skip
 
 
 def _compile(job: Job) -> dict:
@@ -240,9 +261,8 @@ def _compile(job: Job) -> dict:
     fn = getattr(importlib.import_module(f"fusedrnn.ops.triton.{job.module}"), job.kernel)
     names = [p.name for p in fn.params]
     index = {n: i for i, n in enumerate(names)}
-    constexprs = {(index[k],): (getattr(tl, v) if isinstance(v, str) and hasattr(tl, v)
-                                and k.endswith("_TY") else v)
-                  for k, v in job.constexprs}  # fmt: skip
+    # dtype constants travel as their names ("fp32")
+    constexprs = {(index[k],): tl.dtype(v) if k.endswith("_TY") else v for k, v in job.constexprs}
     attrs = {(index[k],): [["tt.divisibility", 16]] for k in job.attrs}
     row = dict(job=job, error=None, regs=None, spill_st=None, spill_ld=None, smem=None)
     t0 = time.time()
@@ -255,7 +275,8 @@ def _compile(job: Job) -> dict:
                 ASTSource(fn=fn, signature=dict(job.signature), constexprs=constexprs,
                           attrs=attrs),
                 target=GPUTarget("cuda", job.arch, 32),
-                options={"num_warps": job.num_warps, "num_stages": job.num_stages},
+                options={"num_warps": job.num_warps, "num_stages": job.num_stages,
+                         "maxnreg": job.maxnreg},
             )  # fmt: skip
         text = log.getvalue()
         regs = re.search(r"Used (\d+) registers", text)
@@ -272,6 +293,40 @@ def _compile(job: Job) -> dict:
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
     row["seconds"] = time.time() - t0
     return row
+
+
+class _Cache:
+    """Results of earlier compiles. A key covers everything a compile depends on: the
+    source of every kernel module (helpers are shared), Triton's version, the job."""
+
+    def __init__(self, path: str):
+        import hashlib
+        import json
+        import pathlib
+
+        import triton
+
+        self.path = pathlib.Path(path)
+        src = pathlib.Path(__file__).parent / "ops" / "triton"
+        digest = hashlib.sha256(triton.__version__.encode())
+        for f in sorted(src.glob("*.py")):
+            digest.update(f.read_bytes())
+        self.salt = digest.hexdigest()
+        self.rows = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self._json = json
+
+    def _key(self, job: Job) -> str:
+        return f"{self.salt}:{job!r}"
+
+    def get(self, job: Job) -> dict | None:
+        row = self.rows.get(self._key(job))
+        return None if row is None else dict(row, job=job)
+
+    def put(self, job: Job, row: dict) -> None:
+        self.rows[self._key(job)] = {k: v for k, v in row.items() if k != "job"}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        live = {k: v for k, v in self.rows.items() if k.startswith(self.salt)}
+        self.path.write_text(self._json.dumps(live))
 
 
 def _fmt(row: dict) -> str:
@@ -295,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--filter", default="", help="only kernels whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the compiles, do not run them")
+    parser.add_argument("--cache", default="",
+                        help="a JSON file of earlier results, keyed by the kernel sources, the "
+                             "Triton version and the specialisation (reused, then updated)")  # fmt: skip
     args = parser.parse_args(argv)
     archs = [int(a.strip().removeprefix("sm_")) for a in args.arch.split(",") if a.strip()]
     precisions = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -314,10 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'arch':<7} {'kernel':<28} {'dtype':<5} {'block config':<16} "
           f"{'regs':>4} {'spill st/ld':>11} {'smem B':>7}  [flags] div16")  # fmt: skip
     failures = 0
+    cache = _Cache(args.cache) if args.cache else None
+    fresh = [j for j in todo if cache is None or cache.get(j) is None]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for row in pool.map(_compile, todo):
+        compiled = pool.map(_compile, fresh)
+        for job in todo:
+            row = cache.get(job) if cache is not None else None
+            if row is None:
+                row = next(compiled)
+                if cache is not None and not row["error"]:
+                    cache.put(job, row)
             print(_fmt(row), flush=True)
             failures += bool(row["error"]) or bool(row["spill_st"]) or bool(row["spill_ld"])
+    if cache is not None:
+        print(f"{len(todo) - len(fresh)} results from the cache {args.cache}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors or spills")
     return 1 if failures else 0
 

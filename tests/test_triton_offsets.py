@@ -277,3 +277,21 @@ def test_a_sequence_compiles_each_kernel_once():
         keys.setdefault(kernel.fn.__name__, set()).add(key)
     assert len(keys) >= 12, sorted(keys)
     assert {name: len(k) for name, k in keys.items() if len(k) > 1} == {}
+
+
+def test_compile_report_covers_what_launches_specialise():
+    """Every specialisation a launch makes (here: a packed float32 sequence with H = 20,
+    not a multiple of 16, through every cell's launchers) is among the compile report's
+    compiles, attributes and constants included."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter has no specialisation; run without TRITON_INTERPRET")
+    from fusedrnn import compile_report
+
+    planned = {(j.kernel, j.signature, j.constexprs, j.attrs, j.num_warps, j.num_stages,
+                j.maxnreg) for j in compile_report.jobs([90], ["fp32"])}  # fmt: skip
+    for kernel, _grid, args, kwargs in _sequence_launches():
+        key = compile_report.job_key(kernel, args, kwargs)
+        assert (key.kernel, key.signature, key.constexprs, key.attrs, key.num_warps,
+                key.num_stages, key.maxnreg) in planned, key  # fmt: skip

@@ -201,7 +201,7 @@ def _gru_fwd(
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, B, H,
             HAS_BIAS=b_hh is not None, WRITE_Y=packed, PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return hs, gates, y
 
@@ -232,7 +232,7 @@ def _gru_bwd(
             s.t * B * 3 * H, t_prev * B * 3 * H, B, H,
             HAS_DHS=dhs is not None, HAS_DY=dy is not None, PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     if rows_prev:

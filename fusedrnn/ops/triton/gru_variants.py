@@ -280,7 +280,7 @@ def _gru_variant_fwd(
             s.t * B, B, H,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, ZONE_H=zone_h, WRITE_Y=packed,
             PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return out
 
@@ -318,7 +318,7 @@ def _gru_variant_bwd(
             s.t * B * 3 * H, t_prev * B * 3 * H, s.t * B, B, H,
             LAYER_NORM=ln, ZONE_H=zone_h, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     if rows_prev:

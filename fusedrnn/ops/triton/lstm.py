@@ -383,7 +383,7 @@ def _lstm_fwd(
             s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout,
             s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * H, B, H, Hout,
             HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, PRECISION=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **blocks,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **blocks,
         )  # fmt: skip
         if proj:
             runtime.launch(
@@ -392,7 +392,7 @@ def _lstm_fwd(
                 s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.t * B * H,
                 B, H, Hout,
                 WRITE_Y=packed, ACC_TY=tl.float64 if acc == torch.float64 else tl.float32,
-                PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **blocks,
+                PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **blocks,
             )  # fmt: skip
     return [hs, cs, gates, m, y]
 
@@ -433,7 +433,7 @@ def _lstm_bwd(
                 dg, w_hh, dh, dhs if dhs is not None else anyt, dy if dy is not None else anyt,
                 dht, s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.t * B * Hout,
                 t_prev * B * 4 * H, B, H, Hout,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **blocks,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **flags, **blocks,
             )  # fmt: skip
         runtime.launch(
             _lstm_bwd_step_kernel, grid,
@@ -443,7 +443,7 @@ def _lstm_bwd(
             s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.slot_r * B * H, s.slot_w * B * H,
             s.t * B * 4 * H, t_prev * B * 4 * H, s.t * B * Hout, B, H, Hout,
             PROJ=proj, HAS_DCS=dcs is not None,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **blocks,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **flags, **blocks,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     # the first step's dG W_hh has no later launch to fold it in: one GEMM

@@ -562,7 +562,7 @@ def _lstm_variant_fwd(
             HAS_BIAS=bias is not None, LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
             PROJ=proj, ZONE_H=zone[0], ZONE_C=zone[1], WRITE_Y=packed,
             PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return out
 
@@ -616,7 +616,7 @@ def _lstm_variant_bwd(
             ZONE_C=zone[1], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     # the first step's dS_raw W_hh has no later launch to fold it in: one GEMM

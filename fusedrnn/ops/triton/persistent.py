@@ -348,6 +348,7 @@ def _launch_params(cell: str, w_hh: Tensor) -> dict:
         BLOCK_H=cfg.block_h if cfg else _block_h(w_hh.shape[1]),
         num_warps=warps,
         num_stages=stages,
+        maxnreg=cfg.maxnreg if cfg else None,
     )
 
 

@@ -152,7 +152,7 @@ def _rnn_fwd(
             RELU=relu, HAS_BIAS=b_hh is not None, WRITE_Y=packed, ACC_TY=acc_ty,
             PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return hs, y
 
@@ -181,7 +181,7 @@ def _rnn_bwd(
             RELU=relu, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     if rows_prev:

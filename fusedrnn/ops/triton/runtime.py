@@ -79,6 +79,8 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     """A buffer that the kernels fully overwrite (NaN-filled in poison mode)."""
     if _poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    if _captured:  # no kernel fills it; torch work after the launches must not meet denormals
+        return torch.zeros(shape, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
