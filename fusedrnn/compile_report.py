@@ -1,14 +1,30 @@
-"""Ahead-of-time compile of every shipped Triton kernel configuration, no GPU needed.
+"""Ahead-of-time compile of every Triton kernel specialisation that launches produce, no GPU.
 
-    python -m fusedrnn.compile_report --arch sm_80,sm_90 [--dtypes fp32,bf16] [--jobs 2]
+    python -m fusedrnn.compile_report --arch sm_80,sm_90 [--dtypes fp16,bf16,fp32,tf32,fp64]
+                                      [--jobs 2] [--filter NAME] [--list]
 
-Compiles each kernel x constexpr variant x block config (read from
-``fusedrnn.ops.triton.configs``, the one place the launchers pick from) x dtype x
-arch with ``triton.compile(ASTSource, target=GPUTarget("cuda", cc, 32))``, reads
-registers and spills from the ``ptxas -v`` log of Triton's bundled ptxas (the one
-``get_ptxas(arch)`` returns, run by Triton itself while building the cubin) and
-shared memory from the kernel metadata. Prints one table row per compile and
-exits non-zero on any compile error or on any spill.
+What is compiled is not written down here but taken from the launch code: every
+launcher (per-step, persistent, variant; forward and backward) runs on small CPU
+tensors inside :func:`fusedrnn.ops.triton.runtime.capture_launches`, once for every
+combination of the inputs that steer its compile-time flags (bias or not, packed or
+not, reverse, projection, which output gradients exist, every variant option and
+zoneout mode), for every dtype the ops accept (float16, bfloat16, float32 with IEEE
+and with TF32 dot products, float64; the variant ops accept float32 and float64
+only, the persistent kernels never take float64) and for shapes that reach both
+step configurations and both divisibility classes of the hidden sizes (a multiple of
+16 or not). Each recorded launch is specialised exactly as ``JITFunction.run`` does
+it -- the signature, constexprs and ``tt.divisibility`` attributes that Triton's own
+binder derives from the arguments, with ``do_not_specialize`` honoured -- and every
+distinct specialisation is compiled with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. Registers and
+spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory from
+the kernel metadata. One row per compile; exits non-zero on any compile error or any
+spill.
+
+Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
+argument equal to 1 into a constant, a further specialisation) and tensors whose data
+pointer is not 16-byte aligned (the launchers allocate their own buffers, but user
+weights may be views at odd offsets).
 """
 
 from __future__ import annotations
@@ -16,122 +32,221 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import re
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp64": "fp64"}
-# pointers that hold accumulation-dtype buffers (cell state, saved gates, running grads)
-ACC_POINTERS = {"cs_ptr", "gates_ptr", "dh_ptr", "dc_ptr", "dh0_ptr", "dc0_ptr", "dcs_ptr"}
-INT32_POINTERS = {"steps_ptr"}
+# label -> (torch dtype name, allow TF32)
+PRECISIONS = {
+    "fp16": ("float16", False),
+    "bf16": ("bfloat16", False),
+    "fp32": ("float32", False),
+    "tf32": ("float32", True),
+    "fp64": ("float64", False),
+}
+# (B, H, Hout with projection): B on both sides of the step configs' 16-row block,
+# hidden sizes divisible by 16 and not; H <= 32 also reaches the persistent kernels
+SHAPES = ((3, 32, 16), (20, 24, 12), (3, 24, 12), (20, 32, 16))
 
 
 @dataclass(frozen=True)
 class Job:
     module: str
     kernel: str
-    variant: str  # readable constexpr summary
-    constexprs: tuple  # ((name, value), ...) without blocks
-    blocks: tuple  # ((name, value), ...)
+    precision: str
+    signature: tuple  # ((name, type), ...)
+    constexprs: tuple  # ((name, value), ...), dtypes as strings
+    attrs: tuple  # names of the arguments Triton marks divisible by 16
     num_warps: int
     num_stages: int
-    dtype: str
+    maxnreg: int | None
     arch: int
 
+    def flags(self) -> str:
+        skip = {"PRECISION", "BLOCK_B", "BLOCK_H", "BLOCK_K", "ACC_TY"}
+        on = [f"{k}={v}" if not isinstance(v, bool) else k
+              for k, v in self.constexprs if k not in skip and v is not False]  # fmt: skip
+        return ",".join(on) or "-"
 
-def _step_variants():
-    """(module, kernel, variant name, feature constexprs) of the per-step kernels."""
-    all_grads = dict(HAS_DHS=True, HAS_DY=True)
-    return [
-        ("lstm", "_lstm_fwd_step_kernel", "", dict(HAS_BIAS=True, PROJ=False, WRITE_Y=True)),
-        ("lstm", "_lstm_fwd_step_kernel", "proj", dict(HAS_BIAS=True, PROJ=True, WRITE_Y=True)),
-        ("lstm", "_lstm_proj_step_kernel", "", dict(WRITE_Y=True, ACC_TY="acc")),
-        ("lstm", "_lstm_bwd_step_kernel", "", dict(PROJ=False, HAS_DCS=True, **all_grads)),
-        ("lstm", "_lstm_bwd_step_kernel", "proj", dict(PROJ=True, HAS_DCS=True, **all_grads)),
-        ("lstm", "_lstm_proj_grad_step_kernel", "", all_grads),
-        ("gru", "_gru_fwd_step_kernel", "", dict(HAS_BIAS=True, WRITE_Y=True)),
-        ("gru", "_gru_bwd_step_kernel", "", all_grads),
-        ("rnn", "_rnn_fwd_step_kernel", "tanh", dict(RELU=False, HAS_BIAS=True, WRITE_Y=True,
-                                                     ACC_TY="acc")),
-        ("rnn", "_rnn_fwd_step_kernel", "relu", dict(RELU=True, HAS_BIAS=True, WRITE_Y=True,
-                                                     ACC_TY="acc")),
-        ("rnn", "_rnn_bwd_step_kernel", "tanh", dict(RELU=False, **all_grads)),
-        ("rnn", "_rnn_bwd_step_kernel", "relu", dict(RELU=True, **all_grads)),
-    ]  # fmt: skip
+    def blocks(self) -> str:
+        c = dict(self.constexprs)
+        dims = [str(c[k]) for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K") if k in c]
+        regs = f" r{self.maxnreg}" if self.maxnreg else ""
+        return "x".join(dims) + f" w{self.num_warps} s{self.num_stages}{regs}"
 
 
-def _variant_kernel_variants():
-    """(module, kernel, variant name, feature constexprs) of the cell-variant step kernels:
-    everything on ("all": layer norm, peephole, projection, masked zoneout), CIFG with
-    evaluation zoneout, and everything off."""
-    grads = dict(HAS_DHS=True, HAS_DY=True)
-    lstm_all = dict(LAYER_NORM=True, PEEPHOLE=True, CIFG=False, PROJ=True, ZONE_H=1, ZONE_C=1)
-    lstm_cifg = dict(LAYER_NORM=True, PEEPHOLE=True, CIFG=True, PROJ=False, ZONE_H=2, ZONE_C=2)
-    lstm_off = dict(LAYER_NORM=False, PEEPHOLE=False, CIFG=False, PROJ=False, ZONE_H=0, ZONE_C=0)
-    gru_ln = dict(LAYER_NORM=True, ZONE_H=1)
-    gru_off = dict(LAYER_NORM=False, ZONE_H=0)
-    out = []
-    for cell, name, flags in (("lstm", "all", lstm_all), ("lstm", "cifg+eval", lstm_cifg),
-                              ("lstm", "plain", lstm_off), ("gru", "ln+mask", gru_ln),
-                              ("gru", "plain", gru_off)):  # fmt: skip
-        fwd = dict(HAS_BIAS=True, WRITE_Y=True, **flags)
-        bwd = dict(**grads, **flags) | (dict(HAS_DCS=True) if cell == "lstm" else {})
-        out.append((f"{cell}_variants", f"_{cell}_variant_fwd_step_kernel", name, fwd))
-        out.append((f"{cell}_variants", f"_{cell}_variant_bwd_step_kernel", name, bwd))
-    return out
+def _launchers(torch, dtype):
+    """Run every launcher for every flag-steering input combination; yields nothing,
+    the launches are captured by the caller."""
+    from fusedrnn.ops.triton import gru, gru_variants, lstm, lstm_variants, persistent, rnn
+    from fusedrnn.ops.triton.configs import pick_persistent_config
+    from fusedrnn.ops.triton.runtime import Plan, acc_dtype
 
+    acc = acc_dtype(dtype)
+    variants_ok = dtype in (torch.float32, torch.float64)
+    for B, H, Hp in SHAPES:
+        for packed, reverse in itertools.product((False, True), (False, True)):
+            T = 2
+            sizes = torch.tensor([B, max(1, B - 1)]) if packed else None
+            plan = Plan(sizes, T, B, reverse)
+            N = int(sizes.sum()) if packed else T * B
 
-def jobs(archs: list[int], dtypes: list[str]) -> list[Job]:
-    from fusedrnn.ops.triton import configs
-    from fusedrnn.ops.triton.persistent import CELL_CODE
+            def e(*shape, dt=dtype):
+                return torch.zeros(*shape, dtype=dt)
 
-    out = []
-    for arch in archs:
-        for dt in dtypes:
-            for mod, kernel, variant, flags in _step_variants():
-                for c in configs.STEP_CONFIGS:
-                    blocks = (
-                        ("BLOCK_B", c.block_b),
-                        ("BLOCK_H", c.block_h),
-                        ("BLOCK_K", c.block_k),
-                    )
-                    out.append(
-                        Job(mod, kernel, variant, tuple(flags.items()), blocks,
-                            c.num_warps, c.num_stages, dt, arch)
+            def opt(on, *shape, dt=dtype):
+                return e(*shape, dt=dt) if on else None
+
+            dys = (False, True) if packed else (False,)
+            # LSTM, per step
+            for bias, proj in itertools.product((False, True), (False, True)):
+                hout = Hp if proj else H
+                lstm._lstm_fwd(e(N, 4 * H), e(B, hout), e(B, H, dt=acc), e(4 * H, hout),
+                               opt(bias, 4 * H), opt(proj, hout, H), plan, packed)  # fmt: skip
+            for proj, dhs, dcs, dy in itertools.product((False, True), (False, True),
+                                                        (False, True), dys):  # fmt: skip
+                hout = Hp if proj else H
+                lstm._lstm_bwd(e(4 * H, hout), opt(proj, hout, H), e(T + 1, B, H, dt=acc),
+                               e(T, B, 4 * H, dt=acc), opt(dhs, T + 1, B, hout),
+                               opt(dcs, T + 1, B, H), opt(dy, N, hout), plan)  # fmt: skip
+            # GRU and RNN, per step
+            for bias in (False, True):
+                gru._gru_fwd(e(N, 3 * H), e(B, H), e(3 * H, H), opt(bias, 3 * H), plan, packed)
+                for relu in (False, True):
+                    rnn._rnn_fwd(e(N, H), e(B, H), e(H, H), opt(bias, H), plan, packed, relu)
+            for dhs, dy in itertools.product((False, True), dys):
+                gru._gru_bwd(e(3 * H, H), e(T + 1, B, H), e(T, B, 4 * H, dt=acc),
+                             opt(dhs, T + 1, B, H), opt(dy, N, H), plan)  # fmt: skip
+                for relu in (False, True):
+                    rnn._rnn_bwd(e(H, H), e(T + 1, B, H), opt(dhs, T + 1, B, H),
+                                 opt(dy, N, H), plan, relu)  # fmt: skip
+            # persistent (whole sequence): small H, no float64
+            for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
+                if dtype == torch.float64 or pick_persistent_config(cell, H, H) is None:
+                    continue
+                lstm_ = cell == "lstm"
+                for bias in (False, True):
+                    persistent.persistent_fwd(cell, e(N, G * H), e(B, H), opt(lstm_, B, H),
+                                              e(G * H, H), opt(bias, G * H), plan, packed)  # fmt: skip
+                for dhs, dcs, dy in itertools.product((False, True), (False, True), dys):
+                    if dcs and not lstm_:
+                        continue
+                    persistent.persistent_bwd(
+                        cell, e(G * H, H), e(T + 1, B, H), e(T + 1, B, H, dt=acc) if lstm_ else e(0),
+                        e(T, B, 4 * H, dt=acc) if G > 1 else e(0), opt(dhs, T + 1, B, H),
+                        opt(dcs, T + 1, B, H, dt=acc), opt(dy, N, H), plan,
                     )  # fmt: skip
-            if dt in ("fp32", "fp64"):  # the variant kernels support float32 and float64
-                for mod, kernel, variant, flags in _variant_kernel_variants():
-                    for c in configs.VARIANT_CONFIGS:
-                        blocks = (
-                            ("BLOCK_B", c.block_b),
-                            ("BLOCK_H", c.block_h),
-                            ("BLOCK_K", c.block_k),
-                        )
-                        out.append(
-                            Job(mod, kernel, variant, tuple(flags.items()), blocks,
-                                c.num_warps, c.num_stages, dt, arch)
-                        )  # fmt: skip
-            if dt == "fp64":
-                continue  # float64 never takes the persistent path
-            for c in configs.PERSISTENT_CONFIGS:
-                blocks = (("BLOCK_B", c.block_b), ("BLOCK_H", c.block_h))
-                cell = (("CELL", CELL_CODE[c.cell]), ("ACC_TY", "acc"))
-                fwd = (*cell, ("HAS_BIAS", True), ("REVERSE", False), ("WRITE_Y", True))
-                bwd = (*cell, ("REVERSE", False), ("HAS_DHS", True), ("HAS_DY", True),
-                       ("HAS_DCS", c.cell == "lstm"))  # fmt: skip
-                for kernel, flags in (
-                    ("_persistent_fwd_kernel", fwd),
-                    ("_persistent_bwd_kernel", bwd),
-                ):
-                    out.append(
-                        Job("persistent", kernel, c.cell, flags, blocks, c.num_warps,
-                            c.num_stages, dt, arch)
+            if not variants_ok:
+                continue
+            par = e(3)
+            # GRU variants
+            for bias, ln, zh in itertools.product((False, True), (False, True), (0, 1, 2)):
+                bufs = gru_variants._gru_variant_fwd(
+                    e(N, 3 * H), e(B, H), e(3 * H, H), opt(bias, 3 * H), opt(ln, 3 * H),
+                    opt(zh == 1, N, H), par, zh, plan, packed,
+                )  # fmt: skip
+                if bias:  # the backward does not depend on the bias
+                    continue
+                for dhs, dy in itertools.product((False, True), dys):
+                    gru_variants._gru_variant_bwd(e(3 * H, H), opt(ln, 3 * H), opt(zh == 1, N, H),
+                                                  par, zh, bufs, opt(dhs, T + 1, B, H),
+                                                  opt(dy, N, H), plan)  # fmt: skip
+            # LSTM variants
+            for ln, peep, cifg, proj, zh, zc in itertools.product(
+                (False, True), (False, True), (False, True), (False, True), (0, 1, 2), (0, 1, 2)
+            ):
+                G = 3 if cifg else 4
+                hout = Hp if proj else H
+                lnc = opt(ln, H)
+                w_ch = opt(peep, G - 1, H)
+                args = (opt(ln, G * H), lnc, lnc, w_ch, opt(proj, hout, H),
+                        opt(zh == 1, N, hout), opt(zc == 1, N, H), par, (zh, zc), cifg)  # fmt: skip
+                for bias in (False, True):
+                    bufs = lstm_variants._lstm_variant_fwd(
+                        e(N, G * H), e(B, hout), e(B, H), e(G * H, hout), opt(bias, G * H),
+                        *args[:8], args[8], cifg, plan, packed,
                     )  # fmt: skip
-    return out
+                for dhs, dcs, dy in itertools.product((False, True), (False, True), dys):
+                    lstm_variants._lstm_variant_bwd(
+                        e(G * H, hout), args[4], args[0], args[1], args[2], args[3], args[5],
+                        args[6], par, (zh, zc), cifg, bufs, opt(dhs, T + 1, B, hout),
+                        opt(dcs, T + 1, B, H), opt(dy, N, hout), plan,
+                    )  # fmt: skip
+
+
+_BINDERS: dict = {}
+_PACKED: dict = {}
+
+
+def specialisation(kernel, args: tuple, kwargs: dict, backend=None):
+    """``(signature, constexprs, attrs, options)`` exactly as ``JITFunction.run`` derives
+    them for a launch with these arguments (Triton's own binder: integer and pointer
+    divisibility, integers equal to 1 made constant, ``do_not_specialize``)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    if backend is None:
+        backend = _BINDERS.setdefault("backend", make_backend(GPUTarget("cuda", 90, 32)))
+    binder = _BINDERS.get((id(kernel), id(backend)))
+    if binder is None:
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        _BINDERS[(id(kernel), id(backend))] = binder
+    bound, spec, options = binder(*args, **kwargs)
+    # the launcher's cache key is made from ``spec`` and the options: equal keys, one compile
+    key = (id(kernel), repr(spec), repr(sorted(options.items())))
+    packed = _PACKED.get(key)
+    if packed is None:
+        packed = kernel._pack_args(backend, kwargs, bound, spec, options)[1:] + (
+            {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs},
+        )
+        _PACKED[key] = packed
+    return packed
+
+
+def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
+    import torch
+
+    from fusedrnn.ops.triton.runtime import capture_launches
+
+    seen: dict[Job, None] = {}
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    old_threads = torch.get_num_threads()
+    # the launchers' own torch work runs on tiny tensors: threads only contend
+    torch.set_num_threads(1)
+    try:
+        for label in precisions:
+            dtype_name, tf32 = PRECISIONS[label]
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            with capture_launches() as records:
+                _launchers(torch, getattr(torch, dtype_name))
+            jobs_of: dict[tuple, Job] = {}
+            for kernel, _grid, args, kwargs in records:
+                spec = specialisation(kernel, args, kwargs)
+                if id(spec) not in jobs_of:
+                    jobs_of[id(spec)] = job_key(kernel, args, kwargs, label)
+                seen[jobs_of[id(spec)]] = None
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+        torch.set_num_threads(old_threads)
+    return [replace(j, arch=arch) for arch in archs for j in seen]
+
+
+def job_key(kernel, args: tuple, kwargs: dict, precision: str = "", arch: int = 0) -> Job:
+    """The compile a launch with these arguments needs (see :func:`specialisation`)."""
+    sig, constexprs, attrs, opts = specialisation(kernel, args, kwargs)
+    names = [p.name for p in kernel.params]
+    cx = tuple((names[k[0]], str(v) if hasattr(v, "primitive_bitwidth") else v)
+               for k, v in constexprs.items())  # fmt: skip
+    divisible = tuple(names[k[0]] for k, v in attrs.items() if v)
+    return Job(kernel.fn.__module__.rsplit(".", 1)[1], kernel.fn.__name__, precision,
+               tuple(sig.items()), cx, divisible, opts.get("num_warps", 4),
+               opts.get("num_stages", 3), opts.get("maxnreg"), arch)  # fmt: skip
 
 
 def _compile(job: Job) -> dict:
@@ -144,21 +259,11 @@ def _compile(job: Job) -> dict:
     from triton.compiler import ASTSource
 
     fn = getattr(importlib.import_module(f"fusedrnn.ops.triton.{job.module}"), job.kernel)
-    acc = "fp64" if job.dtype == "fp64" else "fp32"
-    constexprs = dict(job.constexprs) | dict(job.blocks)
-    constexprs = {k: (tl.float64 if acc == "fp64" else tl.float32) if v == "acc" else v
-                  for k, v in constexprs.items()}  # fmt: skip
-    constexprs["PRECISION"] = "ieee"
-    signature = {}
-    for p in fn.params:
-        if p.name in constexprs:
-            signature[p.name] = "constexpr"
-        elif p.name in INT32_POINTERS:
-            signature[p.name] = "*i32"
-        elif p.name.endswith("_ptr"):
-            signature[p.name] = f"*{acc}" if p.name in ACC_POINTERS else f"*{job.dtype}"
-        else:
-            signature[p.name] = "i32"
+    names = [p.name for p in fn.params]
+    index = {n: i for i, n in enumerate(names)}
+    # dtype constants travel as their names ("fp32")
+    constexprs = {(index[k],): tl.dtype(v) if k.endswith("_TY") else v for k, v in job.constexprs}
+    attrs = {(index[k],): [["tt.divisibility", 16]] for k in job.attrs}
     row = dict(job=job, error=None, regs=None, spill_st=None, spill_ld=None, smem=None)
     t0 = time.time()
     log = io.StringIO()
@@ -167,10 +272,12 @@ def _compile(job: Job) -> dict:
         with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(log):
             knobs.cache.dir = cache  # a fresh cache: ptxas must run and log
             k = triton.compile(
-                ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                ASTSource(fn=fn, signature=dict(job.signature), constexprs=constexprs,
+                          attrs=attrs),
                 target=GPUTarget("cuda", job.arch, 32),
-                options={"num_warps": job.num_warps, "num_stages": job.num_stages},
-            )
+                options={"num_warps": job.num_warps, "num_stages": job.num_stages,
+                         "maxnreg": job.maxnreg},
+            )  # fmt: skip
         text = log.getvalue()
         regs = re.search(r"Used (\d+) registers", text)
         spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
@@ -188,40 +295,100 @@ def _compile(job: Job) -> dict:
     return row
 
 
+class _Cache:
+    """Results of earlier compiles. A key covers everything a compile depends on: the
+    source of every module with kernels (helpers are shared), Triton's version and the
+    job, which holds the block configuration and every specialised argument."""
+
+    def __init__(self, path: str):
+        import hashlib
+        import json
+        import pathlib
+
+        import triton
+
+        self.path = pathlib.Path(path)
+        src = pathlib.Path(__file__).parent / "ops" / "triton"
+        digest = hashlib.sha256(triton.__version__.encode())
+        for f in sorted(src.glob("*.py")):  # the modules that hold kernels or their launchers
+            text = f.read_bytes()
+            if b"@triton.jit" in text:
+                digest.update(text)
+        self.salt = digest.hexdigest()
+        self.rows = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self._json = json
+
+    def _key(self, job: Job) -> str:
+        return f"{self.salt}:{job!r}"
+
+    def get(self, job: Job) -> dict | None:
+        row = self.rows.get(self._key(job))
+        return None if row is None else dict(row, job=job)
+
+    def put(self, job: Job, row: dict) -> None:
+        self.rows[self._key(job)] = {k: v for k, v in row.items() if k != "job"}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        live = {k: v for k, v in self.rows.items() if k.startswith(self.salt)}
+        self.path.write_text(self._json.dumps(live))
+
+
 def _fmt(row: dict) -> str:
     j = row["job"]
-    name = j.kernel.strip("_").removesuffix("_kernel") + (f"[{j.variant}]" if j.variant else "")
-    blocks = "x".join(str(v) for _, v in j.blocks) + f" w{j.num_warps} s{j.num_stages}"
+    name = j.kernel.strip("_").removesuffix("_kernel")
     if row["error"]:
         stats = f"ERROR {row['error']}"
     else:
         spill = f"{row['spill_st']}/{row['spill_ld']}"
         stats = f"{row['regs']:>4} {spill:>11} {row['smem']:>7}"
-    return f"sm_{j.arch:<3} {name:<34} {j.dtype:<5} {blocks:<18} {stats}"
+    div = ",".join(a for a in j.attrs if not a.endswith("_ptr")) or "-"
+    return (f"sm_{j.arch:<3} {name:<28} {j.precision:<5} {j.blocks():<16} {stats}  "
+            f"[{j.flags()}] div16:{div}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_80,sm_90", help="comma-separated, e.g. sm_80,sm_90")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="any of fp32,bf16,fp16,fp64")
+    parser.add_argument("--dtypes", default=",".join(PRECISIONS),
+                        help=f"any of {','.join(PRECISIONS)} (tf32: float32, TF32 dots)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--filter", default="", help="only kernels whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the compiles, do not run them")
+    parser.add_argument("--cache", default="",
+                        help="a JSON file of earlier results, keyed by the kernel sources, the "
+                             "Triton version and the specialisation (reused, then updated)")  # fmt: skip
     args = parser.parse_args(argv)
     archs = [int(a.strip().removeprefix("sm_")) for a in args.arch.split(",") if a.strip()]
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    bad = [d for d in dtypes if d not in DTYPES]
+    precisions = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in precisions if d not in PRECISIONS]
     if bad:
-        parser.error(f"unknown dtype(s) {bad}; choose from {list(DTYPES)}")
-    os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not the interpreter
-    todo = [j for j in jobs(archs, dtypes) if args.filter in j.kernel]
+        parser.error(f"unknown dtype(s) {bad}; choose from {list(PRECISIONS)}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the report compiles the kernels for real")
     start = time.time()
-    print(f"{'arch':<7} {'kernel':<34} {'dtype':<5} {'block config':<18} "
-          f"{'regs':>4} {'spill st/ld':>11} {'smem B':>7}")  # fmt: skip
+    todo = [j for j in jobs(archs, precisions) if args.filter in j.kernel]
+    print(f"{len(todo)} specialisations from the launch code in {time.time() - start:.1f} s")
+    if args.list:
+        for j in todo:
+            print(f"sm_{j.arch} {j.kernel} {j.precision} {j.blocks()} [{j.flags()}] "
+                  f"div16:{','.join(j.attrs)}")  # fmt: skip
+        return 0
+    print(f"{'arch':<7} {'kernel':<28} {'dtype':<5} {'block config':<16} "
+          f"{'regs':>4} {'spill st/ld':>11} {'smem B':>7}  [flags] div16")  # fmt: skip
     failures = 0
+    cache = _Cache(args.cache) if args.cache else None
+    fresh = [j for j in todo if cache is None or cache.get(j) is None]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for row in pool.map(_compile, todo):
+        compiled = pool.map(_compile, fresh)
+        for job in todo:
+            row = cache.get(job) if cache is not None else None
+            if row is None:
+                row = next(compiled)
+                if cache is not None and not row["error"]:
+                    cache.put(job, row)
             print(_fmt(row), flush=True)
             failures += bool(row["error"]) or bool(row["spill_st"]) or bool(row["spill_ld"])
+    if cache is not None:
+        print(f"{len(todo) - len(fresh)} results from the cache {args.cache}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors or spills")
     return 1 if failures else 0
 

@@ -26,6 +26,14 @@ persistent (small H)   1                   1
 plus torch GEMMs around them: the input projection before the loop, and after the
 backward loop ``dx``, ``dW_ih``, ``dW_hh``, ``dW_hr`` and the bias sums (plus one
 ``dG_first W_hh`` product for ``dh0`` on the per-step path).
+
+Specialisation: compile-time flags only where they change the arithmetic (cell,
+projection, layer norm, peephole, CIFG, ReLU, direction of the persistent loop); whether
+a bias, a packed output or an output gradient exists and the zoneout mode are run-time
+arguments, so one compile serves them all. Arguments that change from step to step
+(offsets, active rows) are ``do_not_specialize``, so a sequence compiles each kernel
+once, and element offsets along the sequence are int64 (buffers pass 2**31 elements).
+``python -m fusedrnn.compile_report`` compiles every resulting specialisation.
 """
 
 from __future__ import annotations

@@ -81,8 +81,8 @@ def gru_bwd(r, z, n, hn, h_prev, dh):
 
 @triton.jit
 def rnn_fwd(pre, RELU: tl.constexpr):
-    if RELU:
-        return tl.maximum(pre, 0.0)
+    if RELU:  # written so that NaN stays NaN, as torch.relu (tl.maximum may drop it)
+        return tl.where(pre < 0.0, 0.0, pre)
     else:
         return tanh(pre)
 
@@ -90,7 +90,7 @@ def rnn_fwd(pre, RELU: tl.constexpr):
 @triton.jit
 def rnn_bwd(h, dh, RELU: tl.constexpr):
     if RELU:
-        return tl.where(h > 0.0, dh, 0.0)
+        return tl.where(h <= 0.0, 0.0, dh)  # a NaN h passes dh on, as threshold_backward
     else:
         return dh * (1.0 - h * h)
 
@@ -118,14 +118,10 @@ def rnn_bwd(h, dh, RELU: tl.constexpr):
 
 
 @triton.jit
-def zoneout_keep(mask, p, MODE: tl.constexpr):
-    """Keep weight of the old value: mask (MODE 1), p (MODE 2) or 0 (MODE 0)."""
-    if MODE == 1:
-        return mask
-    elif MODE == 2:
-        return p + 0.0 * mask
-    else:
-        return 0.0 * mask
+def zoneout_keep(mask, p, MODE):
+    """Keep weight of the old value: mask (MODE 1), p (MODE 2) or 0 (MODE 0). MODE is a
+    run-time value (one compile serves every zoneout setting), hence selects, not ifs."""
+    return tl.where(MODE == 1, mask, tl.where(MODE == 2, p + 0.0 * mask, 0.0 * mask))
 
 
 @triton.jit

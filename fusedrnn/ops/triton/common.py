@@ -39,8 +39,8 @@ def state_grad(
     prev,  # [BLOCK_B] rows active at the step processed before this one
     GH,
     HOUT,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
+    HAS_DHS,
+    HAS_DY,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,

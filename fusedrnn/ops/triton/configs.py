@@ -1,7 +1,8 @@
 """The shipped kernel configurations: the one place the launchers pick from.
 
-``fusedrnn.compile_report`` compiles exactly these for sm_80 / sm_90 and fails on
-any spill, and the benchmark cost model reads them from here too.
+``fusedrnn.compile_report`` compiles every specialisation the launchers make of
+these for sm_80 / sm_90 and fails on any spill, and the benchmark cost model reads
+them from here too.
 
 Per-step kernels: a program owns ``block_b`` batch rows x ``block_h`` hidden units
 (all gates of those units), looping over the reduction dimension in ``block_k``
@@ -11,8 +12,8 @@ chunks. ``tl.dot`` needs every block dimension >= 16, so B=1 still uses 16 rows
 Persistent kernels: a program owns ``block_b`` batch rows for the whole sequence
 and all hidden units, so it keeps the whole ``W_hh`` ([G*H, H]) in registers
 across steps; ``max_hidden`` is the largest H for which the compile report shows
-zero spills on sm_80 and sm_90 (float32 / bf16, also fp16 with
-``--dtypes fp16``; float64 never takes the persistent path). This module imports nothing from triton, so cost models can read
+zero spills on sm_80 and sm_90 (float16, bfloat16, float32 IEEE and TF32; float64
+never takes the persistent path). This module imports nothing from triton, so cost models can read
 it anywhere.
 """
 
@@ -29,6 +30,10 @@ class StepConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    # registers ptxas may use per thread: left to itself it stops at 64-128 for these
+    # kernels and spills (seen for fp32/TF32/fp64 variant kernels and for H not a multiple
+    # of 16); these latency-bound launches run few programs, so occupancy costs little
+    maxnreg: int = 255
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,14 @@ class PersistentConfig:
     block_b: int
     num_warps: int
     num_stages: int = 1
+    maxnreg: int = 255  # see StepConfig: without it ptxas spills the LSTM/GRU backward
 
 
 # per-step kernels (forward step, backward step, projection step, state-gradient step)
 STEP_CONFIGS: tuple[StepConfig, ...] = (
     StepConfig(block_b=16, block_h=32, block_k=16, num_warps=4, num_stages=2),
-    StepConfig(block_b=32, block_h=32, block_k=16, num_warps=4, num_stages=2),
+    # 8 warps: with 4 the TF32 LSTM forward step spills at 255 registers
+    StepConfig(block_b=32, block_h=32, block_k=16, num_warps=8, num_stages=2),
 )
 
 # variant step kernels (layer norm, zoneout, peephole, cifg): a program owns block_b rows
@@ -58,9 +65,11 @@ VARIANT_CONFIGS: tuple[StepConfig, ...] = (
 # one config per cell: smaller H runs the same kernel with masked units
 PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = (
     PersistentConfig("lstm", block_h=32, max_hidden=32, block_b=16, num_warps=8),
-    PersistentConfig("gru", block_h=32, max_hidden=32, block_b=16, num_warps=4),
-    PersistentConfig("rnn_tanh", block_h=64, max_hidden=64, block_b=16, num_warps=4),
-    PersistentConfig("rnn_relu", block_h=64, max_hidden=64, block_b=16, num_warps=4),
+    # 8 warps: with 4 the float32 backward spills at 255 registers (H not a multiple of 16)
+    PersistentConfig("gru", block_h=32, max_hidden=32, block_b=16, num_warps=8),
+    # RNN: 8 warps, with 4 the float32 backward spills (H not a multiple of 16)
+    PersistentConfig("rnn_tanh", block_h=64, max_hidden=64, block_b=16, num_warps=8),
+    PersistentConfig("rnn_relu", block_h=64, max_hidden=64, block_b=16, num_warps=8),
 )
 
 

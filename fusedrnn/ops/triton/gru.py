@@ -26,7 +26,7 @@ from .common import state_grad
 from .configs import pick_step_config
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "gates_off", "B"])
 def _gru_fwd_step_kernel(
     xg_ptr,  # [N, 3H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [3H, H] W_hh
@@ -36,21 +36,21 @@ def _gru_fwd_step_kernel(
     y_ptr,  # [N, H] packed output (WRITE_Y)
     xg_row0,
     rows_active,
-    hs_r,
-    hs_w,
-    gates_off,  # t * B * 4H: step t in gates
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H: step t in gates
     B,
     H,
-    HAS_BIAS: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    HAS_BIAS,
+    WRITE_Y,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = gates_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -103,7 +103,19 @@ def _gru_fwd_step_kernel(
         )
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "y_row0",
+        "rows_active",
+        "rows_prev",
+        "hs_r",
+        "hs_w",
+        "gates_off",
+        "dg_off",
+        "dg_prev_off",
+        "B",
+    ]
+)
 def _gru_bwd_step_kernel(
     dgx_ptr,  # [T, B, 3H] out: input-side gate gradients
     dgh_ptr,  # [T, B, 3H] out: recurrent-side gate gradients (read at the previous step)
@@ -116,23 +128,23 @@ def _gru_bwd_step_kernel(
     y_row0,
     rows_active,
     rows_prev,
-    hs_r,
-    hs_w,
-    gates_off,  # t * B * 4H: step t in gates
-    dg_off,  # t * B * 3H: step t in dG_x / dG_h
-    dg_prev_off,  # offset of dG_h of the step processed before
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H: step t in gates
+    dg_off: tl.int64,  # t * B * 3H: step t in dG_x / dG_h
+    dg_prev_off: tl.int64,  # offset of dG_h of the step processed before
     B,
     H,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
+    HAS_DHS,
+    HAS_DY,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dh_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -189,7 +201,7 @@ def _gru_fwd(
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, B, H,
             HAS_BIAS=b_hh is not None, WRITE_Y=packed, PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return hs, gates, y
 
@@ -220,7 +232,7 @@ def _gru_bwd(
             s.t * B * 3 * H, t_prev * B * 3 * H, B, H,
             HAS_DHS=dhs is not None, HAS_DY=dy is not None, PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     if rows_prev:

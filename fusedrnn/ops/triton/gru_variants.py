@@ -35,7 +35,19 @@ from .lstm_variants import recurrent_part
 from .rowwise import emit_state, ln_bwd_rows, rec_raw_stats
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "hs_r",
+        "hs_w",
+        "gates_off",
+        "gh_off",
+        "stat_off",
+        "B",
+        "ZONE_H",
+    ]
+)
 def _gru_variant_fwd_step_kernel(
     xg_ptr,  # [N, 3H] input projection (LN_ih and b_ih applied)
     w_ptr,  # [3H, H] W_hh
@@ -50,24 +62,24 @@ def _gru_variant_fwd_step_kernel(
     y_ptr,  # [N, H] packed output (WRITE_Y)
     row0,
     rows_active,
-    hs_r,
-    hs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * 3H
-    stat_off,  # t * B
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * 3H
+    stat_off: tl.int64,  # t * B
     B,
     H,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     LAYER_NORM: tl.constexpr,
-    ZONE_H: tl.constexpr,  # 0 off, 1 mask, 2 evaluation (p)
-    WRITE_Y: tl.constexpr,
+    ZONE_H,  # 0 off, 1 mask, 2 evaluation (p)
+    WRITE_Y,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     GH = 3 * H
@@ -120,7 +132,21 @@ def _gru_variant_fwd_step_kernel(
                    units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "rows_prev",
+        "hs_r",
+        "hs_w",
+        "gates_off",
+        "gh_off",
+        "gh_prev_off",
+        "stat_off",
+        "B",
+        "ZONE_H",
+    ]
+)
 def _gru_variant_bwd_step_kernel(
     dgx_ptr,  # [T, B, 3H] out: gradient of xg
     dgs_ptr,  # [T, B, 3H] out: gradient of s
@@ -139,25 +165,25 @@ def _gru_variant_bwd_step_kernel(
     row0,
     rows_active,
     rows_prev,
-    hs_r,
-    hs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * 3H
-    gh_prev_off,  # offset of dS_raw of the step processed before
-    stat_off,  # t * B
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * 3H
+    gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
+    stat_off: tl.int64,  # t * B
     B,
     H,
     LAYER_NORM: tl.constexpr,
-    ZONE_H: tl.constexpr,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
+    ZONE_H,
+    HAS_DHS,
+    HAS_DY,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     a = act[:, None]
@@ -254,7 +280,7 @@ def _gru_variant_fwd(
             s.t * B, B, H,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, ZONE_H=zone_h, WRITE_Y=packed,
             PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return out
 
@@ -292,7 +318,7 @@ def _gru_variant_bwd(
             s.t * B * 3 * H, t_prev * B * 3 * H, s.t * B, B, H,
             LAYER_NORM=ln, ZONE_H=zone_h, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     if rows_prev:

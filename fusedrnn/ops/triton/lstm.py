@@ -29,7 +29,19 @@ from .common import state_grad
 from .configs import pick_step_config
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "xg_row0",
+        "rows_active",
+        "hs_r",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "m_off",
+        "B",
+    ]
+)
 def _lstm_fwd_step_kernel(
     xg_ptr,  # [N, 4H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [4H, HOUT] W_hh
@@ -41,26 +53,26 @@ def _lstm_fwd_step_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     xg_row0,  # first row of this step in x / xg / y
     rows_active,  # batch rows computed at this step (packed), else B
-    hs_r,  # element offsets: Hs slot read, Hs slot written
-    hs_w,
-    cs_r,  # Cs slot read, Cs slot written
-    cs_w,
-    gates_off,  # t * B * 4H: step t in gates
-    m_off,  # t * B * H: step t in m
+    hs_r: tl.int64,  # element offsets: Hs slot read, Hs slot written
+    hs_w: tl.int64,
+    cs_r: tl.int64,  # Cs slot read, Cs slot written
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H: step t in gates
+    m_off: tl.int64,  # t * B * H: step t in m
     B,
     H,
     HOUT,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     PROJ: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    WRITE_Y,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = cs_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -128,7 +140,7 @@ def _lstm_fwd_step_kernel(
             )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "m_off", "B"])
 def _lstm_proj_step_kernel(
     m_ptr,  # [T, B, H] unprojected outputs
     w_ptr,  # [HOUT, H] W_hr
@@ -136,21 +148,21 @@ def _lstm_proj_step_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     xg_row0,
     rows_active,
-    hs_r,
-    hs_w,
-    m_off,  # offset of step t in m
+    hs_r: tl.int64,
+    hs_w: tl.int64,
+    m_off: tl.int64,  # offset of step t in m
     B,
     H,
     HOUT,
-    WRITE_Y: tl.constexpr,
+    WRITE_Y,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < HOUT
     act = rows < rows_active
@@ -182,7 +194,20 @@ def _lstm_proj_step_kernel(
         )
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "y_row0",
+        "rows_active",
+        "rows_prev",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "dg_prev_off",
+        "dht_off",
+        "B",
+    ]
+)
 def _lstm_bwd_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history (written at step t, read at the previous one)
     w_ptr,  # [4H, HOUT] W_hh
@@ -198,27 +223,27 @@ def _lstm_bwd_step_kernel(
     y_row0,
     rows_active,
     rows_prev,  # rows active at the step processed before (0 for the first)
-    hs_w,  # offset of the Hs slot this step wrote
-    cs_r,
-    cs_w,
-    gates_off,  # t * B * 4H: step t in gates and dG
-    dg_prev_off,  # offset of dG of the step processed before
-    dht_off,  # t * B * HOUT
+    hs_w: tl.int64,  # offset of the Hs slot this step wrote
+    cs_r: tl.int64,
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H: step t in gates and dG
+    dg_prev_off: tl.int64,  # offset of dG of the step processed before
+    dht_off: tl.int64,  # t * B * HOUT
     B,
     H,
     HOUT,
     PROJ: tl.constexpr,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
-    HAS_DCS: tl.constexpr,
+    HAS_DHS,
+    HAS_DY,
+    HAS_DCS,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dc_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -275,7 +300,9 @@ def _lstm_bwd_step_kernel(
     tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "dht_off", "dg_prev_off", "B"]
+)
 def _lstm_proj_grad_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history
     w_ptr,  # [4H, HOUT] W_hh
@@ -286,21 +313,21 @@ def _lstm_proj_grad_step_kernel(
     y_row0,
     rows_active,
     rows_prev,
-    hs_w,
-    dht_off,  # t * B * HOUT
-    dg_prev_off,
+    hs_w: tl.int64,
+    dht_off: tl.int64,  # t * B * HOUT
+    dg_prev_off: tl.int64,
     B,
     H,
     HOUT,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
+    HAS_DHS,
+    HAS_DY,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < HOUT
     act = rows < rows_active
@@ -356,7 +383,7 @@ def _lstm_fwd(
             s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout,
             s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * H, B, H, Hout,
             HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, PRECISION=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **blocks,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **blocks,
         )  # fmt: skip
         if proj:
             runtime.launch(
@@ -365,7 +392,7 @@ def _lstm_fwd(
                 s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.t * B * H,
                 B, H, Hout,
                 WRITE_Y=packed, ACC_TY=tl.float64 if acc == torch.float64 else tl.float32,
-                PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **blocks,
+                PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **blocks,
             )  # fmt: skip
     return [hs, cs, gates, m, y]
 
@@ -406,7 +433,7 @@ def _lstm_bwd(
                 dg, w_hh, dh, dhs if dhs is not None else anyt, dy if dy is not None else anyt,
                 dht, s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.t * B * Hout,
                 t_prev * B * 4 * H, B, H, Hout,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **blocks,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **flags, **blocks,
             )  # fmt: skip
         runtime.launch(
             _lstm_bwd_step_kernel, grid,
@@ -416,7 +443,7 @@ def _lstm_bwd(
             s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.slot_r * B * H, s.slot_w * B * H,
             s.t * B * 4 * H, t_prev * B * 4 * H, s.t * B * Hout, B, H, Hout,
             PROJ=proj, HAS_DCS=dcs is not None,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags, **blocks,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **flags, **blocks,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     # the first step's dG W_hh has no later launch to fold it in: one GEMM

@@ -68,7 +68,7 @@ def recurrent_part(
     fmask,
     GH,
     HOUT,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     LAYER_NORM: tl.constexpr,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -92,7 +92,23 @@ def recurrent_part(
     return s
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "hs_r",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "gh_off",
+        "h_off",
+        "stat_off",
+        "B",
+        "ZONE_H",
+        "ZONE_C",
+    ]
+)
 def _lstm_variant_fwd_step_kernel(
     xg_ptr,  # [N, GH] input projection (LN_ih and b_ih applied)
     w_ptr,  # [GH, HOUT] W_hh
@@ -116,32 +132,32 @@ def _lstm_variant_fwd_step_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     row0,  # first row of this step in xg / y / masks
     rows_active,
-    hs_r,  # offsets of the Hs slots read / written
-    hs_w,
-    cs_r,  # offsets of the Cs slots read / written
-    cs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * GH
-    h_off,  # t * B * H
-    stat_off,  # t * B * 2
+    hs_r: tl.int64,  # offsets of the Hs slots read / written
+    hs_w: tl.int64,
+    cs_r: tl.int64,  # offsets of the Cs slots read / written
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * GH
+    h_off: tl.int64,  # t * B * H
+    stat_off: tl.int64,  # t * B * 2
     B,
     H,
     HOUT,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     LAYER_NORM: tl.constexpr,
     PEEPHOLE: tl.constexpr,
     CIFG: tl.constexpr,
     PROJ: tl.constexpr,
-    ZONE_H: tl.constexpr,  # 0 off, 1 mask, 2 evaluation (p)
-    ZONE_C: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    ZONE_H,  # 0 off, 1 mask, 2 evaluation (p)
+    ZONE_C,
+    WRITE_Y,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = cs_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     # feature offsets of the gate blocks in W and of the peephole rows in w_ch
@@ -277,7 +293,25 @@ def _lstm_variant_fwd_step_kernel(
                        cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "row0",
+        "rows_active",
+        "rows_prev",
+        "hs_w",
+        "cs_r",
+        "cs_w",
+        "gates_off",
+        "gh_off",
+        "gh_prev_off",
+        "h_off",
+        "hout_off",
+        "stat_off",
+        "B",
+        "ZONE_H",
+        "ZONE_C",
+    ]
+)
 def _lstm_variant_bwd_step_kernel(
     dg_ptr,  # [T, B, GH] out: gradient of the gate pre-activations dG
     ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG itself), read at the next launch
@@ -306,15 +340,15 @@ def _lstm_variant_bwd_step_kernel(
     row0,
     rows_active,
     rows_prev,  # rows active at the step processed before (0 for the first)
-    hs_w,  # offset of the Hs slot this step wrote
-    cs_r,
-    cs_w,
-    gates_off,  # t * B * 4H
-    gh_off,  # t * B * GH
-    gh_prev_off,  # offset of dS_raw of the step processed before
-    h_off,  # t * B * H
-    hout_off,  # t * B * HOUT
-    stat_off,  # t * B * 2
+    hs_w: tl.int64,  # offset of the Hs slot this step wrote
+    cs_r: tl.int64,
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * GH
+    gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
+    h_off: tl.int64,  # t * B * H
+    hout_off: tl.int64,  # t * B * HOUT
+    stat_off: tl.int64,  # t * B * 2
     B,
     H,
     HOUT,
@@ -322,18 +356,18 @@ def _lstm_variant_bwd_step_kernel(
     PEEPHOLE: tl.constexpr,
     CIFG: tl.constexpr,
     PROJ: tl.constexpr,
-    ZONE_H: tl.constexpr,
-    ZONE_C: tl.constexpr,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
-    HAS_DCS: tl.constexpr,
+    ZONE_H,
+    ZONE_C,
+    HAS_DHS,
+    HAS_DY,
+    HAS_DCS,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = dc_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
     act = rows < rows_active
     a = act[:, None]
@@ -528,7 +562,7 @@ def _lstm_variant_fwd(
             HAS_BIAS=bias is not None, LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
             PROJ=proj, ZONE_H=zone[0], ZONE_C=zone[1], WRITE_Y=packed,
             PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return out
 
@@ -582,7 +616,7 @@ def _lstm_variant_bwd(
             ZONE_C=zone[1], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     # the first step's dS_raw W_hh has no later launch to fold it in: one GEMM

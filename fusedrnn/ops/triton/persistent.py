@@ -49,7 +49,7 @@ def _w_tile(w_ptr, q, H, units, umask, TRANSPOSE: tl.constexpr):
     return tl.load(w_ptr + off, mask=umask[:, None] & umask[None, :], other=0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "B"])
 def _persistent_fwd_kernel(
     xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [G*H, H] W_hh
@@ -59,20 +59,20 @@ def _persistent_fwd_kernel(
     gates_ptr,  # [T, B, 4H] saved gates (LSTM: i f g o, GRU: r z n hn)
     y_ptr,  # [N, H] packed output (WRITE_Y)
     steps_ptr,  # [T, 2] int32: first row of step t in x / y, active rows at t
-    T,
+    T: tl.int64,
     B,
     H,
     CELL: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS,
     REVERSE: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    WRITE_Y,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
@@ -155,7 +155,7 @@ def _persistent_fwd_kernel(
             )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "B"])
 def _persistent_bwd_kernel(
     dgx_ptr,  # [T, B, G*H] out: input-side gate gradients (zero in inactive rows)
     dgh_ptr,  # [T, B, G*H] out: recurrent-side gate gradients (GRU only)
@@ -169,21 +169,21 @@ def _persistent_bwd_kernel(
     dh0_ptr,  # [B, H] out: gradient of h0 (accumulation dtype)
     dc0_ptr,  # [B, H] out: gradient of c0 (LSTM)
     steps_ptr,  # [T, 2] int32: first row of step t, active rows at t
-    T,
+    T: tl.int64,
     B,
     H,
     CELL: tl.constexpr,
     REVERSE: tl.constexpr,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
-    HAS_DCS: tl.constexpr,
+    HAS_DHS,
+    HAS_DY,
+    HAS_DCS,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
@@ -361,6 +361,7 @@ def _launch_params(cell: str, w_hh: Tensor) -> dict:
         BLOCK_H=cfg.block_h if cfg else _block_h(w_hh.shape[1]),
         num_warps=warps,
         num_stages=stages,
+        maxnreg=cfg.maxnreg if cfg else None,
     )
 
 

@@ -21,7 +21,7 @@ from .common import state_grad
 from .configs import pick_step_config
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "B"])
 def _rnn_fwd_step_kernel(
     xg_ptr,  # [N, H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [H, H] W_hh
@@ -30,21 +30,21 @@ def _rnn_fwd_step_kernel(
     y_ptr,  # [N, H] packed output (WRITE_Y)
     xg_row0,
     rows_active,
-    hs_r,
-    hs_w,
+    hs_r: tl.int64,
+    hs_w: tl.int64,
     B,
     H,
     RELU: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    HAS_BIAS,
+    WRITE_Y,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -80,7 +80,9 @@ def _rnn_fwd_step_kernel(
         )
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "g_off", "dg_prev_off", "B"]
+)
 def _rnn_bwd_step_kernel(
     dg_ptr,  # [T, B, H] gate-gradient history
     w_ptr,  # [H, H] W_hh
@@ -91,22 +93,22 @@ def _rnn_bwd_step_kernel(
     y_row0,
     rows_active,
     rows_prev,
-    hs_w,
-    g_off,  # t * B * H
-    dg_prev_off,
+    hs_w: tl.int64,
+    g_off: tl.int64,  # t * B * H
+    dg_prev_off: tl.int64,
     B,
     H,
     RELU: tl.constexpr,
-    HAS_DHS: tl.constexpr,
-    HAS_DY: tl.constexpr,
+    HAS_DHS,
+    HAS_DY,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dh_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     umask = units < H
     act = rows < rows_active
@@ -150,7 +152,7 @@ def _rnn_fwd(
             RELU=relu, HAS_BIAS=b_hh is not None, WRITE_Y=packed, ACC_TY=acc_ty,
             PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
     return hs, y
 
@@ -179,7 +181,7 @@ def _rnn_bwd(
             RELU=relu, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
     if rows_prev:

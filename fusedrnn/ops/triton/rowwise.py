@@ -147,8 +147,8 @@ def emit_state(
     cols,
     cmask,
     HOUT,
-    ZONE_H: tl.constexpr,
-    WRITE_Y: tl.constexpr,
+    ZONE_H,
+    WRITE_Y,
 ):
     """Zoneout of h, then the new state (the old one in inactive rows) into the history
     and the packed output."""

@@ -25,6 +25,7 @@ class LaunchCounter:
 
 
 _counters: list[LaunchCounter] = []
+_captured: list[list] = []
 _poison = os.environ.get("FUSEDRNN_TRITON_POISON") == "1"
 
 
@@ -83,13 +84,29 @@ def _check_guard(kernel, args) -> None:
         )
 
 
+@contextlib.contextmanager
+def capture_launches() -> Iterator[list]:
+    """Inside the block, launches are recorded as ``(kernel, grid, args, kwargs)`` and
+    not run. The compile report derives the specialisations a launch makes from these
+    (no GPU needed: the launchers run on CPU tensors and only their arguments matter)."""
+    records: list = []
+    _captured.append(records)
+    try:
+        yield records
+    finally:
+        _captured.remove(records)
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
     """Launch ``kernel[grid](*args, **kwargs)`` and record it. Every launch must sit inside
     :func:`device_guard` for the device of its tensors (checked here)."""
-    _check_guard(kernel, args)
     for counter in _counters:
         name = _name(kernel)
         counter.by_kernel[name] = counter.by_kernel.get(name, 0) + 1
+    if _captured:  # recorded, not run: no device is touched, so no guard is needed
+        _captured[-1].append((kernel, grid, args, kwargs))
+        return
+    _check_guard(kernel, args)
     kernel[grid](*args, **kwargs)
 
 
@@ -109,6 +126,8 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     """A buffer that the kernels fully overwrite (NaN-filled in poison mode)."""
     if _poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    if _captured:  # no kernel fills it; torch work after the launches must not meet denormals
+        return torch.zeros(shape, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 

@@ -1,0 +1,297 @@
+"""Static checks on the Triton kernels' index arithmetic and specialisation.
+
+Offsets into the sequence-long buffers (``[T, B, G*H]`` gate gradients, ``[T+1, B, H]``
+state histories, ``[N, G*H]`` packed inputs) pass 2**31 elements at sizes that fit on
+one GPU, and Triton does integer arithmetic in the width of its operands: an int32
+sum wraps before it reaches the pointer. The rule checked here, per ``@triton.jit``
+function (an AST scan, no triton import needed):
+
+* an *offset* -- a parameter named ``*_off``, ``hs_r``/``hs_w`` or ``cs_r``/``cs_w``, which the launchers
+  compute as ``t * B * width`` -- must be added straight to a pointer (``ptr + off +
+  ...`` is evaluated pointer first) or be int64 (annotated ``tl.int64`` or cast with
+  ``.to(tl.int64)``); combining it with anything else first is flagged;
+* an *index* -- ``tl.program_id(...)``, the sequence length ``T``, a ``*row0``
+  parameter, a loop variable over a range bounded by an index (int64 when a bound is),
+  and anything added to an index -- may be added to and scaled by compile-time constants, but multiplying it
+  by a run-time size (a stride such as ``H`` or ``4 * H``) is flagged unless one side
+  is int64 already.
+
+Anything that is int64 or a pointer stays so through ``+ - *``, so casting an index
+once where it is defined (``tl.program_id(1).to(tl.int64) * BLOCK_B + ...``) makes
+every offset built from it int64. Offsets inside one weight matrix (``G*H x H``
+elements, indices from the reduction loop) are not covered by the rule.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
+OFFSET_NAME = re.compile(r"(_off$|^(hs|cs)_[rw]$)")
+INDEX_NAME = re.compile(r"(^T$|row0$)")
+
+PTR, WIDE, OFFSET, INDEX, OTHER = "ptr", "int64", "offset", "index", "other"
+
+
+def _is_jit(dec: ast.expr) -> bool:
+    node = dec.func if isinstance(dec, ast.Call) else dec
+    if isinstance(node, ast.Attribute):
+        return node.attr == "jit" or node.attr.endswith("_jit")
+    return isinstance(node, ast.Name) and (node.id == "jit" or node.id.endswith("_jit"))
+
+
+def _is_int64(node: ast.expr) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "int64"
+
+
+class _Checker:
+    """Walks one function body in order, tracking the kind of every local name."""
+
+    def __init__(self, fn: ast.FunctionDef, path: str):
+        self.fn, self.path, self.problems = fn, path, []
+        self.kinds: dict[str, str] = {}
+        self.constexpr: set[str] = set()
+        args = fn.args.args
+        for a in args:
+            ann = a.annotation
+            if ann is not None and isinstance(ann, ast.Attribute) and ann.attr == "constexpr":
+                self.constexpr.add(a.arg)
+            elif ann is not None and _is_int64(ann):
+                self.kinds[a.arg] = WIDE
+            elif a.arg.endswith("_ptr"):
+                self.kinds[a.arg] = PTR
+            elif OFFSET_NAME.search(a.arg):
+                self.kinds[a.arg] = OFFSET
+            elif INDEX_NAME.search(a.arg):
+                self.kinds[a.arg] = INDEX
+
+    def flag(self, node: ast.AST, why: str) -> None:
+        self.problems.append(f"{self.path}:{node.lineno} {self.fn.name}: {why}: "
+                             f"{ast.unparse(node)}")  # fmt: skip
+
+    def is_const(self, node: ast.expr) -> bool:
+        if isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, ast.Name):
+            return node.id in self.constexpr
+        if isinstance(node, ast.BinOp):
+            return self.is_const(node.left) and self.is_const(node.right)
+        return False
+
+    def kind(self, node: ast.expr) -> str:
+        if isinstance(node, ast.Name):
+            return self.kinds.get(node.id, OTHER)
+        if isinstance(node, ast.Subscript):
+            self.kind(node.slice)
+            return self.kind(node.value)
+        if isinstance(node, ast.IfExp):
+            self.kind(node.test)
+            kinds = {self.kind(node.body), self.kind(node.orelse)}
+            for k in (PTR, OFFSET, INDEX, WIDE):
+                if k in kinds:
+                    return k
+            return OTHER
+        if isinstance(node, ast.Call):
+            f = node.func
+            for a in [*node.args, *(k.value for k in node.keywords)]:
+                self.kind(a)
+            if isinstance(f, ast.Attribute) and f.attr == "to":
+                inner = self.kind(f.value)
+                if node.args and _is_int64(node.args[0]):
+                    return WIDE
+                return inner
+            if isinstance(f, ast.Attribute) and f.attr == "program_id":
+                return INDEX
+            if isinstance(f, ast.Attribute):
+                self.kind(f.value)
+            return OTHER
+        if isinstance(node, ast.BinOp):
+            lk, rk = self.kind(node.left), self.kind(node.right)
+            kinds = {lk, rk}
+            if not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
+                return OTHER
+            if PTR in kinds:
+                if OFFSET in kinds and not isinstance(node.op, ast.Add):
+                    self.flag(node, "offset used other than added to a pointer")
+                return PTR
+            if WIDE in kinds:
+                return WIDE
+            if OFFSET in kinds:
+                self.flag(node, "int32 offset combined before it reaches the pointer")
+                return OFFSET
+            if INDEX in kinds:
+                if isinstance(node.op, ast.Mult):
+                    other = node.right if lk == INDEX else node.left
+                    if not self.is_const(other):
+                        self.flag(node, "int32 index multiplied by a run-time size")
+                return INDEX
+            return OTHER
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.expr):
+                self.kind(child)
+        return OTHER
+
+    def assign(self, target: ast.expr, kind: str) -> None:
+        if isinstance(target, ast.Name):
+            self.kinds[target.id] = kind
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for t in target.elts:
+                self.assign(t, OTHER)
+
+    def run(self, body: list[ast.stmt]) -> None:
+        for st in body:
+            if isinstance(st, ast.Assign):
+                k = self.kind(st.value)
+                for t in st.targets:
+                    self.assign(t, k)
+            elif isinstance(st, ast.AnnAssign):
+                if st.value is not None:
+                    k = self.kind(st.value)
+                    ann = st.annotation
+                    if isinstance(ann, ast.Attribute) and ann.attr == "constexpr":
+                        self.constexpr.add(st.target.id)
+                    self.assign(st.target, k)
+            elif isinstance(st, ast.AugAssign):
+                k = self.kind(ast.BinOp(left=st.target, op=st.op, right=st.value,
+                                        lineno=st.lineno, col_offset=st.col_offset))  # fmt: skip
+                self.assign(st.target, k)
+            elif isinstance(st, ast.For):
+                it = self.kind(st.iter)
+                bounds = st.iter.args if isinstance(st.iter, ast.Call) else []
+                bound_kinds = {it, *(self.kind(b) for b in bounds)}
+                if WIDE in bound_kinds:  # the loop variable takes the bounds' width
+                    self.assign(st.target, WIDE)
+                elif bound_kinds & {INDEX, OFFSET}:
+                    self.assign(st.target, INDEX)
+                else:
+                    self.assign(st.target, OTHER)
+                self.run(st.body)
+                self.run(st.orelse)
+            elif isinstance(st, (ast.If, ast.While)):
+                self.kind(st.test)
+                self.run(st.body)
+                self.run(st.orelse)
+            elif isinstance(st, (ast.Expr, ast.Return)) and st.value is not None:
+                self.kind(st.value)
+
+
+def jit_functions(path: pathlib.Path) -> list[ast.FunctionDef]:
+    tree = ast.parse(path.read_text())
+    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+            and any(_is_jit(d) for d in n.decorator_list)]  # fmt: skip
+
+
+def offset_problems(source: str, name: str = "<src>") -> list[str]:
+    tree = ast.parse(source)
+    out = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef) and any(_is_jit(d) for d in fn.decorator_list):
+            checker = _Checker(fn, name)
+            checker.run(fn.body)
+            out += checker.problems
+    return out
+
+
+def test_rule_catches_int32_offset_sums():
+    bad = """
+@triton.jit
+def k(dg_ptr, dg_off, H, BLOCK_B: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    out = dg_off + rows[:, None] * (3 * H)
+    tl.store(dg_ptr + out, 0.0)
+"""
+    problems = offset_problems(bad)
+    assert any("offset combined" in p for p in problems), problems
+    assert any("index multiplied" in p for p in problems), problems
+    good = """
+@triton.jit
+def k(dg_ptr, dg_off: tl.int64, H, BLOCK_B: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    out = dg_off + rows[:, None] * (3 * H)
+    tl.store(dg_ptr + out, 0.0)
+    tl.store(dg_ptr + 7 + dg_off, 0.0)
+"""
+    assert offset_problems(good) == []
+
+
+@pytest.mark.parametrize("path", sorted(KERNEL_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_kernel_offsets_are_int64_or_pointer_first(path):
+    assert offset_problems(path.read_text(), path.name) == []
+
+
+def _sequence_launches():
+    """The launches of one packed sequence whose per-step offsets alternate between
+    multiples of 16, other values and 1 (batch sizes 3, 3, 2, 1, 1; H = 20)."""
+    import torch
+
+    from fusedrnn.ops.triton import gru, gru_variants, lstm, lstm_variants, persistent, rnn
+    from fusedrnn.ops.triton.runtime import Plan, capture_launches
+
+    sizes = torch.tensor([3, 3, 2, 1, 1])
+    T, B, H, N = 5, 3, 20, int(sizes.sum())
+    e = torch.zeros
+    plan = Plan(sizes, T, B, False)
+    with capture_launches() as records:
+        lstm._lstm_fwd(e(N, 4 * H), e(B, 8), e(B, H), e(4 * H, 8), e(4 * H), e(8, H), plan, True)
+        lstm._lstm_bwd(e(4 * H, 8), e(8, H), e(T + 1, B, H), e(T, B, 4 * H), e(T + 1, B, 8),
+                       e(T + 1, B, H), e(N, 8), plan)  # fmt: skip
+        gru._gru_fwd(e(N, 3 * H), e(B, H), e(3 * H, H), e(3 * H), plan, True)
+        gru._gru_bwd(e(3 * H, H), e(T + 1, B, H), e(T, B, 4 * H), e(T + 1, B, H), e(N, H), plan)
+        rnn._rnn_fwd(e(N, H), e(B, H), e(H, H), e(H), plan, True, False)
+        rnn._rnn_bwd(e(H, H), e(T + 1, B, H), e(T + 1, B, H), e(N, H), plan, False)
+        persistent.persistent_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H, H), None, plan, True)
+        par = e(3)
+        bufs = gru_variants._gru_variant_fwd(e(N, 3 * H), e(B, H), e(3 * H, H), e(3 * H),
+                                             e(3 * H), e(N, H), par, 1, plan, True)  # fmt: skip
+        gru_variants._gru_variant_bwd(e(3 * H, H), e(3 * H), e(N, H), par, 1, bufs,
+                                      e(T + 1, B, H), e(N, H), plan)  # fmt: skip
+        bufs = lstm_variants._lstm_variant_fwd(
+            e(N, 4 * H), e(B, H), e(B, H), e(4 * H, H), e(4 * H), e(4 * H), e(H), e(H),
+            e(3, H), None, e(N, H), e(N, H), par, (1, 1), False, plan, True,
+        )  # fmt: skip
+        lstm_variants._lstm_variant_bwd(
+            e(4 * H, H), None, e(4 * H), e(H), e(H), e(3, H), e(N, H), e(N, H), par, (1, 1),
+            False, bufs, e(T + 1, B, H), e(T + 1, B, H), e(N, H), plan,
+        )  # fmt: skip
+    return records
+
+
+def test_a_sequence_compiles_each_kernel_once():
+    """Per-step offsets are ``do_not_specialize`` (and int64): the specialisation that
+    Triton's launcher derives from the arguments is the same at every step, so a
+    sequence compiles each kernel once. Checked with Triton's own binder."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter has no specialisation; run without TRITON_INTERPRET")
+    from fusedrnn.compile_report import specialisation
+
+    keys: dict[str, set] = {}
+    for kernel, _grid, args, kwargs in _sequence_launches():
+        sig, constexprs, attrs, _ = specialisation(kernel, args, kwargs)
+        key = repr((sorted(sig.items()), sorted(constexprs.items()), sorted(attrs.items())))
+        keys.setdefault(kernel.fn.__name__, set()).add(key)
+    assert len(keys) >= 12, sorted(keys)
+    assert {name: len(k) for name, k in keys.items() if len(k) > 1} == {}
+
+
+def test_compile_report_covers_what_launches_specialise():
+    """Every specialisation a launch makes (here: a packed float32 sequence with H = 20,
+    not a multiple of 16, through every cell's launchers) is among the compile report's
+    compiles, attributes and constants included."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter has no specialisation; run without TRITON_INTERPRET")
+    from fusedrnn import compile_report
+
+    planned = {(j.kernel, j.signature, j.constexprs, j.attrs, j.num_warps, j.num_stages,
+                j.maxnreg) for j in compile_report.jobs([90], ["fp32"])}  # fmt: skip
+    for kernel, _grid, args, kwargs in _sequence_launches():
+        key = compile_report.job_key(kernel, args, kwargs)
+        assert (key.kernel, key.signature, key.constexprs, key.attrs, key.num_warps,
+                key.num_stages, key.maxnreg) in planned, key  # fmt: skip
