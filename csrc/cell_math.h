@@ -45,11 +45,14 @@ namespace detail {
 // that compilers vectorise loops calling it (a call into libm's expf blocks vectorisation, and
 // the gate math of a step is dominated by exp without it). Cephes' expf: range reduction
 // x = n ln2 + r with |r| <= ln2/2, degree-6 polynomial for e^r, 2^n assembled in the exponent
-// bits. Max relative error ~2 ulp on [-87, 88]; inputs are clamped so that the result is
-// finite (e^88.37 ~ 2.4e38) or exactly 0 at the low end.
-FRNN_HD float exp_host_f32(float x) {
-  x = x < 88.3762626647949f ? x : 88.3762626647949f;
-  x = x > -88.3762626647949f ? x : -88.3762626647949f;
+// bits. Max relative error ~2 ulp on [-87, 88]. Past the ends the result is what IEEE exp
+// gives there: +inf above, 0 below, so sigmoid(-inf) is exactly 0 and 0 * inf still makes the
+// NaN it makes in torch. A NaN fails every comparison and stays NaN (a diverging model must
+// show it); the exponent is assembled from a NaN-free copy of n so the int conversion stays
+// defined.
+FRNN_HD float exp_host_f32(float a) {
+  float x = a > 88.3762626647949f ? 88.3762626647949f : a;
+  x = x < -88.3762626647949f ? -88.3762626647949f : x;
   // round(x / ln2) with the 1.5 * 2^23 trick (vectorises on any ISA, unlike floor/round)
   const float shifter = 12582912.0f;
   float n = (x * 1.44269504088896341f + shifter) - shifter;
@@ -62,10 +65,12 @@ FRNN_HD float exp_host_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const float n_finite = n == n ? n : 0.0f;
+  const int32_t bits = (static_cast<int32_t>(n_finite) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  const float e = p * scale;
+  return a > 88.7228391116729996f ? HUGE_VALF : (a < -103.972077083991796f ? 0.0f : e);
 }
 #endif
 
@@ -116,8 +121,9 @@ FRNN_HD float tanh_<float>(float a) {
 #if defined(__CUDA_ARCH__)
   return ::tanhf(a);
 #else
-  float x = a < 7.90531110763549805f ? a : 7.90531110763549805f;
-  x = x > -7.90531110763549805f ? x : -7.90531110763549805f;
+  // NaN fails both comparisons and flows through to the result
+  float x = a > 7.90531110763549805f ? 7.90531110763549805f : a;
+  x = x < -7.90531110763549805f ? -7.90531110763549805f : x;
   const float x2 = x * x;
   float p = -2.76076847742355e-16f;
   p = p * x2 + 2.00018790482477e-13f;
@@ -136,9 +142,10 @@ FRNN_HD float tanh_<float>(float a) {
 #endif
 }
 
+// relu(NaN) = NaN, as torch.relu: the comparison is written so that NaN keeps its value.
 template <typename T>
 FRNN_HD T relu_(T x) {
-  return x > T(0) ? x : T(0);
+  return x < T(0) ? T(0) : x;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -245,7 +252,7 @@ struct RNNReluCell {
   template <typename T>
   FRNN_HD static T forward(T pre) { return relu_(pre); }
   template <typename T>
-  FRNN_HD static T backward(T dh, T h) { return h > T(0) ? dh : T(0); }
+  FRNN_HD static T backward(T dh, T h) { return h <= T(0) ? T(0) : dh; }  // NaN h passes dh
 };
 
 // =============================================================================================
