@@ -81,7 +81,7 @@ def _check(cell, backend, site, value, where, T, B, I, H, layers, bidirectional)
     want_out, want_grad = _run(ref, cell, x, h0, c0)
     got_out, got_grad = _run(mod, cell, x, h0, c0)
     names = ["y", "h_n", "c_n"][: len(want_out)]
-    for name, w, g in zip(names, want_out, got_out):
+    for name, w, g in zip(names, want_out, got_out, strict=True):
         assert torch.equal(torch.isfinite(g), torch.isfinite(w)), (
             f"{name}: finite pattern differs from torch.nn ({site}={value})\n"
             f"torch.nn {torch.isfinite(w).flatten().tolist()}\n"
@@ -89,7 +89,7 @@ def _check(cell, backend, site, value, where, T, B, I, H, layers, bidirectional)
         )
     gnames = ["x", "h0", "c0"][: 3 if cell == "lstm" else 2]
     gnames += [n for n, _ in mod.named_parameters()]
-    for name, w, g in zip(gnames, want_grad, got_grad):
+    for name, w, g in zip(gnames, want_grad, got_grad, strict=True):
         if w is None:
             assert g is None or not g.any(), name
             continue
@@ -109,7 +109,9 @@ _shapes = dict(
 
 
 @pytest.mark.skipif(INTERPRETING, reason="the CPU backends run in the ordinary test process")
-@pytest.mark.parametrize("backend", [b for b in ("reference", "cpu") if b in fusedrnn.available_backends("cpu")])
+@pytest.mark.parametrize(
+    "backend", [b for b in ("reference", "cpu") if b in fusedrnn.available_backends("cpu")]
+)
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(
@@ -125,7 +127,9 @@ def test_nonfinite_pattern_matches_torch_nn(backend, cell, site, value, where, *
 
 @pytest.mark.skipif(not INTERPRETING, reason="triton runs on CPU tensors only when interpreted")
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("site,value", [("x", math.nan), ("h0", math.inf), ("weight_hh_l0", -math.inf)])
+@pytest.mark.parametrize(
+    "site,value", [("x", math.nan), ("h0", math.inf), ("weight_hh_l0", -math.inf)]
+)
 def test_nonfinite_pattern_matches_torch_nn_triton(cell, site, value):
     if "triton" not in fusedrnn.available_backends("cpu"):
         pytest.skip("triton is not installed")

@@ -193,20 +193,14 @@ def test_cpu_layer_ops(layout, dtype):
 def test_cpu_variant_ops(layout, dtype):
     from fusedrnn.ops import cpu_variants
 
-    # the GRU forward leaves part of a saved buffer unwritten (see the xfail below), which
-    # aot_dispatch_dynamic's comparison of every output trips over
-    skip = {("fusedrnn::cpu_variant_fwd", "test_aot_dispatch_dynamic")}
-    seen = _check_variants(cpu_variants.layer, layout, dtype, skip=skip)
+    seen = _check_variants(cpu_variants.layer, layout, dtype)
     assert seen == {"fusedrnn::cpu_variant_fwd", "fusedrnn::cpu_variant_bwd"}
 
 
 @needs_cpu
-@pytest.mark.xfail(
-    reason="cpu_variant_fwd for the GRU leaves columns 2-3 of its saved stats [N, 4] "
-    "uninitialised (the GRU uses two), so its outputs are not a function of its inputs",
-    strict=False,
-)
 def test_cpu_variant_gru_outputs_are_deterministic():
+    """Every output is a function of the inputs: the GRU's layer-norm statistics [N, 4] use two
+    columns, and the other two must not carry whatever the allocator left there."""
     from fusedrnn.ops import cpu_variants
 
     args = _inputs("gru", "dense", torch.float32, gates=3)

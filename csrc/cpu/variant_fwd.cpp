@@ -41,8 +41,10 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
   const auto dtype = a.x.scalar_type();
   at::Tensor xg = output_or_scratch(train, Scratch::kGates, {N, GH}, dtype);
   at::Tensor xh = ln ? output_or_scratch(train, Scratch::kWork1, {N, GH}, dtype) : empty();
-  at::Tensor stats = ln ? at::empty({train ? N : B, 4}, opts) : empty();  // rstd_ih, rstd_hh,
-  T* stp = ln ? ptr<T>(stats) : nullptr;                                  // mean_c, rstd_c
+  // rstd_ih, rstd_hh, mean_c, rstd_c; zeroed because it is an op output and the GRU (no cell
+  // state) leaves the last two columns unwritten
+  at::Tensor stats = ln ? at::zeros({train ? N : B, 4}, opts) : empty();
+  T* stp = ln ? ptr<T>(stats) : nullptr;
   {
     T* dst = ln ? ptr<T>(xh) : ptr<T>(xg);
     gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), dst,
