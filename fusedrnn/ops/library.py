@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from . import reference
+
 NAMESPACE = "fusedrnn"
 INPUT_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
@@ -34,6 +36,45 @@ ForwardFn = Callable[..., list[Tensor]]
 BackwardFn = Callable[..., Sequence[Tensor | None]]
 # unpack(cell, x, h0, batch_sizes, reverse, buffers) -> (y, h_n, c_n or None)
 UnpackFn = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
+
+
+def differentiable_backward(
+    reference: Callable[..., tuple[Tensor, Tensor, Tensor | None]],
+    args: Sequence,
+    kwargs: dict,
+    inputs: Sequence[Tensor | None],
+    needs: Sequence[bool],
+    grads: Sequence[Tensor | None],
+) -> list[Tensor | None]:
+    """The gradients of ``inputs`` as a graph autograd can differentiate again: the backward
+    of a fused op is itself an opaque kernel, so under ``create_graph=True`` the forward is
+    recomputed with ``reference(*args, **kwargs)`` (same contract, plain PyTorch) and
+    differentiated by autograd. ``grads`` are those of (y, h_n, c_n); None means zero."""
+    wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
+    result: list[Tensor | None] = [None] * len(inputs)
+    if not wanted:
+        return result
+    outs = reference(*args, **kwargs)
+    pairs = [
+        (o, g) for o, g in zip(outs, grads, strict=False)
+        if o is not None and g is not None and o.requires_grad
+    ]  # fmt: skip
+    if not pairs:
+        return result
+    computed = iter(
+        torch.autograd.grad(
+            [o for o, _ in pairs],
+            wanted,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+    )
+    for k, (t, n) in enumerate(zip(inputs, needs, strict=True)):
+        if n and t is not None:
+            result[k] = next(computed)
+    return result
 
 
 def define_layer_op(
@@ -116,6 +157,11 @@ def define_layer_op(
         buffers = list(saved[9:])
         # the inputs of the op: positions 1..8 are the differentiable tensors
         needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[1:9], ctx.present, strict=True)]
+        if torch.is_grad_enabled():
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            args = (ctx.cell, *inputs, batch_sizes, ctx.reverse)
+            result = differentiable_backward(reference.layer, args, {}, inputs, needs, grads)
+            return (None, *result, None, None)
         out = layer_bwd(
             ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
             buffers, list(grads), needs,
