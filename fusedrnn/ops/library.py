@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from . import reference
-
 NAMESPACE = "fusedrnn"
 INPUT_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
@@ -75,6 +73,20 @@ def differentiable_backward(
         if n and t is not None:
             result[k] = next(computed)
     return result
+
+
+DOUBLE_BACKWARD_BACKENDS = ("cpu", "reference")
+
+
+def refuse_double_backward(backend: str) -> None:
+    """Call first in an op's backward whose gradients are computed by opaque kernels only:
+    under ``create_graph=True`` (grad mode on inside the backward) they would silently have
+    no graph, or fail deep inside autograd."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"fusedrnn {backend} backend: double backward (create_graph=True) is not "
+            f"supported; the {' and '.join(DOUBLE_BACKWARD_BACKENDS)} backends support it"
+        )
 
 
 def define_layer_op(
@@ -157,11 +169,7 @@ def define_layer_op(
         buffers = list(saved[9:])
         # the inputs of the op: positions 1..8 are the differentiable tensors
         needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[1:9], ctx.present, strict=True)]
-        if torch.is_grad_enabled():
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-            args = (ctx.cell, *inputs, batch_sizes, ctx.reverse)
-            result = differentiable_backward(reference.layer, args, {}, inputs, needs, grads)
-            return (None, *result, None, None)
+        refuse_double_backward(backend)
         out = layer_bwd(
             ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
             buffers, list(grads), needs,
