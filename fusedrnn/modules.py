@@ -45,6 +45,22 @@ def _promote_cell_state(c: Tensor, dtype: torch.dtype) -> Tensor:
     return c
 
 
+_NO_TORCHSCRIPT = (
+    "TorchScript (torch.jit.script / torch.jit.trace) is not supported by fusedrnn modules: "
+    "their kernels are custom ops that TorchScript cannot compile or trace faithfully. Use "
+    "torch.compile, or torch.export for deployment."
+)
+
+
+def _refuse_torchscript(*_args) -> None:
+    raise RuntimeError(_NO_TORCHSCRIPT)
+
+
+def _refuse_jit_trace() -> None:
+    if torch.jit.is_tracing():
+        raise RuntimeError(_NO_TORCHSCRIPT)
+
+
 def _check_seq_len(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:
     seq_len = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     if seq_len == 0:
@@ -55,6 +71,8 @@ class RNNBase(nn.Module):
     """Shared machinery of LSTM, GRU and RNN (mirrors ``torch.nn.RNNBase``)."""
 
     mode: str
+    # torch.jit.script calls this on every submodule before compiling anything
+    __prepare_scriptable__ = _refuse_torchscript
 
     def __init__(
         self,
@@ -266,6 +284,7 @@ class RNNBase(nn.Module):
         cx: Tensor | None,  # [L*D, B, H]
         batch_sizes: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        _refuse_jit_trace()
         if self.cell_options.enabled:
             return rnn_stack_variants(
                 _variants.resolve_backend(self.backend, self.cell_options, input.device.type),
@@ -524,6 +543,8 @@ class LSTM(RNNBase):
 class RNNCellBase(nn.Module):
     """Shared machinery of the cells (mirrors ``torch.nn.RNNCellBase``)."""
 
+    __prepare_scriptable__ = _refuse_torchscript
+
     def __init__(
         self,
         input_size: int,
@@ -608,6 +629,7 @@ class RNNCellBase(nn.Module):
 
     def _step(self, cell: str, input: Tensor, h: Tensor, c: Tensor | None):
         """One step through the layer op: a sequence of length one."""
+        _refuse_jit_trace()
         backend = backends.get(backends.resolve(self.backend, input.device.type))
         return cell_step(
             backend, cell, input, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh

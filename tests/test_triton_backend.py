@@ -359,3 +359,15 @@ def test_dot_precision_follows_allow_tf32():
         assert dot_precision(torch.float64) == "ieee"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls,kwargs", [("LSTM", {}), ("GRU", {"layer_norm": True})])
+def test_double_backward_names_the_backends_that_support_it(cls, kwargs, device):
+    """The backward kernels build no graph: create_graph=True must not return gradients
+    that silently lack second derivatives."""
+    mod = getattr(fusedrnn, cls)(3, 2, backend="triton", **kwargs).to(device)
+    x = torch.randn(3, 2, 3, device=device, requires_grad=True)
+    out, _ = mod(x)
+    with pytest.raises(RuntimeError, match="double backward.*cpu and reference"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)

@@ -37,6 +37,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import library, reference
+
 try:
     from fusedrnn import _C
 except (ImportError, OSError):  # not built (no compiler, FUSEDRNN_SKIP_CPU_BUILD=1, ...)
@@ -173,6 +175,13 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, _g1, _g2):
             "fusedrnn cpu backend: the forward ran with train=False (nothing saved); call "
             "fusedrnn.ops.cpu.layer, which decides this from requires_grad"
         )
+    if torch.is_grad_enabled():
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        args = (ctx.cell, *inputs, batch_sizes, ctx.reverse)
+        out = library.differentiable_backward(
+            reference.layer, args, {}, inputs, needs, (grad_y, grad_hn, grad_cn)
+        )
+        return (None, *out, None, None, None)
     if grad_y is None:
         grad_y = torch.zeros_like(y)
     grads = _layer_bwd(

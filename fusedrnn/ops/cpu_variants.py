@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ..variants import LN_EPS
-from . import cpu, reference_variants
+from . import cpu, library, reference_variants
 
 CELLS = ("lstm", "gru")
 # variant_bwd's grad_mask bits, in the order of the differentiable inputs
@@ -213,13 +213,24 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, *_saved_grads):
             "fusedrnn cpu backend: the variant forward ran with train=False (nothing saved); "
             "call fusedrnn.ops.cpu_variants.layer, which decides this from requires_grad"
         )
-    if grad_y is None:
-        grad_y = torch.zeros_like(y)
-    grads = _variant_bwd(
-        ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse, ctx.cifg,
-        ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, *ctx.zoneout, mask_h, mask_c,
-        y, saved, grad_y, grad_hn, grad_cn if ctx.cell == "lstm" else None, mask,
-    )  # fmt: skip
+    if torch.is_grad_enabled():
+        args = (ctx.cell, *diff[:8], batch_sizes, ctx.reverse)
+        kwargs = dict(
+            cifg=ctx.cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
+            ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=ctx.zoneout[0],
+            zoneout_c=ctx.zoneout[1], mask_h=mask_h, mask_c=mask_c,
+        )  # fmt: skip
+        grads = library.differentiable_backward(
+            reference_variants.layer, args, kwargs, diff, needs, (grad_y, grad_hn, grad_cn)
+        )
+    else:
+        if grad_y is None:
+            grad_y = torch.zeros_like(y)
+        grads = _variant_bwd(
+            ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
+            ctx.cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, *ctx.zoneout,
+            mask_h, mask_c, y, saved, grad_y, grad_hn, grad_cn if ctx.cell == "lstm" else None, mask,
+        )  # fmt: skip
     out: list[Tensor | None] = [None] * 24
     for p, g, n in zip(_DIFF_POS, grads, needs, strict=True):
         out[p] = g if n else None

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import cuda as _cuda
-from . import reference_variants
+from . import library, reference_variants
 
 CELLS = ("lstm", "gru")
 SUPPORTED_DTYPES = _cuda.SUPPORTED_DTYPES
@@ -307,6 +307,7 @@ def make_layer(
                               inputs[22], *output)  # fmt: skip
 
     def backward(ctx, grads):
+        library.refuse_double_backward(backend)
         t = ctx.saved_tensors
         diff, (batch_sizes, mask_h, mask_c), buffers = t[:15], t[15:18], list(t[18:])
         wanted = [ctx.needs_input_grad[p] for p in _DIFF_POS]

@@ -36,6 +36,59 @@ BackwardFn = Callable[..., Sequence[Tensor | None]]
 UnpackFn = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
 
 
+def differentiable_backward(
+    reference: Callable[..., tuple[Tensor, Tensor, Tensor | None]],
+    args: Sequence,
+    kwargs: dict,
+    inputs: Sequence[Tensor | None],
+    needs: Sequence[bool],
+    grads: Sequence[Tensor | None],
+) -> list[Tensor | None]:
+    """The gradients of ``inputs`` as a graph autograd can differentiate again: the backward
+    of a fused op is itself an opaque kernel, so under ``create_graph=True`` the forward is
+    recomputed with ``reference(*args, **kwargs)`` (same contract, plain PyTorch) and
+    differentiated by autograd. ``grads`` are those of (y, h_n, c_n); None means zero."""
+    wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
+    result: list[Tensor | None] = [None] * len(inputs)
+    if not wanted:
+        return result
+    outs = reference(*args, **kwargs)
+    pairs = [
+        (o, g) for o, g in zip(outs, grads, strict=False)
+        if o is not None and g is not None and o.requires_grad
+    ]  # fmt: skip
+    if not pairs:
+        return result
+    computed = iter(
+        torch.autograd.grad(
+            [o for o, _ in pairs],
+            wanted,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+    )
+    for k, (t, n) in enumerate(zip(inputs, needs, strict=True)):
+        if n and t is not None:
+            result[k] = next(computed)
+    return result
+
+
+DOUBLE_BACKWARD_BACKENDS = ("cpu", "reference")
+
+
+def refuse_double_backward(backend: str) -> None:
+    """Call first in an op's backward whose gradients are computed by opaque kernels only:
+    under ``create_graph=True`` (grad mode on inside the backward) they would silently have
+    no graph, or fail deep inside autograd."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"fusedrnn {backend} backend: double backward (create_graph=True) is not "
+            f"supported; the {' and '.join(DOUBLE_BACKWARD_BACKENDS)} backends support it"
+        )
+
+
 def define_layer_op(
     backend: str,
     forward: ForwardFn,
@@ -116,6 +169,7 @@ def define_layer_op(
         buffers = list(saved[9:])
         # the inputs of the op: positions 1..8 are the differentiable tensors
         needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[1:9], ctx.present, strict=True)]
+        refuse_double_backward(backend)
         out = layer_bwd(
             ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
             buffers, list(grads), needs,

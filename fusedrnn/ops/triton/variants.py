@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...variants import LN_EPS
-from .. import reference_variants
+from .. import library, reference_variants
 from ..library import NAMESPACE
 from . import runtime
 
@@ -426,6 +426,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward_rule(ctx, grads):
+    library.refuse_double_backward("triton")
     saved = ctx.saved_tensors
     (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
      ln_c_w, ln_c_b, w_ch, mask_h, mask_c) = saved[: ctx.n_inputs]  # fmt: skip

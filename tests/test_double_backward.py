@@ -1,0 +1,76 @@
+"""Double backward (``create_graph=True`` then a second backward) on the cpu backend:
+gradgradcheck in float64 on tiny sizes, and second-order gradients against torch.nn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradgradcheck
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+T, B, I, H = 3, 2, 3, 2
+LENGTHS = [2, 3]
+CASES = {
+    "LSTM": ("LSTM", {}),
+    "LSTM_PROJ": ("LSTM", {"proj_size": 1}),
+    "GRU": ("GRU", {}),
+    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
+    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
+    "LSTM_LN": ("LSTM", {"layer_norm": True}),
+}
+
+
+def _function(mode, bidirectional=False, packed=False, backend="cpu"):
+    cls, kw = CASES[mode]
+    mod = getattr(fusedrnn, cls)(I, H, bidirectional=bidirectional, backend=backend, **kw).double()
+    names = [n for n, _ in mod.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in mod.parameters()]
+    n = 2 if bidirectional else 1
+    h_out = kw.get("proj_size") or H
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(n, B, h_out, dtype=torch.float64, requires_grad=True)]
+    if cls == "LSTM":
+        states.append(torch.randn(n, B, H, dtype=torch.float64, requires_grad=True))
+
+    def f(x, *rest):
+        hx = rest[: len(states)]
+        weights = dict(zip(names, rest[len(states) :], strict=True))
+        inp = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
+        out, state = functional_call(mod, weights, (inp, hx if cls == "LSTM" else hx[0]))
+        out = out.data if packed else out
+        return (out, *state) if cls == "LSTM" else (out, state)
+
+    return f, (x, *states, *params)
+
+
+@pytest.mark.parametrize("mode", CASES)
+def test_gradgradcheck_cpu(mode):
+    f, inputs = _function(mode)
+    assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_gradgradcheck_cpu_bidirectional_packed(mode):
+    f, inputs = _function(mode, bidirectional=True, packed=True)
+    assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_second_order_matches_torch_nn(rnn_pair):
+    ref, mod = rnn_pair("LSTM", I, H, num_layers=2, backend="cpu", dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    grads = []
+    for m in (ref, mod):
+        xi = x.clone().requires_grad_()
+        out, (h_n, c_n) = m(xi)
+        loss = (out**2).sum() + (h_n * c_n).sum()
+        params = list(m.parameters())
+        first = torch.autograd.grad(loss, [xi, *params], create_graph=True)
+        penalty = sum((g**2).sum() for g in first)
+        grads.append(torch.autograd.grad(penalty, [xi, *params]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,49 @@
+"""TorchScript is not supported: scripting or tracing a module fails up front with one
+message that names the supported paths, torch.compile and torch.export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusedrnn
+
+MODULES = {
+    "LSTM": lambda: fusedrnn.LSTM(3, 4, backend="cpu"),
+    "LSTM_PROJ": lambda: fusedrnn.LSTM(3, 4, proj_size=2, num_layers=2, backend="cpu"),
+    "GRU": lambda: fusedrnn.GRU(3, 4, bidirectional=True, backend="cpu"),
+    "RNN": lambda: fusedrnn.RNN(3, 4, batch_first=True, backend="reference"),
+    "LSTMCell": lambda: fusedrnn.LSTMCell(3, 4, backend="cpu"),
+    "GRUCell": lambda: fusedrnn.GRUCell(3, 4, backend="cpu"),
+    "RNNCell": lambda: fusedrnn.RNNCell(3, 4, backend="reference"),
+}
+MESSAGE = r"TorchScript.*not supported.*torch\.compile.*torch\.export"
+
+
+def _input(name):
+    return torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_script_raises(name):
+    with pytest.raises(RuntimeError, match=MESSAGE):
+        torch.jit.script(MODULES[name]())
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_script_raises_for_a_submodule(name):
+    model = torch.nn.Sequential(MODULES[name]())
+    with pytest.raises(RuntimeError, match=MESSAGE):
+        torch.jit.script(model)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_trace_raises(name):
+    with pytest.raises(RuntimeError, match=MESSAGE):
+        torch.jit.trace(MODULES[name](), (_input(name),))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_eager_still_runs(name):
+    mod = MODULES[name]()
+    mod(_input(name))
