@@ -61,6 +61,23 @@ def _refuse_jit_trace() -> None:
         raise RuntimeError(_NO_TORCHSCRIPT)
 
 
+def _check_devices(input: Tensor, hidden: tuple[Tensor, ...], params: list[Tensor]) -> None:
+    """torch.nn's RNN device checks, with its messages: a state or a weight on another device
+    (meta included) would otherwise be read as if it lived on the input's."""
+    for h in hidden:
+        if h.device != input.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{input.device} and hidden tensor at {h.device}"
+            )
+    for p in params:
+        if p.device != input.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{input.device} and parameter tensor at {p.device}"
+            )
+
+
 def _check_seq_len(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:
     seq_len = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     if seq_len == 0:
@@ -269,6 +286,7 @@ class RNNBase(nn.Module):
     def check_forward_args(self, input: Tensor, hidden: Tensor, batch_sizes: Tensor | None):
         self.check_input(input, batch_sizes)
         self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+        _check_devices(input, (hidden,), self._flat_weights)
 
     def permute_hidden(self, hx: Tensor, permutation: Tensor | None) -> Tensor:
         if permutation is None:
@@ -498,6 +516,7 @@ class LSTM(RNNBase):
             self.get_expected_cell_size(input, batch_sizes),
             "Expected hidden[1] size {}, got {}",
         )
+        _check_devices(input, tuple(hidden), self._flat_weights)
 
     def permute_hidden(self, hx, permutation):  # type: ignore[override]
         if permutation is None:
@@ -616,6 +635,9 @@ class RNNCellBase(nn.Module):
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, "
                     f"expected {self.hidden_size}"
                 )
+        # torch's cells fail here with "Tensor on device cpu is not on the expected device
+        # meta!"; the RNN layers' wording names which tensor is elsewhere
+        _check_devices(input, states, list(self.parameters()))
         # torch's cells fail in their two matmuls (input @ W_ih^T, then h @ W_hh^T); c is
         # only used elementwise, so a c of another dtype is promoted, not rejected.
         # (under autocast they cast both sides instead)

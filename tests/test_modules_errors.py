@@ -193,3 +193,44 @@ def test_empty_batch_matches_torch(name):
         strict=True,
     ):
         assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("where", ["h0", "c0", "weights"])
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_mixed_devices_rejected_like_torch_nn(same_error, cls, where):
+    """A state or weight on another device (meta here, the one every machine has) is refused
+    with torch.nn's message instead of being read as if it lived beside the input."""
+    if where == "c0" and cls != "LSTM":
+        pytest.skip("only the LSTM has a cell state")
+    x = torch.randn(3, 2, 4)
+
+    def run(mod):
+        m = getattr(mod, cls)(4, 5)
+        h0, c0 = torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)
+        if where == "weights":
+            m = m.to("meta")
+        elif where == "h0":
+            h0 = h0.to("meta")
+        else:
+            c0 = c0.to("meta")
+        return m(x, (h0, c0) if cls == "LSTM" else h0)
+
+    err = same_error(run, RuntimeError)
+    assert "not at the same device" in str(err)
+
+
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("where", ["h", "c", "weights"])
+def test_cells_reject_mixed_devices(cls, where):
+    if where == "c" and cls != "LSTMCell":
+        pytest.skip("only the LSTM cell has a cell state")
+    cell = getattr(fusedrnn, cls)(4, 5)
+    x, h, c = torch.randn(2, 4), torch.zeros(2, 5), torch.zeros(2, 5)
+    if where == "weights":
+        cell = cell.to("meta")
+    elif where == "h":
+        h = h.to("meta")
+    else:
+        c = c.to("meta")
+    with pytest.raises(RuntimeError, match="not at the same device, found input tensor at cpu"):
+        cell(x, (h, c) if cls == "LSTMCell" else h)
