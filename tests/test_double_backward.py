@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import module_as_function
 from torch.autograd import gradgradcheck
-from torch.func import functional_call
-from torch.nn.utils.rnn import pack_padded_sequence
-
-import fusedrnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,25 +24,8 @@ CASES = {
 
 def _function(mode, bidirectional=False, packed=False, backend="cpu"):
     cls, kw = CASES[mode]
-    mod = getattr(fusedrnn, cls)(I, H, bidirectional=bidirectional, backend=backend, **kw).double()
-    names = [n for n, _ in mod.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in mod.parameters()]
-    n = 2 if bidirectional else 1
-    h_out = kw.get("proj_size") or H
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    states = [torch.randn(n, B, h_out, dtype=torch.float64, requires_grad=True)]
-    if cls == "LSTM":
-        states.append(torch.randn(n, B, H, dtype=torch.float64, requires_grad=True))
-
-    def f(x, *rest):
-        hx = rest[: len(states)]
-        weights = dict(zip(names, rest[len(states) :], strict=True))
-        inp = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
-        out, state = functional_call(mod, weights, (inp, hx if cls == "LSTM" else hx[0]))
-        out = out.data if packed else out
-        return (out, *state) if cls == "LSTM" else (out, state)
-
-    return f, (x, *states, *params)
+    return module_as_function(cls, kw, (T, B, I, H), LENGTHS, bidirectional=bidirectional,
+                              packed=packed, backend=backend)  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", CASES)
