@@ -295,4 +295,7 @@ def test_triton_every_custom_op_is_covered():
         if n.startswith("fusedrnn::")
     }
     covered = {op for ops in OP_MODULES.values() for op in ops}
-    assert registered - covered - set(CUDA_ONLY) == set()
+    # the CUDA tests register the cuda op factories over a CPU build of the kernels under
+    # "*host_test*" names when they run in this process; they are test fixtures, not ops
+    harness = {n for n in registered if "host_test" in n}
+    assert registered - covered - harness - set(CUDA_ONLY) == set()
