@@ -205,7 +205,14 @@ class RNNBase(nn.Module):
     @property
     def _flat_weights(self) -> list[Tensor]:
         # Looked up at every access: never stale (functional_call, parametrizations, ...).
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # Straight from _parameters where the weight lives there (nn.Module.__getattr__ is a
+        # Python call per weight, a large share of a single-step call); getattr otherwise
+        # (a parametrized weight is a property of the class, its original moved away).
+        params = self._parameters
+        return [
+            params[name] if name in params else getattr(self, name)
+            for name in self._flat_weights_names
+        ]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:

@@ -132,3 +132,25 @@ def test_layer_with_packed_step_products(own_sgemm, cell, threads):
 def test_lstm_projection_with_packed_step_products(own_sgemm):
     inp = make_inputs("lstm", 9, 16, 140, 260, proj=131, dtype=torch.float64, seed=13)
     compare_to_float64("lstm", inp, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_small_m_products_match_float64(dtype, m):
+    """gemm() sends x W^T with at most four rows to the dot-product kernel (sampling steps):
+    blocks of eight rows of W with a shuffle-tree lane sum, then four, then single rows, and
+    a scalar tail of k."""
+    from fusedrnn import _C
+
+    g = torch.Generator().manual_seed(m)
+    for n, k in itertools.product([1, 7, 8, 9, 16, 68, 515], [1, 7, 8, 9, 64, 130]):
+        A = torch.randn(m, k, generator=g).to(dtype)
+        W = torch.randn(n, k, generator=g).to(dtype)
+        for beta in (0.0, 1.0):
+            c_in = torch.randn(m, n, generator=g).to(dtype)
+            C = torch.full((m, n), float("nan"), dtype=dtype) if beta == 0 else c_in.clone()
+            _C._gemm(False, True, 1.0, A, W, beta, C)
+            want = A.double() @ W.double().t() + beta * c_in.double()
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(C.double(), want, rtol=0, atol=8 * eps * k**0.5 * 4,
+                                       msg=lambda s, nk=(n, k): f"{nk}: {s}")  # fmt: skip

@@ -29,6 +29,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n]",
         py::arg("cell"), py::arg("x"), py::arg("hx"), py::arg("cx"), py::arg("flat_weights"),
         py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"));
+  m.def("generate", &fusedrnn::cpu::generate, py::call_guard<py::gil_scoped_release>(),
+        "The sampling loop of a character model: -> ids [B, length]; h, c, logits updated",
+        py::arg("cell"), py::arg("embed"), py::arg("flat_weights"), py::arg("num_layers"),
+        py::arg("has_bias"), py::arg("variant_weights"), py::arg("cifg"), py::arg("zoneout_h"),
+        py::arg("zoneout_c"), py::arg("eps"), py::arg("dec_w"), py::arg("dec_b"), py::arg("h"),
+        py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("advance_last"),
+        py::arg("temperature"), py::arg("top_k"), py::arg("argmax"), py::arg("generator"));
   m.def("variant_fwd", &fusedrnn::cpu::variant_fwd, py::call_guard<py::gil_scoped_release>(),
         "Forward of one variant layer/direction: -> [y, h_n, c_n, act, cs, ct, hh, xh, stats]",
         py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),

@@ -181,8 +181,8 @@ void rnn_bwd(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu) 
     rnn_bwd_loop<T, RNNTanhCell>(n, h, dy, dh, dg);
 }
 
-// Dot products of contiguous rows, four rows of B at a time so that every load of A's row is
-// shared, with explicit 32-byte vector accumulators: the compiler may not vectorise a scalar
+// Dot products of contiguous rows, eight (float) or four rows of B at a time so that every
+// load of A's row is shared, with explicit 32-byte vector accumulators: the compiler may not vectorise a scalar
 // float sum itself (that would reassociate it). GCC/Clang vector extensions lower to AVX in
 // the AVX2 copy and to pairs of SSE registers in the generic one. MKL's sgemv/sgemm take a
 // generic path for one row on some non-Intel CPUs; this loop is several times faster there.
@@ -200,6 +200,24 @@ template <>
 struct Vec32<double> {
   typedef double type __attribute__((vector_size(32)));
 };
+
+// Lane u of the result = the sum of the lanes of v[u], for eight 8-lane vectors: three levels
+// of pairwise sums, each combining two vectors' neighbouring lanes.
+template <typename V>
+inline V sum8(const V* v) {
+  auto pairs = [](V a, V b) {
+    return __builtin_shufflevector(a, b, 0, 8, 2, 10, 4, 12, 6, 14) +
+           __builtin_shufflevector(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+  };
+  auto quads = [](V a, V b) {
+    return __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+  };
+  const V lo = quads(pairs(v[0], v[1]), pairs(v[2], v[3]));  // [v0..v3 low halves, high halves]
+  const V hi = quads(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
+}
 
 template <typename T>
 void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_t lda,
@@ -221,6 +239,27 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
     const T* __restrict a = A + b * lda;
     T* __restrict c = C + b * ldc;
     int64_t j = 0;
+    if constexpr (kLanes == 8) {
+      // Eight rows of B at a time, one accumulator each (eight independent FMA chains), and
+      // the eight lane sums done together by a shuffle tree (sum8): at k of a few hundred,
+      // sequential lane sums per row cost as much as the products themselves.
+      for (; j + 8 <= n; j += 8) {
+        const T* __restrict w = B + j * ldb;
+        V s[8] = {};
+        for (int64_t q = 0; q < kv; q += kLanes) {
+          const V av = load(a + q);
+#pragma GCC unroll 8
+          for (int u = 0; u < 8; ++u) s[u] += av * load(w + u * ldb + q);
+        }
+        const V sums = sum8(s);
+        T r[8];
+        std::memcpy(r, &sums, sizeof(V));
+        for (int64_t u = 0; u < 8; ++u) {
+          for (int64_t q = kv; q < k; ++q) r[u] += a[q] * w[u * ldb + q];
+          c[j + u] = beta == T(0) ? r[u] : r[u] + beta * c[j + u];
+        }
+      }
+    }
     for (; j + 4 <= n; j += 4) {
       const T* __restrict w = B + j * ldb;
       // two accumulators per row: eight independent FMA chains hide the FMA latency
@@ -260,6 +299,52 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
     }
   }
 }
+
+// gemm_small_m over B packed by pack_rows8 (stack_step.h): every full block of eight rows is one
+// contiguous stream, [k/8 chunks][8 rows][8 lanes] then [8 rows][k % 8], so the hardware
+// prefetcher follows it. The products and their order are gemm_small_m's, so the results are
+// bit for bit the same; rows past the last full block are read from B itself.
+template <typename T>
+void gemm_small_m_packed(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_t lda,
+                         const T* __restrict Bp, const T* __restrict B, int64_t ldb, T beta,
+                         T* __restrict C, int64_t ldc) {
+  using V = typename Vec32<T>::type;
+  constexpr int64_t kLanes = sizeof(V) / sizeof(T);
+  if constexpr (kLanes != 8) {
+    gemm_small_m<T>(m, n, k, A, lda, B, ldb, beta, C, ldc);
+  } else {
+    const int64_t kv = k / kLanes * kLanes, tail = k - kv;
+    auto load = [](const T* p) {
+      V v;
+      std::memcpy(&v, p, sizeof(V));
+      return v;
+    };
+    const int64_t full = n / 8 * 8;
+    for (int64_t b = 0; b < m; ++b) {
+      const T* __restrict a = A + b * lda;
+      T* __restrict c = C + b * ldc;
+      for (int64_t j = 0; j < full; j += 8) {
+        const T* __restrict blk = Bp + j * k;
+        V s[8] = {};
+        for (int64_t q = 0; q < kv; q += kLanes) {
+          const V av = load(a + q);
+          const T* __restrict chunk = blk + q * 8;
+#pragma GCC unroll 8
+          for (int u = 0; u < 8; ++u) s[u] += av * load(chunk + u * kLanes);
+        }
+        const V sums = sum8(s);
+        T r[8];
+        std::memcpy(r, &sums, sizeof(V));
+        const T* __restrict t = blk + kv * 8;
+        for (int64_t u = 0; u < 8; ++u) {
+          for (int64_t q = 0; q < tail; ++q) r[u] += a[kv + q] * t[u * tail + q];
+          c[j + u] = beta == T(0) ? r[u] : r[u] + beta * c[j + u];
+        }
+      }
+      if (full < n) gemm_small_m<T>(1, n - full, k, a, lda, B + full * ldb, ldb, beta, c + full, ldc);
+    }
+  }
+}
 #else
 template <typename T>
 void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
@@ -270,6 +355,11 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, cons
       for (int64_t q = 0; q < k; ++q) r += A[b * lda + q] * B[j * ldb + q];
       C[b * ldc + j] = beta == T(0) ? r : r + beta * C[b * ldc + j];
     }
+}
+template <typename T>
+void gemm_small_m_packed(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T*,
+                         const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  gemm_small_m<T>(m, n, k, A, lda, B, ldb, beta, C, ldc);
 }
 #endif
 
@@ -283,6 +373,7 @@ PointwiseKernels<T> make_kernels() {
   k.rnn_fwd = &rnn_fwd<T>;
   k.rnn_bwd = &rnn_bwd<T>;
   k.gemm_small_m = &gemm_small_m<T>;
+  k.gemm_small_m_packed = &gemm_small_m_packed<T>;
   return k;
 }
 

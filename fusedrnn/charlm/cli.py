@@ -232,7 +232,7 @@ def _add_sample(sub) -> None:
         "--num-samples",
         type=int,
         default=1,
-        help="independent samples, each under a '--- sample i of N ---' line",
+        help="independent samples, drawn as one batch, each under a '--- sample i of N ---' line",
     )
     p.add_argument("--output", metavar="FILE", help="write the samples to FILE, not stdout")
     p.set_defaults(func=cmd_sample)
@@ -322,7 +322,7 @@ def _read_prime_file(path: str, bytes_mode: bool) -> str:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .sample import generate
+    from .sample import generate, generate_batch
 
     if args.length < 0:
         raise CharLMError("--length must be >= 0")
@@ -361,10 +361,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     n = args.num_samples
+    context = None if prime else cfg.get("sample_context")
     try:
-        for i in range(n):
-            if n > 1:
-                emit(("\n" if i else "") + f"--- sample {i + 1} of {n} ---\n")
+        if n == 1:
             emit(prime)
             generate(
                 model,
@@ -376,9 +375,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 args.argmax,
                 generator=gen,
                 on_text=emit,
-                context=None if prime else cfg.get("sample_context"),
+                context=context,
             )
             emit("\n")
+        else:  # one batch: the samples are drawn side by side, then written one after another
+            texts = generate_batch(
+                model,
+                vocab,
+                prime,
+                args.length,
+                n,
+                args.temperature,
+                args.top_k,
+                args.argmax,
+                generator=gen,
+                context=context,
+            )
+            for i, text in enumerate(texts):
+                emit(("\n" if i else "") + f"--- sample {i + 1} of {n} ---\n")
+                emit(prime + text + "\n")
     finally:
         if args.output is not None:
             out.close()

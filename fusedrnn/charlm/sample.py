@@ -47,6 +47,7 @@ def generate(
     generator: torch.Generator | None = None,
     on_text: Callable[[str], None] | None = None,
     context: list[str] | None = None,
+    fused: bool | None = None,
 ) -> str:
     """Generate ``length`` characters after ``prime`` (the prime is not part of the result).
 
@@ -56,14 +57,55 @@ def generate(
     From a zero state a lone newline is a context the model has rarely seen, and at a low
     temperature its likeliest continuation is often a run of spaces. Without ``context`` the seed
     is a newline when the vocabulary has one, else its first character.
-    ``on_text`` receives every character as soon as it is chosen (streaming).
+    ``on_text`` receives the text as it is chosen (streaming; in pieces of up to
+    :data:`STREAM_CHUNK` characters on the fused path). ``fused``: see :func:`generate_batch`.
+    """
+    return generate_batch(
+        model, vocab, prime, length, 1, temperature, top_k, argmax, generator, on_text, context,
+        fused,
+    )[0]  # fmt: skip
+
+
+STREAM_CHUNK = 64  # characters per call of the fused loop when the text is streamed
+
+
+@torch.no_grad()
+def generate_batch(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str = "",
+    length: int = 200,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    argmax: bool = False,
+    generator: torch.Generator | None = None,
+    on_text: Callable[[str], None] | None = None,
+    context: list[str] | None = None,
+    fused: bool | None = None,
+) -> list[str]:
+    """``num_samples`` texts generated side by side as one batch (see :func:`generate`).
+
+    ``fused=None`` runs the whole per-character loop in the compiled CPU backend when the model
+    allows it (:func:`fused_supported`), else in Python; ``True`` insists on the fused loop and
+    ``False`` on the Python one. Both make the same choices from the same generator: the fused
+    loop runs the same operations (fusedrnn._C.generate), so a seed gives the same text.
+    ``on_text`` (one sample only) receives the text as it is chosen.
     """
     if length < 0:
         raise DataError(f"length must be >= 0, got {length}")
+    if num_samples < 1:
+        raise DataError(f"num_samples must be >= 1, got {num_samples}")
     if temperature < 0:
         raise DataError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 0:
         raise DataError(f"top-k must be >= 0, got {top_k}")
+    if on_text is not None and num_samples > 1:
+        raise DataError("on_text streams one sample; generate a batch without it")
+    why_not = fused_unsupported(model)
+    if fused and why_not:
+        raise DataError(f"the fused sampling loop cannot run this model: {why_not}")
+    use_fused = why_not is None if fused is None else fused
     was_training = model.training
     model.eval()
     try:
@@ -75,23 +117,106 @@ def generate(
             seed = usable[int(torch.randint(len(usable), (1,), generator=generator))]
         else:
             seed = "\n" if "\n" in vocab.stoi else vocab.chars[0]
-        ids = torch.tensor([vocab.encode(seed)], dtype=torch.long, device=device)  # [1, P]
-        logits, states, _ = model.forward_layers(ids)
-        last = logits[:, -1].float().cpu()  # [1, V]; choices are made on the CPU generator
-        out: list[str] = []
-        for i in range(length):
-            nxt = pick(last, temperature, top_k, argmax, generator)  # [1]
-            ch = vocab.chars[int(nxt)]
-            out.append(ch)
-            if on_text is not None:
-                on_text(ch)
-            if i + 1 < length:
-                step = nxt.view(1, 1).to(device)
-                logits, states, _ = model.forward_layers(step, states)  # single-step path
-                last = logits[:, -1].float().cpu()
-        return "".join(out)
+        ids = torch.tensor([vocab.encode(seed)] * num_samples, dtype=torch.long, device=device)
+        logits, states, _ = model.forward_layers(ids)  # ids [B, P]
+        last = logits[:, -1].float().cpu()  # [B, V]; choices are made on the CPU generator
+        emit = None if on_text is None else lambda row: on_text(vocab.decode(row))
+        run = _fused_loop if use_fused else _python_loop
+        chosen = run(model, states, last, length, temperature, top_k, argmax, generator, emit)
+        return [vocab.decode(row) for row in chosen.tolist()]
     finally:
         model.train(was_training)
+
+
+def _python_loop(model, states, last, length, temperature, top_k, argmax, generator, emit):
+    """One model call, softmax and draw per character: [B, length] ids."""
+    device = model.decoder.weight.device
+    out = torch.empty(last.shape[0], length, dtype=torch.long)
+    for i in range(length):
+        nxt = pick(last, temperature, top_k, argmax, generator)  # [B]
+        out[:, i] = nxt
+        if emit is not None:
+            emit(nxt.tolist())
+        if i + 1 < length:
+            step = nxt.view(-1, 1).to(device)
+            logits, states, _ = model.forward_layers(step, states)  # single-step path
+            last = logits[:, -1].float().cpu()
+    return out
+
+
+def fused_unsupported(model: CharRNN) -> str | None:
+    """Why the fused sampling loop cannot run ``model`` (None when it can): it needs the
+    compiled CPU backend, a float32/float64 model on the CPU and fusedrnn layers that run on
+    that backend, so that its arithmetic is the Python loop's."""
+    from fusedrnn import backends
+
+    cpu = backends.get("cpu") if "cpu" in backends.available_backends() else None
+    if cpu is None or not hasattr(cpu._C, "generate"):
+        return "the compiled CPU backend (fusedrnn._C) is not built"
+    w = model.decoder.weight
+    if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.float64):
+        return f"it runs on the CPU in float32 or float64 (the model is {w.dtype} on {w.device})"
+    if model.impl != "fusedrnn":
+        return "its recurrent layers are torch.nn's"
+    if model.backend not in (None, "cpu") or backends.resolve(model.backend, "cpu") != "cpu":
+        return f"its layers run on the {model.backend!r} backend"
+    return None
+
+
+def _fused_loop(model, states, last, length, temperature, top_k, argmax, generator, emit):
+    """fusedrnn._C.generate over the whole text (or in STREAM_CHUNK pieces when streaming)."""
+    from fusedrnn import backends
+    from fusedrnn.functional import MODES
+    from fusedrnn.variants import LN_EPS, layer_weights
+
+    rnns = list(model.rnns)
+    lstm = model.is_lstm
+    h = torch.cat([s[0] if lstm else s for s in states]).contiguous()  # [L, B, H]
+    c = torch.cat([s[1] for s in states]).contiguous() if lstm else None
+    options = rnns[0].cell_options
+    variant_weights: list = []
+    if options.enabled:
+        for rnn in rnns:
+            (extra,) = layer_weights(rnn)
+            variant_weights += [extra.get(stem) for stem in _VARIANT_STEMS]
+    args = dict(
+        cell=MODES[rnns[0].mode],
+        embed=None if model.embed is None else model.embed.weight.detach(),
+        flat_weights=[w.detach() for rnn in rnns for w in rnn._flat_weights],
+        num_layers=len(rnns),
+        has_bias=rnns[0].bias,
+        variant_weights=[None if w is None else w.detach() for w in variant_weights],
+        cifg=options.cifg,
+        zoneout_h=float(options.zoneout_h),
+        zoneout_c=float(options.zoneout_c),
+        eps=LN_EPS,
+        dec_w=model.decoder.weight.detach(),
+        dec_b=None if model.decoder.bias is None else model.decoder.bias.detach(),
+        h=h,
+        c=c,
+        logits=last.contiguous(),
+        temperature=float(temperature),
+        top_k=int(top_k or 0),
+        argmax=bool(argmax),
+        generator=generator,
+    )
+    _C = backends.get("cpu")._C
+    step = STREAM_CHUNK if emit is not None else max(length, 1)
+    pieces = []
+    for start in range(0, length, step):
+        n = min(step, length - start)
+        ids = _C.generate(length=n, advance_last=start + n < length, **args)  # [B, n]
+        if emit is not None:
+            emit(ids[0].tolist())
+        pieces.append(ids)
+    return torch.cat(pieces, 1) if pieces else torch.empty(h.shape[1], 0, dtype=torch.long)
+
+
+# the order of fusedrnn._C.generate's variant weights, per layer
+_VARIANT_STEMS = (
+    "layer_norm_ih_weight", "layer_norm_ih_bias", "layer_norm_hh_weight", "layer_norm_hh_bias",
+    "layer_norm_c_weight", "layer_norm_c_bias", "weight_ch",
+)  # fmt: skip
 
 
 def line_start_contexts(text: str, n: int = 16, width: int = 120, seed: int = 0) -> list[str]:

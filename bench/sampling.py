@@ -1,0 +1,143 @@
+"""Sampling speed of the char-LM: characters per second of `generate`, by how the loop runs.
+
+Three loops over the same weights, seed and prime, measured interleaved in one process:
+
+* ``fused``:  fusedrnn layers, the whole per-character loop in C++ (fusedrnn._C.generate);
+* ``python``: fusedrnn layers, one Python model call, softmax and draw per character;
+* ``torch``:  torch.nn layers (oneDNN) in the same Python loop.
+
+The fused and python loops choose the same characters (tests/test_charlm_generate.py); this
+measures only their speed. Weights are random: the cost per character does not depend on them.
+
+    python bench/sampling.py                  # 1 thread, the default shapes
+    python bench/sampling.py --threads 2 --rounds 9
+
+Writes results.csv, results.md and meta.json to --out (default bench/results/sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.measure import cpu_model, load_average, versions  # noqa: E402
+from fusedrnn.charlm.data import Vocab  # noqa: E402
+from fusedrnn.charlm.model import CharRNN  # noqa: E402
+from fusedrnn.charlm.sample import generate_batch  # noqa: E402
+
+# 65 symbols, the size of tinyshakespeare's alphabet
+VOCAB = Vocab(
+    sorted(set("\n !$&',-.3:;?" + "".join(map(chr, range(65, 91))) + "abcdefghijklmnopqrstuvwxyz"))
+)
+LOOPS = ("fused", "python", "torch")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; medians reported")
+    p.add_argument("--seconds", type=float, default=0.4, help="target time of one measurement")
+    p.add_argument("--shapes", default="2x128,3x512", help="LAYERSxHIDDEN, comma separated")
+    p.add_argument("--cells", default="lstm,gru,rnn")
+    p.add_argument("--batches", default="1,8", help="samples drawn side by side")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sampling")
+    return p.parse_args(argv)
+
+
+def chars_per_second(model: CharRNN, loop: str, batch: int, n: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    generate_batch(model, VOCAB, "\n", n, batch, generator=g, fused=loop == "fused")
+    return batch * n / (time.perf_counter() - start)
+
+
+def measure(cell: str, layers: int, hidden: int, batch: int, rounds: int, seconds: float) -> dict:
+    torch.manual_seed(0)
+    models = {"fused": CharRNN(len(VOCAB.chars), cell, hidden, layers, 64)}
+    models["python"] = models["fused"]
+    models["torch"] = CharRNN(len(VOCAB.chars), cell, hidden, layers, 64, impl="torch")
+    models["torch"].load_state_dict(models["fused"].state_dict())
+    # length per measurement from a short probe, so that every loop runs about `seconds`
+    lengths = {}
+    for loop in LOOPS:
+        rate = chars_per_second(models[loop], loop, batch, 20)
+        lengths[loop] = max(20, int(rate * seconds / batch))
+    rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
+    for _ in range(rounds):
+        for loop in LOOPS:
+            rates[loop].append(chars_per_second(models[loop], loop, batch, lengths[loop]))
+    return {loop: statistics.median(r) for loop, r in rates.items()}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_start = load_average()
+    rows = []
+    for shape in args.shapes.split(","):
+        layers, hidden = (int(v) for v in shape.split("x"))
+        for cell in args.cells.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                med = measure(cell, layers, hidden, batch, args.rounds, args.seconds)
+                row = {"cell": cell, "layers": layers, "hidden": hidden, "batch": batch}
+                row.update({f"{loop}_chars_per_s": round(med[loop], 1) for loop in LOOPS})
+                rows.append(row)
+                print(row, flush=True)
+    meta = {
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        **versions(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(rows, meta))
+    return 0
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# Char-LM sampling speed",
+        "",
+        f"{meta['cpu']}, {meta['threads']} thread(s), torch {meta['torch']}; medians of "
+        f"{meta['rounds']} interleaved rounds; load average {meta['load_average_start']:.2f} at "
+        f"the start, {meta['load_average_end']:.2f} at the end. Embedding 64, vocabulary 65, "
+        "random weights. Characters per second over all samples of the batch; ratios against "
+        "the Python loop over torch.nn layers. Raw numbers: results.csv.",
+        "",
+        "| cell | layers × hidden | batch | fused loop | Python loop, fusedrnn layers "
+        "| Python loop, torch.nn layers |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref = r["torch_chars_per_s"]
+        cells = [
+            f"{r[f'{loop}_chars_per_s']:,.0f} ({r[f'{loop}_chars_per_s'] / ref:.1f}×)"
+            for loop in LOOPS
+        ]
+        lines.append(
+            f"| {r['cell']} | {r['layers']} × {r['hidden']} | {r['batch']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+// generate: the sampling loop of a character model (embedding -> recurrent stack -> linear
+// decoder -> next character) as one call, so that no Python runs between characters.
+//
+// It reproduces fusedrnn/charlm/sample.py's per-character loop operation for operation: the
+// choice uses the same ATen ops and the same generator draws as sample.pick (softmax, then
+// torch.multinomial's one-sample rule argmax(p / q) with q ~ Exp(1) drawn by exponential_),
+// the plain stack runs StackStep (the arithmetic of stack_step, which the modules' single-step
+// path calls), the variant layers run variant_fwd with T = 1 (what the modules call), and the
+// decoder is the addmm that nn.Linear runs. The same seed therefore gives the same text.
+#include <cmath>
+#include <limits>
+
+#include "layer_ops.h"
+#include "stack_step.h"
+
+namespace fusedrnn::cpu {
+
+namespace {
+
+constexpr int kVariantWeights = 7;  // ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch
+
+struct Sampling {
+  double temperature;
+  int64_t top_k;  // <= 0 or >= V: all characters
+  bool argmax;
+  std::optional<at::Generator> gen;
+};
+
+// logits [B, V] float32 -> ids [B] (sample.pick).
+void pick(const at::Tensor& logits, const Sampling& s, at::Tensor& q, int64_t* ids) {
+  const int64_t B = logits.size(0), V = logits.size(1);
+  if (s.argmax || s.temperature == 0) {
+    const float* l = logits.const_data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      const float* row = l + b * V;
+      int64_t best = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        if (std::isnan(row[v])) {  // torch.argmax ranks NaN above everything
+          best = v;
+          break;
+        }
+        if (row[v] > row[best]) best = v;
+      }
+      ids[b] = best;
+    }
+    return;
+  }
+  at::Tensor l = at::div(logits, s.temperature);
+  if (s.top_k > 0 && s.top_k < V) {
+    const at::Tensor kth = std::get<0>(at::topk(l, s.top_k, -1)).narrow(-1, s.top_k - 1, 1);
+    l = l.masked_fill(l < kth, -std::numeric_limits<double>::infinity());
+  }
+  const at::Tensor probs = at::softmax(l, -1);
+  const float* p = probs.const_data_ptr<float>();
+  for (int64_t i = 0; i < B * V; ++i)
+    TORCH_CHECK(std::isfinite(p[i]) && p[i] >= 0,
+                "probability tensor contains either `inf`, `nan` or element < 0");
+  q.exponential_(1, s.gen);  // torch.multinomial's draw for one sample
+  const float* e = q.const_data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t best = 0;
+    float top = -1;
+    for (int64_t v = 0; v < V; ++v) {
+      const float r = p[b * V + v] / e[b * V + v];
+      if (r > top) {
+        top = r;
+        best = v;
+      }
+    }
+    ids[b] = best;
+  }
+}
+
+template <typename T>
+at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
+                         const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
+                         const std::vector<std::optional<at::Tensor>>& vw, bool cifg,
+                         double zoneout_h, double zoneout_c, double eps, const at::Tensor& dec_w,
+                         const std::optional<at::Tensor>& dec_b, at::Tensor& h,
+                         const std::optional<at::Tensor>& c, at::Tensor& logits, int64_t length,
+                         bool advance_last, const Sampling& s) {
+  const bool lstm = cell == Cell::LSTM, variant = !vw.empty();
+  const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
+  const int64_t E = embed.has_value() ? embed->size(1) : V;
+  const auto opts = h.options();
+  at::Tensor ids = at::empty({B, length}, logits.options().dtype(at::kLong));  // [B, length]
+  at::Tensor x = at::zeros({B, E}, opts);                                    // [B, E]
+  at::Tensor q = at::empty({B, V}, logits.options());                        // [B, V]
+  at::Tensor raw = std::is_same_v<T, float> ? logits : at::empty({B, V}, opts);
+  std::vector<int64_t> next(B);
+  const at::Tensor embed_rows = embed.has_value() ? embed->contiguous() : at::Tensor();
+  const at::Tensor wdt = dec_w.t();  // [H, V], as nn.Linear hands it to addmm
+
+  // Plain cells: the stack steps between two state buffers (StackStep's in and out must not
+  // overlap); variant cells: variant_fwd per layer, whose outputs are fresh tensors.
+  std::optional<StackStep<T>> stack;
+  at::Tensor h2, c2;
+  // With few rows the first layer's input product of each symbol is computed once, as the
+  // step would compute it (StackStep::input_products), and looked up per character.
+  std::vector<T> table, gates0;
+  if (!variant) {
+    stack.emplace(cell, w, L, has_bias, 0, B, E, /*pack=*/true);
+    h2 = at::empty_like(h);
+    if (lstm) c2 = at::empty_like(*c);
+    if (B <= kSmallM) {
+      const int64_t GH = num_gates(cell) * stack->H();
+      table.resize(V * GH);
+      gates0.resize(B * GH);
+      std::vector<T> one(E);
+      for (int64_t v = 0; v < V; ++v) {
+        if (embed_rows.defined()) {
+          const T* row = cptr<T>(embed_rows) + v * E;
+          std::copy(row, row + E, one.begin());
+        } else {
+          std::fill(one.begin(), one.end(), T(0));
+          one[v] = T(1);
+        }
+        stack->input_products(one.data(), 1, table.data() + v * GH);
+      }
+    }
+  }
+  at::Tensor h_cur = h, c_cur = lstm ? *c : at::Tensor();
+  const int64_t per_layer = has_bias ? 4 : 2;
+
+  for (int64_t i = 0; i < length; ++i) {
+    pick(logits, s, q, next.data());
+    int64_t* out = ids.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(next[b] >= 0 && next[b] < V, "fusedrnn generate: id out of range");
+      out[b * length + i] = next[b];
+    }
+    if (i + 1 == length && !advance_last) break;
+    T* xp = ptr<T>(x);
+    for (int64_t b = 0; b < B && table.empty(); ++b) {
+      if (embed_rows.defined()) {
+        const T* row = cptr<T>(embed_rows) + next[b] * E;
+        std::copy(row, row + E, xp + b * E);
+      } else {
+        std::fill(xp + b * E, xp + (b + 1) * E, T(0));
+        xp[b * E + next[b]] = T(1);
+      }
+    }
+    at::Tensor top;
+    if (!variant) {
+      at::Tensor& h_next = h_cur.is_same(h) ? h2 : h;
+      at::Tensor c_next = lstm ? (c_cur.is_same(*c) ? c2 : *c) : at::Tensor();
+      const T* g0 = nullptr;
+      if (!table.empty()) {
+        const int64_t GH = static_cast<int64_t>(gates0.size()) / B;
+        for (int64_t b = 0; b < B; ++b)
+          std::copy_n(table.data() + next[b] * GH, GH, gates0.data() + b * GH);
+        g0 = gates0.data();
+      }
+      stack->run(xp, cptr<T>(h_cur), lstm ? cptr<T>(c_cur) : nullptr, ptr<T>(h_next),
+                 lstm ? ptr<T>(c_next) : nullptr, g0);
+      h_cur = h_next;
+      c_cur = c_next;
+      top = h_cur[L - 1];
+    } else {
+      at::Tensor in = x;
+      for (int64_t l = 0; l < L; ++l) {
+        const auto& v = [&](int k) -> const std::optional<at::Tensor>& {
+          return vw[l * kVariantWeights + k];
+        };
+        std::optional<at::Tensor> b_ih, b_hh, c0;
+        if (has_bias) {
+          b_ih = w[l * per_layer + 2];
+          b_hh = w[l * per_layer + 3];
+        }
+        if (lstm) c0 = c->select(0, l);
+        const auto r = variant_fwd(lstm ? "lstm" : "gru", in.view({1, B, in.size(1)}),
+                                   h.select(0, l), c0, w[l * per_layer], w[l * per_layer + 1],
+                                   b_ih, b_hh, std::nullopt, std::nullopt, false, cifg, v(0),
+                                   v(1), v(2), v(3), v(4), v(5), v(6), zoneout_h, zoneout_c,
+                                   std::nullopt, std::nullopt, eps, false);
+        h.select(0, l).copy_(r[1]);
+        if (lstm) c->select(0, l).copy_(r[2]);
+        in = r[0].view({B, H});
+      }
+      top = h.select(0, L - 1);
+    }
+    if (dec_b.has_value())
+      at::addmm_out(raw, *dec_b, top, wdt);
+    else
+      at::mm_out(raw, top, wdt);
+    if (!raw.is_same(logits)) logits.copy_(raw);  // sample.py reads float32 logits
+  }
+  if (!variant && !h_cur.is_same(h)) {
+    h.copy_(h_cur);
+    if (lstm) c->copy_(c_cur);
+  }
+  return ids;
+}
+
+}  // namespace
+
+at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor>& embed,
+                    const std::vector<at::Tensor>& flat_weights, int64_t num_layers,
+                    bool has_bias, const std::vector<std::optional<at::Tensor>>& variant_weights,
+                    bool cifg, double zoneout_h, double zoneout_c, double eps,
+                    const at::Tensor& dec_w, const std::optional<at::Tensor>& dec_b, at::Tensor h,
+                    const std::optional<at::Tensor>& c, at::Tensor logits, int64_t length,
+                    bool advance_last, double temperature, int64_t top_k, bool argmax,
+                    std::optional<at::Generator> generator) {
+  const Cell cell = parse_cell(cell_name);
+  c10::NoGradGuard no_grad;
+  const auto dtype = h.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "fusedrnn generate supports float32 and float64 models, got ", dtype);
+  TORCH_CHECK(num_layers >= 1 && length >= 0, "fusedrnn generate: num_layers >= 1, length >= 0");
+  TORCH_CHECK(h.dim() == 3 && h.size(0) == num_layers && h.size(1) >= 1 && h.is_contiguous(),
+              "fusedrnn generate: h must be a contiguous [L, B, H] tensor, got ", h.sizes());
+  const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
+  const bool lstm = cell == Cell::LSTM;
+  TORCH_CHECK(!lstm || (c.has_value() && c->sizes() == h.sizes() && c->is_contiguous() &&
+                        c->scalar_type() == dtype),
+              "fusedrnn generate: LSTM needs a contiguous c shaped like h");
+  TORCH_CHECK(dec_w.dim() == 2 && dec_w.size(1) == H && dec_w.scalar_type() == dtype,
+              "fusedrnn generate: decoder weight must be [V, ", H, "] of the model's dtype");
+  TORCH_CHECK(!dec_b.has_value() || (dec_b->numel() == V && dec_b->scalar_type() == dtype),
+              "fusedrnn generate: decoder bias must have ", V, " elements");
+  TORCH_CHECK(logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
+                  logits.sizes() == at::IntArrayRef({B, V}),
+              "fusedrnn generate: logits must be a contiguous float32 [", B, ", ", V, "] tensor");
+  TORCH_CHECK(!embed.has_value() || (embed->dim() == 2 && embed->size(0) == V &&
+                                     embed->scalar_type() == dtype),
+              "fusedrnn generate: embedding must be [", V, ", E] of the model's dtype");
+  const int64_t per_layer = has_bias ? 4 : 2;
+  TORCH_CHECK(static_cast<int64_t>(flat_weights.size()) == num_layers * per_layer,
+              "fusedrnn generate: expected ", num_layers * per_layer, " layer weights, got ",
+              flat_weights.size());
+  for (const auto& t : flat_weights)
+    TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu(),
+                "fusedrnn generate: every weight must be a CPU tensor of dtype ", dtype);
+  TORCH_CHECK(variant_weights.empty() ||
+                  static_cast<int64_t>(variant_weights.size()) == num_layers * kVariantWeights,
+              "fusedrnn generate: expected ", num_layers * kVariantWeights,
+              " variant weights (7 per layer), got ", variant_weights.size());
+  TORCH_CHECK(variant_weights.empty() || cell == Cell::LSTM || cell == Cell::GRU,
+              "fusedrnn generate: cell variants exist for LSTM and GRU only");
+  const Sampling s{temperature, top_k, argmax, generator};
+  if (dtype == at::kFloat)
+    return generate_impl<float>(cell, embed, flat_weights, num_layers, has_bias, variant_weights,
+                                cifg, zoneout_h, zoneout_c, eps, dec_w, dec_b, h, c, logits,
+                                length, advance_last, s);
+  return generate_impl<double>(cell, embed, flat_weights, num_layers, has_bias, variant_weights,
+                               cifg, zoneout_h, zoneout_c, eps, dec_w, dec_b, h, c, logits,
+                               length, advance_last, s);
+}
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,189 @@
+// One time step through a unidirectional stack of plain layers (T = 1, no autograd) on raw
+// buffers: what stack_step (one step per call) and generate (one step per character, a whole
+// text per call) share, so that both run exactly the same arithmetic.
+//
+// Per layer: two GEMMs straight into one gates buffer and one fused pointwise call, no ATen op
+// in between; the folded biases are prepared once, when the stack is built.
+#pragma once
+
+#include <type_traits>
+#include <vector>
+
+#include "blas.h"
+#include "common.h"
+
+namespace fusedrnn::cpu {
+
+// W [n, k] (row stride ldw) in the layout of gemm_small_m_packed: per full block of eight
+// rows, [k/8 chunks][8 rows][8 lanes] then [8 rows][k % 8]. Rows past the last full block are
+// not copied (the kernel reads them from W).
+template <typename T>
+std::vector<T> pack_rows8(const T* W, int64_t n, int64_t k, int64_t ldw) {
+  constexpr int64_t kLanes = 8;
+  const int64_t kv = k / kLanes * kLanes, tail = k - kv;
+  std::vector<T> out(n / 8 * 8 * k);
+  T* o = out.data();
+  for (int64_t j = 0; j + 8 <= n; j += 8) {
+    for (int64_t q = 0; q < kv; q += kLanes)
+      for (int64_t u = 0; u < 8; ++u)
+        for (int64_t l = 0; l < kLanes; ++l) *o++ = W[(j + u) * ldw + q + l];
+    for (int64_t u = 0; u < 8; ++u)
+      for (int64_t q = 0; q < tail; ++q) *o++ = W[(j + u) * ldw + kv + q];
+  }
+  return out;
+}
+
+template <typename T>
+class StackStep {
+ public:
+  // w: torch.nn's flat weight list of a unidirectional stack, per layer
+  // w_ih [G*H, I_l], w_hh [G*H, Hout], then b_ih, b_hh [G*H] when has_bias, then w_hr [Hout, H]
+  // when proj > 0. B rows; the first layer reads I0 features. pack: keep float32 weights also
+  // in gemm_small_m_packed's layout (for many steps with the same weights, e.g. sampling;
+  // the results are the same, read faster when the weights live in L3).
+  StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
+            int64_t B, int64_t I0, bool pack = false)
+      : cell_(cell), L_(L), B_(B), proj_(proj) {
+    pack = pack && std::is_same_v<T, float> && B <= kSmallM;
+    const int64_t G = num_gates(cell);
+    const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0);
+    H_ = w[0].size(0) / G;
+    Hout_ = proj > 0 ? proj : H_;
+    const int64_t GH = G * H_;
+    const auto opts = w[0].options();
+    gates_ = at::empty({B, GH}, opts);                         // [B, G*H]
+    hg_ = at::empty({cell == Cell::GRU ? B : 0, GH}, opts);    // [B, 3H] (GRU)
+    hraw_ = at::empty({proj > 0 ? B : 0, H_}, opts);           // [B, H] (projection)
+    int64_t I = I0;
+    for (int64_t l = 0; l < L; ++l) {
+      Layer y;
+      y.w_ih = w[l * per_layer].contiguous();
+      y.w_hh = w[l * per_layer + 1].contiguous();
+      TORCH_CHECK(y.w_ih.dim() == 2 && y.w_ih.size(0) == GH && y.w_ih.size(1) == I &&
+                      y.w_hh.dim() == 2 && y.w_hh.size(0) == GH && y.w_hh.size(1) == Hout_,
+                  "fusedrnn stack_step: layer ", l, " weights have shapes ", y.w_ih.sizes(),
+                  ", ", y.w_hh.sizes(), "; expected [", GH, ", ", I, "] and [", GH, ", ", Hout_,
+                  "]");
+      y.I = I;
+      y.bias.assign(GH, T(0));
+      y.bias_hn.assign(H_, T(0));
+      if (has_bias) {
+        const at::Tensor b_ih = w[l * per_layer + 2].contiguous();  // [G*H]
+        const at::Tensor b_hh = w[l * per_layer + 3].contiguous();  // [G*H]
+        TORCH_CHECK(b_ih.numel() == GH && b_hh.numel() == GH, "fusedrnn stack_step: layer ", l,
+                    " biases must have ", GH, " elements");
+        const T* bi = cptr<T>(b_ih);
+        const T* bh = cptr<T>(b_hh);
+        const int64_t folded = cell == Cell::GRU ? 2 * H_ : GH;  // b_hn stays inside r * (.)
+        for (int64_t k = 0; k < GH; ++k) y.bias[k] = bi[k] + (k < folded ? bh[k] : T(0));
+        if (cell == Cell::GRU)
+          for (int64_t k = 0; k < H_; ++k) y.bias_hn[k] = bh[2 * H_ + k];
+      }
+      if (proj > 0) {
+        y.w_hr = w[l * per_layer + per_layer - 1].contiguous();  // [Hout, H]
+        TORCH_CHECK(y.w_hr.dim() == 2 && y.w_hr.size(0) == Hout_ && y.w_hr.size(1) == H_,
+                    "fusedrnn stack_step: layer ", l, " w_hr must be [", Hout_, ", ", H_, "]");
+      }
+      if (pack) {
+        y.p_ih = pack_rows8(cptr<T>(y.w_ih), GH, I, I);
+        y.p_hh = pack_rows8(cptr<T>(y.w_hh), GH, Hout_, Hout_);
+      }
+      layers_.push_back(std::move(y));
+      I = Hout_;
+    }
+  }
+
+  int64_t H() const { return H_; }
+  int64_t Hout() const { return Hout_; }
+
+  // The first layer's input products x W_ih^T of `rows` rows x [rows, I0] -> out [rows, G*H],
+  // as run() computes them. Each row's result depends on that row alone as long as
+  // rows, B <= kSmallM (the small-m kernel), so a table of them per input symbol can stand in
+  // for the product (run's gates0).
+  void input_products(const T* x, int64_t rows, T* out) const {
+    TORCH_CHECK(rows <= kSmallM && B_ <= kSmallM, "fusedrnn: input_products needs few rows");
+    const int64_t GH = num_gates(cell_) * H_;
+    parallel_columns(GH, [&](int64_t c0, int64_t c1) {
+      product(layers_[0], true, rows, c0, c1, x, T(0), out, GH);
+    });
+  }
+
+  // x [B, I0]; h_in, h_out [L, B, Hout]; c_in, c_out [L, B, H] (LSTM only, else unused).
+  // The in and out buffers must not overlap. The top layer's output is h_out + (L-1)*B*Hout.
+  // gates0 [B, G*H] (optional): the first layer's input products, already computed
+  // (input_products); x is then not read.
+  void run(const T* x, const T* h_in, const T* c_in, T* h_out, T* c_out,
+           const T* gates0 = nullptr) {
+    const auto& K = kernels(T{});
+    const int64_t B = B_, H = H_, Hout = Hout_, GH = num_gates(cell_) * H;
+    T* gp = ptr<T>(gates_);
+    for (int64_t l = 0; l < L_; ++l) {
+      const Layer& y = layers_[l];
+      const T* hprev = h_in + l * B * Hout;
+      T* hout = h_out + l * B * Hout;
+      T* hgp = cell_ == Cell::GRU ? ptr<T>(hg_) : gp;  // GRU keeps the h-part apart (b_hn, r)
+      const T hbeta = cell_ == Cell::GRU ? T(0) : T(1);
+      const bool have_x = l == 0 && gates0 != nullptr;
+      if (have_x) std::copy(gates0, gates0 + B * GH, gp);
+      // Both products of a column block in one pass: each thread streams its own weight rows.
+      parallel_columns(GH, [&](int64_t c0, int64_t c1) {
+        if (!have_x) product(y, true, B, c0, c1, x, T(0), gp, GH);
+        product(y, false, B, c0, c1, hprev, hbeta, hgp, GH);
+      });
+      const T* bias = y.bias.data();
+      if (cell_ == Cell::GRU) {
+        const T* bias_hn = y.bias_hn.data();
+        parallel_rows(B, H, 6, [&](int64_t b, int64_t j0, int64_t j1) {
+          K.gru_fwd(j1 - j0, H, bias + j0, bias_hn + j0, gp + b * GH + j0, hgp + b * GH + j0,
+                    hprev + b * H + j0, hout + b * H + j0, nullptr, false);
+        });
+      } else if (cell_ == Cell::LSTM) {
+        const T* cprev = c_in + l * B * H;
+        T* cout = c_out + l * B * H;
+        T* hdst = proj_ > 0 ? ptr<T>(hraw_) : hout;
+        parallel_rows(B, H, 8, [&](int64_t b, int64_t j0, int64_t j1) {
+          K.lstm_fwd(j1 - j0, H, bias + j0, gp + b * GH + j0, cprev + b * H + j0,
+                     cout + b * H + j0, hdst + b * H + j0, false);
+        });
+        if (proj_ > 0)
+          gemm<T>(false, true, B, Hout, H, T(1), hdst, H, cptr<T>(y.w_hr), H, T(0), hout, Hout);
+      } else {
+        const bool relu = cell_ == Cell::RNN_RELU;
+        parallel_rows(B, H, 3, [&](int64_t b, int64_t j0, int64_t j1) {
+          K.rnn_fwd(j1 - j0, bias + j0, gp + b * GH + j0, hout + b * H + j0, relu);
+        });
+      }
+      x = hout;
+    }
+  }
+
+ private:
+  struct Layer;
+  // C[:, c0:c1] = A op(W)[:, c0:c1] + beta C[:, c0:c1] for W = w_ih (input) or w_hh, from the
+  // packed copy when there is one (c0 is a multiple of 16, so it starts a packed block).
+  void product(const Layer& y, bool input, int64_t rows, int64_t c0, int64_t c1, const T* A,
+               T beta, T* C, int64_t ldc) const {
+    const int64_t k = input ? y.I : Hout_;
+    const T* W = cptr<T>(input ? y.w_ih : y.w_hh) + c0 * k;
+    const std::vector<T>& P = input ? y.p_ih : y.p_hh;
+    if (!P.empty())
+      kernels(T{}).gemm_small_m_packed(rows, c1 - c0, k, A, k, P.data() + c0 * k, W, k, beta,
+                                       C + c0, ldc);
+    else
+      gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, W, k, beta, C + c0, ldc);
+  }
+
+  struct Layer {
+    at::Tensor w_ih, w_hh, w_hr;  // [G*H, I], [G*H, Hout], [Hout, H] (projection)
+    std::vector<T> bias;          // [G*H]: b_ih + b_hh (GRU: b_ih + (b_hr, b_hz, 0))
+    std::vector<T> bias_hn;       // [H]: b_hn (GRU)
+    std::vector<T> p_ih, p_hh;    // w_ih, w_hh packed by pack_rows8 (empty unless packing)
+    int64_t I = 0;
+  };
+  Cell cell_;
+  int64_t L_, B_, proj_, H_ = 0, Hout_ = 0;
+  std::vector<Layer> layers_;
+  at::Tensor gates_, hg_, hraw_;
+};
+
+}  // namespace fusedrnn::cpu
