@@ -187,7 +187,7 @@ def test_extension_refuses_mismatched_arguments():
         cell="lstm", embed=model.embed.weight.detach(), flat_weights=w, num_layers=1,
         has_bias=True, variant_weights=[], cifg=False, zoneout_h=0.0, zoneout_c=0.0, eps=1e-5,
         dec_w=model.decoder.weight.detach(), dec_b=model.decoder.bias.detach(), h=h,
-        c=torch.zeros(1, 1, 8), logits=torch.zeros(1, V), length=3, advance_last=False,
+        c=torch.zeros(1, 1, 8), logits=torch.zeros(1, V), length=3,
         temperature=1.0, top_k=0, argmax=False, generator=None,
     )  # fmt: skip
     assert _C.generate(**good).shape == (1, 3)
@@ -204,3 +204,18 @@ def test_extension_refuses_mismatched_arguments():
     for change, message in bad:
         with pytest.raises(RuntimeError, match=message):
             _C.generate(**{**good, **change})
+
+
+def test_streaming_arrives_in_pieces_and_a_failing_reader_stops_the_loop():
+    from fusedrnn.charlm.sample import STREAM_CHUNK
+
+    model = _model("gru", layers=1, hidden=8)
+    pieces: list[str] = []
+    generate(model, VOCAB, "F", 3 * STREAM_CHUNK + 5, on_text=pieces.append, fused=True)
+    assert [len(p) for p in pieces] == [STREAM_CHUNK] * 3 + [5]
+
+    def reader(text):
+        raise BrokenPipeError("the reader went away")
+
+    with pytest.raises(BrokenPipeError, match="the reader went away"):
+        generate(model, VOCAB, "F", 500, on_text=reader, fused=True)

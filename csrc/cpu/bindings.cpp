@@ -1,5 +1,6 @@
 // Python bindings of the CPU backend (module fusedrnn._C). Every entry point releases the GIL:
 // the loops run entirely in C++.
+#include <pybind11/functional.h>
 #include <torch/extension.h>
 
 #include "blas.h"
@@ -30,12 +31,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("cell"), py::arg("x"), py::arg("hx"), py::arg("cx"), py::arg("flat_weights"),
         py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"));
   m.def("generate", &fusedrnn::cpu::generate, py::call_guard<py::gil_scoped_release>(),
-        "The sampling loop of a character model: -> ids [B, length]; h, c, logits updated",
+        "The sampling loop of a character model: -> ids [B, length]; h, c, logits updated; "
+        "on_ids(ids [B, n]) every `every` characters (it runs holding the GIL)",
         py::arg("cell"), py::arg("embed"), py::arg("flat_weights"), py::arg("num_layers"),
         py::arg("has_bias"), py::arg("variant_weights"), py::arg("cifg"), py::arg("zoneout_h"),
         py::arg("zoneout_c"), py::arg("eps"), py::arg("dec_w"), py::arg("dec_b"), py::arg("h"),
-        py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("advance_last"),
-        py::arg("temperature"), py::arg("top_k"), py::arg("argmax"), py::arg("generator"));
+        py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("temperature"),
+        py::arg("top_k"), py::arg("argmax"), py::arg("generator"), py::arg("on_ids") = nullptr,
+        py::arg("every") = 0);
   m.def("variant_fwd", &fusedrnn::cpu::variant_fwd, py::call_guard<py::gil_scoped_release>(),
         "Forward of one variant layer/direction: -> [y, h_n, c_n, act, cs, ct, hh, xh, stats]",
         py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),

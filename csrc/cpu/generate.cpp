@@ -78,7 +78,7 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
                          double zoneout_h, double zoneout_c, double eps, const at::Tensor& dec_w,
                          const std::optional<at::Tensor>& dec_b, at::Tensor& h,
                          const std::optional<at::Tensor>& c, at::Tensor& logits, int64_t length,
-                         bool advance_last, const Sampling& s) {
+                         const Sampling& s, const IdsCallback& on_ids, int64_t every) {
   const bool lstm = cell == Cell::LSTM, variant = !vw.empty();
   const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
   const int64_t E = embed.has_value() ? embed->size(1) : V;
@@ -99,7 +99,7 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
   // step would compute it (StackStep::input_products), and looked up per character.
   std::vector<T> table, gates0;
   if (!variant) {
-    stack.emplace(cell, w, L, has_bias, 0, B, E, /*pack=*/true);
+    stack.emplace(cell, w, L, has_bias, 0, B, E);
     h2 = at::empty_like(h);
     if (lstm) c2 = at::empty_like(*c);
     if (B <= kSmallM) {
@@ -129,7 +129,11 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
       TORCH_CHECK(next[b] >= 0 && next[b] < V, "fusedrnn generate: id out of range");
       out[b * length + i] = next[b];
     }
-    if (i + 1 == length && !advance_last) break;
+    if (on_ids && every > 0 && ((i + 1) % every == 0 || i + 1 == length)) {
+      const int64_t from = i / every * every;
+      on_ids(ids.narrow(1, from, i + 1 - from));
+    }
+    if (i + 1 == length) break;  // the state stays at the last character's input
     T* xp = ptr<T>(x);
     for (int64_t b = 0; b < B && table.empty(); ++b) {
       if (embed_rows.defined()) {
@@ -200,8 +204,9 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
                     bool cifg, double zoneout_h, double zoneout_c, double eps,
                     const at::Tensor& dec_w, const std::optional<at::Tensor>& dec_b, at::Tensor h,
                     const std::optional<at::Tensor>& c, at::Tensor logits, int64_t length,
-                    bool advance_last, double temperature, int64_t top_k, bool argmax,
-                    std::optional<at::Generator> generator) {
+                    double temperature, int64_t top_k, bool argmax,
+                    std::optional<at::Generator> generator, const IdsCallback& on_ids,
+                    int64_t every) {
   const Cell cell = parse_cell(cell_name);
   c10::NoGradGuard no_grad;
   const auto dtype = h.scalar_type();
@@ -242,10 +247,10 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
   if (dtype == at::kFloat)
     return generate_impl<float>(cell, embed, flat_weights, num_layers, has_bias, variant_weights,
                                 cifg, zoneout_h, zoneout_c, eps, dec_w, dec_b, h, c, logits,
-                                length, advance_last, s);
+                                length, s, on_ids, every);
   return generate_impl<double>(cell, embed, flat_weights, num_layers, has_bias, variant_weights,
                                cifg, zoneout_h, zoneout_c, eps, dec_w, dec_b, h, c, logits,
-                               length, advance_last, s);
+                               length, s, on_ids, every);
 }
 
 }  // namespace fusedrnn::cpu

@@ -40,10 +40,6 @@ struct PointwiseKernels {
   // (sampling steps); with beta == 0 C is not read.
   void (*gemm_small_m)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
                        int64_t ldb, T beta, T* C, int64_t ldc);
-  // gemm_small_m with Bp = pack_rows8(B) (stack_step.h), same results; B for rows past the
-  // last full block of eight (and for the vector widths where packing does not apply).
-  void (*gemm_small_m_packed)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
-                              const T* Bp, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 };
 
 namespace generic {

@@ -300,51 +300,6 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
   }
 }
 
-// gemm_small_m over B packed by pack_rows8 (stack_step.h): every full block of eight rows is one
-// contiguous stream, [k/8 chunks][8 rows][8 lanes] then [8 rows][k % 8], so the hardware
-// prefetcher follows it. The products and their order are gemm_small_m's, so the results are
-// bit for bit the same; rows past the last full block are read from B itself.
-template <typename T>
-void gemm_small_m_packed(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_t lda,
-                         const T* __restrict Bp, const T* __restrict B, int64_t ldb, T beta,
-                         T* __restrict C, int64_t ldc) {
-  using V = typename Vec32<T>::type;
-  constexpr int64_t kLanes = sizeof(V) / sizeof(T);
-  if constexpr (kLanes != 8) {
-    gemm_small_m<T>(m, n, k, A, lda, B, ldb, beta, C, ldc);
-  } else {
-    const int64_t kv = k / kLanes * kLanes, tail = k - kv;
-    auto load = [](const T* p) {
-      V v;
-      std::memcpy(&v, p, sizeof(V));
-      return v;
-    };
-    const int64_t full = n / 8 * 8;
-    for (int64_t b = 0; b < m; ++b) {
-      const T* __restrict a = A + b * lda;
-      T* __restrict c = C + b * ldc;
-      for (int64_t j = 0; j < full; j += 8) {
-        const T* __restrict blk = Bp + j * k;
-        V s[8] = {};
-        for (int64_t q = 0; q < kv; q += kLanes) {
-          const V av = load(a + q);
-          const T* __restrict chunk = blk + q * 8;
-#pragma GCC unroll 8
-          for (int u = 0; u < 8; ++u) s[u] += av * load(chunk + u * kLanes);
-        }
-        const V sums = sum8(s);
-        T r[8];
-        std::memcpy(r, &sums, sizeof(V));
-        const T* __restrict t = blk + kv * 8;
-        for (int64_t u = 0; u < 8; ++u) {
-          for (int64_t q = 0; q < tail; ++q) r[u] += a[kv + q] * t[u * tail + q];
-          c[j + u] = beta == T(0) ? r[u] : r[u] + beta * c[j + u];
-        }
-      }
-      if (full < n) gemm_small_m<T>(1, n - full, k, a, lda, B + full * ldb, ldb, beta, c + full, ldc);
-    }
-  }
-}
 #else
 template <typename T>
 void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
@@ -355,11 +310,6 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, cons
       for (int64_t q = 0; q < k; ++q) r += A[b * lda + q] * B[j * ldb + q];
       C[b * ldc + j] = beta == T(0) ? r : r + beta * C[b * ldc + j];
     }
-}
-template <typename T>
-void gemm_small_m_packed(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T*,
-                         const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  gemm_small_m<T>(m, n, k, A, lda, B, ldb, beta, C, ldc);
 }
 #endif
 
@@ -373,7 +323,6 @@ PointwiseKernels<T> make_kernels() {
   k.rnn_fwd = &rnn_fwd<T>;
   k.rnn_bwd = &rnn_bwd<T>;
   k.gemm_small_m = &gemm_small_m<T>;
-  k.gemm_small_m_packed = &gemm_small_m_packed<T>;
   return k;
 }
 

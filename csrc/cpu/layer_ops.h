@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -78,16 +79,18 @@ std::vector<at::Tensor> stack_step(const std::string& cell, const at::Tensor& x,
 // embedding [V, E] (absent: one-hot inputs), the stack's flat weights (torch.nn order, no
 // projection), 7 variant weights per layer (empty: plain cells), decoder [V, H] and [V].
 // h [L, B, H], c [L, B, H] (LSTM) and logits [B, V] float32 (the last step's) are read and
-// updated in place; -> ids [B, length] int64. With advance_last false the state stays at the
-// last character's input, as sample.py leaves it.
+// updated in place; the state ends at the last character's input. -> ids [B, length] int64.
+// on_ids (if set, and every > 0) receives each run of `every` new ids [B, n] as it is chosen.
+using IdsCallback = std::function<void(const at::Tensor&)>;
 at::Tensor generate(const std::string& cell, const std::optional<at::Tensor>& embed,
                     const std::vector<at::Tensor>& flat_weights, int64_t num_layers,
                     bool has_bias, const std::vector<std::optional<at::Tensor>>& variant_weights,
                     bool cifg, double zoneout_h, double zoneout_c, double eps,
                     const at::Tensor& dec_w, const std::optional<at::Tensor>& dec_b, at::Tensor h,
                     const std::optional<at::Tensor>& c, at::Tensor logits, int64_t length,
-                    bool advance_last, double temperature, int64_t top_k, bool argmax,
-                    std::optional<at::Generator> generator);
+                    double temperature, int64_t top_k, bool argmax,
+                    std::optional<at::Generator> generator, const IdsCallback& on_ids,
+                    int64_t every);
 
 }  // namespace fusedrnn::cpu
 

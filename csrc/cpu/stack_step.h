@@ -6,7 +6,6 @@
 // in between; the folded biases are prepared once, when the stack is built.
 #pragma once
 
-#include <type_traits>
 #include <vector>
 
 #include "blas.h"
@@ -14,37 +13,15 @@
 
 namespace fusedrnn::cpu {
 
-// W [n, k] (row stride ldw) in the layout of gemm_small_m_packed: per full block of eight
-// rows, [k/8 chunks][8 rows][8 lanes] then [8 rows][k % 8]. Rows past the last full block are
-// not copied (the kernel reads them from W).
-template <typename T>
-std::vector<T> pack_rows8(const T* W, int64_t n, int64_t k, int64_t ldw) {
-  constexpr int64_t kLanes = 8;
-  const int64_t kv = k / kLanes * kLanes, tail = k - kv;
-  std::vector<T> out(n / 8 * 8 * k);
-  T* o = out.data();
-  for (int64_t j = 0; j + 8 <= n; j += 8) {
-    for (int64_t q = 0; q < kv; q += kLanes)
-      for (int64_t u = 0; u < 8; ++u)
-        for (int64_t l = 0; l < kLanes; ++l) *o++ = W[(j + u) * ldw + q + l];
-    for (int64_t u = 0; u < 8; ++u)
-      for (int64_t q = 0; q < tail; ++q) *o++ = W[(j + u) * ldw + kv + q];
-  }
-  return out;
-}
-
 template <typename T>
 class StackStep {
  public:
   // w: torch.nn's flat weight list of a unidirectional stack, per layer
   // w_ih [G*H, I_l], w_hh [G*H, Hout], then b_ih, b_hh [G*H] when has_bias, then w_hr [Hout, H]
-  // when proj > 0. B rows; the first layer reads I0 features. pack: keep float32 weights also
-  // in gemm_small_m_packed's layout (for many steps with the same weights, e.g. sampling;
-  // the results are the same, read faster when the weights live in L3).
+  // when proj > 0. B rows; the first layer reads I0 features.
   StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
-            int64_t B, int64_t I0, bool pack = false)
+            int64_t B, int64_t I0)
       : cell_(cell), L_(L), B_(B), proj_(proj) {
-    pack = pack && std::is_same_v<T, float> && B <= kSmallM;
     const int64_t G = num_gates(cell);
     const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0);
     H_ = w[0].size(0) / G;
@@ -83,10 +60,6 @@ class StackStep {
         y.w_hr = w[l * per_layer + per_layer - 1].contiguous();  // [Hout, H]
         TORCH_CHECK(y.w_hr.dim() == 2 && y.w_hr.size(0) == Hout_ && y.w_hr.size(1) == H_,
                     "fusedrnn stack_step: layer ", l, " w_hr must be [", Hout_, ", ", H_, "]");
-      }
-      if (pack) {
-        y.p_ih = pack_rows8(cptr<T>(y.w_ih), GH, I, I);
-        y.p_hh = pack_rows8(cptr<T>(y.w_hh), GH, Hout_, Hout_);
       }
       layers_.push_back(std::move(y));
       I = Hout_;
@@ -159,25 +132,17 @@ class StackStep {
 
  private:
   struct Layer;
-  // C[:, c0:c1] = A op(W)[:, c0:c1] + beta C[:, c0:c1] for W = w_ih (input) or w_hh, from the
-  // packed copy when there is one (c0 is a multiple of 16, so it starts a packed block).
+  // C[:, c0:c1] = A op(W)[:, c0:c1] + beta C[:, c0:c1] for W = w_ih (input) or w_hh.
   void product(const Layer& y, bool input, int64_t rows, int64_t c0, int64_t c1, const T* A,
                T beta, T* C, int64_t ldc) const {
     const int64_t k = input ? y.I : Hout_;
     const T* W = cptr<T>(input ? y.w_ih : y.w_hh) + c0 * k;
-    const std::vector<T>& P = input ? y.p_ih : y.p_hh;
-    if (!P.empty())
-      kernels(T{}).gemm_small_m_packed(rows, c1 - c0, k, A, k, P.data() + c0 * k, W, k, beta,
-                                       C + c0, ldc);
-    else
-      gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, W, k, beta, C + c0, ldc);
+    gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, W, k, beta, C + c0, ldc);
   }
-
   struct Layer {
     at::Tensor w_ih, w_hh, w_hr;  // [G*H, I], [G*H, Hout], [Hout, H] (projection)
     std::vector<T> bias;          // [G*H]: b_ih + b_hh (GRU: b_ih + (b_hr, b_hz, 0))
     std::vector<T> bias_hn;       // [H]: b_hn (GRU)
-    std::vector<T> p_ih, p_hh;    // w_ih, w_hh packed by pack_rows8 (empty unless packing)
     int64_t I = 0;
   };
   Cell cell_;

@@ -66,7 +66,7 @@ def generate(
     )[0]  # fmt: skip
 
 
-STREAM_CHUNK = 64  # characters per call of the fused loop when the text is streamed
+STREAM_CHUNK = 64  # characters per piece handed to on_text by the fused loop
 
 
 @torch.no_grad()
@@ -164,7 +164,7 @@ def fused_unsupported(model: CharRNN) -> str | None:
 
 
 def _fused_loop(model, states, last, length, temperature, top_k, argmax, generator, emit):
-    """fusedrnn._C.generate over the whole text (or in STREAM_CHUNK pieces when streaming)."""
+    """fusedrnn._C.generate over the whole text, streamed in STREAM_CHUNK pieces."""
     from fusedrnn import backends
     from fusedrnn.functional import MODES
     from fusedrnn.variants import LN_EPS, layer_weights
@@ -200,16 +200,10 @@ def _fused_loop(model, states, last, length, temperature, top_k, argmax, generat
         argmax=bool(argmax),
         generator=generator,
     )
-    _C = backends.get("cpu")._C
-    step = STREAM_CHUNK if emit is not None else max(length, 1)
-    pieces = []
-    for start in range(0, length, step):
-        n = min(step, length - start)
-        ids = _C.generate(length=n, advance_last=start + n < length, **args)  # [B, n]
-        if emit is not None:
-            emit(ids[0].tolist())
-        pieces.append(ids)
-    return torch.cat(pieces, 1) if pieces else torch.empty(h.shape[1], 0, dtype=torch.long)
+    on_ids = None if emit is None else lambda ids: emit(ids[0].tolist())  # ids [B, n]
+    return backends.get("cpu")._C.generate(
+        length=length, on_ids=on_ids, every=STREAM_CHUNK, **args
+    )  # [B, length]
 
 
 # the order of fusedrnn._C.generate's variant weights, per layer
