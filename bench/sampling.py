@@ -70,13 +70,21 @@ def measure(cell: str, layers: int, hidden: int, batch: int, rounds: int, second
     # length per measurement from a short probe, so that every loop runs about `seconds`
     lengths = {}
     for loop in LOOPS:
-        rate = chars_per_second(models[loop], loop, batch, 20)
+        chars_per_second(models[loop], loop, batch, 20)  # warm-up (first-call set-up)
+        rate = chars_per_second(models[loop], loop, batch, 50)
         lengths[loop] = max(20, int(rate * seconds / batch))
     rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
     for _ in range(rounds):
         for loop in LOOPS:
             rates[loop].append(chars_per_second(models[loop], loop, batch, lengths[loop]))
-    return {loop: statistics.median(r) for loop, r in rates.items()}
+    med = {loop: statistics.median(r) for loop, r in rates.items()}
+    # what one step must read: every recurrent and decoder weight (one embedding row aside)
+    med["weight_bytes"] = sum(
+        p.numel() * p.element_size()
+        for mod in (models["fused"].rnns, models["fused"].decoder)
+        for p in mod.parameters()
+    )
+    return med
 
 
 def main(argv=None) -> int:
@@ -91,6 +99,11 @@ def main(argv=None) -> int:
                 med = measure(cell, layers, hidden, batch, args.rounds, args.seconds)
                 row = {"cell": cell, "layers": layers, "hidden": hidden, "batch": batch}
                 row.update({f"{loop}_chars_per_s": round(med[loop], 1) for loop in LOOPS})
+                row["weight_mb"] = round(med["weight_bytes"] / 1e6, 3)
+                # steps per second x bytes per step: the rate the fused loop reads weights at
+                row["fused_weight_gb_per_s"] = round(
+                    med["fused"] / batch * med["weight_bytes"] / 1e9, 1
+                )
                 rows.append(row)
                 print(row, flush=True)
     meta = {
@@ -119,11 +132,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['rounds']} interleaved rounds; load average {meta['load_average_start']:.2f} at "
         f"the start, {meta['load_average_end']:.2f} at the end. Embedding 64, vocabulary 65, "
         "random weights. Characters per second over all samples of the batch; ratios against "
-        "the Python loop over torch.nn layers. Raw numbers: results.csv.",
+        "the Python loop over torch.nn layers. Raw numbers: results.csv. Weights: the "
+        "recurrent and decoder weights one step reads; their rate is what bounds the fused "
+        "loop at B=1 (compare a single core's stream rate from L3 or memory, about 20–50 GB/s "
+        "on this machine).",
         "",
         "| cell | layers × hidden | batch | fused loop | Python loop, fusedrnn layers "
-        "| Python loop, torch.nn layers |",
-        "|---|---|---|---|---|---|",
+        "| Python loop, torch.nn layers | weights (MB) | fused loop reads (GB/s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = r["torch_chars_per_s"]
@@ -134,7 +150,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['cell']} | {r['layers']} × {r['hidden']} | {r['batch']} | "
             + " | ".join(cells)
-            + " |"
+            + f" | {r['weight_mb']:.2f} | {r['fused_weight_gb_per_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

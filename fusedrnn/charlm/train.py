@@ -158,9 +158,16 @@ def lr_at(cfg: dict, it: int) -> float:
 
 
 def _make_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    params = list(params)
     if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    # char-rnn's RMSprop: alpha (decay) 0.95
+        # One fused kernel over all parameters instead of a loop of small ops per tensor: on
+        # the CPU 0.34 ms instead of 1.3 ms per step at 2x128, 3.9 ms instead of 28 ms at 2x512.
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(
+            params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=fused or None
+        )
+    # char-rnn's RMSprop: alpha (decay) 0.95. torch has no fused RMSprop, and its foreach form
+    # is slower than the default on the CPU (0.73 against 0.64 ms per step at 2x128).
     return torch.optim.RMSprop(params, lr=cfg["lr"], alpha=0.95, weight_decay=cfg["weight_decay"])
 
 
