@@ -309,3 +309,26 @@ def test_charlm_speed_writes_portable_paths():
         "n": 3,
     }
     assert not _ABSOLUTE_PATH.search(json.dumps(got))
+
+
+def test_sampling_bench_small(tmp_path):
+    """bench/sampling.py on a tiny shape: one row per cell and batch, every loop measured, the
+    table beside the CSV."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "sampling.py"), "--rounds", "1", "--seconds", "0.02",
+         "--shapes", "1x8", "--cells", "lstm,rnn", "--batches", "1,2", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["cell"], r["batch"]) for r in rows] == [
+        ("lstm", "1"), ("lstm", "2"), ("rnn", "1"), ("rnn", "2")
+    ]  # fmt: skip
+    for r in rows:
+        assert all(float(r[f"{loop}_chars_per_s"]) > 0 for loop in ("fused", "python", "torch"))
+        # 1 layer x 8 units, embedding 64, 65 symbols: the weights one step reads, by hand
+        gates = 4 if r["cell"] == "lstm" else 1
+        want = (gates * 8 * (64 + 8) + 2 * gates * 8 + 65 * 8 + 65) * 4 / 1e6
+        assert math.isclose(float(r["weight_mb"]), round(want, 3))
+    assert "| lstm | 1 × 8 | 2 |" in (tmp_path / "results.md").read_text()
