@@ -322,7 +322,7 @@ def _read_prime_file(path: str, bytes_mode: bool) -> str:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .sample import generate, generate_batch
+    from .sample import generate_batch
 
     if args.length < 0:
         raise CharLMError("--length must be >= 0")
@@ -361,36 +361,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     n = args.num_samples
-    context = None if prime else cfg.get("sample_context")
     try:
         if n == 1:
-            emit(prime)
-            generate(
-                model,
-                vocab,
-                prime,
-                args.length,
-                args.temperature,
-                args.top_k,
-                args.argmax,
-                generator=gen,
-                on_text=emit,
-                context=context,
-            )
+            emit(prime)  # then the sample streams as it is chosen
+        texts = generate_batch(
+            model,
+            vocab,
+            prime,
+            args.length,
+            n,
+            args.temperature,
+            args.top_k,
+            args.argmax,
+            generator=gen,
+            on_text=emit if n == 1 else None,
+            context=None if prime else cfg.get("sample_context"),
+        )
+        if n == 1:
             emit("\n")
-        else:  # one batch: the samples are drawn side by side, then written one after another
-            texts = generate_batch(
-                model,
-                vocab,
-                prime,
-                args.length,
-                n,
-                args.temperature,
-                args.top_k,
-                args.argmax,
-                generator=gen,
-                context=context,
-            )
+        else:  # drawn side by side as one batch, written one after another
             for i, text in enumerate(texts):
                 emit(("\n" if i else "") + f"--- sample {i + 1} of {n} ---\n")
                 emit(prime + text + "\n")
