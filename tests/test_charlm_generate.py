@@ -155,6 +155,16 @@ def test_auto_choice_uses_the_fused_loop_where_it_can():
     assert "float32 or float64" in fused_unsupported(bf16)
     # the automatic choice falls back to the Python loop for both, and still samples
     assert len(generate(torch_model, VOCAB, "F", 5)) == 5
+    reference = CharRNN(len(VOCAB.chars), "gru", 8, 1, 4, backend="reference")
+    assert "'reference' backend" in fused_unsupported(reference)
+
+
+def test_backend_chosen_by_the_environment_is_respected(monkeypatch):
+    model = _model("lstm", layers=1, hidden=8)
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
+    assert "'reference' backend" in fused_unsupported(model)
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "no-such-backend")
+    assert "unknown fusedrnn backend" in fused_unsupported(model)
 
 
 def test_model_state_and_mode_are_left_alone():
