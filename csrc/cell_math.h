@@ -4,7 +4,7 @@
 // math the CUDA kernels run is the math the CPU backend runs and the test-suite checks. No torch
 // includes, C++17, usable from host C++ and from CUDA device code.
 //
-// Conventions (PyTorch's, see DESIGN.md):
+// Conventions (PyTorch's gate order and equations; the layer op: fusedrnn/ops/CONTRACT.md):
 //   * "pre-activation" = x-part + h-part + biases of one gate for one (row, unit) element.
 //   * Every function works on one element; the caller owns the memory layout and the loops.
 //   * T is the arithmetic type (float or double; on the device also float for half storage).

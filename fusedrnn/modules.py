@@ -436,7 +436,8 @@ class GRU(RNNBase):
     normalises the input and recurrent projections (parameters ``layer_norm_{ih,hh}_
     {weight,bias}_l{k}``, registered after the torch.nn ones); ``zoneout=p`` keeps each unit
     of h at its previous value with probability p in training (its expectation in eval).
-    With a variant on, the layer currently runs on the reference backend only.
+    With a variant on, the layer runs the variant op of its backend (reference, cpu, triton
+    and cuda each have one).
     """
 
     def __init__(self, *args, **kwargs):
@@ -494,8 +495,8 @@ class LSTM(RNNBase):
       does not load into torch.nn.LSTM.
 
     The extra parameters are registered after the torch.nn ones: the torch.nn keys and their
-    order are unchanged (cifg aside). With a variant on, the layer currently runs on the
-    reference backend only.
+    order are unchanged (cifg aside). With a variant on, the layer runs the variant op of its
+    backend (reference, cpu, triton and cuda each have one).
     """
 
     def __init__(self, *args, **kwargs):

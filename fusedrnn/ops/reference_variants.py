@@ -1,6 +1,6 @@
 """The ``reference`` layer op for the cell variants: layer norm, zoneout, peephole, CIFG.
 
-The oracle future fused variant kernels are tested against. Plain PyTorch, differentiated by
+The oracle the fused variant ops (cpu, triton, cuda) are tested against. Plain PyTorch, differentiated by
 autograd; the contract is that of :func:`fusedrnn.ops.reference.layer` plus keyword-only
 arguments for the variants (math in ``docs/variants.md``):
 

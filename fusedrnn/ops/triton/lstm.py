@@ -13,7 +13,7 @@ gradient of ``h_t`` (:func:`.common.state_grad`, which includes ``dG_{t+1} W_hh`
 then the gate gradients ``dG_t`` and ``dc_{t-1}`` by :func:`.cellmath.lstm_bwd`.
 With projection a state-gradient launch over the ``Hout`` columns forms
 ``dh_t`` first and the gate launch computes ``dm_t = dh_t W_hr`` in-kernel.
-Weight gradients are GEMMs over all steps afterwards (see :mod:`.layer`).
+Weight gradients are GEMMs over all steps afterwards (see :mod:`.layer_op`).
 """
 
 from __future__ import annotations
