@@ -87,7 +87,7 @@ def generate_batch(
     """``num_samples`` texts generated side by side as one batch (see :func:`generate`).
 
     ``fused=None`` runs the whole per-character loop in the compiled CPU backend when the model
-    allows it (:func:`fused_supported`), else in Python; ``True`` insists on the fused loop and
+    allows it (see :func:`fused_unsupported`), else in Python; ``True`` insists on the fused loop and
     ``False`` on the Python one. Both make the same choices from the same generator: the fused
     loop runs the same operations (fusedrnn._C.generate), so a seed gives the same text.
     ``on_text`` (one sample only) receives the text as it is chosen.
