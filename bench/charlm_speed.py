@@ -9,6 +9,7 @@ sampling throughput of both implementations on the same trained weights.
 
     python bench/charlm_speed.py                        # tinyshakespeare, 2x256 LSTM, 8 min each
     python bench/charlm_speed.py --budget 60 --hidden 128   # a quick look
+    python bench/charlm_speed.py --recipe --out bench/results/tinyshakespeare  # README recipe
 
 Results go to ``--out`` (default bench/results/charlm): results.json, results.md, val_loss.png,
 metrics_<impl>.csv; each run's directory (checkpoints) under tmp/.
@@ -36,6 +37,7 @@ from fusedrnn.charlm.checkpoint import load_checkpoint  # noqa: E402
 from fusedrnn.charlm.sample import generate  # noqa: E402
 from fusedrnn.charlm.train import train  # noqa: E402
 
+SHOWN_SAMPLE_CHARS = 600
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
@@ -56,18 +58,46 @@ def portable(value):
     return value
 
 
+# The README's tinyshakespeare recipe (the same settings as its `fusedrnn-charlm train` command).
+RECIPE: dict = {
+    "hidden": 512,
+    "layers": 2,
+    "embed": 64,
+    "dropout": 0.2,
+    "batch_size": 64,
+    "seq_len": 128,
+    "lr": 3e-3,
+    "lr_schedule": "cosine",
+    "warmup": 50,
+    "min_lr": 1e-4,
+    "max_iters": 1300,
+    "threads": 2,
+    "target": 1.45,
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--impls", default="fusedrnn,torch", help="comma-separated, run in this order")
-    p.add_argument("--budget", type=float, default=480, help="seconds of wall time per run")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of wall time per run (default 480 unless --max-iters is given)",
+    )
+    p.add_argument("--max-iters", type=int, default=None, help="optimizer steps per run")
     p.add_argument("--model", default="lstm")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embed", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-max-chars", type=int, default=0, help="0: the whole val split")
     p.add_argument("--target", type=float, default=1.7, help="val loss (nats/char) to reach")
@@ -82,7 +112,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-chars", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "charlm"))
-    return p.parse_args(argv)
+    p.add_argument(
+        "--recipe",
+        action="store_true",
+        help="the README's tinyshakespeare recipe: "
+        + ", ".join(f"{k} {v}" for k, v in RECIPE.items())
+        + " (flags given beside it win)",
+    )
+    a = p.parse_args(argv)
+    if a.recipe:
+        given = {arg.split("=")[0] for arg in (argv if argv is not None else sys.argv[1:])}
+        for key, value in RECIPE.items():
+            if "--" + key.replace("_", "-") not in given:
+                setattr(a, key, value)
+    if a.budget is None and a.max_iters is None:
+        a.budget = 480.0
+    return a
 
 
 def read_curve(run_dir: Path) -> list[dict]:
@@ -122,7 +167,7 @@ def sampling_speed(ckpt: Path, impl: str, backend, n: int, seed: int) -> dict:
         "cpu_seconds": dc,
         "chars_per_s": n / dt,
         "chars_per_cpu_s": n / dc,
-        "text_head": text[:80],
+        "text": text,
     }
 
 
@@ -164,9 +209,18 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     impls = [s for s in a.impls.split(",") if s]
+    schedule = f" cosine to {a.min_lr} after {a.warmup} warmup" if a.lr_schedule == "cosine" else ""
+    stop = " ".join(
+        x
+        for x in (
+            f"{a.max_iters} iterations" if a.max_iters else "",
+            f"budget {a.budget:.0f}s" if a.budget else "",
+        )
+        if x
+    )
     desc = (
-        f"{a.model} {a.layers}x{a.hidden}, embed {a.embed}, batch {a.batch_size}x"
-        f"{a.seq_len}, Adam lr {a.lr}, {a.threads} thread(s)"
+        f"{a.model} {a.layers}x{a.hidden}, embed {a.embed}, dropout {a.dropout}, batch "
+        f"{a.batch_size}x{a.seq_len}, Adam lr {a.lr}{schedule}, {a.threads} thread(s), {stop}"
     )
     results: dict = {
         "config_desc": desc,
@@ -200,6 +254,11 @@ def main(argv=None) -> int:
             "eval_every": a.eval_every,
             "eval_max_chars": a.eval_max_chars,
             "time_budget": a.budget,
+            "max_iters": a.max_iters,
+            "dropout": a.dropout,
+            "lr_schedule": a.lr_schedule,
+            "warmup": a.warmup,
+            "min_lr": a.min_lr,
             "impl": impl,
             "backend": a.backend if impl == "fusedrnn" else None,
             "seed": a.seed,
@@ -216,7 +275,7 @@ def main(argv=None) -> int:
     if a.parallel:
         ctx = multiprocessing.get_context("spawn")
         procs = [ctx.Process(target=_train_proc, args=(c, a.threads)) for c in cfgs.values()]
-        print(f"== {', '.join(impls)} in parallel: {desc}, budget {a.budget:.0f}s", flush=True)
+        print(f"== {', '.join(impls)} in parallel: {desc}", flush=True)
         for p in procs:
             p.start()
         for p in procs:
@@ -229,7 +288,7 @@ def main(argv=None) -> int:
         if a.parallel:
             summary = json.loads((run_dir / "summary.json").read_text())
         else:
-            print(f"== {impl}: {desc}, budget {a.budget:.0f}s", flush=True)
+            print(f"== {impl}: {desc}", flush=True)
             summary = train(cfg)
         curve = read_curve(run_dir)
         shutil.copy(run_dir / "metrics.csv", out / f"metrics_{impl}.csv")
@@ -297,6 +356,16 @@ def main(argv=None) -> int:
         )
     if has_png:
         lines += ["", "![val loss](val_loss.png)"]
+    shown = results["sampling"][impls[0]]["text"][:SHOWN_SAMPLE_CHARS]
+    lines += [
+        "",
+        f"Sample from the {impls[0]} run's last weights (prime a newline, temperature 1.0, "
+        f"seed {a.seed}, first {len(shown)} of {a.sample_chars} characters):",
+        "",
+        "```text",
+        shown.strip("\n"),
+        "```",
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     with open(out / "results.json", "w") as f:
         json.dump(portable(results), f, indent=2, default=str)

@@ -54,6 +54,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fusedrnn  # noqa: E402
+from bench.measure import cpu_model, versions  # noqa: E402
 from fusedrnn.charlm import config as cfgmod  # noqa: E402
 from fusedrnn.charlm.data import (  # noqa: E402
     Position,
@@ -703,14 +704,14 @@ def main(argv=None) -> None:
     load_end = os.getloadavg()
     fma_end = fma_gflops_one_core()  # the clock under the end's load, for the record
     meta = {
-        "cpu_model": cpu.get("Model name", platform.processor()),
+        "cpu_model": cpu_model(),
         "cores": int(cpu.get("Core(s) per socket", "0")) * int(cpu.get("Socket(s)", "1")),
         "cpus": int(cpu.get("CPU(s)", os.cpu_count() or 0)),
         "threads_per_core": int(cpu.get("Thread(s) per core", "1")),
         "hypervisor": f"{cpu['Hypervisor vendor']} virtual machine"
         if "Hypervisor vendor" in cpu
         else "bare metal",
-        "torch": torch.__version__,
+        **versions(),
         "python": platform.python_version(),
         "fusedrnn_backend": backend,
         "torch_threads": threads,

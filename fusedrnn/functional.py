@@ -69,7 +69,7 @@ def rnn_stack(
     x: Tensor,  # [T, B, I] time-major, or packed data [N, I]
     hx: Tensor,  # [L*D, B, Hout]
     cx: Tensor | None,  # [L*D, B, H] (LSTM only)
-    flat_weights: list[Tensor],  # torch.nn order, see split_weights
+    flat_weights: list[Tensor],  # torch.nn order, see split_weights (G = 3 blocks with cifg)
     num_layers: int,
     bidirectional: bool,
     has_bias: bool,
@@ -77,6 +77,8 @@ def rnn_stack(
     dropout: float,
     training: bool,
     batch_sizes: Tensor | None,  # [T] int64 CPU, packed input only
+    options=None,  # fusedrnn.variants.CellOptions; None or all off: torch.nn's cell
+    extra_weights: list[dict[str, Tensor]] | None = None,  # variant parameters per layer-dir
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Returns output ([T, B, D*Hout] or packed [N, D*Hout]), h_n, c_n.
 
@@ -86,13 +88,18 @@ def rnn_stack(
     dtype = autocast_dtype(x.device.type)
     if dtype is not None:
         with torch.autocast(x.device.type, enabled=False):
+            extra = extra_weights and [
+                {k: _cast(w, dtype) for k, w in e.items()} for e in extra_weights
+            ]
             return rnn_stack(
                 backend, cell, _cast(x, dtype), _cast(hx, dtype), _cast(cx, dtype),
                 [_cast(w, dtype) for w in flat_weights], num_layers, bidirectional, has_bias,
-                proj_size, dropout, training, batch_sizes,
+                proj_size, dropout, training, batch_sizes, options, extra,
             )  # fmt: skip
+    variant = options is not None and options.enabled
     if (
-        batch_sizes is None
+        not variant
+        and batch_sizes is None
         and x.dtype in (torch.float32, torch.float64)
         and x.shape[0] == 1
         and not bidirectional
@@ -107,30 +114,15 @@ def rnn_stack(
             cell, x[0], hx, cx, flat_weights, num_layers, has_bias, proj_size
         )
         return y.unsqueeze(0), h_n, c_n
-    weights = split_weights(flat_weights, has_bias, proj_size)
-    extra: list[dict] = [{} for _ in weights]
-    return _run_layers(
-        backend.layer, cell, x, hx, cx, weights, extra, num_layers, bidirectional, dropout,
-        training, batch_sizes,
-    )  # fmt: skip
-
-
-def _run_layers(
-    layer_op,  # a backend's layer op (fusedrnn/ops/CONTRACT.md), or its variant op
-    cell: str,
-    x: Tensor,  # [T, B, I] or packed data [N, I]
-    hx: Tensor,  # [L*D, B, Hout]
-    cx: Tensor | None,  # [L*D, B, H] (LSTM only)
-    weights: list[tuple],  # (w_ih, w_hh, b_ih, b_hh, w_hr) per layer-direction
-    extra: list[dict],  # keyword arguments of layer_op per layer-direction (variants)
-    num_layers: int,
-    bidirectional: bool,
-    dropout: float,
-    training: bool,
-    batch_sizes: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The layer x direction loop shared by the plain and the variant stacks."""
     dirs = 2 if bidirectional else 1
+    weights = split_weights(flat_weights, has_bias, proj_size)
+    if variant:
+        from .variants import layer_options
+
+        hidden = cx.shape[-1] if cx is not None else hx.shape[-1]
+        extra = layer_options(options, extra_weights, x, hx.shape[-1], hidden, training)
+    else:
+        extra = [{} for _ in weights]
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     layer_in = x
@@ -139,20 +131,10 @@ def _run_layers(
         for d in range(dirs):
             idx = layer * dirs + d
             w_ih, w_hh, b_ih, b_hh, w_hr = weights[idx]
-            y, h, c = layer_op(
-                cell,
-                layer_in,
-                hx[idx],
-                cx[idx] if cx is not None else None,
-                w_ih,
-                w_hh,
-                b_ih,
-                b_hh,
-                w_hr,
-                batch_sizes,
-                d == 1,
-                **extra[idx],
-            )
+            y, h, c = backend.layer(
+                cell, layer_in, hx[idx], cx[idx] if cx is not None else None,
+                w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, d == 1, **extra[idx],
+            )  # fmt: skip
             outs.append(y)
             h_n.append(h)
             if c is not None:
@@ -162,64 +144,6 @@ def _run_layers(
             layer_out = F.dropout(layer_out, p=dropout, training=True)
         layer_in = layer_out
     return layer_in, torch.stack(h_n), torch.stack(c_n) if cx is not None else None
-
-
-def rnn_stack_variants(
-    layer_op,  # fusedrnn.variants.resolve_backend(...): a variant layer op
-    cell: str,  # "lstm" | "gru"
-    x: Tensor,  # [T, B, I] time-major, or packed data [N, I]
-    hx: Tensor,  # [L*D, B, Hout]
-    cx: Tensor | None,  # [L*D, B, H] (LSTM only)
-    flat_weights: list[Tensor],  # torch.nn order (G = 3 gate blocks with cifg)
-    extra_weights: list[dict[str, Tensor]],  # per layer-direction, fusedrnn.variants stems
-    options,  # fusedrnn.variants.CellOptions
-    num_layers: int,
-    bidirectional: bool,
-    has_bias: bool,
-    proj_size: int,
-    dropout: float,
-    training: bool,
-    batch_sizes: Tensor | None,  # [T] int64 CPU, packed input only
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`rnn_stack` for the cell variants (layer norm, zoneout, peephole, cifg), with
-    the same autocast rule."""
-    from .variants import draw_zoneout_masks
-
-    dtype = autocast_dtype(x.device.type)
-    if dtype is not None:
-        with torch.autocast(x.device.type, enabled=False):
-            return rnn_stack_variants(
-                layer_op, cell, _cast(x, dtype), _cast(hx, dtype), _cast(cx, dtype),
-                [_cast(w, dtype) for w in flat_weights],
-                [{k: _cast(w, dtype) for k, w in e.items()} for e in extra_weights], options,
-                num_layers, bidirectional, has_bias, proj_size, dropout, training, batch_sizes,
-            )  # fmt: skip
-
-    dirs = 2 if bidirectional else 1
-    weights = split_weights(flat_weights, has_bias, proj_size)
-    hidden = cx.shape[-1] if cx is not None else hx.shape[-1]
-    masks = draw_zoneout_masks(options, x, hx.shape[-1], hidden, num_layers * dirs, training)
-    extra = [
-        {
-            "cifg": options.cifg,
-            "ln_ih_w": e.get("layer_norm_ih_weight"),
-            "ln_ih_b": e.get("layer_norm_ih_bias"),
-            "ln_hh_w": e.get("layer_norm_hh_weight"),
-            "ln_hh_b": e.get("layer_norm_hh_bias"),
-            "ln_c_w": e.get("layer_norm_c_weight"),
-            "ln_c_b": e.get("layer_norm_c_bias"),
-            "w_ch": e.get("weight_ch"),
-            "zoneout_h": options.zoneout_h,
-            "zoneout_c": options.zoneout_c,
-            "mask_h": mh,
-            "mask_c": mc,
-        }
-        for e, (mh, mc) in zip(extra_weights, masks, strict=True)
-    ]
-    return _run_layers(
-        layer_op, cell, x, hx, cx, weights, extra, num_layers, bidirectional, dropout, training,
-        batch_sizes,
-    )  # fmt: skip
 
 
 def cell_step(

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import backends
 from . import variants as _variants
-from .functional import MODES, cell_step, rnn_stack, rnn_stack_variants
+from .functional import MODES, cell_step, rnn_stack
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
@@ -310,24 +310,6 @@ class RNNBase(nn.Module):
         batch_sizes: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         _refuse_jit_trace()
-        if self.cell_options.enabled:
-            return rnn_stack_variants(
-                _variants.resolve_backend(self.backend, self.cell_options, input.device.type),
-                MODES[self.mode],
-                input,
-                hx,
-                cx,
-                self._flat_weights,
-                _variants.layer_weights(self),
-                self.cell_options,
-                self.num_layers,
-                self.bidirectional,
-                self.bias,
-                self.proj_size,
-                self.dropout,
-                self.training,
-                batch_sizes,
-            )
         name = backends.resolve(self.backend, input.device.type)
         return rnn_stack(
             backends.get(name),
@@ -343,6 +325,8 @@ class RNNBase(nn.Module):
             self.dropout,
             self.training,
             batch_sizes,
+            self.cell_options,
+            _variants.layer_weights(self) if self.cell_options.enabled else None,
         )
 
     def _unpack_input(self, input, hx, is_lstm: bool):

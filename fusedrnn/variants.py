@@ -28,10 +28,7 @@ order in ``state_dict``. With ``cifg`` the torch.nn weights themselves lose the 
 
 from __future__ import annotations
 
-import importlib
 import numbers
-import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -239,54 +236,6 @@ def layer_weights(module) -> list[dict[str, Tensor]]:
     ]
 
 
-# The variant layer op of each backend that has one (same signature as
-# fusedrnn.ops.reference_variants.layer).
-VARIANT_OPS = {
-    "reference": "fusedrnn.ops.reference_variants",
-    "cpu": "fusedrnn.ops.cpu_variants",
-    "triton": "fusedrnn.ops.triton.variants",
-    "cuda": "fusedrnn.ops.cuda_variants",
-}
-
-
-def variant_backend(name: str | None, device_type: str, options: CellOptions) -> str:
-    """The backend that runs the variants for ``backend=name`` on ``device_type`` tensors.
-
-    The plain selection (:func:`fusedrnn.backends.resolve`) decides, with its errors for
-    unknown or unavailable backends. An explicit request for a backend without variant
-    kernels is an error, never a silent fallback; an automatic choice without them falls
-    back to the reference op. Marked constant for torch.compile, like ``resolve``.
-    """
-    from . import backends
-
-    explicit = name is not None or bool(os.environ.get("FUSEDRNN_BACKEND"))
-    chosen = backends.resolve(name, device_type)
-    if chosen in VARIANT_OPS:
-        importlib.import_module(VARIANT_OPS[chosen])
-        return chosen
-    if explicit:
-        raise NotImplementedError(
-            f"fusedrnn backend {chosen!r} does not implement the cell variant(s) "
-            f"{', '.join(options.names())}; backends that do: {', '.join(VARIANT_OPS)}"
-        )
-    return "reference"
-
-
-variant_backend._dynamo_marked_constant = True  # type: ignore[attr-defined]
-
-
-def resolve_backend(name: str | None, options: CellOptions, device_type: str):
-    """The variant layer op for ``backend=name`` on ``device_type`` tensors (see
-    :func:`variant_backend`). Inside torch.func transforms it is the reference op, whose
-    plain torch operations every transform supports (the fused ops are opaque to them)."""
-    from . import backends
-
-    chosen = variant_backend(name, device_type, options)
-    if chosen != "reference" and backends.under_functorch():
-        chosen = "reference"
-    return sys.modules[VARIANT_OPS[chosen]].layer
-
-
 def draw_zoneout_masks(
     options: CellOptions,
     x: Tensor,  # [T, B, I] dense or [N, I] packed: masks take its leading shape
@@ -311,3 +260,33 @@ def draw_zoneout_masks(
             mc.bernoulli_(options.zoneout_c)
         out.append((mh, mc))
     return out
+
+
+def layer_options(
+    options: CellOptions,
+    extra_weights: list[dict[str, Tensor]],  # per layer-direction, stems of param_specs
+    x: Tensor,  # [T, B, I] dense or [N, I] packed
+    hidden_out: int,  # Hout
+    hidden_size: int,  # H
+    training: bool,
+) -> list[dict]:
+    """The layer op's keyword-only variant options for each layer-direction, zoneout masks
+    drawn (:func:`draw_zoneout_masks`)."""
+    masks = draw_zoneout_masks(options, x, hidden_out, hidden_size, len(extra_weights), training)
+    return [
+        {
+            "cifg": options.cifg,
+            "ln_ih_w": e.get("layer_norm_ih_weight"),
+            "ln_ih_b": e.get("layer_norm_ih_bias"),
+            "ln_hh_w": e.get("layer_norm_hh_weight"),
+            "ln_hh_b": e.get("layer_norm_hh_bias"),
+            "ln_c_w": e.get("layer_norm_c_weight"),
+            "ln_c_b": e.get("layer_norm_c_bias"),
+            "w_ch": e.get("weight_ch"),
+            "zoneout_h": options.zoneout_h,
+            "zoneout_c": options.zoneout_c,
+            "mask_h": mh,
+            "mask_c": mc,
+        }
+        for e, (mh, mc) in zip(extra_weights, masks, strict=True)
+    ]

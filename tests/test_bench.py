@@ -332,3 +332,15 @@ def test_sampling_bench_small(tmp_path):
         want = (gates * 8 * (64 + 8) + 2 * gates * 8 + 65 * 8 + 65) * 4 / 1e6
         assert math.isclose(float(r["weight_mb"]), round(want, 3))
     assert "| lstm | 1 × 8 | 2 |" in (tmp_path / "results.md").read_text()
+
+
+def test_charlm_speed_recipe_settings():
+    """--recipe fills in the README's tinyshakespeare settings; flags given beside it win, and
+    a run bounded by iterations has no time budget unless one is given."""
+    import charlm_speed
+
+    a = charlm_speed.parse_args(["--recipe", "--hidden=32", "--max-iters", "5"])
+    assert (a.hidden, a.max_iters, a.budget) == (32, 5, None)
+    assert (a.layers, a.dropout, a.lr_schedule, a.target) == (2, 0.2, "cosine", 1.45)
+    a = charlm_speed.parse_args([])
+    assert (a.hidden, a.budget, a.lr_schedule, a.max_iters) == (128, 480.0, "constant", None)

@@ -2,8 +2,8 @@
 
 Layer norm, peephole, cifg, zoneout (evaluation p, training masks for h and for c), with and
 without biases, projection, dense and packed, both directions, awkward shapes, float32 and
-float64: every output and every gradient of ``fusedrnn.ops.cpu_variants.layer`` is compared
-with ``fusedrnn.ops.reference_variants.layer`` (plain PyTorch, differentiated by autograd) on
+float64: every output and every gradient of ``fusedrnn.ops.cpu.layer`` with variant options is
+compared with ``fusedrnn.ops.reference.layer`` (plain PyTorch, differentiated by autograd) on
 fresh random data; gradcheck in float64 for each option.
 """
 
@@ -17,12 +17,12 @@ import sys
 import pytest
 import torch
 
-from fusedrnn.ops import cpu_variants, reference_variants
+from fusedrnn.ops import cpu, reference
 
-_C = cpu_variants.cpu._C
+_C = cpu._C
 
 pytestmark = pytest.mark.skipif(
-    not cpu_variants.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
+    not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
 )
 
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -95,8 +95,8 @@ def leaves(args, kw):
 
 def compare(args, kw, reverse, dtype, *, seed=1):
     """Outputs and every gradient, cpu vs reference, under the same random upstream grads."""
-    ref = reference_variants.layer(*args, reverse, **kw)
-    out = cpu_variants.layer(*args, reverse, **kw)
+    ref = reference.layer(*args, reverse, **kw)
+    out = cpu.layer(*args, reverse, **kw)
     tol = TOL[dtype]
     for name, a, b in zip(("y", "h_n", "c_n"), out, ref, strict=True):
         if b is None:
@@ -265,7 +265,7 @@ def _gradcheck(args, kw):
              for n, t in kw.items()}  # fmt: skip
         outs = []
         for reverse in (False, True):
-            outs += [o for o in cpu_variants.layer(*a, reverse, **k) if o is not None]
+            outs += [o for o in cpu.layer(*a, reverse, **k) if o is not None]
         return tuple(outs)
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
@@ -276,8 +276,8 @@ def test_only_some_outputs_used():
     args, kw = make_case("lstm", ln=True, peep=True, zone="both", lengths=(4, 3, 1))
     inputs = leaves(args, kw)
     for pick in (1, 0, 2):
-        ref = reference_variants.layer(*args, False, **kw)[pick]
-        out = cpu_variants.layer(*args, False, **kw)[pick]
+        ref = reference.layer(*args, False, **kw)[pick]
+        out = cpu.layer(*args, False, **kw)[pick]
         g_ref = torch.autograd.grad(ref.sum(), inputs, allow_unused=True)
         g_out = torch.autograd.grad(out.sum(), inputs, allow_unused=True)
         for a, b in zip(g_out, g_ref, strict=True):
@@ -297,11 +297,11 @@ def test_repeatable_and_independent_of_train_mode(cell):
     inputs = leaves(args, kw)
     runs = []
     for _ in range(2):
-        out = [o for o in cpu_variants.layer(*args, True, **kw) if o is not None]
+        out = [o for o in cpu.layer(*args, True, **kw) if o is not None]
         grads = torch.autograd.grad([o.sum() for o in out], inputs)
         runs.append((out, grads))
     with torch.no_grad():
-        eval_out = [o for o in cpu_variants.layer(*args, True, **kw) if o is not None]
+        eval_out = [o for o in cpu.layer(*args, True, **kw) if o is not None]
     for a, b, c in zip(runs[0][0], runs[1][0], eval_out, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
@@ -310,14 +310,14 @@ def test_repeatable_and_independent_of_train_mode(cell):
 
 def test_half_precision_computed_in_float32():
     args, kw = make_case("lstm", ln=True, peep=True, zone="both", dtype=torch.float32)
-    ref = cpu_variants.layer(*args, False, **kw)
+    ref = cpu.layer(*args, False, **kw)
 
     def bf(t):
         return t.detach().to(torch.bfloat16) if isinstance(t, torch.Tensor) else t
 
     a16 = [bf(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args]
     kw16 = {k: bf(v) for k, v in kw.items()}
-    out = cpu_variants.layer(*a16, False, **kw16)
+    out = cpu.layer(*a16, False, **kw16)
     for a, b in zip(out, ref, strict=True):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b.detach(), rtol=5e-2, atol=5e-2)
@@ -325,7 +325,7 @@ def test_half_precision_computed_in_float32():
 
 def test_gru_returns_c0_as_the_reference():
     args, kw = make_case("gru")
-    assert cpu_variants.layer(*args, False, **kw)[2] is None
+    assert cpu.layer(*args, False, **kw)[2] is None
 
 
 @pytest.mark.parametrize(
@@ -344,7 +344,7 @@ def test_validation_errors_match_the_reference(cell, change, match):
     a = list(args)
     if "w_ih" in kw:
         a[4] = kw.pop("w_ih")
-    for op in (reference_variants.layer, cpu_variants.layer):
+    for op in (reference.layer, cpu.layer):
         with pytest.raises(ValueError, match=match):
             op(*a, False, **kw)
 
@@ -362,7 +362,7 @@ def test_validation_errors_match_the_reference(cell, change, match):
 def test_bad_shapes_raise_clear_errors(change, match):
     args, kw = make_case("lstm", ln=True, peep=True)
     with pytest.raises(RuntimeError, match=match):
-        cpu_variants.layer(*args, False, **{**kw, **change})
+        cpu.layer(*args, False, **{**kw, **change})
 
 
 def test_opcheck():
@@ -409,8 +409,8 @@ def test_scratch_reuse_leaves_earlier_results_intact(cell):
         args, kw = make_case(cell, T=5, B=B, I=6, H=40, ln=True, peep=lstm, proj=3 * lstm,
                              zone="mask_h", lengths=lengths, dtype=torch.float32, seed=seed)  # fmt: skip
         with torch.no_grad():
-            y_inf = cpu_variants.layer(*args, False, **kw)[0]
-        outs = [o for o in cpu_variants.layer(*args, False, **kw) if o is not None]
+            y_inf = cpu.layer(*args, False, **kw)[0]
+        outs = [o for o in cpu.layer(*args, False, **kw) if o is not None]
         grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves(args, kw))
         return [t.detach() for t in (y_inf, *outs, *grads)]
 

@@ -400,7 +400,7 @@ def test_every_op_holds_device_guard_and_excludes_autocast():
 
 def test_host_walk_rejects_bad_input(host_layer):
     p = _problem("gru", torch.float32, B=2, T=3, I=2, H=3, proj=0, bias=True, packed=False)
-    with pytest.raises(ValueError, match="share dtype"):
+    with pytest.raises(TypeError, match="w_hh is torch.float64 but x is torch.float32.*share one"):
         host_layer(**{**p, "w_hh": p["w_hh"].double()}, reverse=False)
     with pytest.raises(ValueError, match="no projection"):
         host_layer(**{**p, "w_hr": torch.zeros(3, 3)}, reverse=False)

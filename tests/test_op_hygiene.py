@@ -221,9 +221,8 @@ def test_cpu_ops_do_not_sync(cell, packed):
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cpu_variant_ops_do_not_sync(cell, packed):
-    from fusedrnn.ops import cpu_variants
 
-    _run(cpu_variants.layer, cell, packed, zoneout_h=0.2, **_ln(cell))
+    _run(cpu.layer, cell, packed, zoneout_h=0.2, **_ln(cell))
 
 
 @needs_interpreter

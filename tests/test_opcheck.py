@@ -191,9 +191,7 @@ def test_cpu_layer_ops(layout, dtype):
 @needs_cpu
 @pytest.mark.parametrize("layout,dtype", CASES)
 def test_cpu_variant_ops(layout, dtype):
-    from fusedrnn.ops import cpu_variants
-
-    seen = _check_variants(cpu_variants.layer, layout, dtype)
+    seen = _check_variants(cpu.layer, layout, dtype)
     assert seen == {"fusedrnn::cpu_variant_fwd", "fusedrnn::cpu_variant_bwd"}
 
 
@@ -201,10 +199,8 @@ def test_cpu_variant_ops(layout, dtype):
 def test_cpu_variant_gru_outputs_are_deterministic():
     """Every output is a function of the inputs: the GRU's layer-norm statistics [N, 4] use two
     columns, and the other two must not carry whatever the allocator left there."""
-    from fusedrnn.ops import cpu_variants
-
     args = _inputs("gru", "dense", torch.float32, gates=3)
-    calls = _run_and_capture(cpu_variants.layer, "gru", args, **_variant_kw("gru", "dense",
+    calls = _run_and_capture(cpu.layer, "gru", args, **_variant_kw("gru", "dense",
                              torch.float32, 3))  # fmt: skip
     op, a, kw = calls[0]
     a = [t.detach() if isinstance(t, torch.Tensor) else t for t in a]
@@ -271,8 +267,7 @@ def test_gpu_ops(backend, layout, dtype):
 
 # every module that declares fusedrnn custom ops, and the ops the tests above cover
 OP_MODULES = {
-    "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd"),
-    "fusedrnn.ops.cpu_variants": ("cpu_variant_fwd", "cpu_variant_bwd"),
+    "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd", "cpu_variant_fwd", "cpu_variant_bwd"),
     "fusedrnn.ops.triton.layer_op": ("triton_layer_fwd", "triton_layer_bwd"),
     "fusedrnn.ops.triton.variants": ("triton_variants_fwd", "triton_variants_bwd"),
 }

@@ -1,6 +1,6 @@
 """The triton variant kernels (layer norm, zoneout, peephole, CIFG) against the reference.
 
-The oracle is :func:`fusedrnn.ops.reference_variants.layer` (plain PyTorch, autograd).
+The oracle is :func:`fusedrnn.ops.reference.layer` (plain PyTorch, autograd).
 Like ``test_triton_backend.py`` this runs on CPU tensors under the Triton interpreter
 (``TRITON_INTERPRET=1`` in the environment of the pytest process, set before triton is
 imported) or on CUDA tensors, and skips otherwise. Every buffer the kernels write is
@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 
 import triton.language.standard  # noqa: E402
 
-from fusedrnn.ops import reference_variants  # noqa: E402
+from fusedrnn.ops import reference  # noqa: E402
 from fusedrnn.ops.triton import launch_counter, poison_buffers  # noqa: E402
 from fusedrnn.ops.triton import variants as tv  # noqa: E402
 
@@ -174,7 +174,7 @@ def _compare(cell, T, B, I, H, opts, dtype, device):
     reverse = opts.pop("reverse", False)
     args, bs, kw = make_inputs(cell, T, B, I, H, dtype=dtype, device=device, **opts)
     out, grads = run_layer(tv.layer, cell, args, bs, reverse, kw)
-    ref_out, ref_grads = run_layer(reference_variants.layer, cell, args, bs, reverse, kw)
+    ref_out, ref_grads = run_layer(reference.layer, cell, args, bs, reverse, kw)
     tol = TOL[dtype] if device == "cpu" else GPU_TOL.get(dtype, TOL[dtype])
     assert_close_all(out, ref_out, tol, "output")
     assert_close_all(grads, ref_grads, tol, "grad")
@@ -235,7 +235,7 @@ def test_some_outputs_unused(cell):
         got = [a.clone().requires_grad_() if a is not None else None for a in args]
         want = [a.clone().requires_grad_() if a is not None else None for a in args]
         tv.layer(cell, *got, bs, False, **kw)[pick].sum().backward()
-        reference_variants.layer(cell, *want, bs, False, **kw)[pick].sum().backward()
+        reference.layer(cell, *want, bs, False, **kw)[pick].sum().backward()
         assert_close_all([a.grad if a is not None else None for a in got],
                          [a.grad if a is not None else None for a in want], 1e-10,
                          f"grad via output {pick}")  # fmt: skip
@@ -250,9 +250,7 @@ def test_only_requested_gradients():
     (y.sum() + c.sum()).backward()
     x_r = args[0].clone().requires_grad_()
     ln_c_w_r = kw["ln_c_w"].clone().requires_grad_()
-    y, h, c = reference_variants.layer(
-        "lstm", x_r, *args[1:], None, False, **(kw | dict(ln_c_w=ln_c_w_r))
-    )
+    y, h, c = reference.layer("lstm", x_r, *args[1:], None, False, **(kw | dict(ln_c_w=ln_c_w_r)))
     (y.sum() + c.sum()).backward()
     torch.testing.assert_close(x.grad, x_r.grad, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ln_c_w.grad, ln_c_w_r.grad, rtol=1e-10, atol=1e-10)
@@ -313,7 +311,7 @@ def _bad_calls():
 def test_errors_match_reference(k):
     cell, args, kw = _bad_calls()[k]
     with pytest.raises(ValueError) as want:
-        reference_variants.layer(cell, *args, None, False, **kw)
+        reference.layer(cell, *args, None, False, **kw)
     with pytest.raises(ValueError) as got:
         tv.layer(cell, *args, None, False, **kw)
     assert str(got.value) == str(want.value)

@@ -2,7 +2,7 @@
 
 The oracle below is written from the math in docs/variants.md as a per-sequence, per-step
 loop of elementary vector ops (matrix-vector products, a hand-written layer norm, explicit
-sigmoid). It shares no code with fusedrnn.ops.reference_variants, and it runs every sequence
+sigmoid). It shares no code with fusedrnn.ops.reference, and it runs every sequence
 of a packed batch on its own, so it checks the cuDNN packed semantics independently too.
 """
 
@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import variants
-from fusedrnn.ops import reference, reference_variants
+from fusedrnn.ops import reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -399,7 +399,7 @@ def test_reference_variant_gradcheck(case, packed, reverse):
         a.update(zip(names, tensors[: len(names)], strict=True))
         k = dict(kw)
         k.update(zip(tensor_kw, tensors[len(names) :], strict=True))
-        y, h, c = reference_variants.layer(
+        y, h, c = reference.layer(
             cell,
             a["x"],
             a["h0"],
@@ -467,7 +467,7 @@ def test_zoneout_zero_is_plain_bit_for_bit(mode):
     h0, c0 = torch.randn(B, H), (torch.randn(B, H) if mode == "LSTM" else None)
     zeros = torch.zeros(T, B, H)
     plain_out = reference.layer(cell, x, h0, c0, *w, None, None, True)
-    var_out = reference_variants.layer(
+    var_out = reference.layer(
         cell,
         x,
         h0,
@@ -615,34 +615,24 @@ def test_variants_are_keyword_only_and_rnn_unchanged():
     assert not fusedrnn.RNN(I, H).cell_options.enabled
 
 
-def test_variant_on_backend_without_variant_kernels_raises(monkeypatch):
-    """An explicit backend without a variant op is an error; an automatic choice falls back
-    to the reference op. Simulated by hiding the reference backend's own variant op entry,
-    so the check does not depend on which extensions were built."""
-    x = torch.randn(T, B, I)
-    monkeypatch.delitem(variants.VARIANT_OPS, "reference")
-    m = fusedrnn.LSTM(I, H, layer_norm=True, zoneout=0.1, backend="reference")
-    with pytest.raises(
-        NotImplementedError,
-        match=r"'reference' does not implement the cell variant\(s\) "
-        r"layer_norm, zoneout; backends that do: cpu, triton",
-    ):
-        m(x)
-    m = fusedrnn.GRU(I, H, layer_norm=True)
-    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
-    with pytest.raises(NotImplementedError, match="'reference' does not implement"):
-        m(x)
-
-
-def test_variant_automatic_choice_falls_back_to_reference(monkeypatch):
-    if "cpu" not in fusedrnn.available_backends("cpu"):
-        pytest.skip("the compiled cpu backend is not built")
-    monkeypatch.delitem(variants.VARIANT_OPS, "cpu")  # as if it had no variant op
-    assert variants.variant_backend(None, "cpu", variants.CellOptions(layer_norm=True)) == (
-        "reference"
-    )
-    with pytest.raises(NotImplementedError, match="'cpu' does not implement"):
-        variants.variant_backend("cpu", "cpu", variants.CellOptions(layer_norm=True))
+@pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
+def test_layer_op_is_one_op_with_variant_options(backend):
+    """Each backend's one layer op takes the variants as keyword options (the face the stack
+    driver calls for plain and variant layers alike) and refuses an option it does not know
+    rather than running the plain cell."""
+    layer = fusedrnn.backends.get(backend).layer
+    x, h0 = torch.randn(T, B, I, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
+    w_ih = torch.randn(3 * H, I, dtype=torch.float64)
+    w_hh = torch.randn(3 * H, H, dtype=torch.float64)
+    args = ("gru", x, h0, None, w_ih, w_hh, None, None, None, None, False)
+    ones = torch.ones(3 * H, dtype=torch.float64)
+    got = layer(*args, ln_ih_w=ones, ln_hh_w=ones, zoneout_h=0.3)
+    want = reference.layer(*args, ln_ih_w=ones, ln_hh_w=ones, zoneout_h=0.3)
+    torch.testing.assert_close(got[0], want[0])
+    plain = reference.layer(*args)
+    assert not torch.allclose(got[0], plain[0])  # the options were not dropped on the way
+    with pytest.raises(TypeError):
+        layer(*args, layer_norm=True)
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])

@@ -60,19 +60,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "_set_variant_row_blocks",
       [](bool on) { fusedrnn::cpu::variant_row_blocks_enabled() = on; },
-      "Benchmarking switch: cell variants run blocks of batch rows per thread through the whole "
-      "sequence (default on) instead of splitting every step over the threads");
+      "Test hook (the tests run both strategies against the same oracle): cell variants run "
+      "blocks of batch rows per thread through the whole sequence (default on) instead of "
+      "splitting every step over the threads");
   m.def("kernel_isa", [] { return std::string(kernel_isa()); },
         "Instruction set of the pointwise kernels chosen for this CPU");
   m.def(
-      "_set_split_gemm",
-      [](bool on) { fusedrnn::cpu::split_gemm_enabled() = on; },
-      "Benchmarking switch: split the per-step GEMMs by columns over threads (default on)");
-  m.def(
       "_set_own_sgemm",
       [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },
-      "Benchmarking switch: float32 GEMMs use the packed AVX2 kernel (default on where the CPU "
-      "has AVX2+FMA) instead of the BLAS");
+      "Test hook (the tests run both GEMMs against the same oracle): float32 GEMMs use the "
+      "packed AVX2 kernel (default on where the CPU has AVX2+FMA) instead of the BLAS");
   m.def("release_scratch", &fusedrnn::cpu::release_scratch,
         "Frees the scratch buffers that the calling thread keeps between layer calls");
   m.def("own_sgemm", &fusedrnn::cpu::use_own_sgemm,

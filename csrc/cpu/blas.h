@@ -13,7 +13,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <type_traits>
@@ -103,12 +102,6 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
   }
 }
 
-// Whether parallel_columns splits (on by default; a switch for benchmarking the two strategies).
-inline std::atomic<bool>& split_gemm_enabled() {
-  static std::atomic<bool> on{true};
-  return on;
-}
-
 // Runs fn(c0, c1) over [0, n) cut into one contiguous block of columns per thread (multiples of
 // 16); BLAS calls inside fn run single-threaded (BLAS runs sequentially in a parallel region).
 // For the per-step recurrent GEMMs (m = batch, a few dozen rows) the BLAS's own threading
@@ -117,7 +110,7 @@ inline std::atomic<bool>& split_gemm_enabled() {
 template <typename F>
 void parallel_columns(int64_t n, const F& fn) {
   const int64_t P = at::get_num_threads();
-  if (P <= 1 || n < 128 || at::in_parallel_region() || !split_gemm_enabled()) {
+  if (P <= 1 || n < 128 || at::in_parallel_region()) {
     fn(int64_t(0), n);
     return;
   }

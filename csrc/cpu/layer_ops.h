@@ -96,7 +96,7 @@ at::Tensor generate(const std::string& cell, const std::optional<at::Tensor>& em
 
 // ---------------------------------------------------------------------------------------------
 // Cell variants (layer norm, zoneout, peephole, cifg): variant_fwd.cpp / variant_bwd.cpp. The
-// math is fusedrnn/ops/reference_variants.py::layer, the per-element part csrc/cell_math.h.
+// math is fusedrnn/ops/reference.py::layer, the per-element part csrc/cell_math.h.
 // ---------------------------------------------------------------------------------------------
 namespace fusedrnn::cpu {
 

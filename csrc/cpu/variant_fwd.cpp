@@ -1,5 +1,5 @@
 // Forward of one variant layer (layer norm, zoneout, peephole, cifg) in one direction over a
-// whole (dense or packed) sequence; the math of fusedrnn/ops/reference_variants.py::layer.
+// whole (dense or packed) sequence; the math of fusedrnn/ops/reference.py::layer.
 //
 //   XP = X W_ih^T                           one GEMM for every step               [N, G*H]
 //   xg = LN_ih(XP) + b_ih + LN_ih bias       row by row, all N rows at once (LN is per row)

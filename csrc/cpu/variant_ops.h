@@ -61,7 +61,7 @@ VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const 
 // (step_rows). The blocks never synchronise inside the loop, so they also keep their speed
 // when another process takes a core for a while; a split step waits for every thread twice.
 inline std::atomic<bool>& variant_row_blocks_enabled() {
-  static std::atomic<bool> on{true};  // a switch for benchmarking the two strategies
+  static std::atomic<bool> on{true};  // off only in the tests of the other strategy
   return on;
 }
 

@@ -1,5 +1,5 @@
 // Host-side entry points of the cell-variant kernels (layer norm, zoneout, peephole, cifg; the
-// math of fusedrnn/ops/reference_variants.py): raw pointers only, as launchers.h.
+// math of fusedrnn/ops/reference.py): raw pointers only, as launchers.h.
 //
 // Shapes as in launchers.h; in addition G = gate blocks (LSTM 4, LSTM with cifg 3, GRU 3),
 // GH = G * H, P = peephole rows (3, or 2 with cifg). The per-step kernels are row kernels: one

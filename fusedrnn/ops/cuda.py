@@ -27,8 +27,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .library import define_layer_op
-from .reference import CELLS, GATES
+from .checks import GATES, check_layer
+from .library import define_layer_op, with_variants
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # columns of the saved activations per row, in units of H (layer_driver.h: saved_width)
@@ -55,78 +55,6 @@ def is_available() -> bool:
     return True
 
 
-def _check(
-    device_type: str,
-    cell: str,
-    x: Tensor,  # [T, B, I] dense or [N, I] packed
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H]
-    w_ih: Tensor,  # [G*H, I]
-    w_hh: Tensor,  # [G*H, Hout]
-    b_ih: Tensor | None,  # [G*H]
-    b_hh: Tensor | None,  # [G*H]
-    w_hr: Tensor | None,  # [Hout, H]
-    batch_sizes: Tensor | None,  # [T] int64 CPU
-) -> None:
-    if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
-    tensors = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh}
-    tensors.update({"b_ih": b_ih, "b_hh": b_hh, "w_hr": w_hr})
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if t.device.type != device_type:
-            raise ValueError(
-                f"the cuda backend needs {device_type} tensors, got {name} on {t.device}"
-            )
-        if t.device != x.device or t.dtype != x.dtype:
-            raise ValueError(
-                f"{name} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}: "
-                "all operands must share dtype and device"
-            )
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the cuda backend supports {SUPPORTED_DTYPES}, got {x.dtype}")
-    G = GATES[cell]
-    packed = batch_sizes is not None
-    if x.dim() != (2 if packed else 3):
-        raise ValueError(f"x must be {'[N, I] packed' if packed else '[T, B, I]'}, got {x.shape}")
-    if w_ih.dim() != 2 or w_hh.dim() != 2 or w_ih.shape[0] % G or w_hh.shape[0] != w_ih.shape[0]:
-        raise ValueError(
-            f"{cell}: w_ih {tuple(w_ih.shape)} and w_hh {tuple(w_hh.shape)} must be [{G}*H, *]"
-        )
-    H = w_ih.shape[0] // G
-    Hout = w_hr.shape[0] if w_hr is not None else H
-    B = h0.shape[0] if h0.dim() == 2 else -1
-    if w_ih.shape[1] != x.shape[-1]:
-        raise ValueError(f"w_ih {tuple(w_ih.shape)} does not match input size {x.shape[-1]}")
-    if tuple(w_hh.shape) != (G * H, Hout) or tuple(h0.shape) != (B, Hout):
-        raise ValueError(
-            f"w_hh {tuple(w_hh.shape)} / h0 {tuple(h0.shape)} do not match H={H}, Hout={Hout}"
-        )
-    if not packed and x.shape[1] != B:
-        raise ValueError(f"x batch {x.shape[1]} != h0 batch {B}")
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("give both biases or none")
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None and tuple(b.shape) != (G * H,):
-            raise ValueError(f"{name} {tuple(b.shape)} must be [{G * H}]")
-    if cell == "lstm":
-        if c0 is None or tuple(c0.shape) != (B, H):
-            raise ValueError(f"lstm needs c0 of shape [{B}, {H}]")
-        if w_hr is not None and (tuple(w_hr.shape) != (Hout, H) or Hout >= H):
-            raise ValueError(f"w_hr {tuple(w_hr.shape)} must be [proj_size < {H}, {H}]")
-    elif w_hr is not None:
-        raise ValueError(f"{cell} has no projection (w_hr must be None)")
-    if packed:
-        if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu":
-            raise ValueError("batch_sizes must be a 1-D CPU tensor")
-        sizes = batch_sizes.tolist()
-        if sizes and (sizes[0] > B or min(sizes) < 1 or sizes != sorted(sizes, reverse=True)):
-            raise ValueError(f"batch_sizes must be non-increasing within [1, {B}]")
-        if sum(sizes) != x.shape[0]:
-            raise ValueError(f"batch_sizes sum to {sum(sizes)} but x has {x.shape[0]} rows")
-
-
 def _sizes(x: Tensor, h0: Tensor, batch_sizes: Tensor | None) -> list[int]:
     """Active rows of every step (dense input: all rows, every step)."""
     if batch_sizes is not None:
@@ -149,7 +77,8 @@ def make_layer(
     (fusedrnn._C_cuda; the test-suite passes a CPU build of the same driver)."""
 
     def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        _check(device_type, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+        check_layer(backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                    batch_sizes, device_type=device_type)  # fmt: skip
         # [y [N, Hout], h_n [B, Hout], c_n [B, H], saved [N, S*H] acc, h_prev [N, Hout],
         #  hpre [N, H]]: always saved, because a custom op cannot know whether a backward follows
         out = get_ext().layer_forward(
@@ -217,7 +146,8 @@ def make_layer(
         if train or torch.compiler.is_compiling():
             return op_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
         # eager inference: the same kernels without writing the activations a backward needs
-        _check(device_type, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+        check_layer(backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                    batch_sizes, device_type=device_type)  # fmt: skip
         y, h_n, c_n, *_ = get_ext().layer_forward(
             cell, _flat(x, batch_sizes), h0.contiguous(), _c(c0), w_ih.contiguous(),
             w_hh.contiguous(), _c(b_ih), _c(b_hh), _c(w_hr), _sizes(x, h0, batch_sizes),
@@ -230,4 +160,15 @@ def make_layer(
     return layer
 
 
-layer = make_layer("cuda", _load_ext)
+_plain_layer = make_layer("cuda", _load_ext)
+
+
+def _variant_layer():
+    from .cuda_variants import layer as op  # imports this module: looked up at call time
+
+    return op
+
+
+# The layer op contract (fusedrnn/ops/CONTRACT.md): torch.nn's cells run the per-step
+# kernels above, a call with a variant option those of fusedrnn.ops.cuda_variants.
+layer = with_variants(lambda: _plain_layer, _variant_layer)

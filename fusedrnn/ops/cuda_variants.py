@@ -1,6 +1,6 @@
 """The ``cuda`` backend of the cell variants: layer norm, zoneout, peephole, CIFG (csrc/cuda).
 
-Same contract and results as :func:`fusedrnn.ops.reference_variants.layer` (the spec; math in
+Same contract and results as :func:`fusedrnn.ops.reference.layer` with variant options (the spec; math in
 docs/variants.md). The time loop is C++ (csrc/cuda/variant_driver.h): the input projection of
 all steps is one GEMM and its layer norm is done for all rows at once; per step one cuBLAS GEMM
 ``h_{t-1} W_hh^T`` and one fused row kernel, in which a thread block owns one batch row (layer
@@ -47,9 +47,9 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import cuda as _cuda
-from . import library, reference_variants
+from . import library
+from .checks import check_layer, gate_count
 
-CELLS = ("lstm", "gru")
 SUPPORTED_DTYPES = _cuda.SUPPORTED_DTYPES
 # the differentiable inputs, in the order of variant_backward's gradients
 GRAD_INPUTS = (
@@ -64,87 +64,6 @@ _N_BUFFERS = 11  # y, h_n, c_n, act, cell, hhat, stats, h_prev, hraw, xhat_ih, r
 def is_available() -> bool:
     """True when a CUDA device is usable and fusedrnn._C_cuda was built with the variants."""
     return _cuda.is_available() and hasattr(_cuda._load_ext(), "variant_forward")
-
-
-def _gates(cell: str, cifg: bool) -> int:
-    return (3 if cifg else 4) if cell == "lstm" else 3
-
-
-def _check(device_type, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg,
-           lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c) -> None:  # fmt: skip
-    """The reference's checks and messages, plus what the raw-pointer kernels need."""
-    ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b = lns
-    H = reference_variants.check_options(
-        cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c
-    )
-    G = _gates(cell, cifg)
-    if w_hh.dim() != 2 or w_ih.dim() != 2:
-        raise ValueError(
-            f"{cell}{' with cifg' if cifg else ''} expects {G} gate blocks: w_ih / w_hh "
-            f"of {G}*H rows, got {tuple(w_ih.shape)} and {tuple(w_hh.shape)}"
-        )
-    is_lstm = cell == "lstm"
-    for name, p in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
-        if not 0 <= p < 1:
-            raise ValueError(f"{name} must lie in [0, 1), got {p}")
-    tensors = dict(x=x, h0=h0, c0=c0 if is_lstm else None, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                   b_hh=b_hh, w_hr=w_hr, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w,
-                   ln_hh_b=ln_hh_b, ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch)  # fmt: skip
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if t.device.type != device_type:
-            raise ValueError(
-                f"the cuda backend needs {device_type} tensors, got {name} on {t.device}"
-            )
-        if t.device != x.device or t.dtype != x.dtype:
-            raise ValueError(
-                f"{name} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}: "
-                "all operands must share dtype and device"
-            )
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the cuda backend supports {SUPPORTED_DTYPES}, got {x.dtype}")
-    packed = batch_sizes is not None
-    if x.dim() != (2 if packed else 3):
-        raise ValueError(f"x must be {'[N, I] packed' if packed else '[T, B, I]'}, got {x.shape}")
-    if h0.dim() != 2:
-        raise ValueError(f"h0 must be [B, Hout], got {tuple(h0.shape)}")
-    B, Hout = h0.shape
-    if w_hr is not None:
-        if not is_lstm:
-            raise ValueError(f"{cell} has no projection (w_hr must be None)")
-        if tuple(w_hr.shape) != (Hout, H) or Hout >= H:
-            raise ValueError(f"w_hr {tuple(w_hr.shape)} must be [proj_size < {H}, {H}]")
-    elif Hout != H:
-        raise ValueError(f"h0 {tuple(h0.shape)} does not match H={H}")
-    if w_ih.shape[1] != x.shape[-1] or w_hh.shape[1] != Hout:
-        raise ValueError(
-            f"w_ih {tuple(w_ih.shape)} / w_hh {tuple(w_hh.shape)} do not match input size "
-            f"{x.shape[-1]} and Hout={Hout}"
-        )
-    if not packed and x.shape[1] != B:
-        raise ValueError(f"x batch {x.shape[1]} != h0 batch {B}")
-    if is_lstm and (c0 is None or tuple(c0.shape) != (B, H)):
-        raise ValueError(f"lstm needs c0 of shape [{B}, {H}]")
-    widths = dict(b_ih=G * H, b_hh=G * H, ln_ih_w=G * H, ln_ih_b=G * H, ln_hh_w=G * H,
-              ln_hh_b=G * H, ln_c_w=H, ln_c_b=H)  # fmt: skip
-    for name, n in widths.items():
-        t = tensors[name]
-        if t is not None and tuple(t.shape) != (n,):
-            raise ValueError(f"{name} {tuple(t.shape)} must be [{n}]")
-    if packed:
-        if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu":
-            raise ValueError("batch_sizes must be a 1-D CPU tensor")
-        sizes = batch_sizes.tolist()
-        if sizes and (sizes[0] > B or min(sizes) < 1 or sizes != sorted(sizes, reverse=True)):
-            raise ValueError(f"batch_sizes must be non-increasing within [1, {B}]")
-        if sum(sizes) != x.shape[0]:
-            raise ValueError(f"batch_sizes sum to {sum(sizes)} but x has {x.shape[0]} rows")
-    lead = tuple(x.shape[:-1])
-    for name, m, k in (("mask_h", mask_h, Hout), ("mask_c", mask_c, H)):
-        if m is not None and (tuple(m.shape) != (*lead, k) or m.device != x.device):
-            raise ValueError(f"{name} must be {(*lead, k)} on {x.device} (like y), got "
-                             f"{tuple(m.shape)} on {m.device}")  # fmt: skip
 
 
 def _sizes(x: Tensor, h0: Tensor, batch_sizes: Tensor | None) -> list[int]:
@@ -219,7 +138,7 @@ def make_layer(
     def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
           ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
           mask_c):  # fmt: skip
-        G = _gates(cell, cifg)
+        G = gate_count(cell, cifg)
         H, (B, Hout) = w_hh.shape[0] // G, h0.shape
         N = x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
         lstm, ln, proj = cell == "lstm", ln_ih_w is not None, w_hr is not None
@@ -363,10 +282,14 @@ def make_layer(
         mask_h: Tensor | None = None,  # like y: [T, B, Hout] or [N, Hout]; training zoneout
         mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One variant layer in one direction; contract of ``reference_variants.layer``."""
+        """One variant layer in one direction; contract of ``fusedrnn.ops.reference.layer``."""
         lns = (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b)
-        _check(device_type, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg,
-               lns, w_ch, zoneout_h, zoneout_c, mask_h, mask_c)  # fmt: skip
+        check_layer(
+            backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+            batch_sizes, device_type=device_type, cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b,
+            ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b, ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch,
+            zoneout_h=zoneout_h, zoneout_c=zoneout_c, mask_h=mask_h, mask_c=mask_c,
+        )  # fmt: skip
         c_in = c0 if cell == "lstm" else None
         diff = (x, h0, c_in, w_ih, w_hh, b_ih, b_hh, w_hr, *lns, w_ch)
         train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in diff)

@@ -198,3 +198,21 @@ def define_layer_op(
     layer.fwd_op = layer_fwd
     layer.bwd_op = layer_bwd
     return layer
+
+
+LayerFn = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
+
+
+def with_variants(plain: Callable[[], LayerFn], variant: Callable[[], LayerFn]) -> LayerFn:
+    """A backend's one layer op (signature of :func:`fusedrnn.ops.reference.layer`) over its
+    two kernel families: ``plain()`` runs torch.nn's cells, ``variant()`` a call with any
+    variant option on. Both are looked up at call time, so kernels load only when used."""
+    from .checks import variants_on
+
+    def layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, **options):
+        args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+        if variants_on(**options):
+            return variant()(*args, **options)
+        return plain()(*args)
+
+    return layer

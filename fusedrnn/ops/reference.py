@@ -1,9 +1,22 @@
 """The ``reference`` backend: one layer's time loop in plain PyTorch.
 
-This is the oracle every fused backend is tested against. It is differentiated
-by autograd, so it has no backward of its own, and it follows PyTorch's
-conventions exactly (gate order, GRU's ``b_hn`` inside the reset product,
-cuDNN-style packed sequences).
+This is the oracle every fused backend is tested against. It is differentiated by autograd,
+so it has no backward of its own, and it follows PyTorch's conventions exactly (gate order,
+GRU's ``b_hn`` inside the reset product, cuDNN-style packed sequences).
+
+The cell variants are keyword-only options of the same op (math in ``docs/variants.md``);
+with all of them off each cell is exactly torch.nn's:
+
+- layer norm (on when ``ln_ih_w`` is given): the input and recurrent projections are each
+  normalised over their full G*H features before the biases are added; LSTM also normalises
+  c_t inside ``h_t = o * tanh(LN_c(c_t))`` (the carried c_t stays unnormalised).
+- peephole (on when ``w_ch`` is given, LSTM): ``i += w_ci*c_{t-1}``, ``f += w_cf*c_{t-1}``,
+  ``o += w_co*c_t``; ``w_ch`` rows are (i, f, o), or (i, o) with cifg.
+- cifg (LSTM): ``f = 1 - i``; weights have 3 gate blocks in the order i, g, o.
+- zoneout: with a mask (training), ``h_t = m*h_{t-1} + (1-m)*h~_t`` (m = 1 keeps the old
+  value); without a mask but p > 0 (evaluation), ``h_t = p*h_{t-1} + (1-p)*h~_t``. The same for
+  c with ``mask_c`` / ``zoneout_c``. The output y_t is the zoned-out h_t. Masks are laid out
+  like ``y`` ([T, B, Hout] or packed [N, Hout]).
 """
 
 from __future__ import annotations
@@ -12,35 +25,95 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+from ..variants import LN_EPS
+from .checks import CELLS, GATES, check_cell, check_options, variants_on
+
+__all__ = ["CELLS", "GATES", "layer", "step_slices"]
+
+
+def _ln(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+    # w None means "layer norm off" for this tensor
+    if w is None:
+        return x
+    return F.layer_norm(x, (x.shape[-1],), w, b, LN_EPS)
+
+
+def _add(x: Tensor, b: Tensor | None) -> Tensor:
+    return x if b is None else x + b
+
+
+def _project(
+    v: Tensor,  # [rows, K]
+    w: Tensor,  # [G*H, K]
+    b: Tensor | None,  # [G*H]
+    ln_w: Tensor | None,  # [G*H]: layer norm of the product, before the bias
+    ln_b: Tensor | None,  # [G*H]
+) -> Tensor:
+    if ln_w is None:
+        return F.linear(v, w, b)
+    return _add(_ln(F.linear(v, w), ln_w, ln_b), b)
+
+
+def _zone(
+    new: Tensor,  # [rows, K] candidate state
+    old: Tensor,  # [rows, K] previous state
+    mask: Tensor | None,  # [rows, K] 1 = keep old (training), or None
+    p: float,
+) -> Tensor:
+    if mask is not None:
+        return mask * old + (1 - mask) * new
+    if p > 0:
+        return p * old + (1 - p) * new
+    return new
 
 
 def lstm_cell_reference(
-    xg: Tensor,  # [B, 4H] input projection of this step, b_ih included
+    xg: Tensor,  # [B, G*H] input projection of this step (LN and b_ih applied)
     h: Tensor,  # [B, Hout]
     c: Tensor,  # [B, H]
-    w_hh: Tensor,  # [4H, Hout]
-    b_hh: Tensor | None,  # [4H]
+    w_hh: Tensor,  # [G*H, Hout]
+    b_hh: Tensor | None,  # [G*H]
     w_hr: Tensor | None,  # [Hout, H]
+    ln_hh_w: Tensor | None = None,  # [G*H]
+    ln_hh_b: Tensor | None = None,  # [G*H]
+    ln_c_w: Tensor | None = None,  # [H]
+    ln_c_b: Tensor | None = None,  # [H]
+    w_ch: Tensor | None = None,  # [3, H] rows i, f, o; [2, H] rows i, o with cifg
+    cifg: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    gates = xg + F.linear(h, w_hh, b_hh)
-    i, f, g, o = gates.chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
+    """One step before zoneout: the candidate (h~_t [B, Hout], c~_t [B, H])."""
+    gates = xg + _project(h, w_hh, b_hh, ln_hh_w, ln_hh_b)
+    if cifg:
+        i, g, o = gates.chunk(3, dim=1)
+        f = None
+    else:
+        i, f, g, o = gates.chunk(4, dim=1)
+    if w_ch is not None:
+        i = i + w_ch[0] * c
+        if f is not None:
+            f = f + w_ch[1] * c
+    i = torch.sigmoid(i)
+    f = 1 - i if f is None else torch.sigmoid(f)
+    c_new = f * c + i * torch.tanh(g)
+    if w_ch is not None:
+        o = o + w_ch[-1] * c_new
+    h_new = torch.sigmoid(o) * torch.tanh(_ln(c_new, ln_c_w, ln_c_b))
     if w_hr is not None:
-        h = F.linear(h, w_hr)
-    return h, c
+        h_new = F.linear(h_new, w_hr)
+    return h_new, c_new
 
 
 def gru_cell_reference(
-    xg: Tensor,  # [B, 3H] input projection of this step, b_ih included
+    xg: Tensor,  # [B, 3H] input projection of this step (LN and b_ih applied)
     h: Tensor,  # [B, H]
     w_hh: Tensor,  # [3H, H]
     b_hh: Tensor | None,  # [3H]
+    ln_hh_w: Tensor | None = None,  # [3H]
+    ln_hh_b: Tensor | None = None,  # [3H]
 ) -> Tensor:
+    """One step before zoneout: the candidate h~_t [B, H]. b_hn stays inside r * (.)."""
     xr, xz, xn = xg.chunk(3, dim=1)
-    hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+    hr, hz, hn = _project(h, w_hh, b_hh, ln_hh_w, ln_hh_b).chunk(3, dim=1)
     r = torch.sigmoid(xr + hr)
     z = torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
@@ -83,30 +156,53 @@ def layer(
     x: Tensor,  # [T, B, I] dense, or [N, I] packed data when batch_sizes is given
     h0: Tensor,  # [B, Hout]
     c0: Tensor | None,  # [B, H], LSTM only
-    w_ih: Tensor,  # [G*H, I]
+    w_ih: Tensor,  # [G*H, I]   (G = 4 LSTM, 3 LSTM+cifg, 3 GRU, 1 RNN)
     w_hh: Tensor,  # [G*H, Hout]
     b_ih: Tensor | None,  # [G*H]
     b_hh: Tensor | None,  # [G*H]
     w_hr: Tensor | None,  # [Hout, H], LSTM with proj_size > 0 only
     batch_sizes: Tensor | None,  # [T] int64 on the CPU, non-increasing
     reverse: bool,
+    *,
+    cifg: bool = False,
+    ln_ih_w: Tensor | None = None,  # [G*H]  layer norm on iff given
+    ln_ih_b: Tensor | None = None,  # [G*H]
+    ln_hh_w: Tensor | None = None,  # [G*H]
+    ln_hh_b: Tensor | None = None,  # [G*H]
+    ln_c_w: Tensor | None = None,  # [H]  LSTM only
+    ln_c_b: Tensor | None = None,  # [H]
+    w_ch: Tensor | None = None,  # [3, H] or [2, H] with cifg; peephole on iff given
+    zoneout_h: float = 0.0,
+    zoneout_c: float = 0.0,
+    mask_h: Tensor | None = None,  # like y: [T, B, Hout] or [N, Hout]; training zoneout
+    mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Run one layer in one direction over a whole sequence.
 
     Returns ``y`` ([T, B, Hout], or [N, Hout] for packed input), ``h_n``
-    ([B, Hout]) and ``c_n`` ([B, H] for LSTM, else None).
+    ([B, Hout]) and ``c_n`` ([B, H] for LSTM; the other cells return ``c0`` as given, None
+    from the stack driver).
 
     Packed input is processed as cuDNN does: step ``t`` computes only the first
     ``batch_sizes[t]`` rows. Rows that have ended keep their last state (forward
     direction); rows that have not started yet still hold ``h0`` (reverse).
     """
-    if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
+    if variants_on(
+        cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
+        ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+        mask_h=mask_h, mask_c=mask_c,
+    ):  # fmt: skip
+        check_options(cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c)
+    else:
+        check_cell(cell)
     packed = batch_sizes is not None
     batch = h0.shape[0]
     seq_len = batch_sizes.numel() if packed else x.shape[0]
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
-    xg = F.linear(flat_x, w_ih, b_ih)  # [N, G*H]: one GEMM for every step
+    # one GEMM for every step (layer norm is per row, so normalising them all at once is exact)
+    xg = _project(flat_x, w_ih, b_ih, ln_ih_w, ln_ih_b)  # [N, G*H]
+    flat_mh = None if mask_h is None else mask_h.reshape(-1, mask_h.shape[-1])
+    flat_mc = None if mask_c is None else mask_c.reshape(-1, mask_c.shape[-1])
 
     h, c = h0, c0
     ys: list[Tensor | None] = [None] * seq_len
@@ -114,12 +210,19 @@ def layer(
         xg_t = xg[start : start + rows]
         h_t = h[:rows]
         if cell == "lstm":
-            h_new, c_new = lstm_cell_reference(xg_t, h_t, c[:rows], w_hh, b_hh, w_hr)
+            c_t = c[:rows]
+            h_new, c_new = lstm_cell_reference(
+                xg_t, h_t, c_t, w_hh, b_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, cifg
+            )
+            mc = None if flat_mc is None else flat_mc[start : start + rows]
+            c_new = _zone(c_new, c_t, mc, zoneout_c)
             c = c_new if rows == batch else torch.cat([c_new, c[rows:]])
         elif cell == "gru":
-            h_new = gru_cell_reference(xg_t, h_t, w_hh, b_hh)
+            h_new = gru_cell_reference(xg_t, h_t, w_hh, b_hh, ln_hh_w, ln_hh_b)
         else:
             h_new = rnn_cell_reference(xg_t, h_t, w_hh, b_hh, cell == "rnn_relu")
+        mh = None if flat_mh is None else flat_mh[start : start + rows]
+        h_new = _zone(h_new, h_t, mh, zoneout_h)
         h = h_new if rows == batch else torch.cat([h_new, h[rows:]])
         ys[t] = h_new
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+from ..library import with_variants
 from .runtime import launch_counter, poison_buffers
 
 __all__ = ["is_available", "kernel_path", "layer", "launch_counter", "poison_buffers"]
@@ -67,8 +68,18 @@ def kernel_path(path: str | None):
     return _kernel_path(path)
 
 
-def layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-    """The layer op contract (see :mod:`fusedrnn.ops`), run by the Triton kernels."""
-    from .layer_op import layer as _layer
+def _step_layer():
+    from .layer_op import layer as op
 
-    return _layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+    return op
+
+
+def _variant_layer():
+    from .variants import layer as op
+
+    return op
+
+
+# The layer op contract (fusedrnn/ops/CONTRACT.md): torch.nn's cells run the per-step /
+# persistent kernels (.layer_op), a call with a variant option the variant kernels (.variants).
+layer = with_variants(_step_layer, _variant_layer)

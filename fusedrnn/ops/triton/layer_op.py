@@ -24,54 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import library
+from ..checks import GATES, check_layer
 from . import runtime
 from .gru import _gru_bwd, _gru_fwd
 from .lstm import _lstm_bwd, _lstm_fwd
 from .persistent import persistent_bwd, persistent_fwd, use_persistent
 from .rnn import _rnn_bwd, _rnn_fwd
 
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> None:
-    if cell not in GATES:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {tuple(GATES)}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"fusedrnn triton backend: unsupported dtype {x.dtype}")
-    tensors = [t for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
-    if any(t.dtype != x.dtype for t in tensors):
-        raise TypeError("fusedrnn triton backend: all inputs and weights must share one dtype")
-    if any(t.device != x.device for t in tensors):
-        raise ValueError("fusedrnn triton backend: all inputs and weights must be on one device")
-    if (cell == "lstm") != (c0 is not None):
-        raise ValueError("c0 must be given for the LSTM and only for it")
-    if w_hr is not None and cell != "lstm":
-        raise ValueError("w_hr (proj_size) exists only for the LSTM")
-    if batch_sizes is not None and batch_sizes.device.type != "cpu":
-        raise ValueError("batch_sizes must be a CPU tensor")
-    # the kernels index raw memory: wrong shapes must not reach them
-    GH, Hout = w_hh.shape
-    H = GH // GATES[cell]
-    B = h0.shape[0]
-    want = {
-        "w_hh": (w_hh.shape, (GATES[cell] * H, Hout)),
-        "w_ih": (w_ih.shape, (GH, x.shape[-1])),
-        "h0": (h0.shape, (B, Hout)),
-        "c0": (c0.shape if c0 is not None else None, (B, H) if c0 is not None else None),
-        "b_ih": (b_ih.shape if b_ih is not None else None, (GH,) if b_ih is not None else None),
-        "b_hh": (b_hh.shape if b_hh is not None else None, (GH,) if b_hh is not None else None),
-        "w_hr": (w_hr.shape if w_hr is not None else None, (Hout, H) if w_hr is not None else None),
-    }
-    for name, (got, expected) in want.items():
-        if got is not None and tuple(got) != expected:
-            raise ValueError(f"{name} has shape {tuple(got)}, expected {expected}")
-    if w_hr is None and Hout != H:
-        raise ValueError(f"w_hh has shape {(GH, Hout)}, expected {(GH, H)} without w_hr")
-    if x.dim() != (2 if batch_sizes is not None else 3) or (
-        batch_sizes is None and x.shape[1] != B
-    ):
-        raise ValueError(f"x has shape {tuple(x.shape)}, which does not match h0 {(B, Hout)}")
 
 
 def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
@@ -81,7 +41,7 @@ def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> list[Tensor]:
     """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused)."""
-    _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    check_layer("triton", DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     with runtime.device_guard(x.device):
         return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
 

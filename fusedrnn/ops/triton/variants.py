@@ -1,6 +1,6 @@
 """The triton backend's variant layer op: layer norm, zoneout, peephole, CIFG.
 
-Same contract, validation and results as :func:`fusedrnn.ops.reference_variants.layer`
+Same contract, validation and results as :func:`fusedrnn.ops.reference.layer` with variant options
 (math in ``docs/variants.md``). Forward: the input projection of every step in one
 GEMM, ``xg = LN_ih(x W_ih^T) + b_ih`` (layer norm is per row, so normalising all
 steps at once is exact), then one variant step kernel per step
@@ -31,83 +31,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...variants import LN_EPS
-from .. import library, reference_variants
+from .. import library
+from ..checks import check_layer
 from ..library import NAMESPACE
 from . import runtime
 
-CELLS = ("lstm", "gru")
 DTYPES = (torch.float32, torch.float64)
 # the differentiable inputs, in the order of the backward op's outputs
 GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "ln_ih_w", "ln_ih_b",
                "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch")  # fmt: skip
 # where they sit among the forward op's arguments
 GRAD_POSITIONS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15, 16, 17, 18)
-
-
-def _shape(t: Tensor | None) -> tuple[int, ...] | None:
-    return None if t is None else tuple(t.shape)
-
-
-def _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg, ln_ih_w, ln_ih_b,
-           ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_c, mask_h, mask_c) -> None:  # fmt: skip
-    # first the reference op's own checks, with its messages
-    H = reference_variants.check_options(
-        cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c
-    )
-    is_lstm = cell == "lstm"
-    gates = (3 if cifg else 4) if is_lstm else 3
-    # then what the kernels rely on: they index raw memory
-    given = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
-             ln_c_w, ln_c_b, w_ch, mask_h, mask_c)  # fmt: skip
-    tensors = [t for t in given if t is not None]
-    if x.dtype not in DTYPES:
-        raise TypeError(
-            f"fusedrnn triton variant kernels: unsupported dtype {x.dtype} "
-            "(float32 and float64 are supported)"
-        )
-    if any(t.dtype != x.dtype for t in tensors):
-        raise TypeError(
-            "fusedrnn triton backend: all inputs, weights and masks must share one dtype"
-        )
-    if any(t.device != x.device for t in tensors):
-        raise ValueError("fusedrnn triton backend: all inputs and weights must be on one device")
-    if is_lstm != (c0 is not None):
-        raise ValueError("c0 must be given for the LSTM and only for it")
-    if w_hr is not None and not is_lstm:
-        raise ValueError("w_hr (proj_size) exists only for the LSTM")
-    if batch_sizes is not None and batch_sizes.device.type != "cpu":
-        raise ValueError("batch_sizes must be a CPU tensor")
-    packed = batch_sizes is not None
-    if x.dim() != (2 if packed else 3):
-        raise ValueError(f"x has shape {tuple(x.shape)}, expected {'2' if packed else '3'} dims")
-    B, Hout = h0.shape[0], w_hh.shape[1]
-    GH = gates * H
-    lead = (x.shape[0],) if packed else (x.shape[0], B)
-    want = {
-        "h0": (h0, (B, Hout)),
-        "c0": (c0, (B, H)),
-        "w_ih": (w_ih, (GH, x.shape[-1])),
-        "b_ih": (b_ih, (GH,)),
-        "b_hh": (b_hh, (GH,)),
-        "w_hr": (w_hr, (Hout, H)),
-        "ln_ih_w": (ln_ih_w, (GH,)),
-        "ln_ih_b": (ln_ih_b, (GH,)),
-        "ln_hh_w": (ln_hh_w, (GH,)),
-        "ln_hh_b": (ln_hh_b, (GH,)),
-        "ln_c_w": (ln_c_w, (H,)),
-        "ln_c_b": (ln_c_b, (H,)),
-        "mask_h": (mask_h, (*lead, Hout)),
-        "mask_c": (mask_c, (*lead, H)),
-    }
-    for name, (t, expected) in want.items():
-        if t is not None and tuple(t.shape) != expected:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
-    if w_hr is None and Hout != H:
-        raise ValueError(f"w_hh has shape {(GH, Hout)}, expected {(GH, H)} without w_hr")
-    if not packed and x.shape[1] != B:
-        raise ValueError(f"x has shape {tuple(x.shape)}, which does not match h0 {(B, Hout)}")
-    if (ln_ih_b is not None or ln_hh_b is not None or ln_c_b is not None) and ln_ih_w is None:
-        raise ValueError("layer-norm biases need the layer-norm gains")
 
 
 def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
@@ -142,8 +76,12 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
     """Buffers: LSTM ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]``, GRU
     ``[Hs, gates, shat, rstd, y, uhat, rstd_u]`` (see the cell launchers; ``uhat [N, GH]``
     and ``rstd_u [N, 1]`` are the input projection's layer norm; empty when unused)."""
-    _check(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg, ln_ih_w, ln_ih_b,
-           ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_c, mask_h, mask_c)  # fmt: skip
+    check_layer(
+        "triton", DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg=cifg,
+        ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b, ln_c_w=ln_c_w,
+        ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c, mask_h=mask_h,
+        mask_c=mask_c,
+    )  # fmt: skip
     with runtime.device_guard(x.device):
         return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
                         cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h,
@@ -475,7 +413,7 @@ def layer(
     mask_h: Tensor | None = None,  # [T, B, Hout] or [N, Hout]
     mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`fusedrnn.ops.reference_variants.layer`, run by the Triton variant kernels.
+    """:func:`fusedrnn.ops.reference.layer` with variant options, run by the Triton variant kernels.
 
     bfloat16 / float16 (e.g. under autocast) are computed in float32, which the variant
     kernels take, and returned in the input's dtype (as the cpu backend does)."""

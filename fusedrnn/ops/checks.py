@@ -1,0 +1,214 @@
+"""The cell table and the argument checks every backend's layer op makes first.
+
+One place for what a layer op accepts: the cells and their gate counts, which cells take the
+variant options, and the messages for option combinations that make no sense. Backends add
+only the checks that guard their own raw pointers (C++ and CUDA) or kernels.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+VARIANT_CELLS = ("lstm", "gru")  # the cells that take the variant options
+# the tensor-valued variant options of the layer op
+OPTION_TENSORS = (
+    "ln_ih_w",
+    "ln_ih_b",
+    "ln_hh_w",
+    "ln_hh_b",
+    "ln_c_w",
+    "ln_c_b",
+    "w_ch",
+    "mask_h",
+    "mask_c",
+)
+
+
+def gate_count(cell: str, cifg: bool = False) -> int:
+    """Gate blocks G of ``w_ih`` / ``w_hh`` ([G*H, ...]); CIFG drops the LSTM's forget block."""
+    return 3 if (cell == "lstm" and cifg) else GATES[cell]
+
+
+def check_cell(cell: str) -> None:
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
+
+
+def variants_on(
+    *,
+    cifg: bool = False,
+    ln_ih_w: Tensor | None = None,
+    ln_ih_b: Tensor | None = None,
+    ln_hh_w: Tensor | None = None,
+    ln_hh_b: Tensor | None = None,
+    ln_c_w: Tensor | None = None,
+    ln_c_b: Tensor | None = None,
+    w_ch: Tensor | None = None,
+    zoneout_h: float = 0.0,
+    zoneout_c: float = 0.0,
+    mask_h: Tensor | None = None,
+    mask_c: Tensor | None = None,
+) -> bool:
+    """True when a layer op call asks for any variant (the plain torch.nn cell otherwise).
+    Takes the layer op's keyword-only options, so an unknown option name is a TypeError."""
+    return bool(
+        cifg
+        or any(t is not None for t in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b))
+        or w_ch is not None
+        or zoneout_h > 0
+        or zoneout_c > 0
+        or mask_h is not None
+        or mask_c is not None
+    )
+
+
+def check_options(
+    cell: str,
+    w_ih: Tensor,  # [G*H, I]
+    w_hh: Tensor,  # [G*H, Hout]
+    cifg: bool,
+    ln_ih_w: Tensor | None,
+    ln_hh_w: Tensor | None,
+    ln_c_w: Tensor | None,
+    w_ch: Tensor | None,
+    zoneout_c: float,
+    mask_c: Tensor | None,
+) -> int:
+    """The checks of a layer op call with variants, with the same messages on every backend;
+    returns H."""
+    if cell not in VARIANT_CELLS:
+        raise ValueError(f"cell variants exist for {VARIANT_CELLS}, got {cell!r}")
+    is_lstm = cell == "lstm"
+    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or mask_c is not None):
+        raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
+    if not is_lstm and zoneout_c > 0:
+        raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
+    ln_given = [ln_ih_w is not None, ln_hh_w is not None] + (
+        [ln_c_w is not None] if is_lstm else []
+    )
+    if any(ln_given) and not all(ln_given):
+        raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
+    gates = gate_count(cell, cifg)
+    hidden = w_hh.shape[0] // gates
+    if w_hh.shape[0] != gates * hidden or w_ih.shape[0] != gates * hidden:
+        raise ValueError(
+            f"{cell}{' with cifg' if cifg else ''} expects {gates} gate blocks: w_ih / w_hh "
+            f"of {gates}*H rows, got {tuple(w_ih.shape)} and {tuple(w_hh.shape)}"
+        )
+    if w_ch is not None and tuple(w_ch.shape) != ((2 if cifg else 3), hidden):
+        raise ValueError(
+            f"peephole weights must be [{2 if cifg else 3}, {hidden}], got {tuple(w_ch.shape)}"
+        )
+    return hidden
+
+
+def check_layer(
+    backend: str,
+    dtypes: tuple,  # the dtypes the backend's kernels take
+    cell: str,
+    x: Tensor,  # [T, B, I] dense or [N, I] packed
+    h0: Tensor,  # [B, Hout]
+    c0: Tensor | None,  # [B, H] (LSTM; ignored for the other cells)
+    w_ih: Tensor,  # [G*H, I]
+    w_hh: Tensor,  # [G*H, Hout]
+    b_ih: Tensor | None,  # [G*H]
+    b_hh: Tensor | None,  # [G*H]
+    w_hr: Tensor | None,  # [Hout, H]
+    batch_sizes: Tensor | None,  # [T] int64 CPU
+    *,
+    device_type: str | None = None,  # the device type the kernels need, if only one
+    **options,  # the layer op's variant options
+) -> int:
+    """Every argument check of a layer op call whose kernels index raw memory (the GPU
+    backends; the C++ extension repeats the few that guard its own pointers), with one set of
+    messages: the cell and options first (:func:`check_options`), then dtype, device and every
+    shape. Returns H."""
+    if variants_on(**options):
+        hidden = check_options(
+            cell, w_ih, w_hh, options.get("cifg", False), options.get("ln_ih_w"),
+            options.get("ln_hh_w"), options.get("ln_c_w"), options.get("w_ch"),
+            options.get("zoneout_c", 0.0), options.get("mask_c"),
+        )  # fmt: skip
+    else:
+        check_cell(cell)
+    is_lstm = cell == "lstm"
+    named = dict(x=x, h0=h0, c0=c0 if is_lstm else None, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                 b_hh=b_hh, w_hr=w_hr, **{k: options.get(k) for k in OPTION_TENSORS})  # fmt: skip
+    tensors = {name: t for name, t in named.items() if t is not None}
+    if device_type is not None:
+        for name, t in tensors.items():
+            if t.device.type != device_type:
+                raise ValueError(
+                    f"the {backend} backend needs {device_type} tensors, got {name} on {t.device}"
+                )
+    if x.dtype not in dtypes:
+        raise TypeError(f"the {backend} backend supports {dtypes}, got {x.dtype}")
+    for name, t in tensors.items():
+        if t.dtype != x.dtype:
+            raise TypeError(
+                f"{name} is {t.dtype} but x is {x.dtype}: all inputs, weights and masks must "
+                "share one dtype"
+            )
+        if t.device != x.device:
+            raise ValueError(
+                f"{name} is on {t.device} but x is on {x.device}: all inputs, weights and "
+                "masks must be on one device"
+            )
+    if is_lstm and c0 is None:
+        raise ValueError("c0 must be given for the LSTM")
+    if w_hr is not None and not is_lstm:
+        raise ValueError(f"{cell} has no projection (w_hr must be None)")
+    packed = batch_sizes is not None
+    if x.dim() != (2 if packed else 3):
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, expected {'[N, I] packed' if packed else '[T, B, I]'}"
+        )
+    for name in ("h0", "w_ih", "w_hh"):
+        if named[name].dim() != 2:
+            raise ValueError(f"{name} has shape {tuple(named[name].shape)}, expected 2 dims")
+    gates = gate_count(cell, options.get("cifg", False))
+    gh, hout = w_hh.shape
+    hidden = gh // gates
+    if gh != gates * hidden or hidden == 0:
+        raise ValueError(f"w_hh has shape {tuple(w_hh.shape)}, expected [{gates}*H, Hout]")
+    batch = h0.shape[0]
+    lead = (x.shape[0],) if packed else (x.shape[0], batch)
+    want = dict(
+        h0=(batch, hout), c0=(batch, hidden), w_ih=(gh, x.shape[-1]), b_ih=(gh,), b_hh=(gh,),
+        w_hr=(hout, hidden), ln_ih_w=(gh,), ln_ih_b=(gh,), ln_hh_w=(gh,), ln_hh_b=(gh,),
+        ln_c_w=(hidden,), ln_c_b=(hidden,), mask_h=(*lead, hout), mask_c=(*lead, hidden),
+    )  # fmt: skip
+    for name, shape in want.items():
+        t = tensors.get(name)
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
+    if w_hr is None and hout != hidden:
+        raise ValueError(
+            f"w_hh has shape {tuple(w_hh.shape)}, expected {(gh, hidden)} without w_hr"
+        )
+    if w_hr is not None and hout >= hidden:
+        raise ValueError(
+            f"w_hr has shape {tuple(w_hr.shape)}, expected [proj_size < {hidden}, {hidden}]"
+        )
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("give both biases or none")
+    if (
+        any(options.get(k) is not None for k in ("ln_ih_b", "ln_hh_b", "ln_c_b"))
+        and options.get("ln_ih_w") is None
+    ):
+        raise ValueError("layer-norm biases need the layer-norm gains")
+    for name in ("zoneout_h", "zoneout_c"):
+        p = options.get(name, 0.0)
+        if not 0 <= p < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {p}")
+    if packed:
+        if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu":
+            raise ValueError("batch_sizes must be a 1-D CPU tensor")
+        sizes = batch_sizes.tolist()
+        if sizes and (sizes[0] > batch or min(sizes) < 1 or sizes != sorted(sizes, reverse=True)):
+            raise ValueError(f"batch_sizes must be non-increasing within [1, {batch}]")
+        if sum(sizes) != x.shape[0]:
+            raise ValueError(f"batch_sizes sum to {sum(sizes)} but x has {x.shape[0]} rows")
+    return hidden
