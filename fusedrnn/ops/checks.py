@@ -119,6 +119,7 @@ def check_layer(
     batch_sizes: Tensor | None,  # [T] int64 CPU
     *,
     device_type: str | None = None,  # the device type the kernels need, if only one
+    proj_below_hidden: bool = False,  # kernels that need proj_size < H, as torch.nn asks
     **options,  # the layer op's variant options
 ) -> int:
     """Every argument check of a layer op call whose kernels index raw memory (the GPU
@@ -188,7 +189,7 @@ def check_layer(
         raise ValueError(
             f"w_hh has shape {tuple(w_hh.shape)}, expected {(gh, hidden)} without w_hr"
         )
-    if w_hr is not None and hout >= hidden:
+    if proj_below_hidden and w_hr is not None and hout >= hidden:
         raise ValueError(
             f"w_hr has shape {tuple(w_hr.shape)}, expected [proj_size < {hidden}, {hidden}]"
         )

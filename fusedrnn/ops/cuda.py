@@ -77,8 +77,10 @@ def make_layer(
     (fusedrnn._C_cuda; the test-suite passes a CPU build of the same driver)."""
 
     def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        check_layer(backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                    batch_sizes, device_type=device_type)  # fmt: skip
+        check_layer(
+            backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+            batch_sizes, device_type=device_type, proj_below_hidden=True,
+        )  # fmt: skip
         # [y [N, Hout], h_n [B, Hout], c_n [B, H], saved [N, S*H] acc, h_prev [N, Hout],
         #  hpre [N, H]]: always saved, because a custom op cannot know whether a backward follows
         out = get_ext().layer_forward(
@@ -146,8 +148,10 @@ def make_layer(
         if train or torch.compiler.is_compiling():
             return op_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
         # eager inference: the same kernels without writing the activations a backward needs
-        check_layer(backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                    batch_sizes, device_type=device_type)  # fmt: skip
+        check_layer(
+            backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+            batch_sizes, device_type=device_type, proj_below_hidden=True,
+        )  # fmt: skip
         y, h_n, c_n, *_ = get_ext().layer_forward(
             cell, _flat(x, batch_sizes), h0.contiguous(), _c(c0), w_ih.contiguous(),
             w_hh.contiguous(), _c(b_ih), _c(b_hh), _c(w_hr), _sizes(x, h0, batch_sizes),

@@ -286,8 +286,8 @@ def make_layer(
         lns = (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b)
         check_layer(
             backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-            batch_sizes, device_type=device_type, cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b,
-            ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b, ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch,
+            batch_sizes, device_type=device_type, proj_below_hidden=True, cifg=cifg,
+            ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b, ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch,
             zoneout_h=zoneout_h, zoneout_c=zoneout_c, mask_h=mask_h, mask_c=mask_c,
         )  # fmt: skip
         c_in = c0 if cell == "lstm" else None
