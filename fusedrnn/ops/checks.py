@@ -120,6 +120,7 @@ def check_layer(
     *,
     device_type: str | None = None,  # the device type the kernels need, if only one
     proj_below_hidden: bool = False,  # kernels that need proj_size < H, as torch.nn asks
+    both_biases: bool = False,  # kernels that take both biases or none
     **options,  # the layer op's variant options
 ) -> int:
     """Every argument check of a layer op call whose kernels index raw memory (the GPU
@@ -127,7 +128,7 @@ def check_layer(
     messages: the cell and options first (:func:`check_options`), then dtype, device and every
     shape. Returns H."""
     if variants_on(**options):
-        hidden = check_options(
+        check_options(
             cell, w_ih, w_hh, options.get("cifg", False), options.get("ln_ih_w"),
             options.get("ln_hh_w"), options.get("ln_c_w"), options.get("w_ch"),
             options.get("zoneout_c", 0.0), options.get("mask_c"),
@@ -193,7 +194,7 @@ def check_layer(
         raise ValueError(
             f"w_hr has shape {tuple(w_hr.shape)}, expected [proj_size < {hidden}, {hidden}]"
         )
-    if (b_ih is None) != (b_hh is None):
+    if both_biases and (b_ih is None) != (b_hh is None):
         raise ValueError("give both biases or none")
     if (
         any(options.get(k) is not None for k in ("ln_ih_b", "ln_hh_b", "ln_c_b"))

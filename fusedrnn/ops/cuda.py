@@ -80,6 +80,7 @@ def make_layer(
         check_layer(
             backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
             batch_sizes, device_type=device_type, proj_below_hidden=True,
+            both_biases=True,
         )  # fmt: skip
         # [y [N, Hout], h_n [B, Hout], c_n [B, H], saved [N, S*H] acc, h_prev [N, Hout],
         #  hpre [N, H]]: always saved, because a custom op cannot know whether a backward follows
@@ -151,6 +152,7 @@ def make_layer(
         check_layer(
             backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
             batch_sizes, device_type=device_type, proj_below_hidden=True,
+            both_biases=True,
         )  # fmt: skip
         y, h_n, c_n, *_ = get_ext().layer_forward(
             cell, _flat(x, batch_sizes), h0.contiguous(), _c(c0), w_ih.contiguous(),
