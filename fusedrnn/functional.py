@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .variants import layer_options
+
 MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 
 
@@ -117,8 +119,6 @@ def rnn_stack(
     dirs = 2 if bidirectional else 1
     weights = split_weights(flat_weights, has_bias, proj_size)
     if variant:
-        from .variants import layer_options
-
         hidden = cx.shape[-1] if cx is not None else hx.shape[-1]
         extra = layer_options(options, extra_weights, x, hx.shape[-1], hidden, training)
     else:

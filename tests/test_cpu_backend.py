@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from fusedrnn.ops import cpu, reference
+from fusedrnn.ops import cpu, library, reference
 
 pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
@@ -248,9 +248,12 @@ def test_opcheck_fake_and_autograd_registration():
     with the real kernels, which torch.compile(fullgraph=True) relies on."""
     for cell, proj, lengths in (("lstm", 2, None), ("gru", 0, [3, 1]), ("rnn_relu", 0, None)):
         inp = make_inputs(cell, 3, 2, 3, 4, proj=proj, lengths=lengths, dtype=torch.float64)
-        args = (cell, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["b_ih"],
-                inp["b_hh"], inp["w_hr"], inp["batch_sizes"], True, True)  # fmt: skip
-        torch.library.opcheck(torch.ops.fusedrnn.cpu_layer_fwd.default, args)
+        args = library.LayerArgs(
+            cell, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["b_ih"],
+            inp["b_hh"], inp["w_hr"], inp["batch_sizes"], True, **library.OPTION_DEFAULTS,
+            save=True,
+        )  # fmt: skip
+        torch.library.opcheck(torch.ops.fusedrnn.cpu_layer_fwd.default, tuple(args))
 
 
 def _nn_step_model(cell, I, H, L, proj):

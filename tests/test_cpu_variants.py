@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from fusedrnn.ops import cpu, reference
+from fusedrnn.ops import cpu, library, reference
 
 _C = cpu._C
 
@@ -367,14 +367,11 @@ def test_bad_shapes_raise_clear_errors(change, match):
 
 def test_opcheck():
     args, kw = make_case("lstm", ln=True, peep=True, zone="both", proj=3, lengths=(4, 2, 1))
-    kw.pop("cifg")
-    fargs = (
-        *args, False, False, kw["ln_ih_w"], kw["ln_ih_b"], kw["ln_hh_w"], kw["ln_hh_b"],
-        kw["ln_c_w"], kw["ln_c_b"], kw["w_ch"], 0.4, 0.4, kw["mask_h"], kw["mask_c"], True,
-    )  # fmt: skip
+    fargs = library.LayerArgs(*args, False, **{**kw, "zoneout_h": 0.4, "zoneout_c": 0.4},
+                              save=True)  # fmt: skip
     torch.library.opcheck(
-        torch.ops.fusedrnn.cpu_variant_fwd.default,
-        fargs,
+        torch.ops.fusedrnn.cpu_layer_fwd.default,
+        tuple(fargs),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
 

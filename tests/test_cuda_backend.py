@@ -21,7 +21,7 @@ import torch
 
 from fusedrnn import cuda_report
 from fusedrnn.ops import cuda as cuda_ops
-from fusedrnn.ops import reference
+from fusedrnn.ops import library, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -318,12 +318,14 @@ def test_host_walk_inference_path(host_layer, cell, proj, bias, dtype):
 
 @pytest.mark.parametrize("cell,proj", [("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_fake_forward_matches_real_buffers(host_layer, cell, proj, dtype):
+@pytest.mark.parametrize("save", [True, False], ids=["save", "nosave"])
+def test_fake_forward_matches_real_buffers(host_layer, cell, proj, dtype, save):
     """The meta implementation (used by torch.compile) promises the buffers the driver returns."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     p = _problem(cell, dtype, B=3, T=4, I=2, H=5, proj=proj, bias=True, packed=True)
-    args = [p[k] for k in ("cell", *_DIFF, "batch_sizes")] + [False]
+    args = library.LayerArgs(*[p[k] for k in ("cell", *_DIFF, "batch_sizes")], False,
+                             **library.OPTION_DEFAULTS, save=save)  # fmt: skip
     real = host_layer.fwd_op(*args)
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = host_layer.fwd_op(*args)

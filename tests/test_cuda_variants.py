@@ -1,4 +1,4 @@
-"""The CUDA cell-variant kernels (csrc/cuda/*variants*, zoneout; fusedrnn/ops/cuda_variants.py).
+"""The CUDA cell-variant kernels (csrc/cuda/*variants*, zoneout) behind fusedrnn/ops/cuda.py.
 
 Without a GPU:
 * every variant kernel configuration compiles with nvcc for sm_80 and sm_90 without register
@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from fusedrnn import cuda_report
-from fusedrnn.ops import cuda_variants as cv
+from fusedrnn.ops import cuda as cv
+from fusedrnn.ops import library
 from fusedrnn.ops import reference as rv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ NVCC = cuda_report.find_nvcc()
 # relative tolerances (of the largest reference magnitude) per dtype, against a float64
 # reference on the same (rounded) inputs, as in test_cuda_backend.py
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
-DIFF = cv.GRAD_INPUTS
+DIFF = library.GRAD_INPUTS
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def _cuda_include() -> Path | None:
 
 @pytest.fixture(scope="module")
 def host_layer(tmp_path_factory):
-    """cuda_variants' layer op over the CPU build (csrc/cuda/harness/variant_host_driver.cpp)."""
+    """The cuda layer op over the CPU build (csrc/cuda/harness/variant_host_driver.cpp)."""
     inc = _cuda_include()
     if inc is None:
         pytest.skip("the CUDA headers (cuda_fp16.h) are needed to build the CPU walk")
@@ -213,7 +214,6 @@ def _compare(layer, p, reverse, dtype, device=None):
 
 
 LSTM_CASES = [  # (ln, peep, cifg, proj, bias, zone)
-    (False, False, False, 0, True, "off"),  # the plain cell through the variant kernels
     (True, False, False, 0, True, "off"),
     (False, True, False, 0, True, "off"),
     (False, False, True, 0, True, "off"),
@@ -231,6 +231,15 @@ GRU_CASES = [  # (ln, bias, zone)
     (True, False, "eval"),
     (False, False, "eval"),
 ]
+
+
+def _op_args(p: dict, save: bool) -> library.LayerArgs:
+    """The op's arguments for problem ``p`` (forward direction)."""
+    a = {k: p.get(k, v) for k, v in library.OPTION_DEFAULTS.items()}
+    c0 = p.get("c0") if p["cell"] == "lstm" else None
+    return library.LayerArgs(p["cell"], p["x"], p["h0"], c0, p["w_ih"], p["w_hh"], p.get("b_ih"),
+                             p.get("b_hh"), p.get("w_hr"), p.get("batch_sizes"), False, **a,
+                             save=save)  # fmt: skip
 
 
 def _lstm(ln, peep, cifg, proj, bias, zone, **kw):
@@ -271,7 +280,7 @@ def test_host_low_precision(host_layer, make, dtype):
     _compare(host_layer, make(B=4, T=5, I=3, H=6, packed=True), False, dtype)
 
 
-@pytest.mark.parametrize("case", ["gru", "gru-zone", "lstm-ln-peep"])
+@pytest.mark.parametrize("case", ["gru-zone-eval", "gru-zone", "lstm-ln-peep"])
 def test_host_long_sequence_bfloat16(host_layer, case):
     """T = 512 in bfloat16 against float64 on the same bfloat16-rounded inputs, the update
     (GRU) or forget (LSTM) gate near 1 so that the state and its gradient carry over hundreds
@@ -279,8 +288,8 @@ def test_host_long_sequence_bfloat16(host_layer, case):
     step would compound with T; the bound is two units of bfloat16's spacing (2^-8) of the
     largest magnitude, the rounding of the stored outputs and inputs, the same for any T."""
     H = 8
-    if case == "gru":
-        p = _gru(False, True, "off", B=3, T=512, I=4, H=H)
+    if case == "gru-zone-eval":  # a variant option on: the plain GRU runs the plain kernels
+        p = _gru(False, True, "eval", B=3, T=512, I=4, H=H)
     elif case == "gru-zone":
         p = _gru(False, True, "train", B=3, T=512, I=4, H=H)
     else:
@@ -377,23 +386,21 @@ def test_host_inference_path(host_layer, cell, dtype):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("case", ["lstm-all", "lstm-plain", "gru-ln"])
+@pytest.mark.parametrize("case", ["lstm-all", "lstm-zoneout", "gru-ln"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_fake_forward_matches_real_buffers(host_layer, case, dtype):
+@pytest.mark.parametrize("save", [True, False], ids=["save", "nosave"])
+def test_fake_forward_matches_real_buffers(host_layer, case, dtype, save):
     """The meta implementation (used by torch.compile) promises the buffers the driver returns."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     if case == "lstm-all":
         p = _lstm(True, True, True, 2, True, "train", B=3, T=4, I=2, H=5, packed=True)
-    elif case == "lstm-plain":
-        p = _lstm(False, False, False, 0, False, "off", B=3, T=4, I=2, H=5)
+    elif case == "lstm-zoneout":
+        p = _lstm(False, False, False, 0, False, "eval", B=3, T=4, I=2, H=5)
     else:
         p = _gru(True, True, "eval", B=3, T=4, I=2, H=5)
     p = _cast(p, dtype)
-    names = ("cell", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "batch_sizes")
-    lns = ("ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch")
-    args = [p.get(k) for k in names] + [False, p["cifg"]] + [p.get(k) for k in lns]
-    args += [p.get("zoneout_h", 0.0), p.get("zoneout_c", 0.0), p.get("mask_h"), p.get("mask_c")]
+    args = _op_args(p, save)
     real = host_layer.fwd_op(*args)
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = host_layer.fwd_op(*args)
@@ -407,7 +414,7 @@ def test_host_under_autocast_matches_float32(host_layer, case):
     it): float32 operands give bitwise the float32 results. AutocastCPU, which the CPU build
     exercises, retypes the same GEMMs that AutocastCUDA would on the GPU build."""
     if case == "gru":
-        p = _gru(False, True, "off", B=3, T=4, I=2, H=5, packed=True)
+        p = _gru(True, True, "off", B=3, T=4, I=2, H=5, packed=True)
     else:
         p = _lstm(True, True, False, 2, True, "train", B=3, T=4, I=2, H=5, packed=True)
     p = _cast(p, torch.float32)
@@ -434,18 +441,15 @@ def test_fake_backward_strides_match_real(host_layer, cell):
     p = _cast(p, torch.float32)
     p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, I] of a [B, T, I]
     assert not p["x"].is_contiguous()
-    names = ("cell", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "batch_sizes")
-    lns = ("ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch")
-    args = [p.get(k) for k in names] + [False, p["cifg"]] + [p.get(k) for k in lns]
-    args += [p.get("zoneout_h", 0.0), p.get("zoneout_c", 0.0), p.get("mask_h"), p.get("mask_c")]
+    args = _op_args(p, True)
     buffers = host_layer.fwd_op(*args)
     grads = [torch.ones_like(buffers[0]), torch.ones_like(buffers[1])]
     grads.append(torch.ones_like(buffers[2]) if cell == "lstm" else None)
-    diff = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", *lns)
-    needs = [p.get(k) is not None and (k != "c0" or cell == "lstm") for k in diff]
-    real = host_layer.bwd_op(*args, buffers, *grads, needs)
+    grads += [None] * (len(buffers) - 3)
+    needs = [getattr(args, k) is not None for k in DIFF]
+    real = host_layer.bwd_op(*args, buffers, grads, needs)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        fake = host_layer.bwd_op(*args, buffers, *grads, needs)
+        fake = host_layer.bwd_op(*args, buffers, grads, needs)
     assert real[0].shape == p["x"].shape
     assert [(t.shape, t.stride()) for t in fake] == [(t.shape, t.stride()) for t in real]
 

@@ -244,7 +244,7 @@ def test_triton_ops_do_not_sync(cell, packed, reverse, path):
 @needs_interpreter
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_triton_variant_ops_do_not_sync(packed):
-    from fusedrnn.ops.triton.variants import layer
+    from fusedrnn.ops.triton.layer_op import layer
 
     _run(layer, "lstm", packed, zoneout_h=0.2, zoneout_c=0.1, **_ln("lstm"))
 
@@ -278,11 +278,13 @@ def test_triton_launches_only_through_the_guarded_launcher():
 
 
 ENTRIES = {"layer_op.py": ("forward", "backward"), "variants.py": ("forward", "backward")}
+GUARD = "runtime.device_guard(a.x.device)"
 
 
 def test_triton_op_bodies_enter_the_guard():
     """Static: the bodies of the custom ops (what torch.library calls) enter
-    ``runtime.device_guard(x.device)`` around all their work."""
+    ``runtime.device_guard(a.x.device)`` around all their work (layer_op's after handing a
+    variant call to variants.py)."""
     for file, names in ENTRIES.items():
         tree = ast.parse((TRITON_DIR / file).read_text())
         found = {}
@@ -291,7 +293,7 @@ def test_triton_op_bodies_enter_the_guard():
                 withs = [n for n in node.body if isinstance(n, ast.With)]
                 found[node.name] = [ast.unparse(i.context_expr) for w in withs for i in w.items]
         for name in names:
-            assert "runtime.device_guard(x.device)" in found.get(name, []), (file, name)
+            assert GUARD in found.get(name, []), (file, name)
 
 
 def test_triton_guard_enters_the_tensors_device(monkeypatch):

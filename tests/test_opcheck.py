@@ -192,7 +192,7 @@ def test_cpu_layer_ops(layout, dtype):
 @pytest.mark.parametrize("layout,dtype", CASES)
 def test_cpu_variant_ops(layout, dtype):
     seen = _check_variants(cpu.layer, layout, dtype)
-    assert seen == {"fusedrnn::cpu_variant_fwd", "fusedrnn::cpu_variant_bwd"}
+    assert seen == {"fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"}
 
 
 @needs_cpu
@@ -232,24 +232,23 @@ def test_triton_layer_ops(layout, dtype, path):
 @needs_interpreter
 @pytest.mark.parametrize("layout,dtype", CASES)
 def test_triton_variant_ops(layout, dtype):
-    from fusedrnn.ops.triton.variants import layer
+    from fusedrnn.ops.triton.layer_op import layer
 
     cell = ("lstm", "gru")[LAYOUTS.index(layout) % 2]
     seen = _check_variants(layer, layout, dtype, cells=(cell,))
-    assert seen == {"fusedrnn::triton_variants_fwd", "fusedrnn::triton_variants_bwd"}
+    assert seen == {"fusedrnn::triton_layer_fwd", "fusedrnn::triton_layer_bwd"}
 
 
-def _gpu_layers(backend: str):
+def _gpu_layer(backend: str):
     if backend == "triton":
-        from fusedrnn.ops.triton import variants
         from fusedrnn.ops.triton.layer_op import layer
 
-        return layer, variants.layer
-    from fusedrnn.ops import cuda, cuda_variants
+        return layer
+    from fusedrnn.ops import cuda
 
     if not cuda.is_available():
         pytest.skip("the CUDA extension is not built")
-    return cuda.layer, cuda_variants.layer
+    return cuda.layer
 
 
 @pytest.mark.gpu
@@ -258,21 +257,19 @@ def _gpu_layers(backend: str):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_ops(backend, layout, dtype):
     """The GPU backends' ops on CUDA tensors (the cuda ops load only in a CUDA build)."""
-    layer, variant_layer = _gpu_layers(backend)
+    layer = _gpu_layer(backend)
     seen = _check_plain(layer, layout, dtype, device="cuda")
-    seen |= _check_variants(variant_layer, layout, dtype, device="cuda")
-    assert {n.split("::")[1].split("_")[0] for n in seen} == {backend}
-    assert len(seen) == 4
+    seen |= _check_variants(layer, layout, dtype, device="cuda")
+    assert seen == {f"fusedrnn::{backend}_layer_fwd", f"fusedrnn::{backend}_layer_bwd"}
 
 
 # every module that declares fusedrnn custom ops, and the ops the tests above cover
 OP_MODULES = {
-    "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd", "cpu_variant_fwd", "cpu_variant_bwd"),
+    "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd"),
     "fusedrnn.ops.triton.layer_op": ("triton_layer_fwd", "triton_layer_bwd"),
-    "fusedrnn.ops.triton.variants": ("triton_variants_fwd", "triton_variants_bwd"),
 }
 # checked on CUDA tensors by test_gpu_ops (their kernels need a GPU)
-CUDA_ONLY = ("cuda_layer_fwd", "cuda_layer_bwd", "cuda_variant_fwd", "cuda_variant_bwd")
+CUDA_ONLY = ("cuda_layer_fwd", "cuda_layer_bwd")
 
 
 def test_triton_every_custom_op_is_covered():
@@ -282,8 +279,7 @@ def test_triton_every_custom_op_is_covered():
         if name.startswith("fusedrnn.ops.triton") and not INTERPRET:
             continue
         importlib.import_module(name)
-    for name in ("fusedrnn.ops.cuda", "fusedrnn.ops.cuda_variants"):
-        importlib.import_module(name)
+    importlib.import_module("fusedrnn.ops.cuda")
     registered = {
         n.split("::", 1)[1]
         for n in torch._C._dispatch_get_all_op_names()

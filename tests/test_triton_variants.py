@@ -20,7 +20,7 @@ import triton.language.standard  # noqa: E402
 
 from fusedrnn.ops import reference  # noqa: E402
 from fusedrnn.ops.triton import launch_counter, poison_buffers  # noqa: E402
-from fusedrnn.ops.triton import variants as tv  # noqa: E402
+from fusedrnn.ops.triton import layer as triton_layer  # noqa: E402
 
 INTERPRET = type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
 HAS_CUDA = torch.cuda.is_available()
@@ -173,7 +173,7 @@ def _compare(cell, T, B, I, H, opts, dtype, device):
     opts = dict(opts)
     reverse = opts.pop("reverse", False)
     args, bs, kw = make_inputs(cell, T, B, I, H, dtype=dtype, device=device, **opts)
-    out, grads = run_layer(tv.layer, cell, args, bs, reverse, kw)
+    out, grads = run_layer(triton_layer, cell, args, bs, reverse, kw)
     ref_out, ref_grads = run_layer(reference.layer, cell, args, bs, reverse, kw)
     tol = TOL[dtype] if device == "cpu" else GPU_TOL.get(dtype, TOL[dtype])
     assert_close_all(out, ref_out, tol, "output")
@@ -220,7 +220,7 @@ def test_gradcheck(cell, opts):
         extra = {k: v for k, v in kw.items() if k not in KW_TENSORS} | {
             k: given[k] for k in KW_TENSORS if k in given
         }
-        y, h, c = tv.layer(cell, *pos, bs, reverse, **extra)
+        y, h, c = triton_layer(cell, *pos, bs, reverse, **extra)
         return (y, h) if c is None else (y, h, c)
 
     inputs = [v.clone().requires_grad_() for _, v in present]
@@ -234,7 +234,7 @@ def test_some_outputs_unused(cell):
     for pick in range(3 if cell == "lstm" else 2):
         got = [a.clone().requires_grad_() if a is not None else None for a in args]
         want = [a.clone().requires_grad_() if a is not None else None for a in args]
-        tv.layer(cell, *got, bs, False, **kw)[pick].sum().backward()
+        triton_layer(cell, *got, bs, False, **kw)[pick].sum().backward()
         reference.layer(cell, *want, bs, False, **kw)[pick].sum().backward()
         assert_close_all([a.grad if a is not None else None for a in got],
                          [a.grad if a is not None else None for a in want], 1e-10,
@@ -246,7 +246,7 @@ def test_only_requested_gradients():
     args, bs, kw = make_inputs("lstm", 3, 2, 3, 5, ln=True, peep=True, zone="eval")
     x = args[0].clone().requires_grad_()
     ln_c_w = kw["ln_c_w"].clone().requires_grad_()
-    y, h, c = tv.layer("lstm", x, *args[1:], None, False, **(kw | dict(ln_c_w=ln_c_w)))
+    y, h, c = triton_layer("lstm", x, *args[1:], None, False, **(kw | dict(ln_c_w=ln_c_w)))
     (y.sum() + c.sum()).backward()
     x_r = args[0].clone().requires_grad_()
     ln_c_w_r = kw["ln_c_w"].clone().requires_grad_()
@@ -259,8 +259,8 @@ def test_only_requested_gradients():
 def test_deterministic_gradients():
     """Two backward passes give bit-identical gradients (no atomics)."""
     args, bs, kw = make_inputs("lstm", 3, 20, 2, 9, ln=True, peep=True, zone="hc", packed=True)
-    _, g1 = run_layer(tv.layer, "lstm", args, bs, True, kw)
-    _, g2 = run_layer(tv.layer, "lstm", args, bs, True, kw)
+    _, g1 = run_layer(triton_layer, "lstm", args, bs, True, kw)
+    _, g2 = run_layer(triton_layer, "lstm", args, bs, True, kw)
     for a, b in zip(g1, g2, strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
 
@@ -270,7 +270,7 @@ def test_one_launch_per_step(cell):
     args, bs, kw = make_inputs(cell, 4, 3, 2, 5, ln=True, zone="eval", proj=3 * (cell == "lstm"))
     leaves = [a.requires_grad_() if a is not None else None for a in args]
     with launch_counter() as fwd:
-        y, h, c = tv.layer(cell, *leaves, bs, False, **kw)
+        y, h, c = triton_layer(cell, *leaves, bs, False, **kw)
     with launch_counter() as bwd:
         (y.sum() + h.sum()).backward()
     assert (fwd.total, bwd.total) == (4, 4)
@@ -281,7 +281,7 @@ def test_torch_compile_traces_the_op():
     args, bs, kw = make_inputs("lstm", 3, 2, 3, 5, ln=True, peep=True, zone="c", packed=True)
 
     def fn(*a):
-        y, h, c = tv.layer("lstm", *a, bs, True, **kw)
+        y, h, c = triton_layer("lstm", *a, bs, True, **kw)
         return y.square().sum() + h.sum() + c.sum()
 
     leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
@@ -313,24 +313,33 @@ def test_errors_match_reference(k):
     with pytest.raises(ValueError) as want:
         reference.layer(cell, *args, None, False, **kw)
     with pytest.raises(ValueError) as got:
-        tv.layer(cell, *args, None, False, **kw)
+        triton_layer(cell, *args, None, False, **kw)
     assert str(got.value) == str(want.value)
 
 
 def test_bad_shapes_and_dtypes():
     args, bs, kw = make_inputs("lstm", 2, 2, 3, 4, ln=True, zone="h")
     with pytest.raises(ValueError, match="mask_h has shape"):
-        tv.layer("lstm", *args, bs, False, **dict(kw, mask_h=kw["mask_h"][:, :1]))
+        triton_layer("lstm", *args, bs, False, **dict(kw, mask_h=kw["mask_h"][:, :1]))
     with pytest.raises(ValueError, match="ln_c_w has shape"):
-        tv.layer("lstm", *args, bs, False, **dict(kw, ln_c_w=kw["ln_c_w"][:-1]))
+        triton_layer("lstm", *args, bs, False, **dict(kw, ln_c_w=kw["ln_c_w"][:-1]))
     with pytest.raises(TypeError, match="share one dtype"):
-        tv.layer("lstm", *args, bs, False, **dict(kw, ln_hh_w=kw["ln_hh_w"].float()))
+        triton_layer("lstm", *args, bs, False, **dict(kw, ln_hh_w=kw["ln_hh_w"].float()))
+
     # half inputs (autocast) are computed in float32, which the kernels take, and returned in
     # half: the float32 result on the same values, rounded once
-    half = [a.half() if a is not None else None for a in args]
-    got = tv.layer("lstm", *half, bs, False)
-    want = tv.layer("lstm", *(a.float() if a is not None else None for a in half), bs, False)
+    def cast(ts, dtype):
+        return [t.to(dtype) if torch.is_tensor(t) else t for t in ts]
+
+    def cast_kw(d, dtype):
+        return {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in d.items()}
+
+    half, half_kw = cast(args, torch.half), cast_kw(kw, torch.half)
+    got = triton_layer("lstm", *half, bs, False, **half_kw)
+    want = triton_layer(
+        "lstm", *cast(half, torch.float), bs, False, **cast_kw(half_kw, torch.float)
+    )
     for g, w in zip(got, want, strict=True):
         assert g.dtype == torch.float16 and torch.equal(g, w.half())
     with pytest.raises(ValueError, match="c0 must be given"):
-        tv.layer("lstm", args[0], args[1], None, *args[3:], bs, False)
+        triton_layer("lstm", args[0], args[1], None, *args[3:], bs, False)

@@ -26,8 +26,9 @@ Backward derivation (per element; see csrc/cell_math.h for every cell)::
           db = column sums of dG;  with a projection dh_raw = dh W_hr, dW_hr = dH^T H_raw.
 
 The cell variants (layer norm, zoneout, peephole, CIFG; math in docs/variants.md) are options
-of the same ``layer``; with any of them on, each layer runs its whole time loop in C++ (csrc/cpu/variant_fwd.cpp): one
-GEMM for the input projection of all steps and its layer norm row by row, then the batch rows
+of the same ``layer``; with any of them on, each layer runs its whole time loop in C++
+(csrc/cpu/variant_fwd.cpp): one GEMM for the input projection of all steps and its layer norm
+row by row, then the batch rows
 are cut into one block per thread (rows are independent sequences, and layer norm needs whole
 rows of ``h W_hh^T``) and every thread runs its block through all the steps: the recurrent
 GEMM of its rows, their row statistics and the fused pointwise kernels (per-element math in
@@ -56,9 +57,9 @@ Backward derivation of the variants (per element; csrc/cell_math.h has each step
               db_ih = db(LN_ih bias) = sum dP,  db_hh = db(LN_hh bias) = sum dS,
               with a projection dh~ -> dh_raw = dh~ W_hr,  dW_hr = dH~^T H_raw.
 
-The ops are registered with ``torch.library.custom_op`` (``fusedrnn::cpu_layer_fwd`` /
-``_bwd`` and ``fusedrnn::cpu_variant_fwd`` / ``_bwd``) with fake implementations and ``register_autograd``, so that
-``torch.compile(fullgraph=True)`` traces models using this backend without graph breaks.
+The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cpu_layer_fwd``
+/ ``_bwd`` (fake implementations and autograd included), so ``torch.compile(fullgraph=True)``
+traces models using this backend without graph breaks.
 
 This module imports cleanly when the extension was not built; ``is_available()`` is then False.
 """
@@ -69,19 +70,13 @@ import torch
 from torch import Tensor
 
 from ..variants import LN_EPS
-from . import library, reference
-from .checks import GATES, check_cell, check_options, gate_count, variants_on
+from . import library
+from .checks import check_cell, check_options, gate_count, variants_on
 
 try:
     from fusedrnn import _C
 except (ImportError, OSError):  # not built (no compiler, FUSEDRNN_SKIP_CPU_BUILD=1, ...)
     _C = None
-
-# layer_bwd's / variant_bwd's grad_mask bits, in the order of the differentiable inputs
-_GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
-_VARIANT_GRAD_INPUTS = (
-    *_GRAD_INPUTS, "ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch",
-)  # fmt: skip
 
 
 def is_available() -> bool:
@@ -108,385 +103,76 @@ def _saves(cell: str) -> bool:
     return cell in ("lstm", "gru")
 
 
-@torch.library.custom_op("fusedrnn::cpu_layer_fwd", mutates_args=())
-def _layer_fwd(
-    cell: str,
-    x: Tensor,  # [T, B, I] dense or [N, I] packed
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H] (LSTM)
-    w_ih: Tensor,  # [G*H, I]
-    w_hh: Tensor,  # [G*H, Hout]
-    b_ih: Tensor | None,  # [G*H]
-    b_hh: Tensor | None,  # [G*H]
-    w_hr: Tensor | None,  # [Hout, H]
-    batch_sizes: Tensor | None,  # [T] int64 CPU
-    reverse: bool,
-    train: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> y, h_n, c_n ([0] unless LSTM), ws1, ws2 (saved for backward, [0] unless train)."""
+def forward(a: library.LayerArgs) -> list[Tensor]:
+    """Plain cells: ``[y, h_n, c_n, ws1 [N, G*H], ws2 [N, H]]``; with variants ``[y, h_n, c_n,
+    act [N, G*H], cs [N, H], ct [N, H], hh [N, G*H], xh [N, G*H], stats [N, 4]]``. y, h_n and
+    c_n come first (the double backward reads their gradients there); c_n is [0] unless LSTM
+    and the saved buffers are [0] unless ``save``."""
     _need_extension()
-    y, h_n, c_n, ws1, ws2 = _C.layer_fwd(
-        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train
-    )
-    return y, h_n, c_n, ws1, ws2
-
-
-@_layer_fwd.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train):
-    G = GATES[cell]
-    H = w_ih.shape[0] // G
-    B, Hout = h0.shape
-    packed = batch_sizes is not None
-    N = x.shape[0] if packed else x.shape[0] * x.shape[1]
-    y = x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout))
-    h_n = h0.new_empty((B, Hout))
-    c_n = h0.new_empty((B, H) if cell == "lstm" else (0,))
-    keep = train and _saves(cell)
-    ws1 = x.new_empty((N, G * H) if keep else (0,))
-    ws2 = x.new_empty((N, H) if keep else (0,))
-    return y, h_n, c_n, ws1, ws2
-
-
-@torch.library.custom_op("fusedrnn::cpu_layer_bwd", mutates_args=())
-def _layer_bwd(
-    cell: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor | None,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    batch_sizes: Tensor | None,
-    reverse: bool,
-    y: Tensor,  # forward output
-    ws1: Tensor,  # saved by the forward
-    ws2: Tensor,
-    grad_y: Tensor,  # like y
-    grad_hn: Tensor | None,  # [B, Hout]
-    grad_cn: Tensor | None,  # [B, H]
-    grad_mask: int,  # bit k set: gradient of _GRAD_INPUTS[k] wanted
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr ([0] where not wanted)."""
-    _need_extension()
-    return tuple(
-        _C.layer_bwd(
-            cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-            y, ws1, ws2, grad_y, grad_hn, grad_cn, grad_mask,
-        )
-    )  # fmt: skip
-
-
-@_layer_bwd.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, y, ws1, ws2,
-      grad_y, grad_hn, grad_cn, grad_mask):  # fmt: skip
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    out = []
-    for k, t in enumerate(inputs):
-        wanted = t is not None and (grad_mask >> k) & 1 and not (k == 2 and cell != "lstm")
-        out.append(t.new_empty(t.shape) if wanted else x.new_empty((0,)))
-    return tuple(out)
-
-
-def _setup_context(ctx, inputs, output):
-    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train = inputs
-    y, _h_n, _c_n, ws1, ws2 = output
-    ctx.cell, ctx.reverse, ctx.train = cell, reverse, train
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, y, ws1, ws2)
-    ctx.mark_non_differentiable(ws1, ws2)
-    # Absent output gradients stay None: materialised, the saved buffers' would be [N, G*H]
-    # of zeros per layer per backward (the kernels take None for grad h_n / c_n).
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, grad_y, grad_hn, grad_cn, _g1, _g2):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, y, ws1, ws2 = ctx.saved_tensors
-    needs = ctx.needs_input_grad[1:9]
-    mask = sum(1 << k for k, n in enumerate(needs) if n)
-    if mask and not ctx.train:
-        raise RuntimeError(
-            "fusedrnn cpu backend: the forward ran with train=False (nothing saved); call "
-            "fusedrnn.ops.cpu.layer, which decides this from requires_grad"
-        )
-    if torch.is_grad_enabled():
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        args = (ctx.cell, *inputs, batch_sizes, ctx.reverse)
-        out = library.differentiable_backward(
-            reference.layer, args, {}, inputs, needs, (grad_y, grad_hn, grad_cn)
-        )
-        return (None, *out, None, None, None)
-    if grad_y is None:
-        grad_y = torch.zeros_like(y)
-    grads = _layer_bwd(
-        ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
-        y, ws1, ws2, grad_y, grad_hn, grad_cn if ctx.cell == "lstm" else None, mask,
-    )  # fmt: skip
-    out = [g if n else None for g, n in zip(grads, needs, strict=True)]
-    return (None, *out, None, None, None)
-
-
-torch.library.register_autograd("fusedrnn::cpu_layer_fwd", _backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("fusedrnn::cpu_variant_fwd", mutates_args=())
-def _variant_fwd(
-    cell: str,
-    x: Tensor,  # [T, B, I] dense or [N, I] packed
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H] (LSTM)
-    w_ih: Tensor,  # [G*H, I]
-    w_hh: Tensor,  # [G*H, Hout]
-    b_ih: Tensor | None,  # [G*H]
-    b_hh: Tensor | None,  # [G*H]
-    w_hr: Tensor | None,  # [Hout, H]
-    batch_sizes: Tensor | None,  # [T] int64 CPU
-    reverse: bool,
-    cifg: bool,
-    ln_ih_w: Tensor | None,  # [G*H]
-    ln_ih_b: Tensor | None,  # [G*H]
-    ln_hh_w: Tensor | None,  # [G*H]
-    ln_hh_b: Tensor | None,  # [G*H]
-    ln_c_w: Tensor | None,  # [H]
-    ln_c_b: Tensor | None,  # [H]
-    w_ch: Tensor | None,  # [3, H] or [2, H]
-    zoneout_h: float,
-    zoneout_c: float,
-    mask_h: Tensor | None,  # like y
-    mask_c: Tensor | None,  # like y with H features
-    train: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> y, h_n, c_n ([0] unless LSTM), then six tensors saved for the backward ([0] unless
-    train): act [N, G*H], cs [N, H], ct [N, H], hh [N, G*H], xh [N, G*H], stats [N, 4]."""
-    _need_extension()
-    return tuple(
-        _C.variant_fwd(
-            cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
-            ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
-            mask_h, mask_c, LN_EPS, train,
-        )
-    )  # fmt: skip
-
-
-@_variant_fwd.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-      ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c,
-      train):  # fmt: skip
-    G = gate_count(cell, cifg)
-    H = w_ih.shape[0] // G
-    B, Hout = h0.shape
-    packed = batch_sizes is not None
-    N = x.shape[0] if packed else x.shape[0] * x.shape[1]
-    lstm, ln = cell == "lstm", ln_ih_w is not None
-
-    def maybe(keep, *shape):
-        return x.new_empty(shape if train and keep else (0,))
-
-    y = x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout))
-    h_n = h0.new_empty((B, Hout))
-    c_n = h0.new_empty((B, H) if lstm else (0,))
-    return (
-        y, h_n, c_n, maybe(True, N, G * H), maybe(lstm, N, H), maybe(True, N, H),
-        maybe(ln, N, G * H), maybe(ln, N, G * H), maybe(ln, N, 4),
-    )  # fmt: skip
-
-
-@torch.library.custom_op("fusedrnn::cpu_variant_bwd", mutates_args=())
-def _variant_bwd(
-    cell: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor | None,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    batch_sizes: Tensor | None,
-    reverse: bool,
-    cifg: bool,
-    ln_ih_w: Tensor | None,
-    ln_ih_b: Tensor | None,
-    ln_hh_w: Tensor | None,
-    ln_hh_b: Tensor | None,
-    ln_c_w: Tensor | None,
-    ln_c_b: Tensor | None,
-    w_ch: Tensor | None,
-    zoneout_h: float,
-    zoneout_c: float,
-    mask_h: Tensor | None,
-    mask_c: Tensor | None,
-    y: Tensor,  # forward output
-    saved: list[Tensor],  # the six tensors the forward saved
-    grad_y: Tensor,  # like y
-    grad_hn: Tensor | None,  # [B, Hout]
-    grad_cn: Tensor | None,  # [B, H]
-    grad_mask: int,  # bit k set: gradient of _VARIANT_GRAD_INPUTS[k] wanted
-) -> list[Tensor]:
-    """-> one gradient per _VARIANT_GRAD_INPUTS entry ([0] where not wanted)."""
-    _need_extension()
-    return _C.variant_bwd(
-        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
-        ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
-        mask_h, mask_c, LN_EPS, y, saved, grad_y, grad_hn, grad_cn, grad_mask,
-    )  # fmt: skip
-
-
-@_variant_bwd.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-      ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c,
-      y, saved, grad_y, grad_hn, grad_cn, grad_mask):  # fmt: skip
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-              ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch)  # fmt: skip
-    out = []
-    for k, t in enumerate(inputs):
-        wanted = t is not None and (grad_mask >> k) & 1 and not (k == 2 and cell != "lstm")
-        out.append(t.new_empty(t.shape) if wanted else x.new_empty((0,)))
-    return out
-
-
-# positions of the differentiable inputs among _variant_fwd's arguments
-_DIFF_POS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15, 16, 17, 18)
-
-
-def _variant_setup_context(ctx, inputs, output):
-    ctx.cell, ctx.reverse, ctx.cifg = inputs[0], inputs[10], inputs[11]
-    ctx.zoneout = (inputs[19], inputs[20])
-    ctx.train = inputs[23]
-    diff = [inputs[p] for p in _DIFF_POS]
-    y, saved = output[0], list(output[3:])
-    ctx.save_for_backward(*diff, inputs[9], inputs[21], inputs[22], y, *saved)
-    ctx.mark_non_differentiable(*saved)
-    # Absent output gradients stay None (see fusedrnn.ops.cpu._setup_context).
-    ctx.set_materialize_grads(False)
-
-
-def _variant_backward(ctx, grad_y, grad_hn, grad_cn, *_saved_grads):
-    t = ctx.saved_tensors
-    diff, (batch_sizes, mask_h, mask_c, y), saved = t[:15], t[15:19], list(t[19:])
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = diff[:8]
-    ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch = diff[8:]
-    needs = [ctx.needs_input_grad[p] for p in _DIFF_POS]
-    mask = sum(1 << k for k, n in enumerate(needs) if n)
-    if mask and not ctx.train:
-        raise RuntimeError(
-            "fusedrnn cpu backend: the variant forward ran with train=False (nothing saved); "
-            "call fusedrnn.ops.cpu.layer, which decides this from requires_grad"
-        )
-    if torch.is_grad_enabled():
-        args = (ctx.cell, *diff[:8], batch_sizes, ctx.reverse)
-        kwargs = dict(
-            cifg=ctx.cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
-            ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=ctx.zoneout[0],
-            zoneout_c=ctx.zoneout[1], mask_h=mask_h, mask_c=mask_c,
-        )  # fmt: skip
-        grads = library.differentiable_backward(
-            reference.layer, args, kwargs, diff, needs, (grad_y, grad_hn, grad_cn)
-        )
-    else:
-        if grad_y is None:
-            grad_y = torch.zeros_like(y)
-        grads = _variant_bwd(
-            ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
-            ctx.cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, *ctx.zoneout,
-            mask_h, mask_c, y, saved, grad_y, grad_hn, grad_cn if ctx.cell == "lstm" else None, mask,
-        )  # fmt: skip
-    out: list[Tensor | None] = [None] * 24
-    for p, g, n in zip(_DIFF_POS, grads, needs, strict=True):
-        out[p] = g if n else None
-    return tuple(out)
-
-
-torch.library.register_autograd(
-    "fusedrnn::cpu_variant_fwd", _variant_backward, setup_context=_variant_setup_context
-)
-
-
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def in_float32(op, dtype: torch.dtype, *args, **kwargs) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``op(*args, **kwargs)`` with every floating-point tensor argument in float32, as the GPU
-    backends accumulate; its (y, h_n, c_n) are returned in ``dtype``. For the half-precision
-    inputs (e.g. under CPU autocast) that the kernels do not take directly."""
-
-    def f32(t):
-        return t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
-
-    y, h_n, c_n = op(*[f32(a) for a in args], **{k: f32(v) for k, v in kwargs.items()})
-    return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
-
-
-def layer(
-    cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
-    x: Tensor,  # [T, B, I] dense, or [N, I] packed data when batch_sizes is given
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H], LSTM only
-    w_ih: Tensor,  # [G*H, I]   (G = 4 LSTM, 3 LSTM+cifg, 3 GRU, 1 RNN)
-    w_hh: Tensor,  # [G*H, Hout]
-    b_ih: Tensor | None,  # [G*H]
-    b_hh: Tensor | None,  # [G*H]
-    w_hr: Tensor | None,  # [Hout, H], LSTM with proj_size > 0 only
-    batch_sizes: Tensor | None,  # [T] int64 on the CPU, non-increasing
-    reverse: bool,
-    *,
-    cifg: bool = False,
-    ln_ih_w: Tensor | None = None,  # [G*H]  layer norm on iff given
-    ln_ih_b: Tensor | None = None,  # [G*H]
-    ln_hh_w: Tensor | None = None,  # [G*H]
-    ln_hh_b: Tensor | None = None,  # [G*H]
-    ln_c_w: Tensor | None = None,  # [H]  LSTM only
-    ln_c_b: Tensor | None = None,  # [H]
-    w_ch: Tensor | None = None,  # [3, H] or [2, H] with cifg; peephole on iff given
-    zoneout_h: float = 0.0,
-    zoneout_c: float = 0.0,
-    mask_h: Tensor | None = None,  # like y: [T, B, Hout] or [N, Hout]; training zoneout
-    mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One layer in one direction; same contract as :func:`fusedrnn.ops.reference.layer`.
-
-    bfloat16 / float16 (e.g. under CPU autocast) are computed in float32, as the GPU backends
-    accumulate, and returned in the input's dtype. With variants a GRU returns ``c0`` as
-    given for c_n (as the reference does).
-    """
-    options = dict(
-        cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
-        ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
-        mask_h=mask_h, mask_c=mask_c,
-    )  # fmt: skip
-    variant = variants_on(**options)
-    if variant:
-        check_options(cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c)
-    else:
-        check_cell(cell)
-    is_lstm = cell == "lstm"
-    if x.dtype in LOW_PRECISION:
-        y, h_n, c_n = in_float32(
-            layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-            **options,
-        )  # fmt: skip
-        return y, h_n, c_n if is_lstm else (c0 if variant else None)
-    if is_lstm and c0 is None:
+    if a.cell == "lstm" and a.c0 is None:
         raise ValueError("fusedrnn cpu backend: LSTM needs c0")
-    c_in = c0 if is_lstm else None
-    weights = (x, h0, c_in, w_ih, w_hh, b_ih, b_hh, w_hr)
-    if not variant:
-        train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in weights)
-        y, h_n, c_n, _, _ = _layer_fwd(
-            cell, x, h0, c_in, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train
-        )
-        return y, h_n, c_n if is_lstm else None
-    # masks are data, never differentiated, and the kernels read them in x's dtype
-    mask_h = None if mask_h is None else mask_h.detach().to(x.dtype)
-    mask_c = None if mask_c is None else mask_c.detach().to(x.dtype)
-    diff = (*weights, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch)
-    train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in diff)
-    out = _variant_fwd(
-        cell, x, h0, c_in, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
-        ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, float(zoneout_h),
-        float(zoneout_c), mask_h, mask_c, train,
-    )  # fmt: skip
-    return out[0], out[1], out[2] if is_lstm else c0
+    if not variants_on(**library.options_of(a)):
+        check_cell(a.cell)
+        return list(_C.layer_fwd(*a[: library.N_POSITIONAL], a.save))
+    check_options(a.cell, a.w_ih, a.w_hh, a.cifg, a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.w_ch,
+                  a.zoneout_c, a.mask_c)  # fmt: skip
+    return list(_C.variant_fwd(*a[:-1], LN_EPS, a.save))
+
+
+def fake_forward(a: library.LayerArgs) -> list[Tensor]:
+    x, h0, packed = a.x, a.h0, a.batch_sizes is not None
+    G = gate_count(a.cell, a.cifg)
+    H = a.w_ih.shape[0] // G
+    B, Hout = h0.shape
+    N = x.shape[0] if packed else x.shape[0] * x.shape[1]
+    lstm = a.cell == "lstm"
+
+    def saved(keep: bool, *shape: int) -> Tensor:
+        return x.new_empty(shape if a.save and keep else (0,))
+
+    out = [
+        x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout)),
+        h0.new_empty((B, Hout)),
+        h0.new_empty((B, H) if lstm else (0,)),
+    ]
+    if not variants_on(**library.options_of(a)):
+        keep = _saves(a.cell)
+        return [*out, saved(keep, N, G * H), saved(keep, N, H)]
+    ln = a.ln_ih_w is not None
+    return [
+        *out, saved(True, N, G * H), saved(lstm, N, H), saved(True, N, H),
+        saved(ln, N, G * H), saved(ln, N, G * H), saved(ln, N, 4),
+    ]  # fmt: skip
+
+
+def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
+    """The extension's backward; ``needs`` goes to C++ as a bit mask (bit k: GRAD_INPUTS[k])."""
+    _need_extension()
+    y = buffers[0]
+    grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
+    grad_cn = grads[2] if a.cell == "lstm" else None
+    mask = sum(1 << k for k, n in enumerate(needs) if n)
+    if not variants_on(**library.options_of(a)):
+        ws1, ws2 = buffers[3:5]
+        return _C.layer_bwd(*a[: library.N_POSITIONAL], y, ws1, ws2, grad_y, grads[1], grad_cn,
+                            mask)  # fmt: skip
+    return _C.variant_bwd(*a[:-1], LN_EPS, y, buffers[3:], grad_y, grads[1], grad_cn, mask)
+
+
+def unpack(a: library.LayerArgs, buffers) -> tuple[Tensor, Tensor, Tensor]:
+    return buffers[0], buffers[1], buffers[2]
+
+
+def _in_float32_when(dtype: torch.dtype, variant: bool) -> bool:
+    return True  # the kernels take float32 and float64
+
+
+# The layer op contract (fusedrnn/ops/CONTRACT.md): bfloat16 / float16 (e.g. under CPU autocast)
+# are computed in float32, as the GPU backends accumulate, and returned in the input's dtype.
+layer = library.define_layer(
+    "cpu", forward, fake_forward, backward, unpack, in_float32_when=_in_float32_when,
+    double_backward=True,
+)  # fmt: skip
 
 
 def stack_step(

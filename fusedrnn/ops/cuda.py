@@ -14,6 +14,40 @@ Backward (per element, gates G = pre-activations; see csrc/cell_math.h for each 
     dW_ih = dG^T X,  dX = dG W_ih,  dW_hh = dHG^T H_prev,  dW_hr = dH^T Hpre,
     db_ih = colsum(dG),  db_hh = colsum(dHG)
 
+With a variant option on (layer norm, zoneout, peephole, CIFG; math in docs/variants.md) the
+time loop is csrc/cuda/variant_driver.h: the input projection of all steps is one GEMM and its
+layer norm is done for all rows at once; per step one cuBLAS GEMM
+``h_{t-1} W_hh^T`` and one fused row kernel, in which a thread block owns one batch row (layer
+norm needs whole rows) and reduces the row statistics in a fixed order (csrc/cuda/rowblock.cuh).
+The per-element math is csrc/cell_math.h (LayerNorm, Zoneout, LSTMVariantCell, GRUCell), the
+same code the cpu backend runs. With a projection, zoneout of h acts on ``y_t = hraw W_hr^T``
+in a small elementwise kernel after the GEMM.
+
+Backward (per element; csrc/cell_math.h has each step in full), per step in reverse order::
+
+    zoneout   s_t = k s_{t-1} + (1 - k) s~_t:   ds~ = (1 - k) ds,  ds_{t-1} += k ds
+              (k = the mask in training, p in evaluation; masks are not differentiated)
+    LN        out = xhat w + b, xhat = (v - mean) rstd:
+              dv = rstd (dout w - mean(dout w) - xhat mean(dout w xhat))    (row means:
+              two block reductions in the row kernel)
+    LSTM      dpo = dh~ tanh(cn) o (1 - o)   dcn = dh~ o (1 - tanh(cn)^2)   cn = LN_c(c~) or c~
+              dc~ = (1 - k_c) dc_t + LN_c backward of dcn + w_co dpo
+              dpi = dc~ g i (1 - i)   [cifg: dc~ (g - c_prev) i (1 - i)]
+              dpf = dc~ c_prev f (1 - f)   dpg = dc~ i (1 - g^2)
+              dc_prev = k_c dc_t + dc~ f + w_ci dpi + w_cf dpf
+    GRU       the plain GRU cell's backward on (1 - k) dh_t (dA input side, dS recurrent side)
+    all       dHP = LN_hh backward of dP (GRU: of dS),  dh_{t-1} = direct part + dHP W_hh
+
+then over all steps (GEMMs and deterministic column sums, no atomics)::
+
+    dXP = LN_ih backward of dP,  dX = dXP W_ih,  dW_ih = dXP^T X,  dW_hh = dHP^T H_prev,
+    dW_hr = dH~^T Hraw,  db_ih = dln_ih_b = colsum(dP),  db_hh = dln_hh_b = colsum(dS),
+    dln_ih_w = colsum(dP xhat_ih),  dln_hh_w = colsum(dS xhat_hh),
+    dln_c_w = colsum(dcn chat),  dln_c_b = colsum(dcn),
+    dw_ci = colsum(dP_i c_prev),  dw_cf = colsum(dP_f c_prev),  dw_co = colsum(dP_o c~).
+
+The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cuda_layer_fwd``
+/ ``_bwd``; with ``save=False`` (no backward can follow) the drivers write no activations.
 Importing this module never touches CUDA and never imports the extension; ``is_available()``
 does both, lazily.
 """
@@ -27,8 +61,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .checks import GATES, check_layer
-from .library import define_layer_op, with_variants
+from ..variants import LN_EPS
+from . import library
+from .checks import check_layer, gate_count, variants_on
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # columns of the saved activations per row, in units of H (layer_driver.h: saved_width)
@@ -62,119 +97,110 @@ def _sizes(x: Tensor, h0: Tensor, batch_sizes: Tensor | None) -> list[int]:
     return [h0.shape[0]] * x.shape[0]
 
 
-def _flat(x: Tensor, batch_sizes: Tensor | None) -> Tensor:  # -> [N, I] contiguous
-    return (x if batch_sizes is not None else x.reshape(-1, x.shape[-1])).contiguous()
+def _rows(t: Tensor | None) -> Tensor | None:
+    """[T, B, K] or [N, K] -> contiguous [N, K]."""
+    return None if t is None else t.reshape(-1, t.shape[-1]).contiguous()
 
 
 def _c(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
+def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
+    return g.contiguous() if g is not None else torch.zeros_like(like)
+
+
 def make_layer(
     backend: str, get_ext: Callable[[], ModuleType], device_type: str = "cuda"
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
-    """The layer op over an extension module with ``layer_forward`` / ``layer_backward``
-    (fusedrnn._C_cuda; the test-suite passes a CPU build of the same driver)."""
+    """The layer op over an extension module with ``layer_forward`` / ``layer_backward`` and
+    ``variant_forward`` / ``variant_backward`` (fusedrnn._C_cuda; the test-suite passes CPU
+    builds of the same drivers)."""
 
-    def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    def forward(a: library.LayerArgs) -> list[Tensor]:
+        """Plain: ``[y [N, Hout], h_n, c_n, saved [N, S*H] acc, h_prev [N, Hout], hpre [N, H]]``
+        (layer_driver.h); variants: ``[y, h_n, c_n, act, cell, hhat, stats, h_prev, hraw,
+        xhat_ih, rstd_ih]`` (variant_driver.h). [0] placeholders for absent buffers and, without
+        ``save``, for everything after c_n (the variant driver then returns scratch rows)."""
+        variant = variants_on(**library.options_of(a))
+        opts = library.options_of(a) if variant else {}
         check_layer(
-            backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-            batch_sizes, device_type=device_type, proj_below_hidden=True,
-            both_biases=True,
+            backend, SUPPORTED_DTYPES, a.cell, *a[1 : library.N_POSITIONAL - 1],
+            device_type=device_type, proj_below_hidden=True, both_biases=not variant, **opts,
         )  # fmt: skip
-        # [y [N, Hout], h_n [B, Hout], c_n [B, H], saved [N, S*H] acc, h_prev [N, Hout],
-        #  hpre [N, H]]: always saved, because a custom op cannot know whether a backward follows
-        out = get_ext().layer_forward(
-            cell, _flat(x, batch_sizes), h0.contiguous(), _c(c0), w_ih.contiguous(),
-            w_hh.contiguous(), _c(b_ih), _c(b_hh), _c(w_hr), _sizes(x, h0, batch_sizes),
-            reverse, True,
-        )  # fmt: skip
-        return [t if t is not None else x.new_empty(0) for t in out]
-
-    def fake_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        N = x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
-        H, Hout = w_ih.shape[0] // GATES[cell], h0.shape[1]
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        S = _SAVED_WIDTH[cell]
-        return [
-            x.new_empty(N, Hout),
-            x.new_empty(h0.shape),
-            x.new_empty(c0.shape) if cell == "lstm" else x.new_empty(0),
-            x.new_empty(N, S * H, dtype=acc) if S else x.new_empty(0),
-            x.new_empty(N, Hout),
-            x.new_empty(N, H) if w_hr is not None else x.new_empty(0),
+        x, h0, sizes = a.x, a.h0, _sizes(a.x, a.h0, a.batch_sizes)
+        common = (a.cell, _rows(x), h0.contiguous(), _c(a.c0), _c(a.w_ih), _c(a.w_hh), _c(a.b_ih),
+                  _c(a.b_hh), _c(a.w_hr), sizes, a.reverse)  # fmt: skip
+        if not variant:
+            out = get_ext().layer_forward(*common, a.save)
+        else:
+            lns = (a.ln_ih_w, a.ln_ih_b, a.ln_hh_w, a.ln_hh_b, a.ln_c_w, a.ln_c_b, a.w_ch)
+            out = get_ext().variant_forward(
+                *common, a.cifg, *[_c(t) for t in lns], a.zoneout_h, a.zoneout_c, _rows(a.mask_h),
+                _rows(a.mask_c), LN_EPS, a.save,
+            )  # fmt: skip
+        if not a.save:
+            out = out[:3]
+        return [t if t is not None else x.new_empty(0) for t in out] + [
+            x.new_empty(0) for _ in range(len(out), 6 if not variant else 11)
         ]
 
-    def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
-                 grads, needs):  # fmt: skip
-        y, h_n, c_n, saved, h_prev, hpre = buffers
-        dy = grads[0] if grads[0] is not None else torch.zeros_like(y)  # [N, Hout]
-        dh_n = grads[1] if grads[1] is not None else torch.zeros_like(h_n)  # [B, Hout]
-        dc_n = None
-        if cell == "lstm":
-            dc_n = grads[2] if grads[2] is not None else torch.zeros_like(c_n)  # [B, H]
-        out = get_ext().layer_backward(
-            cell, dy.contiguous(), dh_n.contiguous(), _c(dc_n), _flat(x, batch_sizes),
-            w_ih.contiguous(), w_hh.contiguous(), _c(w_hr), b_ih is not None,
-            _sizes(x, h0, batch_sizes), reverse, y, saved if _SAVED_WIDTH[cell] else None,
-            h_prev, hpre if w_hr is not None else None,
-        )  # fmt: skip
-        out[0] = out[0].view(x.shape)  # dx [N, I] -> x's shape
+    def fake_forward(a: library.LayerArgs) -> list[Tensor]:
+        x, h0, cell = a.x, a.h0, a.cell
+        G = gate_count(cell, a.cifg)
+        H, (B, Hout) = a.w_hh.shape[0] // G, h0.shape
+        N = x.shape[0] if a.batch_sizes is not None else x.shape[0] * x.shape[1]
+        lstm, ln, proj = cell == "lstm", a.ln_ih_w is not None, a.w_hr is not None
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+
+        def buf(keep: bool, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
+            if not (keep and a.save):
+                return x.new_empty(0)
+            return x.new_empty(shape, dtype=dtype)
+
+        out = [x.new_empty(N, Hout), x.new_empty(B, Hout), x.new_empty((B, H) if lstm else (0,))]
+        if not variants_on(**library.options_of(a)):
+            S = _SAVED_WIDTH[cell]
+            return [*out, buf(S > 0, N, S * H, dtype=acc), buf(True, N, Hout), buf(proj, N, H)]
+        return [
+            *out, buf(True, N, G * H if lstm else 4 * H, dtype=acc),
+            buf(lstm, N, 3 * H, dtype=acc), buf(ln, N, G * H, dtype=acc), buf(ln, N, 4, dtype=acc),
+            buf(True, N, Hout), buf(proj, N, H), buf(ln, N, G * H, dtype=acc),
+            buf(ln, N, 1, dtype=acc),
+        ]  # fmt: skip
+
+    def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
+        y, h_n, c_n = buffers[:3]
+        lstm, sizes = a.cell == "lstm", _sizes(a.x, a.h0, a.batch_sizes)
+        dy, dh_n = _or_zeros(grads[0], y), _or_zeros(grads[1], h_n)  # [N, Hout], [B, Hout]
+        dc_n = _or_zeros(grads[2], c_n) if lstm else None  # [B, H]
+        if not variants_on(**library.options_of(a)):
+            saved, h_prev, hpre = buffers[3:6]
+            out = get_ext().layer_backward(
+                a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr),
+                a.b_ih is not None, sizes, a.reverse, y, saved if _SAVED_WIDTH[a.cell] else None,
+                h_prev, hpre if a.w_hr is not None else None,
+            )  # fmt: skip
+        else:
+            has = [getattr(a, name) is not None for name in library.GRAD_INPUTS]
+            fwd = [t if t.dim() == 2 else None for t in buffers]  # [0] placeholders -> None
+            out = get_ext().variant_backward(
+                a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr), a.cifg,
+                _c(a.ln_ih_w), _c(a.ln_hh_w), _c(a.ln_c_w), _c(a.w_ch), a.zoneout_h,
+                a.zoneout_c, _rows(a.mask_h), _rows(a.mask_c), has, sizes, a.reverse, LN_EPS, fwd,
+            )  # fmt: skip
+        if out[0] is not None:
+            out[0] = out[0].view(a.x.shape)  # dx [N, I] -> x's shape
         return out
 
-    def unpack(cell, x, h0, batch_sizes, reverse, buffers):
+    def unpack(a: library.LayerArgs, buffers) -> tuple[Tensor, Tensor, Tensor]:
         y = buffers[0]  # [N, Hout] -> [T, B, Hout] for dense input
-        if batch_sizes is None:
-            y = y.view(x.shape[0], x.shape[1], h0.shape[1])
-        return y, buffers[1], buffers[2] if cell == "lstm" else None
+        if a.batch_sizes is None:
+            y = y.view(a.x.shape[0], a.x.shape[1], a.h0.shape[1])
+        return y, buffers[1], buffers[2]
 
-    op_layer = define_layer_op(backend, forward, fake_forward, backward, unpack)
-
-    def layer(
-        cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
-        x: Tensor,  # [T, B, I] dense, or [N, I] packed data when batch_sizes is given
-        h0: Tensor,  # [B, Hout]
-        c0: Tensor | None,  # [B, H], LSTM only
-        w_ih: Tensor,  # [G*H, I]
-        w_hh: Tensor,  # [G*H, Hout]
-        b_ih: Tensor | None,  # [G*H]
-        b_hh: Tensor | None,  # [G*H]
-        w_hr: Tensor | None,  # [Hout, H], LSTM with proj_size > 0 only
-        batch_sizes: Tensor | None,  # [T] int64 on the CPU, non-increasing
-        reverse: bool,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Same contract as :func:`fusedrnn.ops.reference.layer`."""
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-        if train or torch.compiler.is_compiling():
-            return op_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-        # eager inference: the same kernels without writing the activations a backward needs
-        check_layer(
-            backend, SUPPORTED_DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-            batch_sizes, device_type=device_type, proj_below_hidden=True,
-            both_biases=True,
-        )  # fmt: skip
-        y, h_n, c_n, *_ = get_ext().layer_forward(
-            cell, _flat(x, batch_sizes), h0.contiguous(), _c(c0), w_ih.contiguous(),
-            w_hh.contiguous(), _c(b_ih), _c(b_hh), _c(w_hr), _sizes(x, h0, batch_sizes),
-            reverse, False,
-        )  # fmt: skip
-        return unpack(cell, x, h0, batch_sizes, reverse, [y, h_n, c_n])
-
-    layer.fwd_op = op_layer.fwd_op
-    layer.bwd_op = op_layer.bwd_op
-    return layer
+    return library.define_layer(backend, forward, fake_forward, backward, unpack)
 
 
-_plain_layer = make_layer("cuda", _load_ext)
-
-
-def _variant_layer():
-    from .cuda_variants import layer as op  # imports this module: looked up at call time
-
-    return op
-
-
-# The layer op contract (fusedrnn/ops/CONTRACT.md): torch.nn's cells run the per-step
-# kernels above, a call with a variant option those of fusedrnn.ops.cuda_variants.
-layer = with_variants(lambda: _plain_layer, _variant_layer)
+# The layer op contract (fusedrnn/ops/CONTRACT.md).
+layer = make_layer("cuda", _load_ext)

@@ -1,58 +1,122 @@
-"""torch.library registration of a backend's layer op, so torch.compile traces it.
+"""One torch.library registration for every backend's layer op, generated from one argument table.
 
-A backend that runs its own kernels (and has its own backward) registers two
-custom ops in the ``fusedrnn`` namespace with :func:`define_layer_op`:
+A backend that runs its own kernels (and has its own backward) hands :func:`define_layer` four
+functions of a :data:`LayerArgs` tuple and gets two custom ops in the ``fusedrnn`` namespace::
 
-    fusedrnn::<backend>_layer_fwd(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                  batch_sizes, reverse) -> Tensor[] buffers
-    fusedrnn::<backend>_layer_bwd(<the same inputs>, buffers, grads, needs)
-                                  -> Tensor[8] grads of x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+    fusedrnn::<backend>_layer_fwd(<LAYER_ARGS>) -> Tensor[] buffers
+    fusedrnn::<backend>_layer_bwd(<LAYER_ARGS>, Tensor[] buffers, Tensor?[] grads, bool[] needs)
+                                  -> Tensor[] one gradient per GRAD_INPUTS entry
 
-The forward returns *buffers* (whatever the backward needs: state histories,
-saved gates, ...) rather than ``(y, h_n, c_n)``, because a custom op's outputs may
-not alias each other; ``unpack`` turns the buffers into ``(y, h_n, c_n)`` with
-views and indexing that Dynamo traces. ``register_fake`` gives both ops meta
-shapes and ``register_autograd`` ties the backward op to the forward, so
-``torch.compile(fullgraph=True)`` sees two opaque nodes and no graph break.
-The backward op returns an empty placeholder for every gradient that is not
-needed or whose input is None; the autograd glue maps those to None.
+plus the public ``layer`` with the contract signature (fusedrnn/ops/CONTRACT.md). Schema, fake
+backward, setup_context, the needed-gradient list and the autograd registration all come from
+:data:`LAYER_ARGS`, whose rows are ``(name, schema type, differentiable)``; a new option is one
+row here and a branch in each backend's kernels.
+
+- The forward returns *buffers* (whatever the backward needs: state histories, saved gates)
+  rather than ``(y, h_n, c_n)``, because a custom op's outputs may not alias each other;
+  ``unpack`` turns them into ``(y, h_n, c_n)`` with views and indexing that Dynamo traces.
+- ``save`` (the last argument) is True only when a backward can follow: grad mode on and some
+  differentiable input requiring grad. It is decided in ``layer``, before the op, so eager
+  no-grad calls, ``torch.inference_mode`` and compiled inference all skip writing the
+  activations a backward would read. A backward after ``save=False`` raises.
+- ``needs`` is one bool per :data:`GRAD_INPUTS` entry: wanted by autograd and not None. The
+  backward op returns an empty placeholder for each gradient not needed (custom ops return
+  no None) and the autograd glue maps those to None.
+- Output gradients autograd did not compute stay None (``set_materialize_grads(False)``):
+  materialised, the saved buffers' would be zeros the size of the activations, per backward.
+- ``register_fake`` gives both ops meta shapes, so ``torch.compile(fullgraph=True)`` sees two
+  opaque nodes and no graph break.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-NAMESPACE = "fusedrnn"
-INPUT_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+from .checks import variants_on
 
-# forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> buffers
-ForwardFn = Callable[..., list[Tensor]]
-# backward(cell, x, ..., reverse, buffers, grads, needs) -> 8 gradients (None allowed)
+NAMESPACE = "fusedrnn"
+
+# (name, schema type, differentiable), in the order of the op's arguments
+LAYER_ARGS = (
+    ("cell", "str", False),  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
+    ("x", "Tensor", True),  # [T, B, I] dense or [N, I] packed
+    ("h0", "Tensor", True),  # [B, Hout]
+    ("c0", "Tensor?", True),  # [B, H], LSTM only
+    ("w_ih", "Tensor", True),  # [G*H, I]
+    ("w_hh", "Tensor", True),  # [G*H, Hout]
+    ("b_ih", "Tensor?", True),  # [G*H]
+    ("b_hh", "Tensor?", True),  # [G*H]
+    ("w_hr", "Tensor?", True),  # [Hout, H]
+    ("batch_sizes", "Tensor?", False),  # [T] int64 on the CPU
+    ("reverse", "bool", False),
+    # the variant options (docs/variants.md); all off is torch.nn's cell
+    ("cifg", "bool", False),
+    ("ln_ih_w", "Tensor?", True),  # [G*H]
+    ("ln_ih_b", "Tensor?", True),  # [G*H]
+    ("ln_hh_w", "Tensor?", True),  # [G*H]
+    ("ln_hh_b", "Tensor?", True),  # [G*H]
+    ("ln_c_w", "Tensor?", True),  # [H]
+    ("ln_c_b", "Tensor?", True),  # [H]
+    ("w_ch", "Tensor?", True),  # [3, H] or [2, H] with cifg
+    ("zoneout_h", "float", False),
+    ("zoneout_c", "float", False),
+    ("mask_h", "Tensor?", False),  # like y
+    ("mask_c", "Tensor?", False),  # like y with H features
+    ("save", "bool", False),  # a backward can follow: write what it reads
+)
+NAMES = tuple(name for name, _, _ in LAYER_ARGS)
+N_POSITIONAL = NAMES.index("cifg")  # cell ... reverse: the contract's positional arguments
+OPTION_DEFAULTS = dict(
+    cifg=False, ln_ih_w=None, ln_ih_b=None, ln_hh_w=None, ln_hh_b=None, ln_c_w=None,
+    ln_c_b=None, w_ch=None, zoneout_h=0.0, zoneout_c=0.0, mask_h=None, mask_c=None,
+)  # fmt: skip
+GRAD_INPUTS = tuple(name for name, _, diff in LAYER_ARGS if diff)
+_GRAD_POS = tuple(k for k, (_, _, diff) in enumerate(LAYER_ARGS) if diff)
+_TENSOR_POS = tuple(k for k, (_, ty, _) in enumerate(LAYER_ARGS) if ty.startswith("Tensor"))
+_SIGNATURE = ", ".join(f"{ty} {name}" for name, ty, _ in LAYER_ARGS)
+FWD_SCHEMA = f"({_SIGNATURE}) -> Tensor[]"
+BWD_SCHEMA = f"({_SIGNATURE}, Tensor[] buffers, Tensor?[] grads, bool[] needs) -> Tensor[]"
+
+LayerArgs = namedtuple("LayerArgs", NAMES)
+
+
+def options_of(a: LayerArgs) -> dict:
+    """The variant options of a call, as the keyword arguments of the contract."""
+    return {name: getattr(a, name) for name in OPTION_DEFAULTS}
+
+
+# forward(a) -> buffers;  fake_forward(a) -> buffers of the same shapes and strides
+ForwardFn = Callable[[LayerArgs], list[Tensor]]
+# backward(a, buffers, grads, needs) -> gradients in GRAD_INPUTS order (None allowed; a shorter
+# sequence leaves the rest None). grads: one per buffer, None where autograd has none.
 BackwardFn = Callable[..., Sequence[Tensor | None]]
-# unpack(cell, x, h0, batch_sizes, reverse, buffers) -> (y, h_n, c_n or None)
+# unpack(a, buffers) -> (y, h_n, c_n of an LSTM)
 UnpackFn = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
+
+DOUBLE_BACKWARD_BACKENDS = ("cpu", "reference")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def differentiable_backward(
-    reference: Callable[..., tuple[Tensor, Tensor, Tensor | None]],
-    args: Sequence,
-    kwargs: dict,
-    inputs: Sequence[Tensor | None],
-    needs: Sequence[bool],
-    grads: Sequence[Tensor | None],
+    a: LayerArgs, needs: Sequence[bool], grads: Sequence[Tensor | None]
 ) -> list[Tensor | None]:
-    """The gradients of ``inputs`` as a graph autograd can differentiate again: the backward
-    of a fused op is itself an opaque kernel, so under ``create_graph=True`` the forward is
-    recomputed with ``reference(*args, **kwargs)`` (same contract, plain PyTorch) and
-    differentiated by autograd. ``grads`` are those of (y, h_n, c_n); None means zero."""
-    wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
+    """The gradients of the GRAD_INPUTS as a graph autograd can differentiate again: the
+    backward of a fused op is itself an opaque kernel, so under ``create_graph=True`` the
+    forward is recomputed with :func:`fusedrnn.ops.reference.layer` (same contract, plain
+    PyTorch) and differentiated by autograd. ``grads`` are those of (y, h_n, c_n)."""
+    from . import reference
+
+    inputs = [getattr(a, name) for name in GRAD_INPUTS]
+    wanted = [t for t, n in zip(inputs, needs, strict=True) if n]
     result: list[Tensor | None] = [None] * len(inputs)
     if not wanted:
         return result
-    outs = reference(*args, **kwargs)
+    outs = reference.layer(*a[:N_POSITIONAL], **options_of(a))
     pairs = [
         (o, g) for o, g in zip(outs, grads, strict=False)
         if o is not None and g is not None and o.requires_grad
@@ -69,150 +133,133 @@ def differentiable_backward(
             materialize_grads=True,
         )
     )
-    for k, (t, n) in enumerate(zip(inputs, needs, strict=True)):
-        if n and t is not None:
-            result[k] = next(computed)
-    return result
+    return [next(computed) if n else None for n in needs]
 
 
-DOUBLE_BACKWARD_BACKENDS = ("cpu", "reference")
+def in_float32(op, dtype: torch.dtype, *args, **kwargs) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``op(*args, **kwargs)`` with every floating-point tensor argument in float32, as the GPU
+    backends accumulate; its (y, h_n, c_n) are returned in ``dtype``. For the half-precision
+    inputs (e.g. under autocast) that a backend's kernels do not take directly."""
+
+    def f32(t):
+        return t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
+
+    y, h_n, c_n = op(*[f32(a) for a in args], **{k: f32(v) for k, v in kwargs.items()})
+    return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
 
 
-def refuse_double_backward(backend: str) -> None:
-    """Call first in an op's backward whose gradients are computed by opaque kernels only:
-    under ``create_graph=True`` (grad mode on inside the backward) they would silently have
-    no graph, or fail deep inside autograd."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            f"fusedrnn {backend} backend: double backward (create_graph=True) is not "
-            f"supported; the {' and '.join(DOUBLE_BACKWARD_BACKENDS)} backends support it"
-        )
+def _never(dtype: torch.dtype, variant: bool) -> bool:
+    return False
 
 
-def define_layer_op(
+def define_layer(
     backend: str,
     forward: ForwardFn,
     fake_forward: ForwardFn,
     backward: BackwardFn,
     unpack: UnpackFn,
+    *,
+    in_float32_when: Callable[[torch.dtype, bool], bool] = _never,
+    double_backward: bool = False,
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
-    """Register ``fusedrnn::<backend>_layer_fwd/_bwd`` and return a ``layer``
-    function with the layer-op contract signature that calls them."""
-    fwd_name = f"{NAMESPACE}::{backend}_layer_fwd"
-    bwd_name = f"{NAMESPACE}::{backend}_layer_bwd"
+    """Register ``fusedrnn::<backend>_layer_fwd/_bwd`` and return the backend's ``layer``.
 
-    @torch.library.custom_op(fwd_name, mutates_args=())
-    def layer_fwd(
-        cell: str,
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor | None,
-        w_ih: Tensor,
-        w_hh: Tensor,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        w_hr: Tensor | None,
-        batch_sizes: Tensor | None,
-        reverse: bool,
-    ) -> list[Tensor]:
-        return forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+    ``in_float32_when(dtype, variant)``: inputs of that dtype run in float32 (:func:`in_float32`).
+    ``double_backward``: under ``create_graph=True`` the backward recomputes through the
+    reference op (:func:`differentiable_backward`) instead of refusing; the backend's forward
+    then returns y, h_n and c_n as its first three buffers."""
+    fwd_op = torch.library.custom_op(
+        f"{NAMESPACE}::{backend}_layer_fwd",
+        lambda *args: forward(LayerArgs(*args)),
+        mutates_args=(),
+        schema=FWD_SCHEMA,
+    )
+    fwd_op.register_fake(lambda *args: fake_forward(LayerArgs(*args)))
 
-    layer_fwd.register_fake(fake_forward)
-
-    @torch.library.custom_op(bwd_name, mutates_args=())
-    def layer_bwd(
-        cell: str,
-        x: Tensor,
-        h0: Tensor,
-        c0: Tensor | None,
-        w_ih: Tensor,
-        w_hh: Tensor,
-        b_ih: Tensor | None,
-        b_hh: Tensor | None,
-        w_hr: Tensor | None,
-        batch_sizes: Tensor | None,
-        reverse: bool,
-        buffers: list[Tensor],
-        grads: list[Tensor | None],
-        needs: list[bool],
-    ) -> list[Tensor]:
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        out = backward(
-            cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-            buffers, grads, needs,
-        )  # fmt: skip
+    def run_backward(*args):
+        a, (buffers, grads, needs) = LayerArgs(*args[:-3]), args[-3:]
+        out = backward(a, buffers, grads, needs)
         return [
-            g if g is not None and n and t is not None else x.new_empty(0)
-            for g, n, t in zip(out, needs, inputs, strict=True)
+            g if g is not None and n else a.x.new_empty(0)
+            for g, n in itertools.zip_longest(out, needs)
         ]
 
-    @layer_bwd.register_fake
-    def _(
-        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers, grads, needs
-    ):
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    def fake_backward(*args):
+        a, needs = LayerArgs(*args[:-3]), args[-1]
         # the real gradients are fresh contiguous tensors whatever the inputs' strides (a
         # batch_first x is a transposed view): empty_like would copy the input's strides
         return [
-            t.new_empty(t.shape) if n and t is not None else x.new_empty(0)
-            for n, t in zip(needs, inputs, strict=True)
+            t.new_empty(t.shape) if n else a.x.new_empty(0)
+            for t, n in zip((getattr(a, name) for name in GRAD_INPUTS), needs, strict=True)
         ]
 
+    bwd_op = torch.library.custom_op(
+        f"{NAMESPACE}::{backend}_layer_bwd", run_backward, mutates_args=(), schema=BWD_SCHEMA
+    )
+    bwd_op.register_fake(fake_backward)
+
     def setup_context(ctx, inputs, output) -> None:
-        ctx.cell, ctx.reverse = inputs[0], inputs[10]
-        ctx.present = [t is not None for t in (*inputs[1:9],)]
-        ctx.save_for_backward(*inputs[1:10], *output)
+        ctx.save_for_backward(*[inputs[k] for k in _TENSOR_POS], *output)
+        ctx.plain = {k: v for k, v in enumerate(inputs) if k not in _TENSOR_POS}
+        ctx.present = [inputs[k] is not None for k in _GRAD_POS]
+        ctx.set_materialize_grads(False)
 
     def backward_rule(ctx, grads):
         saved = ctx.saved_tensors
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes = saved[:9]
-        buffers = list(saved[9:])
-        # the inputs of the op: positions 1..8 are the differentiable tensors
-        needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[1:9], ctx.present, strict=True)]
-        refuse_double_backward(backend)
-        out = layer_bwd(
-            ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse,
-            buffers, list(grads), needs,
-        )  # fmt: skip
-        result = [g if n else None for g, n in zip(out, needs, strict=True)]
-        return (None, *result, None, None)
+        tensors = dict(zip(_TENSOR_POS, saved, strict=False))
+        a = LayerArgs(*[tensors[k] if k in tensors else ctx.plain[k] for k in range(len(NAMES))])
+        buffers = list(saved[len(_TENSOR_POS) :])
+        needs = [
+            bool(ctx.needs_input_grad[k]) and p for k, p in zip(_GRAD_POS, ctx.present, strict=True)
+        ]
+        result: list[Tensor | None] = [None] * len(NAMES)
+        if not any(needs):
+            return tuple(result)
+        if not a.save:
+            raise RuntimeError(
+                f"fusedrnn {backend} backend: the forward ran with save=False (nothing saved "
+                f"for a backward); call fusedrnn.ops.{backend}.layer, which decides this"
+            )
+        if torch.is_grad_enabled():  # create_graph=True: the gradients need a graph
+            if not double_backward:
+                raise RuntimeError(
+                    f"fusedrnn {backend} backend: double backward (create_graph=True) is not "
+                    f"supported; the {' and '.join(DOUBLE_BACKWARD_BACKENDS)} backends support it"
+                )
+            grads_in = differentiable_backward(a, needs, grads[:3])  # y, h_n, c_n come first
+        else:
+            grads_in = bwd_op(*a, buffers, list(grads), needs)
+        for k, g, n in zip(_GRAD_POS, grads_in, needs, strict=True):
+            result[k] = g if n else None
+        return tuple(result)
 
-    layer_fwd.register_autograd(backward_rule, setup_context=setup_context)
-
-    def layer(
-        cell: str,
-        x: Tensor,  # [T, B, I] dense or [N, I] packed
-        h0: Tensor,  # [B, Hout]
-        c0: Tensor | None,  # [B, H]
-        w_ih: Tensor,  # [G*H, I]
-        w_hh: Tensor,  # [G*H, Hout]
-        b_ih: Tensor | None,  # [G*H]
-        b_hh: Tensor | None,  # [G*H]
-        w_hr: Tensor | None,  # [Hout, H]
-        batch_sizes: Tensor | None,  # [T] int64 on the CPU
-        reverse: bool,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        buffers = layer_fwd(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-        return unpack(cell, x, h0, batch_sizes, reverse, buffers)
-
-    layer.fwd_op = layer_fwd
-    layer.bwd_op = layer_bwd
-    return layer
-
-
-LayerFn = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
-
-
-def with_variants(plain: Callable[[], LayerFn], variant: Callable[[], LayerFn]) -> LayerFn:
-    """A backend's one layer op (signature of :func:`fusedrnn.ops.reference.layer`) over its
-    two kernel families: ``plain()`` runs torch.nn's cells, ``variant()`` a call with any
-    variant option on. Both are looked up at call time, so kernels load only when used."""
-    from .checks import variants_on
+    fwd_op.register_autograd(backward_rule, setup_context=setup_context)
 
     def layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, **options):
-        args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-        if variants_on(**options):
-            return variant()(*args, **options)
-        return plain()(*args)
+        """One layer in one direction; the contract of :func:`fusedrnn.ops.reference.layer`."""
+        variant = variants_on(**options)  # an unknown option is a TypeError here
+        if x.dtype in LOW_PRECISION and in_float32_when(x.dtype, variant):
+            return in_float32(
+                layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                reverse, **options,
+            )  # fmt: skip
+        lstm = cell == "lstm"
+        a = LayerArgs(
+            cell, x, h0, c0 if lstm else None, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+            reverse, **{**OPTION_DEFAULTS, **options}, save=False,
+        )  # fmt: skip
+        a = a._replace(
+            zoneout_h=float(a.zoneout_h),
+            zoneout_c=float(a.zoneout_c),
+            # masks are data, never differentiated, and the kernels read them in x's dtype
+            mask_h=None if a.mask_h is None else a.mask_h.detach().to(x.dtype),
+            mask_c=None if a.mask_c is None else a.mask_c.detach().to(x.dtype),
+            save=torch.is_grad_enabled()
+            and any(getattr(a, n) is not None and getattr(a, n).requires_grad for n in GRAD_INPUTS),
+        )
+        y, h_n, c_n = unpack(a, fwd_op(*a))
+        return y, h_n, c_n if lstm else c0
 
+    layer.fwd_op = fwd_op
+    layer.bwd_op = bwd_op
     return layer

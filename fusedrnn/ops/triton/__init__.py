@@ -7,11 +7,11 @@ GPU runtime; :func:`layer` loads the kernels on first use.
 Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
 backward), :mod:`.common` (the shared backward state-gradient helper),
 :mod:`.lstm` / :mod:`.gru` / :mod:`.rnn` (per-step kernels and their launchers),
-:mod:`.persistent` (whole-sequence kernels for small H), :mod:`.layer_op` (input
-GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
+:mod:`.persistent` (whole-sequence kernels for small H), :mod:`.layer_op` (the one op:
+input GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
 shipped block configurations), :mod:`.runtime` (the guarded launcher, device guard,
-launch accounting, debug poisoning), :mod:`.variants` (the layer norm / zoneout /
-peephole / CIFG op; its step kernels in :mod:`.lstm_variants` / :mod:`.gru_variants`,
+launch accounting, debug poisoning), :mod:`.variants` (the op's layer norm / zoneout /
+peephole / CIFG branch; its step kernels in :mod:`.lstm_variants` / :mod:`.gru_variants`,
 whole-row helpers in :mod:`.rowwise`).
 
 Launches per layer and direction, T steps (see :func:`launch_counter`):
@@ -41,7 +41,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from ..library import with_variants
 from .runtime import launch_counter, poison_buffers
 
 __all__ = ["is_available", "kernel_path", "layer", "launch_counter", "poison_buffers"]
@@ -68,18 +67,10 @@ def kernel_path(path: str | None):
     return _kernel_path(path)
 
 
-def _step_layer():
+def layer(*args, **options):
+    """The layer op contract (fusedrnn/ops/CONTRACT.md): torch.nn's cells run the per-step /
+    persistent kernels, a call with a variant option the variant kernels (:mod:`.layer_op`,
+    imported on first use, which imports triton)."""
     from .layer_op import layer as op
 
-    return op
-
-
-def _variant_layer():
-    from .variants import layer as op
-
-    return op
-
-
-# The layer op contract (fusedrnn/ops/CONTRACT.md): torch.nn's cells run the per-step /
-# persistent kernels (.layer_op), a call with a variant option the variant kernels (.variants).
-layer = with_variants(_step_layer, _variant_layer)
+    return op(*args, **options)

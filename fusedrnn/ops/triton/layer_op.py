@@ -13,8 +13,10 @@ where ``dG_x = dG_h = dG`` except for the GRU (its ``n`` gate's recurrent part i
 scaled by ``r``), ``h_prev`` is a view of the state history and the sums are
 deterministic reductions (no atomics).
 
-Registered with torch.library (:mod:`fusedrnn.ops.library`) as
-``fusedrnn::triton_layer_fwd`` / ``fusedrnn::triton_layer_bwd``.
+With a variant option on, each of the op's functions hands over to :mod:`.variants`. Registered
+by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::triton_layer_fwd`` / ``_bwd``.
+The kernels write their activations whatever ``save`` says: the state histories are the
+outputs, and the saved gates are not yet optional.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import library
-from ..checks import GATES, check_layer
-from . import runtime
+from ..checks import GATES, check_layer, variants_on
+from . import runtime, variants
 from .gru import _gru_bwd, _gru_fwd
 from .lstm import _lstm_bwd, _lstm_fwd
 from .persistent import persistent_bwd, persistent_fwd, use_persistent
@@ -39,11 +41,17 @@ def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
     return runtime.Plan(batch_sizes, seq_len, h0.shape[0], reverse)
 
 
-def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> list[Tensor]:
+def _variant(a: library.LayerArgs) -> bool:
+    return variants_on(**library.options_of(a))
+
+
+def forward(a: library.LayerArgs) -> list[Tensor]:
     """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused)."""
-    check_layer("triton", DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
-    with runtime.device_guard(x.device):
-        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+    if _variant(a):
+        return variants.forward(a)
+    check_layer("triton", DTYPES, *a[: library.N_POSITIONAL - 1])
+    with runtime.device_guard(a.x.device):
+        return _forward(*a[: library.N_POSITIONAL])
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> list[Tensor]:
@@ -71,7 +79,10 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
     return [hs, empty(), empty(), empty(), y]
 
 
-def fake_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+def fake_forward(a: library.LayerArgs) -> list[Tensor]:
+    if _variant(a):
+        return variants.fake_forward(a)
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
     T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
     B, Hout = h0.shape
     GH = w_hh.shape[0]
@@ -86,23 +97,25 @@ def fake_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rev
     return [hs, x.new_empty(0), gates, x.new_empty(0), y]
 
 
-def unpack(cell, x, h0, batch_sizes, reverse, buffers):
+def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, h_n, c_n)`` as views of the state histories."""
+    if _variant(a):
+        return variants.unpack(a, buffers)
     hs, cs, _, _, y = buffers
     T = hs.shape[0] - 1
-    last = 0 if reverse else T
-    if batch_sizes is None:
-        y = hs[:T] if reverse else hs[1:]
-    c_n = cs[last].to(h0.dtype) if cell == "lstm" else None
+    last = 0 if a.reverse else T
+    if a.batch_sizes is None:
+        y = hs[:T] if a.reverse else hs[1:]
+    c_n = cs[last].to(a.h0.dtype) if a.cell == "lstm" else None
     return y, hs[last], c_n
 
 
-def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
-             grads, needs):  # fmt: skip
-    """Gradients of ``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)``; None where not needed."""
-    with runtime.device_guard(x.device):
-        return _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                         buffers, grads, needs)  # fmt: skip
+def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
+    """Gradients of the library.GRAD_INPUTS; None where not needed."""
+    if _variant(a):
+        return variants.backward(a, buffers, grads, needs)
+    with runtime.device_guard(a.x.device):
+        return _backward(*a[: library.N_POSITIONAL], buffers, grads, needs[:8])
 
 
 def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
@@ -147,4 +160,10 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     ]
 
 
-layer = library.define_layer_op("triton", forward, fake_forward, backward, unpack)
+def _in_float32_when(dtype: torch.dtype, variant: bool) -> bool:
+    return variant  # the variant kernels take float32 and float64
+
+
+layer = library.define_layer(
+    "triton", forward, fake_forward, backward, unpack, in_float32_when=_in_float32_when
+)

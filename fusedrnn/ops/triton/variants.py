@@ -19,9 +19,8 @@ after its layer norm and biases; ``dG`` itself for the LSTM) and ``dS_raw`` (of
 with ``LN_bwd(dxhat, xhat, rstd) = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``
 per row; every sum is a deterministic column reduction (no atomics).
 
-Registered with torch.library as ``fusedrnn::triton_variants_fwd`` /
-``fusedrnn::triton_variants_bwd`` (register_fake + register_autograd), so
-``torch.compile(fullgraph=True)`` sees two opaque nodes. Supports float32 and float64.
+These are the variant branch of the one triton op (:mod:`.layer_op`). Supports float32 and
+float64; the op computes half-precision inputs in float32.
 """
 
 from __future__ import annotations
@@ -32,16 +31,11 @@ from torch import Tensor
 
 from ...variants import LN_EPS
 from .. import library
-from ..checks import check_layer
-from ..library import NAMESPACE
+from ..checks import check_layer, gate_count
+from ..library import GRAD_INPUTS
 from . import runtime
 
 DTYPES = (torch.float32, torch.float64)
-# the differentiable inputs, in the order of the backward op's outputs
-GRAD_INPUTS = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "ln_ih_w", "ln_ih_b",
-               "ln_hh_w", "ln_hh_b", "ln_c_w", "ln_c_b", "w_ch")  # fmt: skip
-# where they sit among the forward op's arguments
-GRAD_POSITIONS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15, 16, 17, 18)
 
 
 def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
@@ -70,30 +64,22 @@ def _sum_bias(*ts: Tensor | None) -> Tensor | None:
     return None if not present else sum(present[1:], present[0]).contiguous()
 
 
-def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-            ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
-            mask_c) -> list[Tensor]:  # fmt: skip
+def forward(a: library.LayerArgs) -> list[Tensor]:
     """Buffers: LSTM ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]``, GRU
     ``[Hs, gates, shat, rstd, y, uhat, rstd_u]`` (see the cell launchers; ``uhat [N, GH]``
     and ``rstd_u [N, 1]`` are the input projection's layer norm; empty when unused)."""
-    check_layer(
-        "triton", DTYPES, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, cifg=cifg,
-        ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b, ln_c_w=ln_c_w,
-        ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c, mask_h=mask_h,
-        mask_c=mask_c,
-    )  # fmt: skip
-    with runtime.device_guard(x.device):
-        return _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                        cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h,
-                        zoneout_c, mask_h, mask_c)  # fmt: skip
+    check_layer("triton", DTYPES, *a[: library.N_POSITIONAL - 1], **library.options_of(a))
+    with runtime.device_guard(a.x.device):
+        return _forward(a)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-             ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
-             mask_c) -> list[Tensor]:  # fmt: skip
+def _forward(a: library.LayerArgs) -> list[Tensor]:
     from .gru_variants import _gru_variant_fwd
     from .lstm_variants import _lstm_variant_fwd
 
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
+    ln_ih_w, ln_hh_w, ln_c_w, ln_c_b, w_ch = a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.ln_c_b, a.w_ch
+    mask_h, mask_c = a.mask_h, a.mask_c
     packed = batch_sizes is not None
     plan = _plan(x, h0, batch_sizes, reverse)
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
@@ -106,59 +92,58 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
         rstd_u = torch.rsqrt((u - mean).square().mean(-1, keepdim=True) + LN_EPS)
         uhat = (u - mean) * rstd_u
         xg = uhat * ln_ih_w
-        for b in (ln_ih_b, b_ih):
+        for b in (a.ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
     xg = xg.contiguous()
-    par = _params(x, zoneout_h, zoneout_c)
+    par = _params(x, a.zoneout_h, a.zoneout_c)
     w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr)
-    bias = _sum_bias(b_hh, ln_hh_b)
+    bias = _sum_bias(b_hh, a.ln_hh_b)
     mh = _flat(mask_h, packed)
-    zh = _zone_mode(mask_h, zoneout_h)
+    zh = _zone_mode(mask_h, a.zoneout_h)
     if cell == "gru":
         out = _gru_variant_fwd(xg, h0, w_hh, bias, ln_hh_w, mh, par, zh, plan, packed)
     else:
         if ln_c_w is not None and ln_c_b is None:
             ln_c_b = torch.zeros_like(ln_c_w)
-        zone = (zh, _zone_mode(mask_c, zoneout_c))
+        zone = (zh, _zone_mode(mask_c, a.zoneout_c))
         out = _lstm_variant_fwd(
             xg, h0, c0.contiguous(), w_hh, bias, ln_hh_w, ln_c_w, _contig(ln_c_b)[0], w_ch, w_hr,
-            mh, _flat(mask_c, packed), par, zone, cifg, plan, packed,
+            mh, _flat(mask_c, packed), par, zone, a.cifg, plan, packed,
         )  # fmt: skip
     return [*out, uhat, rstd_u]
 
 
-def fake_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
-                 ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
-                 mask_h, mask_c):  # fmt: skip
+def fake_forward(a: library.LayerArgs) -> list[Tensor]:
+    x, h0, batch_sizes = a.x, a.h0, a.batch_sizes
     T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
     N = x.shape[0] if batch_sizes is not None else T * x.shape[1]
     B, Hout = h0.shape
-    GH = w_hh.shape[0]
-    H = GH // ((3 if cifg else 4) if cell == "lstm" else 3)
-    ln, packed = ln_ih_w is not None, batch_sizes is not None
+    GH = a.w_hh.shape[0]
+    H = GH // gate_count(a.cell, a.cifg)
+    ln, packed = a.ln_ih_w is not None, batch_sizes is not None
 
     def buf(*shape: int, on: bool = True) -> Tensor:
         return x.new_empty(*shape) if on else x.new_empty(0)
 
     tail = [buf(N, GH, on=ln), buf(N, 1, on=ln)]
     y = buf(x.shape[0], Hout, on=packed)
-    if cell == "gru":
+    if a.cell == "gru":
         return [buf(T + 1, B, H), buf(T, B, 4 * H), buf(T, B, GH, on=ln), buf(T, B, on=ln), y,
                 *tail]  # fmt: skip
     return [buf(T + 1, B, Hout), buf(T + 1, B, H), buf(T, B, 4 * H), buf(T, B, H),
             buf(T, B, GH, on=ln), buf(T, B, H, on=ln), buf(T, B, 2, on=ln),
-            buf(T, B, H, on=w_hr is not None), y, *tail]  # fmt: skip
+            buf(T, B, H, on=a.w_hr is not None), y, *tail]  # fmt: skip
 
 
-def unpack(cell, x, h0, batch_sizes, reverse, buffers):
+def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, h_n, c_n)`` as views of the state histories."""
     hs = buffers[0]
     T = hs.shape[0] - 1
-    last = 0 if reverse else T
-    y = buffers[4 if cell == "gru" else 8]
-    if batch_sizes is None:
-        y = hs[:T] if reverse else hs[1:]
-    return y, hs[last], buffers[1][last] if cell == "lstm" else None
+    last = 0 if a.reverse else T
+    y = buffers[4 if a.cell == "gru" else 8]
+    if a.batch_sizes is None:
+        y = hs[:T] if a.reverse else hs[1:]
+    return y, hs[last], buffers[1][last] if a.cell == "lstm" else None
 
 
 def _params(x: Tensor, zoneout_h: float, zoneout_c: float) -> Tensor:
@@ -178,22 +163,19 @@ def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
     )
 
 
-def backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-             ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
-             mask_c, buffers, grads, needs) -> list[Tensor | None]:  # fmt: skip
-    """Gradients of the GRAD_INPUTS; None where not needed."""
-    with runtime.device_guard(x.device):
-        return _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                         cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch,
-                         zoneout_h, zoneout_c, mask_h, mask_c, buffers, grads,
-                         needs)  # fmt: skip
+def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
+    """Gradients of the library.GRAD_INPUTS; None where not needed."""
+    with runtime.device_guard(a.x.device):
+        return _backward(a, buffers, grads, needs)
 
 
-def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-              ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
-              mask_c, buffers, grads, needs) -> list[Tensor | None]:  # fmt: skip
+def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
     from .gru_variants import _gru_variant_bwd
     from .lstm_variants import _lstm_variant_bwd
+
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
+    ln_ih_w, ln_hh_w, ln_c_w, ln_c_b = a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.ln_c_b
+    w_ch, mask_h, mask_c, cifg = a.w_ch, a.mask_h, a.mask_c, a.cifg
 
     # autograd may hand over expanded or strided gradients; the kernels index densely
     grads = [g.contiguous() if g is not None and g.numel() else None for g in grads]
@@ -201,10 +183,10 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     plan = _plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     GH, Hout = w_hh.shape
-    par = _params(x, zoneout_h, zoneout_c)
+    par = _params(x, a.zoneout_h, a.zoneout_c)
     w_hh, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, ln_hh_w, ln_c_w, w_ch, w_hr)
     mh = _flat(mask_h, packed)
-    zh = _zone_mode(mask_h, zoneout_h)
+    zh = _zone_mode(mask_h, a.zoneout_h)
     hs, uhat, rstd_u = buffers[0], buffers[-2], buffers[-1]
     out: dict[str, Tensor | None] = {}
     if cell == "gru":
@@ -215,7 +197,7 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
         H = GH // (3 if cifg else 4)
         dhs, dcs, dy = grads[0], grads[1], grads[8]
         lncb = ln_c_b if ln_c_b is not None or ln_c_w is None else torch.zeros_like(ln_c_w)
-        zone = (zh, _zone_mode(mask_c, zoneout_c))
+        zone = (zh, _zone_mode(mask_c, a.zoneout_c))
         dgx, ds, dht, dl, dh0, dc0 = _lstm_variant_bwd(
             w_hh, w_hr, ln_hh_w, ln_c_w, _contig(lncb)[0], w_ch, mh, _flat(mask_c, packed), par,
             zone, cifg, buffers[:9], dhs, dcs, dy, plan,
@@ -262,173 +244,3 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
         h_prev = (hs[1:] if reverse else hs[:T]).reshape(T * B, Hout)
         out["w_hh"] = ds.view(T * B, GH).t() @ h_prev
     return [out.get(name) if need else None for name, need in zip(GRAD_INPUTS, needs, strict=True)]
-
-
-# ---- torch.library registration ----------------------------------------------------------
-
-
-@torch.library.custom_op(f"{NAMESPACE}::triton_variants_fwd", mutates_args=())
-def variants_fwd(
-    cell: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor | None,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    batch_sizes: Tensor | None,
-    reverse: bool,
-    cifg: bool,
-    ln_ih_w: Tensor | None,
-    ln_ih_b: Tensor | None,
-    ln_hh_w: Tensor | None,
-    ln_hh_b: Tensor | None,
-    ln_c_w: Tensor | None,
-    ln_c_b: Tensor | None,
-    w_ch: Tensor | None,
-    zoneout_h: float,
-    zoneout_c: float,
-    mask_h: Tensor | None,
-    mask_c: Tensor | None,
-) -> list[Tensor]:
-    return forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg,
-                   ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h,
-                   zoneout_c, mask_h, mask_c)  # fmt: skip
-
-
-variants_fwd.register_fake(fake_forward)
-
-
-@torch.library.custom_op(f"{NAMESPACE}::triton_variants_bwd", mutates_args=())
-def variants_bwd(
-    cell: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor | None,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    batch_sizes: Tensor | None,
-    reverse: bool,
-    cifg: bool,
-    ln_ih_w: Tensor | None,
-    ln_ih_b: Tensor | None,
-    ln_hh_w: Tensor | None,
-    ln_hh_b: Tensor | None,
-    ln_c_w: Tensor | None,
-    ln_c_b: Tensor | None,
-    w_ch: Tensor | None,
-    zoneout_h: float,
-    zoneout_c: float,
-    mask_h: Tensor | None,
-    mask_c: Tensor | None,
-    buffers: list[Tensor],
-    grads: list[Tensor | None],
-    needs: list[bool],
-) -> list[Tensor]:
-    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-            ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
-            mask_c)  # fmt: skip
-    out = backward(*args, buffers, grads, needs)
-    # an empty placeholder for every gradient not needed (custom ops return no None)
-    return [g if g is not None else x.new_empty(0) for g in out]
-
-
-@variants_bwd.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b,
-      ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c, buffers,
-      grads, needs):  # fmt: skip
-    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-            ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h,
-            mask_c)  # fmt: skip
-    inputs = [args[p] for p in GRAD_POSITIONS]
-    # the real gradients are fresh contiguous tensors whatever the inputs' strides (a
-    # batch_first x is a transposed view): empty_like would copy the input's strides
-    return [
-        t.new_empty(t.shape) if n and t is not None else x.new_empty(0)
-        for n, t in zip(needs, inputs, strict=True)
-    ]
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    ctx.cell, ctx.reverse, ctx.cifg = inputs[0], inputs[10], inputs[11]
-    ctx.zoneout = (inputs[19], inputs[20])
-    ctx.present = [inputs[p] is not None for p in GRAD_POSITIONS]
-    tensors = [inputs[p] for p in range(len(inputs)) if p not in (0, 10, 11, 19, 20)]
-    ctx.save_for_backward(*tensors, *output)
-    ctx.n_inputs = len(tensors)
-
-
-def _backward_rule(ctx, grads):
-    library.refuse_double_backward("triton")
-    saved = ctx.saved_tensors
-    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
-     ln_c_w, ln_c_b, w_ch, mask_h, mask_c) = saved[: ctx.n_inputs]  # fmt: skip
-    buffers = list(saved[ctx.n_inputs :])
-    needs = [
-        bool(ctx.needs_input_grad[p]) and present
-        for p, present in zip(GRAD_POSITIONS, ctx.present, strict=True)
-    ]
-    out = variants_bwd(
-        ctx.cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, ctx.reverse, ctx.cifg,
-        ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, *ctx.zoneout, mask_h, mask_c,
-        buffers, list(grads), needs,
-    )  # fmt: skip
-    result = [None] * 23
-    for p, g, n in zip(GRAD_POSITIONS, out, needs, strict=True):
-        result[p] = g if n else None
-    return tuple(result)
-
-
-variants_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
-
-
-def layer(
-    cell: str,  # "lstm" | "gru"
-    x: Tensor,  # [T, B, I] dense or [N, I] packed
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H]
-    w_ih: Tensor,  # [G*H, I]
-    w_hh: Tensor,  # [G*H, Hout]
-    b_ih: Tensor | None,  # [G*H]
-    b_hh: Tensor | None,  # [G*H]
-    w_hr: Tensor | None,  # [Hout, H]
-    batch_sizes: Tensor | None,  # [T] int64 on the CPU
-    reverse: bool,
-    *,
-    cifg: bool = False,
-    ln_ih_w: Tensor | None = None,  # [G*H]
-    ln_ih_b: Tensor | None = None,  # [G*H]
-    ln_hh_w: Tensor | None = None,  # [G*H]
-    ln_hh_b: Tensor | None = None,  # [G*H]
-    ln_c_w: Tensor | None = None,  # [H]
-    ln_c_b: Tensor | None = None,  # [H]
-    w_ch: Tensor | None = None,  # [3, H] or [2, H] with cifg
-    zoneout_h: float = 0.0,
-    zoneout_c: float = 0.0,
-    mask_h: Tensor | None = None,  # [T, B, Hout] or [N, Hout]
-    mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`fusedrnn.ops.reference.layer` with variant options, run by the Triton variant kernels.
-
-    bfloat16 / float16 (e.g. under autocast) are computed in float32, which the variant
-    kernels take, and returned in the input's dtype (as the cpu backend does)."""
-    if x.dtype in (torch.bfloat16, torch.float16):
-        from ..cpu import in_float32
-
-        return in_float32(
-            layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-            cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
-            ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
-            mask_h=mask_h, mask_c=mask_c,
-        )  # fmt: skip
-    buffers = variants_fwd(
-        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w,
-        ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, float(zoneout_h), float(zoneout_c),
-        mask_h, mask_c,
-    )  # fmt: skip
-    return unpack(cell, x, h0, batch_sizes, reverse, buffers)
