@@ -1,8 +1,8 @@
-"""The compiled CPU backend (fusedrnn._C) against the reference backend and torch.nn.
+"""The compiled CPU backend (fusedrnn._C): what is particular to it.
 
-Every cell, dense and packed, both directions, with and without biases, with a projection,
-awkward shapes, float32 and float64: the forward outputs and every gradient are compared with
-``fusedrnn.ops.reference.layer`` (differentiated by autograd) on fresh random data.
+Every cell, shape and option against the reference op is tests/test_conformance.py; here are
+its thread splits and gate-column chunks, scratch-buffer reuse, the single-step stack call, the
+ISA copies, half precision, gradient selection and argument errors.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import layer_cases
 import pytest
 import torch
+from layer_cases import TOL, Case, call, with_leaves
 
 from fusedrnn.ops import cpu, library, reference
 
@@ -21,112 +24,29 @@ pytestmark = pytest.mark.skipif(
 )
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+DTYPES = [torch.float32, torch.float64]
 NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
 
 def make_inputs(cell, T, B, I, H, *, proj=0, bias=True, lengths=None, dtype=torch.float32,
                 seed=0):  # fmt: skip
     """Random layer inputs (all requiring grad). lengths -> packed [N, I] plus batch_sizes."""
-    g = torch.Generator().manual_seed(seed)
-    G = reference.GATES[cell]
-    Hout = proj if proj else H
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
-
-    batch_sizes = None
-    if lengths is not None:
-        assert sorted(lengths, reverse=True) == list(lengths) and len(lengths) == B
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
-        x = rnd(int(batch_sizes.sum()), I)
-    else:
-        x = rnd(T, B, I)
-    k = H**-0.5
-    return dict(
-        x=x,
-        h0=rnd(B, Hout, scale=0.5),
-        c0=rnd(B, H, scale=0.5) if cell == "lstm" else None,
-        w_ih=rnd(G * H, I, scale=k),
-        w_hh=rnd(G * H, Hout, scale=k),
-        b_ih=rnd(G * H, scale=k) if bias else None,
-        b_hh=rnd(G * H, scale=k) if bias else None,
-        w_hr=rnd(Hout, H, scale=k) if proj else None,
-        batch_sizes=batch_sizes,
-    )
+    case = Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, lengths=lengths and tuple(lengths))
+    return with_leaves(layer_cases.make_inputs(case, dtype, seed=seed))
 
 
 def run(backend, cell, inp, reverse):
-    return backend.layer(
-        cell, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["b_ih"],
-        inp["b_hh"], inp["w_hr"], inp["batch_sizes"], reverse,
-    )  # fmt: skip
+    return call(backend.layer, {**inp, "cell": cell, "reverse": reverse})
 
 
-def compare(cell, inp, reverse, dtype, *, seed=1):
-    """Forward outputs and every gradient of cpu vs reference under the same upstream grads."""
-    outs_ref = run(reference, cell, inp, reverse)
-    outs_cpu = run(cpu, cell, inp, reverse)
-    tol = TOL[dtype]
-    for name, a, b in zip(("y", "h_n", "c_n"), outs_cpu, outs_ref, strict=True):
-        if b is None:
-            assert a is None, name
-            continue
-        assert a.shape == b.shape, name
-        torch.testing.assert_close(a, b, **tol, msg=lambda m, n=name: f"{n}: {m}")
-
-    g = torch.Generator().manual_seed(seed)
-    ups = [torch.randn(o.shape, generator=g, dtype=dtype) for o in outs_ref if o is not None]
-    leaves = [(n, inp[n]) for n in NAMES if inp[n] is not None]
-    tensors = [t for _, t in leaves]
-
-    def grads(outs):
-        loss = sum((o * u).sum() for o, u in zip([o for o in outs if o is not None], ups,
-                                                 strict=True))  # fmt: skip
-        return torch.autograd.grad(loss, tensors)
-
-    for (name, _), a, b in zip(leaves, grads(outs_cpu), grads(outs_ref), strict=True):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m, n=name: f"grad {n}: {m}")
+def compare(cell, inp, reverse, dtype):
+    """Every output and gradient of cpu vs reference (tests/layer_cases.py)."""
+    tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
+    layer_cases.compare(cpu.layer, {**inp, "cell": cell, "reverse": reverse}, tol)
 
 
-DTYPES = [torch.float32, torch.float64]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_layer_matches_reference(cell, packed, reverse, bias, dtype):
-    lengths = [6, 4, 4, 1] if packed else None
-    inp = make_inputs(cell, 6, 4, 7, 9, bias=bias, lengths=lengths, dtype=dtype)
-    compare(cell, inp, reverse, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_lstm_projection(packed, reverse, dtype):
-    lengths = [5, 5, 3] if packed else None
-    inp = make_inputs("lstm", 5, 3, 4, 7, proj=3, lengths=lengths, dtype=dtype)
-    compare("lstm", inp, reverse, dtype)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize(
-    "T,B,I,H,lengths",
-    [
-        (1, 1, 3, 5, None),  # one step, one row
-        (1, 3, 2, 4, [1, 1, 1]),  # packed single step
-        (7, 1, 1, 1, None),  # H = 1, I = 1
-        (5, 5, 3, 6, [5, 4, 2, 2, 1]),  # every row ends at a different step
-        (3, 2, 4, 3, [3, 3]),  # packed, all full
-    ],
-)
-def test_awkward_shapes(cell, T, B, I, H, lengths):
-    for reverse in (False, True):
-        inp = make_inputs(cell, T, B, I, H, lengths=lengths, dtype=torch.float64, seed=T * B)
-        compare(cell, inp, reverse, torch.float64)
+# The comparisons on every cell, shape and option are in tests/test_conformance.py; the cases
+# here aim at this backend's own layout: thread splits and gate-column chunks.
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -157,36 +77,6 @@ def test_several_unit_chunks(cell, dtype):
         compare(cell, inp, reverse, dtype)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_outputs_fully_written(cell):
-    """Outputs are allocated uninitialised; fill freed memory with NaN first so that a row or
-    unit the kernels miss shows up as NaN instead of a lucky zero."""
-    for packed in (False, True):
-        lengths = [5, 3, 2] if packed else None
-        inp = make_inputs(cell, 5, 3, 4, 6, proj=2 if cell == "lstm" else 0, lengths=lengths,
-                          dtype=torch.float32, seed=7)  # fmt: skip
-        for reverse in (False, True):
-            junk = [torch.full((n,), float("nan")) for n in (16, 64, 256, 1024, 4096) * 4]
-            del junk
-            compare(cell, inp, reverse, torch.float32)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_gradcheck(cell, packed):
-    lengths = [3, 2] if packed else None
-    proj = 2 if cell == "lstm" else 0
-    for reverse in (False, True):
-        inp = make_inputs(cell, 3, 2, 3, 3, proj=proj, lengths=lengths, dtype=torch.float64)
-        names = [n for n in NAMES if inp[n] is not None]
-
-        def fn(*ts, reverse=reverse, inp=inp, names=names):
-            d = dict(inp, **dict(zip(names, ts, strict=True)))
-            return tuple(o for o in run(cpu, cell, d, reverse) if o is not None)
-
-        assert torch.autograd.gradcheck(fn, tuple(inp[n] for n in names))
-
-
 def test_only_requested_gradients():
     """Weights frozen: only dx is produced, and no grad at all skips saving."""
     inp = make_inputs("lstm", 4, 3, 5, 6)
@@ -197,18 +87,11 @@ def test_only_requested_gradients():
     (dx,) = torch.autograd.grad(y.sum(), [inp["x"]])
     y_ref, _, _ = run(reference, "lstm", inp, False)
     (dx_ref,) = torch.autograd.grad(y_ref.sum(), [inp["x"]])
-    torch.testing.assert_close(dx, dx_ref, **TOL[torch.float32])
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         y2, _, _ = run(cpu, "lstm", inp, False)
     assert not y2.requires_grad
     torch.testing.assert_close(y2, y.detach(), rtol=0, atol=0)
-
-
-def test_non_contiguous_input():
-    inp = make_inputs("gru", 5, 4, 6, 5)
-    inp["x"] = inp["x"].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
-    assert not inp["x"].is_contiguous()
-    compare("gru", inp, False, torch.float32)
 
 
 def test_bad_input_errors():
@@ -278,7 +161,7 @@ def test_stack_step_matches_torch_nn(cell, proj, B):
         y_ref, st_ref = m(x, (h, c) if cell == "lstm" else h)
         y, h_n, c_n = cpu.stack_step(cell, x[0], h, c if cell == "lstm" else None,
                                      m._flat_weights, L, True, proj)  # fmt: skip
-    tol = TOL[torch.float64]
+    tol = dict(rtol=TOL[torch.float64], atol=TOL[torch.float64])
     torch.testing.assert_close(y, y_ref[0], **tol)
     if cell == "lstm":
         torch.testing.assert_close(h_n, st_ref[0], **tol)
@@ -338,12 +221,12 @@ def test_kernel_isa_selection():
 @pytest.mark.skipif(os.environ.get("FUSEDRNN_CPU_ISA") == "generic", reason="already generic")
 def test_generic_isa_copy_matches_too():
     """The baseline-ISA copy of the kernels (what CPUs without AVX2 run) is compiled separately
-    from the AVX2 one; run part of this file again with it forced."""
+    from the AVX2 one; run the cpu conformance cases of torch.nn's cells again with it forced."""
     env = dict(os.environ, FUSEDRNN_CPU_ISA="generic")
-    select = "test_kernel_isa_selection or (test_layer_matches_reference and -bias-)"
+    conformance = str(Path(__file__).with_name("test_conformance.py"))
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         "-k", select.replace("-bias-", "bias and not nobias")],
+         conformance, "-k", "test_kernel_isa_selection or (test_plain_cells and cpu)"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -374,16 +257,3 @@ def test_scratch_reuse_leaves_earlier_results_intact(cell):
     again, _ = once(21)
     for a, b in zip(again, kept, strict=True):
         assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("which", ["y", "h_n", "c_n"])
-def test_loss_on_one_output_only(which):
-    """Output gradients autograd does not produce reach the backward as None (nothing is
-    materialised); each output alone must still give the reference gradients."""
-    inp = make_inputs("lstm", 5, 3, 4, 40, dtype=torch.float64, seed=31)
-    k = ("y", "h_n", "c_n").index(which)
-    leaves = [inp[n] for n in NAMES if inp[n] is not None]
-    got = torch.autograd.grad(run(cpu, "lstm", inp, False)[k].sum(), leaves)
-    want = torch.autograd.grad(run(reference, "lstm", inp, False)[k].sum(), leaves)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, **TOL[torch.float64])

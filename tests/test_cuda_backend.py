@@ -13,9 +13,9 @@ With a GPU (skipped here): fusedrnn.ops.cuda.layer on CUDA tensors against the r
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+import cuda_host
 import pytest
 import torch
 
@@ -107,40 +107,12 @@ def test_every_kernel_compiles_without_spills():
 # --------------------------------------------------------------------------------------------
 # CPU build of the CUDA backend's code
 # --------------------------------------------------------------------------------------------
-def _cuda_include() -> Path | None:
-    if NVCC is None:
-        return None
-    inc = Path(NVCC).resolve().parent.parent / "include"
-    return inc if (inc / "cuda_fp16.h").is_file() else None
-
-
 @pytest.fixture(scope="module")
-def host_layer(tmp_path_factory):
-    """fusedrnn.ops.cuda's layer op over the CPU build (csrc/cuda/harness/host_driver.cpp)."""
-    inc = _cuda_include()
-    if inc is None:
-        pytest.skip(
-            "the CUDA headers (cuda_fp16.h) are needed to build the CPU walk of the kernels"
-        )
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler")
-    from torch.utils.cpp_extension import load
-
-    build = ROOT / "build" / "cuda_host_driver"  # reused across runs (rebuilt on change)
-    try:
-        build.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only checkout
-        build = tmp_path_factory.mktemp("cuda_host_driver")
-    ext = load(
-        name="fusedrnn_cuda_host_driver",
-        sources=[str(CSRC / "cuda" / "harness" / "host_driver.cpp")],
-        extra_include_paths=[str(CSRC), str(inc)],
-        extra_cflags=["-O1"],
-        build_directory=str(build),
-    )
-    layer = cuda_ops.make_layer("cuda_host_test", lambda: ext, device_type="cpu")
-    layer.ext = ext
-    return layer
+def host_layer():
+    """fusedrnn.ops.cuda's layer op over the CPU build of the kernels (tests/cuda_host.py)."""
+    if cuda_host.why_not():
+        pytest.skip(cuda_host.why_not())
+    return cuda_host.host_layer()
 
 
 def _problem(cell, dtype, B, T, I, H, proj, bias, packed, seed=0):
@@ -214,6 +186,9 @@ def _compare(host_layer, p, reverse, dtype):
         _assert_close(grads[k], ref_grads[k], TOL[dtype], f"d{k}")
 
 
+# every cell, shape and option in float64 / float32 against the reference op (and gradcheck) on
+# this host build: tests/test_conformance.py (backend "cuda-host"); the cases below are the GPU
+# runs, half precision and the grid walks
 CASES = [  # (cell, proj, bias)
     ("lstm", 0, True),
     ("lstm", 0, False),
@@ -224,14 +199,6 @@ CASES = [  # (cell, proj, bias)
     ("rnn_tanh", 0, False),
     ("rnn_relu", 0, True),
 ]
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("cell,proj,bias", CASES)
-def test_host_walk_matches_reference_float64(host_layer, cell, proj, bias, reverse, packed):
-    p = _problem(cell, torch.float64, B=5, T=6, I=4, H=7, proj=proj, bias=bias, packed=packed)
-    _compare(host_layer, p, reverse, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -279,21 +246,6 @@ def test_launch_shape(host_layer):
     assert shape(257, 65535) == (2, 256)
     assert shape(10**9, 65535) == (65535, 256)  # the stride loop covers the rest
     assert shape(1000, 2) == (2, 256)
-
-
-@pytest.mark.parametrize("cell,proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_relu", 0)])
-def test_host_walk_gradcheck(host_layer, cell, proj):
-    p = _problem(cell, torch.float64, B=3, T=3, I=2, H=4, proj=proj, bias=True, packed=True)
-    names = [k for k in _DIFF if p[k] is not None]
-
-    def f(*tensors):
-        args = dict(p)
-        args.update(zip(names, tensors, strict=True))
-        y, h, c = host_layer(**args, reverse=True)
-        return (y, h) if c is None else (y, h, c)
-
-    inputs = [p[k].detach().requires_grad_() for k in names]
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
 
 
 def test_bias_grad_is_column_sum(host_layer):

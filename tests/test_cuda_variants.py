@@ -14,9 +14,9 @@ With a GPU (skipped here): cuda_variants.layer on CUDA tensors against the refer
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+import cuda_host
 import pytest
 import torch
 
@@ -68,38 +68,12 @@ def test_variant_kernels_compile_without_spills():
 # --------------------------------------------------------------------------------------------
 # CPU build of the kernels' code
 # --------------------------------------------------------------------------------------------
-def _cuda_include() -> Path | None:
-    if NVCC is None:
-        return None
-    inc = Path(NVCC).resolve().parent.parent / "include"
-    return inc if (inc / "cuda_fp16.h").is_file() else None
-
-
 @pytest.fixture(scope="module")
-def host_layer(tmp_path_factory):
-    """The cuda layer op over the CPU build (csrc/cuda/harness/variant_host_driver.cpp)."""
-    inc = _cuda_include()
-    if inc is None:
-        pytest.skip("the CUDA headers (cuda_fp16.h) are needed to build the CPU walk")
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler")
-    from torch.utils.cpp_extension import load
-
-    build = ROOT / "build" / "cuda_variant_host_driver"  # reused across runs (rebuilt on change)
-    try:
-        build.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only checkout
-        build = tmp_path_factory.mktemp("cuda_variant_host_driver")
-    ext = load(
-        name="fusedrnn_cuda_variant_host_driver",
-        sources=[str(CSRC / "cuda" / "harness" / "variant_host_driver.cpp")],
-        extra_include_paths=[str(CSRC), str(inc)],
-        extra_cflags=["-O1"],
-        build_directory=str(build),
-    )
-    layer = cv.make_layer("cuda_variant_host_test", lambda: ext, device_type="cpu")
-    layer.ext = ext
-    return layer
+def host_layer():
+    """fusedrnn.ops.cuda's layer op over the CPU build of the kernels (tests/cuda_host.py)."""
+    if cuda_host.why_not():
+        pytest.skip(cuda_host.why_not())
+    return cuda_host.host_layer()
 
 
 def _problem(cell, B, T, I, H, *, proj=0, bias=True, packed=False, ln=False, peep=False,
@@ -213,6 +187,9 @@ def _compare(layer, p, reverse, dtype, device=None):
         _assert_close(grads[k], ref_grads[k], tol, f"d{k}")
 
 
+# every variant, shape and option in float64 / float32 against the reference op (and gradcheck)
+# on this host build: tests/test_conformance.py (backend "cuda-host"); the cases below are the
+# GPU runs, half precision and the grid walks
 LSTM_CASES = [  # (ln, peep, cifg, proj, bias, zone)
     (True, False, False, 0, True, "off"),
     (False, True, False, 0, True, "off"),
@@ -248,22 +225,6 @@ def _lstm(ln, peep, cifg, proj, bias, zone, **kw):
 
 def _gru(ln, bias, zone, **kw):
     return _problem("gru", bias=bias, ln=ln, zone=zone, **kw)
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("case", LSTM_CASES, ids=str)
-def test_host_lstm_matches_reference_float64(host_layer, case, reverse, packed):
-    p = _lstm(*case, B=5, T=6, I=4, H=7, packed=packed)
-    _compare(host_layer, p, reverse, torch.float64)
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("case", GRU_CASES, ids=str)
-def test_host_gru_matches_reference_float64(host_layer, case, reverse, packed):
-    p = _gru(*case, B=5, T=6, I=4, H=7, packed=packed)
-    _compare(host_layer, p, reverse, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -350,24 +311,6 @@ def test_row_launch_shape(host_layer):
     assert shape(5, 256, 65535) == (5, 256)
     assert shape(5, 5000, 65535) == (5, 256)
     assert shape(10**6, 8, 65535) == (65535, 32)  # the row loop covers the rest
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_host_gradcheck(host_layer, cell):
-    if cell == "lstm":
-        p = _lstm(True, True, False, 2, True, "train", B=3, T=3, I=2, H=3, packed=True)
-    else:
-        p = _gru(True, True, "eval", B=3, T=3, I=2, H=3, packed=True)
-    names = [k for k in DIFF if p.get(k) is not None]
-
-    def f(*tensors):
-        args = dict(p)
-        args.update(zip(names, tensors, strict=True))
-        y, h, c = host_layer(**args, reverse=True)
-        return (y, h, c) if cell == "lstm" else (y, h)
-
-    inputs = [p[k].detach().requires_grad_() for k in names]
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

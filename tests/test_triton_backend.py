@@ -1,4 +1,5 @@
-"""The triton backend against the reference backend (autograd-differentiated).
+"""The triton backend: what is particular to it (the comparisons of every case with the
+reference op are tests/test_conformance.py).
 
 On a machine without CUDA the kernels run on CPU tensors under the Triton
 interpreter, which must be chosen before triton is first imported (and
@@ -16,18 +17,18 @@ import torch
 
 pytest.importorskip("triton")
 
+import layer_cases  # noqa: E402
 import triton.language.standard  # noqa: E402
+from layer_cases import Case  # noqa: E402
 
 import fusedrnn  # noqa: E402
-from fusedrnn.ops import reference  # noqa: E402
+from fusedrnn.ops import library, reference  # noqa: E402
 from fusedrnn.ops import triton as tb  # noqa: E402
 
 # the interpreter is active only if triton was first imported with TRITON_INTERPRET=1
 INTERPRET = type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
 HAS_CUDA = torch.cuda.is_available()
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-# dtype -> tolerance against the reference in the same dtype
-TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 # TF32 on GPUs; half inputs against the float32 reference
 GPU_TOL = {torch.float32: 5e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
@@ -50,37 +51,11 @@ def _poison():
         yield
 
 
-def random_lengths(batch: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
-    """batch_sizes [T] of a random non-increasing set of lengths with max seq_len."""
-    lens = torch.randint(1, seq_len + 1, (batch,), generator=gen).tolist()
-    lens = sorted(lens, reverse=True)
-    lens[0] = seq_len
-    return torch.tensor([sum(n > t for n in lens) for t in range(seq_len)], dtype=torch.int64)
-
-
 def make_inputs(cell, T, B, I, H, *, proj=0, bias=True, packed=False, dtype, device, seed=0):
-    """Random layer-op inputs on ``device`` (fresh data for every case)."""
-    gen = torch.Generator().manual_seed(seed)
-    G = reference.GATES[cell]
-    Hout = proj or H
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-
-    batch_sizes = random_lengths(B, T, gen) if packed else None
-    x = rnd(int(batch_sizes.sum()), I) if packed else rnd(T, B, I)
-    args = [
-        x,
-        rnd(B, Hout),
-        rnd(B, H) if cell == "lstm" else None,
-        rnd(G * H, I, scale=0.4),
-        rnd(G * H, Hout, scale=0.4),
-        rnd(G * H) if bias else None,
-        rnd(G * H) if bias else None,
-        rnd(Hout, H, scale=0.4) if proj else None,
-    ]
-    args = [a.to(device) if a is not None else None for a in args]
-    return args, batch_sizes
+    """Random layer-op inputs on ``device`` (tests/layer_cases.py): the 8 tensors, batch_sizes."""
+    case = Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, packed=packed)
+    a = layer_cases.make_inputs(case, dtype, device, seed)
+    return [a[k] for k in library.NAMES[1:9]], a["batch_sizes"]
 
 
 def run_layer(fn, cell, args, batch_sizes, reverse, seed=1):
@@ -108,87 +83,9 @@ def assert_close_all(got, want, tol, what):
         torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m, k=k: f"{what}[{k}]: {m}")
 
 
-# (T, B, I, H, proj, bias, packed, reverse): awkward shapes and every option
-CASES = [
-    pytest.param(5, 3, 4, 20, 0, True, False, False, id="dense"),
-    pytest.param(4, 5, 3, 13, 0, True, True, True, id="packed-reverse"),
-    pytest.param(4, 4, 3, 9, 0, False, True, False, id="packed-nobias"),
-    pytest.param(3, 2, 4, 7, 0, True, False, True, id="reverse"),
-    pytest.param(1, 1, 3, 5, 0, True, False, False, id="B1-T1"),
-    pytest.param(3, 1, 2, 33, 0, True, False, False, id="B1-H33"),
-    pytest.param(2, 20, 3, 40, 0, True, True, True, id="B20-H40-packed-reverse"),
-]
-PROJ_CASES = [
-    pytest.param(4, 3, 4, 11, 5, True, False, False, id="proj"),
-    pytest.param(4, 4, 3, 9, 4, True, True, True, id="proj-packed-reverse"),
-    pytest.param(3, 2, 3, 6, 3, False, False, True, id="proj-nobias-reverse"),
-]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("path", ["step", "persistent"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("T,B,I,H,proj,bias,packed,reverse", CASES)
-@pytest.mark.parametrize("cell", CELLS)
-def test_matches_reference(cell, T, B, I, H, proj, bias, packed, reverse, dtype, path, device):
-    args, bs = make_inputs(
-        cell, T, B, I, H, proj=proj, bias=bias, packed=packed, dtype=dtype, device=device
-    )
-    with tb.kernel_path(path):
-        out, grads = run_layer(tb.layer, cell, args, bs, reverse)
-    ref_out, ref_grads = run_layer(reference.layer, cell, args, bs, reverse)
-    tol = TOL[dtype] if device == "cpu" else GPU_TOL.get(dtype, TOL[dtype])
-    assert_close_all(out, ref_out, tol, "output")
-    assert_close_all(grads, ref_grads, tol, "grad")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("T,B,I,H,proj,bias,packed,reverse", PROJ_CASES)
-def test_lstm_proj_matches_reference(T, B, I, H, proj, bias, packed, reverse, dtype, device):
-    """proj_size > 0 always runs the per-step kernels (plus the projection launch)."""
-    test_matches_reference("lstm", T, B, I, H, proj, bias, packed, reverse, dtype, None, device)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_only_some_outputs_used(cell):
-    """Gradients arriving only through h_n (or only through y) are handled."""
-    args, bs = make_inputs(cell, 3, 3, 2, 6, packed=True, dtype=torch.float64, device=DEVICES[0])
-    for pick in (0, 1):
-        leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
-        ref_leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
-        tb.layer(cell, *leaves, bs, False)[pick].sum().backward()
-        reference.layer(cell, *ref_leaves, bs, False)[pick].sum().backward()
-        grads = [a.grad if a is not None else None for a in leaves]
-        want = [a.grad if a is not None else None for a in ref_leaves]
-        assert_close_all(grads, want, 1e-10, f"grad via output {pick}")
-
-
-@pytest.mark.skipif(not INTERPRET, reason="float64 gradcheck runs under the interpreter")
-@pytest.mark.parametrize(
-    "cell,proj,packed,reverse",
-    [
-        ("lstm", 0, False, False),
-        ("lstm", 2, True, True),
-        ("gru", 0, True, False),
-        ("rnn_tanh", 0, False, True),
-        ("rnn_relu", 0, True, False),
-    ],
-)
-def test_gradcheck(cell, proj, packed, reverse):
-    args, bs = make_inputs(
-        cell, 3, 2, 2, 2, proj=proj, packed=packed, dtype=torch.float64, device="cpu", seed=7
-    )
-    present = [a.clone().requires_grad_() for a in args if a is not None]
-    where = [a is not None for a in args]
-
-    def fn(*tensors):
-        it = iter(tensors)
-        full = [next(it) if w else None for w in where]
-        y, h, c = tb.layer(cell, *full, bs, reverse)
-        return (y, h) if c is None else (y, h, c)
-
-    assert torch.autograd.gradcheck(fn, present, fast_mode=True)
+# Every cell, shape and option against the reference op (both kernel paths, outputs, every
+# gradient, gradcheck) is tests/test_conformance.py; here are launch counts, the path choice,
+# half precision, errors and the modules against torch.nn.
 
 
 def _count_launches(cell, H, proj, path, T=4, packed=False):

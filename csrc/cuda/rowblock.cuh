@@ -5,7 +5,7 @@
 //   blk.sum<A>(n, f)    sum of f(i) over [0, n), the same value in every thread; a barrier
 //                       before and after, so it may read what for_each wrote in other threads
 // DeviceBlock implements them on the GPU (shared-memory tree, __syncthreads); the host harness
-// (csrc/cuda/harness/variant_host_driver.cpp) implements them by walking the threads one after
+// (csrc/cuda/harness/host_driver.cpp) implements them by walking the threads one after
 // the other with the same partition and the same summation order, so the CPU runs this exact
 // code; its results differ from a GPU's only by rounding (cell_math.h's host exp / tanh are
 // not the device's, and compilers contract to FMA differently).

@@ -1,7 +1,7 @@
 // One variant layer (layer norm, zoneout, peephole, cifg), one direction, of the CUDA backend:
 // the time loop around the per-step row kernels. ATen only, as layer_driver.h: bindings.cpp
 // instantiates it with the CUDA launchers, the test-suite with the host harness
-// (csrc/cuda/harness/variant_host_driver.cpp) on CPU tensors.
+// (csrc/cuda/harness/host_driver.cpp) on CPU tensors.
 //
 // A Launch provides (each launching one kernel family and checking for errors itself):
 //   lstm_variant_forward / lstm_variant_backward(DType, ln, peep, cifg, args)

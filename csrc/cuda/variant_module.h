@@ -1,5 +1,5 @@
 // Python functions of the variant layer, shared by the CUDA extension (bindings.cpp) and the
-// host test build (harness/variant_host_driver.cpp), as layer_module.h for the plain layer.
+// host test build (harness/host_driver.cpp), as layer_module.h for the plain layer.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,0 +1,163 @@
+"""One input factory and one comparison for the layer op of every backend.
+
+A :class:`Case` names a layer op call (cell, shape, options); :func:`make_inputs` draws fresh
+seeded random inputs for it and :func:`compare` checks a backend's outputs and the gradient of
+every differentiable input against :func:`fusedrnn.ops.reference.layer` (autograd through
+plain PyTorch), under the same random upstream gradients. Used by ``test_conformance.py`` and
+by the backend-specific tests that need the same comparison on their own shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import torch
+
+from fusedrnn.ops import library, reference
+from fusedrnn.ops.checks import gate_count
+
+# tolerance against the reference in the same dtype (rtol = atol)
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+ZONES = ("none", "eval", "h", "c", "hc")  # zoneout: off, evaluation p, training masks
+
+
+@dataclass(frozen=True)
+class Case:
+    cell: str
+    T: int = 4
+    B: int = 3
+    I: int = 5  # noqa: E741
+    H: int = 7
+    proj: int = 0
+    bias: bool = True
+    packed: bool = False  # random non-increasing lengths, the first of length T
+    lengths: tuple[int, ...] | None = None  # packed with these lengths instead
+    reverse: bool = False
+    ln: bool = False
+    peep: bool = False
+    cifg: bool = False
+    zone: str = "none"
+
+    @property
+    def variant(self) -> bool:
+        return self.ln or self.peep or self.cifg or self.zone != "none"
+
+    def __str__(self) -> str:
+        default = Case(self.cell)
+        parts = [self.cell, f"T{self.T}B{self.B}I{self.I}H{self.H}"]
+        for name, value in asdict(self).items():
+            if name not in ("cell", "T", "B", "I", "H") and value != getattr(default, name):
+                parts.append(name if value is True else f"{name}={value}")
+        return "-".join(str(p) for p in parts).replace(" ", "")
+
+
+def _batch_sizes(case: Case, gen: torch.Generator) -> torch.Tensor | None:
+    lengths = case.lengths
+    if lengths is None and case.packed:
+        lengths = sorted(torch.randint(1, case.T + 1, (case.B,), generator=gen).tolist())[::-1]
+        lengths[0] = case.T
+    if lengths is None:
+        return None
+    assert sorted(lengths, reverse=True) == list(lengths) and len(lengths) == case.B
+    return torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device="cpu", seed: int = 0) -> dict:
+    """The layer op's arguments for ``case`` by name (``library.LayerArgs`` names, options
+    only where on): fresh seeded random data, not requiring grad."""
+    gen = torch.Generator().manual_seed(seed)
+    lstm = case.cell == "lstm"
+    G, H = gate_count(case.cell, case.cifg), case.H
+    Hout = case.proj or H
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + shift
+        return t.to(dtype=dtype, device=device)
+
+    k = H**-0.5  # torch.nn's initialisation scale: activations away from saturation
+    bs = _batch_sizes(case, gen)
+    x = rnd(int(bs.sum()), case.I) if bs is not None else rnd(case.T, case.B, case.I)
+    lead = x.shape[:-1]
+    a = dict(
+        cell=case.cell, x=x, h0=rnd(case.B, Hout, scale=0.5),
+        c0=rnd(case.B, H, scale=0.5) if lstm else None,
+        w_ih=rnd(G * H, case.I, scale=k), w_hh=rnd(G * H, Hout, scale=k),
+        b_ih=rnd(G * H, scale=k) if case.bias else None,
+        b_hh=rnd(G * H, scale=k) if case.bias else None,
+        w_hr=rnd(Hout, H, scale=k) if case.proj else None, batch_sizes=bs,
+        reverse=case.reverse,
+    )  # fmt: skip
+    if case.cifg:
+        a["cifg"] = True
+    if case.ln:  # gains away from 1 and biases away from 0, so that a wrong use of either shows
+        a.update(ln_ih_w=rnd(G * H, scale=0.3, shift=1.0), ln_hh_w=rnd(G * H, scale=0.3, shift=1.0))
+        if case.bias:
+            a.update(ln_ih_b=rnd(G * H, scale=0.3), ln_hh_b=rnd(G * H, scale=0.3))
+        if lstm:
+            a["ln_c_w"] = rnd(H, scale=0.3, shift=1.0)
+            if case.bias:
+                a["ln_c_b"] = rnd(H, scale=0.3)
+    if case.peep:
+        a["w_ch"] = rnd(2 if case.cifg else 3, H, scale=0.5)
+    if case.zone == "eval":
+        a["zoneout_h"] = 0.3
+        if lstm:
+            a["zoneout_c"] = 0.2
+    if case.zone in ("h", "hc"):
+        a["zoneout_h"] = 0.4
+        a["mask_h"] = (torch.rand(*lead, Hout, generator=gen) < 0.4).to(dtype=dtype, device=device)
+    if case.zone in ("c", "hc") and lstm:
+        a["zoneout_c"] = 0.4
+        a["mask_c"] = (torch.rand(*lead, H, generator=gen) < 0.4).to(dtype=dtype, device=device)
+    return a
+
+
+def call(layer, a: dict):
+    """``layer`` on the arguments of :func:`make_inputs` -> (y, h_n, c_n)."""
+    options = {k: a[k] for k in library.OPTION_DEFAULTS if k in a}
+    return layer(*(a[k] for k in library.NAMES[: library.N_POSITIONAL]), **options)
+
+
+def with_leaves(a: dict) -> dict:
+    """A copy of the arguments whose differentiable tensors are fresh leaves requiring grad."""
+    return {
+        k: v.detach().clone().requires_grad_() if k in library.GRAD_INPUTS and v is not None else v
+        for k, v in a.items()
+    }
+
+
+def outputs_and_grads(layer, a: dict, seed: int = 1, pick: int | None = None):
+    """Outputs (y, h_n, c_n; None where absent) and the gradient of every present
+    differentiable input by name, under a seeded random linear loss on every output
+    (on output ``pick`` alone when given)."""
+    a = with_leaves(a)
+    outs = call(layer, a)
+    gen = torch.Generator().manual_seed(seed)
+    used = [o for k, o in enumerate(outs) if o is not None and pick in (None, k)]
+    ups = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in used]
+    leaves = {k: v for k, v in a.items() if k in library.GRAD_INPUTS and v is not None}
+    grads = torch.autograd.grad(used, list(leaves.values()), ups, allow_unused=True)
+    return [None if o is None else o.detach() for o in outs], dict(zip(leaves, grads, strict=True))
+
+
+def assert_close(got, want, tol: float, what: str) -> None:
+    if want is None:
+        assert got is None or not got.any(), f"{what} should be None"
+        return
+    assert got is not None, f"{what} missing"
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape)
+    assert torch.isfinite(got).all(), f"{what} has non-finite values (unwritten?)"
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
+
+
+def compare(layer, a: dict, tol: float, *, poison=contextlib.nullcontext, pick=None) -> None:
+    """Every output and every gradient of ``layer`` against the reference op on ``a``."""
+    with poison():
+        outs, grads = outputs_and_grads(layer, a, pick=pick)
+    ref_outs, ref_grads = outputs_and_grads(reference.layer, a, pick=pick)
+    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=True):
+        assert_close(o, r, tol, name)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        assert_close(grads[k], ref_grads[k], tol, f"d{k}")

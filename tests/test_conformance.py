@@ -1,0 +1,326 @@
+"""Backend conformance: every backend's layer op against the reference op, one suite.
+
+Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``triton-persistent`` (the Triton
+kernels, on CPU tensors under the interpreter: ``TRITON_INTERPRET=1 python -m pytest
+tests/test_conformance.py -k triton``, set before triton is imported; on CUDA tensors when a GPU
+is present) and ``cuda-host`` (the cuda backend's drivers and kernels built for the CPU, each
+launch a walk over its grid: tests/cuda_host.py). Each case (cell x shape x options x packed x reverse x proj x bias) is compared in
+float64 and float32 on fresh seeded data: every output and the gradient of every
+differentiable input, with every buffer the kernels write poisoned first (NaN), so an element a
+kernel forgets to write shows up. The cuda backend on a GPU, half precision and other
+grid walks are in tests/test_cuda_backend.py and tests/test_cuda_variants.py.
+
+Backend-specific checks (thread splits, ISA copies, launch counts, grid walks, error messages)
+stay in the backend's own test file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import cuda_host
+import pytest
+import torch
+from layer_cases import TOL, Case, assert_close, call, compare, make_inputs, outputs_and_grads
+
+from fusedrnn.ops import cpu, library
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def _triton_device() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    import triton.language.standard
+
+    if type(triton.language.standard.zeros).__name__ == "InterpretedFunction":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+TRITON_DEVICE = _triton_device()
+needs_triton = pytest.mark.skipif(
+    TRITON_DEVICE is None, reason="the triton kernels need CUDA, or TRITON_INTERPRET=1"
+)
+BACKENDS = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not cpu.is_available(), reason="no fusedrnn._C")),
+    pytest.param("triton-step", marks=needs_triton),
+    pytest.param("triton-persistent", marks=needs_triton),
+    pytest.param(
+        "cuda-host",
+        marks=pytest.mark.skipif(bool(cuda_host.why_not()), reason=str(cuda_host.why_not())),
+    ),
+]
+
+
+@contextlib.contextmanager
+def _nan_pages():
+    """Freed memory refilled with NaN, so an output the C++ kernels allocate uninitialised
+    and miss shows up as NaN instead of a lucky zero."""
+    junk = [torch.full((n,), float("nan")) for n in (16, 64, 256, 1024, 4096) * 4]
+    del junk
+    yield
+
+
+class Backend:
+    """A backend under test: its layer op, device, tolerance and output poisoning."""
+
+    def __init__(self, name: str):
+        self.name = name
+        if name == "cpu":
+            self.layer, self.device = cpu.layer, "cpu"
+            return
+        if name == "cuda-host":
+            self.layer, self.device = cuda_host.host_layer(), "cpu"
+            return
+        from fusedrnn.ops import triton as tb
+
+        path = name.split("-")[1]
+        self.device = TRITON_DEVICE
+
+        def layer(*args, **kw):
+            with tb.kernel_path(path):
+                return tb.layer(*args, **kw)
+
+        self.layer = layer
+        self.poison = tb.poison_buffers
+
+    poison = staticmethod(_nan_pages)
+
+    def tol(self, dtype: torch.dtype, case: Case) -> float:
+        if self.name == "cpu" and dtype == torch.float32 and not case.variant:
+            return 1e-5
+        if self.device == "cuda" and dtype == torch.float32:
+            return 5e-3  # TF32 tl.dot on GPUs
+        return TOL[dtype]
+
+    def skip_unless_supported(self, case: Case) -> None:
+        if self.name == "triton-persistent" and case.variant:
+            pytest.skip("the variant kernels have one path (run as triton-step)")
+        if self.name == "triton-persistent" and (case.proj or case.H > 64):
+            pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
+
+    def check(self, case: Case, dtype: torch.dtype, **kw) -> None:
+        self.skip_unless_supported(case)
+        a = make_inputs(case, dtype, self.device, seed=kw.pop("seed", 0))
+        compare(self.layer, a, self.tol(dtype, case), poison=self.poison, **kw)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> Backend:
+    return Backend(request.param)
+
+
+# -- torch.nn's cells ------------------------------------------------------------------------
+
+# awkward shapes and every option: B=1, T=1, H=1, odd H, H above one unit chunk or block,
+# rows ending at different steps, several programs (B=20)
+SHAPES = [
+    dict(),
+    dict(T=4, B=5, I=3, H=13, packed=True, reverse=True),
+    dict(T=4, B=4, I=3, H=9, packed=True, bias=False),
+    dict(T=3, B=2, I=4, H=7, reverse=True, bias=False),
+    dict(T=1, B=1, I=3, H=5),
+    dict(T=1, B=3, I=2, H=4, lengths=(1, 1, 1)),
+    dict(T=7, B=1, I=1, H=1, reverse=True),
+    dict(T=3, B=1, I=2, H=33),
+    dict(T=5, B=5, I=3, H=6, lengths=(5, 4, 2, 2, 1), reverse=True),
+    dict(T=3, B=2, I=4, H=3, lengths=(3, 3)),
+    dict(T=2, B=20, I=3, H=40, packed=True, reverse=True),
+    dict(T=4, B=3, I=6, H=70, lengths=(4, 3, 3)),
+]
+PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
+    Case("lstm", T=4, B=3, I=4, H=11, proj=5),
+    Case("lstm", T=4, B=4, I=3, H=9, proj=4, packed=True, reverse=True),
+    Case("lstm", T=3, B=2, I=3, H=6, proj=3, bias=False, reverse=True),
+    Case("lstm", T=4, B=3, I=6, H=70, proj=5, lengths=(4, 3, 3), reverse=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", PLAIN, ids=str)
+def test_plain_cells(backend, case, dtype):
+    backend.check(case, dtype)
+
+
+# -- the cell variants -----------------------------------------------------------------------
+
+
+def _lstm_grid() -> list[Case]:
+    """Every (layer norm, peephole, cifg, zoneout) combination; bias, projection, packing and
+    direction cycle so that each meets each option several times without the full product."""
+    out, n = [], 0
+    for ln in (False, True):
+        for peep in (False, True):
+            for cifg in (False, True):
+                for zone in ("eval", "h", "c", "hc", "none"):
+                    if ln or peep or cifg or zone != "none":
+                        out.append(Case("lstm", bias=n % 3 != 1, proj=3 if n % 4 == 2 else 0,
+                                        packed=n % 2 == 1, reverse=n % 5 in (1, 3), ln=ln,
+                                        peep=peep, cifg=cifg, zone=zone))  # fmt: skip
+                    n += 1
+    return out
+
+
+def _gru_grid() -> list[Case]:
+    out, n = [], 0
+    for ln in (False, True):
+        for zone in ("none", "eval", "h"):
+            for bias in (True, False):
+                if ln or zone != "none":
+                    out.append(Case("gru", bias=bias, packed=n % 2 == 0, reverse=n % 3 == 1,
+                                    ln=ln, zone=zone))  # fmt: skip
+                n += 1
+    return out
+
+
+VARIANTS = _lstm_grid() + _gru_grid()
+# awkward shapes with every option on: B=1, T=1, odd H, H above one chunk, several programs,
+# rows finishing at the same step and a row of length 1
+AWKWARD = [
+    Case(cell, ln=True, peep=cell == "lstm", zone="hc", proj=4 * (cell == "lstm"), **s)
+    for cell in ("lstm", "gru")
+    for s in (
+        dict(T=1, B=1, I=2, H=5),
+        dict(T=3, B=1, I=1, H=33),
+        dict(T=1, B=4, I=3, H=5, reverse=True),
+        dict(T=5, B=2, I=4, H=40),
+        dict(T=3, B=20, I=2, H=17, packed=True, reverse=True),
+    )
+] + [
+    Case(cell, B=5, H=35, ln=True, peep=cell == "lstm", cifg=cell == "lstm", zone="hc",
+         lengths=(6, 6, 3, 3, 1), reverse=reverse)
+    for cell in ("lstm", "gru")
+    for reverse in (False, True)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", VARIANTS + AWKWARD, ids=str)
+def test_variants_float64(backend, case):
+    backend.check(case, torch.float64)
+
+
+@pytest.mark.parametrize("case", VARIANTS[::4] + AWKWARD[::3], ids=str)
+def test_variants_float32(backend, case):
+    backend.check(case, torch.float32)
+
+
+# -- gradients through one output only, non-contiguous x, repeatability ----------------------
+
+ONE_OUTPUT = [
+    Case("lstm", T=5, B=3, I=4, H=40),
+    Case("gru", T=3, B=3, I=2, H=6, packed=True),
+    Case("rnn_tanh", T=3, B=3, I=2, H=6, packed=True),
+    Case("lstm", packed=True, ln=True, peep=True, zone="hc"),
+    Case("gru", T=3, B=3, I=2, H=6, ln=True, zone="h", packed=True),
+]
+
+
+@pytest.mark.parametrize("pick", [0, 1, 2], ids=["y", "h_n", "c_n"])
+@pytest.mark.parametrize("case", ONE_OUTPUT, ids=str)
+def test_loss_on_one_output(backend, case, pick):
+    """Output gradients autograd does not produce reach the backward as None: each output
+    alone must still give the reference gradients."""
+    if pick == 2 and case.cell != "lstm":
+        pytest.skip("c_n is the LSTM's")
+    backend.check(case, torch.float64, pick=pick)
+
+
+@pytest.mark.parametrize(
+    "case", [Case("gru", T=5, B=4, I=6, H=5), Case("lstm", ln=True, zone="eval")], ids=str
+)
+def test_non_contiguous_x(backend, case):
+    """A batch_first module hands the op a transposed x."""
+    backend.skip_unless_supported(case)
+    a = make_inputs(case, torch.float64, backend.device)
+    a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not a["x"].is_contiguous()
+    compare(backend.layer, a, TOL[torch.float64], poison=backend.poison)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("lstm", T=3, B=20, I=2, H=9, ln=True, peep=True, zone="hc", packed=True),
+        Case("gru", T=5, B=4, H=9, ln=True, zone="hc", lengths=(5, 4, 4, 2)),
+        Case("lstm", T=5, B=4, H=9, ln=True, peep=True, zone="hc", proj=3, lengths=(5, 4, 4, 2)),
+        Case("lstm", T=4, B=5, I=3, H=13, packed=True, reverse=True),
+    ],
+    ids=str,
+)
+def test_repeatable_and_same_without_grad(backend, case):
+    """The same call twice bit for bit, outputs and gradients (no atomics), and the same
+    outputs under no_grad (nothing saved for a backward): a result that read uninitialised
+    memory, or a reduction in a varying order, would differ between the runs. Without grad the
+    cuda drivers write the variant cells' per-step rows to [B, .] scratch instead of the [N, .]
+    history, and a GEMM over other row counts may round differently (cuBLAS and the host
+    build's at::mm alike): there, no_grad outputs agree to the float32 tolerance."""
+    backend.skip_unless_supported(case)
+    a = make_inputs(case, torch.float32, backend.device, seed=5)
+    (out1, g1), (out2, g2) = (outputs_and_grads(backend.layer, a) for _ in range(2))
+    with torch.no_grad():
+        out3 = call(backend.layer, a)
+    for name, o1, o2, o3 in zip(("y", "h_n", "c_n"), out1, out2, out3, strict=True):
+        assert (o1 is None) == (o2 is None) == (o3 is None), name
+        if o1 is None:
+            continue
+        assert torch.equal(o1, o2), name
+        if backend.name == "cuda-host" and case.variant:
+            assert_close(o3, o1, TOL[torch.float32], f"{name} without grad")
+        else:
+            assert torch.equal(o1, o3), f"{name} without grad"
+    for k in g1:
+        assert torch.equal(g1[k], g2[k]), k
+
+
+# -- numerical gradients ---------------------------------------------------------------------
+
+GRADCHECK = [
+    Case(cell, T=3, B=2, I=3, H=3, proj=2 * (cell == "lstm"), lengths=lengths, reverse=reverse)
+    for cell in CELLS
+    for lengths in (None, (3, 2))
+    for reverse in (False, True)
+] + [
+    Case("lstm", T=3, B=2, I=2, H=3, lengths=(3, 2), **opts)
+    for opts in (
+        dict(ln=True), dict(peep=True), dict(cifg=True), dict(cifg=True, peep=True, ln=True),
+        dict(zone="eval"), dict(zone="h"), dict(zone="c"), dict(proj=2, ln=True, zone="h"),
+        dict(bias=False, ln=True), dict(ln=True, peep=True, proj=2, zone="hc", reverse=True),
+    )
+] + [
+    Case("gru", T=3, B=2, I=2, H=3, **opts)
+    for opts in (dict(ln=True), dict(zone="eval"), dict(zone="h"), dict(bias=False, ln=True))
+]  # fmt: skip
+
+
+# the cases the Triton kernels take (on the interpreter each costs seconds): every cell once,
+# packed and reverse, the projection, and every variant option in two calls
+TRITON_GRADCHECK = {
+    str(c) for c in GRADCHECK
+    if (c.cell, c.proj, c.lengths, c.reverse, c.variant) in (
+        ("lstm", 2, (3, 2), True, False), ("gru", 0, (3, 2), False, False),
+        ("rnn_tanh", 0, None, False, False), ("rnn_relu", 0, (3, 2), True, False),
+        ("lstm", 2, (3, 2), True, True),
+    ) or (c.cell == "gru" and c.ln and c.bias)
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", GRADCHECK, ids=str)
+def test_gradcheck(backend, case):
+    """float64 numerical against analytical gradients of every differentiable input (a
+    random projection of the Jacobian on the Triton interpreter, which is slow; the whole
+    Jacobian elsewhere)."""
+    backend.skip_unless_supported(case)
+    if backend.name.startswith("triton") and str(case) not in TRITON_GRADCHECK:
+        pytest.skip("the Triton interpreter is slow: it takes the cases of TRITON_GRADCHECK")
+    a = make_inputs(case, torch.float64, backend.device, seed=7)
+    names = [k for k in library.GRAD_INPUTS if a.get(k) is not None]
+
+    def fn(*ts):
+        outs = call(backend.layer, {**a, **dict(zip(names, ts, strict=True))})
+        return tuple(o for o in outs if o is not None)
+
+    inputs = tuple(a[k].clone().requires_grad_() for k in names)
+    fast = backend.name.startswith("triton")
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=fast)
