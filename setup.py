@@ -4,7 +4,9 @@ Install with ``pip install --no-build-isolation -e .`` (torch must already be in
 the build compiles against it). Builds
 
 * ``fusedrnn._C``      the CPU backend (csrc/cpu, csrc/cell_math.h) whenever a C++ compiler
-                       exists; set FUSEDRNN_SKIP_CPU_BUILD=1 to skip it;
+                       exists; set FUSEDRNN_SKIP_CPU_BUILD=1 to skip it, and
+                       FUSEDRNN_TEST_HOOKS=1 for the test build (.ci/run), which adds the
+                       switches the tests use to run both strategies of a choice;
 * the CUDA extension   see :func:`cuda_extensions`.
 
 Without a compiler (or without torch) the pure-Python package still installs and the
@@ -53,11 +55,15 @@ def cpu_extensions() -> list:
         # per function and is selected only on CPUs that report both.
         cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
         link_flags = ["-fopenmp"]
+    # FUSEDRNN_TEST_HOOKS=1 (the test build, .ci/run) adds switches that let the tests run
+    # both strategies of a choice (own GEMM or BLAS, row blocks or split steps)
+    hooks = os.environ.get("FUSEDRNN_TEST_HOOKS", "0") not in ("", "0")
     return [
         CppExtension(
             "fusedrnn._C",
             sources,
             include_dirs=[str(CSRC)],
+            define_macros=[("FUSEDRNN_TEST_HOOKS", "1")] if hooks else [],
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
         )

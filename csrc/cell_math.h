@@ -11,8 +11,9 @@
 //   * Outputs are returned through references so the same code serves loops that store to
 //     different buffers (saved activations, state, outputs).
 //
-// Later variants (layer norm, peephole, coupled input-forget gate, zoneout) get their own
-// struct below the plain cell they extend, with the same naming: forward / backward.
+// The variants (layer norm, peephole, coupled input-forget gate, zoneout) are structs below the
+// plain cells with the same naming (forward / backward); the plain LSTM cell is the variant
+// LSTM cell with every flag off, so each equation is written once.
 #pragma once
 
 #include <cmath>
@@ -163,49 +164,9 @@ FRNN_HD T relu_(T x) {
 //   d gg    = dc * i * (1 - g^2)                     (dc/dg = i)
 //   dc_prev = dc * f
 // The gradient w.r.t. h_prev is not elementwise (d gates W_hh); the caller does that GEMM.
-struct LSTMCell {
-  template <typename T>
-  FRNN_HD static void forward(T gi, T gf, T gg, T go, T c_prev,  // pre-activations, state
-                              T& i, T& f, T& g, T& o, T& c, T& tanh_c, T& h) {
-    i = sigmoid(gi);
-    f = sigmoid(gf);
-    g = tanh_(gg);
-    o = sigmoid(go);
-    c = f * c_prev + i * g;
-    tanh_c = tanh_(c);
-    h = o * tanh_c;
-  }
+// LSTMCell (defined after LSTMVariantCell below) runs these equations: it is the variant cell
+// with every flag off, so the LSTM is written once.
 
-  template <typename T>
-  FRNN_HD static void backward(T dh, T dc_next,                  // incoming gradients
-                               T i, T f, T g, T o,               // saved activations
-                               T c_prev, T tanh_c,               // saved state
-                               T& dgi, T& dgf, T& dgg, T& dgo,   // pre-activation gradients
-                               T& dc_prev) {
-    const T dc = dc_next + dh * o * (T(1) - tanh_c * tanh_c);
-    dgo = dh * tanh_c * o * (T(1) - o);
-    dgi = dc * g * i * (T(1) - i);
-    dgf = dc * c_prev * f * (T(1) - f);
-    dgg = dc * i * (T(1) - g * g);
-    dc_prev = dc * f;
-  }
-};
-
-// ---------------------------------------------------------------------------------------------
-// GRU
-// ---------------------------------------------------------------------------------------------
-// Forward (b_hn sits inside the reset product, as in PyTorch/cuDNN):
-//   xr, xz, xn = x W_i{r,z,n}^T + b_i{r,z,n}             (input part)
-//   hr, hz, hn = h_prev W_h{r,z,n}^T + b_h{r,z,n}        (recurrent part)
-//   r = s(xr + hr)   z = s(xz + hz)   n = tanh(xn + r hn)   h = (1 - z) n + z h_prev
-//
-// Backward, given dh (total gradient reaching h):
-//   dn   = dh (1 - z)             dz = dh (h_prev - n)           dh_prev (direct) = dh z
-//   dxn  = dn (1 - n^2)           (pre-activation of n is xn + r hn)
-//   dhn  = dxn * r                dr = dxn * hn
-//   dxr  = dr r (1 - r)   = dhr   (xr and hr enter only as a sum)
-//   dxz  = dz z (1 - z)   = dhz
-// The full dh_prev is the direct part plus [dhr dhz dhn] W_hh (a GEMM done by the caller).
 struct GRUCell {
   template <typename T>
   FRNN_HD static void forward(T xr, T xz, T xn, T hr, T hz, T hn, T h_prev,
@@ -395,6 +356,28 @@ struct LSTMVariantCell {
       dc_prev += w_ci * dpi;
       if constexpr (!CIFG) dc_prev += w_cf * dpf;
     }
+  }
+};
+
+// torch.nn's LSTM cell (the equations under "LSTM" above): LSTMVariantCell with every flag off.
+struct LSTMCell {
+  template <typename T>
+  FRNN_HD static void forward(T gi, T gf, T gg, T go, T c_prev,  // pre-activations, state
+                              T& i, T& f, T& g, T& o, T& c, T& tanh_c, T& h) {
+    LSTMVariantCell::forward_state<false, false>(gi, gf, gg, c_prev, T(0), T(0), i, f, g, c);
+    LSTMVariantCell::forward_output<false>(go, c, c, T(0), o, tanh_c, h);
+  }
+
+  template <typename T>
+  FRNN_HD static void backward(T dh, T dc_next,                  // incoming gradients
+                               T i, T f, T g, T o,               // saved activations
+                               T c_prev, T tanh_c,               // saved state
+                               T& dgi, T& dgf, T& dgg, T& dgo,   // pre-activation gradients
+                               T& dc_prev) {
+    T dc;  // dh o (1 - tanh(c)^2), the part of dc that reaches c through h
+    LSTMVariantCell::backward_output(dh, o, tanh_c, dgo, dc);
+    LSTMVariantCell::backward_state<false, false>(dc_next + dc, dgo, i, f, g, c_prev, T(0),
+                                                  T(0), T(0), dgi, dgf, dgg, dc_prev);
   }
 };
 

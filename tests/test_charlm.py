@@ -304,7 +304,7 @@ def test_nan_loss_aborts(text_file, tmp_path, capsys):
             "--out",
             str(tmp_path),
             "--lr",
-            "1e30",
+            "1e38",
             "--grad-clip",
             "0",
             "--max-iters",

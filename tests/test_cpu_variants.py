@@ -56,6 +56,10 @@ def compare(args, kw, reverse, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("batch,blocks", [(17, True), (17, False), (3, True)])
+@pytest.mark.skipif(
+    not hasattr(_C, "_set_variant_row_blocks"),
+    reason="build fusedrnn._C with FUSEDRNN_TEST_HOOKS=1 (as .ci/run does)",
+)
 def test_several_threads(cell, batch, blocks, dtype):
     # B=17: big enough for blocks of rows on separate threads, cut unevenly (packed lengths),
     # or (blocks off) for steps split over the threads: GEMMs over columns (H >= 128, uneven),

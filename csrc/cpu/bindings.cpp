@@ -57,23 +57,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("ln_c_b"), py::arg("w_ch"), py::arg("zoneout_h"), py::arg("zoneout_c"),
         py::arg("mask_h"), py::arg("mask_c"), py::arg("eps"), py::arg("y"), py::arg("saved"),
         py::arg("grad_y"), py::arg("grad_hn"), py::arg("grad_cn"), py::arg("grad_mask"));
-  m.def(
-      "_set_variant_row_blocks",
-      [](bool on) { fusedrnn::cpu::variant_row_blocks_enabled() = on; },
-      "Test hook (the tests run both strategies against the same oracle): cell variants run "
-      "blocks of batch rows per thread through the whole sequence (default on) instead of "
-      "splitting every step over the threads");
   m.def("kernel_isa", [] { return std::string(kernel_isa()); },
         "Instruction set of the pointwise kernels chosen for this CPU");
-  m.def(
-      "_set_own_sgemm",
-      [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },
-      "Test hook (the tests run both GEMMs against the same oracle): float32 GEMMs use the "
-      "packed AVX2 kernel (default on where the CPU has AVX2+FMA) instead of the BLAS");
   m.def("release_scratch", &fusedrnn::cpu::release_scratch,
         "Frees the scratch buffers that the calling thread keeps between layer calls");
   m.def("own_sgemm", &fusedrnn::cpu::use_own_sgemm,
         "Whether float32 GEMMs currently use the packed AVX2 kernel");
+#ifdef FUSEDRNN_TEST_HOOKS
+  // Switches and entries for the tests only (setup.py compiles them in with
+  // FUSEDRNN_TEST_HOOKS=1, as .ci/run does): they run both strategies of a choice against the
+  // same oracle. A production build has none of them.
+  m.def(
+      "_set_variant_row_blocks",
+      [](bool on) { fusedrnn::cpu::variant_row_blocks_enabled() = on; },
+      "Cell variants run blocks of batch rows per thread through the whole sequence (default "
+      "on) instead of splitting every step over the threads");
+  m.def(
+      "_set_own_sgemm",
+      [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },
+      "float32 GEMMs use the packed AVX2 kernel (default on where the CPU has AVX2+FMA) "
+      "instead of the BLAS");
   m.def(
       "_gemm",
       [](bool ta, bool tb, double alpha, const at::Tensor& A, const at::Tensor& B, double beta,
@@ -95,4 +98,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       py::call_guard<py::gil_scoped_release>(),
       "Test entry: C = alpha op(A) op(B) + beta C through the backend's gemm()");
+#endif
 }

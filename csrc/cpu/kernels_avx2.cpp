@@ -1,12 +1,15 @@
-// AVX2+FMA copy of the pointwise kernels (used only when the CPU reports both, see
-// kernels_generic.cpp). Every standard header is included before the target pragma so that
-// only this file's own functions, and the cell math inlined into them, get the wider ISA;
-// the cell math lives in its own inline namespace (FRNN_ISA_NAMESPACE) for the same reason.
+// AVX2+FMA copy of the pointwise kernels, plain cells and variants (used only when the CPU
+// reports both, see kernels_generic.cpp). Every standard header is included before the target
+// pragma so that only this file's own functions, and the cell math inlined into them, get the
+// wider ISA; the cell math lives in its own inline namespace (FRNN_ISA_NAMESPACE) for the same
+// reason.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
+#include "variant_kernels.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 
@@ -18,6 +21,7 @@
 #endif
 #define FRNN_ISA_NAMESPACE avx2
 #include "kernels_impl.h"
+#include "variant_kernels_impl.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -34,6 +38,8 @@ namespace fusedrnn::cpu::avx2 {
 bool compiled() { return false; }
 PointwiseKernels<float> make_kernels_f32() { return {}; }
 PointwiseKernels<double> make_kernels_f64() { return {}; }
+VariantKernels<float> make_variant_kernels_f32() { return {}; }
+VariantKernels<double> make_variant_kernels_f64() { return {}; }
 }  // namespace fusedrnn::cpu::avx2
 
 #endif

@@ -1,13 +1,17 @@
-// Baseline-ISA copy of the pointwise kernels, and the run-time choice between the copies.
+// Baseline-ISA copy of the pointwise kernels, plain cells and variants, and the run-time choice
+// between the copies (both tables always come from the same ISA).
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
+#include "variant_kernels.h"
 
 #define FRNN_ISA_NAMESPACE generic
 #include "kernels_impl.h"
+#include "variant_kernels_impl.h"
 
 namespace fusedrnn::cpu {
 
@@ -22,18 +26,30 @@ bool use_avx2() {
   return false;
 #endif
 }
+
+// The table of one dtype and kernel family, chosen once (one instantiation, and so one static,
+// per Table type).
+template <class Table>
+const Table& choose(Table (*avx2_table)(), Table (*generic_table)()) {
+  static const Table k = use_avx2() ? avx2_table() : generic_table();
+  return k;
+}
 }  // namespace
 
 const PointwiseKernels<float>& kernels(float) {
-  static const PointwiseKernels<float> k =
-      use_avx2() ? avx2::make_kernels_f32() : generic::make_kernels_f32();
-  return k;
+  return choose(avx2::make_kernels_f32, generic::make_kernels_f32);
 }
 
 const PointwiseKernels<double>& kernels(double) {
-  static const PointwiseKernels<double> k =
-      use_avx2() ? avx2::make_kernels_f64() : generic::make_kernels_f64();
-  return k;
+  return choose(avx2::make_kernels_f64, generic::make_kernels_f64);
+}
+
+const VariantKernels<float>& variant_kernels(float) {
+  return choose(avx2::make_variant_kernels_f32, generic::make_variant_kernels_f32);
+}
+
+const VariantKernels<double>& variant_kernels(double) {
+  return choose(avx2::make_variant_kernels_f64, generic::make_variant_kernels_f64);
 }
 
 const char* kernel_isa() { return use_avx2() ? "avx2+fma" : "generic"; }

@@ -1,5 +1,6 @@
 // Loops of the pointwise kernels declared in kernels.h. Included once per ISA by
-// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set; nothing else includes it.
+// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set (beside
+// variant_kernels_impl.h); nothing else includes it.
 //
 // Each loop walks contiguous units j with every pointer __restrict and no branches other than
 // selects, so that -O3 -fno-trapping-math vectorises it, including the exp inside the

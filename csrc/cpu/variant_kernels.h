@@ -4,7 +4,7 @@
 // i, g, o; GRU r, z, n). The per-element math is csrc/cell_math.h (LayerNorm, Zoneout,
 // LSTMVariantCell, GRUCell).
 //
-// Like kernels.h: compiled twice (variant_kernels_generic.cpp, variant_kernels_avx2.cpp) from
+// Like kernels.h: compiled twice (kernels_generic.cpp, kernels_avx2.cpp) from
 // variant_kernels_impl.h, one copy picked at run time together with the plain kernels. Every
 // call maps its option flags once to a loop instantiated for exactly that combination, so no
 // loop branches per element.

@@ -1,5 +1,5 @@
 // Loops of the variant kernels declared in variant_kernels.h. Included once per ISA by
-// variant_kernels_generic.cpp / variant_kernels_avx2.cpp with FRNN_ISA_NAMESPACE set.
+// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set.
 //
 // As in kernels_impl.h every loop walks contiguous units with __restrict pointers and selects
 // only, so that -O3 -fno-trapping-math vectorises it; row sums use `omp simd reduction`
