@@ -40,9 +40,13 @@ def _triton_device() -> str | None:
 
 
 TRITON_DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(
-    TRITON_DEVICE is None, reason="the triton kernels need CUDA, or TRITON_INTERPRET=1"
-)
+needs_triton = [
+    pytest.mark.skipif(
+        TRITON_DEVICE is None, reason="the triton kernels need CUDA, or TRITON_INTERPRET=1"
+    ),
+    # on CUDA tensors these are GPU tests (python -m fusedrnn.gpu_check runs pytest -m gpu)
+    *([pytest.mark.gpu] if TRITON_DEVICE == "cuda" else []),
+]
 BACKENDS = [
     pytest.param("cpu", marks=pytest.mark.skipif(not cpu.is_available(), reason="no fusedrnn._C")),
     pytest.param("triton-step", marks=needs_triton),
