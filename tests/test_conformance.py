@@ -3,12 +3,13 @@
 Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``triton-persistent`` (the Triton
 kernels, on CPU tensors under the interpreter: ``TRITON_INTERPRET=1 python -m pytest
 tests/test_conformance.py -k triton``, set before triton is imported; on CUDA tensors when a GPU
-is present) and ``cuda-host`` (the cuda backend's drivers and kernels built for the CPU, each
-launch a walk over its grid: tests/cuda_host.py). Each case (cell x shape x options x packed x reverse x proj x bias) is compared in
-float64 and float32 on fresh seeded data: every output and the gradient of every
-differentiable input, with every buffer the kernels write poisoned first (NaN), so an element a
-kernel forgets to write shows up. The cuda backend on a GPU, half precision and other
-grid walks are in tests/test_cuda_backend.py and tests/test_cuda_variants.py.
+is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the CPU, each
+launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each case (cell x
+shape x options x packed x reverse x proj x bias) is compared in float64 and float32 on fresh
+seeded data: every output and the gradient of every differentiable input, with every buffer the
+kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. Half
+precision and the other grid walks of the cuda backend are in tests/test_cuda_backend.py and
+tests/test_cuda_variants.py.
 
 Backend-specific checks (thread splits, ISA copies, launch counts, grid walks, error messages)
 stay in the backend's own test file.
@@ -24,7 +25,7 @@ import pytest
 import torch
 from layer_cases import TOL, Case, assert_close, call, compare, make_inputs, outputs_and_grads
 
-from fusedrnn.ops import cpu, library
+from fusedrnn.ops import cpu, cuda, library
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -55,6 +56,13 @@ BACKENDS = [
         "cuda-host",
         marks=pytest.mark.skipif(bool(cuda_host.why_not()), reason=str(cuda_host.why_not())),
     ),
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not cuda.is_available(), reason="needs CUDA and fusedrnn._C_cuda"),
+        ],
+    ),
 ]
 
 
@@ -78,6 +86,9 @@ class Backend:
         if name == "cuda-host":
             self.layer, self.device = cuda_host.host_layer(), "cpu"
             return
+        if name == "cuda":
+            self.layer, self.device = cuda.layer, "cuda"
+            return
         from fusedrnn.ops import triton as tb
 
         path = name.split("-")[1]
@@ -95,7 +106,7 @@ class Backend:
     def tol(self, dtype: torch.dtype, case: Case) -> float:
         if self.name == "cpu" and dtype == torch.float32 and not case.variant:
             return 1e-5
-        if self.device == "cuda" and dtype == torch.float32:
+        if self.name.startswith("triton") and self.device == "cuda" and dtype == torch.float32:
             return 5e-3  # TF32 tl.dot on GPUs
         return TOL[dtype]
 
