@@ -641,6 +641,27 @@ class RNNCellBase(nn.Module):
                     f"{_dtype_name(mat1.dtype)} and {_dtype_name(mat2.dtype)}"
                 )
 
+    def _one_state_forward(self, name: str, input: Tensor, hx: Tensor | None) -> Tensor:
+        """``forward`` of RNNCell / GRUCell (one state), with torch.nn's checks and messages;
+        ``self._cell()`` names the cell after the shape checks, as torch.nn orders them."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        cell = self._cell()
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(
+                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
+            )
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        self._check(input, (hx,))
+        h, _ = self._step(cell, input, hx, None)
+        return h if is_batched else h.squeeze(0)
+
     def _step(self, cell: str, input: Tensor, h: Tensor, c: Tensor | None):
         """One step through the layer op: a sequence of length one."""
         _refuse_jit_trace()
@@ -676,26 +697,13 @@ class RNNCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 1, device, dtype, backend=backend)
         self.nonlinearity = nonlinearity
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if input.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+    def _cell(self) -> str:
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(
-                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
-            )
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        self._check(input, (hx,))
-        cell = "rnn_tanh" if self.nonlinearity == "tanh" else "rnn_relu"
-        h, _ = self._step(cell, input, hx, None)
-        return h if is_batched else h.squeeze(0)
+        return "rnn_tanh" if self.nonlinearity == "tanh" else "rnn_relu"
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        return self._one_state_forward("RNNCell", input, hx)
 
 
 class GRUCell(RNNCellBase):
@@ -713,23 +721,11 @@ class GRUCell(RNNCellBase):
     ) -> None:
         super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
 
+    def _cell(self) -> str:
+        return "gru"
+
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if input.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(
-                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
-            )
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        self._check(input, (hx,))
-        h, _ = self._step("gru", input, hx, None)
-        return h if is_batched else h.squeeze(0)
+        return self._one_state_forward("GRUCell", input, hx)
 
 
 class LSTMCell(RNNCellBase):

@@ -132,68 +132,33 @@ def assert_same(ref_module, mod, x, hx, rtol, atol):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=f"grad of {name}")
 
 
-@pytest.mark.parametrize(
-    "mode,num_layers,bidirectional,batch_first,bias,proj,batched,with_hx", _grid((1, 2, 3))
-)
-def test_float64_full_grid(
-    mode,
-    num_layers,
-    bidirectional,
-    batch_first,
-    bias,
-    proj,
-    batched,
-    with_hx,
-    cpu_backend,
-    rnn_pair,
-):
+def _check_grid(mode, num_layers, bidirectional, batch_first, bias, proj, batched, with_hx,
+                backend, rnn_pair, dtype, tol):  # fmt: skip
     cls, extra = MODES[mode]
-    kwargs = dict(
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        batch_first=batch_first,
-        bias=bias,
-        **extra,
-    )
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                  bias=bias, **extra)  # fmt: skip
     if proj:
         kwargs["proj_size"] = proj
-    ref, mod = rnn_pair(cls, I, H, backend=cpu_backend, dtype=torch.float64, **kwargs)
-    x, hx = make_inputs(
-        mode, num_layers, bidirectional, batch_first, proj, batched, with_hx, torch.float64
-    )
-    assert_same(ref, mod, x, hx, rtol=1e-12, atol=1e-12)
+    ref, mod = rnn_pair(cls, I, H, backend=backend, dtype=dtype, **kwargs)
+    x, hx = make_inputs(mode, num_layers, bidirectional, batch_first, proj, batched, with_hx, dtype)
+    assert_same(ref, mod, x, hx, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize(
-    "mode,num_layers,bidirectional,batch_first,bias,proj,batched,with_hx", _grid((1, 2), (True,))
-)
-def test_float32_grid(
-    mode,
-    num_layers,
-    bidirectional,
-    batch_first,
-    bias,
-    proj,
-    batched,
-    with_hx,
-    cpu_backend,
-    rnn_pair,
-):
-    cls, extra = MODES[mode]
-    kwargs = dict(
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        batch_first=batch_first,
-        bias=bias,
-        **extra,
-    )
-    if proj:
-        kwargs["proj_size"] = proj
-    ref, mod = rnn_pair(cls, I, H, backend=cpu_backend, dtype=torch.float32, **kwargs)
-    x, hx = make_inputs(
-        mode, num_layers, bidirectional, batch_first, proj, batched, with_hx, torch.float32
-    )
-    assert_same(ref, mod, x, hx, rtol=1e-5, atol=1e-5)
+GRID_ARGS = "mode,num_layers,bidirectional,batch_first,bias,proj,batched,with_hx"
+
+
+@pytest.mark.parametrize(GRID_ARGS, list(_grid((1, 2, 3))))
+def test_float64_full_grid(mode, num_layers, bidirectional, batch_first, bias, proj, batched,
+                           with_hx, cpu_backend, rnn_pair):  # fmt: skip
+    _check_grid(mode, num_layers, bidirectional, batch_first, bias, proj, batched, with_hx,
+                cpu_backend, rnn_pair, torch.float64, 1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize(GRID_ARGS, list(_grid((1, 2), (True,))))
+def test_float32_grid(mode, num_layers, bidirectional, batch_first, bias, proj, batched,
+                      with_hx, cpu_backend, rnn_pair):  # fmt: skip
+    _check_grid(mode, num_layers, bidirectional, batch_first, bias, proj, batched, with_hx,
+                cpu_backend, rnn_pair, torch.float32, 1e-5)  # fmt: skip
 
 
 AWKWARD = [
