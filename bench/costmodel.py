@@ -63,7 +63,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+from fusedrnn.ops.checks import GATES  # noqa: E402
+
 SAVED = {"lstm": 4, "gru": 4, "rnn": 0}  # saved activations per row, in units of H
 ELEM = {"float32": 4, "bfloat16": 2, "float16": 2}
 ACC = 4  # bytes: gates, c and gradients are kept in float32 for every data type here
@@ -336,7 +337,7 @@ def chain_length(k: int, block_k: int, stages: int) -> float:
 def plan(
     cfg: KernelConfig, cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool
 ) -> Plan:  # noqa: E741
-    G, S, e, a = GATES[cell], SAVED[cell], ELEM[dtype], ACC
+    G, S, e, a = GATES["rnn_tanh" if cell == "rnn" else cell], SAVED[cell], ELEM[dtype], ACC
     lstm = cell == "lstm"
     w_hh = G * H * H * e
     once_fwd = [_gemm("input GEMM", T * B, G * H, I, e)]

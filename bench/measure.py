@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.benchmark import Timer
 
+from fusedrnn.ops.checks import GATES
+
 # -- FLOPs ------------------------------------------------------------------------------------
 
 
 def forward_flops(cell: str, B: int, T: int, I: int, H: int, layers: int) -> int:  # noqa: E741
     """Multiply-adds of the two GEMMs, 2·B·T·(G·H)·(I+H) per layer; pointwise math not counted."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    gates = GATES["rnn_tanh" if cell == "rnn" else cell]
     total = 0
     for layer in range(layers):
         in_size = I if layer == 0 else H

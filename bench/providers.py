@@ -35,7 +35,6 @@ import fusedrnn  # noqa: E402
 
 CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd", "step")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 NN_LAYER = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 NN_CELL = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 FUSED_LAYER = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}

@@ -30,8 +30,6 @@ from . import backends
 from . import variants as _variants
 from .functional import MODES, cell_step, rnn_stack
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-
 
 def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
     return tensor.index_select(dim, permutation)
@@ -163,7 +161,7 @@ class RNNBase(nn.Module):
             )
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
-        if mode not in _GATES:
+        if mode not in MODES:
             raise ValueError("Unrecognized RNN mode: " + mode)
         if backend is not None and backend not in backends.BACKENDS:
             raise ValueError(

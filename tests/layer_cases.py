@@ -10,12 +10,44 @@ by the backend-specific tests that need the same comparison on their own shapes.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from dataclasses import asdict, dataclass
 
+import pytest
 import torch
 
 from fusedrnn.ops import library, reference
 from fusedrnn.ops.checks import gate_count
+
+
+def triton_interpreting() -> bool:
+    """True when the Triton kernels run on CPU tensors: triton was first imported with
+    TRITON_INTERPRET=1 (the variable must be set before that import, so in the pytest
+    process's environment)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import triton.language.standard
+
+    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+
+
+def triton_devices() -> list:
+    """The devices the Triton kernels run on here: "cpu" under the interpreter, "cuda" (a
+    GPU test) with a GPU. A module of Triton tests skips without either:
+    ``DEVICES = triton_devices() or skip_module("...")``."""
+    out: list = ["cpu"] if triton_interpreting() else []
+    if importlib.util.find_spec("triton") is not None and torch.cuda.is_available():
+        out.append(pytest.param("cuda", marks=pytest.mark.gpu))
+    return out
+
+
+def skip_module_without_triton() -> None:
+    pytest.skip(
+        "the triton backend needs CUDA, or TRITON_INTERPRET=1 in the environment of the "
+        "pytest process (set before triton is imported)",
+        allow_module_level=True,
+    )
+
 
 # tolerance against the reference in the same dtype (rtol = atol)
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}

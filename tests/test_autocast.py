@@ -17,11 +17,10 @@ that the op runs and returns bfloat16 is checked.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from conftest import CPU_BACKENDS
+from layer_cases import triton_interpreting
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
@@ -29,14 +28,6 @@ import fusedrnn
 T, B, I, H = 5, 3, 4, 6
 # one rounding of every input and weight plus a few per step: the dtype's eps times ~12
 TOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
-
-
-def _interpreting() -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    import triton.language.standard
-
-    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
 
 
 def _pair(cls, backend, **kw):
@@ -183,7 +174,7 @@ def test_float64_is_left_alone():
 # ---- triton, under the interpreter ------------------------------------------------------
 
 needs_interpreter = pytest.mark.skipif(
-    not _interpreting(),
+    not triton_interpreting(),
     reason="the triton backend runs on CPU tensors only under TRITON_INTERPRET=1",
 )
 

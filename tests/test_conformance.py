@@ -23,7 +23,16 @@ import importlib.util
 import cuda_host
 import pytest
 import torch
-from layer_cases import TOL, Case, assert_close, call, compare, make_inputs, outputs_and_grads
+from layer_cases import (
+    TOL,
+    Case,
+    assert_close,
+    call,
+    compare,
+    make_inputs,
+    outputs_and_grads,
+    triton_interpreting,
+)
 
 from fusedrnn.ops import cpu, cuda, library
 
@@ -31,13 +40,10 @@ CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
 def _triton_device() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return None
-    import triton.language.standard
-
-    if type(triton.language.standard.zeros).__name__ == "InterpretedFunction":
+    if triton_interpreting():
         return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
+    has_triton = importlib.util.find_spec("triton") is not None
+    return "cuda" if has_triton and torch.cuda.is_available() else None
 
 
 TRITON_DEVICE = _triton_device()

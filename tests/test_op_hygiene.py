@@ -33,29 +33,22 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib.util
 import pathlib
 
 import pytest
 import torch
 import torch._library.custom_ops as custom_ops
+from layer_cases import triton_interpreting
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
+from fusedrnn.ops.checks import GATES
 
 aten = torch.ops.aten
 TRITON_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
 
 
-def _interpreting() -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    import triton.language.standard
-
-    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
-
-
-INTERPRET = _interpreting()
+INTERPRET = triton_interpreting()
 needs_interpreter = pytest.mark.skipif(
     not INTERPRET, reason="triton ops run on CPU tensors only with TRITON_INTERPRET=1"
 )
@@ -139,7 +132,7 @@ class NoHostSync(TorchDispatchMode):
 
 def _layer_args(cell: str, packed: bool, dtype=torch.float32):
     gen = torch.Generator().manual_seed(0)
-    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
+    G = GATES[cell]
     T, B, I, H = 3, 3, 3, 4
 
     def rnd(*shape):

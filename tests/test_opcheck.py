@@ -15,13 +15,14 @@ triton`` (as .ci/run does); without it they skip.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 import pytest
 import torch
+from layer_cases import triton_interpreting
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
+from fusedrnn.ops.checks import GATES
 
 OPTESTS = (
     "test_schema",
@@ -38,15 +39,7 @@ CASES = [pytest.param(lay, torch.float64, id=f"{lay}-fp64") for lay in LAYOUTS] 
 T, B, I, H = 3, 2, 3, 4
 
 
-def _interpreting() -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    import triton.language.standard
-
-    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
-
-
-INTERPRET = _interpreting()
+INTERPRET = triton_interpreting()
 
 
 class _Capture(TorchDispatchMode):
@@ -66,7 +59,7 @@ class _Capture(TorchDispatchMode):
 def _inputs(cell: str, layout: str, dtype: torch.dtype, *, gates: int | None = None, device="cpu"):
     """Layer-op positional arguments (x ... batch_sizes, reverse) with grads required."""
     gen = torch.Generator().manual_seed(0)
-    G = gates or {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cell]
+    G = gates or GATES[cell]
 
     def rnd(*shape, scale=0.5):
         t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale

@@ -18,31 +18,19 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-import triton.language.standard  # noqa: E402
 from layer_cases import Case  # noqa: E402
 
 import fusedrnn  # noqa: E402
 from fusedrnn.ops import library, reference  # noqa: E402
 from fusedrnn.ops import triton as tb  # noqa: E402
 
-# the interpreter is active only if triton was first imported with TRITON_INTERPRET=1
-INTERPRET = type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+INTERPRET = layer_cases.triton_interpreting()
 HAS_CUDA = torch.cuda.is_available()
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 # TF32 on GPUs; half inputs against the float32 reference
 GPU_TOL = {torch.float32: 5e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
-DEVICES = []
-if INTERPRET:
-    DEVICES.append("cpu")
-if HAS_CUDA:
-    DEVICES.append(pytest.param("cuda", marks=pytest.mark.gpu))
-if not DEVICES:
-    pytest.skip(
-        "the triton backend needs CUDA, or TRITON_INTERPRET=1 in the environment of the "
-        "pytest process (set before triton is imported)",
-        allow_module_level=True,
-    )
+DEVICES = layer_cases.triton_devices() or layer_cases.skip_module_without_triton()
 
 
 @pytest.fixture(autouse=True)

@@ -18,29 +18,18 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-import triton.language.standard  # noqa: E402
 from layer_cases import Case  # noqa: E402
 
 from fusedrnn.ops import library, reference  # noqa: E402
 from fusedrnn.ops.triton import launch_counter, poison_buffers  # noqa: E402
 from fusedrnn.ops.triton import layer as triton_layer  # noqa: E402
 
-INTERPRET = type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+INTERPRET = layer_cases.triton_interpreting()
 HAS_CUDA = torch.cuda.is_available()
 
 # the device of the tests that do not run on every device
 DEVICE = "cpu" if INTERPRET else "cuda"
-DEVICES = []
-if INTERPRET:
-    DEVICES.append("cpu")
-if HAS_CUDA:
-    DEVICES.append(pytest.param("cuda", marks=pytest.mark.gpu))
-if not DEVICES:
-    pytest.skip(
-        "the triton backend needs CUDA, or TRITON_INTERPRET=1 in the environment of the "
-        "pytest process (set before triton is imported)",
-        allow_module_level=True,
-    )
+DEVICES = layer_cases.triton_devices() or layer_cases.skip_module_without_triton()
 
 
 @pytest.fixture(autouse=True)
