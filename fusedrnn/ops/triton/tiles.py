@@ -73,9 +73,14 @@ def rec_gates(
         a = tl.load(a_ptr + rows[:, None] * K + ks[None, :], mask=live[:, None] & kmask[None, :],
                     other=0.0)  # fmt: skip
         # weight tiles [BLOCK_K, BLOCK_H]
-        w_off = feats[None, :] * stride_f + ks[:, None] * stride_k
         wmask = kmask[:, None] & fmask[None, :]
-        w = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
+        if G == 1:
+            # pointer first: w_ptr + feats * stride_f is loop-invariant and is hoisted
+            w = tl.load(w_ptr + feats[None, :] * stride_f + ks[:, None] * stride_k, mask=wmask,
+                        other=0.0)  # fmt: skip
+        else:
+            w_off = feats[None, :] * stride_f + ks[:, None] * stride_k
+            w = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
         acc0 = tl.dot(a, w, acc0, input_precision=PRECISION)
         if G > 1:
             w = tl.load(w_ptr + H * stride_f + w_off, mask=wmask, other=0.0)
@@ -171,6 +176,8 @@ def store_state(
     """Writes the new state (the old one in inactive rows: every slot holds the full
     batch) into the history and, for the active rows, into the packed output."""
     h = tl.where(act[:, None], new.to(old.dtype), old)
-    tl.store(hs_ptr + rows[:, None] * N + cols[None, :], h, mask=rmask[:, None] & cmask[None, :])
+    # the offsets as one term: the same values as the caller's load of ``old`` (shared)
+    state = rows[:, None] * N + cols[None, :]
+    tl.store(hs_ptr + state, h, mask=rmask[:, None] & cmask[None, :])
     if WRITE_Y:
         tl.store(packed_ptrs(y_ptr, row0, rows, cols, N), h, mask=act[:, None] & cmask[None, :])
