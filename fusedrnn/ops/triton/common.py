@@ -20,6 +20,8 @@ start of the next launch (instead of at the end of the launch that produced
 import triton
 import triton.language as tl
 
+from .tiles import packed_ptrs, rec_tile
+
 
 @triton.jit
 def state_grad(
@@ -49,30 +51,14 @@ def state_grad(
     acc_ty = dh_ptr.dtype.element_ty
     mask2 = rmask[:, None] & cmask[None, :]
     total = tl.load(dh_ptr + rows[:, None] * HOUT + cols[None, :], mask=mask2, other=0.0)
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    for k0 in range(0, GH, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < GH
-        dgp = tl.load(
-            dg_ptr + dg_prev_off + rows[:, None] * GH + ks[None, :],
-            mask=prev[:, None] & kmask[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + ks[:, None] * HOUT + cols[None, :],
-            mask=kmask[:, None] & cmask[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(dgp, w, acc, input_precision=PRECISION)
-    total += acc
+    # W_hh is [GH, HOUT]: element (col, k) of the product's weight at k * HOUT + col
+    total += rec_tile(dg_ptr + dg_prev_off, w_ptr, rows, prev, cols, cmask, GH, 1, HOUT, acc_ty,
+                      PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
     if HAS_DHS:
         total += tl.load(
             dhs_ptr + dhs_off + rows[:, None] * HOUT + cols[None, :], mask=mask2, other=0.0
         ).to(acc_ty)
     if HAS_DY:
-        total += tl.load(
-            dy_ptr + (y_row0 + rows[:, None]).to(tl.int64) * HOUT + cols[None, :],
-            mask=act[:, None] & cmask[None, :],
-            other=0.0,
-        ).to(acc_ty)
+        dy = packed_ptrs(dy_ptr, y_row0, rows, cols, HOUT)
+        total += tl.load(dy, mask=act[:, None] & cmask[None, :], other=0.0).to(acc_ty)
     return total

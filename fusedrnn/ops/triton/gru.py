@@ -24,6 +24,15 @@ from . import runtime
 from .cellmath import gru_bwd, gru_fwd
 from .common import state_grad
 from .configs import pick_step_config
+from .tiles import (
+    add_gates,
+    load_gates,
+    packed_ptrs,
+    rec_gates,
+    step_tile,
+    store_gates,
+    store_state,
+)
 
 
 @triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "gates_off", "B"])
@@ -49,58 +58,25 @@ def _gru_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = gates_ptr.dtype.element_ty
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
-    act = rows < rows_active
+    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
     amask = act[:, None] & umask[None, :]
 
-    hr = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    hz = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    hn = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < H
-        h = tl.load(
-            hs_ptr + hs_r + rows[:, None] * H + ks[None, :],
-            mask=act[:, None] & kmask[None, :],
-            other=0.0,
-        )
-        w_off = units[None, :] * H + ks[:, None]
-        wmask = kmask[:, None] & umask[None, :]
-        w = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
-        hr = tl.dot(h, w, hr, input_precision=PRECISION)
-        w = tl.load(w_ptr + H * H + w_off, mask=wmask, other=0.0)
-        hz = tl.dot(h, w, hz, input_precision=PRECISION)
-        w = tl.load(w_ptr + 2 * H * H + w_off, mask=wmask, other=0.0)
-        hn = tl.dot(h, w, hn, input_precision=PRECISION)
+    hr, hz, hn, _ = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, H, H, 1, 3, acc_ty,
+                              PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
     if HAS_BIAS:
-        hr += tl.load(b_ptr + units, mask=umask, other=0.0).to(acc_ty)[None, :]
-        hz += tl.load(b_ptr + H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
-        hn += tl.load(b_ptr + 2 * H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
-
-    xg = xg_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * (3 * H) + units[None, :]
-    xr = tl.load(xg, mask=amask, other=0.0).to(acc_ty)
-    xz = tl.load(xg + H, mask=amask, other=0.0).to(acc_ty)
-    xn = tl.load(xg + 2 * H, mask=amask, other=0.0).to(acc_ty)
+        hr, hz, hn, _ = add_gates(hr, hz, hn, hn, b_ptr + units, H, umask, 3)
+    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, 3 * H)
+    xr, xz, xn, _ = load_gates(xg, H, amask, 3)
     state = rows[:, None] * H + units[None, :]
     h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-    r, z, n, h = gru_fwd(xr, xz, xn, hr, hz, hn, h_prev.to(acc_ty))
+    r, z, n, h = gru_fwd(xr.to(acc_ty), xz.to(acc_ty), xn.to(acc_ty), hr, hz, hn,
+                         h_prev.to(acc_ty))  # fmt: skip
 
-    a = act[:, None]
     saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-    tl.store(saved, tl.where(a, r, 0.0), mask=mask2)
-    tl.store(saved + H, tl.where(a, z, 0.0), mask=mask2)
-    tl.store(saved + 2 * H, tl.where(a, n, 0.0), mask=mask2)
-    tl.store(saved + 3 * H, tl.where(a, hn, 0.0), mask=mask2)
-    h_new = tl.where(a, h.to(h_prev.dtype), h_prev)
-    tl.store(hs_ptr + hs_w + state, h_new, mask=mask2)
-    if WRITE_Y:
-        tl.store(
-            y_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * H + units[None, :], h_new, mask=amask
-        )
+    store_gates(saved, H, act, mask2, r, z, n, hn, 4)
+    store_state(h, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, units, umask, H,
+                WRITE_Y)  # fmt: skip
 
 
 @triton.jit(
@@ -143,11 +119,7 @@ def _gru_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dh_ptr.dtype.element_ty
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
-    act = rows < rows_active
+    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
     dh = state_grad(
         dh_ptr, dgh_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
@@ -157,24 +129,13 @@ def _gru_bwd_step_kernel(
     state = rows[:, None] * H + units[None, :]
     h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0).to(acc_ty)
     saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-    r = tl.load(saved, mask=mask2, other=0.0)
-    z = tl.load(saved + H, mask=mask2, other=0.0)
-    n = tl.load(saved + 2 * H, mask=mask2, other=0.0)
-    hn = tl.load(saved + 3 * H, mask=mask2, other=0.0)
+    r, z, n, hn = load_gates(saved, H, mask2, 4)
     d_r, d_z, d_n, d_hn, direct = gru_bwd(r, z, n, hn, h_prev, dh)
 
-    a = act[:, None]
-    ty = dgx_ptr.dtype.element_ty
     out = dg_off + rows[:, None] * (3 * H) + units[None, :]
-    d_r = tl.where(a, d_r, 0.0).to(ty)
-    d_z = tl.where(a, d_z, 0.0).to(ty)
-    tl.store(dgx_ptr + out, d_r, mask=mask2)
-    tl.store(dgx_ptr + out + H, d_z, mask=mask2)
-    tl.store(dgx_ptr + out + 2 * H, tl.where(a, d_n, 0.0).to(ty), mask=mask2)
-    tl.store(dgh_ptr + out, d_r, mask=mask2)
-    tl.store(dgh_ptr + out + H, d_z, mask=mask2)
-    tl.store(dgh_ptr + out + 2 * H, tl.where(a, d_hn, 0.0).to(ty), mask=mask2)
-    tl.store(dh_ptr + state, tl.where(a, direct, dh), mask=mask2)
+    store_gates(dgx_ptr + out, H, act, mask2, d_r, d_z, d_n, d_n, 3)
+    store_gates(dgh_ptr + out, H, act, mask2, d_r, d_z, d_hn, d_hn, 3)
+    tl.store(dh_ptr + state, tl.where(act[:, None], direct, dh), mask=mask2)
 
 
 def _gru_fwd(

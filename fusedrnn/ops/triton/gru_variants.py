@@ -28,11 +28,12 @@ import triton.language as tl
 from torch import Tensor
 
 from . import runtime
-from .cellmath import gru_bwd, gru_fwd, zoneout_keep
+from .cellmath import gru_bwd, gru_fwd
 from .common import state_grad
 from .configs import pick_variant_config
 from .lstm_variants import recurrent_part
-from .rowwise import emit_state, ln_bwd_rows, rec_raw_stats
+from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, zoneout_weight
+from .tiles import load_gates, packed_ptrs, row_block, store_gates
 
 
 @triton.jit(
@@ -79,9 +80,7 @@ def _gru_variant_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    act = rows < rows_active
+    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
     GH = 3 * H
     p_h = tl.load(par_ptr)
     eps = tl.load(par_ptr + 2)
@@ -116,18 +115,11 @@ def _gru_variant_fwd_step_kernel(
             2 * H + units, umask, GH, H, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
             BLOCK_B, BLOCK_H, BLOCK_K,
         )  # fmt: skip
-        xg = xg_ptr + (row0 + rows[:, None]).to(tl.int64) * GH + units[None, :]
-        xr = tl.load(xg, mask=am, other=0.0)
-        xz = tl.load(xg + H, mask=am, other=0.0)
-        xn = tl.load(xg + 2 * H, mask=am, other=0.0)
+        xr, xz, xn, _ = load_gates(packed_ptrs(xg_ptr, row0, rows, units, GH), H, am, 3)
         h_prev = tl.load(h_prev_ptr + rows[:, None] * H + units[None, :], mask=m2, other=0.0)
         r, z, n, h = gru_fwd(xr, xz, xn, s_r, s_z, s_n, h_prev)
-        a = act[:, None]
         saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        tl.store(saved, tl.where(a, r, 0.0), mask=m2)
-        tl.store(saved + H, tl.where(a, z, 0.0), mask=m2)
-        tl.store(saved + 2 * H, tl.where(a, n, 0.0), mask=m2)
-        tl.store(saved + 3 * H, tl.where(a, s_n, 0.0), mask=m2)
+        store_gates(saved, H, act, m2, r, z, n, s_n, 4)
         emit_state(h, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                    units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
 
@@ -183,9 +175,7 @@ def _gru_variant_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    act = rows < rows_active
+    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
     a = act[:, None]
     GH = 3 * H
     p_h = tl.load(par_ptr)
@@ -200,42 +190,25 @@ def _gru_variant_bwd_step_kernel(
             rows, units, rmask, umask, act, rows < rows_prev, GH, H,
             HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
         )  # fmt: skip
-        if ZONE_H == 1:
-            mh = tl.load(mh_ptr + (row0 + rows[:, None]).to(tl.int64) * H + units[None, :],
-                         mask=a & umask[None, :], other=0.0)  # fmt: skip
-        else:
-            mh = tl.zeros_like(total)
-        k = zoneout_keep(mh, p_h, ZONE_H)
+        k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, units, umask, H, total)
         state = rows[:, None] * H + units[None, :]
         h_prev = tl.load(hs_ptr + hs_r + state, mask=m2, other=0.0)
         saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        r = tl.load(saved, mask=m2, other=0.0)
-        z = tl.load(saved + H, mask=m2, other=0.0)
-        n = tl.load(saved + 2 * H, mask=m2, other=0.0)
-        s_n = tl.load(saved + 3 * H, mask=m2, other=0.0)
+        r, z, n, s_n = load_gates(saved, H, m2, 4)
         d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total)
         tl.store(dh_ptr + state, tl.where(a, direct + k * total, total), mask=m2)
-        d_r = tl.where(a, d_r, 0.0)
-        d_z = tl.where(a, d_z, 0.0)
-        d_n = tl.where(a, d_n, 0.0)
-        d_sn = tl.where(a, d_sn, 0.0)
         out = gh_off + rows[:, None] * GH + units[None, :]
-        tl.store(dgx_ptr + out, d_r, mask=m2)
-        tl.store(dgx_ptr + out + H, d_z, mask=m2)
-        tl.store(dgx_ptr + out + 2 * H, d_n, mask=m2)
-        tl.store(dgs_ptr + out, d_r, mask=m2)
-        tl.store(dgs_ptr + out + H, d_z, mask=m2)
-        tl.store(dgs_ptr + out + 2 * H, d_sn, mask=m2)
+        store_gates(dgx_ptr + out, H, act, m2, d_r, d_z, d_n, d_n, 3)
+        store_gates(dgs_ptr + out, H, act, m2, d_r, d_z, d_sn, d_sn, 3)
         if LAYER_NORM:
-            d = d_r * tl.load(lnw_ptr + units, mask=umask, other=0.0)[None, :]
-            sum_s += tl.sum(d, axis=1)
-            sum_sx += tl.sum(d * tl.load(shat_ptr + out, mask=m2, other=0.0), axis=1)
-            d = d_z * tl.load(lnw_ptr + H + units, mask=umask, other=0.0)[None, :]
-            sum_s += tl.sum(d, axis=1)
-            sum_sx += tl.sum(d * tl.load(shat_ptr + out + H, mask=m2, other=0.0), axis=1)
-            d = d_sn * tl.load(lnw_ptr + 2 * H + units, mask=umask, other=0.0)[None, :]
-            sum_s += tl.sum(d, axis=1)
-            sum_sx += tl.sum(d * tl.load(shat_ptr + out + 2 * H, mask=m2, other=0.0), axis=1)
+            d_r = tl.where(a, d_r, 0.0)
+            d_z = tl.where(a, d_z, 0.0)
+            d_sn = tl.where(a, d_sn, 0.0)
+            lnw = lnw_ptr + units
+            shat = shat_ptr + out
+            sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_r, lnw, shat, umask, m2)
+            sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_z, lnw + H, shat + H, umask, m2)
+            sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_sn, lnw + 2 * H, shat + 2 * H, umask, m2)
 
     if LAYER_NORM:  # through LN_hh to h_prev W_hh^T
         tl.debug_barrier()

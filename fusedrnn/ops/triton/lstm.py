@@ -27,6 +27,16 @@ from . import runtime
 from .cellmath import lstm_bwd, lstm_fwd
 from .common import state_grad
 from .configs import pick_step_config
+from .tiles import (
+    add_gates,
+    load_gates,
+    packed_ptrs,
+    rec_gates,
+    rec_tile,
+    step_tile,
+    store_gates,
+    store_state,
+)
 
 
 @triton.jit(
@@ -71,73 +81,34 @@ def _lstm_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = cs_ptr.dtype.element_ty
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
-    act = rows < rows_active
+    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
     amask = act[:, None] & umask[None, :]
 
-    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-    for k0 in range(0, HOUT, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < HOUT
-        h = tl.load(
-            hs_ptr + hs_r + rows[:, None] * HOUT + ks[None, :],
-            mask=act[:, None] & kmask[None, :],
-            other=0.0,
-        )
-        # W_hh^T tiles [BLOCK_K, BLOCK_H], one per gate
-        w_off = units[None, :] * HOUT + ks[:, None]
-        wmask = kmask[:, None] & umask[None, :]
-        w = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
-        acc_i = tl.dot(h, w, acc_i, input_precision=PRECISION)
-        w = tl.load(w_ptr + H * HOUT + w_off, mask=wmask, other=0.0)
-        acc_f = tl.dot(h, w, acc_f, input_precision=PRECISION)
-        w = tl.load(w_ptr + 2 * H * HOUT + w_off, mask=wmask, other=0.0)
-        acc_g = tl.dot(h, w, acc_g, input_precision=PRECISION)
-        w = tl.load(w_ptr + 3 * H * HOUT + w_off, mask=wmask, other=0.0)
-        acc_o = tl.dot(h, w, acc_o, input_precision=PRECISION)
-
-    xg = xg_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * (4 * H) + units[None, :]
-    acc_i += tl.load(xg, mask=amask, other=0.0).to(acc_ty)
-    acc_f += tl.load(xg + H, mask=amask, other=0.0).to(acc_ty)
-    acc_g += tl.load(xg + 2 * H, mask=amask, other=0.0).to(acc_ty)
-    acc_o += tl.load(xg + 3 * H, mask=amask, other=0.0).to(acc_ty)
+    acc_i, acc_f, acc_g, acc_o = rec_gates(
+        hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, HOUT, HOUT, 1, 4, acc_ty, PRECISION,
+        BLOCK_B, BLOCK_H, BLOCK_K,
+    )  # fmt: skip
+    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, 4 * H)
+    acc_i, acc_f, acc_g, acc_o = add_gates(acc_i, acc_f, acc_g, acc_o, xg, H, amask, 4)
     if HAS_BIAS:
-        acc_i += tl.load(b_ptr + units, mask=umask, other=0.0).to(acc_ty)[None, :]
-        acc_f += tl.load(b_ptr + H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
-        acc_g += tl.load(b_ptr + 2 * H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
-        acc_o += tl.load(b_ptr + 3 * H + units, mask=umask, other=0.0).to(acc_ty)[None, :]
+        acc_i, acc_f, acc_g, acc_o = add_gates(acc_i, acc_f, acc_g, acc_o, b_ptr + units, H,
+                                               umask, 4)  # fmt: skip
 
     state = rows[:, None] * H + units[None, :]
     c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
     i, f, g, o, c, m = lstm_fwd(acc_i, acc_f, acc_g, acc_o, c_prev)
     tl.store(cs_ptr + cs_w + state, tl.where(act[:, None], c, c_prev), mask=mask2)
-
     saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-    tl.store(saved, tl.where(act[:, None], i, 0.0), mask=mask2)
-    tl.store(saved + H, tl.where(act[:, None], f, 0.0), mask=mask2)
-    tl.store(saved + 2 * H, tl.where(act[:, None], g, 0.0), mask=mask2)
-    tl.store(saved + 3 * H, tl.where(act[:, None], o, 0.0), mask=mask2)
+    store_gates(saved, H, act, mask2, i, f, g, o, 4)
 
     if PROJ:
         # zeros in inactive rows: the dW_hr GEMM reads every row
         tl.store(m_ptr + m_off + state, tl.where(act[:, None], m, 0.0), mask=mask2)
     else:
         h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-        h_new = tl.where(act[:, None], m.to(h_prev.dtype), h_prev)
-        tl.store(hs_ptr + hs_w + state, h_new, mask=mask2)
-        if WRITE_Y:
-            tl.store(
-                y_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * H + units[None, :],
-                h_new,
-                mask=amask,
-            )
+        store_state(m, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, units, umask, H,
+                    WRITE_Y)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "m_off", "B"])
@@ -161,37 +132,13 @@ def _lstm_proj_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    cmask = cols < HOUT
-    act = rows < rows_active
-    mask2 = rmask[:, None] & cmask[None, :]
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < H
-        m = tl.load(
-            m_ptr + m_off + rows[:, None] * H + ks[None, :],
-            mask=act[:, None] & kmask[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + cols[None, :] * H + ks[:, None],
-            mask=kmask[:, None] & cmask[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(m, w, acc, input_precision=PRECISION)
-    state = rows[:, None] * HOUT + cols[None, :]
-    h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-    h_new = tl.where(act[:, None], acc.to(h_prev.dtype), h_prev)
-    tl.store(hs_ptr + hs_w + state, h_new, mask=mask2)
-    if WRITE_Y:
-        tl.store(
-            y_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * HOUT + cols[None, :],
-            h_new,
-            mask=act[:, None] & cmask[None, :],
-        )
+    rows, cols, rmask, cmask, act = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
+    acc = rec_tile(m_ptr + m_off, w_ptr, rows, act, cols, cmask, H, H, 1, ACC_TY, PRECISION,
+                   BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
+                     mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
+    store_state(acc, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, cols, cmask, HOUT,
+                WRITE_Y)  # fmt: skip
 
 
 @triton.jit(
@@ -242,29 +189,12 @@ def _lstm_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dc_ptr.dtype.element_ty
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
-    act = rows < rows_active
+    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
 
     if PROJ:
-        dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_ty)
-        for k0 in range(0, HOUT, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            kmask = ks < HOUT
-            dht = tl.load(
-                dht_ptr + dht_off + rows[:, None] * HOUT + ks[None, :],
-                mask=act[:, None] & kmask[None, :],
-                other=0.0,
-            )
-            w = tl.load(
-                whr_ptr + ks[:, None] * H + units[None, :],
-                mask=kmask[:, None] & umask[None, :],
-                other=0.0,
-            )
-            dm = tl.dot(dht, w, dm, input_precision=PRECISION)
+        dm = rec_tile(dht_ptr + dht_off, whr_ptr, rows, act, units, umask, HOUT, 1, H, acc_ty,
+                      PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
     else:
         dm = state_grad(
             dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
@@ -284,20 +214,11 @@ def _lstm_bwd_step_kernel(
     c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
     c = tl.load(cs_ptr + cs_w + state, mask=mask2, other=0.0)
     saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-    i = tl.load(saved, mask=mask2, other=0.0)
-    f = tl.load(saved + H, mask=mask2, other=0.0)
-    g = tl.load(saved + 2 * H, mask=mask2, other=0.0)
-    o = tl.load(saved + 3 * H, mask=mask2, other=0.0)
+    i, f, g, o = load_gates(saved, H, mask2, 4)
     d_i, d_f, d_g, d_o, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, dm, dc)
-
-    a = act[:, None]
-    dg_ty = dg_ptr.dtype.element_ty
     out = dg_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-    tl.store(out, tl.where(a, d_i, 0.0).to(dg_ty), mask=mask2)
-    tl.store(out + H, tl.where(a, d_f, 0.0).to(dg_ty), mask=mask2)
-    tl.store(out + 2 * H, tl.where(a, d_g, 0.0).to(dg_ty), mask=mask2)
-    tl.store(out + 3 * H, tl.where(a, d_o, 0.0).to(dg_ty), mask=mask2)
-    tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
+    store_gates(out, H, act, mask2, d_i, d_f, d_g, d_o, 4)
+    tl.store(dc_ptr + state, tl.where(act[:, None], dc_prev, dc), mask=mask2)
 
 
 @triton.jit(
@@ -326,11 +247,7 @@ def _lstm_proj_grad_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    cmask = cols < HOUT
-    act = rows < rows_active
+    rows, cols, rmask, cmask, act = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & cmask[None, :]
     total = state_grad(
         dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,

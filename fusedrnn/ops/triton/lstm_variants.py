@@ -45,11 +45,11 @@ from .cellmath import (
     lstm_variant_out_bwd,
     sigmoid,
     tanh,
-    zoneout_keep,
 )
 from .common import state_grad
 from .configs import pick_variant_config
-from .rowwise import emit_state, ln_bwd_rows, rec_chunk, rec_raw_stats, row_rstd
+from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_rstd, zoneout_weight
+from .tiles import load_gates, packed_ptrs, rec_tile, row_block, store_gates
 
 
 @triton.jit
@@ -85,11 +85,45 @@ def recurrent_part(
         tl.store(shat_ptr + off, xhat, mask=m2)
         s = xhat * tl.load(lnw_ptr + feats, mask=fmask, other=0.0)[None, :]
     else:
-        s = rec_chunk(h_ptr, w_ptr, rows, act, feats, fmask, HOUT, HOUT, 1, ACC_TY, PRECISION,
-                      BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+        s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, HOUT, HOUT, 1, ACC_TY, PRECISION,
+                     BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
     if HAS_BIAS:
         s += tl.load(b_ptr + feats, mask=fmask, other=0.0)[None, :]
     return s
+
+
+@triton.jit
+def gate_offsets(H, CIFG: tl.constexpr):
+    """``(GH, off_g, off_cf, off_co, off_o)``: the gate features and the offsets of the g
+    and o blocks in the gate tensors and of the f and o peephole rows in w_ch (CIFG drops
+    the f gate and its peephole row)."""
+    if CIFG:
+        GH = 3 * H
+        off_g = H
+        off_cf = 0
+        off_co = H
+    else:
+        GH = 4 * H
+        off_g = 2 * H
+        off_cf = H
+        off_co = 2 * H
+    return GH, off_g, off_cf, off_co, GH - H
+
+
+@triton.jit
+def peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE: tl.constexpr,
+                  ACC_TY: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    """The [BLOCK_H] peephole weights ``w_ci, w_cf, w_co`` of the units (zeros without
+    peepholes; ``w_cf`` is unused under CIFG)."""
+    if PEEPHOLE:
+        w_ci = tl.load(wch_ptr + units, mask=umask, other=0.0)
+        w_cf = tl.load(wch_ptr + off_cf + units, mask=umask, other=0.0)
+        w_co = tl.load(wch_ptr + off_co + units, mask=umask, other=0.0)
+    else:
+        w_ci = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+        w_cf = w_ci
+        w_co = w_ci
+    return w_ci, w_cf, w_co
 
 
 @triton.jit(
@@ -157,21 +191,8 @@ def _lstm_variant_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = cs_ptr.dtype.element_ty
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    act = rows < rows_active
-    # feature offsets of the gate blocks in W and of the peephole rows in w_ch
-    if CIFG:
-        GH = 3 * H
-        off_g = H
-        off_cf = 0
-        off_co = H
-    else:
-        GH = 4 * H
-        off_g = 2 * H
-        off_cf = H
-        off_co = 2 * H
-    off_o = GH - H
+    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
+    GH, off_g, off_cf, off_co, off_o = gate_offsets(H, CIFG)
     p_h = tl.load(par_ptr)
     p_c = tl.load(par_ptr + 1)
     eps = tl.load(par_ptr + 2)
@@ -193,7 +214,7 @@ def _lstm_variant_fwd_step_kernel(
         umask = units < H
         m2 = rmask[:, None] & umask[None, :]
         am = act[:, None] & umask[None, :]
-        xg = xg_ptr + (row0 + rows[:, None]).to(tl.int64) * GH + units[None, :]
+        xg = packed_ptrs(xg_ptr, row0, rows, units, GH)
         pre_i = tl.load(xg, mask=am, other=0.0) + recurrent_part(
             h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
             units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
@@ -217,32 +238,18 @@ def _lstm_variant_fwd_step_kernel(
                 H + units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
                 BLOCK_B, BLOCK_H, BLOCK_K,
             )  # fmt: skip
-        if PEEPHOLE:
-            w_ci = tl.load(wch_ptr + units, mask=umask, other=0.0)
-            w_cf = tl.load(wch_ptr + off_cf + units, mask=umask, other=0.0)  # CIFG: unused
-            w_co = tl.load(wch_ptr + off_co + units, mask=umask, other=0.0)
-        else:
-            w_ci = tl.zeros((BLOCK_H,), dtype=acc_ty)
-            w_cf = w_ci
-            w_co = w_ci
+        w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE, acc_ty,
+                                         BLOCK_H)  # fmt: skip
 
         state = rows[:, None] * H + units[None, :]
         c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
         i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE, CIFG)
         o = sigmoid(pre_o + w_co[None, :] * c)
-        if ZONE_C == 1:
-            mc = tl.load(mc_ptr + (row0 + rows[:, None]).to(tl.int64) * H + units[None, :],
-                         mask=am, other=0.0)  # fmt: skip
-        else:
-            mc = tl.zeros_like(c)
-        k = zoneout_keep(mc, p_c, ZONE_C)
+        k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, c)
         a = act[:, None]
         tl.store(cs_ptr + cs_w + state, tl.where(a, k * c_prev + (1.0 - k) * c, c_prev), mask=m2)
         saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        tl.store(saved, tl.where(a, i, 0.0), mask=m2)
-        tl.store(saved + H, tl.where(a, f, 0.0), mask=m2)
-        tl.store(saved + 2 * H, tl.where(a, g, 0.0), mask=m2)
-        tl.store(saved + 3 * H, tl.where(a, o, 0.0), mask=m2)
+        store_gates(saved, H, act, m2, i, f, g, o, 4)
         c = tl.where(a, c, 0.0)
         tl.store(ct_ptr + h_off + state, c, mask=m2)
         c_sum += tl.sum(tl.where(umask[None, :], c, 0.0), axis=1)
@@ -287,8 +294,8 @@ def _lstm_variant_fwd_step_kernel(
         for c0 in range(0, HOUT, BLOCK_H):
             cols = c0 + tl.arange(0, BLOCK_H)
             cmask = cols < HOUT
-            hn = rec_chunk(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
-                           PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
+                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
             emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                        cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
 
@@ -367,22 +374,9 @@ def _lstm_variant_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = dc_ptr.dtype.element_ty
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
-    act = rows < rows_active
+    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
     a = act[:, None]
-    # feature offsets of the gate blocks in W and of the peephole rows in w_ch
-    if CIFG:
-        GH = 3 * H
-        off_g = H
-        off_cf = 0
-        off_co = H
-    else:
-        GH = 4 * H
-        off_g = 2 * H
-        off_cf = H
-        off_co = 2 * H
-    off_o = GH - H
+    GH, off_g, off_cf, off_co, off_o = gate_offsets(H, CIFG)
     p_h = tl.load(par_ptr)
     p_c = tl.load(par_ptr + 1)
     dg = dg_ptr + gh_off
@@ -396,12 +390,7 @@ def _lstm_variant_bwd_step_kernel(
             rows, cols, rmask, cmask, act, rows < rows_prev, GH, HOUT,
             HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
         )  # fmt: skip
-        if ZONE_H == 1:
-            mh = tl.load(mh_ptr + (row0 + rows[:, None]).to(tl.int64) * HOUT + cols[None, :],
-                         mask=a & cmask[None, :], other=0.0)  # fmt: skip
-        else:
-            mh = tl.zeros_like(total)
-        k = zoneout_keep(mh, p_h, ZONE_H)
+        k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, total)
         off = rows[:, None] * HOUT + cols[None, :]
         m2 = rmask[:, None] & cmask[None, :]
         tl.store(dht_ptr + hout_off + off, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
@@ -417,8 +406,8 @@ def _lstm_variant_bwd_step_kernel(
         m2 = rmask[:, None] & umask[None, :]
         state = rows[:, None] * H + units[None, :]
         if PROJ:
-            dm = rec_chunk(dht_ptr + hout_off, whr_ptr, rows, act, units, umask, HOUT, 1, H,
-                           acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            dm = rec_tile(dht_ptr + hout_off, whr_ptr, rows, act, units, umask, HOUT, 1, H,
+                          acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
         else:
             dm = tl.load(dht_ptr + hout_off + state, mask=m2, other=0.0)
         o = tl.load(gates_ptr + gates_off + rows[:, None] * (4 * H) + 3 * H + units[None, :],
@@ -454,12 +443,7 @@ def _lstm_variant_bwd_step_kernel(
         dc_t = tl.load(dc_ptr + state, mask=m2, other=0.0)
         if HAS_DCS:
             dc_t += tl.load(dcs_ptr + cs_w + state, mask=m2, other=0.0)
-        if ZONE_C == 1:
-            mc = tl.load(mc_ptr + (row0 + rows[:, None]).to(tl.int64) * H + units[None, :],
-                         mask=a & umask[None, :], other=0.0)  # fmt: skip
-        else:
-            mc = tl.zeros_like(dc_t)
-        k = zoneout_keep(mc, p_c, ZONE_C)
+        k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, dc_t)
         dl = tl.load(dl_ptr + h_off + state, mask=m2, other=0.0)
         if LAYER_NORM:
             lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
@@ -468,18 +452,12 @@ def _lstm_variant_bwd_step_kernel(
         dc = (1.0 - k) * dc_t + dl
         gate = dg + rows[:, None] * GH + units[None, :]
         d_o = tl.load(gate + off_o, mask=m2, other=0.0)
+        w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE, acc_ty,
+                                         BLOCK_H)  # fmt: skip
         if PEEPHOLE:
-            w_ci = tl.load(wch_ptr + units, mask=umask, other=0.0)
-            w_cf = tl.load(wch_ptr + off_cf + units, mask=umask, other=0.0)  # CIFG: unused
-            w_co = tl.load(wch_ptr + off_co + units, mask=umask, other=0.0)
             dc += d_o * w_co[None, :]
-        else:
-            w_ci = tl.zeros((BLOCK_H,), dtype=acc_ty)
-            w_cf = w_ci
         saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        i = tl.load(saved, mask=m2, other=0.0)
-        f = tl.load(saved + H, mask=m2, other=0.0)
-        g = tl.load(saved + 2 * H, mask=m2, other=0.0)
+        i, f, g, _ = load_gates(saved, H, m2, 3)
         c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
         d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE, CIFG)
         tl.store(dc_ptr + state, tl.where(a, dc_prev + k * dc_t, dc_t), mask=m2)
@@ -492,19 +470,12 @@ def _lstm_variant_bwd_step_kernel(
             tl.store(gate + H, d_f, mask=m2)
         if LAYER_NORM:
             shat = shat_ptr + gh_off + rows[:, None] * GH + units[None, :]
-            d = d_i * tl.load(lnw_ptr + units, mask=umask, other=0.0)[None, :]
-            sum_s += tl.sum(d, axis=1)
-            sum_sx += tl.sum(d * tl.load(shat, mask=m2, other=0.0), axis=1)
-            d = d_g * tl.load(lnw_ptr + off_g + units, mask=umask, other=0.0)[None, :]
-            sum_s += tl.sum(d, axis=1)
-            sum_sx += tl.sum(d * tl.load(shat + off_g, mask=m2, other=0.0), axis=1)
-            d = d_o * tl.load(lnw_ptr + off_o + units, mask=umask, other=0.0)[None, :]
-            sum_s += tl.sum(d, axis=1)
-            sum_sx += tl.sum(d * tl.load(shat + off_o, mask=m2, other=0.0), axis=1)
+            lnw = lnw_ptr + units
+            sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_i, lnw, shat, umask, m2)
+            sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_g, lnw + off_g, shat + off_g, umask, m2)
+            sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_o, lnw + off_o, shat + off_o, umask, m2)
             if not CIFG:
-                d = d_f * tl.load(lnw_ptr + H + units, mask=umask, other=0.0)[None, :]
-                sum_s += tl.sum(d, axis=1)
-                sum_sx += tl.sum(d * tl.load(shat + H, mask=m2, other=0.0), axis=1)
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_f, lnw + H, shat + H, umask, m2)
 
     if LAYER_NORM:  # D: through LN_hh to h_prev W_hh^T
         tl.debug_barrier()

@@ -32,6 +32,7 @@ from torch import Tensor
 from . import runtime
 from .cellmath import gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
 from .configs import PersistentConfig, pick_persistent_config
+from .tiles import load_gates, packed_ptrs, store_gates
 
 # CELL codes (constexpr)
 LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
@@ -47,6 +48,30 @@ def _w_tile(w_ptr, q, H, units, umask, TRANSPOSE: tl.constexpr):
     else:
         off = (q * H + units[:, None]) * H + units[None, :]
     return tl.load(w_ptr + off, mask=umask[:, None] & umask[None, :], other=0.0)
+
+
+@triton.jit
+def _w_tiles(w_ptr, H, units, umask, G: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """The W_hh blocks of gates q < G (:func:`_w_tile`; zeros for q >= G)."""
+    w0 = _w_tile(w_ptr, 0, H, units, umask, TRANSPOSE)
+    w1 = tl.zeros_like(w0)
+    w2 = tl.zeros_like(w0)
+    w3 = tl.zeros_like(w0)
+    if G > 1:
+        w1 = _w_tile(w_ptr, 1, H, units, umask, TRANSPOSE)
+        w2 = _w_tile(w_ptr, 2, H, units, umask, TRANSPOSE)
+    if G > 3:
+        w3 = _w_tile(w_ptr, 3, H, units, umask, TRANSPOSE)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _program_rows(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's int64 batch rows and all (padded) units, ``rows < B``, ``units < H``
+    and the ``[BLOCK_B, BLOCK_H]`` offsets of the tile in a ``[B, H]`` state slot."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = tl.arange(0, BLOCK_H)
+    return rows, units, rows < B, units < H, rows[:, None] * H + units[None, :]
 
 
 @triton.jit(do_not_specialize=["T", "B"])
@@ -72,21 +97,12 @@ def _persistent_fwd_kernel(
     BLOCK_H: tl.constexpr,
 ):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
+    rows, units, rmask, umask, state = _program_rows(B, H, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
-    state = rows[:, None] * H + units[None, :]
     first = T if REVERSE else 0
 
     # W_hh^T per gate, resident for the whole sequence
-    w0 = _w_tile(w_ptr, 0, H, units, umask, True)
-    if G > 1:
-        w1 = _w_tile(w_ptr, 1, H, units, umask, True)
-        w2 = _w_tile(w_ptr, 2, H, units, umask, True)
-    if G > 3:
-        w3 = _w_tile(w_ptr, 3, H, units, umask, True)
+    w0, w1, w2, w3 = _w_tiles(w_ptr, H, units, umask, G, True)
     b0 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
     b1 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
     b2 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
@@ -114,7 +130,7 @@ def _persistent_fwd_kernel(
         row0 = tl.load(steps_ptr + 2 * t)
         act = rows < tl.load(steps_ptr + 2 * t + 1)
         a = act[:, None]
-        xg = xg_ptr + (row0 + rows[:, None]).to(tl.int64) * (G * H) + units[None, :]
+        xg = packed_ptrs(xg_ptr, row0, rows, units, G * H)
         amask = a & umask[None, :]
         hd = tl.where(a, h, 0.0)
         p0 = tl.dot(hd, w0, input_precision=PRECISION, out_dtype=ACC_TY) + b0[None, :]
@@ -130,10 +146,7 @@ def _persistent_fwd_kernel(
             i, f, g, o, c_new, h_new = lstm_fwd(p0, p1, p2, p3, c)
             c = tl.where(a, c_new, c)
             tl.store(cs_ptr + slot * B * H + state, c, mask=mask2)
-            tl.store(saved, tl.where(a, i, 0.0), mask=mask2)
-            tl.store(saved + H, tl.where(a, f, 0.0), mask=mask2)
-            tl.store(saved + 2 * H, tl.where(a, g, 0.0), mask=mask2)
-            tl.store(saved + 3 * H, tl.where(a, o, 0.0), mask=mask2)
+            store_gates(saved, H, act, mask2, i, f, g, o, 4)
         elif CELL == 1:
             hz = tl.dot(hd, w1, input_precision=PRECISION, out_dtype=ACC_TY) + b1[None, :]
             hn = tl.dot(hd, w2, input_precision=PRECISION, out_dtype=ACC_TY) + b2[None, :]
@@ -141,18 +154,13 @@ def _persistent_fwd_kernel(
             xn = tl.load(xg + 2 * H, mask=amask, other=0.0).to(ACC_TY)
             # p0 holds x_r + h_r; gru_fwd adds its arguments pairwise
             r, z, n, h_new = gru_fwd(p0, xz, xn, 0.0, hz, hn, h.to(ACC_TY))
-            tl.store(saved, tl.where(a, r, 0.0), mask=mask2)
-            tl.store(saved + H, tl.where(a, z, 0.0), mask=mask2)
-            tl.store(saved + 2 * H, tl.where(a, n, 0.0), mask=mask2)
-            tl.store(saved + 3 * H, tl.where(a, hn, 0.0), mask=mask2)
+            store_gates(saved, H, act, mask2, r, z, n, hn, 4)
         else:
             h_new = rnn_fwd(p0, CELL == 3)
         h = tl.where(a & umask[None, :], h_new.to(h.dtype), h)
         tl.store(hs_ptr + slot * B * H + state, h, mask=mask2)
         if WRITE_Y:
-            tl.store(
-                y_ptr + (row0 + rows[:, None]).to(tl.int64) * H + units[None, :], h, mask=amask
-            )
+            tl.store(packed_ptrs(y_ptr, row0, rows, units, H), h, mask=amask)
 
 
 @triton.jit(do_not_specialize=["T", "B"])
@@ -183,21 +191,12 @@ def _persistent_bwd_kernel(
     BLOCK_H: tl.constexpr,
 ):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
+    rows, units, rmask, umask, state = _program_rows(B, H, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
-    state = rows[:, None] * H + units[None, :]
     dg_ty = dgx_ptr.dtype.element_ty
 
     # W_hh per gate ([gate unit, k]), resident for the whole sequence
-    w0 = _w_tile(w_ptr, 0, H, units, umask, False)
-    if G > 1:
-        w1 = _w_tile(w_ptr, 1, H, units, umask, False)
-        w2 = _w_tile(w_ptr, 2, H, units, umask, False)
-    if G > 3:
-        w3 = _w_tile(w_ptr, 3, H, units, umask, False)
+    w0, w1, w2, w3 = _w_tiles(w_ptr, H, units, umask, G, False)
 
     dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)  # carried state gradient
     dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
@@ -217,11 +216,8 @@ def _persistent_bwd_kernel(
         if HAS_DHS:
             total += tl.load(dhs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
         if HAS_DY:
-            total += tl.load(
-                dy_ptr + (row0 + rows[:, None]).to(tl.int64) * H + units[None, :],
-                mask=a & umask[None, :],
-                other=0.0,
-            ).to(ACC_TY)
+            dy = packed_ptrs(dy_ptr, row0, rows, units, H)
+            total += tl.load(dy, mask=a & umask[None, :], other=0.0).to(ACC_TY)
         saved = gates_ptr + t * B * 4 * H + rows[:, None] * (4 * H) + units[None, :]
         out = t * B * G * H + rows[:, None] * (G * H) + units[None, :]
         if CELL == 0:
@@ -230,10 +226,7 @@ def _persistent_bwd_kernel(
                 dc_in += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
             c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
             c = tl.load(cs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
-            i = tl.load(saved, mask=mask2, other=0.0)
-            f = tl.load(saved + H, mask=mask2, other=0.0)
-            g = tl.load(saved + 2 * H, mask=mask2, other=0.0)
-            o = tl.load(saved + 3 * H, mask=mask2, other=0.0)
+            i, f, g, o = load_gates(saved, H, mask2, 4)
             d0, d1, d2, d3, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, total, dc_in)
             dc = tl.where(a, dc_prev, dc_in)
             d0 = tl.where(a, d0, 0.0).to(dg_ty)
@@ -249,10 +242,7 @@ def _persistent_bwd_kernel(
             prev = tl.dot(d3, w3, prev, input_precision=PRECISION, out_dtype=ACC_TY)
         elif CELL == 1:
             h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
-            r = tl.load(saved, mask=mask2, other=0.0)
-            z = tl.load(saved + H, mask=mask2, other=0.0)
-            n = tl.load(saved + 2 * H, mask=mask2, other=0.0)
-            hn = tl.load(saved + 3 * H, mask=mask2, other=0.0)
+            r, z, n, hn = load_gates(saved, H, mask2, 4)
             d0, d1, dxn, dhn, direct = gru_bwd(r, z, n, hn, h_prev, total)
             d0 = tl.where(a, d0, 0.0).to(dg_ty)
             d1 = tl.where(a, d1, 0.0).to(dg_ty)

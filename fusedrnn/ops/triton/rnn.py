@@ -19,6 +19,7 @@ from . import runtime
 from .cellmath import rnn_bwd, rnn_fwd
 from .common import state_grad
 from .configs import pick_step_config
+from .tiles import packed_ptrs, rec_tile, step_tile, store_state
 
 
 @triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "B"])
@@ -43,41 +44,19 @@ def _rnn_fwd_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
-    act = rows < rows_active
+    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
     amask = act[:, None] & umask[None, :]
-    pre = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < H
-        h = tl.load(
-            hs_ptr + hs_r + rows[:, None] * H + ks[None, :],
-            mask=act[:, None] & kmask[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + units[None, :] * H + ks[:, None],
-            mask=kmask[:, None] & umask[None, :],
-            other=0.0,
-        )
-        pre = tl.dot(h, w, pre, input_precision=PRECISION)
-    pre += tl.load(
-        xg_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * H + units[None, :], mask=amask, other=0.0
-    ).to(ACC_TY)
+    pre = rec_tile(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, H, 1, ACC_TY, PRECISION,
+                   BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, H)
+    pre += tl.load(xg, mask=amask, other=0.0).to(ACC_TY)
     if HAS_BIAS:
         pre += tl.load(b_ptr + units, mask=umask, other=0.0).to(ACC_TY)[None, :]
     state = rows[:, None] * H + units[None, :]
     h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-    h_new = tl.where(act[:, None], rnn_fwd(pre, RELU).to(h_prev.dtype), h_prev)
-    tl.store(hs_ptr + hs_w + state, h_new, mask=mask2)
-    if WRITE_Y:
-        tl.store(
-            y_ptr + (xg_row0 + rows[:, None]).to(tl.int64) * H + units[None, :], h_new, mask=amask
-        )
+    store_state(rnn_fwd(pre, RELU), h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, units,
+                umask, H, WRITE_Y)  # fmt: skip
 
 
 @triton.jit(
@@ -107,11 +86,7 @@ def _rnn_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dh_ptr.dtype.element_ty
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    rmask = rows < B
-    umask = units < H
-    act = rows < rows_active
+    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
     dh = state_grad(
         dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,

@@ -13,36 +13,7 @@ import triton
 import triton.language as tl
 
 from .cellmath import layer_norm_bwd, zoneout_keep
-
-
-@triton.jit
-def rec_chunk(
-    h_ptr,  # [B, K] left operand rows (e.g. a slot of the state history)
-    w_ptr,  # weight: element (f, k) at f * stride_f + k * stride_k
-    rows,  # [BLOCK_B]
-    act,  # [BLOCK_B] rows active at this step (others read as 0)
-    feats,  # [BLOCK_H] output features
-    fmask,  # [BLOCK_H]
-    K,
-    stride_f,
-    stride_k,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """``sum_k h[rows, k] w(feats, k)`` as a [BLOCK_B, BLOCK_H] tile."""
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        kmask = ks < K
-        h = tl.load(h_ptr + rows[:, None] * K + ks[None, :], mask=act[:, None] & kmask[None, :],
-                    other=0.0)  # fmt: skip
-        w = tl.load(w_ptr + feats[None, :] * stride_f + ks[:, None] * stride_k, mask=kmask[:, None] & fmask[None, :],
-                    other=0.0)  # fmt: skip
-        acc = tl.dot(h, w, acc, input_precision=PRECISION)
-    return acc
+from .tiles import packed_ptrs, rec_tile, store_state
 
 
 @triton.jit
@@ -92,8 +63,8 @@ def rec_raw_stats(
     for f0 in range(0, F, BLOCK_H):
         feats = f0 + tl.arange(0, BLOCK_H)
         fmask = feats < F
-        s = rec_chunk(h_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, ACC_TY, PRECISION, BLOCK_B,
-                      BLOCK_H, BLOCK_K)  # fmt: skip
+        s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, ACC_TY, PRECISION, BLOCK_B,
+                     BLOCK_H, BLOCK_K)  # fmt: skip
         s = tl.where(act[:, None] & fmask[None, :], s, 0.0)
         tl.store(out_ptr + rows[:, None] * F + feats[None, :], s,
                  mask=rmask[:, None] & fmask[None, :])  # fmt: skip
@@ -152,17 +123,49 @@ def emit_state(
 ):
     """Zoneout of h, then the new state (the old one in inactive rows) into the history
     and the packed output."""
-    m2 = rmask[:, None] & cmask[None, :]
-    am = act[:, None] & cmask[None, :]
-    off = rows[:, None] * HOUT + cols[None, :]
-    h_prev = tl.load(hs_ptr + hs_r + off, mask=m2, other=0.0)
-    y_off = (row0 + rows[:, None]).to(tl.int64) * HOUT + cols[None, :]
-    if ZONE_H == 1:
-        mh = tl.load(mh_ptr + y_off, mask=am, other=0.0)
+    h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
+                     mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
+    k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, h_new)
+    store_state(k * h_prev + (1.0 - k) * h_new, h_prev, hs_ptr + hs_w, y_ptr, row0, rows, rmask,
+                act, cols, cmask, HOUT, WRITE_Y)  # fmt: skip
+
+
+@triton.jit
+def zoneout_weight(
+    mask_ptr,  # [N, F] zoneout mask, laid out like y (MODE 1)
+    p,  # zoneout probability (MODE 2)
+    MODE,  # 0 off, 1 mask, 2 evaluation
+    row0,  # first row of this step in the mask
+    rows,
+    act,
+    cols,
+    cmask,
+    F,
+    like,  # [BLOCK_B, BLOCK_H] a tile of the accumulation dtype
+):
+    """Keep weight of the old value for the tile (:func:`.cellmath.zoneout_keep`), reading
+    the mask only in MODE 1."""
+    if MODE == 1:
+        m = tl.load(packed_ptrs(mask_ptr, row0, rows, cols, F), mask=act[:, None] & cmask[None, :],
+                    other=0.0)  # fmt: skip
     else:
-        mh = tl.zeros_like(h_new)
-    k = zoneout_keep(mh, p_h, ZONE_H)
-    h = tl.where(act[:, None], k * h_prev + (1.0 - k) * h_new, h_prev).to(h_prev.dtype)
-    tl.store(hs_ptr + hs_w + off, h, mask=m2)
-    if WRITE_Y:
-        tl.store(y_ptr + y_off, h, mask=am)
+        m = tl.zeros_like(like)
+    return zoneout_keep(m, p, MODE)
+
+
+@triton.jit
+def ln_grad_sums(
+    sum_d,  # [BLOCK_B] running row sums of dy * w
+    sum_dx,  # [BLOCK_B] running row sums of dy * w * xhat
+    dy,  # [BLOCK_B, BLOCK_H] gradient of a chunk of layer-norm outputs
+    w_ptr,  # [BLOCK_H] pointers to the chunk's gain
+    xhat_ptr,  # [BLOCK_B, BLOCK_H] pointers to the chunk's saved normalised input
+    fmask,
+    mask,
+):
+    """The two row sums of the layer-norm backward (:func:`ln_bwd_rows`), with one more
+    chunk added."""
+    d = dy * tl.load(w_ptr, mask=fmask, other=0.0)[None, :]
+    sum_d += tl.sum(d, axis=1)
+    sum_dx += tl.sum(d * tl.load(xhat_ptr, mask=mask, other=0.0), axis=1)
+    return sum_d, sum_dx

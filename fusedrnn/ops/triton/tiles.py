@@ -1,0 +1,183 @@
+"""Tile helpers shared by the per-step, variant and persistent kernels.
+
+Triton inlines ``@triton.jit`` helpers into their callers, so a kernel built from
+these compiles to the code it would have written out itself. Index arithmetic is
+int64 wherever it reaches a sequence-long buffer: the row indices come out of
+:func:`step_tile` / :func:`row_block` as int64, and packed rows go through
+:func:`packed_ptrs` (see ``tests/test_triton_offsets.py``).
+
+Gate blocks: the gate tensors of a cell (``xg``, saved gates, gate gradients, ``W_hh``,
+``b_hh``) hold G blocks of H features side by side, gate q at feature offset ``q * H``.
+The ``*_gates`` helpers take or return four tiles; with G < 4 the missing ones are
+zeros (or are not stored) and compile away.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def step_tile(B, N, rows_active, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's ``[BLOCK_B, BLOCK_H]`` tile of a per-step grid ``(cols, rows)``:
+    int64 ``rows`` and ``cols``, the masks ``rows < B`` and ``cols < N``, and the rows
+    active at this step."""
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    return rows, cols, rows < B, cols < N, rows < rows_active
+
+
+@triton.jit
+def row_block(B, rows_active, BLOCK_B: tl.constexpr):
+    """This program's int64 batch rows of a row-only grid, ``rows < B`` and the rows
+    active at this step."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    return rows, rows < B, rows < rows_active
+
+
+@triton.jit
+def packed_ptrs(ptr, row0, rows, cols, N):
+    """``[BLOCK_B, BLOCK_H]`` pointers to columns ``cols`` of rows ``row0 + rows`` of a
+    packed ``[rows, N]`` matrix (x, xg, y and their gradients, zoneout masks)."""
+    return ptr + (row0 + rows[:, None]).to(tl.int64) * N + cols[None, :]
+
+
+@triton.jit
+def rec_gates(
+    a_ptr,  # [B, K] left operand rows (already offset to the step)
+    w_ptr,  # weight: gate q's element (f, k) at (q * H + f) * stride_f + k * stride_k
+    rows,  # [BLOCK_B]
+    live,  # [BLOCK_B] rows to read (the others count as 0)
+    feats,  # [BLOCK_H] output features of each gate
+    fmask,  # [BLOCK_H]
+    H,  # features per gate block
+    K,
+    stride_f,
+    stride_k,
+    G: tl.constexpr,
+    ACC_TY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``sum_k a[rows, k] w_q(feats, k)`` for gates q < G, as four ``[BLOCK_B, BLOCK_H]``
+    tiles accumulated over BLOCK_K chunks of K; each ``a`` chunk is loaded once for all
+    gates."""
+    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        a = tl.load(a_ptr + rows[:, None] * K + ks[None, :], mask=live[:, None] & kmask[None, :],
+                    other=0.0)  # fmt: skip
+        # weight tiles [BLOCK_K, BLOCK_H]
+        wmask = kmask[:, None] & fmask[None, :]
+        if G == 1:
+            # pointer first: w_ptr + feats * stride_f is loop-invariant and is hoisted
+            w = tl.load(w_ptr + feats[None, :] * stride_f + ks[:, None] * stride_k, mask=wmask,
+                        other=0.0)  # fmt: skip
+        else:
+            w_off = feats[None, :] * stride_f + ks[:, None] * stride_k
+            w = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
+        acc0 = tl.dot(a, w, acc0, input_precision=PRECISION)
+        if G > 1:
+            w = tl.load(w_ptr + H * stride_f + w_off, mask=wmask, other=0.0)
+            acc1 = tl.dot(a, w, acc1, input_precision=PRECISION)
+            w = tl.load(w_ptr + 2 * H * stride_f + w_off, mask=wmask, other=0.0)
+            acc2 = tl.dot(a, w, acc2, input_precision=PRECISION)
+        if G > 3:
+            w = tl.load(w_ptr + 3 * H * stride_f + w_off, mask=wmask, other=0.0)
+            acc3 = tl.dot(a, w, acc3, input_precision=PRECISION)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def rec_tile(
+    a_ptr,  # [B, K] left operand rows (already offset to the step)
+    w_ptr,  # weight: element (f, k) at f * stride_f + k * stride_k
+    rows,  # [BLOCK_B]
+    live,  # [BLOCK_B] rows to read (the others count as 0)
+    feats,  # [BLOCK_H]
+    fmask,  # [BLOCK_H]
+    K,
+    stride_f,
+    stride_k,
+    ACC_TY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``sum_k a[rows, k] w(feats, k)`` as one ``[BLOCK_B, BLOCK_H]`` tile."""
+    acc, _, _, _ = rec_gates(a_ptr, w_ptr, rows, live, feats, fmask, 0, K, stride_f, stride_k, 1,
+                             ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    return acc
+
+
+@triton.jit
+def load_gates(ptr, H, mask, G: tl.constexpr):
+    """The tiles of gates q < G at ``ptr + q * H`` (zeros for q >= G)."""
+    g0 = tl.load(ptr, mask=mask, other=0.0)
+    g1 = tl.zeros_like(g0)
+    g2 = tl.zeros_like(g0)
+    g3 = tl.zeros_like(g0)
+    if G > 1:
+        g1 = tl.load(ptr + H, mask=mask, other=0.0)
+        g2 = tl.load(ptr + 2 * H, mask=mask, other=0.0)
+    if G > 3:
+        g3 = tl.load(ptr + 3 * H, mask=mask, other=0.0)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def add_gates(acc0, acc1, acc2, acc3, ptr, H, mask, G: tl.constexpr):
+    """``acc_q + (gate q at ptr + q * H)`` in the accumulators' dtype, q < G (a row of
+    gate values, e.g. a bias, adds to every row)."""
+    g0, g1, g2, g3 = load_gates(ptr, H, mask, G)
+    acc0 += g0.to(acc0.dtype)
+    if G > 1:
+        acc1 += g1.to(acc1.dtype)
+        acc2 += g2.to(acc2.dtype)
+    if G > 3:
+        acc3 += g3.to(acc3.dtype)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def store_gates(ptr, H, act, mask, g0, g1, g2, g3, G: tl.constexpr):
+    """Stores the tiles of gates q < G at ``ptr + q * H``, zero in inactive rows (the
+    GEMMs over all steps read every row); cast to the pointer's dtype."""
+    a = act[:, None]
+    tl.store(ptr, tl.where(a, g0, 0.0), mask=mask)
+    if G > 1:
+        tl.store(ptr + H, tl.where(a, g1, 0.0), mask=mask)
+        tl.store(ptr + 2 * H, tl.where(a, g2, 0.0), mask=mask)
+    if G > 3:
+        tl.store(ptr + 3 * H, tl.where(a, g3, 0.0), mask=mask)
+
+
+@triton.jit
+def store_state(
+    new,  # [BLOCK_B, BLOCK_H] new state of the active rows
+    old,  # [BLOCK_B, BLOCK_H] state read at this step (the history's dtype)
+    hs_ptr,  # [B, N] slot of the state history written (already offset)
+    y_ptr,  # [rows, N] packed output (WRITE_Y)
+    row0,  # first row of this step in y
+    rows,
+    rmask,
+    act,
+    cols,
+    cmask,
+    N,
+    WRITE_Y,
+):
+    """Writes the new state (the old one in inactive rows: every slot holds the full
+    batch) into the history and, for the active rows, into the packed output."""
+    h = tl.where(act[:, None], new.to(old.dtype), old)
+    # the offsets as one term: the same values as the caller's load of ``old`` (shared)
+    state = rows[:, None] * N + cols[None, :]
+    tl.store(hs_ptr + state, h, mask=rmask[:, None] & cmask[None, :])
+    if WRITE_Y:
+        tl.store(packed_ptrs(y_ptr, row0, rows, cols, N), h, mask=act[:, None] & cmask[None, :])
