@@ -41,28 +41,6 @@ def tanh(x):
 
 
 @triton.jit
-def lstm_fwd(pre_i, pre_f, pre_g, pre_o, c_prev):
-    i = sigmoid(pre_i)
-    f = sigmoid(pre_f)
-    g = tanh(pre_g)
-    o = sigmoid(pre_o)
-    c = f * c_prev + i * g
-    m = o * tanh(c)
-    return i, f, g, o, c, m
-
-
-@triton.jit
-def lstm_bwd(i, f, g, o, c_prev, c, dm, dc_in):
-    tc = tanh(c)
-    dc = dc_in + dm * o * (1.0 - tc * tc)
-    d_i = dc * g * i * (1.0 - i)
-    d_f = dc * c_prev * f * (1.0 - f)
-    d_g = dc * i * (1.0 - g * g)
-    d_o = dm * tc * o * (1.0 - o)
-    return d_i, d_f, d_g, d_o, dc * f
-
-
-@triton.jit
 def gru_fwd(xr, xz, xn, hr, hz, hn, h_prev):
     r = sigmoid(xr + hr)
     z = sigmoid(xz + hz)
@@ -173,3 +151,20 @@ def lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE: tl.constexpr,
         if not CIFG:
             dc_prev += d_f * w_cf[None, :]
     return d_i, d_f, d_g, dc_prev
+
+
+# torch.nn's LSTM cell is the variant cell with every flag off (the equations are written once)
+
+
+@triton.jit
+def lstm_fwd(pre_i, pre_f, pre_g, pre_o, c_prev):
+    i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, 0.0, 0.0, False, False)
+    o = sigmoid(pre_o)
+    return i, f, g, o, c, o * tanh(c)
+
+
+@triton.jit
+def lstm_bwd(i, f, g, o, c_prev, c, dm, dc_in):
+    d_o, dl = lstm_variant_out_bwd(o, c, dm)
+    d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc_in + dl, 0.0, 0.0, False, False)
+    return d_i, d_f, d_g, d_o, dc_prev
