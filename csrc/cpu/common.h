@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,6 +69,21 @@ inline std::vector<Step> schedule(const std::optional<at::Tensor>& batch_sizes, 
     steps.push_back(s);
   }
   return steps;
+}
+
+// prev [N, K] = the state each row starts a visited step from: the previous visited step's row
+// of hist [N, K] where the row continues, init [B, K] (h0 / c0) where it starts at this step.
+// The backward's weight gradients then take every step in one GEMM or column sum.
+template <typename T>
+void gather_previous(const std::vector<Step>& steps, const T* hist, const T* init, int64_t K,
+                     T* prev) {
+  for (const Step& s : steps) {
+    if (s.from_prev > 0)
+      std::memcpy(prev + s.off * K, hist + s.prev_off * K, sizeof(T) * s.from_prev * K);
+    if (s.rows > s.from_prev)
+      std::memcpy(prev + (s.off + s.from_prev) * K, init + s.from_prev * K,
+                  sizeof(T) * (s.rows - s.from_prev) * K);
+  }
 }
 
 // Gate-column layout of the fused layer ops. Units are cut into chunks of kChunk units and the

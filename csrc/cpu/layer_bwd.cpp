@@ -178,13 +178,7 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
       // Packed: gather h_{t-1} of every row into one [N, Hout] matrix, then one GEMM.
       at::Tensor hprev = scratch(Scratch::kWork3, {N, Hout}, dtype);
       T* hp = ptr<T>(hprev);
-      for (const Step& s : steps) {
-        if (s.from_prev > 0)
-          std::memcpy(hp + s.off * Hout, yp + s.prev_off * Hout, sizeof(T) * s.from_prev * Hout);
-        if (s.rows > s.from_prev)
-          std::memcpy(hp + (s.off + s.from_prev) * Hout, h0 + s.from_prev * Hout,
-                      sizeof(T) * (s.rows - s.from_prev) * Hout);
-      }
+      gather_previous(steps, yp, h0, Hout, hp);
       gemm<T>(true, false, GH, Hout, N, T(1), dGhp, GH, hp, Hout, T(0), dwp, Hout);
     }
     out[4] = dw;

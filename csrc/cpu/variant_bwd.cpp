@@ -231,13 +231,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   if ((mask & kVGradWch) && fl.peep) {
     at::Tensor cprev = tmp(Scratch::kWork6, {N, H});  // c_{t-1} of every row
     T* cpv = ptr<T>(cprev);
-    for (const Step& s : steps) {
-      if (s.from_prev > 0)
-        std::memcpy(cpv + s.off * H, C + s.prev_off * H, sizeof(T) * s.from_prev * H);
-      if (s.rows > s.from_prev)
-        std::memcpy(cpv + (s.off + s.from_prev) * H, c0 + s.from_prev * H,
-                    sizeof(T) * (s.rows - s.from_prev) * H);
-    }
+    gather_previous(steps, C, c0, H, cpv);
     // rows (w_ci, w_cf, w_co) or (w_ci, w_co): dP_i c_prev, dP_f c_prev, dP_o c~
     const int64_t ko = fl.cifg ? 2 : 3;
     std::vector<at::Tensor> rows{column_sums<T>(dPp, GH, false, cpv, nullptr, H, N, H, opts)[1]};
@@ -274,13 +268,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
     // h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM
     at::Tensor hprev = tmp(Scratch::kWork7, {N, Hout});
     T* hpv = ptr<T>(hprev);
-    for (const Step& s : steps) {
-      if (s.from_prev > 0)
-        std::memcpy(hpv + s.off * Hout, yp + s.prev_off * Hout, sizeof(T) * s.from_prev * Hout);
-      if (s.rows > s.from_prev)
-        std::memcpy(hpv + (s.off + s.from_prev) * Hout, h0 + s.from_prev * Hout,
-                    sizeof(T) * (s.rows - s.from_prev) * Hout);
-    }
+    gather_previous(steps, yp, h0, Hout, hpv);
     at::Tensor dw = at::empty({GH, Hout}, opts);  // [G*H, Hout] = dHP^T H_prev
     gemm<T>(true, false, GH, Hout, N, T(1), dHPp, GH, hpv, Hout, T(0), ptr<T>(dw), Hout);
     out[4] = dw;
