@@ -39,6 +39,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import measure  # noqa: E402
+from providers import naive_loop_fn  # noqa: E402
 
 import fusedrnn  # noqa: E402
 
@@ -125,23 +126,7 @@ class CellLoop(nn.Module):
                 self.cells.append(cell)
 
     def forward(self, x: Tensor, hx):
-        h0, c0 = hx if self.is_lstm else (hx, None)
-        hs, cs = [], []
-        for k, cell in enumerate(self.cells):
-            h = h0[k]
-            c = c0[k] if self.is_lstm else None
-            ys = []
-            for x_t in x.unbind(0):
-                if self.is_lstm:
-                    h, c = cell(x_t, (h, c))
-                else:
-                    h = cell(x_t, h)
-                ys.append(h)
-            x = torch.stack(ys)
-            hs.append(h)
-            cs.append(c)
-        h_n = torch.stack(hs)
-        return x, ((h_n, torch.stack(cs)) if self.is_lstm else h_n)
+        return naive_loop_fn(self.cells, self.is_lstm)(x, hx)
 
 
 def providers(name: str, I: int, H: int, L: int) -> dict[str, nn.Module]:  # noqa: E741
