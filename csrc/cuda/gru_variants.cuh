@@ -3,7 +3,7 @@
 // GRUCell (unchanged: LN_hh and b_hn stay inside r * (.)), LayerNorm, Zoneout in cell_math.h.
 #pragma once
 
-#include "cuda/lstm_variants.cuh"  // zone_keep
+#include "cuda/lstm_variants.cuh"  // zone_keep, ln_row_backward
 #include "cuda/rowblock.cuh"
 #include "cuda/variant_launchers.h"
 
@@ -103,20 +103,8 @@ struct GruVarBwdOp {
       ds[2 * H + j] = dhn;
     });
     if constexpr (LN) {
-      const A* hhat = in<A>(a.hhat) + r * GH;
-      const A rstd = in<A>(a.stats)[r * 4 + 1];
-      const T* ln_w = in<T>(a.ln_hh_w);
-      A* dhp = out<A>(a.dhp) + r * GH;
-      const A n1 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(ds[k], to_acc(ln_w[k]));
-      }) / A(GH);
-      const A n2 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(ds[k], to_acc(ln_w[k])) * hhat[k];
-      }) / A(GH);
-      blk.for_each(GH, [&](int64_t k) {
-        dhp[k] = LayerNorm::backward<A>(LayerNorm::dxhat<A>(ds[k], to_acc(ln_w[k])), hhat[k],
-                                        rstd, n1, n2);
-      });
+      ln_row_backward<T>(blk, GH, ds, in<T>(a.ln_hh_w), in<A>(a.hhat) + r * GH,
+                         in<A>(a.stats)[r * 4 + 1], out<A>(a.dhp) + r * GH);
     }
   }
 };

@@ -18,6 +18,23 @@ FRNN_HD acc_t<T> zone_keep(const ZoneArgs& z, int64_t row_offset, int64_t j) {
   return z.mask != nullptr ? to_acc(in<T>(z.mask)[row_offset + j]) : static_cast<A>(z.p);
 }
 
+// Layer norm backward over one row of K features (LN_hh of either cell):
+// dv[k] = LayerNorm::backward(dout[k] w[k], xhat[k]), whose two row means are block sums.
+template <typename T, typename A, class Blk>
+FRNN_HD void ln_row_backward(const Blk& blk, int64_t K, const A* dout, const T* w,
+                             const A* xhat, A rstd, A* dv) {
+  const A n1 = blk.template sum<A>(K, [&](int64_t k) {
+    return LayerNorm::dxhat<A>(dout[k], to_acc(w[k]));
+  }) / A(K);
+  const A n2 = blk.template sum<A>(K, [&](int64_t k) {
+    return LayerNorm::dxhat<A>(dout[k], to_acc(w[k])) * xhat[k];
+  }) / A(K);
+  blk.for_each(K, [&](int64_t k) {
+    dv[k] = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dout[k], to_acc(w[k])), xhat[k], rstd, n1,
+                                   n2);
+  });
+}
+
 // Forward, per row: [ln] mean / variance of the G*H recurrent features; first half per unit j
 // (gates with LN_hh and biases, peephole i / f, c~); [ln] mean / variance of c~ over H; second
 // half per unit (LN_c, o with peephole, h, zoneout of c and, without proj, of h).
@@ -222,19 +239,8 @@ struct LstmVarBwdOp {
       }
     });
     if constexpr (LN) {
-      const A* hhat = in<A>(a.hhat) + r * GH;
-      const T* ln_w = in<T>(a.ln_hh_w);
-      A* dhp = out<A>(a.dhp) + r * GH;
-      const A n1 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(dg[k], to_acc(ln_w[k]));
-      }) / A(GH);
-      const A n2 = blk.template sum<A>(GH, [&](int64_t k) {
-        return LayerNorm::dxhat<A>(dg[k], to_acc(ln_w[k])) * hhat[k];
-      }) / A(GH);
-      blk.for_each(GH, [&](int64_t k) {
-        dhp[k] = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dg[k], to_acc(ln_w[k])), hhat[k],
-                                        st[1], n1, n2);
-      });
+      ln_row_backward<T>(blk, GH, dg, in<T>(a.ln_hh_w), in<A>(a.hhat) + r * GH, st[1],
+                         out<A>(a.dhp) + r * GH);
     }
   }
 };
