@@ -7,8 +7,8 @@ What is compiled is not written down here but taken from the launch code: every
 launcher (per-step, persistent, variant; forward and backward) runs on small CPU
 tensors inside :func:`fusedrnn.ops.triton.runtime.capture_launches`, once for every
 combination of the inputs that steer its compile-time flags (bias or not, packed or
-not, reverse, projection, which output gradients exist, every variant option and
-zoneout mode), for every dtype the ops accept (float16, bfloat16, float32 with IEEE
+not, reverse, projection, whether the saved gates are written, which output gradients
+exist, every variant option and zoneout mode), for every dtype the ops accept (float16, bfloat16, float32 with IEEE
 and with TF32 dot products, float64; the variant ops accept float32 and float64
 only, the persistent kernels never take float64) and for shapes that reach both
 step configurations and both divisibility classes of the hidden sizes (a multiple of
@@ -104,10 +104,10 @@ def _launchers(torch, dtype):
 
             dys = (False, True) if packed else (False,)
             # LSTM, per step
-            for bias, proj in itertools.product((False, True), (False, True)):
+            for bias, proj, save in itertools.product((False, True), (False, True), (False, True)):
                 hout = Hp if proj else H
                 lstm._lstm_fwd(e(N, 4 * H), e(B, hout), e(B, H, dt=acc), e(4 * H, hout),
-                               opt(bias, 4 * H), opt(proj, hout, H), plan, packed)  # fmt: skip
+                               opt(bias, 4 * H), opt(proj, hout, H), plan, packed, save)  # fmt: skip
             for proj, dhs, dcs, dy in itertools.product((False, True), (False, True),
                                                         (False, True), dys):  # fmt: skip
                 hout = Hp if proj else H
@@ -116,7 +116,9 @@ def _launchers(torch, dtype):
                                opt(dcs, T + 1, B, H), opt(dy, N, hout), plan)  # fmt: skip
             # GRU and RNN, per step
             for bias in (False, True):
-                gru._gru_fwd(e(N, 3 * H), e(B, H), e(3 * H, H), opt(bias, 3 * H), plan, packed)
+                for save in (False, True):
+                    gru._gru_fwd(e(N, 3 * H), e(B, H), e(3 * H, H), opt(bias, 3 * H), plan, packed,
+                                 save)  # fmt: skip
                 for relu in (False, True):
                     rnn._rnn_fwd(e(N, H), e(B, H), e(H, H), opt(bias, H), plan, packed, relu)
             for dhs, dy in itertools.product((False, True), dys):
@@ -130,9 +132,10 @@ def _launchers(torch, dtype):
                 if dtype == torch.float64 or pick_persistent_config(cell, H, H) is None:
                     continue
                 lstm_ = cell == "lstm"
-                for bias in (False, True):
+                for bias, save in itertools.product((False, True), (False, True)):
                     persistent.persistent_fwd(cell, e(N, G * H), e(B, H), opt(lstm_, B, H),
-                                              e(G * H, H), opt(bias, G * H), plan, packed)  # fmt: skip
+                                              e(G * H, H), opt(bias, G * H), plan, packed,
+                                              save)  # fmt: skip
                 for dhs, dcs, dy in itertools.product((False, True), (False, True), dys):
                     if dcs and not lstm_:
                         continue

@@ -256,3 +256,20 @@ def test_double_backward_names_the_backends_that_support_it(cls, kwargs, device)
     out, _ = mod(x)
     with pytest.raises(RuntimeError, match="double backward.*cpu and reference"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_no_saved_gates_without_backward(cell, path):
+    """save=False (no grad): the kernels skip the gates only a backward reads; the outputs are
+    bitwise those of a call that saves them."""
+    from fusedrnn.ops.triton.layer_op import layer
+
+    args, bs = make_inputs(cell, 4, 3, 3, 8, packed=True, dtype=torch.float32, device=DEVICES[0])
+    a = library.LayerArgs(cell, *args, bs, False, **library.OPTION_DEFAULTS, save=False)
+    with tb.kernel_path(path):
+        lean = layer.fwd_op(*a)
+        full = layer.fwd_op(*a._replace(save=True))
+    assert lean[2].numel() == 0 and full[2].numel() == 4 * 3 * 4 * 8
+    for k in (0, 1, 4):  # the state histories and the packed output
+        assert torch.equal(lean[k], full[k]), k

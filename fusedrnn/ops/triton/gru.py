@@ -41,7 +41,7 @@ def _gru_fwd_step_kernel(
     w_ptr,  # [3H, H] W_hh
     b_ptr,  # [3H] b_hh (HAS_BIAS)
     hs_ptr,  # [T+1, B, H] hidden-state history
-    gates_ptr,  # [T, B, 4H] saved r, z, n, hn (accumulation dtype)
+    gates_ptr,  # [T, B, 4H] saved r, z, n, hn (accumulation dtype; WRITE_GATES)
     y_ptr,  # [N, H] packed output (WRITE_Y)
     xg_row0,
     rows_active,
@@ -52,6 +52,7 @@ def _gru_fwd_step_kernel(
     H,
     HAS_BIAS,
     WRITE_Y,
+    WRITE_GATES: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -73,8 +74,9 @@ def _gru_fwd_step_kernel(
     r, z, n, h = gru_fwd(xr.to(acc_ty), xz.to(acc_ty), xn.to(acc_ty), hr, hz, hn,
                          h_prev.to(acc_ty))  # fmt: skip
 
-    saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-    store_gates(saved, H, act, mask2, r, z, n, hn, 4)
+    if WRITE_GATES:  # only when a backward can follow (the op's save flag)
+        saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
+        store_gates(saved, H, act, mask2, r, z, n, hn, 4)
     store_state(h, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, units, umask, H,
                 WRITE_Y)  # fmt: skip
 
@@ -145,13 +147,18 @@ def _gru_fwd(
     b_hh: Tensor | None,  # [3H]
     plan: runtime.Plan,
     packed: bool,
+    save: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``Hs [T+1,B,H]``, saved ``gates [T,B,4H]`` and packed ``y [N,H]`` (or empty)."""
+    """Returns ``Hs [T+1,B,H]``, saved ``gates [T,B,4H]`` (empty unless ``save``) and packed
+    ``y [N,H]`` (or empty)."""
     T, B, H = plan.T, plan.B, w_hh.shape[1]
     dt, dev = xg.dtype, xg.device
     hs = runtime.empty(T + 1, B, H, dtype=dt, device=dev)
     hs[plan.first_slot] = h0
-    gates = runtime.empty(T, B, 4 * H, dtype=runtime.acc_dtype(dt), device=dev)
+    acc = runtime.acc_dtype(dt)  # the kernel takes its accumulation dtype from gates
+    gates = (
+        runtime.empty(T, B, 4 * H, dtype=acc, device=dev) if save else hs.new_empty(0, dtype=acc)
+    )
     y = runtime.empty(xg.shape[0], H, dtype=dt, device=dev) if packed else hs.new_empty(0)
     cfg = pick_step_config(B, H)
     grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
@@ -160,7 +167,8 @@ def _gru_fwd(
             _gru_fwd_step_kernel, grid,
             xg, w_hh, b_hh if b_hh is not None else xg, hs, gates, y if packed else hs,
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, B, H,
-            HAS_BIAS=b_hh is not None, WRITE_Y=packed, PRECISION=runtime.dot_precision(dt),
+            HAS_BIAS=b_hh is not None, WRITE_Y=packed, WRITE_GATES=save,
+            PRECISION=runtime.dot_precision(dt),
             BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
         )  # fmt: skip

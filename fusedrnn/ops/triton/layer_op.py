@@ -15,8 +15,9 @@ deterministic reductions (no atomics).
 
 With a variant option on, each of the op's functions hands over to :mod:`.variants`. Registered
 by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::triton_layer_fwd`` / ``_bwd``.
-The kernels write their activations whatever ``save`` says: the state histories are the
-outputs, and the saved gates are not yet optional.
+With ``save=False`` (no backward can follow) the torch.nn cells' kernels skip the saved gates
+(``WRITE_GATES``); the state histories are the outputs and are always written. The variant
+kernels still write their saved activations.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
         return variants.forward(a)
     check_layer("triton", DTYPES, *a[: library.N_POSITIONAL - 1])
     with runtime.device_guard(a.x.device):
-        return _forward(*a[: library.N_POSITIONAL])
+        return _forward(*a[: library.N_POSITIONAL], a.save)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse) -> list[Tensor]:
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+             save) -> list[Tensor]:  # fmt: skip
     packed = batch_sizes is not None
     plan = _plan(x, h0, batch_sizes, reverse)
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
@@ -68,12 +70,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
 
     if use_persistent(cell, w_hh, w_hr, plan):
         c0 = c0.contiguous() if c0 is not None else None
-        return persistent_fwd(cell, xg, h0, c0, w_hh, b_hh, plan, packed)
+        return persistent_fwd(cell, xg, h0, c0, w_hh, b_hh, plan, packed, save)
     if cell == "lstm":
         w_hr = w_hr.contiguous() if w_hr is not None else None
-        return _lstm_fwd(xg, h0, c0.contiguous(), w_hh, b_hh, w_hr, plan, packed)
+        return _lstm_fwd(xg, h0, c0.contiguous(), w_hh, b_hh, w_hr, plan, packed, save)
     if cell == "gru":
-        hs, gates, y = _gru_fwd(xg, h0, w_hh, b_hh, plan, packed)
+        hs, gates, y = _gru_fwd(xg, h0, w_hh, b_hh, plan, packed, save)
         return [hs, empty(), gates, empty(), y]
     hs, y = _rnn_fwd(xg, h0, w_hh, b_hh, plan, packed, relu=cell == "rnn_relu")
     return [hs, empty(), empty(), empty(), y]
@@ -90,10 +92,12 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     acc = runtime.acc_dtype(x.dtype)
     hs = x.new_empty(T + 1, B, Hout)
     y = x.new_empty(x.shape[0], Hout) if batch_sizes is not None else x.new_empty(0)
+    # the saved gates of the LSTM and GRU, only with save (placeholder in the same dtype)
+    gated = cell in ("lstm", "gru")
+    gates = x.new_empty((T, B, 4 * H) if a.save else (0,), dtype=acc) if gated else x.new_empty(0)
     if cell == "lstm":
         m = x.new_empty(T, B, H) if w_hr is not None else x.new_empty(0)
-        return [hs, x.new_empty(T + 1, B, H, dtype=acc), x.new_empty(T, B, 4 * H, dtype=acc), m, y]
-    gates = x.new_empty(T, B, 4 * H, dtype=acc) if cell == "gru" else x.new_empty(0)
+        return [hs, x.new_empty(T + 1, B, H, dtype=acc), gates, m, y]
     return [hs, x.new_empty(0), gates, x.new_empty(0), y]
 
 

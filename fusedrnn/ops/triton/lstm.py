@@ -58,7 +58,7 @@ def _lstm_fwd_step_kernel(
     b_ptr,  # [4H] b_hh (HAS_BIAS)
     hs_ptr,  # [T+1, B, HOUT] hidden-state history
     cs_ptr,  # [T+1, B, H] cell-state history (accumulation dtype)
-    gates_ptr,  # [T, B, 4H] saved i, f, g, o (accumulation dtype)
+    gates_ptr,  # [T, B, 4H] saved i, f, g, o (accumulation dtype; WRITE_GATES)
     m_ptr,  # [T, B, H] unprojected output (PROJ)
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     xg_row0,  # first row of this step in x / xg / y
@@ -75,6 +75,7 @@ def _lstm_fwd_step_kernel(
     HAS_BIAS,
     PROJ: tl.constexpr,
     WRITE_Y,
+    WRITE_GATES: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -99,8 +100,9 @@ def _lstm_fwd_step_kernel(
     c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
     i, f, g, o, c, m = lstm_fwd(acc_i, acc_f, acc_g, acc_o, c_prev)
     tl.store(cs_ptr + cs_w + state, tl.where(act[:, None], c, c_prev), mask=mask2)
-    saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-    store_gates(saved, H, act, mask2, i, f, g, o, 4)
+    if WRITE_GATES:  # only when a backward can follow (the op's save flag)
+        saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
+        store_gates(saved, H, act, mask2, i, f, g, o, 4)
 
     if PROJ:
         # zeros in inactive rows: the dW_hr GEMM reads every row
@@ -273,9 +275,11 @@ def _lstm_fwd(
     w_hr: Tensor | None,  # [Hout, H] contiguous
     plan: runtime.Plan,
     packed: bool,
+    save: bool = True,
 ) -> list[Tensor]:
     """Allocate the histories and launch the step kernels. Returns
-    ``[Hs [T+1,B,Hout], Cs [T+1,B,H], gates [T,B,4H], m [T,B,H] | empty, y [N,Hout] | empty]``."""
+    ``[Hs [T+1,B,Hout], Cs [T+1,B,H], gates [T,B,4H], m [T,B,H] | empty, y [N,Hout] | empty]``
+    (gates empty unless ``save``: only the backward reads them)."""
     T, B = plan.T, plan.B
     H, Hout = w_hh.shape[0] // 4, w_hh.shape[1]
     dt, dev, acc = xg.dtype, xg.device, runtime.acc_dtype(xg.dtype)
@@ -283,7 +287,7 @@ def _lstm_fwd(
     hs[plan.first_slot] = h0
     cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev)
     cs[plan.first_slot] = c0
-    gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev)
+    gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev) if save else cs.new_empty(0)
     proj = w_hr is not None
     m = runtime.empty(T, B, H, dtype=dt, device=dev) if proj else hs.new_empty(0)
     y = runtime.empty(xg.shape[0], Hout, dtype=dt, device=dev) if packed else hs.new_empty(0)
@@ -299,7 +303,8 @@ def _lstm_fwd(
             m if proj else hs, y if packed else hs,
             s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout,
             s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * H, B, H, Hout,
-            HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, PRECISION=prec,
+            HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, WRITE_GATES=save,
+            PRECISION=prec,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **blocks,
         )  # fmt: skip
         if proj:

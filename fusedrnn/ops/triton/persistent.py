@@ -81,7 +81,7 @@ def _persistent_fwd_kernel(
     b_ptr,  # [G*H] b_hh (HAS_BIAS)
     hs_ptr,  # [T+1, B, H] hidden-state history (slot of h0 filled)
     cs_ptr,  # [T+1, B, H] cell-state history (LSTM; slot of c0 filled)
-    gates_ptr,  # [T, B, 4H] saved gates (LSTM: i f g o, GRU: r z n hn)
+    gates_ptr,  # [T, B, 4H] saved gates (LSTM: i f g o, GRU: r z n hn; WRITE_GATES)
     y_ptr,  # [N, H] packed output (WRITE_Y)
     steps_ptr,  # [T, 2] int32: first row of step t in x / y, active rows at t
     T: tl.int64,
@@ -91,6 +91,7 @@ def _persistent_fwd_kernel(
     HAS_BIAS,
     REVERSE: tl.constexpr,
     WRITE_Y,
+    WRITE_GATES: tl.constexpr,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -146,7 +147,8 @@ def _persistent_fwd_kernel(
             i, f, g, o, c_new, h_new = lstm_fwd(p0, p1, p2, p3, c)
             c = tl.where(a, c_new, c)
             tl.store(cs_ptr + slot * B * H + state, c, mask=mask2)
-            store_gates(saved, H, act, mask2, i, f, g, o, 4)
+            if WRITE_GATES:
+                store_gates(saved, H, act, mask2, i, f, g, o, 4)
         elif CELL == 1:
             hz = tl.dot(hd, w1, input_precision=PRECISION, out_dtype=ACC_TY) + b1[None, :]
             hn = tl.dot(hd, w2, input_precision=PRECISION, out_dtype=ACC_TY) + b2[None, :]
@@ -154,7 +156,8 @@ def _persistent_fwd_kernel(
             xn = tl.load(xg + 2 * H, mask=amask, other=0.0).to(ACC_TY)
             # p0 holds x_r + h_r; gru_fwd adds its arguments pairwise
             r, z, n, h_new = gru_fwd(p0, xz, xn, 0.0, hz, hn, h.to(ACC_TY))
-            store_gates(saved, H, act, mask2, r, z, n, hn, 4)
+            if WRITE_GATES:
+                store_gates(saved, H, act, mask2, r, z, n, hn, 4)
         else:
             h_new = rnn_fwd(p0, CELL == 3)
         h = tl.where(a & umask[None, :], h_new.to(h.dtype), h)
@@ -362,6 +365,7 @@ def persistent_fwd(
     b_hh: Tensor | None,  # [G*H]
     plan: runtime.Plan,
     packed: bool,
+    save: bool = True,
 ) -> list[Tensor]:
     """One launch for the sequence; the same buffers as the per-step launchers."""
     T, B, H = plan.T, plan.B, w_hh.shape[1]
@@ -372,14 +376,18 @@ def persistent_fwd(
     cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev) if lstm else hs.new_empty(0)
     if lstm:
         cs[plan.first_slot] = c0
-    gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev) if gated else hs.new_empty(0)
+    write = gated and save  # the saved gates are read by the backward only
+    gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev) if write else hs.new_empty(0)
+    if gated and not save:
+        gates = hs.new_empty(0, dtype=acc)  # the step launchers' placeholder
     y = runtime.empty(xg.shape[0], H, dtype=dt, device=dev) if packed else hs.new_empty(0)
     params = _launch_params(cell, w_hh)
     runtime.launch(
         _persistent_fwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
         xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-        gates if gated else hs, y if packed else hs, _steps_table(plan, dev), T, B, H,
-        HAS_BIAS=b_hh is not None, REVERSE=plan.reverse, WRITE_Y=packed, **params,
+        gates if write else hs, y if packed else hs, _steps_table(plan, dev), T, B, H,
+        HAS_BIAS=b_hh is not None, REVERSE=plan.reverse, WRITE_Y=packed, WRITE_GATES=write,
+        **params,
     )  # fmt: skip
     return [hs, cs, gates, hs.new_empty(0), y]
 
