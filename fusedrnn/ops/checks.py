@@ -2,28 +2,19 @@
 
 One place for what a layer op accepts: the cells and their gate counts, which cells take the
 variant options, and the messages for option combinations that make no sense. Backends add
-only the checks that guard their own raw pointers (C++ and CUDA) or kernels.
+only the checks that guard their own raw pointers (C++ and CUDA) or kernels. The options
+themselves (names, types, defaults) are rows of :data:`fusedrnn.ops.library.LAYER_ARGS`.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from .library import OPTION_TENSORS, variants_on
+
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 VARIANT_CELLS = ("lstm", "gru")  # the cells that take the variant options
-# the tensor-valued variant options of the layer op
-OPTION_TENSORS = (
-    "ln_ih_w",
-    "ln_ih_b",
-    "ln_hh_w",
-    "ln_hh_b",
-    "ln_c_w",
-    "ln_c_b",
-    "w_ch",
-    "mask_h",
-    "mask_c",
-)
 
 
 def gate_count(cell: str, cifg: bool = False) -> int:
@@ -34,34 +25,6 @@ def gate_count(cell: str, cifg: bool = False) -> int:
 def check_cell(cell: str) -> None:
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
-
-
-def variants_on(
-    *,
-    cifg: bool = False,
-    ln_ih_w: Tensor | None = None,
-    ln_ih_b: Tensor | None = None,
-    ln_hh_w: Tensor | None = None,
-    ln_hh_b: Tensor | None = None,
-    ln_c_w: Tensor | None = None,
-    ln_c_b: Tensor | None = None,
-    w_ch: Tensor | None = None,
-    zoneout_h: float = 0.0,
-    zoneout_c: float = 0.0,
-    mask_h: Tensor | None = None,
-    mask_c: Tensor | None = None,
-) -> bool:
-    """True when a layer op call asks for any variant (the plain torch.nn cell otherwise).
-    Takes the layer op's keyword-only options, so an unknown option name is a TypeError."""
-    return bool(
-        cifg
-        or any(t is not None for t in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b))
-        or w_ch is not None
-        or zoneout_h > 0
-        or zoneout_c > 0
-        or mask_h is not None
-        or mask_c is not None
-    )
 
 
 def check_options(

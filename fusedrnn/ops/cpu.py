@@ -71,7 +71,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import library
-from .checks import check_cell, check_options, gate_count, variants_on
+from .checks import check_cell, check_options, gate_count
 
 try:
     from fusedrnn import _C
@@ -111,7 +111,7 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     _need_extension()
     if a.cell == "lstm" and a.c0 is None:
         raise ValueError("fusedrnn cpu backend: LSTM needs c0")
-    if not variants_on(**library.options_of(a)):
+    if not library.is_variant(a):
         check_cell(a.cell)
         return list(_C.layer_fwd(*a[: library.N_POSITIONAL], a.save))
     check_options(a.cell, a.w_ih, a.w_hh, a.cifg, a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.w_ch,
@@ -135,7 +135,7 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
         h0.new_empty((B, Hout)),
         h0.new_empty((B, H) if lstm else (0,)),
     ]
-    if not variants_on(**library.options_of(a)):
+    if not library.is_variant(a):
         keep = _saves(a.cell)
         return [*out, saved(keep, N, G * H), saved(keep, N, H)]
     ln = a.ln_ih_w is not None
@@ -152,7 +152,7 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
     grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
     grad_cn = grads[2] if a.cell == "lstm" else None
     mask = sum(1 << k for k, n in enumerate(needs) if n)
-    if not variants_on(**library.options_of(a)):
+    if not library.is_variant(a):
         ws1, ws2 = buffers[3:5]
         return _C.layer_bwd(*a[: library.N_POSITIONAL], y, ws1, ws2, grad_y, grads[1], grad_cn,
                             mask)  # fmt: skip

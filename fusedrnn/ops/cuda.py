@@ -63,7 +63,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import library
-from .checks import check_layer, gate_count, variants_on
+from .checks import check_layer, gate_count
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # columns of the saved activations per row, in units of H (layer_driver.h: saved_width)
@@ -122,7 +122,7 @@ def make_layer(
         (layer_driver.h); variants: ``[y, h_n, c_n, act, cell, hhat, stats, h_prev, hraw,
         xhat_ih, rstd_ih]`` (variant_driver.h). [0] placeholders for absent buffers and, without
         ``save``, for everything after c_n (the variant driver then returns scratch rows)."""
-        variant = variants_on(**library.options_of(a))
+        variant = library.is_variant(a)
         opts = library.options_of(a) if variant else {}
         check_layer(
             backend, SUPPORTED_DTYPES, a.cell, *a[1 : library.N_POSITIONAL - 1],
@@ -159,7 +159,7 @@ def make_layer(
             return x.new_empty(shape, dtype=dtype)
 
         out = [x.new_empty(N, Hout), x.new_empty(B, Hout), x.new_empty((B, H) if lstm else (0,))]
-        if not variants_on(**library.options_of(a)):
+        if not library.is_variant(a):
             S = _SAVED_WIDTH[cell]
             return [*out, buf(S > 0, N, S * H, dtype=acc), buf(True, N, Hout), buf(proj, N, H)]
         return [
@@ -174,7 +174,7 @@ def make_layer(
         lstm, sizes = a.cell == "lstm", _sizes(a.x, a.h0, a.batch_sizes)
         dy, dh_n = _or_zeros(grads[0], y), _or_zeros(grads[1], h_n)  # [N, Hout], [B, Hout]
         dc_n = _or_zeros(grads[2], c_n) if lstm else None  # [B, H]
-        if not variants_on(**library.options_of(a)):
+        if not library.is_variant(a):
             saved, h_prev, hpre = buffers[3:6]
             out = get_ext().layer_backward(
                 a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr),

@@ -37,8 +37,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .checks import variants_on
-
 NAMESPACE = "fusedrnn"
 
 # (name, schema type, differentiable), in the order of the op's arguments
@@ -75,6 +73,9 @@ OPTION_DEFAULTS = dict(
     cifg=False, ln_ih_w=None, ln_ih_b=None, ln_hh_w=None, ln_hh_b=None, ln_c_w=None,
     ln_c_b=None, w_ch=None, zoneout_h=0.0, zoneout_c=0.0, mask_h=None, mask_c=None,
 )  # fmt: skip
+OPTION_TENSORS = tuple(  # the tensor-valued options
+    name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty.startswith("Tensor")
+)
 GRAD_INPUTS = tuple(name for name, _, diff in LAYER_ARGS if diff)
 _GRAD_POS = tuple(k for k, (_, _, diff) in enumerate(LAYER_ARGS) if diff)
 _TENSOR_POS = tuple(k for k, (_, ty, _) in enumerate(LAYER_ARGS) if ty.startswith("Tensor"))
@@ -88,6 +89,26 @@ LayerArgs = namedtuple("LayerArgs", NAMES)
 def options_of(a: LayerArgs) -> dict:
     """The variant options of a call, as the keyword arguments of the contract."""
     return {name: getattr(a, name) for name in OPTION_DEFAULTS}
+
+
+def variants_on(**options) -> bool:
+    """True when a layer op call asks for any variant (torch.nn's plain cell otherwise).
+    Takes the layer op's keyword-only options; an unknown option name is a TypeError."""
+    unknown = options.keys() - OPTION_DEFAULTS.keys()
+    if unknown:
+        raise TypeError(f"unknown layer op option(s) {sorted(unknown)}; the options are "
+                        f"{list(OPTION_DEFAULTS)}")  # fmt: skip
+    o = {**OPTION_DEFAULTS, **options}
+    return bool(
+        o["cifg"]
+        or any(o[name] is not None for name in OPTION_TENSORS)
+        or o["zoneout_h"] > 0
+        or o["zoneout_c"] > 0
+    )
+
+
+def is_variant(a: LayerArgs) -> bool:
+    return variants_on(**options_of(a))
 
 
 # forward(a) -> buffers;  fake_forward(a) -> buffers of the same shapes and strides

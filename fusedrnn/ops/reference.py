@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..variants import LN_EPS
-from .checks import CELLS, GATES, check_cell, check_options, variants_on
+from .checks import CELLS, GATES, check_cell, check_options
+from .library import variants_on
 
 __all__ = ["CELLS", "GATES", "layer", "step_slices"]
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import library
-from ..checks import GATES, check_layer, variants_on
+from ..checks import GATES, check_layer
 from . import runtime, variants
 from .gru import _gru_bwd, _gru_fwd
 from .lstm import _lstm_bwd, _lstm_fwd
@@ -42,13 +42,9 @@ def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
     return runtime.Plan(batch_sizes, seq_len, h0.shape[0], reverse)
 
 
-def _variant(a: library.LayerArgs) -> bool:
-    return variants_on(**library.options_of(a))
-
-
 def forward(a: library.LayerArgs) -> list[Tensor]:
     """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused)."""
-    if _variant(a):
+    if library.is_variant(a):
         return variants.forward(a)
     check_layer("triton", DTYPES, *a[: library.N_POSITIONAL - 1])
     with runtime.device_guard(a.x.device):
@@ -82,7 +78,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
-    if _variant(a):
+    if library.is_variant(a):
         return variants.fake_forward(a)
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
     T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
@@ -103,7 +99,7 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
 
 def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, h_n, c_n)`` as views of the state histories."""
-    if _variant(a):
+    if library.is_variant(a):
         return variants.unpack(a, buffers)
     hs, cs, _, _, y = buffers
     T = hs.shape[0] - 1
@@ -116,7 +112,7 @@ def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor,
 
 def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
     """Gradients of the library.GRAD_INPUTS; None where not needed."""
-    if _variant(a):
+    if library.is_variant(a):
         return variants.backward(a, buffers, grads, needs)
     with runtime.device_guard(a.x.device):
         return _backward(*a[: library.N_POSITIONAL], buffers, grads, needs[:8])
