@@ -31,14 +31,23 @@ def triton_interpreting() -> bool:
     return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
 
 
+def _triton_on_gpu() -> bool:
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+
+
 def triton_devices() -> list:
     """The devices the Triton kernels run on here: "cpu" under the interpreter, "cuda" (a
     GPU test) with a GPU. A module of Triton tests skips without either:
-    ``DEVICES = triton_devices() or skip_module("...")``."""
+    ``DEVICES = triton_devices() or skip_module_without_triton()``."""
     out: list = ["cpu"] if triton_interpreting() else []
-    if importlib.util.find_spec("triton") is not None and torch.cuda.is_available():
+    if _triton_on_gpu():
         out.append(pytest.param("cuda", marks=pytest.mark.gpu))
     return out
+
+
+def triton_device() -> str | None:
+    """The one device a suite runs the Triton kernels on: the interpreter's when it is on."""
+    return "cpu" if triton_interpreting() else ("cuda" if _triton_on_gpu() else None)
 
 
 def skip_module_without_triton() -> None:

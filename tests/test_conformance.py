@@ -18,7 +18,6 @@ stay in the backend's own test file.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 
 import cuda_host
 import pytest
@@ -31,7 +30,7 @@ from layer_cases import (
     compare,
     make_inputs,
     outputs_and_grads,
-    triton_interpreting,
+    triton_device,
 )
 
 from fusedrnn.ops import cpu, cuda, library
@@ -39,14 +38,7 @@ from fusedrnn.ops import cpu, cuda, library
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
-def _triton_device() -> str | None:
-    if triton_interpreting():
-        return "cpu"
-    has_triton = importlib.util.find_spec("triton") is not None
-    return "cuda" if has_triton and torch.cuda.is_available() else None
-
-
-TRITON_DEVICE = _triton_device()
+TRITON_DEVICE = triton_device()
 needs_triton = [
     pytest.mark.skipif(
         TRITON_DEVICE is None, reason="the triton kernels need CUDA, or TRITON_INTERPRET=1"

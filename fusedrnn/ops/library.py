@@ -265,19 +265,15 @@ def define_layer(
                 reverse, **options,
             )  # fmt: skip
         lstm = cell == "lstm"
-        a = LayerArgs(
-            cell, x, h0, c0 if lstm else None, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-            reverse, **{**OPTION_DEFAULTS, **options}, save=False,
-        )  # fmt: skip
-        a = a._replace(
-            zoneout_h=float(a.zoneout_h),
-            zoneout_c=float(a.zoneout_c),
-            # masks are data, never differentiated, and the kernels read them in x's dtype
-            mask_h=None if a.mask_h is None else a.mask_h.detach().to(x.dtype),
-            mask_c=None if a.mask_c is None else a.mask_c.detach().to(x.dtype),
-            save=torch.is_grad_enabled()
-            and any(getattr(a, n) is not None and getattr(a, n).requires_grad for n in GRAD_INPUTS),
-        )
+        opts = {**OPTION_DEFAULTS, **options}
+        opts["zoneout_h"], opts["zoneout_c"] = float(opts["zoneout_h"]), float(opts["zoneout_c"])
+        for m in ("mask_h", "mask_c"):  # data, never differentiated; the kernels read x's dtype
+            if opts[m] is not None:
+                opts[m] = opts[m].detach().to(x.dtype)
+        tensors = (x, h0, c0 if lstm else None, w_ih, w_hh, b_ih, b_hh, w_hr)
+        diff = [*tensors, *(opts[n] for n in GRAD_INPUTS[len(tensors) :])]
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in diff)
+        a = LayerArgs(cell, *tensors, batch_sizes, reverse, **opts, save=save)
         y, h_n, c_n = unpack(a, fwd_op(*a))
         return y, h_n, c_n if lstm else c0
 
