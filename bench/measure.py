@@ -115,6 +115,23 @@ def time_round_cuda(fn: Callable[[], object], min_run_time: float) -> list[float
     return times
 
 
+def cuda_graph(fn: Callable[[], object], warmup: int = 3) -> tuple[object, object]:
+    """``(graph, static outputs)`` of ``fn`` captured by ``torch.cuda.graph`` after ``warmup``
+    calls on a side stream (torch's recipe: lazy initialisation, Triton's compiles and
+    cuBLAS's workspace happen outside the capture). ``graph.replay()`` reruns the captured
+    kernels on the same memory and rewrites the static outputs."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

@@ -131,7 +131,7 @@ def run_phase(
         phase.status, phase.reason = fn(allotted)
     except Exception as exc:
         phase.status, phase.reason = "failed", _short(exc)
-        phase.details["traceback"] = traceback.format_exc()[-3000:]
+        phase.details["traceback"] = portable(traceback.format_exc())[-3000:]
     phase.wall_s = round(budget.clock() - start, 2)
     return phase
 
@@ -368,7 +368,7 @@ def run_logged(cmd: list[str], timeout_s: float, log, env: dict | None = None) -
 
     The command runs in a session of its own so that a timeout ends its workers too (pytest-xdist
     workers, nvcc under ninja): they hold the output pipe open and would outlive a plain kill."""
-    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.write(portable(f"\n$ {' '.join(cmd)}\n"))
     log.flush()
     proc = subprocess.Popen(
         cmd,
@@ -390,7 +390,7 @@ def run_logged(cmd: list[str], timeout_s: float, log, env: dict | None = None) -
         _kill_group(proc)
         proc.wait()
         raise
-    log.write(text)
+    log.write(portable(text))
     log.write(f"\n[exit status {rc}]\n")
     log.flush()
     return rc, text
@@ -402,7 +402,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def tail(text: str, n: int = LOG_TAIL_LINES) -> list[str]:
-    return text.rstrip().splitlines()[-n:]
+    return portable(text).rstrip().splitlines()[-n:]
+
+
+def portable(text: str) -> str:
+    """``text`` without this machine's paths to the checkout and the interpreter: the outputs
+    are committed, and what they say must hold on any machine."""
+    return (
+        text.replace(sys.executable, "python")  # first: the interpreter may lie in the checkout
+        .replace(str(ROOT) + os.sep, "")
+        .replace(str(ROOT), ".")
+    )
 
 
 def build_phase(
@@ -419,9 +429,9 @@ def build_phase(
     start = time.monotonic()
     rc, text = run_logged(build_command(), allotted - 20, log, env=build_env(env))
     phase.details.update(
-        command=" ".join(build_command()),
+        command=portable(" ".join(build_command())),
         exit_status=rc,
-        log_tail=tail(text),
+        log_tail=tail(text) if rc != 0 else [],  # gpu_check.log has all of it
         build_s=round(time.monotonic() - start, 1),
     )
     after = probe_backends(plan.device, timeout_s=max(10.0, min(60.0, allotted / 4)))
@@ -480,7 +490,7 @@ def tests_phase(plan: Plan, phase: Phase, log, allotted: float) -> tuple[str, st
         env.pop("TRITON_INTERPRET", None)  # the GPU, not the interpreter, is under test
     rc, text = run_logged(pytest_command(plan), allotted, log, env=env)
     parsed = parse_pytest(text)
-    phase.details.update(command=" ".join(pytest_command(plan)), exit_status=rc, **parsed)
+    phase.details.update(command=portable(" ".join(pytest_command(plan))), exit_status=rc, **parsed)
     counts = parsed["counts"]
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no test reported"
     bad = counts.get("failed", 0) + counts.get("error", 0)
@@ -974,7 +984,9 @@ def finish(s: Session) -> int:
     }
     (s.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     (s.out / "summary.md").write_text(summary_markdown(report, s.state.rows))
-    print(f"gpu_check: wrote {s.out} in {s.budget.elapsed():.0f} s; exit status {status}")
+    print(
+        f"gpu_check: wrote {portable(str(s.out))} in {s.budget.elapsed():.0f} s; exit status {status}"
+    )
     sys.stdout.flush()
     return status
 
@@ -1025,7 +1037,7 @@ def _main(args, argv, clock) -> int:
     s.out = choose_out(args, args.dry_run, s.tag).resolve()
     s.out.mkdir(parents=True, exist_ok=True)
     (s.out / "env.json").write_text(json.dumps(s.env, indent=1))
-    print(f"gpu_check: {s.env.get('gpu') or 'dry run on the CPU'} -> {s.out}")
+    print(f"gpu_check: {s.env.get('gpu') or 'dry run on the CPU'} -> {portable(str(s.out))}")
     print(f"gpu_check: budget {s.budget.total_s:.0f} s")
     watchdog = start_watchdog(s, s.budget.remaining() + WATCHDOG_GRACE_S)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed run still writes its report

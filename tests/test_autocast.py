@@ -232,15 +232,16 @@ def test_triton_variants_under_autocast():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
 def test_cuda_autocast_matches_torch_nn(cls, dtype):
-    """On CUDA torch.nn's recurrent modules return the autocast dtype; so must fusedrnn's
-    (whichever GPU backend is picked)."""
+    """On CUDA fusedrnn returns the autocast dtype (whichever GPU backend is picked), with
+    torch.nn's values. torch.nn's cuDNN modules return float16 under bfloat16 autocast too
+    (seen on an H200 with torch 2.11): their dtype is not asserted there."""
     ref = getattr(torch.nn, cls)(I, H, num_layers=2).cuda()
     mod = getattr(fusedrnn, cls)(I, H, num_layers=2).cuda()
     mod.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, I, device="cuda")
     with torch.autocast("cuda", dtype=dtype):
         want, got = ref(x), mod(x)
-    _compare(got, want, dtype)
+    _compare(got, want, dtype, want_dtype="any" if dtype == torch.bfloat16 else None)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -158,7 +158,8 @@ def _run(layer, p, reverse, dtype=None, seed=1):
     outs = [y, h_n] + ([c_n] if c_n is not None else [])
     g = torch.Generator().manual_seed(seed)
     loss = sum(
-        (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs
+        (o.double().cpu() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
+        for o in outs
     )
     loss.backward()
     grads = {k: t.grad for k, t in leaves.items()}

@@ -183,7 +183,9 @@ def test_build_phase_builds_what_is_missing(tmp_path, monkeypatch):
             plan, {"capability": "9.0"}, phase, log, 100, rebuild=False, dry_run=False
         )
     assert status == "ok", reason
-    assert phase.details["exit_status"] == 0 and phase.details["log_tail"] == ["built ok"]
+    # a build that worked keeps its output in the log alone (pip's temporary paths stay out
+    # of the committed report)
+    assert phase.details["exit_status"] == 0 and phase.details["log_tail"] == []
     assert phase.details["backends_after"] == ["reference", "cuda"]
     assert "built ok" in (tmp_path / "log").read_text()
     assert gc.build_env({"capability": "9.0"})["TORCH_CUDA_ARCH_LIST"] == "9.0"
@@ -431,3 +433,10 @@ def test_gpu_plan_holds_the_headline_shapes():
     assert (64, 128, 64, 512, 2, "float32") in got
     assert plan.budget_s <= 480 and set(plan.wanted_backends) == {"triton", "cuda"}
     assert plan.test_args == ("-m", "gpu", "tests")
+
+
+def test_outputs_name_no_path_of_this_machine():
+    """The committed outputs say "python" and checkout-relative paths, not this machine's."""
+    text = f"$ {sys.executable} -m pip install -e {gc.ROOT}; built {gc.ROOT / 'fusedrnn'}"
+    assert gc.portable(text) == "$ python -m pip install -e .; built fusedrnn"
+    assert gc.tail(f"a\n{gc.ROOT}/b\n", n=1) == ["b"]

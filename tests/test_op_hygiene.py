@@ -270,6 +270,20 @@ def test_triton_launches_only_through_the_guarded_launcher():
     assert any(getattr(c.func, "id", None) == "_check_guard" for c in calls)
 
 
+def test_triton_dots_name_their_accumulator_dtype():
+    """Static: every ``tl.dot`` in ops/triton passes ``out_dtype``. Triton 3.6 (compiling for
+    a GPU) asserts that an accumulator's dtype equals ``out_dtype``, float32 by default, so a
+    float64 kernel without it does not compile there; the interpreter and later Triton
+    versions accept it, which is why only a GPU run showed it."""
+    missing = []
+    for path in sorted(TRITON_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "tl.dot":
+                if "out_dtype" not in {k.arg for k in node.keywords}:
+                    missing.append(f"{path.name}:{node.lineno}")
+    assert not missing, missing
+
+
 ENTRIES = {"layer_op.py": ("forward", "backward"), "variants.py": ("forward", "backward")}
 GUARD = "runtime.device_guard(a.x.device)"
 

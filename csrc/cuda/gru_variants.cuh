@@ -53,6 +53,8 @@ struct GruVarFwdOp {
           A* st = out<A>(a.stats) + r * 4;
           st[0] = mean;
           st[1] = rstd;
+          st[2] = A(0);  // the LSTM's cell-norm slots: identity statistics, so that every
+          st[3] = A(1);  // element of the returned buffer is defined
         }
       }
       const A hp = h_state[j];

@@ -81,15 +81,15 @@ def rec_gates(
         else:
             w_off = feats[None, :] * stride_f + ks[:, None] * stride_k
             w = tl.load(w_ptr + w_off, mask=wmask, other=0.0)
-        acc0 = tl.dot(a, w, acc0, input_precision=PRECISION)
+        acc0 = tl.dot(a, w, acc0, input_precision=PRECISION, out_dtype=ACC_TY)
         if G > 1:
             w = tl.load(w_ptr + H * stride_f + w_off, mask=wmask, other=0.0)
-            acc1 = tl.dot(a, w, acc1, input_precision=PRECISION)
+            acc1 = tl.dot(a, w, acc1, input_precision=PRECISION, out_dtype=ACC_TY)
             w = tl.load(w_ptr + 2 * H * stride_f + w_off, mask=wmask, other=0.0)
-            acc2 = tl.dot(a, w, acc2, input_precision=PRECISION)
+            acc2 = tl.dot(a, w, acc2, input_precision=PRECISION, out_dtype=ACC_TY)
         if G > 3:
             w = tl.load(w_ptr + 3 * H * stride_f + w_off, mask=wmask, other=0.0)
-            acc3 = tl.dot(a, w, acc3, input_precision=PRECISION)
+            acc3 = tl.dot(a, w, acc3, input_precision=PRECISION, out_dtype=ACC_TY)
     return acc0, acc1, acc2, acc3
 
 

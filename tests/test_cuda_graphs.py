@@ -1,0 +1,81 @@
+"""CUDA graphs: a fused module's forward, loss and backward captured by ``torch.cuda.graph``
+replay what an eager call computes (every output and every gradient), dense and packed, and a
+replay after new values are copied into the captured input follows them (nothing was baked in
+at capture). GPU only; the host-side rules that make capture possible (no device reads, no
+host-to-device copies inside an op) are checked on CPU tensors by test_op_hygiene.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fusedrnn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import measure  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+T, B, I, H = 6, 3, 5, 7
+LENGTHS = [6, 4, 1]
+
+
+def _setup(backend: str, cls: str, packed: bool):
+    if backend not in fusedrnn.available_backends("cuda"):
+        pytest.skip(f"backend {backend} not built")
+    torch.manual_seed(0)
+    mod = getattr(fusedrnn, cls)(I, H, num_layers=2, backend=backend).cuda()
+    x = torch.randn(T, B, I, device="cuda")
+    if packed:
+        p = pack_padded_sequence(x, LENGTHS)
+        leaf = p.data.clone().requires_grad_()
+        inp = PackedSequence(leaf, p.batch_sizes)
+    else:
+        leaf = x.clone().requires_grad_()
+        inp = leaf
+    leaves = [leaf, *mod.parameters()]
+    with torch.no_grad():
+        out, h = mod(inp)
+    outs = [out.data if packed else out, *(h if isinstance(h, tuple) else (h,))]
+    ups = [torch.randn_like(o) for o in outs]
+
+    def call():
+        for t in leaves:
+            t.grad = None
+        out, h = mod(inp)
+        outs = [out.data if packed else out, *(h if isinstance(h, tuple) else (h,))]
+        sum((o * u).sum() for o, u in zip(outs, ups, strict=True)).backward()
+        return [o.detach() for o in outs] + [t.grad for t in leaves]
+
+    return leaf, call
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_replay_matches_eager(backend, cls, packed):
+    leaf, call = _setup(backend, cls, packed)
+    graph, static = measure.cuda_graph(call)
+    for t in static:
+        t.fill_(float("nan"))  # the replay must write every element
+    for _ in range(2):  # the captured values, then new ones copied into the same input
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_same([t.clone() for t in static], call())
+        with torch.no_grad():
+            leaf.copy_(torch.randn_like(leaf))
