@@ -65,10 +65,6 @@ class StandIn:
             dst.copy_(src)
 
 
-def flat(state) -> list[torch.Tensor]:
-    return list(state) if isinstance(state, tuple) else [state]
-
-
 def make_call(provider: str, cfg: P.Config, mode: str):
     """A function of no arguments returning every output (and every gradient with ``fwdbwd``)
     as a list, with its inputs, weights and upstream gradients fixed on the device."""
@@ -80,20 +76,21 @@ def make_call(provider: str, cfg: P.Config, mode: str):
         def call():
             with torch.no_grad():
                 y, st = run(x, state)
-            return [y, *flat(st)]
+            return [y, *P.flat_state(st)]
 
         return call
-    leaves = [x.requires_grad_(), *[t.requires_grad_() for t in flat(state)], *params]
+    leaves = [x.requires_grad_(), *[t.requires_grad_() for t in P.flat_state(state)], *params]
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         y, st = run(x, state)
-    ups = [torch.randn(t.shape, generator=gen).to(t) for t in [y, *flat(st)]]  # before capture
+    # made before capture: a copy from host memory cannot be captured
+    ups = [torch.randn(t.shape, generator=gen).to(t) for t in [y, *P.flat_state(st)]]
 
     def call():
         for t in leaves:
             t.grad = None
         y, st = run(x, state)
-        outs = [y, *flat(st)]
+        outs = [y, *P.flat_state(st)]
         loss = sum((o * u).sum() for o, u in zip(outs, ups, strict=True))
         loss.backward()
         return [o.detach() for o in outs] + [t.grad for t in leaves]
@@ -126,8 +123,11 @@ def measure_one(provider, cfg, mode, device, rounds, min_run_time) -> dict:
     call = make_call(provider, cfg, mode)
     row = {"provider": provider, "mode": mode}
     try:
-        graph, static = (measure.cuda_graph(call) if device == "cuda" else
-                         (lambda g: (g, g.out))(StandIn(call)))  # fmt: skip
+        if device == "cuda":
+            graph, static = measure.cuda_graph(call)
+        else:
+            graph = StandIn(call)
+            static = graph.out
         row["capture"] = "ok"
     except Exception as exc:  # recorded, and the eager time still measured
         row["capture"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"

@@ -240,7 +240,7 @@ def tf32(enabled: bool) -> Iterator[None]:
         TOLERANCES[torch.float32] = tol
 
 
-def _flat_state(state: State) -> list[Tensor]:
+def flat_state(state: State) -> list[Tensor]:
     return list(state) if isinstance(state, tuple) else [state]
 
 
@@ -262,7 +262,7 @@ def evaluate(run: Run, params: list[nn.Parameter], x: Tensor, state: State, with
     if not with_grad:
         with torch.no_grad():
             y, st = run(x, _clone_state(state))
-        return Outcome([y.detach(), *[t.detach() for t in _flat_state(st)]], None)
+        return Outcome([y.detach(), *[t.detach() for t in flat_state(st)]], None)
     xg = x.detach().clone().requires_grad_(True)
     sg = _clone_state(state, requires_grad=True)
     for p in params:
@@ -270,11 +270,11 @@ def evaluate(run: Run, params: list[nn.Parameter], x: Tensor, state: State, with
     y, st = run(xg, sg)
     gen = torch.Generator().manual_seed(7)
     loss = (y * torch.randn(y.shape, generator=gen).to(y)).sum()
-    for t in _flat_state(st):  # the final states must carry gradient too
+    for t in flat_state(st):  # the final states must carry gradient too
         loss = loss + (t * torch.randn(t.shape, generator=gen).to(t)).sum()
     loss.backward()
-    grads = [xg.grad, *[t.grad for t in _flat_state(sg)], *[p.grad for p in params]]
-    out = [y.detach(), *[t.detach() for t in _flat_state(st)]]
+    grads = [xg.grad, *[t.grad for t in flat_state(sg)], *[p.grad for p in params]]
+    out = [y.detach(), *[t.detach() for t in flat_state(st)]]
     for p in params:
         p.grad = None
     return Outcome(out, [g.detach() if g is not None else None for g in grads])
