@@ -13,6 +13,14 @@ import fusedrnn
 # interpreter is slow and is covered by its own tests.
 CPU_BACKENDS = [name for name in fusedrnn.available_backends("cpu") if name != "triton"]
 
+# torch.nn's recurrent modes: (fusedrnn / torch.nn class name, its keyword arguments)
+MODES = {
+    "LSTM": ("LSTM", {}),
+    "GRU": ("GRU", {}),
+    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
+    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
+}
+
 # Tolerances for comparing with torch.nn (same weights, same data).
 TOLERANCES = {
     torch.float64: {"rtol": 1e-12, "atol": 1e-12},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MODES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -14,12 +15,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
 ]
 
-MODES = {
-    "LSTM": ("LSTM", {}),
-    "GRU": ("GRU", {}),
-    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
-    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
-}
 SIZE = st.integers(1, 37)
 
 

@@ -8,18 +8,13 @@ import warnings
 
 import pytest
 import torch
+from conftest import MODES
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MODES = {
-    "LSTM": ("LSTM", {}),
-    "GRU": ("GRU", {}),
-    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
-    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
-}
 T, B, I, H = 4, 3, 3, 5
 EXACT = {"rtol": 1e-12, "atol": 1e-12}
 

@@ -10,16 +10,11 @@ import itertools
 
 import pytest
 import torch
+from conftest import MODES
 from torch import nn
 
 import fusedrnn
 
-MODES = {
-    "LSTM": ("LSTM", {}),
-    "GRU": ("GRU", {}),
-    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
-    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
-}
 T, B, I, H, P = 3, 2, 3, 5, 2
 
 pytestmark = [

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import MODES
 from torch.nn.utils.rnn import (
     PackedSequence,
     pack_padded_sequence,
@@ -22,12 +23,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
 ]
 
-MODES = {
-    "LSTM": ("LSTM", {}),
-    "GRU": ("GRU", {}),
-    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
-    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
-}
 I, H, P = 3, 5, 2
 LENGTHS = [4, 2, 5, 1, 2]  # unsorted, with ties, max not first
 

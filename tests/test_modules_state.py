@@ -258,18 +258,12 @@ def test_pickle_round_trip(mode, cpu_backend):
 
 def test_unpickling_state_without_backend_attribute():
     """Pickles written before ``backend`` existed load with backend=None."""
-    mod = fusedrnn.GRU(I, H)
-    state = mod.__getstate__().copy()
-    del state["backend"]
-    restored = fusedrnn.GRU.__new__(fusedrnn.GRU)
-    restored.__setstate__(state)
-    assert restored.backend is None
-    cell = fusedrnn.GRUCell(I, H)
-    state = cell.__getstate__().copy()
-    del state["backend"]
-    restored_cell = fusedrnn.GRUCell.__new__(fusedrnn.GRUCell)
-    restored_cell.__setstate__(state)
-    assert restored_cell.backend is None
+    for cls in (fusedrnn.GRU, fusedrnn.GRUCell):
+        state = cls(I, H).__getstate__().copy()
+        del state["backend"]
+        restored = cls.__new__(cls)
+        restored.__setstate__(state)
+        assert restored.backend is None, cls
 
 
 @pytest.mark.parametrize("mode", MODES)

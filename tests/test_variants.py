@@ -54,8 +54,8 @@ def _zone(new, old, mask, p, training):
     return new
 
 
-def _lstm_step(x, h, c, prm, kw, mh, mc, training):
-    hid = c.shape[0]
+def _pre(x, h, prm, kw):
+    """The input and recurrent pre-activations, each layer-normalised before its bias."""
     a = prm["weight_ih"] @ x
     r = prm["weight_hh"] @ h
     if kw.get("layer_norm"):
@@ -64,6 +64,12 @@ def _lstm_step(x, h, c, prm, kw, mh, mc, training):
     if "bias_ih" in prm:
         a = a + prm["bias_ih"]
         r = r + prm["bias_hh"]
+    return a, r
+
+
+def _lstm_step(x, h, c, prm, kw, mh, mc, training):
+    hid = c.shape[0]
+    a, r = _pre(x, h, prm, kw)
     z = a + r
     blocks = [z[k * hid : (k + 1) * hid] for k in range(z.shape[0] // hid)]
     if kw.get("cifg"):
@@ -93,14 +99,7 @@ def _lstm_step(x, h, c, prm, kw, mh, mc, training):
 
 def _gru_step(x, h, prm, kw, mh, training):
     hid = h.shape[0]
-    a = prm["weight_ih"] @ x
-    r = prm["weight_hh"] @ h
-    if kw.get("layer_norm"):
-        a = _ln(a, prm["layer_norm_ih_weight"], prm.get("layer_norm_ih_bias"))
-        r = _ln(r, prm["layer_norm_hh_weight"], prm.get("layer_norm_hh_bias"))
-    if "bias_ih" in prm:
-        a = a + prm["bias_ih"]
-        r = r + prm["bias_hh"]
+    a, r = _pre(x, h, prm, kw)
     rr = _sig(a[:hid] + r[:hid])
     zz = _sig(a[hid : 2 * hid] + r[hid : 2 * hid])
     n = torch.tanh(a[2 * hid :] + rr * r[2 * hid :])
