@@ -45,27 +45,24 @@ struct RnnBwdOp {
 template <class Run>
 bool rnn_forward_dispatch(DType dt, bool relu, bool has_bias, bool save, const RnnFwdArgs& a,
                           Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(relu, [&](auto rl) {
-      with_bool(has_bias, [&](auto hb) {
-        with_bool(save, [&](auto sv) {
-          run(RnnFwdOp<T, decltype(rl)::value, decltype(hb)::value, decltype(sv)::value>{a},
-              a.rows * a.hidden);
-        });
-      });
-    });
-  });
+  return dispatch(
+      dt,
+      [&](auto t, auto rl, auto hb, auto sv) {
+        using Op = RnnFwdOp<typename decltype(t)::type, decltype(rl)::value, decltype(hb)::value,
+                            decltype(sv)::value>;
+        run(Op{a}, a.rows * a.hidden);
+      },
+      relu, has_bias, save);
 }
 
 template <class Run>
 bool rnn_backward_dispatch(DType dt, bool relu, const RnnBwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(relu, [&](auto rl) {
-      run(RnnBwdOp<T, decltype(rl)::value>{a}, a.rows * a.hidden);
-    });
-  });
+  return dispatch(
+      dt,
+      [&](auto t, auto rl) {
+        run(RnnBwdOp<typename decltype(t)::type, decltype(rl)::value>{a}, a.rows * a.hidden);
+      },
+      relu);
 }
 
 }  // namespace cuda
