@@ -7,11 +7,11 @@ namespace cuda {
 
 cudaError_t gru_forward_step(DType dtype, bool has_bias, bool save, const GruFwdArgs& args,
                              cudaStream_t stream) {
-  return launch_status(gru_forward_dispatch(dtype, has_bias, save, args, GpuRun{stream}));
+  return launch_status(gru_forward_dispatch(dtype, has_bias, save, args, KernelRun{stream}));
 }
 
 cudaError_t gru_backward_step(DType dtype, const GruBwdArgs& args, cudaStream_t stream) {
-  return launch_status(gru_backward_dispatch(dtype, args, GpuRun{stream}));
+  return launch_status(gru_backward_dispatch(dtype, args, KernelRun{stream}));
 }
 
 }  // namespace cuda

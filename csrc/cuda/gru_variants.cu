@@ -7,12 +7,12 @@ namespace cuda {
 
 cudaError_t gru_variant_forward(DType dtype, bool ln, const GruVarFwdArgs& args,
                                 cudaStream_t stream) {
-  return launch_status(gru_variant_forward_dispatch(dtype, ln, args, GpuRowRun{stream}));
+  return launch_status(gru_variant_forward_dispatch(dtype, ln, args, RowKernelRun{stream}));
 }
 
 cudaError_t gru_variant_backward(DType dtype, bool ln, const GruVarBwdArgs& args,
                                  cudaStream_t stream) {
-  return launch_status(gru_variant_backward_dispatch(dtype, ln, args, GpuRowRun{stream}));
+  return launch_status(gru_variant_backward_dispatch(dtype, ln, args, RowKernelRun{stream}));
 }
 
 }  // namespace cuda

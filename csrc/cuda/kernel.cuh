@@ -1,9 +1,12 @@
 // The one kernel template of csrc/cuda and its launch, shared by every launcher (device code:
-// included only by the .cu files).
+// included only by the .cu files). The host harness (harness/host_driver.cpp) compiles the same
+// .cu files without nvcc: there this header is only common.cuh, and the harness defines
+// KernelRun and launch_status as a walk over the grid before including them.
 #pragma once
 
 #include "cuda/common.cuh"
 
+#if defined(__CUDACC__)
 namespace fusedrnn {
 namespace cuda {
 
@@ -16,7 +19,7 @@ __global__ void elementwise_kernel(const Op op, int64_t n) {
 }
 
 // The `run` callback of the dispatch functions, on the GPU.
-struct GpuRun {
+struct KernelRun {
   cudaStream_t stream;
 
   template <class Op>
@@ -33,3 +36,4 @@ inline cudaError_t launch_status(bool dtype_known) {
 
 }  // namespace cuda
 }  // namespace fusedrnn
+#endif

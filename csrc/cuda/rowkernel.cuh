@@ -1,10 +1,12 @@
 // The row kernel template and its launch (device code: included only by the .cu files), the
-// row-kernel counterpart of kernel.cuh.
+// row-kernel counterpart of kernel.cuh (and, as there, only rowblock.cuh without nvcc: the host
+// harness defines RowKernelRun).
 #pragma once
 
 #include "cuda/kernel.cuh"
 #include "cuda/rowblock.cuh"
 
+#if defined(__CUDACC__)
 namespace fusedrnn {
 namespace cuda {
 
@@ -18,7 +20,7 @@ __global__ void row_kernel(const Op op, int64_t rows) {
 }
 
 // The `run` callback of the row dispatch functions, on the GPU.
-struct GpuRowRun {
+struct RowKernelRun {
   cudaStream_t stream;
 
   template <class Op>
@@ -31,3 +33,4 @@ struct GpuRowRun {
 
 }  // namespace cuda
 }  // namespace fusedrnn
+#endif

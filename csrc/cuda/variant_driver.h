@@ -3,10 +3,7 @@
 // instantiates it with the CUDA launchers, the test-suite with the host harness
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors.
 //
-// A Launch provides (each launching one kernel family and checking for errors itself):
-//   lstm_variant_forward / lstm_variant_backward(DType, ln, peep, cifg, args)
-//   gru_variant_forward / gru_variant_backward(DType, ln, args)
-//   zone_forward / zone_backward(DType, args)       column_sum(DType, ColSumArgs)
+// The Launch is layer_driver.h's (launch.h), here with the launchers of variant_launchers.h.
 //
 // Forward: XP = X W_ih^T for every step; xg = LN_ih(XP) + LN_ih bias + b_ih (ATen, all rows at
 // once: layer norm is per row). Per step t (rows active rows from packed row start):
@@ -51,7 +48,7 @@ inline ZoneArgs zone_args(const at::Tensor& mask, int64_t start, int64_t rows, d
 // Column sums of an acc-typed [N, C] matrix, returned in `dtype`.
 template <class Launch>
 at::Tensor column_sum_as(Launch& launch, const at::Tensor& m, at::ScalarType dtype) {
-  return column_sum(launch, m.contiguous()).to(dtype);
+  return column_sum_of(launch, m.contiguous()).to(dtype);
 }
 
 // Returns {y [N, Hout], h_n [B, Hout], c_n [B, H] (LSTM), act [N, GH] acc, cell [N, 3H] acc
@@ -147,7 +144,7 @@ std::vector<at::Tensor> variant_forward(
       a.rows = s.rows;
       a.hidden = H;
       a.hidden_out = Hout;
-      launch.lstm_variant_forward(dt, v.ln, v.peep, v.cifg, a);
+      launch(lstm_variant_forward, dt, v.ln, v.peep, v.cifg, a);
       if (v.proj) {
         at::mm_out(y_t, hraw.narrow(0, so, s.rows), w_hr.t());  // zone_forward: h_state
         ZoneFwdArgs z{};
@@ -156,7 +153,7 @@ std::vector<at::Tensor> variant_forward(
         z.zone = zone_args(mask_h, s.start, s.rows, v.p_h);
         z.rows = s.rows;
         z.width = Hout;
-        launch.zone_forward(dt, z);
+        launch(zone_forward, dt, z);
       }
     } else {
       GruVarFwdArgs a{};
@@ -175,7 +172,7 @@ std::vector<at::Tensor> variant_forward(
       a.eps = v.eps;
       a.rows = s.rows;
       a.hidden = H;
-      launch.gru_variant_forward(dt, v.ln, a);
+      launch(gru_variant_forward, dt, v.ln, a);
     }
   }
   at::Tensor c_n = v.lstm ? c_state.to(x.scalar_type()) : at::Tensor();
@@ -238,7 +235,7 @@ std::vector<at::Tensor> variant_backward(
         z.zone = zone_args(mask_h, s.start, s.rows, v.p_h);
         z.rows = s.rows;
         z.width = Hout;
-        launch.zone_backward(dt, z);
+        launch(zone_backward, dt, z);
         at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
         at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), w_hr_acc);
         a.dh_raw = dhraw_t.data_ptr();
@@ -264,7 +261,7 @@ std::vector<at::Tensor> variant_backward(
       a.rows = s.rows;
       a.hidden = H;
       a.hidden_out = Hout;
-      launch.lstm_variant_backward(dt, v.ln, v.peep, v.cifg, a);
+      launch(lstm_variant_backward, dt, v.ln, v.peep, v.cifg, a);
     } else {
       GruVarBwdArgs a{};
       a.dy = dy.narrow(0, s.start, s.rows).data_ptr();
@@ -280,7 +277,7 @@ std::vector<at::Tensor> variant_backward(
       a.dhp = ptr(rows_of(v.ln ? dHP : at::Tensor(), s.start, s.rows));
       a.rows = s.rows;
       a.hidden = H;
-      launch.gru_variant_backward(dt, v.ln, a);
+      launch(gru_variant_backward, dt, v.ln, a);
     }
     dh_rows.addmm_(dHP.narrow(0, s.start, s.rows), w_hh_acc);  // + the kernel's direct part
   }
