@@ -165,18 +165,22 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
     at::Tensor hg_t = hg.narrow(0, 0, s.rows);
     at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh_acc.t());
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
-    if (cell == CellKind::lstm) {
-      LstmFwdArgs a{};
+    auto step_args = [&](auto a) {  // the fields the three cells' arguments share
       a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
       a.hg = hg_t.data_ptr();
       a.b_hh = ptr(b_hh);
       a.h_state = h_state.data_ptr();
-      a.c_state = c_state.data_ptr();
-      a.y = proj ? hpre.narrow(0, s.start, s.rows).data_ptr() : y_t.data_ptr();
-      a.save = ptr(rows_of(saved, s.start, s.rows));
+      a.y = y_t.data_ptr();
       a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
       a.rows = s.rows;
       a.hidden = H;
+      return a;
+    };
+    if (cell == CellKind::lstm) {
+      LstmFwdArgs a = step_args(LstmFwdArgs{});
+      a.c_state = c_state.data_ptr();
+      if (proj) a.y = hpre.narrow(0, s.start, s.rows).data_ptr();
+      a.save = ptr(rows_of(saved, s.start, s.rows));
       a.hidden_out = Hout;
       launch(lstm_forward_step, dt, has_bias, save, proj, a);
       if (proj) {
@@ -185,28 +189,12 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
         y_t.copy_(h_rows);
       }
     } else if (cell == CellKind::gru) {
-      GruFwdArgs a{};
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
-      a.h_state = h_state.data_ptr();
-      a.y = y_t.data_ptr();
+      GruFwdArgs a = step_args(GruFwdArgs{});
       a.save = ptr(rows_of(saved, s.start, s.rows));
-      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
-      a.rows = s.rows;
-      a.hidden = H;
       launch(gru_forward_step, dt, has_bias, save, a);
     } else {
-      RnnFwdArgs a{};
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
-      a.h_state = h_state.data_ptr();
-      a.y = y_t.data_ptr();
-      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
-      a.rows = s.rows;
-      a.hidden = H;
-      launch(rnn_forward_step, dt, cell == CellKind::rnn_relu, has_bias, save, a);
+      const bool relu = cell == CellKind::rnn_relu;
+      launch(rnn_forward_step, dt, relu, has_bias, save, step_args(RnnFwdArgs{}));
     }
   }
   at::Tensor c_n = cell == CellKind::lstm ? c_state.to(x.scalar_type()) : at::Tensor();
