@@ -49,15 +49,5 @@ struct ColSumFinalOp {
   }
 };
 
-// `run` is called twice, in order; the second pass reads what the first wrote (same stream).
-template <class Run>
-bool column_sum_dispatch(DType dt, const ColSumArgs& a, Run&& run) {
-  return dispatch(dt, [&](auto t) {
-    using T = typename decltype(t)::type;
-    run(ColSumPartialOp<T>{a}, a.parts * a.n_cols);
-    run(ColSumFinalOp<T>{a}, a.n_cols);
-  });
-}
-
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -1,4 +1,4 @@
-// GRU step functors and dispatch (see lstm.cuh for the structure). Per-element math:
+// GRU step functors (see lstm.cuh for the structure). Per-element math:
 // fusedrnn::GRUCell (csrc/cell_math.h).
 #pragma once
 
@@ -55,24 +55,6 @@ struct GruBwdOp {
     *dh_state = direct;
   }
 };
-
-template <class Run>
-bool gru_forward_dispatch(DType dt, bool has_bias, bool save, const GruFwdArgs& a, Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto hb, auto sv) {
-        using Op = GruFwdOp<typename decltype(t)::type, decltype(hb)::value, decltype(sv)::value>;
-        run(Op{a}, a.rows * a.hidden);
-      },
-      has_bias, save);
-}
-
-template <class Run>
-bool gru_backward_dispatch(DType dt, const GruBwdArgs& a, Run&& run) {
-  return dispatch(dt, [&](auto t) {
-    run(GruBwdOp<typename decltype(t)::type>{a}, a.rows * a.hidden);
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -1,5 +1,5 @@
 // GRU variant row functors (layer norm LN as a template bool, zoneout of h as a uniform
-// runtime branch) and their dispatch; structure as lstm_variants.cuh. Per-element math:
+// runtime branch); structure as lstm_variants.cuh. Per-element math:
 // GRUCell (unchanged: LN_hh and b_hn stay inside r * (.)), LayerNorm, Zoneout in cell_math.h.
 #pragma once
 
@@ -93,28 +93,6 @@ struct GruVarBwdOp {
     }
   }
 };
-
-template <class Run>
-bool gru_variant_forward_dispatch(DType dt, bool ln, const GruVarFwdArgs& a, Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto l) {
-        using T = typename decltype(t)::type;
-        run(GruVarFwdOp<T, decltype(l)::value>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-      },
-      ln);
-}
-
-template <class Run>
-bool gru_variant_backward_dispatch(DType dt, bool ln, const GruVarBwdArgs& a, Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto l) {
-        using T = typename decltype(t)::type;
-        run(GruVarBwdOp<T, decltype(l)::value>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-      },
-      ln);
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -18,7 +18,8 @@ __global__ void elementwise_kernel(const Op op, int64_t n) {
   grid_stride_loop(blockIdx.x, blockDim.x, gridDim.x, threadIdx.x, n, op);
 }
 
-// The `run` callback of the dispatch functions, on the GPU.
+// Runs op(i) for every i < n: one launch of elementwise_kernel<Op> on `stream` (the harness'
+// KernelRun walks the same grid on the CPU).
 struct KernelRun {
   cudaStream_t stream;
 

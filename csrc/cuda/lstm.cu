@@ -6,13 +6,25 @@ namespace fusedrnn {
 namespace cuda {
 
 cudaError_t lstm_forward_step(DType dtype, bool has_bias, bool save, bool proj,
-                              const LstmFwdArgs& args, cudaStream_t stream) {
-  return launch_status(lstm_forward_dispatch(dtype, has_bias, save, proj, args, KernelRun{stream}));
+                              const LstmFwdArgs& a, cudaStream_t stream) {
+  return launch_status(dispatch(
+      dtype,
+      [&](auto t, auto hb, auto sv, auto pj) {
+        using T = typename decltype(t)::type;
+        KernelRun{stream}(LstmFwdOp<T, hb, sv, pj>{a}, a.rows * a.hidden);
+      },
+      has_bias, save, proj));
 }
 
-cudaError_t lstm_backward_step(DType dtype, bool add_state, const LstmBwdArgs& args,
+cudaError_t lstm_backward_step(DType dtype, bool add_state, const LstmBwdArgs& a,
                                cudaStream_t stream) {
-  return launch_status(lstm_backward_dispatch(dtype, add_state, args, KernelRun{stream}));
+  return launch_status(dispatch(
+      dtype,
+      [&](auto t, auto as) {
+        using T = typename decltype(t)::type;
+        KernelRun{stream}(LstmBwdOp<T, as>{a}, a.rows * a.hidden);
+      },
+      add_state));
 }
 
 }  // namespace cuda

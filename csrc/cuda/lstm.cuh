@@ -1,6 +1,7 @@
-// LSTM step functors (one call = one (row, unit) element) and the dispatch from runtime options
-// to template parameters. Host+device code: the kernels in lstm.cu and the host harness both
-// run exactly this. The per-element math is fusedrnn::LSTMCell (csrc/cell_math.h).
+// LSTM step functors (one call = one (row, unit) element); the launchers in lstm.cu pick their
+// template parameters from the runtime options (common.cuh: dispatch). Host+device code: the
+// kernels and the host harness both run exactly this. The per-element math is
+// fusedrnn::LSTMCell (csrc/cell_math.h).
 #pragma once
 
 #include "cuda/common.cuh"
@@ -68,30 +69,6 @@ struct LstmBwdOp {
     store_strided(out<A>(a.dgates) + r * 4 * H + j, H, dgi, dgf, dgg, dgo);
   }
 };
-
-// `run(op, n)` runs op(i) for every i < n: a kernel launch, or the host harness' grid walk.
-template <class Run>
-bool lstm_forward_dispatch(DType dt, bool has_bias, bool save, bool proj, const LstmFwdArgs& a,
-                           Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto hb, auto sv, auto pj) {
-        using Op = LstmFwdOp<typename decltype(t)::type, decltype(hb)::value, decltype(sv)::value,
-                             decltype(pj)::value>;
-        run(Op{a}, a.rows * a.hidden);
-      },
-      has_bias, save, proj);
-}
-
-template <class Run>
-bool lstm_backward_dispatch(DType dt, bool add_state, const LstmBwdArgs& a, Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto as) {
-        run(LstmBwdOp<typename decltype(t)::type, decltype(as)::value>{a}, a.rows * a.hidden);
-      },
-      add_state);
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

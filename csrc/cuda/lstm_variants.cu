@@ -6,15 +6,25 @@ namespace fusedrnn {
 namespace cuda {
 
 cudaError_t lstm_variant_forward(DType dtype, bool ln, bool peep, bool cifg,
-                                 const LstmVarFwdArgs& args, cudaStream_t stream) {
-  return launch_status(
-      lstm_variant_forward_dispatch(dtype, ln, peep, cifg, args, RowKernelRun{stream}));
+                                 const LstmVarFwdArgs& a, cudaStream_t stream) {
+  return launch_status(dispatch(
+      dtype,
+      [&](auto t, auto l, auto p, auto c) {
+        using T = typename decltype(t)::type;
+        RowKernelRun{stream}(LstmVarFwdOp<T, l, p, c>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
+      },
+      ln, peep, cifg));
 }
 
 cudaError_t lstm_variant_backward(DType dtype, bool ln, bool peep, bool cifg,
-                                  const LstmVarBwdArgs& args, cudaStream_t stream) {
-  return launch_status(
-      lstm_variant_backward_dispatch(dtype, ln, peep, cifg, args, RowKernelRun{stream}));
+                                  const LstmVarBwdArgs& a, cudaStream_t stream) {
+  return launch_status(dispatch(
+      dtype,
+      [&](auto t, auto l, auto p, auto c) {
+        using T = typename decltype(t)::type;
+        RowKernelRun{stream}(LstmVarBwdOp<T, l, p, c>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
+      },
+      ln, peep, cifg));
 }
 
 }  // namespace cuda

@@ -1,6 +1,6 @@
 // LSTM variant row functors (layer norm LN, peephole PEEP, coupled input-forget gate CIFG as
-// template bools; zoneout and the projection as uniform runtime branches) and their dispatch.
-// Host+device code run by the kernels (lstm_variants.cu) and by the host harness. One call
+// template bools; zoneout and the projection as uniform runtime branches). Host+device code
+// run by the kernels (launched by lstm_variants.cu) and by the host harness. One call
 // handles one batch row r of one step (see rowblock.cuh). Per-element math: LayerNorm, Zoneout,
 // LSTMVariantCell in csrc/cell_math.h.
 #pragma once
@@ -244,33 +244,6 @@ struct LstmVarBwdOp {
     }
   }
 };
-
-// `run(op, rows, hidden, smem_bytes)` runs op over every row: a kernel launch or the harness.
-template <class Run>
-bool lstm_variant_forward_dispatch(DType dt, bool ln, bool peep, bool cifg,
-                                   const LstmVarFwdArgs& a, Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto l, auto p, auto c) {
-        using T = typename decltype(t)::type;
-        using Op = LstmVarFwdOp<T, decltype(l)::value, decltype(p)::value, decltype(c)::value>;
-        run(Op{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-      },
-      ln, peep, cifg);
-}
-
-template <class Run>
-bool lstm_variant_backward_dispatch(DType dt, bool ln, bool peep, bool cifg,
-                                   const LstmVarBwdArgs& a, Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto l, auto p, auto c) {
-        using T = typename decltype(t)::type;
-        using Op = LstmVarBwdOp<T, decltype(l)::value, decltype(p)::value, decltype(c)::value>;
-        run(Op{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-      },
-      ln, peep, cifg);
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -1,4 +1,4 @@
-// Elman RNN (tanh / relu) step functors and dispatch (see lstm.cuh for the structure).
+// Elman RNN (tanh / relu) step functors (see lstm.cuh for the structure).
 // Per-element math: fusedrnn::RNNTanhCell / RNNReluCell (csrc/cell_math.h).
 #pragma once
 
@@ -41,29 +41,6 @@ struct RnnBwdOp {
     out<A>(a.dgates)[r * H + j] = RnnCellOf<Relu>::template backward<A>(dh, h);
   }
 };
-
-template <class Run>
-bool rnn_forward_dispatch(DType dt, bool relu, bool has_bias, bool save, const RnnFwdArgs& a,
-                          Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto rl, auto hb, auto sv) {
-        using Op = RnnFwdOp<typename decltype(t)::type, decltype(rl)::value, decltype(hb)::value,
-                            decltype(sv)::value>;
-        run(Op{a}, a.rows * a.hidden);
-      },
-      relu, has_bias, save);
-}
-
-template <class Run>
-bool rnn_backward_dispatch(DType dt, bool relu, const RnnBwdArgs& a, Run&& run) {
-  return dispatch(
-      dt,
-      [&](auto t, auto rl) {
-        run(RnnBwdOp<typename decltype(t)::type, decltype(rl)::value>{a}, a.rows * a.hidden);
-      },
-      relu);
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -19,7 +19,8 @@ __global__ void row_kernel(const Op op, int64_t rows) {
   row_loop(blockIdx.x, gridDim.x, rows, blk, op);
 }
 
-// The `run` callback of the row dispatch functions, on the GPU.
+// Runs op over every row: one launch of row_kernel<Op>, acc_bytes of shared memory per thread
+// (the harness' RowKernelRun walks the same blocks on the CPU).
 struct RowKernelRun {
   cudaStream_t stream;
 

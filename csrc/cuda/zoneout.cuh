@@ -45,19 +45,5 @@ struct ZoneBwdOp {
   }
 };
 
-template <class Run>
-bool zone_forward_dispatch(DType dt, const ZoneFwdArgs& a, Run&& run) {
-  return dispatch(dt, [&](auto t) {
-    run(ZoneFwdOp<typename decltype(t)::type>{a}, a.rows * a.width);
-  });
-}
-
-template <class Run>
-bool zone_backward_dispatch(DType dt, const ZoneBwdArgs& a, Run&& run) {
-  return dispatch(dt, [&](auto t) {
-    run(ZoneBwdOp<typename decltype(t)::type>{a}, a.rows * a.width);
-  });
-}
-
 }  // namespace cuda
 }  // namespace fusedrnn

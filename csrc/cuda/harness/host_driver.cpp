@@ -26,7 +26,7 @@ bool g_backwards = false;
 uint32_t g_threads = 0;
 
 // What kernel.cuh and rowkernel.cuh provide to the .cu files under nvcc: the status of a
-// launch (here only an unknown dtype fails) and the `run` callbacks of the dispatch functions.
+// launch (here only an unknown dtype fails) and the walks that stand in for the launches.
 inline cudaError_t launch_status(bool dtype_known) {
   return dtype_known ? cudaSuccess : cudaErrorInvalidValue;
 }
