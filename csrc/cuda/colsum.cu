@@ -11,8 +11,8 @@ int64_t colsum_parts(int64_t n_rows) { return colsum_parts_impl(n_rows); }
 cudaError_t column_sum(DType dtype, const ColSumArgs& a, cudaStream_t stream) {
   return launch_status(dispatch(dtype, [&](auto t) {
     using T = typename decltype(t)::type;
-    KernelRun{stream}(ColSumPartialOp<T>{a}, a.parts * a.n_cols);
-    KernelRun{stream}(ColSumFinalOp<T>{a}, a.n_cols);
+    KernelRun{stream, a.parts * a.n_cols}(ColSumPartialOp<T>{a});
+    KernelRun{stream, a.n_cols}(ColSumFinalOp<T>{a});
   }));
 }
 

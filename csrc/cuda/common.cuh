@@ -150,5 +150,26 @@ bool dispatch(DType dt, F&& f, Bools... bools) {
   });
 }
 
+// The launcher of one functor template: run(Op<T, flag...>{a}) for the storage type of dt and
+// the runtime flags; false for an unknown dtype. Only for functors with at least one flag (nvcc
+// rejects Op<T, (empty pack)...> for a one-parameter Op: those call dispatch themselves).
+template <template <class, bool...> class Op, class Args, class Run, class... Bools>
+bool dispatch_op(DType dt, const Args& a, const Run& run, Bools... bools) {
+  return dispatch(
+      dt,
+      [&](auto tag, auto... flags) {
+        run(Op<typename decltype(tag)::type, decltype(flags)::value...>{a});
+      },
+      bools...);
+}
+
+// The storage type T of a functor Op<T, flag...>.
+template <class Op>
+struct StorageOf;
+template <template <class, bool...> class Op, class T, bool... Flags>
+struct StorageOf<Op<T, Flags...>> {
+  using type = T;
+};
+
 }  // namespace cuda
 }  // namespace fusedrnn

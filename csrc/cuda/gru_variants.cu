@@ -7,24 +7,14 @@ namespace cuda {
 
 cudaError_t gru_variant_forward(DType dtype, bool ln, const GruVarFwdArgs& a,
                                 cudaStream_t stream) {
-  return launch_status(dispatch(
-      dtype,
-      [&](auto t, auto l) {
-        using T = typename decltype(t)::type;
-        RowKernelRun{stream}(GruVarFwdOp<T, l>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-      },
-      ln));
+  const RowKernelRun run{stream, a.rows, a.hidden};
+  return launch_status(dispatch_op<GruVarFwdOp>(dtype, a, run, ln));
 }
 
 cudaError_t gru_variant_backward(DType dtype, bool ln, const GruVarBwdArgs& a,
                                  cudaStream_t stream) {
-  return launch_status(dispatch(
-      dtype,
-      [&](auto t, auto l) {
-        using T = typename decltype(t)::type;
-        RowKernelRun{stream}(GruVarBwdOp<T, l>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-      },
-      ln));
+  const RowKernelRun run{stream, a.rows, a.hidden};
+  return launch_status(dispatch_op<GruVarBwdOp>(dtype, a, run, ln));
 }
 
 }  // namespace cuda

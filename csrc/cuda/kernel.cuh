@@ -22,9 +22,10 @@ __global__ void elementwise_kernel(const Op op, int64_t n) {
 // KernelRun walks the same grid on the CPU).
 struct KernelRun {
   cudaStream_t stream;
+  int64_t n;
 
   template <class Op>
-  void operator()(const Op& op, int64_t n) const {
+  void operator()(const Op& op) const {
     if (n <= 0) return;
     const LaunchShape shape = launch_shape(n);
     elementwise_kernel<Op><<<shape.blocks, shape.threads, 0, stream>>>(op, n);

@@ -7,23 +7,13 @@ namespace cuda {
 
 cudaError_t rnn_forward_step(DType dtype, bool relu, bool has_bias, bool save,
                              const RnnFwdArgs& a, cudaStream_t stream) {
-  return launch_status(dispatch(
-      dtype,
-      [&](auto t, auto rl, auto hb, auto sv) {
-        using T = typename decltype(t)::type;
-        KernelRun{stream}(RnnFwdOp<T, rl, hb, sv>{a}, a.rows * a.hidden);
-      },
-      relu, has_bias, save));
+  const KernelRun run{stream, a.rows * a.hidden};
+  return launch_status(dispatch_op<RnnFwdOp>(dtype, a, run, relu, has_bias, save));
 }
 
 cudaError_t rnn_backward_step(DType dtype, bool relu, const RnnBwdArgs& a,
                               cudaStream_t stream) {
-  return launch_status(dispatch(
-      dtype,
-      [&](auto t, auto rl) {
-        KernelRun{stream}(RnnBwdOp<typename decltype(t)::type, rl>{a}, a.rows * a.hidden);
-      },
-      relu));
+  return launch_status(dispatch_op<RnnBwdOp>(dtype, a, KernelRun{stream, a.rows * a.hidden}, relu));
 }
 
 }  // namespace cuda

@@ -19,16 +19,18 @@ __global__ void row_kernel(const Op op, int64_t rows) {
   row_loop(blockIdx.x, gridDim.x, rows, blk, op);
 }
 
-// Runs op over every row: one launch of row_kernel<Op>, acc_bytes of shared memory per thread
-// (the harness' RowKernelRun walks the same blocks on the CPU).
+// Runs op over every row: one launch of row_kernel<Op>, one accumulator of the functor's acc
+// type in shared memory per thread (the harness' RowKernelRun walks the same blocks).
 struct RowKernelRun {
   cudaStream_t stream;
+  int64_t rows, hidden;
 
   template <class Op>
-  void operator()(const Op& op, int64_t rows, int64_t hidden, size_t acc_bytes) const {
+  void operator()(const Op& op) const {
     if (rows <= 0) return;
     const LaunchShape shape = row_launch_shape(rows, hidden);
-    row_kernel<Op><<<shape.blocks, shape.threads, shape.threads * acc_bytes, stream>>>(op, rows);
+    const size_t smem = shape.threads * sizeof(acc_t<typename StorageOf<Op>::type>);
+    row_kernel<Op><<<shape.blocks, shape.threads, smem, stream>>>(op, rows);
   }
 };
 

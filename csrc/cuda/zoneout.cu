@@ -6,14 +6,14 @@ namespace fusedrnn {
 namespace cuda {
 
 cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& a, cudaStream_t stream) {
-  return launch_status(dispatch(dtype, [&](auto t) {
-    KernelRun{stream}(ZoneFwdOp<typename decltype(t)::type>{a}, a.rows * a.width);
+  return launch_status(dispatch(dtype, [&](auto t) {  // no flags (see dispatch_op)
+    KernelRun{stream, a.rows * a.width}(ZoneFwdOp<typename decltype(t)::type>{a});
   }));
 }
 
 cudaError_t zone_backward(DType dtype, const ZoneBwdArgs& a, cudaStream_t stream) {
   return launch_status(dispatch(dtype, [&](auto t) {
-    KernelRun{stream}(ZoneBwdOp<typename decltype(t)::type>{a}, a.rows * a.width);
+    KernelRun{stream, a.rows * a.width}(ZoneBwdOp<typename decltype(t)::type>{a});
   }));
 }
 

@@ -33,9 +33,10 @@ inline cudaError_t launch_status(bool dtype_known) {
 
 struct KernelRun {  // elementwise kernels
   cudaStream_t stream;  // unused
+  int64_t n;
 
   template <class Op>
-  void operator()(const Op& op, int64_t n) const {
+  void operator()(const Op& op) const {
     if (n <= 0) return;
     const LaunchShape s = launch_shape(n, g_max_blocks);
     for (uint32_t k = 0; k < s.blocks * s.threads; ++k) {
@@ -77,9 +78,10 @@ struct HostBlock {  // one thread block of a row kernel
 
 struct RowKernelRun {  // row kernels
   cudaStream_t stream;  // unused
+  int64_t rows, hidden;
 
   template <class Op>
-  void operator()(const Op& op, int64_t rows, int64_t hidden, size_t) const {
+  void operator()(const Op& op) const {
     if (rows <= 0) return;
     LaunchShape s = row_launch_shape(rows, hidden, g_max_blocks);
     if (g_threads > 0) s.threads = g_threads;
