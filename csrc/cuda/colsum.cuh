@@ -13,8 +13,7 @@ constexpr int64_t kColSumRowsPerPart = 32;
 constexpr int64_t kColSumMaxParts = 128;
 
 inline int64_t colsum_parts_impl(int64_t n_rows) {
-  const int64_t parts = (n_rows + kColSumRowsPerPart - 1) / kColSumRowsPerPart;
-  return parts < 1 ? 1 : (parts > kColSumMaxParts ? kColSumMaxParts : parts);
+  return clamp_count((n_rows + kColSumRowsPerPart - 1) / kColSumRowsPerPart, kColSumMaxParts);
 }
 
 // Pass 1, element idx = p * n_cols + c: partial[p, c] = sum of src[r, c] over row chunk p.
@@ -49,16 +48,6 @@ struct ColSumFinalOp {
     out<T>(a.out)[c] = from_acc<T>(s);
   }
 };
-
-// `run` is called twice, in order; the second pass reads what the first wrote (same stream).
-template <class Run>
-bool column_sum_dispatch(DType dt, const ColSumArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    run(ColSumPartialOp<T>{a}, a.parts * a.n_cols);
-    run(ColSumFinalOp<T>{a}, a.n_cols);
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -61,6 +61,13 @@ FRNN_HD T* out(void* p) {
   return static_cast<T*>(p);
 }
 
+// p[0] = v0, p[stride] = v1, ...: one unit's values in consecutive blocks of a row (the gates).
+template <typename A, typename... V>
+FRNN_HD void store_strided(A* p, int64_t stride, V... v) {
+  int64_t k = 0;
+  ((p[k++ * stride] = v), ...);
+}
+
 // The loop every kernel runs. Element `i` is visited by exactly one (block, thread): thread
 // `thread` of block `block` takes i = block * block_dim + thread, then strides by the whole grid.
 template <class Op>
@@ -81,9 +88,11 @@ constexpr uint32_t kThreads = 256;
 // Enough blocks to fill any current GPU many times over; larger problems use the stride loop.
 constexpr uint32_t kMaxBlocks = 65535;
 
+// v limited to [1, hi] (block counts, partial counts).
+inline int64_t clamp_count(int64_t v, int64_t hi) { return v < 1 ? 1 : (v > hi ? hi : v); }
+
 inline LaunchShape launch_shape(int64_t n, uint32_t max_blocks = kMaxBlocks) {
-  const int64_t want = (n + kThreads - 1) / kThreads;
-  const int64_t blocks = want < 1 ? 1 : (want > max_blocks ? max_blocks : want);
+  const int64_t blocks = clamp_count((n + kThreads - 1) / kThreads, max_blocks);
   return {static_cast<uint32_t>(blocks), kThreads};
 }
 
@@ -121,6 +130,46 @@ bool with_dtype(DType dt, F&& f) {
   }
   return false;
 }
+
+template <class F>
+void with_bools(F&& f) {
+  f();
+}
+
+template <class F, class... Bools>
+void with_bools(F&& f, bool b, Bools... rest) {
+  with_bool(b, [&](auto v) { with_bools([&](auto... vs) { f(v, vs...); }, rest...); });
+}
+
+// The whole dispatch of a launcher: f(Tag<T>, flag...) with one std::bool_constant per runtime
+// bool, in order; false (nothing run) for an unknown dtype.
+template <class F, class... Bools>
+bool dispatch(DType dt, F&& f, Bools... bools) {
+  return with_dtype(dt, [&](auto tag) {
+    with_bools([&](auto... flags) { f(tag, flags...); }, bools...);
+  });
+}
+
+// The launcher of one functor template: run(Op<T, flag...>{a}) for the storage type of dt and
+// the runtime flags; false for an unknown dtype. Only for functors with at least one flag (nvcc
+// rejects Op<T, (empty pack)...> for a one-parameter Op: those call dispatch themselves).
+template <template <class, bool...> class Op, class Args, class Run, class... Bools>
+bool dispatch_op(DType dt, const Args& a, const Run& run, Bools... bools) {
+  return dispatch(
+      dt,
+      [&](auto tag, auto... flags) {
+        run(Op<typename decltype(tag)::type, decltype(flags)::value...>{a});
+      },
+      bools...);
+}
+
+// The storage type T of a functor Op<T, flag...>.
+template <class Op>
+struct StorageOf;
+template <template <class, bool...> class Op, class T, bool... Flags>
+struct StorageOf<Op<T, Flags...>> {
+  using type = T;
+};
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -1,4 +1,4 @@
-// GRU step functors and dispatch (see lstm.cuh for the structure). Per-element math:
+// GRU step functors (see lstm.cuh for the structure). Per-element math:
 // fusedrnn::GRUCell (csrc/cell_math.h).
 #pragma once
 
@@ -31,11 +31,7 @@ struct GruFwdOp {
     out<T>(a.y)[r * H + j] = from_acc<T>(h);
     *h_state = h;
     if constexpr (Save) {
-      A* s = out<A>(a.save) + r * 4 * H + j;
-      s[0] = rr;
-      s[H] = z;
-      s[2 * H] = n;
-      s[3 * H] = hpart[2];
+      store_strided(out<A>(a.save) + r * 4 * H + j, H, rr, z, n, hpart[2]);
     }
   }
 };
@@ -54,37 +50,11 @@ struct GruBwdOp {
     A dxr, dxz, dxn, dhr, dhz, dhn, direct;
     GRUCell::backward<A>(dh, s[0], s[H], s[2 * H], s[3 * H], to_acc(in<T>(a.h_prev)[r * H + j]),
                          dxr, dxz, dxn, dhr, dhz, dhn, direct);
-    A* dx = out<A>(a.dxg) + r * 3 * H + j;
-    dx[0] = dxr;
-    dx[H] = dxz;
-    dx[2 * H] = dxn;
-    A* dhg = out<A>(a.dhg) + r * 3 * H + j;
-    dhg[0] = dhr;
-    dhg[H] = dhz;
-    dhg[2 * H] = dhn;
+    store_strided(out<A>(a.dxg) + r * 3 * H + j, H, dxr, dxz, dxn);
+    store_strided(out<A>(a.dhg) + r * 3 * H + j, H, dhr, dhz, dhn);
     *dh_state = direct;
   }
 };
-
-template <class Run>
-bool gru_forward_dispatch(DType dt, bool has_bias, bool save, const GruFwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(has_bias, [&](auto hb) {
-      with_bool(save, [&](auto sv) {
-        run(GruFwdOp<T, decltype(hb)::value, decltype(sv)::value>{a}, a.rows * a.hidden);
-      });
-    });
-  });
-}
-
-template <class Run>
-bool gru_backward_dispatch(DType dt, const GruBwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    run(GruBwdOp<T>{a}, a.rows * a.hidden);
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -5,14 +5,16 @@
 namespace fusedrnn {
 namespace cuda {
 
-cudaError_t gru_variant_forward(DType dtype, bool ln, const GruVarFwdArgs& args,
+cudaError_t gru_variant_forward(DType dtype, bool ln, const GruVarFwdArgs& a,
                                 cudaStream_t stream) {
-  return launch_status(gru_variant_forward_dispatch(dtype, ln, args, GpuRowRun{stream}));
+  const RowKernelRun run{stream, a.rows, a.hidden};
+  return launch_status(dispatch_op<GruVarFwdOp>(dtype, a, run, ln));
 }
 
-cudaError_t gru_variant_backward(DType dtype, bool ln, const GruVarBwdArgs& args,
+cudaError_t gru_variant_backward(DType dtype, bool ln, const GruVarBwdArgs& a,
                                  cudaStream_t stream) {
-  return launch_status(gru_variant_backward_dispatch(dtype, ln, args, GpuRowRun{stream}));
+  const RowKernelRun run{stream, a.rows, a.hidden};
+  return launch_status(dispatch_op<GruVarBwdOp>(dtype, a, run, ln));
 }
 
 }  // namespace cuda

@@ -1,5 +1,5 @@
 // GRU variant row functors (layer norm LN as a template bool, zoneout of h as a uniform
-// runtime branch) and their dispatch; structure as lstm_variants.cuh. Per-element math:
+// runtime branch); structure as lstm_variants.cuh. Per-element math:
 // GRUCell (unchanged: LN_hh and b_hn stay inside r * (.)), LayerNorm, Zoneout in cell_math.h.
 #pragma once
 
@@ -29,21 +29,11 @@ struct GruVarFwdOp {
     A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
     A* h_state = out<A>(a.h_state) + r * H;
     A mean = A(0), rstd = A(1);
-    if constexpr (LN) {
-      mean = blk.template sum<A>(GH, [&](int64_t k) { return to_acc(hg[k]); }) / A(GH);
-      const A var = blk.template sum<A>(GH, [&](int64_t k) {
-        const A d = to_acc(hg[k]) - mean;
-        return d * d;
-      }) / A(GH);
-      rstd = LayerNorm::rstd<A>(var, A(a.eps));
-    }
+    if constexpr (LN) ln_row_stats(blk, GH, hg, a.eps, mean, rstd);
     auto rec = [&](int64_t e) -> A {  // recurrent part of feature e
       A v = to_acc(hg[e]);
       if constexpr (LN) {
-        A xhat;
-        v = LayerNorm::forward<A>(v, mean, rstd, to_acc(ln_w[e]),
-                                  ln_b != nullptr ? to_acc(ln_b[e]) : A(0), xhat);
-        hhat[e] = xhat;
+        v = ln_feature(v, mean, rstd, ln_w, ln_b, e, hhat[e]);
       }
       return b_hh != nullptr ? v + to_acc(b_hh[e]) : v;
     };
@@ -66,10 +56,7 @@ struct GruVarFwdOp {
       if (a.zone_h.on) h = Zoneout::forward<A>(h, hp, zone_keep<T>(a.zone_h, r * H, j));
       out<T>(a.y)[r * H + j] = from_acc<T>(h);
       h_state[j] = h;
-      act[j] = rr;
-      act[H + j] = z;
-      act[2 * H + j] = n;
-      act[3 * H + j] = hn;
+      store_strided(act + j, H, rr, z, n, hn);
     });
   }
 };
@@ -97,12 +84,8 @@ struct GruVarBwdOp {
                            to_acc(in<T>(a.h_prev)[r * H + j]), dxr, dxz, dxn, dhr, dhz, dhn,
                            direct);
       dh_state[j] = direct + dold;
-      dx[j] = dxr;
-      dx[H + j] = dxz;
-      dx[2 * H + j] = dxn;
-      ds[j] = dhr;
-      ds[H + j] = dhz;
-      ds[2 * H + j] = dhn;
+      store_strided(dx + j, H, dxr, dxz, dxn);
+      store_strided(ds + j, H, dhr, dhz, dhn);
     });
     if constexpr (LN) {
       ln_row_backward<T>(blk, GH, ds, in<T>(a.ln_hh_w), in<A>(a.hhat) + r * GH,
@@ -110,26 +93,6 @@ struct GruVarBwdOp {
     }
   }
 };
-
-template <class Run>
-bool gru_variant_forward_dispatch(DType dt, bool ln, const GruVarFwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(ln, [&](auto l) {
-      run(GruVarFwdOp<T, decltype(l)::value>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-    });
-  });
-}
-
-template <class Run>
-bool gru_variant_backward_dispatch(DType dt, bool ln, const GruVarBwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(ln, [&](auto l) {
-      run(GruVarBwdOp<T, decltype(l)::value>{a}, a.rows, a.hidden, sizeof(acc_t<T>));
-    });
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -1,9 +1,12 @@
 // The one kernel template of csrc/cuda and its launch, shared by every launcher (device code:
-// included only by the .cu files).
+// included only by the .cu files). The host harness (harness/host_driver.cpp) compiles the same
+// .cu files without nvcc: there this header is only common.cuh, and the harness defines
+// KernelRun and launch_status as a walk over the grid before including them.
 #pragma once
 
 #include "cuda/common.cuh"
 
+#if defined(__CUDACC__)
 namespace fusedrnn {
 namespace cuda {
 
@@ -15,12 +18,14 @@ __global__ void elementwise_kernel(const Op op, int64_t n) {
   grid_stride_loop(blockIdx.x, blockDim.x, gridDim.x, threadIdx.x, n, op);
 }
 
-// The `run` callback of the dispatch functions, on the GPU.
-struct GpuRun {
+// Runs op(i) for every i < n: one launch of elementwise_kernel<Op> on `stream` (the harness'
+// KernelRun walks the same grid on the CPU).
+struct KernelRun {
   cudaStream_t stream;
+  int64_t n;
 
   template <class Op>
-  void operator()(const Op& op, int64_t n) const {
+  void operator()(const Op& op) const {
     if (n <= 0) return;
     const LaunchShape shape = launch_shape(n);
     elementwise_kernel<Op><<<shape.blocks, shape.threads, 0, stream>>>(op, n);
@@ -33,3 +38,4 @@ inline cudaError_t launch_status(bool dtype_known) {
 
 }  // namespace cuda
 }  // namespace fusedrnn
+#endif

@@ -5,12 +5,8 @@
 // cuBLAS on the current stream); the test-suite instantiates it with the host harness
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors, so this exact loop is tested here.
 //
-// A Launch provides, each launching one kernel family and checking for errors itself:
-//   lstm_forward_step(DType, has_bias, save, proj, LstmFwdArgs)
-//   lstm_backward_step(DType, add_state, LstmBwdArgs)
-//   gru_forward_step(DType, has_bias, save, GruFwdArgs) / gru_backward_step(DType, GruBwdArgs)
-//   rnn_forward_step(DType, relu, has_bias, save, RnnFwdArgs) / rnn_backward_step(DType, relu, ..)
-//   column_sum(DType, ColSumArgs)
+// A Launch (launch.h) runs one launcher of launchers.h, launch(launcher, args...) calling
+// launcher(args..., stream), and checks for errors itself.
 //
 // Forward, per step t with `rows` active rows starting at packed row `start`:
 //   hg[:rows] = h_state[:rows] W_hh^T                  (GEMM)
@@ -112,7 +108,7 @@ inline std::vector<Step> visit_order(const std::vector<int64_t>& sizes, int64_t 
 }
 
 template <class Launch>
-at::Tensor column_sum(Launch& launch, const at::Tensor& m) {  // m: [N, C] -> [C]
+at::Tensor column_sum_of(Launch& launch, const at::Tensor& m) {  // m: [N, C] -> [C]
   ColSumArgs a{};
   a.n_rows = m.size(0);
   a.n_cols = m.size(1);
@@ -122,7 +118,7 @@ at::Tensor column_sum(Launch& launch, const at::Tensor& m) {  // m: [N, C] -> [C
   a.src = m.data_ptr();
   a.partial = partial.data_ptr();
   a.out = out.data_ptr();
-  if (a.n_cols > 0) launch.column_sum(dtype_of(m), a);
+  if (a.n_cols > 0) launch(column_sum, dtype_of(m), a);
   return out;
 }
 
@@ -169,48 +165,36 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
     at::Tensor hg_t = hg.narrow(0, 0, s.rows);
     at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh_acc.t());
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
-    if (cell == CellKind::lstm) {
-      LstmFwdArgs a{};
+    auto step_args = [&](auto a) {  // the fields the three cells' arguments share
       a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
       a.hg = hg_t.data_ptr();
       a.b_hh = ptr(b_hh);
       a.h_state = h_state.data_ptr();
-      a.c_state = c_state.data_ptr();
-      a.y = proj ? hpre.narrow(0, s.start, s.rows).data_ptr() : y_t.data_ptr();
-      a.save = ptr(rows_of(saved, s.start, s.rows));
+      a.y = y_t.data_ptr();
       a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
       a.rows = s.rows;
       a.hidden = H;
+      return a;
+    };
+    if (cell == CellKind::lstm) {
+      LstmFwdArgs a = step_args(LstmFwdArgs{});
+      a.c_state = c_state.data_ptr();
+      if (proj) a.y = hpre.narrow(0, s.start, s.rows).data_ptr();
+      a.save = ptr(rows_of(saved, s.start, s.rows));
       a.hidden_out = Hout;
-      launch.lstm_forward_step(dt, has_bias, save, proj, a);
+      launch(lstm_forward_step, dt, has_bias, save, proj, a);
       if (proj) {
         at::Tensor h_rows = h_state.narrow(0, 0, s.rows);
         at::mm_out(h_rows, hpre.narrow(0, s.start, s.rows).to(A), w_hr_acc.t());
         y_t.copy_(h_rows);
       }
     } else if (cell == CellKind::gru) {
-      GruFwdArgs a{};
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
-      a.h_state = h_state.data_ptr();
-      a.y = y_t.data_ptr();
+      GruFwdArgs a = step_args(GruFwdArgs{});
       a.save = ptr(rows_of(saved, s.start, s.rows));
-      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
-      a.rows = s.rows;
-      a.hidden = H;
-      launch.gru_forward_step(dt, has_bias, save, a);
+      launch(gru_forward_step, dt, has_bias, save, a);
     } else {
-      RnnFwdArgs a{};
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
-      a.h_state = h_state.data_ptr();
-      a.y = y_t.data_ptr();
-      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
-      a.rows = s.rows;
-      a.hidden = H;
-      launch.rnn_forward_step(dt, cell == CellKind::rnn_relu, has_bias, save, a);
+      const bool relu = cell == CellKind::rnn_relu;
+      launch(rnn_forward_step, dt, relu, has_bias, save, step_args(RnnFwdArgs{}));
     }
   }
   at::Tensor c_n = cell == CellKind::lstm ? c_state.to(x.scalar_type()) : at::Tensor();
@@ -278,7 +262,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.dgates = dxg_t.data_ptr();
       a.rows = s.rows;
       a.hidden = H;
-      launch.lstm_backward_step(dt, /*add_state=*/!proj, a);
+      launch(lstm_backward_step, dt, /*add_state=*/!proj, a);
       at::mm_out(dh_rows, dxg_t, w_hh_acc);
     } else if (cell == CellKind::gru) {
       GruBwdArgs a{};
@@ -291,7 +275,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.dhg = dhg_t.data_ptr();
       a.rows = s.rows;
       a.hidden = H;
-      launch.gru_backward_step(dt, a);
+      launch(gru_backward_step, dt, a);
       dh_rows.addmm_(dhg_t, w_hh_acc);  // the kernel left the direct term dh_t * z there
     } else {
       RnnBwdArgs a{};
@@ -301,7 +285,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.dgates = dxg_t.data_ptr();
       a.rows = s.rows;
       a.hidden = H;
-      launch.rnn_backward_step(dt, cell == CellKind::rnn_relu, a);
+      launch(rnn_backward_step, dt, cell == CellKind::rnn_relu, a);
       at::mm_out(dh_rows, dxg_t, w_hh_acc);
     }
   }
@@ -312,8 +296,8 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
   at::Tensor dw_hh = at::mm(dhg.t(), h_prev.to(A)).to(T);  // [G*H, Hout]
   at::Tensor db_ih, db_hh;
   if (has_bias) {
-    db_ih = column_sum(launch, dxg).to(T);  // [G*H]
-    db_hh = cell == CellKind::gru ? column_sum(launch, dhg).to(T) : db_ih.clone();
+    db_ih = column_sum_of(launch, dxg).to(T);  // [G*H]
+    db_hh = cell == CellKind::gru ? column_sum_of(launch, dhg).to(T) : db_ih.clone();
   }
   at::Tensor dw_hr = proj ? at::mm(dh_all.t(), hpre.to(A)).to(T) : at::Tensor();  // [Hout, H]
   at::Tensor dc0 = cell == CellKind::lstm ? dc_state.to(T) : at::Tensor();

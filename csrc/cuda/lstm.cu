@@ -6,13 +6,15 @@ namespace fusedrnn {
 namespace cuda {
 
 cudaError_t lstm_forward_step(DType dtype, bool has_bias, bool save, bool proj,
-                              const LstmFwdArgs& args, cudaStream_t stream) {
-  return launch_status(lstm_forward_dispatch(dtype, has_bias, save, proj, args, GpuRun{stream}));
+                              const LstmFwdArgs& a, cudaStream_t stream) {
+  const KernelRun run{stream, a.rows * a.hidden};
+  return launch_status(dispatch_op<LstmFwdOp>(dtype, a, run, has_bias, save, proj));
 }
 
-cudaError_t lstm_backward_step(DType dtype, bool add_state, const LstmBwdArgs& args,
+cudaError_t lstm_backward_step(DType dtype, bool add_state, const LstmBwdArgs& a,
                                cudaStream_t stream) {
-  return launch_status(lstm_backward_dispatch(dtype, add_state, args, GpuRun{stream}));
+  const KernelRun run{stream, a.rows * a.hidden};
+  return launch_status(dispatch_op<LstmBwdOp>(dtype, a, run, add_state));
 }
 
 }  // namespace cuda

@@ -1,6 +1,7 @@
-// LSTM step functors (one call = one (row, unit) element) and the dispatch from runtime options
-// to template parameters. Host+device code: the kernels in lstm.cu and the host harness both
-// run exactly this. The per-element math is fusedrnn::LSTMCell (csrc/cell_math.h).
+// LSTM step functors (one call = one (row, unit) element); the launchers in lstm.cu pick their
+// template parameters from the runtime options (common.cuh: dispatch). Host+device code: the
+// kernels and the host harness both run exactly this. The per-element math is
+// fusedrnn::LSTMCell (csrc/cell_math.h).
 #pragma once
 
 #include "cuda/common.cuh"
@@ -39,13 +40,7 @@ struct LstmFwdOp {
     out<T>(a.y)[r * H + j] = h_out;  // y is [rows, H]: without proj Hout == H
     if constexpr (!Proj) *h_state = h;  // with proj: the caller's W_hr GEMM writes h_t
     if constexpr (Save) {
-      A* s = out<A>(a.save) + r * 6 * H + j;
-      s[0] = i;
-      s[H] = f;
-      s[2 * H] = g;
-      s[3 * H] = o;
-      s[4 * H] = c_prev;
-      s[5 * H] = tanh_c;
+      store_strided(out<A>(a.save) + r * 6 * H + j, H, i, f, g, o, c_prev, tanh_c);
     }
   }
 };
@@ -71,40 +66,9 @@ struct LstmBwdOp {
     LSTMCell::backward<A>(dh, *dc, s[0], s[H], s[2 * H], s[3 * H], s[4 * H], s[5 * H], dgi, dgf,
                           dgg, dgo, dc_prev);
     *dc = dc_prev;
-    A* dg = out<A>(a.dgates) + r * 4 * H + j;
-    dg[0] = dgi;
-    dg[H] = dgf;
-    dg[2 * H] = dgg;
-    dg[3 * H] = dgo;
+    store_strided(out<A>(a.dgates) + r * 4 * H + j, H, dgi, dgf, dgg, dgo);
   }
 };
-
-// `run(op, n)` runs op(i) for every i < n: a kernel launch, or the host harness' grid walk.
-template <class Run>
-bool lstm_forward_dispatch(DType dt, bool has_bias, bool save, bool proj, const LstmFwdArgs& a,
-                           Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(has_bias, [&](auto hb) {
-      with_bool(save, [&](auto sv) {
-        with_bool(proj, [&](auto pj) {
-          run(LstmFwdOp<T, decltype(hb)::value, decltype(sv)::value, decltype(pj)::value>{a},
-              a.rows * a.hidden);
-        });
-      });
-    });
-  });
-}
-
-template <class Run>
-bool lstm_backward_dispatch(DType dt, bool add_state, const LstmBwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(add_state, [&](auto as) {
-      run(LstmBwdOp<T, decltype(as)::value>{a}, a.rows * a.hidden);
-    });
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

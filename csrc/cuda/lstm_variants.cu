@@ -6,15 +6,15 @@ namespace fusedrnn {
 namespace cuda {
 
 cudaError_t lstm_variant_forward(DType dtype, bool ln, bool peep, bool cifg,
-                                 const LstmVarFwdArgs& args, cudaStream_t stream) {
-  return launch_status(
-      lstm_variant_forward_dispatch(dtype, ln, peep, cifg, args, GpuRowRun{stream}));
+                                 const LstmVarFwdArgs& a, cudaStream_t stream) {
+  const RowKernelRun run{stream, a.rows, a.hidden};
+  return launch_status(dispatch_op<LstmVarFwdOp>(dtype, a, run, ln, peep, cifg));
 }
 
 cudaError_t lstm_variant_backward(DType dtype, bool ln, bool peep, bool cifg,
-                                  const LstmVarBwdArgs& args, cudaStream_t stream) {
-  return launch_status(
-      lstm_variant_backward_dispatch(dtype, ln, peep, cifg, args, GpuRowRun{stream}));
+                                  const LstmVarBwdArgs& a, cudaStream_t stream) {
+  const RowKernelRun run{stream, a.rows, a.hidden};
+  return launch_status(dispatch_op<LstmVarBwdOp>(dtype, a, run, ln, peep, cifg));
 }
 
 }  // namespace cuda

@@ -1,6 +1,6 @@
 // LSTM variant row functors (layer norm LN, peephole PEEP, coupled input-forget gate CIFG as
-// template bools; zoneout and the projection as uniform runtime branches) and their dispatch.
-// Host+device code run by the kernels (lstm_variants.cu) and by the host harness. One call
+// template bools; zoneout and the projection as uniform runtime branches). Host+device code
+// run by the kernels (launched by lstm_variants.cu) and by the host harness. One call
 // handles one batch row r of one step (see rowblock.cuh). Per-element math: LayerNorm, Zoneout,
 // LSTMVariantCell in csrc/cell_math.h.
 #pragma once
@@ -16,6 +16,24 @@ template <typename T>
 FRNN_HD acc_t<T> zone_keep(const ZoneArgs& z, int64_t row_offset, int64_t j) {
   using A = acc_t<T>;
   return z.mask != nullptr ? to_acc(in<T>(z.mask)[row_offset + j]) : static_cast<A>(z.p);
+}
+
+// Layer norm statistics of one row of K features: mean and 1/std, from two block sums.
+template <typename A, class Blk>
+FRNN_HD void ln_row_stats(const Blk& blk, int64_t K, const A* x, double eps, A& mean, A& rstd) {
+  mean = blk.template sum<A>(K, [&](int64_t k) { return x[k]; }) / A(K);
+  const A var = blk.template sum<A>(K, [&](int64_t k) {
+    const A d = x[k] - mean;
+    return d * d;
+  }) / A(K);
+  rstd = LayerNorm::rstd<A>(var, A(eps));
+}
+
+// LayerNorm::forward of feature e with weight w[e] and bias b[e] (no bias when b is null).
+template <typename T, typename A>
+FRNN_HD A ln_feature(A v, A mean, A rstd, const T* w, const T* b, int64_t e, A& xhat) {
+  return LayerNorm::forward<A>(v, mean, rstd, to_acc(w[e]), b != nullptr ? to_acc(b[e]) : A(0),
+                               xhat);
 }
 
 // Layer norm backward over one row of K features (LN_hh of either cell):
@@ -63,23 +81,13 @@ struct LstmVarFwdOp {
 
     blk.for_each(Ho, [&](int64_t j) { h_prev[j] = from_acc<T>(h_state[j]); });
     A mean = A(0), rstd = A(1);
-    if constexpr (LN) {
-      mean = blk.template sum<A>(GH, [&](int64_t k) { return to_acc(hg[k]); }) / A(GH);
-      const A var = blk.template sum<A>(GH, [&](int64_t k) {
-        const A d = to_acc(hg[k]) - mean;
-        return d * d;
-      }) / A(GH);
-      rstd = LayerNorm::rstd<A>(var, A(a.eps));
-    }
+    if constexpr (LN) ln_row_stats(blk, GH, hg, a.eps, mean, rstd);
     // pre-activation of gate k, unit j without the peephole term
     auto pre = [&](int64_t k, int64_t j) -> A {
       const int64_t e = k * H + j;
       A v = to_acc(hg[e]);
       if constexpr (LN) {
-        A xhat;
-        v = LayerNorm::forward<A>(v, mean, rstd, to_acc(ln_w[e]),
-                                  ln_b != nullptr ? to_acc(ln_b[e]) : A(0), xhat);
-        hhat[e] = xhat;
+        v = ln_feature(v, mean, rstd, ln_w, ln_b, e, hhat[e]);
       }
       if (b_hh != nullptr) v += to_acc(b_hh[e]);
       return v + to_acc(xg[e]);
@@ -107,14 +115,7 @@ struct LstmVarFwdOp {
       cell[H + j] = c;
     });
     A mean_c = A(0), rstd_c = A(1);
-    if constexpr (LN) {
-      mean_c = blk.template sum<A>(H, [&](int64_t j) { return cell[H + j]; }) / A(H);
-      const A var = blk.template sum<A>(H, [&](int64_t j) {
-        const A d = cell[H + j] - mean_c;
-        return d * d;
-      }) / A(H);
-      rstd_c = LayerNorm::rstd<A>(var, A(a.eps));
-    }
+    if constexpr (LN) ln_row_stats(blk, H, cell + H, a.eps, mean_c, rstd_c);
     const T* ln_cw = in<T>(a.ln_c_w);
     const T* ln_cb = in<T>(a.ln_c_b);
     blk.for_each(H, [&](int64_t j) {
@@ -128,8 +129,7 @@ struct LstmVarFwdOp {
       A cn = c;
       if constexpr (LN) {
         A chat;
-        cn = LayerNorm::forward<A>(c, mean_c, rstd_c, to_acc(ln_cw[j]),
-                                   ln_cb != nullptr ? to_acc(ln_cb[j]) : A(0), chat);
+        cn = ln_feature(c, mean_c, rstd_c, ln_cw, ln_cb, j, chat);
       }
       const A w_co = PEEP ? to_acc(w_ch[(G - 2) * H + j]) : A(0);
       A o, tanh_cn, h;
@@ -244,39 +244,6 @@ struct LstmVarBwdOp {
     }
   }
 };
-
-// `run(op, rows, hidden, smem_bytes)` runs op over every row: a kernel launch or the harness.
-template <class Run>
-bool lstm_variant_forward_dispatch(DType dt, bool ln, bool peep, bool cifg,
-                                   const LstmVarFwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(ln, [&](auto l) {
-      with_bool(peep, [&](auto p) {
-        with_bool(cifg, [&](auto c) {
-          run(LstmVarFwdOp<T, decltype(l)::value, decltype(p)::value, decltype(c)::value>{a},
-              a.rows, a.hidden, sizeof(acc_t<T>));
-        });
-      });
-    });
-  });
-}
-
-template <class Run>
-bool lstm_variant_backward_dispatch(DType dt, bool ln, bool peep, bool cifg,
-                                    const LstmVarBwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(ln, [&](auto l) {
-      with_bool(peep, [&](auto p) {
-        with_bool(cifg, [&](auto c) {
-          run(LstmVarBwdOp<T, decltype(l)::value, decltype(p)::value, decltype(c)::value>{a},
-              a.rows, a.hidden, sizeof(acc_t<T>));
-        });
-      });
-    });
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

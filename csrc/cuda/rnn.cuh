@@ -1,4 +1,4 @@
-// Elman RNN (tanh / relu) step functors and dispatch (see lstm.cuh for the structure).
+// Elman RNN (tanh / relu) step functors (see lstm.cuh for the structure).
 // Per-element math: fusedrnn::RNNTanhCell / RNNReluCell (csrc/cell_math.h).
 #pragma once
 
@@ -41,32 +41,6 @@ struct RnnBwdOp {
     out<A>(a.dgates)[r * H + j] = RnnCellOf<Relu>::template backward<A>(dh, h);
   }
 };
-
-template <class Run>
-bool rnn_forward_dispatch(DType dt, bool relu, bool has_bias, bool save, const RnnFwdArgs& a,
-                          Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(relu, [&](auto rl) {
-      with_bool(has_bias, [&](auto hb) {
-        with_bool(save, [&](auto sv) {
-          run(RnnFwdOp<T, decltype(rl)::value, decltype(hb)::value, decltype(sv)::value>{a},
-              a.rows * a.hidden);
-        });
-      });
-    });
-  });
-}
-
-template <class Run>
-bool rnn_backward_dispatch(DType dt, bool relu, const RnnBwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_bool(relu, [&](auto rl) {
-      run(RnnBwdOp<T, decltype(rl)::value>{a}, a.rows * a.hidden);
-    });
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

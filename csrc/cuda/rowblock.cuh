@@ -32,8 +32,7 @@ inline uint32_t row_threads(int64_t hidden) {
 
 inline LaunchShape row_launch_shape(int64_t rows, int64_t hidden,
                                     uint32_t max_blocks = kMaxBlocks) {
-  const int64_t blocks = rows < 1 ? 1 : (rows > max_blocks ? max_blocks : rows);
-  return {static_cast<uint32_t>(blocks), row_threads(hidden)};
+  return {static_cast<uint32_t>(clamp_count(rows, max_blocks)), row_threads(hidden)};
 }
 
 // Every block walks rows block, block + grid, ... (a grid smaller than rows still covers all).

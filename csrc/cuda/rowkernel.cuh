@@ -1,10 +1,12 @@
 // The row kernel template and its launch (device code: included only by the .cu files), the
-// row-kernel counterpart of kernel.cuh.
+// row-kernel counterpart of kernel.cuh (and, as there, only rowblock.cuh without nvcc: the host
+// harness defines RowKernelRun).
 #pragma once
 
 #include "cuda/kernel.cuh"
 #include "cuda/rowblock.cuh"
 
+#if defined(__CUDACC__)
 namespace fusedrnn {
 namespace cuda {
 
@@ -17,17 +19,21 @@ __global__ void row_kernel(const Op op, int64_t rows) {
   row_loop(blockIdx.x, gridDim.x, rows, blk, op);
 }
 
-// The `run` callback of the row dispatch functions, on the GPU.
-struct GpuRowRun {
+// Runs op over every row: one launch of row_kernel<Op>, one accumulator of the functor's acc
+// type in shared memory per thread (the harness' RowKernelRun walks the same blocks).
+struct RowKernelRun {
   cudaStream_t stream;
+  int64_t rows, hidden;
 
   template <class Op>
-  void operator()(const Op& op, int64_t rows, int64_t hidden, size_t acc_bytes) const {
+  void operator()(const Op& op) const {
     if (rows <= 0) return;
     const LaunchShape shape = row_launch_shape(rows, hidden);
-    row_kernel<Op><<<shape.blocks, shape.threads, shape.threads * acc_bytes, stream>>>(op, rows);
+    const size_t smem = shape.threads * sizeof(acc_t<typename StorageOf<Op>::type>);
+    row_kernel<Op><<<shape.blocks, shape.threads, smem, stream>>>(op, rows);
   }
 };
 
 }  // namespace cuda
 }  // namespace fusedrnn
+#endif

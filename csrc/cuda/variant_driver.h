@@ -3,10 +3,7 @@
 // instantiates it with the CUDA launchers, the test-suite with the host harness
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors.
 //
-// A Launch provides (each launching one kernel family and checking for errors itself):
-//   lstm_variant_forward / lstm_variant_backward(DType, ln, peep, cifg, args)
-//   gru_variant_forward / gru_variant_backward(DType, ln, args)
-//   zone_forward / zone_backward(DType, args)       column_sum(DType, ColSumArgs)
+// The Launch is layer_driver.h's (launch.h), here with the launchers of variant_launchers.h.
 //
 // Forward: XP = X W_ih^T for every step; xg = LN_ih(XP) + LN_ih bias + b_ih (ATen, all rows at
 // once: layer norm is per row). Per step t (rows active rows from packed row start):
@@ -51,7 +48,7 @@ inline ZoneArgs zone_args(const at::Tensor& mask, int64_t start, int64_t rows, d
 // Column sums of an acc-typed [N, C] matrix, returned in `dtype`.
 template <class Launch>
 at::Tensor column_sum_as(Launch& launch, const at::Tensor& m, at::ScalarType dtype) {
-  return column_sum(launch, m.contiguous()).to(dtype);
+  return column_sum_of(launch, m.contiguous()).to(dtype);
 }
 
 // Returns {y [N, Hout], h_n [B, Hout], c_n [B, H] (LSTM), act [N, GH] acc, cell [N, 3H] acc
@@ -121,33 +118,36 @@ std::vector<at::Tensor> variant_forward(
     at::Tensor hg_t = hg.narrow(0, 0, s.rows);
     at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh_acc.t());
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
-    if (v.lstm) {
-      LstmVarFwdArgs a{};
+    auto step_args = [&](auto a) {  // the fields both cells' arguments share
       a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
       a.hg = hg_t.data_ptr();
       a.b_hh = ptr(b_hh);
       a.ln_hh_w = ptr(ln_hh_w);
       a.ln_hh_b = ptr(ln_hh_b);
-      a.ln_c_w = ptr(ln_c_w);
-      a.ln_c_b = ptr(ln_c_b);
-      a.w_ch = ptr(w_ch);
       a.zone_h = zone_args(mask_h, s.start, s.rows, v.p_h);
-      a.zone_c = zone_args(mask_c, s.start, s.rows, v.p_c);
       a.h_state = h_state.data_ptr();
-      a.c_state = c_state.data_ptr();
       a.y = y_t.data_ptr();
-      a.hraw = ptr(rows_of(hraw, so, s.rows));
       a.h_prev = h_prev.narrow(0, so, s.rows).data_ptr();
       a.act = act.narrow(0, so, s.rows).data_ptr();
-      a.cell = cell.narrow(0, so, s.rows).data_ptr();
       a.hhat = ptr(rows_of(hhat, so, s.rows));
       a.stats = ptr(rows_of(stats, so, s.rows));
       a.eps = v.eps;
-      a.proj = v.proj;
       a.rows = s.rows;
       a.hidden = H;
+      return a;
+    };
+    if (v.lstm) {
+      LstmVarFwdArgs a = step_args(LstmVarFwdArgs{});
+      a.ln_c_w = ptr(ln_c_w);
+      a.ln_c_b = ptr(ln_c_b);
+      a.w_ch = ptr(w_ch);
+      a.zone_c = zone_args(mask_c, s.start, s.rows, v.p_c);
+      a.c_state = c_state.data_ptr();
+      a.hraw = ptr(rows_of(hraw, so, s.rows));
+      a.cell = cell.narrow(0, so, s.rows).data_ptr();
+      a.proj = v.proj;
       a.hidden_out = Hout;
-      launch.lstm_variant_forward(dt, v.ln, v.peep, v.cifg, a);
+      launch(lstm_variant_forward, dt, v.ln, v.peep, v.cifg, a);
       if (v.proj) {
         at::mm_out(y_t, hraw.narrow(0, so, s.rows), w_hr.t());  // zone_forward: h_state
         ZoneFwdArgs z{};
@@ -156,26 +156,10 @@ std::vector<at::Tensor> variant_forward(
         z.zone = zone_args(mask_h, s.start, s.rows, v.p_h);
         z.rows = s.rows;
         z.width = Hout;
-        launch.zone_forward(dt, z);
+        launch(zone_forward, dt, z);
       }
     } else {
-      GruVarFwdArgs a{};
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
-      a.ln_hh_w = ptr(ln_hh_w);
-      a.ln_hh_b = ptr(ln_hh_b);
-      a.zone_h = zone_args(mask_h, s.start, s.rows, v.p_h);
-      a.h_state = h_state.data_ptr();
-      a.y = y_t.data_ptr();
-      a.h_prev = h_prev.narrow(0, so, s.rows).data_ptr();
-      a.act = act.narrow(0, so, s.rows).data_ptr();
-      a.hhat = ptr(rows_of(hhat, so, s.rows));
-      a.stats = ptr(rows_of(stats, so, s.rows));
-      a.eps = v.eps;
-      a.rows = s.rows;
-      a.hidden = H;
-      launch.gru_variant_forward(dt, v.ln, a);
+      launch(gru_variant_forward, dt, v.ln, step_args(GruVarFwdArgs{}));
     }
   }
   at::Tensor c_n = v.lstm ? c_state.to(x.scalar_type()) : at::Tensor();
@@ -228,8 +212,23 @@ std::vector<at::Tensor> variant_backward(
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     const Step& s = *it;
     at::Tensor dh_rows = dh_state.narrow(0, 0, s.rows);
+    auto step_args = [&](auto a) {  // the fields both cells' arguments share
+      a.act = act.narrow(0, s.start, s.rows).data_ptr();
+      a.hhat = ptr(rows_of(hhat, s.start, s.rows));
+      a.stats = ptr(rows_of(stats, s.start, s.rows));
+      a.ln_hh_w = ptr(ln_hh_w);
+      a.dhp = ptr(rows_of(v.ln ? dHP : at::Tensor(), s.start, s.rows));
+      a.rows = s.rows;
+      a.hidden = H;
+      return a;
+    };
+    auto with_dy = [&](auto& a) {  // dh_t = dy_t + dh_state, zoneout of h in the row kernel
+      a.dy = dy.narrow(0, s.start, s.rows).data_ptr();
+      a.dh_state = dh_state.data_ptr();
+      a.zone_h = zone_args(mask_h, s.start, s.rows, v.p_h);
+    };
     if (v.lstm) {
-      LstmVarBwdArgs a{};
+      LstmVarBwdArgs a = step_args(LstmVarBwdArgs{});
       if (v.proj) {
         ZoneBwdArgs z{};
         z.dy = dy.narrow(0, s.start, s.rows).data_ptr();
@@ -238,49 +237,31 @@ std::vector<at::Tensor> variant_backward(
         z.zone = zone_args(mask_h, s.start, s.rows, v.p_h);
         z.rows = s.rows;
         z.width = Hout;
-        launch.zone_backward(dt, z);
+        launch(zone_backward, dt, z);
         at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
         at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), w_hr_acc);
         a.dh_raw = dhraw_t.data_ptr();
       } else {
-        a.dy = dy.narrow(0, s.start, s.rows).data_ptr();
-        a.dh_state = dh_state.data_ptr();
-        a.zone_h = zone_args(mask_h, s.start, s.rows, v.p_h);
+        with_dy(a);
       }
       a.zone_c = zone_args(mask_c, s.start, s.rows, v.p_c);
       a.dc_state = dc_state.data_ptr();
-      a.act = act.narrow(0, s.start, s.rows).data_ptr();
       a.cell = cell.narrow(0, s.start, s.rows).data_ptr();
-      a.hhat = ptr(rows_of(hhat, s.start, s.rows));
-      a.stats = ptr(rows_of(stats, s.start, s.rows));
-      a.ln_hh_w = ptr(ln_hh_w);
       a.ln_c_w = ptr(ln_c_w);
       a.w_ch = ptr(w_ch);
       a.dgates = dP.narrow(0, s.start, s.rows).data_ptr();
-      a.dhp = ptr(rows_of(v.ln ? dHP : at::Tensor(), s.start, s.rows));
       a.dcn = ptr(rows_of(dcn, s.start, s.rows));
       a.pcn = ptr(rows_of(pcn, s.start, s.rows));
       a.proj = v.proj;
-      a.rows = s.rows;
-      a.hidden = H;
       a.hidden_out = Hout;
-      launch.lstm_variant_backward(dt, v.ln, v.peep, v.cifg, a);
+      launch(lstm_variant_backward, dt, v.ln, v.peep, v.cifg, a);
     } else {
-      GruVarBwdArgs a{};
-      a.dy = dy.narrow(0, s.start, s.rows).data_ptr();
-      a.dh_state = dh_state.data_ptr();
-      a.zone_h = zone_args(mask_h, s.start, s.rows, v.p_h);
-      a.act = act.narrow(0, s.start, s.rows).data_ptr();
+      GruVarBwdArgs a = step_args(GruVarBwdArgs{});
+      with_dy(a);
       a.h_prev = h_prev.narrow(0, s.start, s.rows).data_ptr();
-      a.hhat = ptr(rows_of(hhat, s.start, s.rows));
-      a.stats = ptr(rows_of(stats, s.start, s.rows));
-      a.ln_hh_w = ptr(ln_hh_w);
       a.dxg = dP.narrow(0, s.start, s.rows).data_ptr();
       a.dhg = dS.narrow(0, s.start, s.rows).data_ptr();
-      a.dhp = ptr(rows_of(v.ln ? dHP : at::Tensor(), s.start, s.rows));
-      a.rows = s.rows;
-      a.hidden = H;
-      launch.gru_variant_backward(dt, v.ln, a);
+      launch(gru_variant_backward, dt, v.ln, a);
     }
     dh_rows.addmm_(dHP.narrow(0, s.start, s.rows), w_hh_acc);  // + the kernel's direct part
   }

@@ -5,12 +5,16 @@
 namespace fusedrnn {
 namespace cuda {
 
-cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& args, cudaStream_t stream) {
-  return launch_status(zone_forward_dispatch(dtype, args, GpuRun{stream}));
+cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& a, cudaStream_t stream) {
+  return launch_status(dispatch(dtype, [&](auto t) {  // no flags (see dispatch_op)
+    KernelRun{stream, a.rows * a.width}(ZoneFwdOp<typename decltype(t)::type>{a});
+  }));
 }
 
-cudaError_t zone_backward(DType dtype, const ZoneBwdArgs& args, cudaStream_t stream) {
-  return launch_status(zone_backward_dispatch(dtype, args, GpuRun{stream}));
+cudaError_t zone_backward(DType dtype, const ZoneBwdArgs& a, cudaStream_t stream) {
+  return launch_status(dispatch(dtype, [&](auto t) {
+    KernelRun{stream, a.rows * a.width}(ZoneBwdOp<typename decltype(t)::type>{a});
+  }));
 }
 
 }  // namespace cuda

@@ -10,6 +10,13 @@
 namespace fusedrnn {
 namespace cuda {
 
+// keep value of element idx = r * width + j (mask row r or p)
+template <typename T, class Args>
+FRNN_HD acc_t<T> zone_keep_at(const Args& a, int64_t idx) {
+  const int64_t j = idx % a.width;
+  return zone_keep<T>(a.zone, idx - j, j);
+}
+
 // h_state[r] <- keep h_{t-1} + (1 - keep) y (or y), y <- h_state[r]; h_{t-1} is read from the
 // float state, not from the rounded copy in h_prev
 template <typename T>
@@ -18,11 +25,10 @@ struct ZoneFwdOp {
 
   FRNN_HD void operator()(int64_t idx) const {
     using A = acc_t<T>;
-    const int64_t j = idx % a.width;
     T* y = out<T>(a.y) + idx;
     A* h_state = out<A>(a.h_state) + idx;  // rows of h_state are the step's first rows
     A h = to_acc(*y);
-    if (a.zone.on) h = Zoneout::forward<A>(h, *h_state, zone_keep<T>(a.zone, idx - j, j));
+    if (a.zone.on) h = Zoneout::forward<A>(h, *h_state, zone_keep_at<T>(a, idx));
     *y = from_acc<T>(h);
     *h_state = h;
   }
@@ -35,29 +41,14 @@ struct ZoneBwdOp {
 
   FRNN_HD void operator()(int64_t idx) const {
     using A = acc_t<T>;
-    const int64_t j = idx % a.width;
     A* dhs = out<A>(a.dh_state) + idx;
     const A dh = to_acc(in<T>(a.dy)[idx]) + *dhs;
     A dnew = dh, dold = A(0);
-    if (a.zone.on) Zoneout::backward<A>(dh, zone_keep<T>(a.zone, idx - j, j), dnew, dold);
+    if (a.zone.on) Zoneout::backward<A>(dh, zone_keep_at<T>(a, idx), dnew, dold);
     out<A>(a.dht)[idx] = dnew;
     *dhs = dold;
   }
 };
-
-template <class Run>
-bool zone_forward_dispatch(DType dt, const ZoneFwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    run(ZoneFwdOp<typename decltype(tag)::type>{a}, a.rows * a.width);
-  });
-}
-
-template <class Run>
-bool zone_backward_dispatch(DType dt, const ZoneBwdArgs& a, Run&& run) {
-  return with_dtype(dt, [&](auto tag) {
-    run(ZoneBwdOp<typename decltype(tag)::type>{a}, a.rows * a.width);
-  });
-}
 
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -1,28 +1,20 @@
-// Test build of the CUDA backend on the CPU: the same layer drivers, glue, dispatch, launch
-// shapes, grid-stride loop, row functors and element functors as fusedrnn._C_cuda, with each
-// launch replaced by a walk over the grid the GPU launch would use. Elementwise kernels walk
-// every (block, thread); row kernels walk their blocks, and within a block every collective
-// operation (rowblock.cuh) walks the threads one after the other, with the GPU's partition of
-// the work and its summation order. Built by tests/cuda_host.py with torch.utils.cpp_extension
-// (CPU tensors).
+// Test build of the CUDA backend on the CPU: the same launchers (the .cu files, compiled here
+// as plain C++), layer drivers, glue, dispatch, launch shapes, grid-stride loop, row functors
+// and element functors as fusedrnn._C_cuda, with each launch replaced by a walk over the grid
+// the GPU launch would use. Elementwise kernels walk every (block, thread); row kernels walk
+// their blocks, and within a block every collective operation (rowblock.cuh) walks the threads
+// one after the other, with the GPU's partition of the work and its summation order. Built by
+// tests/cuda_host.py with torch.utils.cpp_extension (CPU tensors).
 #include <vector>
 
-#include "cuda/colsum.cuh"
-#include "cuda/gru.cuh"
-#include "cuda/gru_variants.cuh"
+#include "cuda/common.cuh"
+#include "cuda/launch.h"
 #include "cuda/layer_module.h"
-#include "cuda/lstm.cuh"
-#include "cuda/lstm_variants.cuh"
-#include "cuda/rnn.cuh"
+#include "cuda/rowblock.cuh"
 #include "cuda/variant_module.h"
-#include "cuda/zoneout.cuh"
 
 namespace fusedrnn {
 namespace cuda {
-
-int64_t colsum_parts(int64_t n_rows) { return colsum_parts_impl(n_rows); }
-
-namespace {
 
 // Walk settings: max_blocks smaller than the GPU's forces the stride loops (and makes row
 // blocks take several rows); `backwards` walks blocks and threads in reverse (a result that
@@ -33,9 +25,18 @@ uint32_t g_max_blocks = kMaxBlocks;
 bool g_backwards = false;
 uint32_t g_threads = 0;
 
-struct HostRun {  // elementwise kernels
+// What kernel.cuh and rowkernel.cuh provide to the .cu files under nvcc: the status of a
+// launch (here only an unknown dtype fails) and the walks that stand in for the launches.
+inline cudaError_t launch_status(bool dtype_known) {
+  return dtype_known ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+struct KernelRun {  // elementwise kernels
+  cudaStream_t stream;  // unused
+  int64_t n;
+
   template <class Op>
-  void operator()(const Op& op, int64_t n) const {
+  void operator()(const Op& op) const {
     if (n <= 0) return;
     const LaunchShape s = launch_shape(n, g_max_blocks);
     for (uint32_t k = 0; k < s.blocks * s.threads; ++k) {
@@ -75,9 +76,12 @@ struct HostBlock {  // one thread block of a row kernel
   }
 };
 
-struct HostRowRun {  // row kernels
+struct RowKernelRun {  // row kernels
+  cudaStream_t stream;  // unused
+  int64_t rows, hidden;
+
   template <class Op>
-  void operator()(const Op& op, int64_t rows, int64_t hidden, size_t) const {
+  void operator()(const Op& op) const {
     if (rows <= 0) return;
     LaunchShape s = row_launch_shape(rows, hidden, g_max_blocks);
     if (g_threads > 0) s.threads = g_threads;
@@ -88,53 +92,36 @@ struct HostRowRun {  // row kernels
   }
 };
 
-// The Launch policy of layer_driver.h / variant_driver.h (the GPU's is csrc/cuda/bindings.cpp).
-struct HostLaunch {
+}  // namespace cuda
+}  // namespace fusedrnn
+
+// The launchers of launchers.h and variant_launchers.h, exactly as the extension's.
+#include "cuda/colsum.cu"
+#include "cuda/gru.cu"
+#include "cuda/gru_variants.cu"
+#include "cuda/lstm.cu"
+#include "cuda/lstm_variants.cu"
+#include "cuda/rnn.cu"
+#include "cuda/zoneout.cu"
+
+namespace fusedrnn {
+namespace cuda {
+namespace {
+
+// The Launch policy (launch.h); the GPU's is in csrc/cuda/bindings.cpp.
+struct HostPolicy {
   struct Guard {
     explicit Guard(c10::Device) {}
   };
 
-  static void check(bool known_dtype) { TORCH_CHECK(known_dtype, "fusedrnn: unknown dtype"); }
+  cudaStream_t stream = nullptr;
 
-  void lstm_forward_step(DType dt, bool has_bias, bool save, bool proj, const LstmFwdArgs& a) {
-    check(lstm_forward_dispatch(dt, has_bias, save, proj, a, HostRun{}));
-  }
-  void lstm_backward_step(DType dt, bool add_state, const LstmBwdArgs& a) {
-    check(lstm_backward_dispatch(dt, add_state, a, HostRun{}));
-  }
-  void gru_forward_step(DType dt, bool has_bias, bool save, const GruFwdArgs& a) {
-    check(gru_forward_dispatch(dt, has_bias, save, a, HostRun{}));
-  }
-  void gru_backward_step(DType dt, const GruBwdArgs& a) {
-    check(gru_backward_dispatch(dt, a, HostRun{}));
-  }
-  void rnn_forward_step(DType dt, bool relu, bool has_bias, bool save, const RnnFwdArgs& a) {
-    check(rnn_forward_dispatch(dt, relu, has_bias, save, a, HostRun{}));
-  }
-  void rnn_backward_step(DType dt, bool relu, const RnnBwdArgs& a) {
-    check(rnn_backward_dispatch(dt, relu, a, HostRun{}));
-  }
-  void column_sum(DType dt, const ColSumArgs& a) { check(column_sum_dispatch(dt, a, HostRun{})); }
-
-  void lstm_variant_forward(DType dt, bool ln, bool peep, bool cifg, const LstmVarFwdArgs& a) {
-    check(lstm_variant_forward_dispatch(dt, ln, peep, cifg, a, HostRowRun{}));
-  }
-  void lstm_variant_backward(DType dt, bool ln, bool peep, bool cifg, const LstmVarBwdArgs& a) {
-    check(lstm_variant_backward_dispatch(dt, ln, peep, cifg, a, HostRowRun{}));
-  }
-  void gru_variant_forward(DType dt, bool ln, const GruVarFwdArgs& a) {
-    check(gru_variant_forward_dispatch(dt, ln, a, HostRowRun{}));
-  }
-  void gru_variant_backward(DType dt, bool ln, const GruVarBwdArgs& a) {
-    check(gru_variant_backward_dispatch(dt, ln, a, HostRowRun{}));
-  }
-  void zone_forward(DType dt, const ZoneFwdArgs& a) {
-    check(zone_forward_dispatch(dt, a, HostRun{}));
-  }
-  void zone_backward(DType dt, const ZoneBwdArgs& a) {
-    check(zone_backward_dispatch(dt, a, HostRun{}));
+  static void check(cudaError_t status) {
+    TORCH_CHECK(status == cudaSuccess, "fusedrnn: unknown dtype");
   }
 };
+
+using HostLaunch = CheckedLaunch<HostPolicy>;
 
 }  // namespace
 }  // namespace cuda
