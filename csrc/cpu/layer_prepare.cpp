@@ -17,11 +17,9 @@ void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
 }
 }  // namespace
 
-LayerArgs prepare(Cell cell, const at::Tensor& x, const at::Tensor& h0,
-                  const std::optional<at::Tensor>& c0, const at::Tensor& w_ih,
-                  const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                  const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-                  const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+LayerArgs prepare(FRNN_LAYER_PARAMS) {
+  LayerArgs a;
+  a.cell = parse_cell(cell);
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
               "fusedrnn cpu backend supports float32 and float64, got ", dtype);
@@ -29,17 +27,16 @@ LayerArgs prepare(Cell cell, const at::Tensor& x, const at::Tensor& h0,
   check_tensor(h0, "h0", dtype);
   check_tensor(w_ih, "w_ih", dtype);
   check_tensor(w_hh, "w_hh", dtype);
-  LayerArgs a;
   a.packed = batch_sizes.has_value();
   a.reverse = reverse;
-  const int64_t G = num_gates(cell);
+  const int64_t G = num_gates(a.cell);
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % G == 0,
               "fusedrnn cpu backend: w_ih must be [", G, "*H, I], got ", w_ih.sizes());
   a.H = w_ih.size(0) / G;
   a.I = w_ih.size(1);
   a.Hout = a.H;
   if (w_hr.has_value()) {
-    TORCH_CHECK(cell == Cell::LSTM, "fusedrnn cpu backend: w_hr (proj_size) is LSTM only");
+    TORCH_CHECK(a.cell == Cell::LSTM, "fusedrnn cpu backend: w_hr (proj_size) is LSTM only");
     check_tensor(*w_hr, "w_hr", dtype);
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == a.H,
                 "fusedrnn cpu backend: w_hr must be [Hout, H=", a.H, "], got ", w_hr->sizes());
@@ -73,7 +70,7 @@ LayerArgs prepare(Cell cell, const at::Tensor& x, const at::Tensor& h0,
   a.h0 = h0.contiguous();
   a.w_ih = w_ih.contiguous();
   a.w_hh = w_hh.contiguous();
-  if (cell == Cell::LSTM) {
+  if (a.cell == Cell::LSTM) {
     TORCH_CHECK(c0.has_value(), "fusedrnn cpu backend: LSTM needs c0");
     check_tensor(*c0, "c0", dtype);
     check_shape(*c0, "c0", {a.B, a.H});
@@ -87,7 +84,7 @@ LayerArgs prepare(Cell cell, const at::Tensor& x, const at::Tensor& h0,
   }
   // Biases are folded into one vector added inside the pointwise kernels (no extra pass).
   a.bias = b_ih.has_value() ? b_ih->contiguous().clone() : at::zeros({G * a.H}, x.options());
-  if (cell == Cell::GRU) {
+  if (a.cell == Cell::GRU) {
     if (b_hh.has_value()) {
       a.bias.narrow(0, 0, 2 * a.H).add_(b_hh->narrow(0, 0, 2 * a.H));
       a.bias_hn = b_hh->narrow(0, 2 * a.H, a.H).contiguous();

@@ -50,15 +50,7 @@ void keep_values(const OptTensor& mask, double p, int64_t N, int64_t K, const ch
 }
 }  // namespace
 
-VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
-                            const OptTensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                            const OptTensor& batch_sizes, bool reverse, bool cifg,
-                            const OptTensor& ln_ih_w, const OptTensor& ln_ih_b,
-                            const OptTensor& ln_hh_w, const OptTensor& ln_hh_b,
-                            const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-                            const OptTensor& w_ch, double zoneout_h, double zoneout_c,
-                            const OptTensor& mask_h, const OptTensor& mask_c, double eps) {
+VariantArgs prepare_variant(FRNN_VARIANT_PARAMS) {
   VariantArgs a;
   TORCH_CHECK(cell == "lstm" || cell == "gru", kWho, "cell variants exist for lstm and gru, got '",
               cell, "'");
