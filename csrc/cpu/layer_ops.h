@@ -7,6 +7,8 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -43,6 +45,13 @@ struct LayerArgs {
 
 // Validates a layer's arguments (clear errors for bad input); parses the cell name.
 LayerArgs prepare(FRNN_LAYER_PARAMS);
+
+// Checks that prepare() and prepare_variant() share; every message starts with `who`.
+// t is a CPU tensor of dtype:
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, const char* who);
+// packed x [N, I] with batch_sizes, a 1-D int64 CPU tensor that sums to N -> {T, N}:
+std::pair<int64_t, int64_t> packed_shape(const at::Tensor& x, const at::Tensor& batch_sizes,
+                                         const char* who);
 
 // -> {y [T, B, Hout] or [N, Hout], h_n [B, Hout], c_n [B, H] or [0], ws1, ws2}
 // ws1/ws2 (empty unless train): LSTM activations [N, 4H] and cells [N, H];
