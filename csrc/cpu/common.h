@@ -17,6 +17,8 @@
 
 namespace fusedrnn::cpu {
 
+using OptTensor = std::optional<at::Tensor>;
+
 enum class Cell { LSTM, GRU, RNN_TANH, RNN_RELU };
 
 inline Cell parse_cell(const std::string& name) {
@@ -130,6 +132,25 @@ inline void parallel_rows(int64_t rows, int64_t H, int64_t cost_per_unit, const 
       idx += j1 - j0;
     }
   });
+}
+
+// f(float{}) or f(double{}) by the (already checked) dtype: the instantiation of an entry
+// point's implementation, e.g. dispatch_float(dtype, [&](auto t) { return impl<decltype(t)>(); }).
+template <typename F>
+inline auto dispatch_float(at::ScalarType dtype, const F& f) {
+  if (dtype == at::kFloat) return f(float{});
+  return f(double{});
+}
+
+// A flat weight list (torch.nn order) holds `expected` CPU tensors of dtype; the errors start
+// with `who` and call the list's entries `what`.
+inline void check_flat_weights(const std::vector<at::Tensor>& w, int64_t expected,
+                               at::ScalarType dtype, const char* who, const char* what) {
+  TORCH_CHECK(static_cast<int64_t>(w.size()) == expected, who, ": expected ", expected, " ",
+              what, ", got ", w.size());
+  for (const auto& t : w)
+    TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu(), who,
+                ": every weight must be a CPU tensor of dtype ", dtype);
 }
 
 template <typename T>

@@ -231,12 +231,8 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
                                      embed->scalar_type() == dtype),
               "fusedrnn generate: embedding must be [", V, ", E] of the model's dtype");
   const int64_t per_layer = has_bias ? 4 : 2;
-  TORCH_CHECK(static_cast<int64_t>(flat_weights.size()) == num_layers * per_layer,
-              "fusedrnn generate: expected ", num_layers * per_layer, " layer weights, got ",
-              flat_weights.size());
-  for (const auto& t : flat_weights)
-    TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu(),
-                "fusedrnn generate: every weight must be a CPU tensor of dtype ", dtype);
+  check_flat_weights(flat_weights, num_layers * per_layer, dtype, "fusedrnn generate",
+                     "layer weights");
   TORCH_CHECK(variant_weights.empty() ||
                   static_cast<int64_t>(variant_weights.size()) == num_layers * kVariantWeights,
               "fusedrnn generate: expected ", num_layers * kVariantWeights,
@@ -244,13 +240,11 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
   TORCH_CHECK(variant_weights.empty() || cell == Cell::LSTM || cell == Cell::GRU,
               "fusedrnn generate: cell variants exist for LSTM and GRU only");
   const Sampling s{temperature, top_k, argmax, generator};
-  if (dtype == at::kFloat)
-    return generate_impl<float>(cell, embed, flat_weights, num_layers, has_bias, variant_weights,
-                                cifg, zoneout_h, zoneout_c, eps, dec_w, dec_b, h, c, logits,
-                                length, s, on_ids, every);
-  return generate_impl<double>(cell, embed, flat_weights, num_layers, has_bias, variant_weights,
-                               cifg, zoneout_h, zoneout_c, eps, dec_w, dec_b, h, c, logits,
-                               length, s, on_ids, every);
+  return dispatch_float(dtype, [&](auto t) {
+    return generate_impl<decltype(t)>(cell, embed, flat_weights, num_layers, has_bias,
+                                      variant_weights, cifg, zoneout_h, zoneout_c, eps, dec_w,
+                                      dec_b, h, c, logits, length, s, on_ids, every);
+  });
 }
 
 }  // namespace fusedrnn::cpu

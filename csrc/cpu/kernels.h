@@ -10,6 +10,24 @@
 
 #include <cstdint>
 
+// FRNN_TARGET_AVX2: this compiler can build AVX2+FMA functions into a baseline-ISA binary (x86
+// with GCC or clang); FRNN_AVX2_BEGIN / FRNN_AVX2_END then bracket the code that gets the wider
+// ISA (kernels_avx2.cpp, sgemm_avx2.cpp). Every standard header is included before
+// FRNN_AVX2_BEGIN, so that only the bracketed functions, and what they inline, get it.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define FRNN_TARGET_AVX2 1
+#if defined(__clang__)
+#define FRNN_AVX2_BEGIN \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma\"))), apply_to = function)")
+#define FRNN_AVX2_END _Pragma("clang attribute pop")
+#else
+#define FRNN_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma\")")
+#define FRNN_AVX2_END _Pragma("GCC pop_options")
+#endif
+#else
+#define FRNN_TARGET_AVX2 0
+#endif
+
 namespace fusedrnn::cpu {
 
 template <typename T>

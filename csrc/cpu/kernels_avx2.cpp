@@ -11,22 +11,13 @@
 #include "kernels.h"
 #include "variant_kernels.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if FRNN_TARGET_AVX2
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+FRNN_AVX2_BEGIN
 #define FRNN_ISA_NAMESPACE avx2
 #include "kernels_impl.h"
 #include "variant_kernels_impl.h"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FRNN_AVX2_END
 
 namespace fusedrnn::cpu::avx2 {
 bool compiled() { return true; }

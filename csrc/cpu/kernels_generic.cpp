@@ -20,7 +20,7 @@ bool use_avx2() {
   // FUSEDRNN_CPU_ISA=generic forces the baseline copy (the tests use it to run both copies).
   const char* forced = std::getenv("FUSEDRNN_CPU_ISA");
   if (forced != nullptr && std::strcmp(forced, "generic") == 0) return false;
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if FRNN_TARGET_AVX2
   return avx2::compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
   return false;

@@ -7,9 +7,22 @@
 // activations (cell_math.h keeps float exp free of library calls for exactly this reason).
 // Options that would otherwise be a branch per element are template parameters.
 
+#include <type_traits>
+
 #include "../cell_math.h"
 
 namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE {
+
+namespace {
+// Calls f(std::integral_constant<bool, b>) so that a run-time flag selects an instantiation.
+template <typename F>
+inline void with_bool(bool b, const F& f) {
+  if (b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+}  // namespace
 
 template <typename T, bool SAVE>
 void lstm_fwd_loop(int64_t n, int64_t H, const T* __restrict bias, T* __restrict g,
@@ -40,10 +53,9 @@ void lstm_fwd_loop(int64_t n, int64_t H, const T* __restrict bias, T* __restrict
 template <typename T>
 void lstm_fwd(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out, T* h_out,
               bool save_act) {
-  if (save_act)
-    lstm_fwd_loop<T, true>(n, H, bias, g, c_prev, c_out, h_out);
-  else
-    lstm_fwd_loop<T, false>(n, H, bias, g, c_prev, c_out, h_out);
+  with_bool(save_act, [&](auto save) {
+    lstm_fwd_loop<T, decltype(save)::value>(n, H, bias, g, c_prev, c_out, h_out);
+  });
 }
 
 template <typename T, bool TWO_DH, bool HRAW>
@@ -77,17 +89,12 @@ void lstm_bwd_loop(int64_t n, int64_t H, const T* __restrict act, const T* __res
 template <typename T>
 void lstm_bwd(int64_t n, int64_t H, const T* act, const T* c_prev, const T* c, const T* dh_a,
               const T* dh_b, T* dc, T* dg, T* hraw) {
-  if (dh_b != nullptr) {
-    if (hraw != nullptr)
-      lstm_bwd_loop<T, true, true>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
-    else
-      lstm_bwd_loop<T, true, false>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
-  } else {
-    if (hraw != nullptr)
-      lstm_bwd_loop<T, false, true>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
-    else
-      lstm_bwd_loop<T, false, false>(n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
-  }
+  with_bool(dh_b != nullptr, [&](auto two_dh) {
+    with_bool(hraw != nullptr, [&](auto has_hraw) {
+      lstm_bwd_loop<T, decltype(two_dh)::value, decltype(has_hraw)::value>(
+          n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
+    });
+  });
 }
 
 template <typename T, bool SAVE>
@@ -121,10 +128,9 @@ void gru_fwd_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* __r
 template <typename T>
 void gru_fwd(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
              const T* h_prev, T* h_out, T* hn_out, bool save_act) {
-  if (save_act)
-    gru_fwd_loop<T, true>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
-  else
-    gru_fwd_loop<T, false>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
+  with_bool(save_act, [&](auto save) {
+    gru_fwd_loop<T, decltype(save)::value>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
+  });
 }
 
 template <typename T>

@@ -25,10 +25,10 @@ namespace fusedrnn::cpu {
 namespace {
 
 template <typename T>
-std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor& y_in,
-                                 const at::Tensor& ws1, const at::Tensor& ws2,
-                                 const at::Tensor& grad_y, const std::optional<at::Tensor>& grad_hn,
-                                 const std::optional<at::Tensor>& grad_cn, int64_t mask) {
+std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, const at::Tensor& ws1,
+                                 const at::Tensor& ws2, const at::Tensor& grad_y,
+                                 const OptTensor& grad_hn, const OptTensor& grad_cn, int64_t mask) {
+  const Cell cell = a.cell;
   const int64_t G = num_gates(cell), H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto opts = a.x.options();
   const auto& K = kernels(T{});
@@ -208,27 +208,18 @@ std::vector<at::Tensor> bwd_impl(Cell cell, const LayerArgs& a, const at::Tensor
 
 }  // namespace
 
-std::vector<at::Tensor> layer_bwd(const std::string& cell_name, const at::Tensor& x,
-                                  const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                  const std::optional<at::Tensor>& b_ih,
-                                  const std::optional<at::Tensor>& b_hh,
-                                  const std::optional<at::Tensor>& w_hr,
-                                  const std::optional<at::Tensor>& batch_sizes, bool reverse,
-                                  const at::Tensor& y, const at::Tensor& ws1,
+std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y, const at::Tensor& ws1,
                                   const at::Tensor& ws2, const at::Tensor& grad_y,
-                                  const std::optional<at::Tensor>& grad_hn,
-                                  const std::optional<at::Tensor>& grad_cn, int64_t grad_mask) {
-  const Cell cell = parse_cell(cell_name);
+                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                  int64_t grad_mask) {
   c10::NoGradGuard no_grad;
-  const LayerArgs a = prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse);
+  const LayerArgs a = prepare(FRNN_LAYER_ARGS);
   if (!b_ih.has_value()) grad_mask &= ~int64_t(kGradBih);
   if (!b_hh.has_value()) grad_mask &= ~int64_t(kGradBhh);
-  if (a.x.scalar_type() == at::kFloat)
-    return bwd_impl<float>(cell, a, y, ws1.contiguous(), ws2.contiguous(), grad_y, grad_hn,
-                           grad_cn, grad_mask);
-  return bwd_impl<double>(cell, a, y, ws1.contiguous(), ws2.contiguous(), grad_y, grad_hn,
-                          grad_cn, grad_mask);
+  return dispatch_float(a.x.scalar_type(), [&](auto t) {
+    return bwd_impl<decltype(t)>(a, y, ws1.contiguous(), ws2.contiguous(), grad_y, grad_hn,
+                                 grad_cn, grad_mask);
+  });
 }
 
 }  // namespace fusedrnn::cpu

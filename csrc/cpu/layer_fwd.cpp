@@ -24,7 +24,8 @@ namespace fusedrnn::cpu {
 namespace {
 
 template <typename T>
-std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
+std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
+  const Cell cell = a.cell;
   const int64_t G = num_gates(cell), H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   const auto opts = a.x.options();
@@ -151,19 +152,10 @@ std::vector<at::Tensor> fwd_impl(Cell cell, const LayerArgs& a, bool train) {
 
 }  // namespace
 
-std::vector<at::Tensor> layer_fwd(const std::string& cell_name, const at::Tensor& x,
-                                  const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                  const std::optional<at::Tensor>& b_ih,
-                                  const std::optional<at::Tensor>& b_hh,
-                                  const std::optional<at::Tensor>& w_hr,
-                                  const std::optional<at::Tensor>& batch_sizes, bool reverse,
-                                  bool train) {
-  const Cell cell = parse_cell(cell_name);
+std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train) {
   c10::NoGradGuard no_grad;
-  const LayerArgs a = prepare(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse);
-  if (a.x.scalar_type() == at::kFloat) return fwd_impl<float>(cell, a, train);
-  return fwd_impl<double>(cell, a, train);
+  const LayerArgs a = prepare(FRNN_LAYER_ARGS);
+  return dispatch_float(a.x.scalar_type(), [&](auto t) { return fwd_impl<decltype(t)>(a, train); });
 }
 
 }  // namespace fusedrnn::cpu

@@ -7,6 +7,8 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -14,6 +16,7 @@
 namespace fusedrnn::cpu {
 
 struct LayerArgs {
+  Cell cell;
   bool packed, reverse;
   int64_t T, B, N, I, H, Hout;
   at::Tensor x;        // [N, I] contiguous (dense input flattened time-major)
@@ -30,23 +33,30 @@ struct LayerArgs {
   std::optional<at::Tensor> batch_sizes;  // [T] int64
 };
 
-LayerArgs prepare(Cell cell, const at::Tensor& x, const at::Tensor& h0,
-                  const std::optional<at::Tensor>& c0, const at::Tensor& w_ih,
-                  const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                  const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-                  const std::optional<at::Tensor>& batch_sizes, bool reverse);
+// The leading parameters of every layer entry point, in the order of
+// fusedrnn/ops/library.py::LAYER_ARGS (the Python side passes them positionally), written once:
+// FRNN_LAYER_PARAMS declares them, FRNN_LAYER_ARGS passes them on. The variant entry points
+// take the options after them (FRNN_VARIANT_PARAMS / FRNN_VARIANT_ARGS, below).
+#define FRNN_LAYER_PARAMS                                                                  \
+  const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,    \
+      const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,                  \
+      const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse
+#define FRNN_LAYER_ARGS cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
+
+// Validates a layer's arguments (clear errors for bad input); parses the cell name.
+LayerArgs prepare(FRNN_LAYER_PARAMS);
+
+// Checks that prepare() and prepare_variant() share; every message starts with `who`.
+// t is a CPU tensor of dtype:
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, const char* who);
+// packed x [N, I] with batch_sizes, a 1-D int64 CPU tensor that sums to N -> {T, N}:
+std::pair<int64_t, int64_t> packed_shape(const at::Tensor& x, const at::Tensor& batch_sizes,
+                                         const char* who);
 
 // -> {y [T, B, Hout] or [N, Hout], h_n [B, Hout], c_n [B, H] or [0], ws1, ws2}
 // ws1/ws2 (empty unless train): LSTM activations [N, 4H] and cells [N, H];
 // GRU activations [N, 3H] and hn [N, H]; RNN nothing (y suffices).
-std::vector<at::Tensor> layer_fwd(const std::string& cell, const at::Tensor& x,
-                                  const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                  const std::optional<at::Tensor>& b_ih,
-                                  const std::optional<at::Tensor>& b_hh,
-                                  const std::optional<at::Tensor>& w_hr,
-                                  const std::optional<at::Tensor>& batch_sizes, bool reverse,
-                                  bool train);
+std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train);
 
 // Gradient mask bits (which of the 8 gradients to produce).
 enum GradBit : int64_t {
@@ -56,17 +66,10 @@ enum GradBit : int64_t {
 
 // -> {dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr}; a gradient not asked for (or whose
 // input is absent) is an empty [0] tensor.
-std::vector<at::Tensor> layer_bwd(const std::string& cell, const at::Tensor& x,
-                                  const at::Tensor& h0, const std::optional<at::Tensor>& c0,
-                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                  const std::optional<at::Tensor>& b_ih,
-                                  const std::optional<at::Tensor>& b_hh,
-                                  const std::optional<at::Tensor>& w_hr,
-                                  const std::optional<at::Tensor>& batch_sizes, bool reverse,
-                                  const at::Tensor& y, const at::Tensor& ws1,
+std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y, const at::Tensor& ws1,
                                   const at::Tensor& ws2, const at::Tensor& grad_y,
-                                  const std::optional<at::Tensor>& grad_hn,
-                                  const std::optional<at::Tensor>& grad_cn, int64_t grad_mask);
+                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                  int64_t grad_mask);
 
 // One time step of a unidirectional stack of layers, no autograd, minimal overhead.
 // x [B, I], hx [L, B, Hout], cx [L, B, H] (LSTM) -> {y [B, Hout], h_n [L, B, Hout], c_n}.
@@ -100,21 +103,20 @@ at::Tensor generate(const std::string& cell, const std::optional<at::Tensor>& em
 // ---------------------------------------------------------------------------------------------
 namespace fusedrnn::cpu {
 
+#define FRNN_VARIANT_PARAMS                                                                 \
+  FRNN_LAYER_PARAMS, bool cifg, const OptTensor& ln_ih_w, const OptTensor& ln_ih_b,           \
+      const OptTensor& ln_hh_w, const OptTensor& ln_hh_b, const OptTensor& ln_c_w,            \
+      const OptTensor& ln_c_b, const OptTensor& w_ch, double zoneout_h, double zoneout_c,     \
+      const OptTensor& mask_h, const OptTensor& mask_c, double eps
+#define FRNN_VARIANT_ARGS                                                                   \
+  FRNN_LAYER_ARGS, cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h,  \
+      zoneout_c, mask_h, mask_c, eps
+
 // -> {y, h_n, c_n ([0] for GRU), act, cs, ct, hh, xh, stats}; the last six are saved for the
 // backward when train (else [0]): act [N, G*H] activations, cs [N, H] the states c_t (LSTM),
 // ct [N, H] c~_t (LSTM) or the recurrent n part (GRU), hh / xh [N, G*H] the normalised
 // recurrent / input projections (ln), stats [N, 4] (rstd_ih, rstd_hh, mean_c, rstd_c) (ln).
-std::vector<at::Tensor> variant_fwd(
-    const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
-    const std::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
-    bool reverse, bool cifg, const std::optional<at::Tensor>& ln_ih_w,
-    const std::optional<at::Tensor>& ln_ih_b, const std::optional<at::Tensor>& ln_hh_w,
-    const std::optional<at::Tensor>& ln_hh_b, const std::optional<at::Tensor>& ln_c_w,
-    const std::optional<at::Tensor>& ln_c_b, const std::optional<at::Tensor>& w_ch,
-    double zoneout_h, double zoneout_c, const std::optional<at::Tensor>& mask_h,
-    const std::optional<at::Tensor>& mask_c, double eps, bool train);
+std::vector<at::Tensor> variant_fwd(FRNN_VARIANT_PARAMS, bool train);
 
 // Gradient mask bits of variant_bwd, in the order of its outputs.
 enum VariantGradBit : int64_t {
@@ -125,19 +127,9 @@ enum VariantGradBit : int64_t {
 
 // -> {dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b,
 // dln_c_w, dln_c_b, dw_ch}; a gradient not asked for (or of an absent input) is [0].
-std::vector<at::Tensor> variant_bwd(
-    const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
-    const std::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
-    bool reverse, bool cifg, const std::optional<at::Tensor>& ln_ih_w,
-    const std::optional<at::Tensor>& ln_ih_b, const std::optional<at::Tensor>& ln_hh_w,
-    const std::optional<at::Tensor>& ln_hh_b, const std::optional<at::Tensor>& ln_c_w,
-    const std::optional<at::Tensor>& ln_c_b, const std::optional<at::Tensor>& w_ch,
-    double zoneout_h, double zoneout_c, const std::optional<at::Tensor>& mask_h,
-    const std::optional<at::Tensor>& mask_c, double eps, const at::Tensor& y,
-    const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
-    const std::optional<at::Tensor>& grad_hn, const std::optional<at::Tensor>& grad_cn,
-    int64_t grad_mask);
+std::vector<at::Tensor> variant_bwd(FRNN_VARIANT_PARAMS, const at::Tensor& y,
+                                    const std::vector<at::Tensor>& saved,
+                                    const at::Tensor& grad_y, const OptTensor& grad_hn,
+                                    const OptTensor& grad_cn, int64_t grad_mask);
 
 }  // namespace fusedrnn::cpu

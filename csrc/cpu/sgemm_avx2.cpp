@@ -8,22 +8,18 @@
 // kernel reaches 75-90 % in the same setting, and the step loops pack the weights once per
 // layer call (sgemm.h: PackedB).
 //
-// Every standard header is included before the target pragma, as in kernels_avx2.cpp.
+// Every standard header is included before FRNN_AVX2_BEGIN (kernels.h), as in kernels_avx2.cpp.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
+#include "kernels.h"
 #include "sgemm.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if FRNN_TARGET_AVX2
 #include <immintrin.h>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+FRNN_AVX2_BEGIN
 
 namespace fusedrnn::cpu::sgemm_avx2 {
 
@@ -164,11 +160,7 @@ bool compiled() { return true; }
 
 }  // namespace fusedrnn::cpu::sgemm_avx2
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FRNN_AVX2_END
 
 #else
 

@@ -40,12 +40,8 @@ std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tenso
   TORCH_CHECK(num_layers >= 1, "fusedrnn stack_step: num_layers must be >= 1");
   TORCH_CHECK(proj_size == 0 || cell == Cell::LSTM, "fusedrnn stack_step: proj_size is LSTM only");
   const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj_size > 0 ? 1 : 0);
-  TORCH_CHECK(static_cast<int64_t>(flat_weights.size()) == num_layers * per_layer,
-              "fusedrnn stack_step: expected ", num_layers * per_layer, " weights, got ",
-              flat_weights.size());
-  for (const auto& t : flat_weights)
-    TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu(),
-                "fusedrnn stack_step: every weight must be a CPU tensor of dtype ", dtype);
+  check_flat_weights(flat_weights, num_layers * per_layer, dtype, "fusedrnn stack_step",
+                     "weights");
   TORCH_CHECK(x.dim() == 2, "fusedrnn stack_step: x must be [B, I], got ", x.sizes());
   TORCH_CHECK(hx.dim() == 3 && hx.size(0) == num_layers && hx.size(1) == x.size(0) &&
                   hx.scalar_type() == dtype,
@@ -62,9 +58,9 @@ std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tenso
                 "fusedrnn stack_step: LSTM needs cx [L, B, H]");
     c = *cx;
   }
-  if (dtype == at::kFloat)
-    return step_impl<float>(cell, x, hx, c, flat_weights, num_layers, has_bias, proj_size);
-  return step_impl<double>(cell, x, hx, c, flat_weights, num_layers, has_bias, proj_size);
+  return dispatch_float(dtype, [&](auto t) {
+    return step_impl<decltype(t)>(cell, x, hx, c, flat_weights, num_layers, has_bias, proj_size);
+  });
 }
 
 }  // namespace fusedrnn::cpu

@@ -285,21 +285,12 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
 
 }  // namespace
 
-std::vector<at::Tensor> variant_bwd(
-    const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,
-    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-    const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse, bool cifg,
-    const OptTensor& ln_ih_w, const OptTensor& ln_ih_b, const OptTensor& ln_hh_w,
-    const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-    const OptTensor& w_ch, double zoneout_h, double zoneout_c, const OptTensor& mask_h,
-    const OptTensor& mask_c, double eps, const at::Tensor& y, const std::vector<at::Tensor>& saved,
-    const at::Tensor& grad_y, const OptTensor& grad_hn, const OptTensor& grad_cn,
-    int64_t grad_mask) {
+std::vector<at::Tensor> variant_bwd(FRNN_VARIANT_PARAMS, const at::Tensor& y,
+                                    const std::vector<at::Tensor>& saved,
+                                    const at::Tensor& grad_y, const OptTensor& grad_hn,
+                                    const OptTensor& grad_cn, int64_t grad_mask) {
   c10::NoGradGuard no_grad;
-  const VariantArgs a = prepare_variant(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                        batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b, ln_hh_w,
-                                        ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
-                                        mask_h, mask_c, eps);
+  const VariantArgs a = prepare_variant(FRNN_VARIANT_ARGS);
   // gradients of absent inputs are never produced
   const std::pair<bool, int64_t> absent[] = {
       {!b_ih.has_value(), kVGradBih},       {!b_hh.has_value(), kVGradBhh},
@@ -310,9 +301,9 @@ std::vector<at::Tensor> variant_bwd(
       {a.cell != Cell::LSTM, kVGradC0}};
   for (const auto& [gone, bit] : absent)
     if (gone) grad_mask &= ~bit;
-  if (a.x.scalar_type() == at::kFloat)
-    return bwd_impl<float>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
-  return bwd_impl<double>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
+  return dispatch_float(a.x.scalar_type(), [&](auto t) {
+    return bwd_impl<decltype(t)>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
+  });
 }
 
 }  // namespace fusedrnn::cpu

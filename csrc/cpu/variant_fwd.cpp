@@ -184,21 +184,10 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
 
 }  // namespace
 
-std::vector<at::Tensor> variant_fwd(
-    const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,
-    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-    const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse, bool cifg,
-    const OptTensor& ln_ih_w, const OptTensor& ln_ih_b, const OptTensor& ln_hh_w,
-    const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-    const OptTensor& w_ch, double zoneout_h, double zoneout_c, const OptTensor& mask_h,
-    const OptTensor& mask_c, double eps, bool train) {
+std::vector<at::Tensor> variant_fwd(FRNN_VARIANT_PARAMS, bool train) {
   c10::NoGradGuard no_grad;
-  const VariantArgs a = prepare_variant(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                        batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b, ln_hh_w,
-                                        ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c,
-                                        mask_h, mask_c, eps);
-  if (a.x.scalar_type() == at::kFloat) return fwd_impl<float>(a, train);
-  return fwd_impl<double>(a, train);
+  const VariantArgs a = prepare_variant(FRNN_VARIANT_ARGS);
+  return dispatch_float(a.x.scalar_type(), [&](auto t) { return fwd_impl<decltype(t)>(a, train); });
 }
 
 }  // namespace fusedrnn::cpu

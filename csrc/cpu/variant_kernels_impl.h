@@ -1,5 +1,6 @@
 // Loops of the variant kernels declared in variant_kernels.h. Included once per ISA by
-// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set.
+// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set, after kernels_impl.h
+// (with_bool).
 //
 // As in kernels_impl.h every loop walks contiguous units with __restrict pointers and selects
 // only, so that -O3 -fno-trapping-math vectorises it; row sums use `omp simd reduction`
@@ -13,15 +14,6 @@
 namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE {
 
 namespace {
-
-// Calls f(std::integral_constant<bool, b>) so that a run-time flag selects an instantiation.
-template <typename F>
-inline void with_bool(bool b, const F& f) {
-  if (b)
-    f(std::true_type{});
-  else
-    f(std::false_type{});
-}
 
 template <typename T>
 void ln_stats(int64_t n, const T* __restrict v, T eps, T* mean_out, T* rstd_out) {

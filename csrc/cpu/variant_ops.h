@@ -12,11 +12,10 @@
 #include <vector>
 
 #include "common.h"
+#include "layer_ops.h"
 #include "variant_kernels.h"
 
 namespace fusedrnn::cpu {
-
-using OptTensor = std::optional<at::Tensor>;
 
 struct VariantArgs {
   Cell cell;
@@ -42,15 +41,7 @@ struct VariantArgs {
   std::optional<at::Tensor> batch_sizes;  // [T] int64
 };
 
-VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
-                            const OptTensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                            const OptTensor& batch_sizes, bool reverse, bool cifg,
-                            const OptTensor& ln_ih_w, const OptTensor& ln_ih_b,
-                            const OptTensor& ln_hh_w, const OptTensor& ln_hh_b,
-                            const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-                            const OptTensor& w_ch, double zoneout_h, double zoneout_c,
-                            const OptTensor& mask_h, const OptTensor& mask_c, double eps);
+VariantArgs prepare_variant(FRNN_VARIANT_PARAMS);
 
 // Runs fn(b0, b1) once per block of batch rows, one block per thread, in parallel: fn runs
 // its rows through all the steps (rows are independent sequences). Block bounds balance the

@@ -9,15 +9,9 @@ namespace fusedrnn::cpu {
 namespace {
 constexpr const char* kWho = "fusedrnn cpu variants: ";
 
-void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype) {
-  TORCH_CHECK(t.device().is_cpu(), kWho, name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, kWho, name, " has dtype ", t.scalar_type(),
-              " but x has dtype ", dtype);
-}
-
 at::Tensor checked(const at::Tensor& t, const char* name, at::ScalarType dtype,
                    at::IntArrayRef shape) {
-  check_tensor(t, name, dtype);
+  check_tensor(t, name, dtype, kWho);
   TORCH_CHECK(t.sizes() == shape, kWho, name, " must have shape ", shape, ", got ", t.sizes());
   return t.contiguous();
 }
@@ -50,15 +44,7 @@ void keep_values(const OptTensor& mask, double p, int64_t N, int64_t K, const ch
 }
 }  // namespace
 
-VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
-                            const OptTensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                            const OptTensor& batch_sizes, bool reverse, bool cifg,
-                            const OptTensor& ln_ih_w, const OptTensor& ln_ih_b,
-                            const OptTensor& ln_hh_w, const OptTensor& ln_hh_b,
-                            const OptTensor& ln_c_w, const OptTensor& ln_c_b,
-                            const OptTensor& w_ch, double zoneout_h, double zoneout_c,
-                            const OptTensor& mask_h, const OptTensor& mask_c, double eps) {
+VariantArgs prepare_variant(FRNN_VARIANT_PARAMS) {
   VariantArgs a;
   TORCH_CHECK(cell == "lstm" || cell == "gru", kWho, "cell variants exist for lstm and gru, got '",
               cell, "'");
@@ -70,10 +56,10 @@ VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const 
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, kWho,
               "supports float32 and float64, got ", dtype);
-  check_tensor(x, "x", dtype);
-  check_tensor(h0, "h0", dtype);
-  check_tensor(w_ih, "w_ih", dtype);
-  check_tensor(w_hh, "w_hh", dtype);
+  check_tensor(x, "x", dtype, kWho);
+  check_tensor(h0, "h0", dtype, kWho);
+  check_tensor(w_ih, "w_ih", dtype, kWho);
+  check_tensor(w_hh, "w_hh", dtype, kWho);
   a.G = lstm ? (cifg ? 3 : 4) : 3;
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % a.G == 0 && w_ih.size(0) > 0, kWho,
               "w_ih must be [", a.G, "*H, I], got ", w_ih.sizes());
@@ -84,7 +70,7 @@ VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const 
   a.proj = w_hr.has_value();
   if (a.proj) {
     TORCH_CHECK(lstm, kWho, "w_hr (proj_size) is LSTM only");
-    check_tensor(*w_hr, "w_hr", dtype);
+    check_tensor(*w_hr, "w_hr", dtype, kWho);
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == a.H, kWho, "w_hr must be [Hout, H=", a.H,
                 "], got ", w_hr->sizes());
     a.Hout = w_hr->size(0);
@@ -93,16 +79,8 @@ VariantArgs prepare_variant(const std::string& cell, const at::Tensor& x, const 
   a.packed = batch_sizes.has_value();
   a.reverse = reverse;
   if (a.packed) {
-    const at::Tensor& bs = *batch_sizes;
-    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, kWho,
-                "batch_sizes must be a 1-D int64 CPU tensor");
-    TORCH_CHECK(x.dim() == 2, kWho, "packed x must be [N, I], got ", x.sizes());
-    a.T = bs.numel();
-    a.N = x.size(0);
-    const int64_t total = a.T ? bs.sum().item<int64_t>() : 0;
-    TORCH_CHECK(total == a.N, kWho, "sum(batch_sizes) = ", total, " but packed x has ", a.N,
-                " rows");
-    a.batch_sizes = bs.contiguous();
+    std::tie(a.T, a.N) = packed_shape(x, *batch_sizes, kWho);
+    a.batch_sizes = batch_sizes->contiguous();
   } else {
     TORCH_CHECK(x.dim() == 3, kWho, "x must be [T, B, I], got ", x.sizes());
     TORCH_CHECK(h0.dim() == 2 && x.size(1) == h0.size(0), kWho, "x has batch ", x.size(1),
