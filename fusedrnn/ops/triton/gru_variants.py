@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import runtime
 from .cellmath import gru_bwd, gru_fwd
-from .common import state_grad
+from .common import finish_state_grad, state_grad
 from .configs import pick_variant_config
 from .lstm_variants import recurrent_part
 from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, zoneout_weight
@@ -246,14 +246,13 @@ def _gru_variant_fwd(
     any_ = xg
     for s in plan.steps:
         runtime.launch(
-            _gru_variant_fwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _gru_variant_fwd_step_kernel, cfg.row_grid(B),
             xg, w_hh, *(t if t is not None else any_ for t in (bias, ln_hh_w, mask_h)), par,
             *(t if t.numel() else any_ for t in out),
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * 3 * H,
             s.t * B, B, H,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, ZONE_H=zone_h, WRITE_Y=packed,
-            PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
     return out
 
@@ -284,18 +283,14 @@ def _gru_variant_bwd(
     rows_prev, t_prev = 0, 0
     for s in reversed(plan.steps):
         runtime.launch(
-            _gru_variant_bwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _gru_variant_bwd_step_kernel, cfg.row_grid(B),
             dgx, dgs, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
                 ln_hh_w, mask_h, par, hs, gates, shat, rstd, dh, dhs, dy)),
             s.row0, s.rows, rows_prev, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H,
             s.t * B * 3 * H, t_prev * B * 3 * H, s.t * B, B, H,
             LAYER_NORM=ln, ZONE_H=zone_h, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-            PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
-    if rows_prev:
-        dh[:rows_prev].addmm_(ds[t_prev, :rows_prev], w_hh)
-    if dhs is not None:
-        dh += dhs[plan.first_slot]
+    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
     return dgx, dgs, ds, dh

@@ -46,7 +46,7 @@ from .cellmath import (
     sigmoid,
     tanh,
 )
-from .common import state_grad
+from .common import finish_state_grad, state_grad
 from .configs import pick_variant_config
 from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_rstd, zoneout_weight
 from .tiles import load_gates, packed_ptrs, rec_tile, row_block, store_gates
@@ -524,7 +524,7 @@ def _lstm_variant_fwd(
     any_ = xg  # placeholder pointer for absent tensors
     for s in plan.steps:
         runtime.launch(
-            _lstm_variant_fwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _lstm_variant_fwd_step_kernel, cfg.row_grid(B),
             xg, w_hh, *(t if t is not None else any_ for t in (
                 bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c)),
             par, *(t if t.numel() else any_ for t in out),
@@ -532,8 +532,7 @@ def _lstm_variant_fwd(
             s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, s.t * B * H, s.t * B * 2, B, H, Hout,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
             PROJ=proj, ZONE_H=zone[0], ZONE_C=zone[1], WRITE_Y=packed,
-            PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
     return out
 
@@ -576,7 +575,7 @@ def _lstm_variant_bwd(
     rows_prev, t_prev = 0, 0
     for s in reversed(plan.steps):
         runtime.launch(
-            _lstm_variant_bwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _lstm_variant_bwd_step_kernel, cfg.row_grid(B),
             dg, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
                 w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h, mask_c, par, cs, gates, ct,
                 shat, chat, rstd, dh, dc, dhs, dy, dcs, dht, dl)),
@@ -585,16 +584,10 @@ def _lstm_variant_bwd(
             s.t * B * 2, B, H, Hout,
             LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg, PROJ=proj, ZONE_H=zone[0],
             ZONE_C=zone[1], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-            HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt),
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
-    # the first step's dS_raw W_hh has no later launch to fold it in: one GEMM
-    if rows_prev:
-        dh[:rows_prev].addmm_(ds[t_prev, :rows_prev], w_hh)
-    if dhs is not None:
-        dh += dhs[plan.first_slot]
+    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
     if dcs is not None:
         dc += dcs[plan.first_slot]
     return dg, ds, dht, dl, dh, dc

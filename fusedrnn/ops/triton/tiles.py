@@ -19,11 +19,13 @@ import triton.language as tl
 @triton.jit
 def step_tile(B, N, rows_active, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """This program's ``[BLOCK_B, BLOCK_H]`` tile of a per-step grid ``(cols, rows)``:
-    int64 ``rows`` and ``cols``, the masks ``rows < B`` and ``cols < N``, and the rows
-    active at this step."""
+    int64 ``rows`` and ``cols``, the masks ``rows < B`` and ``cols < N``, the rows
+    active at this step and the tile's mask (``rmask & cmask``)."""
     rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    return rows, cols, rows < B, cols < N, rows < rows_active
+    rmask = rows < B
+    cmask = cols < N
+    return rows, cols, rmask, cmask, rows < rows_active, rmask[:, None] & cmask[None, :]
 
 
 @triton.jit
