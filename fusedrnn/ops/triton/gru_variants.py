@@ -32,7 +32,7 @@ from .cellmath import gru_bwd, gru_fwd
 from .common import finish_state_grad, state_grad
 from .configs import pick_variant_config
 from .lstm_variants import recurrent_part
-from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, zoneout_weight
+from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_chunk, zoneout_weight
 from .tiles import load_gates, packed_ptrs, row_block, store_gates
 
 
@@ -96,9 +96,7 @@ def _gru_variant_fwd_step_kernel(
         rstd_s = mean_s
 
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         am = act[:, None] & umask[None, :]
         s_r = recurrent_part(
             h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
@@ -182,9 +180,7 @@ def _gru_variant_bwd_step_kernel(
     sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         total = state_grad(
             dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
             rows, units, rmask, umask, act, rows < rows_prev, GH, H,

@@ -48,7 +48,15 @@ from .cellmath import (
 )
 from .common import finish_state_grad, state_grad
 from .configs import pick_variant_config
-from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_rstd, zoneout_weight
+from .rowwise import (
+    emit_state,
+    ln_bwd_rows,
+    ln_grad_sums,
+    rec_raw_stats,
+    row_chunk,
+    row_rstd,
+    zoneout_weight,
+)
 from .tiles import load_gates, packed_ptrs, rec_tile, row_block, store_gates
 
 
@@ -210,9 +218,7 @@ def _lstm_variant_fwd_step_kernel(
     # pass 2: gates and the candidate cell state
     c_sum = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         am = act[:, None] & umask[None, :]
         xg = packed_ptrs(xg_ptr, row0, rows, units, GH)
         pre_i = tl.load(xg, mask=am, other=0.0) + recurrent_part(
@@ -267,9 +273,7 @@ def _lstm_variant_fwd_step_kernel(
 
     # pass 3: the (unprojected) output m = o tanh(LN_c(c~))
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         state = rows[:, None] * H + units[None, :]
         c = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
         o = tl.load(gates_ptr + gates_off + rows[:, None] * (4 * H) + 3 * H + units[None, :],
@@ -292,8 +296,7 @@ def _lstm_variant_fwd_step_kernel(
     if PROJ:  # pass 4: h~ = m W_hr^T
         tl.debug_barrier()
         for c0 in range(0, HOUT, BLOCK_H):
-            cols = c0 + tl.arange(0, BLOCK_H)
-            cmask = cols < HOUT
+            cols, cmask, _ = row_chunk(c0, HOUT, rmask, BLOCK_H)
             hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
                           PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
             emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
@@ -383,8 +386,7 @@ def _lstm_variant_bwd_step_kernel(
 
     # A: gradient of h~, and the part of dh_t that reaches h_prev directly
     for c0 in range(0, HOUT, BLOCK_H):
-        cols = c0 + tl.arange(0, BLOCK_H)
-        cmask = cols < HOUT
+        cols, cmask, m2 = row_chunk(c0, HOUT, rmask, BLOCK_H)
         total = state_grad(
             dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
             rows, cols, rmask, cmask, act, rows < rows_prev, GH, HOUT,
@@ -392,7 +394,6 @@ def _lstm_variant_bwd_step_kernel(
         )  # fmt: skip
         k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, total)
         off = rows[:, None] * HOUT + cols[None, :]
-        m2 = rmask[:, None] & cmask[None, :]
         tl.store(dht_ptr + hout_off + off, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
         tl.store(dh_ptr + off, tl.where(a, k * total, total), mask=m2)
     tl.debug_barrier()
@@ -401,9 +402,7 @@ def _lstm_variant_bwd_step_kernel(
     sum_d = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_dx = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         state = rows[:, None] * H + units[None, :]
         if PROJ:
             dm = rec_tile(dht_ptr + hout_off, whr_ptr, rows, act, units, umask, HOUT, 1, H,
@@ -436,9 +435,7 @@ def _lstm_variant_bwd_step_kernel(
     sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         state = rows[:, None] * H + units[None, :]
         dc_t = tl.load(dc_ptr + state, mask=m2, other=0.0)
         if HAS_DCS:
