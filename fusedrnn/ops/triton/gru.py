@@ -16,7 +16,6 @@ term ``dh z`` stays in the running state gradient.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
@@ -26,6 +25,7 @@ from .common import finish_state_grad, state_grad
 from .configs import pick_step_config
 from .tiles import (
     add_gates,
+    kernel_jit,
     load_gates,
     packed_ptrs,
     rec_gates,
@@ -35,7 +35,7 @@ from .tiles import (
 )
 
 
-@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "gates_off", "B"])
+@kernel_jit
 def _gru_fwd_step_kernel(
     xg_ptr,  # [N, 3H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [3H, H] W_hh
@@ -80,19 +80,7 @@ def _gru_fwd_step_kernel(
                 WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "y_row0",
-        "rows_active",
-        "rows_prev",
-        "hs_r",
-        "hs_w",
-        "gates_off",
-        "dg_off",
-        "dg_prev_off",
-        "B",
-    ]
-)
+@kernel_jit
 def _gru_bwd_step_kernel(
     dgx_ptr,  # [T, B, 3H] out: input-side gate gradients
     dgh_ptr,  # [T, B, 3H] out: recurrent-side gate gradients (read at the previous step)

@@ -23,7 +23,6 @@ Backward, from the running state gradient (:mod:`.common`)::
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
@@ -33,22 +32,10 @@ from .common import finish_state_grad, state_grad
 from .configs import pick_variant_config
 from .lstm_variants import recurrent_part
 from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_chunk, zoneout_weight
-from .tiles import load_gates, packed_ptrs, row_block, store_gates
+from .tiles import kernel_jit, load_gates, packed_ptrs, row_block, store_gates
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "hs_r",
-        "hs_w",
-        "gates_off",
-        "gh_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-    ]
-)
+@kernel_jit
 def _gru_variant_fwd_step_kernel(
     xg_ptr,  # [N, 3H] input projection (LN_ih and b_ih applied)
     w_ptr,  # [3H, H] W_hh
@@ -122,21 +109,7 @@ def _gru_variant_fwd_step_kernel(
                    units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "rows_prev",
-        "hs_r",
-        "hs_w",
-        "gates_off",
-        "gh_off",
-        "gh_prev_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-    ]
-)
+@kernel_jit
 def _gru_variant_bwd_step_kernel(
     dgx_ptr,  # [T, B, 3H] out: gradient of xg
     dgs_ptr,  # [T, B, 3H] out: gradient of s

@@ -19,7 +19,6 @@ Weight gradients are GEMMs over all steps afterwards (see :mod:`.layer_op`).
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
@@ -29,6 +28,7 @@ from .common import finish_state_grad, state_grad
 from .configs import pick_step_config
 from .tiles import (
     add_gates,
+    kernel_jit,
     load_gates,
     packed_ptrs,
     rec_gates,
@@ -39,19 +39,7 @@ from .tiles import (
 )
 
 
-@triton.jit(
-    do_not_specialize=[
-        "xg_row0",
-        "rows_active",
-        "hs_r",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "m_off",
-        "B",
-    ]
-)
+@kernel_jit
 def _lstm_fwd_step_kernel(
     xg_ptr,  # [N, 4H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [4H, HOUT] W_hh
@@ -112,7 +100,7 @@ def _lstm_fwd_step_kernel(
                     WRITE_Y)  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "m_off", "B"])
+@kernel_jit
 def _lstm_proj_step_kernel(
     m_ptr,  # [T, B, H] unprojected outputs
     w_ptr,  # [HOUT, H] W_hr
@@ -141,20 +129,7 @@ def _lstm_proj_step_kernel(
                 WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "y_row0",
-        "rows_active",
-        "rows_prev",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "dg_prev_off",
-        "dht_off",
-        "B",
-    ]
-)
+@kernel_jit
 def _lstm_bwd_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history (written at step t, read at the previous one)
     w_ptr,  # [4H, HOUT] W_hh
@@ -220,9 +195,7 @@ def _lstm_bwd_step_kernel(
     tl.store(dc_ptr + state, tl.where(act[:, None], dc_prev, dc), mask=mask2)
 
 
-@triton.jit(
-    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "dht_off", "dg_prev_off", "B"]
-)
+@kernel_jit
 def _lstm_proj_grad_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history
     w_ptr,  # [4H, HOUT] W_hh

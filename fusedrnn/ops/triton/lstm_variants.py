@@ -57,7 +57,7 @@ from .rowwise import (
     row_rstd,
     zoneout_weight,
 )
-from .tiles import load_gates, packed_ptrs, rec_tile, row_block, store_gates
+from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, store_gates
 
 
 @triton.jit
@@ -134,23 +134,7 @@ def peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE: tl.constexpr,
     return w_ci, w_cf, w_co
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "hs_r",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "gh_off",
-        "h_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-        "ZONE_C",
-    ]
-)
+@kernel_jit
 def _lstm_variant_fwd_step_kernel(
     xg_ptr,  # [N, GH] input projection (LN_ih and b_ih applied)
     w_ptr,  # [GH, HOUT] W_hh
@@ -303,25 +287,7 @@ def _lstm_variant_fwd_step_kernel(
                        cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "rows_prev",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "gh_off",
-        "gh_prev_off",
-        "h_off",
-        "hout_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-        "ZONE_C",
-    ]
-)
+@kernel_jit
 def _lstm_variant_bwd_step_kernel(
     dg_ptr,  # [T, B, GH] out: gradient of the gate pre-activations dG
     ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG itself), read at the next launch

@@ -11,7 +11,6 @@ which folds in ``dG_next W_hh``) times the activation's derivative.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
@@ -19,10 +18,10 @@ from . import runtime
 from .cellmath import rnn_bwd, rnn_fwd
 from .common import finish_state_grad, state_grad
 from .configs import pick_step_config
-from .tiles import packed_ptrs, rec_tile, step_tile, store_state
+from .tiles import kernel_jit, packed_ptrs, rec_tile, step_tile, store_state
 
 
-@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "B"])
+@kernel_jit
 def _rnn_fwd_step_kernel(
     xg_ptr,  # [N, H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [H, H] W_hh
@@ -58,9 +57,7 @@ def _rnn_fwd_step_kernel(
                 umask, H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "g_off", "dg_prev_off", "B"]
-)
+@kernel_jit
 def _rnn_bwd_step_kernel(
     dg_ptr,  # [T, B, H] gate-gradient history
     w_ptr,  # [H, H] W_hh
