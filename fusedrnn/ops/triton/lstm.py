@@ -121,10 +121,12 @@ def _lstm_proj_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows, cols, rmask, cmask, act, mask2 = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
+    rows, cols, rmask, cmask, act, _ = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
     acc = rec_tile(m_ptr + m_off, w_ptr, rows, act, cols, cmask, H, H, 1, ACC_TY, PRECISION,
                    BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-    h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]), mask=mask2, other=0.0)
+    # the tile mask formed after the loop, not held across it (up to 88 registers more)
+    h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
+                     mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
     store_state(acc, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, cols, cmask, HOUT,
                 WRITE_Y)  # fmt: skip
 
