@@ -31,8 +31,9 @@ Specialisation: compile-time flags only where they change the arithmetic (cell,
 projection, layer norm, peephole, CIFG, ReLU, direction of the persistent loop); whether
 a bias, a packed output or an output gradient exists and the zoneout mode are run-time
 arguments, so one compile serves them all. Arguments that change from step to step
-(offsets, active rows) are ``do_not_specialize``, so a sequence compiles each kernel
-once, and element offsets along the sequence are int64 (buffers pass 2**31 elements).
+(offsets, active rows) are ``do_not_specialize`` (:func:`.tiles.kernel_jit`), so a
+sequence compiles each kernel once, and element offsets along the sequence are int64
+(buffers pass 2**31 elements).
 ``python -m fusedrnn.compile_report`` compiles every resulting specialisation.
 """
 

@@ -15,6 +15,8 @@ holds, per row, either the pointwise part of that gradient (GRU's ``dh z``;
 0 for LSTM / RNN) or the full carried gradient. Computing ``dG_next W_hh`` at the
 start of the next launch (instead of at the end of the launch that produced
 ``dG_next``) keeps one launch per step: every program needs all of ``dG_next``.
+The step processed last has no later launch, so its ``dG W_hh`` is one GEMM on the
+host (:func:`finish_state_grad`).
 """
 
 import triton
@@ -62,3 +64,14 @@ def state_grad(
         dy = packed_ptrs(dy_ptr, y_row0, rows, cols, HOUT)
         total += tl.load(dy, mask=act[:, None] & cmask[None, :], other=0.0).to(acc_ty)
     return total
+
+
+def finish_state_grad(dh, dg, w_hh, t_prev, rows_prev, dhs, plan) -> None:
+    """Completes ``dh`` [B, Hout] (the running state gradient after the last backward
+    launch) into the gradient of the first slot's state: adds ``dG W_hh`` of the step
+    processed last (``dg[t_prev]`` of ``dg`` [T, B, GH], active in its first ``rows_prev``
+    rows) and the gradient arriving at that slot (``dhs``)."""
+    if rows_prev:
+        dh[:rows_prev].addmm_(dg[t_prev, :rows_prev].to(dh.dtype), w_hh.to(dh.dtype))
+    if dhs is not None:
+        dh += dhs[plan.first_slot]

@@ -35,6 +35,21 @@ class StepConfig:
     # of 16); these latency-bound launches run few programs, so occupancy costs little
     maxnreg: int = 255
 
+    def launch_kwargs(self) -> dict:
+        """The keywords every launch of this config passes: the block sizes (constexpr)
+        and the compile options."""
+        return dict(BLOCK_B=self.block_b, BLOCK_H=self.block_h, BLOCK_K=self.block_k,
+                    num_warps=self.num_warps, num_stages=self.num_stages,
+                    maxnreg=self.maxnreg)  # fmt: skip
+
+    def step_grid(self, cols: int, batch: int) -> tuple[int, int]:
+        """The per-step grid ``(column blocks, row blocks)`` of a ``[batch, cols]`` tile."""
+        return (-(-cols // self.block_h), -(-batch // self.block_b))
+
+    def row_grid(self, batch: int) -> tuple[int]:
+        """The row-only grid of the variant kernels (a program owns whole rows)."""
+        return (-(-batch // self.block_b),)
+
 
 @dataclass(frozen=True)
 class PersistentConfig:

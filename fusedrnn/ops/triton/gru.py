@@ -16,16 +16,16 @@ term ``dh z`` stays in the running state gradient.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
 from . import runtime
 from .cellmath import gru_bwd, gru_fwd
-from .common import state_grad
+from .common import finish_state_grad, state_grad
 from .configs import pick_step_config
 from .tiles import (
     add_gates,
+    kernel_jit,
     load_gates,
     packed_ptrs,
     rec_gates,
@@ -35,7 +35,7 @@ from .tiles import (
 )
 
 
-@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "gates_off", "B"])
+@kernel_jit
 def _gru_fwd_step_kernel(
     xg_ptr,  # [N, 3H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [3H, H] W_hh
@@ -59,8 +59,7 @@ def _gru_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = gates_ptr.dtype.element_ty
-    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     amask = act[:, None] & umask[None, :]
 
     hr, hz, hn, _ = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, H, H, 1, 3, acc_ty,
@@ -81,19 +80,7 @@ def _gru_fwd_step_kernel(
                 WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "y_row0",
-        "rows_active",
-        "rows_prev",
-        "hs_r",
-        "hs_w",
-        "gates_off",
-        "dg_off",
-        "dg_prev_off",
-        "B",
-    ]
-)
+@kernel_jit
 def _gru_bwd_step_kernel(
     dgx_ptr,  # [T, B, 3H] out: input-side gate gradients
     dgh_ptr,  # [T, B, 3H] out: recurrent-side gate gradients (read at the previous step)
@@ -121,8 +108,7 @@ def _gru_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dh_ptr.dtype.element_ty
-    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     dh = state_grad(
         dh_ptr, dgh_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
         rows, units, rmask, umask, act, rows < rows_prev, 3 * H, H,
@@ -161,16 +147,13 @@ def _gru_fwd(
     )
     y = runtime.empty(xg.shape[0], H, dtype=dt, device=dev) if packed else hs.new_empty(0)
     cfg = pick_step_config(B, H)
-    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
     for s in plan.steps:
         runtime.launch(
-            _gru_fwd_step_kernel, grid,
+            _gru_fwd_step_kernel, cfg.step_grid(H, B),
             xg, w_hh, b_hh if b_hh is not None else xg, hs, gates, y if packed else hs,
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, B, H,
             HAS_BIAS=b_hh is not None, WRITE_Y=packed, WRITE_GATES=save,
-            PRECISION=runtime.dot_precision(dt),
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
     return hs, gates, y
 
@@ -190,22 +173,17 @@ def _gru_bwd(
     dgh = runtime.empty(T, B, 3 * H, dtype=dt, device=dev)
     dh = torch.zeros(B, H, dtype=acc, device=dev)
     cfg = pick_step_config(B, H)
-    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
     rows_prev, t_prev = 0, 0
     for s in reversed(plan.steps):
         runtime.launch(
-            _gru_bwd_step_kernel, grid,
+            _gru_bwd_step_kernel, cfg.step_grid(H, B),
             dgx, dgh, w_hh, hs, gates, dh,
             dhs if dhs is not None else dgx, dy if dy is not None else dgx,
             s.row0, s.rows, rows_prev, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H,
             s.t * B * 3 * H, t_prev * B * 3 * H, B, H,
             HAS_DHS=dhs is not None, HAS_DY=dy is not None, PRECISION=runtime.dot_precision(dt),
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            **cfg.launch_kwargs(),
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
-    if rows_prev:
-        dh[:rows_prev].addmm_(dgh[t_prev, :rows_prev].to(acc), w_hh.to(acc))
-    if dhs is not None:
-        dh += dhs[plan.first_slot]
+    finish_state_grad(dh, dgh, w_hh, t_prev, rows_prev, dhs, plan)
     return dgx, dgh, dh

@@ -23,32 +23,19 @@ Backward, from the running state gradient (:mod:`.common`)::
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
 from . import runtime
 from .cellmath import gru_bwd, gru_fwd
-from .common import state_grad
+from .common import finish_state_grad, state_grad
 from .configs import pick_variant_config
 from .lstm_variants import recurrent_part
-from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, zoneout_weight
-from .tiles import load_gates, packed_ptrs, row_block, store_gates
+from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_chunk, zoneout_weight
+from .tiles import kernel_jit, load_gates, packed_ptrs, row_block, store_gates
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "hs_r",
-        "hs_w",
-        "gates_off",
-        "gh_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-    ]
-)
+@kernel_jit
 def _gru_variant_fwd_step_kernel(
     xg_ptr,  # [N, 3H] input projection (LN_ih and b_ih applied)
     w_ptr,  # [3H, H] W_hh
@@ -96,9 +83,7 @@ def _gru_variant_fwd_step_kernel(
         rstd_s = mean_s
 
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         am = act[:, None] & umask[None, :]
         s_r = recurrent_part(
             h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
@@ -124,21 +109,7 @@ def _gru_variant_fwd_step_kernel(
                    units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "rows_prev",
-        "hs_r",
-        "hs_w",
-        "gates_off",
-        "gh_off",
-        "gh_prev_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-    ]
-)
+@kernel_jit
 def _gru_variant_bwd_step_kernel(
     dgx_ptr,  # [T, B, 3H] out: gradient of xg
     dgs_ptr,  # [T, B, 3H] out: gradient of s
@@ -182,9 +153,7 @@ def _gru_variant_bwd_step_kernel(
     sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         total = state_grad(
             dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
             rows, units, rmask, umask, act, rows < rows_prev, GH, H,
@@ -246,14 +215,13 @@ def _gru_variant_fwd(
     any_ = xg
     for s in plan.steps:
         runtime.launch(
-            _gru_variant_fwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _gru_variant_fwd_step_kernel, cfg.row_grid(B),
             xg, w_hh, *(t if t is not None else any_ for t in (bias, ln_hh_w, mask_h)), par,
             *(t if t.numel() else any_ for t in out),
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * 3 * H,
             s.t * B, B, H,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, ZONE_H=zone_h, WRITE_Y=packed,
-            PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
     return out
 
@@ -284,18 +252,14 @@ def _gru_variant_bwd(
     rows_prev, t_prev = 0, 0
     for s in reversed(plan.steps):
         runtime.launch(
-            _gru_variant_bwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _gru_variant_bwd_step_kernel, cfg.row_grid(B),
             dgx, dgs, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
                 ln_hh_w, mask_h, par, hs, gates, shat, rstd, dh, dhs, dy)),
             s.row0, s.rows, rows_prev, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H,
             s.t * B * 3 * H, t_prev * B * 3 * H, s.t * B, B, H,
             LAYER_NORM=ln, ZONE_H=zone_h, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-            PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
-    if rows_prev:
-        dh[:rows_prev].addmm_(ds[t_prev, :rows_prev], w_hh)
-    if dhs is not None:
-        dh += dhs[plan.first_slot]
+    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
     return dgx, dgs, ds, dh

@@ -19,16 +19,16 @@ Weight gradients are GEMMs over all steps afterwards (see :mod:`.layer_op`).
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
 from . import runtime
 from .cellmath import lstm_bwd, lstm_fwd
-from .common import state_grad
+from .common import finish_state_grad, state_grad
 from .configs import pick_step_config
 from .tiles import (
     add_gates,
+    kernel_jit,
     load_gates,
     packed_ptrs,
     rec_gates,
@@ -39,19 +39,7 @@ from .tiles import (
 )
 
 
-@triton.jit(
-    do_not_specialize=[
-        "xg_row0",
-        "rows_active",
-        "hs_r",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "m_off",
-        "B",
-    ]
-)
+@kernel_jit
 def _lstm_fwd_step_kernel(
     xg_ptr,  # [N, 4H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [4H, HOUT] W_hh
@@ -82,8 +70,7 @@ def _lstm_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = cs_ptr.dtype.element_ty
-    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     amask = act[:, None] & umask[None, :]
 
     acc_i, acc_f, acc_g, acc_o = rec_gates(
@@ -113,7 +100,7 @@ def _lstm_fwd_step_kernel(
                     WRITE_Y)  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "m_off", "B"])
+@kernel_jit
 def _lstm_proj_step_kernel(
     m_ptr,  # [T, B, H] unprojected outputs
     w_ptr,  # [HOUT, H] W_hr
@@ -134,29 +121,17 @@ def _lstm_proj_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows, cols, rmask, cmask, act = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
+    rows, cols, rmask, cmask, act, _ = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
     acc = rec_tile(m_ptr + m_off, w_ptr, rows, act, cols, cmask, H, H, 1, ACC_TY, PRECISION,
                    BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    # the tile mask formed after the loop, not held across it (up to 88 registers more)
     h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
                      mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
     store_state(acc, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, cols, cmask, HOUT,
                 WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "y_row0",
-        "rows_active",
-        "rows_prev",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "dg_prev_off",
-        "dht_off",
-        "B",
-    ]
-)
+@kernel_jit
 def _lstm_bwd_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history (written at step t, read at the previous one)
     w_ptr,  # [4H, HOUT] W_hh
@@ -191,8 +166,7 @@ def _lstm_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dc_ptr.dtype.element_ty
-    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
 
     if PROJ:
         dm = rec_tile(dht_ptr + dht_off, whr_ptr, rows, act, units, umask, HOUT, 1, H, acc_ty,
@@ -223,9 +197,7 @@ def _lstm_bwd_step_kernel(
     tl.store(dc_ptr + state, tl.where(act[:, None], dc_prev, dc), mask=mask2)
 
 
-@triton.jit(
-    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "dht_off", "dg_prev_off", "B"]
-)
+@kernel_jit
 def _lstm_proj_grad_step_kernel(
     dg_ptr,  # [T, B, 4H] gate-gradient history
     w_ptr,  # [4H, HOUT] W_hh
@@ -249,8 +221,7 @@ def _lstm_proj_grad_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows, cols, rmask, cmask, act = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & cmask[None, :]
+    rows, cols, rmask, cmask, act, mask2 = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
     total = state_grad(
         dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
         rows, cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT,
@@ -292,29 +263,25 @@ def _lstm_fwd(
     m = runtime.empty(T, B, H, dtype=dt, device=dev) if proj else hs.new_empty(0)
     y = runtime.empty(xg.shape[0], Hout, dtype=dt, device=dev) if packed else hs.new_empty(0)
     cfg = pick_step_config(B, H)
-    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
-    grid_p = (triton.cdiv(Hout, cfg.block_h), triton.cdiv(B, cfg.block_b))
     prec = runtime.dot_precision(dt)
-    blocks = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
     for s in plan.steps:
         runtime.launch(
-            _lstm_fwd_step_kernel, grid,
+            _lstm_fwd_step_kernel, cfg.step_grid(H, B),
             xg, w_hh, b_hh if b_hh is not None else xg, hs, cs, gates,
             m if proj else hs, y if packed else hs,
             s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout,
             s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * H, B, H, Hout,
             HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, WRITE_GATES=save,
-            PRECISION=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **blocks,
+            PRECISION=prec, **cfg.launch_kwargs(),
         )  # fmt: skip
         if proj:
             runtime.launch(
-                _lstm_proj_step_kernel, grid_p,
+                _lstm_proj_step_kernel, cfg.step_grid(Hout, B),
                 m, w_hr, hs, y if packed else hs,
                 s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.t * B * H,
                 B, H, Hout,
                 WRITE_Y=packed, ACC_TY=tl.float64 if acc == torch.float64 else tl.float32,
-                PRECISION=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **blocks,
+                PRECISION=prec, **cfg.launch_kwargs(),
             )  # fmt: skip
     return [hs, cs, gates, m, y]
 
@@ -341,38 +308,29 @@ def _lstm_bwd(
     proj = w_hr is not None
     dht = runtime.empty(T, B, Hout, dtype=dt, device=dev) if proj else None
     cfg = pick_step_config(B, H)
-    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
-    grid_p = (triton.cdiv(Hout, cfg.block_h), triton.cdiv(B, cfg.block_b))
-    prec = runtime.dot_precision(dt)
-    blocks = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k)
-    flags = dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None, PRECISION=prec)
+    flags = dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None,
+                 PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs())  # fmt: skip
     anyt = dg  # placeholder pointer for absent tensors
     rows_prev, t_prev = 0, 0
     for s in reversed(plan.steps):
         if proj:
             runtime.launch(
-                _lstm_proj_grad_step_kernel, grid_p,
+                _lstm_proj_grad_step_kernel, cfg.step_grid(Hout, B),
                 dg, w_hh, dh, dhs if dhs is not None else anyt, dy if dy is not None else anyt,
                 dht, s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.t * B * Hout,
-                t_prev * B * 4 * H, B, H, Hout,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **flags, **blocks,
+                t_prev * B * 4 * H, B, H, Hout, **flags,
             )  # fmt: skip
         runtime.launch(
-            _lstm_bwd_step_kernel, grid,
+            _lstm_bwd_step_kernel, cfg.step_grid(H, B),
             dg, w_hh, gates, cs, dh, dc,
             dhs if dhs is not None else anyt, dy if dy is not None else anyt,
             dcs if dcs is not None else anyt, dht if proj else anyt, w_hr if proj else anyt,
             s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.slot_r * B * H, s.slot_w * B * H,
             s.t * B * 4 * H, t_prev * B * 4 * H, s.t * B * Hout, B, H, Hout,
-            PROJ=proj, HAS_DCS=dcs is not None,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **flags, **blocks,
+            PROJ=proj, HAS_DCS=dcs is not None, **flags,
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
-    # the first step's dG W_hh has no later launch to fold it in: one GEMM
-    if rows_prev:
-        dh[:rows_prev].addmm_(dg[t_prev, :rows_prev].to(acc), w_hh.to(acc))
-    if dhs is not None:
-        dh += dhs[plan.first_slot]
+    finish_state_grad(dh, dg, w_hh, t_prev, rows_prev, dhs, plan)
     if dcs is not None:
         dc += dcs[plan.first_slot]
     return dg, dh, dc, dht

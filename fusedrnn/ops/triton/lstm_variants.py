@@ -46,10 +46,18 @@ from .cellmath import (
     sigmoid,
     tanh,
 )
-from .common import state_grad
+from .common import finish_state_grad, state_grad
 from .configs import pick_variant_config
-from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_rstd, zoneout_weight
-from .tiles import load_gates, packed_ptrs, rec_tile, row_block, store_gates
+from .rowwise import (
+    emit_state,
+    ln_bwd_rows,
+    ln_grad_sums,
+    rec_raw_stats,
+    row_chunk,
+    row_rstd,
+    zoneout_weight,
+)
+from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, store_gates
 
 
 @triton.jit
@@ -126,23 +134,7 @@ def peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE: tl.constexpr,
     return w_ci, w_cf, w_co
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "hs_r",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "gh_off",
-        "h_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-        "ZONE_C",
-    ]
-)
+@kernel_jit
 def _lstm_variant_fwd_step_kernel(
     xg_ptr,  # [N, GH] input projection (LN_ih and b_ih applied)
     w_ptr,  # [GH, HOUT] W_hh
@@ -210,9 +202,7 @@ def _lstm_variant_fwd_step_kernel(
     # pass 2: gates and the candidate cell state
     c_sum = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         am = act[:, None] & umask[None, :]
         xg = packed_ptrs(xg_ptr, row0, rows, units, GH)
         pre_i = tl.load(xg, mask=am, other=0.0) + recurrent_part(
@@ -267,9 +257,7 @@ def _lstm_variant_fwd_step_kernel(
 
     # pass 3: the (unprojected) output m = o tanh(LN_c(c~))
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         state = rows[:, None] * H + units[None, :]
         c = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
         o = tl.load(gates_ptr + gates_off + rows[:, None] * (4 * H) + 3 * H + units[None, :],
@@ -292,33 +280,14 @@ def _lstm_variant_fwd_step_kernel(
     if PROJ:  # pass 4: h~ = m W_hr^T
         tl.debug_barrier()
         for c0 in range(0, HOUT, BLOCK_H):
-            cols = c0 + tl.arange(0, BLOCK_H)
-            cmask = cols < HOUT
+            cols, cmask, _ = row_chunk(c0, HOUT, rmask, BLOCK_H)
             hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
                           PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
             emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                        cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=[
-        "row0",
-        "rows_active",
-        "rows_prev",
-        "hs_w",
-        "cs_r",
-        "cs_w",
-        "gates_off",
-        "gh_off",
-        "gh_prev_off",
-        "h_off",
-        "hout_off",
-        "stat_off",
-        "B",
-        "ZONE_H",
-        "ZONE_C",
-    ]
-)
+@kernel_jit
 def _lstm_variant_bwd_step_kernel(
     dg_ptr,  # [T, B, GH] out: gradient of the gate pre-activations dG
     ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG itself), read at the next launch
@@ -383,8 +352,7 @@ def _lstm_variant_bwd_step_kernel(
 
     # A: gradient of h~, and the part of dh_t that reaches h_prev directly
     for c0 in range(0, HOUT, BLOCK_H):
-        cols = c0 + tl.arange(0, BLOCK_H)
-        cmask = cols < HOUT
+        cols, cmask, m2 = row_chunk(c0, HOUT, rmask, BLOCK_H)
         total = state_grad(
             dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
             rows, cols, rmask, cmask, act, rows < rows_prev, GH, HOUT,
@@ -392,7 +360,6 @@ def _lstm_variant_bwd_step_kernel(
         )  # fmt: skip
         k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, total)
         off = rows[:, None] * HOUT + cols[None, :]
-        m2 = rmask[:, None] & cmask[None, :]
         tl.store(dht_ptr + hout_off + off, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
         tl.store(dh_ptr + off, tl.where(a, k * total, total), mask=m2)
     tl.debug_barrier()
@@ -401,9 +368,7 @@ def _lstm_variant_bwd_step_kernel(
     sum_d = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_dx = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         state = rows[:, None] * H + units[None, :]
         if PROJ:
             dm = rec_tile(dht_ptr + hout_off, whr_ptr, rows, act, units, umask, HOUT, 1, H,
@@ -436,9 +401,7 @@ def _lstm_variant_bwd_step_kernel(
     sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units = u0 + tl.arange(0, BLOCK_H)
-        umask = units < H
-        m2 = rmask[:, None] & umask[None, :]
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         state = rows[:, None] * H + units[None, :]
         dc_t = tl.load(dc_ptr + state, mask=m2, other=0.0)
         if HAS_DCS:
@@ -524,7 +487,7 @@ def _lstm_variant_fwd(
     any_ = xg  # placeholder pointer for absent tensors
     for s in plan.steps:
         runtime.launch(
-            _lstm_variant_fwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _lstm_variant_fwd_step_kernel, cfg.row_grid(B),
             xg, w_hh, *(t if t is not None else any_ for t in (
                 bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c)),
             par, *(t if t.numel() else any_ for t in out),
@@ -532,8 +495,7 @@ def _lstm_variant_fwd(
             s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, s.t * B * H, s.t * B * 2, B, H, Hout,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
             PROJ=proj, ZONE_H=zone[0], ZONE_C=zone[1], WRITE_Y=packed,
-            PRECISION=runtime.dot_precision(dt), BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
     return out
 
@@ -576,7 +538,7 @@ def _lstm_variant_bwd(
     rows_prev, t_prev = 0, 0
     for s in reversed(plan.steps):
         runtime.launch(
-            _lstm_variant_bwd_step_kernel, (triton.cdiv(B, cfg.block_b),),
+            _lstm_variant_bwd_step_kernel, cfg.row_grid(B),
             dg, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
                 w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h, mask_c, par, cs, gates, ct,
                 shat, chat, rstd, dh, dc, dhs, dy, dcs, dht, dl)),
@@ -585,16 +547,10 @@ def _lstm_variant_bwd(
             s.t * B * 2, B, H, Hout,
             LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg, PROJ=proj, ZONE_H=zone[0],
             ZONE_C=zone[1], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-            HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt),
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
-    # the first step's dS_raw W_hh has no later launch to fold it in: one GEMM
-    if rows_prev:
-        dh[:rows_prev].addmm_(ds[t_prev, :rows_prev], w_hh)
-    if dhs is not None:
-        dh += dhs[plan.first_slot]
+    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
     if dcs is not None:
         dc += dcs[plan.first_slot]
     return dg, ds, dht, dl, dh, dc

@@ -32,7 +32,7 @@ from torch import Tensor
 from . import runtime
 from .cellmath import gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
 from .configs import PersistentConfig, pick_persistent_config
-from .tiles import load_gates, packed_ptrs, store_gates
+from .tiles import kernel_jit, load_gates, packed_ptrs, store_gates
 
 # CELL codes (constexpr)
 LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
@@ -74,7 +74,7 @@ def _program_rows(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     return rows, units, rows < B, units < H, rows[:, None] * H + units[None, :]
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@kernel_jit
 def _persistent_fwd_kernel(
     xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [G*H, H] W_hh
@@ -166,7 +166,7 @@ def _persistent_fwd_kernel(
             tl.store(packed_ptrs(y_ptr, row0, rows, units, H), h, mask=amask)
 
 
-@triton.jit(do_not_specialize=["T", "B"])
+@kernel_jit
 def _persistent_bwd_kernel(
     dgx_ptr,  # [T, B, G*H] out: input-side gate gradients (zero in inactive rows)
     dgh_ptr,  # [T, B, G*H] out: recurrent-side gate gradients (GRU only)

@@ -11,18 +11,17 @@ which folds in ``dG_next W_hh``) times the activation's derivative.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 from torch import Tensor
 
 from . import runtime
 from .cellmath import rnn_bwd, rnn_fwd
-from .common import state_grad
+from .common import finish_state_grad, state_grad
 from .configs import pick_step_config
-from .tiles import packed_ptrs, rec_tile, step_tile, store_state
+from .tiles import kernel_jit, packed_ptrs, rec_tile, step_tile, store_state
 
 
-@triton.jit(do_not_specialize=["xg_row0", "rows_active", "hs_r", "hs_w", "B"])
+@kernel_jit
 def _rnn_fwd_step_kernel(
     xg_ptr,  # [N, H] input projection x W_ih^T + b_ih (x layout)
     w_ptr,  # [H, H] W_hh
@@ -44,8 +43,7 @@ def _rnn_fwd_step_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     amask = act[:, None] & umask[None, :]
     pre = rec_tile(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, H, 1, ACC_TY, PRECISION,
                    BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
@@ -59,9 +57,7 @@ def _rnn_fwd_step_kernel(
                 umask, H, WRITE_Y)  # fmt: skip
 
 
-@triton.jit(
-    do_not_specialize=["y_row0", "rows_active", "rows_prev", "hs_w", "g_off", "dg_prev_off", "B"]
-)
+@kernel_jit
 def _rnn_bwd_step_kernel(
     dg_ptr,  # [T, B, H] gate-gradient history
     w_ptr,  # [H, H] W_hh
@@ -86,8 +82,7 @@ def _rnn_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty = dh_ptr.dtype.element_ty
-    rows, units, rmask, umask, act = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
     dh = state_grad(
         dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
         rows, units, rmask, umask, act, rows < rows_prev, H, H,
@@ -117,17 +112,14 @@ def _rnn_fwd(
     hs[plan.first_slot] = h0
     y = runtime.empty(xg.shape[0], H, dtype=dt, device=dev) if packed else hs.new_empty(0)
     cfg = pick_step_config(B, H)
-    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
     acc_ty = tl.float64 if dt == torch.float64 else tl.float32
     for s in plan.steps:
         runtime.launch(
-            _rnn_fwd_step_kernel, grid,
+            _rnn_fwd_step_kernel, cfg.step_grid(H, B),
             xg, w_hh, b_hh if b_hh is not None else xg, hs, y if packed else hs,
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, B, H,
             RELU=relu, HAS_BIAS=b_hh is not None, WRITE_Y=packed, ACC_TY=acc_ty,
-            PRECISION=runtime.dot_precision(dt),
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
     return hs, y
 
@@ -146,21 +138,15 @@ def _rnn_bwd(
     dg = runtime.empty(T, B, H, dtype=dt, device=dev)
     dh = torch.zeros(B, H, dtype=acc, device=dev)
     cfg = pick_step_config(B, H)
-    grid = (triton.cdiv(H, cfg.block_h), triton.cdiv(B, cfg.block_b))
     rows_prev, t_prev = 0, 0
     for s in reversed(plan.steps):
         runtime.launch(
-            _rnn_bwd_step_kernel, grid,
+            _rnn_bwd_step_kernel, cfg.step_grid(H, B),
             dg, w_hh, hs, dh, dhs if dhs is not None else dg, dy if dy is not None else dg,
             s.row0, s.rows, rows_prev, s.slot_w * B * H, s.t * B * H, t_prev * B * H, B, H,
             RELU=relu, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-            PRECISION=runtime.dot_precision(dt),
-            BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
         rows_prev, t_prev = s.rows, s.t
-    if rows_prev:
-        dh[:rows_prev].addmm_(dg[t_prev, :rows_prev].to(acc), w_hh.to(acc))
-    if dhs is not None:
-        dh += dhs[plan.first_slot]
+    finish_state_grad(dh, dg, w_hh, t_prev, rows_prev, dhs, plan)
     return dg, dh

@@ -17,6 +17,15 @@ from .tiles import packed_ptrs, rec_tile, store_state
 
 
 @triton.jit
+def row_chunk(f0, F, rmask, BLOCK_H: tl.constexpr):
+    """Chunk ``f0 .. f0 + BLOCK_H`` of the F features of the program's rows: the features,
+    ``feats < F`` and the ``[BLOCK_B, BLOCK_H]`` mask ``rmask & fmask``."""
+    feats = f0 + tl.arange(0, BLOCK_H)
+    fmask = feats < F
+    return feats, fmask, rmask[:, None] & fmask[None, :]
+
+
+@triton.jit
 def row_rstd(
     buf_ptr,  # [B, F] rows to normalise (already offset to the step)
     rows,
@@ -61,13 +70,11 @@ def rec_raw_stats(
     features and returns its row mean and rstd."""
     s1 = tl.zeros((BLOCK_B,), dtype=ACC_TY)
     for f0 in range(0, F, BLOCK_H):
-        feats = f0 + tl.arange(0, BLOCK_H)
-        fmask = feats < F
+        feats, fmask, m2 = row_chunk(f0, F, rmask, BLOCK_H)
         s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, ACC_TY, PRECISION, BLOCK_B,
                      BLOCK_H, BLOCK_K)  # fmt: skip
         s = tl.where(act[:, None] & fmask[None, :], s, 0.0)
-        tl.store(out_ptr + rows[:, None] * F + feats[None, :], s,
-                 mask=rmask[:, None] & fmask[None, :])  # fmt: skip
+        tl.store(out_ptr + rows[:, None] * F + feats[None, :], s, mask=m2)
         s1 += tl.sum(s, axis=1)
     mean = s1 / F
     tl.debug_barrier()
@@ -91,9 +98,7 @@ def ln_bwd_rows(
 ):
     """Last layer-norm backward pass: ``dx`` for all F features of the rows."""
     for f0 in range(0, F, BLOCK_H):
-        feats = f0 + tl.arange(0, BLOCK_H)
-        fmask = feats < F
-        m2 = rmask[:, None] & fmask[None, :]
+        feats, fmask, m2 = row_chunk(f0, F, rmask, BLOCK_H)
         off = rows[:, None] * F + feats[None, :]
         w = tl.load(w_ptr + feats, mask=fmask, other=0.0)
         dxhat = tl.load(dy_ptr + off, mask=m2, other=0.0) * w[None, :]

@@ -12,18 +12,35 @@ The ``*_gates`` helpers take or return four tiles; with G < 4 the missing ones a
 zeros (or are not stored) and compile away.
 """
 
+import inspect
+
 import triton
 import triton.language as tl
+
+# arguments that change between launches of a kernel besides its ``tl.int64`` offsets
+_PER_LAUNCH = ("row0", "xg_row0", "y_row0", "rows_active", "rows_prev", "B", "ZONE_H", "ZONE_C")
+
+
+def kernel_jit(fn):
+    """``triton.jit`` of a launched kernel: what changes from launch to launch (every
+    argument annotated ``tl.int64``: the offsets along the sequence, and the names in
+    ``_PER_LAUNCH``: first row, active rows, B, zoneout modes) is ``do_not_specialize``, so
+    a sequence compiles each kernel once (see ``tests/test_triton_offsets.py``)."""
+    params = inspect.signature(fn).parameters.items()
+    keep = [n for n, p in params if p.annotation in (tl.int64, "tl.int64") or n in _PER_LAUNCH]
+    return triton.jit(do_not_specialize=keep)(fn)
 
 
 @triton.jit
 def step_tile(B, N, rows_active, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """This program's ``[BLOCK_B, BLOCK_H]`` tile of a per-step grid ``(cols, rows)``:
-    int64 ``rows`` and ``cols``, the masks ``rows < B`` and ``cols < N``, and the rows
-    active at this step."""
+    int64 ``rows`` and ``cols``, the masks ``rows < B`` and ``cols < N``, the rows
+    active at this step and the tile's mask (``rmask & cmask``)."""
     rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
-    return rows, cols, rows < B, cols < N, rows < rows_active
+    rmask = rows < B
+    cmask = cols < N
+    return rows, cols, rmask, cmask, rows < rows_active, rmask[:, None] & cmask[None, :]
 
 
 @triton.jit
