@@ -106,10 +106,11 @@ def compare(got: list[torch.Tensor], want: list[torch.Tensor]) -> tuple[str, flo
     return ("differs" if not worst <= 1e-3 else "close"), worst
 
 
-def time_both(eager, replay, device: str, rounds: int, min_run_time: float):
-    times: dict[str, list[float]] = {"eager": [], "replay": []}
-    for _ in range(rounds):  # interleaved, so a drifting clock moves both alike
-        for name, fn in (("eager", eager), ("replay", replay)):
+def time_interleaved(fns: dict, device: str, rounds: int, min_run_time: float) -> dict:
+    """Median ms of each function, its rounds interleaved with the others'."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):  # interleaved, so a drifting clock moves all alike
+        for name, fn in fns.items():
             if device == "cuda":
                 times[name] += measure.time_round_cuda(fn, min_run_time)
             else:
@@ -141,10 +142,10 @@ def measure_one(provider, cfg, mode, device, rounds, min_run_time) -> dict:
         row["max_abs_diff"] = f"{worst:.3g}"
     measure.warm_up(call, device)
     if graph is None:
-        t = time_both(call, call, device, rounds, min_run_time)
+        t = time_interleaved({"eager": call}, device, rounds, min_run_time)
         row["eager_ms"] = f"{t['eager']:.4g}"
         return row
-    t = time_both(call, graph.replay, device, rounds, min_run_time)
+    t = time_interleaved({"eager": call, "replay": graph.replay}, device, rounds, min_run_time)
     row.update(eager_ms=f"{t['eager']:.4g}", replay_ms=f"{t['replay']:.4g}",
                eager_over_replay=f"{t['eager'] / t['replay']:.2f}")  # fmt: skip
     return row
