@@ -65,6 +65,20 @@ def _records_autograd(*tensors) -> bool:
     return any(t is not None and t.requires_grad for t in flat)
 
 
+def _stack_step_applies(backend: ModuleType, x: Tensor, *tensors) -> bool:
+    """True when one step can run as the backend's ``stack_step``: one C++ call for the whole
+    stack, no per-layer op dispatch (what dominates at sampling sizes). That call records no
+    autograd and takes one float32 / float64 dtype for everything."""
+    flat = [t for item in tensors for t in (item if isinstance(item, list) else [item])]
+    return (
+        hasattr(backend, "stack_step")
+        and x.dtype in (torch.float32, torch.float64)
+        and all(t is None or t.dtype == x.dtype for t in flat)
+        and not _records_autograd(x, flat)
+        and not torch.compiler.is_compiling()
+    )
+
+
 def rnn_stack(
     backend: ModuleType,
     cell: str,  # "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
@@ -102,13 +116,10 @@ def rnn_stack(
     if (
         not variant
         and batch_sizes is None
-        and x.dtype in (torch.float32, torch.float64)
         and x.shape[0] == 1
         and not bidirectional
-        and hasattr(backend, "stack_step")
         and not (dropout > 0 and training and num_layers > 1)
-        and not _records_autograd(x, hx, cx, flat_weights)
-        and not torch.compiler.is_compiling()
+        and _stack_step_applies(backend, x, hx, cx, flat_weights)
     ):
         # The sampling loop (one step, no autograd): the whole stack in one backend call,
         # which skips the per-layer op dispatch that dominates at this size.
@@ -165,6 +176,14 @@ def cell_step(
             return cell_step(
                 backend, cell, *(_cast(t, dtype) for t in (x, h, c, w_ih, w_hh, b_ih, b_hh))
             )
+    if _stack_step_applies(backend, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        # A cell call in a sampling or inference loop: a stack of one layer, one C++ call.
+        weights = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
+        _, h_n, c_n = backend.stack_step(
+            cell, x, h.unsqueeze(0), None if c is None else c.unsqueeze(0), weights, 1,
+            b_ih is not None, 0,
+        )  # fmt: skip
+        return h_n[0], None if c_n is None else c_n[0]
     _, h_n, c_n = backend.layer(
         cell, x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, None, False
     )

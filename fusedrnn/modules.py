@@ -627,7 +627,8 @@ class RNNCellBase(nn.Module):
                 )
         # torch's cells fail here with "Tensor on device cpu is not on the expected device
         # meta!"; the RNN layers' wording names which tensor is elsewhere
-        _check_devices(input, states, list(self.parameters()))
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        _check_devices(input, states, [w for w in weights if w is not None])
         # torch's cells fail in their two matmuls (input @ W_ih^T, then h @ W_hh^T); c is
         # only used elementwise, so a c of another dtype is promoted, not rejected.
         # (under autocast they cast both sides instead)

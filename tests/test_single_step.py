@@ -89,3 +89,62 @@ def test_fast_path_not_taken_when_autograd_or_dropout_needs_the_layer_path(backe
     with torch.no_grad():
         bidir(x)
     assert len(count_steps) == 1
+
+
+CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}), ("RNNCell", {"nonlinearity": "relu"})]
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("cls,kw", CELLS, ids=[f"{c}{k}" for c, k in CELLS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_without_autograd_takes_the_step_path(backend, cls, kw, dtype, count_steps):
+    """A cell call under no_grad is a one-layer stack_step; hidden 70 is wider than one unit
+    chunk of the layer op, batch 6 above the small-row product's limit."""
+    for batch, hidden, bias, with_state in itertools.product(
+        [None, 0, 1, 6], [7, 70], [True, False], [True, False]
+    ):
+        ref = getattr(nn, cls)(5, hidden, bias=bias, dtype=dtype, **kw)
+        mod = getattr(fusedrnn, cls)(5, hidden, bias=bias, dtype=dtype, backend=backend, **kw)
+        mod.load_state_dict(ref.state_dict())
+        lead = () if batch is None else (batch,)
+        x = torch.randn(*lead, 5, dtype=dtype)
+        state = None
+        if with_state:
+            state = torch.randn(*lead, hidden, dtype=dtype)
+            state = (state, torch.randn_like(state)) if cls == "LSTMCell" else state
+        before = len(count_steps)
+        with torch.no_grad():
+            out_ref, out_mod = ref(x, state), mod(x, state)
+        for a, b in zip(_states(out_ref), _states(out_mod), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(b, a, rtol=TOL[dtype], atol=TOL[dtype])
+        assert len(count_steps) - before == 1, "the cell did not take the step path"
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("cls,kw", CASES + CELLS, ids=[f"{c}{k}" for c, k in CASES + CELLS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_step_with_autograd_at_wide_hidden(backend, cls, kw, dtype, count_steps, tol):
+    """With autograd a single step runs the layer op, which lays a one-step call out in
+    torch.nn's gate order (no chunk permutation) and multiplies unpacked weights: outputs and
+    every gradient against torch.nn, hidden wider than one unit chunk."""
+    layer = not cls.endswith("Cell")
+    args = (5, 70, 2) if layer else (5, 70)
+    ref = getattr(nn, cls)(*args, dtype=dtype, **kw)
+    mod = getattr(fusedrnn, cls)(*args, dtype=dtype, backend=backend, **kw)
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(*((1, 6) if layer else (6,)), 5, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+    results = []
+    for m in (ref, mod):
+        xg = x.clone().requires_grad_()
+        out = m(xg)
+        flat = [out[0], *_states(out[1])] if layer else list(_states(out))
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=dtype)).sum() for o in flat)
+        gen.manual_seed(0)
+        results.append(
+            [o.detach() for o in flat] + list(torch.autograd.grad(loss, [xg, *m.parameters()]))
+        )
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, **tol(dtype))
+    assert count_steps == []

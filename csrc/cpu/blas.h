@@ -124,14 +124,16 @@ void parallel_columns(int64_t n, const F& fn) {
 }
 
 // The recurrent weights of a step loop, op(W) [k, n], multiplied once per step by the
-// previous states: packed once per layer call when gemm() would use the packed float32 kernel.
+// previous states: packed once per layer call when gemm() would use the packed float32 kernel
+// and more than one step reads them. A single step (a cell call) reads each weight once, so
+// packing would double its memory traffic: it multiplies the weights where they are.
 template <typename T>
 class StepWeights {
  public:
-  StepWeights(bool tw, int64_t k, int64_t n, const T* W, int64_t ldw, Scratch slot)
+  StepWeights(bool tw, int64_t k, int64_t n, const T* W, int64_t ldw, Scratch slot, int64_t steps)
       : tw_(tw), k_(k), n_(n), W_(W), ldw_(ldw) {
     if constexpr (std::is_same_v<T, float>)
-      if (use_own_sgemm() && k > 0 && n > 0) packed_ = pack_b(tw, k, n, W, ldw, slot);
+      if (use_own_sgemm() && k > 0 && n > 0 && steps > 1) packed_ = pack_b(tw, k, n, W, ldw, slot);
   }
   // C[:, c0:c1] = A[m, k] op(W)[:, c0:c1] + beta * C[:, c0:c1]; C points at column 0 and c0
   // is a multiple of 16 (the chunk layout's and parallel_columns' column blocks are).

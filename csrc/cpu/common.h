@@ -94,14 +94,19 @@ void gather_previous(const std::vector<Step>& steps, const T* hist, const T* ini
 // contiguous block of gate columns: its share of the recurrent GEMM is one BLAS call whose
 // output it feeds straight into the pointwise kernels, with no barrier in between. The
 // weights' rows (and the folded bias) are permuted once per call to match; weight gradients
-// are permuted back. With H <= kChunk, or one gate, this is PyTorch's own layout.
+// are permuted back. With H <= kChunk, or one gate, this is PyTorch's own layout; so it is
+// for a single step (a cell call), where permuting the weights would cost more than the
+// step: there is no later step for a thread's columns to stay in its cache for.
 constexpr int64_t kChunk = 32;
 
 struct ChunkLayout {
-  int64_t H = 0, G = 0, n = 0;  // units, gates, number of chunks
+  int64_t H = 0, G = 0, w = 1, n = 0;  // units, gates, units per chunk, number of chunks
   ChunkLayout() = default;
-  ChunkLayout(int64_t H_, int64_t G_) : H(H_), G(G_), n(std::max<int64_t>(1, (H_ + kChunk - 1) / kChunk)) {}
-  int64_t start(int64_t c) const { return std::min(c * kChunk, H); }
+  ChunkLayout(int64_t H_, int64_t G_, int64_t steps)
+      : H(H_), G(G_), w(steps > 1 ? kChunk : std::max<int64_t>(H_, 1)), n((H_ + w - 1) / w) {
+    n = std::max<int64_t>(n, 1);
+  }
+  int64_t start(int64_t c) const { return std::min(c * w, H); }
   int64_t width(int64_t c) const { return start(c + 1) - start(c); }
   int64_t col(int64_t c) const { return G * start(c); }
   bool identity() const { return G == 1 || n == 1; }

@@ -59,7 +59,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, con
   const T* dyp = cptr<T>(dy);
   const T* h0 = cptr<T>(a.h0);
   // dG_t W_hh, op(W) = W_hh [G*H, Hout]
-  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
+  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
   T* dhs = ptr<T>(dh_state);
   T* dGp = ptr<T>(dG);
   T* dGhp = ptr<T>(dGh);
@@ -82,7 +82,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, con
       Hraw = scratch(Scratch::kWork2, {N, H}, dtype);
       dhraw = at::empty({B, H}, opts);
       // DH_t W_hr, op(W) = W_hr [Hout, H]
-      whr.emplace(false, Hout, H, cptr<T>(*a.w_hr), H, Scratch::kPackedProj);
+      whr.emplace(false, Hout, H, cptr<T>(*a.w_hr), H, Scratch::kPackedProj, a.T);
       DHp = ptr<T>(DH);
       Hrawp = ptr<T>(Hraw);
       dhrawp = ptr<T>(dhraw);

@@ -43,7 +43,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   at::Tensor ws1 = at::empty({0}, opts), ws2 = at::empty({0}, opts);
 
   // h_prev W_hh^T, op(W) = W_hh^T [Hout, G*H]
-  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
+  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
   const T* h0 = cptr<T>(a.h0);
   T* yp = ptr<T>(y);
   T* xgp = ptr<T>(xg);
@@ -74,7 +74,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
     T* hrawp = proj ? ptr<T>(hraw) : nullptr;
     // h_raw W_hr^T, op(W) = W_hr^T [H, Hout]
     const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H,
-                             Scratch::kPackedProj);
+                             Scratch::kPackedProj, a.T);
     for (size_t k = 0; k < steps.size(); ++k) {
       const Step& s = steps[k];
       T* gates = xgp + s.off * GH;

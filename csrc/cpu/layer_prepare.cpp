@@ -98,7 +98,7 @@ LayerArgs prepare(FRNN_LAYER_PARAMS) {
   } else if (b_hh.has_value()) {
     a.bias.add_(*b_hh);
   }
-  a.layout = ChunkLayout(a.H, G);
+  a.layout = ChunkLayout(a.H, G, a.T);
   if (!a.layout.identity()) {
     a.perm = at::empty({G * a.H}, at::TensorOptions().dtype(at::kLong));
     int64_t* p = a.perm.data_ptr<int64_t>();

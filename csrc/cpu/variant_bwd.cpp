@@ -133,9 +133,9 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   const T* h0 = cptr<T>(a.h0);
   const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
   // dHP_t W_hh and DH_t W_hr: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
+  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
   const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? cptr<T>(a.w_hr) : nullptr, H,
-                           Scratch::kPackedProj);
+                           Scratch::kPackedProj, a.T);
   const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
   const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
   const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;

@@ -81,9 +81,9 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
   // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent);
+  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
   const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(a.w_hr) : nullptr, H,
-                           Scratch::kPackedProj);
+                           Scratch::kPackedProj, a.T);
   const T* h0 = cptr<T>(a.h0);
   const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
   const T* b_rec = cptr<T>(a.b_rec);
