@@ -26,6 +26,9 @@ row here and a branch in each backend's kernels.
   materialised, the saved buffers' would be zeros the size of the activations, per backward.
 - ``register_fake`` gives both ops meta shapes, so ``torch.compile(fullgraph=True)`` sees two
   opaque nodes and no graph break.
+- Eager calls that record a graph apply the same setup_context / backward rule through a small
+  ``autograd.Function`` instead: the registered path rebuilds the full argument list from the
+  schema at every call, which costs more than a small layer's kernels.
 """
 
 from __future__ import annotations
@@ -256,6 +259,22 @@ def define_layer(
 
     fwd_op.register_autograd(backward_rule, setup_context=setup_context)
 
+    class EagerLayer(torch.autograd.Function):
+        """The same autograd rule for eager calls that record a graph. Through
+        ``register_autograd`` torch rebuilds the op's argument list from its schema at every
+        call (hundreds of microseconds for this schema's 24 arguments); inside a Function the
+        op runs below autograd and skips that. Compiled code keeps the registered rule."""
+
+        @staticmethod
+        def forward(ctx, *args):
+            buffers = tuple(fwd_op(*args))
+            setup_context(ctx, args, buffers)
+            return buffers
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward_rule(ctx, grads)
+
     def layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, **options):
         """One layer in one direction; the contract of :func:`fusedrnn.ops.reference.layer`."""
         variant = variants_on(**options)  # an unknown option is a TypeError here
@@ -274,7 +293,8 @@ def define_layer(
         diff = [*tensors, *(opts[n] for n in GRAD_INPUTS[len(tensors) :])]
         save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in diff)
         a = LayerArgs(cell, *tensors, batch_sizes, reverse, **opts, save=save)
-        y, h_n, c_n = unpack(a, fwd_op(*a))
+        eager = save and not torch.compiler.is_compiling()
+        y, h_n, c_n = unpack(a, list(EagerLayer.apply(*a)) if eager else fwd_op(*a))
         return y, h_n, c_n if lstm else c0
 
     layer.fwd_op = fwd_op
