@@ -200,18 +200,22 @@ class KernelConfig:
     picker: object = field(default=None, compare=False, repr=False)
 
 
-def _step_config(kind, c, picker) -> KernelConfig:
+def _triton_config(kind, description, c, copied, picker=None) -> KernelConfig:
+    """A config of fusedrnn.ops.triton.configs as a KernelConfig: the fields named in ``copied``
+    carry over; the others keep KernelConfig's defaults."""
     return KernelConfig(
-        "triton",
+        "triton", kind, description, picker=picker, **{name: getattr(c, name) for name in copied}
+    )
+
+
+def _step_config(kind, c, picker) -> KernelConfig:
+    return _triton_config(
         kind,
         f"{'per-step' if kind == 'step' else 'variant per-step'} block_b={c.block_b} "
         f"block_h={c.block_h} block_k={c.block_k} warps={c.num_warps} stages={c.num_stages}",
-        block_b=c.block_b,
-        block_h=c.block_h,
-        block_k=c.block_k,
-        num_warps=c.num_warps,
-        num_stages=c.num_stages,
-        picker=picker,
+        c,
+        ("block_b", "block_h", "block_k", "num_warps", "num_stages"),
+        picker,
     )
 
 
@@ -231,16 +235,12 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
     ]
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
         out.append(
-            KernelConfig(
-                "triton",
+            _triton_config(
                 "persistent",
                 f"persistent {c.cell} block_b={c.block_b} block_h={c.block_h} H<={c.max_hidden} "
                 f"warps={c.num_warps}",
-                block_b=c.block_b,
-                block_h=c.block_h,
-                num_warps=c.num_warps,
-                max_hidden=c.max_hidden,
-                cell=c.cell,
+                c,
+                ("block_b", "block_h", "num_warps", "max_hidden", "cell"),
             )
         )
     if not out:

@@ -62,6 +62,33 @@ class Samples:
         return statistics.median(self.times_s) if self.times_s else float("nan")
 
 
+def forward_fn(run: Callable, x: torch.Tensor, state) -> Callable[[], object]:
+    """The timed closure of inference: one ``run(x, state)`` under ``no_grad``."""
+
+    def fwd():
+        with torch.no_grad():
+            return run(x, state)
+
+    return fwd
+
+
+def forward_backward_fn(
+    run: Callable, params: list, x: torch.Tensor, state, gy: torch.Tensor
+) -> Callable[[], None]:
+    """The timed closure of training: ``run(x, state)`` and its backward from ``gy``. ``x``
+    requires grad, as an embedding's output would; every call clears the gradients first, so
+    that no call pays for accumulating into the previous call's."""
+
+    def fwdbwd():
+        for p in params:
+            p.grad = None
+        x.grad = None
+        y, _ = run(x, state)
+        y.backward(gy)
+
+    return fwdbwd
+
+
 def time_round_cpu(
     fn: Callable[[], object], min_run_time: float, threads: int, min_blocks: int = 2
 ) -> list[float]:

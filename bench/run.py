@@ -160,12 +160,7 @@ def _short(exc: BaseException) -> str:
 def _timed_fn(cfg: P.Config, run, params, x, state):
     """The closure that is timed: one whole forward, forward+backward, or one sampling step."""
     if cfg.mode == "fwd":
-
-        def fwd():
-            with torch.no_grad():
-                return run(x, state)
-
-        return fwd
+        return measure.forward_fn(run, x, state)
     if cfg.mode == "step":
         carried = [state]
 
@@ -178,15 +173,7 @@ def _timed_fn(cfg: P.Config, run, params, x, state):
     xg = x.detach().clone().requires_grad_(True)  # the input needs dx, as an embedding would
     gy = torch.randn(cfg.T, cfg.B, cfg.H, generator=torch.Generator().manual_seed(3))
     gy = gy.to(device=cfg.device, dtype=cfg.dtype)
-
-    def fwdbwd():
-        for p in params:
-            p.grad = None
-        xg.grad = None
-        y, _ = run(xg, state)
-        y.backward(gy)
-
-    return fwdbwd
+    return measure.forward_backward_fn(run, params, xg, state, gy)
 
 
 def measure_config(cfg: P.Config, names: list[str], args, ctx: dict) -> list[dict]:

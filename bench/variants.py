@@ -160,21 +160,10 @@ def make_inputs(mode: str, B: int, T: int, I: int, H: int, L: int):  # noqa: E74
 
 
 def run_fn(model: nn.Module, x: Tensor, hx, with_grad: bool, gy: Tensor):
-    params = list(model.parameters())
-    xg = x.detach().clone().requires_grad_(with_grad)
-
-    def fwd():
-        with torch.no_grad():
-            return model(x, hx)
-
-    def fwdbwd():
-        for p in params:
-            p.grad = None
-        xg.grad = None
-        y, _ = model(xg, hx)
-        y.backward(gy)
-
-    return fwdbwd if with_grad else fwd
+    if not with_grad:
+        return measure.forward_fn(model, x, hx)
+    xg = x.detach().clone().requires_grad_(True)
+    return measure.forward_backward_fn(model, list(model.parameters()), xg, hx, gy)
 
 
 def check_same(models: dict[str, nn.Module], x: Tensor, hx, tol: float) -> dict[str, float]:

@@ -182,6 +182,17 @@ class Plan:
     budget_s: float
 
 
+def _headline_shapes(anchor, mid, charlm) -> tuple[Shape, ...]:
+    """The benchmarked shapes, each given as (B, T, I, H): the dry run keeps the GPU plan's
+    names, dtypes and layer counts at tiny sizes, so that it exercises the same rows."""
+    return (
+        Shape("flashrnn-anchor", *anchor, 1, torch.bfloat16),
+        Shape("mid", *mid, 1, torch.float32),
+        Shape("charlm", *charlm, 2, torch.float32),
+        Shape("mid", *mid, 1, torch.float32, tf32=True),
+    )
+
+
 def gpu_plan() -> Plan:
     # char-LM size: 2 layers x 512 over the default 64-wide embedding (fusedrnn.charlm.config)
     from fusedrnn.charlm.config import DEFAULTS
@@ -193,12 +204,7 @@ def gpu_plan() -> Plan:
         built_backend="cuda",
         check_dtypes=(torch.float32, torch.bfloat16),
         check_shape=(3, 9, 13, 37, 2),  # B, T, I, H, layers: nothing a power of two
-        shapes=(
-            Shape("flashrnn-anchor", 16, 1024, 768, 768, 1, torch.bfloat16),
-            Shape("mid", 64, 100, 512, 512, 1, torch.float32),
-            Shape("charlm", 64, 128, embed, 512, 2, torch.float32),
-            Shape("mid", 64, 100, 512, 512, 1, torch.float32, tf32=True),
-        ),
+        shapes=_headline_shapes((16, 1024, 768, 768), (64, 100, 512, 512), (64, 128, embed, 512)),
         test_args=GPU_TEST_ARGS,
         limits={
             "build": Limits(60, 210),
@@ -229,12 +235,7 @@ def dry_run_plan() -> Plan:
         built_backend="cpu",
         check_dtypes=(torch.float32, torch.bfloat16),
         check_shape=(2, 3, 5, 7, 2),
-        shapes=(
-            Shape("flashrnn-anchor", 2, 16, 12, 12, 1, torch.bfloat16),
-            Shape("mid", 4, 8, 10, 10, 1, torch.float32),
-            Shape("charlm", 4, 8, 6, 10, 2, torch.float32),
-            Shape("mid", 4, 8, 10, 10, 1, torch.float32, tf32=True),
-        ),
+        shapes=_headline_shapes((2, 16, 12, 12), (4, 8, 10, 10), (4, 8, 6, 10)),
         test_args=("tests/test_modules_errors.py",),
         limits={
             "build": Limits(5, 60),

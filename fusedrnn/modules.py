@@ -76,6 +76,34 @@ def _check_devices(input: Tensor, hidden: tuple[Tensor, ...], params: list[Tenso
             )
 
 
+def _check_state_dims(hx, is_lstm: bool, is_batched: bool) -> None:
+    """torch.nn's check, with its messages, that the states are batched as the input is."""
+    want = 3 if is_batched else 2
+    given = f"For {'batched 3-D' if is_batched else 'unbatched 2-D'} input"
+    if is_lstm:
+        if hx[0].dim() != want or hx[1].dim() != want:
+            raise RuntimeError(
+                f"{given}, hx and cx should also be {want}-D but got "
+                f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+            )
+    elif hx.dim() != want:
+        raise RuntimeError(f"{given}, hx should also be {want}-D but got {hx.dim()}-D tensor")
+
+
+def _check_backend(backend: str | None) -> None:
+    if backend is not None and backend not in backends.BACKENDS:
+        raise ValueError(f"unknown fusedrnn backend {backend!r}; choose from {backends.BACKENDS}")
+
+
+def _extra_repr(module: nn.Module, shown: dict[str, bool]) -> str:
+    """torch.nn's extra_repr: the sizes, then the fields whose ``shown`` is true (those off
+    their defaults), then the fusedrnn backend when one is pinned."""
+    s = "{input_size}, {hidden_size}" + "".join(f", {k}={{{k}}}" for k, on in shown.items() if on)
+    if module.backend is not None:
+        s += ", backend={backend!r}"
+    return s.format(**module.__dict__)
+
+
 def _check_seq_len(input: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> None:
     seq_len = batch_sizes.numel() if batch_sizes is not None else input.size(int(batch_first))
     if seq_len == 0:
@@ -163,10 +191,7 @@ class RNNBase(nn.Module):
             raise ValueError("proj_size has to be smaller than hidden_size")
         if mode not in MODES:
             raise ValueError("Unrecognized RNN mode: " + mode)
-        if backend is not None and backend not in backends.BACKENDS:
-            raise ValueError(
-                f"unknown fusedrnn backend {backend!r}; choose from {backends.BACKENDS}"
-            )
+        _check_backend(backend)
 
         # cell variants (fusedrnn.variants); all off is exactly the torch.nn layer
         self.cell_options = _variants.parse(mode, layer_norm, zoneout, peephole, cifg)
@@ -226,22 +251,15 @@ class RNNBase(nn.Module):
         _variants.reset_parameters(self)
 
     def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.proj_size != 0:
-            s += ", proj_size={proj_size}"
-        if self.num_layers != 1:
-            s += ", num_layers={num_layers}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if self.batch_first is not False:
-            s += ", batch_first={batch_first}"
-        if self.dropout != 0:
-            s += ", dropout={dropout}"
-        if self.bidirectional is not False:
-            s += ", bidirectional={bidirectional}"
-        if self.backend is not None:
-            s += ", backend={backend!r}"
-        return s.format(**self.__dict__) + _variants.extra_repr(self.cell_options)
+        shown = {
+            "proj_size": self.proj_size != 0,
+            "num_layers": self.num_layers != 1,
+            "bias": self.bias is not True,
+            "batch_first": self.batch_first is not False,
+            "dropout": self.dropout != 0,
+            "bidirectional": self.bidirectional is not False,
+        }
+        return _extra_repr(self, shown) + _variants.extra_repr(self.cell_options)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -268,16 +286,21 @@ class RNNBase(nn.Module):
                 f"Expected {self.input_size}, got {input.size(-1)}"
             )
 
+    def _mini_batch(self, input: Tensor, batch_sizes: Tensor | None) -> int:
+        if batch_sizes is not None:
+            return int(batch_sizes[0])
+        return input.size(0) if self.batch_first else input.size(1)
+
     def get_expected_hidden_size(
         self, input: Tensor, batch_sizes: Tensor | None
     ) -> tuple[int, int, int]:
-        if batch_sizes is not None:
-            mini_batch = int(batch_sizes[0])
-        else:
-            mini_batch = input.size(0) if self.batch_first else input.size(1)
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        return (self.num_layers * num_directions, mini_batch, real_hidden_size)
+        return (
+            self.num_layers * num_directions,
+            self._mini_batch(input, batch_sizes),
+            real_hidden_size,
+        )
 
     def check_hidden_size(
         self,
@@ -340,35 +363,12 @@ class RNNBase(nn.Module):
             tail = " tensor instead" if prefix == "RNN" else " instead"
             raise ValueError(f"{prefix}: Expected input to be 2D or 3D, got {input.dim()}D{tail}")
         is_batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
+        if hx is not None:
+            _check_state_dims(hx, is_lstm, is_batched)
         if not is_batched:
-            input = input.unsqueeze(batch_dim)
+            input = input.unsqueeze(0 if self.batch_first else 1)
             if hx is not None:
-                if is_lstm:
-                    if hx[0].dim() != 2 or hx[1].dim() != 2:
-                        raise RuntimeError(
-                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
-                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                        )
-                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-                else:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            "For unbatched 2-D input, hx should also be 2-D but got "
-                            f"{hx.dim()}-D tensor"
-                        )
-                    hx = hx.unsqueeze(1)
-        elif hx is not None:
-            if is_lstm:
-                if hx[0].dim() != 3 or hx[1].dim() != 3:
-                    raise RuntimeError(
-                        "For batched 3-D input, hx and cx should also be 3-D but got "
-                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                    )
-            elif hx.dim() != 3:
-                raise RuntimeError(
-                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
-                )
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
         return input, hx, None, None, None, is_batched
 
     def _time_major(self, input: Tensor, batch_sizes: Tensor | None) -> Tensor:
@@ -438,14 +438,10 @@ def _forward_single_state(self: RNNBase, input, hx):
         input, hx, is_lstm=False
     )
     num_directions = 2 if self.bidirectional else 1
-    if batch_sizes is not None:
-        max_batch_size = int(batch_sizes[0])
-    else:
-        max_batch_size = input.size(0) if self.batch_first else input.size(1)
     if hx is None:
         hx = torch.zeros(
             self.num_layers * num_directions,
-            max_batch_size,
+            self._mini_batch(input, batch_sizes),
             self.hidden_size,
             dtype=input.dtype,
             device=input.device,
@@ -487,12 +483,8 @@ class LSTM(RNNBase):
     def get_expected_cell_size(
         self, input: Tensor, batch_sizes: Tensor | None
     ) -> tuple[int, int, int]:
-        if batch_sizes is not None:
-            mini_batch = int(batch_sizes[0])
-        else:
-            mini_batch = input.size(0) if self.batch_first else input.size(1)
-        num_directions = 2 if self.bidirectional else 1
-        return (self.num_layers * num_directions, mini_batch, self.hidden_size)
+        layers, mini_batch, _ = self.get_expected_hidden_size(input, batch_sizes)
+        return (layers, mini_batch, self.hidden_size)
 
     def check_forward_args(self, input, hidden, batch_sizes):  # type: ignore[override]
         self.check_input(input, batch_sizes)
@@ -521,11 +513,7 @@ class LSTM(RNNBase):
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         if hx is None:
-            if batch_sizes is not None:
-                max_batch_size = int(batch_sizes[0])
-            else:
-                max_batch_size = input.size(0) if self.batch_first else input.size(1)
-            shape = (self.num_layers * num_directions, max_batch_size)
+            shape = (self.num_layers * num_directions, self._mini_batch(input, batch_sizes))
             kw = {"dtype": input.dtype, "device": input.device}
             hx = (
                 torch.zeros(*shape, real_hidden_size, **kw),
@@ -571,10 +559,7 @@ class RNNCellBase(nn.Module):
         self.hidden_size = hidden_size
         self.bias = bias
         self.backend = backend
-        if backend is not None and backend not in backends.BACKENDS:
-            raise ValueError(
-                f"unknown fusedrnn backend {backend!r}; choose from {backends.BACKENDS}"
-            )
+        _check_backend(backend)
         self.weight_ih = nn.Parameter(
             torch.empty((num_chunks * hidden_size, input_size), **factory_kwargs)
         )
@@ -590,14 +575,11 @@ class RNNCellBase(nn.Module):
         self.reset_parameters()
 
     def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if "bias" in self.__dict__ and self.bias is not True:
-            s += ", bias={bias}"
-        if "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh":
-            s += ", nonlinearity={nonlinearity}"
-        if self.backend is not None:
-            s += ", backend={backend!r}"
-        return s.format(**self.__dict__)
+        shown = {
+            "bias": "bias" in self.__dict__ and self.bias is not True,
+            "nonlinearity": "nonlinearity" in self.__dict__ and self.nonlinearity != "tanh",
+        }
+        return _extra_repr(self, shown)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -652,14 +634,15 @@ class RNNCellBase(nn.Module):
         if not is_batched:
             input = input.unsqueeze(0)
         if hx is None:
-            hx = torch.zeros(
-                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
-            )
+            hx = self._zero_state(input)
         elif not is_batched:
             hx = hx.unsqueeze(0)
         self._check(input, (hx,))
         h, _ = self._step(cell, input, hx, None)
         return h if is_batched else h.squeeze(0)
+
+    def _zero_state(self, input: Tensor) -> Tensor:
+        return torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
 
     def _step(self, cell: str, input: Tensor, h: Tensor, c: Tensor | None):
         """One step through the layer op: a sequence of length one."""
@@ -705,8 +688,10 @@ class RNNCell(RNNCellBase):
         return self._one_state_forward("RNNCell", input, hx)
 
 
-class GRUCell(RNNCellBase):
-    """Drop-in ``torch.nn.GRUCell``."""
+class _GatedCell(RNNCellBase):
+    """GRUCell and LSTMCell: torch.nn gives both this constructor, ``_gates`` rows per unit."""
+
+    _gates: int
 
     def __init__(
         self,
@@ -718,7 +703,13 @@ class GRUCell(RNNCellBase):
         *,
         backend: str | None = None,
     ) -> None:
-        super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
+        super().__init__(input_size, hidden_size, bias, self._gates, device, dtype, backend=backend)
+
+
+class GRUCell(_GatedCell):
+    """Drop-in ``torch.nn.GRUCell``."""
+
+    _gates = 3
 
     def _cell(self) -> str:
         return "gru"
@@ -727,20 +718,10 @@ class GRUCell(RNNCellBase):
         return self._one_state_forward("GRUCell", input, hx)
 
 
-class LSTMCell(RNNCellBase):
+class LSTMCell(_GatedCell):
     """Drop-in ``torch.nn.LSTMCell``."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend=backend)
+    _gates = 4
 
     def forward(
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
@@ -757,9 +738,7 @@ class LSTMCell(RNNCellBase):
         if not is_batched:
             input = input.unsqueeze(0)
         if hx is None:
-            zeros = torch.zeros(
-                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
-            )
+            zeros = self._zero_state(input)
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))

@@ -6,6 +6,11 @@ The main command line adds them with :func:`register_analysis_commands`; each mo
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+
+from .errors import standalone_main
+
 ANALYSIS_COMMANDS = ("visualize", "find-cells", "ngram", "evolution")
 
 
@@ -21,3 +26,25 @@ def register_analysis_commands(subparsers) -> None:
     cells.register(subparsers)
     ngram.register(subparsers)
     evolution.register(subparsers)
+
+
+def subcommand(
+    name: str,
+    help: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+):
+    """``(register, main)`` of one analysis command: ``register(subparsers)`` adds it to
+    ``fusedrnn-charlm``, ``main(argv)`` runs it on its own under the same options."""
+
+    def register(subparsers) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help, description=description)
+        add_arguments(p)
+        p.set_defaults(func=run)
+        return p
+
+    def main(argv: list[str] | None = None) -> int:
+        return standalone_main(f"fusedrnn-charlm {name}", add_arguments, run, argv)
+
+    return register, main

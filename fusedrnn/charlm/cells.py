@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharLMError, standalone_main
+from .analysis_cli import subcommand
+from .errors import CharLMError
 from .features import BINARY_FEATURES, FEATURES, compute_features
 from .visualize import (
     SCALES,
@@ -390,21 +391,15 @@ def _index_html(arch: str, desc: str, rows) -> str:
     )
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "find-cells",
-        help="find units that track quotes, brackets, line position, ...",
-        description="Score every hidden and cell unit against text features (inside quotes, "
-        "bracket depth, position in line, inside a comment, start of a word) and render the "
-        "best units.",
-    )
-    _add_arguments(p)
-    p.set_defaults(func=run)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone_main("fusedrnn-charlm find-cells", _add_arguments, run, argv)
+register, main = subcommand(
+    "find-cells",
+    "find units that track quotes, brackets, line position, ...",
+    "Score every hidden and cell unit against text features (inside quotes, "
+    "bracket depth, position in line, inside a comment, start of a word) and render the "
+    "best units.",
+    _add_arguments,
+    run,
+)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import DataError, standalone_main
+from .analysis_cli import subcommand
+from .errors import DataError
 
 _HEADER = re.compile(r"^=== iteration (\d+)(?:, val loss ([0-9.eE+-]+|nan|inf))? ===$", re.M)
 
@@ -165,20 +166,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "evolution",
-        help="table of the samples taken during training (Markdown or HTML)",
-        description="Render the samples saved by `train --sample-at ...` as a table "
-        "iteration -> sample.",
-    )
-    _add_arguments(p)
-    p.set_defaults(func=run)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone_main("fusedrnn-charlm evolution", _add_arguments, run, argv)
+register, main = subcommand(
+    "evolution",
+    "table of the samples taken during training (Markdown or HTML)",
+    "Render the samples saved by `train --sample-at ...` as a table iteration -> sample.",
+    _add_arguments,
+    run,
+)
 
 
 if __name__ == "__main__":

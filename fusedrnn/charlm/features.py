@@ -24,6 +24,8 @@ reports it as such rather than inventing a score.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 BINARY_FEATURES = ("in_quote", "in_parens", "in_comment", "word_start")
@@ -38,35 +40,34 @@ def _is_word_char(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
-def in_quote(text: str) -> np.ndarray:
+def _running(text: str, step: Callable[[float, str], float], start: float) -> np.ndarray:
+    """A feature whose value is a running state: ``step(state, ch)`` after each character."""
     out = np.zeros(len(text), dtype=np.float64)
-    inside = False
+    state = start
     for t, ch in enumerate(text):
-        if ch == '"':
-            inside = not inside
-        out[t] = inside
+        state = step(state, ch)
+        out[t] = state
     return out
+
+
+def in_quote(text: str) -> np.ndarray:
+    return _running(text, lambda inside, ch: not inside if ch == '"' else inside, False)
+
+
+def _depth_step(depth: int, ch: str) -> int:
+    if ch in _OPEN:
+        return depth + 1
+    if ch in _CLOSE:
+        return max(depth - 1, 0)
+    return depth
 
 
 def paren_depth(text: str) -> np.ndarray:
-    out = np.zeros(len(text), dtype=np.float64)
-    depth = 0
-    for t, ch in enumerate(text):
-        if ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth = max(depth - 1, 0)
-        out[t] = depth
-    return out
+    return _running(text, _depth_step, 0)
 
 
 def line_pos(text: str) -> np.ndarray:
-    out = np.zeros(len(text), dtype=np.float64)
-    pos = 0
-    for t, ch in enumerate(text):
-        pos = 0 if ch == "\n" else pos + 1
-        out[t] = pos
-    return out
+    return _running(text, lambda pos, ch: 0 if ch == "\n" else pos + 1, 0)
 
 
 def in_comment(text: str) -> np.ndarray:

@@ -44,7 +44,8 @@ import time
 
 import numpy as np
 
-from .errors import CharLMError, DataError, standalone_main
+from .analysis_cli import subcommand
+from .errors import CharLMError, DataError
 
 _FALLBACK_DISCOUNT = 0.5
 
@@ -311,20 +312,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "ngram",
-        help="character n-gram baseline (interpolated Kneser-Ney)",
-        description="Train a character n-gram model with interpolated Kneser-Ney smoothing on "
-        "the training split and report its held-out loss (comparable with `eval`).",
-    )
-    _add_arguments(p)
-    p.set_defaults(func=run)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone_main("fusedrnn-charlm ngram", _add_arguments, run, argv)
+register, main = subcommand(
+    "ngram",
+    "character n-gram baseline (interpolated Kneser-Ney)",
+    "Train a character n-gram model with interpolated Kneser-Ney smoothing on "
+    "the training split and report its held-out loss (comparable with `eval`).",
+    _add_arguments,
+    run,
+)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharLMError, DataError, standalone_main
+from .analysis_cli import subcommand
+from .errors import CharLMError, DataError
 
 DEFAULT_MAX_CHARS = 2000
 PNG_MAX_CHARS = 4000  # beyond this a PNG would be unreadably large; the HTML has no such limit
@@ -744,21 +745,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "visualize",
-        help="colour a text by one unit's activation (HTML + PNG)",
-        description="Run a checkpoint over a text and colour every character by the activation "
-        "of one hidden or cell unit (blue -1, white 0, red +1), optionally with the model's "
-        "top-k next-character guesses under each character.",
-    )
-    _add_arguments(p)
-    p.set_defaults(func=run)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    return standalone_main("fusedrnn-charlm visualize", _add_arguments, run, argv)
+register, main = subcommand(
+    "visualize",
+    "colour a text by one unit's activation (HTML + PNG)",
+    "Run a checkpoint over a text and colour every character by the activation "
+    "of one hidden or cell unit (blue -1, white 0, red +1), optionally with the model's "
+    "top-k next-character guesses under each character.",
+    _add_arguments,
+    run,
+)
 
 
 if __name__ == "__main__":
