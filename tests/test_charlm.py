@@ -366,6 +366,12 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, trained):
         "garbage.pt": os.urandom(4096),
         "empty.pt": b"",
     }
+    # random bytes make the unpickler fail in several ways (IndexError in about 6 % of
+    # 4 KiB blobs, UnicodeDecodeError, KeyError, ...): each must be a CheckpointError
+    gen = torch.Generator().manual_seed(0)
+    for k in range(300):
+        blob = torch.randint(0, 256, (4096,), generator=gen, dtype=torch.uint8).numpy()
+        cases[f"random{k}.pt"] = blob.tobytes()
     for name, blob in cases.items():
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(CheckpointError):

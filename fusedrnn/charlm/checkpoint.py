@@ -111,7 +111,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except OSError as e:
         why = (e.strerror or type(e).__name__).lower()
         raise CheckpointError(f"cannot read checkpoint {path}: {why}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError):
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError):
         # torch's own text (zip reader internals) would not tell the user more than this
         raise CheckpointError(
             f"corrupt checkpoint {path}: the file is truncated or damaged (it is not a "
