@@ -263,7 +263,9 @@ def define_layer(
         """The same autograd rule for eager calls that record a graph. Through
         ``register_autograd`` torch rebuilds the op's argument list from its schema at every
         call (hundreds of microseconds for this schema's 24 arguments); inside a Function the
-        op runs below autograd and skips that. Compiled code keeps the registered rule."""
+        op runs below autograd and skips that. Compiled code keeps the registered rule. The
+        ops themselves are still called, so dispatch modes (fake tensors, profilers, opcheck's
+        capture in tests/test_opcheck.py) see them as in compiled code."""
 
         @staticmethod
         def forward(ctx, *args):
