@@ -354,6 +354,27 @@ def test_sampling_bench_small(tmp_path):
     assert "| lstm | 1 × 8 | 2 |" in (tmp_path / "results.md").read_text()
 
 
+def test_cells_bench_small(tmp_path):
+    """bench/cells.py on tiny shapes: one row per shape, cell and mode, both sides timed, the
+    table beside the CSV."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "cells.py"), "--rounds", "1", "--seconds", "0.01",
+         "--shapes", "1x8,3x5", "--cells", "LSTMCell,GRUCell", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["batch"], r["hidden"], r["cell"], r["mode"]) for r in rows] == [
+        (b, h, c, m) for b, h in (("1", "8"), ("3", "5")) for c in ("LSTMCell", "GRUCell")
+        for m in ("step", "fwdbwd")
+    ]  # fmt: skip
+    for r in rows:
+        t, f = float(r["torch_us"]), float(r["fusedrnn_us"])
+        assert t > 0 and f > 0 and math.isclose(float(r["speedup"]), t / f, rel_tol=2e-2)
+    assert "| GRUCell | fwdbwd | 3 | 5 |" in (tmp_path / "results.md").read_text()
+
+
 def test_charlm_speed_recipe_settings():
     """--recipe fills in the README's tinyshakespeare settings; flags given beside it win, and
     a run bounded by iterations has no time budget unless one is given."""
