@@ -168,8 +168,9 @@ def cell_step(
     b_ih: Tensor | None,  # [G*H]
     b_hh: Tensor | None,  # [G*H]
 ) -> tuple[Tensor, Tensor | None]:
-    """One step of a single cell (LSTMCell / GRUCell / RNNCell) through the layer op: a
-    sequence of length one. Same autocast rule as :func:`rnn_stack`."""
+    """One step of a single cell (LSTMCell / GRUCell / RNNCell): the backend's ``stack_step``
+    as a stack of one layer when nothing records autograd, else the layer op on a sequence of
+    length one. Same autocast rule as :func:`rnn_stack`."""
     dtype = autocast_dtype(x.device.type)
     if dtype is not None:
         with torch.autocast(x.device.type, enabled=False):
