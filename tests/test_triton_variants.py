@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-from layer_cases import Case  # noqa: E402
+from layer_cases import Case, assert_close_all  # noqa: E402
 
 from fusedrnn.ops import library, reference  # noqa: E402
 from fusedrnn.ops.triton import launch_counter, poison_buffers  # noqa: E402
@@ -47,18 +47,6 @@ def make_inputs(cell, T, B, I, H, *, proj=0, bias=True, packed=False, ln=False, 
     a = layer_cases.make_inputs(case, dtype, device or DEVICE, seed)
     kw = {k: a[k] for k in library.OPTION_DEFAULTS if k in a}
     return [a[k] for k in library.NAMES[1:9]], a["batch_sizes"], kw
-
-
-def assert_close_all(got, want, tol, what):
-    assert len(got) == len(want)
-    for k, (g, w) in enumerate(zip(got, want, strict=True)):
-        if w is None:
-            assert g is None, f"{what}[{k}] should be None"
-            continue
-        assert g is not None, f"{what}[{k}] missing"
-        assert g.shape == w.shape and g.dtype == w.dtype, f"{what}[{k}] {g.shape} vs {w.shape}"
-        assert torch.isfinite(g).all(), f"{what}[{k}] has non-finite values (unwritten?)"
-        torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m, k=k: f"{what}[{k}]: {m}")
 
 
 # Every option, shape and dtype against the reference op (outputs, every gradient, one output
