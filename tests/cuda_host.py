@@ -9,6 +9,7 @@ into build/cuda_host_driver (rebuilt when a source changes).
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,6 +61,22 @@ def host_layer():
     layer = cuda.make_layer("cuda_host_test", lambda: ext, device_type="cpu")
     layer.ext = ext
     return layer
+
+
+def compile_report() -> dict:
+    """The nvcc report (python -m fusedrnn.cuda_report) for sm_80 and sm_90: reuses
+    build/cuda_report.json when it was written (e.g. by CI's report step) for exactly the
+    current sources, flags and nvcc; otherwise compiles and writes it (about a minute on 2
+    cores)."""
+    cache = ROOT / "build" / "cuda_report.json"
+    key = cuda_report.sources_hash(cuda_report.find_nvcc(), ["sm_80", "sm_90"])
+    data = json.loads(cache.read_text()) if cache.is_file() else {}
+    if data.get("sources_hash") != key:
+        rc = cuda_report.main(["--arch", "sm_80,sm_90", "--json", str(cache)])
+        data = json.loads(cache.read_text())
+        assert rc == 0
+    assert data["sources_hash"] == key
+    return data
 
 
 # -- what the cuda tests share: inputs, runs and comparisons in every dtype -----------------

@@ -13,7 +13,6 @@ With a GPU (skipped here): cuda_variants.layer on CUDA tensors against the refer
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cuda_host
@@ -37,15 +36,9 @@ DIFF = library.GRAD_INPUTS
 # --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA compile check needs it")
 def test_variant_kernels_compile_without_spills():
-    """Every template configuration the variant dispatch can select, for both archs; reuses
-    build/cuda_report.json when it matches the current sources (else compiles, ~1 min)."""
-    cache = ROOT / "build" / "cuda_report.json"
-    key = cuda_report.sources_hash(NVCC, ["sm_80", "sm_90"])
-    data = json.loads(cache.read_text()) if cache.is_file() else {}
-    if data.get("sources_hash") != key:
-        rc = cuda_report.main(["--arch", "sm_80,sm_90", "--json", str(cache)])
-        data = json.loads(cache.read_text())
-        assert rc == 0
+    """Every template configuration the variant dispatch can select, for both archs
+    (cuda_host.compile_report)."""
+    data = cuda_host.compile_report()
     files = {"lstm_variants.cu", "gru_variants.cu", "zoneout.cu"}
     results = [r for r in data["results"] if Path(r["file"]).name in files]
     assert {Path(r["file"]).name for r in results} == files
