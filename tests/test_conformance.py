@@ -7,7 +7,8 @@ is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the
 launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each case (cell x
 shape x options x packed x reverse x proj x bias) is compared in float64 and float32 on fresh
 seeded data: every output and the gradient of every differentiable input, with every buffer the
-kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. Half
+kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. The
+gradcheck runs on the reference op (``reference``) as well, the oracle of the rest. Half
 precision and the other grid walks of the cuda backend are in tests/test_cuda_backend.py and
 tests/test_cuda_variants.py.
 
@@ -33,7 +34,7 @@ from layer_cases import (
     triton_device,
 )
 
-from fusedrnn.ops import cpu, cuda, library
+from fusedrnn.ops import cpu, cuda, library, reference
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -86,6 +87,9 @@ class Backend:
             return
         if name == "cuda":
             self.layer, self.device = cuda.layer, "cuda"
+            return
+        if name == "reference":
+            self.layer, self.device = reference.layer, "cpu"
             return
         from fusedrnn.ops import triton as tb
 
@@ -143,11 +147,19 @@ SHAPES = [
     dict(T=2, B=20, I=3, H=40, packed=True, reverse=True),
     dict(T=4, B=3, I=6, H=70, lengths=(4, 3, 3)),
 ]
+# H = 70 spans three unit chunks (32, 32, 6) of the cpu kernels' gate-column layout: the
+# weight permutation and the gradients' way back to PyTorch's gate order, dense and packed in
+# reverse (with a projection for the LSTM)
+CHUNKS = [
+    Case(cell, T=4, B=3, I=6, H=70, **s)
+    for cell in CELLS
+    for s in (dict(), dict(lengths=(4, 3, 3), reverse=True, proj=5 * (cell == "lstm")))
+]
 PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
+    *CHUNKS,
     Case("lstm", T=4, B=3, I=4, H=11, proj=5),
     Case("lstm", T=4, B=4, I=3, H=9, proj=4, packed=True, reverse=True),
     Case("lstm", T=3, B=2, I=3, H=6, proj=3, bias=False, reverse=True),
-    Case("lstm", T=4, B=3, I=6, H=70, proj=5, lengths=(4, 3, 3), reverse=True),
 ]
 
 
@@ -318,12 +330,30 @@ TRITON_GRADCHECK = {
     ) or (c.cell == "gru" and c.ln and c.bias)
 }  # fmt: skip
 
+# four option mixes each dense and packed, forward and reverse (outside TRITON_GRADCHECK)
+GRADCHECK += [
+    c
+    for cell, opts in (
+        ("lstm", dict(ln=True, peep=True, zone="hc")),
+        ("lstm", dict(cifg=True, peep=True, proj=2, zone="eval")),
+        ("lstm", dict(bias=False, ln=True)),
+        ("gru", dict(ln=True, zone="h")),
+    )
+    for lengths in (None, (3, 2))
+    for reverse in (False, True)
+    if (c := Case(cell, T=3, B=2, I=2, H=3, lengths=lengths, reverse=reverse, **opts))
+    not in GRADCHECK
+]
 
+
+# the reference op is the oracle of the other tests: its own gradients are checked here only
+@pytest.mark.parametrize("backend", [*BACKENDS, "reference"], indirect=True)
 @pytest.mark.parametrize("case", GRADCHECK, ids=str)
 def test_gradcheck(backend, case):
     """float64 numerical against analytical gradients of every differentiable input (a
     random projection of the Jacobian on the Triton interpreter, which is slow; the whole
-    Jacobian elsewhere)."""
+    Jacobian elsewhere). The reference op (autograd through float64 PyTorch ops) is held to
+    a tenfold tighter atol."""
     backend.skip_unless_supported(case)
     if backend.name.startswith("triton") and str(case) not in TRITON_GRADCHECK:
         pytest.skip("the Triton interpreter is slow: it takes the cases of TRITON_GRADCHECK")
@@ -336,4 +366,5 @@ def test_gradcheck(backend, case):
 
     inputs = tuple(a[k].clone().requires_grad_() for k in names)
     fast = backend.name.startswith("triton")
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=fast)
+    atol = 1e-7 if backend.name == "reference" else 1e-6
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=atol, rtol=1e-5, fast_mode=fast)
