@@ -340,9 +340,6 @@ def test_lstm_variant_with_projection(variant, packed):
     _check_against_oracle("LSTM", LSTM_VARIANTS[variant], packed, 2, True, True, P, True)
 
 
-# -- gradcheck of the reference variant op ----------------------------------------------------
-
-
 # gradcheck of the reference op with every option: tests/test_conformance.py (backend
 # "reference")
 
