@@ -253,6 +253,34 @@ def test_loss_on_one_output(backend, case, pick):
 
 
 @pytest.mark.parametrize(
+    "case,dtype,wanted",
+    [
+        (Case("lstm", T=4, B=3, I=5, H=6), torch.float32, ("x",)),
+        (Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="eval"), torch.float64,
+         ("x", "ln_c_w")),
+    ],
+    ids=["x", "x-ln_c_w"],
+)  # fmt: skip
+def test_only_requested_gradients(backend, case, dtype, wanted):
+    """Weights frozen (no requires_grad): the gradients of the inputs that do require grad
+    still match the reference, and without grad mode nothing is recorded."""
+    backend.skip_unless_supported(case)
+    a = make_inputs(case, dtype, backend.device)
+
+    def grads(layer):
+        b = {**a, **{k: a[k].clone().requires_grad_() for k in wanted}}
+        loss = sum(o.sum() for o in call(layer, b) if o is not None)
+        return torch.autograd.grad(loss, [b[k] for k in wanted])
+
+    with backend.poison():
+        got = grads(backend.layer)
+    for k, g, r in zip(wanted, got, grads(reference.layer), strict=True):
+        assert_close(g, r, backend.tol(dtype, case), f"d{k}")
+    with torch.no_grad():
+        assert not any(o.requires_grad for o in call(backend.layer, a) if o is not None)
+
+
+@pytest.mark.parametrize(
     "case", [Case("gru", T=5, B=4, I=6, H=5), Case("lstm", ln=True, zone="eval")], ids=str
 )
 def test_non_contiguous_x(backend, case):

@@ -2,7 +2,7 @@
 
 Every cell, shape and option against the reference op (the gate-column chunks of H = 70
 included) is tests/test_conformance.py; here are its thread splits, scratch-buffer reuse, the single-step stack call, the
-ISA copies, half precision, gradient selection and argument errors.
+ISA copies, half precision and argument errors.
 """
 
 from __future__ import annotations
@@ -64,23 +64,6 @@ def test_rows_split_across_threads(cell):
             compare(cell, inp, False, dtype)
     finally:
         torch.set_num_threads(threads)
-
-
-def test_only_requested_gradients():
-    """Weights frozen: only dx is produced, and no grad at all skips saving."""
-    inp = make_inputs("lstm", 4, 3, 5, 6)
-    for n in NAMES:
-        if inp[n] is not None and n != "x":
-            inp[n].requires_grad_(False)
-    y, _, _ = run(cpu, "lstm", inp, False)
-    (dx,) = torch.autograd.grad(y.sum(), [inp["x"]])
-    y_ref, _, _ = run(reference, "lstm", inp, False)
-    (dx_ref,) = torch.autograd.grad(y_ref.sum(), [inp["x"]])
-    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():
-        y2, _, _ = run(cpu, "lstm", inp, False)
-    assert not y2.requires_grad
-    torch.testing.assert_close(y2, y.detach(), rtol=0, atol=0)
 
 
 def test_bad_input_errors():
