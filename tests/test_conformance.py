@@ -358,7 +358,8 @@ TRITON_GRADCHECK = {
     ) or (c.cell == "gru" and c.ln and c.bias)
 }  # fmt: skip
 
-# four option mixes each dense and packed, forward and reverse (outside TRITON_GRADCHECK)
+# four option mixes each dense and packed, forward and reverse; added after TRITON_GRADCHECK
+# is drawn, so the interpreter runs none of them
 GRADCHECK += [
     c
     for cell, opts in (
