@@ -149,23 +149,27 @@ SHAPES = [
 ]
 # H = 70 spans three unit chunks (32, 32, 6) of the cpu kernels' gate-column layout: the
 # weight permutation and the gradients' way back to PyTorch's gate order, dense and packed in
-# reverse (with a projection for the LSTM)
+# reverse (the LSTM's packed in reverse, with a projection, is in PLAIN below)
 CHUNKS = [
     Case(cell, T=4, B=3, I=6, H=70, **s)
     for cell in CELLS
-    for s in (dict(), dict(lengths=(4, 3, 3), reverse=True, proj=5 * (cell == "lstm")))
+    for s in (dict(), dict(lengths=(4, 3, 3), reverse=True))
+    if not (s and cell == "lstm")
 ]
 PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
     *CHUNKS,
     Case("lstm", T=4, B=3, I=4, H=11, proj=5),
     Case("lstm", T=4, B=4, I=3, H=9, proj=4, packed=True, reverse=True),
     Case("lstm", T=3, B=2, I=3, H=6, proj=3, bias=False, reverse=True),
+    Case("lstm", T=4, B=3, I=6, H=70, proj=5, lengths=(4, 3, 3), reverse=True),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", PLAIN, ids=str)
 def test_plain_cells(backend, case, dtype):
+    if case in CHUNKS and backend.name.startswith("triton") and backend.device == "cpu":
+        pytest.skip("the Triton interpreter is slow, and the chunks are the cpu kernels' layout")
     backend.check(case, dtype)
 
 
