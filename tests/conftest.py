@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cuda_host
 import pytest
 import torch
 from torch.func import functional_call
@@ -42,6 +43,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def host_layer():
+    """fusedrnn.ops.cuda's layer op over the CPU build of the kernels (tests/cuda_host.py)."""
+    if cuda_host.why_not():
+        pytest.skip(cuda_host.why_not())
+    return cuda_host.host_layer()
 
 
 @pytest.fixture(params=CPU_BACKENDS)

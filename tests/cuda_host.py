@@ -9,12 +9,17 @@ into build/cuda_host_driver (rebuilt when a source changes).
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from layer_cases import Case
+
 from fusedrnn import cuda_report
-from fusedrnn.ops import cuda
+from fusedrnn.ops import cuda, library, reference
+from fusedrnn.ops.checks import gate_count
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +61,223 @@ def host_layer():
     layer = cuda.make_layer("cuda_host_test", lambda: ext, device_type="cpu")
     layer.ext = ext
     return layer
+
+
+def compile_report() -> dict:
+    """The nvcc report (python -m fusedrnn.cuda_report) for sm_80 and sm_90: reuses
+    build/cuda_report.json when it was written (e.g. by CI's report step) for exactly the
+    current sources, flags and nvcc; otherwise compiles and writes it (about a minute on 2
+    cores)."""
+    cache = ROOT / "build" / "cuda_report.json"
+    key = cuda_report.sources_hash(cuda_report.find_nvcc(), ["sm_80", "sm_90"])
+    data = json.loads(cache.read_text()) if cache.is_file() else {}
+    if data.get("sources_hash") != key:
+        rc = cuda_report.main(["--arch", "sm_80,sm_90", "--json", str(cache)])
+        data = json.loads(cache.read_text())
+        assert rc == 0
+    assert data["sources_hash"] == key
+    return data
+
+
+# -- what the cuda tests share: inputs, runs and comparisons in every dtype -----------------
+
+# relative tolerances (of the largest reference magnitude) per dtype, against a float64
+# reference on the same (rounded) inputs: a few units of the dtype's rounding error times the
+# depth of the computation
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def problem(case: Case, seed: int = 0) -> dict:
+    """The layer op's keyword arguments for ``case`` in float64, uniform draws in [-0.5, 0.5]
+    (x in [-1, 1], layer-norm gains around 1), the bounds the half-precision tolerances were
+    set on. Packed input has random lengths sorted descending, the first of length T. Zoneout
+    (``case.zone`` "eval" or "hc"): p = 0.3 for h, 0.4 for c; "hc" draws the masks."""
+    assert case.lengths is None and case.zone in ("none", "eval", "hc"), case
+    g = torch.Generator().manual_seed(seed)
+    cell, B, T, I, H = case.cell, case.B, case.T, case.I, case.H  # noqa: E741
+    lstm, G, Hout = cell == "lstm", gate_count(cell, case.cifg), case.proj or case.H
+
+    def rnd(*shape, scale=0.5, center=0.0):
+        return center + (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+
+    batch_sizes, lead = None, (T, B)
+    if case.packed:
+        lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
+        lengths[0] = T
+        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(T)])
+        lead = (int(batch_sizes.sum()),)
+    bias = case.bias
+    p = dict(
+        cell=cell, x=rnd(*lead, I, scale=1.0), h0=rnd(B, Hout), c0=rnd(B, H) if lstm else None,
+        w_ih=rnd(G * H, I), w_hh=rnd(G * H, Hout), b_ih=rnd(G * H) if bias else None,
+        b_hh=rnd(G * H) if bias else None, w_hr=rnd(Hout, H) if case.proj else None,
+        batch_sizes=batch_sizes, cifg=case.cifg,
+    )  # fmt: skip
+    if case.ln:  # gains around 1, biases around 0, all random so that every gradient matters
+        p.update(ln_ih_w=rnd(G * H, center=1.0), ln_hh_w=rnd(G * H, center=1.0))
+        p.update(ln_ih_b=rnd(G * H) if bias else None, ln_hh_b=rnd(G * H) if bias else None)
+        if lstm:
+            p.update(ln_c_w=rnd(H, center=1.0), ln_c_b=rnd(H) if bias else None)
+    if case.peep:
+        p["w_ch"] = rnd(2 if case.cifg else 3, H)
+    if case.zone != "none":
+        p["zoneout_h"] = 0.3
+        if lstm:
+            p["zoneout_c"] = 0.4
+        if case.zone == "hc":
+            p["mask_h"] = (torch.rand(*lead, Hout, generator=g) < 0.3).double()
+            if lstm:
+                p["mask_c"] = (torch.rand(*lead, H, generator=g) < 0.4).double()
+    return p
+
+
+def cast(p: dict, dtype: torch.dtype, device=None) -> dict:
+    """Floating-point inputs (and masks) in dtype / on device; the rest as is."""
+    return {
+        k: v.to(dtype=dtype, device=device) if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in p.items()
+    }
+
+
+def op_args(p: dict, save: bool) -> library.LayerArgs:
+    """The op's arguments for problem ``p`` (forward direction)."""
+    a = {k: p.get(k, v) for k, v in library.OPTION_DEFAULTS.items()}
+    c0 = p.get("c0") if p["cell"] == "lstm" else None
+    return library.LayerArgs(p["cell"], p["x"], p["h0"], c0, p["w_ih"], p["w_hh"], p.get("b_ih"),
+                             p.get("b_hh"), p.get("w_hr"), p.get("batch_sizes"), False, **a,
+                             save=save)  # fmt: skip
+
+
+def run(layer, p: dict, reverse: bool, seed: int = 1):
+    """Outputs and the gradients of every present input for a fixed random output weighting
+    (drawn on the CPU in float64, so that every device and dtype gets the same one)."""
+    leaves = {
+        k: p[k].detach().requires_grad_() for k in library.GRAD_INPUTS if p.get(k) is not None
+    }
+    y, h_n, c_n = layer(**{**p, **leaves}, reverse=reverse)
+    outs = [y, h_n] + ([c_n] if c_n is not None else [])
+    g = torch.Generator().manual_seed(seed)
+    loss = sum(
+        (o.double().cpu() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
+        for o in outs
+    )
+    loss.backward()
+    return [o.detach() for o in outs], {k: t.grad for k, t in leaves.items()}
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest absolute error over the largest reference magnitude (at least 1)."""
+    if not want.numel():
+        return 0.0
+    scale = max(want.abs().max().item(), 1.0)
+    return (got.double().cpu() - want.double().cpu()).abs().max().item() / scale
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> None:
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    err = rel_error(got, want)
+    assert err <= tol, f"{what}: max error {err:.3g} > {tol:g} (relative to max(|ref|, 1))"
+
+
+def assert_results_close(got, want, tol: float) -> None:
+    """Two ``run`` results (outputs, gradients), each element within ``tol``."""
+    (outs, grads), (ref_outs, ref_grads) = got, want
+    assert len(outs) == len(ref_outs)
+    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
+        assert_close(o, r, tol, name)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        assert_close(grads[k], ref_grads[k], tol, f"d{k}")
+
+
+def assert_same(got, want) -> None:
+    """Two ``run`` results bitwise equal, dtypes included."""
+    (outs, grads), (ref_outs, ref_grads) = got, want
+    for a, b in zip(outs, ref_outs, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        assert grads[k].dtype == ref_grads[k].dtype and torch.equal(grads[k], ref_grads[k]), k
+
+
+def compare(layer, case: Case, dtype: torch.dtype, device=None) -> None:
+    """``layer`` in dtype (on device) against the reference op in float64 on the same rounded
+    inputs (``problem(case)``): every output and every gradient.
+
+    The bound is TOL[dtype]. For the variant cells below float64 it is 4x the largest relative
+    error that the reference op itself, differentiated by autograd in that dtype, makes on
+    this problem if that is larger: layer norm over few features (with a projection, h W_hh^T
+    has rank Hout) and a few steps of recurrence amplify rounding errors beyond the plain
+    cells' TOL, for PyTorch's own kernels as well; a wrong kernel is off by O(1), far outside
+    either bound."""
+    rounded = cast(cast(problem(case), dtype), torch.float64)
+    got = run(layer, cast(rounded, dtype, device), case.reverse)
+    want = run(reference.layer, rounded, case.reverse)
+    tol = TOL[dtype]
+    if case.variant and dtype != torch.float64:
+        own_outs, own_grads = run(reference.layer, cast(rounded, dtype), case.reverse)
+        own = [rel_error(o, r) for o, r in zip(own_outs, want[0], strict=True)]
+        own += [rel_error(own_grads[k], want[1][k]) for k in want[1]]
+        tol = max(tol, 4 * max(own))
+    for o in got[0]:
+        assert o.dtype == dtype
+    for k, gr in got[1].items():
+        assert gr is not None and gr.dtype == dtype, k
+    assert_results_close(got, want, tol)
+
+
+# -- checks that the plain-cell and the variant tests run on their own cases -----------------
+
+
+def check_inference_path(layer, case: Case, dtype: torch.dtype) -> None:
+    """Without grad the driver runs the kernels' no-save paths: bitwise the same outputs as
+    with grad, in reverse."""
+    p = cast(problem(case), dtype)
+    train, _ = run(layer, p, reverse=True)
+    with torch.no_grad():
+        infer = layer(**p, reverse=True)
+    assert len(train) == sum(t is not None for t in infer)
+    for a, b in zip(train, infer, strict=False):
+        assert torch.equal(a, b)
+
+
+def check_fake_forward(layer, case: Case, dtype: torch.dtype, save: bool) -> None:
+    """The meta implementation (used by torch.compile) promises the buffers the driver
+    returns: shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    args = op_args(cast(problem(case), dtype), save)
+    real = layer.fwd_op(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = layer.fwd_op(*args)
+    assert all(isinstance(t, FakeTensor) for t in fake)
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+
+
+def check_under_autocast(layer, case: Case) -> None:
+    """Under torch.autocast (CPU, bfloat16) float32 operands give bitwise the float32 results:
+    the op excludes autocast for its body."""
+    p = cast(problem(case), torch.float32)
+    want = run(layer, p, reverse=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run(layer, p, reverse=False)
+    assert all(t.dtype == torch.float32 for t in (*got[0], *got[1].values()))
+    assert_same(got, want)
+
+
+# one unit of bfloat16's spacing at 1 (2^-8, twice the unit roundoff): outputs and gradients
+# are stored in bfloat16, and so are the operands they are computed from
+BF16_ULP = 2.0**-8
+
+
+def check_long_sequence_bfloat16(layer, case: Case) -> None:
+    """``case`` (T in the hundreds) in bfloat16 against float64 on the same bfloat16-rounded
+    inputs, the LSTM's forget / the GRU's update gate biased towards 1 (long memory). The bound
+    is two units of bfloat16's spacing of the largest magnitude, the rounding of the stored
+    outputs and inputs alone, the same for any T."""
+    p, H = problem(case), case.H
+    if case.cell in ("lstm", "gru"):
+        p["ln_ih_b" if case.ln else "b_ih"][H : 2 * H] += 5.0
+    rounded = cast(cast(p, torch.bfloat16), torch.float64)
+    got = run(layer, cast(rounded, torch.bfloat16), case.reverse)
+    assert_results_close(got, run(reference.layer, rounded, case.reverse), 2 * BF16_ULP)

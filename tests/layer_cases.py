@@ -192,6 +192,17 @@ def assert_close(got, want, tol: float, what: str) -> None:
     torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
 
 
+def assert_close_all(got, want, tol: float, what: str) -> None:
+    """Two lists of tensors element by element (``what[k]``), None exactly where ``want``
+    has None."""
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        if w is None:
+            assert g is None, f"{what}[{k}] should be None"
+        else:
+            assert_close(g, w, tol, f"{what}[{k}]")
+
+
 def compare(layer, a: dict, tol: float, *, poison=contextlib.nullcontext, pick=None) -> None:
     """Every output and every gradient of ``layer`` against the reference op on ``a``."""
     with poison():

@@ -25,17 +25,16 @@ import run as bench_run  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _quick(script: str, out) -> subprocess.CompletedProcess:
+    """bench/<script> --quick writing to ``out``, its output captured."""
+    cmd = [sys.executable, str(BENCH / script), "--quick", "--out", str(out)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_quick")
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return out, proc
+    return out, _quick("run.py", out)
 
 
 def test_quick_run_exits_cleanly(quick_run):
@@ -261,13 +260,7 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
 def test_variants_bench_quick(tmp_path):
     """bench/variants.py --quick: every provider agrees with the reference op (checked inside
     the script, which fails otherwise), and the CSV / table are written."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "variants.py"), "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _quick("variants.py", tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "variants.csv", newline="") as f:
         rows = list(csv.DictReader(f))

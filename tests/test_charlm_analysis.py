@@ -528,29 +528,8 @@ def tiny_run(tmp_path_factory):
 
 def test_visualize_command_default_text(tiny_run, tmp_path, capsys):
     stem = tmp_path / "v"
-    assert (
-        visualize.main(
-            [
-                "--checkpoint",
-                str(tiny_run["ckpt"]),
-                "--layer",
-                "1",
-                "--unit",
-                "3",
-                "--kind",
-                "c",
-                "--top-k",
-                "3",
-                "--max-chars",
-                "300",
-                "--out",
-                str(stem),
-                "--impl",
-                "fusedrnn",
-            ]
-        )
-        == 0
-    )
+    args = "--layer 1 --unit 3 --kind c --top-k 3 --max-chars 300 --impl fusedrnn".split()
+    assert visualize.main(["--checkpoint", str(tiny_run["ckpt"]), "--out", str(stem), *args]) == 0
     doc = (tmp_path / "v.html").read_text(encoding="utf-8")
     _check_html(doc)
     # the default text is the validation split of the training data
@@ -617,25 +596,8 @@ def test_visualize_command_text_and_errors(tiny_run, tmp_path, capsys):
 
 def test_find_cells_command(tiny_run, tmp_path, capsys):
     out = tmp_path / "cells"
-    assert (
-        cells.main(
-            [
-                "--checkpoint",
-                str(tiny_run["ckpt"]),
-                "--out",
-                str(out),
-                "--top",
-                "2",
-                "--render",
-                "1",
-                "--render-chars",
-                "200",
-                "--rank-by",
-                "balanced",
-            ]
-        )
-        == 0
-    )
+    args = "--top 2 --render 1 --render-chars 200 --rank-by balanced".split()
+    assert cells.main(["--checkpoint", str(tiny_run["ckpt"]), "--out", str(out), *args]) == 0
     rep = json.loads((out / "scores.json").read_text())
     assert set(rep["features"]) == set(features.FEATURES)
     for name, rec in rep["features"].items():

@@ -7,7 +7,8 @@ is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the
 launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each case (cell x
 shape x options x packed x reverse x proj x bias) is compared in float64 and float32 on fresh
 seeded data: every output and the gradient of every differentiable input, with every buffer the
-kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. Half
+kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. The
+gradcheck runs on the reference op (``reference``) as well, the oracle of the rest. Half
 precision and the other grid walks of the cuda backend are in tests/test_cuda_backend.py and
 tests/test_cuda_variants.py.
 
@@ -33,7 +34,7 @@ from layer_cases import (
     triton_device,
 )
 
-from fusedrnn.ops import cpu, cuda, library
+from fusedrnn.ops import cpu, cuda, library, reference
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -86,6 +87,9 @@ class Backend:
             return
         if name == "cuda":
             self.layer, self.device = cuda.layer, "cuda"
+            return
+        if name == "reference":
+            self.layer, self.device = reference.layer, "cpu"
             return
         from fusedrnn.ops import triton as tb
 
@@ -143,7 +147,17 @@ SHAPES = [
     dict(T=2, B=20, I=3, H=40, packed=True, reverse=True),
     dict(T=4, B=3, I=6, H=70, lengths=(4, 3, 3)),
 ]
+# H = 70 spans three unit chunks (32, 32, 6) of the cpu kernels' gate-column layout: the
+# weight permutation and the gradients' way back to PyTorch's gate order, dense and packed in
+# reverse (the LSTM's packed in reverse, with a projection, is in PLAIN below)
+CHUNKS = [
+    Case(cell, T=4, B=3, I=6, H=70, **s)
+    for cell in CELLS
+    for s in (dict(), dict(lengths=(4, 3, 3), reverse=True))
+    if not (s and cell == "lstm")
+]
 PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
+    *CHUNKS,
     Case("lstm", T=4, B=3, I=4, H=11, proj=5),
     Case("lstm", T=4, B=4, I=3, H=9, proj=4, packed=True, reverse=True),
     Case("lstm", T=3, B=2, I=3, H=6, proj=3, bias=False, reverse=True),
@@ -154,6 +168,8 @@ PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", PLAIN, ids=str)
 def test_plain_cells(backend, case, dtype):
+    if case in CHUNKS and backend.name.startswith("triton") and backend.device == "cpu":
+        pytest.skip("the Triton interpreter is slow, and the chunks are the cpu kernels' layout")
     backend.check(case, dtype)
 
 
@@ -241,6 +257,34 @@ def test_loss_on_one_output(backend, case, pick):
 
 
 @pytest.mark.parametrize(
+    "case,dtype,wanted",
+    [
+        (Case("lstm", T=4, B=3, I=5, H=6), torch.float32, ("x",)),
+        (Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="eval"), torch.float64,
+         ("x", "ln_c_w")),
+    ],
+    ids=["x", "x-ln_c_w"],
+)  # fmt: skip
+def test_only_requested_gradients(backend, case, dtype, wanted):
+    """Weights frozen (no requires_grad): the gradients of the inputs that do require grad
+    still match the reference, and without grad mode nothing is recorded."""
+    backend.skip_unless_supported(case)
+    a = make_inputs(case, dtype, backend.device)
+
+    def grads(layer):
+        b = {**a, **{k: a[k].clone().requires_grad_() for k in wanted}}
+        loss = sum(o.sum() for o in call(layer, b) if o is not None)
+        return torch.autograd.grad(loss, [b[k] for k in wanted])
+
+    with backend.poison():
+        got = grads(backend.layer)
+    for k, g, r in zip(wanted, got, grads(reference.layer), strict=True):
+        assert_close(g, r, backend.tol(dtype, case), f"d{k}")
+    with torch.no_grad():
+        assert not any(o.requires_grad for o in call(backend.layer, a) if o is not None)
+
+
+@pytest.mark.parametrize(
     "case", [Case("gru", T=5, B=4, I=6, H=5), Case("lstm", ln=True, zone="eval")], ids=str
 )
 def test_non_contiguous_x(backend, case):
@@ -318,12 +362,31 @@ TRITON_GRADCHECK = {
     ) or (c.cell == "gru" and c.ln and c.bias)
 }  # fmt: skip
 
+# four option mixes each dense and packed, forward and reverse; added after TRITON_GRADCHECK
+# is drawn, so the interpreter runs none of them
+GRADCHECK += [
+    c
+    for cell, opts in (
+        ("lstm", dict(ln=True, peep=True, zone="hc")),
+        ("lstm", dict(cifg=True, peep=True, proj=2, zone="eval")),
+        ("lstm", dict(bias=False, ln=True)),
+        ("gru", dict(ln=True, zone="h")),
+    )
+    for lengths in (None, (3, 2))
+    for reverse in (False, True)
+    if (c := Case(cell, T=3, B=2, I=2, H=3, lengths=lengths, reverse=reverse, **opts))
+    not in GRADCHECK
+]
 
+
+# the reference op is the oracle of the other tests: its own gradients are checked here only
+@pytest.mark.parametrize("backend", [*BACKENDS, "reference"], indirect=True)
 @pytest.mark.parametrize("case", GRADCHECK, ids=str)
 def test_gradcheck(backend, case):
     """float64 numerical against analytical gradients of every differentiable input (a
     random projection of the Jacobian on the Triton interpreter, which is slow; the whole
-    Jacobian elsewhere)."""
+    Jacobian elsewhere). The reference op (autograd through float64 PyTorch ops) is held to
+    a tenfold tighter atol."""
     backend.skip_unless_supported(case)
     if backend.name.startswith("triton") and str(case) not in TRITON_GRADCHECK:
         pytest.skip("the Triton interpreter is slow: it takes the cases of TRITON_GRADCHECK")
@@ -336,4 +399,5 @@ def test_gradcheck(backend, case):
 
     inputs = tuple(a[k].clone().requires_grad_() for k in names)
     fast = backend.name.startswith("triton")
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=fast)
+    atol = 1e-7 if backend.name == "reference" else 1e-6
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=atol, rtol=1e-5, fast_mode=fast)

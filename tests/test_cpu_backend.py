@@ -1,8 +1,8 @@
 """The compiled CPU backend (fusedrnn._C): what is particular to it.
 
-Every cell, shape and option against the reference op is tests/test_conformance.py; here are
-its thread splits and gate-column chunks, scratch-buffer reuse, the single-step stack call, the
-ISA copies, half precision, gradient selection and argument errors.
+Every cell, shape and option against the reference op (the gate-column chunks of H = 70
+included) is tests/test_conformance.py; here are its thread splits, scratch-buffer reuse, the single-step stack call, the
+ISA copies, half precision and argument errors.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def compare(cell, inp, reverse, dtype):
     layer_cases.compare(cpu.layer, {**inp, "cell": cell, "reverse": reverse}, tol)
 
 
-# The comparisons on every cell, shape and option are in tests/test_conformance.py; the cases
-# here aim at this backend's own layout: thread splits and gate-column chunks.
+# The comparisons on every cell, shape and option are in tests/test_conformance.py (the
+# gate-column chunks of H = 70 there too; the modules against torch.nn in
+# tests/test_modules_forward.py); here are this backend's thread splits.
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -63,35 +64,6 @@ def test_rows_split_across_threads(cell):
             compare(cell, inp, False, dtype)
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_several_unit_chunks(cell, dtype):
-    """H = 70 spans three unit chunks (32, 32, 6) of the kernels' gate-column layout, so the
-    weight permutation and the gradients' way back to PyTorch's gate order are exercised."""
-    for packed, reverse in ((False, False), (True, True)):
-        lengths = [4, 3, 3] if packed else None
-        proj = 5 if cell == "lstm" and packed else 0
-        inp = make_inputs(cell, 4, 3, 6, 70, proj=proj, lengths=lengths, dtype=dtype, seed=9)
-        compare(cell, inp, reverse, dtype)
-
-
-def test_only_requested_gradients():
-    """Weights frozen: only dx is produced, and no grad at all skips saving."""
-    inp = make_inputs("lstm", 4, 3, 5, 6)
-    for n in NAMES:
-        if inp[n] is not None and n != "x":
-            inp[n].requires_grad_(False)
-    y, _, _ = run(cpu, "lstm", inp, False)
-    (dx,) = torch.autograd.grad(y.sum(), [inp["x"]])
-    y_ref, _, _ = run(reference, "lstm", inp, False)
-    (dx_ref,) = torch.autograd.grad(y_ref.sum(), [inp["x"]])
-    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():
-        y2, _, _ = run(cpu, "lstm", inp, False)
-    assert not y2.requires_grad
-    torch.testing.assert_close(y2, y.detach(), rtol=0, atol=0)
 
 
 def test_bad_input_errors():
@@ -176,38 +148,6 @@ def test_stack_step_refuses_autograd():
     with pytest.raises(RuntimeError, match="does not record autograd"):
         cpu.stack_step("gru", torch.randn(2, 3), torch.zeros(1, 2, 4), None, m._flat_weights,
                        1, True, 0)  # fmt: skip
-
-
-def _modules_available():
-    try:
-        import fusedrnn
-
-        return hasattr(fusedrnn, "LSTM")
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _modules_available(), reason="fusedrnn modules not importable")
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_fusedrnn_lstm_module_equals_torch_nn(bidirectional):
-    import fusedrnn
-
-    torch.manual_seed(5)
-    ref = torch.nn.LSTM(7, 9, num_layers=2, bidirectional=bidirectional)
-    mod = fusedrnn.LSTM(7, 9, num_layers=2, bidirectional=bidirectional, backend="cpu")
-    mod.load_state_dict(ref.state_dict())
-    x = torch.randn(6, 4, 7, requires_grad=True)
-    y_ref, (h_ref, c_ref) = ref(x)
-    y, (h, c) = mod(x)
-    tol = dict(rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(y, y_ref, **tol)
-    torch.testing.assert_close(h, h_ref, **tol)
-    torch.testing.assert_close(c, c_ref, **tol)
-    up = torch.randn_like(y)
-    g_ref = torch.autograd.grad((y_ref * up).sum() + h_ref.sum(), [x, *ref.parameters()])
-    g = torch.autograd.grad((y * up).sum() + h.sum(), [x, *mod.parameters()])
-    for a, b in zip(g, g_ref, strict=True):
-        torch.testing.assert_close(a, b, **tol)
 
 
 def test_kernel_isa_selection():

@@ -12,25 +12,21 @@ With a GPU (skipped here): fusedrnn.ops.cuda.layer on CUDA tensors against the r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cuda_host
 import pytest
 import torch
+from layer_cases import Case
 
 from fusedrnn import cuda_report
 from fusedrnn.ops import cuda as cuda_ops
-from fusedrnn.ops import library, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 NVCC = cuda_report.find_nvcc()
 
-# relative tolerances (of the largest reference magnitude) per dtype, against a float64
-# reference on the same (rounded) inputs: a few units of the dtype's rounding error times the
-# depth of the computation
-TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+F32 = torch.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,17 +74,8 @@ def test_report_fails_on_compile_error(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA compile check needs it")
 def test_every_kernel_compiles_without_spills():
-    """Reuses build/cuda_report.json when it was written (e.g. by CI's report step) for exactly
-    the current sources, flags and nvcc; otherwise compiles (about 15 s on 2 cores)."""
-    cache = ROOT / "build" / "cuda_report.json"
-    key = cuda_report.sources_hash(NVCC, ["sm_80", "sm_90"])
-    data = json.loads(cache.read_text()) if cache.is_file() else {}
-    if data.get("sources_hash") != key:
-        rc = cuda_report.main(["--arch", "sm_80,sm_90", "--json", str(cache)])
-        data = json.loads(cache.read_text())
-        assert rc == 0
-    assert data["sources_hash"] == key
-    results = data["results"]
+    """Every kernel file compiles for sm_80 and sm_90 (cuda_host.compile_report)."""
+    results = cuda_host.compile_report()["results"]
     files = {Path(r["file"]).name for r in results}
     assert files == {p.name for p in (CSRC / "cuda").glob("*.cu")}
     assert all(r["ok"] for r in results)
@@ -107,86 +94,7 @@ def test_every_kernel_compiles_without_spills():
 # --------------------------------------------------------------------------------------------
 # CPU build of the CUDA backend's code
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def host_layer():
-    """fusedrnn.ops.cuda's layer op over the CPU build of the kernels (tests/cuda_host.py)."""
-    if cuda_host.why_not():
-        pytest.skip(cuda_host.why_not())
-    return cuda_host.host_layer()
-
-
-def _problem(cell, dtype, B, T, I, H, proj, bias, packed, seed=0):
-    """Random layer inputs; for packed input, lengths sorted descending (PackedSequence)."""
-    g = torch.Generator().manual_seed(seed)
-    G = reference.GATES[cell]
-    Hout = proj if proj else H
-
-    def rnd(*shape, scale=0.5):
-        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
-
-    batch_sizes = None
-    if packed:
-        lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
-        lengths[0] = T
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(T)])
-        x = rnd(int(batch_sizes.sum()), I, scale=1.0)
-    else:
-        x = rnd(T, B, I, scale=1.0)
-    return dict(
-        cell=cell,
-        x=x,
-        h0=rnd(B, Hout),
-        c0=rnd(B, H) if cell == "lstm" else None,
-        w_ih=rnd(G * H, I),
-        w_hh=rnd(G * H, Hout),
-        b_ih=rnd(G * H) if bias else None,
-        b_hh=rnd(G * H) if bias else None,
-        w_hr=rnd(Hout, H) if proj else None,
-        batch_sizes=batch_sizes,
-    )
-
-
-_DIFF = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
-
-
-def _run(layer, p, reverse, dtype=None, seed=1):
-    """Outputs and the gradients of every input for a fixed random output weighting."""
-    args = {k: (v.to(dtype) if dtype and k in _DIFF and v is not None else v) for k, v in p.items()}
-    leaves = {k: args[k].detach().requires_grad_() for k in _DIFF if args[k] is not None}
-    args.update(leaves)
-    y, h_n, c_n = layer(**args, reverse=reverse)
-    outs = [y, h_n] + ([c_n] if c_n is not None else [])
-    g = torch.Generator().manual_seed(seed)
-    loss = sum(
-        (o.double().cpu() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
-        for o in outs
-    )
-    loss.backward()
-    grads = {k: t.grad for k, t in leaves.items()}
-    return [o.detach() for o in outs], grads
-
-
-def _assert_close(got, want, tol, what):
-    scale = max(want.abs().max().item(), 1.0)
-    err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
-    assert got.shape == want.shape, (what, got.shape, want.shape)
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} x {scale:.3g}"
-
-
-def _compare(host_layer, p, reverse, dtype):
-    """Run the CPU build in `dtype` and the reference in float64 on the same rounded inputs."""
-    outs, grads = _run(host_layer, p, reverse, dtype)
-    ref_outs, ref_grads = _run(reference.layer, p, reverse, torch.float64)
-    assert len(outs) == len(ref_outs)
-    for name, o, r in zip(("y", "h_n", "c_n")[: len(outs)], outs, ref_outs, strict=True):
-        assert o.dtype == dtype
-        _assert_close(o, r, TOL[dtype], name)
-    assert grads.keys() == ref_grads.keys()
-    for k in grads:
-        assert grads[k] is not None and grads[k].dtype == dtype, k
-        _assert_close(grads[k], ref_grads[k], TOL[dtype], f"d{k}")
-
-
+# the host_layer fixture: tests/conftest.py
 # every cell, shape and option in float64 / float32 against the reference op (and gradcheck) on
 # this host build: tests/test_conformance.py (backend "cuda-host"); the cases below are the GPU
 # runs, half precision and the grid walks
@@ -202,13 +110,14 @@ CASES = [  # (cell, proj, bias)
 ]
 
 
+def _case(cell, B=4, T=5, I=3, H=6, proj=0, bias=True, packed=True, reverse=False):  # noqa: E741
+    return Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, packed=packed, reverse=reverse)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cell,proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_relu", 0)])
 def test_host_walk_matches_reference_low_precision(host_layer, cell, proj, dtype):
-    p = _problem(cell, torch.float64, B=4, T=5, I=3, H=6, proj=proj, bias=True, packed=True)
-    p = {k: (v.to(dtype).double() if torch.is_tensor(v) and v.is_floating_point() else v)
-         for k, v in p.items()}  # fmt: skip
-    _compare(host_layer, p, reverse=False, dtype=dtype)
+    cuda_host.compare(host_layer, _case(cell, proj=proj), dtype)
 
 
 @pytest.mark.parametrize(
@@ -217,8 +126,7 @@ def test_host_walk_matches_reference_low_precision(host_layer, cell, proj, dtype
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_host_walk_awkward_shapes(host_layer, cell, B, T, I, H):
     # H = 300: rows * H exceeds one 256-thread block, so the grid has several blocks
-    p = _problem(cell, torch.float64, B=B, T=T, I=I, H=H, proj=0, bias=True, packed=False)
-    _compare(host_layer, p, reverse=False, dtype=torch.float64)
+    cuda_host.compare(host_layer, _case(cell, B, T, I, H, packed=False), torch.float64)
 
 
 @pytest.mark.parametrize("cell,proj", [("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
@@ -226,18 +134,15 @@ def test_host_walk_independent_of_grid_order(host_layer, cell, proj):
     """Few blocks (the grid-stride loop takes several turns) and (block, thread) walked
     backwards give bitwise the same results: no element reads another element's output
     within a launch (which would be a race on the GPU), and no element is skipped or doubled."""
-    p = _problem(cell, torch.float32, B=6, T=4, I=3, H=70, proj=proj, bias=True, packed=True)
+    p = cuda_host.cast(cuda_host.problem(_case(cell, B=6, T=4, I=3, H=70, proj=proj)), F32)
     ext = host_layer.ext
-    base = _run(host_layer, p, reverse=True)
+    base = cuda_host.run(host_layer, p, reverse=True)
     try:
         ext.set_grid(1, True)
-        other = _run(host_layer, p, reverse=True)
+        other = cuda_host.run(host_layer, p, reverse=True)
     finally:
         ext.set_grid(65535, False)
-    for a, b in zip(base[0], other[0], strict=True):
-        assert torch.equal(a, b)
-    for k in base[1]:
-        assert torch.equal(base[1][k], other[1][k]), k
+    cuda_host.assert_same(other, base)
 
 
 def test_launch_shape(host_layer):
@@ -251,39 +156,30 @@ def test_launch_shape(host_layer):
 
 def test_bias_grad_is_column_sum(host_layer):
     """The two-pass column sum over many rows (several partial chunks) equals torch.sum."""
-    p = _problem("rnn_tanh", torch.float64, B=9, T=40, I=2, H=3, proj=0, bias=True, packed=False)
-    _compare(host_layer, p, reverse=False, dtype=torch.float64)
+    case = _case("rnn_tanh", B=9, T=40, I=2, H=3, packed=False)
+    cuda_host.compare(host_layer, case, torch.float64)
 
 
-@pytest.mark.parametrize("cell,proj,bias", [("lstm", 0, True), ("lstm", 2, False), ("gru", 0, True),
-                                            ("gru", 0, False), ("rnn_relu", 0, True)])  # fmt: skip
+# the plain cells; the variants: tests/test_cuda_variants.py
+PLAIN_HOST_CASES = [_case("lstm"), _case("lstm", proj=2, bias=False), _case("gru"),
+                    _case("gru", bias=False), _case("rnn_relu")]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PLAIN_HOST_CASES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_host_walk_inference_path(host_layer, cell, proj, bias, dtype):
+def test_host_walk_inference_path(host_layer, case, dtype):
     """Without grad the driver runs the kernels' no-save variants: bitwise the same outputs."""
-    p = _problem(cell, dtype, B=4, T=5, I=3, H=6, proj=proj, bias=bias, packed=True)
-    train, _ = _run(host_layer, p, reverse=True)
-    with torch.no_grad():
-        infer = host_layer(**p, reverse=True)
-    assert len(train) == sum(t is not None for t in infer)
-    for a, b in zip(train, infer, strict=False):
-        assert torch.equal(a, b)
+    cuda_host.check_inference_path(host_layer, case, dtype)
 
 
-@pytest.mark.parametrize("cell,proj", [("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
+@pytest.mark.parametrize("case", [_case("lstm", B=3, T=4, I=2, H=5, proj=2),
+                                  _case("gru", B=3, T=4, I=2, H=5),
+                                  _case("rnn_tanh", B=3, T=4, I=2, H=5)], ids=str)  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("save", [True, False], ids=["save", "nosave"])
-def test_fake_forward_matches_real_buffers(host_layer, cell, proj, dtype, save):
+def test_fake_forward_matches_real_buffers(host_layer, case, dtype, save):
     """The meta implementation (used by torch.compile) promises the buffers the driver returns."""
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-
-    p = _problem(cell, dtype, B=3, T=4, I=2, H=5, proj=proj, bias=True, packed=True)
-    args = library.LayerArgs(*[p[k] for k in ("cell", *_DIFF, "batch_sizes")], False,
-                             **library.OPTION_DEFAULTS, save=save)  # fmt: skip
-    real = host_layer.fwd_op(*args)
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        fake = host_layer.fwd_op(*args)
-    assert all(isinstance(t, FakeTensor) for t in fake)
-    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+    cuda_host.check_fake_forward(host_layer, case, dtype, save)
 
 
 @pytest.mark.parametrize("cell,proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
@@ -292,19 +188,7 @@ def test_host_walk_under_autocast_matches_float32(host_layer, cell, proj):
     float32 outputs and gradients. The op excludes every autocast dispatch key for its body;
     a CPU build can only exercise AutocastCPU (CPU tensors), which retypes the same GEMMs
     (mm, addmm) to bfloat16 that AutocastCUDA retypes on the GPU build."""
-    p = _problem(cell, torch.float32, B=4, T=5, I=3, H=6, proj=proj, bias=True, packed=True)
-    want_outs, want_grads = _run(host_layer, p, reverse=False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        outs, grads = _run(host_layer, p, reverse=False)
-    for o, w in zip(outs, want_outs, strict=True):
-        assert o.dtype == torch.float32 and torch.equal(o, w)
-    for k, w in want_grads.items():
-        assert grads[k].dtype == torch.float32 and torch.equal(grads[k], w), k
-
-
-# one unit of bfloat16's spacing at 1 (2^-8, twice the unit roundoff): outputs and gradients
-# are stored in bfloat16, and so are the operands they are computed from
-BF16_ULP = 2.0**-8
+    cuda_host.check_under_autocast(host_layer, _case(cell, proj=proj))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
@@ -314,18 +198,7 @@ def test_host_walk_long_sequence_bfloat16(host_layer, cell):
     of steps: rounding the running state, the pre-activation or the running gradient to
     bfloat16 every step compounds with T. The tolerance is that of bfloat16 storage of the
     outputs and inputs alone, the same for any T."""
-    H = 8
-    p = _problem(cell, torch.float64, B=3, T=512, I=4, H=H, proj=0, bias=True, packed=False)
-    if cell in ("lstm", "gru"):
-        p["b_ih"][H : 2 * H] += 5.0  # forget (LSTM) / update (GRU) gate bias: long memory
-    p = {k: (v.to(torch.bfloat16).double() if torch.is_tensor(v) and v.is_floating_point()
-             else v) for k, v in p.items()}  # fmt: skip
-    outs, grads = _run(host_layer, p, False, torch.bfloat16)
-    ref_outs, ref_grads = _run(reference.layer, p, False, torch.float64)
-    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
-        _assert_close(o, r, 2 * BF16_ULP, name)
-    for k in ref_grads:
-        _assert_close(grads[k], ref_grads[k], 2 * BF16_ULP, f"d{k}")
+    cuda_host.check_long_sequence_bfloat16(host_layer, Case(cell, T=512, B=3, I=4, H=8))
 
 
 def test_every_op_holds_device_guard_and_excludes_autocast():
@@ -354,7 +227,7 @@ def test_every_op_holds_device_guard_and_excludes_autocast():
 
 
 def test_host_walk_rejects_bad_input(host_layer):
-    p = _problem("gru", torch.float32, B=2, T=3, I=2, H=3, proj=0, bias=True, packed=False)
+    p = cuda_host.cast(cuda_host.problem(_case("gru", B=2, T=3, I=2, H=3, packed=False)), F32)
     with pytest.raises(TypeError, match="w_hh is torch.float64 but x is torch.float32.*share one"):
         host_layer(**{**p, "w_hh": p["w_hh"].double()}, reverse=False)
     with pytest.raises(ValueError, match="no projection"):
@@ -370,7 +243,7 @@ def test_cuda_backend_unavailable_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert cuda_ops.is_available() is False
-    p = _problem("lstm", torch.float32, B=2, T=2, I=2, H=3, proj=0, bias=True, packed=False)
+    p = cuda_host.cast(cuda_host.problem(_case("lstm", B=2, T=2, I=2, H=3, packed=False)), F32)
     with pytest.raises(ValueError, match="needs cuda tensors"):
         cuda_ops.layer(**p, reverse=False)
 
@@ -389,24 +262,15 @@ gpu = pytest.mark.skipif(
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("cell,proj,bias", CASES)
 def test_gpu_matches_reference(cell, proj, bias, reverse, packed, dtype):
-    p = _problem(cell, torch.float64, B=5, T=6, I=4, H=37, proj=proj, bias=bias, packed=packed)
-    p = {k: (v.to(dtype).double() if torch.is_tensor(v) and v.is_floating_point() else v)
-         for k, v in p.items()}  # fmt: skip
-    dev = {k: (v.cuda() if k in _DIFF and v is not None else v) for k, v in p.items()}
-    outs, grads = _run(cuda_ops.layer, dev, reverse, dtype)
-    ref_outs, ref_grads = _run(reference.layer, p, reverse, torch.float64)
-    assert len(outs) == len(ref_outs)
-    for name, o, r in zip(("y", "h_n", "c_n")[: len(outs)], outs, ref_outs, strict=True):
-        _assert_close(o.cpu(), r, TOL[dtype], name)
-    for k in ref_grads:
-        _assert_close(grads[k].cpu(), ref_grads[k], TOL[dtype], f"d{k}")
+    case = _case(cell, B=5, T=6, I=4, H=37, proj=proj, bias=bias, packed=packed, reverse=reverse)
+    cuda_host.compare(cuda_ops.layer, case, dtype, device="cuda")
 
 
 @gpu
 @pytest.mark.gpu
 def test_gpu_bias_grads_deterministic():
-    p = _problem("gru", torch.float32, B=64, T=50, I=8, H=96, proj=0, bias=True, packed=False)
-    dev = {k: (v.cuda() if k in _DIFF and v is not None else v) for k, v in p.items()}
-    a = _run(cuda_ops.layer, dev, False)[1]
-    b = _run(cuda_ops.layer, dev, False)[1]
+    p = cuda_host.problem(_case("gru", B=64, T=50, I=8, H=96, packed=False))
+    p = cuda_host.cast(p, F32, "cuda")
+    a = cuda_host.run(cuda_ops.layer, p, False)[1]
+    b = cuda_host.run(cuda_ops.layer, p, False)[1]
     assert torch.equal(a["b_ih"], b["b_ih"]) and torch.equal(a["b_hh"], b["b_hh"])

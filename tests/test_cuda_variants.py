@@ -13,25 +13,21 @@ With a GPU (skipped here): cuda_variants.layer on CUDA tensors against the refer
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cuda_host
 import pytest
 import torch
+from layer_cases import Case
 
 from fusedrnn import cuda_report
 from fusedrnn.ops import cuda as cv
 from fusedrnn.ops import library
-from fusedrnn.ops import reference as rv
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 NVCC = cuda_report.find_nvcc()
 
-# relative tolerances (of the largest reference magnitude) per dtype, against a float64
-# reference on the same (rounded) inputs, as in test_cuda_backend.py
-TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 DIFF = library.GRAD_INPUTS
 
 
@@ -40,15 +36,9 @@ DIFF = library.GRAD_INPUTS
 # --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA compile check needs it")
 def test_variant_kernels_compile_without_spills():
-    """Every template configuration the variant dispatch can select, for both archs; reuses
-    build/cuda_report.json when it matches the current sources (else compiles, ~1 min)."""
-    cache = ROOT / "build" / "cuda_report.json"
-    key = cuda_report.sources_hash(NVCC, ["sm_80", "sm_90"])
-    data = json.loads(cache.read_text()) if cache.is_file() else {}
-    if data.get("sources_hash") != key:
-        rc = cuda_report.main(["--arch", "sm_80,sm_90", "--json", str(cache)])
-        data = json.loads(cache.read_text())
-        assert rc == 0
+    """Every template configuration the variant dispatch can select, for both archs
+    (cuda_host.compile_report)."""
+    data = cuda_host.compile_report()
     files = {"lstm_variants.cu", "gru_variants.cu", "zoneout.cu"}
     results = [r for r in data["results"] if Path(r["file"]).name in files]
     assert {Path(r["file"]).name for r in results} == files
@@ -68,202 +58,74 @@ def test_variant_kernels_compile_without_spills():
 # --------------------------------------------------------------------------------------------
 # CPU build of the kernels' code
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def host_layer():
-    """fusedrnn.ops.cuda's layer op over the CPU build of the kernels (tests/cuda_host.py)."""
-    if cuda_host.why_not():
-        pytest.skip(cuda_host.why_not())
-    return cuda_host.host_layer()
-
-
-def _problem(cell, B, T, I, H, *, proj=0, bias=True, packed=False, ln=False, peep=False,
-             cifg=False, zone="off", seed=0):  # fmt: skip
-    """Random float64 layer inputs; zone: "off", "train" (masks) or "eval" (p only)."""
-    g = torch.Generator().manual_seed(seed)
-    G = (3 if cifg else 4) if cell == "lstm" else 3
-    Hout = proj if proj else H
-
-    def rnd(*shape, scale=0.5, center=0.0):
-        return center + (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
-
-    batch_sizes = None
-    if packed:
-        lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
-        lengths[0] = T
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(T)])
-        lead = (int(batch_sizes.sum()),)
-    else:
-        lead = (T, B)
-    p = dict(
-        cell=cell, x=rnd(*lead, I, scale=1.0), h0=rnd(B, Hout),
-        c0=rnd(B, H) if cell == "lstm" else None, w_ih=rnd(G * H, I), w_hh=rnd(G * H, Hout),
-        b_ih=rnd(G * H) if bias else None, b_hh=rnd(G * H) if bias else None,
-        w_hr=rnd(Hout, H) if proj else None, batch_sizes=batch_sizes, cifg=cifg,
-    )  # fmt: skip
-    if ln:  # gains around 1, biases around 0, all random so that every gradient matters
-        p.update(ln_ih_w=rnd(G * H, center=1.0), ln_hh_w=rnd(G * H, center=1.0))
-        p.update(ln_ih_b=rnd(G * H) if bias else None, ln_hh_b=rnd(G * H) if bias else None)
-        if cell == "lstm":
-            p.update(ln_c_w=rnd(H, center=1.0), ln_c_b=rnd(H) if bias else None)
-    if peep:
-        p["w_ch"] = rnd(2 if cifg else 3, H)
-    if zone != "off":
-        p["zoneout_h"] = 0.3
-        if cell == "lstm":
-            p["zoneout_c"] = 0.4
-        if zone == "train":
-            p["mask_h"] = (torch.rand(*lead, Hout, generator=g) < 0.3).double()
-            if cell == "lstm":
-                p["mask_c"] = (torch.rand(*lead, H, generator=g) < 0.4).double()
-    return p
-
-
-def _cast(p, dtype, device=None):
-    """Differentiable inputs (and masks) in dtype / on device; the rest as is."""
-    out = {}
-    for k, v in p.items():
-        if torch.is_tensor(v) and v.is_floating_point():
-            v = v.to(dtype=dtype, device=device)
-        out[k] = v
-    return out
-
-
-def _run(layer, p, reverse, seed=1):
-    """Outputs and the gradients of every present input for a fixed random output weighting."""
-    args = dict(p)
-    leaves = {k: args[k].detach().requires_grad_() for k in DIFF if args.get(k) is not None}
-    if p["cell"] == "gru":
-        leaves.pop("c0", None)
-    args.update(leaves)
-    y, h_n, c_n = layer(**args, reverse=reverse)
-    outs = [y, h_n] + ([c_n] if p["cell"] == "lstm" else [])
-    g = torch.Generator().manual_seed(seed)
-    loss = sum(
-        (o.double().cpu() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
-        for o in outs
-    )
-    loss.backward()
-    return [o.detach() for o in outs], {k: t.grad for k, t in leaves.items()}
-
-
-def _assert_close(got, want, tol, what):
-    got, want = got.double().cpu(), want.double().cpu()
-    assert got.shape == want.shape, (what, got.shape, want.shape)
-    scale = max(want.abs().max().item(), 1.0) if want.numel() else 1.0
-    err = (got - want).abs().max().item() if want.numel() else 0.0
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} x {scale:.3g}"
-
-
-def _rel_error(got, want):
-    scale = max(want.abs().max().item(), 1.0) if want.numel() else 1.0
-    return (got.double().cpu() - want).abs().max().item() / scale if want.numel() else 0.0
-
-
-def _compare(layer, p, reverse, dtype, device=None):
-    """Run `layer` in dtype (on device) and the reference in float64 on the same rounded
-    inputs: every output and every gradient.
-
-    Below float64 the bound is TOL[dtype], or 4x the largest relative error that the reference
-    op itself, differentiated by autograd in that dtype, makes on this problem if that is
-    larger: layer norm over few features (with a projection, h W_hh^T has rank Hout) and a
-    few steps of recurrence amplify rounding errors beyond the plain cells' TOL, for PyTorch's
-    own kernels as well; a wrong kernel is off by O(1), far outside either bound."""
-    rounded = _cast(_cast(p, dtype), torch.float64)
-    outs, grads = _run(layer, _cast(rounded, dtype, device), reverse)
-    ref_outs, ref_grads = _run(rv.layer, rounded, reverse)
-    tol = TOL[dtype]
-    if dtype != torch.float64:
-        own_outs, own_grads = _run(rv.layer, _cast(rounded, dtype), reverse)
-        own = [_rel_error(o, r) for o, r in zip(own_outs, ref_outs, strict=True)]
-        own += [_rel_error(own_grads[k], ref_grads[k]) for k in ref_grads]
-        tol = max(tol, 4 * max(own))
-    assert len(outs) == len(ref_outs)
-    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
-        assert o.dtype == dtype, name
-        _assert_close(o, r, tol, name)
-    assert grads.keys() == ref_grads.keys()
-    for k in grads:
-        assert grads[k] is not None and grads[k].dtype == dtype, k
-        _assert_close(grads[k], ref_grads[k], tol, f"d{k}")
-
-
+# the host_layer fixture: tests/conftest.py
 # every variant, shape and option in float64 / float32 against the reference op (and gradcheck)
 # on this host build: tests/test_conformance.py (backend "cuda-host"); the cases below are the
 # GPU runs, half precision and the grid walks
 LSTM_CASES = [  # (ln, peep, cifg, proj, bias, zone)
-    (True, False, False, 0, True, "off"),
-    (False, True, False, 0, True, "off"),
-    (False, False, True, 0, True, "off"),
-    (False, False, False, 0, True, "train"),
+    (True, False, False, 0, True, "none"),
+    (False, True, False, 0, True, "none"),
+    (False, False, True, 0, True, "none"),
+    (False, False, False, 0, True, "hc"),
     (False, False, False, 0, False, "eval"),
-    (True, True, True, 0, True, "train"),
-    (True, True, False, 3, True, "train"),
+    (True, True, True, 0, True, "hc"),
+    (True, True, False, 3, True, "hc"),
     (True, True, True, 3, False, "eval"),
-    (True, False, False, 0, False, "off"),
+    (True, False, False, 0, False, "none"),
 ]
 GRU_CASES = [  # (ln, bias, zone)
-    (True, True, "off"),
-    (False, True, "train"),
-    (True, True, "train"),
+    (True, True, "none"),
+    (False, True, "hc"),
+    (True, True, "hc"),
     (True, False, "eval"),
     (False, False, "eval"),
 ]
 
 
-def _op_args(p: dict, save: bool) -> library.LayerArgs:
-    """The op's arguments for problem ``p`` (forward direction)."""
-    a = {k: p.get(k, v) for k, v in library.OPTION_DEFAULTS.items()}
-    c0 = p.get("c0") if p["cell"] == "lstm" else None
-    return library.LayerArgs(p["cell"], p["x"], p["h0"], c0, p["w_ih"], p["w_hh"], p.get("b_ih"),
-                             p.get("b_hh"), p.get("w_hr"), p.get("batch_sizes"), False, **a,
-                             save=save)  # fmt: skip
+def _lstm(ln, peep, cifg, proj, bias, zone, **shape) -> Case:
+    return Case("lstm", proj=proj, bias=bias, ln=ln, peep=peep, cifg=cifg, zone=zone, **shape)
 
 
-def _lstm(ln, peep, cifg, proj, bias, zone, **kw):
-    return _problem("lstm", proj=proj, bias=bias, ln=ln, peep=peep, cifg=cifg, zone=zone, **kw)
+def _gru(ln, bias, zone, **shape) -> Case:
+    return Case("gru", bias=bias, ln=ln, zone=zone, **shape)
 
 
-def _gru(ln, bias, zone, **kw):
-    return _problem("gru", bias=bias, ln=ln, zone=zone, **kw)
+SMALL = dict(B=4, T=5, I=3, H=6, packed=True)
+GRID = dict(B=6, T=4, I=3, H=37, packed=True, reverse=True)
+
+
+def _full(cell, **shape) -> Case:
+    """Layer norm, zoneout masks and (LSTM) peepholes on."""
+    return Case(cell, ln=True, peep=cell == "lstm", zone="hc", **shape)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
-    "make",
+    "case",
     [
-        lambda **kw: _lstm(True, True, False, 2, True, "train", **kw),
-        lambda **kw: _lstm(True, False, True, 0, True, "eval", **kw),
-        lambda **kw: _gru(True, True, "train", **kw),
+        _lstm(True, True, False, 2, True, "hc", B=4, T=5, I=3, H=6, packed=True),
+        _lstm(True, False, True, 0, True, "eval", B=4, T=5, I=3, H=6, packed=True),
+        _gru(True, True, "hc", B=4, T=5, I=3, H=6, packed=True),
     ],
-    ids=["lstm-ln-peep-proj-zone", "lstm-ln-cifg-eval", "gru-ln-zone"],
+    ids=str,
 )
-def test_host_low_precision(host_layer, make, dtype):
-    _compare(host_layer, make(B=4, T=5, I=3, H=6, packed=True), False, dtype)
+def test_host_low_precision(host_layer, case, dtype):
+    cuda_host.compare(host_layer, case, dtype)
 
 
-@pytest.mark.parametrize("case", ["gru-zone-eval", "gru-zone", "lstm-ln-peep"])
+@pytest.mark.parametrize(
+    "case",
+    [  # a variant option on in each: the plain cells run the plain kernels
+        Case("gru", T=512, B=3, I=4, H=8, zone="eval"),
+        Case("gru", T=512, B=3, I=4, H=8, zone="hc"),
+        Case("lstm", T=512, B=3, I=4, H=8, ln=True, peep=True),
+    ],
+    ids=str,
+)
 def test_host_long_sequence_bfloat16(host_layer, case):
-    """T = 512 in bfloat16 against float64 on the same bfloat16-rounded inputs, the update
-    (GRU) or forget (LSTM) gate near 1 so that the state and its gradient carry over hundreds
-    of steps. Rounding the running state, h W_hh^T or the running gradient to bfloat16 every
-    step would compound with T; the bound is two units of bfloat16's spacing (2^-8) of the
-    largest magnitude, the rounding of the stored outputs and inputs, the same for any T."""
-    H = 8
-    if case == "gru-zone-eval":  # a variant option on: the plain GRU runs the plain kernels
-        p = _gru(False, True, "eval", B=3, T=512, I=4, H=H)
-    elif case == "gru-zone":
-        p = _gru(False, True, "train", B=3, T=512, I=4, H=H)
-    else:
-        p = _lstm(True, True, False, 0, True, "off", B=3, T=512, I=4, H=H)
-    gate = "ln_ih_b" if case == "lstm-ln-peep" else "b_ih"
-    p[gate][H : 2 * H] += 5.0  # forget (LSTM) / update (GRU) gate: long memory
-    rounded = _cast(_cast(p, torch.bfloat16), torch.float64)
-    outs, grads = _run(host_layer, _cast(rounded, torch.bfloat16), False)
-    ref_outs, ref_grads = _run(rv.layer, rounded, False)
-    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
-        _assert_close(o, r, 2 * 2.0**-8, name)
-    for k in ref_grads:
-        _assert_close(grads[k], ref_grads[k], 2 * 2.0**-8, f"d{k}")
+    """T = 512 in bfloat16: rounding the running state, h W_hh^T or the running gradient to
+    bfloat16 every step would compound with T (cuda_host.check_long_sequence_bfloat16)."""
+    cuda_host.check_long_sequence_bfloat16(host_layer, case)
 
 
 @pytest.mark.parametrize(
@@ -272,36 +134,29 @@ def test_host_long_sequence_bfloat16(host_layer, case):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_host_awkward_shapes(host_layer, cell, B, T, I, H):
     # H = 300 > 256 threads: threads take several units and the row sums several elements each
-    if cell == "lstm":
-        p = _lstm(True, True, False, 0, True, "train", B=B, T=T, I=I, H=H)
-    else:
-        p = _gru(True, True, "train", B=B, T=T, I=I, H=H)
-    _compare(host_layer, p, reverse=False, dtype=torch.float64)
+    cuda_host.compare(host_layer, _full(cell, B=B, T=T, I=I, H=H), torch.float64)
 
 
-@pytest.mark.parametrize("case", ["lstm", "lstm-proj", "gru"])
+@pytest.mark.parametrize(
+    "case",
+    [_full("lstm", **GRID), _full("lstm", proj=5, **GRID), _full("gru", **GRID)],
+    ids=str,
+)
 def test_host_grid_and_block_walk(host_layer, case):
     """Blocks and threads walked backwards give bitwise the same results (no thread reads
     another's output without a barrier in between); one block taking every row and 4 threads
     per block (several units per thread, a deeper reduction tree) still match the reference."""
-    if case == "gru":
-        p = _gru(True, True, "train", B=6, T=4, I=3, H=37, packed=True)
-    else:
-        proj = 5 if case == "lstm-proj" else 0
-        p = _lstm(True, True, False, proj, True, "train", B=6, T=4, I=3, H=37, packed=True)
+    p = cuda_host.problem(case)
     ext = host_layer.ext
-    base = _run(host_layer, p, reverse=True)
+    base = cuda_host.run(host_layer, p, reverse=True)
     try:
         ext.set_grid(65535, True, 0)
-        backwards = _run(host_layer, p, reverse=True)
+        backwards = cuda_host.run(host_layer, p, reverse=True)
         ext.set_grid(1, True, 4)
-        _compare(host_layer, p, True, torch.float64)
+        cuda_host.compare(host_layer, case, torch.float64)
     finally:
         ext.set_grid(65535, False, 0)
-    for a, b in zip(base[0], backwards[0], strict=True):
-        assert torch.equal(a, b)
-    for k in base[1]:
-        assert torch.equal(base[1][k], backwards[1][k]), k
+    cuda_host.assert_same(backwards, base)
 
 
 def test_row_launch_shape(host_layer):
@@ -313,61 +168,46 @@ def test_row_launch_shape(host_layer):
     assert shape(10**6, 8, 65535) == (65535, 32)  # the row loop covers the rest
 
 
+@pytest.mark.parametrize(
+    "case",
+    [_lstm(True, True, True, 2, True, "hc", **SMALL), _gru(True, True, "eval", **SMALL)],
+    ids=str,
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_host_inference_path(host_layer, cell, dtype):
+def test_host_inference_path(host_layer, case, dtype):
     """Without grad the driver writes scratch rows instead of the history: same outputs."""
-    if cell == "lstm":
-        p = _lstm(True, True, True, 2, True, "train", B=4, T=5, I=3, H=6, packed=True)
-    else:
-        p = _gru(True, True, "eval", B=4, T=5, I=3, H=6, packed=True)
-    p = _cast(p, dtype)
-    train, _ = _run(host_layer, p, reverse=True)
-    with torch.no_grad():
-        infer = host_layer(**p, reverse=True)
-    for a, b in zip(train, infer, strict=False):
-        assert torch.equal(a, b)
+    cuda_host.check_inference_path(host_layer, case, dtype)
 
 
-@pytest.mark.parametrize("case", ["lstm-all", "lstm-zoneout", "gru-ln"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        _lstm(True, True, True, 2, True, "hc", B=3, T=4, I=2, H=5, packed=True),
+        _lstm(False, False, False, 0, False, "eval", B=3, T=4, I=2, H=5),
+        _gru(True, True, "eval", B=3, T=4, I=2, H=5),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("save", [True, False], ids=["save", "nosave"])
 def test_fake_forward_matches_real_buffers(host_layer, case, dtype, save):
     """The meta implementation (used by torch.compile) promises the buffers the driver returns."""
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-
-    if case == "lstm-all":
-        p = _lstm(True, True, True, 2, True, "train", B=3, T=4, I=2, H=5, packed=True)
-    elif case == "lstm-zoneout":
-        p = _lstm(False, False, False, 0, False, "eval", B=3, T=4, I=2, H=5)
-    else:
-        p = _gru(True, True, "eval", B=3, T=4, I=2, H=5)
-    p = _cast(p, dtype)
-    args = _op_args(p, save)
-    real = host_layer.fwd_op(*args)
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        fake = host_layer.fwd_op(*args)
-    assert all(isinstance(t, FakeTensor) for t in fake)
-    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+    cuda_host.check_fake_forward(host_layer, case, dtype, save)
 
 
-@pytest.mark.parametrize("case", ["lstm-ln-peep-proj-zone", "gru"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        _lstm(True, True, False, 2, True, "hc", B=3, T=4, I=2, H=5, packed=True),
+        _gru(True, True, "none", B=3, T=4, I=2, H=5, packed=True),
+    ],
+    ids=str,
+)
 def test_host_under_autocast_matches_float32(host_layer, case):
     """Under torch.autocast the variant op keeps its own dtypes (autocast is excluded inside
     it): float32 operands give bitwise the float32 results. AutocastCPU, which the CPU build
     exercises, retypes the same GEMMs that AutocastCUDA would on the GPU build."""
-    if case == "gru":
-        p = _gru(True, True, "off", B=3, T=4, I=2, H=5, packed=True)
-    else:
-        p = _lstm(True, True, False, 2, True, "train", B=3, T=4, I=2, H=5, packed=True)
-    p = _cast(p, torch.float32)
-    want_outs, want_grads = _run(host_layer, p, reverse=False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        outs, grads = _run(host_layer, p, reverse=False)
-    for o, w in zip(outs, want_outs, strict=True):
-        assert o.dtype == torch.float32 and torch.equal(o, w)
-    for k, w in want_grads.items():
-        assert grads[k].dtype == torch.float32 and torch.equal(grads[k], w), k
+    cuda_host.check_under_autocast(host_layer, case)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -377,14 +217,11 @@ def test_fake_backward_strides_match_real(host_layer, cell):
     or a compiled graph would be traced with layouts the op does not produce."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    if cell == "lstm":
-        p = _lstm(False, True, False, 0, True, "off", B=3, T=4, I=2, H=5)
-    else:
-        p = _gru(True, True, "off", B=3, T=4, I=2, H=5)
-    p = _cast(p, torch.float32)
+    case = Case(cell, T=4, B=3, I=2, H=5, ln=cell == "gru", peep=cell == "lstm")
+    p = cuda_host.cast(cuda_host.problem(case), torch.float32)
     p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, I] of a [B, T, I]
     assert not p["x"].is_contiguous()
-    args = _op_args(p, True)
+    args = cuda_host.op_args(p, True)
     buffers = host_layer.fwd_op(*args)
     grads = [torch.ones_like(buffers[0]), torch.ones_like(buffers[1])]
     grads.append(torch.ones_like(buffers[2]) if cell == "lstm" else None)
@@ -398,7 +235,7 @@ def test_fake_backward_strides_match_real(host_layer, cell):
 
 
 def test_host_rejects_bad_input(host_layer):
-    p = _lstm(True, True, False, 0, True, "train", B=2, T=3, I=2, H=3)
+    p = cuda_host.problem(_full("lstm", B=2, T=3, I=2, H=3))
     run = lambda **kw: host_layer(**{**p, **kw}, reverse=False)  # noqa: E731
     with pytest.raises(ValueError, match="together"):
         run(ln_c_w=None)
@@ -410,7 +247,7 @@ def test_host_rejects_bad_input(host_layer):
         run(zoneout_h=1.0)
     with pytest.raises(ValueError, match="mask_h"):
         run(mask_h=torch.zeros(3, 2, 4, dtype=torch.float64))
-    g = _gru(True, True, "off", B=2, T=3, I=2, H=3)
+    g = cuda_host.problem(Case("gru", T=3, B=2, I=2, H=3, ln=True))
     with pytest.raises(ValueError, match="LSTM-only"):
         host_layer(**{**g, "cifg": True}, reverse=False)
     with pytest.raises(TypeError, match="supports"):
@@ -440,12 +277,13 @@ GPU_CASES = [("lstm", c) for c in LSTM_CASES] + [("gru", c) for c in GRU_CASES]
 def test_gpu_half_precision_matches_reference(cell, case, reverse, packed, dtype):
     # H = 37: one warp and a few idle threads; proj_size H // 2, since h W_hh^T of rank 3
     # leaves layer norm too ill-conditioned for bfloat16 to resolve (see _compare)
+    shape = dict(B=5, T=6, I=4, H=37, packed=packed, reverse=reverse)
     if cell == "lstm":
         ln, peep, cifg, proj, bias, zone = case
-        p = _lstm(ln, peep, cifg, proj and 18, bias, zone, B=5, T=6, I=4, H=37, packed=packed)
+        case = _lstm(ln, peep, cifg, proj and 18, bias, zone, **shape)
     else:
-        p = _gru(*case, B=5, T=6, I=4, H=37, packed=packed)
-    _compare(cv.layer, p, reverse, dtype, device="cuda")
+        case = _gru(*case, **shape)
+    cuda_host.compare(cv.layer, case, dtype, device="cuda")
 
 
 @gpu
@@ -453,11 +291,7 @@ def test_gpu_half_precision_matches_reference(cell, case, reverse, packed, dtype
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_wide_rows(cell):
     """H = 300: several units per thread and a full 256-thread reduction tree."""
-    if cell == "lstm":
-        p = _lstm(True, True, False, 0, True, "train", B=3, T=4, I=5, H=300)
-    else:
-        p = _gru(True, True, "train", B=3, T=4, I=5, H=300)
-    _compare(cv.layer, p, False, torch.float64, device="cuda")
+    cuda_host.compare(cv.layer, _full(cell, B=3, T=4, I=5, H=300), torch.float64, device="cuda")
 
 
 @gpu
@@ -465,30 +299,18 @@ def test_gpu_wide_rows(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_deterministic(cell):
     """Row reductions and gradient column sums have a fixed order: bitwise equal reruns."""
-    if cell == "lstm":
-        p = _lstm(True, True, False, 0, True, "train", B=64, T=30, I=8, H=96)
-    else:
-        p = _gru(True, True, "train", B=64, T=30, I=8, H=96)
-    p = _cast(p, torch.float32, "cuda")
-    a_out, a_grads = _run(cv.layer, p, False)
-    b_out, b_grads = _run(cv.layer, p, False)
-    for a, b in zip(a_out, b_out, strict=True):
-        assert torch.equal(a, b)
-    for k in a_grads:
-        assert torch.equal(a_grads[k], b_grads[k]), k
+    p = cuda_host.cast(cuda_host.problem(_full(cell, B=64, T=30, I=8, H=96)), torch.float32, "cuda")
+    cuda_host.assert_same(cuda_host.run(cv.layer, p, False), cuda_host.run(cv.layer, p, False))
 
 
 def test_host_torch_compile_fullgraph(host_layer):
     """The custom ops trace as two opaque nodes (fake implementations, registered autograd):
     compiled forward and backward equal eager ones."""
-    p = _lstm(True, True, False, 0, True, "train", B=3, T=4, I=2, H=5)
-    eager = _run(host_layer, p, reverse=False)
+    p = cuda_host.problem(_full("lstm", B=3, T=4, I=2, H=5))
+    eager = cuda_host.run(host_layer, p, reverse=False)
     torch._dynamo.reset()
-    compiled = _run(torch.compile(host_layer, fullgraph=True, backend="aot_eager"), p, False)
-    for a, b in zip(eager[0], compiled[0], strict=True):
-        assert torch.equal(a, b)
-    for k in eager[1]:
-        assert torch.equal(eager[1][k], compiled[1][k]), k
+    compiled = torch.compile(host_layer, fullgraph=True, backend="aot_eager")
+    cuda_host.assert_same(cuda_host.run(compiled, p, reverse=False), eager)
 
 
 @gpu
@@ -508,8 +330,8 @@ def test_gpu_module_matches_reference_module(cell, monkeypatch):
     dev.load_state_dict(ref.state_dict())
     x = torch.randn(6, 4, 5, dtype=torch.float64)
     outs_ref, outs_dev = ref(x), dev(x.cuda())
-    _assert_close(outs_dev[0], outs_ref[0], TOL[torch.float64], "y")
+    cuda_host.assert_close(outs_dev[0], outs_ref[0], cuda_host.TOL[torch.float64], "y")
     outs_ref[0].sum().backward()
     outs_dev[0].sum().backward()
     for (name, p_ref), p_dev in zip(ref.named_parameters(), dev.parameters(), strict=True):
-        _assert_close(p_dev.grad, p_ref.grad, TOL[torch.float64], f"d{name}")
+        cuda_host.assert_close(p_dev.grad, p_ref.grad, cuda_host.TOL[torch.float64], f"d{name}")

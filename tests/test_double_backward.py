@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import module_as_function
+from conftest import MODES, module_as_function
 from torch.autograd import gradgradcheck
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 T, B, I, H = 3, 2, 3, 2
 LENGTHS = [2, 3]
+# torch.nn's modes, the LSTM also with a projection and with layer norm
 CASES = {
-    "LSTM": ("LSTM", {}),
+    **MODES,
     "LSTM_PROJ": ("LSTM", {"proj_size": 1}),
-    "GRU": ("GRU", {}),
-    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
-    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
     "LSTM_LN": ("LSTM", {"layer_norm": True}),
 }
 

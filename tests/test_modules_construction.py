@@ -46,28 +46,24 @@ def _assert_same_config(ref: nn.Module, mod: nn.Module) -> None:
 
 # -- argument forms ---------------------------------------------------------------------
 
+# input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional (LSTM and GRU)
+_GATED = [
+    (3, 5),
+    (3, 5, 2),
+    (3, 5, 2, False),
+    (3, 5, 2, True, True),
+    (3, 5, 3, True, True, 0.25),
+    (3, 5, 2, False, True, 0.5, True),
+]
 POSITIONAL = {
-    # input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size
+    # ..., then proj_size, device, dtype
     "LSTM": [
-        (3, 5),
-        (3, 5, 2),
-        (3, 5, 2, False),
-        (3, 5, 2, True, True),
-        (3, 5, 3, True, True, 0.25),
-        (3, 5, 2, False, True, 0.5, True),
+        *_GATED,
         (3, 5, 2, True, False, 0.0, True, 2),
         (3, 5, 1, True, False, 0.0, False, 4, "cpu", torch.float64),
     ],
-    "GRU": [
-        (3, 5),
-        (3, 5, 2),
-        (3, 5, 2, False),
-        (3, 5, 2, True, True),
-        (3, 5, 3, True, True, 0.25),
-        (3, 5, 2, False, True, 0.5, True),
-        # the 8th positional of RNNBase is proj_size; 0 is accepted for GRU and RNN
-        (3, 5, 2, True, False, 0.0, True, 0),
-    ],
+    # the 8th positional of RNNBase is proj_size; 0 is accepted for GRU and RNN
+    "GRU": [*_GATED, (3, 5, 2, True, False, 0.0, True, 0)],
     # RNN takes nonlinearity as its 4th positional argument
     "RNN": [
         (3, 5),

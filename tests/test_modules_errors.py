@@ -195,6 +195,16 @@ def test_empty_batch_matches_torch(name):
         assert a.shape == b.shape
 
 
+def _one_on_meta(where: str, module, h, c):
+    """(module, h, c) with the weights, h or c (``where``: "weights", "h..." or "c...") on
+    the meta device, the one device every machine has besides the CPU."""
+    if where == "weights":
+        return module.to("meta"), h, c
+    if where.startswith("h"):
+        return module, h.to("meta"), c
+    return module, h, c.to("meta")
+
+
 @pytest.mark.parametrize("where", ["h0", "c0", "weights"])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
 def test_mixed_devices_rejected_like_torch_nn(same_error, cls, where):
@@ -205,14 +215,8 @@ def test_mixed_devices_rejected_like_torch_nn(same_error, cls, where):
     x = torch.randn(3, 2, 4)
 
     def run(mod):
-        m = getattr(mod, cls)(4, 5)
-        h0, c0 = torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)
-        if where == "weights":
-            m = m.to("meta")
-        elif where == "h0":
-            h0 = h0.to("meta")
-        else:
-            c0 = c0.to("meta")
+        m, h0, c0 = _one_on_meta(where, getattr(mod, cls)(4, 5), torch.zeros(1, 2, 5),
+                                 torch.zeros(1, 2, 5))  # fmt: skip
         return m(x, (h0, c0) if cls == "LSTM" else h0)
 
     err = same_error(run, RuntimeError)
@@ -224,13 +228,8 @@ def test_mixed_devices_rejected_like_torch_nn(same_error, cls, where):
 def test_cells_reject_mixed_devices(cls, where):
     if where == "c" and cls != "LSTMCell":
         pytest.skip("only the LSTM cell has a cell state")
-    cell = getattr(fusedrnn, cls)(4, 5)
-    x, h, c = torch.randn(2, 4), torch.zeros(2, 5), torch.zeros(2, 5)
-    if where == "weights":
-        cell = cell.to("meta")
-    elif where == "h":
-        h = h.to("meta")
-    else:
-        c = c.to("meta")
+    x = torch.randn(2, 4)
+    cell, h, c = _one_on_meta(where, getattr(fusedrnn, cls)(4, 5), torch.zeros(2, 5),
+                              torch.zeros(2, 5))  # fmt: skip
     with pytest.raises(RuntimeError, match="not at the same device, found input tensor at cpu"):
         cell(x, (h, c) if cls == "LSTMCell" else h)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import module_as_function
+from conftest import MODES, module_as_function
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
@@ -13,12 +13,10 @@ import fusedrnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# torch.nn's modes, the LSTM also with a projection
 CASES = {
-    "LSTM": ("LSTM", {}),
+    **MODES,
     "LSTM_PROJ": ("LSTM", {"proj_size": 2}),
-    "GRU": ("GRU", {}),
-    "RNN_TANH": ("RNN", {"nonlinearity": "tanh"}),
-    "RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
 }
 T, B, I, H = 3, 2, 2, 3
 LENGTHS = [2, 3]

@@ -4,12 +4,9 @@ contract (packed semantics, reverse without a flipped copy, None handling)."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from torch import nn
-from torch.autograd import gradcheck
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from fusedrnn.ops.reference import CELLS, GATES, layer, step_slices
@@ -314,37 +311,4 @@ def test_step_slices():
     assert step_slices(sizes, 4, 3, True) == [(3, 7, 1), (2, 5, 2), (1, 3, 2), (0, 0, 3)]
 
 
-@pytest.mark.parametrize(
-    "cell,packed,reverse",
-    [(c, p, r) for c, p, r in itertools.product(CELLS, (False, True), (False, True))],
-)
-def test_gradcheck(cell, packed, reverse):
-    w = _weights(
-        "lstm" if cell == "lstm" else cell,
-        2,
-        3,
-        proj=2 if cell == "lstm" else 0,
-        requires_grad=True,
-    )
-    lengths = [3, 2, 2]
-    x = torch.randn(3, 3, 2, dtype=D)
-    sizes = None
-    if packed:
-        p = pack_padded_sequence(x, lengths)
-        x, sizes = p.data, p.batch_sizes
-    x.requires_grad_()
-    h0, c0 = _states(cell, 3, 3, proj=2 if cell == "lstm" else 0)
-    h0.requires_grad_()
-    if c0 is not None:
-        c0.requires_grad_()
-    names = [k for k, v in w.items() if v is not None]
-
-    def f(x, h0, c0, *weights):
-        kw = dict(w)
-        kw.update(zip(names, weights, strict=True))
-        return layer(cell, x, h0, c0, *kw.values(), sizes, reverse)
-
-    inputs = (x, h0, c0, *(w[k] for k in names))
-    assert gradcheck(
-        lambda *a: tuple(o for o in f(*a) if o is not None), inputs, eps=1e-6, atol=1e-7, rtol=1e-5
-    )
+# gradcheck of this op: tests/test_conformance.py (backend "reference")

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-from layer_cases import Case  # noqa: E402
+from layer_cases import Case, assert_close_all  # noqa: E402
 
 import fusedrnn  # noqa: E402
 from fusedrnn.ops import library, reference  # noqa: E402
@@ -57,18 +57,6 @@ def run_layer(fn, cell, args, batch_sizes, reverse, seed=1):
     )
     loss.backward()
     return outs, [a.grad if a is not None else None for a in leaves]
-
-
-def assert_close_all(got, want, tol, what):
-    assert len(got) == len(want)
-    for k, (g, w) in enumerate(zip(got, want, strict=True)):
-        if w is None:
-            assert g is None, f"{what}[{k}] should be None"
-            continue
-        assert g is not None, f"{what}[{k}] missing"
-        assert g.shape == w.shape and g.dtype == w.dtype, f"{what}[{k}] {g.shape} vs {w.shape}"
-        assert torch.isfinite(g).all(), f"{what}[{k}] has non-finite values (unwritten?)"
-        torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m, k=k: f"{what}[{k}]: {m}")
 
 
 # Every cell, shape and option against the reference op (both kernel paths, outputs, every

@@ -340,82 +340,8 @@ def test_lstm_variant_with_projection(variant, packed):
     _check_against_oracle("LSTM", LSTM_VARIANTS[variant], packed, 2, True, True, P, True)
 
 
-# -- gradcheck of the reference variant op ----------------------------------------------------
-
-
-def _rand(*shape):
-    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize(
-    "case", ["lstm_ln_peep_mask", "lstm_cifg_proj_eval", "gru_ln_mask", "lstm_nobias_ln"]
-)
-def test_reference_variant_gradcheck(case, packed, reverse):
-    seq, batch, inp, hid = 3, 2, 2, 3
-    sizes = torch.tensor([2, 2, 1]) if packed else None
-    rows = int(sizes.sum()) if packed else None
-    lead = (rows,) if packed else (seq, batch)
-    x = _rand(*lead, inp)
-    is_lstm = case.startswith("lstm")
-    cifg = "cifg" in case
-    gates = (3 if cifg else 4) if is_lstm else 3
-    hout = 2 if "proj" in case else hid
-    bias = "nobias" not in case
-    args = {
-        "x": x,
-        "h0": _rand(batch, hout),
-        "c0": _rand(batch, hid) if is_lstm else None,
-        "w_ih": _rand(gates * hid, inp),
-        "w_hh": _rand(gates * hid, hout),
-        "b_ih": _rand(gates * hid) if bias else None,
-        "b_hh": _rand(gates * hid) if bias else None,
-        "w_hr": _rand(hout, hid) if "proj" in case else None,
-    }
-    kw = {"cifg": cifg}
-    if "ln" in case:
-        kw["ln_ih_w"], kw["ln_hh_w"] = _rand(gates * hid), _rand(gates * hid)
-        if bias:
-            kw["ln_ih_b"], kw["ln_hh_b"] = _rand(gates * hid), _rand(gates * hid)
-        if is_lstm:
-            kw["ln_c_w"] = _rand(hid)
-            kw["ln_c_b"] = _rand(hid) if bias else None
-    if "peep" in case or "cifg" in case:
-        kw["w_ch"] = _rand(2 if cifg else 3, hid)
-    if "mask" in case:
-        kw["mask_h"] = torch.empty(*lead, hout, dtype=torch.float64).bernoulli_(0.4)
-        if is_lstm:
-            kw["mask_c"] = torch.empty(*lead, hid, dtype=torch.float64).bernoulli_(0.4)
-    if "eval" in case:
-        kw["zoneout_h"], kw["zoneout_c"] = 0.3, 0.2
-    names = [k for k, v in args.items() if v is not None]
-    tensor_kw = [k for k, v in kw.items() if isinstance(v, torch.Tensor) and v.requires_grad]
-    cell = "lstm" if is_lstm else "gru"
-
-    def fn(*tensors):
-        a = dict(args)
-        a.update(zip(names, tensors[: len(names)], strict=True))
-        k = dict(kw)
-        k.update(zip(tensor_kw, tensors[len(names) :], strict=True))
-        y, h, c = reference.layer(
-            cell,
-            a["x"],
-            a["h0"],
-            a["c0"],
-            a["w_ih"],
-            a["w_hh"],
-            a["b_ih"],
-            a["b_hh"],
-            a["w_hr"],
-            sizes,
-            reverse,
-            **k,
-        )
-        return (y, h) if c is None else (y, h, c)
-
-    inputs = [args[n] for n in names] + [kw[n] for n in tensor_kw]
-    assert torch.autograd.gradcheck(fn, inputs)
+# gradcheck of the reference op with every option: tests/test_conformance.py (backend
+# "reference")
 
 
 # -- zoneout ----------------------------------------------------------------------------------
