@@ -249,8 +249,7 @@ def _gru_variant_bwd(
     dh = torch.zeros(B, H, dtype=dt, device=dev)
     cfg = pick_variant_config(B)
     any_ = dgx
-    rows_prev, t_prev = 0, 0
-    for s in reversed(plan.steps):
+    for s, rows_prev, t_prev in plan.backward():
         runtime.launch(
             _gru_variant_bwd_step_kernel, cfg.row_grid(B),
             dgx, dgs, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
@@ -260,6 +259,5 @@ def _gru_variant_bwd(
             LAYER_NORM=ln, ZONE_H=zone_h, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
-        rows_prev, t_prev = s.rows, s.t
-    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
+    finish_state_grad(dh, ds, w_hh, dhs, plan)
     return dgx, dgs, ds, dh

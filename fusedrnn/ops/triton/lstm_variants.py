@@ -535,8 +535,7 @@ def _lstm_variant_bwd(
     dc = torch.zeros(B, H, dtype=dt, device=dev)
     cfg = pick_variant_config(B)
     any_ = dg
-    rows_prev, t_prev = 0, 0
-    for s in reversed(plan.steps):
+    for s, rows_prev, t_prev in plan.backward():
         runtime.launch(
             _lstm_variant_bwd_step_kernel, cfg.row_grid(B),
             dg, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
@@ -549,8 +548,7 @@ def _lstm_variant_bwd(
             ZONE_C=zone[1], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
-        rows_prev, t_prev = s.rows, s.t
-    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
+    finish_state_grad(dh, ds, w_hh, dhs, plan)
     if dcs is not None:
         dc += dcs[plan.first_slot]
     return dg, ds, dht, dl, dh, dc
