@@ -1,24 +1,29 @@
-"""Per-step kernels of the torch.nn cells (LSTM, GRU, Elman RNN): one forward and one
-backward kernel, the cell a compile-time constant (``CELL``, as in :mod:`.persistent`).
+"""Per-step kernels of the torch.nn cells (LSTM, GRU, Elman RNN) and their launchers: one
+forward and one backward kernel, the cell a compile-time constant (``CELL``, as in
+:mod:`.persistent`), plus the LSTM's projection kernels (proj_size > 0).
 
 Forward, one launch per step: a program owns BLOCK_B batch rows x BLOCK_H hidden units
 and computes the G recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over
 ``h_prev``, adds ``xg`` and ``b_hh`` and applies the cell (:mod:`.cellmath`):
 
 - LSTM: ``pre_q = xg_q + h_prev W_hh,q^T + b_hh,q``; writes ``c_t``, the gates i, f, g, o
-  and ``h_t`` (or, with PROJ, the unprojected ``m_t``: every program of the next step
-  needs the complete ``h_t``, so :mod:`.lstm` projects it in a launch of its own);
+  (saved for the backward) and ``h_t``, or with PROJ the unprojected ``m_t``: every
+  program of the next step needs the complete ``h_t``, so a projection launch per step
+  writes ``h_t = m_t W_hr^T``;
 - GRU: ``r, z = sigmoid(x_q + h_q)``, ``n = tanh(x_n + r * hn)`` with ``h_q = h_prev
   W_hh,q^T + b_hh,q`` (``b_hn`` inside the reset product, as PyTorch) and ``h = (1 - z) n
   + z h_prev``; saves r, z, n, hn;
 - RNN: ``h = act(xg + h_prev W_hh^T + b_hh)``; nothing beyond the state history is saved
   (the backward takes the activation's derivative from the output).
 
-Backward, one launch per step: the state gradient (:func:`.common.state_grad`, which
-folds in ``dG_next W_hh``; with PROJ the LSTM's comes from its own launch, see
-:mod:`.lstm`), then the cell's gate gradients. The GRU writes two: ``dG_x = [d pre_r,
-d pre_z, d pre_n]`` (for W_ih, b_ih, x) and ``dG_h = [d pre_r, d pre_z, r d pre_n]`` (for
-W_hh, b_hh, h_prev); its direct term ``dh z`` stays in the running state gradient.
+Backward, one launch per step (two with projection): the state gradient
+(:func:`.common.state_grad`, which folds in ``dG_next W_hh``), then the cell's gate
+gradients (:mod:`.cellmath`). With projection a state-gradient launch over the ``Hout``
+columns forms ``dh_t`` first and the step kernel computes ``dm_t = dh_t W_hr``. The GRU
+writes two gate gradients: ``dG_x = [d pre_r, d pre_z, d pre_n]`` (for W_ih, b_ih, x)
+and ``dG_h = [d pre_r, d pre_z, r d pre_n]`` (for W_hh, b_hh, h_prev); its direct term
+``dh z`` stays in the running state gradient. Weight gradients are GEMMs over all steps
+afterwards (see :mod:`.layer_op`).
 """
 
 from __future__ import annotations
