@@ -143,7 +143,7 @@ def _step_fwd_kernel(
 @kernel_jit
 def _step_bwd_kernel(
     dg_ptr,  # [T, B, G*H] out: gate gradients (GRU: the input side, dG_x)
-    dgh_ptr,  # [T, B, G*H] recurrent side, read at the next launch (GRU's dG_h, else dg_ptr)
+    dgh_ptr,  # [T, B, G*H] GRU: out, recurrent-side dG_h, read at the next launch
     w_ptr,  # [G*H, HOUT] W_hh
     hs_ptr,  # [T+1, B, H] hidden-state history (GRU, RNN)
     cs_ptr,  # [T+1, B, H] cell-state history (LSTM)
@@ -188,8 +188,10 @@ def _step_bwd_kernel(
                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
     else:
         K = HOUT if CELL == LSTM else H
+        # dG itself but for the GRU: through dg_ptr, so that the compiler sees one tensor
+        dg_rec = dgh_ptr if CELL == GRU else dg_ptr
         dh = state_grad(
-            dh_ptr, dgh_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
+            dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
             rows, units, rmask, umask, act, rows < rows_prev, G * H, K,
             HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
         )  # fmt: skip
