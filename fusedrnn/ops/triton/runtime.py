@@ -132,6 +132,12 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def given(placeholder: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor]:
+    """The tensors, ``placeholder`` for each absent one (None or empty): a kernel reads those
+    only under a flag that is off, but every pointer argument needs a tensor."""
+    return [t if t is not None and t.numel() else placeholder for t in tensors]
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation / cell-state dtype: float64 stays float64, the rest use float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

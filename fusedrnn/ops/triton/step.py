@@ -366,20 +366,17 @@ def step_bwd(
     flags = dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None,
                  PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs())  # fmt: skip
 
-    def given(t: Tensor | None) -> Tensor:  # a placeholder pointer for absent tensors
-        return t if t is not None and t.numel() else dgx
-
     for s, rows_prev, t_prev in plan.backward():
         if proj:
             runtime.launch(
                 _lstm_proj_grad_step_kernel, cfg.step_grid(Hout, B),
-                dgx, w_hh, dh, given(dhs), given(dy), dht, s.row0, s.rows, rows_prev,
+                dgx, w_hh, dh, *runtime.given(dgx, dhs, dy), dht, s.row0, s.rows, rows_prev,
                 s.slot_w * B * Hout, s.t * B * Hout, t_prev * B * GH, B, H, Hout, **flags,
             )  # fmt: skip
         runtime.launch(
             _step_bwd_kernel, cfg.step_grid(H, B),
-            dgx, dgh, w_hh, given(hs), given(cs), given(gates), dh, given(dc), given(dhs),
-            given(dy), given(dcs), given(dht), given(w_hr),
+            dgx, dgh, w_hh, *runtime.given(dgx, hs, cs, gates), dh,
+            *runtime.given(dgx, dc, dhs, dy, dcs, dht, w_hr),
             s.row0, s.rows, rows_prev, s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H,
             s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, t_prev * B * GH, s.t * B * Hout,
             B, H, Hout, CELL=CELL_CODE[cell], PROJ=proj, HAS_DCS=dcs is not None, **flags,
