@@ -83,7 +83,7 @@ class Job:
 def _launchers(torch, dtype):
     """Run every launcher for every flag-steering input combination; yields nothing,
     the launches are captured by the caller."""
-    from fusedrnn.ops.triton import gru, gru_variants, lstm, lstm_variants, persistent, rnn
+    from fusedrnn.ops.triton import gru_variants, lstm_variants, persistent, step
     from fusedrnn.ops.triton.configs import pick_persistent_config
     from fusedrnn.ops.triton.runtime import Plan, acc_dtype
 
@@ -103,30 +103,23 @@ def _launchers(torch, dtype):
                 return e(*shape, dt=dt) if on else None
 
             dys = (False, True) if packed else (False,)
-            # LSTM, per step
-            for bias, proj, save in itertools.product((False, True), (False, True), (False, True)):
-                hout = Hp if proj else H
-                lstm._lstm_fwd(e(N, 4 * H), e(B, hout), e(B, H, dt=acc), e(4 * H, hout),
-                               opt(bias, 4 * H), opt(proj, hout, H), plan, packed, save)  # fmt: skip
-            for proj, dhs, dcs, dy in itertools.product((False, True), (False, True),
-                                                        (False, True), dys):  # fmt: skip
-                hout = Hp if proj else H
-                lstm._lstm_bwd(e(4 * H, hout), opt(proj, hout, H), e(T + 1, B, H, dt=acc),
-                               e(T, B, 4 * H, dt=acc), opt(dhs, T + 1, B, hout),
-                               opt(dcs, T + 1, B, H), opt(dy, N, hout), plan)  # fmt: skip
-            # GRU and RNN, per step
-            for bias in (False, True):
-                for save in (False, True):
-                    gru._gru_fwd(e(N, 3 * H), e(B, H), e(3 * H, H), opt(bias, 3 * H), plan, packed,
-                                 save)  # fmt: skip
-                for relu in (False, True):
-                    rnn._rnn_fwd(e(N, H), e(B, H), e(H, H), opt(bias, H), plan, packed, relu)
-            for dhs, dy in itertools.product((False, True), dys):
-                gru._gru_bwd(e(3 * H, H), e(T + 1, B, H), e(T, B, 4 * H, dt=acc),
-                             opt(dhs, T + 1, B, H), opt(dy, N, H), plan)  # fmt: skip
-                for relu in (False, True):
-                    rnn._rnn_bwd(e(H, H), e(T + 1, B, H), opt(dhs, T + 1, B, H),
-                                 opt(dy, N, H), plan, relu)  # fmt: skip
+            # per step: every cell, the LSTM with and without projection
+            for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
+                lstm_, gated = cell == "lstm", cell in ("lstm", "gru")
+                lstm_only = (False, True) if lstm_ else (False,)  # projection, dCs
+                for bias, proj, save in itertools.product((False, True), lstm_only, (False, True)):
+                    hout = Hp if proj else H
+                    step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H, dt=acc),
+                                  e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan,
+                                  packed, save)  # fmt: skip
+                for proj, dhs, dcs, dy in itertools.product(lstm_only, (False, True), lstm_only,
+                                                            dys):  # fmt: skip
+                    hout = Hp if proj else H
+                    step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
+                                  opt(lstm_, T + 1, B, H, dt=acc),
+                                  opt(gated, T, B, 4 * H, dt=acc),
+                                  opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H),
+                                  opt(dy, N, hout), plan)  # fmt: skip
             # persistent (whole sequence): small H, no float64
             for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
                 if dtype == torch.float64 or pick_persistent_config(cell, H, H) is None:
@@ -315,7 +308,7 @@ class _Cache:
         digest = hashlib.sha256(triton.__version__.encode())
         for f in sorted(src.glob("*.py")):  # the modules that hold kernels or their launchers
             text = f.read_bytes()
-            if b"@triton.jit" in text:
+            if b"@triton.jit" in text or b"@kernel_jit" in text:
                 digest.update(text)
         self.salt = digest.hexdigest()
         self.rows = json.loads(self.path.read_text()) if self.path.exists() else {}

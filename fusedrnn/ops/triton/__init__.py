@@ -6,7 +6,7 @@ GPU runtime; :func:`layer` loads the kernels on first use.
 
 Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
 backward), :mod:`.common` (the shared backward state-gradient helper),
-:mod:`.lstm` / :mod:`.gru` / :mod:`.rnn` (per-step kernels and their launchers),
+:mod:`.step` (the per-step kernels of every cell and their launchers),
 :mod:`.persistent` (whole-sequence kernels for small H), :mod:`.layer_op` (the one op:
 input GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
 shipped block configurations), :mod:`.runtime` (the guarded launcher, device guard,

@@ -29,6 +29,10 @@ RNN: ``d(pre) = dh (1 - h^2)`` (tanh) or ``dh [h > 0]`` (relu), from the saved o
 import triton
 import triton.language as tl
 
+# the CELL constexpr of the kernels that serve every torch.nn cell (per-step, persistent)
+LSTM, GRU, RNN_TANH, RNN_RELU = (tl.constexpr(code) for code in range(4))
+CELL_CODE = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+
 
 @triton.jit
 def sigmoid(x):

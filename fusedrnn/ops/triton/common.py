@@ -22,6 +22,7 @@ host (:func:`finish_state_grad`).
 import triton
 import triton.language as tl
 
+from . import runtime
 from .tiles import packed_ptrs, rec_tile
 
 
@@ -66,12 +67,35 @@ def state_grad(
     return total
 
 
-def finish_state_grad(dh, dg, w_hh, t_prev, rows_prev, dhs, plan) -> None:
+def forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save) -> list:
+    """The buffers the forward kernels of the torch.nn cells write (per-step and persistent
+    alike): ``[Hs [T+1,B,Hout], Cs [T+1,B,H] (LSTM), gates [T,B,4H] (LSTM, GRU), m [T,B,H]
+    (proj), y [N,Hout] (packed)]`` from ``xg`` [N, G*H], with ``h0`` [B, Hout] and ``c0``
+    [B, H] in the first slot of the histories. Empty where unused: the gates unless ``save``
+    (only the backward reads them), then in the accumulation dtype where the cell has gates."""
+    T, B, Hout = plan.T, plan.B, h0.shape[1]
+    dt, dev, acc = xg.dtype, xg.device, runtime.acc_dtype(xg.dtype)
+    lstm, gated = cell == "lstm", cell in ("lstm", "gru")
+    hs = runtime.empty(T + 1, B, Hout, dtype=dt, device=dev)
+    hs[plan.first_slot] = h0
+    cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev) if lstm else hs.new_empty(0)
+    if lstm:
+        cs[plan.first_slot] = c0
+    gates = hs.new_empty(0, dtype=acc if gated else dt)
+    if gated and save:
+        gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev)
+    m = runtime.empty(T, B, H, dtype=dt, device=dev) if proj else hs.new_empty(0)
+    y = runtime.empty(xg.shape[0], Hout, dtype=dt, device=dev) if packed else hs.new_empty(0)
+    return [hs, cs, gates, m, y]
+
+
+def finish_state_grad(dh, dg, w_hh, dhs, plan) -> None:
     """Completes ``dh`` [B, Hout] (the running state gradient after the last backward
     launch) into the gradient of the first slot's state: adds ``dG W_hh`` of the step
-    processed last (``dg[t_prev]`` of ``dg`` [T, B, GH], active in its first ``rows_prev``
-    rows) and the gradient arriving at that slot (``dhs``)."""
-    if rows_prev:
-        dh[:rows_prev].addmm_(dg[t_prev, :rows_prev].to(dh.dtype), w_hh.to(dh.dtype))
+    processed last (``plan.steps[0]``, from ``dg`` [T, B, GH]) and the gradient arriving at
+    that slot (``dhs``)."""
+    last = plan.steps[0] if plan.steps else None
+    if last is not None and last.rows:
+        dh[: last.rows].addmm_(dg[last.t, : last.rows].to(dh.dtype), w_hh.to(dh.dtype))
     if dhs is not None:
         dh += dhs[plan.first_slot]

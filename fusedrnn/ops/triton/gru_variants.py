@@ -212,12 +212,10 @@ def _gru_variant_fwd(
     out = [hs, buf(T, B, 4 * H), buf(T, B, 3 * H, on=ln), buf(T, B, on=ln),
            buf(xg.shape[0], H, on=packed)]  # fmt: skip
     cfg = pick_variant_config(B)
-    any_ = xg
     for s in plan.steps:
         runtime.launch(
             _gru_variant_fwd_step_kernel, cfg.row_grid(B),
-            xg, w_hh, *(t if t is not None else any_ for t in (bias, ln_hh_w, mask_h)), par,
-            *(t if t.numel() else any_ for t in out),
+            xg, w_hh, *runtime.given(xg, bias, ln_hh_w, mask_h), par, *runtime.given(xg, *out),
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * 3 * H,
             s.t * B, B, H,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, ZONE_H=zone_h, WRITE_Y=packed,
@@ -248,18 +246,15 @@ def _gru_variant_bwd(
     ds = runtime.empty(T, B, 3 * H, dtype=dt, device=dev) if ln else dgs
     dh = torch.zeros(B, H, dtype=dt, device=dev)
     cfg = pick_variant_config(B)
-    any_ = dgx
-    rows_prev, t_prev = 0, 0
-    for s in reversed(plan.steps):
+    for s, rows_prev, t_prev in plan.backward():
         runtime.launch(
             _gru_variant_bwd_step_kernel, cfg.row_grid(B),
-            dgx, dgs, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
-                ln_hh_w, mask_h, par, hs, gates, shat, rstd, dh, dhs, dy)),
+            dgx, dgs, ds, w_hh,
+            *runtime.given(dgx, ln_hh_w, mask_h, par, hs, gates, shat, rstd, dh, dhs, dy),
             s.row0, s.rows, rows_prev, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H,
             s.t * B * 3 * H, t_prev * B * 3 * H, s.t * B, B, H,
             LAYER_NORM=ln, ZONE_H=zone_h, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
-        rows_prev, t_prev = s.rows, s.t
-    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
+    finish_state_grad(dh, ds, w_hh, dhs, plan)
     return dgx, dgs, ds, dh

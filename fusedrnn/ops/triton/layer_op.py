@@ -29,10 +29,8 @@ from torch import Tensor
 from .. import library
 from ..checks import GATES, check_layer
 from . import runtime, variants
-from .gru import _gru_bwd, _gru_fwd
-from .lstm import _lstm_bwd, _lstm_fwd
 from .persistent import persistent_bwd, persistent_fwd, use_persistent
-from .rnn import _rnn_bwd, _rnn_fwd
+from .step import step_bwd, step_fwd
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -61,20 +59,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
     b_hh = b_hh.contiguous() if b_hh is not None else None
     h0 = h0.contiguous()
 
-    def empty() -> Tensor:  # distinct placeholders: custom-op outputs may not alias
-        return x.new_empty(0)
-
+    c0 = c0.contiguous() if c0 is not None else None
     if use_persistent(cell, w_hh, w_hr, plan):
-        c0 = c0.contiguous() if c0 is not None else None
         return persistent_fwd(cell, xg, h0, c0, w_hh, b_hh, plan, packed, save)
-    if cell == "lstm":
-        w_hr = w_hr.contiguous() if w_hr is not None else None
-        return _lstm_fwd(xg, h0, c0.contiguous(), w_hh, b_hh, w_hr, plan, packed, save)
-    if cell == "gru":
-        hs, gates, y = _gru_fwd(xg, h0, w_hh, b_hh, plan, packed, save)
-        return [hs, empty(), gates, empty(), y]
-    hs, y = _rnn_fwd(xg, h0, w_hh, b_hh, plan, packed, relu=cell == "rnn_relu")
-    return [hs, empty(), empty(), empty(), y]
+    w_hr = w_hr.contiguous() if w_hr is not None else None
+    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, packed, save)
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -128,18 +117,12 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     plan = _plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     w_hh = w_hh.contiguous()
-    dht = dc0 = None
+    dht = None
     if use_persistent(cell, w_hh, w_hr, plan):
         dgx, dgh, dh0, dc0 = persistent_bwd(cell, w_hh, hs, cs, gates, dhs, dcs, dy, plan)
-    elif cell == "lstm":
-        w_hr_c = w_hr.contiguous() if w_hr is not None else None
-        dg, dh0, dc0, dht = _lstm_bwd(w_hh, w_hr_c, cs, gates, dhs, dcs, dy, plan)
-        dgx = dgh = dg
-    elif cell == "gru":
-        dgx, dgh, dh0 = _gru_bwd(w_hh, hs, gates, dhs, dy, plan)
     else:
-        dg, dh0 = _rnn_bwd(w_hh, hs, dhs, dy, plan, relu=cell == "rnn_relu")
-        dgx = dgh = dg
+        w_hr = w_hr.contiguous() if w_hr is not None else None
+        dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan)
     GH = dgx.shape[-1]
     acc = dh0.dtype
     dgx_flat = dgx.view(T * B, GH)

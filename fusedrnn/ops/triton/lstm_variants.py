@@ -484,13 +484,11 @@ def _lstm_variant_fwd(
     out = [hs, cs, buf(T, B, 4 * H), buf(T, B, H), buf(T, B, GH, on=ln), buf(T, B, H, on=ln),
            buf(T, B, 2, on=ln), buf(T, B, H, on=proj), buf(xg.shape[0], Hout, on=packed)]  # fmt: skip
     cfg = pick_variant_config(B)
-    any_ = xg  # placeholder pointer for absent tensors
     for s in plan.steps:
         runtime.launch(
             _lstm_variant_fwd_step_kernel, cfg.row_grid(B),
-            xg, w_hh, *(t if t is not None else any_ for t in (
-                bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c)),
-            par, *(t if t.numel() else any_ for t in out),
+            xg, w_hh, *runtime.given(xg, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c),
+            par, *runtime.given(xg, *out),
             s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H,
             s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, s.t * B * H, s.t * B * 2, B, H, Hout,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
@@ -534,14 +532,12 @@ def _lstm_variant_bwd(
     dh = torch.zeros(B, Hout, dtype=dt, device=dev)
     dc = torch.zeros(B, H, dtype=dt, device=dev)
     cfg = pick_variant_config(B)
-    any_ = dg
-    rows_prev, t_prev = 0, 0
-    for s in reversed(plan.steps):
+    for s, rows_prev, t_prev in plan.backward():
         runtime.launch(
             _lstm_variant_bwd_step_kernel, cfg.row_grid(B),
-            dg, ds, w_hh, *(t if t is not None and t.numel() else any_ for t in (
-                w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h, mask_c, par, cs, gates, ct,
-                shat, chat, rstd, dh, dc, dhs, dy, dcs, dht, dl)),
+            dg, ds, w_hh, *runtime.given(dg, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h, mask_c,
+                                         par, cs, gates, ct, shat, chat, rstd, dh, dc, dhs, dy,
+                                         dcs, dht, dl),
             s.row0, s.rows, rows_prev, s.slot_w * B * Hout, s.slot_r * B * H, s.slot_w * B * H,
             s.t * B * 4 * H, s.t * B * GH, t_prev * B * GH, s.t * B * H, s.t * B * Hout,
             s.t * B * 2, B, H, Hout,
@@ -549,8 +545,7 @@ def _lstm_variant_bwd(
             ZONE_C=zone[1], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
             HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
         )  # fmt: skip
-        rows_prev, t_prev = s.rows, s.t
-    finish_state_grad(dh, ds, w_hh, t_prev, rows_prev, dhs, plan)
+    finish_state_grad(dh, ds, w_hh, dhs, plan)
     if dcs is not None:
         dc += dcs[plan.first_slot]
     return dg, ds, dht, dl, dh, dc

@@ -30,13 +30,11 @@ import triton.language as tl
 from torch import Tensor
 
 from . import runtime
-from .cellmath import gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
+from .cellmath import CELL_CODE, gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
+from .common import forward_buffers
 from .configs import PersistentConfig, pick_persistent_config
 from .tiles import kernel_jit, load_gates, packed_ptrs, store_gates
 
-# CELL codes (constexpr)
-LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
-CELL_CODE = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU}
 _forced: str | None = None  # "step" | "persistent" | None (automatic); for tests
 
 
@@ -369,27 +367,18 @@ def persistent_fwd(
 ) -> list[Tensor]:
     """One launch for the sequence; the same buffers as the per-step launchers."""
     T, B, H = plan.T, plan.B, w_hh.shape[1]
-    dt, dev, acc = xg.dtype, xg.device, runtime.acc_dtype(xg.dtype)
-    hs = runtime.empty(T + 1, B, H, dtype=dt, device=dev)
-    hs[plan.first_slot] = h0
-    lstm, gated = cell == "lstm", cell in ("lstm", "gru")
-    cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev) if lstm else hs.new_empty(0)
-    if lstm:
-        cs[plan.first_slot] = c0
-    write = gated and save  # the saved gates are read by the backward only
-    gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev) if write else hs.new_empty(0)
-    if gated and not save:
-        gates = hs.new_empty(0, dtype=acc)  # the step launchers' placeholder
-    y = runtime.empty(xg.shape[0], H, dtype=dt, device=dev) if packed else hs.new_empty(0)
+    lstm, write = cell == "lstm", cell in ("lstm", "gru") and save
+    out = forward_buffers(cell, xg, h0, c0, H, False, plan, packed, save)
+    hs, cs, gates, _, y = out
     params = _launch_params(cell, w_hh)
     runtime.launch(
         _persistent_fwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
         xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-        gates if write else hs, y if packed else hs, _steps_table(plan, dev), T, B, H,
+        gates if write else hs, y if packed else hs, _steps_table(plan, xg.device), T, B, H,
         HAS_BIAS=b_hh is not None, REVERSE=plan.reverse, WRITE_Y=packed, WRITE_GATES=write,
         **params,
     )  # fmt: skip
-    return [hs, cs, gates, hs.new_empty(0), y]
+    return out
 
 
 def persistent_bwd(

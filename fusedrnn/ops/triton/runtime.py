@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import torch
+import triton.language as tl
 
 
 class LaunchCounter:
@@ -131,9 +132,20 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def given(placeholder: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor]:
+    """The tensors, ``placeholder`` for each absent one (None or empty): a kernel reads those
+    only under a flag that is off, but every pointer argument needs a tensor."""
+    return [t if t is not None and t.numel() else placeholder for t in tensors]
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation / cell-state dtype: float64 stays float64, the rest use float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def acc_ty(dtype: torch.dtype) -> tl.dtype:
+    """:func:`acc_dtype` as the kernels' ``ACC_TY`` constexpr."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -172,6 +184,15 @@ class Plan:
         self.steps = [Step(t, offsets[t], sizes[t], reverse) for t in order]
         self.first_slot = self.T if reverse else 0  # holds h0 / c0
         self.last_slot = 0 if reverse else self.T  # holds h_n / c_n
+
+    def backward(self) -> Iterator[tuple[Step, int, int]]:
+        """The steps in backward order, each with the active rows and the time of the step
+        processed just before it (``0, 0`` for the first): a backward launch reads that
+        step's gate gradients (see :mod:`.common`)."""
+        rows_prev, t_prev = 0, 0
+        for s in reversed(self.steps):
+            yield s, rows_prev, t_prev
+            rows_prev, t_prev = s.rows, s.t
 
 
 def packed_rows(dense: torch.Tensor, plan: Plan) -> torch.Tensor:

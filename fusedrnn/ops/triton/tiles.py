@@ -59,6 +59,13 @@ def packed_ptrs(ptr, row0, rows, cols, N):
 
 
 @triton.jit
+def tile_ptrs(ptr, rows, cols, N):
+    """``[BLOCK_B, BLOCK_H]`` pointers to columns ``cols`` of rows ``rows`` of a ``[B, N]``
+    matrix at ``ptr`` (e.g. a step of the saved gates, already offset)."""
+    return ptr + rows[:, None] * N + cols[None, :]
+
+
+@triton.jit
 def rec_gates(
     a_ptr,  # [B, K] left operand rows (already offset to the step)
     w_ptr,  # weight: gate q's element (f, k) at (q * H + f) * stride_f + k * stride_k
