@@ -20,8 +20,6 @@ Writes results.csv, results.md and meta.json to --out (default bench/results/cel
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import sys
 import time
@@ -33,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import fusedrnn  # noqa: E402
-from bench.measure import cpu_model, load_average, versions  # noqa: E402
+from bench.measure import results_markdown, run_standalone, standalone_parser  # noqa: E402
 
 CELLS = ("LSTMCell", "GRUCell", "RNNCell")
 MODES = ("step", "fwdbwd")
@@ -42,10 +40,7 @@ INPUT = 128
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; medians reported")
-    p.add_argument("--seconds", type=float, default=0.2, help="target time of one measurement")
+    p = standalone_parser(__doc__, seconds=0.2)
     p.add_argument("--shapes", default="1x128,32x128,1x512,32x512", help="BATCHxHIDDEN, comma "
                    "separated")  # fmt: skip
     p.add_argument("--cells", default=",".join(CELLS))
@@ -97,11 +92,7 @@ def measure(name: str, batch: int, hidden: int, mode: str, rounds: int, seconds:
     return {impl: statistics.median(t) * 1e6 for impl, t in times.items()}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
-    rows = []
+def rows(args):
     for shape in args.shapes.split(","):
         batch, hidden = (int(v) for v in shape.split("x"))
         for name in args.cells.split(","):
@@ -110,46 +101,28 @@ def main(argv=None) -> int:
                 row = {"cell": name, "mode": mode, "batch": batch, "hidden": hidden}
                 row.update({f"{impl}_us": round(us[impl], 2) for impl in IMPLS})
                 row["speedup"] = round(us["torch"] / us["fusedrnn"], 3)
-                rows.append(row)
-                print(row, flush=True)
-    meta = {
-        "cpu": cpu_model(),
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-        **versions(),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (args.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(rows, meta))
-    return 0
+                yield row
+
+
+def main(argv=None) -> int:
+    return run_standalone(parse_args(argv), rows, markdown)
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [
-        "# Cell speed: one step of fusedrnn's cells against torch.nn's",
-        "",
-        f"{meta['cpu']}, {meta['threads']} thread(s), torch {meta['torch']}; medians of "
-        f"{meta['rounds']} interleaved rounds; load average {meta['load_average_start']:.2f} at "
-        f"the start, {meta['load_average_end']:.2f} at the end. Input {INPUT}, float32, "
-        "random weights. *step*: one call under no_grad; *fwdbwd*: one call with autograd and "
-        "the backward into input, state and parameters. Times per call in µs; speed-up = "
-        "torch.nn's time / fusedrnn's. Raw numbers: results.csv.",
-        "",
-        "| cell | mode | batch | hidden | torch.nn (µs) | fusedrnn (µs) | speed-up |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['cell']} | {r['mode']} | {r['batch']} | {r['hidden']} | {r['torch_us']:,.1f} "
-            f"| {r['fusedrnn_us']:,.1f} | {r['speedup']:.2f}× |"
-        )
-    return "\n".join(lines) + "\n"
+    intro = (
+        f"Input {INPUT}, float32, random weights. *step*: one call under no_grad; *fwdbwd*: one "
+        "call with autograd and the backward into input, state and parameters. Times per call "
+        "in µs; speed-up = torch.nn's time / fusedrnn's. Raw numbers: results.csv."
+    )
+    columns = ["cell", "mode", "batch", "hidden", "torch.nn (µs)", "fusedrnn (µs)", "speed-up"]
+    body = [
+        [r["cell"], r["mode"], str(r["batch"]), str(r["hidden"]), f"{r['torch_us']:,.1f}",
+         f"{r['fusedrnn_us']:,.1f}", f"{r['speedup']:.2f}×"]
+        for r in rows
+    ]  # fmt: skip
+    return results_markdown(
+        "Cell speed: one step of fusedrnn's cells against torch.nn's", meta, intro, columns, body
+    )
 
 
 if __name__ == "__main__":

@@ -9,13 +9,17 @@ machine that speeds up or slows down during a run moves every provider alike.
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
 import os
 import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.benchmark import Timer
@@ -300,3 +304,73 @@ def versions() -> dict[str, str]:
     except ImportError:
         triton_version = "absent"
     return {"torch": torch.__version__, "triton": triton_version}
+
+
+def run_meta(threads: int, rounds: int, load_start: float) -> dict:
+    """What a small standalone benchmark records about its run (meta.json)."""
+    return {
+        "cpu": cpu_model(),
+        "threads": threads,
+        "rounds": rounds,
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        **versions(),
+    }
+
+
+def run_sentence(meta: dict) -> str:
+    """The machine and run of :func:`run_meta` in words, for the head of a results.md."""
+    return (
+        f"{meta['cpu']}, {meta['threads']} thread(s), torch {meta['torch']}; medians of "
+        f"{meta['rounds']} interleaved rounds; load average {meta['load_average_start']:.2f} at "
+        f"the start, {meta['load_average_end']:.2f} at the end."
+    )
+
+
+def results_markdown(title: str, meta: dict, intro: str, columns: list[str], body) -> str:
+    """A results.md: the title, the run (:func:`run_sentence`) and ``intro``, then a table of
+    ``columns`` whose rows are the cell lists of ``body``."""
+    lines = [f"# {title}", "", f"{run_sentence(meta)} {intro}", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    out: Path, rows: list[dict], threads: int, rounds: int, load_start: float, markdown
+) -> None:
+    """results.csv (the rows), meta.json (:func:`run_meta`) and results.md
+    (``markdown(rows, meta)``) side by side in ``out``."""
+    meta = run_meta(threads, rounds, load_start)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(rows, meta))
+
+
+# -- small standalone benchmarks (bench/cells.py, bench/sampling.py) ---------------------------
+
+
+def standalone_parser(doc: str, seconds: float) -> argparse.ArgumentParser:
+    """The options every small standalone benchmark has; it adds its own shapes and --out."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; medians reported")
+    p.add_argument("--seconds", type=float, default=seconds, help="target time of one measurement")
+    return p
+
+
+def run_standalone(args, rows: Callable[..., Iterable[dict]], markdown) -> int:
+    """Measures ``rows(args)`` on ``args.threads`` threads, printing each row as it comes, and
+    writes the results (:func:`write_results`) to ``args.out``."""
+    torch.set_num_threads(args.threads)
+    load_start = load_average()
+    done = []
+    for row in rows(args):
+        done.append(row)
+        print(row, flush=True)
+    write_results(args.out, done, args.threads, args.rounds, load_start, markdown)
+    return 0

@@ -18,8 +18,6 @@ Writes results.csv, results.md and meta.json to --out (default bench/results/sam
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import sys
 import time
@@ -30,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.measure import cpu_model, load_average, versions  # noqa: E402
+from bench.measure import results_markdown, run_standalone, standalone_parser  # noqa: E402
 from fusedrnn.charlm.data import Vocab  # noqa: E402
 from fusedrnn.charlm.model import CharRNN  # noqa: E402
 from fusedrnn.charlm.sample import generate_batch  # noqa: E402
@@ -43,10 +41,7 @@ LOOPS = ("fused", "python", "torch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; medians reported")
-    p.add_argument("--seconds", type=float, default=0.4, help="target time of one measurement")
+    p = standalone_parser(__doc__, seconds=0.4)
     p.add_argument("--shapes", default="2x128,3x512", help="LAYERSxHIDDEN, comma separated")
     p.add_argument("--cells", default="lstm,gru,rnn")
     p.add_argument("--batches", default="1,8", help="samples drawn side by side")
@@ -87,11 +82,7 @@ def measure(cell: str, layers: int, hidden: int, batch: int, rounds: int, second
     return med
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
-    rows = []
+def rows(args):
     for shape in args.shapes.split(","):
         layers, hidden = (int(v) for v in shape.split("x"))
         for cell in args.cells.split(","):
@@ -104,55 +95,35 @@ def main(argv=None) -> int:
                 row["fused_weight_gb_per_s"] = round(
                     med["fused"] / batch * med["weight_bytes"] / 1e9, 1
                 )
-                rows.append(row)
-                print(row, flush=True)
-    meta = {
-        "cpu": cpu_model(),
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-        **versions(),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (args.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(rows, meta))
-    return 0
+                yield row
+
+
+def main(argv=None) -> int:
+    return run_standalone(parse_args(argv), rows, markdown)
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [
-        "# Char-LM sampling speed",
-        "",
-        f"{meta['cpu']}, {meta['threads']} thread(s), torch {meta['torch']}; medians of "
-        f"{meta['rounds']} interleaved rounds; load average {meta['load_average_start']:.2f} at "
-        f"the start, {meta['load_average_end']:.2f} at the end. Embedding 64, vocabulary 65, "
-        "random weights. Characters per second over all samples of the batch; ratios against "
-        "the Python loop over torch.nn layers. Raw numbers: results.csv. Weights: the "
-        "recurrent and decoder weights one step reads; their rate is what bounds the fused "
-        "loop at B=1 (compare a single core's stream rate from L3 or memory, about 20–50 GB/s "
-        "on this machine).",
-        "",
-        "| cell | layers × hidden | batch | fused loop | Python loop, fusedrnn layers "
-        "| Python loop, torch.nn layers | weights (MB) | fused loop reads (GB/s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    intro = (
+        "Embedding 64, vocabulary 65, random weights. Characters per second over all samples "
+        "of the batch; ratios against the Python loop over torch.nn layers. Raw numbers: "
+        "results.csv. Weights: the recurrent and decoder weights one step reads; their rate is "
+        "what bounds the fused loop at B=1 (compare a single core's stream rate from L3 or "
+        "memory, about 20–50 GB/s on this machine)."
+    )
+    columns = [
+        "cell", "layers × hidden", "batch", "fused loop", "Python loop, fusedrnn layers",
+        "Python loop, torch.nn layers", "weights (MB)", "fused loop reads (GB/s)",
+    ]  # fmt: skip
+    body = []
     for r in rows:
         ref = r["torch_chars_per_s"]
-        cells = [
+        rates = [
             f"{r[f'{loop}_chars_per_s']:,.0f} ({r[f'{loop}_chars_per_s'] / ref:.1f}×)"
             for loop in LOOPS
         ]
-        lines.append(
-            f"| {r['cell']} | {r['layers']} × {r['hidden']} | {r['batch']} | "
-            + " | ".join(cells)
-            + f" | {r['weight_mb']:.2f} | {r['fused_weight_gb_per_s']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+        body.append([r["cell"], f"{r['layers']} × {r['hidden']}", str(r["batch"]), *rates,
+                     f"{r['weight_mb']:.2f}", f"{r['fused_weight_gb_per_s']:.1f}"])  # fmt: skip
+    return results_markdown("Char-LM sampling speed", meta, intro, columns, body)
 
 
 if __name__ == "__main__":
