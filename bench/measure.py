@@ -276,6 +276,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo), empty where that file is not there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def slug(text: str) -> str:
     text = re.sub(r"\((r|tm)\)", "", text.lower())
     text = re.sub(r"\b(cpu|processor|with radeon graphics)\b", "", text)
@@ -286,7 +298,10 @@ def slug(text: str) -> str:
 def machine_tag(device: str, threads: int) -> str:
     if torch.device(device).type == "cuda":
         return "cuda-" + slug(torch.cuda.get_device_name())
-    return f"cpu-{slug(cpu_model())}-{threads}t"
+    # CPUs of one model name differ in vector ISA (AMD EPYC virtual machines with and without
+    # AVX-512), and torch.nn's oneDNN kernels with it: their results must not share a folder
+    isa = "-avx512" if "avx512f" in cpu_flags() else ""
+    return f"cpu-{slug(cpu_model())}{isa}-{threads}t"
 
 
 def load_average() -> float:

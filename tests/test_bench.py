@@ -274,6 +274,23 @@ def test_variants_bench_quick(tmp_path):
     assert "| LN-LSTM | forward+backward |" in (tmp_path / "variants.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "flags,tag",
+    [({"avx2", "fma"}, "cpu-amd-epyc-2t"), ({"avx2", "avx512f"}, "cpu-amd-epyc-avx512-2t")],
+)
+def test_machine_tag_tells_cpus_of_one_name_apart_by_avx512(monkeypatch, flags, tag):
+    monkeypatch.setattr(measure, "cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr(measure, "cpu_flags", lambda: flags)
+    assert measure.machine_tag("cpu", 2) == tag
+
+
+def test_cpu_flags_reads_this_machine():
+    flags = measure.cpu_flags()
+    assert isinstance(flags, set)
+    if Path("/proc/cpuinfo").is_file() and "x86" in measure.platform.machine():
+        assert "sse2" in flags  # every x86-64 CPU has it
+
+
 def test_quick_run_never_writes_the_committed_results():
     tag = measure.machine_tag("cpu", 1)
     out = bench_run.output_dir(bench_run.parse_args(["--quick"]), tag)
