@@ -265,27 +265,25 @@ def cuda_peak_bytes(fn: Callable[[], object]) -> int:
 # -- machine ----------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first ``key`` line of /proc/cpuinfo, None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown-cpu"
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (/proc/cpuinfo), empty where that file is not there."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((_cpuinfo("flags") or "").split())
 
 
 def slug(text: str) -> str:
