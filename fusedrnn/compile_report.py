@@ -107,19 +107,27 @@ def _launchers(torch, dtype):
             for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
                 lstm_, gated = cell == "lstm", cell in ("lstm", "gru")
                 lstm_only = (False, True) if lstm_ else (False,)  # projection, dCs
-                for bias, proj, save in itertools.product((False, True), lstm_only, (False, True)):
+                # per step, and the same kernels' cooperative launch (no projection)
+                for bias, proj, save, coop in itertools.product(
+                    (False, True), lstm_only, (False, True), (False, True)
+                ):
+                    if proj and coop:
+                        continue
                     hout = Hp if proj else H
                     step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H, dt=acc),
                                   e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan,
-                                  packed, save)  # fmt: skip
-                for proj, dhs, dcs, dy in itertools.product(lstm_only, (False, True), lstm_only,
-                                                            dys):  # fmt: skip
+                                  packed, save, coop)  # fmt: skip
+                for proj, dhs, dcs, dy, coop in itertools.product(
+                    lstm_only, (False, True), lstm_only, dys, (False, True)
+                ):
+                    if proj and coop:
+                        continue
                     hout = Hp if proj else H
                     step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
                                   opt(lstm_, T + 1, B, H, dt=acc),
                                   opt(gated, T, B, 4 * H, dt=acc),
                                   opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H),
-                                  opt(dy, N, hout), plan)  # fmt: skip
+                                  opt(dy, N, hout), plan, coop)  # fmt: skip
             # persistent (whole sequence): small H, no float64
             for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
                 if dtype == torch.float64 or pick_persistent_config(cell, H, H) is None:

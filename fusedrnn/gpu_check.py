@@ -208,7 +208,7 @@ def gpu_plan() -> Plan:
         test_args=GPU_TEST_ARGS,
         limits={
             "build": Limits(60, 210),
-            "tests": Limits(30, 150),
+            "tests": Limits(30, 240),
             "check": Limits(10, 60),
             "bench": Limits(90, float("inf")),
         },

@@ -1,6 +1,6 @@
 """Backend conformance: every backend's layer op against the reference op, one suite.
 
-Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``triton-persistent`` (the Triton
+Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``-cooperative`` / ``-persistent`` (the Triton
 kernels, on CPU tensors under the interpreter: ``TRITON_INTERPRET=1 python -m pytest
 tests/test_conformance.py -k triton``, set before triton is imported; on CUDA tensors when a GPU
 is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the CPU, each
@@ -51,6 +51,7 @@ BACKENDS = [
     pytest.param("cpu", marks=pytest.mark.skipif(not cpu.is_available(), reason="no fusedrnn._C")),
     pytest.param("triton-step", marks=needs_triton),
     pytest.param("triton-persistent", marks=needs_triton),
+    pytest.param("triton-cooperative", marks=needs_triton),
     pytest.param(
         "cuda-host",
         marks=pytest.mark.skipif(bool(cuda_host.why_not()), reason=str(cuda_host.why_not())),
@@ -113,8 +114,10 @@ class Backend:
         return TOL[dtype]
 
     def skip_unless_supported(self, case: Case) -> None:
-        if self.name == "triton-persistent" and case.variant:
+        if self.name in ("triton-persistent", "triton-cooperative") and case.variant:
             pytest.skip("the variant kernels have one path (run as triton-step)")
+        if self.name == "triton-cooperative" and case.proj:
+            pytest.skip("the cooperative kernels take proj_size == 0")
         if self.name == "triton-persistent" and (case.proj or case.H > 64):
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
 

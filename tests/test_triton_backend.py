@@ -89,21 +89,51 @@ def test_launch_counts_per_step(cell, proj, per_step):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_launch_counts_persistent(cell):
-    """Persistent kernels: one launch per sequence forward and one backward."""
-    assert _count_launches(cell, 20, 0, "persistent", T=5) == (1, 1)
+@pytest.mark.parametrize("path", ["cooperative", "persistent"])
+def test_launch_counts_whole_sequence(cell, path):
+    """Persistent and cooperative kernels: one launch per sequence forward and one backward."""
+    assert _count_launches(cell, 20, 0, path, T=5) == (1, 1)
+    assert _count_launches(cell, 20, 0, path, T=5, packed=True) == (1, 1)
 
 
 def test_automatic_path_choice():
-    """Small H takes the persistent kernels automatically; large H, proj_size and
-    float64 take the per-step kernels."""
+    """Small H takes the persistent kernels automatically, larger H the cooperative launch;
+    proj_size takes the per-step kernels (its projection would need a second barrier)."""
     from fusedrnn.ops.triton.configs import PERSISTENT_CONFIGS
+    from fusedrnn.ops.triton.persistent import choose_path
+    from fusedrnn.ops.triton.runtime import Plan
 
     for cell in CELLS:
         limit = max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell)
-        assert _count_launches(cell, limit, 0, None, T=2) == (1, 1)
-        assert _count_launches(cell, limit + 1, 0, None, T=2) == (2, 2)
+        with tb.launch_counter() as count:
+            assert _count_launches(cell, limit, 0, None, T=2) == (1, 1)
+        assert "_persistent_fwd_kernel" in count.by_kernel
+        with tb.launch_counter() as count:
+            assert _count_launches(cell, limit + 1, 0, None, T=2) == (1, 1)
+        assert "_step_fwd_kernel" in count.by_kernel
     assert _count_launches("lstm", 8, 4, None, T=2) == (4, 4)
+    w = torch.zeros(32, 8)
+    assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
+    with tb.kernel_path("cooperative"), pytest.raises(ValueError, match="proj_size == 0"):
+        choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
+
+
+def test_resident_programs():
+    """The occupancy arithmetic the cooperative grid is sized by (CUDA's rules: registers
+    per warp in units of 256, 1 KB of shared memory reserved per program)."""
+    from fusedrnn.ops.triton.sync import resident_programs
+
+    # 4 warps of 255 registers: 8,192 per warp, 32,768 per program -> 2 per SM
+    assert resident_programs(255, 0, 4, sms=132) == 264
+    # 41 registers: 1,312 per warp, allocated as 1,536 -> 10 programs of 4 warps by
+    # registers, while 2,048 threads would allow 16 (40 registers: exactly 1,280 -> 12)
+    assert resident_programs(41, 0, 4, sms=1) == 10
+    assert resident_programs(40, 0, 4, sms=1) == 12
+    # shared memory decides: 100 KB + 1 KB per program in 228 KB
+    assert resident_programs(32, 100 * 1024, 4, sms=2) == 2 * (233472 // (101 * 1024))
+    # threads decide: 8 warps -> 8 programs of 256 threads
+    assert resident_programs(16, 0, 8, sms=1) == 8
+    assert resident_programs(16, 0, 1, sms=1) == 32  # the per-SM program limit
 
 
 def test_bad_input_errors():
@@ -141,7 +171,7 @@ def _check_half(cell, dtype, device, path):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="interpreter run")
-@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_fp16_interpreter(cell, path):
     """fp16 under the interpreter (its tl.dot is right for fp16, wrong for bf16)."""
@@ -150,7 +180,7 @@ def test_fp16_interpreter(cell, path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_half_precision_gpu(cell, dtype, path):
@@ -246,7 +276,7 @@ def test_double_backward_names_the_backends_that_support_it(cls, kwargs, device)
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
-@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_no_saved_gates_without_backward(cell, path):
     """save=False (no grad): the kernels skip the gates only a backward reads; the outputs are

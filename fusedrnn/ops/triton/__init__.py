@@ -1,4 +1,4 @@
-"""The ``triton`` backend: fused per-step and persistent Triton kernels.
+"""The ``triton`` backend: fused per-step, cooperative and persistent Triton kernels.
 
 Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` is set before
 the kernels are first loaded. Importing this package imports neither triton nor a
@@ -6,8 +6,9 @@ GPU runtime; :func:`layer` loads the kernels on first use.
 
 Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
 backward), :mod:`.common` (the shared backward state-gradient helper),
-:mod:`.step` (the per-step kernels of every cell and their launchers),
-:mod:`.persistent` (whole-sequence kernels for small H), :mod:`.layer_op` (the one op:
+:mod:`.step` (the step kernels of every cell and their launchers: a launch per step, or
+one cooperative launch whose programs meet at a grid barrier between steps, :mod:`.sync`),
+:mod:`.persistent` (whole-sequence kernels for small H, and the choice of path), :mod:`.layer_op` (the one op:
 input GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
 shipped block configurations), :mod:`.runtime` (the guarded launcher, device guard,
 launch accounting, debug poisoning), :mod:`.variants` (the op's layer norm / zoneout /
@@ -19,7 +20,8 @@ Launches per layer and direction, T steps (see :func:`launch_counter`):
 =====================  ==================  ==================
 path                   forward             backward
 =====================  ==================  ==================
-per-step               T (2T with proj)    T (2T with proj)
+cooperative            1                   1
+per-step (proj_size)   2T                  2T
 persistent (small H)   1                   1
 =====================  ==================  ==================
 
@@ -62,14 +64,15 @@ def is_available() -> bool:
 
 
 def kernel_path(path: str | None):
-    """Context manager forcing "step" or "persistent" kernels (None: automatic)."""
+    """Context manager forcing the "step", "cooperative" or "persistent" kernels (None:
+    automatic, :func:`.persistent.choose_path`)."""
     from .persistent import kernel_path as _kernel_path
 
     return _kernel_path(path)
 
 
 def layer(*args, **options):
-    """The layer op contract (fusedrnn/ops/CONTRACT.md): torch.nn's cells run the per-step /
+    """The layer op contract (fusedrnn/ops/CONTRACT.md): torch.nn's cells run the step /
     persistent kernels, a call with a variant option the variant kernels (:mod:`.layer_op`,
     imported on first use, which imports triton)."""
     from .layer_op import layer as op

@@ -19,8 +19,12 @@ The step processed last has no later launch, so its ``dG W_hh`` is one GEMM on t
 host (:func:`finish_state_grad`).
 """
 
+from __future__ import annotations
+
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from . import runtime
 from .tiles import packed_ptrs, rec_tile
@@ -99,3 +103,23 @@ def finish_state_grad(dh, dg, w_hh, dhs, plan) -> None:
         dh[: last.rows].addmm_(dg[last.t, : last.rows].to(dh.dtype), w_hh.to(dh.dtype))
     if dhs is not None:
         dh += dhs[plan.first_slot]
+
+
+def steps_table(plan: runtime.Plan, device: torch.device) -> Tensor:
+    """[T, 2] int32 ``(first row, active rows)`` per step, made on ``device`` from host
+    integers passed as kernel scalars: no host-to-device copy and no sync, so the op can be
+    captured in a CUDA graph. Dense input: two launches. Packed input: one fill per run of
+    equal batch sizes (at most min(T, B) runs, batch sizes never increase) and a cumsum."""
+    T = plan.T
+    rows = torch.empty(T, dtype=torch.int32, device=device)
+    by_t = sorted(plan.steps, key=lambda s: s.t)
+    start = 0
+    for t in range(1, T + 1):
+        if t == T or by_t[t].rows != by_t[start].rows:
+            rows[start:t].fill_(by_t[start].rows)
+            start = t
+    if all(s.rows == plan.B for s in by_t):  # dense: row0 = t * B
+        row0 = torch.arange(0, T * plan.B, plan.B, dtype=torch.int32, device=device)
+    else:  # packed: row0 = exclusive prefix sum of the batch sizes
+        row0 = torch.cumsum(rows, 0, dtype=torch.int32) - rows
+    return torch.stack((row0, rows), 1)

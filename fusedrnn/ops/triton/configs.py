@@ -69,6 +69,24 @@ STEP_CONFIGS: tuple[StepConfig, ...] = (
     StepConfig(block_b=32, block_h=32, block_k=16, num_warps=8, num_stages=2),
 )
 
+# the same kernels launched once for the whole sequence (cooperative, see ops/triton/sync.py),
+# (forward, backward) by element type: narrow column blocks spread a small batch over many
+# programs, and a deep K block cuts the dependent iterations of each step's recurrent product
+# (the backward's is 4H long for the LSTM). Measured on an H200 among four configs
+# (bench/results/gpu-nvidia-h200/paths-sweep), then the deepest K block whose compiles are
+# free of spills for every cell and flag: 16x16x128 with 3 stages was fastest everywhere but
+# spills in the forward. float64 takes the per-step configs.
+COOPERATIVE_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
+    "half": (
+        StepConfig(block_b=16, block_h=16, block_k=64, num_warps=4, num_stages=3),
+        StepConfig(block_b=16, block_h=16, block_k=128, num_warps=4, num_stages=3),
+    ),
+    "float32": (
+        StepConfig(block_b=16, block_h=32, block_k=16, num_warps=4, num_stages=2),
+        StepConfig(block_b=16, block_h=16, block_k=64, num_warps=4, num_stages=3),
+    ),
+}
+
 # variant step kernels (layer norm, zoneout, peephole, cifg): a program owns block_b rows
 # and all G*H features of them, looping in block_h chunks (layer norm needs whole rows).
 # 32-row blocks spill on sm_90 (fp32) with 4 or 8 warps, so B > 16 runs several programs.
@@ -109,6 +127,16 @@ def pick_step_config(batch: int, hidden: int) -> StepConfig:
     if not fits:
         return max(STEP_CONFIGS, key=lambda c: c.block_b)
     return min(fits, key=lambda c: c.block_b)
+
+
+def pick_cooperative_config(batch: int, hidden: int, dtype: str, backward: bool) -> StepConfig:
+    """The cooperative launch's config for ``dtype`` ("float16", "bfloat16", "float32",
+    "float64"); under the interpreter, and for float64, the per-step choice (one program walks
+    every tile under the interpreter, so the fewest tiles cost least)."""
+    group = "half" if dtype in ("float16", "bfloat16") else dtype
+    if interpreting() or group not in COOPERATIVE_CONFIGS:
+        return pick_step_config(batch, hidden)
+    return COOPERATIVE_CONFIGS[group][backward]
 
 
 def pick_variant_config(batch: int) -> StepConfig:

@@ -29,7 +29,7 @@ from torch import Tensor
 from .. import library
 from ..checks import GATES, check_layer
 from . import runtime, variants
-from .persistent import persistent_bwd, persistent_fwd, use_persistent
+from .persistent import choose_path, persistent_bwd, persistent_fwd
 from .step import step_bwd, step_fwd
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -60,10 +60,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
     h0 = h0.contiguous()
 
     c0 = c0.contiguous() if c0 is not None else None
-    if use_persistent(cell, w_hh, w_hr, plan):
+    path = choose_path(cell, w_hh, w_hr, plan)
+    if path == "persistent":
         return persistent_fwd(cell, xg, h0, c0, w_hh, b_hh, plan, packed, save)
     w_hr = w_hr.contiguous() if w_hr is not None else None
-    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, packed, save)
+    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, packed, save, path == "cooperative")
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -118,11 +119,13 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     T, B = plan.T, plan.B
     w_hh = w_hh.contiguous()
     dht = None
-    if use_persistent(cell, w_hh, w_hr, plan):
+    path = choose_path(cell, w_hh, w_hr, plan)
+    if path == "persistent":
         dgx, dgh, dh0, dc0 = persistent_bwd(cell, w_hh, hs, cs, gates, dhs, dcs, dy, plan)
     else:
         w_hr = w_hr.contiguous() if w_hr is not None else None
-        dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan)
+        dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan,
+                                           path == "cooperative")  # fmt: skip
     GH = dgx.shape[-1]
     acc = dh0.dtype
     dgx_flat = dgx.view(T * B, GH)

@@ -7,7 +7,7 @@ loops over time inside the kernel, keeping ``h`` (and ``c``) on chip; there is n
 inter-program communication. That only fits for small H: the shipped limits
 (``configs.PERSISTENT_CONFIGS``) are the largest H whose kernels compile with zero
 spills on sm_80 and sm_90 (see ``python -m fusedrnn.compile_report``). Larger H,
-``proj_size > 0`` and float64 use the per-step kernels.
+``proj_size > 0`` and float64 use the step kernels (:mod:`.step`).
 
 The forward writes exactly the buffers the per-step kernels write (``Hs``, ``Cs``,
 saved gates, packed ``y``), so the weight-gradient GEMMs are shared. The backward
@@ -31,11 +31,12 @@ from torch import Tensor
 
 from . import runtime
 from .cellmath import CELL_CODE, gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
-from .common import forward_buffers
+from .common import forward_buffers, steps_table
 from .configs import PersistentConfig, pick_persistent_config
 from .tiles import kernel_jit, load_gates, packed_ptrs, store_gates
 
-_forced: str | None = None  # "step" | "persistent" | None (automatic); for tests
+_forced: str | None = None  # one of PATHS, or None (automatic); for tests
+PATHS = ("step", "cooperative", "persistent")
 
 
 @triton.jit
@@ -275,16 +276,17 @@ def _persistent_bwd_kernel(
 
 
 def force_path(path: str | None) -> None:
-    """Force "step" or "persistent" kernels (tests); None restores the automatic choice."""
+    """Force the "step", "cooperative" or "persistent" kernels (tests); None restores the
+    automatic choice."""
     global _forced
-    if path not in (None, "step", "persistent"):
+    if path not in (None, *PATHS):
         raise ValueError(f"unknown kernel path {path!r}")
     _forced = path
 
 
 @contextlib.contextmanager
 def kernel_path(path: str | None) -> Iterator[None]:
-    """``with kernel_path("step"):`` forces the per-step (or persistent) kernels."""
+    """``with kernel_path("step"):`` forces the per-step (or another) path."""
     old = _forced
     force_path(path)
     try:
@@ -301,39 +303,24 @@ def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | 
     return pick_persistent_config(cell, H, hout)
 
 
-def use_persistent(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> bool:
-    if _forced == "step":
-        return False
+def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
+    """Which kernels run a layer: "persistent" (W_hh in registers, small H), "cooperative"
+    (the per-step kernel's time loop in one launch) or "step" (a launch per step: the
+    projection, whose state needs a second barrier per step, and empty sequences)."""
     H = w_hh.shape[1]
-    if _forced == "persistent":
-        if w_hr is not None or H > 64:
-            raise ValueError("persistent kernels need proj_size == 0 and H <= 64")
-        return True
-    return plan.T > 0 and _config(cell, w_hh, w_hr) is not None
+    if _forced == "persistent" and (w_hr is not None or H > 64):
+        raise ValueError("persistent kernels need proj_size == 0 and H <= 64")
+    if _forced == "cooperative" and w_hr is not None:
+        raise ValueError("cooperative kernels need proj_size == 0")
+    if _forced is not None:
+        return _forced
+    if plan.T == 0 or w_hr is not None:
+        return "step"
+    return "persistent" if _config(cell, w_hh, w_hr) is not None else "cooperative"
 
 
 def _block_h(H: int) -> int:
     return max(16, triton.next_power_of_2(H))
-
-
-def _steps_table(plan: runtime.Plan, device: torch.device) -> Tensor:
-    """[T, 2] int32 ``(first row, active rows)`` per step, made on ``device`` from host
-    integers passed as kernel scalars: no host-to-device copy and no sync, so the op can be
-    captured in a CUDA graph. Dense input: two launches. Packed input: one fill per run of
-    equal batch sizes (at most min(T, B) runs, batch sizes never increase) and a cumsum."""
-    T = plan.T
-    rows = torch.empty(T, dtype=torch.int32, device=device)
-    by_t = sorted(plan.steps, key=lambda s: s.t)
-    start = 0
-    for t in range(1, T + 1):
-        if t == T or by_t[t].rows != by_t[start].rows:
-            rows[start:t].fill_(by_t[start].rows)
-            start = t
-    if all(s.rows == plan.B for s in by_t):  # dense: row0 = t * B
-        row0 = torch.arange(0, T * plan.B, plan.B, dtype=torch.int32, device=device)
-    else:  # packed: row0 = exclusive prefix sum of the batch sizes
-        row0 = torch.cumsum(rows, 0, dtype=torch.int32) - rows
-    return torch.stack((row0, rows), 1)
 
 
 def _launch_params(cell: str, w_hh: Tensor) -> dict:
@@ -374,7 +361,7 @@ def persistent_fwd(
     runtime.launch(
         _persistent_fwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
         xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-        gates if write else hs, y if packed else hs, _steps_table(plan, xg.device), T, B, H,
+        gates if write else hs, y if packed else hs, steps_table(plan, xg.device), T, B, H,
         HAS_BIAS=b_hh is not None, REVERSE=plan.reverse, WRITE_Y=packed, WRITE_GATES=write,
         **params,
     )  # fmt: skip
@@ -406,7 +393,7 @@ def persistent_bwd(
         dgx, dgh, w_hh, hs, cs if cs.numel() else hs, gates if gates.numel() else hs,
         dhs if dhs is not None else hs, dy if dy is not None else hs,
         dcs if dcs is not None else dh0, dh0, dc0 if dc0 is not None else dh0,
-        _steps_table(plan, dev), T, B, H,
+        steps_table(plan, dev), T, B, H,
         REVERSE=plan.reverse, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
         HAS_DCS=dcs is not None, **params,
     )  # fmt: skip

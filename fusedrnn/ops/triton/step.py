@@ -1,10 +1,19 @@
-"""Per-step kernels of the torch.nn cells (LSTM, GRU, Elman RNN) and their launchers: one
+"""Step kernels of the torch.nn cells (LSTM, GRU, Elman RNN) and their launchers: one
 forward and one backward kernel, the cell a compile-time constant (``CELL``, as in
 :mod:`.persistent`), plus the LSTM's projection kernels (proj_size > 0).
 
-Forward, one launch per step: a program owns BLOCK_B batch rows x BLOCK_H hidden units
-and computes the G recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over
-``h_prev``, adds ``xg`` and ``b_hh`` and applies the cell (:mod:`.cellmath`):
+A launch runs the steps ``s_begin .. s_end - 1`` of the layer's visiting order, each
+program walking tiles of ``BLOCK_B`` rows x ``BLOCK_H`` units. Two ways to launch the same
+kernel: one step per launch with a program per tile (the per-step path, which the
+projection needs: its launch between two steps completes ``h_t``), or every step in one
+cooperative launch (``SYNC``), the programs meeting at a grid barrier (:mod:`.sync`) after
+each step, since the next one reads the whole state. So the arithmetic the interpreter
+tests is exactly what the cooperative launch runs; the barrier is the only difference.
+A program's slice of ``W_hh`` (all gates of its units) is read again at every step and
+stays in the L1/L2 caches between steps, not in registers.
+
+Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
+recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg`` and ``b_hh`` and applies the cell (:mod:`.cellmath`):
 
 - LSTM: ``pre_q = xg_q + h_prev W_hh,q^T + b_hh,q``; writes ``c_t``, the gates i, f, g, o
   (saved for the backward) and ``h_t``, or with PROJ the unprojected ``m_t``: every
@@ -16,7 +25,7 @@ and computes the G recurrent parts of those units ``h_prev W_hh,q^T`` in one loo
 - RNN: ``h = act(xg + h_prev W_hh^T + b_hh)``; nothing beyond the state history is saved
   (the backward takes the activation's derivative from the output).
 
-Backward, one launch per step (two with projection): the state gradient
+Backward, per step (and a projection launch before each with proj_size): the state gradient
 (:func:`.common.state_grad`, which folds in ``dG_next W_hh``), then the cell's gate
 gradients (:mod:`.cellmath`). With projection a state-gradient launch over the ``Hout``
 columns forms ``dh_t`` first and the step kernel computes ``dm_t = dh_t W_hr``. The GRU
@@ -29,6 +38,7 @@ afterwards (see :mod:`.layer_op`).
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 from torch import Tensor
 
@@ -46,10 +56,12 @@ from .cellmath import (
     rnn_bwd,
     rnn_fwd,
 )
-from .common import finish_state_grad, forward_buffers, state_grad
-from .configs import pick_step_config
+from .common import finish_state_grad, forward_buffers, state_grad, steps_table
+from .configs import pick_cooperative_config, pick_step_config
+from .sync import cooperative_grid, grid_barrier
 from .tiles import (
     add_gates,
+    block_tile,
     kernel_jit,
     load_gates,
     packed_ptrs,
@@ -62,6 +74,20 @@ from .tiles import (
 )
 
 
+@triton.jit
+def _visit(s, T, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
+    """Time index of the s-th step visited and the Hs/Cs slots it reads and writes:
+    the forward direction reads slot t and writes t+1, the reverse one reads t+1 and
+    writes t; the backward visits the forward's order reversed."""
+    if REVERSE == BACKWARD:
+        t = s
+    else:
+        t = T - 1 - s
+    if REVERSE:
+        return t, t + 1, t
+    return t, t, t + 1
+
+
 @kernel_jit
 def _step_fwd_kernel(
     xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
@@ -72,20 +98,19 @@ def _step_fwd_kernel(
     gates_ptr,  # [T, B, 4H] saved LSTM i, f, g, o / GRU r, z, n, hn (WRITE_GATES)
     m_ptr,  # [T, B, H] unprojected output (PROJ)
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
-    xg_row0,  # first row of this step in x / xg / y
-    rows_active,  # batch rows computed at this step (packed), else B
-    hs_r: tl.int64,  # element offsets: Hs slot read, Hs slot written
-    hs_w: tl.int64,
-    cs_r: tl.int64,  # Cs slot read, Cs slot written (LSTM)
-    cs_w: tl.int64,
-    gates_off: tl.int64,  # t * B * 4H: step t in gates
-    m_off: tl.int64,  # t * B * H: step t in m
+    steps_ptr,  # [T, 2] int32: first row of step t in x / xg / y, active rows at t
+    sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
+    s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in visiting order
+    s_end: tl.int64,
+    T: tl.int64,
     B,
     H,
     HOUT,  # H unless the LSTM projects
     CELL: tl.constexpr,  # cellmath.LSTM, GRU, RNN_TANH or RNN_RELU
     HAS_BIAS,
     PROJ: tl.constexpr,
+    REVERSE: tl.constexpr,
+    SYNC: tl.constexpr,  # a grid-wide barrier between steps (cooperative launch)
     WRITE_Y,
     WRITE_GATES: tl.constexpr,
     ACC_TY: tl.constexpr,
@@ -95,55 +120,68 @@ def _step_fwd_kernel(
     BLOCK_K: tl.constexpr,
 ):
     G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
-    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    amask = act[:, None] & umask[None, :]
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
-    p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K, K, 1, G,
-                               ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-    if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts alone
-        if HAS_BIAS:
-            p0, p1, p2, _ = add_gates(p0, p1, p2, p2, b_ptr + units, H, umask, 3)
-        xg = packed_ptrs(xg_ptr, xg_row0, rows, units, 3 * H)
-        x0, x1, x2, _ = load_gates(xg, H, amask, 3)
-    else:
-        xg = packed_ptrs(xg_ptr, xg_row0, rows, units, G * H)
-        p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, xg, H, amask, G)
-        if HAS_BIAS:
-            p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, b_ptr + units, H, umask, G)
+    col_blocks = tl.cdiv(H, BLOCK_H)
+    tiles = col_blocks * tl.cdiv(B, BLOCK_B)
+    for s in range(s_begin, s_end):
+        t, slot_r, slot_w = _visit(s, T, REVERSE, False)
+        xg_row0 = tl.load(steps_ptr + 2 * t)
+        rows_active = tl.load(steps_ptr + 2 * t + 1)
+        hs_r = slot_r * B * HOUT
+        for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+            rows, units, rmask, umask, act, mask2 = block_tile(
+                tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+            )
+            amask = act[:, None] & umask[None, :]
+            p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K, K, 1,
+                                       G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts alone
+                if HAS_BIAS:
+                    p0, p1, p2, _ = add_gates(p0, p1, p2, p2, b_ptr + units, H, umask, 3)
+                xg = packed_ptrs(xg_ptr, xg_row0, rows, units, 3 * H)
+                x0, x1, x2, _ = load_gates(xg, H, amask, 3)
+            else:
+                xg = packed_ptrs(xg_ptr, xg_row0, rows, units, G * H)
+                p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, xg, H, amask, G)
+                if HAS_BIAS:
+                    p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, b_ptr + units, H, umask, G)
 
-    state = rows[:, None] * H + units[None, :]
-    if CELL == LSTM:
-        c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
-        i, f, g, o, c, h_new = lstm_fwd(p0, p1, p2, p3, c_prev)
-        tl.store(cs_ptr + cs_w + state, tl.where(act[:, None], c, c_prev), mask=mask2)
-        if WRITE_GATES:  # only when a backward can follow (the op's save flag)
-            saved = tile_ptrs(gates_ptr + gates_off, rows, units, 4 * H)
-            store_gates(saved, H, act, mask2, i, f, g, o, 4)
-        if PROJ:
-            # zeros in inactive rows: the dW_hr GEMM reads every row
-            tl.store(m_ptr + m_off + state, tl.where(act[:, None], h_new, 0.0), mask=mask2)
-        else:
-            h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-    else:
-        h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-        if CELL == GRU:
-            r, z, n, h_new = gru_fwd(x0.to(ACC_TY), x1.to(ACC_TY), x2.to(ACC_TY), p0, p1, p2,
-                                     h_prev.to(ACC_TY))  # fmt: skip
-            if WRITE_GATES:
-                saved = tile_ptrs(gates_ptr + gates_off, rows, units, 4 * H)
-                store_gates(saved, H, act, mask2, r, z, n, p2, 4)
-        else:
-            h_new = rnn_fwd(p0, CELL == RNN_RELU)
-    if not PROJ:
-        store_state(h_new, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, units, umask,
-                    H, WRITE_Y)  # fmt: skip
+            state = rows[:, None] * H + units[None, :]
+            gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+            if CELL == LSTM:
+                c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+                i, f, g, o, c, h_new = lstm_fwd(p0, p1, p2, p3, c_prev)
+                tl.store(cs_ptr + slot_w * B * H + state, tl.where(act[:, None], c, c_prev),
+                         mask=mask2)  # fmt: skip
+                if WRITE_GATES:  # only when a backward can follow (the op's save flag)
+                    store_gates(gates_at, H, act, mask2, i, f, g, o, 4)
+                if PROJ:
+                    # zeros in inactive rows: the dW_hr GEMM reads every row
+                    tl.store(m_ptr + t * B * H + state, tl.where(act[:, None], h_new, 0.0),
+                             mask=mask2)  # fmt: skip
+                else:
+                    h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
+            else:
+                h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
+                if CELL == GRU:
+                    r, z, n, h_new = gru_fwd(x0.to(ACC_TY), x1.to(ACC_TY), x2.to(ACC_TY), p0, p1,
+                                             p2, h_prev.to(ACC_TY))  # fmt: skip
+                    if WRITE_GATES:
+                        store_gates(gates_at, H, act, mask2, r, z, n, p2, 4)
+                else:
+                    h_new = rnn_fwd(p0, CELL == RNN_RELU)
+            if not PROJ:
+                store_state(h_new, h_prev, hs_ptr + slot_w * B * HOUT, y_ptr, xg_row0, rows,
+                            rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
+        if SYNC:
+            grid_barrier(sync_ptr, (s - s_begin + 1) * tl.num_programs(0))
 
 
 @kernel_jit
 def _step_bwd_kernel(
     dg_ptr,  # [T, B, G*H] out: gate gradients (GRU: the input side, dG_x)
-    dgh_ptr,  # [T, B, G*H] GRU: out, recurrent-side dG_h, read at the next launch
+    dgh_ptr,  # [T, B, G*H] GRU: out, recurrent-side dG_h, read at the next step
     w_ptr,  # [G*H, HOUT] W_hh
     hs_ptr,  # [T+1, B, H] hidden-state history (GRU, RNN)
     cs_ptr,  # [T+1, B, H] cell-state history (LSTM)
@@ -155,22 +193,18 @@ def _step_bwd_kernel(
     dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
     dht_ptr,  # [T, B, HOUT] gradient of h_t from the projection launch (PROJ)
     whr_ptr,  # [HOUT, H] W_hr (PROJ)
-    y_row0,
-    rows_active,
-    rows_prev,  # rows active at the step processed before (0 for the first)
-    hs_r: tl.int64,  # offsets of the Hs slots this step read (GRU) and wrote
-    hs_w: tl.int64,
-    cs_r: tl.int64,  # offsets of the Cs slots (LSTM)
-    cs_w: tl.int64,
-    gates_off: tl.int64,  # t * B * 4H: step t in gates (and in the LSTM's dG)
-    dg_off: tl.int64,  # t * B * G*H: step t in dG
-    dg_prev_off: tl.int64,  # offset of dG_h of the step processed before
-    dht_off: tl.int64,  # t * B * HOUT
+    steps_ptr,  # [T, 2] int32: first row of step t in y, active rows at t
+    sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
+    s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in backward order
+    s_end: tl.int64,
+    T: tl.int64,
     B,
     H,
     HOUT,  # H unless the LSTM projects
     CELL: tl.constexpr,
     PROJ: tl.constexpr,
+    REVERSE: tl.constexpr,
+    SYNC: tl.constexpr,
     HAS_DHS,
     HAS_DY,
     HAS_DCS,
@@ -181,47 +215,65 @@ def _step_bwd_kernel(
 ):
     G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
     acc_ty = dh_ptr.dtype.element_ty
-    rows, units, rmask, umask, act, mask2 = step_tile(B, H, rows_active, BLOCK_B, BLOCK_H)
-    a = act[:, None]
-    if PROJ:
-        dh = rec_tile(dht_ptr + dht_off, whr_ptr, rows, act, units, umask, HOUT, 1, H, acc_ty,
-                      PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-    else:
-        K = HOUT if CELL == LSTM else H
-        # dG itself but for the GRU: through dg_ptr, so that the compiler sees one tensor
-        dg_rec = dgh_ptr if CELL == GRU else dg_ptr
-        dh = state_grad(
-            dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
-            rows, units, rmask, umask, act, rows < rows_prev, G * H, K,
-            HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-        )  # fmt: skip
-        if CELL == LSTM:  # the state gradient has reached the gates
-            tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh), mask=mask2)
-    state = rows[:, None] * H + units[None, :]
-    if CELL == LSTM:
-        dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
-        if HAS_DCS:
-            dc += tl.load(dcs_ptr + cs_w + state, mask=mask2, other=0.0).to(acc_ty)
-        c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
-        c = tl.load(cs_ptr + cs_w + state, mask=mask2, other=0.0)
-        i, f, g, o = load_gates(tile_ptrs(gates_ptr + gates_off, rows, units, 4 * H), H, mask2, 4)
-        d_i, d_f, d_g, d_o, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, dh, dc)
-        out = tile_ptrs(dg_ptr + gates_off, rows, units, 4 * H)  # dG: the gates' layout
-        store_gates(out, H, act, mask2, d_i, d_f, d_g, d_o, 4)
-        tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
-    elif CELL == GRU:
-        h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0).to(acc_ty)
-        r, z, n, hn = load_gates(tile_ptrs(gates_ptr + gates_off, rows, units, 4 * H), H, mask2, 4)
-        d_r, d_z, d_n, d_hn, direct = gru_bwd(r, z, n, hn, h_prev, dh)
-        out = dg_off + rows[:, None] * (3 * H) + units[None, :]
-        store_gates(dg_ptr + out, H, act, mask2, d_r, d_z, d_n, d_n, 3)
-        store_gates(dgh_ptr + out, H, act, mask2, d_r, d_z, d_hn, d_hn, 3)
-        tl.store(dh_ptr + state, tl.where(a, direct, dh), mask=mask2)
-    else:  # the activation's derivative from the output
-        h = tl.load(hs_ptr + hs_w + state, mask=mask2, other=0.0).to(acc_ty)
-        d = tl.where(a, rnn_bwd(h, dh, CELL == RNN_RELU), 0.0)
-        tl.store(dg_ptr + dg_off + state, d.to(dg_ptr.dtype.element_ty), mask=mask2)
-        tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
+    K = HOUT if CELL == LSTM else H
+    # dG itself but for the GRU: through dg_ptr, so that the compiler sees one tensor
+    dg_rec = dgh_ptr if CELL == GRU else dg_ptr
+    col_blocks = tl.cdiv(H, BLOCK_H)
+    tiles = col_blocks * tl.cdiv(B, BLOCK_B)
+    for s in range(s_begin, s_end):
+        t, slot_r, slot_w = _visit(s, T, REVERSE, True)
+        y_row0 = tl.load(steps_ptr + 2 * t)
+        rows_active = tl.load(steps_ptr + 2 * t + 1)
+        # the step processed just before (the next one in time): none for the first
+        t_prev = t - 1 if REVERSE else t + 1
+        rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
+        for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+            rows, units, rmask, umask, act, mask2 = block_tile(
+                tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+            )
+            a = act[:, None]
+            if PROJ:
+                dh = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask, HOUT, 1,
+                              H, acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            else:
+                dh = state_grad(
+                    dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, t_prev * B * G * H,
+                    slot_w * B * HOUT, y_row0, rows, units, rmask, umask, act, rows < rows_prev,
+                    G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                )  # fmt: skip
+                if CELL == LSTM:  # the state gradient has reached the gates
+                    tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
+                             mask=mask2)  # fmt: skip
+            state = rows[:, None] * H + units[None, :]
+            gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+            if CELL == LSTM:
+                dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
+                if HAS_DCS:
+                    dc += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2,
+                                  other=0.0).to(acc_ty)  # fmt: skip
+                c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+                c = tl.load(cs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
+                i, f, g, o = load_gates(gates_at, H, mask2, 4)
+                d_i, d_f, d_g, d_o, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, dh, dc)
+                out = tile_ptrs(dg_ptr + t * B * 4 * H, rows, units, 4 * H)
+                store_gates(out, H, act, mask2, d_i, d_f, d_g, d_o, 4)
+                tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
+            elif CELL == GRU:
+                h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2,
+                                 other=0.0).to(acc_ty)  # fmt: skip
+                r, z, n, hn = load_gates(gates_at, H, mask2, 4)
+                d_r, d_z, d_n, d_hn, direct = gru_bwd(r, z, n, hn, h_prev, dh)
+                out = t * B * 3 * H + rows[:, None] * (3 * H) + units[None, :]
+                store_gates(dg_ptr + out, H, act, mask2, d_r, d_z, d_n, d_n, 3)
+                store_gates(dgh_ptr + out, H, act, mask2, d_r, d_z, d_hn, d_hn, 3)
+                tl.store(dh_ptr + state, tl.where(a, direct, dh), mask=mask2)
+            else:  # the activation's derivative from the output
+                h = tl.load(hs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(acc_ty)
+                d = tl.where(a, rnn_bwd(h, dh, CELL == RNN_RELU), 0.0)
+                tl.store(dg_ptr + t * B * H + state, d.to(dg_ptr.dtype.element_ty), mask=mask2)
+                tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
+        if SYNC:
+            grid_barrier(sync_ptr, (s - s_begin + 1) * tl.num_programs(0))
 
 
 @kernel_jit
@@ -295,6 +347,31 @@ def _lstm_proj_grad_step_kernel(
     )
 
 
+def _launch_steps(kernel, tensors, sizes, flags, cfg, plan, cooperative, between=None):
+    """Launch ``kernel`` over the plan's steps: one cooperative launch for all of them
+    (programs meet at a grid barrier between steps, see :mod:`.sync`), or one launch per
+    step, after ``between(i)`` (the projection launches) when given. ``tensors`` are the
+    kernel's pointer arguments before the steps table, ``sizes`` its ``B, H, HOUT``."""
+    T, B, H = plan.T, plan.B, sizes[1]
+    dev = tensors[0].device
+    table = steps_table(plan, dev)
+    tiles = -(-H // cfg.block_h) * -(-B // cfg.block_b)
+    flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
+    if cooperative:
+        sync = torch.zeros(1, dtype=torch.int32, device=dev)
+        args = (*tensors, table, sync, 0, T, T, *sizes)
+        kw = dict(flags, SYNC=True)
+        if dev.type == "cuda":  # the driver refuses a grid that cannot be co-resident
+            kw["launch_cooperative_grid"] = True
+        runtime.launch(kernel, (cooperative_grid(kernel, tiles, args, kw, dev),), *args, **kw)
+        return
+    for i in range(T):
+        if between is not None:
+            between(i)
+        runtime.launch(kernel, (tiles,), *tensors, table, table, i, i + 1, T, *sizes, SYNC=False,
+                       **flags)  # fmt: skip
+
+
 def step_fwd(
     cell: str,
     xg: Tensor,  # [N, G*H] input projection, b_ih included
@@ -306,34 +383,42 @@ def step_fwd(
     plan: runtime.Plan,
     packed: bool,
     save: bool = True,
+    cooperative: bool = False,
 ) -> list[Tensor]:
-    """Launch the step kernels; returns their buffers (:func:`.common.forward_buffers`)."""
+    """Launch the step kernels (per step, or once with ``cooperative``); returns their
+    buffers (:func:`.common.forward_buffers`)."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     dt = xg.dtype
     lstm, gated, proj = cell == "lstm", cell in ("lstm", "gru"), w_hr is not None
     out = forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save)
     hs, cs, gates, m, y = out
     cfg = pick_step_config(B, H)
-    flags = dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt),
-                 **cfg.launch_kwargs())  # fmt: skip
-    for s in plan.steps:
-        # hs stands for the buffers the cell has not (its kernel never reads them)
+    if cooperative:
+        cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), backward=False)
+    flags = dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt))
+
+    def project(i: int) -> None:  # h_t = m_t W_hr^T of the step before, every program needs h_t
+        if i == 0:
+            return
+        s = plan.steps[i - 1]
         runtime.launch(
-            _step_fwd_kernel, cfg.step_grid(H, B),
-            xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-            gates if gated else hs, m if proj else hs, y if packed else hs,
-            s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout,
-            s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * H, B, H, Hout,
-            CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed,
-            WRITE_GATES=gated and save, **flags,
+            _lstm_proj_step_kernel, cfg.step_grid(Hout, B),
+            m, w_hr, hs, y if packed else hs,
+            s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.t * B * H,
+            B, H, Hout, WRITE_Y=packed, **flags, **cfg.launch_kwargs(),
         )  # fmt: skip
-        if proj:
-            runtime.launch(
-                _lstm_proj_step_kernel, cfg.step_grid(Hout, B),
-                m, w_hr, hs, y if packed else hs,
-                s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.t * B * H,
-                B, H, Hout, WRITE_Y=packed, **flags,
-            )  # fmt: skip
+
+    # hs stands for the buffers the cell has not (its kernel never reads them)
+    tensors = (xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
+               gates if gated else hs, m if proj else hs, y if packed else hs)  # fmt: skip
+    _launch_steps(
+        _step_fwd_kernel, tensors, (B, H, Hout),
+        dict(flags, CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed,
+             WRITE_GATES=gated and save),
+        cfg, plan, cooperative, project if proj else None,
+    )  # fmt: skip
+    if proj:
+        project(plan.T)
     return out
 
 
@@ -348,8 +433,9 @@ def step_bwd(
     dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
     dy: Tensor | None,  # [N, Hout] gradient of the packed output
     plan: runtime.Plan,
+    cooperative: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Launch the backward steps. Returns ``dG_x`` and ``dG_h`` [T,B,G*H] (one tensor but
+    """Launch the backward steps (per step, or once with ``cooperative``). Returns ``dG_x`` and ``dG_h`` [T,B,G*H] (one tensor but
     for the GRU; zero in inactive rows), ``dh0 [B,Hout]``, ``dc0 [B,H]`` (LSTM; both in the
     accumulation dtype) and, with projection, ``dh [T,B,Hout]`` (gradient of every
     projected output, for ``dW_hr``)."""
@@ -363,24 +449,28 @@ def step_bwd(
     dc = torch.zeros(B, H, dtype=acc, device=dev) if lstm else None
     dht = runtime.empty(T, B, Hout, dtype=dt, device=dev) if proj else None
     cfg = pick_step_config(B, H)
+    if cooperative:
+        cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), backward=True)
     flags = dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-                 PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs())  # fmt: skip
+                 PRECISION=runtime.dot_precision(dt))  # fmt: skip
+    order = list(plan.backward())
 
-    for s, rows_prev, t_prev in plan.backward():
-        if proj:
-            runtime.launch(
-                _lstm_proj_grad_step_kernel, cfg.step_grid(Hout, B),
-                dgx, w_hh, dh, *runtime.given(dgx, dhs, dy), dht, s.row0, s.rows, rows_prev,
-                s.slot_w * B * Hout, s.t * B * Hout, t_prev * B * GH, B, H, Hout, **flags,
-            )  # fmt: skip
+    def state_grad_of_h(i: int) -> None:  # dh_t of the projected output, before step i
+        s, rows_prev, t_prev = order[i]
         runtime.launch(
-            _step_bwd_kernel, cfg.step_grid(H, B),
-            dgx, dgh, w_hh, *runtime.given(dgx, hs, cs, gates), dh,
-            *runtime.given(dgx, dc, dhs, dy, dcs, dht, w_hr),
-            s.row0, s.rows, rows_prev, s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H,
-            s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, t_prev * B * GH, s.t * B * Hout,
-            B, H, Hout, CELL=CELL_CODE[cell], PROJ=proj, HAS_DCS=dcs is not None, **flags,
+            _lstm_proj_grad_step_kernel, cfg.step_grid(Hout, B),
+            dgx, w_hh, dh, *runtime.given(dgx, dhs, dy), dht, s.row0, s.rows, rows_prev,
+            s.slot_w * B * Hout, s.t * B * Hout, t_prev * B * GH, B, H, Hout, **flags,
+            **cfg.launch_kwargs(),
         )  # fmt: skip
+
+    tensors = (dgx, dgh, w_hh, *runtime.given(dgx, hs, cs, gates), dh,
+               *runtime.given(dgx, dc, dhs, dy, dcs, dht, w_hr))  # fmt: skip
+    _launch_steps(
+        _step_bwd_kernel, tensors, (B, H, Hout),
+        dict(flags, CELL=CELL_CODE[cell], PROJ=proj, HAS_DCS=dcs is not None),
+        cfg, plan, cooperative, state_grad_of_h if proj else None,
+    )  # fmt: skip
     finish_state_grad(dh, dgh, w_hh, dhs, plan)
     if dcs is not None:
         dc += dcs[plan.first_slot]

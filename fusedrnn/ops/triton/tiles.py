@@ -33,11 +33,19 @@ def kernel_jit(fn):
 
 @triton.jit
 def step_tile(B, N, rows_active, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """This program's ``[BLOCK_B, BLOCK_H]`` tile of a per-step grid ``(cols, rows)``:
-    int64 ``rows`` and ``cols``, the masks ``rows < B`` and ``cols < N``, the rows
-    active at this step and the tile's mask (``rmask & cmask``)."""
-    rows = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    """This program's ``[BLOCK_B, BLOCK_H]`` tile of a per-step grid ``(cols, rows)``
+    (:func:`block_tile`)."""
+    return block_tile(tl.program_id(0), tl.program_id(1), B, N, rows_active, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def block_tile(col_block, row_block, B, N, rows_active, BLOCK_B: tl.constexpr,
+               BLOCK_H: tl.constexpr):  # fmt: skip
+    """Tile ``(col_block, row_block)`` of a ``[B, N]`` step: int64 ``rows`` and ``cols``,
+    the masks ``rows < B`` and ``cols < N``, the rows active at this step and the tile's
+    mask (``rmask & cmask``)."""
+    rows = row_block.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = col_block.to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < N
     return rows, cols, rmask, cmask, rows < rows_active, rmask[:, None] & cmask[None, :]

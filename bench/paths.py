@@ -1,0 +1,161 @@
+"""The Triton backend's kernel paths against each other and against torch.nn on a GPU.
+
+    python bench/paths.py --out DIR [--shapes anchor,mid] [--configs 16x16x64w4s2,...]
+
+For each shape: torch.nn (cuDNN), the per-step path (a launch per step) and the cooperative
+path (the same kernel's time loop in one launch, programs meeting at a grid barrier between
+steps) for every block configuration given (``BxHxK`` rows x units x reduction block, ``w``
+warps, ``s`` pipeline stages). Every provider is first checked against torch.nn (outputs and
+every gradient, bench/providers.py's tolerances); then forward (no grad) and forward+backward
+are timed eagerly, CUDA-event medians over interleaved rounds. Writes ``paths.csv`` and
+``paths.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import graph_replay  # noqa: E402
+import measure  # noqa: E402
+import providers as P  # noqa: E402
+
+SHAPES = {
+    "anchor": dict(cell="lstm", B=16, T=1024, I=768, H=768, layers=1, dtype=torch.bfloat16),
+    "mid": dict(cell="lstm", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
+    "mid-tf32": dict(cell="lstm", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
+    "charlm": dict(cell="lstm", B=64, T=128, I=64, H=512, layers=2, dtype=torch.float32),
+    "gru-mid": dict(cell="gru", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
+    "rnn-mid": dict(cell="rnn", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
+    # a dry run on CPU tensors under TRITON_INTERPRET=1
+    "tiny": dict(cell="lstm", B=3, T=4, I=5, H=40, layers=1, dtype=torch.float32),
+}
+
+
+def parse_config(text: str):
+    """``16x16x64w4s2`` -> StepConfig(block_b=16, block_h=16, block_k=64, 4 warps, 2 stages)."""
+    from fusedrnn.ops.triton.configs import StepConfig
+
+    blocks, rest = text.split("w")
+    warps, stages = rest.split("s")
+    b, h, k = (int(v) for v in blocks.split("x"))
+    return StepConfig(block_b=b, block_h=h, block_k=k, num_warps=int(warps),
+                      num_stages=int(stages))  # fmt: skip
+
+
+@contextlib.contextmanager
+def triton_path(path: str, config=None):
+    """The Triton backend forced onto ``path``, the cooperative launch with ``config``."""
+    from fusedrnn.ops import triton as tb
+    from fusedrnn.ops.triton import configs
+
+    old = configs.COOPERATIVE_CONFIGS
+    if config is not None:  # forward and backward, every dtype
+        configs.COOPERATIVE_CONFIGS = {"half": (config, config), "float32": (config, config)}
+    try:
+        with tb.kernel_path(path):
+            yield
+    finally:
+        configs.COOPERATIVE_CONFIGS = old
+
+
+def provider_calls(cfg: P.Config, path: str, config, mode: str):
+    """A call of the provider (``torch.nn`` or a Triton path) returning its outputs."""
+    if path == "torch.nn":
+        return graph_replay.make_call(P.TORCH_NN, cfg, mode)
+    inner = graph_replay.make_call("fusedrnn[triton]", cfg, mode)
+
+    def call():
+        with triton_path(path, config):
+            return inner()
+
+    return call
+
+
+def check(cfg: P.Config, path: str, config) -> str:
+    """ "" when the provider matches torch.nn, else the problem."""
+    ref = P.make_reference_module(cfg)
+    want_run, want_params = P.build(P.TORCH_NN, ref, cfg)
+    got_run, got_params = P.build("fusedrnn[triton]", ref, cfg)
+    x, state = P.make_inputs(cfg)
+    want = P.evaluate(want_run, want_params, x, state, True)
+    with triton_path(path, config):
+        got = P.evaluate(got_run, got_params, x, state, True)
+    return P.compare(got, want, cfg.dtype)[2]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--shapes", default="anchor,mid")
+    ap.add_argument("--configs", default="", help="cooperative configs; the shipped ones always")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-run-time", type=float, default=0.05)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for shape in args.shapes.split(","):
+        spec = SHAPES[shape]
+        with P.tf32(shape.endswith("tf32")):
+            for mode in ("fwd", "fwdbwd"):
+                cfg = P.Config(mode=mode, device=args.device, group=shape, **spec)
+                candidates = {
+                    "torch.nn": ("torch.nn", None),
+                    "step": ("step", None),
+                    "cooperative (shipped)": ("cooperative", None),
+                }
+                for text in filter(None, args.configs.split(",")):
+                    candidates[f"cooperative {text}"] = ("cooperative", parse_config(text))
+                fns, problems = {}, {}
+                for name, (path, config) in candidates.items():
+                    problems[name] = "" if path == "torch.nn" else check(cfg, path, config)
+                    if not problems[name]:
+                        fn = provider_calls(cfg, path, config, mode)
+                        measure.warm_up(fn, args.device)
+                        fns[name] = fn
+                times = graph_replay.time_interleaved(
+                    fns, args.device, args.rounds, args.min_run_time
+                )
+                for name in candidates:
+                    ms = times.get(name)
+                    rows.append(dict(shape=shape, label=cfg.label(), mode=mode, provider=name,
+                                     ms=ms, vs_torch=times["torch.nn"] / ms if ms else None,
+                                     problem=problems[name]))  # fmt: skip
+                    print(
+                        f"{shape:8} {mode:6} {name:28} "
+                        f"{ms if ms else float('nan'):9.3f} ms  {problems[name]}",
+                        flush=True,
+                    )
+    with open(args.out / "paths.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else measure.cpu_model()
+    lines = [
+        "# Triton kernel paths vs torch.nn",
+        "",
+        f"{machine}, torch {torch.__version__}; eager calls, CUDA-event "
+        "medians of interleaved rounds; each provider checked against torch.nn first.",
+        "",
+        "| shape | mode | provider | ms | × torch.nn | check |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ms = f"{r['ms']:.3f}" if r["ms"] else "–"
+        ratio = f"{r['vs_torch']:.2f}×" if r["vs_torch"] else "–"
+        lines.append(f"| {r['label']} | {r['mode']} | {r['provider']} | {ms} | {ratio} | "
+                     f"{r['problem'] or 'ok'} |")  # fmt: skip
+    (args.out / "paths.md").write_text("\n".join(lines) + "\n")
+    return 1 if any(r["problem"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

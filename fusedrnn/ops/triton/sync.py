@@ -1,0 +1,91 @@
+"""The grid-wide barrier of the cooperative step kernels, and how many programs may wait on it.
+
+A cooperative launch runs the per-step kernels' whole time loop in one launch: each program
+owns tiles of hidden units, and the next step of every tile needs the complete state the
+previous step wrote, so the programs meet at a barrier between steps. A program that waits
+at the barrier spins: every program of the grid must be resident on the GPU at once, or the
+ones spinning keep the others from ever starting. :func:`resident_programs` computes that
+limit from the compiled kernel, the launcher never asks for more, and the launch is a CUDA
+cooperative launch, which the driver refuses (an error, not a hang) if the grid could not be
+co-resident.
+
+The barrier is the one part of these kernels the interpreter cannot test: the interpreter
+runs programs one after another, so a cooperative launch there has one program (which then
+owns every tile, and its barrier returns at once). It is kept to the lines below, and the
+compile report builds the kernels that use it for sm_80 and sm_90.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def grid_barrier(count_ptr, target):
+    """Wait until ``*count_ptr`` (int32, zero at launch) reaches ``target`` after adding
+    this program's arrival; ``target`` is (barriers passed so far + 1) x programs, so the
+    counter is never reset within a launch.
+
+    Ordering, as CUDA's cooperative groups do it: the CTA barrier makes every thread's
+    stores of this step happen before the one thread's release increment; that thread's
+    acquire reads then see every other program's increment and, through them, their stores;
+    the second CTA barrier makes those visible to all threads before the next step reads.
+    A scalar atomic runs in one thread of the program and its result is shared."""
+    tl.debug_barrier()
+    tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+def resident_programs(
+    n_regs: int,  # registers per thread of the compiled kernel
+    shared: int,  # bytes of shared memory per program
+    num_warps: int,
+    sms: int,  # multiprocessors
+    regs_per_sm: int = 65536,
+    threads_per_sm: int = 2048,
+    shared_per_sm: int = 233472,  # sm_80: 167936; sm_90: 233472 (228 KB)
+    programs_per_sm: int = 32,
+) -> int:
+    """Programs of one kernel that fit on the GPU at once (the CUDA occupancy rules:
+    registers are allocated per warp in units of 256, and each program reserves 1 KB of
+    shared memory besides its own)."""
+    regs_per_warp = -(-max(n_regs, 1) * 32 // 256) * 256
+    fit = min(
+        programs_per_sm,
+        threads_per_sm // (32 * num_warps),
+        regs_per_sm // (regs_per_warp * num_warps),
+        shared_per_sm // (shared + 1024),
+    )
+    return fit * sms
+
+
+_fit_cache: dict = {}  # (compiled kernel's hash, device index) -> resident programs
+
+
+def cooperative_grid(kernel, tiles: int, args: tuple, kwargs: dict, device) -> int:
+    """The number of programs for a cooperative launch of ``kernel`` with these arguments:
+    one per tile, at most :func:`resident_programs` (programs then own several tiles), and
+    one under the interpreter (see the module docstring)."""
+    if device.type != "cuda":
+        return 1
+    compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+    key = (compiled.hash, device.index)
+    if key not in _fit_cache:
+        import torch
+
+        compiled._init_handles()  # loads the binary: n_regs is known from then on
+        props = torch.cuda.get_device_properties(device)
+        _fit_cache[key] = resident_programs(
+            compiled.n_regs,
+            compiled.metadata.shared,
+            compiled.metadata.num_warps,
+            props.multi_processor_count,
+            getattr(props, "regs_per_multiprocessor", 65536),
+            props.max_threads_per_multi_processor,
+            getattr(props, "shared_memory_per_multiprocessor", 233472),
+        )
+    return max(1, min(tiles, _fit_cache[key]))
