@@ -126,7 +126,8 @@ def main(argv=None) -> int:
                 )
                 for name in candidates:
                     ms = times.get(name)
-                    rows.append(dict(shape=shape, label=cfg.label(), mode=mode, provider=name,
+                    label = cfg.label() + (", TF32 on" if shape.endswith("tf32") else "")
+                    rows.append(dict(shape=shape, label=label, mode=mode, provider=name,
                                      ms=ms, vs_torch=times["torch.nn"] / ms if ms else None,
                                      problem=problems[name]))  # fmt: skip
                     print(
