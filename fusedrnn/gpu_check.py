@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 
-# The GPU tests: every test marked gpu, wherever it lives (on the H200 run, 774 of them: every
+# The GPU tests: every test marked gpu, wherever it lives (on the latest H200 run, 973 of them: every
 # path of the triton and cuda backends against the reference on CUDA tensors, opcheck, autocast
 # and CUDA graphs). -m gpu leaves out their CPU-side tests (the interpreter, compile reports).
 GPU_TEST_ARGS = ("-m", "gpu", "tests")
