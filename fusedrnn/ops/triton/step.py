@@ -75,17 +75,27 @@ from .tiles import (
 
 
 @triton.jit
-def _visit(s, T, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
-    """Time index of the s-th step visited and the Hs/Cs slots it reads and writes:
-    the forward direction reads slot t and writes t+1, the reverse one reads t+1 and
-    writes t; the backward visits the forward's order reversed."""
+def _visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
+    """The s-th step visited: its time index, the Hs/Cs slots it reads and writes (the forward
+    direction reads slot t and writes t+1, the reverse one reads t+1 and writes t; the
+    backward visits the forward's order reversed), its first row in x / y and its active
+    rows (from the ``[T, 2]`` steps table)."""
     if REVERSE == BACKWARD:
         t = s
     else:
         t = T - 1 - s
+    row0 = tl.load(steps_ptr + 2 * t)
+    rows = tl.load(steps_ptr + 2 * t + 1)
     if REVERSE:
-        return t, t + 1, t
-    return t, t, t + 1
+        return t, t + 1, t, row0, rows
+    return t, t, t + 1, row0, rows
+
+
+@triton.jit
+def _tiles(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Column blocks and tiles of a ``[B, H]`` step (a program walks tiles pid, pid + grid, ...)."""
+    col_blocks = tl.cdiv(H, BLOCK_H)
+    return col_blocks, col_blocks * tl.cdiv(B, BLOCK_B)
 
 
 @kernel_jit
@@ -122,12 +132,9 @@ def _step_fwd_kernel(
     G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
-    col_blocks = tl.cdiv(H, BLOCK_H)
-    tiles = col_blocks * tl.cdiv(B, BLOCK_B)
+    col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     for s in range(s_begin, s_end):
-        t, slot_r, slot_w = _visit(s, T, REVERSE, False)
-        xg_row0 = tl.load(steps_ptr + 2 * t)
-        rows_active = tl.load(steps_ptr + 2 * t + 1)
+        t, slot_r, slot_w, xg_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
         for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
             rows, units, rmask, umask, act, mask2 = block_tile(
@@ -218,12 +225,9 @@ def _step_bwd_kernel(
     K = HOUT if CELL == LSTM else H
     # dG itself but for the GRU: through dg_ptr, so that the compiler sees one tensor
     dg_rec = dgh_ptr if CELL == GRU else dg_ptr
-    col_blocks = tl.cdiv(H, BLOCK_H)
-    tiles = col_blocks * tl.cdiv(B, BLOCK_B)
+    col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     for s in range(s_begin, s_end):
-        t, slot_r, slot_w = _visit(s, T, REVERSE, True)
-        y_row0 = tl.load(steps_ptr + 2 * t)
-        rows_active = tl.load(steps_ptr + 2 * t + 1)
+        t, slot_r, slot_w, y_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, True)
         # the step processed just before (the next one in time): none for the first
         t_prev = t - 1 if REVERSE else t + 1
         rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
