@@ -107,12 +107,10 @@ def _launchers(torch, dtype):
             for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
                 lstm_, gated = cell == "lstm", cell in ("lstm", "gru")
                 lstm_only = (False, True) if lstm_ else (False,)  # projection, dCs
-                # per step, and the same kernels' cooperative launch (no projection)
+                # per step, and the same kernels' cooperative launch
                 for bias, proj, save, coop in itertools.product(
                     (False, True), lstm_only, (False, True), (False, True)
                 ):
-                    if proj and coop:
-                        continue
                     hout = Hp if proj else H
                     step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H, dt=acc),
                                   e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan,
@@ -120,8 +118,6 @@ def _launchers(torch, dtype):
                 for proj, dhs, dcs, dy, coop in itertools.product(
                     lstm_only, (False, True), lstm_only, dys, (False, True)
                 ):
-                    if proj and coop:
-                        continue
                     hout = Hp if proj else H
                     step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
                                   opt(lstm_, T + 1, B, H, dt=acc),

@@ -116,8 +116,6 @@ class Backend:
     def skip_unless_supported(self, case: Case) -> None:
         if self.name in ("triton-persistent", "triton-cooperative") and case.variant:
             pytest.skip("the variant kernels have one path (run as triton-step)")
-        if self.name == "triton-cooperative" and case.proj:
-            pytest.skip("the cooperative kernels take proj_size == 0")
         if self.name == "triton-persistent" and (case.proj or case.H > 64):
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
 

@@ -91,14 +91,17 @@ def test_launch_counts_per_step(cell, proj, per_step):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("path", ["cooperative", "persistent"])
 def test_launch_counts_whole_sequence(cell, path):
-    """Persistent and cooperative kernels: one launch per sequence forward and one backward."""
+    """Persistent and cooperative kernels: one launch per sequence forward and one backward
+    (the cooperative one with the LSTM's projection too)."""
     assert _count_launches(cell, 20, 0, path, T=5) == (1, 1)
     assert _count_launches(cell, 20, 0, path, T=5, packed=True) == (1, 1)
+    if cell == "lstm" and path == "cooperative":
+        assert _count_launches(cell, 20, 7, path, T=5, packed=True) == (1, 1)
 
 
 def test_automatic_path_choice():
-    """Small H takes the persistent kernels automatically, larger H the cooperative launch;
-    proj_size takes the per-step kernels (its projection would need a second barrier)."""
+    """Small H takes the persistent kernels automatically, larger H and proj_size the
+    cooperative launch of the step kernels; a forced path with what it cannot run raises."""
     from fusedrnn.ops.triton.configs import PERSISTENT_CONFIGS
     from fusedrnn.ops.triton.persistent import choose_path
     from fusedrnn.ops.triton.runtime import Plan
@@ -111,10 +114,10 @@ def test_automatic_path_choice():
         with tb.launch_counter() as count:
             assert _count_launches(cell, limit + 1, 0, None, T=2) == (1, 1)
         assert "_step_fwd_kernel" in count.by_kernel
-    assert _count_launches("lstm", 8, 4, None, T=2) == (4, 4)
+    assert _count_launches("lstm", 8, 4, None, T=2) == (1, 1)
     w = torch.zeros(32, 8)
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
-    with tb.kernel_path("cooperative"), pytest.raises(ValueError, match="proj_size == 0"):
+    with tb.kernel_path("persistent"), pytest.raises(ValueError, match="proj_size == 0"):
         choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
 
 

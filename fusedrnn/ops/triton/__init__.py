@@ -6,8 +6,8 @@ GPU runtime; :func:`layer` loads the kernels on first use.
 
 Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
 backward), :mod:`.common` (the shared backward state-gradient helper),
-:mod:`.step` (the step kernels of every cell and their launchers: a launch per step, or
-one cooperative launch whose programs meet at a grid barrier between steps, :mod:`.sync`),
+:mod:`.step` (the step kernels of every cell and their launchers: one cooperative launch
+whose programs meet at a grid barrier between steps, :mod:`.sync`, or a launch per step),
 :mod:`.persistent` (whole-sequence kernels for small H, and the choice of path), :mod:`.layer_op` (the one op:
 input GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
 shipped block configurations), :mod:`.runtime` (the guarded launcher, device guard,
@@ -21,13 +21,13 @@ Launches per layer and direction, T steps (see :func:`launch_counter`):
 path                   forward             backward
 =====================  ==================  ==================
 cooperative            1                   1
-per-step (proj_size)   2T                  2T
 persistent (small H)   1                   1
+per-step (forced)      T (2T with proj)    T (2T with proj)
 =====================  ==================  ==================
 
 plus torch GEMMs around them: the input projection before the loop, and after the
 backward loop ``dx``, ``dW_ih``, ``dW_hh``, ``dW_hr`` and the bias sums (plus one
-``dG_first W_hh`` product for ``dh0`` on the per-step path).
+``dG_first W_hh`` product for ``dh0`` after the step kernels).
 
 Specialisation: compile-time flags only where they change the arithmetic (cell,
 projection, layer norm, peephole, CIFG, ReLU, direction of the persistent loop); whether

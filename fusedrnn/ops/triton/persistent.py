@@ -304,17 +304,15 @@ def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | 
 
 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
-    """Which kernels run a layer: "persistent" (W_hh in registers, small H), "cooperative"
-    (the per-step kernel's time loop in one launch) or "step" (a launch per step: the
-    projection, whose state needs a second barrier per step, and empty sequences)."""
+    """Which kernels run a layer: "persistent" (W_hh in registers, small H, no projection),
+    "cooperative" (the step kernel's whole time loop in one launch) or "step" (a launch per
+    step: only when forced, and for empty sequences)."""
     H = w_hh.shape[1]
     if _forced == "persistent" and (w_hr is not None or H > 64):
         raise ValueError("persistent kernels need proj_size == 0 and H <= 64")
-    if _forced == "cooperative" and w_hr is not None:
-        raise ValueError("cooperative kernels need proj_size == 0")
     if _forced is not None:
         return _forced
-    if plan.T == 0 or w_hr is not None:
+    if plan.T == 0:
         return "step"
     return "persistent" if _config(cell, w_hh, w_hr) is not None else "cooperative"
 

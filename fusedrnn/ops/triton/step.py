@@ -1,34 +1,34 @@
 """Step kernels of the torch.nn cells (LSTM, GRU, Elman RNN) and their launchers: one
 forward and one backward kernel, the cell a compile-time constant (``CELL``, as in
-:mod:`.persistent`), plus the LSTM's projection kernels (proj_size > 0).
+:mod:`.persistent`), the LSTM's projection (proj_size > 0) a second phase of each step.
 
 A launch runs the steps ``s_begin .. s_end - 1`` of the layer's visiting order, each
 program walking tiles of ``BLOCK_B`` rows x ``BLOCK_H`` units. Two ways to launch the same
-kernel: one step per launch with a program per tile (the per-step path, which the
-projection needs: its launch between two steps completes ``h_t``), or every step in one
-cooperative launch (``SYNC``), the programs meeting at a grid barrier (:mod:`.sync`) after
-each step, since the next one reads the whole state. So the arithmetic the interpreter
-tests is exactly what the cooperative launch runs; the barrier is the only difference.
-A program's slice of ``W_hh`` (all gates of its units) is read again at every step and
-stays in the L1/L2 caches between steps, not in registers.
+kernel: every step in one cooperative launch (``SYNC``), the programs meeting at a grid
+barrier (:mod:`.sync`) after each phase of a step, since the next phase reads the whole
+state; or a launch per phase of each step, with a program per tile (the per-step path,
+kept for comparison and for empty sequences). So the arithmetic the interpreter tests is
+exactly what the cooperative launch runs; the barrier is the only difference. A program's
+slice of ``W_hh`` (all gates of its units) is read again at every step and stays in the
+L1/L2 caches between steps, not in registers.
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
 recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg`` and ``b_hh`` and applies the cell (:mod:`.cellmath`):
 
 - LSTM: ``pre_q = xg_q + h_prev W_hh,q^T + b_hh,q``; writes ``c_t``, the gates i, f, g, o
-  (saved for the backward) and ``h_t``, or with PROJ the unprojected ``m_t``: every
-  program of the next step needs the complete ``h_t``, so a projection launch per step
-  writes ``h_t = m_t W_hr^T``;
+  (saved for the backward) and ``h_t``, or with PROJ the unprojected ``m_t``, from which
+  the projection phase (after a barrier: it reads all of ``m_t``) writes ``h_t = m_t
+  W_hr^T``;
 - GRU: ``r, z = sigmoid(x_q + h_q)``, ``n = tanh(x_n + r * hn)`` with ``h_q = h_prev
   W_hh,q^T + b_hh,q`` (``b_hn`` inside the reset product, as PyTorch) and ``h = (1 - z) n
   + z h_prev``; saves r, z, n, hn;
 - RNN: ``h = act(xg + h_prev W_hh^T + b_hh)``; nothing beyond the state history is saved
   (the backward takes the activation's derivative from the output).
 
-Backward, per step (and a projection launch before each with proj_size): the state gradient
-(:func:`.common.state_grad`, which folds in ``dG_next W_hh``), then the cell's gate
-gradients (:mod:`.cellmath`). With projection a state-gradient launch over the ``Hout``
-columns forms ``dh_t`` first and the step kernel computes ``dm_t = dh_t W_hr``. The GRU
+Backward, per step: the state gradient (:func:`.common.state_grad`, which folds in
+``dG_next W_hh``), then the cell's gate gradients (:mod:`.cellmath`). With projection a
+first phase forms ``dh_t`` over the ``Hout`` columns and the cell's phase computes
+``dm_t = dh_t W_hr``. The GRU
 writes two gate gradients: ``dG_x = [d pre_r, d pre_z, d pre_n]`` (for W_ih, b_ih, x)
 and ``dG_h = [d pre_r, d pre_z, r d pre_n]`` (for W_hh, b_hh, h_prev); its direct term
 ``dh z`` stays in the running state gradient. Weight gradients are GEMMs over all steps
@@ -67,7 +67,6 @@ from .tiles import (
     packed_ptrs,
     rec_gates,
     rec_tile,
-    step_tile,
     store_gates,
     store_state,
     tile_ptrs,
@@ -107,11 +106,13 @@ def _step_fwd_kernel(
     cs_ptr,  # [T+1, B, H] cell-state history (LSTM; accumulation dtype)
     gates_ptr,  # [T, B, 4H] saved LSTM i, f, g, o / GRU r, z, n, hn (WRITE_GATES)
     m_ptr,  # [T, B, H] unprojected output (PROJ)
+    whr_ptr,  # [HOUT, H] W_hr (PROJ)
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     steps_ptr,  # [T, 2] int32: first row of step t in x / xg / y, active rows at t
     sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
     s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in visiting order
     s_end: tl.int64,
+    phases,  # of each step: 1 the cell, 2 the projection (PROJ), 3 both (cooperative)
     T: tl.int64,
     B,
     H,
@@ -136,7 +137,7 @@ def _step_fwd_kernel(
     for s in range(s_begin, s_end):
         t, slot_r, slot_w, xg_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
-        for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+        for tile in range(tl.program_id(0), tiles if phases & 1 else 0, tl.num_programs(0)):
             rows, units, rmask, umask, act, mask2 = block_tile(
                 tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
             )
@@ -181,8 +182,17 @@ def _step_fwd_kernel(
             if not PROJ:
                 store_state(h_new, h_prev, hs_ptr + slot_w * B * HOUT, y_ptr, xg_row0, rows,
                             rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
-        if SYNC:
-            grid_barrier(sync_ptr, (s - s_begin + 1) * tl.num_programs(0))
+        if SYNC:  # the projection (or the next step) reads every unit
+            grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1)
+        if PROJ:
+            out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
+            for tile in range(tl.program_id(0), out_tiles if phases & 2 else 0,
+                              tl.num_programs(0)):  # fmt: skip
+                _project_tile(tile % out_blocks, tile // out_blocks, m_ptr, whr_ptr, hs_ptr,
+                              y_ptr, xg_row0, rows_active, hs_r, slot_w * B * HOUT, t * B * H, B,
+                              H, HOUT, WRITE_Y, ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            if SYNC:
+                grid_barrier(sync_ptr, (s - s_begin) * 2 + 2)
 
 
 @kernel_jit
@@ -204,6 +214,7 @@ def _step_bwd_kernel(
     sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
     s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in backward order
     s_end: tl.int64,
+    phases,  # of each step: 2 the projected state's gradient (PROJ), 1 the cell, 3 both
     T: tl.int64,
     B,
     H,
@@ -231,7 +242,18 @@ def _step_bwd_kernel(
         # the step processed just before (the next one in time): none for the first
         t_prev = t - 1 if REVERSE else t + 1
         rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
-        for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+        if PROJ:  # dh_t over the projected state, which the cell's dm_t = dh_t W_hr reads whole
+            out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
+            for tile in range(tl.program_id(0), out_tiles if phases & 2 else 0,
+                              tl.num_programs(0)):  # fmt: skip
+                _projected_grad_tile(tile % out_blocks, tile // out_blocks, dg_ptr, w_ptr, dh_ptr,
+                                     dhs_ptr, dy_ptr, dht_ptr, y_row0, rows_active, rows_prev,
+                                     slot_w * B * HOUT, t * B * HOUT, t_prev * B * G * H, B, H,
+                                     HOUT, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H,
+                                     BLOCK_K)  # fmt: skip
+            if SYNC:
+                grid_barrier(sync_ptr, (s - s_begin) * 2 + 1)
+        for tile in range(tl.program_id(0), tiles if phases & 1 else 0, tl.num_programs(0)):
             rows, units, rmask, umask, act, mask2 = block_tile(
                 tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
             )
@@ -276,33 +298,21 @@ def _step_bwd_kernel(
                 d = tl.where(a, rnn_bwd(h, dh, CELL == RNN_RELU), 0.0)
                 tl.store(dg_ptr + t * B * H + state, d.to(dg_ptr.dtype.element_ty), mask=mask2)
                 tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
-        if SYNC:
-            grid_barrier(sync_ptr, (s - s_begin + 1) * tl.num_programs(0))
+        if SYNC:  # the next step's state gradient reads every unit's dG
+            grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ)
 
 
-@kernel_jit
-def _lstm_proj_step_kernel(
-    m_ptr,  # [T, B, H] unprojected outputs
-    w_ptr,  # [HOUT, H] W_hr
-    hs_ptr,  # [T+1, B, HOUT] hidden-state history
-    y_ptr,  # [N, HOUT] packed output (WRITE_Y)
-    xg_row0,
-    rows_active,
-    hs_r: tl.int64,
-    hs_w: tl.int64,
-    m_off: tl.int64,  # offset of step t in m
-    B,
-    H,
-    HOUT,
-    WRITE_Y,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    rows, cols, rmask, cmask, act, _ = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
-    acc = rec_tile(m_ptr + m_off, w_ptr, rows, act, cols, cmask, H, H, 1, ACC_TY, PRECISION,
+@triton.jit
+def _project_tile(
+    col_block, row_block, m_ptr, whr_ptr, hs_ptr, y_ptr, xg_row0, rows_active, hs_r, hs_w, m_off,
+    B, H, HOUT, WRITE_Y, ACC_TY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """A ``[BLOCK_B, BLOCK_H]`` tile of the LSTM's projected state ``h_t = m_t W_hr^T``
+    (``m_t`` [B, H] at ``m_off``, ``W_hr`` [HOUT, H]) into the history and the packed output."""
+    rows, cols, rmask, cmask, act, _ = block_tile(col_block, row_block, B, HOUT, rows_active,
+                                                  BLOCK_B, BLOCK_H)  # fmt: skip
+    acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, H, 1, ACC_TY, PRECISION,
                    BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
     # the tile mask formed after the loop, not held across it (up to 88 registers more)
     h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
@@ -311,69 +321,54 @@ def _lstm_proj_step_kernel(
                 WRITE_Y)  # fmt: skip
 
 
-@kernel_jit
-def _lstm_proj_grad_step_kernel(
-    dg_ptr,  # [T, B, 4H] gate-gradient history
-    w_ptr,  # [4H, HOUT] W_hh
-    dh_ptr,  # [B, HOUT] running state gradient
-    dhs_ptr,  # [T+1, B, HOUT] gradient of Hs (HAS_DHS)
-    dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
-    dht_ptr,  # [T, B, HOUT] out: gradient of h_t (zero in inactive rows)
-    y_row0,
-    rows_active,
-    rows_prev,
-    hs_w: tl.int64,
-    dht_off: tl.int64,  # t * B * HOUT
-    dg_prev_off: tl.int64,
-    B,
-    H,
-    HOUT,
-    HAS_DHS,
-    HAS_DY,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    rows, cols, rmask, cmask, act, mask2 = step_tile(B, HOUT, rows_active, BLOCK_B, BLOCK_H)
+@triton.jit
+def _projected_grad_tile(
+    col_block, row_block, dg_ptr, w_ptr, dh_ptr, dhs_ptr, dy_ptr, dht_ptr, y_row0, rows_active,
+    rows_prev, dhs_off, dht_off, dg_prev_off, B, H, HOUT, HAS_DHS, HAS_DY,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """A tile of ``dh_t`` [B, HOUT], the gradient of the LSTM's projected state
+    (:func:`.common.state_grad` over ``dG`` [T, B, 4H] and ``W_hh`` [4H, HOUT]), written to
+    ``dht`` at ``dht_off`` for the cell's backward and the ``dW_hr`` GEMM."""
+    rows, cols, rmask, cmask, act, mask2 = block_tile(col_block, row_block, B, HOUT, rows_active,
+                                                      BLOCK_B, BLOCK_H)  # fmt: skip
     total = state_grad(
-        dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, hs_w, y_row0,
+        dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_row0,
         rows, cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT,
         HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
     )  # fmt: skip
     state = rows[:, None] * HOUT + cols[None, :]
     a = act[:, None]
     tl.store(dh_ptr + state, tl.where(a, 0.0, total), mask=mask2)
-    tl.store(
-        dht_ptr + dht_off + state,
-        tl.where(a, total, 0.0).to(dht_ptr.dtype.element_ty),
-        mask=mask2,
-    )
+    tl.store(dht_ptr + dht_off + state, tl.where(a, total, 0.0).to(dht_ptr.dtype.element_ty),
+             mask=mask2)  # fmt: skip
 
 
-def _launch_steps(kernel, tensors, sizes, flags, cfg, plan, cooperative, between=None):
-    """Launch ``kernel`` over the plan's steps: one cooperative launch for all of them
-    (programs meet at a grid barrier between steps, see :mod:`.sync`), or one launch per
-    step, after ``between(i)`` (the projection launches) when given. ``tensors`` are the
-    kernel's pointer arguments before the steps table, ``sizes`` its ``B, H, HOUT``."""
-    T, B, H = plan.T, plan.B, sizes[1]
+def _launch_steps(kernel, tensors, sizes, flags, cfg, plan, cooperative, phases):
+    """Launch ``kernel`` over the plan's steps: one cooperative launch for all of them (its
+    programs meet at a grid barrier after each phase of a step, see :mod:`.sync`), or a
+    launch per phase of each step, in the order of ``phases`` (1 the cell, 2 the projection;
+    each launch with a program per tile). ``tensors`` are the kernel's pointer arguments
+    before the steps table, ``sizes`` its ``B, H, HOUT``."""
+    T, B, H, Hout = plan.T, plan.B, sizes[1], sizes[2]
     dev = tensors[0].device
     table = steps_table(plan, dev)
-    tiles = -(-H // cfg.block_h) * -(-B // cfg.block_b)
+    tiles = {1: -(-H // cfg.block_h) * -(-B // cfg.block_b),
+             2: -(-Hout // cfg.block_h) * -(-B // cfg.block_b)}  # fmt: skip
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
     if cooperative:
         sync = torch.zeros(1, dtype=torch.int32, device=dev)
-        args = (*tensors, table, sync, 0, T, T, *sizes)
+        args = (*tensors, table, sync, 0, T, 3, T, *sizes)
         kw = dict(flags, SYNC=True)
         if dev.type == "cuda":  # the driver refuses a grid that cannot be co-resident
             kw["launch_cooperative_grid"] = True
-        runtime.launch(kernel, (cooperative_grid(kernel, tiles, args, kw, dev),), *args, **kw)
+        most = max(tiles[p] for p in phases)
+        runtime.launch(kernel, (cooperative_grid(kernel, most, args, kw, dev),), *args, **kw)
         return
     for i in range(T):
-        if between is not None:
-            between(i)
-        runtime.launch(kernel, (tiles,), *tensors, table, table, i, i + 1, T, *sizes, SYNC=False,
-                       **flags)  # fmt: skip
+        for p in phases:
+            runtime.launch(kernel, (tiles[p],), *tensors, table, table, i, i + 1, p, T, *sizes,
+                           SYNC=False, **flags)  # fmt: skip
 
 
 def step_fwd(
@@ -389,8 +384,8 @@ def step_fwd(
     save: bool = True,
     cooperative: bool = False,
 ) -> list[Tensor]:
-    """Launch the step kernels (per step, or once with ``cooperative``); returns their
-    buffers (:func:`.common.forward_buffers`)."""
+    """Launch the step kernel (per step, or once with ``cooperative``); returns its buffers
+    (:func:`.common.forward_buffers`)."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     dt = xg.dtype
     lstm, gated, proj = cell == "lstm", cell in ("lstm", "gru"), w_hr is not None
@@ -399,30 +394,15 @@ def step_fwd(
     cfg = pick_step_config(B, H)
     if cooperative:
         cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), backward=False)
-    flags = dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt))
-
-    def project(i: int) -> None:  # h_t = m_t W_hr^T of the step before, every program needs h_t
-        if i == 0:
-            return
-        s = plan.steps[i - 1]
-        runtime.launch(
-            _lstm_proj_step_kernel, cfg.step_grid(Hout, B),
-            m, w_hr, hs, y if packed else hs,
-            s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.t * B * H,
-            B, H, Hout, WRITE_Y=packed, **flags, **cfg.launch_kwargs(),
-        )  # fmt: skip
-
     # hs stands for the buffers the cell has not (its kernel never reads them)
     tensors = (xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-               gates if gated else hs, m if proj else hs, y if packed else hs)  # fmt: skip
+               gates if gated else hs, *runtime.given(hs, m, w_hr), y if packed else hs)  # fmt: skip
     _launch_steps(
         _step_fwd_kernel, tensors, (B, H, Hout),
-        dict(flags, CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed,
-             WRITE_GATES=gated and save),
-        cfg, plan, cooperative, project if proj else None,
+        dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt), CELL=CELL_CODE[cell],
+             HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, WRITE_GATES=gated and save),
+        cfg, plan, cooperative, (1, 2) if proj else (1,),
     )  # fmt: skip
-    if proj:
-        project(plan.T)
     return out
 
 
@@ -439,10 +419,10 @@ def step_bwd(
     plan: runtime.Plan,
     cooperative: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Launch the backward steps (per step, or once with ``cooperative``). Returns ``dG_x`` and ``dG_h`` [T,B,G*H] (one tensor but
-    for the GRU; zero in inactive rows), ``dh0 [B,Hout]``, ``dc0 [B,H]`` (LSTM; both in the
-    accumulation dtype) and, with projection, ``dh [T,B,Hout]`` (gradient of every
-    projected output, for ``dW_hr``)."""
+    """Launch the backward steps (per step, or once with ``cooperative``). Returns ``dG_x``
+    and ``dG_h`` [T,B,G*H] (one tensor but for the GRU; zero in inactive rows), ``dh0
+    [B,Hout]``, ``dc0 [B,H]`` (LSTM; both in the accumulation dtype) and, with projection,
+    ``dh [T,B,Hout]`` (gradient of every projected output, for ``dW_hr``)."""
     T, B, (GH, Hout) = plan.T, plan.B, w_hh.shape
     H = GH // GATES[cell]
     dt, dev, acc = w_hh.dtype, w_hh.device, runtime.acc_dtype(w_hh.dtype)
@@ -455,25 +435,13 @@ def step_bwd(
     cfg = pick_step_config(B, H)
     if cooperative:
         cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), backward=True)
-    flags = dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-                 PRECISION=runtime.dot_precision(dt))  # fmt: skip
-    order = list(plan.backward())
-
-    def state_grad_of_h(i: int) -> None:  # dh_t of the projected output, before step i
-        s, rows_prev, t_prev = order[i]
-        runtime.launch(
-            _lstm_proj_grad_step_kernel, cfg.step_grid(Hout, B),
-            dgx, w_hh, dh, *runtime.given(dgx, dhs, dy), dht, s.row0, s.rows, rows_prev,
-            s.slot_w * B * Hout, s.t * B * Hout, t_prev * B * GH, B, H, Hout, **flags,
-            **cfg.launch_kwargs(),
-        )  # fmt: skip
-
     tensors = (dgx, dgh, w_hh, *runtime.given(dgx, hs, cs, gates), dh,
                *runtime.given(dgx, dc, dhs, dy, dcs, dht, w_hr))  # fmt: skip
     _launch_steps(
         _step_bwd_kernel, tensors, (B, H, Hout),
-        dict(flags, CELL=CELL_CODE[cell], PROJ=proj, HAS_DCS=dcs is not None),
-        cfg, plan, cooperative, state_grad_of_h if proj else None,
+        dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None, PRECISION=runtime.dot_precision(dt),
+             CELL=CELL_CODE[cell], PROJ=proj, HAS_DCS=dcs is not None),
+        cfg, plan, cooperative, (2, 1) if proj else (1,),
     )  # fmt: skip
     finish_state_grad(dh, dgh, w_hh, dhs, plan)
     if dcs is not None:

@@ -22,16 +22,17 @@ import triton.language as tl
 
 
 @triton.jit
-def grid_barrier(count_ptr, target):
-    """Wait until ``*count_ptr`` (int32, zero at launch) reaches ``target`` after adding
-    this program's arrival; ``target`` is (barriers passed so far + 1) x programs, so the
-    counter is never reset within a launch.
+def grid_barrier(count_ptr, n):
+    """The ``n``-th barrier of the launch (1, 2, ...): wait until ``*count_ptr`` (int32, zero
+    at launch) reaches ``n`` x programs after adding this program's arrival, so the counter
+    is never reset within a launch.
 
     Ordering, as CUDA's cooperative groups do it: the CTA barrier makes every thread's
     stores of this step happen before the one thread's release increment; that thread's
     acquire reads then see every other program's increment and, through them, their stores;
     the second CTA barrier makes those visible to all threads before the next step reads.
     A scalar atomic runs in one thread of the program and its result is shared."""
+    target = n * tl.num_programs(0)
     tl.debug_barrier()
     tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")

@@ -3,7 +3,7 @@
 Triton inlines ``@triton.jit`` helpers into their callers, so a kernel built from
 these compiles to the code it would have written out itself. Index arithmetic is
 int64 wherever it reaches a sequence-long buffer: the row indices come out of
-:func:`step_tile` / :func:`row_block` as int64, and packed rows go through
+:func:`block_tile` / :func:`row_block` as int64, and packed rows go through
 :func:`packed_ptrs` (see ``tests/test_triton_offsets.py``).
 
 Gate blocks: the gate tensors of a cell (``xg``, saved gates, gate gradients, ``W_hh``,
@@ -18,7 +18,17 @@ import triton
 import triton.language as tl
 
 # arguments that change between launches of a kernel besides its ``tl.int64`` offsets
-_PER_LAUNCH = ("row0", "xg_row0", "y_row0", "rows_active", "rows_prev", "B", "ZONE_H", "ZONE_C")
+_PER_LAUNCH = (
+    "row0",
+    "xg_row0",
+    "y_row0",
+    "rows_active",
+    "rows_prev",
+    "B",
+    "ZONE_H",
+    "ZONE_C",
+    "phases",
+)
 
 
 def kernel_jit(fn):
@@ -29,13 +39,6 @@ def kernel_jit(fn):
     params = inspect.signature(fn).parameters.items()
     keep = [n for n, p in params if p.annotation in (tl.int64, "tl.int64") or n in _PER_LAUNCH]
     return triton.jit(do_not_specialize=keep)(fn)
-
-
-@triton.jit
-def step_tile(B, N, rows_active, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """This program's ``[BLOCK_B, BLOCK_H]`` tile of a per-step grid ``(cols, rows)``
-    (:func:`block_tile`)."""
-    return block_tile(tl.program_id(0), tl.program_id(1), B, N, rows_active, BLOCK_B, BLOCK_H)
 
 
 @triton.jit
