@@ -41,6 +41,13 @@ Time of one kernel:
   waves = ceil(programs / (SMs · programs per SM)), programs per SM from the warp limit.
 - the three terms overlap perfectly (max, not sum): optimistic again.
 
+The cooperative launch (the Triton backend's default above the persistent range) runs the same
+step kernel's whole time loop in one launch: no launch per step, W_hh re-read from L2 (not HBM)
+at every step, and a grid-wide barrier after each step that adds ``BARRIER_ROUND_TRIPS`` L2
+round trips to the chain; its programs hold ~255 registers each (the compile report), so
+``REGS_PER_THREAD`` limits how many fit on an SM, and tiles beyond that are walked serially
+(waves).
+
 A sequence's time adds the kernels of its layers. The host issues the launches: a per-step
 launch loop costs ``launches × host cost`` on the CPU, and the GPU cannot finish before the host
 has issued the last launch, so the predicted wall time is
@@ -145,6 +152,16 @@ HOST_LAUNCH_SOURCE = (
 )
 # cuBLAS picks its own kernels; the per-step GEMM [B, H]·[H, G·H] is costed with one assumed
 # tile shape and pipeline depth, typical of its Ampere/Hopper kernels.
+BARRIER_ROUND_TRIPS = 2
+BARRIER_SOURCE = (
+    "assumed: a grid barrier is one release increment reaching L2 and one acquire poll that "
+    "sees the last arrival (ops/triton/sync.py); contention of the arrivals is not modelled"
+)
+REGS_PER_THREAD = 255
+REGS_SOURCE = (
+    "python -m fusedrnn.compile_report: the cooperative step kernels use 200-255 registers "
+    "per thread on sm_90; 65,536 per SM"
+)
 CUBLAS_TILE = (64, 128, 32)  # (BM, BN, BK)
 CUBLAS_STAGES = 4
 
@@ -198,6 +215,9 @@ class KernelConfig:
     max_hidden: int = 0  # persistent: the largest H it takes
     cell: str = ""  # persistent configs are per cell
     picker: object = field(default=None, compare=False, repr=False)
+    dtypes: tuple[str, ...] = ()  # cooperative: the data types it serves
+    # cooperative: the backward's block_b, block_h, block_k, warps, stages
+    bwd: tuple[int, int, int, int, int] | None = None
 
 
 def _triton_config(kind, description, c, copied, picker=None) -> KernelConfig:
@@ -233,6 +253,19 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
         _step_config("variant", c, getattr(tc, "pick_variant_config", None))
         for c in getattr(tc, "VARIANT_CONFIGS", ())
     ]
+    groups = {"half": ("bfloat16", "float16"), "float32": ("float32",)}
+    for group, (f, b) in getattr(tc, "COOPERATIVE_CONFIGS", {}).items():
+        out.append(
+            KernelConfig(
+                "triton", "cooperative",
+                f"cooperative ({group}) fwd {f.block_b}x{f.block_h}x{f.block_k} w{f.num_warps} "
+                f"s{f.num_stages}, bwd {b.block_b}x{b.block_h}x{b.block_k} w{b.num_warps} "
+                f"s{b.num_stages}",
+                block_b=f.block_b, block_h=f.block_h, block_k=f.block_k, num_warps=f.num_warps,
+                num_stages=f.num_stages, dtypes=groups.get(group, (group,)),
+                bwd=(b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages),
+            )
+        )  # fmt: skip
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
         out.append(
             _triton_config(
@@ -272,10 +305,16 @@ def cuda_config() -> tuple[KernelConfig, str]:
     ), note
 
 
-def applicable(cfg: KernelConfig, cell: str, B: int, H: int, variant: bool = False) -> bool:
-    """Whether the launchers would pick ``cfg`` for this shape (mirrors the pick functions)."""
+def applicable(
+    cfg: KernelConfig, cell: str, B: int, H: int, variant: bool = False, dtype: str = ""
+) -> bool:
+    """Whether the launchers would pick ``cfg`` for this shape (mirrors the pick functions;
+    the per-step configs are shown too, as the per-step path they also serve)."""
     if (cfg.kind == "variant") != variant:  # the variant kernels serve only the variants
         return False
+    if cfg.kind == "cooperative":
+        small = {"lstm": 32, "gru": 32, "rnn": 64}.get(cell, 0)  # PERSISTENT_CONFIGS' range
+        return H > small and (not dtype or dtype in cfg.dtypes)
     if cfg.kind == "variant":
         return cfg.picker is None or _picked(cfg, B)
     if cfg.kind == "persistent":
@@ -313,6 +352,7 @@ class Kernel:
     chain: float = 0.0  # dependent L2 round trips of its serial loop
     warps: int = 4  # per program, for the number of waves
     rate_per_sm: bool = False  # persistent: a program's product runs on its own SM only
+    per_sm: int = 0  # programs resident per SM when registers decide (0: the warp limit)
 
 
 @dataclass
@@ -369,6 +409,25 @@ def plan(
                    chain=chain_length(G * H, bk, st), warps=w)
         ]  # fmt: skip
         return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
+    if cfg.kind == "cooperative":
+        # the step kernel's loop in one launch: W_hh stays in L2 (re-read by every batch block
+        # at every step), each step ends at a grid barrier, no launch per step
+        launch = Kernel("cooperative launch", 0.0, 0.0, 1)
+        kernels = []
+        for name, (bb, bh, bk, warps, st), k, rows in (
+            ("cooperative step", (cfg.block_b, cfg.block_h, cfg.block_k, w, cfg.num_stages),
+             H, fwd_rows),
+            ("cooperative step bwd", cfg.bwd or (cfg.block_b, cfg.block_h, cfg.block_k, w,
+                                                 cfg.num_stages), G * H, bwd_rows),
+        ):  # fmt: skip
+            blocks_b = math.ceil(B / bb)
+            regs = -(-REGS_PER_THREAD * 32 // 256) * 256 * warps
+            kernels.append(
+                Kernel(name, rec_flops, G * H * e + rows, blocks_b * math.ceil(H / bh),
+                       blocks_b * w_hh, 0, chain=chain_length(k, bk, st) + BARRIER_ROUND_TRIPS,
+                       warps=warps, per_sm=max(1, 65536 // regs))
+            )  # fmt: skip
+        return Plan(once_fwd + [launch], kernels[:1], kernels[1:], [launch, *once_bwd])
     if cfg.kind == "variant":
         # a program owns block_b rows and all G·H features: it walks G·H in block_h chunks,
         # each a reduction over H (forward) or G·H (backward) in block_k chunks
@@ -421,6 +480,8 @@ def plan(
 
 def waves(k: Kernel, gpu: Gpu) -> int:
     per_sm = max(1, min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // max(1, k.warps)))
+    if k.per_sm:
+        per_sm = min(per_sm, k.per_sm)
     return math.ceil(k.programs / (gpu.sms * per_sm))
 
 
@@ -591,7 +652,7 @@ def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]
     cell, B, T, I, H, L, dt = (case[k] for k in ("cell", "B", "T", "I", "H", "layers", "dtype"))  # noqa: E741
     prec = case.get("precision", "ieee")
     variant = case.get("variant", False)
-    chosen = [c for c in configs if applicable(c, cell, B, H, variant)]
+    chosen = [c for c in configs if applicable(c, cell, B, H, variant, dt)]
     prec_note = f" {prec.upper()}" if dt == "float32" else ""
     lines = [
         f"## {case['label']}: {cell.upper()} B={B} T={T} I={I} H={H} layers={L} {dt}{prec_note}",
@@ -624,8 +685,9 @@ def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]
 
 def measured(case: dict, results: Path = _ROOT / "bench" / "results") -> list[str]:
     """Table rows of what a GPU measured at ``case``'s shape: ``gpu_check``'s eager medians
-    (``results.csv``) and, where ``bench/graph_replay.py`` ran there too, the CUDA-graph replay
-    medians (``graph_replay.csv``), one row per provider, from every ``results/gpu-*/``."""
+    (``results.csv``) and, in rows of their own, the CUDA-graph replay medians of
+    ``bench/graph_replay.py`` (``graph_replay.csv``, a run of its own that may predate the
+    eager one), one row per provider, from every ``results/gpu-*/``."""
     cell, B, T, I, H, L = (case[k] for k in ("cell", "B", "T", "I", "H", "layers"))  # noqa: E741
     dtype = case["dtype"] + ("+tf32" if case.get("precision") == "tf32" else "")
     rows: list[str] = []
@@ -648,15 +710,17 @@ def measured(case: dict, results: Path = _ROOT / "bench" / "results") -> list[st
                     if f" B={B} T={T} I={I} H={H} L={L}" in r["shape"] and r["dtype"] == dtype:
                         replay.setdefault(r["provider"], {})[r["mode"]] = r.get("replay_ms", "")
         for provider, t in eager.items():
-            g = replay.get(provider, {})
-            graphed = (
-                f"{g['fwd']}, {g['fwdbwd']} (measured)" if "fwd" in g and "fwdbwd" in g else ""
-            )
             rows.append(
                 f"| {meta['device']} | {provider} (measured: {d.name}/results.csv, "
-                f"{meta['date'][:10]}) | | | | | {t.get('fwd', '')} | {t.get('fwdbwd', '')} | "
-                f"{graphed} |"
+                f"{meta['date'][:10]}) | | | | | {t.get('fwd', '')} | {t.get('fwdbwd', '')} | |"
             )
+        # a separate run (graph_replay.py), possibly of other kernels than results.csv's
+        for provider, g in replay.items():
+            if "fwd" in g and "fwdbwd" in g:
+                rows.append(
+                    f"| {meta['device']} | {provider} (measured: {d.name}/graph_replay.csv) | "
+                    f"| | | | | | {g['fwd']}, {g['fwdbwd']} (measured) |"
+                )
     return rows
 
 
@@ -684,6 +748,8 @@ def report(gpus: list[str]) -> str:
         f"- {GPU_LAUNCH_S * 1e6:.1f} µs of GPU time per dependent launch: {GPU_LAUNCH_SOURCE}",
         f"- host time per launch {', '.join(f'{k} {v * 1e6:.0f} µs' for k, v in HOST_LAUNCH_S.items())}: "
         f"{HOST_LAUNCH_SOURCE}",
+        f"- grid barrier: {BARRIER_ROUND_TRIPS} L2 round trips per step: {BARRIER_SOURCE}",
+        f"- {REGS_PER_THREAD} registers per thread in the cooperative kernels: {REGS_SOURCE}",
         f"- cuBLAS per-step GEMM: tile {'x'.join(map(str, CUBLAS_TILE))}, {CUBLAS_STAGES} "
         "pipeline stages (its real kernel choice was not inspected)",
         f"- at most {MAX_WARPS_PER_SM} warps and {MAX_PROGRAMS_PER_SM} programs per SM (CUDA "

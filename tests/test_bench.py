@@ -215,6 +215,33 @@ def test_costmodel_rates_waves_and_chain():
     assert math.isclose(costmodel.kernel_time(p, gpu, "bfloat16"), 1e9 / (312e12 / 108))
 
 
+def test_costmodel_cooperative_by_hand():
+    cfg = costmodel.KernelConfig(
+        "triton", "cooperative", "hand", block_b=16, block_h=16, block_k=64, num_warps=4,
+        num_stages=3, dtypes=("bfloat16",), bwd=(16, 16, 128, 4, 3),
+    )  # fmt: skip
+    p = costmodel.plan(cfg, "lstm", B=32, T=10, I=8, H=768, dtype="bfloat16", training=True)
+    (f,), (b,) = p.step_fwd, p.step_bwd
+    # 2 row blocks x 48 unit blocks; W_hh from L2 by each row block, not from HBM
+    assert f.programs == b.programs == 96 and f.launches == b.launches == 0
+    assert f.l2_bytes == 2 * 4 * 768 * 768 * 2
+    # forward: 768 / 64 chunks, 2 in flight, + the step's round trips + the barrier's 2
+    assert f.chain == 12 / 2 + 2 + 2
+    assert b.chain == 3072 / 128 / 2 + 2 + 2
+    # 255 registers x 32 threads round up to 8,192 per warp: 2 programs of 4 warps per SM
+    assert f.per_sm == 2
+    gpu = costmodel.GPUS["H100"]
+    assert costmodel.waves(f, gpu) == 1
+    assert costmodel.waves(costmodel.Kernel("k", 0, 0, 265, per_sm=2), gpu) == 2
+    # one launch each way besides the GEMMs
+    assert sum(k.launches for k in p.once_fwd) == 2
+    pred = costmodel.predict(cfg, gpu, "lstm", 32, 10, 8, 768, 1, "bfloat16")
+    assert pred.launches_seq_fwd == 2 and pred.launches_seq_fwdbwd == 2 + 1 + 3
+    assert costmodel.applicable(cfg, "lstm", 32, 768, dtype="bfloat16")
+    assert not costmodel.applicable(cfg, "lstm", 32, 768, dtype="float32")
+    assert not costmodel.applicable(cfg, "lstm", 32, 32, dtype="bfloat16")  # persistent range
+
+
 def test_costmodel_variant_chain():
     cfg = costmodel.KernelConfig(
         "triton", "variant", "hand", block_b=16, block_h=32, block_k=32, num_stages=1
