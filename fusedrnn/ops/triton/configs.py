@@ -87,6 +87,11 @@ COOPERATIVE_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
     ),
 }
 
+# the forward with the LSTM's projection as a second phase of each step holds both bodies:
+# 8 warps, or it spills (4-12 bytes with the configs above)
+COOPERATIVE_PROJ_FORWARD = StepConfig(block_b=16, block_h=32, block_k=16, num_warps=8,
+                                      num_stages=2)  # fmt: skip
+
 # variant step kernels (layer norm, zoneout, peephole, cifg): a program owns block_b rows
 # and all G*H features of them, looping in block_h chunks (layer norm needs whole rows).
 # 32-row blocks spill on sm_90 (fp32) with 4 or 8 warps, so B > 16 runs several programs.
@@ -129,13 +134,17 @@ def pick_step_config(batch: int, hidden: int) -> StepConfig:
     return min(fits, key=lambda c: c.block_b)
 
 
-def pick_cooperative_config(batch: int, hidden: int, dtype: str, backward: bool) -> StepConfig:
+def pick_cooperative_config(
+    batch: int, hidden: int, dtype: str, backward: bool, proj: bool = False
+) -> StepConfig:
     """The cooperative launch's config for ``dtype`` ("float16", "bfloat16", "float32",
     "float64"); under the interpreter, and for float64, the per-step choice (one program walks
     every tile under the interpreter, so the fewest tiles cost least)."""
     group = "half" if dtype in ("float16", "bfloat16") else dtype
     if interpreting() or group not in COOPERATIVE_CONFIGS:
         return pick_step_config(batch, hidden)
+    if proj and not backward:
+        return COOPERATIVE_PROJ_FORWARD
     return COOPERATIVE_CONFIGS[group][backward]
 
 

@@ -393,7 +393,7 @@ def step_fwd(
     hs, cs, gates, m, y = out
     cfg = pick_step_config(B, H)
     if cooperative:
-        cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), backward=False)
+        cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), False, proj)
     # hs stands for the buffers the cell has not (its kernel never reads them)
     tensors = (xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
                gates if gated else hs, *runtime.given(hs, m, w_hr), y if packed else hs)  # fmt: skip
