@@ -88,7 +88,8 @@ COOPERATIVE_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
 }
 
 # the forward with the LSTM's projection as a second phase of each step holds both bodies:
-# 8 warps, or it spills (4-12 bytes with the configs above)
+# 8 warps on 16 rows, every dtype, or it spills (4-12 bytes with the configs above, float64's
+# 32-row per-step config too)
 COOPERATIVE_PROJ_FORWARD = StepConfig(block_b=16, block_h=32, block_k=16, num_warps=8,
                                       num_stages=2)  # fmt: skip
 
@@ -141,10 +142,12 @@ def pick_cooperative_config(
     "float64"); under the interpreter, and for float64, the per-step choice (one program walks
     every tile under the interpreter, so the fewest tiles cost least)."""
     group = "half" if dtype in ("float16", "bfloat16") else dtype
-    if interpreting() or group not in COOPERATIVE_CONFIGS:
+    if interpreting():
         return pick_step_config(batch, hidden)
     if proj and not backward:
         return COOPERATIVE_PROJ_FORWARD
+    if group not in COOPERATIVE_CONFIGS:
+        return pick_step_config(batch, hidden)
     return COOPERATIVE_CONFIGS[group][backward]
 
 

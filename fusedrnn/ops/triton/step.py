@@ -13,7 +13,8 @@ slice of ``W_hh`` (all gates of its units) is read again at every step and stays
 L1/L2 caches between steps, not in registers.
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
-recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg`` and ``b_hh`` and applies the cell (:mod:`.cellmath`):
+recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg``
+and ``b_hh`` and applies the cell (:mod:`.cellmath`):
 
 - LSTM: ``pre_q = xg_q + h_prev W_hh,q^T + b_hh,q``; writes ``c_t``, the gates i, f, g, o
   (saved for the backward) and ``h_t``, or with PROJ the unprojected ``m_t``, from which
@@ -91,6 +92,17 @@ def _visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
 
 
 @triton.jit
+def _walk(SYNC: tl.constexpr):
+    """``(first, stride, one)`` of the tiles a program visits: pid, pid + grid, ... in a
+    cooperative launch; its own tile alone in a per-step launch, as ``range(pid, pid + 1)``
+    with constant bounds apart from pid, so the loop folds away and nothing is hoisted out
+    of it (hoisted tile pointers made the per-step kernels spill)."""
+    if SYNC:
+        return tl.program_id(0), tl.num_programs(0), 0
+    return tl.program_id(0), 1, 1
+
+
+@triton.jit
 def _tiles(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Column blocks and tiles of a ``[B, H]`` step (a program walks tiles pid, pid + grid, ...)."""
     col_blocks = tl.cdiv(H, BLOCK_H)
@@ -134,63 +146,67 @@ def _step_fwd_kernel(
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
-    for s in range(s_begin, s_end):
+    first, every, one = _walk(SYNC)
+    for s in range(s_begin, s_end if SYNC else s_begin + 1):
         t, slot_r, slot_w, xg_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
-        for tile in range(tl.program_id(0), tiles if phases & 1 else 0, tl.num_programs(0)):
-            rows, units, rmask, umask, act, mask2 = block_tile(
-                tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
-            )
-            amask = act[:, None] & umask[None, :]
-            p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K, K, 1,
-                                       G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-            if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts alone
-                if HAS_BIAS:
-                    p0, p1, p2, _ = add_gates(p0, p1, p2, p2, b_ptr + units, H, umask, 3)
-                xg = packed_ptrs(xg_ptr, xg_row0, rows, units, 3 * H)
-                x0, x1, x2, _ = load_gates(xg, H, amask, 3)
-            else:
-                xg = packed_ptrs(xg_ptr, xg_row0, rows, units, G * H)
-                p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, xg, H, amask, G)
-                if HAS_BIAS:
-                    p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, b_ptr + units, H, umask, G)
+        for tile in range(first, tiles if SYNC else first + one, every):
+            if phases & 1:
+                rows, units, rmask, umask, act, mask2 = block_tile(
+                    tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                )
+                amask = act[:, None] & umask[None, :]
+                p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K, K,
+                                           1, G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
+                                           BLOCK_K)  # fmt: skip
+                if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts alone
+                    if HAS_BIAS:
+                        p0, p1, p2, _ = add_gates(p0, p1, p2, p2, b_ptr + units, H, umask, 3)
+                    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, 3 * H)
+                    x0, x1, x2, _ = load_gates(xg, H, amask, 3)
+                else:
+                    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, G * H)
+                    p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, xg, H, amask, G)
+                    if HAS_BIAS:
+                        p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, b_ptr + units, H, umask, G)
 
-            state = rows[:, None] * H + units[None, :]
-            gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
-            if CELL == LSTM:
-                c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
-                i, f, g, o, c, h_new = lstm_fwd(p0, p1, p2, p3, c_prev)
-                tl.store(cs_ptr + slot_w * B * H + state, tl.where(act[:, None], c, c_prev),
-                         mask=mask2)  # fmt: skip
-                if WRITE_GATES:  # only when a backward can follow (the op's save flag)
-                    store_gates(gates_at, H, act, mask2, i, f, g, o, 4)
-                if PROJ:
-                    # zeros in inactive rows: the dW_hr GEMM reads every row
-                    tl.store(m_ptr + t * B * H + state, tl.where(act[:, None], h_new, 0.0),
+                state = rows[:, None] * H + units[None, :]
+                gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+                if CELL == LSTM:
+                    c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+                    i, f, g, o, c, h_new = lstm_fwd(p0, p1, p2, p3, c_prev)
+                    tl.store(cs_ptr + slot_w * B * H + state, tl.where(act[:, None], c, c_prev),
                              mask=mask2)  # fmt: skip
+                    if WRITE_GATES:  # only when a backward can follow (the op's save flag)
+                        store_gates(gates_at, H, act, mask2, i, f, g, o, 4)
+                    if PROJ:
+                        # zeros in inactive rows: the dW_hr GEMM reads every row
+                        tl.store(m_ptr + t * B * H + state, tl.where(act[:, None], h_new, 0.0),
+                                 mask=mask2)  # fmt: skip
+                    else:
+                        h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
                 else:
                     h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-            else:
-                h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
-                if CELL == GRU:
-                    r, z, n, h_new = gru_fwd(x0.to(ACC_TY), x1.to(ACC_TY), x2.to(ACC_TY), p0, p1,
-                                             p2, h_prev.to(ACC_TY))  # fmt: skip
-                    if WRITE_GATES:
-                        store_gates(gates_at, H, act, mask2, r, z, n, p2, 4)
-                else:
-                    h_new = rnn_fwd(p0, CELL == RNN_RELU)
-            if not PROJ:
-                store_state(h_new, h_prev, hs_ptr + slot_w * B * HOUT, y_ptr, xg_row0, rows,
-                            rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
+                    if CELL == GRU:
+                        r, z, n, h_new = gru_fwd(x0.to(ACC_TY), x1.to(ACC_TY), x2.to(ACC_TY),
+                                                 p0, p1, p2, h_prev.to(ACC_TY))  # fmt: skip
+                        if WRITE_GATES:
+                            store_gates(gates_at, H, act, mask2, r, z, n, p2, 4)
+                    else:
+                        h_new = rnn_fwd(p0, CELL == RNN_RELU)
+                if not PROJ:
+                    store_state(h_new, h_prev, hs_ptr + slot_w * B * HOUT, y_ptr, xg_row0, rows,
+                                rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
         if SYNC:  # the projection (or the next step) reads every unit
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1)
         if PROJ:
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
-            for tile in range(tl.program_id(0), out_tiles if phases & 2 else 0,
-                              tl.num_programs(0)):  # fmt: skip
-                _project_tile(tile % out_blocks, tile // out_blocks, m_ptr, whr_ptr, hs_ptr,
-                              y_ptr, xg_row0, rows_active, hs_r, slot_w * B * HOUT, t * B * H, B,
-                              H, HOUT, WRITE_Y, ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            for tile in range(first, out_tiles if SYNC else first + one, every):
+                if phases & 2:
+                    _project_tile(tile % out_blocks, tile // out_blocks, m_ptr, whr_ptr, hs_ptr,
+                                  y_ptr, xg_row0, rows_active, hs_r, slot_w * B * HOUT,
+                                  t * B * H, B, H, HOUT, WRITE_Y, ACC_TY, PRECISION, BLOCK_B,
+                                  BLOCK_H, BLOCK_K)  # fmt: skip
             if SYNC:
                 grid_barrier(sync_ptr, (s - s_begin) * 2 + 2)
 
@@ -237,67 +253,69 @@ def _step_bwd_kernel(
     # dG itself but for the GRU: through dg_ptr, so that the compiler sees one tensor
     dg_rec = dgh_ptr if CELL == GRU else dg_ptr
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
-    for s in range(s_begin, s_end):
+    first, every, one = _walk(SYNC)
+    for s in range(s_begin, s_end if SYNC else s_begin + 1):
         t, slot_r, slot_w, y_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, True)
         # the step processed just before (the next one in time): none for the first
         t_prev = t - 1 if REVERSE else t + 1
         rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
         if PROJ:  # dh_t over the projected state, which the cell's dm_t = dh_t W_hr reads whole
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
-            for tile in range(tl.program_id(0), out_tiles if phases & 2 else 0,
-                              tl.num_programs(0)):  # fmt: skip
-                _projected_grad_tile(tile % out_blocks, tile // out_blocks, dg_ptr, w_ptr, dh_ptr,
-                                     dhs_ptr, dy_ptr, dht_ptr, y_row0, rows_active, rows_prev,
-                                     slot_w * B * HOUT, t * B * HOUT, t_prev * B * G * H, B, H,
-                                     HOUT, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H,
-                                     BLOCK_K)  # fmt: skip
+            for tile in range(first, out_tiles if SYNC else first + one, every):
+                if phases & 2:
+                    _projected_grad_tile(tile % out_blocks, tile // out_blocks, dg_ptr, w_ptr,
+                                         dh_ptr, dhs_ptr, dy_ptr, dht_ptr, y_row0, rows_active,
+                                         rows_prev, slot_w * B * HOUT, t * B * HOUT,
+                                         t_prev * B * G * H, B, H, HOUT, HAS_DHS, HAS_DY,
+                                         PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
             if SYNC:
                 grid_barrier(sync_ptr, (s - s_begin) * 2 + 1)
-        for tile in range(tl.program_id(0), tiles if phases & 1 else 0, tl.num_programs(0)):
-            rows, units, rmask, umask, act, mask2 = block_tile(
-                tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
-            )
-            a = act[:, None]
-            if PROJ:
-                dh = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask, HOUT, 1,
-                              H, acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-            else:
-                dh = state_grad(
-                    dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, t_prev * B * G * H,
-                    slot_w * B * HOUT, y_row0, rows, units, rmask, umask, act, rows < rows_prev,
-                    G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-                )  # fmt: skip
-                if CELL == LSTM:  # the state gradient has reached the gates
-                    tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
-                             mask=mask2)  # fmt: skip
-            state = rows[:, None] * H + units[None, :]
-            gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
-            if CELL == LSTM:
-                dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
-                if HAS_DCS:
-                    dc += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2,
-                                  other=0.0).to(acc_ty)  # fmt: skip
-                c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
-                c = tl.load(cs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
-                i, f, g, o = load_gates(gates_at, H, mask2, 4)
-                d_i, d_f, d_g, d_o, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, dh, dc)
-                out = tile_ptrs(dg_ptr + t * B * 4 * H, rows, units, 4 * H)
-                store_gates(out, H, act, mask2, d_i, d_f, d_g, d_o, 4)
-                tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
-            elif CELL == GRU:
-                h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2,
-                                 other=0.0).to(acc_ty)  # fmt: skip
-                r, z, n, hn = load_gates(gates_at, H, mask2, 4)
-                d_r, d_z, d_n, d_hn, direct = gru_bwd(r, z, n, hn, h_prev, dh)
-                out = t * B * 3 * H + rows[:, None] * (3 * H) + units[None, :]
-                store_gates(dg_ptr + out, H, act, mask2, d_r, d_z, d_n, d_n, 3)
-                store_gates(dgh_ptr + out, H, act, mask2, d_r, d_z, d_hn, d_hn, 3)
-                tl.store(dh_ptr + state, tl.where(a, direct, dh), mask=mask2)
-            else:  # the activation's derivative from the output
-                h = tl.load(hs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(acc_ty)
-                d = tl.where(a, rnn_bwd(h, dh, CELL == RNN_RELU), 0.0)
-                tl.store(dg_ptr + t * B * H + state, d.to(dg_ptr.dtype.element_ty), mask=mask2)
-                tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
+        for tile in range(first, tiles if SYNC else first + one, every):
+            if phases & 1:
+                rows, units, rmask, umask, act, mask2 = block_tile(
+                    tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                )
+                a = act[:, None]
+                if PROJ:
+                    dh = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask, HOUT, 1,
+                                  H, acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+                else:
+                    dh = state_grad(
+                        dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, t_prev * B * G * H,
+                        slot_w * B * HOUT, y_row0, rows, units, rmask, umask, act, rows < rows_prev,
+                        G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                    )  # fmt: skip
+                    if CELL == LSTM:  # the state gradient has reached the gates
+                        tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
+                                 mask=mask2)  # fmt: skip
+                state = rows[:, None] * H + units[None, :]
+                gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+                if CELL == LSTM:
+                    dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
+                    if HAS_DCS:
+                        dc += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2,
+                                      other=0.0).to(acc_ty)  # fmt: skip
+                    c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+                    c = tl.load(cs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
+                    i, f, g, o = load_gates(gates_at, H, mask2, 4)
+                    d_i, d_f, d_g, d_o, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, dh, dc)
+                    out = tile_ptrs(dg_ptr + t * B * 4 * H, rows, units, 4 * H)
+                    store_gates(out, H, act, mask2, d_i, d_f, d_g, d_o, 4)
+                    tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
+                elif CELL == GRU:
+                    h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2,
+                                     other=0.0).to(acc_ty)  # fmt: skip
+                    r, z, n, hn = load_gates(gates_at, H, mask2, 4)
+                    d_r, d_z, d_n, d_hn, direct = gru_bwd(r, z, n, hn, h_prev, dh)
+                    out = t * B * 3 * H + rows[:, None] * (3 * H) + units[None, :]
+                    store_gates(dg_ptr + out, H, act, mask2, d_r, d_z, d_n, d_n, 3)
+                    store_gates(dgh_ptr + out, H, act, mask2, d_r, d_z, d_hn, d_hn, 3)
+                    tl.store(dh_ptr + state, tl.where(a, direct, dh), mask=mask2)
+                else:  # the activation's derivative from the output
+                    h = tl.load(hs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(acc_ty)
+                    d = tl.where(a, rnn_bwd(h, dh, CELL == RNN_RELU), 0.0)
+                    tl.store(dg_ptr + t * B * H + state, d.to(dg_ptr.dtype.element_ty), mask=mask2)
+                    tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
         if SYNC:  # the next step's state gradient reads every unit's dG
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ)
 
@@ -396,7 +414,8 @@ def step_fwd(
         cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), False, proj)
     # hs stands for the buffers the cell has not (its kernel never reads them)
     tensors = (xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-               gates if gated else hs, *runtime.given(hs, m, w_hr), y if packed else hs)  # fmt: skip
+               gates if gated else hs, *runtime.given(hs, m, w_hr),
+               y if packed else hs)  # fmt: skip
     _launch_steps(
         _step_fwd_kernel, tensors, (B, H, Hout),
         dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt), CELL=CELL_CODE[cell],
