@@ -180,7 +180,7 @@ needs_interpreter = pytest.mark.skipif(
 
 
 @needs_interpreter
-@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
 def test_triton_under_autocast_fp16(cls, path):
     """CPU float16 autocast, where the interpreter's tl.dot is right: float16 out, values
@@ -203,7 +203,7 @@ def test_triton_under_autocast_fp16(cls, path):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 def test_triton_under_autocast_bf16_runs(path):
     """bfloat16 autocast: the op takes the cast inputs (before, a bf16 input projection met
     float32 weights in tl.dot) and returns bfloat16. The interpreter's bf16 tl.dot is wrong,

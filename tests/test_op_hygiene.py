@@ -219,7 +219,7 @@ def test_cpu_variant_ops_do_not_sync(cell, packed):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 @pytest.mark.parametrize(
     "packed,reverse",
     [(False, False), (True, False), (True, True)],

@@ -207,7 +207,7 @@ def test_cpu_variant_gru_outputs_are_deterministic():
 
 
 @needs_interpreter
-@pytest.mark.parametrize("path", ["step", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 @pytest.mark.parametrize("layout,dtype", CASES)
 def test_triton_layer_ops(layout, dtype, path):
     from fusedrnn.ops import triton as tb
