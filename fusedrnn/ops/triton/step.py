@@ -93,13 +93,13 @@ def _visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
 
 @triton.jit
 def _walk(SYNC: tl.constexpr):
-    """``(first, stride, one)`` of the tiles a program visits: pid, pid + grid, ... in a
-    cooperative launch; its own tile alone in a per-step launch, as ``range(pid, pid + 1)``
-    with constant bounds apart from pid, so the loop folds away and nothing is hoisted out
-    of it (hoisted tile pointers made the per-step kernels spill)."""
+    """``(first tile, stride)`` of the tiles a program visits: pid, pid + grid, ... in a
+    cooperative launch. A per-step launch has a program per tile and walks
+    ``range(pid, pid + 1)``: bounds the compiler can count, so the loop folds away and
+    nothing is hoisted out of it (hoisted tile pointers made the per-step kernels spill)."""
     if SYNC:
-        return tl.program_id(0), tl.num_programs(0), 0
-    return tl.program_id(0), 1, 1
+        return tl.program_id(0), tl.num_programs(0)
+    return tl.program_id(0), 1
 
 
 @triton.jit
@@ -146,11 +146,11 @@ def _step_fwd_kernel(
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
-    first, every, one = _walk(SYNC)
+    first, every = _walk(SYNC)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
         t, slot_r, slot_w, xg_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
-        for tile in range(first, tiles if SYNC else first + one, every):
+        for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
                 rows, units, rmask, umask, act, mask2 = block_tile(
                     tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
@@ -201,7 +201,7 @@ def _step_fwd_kernel(
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1)
         if PROJ:
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
-            for tile in range(first, out_tiles if SYNC else first + one, every):
+            for tile in range(first, out_tiles if SYNC else first + 1, every):
                 if phases & 2:
                     _project_tile(tile % out_blocks, tile // out_blocks, m_ptr, whr_ptr, hs_ptr,
                                   y_ptr, xg_row0, rows_active, hs_r, slot_w * B * HOUT,
@@ -253,7 +253,7 @@ def _step_bwd_kernel(
     # dG itself but for the GRU: through dg_ptr, so that the compiler sees one tensor
     dg_rec = dgh_ptr if CELL == GRU else dg_ptr
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
-    first, every, one = _walk(SYNC)
+    first, every = _walk(SYNC)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
         t, slot_r, slot_w, y_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, True)
         # the step processed just before (the next one in time): none for the first
@@ -261,7 +261,7 @@ def _step_bwd_kernel(
         rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
         if PROJ:  # dh_t over the projected state, which the cell's dm_t = dh_t W_hr reads whole
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
-            for tile in range(first, out_tiles if SYNC else first + one, every):
+            for tile in range(first, out_tiles if SYNC else first + 1, every):
                 if phases & 2:
                     _projected_grad_tile(tile % out_blocks, tile // out_blocks, dg_ptr, w_ptr,
                                          dh_ptr, dhs_ptr, dy_ptr, dht_ptr, y_row0, rows_active,
@@ -270,7 +270,7 @@ def _step_bwd_kernel(
                                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
             if SYNC:
                 grid_barrier(sync_ptr, (s - s_begin) * 2 + 1)
-        for tile in range(first, tiles if SYNC else first + one, every):
+        for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
                 rows, units, rmask, umask, act, mask2 = block_tile(
                     tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
