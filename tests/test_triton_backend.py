@@ -124,7 +124,7 @@ def test_automatic_path_choice():
 def test_resident_programs():
     """The occupancy arithmetic the cooperative grid is sized by (CUDA's rules: registers
     per warp in units of 256, 1 KB of shared memory reserved per program)."""
-    from fusedrnn.ops.triton.sync import resident_programs
+    from fusedrnn.ops.triton.sync import counter_fits, resident_programs
 
     # 4 warps of 255 registers: 8,192 per warp, 32,768 per program -> 2 per SM
     assert resident_programs(255, 0, 4, sms=132) == 264
@@ -137,6 +137,8 @@ def test_resident_programs():
     # threads decide: 8 warps -> 8 programs of 256 threads
     assert resident_programs(16, 0, 8, sms=1) == 8
     assert resident_programs(16, 0, 1, sms=1) == 32  # the per-SM program limit
+    # the barrier counter is int32: a launch whose arrivals would pass 2**31 - 1 runs per step
+    assert counter_fits(2 * 4_000_000, 268) and not counter_fits(2 * 4_100_000, 268)
 
 
 def test_bad_input_errors():

@@ -59,7 +59,7 @@ from .cellmath import (
 )
 from .common import finish_state_grad, forward_buffers, state_grad, steps_table
 from .configs import pick_cooperative_config, pick_step_config
-from .sync import cooperative_grid, grid_barrier
+from .sync import cooperative_grid, counter_fits, grid_barrier
 from .tiles import (
     add_gates,
     block_tile,
@@ -374,6 +374,8 @@ def _launch_steps(kernel, tensors, sizes, flags, cfg, plan, cooperative, phases)
     tiles = {1: -(-H // cfg.block_h) * -(-B // cfg.block_b),
              2: -(-Hout // cfg.block_h) * -(-B // cfg.block_b)}  # fmt: skip
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
+    if cooperative and not counter_fits(T * len(phases), max(tiles[p] for p in phases)):
+        cooperative = False  # a sequence of millions of steps: launched per step instead
     if cooperative:
         sync = torch.zeros(1, dtype=torch.int32, device=dev)
         args = (*tensors, table, sync, 0, T, 3, T, *sizes)

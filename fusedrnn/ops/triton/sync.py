@@ -41,6 +41,12 @@ def grid_barrier(count_ptr, n):
     tl.debug_barrier()
 
 
+def counter_fits(barriers: int, programs: int) -> bool:
+    """Whether the int32 barrier counter holds ``barriers`` x ``programs`` arrivals (past
+    2**31 - 1 it would wrap and the programs would wait forever)."""
+    return barriers * programs < 2**31
+
+
 def resident_programs(
     n_regs: int,  # registers per thread of the compiled kernel
     shared: int,  # bytes of shared memory per program
