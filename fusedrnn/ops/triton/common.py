@@ -1,6 +1,6 @@
-"""Triton helpers shared by the per-step kernels of every cell.
+"""Triton helpers shared by the step kernels of every cell.
 
-State-history layout (all per-step kernels): ``Hs [T+1, B, Hout]`` holds every
+State-history layout (all step kernels): ``Hs [T+1, B, Hout]`` holds every
 hidden state; the forward direction reads slot t and writes slot t+1, the reverse
 direction reads slot t+1 and writes slot t, so ``y`` is a view of ``Hs`` and the
 input is never flipped. Rows that are inactive at a step (packed sequences) are
@@ -13,10 +13,10 @@ processed just before (in backward order, i.e. the next step in time) sends back
 that were inactive (their state was copied). The running buffer ``DH [B, Hout]``
 holds, per row, either the pointwise part of that gradient (GRU's ``dh z``;
 0 for LSTM / RNN) or the full carried gradient. Computing ``dG_next W_hh`` at the
-start of the next launch (instead of at the end of the launch that produced
-``dG_next``) keeps one launch per step: every program needs all of ``dG_next``.
-The step processed last has no later launch, so its ``dG W_hh`` is one GEMM on the
-host (:func:`finish_state_grad`).
+start of the next step (instead of at the end of the step that produced ``dG_next``)
+needs one launch, or one grid barrier, per step: every program needs all of
+``dG_next``. The step processed last has no later step, so its ``dG W_hh`` is one GEMM
+on the host (:func:`finish_state_grad`).
 """
 
 from __future__ import annotations

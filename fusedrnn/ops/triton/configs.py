@@ -139,8 +139,9 @@ def pick_cooperative_config(
     batch: int, hidden: int, dtype: str, backward: bool, proj: bool = False
 ) -> StepConfig:
     """The cooperative launch's config for ``dtype`` ("float16", "bfloat16", "float32",
-    "float64"); under the interpreter, and for float64, the per-step choice (one program walks
-    every tile under the interpreter, so the fewest tiles cost least)."""
+    "float64"; with ``proj`` the projection's forward, any dtype); under the interpreter, and
+    otherwise for float64, the per-step choice (one program walks every tile under the
+    interpreter, so the fewest tiles cost least)."""
     group = "half" if dtype in ("float16", "bfloat16") else dtype
     if interpreting():
         return pick_step_config(batch, hidden)

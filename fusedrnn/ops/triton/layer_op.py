@@ -1,8 +1,8 @@
 """The triton backend's layer op: input GEMM, the cell's step kernels, weight GEMMs.
 
-Forward: ``xg = x W_ih^T + b_ih`` for every step in one GEMM, then the cell's
-per-step kernels (or one persistent launch, see :mod:`.persistent`) over the
-state histories. Backward: the cell's backward step kernels produce the gate
+Forward: ``xg = x W_ih^T + b_ih`` for every step in one GEMM, then the cell's step
+kernel in one cooperative launch (or the persistent kernel for small H; the path is
+:func:`.persistent.choose_path`'s) over the state histories. Backward: the cell's backward step kernels produce the gate
 gradients ``dG [T, B, G*H]`` of every step (zero in rows a packed step did not
 compute), then one GEMM each::
 
