@@ -94,13 +94,14 @@ def test_replay_matches_eager(backend, cls, packed):
             leaf.copy_(torch.randn_like(leaf))
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", "triton-cooperative", "cuda"])
 def test_compile_reduce_overhead_matches_eager(backend):
     """``torch.compile(mode="reduce-overhead")`` (Inductor with CUDA-graph trees) around a
     two-layer LSTM: forward and the gradients of input and weights agree with eager calls on
     fresh inputs, over the calls that warm up, record and then replay the graph."""
     import torch._dynamo
 
+    backend, _, path = backend.partition("-")
     if backend not in fusedrnn.available_backends("cuda"):
         pytest.skip(f"backend {backend} not built")
     torch._dynamo.reset()
@@ -114,7 +115,8 @@ def test_compile_reduce_overhead_matches_eager(backend):
         results = []
         for fn in (compiled, mod):
             torch.compiler.cudagraph_mark_step_begin()
-            y, (h, c) = fn(x)
-            grads = torch.autograd.grad((y * u).sum() + h.sum() + c.sum(), [x, *params])
+            with _path(path or None):
+                y, (h, c) = fn(x)
+                grads = torch.autograd.grad((y * u).sum() + h.sum() + c.sum(), [x, *params])
             results.append([t.detach().clone() for t in (y, h, c, *grads)])
         _assert_same(*results)
