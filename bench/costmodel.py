@@ -216,6 +216,8 @@ class KernelConfig:
     cell: str = ""  # persistent configs are per cell
     picker: object = field(default=None, compare=False, repr=False)
     dtypes: tuple[str, ...] = ()  # cooperative: the data types it serves
+    # cooperative: (cell, largest H of the persistent kernels), which take those H instead
+    persistent_up_to: tuple[tuple[str, int], ...] = ()
     # cooperative: the backward's block_b, block_h, block_k, warps, stages
     bwd: tuple[int, int, int, int, int] | None = None
 
@@ -254,6 +256,10 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
         for c in getattr(tc, "VARIANT_CONFIGS", ())
     ]
     groups = {"half": ("bfloat16", "float16"), "float32": ("float32",)}
+    limits: dict[str, int] = {}
+    for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
+        cell = "rnn" if c.cell.startswith("rnn") else c.cell
+        limits[cell] = max(limits.get(cell, 0), c.max_hidden)
     for group, (f, b) in getattr(tc, "COOPERATIVE_CONFIGS", {}).items():
         out.append(
             KernelConfig(
@@ -264,6 +270,7 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
                 block_b=f.block_b, block_h=f.block_h, block_k=f.block_k, num_warps=f.num_warps,
                 num_stages=f.num_stages, dtypes=groups.get(group, (group,)),
                 bwd=(b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages),
+                persistent_up_to=tuple(sorted(limits.items())),
             )
         )  # fmt: skip
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
@@ -313,7 +320,7 @@ def applicable(
     if (cfg.kind == "variant") != variant:  # the variant kernels serve only the variants
         return False
     if cfg.kind == "cooperative":
-        small = {"lstm": 32, "gru": 32, "rnn": 64}.get(cell, 0)  # PERSISTENT_CONFIGS' range
+        small = dict(cfg.persistent_up_to).get(cell, 0)
         return H > small and (not dtype or dtype in cfg.dtypes)
     if cfg.kind == "variant":
         return cfg.picker is None or _picked(cfg, B)

@@ -219,6 +219,7 @@ def test_costmodel_cooperative_by_hand():
     cfg = costmodel.KernelConfig(
         "triton", "cooperative", "hand", block_b=16, block_h=16, block_k=64, num_warps=4,
         num_stages=3, dtypes=("bfloat16",), bwd=(16, 16, 128, 4, 3),
+        persistent_up_to=(("gru", 32), ("lstm", 32), ("rnn", 64)),
     )  # fmt: skip
     p = costmodel.plan(cfg, "lstm", B=32, T=10, I=8, H=768, dtype="bfloat16", training=True)
     (f,), (b,) = p.step_fwd, p.step_bwd
@@ -278,6 +279,12 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
         assert [(c.block_b, c.block_h) for c in steps] == [
             (c.block_b, c.block_h) for c in tc.STEP_CONFIGS
         ]
+        # the cooperative launch serves H above the persistent kernels' limits, read from them
+        for c in (c for c in configs if c.kind == "cooperative"):
+            for cell, limit in c.persistent_up_to:
+                assert limit == max(
+                    p.max_hidden for p in tc.PERSISTENT_CONFIGS if p.cell.startswith(cell)
+                )
     monkeypatch.setitem(sys.modules, "fusedrnn.ops.triton.configs", None)
     configs, note = costmodel.triton_configs()
     assert configs == [] and note.startswith("no triton configs found")

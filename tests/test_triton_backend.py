@@ -119,6 +119,10 @@ def test_automatic_path_choice():
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
     with tb.kernel_path("persistent"), pytest.raises(ValueError, match="proj_size == 0"):
         choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
+    # 256 x 128 tiles of [B, 4H]: 32,768 steps would pass the int32 barrier counter
+    big = torch.zeros(2048, 512)
+    assert choose_path("lstm", big, None, Plan(None, 32_767, 4096, False)) == "cooperative"
+    assert choose_path("lstm", big, None, Plan(None, 32_768, 4096, False)) == "step"
 
 
 def test_resident_programs():

@@ -33,6 +33,7 @@ from . import runtime
 from .cellmath import CELL_CODE, gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
 from .common import forward_buffers, steps_table
 from .configs import PersistentConfig, pick_persistent_config
+from .sync import counter_fits
 from .tiles import kernel_jit, load_gates, packed_ptrs, store_gates
 
 _forced: str | None = None  # one of PATHS, or None (automatic); for tests
@@ -306,7 +307,8 @@ def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
     """Which kernels run a layer: "persistent" (W_hh in registers, small H, no projection),
     "cooperative" (the step kernel's whole time loop in one launch) or "step" (a launch per
-    step: only when forced, and for empty sequences)."""
+    step: when forced, for empty sequences, and for sequences too long for the cooperative
+    launch's barrier counter)."""
     H = w_hh.shape[1]
     if _forced == "persistent" and (w_hr is not None or H > 64):
         raise ValueError("persistent kernels need proj_size == 0 and H <= 64")
@@ -314,7 +316,12 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
         return _forced
     if plan.T == 0:
         return "step"
-    return "persistent" if _config(cell, w_hh, w_hr) is not None else "cooperative"
+    if _config(cell, w_hh, w_hr) is not None:
+        return "persistent"
+    # at most two barriers per step, and at most one program per 16 x 16 tile of [B, G*H]
+    if not counter_fits(2 * plan.T, -(-plan.B // 16) * -(-w_hh.shape[0] // 16)):
+        return "step"  # millions of steps: the barrier counter would wrap
+    return "cooperative"
 
 
 def _block_h(H: int) -> int:

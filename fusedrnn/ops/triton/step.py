@@ -38,6 +38,8 @@ afterwards (see :mod:`.layer_op`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -59,7 +61,7 @@ from .cellmath import (
 )
 from .common import finish_state_grad, forward_buffers, state_grad, steps_table
 from .configs import pick_cooperative_config, pick_step_config
-from .sync import cooperative_grid, counter_fits, grid_barrier
+from .sync import cooperative_grid, grid_barrier
 from .tiles import (
     add_gates,
     block_tile,
@@ -371,11 +373,8 @@ def _launch_steps(kernel, tensors, sizes, flags, cfg, plan, cooperative, phases)
     T, B, H, Hout = plan.T, plan.B, sizes[1], sizes[2]
     dev = tensors[0].device
     table = steps_table(plan, dev)
-    tiles = {1: -(-H // cfg.block_h) * -(-B // cfg.block_b),
-             2: -(-Hout // cfg.block_h) * -(-B // cfg.block_b)}  # fmt: skip
+    tiles = {1: math.prod(cfg.step_grid(H, B)), 2: math.prod(cfg.step_grid(Hout, B))}
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
-    if cooperative and not counter_fits(T * len(phases), max(tiles[p] for p in phases)):
-        cooperative = False  # a sequence of millions of steps: launched per step instead
     if cooperative:
         sync = torch.zeros(1, dtype=torch.int32, device=dev)
         args = (*tensors, table, sync, 0, T, 3, T, *sizes)
