@@ -323,6 +323,11 @@ def run_meta(threads: int, rounds: int, load_start: float) -> dict:
     """What a small standalone benchmark records about its run (meta.json)."""
     return {
         "cpu": cpu_model(),
+        "vector_isa": "AVX-512"
+        if "avx512f" in cpu_flags()
+        else "AVX2"
+        if "avx2" in cpu_flags()
+        else "baseline",  # fmt: skip
         "threads": threads,
         "rounds": rounds,
         "load_average_start": load_start,
@@ -333,8 +338,9 @@ def run_meta(threads: int, rounds: int, load_start: float) -> dict:
 
 def run_sentence(meta: dict) -> str:
     """The machine and run of :func:`run_meta` in words, for the head of a results.md."""
+    isa = f" ({meta['vector_isa']})" if "vector_isa" in meta else ""
     return (
-        f"{meta['cpu']}, {meta['threads']} thread(s), torch {meta['torch']}; medians of "
+        f"{meta['cpu']}{isa}, {meta['threads']} thread(s), torch {meta['torch']}; medians of "
         f"{meta['rounds']} interleaved rounds; load average {meta['load_average_start']:.2f} at "
         f"the start, {meta['load_average_end']:.2f} at the end."
     )

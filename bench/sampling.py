@@ -1,13 +1,15 @@
 """Sampling speed of the char-LM: characters per second of `generate`, by how the loop runs.
 
-Three loops over the same weights, seed and prime, measured interleaved in one process:
+Four loops over the same weights, seed and prime, measured interleaved in one process:
 
 * ``fused``:  fusedrnn layers, the whole per-character loop in C++ (fusedrnn._C.generate);
+* ``fused16``: the same loop with the layers' weight matrices kept in float16
+  (``half_weights``: half the bytes per step; float32 arithmetic on the rounded weights);
 * ``python``: fusedrnn layers, one Python model call, softmax and draw per character;
 * ``torch``:  torch.nn layers (oneDNN) in the same Python loop.
 
-The fused and python loops choose the same characters (tests/test_charlm_generate.py); this
-measures only their speed. Weights are random: the cost per character does not depend on them.
+The fused and python loops choose the same characters (tests/test_charlm_generate.py), and
+fused16 those of the model with rounded weights; this measures only their speed. Weights are random: the cost per character does not depend on them.
 
     python bench/sampling.py                  # 1 thread, the default shapes
     python bench/sampling.py --threads 2 --rounds 9
@@ -37,7 +39,7 @@ from fusedrnn.charlm.sample import generate_batch  # noqa: E402
 VOCAB = Vocab(
     sorted(set("\n !$&',-.3:;?" + "".join(map(chr, range(65, 91))) + "abcdefghijklmnopqrstuvwxyz"))
 )
-LOOPS = ("fused", "python", "torch")
+LOOPS = ("fused", "fused16", "python", "torch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,14 +54,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def chars_per_second(model: CharRNN, loop: str, batch: int, n: int) -> float:
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    generate_batch(model, VOCAB, "\n", n, batch, generator=g, fused=loop == "fused")
+    fused = loop.startswith("fused")
+    generate_batch(
+        model, VOCAB, "\n", n, batch, generator=g, fused=fused, half_weights=loop == "fused16"
+    )
     return batch * n / (time.perf_counter() - start)
 
 
 def measure(cell: str, layers: int, hidden: int, batch: int, rounds: int, seconds: float) -> dict:
     torch.manual_seed(0)
     models = {"fused": CharRNN(len(VOCAB.chars), cell, hidden, layers, 64)}
-    models["python"] = models["fused"]
+    models["python"] = models["fused16"] = models["fused"]
     models["torch"] = CharRNN(len(VOCAB.chars), cell, hidden, layers, 64, impl="torch")
     models["torch"].load_state_dict(models["fused"].state_dict())
     # length per measurement from a short probe, so that every loop runs about `seconds`
@@ -73,11 +78,15 @@ def measure(cell: str, layers: int, hidden: int, batch: int, rounds: int, second
         for loop in LOOPS:
             rates[loop].append(chars_per_second(models[loop], loop, batch, lengths[loop]))
     med = {loop: statistics.median(r) for loop, r in rates.items()}
-    # what one step must read: every recurrent and decoder weight (one embedding row aside)
-    med["weight_bytes"] = sum(
-        p.numel() * p.element_size()
-        for mod in (models["fused"].rnns, models["fused"].decoder)
-        for p in mod.parameters()
+    params = [
+        p for mod in (models["fused"].rnns, models["fused"].decoder) for p in mod.parameters()
+    ]
+    med["weight_bytes"] = sum(p.numel() * p.element_size() for p in params)
+    # with half_weights the layers' weight matrices take 2 bytes per value
+    halved = {id(p) for rnn in models["fused"].rnns for n, p in rnn.named_parameters()
+              if n.startswith(("weight_ih", "weight_hh"))}  # fmt: skip
+    med["weight_bytes_half"] = sum(
+        p.numel() * (2 if id(p) in halved else p.element_size()) for p in params
     )
     return med
 
@@ -95,6 +104,9 @@ def rows(args):
                 row["fused_weight_gb_per_s"] = round(
                     med["fused"] / batch * med["weight_bytes"] / 1e9, 1
                 )
+                row["fused16_weight_gb_per_s"] = round(
+                    med["fused16"] / batch * med["weight_bytes_half"] / 1e9, 1
+                )
                 yield row
 
 
@@ -108,11 +120,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "of the batch; ratios against the Python loop over torch.nn layers. Raw numbers: "
         "results.csv. Weights: the recurrent and decoder weights one step reads; their rate is "
         "what bounds the fused loop at B=1 (compare a single core's stream rate from L3 or "
-        "memory, about 20–50 GB/s on this machine)."
+        "memory, about 20–50 GB/s on this machine). float16 weights: the fused loop with "
+        "`half_weights` (the layers' weight matrices rounded to float16 and kept so, float32 "
+        "arithmetic; it samples the rounded model, see docs/charlm.md)."
     )
     columns = [
-        "cell", "layers × hidden", "batch", "fused loop", "Python loop, fusedrnn layers",
-        "Python loop, torch.nn layers", "weights (MB)", "fused loop reads (GB/s)",
+        "cell", "layers × hidden", "batch", "fused loop", "fused loop, float16 weights",
+        "Python loop, fusedrnn layers", "Python loop, torch.nn layers", "weights (MB)",
+        "fused loop reads (GB/s)", "float16 weights: reads (GB/s)",
     ]  # fmt: skip
     body = []
     for r in rows:
@@ -122,7 +137,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             for loop in LOOPS
         ]
         body.append([r["cell"], f"{r['layers']} × {r['hidden']}", str(r["batch"]), *rates,
-                     f"{r['weight_mb']:.2f}", f"{r['fused_weight_gb_per_s']:.1f}"])  # fmt: skip
+                     f"{r['weight_mb']:.2f}", f"{r['fused_weight_gb_per_s']:.1f}",
+                     f"{r['fused16_weight_gb_per_s']:.1f}"])  # fmt: skip
     return results_markdown("Char-LM sampling speed", meta, intro, columns, body)
 
 

@@ -94,9 +94,11 @@ def resolve(name: str | None, device_type: str) -> str:
     Dynamo would otherwise refuse to trace).
     """
     global _warned_fallback
-    device = torch.device(device_type)
     if name is None:
         name = os.environ.get("FUSEDRNN_BACKEND") or None
+    if name is None and device_type == "cpu" and _load("cpu") is not None:
+        return "cpu"  # the common case first: it runs at every call of a layer
+    device = torch.device(device_type)
     if name is not None:
         if name not in BACKENDS:
             raise ValueError(f"unknown fusedrnn backend {name!r}; choose from {BACKENDS}")

@@ -474,6 +474,35 @@ def test_cli_eval_and_sample(trained, capsys):
     assert greedy == "KING" + generate(model, vocab, "KING", 30, argmax=True) + "\n"
 
 
+def test_cli_half_weights(trained, capsys):
+    """--half-weights samples and evaluates the model with rounded weight matrices: sample
+    gives what generate(half_weights=True) gives, eval the rounded model's loss, which is
+    close to the full model's (a small, trained model)."""
+    import json
+
+    from fusedrnn.charlm.sample import half_weight_model
+
+    ck = str(trained[0] / "last.pt")
+    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--length", "60", "--seed", "3"]
+    assert cli.main([*argv, "--half-weights"]) == 0
+    half = capsys.readouterr().out
+    model, vocab, _ = load_checkpoint(ck)
+    g = torch.Generator().manual_seed(3)
+    assert half == "KING" + generate(model, vocab, "KING", 60, 0.8, generator=g,
+                                     half_weights=True) + "\n"  # fmt: skip
+    losses = []
+    for extra in ([], ["--half-weights"]):
+        assert cli.main(["eval", "--checkpoint", ck, "--json", *extra]) == 0
+        losses.append(json.loads(capsys.readouterr().out)["loss_nats"])
+    assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 1e-3
+    rounded = half_weight_model(model)
+    assert all(
+        torch.equal(p, p.half().float())
+        for n, p in rounded.rnns.named_parameters()
+        if "weight" in n
+    )
+
+
 def test_lr_schedules():
     from fusedrnn.charlm.train import lr_at
 

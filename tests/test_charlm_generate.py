@@ -15,7 +15,7 @@ import torch
 from fusedrnn.charlm.data import Vocab
 from fusedrnn.charlm.errors import DataError
 from fusedrnn.charlm.model import CharRNN
-from fusedrnn.charlm.sample import fused_unsupported, generate, generate_batch
+from fusedrnn.charlm.sample import fused_unsupported, generate, generate_batch, half_weight_model
 
 VOCAB = Vocab(sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\n")))
 
@@ -229,3 +229,119 @@ def test_streaming_arrives_in_pieces_and_a_failing_reader_stops_the_loop():
 
     with pytest.raises(BrokenPipeError, match="the reader went away"):
         generate(model, VOCAB, "F", 500, on_text=reader, fused=True)
+
+
+# --- float16 weights (half_weights): the fused loop against the Python loop on a rounded copy
+
+
+def _runs(model, kinds, **kw) -> list[list[str]]:
+    seed = kw.pop("seed", 5)
+    out = []
+    for target, fused, half in kinds:
+        g = torch.Generator().manual_seed(seed)
+        m = half_weight_model(model) if target == "rounded" else model
+        out.append(generate_batch(m, VOCAB, generator=g, fused=fused, half_weights=half, **kw))
+    return out
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn_relu"])
+@pytest.mark.parametrize("embed", [11, 0], ids=["embedding", "one-hot"])
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_half_weights_sample_the_rounded_model_exactly(cell, embed, num_samples):
+    """The fused loop with float16 weights chooses what the Python loop chooses on a copy of
+    the model whose w_ih, w_hh were rounded to float16, and what the float32 fused loop
+    chooses on that copy: the float16 product is the float32 one on the widened weights, sum
+    for sum. H = 21 and E = 11 give column blocks of 8, 4 and 1 and a tail of each dot product."""
+    model = _model(cell, embed, layers=2, hidden=21)
+    half, python, rounded, plain = _runs(
+        model,
+        [("model", True, True), ("model", False, True), ("rounded", True, False),
+         ("model", True, False)],
+        prime="Fir", length=150, num_samples=num_samples,
+    )  # fmt: skip
+    assert half == python == rounded
+    assert len(set(half[0])) > 5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("batch", [1, 2, 5, 8])
+def test_half_weights_state_is_the_rounded_models_bit_for_bit(cell, batch):
+    """The extension's final state with float16 weights equals, bit for bit, the float32 run on
+    the rounded weights (any batch: the half product serves every row count), and differs from
+    the float32 run on the weights as given (the flag is not ignored)."""
+    from fusedrnn import backends
+
+    _C = backends.get("cpu")._C
+    model = _model(cell, 11, layers=2, hidden=21)
+    L, V = 2, len(VOCAB.chars)
+
+    def final_state(m, half):
+        w = [p.detach() for rnn in m.rnns for p in rnn._flat_weights]
+        h = torch.full((L, batch, 21), 0.1)
+        c = torch.full((L, batch, 21), -0.2) if cell == "lstm" else None
+        _C.generate(
+            cell=cell if cell != "rnn" else "rnn_tanh", embed=m.embed.weight.detach(),
+            flat_weights=w, num_layers=L, has_bias=True, variant_weights=[], cifg=False,
+            zoneout_h=0.0, zoneout_c=0.0, eps=1e-5, dec_w=m.decoder.weight.detach(),
+            dec_b=m.decoder.bias.detach(), h=h, c=c, logits=torch.zeros(batch, V), length=40,
+            temperature=0.0, top_k=0, argmax=True, generator=None, half_weights=half,
+        )  # fmt: skip
+        return h if c is None else torch.cat([h, c])
+
+    half = final_state(model, True)
+    if batch <= 4:  # the float32 run takes the same small-row product only up to 4 rows
+        assert torch.equal(half, final_state(half_weight_model(model), False))
+    else:
+        torch.testing.assert_close(half, final_state(half_weight_model(model), False))
+    assert not torch.equal(half, final_state(model, False))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_half_weights_move_each_distribution_by_little(cell):
+    """What half_weights changes, statistically: teacher-forced over 1,500 characters, the
+    total-variation distance between the model's next-character distribution and the rounded
+    model's. Rounding to float16 (unit roundoff 2^-11) must move it far less than rounding to
+    bfloat16 (2^-8) does, and by little in absolute terms; a sampled text of n characters then
+    differs in law from the float32 one by at most n times the per-step distance."""
+    import copy
+
+    model = _model(cell, 16, layers=2, hidden=64)
+    text = ("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 30)[:1500]
+    ids = torch.tensor([VOCAB.encode(text)])
+    bf16 = copy.deepcopy(model)
+    with torch.no_grad():
+        for rnn in bf16.rnns:
+            for name, p in rnn.named_parameters():
+                if name.startswith(("weight_ih", "weight_hh")):
+                    p.copy_(p.bfloat16().float())
+        probs = [
+            m.forward_layers(ids)[0].softmax(-1) for m in (model, half_weight_model(model), bf16)
+        ]
+    tv16 = 0.5 * (probs[0] - probs[1]).abs().sum(-1)
+    tvbf = 0.5 * (probs[0] - probs[2]).abs().sum(-1)
+    assert tv16.mean() * 4 < tvbf.mean()
+    assert tv16.max() < 5e-3
+
+
+def test_half_weights_where_the_fused_loop_cannot_keep_them():
+    """Variant cells and float64 models sample the rounded copy in the Python loop; weights
+    beyond float16's range are refused by name."""
+    model = _model("lstm", layers=1, hidden=8, layer_norm=True)
+    assert "plain cells" in fused_unsupported(model, half_weights=True)
+    assert fused_unsupported(model) is None
+    with pytest.raises(DataError, match="fused sampling loop cannot run this model"):
+        generate(model, VOCAB, "F", 5, fused=True, half_weights=True)
+    (auto,) = _runs(model, [("model", None, True)], prime="F", length=40, num_samples=1)
+    (rounded,) = _runs(model, [("rounded", False, False)], prime="F", length=40, num_samples=1)
+    assert auto == rounded
+    double = _model("gru", layers=1, hidden=8, dtype=torch.float64)
+    assert "float32" in fused_unsupported(double, half_weights=True)
+    big = _model("rnn", layers=1, hidden=8)
+    with torch.no_grad():
+        big.rnns[0].weight_hh_l0[0, 0] = 7e4
+    for fused in (True, False):
+        with pytest.raises(DataError, match=r"weight_hh_l0 has values up to 70000"):
+            generate(big, VOCAB, "F", 5, fused=fused, half_weights=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    generate(model, VOCAB, "F", 5, half_weights=True)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -161,12 +161,15 @@ def test_kernel_isa_selection():
 @pytest.mark.skipif(os.environ.get("FUSEDRNN_CPU_ISA") == "generic", reason="already generic")
 def test_generic_isa_copy_matches_too():
     """The baseline-ISA copy of the kernels (what CPUs without AVX2 run) is compiled separately
-    from the AVX2 one; run the cpu conformance cases of torch.nn's cells again with it forced."""
+    from the AVX2 one; run the cpu conformance cases of torch.nn's cells, and the sampling
+    loop's float16-weight product, again with it forced."""
     env = dict(os.environ, FUSEDRNN_CPU_ISA="generic")
     conformance = str(Path(__file__).with_name("test_conformance.py"))
+    sampling = str(Path(__file__).with_name("test_charlm_generate.py"))  # float16 weights
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         conformance, "-k", "test_kernel_isa_selection or (test_plain_cells and cpu)"],
+         conformance, sampling, "-k", "test_kernel_isa_selection or (test_plain_cells and cpu) "
+         "or test_half_weights_state"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -3,6 +3,7 @@ stack in one backend call (``stack_step``) and must equal torch.nn exactly as th
 does."""
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -148,3 +149,52 @@ def test_one_step_with_autograd_at_wide_hidden(backend, cls, kw, dtype, count_st
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b, a, **tol(dtype))
     assert count_steps == []
+
+
+@pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="the module shortcut calls the cpu backend")
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_module_shortcut_skips_the_general_path_only_for_valid_calls(cls, monkeypatch, count_steps):
+    """A sampling call (one step, no autograd) goes from forward straight to stack_step
+    (RNNBase._one_step); every other call, in particular an invalid one, takes the general
+    path and fails there with torch.nn's message."""
+    import fusedrnn.modules as modules
+
+    general = []
+    real = modules.rnn_stack
+    monkeypatch.setattr(modules, "rnn_stack", lambda *a, **k: general.append(1) or real(*a, **k))
+    ref = getattr(nn, cls)(5, 7, 2)
+    mod = getattr(fusedrnn, cls)(5, 7, 2)
+    mod.load_state_dict(ref.state_dict())
+    lstm = cls == "LSTM"
+
+    def state(batch, dtype=torch.float32):
+        h = torch.randn(2, batch, 7, dtype=dtype)
+        return (h, torch.randn(2, batch, 7, dtype=dtype)) if lstm else h
+
+    with torch.no_grad():
+        x, s = torch.randn(1, 3, 5), state(3)
+        torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+        assert (len(count_steps), general) == (1, [])
+        bad = [
+            (torch.randn(1, 3, 5), state(4)),  # state batch != input batch
+            (torch.randn(1, 3, 6), state(3)),  # feature size
+            (torch.randn(1, 3, 5, dtype=torch.float64), state(3)),  # dtype vs weights
+        ]
+        for x, s in bad:
+            with pytest.raises((RuntimeError, ValueError)) as expected:
+                ref(x, s)
+            with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+                mod(x, s)
+        # torch.nn names no tensor here (oneDNN: "unsupported data type"); the layer op does
+        with pytest.raises(RuntimeError, match="h0 has dtype Double but x has dtype Float"):
+            mod(torch.randn(1, 3, 5), state(3, torch.float64))
+        # valid, but not a shortcut call: two steps, unbatched input, another backend
+        others = [(torch.randn(2, 3, 5), state(3)), (torch.randn(1, 5), None)]
+        for x, s in others:
+            torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+        monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
+        x, s = torch.randn(1, 3, 5), state(3)
+        torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+    # the bad calls failed before reaching rnn_stack (the state dtype inside it); the
+    # unbatched one reached stack_step through it
+    assert (len(general), len(count_steps)) == (4, 2)

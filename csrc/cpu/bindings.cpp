@@ -56,7 +56,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("zoneout_c"), py::arg("eps"), py::arg("dec_w"), py::arg("dec_b"), py::arg("h"),
         py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("temperature"),
         py::arg("top_k"), py::arg("argmax"), py::arg("generator"), py::arg("on_ids") = nullptr,
-        py::arg("every") = 0);
+        py::arg("every") = 0, py::arg("half_weights") = false);
   def_variant(m, "variant_fwd", &fusedrnn::cpu::variant_fwd,
               "Forward of one variant layer/direction: -> [y, h_n, c_n, act, cs, ct, hh, xh, "
               "stats]",

@@ -7,6 +7,8 @@
 // the plain stack runs StackStep (the arithmetic of stack_step, which the modules' single-step
 // path calls), the variant layers run variant_fwd with T = 1 (what the modules call), and the
 // decoder is the addmm that nn.Linear runs. The same seed therefore gives the same text.
+// With half_weights the plain stack keeps w_ih and w_hh rounded to float16 (StackStep): the
+// text is then the one the same loop gives a model whose w_ih and w_hh were rounded so.
 #include <cmath>
 #include <limits>
 
@@ -78,7 +80,8 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
                          double zoneout_h, double zoneout_c, double eps, const at::Tensor& dec_w,
                          const std::optional<at::Tensor>& dec_b, at::Tensor& h,
                          const std::optional<at::Tensor>& c, at::Tensor& logits, int64_t length,
-                         const Sampling& s, const IdsCallback& on_ids, int64_t every) {
+                         const Sampling& s, const IdsCallback& on_ids, int64_t every,
+                         bool half_weights) {
   const bool lstm = cell == Cell::LSTM, variant = !vw.empty();
   const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
   const int64_t E = embed.has_value() ? embed->size(1) : V;
@@ -99,7 +102,7 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
   // step would compute it (StackStep::input_products), and looked up per character.
   std::vector<T> table, gates0;
   if (!variant) {
-    stack.emplace(cell, w, L, has_bias, 0, B, E);
+    stack.emplace(cell, w, L, has_bias, 0, B, E, half_weights);
     h2 = at::empty_like(h);
     if (lstm) c2 = at::empty_like(*c);
     if (B <= kSmallM) {
@@ -206,7 +209,7 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
                     const std::optional<at::Tensor>& c, at::Tensor logits, int64_t length,
                     double temperature, int64_t top_k, bool argmax,
                     std::optional<at::Generator> generator, const IdsCallback& on_ids,
-                    int64_t every) {
+                    int64_t every, bool half_weights) {
   const Cell cell = parse_cell(cell_name);
   c10::NoGradGuard no_grad;
   const auto dtype = h.scalar_type();
@@ -239,11 +242,14 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
               " variant weights (7 per layer), got ", variant_weights.size());
   TORCH_CHECK(variant_weights.empty() || cell == Cell::LSTM || cell == Cell::GRU,
               "fusedrnn generate: cell variants exist for LSTM and GRU only");
+  TORCH_CHECK(!half_weights || (dtype == at::kFloat && variant_weights.empty()),
+              "fusedrnn generate: float16 weights are for float32 models of plain cells");
   const Sampling s{temperature, top_k, argmax, generator};
   return dispatch_float(dtype, [&](auto t) {
     return generate_impl<decltype(t)>(cell, embed, flat_weights, num_layers, has_bias,
                                       variant_weights, cifg, zoneout_h, zoneout_c, eps, dec_w,
-                                      dec_b, h, c, logits, length, s, on_ids, every);
+                                      dec_b, h, c, logits, length, s, on_ids, every,
+                                      half_weights);
   });
 }
 

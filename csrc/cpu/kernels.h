@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-// FRNN_TARGET_AVX2: this compiler can build AVX2+FMA functions into a baseline-ISA binary (x86
+// FRNN_TARGET_AVX2: this compiler can build AVX2+FMA(+F16C) functions into a baseline-ISA binary (x86
 // with GCC or clang); FRNN_AVX2_BEGIN / FRNN_AVX2_END then bracket the code that gets the wider
 // ISA (kernels_avx2.cpp, sgemm_avx2.cpp). Every standard header is included before
 // FRNN_AVX2_BEGIN, so that only the bracketed functions, and what they inline, get it.
@@ -18,10 +18,10 @@
 #define FRNN_TARGET_AVX2 1
 #if defined(__clang__)
 #define FRNN_AVX2_BEGIN \
-  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma\"))), apply_to = function)")
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
 #define FRNN_AVX2_END _Pragma("clang attribute pop")
 #else
-#define FRNN_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma\")")
+#define FRNN_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
 #define FRNN_AVX2_END _Pragma("GCC pop_options")
 #endif
 #else
@@ -58,6 +58,10 @@ struct PointwiseKernels {
   // (sampling steps); with beta == 0 C is not read.
   void (*gemm_small_m)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
                        int64_t ldb, T beta, T* C, int64_t ldc);
+  // The same with B stored as IEEE float16 bits [n, k]: each C value is the sum gemm_small_m
+  // forms from the widened B (sampling with weights rounded to half precision).
+  void (*gemm_small_m_half)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
+                            const uint16_t* B, int64_t ldb, T beta, T* C, int64_t ldc);
 };
 
 namespace generic {

@@ -1,5 +1,5 @@
 // AVX2+FMA copy of the pointwise kernels, plain cells and variants (used only when the CPU
-// reports both, see kernels_generic.cpp). Every standard header is included before the target
+// reports AVX2, FMA and F16C, see kernels_generic.cpp). Every standard header is included before the target
 // pragma so that only this file's own functions, and the cell math inlined into them, get the
 // wider ISA; the cell math lives in its own inline namespace (FRNN_ISA_NAMESPACE) for the same
 // reason.
@@ -8,13 +8,17 @@
 #include <cstring>
 #include <type_traits>
 
+#include <c10/util/Half.h>
+
 #include "kernels.h"
 #include "variant_kernels.h"
 
 #if FRNN_TARGET_AVX2
+#include <immintrin.h>
 
 FRNN_AVX2_BEGIN
 #define FRNN_ISA_NAMESPACE avx2
+#define FRNN_ISA_F16C 1  // float16 weights widen with vcvtph2ps
 #include "kernels_impl.h"
 #include "variant_kernels_impl.h"
 FRNN_AVX2_END

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include <c10/util/Half.h>
+
 #include "kernels.h"
 #include "variant_kernels.h"
 
@@ -21,7 +23,8 @@ bool use_avx2() {
   const char* forced = std::getenv("FUSEDRNN_CPU_ISA");
   if (forced != nullptr && std::strcmp(forced, "generic") == 0) return false;
 #if FRNN_TARGET_AVX2
-  return avx2::compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return avx2::compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif

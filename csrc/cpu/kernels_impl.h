@@ -193,6 +193,14 @@ void rnn_bwd(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu) 
 // float sum itself (that would reassociate it). GCC/Clang vector extensions lower to AVX in
 // the AVX2 copy and to pairs of SSE registers in the generic one. MKL's sgemv/sgemm take a
 // generic path for one row on some non-Intel CPUs; this loop is several times faster there.
+// B's values: stored as T, or as IEEE float16 bits widened on load (a sampling loop whose
+// weights were rounded to half precision: the same sums as on the widened values).
+inline float widen(uint16_t h) { return c10::detail::fp16_ieee_to_fp32_value(h); }
+template <typename T>
+inline T widen(T w) {
+  return w;
+}
+
 #if defined(__GNUC__)
 // The generic copy passes 32-byte vectors between inlined lambdas; GCC notes an ABI change
 // that does not apply to code that never crosses a call boundary.
@@ -226,95 +234,120 @@ inline V sum8(const V* v) {
          __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-template <typename T>
+template <typename T, typename W>
+inline typename Vec32<T>::type load_lanes(const W* p) {
+  using V = typename Vec32<T>::type;
+  V v;
+  if constexpr (std::is_same_v<W, T>) {
+    std::memcpy(&v, p, sizeof(V));
+#if FRNN_ISA_F16C
+  } else if constexpr (std::is_same_v<T, float>) {
+    v = reinterpret_cast<V>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#endif
+  } else {
+    for (size_t l = 0; l < sizeof(V) / sizeof(T); ++l) v[l] = T(widen(p[l]));
+  }
+  return v;
+}
+
+// Each C[b, j] is the dot product of A's row b with B's row j, summed in an order that depends
+// on j's block and k only; the batch loop sits inside each block of B's rows, so that a block
+// read once from memory serves every row of A from L1.
+template <typename T, typename W>
 void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_t lda,
-                  const T* __restrict B, int64_t ldb, T beta, T* __restrict C, int64_t ldc) {
+                  const W* __restrict B, int64_t ldb, T beta, T* __restrict C, int64_t ldc) {
   using V = typename Vec32<T>::type;
   constexpr int64_t kLanes = sizeof(V) / sizeof(T);
   const int64_t kv = k / kLanes * kLanes;
-  auto load = [](const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(V));
-    return v;
-  };
+  auto load = [](const T* p) { return load_lanes<T, T>(p); };
+  auto wload = [](const W* p) { return load_lanes<T, W>(p); };
   auto hsum = [](V v) {
     T r = 0;
     for (int64_t l = 0; l < kLanes; ++l) r += v[l];
     return r;
   };
-  for (int64_t b = 0; b < m; ++b) {
-    const T* __restrict a = A + b * lda;
-    T* __restrict c = C + b * ldc;
-    int64_t j = 0;
-    if constexpr (kLanes == 8) {
-      // Eight rows of B at a time, one accumulator each (eight independent FMA chains), and
-      // the eight lane sums done together by a shuffle tree (sum8): at k of a few hundred,
-      // sequential lane sums per row cost as much as the products themselves.
-      for (; j + 8 <= n; j += 8) {
-        const T* __restrict w = B + j * ldb;
+  auto store = [&](T* c, int64_t j, T r) { c[j] = beta == T(0) ? r : r + beta * c[j]; };
+  // An explicit fused multiply-add: whether the compiler fuses a * w + r may differ between
+  // the stored and the widened weights, and the two must agree bit for bit.
+  auto tail_fma = [](T a, W w, T r) { return std::fma(a, T(widen(w)), r); };
+  int64_t j = 0;
+  if constexpr (kLanes == 8) {
+    // Eight rows of B at a time, one accumulator each (eight independent FMA chains), and
+    // the eight lane sums done together by a shuffle tree (sum8): at k of a few hundred,
+    // sequential lane sums per row cost as much as the products themselves.
+    for (; j + 8 <= n; j += 8) {
+      const W* __restrict w = B + j * ldb;
+      for (int64_t b = 0; b < m; ++b) {
+        const T* __restrict a = A + b * lda;
         V s[8] = {};
         for (int64_t q = 0; q < kv; q += kLanes) {
           const V av = load(a + q);
 #pragma GCC unroll 8
-          for (int u = 0; u < 8; ++u) s[u] += av * load(w + u * ldb + q);
+          for (int u = 0; u < 8; ++u) s[u] += av * wload(w + u * ldb + q);
         }
         const V sums = sum8(s);
         T r[8];
         std::memcpy(r, &sums, sizeof(V));
         for (int64_t u = 0; u < 8; ++u) {
-          for (int64_t q = kv; q < k; ++q) r[u] += a[q] * w[u * ldb + q];
-          c[j + u] = beta == T(0) ? r[u] : r[u] + beta * c[j + u];
+          for (int64_t q = kv; q < k; ++q) r[u] = tail_fma(a[q], w[u * ldb + q], r[u]);
+          store(C + b * ldc, j + u, r[u]);
         }
       }
     }
-    for (; j + 4 <= n; j += 4) {
-      const T* __restrict w = B + j * ldb;
+  }
+  for (; j + 4 <= n; j += 4) {
+    const W* __restrict w = B + j * ldb;
+    for (int64_t b = 0; b < m; ++b) {
+      const T* __restrict a = A + b * lda;
       // two accumulators per row: eight independent FMA chains hide the FMA latency
       V s0 = {}, s1 = {}, s2 = {}, s3 = {}, t0 = {}, t1 = {}, t2 = {}, t3 = {};
       int64_t q = 0;
       for (; q + 2 * kLanes <= kv; q += 2 * kLanes) {
         const V av = load(a + q), bv = load(a + q + kLanes);
-        s0 += av * load(w + q);
-        s1 += av * load(w + ldb + q);
-        s2 += av * load(w + 2 * ldb + q);
-        s3 += av * load(w + 3 * ldb + q);
-        t0 += bv * load(w + q + kLanes);
-        t1 += bv * load(w + ldb + q + kLanes);
-        t2 += bv * load(w + 2 * ldb + q + kLanes);
-        t3 += bv * load(w + 3 * ldb + q + kLanes);
+        s0 += av * wload(w + q);
+        s1 += av * wload(w + ldb + q);
+        s2 += av * wload(w + 2 * ldb + q);
+        s3 += av * wload(w + 3 * ldb + q);
+        t0 += bv * wload(w + q + kLanes);
+        t1 += bv * wload(w + ldb + q + kLanes);
+        t2 += bv * wload(w + 2 * ldb + q + kLanes);
+        t3 += bv * wload(w + 3 * ldb + q + kLanes);
       }
       for (; q < kv; q += kLanes) {
         const V av = load(a + q);
-        s0 += av * load(w + q);
-        s1 += av * load(w + ldb + q);
-        s2 += av * load(w + 2 * ldb + q);
-        s3 += av * load(w + 3 * ldb + q);
+        s0 += av * wload(w + q);
+        s1 += av * wload(w + ldb + q);
+        s2 += av * wload(w + 2 * ldb + q);
+        s3 += av * wload(w + 3 * ldb + q);
       }
       T r[4] = {hsum(s0 + t0), hsum(s1 + t1), hsum(s2 + t2), hsum(s3 + t3)};
       for (int64_t u = 0; u < 4; ++u) {
-        for (int64_t q = kv; q < k; ++q) r[u] += a[q] * w[u * ldb + q];
-        c[j + u] = beta == T(0) ? r[u] : r[u] + beta * c[j + u];
+        for (int64_t q = kv; q < k; ++q) r[u] = tail_fma(a[q], w[u * ldb + q], r[u]);
+        store(C + b * ldc, j + u, r[u]);
       }
     }
-    for (; j < n; ++j) {
-      const T* __restrict w = B + j * ldb;
+  }
+  for (; j < n; ++j) {
+    const W* __restrict w = B + j * ldb;
+    for (int64_t b = 0; b < m; ++b) {
+      const T* __restrict a = A + b * lda;
       V s = {};
-      for (int64_t q = 0; q < kv; q += kLanes) s += load(a + q) * load(w + q);
+      for (int64_t q = 0; q < kv; q += kLanes) s += load(a + q) * wload(w + q);
       T r = hsum(s);
-      for (int64_t q = kv; q < k; ++q) r += a[q] * w[q];
-      c[j] = beta == T(0) ? r : r + beta * c[j];
+      for (int64_t q = kv; q < k; ++q) r = tail_fma(a[q], w[q], r);
+      store(C + b * ldc, j, r);
     }
   }
 }
 
 #else
-template <typename T>
-void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+template <typename T, typename W>
+void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const W* B,
                   int64_t ldb, T beta, T* C, int64_t ldc) {
   for (int64_t b = 0; b < m; ++b)
     for (int64_t j = 0; j < n; ++j) {
       T r = 0;
-      for (int64_t q = 0; q < k; ++q) r += A[b * lda + q] * B[j * ldb + q];
+      for (int64_t q = 0; q < k; ++q) r += A[b * lda + q] * T(widen(B[j * ldb + q]));
       C[b * ldc + j] = beta == T(0) ? r : r + beta * C[b * ldc + j];
     }
 }
@@ -329,7 +362,8 @@ PointwiseKernels<T> make_kernels() {
   k.gru_bwd = &gru_bwd<T>;
   k.rnn_fwd = &rnn_fwd<T>;
   k.rnn_bwd = &rnn_bwd<T>;
-  k.gemm_small_m = &gemm_small_m<T>;
+  k.gemm_small_m = &gemm_small_m<T, T>;
+  k.gemm_small_m_half = &gemm_small_m<T, uint16_t>;
   return k;
 }
 

@@ -84,6 +84,7 @@ std::vector<at::Tensor> stack_step(const std::string& cell, const at::Tensor& x,
 // h [L, B, H], c [L, B, H] (LSTM) and logits [B, V] float32 (the last step's) are read and
 // updated in place; the state ends at the last character's input. -> ids [B, length] int64.
 // on_ids (if set, and every > 0) receives each run of `every` new ids [B, n] as it is chosen.
+// half_weights (float32, plain cells): the layers' w_ih and w_hh are used rounded to float16.
 using IdsCallback = std::function<void(const at::Tensor&)>;
 at::Tensor generate(const std::string& cell, const std::optional<at::Tensor>& embed,
                     const std::vector<at::Tensor>& flat_weights, int64_t num_layers,
@@ -93,7 +94,7 @@ at::Tensor generate(const std::string& cell, const std::optional<at::Tensor>& em
                     const std::optional<at::Tensor>& c, at::Tensor logits, int64_t length,
                     double temperature, int64_t top_k, bool argmax,
                     std::optional<at::Generator> generator, const IdsCallback& on_ids,
-                    int64_t every);
+                    int64_t every, bool half_weights);
 
 }  // namespace fusedrnn::cpu
 

@@ -6,6 +6,8 @@
 // in between; the folded biases are prepared once, when the stack is built.
 #pragma once
 
+#include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "blas.h"
@@ -18,10 +20,14 @@ class StackStep {
  public:
   // w: torch.nn's flat weight list of a unidirectional stack, per layer
   // w_ih [G*H, I_l], w_hh [G*H, Hout], then b_ih, b_hh [G*H] when has_bias, then w_hr [Hout, H]
-  // when proj > 0. B rows; the first layer reads I0 features.
+  // when proj > 0. B rows; the first layer reads I0 features. half: w_ih and w_hh are kept
+  // rounded to float16 (half the bytes each step streams) and widened in the products, which
+  // then equal float32 products with the rounded weights (float32, no projection).
   StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
-            int64_t B, int64_t I0)
-      : cell_(cell), L_(L), B_(B), proj_(proj) {
+            int64_t B, int64_t I0, bool half = false)
+      : cell_(cell), L_(L), B_(B), proj_(proj), half_(half) {
+    TORCH_CHECK(!half || (std::is_same_v<T, float> && proj == 0),
+                "fusedrnn: float16 weights need a float32 stack without projection");
     const int64_t G = num_gates(cell);
     const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0);
     H_ = w[0].size(0) / G;
@@ -42,6 +48,10 @@ class StackStep {
                   ", ", y.w_hh.sizes(), "; expected [", GH, ", ", I, "] and [", GH, ", ", Hout_,
                   "]");
       y.I = I;
+      if (half) {
+        y.w_ih = to_half(y.w_ih, l, "w_ih");
+        y.w_hh = to_half(y.w_hh, l, "w_hh");
+      }
       y.bias.assign(GH, T(0));
       y.bias_hn.assign(H_, T(0));
       if (has_bias) {
@@ -136,17 +146,29 @@ class StackStep {
   void product(const Layer& y, bool input, int64_t rows, int64_t c0, int64_t c1, const T* A,
                T beta, T* C, int64_t ldc) const {
     const int64_t k = input ? y.I : Hout_;
-    const T* W = cptr<T>(input ? y.w_ih : y.w_hh) + c0 * k;
-    gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, W, k, beta, C + c0, ldc);
+    const at::Tensor& W = input ? y.w_ih : y.w_hh;
+    if (half_) {  // any number of rows: the block of W rows is reused from L1 for each
+      const auto* Wh = reinterpret_cast<const uint16_t*>(W.const_data_ptr<at::Half>()) + c0 * k;
+      kernels(T{}).gemm_small_m_half(rows, c1 - c0, k, A, k, Wh, k, beta, C + c0, ldc);
+      return;
+    }
+    gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, cptr<T>(W) + c0 * k, k, beta, C + c0, ldc);
+  }
+  static at::Tensor to_half(const at::Tensor& w, int64_t l, const char* name) {
+    const double top = w.numel() == 0 ? 0.0 : w.abs().max().item<double>();
+    TORCH_CHECK(std::isfinite(top) && top <= 65504.0, "fusedrnn: layer ", l, " ", name,
+                " has values up to ", top, ", beyond float16's range (65504)");
+    return w.to(at::kHalf).contiguous();
   }
   struct Layer {
-    at::Tensor w_ih, w_hh, w_hr;  // [G*H, I], [G*H, Hout], [Hout, H] (projection)
+    at::Tensor w_ih, w_hh, w_hr;  // [G*H, I], [G*H, Hout], [Hout, H] (projection); half: float16
     std::vector<T> bias;          // [G*H]: b_ih + b_hh (GRU: b_ih + (b_hr, b_hz, 0))
     std::vector<T> bias_hn;       // [H]: b_hn (GRU)
     int64_t I = 0;
   };
   Cell cell_;
   int64_t L_, B_, proj_, H_ = 0, Hout_ = 0;
+  bool half_;
   std::vector<Layer> layers_;
   at::Tensor gates_, hg_, hraw_;
 };

@@ -206,6 +206,12 @@ def _add_model_args(p) -> None:
     )
     p.add_argument("--backend", help="fusedrnn backend (default: automatic)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument(
+        "--half-weights",
+        action="store_true",
+        help="use the layers' weight matrices rounded to float16 (sampling a large model on a "
+        "CPU reads half the bytes per character: 2-3x faster; eval shows the loss it costs)",
+    )
 
 
 def _add_sample(sub) -> None:
@@ -376,6 +382,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             generator=gen,
             on_text=emit if n == 1 else None,
             context=None if prime else cfg.get("sample_context"),
+            half_weights=args.half_weights,
         )
         if n == 1:
             emit("\n")
@@ -396,6 +403,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import bits, evaluate
 
     model, vocab, cfg = _load(args)
+    if args.half_weights:
+        from .sample import half_weight_model
+
+        model = half_weight_model(model)
     path = args.data if args.data is not None else cfg.get("data")
     if path is not None and not os.path.exists(path):
         raise CharLMError(

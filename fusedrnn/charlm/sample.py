@@ -6,6 +6,7 @@ fusedrnn modules this is the single-step fast path of the backend.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -48,6 +49,7 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     context: list[str] | None = None,
     fused: bool | None = None,
+    half_weights: bool = False,
 ) -> str:
     """Generate ``length`` characters after ``prime`` (the prime is not part of the result).
 
@@ -58,11 +60,12 @@ def generate(
     temperature its likeliest continuation is often a run of spaces. Without ``context`` the seed
     is a newline when the vocabulary has one, else its first character.
     ``on_text`` receives the text as it is chosen (streaming; in pieces of up to
-    :data:`STREAM_CHUNK` characters on the fused path). ``fused``: see :func:`generate_batch`.
+    :data:`STREAM_CHUNK` characters on the fused path). ``fused`` and ``half_weights``: see
+    :func:`generate_batch`.
     """
     return generate_batch(
         model, vocab, prime, length, 1, temperature, top_k, argmax, generator, on_text, context,
-        fused,
+        fused, half_weights,
     )[0]  # fmt: skip
 
 
@@ -83,6 +86,7 @@ def generate_batch(
     on_text: Callable[[str], None] | None = None,
     context: list[str] | None = None,
     fused: bool | None = None,
+    half_weights: bool = False,
 ) -> list[str]:
     """``num_samples`` texts generated side by side as one batch (see :func:`generate`).
 
@@ -91,6 +95,14 @@ def generate_batch(
     ``False`` on the Python one. Both make the same choices from the same generator: the fused
     loop runs the same operations (fusedrnn._C.generate), so a seed gives the same text.
     ``on_text`` (one sample only) receives the text as it is chosen.
+
+    ``half_weights`` samples from the model with its recurrent layers' weight matrices (w_ih,
+    w_hh; not biases, embedding or decoder) rounded to float16; the arithmetic stays in the
+    model's dtype. A step then streams half the bytes, which is what bounds sampling from a
+    large model on a CPU. The fused loop keeps the rounded weights in float16; the Python loop
+    runs on a rounded copy of the model (:func:`half_weight_model`); both choose the same text.
+    The text differs from the unrounded model's once a draw falls near a boundary between two
+    characters: the rounding moves each probability by about 1e-4 (see the tests).
     """
     if length < 0:
         raise DataError(f"length must be >= 0, got {length}")
@@ -102,10 +114,14 @@ def generate_batch(
         raise DataError(f"top-k must be >= 0, got {top_k}")
     if on_text is not None and num_samples > 1:
         raise DataError("on_text streams one sample; generate a batch without it")
-    why_not = fused_unsupported(model)
+    why_not = fused_unsupported(model, half_weights)
     if fused and why_not:
         raise DataError(f"the fused sampling loop cannot run this model: {why_not}")
     use_fused = why_not is None if fused is None else fused
+    if half_weights and not use_fused:
+        model = half_weight_model(model)
+    elif half_weights:
+        _weight_matrices(model)  # the range check
     was_training = model.training
     model.eval()
     try:
@@ -121,8 +137,15 @@ def generate_batch(
         logits, states, _ = model.forward_layers(ids)  # ids [B, P]
         last = logits[:, -1].float().cpu()  # [B, V]; choices are made on the CPU generator
         emit = None if on_text is None else lambda row: on_text(vocab.decode(row))
-        run = _fused_loop if use_fused else _python_loop
-        chosen = run(model, states, last, length, temperature, top_k, argmax, generator, emit)
+        if use_fused:
+            chosen = _fused_loop(
+                model, states, last, length, temperature, top_k, argmax, generator, emit,
+                half_weights,
+            )  # fmt: skip
+        else:
+            chosen = _python_loop(
+                model, states, last, length, temperature, top_k, argmax, generator, emit
+            )
         return [vocab.decode(row) for row in chosen.tolist()]
     finally:
         model.train(was_training)
@@ -144,10 +167,11 @@ def _python_loop(model, states, last, length, temperature, top_k, argmax, genera
     return out
 
 
-def fused_unsupported(model: CharRNN) -> str | None:
+def fused_unsupported(model: CharRNN, half_weights: bool = False) -> str | None:
     """Why the fused sampling loop cannot run ``model`` (None when it can): it needs the
     compiled CPU backend, a float32/float64 model on the CPU and fusedrnn layers that run on
-    that backend, so that its arithmetic is the Python loop's."""
+    that backend, so that its arithmetic is the Python loop's; with ``half_weights``, a float32
+    model of plain cells."""
     from fusedrnn import backends
 
     cpu = backends.get("cpu") if "cpu" in backends.available_backends() else None
@@ -164,10 +188,40 @@ def fused_unsupported(model: CharRNN) -> str | None:
         return str(e)
     if chosen != "cpu":
         return f"its layers run on the {chosen!r} backend"
+    if half_weights and (w.dtype != torch.float32 or model.rnns[0].cell_options.enabled):
+        return "its float16 weights are kept for float32 models of plain cells only"
     return None
 
 
-def _fused_loop(model, states, last, length, temperature, top_k, argmax, generator, emit):
+def half_weight_model(model: CharRNN) -> CharRNN:
+    """A copy of ``model`` whose recurrent layers' weight matrices are rounded to float16 (and
+    stored back in the model's dtype): what ``half_weights`` samples from."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in _weight_matrices(twin):
+            p.copy_(p.to(torch.float16).to(p.dtype))
+    return twin
+
+
+def _weight_matrices(model: CharRNN) -> list[torch.Tensor]:
+    """The recurrent layers' w_ih and w_hh, checked to fit float16's range."""
+    out = []
+    for k, rnn in enumerate(model.rnns):
+        for name, p in rnn.named_parameters():
+            if not name.startswith(("weight_ih", "weight_hh")):
+                continue
+            top = float(p.detach().abs().max()) if p.numel() else 0.0
+            if not top <= 65504.0:  # also NaN
+                raise DataError(
+                    f"layer {k} {name} has values up to {top:g}, beyond float16's range (65504)"
+                )
+            out.append(p)
+    return out
+
+
+def _fused_loop(
+    model, states, last, length, temperature, top_k, argmax, generator, emit, half_weights=False
+):
     """fusedrnn._C.generate over the whole text, streamed in STREAM_CHUNK pieces."""
     from fusedrnn import backends
     from fusedrnn.functional import MODES
@@ -206,7 +260,7 @@ def _fused_loop(model, states, last, length, temperature, top_k, argmax, generat
     )
     on_ids = None if emit is None else lambda ids: emit(ids[0].tolist())  # ids [B, n]
     return backends.get("cpu")._C.generate(
-        length=length, on_ids=on_ids, every=STREAM_CHUNK, **args
+        length=length, on_ids=on_ids, every=STREAM_CHUNK, half_weights=half_weights, **args
     )  # [B, length]
 
 
