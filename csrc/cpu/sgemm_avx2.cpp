@@ -43,34 +43,35 @@ inline void store_tile(const __m256 (&acc)[MR][2], float alpha, float beta, floa
   }
 }
 
-// acc = Ap [kb][6] x Bp [kb][16]: twelve accumulators, two B vectors and one broadcast A
-// value in registers (15 of 16 ymm), two FMAs per broadcast.
-inline void micro_tile(int64_t kb, const float* __restrict Ap, const float* __restrict Bp,
+// acc = op(A) [6 rows][kb] x Bp [kb][16]: twelve accumulators, two B vectors and one
+// broadcast A value in registers (15 of 16 ymm), two FMAs per broadcast. a(q, i) is the address
+// of op(A)[i, q]: in a packed panel, or where op(A) lies (sgemm.h: why A is not packed).
+template <class AAt>
+inline void micro_tile(int64_t kb, const AAt& a, const float* __restrict Bp,
                        __m256 (&acc)[MR][2]) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
          c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 #pragma GCC unroll 4
   for (int64_t q = 0; q < kb; ++q) {
     const __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
-    __m256 a = _mm256_broadcast_ss(Ap);
-    c00 = _mm256_fmadd_ps(a, b0, c00);
-    c01 = _mm256_fmadd_ps(a, b1, c01);
-    a = _mm256_broadcast_ss(Ap + 1);
-    c10 = _mm256_fmadd_ps(a, b0, c10);
-    c11 = _mm256_fmadd_ps(a, b1, c11);
-    a = _mm256_broadcast_ss(Ap + 2);
-    c20 = _mm256_fmadd_ps(a, b0, c20);
-    c21 = _mm256_fmadd_ps(a, b1, c21);
-    a = _mm256_broadcast_ss(Ap + 3);
-    c30 = _mm256_fmadd_ps(a, b0, c30);
-    c31 = _mm256_fmadd_ps(a, b1, c31);
-    a = _mm256_broadcast_ss(Ap + 4);
-    c40 = _mm256_fmadd_ps(a, b0, c40);
-    c41 = _mm256_fmadd_ps(a, b1, c41);
-    a = _mm256_broadcast_ss(Ap + 5);
-    c50 = _mm256_fmadd_ps(a, b0, c50);
-    c51 = _mm256_fmadd_ps(a, b1, c51);
-    Ap += MR;
+    __m256 v = _mm256_broadcast_ss(a(q, 0));
+    c00 = _mm256_fmadd_ps(v, b0, c00);
+    c01 = _mm256_fmadd_ps(v, b1, c01);
+    v = _mm256_broadcast_ss(a(q, 1));
+    c10 = _mm256_fmadd_ps(v, b0, c10);
+    c11 = _mm256_fmadd_ps(v, b1, c11);
+    v = _mm256_broadcast_ss(a(q, 2));
+    c20 = _mm256_fmadd_ps(v, b0, c20);
+    c21 = _mm256_fmadd_ps(v, b1, c21);
+    v = _mm256_broadcast_ss(a(q, 3));
+    c30 = _mm256_fmadd_ps(v, b0, c30);
+    c31 = _mm256_fmadd_ps(v, b1, c31);
+    v = _mm256_broadcast_ss(a(q, 4));
+    c40 = _mm256_fmadd_ps(v, b0, c40);
+    c41 = _mm256_fmadd_ps(v, b1, c41);
+    v = _mm256_broadcast_ss(a(q, 5));
+    c50 = _mm256_fmadd_ps(v, b0, c50);
+    c51 = _mm256_fmadd_ps(v, b1, c51);
     Bp += NR;
   }
   acc[0][0] = c00, acc[0][1] = c01, acc[1][0] = c10, acc[1][1] = c11;
@@ -122,11 +123,16 @@ void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, floa
   }
 }
 
-void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* Ap,
-                  const float* Bp, float beta, float* C, int64_t ldc) {
+void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, bool ta, const float* A,
+                  int64_t lda, const float* Bp, float beta, float* C, int64_t ldc) {
   __m256 acc[MR][2];
   alignas(32) float tile[MR * NR];
-  // B micro-panel outermost: it stays in L1 while the packed A block streams from L2.
+  // A last panel of fewer than 6 rows: reading six rows in place would run past op(A), so it
+  // is packed (zero-padded), once for every column panel.
+  alignas(32) float edge[MR * kSgemmKC];
+  const int64_t full = rows / MR * MR;
+  if (full < rows) pack_a(ta, rows - full, kb, ta ? A + full : A + full * lda, lda, edge);
+  // B micro-panel outermost: it stays in L1 while the rows of op(A) stream from L1/L2.
   for (int64_t j0 = 0; j0 < cols; j0 += NR) {
     const int64_t w = std::min(NR, cols - j0);
     const float* bp = Bp + j0 * kb;
@@ -141,7 +147,15 @@ void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const flo
           _mm_prefetch(c, _MM_HINT_T0);
           _mm_prefetch(c + 63, _MM_HINT_T0);
         }
-      micro_tile(kb, Ap + i0 * kb, bp, acc);
+      if (h < MR) {
+        micro_tile(kb, [&](int64_t q, int64_t i) { return edge + q * MR + i; }, bp, acc);
+      } else if (ta) {  // op(A)[i, q] = A[q, i]: six contiguous values per q
+        const float* a = A + i0;
+        micro_tile(kb, [&](int64_t q, int64_t i) { return a + q * lda + i; }, bp, acc);
+      } else {
+        const float* a = A + i0 * lda;
+        micro_tile(kb, [&](int64_t q, int64_t i) { return a + i * lda + q; }, bp, acc);
+      }
       float* c = C + i0 * ldc + j0;
       if (h == MR && w == NR) {
         store_tile(acc, alpha, beta, c, ldc);
@@ -167,8 +181,8 @@ FRNN_AVX2_END
 namespace fusedrnn::cpu::sgemm_avx2 {
 void pack_a(bool, int64_t, int64_t, const float*, int64_t, float*) {}
 void pack_b(bool, int64_t, int64_t, const float*, int64_t, float*) {}
-void macro_kernel(int64_t, int64_t, int64_t, float, const float*, const float*, float, float*,
-                  int64_t) {}
+void macro_kernel(int64_t, int64_t, int64_t, float, bool, const float*, int64_t, const float*,
+                  float, float*, int64_t) {}
 bool compiled() { return false; }
 }  // namespace fusedrnn::cpu::sgemm_avx2
 
