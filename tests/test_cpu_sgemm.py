@@ -46,7 +46,8 @@ def strided(rows, cols, g, pad=3):
     return base, base[:, :cols]
 
 
-SHAPES = [  # (m, n, k): edges of the 6-row / 16-column tiles and of the 256-deep K blocks
+SHAPES = [  # (m, n, k): edges of the 6-row / 16-column tiles and of the 256-deep K blocks;
+    # A is read in place (its last panel packed) unless transposed or 4 KiB-strided
     (128, 16, 256),
     (129, 17, 257),
     (133, 1, 1),
@@ -54,6 +55,7 @@ SHAPES = [  # (m, n, k): edges of the 6-row / 16-column tiles and of the 256-dee
     (300, 7, 31),
     (144, 33, 600),
     (290, 64, 255),
+    (133, 20, 1021),  # A's rows 1024 floats apart (k + 3): A packed, not read in place
 ]
 
 

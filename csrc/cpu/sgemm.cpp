@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -46,14 +47,23 @@ void sgemm_packed(bool ta, int64_t m, int64_t c0, int64_t c1, float alpha, const
               "fusedrnn sgemm_packed: bad column range [", c0, ", ", c1, ") of ", B.n);
   TORCH_CHECK(B.k > 0, "fusedrnn sgemm_packed: empty inner dimension (gemm() handles k == 0)");
   if (m == 0 || c0 == c1) return;
+  // When A is packed: one block per thread, reused across calls (the step loops call this T
+  // times per layer).
+  const bool in_place = !ta && (lda * sizeof(float)) % 4096 != 0;
+  thread_local std::vector<float> apack;
+  const int64_t mc_max = std::min(kSgemmMC, (m + kSgemmMR - 1) / kSgemmMR * kSgemmMR);
+  if (!in_place && apack.size() < static_cast<size_t>(mc_max * kSgemmKC))
+    apack.resize(mc_max * kSgemmKC);
   for (int64_t i0 = 0; i0 < m; i0 += kSgemmMC) {
     const int64_t mc = std::min(kSgemmMC, m - i0);
     for (int64_t p = 0, q0 = 0; q0 < B.k; ++p, q0 += kSgemmKC) {
       const int64_t kb = std::min(kSgemmKC, B.k - q0);
       const float* a = ta ? A + q0 * lda + i0 : A + i0 * lda + q0;
+      if (!in_place) sgemm_avx2::pack_a(ta, mc, kb, a, lda, apack.data());
       // later K blocks add onto the earlier ones: beta only applies to the first
-      sgemm_avx2::macro_kernel(mc, c1 - c0, kb, alpha, ta, a, lda, B.at(p, c0),
-                               p == 0 ? beta : 1.f, C + i0 * ldc + c0, ldc);
+      sgemm_avx2::macro_kernel(mc, c1 - c0, kb, alpha, in_place ? a : apack.data(), lda,
+                               !in_place, B.at(p, c0), p == 0 ? beta : 1.f,
+                               C + i0 * ldc + c0, ldc);
     }
   }
 }

@@ -5,10 +5,13 @@
 //   (zero-padded), so that one micro-panel (16 columns x kb) stays in L1 while a block of
 //   op(A) (kSgemmMC rows x kb) stays in L2.
 //
-// op(A) is read where it lies, six rows at a time (only a last panel of fewer rows is
-// packed): its rows here are a step's states or gate gradients, or a block of the sequence,
-// all of which fit L2, and packing them (a scalar transpose) cost about a tenth of a
-// layer's forward+backward at the char-LM's sizes, more than it saved.
+// op(A) = A is read where it lies, six rows at a time (only a last panel of fewer rows is
+// packed), unless its row stride is a multiple of 4 KiB: the six rows would then share one L1
+// set with the B panel and evict each other. Its rows here are a step's states or gate
+// gradients, or a block of the sequence, all of which fit L2, and packing them (a scalar
+// transpose) cost about a tenth of a char-LM layer's forward+backward. op(A) = A^T is packed:
+// read in place it would touch a new row (and page) of A per product term for every column
+// panel.
 //
 // The step loops pack their recurrent weights once per layer call (PackedB) and multiply
 // every step against them, where the BLAS would repack the weights at every step.
@@ -30,15 +33,15 @@ constexpr int64_t kSgemmMinM = 128;
 
 namespace sgemm_avx2 {
 bool compiled();
-// out [ceil(rows/6) panels][kb][6] <- op(A) rows [0, rows) x kb (zero-padded rows); used
-// for a last panel of fewer than 6 rows
+// out [ceil(rows/6) panels][kb][6] <- op(A) rows [0, rows) x kb (zero-padded rows)
 void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, float* out);
 // out [ceil(cols/16) panels][kb][16] <- op(B) kb x cols [0, cols) (zero-padded columns)
 void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, float* out);
-// C[rows, cols] = alpha * op(A) Bp + beta * C (C not read when beta == 0): op(A) [rows, kb]
-// read in place (A at op(A)[0, 0], op(A) = A or, with ta, A^T), Bp packed
-void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, bool ta, const float* A,
-                  int64_t lda, const float* Bp, float beta, float* C, int64_t ldc);
+// C[rows, cols] = alpha * A Bp + beta * C (C not read when beta == 0), Bp packed; A [rows, kb]
+// packed (pack_a) or, with packed false, a row-major block with leading dimension lda
+void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* A,
+                  int64_t lda, bool packed, const float* Bp, float beta, float* C,
+                  int64_t ldc);
 }  // namespace sgemm_avx2
 
 // Benchmarking switch (default on): float32 GEMMs use the packed kernel where available.

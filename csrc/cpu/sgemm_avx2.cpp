@@ -45,7 +45,7 @@ inline void store_tile(const __m256 (&acc)[MR][2], float alpha, float beta, floa
 
 // acc = op(A) [6 rows][kb] x Bp [kb][16]: twelve accumulators, two B vectors and one
 // broadcast A value in registers (15 of 16 ymm), two FMAs per broadcast. a(q, i) is the address
-// of op(A)[i, q]: in a packed panel, or where op(A) lies (sgemm.h: why A is not packed).
+// of op(A)[i, q]: in a packed panel, or where A lies (sgemm.h: when A is not packed).
 template <class AAt>
 inline void micro_tile(int64_t kb, const AAt& a, const float* __restrict Bp,
                        __m256 (&acc)[MR][2]) {
@@ -123,16 +123,17 @@ void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, floa
   }
 }
 
-void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, bool ta, const float* A,
-                  int64_t lda, const float* Bp, float beta, float* C, int64_t ldc) {
+void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* A,
+                  int64_t lda, bool packed, const float* Bp, float beta, float* C,
+                  int64_t ldc) {
   __m256 acc[MR][2];
   alignas(32) float tile[MR * NR];
-  // A last panel of fewer than 6 rows: reading six rows in place would run past op(A), so it
-  // is packed (zero-padded), once for every column panel.
+  // Read in place, a last panel of fewer than 6 rows would run past A: it is packed
+  // (zero-padded), once for every column panel.
   alignas(32) float edge[MR * kSgemmKC];
-  const int64_t full = rows / MR * MR;
-  if (full < rows) pack_a(ta, rows - full, kb, ta ? A + full : A + full * lda, lda, edge);
-  // B micro-panel outermost: it stays in L1 while the rows of op(A) stream from L1/L2.
+  const int64_t full = packed ? rows : rows / MR * MR;
+  if (full < rows) pack_a(false, rows - full, kb, A + full * lda, lda, edge);
+  // B micro-panel outermost: it stays in L1 while the rows of A stream from L1/L2.
   for (int64_t j0 = 0; j0 < cols; j0 += NR) {
     const int64_t w = std::min(NR, cols - j0);
     const float* bp = Bp + j0 * kb;
@@ -147,11 +148,9 @@ void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, bool ta, 
           _mm_prefetch(c, _MM_HINT_T0);
           _mm_prefetch(c + 63, _MM_HINT_T0);
         }
-      if (h < MR) {
-        micro_tile(kb, [&](int64_t q, int64_t i) { return edge + q * MR + i; }, bp, acc);
-      } else if (ta) {  // op(A)[i, q] = A[q, i]: six contiguous values per q
-        const float* a = A + i0;
-        micro_tile(kb, [&](int64_t q, int64_t i) { return a + q * lda + i; }, bp, acc);
+      if (packed || i0 >= full) {
+        const float* ap = packed ? A + i0 * kb : edge;
+        micro_tile(kb, [&](int64_t q, int64_t i) { return ap + q * MR + i; }, bp, acc);
       } else {
         const float* a = A + i0 * lda;
         micro_tile(kb, [&](int64_t q, int64_t i) { return a + i * lda + q; }, bp, acc);
@@ -181,7 +180,7 @@ FRNN_AVX2_END
 namespace fusedrnn::cpu::sgemm_avx2 {
 void pack_a(bool, int64_t, int64_t, const float*, int64_t, float*) {}
 void pack_b(bool, int64_t, int64_t, const float*, int64_t, float*) {}
-void macro_kernel(int64_t, int64_t, int64_t, float, bool, const float*, int64_t, const float*,
+void macro_kernel(int64_t, int64_t, int64_t, float, const float*, int64_t, bool, const float*,
                   float, float*, int64_t) {}
 bool compiled() { return false; }
 }  // namespace fusedrnn::cpu::sgemm_avx2
