@@ -49,34 +49,18 @@ inline void store_tile(const __m256 (&acc)[MR][2], float alpha, float beta, floa
 template <class AAt>
 inline void micro_tile(int64_t kb, const AAt& a, const float* __restrict Bp,
                        __m256 (&acc)[MR][2]) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
-         c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
 #pragma GCC unroll 4
   for (int64_t q = 0; q < kb; ++q) {
     const __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
-    __m256 v = _mm256_broadcast_ss(a(q, 0));
-    c00 = _mm256_fmadd_ps(v, b0, c00);
-    c01 = _mm256_fmadd_ps(v, b1, c01);
-    v = _mm256_broadcast_ss(a(q, 1));
-    c10 = _mm256_fmadd_ps(v, b0, c10);
-    c11 = _mm256_fmadd_ps(v, b1, c11);
-    v = _mm256_broadcast_ss(a(q, 2));
-    c20 = _mm256_fmadd_ps(v, b0, c20);
-    c21 = _mm256_fmadd_ps(v, b1, c21);
-    v = _mm256_broadcast_ss(a(q, 3));
-    c30 = _mm256_fmadd_ps(v, b0, c30);
-    c31 = _mm256_fmadd_ps(v, b1, c31);
-    v = _mm256_broadcast_ss(a(q, 4));
-    c40 = _mm256_fmadd_ps(v, b0, c40);
-    c41 = _mm256_fmadd_ps(v, b1, c41);
-    v = _mm256_broadcast_ss(a(q, 5));
-    c50 = _mm256_fmadd_ps(v, b0, c50);
-    c51 = _mm256_fmadd_ps(v, b1, c51);
+#pragma GCC unroll 6
+    for (int64_t i = 0; i < MR; ++i) {  // fully unrolled: acc lives in registers
+      const __m256 v = _mm256_broadcast_ss(a(q, i));
+      acc[i][0] = _mm256_fmadd_ps(v, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(v, b1, acc[i][1]);
+    }
     Bp += NR;
   }
-  acc[0][0] = c00, acc[0][1] = c01, acc[1][0] = c10, acc[1][1] = c11;
-  acc[2][0] = c20, acc[2][1] = c21, acc[3][0] = c30, acc[3][1] = c31;
-  acc[4][0] = c40, acc[4][1] = c41, acc[5][0] = c50, acc[5][1] = c51;
 }
 
 }  // namespace
