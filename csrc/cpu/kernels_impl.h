@@ -188,11 +188,6 @@ void rnn_bwd(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu) 
     rnn_bwd_loop<T, RNNTanhCell>(n, h, dy, dh, dg);
 }
 
-// Dot products of contiguous rows, eight (float) or four rows of B at a time so that every
-// load of A's row is shared, with explicit 32-byte vector accumulators: the compiler may not vectorise a scalar
-// float sum itself (that would reassociate it). GCC/Clang vector extensions lower to AVX in
-// the AVX2 copy and to pairs of SSE registers in the generic one. MKL's sgemv/sgemm take a
-// generic path for one row on some non-Intel CPUs; this loop is several times faster there.
 // B's values: stored as T, or as IEEE float16 bits widened on load (a sampling loop whose
 // weights were rounded to half precision: the same sums as on the widened values).
 inline float widen(uint16_t h) { return c10::detail::fp16_ieee_to_fp32_value(h); }
@@ -201,6 +196,11 @@ inline T widen(T w) {
   return w;
 }
 
+// Dot products of contiguous rows, eight (float) or four rows of B at a time so that every
+// load of A's row is shared, with explicit 32-byte vector accumulators: the compiler may not vectorise a scalar
+// float sum itself (that would reassociate it). GCC/Clang vector extensions lower to AVX in
+// the AVX2 copy and to pairs of SSE registers in the generic one. MKL's sgemv/sgemm take a
+// generic path for one row on some non-Intel CPUs; this loop is several times faster there.
 #if defined(__GNUC__)
 // The generic copy passes 32-byte vectors between inlined lambdas; GCC notes an ABI change
 // that does not apply to code that never crosses a call boundary.
