@@ -429,3 +429,32 @@ def test_charlm_speed_recipe_settings():
     assert (a.layers, a.dropout, a.lr_schedule, a.target) == (2, 0.2, "cosine", 1.45)
     a = charlm_speed.parse_args([])
     assert (a.hidden, a.budget, a.lr_schedule, a.max_iters) == (128, 480.0, "constant", None)
+
+
+@pytest.mark.parametrize("warmup,iters,block", [(0, 1, 2), (3, 15, 6), (1, 7, 3), (2, 4, 10)])
+def test_profile_schedule_takes_turns_in_blocks(warmup, iters, block):
+    """The char-LM profile's order: warm-up untimed, then blocks of one implementation whose
+    first iteration is untimed, the two alternating and swapping who goes first each round,
+    until each has ``iters`` timed iterations numbered from 0."""
+    import profile_charlm as pc
+
+    steps = list(pc.schedule(warmup, iters, block))
+    impls = pc.IMPLS
+    head, rest = steps[: warmup * len(impls)], steps[warmup * len(impls) :]
+    assert [s[0] for s in head] == [i for i in impls for _ in range(warmup)]
+    assert not any(t for _, _, t in head)
+    blocks = []  # a block starts at each untimed step
+    for impl, it, timed in rest:
+        if not timed:
+            blocks.append((impl, []))
+        else:
+            assert impl == blocks[-1][0]
+            blocks[-1][1].append(it)
+    for k, (impl, its) in enumerate(blocks):
+        rnd, pos = divmod(k, 2)
+        assert impl == impls[pos ^ rnd % 2]
+        assert 1 <= len(its) <= block - 1
+    for impl in impls:
+        assert [it for i, its in blocks if i == impl for it in its] == list(range(iters))
+    with pytest.raises(ValueError, match="block"):
+        list(pc.schedule(1, 2, 1))
