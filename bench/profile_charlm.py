@@ -686,12 +686,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "profile"))
     ap.add_argument("--iters", type=int, default=15, help="timed iterations per configuration")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument(
-        "--block",
-        type=int,
-        default=6,
-        help="iterations of one implementation before the other takes over",
-    )
+    ap.add_argument("--block", type=int, default=6, help="iterations of one implementation a turn")
     ap.add_argument("--threads", default="1,2", help="torch threads of the char-LM profile")
     ap.add_argument("--big-batch", type=int, default=64, help="batch size of the 2x512 model")
     args = ap.parse_args(argv)
