@@ -123,10 +123,7 @@ def rnn_stack(
     ):
         # The sampling loop (one step, no autograd): the whole stack in one backend call,
         # which skips the per-layer op dispatch that dominates at this size.
-        y, h_n, c_n = backend.stack_step(
-            cell, x[0], hx, cx, flat_weights, num_layers, has_bias, proj_size
-        )
-        return y.unsqueeze(0), h_n, c_n
+        return backend.stack_step(cell, x, hx, cx, flat_weights, num_layers, has_bias, proj_size)
     dirs = 2 if bidirectional else 1
     weights = split_weights(flat_weights, has_bias, proj_size)
     if variant:

@@ -121,7 +121,10 @@ def _nn_step_model(cell, I, H, L, proj):
 
 @pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 3)])
 @pytest.mark.parametrize("B", [1, 5])
-def test_stack_step_matches_torch_nn(cell, proj, B):
+@pytest.mark.parametrize("layout", ["2-D", "time-major", "batch-first", "zero state"])
+def test_stack_step_matches_torch_nn(cell, proj, B, layout):
+    """x as [B, I] or as one step of a sequence ([1, B, I]; [B, 1, I] batch-first, y then in
+    the same layout); an absent state is zeros, as in torch.nn."""
     torch.manual_seed(11)
     I, H, L = 6, 8, 3
     m = _nn_step_model(cell, I, H, L, proj).double()
@@ -129,18 +132,52 @@ def test_stack_step_matches_torch_nn(cell, proj, B):
     x = torch.randn(1, B, I, dtype=torch.float64)
     h = torch.randn(L, B, Hout, dtype=torch.float64)
     c = torch.randn(L, B, H, dtype=torch.float64)
+    if layout == "zero state":
+        h = c = None
+    state = (h, c) if cell == "lstm" and h is not None else h
+    x_in = {"2-D": x[0], "batch-first": x.transpose(0, 1)}.get(layout, x)
     with torch.no_grad():
-        y_ref, st_ref = m(x, (h, c) if cell == "lstm" else h)
-        y, h_n, c_n = cpu.stack_step(cell, x[0], h, c if cell == "lstm" else None,
-                                     m._flat_weights, L, True, proj)  # fmt: skip
+        y_ref, st_ref = m(x, state)
+        y, h_n, c_n = cpu.stack_step(cell, x_in, h, c if cell == "lstm" else None,
+                                     m._flat_weights, L, True, proj, layout == "batch-first")  # fmt: skip
+    y_ref = {"2-D": y_ref[0], "batch-first": y_ref.transpose(0, 1)}.get(layout, y_ref)
     tol = dict(rtol=TOL[torch.float64], atol=TOL[torch.float64])
-    torch.testing.assert_close(y, y_ref[0], **tol)
+    assert y.shape == y_ref.shape and y.is_contiguous()
+    torch.testing.assert_close(y, y_ref, **tol)
     if cell == "lstm":
         torch.testing.assert_close(h_n, st_ref[0], **tol)
         torch.testing.assert_close(c_n, st_ref[1], **tol)
     else:
         torch.testing.assert_close(h_n, st_ref, **tol)
         assert c_n is None
+
+
+def test_stack_step_names_what_does_not_fit_or_falls_back():
+    """Each mismatch raises naming the problem; with fallback the call answers None instead
+    (the modules' shortcut then takes the general path)."""
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(6, 8, 2)
+    w = m._flat_weights
+    x, h, c = torch.randn(1, 3, 6), torch.zeros(2, 3, 8), torch.zeros(2, 3, 8)
+    cases = [
+        ("float64", (x.double(), h, c, w), "dtype"),
+        ("features", (torch.randn(1, 3, 5), h, c, w), "features"),
+        ("two steps", (torch.randn(2, 3, 6), h, c, w), "one step"),
+        ("4-D", (torch.randn(1, 1, 3, 6), h, c, w), "one step"),
+        ("state batch", (x, torch.zeros(2, 4, 8), torch.zeros(2, 4, 8), w), "hx must be"),
+        ("state layers", (x, torch.zeros(1, 3, 8), c, w), "hx must be"),
+        ("cell state", (x, h, torch.zeros(2, 3, 7), w), "cx must be"),
+        ("cell state dtype", (x, h, c.double(), w), "cx must be"),
+        ("cx missing", (x, h, None, w), "both hx and cx"),
+        ("weight dtype", (x, h, c, [w[0].double(), *w[1:]]), "every weight"),
+        ("weight count", (x, h, c, w[:-1]), "weights, got 7"),
+    ]
+    with torch.no_grad():
+        assert cpu.stack_step("lstm", x, h, c, w, 2, True, 0, fallback=True) is not None
+        for name, (xi, hi, ci, wi), message in cases:
+            assert cpu.stack_step("lstm", xi, hi, ci, wi, 2, True, 0, fallback=True) is None, name
+            with pytest.raises(RuntimeError, match=f"fusedrnn stack_step: .*{message}"):
+                cpu.stack_step("lstm", xi, hi, ci, wi, 2, True, 0)
 
 
 def test_stack_step_refuses_autograd():

@@ -39,8 +39,10 @@ def count_steps(monkeypatch):
         original = mod.stack_step
 
         def counted(*args, _original=original, **kwargs):
-            calls.append(1)
-            return _original(*args, **kwargs)
+            out = _original(*args, **kwargs)
+            if out is not None:  # None: a shortcut call whose tensors did not fit ran nothing
+                calls.append(1)
+            return out
 
         monkeypatch.setattr(mod, "stack_step", counted)
     return calls

@@ -45,9 +45,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             py::arg("y"), py::arg("ws1"), py::arg("ws2"), py::arg("grad_y"), py::arg("grad_hn"),
             py::arg("grad_cn"), py::arg("grad_mask"));
   m.def("stack_step", &fusedrnn::cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
-        "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n]",
+        "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n], or [] when "
+        "the tensors do not fit and fallback is set",
         py::arg("cell"), py::arg("x"), py::arg("hx"), py::arg("cx"), py::arg("flat_weights"),
-        py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"));
+        py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"),
+        py::arg("batch_first") = false, py::arg("fallback") = false);
   m.def("generate", &fusedrnn::cpu::generate, py::call_guard<py::gil_scoped_release>(),
         "The sampling loop of a character model: -> ids [B, length]; h, c, logits updated; "
         "on_ids(ids [B, n]) every `every` characters (it runs holding the GIL)",

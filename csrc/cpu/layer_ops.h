@@ -72,11 +72,14 @@ std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y, const 
                                   int64_t grad_mask);
 
 // One time step of a unidirectional stack of layers, no autograd, minimal overhead.
-// x [B, I], hx [L, B, Hout], cx [L, B, H] (LSTM) -> {y [B, Hout], h_n [L, B, Hout], c_n}.
+// x [B, I] or one step [1, B, I] ([B, 1, I] when batch_first); hx [L, B, Hout] and cx [L, B, H]
+// (LSTM), absent: zeros -> {y [B, Hout] (in x's layout), h_n [L, B, Hout], c_n [L, B, H]}.
+// Tensors that do not fit raise, or with `fallback` return {} (a caller with a general path).
 std::vector<at::Tensor> stack_step(const std::string& cell, const at::Tensor& x,
-                                   const at::Tensor& hx, const std::optional<at::Tensor>& cx,
+                                   const OptTensor& hx, const OptTensor& cx,
                                    const std::vector<at::Tensor>& flat_weights,
-                                   int64_t num_layers, bool has_bias, int64_t proj_size);
+                                   int64_t num_layers, bool has_bias, int64_t proj_size,
+                                   bool batch_first, bool fallback);
 
 // The sampling loop of a character model, `length` characters in one call (generate.cpp):
 // embedding [V, E] (absent: one-hot inputs), the stack's flat weights (torch.nn order, no

@@ -8,58 +8,89 @@ namespace fusedrnn::cpu {
 
 namespace {
 
+// Why the tensors of a call do not fit stack_step, or "" when they do. The modules' one-step
+// shortcut asks this of every sampling call (fallback), so it is a few integer comparisons
+// here instead of a dozen Python attribute reads.
+std::string step_mismatch(Cell cell, const at::Tensor& x, const OptTensor& hx, const OptTensor& cx,
+                          const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
+                          int64_t proj, bool batch_first) {
+  const auto dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble)
+    return c10::str("supports float32 and float64, got ", dtype);
+  if (!x.device().is_cpu()) return "CPU tensors only";
+  if (L < 1) return "num_layers must be >= 1";
+  if (proj != 0 && cell != Cell::LSTM) return "proj_size is LSTM only";
+  const size_t expected = L * (2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0));
+  if (w.size() != expected) return c10::str("expected ", expected, " weights, got ", w.size());
+  for (const auto& t : w)
+    if (t.scalar_type() != dtype || !t.device().is_cpu())
+      return c10::str("every weight must be a CPU tensor of dtype ", dtype);
+  const bool one_step = x.dim() == 3 && x.size(batch_first ? 1 : 0) == 1;
+  if (x.dim() != 2 && !one_step)
+    return c10::str("x must be [B, I] or one step of [T, B, I] (batch_first: [B, T, I]), got ",
+                    x.sizes());
+  const int64_t B = x.size(x.dim() == 3 && !batch_first ? 1 : 0);
+  if (w[0].dim() != 2 || w[0].size(1) != x.size(-1))
+    return c10::str("x has ", x.size(-1), " features, the first layer's w_ih is ", w[0].sizes());
+  const int64_t H = w[0].size(0) / num_gates(cell), Hout = proj > 0 ? proj : H;
+  const auto fits = [&](const OptTensor& s, int64_t size) {
+    return s->dim() == 3 && s->size(0) == L && s->size(1) == B && s->size(2) == size &&
+           s->scalar_type() == dtype && s->device().is_cpu();
+  };
+  if (hx && !fits(hx, Hout))
+    return c10::str("hx must be [", L, ", ", B, ", ", Hout, "] of x's dtype, got ", hx->sizes(),
+                    " ", hx->scalar_type());
+  if (cell == Cell::LSTM && hx.has_value() != cx.has_value())
+    return "an LSTM takes both hx and cx or neither";
+  if (cell == Cell::LSTM && cx && !fits(cx, H))
+    return c10::str("cx must be [", L, ", ", B, ", ", H, "] of x's dtype, got ", cx->sizes(), " ",
+                    cx->scalar_type());
+  return "";
+}
+
 template <typename T>
-std::vector<at::Tensor> step_impl(Cell cell, const at::Tensor& x, const at::Tensor& hx,
-                                  const at::Tensor& cx, const std::vector<at::Tensor>& w,
-                                  int64_t L, bool has_bias, int64_t proj) {
-  const int64_t B = x.size(0);
-  StackStep<T> stack(cell, w, L, has_bias, proj, B, x.size(1));
+std::vector<at::Tensor> step_impl(Cell cell, const at::Tensor& x, const OptTensor& hx,
+                                  const OptTensor& cx, const std::vector<at::Tensor>& w,
+                                  int64_t L, bool has_bias, int64_t proj, bool batch_first) {
+  const bool seq = x.dim() == 3;
+  const int64_t B = x.size(seq && !batch_first ? 1 : 0), I = x.size(-1);
+  StackStep<T> stack(cell, w, L, has_bias, proj, B, I);
   const auto opts = x.options();
-  at::Tensor h_n = at::empty({L, B, stack.Hout()}, opts);  // [L, B, Hout]
-  at::Tensor c_n = cell == Cell::LSTM ? at::empty({L, B, stack.H()}, opts) : at::empty({0}, opts);
+  const bool lstm = cell == Cell::LSTM;
+  const int64_t Hout = stack.Hout();
+  at::Tensor h_n = at::empty({L, B, Hout}, opts);                   // [L, B, Hout]
+  at::Tensor c_n = at::empty({lstm ? L : 0, B, stack.H()}, opts);  // [L, B, H]
+  // y owns its memory, as torch.nn's output does; shaped here rather than by ATen view ops
+  at::Tensor y = !seq ? at::empty({B, Hout}, opts)
+                 : batch_first ? at::empty({B, 1, Hout}, opts) : at::empty({1, B, Hout}, opts);
   const at::Tensor xc = x.contiguous();
-  const at::Tensor h_in = hx.contiguous();
-  const at::Tensor c_in = cell == Cell::LSTM ? cx.contiguous() : cx;
-  stack.run(cptr<T>(xc), cptr<T>(h_in), cell == Cell::LSTM ? cptr<T>(c_in) : nullptr,
-            ptr<T>(h_n), cell == Cell::LSTM ? ptr<T>(c_n) : nullptr);
-  return {h_n[L - 1].clone(), h_n, c_n};
+  const at::Tensor h_in = hx ? hx->contiguous() : at::zeros_like(h_n);
+  const at::Tensor c_in = !lstm ? c_n : cx ? cx->contiguous() : at::zeros_like(c_n);
+  T* top = ptr<T>(h_n) + (L - 1) * B * Hout;
+  stack.run(cptr<T>(xc), cptr<T>(h_in), lstm ? cptr<T>(c_in) : nullptr, ptr<T>(h_n),
+            lstm ? ptr<T>(c_n) : nullptr);
+  std::copy(top, top + B * Hout, ptr<T>(y));
+  return {y, h_n, c_n};
 }
 
 }  // namespace
 
 std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tensor& x,
-                                   const at::Tensor& hx, const std::optional<at::Tensor>& cx,
+                                   const OptTensor& hx, const OptTensor& cx,
                                    const std::vector<at::Tensor>& flat_weights,
-                                   int64_t num_layers, bool has_bias, int64_t proj_size) {
+                                   int64_t num_layers, bool has_bias, int64_t proj_size,
+                                   bool batch_first, bool fallback) {
   const Cell cell = parse_cell(cell_name);
   c10::NoGradGuard no_grad;
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
-              "fusedrnn stack_step supports float32 and float64, got ", dtype);
-  TORCH_CHECK(x.device().is_cpu() && hx.device().is_cpu(), "fusedrnn stack_step: CPU tensors only");
-  TORCH_CHECK(num_layers >= 1, "fusedrnn stack_step: num_layers must be >= 1");
-  TORCH_CHECK(proj_size == 0 || cell == Cell::LSTM, "fusedrnn stack_step: proj_size is LSTM only");
-  const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj_size > 0 ? 1 : 0);
-  check_flat_weights(flat_weights, num_layers * per_layer, dtype, "fusedrnn stack_step",
-                     "weights");
-  TORCH_CHECK(x.dim() == 2, "fusedrnn stack_step: x must be [B, I], got ", x.sizes());
-  TORCH_CHECK(hx.dim() == 3 && hx.size(0) == num_layers && hx.size(1) == x.size(0) &&
-                  hx.scalar_type() == dtype,
-              "fusedrnn stack_step: hx must be [L, B, Hout] of x's dtype, got ", hx.sizes());
-  const int64_t G = num_gates(cell);
-  const int64_t H = flat_weights[0].size(0) / G;
-  TORCH_CHECK(hx.size(2) == (proj_size > 0 ? proj_size : H),
-              "fusedrnn stack_step: hx has ", hx.size(2), " features, expected ",
-              proj_size > 0 ? proj_size : H);
-  at::Tensor c;
-  if (cell == Cell::LSTM) {
-    TORCH_CHECK(cx.has_value() && cx->dim() == 3 && cx->size(0) == num_layers &&
-                    cx->size(1) == x.size(0) && cx->size(2) == H && cx->scalar_type() == dtype,
-                "fusedrnn stack_step: LSTM needs cx [L, B, H]");
-    c = *cx;
+  const std::string why = step_mismatch(cell, x, hx, cx, flat_weights, num_layers, has_bias,
+                                        proj_size, batch_first);
+  if (!why.empty()) {
+    TORCH_CHECK(fallback, "fusedrnn stack_step: ", why);
+    return {};
   }
-  return dispatch_float(dtype, [&](auto t) {
-    return step_impl<decltype(t)>(cell, x, hx, c, flat_weights, num_layers, has_bias, proj_size);
+  return dispatch_float(x.scalar_type(), [&](auto t) {
+    return step_impl<decltype(t)>(cell, x, hx, cx, flat_weights, num_layers, has_bias,
+                                  proj_size, batch_first);
   });
 }
 

@@ -33,10 +33,11 @@ class StackStep {
     H_ = w[0].size(0) / G;
     Hout_ = proj > 0 ? proj : H_;
     const int64_t GH = G * H_;
-    const auto opts = w[0].options();
-    gates_ = at::empty({B, GH}, opts);                         // [B, G*H]
-    hg_ = at::empty({cell == Cell::GRU ? B : 0, GH}, opts);    // [B, 3H] (GRU)
-    hraw_ = at::empty({proj > 0 ? B : 0, H_}, opts);           // [B, H] (projection)
+    // Plain buffers, not tensors: a sampling call builds a StackStep per step, and each ATen
+    // allocation is a dispatcher round trip.
+    gates_.resize(B * GH);                                 // [B, G*H]
+    hg_.resize(cell == Cell::GRU ? B * GH : 0);            // [B, 3H] (GRU)
+    hraw_.resize(proj > 0 ? B * H_ : 0);                   // [B, H] (projection)
     int64_t I = I0;
     for (int64_t l = 0; l < L; ++l) {
       Layer y;
@@ -99,12 +100,12 @@ class StackStep {
            const T* gates0 = nullptr) {
     const auto& K = kernels(T{});
     const int64_t B = B_, H = H_, Hout = Hout_, GH = num_gates(cell_) * H;
-    T* gp = ptr<T>(gates_);
+    T* gp = gates_.data();
     for (int64_t l = 0; l < L_; ++l) {
       const Layer& y = layers_[l];
       const T* hprev = h_in + l * B * Hout;
       T* hout = h_out + l * B * Hout;
-      T* hgp = cell_ == Cell::GRU ? ptr<T>(hg_) : gp;  // GRU keeps the h-part apart (b_hn, r)
+      T* hgp = cell_ == Cell::GRU ? hg_.data() : gp;  // GRU keeps the h-part apart (b_hn, r)
       const T hbeta = cell_ == Cell::GRU ? T(0) : T(1);
       const bool have_x = l == 0 && gates0 != nullptr;
       if (have_x) std::copy(gates0, gates0 + B * GH, gp);
@@ -123,7 +124,7 @@ class StackStep {
       } else if (cell_ == Cell::LSTM) {
         const T* cprev = c_in + l * B * H;
         T* cout = c_out + l * B * H;
-        T* hdst = proj_ > 0 ? ptr<T>(hraw_) : hout;
+        T* hdst = proj_ > 0 ? hraw_.data() : hout;
         parallel_rows(B, H, 8, [&](int64_t b, int64_t j0, int64_t j1) {
           K.lstm_fwd(j1 - j0, H, bias + j0, gp + b * GH + j0, cprev + b * H + j0,
                      cout + b * H + j0, hdst + b * H + j0, false);
@@ -170,7 +171,7 @@ class StackStep {
   int64_t L_, B_, proj_, H_ = 0, Hout_ = 0;
   bool half_;
   std::vector<Layer> layers_;
-  at::Tensor gates_, hg_, hraw_;
+  std::vector<T> gates_, hg_, hraw_;
 };
 
 }  // namespace fusedrnn::cpu

@@ -177,29 +177,40 @@ layer = library.define_layer(
 
 def stack_step(
     cell: str,
-    x: Tensor,  # [B, I]
-    hx: Tensor,  # [L, B, Hout]
-    cx: Tensor | None,  # [L, B, H] (LSTM)
+    x: Tensor,  # [B, I], or one step [1, B, I] ([B, 1, I] when batch_first)
+    hx: Tensor | None,  # [L, B, Hout]; None: zeros
+    cx: Tensor | None,  # [L, B, H] (LSTM; None with hx None: zeros)
     flat_weights: list[Tensor],  # torch.nn order: per layer w_ih, w_hh, [b_ih, b_hh], [w_hr]
     num_layers: int,
     has_bias: bool,
     proj_size: int,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    batch_first: bool = False,
+    fallback: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
     """One time step through a unidirectional stack, no dropout, no autograd.
 
-    For sampling loops: the whole stack runs in one C++ call. Returns ``y`` [B, Hout] (the
-    last layer's new h), ``h_n`` [L, B, Hout] and ``c_n`` [L, B, H] (LSTM) or None.
+    For sampling loops: the whole stack runs in one C++ call. Returns ``y`` (the last layer's
+    new h: [B, Hout] in x's layout), ``h_n`` [L, B, Hout] and ``c_n`` [L, B, H] (LSTM) or
+    None. Tensors that do not fit (dtype, device, shapes) raise, or with ``fallback`` return
+    None, for a caller that has a general path with its own messages (the modules).
     """
     _need_extension()
     check_cell(cell)
     if torch.is_grad_enabled() and (
-        x.requires_grad or hx.requires_grad or any(w.requires_grad for w in flat_weights)
+        x.requires_grad
+        or (hx is not None and hx.requires_grad)
+        or any(w.requires_grad for w in flat_weights)
     ):
         raise RuntimeError(
             "fusedrnn.ops.cpu.stack_step does not record autograd; call it under "
             "torch.no_grad() / torch.inference_mode(), or use layer()"
         )
-    y, h_n, c_n = _C.stack_step(
-        cell, x, hx, cx if cell == "lstm" else None, flat_weights, num_layers, has_bias, proj_size
-    )
-    return y, h_n, c_n if cell == "lstm" else None
+    lstm = cell == "lstm"
+    out = _C.stack_step(
+        cell, x, hx, cx if lstm else None, flat_weights, num_layers, has_bias, proj_size,
+        batch_first, fallback,
+    )  # fmt: skip
+    if not out:
+        return None
+    y, h_n, c_n = out
+    return y, h_n, c_n if lstm else None
