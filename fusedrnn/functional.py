@@ -177,11 +177,8 @@ def cell_step(
     if _stack_step_applies(backend, x, h, c, w_ih, w_hh, b_ih, b_hh):
         # A cell call in a sampling or inference loop: a stack of one layer, one C++ call.
         weights = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
-        _, h_n, c_n = backend.stack_step(
-            cell, x, h.unsqueeze(0), None if c is None else c.unsqueeze(0), weights, 1,
-            b_ih is not None, 0,
-        )  # fmt: skip
-        return h_n[0], None if c_n is None else c_n[0]
+        _, h_n, c_n = backend.stack_step(cell, x, h, c, weights, 1, b_ih is not None, 0)
+        return h_n, c_n
     _, h_n, c_n = backend.layer(
         cell, x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, None, False
     )

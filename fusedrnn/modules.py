@@ -362,29 +362,16 @@ class RNNBase(nn.Module):
         each microsecond here is 2 % of an RNN step.)
         """
         if (
-            type(input) is not Tensor
-            or input.dim() != 3  # 2-D: unbatched [T, I], which stack_step would read as [B, I]
-            or torch.is_grad_enabled()
+            not _shortcut_call(input, 3, self.backend)  # 2-D is unbatched [T, I] here
             or self.bidirectional
             or self.cell_options.enabled
             or (self.dropout > 0 and self.training and self.num_layers > 1)
-            or torch._C._is_any_autocast_enabled()
-            or torch.jit.is_tracing()
-            or torch.compiler.is_compiling()
-            or torch._C._are_functorch_transforms_active()
-            or backends.resolve(self.backend, "cpu") != "cpu"
         ):
             return None
-        if hx is None:
-            h = c = None
-        elif not is_lstm:
-            h, c = hx, None
-        elif type(hx) is tuple and len(hx) == 2:
-            h, c = hx
-        else:
+        states = _shortcut_states(hx, is_lstm)
+        if states is None:
             return None
-        if (h is not None and type(h) is not Tensor) or (c is not None and type(c) is not Tensor):
-            return None
+        h, c = states
         out = backends.get("cpu").stack_step(
             MODES[self.mode], input, h, c, self._flat_weights, self.num_layers, self.bias,
             self.proj_size, self.batch_first, fallback=True,
@@ -473,6 +460,33 @@ class GRU(RNNBase):
 
     def forward(self, input, hx: Tensor | None = None):
         return _forward_single_state(self, input, hx)
+
+
+def _shortcut_call(input, dim: int, backend: str | None) -> bool:
+    """Whether a call may go straight to the cpu backend's ``stack_step`` as far as the input,
+    the global modes and the backend tell: a plain ``dim``-D tensor, nothing recording
+    autograd, no autocast, tracing, compiling or functorch, the cpu backend."""
+    return not (
+        type(input) is not Tensor
+        or input.dim() != dim
+        or torch.is_grad_enabled()
+        or torch._C._is_any_autocast_enabled()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or backends.resolve(backend, "cpu") != "cpu"
+    )
+
+
+def _shortcut_states(hx, is_lstm: bool) -> tuple[Tensor | None, Tensor | None] | None:
+    """(h, c) of a shortcut call (absent: None, None), or None where the states are not plain
+    tensors (a tuple of two for an LSTM): the general path then says what is wrong."""
+    if hx is None:
+        return None, None
+    h, c = (hx, None) if not is_lstm else hx if type(hx) is tuple and len(hx) == 2 else (0, 0)
+    if type(h) is not Tensor or (is_lstm and type(c) is not Tensor):
+        return None
+    return h, c
 
 
 def _forward_single_state(self: RNNBase, input, hx):
@@ -672,9 +686,33 @@ class RNNCellBase(nn.Module):
                     f"{_dtype_name(mat1.dtype)} and {_dtype_name(mat2.dtype)}"
                 )
 
+    def _one_step(self, input, hx, is_lstm: bool):
+        """A batched call without autograd straight to the cpu backend's ``stack_step`` (a
+        stack of one layer), or None: the rules of ``RNNBase._one_step``, states [B, H]."""
+        if not _shortcut_call(input, 2, self.backend):
+            return None
+        states = _shortcut_states(hx, is_lstm)
+        if states is None or any(t is not None and t.dim() != 2 for t in states):
+            return None  # a 3-D state would pass as [1, B, H]; torch.nn refuses it
+        cell = "lstm" if is_lstm else self._cell()  # after the dim checks, as in torch.nn
+        params = self._parameters  # direct: nn.Module.__getattr__ is a Python call per weight
+        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        weights = [params[n] if n in params else getattr(self, n) for n in names]
+        h, c = states
+        out = backends.get("cpu").stack_step(
+            cell, input, h, c, weights, 1, self.bias, 0, fallback=True
+        )
+        if out is None:
+            return None
+        h_n, _, c_n = out  # y is the new h, [B, H] also when the state was absent
+        return (h_n, c_n if c_n.dim() == 2 else c_n[0]) if is_lstm else h_n
+
     def _one_state_forward(self, name: str, input: Tensor, hx: Tensor | None) -> Tensor:
         """``forward`` of RNNCell / GRUCell (one state), with torch.nn's checks and messages;
         ``self._cell()`` names the cell after the shape checks, as torch.nn orders them."""
+        fast = self._one_step(input, hx, is_lstm=False)
+        if fast is not None:
+            return fast
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -776,6 +814,9 @@ class LSTMCell(_GatedCell):
     def forward(
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
+        fast = self._one_step(input, hx, is_lstm=True)
+        if fast is not None:
+            return fast
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:

@@ -185,35 +185,55 @@ LSTM_CELL_ERRORS = [
 ]
 
 
+# "reference" with autograd: the general path; "cpu" without: the shortcut of a sampling
+# call (RNNCellBase._one_step), which must hand every bad call to the general path
+ERROR_MODES = ["reference", "cpu no_grad"]
+
+
+def _call_in(mode: str, lib, cell, *args):
+    if lib is torch.nn or mode == "reference":
+        return cell(*args)
+    if "cpu" not in fusedrnn.available_backends("cpu"):
+        pytest.skip("the cpu backend is not built")
+    with torch.no_grad():
+        return cell(*args)
+
+
+def _backend(mode: str, lib) -> dict:
+    return {"backend": mode.split()[0]} if lib is fusedrnn else {}
+
+
+@pytest.mark.parametrize("mode", ERROR_MODES)
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("desc,make", CELL_ERRORS, ids=[c[0] for c in CELL_ERRORS])
-def test_cell_errors_match_torch(name, desc, make, same_error):
+def test_cell_errors_match_torch(name, desc, make, mode, same_error):
     cls, extra = CELLS[name]
     x, hx = make(name)
 
-    def build(lib):
-        kw = {"backend": "reference"} if lib is fusedrnn else {}
-        return getattr(lib, cls)(I, H, **extra, **kw).double()
-
-    same_error(lambda lib: build(lib)(x, hx))
-
-
-@pytest.mark.parametrize("desc,make", LSTM_CELL_ERRORS, ids=[c[0] for c in LSTM_CELL_ERRORS])
-def test_lstm_cell_state_errors_match_torch(desc, make, same_error):
-    x, hx = make()
-
-    def build(lib):
-        kw = {"backend": "reference"} if lib is fusedrnn else {}
-        return lib.LSTMCell(I, H, **kw).double()
-
-    same_error(lambda lib: build(lib)(x, hx))
-
-
-def test_rnn_cell_unknown_nonlinearity_fails_at_forward(same_error):
     def run(lib):
-        kw = {"backend": "reference"} if lib is fusedrnn else {}
-        cell = lib.RNNCell(I, H, nonlinearity="gelu", **kw)  # accepted, as in torch.nn
-        return cell(torch.randn(2, I))
+        return _call_in(
+            mode, lib, getattr(lib, cls)(I, H, **extra, **_backend(mode, lib)).double(), x, hx
+        )
+
+    same_error(run)
+
+
+@pytest.mark.parametrize("mode", ERROR_MODES)
+@pytest.mark.parametrize("desc,make", LSTM_CELL_ERRORS, ids=[c[0] for c in LSTM_CELL_ERRORS])
+def test_lstm_cell_state_errors_match_torch(desc, make, mode, same_error):
+    x, hx = make()
+    same_error(
+        lambda lib: _call_in(mode, lib, lib.LSTMCell(I, H, **_backend(mode, lib)).double(), x, hx)
+    )
+
+
+@pytest.mark.parametrize("mode", ERROR_MODES)
+def test_rnn_cell_unknown_nonlinearity_fails_at_forward(mode, same_error):
+    def run(lib):
+        cell = lib.RNNCell(
+            I, H, nonlinearity="gelu", **_backend(mode, lib)
+        )  # accepted, as in torch.nn
+        return _call_in(mode, lib, cell, torch.randn(2, I))
 
     same_error(run, RuntimeError)
 

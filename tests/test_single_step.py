@@ -200,3 +200,30 @@ def test_module_shortcut_skips_the_general_path_only_for_valid_calls(cls, monkey
     # the bad calls failed before reaching rnn_stack (the state dtype inside it); the
     # unbatched one reached stack_step through it
     assert (len(general), len(count_steps)) == (4, 2)
+
+
+@pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="the cell shortcut calls the cpu backend")
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_shortcut_skips_the_general_path_for_batched_calls(cls, monkeypatch, count_steps):
+    """A batched cell call without autograd goes from forward straight to stack_step
+    (RNNCellBase._one_step), with or without a state; an unbatched one takes the general path
+    (cell_step), which reaches stack_step too."""
+    import fusedrnn.modules as modules
+
+    general = []
+    real = modules.cell_step
+    monkeypatch.setattr(modules, "cell_step", lambda *a, **k: general.append(1) or real(*a, **k))
+    ref = getattr(nn, cls)(5, 7)
+    mod = getattr(fusedrnn, cls)(5, 7)
+    mod.load_state_dict(ref.state_dict())
+    h = torch.randn(3, 7)
+    with torch.no_grad():
+        for x, s in [
+            (torch.randn(3, 5), None),
+            (torch.randn(3, 5), (h, torch.randn(3, 7)) if cls == "LSTMCell" else h),
+        ]:
+            torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+        assert (len(count_steps), general) == (2, [])
+        x = torch.randn(5)
+        torch.testing.assert_close(mod(x), ref(x), rtol=2e-6, atol=2e-6)
+    assert (len(count_steps), general) == (3, [1])

@@ -73,7 +73,8 @@ std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y, const 
 
 // One time step of a unidirectional stack of layers, no autograd, minimal overhead.
 // x [B, I] or one step [1, B, I] ([B, 1, I] when batch_first); hx [L, B, Hout] and cx [L, B, H]
-// (LSTM), absent: zeros -> {y [B, Hout] (in x's layout), h_n [L, B, Hout], c_n [L, B, H]}.
+// (LSTM), absent: zeros; a cell (x [B, I], one layer) may pass states [B, .], and gets them back
+// so -> {y [B, Hout] (in x's layout), h_n [L, B, Hout], c_n [L, B, H]}.
 // Tensors that do not fit raise, or with `fallback` return {} (a caller with a general path).
 std::vector<at::Tensor> stack_step(const std::string& cell, const at::Tensor& x,
                                    const OptTensor& hx, const OptTensor& cx,

@@ -33,9 +33,12 @@ std::string step_mismatch(Cell cell, const at::Tensor& x, const OptTensor& hx, c
   if (w[0].dim() != 2 || w[0].size(1) != x.size(-1))
     return c10::str("x has ", x.size(-1), " features, the first layer's w_ih is ", w[0].sizes());
   const int64_t H = w[0].size(0) / num_gates(cell), Hout = proj > 0 ? proj : H;
+  // [L, B, size]; a cell's call (x [B, I], one layer) may also pass [B, size]
   const auto fits = [&](const OptTensor& s, int64_t size) {
-    return s->dim() == 3 && s->size(0) == L && s->size(1) == B && s->size(2) == size &&
-           s->scalar_type() == dtype && s->device().is_cpu();
+    const bool cell_state = s->dim() == 2 && x.dim() == 2 && L == 1;
+    const int64_t b = cell_state ? 0 : 1;
+    return (cell_state || (s->dim() == 3 && s->size(0) == L)) && s->size(b) == B &&
+           s->size(b + 1) == size && s->scalar_type() == dtype && s->device().is_cpu();
   };
   if (hx && !fits(hx, Hout))
     return c10::str("hx must be [", L, ", ", B, ", ", Hout, "] of x's dtype, got ", hx->sizes(),
@@ -58,8 +61,11 @@ std::vector<at::Tensor> step_impl(Cell cell, const at::Tensor& x, const OptTenso
   const auto opts = x.options();
   const bool lstm = cell == Cell::LSTM;
   const int64_t Hout = stack.Hout();
-  at::Tensor h_n = at::empty({L, B, Hout}, opts);                   // [L, B, Hout]
-  at::Tensor c_n = at::empty({lstm ? L : 0, B, stack.H()}, opts);  // [L, B, H]
+  // [L, B, Hout] and [L, B, H], or [B, .] like a cell's states
+  const bool cell_h = hx && hx->dim() == 2, cell_c = lstm && cx && cx->dim() == 2;
+  at::Tensor h_n = cell_h ? at::empty({B, Hout}, opts) : at::empty({L, B, Hout}, opts);
+  at::Tensor c_n = cell_c ? at::empty({B, stack.H()}, opts)
+                          : at::empty({lstm ? L : 0, B, stack.H()}, opts);
   // y owns its memory, as torch.nn's output does; shaped here rather than by ATen view ops
   at::Tensor y = !seq ? at::empty({B, Hout}, opts)
                  : batch_first ? at::empty({B, 1, Hout}, opts) : at::empty({1, B, Hout}, opts);

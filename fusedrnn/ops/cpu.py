@@ -178,8 +178,8 @@ layer = library.define_layer(
 def stack_step(
     cell: str,
     x: Tensor,  # [B, I], or one step [1, B, I] ([B, 1, I] when batch_first)
-    hx: Tensor | None,  # [L, B, Hout]; None: zeros
-    cx: Tensor | None,  # [L, B, H] (LSTM; None with hx None: zeros)
+    hx: Tensor | None,  # [L, B, Hout] ([B, Hout]: a cell, x [B, I], L = 1); None: zeros
+    cx: Tensor | None,  # [L, B, H] or [B, H] likewise (LSTM; None with hx None: zeros)
     flat_weights: list[Tensor],  # torch.nn order: per layer w_ih, w_hh, [b_ih, b_hh], [w_hr]
     num_layers: int,
     has_bias: bool,
@@ -191,7 +191,7 @@ def stack_step(
 
     For sampling loops: the whole stack runs in one C++ call. Returns ``y`` (the last layer's
     new h: [B, Hout] in x's layout), ``h_n`` [L, B, Hout] and ``c_n`` [L, B, H] (LSTM) or
-    None. Tensors that do not fit (dtype, device, shapes) raise, or with ``fallback`` return
+    None (each state in the rank it was given). Tensors that do not fit (dtype, device, shapes) raise, or with ``fallback`` return
     None, for a caller that has a general path with its own messages (the modules).
     """
     _need_extension()
