@@ -355,11 +355,11 @@ class RNNBase(nn.Module):
 
         Taken only when the call is one rnn_stack would hand to ``stack_step`` anyway: no
         autograd, autocast, tracing, compiling or functorch, plain cells in one direction
-        without dropout, the cpu backend, a batched input, and tensors that ``stack_step`` finds
-        fit (one step, feature sizes, one float32 / float64 dtype, CPU, state shapes; it answers None
-        otherwise, in C++, where the comparisons cost nanoseconds). Any other call returns None
-        and takes the general path with its checks and messages. (At B=1, H=512, 2 layers
-        each microsecond here is 2 % of an RNN step.)
+        without dropout, the cpu backend, a batched input, and tensors that ``stack_step``
+        finds fit (one step, feature sizes, one float32 / float64 dtype, CPU, state shapes; it
+        answers None otherwise, in C++, where the comparisons cost nanoseconds). Any other call
+        returns None and takes the general path with its checks and messages. (At B=1, H=512,
+        2 layers each microsecond here is 2 % of an RNN step.)
         """
         if (
             not _shortcut_call(input, 3, self.backend)  # 2-D is unbatched [T, I] here
@@ -483,10 +483,11 @@ def _shortcut_states(hx, is_lstm: bool) -> tuple[Tensor | None, Tensor | None] |
     tensors (a tuple of two for an LSTM): the general path then says what is wrong."""
     if hx is None:
         return None, None
-    h, c = (hx, None) if not is_lstm else hx if type(hx) is tuple and len(hx) == 2 else (0, 0)
-    if type(h) is not Tensor or (is_lstm and type(c) is not Tensor):
+    if not is_lstm:
+        return (hx, None) if type(hx) is Tensor else None
+    if type(hx) is not tuple or len(hx) != 2:
         return None
-    return h, c
+    return hx if type(hx[0]) is Tensor and type(hx[1]) is Tensor else None
 
 
 def _forward_single_state(self: RNNBase, input, hx):
@@ -704,8 +705,8 @@ class RNNCellBase(nn.Module):
         )
         if out is None:
             return None
-        h_n, _, c_n = out  # y is the new h, [B, H] also when the state was absent
-        return (h_n, c_n if c_n.dim() == 2 else c_n[0]) if is_lstm else h_n
+        h_new, _, c_new = out  # y is the new h, [B, H] also when the state was absent
+        return (h_new, c_new if c_new.dim() == 2 else c_new[0]) if is_lstm else h_new
 
     def _one_state_forward(self, name: str, input: Tensor, hx: Tensor | None) -> Tensor:
         """``forward`` of RNNCell / GRUCell (one state), with torch.nn's checks and messages;
