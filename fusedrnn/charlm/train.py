@@ -382,8 +382,15 @@ def train(
         return _train(config, given, out, d, t_start, on_sample, on_eval)
     finally:
         if d.initialized_here:
+            import gc
+
             import torch.distributed as dist
 
+            # Collect what still refers to the process group (the DDP model, cycles through
+            # frames) so that destroying it joins Gloo's worker threads now: a worker that
+            # drops its last tensor after the interpreter began finalizing aborts the process
+            # ("terminate called without an active exception", pytorch/pytorch#190489).
+            gc.collect()
             dist.destroy_process_group()
 
 
