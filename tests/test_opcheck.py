@@ -189,6 +189,44 @@ def test_cpu_variant_ops(layout, dtype):
 
 
 @needs_cpu
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_eager_calls_run_the_op_bodies_only_while_unwatched(cell, monkeypatch):
+    """An eager call with autograd runs the ops' Python bodies directly while nothing observes
+    the dispatcher, and the registered ops under a dispatch mode or the profiler (which then
+    see them); outputs and every gradient are the same either way."""
+    from fusedrnn.ops import library
+
+    answers = []
+    real = library._unwatched
+    monkeypatch.setattr(library, "_unwatched", lambda a: answers.append(real(a)) or answers[-1])
+
+    def run(args):
+        y, h_n, c_n = cpu.layer(cell, *args)
+        outs = [o for o in (y, h_n, c_n) if o is not None]
+        grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=o.dtype)
+                 for o in outs]  # fmt: skip
+        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        return outs + list(torch.autograd.grad(outs, leaves, grads))
+
+    args = _inputs(cell, "dense", torch.float64)
+    direct = run(args)
+    assert answers == [True, True]  # forward, backward
+    with _Capture() as cap:
+        watched = run(args)
+    assert answers[2:] == [False]  # a watched forward runs its backward as an op too
+    assert {op.name() for op, _, _ in cap.calls} == {
+        "fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"}  # fmt: skip
+    with torch.profiler.profile() as prof:
+        profiled = run(args)
+    assert answers[3:] == [False]
+    names = {e.key for e in prof.key_averages()}
+    assert {"fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"} <= names
+    for a, b, c in zip(direct, watched, profiled, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+@needs_cpu
 def test_cpu_variant_gru_outputs_are_deterministic():
     """Every output is a function of the inputs: the GRU's layer-norm statistics [N, 4] use two
     columns, and the other two must not carry whatever the allocator left there."""

@@ -176,6 +176,24 @@ def _never(dtype: torch.dtype, variant: bool) -> bool:
     return False
 
 
+def _unwatched(args) -> bool:
+    """True when nothing observes the dispatcher: no dispatch or function mode (fake tensors,
+    opcheck, flop counters), no profiler, no functorch transform, no tensor subclass but
+    nn.Parameter among the arguments. An eager call with autograd may then run a layer op's
+    Python body directly: the custom-op machinery costs about 50 µs per call (it rebuilds the
+    24 arguments at each level of the dispatch), a third of an RNNCell step with backward."""
+    return not (
+        torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+        or torch.autograd.profiler._is_profiler_enabled
+        or torch._C._are_functorch_transforms_active()
+        or any(isinstance(t, Tensor) and type(t) not in _PLAIN for t in args)
+    )
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def define_layer(
     backend: str,
     forward: ForwardFn,
@@ -228,7 +246,7 @@ def define_layer(
         ctx.present = [inputs[k] is not None for k in _GRAD_POS]
         ctx.set_materialize_grads(False)
 
-    def backward_rule(ctx, grads):
+    def backward_rule(ctx, grads, direct: bool = False):
         saved = ctx.saved_tensors
         tensors = dict(zip(_TENSOR_POS, saved, strict=False))
         a = LayerArgs(*[tensors[k] if k in tensors else ctx.plain[k] for k in range(len(NAMES))])
@@ -252,7 +270,8 @@ def define_layer(
                 )
             grads_in = differentiable_backward(a, needs, grads[:3])  # y, h_n, c_n come first
         else:
-            grads_in = bwd_op(*a, buffers, list(grads), needs)
+            bwd_args = (*a, buffers, list(grads), needs)
+            grads_in = run_backward(*bwd_args) if direct and _unwatched(a) else bwd_op(*bwd_args)
         for k, g, n in zip(_GRAD_POS, grads_in, needs, strict=True):
             result[k] = g if n else None
         return tuple(result)
@@ -263,19 +282,21 @@ def define_layer(
         """The same autograd rule for eager calls that record a graph. Through
         ``register_autograd`` torch rebuilds the op's argument list from its schema at every
         call (hundreds of microseconds for this schema's 24 arguments); inside a Function the
-        op runs below autograd and skips that. Compiled code keeps the registered rule. The
-        ops themselves are still called, so dispatch modes (fake tensors, profilers, opcheck's
-        capture in tests/test_opcheck.py) see them as in compiled code."""
+        op runs below autograd and skips that. Compiled code keeps the registered rule. While
+        anything observes the dispatcher (:func:`_unwatched`) the ops themselves are called, so
+        dispatch modes (fake tensors, profilers, opcheck's capture in tests/test_opcheck.py)
+        see them as in compiled code; otherwise their Python bodies run directly."""
 
         @staticmethod
         def forward(ctx, *args):
-            buffers = tuple(fwd_op(*args))
+            ctx.direct = _unwatched(args)
+            buffers = tuple(forward(LayerArgs(*args)) if ctx.direct else fwd_op(*args))
             setup_context(ctx, args, buffers)
             return buffers
 
         @staticmethod
         def backward(ctx, *grads):
-            return backward_rule(ctx, grads)
+            return backward_rule(ctx, grads, ctx.direct)
 
     def layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, **options):
         """One layer in one direction; the contract of :func:`fusedrnn.ops.reference.layer`."""
