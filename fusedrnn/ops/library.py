@@ -181,7 +181,7 @@ def _unwatched(args) -> bool:
     opcheck, flop counters), no profiler, no functorch transform, no tensor subclass but
     nn.Parameter among the arguments. An eager call with autograd may then run a layer op's
     Python body directly: the custom-op machinery costs about 50 µs per call (it rebuilds the
-    24 arguments at each level of the dispatch), a third of an RNNCell step with backward."""
+    24 arguments at each level of the dispatch), a quarter of an RNNCell step with backward."""
     return not (
         torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
