@@ -66,15 +66,13 @@ def _records_autograd(*tensors) -> bool:
 
 
 def _stack_step_applies(backend: ModuleType, x: Tensor, *tensors) -> bool:
-    """True when one step can run as the backend's ``stack_step``: one C++ call for the whole
+    """True when one step may run as the backend's ``stack_step``: one C++ call for the whole
     stack, no per-layer op dispatch (what dominates at sampling sizes). That call records no
-    autograd and takes one float32 / float64 dtype for everything."""
-    flat = [t for item in tensors for t in (item if isinstance(item, list) else [item])]
+    autograd; whether the tensors fit it (one float32 / float64 dtype, shapes) it answers
+    itself, with None under ``fallback=True``."""
     return (
         hasattr(backend, "stack_step")
-        and x.dtype in (torch.float32, torch.float64)
-        and all(t is None or t.dtype == x.dtype for t in flat)
-        and not _records_autograd(x, flat)
+        and not _records_autograd(x, *tensors)
         and not torch.compiler.is_compiling()
     )
 
@@ -123,7 +121,11 @@ def rnn_stack(
     ):
         # The sampling loop (one step, no autograd): the whole stack in one backend call,
         # which skips the per-layer op dispatch that dominates at this size.
-        return backend.stack_step(cell, x, hx, cx, flat_weights, num_layers, has_bias, proj_size)
+        out = backend.stack_step(
+            cell, x, hx, cx, flat_weights, num_layers, has_bias, proj_size, fallback=True
+        )
+        if out is not None:
+            return out
     dirs = 2 if bidirectional else 1
     weights = split_weights(flat_weights, has_bias, proj_size)
     if variant:
@@ -177,8 +179,9 @@ def cell_step(
     if _stack_step_applies(backend, x, h, c, w_ih, w_hh, b_ih, b_hh):
         # A cell call in a sampling or inference loop: a stack of one layer, one C++ call.
         weights = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
-        _, h_n, c_n = backend.stack_step(cell, x, h, c, weights, 1, b_ih is not None, 0)
-        return h_n, c_n
+        out = backend.stack_step(cell, x, h, c, weights, 1, b_ih is not None, 0, fallback=True)
+        if out is not None:
+            return out[1], out[2]
     _, h_n, c_n = backend.layer(
         cell, x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, None, None, False
     )

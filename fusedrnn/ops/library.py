@@ -176,6 +176,9 @@ def _never(dtype: torch.dtype, variant: bool) -> bool:
     return False
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def _unwatched(args) -> bool:
     """True when nothing observes the dispatcher: no dispatch or function mode (fake tensors,
     opcheck, flop counters), no profiler, no functorch transform, no tensor subclass but
@@ -189,9 +192,6 @@ def _unwatched(args) -> bool:
         or torch._C._are_functorch_transforms_active()
         or any(isinstance(t, Tensor) and type(t) not in _PLAIN for t in args)
     )
-
-
-_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def define_layer(
