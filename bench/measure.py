@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import json
+import math
 import os
 import platform
 import re
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -220,6 +224,63 @@ def own_sgemm_peak_gflops(threads: int, n: int = 2048, min_run_time: float = 1.0
 
 
 # -- memory -----------------------------------------------------------------------------------
+
+
+# 10 independent FMA chains: Zen 3 and recent Intel cores retire 2 FMAs per cycle with a 4-5
+# cycle latency, so 8-10 chains in flight keep both units busy. Different start values stop the
+# compiler from merging identical chains into one.
+FMA_C = r"""
+#include <immintrin.h>
+#define F(a) a = _mm256_fmadd_ps(a, m, c)
+float fma_loop(long n) {
+    __m256 a0 = _mm256_set1_ps(1.0f), a1 = _mm256_set1_ps(1.1f), a2 = _mm256_set1_ps(1.2f),
+           a3 = _mm256_set1_ps(1.3f), a4 = _mm256_set1_ps(1.4f), a5 = _mm256_set1_ps(1.5f),
+           a6 = _mm256_set1_ps(1.6f), a7 = _mm256_set1_ps(1.7f), a8 = _mm256_set1_ps(1.8f),
+           a9 = _mm256_set1_ps(1.9f);
+    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-6f);
+    for (long i = 0; i < n; i++) {
+        F(a0); F(a1); F(a2); F(a3); F(a4); F(a5); F(a6); F(a7); F(a8); F(a9);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(a8, a9));
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0];
+}
+"""
+
+
+def fma_gflops_one_core(repeats: int = 7) -> float | None:
+    """Measured fp32 FMA throughput of one core (GFLOP/s), or None without gcc/AVX2+FMA.
+
+    Why measured: under a hypervisor /proc/cpuinfo reports the nominal (TSC) clock, and a core
+    that boosts above it would show layers at more than 100 % of a peak computed from it. The
+    best of several runs is kept, since other load can only slow the loop down.
+    """
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " avx2" not in flags or " fma" not in flags:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = Path(tmp, "fma.c"), Path(tmp, "fma.so")
+        src.write_text(FMA_C)
+        try:
+            subprocess.run(
+                ["gcc", "-O2", "-mavx2", "-mfma", "-shared", "-fPIC", str(src), "-o", str(lib)],
+                check=True,
+                capture_output=True,
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        fn = ctypes.CDLL(str(lib)).fma_loop
+        fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_long]
+        n = 10_000_000
+        best = math.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn(n)
+            best = min(best, time.perf_counter() - t)
+    return n * 10 * 8 * 2 / best / 1e9  # iterations x chains x lanes x (mul + add)
 
 
 def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> int:
