@@ -17,8 +17,8 @@ namespace cuda {
 
 using OptT = std::optional<at::Tensor>;
 
-// The Python side (fusedrnn/ops/cuda_variants.py) validates shapes with the reference's
-// messages; this only guards the raw-pointer kernels.
+// The Python side (fusedrnn/ops/cuda.py, through fusedrnn/ops/checks.py) validates shapes with
+// the reference's messages; this only guards the raw-pointer kernels.
 inline VariantConfig variant_config(const std::string& cell, bool cifg, bool ln, bool peep,
                                     bool proj, double p_h, double p_c, double eps,
                                     const at::Tensor& w_hh, int64_t B, int64_t Hout,
