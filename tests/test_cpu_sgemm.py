@@ -1,7 +1,7 @@
 """The CPU backend's packed float32 GEMM (csrc/cpu/sgemm*.{h,cpp}) against float64 torch.matmul.
 
-``gemm()`` sends float32 products with at least 128 rows to the packed kernel, and the step
-loops multiply every step against recurrent weights packed once per call. Checked here: every
+``gemm()`` sends float32 products with at least 128 rows and k > 1 to the packed kernel, and
+the step loops multiply every step against recurrent weights packed once per call. Checked here: every
 transposition, alpha / beta (beta == 0 must not read C), leading dimensions larger than the
 row, edge tiles (rows not a multiple of 6, columns not a multiple of 16), inner dimensions
 across the 256-deep blocks, and layers whose step products take the packed path, with the
@@ -50,7 +50,8 @@ SHAPES = [  # (m, n, k): edges of the 6-row / 16-column tiles and of the 256-dee
     # A is read in place (its last panel packed) unless transposed or 4 KiB-strided
     (128, 16, 256),
     (129, 17, 257),
-    (133, 1, 1),
+    (133, 1, 1),  # k == 1 goes to the BLAS (an outer product)
+    (140, 18, 2),  # the smallest k the packed kernel takes
     (150, 40, 513),
     (300, 7, 31),
     (144, 33, 600),

@@ -28,7 +28,7 @@
 namespace fusedrnn::cpu {
 
 constexpr int64_t kSgemmMR = 6, kSgemmNR = 16, kSgemmKC = 256, kSgemmMC = 144;
-// gemm() takes the packed kernel from this many rows of C on (see blas.h).
+// gemm() takes the packed kernel from this many rows of C on, for k > 1 (see blas.h).
 constexpr int64_t kSgemmMinM = 128;
 
 namespace sgemm_avx2 {
