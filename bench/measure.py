@@ -223,9 +223,6 @@ def own_sgemm_peak_gflops(threads: int, n: int = 2048, min_run_time: float = 1.0
     )
 
 
-# -- memory -----------------------------------------------------------------------------------
-
-
 # 10 independent FMA chains: Zen 3 and recent Intel cores retire 2 FMAs per cycle with a 4-5
 # cycle latency, so 8-10 chains in flight keep both units busy. Different start values stop the
 # compiler from merging identical chains into one.
@@ -281,6 +278,9 @@ def fma_gflops_one_core(repeats: int = 7) -> float | None:
             fn(n)
             best = min(best, time.perf_counter() - t)
     return n * 10 * 8 * 2 / best / 1e9  # iterations x chains x lanes x (mul + add)
+
+
+# -- memory -----------------------------------------------------------------------------------
 
 
 def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> int:

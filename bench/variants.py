@@ -350,7 +350,7 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
             f"least {floor_ms:.0f} ms: "
             f"{loop_ms / floor_ms:.2f}× faster than the cell loop is what an implementation "
             "doing nothing but those products at that rate would reach. It is a bound for "
-            f"that GEMM rate, not for the CPU. fusedrnn[cpu] reaches "
+            "that GEMM rate, not for the CPU. fusedrnn[cpu] reaches "
             f"{floor_ms / head['fusedrnn[cpu]']['median_ms']:.0%} of that bound.",
         ]
         fma = meta.get("fma_core_gflops")
