@@ -197,8 +197,9 @@ def _draw_masks(kw, is_lstm, lead, hout, groups, packed_sizes=None, dtype=torch.
     masks = []
     for _ in range(groups):
         width_in = lead  # every layer's masks take the input's leading shape
-        mh = torch.empty(width_in + (hout,), dtype=dtype).bernoulli_(p_h) if p_h else None
-        mc = torch.empty(width_in + (H,), dtype=dtype).bernoulli_(p_c) if p_c else None
+        # uniform < p is Bernoulli(p): the module's draw, number for number
+        mh = (torch.rand(width_in + (hout,), dtype=dtype) < p_h).to(dtype) if p_h else None
+        mc = (torch.rand(width_in + (H,), dtype=dtype) < p_c).to(dtype) if p_c else None
         mh = mh.double() if mh is not None else None
         mc = mc.double() if mc is not None else None
         if packed_sizes is not None:
