@@ -173,15 +173,18 @@ CELL_ERRORS = [
     ("unbatched input size", lambda n: (_t(I + 1), _state(n, ()))),
     ("unbatched hidden size", lambda n: (_t(I), _state(n, (), H - 1))),
 ]
-LSTM_CELL_ERRORS = [
-    ("c size", lambda: (_t(3, I), (_t(3, H), _t(3, H + 1)))),
-    ("c batch", lambda: (_t(3, I), (_t(3, H), _t(2, H)))),
-    ("c 3-D", lambda: (_t(3, I), (_t(3, H), _t(1, 3, H)))),
-    ("hx a 1-tuple", lambda: (_t(3, I), (_t(3, H),))),
-    ("hx a 3-tuple", lambda: (_t(3, I), (_t(3, H),) * 3)),
-    ("hx a 1-tuple with bad input", lambda: (_t(3, I + 1), (_t(3, H),))),
-    ("unbatched hx a 1-tuple", lambda: (_t(I), (_t(H),))),
-    ("hx a tensor", lambda: (_t(3, I), _t(3, H))),
+LSTM_CELL_ERRORS = [  # LSTMCell only
+    ("c size", lambda n: (_t(3, I), (_t(3, H), _t(3, H + 1)))),
+    ("c batch", lambda n: (_t(3, I), (_t(3, H), _t(2, H)))),
+    ("c 3-D", lambda n: (_t(3, I), (_t(3, H), _t(1, 3, H)))),
+    ("hx a 1-tuple", lambda n: (_t(3, I), (_t(3, H),))),
+    ("hx a 3-tuple", lambda n: (_t(3, I), (_t(3, H),) * 3)),
+    ("hx a 1-tuple with bad input", lambda n: (_t(3, I + 1), (_t(3, H),))),
+    ("unbatched hx a 1-tuple", lambda n: (_t(I), (_t(H),))),
+    ("hx a tensor", lambda n: (_t(3, I), _t(3, H))),
+]
+ERROR_CASES = [(n, d, m) for d, m in CELL_ERRORS for n in CELLS] + [
+    ("LSTMCell", d, m) for d, m in LSTM_CELL_ERRORS
 ]
 
 
@@ -204,8 +207,7 @@ def _backend(mode: str, lib) -> dict:
 
 
 @pytest.mark.parametrize("mode", ERROR_MODES)
-@pytest.mark.parametrize("name", CELLS)
-@pytest.mark.parametrize("desc,make", CELL_ERRORS, ids=[c[0] for c in CELL_ERRORS])
+@pytest.mark.parametrize("name,desc,make", ERROR_CASES, ids=[f"{c[0]}-{c[1]}" for c in ERROR_CASES])
 def test_cell_errors_match_torch(name, desc, make, mode, same_error):
     cls, extra = CELLS[name]
     x, hx = make(name)
@@ -216,15 +218,6 @@ def test_cell_errors_match_torch(name, desc, make, mode, same_error):
         )
 
     same_error(run)
-
-
-@pytest.mark.parametrize("mode", ERROR_MODES)
-@pytest.mark.parametrize("desc,make", LSTM_CELL_ERRORS, ids=[c[0] for c in LSTM_CELL_ERRORS])
-def test_lstm_cell_state_errors_match_torch(desc, make, mode, same_error):
-    x, hx = make()
-    same_error(
-        lambda lib: _call_in(mode, lib, lib.LSTMCell(I, H, **_backend(mode, lib)).double(), x, hx)
-    )
 
 
 @pytest.mark.parametrize("mode", ERROR_MODES)
