@@ -1,8 +1,9 @@
 """The compiled CPU backend (fusedrnn._C): what is particular to it.
 
 Every cell, shape and option against the reference op (the gate-column chunks of H = 70
-included) is tests/test_conformance.py; here are its thread splits, scratch-buffer reuse, the single-step stack call, the
-ISA copies, half precision and argument errors.
+included) is tests/test_conformance.py (the modules against torch.nn:
+tests/test_modules_forward.py); here are its thread splits, scratch-buffer reuse, the
+single-step stack call, the ISA copies, half precision and argument errors.
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ def compare(cell, inp, reverse, dtype):
     """Every output and gradient of cpu vs reference (tests/layer_cases.py)."""
     tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
     layer_cases.compare(cpu.layer, {**inp, "cell": cell, "reverse": reverse}, tol)
-
-
-# The comparisons on every cell, shape and option are in tests/test_conformance.py (the
-# gate-column chunks of H = 70 there too; the modules against torch.nn in
-# tests/test_modules_forward.py); here are this backend's thread splits.
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -1,8 +1,8 @@
 """The compiled CPU kernels of the cell variants: what is particular to them.
 
 Every option, shape and dtype against the reference op (outputs, every gradient, gradcheck) is
-tests/test_conformance.py; here are the cpu backend's own work split, scratch reuse, ISA copy,
-half precision and its argument checks.
+tests/test_conformance.py; here are the cpu backend's own work split (row blocks, split
+steps), scratch reuse, ISA copy, half precision and its argument checks.
 """
 
 from __future__ import annotations
@@ -46,11 +46,6 @@ def compare(args, kw, reverse, dtype):
     """Outputs and every gradient, cpu vs reference (tests/layer_cases.py)."""
     a = {**dict(zip(library.NAMES, args, strict=False)), "reverse": reverse, **kw}
     layer_cases.compare(cpu.layer, a, TOL[dtype])
-
-
-# Every variant, shape and option against the reference op is tests/test_conformance.py; the
-# cases here aim at this backend's own work split (row blocks, split steps), its scratch reuse,
-# ISA copies, half precision and argument checks.
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

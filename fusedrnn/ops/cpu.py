@@ -99,10 +99,6 @@ def _need_extension() -> None:
         )
 
 
-def _saves(cell: str) -> bool:
-    return cell in ("lstm", "gru")
-
-
 def forward(a: library.LayerArgs) -> list[Tensor]:
     """Plain cells: ``[y, h_n, c_n, ws1 [N, G*H], ws2 [N, H]]``; with variants ``[y, h_n, c_n,
     act [N, G*H], cs [N, H], ct [N, H], hh [N, G*H], xh [N, G*H], stats [N, 4]]``. y, h_n and
@@ -136,7 +132,7 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
         h0.new_empty((B, H) if lstm else (0,)),
     ]
     if not library.is_variant(a):
-        keep = _saves(a.cell)
+        keep = a.cell in ("lstm", "gru")
         return [*out, saved(keep, N, G * H), saved(keep, N, H)]
     ln = a.ln_ih_w is not None
     return [
@@ -163,14 +159,11 @@ def unpack(a: library.LayerArgs, buffers) -> tuple[Tensor, Tensor, Tensor]:
     return buffers[0], buffers[1], buffers[2]
 
 
-def _in_float32_when(dtype: torch.dtype, variant: bool) -> bool:
-    return True  # the kernels take float32 and float64
-
-
 # The layer op contract (fusedrnn/ops/CONTRACT.md): bfloat16 / float16 (e.g. under CPU autocast)
-# are computed in float32, as the GPU backends accumulate, and returned in the input's dtype.
+# are computed in float32, as the GPU backends accumulate, and returned in the input's dtype
+# (the kernels take float32 and float64).
 layer = library.define_layer(
-    "cpu", forward, fake_forward, backward, unpack, in_float32_when=_in_float32_when,
+    "cpu", forward, fake_forward, backward, unpack, in_float32_when=lambda dtype, variant: True,
     double_backward=True,
 )  # fmt: skip
 
