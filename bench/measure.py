@@ -249,21 +249,29 @@ float fma_loop(long n) {
 
 
 def fma_gflops_one_core(repeats: int = 7) -> float | None:
-    """Measured fp32 FMA throughput of one core (GFLOP/s), or None without gcc/AVX2+FMA.
+    """Measured fp32 FMA throughput of one core (GFLOP/s) in the widest FMAs it has (512-bit
+    where the CPU has AVX-512F, as fusedrnn's cpu kernels then use), or None without
+    gcc/AVX2+FMA.
 
     Why measured: under a hypervisor /proc/cpuinfo reports the nominal (TSC) clock, and a core
     that boosts above it would show layers at more than 100 % of a peak computed from it. The
-    best of several runs is kept, since other load can only slow the loop down.
+    best of several runs is kept, since other load can only slow the loop down. Why the widest:
+    a core with two 512-bit units (recent Intel Xeons) does about 1.65x the work in them that it
+    does in 256-bit FMAs; one that splits them in halves (AMD Zen 4) does the same in both.
     """
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if " avx2" not in flags or " fma" not in flags:
         return None
+    lanes, source, isa = 8, FMA_C, "-mavx2"
+    if " avx512f" in flags:
+        lanes, isa = 16, "-mavx512f"
+        source = FMA_C.replace("256", "512").replace("out[8]", "out[16]")
     with tempfile.TemporaryDirectory() as tmp:
         src, lib = Path(tmp, "fma.c"), Path(tmp, "fma.so")
-        src.write_text(FMA_C)
+        src.write_text(source)
         try:
             subprocess.run(
-                ["gcc", "-O2", "-mavx2", "-mfma", "-shared", "-fPIC", str(src), "-o", str(lib)],
+                ["gcc", "-O2", isa, "-mfma", "-shared", "-fPIC", str(src), "-o", str(lib)],
                 check=True,
                 capture_output=True,
             )
@@ -277,7 +285,7 @@ def fma_gflops_one_core(repeats: int = 7) -> float | None:
             t = time.perf_counter()
             fn(n)
             best = min(best, time.perf_counter() - t)
-    return n * 10 * 8 * 2 / best / 1e9  # iterations x chains x lanes x (mul + add)
+    return n * 10 * lanes * 2 / best / 1e9  # iterations x chains x lanes x (mul + add)
 
 
 # -- memory -----------------------------------------------------------------------------------

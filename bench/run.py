@@ -352,7 +352,7 @@ def _cpu_kernels() -> str:
         from fusedrnn import _C
     except ImportError:
         return "fusedrnn._C not built"
-    gemm = "packed AVX2 kernel of fusedrnn" if _C.own_sgemm() else "the BLAS of torch"
+    gemm = f"packed {_C.sgemm_isa()} kernel of fusedrnn" if _C.own_sgemm() else "the BLAS of torch"
     return f"pointwise kernels {_C.kernel_isa()}, float32 GEMMs: {gemm}"
 
 

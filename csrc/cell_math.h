@@ -26,8 +26,8 @@
 #define FRNN_HD inline
 #endif
 
-// The CPU backend compiles this header twice, once for the baseline ISA and once for AVX2+FMA
-// (selected at run time); FRNN_ISA_NAMESPACE keeps the two copies of these inline functions
+// The CPU backend compiles this header once per ISA (baseline, AVX2+FMA, AVX-512F; selected
+// at run time); FRNN_ISA_NAMESPACE keeps the copies of these inline functions
 // apart at link time. Users write fusedrnn::LSTMCell etc. regardless.
 #ifndef FRNN_ISA_NAMESPACE
 #define FRNN_ISA_NAMESPACE generic

@@ -186,23 +186,32 @@ def test_stack_step_refuses_autograd():
 def test_kernel_isa_selection():
     from fusedrnn import _C
 
-    expected = {"generic"} if os.environ.get("FUSEDRNN_CPU_ISA") == "generic" else {
-        "generic", "avx2+fma"}  # fmt: skip
+    forced = os.environ.get("FUSEDRNN_CPU_ISA")
+    expected = {"generic", "avx2+fma", "avx512f"}
+    if forced in ("generic", "avx2"):  # a cap, not a demand: the CPU may have less
+        expected = {"generic"} if forced == "generic" else {"generic", "avx2+fma"}
     assert _C.kernel_isa() in expected
+    # the packed GEMM's tile follows the pointwise kernels' ISA
+    assert _C.sgemm_isa() in ("", _C.kernel_isa())
 
 
-@pytest.mark.skipif(os.environ.get("FUSEDRNN_CPU_ISA") == "generic", reason="already generic")
-def test_generic_isa_copy_matches_too():
-    """The baseline-ISA copy of the kernels (what CPUs without AVX2 run) is compiled separately
-    from the AVX2 one; run the cpu conformance cases of torch.nn's cells, and the sampling
-    loop's float16-weight product, again with it forced."""
-    env = dict(os.environ, FUSEDRNN_CPU_ISA="generic")
-    conformance = str(Path(__file__).with_name("test_conformance.py"))
-    sampling = str(Path(__file__).with_name("test_charlm_generate.py"))  # float16 weights
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_narrower_isa_copies_match_too(isa):
+    """Each ISA copy of the kernels is compiled separately (baseline, AVX2, AVX-512): run the
+    cpu conformance cases of torch.nn's cells, the packed GEMM and the sampling loop's
+    float16-weight product again with the choice capped at a narrower copy than this CPU's."""
+    from fusedrnn import _C
+
+    if os.environ.get("FUSEDRNN_CPU_ISA") in ("generic", isa) or _C.kernel_isa() == "generic" or (
+            isa == "avx2" and _C.kernel_isa() == "avx2+fma"):  # fmt: skip
+        pytest.skip(f"this process already runs the {isa} copy or a narrower one")
+    env = dict(os.environ, FUSEDRNN_CPU_ISA=isa)
+    here = Path(__file__).parent
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         conformance, sampling, "-k", "test_kernel_isa_selection or (test_plain_cells and cpu) "
-         "or test_half_weights_state"],
+         str(here / "test_conformance.py"), str(here / "test_charlm_generate.py"),
+         str(here / "test_cpu_sgemm.py"), "-k", "test_kernel_isa_selection or "
+         "(test_plain_cells and cpu) or test_half_weights_state or test_gemm_matches"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -3,9 +3,9 @@
 ``gemm()`` sends float32 products with at least 128 rows and k > 1 to the packed kernel, and
 the step loops multiply every step against recurrent weights packed once per call. Checked here: every
 transposition, alpha / beta (beta == 0 must not read C), leading dimensions larger than the
-row, edge tiles (rows not a multiple of 6, columns not a multiple of 16), inner dimensions
-across the 256-deep blocks, and layers whose step products take the packed path, with the
-kernel on and off.
+row, edge tiles (rows not a multiple of 6, columns not a multiple of 16 or 32), inner
+dimensions across the 256-deep blocks, and layers whose step products take the packed path,
+with either tile width of the kernel and with the BLAS.
 """
 
 from __future__ import annotations
@@ -30,13 +30,18 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=[True, False], ids=["own", "blas"])
+@pytest.fixture(params=["avx512f", "avx2+fma", ""], ids=["own-avx512", "own-avx2", "blas"])
 def own_sgemm(request):
+    """The packed kernel with its 6x32 AVX-512 tile, with its 6x16 AVX2 tile, or the BLAS."""
     from fusedrnn import _C
 
-    _C._set_own_sgemm(request.param)
-    yield request.param and _C.own_sgemm()
+    _C._set_own_sgemm(request.param != "")
+    _C._set_sgemm_avx512(request.param == "avx512f")
+    if _C.sgemm_isa() != request.param:
+        pytest.skip(f"this CPU or build has no {request.param} packed GEMM")
+    yield request.param
     _C._set_own_sgemm(True)
+    _C._set_sgemm_avx512(True)
 
 
 def strided(rows, cols, g, pad=3):
@@ -46,7 +51,7 @@ def strided(rows, cols, g, pad=3):
     return base, base[:, :cols]
 
 
-SHAPES = [  # (m, n, k): edges of the 6-row / 16-column tiles and of the 256-deep K blocks;
+SHAPES = [  # (m, n, k): edges of the 6-row / 16- and 32-column tiles and of the 256-deep K blocks;
     # A is read in place (its last panel packed) unless transposed or 4 KiB-strided
     (128, 16, 256),
     (129, 17, 257),

@@ -73,7 +73,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("release_scratch", &fusedrnn::cpu::release_scratch,
         "Frees the scratch buffers that the calling thread keeps between layer calls");
   m.def("own_sgemm", &fusedrnn::cpu::use_own_sgemm,
-        "Whether float32 GEMMs currently use the packed AVX2 kernel");
+        "Whether float32 GEMMs currently use the packed kernel");
+  m.def("sgemm_isa", [] { return std::string(fusedrnn::cpu::sgemm_isa()); },
+        "Instruction set of the packed float32 GEMM's tile ('' when GEMMs go to the BLAS)");
 #ifdef FUSEDRNN_TEST_HOOKS
   // Switches and entries for the tests only (setup.py compiles them in with
   // FUSEDRNN_TEST_HOOKS=1, as .ci/run does): they run both strategies of a choice against the
@@ -86,8 +88,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "_set_own_sgemm",
       [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },
-      "float32 GEMMs use the packed AVX2 kernel (default on where the CPU has AVX2+FMA) "
+      "float32 GEMMs use the packed kernel (default on where the CPU has AVX2+FMA) "
       "instead of the BLAS");
+  m.def(
+      "_set_sgemm_avx512",
+      [](bool on) { fusedrnn::cpu::sgemm_avx512_enabled() = on; },
+      "The packed kernel takes its AVX-512 tile (default on where the CPU has AVX-512F) "
+      "instead of the AVX2 one");
   m.def(
       "_gemm",
       [](bool ta, bool tb, double alpha, const at::Tensor& A, const at::Tensor& B, double beta,

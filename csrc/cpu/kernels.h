@@ -1,9 +1,10 @@
 // The fused per-step pointwise kernels of the CPU backend: one call handles units [j0, j1) of
 // one batch row; pointers arrive already offset to j0, gate k of a row sits at +k*H.
 //
-// They are compiled twice (kernels_generic.cpp for the baseline ISA, kernels_avx2.cpp for
-// AVX2+FMA) from kernels_impl.h and selected once at run time, so a wheel built here runs on
-// any x86-64 and still gets 8-wide vector math where the CPU has it. This header declares
+// They are compiled three times (kernels_generic.cpp for the baseline ISA, kernels_avx2.cpp for
+// AVX2+FMA, kernels_avx512.cpp for AVX-512F) from kernels_impl.h and selected once at run
+// time, so a wheel built here runs on any x86-64 and still gets 8- or 16-wide vector math
+// where the CPU has it. This header declares
 // only a table of function pointers: no inline code, nothing that could be linked across the
 // two ISA copies.
 #pragma once
@@ -12,17 +13,25 @@
 
 // FRNN_TARGET_AVX2: this compiler can build AVX2+FMA(+F16C) functions into a baseline-ISA binary (x86
 // with GCC or clang); FRNN_AVX2_BEGIN / FRNN_AVX2_END then bracket the code that gets the wider
-// ISA (kernels_avx2.cpp, sgemm_avx2.cpp). Every standard header is included before
-// FRNN_AVX2_BEGIN, so that only the bracketed functions, and what they inline, get it.
+// ISA (kernels_avx2.cpp, sgemm_simd.cpp; FRNN_AVX512_BEGIN / _END for AVX-512F code).
+// Every standard header is included before FRNN_AVX2_BEGIN, so that only the bracketed
+// functions, and what they inline, get it.
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FRNN_TARGET_AVX2 1
 #if defined(__clang__)
 #define FRNN_AVX2_BEGIN \
   _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
 #define FRNN_AVX2_END _Pragma("clang attribute pop")
+#define FRNN_AVX512_BEGIN                                                                    \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,avx2,fma,f16c\"))), "          \
+          "apply_to = function)")
+#define FRNN_AVX512_END _Pragma("clang attribute pop")
 #else
 #define FRNN_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
 #define FRNN_AVX2_END _Pragma("GCC pop_options")
+#define FRNN_AVX512_BEGIN \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx2,fma,f16c\")")
+#define FRNN_AVX512_END _Pragma("GCC pop_options")
 #endif
 #else
 #define FRNN_TARGET_AVX2 0
@@ -68,13 +77,18 @@ namespace generic {
 PointwiseKernels<float> make_kernels_f32();
 PointwiseKernels<double> make_kernels_f64();
 }  // namespace generic
+// The wider copies exist in x86 builds only (FRNN_TARGET_AVX2).
 namespace avx2 {
-bool compiled();
 PointwiseKernels<float> make_kernels_f32();
 PointwiseKernels<double> make_kernels_f64();
 }  // namespace avx2
+namespace avx512 {
+PointwiseKernels<float> make_kernels_f32();
+PointwiseKernels<double> make_kernels_f64();
+}  // namespace avx512
 
-// The table for this CPU (AVX2+FMA copy when both the build and the CPU have it).
+// The table for this CPU: the AVX-512F copy, else the AVX2+FMA one, where both the build and
+// the CPU have it.
 const PointwiseKernels<float>& kernels(float);
 const PointwiseKernels<double>& kernels(double);
 const char* kernel_isa();

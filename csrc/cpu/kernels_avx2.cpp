@@ -1,5 +1,6 @@
 // AVX2+FMA copy of the pointwise kernels, plain cells and variants (used only when the CPU
-// reports AVX2, FMA and F16C, see kernels_generic.cpp). Every standard header is included before the target
+// reports AVX2, FMA and F16C but not AVX-512F, see kernels_generic.cpp; kernels_avx512.cpp
+// compiles the same loops 16 floats wide). Every standard header is included before the target
 // pragma so that only this file's own functions, and the cell math inlined into them, get the
 // wider ISA; the cell math lives in its own inline namespace (FRNN_ISA_NAMESPACE) for the same
 // reason.
@@ -22,19 +23,4 @@ FRNN_AVX2_BEGIN
 #include "kernels_impl.h"
 #include "variant_kernels_impl.h"
 FRNN_AVX2_END
-
-namespace fusedrnn::cpu::avx2 {
-bool compiled() { return true; }
-}  // namespace fusedrnn::cpu::avx2
-
-#else
-
-namespace fusedrnn::cpu::avx2 {
-bool compiled() { return false; }
-PointwiseKernels<float> make_kernels_f32() { return {}; }
-PointwiseKernels<double> make_kernels_f64() { return {}; }
-VariantKernels<float> make_variant_kernels_f32() { return {}; }
-VariantKernels<double> make_variant_kernels_f64() { return {}; }
-}  // namespace fusedrnn::cpu::avx2
-
 #endif

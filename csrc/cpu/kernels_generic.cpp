@@ -18,43 +18,59 @@
 namespace fusedrnn::cpu {
 
 namespace {
-bool use_avx2() {
-  // FUSEDRNN_CPU_ISA=generic forces the baseline copy (the tests use it to run both copies).
-  const char* forced = std::getenv("FUSEDRNN_CPU_ISA");
-  if (forced != nullptr && std::strcmp(forced, "generic") == 0) return false;
+enum class Isa { generic, avx2, avx512 };
+
+Isa isa() {
+  // FUSEDRNN_CPU_ISA=generic or =avx2 caps the choice (the tests use it to run every copy).
+  static const Isa chosen = [] {
+    const char* forced = std::getenv("FUSEDRNN_CPU_ISA");
+    const bool generic_only = forced != nullptr && std::strcmp(forced, "generic") == 0;
+    const bool avx2_only = forced != nullptr && std::strcmp(forced, "avx2") == 0;
 #if FRNN_TARGET_AVX2
-  return avx2::compiled() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+    if (generic_only || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+        !__builtin_cpu_supports("f16c"))
+      return Isa::generic;
+    return !avx2_only && __builtin_cpu_supports("avx512f") ? Isa::avx512 : Isa::avx2;
 #else
-  return false;
+    (void)generic_only, (void)avx2_only;
+    return Isa::generic;
 #endif
+  }();
+  return chosen;
 }
 
 // The table of one dtype and kernel family, chosen once (one instantiation, and so one static,
 // per Table type).
 template <class Table>
-const Table& choose(Table (*avx2_table)(), Table (*generic_table)()) {
-  static const Table k = use_avx2() ? avx2_table() : generic_table();
+const Table& choose(Table (*avx512_table)(), Table (*avx2_table)(), Table (*generic_table)()) {
+  static const Table k = isa() == Isa::avx512 ? avx512_table()
+                         : isa() == Isa::avx2 ? avx2_table()
+                                              : generic_table();
   return k;
 }
 }  // namespace
 
-const PointwiseKernels<float>& kernels(float) {
-  return choose(avx2::make_kernels_f32, generic::make_kernels_f32);
-}
+// Builds for other CPUs have the baseline copy only.
+#if FRNN_TARGET_AVX2
+#define FRNN_COPIES(make) avx512::make, avx2::make, generic::make
+#else
+#define FRNN_COPIES(make) nullptr, nullptr, generic::make
+#endif
 
-const PointwiseKernels<double>& kernels(double) {
-  return choose(avx2::make_kernels_f64, generic::make_kernels_f64);
-}
+const PointwiseKernels<float>& kernels(float) { return choose(FRNN_COPIES(make_kernels_f32)); }
+
+const PointwiseKernels<double>& kernels(double) { return choose(FRNN_COPIES(make_kernels_f64)); }
 
 const VariantKernels<float>& variant_kernels(float) {
-  return choose(avx2::make_variant_kernels_f32, generic::make_variant_kernels_f32);
+  return choose(FRNN_COPIES(make_variant_kernels_f32));
 }
 
 const VariantKernels<double>& variant_kernels(double) {
-  return choose(avx2::make_variant_kernels_f64, generic::make_variant_kernels_f64);
+  return choose(FRNN_COPIES(make_variant_kernels_f64));
 }
 
-const char* kernel_isa() { return use_avx2() ? "avx2+fma" : "generic"; }
+const char* kernel_isa() {
+  return isa() == Isa::avx512 ? "avx512f" : isa() == Isa::avx2 ? "avx2+fma" : "generic";
+}
 
 }  // namespace fusedrnn::cpu

@@ -1,6 +1,6 @@
 // Loops of the pointwise kernels declared in kernels.h. Included once per ISA by
-// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set (beside
-// variant_kernels_impl.h); nothing else includes it.
+// kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set (beside variant_kernels_impl.h);
+// nothing else includes it.
 //
 // Each loop walks contiguous units j with every pointer __restrict and no branches other than
 // selects, so that -O3 -fno-trapping-math vectorises it, including the exp inside the

@@ -19,8 +19,24 @@ std::atomic<bool>& own_sgemm_enabled() {
 bool use_own_sgemm() {
   // The same run-time choice as the pointwise kernels (kernels_generic.cpp).
   static const bool available =
-      sgemm_avx2::compiled() && std::strcmp(kernel_isa(), "generic") != 0;
+      sgemm_simd::compiled() && std::strcmp(kernel_isa(), "generic") != 0;
   return available && own_sgemm_enabled();
+}
+
+std::atomic<bool>& sgemm_avx512_enabled() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+
+namespace {
+bool use_avx512() {
+  static const bool available = std::strcmp(kernel_isa(), "avx512f") == 0;
+  return available && sgemm_avx512_enabled();
+}
+}  // namespace
+
+const char* sgemm_isa() {
+  return !use_own_sgemm() ? "" : use_avx512() ? "avx512f" : "avx2+fma";
 }
 
 PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb, Scratch slot) {
@@ -35,7 +51,7 @@ PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb, Scrat
     for (int64_t q0 = 0; q0 < k; q0 += kSgemmKC) {
       const int64_t kb = std::min(kSgemmKC, k - q0);
       const float* src = tb ? B + c0 * ldb + q0 : B + q0 * ldb + c0;
-      sgemm_avx2::pack_b(tb, kb, c1 - c0, src, ldb, out + q0 * p.panels * kSgemmNR + c0 * kb);
+      sgemm_simd::pack_b(tb, kb, c1 - c0, src, ldb, out + q0 * p.panels * kSgemmNR + c0 * kb);
     }
   });
   return p;
@@ -52,6 +68,7 @@ void sgemm_packed(bool ta, int64_t m, int64_t c0, int64_t c1, float alpha, const
   const bool in_place = !ta && (lda * sizeof(float)) % 4096 != 0;
   thread_local std::vector<float> apack;
   const int64_t mc_max = std::min(kSgemmMC, (m + kSgemmMR - 1) / kSgemmMR * kSgemmMR);
+  const bool wide = use_avx512();
   if (!in_place && apack.size() < static_cast<size_t>(mc_max * kSgemmKC))
     apack.resize(mc_max * kSgemmKC);
   for (int64_t i0 = 0; i0 < m; i0 += kSgemmMC) {
@@ -59,11 +76,11 @@ void sgemm_packed(bool ta, int64_t m, int64_t c0, int64_t c1, float alpha, const
     for (int64_t p = 0, q0 = 0; q0 < B.k; ++p, q0 += kSgemmKC) {
       const int64_t kb = std::min(kSgemmKC, B.k - q0);
       const float* a = ta ? A + q0 * lda + i0 : A + i0 * lda + q0;
-      if (!in_place) sgemm_avx2::pack_a(ta, mc, kb, a, lda, apack.data());
+      if (!in_place) sgemm_simd::pack_a(ta, mc, kb, a, lda, apack.data());
       // later K blocks add onto the earlier ones: beta only applies to the first
-      sgemm_avx2::macro_kernel(mc, c1 - c0, kb, alpha, in_place ? a : apack.data(), lda,
+      sgemm_simd::macro_kernel(mc, c1 - c0, kb, alpha, in_place ? a : apack.data(), lda,
                                !in_place, B.at(p, c0), p == 0 ? beta : 1.f,
-                               C + i0 * ldc + c0, ldc);
+                               C + i0 * ldc + c0, ldc, wide);
     }
   }
 }

@@ -1,5 +1,6 @@
 // Packed float32 GEMM for the CPU backend (BLIS-style blocking around a 6x16 AVX2 register
-// tile), used instead of the BLAS for float32 when the CPU has AVX2+FMA.
+// tile, or 6x32 AVX-512 where the CPU has AVX-512F), used instead of the BLAS for float32 when
+// the CPU has AVX2+FMA.
 //
 //   op(B) is packed into K blocks of kSgemmKC rows, each a run of [kb, 16] column panels
 //   (zero-padded), so that one micro-panel (16 columns x kb) stays in L1 while a block of
@@ -15,7 +16,7 @@
 //
 // The step loops pack their recurrent weights once per layer call (PackedB) and multiply
 // every step against them, where the BLAS would repack the weights at every step.
-// Only the packing and the micro-kernel are ISA specific (sgemm_avx2.cpp); the loops are here.
+// Only the packing and the micro-kernels are ISA specific (sgemm_simd.cpp); the loops are here.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -31,24 +32,31 @@ constexpr int64_t kSgemmMR = 6, kSgemmNR = 16, kSgemmKC = 256, kSgemmMC = 144;
 // gemm() takes the packed kernel from this many rows of C on, for k > 1 (see blas.h).
 constexpr int64_t kSgemmMinM = 128;
 
-namespace sgemm_avx2 {
+namespace sgemm_simd {
 bool compiled();
 // out [ceil(rows/6) panels][kb][6] <- op(A) rows [0, rows) x kb (zero-padded rows)
 void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, float* out);
 // out [ceil(cols/16) panels][kb][16] <- op(B) kb x cols [0, cols) (zero-padded columns)
 void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, float* out);
 // C[rows, cols] = alpha * A Bp + beta * C (C not read when beta == 0), Bp packed; A [rows, kb]
-// packed (pack_a) or, with packed false, a row-major block with leading dimension lda
+// packed (pack_a) or, with packed false, a row-major block with leading dimension lda; wide:
+// the AVX-512 tile
 void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* A,
-                  int64_t lda, bool packed, const float* Bp, float beta, float* C,
-                  int64_t ldc);
-}  // namespace sgemm_avx2
+                  int64_t lda, bool packed, const float* Bp, float beta, float* C, int64_t ldc,
+                  bool wide);
+}  // namespace sgemm_simd
 
 // Benchmarking switch (default on): float32 GEMMs use the packed kernel where available.
 std::atomic<bool>& own_sgemm_enabled();
 // The packed kernel is compiled, the CPU has AVX2+FMA (FUSEDRNN_CPU_ISA=generic turns it off
-// with the other AVX2 kernels) and the switch is on.
+// with the other SIMD kernels) and the switch is on.
 bool use_own_sgemm();
+// Test and benchmark switch (default on): the packed kernel takes its AVX-512 tile where the
+// pointwise kernels are the AVX-512F copy (kernel_isa(): the CPU has it, FUSEDRNN_CPU_ISA
+// does not cap it).
+std::atomic<bool>& sgemm_avx512_enabled();
+// "avx512f", "avx2+fma", or "" when float32 GEMMs go to the BLAS.
+const char* sgemm_isa();
 
 // op(B) [k, n] in the packed layout; op(B) = B [k, n] (ldb), or B^T with tb, B stored [n, k].
 struct PackedB {

@@ -4,7 +4,7 @@
 // i, g, o; GRU r, z, n). The per-element math is csrc/cell_math.h (LayerNorm, Zoneout,
 // LSTMVariantCell, GRUCell).
 //
-// Like kernels.h: compiled twice (kernels_generic.cpp, kernels_avx2.cpp) from
+// Like kernels.h: compiled once per ISA (kernels_{generic,avx2,avx512}.cpp) from
 // variant_kernels_impl.h, one copy picked at run time together with the plain kernels. Every
 // call maps its option flags once to a loop instantiated for exactly that combination, so no
 // loop branches per element.
@@ -90,6 +90,10 @@ namespace avx2 {
 VariantKernels<float> make_variant_kernels_f32();
 VariantKernels<double> make_variant_kernels_f64();
 }  // namespace avx2
+namespace avx512 {
+VariantKernels<float> make_variant_kernels_f32();
+VariantKernels<double> make_variant_kernels_f64();
+}  // namespace avx512
 
 // The table for this CPU (the same ISA choice as kernels()).
 const VariantKernels<float>& variant_kernels(float);

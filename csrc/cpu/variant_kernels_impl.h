@@ -1,5 +1,5 @@
 // Loops of the variant kernels declared in variant_kernels.h. Included once per ISA by
-// kernels_generic.cpp / kernels_avx2.cpp with FRNN_ISA_NAMESPACE set, after kernels_impl.h
+// kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set, after kernels_impl.h
 // (with_bool).
 //
 // As in kernels_impl.h every loop walks contiguous units with __restrict pointers and selects

@@ -1,0 +1,248 @@
+// SIMD pieces of the packed float32 GEMM (sgemm.h): operand packing and the register-tile
+// micro-kernels, 6x16 in AVX2 registers and 6x32 (two packed column panels) in AVX-512 ones.
+// The blocking loops that drive them are ISA-independent and live in sgemm.cpp; this file
+// holds only what must be compiled for a wider ISA, and the walk over one block's tiles that
+// both widths share.
+//
+// Why a GEMM of our own: on the AMD CPUs we measured, the BLAS inside libtorch_cpu reaches
+// 55-65 % of the FMA peak for the shapes of a recurrent step (m = batch, n = a thread's gate
+// columns, k = H), and it repacks the weights on every call, i.e. once per time step. This
+// kernel reaches 75-90 % in the same setting, and the step loops pack the weights once per
+// layer call (sgemm.h: PackedB).
+//
+// Why a second width: a core with two 512-bit FMA units (Intel Xeon from Skylake-SP on) does
+// about 1.65x the float32 work in 512-bit FMAs that it does in 256-bit ones (measured on the
+// project's Xeon: 215 against 130 GFLOP/s per core); oneDNN uses them. Six rows of the 16-wide
+// panels give only six 512-bit accumulators, fewer than the 2 units x 4 cycles of latency
+// need, so the wide tile takes two adjacent panels: twelve accumulators, as in the AVX2 tile.
+//
+// Every standard header is included before FRNN_AVX2_BEGIN (kernels.h), as in kernels_avx2.cpp.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+#include "sgemm.h"
+
+#if FRNN_TARGET_AVX2
+#include <immintrin.h>
+
+namespace fusedrnn::cpu::sgemm_simd {
+
+namespace {
+
+constexpr int64_t MR = kSgemmMR, NR = kSgemmNR;
+
+// One tile: C[h, w] = alpha * op(A)[h rows][kb] Bp[kb][w] + beta * C (C not read when
+// beta == 0), h <= 6 and w <= NC. op(A)[i, q] lies at a + q * MR + i when packed, else at
+// a + i * lda + q; Bp is the first of the tile's column panels, each [kb][16].
+using TileFn = void (*)(bool packed, int64_t kb, const float* a, int64_t lda, const float* Bp,
+                        int64_t h, int64_t w, float alpha, float beta, float* c, int64_t ldc);
+
+// The walk over the tiles of a [rows, cols] block, in the baseline ISA: a call per tile
+// (6 x 16 x kb multiply-adds or more) costs nothing measurable.
+template <int64_t NC>
+void walk_tiles(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* A, int64_t lda,
+                bool packed, const float* Bp, float beta, float* C, int64_t ldc, TileFn tile) {
+  // Read in place, a last panel of fewer than 6 rows would run past A: it is packed
+  // (zero-padded), once for every column panel.
+  alignas(64) float edge[MR * kSgemmKC];
+  const int64_t full = packed ? rows : rows / MR * MR;
+  if (full < rows) pack_a(false, rows - full, kb, A + full * lda, lda, edge);
+  // B micro-panels outermost: they stay in L1 while the rows of A stream from L1/L2.
+  for (int64_t j0 = 0; j0 < cols; j0 += NC) {
+    for (int64_t i0 = 0; i0 < rows; i0 += MR) {
+      // C often comes from memory (a step's gate block of the whole-sequence projection):
+      // fetch the next tile's rows while this tile computes, or the stores stall on it.
+      const int64_t ni = i0 + MR < rows ? i0 + MR : 0, nj = i0 + MR < rows ? j0 : j0 + NC;
+      if (nj < cols)
+        for (int64_t i = ni; i < std::min(ni + MR, rows); ++i)
+          for (int64_t b = 0; b <= NC * 4; b += 64)  // the row may straddle lines: one more
+            _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + nj) + std::min(b, NC * 4 - 1),
+                         _MM_HINT_T0);
+      const bool pk = packed || i0 >= full;
+      const float* a = packed ? A + i0 * kb : pk ? edge : A + i0 * lda;
+      tile(pk, kb, a, lda, Bp + j0 * kb, std::min(MR, rows - i0), std::min(NC, cols - j0),
+           alpha, beta, C + i0 * ldc + j0, ldc);
+    }
+  }
+}
+
+}  // namespace
+
+FRNN_AVX2_BEGIN
+
+namespace {
+
+// acc = op(A) [6 rows][kb] x Bp [kb][16]: twelve accumulators, two B vectors and one
+// broadcast A value in registers (15 of 16 ymm), two FMAs per broadcast. a(q, i) is the address
+// of op(A)[i, q].
+template <class AAt>
+inline void micro_tile(int64_t kb, const AAt& a, const float* __restrict Bp,
+                       __m256 (&acc)[MR][2]) {
+  for (int64_t i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t q = 0; q < kb; ++q) {
+    const __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
+#pragma GCC unroll 6
+    for (int64_t i = 0; i < MR; ++i) {  // fully unrolled: acc lives in registers
+      const __m256 v = _mm256_broadcast_ss(a(q, i));
+      acc[i][0] = _mm256_fmadd_ps(v, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(v, b1, acc[i][1]);
+    }
+    Bp += NR;
+  }
+}
+
+void tile_avx2(bool packed, int64_t kb, const float* a, int64_t lda, const float* Bp, int64_t h,
+               int64_t w, float alpha, float beta, float* C, int64_t ldc) {
+  __m256 acc[MR][2];
+  if (packed)
+    micro_tile(kb, [&](int64_t q, int64_t i) { return a + q * MR + i; }, Bp, acc);
+  else
+    micro_tile(kb, [&](int64_t q, int64_t i) { return a + i * lda + q; }, Bp, acc);
+  // An edge tile goes through a buffer: only its valid part reaches C.
+  alignas(32) float tile[MR * NR];
+  const bool full = h == MR && w == NR;
+  float* out = full ? C : tile;
+  const int64_t ldo = full ? ldc : NR;
+  const __m256 va = _mm256_set1_ps(full ? alpha : 1.f), vb = _mm256_set1_ps(beta);
+  for (int64_t i = 0; i < MR; ++i) {
+    float* c = out + i * ldo;
+    __m256 r0 = _mm256_mul_ps(acc[i][0], va), r1 = _mm256_mul_ps(acc[i][1], va);
+    if (full && beta != 0.f) {
+      r0 = _mm256_fmadd_ps(_mm256_loadu_ps(c), vb, r0);
+      r1 = _mm256_fmadd_ps(_mm256_loadu_ps(c + 8), vb, r1);
+    }
+    _mm256_storeu_ps(c, r0);
+    _mm256_storeu_ps(c + 8, r1);
+  }
+  if (full) return;
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = 0; j < w; ++j)
+      C[i * ldc + j] = beta == 0.f ? alpha * tile[i * NR + j]
+                                   : alpha * tile[i * NR + j] + beta * C[i * ldc + j];
+}
+
+}  // namespace
+
+void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, float* out) {
+  for (int64_t i0 = 0; i0 < rows; i0 += MR) {
+    const int64_t h = std::min(MR, rows - i0);
+    float* __restrict o = out + i0 * kb;
+    if (ta) {  // op(A)[i, q] = A[q, i]: six contiguous values per q
+      for (int64_t q = 0; q < kb; ++q) {
+        const float* a = A + q * lda + i0;
+        for (int64_t i = 0; i < MR; ++i) o[q * MR + i] = i < h ? a[i] : 0.f;
+      }
+    } else {
+      for (int64_t i = 0; i < MR; ++i) {
+        const float* __restrict a = A + (i0 + i) * lda;
+        if (i < h)
+          for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = a[q];
+        else
+          for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = 0.f;
+      }
+    }
+  }
+}
+
+void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, float* out) {
+  for (int64_t j0 = 0; j0 < cols; j0 += NR) {
+    const int64_t w = std::min(NR, cols - j0);
+    float* __restrict o = out + j0 * kb;
+    if (!tb && w == NR) {  // op(B)[q, j] = B[q, j]: sixteen contiguous values per q
+      for (int64_t q = 0; q < kb; ++q) std::memcpy(o + q * NR, B + q * ldb + j0, NR * 4);
+    } else if (!tb) {
+      for (int64_t q = 0; q < kb; ++q)
+        for (int64_t j = 0; j < NR; ++j) o[q * NR + j] = j < w ? B[q * ldb + j0 + j] : 0.f;
+    } else {  // op(B)[q, j] = B[j, q]: column j is row j of B, contiguous in q
+      for (int64_t j = 0; j < NR; ++j) {
+        const float* __restrict b = B + (j0 + j) * ldb;
+        if (j < w)
+          for (int64_t q = 0; q < kb; ++q) o[q * NR + j] = b[q];
+        else
+          for (int64_t q = 0; q < kb; ++q) o[q * NR + j] = 0.f;
+      }
+    }
+  }
+}
+
+FRNN_AVX2_END
+
+FRNN_AVX512_BEGIN
+
+namespace {
+
+// acc = op(A) [6 rows][kb] x P adjacent panels [kb][16] (P = 2, or 1 for a last odd panel).
+template <int P, class AAt>
+inline void micro_tile_512(int64_t kb, const AAt& a, const float* __restrict Bp,
+                           __m512 (&acc)[MR][2]) {
+  for (int64_t i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const float* __restrict Bq = Bp + NR * kb;  // the second panel
+#pragma GCC unroll 4
+  for (int64_t q = 0; q < kb; ++q) {
+    const __m512 b0 = _mm512_loadu_ps(Bp + q * NR);
+    const __m512 b1 = P == 2 ? _mm512_loadu_ps(Bq + q * NR) : b0;
+#pragma GCC unroll 6
+    for (int64_t i = 0; i < MR; ++i) {
+      const __m512 v = _mm512_set1_ps(*a(q, i));
+      acc[i][0] = _mm512_fmadd_ps(v, b0, acc[i][0]);
+      if (P == 2) acc[i][1] = _mm512_fmadd_ps(v, b1, acc[i][1]);
+    }
+  }
+}
+
+void tile_avx512(bool packed, int64_t kb, const float* a, int64_t lda, const float* Bp,
+                 int64_t h, int64_t w, float alpha, float beta, float* C, int64_t ldc) {
+  __m512 acc[MR][2];
+  const auto pa = [&](int64_t q, int64_t i) { return a + q * MR + i; };
+  const auto ia = [&](int64_t q, int64_t i) { return a + i * lda + q; };
+  if (w > NR)
+    packed ? micro_tile_512<2>(kb, pa, Bp, acc) : micro_tile_512<2>(kb, ia, Bp, acc);
+  else
+    packed ? micro_tile_512<1>(kb, pa, Bp, acc) : micro_tile_512<1>(kb, ia, Bp, acc);
+  // Masked loads and stores keep an edge tile's invalid part away from C.
+  const __mmask16 m0 = w >= NR ? 0xFFFF : (1u << w) - 1;
+  const __mmask16 m1 = w >= 2 * NR ? 0xFFFF : w > NR ? (1u << (w - NR)) - 1 : 0;
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int64_t i = 0; i < h; ++i) {
+    float* c = C + i * ldc;
+    __m512 r0 = _mm512_mul_ps(acc[i][0], va), r1 = _mm512_mul_ps(acc[i][1], va);
+    if (beta != 0.f) {
+      r0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, c), vb, r0);
+      r1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, c + NR), vb, r1);
+    }
+    _mm512_mask_storeu_ps(c, m0, r0);
+    _mm512_mask_storeu_ps(c + NR, m1, r1);
+  }
+}
+
+}  // namespace
+
+FRNN_AVX512_END
+
+void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* A,
+                  int64_t lda, bool packed, const float* Bp, float beta, float* C, int64_t ldc,
+                  bool wide) {
+  if (wide)
+    walk_tiles<2 * NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc, tile_avx512);
+  else
+    walk_tiles<NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc, tile_avx2);
+}
+
+bool compiled() { return true; }
+
+}  // namespace fusedrnn::cpu::sgemm_simd
+
+#else
+
+namespace fusedrnn::cpu::sgemm_simd {
+void pack_a(bool, int64_t, int64_t, const float*, int64_t, float*) {}
+void pack_b(bool, int64_t, int64_t, const float*, int64_t, float*) {}
+void macro_kernel(int64_t, int64_t, int64_t, float, const float*, int64_t, bool, const float*,
+                  float, float*, int64_t, bool) {}
+bool compiled() { return false; }
+}  // namespace fusedrnn::cpu::sgemm_simd
+
+#endif
