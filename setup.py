@@ -51,8 +51,8 @@ def cpu_extensions() -> list:
         link_flags: list[str] = []
     else:
         # -fno-trapping-math lets the compiler if-convert the branch-free selects in the
-        # activations (results are unchanged); no -march: kernels_avx2.cpp targets AVX2+FMA
-        # per function and is selected only on CPUs that report both.
+        # activations (results are unchanged); no -march: kernels_avx2.cpp / kernels_avx512.cpp
+        # and sgemm_simd.cpp target their ISAs per function, selected only on CPUs that have them.
         cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
         link_flags = ["-fopenmp"]
     # FUSEDRNN_TEST_HOOKS=1 (the test build, .ci/run) adds switches that let the tests run

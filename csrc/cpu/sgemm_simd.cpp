@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "kernels.h"
 #include "sgemm.h"
@@ -33,17 +34,31 @@ namespace {
 
 constexpr int64_t MR = kSgemmMR, NR = kSgemmNR;
 
+// f(i) for the rows i = 0..5 of a tile, i a compile-time constant: with the accumulators
+// indexed by constants only, GCC keeps them in registers; indexed by a loop counter (even one
+// it unrolls later) they stayed in memory, stored at every step of the k loop.
+template <class F, size_t... I>
+__attribute__((always_inline)) inline void each(const F& f, std::index_sequence<I...>) {
+  (f(std::integral_constant<int64_t, I>{}), ...);
+}
+template <class F>
+__attribute__((always_inline)) inline void each_row(const F& f) {
+  each(f, std::make_index_sequence<MR>{});
+}
+
 // One tile: C[h, w] = alpha * op(A)[h rows][kb] Bp[kb][w] + beta * C (C not read when
-// beta == 0), h <= 6 and w <= NC. op(A)[i, q] lies at a + q * MR + i when packed, else at
-// a + i * lda + q; Bp is the first of the tile's column panels, each [kb][16].
-using TileFn = void (*)(bool packed, int64_t kb, const float* a, int64_t lda, const float* Bp,
-                        int64_t h, int64_t w, float alpha, float beta, float* c, int64_t ldc);
+// beta == 0), h <= 6 and w <= NC. op(A)[i, q] lies at a + q * MR + i in a packed panel (the
+// PACKED instantiation of a tile function), else at a + i * lda + q; Bp is the first of the
+// tile's column panels, each [kb][16].
+using TileFn = void (*)(int64_t kb, const float* a, int64_t lda, const float* Bp, int64_t h,
+                        int64_t w, float alpha, float beta, float* c, int64_t ldc);
 
 // The walk over the tiles of a [rows, cols] block, in the baseline ISA: a call per tile
 // (6 x 16 x kb multiply-adds or more) costs nothing measurable.
 template <int64_t NC>
 void walk_tiles(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* A, int64_t lda,
-                bool packed, const float* Bp, float beta, float* C, int64_t ldc, TileFn tile) {
+                bool packed, const float* Bp, float beta, float* C, int64_t ldc,
+                TileFn packed_tile, TileFn tile) {
   // Read in place, a last panel of fewer than 6 rows would run past A: it is packed
   // (zero-padded), once for every column panel.
   alignas(64) float edge[MR * kSgemmKC];
@@ -62,8 +77,8 @@ void walk_tiles(int64_t rows, int64_t cols, int64_t kb, float alpha, const float
                          _MM_HINT_T0);
       const bool pk = packed || i0 >= full;
       const float* a = packed ? A + i0 * kb : pk ? edge : A + i0 * lda;
-      tile(pk, kb, a, lda, Bp + j0 * kb, std::min(MR, rows - i0), std::min(NC, cols - j0),
-           alpha, beta, C + i0 * ldc + j0, ldc);
+      (pk ? packed_tile : tile)(kb, a, lda, Bp + j0 * kb, std::min(MR, rows - i0),
+                                std::min(NC, cols - j0), alpha, beta, C + i0 * ldc + j0, ldc);
     }
   }
 }
@@ -80,44 +95,44 @@ namespace {
 template <class AAt>
 inline void micro_tile(int64_t kb, const AAt& a, const float* __restrict Bp,
                        __m256 (&acc)[MR][2]) {
-  for (int64_t i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  each_row([&](auto i) { acc[i][0] = acc[i][1] = _mm256_setzero_ps(); });
 #pragma GCC unroll 4
   for (int64_t q = 0; q < kb; ++q) {
     const __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
-#pragma GCC unroll 6
-    for (int64_t i = 0; i < MR; ++i) {  // fully unrolled: acc lives in registers
+    each_row([&](auto i) {
       const __m256 v = _mm256_broadcast_ss(a(q, i));
       acc[i][0] = _mm256_fmadd_ps(v, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(v, b1, acc[i][1]);
-    }
+    });
     Bp += NR;
   }
 }
 
-void tile_avx2(bool packed, int64_t kb, const float* a, int64_t lda, const float* Bp, int64_t h,
-               int64_t w, float alpha, float beta, float* C, int64_t ldc) {
-  __m256 acc[MR][2];
-  if (packed)
-    micro_tile(kb, [&](int64_t q, int64_t i) { return a + q * MR + i; }, Bp, acc);
-  else
-    micro_tile(kb, [&](int64_t q, int64_t i) { return a + i * lda + q; }, Bp, acc);
-  // An edge tile goes through a buffer: only its valid part reaches C.
-  alignas(32) float tile[MR * NR];
-  const bool full = h == MR && w == NR;
-  float* out = full ? C : tile;
-  const int64_t ldo = full ? ldc : NR;
-  const __m256 va = _mm256_set1_ps(full ? alpha : 1.f), vb = _mm256_set1_ps(beta);
-  for (int64_t i = 0; i < MR; ++i) {
-    float* c = out + i * ldo;
+// acc[6][16] -> C rows: C = alpha * acc + beta * C (C not read when beta == 0).
+inline void store_tile(const __m256 (&acc)[MR][2], float alpha, float beta, float* C,
+                       int64_t ldc) {
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  each_row([&](auto i) {
+    float* c = C + i * ldc;
     __m256 r0 = _mm256_mul_ps(acc[i][0], va), r1 = _mm256_mul_ps(acc[i][1], va);
-    if (full && beta != 0.f) {
+    if (beta != 0.f) {
       r0 = _mm256_fmadd_ps(_mm256_loadu_ps(c), vb, r0);
       r1 = _mm256_fmadd_ps(_mm256_loadu_ps(c + 8), vb, r1);
     }
     _mm256_storeu_ps(c, r0);
     _mm256_storeu_ps(c + 8, r1);
-  }
-  if (full) return;
+  });
+}
+
+template <bool PACKED>
+void tile_avx2(int64_t kb, const float* a, int64_t lda, const float* Bp, int64_t h, int64_t w,
+               float alpha, float beta, float* C, int64_t ldc) {
+  __m256 acc[MR][2];
+  micro_tile(kb, [=](int64_t q, int64_t i) { return PACKED ? a + q * MR + i : a + i * lda + q; },
+             Bp, acc);
+  if (h == MR && w == NR) return store_tile(acc, alpha, beta, C, ldc);
+  alignas(32) float tile[MR * NR];
+  store_tile(acc, 1.f, 0.f, tile, NR);  // edge tile: only its valid part reaches C
   for (int64_t i = 0; i < h; ++i)
     for (int64_t j = 0; j < w; ++j)
       C[i * ldc + j] = beta == 0.f ? alpha * tile[i * NR + j]
@@ -178,35 +193,35 @@ namespace {
 template <int P, class AAt>
 inline void micro_tile_512(int64_t kb, const AAt& a, const float* __restrict Bp,
                            __m512 (&acc)[MR][2]) {
-  for (int64_t i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  each_row([&](auto i) { acc[i][0] = acc[i][1] = _mm512_setzero_ps(); });
   const float* __restrict Bq = Bp + NR * kb;  // the second panel
 #pragma GCC unroll 4
   for (int64_t q = 0; q < kb; ++q) {
     const __m512 b0 = _mm512_loadu_ps(Bp + q * NR);
     const __m512 b1 = P == 2 ? _mm512_loadu_ps(Bq + q * NR) : b0;
-#pragma GCC unroll 6
-    for (int64_t i = 0; i < MR; ++i) {
+    each_row([&](auto i) {
       const __m512 v = _mm512_set1_ps(*a(q, i));
       acc[i][0] = _mm512_fmadd_ps(v, b0, acc[i][0]);
       if (P == 2) acc[i][1] = _mm512_fmadd_ps(v, b1, acc[i][1]);
-    }
+    });
   }
 }
 
-void tile_avx512(bool packed, int64_t kb, const float* a, int64_t lda, const float* Bp,
-                 int64_t h, int64_t w, float alpha, float beta, float* C, int64_t ldc) {
+template <bool PACKED>
+void tile_avx512(int64_t kb, const float* a, int64_t lda, const float* Bp, int64_t h, int64_t w,
+                 float alpha, float beta, float* C, int64_t ldc) {
   __m512 acc[MR][2];
-  const auto pa = [&](int64_t q, int64_t i) { return a + q * MR + i; };
-  const auto ia = [&](int64_t q, int64_t i) { return a + i * lda + q; };
+  const auto at = [=](int64_t q, int64_t i) { return PACKED ? a + q * MR + i : a + i * lda + q; };
   if (w > NR)
-    packed ? micro_tile_512<2>(kb, pa, Bp, acc) : micro_tile_512<2>(kb, ia, Bp, acc);
+    micro_tile_512<2>(kb, at, Bp, acc);
   else
-    packed ? micro_tile_512<1>(kb, pa, Bp, acc) : micro_tile_512<1>(kb, ia, Bp, acc);
+    micro_tile_512<1>(kb, at, Bp, acc);
   // Masked loads and stores keep an edge tile's invalid part away from C.
   const __mmask16 m0 = w >= NR ? 0xFFFF : (1u << w) - 1;
   const __mmask16 m1 = w >= 2 * NR ? 0xFFFF : w > NR ? (1u << (w - NR)) - 1 : 0;
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-  for (int64_t i = 0; i < h; ++i) {
+  each_row([&](auto i) {
+    if (i >= h) return;
     float* c = C + i * ldc;
     __m512 r0 = _mm512_mul_ps(acc[i][0], va), r1 = _mm512_mul_ps(acc[i][1], va);
     if (beta != 0.f) {
@@ -215,7 +230,7 @@ void tile_avx512(bool packed, int64_t kb, const float* a, int64_t lda, const flo
     }
     _mm512_mask_storeu_ps(c, m0, r0);
     _mm512_mask_storeu_ps(c + NR, m1, r1);
-  }
+  });
 }
 
 }  // namespace
@@ -226,9 +241,11 @@ void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const flo
                   int64_t lda, bool packed, const float* Bp, float beta, float* C, int64_t ldc,
                   bool wide) {
   if (wide)
-    walk_tiles<2 * NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc, tile_avx512);
+    walk_tiles<2 * NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc,
+                       tile_avx512<true>, tile_avx512<false>);
   else
-    walk_tiles<NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc, tile_avx2);
+    walk_tiles<NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc, tile_avx2<true>,
+                   tile_avx2<false>);
 }
 
 bool compiled() { return true; }
