@@ -142,22 +142,31 @@ void tile_avx2(int64_t kb, const float* a, int64_t lda, const float* Bp, int64_t
 }  // namespace
 
 void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, float* out) {
+  if (ta) {  // op(A)[i, q] = A[q, i]: each row q of A read once, its values dealt to the panels
+    // (panel by panel, the rows of A, often 4 KiB apart, would contend for a few L1 sets)
+    for (int64_t q = 0; q < kb; ++q) {
+      const float* __restrict a = A + q * lda;
+      // Each row starts a new page, where the hardware prefetchers stop: fetch ahead by hand.
+      if (q + 16 < kb)
+        for (int64_t b = 0; b < rows * 4 + 64; b += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(a + 16 * lda) + b, _MM_HINT_T0);
+      for (int64_t i0 = 0; i0 < rows; i0 += MR) {
+        const int64_t h = std::min(MR, rows - i0);
+        float* __restrict o = out + i0 * kb + q * MR;
+        for (int64_t i = 0; i < MR; ++i) o[i] = i < h ? a[i0 + i] : 0.f;
+      }
+    }
+    return;
+  }
   for (int64_t i0 = 0; i0 < rows; i0 += MR) {
     const int64_t h = std::min(MR, rows - i0);
     float* __restrict o = out + i0 * kb;
-    if (ta) {  // op(A)[i, q] = A[q, i]: six contiguous values per q
-      for (int64_t q = 0; q < kb; ++q) {
-        const float* a = A + q * lda + i0;
-        for (int64_t i = 0; i < MR; ++i) o[q * MR + i] = i < h ? a[i] : 0.f;
-      }
-    } else {
-      for (int64_t i = 0; i < MR; ++i) {
-        const float* __restrict a = A + (i0 + i) * lda;
-        if (i < h)
-          for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = a[q];
-        else
-          for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = 0.f;
-      }
+    for (int64_t i = 0; i < MR; ++i) {
+      const float* __restrict a = A + (i0 + i) * lda;
+      if (i < h)
+        for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = a[q];
+      else
+        for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = 0.f;
     }
   }
 }
