@@ -54,7 +54,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fusedrnn  # noqa: E402
-from bench.measure import cpu_model, fma_gflops_one_core, versions  # noqa: E402
+from bench.measure import cpu_flags, cpu_model, fma_gflops_one_core, versions  # noqa: E402
 from fusedrnn.charlm import config as cfgmod  # noqa: E402
 from fusedrnn.charlm.data import (  # noqa: E402
     Position,
@@ -642,14 +642,17 @@ def main(argv=None) -> None:
     cpu = lscpu()
     mhz = cpuinfo_mhz()
     fma = fma_gflops_one_core()
+    lanes, isa = (16, "AVX-512") if "avx512f" in cpu_flags() else (8, "AVX2")
+    flop_per_cycle = 2 * lanes * 2  # 2 FMA units x lanes x 2 flop per cycle
     if fma is not None:
-        clock, source = fma / 32, "measured: an AVX2 FMA loop (10 chains) on one core, best of 7"
+        clock = fma / flop_per_cycle
+        source = f"measured: an {isa} FMA loop (10 chains) on one core, best of 7"
     else:
         clock, source = (
             (mhz or float("nan")) / 1e3,
             "from the kernel's cpuinfo (no FMA loop possible)",
         )
-    peak_core = 32 * clock  # 2 FMA units x 8 fp32 lanes x 2 flop per cycle
+    peak_core = flop_per_cycle * clock
     print(f"per-core fp32 FMA peak {peak_core:.1f} GFLOP/s ({clock:.2f} GHz, {source})")
     mm = {th: mm_gflops(th) for th in (1, 2)}
 
@@ -714,7 +717,7 @@ def main(argv=None) -> None:
         "load_start": [round(x, 2) for x in load_start],
         "load_end": [round(x, 2) for x in load_end],
         "peak": {
-            "formula": "2 FMA units x 8 fp32 lanes (AVX2) x 2 flop x clock, per core",
+            "formula": f"2 FMA units x {lanes} fp32 lanes ({isa}) x 2 flop x clock, per core",
             "clock_ghz": clock,
             "clock_source": source,
             "cpuinfo_mhz": mhz,
