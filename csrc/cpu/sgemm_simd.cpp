@@ -139,6 +139,20 @@ void tile_avx2(int64_t kb, const float* a, int64_t lda, const float* Bp, int64_t
                                    : alpha * tile[i * NR + j] + beta * C[i * ldc + j];
 }
 
+// out[q * W + j] = src[j * ld + q] for the first `valid` of W rows of src (each contiguous in
+// q), 0 for the others: a panel of op(X) = X^T.
+template <int64_t W>
+void interleave_rows(int64_t valid, int64_t kb, const float* src, int64_t ld,
+                     float* __restrict out) {
+  for (int64_t j = 0; j < W; ++j) {
+    const float* __restrict s = src + j * ld;
+    if (j < valid)
+      for (int64_t q = 0; q < kb; ++q) out[q * W + j] = s[q];
+    else
+      for (int64_t q = 0; q < kb; ++q) out[q * W + j] = 0.f;
+  }
+}
+
 }  // namespace
 
 void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, float* out) {
@@ -158,17 +172,8 @@ void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, floa
     }
     return;
   }
-  for (int64_t i0 = 0; i0 < rows; i0 += MR) {
-    const int64_t h = std::min(MR, rows - i0);
-    float* __restrict o = out + i0 * kb;
-    for (int64_t i = 0; i < MR; ++i) {
-      const float* __restrict a = A + (i0 + i) * lda;
-      if (i < h)
-        for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = a[q];
-      else
-        for (int64_t q = 0; q < kb; ++q) o[q * MR + i] = 0.f;
-    }
-  }
+  for (int64_t i0 = 0; i0 < rows; i0 += MR)
+    interleave_rows<MR>(std::min(MR, rows - i0), kb, A + i0 * lda, lda, out + i0 * kb);
 }
 
 void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, float* out) {
@@ -181,13 +186,7 @@ void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, floa
       for (int64_t q = 0; q < kb; ++q)
         for (int64_t j = 0; j < NR; ++j) o[q * NR + j] = j < w ? B[q * ldb + j0 + j] : 0.f;
     } else {  // op(B)[q, j] = B[j, q]: column j is row j of B, contiguous in q
-      for (int64_t j = 0; j < NR; ++j) {
-        const float* __restrict b = B + (j0 + j) * ldb;
-        if (j < w)
-          for (int64_t q = 0; q < kb; ++q) o[q * NR + j] = b[q];
-        else
-          for (int64_t q = 0; q < kb; ++q) o[q * NR + j] = 0.f;
-      }
+      interleave_rows<NR>(w, kb, B + j0 * ldb, ldb, o);
     }
   }
 }
