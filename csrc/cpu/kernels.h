@@ -6,7 +6,7 @@
 // time, so a wheel built here runs on any x86-64 and still gets 8- or 16-wide vector math
 // where the CPU has it. This header declares
 // only a table of function pointers: no inline code, nothing that could be linked across the
-// two ISA copies.
+// ISA copies.
 #pragma once
 
 #include <cstdint>
@@ -87,8 +87,8 @@ PointwiseKernels<float> make_kernels_f32();
 PointwiseKernels<double> make_kernels_f64();
 }  // namespace avx512
 
-// The table for this CPU: the AVX-512F copy, else the AVX2+FMA one, where both the build and
-// the CPU have it.
+// The table for this CPU: the AVX-512F copy (Intel CPUs), else the AVX2+FMA one, where both the
+// build and the CPU have it (kernels_generic.cpp says why).
 const PointwiseKernels<float>& kernels(float);
 const PointwiseKernels<double>& kernels(double);
 const char* kernel_isa();

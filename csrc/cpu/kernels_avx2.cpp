@@ -1,5 +1,5 @@
 // AVX2+FMA copy of the pointwise kernels, plain cells and variants (used only when the CPU
-// reports AVX2, FMA and F16C but not AVX-512F, see kernels_generic.cpp; kernels_avx512.cpp
+// reports AVX2, FMA and F16C and the AVX-512 copy is not taken, see kernels_generic.cpp; kernels_avx512.cpp
 // compiles the same loops 16 floats wide). Every standard header is included before the target
 // pragma so that only this file's own functions, and the cell math inlined into them, get the
 // wider ISA; the cell math lives in its own inline namespace (FRNN_ISA_NAMESPACE) for the same

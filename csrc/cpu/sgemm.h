@@ -1,6 +1,6 @@
 // Packed float32 GEMM for the CPU backend (BLIS-style blocking around a 6x16 AVX2 register
-// tile, or 6x32 AVX-512 where the CPU has AVX-512F), used instead of the BLAS for float32 when
-// the CPU has AVX2+FMA.
+// tile, or 6x32 AVX-512 where the pointwise kernels are AVX-512: kernels_generic.cpp), used
+// instead of the BLAS for float32 when the CPU has AVX2+FMA.
 //
 //   op(B) is packed into K blocks of kSgemmKC rows, each a run of [kb, 16] column panels
 //   (zero-padded), so that one micro-panel (16 columns x kb) stays in L1 while a block of
@@ -52,8 +52,7 @@ std::atomic<bool>& own_sgemm_enabled();
 // with the other SIMD kernels) and the switch is on.
 bool use_own_sgemm();
 // Test and benchmark switch (default on): the packed kernel takes its AVX-512 tile where the
-// pointwise kernels are the AVX-512F copy (kernel_isa(): the CPU has it, FUSEDRNN_CPU_ISA
-// does not cap it).
+// pointwise kernels are the AVX-512F copy (kernel_isa(), chosen in kernels_generic.cpp).
 std::atomic<bool>& sgemm_avx512_enabled();
 // "avx512f", "avx2+fma", or "" when float32 GEMMs go to the BLAS.
 const char* sgemm_isa();

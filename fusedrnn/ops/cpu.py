@@ -9,10 +9,10 @@ gradients as large GEMMs over all steps and the bias gradients as column sums.
 ``stack_step`` runs one time step of a whole unidirectional stack in one C++ call (sampling).
 
 Float32 GEMMs take the extension's own packed kernel (a 6x16 AVX2 register tile, or 6x32 in
-AVX-512 registers where the CPU has AVX-512F; csrc/cpu/sgemm*) on CPUs with AVX2+FMA; the
+AVX-512 registers on Intel CPUs with AVX-512F; csrc/cpu/sgemm*) on CPUs with AVX2+FMA; the
 pointwise kernels are compiled once per ISA (baseline, AVX2, AVX-512) and chosen at run time
-(``FUSEDRNN_CPU_ISA=generic`` or ``=avx2`` caps the choice); the recurrent weights are packed once per layer call rather
-than once per step. Large temporaries live in per-thread scratch buffers and outputs come from
+(csrc/cpu/kernels_generic.cpp says how; ``FUSEDRNN_CPU_ISA`` overrides it); the recurrent
+weights are packed once per layer call rather than once per step. Large temporaries live in per-thread scratch buffers and outputs come from
 a per-thread pool of released outputs, so that repeated calls of the same shapes (training)
 reuse memory instead of faulting in new pages; :func:`empty_cache` returns it.
 
