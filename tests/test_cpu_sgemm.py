@@ -37,11 +37,13 @@ def own_sgemm(request):
 
     _C._set_own_sgemm(request.param != "")
     _C._set_sgemm_avx512(request.param == "avx512f")
-    if _C.sgemm_isa() != request.param:
-        pytest.skip(f"this CPU or build has no {request.param} packed GEMM")
-    yield request.param
-    _C._set_own_sgemm(True)
-    _C._set_sgemm_avx512(True)
+    try:  # the defaults come back after a skip too
+        if _C.sgemm_isa() != request.param:
+            pytest.skip(f"this CPU or build has no {request.param} packed GEMM")
+        yield request.param
+    finally:
+        _C._set_own_sgemm(True)
+        _C._set_sgemm_avx512(True)
 
 
 def strided(rows, cols, g, pad=3):
