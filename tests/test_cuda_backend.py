@@ -95,9 +95,9 @@ def test_every_kernel_compiles_without_spills():
 # CPU build of the CUDA backend's code
 # --------------------------------------------------------------------------------------------
 # the host_layer fixture: tests/conftest.py
-# every cell, shape and option in float64 / float32 against the reference op (and gradcheck) on
-# this host build: tests/test_conformance.py (backend "cuda-host"); the cases below are the GPU
-# runs, half precision and the grid walks
+# every cell, shape (the launch shapes of GRIDS included) and option in float64 / float32 against
+# the reference op (and gradcheck) on this host build: tests/test_conformance.py (backend
+# "cuda-host"); the cases below are the GPU runs, half precision and the grid walks
 CASES = [  # (cell, proj, bias)
     ("lstm", 0, True),
     ("lstm", 0, False),
@@ -114,19 +114,10 @@ def _case(cell, B=4, T=5, I=3, H=6, proj=0, bias=True, packed=True, reverse=Fals
     return Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, packed=packed, reverse=reverse)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cell,proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_relu", 0)])
 def test_host_walk_matches_reference_low_precision(host_layer, cell, proj, dtype):
     cuda_host.compare(host_layer, _case(cell, proj=proj), dtype)
-
-
-@pytest.mark.parametrize(
-    "B,T,I,H", [(1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 4, 5, 300)], ids=str
-)
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_host_walk_awkward_shapes(host_layer, cell, B, T, I, H):
-    # H = 300: rows * H exceeds one 256-thread block, so the grid has several blocks
-    cuda_host.compare(host_layer, _case(cell, B, T, I, H, packed=False), torch.float64)
 
 
 @pytest.mark.parametrize("cell,proj", [("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
@@ -152,12 +143,6 @@ def test_launch_shape(host_layer):
     assert shape(257, 65535) == (2, 256)
     assert shape(10**9, 65535) == (65535, 256)  # the stride loop covers the rest
     assert shape(1000, 2) == (2, 256)
-
-
-def test_bias_grad_is_column_sum(host_layer):
-    """The two-pass column sum over many rows (several partial chunks) equals torch.sum."""
-    case = _case("rnn_tanh", B=9, T=40, I=2, H=3, packed=False)
-    cuda_host.compare(host_layer, case, torch.float64)
 
 
 # the plain cells; the variants: tests/test_cuda_variants.py
@@ -211,7 +196,7 @@ def test_every_op_holds_device_guard_and_excludes_autocast():
     bindings = (CSRC / "cuda" / "bindings.cpp").read_text()
     assert re.search(r"using Guard = c10::cuda::CUDAGuard;", bindings)
     n_ops = 0
-    for name in ("layer_module.h", "variant_module.h"):
+    for name in ("layer_module.h",):
         src = (CSRC / "cuda" / name).read_text()
         bodies = src.split("m.def(")[1:]
         assert bodies, name
@@ -223,7 +208,7 @@ def test_every_op_holds_device_guard_and_excludes_autocast():
             launch = body.find("Launch launch;")
             assert 0 <= no_autocast < launch and 0 <= guard < launch, (name, op)
             assert body.count("Launch launch;") == 1, (name, op)
-    assert n_ops == 4
+    assert n_ops == 2
 
 
 def test_host_walk_rejects_bad_input(host_layer):

@@ -1,14 +1,14 @@
 // fusedrnn._C_cuda: the CUDA backend's layer op. Built only when torch has CUDA (setup.py).
-// The kernels are plain .cu files behind launchers.h; the time loop is layer_driver.h; the
-// Python functions are layer_module.h, the Launch is launch.h. What is CUDA-specific is only
-// this policy: the current stream of the input's device, and a launch check after every kernel.
+// The kernels are plain .cu files behind launchers.h; the time loops are layer_driver.h and
+// variant_driver.h; the Python functions are layer_module.h, the Launch is launch.h. What is
+// CUDA-specific is only this policy: the current stream of the input's device, and a launch
+// check after every kernel.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "cuda/launch.h"
 #include "cuda/layer_module.h"
-#include "cuda/variant_module.h"
 
 namespace fusedrnn {
 namespace cuda {
@@ -34,5 +34,4 @@ using CudaLaunch = CheckedLaunch<CudaPolicy>;
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn CUDA backend (per-step fused gate kernels, cuBLAS GEMMs)";
   fusedrnn::cuda::bind_layer<fusedrnn::cuda::CudaLaunch>(m);
-  fusedrnn::cuda::bind_variant_layer<fusedrnn::cuda::CudaLaunch>(m);
 }

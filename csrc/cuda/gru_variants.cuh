@@ -5,7 +5,7 @@
 
 #include "cuda/lstm_variants.cuh"  // zone_keep, ln_row_backward
 #include "cuda/rowblock.cuh"
-#include "cuda/variant_launchers.h"
+#include "cuda/launchers.h"
 
 namespace fusedrnn {
 namespace cuda {

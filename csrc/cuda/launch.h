@@ -1,12 +1,11 @@
 // The `Launch` of layer_driver.h and variant_driver.h, one template for the extension
 // (bindings.cpp) and the CPU harness (harness/host_driver.cpp): launch(launcher, args...) calls
-// one launcher of launchers.h / variant_launchers.h as launcher(args..., stream) and hands its
-// status to the policy's check. A Policy provides `Guard` (constructed from the input's device
+// one launcher of launchers.h as launcher(args..., stream) and hands its status to the
+// policy's check. A Policy provides `Guard` (constructed from the input's device
 // before the Launch, see layer_module.h), the member `stream` and static check(cudaError_t).
 #pragma once
 
 #include "cuda/launchers.h"
-#include "cuda/variant_launchers.h"
 
 namespace fusedrnn {
 namespace cuda {

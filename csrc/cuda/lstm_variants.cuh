@@ -6,7 +6,7 @@
 #pragma once
 
 #include "cuda/rowblock.cuh"
-#include "cuda/variant_launchers.h"
+#include "cuda/launchers.h"
 
 namespace fusedrnn {
 namespace cuda {

@@ -3,7 +3,7 @@
 // instantiates it with the CUDA launchers, the test-suite with the host harness
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors.
 //
-// The Launch is layer_driver.h's (launch.h), here with the launchers of variant_launchers.h.
+// The Launch is layer_driver.h's (launch.h), here with the variant launchers of launchers.h.
 //
 // Forward: XP = X W_ih^T for every step; xg = LN_ih(XP) + LN_ih bias + b_ih (ATen, all rows at
 // once: layer norm is per row). Per step t (rows active rows from packed row start):
@@ -26,7 +26,6 @@
 #include <vector>
 
 #include "cuda/layer_driver.h"
-#include "cuda/variant_launchers.h"
 
 namespace fusedrnn {
 namespace cuda {

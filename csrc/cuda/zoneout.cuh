@@ -5,7 +5,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/lstm_variants.cuh"  // zone_keep
-#include "cuda/variant_launchers.h"
+#include "cuda/launchers.h"
 
 namespace fusedrnn {
 namespace cuda {

@@ -113,9 +113,9 @@ def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
 def make_layer(
     backend: str, get_ext: Callable[[], ModuleType], device_type: str = "cuda"
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
-    """The layer op over an extension module with ``layer_forward`` / ``layer_backward`` and
-    ``variant_forward`` / ``variant_backward`` (fusedrnn._C_cuda; the test-suite passes CPU
-    builds of the same drivers)."""
+    """The layer op over an extension module with ``layer_forward`` / ``layer_backward``
+    (fusedrnn._C_cuda, csrc/cuda/layer_module.h; the test-suite passes CPU builds of the same
+    drivers)."""
 
     def forward(a: library.LayerArgs) -> list[Tensor]:
         """Plain: ``[y [N, Hout], h_n, c_n, saved [N, S*H] acc, h_prev [N, Hout], hpre [N, H]]``
@@ -129,16 +129,12 @@ def make_layer(
             device_type=device_type, proj_below_hidden=True, both_biases=not variant, **opts,
         )  # fmt: skip
         x, h0, sizes = a.x, a.h0, _sizes(a.x, a.h0, a.batch_sizes)
-        common = (a.cell, _rows(x), h0.contiguous(), _c(a.c0), _c(a.w_ih), _c(a.w_hh), _c(a.b_ih),
-                  _c(a.b_hh), _c(a.w_hr), sizes, a.reverse)  # fmt: skip
-        if not variant:
-            out = get_ext().layer_forward(*common, a.save)
-        else:
-            lns = (a.ln_ih_w, a.ln_ih_b, a.ln_hh_w, a.ln_hh_b, a.ln_c_w, a.ln_c_b, a.w_ch)
-            out = get_ext().variant_forward(
-                *common, a.cifg, *[_c(t) for t in lns], a.zoneout_h, a.zoneout_c, _rows(a.mask_h),
-                _rows(a.mask_c), LN_EPS, a.save,
-            )  # fmt: skip
+        lns = (a.ln_ih_w, a.ln_ih_b, a.ln_hh_w, a.ln_hh_b, a.ln_c_w, a.ln_c_b, a.w_ch)
+        out = get_ext().layer_forward(
+            a.cell, _rows(x), h0.contiguous(), _c(a.c0), _c(a.w_ih), _c(a.w_hh), _c(a.b_ih),
+            _c(a.b_hh), _c(a.w_hr), sizes, a.reverse, variant, a.cifg, *[_c(t) for t in lns],
+            a.zoneout_h, a.zoneout_c, _rows(a.mask_h), _rows(a.mask_c), LN_EPS, a.save,
+        )  # fmt: skip
         if not a.save:
             out = out[:3]
         return [t if t is not None else x.new_empty(0) for t in out] + [
@@ -174,21 +170,14 @@ def make_layer(
         lstm, sizes = a.cell == "lstm", _sizes(a.x, a.h0, a.batch_sizes)
         dy, dh_n = _or_zeros(grads[0], y), _or_zeros(grads[1], h_n)  # [N, Hout], [B, Hout]
         dc_n = _or_zeros(grads[2], c_n) if lstm else None  # [B, H]
-        if not library.is_variant(a):
-            saved, h_prev, hpre = buffers[3:6]
-            out = get_ext().layer_backward(
-                a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr),
-                a.b_ih is not None, sizes, a.reverse, y, saved if _SAVED_WIDTH[a.cell] else None,
-                h_prev, hpre if a.w_hr is not None else None,
-            )  # fmt: skip
-        else:
-            has = [getattr(a, name) is not None for name in library.GRAD_INPUTS]
-            fwd = [t if t.dim() == 2 else None for t in buffers]  # [0] placeholders -> None
-            out = get_ext().variant_backward(
-                a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr), a.cifg,
-                _c(a.ln_ih_w), _c(a.ln_hh_w), _c(a.ln_c_w), _c(a.w_ch), a.zoneout_h,
-                a.zoneout_c, _rows(a.mask_h), _rows(a.mask_c), has, sizes, a.reverse, LN_EPS, fwd,
-            )  # fmt: skip
+        has = [getattr(a, name) is not None for name in library.GRAD_INPUTS]
+        fwd = [t if t.dim() == 2 else None for t in buffers]  # [0] placeholders -> None
+        out = get_ext().layer_backward(
+            a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr),
+            library.is_variant(a), a.cifg, _c(a.ln_ih_w), _c(a.ln_hh_w), _c(a.ln_c_w), _c(a.w_ch),
+            a.zoneout_h, a.zoneout_c, _rows(a.mask_h), _rows(a.mask_c), has, sizes, a.reverse,
+            LN_EPS, fwd,
+        )  # fmt: skip
         if out[0] is not None:
             out[0] = out[0].view(a.x.shape)  # dx [N, I] -> x's shape
         return out

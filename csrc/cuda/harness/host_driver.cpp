@@ -11,7 +11,6 @@
 #include "cuda/launch.h"
 #include "cuda/layer_module.h"
 #include "cuda/rowblock.cuh"
-#include "cuda/variant_module.h"
 
 namespace fusedrnn {
 namespace cuda {
@@ -95,7 +94,7 @@ struct RowKernelRun {  // row kernels
 }  // namespace cuda
 }  // namespace fusedrnn
 
-// The launchers of launchers.h and variant_launchers.h, exactly as the extension's.
+// The launchers of launchers.h, exactly as the extension's.
 #include "cuda/colsum.cu"
 #include "cuda/gru.cu"
 #include "cuda/gru_variants.cu"
@@ -130,7 +129,6 @@ using HostLaunch = CheckedLaunch<HostPolicy>;
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CPU walk of the fusedrnn CUDA kernels' grids (tests only)";
   fusedrnn::cuda::bind_layer<fusedrnn::cuda::HostLaunch>(m);
-  fusedrnn::cuda::bind_variant_layer<fusedrnn::cuda::HostLaunch>(m);
   m.def(
       "set_grid",
       [](uint32_t max_blocks, bool backwards, uint32_t threads) {
