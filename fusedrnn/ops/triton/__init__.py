@@ -5,13 +5,15 @@ the kernels are first loaded. Importing this package imports neither triton nor 
 GPU runtime; :func:`layer` loads the kernels on first use.
 
 Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
-backward), :mod:`.common` (the shared backward state-gradient helper),
+backward), :mod:`.common` (the shared backward state-gradient helper, step visiting order
+and forward buffers),
 :mod:`.step` (the step kernels of every cell and their launchers: one cooperative launch
 whose programs meet at a grid barrier between steps, :mod:`.sync`, or a launch per step),
 :mod:`.persistent` (whole-sequence kernels for small H, and the choice of path), :mod:`.layer_op` (the one op:
 input GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
 shipped block configurations), :mod:`.runtime` (the guarded launcher, device guard,
-launch accounting, debug poisoning), :mod:`.variants` (the op's layer norm / zoneout /
+launch accounting, debug poisoning, the plan of a layer's steps and its host-side row and buffer
+helpers), :mod:`.variants` (the op's layer norm / zoneout /
 peephole / CIFG branch; its step kernels in :mod:`.lstm_variants` / :mod:`.gru_variants`,
 whole-row helpers in :mod:`.rowwise`).
 

@@ -1,4 +1,4 @@
-"""Triton helpers shared by the step kernels of every cell.
+"""Helpers shared by the kernels of every cell (per-step, persistent, variant) and launchers.
 
 State-history layout (all step kernels): ``Hs [T+1, B, Hout]`` holds every
 hidden state; the forward direction reads slot t and writes slot t+1, the reverse
@@ -69,6 +69,23 @@ def state_grad(
         dy = packed_ptrs(dy_ptr, y_row0, rows, cols, HOUT)
         total += tl.load(dy, mask=act[:, None] & cmask[None, :], other=0.0).to(acc_ty)
     return total
+
+
+@triton.jit
+def visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
+    """The s-th step visited: its time index, the Hs/Cs slots it reads and writes (the forward
+    direction reads slot t and writes t+1, the reverse one reads t+1 and writes t; the
+    backward visits the forward's order reversed), its first row in x / y and its active
+    rows (from the ``[T, 2]`` steps table)."""
+    if REVERSE == BACKWARD:
+        t = s
+    else:
+        t = T - 1 - s
+    row0 = tl.load(steps_ptr + 2 * t)
+    rows = tl.load(steps_ptr + 2 * t + 1)
+    if REVERSE:
+        return t, t + 1, t, row0, rows
+    return t, t, t + 1, row0, rows
 
 
 def forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save) -> list:

@@ -22,7 +22,8 @@ Backward, from the running state gradient (:mod:`.common`)::
 
 from __future__ import annotations
 
-import torch
+import functools
+
 import triton.language as tl
 from torch import Tensor
 
@@ -201,12 +202,8 @@ def _gru_variant_fwd(
     """Returns ``[Hs [T+1,B,H], gates [T,B,4H], shat [T,B,3H], rstd [T,B], y [N,H]]``
     (empty where unused)."""
     T, B, H = plan.T, plan.B, w_hh.shape[1]
-    dt, dev = xg.dtype, xg.device
     ln = ln_hh_w is not None
-
-    def buf(*shape: int, on: bool = True) -> Tensor:
-        return runtime.empty(*shape, dtype=dt, device=dev) if on else xg.new_empty(0)
-
+    buf = functools.partial(runtime.buffer, xg)
     hs = buf(T + 1, B, H)
     hs[plan.first_slot] = h0
     out = [hs, buf(T, B, 4 * H), buf(T, B, 3 * H, on=ln), buf(T, B, on=ln),
@@ -219,7 +216,7 @@ def _gru_variant_fwd(
             s.row0, s.rows, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H, s.t * B * 3 * H,
             s.t * B, B, H,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, ZONE_H=zone_h, WRITE_Y=packed,
-            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
+            PRECISION=runtime.dot_precision(xg.dtype), **cfg.launch_kwargs(),
         )  # fmt: skip
     return out
 
@@ -239,12 +236,10 @@ def _gru_variant_bwd(
     ``dh0 [B,H]``; zero in rows a packed step did not compute."""
     hs, gates, shat, rstd, y = buffers
     T, B, H = plan.T, plan.B, w_hh.shape[1]
-    dt, dev = w_hh.dtype, w_hh.device
     ln = ln_hh_w is not None
-    dgx = runtime.empty(T, B, 3 * H, dtype=dt, device=dev)
-    dgs = runtime.empty(T, B, 3 * H, dtype=dt, device=dev)
-    ds = runtime.empty(T, B, 3 * H, dtype=dt, device=dev) if ln else dgs
-    dh = torch.zeros(B, H, dtype=dt, device=dev)
+    dgx, dgs = runtime.buffer(w_hh, T, B, 3 * H), runtime.buffer(w_hh, T, B, 3 * H)
+    ds = runtime.buffer(w_hh, T, B, 3 * H) if ln else dgs
+    dh = w_hh.new_zeros(B, H)
     cfg = pick_variant_config(B)
     for s, rows_prev, t_prev in plan.backward():
         runtime.launch(
@@ -254,7 +249,7 @@ def _gru_variant_bwd(
             s.row0, s.rows, rows_prev, s.slot_r * B * H, s.slot_w * B * H, s.t * B * 4 * H,
             s.t * B * 3 * H, t_prev * B * 3 * H, s.t * B, B, H,
             LAYER_NORM=ln, ZONE_H=zone_h, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
+            PRECISION=runtime.dot_precision(w_hh.dtype), **cfg.launch_kwargs(),
         )  # fmt: skip
     finish_state_grad(dh, ds, w_hh, dhs, plan)
     return dgx, dgs, ds, dh

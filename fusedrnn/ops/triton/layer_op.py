@@ -13,11 +13,11 @@ where ``dG_x = dG_h = dG`` except for the GRU (its ``n`` gate's recurrent part i
 scaled by ``r``), ``h_prev`` is a view of the state history and the sums are
 deterministic reductions (no atomics).
 
-With a variant option on, each of the op's functions hands over to :mod:`.variants`. Registered
-by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::triton_layer_fwd`` / ``_bwd``.
-With ``save=False`` (no backward can follow) the torch.nn cells' kernels skip the saved gates
-(``WRITE_GATES``); the state histories are the outputs and are always written. The variant
-kernels still write their saved activations.
+With a variant option on, the forward, its fake and the backward hand over to :mod:`.variants`
+(:func:`unpack` serves both). Registered by :func:`fusedrnn.ops.library.define_layer` as
+``fusedrnn::triton_layer_fwd`` / ``_bwd``. With ``save=False`` (no backward can follow) the
+torch.nn cells' kernels skip the saved gates (``WRITE_GATES``); the state histories are the
+outputs and are always written. The variant kernels still write their saved activations.
 """
 
 from __future__ import annotations
@@ -27,17 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import library
-from ..checks import GATES, check_layer
+from ..checks import check_layer, gate_count
 from . import runtime, variants
 from .persistent import choose_path, persistent_bwd, persistent_fwd
 from .step import step_bwd, step_fwd
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
-    seq_len = batch_sizes.numel() if batch_sizes is not None else x.shape[0]
-    return runtime.Plan(batch_sizes, seq_len, h0.shape[0], reverse)
 
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
@@ -52,9 +47,8 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
              save) -> list[Tensor]:  # fmt: skip
     packed = batch_sizes is not None
-    plan = _plan(x, h0, batch_sizes, reverse)
-    flat_x = x if packed else x.reshape(-1, x.shape[-1])
-    xg = F.linear(flat_x, w_ih, b_ih)  # [N, G*H]: one GEMM for every step
+    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
+    xg = F.linear(runtime.flat_rows(x, packed), w_ih, b_ih)  # [N, G*H]: one GEMM for every step
     w_hh = w_hh.contiguous()
     b_hh = b_hh.contiguous() if b_hh is not None else None
     h0 = h0.contiguous()
@@ -68,13 +62,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
-    if library.is_variant(a):
-        return variants.fake_forward(a)
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
     T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
     B, Hout = h0.shape
-    GH = w_hh.shape[0]
-    H = GH // GATES[cell]
+    H = w_hh.shape[0] // gate_count(cell, a.cifg)
+    if library.is_variant(a):
+        return variants.fake_forward(a, T, B, Hout, H)
     acc = runtime.acc_dtype(x.dtype)
     hs = x.new_empty(T + 1, B, Hout)
     y = x.new_empty(x.shape[0], Hout) if batch_sizes is not None else x.new_empty(0)
@@ -88,15 +81,16 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
 
 
 def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(y, h_n, c_n)`` as views of the state histories."""
-    if library.is_variant(a):
-        return variants.unpack(a, buffers)
-    hs, cs, _, _, y = buffers
+    """``(y, h_n, c_n)`` as views of the state histories. Every cell's buffers begin with
+    ``Hs``, the LSTM's with ``Hs, Cs``; the packed ``y`` is the fifth buffer but the ninth of
+    the variant LSTM (see :func:`.variants.forward`)."""
+    hs = buffers[0]
     T = hs.shape[0] - 1
     last = 0 if a.reverse else T
+    y = buffers[8 if a.cell == "lstm" and library.is_variant(a) else 4]
     if a.batch_sizes is None:
         y = hs[:T] if a.reverse else hs[1:]
-    c_n = cs[last].to(a.h0.dtype) if a.cell == "lstm" else None
+    c_n = buffers[1][last].to(a.h0.dtype) if a.cell == "lstm" else None
     return y, hs[last], c_n
 
 
@@ -111,11 +105,9 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]
 def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
               grads, needs):  # fmt: skip
     hs, cs, gates, m, y = buffers
-    # autograd may hand over expanded or strided gradients; the kernels index densely
-    # (and zeros for the empty placeholder buffers)
-    dhs, dcs, _, _, dy = (g.contiguous() if g is not None and g.numel() else None for g in grads)
+    dhs, dcs, _, _, dy = runtime.dense_grads(grads)
     packed = batch_sizes is not None
-    plan = _plan(x, h0, batch_sizes, reverse)
+    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     w_hh = w_hh.contiguous()
     dht = None
@@ -126,19 +118,16 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
         w_hr = w_hr.contiguous() if w_hr is not None else None
         dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan,
                                            path == "cooperative")  # fmt: skip
-    GH = dgx.shape[-1]
     acc = dh0.dtype
-    dgx_flat = dgx.view(T * B, GH)
-    dxg = runtime.packed_rows(dgx.view(T, B, GH), plan) if packed else dgx_flat
-    flat_x = x if packed else x.reshape(-1, x.shape[-1])
-    dgh_flat = dgh.view(T * B, GH)
-    h_prev = (hs[1:] if reverse else hs[:T]).reshape(T * B, -1)
+    dxg = runtime.input_grad_rows(dgx, plan, packed)
+    dgh_flat = dgh.view(T * B, dgh.shape[-1])
+    h_prev = runtime.prev_states(hs, plan).reshape(T * B, -1)
     n_x, n_h0, n_c0, n_wih, n_whh, n_bih, n_bhh, n_whr = needs
     return [
         (dxg @ w_ih).view(x.shape) if n_x else None,
         dh0.to(h0.dtype) if n_h0 else None,
         dc0.to(h0.dtype) if n_c0 and dc0 is not None else None,
-        dxg.t() @ flat_x if n_wih else None,
+        dxg.t() @ runtime.flat_rows(x, packed) if n_wih else None,
         dgh_flat.t() @ h_prev if n_whh else None,
         dxg.sum(0, dtype=acc).to(x.dtype) if n_bih else None,
         dgh_flat.sum(0, dtype=acc).to(x.dtype) if n_bhh else None,

@@ -32,7 +32,8 @@ sums over all steps afterwards (:mod:`.variants`).
 
 from __future__ import annotations
 
-import torch
+import functools
+
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -472,12 +473,8 @@ def _lstm_variant_fwd(
     T, B = plan.T, plan.B
     GH, Hout = w_hh.shape
     H = GH // (3 if cifg else 4)
-    dt, dev = xg.dtype, xg.device
     ln, proj = ln_hh_w is not None, w_hr is not None
-
-    def buf(*shape: int, on: bool = True) -> Tensor:
-        return runtime.empty(*shape, dtype=dt, device=dev) if on else xg.new_empty(0)
-
+    buf = functools.partial(runtime.buffer, xg)
     hs, cs = buf(T + 1, B, Hout), buf(T + 1, B, H)
     hs[plan.first_slot] = h0
     cs[plan.first_slot] = c0
@@ -493,7 +490,7 @@ def _lstm_variant_fwd(
             s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, s.t * B * H, s.t * B * 2, B, H, Hout,
             HAS_BIAS=bias is not None, LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
             PROJ=proj, ZONE_H=zone[0], ZONE_C=zone[1], WRITE_Y=packed,
-            PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
+            PRECISION=runtime.dot_precision(xg.dtype), **cfg.launch_kwargs(),
         )  # fmt: skip
     return out
 
@@ -523,14 +520,11 @@ def _lstm_variant_bwd(
     T, B = plan.T, plan.B
     GH, Hout = w_hh.shape
     H = GH // (3 if cifg else 4)
-    dt, dev = w_hh.dtype, w_hh.device
     ln, proj = ln_hh_w is not None, w_hr is not None
-    dg = runtime.empty(T, B, GH, dtype=dt, device=dev)
-    ds = runtime.empty(T, B, GH, dtype=dt, device=dev) if ln else dg
-    dht = runtime.empty(T, B, Hout, dtype=dt, device=dev)
-    dl = runtime.empty(T, B, H, dtype=dt, device=dev)
-    dh = torch.zeros(B, Hout, dtype=dt, device=dev)
-    dc = torch.zeros(B, H, dtype=dt, device=dev)
+    dg = runtime.buffer(w_hh, T, B, GH)
+    ds = runtime.buffer(w_hh, T, B, GH) if ln else dg
+    dht, dl = runtime.buffer(w_hh, T, B, Hout), runtime.buffer(w_hh, T, B, H)
+    dh, dc = w_hh.new_zeros(B, Hout), w_hh.new_zeros(B, H)
     cfg = pick_variant_config(B)
     for s, rows_prev, t_prev in plan.backward():
         runtime.launch(
@@ -543,7 +537,8 @@ def _lstm_variant_bwd(
             s.t * B * 2, B, H, Hout,
             LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg, PROJ=proj, ZONE_H=zone[0],
             ZONE_C=zone[1], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-            HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt), **cfg.launch_kwargs(),
+            HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(w_hh.dtype),
+            **cfg.launch_kwargs(),
         )  # fmt: skip
     finish_state_grad(dh, ds, w_hh, dhs, plan)
     if dcs is not None:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import runtime
 from .cellmath import CELL_CODE, gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
-from .common import forward_buffers, steps_table
+from .common import forward_buffers, steps_table, visit
 from .configs import PersistentConfig, pick_persistent_config
 from .sync import counter_fits
 from .tiles import kernel_jit, load_gates, packed_ptrs, store_gates
@@ -122,14 +122,8 @@ def _persistent_fwd_kernel(
         c = tl.load(cs_ptr + first * B * H + state, mask=mask2, other=0.0)
 
     for s in range(T):
-        if REVERSE:
-            t = T - 1 - s
-            slot = t
-        else:
-            t = s
-            slot = t + 1
-        row0 = tl.load(steps_ptr + 2 * t)
-        act = rows < tl.load(steps_ptr + 2 * t + 1)
+        t, _, slot, row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
+        act = rows < rows_active
         a = act[:, None]
         xg = packed_ptrs(xg_ptr, row0, rows, units, G * H)
         amask = a & umask[None, :]
@@ -204,16 +198,8 @@ def _persistent_bwd_kernel(
     dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)  # carried state gradient
     dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     for s in range(T):
-        if REVERSE:
-            t = s
-            slot_r = t + 1
-            slot_w = t
-        else:
-            t = T - 1 - s
-            slot_r = t
-            slot_w = t + 1
-        row0 = tl.load(steps_ptr + 2 * t)
-        act = rows < tl.load(steps_ptr + 2 * t + 1)
+        t, slot_r, slot_w, row0, rows_active = visit(s, T, steps_ptr, REVERSE, True)
+        act = rows < rows_active
         a = act[:, None]
         total = dh
         if HAS_DHS:
@@ -359,14 +345,14 @@ def persistent_fwd(
 ) -> list[Tensor]:
     """One launch for the sequence; the same buffers as the per-step launchers."""
     T, B, H = plan.T, plan.B, w_hh.shape[1]
-    lstm, write = cell == "lstm", cell in ("lstm", "gru") and save
+    write = cell in ("lstm", "gru") and save
     out = forward_buffers(cell, xg, h0, c0, H, False, plan, packed, save)
     hs, cs, gates, _, y = out
     params = _launch_params(cell, w_hh)
     runtime.launch(
         _persistent_fwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
-        xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-        gates if write else hs, y if packed else hs, steps_table(plan, xg.device), T, B, H,
+        xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs),
+        gates if write else hs, *runtime.given(hs, y), steps_table(plan, xg.device), T, B, H,
         HAS_BIAS=b_hh is not None, REVERSE=plan.reverse, WRITE_Y=packed, WRITE_GATES=write,
         **params,
     )  # fmt: skip
@@ -387,17 +373,16 @@ def persistent_bwd(
     """One launch; returns ``dG_x``, ``dG_h`` [T,B,G*H], ``dh0`` and ``dc0`` (LSTM)."""
     T, B, H = plan.T, plan.B, w_hh.shape[1]
     GH = w_hh.shape[0]
-    dt, dev, acc = w_hh.dtype, w_hh.device, runtime.acc_dtype(w_hh.dtype)
-    dgx = runtime.empty(T, B, GH, dtype=dt, device=dev)
-    dgh = runtime.empty(T, B, GH, dtype=dt, device=dev) if cell == "gru" else dgx
+    dev, acc = w_hh.device, runtime.acc_dtype(w_hh.dtype)
+    dgx = runtime.buffer(w_hh, T, B, GH)
+    dgh = runtime.buffer(w_hh, T, B, GH) if cell == "gru" else dgx
     dh0 = runtime.empty(B, H, dtype=acc, device=dev)
     dc0 = runtime.empty(B, H, dtype=acc, device=dev) if cell == "lstm" else None
     params = _launch_params(cell, w_hh)
     runtime.launch(
         _persistent_bwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
-        dgx, dgh, w_hh, hs, cs if cs.numel() else hs, gates if gates.numel() else hs,
-        dhs if dhs is not None else hs, dy if dy is not None else hs,
-        dcs if dcs is not None else dh0, dh0, dc0 if dc0 is not None else dh0,
+        dgx, dgh, w_hh, hs, *runtime.given(hs, cs, gates, dhs, dy), *runtime.given(dh0, dcs),
+        dh0, *runtime.given(dh0, dc0),
         steps_table(plan, dev), T, B, H,
         REVERSE=plan.reverse, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
         HAS_DCS=dcs is not None, **params,

@@ -132,6 +132,12 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def buffer(like: torch.Tensor, *shape: int, on: bool = True) -> torch.Tensor:
+    """:func:`empty` in ``like``'s dtype and on its device, or an empty placeholder when not
+    ``on`` (a buffer the kernels do not use)."""
+    return empty(*shape, dtype=like.dtype, device=like.device) if on else like.new_empty(0)
+
+
 def given(placeholder: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor]:
     """The tensors, ``placeholder`` for each absent one (None or empty): a kernel reads those
     only under a flag that is off, but every pointer argument needs a tensor."""
@@ -193,6 +199,36 @@ class Plan:
         for s in reversed(self.steps):
             yield s, rows_prev, t_prev
             rows_prev, t_prev = s.rows, s.t
+
+
+def layer_plan(x, h0, batch_sizes, reverse) -> Plan:
+    """The plan of a layer op's ``x`` ([T, B, I], or [N, I] with ``batch_sizes``) and ``h0``."""
+    seq_len = batch_sizes.numel() if batch_sizes is not None else x.shape[0]
+    return Plan(batch_sizes, seq_len, h0.shape[0], reverse)
+
+
+def flat_rows(t: torch.Tensor, packed: bool) -> torch.Tensor:
+    """``[T, B, K]`` as ``[T*B, K]`` rows (packed ``[N, K]`` already is)."""
+    return t if packed else t.reshape(-1, t.shape[-1])
+
+
+def prev_states(hs: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """The ``[T, B, K]`` view of a state history ``[T+1, B, K]`` that holds the state each
+    step read (slot t forward, slot t+1 reverse), for the weight-gradient GEMMs."""
+    return hs[1:] if plan.reverse else hs[: plan.T]
+
+
+def dense_grads(grads) -> list[torch.Tensor | None]:
+    """The op's incoming gradients made contiguous (autograd may hand over expanded or
+    strided ones; the kernels index densely), None for absent ones and for those of the
+    empty placeholder buffers."""
+    return [g.contiguous() if g is not None and g.numel() else None for g in grads]
+
+
+def input_grad_rows(dg: torch.Tensor, plan: Plan, packed: bool) -> torch.Tensor:
+    """The gate gradients ``dG [T, B, GH]`` of the rows the input projection produced:
+    ``[N, GH]`` packed rows, or all ``[T*B, GH]``."""
+    return packed_rows(dg, plan) if packed else dg.view(plan.T * plan.B, dg.shape[-1])
 
 
 def packed_rows(dense: torch.Tensor, plan: Plan) -> torch.Tensor:

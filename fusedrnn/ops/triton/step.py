@@ -59,7 +59,7 @@ from .cellmath import (
     rnn_bwd,
     rnn_fwd,
 )
-from .common import finish_state_grad, forward_buffers, state_grad, steps_table
+from .common import finish_state_grad, forward_buffers, state_grad, steps_table, visit
 from .configs import pick_cooperative_config, pick_step_config
 from .sync import cooperative_grid, grid_barrier
 from .tiles import (
@@ -74,23 +74,6 @@ from .tiles import (
     store_state,
     tile_ptrs,
 )
-
-
-@triton.jit
-def _visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
-    """The s-th step visited: its time index, the Hs/Cs slots it reads and writes (the forward
-    direction reads slot t and writes t+1, the reverse one reads t+1 and writes t; the
-    backward visits the forward's order reversed), its first row in x / y and its active
-    rows (from the ``[T, 2]`` steps table)."""
-    if REVERSE == BACKWARD:
-        t = s
-    else:
-        t = T - 1 - s
-    row0 = tl.load(steps_ptr + 2 * t)
-    rows = tl.load(steps_ptr + 2 * t + 1)
-    if REVERSE:
-        return t, t + 1, t, row0, rows
-    return t, t, t + 1, row0, rows
 
 
 @triton.jit
@@ -150,7 +133,7 @@ def _step_fwd_kernel(
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
-        t, slot_r, slot_w, xg_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, False)
+        t, slot_r, slot_w, xg_row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
         for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
@@ -257,7 +240,7 @@ def _step_bwd_kernel(
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
-        t, slot_r, slot_w, y_row0, rows_active = _visit(s, T, steps_ptr, REVERSE, True)
+        t, slot_r, slot_w, y_row0, rows_active = visit(s, T, steps_ptr, REVERSE, True)
         # the step processed just before (the next one in time): none for the first
         t_prev = t - 1 if REVERSE else t + 1
         rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
@@ -407,16 +390,15 @@ def step_fwd(
     (:func:`.common.forward_buffers`)."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     dt = xg.dtype
-    lstm, gated, proj = cell == "lstm", cell in ("lstm", "gru"), w_hr is not None
+    gated, proj = cell in ("lstm", "gru"), w_hr is not None
     out = forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save)
     hs, cs, gates, m, y = out
     cfg = pick_step_config(B, H)
     if cooperative:
         cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), False, proj)
     # hs stands for the buffers the cell has not (its kernel never reads them)
-    tensors = (xg, w_hh, b_hh if b_hh is not None else xg, hs, cs if lstm else hs,
-               gates if gated else hs, *runtime.given(hs, m, w_hr),
-               y if packed else hs)  # fmt: skip
+    tensors = (xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs),
+               gates if gated else hs, *runtime.given(hs, m, w_hr, y))  # fmt: skip
     _launch_steps(
         _step_fwd_kernel, tensors, (B, H, Hout),
         dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt), CELL=CELL_CODE[cell],
@@ -447,11 +429,11 @@ def step_bwd(
     H = GH // GATES[cell]
     dt, dev, acc = w_hh.dtype, w_hh.device, runtime.acc_dtype(w_hh.dtype)
     lstm, proj = cell == "lstm", w_hr is not None
-    dgx = runtime.empty(T, B, GH, dtype=dt, device=dev)
-    dgh = runtime.empty(T, B, GH, dtype=dt, device=dev) if cell == "gru" else dgx
+    dgx = runtime.buffer(w_hh, T, B, GH)
+    dgh = runtime.buffer(w_hh, T, B, GH) if cell == "gru" else dgx
     dh = torch.zeros(B, Hout, dtype=acc, device=dev)
     dc = torch.zeros(B, H, dtype=acc, device=dev) if lstm else None
-    dht = runtime.empty(T, B, Hout, dtype=dt, device=dev) if proj else None
+    dht = runtime.buffer(w_hh, T, B, Hout) if proj else None
     cfg = pick_step_config(B, H)
     if cooperative:
         cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), backward=True)

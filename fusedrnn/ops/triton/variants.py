@@ -25,29 +25,19 @@ float64; the op computes half-precision inputs in float32.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ...variants import LN_EPS
 from .. import library
-from ..checks import check_layer, gate_count
+from ..checks import check_layer
 from ..library import GRAD_INPUTS
 from . import runtime
 
 DTYPES = (torch.float32, torch.float64)
-
-
-def _plan(x, h0, batch_sizes, reverse) -> runtime.Plan:
-    seq_len = batch_sizes.numel() if batch_sizes is not None else x.shape[0]
-    return runtime.Plan(batch_sizes, seq_len, h0.shape[0], reverse)
-
-
-def _flat(t: Tensor | None, packed: bool) -> Tensor | None:
-    """[T, B, K] -> [T*B, K] contiguous (packed [N, K] stays)."""
-    if t is None:
-        return None
-    return (t if packed else t.reshape(-1, t.shape[-1])).contiguous()
 
 
 def _zone_mode(mask: Tensor | None, p: float) -> int:
@@ -55,13 +45,26 @@ def _zone_mode(mask: Tensor | None, p: float) -> int:
     return 1 if mask is not None else (2 if p > 0 else 0)
 
 
-def _contig(*ts: Tensor | None) -> list[Tensor | None]:
-    return [t.contiguous() if t is not None else None for t in ts]
-
-
 def _sum_bias(*ts: Tensor | None) -> Tensor | None:
     present = [t for t in ts if t is not None]
     return None if not present else sum(present[1:], present[0]).contiguous()
+
+
+def _kernel_inputs(a: library.LayerArgs, packed: bool) -> tuple:
+    """What both directions' kernels read besides the states: ``w_hh, ln_hh_w, ln_c_w,
+    ln_c_b`` (zeros when only the gain is given), ``w_ch, w_hr`` contiguous, the zoneout masks
+    as rows, their modes and ``par`` (:func:`_params`)."""
+    ln_c_b = a.ln_c_b
+    if a.ln_c_w is not None and ln_c_b is None:
+        ln_c_b = torch.zeros_like(a.ln_c_w)
+    weights = (a.w_hh, a.ln_hh_w, a.ln_c_w, ln_c_b, a.w_ch, a.w_hr)
+    weights = [t.contiguous() if t is not None else None for t in weights]
+    masks = [
+        runtime.flat_rows(m, packed).contiguous() if m is not None else None
+        for m in (a.mask_h, a.mask_c)
+    ]
+    zone = (_zone_mode(a.mask_h, a.zoneout_h), _zone_mode(a.mask_c, a.zoneout_c))
+    return *weights, *masks, zone, _params(a.x, a.zoneout_h, a.zoneout_c)
 
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
@@ -78,12 +81,10 @@ def _forward(a: library.LayerArgs) -> list[Tensor]:
     from .lstm_variants import _lstm_variant_fwd
 
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
-    ln_ih_w, ln_hh_w, ln_c_w, ln_c_b, w_ch = a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.ln_c_b, a.w_ch
-    mask_h, mask_c = a.mask_h, a.mask_c
     packed = batch_sizes is not None
-    plan = _plan(x, h0, batch_sizes, reverse)
-    flat_x = x if packed else x.reshape(-1, x.shape[-1])
-    if ln_ih_w is None:
+    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
+    flat_x = runtime.flat_rows(x, packed)
+    if a.ln_ih_w is None:
         xg = F.linear(flat_x, w_ih, b_ih)  # [N, G*H]: one GEMM for every step
         uhat, rstd_u = x.new_empty(0), x.new_empty(0)
     else:
@@ -91,40 +92,30 @@ def _forward(a: library.LayerArgs) -> list[Tensor]:
         mean = u.mean(-1, keepdim=True)
         rstd_u = torch.rsqrt((u - mean).square().mean(-1, keepdim=True) + LN_EPS)
         uhat = (u - mean) * rstd_u
-        xg = uhat * ln_ih_w
+        xg = uhat * a.ln_ih_w
         for b in (a.ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
     xg = xg.contiguous()
-    par = _params(x, a.zoneout_h, a.zoneout_c)
-    w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, h0, ln_hh_w, ln_c_w, w_ch, w_hr)
+    w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mh, mc, zone, par = _kernel_inputs(a, packed)
     bias = _sum_bias(b_hh, a.ln_hh_b)
-    mh = _flat(mask_h, packed)
-    zh = _zone_mode(mask_h, a.zoneout_h)
+    h0 = h0.contiguous()
     if cell == "gru":
-        out = _gru_variant_fwd(xg, h0, w_hh, bias, ln_hh_w, mh, par, zh, plan, packed)
+        out = _gru_variant_fwd(xg, h0, w_hh, bias, ln_hh_w, mh, par, zone[0], plan, packed)
     else:
-        if ln_c_w is not None and ln_c_b is None:
-            ln_c_b = torch.zeros_like(ln_c_w)
-        zone = (zh, _zone_mode(mask_c, a.zoneout_c))
         out = _lstm_variant_fwd(
-            xg, h0, c0.contiguous(), w_hh, bias, ln_hh_w, ln_c_w, _contig(ln_c_b)[0], w_ch, w_hr,
-            mh, _flat(mask_c, packed), par, zone, a.cifg, plan, packed,
+            xg, h0, c0.contiguous(), w_hh, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mh, mc, par,
+            zone, a.cifg, plan, packed,
         )  # fmt: skip
     return [*out, uhat, rstd_u]
 
 
-def fake_forward(a: library.LayerArgs) -> list[Tensor]:
-    x, h0, batch_sizes = a.x, a.h0, a.batch_sizes
-    T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
+def fake_forward(a: library.LayerArgs, T: int, B: int, Hout: int, H: int) -> list[Tensor]:
+    """:func:`forward`'s buffers (sizes from :func:`.layer_op.fake_forward`)."""
+    x, batch_sizes = a.x, a.batch_sizes
     N = x.shape[0] if batch_sizes is not None else T * x.shape[1]
-    B, Hout = h0.shape
     GH = a.w_hh.shape[0]
-    H = GH // gate_count(a.cell, a.cifg)
     ln, packed = a.ln_ih_w is not None, batch_sizes is not None
-
-    def buf(*shape: int, on: bool = True) -> Tensor:
-        return x.new_empty(*shape) if on else x.new_empty(0)
-
+    buf = functools.partial(runtime.buffer, x)
     tail = [buf(N, GH, on=ln), buf(N, 1, on=ln)]
     y = buf(x.shape[0], Hout, on=packed)
     if a.cell == "gru":
@@ -133,17 +124,6 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     return [buf(T + 1, B, Hout), buf(T + 1, B, H), buf(T, B, 4 * H), buf(T, B, H),
             buf(T, B, GH, on=ln), buf(T, B, H, on=ln), buf(T, B, 2, on=ln),
             buf(T, B, H, on=a.w_hr is not None), y, *tail]  # fmt: skip
-
-
-def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(y, h_n, c_n)`` as views of the state histories."""
-    hs = buffers[0]
-    T = hs.shape[0] - 1
-    last = 0 if a.reverse else T
-    y = buffers[4 if a.cell == "gru" else 8]
-    if a.batch_sizes is None:
-        y = hs[:T] if a.reverse else hs[1:]
-    return y, hs[last], buffers[1][last] if a.cell == "lstm" else None
 
 
 def _params(x: Tensor, zoneout_h: float, zoneout_c: float) -> Tensor:
@@ -174,33 +154,27 @@ def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None
     from .lstm_variants import _lstm_variant_bwd
 
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
-    ln_ih_w, ln_hh_w, ln_c_w, ln_c_b = a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.ln_c_b
-    w_ch, mask_h, mask_c, cifg = a.w_ch, a.mask_h, a.mask_c, a.cifg
-
-    # autograd may hand over expanded or strided gradients; the kernels index densely
-    grads = [g.contiguous() if g is not None and g.numel() else None for g in grads]
+    cifg, ln_ih_w = a.cifg, a.ln_ih_w
+    grads = runtime.dense_grads(grads)
     packed = batch_sizes is not None
-    plan = _plan(x, h0, batch_sizes, reverse)
+    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     GH, Hout = w_hh.shape
-    par = _params(x, a.zoneout_h, a.zoneout_c)
-    w_hh, ln_hh_w, ln_c_w, w_ch, w_hr = _contig(w_hh, ln_hh_w, ln_c_w, w_ch, w_hr)
-    mh = _flat(mask_h, packed)
-    zh = _zone_mode(mask_h, a.zoneout_h)
+    w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mh, mc, zone, par = _kernel_inputs(a, packed)
     hs, uhat, rstd_u = buffers[0], buffers[-2], buffers[-1]
     out: dict[str, Tensor | None] = {}
     if cell == "gru":
         dhs, _, _, _, dy = grads[:5]
-        dgx, dgs, ds, dh0 = _gru_variant_bwd(w_hh, ln_hh_w, mh, par, zh, buffers[:5], dhs, dy, plan)
+        dgx, dgs, ds, dh0 = _gru_variant_bwd(
+            w_hh, ln_hh_w, mh, par, zone[0], buffers[:5], dhs, dy, plan
+        )
         shat = buffers[2]
     else:
         H = GH // (3 if cifg else 4)
         dhs, dcs, dy = grads[0], grads[1], grads[8]
-        lncb = ln_c_b if ln_c_b is not None or ln_c_w is None else torch.zeros_like(ln_c_w)
-        zone = (zh, _zone_mode(mask_c, a.zoneout_c))
         dgx, ds, dht, dl, dh0, dc0 = _lstm_variant_bwd(
-            w_hh, w_hr, ln_hh_w, ln_c_w, _contig(lncb)[0], w_ch, mh, _flat(mask_c, packed), par,
-            zone, cifg, buffers[:9], dhs, dcs, dy, plan,
+            w_hh, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mh, mc, par, zone, cifg, buffers[:9], dhs,
+            dcs, dy, plan,
         )  # fmt: skip
         dgs = dgx
         cs, ct, shat, chat, m = buffers[1], buffers[3], buffers[4], buffers[5], buffers[7]
@@ -209,7 +183,7 @@ def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None
             out["ln_c_w"] = (dl * chat).sum((0, 1))
             out["ln_c_b"] = dl.sum((0, 1))
         if w_ch is not None:
-            c_prev = cs[1:] if reverse else cs[:T]
+            c_prev = runtime.prev_states(cs, plan)
             rows = [(dgx[..., :H] * c_prev).sum((0, 1))]
             if not cifg:
                 rows.append((dgx[..., H : 2 * H] * c_prev).sum((0, 1)))
@@ -220,9 +194,7 @@ def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None
     out["h0"] = dh0
 
     # input side: dG of the packed rows, through LN_ih, then the input GEMMs
-    dgx_flat = dgx.view(T * B, GH)
-    dxg = runtime.packed_rows(dgx.view(T, B, GH), plan) if packed else dgx_flat
-    flat_x = x if packed else x.reshape(-1, x.shape[-1])
+    dxg = runtime.input_grad_rows(dgx, plan, packed)
     out["b_ih"] = dxg.sum(0)
     du = dxg
     if ln_ih_w is not None:
@@ -233,7 +205,7 @@ def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None
     if n["x"]:
         out["x"] = (du @ w_ih).view(x.shape)
     if n["w_ih"]:
-        out["w_ih"] = du.t() @ flat_x
+        out["w_ih"] = du.t() @ runtime.flat_rows(x, packed)
 
     # recurrent side
     out["b_hh"] = dgs.sum((0, 1))
@@ -241,6 +213,6 @@ def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None
         out["ln_hh_w"] = (dgs * shat).sum((0, 1))
         out["ln_hh_b"] = out["b_hh"].clone()
     if n["w_hh"]:
-        h_prev = (hs[1:] if reverse else hs[:T]).reshape(T * B, Hout)
+        h_prev = runtime.prev_states(hs, plan).reshape(T * B, Hout)
         out["w_hh"] = ds.view(T * B, GH).t() @ h_prev
     return [out.get(name) if need else None for name, need in zip(GRAD_INPUTS, needs, strict=True)]
