@@ -70,12 +70,15 @@ def rnn_pair():
     """Factory: (torch.nn module, fusedrnn module) with identical weights.
 
     ``rnn_pair("LSTM", 3, 5, num_layers=2, backend="reference", dtype=torch.float64)``
-    builds the torch.nn module, then the fusedrnn one loaded from its state_dict.
+    builds the torch.nn module, then the fusedrnn one loaded from its state_dict (both on
+    ``device`` when given).
     """
 
-    def make(cls: str, *args, backend: str = "reference", dtype=torch.float64, **kwargs):
-        ref = getattr(torch.nn, cls)(*args, **kwargs).to(dtype)
-        mod = getattr(fusedrnn, cls)(*args, backend=backend, **kwargs).to(dtype)
+    def make(cls: str, *args, backend="reference", dtype=torch.float64, device=None, **kwargs):
+        ref = getattr(torch.nn, cls)(*args, **kwargs).to(dtype=dtype, device=device)
+        mod = getattr(fusedrnn, cls)(*args, backend=backend, **kwargs).to(
+            dtype=dtype, device=device
+        )
         mod.load_state_dict(ref.state_dict())
         return ref, mod
 

@@ -203,10 +203,25 @@ def assert_close_all(got, want, tol: float, what: str) -> None:
             assert_close(g, w, tol, f"{what}[{k}]")
 
 
-def compare(layer, a: dict, tol: float, *, poison=contextlib.nullcontext, pick=None) -> None:
-    """Every output and every gradient of ``layer`` against the reference op on ``a``."""
+def cast(v, dtype: torch.dtype):
+    """A floating-point tensor in ``dtype``; anything else (None, batch_sizes) as is."""
+    return v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+
+
+def compare(
+    layer, a: dict, tol: float, *, poison=contextlib.nullcontext, pick=None, upcast=None
+) -> None:
+    """Every output and every gradient of ``layer`` against the reference op on ``a``. With
+    ``upcast`` (a dtype): ``layer``'s results, checked to be in ``a``'s dtype, are cast to it
+    and compared with the reference op's on ``a`` cast to it (half precision)."""
     with poison():
         outs, grads = outputs_and_grads(layer, a, pick=pick)
+    if upcast is not None:
+        results = [t for t in (*outs, *grads.values()) if t is not None]
+        assert all(t.dtype == a["x"].dtype for t in results), "not in the inputs' dtype"
+        outs = [cast(o, upcast) for o in outs]
+        grads = {k: cast(g, upcast) for k, g in grads.items()}
+        a = {k: cast(v, upcast) for k, v in a.items()}
     ref_outs, ref_grads = outputs_and_grads(reference.layer, a, pick=pick)
     for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=True):
         assert_close(o, r, tol, name)

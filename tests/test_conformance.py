@@ -157,9 +157,19 @@ CHUNKS = [
     for s in (dict(), dict(lengths=(4, 3, 3), reverse=True))
     if not (s and cell == "lstm")
 ]
+# the cuda kernels' launch shapes: B = T = H = 1, one row of many steps, many rows of one step,
+# rows * H = 900 beyond one 256-thread block (several blocks), and 9 x 40 rows, whose bias
+# gradients' two-pass column sum takes several partial chunks
+GRIDS = [
+    Case(cell, T=T, B=B, I=I, H=H)
+    for cell in ("lstm", "gru", "rnn_tanh")
+    for B, T, I, H in ((1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 4, 5, 300))  # noqa: E741
+] + [Case("rnn_tanh", T=40, B=9, I=2, H=3)]
 PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
     *CHUNKS,
+    *GRIDS,
     Case("lstm", T=4, B=3, I=4, H=11, proj=5),
+    Case("lstm", T=5, B=4, I=3, H=6, proj=2, packed=True),
     Case("lstm", T=4, B=4, I=3, H=9, proj=4, packed=True, reverse=True),
     Case("lstm", T=3, B=2, I=3, H=6, proj=3, bias=False, reverse=True),
     Case("lstm", T=4, B=3, I=6, H=70, proj=5, lengths=(4, 3, 3), reverse=True),
@@ -223,6 +233,10 @@ AWKWARD = [
          lengths=(6, 6, 3, 3, 1), reverse=reverse)
     for cell in ("lstm", "gru")
     for reverse in (False, True)
+] + [  # the cuda kernels' row launches: H = 1, B = 1 or T = 1, H = 300 beyond one 256-thread row
+    Case(cell, T=T, B=B, I=I, H=H, ln=True, peep=cell == "lstm", zone="hc")
+    for cell in ("lstm", "gru")
+    for B, T, I, H in ((1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 3, 5, 300))  # noqa: E741
 ]  # fmt: skip
 
 
@@ -231,7 +245,14 @@ def test_variants_float64(backend, case):
     backend.check(case, torch.float64)
 
 
-@pytest.mark.parametrize("case", VARIANTS[::4] + AWKWARD[::3], ids=str)
+# option mixes the slices above lack in float32: packed with a projection, CIFG with bias
+FLOAT32 = [
+    Case("lstm", T=5, B=4, I=3, H=6, proj=2, packed=True, ln=True, peep=True, zone="hc"),
+    Case("lstm", T=5, B=4, I=3, H=6, packed=True, ln=True, cifg=True, zone="eval"),
+]
+
+
+@pytest.mark.parametrize("case", VARIANTS[::4] + AWKWARD[::3] + FLOAT32, ids=str)
 def test_variants_float32(backend, case):
     backend.check(case, torch.float32)
 

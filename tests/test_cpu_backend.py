@@ -40,24 +40,19 @@ def run(backend, cell, inp, reverse):
     return call(backend.layer, {**inp, "cell": cell, "reverse": reverse})
 
 
-def compare(cell, inp, reverse, dtype):
-    """Every output and gradient of cpu vs reference (tests/layer_cases.py)."""
-    tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
-    layer_cases.compare(cpu.layer, {**inp, "cell": cell, "reverse": reverse}, tol)
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_rows_split_across_threads(cell):
     """33 x 130 units: the row-parallel kernels split a row between two threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        lengths = [4] * 20 + [3] * 10 + [1] * 3
+        lengths = (4,) * 20 + (3,) * 10 + (1,) * 3
+        packed = Case(cell, T=4, B=33, I=5, H=130, lengths=lengths, reverse=True)
         for dtype in DTYPES:
-            inp = make_inputs(cell, 4, 33, 5, 130, lengths=lengths, dtype=dtype, seed=3)
-            compare(cell, inp, True, dtype)
-            inp = make_inputs(cell, 3, 33, 5, 130, dtype=dtype, seed=4)
-            compare(cell, inp, False, dtype)
+            tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
+            for case, seed in ((packed, 3), (Case(cell, T=3, B=33, I=5, H=130), 4)):
+                a = layer_cases.make_inputs(case, dtype, seed=seed)
+                layer_cases.compare(cpu.layer, a, tol)
     finally:
         torch.set_num_threads(threads)
 
@@ -198,8 +193,9 @@ def test_kernel_isa_selection():
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_narrower_isa_copies_match_too(isa):
     """Each ISA copy of the kernels is compiled separately (baseline, AVX2, AVX-512): run the
-    cpu conformance cases of torch.nn's cells, the packed GEMM and the sampling loop's
-    float16-weight product again with the choice capped at a narrower copy than this CPU's."""
+    cpu conformance cases of torch.nn's cells and of the variants, the packed GEMM and the
+    sampling loop's float16-weight product again with the choice capped at a narrower copy than
+    this CPU's."""
     from fusedrnn import _C
 
     if os.environ.get("FUSEDRNN_CPU_ISA") in ("generic", isa) or _C.kernel_isa() == "generic" or (
@@ -211,7 +207,8 @@ def test_narrower_isa_copies_match_too(isa):
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
          str(here / "test_conformance.py"), str(here / "test_charlm_generate.py"),
          str(here / "test_cpu_sgemm.py"), "-k", "test_kernel_isa_selection or "
-         "(test_plain_cells and cpu) or test_half_weights_state or test_gemm_matches"],
+         "((test_plain_cells or test_variants_float) and cpu) or test_half_weights_state or "
+         "test_gemm_matches"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

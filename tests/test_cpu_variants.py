@@ -1,15 +1,12 @@
 """The compiled CPU kernels of the cell variants: what is particular to them.
 
 Every option, shape and dtype against the reference op (outputs, every gradient, gradcheck) is
-tests/test_conformance.py; here are the cpu backend's own work split (row blocks, split
-steps), scratch reuse, ISA copy, half precision and its argument checks.
+tests/test_conformance.py, in each ISA copy of the kernels too (test_cpu_backend.py's
+test_narrower_isa_copies_match_too); here are the cpu backend's own work split (row blocks,
+split steps), scratch reuse, half precision and its argument checks.
 """
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import layer_cases
 import pytest
@@ -24,15 +21,13 @@ pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
 )
 
-ZONES = {"none": "none", "eval": "eval", "mask_h": "h", "mask_c": "c", "both": "hc"}
-
 
 def make_case(cell, *, T=4, B=3, I=5, H=7, proj=0, bias=True, ln=False, peep=False, cifg=False,
               zone="none", lengths=None, dtype=torch.float64, seed=0):  # fmt: skip
     """(positional args, keyword args) of a variant layer call (tests/layer_cases.py); every
     float input requires grad except the masks. lengths -> packed [N, I] with batch_sizes."""
     case = Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, ln=ln, peep=peep, cifg=cifg,
-                zone=ZONES[zone], lengths=lengths)  # fmt: skip
+                zone=zone, lengths=lengths)  # fmt: skip
     a = with_leaves(layer_cases.make_inputs(case, dtype, seed=seed))
     args = tuple(a[k] for k in library.NAMES[: library.N_POSITIONAL - 1])
     return args, {k: a[k] for k in library.OPTION_DEFAULTS if k in a}
@@ -40,12 +35,6 @@ def make_case(cell, *, T=4, B=3, I=5, H=7, proj=0, bias=True, ln=False, peep=Fal
 
 def leaves(args, kw):
     return [t for t in (*args[1:], *kw.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
-
-
-def compare(args, kw, reverse, dtype):
-    """Outputs and every gradient, cpu vs reference (tests/layer_cases.py)."""
-    a = {**dict(zip(library.NAMES, args, strict=False)), "reverse": reverse, **kw}
-    layer_cases.compare(cpu.layer, a, TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -64,19 +53,18 @@ def test_several_threads(cell, batch, blocks, dtype):
     torch.set_num_threads(2)
     _C._set_variant_row_blocks(blocks)
     try:
-        lstm = cell == "lstm"
         lengths = (3,) * 9 + (2,) * 5 + (1,) * 3 if batch == 17 else (3, 2, 2)
-        args, kw = make_case(cell, T=3, B=batch, I=8, H=130, ln=True, peep=lstm, zone="both",
-                             lengths=lengths, dtype=dtype)  # fmt: skip
-        compare(args, kw, False, dtype)
-        compare(args, kw, True, dtype)
+        shape = dict(T=3, B=batch, I=8, H=130, lengths=lengths)
+        for reverse in (False, True):
+            case = Case(cell, ln=True, peep=cell == "lstm", zone="hc", reverse=reverse, **shape)
+            layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype), TOL[dtype])
     finally:
         torch.set_num_threads(threads)
         _C._set_variant_row_blocks(True)
 
 
 def test_half_precision_computed_in_float32():
-    args, kw = make_case("lstm", ln=True, peep=True, zone="both", dtype=torch.float32)
+    args, kw = make_case("lstm", ln=True, peep=True, zone="hc", dtype=torch.float32)
     ref = cpu.layer(*args, False, **kw)
 
     def bf(t):
@@ -128,7 +116,7 @@ def test_bad_shapes_raise_clear_errors(change, match):
 
 
 def test_opcheck():
-    args, kw = make_case("lstm", ln=True, peep=True, zone="both", proj=3, lengths=(4, 2, 1))
+    args, kw = make_case("lstm", ln=True, peep=True, zone="hc", proj=3, lengths=(4, 2, 1))
     options = {**library.OPTION_DEFAULTS, **kw, "zoneout_h": 0.4, "zoneout_c": 0.4}
     fargs = library.LayerArgs(*args, False, **options, save=True)
     torch.library.opcheck(
@@ -136,27 +124,6 @@ def test_opcheck():
         tuple(fargs),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
-
-
-def test_generic_isa_copy_matches():
-    # the baseline-ISA copy of the kernels (the AVX2 one runs in every other test where the
-    # CPU has it); a subprocess, since the copy is chosen once per process
-    code = (
-        "import sys; sys.path.insert(0, 'tests')\n"
-        "import torch, test_cpu_variants as t\n"
-        "from fusedrnn import _C\n"
-        "assert _C.kernel_isa() == 'generic'\n"
-        "for cell in ('lstm', 'gru'):\n"
-        "    for dt in (torch.float32, torch.float64):\n"
-        "        a, k = t.make_case(cell, H=33, ln=True, peep=cell == 'lstm', zone='both',\n"
-        "                           lengths=(4, 3, 1), dtype=dt)\n"
-        "        t.compare(a, k, True, dt)\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "FUSEDRNN_CPU_ISA": "generic"}
-    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -167,7 +134,7 @@ def test_scratch_reuse_leaves_earlier_results_intact(cell):
 
     def once(seed, B=6, lengths=None):
         args, kw = make_case(cell, T=5, B=B, I=6, H=40, ln=True, peep=lstm, proj=3 * lstm,
-                             zone="mask_h", lengths=lengths, dtype=torch.float32, seed=seed)  # fmt: skip
+                             zone="h", lengths=lengths, dtype=torch.float32, seed=seed)  # fmt: skip
         with torch.no_grad():
             y_inf = cpu.layer(*args, False, **kw)[0]
         outs = [o for o in cpu.layer(*args, False, **kw) if o is not None]

@@ -18,10 +18,10 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-from layer_cases import Case, assert_close_all  # noqa: E402
+from layer_cases import Case  # noqa: E402
 
 import fusedrnn  # noqa: E402
-from fusedrnn.ops import library, reference  # noqa: E402
+from fusedrnn.ops import library  # noqa: E402
 from fusedrnn.ops import triton as tb  # noqa: E402
 
 INTERPRET = layer_cases.triton_interpreting()
@@ -31,6 +31,7 @@ CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GPU_TOL = {torch.float32: 5e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 DEVICES = layer_cases.triton_devices() or layer_cases.skip_module_without_triton()
+DEVICE = layer_cases.triton_device()  # of the tests that do not run on every device
 
 
 @pytest.fixture(autouse=True)
@@ -46,19 +47,6 @@ def make_inputs(cell, T, B, I, H, *, proj=0, bias=True, packed=False, dtype, dev
     return [a[k] for k in library.NAMES[1:9]], a["batch_sizes"]
 
 
-def run_layer(fn, cell, args, batch_sizes, reverse, seed=1):
-    """Outputs and the gradients of every input under a random linear loss."""
-    leaves = [a.detach().clone().requires_grad_() if a is not None else None for a in args]
-    y, h_n, c_n = fn(cell, *leaves, batch_sizes, reverse)
-    outs = [y, h_n] + ([c_n] if c_n is not None else [])
-    gen = torch.Generator().manual_seed(seed)
-    loss = sum(
-        (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o)).sum() for o in outs
-    )
-    loss.backward()
-    return outs, [a.grad if a is not None else None for a in leaves]
-
-
 # Every cell, shape and option against the reference op (both kernel paths, outputs, every
 # gradient, gradcheck) is tests/test_conformance.py; here are launch counts, the path choice,
 # half precision, errors and the modules against torch.nn.
@@ -66,7 +54,7 @@ def run_layer(fn, cell, args, batch_sizes, reverse, seed=1):
 
 def _count_launches(cell, H, proj, path, T=4, packed=False):
     args, bs = make_inputs(
-        cell, T, 3, 3, H, proj=proj, packed=packed, dtype=torch.float32, device=DEVICES[0]
+        cell, T, 3, 3, H, proj=proj, packed=packed, dtype=torch.float32, device=DEVICE
     )
     leaves = [a.requires_grad_() if a is not None else None for a in args]
     with tb.kernel_path(path):
@@ -146,7 +134,7 @@ def test_resident_programs():
 
 
 def test_bad_input_errors():
-    args, bs = make_inputs("gru", 2, 2, 3, 4, dtype=torch.float64, device=DEVICES[0])
+    args, bs = make_inputs("gru", 2, 2, 3, 4, dtype=torch.float64, device=DEVICE)
     bad = list(args)
     bad[4] = bad[4].float()
     with pytest.raises(TypeError, match="share one dtype"):
@@ -168,15 +156,10 @@ def test_bad_input_errors():
 def _check_half(cell, dtype, device, path):
     """Half-precision inputs with fp32 accumulation and fp32 cell state vs the float32
     reference on the same (rounded) inputs."""
-    args, bs = make_inputs(cell, 5, 7, 5, 20, packed=True, dtype=dtype, device=device)
+    case = Case(cell, T=5, B=7, I=5, H=20, packed=True, reverse=True)
+    a = layer_cases.make_inputs(case, dtype, device)
     with tb.kernel_path(path):
-        out, grads = run_layer(tb.layer, cell, args, bs, True)
-    assert all(o.dtype == dtype for o in out)
-    args32 = [a.float() if a is not None else None for a in args]
-    ref_out, ref_grads = run_layer(reference.layer, cell, args32, bs, True)
-    tol = GPU_TOL[dtype]
-    assert_close_all([o.float() for o in out], ref_out, tol, "output")
-    assert_close_all([g.float() if g is not None else None for g in grads], ref_grads, tol, "grad")
+        layer_cases.compare(tb.layer, a, GPU_TOL[dtype], upcast=torch.float32)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="interpreter run")
@@ -199,13 +182,6 @@ def test_half_precision_gpu(cell, dtype, path):
 # ---- the modules with backend="triton" against torch.nn ---------------------------------
 
 
-def _pair(cls, *args, dtype, device, **kwargs):
-    ref = getattr(torch.nn, cls)(*args, **kwargs).to(dtype=dtype, device=device)
-    mod = getattr(fusedrnn, cls)(*args, backend="triton", **kwargs).to(dtype=dtype, device=device)
-    mod.load_state_dict(ref.state_dict())
-    return ref, mod
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "cls,kwargs",
@@ -217,9 +193,9 @@ def _pair(cls, *args, dtype, device, **kwargs):
     ],
 )
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_module_matches_torch_nn(cls, kwargs, packed, device):
+def test_module_matches_torch_nn(rnn_pair, cls, kwargs, packed, device):
     dtype = torch.float64
-    ref, mod = _pair(cls, 3, 7, dtype=dtype, device=device, **kwargs)
+    ref, mod = rnn_pair(cls, 3, 7, backend="triton", dtype=dtype, device=device, **kwargs)
     lengths = [4, 4, 2, 1]
     x = torch.randn(4, len(lengths), 3, dtype=dtype, device=device)
     if packed:
@@ -242,9 +218,9 @@ def test_module_matches_torch_nn(cls, kwargs, packed, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_cell_matches_torch_nn(cls, device):
+def test_cell_matches_torch_nn(rnn_pair, cls, device):
     dtype = torch.float64
-    ref, mod = _pair(cls, 4, 9, dtype=dtype, device=device)
+    ref, mod = rnn_pair(cls, 4, 9, backend="triton", dtype=dtype, device=device)
     x = torch.randn(3, 4, dtype=dtype, device=device)
     h = torch.randn(3, 9, dtype=dtype, device=device)
     state = (h, torch.randn(3, 9, dtype=dtype, device=device)) if cls == "LSTMCell" else h
@@ -292,7 +268,7 @@ def test_no_saved_gates_without_backward(cell, path):
     bitwise those of a call that saves them."""
     from fusedrnn.ops.triton.layer_op import layer
 
-    args, bs = make_inputs(cell, 4, 3, 3, 8, packed=True, dtype=torch.float32, device=DEVICES[0])
+    args, bs = make_inputs(cell, 4, 3, 3, 8, packed=True, dtype=torch.float32, device=DEVICE)
     a = library.LayerArgs(cell, *args, bs, False, **library.OPTION_DEFAULTS, save=False)
     with tb.kernel_path(path):
         lean = layer.fwd_op(*a)
