@@ -3,12 +3,15 @@ gradients of the input, the initial state and every parameter, with the same wei
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from conftest import MODES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from module_testlib import assert_same, mode_kwargs
+from torch.nn.utils.rnn import pack_padded_sequence
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -49,30 +52,6 @@ def configs(draw):
     )
 
 
-def _outputs_and_grads(module, c, x, hx, seed):
-    x = x.clone().requires_grad_()
-    hx = None if hx is None else tuple(h.clone().requires_grad_() for h in hx)
-    inp = x
-    if c["lengths"] is not None:
-        lengths = c["lengths"]
-        if c["enforce_sorted"]:
-            lengths = sorted(lengths, reverse=True)
-        inp = pack_padded_sequence(
-            x, lengths, batch_first=c["batch_first"], enforce_sorted=c["enforce_sorted"]
-        )
-    state_arg = hx if hx is None or len(hx) == 2 else hx[0]
-    out, state = module(inp, state_arg)
-    if c["lengths"] is not None:
-        out, _ = pad_packed_sequence(out, batch_first=c["batch_first"])
-    outs = [out, *state] if isinstance(state, tuple) else [out, state]
-    gen = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
-    params = list(module.parameters())
-    wrt = [x, *(hx or ()), *params]
-    grads = torch.autograd.grad(loss, wrt)
-    return [o.detach() for o in outs], grads
-
-
 @settings(
     max_examples=300,
     deadline=None,
@@ -83,17 +62,15 @@ def _outputs_and_grads(module, c, x, hx, seed):
 def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
     # the weights come from the global generator: one seed per example makes a failure replay
     torch.manual_seed(c["seq_len"] * 1000 + c["batch"])
-    cls, extra = MODES[c["mode"]]
-    kwargs = dict(
+    cls, kwargs = mode_kwargs(
+        c["mode"],
+        c["proj"],
         num_layers=c["num_layers"],
         bidirectional=c["bidirectional"],
         batch_first=c["batch_first"],
         bias=c["bias"],
         dropout=0.0,
-        **extra,
     )
-    if c["proj"]:
-        kwargs["proj_size"] = c["proj"]
     ref, mod = rnn_pair(
         cls, c["input_size"], c["hidden"], backend=c["backend"], dtype=torch.float32, **kwargs
     )
@@ -103,24 +80,19 @@ def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
     hx = None
     if c["with_hx"]:
         n = c["num_layers"] * (2 if c["bidirectional"] else 1)
-        hx = (torch.randn(n, c["batch"], c["proj"] or c["hidden"], generator=gen),)
+        hx = torch.randn(n, c["batch"], c["proj"] or c["hidden"], generator=gen)
         if cls == "LSTM":
-            hx = (*hx, torch.randn(n, c["batch"], c["hidden"], generator=gen))
-    ref_outs, ref_grads = _outputs_and_grads(ref, c, x, hx, seed=1)
-    outs, grads = _outputs_and_grads(mod, c, x, hx, seed=1)
-    names = ["output", "h_n", "c_n"]
-    for name, a, b in zip(names, outs, ref_outs, strict=False):
-        _assert_close(a, b, tol, f"{name} {c}")
-    names = ["x"] + ["h0", "c0"][: len(hx or ())] + [n for n, _ in ref.named_parameters()]
-    for name, a, b in zip(names, grads, ref_grads, strict=True):
-        _assert_close(a, b, tol, f"grad of {name} {c}")
-
-
-def _assert_close(actual, expected, tol, what):
-    """The float32 tolerances, relative to the tensor's largest entry when that exceeds 1:
-    a weight gradient here sums up to 37 * 37 products through 3 layers, and two float32
-    summation orders of entries that large differ by more than 1e-5 (torch.nn's own float32
-    result is that far from its float64 one)."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    torch.testing.assert_close(actual / scale, expected / scale, **tol(torch.float32), msg=what)
+            hx = (hx, torch.randn(n, c["batch"], c["hidden"], generator=gen))
+    pack = None
+    if c["lengths"] is not None:
+        pack = partial(
+            pack_padded_sequence,
+            lengths=sorted(c["lengths"], reverse=True) if c["enforce_sorted"] else c["lengths"],
+            batch_first=c["batch_first"],
+            enforce_sorted=c["enforce_sorted"],
+        )
+    # the float32 tolerances, relative to the tensor's largest entry when that exceeds 1: a
+    # weight gradient here sums up to 37 * 37 products through 3 layers, and two float32
+    # summation orders of entries that large differ by more than 1e-5 (torch.nn's own float32
+    # result is that far from its float64 one)
+    assert_same(ref, mod, x, hx, pack=pack, scaled=True, what=str(c), **tol(torch.float32))

@@ -47,7 +47,10 @@ def test_available_backends_lists_reference():
     assert "cpu" not in fusedrnn.available_backends("cuda")
 
 
-@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+CLASSES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
 def test_explicit_reference_backend_runs(cls, clean_env):
     clean_env.setenv("FUSEDRNN_BACKEND", "cuda")  # explicit backend= wins over the env var
     mod = getattr(fusedrnn, cls)(3, 4, backend="reference")
@@ -77,7 +80,7 @@ def test_env_var_is_honoured(cls, clean_env):
     assert backends.resolve(None, torch.device("cpu")) in ("cpu", "reference")
 
 
-@pytest.mark.parametrize("cls", ["LSTM", "RNNCell"])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_unknown_backend_name_is_a_value_error(cls, clean_env):
     with pytest.raises(ValueError, match=r"unknown fusedrnn backend 'fast'; choose from"):
         getattr(fusedrnn, cls)(3, 4, backend="fast")

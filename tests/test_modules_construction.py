@@ -78,18 +78,6 @@ POSITIONAL = {
 }
 
 
-@pytest.mark.parametrize(
-    "cls,args", [(cls, args) for cls, cases in POSITIONAL.items() for args in cases]
-)
-def test_positional_arguments(cls, args):
-    ref = _build(nn, cls, *args)
-    mod = _build(fusedrnn, cls, *args)
-    _assert_same_config(ref, mod)
-    assert [(n, p.shape, p.dtype) for n, p in mod.named_parameters()] == [
-        (n, p.shape, p.dtype) for n, p in ref.named_parameters()
-    ]
-
-
 KEYWORDS = [
     ("LSTM", {"input_size": 2, "hidden_size": 7}),
     ("LSTM", {"input_size": 2, "hidden_size": 7, "num_layers": 3, "proj_size": 3}),
@@ -102,10 +90,14 @@ KEYWORDS = [
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs", KEYWORDS)
-def test_keyword_arguments(cls, kwargs):
-    ref = _build(nn, cls, **kwargs)
-    mod = _build(fusedrnn, cls, **kwargs)
+@pytest.mark.parametrize(
+    "cls,args,kwargs",
+    [(cls, args, {}) for cls, cases in POSITIONAL.items() for args in cases]
+    + [(cls, (), kwargs) for cls, kwargs in KEYWORDS],
+)
+def test_argument_forms(cls, args, kwargs):
+    ref = _build(nn, cls, *args, **kwargs)
+    mod = _build(fusedrnn, cls, *args, **kwargs)
     _assert_same_config(ref, mod)
     assert [(n, p.shape, p.dtype) for n, p in mod.named_parameters()] == [
         (n, p.shape, p.dtype) for n, p in ref.named_parameters()
@@ -200,12 +192,6 @@ def test_proj_size_rejected_for_gru_and_rnn(cls, proj_size, same_error):
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-def test_unknown_backend_name_rejected_at_construction(cls):
-    with pytest.raises(ValueError, match="unknown fusedrnn backend 'nope'"):
-        getattr(fusedrnn, cls)(3, 4, backend="nope")
-
-
-@pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("dropout", [0.2, 1, 1.0])
 def test_dropout_warning_for_one_layer(cls, dropout):
     with warnings.catch_warnings(record=True) as ref_w:
@@ -246,10 +232,19 @@ PARAM_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs", PARAM_CONFIGS)
-def test_parameter_names_shapes_and_order(cls, kwargs):
-    ref = _build(nn, cls, 3, 5, **kwargs)
-    mod = _build(fusedrnn, cls, 3, 5, **kwargs)
+@pytest.mark.parametrize("cls,kwargs", PARAM_CONFIGS + [("RNN", {"dropout": 0.5})])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_parameters_and_repr(cls, kwargs, batch_first):
+    """Parameter names, shapes, order and, from the same seed, initial values as torch.nn's;
+    the same repr when no backend is named."""
+    torch.manual_seed(123)
+    ref = _build(nn, cls, 3, 5, batch_first=batch_first, **kwargs)
+    torch.manual_seed(123)
+    mod = _build(fusedrnn, cls, 3, 5, batch_first=batch_first, **kwargs)
+    assert mod.extra_repr() == ref.extra_repr()
+    assert repr(mod) == repr(ref)
+    for (name, a), b in zip(ref.named_parameters(), mod.parameters(), strict=True):
+        assert torch.equal(a, b), name
     assert [(n, p.shape) for n, p in mod.named_parameters()] == [
         (n, p.shape) for n, p in ref.named_parameters()
     ]
@@ -266,16 +261,6 @@ def test_parameter_names_shapes_and_order(cls, kwargs):
     assert all(a is b for a, b in zip(mod._flat_weights, flat, strict=True))
     nested = [w for ws in mod.all_weights for w in ws]
     assert all(a is b for a, b in zip(nested, flat, strict=True))
-
-
-@pytest.mark.parametrize("cls,kwargs", PARAM_CONFIGS)
-def test_same_seed_gives_same_initial_weights(cls, kwargs):
-    torch.manual_seed(123)
-    ref = _build(nn, cls, 3, 5, **kwargs)
-    torch.manual_seed(123)
-    mod = _build(fusedrnn, cls, 3, 5, **kwargs)
-    for (name, a), b in zip(ref.named_parameters(), mod.parameters(), strict=True):
-        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -307,16 +292,6 @@ def test_reset_parameters_redraws(cls):
     for a, b in zip(before, mod.parameters(), strict=True):
         assert not torch.equal(a, b)
         assert b.abs().max() <= 0.5
-
-
-@pytest.mark.parametrize("cls,kwargs", PARAM_CONFIGS + [("RNN", {"dropout": 0.5})])
-def test_repr_equals_torch_when_backend_is_none(cls, kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = getattr(nn, cls)(3, 5, batch_first=True, **kwargs)
-        mod = getattr(fusedrnn, cls)(3, 5, batch_first=True, **kwargs)
-    assert mod.extra_repr() == ref.extra_repr()
-    assert repr(mod) == repr(ref)
 
 
 def test_repr_names_an_explicit_backend():

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from conftest import MODES
+from module_testlib import assert_outputs_close, flatten, mode_pair
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
@@ -16,22 +17,12 @@ import fusedrnn
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 T, B, I, H = 4, 3, 3, 5
-EXACT = {"rtol": 1e-12, "atol": 1e-12}
 
 
 def _outputs(module, x, seed=None):
     if seed is not None:
         torch.manual_seed(seed)
-    out, state = module(x)
-    if hasattr(out, "data") and not isinstance(out, torch.Tensor):
-        out = out.data
-    return [out, *state] if isinstance(state, tuple) else [out, state]
-
-
-def _same(a, b, **tol):
-    tol = tol or EXACT
-    for u, v in zip(a, b, strict=True):
-        torch.testing.assert_close(u, v, **tol)
+    return flatten(module(x))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -40,79 +31,75 @@ def _same(a, b, **tol):
 def test_training_dropout_draws_like_torch(mode, bidirectional, p, cpu_backend, rnn_pair):
     """With the same seed, torch.nn and fusedrnn drop the same elements: the masks are
     drawn once per layer output (both directions together), as ATen does."""
-    cls, extra = MODES[mode]
-    ref, mod = rnn_pair(
-        cls,
+    ref, mod = mode_pair(
+        rnn_pair,
+        mode,
         I,
         H,
         num_layers=3,
         dropout=p,
         bidirectional=bidirectional,
         backend=cpu_backend,
-        **extra,
     )
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     ref_outs, outs = _outputs(ref, x, seed=11), _outputs(mod, x, seed=11)
-    _same(outs, ref_outs)
+    assert_outputs_close(outs, ref_outs)
     ref_g = torch.autograd.grad(sum(o.sum() for o in ref_outs), [x, *ref.parameters()])
     g = torch.autograd.grad(sum(o.sum() for o in outs), [x, *mod.parameters()])
-    _same(g, ref_g)
+    assert_outputs_close(g, ref_g)
     # a different seed gives a different mask
     assert not torch.allclose(_outputs(mod, x, seed=12)[0], outs[0])
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_training_dropout_packed_draws_like_torch(mode, cpu_backend, rnn_pair):
-    cls, extra = MODES[mode]
-    ref, mod = rnn_pair(cls, I, H, num_layers=2, dropout=0.4, backend=cpu_backend, **extra)
+    ref, mod = mode_pair(rnn_pair, mode, I, H, num_layers=2, dropout=0.4, backend=cpu_backend)
     x = torch.randn(T, B, I, dtype=torch.float64)
     packed = pack_padded_sequence(x, [2, 4, 3], enforce_sorted=False)
-    _same(_outputs(mod, packed, seed=5), _outputs(ref, packed, seed=5))
+    assert_outputs_close(_outputs(mod, packed, seed=5), _outputs(ref, packed, seed=5))
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_eval_disables_dropout(mode, cpu_backend, rnn_pair):
-    cls, extra = MODES[mode]
-    ref, mod = rnn_pair(cls, I, H, num_layers=2, dropout=0.5, backend=cpu_backend, **extra)
+    ref, mod = mode_pair(rnn_pair, mode, I, H, num_layers=2, dropout=0.5, backend=cpu_backend)
     x = torch.randn(T, B, I, dtype=torch.float64)
     mod.eval()
     ref.eval()
     first = _outputs(mod, x, seed=1)
-    _same(_outputs(mod, x, seed=2), first, rtol=0, atol=0)
+    assert_outputs_close(_outputs(mod, x, seed=2), first, rtol=0, atol=0)
     ref.dropout = 0.0
-    _same(first, _outputs(ref, x))
+    assert_outputs_close(first, _outputs(ref, x))
     mod.train()
     assert not torch.allclose(_outputs(mod, x, seed=3)[0], first[0])
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_dropout_is_read_at_every_call(mode, cpu_backend, rnn_pair):
-    cls, extra = MODES[mode]
-    ref, mod = rnn_pair(cls, I, H, num_layers=2, backend=cpu_backend, **extra)
+    ref, mod = mode_pair(rnn_pair, mode, I, H, num_layers=2, backend=cpu_backend)
     x = torch.randn(T, B, I, dtype=torch.float64)
     no_dropout = _outputs(mod, x)
-    _same(_outputs(mod, x, seed=1), no_dropout, rtol=0, atol=0)  # train, p=0: deterministic
+    # in training with p=0: deterministic
+    assert_outputs_close(_outputs(mod, x, seed=1), no_dropout, rtol=0, atol=0)
     for m in (ref, mod):
         m.dropout = 0.6
     dropped = _outputs(mod, x, seed=4)
     assert not torch.allclose(dropped[0], no_dropout[0])
-    _same(dropped, _outputs(ref, x, seed=4))
+    assert_outputs_close(dropped, _outputs(ref, x, seed=4))
     mod.dropout = 0.0
-    _same(_outputs(mod, x, seed=4), no_dropout, rtol=0, atol=0)
+    assert_outputs_close(_outputs(mod, x, seed=4), no_dropout, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_dropout_one(mode, cpu_backend, rnn_pair):
     """p=1 zeroes every inter-layer activation: deterministic and equal to torch.nn."""
-    cls, extra = MODES[mode]
-    ref, mod = rnn_pair(
-        cls, I, H, num_layers=3, dropout=1.0, bidirectional=True, backend=cpu_backend, **extra
+    ref, mod = mode_pair(
+        rnn_pair, mode, I, H, num_layers=3, dropout=1.0, bidirectional=True, backend=cpu_backend
     )
     x = torch.randn(T, B, I, dtype=torch.float64)
     first = _outputs(mod, x, seed=1)
     assert torch.isfinite(first[0]).all()
-    _same(_outputs(mod, x, seed=2), first, rtol=0, atol=0)
-    _same(first, _outputs(ref, x, seed=3))
+    assert_outputs_close(_outputs(mod, x, seed=2), first, rtol=0, atol=0)
+    assert_outputs_close(first, _outputs(ref, x, seed=3))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -122,7 +109,7 @@ def test_no_dropout_after_the_last_layer(mode, cpu_backend):
         warnings.simplefilter("ignore")
         mod = getattr(fusedrnn, cls)(I, H, dropout=0.9, backend=cpu_backend, **extra).double()
     x = torch.randn(T, B, I, dtype=torch.float64)
-    _same(_outputs(mod, x, seed=1), _outputs(mod, x, seed=2), rtol=0, atol=0)
+    assert_outputs_close(_outputs(mod, x, seed=1), _outputs(mod, x, seed=2), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("p", [0.25, 0.6])

@@ -1,13 +1,11 @@
-"""Bad input to LSTM / GRU / RNN: the same exception type and message as torch.nn.
-
-Each case builds the torch.nn module and the fusedrnn module from the same arguments,
-runs both on the same bad input, and compares what they raise.
-"""
+"""Bad input to LSTM / GRU / RNN: the same exception type and message as torch.nn, built
+from the same arguments and run on the same input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from module_testlib import flatten
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
@@ -178,52 +176,45 @@ def test_empty_batch_matches_torch(name):
     ref = _module(torch.nn, name, 4, 6, num_layers=2)
     mod = _module(fusedrnn, name, 4, 6, num_layers=2)
     mod.load_state_dict(ref.state_dict())
-    ref_out, ref_state = ref(x)
-    out, state = mod(x)
-    assert out.shape == ref_out.shape
-    for a, b in zip(
-        state if name == "LSTM" else [state],
-        ref_state if name == "LSTM" else [ref_state],
-        strict=True,
-    ):
+    for a, b in zip(flatten(mod(x)), flatten(ref(x)), strict=True):
         assert a.shape == b.shape
 
 
-def _one_on_meta(where: str, module, h, c):
-    """(module, h, c) with the weights, h or c (``where``: "weights", "h..." or "c...") on
-    the meta device, the one device every machine has besides the CPU."""
+def _one_on_meta(where: str, module, shape):
+    """(module, h, c) with zero states of ``shape`` and the weights, h or c (``where``) on the
+    meta device, the one device every machine has besides the CPU."""
+    h, c = torch.zeros(shape), torch.zeros(shape)
     if where == "weights":
-        return module.to("meta"), h, c
-    if where.startswith("h"):
-        return module, h.to("meta"), c
-    return module, h, c.to("meta")
+        module = module.to("meta")
+    elif where == "h":
+        h = h.to("meta")
+    else:
+        c = c.to("meta")
+    return module, h, c
 
 
-@pytest.mark.parametrize("where", ["h0", "c0", "weights"])
-@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def _placements(classes):
+    """(class, where) pairs: the state h, the LSTM's cell state c, or the weights."""
+    return [(cls, w) for cls in classes for w in ("h", "c", "weights") if w != "c" or "LSTM" in cls]
+
+
+@pytest.mark.parametrize("cls,where", _placements(["LSTM", "GRU", "RNN"]))
 def test_mixed_devices_rejected_like_torch_nn(same_error, cls, where):
-    """A state or weight on another device (meta here, the one every machine has) is refused
-    with torch.nn's message instead of being read as if it lived beside the input."""
-    if where == "c0" and cls != "LSTM":
-        pytest.skip("only the LSTM has a cell state")
+    """A state or weight on another device is refused with torch.nn's message instead of
+    being read as if it lived beside the input."""
     x = torch.randn(3, 2, 4)
 
-    def run(mod):
-        m, h0, c0 = _one_on_meta(where, getattr(mod, cls)(4, 5), torch.zeros(1, 2, 5),
-                                 torch.zeros(1, 2, 5))  # fmt: skip
-        return m(x, (h0, c0) if cls == "LSTM" else h0)
+    def run(lib):
+        mod, h, c = _one_on_meta(where, getattr(lib, cls)(4, 5), (1, 2, 5))
+        return mod(x, (h, c) if cls == "LSTM" else h)
 
     err = same_error(run, RuntimeError)
     assert "not at the same device" in str(err)
 
 
-@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
-@pytest.mark.parametrize("where", ["h", "c", "weights"])
+@pytest.mark.parametrize("cls,where", _placements(["LSTMCell", "GRUCell", "RNNCell"]))
 def test_cells_reject_mixed_devices(cls, where):
-    if where == "c" and cls != "LSTMCell":
-        pytest.skip("only the LSTM cell has a cell state")
     x = torch.randn(2, 4)
-    cell, h, c = _one_on_meta(where, getattr(fusedrnn, cls)(4, 5), torch.zeros(2, 5),
-                              torch.zeros(2, 5))  # fmt: skip
+    cell, h, c = _one_on_meta(where, getattr(fusedrnn, cls)(4, 5), (2, 5))
     with pytest.raises(RuntimeError, match="not at the same device, found input tensor at cpu"):
         cell(x, (h, c) if cls == "LSTMCell" else h)

@@ -10,6 +10,8 @@ import pickle
 
 import pytest
 import torch
+from conftest import TOLERANCES
+from module_testlib import assert_outputs_close, flatten
 from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parametrizations, parametrize
@@ -36,15 +38,10 @@ def _x(dtype=torch.float64):
     return torch.randn(T, B, I, dtype=dtype)
 
 
-def _outputs(module, x, hx=None):
-    out, state = module(x, hx)
-    return [out, *state] if isinstance(state, tuple) else [out, state]
-
-
-def _assert_same_outputs(a, b, **tol):
-    tol = tol or EXACT
-    for i, (u, v) in enumerate(zip(a, b, strict=True)):
-        torch.testing.assert_close(u, v, **tol, msg=f"output {i}")
+def _new(lib, mode, **kwargs):
+    """A fresh float32 module of ``mode`` from ``lib`` (fusedrnn or torch.nn)."""
+    cls, kw = MODES[mode]
+    return getattr(lib, cls)(I, H, **kw, **kwargs)
 
 
 def _pair(mode, backend, rnn_pair, dtype=torch.float64):
@@ -60,13 +57,12 @@ def test_state_dict_keys_shapes_and_round_trip(mode, cpu_backend, rnn_pair):
     for k in sd:
         assert sd[k].shape == ref_sd[k].shape and torch.equal(sd[k], ref_sd[k])
     # strict loading in both directions, no converter
-    fresh = getattr(fusedrnn, MODES[mode][0])(I, H, backend=cpu_backend, **MODES[mode][1])
-    fresh = fresh.double()
+    fresh = _new(fusedrnn, mode, backend=cpu_backend).double()
     assert not torch.equal(fresh.weight_hh_l0, mod.weight_hh_l0)
     result = fresh.load_state_dict(ref_sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = _x()
-    _assert_same_outputs(_outputs(fresh, x), _outputs(ref, x))
+    assert_outputs_close(flatten(fresh(x)), flatten(ref(x)))
 
 
 def test_load_state_dict_rejects_mismatches():
@@ -86,15 +82,15 @@ def test_optimizer_step_is_seen(mode, cpu_backend, rnn_pair):
     ref, mod = _pair(mode, cpu_backend, rnn_pair)
     opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (ref, mod)]
     x = _x()
-    before = _outputs(mod, x)
+    before = flatten(mod(x))
     for _ in range(2):
         for m, opt in zip((ref, mod), opts, strict=True):
             opt.zero_grad()
-            sum(o.square().sum() for o in _outputs(m, x)).backward()
+            sum(o.square().sum() for o in flatten(m(x))).backward()
             opt.step()
-    after = _outputs(mod, x)
+    after = flatten(mod(x))
     assert not torch.allclose(after[0], before[0])
-    _assert_same_outputs(after, _outputs(ref, x))
+    assert_outputs_close(after, flatten(ref(x)))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -102,16 +98,14 @@ def test_load_state_dict_after_forward_is_seen(mode, cpu_backend, rnn_pair):
     ref, mod = _pair(mode, cpu_backend, rnn_pair)
     x = _x()
     mod(x)
-    other = getattr(nn, MODES[mode][0])(I, H, **MODES[mode][1]).double()
+    other = _new(nn, mode).double()
     mod.load_state_dict(other.state_dict())
-    _assert_same_outputs(_outputs(mod, x), _outputs(other, x))
+    assert_outputs_close(flatten(mod(x)), flatten(other(x)))
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_dtype_conversions_are_seen(mode, cpu_backend):
-    cls, kw = MODES[mode]
-    mod = getattr(fusedrnn, cls)(I, H, backend=cpu_backend, **kw)
-    ref = getattr(nn, cls)(I, H, **kw)
+    mod, ref = _new(fusedrnn, mode, backend=cpu_backend), _new(nn, mode)
     ref.load_state_dict(mod.state_dict())
     x = _x(torch.float32)
     mod(x)  # a forward in float32 first: nothing may be cached
@@ -126,8 +120,7 @@ def test_dtype_conversions_are_seen(mode, cpu_backend):
         dtype = mod.weight_ih_l0.dtype
         assert all(p.dtype == dtype for p in mod.parameters())
         xx = x.to(dtype)
-        tol = EXACT if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-        _assert_same_outputs(_outputs(mod, xx), _outputs(ref, xx), **tol)
+        assert_outputs_close(flatten(mod(xx)), flatten(ref(xx)), **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -141,16 +134,16 @@ def test_weight_reassignment_is_seen(mode, cpu_backend, rnn_pair):
         m.weight_hh_l0 = nn.Parameter(new_hh.clone())  # a new Parameter object
         with torch.no_grad():
             m.weight_ih_l0.copy_(new_ih)  # in place
-    _assert_same_outputs(_outputs(mod, x), _outputs(ref, x))
+    assert_outputs_close(flatten(mod(x)), flatten(ref(x)))
     assert mod.weight_hh_l0 is mod._flat_weights[1]
     assert any(p is mod.weight_hh_l0 for p in mod.parameters())
     # .data replacement
     new_data = torch.randn_like(mod.weight_hh_l0)
     for m in (ref, mod):
         m.weight_hh_l0.data = new_data.clone()
-    _assert_same_outputs(_outputs(mod, x), _outputs(ref, x))
+    assert_outputs_close(flatten(mod(x)), flatten(ref(x)))
     # the new parameter is trained
-    sum(o.sum() for o in _outputs(mod, x)).backward()
+    sum(o.sum() for o in flatten(mod(x))).backward()
     assert mod.weight_hh_l0.grad is not None
 
 
@@ -161,12 +154,10 @@ def test_functional_call_uses_substituted_params(mode, cpu_backend, rnn_pair):
         name: (torch.randn_like(p) * 0.5).requires_grad_() for name, p in mod.named_parameters()
     }
     x = _x()
-    own = _outputs(mod, x)
-    got = functional_call(mod, params, (x,))
-    got = [got[0], *got[1]] if isinstance(got[1], tuple) else list(got)
-    want = functional_call(ref, params, (x,))
-    want = [want[0], *want[1]] if isinstance(want[1], tuple) else list(want)
-    _assert_same_outputs(got, want)
+    own = flatten(mod(x))
+    got = flatten(functional_call(mod, params, (x,)))
+    want = flatten(functional_call(ref, params, (x,)))
+    assert_outputs_close(got, want)
     assert not torch.allclose(got[0], own[0])
     # gradients flow to the substituted tensors, not to the module's parameters
     grads = torch.autograd.grad(sum(o.sum() for o in got), list(params.values()))
@@ -175,7 +166,7 @@ def test_functional_call_uses_substituted_params(mode, cpu_backend, rnn_pair):
         torch.testing.assert_close(a, b, **EXACT, msg=name)
     assert all(p.grad is None for p in mod.parameters())
     # the module is unchanged afterwards
-    _assert_same_outputs(_outputs(mod, x), own)
+    assert_outputs_close(flatten(mod(x)), own)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -214,46 +205,44 @@ def test_parametrized_weight_hh(mode, kind, cpu_backend, rnn_pair):
     mod.load_state_dict(ref.state_dict())
     assert list(mod.state_dict()) == list(ref.state_dict())
     x = _x()
-    _assert_same_outputs(_outputs(mod, x), _outputs(ref, x))
+    assert_outputs_close(flatten(mod(x)), flatten(ref(x)))
     # training the parametrization's own parameters changes what the forward sees
     opts = [torch.optim.SGD(m.parameters(), lr=0.3) for m in (ref, mod)]
     for m, opt in zip((ref, mod), opts, strict=True):
-        sum(o.square().sum() for o in _outputs(m, x)).backward()
+        sum(o.square().sum() for o in flatten(m(x))).backward()
         opt.step()
     orig = mod.parametrizations.weight_hh_l0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in orig.parameters())
-    _assert_same_outputs(_outputs(mod, x), _outputs(ref, x), rtol=1e-10, atol=1e-10)
+    assert_outputs_close(flatten(mod(x)), flatten(ref(x)), rtol=1e-10, atol=1e-10)
     # removing the parametrization keeps the current value
     for m in (ref, mod):
         parametrize.remove_parametrizations(m, "weight_hh_l0")
-    _assert_same_outputs(_outputs(mod, x), _outputs(ref, x), rtol=1e-10, atol=1e-10)
+    assert_outputs_close(flatten(mod(x)), flatten(ref(x)), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_deepcopy_is_independent(mode, cpu_backend):
-    cls, kw = MODES[mode]
-    mod = getattr(fusedrnn, cls)(I, H, backend=cpu_backend, **kw).double()
+    mod = _new(fusedrnn, mode, backend=cpu_backend).double()
     x = _x()
-    want = _outputs(mod, x)
+    want = flatten(mod(x))
     clone = copy.deepcopy(mod)
     assert clone.backend == cpu_backend
     with torch.no_grad():
         for p in mod.parameters():
             p.add_(1.0)
-    _assert_same_outputs(_outputs(clone, x), want, rtol=0, atol=0)
-    assert not torch.allclose(_outputs(mod, x)[0], want[0])
+    assert_outputs_close(flatten(clone(x)), want, rtol=0, atol=0)
+    assert not torch.allclose(flatten(mod(x))[0], want[0])
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_pickle_round_trip(mode, cpu_backend):
-    cls, kw = MODES[mode]
-    mod = getattr(fusedrnn, cls)(I, H, batch_first=True, backend=cpu_backend, **kw).double()
+    mod = _new(fusedrnn, mode, batch_first=True, backend=cpu_backend).double()
     mod.eval()
     x = _x().transpose(0, 1)
     loaded = pickle.loads(pickle.dumps(mod))
     assert type(loaded) is type(mod) and repr(loaded) == repr(mod)
     assert not loaded.training and loaded.batch_first and loaded.backend == cpu_backend
-    _assert_same_outputs(_outputs(loaded, x), _outputs(mod, x), rtol=0, atol=0)
+    assert_outputs_close(flatten(loaded(x)), flatten(mod(x)), rtol=0, atol=0)
 
 
 def test_unpickling_state_without_backend_attribute():
@@ -270,25 +259,25 @@ def test_unpickling_state_without_backend_attribute():
 def test_torch_save_and_load(mode, cpu_backend, rnn_pair):
     ref, mod = _pair(mode, cpu_backend, rnn_pair)
     x = _x()
-    want = _outputs(mod, x)
+    want = flatten(mod(x))
     # the whole module (needs weights_only=False: it is arbitrary Python)
     buf = io.BytesIO()
     torch.save(mod, buf)
     buf.seek(0)
     whole = torch.load(buf, weights_only=False)
     assert type(whole) is type(mod)
-    _assert_same_outputs(_outputs(whole, x), want, rtol=0, atol=0)
+    assert_outputs_close(flatten(whole(x)), want, rtol=0, atol=0)
     # a state_dict loads with weights_only=True, into either library
     buf = io.BytesIO()
     torch.save(mod.state_dict(), buf)
     buf.seek(0)
     sd = torch.load(buf, weights_only=True)
-    fresh = getattr(fusedrnn, MODES[mode][0])(I, H, backend=cpu_backend, **MODES[mode][1])
-    fresh.double().load_state_dict(sd)
-    _assert_same_outputs(_outputs(fresh, x), want, rtol=0, atol=0)
-    ref2 = getattr(nn, MODES[mode][0])(I, H, **MODES[mode][1]).double()
+    fresh = _new(fusedrnn, mode, backend=cpu_backend).double()
+    fresh.load_state_dict(sd)
+    assert_outputs_close(flatten(fresh(x)), want, rtol=0, atol=0)
+    ref2 = _new(nn, mode).double()
     ref2.load_state_dict(sd)
-    _assert_same_outputs(_outputs(ref2, x), _outputs(ref, x), rtol=0, atol=0)
+    assert_outputs_close(flatten(ref2(x)), flatten(ref(x)), rtol=0, atol=0)
 
 
 def test_zero_grad_and_accumulation(cpu_backend, rnn_pair):
@@ -296,7 +285,7 @@ def test_zero_grad_and_accumulation(cpu_backend, rnn_pair):
     x = _x()
     for m in (ref, mod):
         for _ in range(2):  # gradients accumulate over two backward passes
-            _outputs(m, x)[0].sum().backward()
+            m(x)[0].sum().backward()
     for (name, p), q in zip(ref.named_parameters(), mod.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, **EXACT, msg=name)
     mod.zero_grad()
@@ -308,12 +297,12 @@ def test_meta_init_to_empty_and_skip_init(mode, cpu_backend, rnn_pair, same_erro
     cls, kw = MODES[mode]
     ref, _ = _pair(mode, cpu_backend, rnn_pair)
     x = _x()
-    meta = getattr(fusedrnn, cls)(I, H, device="meta", backend=cpu_backend, **kw)
+    meta = _new(fusedrnn, mode, device="meta", backend=cpu_backend)
     meta.to_empty(device="cpu")
     meta.reset_parameters()
     assert all(p.device.type == "cpu" and p.abs().max() <= H**-0.5 for p in meta.parameters())
     meta.double().load_state_dict(ref.state_dict())
-    _assert_same_outputs(_outputs(meta, x), _outputs(ref, x))
+    assert_outputs_close(flatten(meta(x)), flatten(ref(x)))
     # torch.nn.utils.skip_init looks for a named ``device`` argument, which neither
     # torch.nn's nor fusedrnn's (*args, **kwargs) constructors show
     same_error(lambda lib: torch.nn.utils.skip_init(getattr(lib, cls), I, H, **kw))
@@ -323,11 +312,10 @@ def test_meta_init_to_empty_and_skip_init(mode, cpu_backend, rnn_pair, same_erro
 def test_conversion_with_swapped_module_params(mode, cpu_backend, rnn_pair):
     """With swap_module_params_on_conversion, .double() swaps the Parameter objects'
     contents in place; nothing cached may go stale."""
-    cls, kw = MODES[mode]
-    mod = getattr(fusedrnn, cls)(I, H, backend=cpu_backend, **kw)
+    mod = _new(fusedrnn, mode, backend=cpu_backend)
     # torch.nn's own modules cannot be swapped (they keep weakrefs to their weights),
     # so the oracle is converted the ordinary way
-    ref = getattr(nn, cls)(I, H, **kw)
+    ref = _new(nn, mode)
     ref.load_state_dict(mod.state_dict())
     ref.double()
     previous = torch.__future__.get_swap_module_params_on_conversion()
@@ -341,7 +329,7 @@ def test_conversion_with_swapped_module_params(mode, cpu_backend, rnn_pair):
     assert all(a is b for a, b in zip(params, mod.parameters(), strict=True))
     assert all(p.dtype == torch.float64 for p in mod.parameters())
     x = _x()
-    _assert_same_outputs(_outputs(mod, x), _outputs(ref, x))
+    assert_outputs_close(flatten(mod(x)), flatten(ref(x)))
 
 
 def test_state_dict_of_a_model_holding_the_module(cpu_backend):

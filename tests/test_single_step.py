@@ -7,9 +7,10 @@ import re
 
 import pytest
 import torch
-from torch import nn
+from module_testlib import assert_outputs_close, assert_same, flatten
 
 import fusedrnn
+import fusedrnn.modules
 from fusedrnn import backends
 
 STEP_BACKENDS = [
@@ -25,10 +26,6 @@ CASES = [
     ("RNN", {"nonlinearity": "relu"}),
 ]
 TOL = {torch.float32: 2e-6, torch.float64: 1e-12}
-
-
-def _states(s):
-    return s if isinstance(s, tuple) else (s,)
 
 
 @pytest.fixture
@@ -48,18 +45,22 @@ def count_steps(monkeypatch):
     return calls
 
 
+def _count_calls(monkeypatch, name):
+    """A list that grows by one at each call of fusedrnn.modules.<name> (the general path)."""
+    calls, real = [], getattr(fusedrnn.modules, name)
+    monkeypatch.setattr(fusedrnn.modules, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
 @pytest.mark.parametrize("cls,kw", CASES, ids=[f"{c}{k}" for c, k in CASES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_step_matches_torch_nn(backend, cls, kw, dtype, count_steps):
+def test_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, rnn_pair):
+    kw = dict(kw, dtype=dtype, backend=backend)
     for layers, batch, bias, batch_first in itertools.product(
         [1, 3], [1, 3], [True, False], [False, True]
     ):
-        ref = getattr(nn, cls)(5, 7, layers, bias=bias, batch_first=batch_first, dtype=dtype, **kw)
-        mod = getattr(fusedrnn, cls)(
-            5, 7, layers, bias=bias, batch_first=batch_first, dtype=dtype, backend=backend, **kw
-        )
-        mod.load_state_dict(ref.state_dict())
+        ref, mod = rnn_pair(cls, 5, 7, layers, bias=bias, batch_first=batch_first, **kw)
         before = len(count_steps)
         s_ref = s_mod = None
         with torch.no_grad():
@@ -68,9 +69,8 @@ def test_step_matches_torch_nn(backend, cls, kw, dtype, count_steps):
                 x = x if batch_first else x.transpose(0, 1).contiguous()
                 y_ref, s_ref = ref(x, s_ref)
                 y_mod, s_mod = mod(x, s_mod)
-                for a, b in zip((y_ref, *_states(s_ref)), (y_mod, *_states(s_mod)), strict=True):
-                    assert a.shape == b.shape
-                    torch.testing.assert_close(b, a, rtol=TOL[dtype], atol=TOL[dtype])
+                got, want = flatten((y_mod, s_mod)), flatten((y_ref, s_ref))
+                assert_outputs_close(got, want, rtol=TOL[dtype], atol=TOL[dtype])
         assert len(count_steps) - before == 3, "the fast path was not taken"
 
 
@@ -100,15 +100,13 @@ CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}), ("RNNCell", {"nonli
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
 @pytest.mark.parametrize("cls,kw", CELLS, ids=[f"{c}{k}" for c, k in CELLS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cell_without_autograd_takes_the_step_path(backend, cls, kw, dtype, count_steps):
+def test_cell_without_autograd_takes_the_step_path(backend, cls, kw, dtype, count_steps, rnn_pair):
     """A cell call under no_grad is a one-layer stack_step; hidden 70 is wider than one unit
     chunk of the layer op, batch 6 above the small-row product's limit."""
     for batch, hidden, bias, with_state in itertools.product(
         [None, 0, 1, 6], [7, 70], [True, False], [True, False]
     ):
-        ref = getattr(nn, cls)(5, hidden, bias=bias, dtype=dtype, **kw)
-        mod = getattr(fusedrnn, cls)(5, hidden, bias=bias, dtype=dtype, backend=backend, **kw)
-        mod.load_state_dict(ref.state_dict())
+        ref, mod = rnn_pair(cls, 5, hidden, bias=bias, dtype=dtype, backend=backend, **kw)
         lead = () if batch is None else (batch,)
         x = torch.randn(*lead, 5, dtype=dtype)
         state = None
@@ -118,55 +116,36 @@ def test_cell_without_autograd_takes_the_step_path(backend, cls, kw, dtype, coun
         before = len(count_steps)
         with torch.no_grad():
             out_ref, out_mod = ref(x, state), mod(x, state)
-        for a, b in zip(_states(out_ref), _states(out_mod), strict=True):
-            assert a.shape == b.shape and a.dtype == b.dtype
-            torch.testing.assert_close(b, a, rtol=TOL[dtype], atol=TOL[dtype])
+        got, want = flatten(out_mod), flatten(out_ref)
+        assert_outputs_close(got, want, rtol=TOL[dtype], atol=TOL[dtype])
         assert len(count_steps) - before == 1, "the cell did not take the step path"
 
 
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
 @pytest.mark.parametrize("cls,kw", CASES + CELLS, ids=[f"{c}{k}" for c, k in CASES + CELLS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_one_step_with_autograd_at_wide_hidden(backend, cls, kw, dtype, count_steps, tol):
+def test_one_step_with_autograd_at_wide_hidden(backend, cls, kw, dtype, count_steps, tol, rnn_pair):
     """With autograd a single step runs the layer op, which lays a one-step call out in
     torch.nn's gate order (no chunk permutation) and multiplies unpacked weights: outputs and
     every gradient against torch.nn, hidden wider than one unit chunk."""
     layer = not cls.endswith("Cell")
     args = (5, 70, 2) if layer else (5, 70)
-    ref = getattr(nn, cls)(*args, dtype=dtype, **kw)
-    mod = getattr(fusedrnn, cls)(*args, dtype=dtype, backend=backend, **kw)
-    mod.load_state_dict(ref.state_dict())
+    ref, mod = rnn_pair(cls, *args, dtype=dtype, backend=backend, **kw)
     x = torch.randn(*((1, 6) if layer else (6,)), 5, dtype=dtype)
-    gen = torch.Generator().manual_seed(0)
-    results = []
-    for m in (ref, mod):
-        xg = x.clone().requires_grad_()
-        out = m(xg)
-        flat = [out[0], *_states(out[1])] if layer else list(_states(out))
-        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=dtype)).sum() for o in flat)
-        gen.manual_seed(0)
-        results.append(
-            [o.detach() for o in flat] + list(torch.autograd.grad(loss, [xg, *m.parameters()]))
-        )
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(b, a, **tol(dtype))
+    assert_same(ref, mod, x, **tol(dtype))
     assert count_steps == []
 
 
 @pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="the module shortcut calls the cpu backend")
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
-def test_module_shortcut_skips_the_general_path_only_for_valid_calls(cls, monkeypatch, count_steps):
+def test_module_shortcut_skips_the_general_path_only_for_valid_calls(
+    cls, monkeypatch, count_steps, rnn_pair
+):
     """A sampling call (one step, no autograd) goes from forward straight to stack_step
     (RNNBase._one_step); every other call, in particular an invalid one, takes the general
     path and fails there with torch.nn's message."""
-    import fusedrnn.modules as modules
-
-    general = []
-    real = modules.rnn_stack
-    monkeypatch.setattr(modules, "rnn_stack", lambda *a, **k: general.append(1) or real(*a, **k))
-    ref = getattr(nn, cls)(5, 7, 2)
-    mod = getattr(fusedrnn, cls)(5, 7, 2)
-    mod.load_state_dict(ref.state_dict())
+    general = _count_calls(monkeypatch, "rnn_stack")
+    ref, mod = rnn_pair(cls, 5, 7, 2, backend=None, dtype=torch.float32)
     lstm = cls == "LSTM"
 
     def state(batch, dtype=torch.float32):
@@ -204,18 +183,14 @@ def test_module_shortcut_skips_the_general_path_only_for_valid_calls(cls, monkey
 
 @pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="the cell shortcut calls the cpu backend")
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_cell_shortcut_skips_the_general_path_for_batched_calls(cls, monkeypatch, count_steps):
+def test_cell_shortcut_skips_the_general_path_for_batched_calls(
+    cls, monkeypatch, count_steps, rnn_pair
+):
     """A batched cell call without autograd goes from forward straight to stack_step
     (RNNCellBase._one_step), with or without a state; an unbatched one takes the general path
     (cell_step), which reaches stack_step too."""
-    import fusedrnn.modules as modules
-
-    general = []
-    real = modules.cell_step
-    monkeypatch.setattr(modules, "cell_step", lambda *a, **k: general.append(1) or real(*a, **k))
-    ref = getattr(nn, cls)(5, 7)
-    mod = getattr(fusedrnn, cls)(5, 7)
-    mod.load_state_dict(ref.state_dict())
+    general = _count_calls(monkeypatch, "cell_step")
+    ref, mod = rnn_pair(cls, 5, 7, backend=None, dtype=torch.float32)
     h = torch.randn(3, 7)
     with torch.no_grad():
         for x, s in [

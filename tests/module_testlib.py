@@ -1,0 +1,106 @@
+"""Run a torch.nn module and its fusedrnn twin (see conftest's ``rnn_pair``) on the same
+input and compare the result's structure, every output and every gradient: of the input,
+of the initial state and of each parameter."""
+
+from __future__ import annotations
+
+import torch
+from conftest import MODES
+from torch.nn.utils.rnn import PackedSequence
+
+
+def flatten(result) -> list[torch.Tensor]:
+    """A module's or a cell's result (or a state) as a flat list of tensors:
+    [output, h_n(, c_n)], [h(, c)]; a PackedSequence counts as its ``data``."""
+    if isinstance(result, PackedSequence):
+        return [result.data]
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for item in result for t in flatten(item)]
+
+
+def _structure(result):
+    if isinstance(result, PackedSequence | torch.Tensor):
+        return type(result).__name__
+    return type(result).__name__, [_structure(item) for item in result]
+
+
+def _fresh_leaves(hx):
+    """A copy of the state (a tensor, tuple or list of them, or None) whose tensors are
+    fresh leaves requiring grad."""
+    if hx is None:
+        return None
+    if isinstance(hx, torch.Tensor):
+        return hx.detach().clone().requires_grad_()
+    return type(hx)(_fresh_leaves(h) for h in hx)
+
+
+def outputs_and_grads(module, x, hx=None, *, pack=None, seed=1):
+    """(result structure, outputs, grads) of ``module(x, hx)``, or of
+    ``module(pack(x), hx)``. The grads are those of the input, of each state tensor and of
+    every parameter (None for a frozen one), under a seeded random linear loss on every
+    output, the same for any module given the same seed."""
+    x = x.detach().clone().requires_grad_()
+    hx = _fresh_leaves(hx)
+    inp = x if pack is None else pack(x)
+    result = module(inp, hx)
+    if pack is not None:  # the output keeps the input's batch layout and order
+        out = result[0]
+        for name in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            a, b = getattr(out, name), getattr(inp, name)
+            assert (a is None and b is None) or torch.equal(a, b), name
+    outs = flatten(result)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    params = list(module.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    wrt = [x] if hx is None else [x, *flatten(hx)]
+    found = iter(torch.autograd.grad(loss, wrt + trainable))
+    grads = [next(found) for _ in wrt] + [next(found) if p.requires_grad else None for p in params]
+    return _structure(result), [o.detach() for o in outs], grads
+
+
+def assert_all_close(got, want, names, *, rtol, atol, scaled=False):
+    """Tensor by tensor, with the same shape and dtype; None exactly where ``want`` has None.
+    ``scaled`` divides both by the expected tensor's largest magnitude where that exceeds 1."""
+    assert len(got) == len(want) == len(names), (len(got), len(want))
+    for name, a, b in zip(names, got, want, strict=True):
+        if b is None:
+            assert a is None, f"{name} should be None"
+            continue
+        assert a is not None, f"{name} missing"
+        assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, b.shape)
+        scale = max(1.0, b.abs().max().item()) if scaled and b.numel() else 1.0
+        torch.testing.assert_close(a / scale, b / scale, rtol=rtol, atol=atol, msg=name)
+
+
+def assert_outputs_close(got, want, *, rtol=1e-12, atol=1e-12):
+    """Two lists of outputs (see ``flatten``), by default to float64 round-off."""
+    assert_all_close(got, want, [f"output {i}" for i in range(len(want))], rtol=rtol, atol=atol)
+
+
+def assert_same(ref, mod, x, hx=None, *, rtol, atol, pack=None, scaled=False, what=""):
+    """``mod`` gives ``ref``'s result structure, outputs and gradients on ``x`` and ``hx``."""
+    ref_structure, ref_outs, ref_grads = outputs_and_grads(ref, x, hx, pack=pack)
+    structure, outs, grads = outputs_and_grads(mod, x, hx, pack=pack)
+    assert structure == ref_structure, what
+    n_states = len(ref_grads) - 1 - len(list(ref.parameters()))
+    names = [f"output {i} {what}" for i in range(len(ref_outs))]
+    assert_all_close(outs, ref_outs, names, rtol=rtol, atol=atol, scaled=scaled)
+    names = ["input", *(f"state {i}" for i in range(n_states))]
+    names += [n for n, _ in ref.named_parameters()]
+    names = [f"grad of {n} {what}" for n in names]
+    assert_all_close(grads, ref_grads, names, rtol=rtol, atol=atol, scaled=scaled)
+
+
+def mode_kwargs(mode: str, proj: int = 0, **kwargs) -> tuple[str, dict]:
+    """(class name, constructor keyword arguments) for one of conftest's MODES, with
+    ``proj_size=proj`` where ``proj`` is nonzero."""
+    cls, extra = MODES[mode]
+    return cls, {**extra, **kwargs, **({"proj_size": proj} if proj else {})}
+
+
+def mode_pair(rnn_pair, mode: str, *args, proj: int = 0, **kwargs):
+    """conftest's ``rnn_pair`` for one of its MODES (see ``mode_kwargs``)."""
+    cls, kw = mode_kwargs(mode, proj, **kwargs)
+    return rnn_pair(cls, *args, **kw)
