@@ -20,7 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CPU_BACKENDS
-from layer_cases import triton_interpreting
+from misc_testlib import needs_interpreter
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
@@ -137,9 +137,7 @@ def test_cells_under_autocast(backend):
     cells return float32 here, its CUDA cells the autocast dtype), values close. A bfloat16
     input with float32 weights is accepted under autocast, as by torch.nn."""
     for cls, want_dtype in (("RNNCell", torch.bfloat16), ("LSTMCell", None), ("GRUCell", None)):
-        ref = getattr(torch.nn, cls)(I, H)
-        mod = getattr(fusedrnn, cls)(I, H, backend=backend)
-        mod.load_state_dict(ref.state_dict())
+        ref, mod = _pair(cls, backend)
         for x in (torch.randn(B, I), torch.randn(B, I).bfloat16()):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 want, got = ref(x), mod(x)
@@ -173,11 +171,6 @@ def test_float64_is_left_alone():
 
 # ---- triton, under the interpreter ------------------------------------------------------
 
-needs_interpreter = pytest.mark.skipif(
-    not triton_interpreting(),
-    reason="the triton backend runs on CPU tensors only under TRITON_INTERPRET=1",
-)
-
 
 @needs_interpreter
 @pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
@@ -196,10 +189,7 @@ def test_triton_under_autocast_fp16(cls, path):
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(p.half().float())
-    want = ref(x.half().float())
-    for a, b in zip(_flat(got), _flat(want), strict=True):
-        assert a.dtype == torch.float16
-        torch.testing.assert_close(a.float(), b, rtol=0, atol=TOL[torch.float16])
+    _compare(got, ref(x.half().float()), torch.float16, want_dtype=torch.float32)
 
 
 @needs_interpreter

@@ -25,30 +25,34 @@ import run as bench_run  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _quick(script: str, out) -> subprocess.CompletedProcess:
-    """bench/<script> --quick writing to ``out``, its output captured."""
-    cmd = [sys.executable, str(BENCH / script), "--quick", "--out", str(out)]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _bench(script: str, out, *args: str) -> subprocess.CompletedProcess:
+    """bench/<script> with ``args`` writing to ``out``; fails the test unless it exits 0."""
+    cmd = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _rows(path: Path, columns=None) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert columns is None or reader.fieldnames == columns
+        return list(reader)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_quick")
-    return out, _quick("run.py", out)
+    return out, _bench("run.py", out, "--quick")
 
 
 def test_quick_run_exits_cleanly(quick_run):
-    out, proc = quick_run
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "wrote" in proc.stdout
+    assert "wrote" in quick_run[1].stdout
 
 
 def test_quick_csv_is_well_formed(quick_run):
     out, _ = quick_run
-    with open(out / "results.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == bench_run.COLUMNS
-        rows = list(reader)
+    rows = _rows(out / "results.csv", bench_run.COLUMNS)
     assert rows
     names = P.all_provider_names("cpu")
     assert {r["provider"] for r in rows} == set(names)
@@ -126,8 +130,7 @@ def test_graph_replay_dry_run(tmp_path, capsys):
     import graph_replay
 
     assert graph_replay.main(["--dry-run", "--out", str(tmp_path), "--rounds", "1"]) == 0
-    with open(tmp_path / "graph_replay.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = _rows(tmp_path / "graph_replay.csv")
     assert [(r["mode"], r["provider"][:8]) for r in rows] == [
         ("fwd", "torch.nn"), ("fwd", "fusedrnn"), ("fwdbwd", "torch.nn"), ("fwdbwd", "fusedrnn")
     ]  # fmt: skip
@@ -294,10 +297,8 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
 def test_variants_bench_quick(tmp_path):
     """bench/variants.py --quick: every provider agrees with the reference op (checked inside
     the script, which fails otherwise), and the CSV / table are written."""
-    proc = _quick("variants.py", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with open(tmp_path / "variants.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    _bench("variants.py", tmp_path, "--quick")
+    rows = _rows(tmp_path / "variants.csv")
     import variants as bench_variants
 
     assert {r["variant"] for r in rows} == set(bench_variants.VARIANTS)
@@ -378,14 +379,9 @@ def test_charlm_speed_writes_portable_paths():
 def test_sampling_bench_small(tmp_path):
     """bench/sampling.py on a tiny shape: one row per cell and batch, every loop measured, the
     table beside the CSV."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "sampling.py"), "--rounds", "1", "--seconds", "0.02",
-         "--shapes", "1x8", "--cells", "lstm,rnn", "--batches", "1,2", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with open(tmp_path / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    args = "--rounds 1 --seconds 0.02 --shapes 1x8 --cells lstm,rnn --batches 1,2"
+    _bench("sampling.py", tmp_path, *args.split())
+    rows = _rows(tmp_path / "results.csv")
     assert [(r["cell"], r["batch"]) for r in rows] == [
         ("lstm", "1"), ("lstm", "2"), ("rnn", "1"), ("rnn", "2")
     ]  # fmt: skip
@@ -401,14 +397,9 @@ def test_sampling_bench_small(tmp_path):
 def test_cells_bench_small(tmp_path):
     """bench/cells.py on tiny shapes: one row per shape, cell and mode, both sides timed, the
     table beside the CSV."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "cells.py"), "--rounds", "1", "--seconds", "0.01",
-         "--shapes", "1x8,3x5", "--cells", "LSTMCell,GRUCell", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with open(tmp_path / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    args = "--rounds 1 --seconds 0.01 --shapes 1x8,3x5 --cells LSTMCell,GRUCell"
+    _bench("cells.py", tmp_path, *args.split())
+    rows = _rows(tmp_path / "results.csv")
     assert [(r["batch"], r["hidden"], r["cell"], r["mode"]) for r in rows] == [
         (b, h, c, m) for b, h in (("1", "8"), ("3", "5")) for c in ("LSTMCell", "GRUCell")
         for m in ("step", "fwdbwd")

@@ -17,28 +17,18 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
+from layer_cases import triton_interpreting
 
 import fusedrnn
 
-
-def _triton_interprets() -> bool:
-    """The triton backend runs on CPU tensors only if triton was first imported
-    with TRITON_INTERPRET=1 (else its kernels are compiled, which needs a GPU)."""
-    if "triton" not in fusedrnn.available_backends("cpu"):
-        return False
-    import triton.language.standard
-
-    return type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
+AVAILABLE = [
+    b for b in fusedrnn.available_backends("cpu") if b != "triton" or triton_interpreting()
+]
 
 
-BACKENDS = ["reference", "cpu", "triton"]
-AVAILABLE = {"reference": True, "cpu": "cpu" in fusedrnn.available_backends("cpu")}
-AVAILABLE["triton"] = _triton_interprets()
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=["reference", "cpu", "triton"])
 def backend(request) -> str:
-    if not AVAILABLE[request.param]:
+    if request.param not in AVAILABLE:
         pytest.skip(f"the {request.param} backend cannot run on CPU tensors here")
     return request.param
 
@@ -71,28 +61,18 @@ def _check(model: torch.nn.Module, *inputs):
         torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_compile_two_layer_lstm(backend):
-    model = TwoLayerLM("LSTM", backend).double()
-    _check(model, torch.randn(5, 2, 3, dtype=torch.float64))
-
-
-def test_compile_bidirectional_gru(backend):
-    model = TwoLayerLM("GRU", backend, bidirectional=True).double()
-    _check(model, torch.randn(4, 3, 3, dtype=torch.float64))
-
-
-def test_compile_lstm_proj_batch_first(backend):
-    model = TwoLayerLM("LSTM", backend, proj_size=4, batch_first=True).double()
-    _check(model, torch.randn(2, 5, 3, dtype=torch.float64))
-
-
-@pytest.mark.skipif(not AVAILABLE["triton"], reason="triton backend not available on CPU")
-def test_triton_ops_are_registered():
-    from fusedrnn.ops.triton.layer_op import layer
-
-    assert layer.fwd_op._qualname == "fusedrnn::triton_layer_fwd"
-    assert torch.ops.fusedrnn.triton_layer_fwd.default is not None
-    assert torch.ops.fusedrnn.triton_layer_bwd.default is not None
+@pytest.mark.parametrize(
+    "cls,kw,shape",
+    [
+        ("LSTM", {}, (5, 2, 3)),
+        ("GRU", dict(bidirectional=True), (4, 3, 3)),
+        ("LSTM", dict(proj_size=4, batch_first=True), (2, 5, 3)),
+    ],
+    ids=["two_layer_lstm", "bidirectional_gru", "lstm_proj_batch_first"],
+)
+def test_compile(backend, cls, kw, shape):
+    model = TwoLayerLM(cls, backend, **kw).double()
+    _check(model, torch.randn(shape, dtype=torch.float64))
 
 
 def test_inductor_batch_first_lstm_matches_torch_nn(backend):

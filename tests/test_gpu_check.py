@@ -33,20 +33,24 @@ EXPECTED_FILES = {
 }
 
 
+def _python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check_dry")
     start = time.monotonic()
-    proc = subprocess.run(
-        # about 20 s here; the budget leaves room for a busy CI machine
-        [sys.executable, "-m", "fusedrnn.gpu_check", "--dry-run", "--out", str(out)]
-        + ["--budget-s", "180"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # about 20 s here; the budget leaves room for a busy CI machine
+    args = ("--dry-run", "--out", str(out), "--budget-s", "180")
+    proc = _python("-m", "fusedrnn.gpu_check", *args, timeout=300)
     return out, proc, time.monotonic() - start
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "gpu_check.json").read_text())
 
 
 def _rows(out: Path) -> list[dict]:
@@ -60,7 +64,7 @@ def test_dry_run_completes_in_time_and_writes_every_file(dry_run):
     out, proc, wall = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
-    report = json.loads((out / "gpu_check.json").read_text())
+    report = _report(out)
     assert report["mode"] == "dry-run" and report["exit_status"] == 0
     assert report["elapsed_s"] <= report["budget_s"]
     assert wall < 180, f"the dry run took {wall:.0f} s"
@@ -78,11 +82,7 @@ def test_dry_run_completes_in_time_and_writes_every_file(dry_run):
 
 def test_dry_run_checks_every_cell_and_dtype(dry_run):
     out, _, _ = dry_run
-    check = next(
-        p
-        for p in json.loads((out / "gpu_check.json").read_text())["phases"]
-        if p["name"] == "check"
-    )
+    (check,) = (p for p in _report(out)["phases"] if p["name"] == "check")
     cases = check["details"]["cases"]
     plan = gc.dry_run_plan()
     assert {(c["cell"], c["dtype"]) for c in cases} == {
@@ -156,7 +156,7 @@ def test_budget_allot_and_skip_with_a_fake_clock():
 
 def test_zero_budget_skips_every_phase_but_still_reports(tmp_path, capsys):
     assert gc.main(["--dry-run", "--budget-s", "0", "--out", str(tmp_path)]) == 3
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    report = _report(tmp_path)
     for p in report["phases"][1:]:
         assert p["status"] == "skipped" and "time budget" in p["reason"], p
     assert _rows(tmp_path) == []
@@ -269,12 +269,10 @@ gc.start_watchdog(s, 0.5)
 time.sleep(60)  # a kernel that never returns
 """
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    proc = _python("-c", script)
     assert time.monotonic() - start < 50
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    report = _report(tmp_path)
     check = report["phases"][1]
     assert check["status"] == "failed" and "still running" in check["reason"]
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "results.csv").is_file()
@@ -336,13 +334,7 @@ def test_without_gpu_exits_2_and_writes_nothing(capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
 def test_module_entry_point_without_gpu():
-    proc = subprocess.run(
-        [sys.executable, "-m", "fusedrnn.gpu_check"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _python("-m", "fusedrnn.gpu_check")
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stdout
 
@@ -372,7 +364,7 @@ def test_import_touches_neither_gpu_nor_bench():
         "assert not torch.cuda.is_initialized()\n"
         "assert not {'run', 'measure', 'providers', 'report'} & set(sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    proc = _python("-c", code)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -405,23 +397,18 @@ def test_parse_pytest_output():
 
 
 def test_tf32_context_sets_both_libraries_and_restores():
-    before = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        P.TOLERANCES[torch.float32],
-    )
+    def state():
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        return (*tf32, P.TOLERANCES[torch.float32])
+
+    before = state()
     with P.tf32(True):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         assert P.TOLERANCES[torch.float32] == P.TF32_TOLERANCE
     with P.tf32(False):
         assert not torch.backends.cuda.matmul.allow_tf32
         assert not torch.backends.cudnn.allow_tf32
-    after = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        P.TOLERANCES[torch.float32],
-    )
-    assert after == before
+    assert state() == before
 
 
 def test_gpu_plan_holds_the_headline_shapes():

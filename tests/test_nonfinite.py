@@ -80,21 +80,17 @@ def _check(cell, backend, site, value, where, T, B, I, H, layers, bidirectional)
                 p.view(-1)[where % p.numel()] = value
     want_out, want_grad = _run(ref, cell, x, h0, c0)
     got_out, got_grad = _run(mod, cell, x, h0, c0)
-    names = ["y", "h_n", "c_n"][: len(want_out)]
-    for name, w, g in zip(names, want_out, got_out, strict=True):
+    n = len(want_out)  # [y, h_n(, c_n)], their gradients [x, h0(, c0)]
+    gnames = ["x", "h0", "c0"][:n] + [name for name, _ in mod.named_parameters()]
+    names = ["y", "h_n", "c_n"][:n] + [f"grad of {name}" for name in gnames]
+    for name, w, g in zip(names, want_out + want_grad, got_out + got_grad, strict=True):
+        if w is None:  # a gradient torch.nn leaves unset
+            assert g is None or not g.any(), name
+            continue
         assert torch.equal(torch.isfinite(g), torch.isfinite(w)), (
             f"{name}: finite pattern differs from torch.nn ({site}={value})\n"
             f"torch.nn {torch.isfinite(w).flatten().tolist()}\n"
             f"fusedrnn {torch.isfinite(g).flatten().tolist()}"
-        )
-    gnames = ["x", "h0", "c0"][: 3 if cell == "lstm" else 2]
-    gnames += [n for n, _ in mod.named_parameters()]
-    for name, w, g in zip(gnames, want_grad, got_grad, strict=True):
-        if w is None:
-            assert g is None or not g.any(), name
-            continue
-        assert torch.equal(torch.isfinite(g), torch.isfinite(w)), (
-            f"grad of {name}: finite pattern differs from torch.nn ({site}={value})"
         )
 
 

@@ -38,21 +38,13 @@ import pathlib
 import pytest
 import torch
 import torch._library.custom_ops as custom_ops
-from layer_cases import triton_interpreting
+from misc_testlib import forward_backward, layer_args, needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
-from fusedrnn.ops.checks import GATES
 
 aten = torch.ops.aten
 TRITON_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
-
-
-INTERPRET = triton_interpreting()
-needs_interpreter = pytest.mark.skipif(
-    not INTERPRET, reason="triton ops run on CPU tensors only with TRITON_INTERPRET=1"
-)
-needs_cpu = pytest.mark.skipif(not cpu.is_available(), reason="fusedrnn._C is not built")
 
 SYNCS = {
     aten._local_scalar_dense.default,
@@ -130,22 +122,9 @@ class NoHostSync(TorchDispatchMode):
                 raise HostSyncError(f"{where}: host-to-device copy by {func}")
 
 
-def _layer_args(cell: str, packed: bool, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(0)
-    G = GATES[cell]
-    T, B, I, H = 3, 3, 3, 4
-
-    def rnd(*shape):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
-
-    batch_sizes = torch.tensor([3, 2, 1]) if packed else None
-    x = rnd(6, I) if packed else rnd(T, B, I)
-    ts = [x, rnd(B, H), rnd(B, H) if cell == "lstm" else None, rnd(G * H, I), rnd(G * H, H),
-          rnd(G * H), rnd(G * H)]  # fmt: skip
-    for t in ts:
-        if t is not None:
-            t.requires_grad_()
-    return [*ts, None, batch_sizes, False]
+def _layer_args(cell: str, packed: bool, reverse: bool = False):
+    layout = ("packed" if packed else "dense") + ("_reverse" if reverse else "")
+    return layer_args(cell, layout, B=3, batch_sizes=[3, 2, 1])
 
 
 def _ln(cell: str) -> dict:
@@ -158,12 +137,9 @@ def _ln(cell: str) -> dict:
 
 
 def _run(layer, cell, packed, reverse=False, **kw):
-    args = _layer_args(cell, packed)
-    args[-1] = reverse
+    args = _layer_args(cell, packed, reverse)
     with NoHostSync(args[-2]) as mode:
-        y, h_n, c_n = layer(cell, *args, **kw)
-        outs = [o for o in (y, h_n, c_n) if o is not None and o.requires_grad]
-        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+        forward_backward(layer, cell, args, **kw)
     # both ops ran under the mode
     assert any(n.endswith("_fwd") for n in mode.ops_run), mode.ops_run
     assert any(n.endswith("_bwd") for n in mode.ops_run), mode.ops_run
@@ -214,7 +190,6 @@ def test_cpu_ops_do_not_sync(cell, packed):
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_cpu_variant_ops_do_not_sync(cell, packed):
-
     _run(cpu.layer, cell, packed, zoneout_h=0.2, **_ln(cell))
 
 

@@ -19,10 +19,10 @@ import importlib
 import pytest
 import torch
 from layer_cases import triton_interpreting
+from misc_testlib import H, T, forward_backward, layer_args, needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
-from fusedrnn.ops.checks import GATES
 
 OPTESTS = (
     "test_schema",
@@ -36,7 +36,7 @@ LAYOUTS = ("dense", "batch_first", "packed", "dense_reverse", "packed_reverse")
 CASES = [pytest.param(lay, torch.float64, id=f"{lay}-fp64") for lay in LAYOUTS] + [
     pytest.param(lay, torch.float32, id=f"{lay}-fp32") for lay in ("batch_first", "packed_reverse")
 ]
-T, B, I, H = 3, 2, 3, 4
+B = 2
 
 
 INTERPRET = triton_interpreting()
@@ -57,43 +57,12 @@ class _Capture(TorchDispatchMode):
 
 
 def _inputs(cell: str, layout: str, dtype: torch.dtype, *, gates: int | None = None, device="cpu"):
-    """Layer-op positional arguments (x ... batch_sizes, reverse) with grads required."""
-    gen = torch.Generator().manual_seed(0)
-    G = gates or GATES[cell]
-
-    def rnd(*shape, scale=0.5):
-        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
-        return t.to(dtype=dtype, device=device)
-
-    batch_sizes = None
-    if layout.startswith("packed"):
-        batch_sizes = torch.tensor([2, 2, 1])
-        x = rnd(int(batch_sizes.sum()), I)
-    elif layout == "batch_first":
-        x = rnd(B, T, I).transpose(0, 1)  # what a batch_first module hands the op
-    else:
-        x = rnd(T, B, I)
-    ts = [
-        x,
-        rnd(B, H),
-        rnd(B, H) if cell == "lstm" else None,
-        rnd(G * H, I),
-        rnd(G * H, H),
-        rnd(G * H),
-        rnd(G * H),
-    ]
-    for t in ts:
-        if t is not None:
-            t.requires_grad_()
-    return [*ts, None, batch_sizes, layout.endswith("reverse")]
+    return layer_args(cell, layout, dtype, B=B, batch_sizes=[2, 2, 1], gates=gates, device=device)
 
 
 def _run_and_capture(layer, cell, args, **kw):
     with _Capture() as cap:
-        y, h_n, c_n = layer(cell, *args, **kw)
-        outs = [o for o in (y, h_n, c_n) if o is not None and o.requires_grad]
-        # gradients into every output, so every branch of the backward runs
-        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+        forward_backward(layer, cell, args, **kw)
     return cap.calls
 
 
@@ -168,24 +137,16 @@ def _check_variants(layer, layout, dtype, *, skip=(), cells=("lstm", "gru"), dev
     return seen
 
 
-needs_cpu = pytest.mark.skipif(not cpu.is_available(), reason="fusedrnn._C is not built")
-needs_interpreter = pytest.mark.skipif(
-    not INTERPRET, reason="triton ops run on CPU tensors only with TRITON_INTERPRET=1"
-)
+def _ops(backend: str) -> set[str]:
+    """The forward and backward op of a backend."""
+    return {f"fusedrnn::{backend}_layer_fwd", f"fusedrnn::{backend}_layer_bwd"}
 
 
 @needs_cpu
 @pytest.mark.parametrize("layout,dtype", CASES)
-def test_cpu_layer_ops(layout, dtype):
-    seen = _check_plain(cpu.layer, layout, dtype)
-    assert seen == {"fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"}
-
-
-@needs_cpu
-@pytest.mark.parametrize("layout,dtype", CASES)
-def test_cpu_variant_ops(layout, dtype):
-    seen = _check_variants(cpu.layer, layout, dtype)
-    assert seen == {"fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"}
+@pytest.mark.parametrize("check", [_check_plain, _check_variants], ids=["layer", "variant"])
+def test_cpu_ops(check, layout, dtype):
+    assert check(cpu.layer, layout, dtype) == _ops("cpu")
 
 
 @needs_cpu
@@ -214,13 +175,12 @@ def test_eager_calls_run_the_op_bodies_only_while_unwatched(cell, monkeypatch):
     with _Capture() as cap:
         watched = run(args)
     assert answers[2:] == [False]  # a watched forward runs its backward as an op too
-    assert {op.name() for op, _, _ in cap.calls} == {
-        "fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"}  # fmt: skip
+    assert {op.name() for op, _, _ in cap.calls} == _ops("cpu")
     with torch.profiler.profile() as prof:
         profiled = run(args)
     assert answers[3:] == [False]
     names = {e.key for e in prof.key_averages()}
-    assert {"fusedrnn::cpu_layer_fwd", "fusedrnn::cpu_layer_bwd"} <= names
+    assert _ops("cpu") <= names
     for a, b, c in zip(direct, watched, profiled, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, c, rtol=0, atol=0)
@@ -257,7 +217,7 @@ def test_triton_layer_ops(layout, dtype, path):
     cell = ("lstm", "gru", "rnn_relu")[LAYOUTS.index(layout) % 3]
     with tb.kernel_path(path):
         seen = _check_plain(layer, layout, dtype, cells=(cell,))
-    assert seen == {"fusedrnn::triton_layer_fwd", "fusedrnn::triton_layer_bwd"}
+    assert seen == _ops("triton")
 
 
 @needs_interpreter
@@ -267,7 +227,7 @@ def test_triton_variant_ops(layout, dtype):
 
     cell = ("lstm", "gru")[LAYOUTS.index(layout) % 2]
     seen = _check_variants(layer, layout, dtype, cells=(cell,))
-    assert seen == {"fusedrnn::triton_layer_fwd", "fusedrnn::triton_layer_bwd"}
+    assert seen == _ops("triton")
 
 
 def _gpu_layer(backend: str):
@@ -291,7 +251,7 @@ def test_gpu_ops(backend, layout, dtype):
     layer = _gpu_layer(backend)
     seen = _check_plain(layer, layout, dtype, device="cuda")
     seen |= _check_variants(layer, layout, dtype, device="cuda")
-    assert seen == {f"fusedrnn::{backend}_layer_fwd", f"fusedrnn::{backend}_layer_bwd"}
+    assert seen == _ops(backend)
 
 
 # every module that declares fusedrnn custom ops, and the ops the tests above cover

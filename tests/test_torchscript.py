@@ -24,23 +24,19 @@ def _input(name):
     return torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
 
 
+@pytest.mark.parametrize(
+    "refuse",
+    [
+        lambda mod, x: torch.jit.script(mod),
+        lambda mod, x: torch.jit.script(torch.nn.Sequential(mod)),
+        lambda mod, x: torch.jit.trace(mod, (x,)),
+    ],
+    ids=["script", "script_submodule", "trace"],
+)
 @pytest.mark.parametrize("name", MODULES)
-def test_script_raises(name):
+def test_torchscript_raises(name, refuse):
     with pytest.raises(RuntimeError, match=MESSAGE):
-        torch.jit.script(MODULES[name]())
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_script_raises_for_a_submodule(name):
-    model = torch.nn.Sequential(MODULES[name]())
-    with pytest.raises(RuntimeError, match=MESSAGE):
-        torch.jit.script(model)
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_trace_raises(name):
-    with pytest.raises(RuntimeError, match=MESSAGE):
-        torch.jit.trace(MODULES[name](), (_input(name),))
+        refuse(MODULES[name](), _input(name))
 
 
 @pytest.mark.parametrize("name", MODULES)
