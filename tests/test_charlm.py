@@ -296,32 +296,9 @@ def test_resume_across_epoch_boundary(tmp_path):
 
 
 def test_nan_loss_aborts(text_file, tmp_path, capsys):
-    rc = cli.main(
-        [
-            "train",
-            "--data",
-            str(text_file),
-            "--out",
-            str(tmp_path),
-            "--lr",
-            "1e38",
-            "--grad-clip",
-            "0",
-            "--max-iters",
-            "30",
-            "--hidden",
-            "8",
-            "--embed",
-            "4",
-            "--batch-size",
-            "4",
-            "--seq-len",
-            "8",
-            "--quiet",
-            "--impl",
-            "torch",
-        ]
-    )
+    flags = {"lr": 1e38, "grad_clip": 0, "max_iters": 30, "hidden": 8, "embed": 4}
+    flags.update(batch_size=4, seq_len=8, quiet=True, impl="torch")
+    rc = cli.main(["train", "--data", str(text_file), "--out", str(tmp_path), *cli_flags(flags)])
     err = capsys.readouterr().err
     assert rc == 1 and "loss became" in err and "Traceback" not in err
 
@@ -406,7 +383,6 @@ def _one_line_error(capsys, argv) -> str:
 def test_cli_bad_inputs(tmp_path, capsys, trained, text_file):
     out = tmp_path / "o"
     base = ["train", "--out", out, "--max-iters", "2", "--quiet", "--impl", "torch"]
-    assert "not found" in _one_line_error(capsys, [*base, "--data", tmp_path / "missing.txt"])
     (tmp_path / "empty.txt").write_text("")
     assert "empty" in _one_line_error(capsys, [*base, "--data", tmp_path / "empty.txt"])
     (tmp_path / "short.txt").write_text("tiny text")
@@ -447,19 +423,8 @@ def test_cli_eval_and_sample(trained, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["split"] == "test" and res["same_data_as_training"]
     assert res["bits_per_char"] == pytest.approx(res["loss_nats"] / 0.6931471805599453)
-    argv = [
-        "sample",
-        "--checkpoint",
-        ck,
-        "--prime",
-        "KING",
-        "--length",
-        "40",
-        "--seed",
-        "7",
-        "--num-samples",
-        "2",
-    ]
+    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--length", "40", "--seed", "7"]
+    argv += ["--num-samples", "2"]
     assert cli.main(argv) == 0
     first = capsys.readouterr().out
     assert cli.main(argv) == 0
@@ -763,22 +728,24 @@ def test_errors_are_one_sentence_in_plain_words(trained, tmp_path, capsys):
 
 
 def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
-
     ck = trained[0] / "last.pt"
     _, vocab, _ = load_checkpoint(ck)
     new = tmp_path / "new.txt"
     new.write_text(make_text(6000, seed=9), encoding="utf-8")  # same characters, other text
-    s = train(tiny_args(data=str(new), out=str(tmp_path / "ft"), max_iters=3, init_from=str(ck)))
+
+    def run(out, data=new, max_iters=1, **over):
+        cfg = tiny_args(data=str(data), out=str(tmp_path / out), max_iters=max_iters, **over)
+        return train(cfg)
+
+    s = run("ft", max_iters=3, init_from=str(ck))
     assert s["iters"] == 3 and s["iters_this_run"] == 3
     ft = read_checkpoint(tmp_path / "ft" / "last.pt")
     assert ft["vocab"] == vocab.to_dict() and ft["config"]["init_from"] == str(ck)
     assert ft["progress"]["iter"] == 3
     # the run starts from the checkpoint's weights (a step of lr 1e-9 leaves them where they were)
     src = read_checkpoint(ck)["model"]
-    train(
-        tiny_args(data=str(new), out=str(tmp_path / "w"), max_iters=1, lr=1e-9, init_from=str(ck))
-    )
-    train(tiny_args(data=str(new), out=str(tmp_path / "fresh"), max_iters=1, lr=1e-9))
+    run("w", lr=1e-9, init_from=str(ck))
+    run("fresh", lr=1e-9)
     for name, before in (("w", True), ("fresh", False)):
         w = read_checkpoint(tmp_path / name / "last.pt")["model"]
         same = all(torch.allclose(w[k], src[k], atol=1e-6) for k in src)
@@ -787,13 +754,9 @@ def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("Zebras quizzically vexed jumping wolves! 123\n" * 300, encoding="utf-8")
     with pytest.raises(CheckpointError, match="outside the vocabulary of --init-from"):
-        train(tiny_args(data=str(other), out=str(tmp_path / "x"), max_iters=1, init_from=str(ck)))
+        run("x", data=other, init_from=str(ck))
     with pytest.raises(CharLMError, match="drop --hidden"):
-        train(
-            tiny_args(
-                data=str(new), out=str(tmp_path / "y"), max_iters=1, init_from=str(ck), hidden=99
-            )
-        )
+        run("y", init_from=str(ck), hidden=99)
 
 
 def test_keep_checkpoints_names_carry_the_val_loss(text_file, tmp_path):

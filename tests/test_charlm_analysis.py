@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_charlm_helpers import tiny_args
 
 from fusedrnn.charlm import cells, evolution, features, ngram, visualize
 from fusedrnn.charlm.data import Vocab, load_corpus, split_corpus
@@ -503,26 +504,9 @@ def tiny_run(tmp_path_factory):
         encoding="utf-8",
     )
     out = d / "run"
-    train(
-        {
-            "data": str(data),
-            "impl": "torch",
-            "hidden": 16,
-            "layers": 2,
-            "embed": 8,
-            "batch_size": 8,
-            "seq_len": 32,
-            "max_iters": 12,
-            "eval_every": 6,
-            "sample_at": [0, 6, 12],
-            "sample_length": 40,
-            "sample_every": 0,
-            "out": str(out),
-            "quiet": True,
-            "plot": False,
-            "seed": 1,
-        }
-    )
+    over = {"hidden": 16, "batch_size": 8, "seq_len": 32, "max_iters": 12, "eval_every": 6}
+    cfg = tiny_args(data=str(data), impl="torch", out=str(out), seed=1, **over)
+    train({**cfg, "sample_at": [0, 6, 12], "sample_length": 40})
     return {"data": data, "out": out, "ckpt": out / "last.pt"}
 
 
@@ -547,36 +531,15 @@ def test_visualize_command_text_and_errors(tiny_run, tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text('béta "a&b" <tag>\n', encoding="utf-8")
     npz = tmp_path / "trace.npz"
-    assert (
-        visualize.main(
-            [
-                "--checkpoint",
-                ck,
-                "--text",
-                str(f),
-                "--out",
-                str(tmp_path / "a"),
-                "--kind",
-                "c",
-                "--scale",
-                "max",
-                "--save-trace",
-                str(npz),
-            ]
-        )
-        == 0
-    )
+    argv = ["--checkpoint", ck, "--text", str(f), "--out", str(tmp_path / "a"), "--kind", "c"]
+    assert visualize.main([*argv, "--scale", "max", "--save-trace", str(npz)]) == 0
     doc = (tmp_path / "a.html").read_text(encoding="utf-8")
     assert "<tag" not in doc and "&lt;" in doc and "&amp;" in doc
     z = np.load(npz)
     assert z["h"].shape == (2, 17, 16) and z["c"].shape == (2, 17, 16)
     assert z["probs"].shape[0] == 17
-    assert (
-        visualize.main(
-            ["--checkpoint", ck, "--text-string", "alpha", "--no-png", "--out", str(tmp_path / "b")]
-        )
-        == 0
-    )
+    argv = ["--checkpoint", ck, "--text-string", "alpha", "--no-png", "--out", str(tmp_path / "b")]
+    assert visualize.main(argv) == 0
     assert not (tmp_path / "b.png").exists() and (tmp_path / "b.html").exists()
     capsys.readouterr()
     bad = [
@@ -778,25 +741,8 @@ def test_commands_on_embedded_corpus_checkpoint(tmp_path, capsys):
     from fusedrnn.charlm.train import train
 
     out = tmp_path / "run"
-    train(
-        {
-            "impl": "torch",
-            "hidden": 8,
-            "layers": 1,
-            "embed": 4,
-            "batch_size": 4,
-            "seq_len": 16,
-            "max_iters": 2,
-            "eval_every": 2,
-            "eval_max_chars": 1000,
-            "sample_every": 0,
-            "sample_at": [2],
-            "sample_length": 20,
-            "out": str(out),
-            "quiet": True,
-            "plot": False,
-        }
-    )
+    over = {"hidden": 8, "layers": 1, "embed": 4, "max_iters": 2, "eval_every": 2}
+    train(tiny_args(impl="torch", eval_max_chars=1000, sample_at=[2], out=str(out), **over))
     ck = str(out / "last.pt")
     stem = tmp_path / "v"
     args = ["--checkpoint", ck, "--max-chars", "200", "--no-png", "--out", str(stem)]
@@ -805,23 +751,8 @@ def test_commands_on_embedded_corpus_checkpoint(tmp_path, capsys):
     assert "val split of the embedded corpus" in doc
     assert doc.count('class="col"') == 200
     cdir = tmp_path / "cells"
-    assert (
-        cells.main(
-            [
-                "--checkpoint",
-                ck,
-                "--max-chars",
-                "2000",
-                "--no-png",
-                "--render",
-                "0",
-                "--no-random-baseline",
-                "--out",
-                str(cdir),
-            ]
-        )
-        == 0
-    )
+    argv = ["--checkpoint", ck, "--max-chars", "2000", "--no-png", "--render", "0"]
+    assert cells.main([*argv, "--no-random-baseline", "--out", str(cdir)]) == 0
     assert (cdir / "scores.json").is_file()
     assert evolution.main([str(out)]) == 0
     assert "| 2 |" in capsys.readouterr().out

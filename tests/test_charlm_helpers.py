@@ -81,9 +81,13 @@ def env() -> dict:
     return e
 
 
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "-m", "fusedrnn.charlm", *map(str, args)]
+
+
 def run_cli(*args, check: bool = False, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run(
-        [sys.executable, "-m", "fusedrnn.charlm", *map(str, args)],
+        cli_command(*args),
         capture_output=True,
         text=True,
         env=env(),
