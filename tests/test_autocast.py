@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import CPU_BACKENDS
 from misc_testlib import needs_interpreter
+from module_testlib import flatten
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
@@ -35,15 +36,6 @@ def _pair(cls, backend, **kw):
     mod = getattr(fusedrnn, cls)(I, H, backend=backend, **kw)
     mod.load_state_dict(ref.state_dict())
     return ref, mod
-
-
-def _flat(out):
-    """Every tensor of a module's output, PackedSequence data included."""
-    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
-        return [out.data]
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for o in out for t in _flat(o)]
 
 
 def _nn_under_autocast(ref, x, dtype):
@@ -63,7 +55,7 @@ def _nn_under_autocast(ref, x, dtype):
 def _compare(got, want, dtype, *, want_dtype=None):
     """fusedrnn's outputs in ``dtype`` and close to ``want``'s, whose dtype is ``dtype``, or
     ``want_dtype`` where given ("any": torch.nn mixes dtypes)."""
-    for a, b in zip(_flat(got), _flat(want), strict=True):
+    for a, b in zip(flatten(got), flatten(want), strict=True):
         assert a.dtype == dtype
         assert want_dtype == "any" or b.dtype == (want_dtype or dtype)
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=TOL[dtype])
@@ -141,7 +133,7 @@ def test_cells_under_autocast(backend):
         for x in (torch.randn(B, I), torch.randn(B, I).bfloat16()):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 want, got = ref(x), mod(x)
-            wd = want_dtype or _flat(want)[0].dtype
+            wd = want_dtype or flatten(want)[0].dtype
             _compare(got, want, torch.bfloat16, want_dtype=wd)
 
 
@@ -164,7 +156,7 @@ def test_float64_is_left_alone():
     x = torch.randn(T, B, I, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = mod(x), ref(x)
-    for a, b in zip(_flat(got), _flat(want), strict=True):
+    for a, b in zip(flatten(got), flatten(want), strict=True):
         assert a.dtype == b.dtype == torch.float64
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -246,6 +238,6 @@ def test_compiled_under_autocast(backend):
     compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = compiled(x), mod(x)
-    for a, b in zip(_flat(got), _flat(want), strict=True):
+    for a, b in zip(flatten(got), flatten(want), strict=True):
         assert a.dtype == b.dtype == torch.bfloat16
         torch.testing.assert_close(a, b, rtol=0, atol=0)
