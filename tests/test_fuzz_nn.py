@@ -62,15 +62,8 @@ def configs(draw):
 def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
     # the weights come from the global generator: one seed per example makes a failure replay
     torch.manual_seed(c["seq_len"] * 1000 + c["batch"])
-    cls, kwargs = mode_kwargs(
-        c["mode"],
-        c["proj"],
-        num_layers=c["num_layers"],
-        bidirectional=c["bidirectional"],
-        batch_first=c["batch_first"],
-        bias=c["bias"],
-        dropout=0.0,
-    )
+    layout = {k: c[k] for k in ("num_layers", "bidirectional", "batch_first", "bias")}
+    cls, kwargs = mode_kwargs(c["mode"], c["proj"], dropout=0.0, **layout)
     ref, mod = rnn_pair(
         cls, c["input_size"], c["hidden"], backend=c["backend"], dtype=torch.float32, **kwargs
     )
