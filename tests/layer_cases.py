@@ -60,7 +60,6 @@ def skip_module_without_triton() -> None:
 
 # tolerance against the reference in the same dtype (rtol = atol)
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
-ZONES = ("none", "eval", "h", "c", "hc")  # zoneout: off, evaluation p, training masks
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Case:
     ln: bool = False
     peep: bool = False
     cifg: bool = False
-    zone: str = "none"
+    zone: str = "none"  # zoneout: "none", "eval" (p only), "h" / "c" / "hc" (training masks)
 
     @property
     def variant(self) -> bool:
@@ -190,17 +189,6 @@ def assert_close(got, want, tol: float, what: str) -> None:
     assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape)
     assert torch.isfinite(got).all(), f"{what} has non-finite values (unwritten?)"
     torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
-
-
-def assert_close_all(got, want, tol: float, what: str) -> None:
-    """Two lists of tensors element by element (``what[k]``), None exactly where ``want``
-    has None."""
-    assert len(got) == len(want)
-    for k, (g, w) in enumerate(zip(got, want, strict=True)):
-        if w is None:
-            assert g is None, f"{what}[{k}] should be None"
-        else:
-            assert_close(g, w, tol, f"{what}[{k}]")
 
 
 def cast(v, dtype: torch.dtype):

@@ -22,13 +22,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def make_case(cell, *, T=4, B=3, I=5, H=7, proj=0, bias=True, ln=False, peep=False, cifg=False,
-              zone="none", lengths=None, dtype=torch.float64, seed=0):  # fmt: skip
-    """(positional args, keyword args) of a variant layer call (tests/layer_cases.py); every
-    float input requires grad except the masks. lengths -> packed [N, I] with batch_sizes."""
-    case = Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, ln=ln, peep=peep, cifg=cifg,
-                zone=zone, lengths=lengths)  # fmt: skip
-    a = with_leaves(layer_cases.make_inputs(case, dtype, seed=seed))
+def make_case(cell, dtype=torch.float64, seed=0, **options):
+    """(positional args, keyword args) of a variant layer call on ``Case(cell, **options)``
+    (tests/layer_cases.py); every float input requires grad except the masks."""
+    a = with_leaves(layer_cases.make_inputs(Case(cell, **options), dtype, seed=seed))
     args = tuple(a[k] for k in library.NAMES[: library.N_POSITIONAL - 1])
     return args, {k: a[k] for k in library.OPTION_DEFAULTS if k in a}
 
@@ -64,55 +61,44 @@ def test_several_threads(cell, batch, blocks, dtype):
 
 
 def test_half_precision_computed_in_float32():
-    args, kw = make_case("lstm", ln=True, peep=True, zone="hc", dtype=torch.float32)
-    ref = cpu.layer(*args, False, **kw)
+    a = layer_cases.make_inputs(Case("lstm", ln=True, peep=True, zone="hc"), torch.float32)
+    ref = layer_cases.call(cpu.layer, with_leaves(a))
+    out = layer_cases.call(
+        cpu.layer, {k: layer_cases.cast(v, torch.bfloat16) for k, v in a.items()}
+    )
+    for got, want in zip(out, ref, strict=True):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.detach(), rtol=5e-2, atol=5e-2)
 
-    def bf(t):
-        return t.detach().to(torch.bfloat16) if isinstance(t, torch.Tensor) else t
 
-    a16 = [bf(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args]
-    kw16 = {k: bf(v) for k, v in kw.items()}
-    out = cpu.layer(*a16, False, **kw16)
-    for a, b in zip(out, ref, strict=True):
-        assert a.dtype == torch.bfloat16
-        torch.testing.assert_close(a.float(), b.detach(), rtol=5e-2, atol=5e-2)
+def f64(*shape):
+    return torch.ones(*shape, dtype=torch.float64)
 
 
 @pytest.mark.parametrize(
-    "cell,change,match",
-    [
-        ("gru", dict(cifg=True), "LSTM-only"),
-        ("gru", dict(zoneout_c=0.5), "zoneout_c needs an LSTM"),
-        ("lstm", dict(ln_c_w=None), "layer norm needs"),
-        ("lstm", dict(w_ch=torch.zeros(2, 7, dtype=torch.float64)), "peephole weights must be"),
-        ("lstm", dict(w_ih=torch.zeros(27, 5, dtype=torch.float64)), "expects 4 gate blocks"),
+    "cell,change,exc,match",
+    [  # the ValueErrors are the reference op's too
+        ("gru", dict(cifg=True), ValueError, "LSTM-only"),
+        ("gru", dict(zoneout_c=0.5), ValueError, "zoneout_c needs an LSTM"),
+        ("lstm", dict(ln_c_w=None), ValueError, "layer norm needs"),
+        ("lstm", dict(w_ch=f64(2, 7)), ValueError, "peephole weights must be"),
+        ("lstm", dict(w_ih=f64(27, 5)), ValueError, "expects 4 gate blocks"),
+        ("lstm", dict(mask_h=f64(4, 3, 6)), RuntimeError, "mask_h must have"),
+        ("lstm", dict(mask_c=f64(4, 2, 7)), RuntimeError, "mask_c must have"),
+        ("lstm", dict(ln_c_w=f64(6)), RuntimeError, "ln_c_w must have shape"),
+        ("lstm", dict(ln_hh_b=f64(27)), RuntimeError, "ln_hh_b must have shape"),
+        ("lstm", dict(ln_ih_w=torch.ones(28)), RuntimeError, "ln_ih_w has dtype"),
     ],
 )
-def test_validation_errors_match_the_reference(cell, change, match):
+def test_bad_arguments_raise_clear_errors(cell, change, exc, match):
     args, kw = make_case(cell, ln=True, peep=cell == "lstm")
     kw = {**kw, **change}
     a = list(args)
     if "w_ih" in kw:
         a[4] = kw.pop("w_ih")
-    for op in (reference.layer, cpu.layer):
-        with pytest.raises(ValueError, match=match):
+    for op in (reference.layer, cpu.layer) if exc is ValueError else (cpu.layer,):
+        with pytest.raises(exc, match=match):
             op(*a, False, **kw)
-
-
-@pytest.mark.parametrize(
-    "change,match",
-    [
-        (dict(mask_h=torch.ones(4, 3, 6, dtype=torch.float64)), "mask_h must have"),
-        (dict(mask_c=torch.ones(4, 2, 7, dtype=torch.float64)), "mask_c must have"),
-        (dict(ln_c_w=torch.ones(6, dtype=torch.float64)), "ln_c_w must have shape"),
-        (dict(ln_hh_b=torch.ones(27, dtype=torch.float64)), "ln_hh_b must have shape"),
-        (dict(ln_ih_w=torch.ones(28, dtype=torch.float32)), "ln_ih_w has dtype"),
-    ],
-)
-def test_bad_shapes_raise_clear_errors(change, match):
-    args, kw = make_case("lstm", ln=True, peep=True)
-    with pytest.raises(RuntimeError, match=match):
-        cpu.layer(*args, False, **{**kw, **change})
 
 
 def test_opcheck():
@@ -133,8 +119,8 @@ def test_scratch_reuse_leaves_earlier_results_intact(cell):
     lstm = cell == "lstm"
 
     def once(seed, B=6, lengths=None):
-        args, kw = make_case(cell, T=5, B=B, I=6, H=40, ln=True, peep=lstm, proj=3 * lstm,
-                             zone="h", lengths=lengths, dtype=torch.float32, seed=seed)  # fmt: skip
+        args, kw = make_case(cell, torch.float32, seed, T=5, B=B, I=6, H=40, ln=True, peep=lstm,
+                             proj=3 * lstm, zone="h", lengths=lengths)  # fmt: skip
         with torch.no_grad():
             y_inf = cpu.layer(*args, False, **kw)[0]
         outs = [o for o in cpu.layer(*args, False, **kw) if o is not None]

@@ -24,16 +24,10 @@ from fusedrnn import cuda_report
 from fusedrnn.ops import cuda as cv
 from fusedrnn.ops import library
 
-ROOT = Path(__file__).resolve().parent.parent
-CSRC = ROOT / "csrc"
 NVCC = cuda_report.find_nvcc()
 
-DIFF = library.GRAD_INPUTS
 
-
-# --------------------------------------------------------------------------------------------
-# compile report
-# --------------------------------------------------------------------------------------------
+# -- compile report ---------------------------------------------------------------------------
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA compile check needs it")
 def test_variant_kernels_compile_without_spills():
     """Every template configuration the variant dispatch can select, for both archs
@@ -55,43 +49,14 @@ def test_variant_kernels_compile_without_spills():
             assert sum(f"{op}<" in name for name in names) == n, (arch, op)
 
 
-# --------------------------------------------------------------------------------------------
-# CPU build of the kernels' code
-# --------------------------------------------------------------------------------------------
+# -- CPU build of the kernels' code ----------------------------------------------------------
 # the host_layer fixture: tests/conftest.py
 # every variant, shape (the row launch shapes at the end of AWKWARD included) and option in
 # float64 / float32 against the reference op (and gradcheck) on this host build:
 # tests/test_conformance.py (backend "cuda-host"); the cases below are the GPU runs, half
 # precision and the grid walks
-LSTM_CASES = [  # (ln, peep, cifg, proj, bias, zone)
-    (True, False, False, 0, True, "none"),
-    (False, True, False, 0, True, "none"),
-    (False, False, True, 0, True, "none"),
-    (False, False, False, 0, True, "hc"),
-    (False, False, False, 0, False, "eval"),
-    (True, True, True, 0, True, "hc"),
-    (True, True, False, 3, True, "hc"),
-    (True, True, True, 3, False, "eval"),
-    (True, False, False, 0, False, "none"),
-]
-GRU_CASES = [  # (ln, bias, zone)
-    (True, True, "none"),
-    (False, True, "hc"),
-    (True, True, "hc"),
-    (True, False, "eval"),
-    (False, False, "eval"),
-]
-
-
-def _lstm(ln, peep, cifg, proj, bias, zone, **shape) -> Case:
-    return Case("lstm", proj=proj, bias=bias, ln=ln, peep=peep, cifg=cifg, zone=zone, **shape)
-
-
-def _gru(ln, bias, zone, **shape) -> Case:
-    return Case("gru", bias=bias, ln=ln, zone=zone, **shape)
-
-
 SMALL = dict(B=4, T=5, I=3, H=6, packed=True)
+TINY = dict(B=3, T=4, I=2, H=5)
 GRID = dict(B=6, T=4, I=3, H=37, packed=True, reverse=True)
 
 
@@ -100,33 +65,49 @@ def _full(cell, **shape) -> Case:
     return Case(cell, ln=True, peep=cell == "lstm", zone="hc", **shape)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(
-    "case",
-    [
-        _lstm(True, True, False, 2, True, "hc", B=4, T=5, I=3, H=6, packed=True),
-        _lstm(True, False, True, 0, True, "eval", B=4, T=5, I=3, H=6, packed=True),
-        _gru(True, True, "hc", B=4, T=5, I=3, H=6, packed=True),
-    ],
-    ids=str,
-)
-def test_host_low_precision(host_layer, case, dtype):
-    cuda_host.compare(host_layer, case, dtype)
+HALF = (torch.float16, torch.bfloat16)
+HOST_CHECKS = [  # (the cuda_host check, its case, its further arguments)
+    # half precision against the reference op in float64 on the same rounded inputs
+    *[(cuda_host.compare, case, (dtype,)) for dtype in HALF for case in [
+        Case("lstm", proj=2, ln=True, peep=True, zone="hc", **SMALL),
+        Case("lstm", ln=True, cifg=True, zone="eval", **SMALL),
+        Case("gru", ln=True, zone="hc", **SMALL),
+    ]],
+    # T = 512 in bfloat16: rounding the running state, h W_hh^T or the running gradient to
+    # bfloat16 every step would compound with T. A variant option on in each: the plain cells
+    # run the plain kernels
+    *[(cuda_host.check_long_sequence_bfloat16, Case(T=512, B=3, I=4, H=8, **options), ())
+      for options in [dict(cell="gru", zone="eval"), dict(cell="gru", zone="hc"),
+                      dict(cell="lstm", ln=True, peep=True)]],
+    # without grad the driver writes scratch rows instead of the history: same outputs
+    *[(cuda_host.check_inference_path, case, (dtype,)) for dtype in (torch.float32, torch.float16)
+      for case in [Case("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc", **SMALL),
+                   Case("gru", ln=True, zone="eval", **SMALL)]],
+    # the meta implementation (used by torch.compile) promises the buffers the driver returns,
+    # with and without the history saved for backward
+    *[(cuda_host.check_fake_forward, case, (dtype, save)) for save in (True, False)
+      for dtype in (torch.float64, torch.bfloat16) for case in [
+          Case("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc", packed=True, **TINY),
+          Case("lstm", bias=False, zone="eval", **TINY),
+          Case("gru", ln=True, zone="eval", **TINY),
+    ]],
+    # under torch.autocast the variant op keeps its own dtypes (autocast is excluded inside
+    # it): float32 operands give bitwise the float32 results. AutocastCPU, which the CPU build
+    # exercises, retypes the same GEMMs that AutocastCUDA would on the GPU build
+    *[(cuda_host.check_under_autocast, case, ()) for case in [
+        Case("lstm", proj=2, ln=True, peep=True, zone="hc", packed=True, **TINY),
+        Case("gru", ln=True, packed=True, **TINY),
+    ]],
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "case",
-    [  # a variant option on in each: the plain cells run the plain kernels
-        Case("gru", T=512, B=3, I=4, H=8, zone="eval"),
-        Case("gru", T=512, B=3, I=4, H=8, zone="hc"),
-        Case("lstm", T=512, B=3, I=4, H=8, ln=True, peep=True),
-    ],
-    ids=str,
+    "check,case,args",
+    HOST_CHECKS,
+    ids=lambda v: getattr(v, "__name__", str(v).replace("torch.", "").replace(" ", "")),
 )
-def test_host_long_sequence_bfloat16(host_layer, case):
-    """T = 512 in bfloat16: rounding the running state, h W_hh^T or the running gradient to
-    bfloat16 every step would compound with T (cuda_host.check_long_sequence_bfloat16)."""
-    cuda_host.check_long_sequence_bfloat16(host_layer, case)
+def test_host(host_layer, check, case, args):
+    check(host_layer, case, *args)
 
 
 @pytest.mark.parametrize(
@@ -160,48 +141,6 @@ def test_row_launch_shape(host_layer):
     assert shape(10**6, 8, 65535) == (65535, 32)  # the row loop covers the rest
 
 
-@pytest.mark.parametrize(
-    "case",
-    [_lstm(True, True, True, 2, True, "hc", **SMALL), _gru(True, True, "eval", **SMALL)],
-    ids=str,
-)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_host_inference_path(host_layer, case, dtype):
-    """Without grad the driver writes scratch rows instead of the history: same outputs."""
-    cuda_host.check_inference_path(host_layer, case, dtype)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        _lstm(True, True, True, 2, True, "hc", B=3, T=4, I=2, H=5, packed=True),
-        _lstm(False, False, False, 0, False, "eval", B=3, T=4, I=2, H=5),
-        _gru(True, True, "eval", B=3, T=4, I=2, H=5),
-    ],
-    ids=str,
-)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("save", [True, False], ids=["save", "nosave"])
-def test_fake_forward_matches_real_buffers(host_layer, case, dtype, save):
-    """The meta implementation (used by torch.compile) promises the buffers the driver returns."""
-    cuda_host.check_fake_forward(host_layer, case, dtype, save)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        _lstm(True, True, False, 2, True, "hc", B=3, T=4, I=2, H=5, packed=True),
-        _gru(True, True, "none", B=3, T=4, I=2, H=5, packed=True),
-    ],
-    ids=str,
-)
-def test_host_under_autocast_matches_float32(host_layer, case):
-    """Under torch.autocast the variant op keeps its own dtypes (autocast is excluded inside
-    it): float32 operands give bitwise the float32 results. AutocastCPU, which the CPU build
-    exercises, retypes the same GEMMs that AutocastCUDA would on the GPU build."""
-    cuda_host.check_under_autocast(host_layer, case)
-
-
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_fake_backward_strides_match_real(host_layer, cell):
     """batch_first modules pass the op a transposed x. The real backward returns contiguous
@@ -209,16 +148,15 @@ def test_fake_backward_strides_match_real(host_layer, cell):
     or a compiled graph would be traced with layouts the op does not produce."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    case = Case(cell, T=4, B=3, I=2, H=5, ln=cell == "gru", peep=cell == "lstm")
+    case = Case(cell, ln=cell == "gru", peep=cell == "lstm", **TINY)
     p = cuda_host.cast(cuda_host.problem(case), torch.float32)
     p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, I] of a [B, T, I]
     assert not p["x"].is_contiguous()
     args = cuda_host.op_args(p, True)
     buffers = host_layer.fwd_op(*args)
-    grads = [torch.ones_like(buffers[0]), torch.ones_like(buffers[1])]
-    grads.append(torch.ones_like(buffers[2]) if cell == "lstm" else None)
-    grads += [None] * (len(buffers) - 3)
-    needs = [getattr(args, k) is not None for k in DIFF]
+    upstream = 3 if cell == "lstm" else 2  # y, h_n and c_n, then the saved buffers
+    grads = [torch.ones_like(b) if k < upstream else None for k, b in enumerate(buffers)]
+    needs = [getattr(args, k) is not None for k in library.GRAD_INPUTS]
     real = host_layer.bwd_op(*args, buffers, grads, needs)
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = host_layer.bwd_op(*args, buffers, grads, needs)
@@ -247,39 +185,46 @@ def test_host_rejects_bad_input(host_layer):
                       for k, v in g.items()}, reverse=False)  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------
-# the real backend
-# --------------------------------------------------------------------------------------------
-gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and cv.is_available()),
-    reason="needs a CUDA device and fusedrnn._C_cuda built with the variant kernels",
-)
+# -- the real backend -------------------------------------------------------------------------
+def gpu(test):
+    """A test on CUDA tensors: marked gpu, skipped without a device and the built extension."""
+    return pytest.mark.gpu(pytest.mark.skipif(
+        not (torch.cuda.is_available() and cv.is_available()),
+        reason="needs a CUDA device and fusedrnn._C_cuda built with the variant kernels",
+    )(test))  # fmt: skip
 
 
-GPU_CASES = [("lstm", c) for c in LSTM_CASES] + [("gru", c) for c in GRU_CASES]
+GPU_CASES = [  # Case options; proj 18 is H // 2 at the H = 37 of the test
+    dict(cell="lstm", ln=True),
+    dict(cell="lstm", peep=True),
+    dict(cell="lstm", cifg=True),
+    dict(cell="lstm", zone="hc"),
+    dict(cell="lstm", bias=False, zone="eval"),
+    dict(cell="lstm", ln=True, peep=True, cifg=True, zone="hc"),
+    dict(cell="lstm", ln=True, peep=True, proj=18, zone="hc"),
+    dict(cell="lstm", ln=True, peep=True, cifg=True, proj=18, bias=False, zone="eval"),
+    dict(cell="lstm", ln=True, bias=False),
+    dict(cell="gru", ln=True),
+    dict(cell="gru", zone="hc"),
+    dict(cell="gru", ln=True, zone="hc"),
+    dict(cell="gru", ln=True, bias=False, zone="eval"),
+    dict(cell="gru", bias=False, zone="eval"),
+]
 
 
-@gpu
-@pytest.mark.gpu
-# float64 / float32 on CUDA tensors: tests/test_conformance.py (backend "cuda")
+@gpu  # float64 / float32 on CUDA tensors: tests/test_conformance.py (backend "cuda")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("cell,case", GPU_CASES, ids=str)
-def test_gpu_half_precision_matches_reference(cell, case, reverse, packed, dtype):
+@pytest.mark.parametrize("options", GPU_CASES, ids=lambda o: str(Case(**o)))
+def test_gpu_half_precision_matches_reference(options, reverse, packed, dtype):
     # H = 37: one warp and a few idle threads; proj_size H // 2, since h W_hh^T of rank 3
     # leaves layer norm too ill-conditioned for bfloat16 to resolve (see _compare)
-    shape = dict(B=5, T=6, I=4, H=37, packed=packed, reverse=reverse)
-    if cell == "lstm":
-        ln, peep, cifg, proj, bias, zone = case
-        case = _lstm(ln, peep, cifg, proj and 18, bias, zone, **shape)
-    else:
-        case = _gru(*case, **shape)
+    case = Case(**options, B=5, T=6, I=4, H=37, packed=packed, reverse=reverse)
     cuda_host.compare(cv.layer, case, dtype, device="cuda")
 
 
 @gpu
-@pytest.mark.gpu
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_wide_rows(cell):
     """H = 300: several units per thread and a full 256-thread reduction tree."""
@@ -287,7 +232,6 @@ def test_gpu_wide_rows(cell):
 
 
 @gpu
-@pytest.mark.gpu
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_deterministic(cell):
     """Row reductions and gradient column sums have a fixed order: bitwise equal reruns."""
@@ -306,7 +250,6 @@ def test_host_torch_compile_fullgraph(host_layer):
 
 
 @gpu
-@pytest.mark.gpu
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_module_matches_reference_module(cell, monkeypatch):
     """End to end through fusedrnn.LSTM / GRU (two bidirectional layers, every variant that

@@ -12,8 +12,9 @@ import copy
 
 import pytest
 import torch
+from module_testlib import flatten
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import variants
@@ -25,6 +26,7 @@ T, B, I, H, P = 4, 3, 3, 5, 2
 LENGTHS = [4, 3, 1]
 EPS = 1e-5
 TOL = {"rtol": 1e-10, "atol": 1e-10}
+TOLS = {torch.float64: TOL, torch.float32: {"rtol": 1e-4, "atol": 1e-5}}
 
 
 @pytest.fixture(autouse=True)
@@ -33,16 +35,13 @@ def _no_backend_env(monkeypatch):
 
 
 # -- the independent oracle -------------------------------------------------------------------
-
-
 def _sig(x):
     return 1.0 / (1.0 + torch.exp(-x))
 
 
 def _ln(x, w, b):
     mu = x.mean()
-    var = ((x - mu) ** 2).mean()
-    y = (x - mu) / torch.sqrt(var + EPS) * w
+    y = (x - mu) / torch.sqrt(((x - mu) ** 2).mean() + EPS) * w
     return y if b is None else y + b
 
 
@@ -56,32 +55,23 @@ def _zone(new, old, mask, p, training):
 
 def _pre(x, h, prm, kw):
     """The input and recurrent pre-activations, each layer-normalised before its bias."""
-    a = prm["weight_ih"] @ x
-    r = prm["weight_hh"] @ h
+    a, r = prm["weight_ih"] @ x, prm["weight_hh"] @ h
     if kw.get("layer_norm"):
         a = _ln(a, prm["layer_norm_ih_weight"], prm.get("layer_norm_ih_bias"))
         r = _ln(r, prm["layer_norm_hh_weight"], prm.get("layer_norm_hh_bias"))
     if "bias_ih" in prm:
-        a = a + prm["bias_ih"]
-        r = r + prm["bias_hh"]
+        a, r = a + prm["bias_ih"], r + prm["bias_hh"]
     return a, r
 
 
 def _lstm_step(x, h, c, prm, kw, mh, mc, training):
-    hid = c.shape[0]
     a, r = _pre(x, h, prm, kw)
-    z = a + r
-    blocks = [z[k * hid : (k + 1) * hid] for k in range(z.shape[0] // hid)]
-    if kw.get("cifg"):
-        zi, zg, zo = blocks
-        zf = None
-    else:
-        zi, zf, zg, zo = blocks
+    blocks = list((a + r).split(c.shape[0]))
+    zi, zf, zg, zo = blocks[:1] + [None] + blocks[1:] if kw.get("cifg") else blocks
     if kw.get("peephole"):
-        w = prm["weight_ch"]
-        zi = zi + w[0] * c
+        zi = zi + prm["weight_ch"][0] * c
         if zf is not None:
-            zf = zf + w[1] * c
+            zf = zf + prm["weight_ch"][1] * c
     i = _sig(zi)
     f = 1 - i if zf is None else _sig(zf)
     c_new = f * c + i * torch.tanh(zg)
@@ -103,81 +93,46 @@ def _gru_step(x, h, prm, kw, mh, training):
     rr = _sig(a[:hid] + r[:hid])
     zz = _sig(a[hid : 2 * hid] + r[hid : 2 * hid])
     n = torch.tanh(a[2 * hid :] + rr * r[2 * hid :])
-    h_new = (1 - zz) * n + zz * h
-    p_h, _ = _probs(kw, False)
-    return _zone(h_new, h, mh, p_h, training)
+    return _zone((1 - zz) * n + zz * h, h, mh, _probs(kw, False)[0], training)
 
 
 def _probs(kw, is_lstm):
     zo = kw.get("zoneout", 0.0)
-    if isinstance(zo, tuple):
-        return zo
-    return zo, (zo if is_lstm else 0.0)
+    return zo if isinstance(zo, tuple) else (zo, zo if is_lstm else 0.0)
 
 
 def oracle(mode, params, kw, x, lengths, h0, c0, num_layers, bidir, masks, training):
-    """x [T, B, I] padded -> (y [T, B, D*Hout] zero-padded, h_n [L*D, B, Hout], c_n).
-
-    masks: per layer-direction (mask_h, mask_c) padded to [T, B, .], or None."""
+    """x [T, B, I] padded -> (y [T, B, D*Hout] zero-padded, h_n [L*D, B, Hout], c_n), each
+    sequence on its own. masks: per layer-direction (mask_h, mask_c) padded to [T, B, .],
+    each None if not drawn."""
     dirs = 2 if bidir else 1
-    seq, batch = x.shape[0], x.shape[1]
-    layer_in = [[x[t, b] for t in range(lengths[b])] for b in range(batch)]
-    h_n, c_n = [], []
-    for layer in range(num_layers):
-        per_dir = []
-        for d in range(dirs):
-            idx = layer * dirs + d
-            sfx = f"_l{layer}" + ("_reverse" if d else "")
-            prm = {k[: -len(sfx)]: v for k, v in params.items() if k.endswith(sfx)}
-            mh_all, mc_all = masks[idx] if masks is not None else (None, None)
-            ys = [[None] * lengths[b] for b in range(batch)]
-            hs, cs = [], []
-            for b in range(batch):
-                h = h0[idx, b]
-                c = c0[idx, b] if c0 is not None else None
-                steps = range(lengths[b])
-                for t in reversed(steps) if d else steps:
-                    mh = mh_all[t, b] if mh_all is not None else None
-                    mc = mc_all[t, b] if mc_all is not None else None
+    sfx = [f"_l{k // dirs}" + ("_reverse" if k % dirs else "") for k in range(num_layers * dirs)]
+    prms = [{k[: -len(s)]: v for k, v in params.items() if k.endswith(s)} for s in sfx]
+    ys, h_n, c_n = [], [[] for _ in sfx], [[] for _ in sfx]
+    for b, n in enumerate(lengths):
+        seq = list(x[:n, b])
+        for layer in range(num_layers):
+            outs = []
+            for d in range(dirs):
+                idx = layer * dirs + d
+                h, c, out = h0[idx, b], (c0[idx, b] if c0 is not None else None), [None] * n
+                mh, mc = (m[:, b] if m is not None else [None] * n for m in masks[idx])
+                for t in reversed(range(n)) if d else range(n):
                     if mode == "LSTM":
-                        h, c = _lstm_step(layer_in[b][t], h, c, prm, kw, mh, mc, training)
+                        h, c = _lstm_step(seq[t], h, c, prms[idx], kw, mh[t], mc[t], training)
                     else:
-                        h = _gru_step(layer_in[b][t], h, prm, kw, mh, training)
-                    ys[b][t] = h
-                hs.append(h)
-                cs.append(c)
-            h_n.append(torch.stack(hs))
-            if c0 is not None:
-                c_n.append(torch.stack(cs))
-            per_dir.append(ys)
-        layer_in = [
-            [torch.cat([per_dir[d][b][t] for d in range(dirs)]) for t in range(lengths[b])]
-            for b in range(batch)
-        ]
-    width = layer_in[0][0].shape[0]
-    zero = x.new_zeros(width)
-    y = torch.stack(
-        [
-            torch.stack([layer_in[b][t] if t < lengths[b] else zero for b in range(batch)])
-            for t in range(seq)
-        ]
-    )
-    return y, torch.stack(h_n), torch.stack(c_n) if c0 is not None else None
+                        h = _gru_step(seq[t], h, prms[idx], kw, mh[t], training)
+                    out[t] = h
+                h_n[idx].append(h)
+                c_n[idx].append(c)
+                outs.append(out)
+            seq = [torch.cat(hs) for hs in zip(*outs, strict=True)]  # directions side by side
+        ys.append(torch.stack(seq + [seq[0].new_zeros(seq[0].shape)] * (x.shape[0] - n)))
+    return (torch.stack(ys, 1), torch.stack([torch.stack(hs) for hs in h_n]),
+            torch.stack([torch.stack(cs) for cs in c_n]) if c0 is not None else None)  # fmt: skip
 
 
-def _packed_to_padded(data, batch_sizes, width):
-    """Packed [N, K] (sorted batch) -> padded [T, B, K] with zeros."""
-    out = data.new_zeros(len(batch_sizes), int(batch_sizes[0]), width)
-    start = 0
-    for t, n in enumerate(batch_sizes.tolist()):
-        out[t, :n] = data[start : start + n]
-        start += n
-    return out
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
+# -- the module against the oracle ------------------------------------------------------------
 def _make(mode, kw, num_layers=2, bidir=True, bias=True, proj=0):
     extra = {"proj_size": proj} if proj else {}
     m = getattr(fusedrnn, mode)(
@@ -191,154 +146,113 @@ def _make(mode, kw, num_layers=2, bidir=True, bias=True, proj=0):
     return m
 
 
-def _draw_masks(kw, is_lstm, lead, hout, groups, packed_sizes=None, dtype=torch.float64):
-    """The documented draw: per layer-direction, h then c, only when p > 0 (training)."""
-    p_h, p_c = _probs(kw, is_lstm)
+def _draw_masks(kw, is_lstm, lead, hout, groups, packed_sizes, dtype):
+    """The documented draw: per layer-direction, h then c, only when p > 0 (training);
+    uniform < p is Bernoulli(p), the module's draw number for number. Returned in float64."""
     masks = []
     for _ in range(groups):
-        width_in = lead  # every layer's masks take the input's leading shape
-        # uniform < p is Bernoulli(p): the module's draw, number for number
-        mh = (torch.rand(width_in + (hout,), dtype=dtype) < p_h).to(dtype) if p_h else None
-        mc = (torch.rand(width_in + (H,), dtype=dtype) < p_c).to(dtype) if p_c else None
-        mh = mh.double() if mh is not None else None
-        mc = mc.double() if mc is not None else None
-        if packed_sizes is not None:
-            mh = _packed_to_padded(mh, packed_sizes, hout) if mh is not None else None
-            mc = _packed_to_padded(mc, packed_sizes, H) if mc is not None else None
-        masks.append((mh, mc))
+        pair = []
+        for p, width in zip(_probs(kw, is_lstm), (hout, H), strict=True):
+            mask = (torch.rand(lead + (width,), dtype=dtype) < p).double() if p else None
+            if mask is not None and packed_sizes is not None:  # padded with zeros
+                mask = pad_packed_sequence(PackedSequence(mask, packed_sizes))[0]
+            pair.append(mask)
+        masks.append(tuple(pair))
     return masks
 
 
-TOLS = {torch.float64: TOL, torch.float32: {"rtol": 1e-4, "atol": 1e-5}}
-
-
-def _check_against_oracle(
-    mode,
-    kw,
-    packed,
-    num_layers,
-    bidir,
-    bias,
-    proj,
-    training,
-    dtype=torch.float64,
-    lengths=None,
-):
+def _check_against_oracle(mode, kw, packed, training, num_layers=2, bidir=True, bias=True,
+                          proj=0, lengths=None, dtype=torch.float64):  # fmt: skip
     """The module (in ``dtype``) against the float64 oracle with the same weights and masks;
     outputs and the gradients of x, h0, c0 and every parameter."""
     m64 = _make(mode, kw, num_layers, bidir, bias, proj)
-    m = m64 if dtype == torch.float64 else copy.deepcopy(m64).to(dtype)
-    m.train(training)
-    dirs = 2 if bidir else 1
-    hout = proj or H
-    is_lstm = mode == "LSTM"
+    m = copy.deepcopy(m64).to(dtype).train(training)
+    hout, is_lstm, n_states = proj or H, mode == "LSTM", num_layers * (2 if bidir else 1)
     lengths = lengths or (LENGTHS if packed else [T] * B)
     seq_len, batch = max(lengths), len(lengths)
     if not packed:
         lengths = [seq_len] * batch
-    x = torch.randn(seq_len, batch, I, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(num_layers * dirs, batch, hout, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(num_layers * dirs, batch, H, dtype=torch.float64, requires_grad=True)
-    run_in = [
-        t if dtype == torch.float64 else t.detach().to(dtype).requires_grad_() for t in (x, h0, c0)
-    ]
-    hx = (run_in[1], run_in[2]) if is_lstm else run_in[1]
+    shapes = [(seq_len, batch, I), (n_states, batch, hout), (n_states, batch, H)]
+    inputs = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    run_in = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    hx = tuple(run_in[1:]) if is_lstm else run_in[1]
 
     torch.manual_seed(1234)
     if packed:
         seq = pack_padded_sequence(run_in[0], torch.tensor(lengths))
         out, hn = m(seq, hx)
-        y = pad_packed_sequence(out)[0]
-        lead, sizes = (seq.data.shape[0],), seq.batch_sizes
+        y, lead, sizes = pad_packed_sequence(out)[0], (seq.data.shape[0],), seq.batch_sizes
     else:
-        y, hn = m(run_in[0], hx)
-        lead, sizes = (seq_len, batch), None
+        (y, hn), lead, sizes = m(run_in[0], hx), (seq_len, batch), None
     torch.manual_seed(1234)
-    masks = _draw_masks(kw, is_lstm, lead, hout, num_layers * dirs, sizes, dtype)
+    masks = _draw_masks(kw, is_lstm, lead, hout, n_states, sizes, dtype)
     params = dict(m64.named_parameters())
-    run_params = list(m.parameters())
-    y_o, h_o, c_o = oracle(
-        mode,
-        params,
-        kw,
-        x,
-        lengths,
-        h0,
-        c0 if is_lstm else None,
-        num_layers,
-        bidir,
-        masks,
-        training,
-    )
+    x, h0, c0 = inputs
+    outs_o = oracle(mode, params, kw, x, lengths, h0, c0 if is_lstm else None, num_layers,
+                    bidir, masks, training)[: 3 if is_lstm else 2]  # fmt: skip
 
-    outs = [y, hn[0], hn[1]] if is_lstm else [y, hn]
-    outs_o = [y_o, h_o, c_o] if is_lstm else [y_o, h_o]
+    outs = [y, *hn] if is_lstm else [y, hn]
     tol = TOLS[dtype]
     for a, b in zip(outs, outs_o, strict=True):
         assert a.dtype == dtype
         torch.testing.assert_close(a, b.to(dtype), **tol)
     weights = [torch.randn_like(o) for o in outs_o]
-    inputs = [x, h0] + ([c0] if is_lstm else []) + list(params.values())
-    run_inputs = run_in[:2] + (run_in[2:] if is_lstm else []) + run_params
-    if dtype == torch.float64:
-        run_inputs = inputs
+    n_in = 3 if is_lstm else 2
     grads = torch.autograd.grad(
-        sum((o * w.to(dtype)).sum() for o, w in zip(outs, weights, strict=True)), run_inputs
+        sum((o * w.to(dtype)).sum() for o, w in zip(outs, weights, strict=True)),
+        run_in[:n_in] + list(m.parameters()),
     )
     grads_o = torch.autograd.grad(
-        sum((o * w).sum() for o, w in zip(outs_o, weights, strict=True)), inputs
+        sum((o * w).sum() for o, w in zip(outs_o, weights, strict=True)),
+        inputs[:n_in] + list(params.values()),
     )
-    names = ["x", "h0"] + (["c0"] if is_lstm else []) + list(params)
+    names = ["x", "h0", "c0"][:n_in] + list(params)
     for name, g, g_o in zip(names, grads, grads_o, strict=True):
         torch.testing.assert_close(g, g_o.to(dtype), **tol, msg=lambda s, n=name: f"grad {n}: {s}")
         assert g.abs().sum() > 0 or name == "c0", f"grad of {name} is zero"
 
 
-LSTM_VARIANTS = {
-    "ln": {"layer_norm": True},
-    "peephole": {"peephole": True},
-    "cifg": {"cifg": True},
-    "cifg_peephole": {"cifg": True, "peephole": True},
-    "zoneout": {"zoneout": 0.3},
-    "zoneout_hc": {"zoneout": (0.2, 0.5)},
-    "zoneout_c_only": {"zoneout": (0.0, 0.4)},
-    "all": {"layer_norm": True, "zoneout": (0.25, 0.35), "peephole": True, "cifg": True},
-    "ln_peephole_zoneout": {"layer_norm": True, "zoneout": 0.2, "peephole": True},
+VARIANTS = {  # (mode, name) -> the module's variant options
+    ("LSTM", "ln"): {"layer_norm": True},
+    ("LSTM", "peephole"): {"peephole": True},
+    ("LSTM", "cifg"): {"cifg": True},
+    ("LSTM", "cifg_peephole"): {"cifg": True, "peephole": True},
+    ("LSTM", "zoneout"): {"zoneout": 0.3},
+    ("LSTM", "zoneout_hc"): {"zoneout": (0.2, 0.5)},
+    ("LSTM", "zoneout_c_only"): {"zoneout": (0.0, 0.4)},
+    ("LSTM", "all"): {"layer_norm": True, "zoneout": (0.25, 0.35), "peephole": True, "cifg": True},
+    ("LSTM", "ln_peephole_zoneout"): {"layer_norm": True, "zoneout": 0.2, "peephole": True},
+    ("GRU", "ln"): {"layer_norm": True},
+    ("GRU", "zoneout"): {"zoneout": 0.3},
+    ("GRU", "ln_zoneout"): {"layer_norm": True, "zoneout": 0.25},
 }
-GRU_VARIANTS = {
-    "ln": {"layer_norm": True},
-    "zoneout": {"zoneout": 0.3},
-    "ln_zoneout": {"layer_norm": True, "zoneout": 0.25},
-}
+MIXED = [("LSTM", "all"), ("LSTM", "ln_peephole_zoneout"), ("GRU", "ln_zoneout")]  # combined
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("variant", list(LSTM_VARIANTS))
-def test_lstm_variant_matches_oracle(variant, packed, training):
-    _check_against_oracle("LSTM", LSTM_VARIANTS[variant], packed, 2, True, True, 0, training)
+def _rows(variants, trainings=(True, False), **setup):
+    """Oracle cases: each (mode, name) of ``variants`` dense and packed, in each of
+    ``trainings``, with ``setup`` (stack shape, lengths, dtype) for _check_against_oracle."""
+    tags = [f"{k}={v}".replace("torch.", "").replace(" ", "") for k, v in setup.items()]
+    return [
+        pytest.param(mode, name, packed, training, setup, id="-".join(
+            [mode, name, ("dense", "packed")[packed], ("eval", "train")[training], *tags]))
+        for mode, name in variants for packed in (False, True) for training in trainings
+    ]  # fmt: skip
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("variant", list(GRU_VARIANTS))
-def test_gru_variant_matches_oracle(variant, packed, training):
-    _check_against_oracle("GRU", GRU_VARIANTS[variant], packed, 2, True, True, 0, training)
+ORACLE_CASES = [
+    *_rows(VARIANTS),  # every variant in two bidirectional layers with biases
+    *_rows(MIXED, [True], num_layers=1, bidir=False, bias=False),
+    *_rows(MIXED[:2], [True], proj=P),
+    *(row for lengths in ([1], [1, 1, 1], [5], [3, 3, 2, 1, 1])  # one step, one sequence
+      for row in _rows(MIXED[::2], [True], lengths=lengths)),
+    *_rows(MIXED, dtype=torch.float32),  # the module in float32, the oracle in float64
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize(
-    "mode,variant", [("LSTM", "all"), ("LSTM", "ln_peephole_zoneout"), ("GRU", "ln_zoneout")]
-)
-def test_variant_no_bias_one_layer(mode, variant, packed):
-    table = LSTM_VARIANTS if mode == "LSTM" else GRU_VARIANTS
-    _check_against_oracle(mode, table[variant], packed, 1, False, False, 0, True)
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("variant", ["all", "ln_peephole_zoneout"])
-def test_lstm_variant_with_projection(variant, packed):
-    _check_against_oracle("LSTM", LSTM_VARIANTS[variant], packed, 2, True, True, P, True)
+@pytest.mark.parametrize("mode,variant,packed,training,setup", ORACLE_CASES)
+def test_variant_matches_oracle(mode, variant, packed, training, setup):
+    _check_against_oracle(mode, VARIANTS[mode, variant], packed, training, **setup)
 
 
 # gradcheck of the reference op with every option: tests/test_conformance.py (backend
@@ -346,29 +260,25 @@ def test_lstm_variant_with_projection(variant, packed):
 
 
 # -- zoneout ----------------------------------------------------------------------------------
+def _seeded(seed, f, *args):
+    torch.manual_seed(seed)
+    return f(*args)
 
 
 def test_zoneout_masks_reproducible_under_seed():
     m = _make("LSTM", {"zoneout": 0.4})
     x = torch.randn(T, B, I, dtype=torch.float64)
-    torch.manual_seed(7)
-    a = m(x)[0]
-    torch.manual_seed(7)
-    b = m(x)[0]
-    torch.manual_seed(8)
-    c = m(x)[0]
+    a, b, c = (_seeded(seed, m, x)[0] for seed in (7, 7, 8))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
 
 def test_zoneout_training_differs_from_eval_and_from_plain():
-    kw = {"zoneout": 0.4}
-    m = _make("GRU", kw)
+    m = _make("GRU", {"zoneout": 0.4})
     plain = fusedrnn.GRU(I, H, 2, bidirectional=True, dtype=torch.float64)
     plain.load_state_dict(m.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
-    train_out = m.train()(x)[0]
-    eval_out = m.eval()(x)[0]
+    train_out, eval_out = m.train()(x)[0], m.eval()(x)[0]
     assert not torch.allclose(train_out, eval_out)
     assert not torch.allclose(eval_out, plain(x)[0])
     assert not torch.allclose(train_out, plain(x)[0])
@@ -382,29 +292,15 @@ def test_zoneout_zero_is_plain_bit_for_bit(mode):
     plain.load_state_dict(m.state_dict())
     assert not m.cell_options.enabled and list(m.state_dict()) == list(plain.state_dict())
     x = torch.randn(T, B, I)
-    flat = [m.train()(x), plain.train()(x)]
-    flat = [[o[0], *(o[1] if isinstance(o[1], tuple) else (o[1],))] for o in flat]
-    for u, v in zip(*flat, strict=True):
+    for u, v in zip(flatten(m.train()(x)), flatten(plain.train()(x)), strict=True):
         assert torch.equal(u, v)
     # the variant op itself, given all-zero masks, reproduces the plain op bit for bit
-    cell = mode.lower()
-    g = 4 if mode == "LSTM" else 3
+    lstm, g = mode == "LSTM", 4 if mode == "LSTM" else 3
     w = [torch.randn(g * H, I), torch.randn(g * H, H), torch.randn(g * H), torch.randn(g * H)]
-    h0, c0 = torch.randn(B, H), (torch.randn(B, H) if mode == "LSTM" else None)
+    args = (mode.lower(), x, torch.randn(B, H), torch.randn(B, H) if lstm else None, *w)
     zeros = torch.zeros(T, B, H)
-    plain_out = reference.layer(cell, x, h0, c0, *w, None, None, True)
-    var_out = reference.layer(
-        cell,
-        x,
-        h0,
-        c0,
-        *w,
-        None,
-        None,
-        True,
-        mask_h=zeros,
-        mask_c=zeros if mode == "LSTM" else None,
-    )
+    plain_out = reference.layer(*args, None, None, True)
+    var_out = reference.layer(*args, None, None, True, mask_h=zeros, mask_c=zeros if lstm else None)
     for u, v in zip(plain_out, var_out, strict=True):
         assert (u is None and v is None) or torch.equal(u, v)
 
@@ -415,13 +311,10 @@ def test_zoneout_masks_follow_p():
     x = torch.randn(1, 2000, I, dtype=torch.float64)
     h0 = torch.full((1, 2000, H), 7.0, dtype=torch.float64)  # |h~| < 1, so h == 7 marks a kept unit
     y = m(x, (h0, torch.zeros_like(h0)))[0]
-    kept = (y == 7.0).double().mean().item()
-    assert 0.88 < kept < 0.92
+    assert 0.88 < (y == 7.0).double().mean().item() < 0.92
 
 
 # -- layer norm -------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_layer_norm_at_init(mode):
     cls = getattr(fusedrnn, mode)
@@ -444,15 +337,11 @@ def test_layer_norm_at_init(mode):
 
 
 # -- parameters, shapes, state_dict -----------------------------------------------------------
-
-
 def test_cifg_shapes_and_state_dict():
     m = fusedrnn.LSTM(I, H, 2, cifg=True, peephole=True, proj_size=P)
-    assert m.weight_ih_l0.shape == (3 * H, I)
-    assert m.weight_hh_l0.shape == (3 * H, P)
+    assert m.weight_ih_l0.shape == (3 * H, I) and m.weight_hh_l0.shape == (3 * H, P)
     assert m.bias_ih_l1.shape == (3 * H,) and m.bias_hh_l1.shape == (3 * H,)
-    assert m.weight_ih_l1.shape == (3 * H, P)
-    assert m.weight_hr_l0.shape == (P, H)
+    assert m.weight_ih_l1.shape == (3 * H, P) and m.weight_hr_l0.shape == (P, H)
     assert m.weight_ch_l0.shape == (2, H)
     assert fusedrnn.LSTM(I, H, peephole=True).weight_ch_l0.shape == (3, H)
     with pytest.raises(RuntimeError, match="size mismatch"):
@@ -476,10 +365,9 @@ def test_state_dict_superset_of_torch_nn(mode, kw, bias):
     ref_keys, keys = list(ref.state_dict()), list(m.state_dict())
     assert keys[: len(ref_keys)] == ref_keys
     extra = keys[len(ref_keys) :]
-    expected = [
-        name for group in m.cell_options.param_names(mode, H, bias, 2, True) for name in group
+    assert extra == [
+        n for group in m.cell_options.param_names(mode, H, bias, 2, True) for n in group
     ]
-    assert extra == expected
     if kw.get("layer_norm"):
         assert "layer_norm_ih_weight_l1_reverse" in extra
         assert ("layer_norm_hh_bias_l0" in extra) == bias
@@ -510,8 +398,6 @@ def test_repr_mentions_variants():
 
 
 # -- invalid options and backends -------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     "ctor,exc,match",
     [
@@ -547,16 +433,15 @@ def test_layer_op_is_one_op_with_variant_options(backend):
     driver calls for plain and variant layers alike) and refuses an option it does not know
     rather than running the plain cell."""
     layer = fusedrnn.backends.get(backend).layer
-    x, h0 = torch.randn(T, B, I, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
-    w_ih = torch.randn(3 * H, I, dtype=torch.float64)
-    w_hh = torch.randn(3 * H, H, dtype=torch.float64)
+    x, h0, w_ih, w_hh = (torch.randn(s, dtype=torch.float64) for s in
+                         [(T, B, I), (B, H), (3 * H, I), (3 * H, H)])  # fmt: skip
     args = ("gru", x, h0, None, w_ih, w_hh, None, None, None, None, False)
     ones = torch.ones(3 * H, dtype=torch.float64)
     got = layer(*args, ln_ih_w=ones, ln_hh_w=ones, zoneout_h=0.3)
-    want = reference.layer(*args, ln_ih_w=ones, ln_hh_w=ones, zoneout_h=0.3)
-    torch.testing.assert_close(got[0], want[0])
-    plain = reference.layer(*args)
-    assert not torch.allclose(got[0], plain[0])  # the options were not dropped on the way
+    torch.testing.assert_close(got[0], reference.layer(*args, ln_ih_w=ones, ln_hh_w=ones,
+                                                       zoneout_h=0.3)[0])  # fmt: skip
+    # the options were not dropped on the way
+    assert not torch.allclose(got[0], reference.layer(*args)[0])
     with pytest.raises(TypeError):
         layer(*args, layer_norm=True)
 
@@ -582,15 +467,11 @@ def test_cell_options_helpers():
     assert opts.names() == ["layer_norm", "zoneout", "peephole", "cifg"]
     assert variants.parse("GRU", zoneout=0.3) == variants.CellOptions(zoneout_h=0.3)
     specs = opts.param_specs("LSTM", H, bias=True)
-    assert [s[:2] for s in specs] == [
-        ("layer_norm_ih_weight", (3 * H,)),
-        ("layer_norm_ih_bias", (3 * H,)),
-        ("layer_norm_hh_weight", (3 * H,)),
-        ("layer_norm_hh_bias", (3 * H,)),
-        ("layer_norm_c_weight", (H,)),
-        ("layer_norm_c_bias", (H,)),
-        ("weight_ch", (2, H)),
+    gates = [
+        (f"layer_norm_{k}", (3 * H,)) for k in ("ih_weight", "ih_bias", "hh_weight", "hh_bias")
     ]
+    rest = [("layer_norm_c_weight", (H,)), ("layer_norm_c_bias", (H,)), ("weight_ch", (2, H))]
+    assert [s[:2] for s in specs] == gates + rest
     with pytest.raises(AttributeError):
         opts.cifg = False  # frozen
 
@@ -599,38 +480,13 @@ def test_variants_with_interlayer_dropout():
     m = _make("LSTM", {"layer_norm": True, "zoneout": 0.2}, num_layers=2, bidir=False)
     m.dropout = 0.5
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    torch.manual_seed(3)
-    a = m(x)[0]
-    torch.manual_seed(3)
-    assert torch.equal(a, m(x)[0])
+    a = _seeded(3, m, x)[0]
+    assert torch.equal(a, _seeded(3, m, x)[0])
     a.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    m.eval()
-    m_nodrop = _make("LSTM", {"layer_norm": True, "zoneout": 0.2}, num_layers=2, bidir=False)
-    m_nodrop.load_state_dict(m.state_dict())
-    torch.testing.assert_close(m(x)[0], m_nodrop.eval()(x)[0], **TOL)
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize(
-    "lengths", [[1], [1, 1, 1], [5], [3, 3, 2, 1, 1]], ids=["T1B1", "T1B3", "T5B1", "T3B5"]
-)
-@pytest.mark.parametrize("mode,variant", [("LSTM", "all"), ("GRU", "ln_zoneout")])
-def test_variant_awkward_shapes(mode, variant, lengths, packed):
-    table = LSTM_VARIANTS if mode == "LSTM" else GRU_VARIANTS
-    _check_against_oracle(mode, table[variant], packed, 2, True, True, 0, True, lengths=lengths)
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize(
-    "mode,variant", [("LSTM", "all"), ("LSTM", "ln_peephole_zoneout"), ("GRU", "ln_zoneout")]
-)
-def test_variant_float32(mode, variant, packed, training):
-    table = LSTM_VARIANTS if mode == "LSTM" else GRU_VARIANTS
-    _check_against_oracle(
-        mode, table[variant], packed, 2, True, True, 0, training, dtype=torch.float32
-    )
+    m_nodrop = copy.deepcopy(m).eval()
+    m_nodrop.dropout = 0.0
+    torch.testing.assert_close(m.eval()(x)[0], m_nodrop(x)[0], **TOL)
 
 
 def test_variant_module_compiles_fullgraph():
@@ -639,7 +495,4 @@ def test_variant_module_compiles_fullgraph():
     compiled = torch.compile(m, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled.eval()(x)[0], m.eval()(x)[0], **TOL)
     m.train()
-    torch.manual_seed(5)
-    a = compiled(x)[0]
-    torch.manual_seed(5)
-    assert torch.equal(a, m(x)[0])
+    assert torch.equal(_seeded(5, compiled, x)[0], _seeded(5, m, x)[0])
