@@ -18,14 +18,11 @@ needs_interpreter = pytest.mark.skipif(
 T, I, H = 3, 3, 4
 
 
-def layer_args(
-    cell, layout="dense", dtype=torch.float32, *, B, batch_sizes, gates=None, device="cpu"
-):
+def layer_args(cell, layout="dense", dtype=torch.float32, *, B, batch_sizes, device="cpu"):
     """Layer-op positional arguments (x ... batch_sizes, reverse) with grads required.
     ``layout``: dense, batch_first (a transposed x, as a batch_first module hands it),
     packed, each of them with a "_reverse" suffix; ``batch_sizes`` for the packed ones."""
-    gen = torch.Generator().manual_seed(0)
-    G = gates or GATES[cell]
+    gen, G = torch.Generator().manual_seed(0), GATES[cell]
 
     def rnd(*shape):
         t = torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.5

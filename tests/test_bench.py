@@ -46,12 +46,9 @@ def quick_run(tmp_path_factory):
     return out, _bench("run.py", out, "--quick")
 
 
-def test_quick_run_exits_cleanly(quick_run):
-    assert "wrote" in quick_run[1].stdout
-
-
 def test_quick_csv_is_well_formed(quick_run):
-    out, _ = quick_run
+    out, proc = quick_run
+    assert "wrote" in proc.stdout
     rows = _rows(out / "results.csv", bench_run.COLUMNS)
     assert rows
     names = P.all_provider_names("cpu")
@@ -112,8 +109,7 @@ def test_quick_plots_are_pngs(quick_run):
     expected = {"speedup_headline.png", "time_vs_hidden_fwd.png", "time_vs_batch_fwdbwd.png"}
     assert expected <= names
     for name in names:
-        data = (out / name).read_bytes()
-        assert data[:8] == PNG_MAGIC
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
         img = mpimg.imread(out / name)
         assert img.shape[0] > 100 and img.shape[1] > 100
 
@@ -328,8 +324,11 @@ def test_cpu_flags_reads_this_machine():
 
 def test_quick_run_never_writes_the_committed_results():
     tag = measure.machine_tag("cpu", 1)
-    out = bench_run.output_dir(bench_run.parse_args(["--quick"]), tag)
-    committed = BENCH / "results" / tag
+
+    def out_dir(*argv):
+        return bench_run.output_dir(bench_run.parse_args(list(argv)), tag)
+
+    out, committed = out_dir("--quick"), BENCH / "results" / tag
     assert out != committed
     # git must ignore what a quick run writes, so `git status` stays clean after one
     probe = out / "results.csv"
@@ -337,11 +336,8 @@ def test_quick_run_never_writes_the_committed_results():
         ["git", "check-ignore", "-q", "--no-index", str(probe)], cwd=ROOT, check=False
     )
     assert ignored.returncode == 0, f"{probe} is not ignored by git"
-    assert bench_run.output_dir(bench_run.parse_args([]), tag) == committed
-    chosen = Path("/somewhere/else")
-    assert bench_run.output_dir(bench_run.parse_args(["--quick", "--out", str(chosen)]), tag) == (
-        chosen
-    )
+    assert out_dir() == committed
+    assert out_dir("--quick", "--out", "/somewhere/else") == Path("/somewhere/else")
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)+[\w.+-]*")
@@ -359,20 +355,12 @@ def test_committed_results_name_no_absolute_paths():
 def test_charlm_speed_writes_portable_paths():
     import charlm_speed
 
+    kept = {"note": "relative/path stays", "n": 3}
     got = charlm_speed.portable(
-        {
-            "out": str(ROOT / "bench" / "results" / "charlm"),
-            "runs": [{"data": "/srv/corpora/input.txt"}],
-            "note": "relative/path stays",
-            "n": 3,
-        }
-    )
-    assert got == {
-        "out": "bench/results/charlm",
-        "runs": [{"data": "input.txt"}],
-        "note": "relative/path stays",
-        "n": 3,
-    }
+        {"out": str(ROOT / "bench" / "results" / "charlm"),
+         "runs": [{"data": "/srv/corpora/input.txt"}], **kept}
+    )  # fmt: skip
+    assert got == {"out": "bench/results/charlm", "runs": [{"data": "input.txt"}], **kept}
     assert not _ABSOLUTE_PATH.search(json.dumps(got))
 
 

@@ -46,21 +46,6 @@ class TwoLayerLM(torch.nn.Module):
         return self.head(y).square().mean() + h.sum()
 
 
-def _check(model: torch.nn.Module, *inputs):
-    # fullgraph=True turns any graph break into an error
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    loss_c = compiled(*inputs)
-    loss_c.backward()
-    grads_c = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    loss_e = model(*inputs)
-    loss_e.backward()
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=1e-12)
-    for (name, p), g in zip(model.named_parameters(), grads_c, strict=True):
-        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=name)
-
-
 @pytest.mark.parametrize(
     "cls,kw,shape",
     [
@@ -72,7 +57,18 @@ def _check(model: torch.nn.Module, *inputs):
 )
 def test_compile(backend, cls, kw, shape):
     model = TwoLayerLM(cls, backend, **kw).double()
-    _check(model, torch.randn(shape, dtype=torch.float64))
+    x = torch.randn(shape, dtype=torch.float64)
+    torch._dynamo.reset()
+    # fullgraph=True turns any graph break into an error
+    loss_c = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    loss_c.backward()
+    grads_c = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss_e = model(x)
+    loss_e.backward()
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=1e-12)
+    for (name, p), g in zip(model.named_parameters(), grads_c, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_inductor_batch_first_lstm_matches_torch_nn(backend):

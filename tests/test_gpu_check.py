@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,16 +23,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import providers as P  # noqa: E402
 import run as bench_run  # noqa: E402
 
-EXPECTED_FILES = {
-    "env.json",
-    "results.csv",
-    "results.md",
-    "meta.json",
-    "gpu_check.json",
-    "summary.md",
-    "gpu_check.log",
-    "speedup_headline.png",
-}
+EXPECTED_FILES = {"env.json", "results.csv", "results.md", "meta.json", "gpu_check.json",
+                  "summary.md", "gpu_check.log", "speedup_headline.png"}  # fmt: skip
 
 
 def _python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -49,8 +43,8 @@ def dry_run(tmp_path_factory):
     return out, proc, time.monotonic() - start
 
 
-def _report(out: Path) -> dict:
-    return json.loads((out / "gpu_check.json").read_text())
+def _json(out: Path, name="gpu_check.json") -> dict:
+    return json.loads((out / name).read_text())
 
 
 def _rows(out: Path) -> list[dict]:
@@ -64,7 +58,7 @@ def test_dry_run_completes_in_time_and_writes_every_file(dry_run):
     out, proc, wall = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
-    report = _report(out)
+    report = _json(out)
     assert report["mode"] == "dry-run" and report["exit_status"] == 0
     assert report["elapsed_s"] <= report["budget_s"]
     assert wall < 180, f"the dry run took {wall:.0f} s"
@@ -76,13 +70,13 @@ def test_dry_run_completes_in_time_and_writes_every_file(dry_run):
         assert p["wall_s"] >= 0
     assert phases["tests"]["details"]["counts"].get("passed", 0) > 0
     assert phases["tests"]["details"]["failing"] == []
-    env = json.loads((out / "env.json").read_text())
+    env = _json(out, "env.json")
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
 
 
 def test_dry_run_checks_every_cell_and_dtype(dry_run):
     out, _, _ = dry_run
-    (check,) = (p for p in _report(out)["phases"] if p["name"] == "check")
+    (check,) = (p for p in _json(out)["phases"] if p["name"] == "check")
     cases = check["details"]["cases"]
     plan = gc.dry_run_plan()
     assert {(c["cell"], c["dtype"]) for c in cases} == {
@@ -98,32 +92,29 @@ def test_dry_run_benchmark_rows_and_ratios(dry_run):
     out, _, _ = dry_run
     rows = _rows(out)
     plan = gc.dry_run_plan()
-    keys = {(r["dtype"], r["mode"], r["B"], r["T"], r["I"], r["H"], r["layers"]) for r in rows}
+
+    def key(r):
+        return tuple(r[k] for k in ("dtype", "mode", "B", "T", "I", "H", "layers"))
+
+    nn = {key(r): r for r in rows if r["provider"] == P.TORCH_NN}
     want = {
         (s.dtype_label, mode, *(str(v) for v in (s.B, s.T, s.I, s.H, s.layers)))
         for s in plan.shapes
         for mode in ("fwd", "fwdbwd")
     }
-    assert keys == want
+    assert {key(r) for r in rows} == want
     assert {r["provider"] for r in rows} == {P.TORCH_NN, f"fusedrnn[{plan.wanted_backends[0]}]"}
     summary = (out / "summary.md").read_text()
     results_md = (out / "results.md").read_text()
     for r in rows:
         assert r["status"] == "ok", r
         assert r["machine"] == "dry-run-cpu"
-        nn = next(
-            n
-            for n in rows
-            if n["provider"] == P.TORCH_NN
-            and all(n[k] == r[k] for k in ("dtype", "mode", "B", "T", "I", "H", "layers"))
-        )
-        ratio = float(nn["median_ms"]) / float(r["median_ms"])  # from the CSV's own medians
+        ratio = float(nn[key(r)]["median_ms"]) / float(r["median_ms"])  # the CSV's own medians
         assert float(r["speedup_vs_torch_nn"]) == pytest.approx(ratio, rel=2e-3, abs=1e-3)
         if r["provider"] != P.TORCH_NN:
-            shown = f"{float(r['speedup_vs_torch_nn']):.2f}× ({r['median_ms']} ms)"
-            assert shown in summary
-            assert f"{float(r['speedup_vs_torch_nn']):.2f}×" in results_md
-    meta = json.loads((out / "meta.json").read_text())
+            speedup = f"{float(r['speedup_vs_torch_nn']):.2f}×"
+            assert f"{speedup} ({r['median_ms']} ms)" in summary and speedup in results_md
+    meta = _json(out, "meta.json")
     assert meta["tag"] == "dry-run-cpu" and meta["quick"] is True
     assert "float32+tf32" in summary
 
@@ -156,8 +147,7 @@ def test_budget_allot_and_skip_with_a_fake_clock():
 
 def test_zero_budget_skips_every_phase_but_still_reports(tmp_path, capsys):
     assert gc.main(["--dry-run", "--budget-s", "0", "--out", str(tmp_path)]) == 3
-    report = _report(tmp_path)
-    for p in report["phases"][1:]:
+    for p in _json(tmp_path)["phases"][1:]:
         assert p["status"] == "skipped" and "time budget" in p["reason"], p
     assert _rows(tmp_path) == []
     assert "Not measured" in (tmp_path / "summary.md").read_text()
@@ -201,53 +191,53 @@ def test_build_phase_reports_an_extension_still_missing(tmp_path, monkeypatch):
     assert status == "failed" and "cuda still not importable" in reason
 
 
-def test_a_timeout_ends_the_command_and_its_children(tmp_path):
-    # the grandchild holds the output pipe open: a plain kill of the child would hang here
+def _parent_of_a_sleeper(pid_file: Path) -> list[str]:
+    """A command that starts a 60 s sleeper, which inherits and holds open the output pipe (a
+    plain kill of the command alone would leave a reader hanging), writes the sleeper's pid to
+    ``pid_file``, says "started" and sleeps."""
     script = (
         "import subprocess, sys, time; "
-        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-        "print('started', flush=True); time.sleep(60)"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
+        "time.sleep(60)"
     )
+    return [sys.executable, "-c", script]
+
+
+def _gone(pid: int) -> bool:
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_timeout_ends_the_command_and_its_children(tmp_path):
     start = time.monotonic()
     with open(tmp_path / "log", "w") as log:
-        rc, text = gc.run_logged([sys.executable, "-c", script], 3, log)
+        rc, text = gc.run_logged(_parent_of_a_sleeper(tmp_path / "pid"), 3, log)
     assert rc is None and "started" in text
     assert time.monotonic() - start < 30
+    assert _gone(int((tmp_path / "pid").read_text()))
 
 
 def test_gpu_summary_states_the_machine(dry_run):
     out, _, _ = dry_run
     env = {
-        "date_utc": "2026-12-04 00:00 UTC",
-        "gpu": "NVIDIA H200",
-        "sm_count": 132,
-        "capability": "9.0",
-        "cpu_model": "Some CPU",
-        "cpu_count": 16,
-        "torch": "2.11.0+cu130",
-        "torch_cuda": "13.0",
-        "cudnn": 91000,
-        "triton": "3.6.0",
-        "python": "3.12.3",
-        "nvidia_smi": {
-            "name": "NVIDIA H200",
-            "driver_version": "580.1",
-            "clocks.sm": "1980",
-            "clocks.max.sm": "1980",
-            "clocks.mem": "3201",
-        },
-    }
+        "date_utc": "2026-12-04 00:00 UTC", "gpu": "NVIDIA H200", "sm_count": 132,
+        "capability": "9.0", "cpu_model": "Some CPU", "cpu_count": 16, "torch": "2.11.0+cu130",
+        "torch_cuda": "13.0", "cudnn": 91000, "triton": "3.6.0", "python": "3.12.3",
+        "nvidia_smi": {"name": "NVIDIA H200", "driver_version": "580.1", "clocks.sm": "1980",
+                       "clocks.max.sm": "1980", "clocks.mem": "3201"},
+    }  # fmt: skip
     assert gc.gpu_tag(env) == "gpu-nvidia-h200"
     report = {
-        "tag": gc.gpu_tag(env),
-        "mode": "gpu",
-        "command": "python -m fusedrnn.gpu_check",
-        "elapsed_s": 400.0,
-        "budget_s": 450.0,
-        "exit_status": 0,
-        "env": env,
+        "tag": gc.gpu_tag(env), "mode": "gpu", "command": "python -m fusedrnn.gpu_check",
+        "elapsed_s": 400.0, "budget_s": 450.0, "exit_status": 0, "env": env,
         "phases": [vars(gc.Phase("bench", "ok", "", 200.0))],
-    }
+    }  # fmt: skip
     text = gc.summary_markdown(report, _rows(out))
     assert "NVIDIA H200, 132 SMs, capability 9.0" in text
     assert "SM 1980 / 1980 MHz" in text and "CUDA 13.0" in text
@@ -272,34 +262,12 @@ time.sleep(60)  # a kernel that never returns
     proc = _python("-c", script)
     assert time.monotonic() - start < 50
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    report = _report(tmp_path)
-    check = report["phases"][1]
+    check = _json(tmp_path)["phases"][1]
     assert check["status"] == "failed" and "still running" in check["reason"]
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "results.csv").is_file()
 
 
-def _gone(pid: int) -> bool:
-    import os
-
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_an_interrupt_ends_the_command_and_its_children(tmp_path):
-    import signal
-
-    pid_file = tmp_path / "grandchild.pid"
-    script = (
-        "import subprocess, sys, time; "
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)"
-    )
-
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -307,11 +275,11 @@ def test_an_interrupt_ends_the_command_and_its_children(tmp_path):
     signal.alarm(3)
     try:
         with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
-            gc.run_logged([sys.executable, "-c", script], 60, log)
+            gc.run_logged(_parent_of_a_sleeper(tmp_path / "pid"), 60, log)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    assert _gone(int(pid_file.read_text()))
+    assert _gone(int((tmp_path / "pid").read_text()))
 
 
 def test_exit_status():
@@ -325,18 +293,14 @@ def test_exit_status():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
 def test_without_gpu_exits_2_and_writes_nothing(capsys):
+    """In process and through the module entry point."""
     before = sorted(p.name for p in gc.RESULTS.iterdir())
     assert gc.main([]) == 2
     msg = capsys.readouterr().out
     assert msg.startswith("gpu_check: no CUDA device: ") and msg.count("\n") == 1
     assert sorted(p.name for p in gc.RESULTS.iterdir()) == before
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
-def test_module_entry_point_without_gpu():
     proc = _python("-m", "fusedrnn.gpu_check")
-    assert proc.returncode == 2
-    assert "no CUDA device" in proc.stdout
+    assert proc.returncode == 2 and "no CUDA device" in proc.stdout
 
 
 def test_dry_run_output_is_never_committed_results(tmp_path):
@@ -414,10 +378,10 @@ def test_tf32_context_sets_both_libraries_and_restores():
 def test_gpu_plan_holds_the_headline_shapes():
     plan = gc.gpu_plan()
     got = {(s.B, s.T, s.I, s.H, s.layers, s.dtype_label) for s in plan.shapes}
-    assert (16, 1024, 768, 768, 1, "bfloat16") in got
-    assert (64, 100, 512, 512, 1, "float32") in got
-    assert (64, 100, 512, 512, 1, "float32+tf32") in got
-    assert (64, 128, 64, 512, 2, "float32") in got
+    assert {
+        (16, 1024, 768, 768, 1, "bfloat16"), (64, 100, 512, 512, 1, "float32"),
+        (64, 100, 512, 512, 1, "float32+tf32"), (64, 128, 64, 512, 2, "float32"),
+    } <= got, got  # fmt: skip
     assert plan.budget_s <= 480 and set(plan.wanted_backends) == {"triton", "cuda"}
     assert plan.test_args == ("-m", "gpu", "tests")
 

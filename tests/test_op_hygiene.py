@@ -38,13 +38,14 @@ import pathlib
 import pytest
 import torch
 import torch._library.custom_ops as custom_ops
-from misc_testlib import forward_backward, layer_args, needs_cpu, needs_interpreter
+from misc_testlib import H, forward_backward, layer_args, needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
 
 aten = torch.ops.aten
 TRITON_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
+TREES = {p.name: ast.parse(p.read_text()) for p in sorted(TRITON_DIR.glob("*.py"))}
 
 SYNCS = {
     aten._local_scalar_dense.default,
@@ -62,8 +63,10 @@ class HostSyncError(AssertionError):
 
 
 class NoHostSync(TorchDispatchMode):
-    """Fails on a host sync or host-to-device copy inside a fusedrnn op (see the module
-    docstring); ``batch_sizes`` may be read on the host."""
+    """Fails on a host sync or host-to-device copy inside an op of ``namespace`` (see the
+    module docstring); ``batch_sizes`` may be read on the host."""
+
+    namespace = "fusedrnn"
 
     def __init__(self, batch_sizes: torch.Tensor | None):
         super().__init__()
@@ -87,7 +90,7 @@ class NoHostSync(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.namespace == "fusedrnn":
+        if func.namespace == self.namespace:
             # run the op's Python body under this mode, so that every aten op it calls
             # (in Python or in the C++ extension) comes through here
             self.ops_run.append(func.name())
@@ -127,12 +130,12 @@ def _layer_args(cell: str, packed: bool, reverse: bool = False):
     return layer_args(cell, layout, B=3, batch_sizes=[3, 2, 1])
 
 
-def _ln(cell: str) -> dict:
-    """Layer-norm gains (H = 4) of a variant layer."""
-    GH = 16 if cell == "lstm" else 12
-    kw = dict(ln_ih_w=torch.ones(GH), ln_hh_w=torch.ones(GH))
+def _variant(cell: str, **zoneout) -> dict:
+    """A variant layer's options: layer-norm gains and ``zoneout``."""
+    G = 4 if cell == "lstm" else 3
+    kw = dict(ln_ih_w=torch.ones(G * H), ln_hh_w=torch.ones(G * H), **zoneout)
     if cell == "lstm":
-        kw["ln_c_w"] = torch.ones(4)
+        kw["ln_c_w"] = torch.ones(H)
     return kw
 
 
@@ -161,16 +164,8 @@ def test_the_mode_catches_the_patterns():
 
     x = torch.randn(2)
 
-    class Mode(NoHostSync):  # the test namespace stands in for fusedrnn's
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "fusedrnn_test":
-                self.inside.append(func.name())
-                try:
-                    with self:
-                        return bad._init_fn(*args, **(kwargs or {}))
-                finally:
-                    self.inside.pop()
-            return super().__torch_dispatch__(func, types, args, kwargs)
+    class Mode(NoHostSync):
+        namespace = "fusedrnn_test"
 
     for how in (0, 1, 2):
         with pytest.raises(HostSyncError), Mode(bs):
@@ -181,16 +176,12 @@ def test_the_mode_catches_the_patterns():
 
 @needs_cpu
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_cpu_ops_do_not_sync(cell, packed):
-    _run(cpu.layer, cell, packed)
-
-
-@needs_cpu
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_cpu_variant_ops_do_not_sync(cell, packed):
-    _run(cpu.layer, cell, packed, zoneout_h=0.2, **_ln(cell))
+@pytest.mark.parametrize(
+    "cell,kind", [("lstm", "plain"), ("gru", "plain"), ("rnn_tanh", "plain"),
+                  ("lstm", "variant"), ("gru", "variant")],
+)  # fmt: skip
+def test_cpu_ops_do_not_sync(cell, kind, packed):
+    _run(cpu.layer, cell, packed, **(_variant(cell, zoneout_h=0.2) if kind == "variant" else {}))
 
 
 @needs_interpreter
@@ -214,14 +205,15 @@ def test_triton_ops_do_not_sync(cell, packed, reverse, path):
 def test_triton_variant_ops_do_not_sync(packed):
     from fusedrnn.ops.triton.layer_op import layer
 
-    _run(layer, "lstm", packed, zoneout_h=0.2, zoneout_c=0.1, **_ln("lstm"))
+    _run(layer, "lstm", packed, **_variant("lstm", zoneout_h=0.2, zoneout_c=0.1))
 
 
 # ---- device guard ------------------------------------------------------------------------
 
 
 def _functions_with(tree: ast.AST):
-    """(function name, node) for every function in a module, innermost first."""
+    """(function name, node) for every function in a module, outermost first (ast.walk is
+    breadth-first)."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield node.name, node
@@ -230,17 +222,12 @@ def _functions_with(tree: ast.AST):
 def test_triton_launches_only_through_the_guarded_launcher():
     """Static: the only ``kernel[grid](...)`` call in ops/triton is in runtime.launch (which
     checks the guard); every kernel call elsewhere goes through it."""
-    sites = []
-    for path in sorted(TRITON_DIR.glob("*.py")):
-        tree = ast.parse(path.read_text())
-        for fname, fn in _functions_with(tree):
-            for node in ast.walk(fn):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
-                    sites.append((path.name, fname))
-    assert set(sites) == {("runtime.py", "launch")}, sites
+    sites = {(file, name) for file, tree in TREES.items() for name, fn in _functions_with(tree)
+             for n in ast.walk(fn)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Subscript)}  # fmt: skip
+    assert sites == {("runtime.py", "launch")}, sites
     # and runtime.launch refuses to launch without a guard, before anything else
-    tree = ast.parse((TRITON_DIR / "runtime.py").read_text())
-    launch = next(fn for name, fn in _functions_with(tree) if name == "launch")
+    launch = next(fn for name, fn in _functions_with(TREES["runtime.py"]) if name == "launch")
     calls = [n for n in ast.walk(launch) if isinstance(n, ast.Call)]
     assert any(getattr(c.func, "id", None) == "_check_guard" for c in calls)
 
@@ -250,32 +237,24 @@ def test_triton_dots_name_their_accumulator_dtype():
     a GPU) asserts that an accumulator's dtype equals ``out_dtype``, float32 by default, so a
     float64 kernel without it does not compile there; the interpreter and later Triton
     versions accept it, which is why only a GPU run showed it."""
-    missing = []
-    for path in sorted(TRITON_DIR.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) == "tl.dot":
-                if "out_dtype" not in {k.arg for k in node.keywords}:
-                    missing.append(f"{path.name}:{node.lineno}")
+    missing = [f"{file}:{n.lineno}" for file, tree in TREES.items() for n in ast.walk(tree)
+               if isinstance(n, ast.Call) and ast.unparse(n.func) == "tl.dot"
+               and "out_dtype" not in {k.arg for k in n.keywords}]  # fmt: skip
     assert not missing, missing
 
 
-ENTRIES = {"layer_op.py": ("forward", "backward"), "variants.py": ("forward", "backward")}
-GUARD = "runtime.device_guard(a.x.device)"
-
-
-def test_triton_op_bodies_enter_the_guard():
+@pytest.mark.parametrize("file", ["layer_op.py", "variants.py"])
+def test_triton_op_bodies_enter_the_guard(file):
     """Static: the bodies of the custom ops (what torch.library calls) enter
     ``runtime.device_guard(a.x.device)`` around all their work (layer_op's after handing a
     variant call to variants.py)."""
-    for file, names in ENTRIES.items():
-        tree = ast.parse((TRITON_DIR / file).read_text())
-        found = {}
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and node.name in names:
-                withs = [n for n in node.body if isinstance(n, ast.With)]
-                found[node.name] = [ast.unparse(i.context_expr) for w in withs for i in w.items]
-        for name in names:
-            assert GUARD in found.get(name, []), (file, name)
+    found = {}
+    for node in TREES[file].body:
+        if isinstance(node, ast.FunctionDef) and node.name in ("forward", "backward"):
+            withs = [n for n in node.body if isinstance(n, ast.With)]
+            found[node.name] = [ast.unparse(i.context_expr) for w in withs for i in w.items]
+    for name in ("forward", "backward"):
+        assert "runtime.device_guard(a.x.device)" in found.get(name, []), name
 
 
 def test_triton_guard_enters_the_tensors_device(monkeypatch):
@@ -337,9 +316,7 @@ def test_triton_ops_run_under_the_guard_of_their_device(monkeypatch, packed):
             yield
 
     monkeypatch.setattr(runtime, "device_guard", recording)
-    args = _layer_args("gru", packed)
     with runtime.launch_counter() as launches:
-        y, h_n, _ = layer("gru", *args)
-        (y.sum() + h_n.sum()).backward()
+        forward_backward(layer, "gru", _layer_args("gru", packed))
     assert seen == [torch.device("cpu")] * 2
     assert launches.total > 0

@@ -23,6 +23,7 @@ from misc_testlib import H, T, forward_backward, layer_args, needs_cpu, needs_in
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
+from fusedrnn.ops.checks import GATES
 
 OPTESTS = (
     "test_schema",
@@ -37,8 +38,8 @@ CASES = [pytest.param(lay, torch.float64, id=f"{lay}-fp64") for lay in LAYOUTS] 
     pytest.param(lay, torch.float32, id=f"{lay}-fp32") for lay in ("batch_first", "packed_reverse")
 ]
 B = 2
-
-
+PLAIN_CELLS, VARIANT_CELLS = ("lstm", "gru", "rnn_relu"), ("lstm", "gru")
+TRITON_OPS = "fusedrnn.ops.triton.layer_op"  # the module that declares the triton ops
 INTERPRET = triton_interpreting()
 
 
@@ -56,8 +57,8 @@ class _Capture(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _inputs(cell: str, layout: str, dtype: torch.dtype, *, gates: int | None = None, device="cpu"):
-    return layer_args(cell, layout, dtype, B=B, batch_sizes=[2, 2, 1], gates=gates, device=device)
+def _inputs(cell: str, layout: str, dtype: torch.dtype, device="cpu"):
+    return layer_args(cell, layout, dtype, B=B, batch_sizes=[2, 2, 1], device=device)
 
 
 def _run_and_capture(layer, cell, args, **kw):
@@ -86,19 +87,8 @@ def _regrad(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
     return tuple(fix(a, s.name) for a, s in zip(args, schema, strict=False)), kwargs
 
 
-def _opcheck_all(calls, *, skip=()):
-    """opcheck every captured call; ``skip``: (op name, opcheck test) pairs left out."""
-    seen = set()
-    for op, args, kwargs in calls:
-        seen.add(op.name())
-        args, kwargs = _regrad(op, args, kwargs)
-        tests = tuple(t for t in OPTESTS if (op.name(), t) not in skip)
-        torch.library.opcheck(op, args, kwargs, test_utils=tests)
-    return seen
-
-
-def _variant_kw(cell: str, layout: str, dtype: torch.dtype, G: int, device="cpu"):
-    gen = torch.Generator().manual_seed(1)
+def _variant_kw(cell: str, layout: str, dtype: torch.dtype, device="cpu"):
+    G, gen = GATES[cell], torch.Generator().manual_seed(1)
     n_rows = (T, B) if not layout.startswith("packed") else (5,)
 
     def rnd(*shape, shift=0.0):
@@ -118,22 +108,16 @@ def _variant_kw(cell: str, layout: str, dtype: torch.dtype, G: int, device="cpu"
     return kw
 
 
-def _check_plain(layer, layout, dtype, cells=("lstm", "gru", "rnn_relu"), device="cpu"):
+def _check(layer, layout, dtype, variant, cells=None, device="cpu") -> set[str]:
+    """opcheck every op call of a forward and backward through ``layer`` (plain or variant
+    layers of ``cells``, all by default); returns the names of the ops checked."""
     seen = set()
-    for cell in cells:
-        calls = _run_and_capture(layer, cell, _inputs(cell, layout, dtype, device=device))
-        seen |= _opcheck_all(calls)
-    return seen
-
-
-def _check_variants(layer, layout, dtype, *, skip=(), cells=("lstm", "gru"), device="cpu"):
-    seen = set()
-    for cell in cells:
-        G = 4 if cell == "lstm" else 3
-        args = _inputs(cell, layout, dtype, gates=G, device=device)
-        kw = _variant_kw(cell, layout, dtype, G, device)
-        calls = _run_and_capture(layer, cell, args, **kw)
-        seen |= _opcheck_all(calls, skip=skip if cell == "gru" else ())
+    for cell in cells or (VARIANT_CELLS if variant else PLAIN_CELLS):
+        args = _inputs(cell, layout, dtype, device)
+        kw = _variant_kw(cell, layout, dtype, device) if variant else {}
+        for op, a, k in _run_and_capture(layer, cell, args, **kw):
+            seen.add(op.name())
+            torch.library.opcheck(op, *_regrad(op, a, k), test_utils=OPTESTS)
     return seen
 
 
@@ -144,9 +128,9 @@ def _ops(backend: str) -> set[str]:
 
 @needs_cpu
 @pytest.mark.parametrize("layout,dtype", CASES)
-@pytest.mark.parametrize("check", [_check_plain, _check_variants], ids=["layer", "variant"])
-def test_cpu_ops(check, layout, dtype):
-    assert check(cpu.layer, layout, dtype) == _ops("cpu")
+@pytest.mark.parametrize("variant", [False, True], ids=["layer", "variant"])
+def test_cpu_ops(variant, layout, dtype):
+    assert _check(cpu.layer, layout, dtype, variant) == _ops("cpu")
 
 
 @needs_cpu
@@ -179,21 +163,18 @@ def test_eager_calls_run_the_op_bodies_only_while_unwatched(cell, monkeypatch):
     with torch.profiler.profile() as prof:
         profiled = run(args)
     assert answers[3:] == [False]
-    names = {e.key for e in prof.key_averages()}
-    assert _ops("cpu") <= names
-    for a, b, c in zip(direct, watched, profiled, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-        torch.testing.assert_close(a, c, rtol=0, atol=0)
+    assert _ops("cpu") <= {e.key for e in prof.key_averages()}
+    torch.testing.assert_close([watched, profiled], [direct, direct], rtol=0, atol=0)
 
 
 @needs_cpu
 def test_cpu_variant_gru_outputs_are_deterministic():
     """Every output is a function of the inputs: the GRU's layer-norm statistics [N, 4] use two
     columns, and the other two must not carry whatever the allocator left there."""
-    args = _inputs("gru", "dense", torch.float32, gates=3)
-    calls = _run_and_capture(cpu.layer, "gru", args, **_variant_kw("gru", "dense",
-                             torch.float32, 3))  # fmt: skip
-    op, a, kw = calls[0]
+    variant = _variant_kw("gru", "dense", torch.float32)
+    op, a, kw = _run_and_capture(
+        cpu.layer, "gru", _inputs("gru", "dense", torch.float32), **variant
+    )[0]
     a = [t.detach() if isinstance(t, torch.Tensor) else t for t in a]
     outs = []
     for fill in (7.0, 9.0):
@@ -205,41 +186,23 @@ def test_cpu_variant_gru_outputs_are_deterministic():
 
 
 @needs_interpreter
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
+@pytest.mark.parametrize(  # variant layers run kernels of their own, whatever the path
+    "variant,path",
+    [(False, "step"), (False, "cooperative"), (False, "persistent"), (True, None)],
+    ids=["step", "cooperative", "persistent", "variant"],
+)
 @pytest.mark.parametrize("layout,dtype", CASES)
-def test_triton_layer_ops(layout, dtype, path):
+def test_triton_ops(layout, dtype, variant, path):
     from fusedrnn.ops import triton as tb
     from fusedrnn.ops.triton.layer_op import layer
 
     if path == "persistent" and dtype == torch.float64:
         pytest.skip("the persistent kernels do not take float64")
     # one cell per case, in turn, to keep the interpreter's time down
-    cell = ("lstm", "gru", "rnn_relu")[LAYOUTS.index(layout) % 3]
+    cells = VARIANT_CELLS if variant else PLAIN_CELLS
     with tb.kernel_path(path):
-        seen = _check_plain(layer, layout, dtype, cells=(cell,))
+        seen = _check(layer, layout, dtype, variant, (cells[LAYOUTS.index(layout) % len(cells)],))
     assert seen == _ops("triton")
-
-
-@needs_interpreter
-@pytest.mark.parametrize("layout,dtype", CASES)
-def test_triton_variant_ops(layout, dtype):
-    from fusedrnn.ops.triton.layer_op import layer
-
-    cell = ("lstm", "gru")[LAYOUTS.index(layout) % 2]
-    seen = _check_variants(layer, layout, dtype, cells=(cell,))
-    assert seen == _ops("triton")
-
-
-def _gpu_layer(backend: str):
-    if backend == "triton":
-        from fusedrnn.ops.triton.layer_op import layer
-
-        return layer
-    from fusedrnn.ops import cuda
-
-    if not cuda.is_available():
-        pytest.skip("the CUDA extension is not built")
-    return cuda.layer
 
 
 @pytest.mark.gpu
@@ -248,16 +211,19 @@ def _gpu_layer(backend: str):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_ops(backend, layout, dtype):
     """The GPU backends' ops on CUDA tensors (the cuda ops load only in a CUDA build)."""
-    layer = _gpu_layer(backend)
-    seen = _check_plain(layer, layout, dtype, device="cuda")
-    seen |= _check_variants(layer, layout, dtype, device="cuda")
-    assert seen == _ops(backend)
+    from fusedrnn.ops import cuda
+
+    if backend == "cuda" and not cuda.is_available():
+        pytest.skip("the CUDA extension is not built")
+    layer = cuda.layer if backend == "cuda" else importlib.import_module(TRITON_OPS).layer
+    seen = [_check(layer, layout, dtype, variant, device="cuda") for variant in (False, True)]
+    assert set().union(*seen) == _ops(backend)
 
 
 # every module that declares fusedrnn custom ops, and the ops the tests above cover
 OP_MODULES = {
     "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd"),
-    "fusedrnn.ops.triton.layer_op": ("triton_layer_fwd", "triton_layer_bwd"),
+    TRITON_OPS: ("triton_layer_fwd", "triton_layer_bwd"),
 }
 # checked on CUDA tensors by test_gpu_ops (their kernels need a GPU)
 CUDA_ONLY = ("cuda_layer_fwd", "cuda_layer_bwd")

@@ -1,30 +1,30 @@
 """Static checks on the Triton kernels' index arithmetic and specialisation.
 
-Offsets into the sequence-long buffers (``[T, B, G*H]`` gate gradients, ``[T+1, B, H]``
-state histories, ``[N, G*H]`` packed inputs) pass 2**31 elements at sizes that fit on
-one GPU, and Triton does integer arithmetic in the width of its operands: an int32
-sum wraps before it reaches the pointer. The rule checked here, per ``@triton.jit``
-function (an AST scan, no triton import needed):
+Offsets into the sequence-long buffers (``[T, B, G*H]`` gate gradients, ``[T+1, B, H]`` state
+histories, ``[N, G*H]`` packed inputs) pass 2**31 elements at sizes that fit on one GPU, and
+Triton does integer arithmetic in the width of its operands: an int32 sum wraps before it
+reaches the pointer. The rule checked here, per ``@triton.jit`` function (an AST scan, no
+triton import needed):
 
-* an *offset* -- a parameter named ``*_off``, ``hs_r``/``hs_w`` or ``cs_r``/``cs_w``, which the launchers
-  compute as ``t * B * width`` -- must be added straight to a pointer (``ptr + off +
+* an *offset* -- a parameter named ``*_off``, ``hs_r``/``hs_w`` or ``cs_r``/``cs_w``, which the
+  launchers compute as ``t * B * width`` -- must be added straight to a pointer (``ptr + off +
   ...`` is evaluated pointer first) or be int64 (annotated ``tl.int64`` or cast with
   ``.to(tl.int64)``); combining it with anything else first is flagged;
-* an *index* -- ``tl.program_id(...)``, the sequence length ``T``, a ``*row0``
-  parameter, a loop variable over a range bounded by an index (int64 when a bound is),
-  and anything added to an index -- may be added to and scaled by compile-time constants, but multiplying it
-  by a run-time size (a stride such as ``H`` or ``4 * H``) is flagged unless one side
-  is int64 already.
+* an *index* -- ``tl.program_id(...)``, the sequence length ``T``, a ``*row0`` parameter, a
+  loop variable over a range bounded by an index (int64 when a bound is), and anything added
+  to an index -- may be added to and scaled by compile-time constants, but multiplying it by a
+  run-time size (a stride such as ``H`` or ``4 * H``) is flagged unless one side is int64.
 
-Anything that is int64 or a pointer stays so through ``+ - *``, so casting an index
-once where it is defined (``tl.program_id(1).to(tl.int64) * BLOCK_B + ...``) makes
-every offset built from it int64. Offsets inside one weight matrix (``G*H x H``
-elements, indices from the reduction loop) are not covered by the rule.
+Anything that is int64 or a pointer stays so through ``+ - *``, so casting an index once where
+it is defined (``tl.program_id(1).to(tl.int64) * BLOCK_B + ...``) makes every offset built
+from it int64. Offsets inside one weight matrix (``G*H x H`` elements, indices from the
+reduction loop) are not covered by the rule.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 import re
 
@@ -44,8 +44,8 @@ def _is_jit(dec: ast.expr) -> bool:
     return isinstance(node, ast.Name) and (node.id == "jit" or node.id.endswith("_jit"))
 
 
-def _is_int64(node: ast.expr) -> bool:
-    return isinstance(node, ast.Attribute) and node.attr == "int64"
+def _is_attr(node: ast.expr | None, attr: str) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == attr
 
 
 class _Checker:
@@ -55,12 +55,10 @@ class _Checker:
         self.fn, self.path, self.problems = fn, path, []
         self.kinds: dict[str, str] = {}
         self.constexpr: set[str] = set()
-        args = fn.args.args
-        for a in args:
-            ann = a.annotation
-            if ann is not None and isinstance(ann, ast.Attribute) and ann.attr == "constexpr":
+        for a in fn.args.args:
+            if _is_attr(a.annotation, "constexpr"):
                 self.constexpr.add(a.arg)
-            elif ann is not None and _is_int64(ann):
+            elif _is_attr(a.annotation, "int64"):
                 self.kinds[a.arg] = WIDE
             elif a.arg.endswith("_ptr"):
                 self.kinds[a.arg] = PTR
@@ -91,19 +89,14 @@ class _Checker:
         if isinstance(node, ast.IfExp):
             self.kind(node.test)
             kinds = {self.kind(node.body), self.kind(node.orelse)}
-            for k in (PTR, OFFSET, INDEX, WIDE):
-                if k in kinds:
-                    return k
-            return OTHER
+            return next((k for k in (PTR, OFFSET, INDEX, WIDE) if k in kinds), OTHER)
         if isinstance(node, ast.Call):
             f = node.func
             for a in [*node.args, *(k.value for k in node.keywords)]:
                 self.kind(a)
             if isinstance(f, ast.Attribute) and f.attr == "to":
                 inner = self.kind(f.value)
-                if node.args and _is_int64(node.args[0]):
-                    return WIDE
-                return inner
+                return WIDE if node.args and _is_attr(node.args[0], "int64") else inner
             if isinstance(f, ast.Attribute) and f.attr == "program_id":
                 return INDEX
             if isinstance(f, ast.Attribute):
@@ -148,27 +141,20 @@ class _Checker:
                 k = self.kind(st.value)
                 for t in st.targets:
                     self.assign(t, k)
-            elif isinstance(st, ast.AnnAssign):
-                if st.value is not None:
-                    k = self.kind(st.value)
-                    ann = st.annotation
-                    if isinstance(ann, ast.Attribute) and ann.attr == "constexpr":
-                        self.constexpr.add(st.target.id)
-                    self.assign(st.target, k)
+            elif isinstance(st, ast.AnnAssign) and st.value is not None:
+                k = self.kind(st.value)
+                if _is_attr(st.annotation, "constexpr"):
+                    self.constexpr.add(st.target.id)
+                self.assign(st.target, k)
             elif isinstance(st, ast.AugAssign):
                 k = self.kind(ast.BinOp(left=st.target, op=st.op, right=st.value,
                                         lineno=st.lineno, col_offset=st.col_offset))  # fmt: skip
                 self.assign(st.target, k)
             elif isinstance(st, ast.For):
-                it = self.kind(st.iter)
                 bounds = st.iter.args if isinstance(st.iter, ast.Call) else []
-                bound_kinds = {it, *(self.kind(b) for b in bounds)}
-                if WIDE in bound_kinds:  # the loop variable takes the bounds' width
-                    self.assign(st.target, WIDE)
-                elif bound_kinds & {INDEX, OFFSET}:
-                    self.assign(st.target, INDEX)
-                else:
-                    self.assign(st.target, OTHER)
+                kinds = {self.kind(st.iter), *(self.kind(b) for b in bounds)}
+                width = WIDE if WIDE in kinds else INDEX if kinds & {INDEX, OFFSET} else OTHER
+                self.assign(st.target, width)  # the loop variable takes the bounds' width
                 self.run(st.body)
                 self.run(st.orelse)
             elif isinstance(st, (ast.If, ast.While)):
@@ -179,16 +165,9 @@ class _Checker:
                 self.kind(st.value)
 
 
-def jit_functions(path: pathlib.Path) -> list[ast.FunctionDef]:
-    tree = ast.parse(path.read_text())
-    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
-            and any(_is_jit(d) for d in n.decorator_list)]  # fmt: skip
-
-
 def offset_problems(source: str, name: str = "<src>") -> list[str]:
-    tree = ast.parse(source)
     out = []
-    for fn in ast.walk(tree):
+    for fn in ast.walk(ast.parse(source)):
         if isinstance(fn, ast.FunctionDef) and any(_is_jit(d) for d in fn.decorator_list):
             checker = _Checker(fn, name)
             checker.run(fn.body)
@@ -221,6 +200,12 @@ def k(dg_ptr, dg_off: tl.int64, H, BLOCK_B: tl.constexpr):
 @pytest.mark.parametrize("path", sorted(KERNEL_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_kernel_offsets_are_int64_or_pointer_first(path):
     assert offset_problems(path.read_text(), path.name) == []
+
+
+compiling = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1",
+    reason="the interpreter has no specialisation; run without TRITON_INTERPRET",
+)
 
 
 def _sequence_launches():
@@ -263,14 +248,11 @@ def _sequence_launches():
     return records
 
 
+@compiling
 def test_a_sequence_compiles_each_kernel_once():
     """Per-step offsets are ``do_not_specialize`` (and int64): the specialisation that
     Triton's launcher derives from the arguments is the same at every step, so a
     sequence compiles each kernel once. Checked with Triton's own binder."""
-    import os
-
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the interpreter has no specialisation; run without TRITON_INTERPRET")
     from fusedrnn.compile_report import specialisation
 
     keys: dict[str, set] = {}
@@ -287,14 +269,11 @@ def test_a_sequence_compiles_each_kernel_once():
     assert {name: len(k) for name, k in keys.items() if len(k) > 1} == {}
 
 
+@compiling
 def test_compile_report_covers_what_launches_specialise():
     """Every specialisation a launch makes (here: a packed float32 sequence with H = 20,
     not a multiple of 16, through every cell's launchers) is among the compile report's
     compiles, attributes and constants included."""
-    import os
-
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the interpreter has no specialisation; run without TRITON_INTERPRET")
     from fusedrnn import compile_report
 
     planned = {(j.kernel, j.signature, j.constexprs, j.attrs, j.num_warps, j.num_stages,
