@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import layer_cases
 import torch
 from layer_cases import Case
 
@@ -141,28 +142,14 @@ def cast(p: dict, dtype: torch.dtype, device=None) -> dict:
 
 def op_args(p: dict, save: bool) -> library.LayerArgs:
     """The op's arguments for problem ``p`` (forward direction)."""
-    a = {k: p.get(k, v) for k, v in library.OPTION_DEFAULTS.items()}
-    c0 = p.get("c0") if p["cell"] == "lstm" else None
-    return library.LayerArgs(p["cell"], p["x"], p["h0"], c0, p["w_ih"], p["w_hh"], p.get("b_ih"),
-                             p.get("b_hh"), p.get("w_hr"), p.get("batch_sizes"), False, **a,
-                             save=save)  # fmt: skip
+    return library.LayerArgs(**{**library.OPTION_DEFAULTS, **p}, reverse=False, save=save)
 
 
 def run(layer, p: dict, reverse: bool, seed: int = 1):
     """Outputs and the gradients of every present input for a fixed random output weighting
     (drawn on the CPU in float64, so that every device and dtype gets the same one)."""
-    leaves = {
-        k: p[k].detach().requires_grad_() for k in library.GRAD_INPUTS if p.get(k) is not None
-    }
-    y, h_n, c_n = layer(**{**p, **leaves}, reverse=reverse)
-    outs = [y, h_n] + ([c_n] if c_n is not None else [])
-    g = torch.Generator().manual_seed(seed)
-    loss = sum(
-        (o.double().cpu() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum()
-        for o in outs
-    )
-    loss.backward()
-    return [o.detach() for o in outs], {k: t.grad for k, t in leaves.items()}
+    outs, grads = layer_cases.outputs_and_grads(layer, {**p, "reverse": reverse}, seed)
+    return [o for o in outs if o is not None], grads
 
 
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -179,25 +166,24 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -
     assert err <= tol, f"{what}: max error {err:.3g} > {tol:g} (relative to max(|ref|, 1))"
 
 
+def _pairs(got, want):
+    """(name, got, want) for each output and each gradient of two ``run`` results."""
+    (outs, grads), (ref_outs, ref_grads) = got, want
+    assert len(outs) == len(ref_outs) and grads.keys() == ref_grads.keys()
+    return [*zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False),
+            *((f"d{k}", grads[k], ref_grads[k]) for k in grads)]  # fmt: skip
+
+
 def assert_results_close(got, want, tol: float) -> None:
     """Two ``run`` results (outputs, gradients), each element within ``tol``."""
-    (outs, grads), (ref_outs, ref_grads) = got, want
-    assert len(outs) == len(ref_outs)
-    for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False):
-        assert_close(o, r, tol, name)
-    assert grads.keys() == ref_grads.keys()
-    for k in grads:
-        assert_close(grads[k], ref_grads[k], tol, f"d{k}")
+    for name, a, b in _pairs(got, want):
+        assert_close(a, b, tol, name)
 
 
 def assert_same(got, want) -> None:
     """Two ``run`` results bitwise equal, dtypes included."""
-    (outs, grads), (ref_outs, ref_grads) = got, want
-    for a, b in zip(outs, ref_outs, strict=True):
-        assert a.dtype == b.dtype and torch.equal(a, b)
-    assert grads.keys() == ref_grads.keys()
-    for k in grads:
-        assert grads[k].dtype == ref_grads[k].dtype and torch.equal(grads[k], ref_grads[k]), k
+    for name, a, b in _pairs(got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
 def compare(layer, case: Case, dtype: torch.dtype, device=None) -> None:
@@ -215,14 +201,10 @@ def compare(layer, case: Case, dtype: torch.dtype, device=None) -> None:
     want = run(reference.layer, rounded, case.reverse)
     tol = TOL[dtype]
     if case.variant and dtype != torch.float64:
-        own_outs, own_grads = run(reference.layer, cast(rounded, dtype), case.reverse)
-        own = [rel_error(o, r) for o, r in zip(own_outs, want[0], strict=True)]
-        own += [rel_error(own_grads[k], want[1][k]) for k in want[1]]
-        tol = max(tol, 4 * max(own))
-    for o in got[0]:
-        assert o.dtype == dtype
-    for k, gr in got[1].items():
-        assert gr is not None and gr.dtype == dtype, k
+        own = run(reference.layer, cast(rounded, dtype), case.reverse)
+        tol = max(tol, 4 * max(rel_error(a, b) for _, a, b in _pairs(own, want)))
+    for name, a, _ in _pairs(got, want):
+        assert a is not None and a.dtype == dtype, name
     assert_results_close(got, want, tol)
 
 

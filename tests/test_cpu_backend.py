@@ -8,6 +8,7 @@ single-step stack call, the ISA copies, half precision and argument errors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -25,52 +26,45 @@ pytestmark = pytest.mark.skipif(
 )
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-DTYPES = [torch.float32, torch.float64]
-NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
 
-def make_inputs(cell, T, B, I, H, *, proj=0, bias=True, lengths=None, dtype=torch.float32,
-                seed=0):  # fmt: skip
-    """Random layer inputs (all requiring grad). lengths -> packed [N, I] plus batch_sizes."""
-    case = Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, lengths=lengths and tuple(lengths))
+@contextlib.contextmanager
+def num_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def leaves(case: Case, dtype=torch.float32, seed=0) -> dict:
+    """Random layer-op arguments for ``case``, the differentiable ones requiring grad."""
     return with_leaves(layer_cases.make_inputs(case, dtype, seed=seed))
-
-
-def run(backend, cell, inp, reverse):
-    return call(backend.layer, {**inp, "cell": cell, "reverse": reverse})
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_rows_split_across_threads(cell):
     """33 x 130 units: the row-parallel kernels split a row between two threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        lengths = (4,) * 20 + (3,) * 10 + (1,) * 3
-        packed = Case(cell, T=4, B=33, I=5, H=130, lengths=lengths, reverse=True)
-        for dtype in DTYPES:
-            tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
+    lengths = (4,) * 20 + (3,) * 10 + (1,) * 3
+    packed = Case(cell, T=4, B=33, I=5, H=130, lengths=lengths, reverse=True)
+    with num_threads(2):
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float64, TOL[torch.float64])):
             for case, seed in ((packed, 3), (Case(cell, T=3, B=33, I=5, H=130), 4)):
-                a = layer_cases.make_inputs(case, dtype, seed=seed)
-                layer_cases.compare(cpu.layer, a, tol)
-    finally:
-        torch.set_num_threads(threads)
+                layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype, seed=seed), tol)
 
 
 def test_bad_input_errors():
-    inp = make_inputs("lstm", 3, 2, 4, 5)
-    with pytest.raises(RuntimeError, match="w_hh must have shape"):
-        cpu.layer("lstm", inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"][:, :3],
-                  None, None, None, None, False)  # fmt: skip
-    with pytest.raises(RuntimeError, match="dtype"):
-        cpu.layer("lstm", inp["x"].double(), inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"],
-                  None, None, None, None, False)  # fmt: skip
-    with pytest.raises(ValueError, match="unknown cell"):
-        cpu.layer("lstmx", inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], None,
-                  None, None, None, False)  # fmt: skip
-    with pytest.raises(RuntimeError, match="batch_sizes"):
-        cpu.layer("lstm", inp["x"].reshape(6, 4), inp["h0"], inp["c0"], inp["w_ih"],
-                  inp["w_hh"], None, None, None, torch.tensor([2, 2, 3]), False)  # fmt: skip
+    a = leaves(Case("lstm", T=3, B=2, I=4, H=5, bias=False))
+    for change, error, match in [
+        (dict(w_hh=a["w_hh"][:, :3]), RuntimeError, "w_hh must have shape"),
+        (dict(x=a["x"].double()), RuntimeError, "dtype"),
+        (dict(cell="lstmx"), ValueError, "unknown cell"),
+        (dict(x=a["x"].reshape(6, 4), batch_sizes=torch.tensor([2, 2, 3])), RuntimeError,
+         "batch_sizes"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=match):
+            call(cpu.layer, {**a, **change})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -78,36 +72,21 @@ def test_half_precision_is_computed_in_float32(dtype):
     """bf16/fp16 (CPU autocast) run the float32 kernels and come back in the input dtype: equal
     to the reference on the same values in float32, rounded once at the end (float32 results
     that differ in the last bits may round to neighbouring values: one unit of the dtype)."""
-    inp = make_inputs("lstm", 3, 2, 4, 5)
-    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
-    low = {k: inp[k].to(dtype) for k in names}
-    got = cpu.layer("lstm", *(low[k] for k in names), None, None, False)
-    want = reference.layer("lstm", *(low[k].float() for k in names), None, None, False)
-    for g, w in zip(got, want, strict=True):
+    low = layer_cases.make_inputs(Case("lstm", T=3, B=2, I=4, H=5), dtype)
+    want = call(reference.layer, {k: layer_cases.cast(v, torch.float32) for k, v in low.items()})
+    eps = torch.finfo(dtype).eps
+    for g, w in zip(call(cpu.layer, low), want, strict=True):
         assert g.dtype == dtype
-        eps = torch.finfo(dtype).eps
         torch.testing.assert_close(g, w.to(dtype), rtol=eps, atol=eps)
 
 
-def test_opcheck_fake_and_autograd_registration():
-    """The custom ops' schema, fake (meta) implementation and autograd registration agree
-    with the real kernels, which torch.compile(fullgraph=True) relies on."""
-    for cell, proj, lengths in (("lstm", 2, None), ("gru", 0, [3, 1]), ("rnn_relu", 0, None)):
-        inp = make_inputs(cell, 3, 2, 3, 4, proj=proj, lengths=lengths, dtype=torch.float64)
-        args = library.LayerArgs(
-            cell, inp["x"], inp["h0"], inp["c0"], inp["w_ih"], inp["w_hh"], inp["b_ih"],
-            inp["b_hh"], inp["w_hr"], inp["batch_sizes"], True, **library.OPTION_DEFAULTS,
-            save=True,
-        )  # fmt: skip
-        torch.library.opcheck(torch.ops.fusedrnn.cpu_layer_fwd.default, tuple(args))
-
-
-def _nn_step_model(cell, I, H, L, proj):
-    if cell == "lstm":
-        return torch.nn.LSTM(I, H, L, proj_size=proj)
-    if cell == "gru":
-        return torch.nn.GRU(I, H, L)
-    return torch.nn.RNN(I, H, L, nonlinearity=cell[4:])
+def test_opcheck_with_projection():
+    """The forward op's schema, fake (meta) implementation and autograd registration agree
+    with the real kernels, which torch.compile(fullgraph=True) relies on, for an LSTM with a
+    projection (tests/test_opcheck.py checks every cell and layout, without one)."""
+    a = leaves(Case("lstm", T=3, B=2, I=3, H=4, proj=2, reverse=True), torch.float64)
+    args = library.LayerArgs(**library.OPTION_DEFAULTS, **a, save=True)
+    torch.library.opcheck(torch.ops.fusedrnn.cpu_layer_fwd.default, tuple(args))
 
 
 @pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 3)])
@@ -118,10 +97,13 @@ def test_stack_step_matches_torch_nn(cell, proj, B, layout):
     the same layout); an absent state is zeros, as in torch.nn."""
     torch.manual_seed(11)
     I, H, L = 6, 8, 3
-    m = _nn_step_model(cell, I, H, L, proj).double()
-    Hout = proj or H
+    if cell == "lstm":
+        m = torch.nn.LSTM(I, H, L, proj_size=proj)
+    else:
+        m = torch.nn.GRU(I, H, L) if cell == "gru" else torch.nn.RNN(I, H, L, nonlinearity=cell[4:])
+    m = m.double()
     x = torch.randn(1, B, I, dtype=torch.float64)
-    h = torch.randn(L, B, Hout, dtype=torch.float64)
+    h = torch.randn(L, B, proj or H, dtype=torch.float64)
     c = torch.randn(L, B, H, dtype=torch.float64)
     if layout == "zero state":
         h = c = None
@@ -132,15 +114,12 @@ def test_stack_step_matches_torch_nn(cell, proj, B, layout):
         y, h_n, c_n = cpu.stack_step(cell, x_in, h, c if cell == "lstm" else None,
                                      m._flat_weights, L, True, proj, layout == "batch-first")  # fmt: skip
     y_ref = {"2-D": y_ref[0], "batch-first": y_ref.transpose(0, 1)}.get(layout, y_ref)
-    tol = dict(rtol=TOL[torch.float64], atol=TOL[torch.float64])
     assert y.shape == y_ref.shape and y.is_contiguous()
-    torch.testing.assert_close(y, y_ref, **tol)
-    if cell == "lstm":
-        torch.testing.assert_close(h_n, st_ref[0], **tol)
-        torch.testing.assert_close(c_n, st_ref[1], **tol)
-    else:
-        torch.testing.assert_close(h_n, st_ref, **tol)
-        assert c_n is None
+    h_ref, c_ref = st_ref if cell == "lstm" else (st_ref, None)
+    assert (c_n is None) == (c_ref is None)
+    for got, want in ((y, y_ref), (h_n, h_ref), (c_n, c_ref)):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=TOL[torch.float64], atol=TOL[torch.float64])
 
 
 def test_stack_step_names_what_does_not_fit_or_falls_back():
@@ -222,20 +201,19 @@ def test_scratch_reuse_leaves_earlier_results_intact(cell):
     must not change anything."""
 
     def once(seed, lengths=None):
-        inp = make_inputs(cell, 5, 7, 6, 70, lengths=lengths, seed=seed)
+        a = leaves(Case(cell, T=5, B=7, I=6, H=70, lengths=lengths), seed=seed)
         with torch.no_grad():
-            y_inf = run(cpu, cell, inp, False)[0]
-        outs = run(cpu, cell, inp, False)
-        grads = torch.autograd.grad(outs[0].sum(), [inp["x"], inp["w_hh"]])
-        return [t.detach() for t in (y_inf, outs[0], *grads)], inp
+            y_inf = call(cpu.layer, a)[0]
+        y = call(cpu.layer, a)[0]
+        grads = torch.autograd.grad(y.sum(), [a["x"], a["w_hh"]])
+        return [t.detach() for t in (y_inf, y, *grads)]
 
-    first, inp1 = once(21)
+    first = once(21)
     kept = [t.clone() for t in first]
     once(22)
-    once(23, lengths=[5, 5, 4, 3, 3, 2, 1])
+    once(23, lengths=(5, 5, 4, 3, 3, 2, 1))
     for a, b in zip(first, kept, strict=True):
         assert torch.equal(a, b)
     cpu.empty_cache()
-    again, _ = once(21)
-    for a, b in zip(again, kept, strict=True):
+    for a, b in zip(once(21), kept, strict=True):
         assert torch.equal(a, b)

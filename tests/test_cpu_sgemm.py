@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import itertools
 
+import layer_cases
 import pytest
 import torch
-from test_cpu_backend import NAMES, make_inputs, run
+from layer_cases import Case
+from test_cpu_backend import num_threads
 
 from fusedrnn.ops import cpu, reference
 
@@ -46,6 +48,12 @@ def own_sgemm(request):
         _C._set_sgemm_avx512(True)
 
 
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    with num_threads(request.param):
+        yield request.param
+
+
 def strided(rows, cols, g, pad=3):
     """[rows, cols] float32 view with leading dimension cols + pad (padding = NaN sentinel)."""
     base = torch.full((rows, cols + pad), float("nan"))
@@ -67,59 +75,48 @@ SHAPES = [  # (m, n, k): edges of the 6-row / 16- and 32-column tiles and of the
 ]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
 def test_gemm_matches_float64(own_sgemm, ta, tb, threads):
     from fusedrnn import _C
 
     g = torch.Generator().manual_seed(7)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for (m, n, k), (alpha, beta) in zip(SHAPES, itertools.cycle([(1.0, 0.0), (0.5, 1.0),
-                                                                     (-2.0, 0.75)])):  # fmt: skip
-            _, A = strided(k, m, g) if ta else strided(m, k, g)
-            _, B = strided(n, k, g) if tb else strided(k, n, g)
-            c_base, C = strided(m, n, g, pad=5)
-            c_in = C.clone()
-            if beta == 0.0:  # C must not be read: NaN would survive into the result
-                C.fill_(float("nan"))
-            _C._gemm(ta, tb, alpha, A, B, beta, C)
-            opa = A.t() if ta else A
-            opb = B.t() if tb else B
-            want = alpha * (opa.double() @ opb.double())
-            if beta != 0.0:
-                want += beta * c_in.double()
-            # float32 accumulation of k products of unit-variance values
-            tol = 1e-6 * (k**0.5) * 8
-            torch.testing.assert_close(C.double(), want, rtol=1e-5, atol=tol * abs(alpha),
-                                       msg=lambda s, mnk=(m, n, k): f"{mnk}: {s}")  # fmt: skip
-            assert torch.isnan(c_base[:, n:]).all(), "wrote past the last column of C"
-    finally:
-        torch.set_num_threads(saved)
+    for (m, n, k), (alpha, beta) in zip(SHAPES, itertools.cycle([(1.0, 0.0), (0.5, 1.0),
+                                                                 (-2.0, 0.75)])):  # fmt: skip
+        _, A = strided(k, m, g) if ta else strided(m, k, g)
+        _, B = strided(n, k, g) if tb else strided(k, n, g)
+        c_base, C = strided(m, n, g, pad=5)
+        c_in = C.clone()
+        if beta == 0.0:  # C must not be read: NaN would survive into the result
+            C.fill_(float("nan"))
+        _C._gemm(ta, tb, alpha, A, B, beta, C)
+        want = alpha * ((A.t() if ta else A).double() @ (B.t() if tb else B).double())
+        if beta != 0.0:
+            want += beta * c_in.double()
+        # float32 accumulation of k products of unit-variance values
+        tol = 1e-6 * (k**0.5) * 8
+        torch.testing.assert_close(C.double(), want, rtol=1e-5, atol=tol * abs(alpha),
+                                   msg=lambda s, mnk=(m, n, k): f"{mnk}: {s}")  # fmt: skip
+        assert torch.isnan(c_base[:, n:]).all(), "wrote past the last column of C"
 
 
-def outputs_and_grads(backend, cell, inp, reverse, dtype, seed=1):
-    """Forward outputs and all input gradients under fixed random upstream gradients, with the
-    inputs cast to dtype (so one draw serves a float32 and a float64 run)."""
-    leaves = {n: inp[n].detach().to(dtype).requires_grad_() for n in NAMES if inp[n] is not None}
-    args = dict(inp, **leaves)
-    outs = [o for o in run(backend, cell, args, reverse) if o is not None]
-    g = torch.Generator().manual_seed(seed)
-    ups = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(dtype) for o in outs]
-    grads = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, ups, strict=True)),
-                                list(leaves.values()))  # fmt: skip
-    return [t.detach().double() for t in (*outs, *grads)]
+def _results(layer, a: dict, dtype) -> list[torch.Tensor]:
+    """Every output and every input gradient (tests/layer_cases.py), the inputs cast to dtype
+    first (so one draw serves a float32 and a float64 run)."""
+    outs, grads = layer_cases.outputs_and_grads(
+        layer, {k: layer_cases.cast(v, dtype) for k, v in a.items()}
+    )
+    return [t.double() for t in (*(o for o in outs if o is not None), *grads.values())]
 
 
-def compare_to_float64(cell, inp, reverse):
+def compare_to_float64(case: Case, seed: int) -> None:
     """The cpu op in float32 must be as close to the float64 reference as the float32 reference
     itself is (within 4x), on every output and every gradient: at these sizes float32 rounding
     alone exceeds a fixed 1e-5, so the float64 run is the oracle and the float32 reference
     calibrates what float32 can achieve."""
-    truth = outputs_and_grads(reference, cell, inp, reverse, torch.float64)
-    ref32 = outputs_and_grads(reference, cell, inp, reverse, torch.float32)
-    got = outputs_and_grads(cpu, cell, inp, reverse, torch.float32)
+    a = layer_cases.make_inputs(case, torch.float64, seed=seed)
+    truth = _results(reference.layer, a, torch.float64)
+    ref32 = _results(reference.layer, a, torch.float32)
+    got = _results(cpu.layer, a, torch.float32)
     for i, (t, r, c) in enumerate(zip(truth, ref32, got, strict=True)):
         err_ref = (r - t).abs().max().item()
         err = (c - t).abs().max().item()
@@ -128,27 +125,18 @@ def compare_to_float64(cell, inp, reverse):
         )
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_layer_with_packed_step_products(own_sgemm, cell, threads):
     """B = 13 rows per step (above the small-product path), H = 300 (several unit chunks, a
     partial last chunk, recurrent products 300 deep in the forward and G*300 in the backward),
     N = 143 rows of input projection; dense forward and packed reverse."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        inp = make_inputs(cell, 11, 13, 270, 300, dtype=torch.float64, seed=11)
-        compare_to_float64(cell, inp, False)
-        lengths = [11] * 6 + [9] * 4 + [5, 2, 1]
-        inp = make_inputs(cell, 11, 13, 270, 300, lengths=lengths, dtype=torch.float64, seed=12)
-        compare_to_float64(cell, inp, True)
-    finally:
-        torch.set_num_threads(saved)
+    compare_to_float64(Case(cell, T=11, B=13, I=270, H=300), seed=11)
+    lengths = (11,) * 6 + (9,) * 4 + (5, 2, 1)
+    compare_to_float64(Case(cell, T=11, B=13, I=270, H=300, lengths=lengths, reverse=True), 12)
 
 
 def test_lstm_projection_with_packed_step_products(own_sgemm):
-    inp = make_inputs("lstm", 9, 16, 140, 260, proj=131, dtype=torch.float64, seed=13)
-    compare_to_float64("lstm", inp, False)
+    compare_to_float64(Case("lstm", T=9, B=16, I=140, H=260, proj=131), seed=13)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -18,7 +18,8 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-from layer_cases import Case  # noqa: E402
+from layer_cases import Case, call, with_leaves  # noqa: E402
+from module_testlib import flatten  # noqa: E402
 
 import fusedrnn  # noqa: E402
 from fusedrnn.ops import library  # noqa: E402
@@ -27,8 +28,7 @@ from fusedrnn.ops import triton as tb  # noqa: E402
 INTERPRET = layer_cases.triton_interpreting()
 HAS_CUDA = torch.cuda.is_available()
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-# TF32 on GPUs; half inputs against the float32 reference
-GPU_TOL = {torch.float32: 5e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+PATHS = ("step", "cooperative", "persistent")
 
 DEVICES = layer_cases.triton_devices() or layer_cases.skip_module_without_triton()
 DEVICE = layer_cases.triton_device()  # of the tests that do not run on every device
@@ -40,51 +40,35 @@ def _poison():
         yield
 
 
-def make_inputs(cell, T, B, I, H, *, proj=0, bias=True, packed=False, dtype, device, seed=0):
-    """Random layer-op inputs on ``device`` (tests/layer_cases.py): the 8 tensors, batch_sizes."""
-    case = Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, packed=packed)
-    a = layer_cases.make_inputs(case, dtype, device, seed)
-    return [a[k] for k in library.NAMES[1:9]], a["batch_sizes"]
-
-
-# Every cell, shape and option against the reference op (both kernel paths, outputs, every
-# gradient, gradcheck) is tests/test_conformance.py; here are launch counts, the path choice,
-# half precision, errors and the modules against torch.nn.
+def _inputs(case: Case, dtype=torch.float32) -> dict:
+    return layer_cases.make_inputs(case, dtype, DEVICE)
 
 
 def _count_launches(cell, H, proj, path, T=4, packed=False):
-    args, bs = make_inputs(
-        cell, T, 3, 3, H, proj=proj, packed=packed, dtype=torch.float32, device=DEVICE
-    )
-    leaves = [a.requires_grad_() if a is not None else None for a in args]
+    a = with_leaves(_inputs(Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True)))
     with tb.kernel_path(path):
         with tb.launch_counter() as fwd:
-            y, h, c = tb.layer(cell, *leaves, bs, True)
+            y, h, c = call(tb.layer, a)
         with tb.launch_counter() as bwd:
             (y.sum() + h.sum()).backward()
     return fwd.total, bwd.total
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize(
-    "cell,proj,per_step",
-    [("lstm", 0, 1), ("gru", 0, 1), ("rnn_tanh", 0, 1), ("rnn_relu", 0, 1), ("lstm", 3, 2)],
+    "path,cell,proj,H,T,launches",
+    [
+        *[("step", cell, 0, 17, 4, 4) for cell in CELLS],
+        ("step", "lstm", 3, 17, 4, 8),
+        *[(path, cell, 0, 20, 5, 1) for path in PATHS[1:] for cell in CELLS],
+        ("cooperative", "lstm", 7, 20, 5, 1),
+    ],
 )
-def test_launch_counts_per_step(cell, proj, per_step):
-    """Per-step kernels: one launch per step forward and backward (two with proj:
-    the projection launch forward, the state-gradient launch backward)."""
-    assert _count_launches(cell, 17, proj, "step") == (per_step * 4, per_step * 4)
-    assert _count_launches(cell, 17, proj, "step", packed=True) == (per_step * 4, per_step * 4)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("path", ["cooperative", "persistent"])
-def test_launch_counts_whole_sequence(cell, path):
-    """Persistent and cooperative kernels: one launch per sequence forward and one backward
-    (the cooperative one with the LSTM's projection too)."""
-    assert _count_launches(cell, 20, 0, path, T=5) == (1, 1)
-    assert _count_launches(cell, 20, 0, path, T=5, packed=True) == (1, 1)
-    if cell == "lstm" and path == "cooperative":
-        assert _count_launches(cell, 20, 7, path, T=5, packed=True) == (1, 1)
+def test_launch_counts(path, cell, proj, H, T, launches, packed):
+    """Per-step kernels: one launch per step forward and backward (two with proj: the
+    projection launch forward, the state-gradient launch backward). Persistent and
+    cooperative kernels: one launch per sequence forward and one backward."""
+    assert _count_launches(cell, H, proj, path, T, packed) == (launches, launches)
 
 
 def test_automatic_path_choice():
@@ -96,12 +80,10 @@ def test_automatic_path_choice():
 
     for cell in CELLS:
         limit = max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell)
-        with tb.launch_counter() as count:
-            assert _count_launches(cell, limit, 0, None, T=2) == (1, 1)
-        assert "_persistent_fwd_kernel" in count.by_kernel
-        with tb.launch_counter() as count:
-            assert _count_launches(cell, limit + 1, 0, None, T=2) == (1, 1)
-        assert "_step_fwd_kernel" in count.by_kernel
+        for H, kernel in ((limit, "_persistent_fwd_kernel"), (limit + 1, "_step_fwd_kernel")):
+            with tb.launch_counter() as count:
+                assert _count_launches(cell, H, 0, None, T=2) == (1, 1)
+            assert kernel in count.by_kernel
     assert _count_launches("lstm", 8, 4, None, T=2) == (1, 1)
     w = torch.zeros(32, 8)
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
@@ -134,52 +116,54 @@ def test_resident_programs():
 
 
 def test_bad_input_errors():
-    args, bs = make_inputs("gru", 2, 2, 3, 4, dtype=torch.float64, device=DEVICE)
-    bad = list(args)
-    bad[4] = bad[4].float()
-    with pytest.raises(TypeError, match="share one dtype"):
-        tb.layer("gru", *bad, bs, False)
-    with pytest.raises(ValueError, match="unknown cell"):
-        tb.layer("lstmx", *args, bs, False)
-    with pytest.raises(ValueError, match="c0 must be given"):
-        tb.layer("lstm", *args, bs, False)
-    bad = list(args)
-    bad[1] = bad[1][:, :3]
-    with pytest.raises(ValueError, match="h0 has shape"):
-        tb.layer("gru", *bad, bs, False)
-    bad = list(args)
-    bad[5] = bad[5][:-1]
-    with pytest.raises(ValueError, match="b_ih has shape"):
-        tb.layer("gru", *bad, bs, False)
+    a = _inputs(Case("gru", T=2, B=2, I=3, H=4), torch.float64)
+    for change, error, match in [
+        (dict(w_hh=a["w_hh"].float()), TypeError, "share one dtype"),
+        (dict(cell="lstmx"), ValueError, "unknown cell"),
+        (dict(cell="lstm"), ValueError, "c0 must be given"),
+        (dict(h0=a["h0"][:, :3]), ValueError, "h0 has shape"),
+        (dict(b_ih=a["b_ih"][:-1]), ValueError, "b_ih has shape"),
+    ]:
+        with pytest.raises(error, match=match):
+            call(tb.layer, {**a, **change})
 
 
-def _check_half(cell, dtype, device, path):
+# fp16 under the interpreter, whose tl.dot is right for fp16 and wrong for bf16
+HALF = [
+    pytest.param("cpu", torch.float16, id="interpreter-fp16",
+                 marks=pytest.mark.skipif(not INTERPRET, reason="interpreter run")),
+    *[pytest.param("cuda", dtype, id=f"cuda-{dtype}".replace("torch.", ""),
+                   marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")])
+      for dtype in (torch.bfloat16, torch.float16)],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("device,dtype", HALF)
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_precision(cell, device, dtype, path):
     """Half-precision inputs with fp32 accumulation and fp32 cell state vs the float32
     reference on the same (rounded) inputs."""
-    case = Case(cell, T=5, B=7, I=5, H=20, packed=True, reverse=True)
-    a = layer_cases.make_inputs(case, dtype, device)
+    a = layer_cases.make_inputs(Case(cell, T=5, B=7, I=5, H=20, packed=True, reverse=True),
+                                dtype, device)  # fmt: skip
     with tb.kernel_path(path):
-        layer_cases.compare(tb.layer, a, GPU_TOL[dtype], upcast=torch.float32)
-
-
-@pytest.mark.skipif(not INTERPRET, reason="interpreter run")
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_fp16_interpreter(cell, path):
-    """fp16 under the interpreter (its tl.dot is right for fp16, wrong for bf16)."""
-    _check_half(cell, torch.float16, "cpu", path)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_half_precision_gpu(cell, dtype, path):
-    _check_half(cell, dtype, "cuda", path)
+        tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype]
+        layer_cases.compare(tb.layer, a, tol, upcast=torch.float32)
 
 
 # ---- the modules with backend="triton" against torch.nn ---------------------------------
+
+
+def _assert_matches(ref, mod, *args):
+    """Every output (to 1e-10) and every parameter's gradient (to 1e-9) of ``mod(*args)``
+    equal to ``ref(*args)``'s, under a loss that weights each output element by itself."""
+    results = [flatten(m(*args)) for m in (ref, mod)]
+    for a, b in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for outs in results:
+        sum(o.square().sum() for o in outs).backward()
+    for (name, p_r), p_m in zip(ref.named_parameters(), mod.parameters(), strict=True):
+        torch.testing.assert_close(p_m.grad, p_r.grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -194,45 +178,19 @@ def test_half_precision_gpu(cell, dtype, path):
 )
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_module_matches_torch_nn(rnn_pair, cls, kwargs, packed, device):
-    dtype = torch.float64
-    ref, mod = rnn_pair(cls, 3, 7, backend="triton", dtype=dtype, device=device, **kwargs)
-    lengths = [4, 4, 2, 1]
-    x = torch.randn(4, len(lengths), 3, dtype=dtype, device=device)
+    ref, mod = rnn_pair(cls, 3, 7, backend="triton", dtype=torch.float64, device=device, **kwargs)
+    x = torch.randn(4, 4, 3, dtype=torch.float64, device=device)
     if packed:
-        x = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    out_r, hid_r = ref(x)
-    out_m, hid_m = mod(x)
-    if packed:
-        out_r, out_m = out_r.data, out_m.data
-    hid_r = hid_r if isinstance(hid_r, tuple) else (hid_r,)
-    hid_m = hid_m if isinstance(hid_m, tuple) else (hid_m,)
-    for a, b in zip((out_m, *hid_m), (out_r, *hid_r), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    loss_r = out_r.square().sum() + sum(h.sum() for h in hid_r)
-    loss_m = out_m.square().sum() + sum(h.sum() for h in hid_m)
-    loss_r.backward()
-    loss_m.backward()
-    for (name, p_r), p_m in zip(ref.named_parameters(), mod.parameters(), strict=True):
-        torch.testing.assert_close(p_m.grad, p_r.grad, rtol=1e-9, atol=1e-9, msg=name)
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 4, 2, 1], enforce_sorted=False)
+    _assert_matches(ref, mod, x)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cell_matches_torch_nn(rnn_pair, cls, device):
-    dtype = torch.float64
-    ref, mod = rnn_pair(cls, 4, 9, backend="triton", dtype=dtype, device=device)
-    x = torch.randn(3, 4, dtype=dtype, device=device)
-    h = torch.randn(3, 9, dtype=dtype, device=device)
-    state = (h, torch.randn(3, 9, dtype=dtype, device=device)) if cls == "LSTMCell" else h
-    out_r, out_m = ref(x, state), mod(x, state)
-    out_r = out_r if isinstance(out_r, tuple) else (out_r,)
-    out_m = out_m if isinstance(out_m, tuple) else (out_m,)
-    for a, b in zip(out_m, out_r, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    sum(o.sum() for o in out_r).backward()
-    sum(o.sum() for o in out_m).backward()
-    for (name, p_r), p_m in zip(ref.named_parameters(), mod.parameters(), strict=True):
-        torch.testing.assert_close(p_m.grad, p_r.grad, rtol=1e-9, atol=1e-9, msg=name)
+    ref, mod = rnn_pair(cls, 4, 9, backend="triton", dtype=torch.float64, device=device)
+    x, h, c = (torch.randn(3, n, dtype=torch.float64, device=device) for n in (4, 9, 9))
+    _assert_matches(ref, mod, x, (h, c) if cls == "LSTMCell" else h)
 
 
 def test_dot_precision_follows_allow_tf32():
@@ -261,18 +219,18 @@ def test_double_backward_names_the_backends_that_support_it(cls, kwargs, device)
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_no_saved_gates_without_backward(cell, path):
     """save=False (no grad): the kernels skip the gates only a backward reads; the outputs are
     bitwise those of a call that saves them."""
     from fusedrnn.ops.triton.layer_op import layer
 
-    args, bs = make_inputs(cell, 4, 3, 3, 8, packed=True, dtype=torch.float32, device=DEVICE)
-    a = library.LayerArgs(cell, *args, bs, False, **library.OPTION_DEFAULTS, save=False)
+    a = _inputs(Case(cell, T=4, B=3, I=3, H=8, packed=True))
+    args = library.LayerArgs(**library.OPTION_DEFAULTS, **a, save=False)
     with tb.kernel_path(path):
-        lean = layer.fwd_op(*a)
-        full = layer.fwd_op(*a._replace(save=True))
+        lean = layer.fwd_op(*args)
+        full = layer.fwd_op(*args._replace(save=True))
     assert lean[2].numel() == 0 and full[2].numel() == 4 * 3 * 4 * 8
     for k in (0, 1, 4):  # the state histories and the packed output
         assert torch.equal(lean[k], full[k]), k
