@@ -6,7 +6,7 @@
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors, so this exact loop is tested here.
 //
 // A Launch (launch.h) runs one launcher of launchers.h, launch(launcher, args...) calling
-// launcher(args..., stream), and checks for errors itself.
+// launcher(args..., stream), and checks for errors itself. The parts both drivers share are here.
 //
 // Forward, per step t with `rows` active rows starting at packed row `start`:
 //   hg[:rows] = h_state[:rows] W_hh^T                  (GEMM)
@@ -107,8 +107,10 @@ inline std::vector<Step> visit_order(const std::vector<int64_t>& sizes, int64_t 
   return steps;
 }
 
+// Deterministic column sums of an acc [N, C] matrix (see ColSumArgs), returned in `dtype`.
 template <class Launch>
-at::Tensor column_sum_of(Launch& launch, const at::Tensor& m) {  // m: [N, C] -> [C]
+at::Tensor column_sum_of(Launch& launch, const at::Tensor& src, at::ScalarType dtype) {
+  const at::Tensor m = src.contiguous();
   ColSumArgs a{};
   a.n_rows = m.size(0);
   a.n_cols = m.size(1);
@@ -119,7 +121,55 @@ at::Tensor column_sum_of(Launch& launch, const at::Tensor& m) {  // m: [N, C] ->
   a.partial = partial.data_ptr();
   a.out = out.data_ptr();
   if (a.n_cols > 0) launch(column_sum, dtype_of(m), a);
-  return out;
+  return out.to(dtype);
+}
+
+// x W_ih^T + b_ih, every step at once (the variants' layer norm builds its own).
+inline at::Tensor input_side(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& b_ih) {
+  at::Tensor xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());
+  // the kernels read xg as x's dtype: a retyped GEMM (autocast) would be read out of bounds
+  TORCH_CHECK(xg.scalar_type() == x.scalar_type() && xg.is_contiguous(),
+              "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
+              x.scalar_type(), " operands (is autocast excluded?)");
+  return xg;
+}
+
+// a b in a's acc dtype (b converted), returned in `dtype`: the GEMMs after a backward loop.
+inline at::Tensor acc_mm(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype) {
+  return at::mm(a, b.to(a.scalar_type())).to(dtype);
+}
+
+// What a time loop carries across steps, all acc: W_hh and W_hr (if given; no copy for float and
+// double) and a copy of its start state, forward h0, c0 or backward dh_n, dc_n (the gradients
+// reaching h_t, c_t from later steps; a missing dc_n is zero). c only for LSTM.
+struct Carried {
+  at::Tensor w_hh, w_hr, h, c;
+};
+
+inline Carried carried(const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& h,
+                       const at::Tensor& c, bool lstm, int64_t H) {
+  const at::ScalarType A = acc_type_of(h);
+  const auto acc = h.options().dtype(A);
+  Carried r{w_hh.to(A), w_hr.defined() ? w_hr.to(A) : w_hr, h.to(acc, false, /*copy=*/true), {}};
+  if (lstm) r.c = c.defined() ? c.to(acc, false, /*copy=*/true) : at::zeros({h.size(0), H}, acc);
+  return r;
+}
+
+// Starts forward step s: its recurrent GEMM hg[:rows] = h[:rows] W_hh^T, then `a` with the fields
+// that every forward kernel's arguments share (st: the forward's Carried, y_t: the step's y rows).
+template <class Args>
+Args begin_step(const Step& s, const Carried& st, const at::Tensor& hg, const at::Tensor& xg,
+                const at::Tensor& b_hh, const at::Tensor& y_t, int64_t H, Args a) {
+  at::Tensor hg_t = hg.narrow(0, 0, s.rows);
+  at::mm_out(hg_t, st.h.narrow(0, 0, s.rows), st.w_hh.t());
+  a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
+  a.hg = hg_t.data_ptr();
+  a.b_hh = ptr(b_hh);
+  a.h_state = st.h.data_ptr();
+  a.y = y_t.data_ptr();
+  a.rows = s.rows;
+  a.hidden = H;
+  return a;
 }
 
 // Returns {y [N, Hout], h_n [B, Hout], c_n [B, H] or undefined, saved [N, S*H] acc or undefined,
@@ -144,16 +194,8 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
   const at::ScalarType A = acc_type_of(x);
   const auto acc = x.options().dtype(A);
 
-  at::Tensor xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());  // [N, GH]
-  // the kernels read xg as x's dtype: a retyped GEMM (autocast) would be read out of bounds
-  TORCH_CHECK(xg.scalar_type() == x.scalar_type() && xg.is_contiguous(),
-              "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
-              x.scalar_type(), " operands (is autocast excluded?)");
-  const at::Tensor w_hh_acc = w_hh.to(A);  // [G*H, Hout] acc; no copy for float and double
-  const at::Tensor w_hr_acc = proj ? w_hr.to(A) : at::Tensor();  // [Hout, H] acc
-  at::Tensor h_state = h0.to(acc, /*non_blocking=*/false, /*copy=*/true);  // [B, Hout] acc
-  at::Tensor c_state = cell == CellKind::lstm ? c0.to(acc, /*non_blocking=*/false, /*copy=*/true)
-                                              : at::Tensor();                // [B, H] acc
+  const at::Tensor xg = input_side(x, w_ih, b_ih);
+  const Carried st = carried(w_hh, w_hr, h0, c0, cell == CellKind::lstm, H);
   at::Tensor y = at::empty({N, Hout}, x.options());
   at::Tensor hpre = proj ? at::empty({N, H}, x.options()) : at::Tensor();  // o * tanh(c_t)
   at::Tensor hg = at::empty({B, G * H}, acc);
@@ -162,30 +204,22 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
   at::Tensor h_prev = save ? at::empty({N, Hout}, x.options()) : at::Tensor();
 
   for (const Step& s : visit_order(sizes, B, reverse)) {
-    at::Tensor hg_t = hg.narrow(0, 0, s.rows);
-    at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh_acc.t());
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
-    auto step_args = [&](auto a) {  // the fields the three cells' arguments share
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
-      a.h_state = h_state.data_ptr();
-      a.y = y_t.data_ptr();
+    auto step_args = [&](auto a) {  // starts the step, with the fields the three cells share
+      a = begin_step(s, st, hg, xg, b_hh, y_t, H, a);
       a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
-      a.rows = s.rows;
-      a.hidden = H;
       return a;
     };
     if (cell == CellKind::lstm) {
       LstmFwdArgs a = step_args(LstmFwdArgs{});
-      a.c_state = c_state.data_ptr();
+      a.c_state = st.c.data_ptr();
       if (proj) a.y = hpre.narrow(0, s.start, s.rows).data_ptr();
       a.save = ptr(rows_of(saved, s.start, s.rows));
       a.hidden_out = Hout;
       launch(lstm_forward_step, dt, has_bias, save, proj, a);
       if (proj) {
-        at::Tensor h_rows = h_state.narrow(0, 0, s.rows);
-        at::mm_out(h_rows, hpre.narrow(0, s.start, s.rows).to(A), w_hr_acc.t());
+        at::Tensor h_rows = st.h.narrow(0, 0, s.rows);
+        at::mm_out(h_rows, hpre.narrow(0, s.start, s.rows).to(A), st.w_hr.t());
         y_t.copy_(h_rows);
       }
     } else if (cell == CellKind::gru) {
@@ -197,8 +231,8 @@ std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
       launch(rnn_forward_step, dt, relu, has_bias, save, step_args(RnnFwdArgs{}));
     }
   }
-  at::Tensor c_n = cell == CellKind::lstm ? c_state.to(x.scalar_type()) : at::Tensor();
-  return {y, h_state.to(x.scalar_type()), c_n, saved, h_prev, hpre};
+  at::Tensor c_n = cell == CellKind::lstm ? st.c.to(x.scalar_type()) : at::Tensor();
+  return {y, st.h.to(x.scalar_type()), c_n, saved, h_prev, hpre};
 }
 
 // Returns {dx [N, I], dh0 [B, Hout], dc0 [B, H] or undefined, dw_ih, dw_hh, db_ih, db_hh (or
@@ -225,23 +259,14 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
   const DType dt = dtype_of(x);
   const at::ScalarType T = x.scalar_type(), A = acc_type_of(x);
   const auto acc = x.options().dtype(A);
-  const at::Tensor w_hh_acc = w_hh.to(A);                            // [G*H, Hout] acc
-  const at::Tensor w_hr_acc = proj ? w_hr.to(A) : at::Tensor();      // [Hout, H] acc
-
-  // [B, Hout] acc: gradient reaching h_t from later steps
-  at::Tensor dh_state = dh_n.to(acc, false, /*copy=*/true);
-  at::Tensor dc_state;  // [B, H] acc
-  if (cell == CellKind::lstm) {
-    dc_state = dc_n.defined() ? dc_n.to(acc, false, /*copy=*/true) : at::zeros({B, H}, acc);
-  }
+  const Carried st = carried(w_hh, w_hr, dh_n, dc_n, cell == CellKind::lstm, H);
+  const at::Tensor &dh_state = st.h, &dc_state = st.c;  // [B, Hout], [B, H]
   at::Tensor dxg = at::empty({N, G * H}, acc);                                 // dG
   at::Tensor dhg = cell == CellKind::gru ? at::empty({N, G * H}, acc) : dxg;  // dHG
   at::Tensor dh_all = proj ? at::empty({N, Hout}, acc) : at::Tensor();
   at::Tensor dhpre = proj ? at::empty({B, H}, acc) : at::Tensor();
 
-  const std::vector<Step> order = visit_order(sizes, B, reverse);
-  for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    const Step& s = *it;
+  for (const Step& s : visit_order(sizes, B, !reverse)) {  // the forward's steps, last first
     at::Tensor dh_rows = dh_state.narrow(0, 0, s.rows);
     at::Tensor dy_t = dy.narrow(0, s.start, s.rows);
     at::Tensor dxg_t = dxg.narrow(0, s.start, s.rows);
@@ -251,7 +276,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
         at::Tensor dh_t = dh_all.narrow(0, s.start, s.rows);
         at::add_out(dh_t, dy_t, dh_rows);
         at::Tensor dhpre_t = dhpre.narrow(0, 0, s.rows);
-        at::mm_out(dhpre_t, dh_t, w_hr_acc);
+        at::mm_out(dhpre_t, dh_t, st.w_hr);
         a.dh = dhpre_t.data_ptr();
       } else {
         a.dh = dy_t.data_ptr();
@@ -263,7 +288,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.rows = s.rows;
       a.hidden = H;
       launch(lstm_backward_step, dt, /*add_state=*/!proj, a);
-      at::mm_out(dh_rows, dxg_t, w_hh_acc);
+      at::mm_out(dh_rows, dxg_t, st.w_hh);
     } else if (cell == CellKind::gru) {
       GruBwdArgs a{};
       at::Tensor dhg_t = dhg.narrow(0, s.start, s.rows);
@@ -276,7 +301,7 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.rows = s.rows;
       a.hidden = H;
       launch(gru_backward_step, dt, a);
-      dh_rows.addmm_(dhg_t, w_hh_acc);  // the kernel left the direct term dh_t * z there
+      dh_rows.addmm_(dhg_t, st.w_hh);  // the kernel left the direct term dh_t * z there
     } else {
       RnnBwdArgs a{};
       a.dy = dy_t.data_ptr();
@@ -286,20 +311,20 @@ std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
       a.rows = s.rows;
       a.hidden = H;
       launch(rnn_backward_step, dt, cell == CellKind::rnn_relu, a);
-      at::mm_out(dh_rows, dxg_t, w_hh_acc);
+      at::mm_out(dh_rows, dxg_t, st.w_hh);
     }
   }
 
   // .to(T) of an acc result is a fresh tensor for half types and the same one otherwise
-  at::Tensor dx = at::mm(dxg, w_ih.to(A)).to(T);           // [N, I]
-  at::Tensor dw_ih = at::mm(dxg.t(), x.to(A)).to(T);       // [G*H, I]
-  at::Tensor dw_hh = at::mm(dhg.t(), h_prev.to(A)).to(T);  // [G*H, Hout]
+  at::Tensor dx = acc_mm(dxg, w_ih, T);           // [N, I]
+  at::Tensor dw_ih = acc_mm(dxg.t(), x, T);       // [G*H, I]
+  at::Tensor dw_hh = acc_mm(dhg.t(), h_prev, T);  // [G*H, Hout]
   at::Tensor db_ih, db_hh;
   if (has_bias) {
-    db_ih = column_sum_of(launch, dxg).to(T);  // [G*H]
-    db_hh = cell == CellKind::gru ? column_sum_of(launch, dhg).to(T) : db_ih.clone();
+    db_ih = column_sum_of(launch, dxg, T);  // [G*H]
+    db_hh = cell == CellKind::gru ? column_sum_of(launch, dhg, T) : db_ih.clone();
   }
-  at::Tensor dw_hr = proj ? at::mm(dh_all.t(), hpre.to(A)).to(T) : at::Tensor();  // [Hout, H]
+  at::Tensor dw_hr = proj ? acc_mm(dh_all.t(), hpre, T) : at::Tensor();  // [Hout, H]
   at::Tensor dc0 = cell == CellKind::lstm ? dc_state.to(T) : at::Tensor();
   return {dx, dh_state.to(T), dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
 }

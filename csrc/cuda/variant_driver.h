@@ -1,9 +1,6 @@
 // One variant layer (layer norm, zoneout, peephole, cifg), one direction, of the CUDA backend:
-// the time loop around the per-step row kernels. ATen only, as layer_driver.h: bindings.cpp
-// instantiates it with the CUDA launchers, the test-suite with the host harness
-// (csrc/cuda/harness/host_driver.cpp) on CPU tensors.
-//
-// The Launch is layer_driver.h's (launch.h), here with the variant launchers of launchers.h.
+// the time loop around the per-step row kernels. ATen only, instantiated and tested as
+// layer_driver.h, whose Launch and shared loop parts it uses with the variant launchers.
 //
 // Forward: XP = X W_ih^T for every step; xg = LN_ih(XP) + LN_ih bias + b_ih (ATen, all rows at
 // once: layer norm is per row). Per step t (rows active rows from packed row start):
@@ -42,12 +39,6 @@ inline ZoneArgs zone_args(const at::Tensor& mask, int64_t start, int64_t rows, d
   z.p = p;
   z.on = mask.defined() || p > 0;
   return z;
-}
-
-// Column sums of an acc-typed [N, C] matrix, returned in `dtype`.
-template <class Launch>
-at::Tensor column_sum_as(Launch& launch, const at::Tensor& m, at::ScalarType dtype) {
-  return column_sum_of(launch, m.contiguous()).to(dtype);
 }
 
 // Returns {y [N, Hout], h_n [B, Hout], c_n [B, H] (LSTM), act [N, GH] acc, cell [N, 3H] acc
@@ -94,15 +85,10 @@ std::vector<at::Tensor> variant_forward(
     if (b_ih.defined()) g = g + b_ih;
     xg = g.to(x.scalar_type()).contiguous();
   } else {
-    xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());
+    xg = input_side(x, w_ih, b_ih);
   }
-  // the kernels read xg as x's dtype: a retyped GEMM (autocast) would be read out of bounds
-  TORCH_CHECK(xg.scalar_type() == x.scalar_type() && xg.is_contiguous(),
-              "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
-              x.scalar_type(), " operands (is autocast excluded?)");
-
-  at::Tensor h_state = h0.to(acc, false, /*copy=*/true);                     // [B, Hout] acc
-  at::Tensor c_state = v.lstm ? c0.to(acc, false, /*copy=*/true) : at::Tensor();  // [B, H]
+  // no W_hr in acc: the projection GEMM below runs in x's dtype
+  const Carried st = carried(w_hh_acc, at::Tensor(), h0, c0, v.lstm, H);
   at::Tensor y = at::empty({N, Hout}, x.options());
   at::Tensor hg = at::empty({B, GH}, acc);
   at::Tensor act = at::empty({R, v.lstm ? GH : 4 * H}, acc);
@@ -114,25 +100,17 @@ std::vector<at::Tensor> variant_forward(
 
   for (const Step& s : visit_order(sizes, B, reverse)) {
     const int64_t so = save ? s.start : 0;
-    at::Tensor hg_t = hg.narrow(0, 0, s.rows);
-    at::mm_out(hg_t, h_state.narrow(0, 0, s.rows), w_hh_acc.t());
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
-    auto step_args = [&](auto a) {  // the fields both cells' arguments share
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
+    auto step_args = [&](auto a) {  // starts the step, with the fields both cells share
+      a = begin_step(s, st, hg, xg, b_hh, y_t, H, a);
       a.ln_hh_w = ptr(ln_hh_w);
       a.ln_hh_b = ptr(ln_hh_b);
       a.zone_h = zone_args(mask_h, s.start, s.rows, v.p_h);
-      a.h_state = h_state.data_ptr();
-      a.y = y_t.data_ptr();
       a.h_prev = h_prev.narrow(0, so, s.rows).data_ptr();
       a.act = act.narrow(0, so, s.rows).data_ptr();
       a.hhat = ptr(rows_of(hhat, so, s.rows));
       a.stats = ptr(rows_of(stats, so, s.rows));
       a.eps = v.eps;
-      a.rows = s.rows;
-      a.hidden = H;
       return a;
     };
     if (v.lstm) {
@@ -141,7 +119,7 @@ std::vector<at::Tensor> variant_forward(
       a.ln_c_b = ptr(ln_c_b);
       a.w_ch = ptr(w_ch);
       a.zone_c = zone_args(mask_c, s.start, s.rows, v.p_c);
-      a.c_state = c_state.data_ptr();
+      a.c_state = st.c.data_ptr();
       a.hraw = ptr(rows_of(hraw, so, s.rows));
       a.cell = cell.narrow(0, so, s.rows).data_ptr();
       a.proj = v.proj;
@@ -151,7 +129,7 @@ std::vector<at::Tensor> variant_forward(
         at::mm_out(y_t, hraw.narrow(0, so, s.rows), w_hr.t());  // zone_forward: h_state
         ZoneFwdArgs z{};
         z.y = y_t.data_ptr();
-        z.h_state = h_state.data_ptr();
+        z.h_state = st.h.data_ptr();
         z.zone = zone_args(mask_h, s.start, s.rows, v.p_h);
         z.rows = s.rows;
         z.width = Hout;
@@ -161,8 +139,8 @@ std::vector<at::Tensor> variant_forward(
       launch(gru_variant_forward, dt, v.ln, step_args(GruVarFwdArgs{}));
     }
   }
-  at::Tensor c_n = v.lstm ? c_state.to(x.scalar_type()) : at::Tensor();
-  return {y, h_state.to(x.scalar_type()), c_n, act, cell, hhat, stats, h_prev, hraw, xhat_ih,
+  at::Tensor c_n = v.lstm ? st.c.to(x.scalar_type()) : at::Tensor();
+  return {y, st.h.to(x.scalar_type()), c_n, act, cell, hhat, stats, h_prev, hraw, xhat_ih,
           rstd_ih};
 }
 
@@ -191,14 +169,11 @@ std::vector<at::Tensor> variant_backward(
   const DType dt = dtype_of(x);
   const at::ScalarType T = x.scalar_type(), A = acc_type_of(x);
   const auto acc = x.options().dtype(A);
-  const at::Tensor w_hh_acc = w_hh.to(A);                        // [GH, Hout]
-  const at::Tensor w_hr_acc = v.proj ? w_hr.to(A) : at::Tensor();  // [Hout, H]
+  const Carried st = carried(w_hh, w_hr, dh_n, dc_n, v.lstm, H);
+  const at::Tensor &dh_state = st.h, &dc_state = st.c;  // [B, Hout], [B, H]
   const at::Tensor &act = fwd[3], &cell = fwd[4], &hhat = fwd[5], &stats = fwd[6],
                    &h_prev = fwd[7], &hraw = fwd[8], &xhat_ih = fwd[9], &rstd_ih = fwd[10];
 
-  at::Tensor dh_state = dh_n.to(acc, false, /*copy=*/true);  // [B, Hout] acc
-  at::Tensor dc_state;                                       // [B, H] acc
-  if (v.lstm) dc_state = dc_n.defined() ? dc_n.to(acc, false, true) : at::zeros({B, H}, acc);
   at::Tensor dP = at::empty({N, GH}, acc);                  // gates / input side
   at::Tensor dS = v.lstm ? dP : at::empty({N, GH}, acc);    // recurrent side
   at::Tensor dHP = v.ln ? at::empty({N, GH}, acc) : dS;     // before LN_hh
@@ -207,9 +182,7 @@ std::vector<at::Tensor> variant_backward(
   at::Tensor dht = v.proj ? at::empty({N, Hout}, acc) : at::Tensor();
   at::Tensor dhraw = v.proj ? at::empty({B, H}, acc) : at::Tensor();
 
-  const std::vector<Step> order = visit_order(sizes, B, reverse);
-  for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    const Step& s = *it;
+  for (const Step& s : visit_order(sizes, B, !reverse)) {  // the forward's steps, last first
     at::Tensor dh_rows = dh_state.narrow(0, 0, s.rows);
     auto step_args = [&](auto a) {  // the fields both cells' arguments share
       a.act = act.narrow(0, s.start, s.rows).data_ptr();
@@ -238,7 +211,7 @@ std::vector<at::Tensor> variant_backward(
         z.width = Hout;
         launch(zone_backward, dt, z);
         at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
-        at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), w_hr_acc);
+        at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), st.w_hr);
         a.dh_raw = dhraw_t.data_ptr();
       } else {
         with_dy(a);
@@ -262,7 +235,7 @@ std::vector<at::Tensor> variant_backward(
       a.dhg = dS.narrow(0, s.start, s.rows).data_ptr();
       launch(gru_variant_backward, dt, v.ln, a);
     }
-    dh_rows.addmm_(dHP.narrow(0, s.start, s.rows), w_hh_acc);  // + the kernel's direct part
+    dh_rows.addmm_(dHP.narrow(0, s.start, s.rows), st.w_hh);  // + the kernel's direct part
   }
 
   std::vector<at::Tensor> g(15);
@@ -273,32 +246,31 @@ std::vector<at::Tensor> variant_backward(
     const at::Tensor dxh = dP * ln_ih_w.to(A);
     dXP = rstd_ih * (dxh - dxh.mean(1, true) - xhat_ih * (dxh * xhat_ih).mean(1, true));
   }
-  // acc products, returned in T (.to(T) is a no-op for float and double)
-  g[0] = at::mm(dXP, w_ih.to(A)).to(T);  // dx [N, I]
-  g[1] = dh_state.to(T);                 // dh0 [B, Hout]
-  if (v.lstm) g[2] = dc_state.to(T);     // dc0 [B, H]
-  g[3] = at::mm(dXP.t(), x.to(A)).to(T);       // dW_ih [GH, I]
-  g[4] = at::mm(dHP.t(), h_prev.to(A)).to(T);  // dW_hh [GH, Hout]
-  if (has[5]) g[5] = column_sum_as(launch, dP, T);  // db_ih: the input side's pre-activations
-  if (has[6]) g[6] = column_sum_as(launch, dS, T);  // db_hh: the recurrent side's
-  if (v.proj) g[7] = at::mm(dht.t(), hraw.to(A)).to(T);  // dW_hr [Hout, H]
+  g[0] = acc_mm(dXP, w_ih, T);        // dx [N, I]
+  g[1] = dh_state.to(T);              // dh0 [B, Hout]
+  if (v.lstm) g[2] = dc_state.to(T);  // dc0 [B, H]
+  g[3] = acc_mm(dXP.t(), x, T);       // dW_ih [GH, I]
+  g[4] = acc_mm(dHP.t(), h_prev, T);  // dW_hh [GH, Hout]
+  if (has[5]) g[5] = column_sum_of(launch, dP, T);  // db_ih: the input side's pre-activations
+  if (has[6]) g[6] = column_sum_of(launch, dS, T);  // db_hh: the recurrent side's
+  if (v.proj) g[7] = acc_mm(dht.t(), hraw, T);  // dW_hr [Hout, H]
   if (v.ln) {
-    g[8] = column_sum_as(launch, dP * xhat_ih, T);
-    if (has[9]) g[9] = column_sum_as(launch, dP, T);
-    g[10] = column_sum_as(launch, dS * hhat, T);
-    if (has[11]) g[11] = column_sum_as(launch, dS, T);
+    g[8] = column_sum_of(launch, dP * xhat_ih, T);
+    if (has[9]) g[9] = column_sum_of(launch, dP, T);
+    g[10] = column_sum_of(launch, dS * hhat, T);
+    if (has[11]) g[11] = column_sum_of(launch, dS, T);
     if (v.lstm) {
-      g[12] = column_sum_as(launch, pcn, T);
-      if (has[13]) g[13] = column_sum_as(launch, dcn, T);
+      g[12] = column_sum_of(launch, pcn, T);
+      if (has[13]) g[13] = column_sum_of(launch, dcn, T);
     }
   }
   if (v.peep) {
     // rows w_ci, w_cf, w_co (cifg: w_ci, w_co): dP_i c_{t-1}, dP_f c_{t-1}, dP_o c~_t
     const at::Tensor& dPa = dP;
     const at::Tensor c_prev = cell.narrow(1, 0, H), c_new = cell.narrow(1, H, H);
-    std::vector<at::Tensor> rows{column_sum_as(launch, dPa.narrow(1, 0, H) * c_prev, T)};
-    if (!v.cifg) rows.push_back(column_sum_as(launch, dPa.narrow(1, H, H) * c_prev, T));
-    rows.push_back(column_sum_as(launch, dPa.narrow(1, (G - 1) * H, H) * c_new, T));
+    std::vector<at::Tensor> rows{column_sum_of(launch, dPa.narrow(1, 0, H) * c_prev, T)};
+    if (!v.cifg) rows.push_back(column_sum_of(launch, dPa.narrow(1, H, H) * c_prev, T));
+    rows.push_back(column_sum_of(launch, dPa.narrow(1, (G - 1) * H, H) * c_new, T));
     g[14] = at::stack(rows);
   }
   return g;
