@@ -93,6 +93,20 @@ def assert_same(ref, mod, x, hx=None, *, rtol, atol, pack=None, scaled=False, wh
     assert_all_close(grads, ref_grads, names, rtol=rtol, atol=atol, scaled=scaled)
 
 
+def random_state(mode: str, lead, hidden: int, proj: int = 0, *, dtype=torch.float64, gen=None):
+    """A random initial state ``h`` of shape ``(*lead, proj or hidden)``; for an LSTM (or
+    LSTMCell) ``(h, c)`` with ``c`` of shape ``(*lead, hidden)``."""
+    h = torch.randn(*lead, proj or hidden, dtype=dtype, generator=gen)
+    if not mode.startswith("LSTM"):
+        return h
+    return h, torch.randn(*lead, hidden, dtype=dtype, generator=gen)
+
+
+def param_list(module, *attrs) -> list[tuple]:
+    """(name, *attributes) of each parameter, e.g. ``param_list(m, "shape", "dtype")``."""
+    return [(n, *(getattr(p, a) for a in attrs)) for n, p in module.named_parameters()]
+
+
 def mode_kwargs(mode: str, proj: int = 0, **kwargs) -> tuple[str, dict]:
     """(class name, constructor keyword arguments) for one of conftest's MODES, with
     ``proj_size=proj`` where ``proj`` is nonzero."""

@@ -10,7 +10,7 @@ import torch
 from conftest import MODES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from module_testlib import assert_same, mode_kwargs
+from module_testlib import assert_same, mode_kwargs, random_state
 from torch.nn.utils.rnn import pack_padded_sequence
 
 pytestmark = [
@@ -72,10 +72,8 @@ def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
     x = torch.randn(*shape, c["input_size"], generator=gen)
     hx = None
     if c["with_hx"]:
-        n = c["num_layers"] * (2 if c["bidirectional"] else 1)
-        hx = torch.randn(n, c["batch"], c["proj"] or c["hidden"], generator=gen)
-        if cls == "LSTM":
-            hx = (hx, torch.randn(n, c["batch"], c["hidden"], generator=gen))
+        lead = (c["num_layers"] * (2 if c["bidirectional"] else 1), c["batch"])
+        hx = random_state(cls, lead, c["hidden"], c["proj"], dtype=torch.float32, gen=gen)
     pack = None
     if c["lengths"] is not None:
         pack = partial(

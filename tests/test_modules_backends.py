@@ -50,20 +50,22 @@ def test_available_backends_lists_reference():
 CLASSES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
 
+def _input(cls):
+    return torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
+
+
 @pytest.mark.parametrize("cls", CLASSES)
 def test_explicit_reference_backend_runs(cls, clean_env):
     clean_env.setenv("FUSEDRNN_BACKEND", "cuda")  # explicit backend= wins over the env var
     mod = getattr(fusedrnn, cls)(3, 4, backend="reference")
-    x = torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning for an explicit choice
-        mod(x)
+        mod(_input(cls))
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRUCell"])
 def test_env_var_is_honoured(cls, clean_env):
-    mod = getattr(fusedrnn, cls)(3, 4)
-    x = torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
+    mod, x = getattr(fusedrnn, cls)(3, 4), _input(cls)
     clean_env.setenv("FUSEDRNN_BACKEND", "reference")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -103,13 +105,6 @@ def test_unavailable_backend_error_says_how_to_get_it(clean_env):
         cell(torch.randn(2, 3))
 
 
-def test_every_unavailable_backend_is_a_clear_error(clean_env):
-    for name in _unavailable("cpu"):
-        mod = fusedrnn.GRU(3, 4, backend=name)
-        with pytest.raises(fusedrnn.BackendUnavailableError, match=f"fusedrnn backend '{name}'"):
-            mod(torch.randn(5, 2, 3))
-
-
 def test_cpu_backend_missing_or_used(clean_env):
     mod = fusedrnn.RNN(3, 4, backend="cpu")
     if "cpu" in fusedrnn.available_backends():
@@ -140,15 +135,17 @@ def test_automatic_choice_on_cpu(clean_env):
         assert backends.resolve(None, torch.device("cpu")) == "reference"
 
 
-def test_backend_attribute_can_change_between_calls(clean_env):
+def test_every_unavailable_backend_is_a_clear_error(clean_env):
+    """Named at construction or set on the attribute between calls."""
     mod = fusedrnn.LSTM(3, 4)
     mod.backend = "reference"
     x = torch.randn(5, 2, 3)
     out = mod(x)[0]
     for name in _unavailable():
-        mod.backend = name
-        with pytest.raises(fusedrnn.BackendUnavailableError):
-            mod(x)
+        mod.backend, message = name, f"fusedrnn backend '{name}'"
+        for module in (fusedrnn.GRU(3, 4, backend=name), mod):
+            with pytest.raises(fusedrnn.BackendUnavailableError, match=message):
+                module(x)
     mod.backend = "reference"
     torch.testing.assert_close(mod(x)[0], out, rtol=0, atol=0)
 
@@ -186,13 +183,7 @@ def test_import_never_touches_a_gpu():
     env = {k: v for k, v in os.environ.items() if k not in ("FUSEDRNN_BACKEND", "TRITON_INTERPRET")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", _SUBPROCESS],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+    command = [sys.executable, "-W", "ignore", "-c", _SUBPROCESS]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("ok")

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from module_testlib import assert_same, flatten
+from module_testlib import assert_same, flatten, param_list, random_state
 from torch import nn
 
 import fusedrnn
@@ -30,8 +30,7 @@ def _pair(rnn_pair, name, backend, dtype=torch.float64, input_size=I, hidden=H, 
 
 
 def _state(name, lead, hidden=H, dtype=torch.float64):
-    h = torch.randn(*lead, hidden, dtype=dtype)
-    return (h, torch.randn(*lead, hidden, dtype=dtype)) if name == "LSTMCell" else h
+    return random_state(name, lead, hidden, dtype=dtype)
 
 
 GRID = list(itertools.product(CELLS, (True, False), (True, False), (True, False)))
@@ -81,9 +80,7 @@ def test_cell_parameters_init_and_repr(name):
         ref = getattr(nn, cls)(I, H, **extra, **kwargs)
         torch.manual_seed(4)
         mod = getattr(fusedrnn, cls)(I, H, **extra, **kwargs)
-        assert [(n, p.shape, p.dtype) for n, p in mod.named_parameters()] == [
-            (n, p.shape, p.dtype) for n, p in ref.named_parameters()
-        ]
+        assert param_list(mod, "shape", "dtype") == param_list(ref, "shape", "dtype")
         for a, b in zip(mod.parameters(), ref.parameters(), strict=True):
             assert torch.equal(a, b)
             assert a.abs().max() <= 1 / math.sqrt(H)
@@ -95,13 +92,9 @@ def test_cell_parameters_init_and_repr(name):
 
 
 def test_rnn_cell_positional_arguments():
-    for args in [
-        (3, 4),
-        (3, 4, False),
-        (3, 4, True, "relu"),
-        (3, 4, False, "tanh", "cpu"),
-        (3, 4, True, "relu", None, torch.float64),
-    ]:
+    # input_size, hidden_size, bias, nonlinearity, device, dtype
+    rnn_args = [(3, 4), (3, 4, False), (3, 4, True, "relu"), (3, 4, False, "tanh", "cpu")]
+    for args in [*rnn_args, (3, 4, True, "relu", None, torch.float64)]:
         ref, mod = nn.RNNCell(*args), fusedrnn.RNNCell(*args)
         assert (mod.nonlinearity, mod.bias) == (ref.nonlinearity, ref.bias)
         assert mod.weight_hh.dtype == ref.weight_hh.dtype
@@ -109,13 +102,9 @@ def test_rnn_cell_positional_arguments():
     for cls in ("LSTMCell", "GRUCell"):
         for args in [(3, 4, False), (3, 4, True, "cpu", torch.float64)]:
             ref, mod = getattr(nn, cls)(*args), getattr(fusedrnn, cls)(*args)
-            assert [(n, p.dtype) for n, p in mod.named_parameters()] == [
-                (n, p.dtype) for n, p in ref.named_parameters()
-            ]
-    assert fusedrnn.GRUCell(3, 4, backend="reference").backend == "reference"
-    assert repr(fusedrnn.GRUCell(3, 4, backend="reference")) == (
-        "GRUCell(3, 4, backend='reference')"
-    )
+            assert param_list(mod, "dtype") == param_list(ref, "dtype")
+    cell = fusedrnn.GRUCell(3, 4, backend="reference")
+    assert cell.backend == "reference" and repr(cell) == "GRUCell(3, 4, backend='reference')"
 
 
 def _t(*shape, dtype=torch.float64):
@@ -177,19 +166,16 @@ def test_cell_errors_match_torch(name, desc, make, mode, same_error):
     x, hx = make(name)
 
     def run(lib):
-        return _call_in(
-            mode, lib, getattr(lib, cls)(I, H, **extra, **_backend(mode, lib)).double(), x, hx
-        )
+        cell = getattr(lib, cls)(I, H, **extra, **_backend(mode, lib)).double()
+        return _call_in(mode, lib, cell, x, hx)
 
     same_error(run)
 
 
 @pytest.mark.parametrize("mode", ERROR_MODES)
 def test_rnn_cell_unknown_nonlinearity_fails_at_forward(mode, same_error):
-    def run(lib):
-        cell = lib.RNNCell(
-            I, H, nonlinearity="gelu", **_backend(mode, lib)
-        )  # accepted, as in torch.nn
+    def run(lib):  # the constructor accepts it, as torch.nn's does
+        cell = lib.RNNCell(I, H, nonlinearity="gelu", **_backend(mode, lib))
         return _call_in(mode, lib, cell, torch.randn(2, I))
 
     same_error(run, RuntimeError)

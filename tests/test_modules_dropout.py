@@ -19,44 +19,31 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 T, B, I, H = 4, 3, 3, 5
 
 
-def _outputs(module, x, seed=None):
+def _outputs(module, x, seed=None, packed=False):
     if seed is not None:
         torch.manual_seed(seed)
+    if packed:
+        x = pack_padded_sequence(x, [2, 4, 3], enforce_sorted=False)
     return flatten(module(x))
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("p", [0.3, 0.7])
-def test_training_dropout_draws_like_torch(mode, bidirectional, p, cpu_backend, rnn_pair):
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_training_dropout_draws_like_torch(mode, bidirectional, p, packed, cpu_backend, rnn_pair):
     """With the same seed, torch.nn and fusedrnn drop the same elements: the masks are
     drawn once per layer output (both directions together), as ATen does."""
-    ref, mod = mode_pair(
-        rnn_pair,
-        mode,
-        I,
-        H,
-        num_layers=3,
-        dropout=p,
-        bidirectional=bidirectional,
-        backend=cpu_backend,
-    )
+    layout = dict(num_layers=3, dropout=p, bidirectional=bidirectional)
+    ref, mod = mode_pair(rnn_pair, mode, I, H, backend=cpu_backend, **layout)
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    ref_outs, outs = _outputs(ref, x, seed=11), _outputs(mod, x, seed=11)
+    ref_outs, outs = _outputs(ref, x, 11, packed), _outputs(mod, x, 11, packed)
     assert_outputs_close(outs, ref_outs)
     ref_g = torch.autograd.grad(sum(o.sum() for o in ref_outs), [x, *ref.parameters()])
     g = torch.autograd.grad(sum(o.sum() for o in outs), [x, *mod.parameters()])
     assert_outputs_close(g, ref_g)
     # a different seed gives a different mask
-    assert not torch.allclose(_outputs(mod, x, seed=12)[0], outs[0])
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_training_dropout_packed_draws_like_torch(mode, cpu_backend, rnn_pair):
-    ref, mod = mode_pair(rnn_pair, mode, I, H, num_layers=2, dropout=0.4, backend=cpu_backend)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    packed = pack_padded_sequence(x, [2, 4, 3], enforce_sorted=False)
-    assert_outputs_close(_outputs(mod, packed, seed=5), _outputs(ref, packed, seed=5))
+    assert not torch.allclose(_outputs(mod, x, 12, packed)[0], outs[0])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -119,15 +106,8 @@ def test_dropout_statistics(p, bidirectional, cpu_backend):
     recurrence) and layer 1 likewise: the output is then exactly dropout(x). Check
     the fraction of zeros, the scaling of survivors and the mean over many draws."""
     n = 8
-    mod = fusedrnn.RNN(
-        n,
-        n,
-        num_layers=2,
-        nonlinearity="relu",
-        dropout=p,
-        bidirectional=bidirectional,
-        backend=cpu_backend,
-    ).double()
+    layout = dict(num_layers=2, dropout=p, bidirectional=bidirectional)
+    mod = fusedrnn.RNN(n, n, nonlinearity="relu", backend=cpu_backend, **layout).double()
     d = 2 if bidirectional else 1
     with torch.no_grad():
         for name, w in mod.named_parameters():

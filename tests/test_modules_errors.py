@@ -35,71 +35,58 @@ def _state(name, h, c=None):
     return h
 
 
-# (description, constructor kwargs, input factory, hx factory(name) or None)
+# (description, constructor kwargs, input, hx or None): a shape (for an LSTM, h and c of
+# that shape) or a factory of the class name
+F32 = torch.float32
 CASES = [
-    ("input size 3-D", {}, lambda: _t(5, 3, 7), None),
-    ("input size 2-D", {}, lambda: _t(5, 7), None),
-    ("input size batch_first", {"batch_first": True}, lambda: _t(3, 5, 7), None),
-    ("input 1-D", {}, lambda: _t(4), None),
-    ("input 4-D", {}, lambda: _t(2, 3, 5, 4), None),
-    ("input 0-D", {}, lambda: _t(), None),
-    ("input dtype float32", {}, lambda: _t(5, 3, 4, dtype=torch.float32), None),
+    ("input size 3-D", {}, (5, 3, 7), None),
+    ("input size 2-D", {}, (5, 7), None),
+    ("input size batch_first", {"batch_first": True}, (3, 5, 7), None),
+    ("input 1-D", {}, (4,), None),
+    ("input 4-D", {}, (2, 3, 5, 4), None),
+    ("input 0-D", {}, (), None),
+    ("input dtype float32", {}, lambda: _t(5, 3, 4, dtype=F32), None),
     ("input dtype int64", {}, lambda: torch.ones(5, 3, 4, dtype=torch.int64), None),
-    ("input dtype unbatched", {}, lambda: _t(5, 4, dtype=torch.float32), None),
-    ("seq len 0", {}, lambda: _t(0, 3, 4), None),
-    ("seq len 0 unbatched", {}, lambda: _t(0, 4), None),
-    ("seq len 0 batch_first", {"batch_first": True}, lambda: _t(3, 0, 4), None),
-    ("seq len 0 with hx", {}, lambda: _t(0, 3, 4), lambda n: _state(n, _t(1, 3, 6))),
-    ("hx layers", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(2, 3, 6))),
-    (
-        "hx layers bidir",
-        {"bidirectional": True},
-        lambda: _t(5, 3, 4),
-        lambda n: _state(n, _t(1, 3, 6)),
-    ),
-    ("hx layers stacked", {"num_layers": 3}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(2, 3, 6))),
-    ("hx batch", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 2, 6))),
-    (
-        "hx batch batch_first",
-        {"batch_first": True},
-        lambda: _t(3, 5, 4),
-        lambda n: _state(n, _t(1, 5, 6)),
-    ),
-    ("hx hidden", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 3, 5))),
-    ("hx 2-D for batched", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(3, 6))),
-    ("hx 4-D for batched", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 1, 3, 6))),
-    ("hx 3-D for unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(1, 1, 6))),
-    ("hx 1-D for unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(6))),
-    ("hx hidden unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(1, 5))),
-    ("hx layers unbatched", {}, lambda: _t(5, 4), lambda n: _state(n, _t(3, 6))),
-    ("hx dtype", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(1, 3, 6, dtype=torch.float32))),
-    ("hx not a tensor", {}, lambda: _t(5, 3, 4), lambda n: [[0.0] * 6] * 3),
+    ("input dtype unbatched", {}, lambda: _t(5, 4, dtype=F32), None),
+    ("seq len 0", {}, (0, 3, 4), None),
+    ("seq len 0 unbatched", {}, (0, 4), None),
+    ("seq len 0 batch_first", {"batch_first": True}, (3, 0, 4), None),
+    ("seq len 0 with hx", {}, (0, 3, 4), (1, 3, 6)),
+    ("hx layers", {}, (5, 3, 4), (2, 3, 6)),
+    ("hx layers bidir", {"bidirectional": True}, (5, 3, 4), (1, 3, 6)),
+    ("hx layers stacked", {"num_layers": 3}, (5, 3, 4), (2, 3, 6)),
+    ("hx batch", {}, (5, 3, 4), (1, 2, 6)),
+    ("hx batch batch_first", {"batch_first": True}, (3, 5, 4), (1, 5, 6)),
+    ("hx hidden", {}, (5, 3, 4), (1, 3, 5)),
+    ("hx 2-D for batched", {}, (5, 3, 4), (3, 6)),
+    ("hx 4-D for batched", {}, (5, 3, 4), (1, 1, 3, 6)),
+    ("hx 3-D for unbatched", {}, (5, 4), (1, 1, 6)),
+    ("hx 1-D for unbatched", {}, (5, 4), (6,)),
+    ("hx hidden unbatched", {}, (5, 4), (1, 5)),
+    ("hx layers unbatched", {}, (5, 4), (3, 6)),
+    ("hx dtype", {}, (5, 3, 4), lambda n: _state(n, _t(1, 3, 6, dtype=F32))),
+    ("hx not a tensor", {}, (5, 3, 4), lambda n: [[0.0] * 6] * 3),
     ("input not a tensor", {}, lambda: [[0.0] * 4] * 5, None),
     # several mistakes at once: the first check torch.nn makes decides the error
-    ("input size and hx layers", {}, lambda: _t(5, 3, 7), lambda n: _state(n, _t(2, 3, 6))),
-    ("input 4-D and dtype", {}, lambda: _t(2, 3, 5, 4, dtype=torch.float32), None),
-    ("input dtype and size", {}, lambda: _t(5, 3, 7, dtype=torch.float32), None),
-    ("hx dims and hidden", {}, lambda: _t(5, 3, 4), lambda n: _state(n, _t(3, 5))),
+    ("input size and hx layers", {}, (5, 3, 7), (2, 3, 6)),
+    ("input 4-D and dtype", {}, lambda: _t(2, 3, 5, 4, dtype=F32), None),
+    ("input dtype and size", {}, lambda: _t(5, 3, 7, dtype=F32), None),
+    ("hx dims and hidden", {}, (5, 3, 4), (3, 5)),
 ]
 LSTM_CASES = [
-    ("c hidden", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 3, 5))),
-    ("c batch", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 2, 6))),
-    ("c layers", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(2, 3, 6))),
-    ("c 2-D for batched", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6), _t(3, 6))),
-    ("h 2-D for batched", {}, lambda: _t(5, 3, 4), lambda n: (_t(3, 6), _t(1, 3, 6))),
-    ("c 3-D for unbatched", {}, lambda: _t(5, 4), lambda n: (_t(1, 6), _t(1, 1, 6))),
-    (
-        "h of cell size with proj",
-        {"proj_size": 2},
-        lambda: _t(5, 3, 4),
-        lambda n: (_t(1, 3, 6), _t(1, 3, 6)),
-    ),
-    ("c of proj size", {"proj_size": 2}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 2), _t(1, 3, 2))),
-    ("hx a single tensor", {}, lambda: _t(5, 3, 4), lambda n: _t(1, 3, 6)),
-    ("hx a 1-tuple", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6),)),
-    ("hx a 3-tuple", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
-    ("hx a 3-tuple seq len 0", {}, lambda: _t(0, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
-    ("h dtype", {}, lambda: _t(5, 3, 4), lambda n: (_t(1, 3, 6, dtype=torch.float32), _t(1, 3, 6))),
+    ("c hidden", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 3, 5))),
+    ("c batch", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 2, 6))),
+    ("c layers", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(2, 3, 6))),
+    ("c 2-D for batched", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(3, 6))),
+    ("h 2-D for batched", {}, (5, 3, 4), lambda n: (_t(3, 6), _t(1, 3, 6))),
+    ("c 3-D for unbatched", {}, (5, 4), lambda n: (_t(1, 6), _t(1, 1, 6))),
+    ("h of cell size with proj", {"proj_size": 2}, (5, 3, 4), (1, 3, 6)),
+    ("c of proj size", {"proj_size": 2}, (5, 3, 4), (1, 3, 2)),
+    ("hx a single tensor", {}, (5, 3, 4), lambda n: _t(1, 3, 6)),
+    ("hx a 1-tuple", {}, (5, 3, 4), lambda n: (_t(1, 3, 6),)),
+    ("hx a 3-tuple", {}, (5, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
+    ("hx a 3-tuple seq len 0", {}, (0, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
+    ("h dtype", {}, (5, 3, 4), lambda n: (_t(1, 3, 6, dtype=F32), _t(1, 3, 6))),
 ]
 
 
@@ -108,11 +95,11 @@ ALL_CASES = [(n, *c) for c in CASES for n in CLASSES] + [("LSTM", *c) for c in L
 
 
 @pytest.mark.parametrize(
-    "name,desc,kwargs,make_input,make_hx", ALL_CASES, ids=[f"{c[0]}-{c[1]}" for c in ALL_CASES]
+    "name,desc,kwargs,x,hx", ALL_CASES, ids=[f"{c[0]}-{c[1]}" for c in ALL_CASES]
 )
-def test_bad_input_same_error(name, desc, kwargs, make_input, make_hx, same_error):
-    x = make_input()
-    hx = make_hx(name) if make_hx else None
+def test_bad_input_same_error(name, desc, kwargs, x, hx, same_error):
+    x = _t(*x) if isinstance(x, tuple) else x()
+    hx = _state(name, _t(*hx)) if isinstance(hx, tuple) else hx(name) if hx else None
     same_error(lambda lib: _module(lib, name, 4, 6, **kwargs)(x, hx))
 
 
@@ -139,27 +126,15 @@ def test_bad_packed_lstm_input_gives_clear_errors():
     packed = pack_padded_sequence(x, [3, 4, 1], enforce_sorted=False)
     lstm = _module(fusedrnn, "LSTM", 4, 6)
     h, c = _t(1, 3, 6), _t(1, 3, 6)
+    sorted_packed = pack_padded_sequence(x, [4, 3, 1])
+    size = "input.size(-1) must be equal to input_size. Expected 4, got 5"
+    hidden = "Expected hidden[{}] size (1, 3, 6), got [{}, 3, {}]"
     cases = [
-        (
-            lambda: lstm(pack_padded_sequence(_t(4, 3, 5), [4, 3, 1])),
-            "input.size(-1) must be equal to input_size. Expected 4, got 5",
-        ),
-        (
-            lambda: lstm(packed, (_t(1, 3, 5), c)),
-            "Expected hidden[0] size (1, 3, 6), got [1, 3, 5]",
-        ),
-        (
-            lambda: lstm(packed, (h, _t(1, 3, 5))),
-            "Expected hidden[1] size (1, 3, 6), got [1, 3, 5]",
-        ),
-        (
-            lambda: lstm(packed, (_t(2, 3, 6), _t(2, 3, 6))),
-            "Expected hidden[0] size (1, 3, 6), got [2, 3, 6]",
-        ),
-        (
-            lambda: lstm(pack_padded_sequence(x, [4, 3, 1]), (h, c, c)),
-            "lstm expects two hidden states",
-        ),
+        (lambda: lstm(pack_padded_sequence(_t(4, 3, 5), [4, 3, 1])), size),
+        (lambda: lstm(packed, (_t(1, 3, 5), c)), hidden.format(0, 1, 5)),
+        (lambda: lstm(packed, (h, _t(1, 3, 5))), hidden.format(1, 1, 5)),
+        (lambda: lstm(packed, (_t(2, 3, 6), _t(2, 3, 6))), hidden.format(0, 2, 6)),
+        (lambda: lstm(sorted_packed, (h, c, c)), "lstm expects two hidden states"),
     ]
     for fn, message in cases:
         with pytest.raises(RuntimeError) as info:

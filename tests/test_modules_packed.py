@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 from conftest import MODES, TOLERANCES
-from module_testlib import assert_same, flatten, mode_kwargs, mode_pair
+from module_testlib import assert_same, flatten, mode_kwargs, mode_pair, random_state
 from torch.nn.utils.rnn import (
     pack_padded_sequence,
     pack_sequence,
@@ -28,9 +28,8 @@ LENGTHS = [4, 2, 5, 1, 2]  # unsorted, with ties, max not first
 
 
 def _state(mode, num_layers, bidirectional, batch, proj=0, dtype=torch.float64):
-    n = num_layers * (2 if bidirectional else 1)
-    h0 = torch.randn(n, batch, proj or H, dtype=dtype)
-    return (h0, torch.randn(n, batch, H, dtype=dtype)) if mode == "LSTM" else h0
+    lead = (num_layers * (2 if bidirectional else 1), batch)
+    return random_state(mode, lead, H, proj, dtype=dtype)
 
 
 def _assert_packed_same(ref, mod, lengths, hx=None, batch_first=False, enforce_sorted=False):
@@ -45,27 +44,20 @@ def _assert_packed_same(ref, mod, lengths, hx=None, batch_first=False, enforce_s
     assert_same(ref, mod, padded, hx, pack=pack, **TOLERANCES[dtype])
 
 
-def _grid():
-    for case in itertools.product(
-        MODES, (1, 2), (False, True), (False, True), (True, False), (0, P), (True, False)
-    ):
-        mode, layers, bidir, batch_first, sorted_, proj, with_hx = case
-        if not (proj and mode != "LSTM"):
-            yield pytest.param(
-                torch.float64,
-                case,
-                id=f"f64-{mode}-L{layers}-{'bi' if bidir else 'uni'}"
-                f"-{'bf' if batch_first else 'tf'}-{'sorted' if sorted_ else 'unsorted'}"
-                f"-p{proj}-{'hx' if with_hx else 'nohx'}",
-            )
-    for mode, bidir in itertools.product(MODES, (False, True)):
-        case = (mode, 2, bidir, False, False, 0, True)
-        yield pytest.param(torch.float32, case, id=f"f32-{mode}-{'bi' if bidir else 'uni'}")
+MODE_PROJ = [(m, 0) for m in MODES] + [("LSTM", P)]  # a projection only for the LSTM
+# (dtype, num_layers, batch_first, enforce_sorted, with_hx): float64 over every layout,
+# float32 for two time-major layers, unsorted, with an initial state
+LAYOUTS = [(torch.float64, *c) for c in itertools.product((1, 2), *[(False, True)] * 3)]
+LAYOUTS += [(torch.float32, 2, False, False, True)]
 
 
-@pytest.mark.parametrize("dtype,case", list(_grid()))
-def test_packed_matches_torch(dtype, case, cpu_backend, rnn_pair):
-    mode, num_layers, bidirectional, batch_first, enforce_sorted, proj, with_hx = case
+@pytest.mark.parametrize("mode,proj", MODE_PROJ)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("dtype,num_layers,batch_first,enforce_sorted,with_hx", LAYOUTS)
+def test_packed_matches_torch(
+    mode, proj, bidirectional, dtype, num_layers, batch_first, enforce_sorted, with_hx,
+    cpu_backend, rnn_pair,
+):  # fmt: skip
     layout = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
     ref, mod = mode_pair(
         rnn_pair, mode, I, H, proj=proj, backend=cpu_backend, dtype=dtype, **layout
@@ -75,7 +67,7 @@ def test_packed_matches_torch(dtype, case, cpu_backend, rnn_pair):
     _assert_packed_same(ref, mod, lengths, hx, batch_first, enforce_sorted)
 
 
-@pytest.mark.parametrize("mode,proj", [(m, 0) for m in MODES] + [("LSTM", P)])
+@pytest.mark.parametrize("mode,proj", MODE_PROJ)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_each_sequence_equals_running_it_alone(mode, bidirectional, proj, cpu_backend):
     """Independent of torch.nn: packing must equal running each sequence by itself,

@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from module_testlib import flatten
 
 import fusedrnn
 
@@ -33,31 +34,22 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 def _pair(cell, backend, I, H, layers, bidirectional):  # noqa: E741
     name, kw = CELLS[cell]
-    ref = getattr(torch.nn, name)(I, H, num_layers=layers, bidirectional=bidirectional, **kw)
-    mod = getattr(fusedrnn, name)(
-        I, H, num_layers=layers, bidirectional=bidirectional, backend=backend, **kw
-    )
+    kw = dict(kw, num_layers=layers, bidirectional=bidirectional)
+    ref = getattr(torch.nn, name)(I, H, **kw)
+    mod = getattr(fusedrnn, name)(I, H, backend=backend, **kw)
     mod.load_state_dict(ref.state_dict())
     return ref, mod
 
 
 def _run(module, cell, x, h0, c0):
     """Outputs and every gradient (x, states, parameters) after one backward."""
-    x = x.clone().requires_grad_()
-    h0 = h0.clone().requires_grad_()
-    states = [x, h0]
-    if cell == "lstm":
-        c0 = c0.clone().requires_grad_()
-        states.append(c0)
-        y, (h_n, c_n) = module(x, (h0, c0))
-        outs = [y, h_n, c_n]
-    else:
-        y, h_n = module(x, h0)
-        outs = [y, h_n]
+    leaves = [t.clone().requires_grad_() for t in ((x, h0, c0) if cell == "lstm" else (x, h0))]
+    x, *state = leaves
+    outs = flatten(module(x, tuple(state) if cell == "lstm" else state[0]))  # [y, h_n(, c_n)]
     # a fixed, finite upstream gradient for every output, so each one is exercised
     loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
     params = list(module.parameters())
-    grads = torch.autograd.grad(loss, states + params, allow_unused=True)
+    grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)
     return [o.detach() for o in outs], list(grads)
 
 
