@@ -15,22 +15,17 @@ using fusedrnn::cpu::kernel_isa;
 
 namespace {
 
-// A layer entry point (FRNN_LAYER_PARAMS first, layer_ops.h), without the GIL: the names of its
-// leading arguments, then `rest`, the names of its own.
+// The names of the layer entry points' leading parameters (FRNN_VARIANT_PARAMS, layer_ops.h)
+// and of `variant`, then `rest`, the names of an entry point's own.
 template <typename F, typename... Rest>
 void def_layer(py::module_& m, const char* name, F f, const char* doc, const Rest&... rest) {
   m.def(name, f, py::call_guard<py::gil_scoped_release>(), doc, py::arg("cell"), py::arg("x"),
         py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
-        py::arg("b_hh"), py::arg("w_hr"), py::arg("batch_sizes"), py::arg("reverse"), rest...);
-}
-
-// A variant entry point (FRNN_VARIANT_PARAMS first): the layer arguments, the options, `rest`.
-template <typename F, typename... Rest>
-void def_variant(py::module_& m, const char* name, F f, const char* doc, const Rest&... rest) {
-  def_layer(m, name, f, doc, py::arg("cifg"), py::arg("ln_ih_w"), py::arg("ln_ih_b"),
-            py::arg("ln_hh_w"), py::arg("ln_hh_b"), py::arg("ln_c_w"), py::arg("ln_c_b"),
-            py::arg("w_ch"), py::arg("zoneout_h"), py::arg("zoneout_c"), py::arg("mask_h"),
-            py::arg("mask_c"), py::arg("eps"), rest...);
+        py::arg("b_hh"), py::arg("w_hr"), py::arg("batch_sizes"), py::arg("reverse"),
+        py::arg("cifg"), py::arg("ln_ih_w"), py::arg("ln_ih_b"), py::arg("ln_hh_w"),
+        py::arg("ln_hh_b"), py::arg("ln_c_w"), py::arg("ln_c_b"), py::arg("w_ch"),
+        py::arg("zoneout_h"), py::arg("zoneout_c"), py::arg("mask_h"), py::arg("mask_c"),
+        py::arg("eps"), py::arg("variant"), rest...);
 }
 
 }  // namespace
@@ -38,11 +33,11 @@ void def_variant(py::module_& m, const char* name, F f, const char* doc, const R
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn compiled CPU backend";
   def_layer(m, "layer_fwd", &fusedrnn::cpu::layer_fwd,
-            "Forward of one layer/direction: -> [y, h_n, c_n, ws1, ws2]", py::arg("train"));
+            "Forward of one layer/direction: -> [y, h_n, c_n, saved...]", py::arg("train"));
   def_layer(m, "layer_bwd", &fusedrnn::cpu::layer_bwd,
             "Backward of one layer/direction: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, "
-            "dw_hr]",
-            py::arg("y"), py::arg("ws1"), py::arg("ws2"), py::arg("grad_y"), py::arg("grad_hn"),
+            "dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch]",
+            py::arg("y"), py::arg("saved"), py::arg("grad_y"), py::arg("grad_hn"),
             py::arg("grad_cn"), py::arg("grad_mask"));
   m.def("stack_step", &fusedrnn::cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
         "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n], or [] when "
@@ -59,15 +54,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("temperature"),
         py::arg("top_k"), py::arg("argmax"), py::arg("generator"), py::arg("on_ids") = nullptr,
         py::arg("every") = 0, py::arg("half_weights") = false);
-  def_variant(m, "variant_fwd", &fusedrnn::cpu::variant_fwd,
-              "Forward of one variant layer/direction: -> [y, h_n, c_n, act, cs, ct, hh, xh, "
-              "stats]",
-              py::arg("train"));
-  def_variant(m, "variant_bwd", &fusedrnn::cpu::variant_bwd,
-              "Backward of one variant layer/direction: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, "
-              "db_hh, dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch]",
-              py::arg("y"), py::arg("saved"), py::arg("grad_y"), py::arg("grad_hn"),
-              py::arg("grad_cn"), py::arg("grad_mask"));
   m.def("kernel_isa", [] { return std::string(kernel_isa()); },
         "Instruction set of the pointwise kernels chosen for this CPU");
   m.def("release_scratch", &fusedrnn::cpu::release_scratch,

@@ -5,7 +5,7 @@
 // choice uses the same ATen ops and the same generator draws as sample.pick (softmax, then
 // torch.multinomial's one-sample rule argmax(p / q) with q ~ Exp(1) drawn by exponential_),
 // the plain stack runs StackStep (the arithmetic of stack_step, which the modules' single-step
-// path calls), the variant layers run variant_fwd with T = 1 (what the modules call), and the
+// path calls), the variant layers run layer_fwd with T = 1 (what the modules call), and the
 // decoder is the addmm that nn.Linear runs. The same seed therefore gives the same text.
 // With half_weights the plain stack keeps w_ih and w_hh rounded to float16 (StackStep): the
 // text is then the one the same loop gives a model whose w_ih and w_hh were rounded so.
@@ -95,7 +95,7 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
   const at::Tensor wdt = dec_w.t();  // [H, V], as nn.Linear hands it to addmm
 
   // Plain cells: the stack steps between two state buffers (StackStep's in and out must not
-  // overlap); variant cells: variant_fwd per layer, whose outputs are fresh tensors.
+  // overlap); variant cells: layer_fwd per layer, whose outputs are fresh tensors.
   std::optional<StackStep<T>> stack;
   at::Tensor h2, c2;
   // With few rows the first layer's input product of each symbol is computed once, as the
@@ -175,11 +175,11 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
           b_hh = w[l * per_layer + 3];
         }
         if (lstm) c0 = c->select(0, l);
-        const auto r = variant_fwd(lstm ? "lstm" : "gru", in.view({1, B, in.size(1)}),
-                                   h.select(0, l), c0, w[l * per_layer], w[l * per_layer + 1],
-                                   b_ih, b_hh, std::nullopt, std::nullopt, false, cifg, v(0),
-                                   v(1), v(2), v(3), v(4), v(5), v(6), zoneout_h, zoneout_c,
-                                   std::nullopt, std::nullopt, eps, false);
+        const auto r = layer_fwd(lstm ? "lstm" : "gru", in.view({1, B, in.size(1)}),
+                                 h.select(0, l), c0, w[l * per_layer], w[l * per_layer + 1], b_ih,
+                                 b_hh, std::nullopt, std::nullopt, false, cifg, v(0), v(1), v(2),
+                                 v(3), v(4), v(5), v(6), zoneout_h, zoneout_c, std::nullopt,
+                                 std::nullopt, eps, /*variant=*/true, /*train=*/false);
         h.select(0, l).copy_(r[1]);
         if (lstm) c->select(0, l).copy_(r[2]);
         in = r[0].view({B, H});

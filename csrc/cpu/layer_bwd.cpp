@@ -208,17 +208,15 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, con
 
 }  // namespace
 
-std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y, const at::Tensor& ws1,
-                                  const at::Tensor& ws2, const at::Tensor& grad_y,
+std::vector<at::Tensor> plain_bwd(const LayerArgs& a, const at::Tensor& y,
+                                  const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
                                   const OptTensor& grad_hn, const OptTensor& grad_cn,
                                   int64_t grad_mask) {
-  c10::NoGradGuard no_grad;
-  const LayerArgs a = prepare(FRNN_LAYER_ARGS);
-  if (!b_ih.has_value()) grad_mask &= ~int64_t(kGradBih);
-  if (!b_hh.has_value()) grad_mask &= ~int64_t(kGradBhh);
+  TORCH_CHECK(saved.size() == 2, "fusedrnn cpu backend: the backward needs the forward's 2 "
+              "saved tensors");
   return dispatch_float(a.x.scalar_type(), [&](auto t) {
-    return bwd_impl<decltype(t)>(a, y, ws1.contiguous(), ws2.contiguous(), grad_y, grad_hn,
-                                 grad_cn, grad_mask);
+    return bwd_impl<decltype(t)>(a, y, saved[0].contiguous(), saved[1].contiguous(), grad_y,
+                                 grad_hn, grad_cn, grad_mask);
   });
 }
 

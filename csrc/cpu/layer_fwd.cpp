@@ -152,9 +152,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
 
 }  // namespace
 
-std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train) {
-  c10::NoGradGuard no_grad;
-  const LayerArgs a = prepare(FRNN_LAYER_ARGS);
+std::vector<at::Tensor> plain_fwd(const LayerArgs& a, bool train) {
   return dispatch_float(a.x.scalar_type(), [&](auto t) { return fwd_impl<decltype(t)>(a, train); });
 }
 

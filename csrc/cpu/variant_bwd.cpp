@@ -77,7 +77,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
                                  const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
                                  int64_t mask) {
-  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln, proj = a.proj;
+  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln, proj = a.w_hr.has_value();
   const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto opts = a.x.options();
   const auto& K = variant_kernels(T{});
@@ -87,7 +87,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   for (auto& t : out) t = empty();
   if (mask == 0) return out;
 
-  TORCH_CHECK(saved.size() == kVariantSaved, "fusedrnn cpu variants: backward needs the ",
+  TORCH_CHECK(saved.size() == kVariantSaved, "fusedrnn cpu backend: backward needs the ",
               kVariantSaved, " tensors the forward saved");
   const at::Tensor act_t = saved[0].contiguous(), cs_t = saved[1].contiguous(),
                    ct_t = saved[2].contiguous(), hh_t = saved[3].contiguous(),
@@ -96,11 +96,11 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
                   (!lstm || cs_t.numel() == N * H) &&
                   (!ln || (hh_t.numel() == N * GH && xh_t.numel() == N * GH &&
                            st_t.numel() == N * 4)),
-              "fusedrnn cpu variants: the backward needs the forward's saved tensors (run the "
+              "fusedrnn cpu backend: the backward needs the forward's saved tensors (run the "
               "forward with train=True)");
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   const at::Tensor y = y_in.reshape({N, Hout}).contiguous();
-  TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu variants: grad_y has ", grad_y.numel(),
+  TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
               " elements, expected ", N * Hout);
   const at::Tensor dy = grad_y.reshape({N, Hout}).contiguous();
   at::Tensor dh_state = grad_hn.has_value() && grad_hn->defined()
@@ -134,7 +134,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
   // dHP_t W_hh and DH_t W_hr: weights packed once for all steps and row blocks
   const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? cptr<T>(a.w_hr) : nullptr, H,
+  const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? cptr<T>(*a.w_hr) : nullptr, H,
                            Scratch::kPackedProj, a.T);
   const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
   const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
@@ -203,32 +203,32 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   // gain gradients are sums of dP xh and dS hh. Every output gets its own tensor (outputs of
   // the op must not alias each other).
   {
-    const int64_t want_in = kVGradBih | kVGradLnIhB, want_rec = kVGradBhh | kVGradLnHhB;
+    const int64_t want_in = kGradBih | kGradLnIhB, want_rec = kGradBhh | kGradLnHhB;
     const bool sum_in = mask & (want_in | (lstm ? want_rec : 0));
-    const T* b_xh = ln && (mask & kVGradLnIhW) ? cptr<T>(xh_t) : nullptr;
-    const T* b_hh = ln && (mask & kVGradLnHhW) ? HH : nullptr;
+    const T* b_xh = ln && (mask & kGradLnIhW) ? cptr<T>(xh_t) : nullptr;
+    const T* b_hh = ln && (mask & kGradLnHhW) ? HH : nullptr;
     auto s_in = column_sums<T>(dPp, GH, sum_in, b_xh, lstm ? b_hh : nullptr, GH, N, GH, opts);
     std::array<at::Tensor, 3> s_rec;
     if (!lstm)
       s_rec = column_sums<T>(dSp, GH, (mask & want_rec) != 0, nullptr, b_hh, GH, N, GH, opts);
     const at::Tensor& db_in = s_in[0];
     const at::Tensor& db_rec = lstm ? s_in[0] : s_rec[0];
-    if (mask & kVGradBih) out[5] = db_in.clone();
-    if (mask & kVGradLnIhB) out[9] = db_in.clone();
-    if (mask & kVGradBhh) out[6] = db_rec.clone();
-    if (mask & kVGradLnHhB) out[11] = db_rec.clone();
+    if (mask & kGradBih) out[5] = db_in.clone();
+    if (mask & kGradLnIhB) out[9] = db_in.clone();
+    if (mask & kGradBhh) out[6] = db_rec.clone();
+    if (mask & kGradLnHhB) out[11] = db_rec.clone();
     if (b_xh) out[8] = s_in[1];
     if (b_hh) out[10] = lstm ? s_in[2] : s_rec[2];
   }
-  if (ln && lstm && (mask & (kVGradLnCW | kVGradLnCB))) {
+  if (ln && lstm && (mask & (kGradLnCW | kGradLnCB))) {
     // pcn = dcn xhat_c row by row: the gain's terms; dcn: the bias'
-    const bool gain = mask & kVGradLnCW, bias = mask & kVGradLnCB;
+    const bool gain = mask & kGradLnCW, bias = mask & kGradLnCB;
     auto s_c = column_sums<T>(pcnp, H, gain, nullptr, nullptr, H, N, H, opts);
     auto s_b = column_sums<T>(dcnp, H, bias, nullptr, nullptr, H, N, H, opts);
-    if (mask & kVGradLnCW) out[12] = s_c[0];
-    if (mask & kVGradLnCB) out[13] = s_b[0];
+    if (mask & kGradLnCW) out[12] = s_c[0];
+    if (mask & kGradLnCB) out[13] = s_b[0];
   }
-  if ((mask & kVGradWch) && fl.peep) {
+  if ((mask & kGradWch) && fl.peep) {
     at::Tensor cprev = tmp(Scratch::kWork6, {N, H});  // c_{t-1} of every row
     T* cpv = ptr<T>(cprev);
     gather_previous(steps, C, c0, H, cpv);
@@ -243,7 +243,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
   // Input side: LN_ih backward row by row over all steps, in place (dP becomes dXP) once the
   // column sums above have read dP.
   at::Tensor dXP = dP;
-  if (ln && (mask & (kVGradX | kVGradWih))) {
+  if (ln && (mask & (kGradX | kGradWih))) {
     const T* XH = cptr<T>(xh_t);
     const T* w = cptr<T>(a.ln_ih_w);
     at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
@@ -252,19 +252,19 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
                          K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);
                      });
   }
-  if (mask & kVGradX) {
+  if (mask & kGradX) {
     at::Tensor dx = pooled_output({N, a.I}, dtype);  // [N, I] = dXP W_ih
     gemm<T>(false, false, N, a.I, GH, T(1), cptr<T>(dXP), GH, cptr<T>(a.w_ih), a.I, T(0),
             ptr<T>(dx), a.I);
     out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
   }
-  if (mask & kVGradWih) {
+  if (mask & kGradWih) {
     at::Tensor dw = at::empty({GH, a.I}, opts);  // [G*H, I] = dXP^T X
     gemm<T>(true, false, GH, a.I, N, T(1), cptr<T>(dXP), GH, cptr<T>(a.x), a.I, T(0), ptr<T>(dw),
             a.I);
     out[3] = dw;
   }
-  if (mask & kVGradWhh) {
+  if (mask & kGradWhh) {
     // h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM
     at::Tensor hprev = tmp(Scratch::kWork7, {N, Hout});
     T* hpv = ptr<T>(hprev);
@@ -273,34 +273,22 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
     gemm<T>(true, false, GH, Hout, N, T(1), dHPp, GH, hpv, Hout, T(0), ptr<T>(dw), Hout);
     out[4] = dw;
   }
-  if ((mask & kVGradWhr) && proj) {
+  if ((mask & kGradWhr) && proj) {
     at::Tensor dw = at::empty({Hout, H}, opts);  // [Hout, H] = dH~^T H_raw
     gemm<T>(true, false, Hout, H, N, T(1), dhtp, Hout, hrawp, H, T(0), ptr<T>(dw), H);
     out[7] = dw;
   }
-  if (mask & kVGradH0) out[1] = dh_state;
-  if ((mask & kVGradC0) && lstm) out[2] = dc_state;
+  if (mask & kGradH0) out[1] = dh_state;
+  if ((mask & kGradC0) && lstm) out[2] = dc_state;
   return out;
 }
 
 }  // namespace
 
-std::vector<at::Tensor> variant_bwd(FRNN_VARIANT_PARAMS, const at::Tensor& y,
+std::vector<at::Tensor> variant_bwd(const VariantArgs& a, const at::Tensor& y,
                                     const std::vector<at::Tensor>& saved,
                                     const at::Tensor& grad_y, const OptTensor& grad_hn,
                                     const OptTensor& grad_cn, int64_t grad_mask) {
-  c10::NoGradGuard no_grad;
-  const VariantArgs a = prepare_variant(FRNN_VARIANT_ARGS);
-  // gradients of absent inputs are never produced
-  const std::pair<bool, int64_t> absent[] = {
-      {!b_ih.has_value(), kVGradBih},       {!b_hh.has_value(), kVGradBhh},
-      {!w_hr.has_value(), kVGradWhr},       {!ln_ih_w.has_value(), kVGradLnIhW},
-      {!ln_ih_b.has_value(), kVGradLnIhB},  {!ln_hh_w.has_value(), kVGradLnHhW},
-      {!ln_hh_b.has_value(), kVGradLnHhB},  {!ln_c_w.has_value(), kVGradLnCW},
-      {!ln_c_b.has_value(), kVGradLnCB},    {!w_ch.has_value(), kVGradWch},
-      {a.cell != Cell::LSTM, kVGradC0}};
-  for (const auto& [gone, bit] : absent)
-    if (gone) grad_mask &= ~bit;
   return dispatch_float(a.x.scalar_type(), [&](auto t) {
     return bwd_impl<decltype(t)>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
   });

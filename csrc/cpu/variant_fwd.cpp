@@ -27,7 +27,7 @@ namespace {
 
 template <typename T>
 std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
-  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln, proj = a.proj;
+  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln, proj = a.w_hr.has_value();
   const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   const auto opts = a.x.options();
@@ -82,7 +82,7 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
 
   // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
   const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(a.w_hr) : nullptr, H,
+  const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H,
                            Scratch::kPackedProj, a.T);
   const T* h0 = cptr<T>(a.h0);
   const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
@@ -184,9 +184,7 @@ std::vector<at::Tensor> fwd_impl(const VariantArgs& a, bool train) {
 
 }  // namespace
 
-std::vector<at::Tensor> variant_fwd(FRNN_VARIANT_PARAMS, bool train) {
-  c10::NoGradGuard no_grad;
-  const VariantArgs a = prepare_variant(FRNN_VARIANT_ARGS);
+std::vector<at::Tensor> variant_fwd(const VariantArgs& a, bool train) {
   return dispatch_float(a.x.scalar_type(), [&](auto t) { return fwd_impl<decltype(t)>(a, train); });
 }
 

@@ -1,5 +1,7 @@
-// The validated, contiguous form of one variant layer's arguments (shared by variant_fwd.cpp
-// and variant_bwd.cpp), and the row-block driver of their time loops.
+// The cell variants (layer norm, zoneout, peephole, cifg; the math of
+// fusedrnn/ops/reference.py::layer, per element csrc/cell_math.h): the validated, contiguous
+// form of a variant layer's arguments, its time loop (variant_fwd.cpp, variant_bwd.cpp) and the
+// row-block driver of that loop.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,31 +19,30 @@
 
 namespace fusedrnn::cpu {
 
-struct VariantArgs {
-  Cell cell;
+struct VariantArgs : Operands {
   VariantFlags flags;  // ln, peep, cifg, zone_c
-  bool packed, reverse, proj, zone_h;
-  int64_t T, B, N, I, H, Hout, G;
+  bool zone_h;
   double eps;
-  at::Tensor x;       // [N, I]
-  at::Tensor h0;      // [B, Hout]
-  at::Tensor c0;      // [B, H] (LSTM)
-  at::Tensor w_ih;    // [G*H, I]
-  at::Tensor w_hh;    // [G*H, Hout]
-  at::Tensor w_hr;    // [Hout, H] (proj)
-  at::Tensor b_in;    // [G*H] b_ih + LN_ih bias (zeros when both are absent)
-  at::Tensor b_rec;   // [G*H] b_hh + LN_hh bias
+  at::Tensor b_in;              // [G*H] b_ih + LN_ih bias (zeros when both are absent)
+  at::Tensor b_rec;             // [G*H] b_hh + LN_hh bias
   at::Tensor ln_ih_w, ln_hh_w;  // [G*H] (ln)
   at::Tensor ln_c_w, ln_c_b;    // [H] (ln, LSTM; the bias zeros when absent)
-  at::Tensor w_ch;    // [3H] or [2H] flat (peep)
+  at::Tensor w_ch;              // [3H] or [2H] flat (peep)
   // Zoneout "keep" values: the mask [N, K] (row stride K) or one row [K] filled with p (row
   // stride 0), so that training and evaluation run the same loop. Undefined when off.
   at::Tensor keep_h, keep_c;
   int64_t keep_h_stride = 0, keep_c_stride = 0;
-  std::optional<at::Tensor> batch_sizes;  // [T] int64
 };
 
+// Validates a variant layer's arguments (clear errors for bad input).
 VariantArgs prepare_variant(FRNN_VARIANT_PARAMS);
+
+// The variants' time loop (layer_fwd / layer_bwd with `variant`; see there).
+std::vector<at::Tensor> variant_fwd(const VariantArgs& a, bool train);
+std::vector<at::Tensor> variant_bwd(const VariantArgs& a, const at::Tensor& y,
+                                    const std::vector<at::Tensor>& saved,
+                                    const at::Tensor& grad_y, const OptTensor& grad_hn,
+                                    const OptTensor& grad_cn, int64_t grad_mask);
 
 // Runs fn(b0, b1) once per block of batch rows, one block per thread, in parallel: fn runs
 // its rows through all the steps (rows are independent sequences). Block bounds balance the

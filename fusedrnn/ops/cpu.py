@@ -109,12 +109,13 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     _need_extension()
     if a.cell == "lstm" and a.c0 is None:
         raise ValueError("fusedrnn cpu backend: LSTM needs c0")
-    if not library.is_variant(a):
+    variant = library.is_variant(a)
+    if variant:
+        check_options(a.cell, a.w_ih, a.w_hh, a.cifg, a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.w_ch,
+                      a.zoneout_c, a.mask_c)  # fmt: skip
+    else:
         check_cell(a.cell)
-        return list(_C.layer_fwd(*a[: library.N_POSITIONAL], a.save))
-    check_options(a.cell, a.w_ih, a.w_hh, a.cifg, a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.w_ch,
-                  a.zoneout_c, a.mask_c)  # fmt: skip
-    return list(_C.variant_fwd(*a[:-1], LN_EPS, a.save))
+    return list(_C.layer_fwd(*a[:-1], LN_EPS, variant, a.save))
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -150,11 +151,8 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
     grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
     grad_cn = grads[2] if a.cell == "lstm" else None
     mask = sum(1 << k for k, n in enumerate(needs) if n)
-    if not library.is_variant(a):
-        ws1, ws2 = buffers[3:5]
-        return _C.layer_bwd(*a[: library.N_POSITIONAL], y, ws1, ws2, grad_y, grads[1], grad_cn,
-                            mask)  # fmt: skip
-    return _C.variant_bwd(*a[:-1], LN_EPS, y, buffers[3:], grad_y, grads[1], grad_cn, mask)
+    return _C.layer_bwd(*a[:-1], LN_EPS, library.is_variant(a), y, buffers[3:], grad_y,
+                        grads[1], grad_cn, mask)  # fmt: skip
 
 
 def unpack(a: library.LayerArgs, buffers) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,221 @@
+// The layer entry points: validation of the arguments (clear errors for bad input), their
+// contiguous form (operands() for what every layer has, prepare() / prepare_variant() for the
+// two time loops) and the choice of loop.
+#include "layer_ops.h"
+#include "scratch.h"
+#include "variant_ops.h"
+
+namespace fusedrnn::cpu {
+
+namespace {
+constexpr const char* kWho = "fusedrnn cpu backend: ";
+
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu(), kWho, name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, kWho, name, " has dtype ", t.scalar_type(),
+              " but x has dtype ", dtype);
+}
+
+at::Tensor checked(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                   at::IntArrayRef shape) {
+  check_tensor(t, name, dtype);
+  TORCH_CHECK(t.sizes() == shape, kWho, name, " must have shape ", shape, ", got ", t.sizes());
+  return t.contiguous();
+}
+
+// The arguments every layer has, with G gate blocks; the biases are only checked.
+void operands(Operands& a, FRNN_LAYER_PARAMS, Cell kind, int64_t G) {
+  a.cell = kind;
+  a.G = G;
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, kWho,
+              "supports float32 and float64, got ", dtype);
+  check_tensor(x, "x", dtype);
+  check_tensor(w_ih, "w_ih", dtype);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % G == 0 && w_ih.size(0) > 0, kWho,
+              "w_ih must be [", G, "*H, I], got ", w_ih.sizes());
+  a.H = w_ih.size(0) / G;
+  a.I = w_ih.size(1);
+  a.Hout = a.H;
+  if (w_hr.has_value()) {
+    TORCH_CHECK(kind == Cell::LSTM, kWho, "w_hr (proj_size) is LSTM only");
+    check_tensor(*w_hr, "w_hr", dtype);
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == a.H, kWho, "w_hr must be [Hout, H=", a.H,
+                "], got ", w_hr->sizes());
+    a.Hout = w_hr->size(0);
+    a.w_hr = w_hr->contiguous();
+  }
+  a.packed = batch_sizes.has_value();
+  a.reverse = reverse;
+  TORCH_CHECK(h0.dim() == 2, kWho, "h0 must be [B, Hout], got ", h0.sizes());
+  if (a.packed) {
+    const at::Tensor& bs = *batch_sizes;
+    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, kWho,
+                "batch_sizes must be a 1-D int64 CPU tensor");
+    TORCH_CHECK(x.dim() == 2, kWho, "packed x must be [N, I], got ", x.sizes());
+    a.T = bs.numel();
+    a.N = x.size(0);
+    const int64_t total = a.T ? bs.sum().item<int64_t>() : 0;
+    TORCH_CHECK(total == a.N, kWho, "sum(batch_sizes) = ", total, " but packed x has ", a.N,
+                " rows");
+    a.batch_sizes = bs.contiguous();
+  } else {
+    TORCH_CHECK(x.dim() == 3, kWho, "x must be [T, B, I], got ", x.sizes());
+    TORCH_CHECK(x.size(1) == h0.size(0), kWho, "x has batch ", x.size(1), " but h0 has ",
+                h0.size(0));
+    a.T = x.size(0);
+    a.N = a.T * x.size(1);
+  }
+  a.B = h0.size(0);
+  TORCH_CHECK(x.size(-1) == a.I, kWho, "x has ", x.size(-1), " features but w_ih expects ", a.I);
+  a.x = x.reshape({a.N, a.I}).contiguous();
+  a.h0 = checked(h0, "h0", dtype, {a.B, a.Hout});
+  a.w_ih = w_ih.contiguous();
+  a.w_hh = checked(w_hh, "w_hh", dtype, {G * a.H, a.Hout});
+  if (kind == Cell::LSTM) {
+    TORCH_CHECK(c0.has_value(), kWho, "LSTM needs c0");
+    a.c0 = checked(*c0, "c0", dtype, {a.B, a.H});
+  }
+  if (b_ih.has_value()) checked(*b_ih, "b_ih", dtype, {G * a.H});
+  if (b_hh.has_value()) checked(*b_hh, "b_hh", dtype, {G * a.H});
+}
+
+// Folded bias: sum of the given vectors, zeros when none is given.
+at::Tensor fold(const OptTensor& a, const OptTensor& b, int64_t n, const at::TensorOptions& o) {
+  at::Tensor out = at::zeros({n}, o);
+  if (a.has_value()) out.add_(*a);
+  if (b.has_value()) out.add_(*b);
+  return out;
+}
+
+// Zoneout keep values: the mask as [N, K] (stride K), or a [K] row of p (stride 0).
+void keep_values(const OptTensor& mask, double p, int64_t K, const char* name,
+                 const VariantArgs& a, at::Tensor& keep, int64_t& stride) {
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK(m.device().is_cpu(), kWho, name, " must be a CPU tensor");
+    const bool ok = a.packed ? m.dim() == 2 && m.size(0) == a.N && m.size(1) == K
+                             : m.dim() == 3 && m.size(0) == a.T && m.size(1) == a.B &&
+                                   m.size(2) == K;
+    TORCH_CHECK(ok, kWho, name, " must have the leading shape of the input and ", K,
+                " features (", a.packed ? "[N, K]" : "[T, B, K]", "), got ", m.sizes());
+    keep = m.reshape({a.N, K}).to(a.x.scalar_type()).contiguous();
+    stride = K;
+  } else if (p > 0) {
+    keep = at::full({K}, p, a.x.options());
+    stride = 0;
+  }
+}
+}  // namespace
+
+LayerArgs prepare(FRNN_LAYER_PARAMS) {
+  LayerArgs a;
+  const Cell kind = parse_cell(cell);
+  operands(a, FRNN_LAYER_ARGS, kind, num_gates(kind));
+  const int64_t GH = a.G * a.H;
+  const auto dtype = a.x.scalar_type();
+  // Biases are folded into one vector added inside the pointwise kernels (no extra pass).
+  a.bias = b_ih.has_value() ? b_ih->contiguous().clone() : at::zeros({GH}, a.x.options());
+  if (a.cell == Cell::GRU) {
+    if (b_hh.has_value()) {
+      a.bias.narrow(0, 0, 2 * a.H).add_(b_hh->narrow(0, 0, 2 * a.H));
+      a.bias_hn = b_hh->narrow(0, 2 * a.H, a.H).contiguous();
+    } else {
+      a.bias_hn = at::zeros({a.H}, a.x.options());
+    }
+  } else if (b_hh.has_value()) {
+    a.bias.add_(*b_hh);
+  }
+  a.layout = ChunkLayout(a.H, a.G, a.T);
+  if (!a.layout.identity()) {
+    a.perm = at::empty({GH}, at::TensorOptions().dtype(at::kLong));
+    int64_t* p = a.perm.data_ptr<int64_t>();
+    for (int64_t c = 0; c < a.layout.n; ++c)
+      for (int64_t g = 0; g < a.G; ++g)
+        for (int64_t j = 0; j < a.layout.width(c); ++j)
+          p[a.layout.col(c) + g * a.layout.width(c) + j] = g * a.H + a.layout.start(c) + j;
+    at::Tensor w_ih_l = scratch(Scratch::kPermIh, a.w_ih.sizes(), dtype);
+    at::Tensor w_hh_l = scratch(Scratch::kPermHh, a.w_hh.sizes(), dtype);
+    a.w_ih = at::index_select_out(w_ih_l, a.w_ih, 0, a.perm);
+    a.w_hh = at::index_select_out(w_hh_l, a.w_hh, 0, a.perm);
+    a.bias = a.bias.index_select(0, a.perm);
+  }
+  return a;
+}
+
+// The biases are folded: b_in = b_ih + LN_ih bias and b_rec = b_hh + LN_hh bias enter the gates
+// only as these sums (GRU: b_hn and the LN bias both stay inside r * (.)).
+VariantArgs prepare_variant(FRNN_VARIANT_PARAMS) {
+  VariantArgs a;
+  TORCH_CHECK(cell == "lstm" || cell == "gru", kWho, "cell variants exist for lstm and gru, got '",
+              cell, "'");
+  const bool lstm = cell == "lstm";
+  TORCH_CHECK(lstm || !(cifg || w_ch.has_value() || ln_c_w.has_value() || mask_c.has_value() ||
+                        zoneout_c > 0),
+              kWho, "cifg, peephole, layer norm of c and zoneout of c are LSTM-only");
+  operands(a, FRNN_LAYER_ARGS, lstm ? Cell::LSTM : Cell::GRU, lstm && cifg ? 3 : lstm ? 4 : 3);
+  const int64_t GH = a.G * a.H;
+  const auto dtype = a.x.scalar_type();
+  const auto opts = a.x.options();
+  auto vec = [&](const OptTensor& t, const char* name, int64_t n) {
+    return t.has_value() ? OptTensor(checked(*t, name, dtype, {n})) : OptTensor();
+  };
+  a.b_in = fold(b_ih, vec(ln_ih_b, "ln_ih_b", GH), GH, opts);
+  a.b_rec = fold(b_hh, vec(ln_hh_b, "ln_hh_b", GH), GH, opts);
+
+  const bool ln = ln_ih_w.has_value();
+  TORCH_CHECK(ln == ln_hh_w.has_value() && (!lstm || ln == ln_c_w.has_value()), kWho,
+              "layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together");
+  TORCH_CHECK(ln || !(ln_ih_b.has_value() || ln_hh_b.has_value() || ln_c_b.has_value()), kWho,
+              "layer-norm biases given without the layer-norm gains");
+  a.flags.ln = ln;
+  if (ln) {
+    a.ln_ih_w = checked(*ln_ih_w, "ln_ih_w", dtype, {GH});
+    a.ln_hh_w = checked(*ln_hh_w, "ln_hh_w", dtype, {GH});
+    if (lstm) {
+      a.ln_c_w = checked(*ln_c_w, "ln_c_w", dtype, {a.H});
+      a.ln_c_b = ln_c_b.has_value() ? checked(*ln_c_b, "ln_c_b", dtype, {a.H})
+                                    : at::zeros({a.H}, opts);
+    }
+  }
+  a.flags.cifg = cifg;
+  a.flags.peep = w_ch.has_value();
+  if (a.flags.peep) a.w_ch = checked(*w_ch, "w_ch", dtype, {cifg ? 2 : 3, a.H}).view({-1});
+
+  // As the reference: a mask means training zoneout whatever p is; p <= 0 without one is off.
+  keep_values(mask_h, zoneout_h, a.Hout, "mask_h", a, a.keep_h, a.keep_h_stride);
+  if (lstm) keep_values(mask_c, zoneout_c, a.H, "mask_c", a, a.keep_c, a.keep_c_stride);
+  a.zone_h = a.keep_h.defined();
+  a.flags.zone_c = a.keep_c.defined();
+  a.eps = eps;
+  return a;
+}
+
+std::vector<at::Tensor> layer_fwd(FRNN_VARIANT_PARAMS, bool variant, bool train) {
+  c10::NoGradGuard no_grad;
+  if (variant) return variant_fwd(prepare_variant(FRNN_VARIANT_ARGS), train);
+  return plain_fwd(prepare(FRNN_LAYER_ARGS), train);
+}
+
+std::vector<at::Tensor> layer_bwd(FRNN_VARIANT_PARAMS, bool variant, const at::Tensor& y,
+                                  const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
+                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                  int64_t grad_mask) {
+  c10::NoGradGuard no_grad;
+  // gradients of absent inputs are never produced
+  const std::pair<bool, int64_t> absent[] = {
+      {!b_ih.has_value(), kGradBih},       {!b_hh.has_value(), kGradBhh},
+      {!w_hr.has_value(), kGradWhr},       {!ln_ih_w.has_value(), kGradLnIhW},
+      {!ln_ih_b.has_value(), kGradLnIhB},  {!ln_hh_w.has_value(), kGradLnHhW},
+      {!ln_hh_b.has_value(), kGradLnHhB},  {!ln_c_w.has_value(), kGradLnCW},
+      {!ln_c_b.has_value(), kGradLnCB},    {!w_ch.has_value(), kGradWch},
+      {cell != "lstm", kGradC0}};
+  for (const auto& [gone, bit] : absent)
+    if (gone) grad_mask &= ~bit;
+  if (variant)
+    return variant_bwd(prepare_variant(FRNN_VARIANT_ARGS), y, saved, grad_y, grad_hn, grad_cn,
+                       grad_mask);
+  return plain_bwd(prepare(FRNN_LAYER_ARGS), y, saved, grad_y, grad_hn, grad_cn, grad_mask);
+}
+
+}  // namespace fusedrnn::cpu
