@@ -12,7 +12,6 @@
 #include <c10/util/Half.h>
 
 #include "kernels.h"
-#include "variant_kernels.h"
 
 #if FRNN_TARGET_AVX2
 #include <immintrin.h>

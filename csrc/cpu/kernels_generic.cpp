@@ -10,7 +10,6 @@
 #include <c10/util/Half.h>
 
 #include "kernels.h"
-#include "variant_kernels.h"
 
 #define FRNN_ISA_NAMESPACE generic
 #include "kernels_impl.h"

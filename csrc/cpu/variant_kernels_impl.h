@@ -1,4 +1,4 @@
-// Loops of the variant kernels declared in variant_kernels.h. Included once per ISA by
+// Loops of the variant kernels declared in kernels.h. Included once per ISA by
 // kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set, after kernels_impl.h
 // (with_bool).
 //

@@ -15,7 +15,7 @@
 
 #include "common.h"
 #include "layer_ops.h"
-#include "variant_kernels.h"
+#include "kernels.h"
 
 namespace fusedrnn::cpu {
 
