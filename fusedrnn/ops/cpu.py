@@ -12,52 +12,23 @@ Float32 GEMMs take the extension's own packed kernel (a 6x16 AVX2 register tile,
 AVX-512 registers on Intel CPUs with AVX-512F; csrc/cpu/sgemm*) on CPUs with AVX2+FMA; the
 pointwise kernels are compiled once per ISA (baseline, AVX2, AVX-512) and chosen at run time
 (csrc/cpu/kernels_generic.cpp says how; ``FUSEDRNN_CPU_ISA`` overrides it); the recurrent
-weights are packed once per layer call rather than once per step. Large temporaries live in per-thread scratch buffers and outputs come from
-a per-thread pool of released outputs, so that repeated calls of the same shapes (training)
-reuse memory instead of faulting in new pages; :func:`empty_cache` returns it.
-
-Backward derivation (per element; see csrc/cell_math.h for every cell)::
-
-    LSTM  dc = dc_next + dh o (1 - tanh(c)^2)    dgo = dh tanh(c) o (1 - o)
-          dgi = dc g i (1 - i)   dgf = dc c_prev f (1 - f)   dgg = dc i (1 - g^2)
-          dc_prev = dc f
-    GRU   dxn = dh (1 - z)(1 - n^2)   dhn = dxn r   dxr = dhr = dxn hn r (1 - r)
-          dxz = dhz = dh (h_prev - n) z (1 - z)   dh_prev = dh z + [dhr dhz dhn] W_hh
-    RNN   dpre = dh (1 - h^2) (tanh) or dh [h > 0] (relu)
-    all   dh_prev = dG W_hh,  dW_hh = sum_t dG_t^T h_{t-1},  dW_ih = dG^T X,  dX = dG W_ih,
-          db = column sums of dG;  with a projection dh_raw = dh W_hr, dW_hr = dH^T H_raw.
+weights are packed once per layer call rather than once per step. Large temporaries live in
+per-thread scratch buffers and outputs come from a per-thread pool of released outputs, so
+that repeated calls of the same shapes (training) reuse memory instead of faulting in new
+pages; :func:`empty_cache` returns it.
 
 The cell variants (layer norm, zoneout, peephole, CIFG; math in docs/variants.md) are options
-of the same ``layer``; with any of them on, each layer runs its whole time loop in C++
-(csrc/cpu/variant_fwd.cpp): one GEMM for the input projection of all steps and its layer norm
-row by row, then the batch rows
+of the same ``layer``; with any of them on, the time loop is csrc/cpu/variant_fwd.cpp: one
+GEMM for the input projection of all steps and its layer norm row by row, then the batch rows
 are cut into one block per thread (rows are independent sequences, and layer norm needs whole
-rows of ``h W_hh^T``) and every thread runs its block through all the steps: the recurrent
-GEMM of its rows, their row statistics and the fused pointwise kernels (per-element math in
-csrc/cell_math.h, shared with the CUDA kernels), never waiting for the other threads inside
-the loop. A batch too small to cut runs as one block with each step's GEMMs split over the
-threads. The backward (csrc/cpu/variant_bwd.cpp) is hand-written and cut the same way; weight,
-gain and bias gradients are GEMMs and column sums over all steps after the loop
+rows of ``h W_hh^T``) and every thread runs its block through all the steps (the recurrent
+GEMM of its rows, their row statistics, the fused pointwise kernels), never waiting for the
+other threads inside the loop. A batch too small to cut runs as one block with each step's
+GEMMs split over the threads. The backward (csrc/cpu/variant_bwd.cpp) is cut the same way;
+weight, gain and bias gradients are GEMMs and column sums over all steps after the loop
 (deterministic, no atomics).
 
-Backward derivation of the variants (per element; csrc/cell_math.h has each step in full)::
-
-    zoneout   s_t = k s_{t-1} + (1 - k) s~_t:   ds~ = (1 - k) ds,  ds_{t-1} += k ds
-              (k = the mask in training, p in evaluation; masks are not differentiated)
-    LN        out = xhat w + b, xhat = (v - mean) rstd:   dw += dout xhat,  db += dout,
-              dv = rstd (dout w - mean(dout w) - xhat mean(dout w xhat))   (row means)
-    LSTM      dpo = dh tanh(cn) o (1 - o)   dcn = dh o (1 - tanh(cn)^2)   cn = LN_c(c~) or c~
-              dc~ = (1 - k_c) dc_t + LN_c backward of dcn + w_co dpo
-              dpi = dc~ g i (1 - i)   [cifg: dc~ (g - c_prev) i (1 - i)]
-              dpf = dc~ c_prev f (1 - f)   dpg = dc~ i (1 - g^2)
-              dc_prev = k_c dc_t + dc~ f + w_ci dpi + w_cf dpf
-              dw_ci = sum dpi c_prev   dw_cf = sum dpf c_prev   dw_co = sum dpo c~
-    GRU       the plain GRU cell's backward on (1 - k) dh_t, with LN_hh's backward on the
-              recurrent-side gradients
-    all       dHP = LN_hh backward of dP,  dh_prev += dHP W_hh,  dW_hh = sum_t dHP_t^T h_{t-1},
-              dXP = LN_ih backward of dP,  dX = dXP W_ih,  dW_ih = dXP^T X,
-              db_ih = db(LN_ih bias) = sum dP,  db_hh = db(LN_hh bias) = sum dS,
-              with a projection dh~ -> dh_raw = dh~ W_hr,  dW_hr = dH~^T H_raw.
+The backward of both loops, derived: docs/backward.md.
 
 The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cpu_layer_fwd``
 / ``_bwd`` (fake implementations and autograd included), so ``torch.compile(fullgraph=True)``

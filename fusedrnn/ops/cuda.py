@@ -6,14 +6,6 @@ weight gradients as GEMMs over all steps and the bias gradients as deterministic
 The time loop is C++ (csrc/cuda/layer_driver.h) in the extension ``fusedrnn._C_cuda``, which is
 built only when torch has CUDA and nvcc is present.
 
-Backward (per element, gates G = pre-activations; see csrc/cell_math.h for each cell):
-
-    dh_t   = dy_t + dh_{t+1 -> t}                    (proj: dhpre_t = dh_t W_hr)
-    dG_t   = cell_backward(dh_t, dc_t, saved_t)      (LSTM also yields dc_{t-1})
-    dh_{t-1} = dHG_t W_hh  (+ dh_t * z for GRU)      (dHG = dG except GRU's n gate: dxn * r)
-    dW_ih = dG^T X,  dX = dG W_ih,  dW_hh = dHG^T H_prev,  dW_hr = dH^T Hpre,
-    db_ih = colsum(dG),  db_hh = colsum(dHG)
-
 With a variant option on (layer norm, zoneout, peephole, CIFG; math in docs/variants.md) the
 time loop is csrc/cuda/variant_driver.h: the input projection of all steps is one GEMM and its
 layer norm is done for all rows at once; per step one cuBLAS GEMM
@@ -23,28 +15,9 @@ The per-element math is csrc/cell_math.h (LayerNorm, Zoneout, LSTMVariantCell, G
 same code the cpu backend runs. With a projection, zoneout of h acts on ``y_t = hraw W_hr^T``
 in a small elementwise kernel after the GEMM.
 
-Backward (per element; csrc/cell_math.h has each step in full), per step in reverse order::
-
-    zoneout   s_t = k s_{t-1} + (1 - k) s~_t:   ds~ = (1 - k) ds,  ds_{t-1} += k ds
-              (k = the mask in training, p in evaluation; masks are not differentiated)
-    LN        out = xhat w + b, xhat = (v - mean) rstd:
-              dv = rstd (dout w - mean(dout w) - xhat mean(dout w xhat))    (row means:
-              two block reductions in the row kernel)
-    LSTM      dpo = dh~ tanh(cn) o (1 - o)   dcn = dh~ o (1 - tanh(cn)^2)   cn = LN_c(c~) or c~
-              dc~ = (1 - k_c) dc_t + LN_c backward of dcn + w_co dpo
-              dpi = dc~ g i (1 - i)   [cifg: dc~ (g - c_prev) i (1 - i)]
-              dpf = dc~ c_prev f (1 - f)   dpg = dc~ i (1 - g^2)
-              dc_prev = k_c dc_t + dc~ f + w_ci dpi + w_cf dpf
-    GRU       the plain GRU cell's backward on (1 - k) dh_t (dA input side, dS recurrent side)
-    all       dHP = LN_hh backward of dP (GRU: of dS),  dh_{t-1} = direct part + dHP W_hh
-
-then over all steps (GEMMs and deterministic column sums, no atomics)::
-
-    dXP = LN_ih backward of dP,  dX = dXP W_ih,  dW_ih = dXP^T X,  dW_hh = dHP^T H_prev,
-    dW_hr = dH~^T Hraw,  db_ih = dln_ih_b = colsum(dP),  db_hh = dln_hh_b = colsum(dS),
-    dln_ih_w = colsum(dP xhat_ih),  dln_hh_w = colsum(dS xhat_hh),
-    dln_c_w = colsum(dcn chat),  dln_c_b = colsum(dcn),
-    dw_ci = colsum(dP_i c_prev),  dw_cf = colsum(dP_f c_prev),  dw_co = colsum(dP_o c~).
+The variant backward walks the steps in reverse with one row kernel per step (layer norm's two
+row means are block reductions in it), then forms every weight, gain and bias gradient as
+GEMMs and deterministic column sums over all steps. Both backwards, derived: docs/backward.md.
 
 The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cuda_layer_fwd``
 / ``_bwd``; with ``save=False`` (no backward can follow) the drivers write no activations.
