@@ -5,17 +5,17 @@ the kernels are first loaded. Importing this package imports neither triton nor 
 GPU runtime; :func:`layer` loads the kernels on first use.
 
 Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
-backward), :mod:`.common` (the shared backward state-gradient helper, step visiting order
-and forward buffers),
+backward), :mod:`.common` (the backward's state gradient and gate gradients of every cell,
+shared by the step and persistent kernels; step visiting order and forward buffers),
 :mod:`.step` (the step kernels of every cell and their launchers: one cooperative launch
 whose programs meet at a grid barrier between steps, :mod:`.sync`, or a launch per step),
-:mod:`.persistent` (whole-sequence kernels for small H, and the choice of path), :mod:`.layer_op` (the one op:
-input GEMM, weight-gradient GEMMs, torch.library registration), :mod:`.configs` (the
-shipped block configurations), :mod:`.runtime` (the guarded launcher, device guard,
-launch accounting, debug poisoning, the plan of a layer's steps and its host-side row and buffer
-helpers), :mod:`.variants` (the op's layer norm / zoneout /
-peephole / CIFG branch; its step kernels in :mod:`.lstm_variants` / :mod:`.gru_variants`,
-whole-row helpers in :mod:`.rowwise`).
+:mod:`.persistent` (whole-sequence kernels for small H, and the choice of path),
+:mod:`.layer_op` (the one op: input GEMM, weight-gradient GEMMs, torch.library
+registration), :mod:`.configs` (the shipped block configurations), :mod:`.runtime` (the
+guarded launcher, device guard, launch accounting, debug poisoning, the plan of a layer's
+steps and its host-side row and buffer helpers), :mod:`.variants` (the op's layer norm /
+zoneout / peephole / CIFG branch; its step kernels in :mod:`.lstm_variants` /
+:mod:`.gru_variants`, whole-row helpers in :mod:`.rowwise`).
 
 Launches per layer and direction, T steps (see :func:`launch_counter`):
 

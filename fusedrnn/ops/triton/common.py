@@ -27,7 +27,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import runtime
-from .tiles import packed_ptrs, rec_tile
+from .cellmath import GRU, LSTM, RNN_RELU, gru_bwd, lstm_bwd, rnn_bwd
+from .tiles import load_gates, packed_ptrs, rec_tile
 
 
 @triton.jit
@@ -69,6 +70,28 @@ def state_grad(
         dy = packed_ptrs(dy_ptr, y_row0, rows, cols, HOUT)
         total += tl.load(dy, mask=act[:, None] & cmask[None, :], other=0.0).to(acc_ty)
     return total
+
+
+@triton.jit
+def cell_bwd(dh, dc, hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2, CELL: tl.constexpr):
+    """Gate gradients of a step of a torch.nn cell (:mod:`.cellmath`) from the gradients
+    ``dh`` (and, LSTM, ``dc``) of the states it wrote: LSTM ``(d_i, d_f, d_g, d_o, dc_prev)``,
+    GRU ``(d_r, d_z, d_n, d_hn, dh z)``, RNN ``d pre`` in every slot (from the saved output).
+    The states are read at ``r_off`` / ``w_off`` (the slots read / written) plus ``state``, the
+    tile's offsets in a [B, H] slot; ``saved`` points at the tile of the first saved gate."""
+    if CELL == LSTM:
+        c_prev = tl.load(cs_ptr + r_off + state, mask=mask2, other=0.0)
+        c = tl.load(cs_ptr + w_off + state, mask=mask2, other=0.0)
+        i, f, g, o = load_gates(saved, H, mask2, 4)
+        return lstm_bwd(i, f, g, o, c_prev, c, dh, dc)
+    elif CELL == GRU:
+        h_prev = tl.load(hs_ptr + r_off + state, mask=mask2, other=0.0).to(dh.dtype)
+        r, z, n, hn = load_gates(saved, H, mask2, 4)
+        return gru_bwd(r, z, n, hn, h_prev, dh)
+    else:
+        h = tl.load(hs_ptr + w_off + state, mask=mask2, other=0.0).to(dh.dtype)
+        d = rnn_bwd(h, dh, CELL == RNN_RELU)
+        return d, d, d, d, d
 
 
 @triton.jit

@@ -29,11 +29,18 @@ from torch import Tensor
 
 from . import runtime
 from .cellmath import gru_bwd, gru_fwd
-from .common import finish_state_grad, state_grad
+from .common import finish_state_grad
 from .configs import pick_variant_config
-from .lstm_variants import recurrent_part
-from .rowwise import emit_state, ln_bwd_rows, ln_grad_sums, rec_raw_stats, row_chunk, zoneout_weight
-from .tiles import kernel_jit, load_gates, packed_ptrs, row_block, store_gates
+from .rowwise import (
+    emit_state,
+    ln_bwd_rows,
+    ln_grad_sums,
+    rec_raw_stats,
+    recurrent_gates,
+    row_chunk,
+    zoned_state_grad,
+)
+from .tiles import kernel_jit, load_gates, packed_ptrs, row_block, store_gates, tile_ptrs
 
 
 @kernel_jit
@@ -74,38 +81,25 @@ def _gru_variant_fwd_step_kernel(
     eps = tl.load(par_ptr + 2)
     h_prev_ptr = hs_ptr + hs_r
     shat = shat_ptr + gh_off
+    gates = gates_ptr + gates_off
+    mean_s, rstd_s = rec_raw_stats(h_prev_ptr, w_ptr, shat, rows, rmask, act, GH, H, eps,
+                                   LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                   BLOCK_K)  # fmt: skip
     if LAYER_NORM:
-        mean_s, rstd_s = rec_raw_stats(h_prev_ptr, w_ptr, shat, rows, rmask, act, GH, H, eps,
-                                       acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
         tl.store(rstd_ptr + stat_off + rows, tl.where(act, rstd_s, 0.0), mask=rmask)
-        tl.debug_barrier()
-    else:
-        mean_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
-        rstd_s = mean_s
 
     for u0 in range(0, H, BLOCK_H):
         units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         am = act[:, None] & umask[None, :]
-        s_r = recurrent_part(
-            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
-            units, umask, GH, H, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
-            BLOCK_B, BLOCK_H, BLOCK_K,
-        )  # fmt: skip
-        s_z = recurrent_part(
-            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
-            H + units, umask, GH, H, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
-            BLOCK_B, BLOCK_H, BLOCK_K,
-        )  # fmt: skip
-        s_n = recurrent_part(
-            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
-            2 * H + units, umask, GH, H, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
-            BLOCK_B, BLOCK_H, BLOCK_K,
+        s_r, s_z, s_n, _ = recurrent_gates(
+            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act, units,
+            umask, H, GH, H, HAS_BIAS, 3, LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+            BLOCK_K,
         )  # fmt: skip
         xr, xz, xn, _ = load_gates(packed_ptrs(xg_ptr, row0, rows, units, GH), H, am, 3)
         h_prev = tl.load(h_prev_ptr + rows[:, None] * H + units[None, :], mask=m2, other=0.0)
         r, z, n, h = gru_fwd(xr, xz, xn, s_r, s_z, s_n, h_prev)
-        saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        store_gates(saved, H, act, m2, r, z, n, s_n, 4)
+        store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, r, z, n, s_n, 4)
         emit_state(h, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                    units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
 
@@ -151,20 +145,18 @@ def _gru_variant_bwd_step_kernel(
     a = act[:, None]
     GH = 3 * H
     p_h = tl.load(par_ptr)
+    gates = gates_ptr + gates_off
     sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
-        total = state_grad(
-            dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
-            rows, units, rmask, umask, act, rows < rows_prev, GH, H,
-            HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+        units, umask, m2, total, k = zoned_state_grad(
+            u0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0,
+            rows, rmask, act, rows_prev, GH, H, ZONE_H, HAS_DHS, HAS_DY, PRECISION,
+            BLOCK_B, BLOCK_H, BLOCK_K,
         )  # fmt: skip
-        k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, units, umask, H, total)
         state = rows[:, None] * H + units[None, :]
         h_prev = tl.load(hs_ptr + hs_r + state, mask=m2, other=0.0)
-        saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        r, z, n, s_n = load_gates(saved, H, m2, 4)
+        r, z, n, s_n = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, m2, 4)
         d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total)
         tl.store(dh_ptr + state, tl.where(a, direct + k * total, total), mask=m2)
         out = gh_off + rows[:, None] * GH + units[None, :]

@@ -47,58 +47,20 @@ from .cellmath import (
     sigmoid,
     tanh,
 )
-from .common import finish_state_grad, state_grad
+from .common import finish_state_grad
 from .configs import pick_variant_config
 from .rowwise import (
     emit_state,
     ln_bwd_rows,
     ln_grad_sums,
     rec_raw_stats,
+    recurrent_gates,
     row_chunk,
     row_rstd,
+    zoned_state_grad,
     zoneout_weight,
 )
-from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, store_gates
-
-
-@triton.jit
-def recurrent_part(
-    h_ptr,  # [B, HOUT] previous hidden state
-    w_ptr,  # [GH, HOUT] W_hh
-    b_ptr,  # [GH] b_hh + LN bias (HAS_BIAS)
-    lnw_ptr,  # [GH] LN gain (LAYER_NORM)
-    shat_ptr,  # [B, GH] raw projection in, normalised out (LAYER_NORM)
-    mean,  # [BLOCK_B] row stats of the raw projection (LAYER_NORM)
-    rstd,
-    rows,
-    rmask,
-    act,
-    feats,  # [BLOCK_H] gate features
-    fmask,
-    GH,
-    HOUT,
-    HAS_BIAS,
-    LAYER_NORM: tl.constexpr,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """``LN_hh(h W_hh^T)[feats] + b`` (saving the normalised values) or ``h W_hh^T + b``."""
-    if LAYER_NORM:
-        off = rows[:, None] * GH + feats[None, :]
-        m2 = rmask[:, None] & fmask[None, :]
-        raw = tl.load(shat_ptr + off, mask=m2, other=0.0)
-        xhat = tl.where(act[:, None], (raw - mean[:, None]) * rstd[:, None], 0.0)
-        tl.store(shat_ptr + off, xhat, mask=m2)
-        s = xhat * tl.load(lnw_ptr + feats, mask=fmask, other=0.0)[None, :]
-    else:
-        s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, HOUT, HOUT, 1, ACC_TY, PRECISION,
-                     BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-    if HAS_BIAS:
-        s += tl.load(b_ptr + feats, mask=fmask, other=0.0)[None, :]
-    return s
+from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, store_gates, tile_ptrs
 
 
 @triton.jit
@@ -184,6 +146,7 @@ def _lstm_variant_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = cs_ptr.dtype.element_ty
+    G: tl.constexpr = 3 if CIFG else 4
     rows, rmask, act = row_block(B, rows_active, BLOCK_B)
     GH, off_g, off_cf, off_co, off_o = gate_offsets(H, CIFG)
     p_h = tl.load(par_ptr)
@@ -191,44 +154,30 @@ def _lstm_variant_fwd_step_kernel(
     eps = tl.load(par_ptr + 2)
     h_prev_ptr = hs_ptr + hs_r
     shat = shat_ptr + gh_off
+    gates = gates_ptr + gates_off
 
-    if LAYER_NORM:  # pass 1
-        mean_s, rstd_s = rec_raw_stats(h_prev_ptr, w_ptr, shat, rows, rmask, act, GH, HOUT, eps,
-                                       acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-        tl.debug_barrier()
-    else:
-        mean_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
-        rstd_s = mean_s
+    # pass 1 (LAYER_NORM)
+    mean_s, rstd_s = rec_raw_stats(h_prev_ptr, w_ptr, shat, rows, rmask, act, GH, HOUT, eps,
+                                   LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                   BLOCK_K)  # fmt: skip
 
     # pass 2: gates and the candidate cell state
     c_sum = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
         units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
+        s0, s1, s2, s3 = recurrent_gates(
+            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act, units,
+            umask, H, GH, HOUT, HAS_BIAS, G, LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+            BLOCK_K,
+        )  # fmt: skip
+        # the input parts after the recurrent ones: fewer registers than interleaved
         am = act[:, None] & umask[None, :]
-        xg = packed_ptrs(xg_ptr, row0, rows, units, GH)
-        pre_i = tl.load(xg, mask=am, other=0.0) + recurrent_part(
-            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
-            units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
-            BLOCK_B, BLOCK_H, BLOCK_K,
-        )  # fmt: skip
-        pre_g = tl.load(xg + off_g, mask=am, other=0.0) + recurrent_part(
-            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
-            off_g + units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
-            BLOCK_B, BLOCK_H, BLOCK_K,
-        )  # fmt: skip
-        pre_o = tl.load(xg + off_o, mask=am, other=0.0) + recurrent_part(
-            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
-            off_o + units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
-            BLOCK_B, BLOCK_H, BLOCK_K,
-        )  # fmt: skip
-        if CIFG:
+        x0, x1, x2, x3 = load_gates(packed_ptrs(xg_ptr, row0, rows, units, GH), H, am, G)
+        if CIFG:  # gate blocks i, g, o
+            pre_i, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2
             pre_f = pre_i  # unused
         else:
-            pre_f = tl.load(xg + H, mask=am, other=0.0) + recurrent_part(
-                h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act,
-                H + units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, acc_ty, PRECISION,
-                BLOCK_B, BLOCK_H, BLOCK_K,
-            )  # fmt: skip
+            pre_i, pre_f, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2, x3 + s3
         w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE, acc_ty,
                                          BLOCK_H)  # fmt: skip
 
@@ -239,8 +188,7 @@ def _lstm_variant_fwd_step_kernel(
         k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, c)
         a = act[:, None]
         tl.store(cs_ptr + cs_w + state, tl.where(a, k * c_prev + (1.0 - k) * c, c_prev), mask=m2)
-        saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        store_gates(saved, H, act, m2, i, f, g, o, 4)
+        store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, i, f, g, o, 4)
         c = tl.where(a, c, 0.0)
         tl.store(ct_ptr + h_off + state, c, mask=m2)
         c_sum += tl.sum(tl.where(umask[None, :], c, 0.0), axis=1)
@@ -261,8 +209,7 @@ def _lstm_variant_fwd_step_kernel(
         units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
         state = rows[:, None] * H + units[None, :]
         c = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
-        o = tl.load(gates_ptr + gates_off + rows[:, None] * (4 * H) + 3 * H + units[None, :],
-                    mask=m2, other=0.0)  # fmt: skip
+        o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=m2, other=0.0)
         if LAYER_NORM:
             chat = tl.where(act[:, None], (c - mean_c[:, None]) * rstd_c[:, None], 0.0)
             tl.store(chat_ptr + h_off + state, chat, mask=m2)
@@ -350,16 +297,15 @@ def _lstm_variant_bwd_step_kernel(
     p_h = tl.load(par_ptr)
     p_c = tl.load(par_ptr + 1)
     dg = dg_ptr + gh_off
+    gates = gates_ptr + gates_off
 
     # A: gradient of h~, and the part of dh_t that reaches h_prev directly
     for c0 in range(0, HOUT, BLOCK_H):
-        cols, cmask, m2 = row_chunk(c0, HOUT, rmask, BLOCK_H)
-        total = state_grad(
-            dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
-            rows, cols, rmask, cmask, act, rows < rows_prev, GH, HOUT,
-            HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+        cols, cmask, m2, total, k = zoned_state_grad(
+            c0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0,
+            rows, rmask, act, rows_prev, GH, HOUT, ZONE_H, HAS_DHS, HAS_DY, PRECISION,
+            BLOCK_B, BLOCK_H, BLOCK_K,
         )  # fmt: skip
-        k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, total)
         off = rows[:, None] * HOUT + cols[None, :]
         tl.store(dht_ptr + hout_off + off, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
         tl.store(dh_ptr + off, tl.where(a, k * total, total), mask=m2)
@@ -376,8 +322,7 @@ def _lstm_variant_bwd_step_kernel(
                           acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
         else:
             dm = tl.load(dht_ptr + hout_off + state, mask=m2, other=0.0)
-        o = tl.load(gates_ptr + gates_off + rows[:, None] * (4 * H) + 3 * H + units[None, :],
-                    mask=m2, other=0.0)  # fmt: skip
+        o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=m2, other=0.0)
         if LAYER_NORM:
             chat = tl.load(chat_ptr + h_off + state, mask=m2, other=0.0)
             lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
@@ -420,8 +365,7 @@ def _lstm_variant_bwd_step_kernel(
                                          BLOCK_H)  # fmt: skip
         if PEEPHOLE:
             dc += d_o * w_co[None, :]
-        saved = gates_ptr + gates_off + rows[:, None] * (4 * H) + units[None, :]
-        i, f, g, _ = load_gates(saved, H, m2, 3)
+        i, f, g, _ = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, m2, 3)
         c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
         d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE, CIFG)
         tl.store(dc_ptr + state, tl.where(a, dc_prev + k * dc_t, dc_t), mask=m2)

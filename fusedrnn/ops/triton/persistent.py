@@ -30,39 +30,25 @@ import triton.language as tl
 from torch import Tensor
 
 from . import runtime
-from .cellmath import CELL_CODE, gru_bwd, gru_fwd, lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd
-from .common import forward_buffers, steps_table, visit
+from .cellmath import CELL_CODE, GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
+from .common import cell_bwd, forward_buffers, steps_table, visit
 from .configs import PersistentConfig, pick_persistent_config
 from .sync import counter_fits
-from .tiles import kernel_jit, load_gates, packed_ptrs, store_gates
+from .tiles import add_gates, kernel_jit, load_gates, packed_ptrs, store_gates, tile_ptrs
 
 _forced: str | None = None  # one of PATHS, or None (automatic); for tests
 PATHS = ("step", "cooperative", "persistent")
 
 
 @triton.jit
-def _w_tile(w_ptr, q, H, units, umask, TRANSPOSE: tl.constexpr):
-    """Gate q's block of W_hh [G*H, H]: [k, unit] if TRANSPOSE else [unit, k]."""
-    if TRANSPOSE:
-        off = (q * H + units[None, :]) * H + units[:, None]
-    else:
-        off = (q * H + units[:, None]) * H + units[None, :]
-    return tl.load(w_ptr + off, mask=umask[:, None] & umask[None, :], other=0.0)
-
-
-@triton.jit
 def _w_tiles(w_ptr, H, units, umask, G: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """The W_hh blocks of gates q < G (:func:`_w_tile`; zeros for q >= G)."""
-    w0 = _w_tile(w_ptr, 0, H, units, umask, TRANSPOSE)
-    w1 = tl.zeros_like(w0)
-    w2 = tl.zeros_like(w0)
-    w3 = tl.zeros_like(w0)
-    if G > 1:
-        w1 = _w_tile(w_ptr, 1, H, units, umask, TRANSPOSE)
-        w2 = _w_tile(w_ptr, 2, H, units, umask, TRANSPOSE)
-    if G > 3:
-        w3 = _w_tile(w_ptr, 3, H, units, umask, TRANSPOSE)
-    return w0, w1, w2, w3
+    """The blocks of W_hh [G*H, H] of gates q < G, each [k, unit] if TRANSPOSE else
+    [unit, k] (zeros for q >= G)."""
+    if TRANSPOSE:
+        off = units[None, :] * H + units[:, None]
+    else:
+        off = units[:, None] * H + units[None, :]
+    return load_gates(w_ptr + off, H * H, umask[:, None] & umask[None, :], G)
 
 
 @triton.jit
@@ -97,64 +83,57 @@ def _persistent_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
     rows, units, rmask, umask, state = _program_rows(B, H, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
     first = T if REVERSE else 0
 
-    # W_hh^T per gate, resident for the whole sequence
+    # W_hh^T and b_hh per gate, resident for the whole sequence
     w0, w1, w2, w3 = _w_tiles(w_ptr, H, units, umask, G, True)
-    b0 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
-    b1 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
-    b2 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
-    b3 = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+    zero = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+    b0, b1, b2, b3 = zero, zero, zero, zero
     if HAS_BIAS:
-        b0 = tl.load(b_ptr + units, mask=umask, other=0.0).to(ACC_TY)
-        if G > 1:
-            b1 = tl.load(b_ptr + H + units, mask=umask, other=0.0).to(ACC_TY)
-            b2 = tl.load(b_ptr + 2 * H + units, mask=umask, other=0.0).to(ACC_TY)
-        if G > 3:
-            b3 = tl.load(b_ptr + 3 * H + units, mask=umask, other=0.0).to(ACC_TY)
+        b0, b1, b2, b3 = add_gates(zero, zero, zero, zero, b_ptr + units, H, umask, G)
 
     h = tl.load(hs_ptr + first * B * H + state, mask=mask2, other=0.0)
     c = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
-    if CELL == 0:
+    if CELL == LSTM:
         c = tl.load(cs_ptr + first * B * H + state, mask=mask2, other=0.0)
 
     for s in range(T):
         t, _, slot, row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
         act = rows < rows_active
         a = act[:, None]
-        xg = packed_ptrs(xg_ptr, row0, rows, units, G * H)
         amask = a & umask[None, :]
         hd = tl.where(a, h, 0.0)
         p0 = tl.dot(hd, w0, input_precision=PRECISION, out_dtype=ACC_TY) + b0[None, :]
-        p0 += tl.load(xg, mask=amask, other=0.0).to(ACC_TY)
-        saved = gates_ptr + t * B * 4 * H + rows[:, None] * (4 * H) + units[None, :]
-        if CELL == 0:
+        p1, p2, p3 = p0, p0, p0
+        if G > 1:
             p1 = tl.dot(hd, w1, input_precision=PRECISION, out_dtype=ACC_TY) + b1[None, :]
             p2 = tl.dot(hd, w2, input_precision=PRECISION, out_dtype=ACC_TY) + b2[None, :]
+        if G > 3:
             p3 = tl.dot(hd, w3, input_precision=PRECISION, out_dtype=ACC_TY) + b3[None, :]
-            p1 += tl.load(xg + H, mask=amask, other=0.0).to(ACC_TY)
-            p2 += tl.load(xg + 2 * H, mask=amask, other=0.0).to(ACC_TY)
-            p3 += tl.load(xg + 3 * H, mask=amask, other=0.0).to(ACC_TY)
+        # the input parts as in the step kernel: the GRU's n gate takes them apart
+        xg = packed_ptrs(xg_ptr, row0, rows, units, G * H)
+        if CELL == GRU:
+            x0, x1, x2, _ = load_gates(xg, H, amask, 3)
+        else:
+            p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, xg, H, amask, G)
+        saved = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+        if CELL == LSTM:
             i, f, g, o, c_new, h_new = lstm_fwd(p0, p1, p2, p3, c)
             c = tl.where(a, c_new, c)
             tl.store(cs_ptr + slot * B * H + state, c, mask=mask2)
             if WRITE_GATES:
                 store_gates(saved, H, act, mask2, i, f, g, o, 4)
-        elif CELL == 1:
-            hz = tl.dot(hd, w1, input_precision=PRECISION, out_dtype=ACC_TY) + b1[None, :]
-            hn = tl.dot(hd, w2, input_precision=PRECISION, out_dtype=ACC_TY) + b2[None, :]
-            xz = tl.load(xg + H, mask=amask, other=0.0).to(ACC_TY)
-            xn = tl.load(xg + 2 * H, mask=amask, other=0.0).to(ACC_TY)
-            # p0 holds x_r + h_r; gru_fwd adds its arguments pairwise
-            r, z, n, h_new = gru_fwd(p0, xz, xn, 0.0, hz, hn, h.to(ACC_TY))
+        elif CELL == GRU:
+            r, z, n, h_new = gru_fwd(x0.to(ACC_TY), x1.to(ACC_TY), x2.to(ACC_TY), p0, p1, p2,
+                                     h.to(ACC_TY))  # fmt: skip
             if WRITE_GATES:
-                store_gates(saved, H, act, mask2, r, z, n, hn, 4)
+                store_gates(saved, H, act, mask2, r, z, n, p2, 4)
         else:
-            h_new = rnn_fwd(p0, CELL == 3)
-        h = tl.where(a & umask[None, :], h_new.to(h.dtype), h)
+            h_new = rnn_fwd(p0, CELL == RNN_RELU)
+        h = tl.where(amask, h_new.to(h.dtype), h)
         tl.store(hs_ptr + slot * B * H + state, h, mask=mask2)
         if WRITE_Y:
             tl.store(packed_ptrs(y_ptr, row0, rows, units, H), h, mask=amask)
@@ -187,7 +166,7 @@ def _persistent_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
     rows, units, rmask, umask, state = _program_rows(B, H, BLOCK_B, BLOCK_H)
     mask2 = rmask[:, None] & umask[None, :]
     dg_ty = dgx_ptr.dtype.element_ty
@@ -207,48 +186,39 @@ def _persistent_bwd_kernel(
         if HAS_DY:
             dy = packed_ptrs(dy_ptr, row0, rows, units, H)
             total += tl.load(dy, mask=a & umask[None, :], other=0.0).to(ACC_TY)
-        saved = gates_ptr + t * B * 4 * H + rows[:, None] * (4 * H) + units[None, :]
-        out = t * B * G * H + rows[:, None] * (G * H) + units[None, :]
-        if CELL == 0:
-            dc_in = dc
+        dc_in = dc
+        if CELL == LSTM:
             if HAS_DCS:
                 dc_in += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
-            c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
-            c = tl.load(cs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
-            i, f, g, o = load_gates(saved, H, mask2, 4)
-            d0, d1, d2, d3, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, total, dc_in)
-            dc = tl.where(a, dc_prev, dc_in)
-            d0 = tl.where(a, d0, 0.0).to(dg_ty)
-            d1 = tl.where(a, d1, 0.0).to(dg_ty)
-            d2 = tl.where(a, d2, 0.0).to(dg_ty)
-            d3 = tl.where(a, d3, 0.0).to(dg_ty)
+        saved = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+        d0, d1, d2, d3, carry = cell_bwd(total, dc_in, hs_ptr, cs_ptr, saved, state,
+                                         slot_r * B * H, slot_w * B * H, H, mask2, CELL)  # fmt: skip
+        if CELL == LSTM:
+            dc = tl.where(a, carry, dc_in)
+        # zero in inactive rows: stored for the weight GEMMs, and multiplied here
+        d0 = tl.where(a, d0, 0.0).to(dg_ty)
+        d1 = tl.where(a, d1, 0.0).to(dg_ty)
+        d2 = tl.where(a, d2, 0.0).to(dg_ty)
+        d3 = tl.where(a, d3, 0.0).to(dg_ty)
+        out = t * B * G * H + rows[:, None] * (G * H) + units[None, :]
+        if G > 1:
             tl.store(dgx_ptr + out + H, d1, mask=mask2)
             tl.store(dgx_ptr + out + 2 * H, d2, mask=mask2)
+        if G > 3:
             tl.store(dgx_ptr + out + 3 * H, d3, mask=mask2)
-            prev = tl.dot(d0, w0, input_precision=PRECISION, out_dtype=ACC_TY)
-            prev = tl.dot(d1, w1, prev, input_precision=PRECISION, out_dtype=ACC_TY)
-            prev = tl.dot(d2, w2, prev, input_precision=PRECISION, out_dtype=ACC_TY)
-            prev = tl.dot(d3, w3, prev, input_precision=PRECISION, out_dtype=ACC_TY)
-        elif CELL == 1:
-            h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
-            r, z, n, hn = load_gates(saved, H, mask2, 4)
-            d0, d1, dxn, dhn, direct = gru_bwd(r, z, n, hn, h_prev, total)
-            d0 = tl.where(a, d0, 0.0).to(dg_ty)
-            d1 = tl.where(a, d1, 0.0).to(dg_ty)
-            dhn = tl.where(a, dhn, 0.0).to(dg_ty)
-            tl.store(dgx_ptr + out + H, d1, mask=mask2)
-            tl.store(dgx_ptr + out + 2 * H, tl.where(a, dxn, 0.0).to(dg_ty), mask=mask2)
+        if CELL == GRU:  # the recurrent side's n block is r * d pre_n (see cellmath)
+            d2 = d3
             tl.store(dgh_ptr + out, d0, mask=mask2)
             tl.store(dgh_ptr + out + H, d1, mask=mask2)
-            tl.store(dgh_ptr + out + 2 * H, dhn, mask=mask2)
-            prev = tl.dot(d0, w0, input_precision=PRECISION, out_dtype=ACC_TY)
+            tl.store(dgh_ptr + out + 2 * H, d2, mask=mask2)
+        prev = tl.dot(d0, w0, input_precision=PRECISION, out_dtype=ACC_TY)
+        if G > 1:
             prev = tl.dot(d1, w1, prev, input_precision=PRECISION, out_dtype=ACC_TY)
-            prev = tl.dot(dhn, w2, prev, input_precision=PRECISION, out_dtype=ACC_TY)
-            prev += direct
-        else:
-            h = tl.load(hs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
-            d0 = tl.where(a, rnn_bwd(h, total, CELL == 3), 0.0).to(dg_ty)
-            prev = tl.dot(d0, w0, input_precision=PRECISION, out_dtype=ACC_TY)
+            prev = tl.dot(d2, w2, prev, input_precision=PRECISION, out_dtype=ACC_TY)
+        if G > 3:
+            prev = tl.dot(d3, w3, prev, input_precision=PRECISION, out_dtype=ACC_TY)
+        if CELL == GRU:
+            prev += carry
         tl.store(dgx_ptr + out, d0, mask=mask2)
         dh = tl.where(a, prev, total)
 
@@ -256,7 +226,7 @@ def _persistent_bwd_kernel(
     if HAS_DHS:
         dh += tl.load(dhs_ptr + first * B * H + state, mask=mask2, other=0.0).to(ACC_TY)
     tl.store(dh0_ptr + state, dh, mask=mask2)
-    if CELL == 0:
+    if CELL == LSTM:
         if HAS_DCS:
             dc += tl.load(dcs_ptr + first * B * H + state, mask=mask2, other=0.0)
         tl.store(dc0_ptr + state, dc, mask=mask2)

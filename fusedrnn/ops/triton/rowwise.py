@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .cellmath import layer_norm_bwd, zoneout_keep
+from .common import state_grad
 from .tiles import packed_ptrs, rec_tile, store_state
 
 
@@ -60,6 +61,7 @@ def rec_raw_stats(
     F,
     K,
     eps,
+    LAYER_NORM: tl.constexpr,
     ACC_TY: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -67,18 +69,93 @@ def rec_raw_stats(
     BLOCK_K: tl.constexpr,
 ):
     """First layer-norm pass over the recurrent projection: writes ``h W^T`` for all F
-    features and returns its row mean and rstd."""
+    features and returns its row mean and rstd, visible to every thread of the program
+    when it returns (zeros without layer norm, when nothing is written)."""
     s1 = tl.zeros((BLOCK_B,), dtype=ACC_TY)
-    for f0 in range(0, F, BLOCK_H):
-        feats, fmask, m2 = row_chunk(f0, F, rmask, BLOCK_H)
-        s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, ACC_TY, PRECISION, BLOCK_B,
-                     BLOCK_H, BLOCK_K)  # fmt: skip
-        s = tl.where(act[:, None] & fmask[None, :], s, 0.0)
-        tl.store(out_ptr + rows[:, None] * F + feats[None, :], s, mask=m2)
-        s1 += tl.sum(s, axis=1)
-    mean = s1 / F
-    tl.debug_barrier()
-    return mean, row_rstd(out_ptr, rows, act, mean, F, eps, ACC_TY, BLOCK_B, BLOCK_H)
+    if LAYER_NORM:
+        for f0 in range(0, F, BLOCK_H):
+            feats, fmask, m2 = row_chunk(f0, F, rmask, BLOCK_H)
+            s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, ACC_TY, PRECISION,
+                         BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            s = tl.where(act[:, None] & fmask[None, :], s, 0.0)
+            tl.store(out_ptr + rows[:, None] * F + feats[None, :], s, mask=m2)
+            s1 += tl.sum(s, axis=1)
+        mean = s1 / F
+        tl.debug_barrier()
+        rstd = row_rstd(out_ptr, rows, act, mean, F, eps, ACC_TY, BLOCK_B, BLOCK_H)
+        tl.debug_barrier()
+        return mean, rstd
+    else:
+        return s1, s1
+
+
+@triton.jit
+def zoned_state_grad(
+    c0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0, rows, rmask,
+    act, rows_prev, GH, HOUT, ZONE_H, HAS_DHS, HAS_DY, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Chunk ``c0 .. c0 + BLOCK_H`` of the gradient ``dh_t`` of the state a variant step
+    wrote (:func:`.common.state_grad`) and of its zoneout keep weight ``k_h``: ``(cols,
+    cmask, mask, dh_t, k_h)``."""
+    cols, cmask, m2 = row_chunk(c0, HOUT, rmask, BLOCK_H)
+    total = state_grad(
+        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
+        rows, cols, rmask, cmask, act, rows < rows_prev, GH, HOUT,
+        HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+    )  # fmt: skip
+    k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, total)
+    return cols, cmask, m2, total, k
+
+
+@triton.jit
+def recurrent_part(
+    h_ptr, w_ptr, b_ptr, lnw_ptr, shat_ptr, mean, rstd, rows, rmask, act, feats, fmask, GH, HOUT,
+    HAS_BIAS, LAYER_NORM: tl.constexpr, ACC_TY: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """``LN_hh(h W_hh^T)[feats] + b`` or ``h W_hh^T + b`` for the gate features ``feats``, from
+    the previous state ``h`` [B, HOUT] and ``W_hh`` [GH, HOUT]; ``b`` [GH] is b_hh plus the LN
+    bias. With layer norm the raw projection in ``shat`` [B, GH] and its row ``mean`` and
+    ``rstd`` come from :func:`rec_raw_stats`; the normalised values replace the raw ones."""
+    if LAYER_NORM:
+        off = rows[:, None] * GH + feats[None, :]
+        m2 = rmask[:, None] & fmask[None, :]
+        raw = tl.load(shat_ptr + off, mask=m2, other=0.0)
+        xhat = tl.where(act[:, None], (raw - mean[:, None]) * rstd[:, None], 0.0)
+        tl.store(shat_ptr + off, xhat, mask=m2)
+        s = xhat * tl.load(lnw_ptr + feats, mask=fmask, other=0.0)[None, :]
+    else:
+        s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, HOUT, HOUT, 1, ACC_TY, PRECISION,
+                     BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    if HAS_BIAS:
+        s += tl.load(b_ptr + feats, mask=fmask, other=0.0)[None, :]
+    return s
+
+
+@triton.jit
+def recurrent_gates(
+    h_ptr, w_ptr, b_ptr, lnw_ptr, shat_ptr, mean, rstd, rows, rmask, act, units, umask, H, GH,
+    HOUT, HAS_BIAS, G: tl.constexpr, LAYER_NORM: tl.constexpr, ACC_TY: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """:func:`recurrent_part` of the units in each gate block q < G (at feature ``q * H``);
+    the third block again for q >= G."""
+    s0 = recurrent_part(h_ptr, w_ptr, b_ptr, lnw_ptr, shat_ptr, mean, rstd, rows, rmask, act,
+                        units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, ACC_TY, PRECISION, BLOCK_B,
+                        BLOCK_H, BLOCK_K)  # fmt: skip
+    s1 = recurrent_part(h_ptr, w_ptr, b_ptr, lnw_ptr, shat_ptr, mean, rstd, rows, rmask, act,
+                        H + units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, ACC_TY, PRECISION,
+                        BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    s2 = recurrent_part(h_ptr, w_ptr, b_ptr, lnw_ptr, shat_ptr, mean, rstd, rows, rmask, act,
+                        2 * H + units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, ACC_TY, PRECISION,
+                        BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    s3 = s2
+    if G > 3:
+        s3 = recurrent_part(h_ptr, w_ptr, b_ptr, lnw_ptr, shat_ptr, mean, rstd, rows, rmask, act,
+                            3 * H + units, umask, GH, HOUT, HAS_BIAS, LAYER_NORM, ACC_TY,
+                            PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    return s0, s1, s2, s3
 
 
 @triton.jit

@@ -52,14 +52,11 @@ from .cellmath import (
     GRU,
     LSTM,
     RNN_RELU,
-    gru_bwd,
     gru_fwd,
-    lstm_bwd,
     lstm_fwd,
-    rnn_bwd,
     rnn_fwd,
 )
-from .common import finish_state_grad, forward_buffers, state_grad, steps_table, visit
+from .common import cell_bwd, finish_state_grad, forward_buffers, state_grad, steps_table, visit
 from .configs import pick_cooperative_config, pick_step_config
 from .sync import cooperative_grid, grid_barrier
 from .tiles import (
@@ -274,31 +271,27 @@ def _step_bwd_kernel(
                         tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
                                  mask=mask2)  # fmt: skip
                 state = rows[:, None] * H + units[None, :]
-                gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+                dc = dh  # the cell state's gradient: LSTM only
                 if CELL == LSTM:
                     dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
                     if HAS_DCS:
                         dc += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2,
                                       other=0.0).to(acc_ty)  # fmt: skip
-                    c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
-                    c = tl.load(cs_ptr + slot_w * B * H + state, mask=mask2, other=0.0)
-                    i, f, g, o = load_gates(gates_at, H, mask2, 4)
-                    d_i, d_f, d_g, d_o, dc_prev = lstm_bwd(i, f, g, o, c_prev, c, dh, dc)
+                d0, d1, d2, d3, carry = cell_bwd(
+                    dh, dc, hs_ptr, cs_ptr, tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H),
+                    state, slot_r * B * H, slot_w * B * H, H, mask2, CELL,
+                )  # fmt: skip
+                if CELL == LSTM:
                     out = tile_ptrs(dg_ptr + t * B * 4 * H, rows, units, 4 * H)
-                    store_gates(out, H, act, mask2, d_i, d_f, d_g, d_o, 4)
-                    tl.store(dc_ptr + state, tl.where(a, dc_prev, dc), mask=mask2)
+                    store_gates(out, H, act, mask2, d0, d1, d2, d3, 4)
+                    tl.store(dc_ptr + state, tl.where(a, carry, dc), mask=mask2)
                 elif CELL == GRU:
-                    h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2,
-                                     other=0.0).to(acc_ty)  # fmt: skip
-                    r, z, n, hn = load_gates(gates_at, H, mask2, 4)
-                    d_r, d_z, d_n, d_hn, direct = gru_bwd(r, z, n, hn, h_prev, dh)
                     out = t * B * 3 * H + rows[:, None] * (3 * H) + units[None, :]
-                    store_gates(dg_ptr + out, H, act, mask2, d_r, d_z, d_n, d_n, 3)
-                    store_gates(dgh_ptr + out, H, act, mask2, d_r, d_z, d_hn, d_hn, 3)
-                    tl.store(dh_ptr + state, tl.where(a, direct, dh), mask=mask2)
-                else:  # the activation's derivative from the output
-                    h = tl.load(hs_ptr + slot_w * B * H + state, mask=mask2, other=0.0).to(acc_ty)
-                    d = tl.where(a, rnn_bwd(h, dh, CELL == RNN_RELU), 0.0)
+                    store_gates(dg_ptr + out, H, act, mask2, d0, d1, d2, d2, 3)
+                    store_gates(dgh_ptr + out, H, act, mask2, d0, d1, d3, d3, 3)
+                    tl.store(dh_ptr + state, tl.where(a, carry, dh), mask=mask2)
+                else:
+                    d = tl.where(a, d0, 0.0)
                     tl.store(dg_ptr + t * B * H + state, d.to(dg_ptr.dtype.element_ty), mask=mask2)
                     tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
         if SYNC:  # the next step's state gradient reads every unit's dG
