@@ -9,12 +9,14 @@ into build/cuda_host_driver (rebuilt when a source changes).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import layer_cases
+import pytest
 import torch
 from layer_cases import Case
 
@@ -88,11 +90,11 @@ def compile_report() -> dict:
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 
-def problem(case: Case, seed: int = 0) -> dict:
-    """The layer op's keyword arguments for ``case`` in float64, uniform draws in [-0.5, 0.5]
-    (x in [-1, 1], layer-norm gains around 1), the bounds the half-precision tolerances were
-    set on. Packed input has random lengths sorted descending, the first of length T. Zoneout
-    (``case.zone`` "eval" or "hc"): p = 0.3 for h, 0.4 for c; "hc" draws the masks."""
+def problem(case: Case, dtype: torch.dtype = torch.float64, device=None, seed: int = 0) -> dict:
+    """The layer op's keyword arguments for ``case`` in dtype, drawn in float64 uniformly in
+    [-0.5, 0.5] (x in [-1, 1], layer-norm gains around 1), the bounds the half-precision
+    tolerances were set on. Packed input has random lengths sorted descending, the first of
+    length T. Zoneout ("eval" or "hc"): p = 0.3 for h, 0.4 for c; "hc" draws the masks."""
     assert case.lengths is None and case.zone in ("none", "eval", "hc"), case
     g = torch.Generator().manual_seed(seed)
     cell, B, T, I, H = case.cell, case.B, case.T, case.I, case.H  # noqa: E741
@@ -129,7 +131,16 @@ def problem(case: Case, seed: int = 0) -> dict:
             p["mask_h"] = (torch.rand(*lead, Hout, generator=g) < 0.3).double()
             if lstm:
                 p["mask_c"] = (torch.rand(*lead, H, generator=g) < 0.4).double()
-    return p
+    return cast(p, dtype, device)
+
+
+SMALL = dict(B=4, T=5, I=3, H=6, packed=True)
+TINY = dict(B=3, T=4, I=2, H=5)
+
+
+def full(cell: str, **shape) -> Case:
+    """Layer norm, zoneout masks and (LSTM) peepholes on."""
+    return Case(cell, ln=True, peep=cell == "lstm", zone="hc", **shape)
 
 
 def cast(p: dict, dtype: torch.dtype, device=None) -> dict:
@@ -196,7 +207,7 @@ def compare(layer, case: Case, dtype: torch.dtype, device=None) -> None:
     has rank Hout) and a few steps of recurrence amplify rounding errors beyond the plain
     cells' TOL, for PyTorch's own kernels as well; a wrong kernel is off by O(1), far outside
     either bound."""
-    rounded = cast(cast(problem(case), dtype), torch.float64)
+    rounded = cast(problem(case, dtype), torch.float64)
     got = run(layer, cast(rounded, dtype, device), case.reverse)
     want = run(reference.layer, rounded, case.reverse)
     tol = TOL[dtype]
@@ -211,10 +222,27 @@ def compare(layer, case: Case, dtype: torch.dtype, device=None) -> None:
 # -- checks that the plain-cell and the variant tests run on their own cases -----------------
 
 
+def host_checks(*groups):
+    """A test running checks on the host build: each group is a check (below, or ``compare``),
+    its cases and a sequence of values for each of its further arguments; every combination."""
+    rows = [(check, case, args) for check, cases, *values in groups
+            for args in itertools.product(*values) for case in cases]  # fmt: skip
+
+    @pytest.mark.parametrize(
+        "check,case,args",
+        rows,
+        ids=lambda v: getattr(v, "__name__", str(v).replace("torch.", "").replace(" ", "")),
+    )
+    def test_host(host_layer, check, case, args):
+        check(host_layer, case, *args)
+
+    return test_host
+
+
 def check_inference_path(layer, case: Case, dtype: torch.dtype) -> None:
     """Without grad the driver runs the kernels' no-save paths: bitwise the same outputs as
     with grad, in reverse."""
-    p = cast(problem(case), dtype)
+    p = problem(case, dtype)
     train, _ = run(layer, p, reverse=True)
     with torch.no_grad():
         infer = layer(**p, reverse=True)
@@ -228,7 +256,7 @@ def check_fake_forward(layer, case: Case, dtype: torch.dtype, save: bool) -> Non
     returns: shapes and dtypes."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-    args = op_args(cast(problem(case), dtype), save)
+    args = op_args(problem(case, dtype), save)
     real = layer.fwd_op(*args)
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = layer.fwd_op(*args)
@@ -237,9 +265,11 @@ def check_fake_forward(layer, case: Case, dtype: torch.dtype, save: bool) -> Non
 
 
 def check_under_autocast(layer, case: Case) -> None:
-    """Under torch.autocast (CPU, bfloat16) float32 operands give bitwise the float32 results:
-    the op excludes autocast for its body."""
-    p = cast(problem(case), torch.float32)
+    """Under torch.autocast (CPU, bfloat16) float32 operands give bitwise the float32 outputs
+    and gradients: the op excludes every autocast dispatch key for its body. A CPU build can
+    only exercise AutocastCPU, which retypes the same GEMMs (mm, addmm) to bfloat16 that
+    AutocastCUDA retypes on the GPU build."""
+    p = problem(case, torch.float32)
     want = run(layer, p, reverse=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = run(layer, p, reverse=False)
@@ -254,7 +284,9 @@ BF16_ULP = 2.0**-8
 
 def check_long_sequence_bfloat16(layer, case: Case) -> None:
     """``case`` (T in the hundreds) in bfloat16 against float64 on the same bfloat16-rounded
-    inputs, the LSTM's forget / the GRU's update gate biased towards 1 (long memory). The bound
+    inputs, the LSTM's forget / the GRU's update gate biased towards 1, so that the state and
+    its gradient carry over hundreds of steps: rounding the running state, the pre-activation
+    (h W_hh^T) or the running gradient to bfloat16 every step would compound with T. The bound
     is two units of bfloat16's spacing of the largest magnitude, the rounding of the stored
     outputs and inputs alone, the same for any T."""
     p, H = problem(case), case.H

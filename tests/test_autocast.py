@@ -5,9 +5,10 @@ type, inputs, states and weights are cast once to the autocast dtype (float64 le
 autocast does), the layers run with autocast off, and the outputs come back in the autocast
 dtype. That is torch.nn's behaviour on CUDA for every recurrent module and on CPU for its
 oneDNN LSTM, its RNN, and every module given a low-precision input. torch.nn's CPU GRU,
-packed LSTM, LSTMCell and GRUCell fed float32 return float32 instead (their elementwise state
-update promotes against the float32 state); there fusedrnn keeps the one rule, which these
-tests pin down, and compares values with torch.nn's within the autocast dtype's tolerance.
+packed LSTM, LSTM with projections, LSTMCell and GRUCell fed float32 return float32 instead
+(their elementwise state update promotes against the float32 state); there fusedrnn keeps the
+one rule, which these tests pin down, and compares values with torch.nn's within the autocast
+dtype's tolerance.
 
 The triton cases run under ``TRITON_INTERPRET=1`` (``-k triton``), where CPU autocast stands
 in for CUDA autocast. The interpreter's ``tl.dot`` is exact for float16 and wrong for
@@ -48,45 +49,65 @@ def _nn_under_autocast(ref, x, dtype):
         except RuntimeError as e:
             if "primitive" not in str(e) or not isinstance(ref, torch.nn.LSTM):
                 raise
-    with torch.autocast("cpu", dtype=dtype):
-        return ref(x.to(dtype))
+            return ref(x.to(dtype))
 
 
-def _compare(got, want, dtype, *, want_dtype=None):
-    """fusedrnn's outputs in ``dtype`` and close to ``want``'s, whose dtype is ``dtype``, or
-    ``want_dtype`` where given ("any": torch.nn mixes dtypes)."""
+def _compare(got, want, dtype, *, want_dtype=None, atol=None):
+    """fusedrnn's outputs in ``dtype`` and within ``atol`` (by default TOL[dtype]) of
+    ``want``'s, whose dtype is ``dtype``, or ``want_dtype`` where given ("any": torch.nn
+    mixes dtypes)."""
     for a, b in zip(flatten(got), flatten(want), strict=True):
         assert a.dtype == dtype
         assert want_dtype == "any" or b.dtype == (want_dtype or dtype)
-        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=TOL[dtype])
+        atol = TOL[dtype] if atol is None else atol
+        torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=atol)
+
+
+# id: (class, keyword arguments, input, the dtype of torch.nn's CPU outputs under autocast
+# where it is not the autocast dtype: see the module docstring)
+CASES = {
+    "lstm-fp32in": ("LSTM", dict(num_layers=2), "fp32", None),
+    "lstm-bf16in": ("LSTM", dict(num_layers=2), "bf16", None),
+    "lstm-bidir-bf16in": ("LSTM", dict(num_layers=2, bidirectional=True), "bf16", None),
+    "lstm-proj-bf": ("LSTM", dict(proj_size=3, batch_first=True), "bf16", None),
+    "gru-bf16in": ("GRU", dict(num_layers=2), "bf16", None),
+    "rnn-fp32in": ("RNN", dict(num_layers=2, nonlinearity="relu"), "fp32", None),
+    "gru-fp32in": ("GRU", {}, "fp32", torch.float32),
+    "lstm-packed": ("LSTM", {}, "fp32 packed", torch.float32),
+    # y and h_n in the autocast dtype (the projection is a matmul), c_n in float32
+    "lstm-proj": ("LSTM", dict(proj_size=3), "fp32", "any"),
+    "rnncell-fp32in": ("RNNCell", {}, "fp32", None),
+    "rnncell-bf16in": ("RNNCell", {}, "bf16", None),
+    "lstmcell-fp32in": ("LSTMCell", {}, "fp32", torch.float32),
+    "lstmcell-bf16in": ("LSTMCell", {}, "bf16", None),
+    "grucell-fp32in": ("GRUCell", {}, "fp32", torch.float32),
+    "grucell-bf16in": ("GRUCell", {}, "bf16", None),
+}
+
+
+def _input(cls, kw, kind="fp32"):
+    """A random input for ``cls(I, H, **kw)``: "fp32" or "bf16", "packed" with lengths."""
+    shape = (B, I) if cls.endswith("Cell") else (B, T, I) if kw.get("batch_first") else (T, B, I)
+    x = torch.randn(shape).to(torch.bfloat16 if kind.startswith("bf16") else torch.float32)
+    return pack_padded_sequence(x, [5, 3, 2]) if kind.endswith("packed") else x
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize(
-    "cls,kw,x_dtype",
-    [
-        ("LSTM", dict(num_layers=2), torch.float32),
-        ("LSTM", dict(num_layers=2), torch.bfloat16),
-        ("LSTM", dict(num_layers=2, bidirectional=True), torch.bfloat16),
-        ("LSTM", dict(proj_size=3, batch_first=True), torch.bfloat16),
-        ("GRU", dict(num_layers=2), torch.bfloat16),
-        ("RNN", dict(num_layers=2, nonlinearity="relu"), torch.float32),
-    ],
-    ids="lstm-fp32in lstm-bf16in lstm-bidir-bf16in lstm-proj-bf gru-bf16in rnn-fp32in".split(),
-)
-def test_same_dtype_and_values_as_torch_nn(cls, kw, x_dtype, backend, dtype):
-    """Where torch.nn's CPU result is in the autocast dtype: the same dtype and values."""
-    ref, mod = _pair(cls, backend, **kw)
-    shape = (B, T, I) if kw.get("batch_first") else (T, B, I)
-    x = torch.randn(shape).to(x_dtype)
-    want = _nn_under_autocast(ref, x, dtype)
-    if x_dtype == torch.bfloat16 and dtype == torch.float16:
+@pytest.mark.parametrize("case", CASES)
+def test_dtype_and_values_against_torch_nn(case, backend, dtype):
+    """fusedrnn returns the autocast dtype, with torch.nn's values to that dtype's tolerance.
+    A bfloat16 input with float32 weights is accepted under autocast, as by torch.nn."""
+    cls, kw, kind, nn_dtype = CASES[case]
+    if kind == "bf16" and dtype == torch.float16:
         # torch.nn's decomposed cells promote the bf16 state against fp16 gate products
         pytest.skip("torch.nn returns float32 for bfloat16 inputs under float16 autocast")
+    ref, mod = _pair(cls, backend, **kw)
+    x = _input(cls, kw, kind)
+    want = _nn_under_autocast(ref, x, dtype)
     with torch.autocast("cpu", dtype=dtype):
         got = mod(x)
-    _compare(got, want, dtype)
+    _compare(got, want, dtype, want_dtype=nn_dtype)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -102,40 +123,6 @@ def test_training_step_under_autocast(backend):
     for (name, p), q in zip(ref.named_parameters(), mod.parameters(), strict=True):
         assert q.grad.dtype == torch.float32, name
         torch.testing.assert_close(q.grad, p.grad, rtol=5e-2, atol=5e-2, msg=name)
-
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", ["gru", "lstm-packed", "lstm-proj"])
-def test_one_rule_where_cpu_torch_nn_returns_float32(case, backend):
-    """torch.nn's CPU GRU, packed LSTM and LSTM with projections (not oneDNN's) return
-    float32 for float32 inputs under autocast (their state update promotes); fusedrnn returns
-    the autocast dtype, as torch.nn does on CUDA, with the same values to bfloat16's
-    tolerance."""
-    cls = "GRU" if case == "gru" else "LSTM"
-    ref, mod = _pair(cls, backend, **(dict(proj_size=3) if case == "lstm-proj" else {}))
-    x = torch.randn(T, B, I)
-    if case == "lstm-packed":
-        x = pack_padded_sequence(x, [5, 3, 2])
-    want = _nn_under_autocast(ref, x, torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = mod(x)
-    # torch.nn's projected LSTM returns y and h_n in bfloat16 (the projection is a matmul)
-    # and c_n in float32
-    _compare(got, want, torch.bfloat16, want_dtype="any" if case == "lstm-proj" else torch.float32)
-
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_cells_under_autocast(backend):
-    """RNNCell: torch.nn's dtype and values. LSTMCell / GRUCell: the one rule (torch.nn's CPU
-    cells return float32 here, its CUDA cells the autocast dtype), values close. A bfloat16
-    input with float32 weights is accepted under autocast, as by torch.nn."""
-    for cls, want_dtype in (("RNNCell", torch.bfloat16), ("LSTMCell", None), ("GRUCell", None)):
-        ref, mod = _pair(cls, backend)
-        for x in (torch.randn(B, I), torch.randn(B, I).bfloat16()):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                want, got = ref(x), mod(x)
-            wd = want_dtype or flatten(want)[0].dtype
-            _compare(got, want, torch.bfloat16, want_dtype=wd)
 
 
 VARIANTS = [  # (class, keyword arguments, autocast dtype) per backend
@@ -160,14 +147,11 @@ def test_variants_under_autocast(backend, cls, kw, dtype):
 
 def test_float64_is_left_alone():
     """autocast does not cast float64; neither does the boundary."""
-    ref, mod = _pair("LSTM", "reference")
-    ref, mod = ref.double(), mod.double()
+    ref, mod = (m.double() for m in _pair("LSTM", "reference"))
     x = torch.randn(T, B, I, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = mod(x), ref(x)
-    for a, b in zip(flatten(got), flatten(want), strict=True):
-        assert a.dtype == b.dtype == torch.float64
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _compare(got, want, torch.float64, atol=1e-12)
 
 
 # ---- triton, under the interpreter ------------------------------------------------------
@@ -175,37 +159,30 @@ def test_float64_is_left_alone():
 
 @needs_interpreter
 @pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
+@pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
-def test_triton_under_autocast_fp16(cls, path):
-    """CPU float16 autocast, where the interpreter's tl.dot is right: float16 out, values
-    as torch.nn's on the same float16-rounded input and weights."""
+def test_triton_under_autocast(cls, batch_first, path):
+    """float16 autocast, where the interpreter's tl.dot is right: float16 out, values as
+    torch.nn's on the same float16-rounded input and weights. bfloat16 autocast: the op
+    takes the cast inputs (before, a bf16 input projection met float32 weights in tl.dot) and
+    returns bfloat16; the interpreter's bf16 tl.dot is wrong, so the GPU test compares
+    those values."""
     from fusedrnn.ops import triton as tb
 
-    ref, mod = _pair(cls, "triton", batch_first=True)
-    x = torch.randn(B, T, I)
-    with torch.autocast("cpu", dtype=torch.float16), tb.kernel_path(path):
-        got = mod(x)
+    ref, mod = _pair(cls, "triton", batch_first=batch_first)
+    x = _input(cls, {"batch_first": batch_first})
+    with tb.kernel_path(path):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = flatten(mod(x))
+        with torch.autocast("cpu", dtype=torch.float16):
+            got = mod(x)
+    assert all(t.dtype == torch.bfloat16 for t in bf16) and bf16[0].shape == (*x.shape[:2], H)
     # torch.nn's CPU modules cannot run float16 here (oneDNN); its math on the values
     # autocast hands the layer, in float32
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(p.half().float())
     _compare(got, ref(x.half().float()), torch.float16, want_dtype=torch.float32)
-
-
-@needs_interpreter
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
-def test_triton_under_autocast_bf16_runs(path):
-    """bfloat16 autocast: the op takes the cast inputs (before, a bf16 input projection met
-    float32 weights in tl.dot) and returns bfloat16. The interpreter's bf16 tl.dot is wrong,
-    so the values are not compared here; the GPU test does."""
-    from fusedrnn.ops import triton as tb
-
-    mod = fusedrnn.LSTM(I, H, backend="triton")
-    with torch.autocast("cpu", dtype=torch.bfloat16), tb.kernel_path(path):
-        out, (h, c) = mod(torch.randn(T, B, I))
-    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
-    assert out.shape == (T, B, H)
 
 
 @pytest.mark.gpu
@@ -235,6 +212,4 @@ def test_compiled_under_autocast(backend):
     compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = compiled(x), mod(x)
-    for a, b in zip(flatten(got), flatten(want), strict=True):
-        assert a.dtype == b.dtype == torch.bfloat16
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _compare(got, want, torch.bfloat16, atol=0)

@@ -17,10 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
+import charlm_speed  # noqa: E402
 import costmodel  # noqa: E402
+import graph_replay  # noqa: E402
 import measure  # noqa: E402
+import profile_charlm  # noqa: E402
 import providers as P  # noqa: E402
 import run as bench_run  # noqa: E402
+import variants as bench_variants  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,6 +44,15 @@ def _rows(path: Path, columns=None) -> list[dict]:
         return list(reader)
 
 
+def _small_run(script: str, out: Path, args: str, table_row: str) -> list[dict]:
+    """The rows of a small run of bench/<script>: one CSV, beside one markdown table that holds
+    ``table_row``."""
+    _bench(script, out, *args.split())
+    (csv_path,), (md_path,) = out.glob("*.csv"), out.glob("*.md")
+    assert table_row in md_path.read_text()
+    return _rows(csv_path)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_quick")
@@ -50,9 +63,7 @@ def test_quick_csv_is_well_formed(quick_run):
     out, proc = quick_run
     assert "wrote" in proc.stdout
     rows = _rows(out / "results.csv", bench_run.COLUMNS)
-    assert rows
-    names = P.all_provider_names("cpu")
-    assert {r["provider"] for r in rows} == set(names)
+    assert {r["provider"] for r in rows} == set(P.all_provider_names("cpu"))
     assert {r["cell"] for r in rows} == set(P.CELLS)
     assert {r["mode"] for r in rows} == set(P.MODES)
     assert not any("triton" in r["provider"] for r in rows), "the interpreter is never timed"
@@ -81,62 +92,45 @@ def test_quick_csv_is_well_formed(quick_run):
     assert all(r["first_call_s"] for r in comp if r["status"] == "ok")
 
 
-def test_quick_markdown_tables_are_consistent(quick_run):
+def test_quick_markdown_tables_are_consistent_and_show_the_plots(quick_run):
+    import matplotlib.image as mpimg
+
     out, _ = quick_run
     text = (out / "results.md").read_text()
     assert text.startswith("# fusedrnn benchmark results")
     for heading in ("## Headline", "## Sweeps", "## torch.compile", "## Memory", "## Plots"):
         assert heading in text
-    table = []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            widths = {ln.count("|") for ln in table}
-            assert len(widths) == 1, table
-            assert set(table[1].replace("|", "")) <= set("-"), table
-            table = []
-    for png in out.glob("*.png"):
-        assert f"]({png.name})" in text
-
-
-def test_quick_plots_are_pngs(quick_run):
-    import matplotlib.image as mpimg
-
-    out, _ = quick_run
+    for table in (t.splitlines() for t in re.findall(r"(?:^\|.*\n?)+", text, re.MULTILINE)):
+        assert len({ln.count("|") for ln in table}) == 1, table  # every row as wide
+        assert set(table[1].replace("|", "")) <= set("-"), table  # a header rule
     names = {p.name for p in out.glob("*.png")}
-    expected = {"speedup_headline.png", "time_vs_hidden_fwd.png", "time_vs_batch_fwdbwd.png"}
-    assert expected <= names
+    assert {"speedup_headline.png", "time_vs_hidden_fwd.png", "time_vs_batch_fwdbwd.png"} <= names
     for name in names:
+        assert f"]({name})" in text
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         img = mpimg.imread(out / name)
         assert img.shape[0] > 100 and img.shape[1] > 100
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_cuda_device_skips_without_gpu(capsys):
-    assert bench_run.main(["--device", "cuda"]) == 0
+@pytest.mark.parametrize(
+    "main,argv,status", [(bench_run.main, ["--device", "cuda"], 0), (graph_replay.main, [], 2)]
+)
+def test_a_gpu_run_without_gpu_says_so(capsys, main, argv, status):
+    assert main(argv) == status
     assert "no CUDA device" in capsys.readouterr().out
 
 
-def test_graph_replay_dry_run(tmp_path, capsys):
+def test_graph_replay_dry_run(tmp_path):
     """bench/graph_replay.py's code path on CPU tensors (a stand-in graph that reruns the call):
-    every row captured, compared and timed; without a GPU the real run says so."""
-    import graph_replay
-
-    assert graph_replay.main(["--dry-run", "--out", str(tmp_path), "--rounds", "1"]) == 0
-    rows = _rows(tmp_path / "graph_replay.csv")
+    every row captured, compared and timed."""
+    rows = _small_run("graph_replay.py", tmp_path, "--dry-run --rounds 1", "| fwdbwd |")
     assert [(r["mode"], r["provider"][:8]) for r in rows] == [
         ("fwd", "torch.nn"), ("fwd", "fusedrnn"), ("fwdbwd", "torch.nn"), ("fwdbwd", "fusedrnn")
     ]  # fmt: skip
     for r in rows:
         assert r["capture"] == "ok" and r["replay_vs_eager"] == "bitwise equal", r
         assert float(r["eager_ms"]) > 0 and float(r["replay_ms"]) > 0
-    assert "| fwdbwd |" in (tmp_path / "graph_replay.md").read_text()
-    if not torch.cuda.is_available():
-        assert graph_replay.main([]) == 2
-        assert "no CUDA device" in capsys.readouterr().out
 
 
 def test_correctness_check_catches_a_wrong_provider():
@@ -161,7 +155,7 @@ def test_flop_count_by_hand():
     assert measure.mode_flops("step", "rnn", 1, 1, 128, 512, 2) == 2 * 512 * 640 + 2 * 512 * 1024
 
 
-def test_costmodel_step_kernel_by_hand():
+def test_costmodel_step_and_variant_kernels_by_hand():
     cfg = costmodel.KernelConfig(
         "triton", "step", "hand", block_b=64, block_h=32, block_k=16, num_warps=4, num_stages=2
     )
@@ -189,17 +183,19 @@ def test_costmodel_step_kernel_by_hand():
     assert inf.step_fwd[0].bytes == 1839104 - saved_gates
     (gemm,) = plan.once_fwd
     assert gemm.flops == 2 * 64 * 64 * 1024 * 128
+    # a variant program walks 4H / 32 = 8 feature chunks, each reducing over H / 32 = 2 tiles;
+    # backward: H / 32 = 2 chunks of dh, each reducing over 4H / 32 = 8 tiles
+    var = costmodel.KernelConfig("triton", "variant", "hand", block_b=16, block_h=32, block_k=32)
+    p = costmodel.plan(var, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True)
+    assert p.step_fwd[0].chain == 8 * 2 + 2 and p.step_fwd[0].programs == 2
+    assert p.step_bwd[0].chain == 2 * 8 + 2
 
 
 def test_costmodel_rates_waves_and_chain():
     gpu = costmodel.GPUS["A100"]
     big = costmodel.Kernel("k", flops=1e12, bytes=0.0, programs=10**6)
-    for dtype, prec, rate in [
-        ("float32", "ieee", 19.5e12),
-        ("float32", "tf32", 156e12),
-        ("bfloat16", "ieee", 312e12),
-        ("float16", "tf32", 312e12),
-    ]:
+    for dtype, prec, rate in [("float32", "ieee", 19.5e12), ("float32", "tf32", 156e12),
+                              ("bfloat16", "ieee", 312e12), ("float16", "tf32", 312e12)]:  # fmt: skip
         want = 1e12 / rate + 2e-6
         assert math.isclose(costmodel.kernel_time(big, gpu, dtype, prec), want, rel_tol=1e-12)
     # 4-warp programs: 16 fit on an SM (64 warps), so 108 * 16 + 1 programs take two waves
@@ -242,17 +238,6 @@ def test_costmodel_cooperative_by_hand():
     assert not costmodel.applicable(cfg, "lstm", 32, 32, dtype="bfloat16")  # persistent range
 
 
-def test_costmodel_variant_chain():
-    cfg = costmodel.KernelConfig(
-        "triton", "variant", "hand", block_b=16, block_h=32, block_k=32, num_stages=1
-    )
-    p = costmodel.plan(cfg, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True)
-    # a program walks 4H / 32 = 8 feature chunks, each reducing over H / 32 = 2 tiles
-    assert p.step_fwd[0].chain == 8 * 2 + 2 and p.step_fwd[0].programs == 2
-    # backward: H / 32 = 2 chunks of dh, each reducing over 4H / 32 = 8 tiles
-    assert p.step_bwd[0].chain == 2 * 8 + 2
-
-
 def test_costmodel_host_time_is_part_of_the_prediction():
     cuda, _ = costmodel.cuda_config()
     p = costmodel.predict(cuda, costmodel.GPUS["A100"], "gru", 16, 100, 32, 64, 2, "bfloat16")
@@ -263,8 +248,7 @@ def test_costmodel_host_time_is_part_of_the_prediction():
     assert p.fwd_s == max(p.gpu_fwd_s, p.host_fwd_s) + 5e-6
     assert p.fwdbwd_s == max(p.gpu_fwdbwd_s, p.host_fwdbwd_s) + 5e-6
     assert p.gpu_fwd_s > 0 and p.gpu_fwdbwd_s > p.gpu_fwd_s
-    assert costmodel.wall_time(1.0, 3.0, 0.5) == 3.5
-    assert costmodel.wall_time(3.0, 1.0, 0.5) == 3.5
+    assert costmodel.wall_time(1.0, 3.0, 0.5) == costmodel.wall_time(3.0, 1.0, 0.5) == 3.5
 
 
 def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
@@ -274,16 +258,13 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
     except Exception:
         assert configs == [] and note.startswith("no triton configs found")
     else:
-        steps = [c for c in configs if c.kind == "step"]
-        assert [(c.block_b, c.block_h) for c in steps] == [
-            (c.block_b, c.block_h) for c in tc.STEP_CONFIGS
-        ]
+        steps = [(c.block_b, c.block_h) for c in configs if c.kind == "step"]
+        assert steps == [(c.block_b, c.block_h) for c in tc.STEP_CONFIGS]
         # the cooperative launch serves H above the persistent kernels' limits, read from them
         for c in (c for c in configs if c.kind == "cooperative"):
             for cell, limit in c.persistent_up_to:
-                assert limit == max(
-                    p.max_hidden for p in tc.PERSISTENT_CONFIGS if p.cell.startswith(cell)
-                )
+                hidden = [p.max_hidden for p in tc.PERSISTENT_CONFIGS if p.cell.startswith(cell)]
+                assert limit == max(hidden)
     monkeypatch.setitem(sys.modules, "fusedrnn.ops.triton.configs", None)
     configs, note = costmodel.triton_configs()
     assert configs == [] and note.startswith("no triton configs found")
@@ -293,16 +274,12 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
 def test_variants_bench_quick(tmp_path):
     """bench/variants.py --quick: every provider agrees with the reference op (checked inside
     the script, which fails otherwise), and the CSV / table are written."""
-    _bench("variants.py", tmp_path, "--quick")
-    rows = _rows(tmp_path / "variants.csv")
-    import variants as bench_variants
-
+    rows = _small_run("variants.py", tmp_path, "--quick", "| LN-LSTM | forward+backward |")
     assert {r["variant"] for r in rows} == set(bench_variants.VARIANTS)
     assert {r["phase"] for r in rows} == {"forward", "forward+backward"}
     assert all(float(r["median_ms"]) > 0 for r in rows)
     head = [r for r in rows if r["variant"] == bench_variants.HEADLINE]
     assert {"cell loop", "fusedrnn[reference]"} <= {r["provider"] for r in head}
-    assert "| LN-LSTM | forward+backward |" in (tmp_path / "variants.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -322,7 +299,10 @@ def test_cpu_flags_reads_this_machine():
         assert "sse2" in flags  # every x86-64 CPU has it
 
 
-def test_quick_run_never_writes_the_committed_results():
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def test_quick_run_never_writes_the_committed_results_and_they_name_no_absolute_paths():
     tag = measure.machine_tag("cpu", 1)
 
     def out_dir(*argv):
@@ -332,18 +312,11 @@ def test_quick_run_never_writes_the_committed_results():
     assert out != committed
     # git must ignore what a quick run writes, so `git status` stays clean after one
     probe = out / "results.csv"
-    ignored = subprocess.run(
-        ["git", "check-ignore", "-q", "--no-index", str(probe)], cwd=ROOT, check=False
-    )
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", str(probe)], cwd=ROOT)
     assert ignored.returncode == 0, f"{probe} is not ignored by git"
     assert out_dir() == committed
     assert out_dir("--quick", "--out", "/somewhere/else") == Path("/somewhere/else")
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)+[\w.+-]*")
-
-
-def test_committed_results_name_no_absolute_paths():
+    # and what is committed names no path of the machine that wrote it
     found = []
     for p in sorted((BENCH / "results").rglob("*")):
         if p.suffix in (".md", ".json", ".csv") and "tmp" not in p.relative_to(BENCH).parts:
@@ -352,9 +325,7 @@ def test_committed_results_name_no_absolute_paths():
     assert not found, found
 
 
-def test_charlm_speed_writes_portable_paths():
-    import charlm_speed
-
+def test_charlm_speed_writes_portable_paths_and_reads_its_recipe():
     kept = {"note": "relative/path stays", "n": 3}
     got = charlm_speed.portable(
         {"out": str(ROOT / "bench" / "results" / "charlm"),
@@ -362,14 +333,18 @@ def test_charlm_speed_writes_portable_paths():
     )  # fmt: skip
     assert got == {"out": "bench/results/charlm", "runs": [{"data": "input.txt"}], **kept}
     assert not _ABSOLUTE_PATH.search(json.dumps(got))
+    # --recipe fills in the README's tinyshakespeare settings; flags given beside it win, and a
+    # run bounded by iterations has no time budget unless one is given
+    a = charlm_speed.parse_args(["--recipe", "--hidden=32", "--max-iters", "5"])
+    assert (a.hidden, a.max_iters, a.budget) == (32, 5, None)
+    assert (a.layers, a.dropout, a.lr_schedule, a.target) == (2, 0.2, "cosine", 1.45)
+    a = charlm_speed.parse_args([])
+    assert (a.hidden, a.budget, a.lr_schedule, a.max_iters) == (128, 480.0, "constant", None)
 
 
 def test_sampling_bench_small(tmp_path):
-    """bench/sampling.py on a tiny shape: one row per cell and batch, every loop measured, the
-    table beside the CSV."""
     args = "--rounds 1 --seconds 0.02 --shapes 1x8 --cells lstm,rnn --batches 1,2"
-    _bench("sampling.py", tmp_path, *args.split())
-    rows = _rows(tmp_path / "results.csv")
+    rows = _small_run("sampling.py", tmp_path, args, "| lstm | 1 × 8 | 2 |")
     assert [(r["cell"], r["batch"]) for r in rows] == [
         ("lstm", "1"), ("lstm", "2"), ("rnn", "1"), ("rnn", "2")
     ]  # fmt: skip
@@ -379,15 +354,11 @@ def test_sampling_bench_small(tmp_path):
         gates = 4 if r["cell"] == "lstm" else 1
         want = (gates * 8 * (64 + 8) + 2 * gates * 8 + 65 * 8 + 65) * 4 / 1e6
         assert math.isclose(float(r["weight_mb"]), round(want, 3))
-    assert "| lstm | 1 × 8 | 2 |" in (tmp_path / "results.md").read_text()
 
 
 def test_cells_bench_small(tmp_path):
-    """bench/cells.py on tiny shapes: one row per shape, cell and mode, both sides timed, the
-    table beside the CSV."""
     args = "--rounds 1 --seconds 0.01 --shapes 1x8,3x5 --cells LSTMCell,GRUCell"
-    _bench("cells.py", tmp_path, *args.split())
-    rows = _rows(tmp_path / "results.csv")
+    rows = _small_run("cells.py", tmp_path, args, "| GRUCell | fwdbwd | 3 | 5 |")
     assert [(r["batch"], r["hidden"], r["cell"], r["mode"]) for r in rows] == [
         (b, h, c, m) for b, h in (("1", "8"), ("3", "5")) for c in ("LSTMCell", "GRUCell")
         for m in ("step", "fwdbwd")
@@ -395,19 +366,6 @@ def test_cells_bench_small(tmp_path):
     for r in rows:
         t, f = float(r["torch_us"]), float(r["fusedrnn_us"])
         assert t > 0 and f > 0 and math.isclose(float(r["speedup"]), t / f, rel_tol=2e-2)
-    assert "| GRUCell | fwdbwd | 3 | 5 |" in (tmp_path / "results.md").read_text()
-
-
-def test_charlm_speed_recipe_settings():
-    """--recipe fills in the README's tinyshakespeare settings; flags given beside it win, and
-    a run bounded by iterations has no time budget unless one is given."""
-    import charlm_speed
-
-    a = charlm_speed.parse_args(["--recipe", "--hidden=32", "--max-iters", "5"])
-    assert (a.hidden, a.max_iters, a.budget) == (32, 5, None)
-    assert (a.layers, a.dropout, a.lr_schedule, a.target) == (2, 0.2, "cosine", 1.45)
-    a = charlm_speed.parse_args([])
-    assert (a.hidden, a.budget, a.lr_schedule, a.max_iters) == (128, 480.0, "constant", None)
 
 
 @pytest.mark.parametrize("warmup,iters,block", [(0, 1, 2), (3, 15, 6), (1, 7, 3), (2, 4, 10)])
@@ -415,10 +373,8 @@ def test_profile_schedule_takes_turns_in_blocks(warmup, iters, block):
     """The char-LM profile's order: warm-up untimed, then blocks of one implementation whose
     first iteration is untimed, the two alternating and swapping who goes first each round,
     until each has ``iters`` timed iterations numbered from 0."""
-    import profile_charlm as pc
-
-    steps = list(pc.schedule(warmup, iters, block))
-    impls = pc.IMPLS
+    steps = list(profile_charlm.schedule(warmup, iters, block))
+    impls = profile_charlm.IMPLS
     head, rest = steps[: warmup * len(impls)], steps[warmup * len(impls) :]
     assert [s[0] for s in head] == [i for i in impls for _ in range(warmup)]
     assert not any(t for _, _, t in head)
@@ -436,4 +392,4 @@ def test_profile_schedule_takes_turns_in_blocks(warmup, iters, block):
     for impl in impls:
         assert [it for i, its in blocks if i == impl for it in its] == list(range(iters))
     with pytest.raises(ValueError, match="block"):
-        list(pc.schedule(1, 2, 1))
+        list(profile_charlm.schedule(1, 2, 1))

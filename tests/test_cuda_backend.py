@@ -1,34 +1,34 @@
-"""The CUDA backend (csrc/cuda, fusedrnn/ops/cuda.py) without and with a GPU.
+"""The CUDA backend (csrc/cuda, fusedrnn/ops/cuda.py) without a GPU.
 
-Without a GPU:
 * every kernel file compiles with nvcc for sm_80 and sm_90 without register spills
   (python -m fusedrnn.cuda_report);
 * a CPU build of the same code -- layer driver, Python glue, dispatch, launch shapes,
   grid-stride loop and element functors, with each kernel launch replaced by a walk over every
-  (block, thread) of its grid -- runs behind fusedrnn.ops.cuda's layer op on CPU tensors and is
-  compared with the reference backend (forward and every gradient, every cell and option).
-With a GPU (skipped here): fusedrnn.ops.cuda.layer on CUDA tensors against the reference.
+  (block, thread) of its grid (tests/cuda_host.py) -- runs behind fusedrnn.ops.cuda's layer op
+  on CPU tensors and is compared with the reference backend.
+The cell variants, the grid walks and the runs on a GPU: test_cuda_variants.py.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import cuda_host
 import pytest
 import torch
+from cuda_host import SMALL, TINY
 from layer_cases import Case
 
 from fusedrnn import cuda_report
 from fusedrnn.ops import cuda as cuda_ops
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
-NVCC = cuda_report.find_nvcc()
+CUDA_SRC = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
 needs_nvcc = pytest.mark.skipif(
-    NVCC is None, reason="nvcc not found: the CUDA compile check needs it"
+    cuda_report.find_nvcc() is None, reason="nvcc not found: the CUDA compile check needs it"
 )
-F32, HALF = torch.float32, (torch.float16, torch.bfloat16)
+F32 = torch.float32
 
 
 # -- compile report --------------------------------------------------------------------------------
@@ -76,99 +76,66 @@ def test_report_fails_on_compile_error(tmp_path, monkeypatch, capsys):
 
 @needs_nvcc
 def test_every_kernel_compiles_without_spills():
-    """Every kernel file compiles for sm_80 and sm_90 (cuda_host.compile_report)."""
+    """Every kernel file compiles for sm_80 and sm_90 (cuda_host.compile_report), and every
+    template configuration the dispatch can select was instantiated for both archs: 4 dtypes x
+    (plain: lstm 2^3 + 2, gru 2^2 + 1, rnn 2^3 + 2, column sum 2; variants: LSTM 2^3 (ln, peep,
+    cifg) forward and backward, GRU 2 and 2, zoneout 1 + 1)."""
     results = cuda_host.compile_report()["results"]
-    files = {Path(r["file"]).name for r in results}
-    assert files == {p.name for p in (CSRC / "cuda").glob("*.cu")}
+    assert {Path(r["file"]).name for r in results} == {p.name for p in CUDA_SRC.glob("*.cu")}
     assert all(r["ok"] for r in results)
     kernels = [k for r in results for k in r["kernels"]]
     assert all(k["spill_stores"] == 0 and k["spill_loads"] == 0 for k in kernels)
-    # every template configuration the dispatch can select was instantiated, for both archs:
-    # 4 dtypes x (lstm 2^3 + 2, gru 2^2 + 1, rnn 2^3 + 2, column sum 2)
-    plain = {"lstm.cu", "gru.cu", "rnn.cu", "colsum.cu"}  # the variants: test_cuda_variants.py
+    want = {"LstmVarFwdOp": 32, "LstmVarBwdOp": 32, "GruVarFwdOp": 8, "GruVarBwdOp": 8,
+            "ZoneFwdOp": 4, "ZoneBwdOp": 4}  # fmt: skip
+
+    def names(arch, files):
+        return [k["name"] for k in kernels if k["arch"] == arch and Path(k["file"]).name in files]
+
     for arch in ("sm_80", "sm_90"):
-        names = [k["name"] for k in kernels if k["arch"] == arch and Path(k["file"]).name in plain]
-        assert len(names) == 4 * (10 + 5 + 10 + 2), arch
+        plain = names(arch, {"lstm.cu", "gru.cu", "rnn.cu", "colsum.cu"})
+        assert len(plain) == 4 * (10 + 5 + 10 + 2), arch
         for op in ("LstmFwdOp", "LstmBwdOp", "GruFwdOp", "GruBwdOp", "RnnFwdOp", "RnnBwdOp"):
-            assert any(op in n for n in names), (arch, op)
+            assert any(op in n for n in plain), (arch, op)
+        variants = names(arch, {"lstm_variants.cu", "gru_variants.cu", "zoneout.cu"})
+        assert len(variants) == sum(want.values()), arch
+        for op, n in want.items():
+            assert sum(f"{op}<" in name for name in variants) == n, (arch, op)
 
 
 # -- CPU build of the CUDA backend's code (the host_layer fixture: tests/conftest.py) --------------
 
 # every cell, shape (the launch shapes of GRIDS included) and option in float64 / float32 against
 # the reference op (and gradcheck) on this host build: tests/test_conformance.py (backend
-# "cuda-host"); the cases below are the GPU runs, half precision and the grid walks; the
-# variants: tests/test_cuda_variants.py
+# "cuda-host"); the cases below are half precision and the driver's paths
+_case = functools.partial(Case, **SMALL)
 
-
-def _case(cell, B=4, T=5, I=3, H=6, proj=0, bias=True, packed=True, reverse=False):  # noqa: E741
-    return Case(cell, T=T, B=B, I=I, H=H, proj=proj, bias=bias, packed=packed, reverse=reverse)
-
-
-def _problem(case: Case, device=None) -> dict:
-    """The layer op's float32 keyword arguments for ``case`` (tests/cuda_host.py)."""
-    return cuda_host.cast(cuda_host.problem(case), F32, device)
-
-
-TINY = dict(B=3, T=4, I=2, H=5)
-HOST_CHECKS = [  # (the cuda_host check, its case, its further arguments)
+test_host = cuda_host.host_checks(
     # half precision against the reference op in float64 on the same rounded inputs
-    *[(cuda_host.compare, _case(cell, proj=proj), (dtype,)) for dtype in HALF
-      for cell, proj in [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_relu", 0)]],
+    (cuda_host.compare, [_case("lstm"), _case("lstm", proj=2), _case("gru"), _case("rnn_relu")],
+     (torch.float16, torch.bfloat16)),
     # without grad the driver runs the kernels' no-save variants: bitwise the same outputs
-    *[(cuda_host.check_inference_path, case, (dtype,)) for dtype in (F32, torch.float16)
-      for case in [_case("lstm"), _case("lstm", proj=2, bias=False), _case("gru"),
-                   _case("gru", bias=False), _case("rnn_relu")]],
-    # the meta implementation (used by torch.compile) promises the buffers the driver returns
-    *[(cuda_host.check_fake_forward, case, (dtype, save)) for save in (True, False)
-      for dtype in (torch.float64, torch.bfloat16) for case in [
-          _case("lstm", proj=2, **TINY), _case("gru", **TINY), _case("rnn_tanh", **TINY)]],
-    # under torch.autocast the op keeps its own dtypes: float32 operands give bitwise the
-    # float32 outputs and gradients. The op excludes every autocast dispatch key for its body;
-    # a CPU build can only exercise AutocastCPU (CPU tensors), which retypes the same GEMMs
-    # (mm, addmm) to bfloat16 that AutocastCUDA retypes on the GPU build
-    *[(cuda_host.check_under_autocast, _case(cell, proj=proj), ())
-      for cell, proj in [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_tanh", 0)]],
-    # T = 512 in bfloat16 against float64 on the same bfloat16-rounded inputs. The forget gate
-    # (LSTM) or update gate (GRU) sits near 1, so the state and its gradient carry over hundreds
-    # of steps: rounding the running state, the pre-activation or the running gradient to
-    # bfloat16 every step compounds with T. The tolerance is that of bfloat16 storage of the
-    # outputs and inputs alone, the same for any T
-    *[(cuda_host.check_long_sequence_bfloat16, Case(cell, T=512, B=3, I=4, H=8), ())
-      for cell in ("lstm", "gru", "rnn_tanh")],
-]  # fmt: skip
+    (cuda_host.check_inference_path, [_case("lstm"), _case("lstm", proj=2, bias=False),
+     _case("gru"), _case("gru", bias=False), _case("rnn_relu")], (F32, torch.float16)),
+    (cuda_host.check_fake_forward, [Case("lstm", proj=2, packed=True, **TINY),
+     Case("gru", packed=True, **TINY), Case("rnn_tanh", packed=True, **TINY)],
+     (torch.float64, torch.bfloat16), (True, False)),
+    (cuda_host.check_under_autocast,
+     [_case("lstm"), _case("lstm", proj=2), _case("gru"), _case("rnn_tanh")]),
+    (cuda_host.check_long_sequence_bfloat16,
+     [Case(cell, T=512, B=3, I=4, H=8) for cell in ("lstm", "gru", "rnn_tanh")]),
+)  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "check,case,args",
-    HOST_CHECKS,
-    ids=lambda v: getattr(v, "__name__", str(v).replace("torch.", "").replace(" ", "")),
-)
-def test_host(host_layer, check, case, args):
-    check(host_layer, case, *args)
-
-
-@pytest.mark.parametrize("cell,proj", [("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
-def test_host_walk_independent_of_grid_order(host_layer, cell, proj):
-    """Few blocks (the grid-stride loop takes several turns) and (block, thread) walked
-    backwards give bitwise the same results: no element reads another element's output
-    within a launch (which would be a race on the GPU), and no element is skipped or doubled."""
-    p = _problem(_case(cell, B=6, T=4, I=3, H=70, proj=proj))
-    base = cuda_host.run(host_layer, p, reverse=True)
-    try:
-        host_layer.ext.set_grid(1, True)
-        other = cuda_host.run(host_layer, p, reverse=True)
-    finally:
-        host_layer.ext.set_grid(65535, False)
-    cuda_host.assert_same(other, base)
-
-
-def test_launch_shape(host_layer):
-    shape = host_layer.ext.launch_shape
+def test_launch_shapes(host_layer):
+    shape, rows = host_layer.ext.launch_shape, host_layer.ext.row_launch_shape
     assert shape(1, 65535) == shape(256, 65535) == (1, 256)
     assert shape(257, 65535) == (2, 256)
     assert shape(10**9, 65535) == (65535, 256)  # the stride loop covers the rest
     assert shape(1000, 2) == (2, 256)
+    assert rows(1, 1, 65535) == (1, 32)
+    assert rows(5, 33, 65535) == (5, 64)
+    assert rows(5, 256, 65535) == rows(5, 5000, 65535) == (5, 256)
+    assert rows(10**6, 8, 65535) == (65535, 32)  # the row loop covers the rest
 
 
 def test_every_op_holds_device_guard_and_excludes_autocast():
@@ -176,8 +143,8 @@ def test_every_op_holds_device_guard_and_excludes_autocast():
     build's Guard is c10::cuda::CUDAGuard) and excludes autocast before any tensor work. The
     host build runs the same bodies with a no-op guard, so which device becomes current can
     only be observed on a machine with more than one GPU; this checks the source."""
-    assert "using Guard = c10::cuda::CUDAGuard;" in (CSRC / "cuda" / "bindings.cpp").read_text()
-    bodies = (CSRC / "cuda" / "layer_module.h").read_text().split("m.def(")[1:]
+    assert "using Guard = c10::cuda::CUDAGuard;" in (CUDA_SRC / "bindings.cpp").read_text()
+    bodies = (CUDA_SRC / "layer_module.h").read_text().split("m.def(")[1:]
     assert len(bodies) == 2
     for body in bodies:
         op = re.search(r'"(\w+)"', body).group(1)
@@ -188,53 +155,42 @@ def test_every_op_holds_device_guard_and_excludes_autocast():
         assert body.count("Launch launch;") == 1, op
 
 
-def test_host_walk_rejects_bad_input(host_layer):
-    p = _problem(_case("gru", B=2, T=3, I=2, H=3, packed=False))
-    with pytest.raises(TypeError, match="w_hh is torch.float64 but x is torch.float32.*share one"):
-        host_layer(**{**p, "w_hh": p["w_hh"].double()}, reverse=False)
-    with pytest.raises(ValueError, match="no projection"):
-        host_layer(**{**p, "w_hr": torch.zeros(3, 3)}, reverse=False)
-    with pytest.raises(TypeError, match="supports"):
-        host_layer(**{k: v.int() if torch.is_tensor(v) else v for k, v in p.items()}, reverse=False)
+def _ints(p: dict) -> dict:
+    return {k: v.int() for k, v in p.items() if torch.is_tensor(v) and k != "batch_sizes"}
 
 
-# -- the real backend ------------------------------------------------------------------------------
+SHAPE = dict(B=2, T=3, I=2, H=3)
+F64, GRU, GRU_LN = torch.float64, Case("gru", **SHAPE), Case("gru", ln=True, **SHAPE)
+LSTM_FULL = Case("lstm", ln=True, peep=True, zone="hc", **SHAPE)
+BAD_INPUTS = [  # (case, dtype, the arguments -> the changed ones, error, message)
+    (GRU, F32, lambda p: {"w_hh": p["w_hh"].double()}, TypeError,
+     "w_hh is torch.float64 but x is torch.float32.*share one"),
+    (GRU, F32, lambda p: {"w_hr": torch.zeros(3, 3)}, ValueError, "no projection"),
+    (GRU, F32, _ints, TypeError, "supports"),
+    (LSTM_FULL, F64, lambda p: {"ln_c_w": None}, ValueError, "together"),
+    (LSTM_FULL, F64, lambda p: {"w_ch": torch.zeros(2, 3, dtype=F64)}, ValueError,
+     "peephole weights"),
+    (LSTM_FULL, F64, lambda p: {"w_hh": p["w_hh"].float()}, TypeError, "share one dtype"),
+    (LSTM_FULL, F64, lambda p: {"zoneout_h": 1.0}, ValueError, r"\[0, 1\)"),
+    (LSTM_FULL, F64, lambda p: {"mask_h": torch.zeros(3, 2, 4, dtype=F64)}, ValueError, "mask_h"),
+    (GRU_LN, F64, lambda p: {"cifg": True}, ValueError, "LSTM-only"),
+    (GRU_LN, F64, _ints, TypeError, "supports"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case,dtype,change,error,match", BAD_INPUTS, ids=[r[-1] for r in BAD_INPUTS]
+)
+def test_host_rejects_bad_input(host_layer, case, dtype, change, error, match):
+    p = cuda_host.problem(case, dtype)
+    with pytest.raises(error, match=match):
+        host_layer(**{**p, **change(p)}, reverse=False)
 
 
 def test_cuda_backend_unavailable_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert cuda_ops.is_available() is False
-    p = _problem(_case("lstm", B=2, T=2, I=2, H=3, packed=False))
+    p = cuda_host.problem(Case("lstm", B=2, T=2, I=2, H=3), F32)
     with pytest.raises(ValueError, match="needs cuda tensors"):
         cuda_ops.layer(**p, reverse=False)
-
-
-gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and cuda_ops.is_available()),
-    reason="needs a CUDA device and the built extension fusedrnn._C_cuda",
-)
-
-
-@gpu
-@pytest.mark.gpu
-# float64 / float32 on CUDA tensors: tests/test_conformance.py (backend "cuda")
-@pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize(
-    "cell,proj,bias",
-    [("lstm", 0, True), ("lstm", 0, False), ("lstm", 3, True), ("gru", 0, True), ("gru", 0, False),
-     ("rnn_tanh", 0, True), ("rnn_tanh", 0, False), ("rnn_relu", 0, True)],
-)  # fmt: skip
-def test_gpu_matches_reference(cell, proj, bias, reverse, packed, dtype):
-    case = _case(cell, B=5, T=6, I=4, H=37, proj=proj, bias=bias, packed=packed, reverse=reverse)
-    cuda_host.compare(cuda_ops.layer, case, dtype, device="cuda")
-
-
-@gpu
-@pytest.mark.gpu
-def test_gpu_bias_grads_deterministic():
-    p = _problem(_case("gru", B=64, T=50, I=8, H=96, packed=False), "cuda")
-    a, b = (cuda_host.run(cuda_ops.layer, p, False)[1] for _ in range(2))
-    assert torch.equal(a["b_ih"], b["b_ih"]) and torch.equal(a["b_hh"], b["b_hh"])

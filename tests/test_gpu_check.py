@@ -54,7 +54,7 @@ def _rows(out: Path) -> list[dict]:
         return list(reader)
 
 
-def test_dry_run_completes_in_time_and_writes_every_file(dry_run):
+def test_dry_run_completes_in_time_writes_every_file_and_checks_every_cell(dry_run):
     out, proc, wall = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
@@ -72,16 +72,10 @@ def test_dry_run_completes_in_time_and_writes_every_file(dry_run):
     assert phases["tests"]["details"]["failing"] == []
     env = _json(out, "env.json")
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
-
-
-def test_dry_run_checks_every_cell_and_dtype(dry_run):
-    out, _, _ = dry_run
-    (check,) = (p for p in _json(out)["phases"] if p["name"] == "check")
-    cases = check["details"]["cases"]
-    plan = gc.dry_run_plan()
-    assert {(c["cell"], c["dtype"]) for c in cases} == {
-        (cell, str(d).replace("torch.", "")) for cell in P.CELLS for d in plan.check_dtypes
-    }
+    # the check phase compares every cell in every dtype
+    cases = phases["check"]["details"]["cases"]
+    dtypes = [str(d).replace("torch.", "") for d in gc.dry_run_plan().check_dtypes]
+    assert {(c["cell"], c["dtype"]) for c in cases} == {(c, d) for c in P.CELLS for d in dtypes}
     for c in cases:
         assert c["status"] == "ok", c
         tol_out, _ = P.TOLERANCES[getattr(torch, c["dtype"])]
@@ -97,11 +91,8 @@ def test_dry_run_benchmark_rows_and_ratios(dry_run):
         return tuple(r[k] for k in ("dtype", "mode", "B", "T", "I", "H", "layers"))
 
     nn = {key(r): r for r in rows if r["provider"] == P.TORCH_NN}
-    want = {
-        (s.dtype_label, mode, *(str(v) for v in (s.B, s.T, s.I, s.H, s.layers)))
-        for s in plan.shapes
-        for mode in ("fwd", "fwdbwd")
-    }
+    want = {(s.dtype_label, mode, *map(str, (s.B, s.T, s.I, s.H, s.layers)))
+            for s in plan.shapes for mode in ("fwd", "fwdbwd")}  # fmt: skip
     assert {key(r) for r in rows} == want
     assert {r["provider"] for r in rows} == {P.TORCH_NN, f"fusedrnn[{plan.wanted_backends[0]}]"}
     summary = (out / "summary.md").read_text()
@@ -151,9 +142,7 @@ def test_zero_budget_skips_every_phase_but_still_reports(tmp_path, capsys):
         assert p["status"] == "skipped" and "time budget" in p["reason"], p
     assert _rows(tmp_path) == []
     assert "Not measured" in (tmp_path / "summary.md").read_text()
-
-
-def test_check_phase_starts_no_case_past_its_allotment():
+    # and the check phase starts no case past its allotment
     plan = gc.dry_run_plan()
     phase = gc.Phase("check")
     status, reason = gc.check_phase(plan, phase, gc.Budget(60), allotted=0)
@@ -163,45 +152,26 @@ def test_check_phase_starts_no_case_past_its_allotment():
     assert gc.exit_status([phase], gc.BenchState()) == 3
 
 
-def test_build_phase_builds_what_is_missing(tmp_path, monkeypatch):
-    probes = iter([["reference"], ["reference", "cuda"]])  # before and after the build
+@pytest.mark.parametrize(
+    "env,code,backends_after,status,reason",
+    [({"capability": "9.0"}, "print('built ok')", ["reference", "cuda"], "ok", "built in"),
+     ({}, "raise SystemExit(1)", ["reference"], "failed", "cuda still not importable")],
+)  # fmt: skip
+def test_build_phase(tmp_path, monkeypatch, env, code, backends_after, status, reason):
+    probes = iter([["reference"], backends_after])  # before and after the build
     monkeypatch.setattr(gc, "probe_backends", lambda device, timeout_s: next(probes))
-    monkeypatch.setattr(gc, "build_command", lambda: [sys.executable, "-c", "print('built ok')"])
-    plan, phase = gc.gpu_plan(), gc.Phase("build")
+    monkeypatch.setattr(gc, "build_command", lambda: [sys.executable, "-c", code])
+    phase = gc.Phase("build")
     with open(tmp_path / "log", "w") as log:
-        status, reason = gc.build_phase(
-            plan, {"capability": "9.0"}, phase, log, 100, rebuild=False, dry_run=False
-        )
-    assert status == "ok", reason
-    # a build that worked keeps its output in the log alone (pip's temporary paths stay out
-    # of the committed report)
-    assert phase.details["exit_status"] == 0 and phase.details["log_tail"] == []
-    assert phase.details["backends_after"] == ["reference", "cuda"]
-    assert "built ok" in (tmp_path / "log").read_text()
+        got = gc.build_phase(gc.gpu_plan(), env, phase, log, 100, rebuild=False, dry_run=False)
+    assert got[0] == status and reason in got[1], got
+    assert phase.details["backends_after"] == backends_after
+    if status == "ok":
+        # a build that worked keeps its output in the log alone (pip's temporary paths stay out
+        # of the committed report)
+        assert phase.details["exit_status"] == 0 and phase.details["log_tail"] == []
+        assert "built ok" in (tmp_path / "log").read_text()
     assert gc.build_env({"capability": "9.0"})["TORCH_CUDA_ARCH_LIST"] == "9.0"
-
-
-def test_build_phase_reports_an_extension_still_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(gc, "probe_backends", lambda device, timeout_s: ["reference"])
-    monkeypatch.setattr(gc, "build_command", lambda: [sys.executable, "-c", "raise SystemExit(1)"])
-    with open(tmp_path / "log", "w") as log:
-        status, reason = gc.build_phase(
-            gc.gpu_plan(), {}, gc.Phase("build"), log, 100, rebuild=False, dry_run=False
-        )
-    assert status == "failed" and "cuda still not importable" in reason
-
-
-def _parent_of_a_sleeper(pid_file: Path) -> list[str]:
-    """A command that starts a 60 s sleeper, which inherits and holds open the output pipe (a
-    plain kill of the command alone would leave a reader hanging), writes the sleeper's pid to
-    ``pid_file``, says "started" and sleeps."""
-    script = (
-        "import subprocess, sys, time; "
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
-        "time.sleep(60)"
-    )
-    return [sys.executable, "-c", script]
 
 
 def _gone(pid: int) -> bool:
@@ -214,13 +184,36 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_a_timeout_ends_the_command_and_its_children(tmp_path):
+def test_a_timeout_or_an_interrupt_ends_the_command_and_its_children(tmp_path):
+    """The command starts a 60 s sleeper, which inherits and holds open the output pipe (a plain
+    kill of the command alone would leave a reader hanging), writes its pid and sleeps."""
+    pid = tmp_path / "pid"
+    cmd = [sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
+        "time.sleep(60)"
+    )]  # fmt: skip
     start = time.monotonic()
     with open(tmp_path / "log", "w") as log:
-        rc, text = gc.run_logged(_parent_of_a_sleeper(tmp_path / "pid"), 3, log)
+        rc, text = gc.run_logged(cmd, 3, log)
     assert rc is None and "started" in text
     assert time.monotonic() - start < 30
-    assert _gone(int((tmp_path / "pid").read_text()))
+    assert _gone(int(pid.read_text()))
+    pid.unlink()  # the interrupted run must write its own
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(3)
+    try:
+        with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
+            gc.run_logged(cmd, 60, log)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _gone(int(pid.read_text()))
 
 
 def test_gpu_summary_states_the_machine(dry_run):
@@ -267,21 +260,6 @@ time.sleep(60)  # a kernel that never returns
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "results.csv").is_file()
 
 
-def test_an_interrupt_ends_the_command_and_its_children(tmp_path):
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(3)
-    try:
-        with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
-            gc.run_logged(_parent_of_a_sleeper(tmp_path / "pid"), 60, log)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    assert _gone(int((tmp_path / "pid").read_text()))
-
-
 def test_exit_status():
     ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
     assert gc.exit_status([ok], gc.BenchState()) == 0
@@ -293,7 +271,6 @@ def test_exit_status():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
 def test_without_gpu_exits_2_and_writes_nothing(capsys):
-    """In process and through the module entry point."""
     before = sorted(p.name for p in gc.RESULTS.iterdir())
     assert gc.main([]) == 2
     msg = capsys.readouterr().out
@@ -303,7 +280,7 @@ def test_without_gpu_exits_2_and_writes_nothing(capsys):
     assert proc.returncode == 2 and "no CUDA device" in proc.stdout
 
 
-def test_dry_run_output_is_never_committed_results(tmp_path):
+def test_dry_run_writes_outside_results_and_needs_bench(tmp_path, monkeypatch, capsys):
     out = gc.choose_out(argparse.Namespace(out=None), dry_run=True, tag="dry-run-cpu")
     try:
         assert not gc._inside(out, ROOT)
@@ -313,9 +290,8 @@ def test_dry_run_output_is_never_committed_results(tmp_path):
     assert gc.main(["--dry-run", "--out", str(inside)]) == 2
     assert not inside.exists()
     assert gc.choose_out(argparse.Namespace(out=None), False, "gpu-x") == gc.RESULTS / "gpu-x"
-
-
-def test_missing_bench_dir_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    capsys.readouterr()
+    # a checkout without bench/ is a clear error
     monkeypatch.setattr(gc, "BENCH", tmp_path / "bench")
     assert gc.main(["--dry-run", "--out", str(tmp_path / "out")]) == 2
     assert "source checkout" in capsys.readouterr().out
@@ -323,11 +299,8 @@ def test_missing_bench_dir_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_import_touches_neither_gpu_nor_bench():
-    code = (
-        "import sys, torch, fusedrnn.gpu_check\n"
-        "assert not torch.cuda.is_initialized()\n"
-        "assert not {'run', 'measure', 'providers', 'report'} & set(sys.modules)\n"
-    )
+    code = "import sys, torch, fusedrnn.gpu_check; assert not torch.cuda.is_initialized()"
+    code += "; assert not {'run', 'measure', 'providers', 'report'} & set(sys.modules)"
     proc = _python("-c", code)
     assert proc.returncode == 0, proc.stderr
 
@@ -366,13 +339,12 @@ def test_tf32_context_sets_both_libraries_and_restores():
         return (*tf32, P.TOLERANCES[torch.float32])
 
     before = state()
-    with P.tf32(True):
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        assert P.TOLERANCES[torch.float32] == P.TF32_TOLERANCE
-    with P.tf32(False):
-        assert not torch.backends.cuda.matmul.allow_tf32
-        assert not torch.backends.cudnn.allow_tf32
-    assert state() == before
+    for on in (True, False):
+        with P.tf32(on):
+            matmul, cudnn, tol = state()
+            assert matmul == cudnn == on
+            assert (tol == P.TF32_TOLERANCE) == on  # float32 is compared at it while TF32 is on
+        assert state() == before
 
 
 def test_gpu_plan_holds_the_headline_shapes():

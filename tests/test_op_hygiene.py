@@ -13,11 +13,9 @@ fails on:
 - ``lift_fresh``: a tensor literal (``torch.tensor(python_data)``) made inside an op, which on
   a GPU becomes a pageable host-to-device copy (and cannot be captured in a CUDA graph);
 - ``_to_copy`` / ``copy_`` from a CPU tensor to another device, and any ``_to_copy`` of
-  ``batch_sizes`` (uploading it is the same copy).
-
-On CPU tensors ``t.to(x.device)`` of a CPU tensor is a no-op that never reaches the dispatcher,
-so the third rule only bites on a GPU; the literal or index tensor such an upload needs is
-caught by the first two.
+  ``batch_sizes`` (uploading it is the same copy). On CPU tensors ``t.to(x.device)`` is a
+  no-op that never reaches the dispatcher, so this rule only bites on a GPU; the literal or
+  index tensor such an upload needs is caught by the first two.
 
 **Device guard.** Triton launches on the current CUDA device, not on its tensors' device;
 every launch goes through :func:`fusedrnn.ops.triton.runtime.launch`, which refuses to launch
@@ -47,14 +45,8 @@ aten = torch.ops.aten
 TRITON_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
 TREES = {p.name: ast.parse(p.read_text()) for p in sorted(TRITON_DIR.glob("*.py"))}
 
-SYNCS = {
-    aten._local_scalar_dense.default,
-    aten.item.default,
-    aten.nonzero.default,
-    aten.masked_select.default,
-    aten._unique2.default,
-    aten.unique_consecutive.default,
-}
+SYNCS = "_local_scalar_dense item nonzero masked_select _unique2 unique_consecutive".split()
+SYNCS = {getattr(aten, name).default for name in SYNCS}
 LITERALS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
 
 
@@ -66,11 +58,9 @@ class NoHostSync(TorchDispatchMode):
     """Fails on a host sync or host-to-device copy inside an op of ``namespace`` (see the
     module docstring); ``batch_sizes`` may be read on the host."""
 
-    namespace = "fusedrnn"
-
-    def __init__(self, batch_sizes: torch.Tensor | None):
+    def __init__(self, batch_sizes: torch.Tensor | None, namespace: str = "fusedrnn"):
         super().__init__()
-        self.host = batch_sizes
+        self.namespace = namespace
         self.host_ptrs = (
             set() if batch_sizes is None else {batch_sizes.untyped_storage().data_ptr()}
         )
@@ -125,22 +115,16 @@ class NoHostSync(TorchDispatchMode):
                 raise HostSyncError(f"{where}: host-to-device copy by {func}")
 
 
-def _layer_args(cell: str, packed: bool, reverse: bool = False):
-    layout = ("packed" if packed else "dense") + ("_reverse" if reverse else "")
-    return layer_args(cell, layout, B=3, batch_sizes=[3, 2, 1])
-
-
-def _variant(cell: str, **zoneout) -> dict:
-    """A variant layer's options: layer-norm gains and ``zoneout``."""
-    G = 4 if cell == "lstm" else 3
-    kw = dict(ln_ih_w=torch.ones(G * H), ln_hh_w=torch.ones(G * H), **zoneout)
-    if cell == "lstm":
-        kw["ln_c_w"] = torch.ones(H)
-    return kw
-
-
-def _run(layer, cell, packed, reverse=False, **kw):
-    args = _layer_args(cell, packed, reverse)
+def _run(layer, cell: str, layout: str, zoneout: dict | None = None):
+    """The layer op's forward and backward under NoHostSync; with ``zoneout``, a variant
+    layer's (with layer-norm gains too)."""
+    kw = {}
+    if zoneout is not None:
+        G = 4 if cell == "lstm" else 3
+        kw = dict(ln_ih_w=torch.ones(G * H), ln_hh_w=torch.ones(G * H), **zoneout)
+        if cell == "lstm":
+            kw["ln_c_w"] = torch.ones(H)
+    args = layer_args(cell, layout, B=3, batch_sizes=[3, 2, 1])
     with NoHostSync(args[-2]) as mode:
         forward_backward(layer, cell, args, **kw)
     # both ops ran under the mode
@@ -150,7 +134,7 @@ def _run(layer, cell, packed, reverse=False, **kw):
 
 def test_the_mode_catches_the_patterns():
     """The checks fire on what they are meant to catch (a test of the test)."""
-    bs = torch.tensor([2, 1])
+    bs, x = torch.tensor([2, 1]), torch.randn(2)
 
     @torch.library.custom_op("fusedrnn_test::bad", mutates_args=())
     def bad(x: torch.Tensor, batch_sizes: torch.Tensor, how: int) -> torch.Tensor:
@@ -162,72 +146,69 @@ def test_the_mode_catches_the_patterns():
             return x * torch.tensor([1.0, 2.0])
         return x * int(batch_sizes[0])  # allowed: a host read
 
-    x = torch.randn(2)
-
-    class Mode(NoHostSync):
-        namespace = "fusedrnn_test"
-
     for how in (0, 1, 2):
-        with pytest.raises(HostSyncError), Mode(bs):
+        with pytest.raises(HostSyncError), NoHostSync(bs, "fusedrnn_test"):
             bad(x, bs, how)
-    with Mode(bs):
+    with NoHostSync(bs, "fusedrnn_test"):
         bad(x, bs, 3)
 
 
 @needs_cpu
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize(
-    "cell,kind", [("lstm", "plain"), ("gru", "plain"), ("rnn_tanh", "plain"),
-                  ("lstm", "variant"), ("gru", "variant")],
+    "cell,variant", [("lstm", False), ("gru", False), ("rnn_tanh", False),
+                     ("lstm", True), ("gru", True)],
 )  # fmt: skip
-def test_cpu_ops_do_not_sync(cell, kind, packed):
-    _run(cpu.layer, cell, packed, **(_variant(cell, zoneout_h=0.2) if kind == "variant" else {}))
+def test_cpu_ops_do_not_sync(cell, variant, layout):
+    _run(cpu.layer, cell, layout, {"zoneout_h": 0.2} if variant else None)
+
+
+TRITON_CASES = [  # cell, layout, kernel path (None: the default), variant
+    *((cell, layout, path, False) for cell in ("lstm", "gru")
+      for layout in ("dense", "packed", "packed_reverse")
+      for path in ("step", "cooperative", "persistent")),
+    ("lstm", "dense", None, True), ("lstm", "packed", None, True),
+]  # fmt: skip
 
 
 @needs_interpreter
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
-@pytest.mark.parametrize(
-    "packed,reverse",
-    [(False, False), (True, False), (True, True)],
-    ids=["dense", "packed", "packed_rev"],
-)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_triton_ops_do_not_sync(cell, packed, reverse, path):
+@pytest.mark.parametrize("cell,layout,path,variant", TRITON_CASES)
+def test_triton_ops_do_not_sync_and_run_under_the_guard(cell, layout, path, variant, monkeypatch):
+    """No host sync; the op bodies enter the guard for x's device, forward and backward, and
+    every launch happens inside it (runtime.launch checks each one)."""
     from fusedrnn.ops import triton as tb
+    from fusedrnn.ops.triton import runtime
     from fusedrnn.ops.triton.layer_op import layer
 
-    with tb.kernel_path(path):
-        _run(layer, cell, packed, reverse)
+    seen, real = [], runtime.device_guard
+
+    @contextlib.contextmanager
+    def recording(device):
+        seen.append(device)
+        with real(device):
+            yield
+
+    monkeypatch.setattr(runtime, "device_guard", recording)
+    zoneout = {"zoneout_h": 0.2, "zoneout_c": 0.1} if variant else None
+    with tb.kernel_path(path), runtime.launch_counter() as launches:
+        _run(layer, cell, layout, zoneout)
+    assert seen == [torch.device("cpu")] * 2
+    assert launches.total > 0
 
 
-@needs_interpreter
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_triton_variant_ops_do_not_sync(packed):
-    from fusedrnn.ops.triton.layer_op import layer
-
-    _run(layer, "lstm", packed, **_variant("lstm", zoneout_h=0.2, zoneout_c=0.1))
-
-
-# ---- device guard ------------------------------------------------------------------------
-
-
-def _functions_with(tree: ast.AST):
-    """(function name, node) for every function in a module, outermost first (ast.walk is
-    breadth-first)."""
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield node.name, node
+# ---- device guard, statically and with a mocked device -----------------------------------
 
 
 def test_triton_launches_only_through_the_guarded_launcher():
     """Static: the only ``kernel[grid](...)`` call in ops/triton is in runtime.launch (which
     checks the guard); every kernel call elsewhere goes through it."""
-    sites = {(file, name) for file, tree in TREES.items() for name, fn in _functions_with(tree)
-             for n in ast.walk(fn)
+    functions = [(file, fn) for file, tree in TREES.items() for fn in ast.walk(tree)
+                 if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)]  # fmt: skip
+    sites = {(file, fn.name) for file, fn in functions for n in ast.walk(fn)
              if isinstance(n, ast.Call) and isinstance(n.func, ast.Subscript)}  # fmt: skip
     assert sites == {("runtime.py", "launch")}, sites
     # and runtime.launch refuses to launch without a guard, before anything else
-    launch = next(fn for name, fn in _functions_with(TREES["runtime.py"]) if name == "launch")
+    launch = next(fn for file, fn in functions if (file, fn.name) == ("runtime.py", "launch"))
     calls = [n for n in ast.walk(launch) if isinstance(n, ast.Call)]
     assert any(getattr(c.func, "id", None) == "_check_guard" for c in calls)
 
@@ -244,37 +225,33 @@ def test_triton_dots_name_their_accumulator_dtype():
 
 
 @pytest.mark.parametrize("file", ["layer_op.py", "variants.py"])
-def test_triton_op_bodies_enter_the_guard(file):
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_triton_op_bodies_enter_the_guard(file, op):
     """Static: the bodies of the custom ops (what torch.library calls) enter
     ``runtime.device_guard(a.x.device)`` around all their work (layer_op's after handing a
     variant call to variants.py)."""
-    found = {}
-    for node in TREES[file].body:
-        if isinstance(node, ast.FunctionDef) and node.name in ("forward", "backward"):
-            withs = [n for n in node.body if isinstance(n, ast.With)]
-            found[node.name] = [ast.unparse(i.context_expr) for w in withs for i in w.items]
-    for name in ("forward", "backward"):
-        assert "runtime.device_guard(a.x.device)" in found.get(name, []), name
+    fn = next(n for n in TREES[file].body if isinstance(n, ast.FunctionDef) and n.name == op)
+    withs = [
+        ast.unparse(i.context_expr) for w in fn.body if isinstance(w, ast.With) for i in w.items
+    ]
+    assert "runtime.device_guard(a.x.device)" in withs
 
 
-def test_triton_guard_enters_the_tensors_device(monkeypatch):
+def test_triton_guard_enters_the_tensors_device_and_launches_only_inside(monkeypatch):
     """Mocked two devices (no GPU here): the guard makes the tensors' device current and
-    restores the previous one; for CPU tensors it touches no CUDA state."""
+    restores the previous one; for CPU tensors it touches no CUDA state. runtime.launch
+    refuses a launch outside a guard, or under the guard of another device."""
     from fusedrnn.ops.triton import runtime
 
     entered = []
 
-    class FakeDevice:
-        def __init__(self, device):
-            self.device = torch.device(device)
+    @contextlib.contextmanager
+    def fake_device(device):
+        entered.append(("enter", torch.device(device)))
+        yield
+        entered.append(("exit", torch.device(device)))
 
-        def __enter__(self):
-            entered.append(("enter", self.device))
-
-        def __exit__(self, *exc):
-            entered.append(("exit", self.device))
-
-    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
     with runtime.device_guard(torch.device("cuda", 1)):
         assert entered == [("enter", torch.device("cuda", 1))]
     assert entered[-1] == ("exit", torch.device("cuda", 1))
@@ -282,10 +259,6 @@ def test_triton_guard_enters_the_tensors_device(monkeypatch):
     with runtime.device_guard(torch.device("cpu")):
         pass
     assert entered == []
-
-
-def test_triton_launch_outside_the_guard_is_refused():
-    from fusedrnn.ops.triton import runtime
 
     def kernel(*a):
         raise AssertionError("must not launch")
@@ -296,27 +269,3 @@ def test_triton_launch_outside_the_guard_is_refused():
     with pytest.raises(RuntimeError, match="on cpu under the device guard of meta"):
         with runtime.device_guard(torch.device("meta")):
             runtime.launch(kernel, (1,), torch.zeros(1))
-
-
-@needs_interpreter
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_triton_ops_run_under_the_guard_of_their_device(monkeypatch, packed):
-    """The op bodies enter the guard for x's device, forward and backward, and every launch
-    happens inside it (runtime.launch checks each one)."""
-    from fusedrnn.ops.triton import runtime
-    from fusedrnn.ops.triton.layer_op import layer
-
-    seen = []
-    real = runtime.device_guard
-
-    @contextlib.contextmanager
-    def recording(device):
-        seen.append(device)
-        with real(device):
-            yield
-
-    monkeypatch.setattr(runtime, "device_guard", recording)
-    with runtime.launch_counter() as launches:
-        forward_backward(layer, "gru", _layer_args("gru", packed))
-    assert seen == [torch.device("cpu")] * 2
-    assert launches.total > 0

@@ -39,9 +39,8 @@ PTR, WIDE, OFFSET, INDEX, OTHER = "ptr", "int64", "offset", "index", "other"
 
 def _is_jit(dec: ast.expr) -> bool:
     node = dec.func if isinstance(dec, ast.Call) else dec
-    if isinstance(node, ast.Attribute):
-        return node.attr == "jit" or node.attr.endswith("_jit")
-    return isinstance(node, ast.Name) and (node.id == "jit" or node.id.endswith("_jit"))
+    name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return name == "jit" or name.endswith("_jit")
 
 
 def _is_attr(node: ast.expr | None, attr: str) -> bool:
@@ -72,13 +71,9 @@ class _Checker:
                              f"{ast.unparse(node)}")  # fmt: skip
 
     def is_const(self, node: ast.expr) -> bool:
-        if isinstance(node, ast.Constant):
-            return True
-        if isinstance(node, ast.Name):
-            return node.id in self.constexpr
         if isinstance(node, ast.BinOp):
             return self.is_const(node.left) and self.is_const(node.right)
-        return False
+        return isinstance(node, ast.Constant) or getattr(node, "id", None) in self.constexpr
 
     def kind(self, node: ast.expr) -> str:
         if isinstance(node, ast.Name):
@@ -94,14 +89,10 @@ class _Checker:
             f = node.func
             for a in [*node.args, *(k.value for k in node.keywords)]:
                 self.kind(a)
-            if isinstance(f, ast.Attribute) and f.attr == "to":
-                inner = self.kind(f.value)
+            inner = self.kind(f.value) if isinstance(f, ast.Attribute) else OTHER
+            if _is_attr(f, "to"):
                 return WIDE if node.args and _is_attr(node.args[0], "int64") else inner
-            if isinstance(f, ast.Attribute) and f.attr == "program_id":
-                return INDEX
-            if isinstance(f, ast.Attribute):
-                self.kind(f.value)
-            return OTHER
+            return INDEX if _is_attr(f, "program_id") else OTHER
         if isinstance(node, ast.BinOp):
             lk, rk = self.kind(node.left), self.kind(node.right)
             kinds = {lk, rk}
@@ -137,15 +128,12 @@ class _Checker:
 
     def run(self, body: list[ast.stmt]) -> None:
         for st in body:
-            if isinstance(st, ast.Assign):
+            if isinstance(st, (ast.Assign, ast.AnnAssign)) and st.value is not None:
                 k = self.kind(st.value)
-                for t in st.targets:
-                    self.assign(t, k)
-            elif isinstance(st, ast.AnnAssign) and st.value is not None:
-                k = self.kind(st.value)
-                if _is_attr(st.annotation, "constexpr"):
+                if _is_attr(getattr(st, "annotation", None), "constexpr"):
                     self.constexpr.add(st.target.id)
-                self.assign(st.target, k)
+                for t in st.targets if isinstance(st, ast.Assign) else [st.target]:
+                    self.assign(t, k)
             elif isinstance(st, ast.AugAssign):
                 k = self.kind(ast.BinOp(left=st.target, op=st.op, right=st.value,
                                         lineno=st.lineno, col_offset=st.col_offset))  # fmt: skip
@@ -155,14 +143,13 @@ class _Checker:
                 kinds = {self.kind(st.iter), *(self.kind(b) for b in bounds)}
                 width = WIDE if WIDE in kinds else INDEX if kinds & {INDEX, OFFSET} else OTHER
                 self.assign(st.target, width)  # the loop variable takes the bounds' width
-                self.run(st.body)
-                self.run(st.orelse)
             elif isinstance(st, (ast.If, ast.While)):
                 self.kind(st.test)
-                self.run(st.body)
-                self.run(st.orelse)
             elif isinstance(st, (ast.Expr, ast.Return)) and st.value is not None:
                 self.kind(st.value)
+            if isinstance(st, (ast.For, ast.If, ast.While)):
+                self.run(st.body)
+                self.run(st.orelse)
 
 
 def offset_problems(source: str, name: str = "<src>") -> list[str]:

@@ -4,6 +4,8 @@ The oracle below is written from the math in docs/variants.md as a per-sequence,
 loop of elementary vector ops (matrix-vector products, a hand-written layer norm, explicit
 sigmoid). It shares no code with fusedrnn.ops.reference, and it runs every sequence
 of a packed batch on its own, so it checks the cuDNN packed semantics independently too.
+Each backend's layer op against the reference op, and the reference op's gradcheck, with every
+option: tests/test_conformance.py.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import copy
 
 import pytest
 import torch
+from layer_cases import Case, call, make_inputs
 from module_testlib import flatten
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import variants
-from fusedrnn.ops import reference
+from fusedrnn.ops import library, reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,80 +136,62 @@ def oracle(mode, params, kw, x, lengths, h0, c0, num_layers, bidir, masks, train
 
 
 # -- the module against the oracle ------------------------------------------------------------
-def _make(mode, kw, num_layers=2, bidir=True, bias=True, proj=0):
-    extra = {"proj_size": proj} if proj else {}
-    m = getattr(fusedrnn, mode)(
-        I, H, num_layers, bias=bias, bidirectional=bidir, dtype=torch.float64, **extra, **kw
-    )
+def _make(mode, kw, num_layers=2, bidir=True, bias=True, proj=0, backend=None):
+    kw = {**kw, **({"proj_size": proj} if proj else {})}  # GRU takes no proj_size at all
+    m = getattr(fusedrnn, mode)(I, H, num_layers, bias=bias, bidirectional=bidir,
+                                dtype=torch.float64, backend=backend, **kw)  # fmt: skip
     with torch.no_grad():  # every parameter random, LN gains around 1, so each one matters
         for name, p in m.named_parameters():
-            p.uniform_(-0.6, 0.6)
-            if "layer_norm" in name and "weight" in name:
-                p.add_(1.0)
+            p.uniform_(-0.6, 0.6).add_(float("layer_norm" in name and "weight" in name))
     return m
 
 
 def _draw_masks(kw, is_lstm, lead, hout, groups, packed_sizes, dtype):
     """The documented draw: per layer-direction, h then c, only when p > 0 (training);
     uniform < p is Bernoulli(p), the module's draw number for number. Returned in float64."""
-    masks = []
-    for _ in range(groups):
-        pair = []
-        for p, width in zip(_probs(kw, is_lstm), (hout, H), strict=True):
-            mask = (torch.rand(lead + (width,), dtype=dtype) < p).double() if p else None
-            if mask is not None and packed_sizes is not None:  # padded with zeros
-                mask = pad_packed_sequence(PackedSequence(mask, packed_sizes))[0]
-            pair.append(mask)
-        masks.append(tuple(pair))
-    return masks
+
+    def draw(p, width):
+        mask = (torch.rand(lead + (width,), dtype=dtype) < p).double()
+        if packed_sizes is None:
+            return mask
+        return pad_packed_sequence(PackedSequence(mask, packed_sizes))[0]  # padded with zeros
+
+    probs = list(zip(_probs(kw, is_lstm), (hout, H), strict=True))
+    return [tuple(draw(p, w) if p else None for p, w in probs) for _ in range(groups)]
 
 
 def _check_against_oracle(mode, kw, packed, training, num_layers=2, bidir=True, bias=True,
-                          proj=0, lengths=None, dtype=torch.float64):  # fmt: skip
+                          proj=0, lengths=None, dtype=torch.float64, backend=None):  # fmt: skip
     """The module (in ``dtype``) against the float64 oracle with the same weights and masks;
     outputs and the gradients of x, h0, c0 and every parameter."""
-    m64 = _make(mode, kw, num_layers, bidir, bias, proj)
+    m64 = _make(mode, kw, num_layers, bidir, bias, proj, backend)
     m = copy.deepcopy(m64).to(dtype).train(training)
-    hout, is_lstm, n_states = proj or H, mode == "LSTM", num_layers * (2 if bidir else 1)
+    hout, n, n_states = proj or H, 3 if mode == "LSTM" else 2, num_layers * (2 if bidir else 1)
     lengths = lengths or (LENGTHS if packed else [T] * B)
-    seq_len, batch = max(lengths), len(lengths)
     if not packed:
-        lengths = [seq_len] * batch
-    shapes = [(seq_len, batch, I), (n_states, batch, hout), (n_states, batch, H)]
+        lengths = [max(lengths)] * len(lengths)
+    batch = len(lengths)
+    shapes = [(max(lengths), batch, I), (n_states, batch, hout), (n_states, batch, H)][:n]
     inputs = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
     run_in = [t.detach().to(dtype).requires_grad_() for t in inputs]
-    hx = tuple(run_in[1:]) if is_lstm else run_in[1]
 
     torch.manual_seed(1234)
-    if packed:
-        seq = pack_padded_sequence(run_in[0], torch.tensor(lengths))
-        out, hn = m(seq, hx)
-        y, lead, sizes = pad_packed_sequence(out)[0], (seq.data.shape[0],), seq.batch_sizes
-    else:
-        (y, hn), lead, sizes = m(run_in[0], hx), (seq_len, batch), None
+    x = pack_padded_sequence(run_in[0], torch.tensor(lengths)) if packed else run_in[0]
+    y, hn = m(x, tuple(run_in[1:]) if n == 3 else run_in[1])
+    lead, sizes = ((x.data.shape[0],), x.batch_sizes) if packed else (tuple(x.shape[:2]), None)
     torch.manual_seed(1234)
-    masks = _draw_masks(kw, is_lstm, lead, hout, n_states, sizes, dtype)
+    masks = _draw_masks(kw, n == 3, lead, hout, n_states, sizes, dtype)
     params = dict(m64.named_parameters())
-    x, h0, c0 = inputs
-    outs_o = oracle(mode, params, kw, x, lengths, h0, c0 if is_lstm else None, num_layers,
-                    bidir, masks, training)[: 3 if is_lstm else 2]  # fmt: skip
-
-    outs = [y, *hn] if is_lstm else [y, hn]
-    tol = TOLS[dtype]
+    x0, h0, c0 = [*inputs, None][:3]
+    outs_o = oracle(mode, params, kw, x0, lengths, h0, c0, num_layers, bidir, masks, training)[:n]
+    outs, tol = [pad_packed_sequence(y)[0] if packed else y, *(hn if n == 3 else [hn])], TOLS[dtype]
     for a, b in zip(outs, outs_o, strict=True):
         assert a.dtype == dtype
         torch.testing.assert_close(a, b.to(dtype), **tol)
-    weights = [torch.randn_like(o) for o in outs_o]
-    n_in = 3 if is_lstm else 2
-    grads = torch.autograd.grad(
-        sum((o * w.to(dtype)).sum() for o, w in zip(outs, weights, strict=True)),
-        run_in[:n_in] + list(m.parameters()),
-    )
-    grads_o = torch.autograd.grad(
-        sum((o * w).sum() for o, w in zip(outs_o, weights, strict=True)),
-        inputs[:n_in] + list(params.values()),
-    )
-    names = ["x", "h0", "c0"][:n_in] + list(params)
+    ups = [torch.randn_like(o) for o in outs_o]
+    grads = torch.autograd.grad(outs, run_in + list(m.parameters()), [u.to(dtype) for u in ups])
+    grads_o = torch.autograd.grad(outs_o, inputs + list(params.values()), ups)
+    names = ["x", "h0", "c0"][:n] + list(params)
     for name, g, g_o in zip(names, grads, grads_o, strict=True):
         torch.testing.assert_close(g, g_o.to(dtype), **tol, msg=lambda s, n=name: f"grad {n}: {s}")
         assert g.abs().sum() > 0 or name == "c0", f"grad of {name} is zero"
@@ -247,6 +232,7 @@ ORACLE_CASES = [
     *(row for lengths in ([1], [1, 1, 1], [5], [3, 3, 2, 1, 1])  # one step, one sequence
       for row in _rows(MIXED[::2], [True], lengths=lengths)),
     *_rows(MIXED, dtype=torch.float32),  # the module in float32, the oracle in float64
+    *_rows([("LSTM", "cifg")], [True], backend="reference"),  # the default is "cpu"
 ]  # fmt: skip
 
 
@@ -255,33 +241,23 @@ def test_variant_matches_oracle(mode, variant, packed, training, setup):
     _check_against_oracle(mode, VARIANTS[mode, variant], packed, training, **setup)
 
 
-# gradcheck of the reference op with every option: tests/test_conformance.py (backend
-# "reference")
-
-
 # -- zoneout ----------------------------------------------------------------------------------
 def _seeded(seed, f, *args):
     torch.manual_seed(seed)
     return f(*args)
 
 
-def test_zoneout_masks_reproducible_under_seed():
-    m = _make("LSTM", {"zoneout": 0.4})
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    a, b, c = (_seeded(seed, m, x)[0] for seed in (7, 7, 8))
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
-
-
-def test_zoneout_training_differs_from_eval_and_from_plain():
-    m = _make("GRU", {"zoneout": 0.4})
-    plain = fusedrnn.GRU(I, H, 2, bidirectional=True, dtype=torch.float64)
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_zoneout_masks_follow_the_seed_and_differ_from_eval_and_plain(mode):
+    m = _make(mode, {"zoneout": 0.4})
+    plain = getattr(fusedrnn, mode)(I, H, 2, bidirectional=True, dtype=torch.float64)
     plain.load_state_dict(m.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
-    train_out, eval_out = m.train()(x)[0], m.eval()(x)[0]
-    assert not torch.allclose(train_out, eval_out)
-    assert not torch.allclose(eval_out, plain(x)[0])
-    assert not torch.allclose(train_out, plain(x)[0])
+    a, b, c = (_seeded(seed, m.train(), x)[0] for seed in (7, 7, 8))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    eval_out, plain_out = m.eval()(x)[0], plain(x)[0]
+    assert not torch.allclose(a, eval_out) and not torch.allclose(a, plain_out)
+    assert not torch.allclose(eval_out, plain_out)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
@@ -295,13 +271,10 @@ def test_zoneout_zero_is_plain_bit_for_bit(mode):
     for u, v in zip(flatten(m.train()(x)), flatten(plain.train()(x)), strict=True):
         assert torch.equal(u, v)
     # the variant op itself, given all-zero masks, reproduces the plain op bit for bit
-    lstm, g = mode == "LSTM", 4 if mode == "LSTM" else 3
-    w = [torch.randn(g * H, I), torch.randn(g * H, H), torch.randn(g * H), torch.randn(g * H)]
-    args = (mode.lower(), x, torch.randn(B, H), torch.randn(B, H) if lstm else None, *w)
+    a = make_inputs(Case(mode.lower(), T=T, B=B, I=I, H=H, reverse=True), torch.float32)
     zeros = torch.zeros(T, B, H)
-    plain_out = reference.layer(*args, None, None, True)
-    var_out = reference.layer(*args, None, None, True, mask_h=zeros, mask_c=zeros if lstm else None)
-    for u, v in zip(plain_out, var_out, strict=True):
+    masks = {"mask_h": zeros, "mask_c": zeros if mode == "LSTM" else None}
+    for u, v in zip(call(reference.layer, a), call(reference.layer, {**a, **masks}), strict=True):
         assert (u is None and v is None) or torch.equal(u, v)
 
 
@@ -322,8 +295,7 @@ def test_layer_norm_at_init(mode):
     names = [n for n, _ in m.named_parameters() if n.startswith("layer_norm")]
     assert len(names) == (6 if mode == "LSTM" else 4) * 4
     for n in names:
-        value = 1.0 if "_weight_" in n else 0.0
-        assert torch.equal(getattr(m, n), torch.full_like(getattr(m, n), value)), n
+        assert torch.equal(getattr(m, n), torch.full_like(getattr(m, n), float("_weight_" in n))), n
     m.reset_parameters()  # a later reset keeps the LN init
     assert torch.equal(m.layer_norm_ih_weight_l0, torch.ones(4 * H if mode == "LSTM" else 3 * H))
     plain = cls(I, H, 2, bidirectional=True, dtype=torch.float64)
@@ -365,9 +337,8 @@ def test_state_dict_superset_of_torch_nn(mode, kw, bias):
     ref_keys, keys = list(ref.state_dict()), list(m.state_dict())
     assert keys[: len(ref_keys)] == ref_keys
     extra = keys[len(ref_keys) :]
-    assert extra == [
-        n for group in m.cell_options.param_names(mode, H, bias, 2, True) for n in group
-    ]
+    groups = m.cell_options.param_names(mode, H, bias, 2, True)
+    assert extra == [n for group in groups for n in group]
     if kw.get("layer_norm"):
         assert "layer_norm_ih_weight_l1_reverse" in extra
         assert ("layer_norm_hh_bias_l0" in extra) == bias
@@ -430,20 +401,15 @@ def test_variants_are_keyword_only_and_rnn_unchanged():
 @pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
 def test_layer_op_is_one_op_with_variant_options(backend):
     """Each backend's one layer op takes the variants as keyword options (the face the stack
-    driver calls for plain and variant layers alike) and refuses an option it does not know
-    rather than running the plain cell."""
+    driver calls for plain and variant layers alike; their results against the reference op's:
+    tests/test_conformance.py) and refuses an option it does not know rather than running the
+    plain cell."""
     layer = fusedrnn.backends.get(backend).layer
-    x, h0, w_ih, w_hh = (torch.randn(s, dtype=torch.float64) for s in
-                         [(T, B, I), (B, H), (3 * H, I), (3 * H, H)])  # fmt: skip
-    args = ("gru", x, h0, None, w_ih, w_hh, None, None, None, None, False)
-    ones = torch.ones(3 * H, dtype=torch.float64)
-    got = layer(*args, ln_ih_w=ones, ln_hh_w=ones, zoneout_h=0.3)
-    torch.testing.assert_close(got[0], reference.layer(*args, ln_ih_w=ones, ln_hh_w=ones,
-                                                       zoneout_h=0.3)[0])  # fmt: skip
-    # the options were not dropped on the way
-    assert not torch.allclose(got[0], reference.layer(*args)[0])
+    a = make_inputs(Case("gru", bias=False, ln=True, zone="eval"), torch.float64)
+    plain = {k: v for k, v in a.items() if k not in library.OPTION_DEFAULTS}
+    assert not torch.allclose(call(layer, a)[0], call(reference.layer, plain)[0])  # not dropped
     with pytest.raises(TypeError):
-        layer(*args, layer_norm=True)
+        layer(*plain.values(), layer_norm=True)  # the positional arguments in the op's order
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
@@ -453,11 +419,6 @@ def test_variant_on_unavailable_backend_raises(backend):
     m = fusedrnn.LSTM(I, H, layer_norm=True, backend=backend)
     with pytest.raises(fusedrnn.BackendUnavailableError, match=f"{backend!r}"):
         m(torch.randn(T, B, I))
-
-
-def test_variant_module_runs_with_reference_backend_explicitly():
-    m = fusedrnn.LSTM(I, H, cifg=True, backend="reference")
-    assert m(torch.randn(T, B, I))[0].shape == (T, B, H)
 
 
 def test_cell_options_helpers():
