@@ -97,14 +97,9 @@ def test_sigkill_during_checkpoint_then_resume(text_file, tmp_path):
     train({**cfg, "out": str(ref), "quiet": True})
 
     out = tmp_path / "killed"
-    e = env()
-    e["FUSEDRNN_CHARLM_TEST_SAVE_PAUSE"] = "0.5"  # each write pauses with half the bytes out
-    proc = subprocess.Popen(
-        cli_command("train", *cli_flags(cfg), "--out", out, "--quiet"),
-        env=e,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    e = {**env(), "FUSEDRNN_CHARLM_TEST_SAVE_PAUSE": "0.5"}  # each write pauses half written
+    argv = cli_command("train", *cli_flags(cfg), "--out", out, "--quiet")
+    proc = subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     killed_mid_write = False
     try:
@@ -124,9 +119,8 @@ def test_sigkill_during_checkpoint_then_resume(text_file, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert list(out.glob(".*.tmp-*")), "the kill did not land inside a write"
 
-    ck = read_checkpoint(out / "last.pt")  # the previous checkpoint is intact
-    done = ck["progress"]["iter"]
-    assert 1 <= done < 30
+    # the previous checkpoint is intact
+    assert 1 <= read_checkpoint(out / "last.pt")["progress"]["iter"] < 30
     load_checkpoint(out / "last.pt")
     # resume in a fresh process (no pause): continues exactly as the uninterrupted run
     r = run_cli("train", "--out", out, "--resume", "--quiet", check=True)
@@ -153,8 +147,7 @@ def test_torchrun_two_processes_match_single(text_file, tmp_path):
     assert [i for i, _ in b] == list(range(1, 11))  # rank 0 alone wrote the metrics
     for (_, x), (_, y) in zip(a, b, strict=True):
         assert float(y) == pytest.approx(float(x), rel=2e-6, abs=1e-6)
-    w1 = read_checkpoint(single / "last.pt")
-    w2 = read_checkpoint(dist_out / "last.pt")
+    w1, w2 = read_checkpoint(single / "last.pt"), read_checkpoint(dist_out / "last.pt")
     for k, v in w1["model"].items():
         torch.testing.assert_close(w2["model"][k], v, rtol=1e-4, atol=1e-5)
     # the gathered hidden state covers all 4 streams, and a single process can resume the run

@@ -34,16 +34,27 @@ def backend(request) -> str:
 
 
 class TwoLayerLM(torch.nn.Module):
-    def __init__(self, cls: str, backend: str, **kwargs):
+    def __init__(self, rnn: torch.nn.Module):
         super().__init__()
-        self.rnn = getattr(fusedrnn, cls)(3, 6, num_layers=2, backend=backend, **kwargs)
-        out = (self.rnn.proj_size or 6) * (2 if self.rnn.bidirectional else 1)
-        self.head = torch.nn.Linear(out, 4)
+        self.rnn = rnn
+        self.head = torch.nn.Linear((rnn.proj_size or 6) * (2 if rnn.bidirectional else 1), 4)
 
     def forward(self, x):
+        # x straight into the module: with batch_first the op sees the transposed graph input,
+        # and its dx becomes x.grad through the transpose's backward alone
         y, hidden = self.rnn(x)
         h = hidden[0] if isinstance(hidden, tuple) else hidden
         return self.head(y).square().mean() + h.sum()
+
+
+def _loss_and_grads(model, x, run=None):
+    """``run(x)`` (``model(x)`` by default) and, after its backward, the gradient of x and of
+    each of ``model``'s parameters by name."""
+    model.zero_grad()
+    x = x.clone().requires_grad_()
+    loss = (model if run is None else run)(x)
+    loss.backward()
+    return loss.detach(), {"x": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
 
 
 @pytest.mark.parametrize(
@@ -56,19 +67,15 @@ class TwoLayerLM(torch.nn.Module):
     ids=["two_layer_lstm", "bidirectional_gru", "lstm_proj_batch_first"],
 )
 def test_compile(backend, cls, kw, shape):
-    model = TwoLayerLM(cls, backend, **kw).double()
+    model = TwoLayerLM(getattr(fusedrnn, cls)(3, 6, num_layers=2, backend=backend, **kw)).double()
     x = torch.randn(shape, dtype=torch.float64)
     torch._dynamo.reset()
     # fullgraph=True turns any graph break into an error
-    loss_c = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
-    loss_c.backward()
-    grads_c = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    loss_e = model(x)
-    loss_e.backward()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    loss_c, grads_c = _loss_and_grads(model, x, compiled)
+    loss_e, grads_e = _loss_and_grads(model, x)
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=1e-12)
-    for (name, p), g in zip(model.named_parameters(), grads_c, strict=True):
-        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(grads_c, grads_e, rtol=1e-10, atol=1e-12)
 
 
 def test_inductor_batch_first_lstm_matches_torch_nn(backend):
@@ -79,30 +86,13 @@ def test_inductor_batch_first_lstm_matches_torch_nn(backend):
     if backend == "reference":
         pytest.skip("plain PyTorch: nothing opaque for Inductor to plan around")
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(3, 6, num_layers=2, batch_first=True)
-    mod = fusedrnn.LSTM(3, 6, num_layers=2, batch_first=True, backend=backend)
+    ref = TwoLayerLM(torch.nn.LSTM(3, 6, num_layers=2, batch_first=True))
+    mod = TwoLayerLM(fusedrnn.LSTM(3, 6, num_layers=2, batch_first=True, backend=backend))
     mod.load_state_dict(ref.state_dict())
-
-    def loss(m, x):
-        # x straight into the module: the op sees the transposed graph input and its dx
-        # becomes x.grad through the transpose's backward alone
-        y, (h, _) = m(x)
-        return (y * torch.arange(6.0)).square().mean() + h.sum()
-
     x = torch.randn(2, 5, 3)
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x: loss(mod, x), backend="inductor", fullgraph=True)
-    results = []
     # the on-disk caches key on the graph, not on the custom ops' fake kernels: a graph
     # compiled by another version of the ops must not be reused
     with torch._inductor.config.patch(force_disable_caches=True):
-        for fn, m in ((compiled, mod), (lambda x: loss(ref, x), ref)):
-            xi = x.clone().requires_grad_()
-            out = fn(xi)
-            out.backward()
-            results.append((out.detach(), xi.grad, [p.grad for p in m.parameters()]))
-    (out_c, dx_c, grads_c), (out_r, dx_r, grads_r) = results
-    torch.testing.assert_close(out_c, out_r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(dx_c, dx_r, rtol=1e-5, atol=1e-5)
-    for (name, _), a, b in zip(ref.named_parameters(), grads_c, grads_r, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+        got = _loss_and_grads(mod, x, torch.compile(mod, backend="inductor", fullgraph=True))
+    torch.testing.assert_close(got, _loss_and_grads(ref, x), rtol=1e-5, atol=1e-5)

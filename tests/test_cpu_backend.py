@@ -3,12 +3,14 @@
 Every cell, shape and option against the reference op (the gate-column chunks of H = 70
 included) is tests/test_conformance.py (the modules against torch.nn:
 tests/test_modules_forward.py); here are its thread splits, scratch-buffer reuse, the
-single-step stack call, the ISA copies, half precision and argument errors.
+single-step stack call, the ISA copies, half precision and the op registration (the variant
+cells' thread splits and the argument errors: tests/test_cpu_variants.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import layer_cases
 import pytest
 import torch
+from conftest import MODES
 from layer_cases import TOL, Case, call, with_leaves
 
 from fusedrnn.ops import cpu, library, reference
@@ -38,11 +41,6 @@ def num_threads(n: int):
         torch.set_num_threads(saved)
 
 
-def leaves(case: Case, dtype=torch.float32, seed=0) -> dict:
-    """Random layer-op arguments for ``case``, the differentiable ones requiring grad."""
-    return with_leaves(layer_cases.make_inputs(case, dtype, seed=seed))
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_rows_split_across_threads(cell):
     """33 x 130 units: the row-parallel kernels split a row between two threads."""
@@ -54,25 +52,15 @@ def test_rows_split_across_threads(cell):
                 layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype, seed=seed), tol)
 
 
-def test_bad_input_errors():
-    a = leaves(Case("lstm", T=3, B=2, I=4, H=5, bias=False))
-    for change, error, match in [
-        (dict(w_hh=a["w_hh"][:, :3]), RuntimeError, "w_hh must have shape"),
-        (dict(x=a["x"].double()), RuntimeError, "dtype"),
-        (dict(cell="lstmx"), ValueError, "unknown cell"),
-        (dict(x=a["x"].reshape(6, 4), batch_sizes=torch.tensor([2, 2, 3])), RuntimeError,
-         "batch_sizes"),
-    ]:  # fmt: skip
-        with pytest.raises(error, match=match):
-            call(cpu.layer, {**a, **change})
-
-
+@pytest.mark.parametrize(
+    "case", [Case("lstm", T=3, B=2, I=4, H=5), Case("lstm", ln=True, peep=True, zone="hc")], ids=str
+)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_computed_in_float32(dtype):
+def test_half_precision_is_computed_in_float32(case, dtype):
     """bf16/fp16 (CPU autocast) run the float32 kernels and come back in the input dtype: equal
     to the reference on the same values in float32, rounded once at the end (float32 results
     that differ in the last bits may round to neighbouring values: one unit of the dtype)."""
-    low = layer_cases.make_inputs(Case("lstm", T=3, B=2, I=4, H=5), dtype)
+    low = layer_cases.make_inputs(case, dtype)
     want = call(reference.layer, {k: layer_cases.cast(v, torch.float32) for k, v in low.items()})
     eps = torch.finfo(dtype).eps
     for g, w in zip(call(cpu.layer, low), want, strict=True):
@@ -80,12 +68,21 @@ def test_half_precision_is_computed_in_float32(dtype):
         torch.testing.assert_close(g, w.to(dtype), rtol=eps, atol=eps)
 
 
-def test_opcheck_with_projection():
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("lstm", T=3, B=2, I=3, H=4, proj=2, reverse=True),
+        Case("lstm", ln=True, peep=True, zone="hc", proj=3, lengths=(4, 2, 1)),
+    ],
+    ids=str,
+)
+def test_opcheck(case):
     """The forward op's schema, fake (meta) implementation and autograd registration agree
     with the real kernels, which torch.compile(fullgraph=True) relies on, for an LSTM with a
-    projection (tests/test_opcheck.py checks every cell and layout, without one)."""
-    a = leaves(Case("lstm", T=3, B=2, I=3, H=4, proj=2, reverse=True), torch.float64)
-    args = library.LayerArgs(**library.OPTION_DEFAULTS, **a, save=True)
+    projection, plain and with layer norm, peepholes, zoneout masks and packed lengths
+    (tests/test_opcheck.py checks every cell and layout, without a projection)."""
+    a = with_leaves(layer_cases.make_inputs(case, torch.float64))
+    args = library.LayerArgs(**{**library.OPTION_DEFAULTS, **a}, save=True)
     torch.library.opcheck(torch.ops.fusedrnn.cpu_layer_fwd.default, tuple(args))
 
 
@@ -97,14 +94,11 @@ def test_stack_step_matches_torch_nn(cell, proj, B, layout):
     the same layout); an absent state is zeros, as in torch.nn."""
     torch.manual_seed(11)
     I, H, L = 6, 8, 3
-    if cell == "lstm":
-        m = torch.nn.LSTM(I, H, L, proj_size=proj)
-    else:
-        m = torch.nn.GRU(I, H, L) if cell == "gru" else torch.nn.RNN(I, H, L, nonlinearity=cell[4:])
-    m = m.double()
-    x = torch.randn(1, B, I, dtype=torch.float64)
-    h = torch.randn(L, B, proj or H, dtype=torch.float64)
-    c = torch.randn(L, B, H, dtype=torch.float64)
+    cls, kw = MODES[cell.upper()]
+    m = getattr(torch.nn, cls)(I, H, L, **kw, **({"proj_size": proj} if proj else {})).double()
+    x, h, c = (
+        torch.randn(*s, dtype=torch.float64) for s in ((1, B, I), (L, B, proj or H), (L, B, H))
+    )
     if layout == "zero state":
         h = c = None
     state = (h, c) if cell == "lstm" and h is not None else h
@@ -124,7 +118,7 @@ def test_stack_step_matches_torch_nn(cell, proj, B, layout):
 
 def test_stack_step_names_what_does_not_fit_or_falls_back():
     """Each mismatch raises naming the problem; with fallback the call answers None instead
-    (the modules' shortcut then takes the general path)."""
+    (the modules' shortcut then takes the general path). Autograd is refused outright."""
     torch.manual_seed(0)
     m = torch.nn.LSTM(6, 8, 2)
     w = m._flat_weights
@@ -148,12 +142,9 @@ def test_stack_step_names_what_does_not_fit_or_falls_back():
             assert cpu.stack_step("lstm", xi, hi, ci, wi, 2, True, 0, fallback=True) is None, name
             with pytest.raises(RuntimeError, match=f"fusedrnn stack_step: .*{message}"):
                 cpu.stack_step("lstm", xi, hi, ci, wi, 2, True, 0)
-
-
-def test_stack_step_refuses_autograd():
-    m = torch.nn.GRU(3, 4, 1)
+    gru = torch.nn.GRU(3, 4, 1)
     with pytest.raises(RuntimeError, match="does not record autograd"):
-        cpu.stack_step("gru", torch.randn(2, 3), torch.zeros(1, 2, 4), None, m._flat_weights,
+        cpu.stack_step("gru", torch.randn(2, 3), torch.zeros(1, 2, 4), None, gru._flat_weights,
                        1, True, 0)  # fmt: skip
 
 
@@ -194,24 +185,30 @@ def test_narrower_isa_copies_match_too(isa):
     assert " passed" in r.stdout
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_scratch_reuse_leaves_earlier_results_intact(cell):
-    """Layer calls reuse per-thread scratch buffers (gates, packed weights, dG): results and
-    gradients of one call must survive later calls on other data, and freeing the buffers
-    must not change anything."""
+SCRATCH = [Case(cell, T=5, B=7, I=6, H=70) for cell in CELLS] + [
+    Case("lstm", T=5, B=6, I=6, H=40, proj=3, ln=True, peep=True, zone="h"),
+    Case("gru", T=5, B=6, I=6, H=40, ln=True, zone="h"),
+]
 
-    def once(seed, lengths=None):
-        a = leaves(Case(cell, T=5, B=7, I=6, H=70, lengths=lengths), seed=seed)
+
+@pytest.mark.parametrize("case", SCRATCH, ids=str)
+def test_scratch_reuse_leaves_earlier_results_intact(case):
+    """Layer calls reuse per-thread scratch buffers (gates, packed weights, dG) and pooled
+    outputs: the outputs and gradients of one call, training and inference, must survive later
+    calls on other data and other shapes, and freeing the buffers must not change anything."""
+
+    def once(seed, **shape):
+        a = layer_cases.make_inputs(dataclasses.replace(case, **shape), torch.float32, seed=seed)
         with torch.no_grad():
             y_inf = call(cpu.layer, a)[0]
-        y = call(cpu.layer, a)[0]
-        grads = torch.autograd.grad(y.sum(), [a["x"], a["w_hh"]])
-        return [t.detach() for t in (y_inf, y, *grads)]
+        outs, grads = layer_cases.outputs_and_grads(cpu.layer, a)
+        return [t for t in (y_inf, *outs, *grads.values()) if t is not None]
 
     first = once(21)
     kept = [t.clone() for t in first]
     once(22)
-    once(23, lengths=(5, 5, 4, 3, 3, 2, 1))
+    once(23, packed=True)
+    once(24, B=4, lengths=(5, 4, 2, 1))
     for a, b in zip(first, kept, strict=True):
         assert torch.equal(a, b)
     cpu.empty_cache()

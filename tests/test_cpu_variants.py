@@ -3,7 +3,8 @@
 Every option, shape and dtype against the reference op (outputs, every gradient, gradcheck) is
 tests/test_conformance.py, in each ISA copy of the kernels too (test_cpu_backend.py's
 test_narrower_isa_copies_match_too); here are the cpu backend's own work split (row blocks,
-split steps), scratch reuse, half precision and its argument checks.
+split steps) and the argument checks of the plain cells and the variants (scratch reuse, half
+precision and the op registration with the plain cells' in test_cpu_backend.py).
 """
 
 from __future__ import annotations
@@ -11,27 +12,16 @@ from __future__ import annotations
 import layer_cases
 import pytest
 import torch
-from layer_cases import TOL, Case, with_leaves
+from layer_cases import TOL, Case, call, with_leaves
+from test_cpu_backend import num_threads
 
-from fusedrnn.ops import cpu, library, reference
+from fusedrnn.ops import cpu, reference
 
 _C = cpu._C
 
 pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
 )
-
-
-def make_case(cell, dtype=torch.float64, seed=0, **options):
-    """(positional args, keyword args) of a variant layer call on ``Case(cell, **options)``
-    (tests/layer_cases.py); every float input requires grad except the masks."""
-    a = with_leaves(layer_cases.make_inputs(Case(cell, **options), dtype, seed=seed))
-    args = tuple(a[k] for k in library.NAMES[: library.N_POSITIONAL - 1])
-    return args, {k: a[k] for k in library.OPTION_DEFAULTS if k in a}
-
-
-def leaves(args, kw):
-    return [t for t in (*args[1:], *kw.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -46,29 +36,16 @@ def test_several_threads(cell, batch, blocks, dtype):
     # or (blocks off) for steps split over the threads: GEMMs over columns (H >= 128, uneven),
     # pointwise over rows; B=3: too small for blocks, split steps. In float32 the step
     # products of more than four rows use the packed weights (shared by the row blocks).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     _C._set_variant_row_blocks(blocks)
     try:
         lengths = (3,) * 9 + (2,) * 5 + (1,) * 3 if batch == 17 else (3, 2, 2)
         shape = dict(T=3, B=batch, I=8, H=130, lengths=lengths)
-        for reverse in (False, True):
-            case = Case(cell, ln=True, peep=cell == "lstm", zone="hc", reverse=reverse, **shape)
-            layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype), TOL[dtype])
+        with num_threads(2):
+            for reverse in (False, True):
+                case = Case(cell, ln=True, peep=cell == "lstm", zone="hc", reverse=reverse, **shape)
+                layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype), TOL[dtype])
     finally:
-        torch.set_num_threads(threads)
         _C._set_variant_row_blocks(True)
-
-
-def test_half_precision_computed_in_float32():
-    a = layer_cases.make_inputs(Case("lstm", ln=True, peep=True, zone="hc"), torch.float32)
-    ref = layer_cases.call(cpu.layer, with_leaves(a))
-    out = layer_cases.call(
-        cpu.layer, {k: layer_cases.cast(v, torch.bfloat16) for k, v in a.items()}
-    )
-    for got, want in zip(out, ref, strict=True):
-        assert got.dtype == torch.bfloat16
-        torch.testing.assert_close(got.float(), want.detach(), rtol=5e-2, atol=5e-2)
 
 
 def f64(*shape):
@@ -77,7 +54,12 @@ def f64(*shape):
 
 @pytest.mark.parametrize(
     "cell,change,exc,match",
-    [  # the ValueErrors are the reference op's too
+    [  # the ValueErrors are the reference op's too; "plain": an LSTM without bias or variants
+        ("plain", dict(w_hh=f64(20, 3)), RuntimeError, "w_hh must have shape"),
+        ("plain", dict(x=torch.ones(3, 2, 4)), RuntimeError, "dtype"),
+        ("plain", dict(cell="lstmx"), ValueError, "unknown cell"),
+        ("plain", dict(x=f64(6, 4), batch_sizes=torch.tensor([2, 2, 3])), RuntimeError,
+         "batch_sizes"),
         ("gru", dict(cifg=True), ValueError, "LSTM-only"),
         ("gru", dict(zoneout_c=0.5), ValueError, "zoneout_c needs an LSTM"),
         ("lstm", dict(ln_c_w=None), ValueError, "layer norm needs"),
@@ -89,47 +71,12 @@ def f64(*shape):
         ("lstm", dict(ln_hh_b=f64(27)), RuntimeError, "ln_hh_b must have shape"),
         ("lstm", dict(ln_ih_w=torch.ones(28)), RuntimeError, "ln_ih_w has dtype"),
     ],
-)
+)  # fmt: skip
 def test_bad_arguments_raise_clear_errors(cell, change, exc, match):
-    args, kw = make_case(cell, ln=True, peep=cell == "lstm")
-    kw = {**kw, **change}
-    a = list(args)
-    if "w_ih" in kw:
-        a[4] = kw.pop("w_ih")
+    case = Case(cell, ln=True, peep=cell == "lstm")
+    if cell == "plain":
+        case = Case("lstm", T=3, B=2, I=4, H=5, bias=False)
+    a = with_leaves(layer_cases.make_inputs(case, torch.float64))
     for op in (reference.layer, cpu.layer) if exc is ValueError else (cpu.layer,):
         with pytest.raises(exc, match=match):
-            op(*a, False, **kw)
-
-
-def test_opcheck():
-    args, kw = make_case("lstm", ln=True, peep=True, zone="hc", proj=3, lengths=(4, 2, 1))
-    options = {**library.OPTION_DEFAULTS, **kw, "zoneout_h": 0.4, "zoneout_c": 0.4}
-    fargs = library.LayerArgs(*args, False, **options, save=True)
-    torch.library.opcheck(
-        torch.ops.fusedrnn.cpu_layer_fwd.default,
-        tuple(fargs),
-        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
-    )
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_scratch_reuse_leaves_earlier_results_intact(cell):
-    """The variant ops reuse per-thread scratch buffers and pooled outputs: the outputs and
-    gradients of one call must survive later calls (training and inference, other shapes)."""
-    lstm = cell == "lstm"
-
-    def once(seed, B=6, lengths=None):
-        args, kw = make_case(cell, torch.float32, seed, T=5, B=B, I=6, H=40, ln=True, peep=lstm,
-                             proj=3 * lstm, zone="h", lengths=lengths)  # fmt: skip
-        with torch.no_grad():
-            y_inf = cpu.layer(*args, False, **kw)[0]
-        outs = [o for o in cpu.layer(*args, False, **kw) if o is not None]
-        grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves(args, kw))
-        return [t.detach() for t in (y_inf, *outs, *grads)]
-
-    first = once(41)
-    kept = [t.clone() for t in first]
-    once(42)
-    once(43, B=4, lengths=(5, 4, 2, 1))
-    for a, b in zip(first, kept, strict=True):
-        assert torch.equal(a, b)
+            call(op, {**a, **change})

@@ -70,18 +70,14 @@ def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
     gen = torch.Generator().manual_seed(c["seq_len"] * 1000 + c["batch"])
     shape = (c["batch"], c["seq_len"]) if c["batch_first"] else (c["seq_len"], c["batch"])
     x = torch.randn(*shape, c["input_size"], generator=gen)
-    hx = None
+    hx = pack = None
     if c["with_hx"]:
         lead = (c["num_layers"] * (2 if c["bidirectional"] else 1), c["batch"])
         hx = random_state(cls, lead, c["hidden"], c["proj"], dtype=torch.float32, gen=gen)
-    pack = None
     if c["lengths"] is not None:
-        pack = partial(
-            pack_padded_sequence,
-            lengths=sorted(c["lengths"], reverse=True) if c["enforce_sorted"] else c["lengths"],
-            batch_first=c["batch_first"],
-            enforce_sorted=c["enforce_sorted"],
-        )
+        lengths = sorted(c["lengths"], reverse=True) if c["enforce_sorted"] else c["lengths"]
+        options = dict(batch_first=c["batch_first"], enforce_sorted=c["enforce_sorted"])
+        pack = partial(pack_padded_sequence, lengths=lengths, **options)
     # the float32 tolerances, relative to the tensor's largest entry when that exceeds 1: a
     # weight gradient here sums up to 37 * 37 products through 3 layers, and two float32
     # summation orders of entries that large differ by more than 1e-5 (torch.nn's own float32

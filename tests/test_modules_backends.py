@@ -47,28 +47,23 @@ def test_available_backends_lists_reference():
     assert "cpu" not in fusedrnn.available_backends("cuda")
 
 
-CLASSES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
-
-
 def _input(cls):
     return torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_explicit_reference_backend_runs(cls, clean_env):
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_backend_argument_and_env_var(cls, clean_env):
+    x = _input(cls)
     clean_env.setenv("FUSEDRNN_BACKEND", "cuda")  # explicit backend= wins over the env var
-    mod = getattr(fusedrnn, cls)(3, 4, backend="reference")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback warning for an explicit choice
-        mod(_input(cls))
-
-
-@pytest.mark.parametrize("cls", ["LSTM", "GRUCell"])
-def test_env_var_is_honoured(cls, clean_env):
-    mod, x = getattr(fusedrnn, cls)(3, 4), _input(cls)
+    with warnings.catch_warnings(action="error"):  # no fallback warning for an explicit choice
+        getattr(fusedrnn, cls)(3, 4, backend="reference")(x)
+    with pytest.raises(ValueError, match=r"unknown fusedrnn backend 'fast'; choose from"):
+        getattr(fusedrnn, cls)(3, 4, backend="fast")
+    with pytest.raises(ValueError, match="unknown fusedrnn backend"):
+        backends.resolve("fast", torch.device("cpu"))
+    mod = getattr(fusedrnn, cls)(3, 4)
     clean_env.setenv("FUSEDRNN_BACKEND", "reference")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(action="error"):
         mod(x)
     assert backends.resolve(None, torch.device("cpu")) == "reference"
     clean_env.setenv("FUSEDRNN_BACKEND", "bogus")
@@ -82,70 +77,45 @@ def test_env_var_is_honoured(cls, clean_env):
     assert backends.resolve(None, torch.device("cpu")) in ("cpu", "reference")
 
 
-@pytest.mark.parametrize("cls", CLASSES)
-def test_unknown_backend_name_is_a_value_error(cls, clean_env):
-    with pytest.raises(ValueError, match=r"unknown fusedrnn backend 'fast'; choose from"):
-        getattr(fusedrnn, cls)(3, 4, backend="fast")
-    with pytest.raises(ValueError, match="unknown fusedrnn backend"):
-        backends.resolve("fast", torch.device("cpu"))
-
-
-def test_unavailable_backend_error_says_how_to_get_it(clean_env):
-    if "cuda" in fusedrnn.available_backends():
-        pytest.skip("the CUDA extension is built here")
-    mod = fusedrnn.LSTM(3, 4, backend="cuda")
-    with pytest.raises(fusedrnn.BackendUnavailableError) as info:
-        mod(torch.randn(5, 2, 3))
-    message = str(info.value)
-    assert "'cuda'" in message and "not available" in message
-    assert "pip install" in message and "nvcc" in message
-    assert issubclass(fusedrnn.BackendUnavailableError, RuntimeError)
-    cell = fusedrnn.GRUCell(3, 4, backend="cuda")
-    with pytest.raises(fusedrnn.BackendUnavailableError, match="pip install"):
-        cell(torch.randn(2, 3))
-
-
-def test_cpu_backend_missing_or_used(clean_env):
-    mod = fusedrnn.RNN(3, 4, backend="cpu")
-    if "cpu" in fusedrnn.available_backends():
+def test_cpu_backend_and_automatic_choice(clean_env):
+    """The compiled backend where it is built; otherwise a clear error for backend="cpu"
+    and the reference backend chosen automatically, with one warning per process."""
+    mod, auto, x = fusedrnn.RNN(3, 4, backend="cpu"), fusedrnn.GRU(3, 4), torch.randn(5, 2, 3)
+    built = "cpu" in fusedrnn.available_backends()
+    if built:
         ref = fusedrnn.RNN(3, 4, backend="reference")
         ref.load_state_dict(mod.state_dict())
-        x = torch.randn(5, 2, 3)
         torch.testing.assert_close(mod(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
     else:
         with pytest.raises(fusedrnn.BackendUnavailableError, match="fusedrnn._C was not built"):
-            mod(torch.randn(5, 2, 3))
-
-
-def test_automatic_choice_on_cpu(clean_env):
-    mod = fusedrnn.GRU(3, 4)
-    x = torch.randn(5, 2, 3)
-    if "cpu" in fusedrnn.available_backends():
-        assert backends.resolve(None, torch.device("cpu")) == "cpu"
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
             mod(x)
-    else:
         with pytest.warns(UserWarning, match="reference backend") as record:
-            mod(x)
+            auto(x)
         assert len(record) == 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # only once per process
-            mod(x)
-        assert backends.resolve(None, torch.device("cpu")) == "reference"
+    with warnings.catch_warnings(action="error"):  # no warning, or only once per process
+        auto(x)
+    assert backends.resolve(None, torch.device("cpu")) == ("cpu" if built else "reference")
 
 
 def test_every_unavailable_backend_is_a_clear_error(clean_env):
-    """Named at construction or set on the attribute between calls."""
+    """Named at construction or set on the attribute between calls; one that is not built
+    says how to build it."""
+    assert issubclass(fusedrnn.BackendUnavailableError, RuntimeError)
     mod = fusedrnn.LSTM(3, 4)
     mod.backend = "reference"
     x = torch.randn(5, 2, 3)
     out = mod(x)[0]
     for name in _unavailable():
-        mod.backend, message = name, f"fusedrnn backend '{name}'"
-        for module in (fusedrnn.GRU(3, 4, backend=name), mod):
-            with pytest.raises(fusedrnn.BackendUnavailableError, match=message):
-                module(x)
+        mod.backend = name
+        named = [getattr(fusedrnn, cls)(3, 4, backend=name) for cls in ("LSTM", "GRU", "GRUCell")]
+        for module in (*named, mod):
+            with pytest.raises(fusedrnn.BackendUnavailableError) as info:
+                module(_input(type(module).__name__))
+            message = str(info.value)
+            assert f"fusedrnn backend '{name}'" in message
+            if name == "cuda" and name not in fusedrnn.available_backends():
+                assert "not available" in message
+                assert "pip install" in message and "nvcc" in message
     mod.backend = "reference"
     torch.testing.assert_close(mod(x)[0], out, rtol=0, atol=0)
 

@@ -36,7 +36,8 @@ import pathlib
 import pytest
 import torch
 import torch._library.custom_ops as custom_ops
-from misc_testlib import H, forward_backward, layer_args, needs_cpu, needs_interpreter
+from layer_cases import Case, make_inputs, outputs_and_grads
+from misc_testlib import needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
@@ -115,18 +116,15 @@ class NoHostSync(TorchDispatchMode):
                 raise HostSyncError(f"{where}: host-to-device copy by {func}")
 
 
-def _run(layer, cell: str, layout: str, zoneout: dict | None = None):
-    """The layer op's forward and backward under NoHostSync; with ``zoneout``, a variant
-    layer's (with layer-norm gains too)."""
-    kw = {}
-    if zoneout is not None:
-        G = 4 if cell == "lstm" else 3
-        kw = dict(ln_ih_w=torch.ones(G * H), ln_hh_w=torch.ones(G * H), **zoneout)
-        if cell == "lstm":
-            kw["ln_c_w"] = torch.ones(H)
-    args = layer_args(cell, layout, B=3, batch_sizes=[3, 2, 1])
-    with NoHostSync(args[-2]) as mode:
-        forward_backward(layer, cell, args, **kw)
+def _run(layer, cell: str, layout: str, variant: bool = False):
+    """The layer op's forward and backward under NoHostSync; ``variant``: with layer norm and
+    zoneout (evaluation) on."""
+    packed, reverse = layout.startswith("packed"), layout.endswith("reverse")
+    case = Case(cell, T=3, B=3, I=3, H=4, lengths=(3, 2, 1) if packed else None, reverse=reverse,
+                ln=variant, zone="eval" if variant else "none")  # fmt: skip
+    a = make_inputs(case, torch.float32)
+    with NoHostSync(a["batch_sizes"]) as mode:
+        outputs_and_grads(layer, a)
     # both ops ran under the mode
     assert any(n.endswith("_fwd") for n in mode.ops_run), mode.ops_run
     assert any(n.endswith("_bwd") for n in mode.ops_run), mode.ops_run
@@ -160,7 +158,7 @@ def test_the_mode_catches_the_patterns():
                      ("lstm", True), ("gru", True)],
 )  # fmt: skip
 def test_cpu_ops_do_not_sync(cell, variant, layout):
-    _run(cpu.layer, cell, layout, {"zoneout_h": 0.2} if variant else None)
+    _run(cpu.layer, cell, layout, variant)
 
 
 TRITON_CASES = [  # cell, layout, kernel path (None: the default), variant
@@ -189,9 +187,8 @@ def test_triton_ops_do_not_sync_and_run_under_the_guard(cell, layout, path, vari
             yield
 
     monkeypatch.setattr(runtime, "device_guard", recording)
-    zoneout = {"zoneout_h": 0.2, "zoneout_c": 0.1} if variant else None
     with tb.kernel_path(path), runtime.launch_counter() as launches:
-        _run(layer, cell, layout, zoneout)
+        _run(layer, cell, layout, variant)
     assert seen == [torch.device("cpu")] * 2
     assert launches.total > 0
 

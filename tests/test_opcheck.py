@@ -18,26 +18,18 @@ import importlib
 
 import pytest
 import torch
-from layer_cases import triton_interpreting
-from misc_testlib import H, T, forward_backward, layer_args, needs_cpu, needs_interpreter
+from layer_cases import Case, call, make_inputs, outputs_and_grads, triton_interpreting, with_leaves
+from misc_testlib import needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fusedrnn.ops import cpu
-from fusedrnn.ops.checks import GATES
+from fusedrnn.ops import cpu, library
 
-OPTESTS = (
-    "test_schema",
-    "test_autograd_registration",
-    "test_faketensor",
-    "test_aot_dispatch_dynamic",
-)
 LAYOUTS = ("dense", "batch_first", "packed", "dense_reverse", "packed_reverse")
 # every layout in float64, the layouts whose fakes differ most in float32 (kept few: the
 # interpreter is slow)
 CASES = [pytest.param(lay, torch.float64, id=f"{lay}-fp64") for lay in LAYOUTS] + [
     pytest.param(lay, torch.float32, id=f"{lay}-fp32") for lay in ("batch_first", "packed_reverse")
 ]
-B = 2
 PLAIN_CELLS, VARIANT_CELLS = ("lstm", "gru", "rnn_relu"), ("lstm", "gru")
 TRITON_OPS = "fusedrnn.ops.triton.layer_op"  # the module that declares the triton ops
 INTERPRET = triton_interpreting()
@@ -51,19 +43,28 @@ class _Capture(TorchDispatchMode):
         self.calls: list[tuple[torch._ops.OpOverload, tuple, dict]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
         if func.namespace == "fusedrnn":
-            self.calls.append((func, args, kwargs))
-        return func(*args, **kwargs)
+            self.calls.append((func, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
-def _inputs(cell: str, layout: str, dtype: torch.dtype, device="cpu"):
-    return layer_args(cell, layout, dtype, B=B, batch_sizes=[2, 2, 1], device=device)
+def _inputs(cell: str, layout: str, dtype: torch.dtype, variant=False, device="cpu") -> dict:
+    """The layer op's arguments by name, the differentiable ones requiring grad; ``variant``
+    turns on layer norm, zoneout masks and (LSTM) peepholes."""
+    options = dict(ln=True, peep=cell == "lstm", zone="hc") if variant else {}
+    lengths, reverse = (3, 2) if layout.startswith("packed") else None, layout.endswith("reverse")
+    case = Case(cell, T=3, B=2, I=3, H=4, lengths=lengths, reverse=reverse, **options)
+    a = make_inputs(case, dtype, device)
+    if layout == "batch_first":  # as a batch_first module hands it over
+        a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
+    return with_leaves(a)
 
 
-def _run_and_capture(layer, cell, args, **kw):
+def _run_and_capture(layer, a: dict):
+    """The fusedrnn op calls of a forward and a backward into every output."""
     with _Capture() as cap:
-        forward_backward(layer, cell, args, **kw)
+        outs = [o for o in call(layer, a) if o is not None]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
     return cap.calls
 
 
@@ -83,29 +84,7 @@ def _regrad(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
             a.requires_grad_()
         return a
 
-    schema = op._schema.arguments
-    return tuple(fix(a, s.name) for a, s in zip(args, schema, strict=False)), kwargs
-
-
-def _variant_kw(cell: str, layout: str, dtype: torch.dtype, device="cpu"):
-    G, gen = GATES[cell], torch.Generator().manual_seed(1)
-    n_rows = (T, B) if not layout.startswith("packed") else (5,)
-
-    def rnd(*shape, shift=0.0):
-        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.3 + shift
-        return t.to(dtype=dtype, device=device).requires_grad_()
-
-    def mask(n):
-        return (torch.rand(*n_rows, n, generator=gen) < 0.3).to(dtype=dtype, device=device)
-
-    kw = dict(
-        ln_ih_w=rnd(G * H, shift=1.0), ln_ih_b=rnd(G * H), ln_hh_w=rnd(G * H, shift=1.0),
-        ln_hh_b=rnd(G * H), zoneout_h=0.3, mask_h=mask(H),
-    )  # fmt: skip
-    if cell == "lstm":
-        kw.update(cifg=False, ln_c_w=rnd(H, shift=1.0), ln_c_b=rnd(H), w_ch=rnd(3, H))
-        kw.update(zoneout_c=0.2, mask_c=mask(H))
-    return kw
+    return tuple(fix(a, s.name) for a, s in zip(args, op._schema.arguments, strict=False)), kwargs
 
 
 def _check(layer, layout, dtype, variant, cells=None, device="cpu") -> set[str]:
@@ -113,16 +92,13 @@ def _check(layer, layout, dtype, variant, cells=None, device="cpu") -> set[str]:
     layers of ``cells``, all by default); returns the names of the ops checked."""
     seen = set()
     for cell in cells or (VARIANT_CELLS if variant else PLAIN_CELLS):
-        args = _inputs(cell, layout, dtype, device)
-        kw = _variant_kw(cell, layout, dtype, device) if variant else {}
-        for op, a, k in _run_and_capture(layer, cell, args, **kw):
+        for op, a, k in _run_and_capture(layer, _inputs(cell, layout, dtype, variant, device)):
             seen.add(op.name())
-            torch.library.opcheck(op, *_regrad(op, a, k), test_utils=OPTESTS)
+            torch.library.opcheck(op, *_regrad(op, a, k))  # all of its tests
     return seen
 
 
-def _ops(backend: str) -> set[str]:
-    """The forward and backward op of a backend."""
+def _ops(backend: str) -> set[str]:  # the forward and backward op of a backend
     return {f"fusedrnn::{backend}_layer_fwd", f"fusedrnn::{backend}_layer_bwd"}
 
 
@@ -139,29 +115,19 @@ def test_eager_calls_run_the_op_bodies_only_while_unwatched(cell, monkeypatch):
     """An eager call with autograd runs the ops' Python bodies directly while nothing observes
     the dispatcher, and the registered ops under a dispatch mode or the profiler (which then
     see them); outputs and every gradient are the same either way."""
-    from fusedrnn.ops import library
-
     answers = []
     real = library._unwatched
     monkeypatch.setattr(library, "_unwatched", lambda a: answers.append(real(a)) or answers[-1])
 
-    def run(args):
-        y, h_n, c_n = cpu.layer(cell, *args)
-        outs = [o for o in (y, h_n, c_n) if o is not None]
-        grads = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=o.dtype)
-                 for o in outs]  # fmt: skip
-        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-        return outs + list(torch.autograd.grad(outs, leaves, grads))
-
-    args = _inputs(cell, "dense", torch.float64)
-    direct = run(args)
+    a = _inputs(cell, "dense", torch.float64)
+    direct = outputs_and_grads(cpu.layer, a)
     assert answers == [True, True]  # forward, backward
     with _Capture() as cap:
-        watched = run(args)
+        watched = outputs_and_grads(cpu.layer, a)
     assert answers[2:] == [False]  # a watched forward runs its backward as an op too
     assert {op.name() for op, _, _ in cap.calls} == _ops("cpu")
     with torch.profiler.profile() as prof:
-        profiled = run(args)
+        profiled = outputs_and_grads(cpu.layer, a)
     assert answers[3:] == [False]
     assert _ops("cpu") <= {e.key for e in prof.key_averages()}
     torch.testing.assert_close([watched, profiled], [direct, direct], rtol=0, atol=0)
@@ -171,10 +137,7 @@ def test_eager_calls_run_the_op_bodies_only_while_unwatched(cell, monkeypatch):
 def test_cpu_variant_gru_outputs_are_deterministic():
     """Every output is a function of the inputs: the GRU's layer-norm statistics [N, 4] use two
     columns, and the other two must not carry whatever the allocator left there."""
-    variant = _variant_kw("gru", "dense", torch.float32)
-    op, a, kw = _run_and_capture(
-        cpu.layer, "gru", _inputs("gru", "dense", torch.float32), **variant
-    )[0]
+    op, a, kw = _run_and_capture(cpu.layer, _inputs("gru", "dense", torch.float32, True))[0]
     a = [t.detach() if isinstance(t, torch.Tensor) else t for t in a]
     outs = []
     for fill in (7.0, 9.0):
@@ -220,30 +183,15 @@ def test_gpu_ops(backend, layout, dtype):
     assert set().union(*seen) == _ops(backend)
 
 
-# every module that declares fusedrnn custom ops, and the ops the tests above cover
-OP_MODULES = {
-    "fusedrnn.ops.cpu": ("cpu_layer_fwd", "cpu_layer_bwd"),
-    TRITON_OPS: ("triton_layer_fwd", "triton_layer_bwd"),
-}
-# checked on CUDA tensors by test_gpu_ops (their kernels need a GPU)
-CUDA_ONLY = ("cuda_layer_fwd", "cuda_layer_bwd")
-
-
 def test_triton_every_custom_op_is_covered():
     """No op in the fusedrnn namespace escapes the checks above (named "triton" so that the
     interpreter run, where the triton ops can load, executes it too)."""
-    for name in OP_MODULES:
-        if name.startswith("fusedrnn.ops.triton") and not INTERPRET:
-            continue
-        importlib.import_module(name)
     importlib.import_module("fusedrnn.ops.cuda")
-    registered = {
-        n.split("::", 1)[1]
-        for n in torch._C._dispatch_get_all_op_names()
-        if n.startswith("fusedrnn::")
-    }
-    covered = {op for ops in OP_MODULES.values() for op in ops}
+    if INTERPRET:
+        importlib.import_module(TRITON_OPS)
     # the CUDA tests register the cuda op factories over a CPU build of the kernels under
     # "*host_test*" names when they run in this process; they are test fixtures, not ops
-    harness = {n for n in registered if "host_test" in n}
-    assert registered - covered - harness - set(CUDA_ONLY) == set()
+    names = torch._C._dispatch_get_all_op_names()
+    registered = {n for n in names if n.startswith("fusedrnn::") and "host_test" not in n}
+    # the cuda ops are checked on CUDA tensors by test_gpu_ops (their kernels need a GPU)
+    assert registered - _ops("cpu") - _ops("triton") - _ops("cuda") == set()

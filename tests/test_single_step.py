@@ -4,9 +4,11 @@ does."""
 
 import itertools
 import re
+from unittest import mock
 
 import pytest
 import torch
+from conftest import MODES
 from module_testlib import assert_outputs_close, assert_same, flatten
 
 import fusedrnn
@@ -18,13 +20,8 @@ STEP_BACKENDS = [
 ]
 pytestmark = pytest.mark.skipif(not STEP_BACKENDS, reason="no backend with a stack_step fast path")
 
-CASES = [
-    ("LSTM", {}),
-    ("LSTM", {"proj_size": 3}),
-    ("GRU", {}),
-    ("RNN", {}),
-    ("RNN", {"nonlinearity": "relu"}),
-]
+CASES = [*MODES.values(), ("LSTM", {"proj_size": 3})]  # (class name, keyword arguments)
+CELLS = [(f"{cls}Cell", kw) for cls, kw in MODES.values()]
 TOL = {torch.float32: {"rtol": 2e-6, "atol": 2e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
 
 
@@ -42,13 +39,6 @@ def count_steps(monkeypatch):
             return out
 
         monkeypatch.setattr(mod, "stack_step", counted)
-    return calls
-
-
-def _count_calls(monkeypatch, name):
-    """A list that grows by one at each call of fusedrnn.modules.<name> (the general path)."""
-    calls, real = [], getattr(fusedrnn.modules, name)
-    monkeypatch.setattr(fusedrnn.modules, name, lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -87,9 +77,6 @@ def test_fast_path_not_taken_when_autograd_or_dropout_needs_the_layer_path(backe
     with torch.no_grad():
         bidir(x)
     assert len(count_steps) == 1
-
-
-CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}), ("RNNCell", {"nonlinearity": "relu"})]
 
 
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
@@ -138,7 +125,8 @@ def test_module_shortcut_skips_the_general_path_only_for_valid_calls(
     """A sampling call (one step, no autograd) goes from forward straight to stack_step
     (RNNBase._one_step); every other call, in particular an invalid one, takes the general
     path and fails there with torch.nn's message."""
-    general = _count_calls(monkeypatch, "rnn_stack")
+    general = mock.Mock(wraps=fusedrnn.modules.rnn_stack)  # counts the general path's calls
+    monkeypatch.setattr(fusedrnn.modules, "rnn_stack", general)
     ref, mod = rnn_pair(cls, 5, 7, 2, backend=None, dtype=torch.float32)
     lstm = cls == "LSTM"
 
@@ -146,10 +134,12 @@ def test_module_shortcut_skips_the_general_path_only_for_valid_calls(
         h = torch.randn(2, batch, 7, dtype=dtype)
         return (h, torch.randn(2, batch, 7, dtype=dtype)) if lstm else h
 
-    with torch.no_grad():
-        x, s = torch.randn(1, 3, 5), state(3)
+    def same(x, s):
         torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
-        assert (len(count_steps), general) == (1, [])
+
+    with torch.no_grad():
+        same(torch.randn(1, 3, 5), state(3))
+        assert (len(count_steps), general.call_count) == (1, 0)
         bad = [
             (torch.randn(1, 3, 5), state(4)),  # state batch != input batch
             (torch.randn(1, 3, 6), state(3)),  # feature size
@@ -164,15 +154,13 @@ def test_module_shortcut_skips_the_general_path_only_for_valid_calls(
         with pytest.raises(RuntimeError, match="h0 has dtype Double but x has dtype Float"):
             mod(torch.randn(1, 3, 5), state(3, torch.float64))
         # valid, but not a shortcut call: two steps, unbatched input, another backend
-        others = [(torch.randn(2, 3, 5), state(3)), (torch.randn(1, 5), None)]
-        for x, s in others:
-            torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+        same(torch.randn(2, 3, 5), state(3))
+        same(torch.randn(1, 5), None)
         monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
-        x, s = torch.randn(1, 3, 5), state(3)
-        torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+        same(torch.randn(1, 3, 5), state(3))
     # the bad calls failed before reaching rnn_stack (the state dtype inside it); the
     # unbatched one reached stack_step through it
-    assert (len(general), len(count_steps)) == (4, 2)
+    assert (general.call_count, len(count_steps)) == (4, 2)
 
 
 @pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="the cell shortcut calls the cpu backend")
@@ -183,7 +171,8 @@ def test_cell_shortcut_skips_the_general_path_for_batched_calls(
     """A batched cell call without autograd goes from forward straight to stack_step
     (RNNCellBase._one_step), with or without a state; an unbatched one takes the general path
     (cell_step), which reaches stack_step too."""
-    general = _count_calls(monkeypatch, "cell_step")
+    general = mock.Mock(wraps=fusedrnn.modules.cell_step)  # counts the general path's calls
+    monkeypatch.setattr(fusedrnn.modules, "cell_step", general)
     ref, mod = rnn_pair(cls, 5, 7, backend=None, dtype=torch.float32)
     h = torch.randn(3, 7)
     with torch.no_grad():
@@ -192,7 +181,7 @@ def test_cell_shortcut_skips_the_general_path_for_batched_calls(
             (torch.randn(3, 5), (h, torch.randn(3, 7)) if cls == "LSTMCell" else h),
         ]:
             torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
-        assert (len(count_steps), general) == (2, [])
+        assert (len(count_steps), general.call_count) == (2, 0)
         x = torch.randn(5)
         torch.testing.assert_close(mod(x), ref(x), rtol=2e-6, atol=2e-6)
-    assert (len(count_steps), general) == (3, [1])
+    assert (len(count_steps), general.call_count) == (3, 1)

@@ -19,7 +19,8 @@ pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
 from layer_cases import Case, call, with_leaves  # noqa: E402
-from module_testlib import flatten  # noqa: E402
+from module_testlib import assert_same, random_state  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import fusedrnn  # noqa: E402
 from fusedrnn.ops import library  # noqa: E402
@@ -154,43 +155,30 @@ def test_half_precision(cell, device, dtype, path):
 # ---- the modules with backend="triton" against torch.nn ---------------------------------
 
 
-def _assert_matches(ref, mod, *args):
-    """Every output (to 1e-10) and every parameter's gradient (to 1e-9) of ``mod(*args)``
-    equal to ``ref(*args)``'s, under a loss that weights each output element by itself."""
-    results = [flatten(m(*args)) for m in (ref, mod)]
-    for a, b in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    for outs in results:
-        sum(o.square().sum() for o in outs).backward()
-    for (name, p_r), p_m in zip(ref.named_parameters(), mod.parameters(), strict=True):
-        torch.testing.assert_close(p_m.grad, p_r.grad, rtol=1e-9, atol=1e-9, msg=name)
+MODULES = [
+    ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("LSTM", dict(num_layers=2, proj_size=3)),
+    ("GRU", dict(num_layers=2, bidirectional=True, bias=False)),
+    ("RNN", dict(num_layers=2, nonlinearity="relu", bidirectional=True)),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "cls,kwargs",
-    [
-        ("LSTM", dict(num_layers=2, bidirectional=True)),
-        ("LSTM", dict(num_layers=2, proj_size=3)),
-        ("GRU", dict(num_layers=2, bidirectional=True, bias=False)),
-        ("RNN", dict(num_layers=2, nonlinearity="relu", bidirectional=True)),
-    ],
+    "cls,kwargs,lengths",
+    [(cls, kw, lengths) for cls, kw in MODULES for lengths in (None, [4, 4, 2, 1])]
+    + [(cls, {}, None) for cls in ("LSTMCell", "GRUCell", "RNNCell")],
 )
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_module_matches_torch_nn(rnn_pair, cls, kwargs, packed, device):
+def test_module_matches_torch_nn(rnn_pair, cls, kwargs, lengths, device):
+    """Result structure, every output and every gradient (input, state, parameters) as
+    torch.nn's; the modules start from a zero state, the cells from a random one."""
     ref, mod = rnn_pair(cls, 3, 7, backend="triton", dtype=torch.float64, device=device, **kwargs)
-    x = torch.randn(4, 4, 3, dtype=torch.float64, device=device)
-    if packed:
-        x = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 4, 2, 1], enforce_sorted=False)
-    _assert_matches(ref, mod, x)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_cell_matches_torch_nn(rnn_pair, cls, device):
-    ref, mod = rnn_pair(cls, 4, 9, backend="triton", dtype=torch.float64, device=device)
-    x, h, c = (torch.randn(3, n, dtype=torch.float64, device=device) for n in (4, 9, 9))
-    _assert_matches(ref, mod, x, (h, c) if cls == "LSTMCell" else h)
+    cell = cls.endswith("Cell")
+    with torch.device(device):
+        x = torch.randn(*(() if cell else (4,)), 4, 3, dtype=torch.float64)
+        hx = random_state(cls, (4,), 7) if cell else None
+    pack = lengths and (lambda x: pack_padded_sequence(x, lengths, enforce_sorted=False))
+    assert_same(ref, mod, x, hx, rtol=1e-10, atol=1e-10, pack=pack)
 
 
 def test_dot_precision_follows_allow_tf32():
