@@ -5,8 +5,6 @@ from __future__ import annotations
 import cuda_host
 import pytest
 import torch
-from torch.func import functional_call
-from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
@@ -75,10 +73,9 @@ def rnn_pair():
     """
 
     def make(cls: str, *args, backend="reference", dtype=torch.float64, device=None, **kwargs):
-        ref = getattr(torch.nn, cls)(*args, **kwargs).to(dtype=dtype, device=device)
-        mod = getattr(fusedrnn, cls)(*args, backend=backend, **kwargs).to(
-            dtype=dtype, device=device
-        )
+        to = dict(dtype=dtype, device=device)
+        ref = getattr(torch.nn, cls)(*args, **kwargs).to(**to)
+        mod = getattr(fusedrnn, cls)(*args, backend=backend, **kwargs).to(**to)
         mod.load_state_dict(ref.state_dict())
         return ref, mod
 
@@ -100,32 +97,3 @@ def same_error():
         return mod_info.value
 
     return check
-
-
-def module_as_function(cls, kw, sizes, lengths, *, bidirectional, packed, backend, num_layers=1):
-    """(f, inputs) for gradcheck / gradgradcheck: f(*inputs) runs a float64 fusedrnn module
-    ``cls(I, H, **kw)`` with the input, the initial state and every parameter as explicit
-    inputs (through functional_call), returning every output. ``sizes`` = (T, B, I, H);
-    ``lengths`` are the packed sequence lengths when ``packed``."""
-    T, B, I, H = sizes  # noqa: E741
-    mod = getattr(fusedrnn, cls)(
-        I, H, num_layers=num_layers, bidirectional=bidirectional, backend=backend, **kw
-    ).double()
-    names = [n for n, _ in mod.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in mod.parameters()]
-    n = num_layers * (2 if bidirectional else 1)
-    h_out = kw.get("proj_size") or H
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    states = [torch.randn(n, B, h_out, dtype=torch.float64, requires_grad=True)]
-    if cls == "LSTM":
-        states.append(torch.randn(n, B, H, dtype=torch.float64, requires_grad=True))
-
-    def f(x, *rest):
-        hx = rest[: len(states)]
-        weights = dict(zip(names, rest[len(states) :], strict=True))
-        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
-        out, state = functional_call(mod, weights, (inp, hx if cls == "LSTM" else hx[0]))
-        out = out.data if packed else out
-        return (out, *state) if cls == "LSTM" else (out, state)
-
-    return f, (x, *states, *params)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from conftest import MODES
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils._pytree import tree_map_only
 
 
 def flatten(result) -> list[torch.Tensor]:
@@ -25,23 +26,13 @@ def _structure(result):
     return type(result).__name__, [_structure(item) for item in result]
 
 
-def _fresh_leaves(hx):
-    """A copy of the state (a tensor, tuple or list of them, or None) whose tensors are
-    fresh leaves requiring grad."""
-    if hx is None:
-        return None
-    if isinstance(hx, torch.Tensor):
-        return hx.detach().clone().requires_grad_()
-    return type(hx)(_fresh_leaves(h) for h in hx)
-
-
 def outputs_and_grads(module, x, hx=None, *, pack=None, seed=1):
     """(result structure, outputs, grads) of ``module(x, hx)``, or of
     ``module(pack(x), hx)``. The grads are those of the input, of each state tensor and of
     every parameter (None for a frozen one), under a seeded random linear loss on every
     output, the same for any module given the same seed."""
     x = x.detach().clone().requires_grad_()
-    hx = _fresh_leaves(hx)
+    hx = tree_map_only(torch.Tensor, lambda t: t.detach().clone().requires_grad_(), hx)
     inp = x if pack is None else pack(x)
     result = module(inp, hx)
     if pack is not None:  # the output keeps the input's batch layout and order
@@ -84,12 +75,11 @@ def assert_same(ref, mod, x, hx=None, *, rtol, atol, pack=None, scaled=False, wh
     ref_structure, ref_outs, ref_grads = outputs_and_grads(ref, x, hx, pack=pack)
     structure, outs, grads = outputs_and_grads(mod, x, hx, pack=pack)
     assert structure == ref_structure, what
-    n_states = len(ref_grads) - 1 - len(list(ref.parameters()))
+    params = [n for n, _ in ref.named_parameters()]
+    states = [f"state {i}" for i in range(len(ref_grads) - 1 - len(params))]
     names = [f"output {i} {what}" for i in range(len(ref_outs))]
     assert_all_close(outs, ref_outs, names, rtol=rtol, atol=atol, scaled=scaled)
-    names = ["input", *(f"state {i}" for i in range(n_states))]
-    names += [n for n, _ in ref.named_parameters()]
-    names = [f"grad of {n} {what}" for n in names]
+    names = [f"grad of {n} {what}" for n in ["input", *states, *params]]
     assert_all_close(grads, ref_grads, names, rtol=rtol, atol=atol, scaled=scaled)
 
 

@@ -27,15 +27,32 @@ pytestmark = [
 
 T, B, I, H = 6, 3, 5, 7
 LENGTHS = [6, 4, 1]
+# "triton-cooperative": the triton backend forced onto its cooperative launch (at H = 7 it
+# would take the persistent kernels)
+BACKENDS = ["triton", "triton-cooperative", "cuda"]
 
 
-def _setup(backend: str, cls: str, packed: bool):
-    """``(input leaf, call)``; ``triton-cooperative``: the triton backend forced onto its
-    cooperative launch (at H = 7 it would take the persistent kernels)."""
-    backend, _, path = backend.partition("-")
+def _backend(spec: str):
+    """(backend name, factory of a context selecting its kernel path) for a BACKENDS entry."""
+    backend, _, path = spec.partition("-")
     if backend not in fusedrnn.available_backends("cuda"):
         pytest.skip(f"backend {backend} not built")
-    torch.manual_seed(0)
+    if not path:
+        return backend, contextlib.nullcontext
+    from fusedrnn.ops import triton as tb
+
+    return backend, lambda: tb.kernel_path(path)
+
+
+def _outputs(mod, inp, packed: bool) -> list:
+    out, h = mod(inp)
+    return [out.data if packed else out, *(h if isinstance(h, tuple) else (h,))]
+
+
+def _setup(spec: str, cls: str, packed: bool):
+    """``(input leaf, call)``: ``call`` runs forward, a random linear loss and backward, and
+    returns every output and every gradient (of the input and of each parameter)."""
+    backend, path = _backend(spec)
     mod = getattr(fusedrnn, cls)(I, H, num_layers=2, backend=backend).cuda()
     x = torch.randn(T, B, I, device="cuda")
     if packed:
@@ -43,36 +60,23 @@ def _setup(backend: str, cls: str, packed: bool):
         leaf = p.data.clone().requires_grad_()
         inp = PackedSequence(leaf, p.batch_sizes)
     else:
-        leaf = x.clone().requires_grad_()
-        inp = leaf
+        leaf = inp = x.clone().requires_grad_()
     leaves = [leaf, *mod.parameters()]
     with torch.no_grad():
-        out, h = mod(inp)
-    outs = [out.data if packed else out, *(h if isinstance(h, tuple) else (h,))]
-    ups = [torch.randn_like(o) for o in outs]
+        ups = [torch.randn_like(o) for o in _outputs(mod, inp, packed)]
 
     def call():
         for t in leaves:
             t.grad = None
-        with _path(path or None):
-            out, h = mod(inp)
-            outs = [out.data if packed else out, *(h if isinstance(h, tuple) else (h,))]
+        with path():
+            outs = _outputs(mod, inp, packed)
             sum((o * u).sum() for o, u in zip(outs, ups, strict=True)).backward()
         return [o.detach() for o in outs] + [t.grad for t in leaves]
 
     return leaf, call
 
 
-def _path(path: str | None):
-    if path is None:
-        return contextlib.nullcontext()
-    from fusedrnn.ops import triton as tb
-
-    return tb.kernel_path(path)
-
-
 def _assert_same(got, want):
-    assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):
         assert a is not None and b is not None
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -80,7 +84,7 @@ def _assert_same(got, want):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("backend", ["triton", "triton-cooperative", "cuda"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_replay_matches_eager(backend, cls, packed):
     leaf, call = _setup(backend, cls, packed)
     graph, static = measure.cuda_graph(call)
@@ -94,18 +98,15 @@ def test_replay_matches_eager(backend, cls, packed):
             leaf.copy_(torch.randn_like(leaf))
 
 
-@pytest.mark.parametrize("backend", ["triton", "triton-cooperative", "cuda"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_compile_reduce_overhead_matches_eager(backend):
     """``torch.compile(mode="reduce-overhead")`` (Inductor with CUDA-graph trees) around a
     two-layer LSTM: forward and the gradients of input and weights agree with eager calls on
     fresh inputs, over the calls that warm up, record and then replay the graph."""
     import torch._dynamo
 
-    backend, _, path = backend.partition("-")
-    if backend not in fusedrnn.available_backends("cuda"):
-        pytest.skip(f"backend {backend} not built")
+    backend, path = _backend(backend)
     torch._dynamo.reset()
-    torch.manual_seed(0)
     mod = fusedrnn.LSTM(I, H, num_layers=2, backend=backend).cuda()
     compiled = torch.compile(mod, mode="reduce-overhead")
     params = list(mod.parameters())
@@ -115,7 +116,7 @@ def test_compile_reduce_overhead_matches_eager(backend):
         results = []
         for fn in (compiled, mod):
             torch.compiler.cudagraph_mark_step_begin()
-            with _path(path or None):
+            with path():
                 y, (h, c) = fn(x)
                 grads = torch.autograd.grad((y * u).sum() + h.sum() + c.sum(), [x, *params])
             results.append([t.detach().clone() for t in (y, h, c, *grads)])

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODES, module_as_function
+from conftest import MODES
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
@@ -27,11 +28,40 @@ CPU_SIZES = (3, 2, 3, 2)  # T, B, I, H
 LENGTHS = [2, 3]
 
 
+def _leaf(*shape):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+def _as_function(mod, x, states, run):
+    """(f, inputs) for gradcheck / gradgradcheck: f(x, *states, *params) is
+    ``run(call, x, states)``, where ``call`` runs ``mod`` with those parameters."""
+    names = [n for n, _ in mod.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in mod.parameters()]
+
+    def f(x, *rest):
+        weights = dict(zip(names, rest[len(states) :], strict=True))
+        return run(lambda *args: functional_call(mod, weights, args), x, rest[: len(states)])
+
+    return f, (x, *states, *params)
+
+
 def _function(mode, bidirectional=False, packed=False, backend="cpu", num_layers=1, cpu=False):
+    """(f, inputs) of a float64 module of ``mode`` (CPU_CASES at CPU_SIZES when ``cpu``)."""
     cls, kw = (CPU_CASES if cpu else CASES)[mode]
-    layout = dict(bidirectional=bidirectional, packed=packed, num_layers=num_layers)
-    sizes = CPU_SIZES if cpu else (T, B, I, H)
-    return module_as_function(cls, kw, sizes, LENGTHS, backend=backend, **layout)
+    t, b, i, h = CPU_SIZES if cpu else (T, B, I, H)
+    layout = dict(num_layers=num_layers, bidirectional=bidirectional, backend=backend)
+    mod = getattr(fusedrnn, cls)(i, h, **layout, **kw).double()
+    lstm = cls == "LSTM"
+    n = num_layers * (2 if bidirectional else 1)
+    x = _leaf(t, b, i)
+    states = [_leaf(n, b, kw.get("proj_size") or h), *([_leaf(n, b, h)] if lstm else [])]
+
+    def run(call, x, hx):
+        inp = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
+        out, state = call(inp, hx if lstm else hx[0])
+        return (out.data if packed else out, *(state if lstm else (state,)))
+
+    return _as_function(mod, x, states, run)
 
 
 # (bidirectional, packed, num_layers): every layout of one layer, and a bidirectional stack
@@ -51,46 +81,38 @@ def test_gradcheck(mode, bidirectional, packed, num_layers, cpu_backend):
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast)
 
 
-@pytest.mark.parametrize("mode", CASES)
+# (backend, mode, bidirectional and packed): torch.nn supports double backward; the
+# reference backend is autograd differentiated twice, the cpu backend has its own
+GRADGRAD = [
+    *(("reference", mode, bi_packed) for bi_packed in (False, True) for mode in CASES),
+    *(("cpu", mode, False) for mode in CPU_CASES),
+    *(("cpu", mode, True) for mode in ("LSTM", "GRU")),
+]
+
+
 @pytest.mark.parametrize(
-    "bidirectional,packed", [(False, False), (True, True)], ids=["uni-dense", "bi-packed"]
+    "backend,mode,bi_packed",
+    GRADGRAD,
+    ids=[f"{b}-{m}-{'bi-packed' if p else 'uni-dense'}" for b, m, p in GRADGRAD],
 )
-def test_gradgradcheck_reference(mode, bidirectional, packed):
-    """Second derivatives (torch.nn supports double backward): the reference backend,
-    which autograd differentiates twice."""
-    f, inputs = _function(mode, bidirectional, packed, "reference")
-    assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+def test_gradgradcheck(backend, mode, bi_packed):
+    f, inputs = _function(mode, bi_packed, bi_packed, backend, cpu=backend == "cpu")
+    # the full second-order Jacobian for the cpu backend's dense layout; projections elsewhere
+    fast = bi_packed or backend == "reference"
+    assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=fast)
 
 
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_cell_gradcheck(cls, bias, cpu_backend):
     cell = getattr(fusedrnn, cls)(I, H, bias=bias, backend=cpu_backend).double()
-    names = [n for n, _ in cell.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
-    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
-    h = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
-    c = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
-
-    def f(x, h, c, *weights):
-        hx = (h, c) if cls == "LSTMCell" else h
-        return functional_call(cell, dict(zip(names, weights, strict=True)), (x, hx))
-
-    assert gradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+    x, states = _leaf(B, I), [_leaf(B, H), _leaf(B, H)]  # (h, c): c only for the LSTMCell
+    f, inputs = _as_function(
+        cell, x, states, lambda call, x, hx: call(x, hx if cls == "LSTMCell" else hx[0])
+    )
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
     if cpu_backend == "reference":
-        assert gradgradcheck(f, (x, h, c, *params), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
-
-
-@pytest.mark.parametrize("mode", CPU_CASES)
-def test_gradgradcheck_cpu(mode):
-    f, inputs = _function(mode, cpu=True)
-    assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
-
-
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_gradgradcheck_cpu_bidirectional_packed(mode):
-    f, inputs = _function(mode, bidirectional=True, packed=True, cpu=True)
-    assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+        assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
 def test_second_order_matches_torch_nn(rnn_pair):
