@@ -591,8 +591,11 @@ def test_console_lines_and_what_resume_says(text_file, tmp_path, capsys):
     assert first == f"--resume: no checkpoint in {fresh} yet, starting a new run"
 
 
-def test_cli_errors_are_one_sentence_in_plain_words(trained, text_file, tmp_path, capsys):
+def test_cli_errors_are_one_sentence_in_plain_words(
+    trained, text_file, tmp_path, capsys, monkeypatch
+):
     ck, t = trained[0] / "last.pt", tmp_path
+    monkeypatch.chdir(t)  # where a run without --out would create its default folder
     (t / "truncated.pt").write_bytes(ck.read_bytes()[:3000])
     (t / "broken.pt").write_bytes((trained[0] / "best.pt").read_bytes()[:1000])
     (t / "empty.txt").write_text("")
@@ -632,6 +635,6 @@ def test_cli_errors_are_one_sentence_in_plain_words(trained, text_file, tmp_path
         assert not any(s in m for s in not_ours), m
         assert m.count(". ") == 0 and len(m) < 240, m
         assert all(w in m for w in words), m
-    assert not (t / "runs").exists()
+    assert not (t / "runs").exists()  # no failed run created the default output folder
     # the file refused as text trains as bytes
     cli_out(capsys, *new_run, "--data", t / "latin1.txt", "--bytes", "--batch-size", 2)
