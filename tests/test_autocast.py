@@ -32,13 +32,6 @@ T, B, I, H = 5, 3, 4, 6
 TOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
-def _pair(cls, backend, **kw):
-    ref = getattr(torch.nn, cls)(I, H, **kw)
-    mod = getattr(fusedrnn, cls)(I, H, backend=backend, **kw)
-    mod.load_state_dict(ref.state_dict())
-    return ref, mod
-
-
 def _nn_under_autocast(ref, x, dtype):
     """torch.nn's outputs under CPU autocast. oneDNN's LSTM raises on CPUs without bfloat16
     or float16 support (as here); what it computes there is the LSTM on the input autocast
@@ -95,14 +88,14 @@ def _input(cls, kw, kind="fp32"):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case", CASES)
-def test_dtype_and_values_against_torch_nn(case, backend, dtype):
+def test_dtype_and_values_against_torch_nn(case, backend, dtype, rnn_pair):
     """fusedrnn returns the autocast dtype, with torch.nn's values to that dtype's tolerance.
     A bfloat16 input with float32 weights is accepted under autocast, as by torch.nn."""
     cls, kw, kind, nn_dtype = CASES[case]
     if kind == "bf16" and dtype == torch.float16:
         # torch.nn's decomposed cells promote the bf16 state against fp16 gate products
         pytest.skip("torch.nn returns float32 for bfloat16 inputs under float16 autocast")
-    ref, mod = _pair(cls, backend, **kw)
+    ref, mod = rnn_pair(cls, I, H, backend=backend, dtype=torch.float32, **kw)
     x = _input(cls, kw, kind)
     want = _nn_under_autocast(ref, x, dtype)
     with torch.autocast("cpu", dtype=dtype):
@@ -111,10 +104,10 @@ def test_dtype_and_values_against_torch_nn(case, backend, dtype):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_training_step_under_autocast(backend):
+def test_training_step_under_autocast(backend, rnn_pair):
     """Gradients flow to the float32 weights through the cast (as with torch.nn's autocast
     ops) and agree with torch.nn's within bfloat16's tolerance."""
-    ref, mod = _pair("RNN", backend, num_layers=2)
+    ref, mod = rnn_pair("RNN", I, H, num_layers=2, backend=backend, dtype=torch.float32)
     x = torch.randn(T, B, I)
     for m in (ref, mod):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -145,9 +138,9 @@ def test_variants_under_autocast(backend, cls, kw, dtype):
     _compare(got, want, dtype, want_dtype=torch.float32)
 
 
-def test_float64_is_left_alone():
+def test_float64_is_left_alone(rnn_pair):
     """autocast does not cast float64; neither does the boundary."""
-    ref, mod = (m.double() for m in _pair("LSTM", "reference"))
+    ref, mod = rnn_pair("LSTM", I, H)  # float64, reference backend
     x = torch.randn(T, B, I, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = mod(x), ref(x)
@@ -161,7 +154,7 @@ def test_float64_is_left_alone():
 @pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
-def test_triton_under_autocast(cls, batch_first, path):
+def test_triton_under_autocast(cls, batch_first, path, rnn_pair):
     """float16 autocast, where the interpreter's tl.dot is right: float16 out, values as
     torch.nn's on the same float16-rounded input and weights. bfloat16 autocast: the op
     takes the cast inputs (before, a bf16 input projection met float32 weights in tl.dot) and
@@ -169,7 +162,7 @@ def test_triton_under_autocast(cls, batch_first, path):
     those values."""
     from fusedrnn.ops import triton as tb
 
-    ref, mod = _pair(cls, "triton", batch_first=batch_first)
+    ref, mod = rnn_pair(cls, I, H, batch_first=batch_first, backend="triton", dtype=torch.float32)
     x = _input(cls, {"batch_first": batch_first})
     with tb.kernel_path(path):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -189,11 +182,11 @@ def test_triton_under_autocast(cls, batch_first, path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
-def test_cuda_autocast_matches_torch_nn(cls, dtype):
+def test_cuda_autocast_matches_torch_nn(cls, dtype, rnn_pair):
     """On CUDA fusedrnn returns the autocast dtype (whichever GPU backend is picked), with
     torch.nn's values. torch.nn's cuDNN modules return float16 under bfloat16 autocast too
     (seen on an H200 with torch 2.11): their dtype is not asserted there."""
-    ref, mod = (m.cuda() for m in _pair(cls, None, num_layers=2))
+    ref, mod = rnn_pair(cls, I, H, num_layers=2, backend=None, dtype=torch.float32, device="cuda")
     x = torch.randn(T, B, I, device="cuda")
     with torch.autocast("cuda", dtype=dtype):
         want, got = ref(x), mod(x)
