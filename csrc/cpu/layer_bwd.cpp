@@ -14,11 +14,7 @@
 // finished early in the forward direction picks up its grad h_n when the walk reaches its last
 // step, a row that started late in the reverse direction leaves its grad h0 behind.
 // The per-element derivations are in csrc/cell_math.h.
-#include "layer_ops.h"
-
-#include "blas.h"
-#include "common.h"
-#include "scratch.h"
+#include "backward.h"
 
 namespace fusedrnn::cpu {
 
@@ -38,18 +34,9 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, con
   if (mask == 0) return out;
 
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
-  const at::Tensor y = y_in.reshape({N, Hout}).contiguous();  // [N, Hout]
-  TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
-              " elements, expected ", N * Hout);
-  const at::Tensor dy = grad_y.reshape({N, Hout}).contiguous();  // [N, Hout]
-  at::Tensor dh_state = grad_hn.has_value() && grad_hn->defined()
-                            ? grad_hn->reshape({B, Hout}).clone(at::MemoryFormat::Contiguous)
-                            : at::zeros({B, Hout}, opts);  // [B, Hout]
-  at::Tensor dc_state;                                    // [B, H] (LSTM)
-  if (cell == Cell::LSTM)
-    dc_state = grad_cn.has_value() && grad_cn->defined()
-                   ? grad_cn->reshape({B, H}).clone(at::MemoryFormat::Contiguous)
-                   : at::zeros({B, H}, opts);
+  const auto [y, dy] = output_rows(y_in, grad_y, N, Hout);  // [N, Hout] each
+  at::Tensor dh_state = state_grad(grad_hn, B, Hout, opts);                   // [B, Hout]
+  at::Tensor dc_state = cell == Cell::LSTM ? state_grad(grad_cn, B, H, opts) : none();  // [B, H]
   const auto dtype = a.x.scalar_type();
   // [N, G*H] pre-activation gradients: input side, and recurrent side (GRU only)
   at::Tensor dG = scratch(Scratch::kGates, {N, GH}, dtype);
@@ -144,45 +131,10 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, con
     }
   }
 
-  if (mask & kGradX) {
-    at::Tensor dx = pooled_output({N, a.I}, dtype);  // [N, I] = dG W_ih
-    gemm<T>(false, false, N, a.I, GH, T(1), dGp, GH, cptr<T>(a.w_ih), a.I, T(0), ptr<T>(dx), a.I);
-    out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
-  }
+  gemm_grads<T>(a, steps, dGp, dGhp, yp, proj ? cptr<T>(DH) : nullptr,
+                proj ? cptr<T>(Hraw) : nullptr, mask, a.perm.defined(), out);
   if (mask & kGradH0) out[1] = dh_state;
   if ((mask & kGradC0) && cell == Cell::LSTM) out[2] = dc_state;
-  if (mask & kGradWih) {
-    // [G*H, I] = dG^T X, rows in the chunk layout (a scratch buffer when permuted back below)
-    at::Tensor dw = a.perm.defined() ? scratch(Scratch::kGradWih, {GH, a.I}, dtype)
-                                     : pooled_output({GH, a.I}, dtype);
-    gemm<T>(true, false, GH, a.I, N, T(1), dGp, GH, cptr<T>(a.x), a.I, T(0), ptr<T>(dw), a.I);
-    out[3] = dw;
-  }
-  if (mask & kGradWhh) {
-    // [G*H, Hout] = sum_t dGh_t^T h_{t-1}
-    at::Tensor dw = a.perm.defined() ? scratch(Scratch::kGradWhh, {GH, Hout}, dtype)
-                                     : pooled_output({GH, Hout}, dtype);
-    T* dwp = ptr<T>(dw);
-    if (N == 0) {
-      dw.zero_();
-    } else if (!a.packed) {
-      // Dense: the previous states of all steps but the first visited are y shifted by one
-      // step, so the stacked GEMM reads y in place; the first visited step pairs with h0.
-      const int64_t body = N - B;
-      const T* g_body = a.reverse ? dGhp : dGhp + B * GH;
-      const T* h_body = a.reverse ? yp + B * Hout : yp;
-      const T* g_first = a.reverse ? dGhp + body * GH : dGhp;
-      gemm<T>(true, false, GH, Hout, body, T(1), g_body, GH, h_body, Hout, T(0), dwp, Hout);
-      gemm<T>(true, false, GH, Hout, B, T(1), g_first, GH, h0, Hout, T(1), dwp, Hout);
-    } else {
-      // Packed: gather h_{t-1} of every row into one [N, Hout] matrix, then one GEMM.
-      at::Tensor hprev = scratch(Scratch::kWork3, {N, Hout}, dtype);
-      T* hp = ptr<T>(hprev);
-      gather_previous(steps, yp, h0, Hout, hp);
-      gemm<T>(true, false, GH, Hout, N, T(1), dGhp, GH, hp, Hout, T(0), dwp, Hout);
-    }
-    out[4] = dw;
-  }
   if (mask & kGradBih) out[5] = dG.sum(0);
   if (mask & kGradBhh)  // LSTM / RNN add both biases once: the same gradient, one reduction
     out[6] = (cell != Cell::GRU && (mask & kGradBih)) ? out[5].clone() : dGh.sum(0);
@@ -196,12 +148,6 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, con
       }
     for (int k : {5, 6})
       if (out[k].numel() > 0) out[k] = out[k].index_select(0, inv);
-  }
-  if ((mask & kGradWhr) && proj) {
-    at::Tensor dw = at::empty({Hout, H}, opts);  // [Hout, H] = DH^T H_raw
-    gemm<T>(true, false, Hout, H, N, T(1), cptr<T>(DH), Hout, cptr<T>(Hraw), H, T(0), ptr<T>(dw),
-            H);
-    out[7] = dw;
   }
   return out;
 }

@@ -20,9 +20,7 @@
 // LSTMVariantCell, GRUCell).
 #include <array>
 
-#include "blas.h"
-#include "layer_ops.h"
-#include "scratch.h"
+#include "backward.h"
 #include "variant_ops.h"
 
 namespace fusedrnn::cpu {
@@ -99,18 +97,9 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
               "fusedrnn cpu backend: the backward needs the forward's saved tensors (run the "
               "forward with train=True)");
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
-  const at::Tensor y = y_in.reshape({N, Hout}).contiguous();
-  TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
-              " elements, expected ", N * Hout);
-  const at::Tensor dy = grad_y.reshape({N, Hout}).contiguous();
-  at::Tensor dh_state = grad_hn.has_value() && grad_hn->defined()
-                            ? grad_hn->reshape({B, Hout}).clone(at::MemoryFormat::Contiguous)
-                            : at::zeros({B, Hout}, opts);  // [B, Hout]
-  at::Tensor dc_state;                                    // [B, H] (LSTM)
-  if (lstm)
-    dc_state = grad_cn.has_value() && grad_cn->defined()
-                   ? grad_cn->reshape({B, H}).clone(at::MemoryFormat::Contiguous)
-                   : at::zeros({B, H}, opts);
+  const auto [y, dy] = output_rows(y_in, grad_y, N, Hout);  // [N, Hout] each
+  at::Tensor dh_state = state_grad(grad_hn, B, Hout, opts);               // [B, Hout]
+  at::Tensor dc_state = lstm ? state_grad(grad_cn, B, H, opts) : empty();  // [B, H]
 
   const auto dtype = a.x.scalar_type();
   auto tmp = [&](Scratch slot, at::IntArrayRef shape) { return scratch(slot, shape, dtype); };
@@ -240,9 +229,8 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
     rows.push_back(column_sums<T>(dPp + ko * H, GH, false, CT, nullptr, H, N, H, opts)[1]);
     out[14] = at::stack(rows);
   }
-  // Input side: LN_ih backward row by row over all steps, in place (dP becomes dXP) once the
-  // column sums above have read dP.
-  at::Tensor dXP = dP;
+  // Input side: LN_ih backward row by row over all steps, in place (dP becomes the gradient of
+  // X W_ih^T) once the column sums above have read dP.
   if (ln && (mask & (kGradX | kGradWih))) {
     const T* XH = cptr<T>(xh_t);
     const T* w = cptr<T>(a.ln_ih_w);
@@ -252,32 +240,7 @@ std::vector<at::Tensor> bwd_impl(const VariantArgs& a, const at::Tensor& y_in,
                          K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);
                      });
   }
-  if (mask & kGradX) {
-    at::Tensor dx = pooled_output({N, a.I}, dtype);  // [N, I] = dXP W_ih
-    gemm<T>(false, false, N, a.I, GH, T(1), cptr<T>(dXP), GH, cptr<T>(a.w_ih), a.I, T(0),
-            ptr<T>(dx), a.I);
-    out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
-  }
-  if (mask & kGradWih) {
-    at::Tensor dw = at::empty({GH, a.I}, opts);  // [G*H, I] = dXP^T X
-    gemm<T>(true, false, GH, a.I, N, T(1), cptr<T>(dXP), GH, cptr<T>(a.x), a.I, T(0), ptr<T>(dw),
-            a.I);
-    out[3] = dw;
-  }
-  if (mask & kGradWhh) {
-    // h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM
-    at::Tensor hprev = tmp(Scratch::kWork7, {N, Hout});
-    T* hpv = ptr<T>(hprev);
-    gather_previous(steps, yp, h0, Hout, hpv);
-    at::Tensor dw = at::empty({GH, Hout}, opts);  // [G*H, Hout] = dHP^T H_prev
-    gemm<T>(true, false, GH, Hout, N, T(1), dHPp, GH, hpv, Hout, T(0), ptr<T>(dw), Hout);
-    out[4] = dw;
-  }
-  if ((mask & kGradWhr) && proj) {
-    at::Tensor dw = at::empty({Hout, H}, opts);  // [Hout, H] = dH~^T H_raw
-    gemm<T>(true, false, Hout, H, N, T(1), dhtp, Hout, hrawp, H, T(0), ptr<T>(dw), H);
-    out[7] = dw;
-  }
+  gemm_grads<T>(a, steps, dPp, dHPp, yp, dhtp, hrawp, mask, false, out);
   if (mask & kGradH0) out[1] = dh_state;
   if ((mask & kGradC0) && lstm) out[2] = dc_state;
   return out;
