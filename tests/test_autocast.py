@@ -3,17 +3,15 @@
 fusedrnn's rule (fusedrnn.functional.autocast_dtype): under autocast for the input's device
 type, inputs, states and weights are cast once to the autocast dtype (float64 left alone, as
 autocast does), the layers run with autocast off, and the outputs come back in the autocast
-dtype. That is torch.nn's behaviour on CUDA for every recurrent module and on CPU for its
-oneDNN LSTM, its RNN, and every module given a low-precision input. torch.nn's CPU GRU,
-packed LSTM, LSTM with projections, LSTMCell and GRUCell fed float32 return float32 instead
-(their elementwise state update promotes against the float32 state); there fusedrnn keeps the
-one rule, which these tests pin down, and compares values with torch.nn's within the autocast
+dtype. That is torch.nn's behaviour on CUDA, and on CPU for its oneDNN LSTM, its RNN and every
+module given a low-precision input; its CPU GRU, packed LSTM, LSTM with projections, LSTMCell
+and GRUCell fed float32 return float32 (their state update promotes against the float32
+state). fusedrnn keeps the one rule there too, and its values match torch.nn's to the autocast
 dtype's tolerance.
 
-The triton cases run under ``TRITON_INTERPRET=1`` (``-k triton``), where CPU autocast stands
-in for CUDA autocast. The interpreter's ``tl.dot`` is exact for float16 and wrong for
-bfloat16 inputs, so values are compared under float16 autocast; under bfloat16 autocast only
-that the op runs and returns bfloat16 is checked.
+The triton cases run under ``TRITON_INTERPRET=1``, where CPU autocast stands in for CUDA's.
+The interpreter's ``tl.dot`` is exact for float16 and wrong for bfloat16 inputs, so values are
+compared under float16 autocast; under bfloat16 autocast only the output dtype is checked.
 """
 
 from __future__ import annotations
@@ -49,10 +47,10 @@ def _compare(got, want, dtype, *, want_dtype=None, atol=None):
     """fusedrnn's outputs in ``dtype`` and within ``atol`` (by default TOL[dtype]) of
     ``want``'s, whose dtype is ``dtype``, or ``want_dtype`` where given ("any": torch.nn
     mixes dtypes)."""
+    atol = TOL[dtype] if atol is None else atol
     for a, b in zip(flatten(got), flatten(want), strict=True):
         assert a.dtype == dtype
         assert want_dtype == "any" or b.dtype == (want_dtype or dtype)
-        atol = TOL[dtype] if atol is None else atol
         torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=atol)
 
 

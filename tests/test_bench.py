@@ -171,12 +171,9 @@ def test_costmodel_step_and_variant_kernels_by_hand():
     # one tile in flight (2 stages), plus the step's own load and store round trips
     assert k.chain == 16 + 2
     assert plan.step_bwd[0].chain == 64 + 2
-    gpu = costmodel.GPUS["H100"]
-    share = 8 / 132
-    compute = k.flops / (66.9e12 * share)
-    memory = 1839104 / (3.35e12 * 0.9 * share)
-    latency = 18 * 270 / 1.98e9
-    want = max(compute, memory, latency) + 2e-6
+    gpu, share = costmodel.GPUS["H100"], 8 / 132  # 8 programs get 8 of its 132 SMs
+    compute, memory = k.flops / (66.9e12 * share), 1839104 / (3.35e12 * 0.9 * share)
+    want = max(compute, memory, 18 * 270 / 1.98e9) + 2e-6  # or the chain's latency
     assert math.isclose(costmodel.kernel_time(k, gpu, "float32"), want, rel_tol=1e-12)
     # inference skips the saved gates
     inf = costmodel.plan(cfg, "lstm", B=64, T=64, I=128, H=256, dtype="float32", training=False)

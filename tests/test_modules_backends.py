@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from module_testlib import flatten
 
 import fusedrnn
 from fusedrnn import backends
@@ -38,21 +39,29 @@ def _unavailable(device="cpu"):
 
 
 def test_available_backends_lists_reference():
-    names = fusedrnn.available_backends()
-    assert "reference" in names
-    assert set(names) <= set(backends.BACKENDS)
-    assert "reference" in fusedrnn.available_backends("cpu")
-    assert "reference" in fusedrnn.available_backends(torch.device("cpu"))
-    assert set(fusedrnn.available_backends("cpu")) <= set(names)
+    names, on_cpu = fusedrnn.available_backends(), fusedrnn.available_backends("cpu")
+    assert "reference" in on_cpu and set(on_cpu) <= set(names) <= set(backends.BACKENDS)
+    assert fusedrnn.available_backends(torch.device("cpu")) == on_cpu
     assert "cpu" not in fusedrnn.available_backends("cuda")
+    assert issubclass(fusedrnn.BackendUnavailableError, RuntimeError)
 
 
 def _input(cls):
     return torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
 
 
+def _assert_unavailable(module, name):
+    """``module`` refuses to run on backend ``name``; one that is not built says how to build it."""
+    with pytest.raises(fusedrnn.BackendUnavailableError) as info:
+        module(_input(type(module).__name__))
+    message = str(info.value)
+    assert f"fusedrnn backend '{name}'" in message
+    if name == "cuda" and name not in fusedrnn.available_backends():
+        assert "not available" in message and "pip install" in message and "nvcc" in message
+
+
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
-def test_backend_argument_and_env_var(cls, clean_env):
+def test_backend_argument_attribute_and_env_var(cls, clean_env):
     x = _input(cls)
     clean_env.setenv("FUSEDRNN_BACKEND", "cuda")  # explicit backend= wins over the env var
     with warnings.catch_warnings(action="error"):  # no fallback warning for an explicit choice
@@ -64,15 +73,21 @@ def test_backend_argument_and_env_var(cls, clean_env):
     mod = getattr(fusedrnn, cls)(3, 4)
     clean_env.setenv("FUSEDRNN_BACKEND", "reference")
     with warnings.catch_warnings(action="error"):
-        mod(x)
+        out = flatten(mod(x))
     assert backends.resolve(None, torch.device("cpu")) == "reference"
     clean_env.setenv("FUSEDRNN_BACKEND", "bogus")
     with pytest.raises(ValueError, match="unknown fusedrnn backend 'bogus'"):
         mod(x)
-    for name in _unavailable():
+    for name in _unavailable():  # named by the env var
         clean_env.setenv("FUSEDRNN_BACKEND", name)
-        with pytest.raises(fusedrnn.BackendUnavailableError, match=name):
-            mod(x)
+        _assert_unavailable(mod, name)
+    clean_env.delenv("FUSEDRNN_BACKEND")
+    for name in _unavailable():  # named at construction, or set on the attribute between calls
+        _assert_unavailable(getattr(fusedrnn, cls)(3, 4, backend=name), name)
+        mod.backend = name
+        _assert_unavailable(mod, name)
+    mod.backend = "reference"  # the failed calls left nothing behind
+    torch.testing.assert_close(flatten(mod(x)), out, rtol=0, atol=0)
     clean_env.setenv("FUSEDRNN_BACKEND", "")  # empty means unset
     assert backends.resolve(None, torch.device("cpu")) in ("cpu", "reference")
 
@@ -95,29 +110,6 @@ def test_cpu_backend_and_automatic_choice(clean_env):
     with warnings.catch_warnings(action="error"):  # no warning, or only once per process
         auto(x)
     assert backends.resolve(None, torch.device("cpu")) == ("cpu" if built else "reference")
-
-
-def test_every_unavailable_backend_is_a_clear_error(clean_env):
-    """Named at construction or set on the attribute between calls; one that is not built
-    says how to build it."""
-    assert issubclass(fusedrnn.BackendUnavailableError, RuntimeError)
-    mod = fusedrnn.LSTM(3, 4)
-    mod.backend = "reference"
-    x = torch.randn(5, 2, 3)
-    out = mod(x)[0]
-    for name in _unavailable():
-        mod.backend = name
-        named = [getattr(fusedrnn, cls)(3, 4, backend=name) for cls in ("LSTM", "GRU", "GRUCell")]
-        for module in (*named, mod):
-            with pytest.raises(fusedrnn.BackendUnavailableError) as info:
-                module(_input(type(module).__name__))
-            message = str(info.value)
-            assert f"fusedrnn backend '{name}'" in message
-            if name == "cuda" and name not in fusedrnn.available_backends():
-                assert "not available" in message
-                assert "pip install" in message and "nvcc" in message
-    mod.backend = "reference"
-    torch.testing.assert_close(mod(x)[0], out, rtol=0, atol=0)
 
 
 _SUBPROCESS = textwrap.dedent(

@@ -1,5 +1,6 @@
 """LSTMCell / GRUCell / RNNCell against the torch.nn cells: construction, parameters,
-values and gradients (batched, unbatched, hx None, bias False) and errors."""
+values and gradients (batched, unbatched, hx None, bias False); their errors are in
+test_modules_errors.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import MODES
 from module_testlib import assert_outputs_close, assert_same, flatten, param_list, random_state
 from torch import nn
 
@@ -15,12 +17,7 @@ import fusedrnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CELLS = {
-    "LSTMCell": ("LSTMCell", {}),
-    "GRUCell": ("GRUCell", {}),
-    "RNNCell_tanh": ("RNNCell", {"nonlinearity": "tanh"}),
-    "RNNCell_relu": ("RNNCell", {"nonlinearity": "relu"}),
-}
+CELLS = {mode: (cls + "Cell", kwargs) for mode, (cls, kwargs) in MODES.items()}
 I, H, B = 3, 5, 4
 
 
@@ -53,9 +50,7 @@ def test_cell_loop_over_time(name, cpu_backend, rnn_pair):
     xs = torch.randn(6, B, I, dtype=torch.float64)
     results = []
     for cell in (ref, mod):
-        x = xs.clone().requires_grad_()
-        state = None
-        total = 0
+        x, state, total = xs.clone().requires_grad_(), None, 0
         for t in range(x.shape[0]):
             state = cell(x[t], state)
             total = total + (flatten(state)[0] * (t + 1)).sum()
@@ -65,10 +60,10 @@ def test_cell_loop_over_time(name, cpu_backend, rnn_pair):
 
 # arguments after input_size and hidden_size: bias, [nonlinearity,] device, dtype
 BY_POSITION = {
-    "LSTMCell": [(False,), (True, "cpu", torch.float64)],
-    "GRUCell": [(False,), (True, "cpu", torch.float64)],
-    "RNNCell_tanh": [(False,), (False, "tanh", "cpu")],
-    "RNNCell_relu": [(True, "relu"), (True, "relu", None, torch.float64)],
+    "LSTM": [(False,), (True, "cpu", torch.float64)],
+    "GRU": [(False,), (True, "cpu", torch.float64)],
+    "RNN_TANH": [(False,), (False, "tanh", "cpu")],
+    "RNN_RELU": [(True, "relu"), (True, "relu", None, torch.float64)],
 }
 
 
@@ -92,67 +87,3 @@ def test_cell_parameters_init_and_repr(name):
             assert getattr(mod, attr, None) == getattr(ref, attr, None)
     cell = getattr(fusedrnn, cls)(3, 4, backend="reference")
     assert cell.backend == "reference" and repr(cell) == f"{cls}(3, 4, backend='reference')"
-
-
-def _t(*shape, dtype=torch.float64):
-    return torch.randn(shape, dtype=dtype)
-
-
-CELL_ERRORS = [
-    ("input size", lambda n: (_t(3, 11), random_state(n, (3,), H))),
-    ("hidden size", lambda n: (_t(3, I), random_state(n, (3,), H + 1))),
-    ("batch size", lambda n: (_t(3, I), random_state(n, (5,), H))),
-    ("input 3-D", lambda n: (_t(2, 3, I), None)),
-    ("input 0-D", lambda n: (_t(), None)),
-    ("hidden 3-D", lambda n: (_t(3, I), random_state(n, (1, 3), H))),
-    ("hidden 4-D", lambda n: (_t(3, I), random_state(n, (3, 1, 1), H))),
-    ("unbatched input, batched hidden", lambda n: (_t(I), random_state(n, (3,), H))),
-    ("batched input, unbatched hidden", lambda n: (_t(3, I), random_state(n, (), H))),
-    ("input dtype", lambda n: (_t(3, I, dtype=torch.float32), None)),
-    ("hidden dtype", lambda n: (_t(3, I), random_state(n, (3,), H, dtype=torch.float32))),
-    ("unbatched input size", lambda n: (_t(I + 1), random_state(n, (), H))),
-    ("unbatched hidden size", lambda n: (_t(I), random_state(n, (), H - 1))),
-]
-LSTM_CELL_ERRORS = [  # LSTMCell only
-    ("c size", lambda n: (_t(3, I), (_t(3, H), _t(3, H + 1)))),
-    ("c batch", lambda n: (_t(3, I), (_t(3, H), _t(2, H)))),
-    ("c 3-D", lambda n: (_t(3, I), (_t(3, H), _t(1, 3, H)))),
-    ("hx a 1-tuple", lambda n: (_t(3, I), (_t(3, H),))),
-    ("hx a 3-tuple", lambda n: (_t(3, I), (_t(3, H),) * 3)),
-    ("hx a 1-tuple with bad input", lambda n: (_t(3, I + 1), (_t(3, H),))),
-    ("unbatched hx a 1-tuple", lambda n: (_t(I), (_t(H),))),
-    ("hx a tensor", lambda n: (_t(3, I), _t(3, H))),
-]
-ERROR_CASES = [(n, d, m) for d, m in CELL_ERRORS for n in CELLS] + [
-    ("LSTMCell", d, m) for d, m in LSTM_CELL_ERRORS
-]
-
-
-# (backend, autograd on): "reference" with autograd takes the general path; "cpu" without
-# takes the shortcut of a sampling call (RNNCellBase._one_step), which must hand every bad
-# call to the general path
-ERROR_MODES = [("reference", True), ("cpu", False)]
-
-
-def _run_cell(mode, lib, cls, *args, **kwargs):
-    """``lib``'s ``cls(I, H, **kwargs)`` in float64 on ``args``, in one of ERROR_MODES."""
-    backend, grad = mode
-    if backend not in fusedrnn.available_backends("cpu"):
-        pytest.skip(f"the {backend} backend is not built")
-    kwargs = {**kwargs, "backend": backend} if lib is fusedrnn else kwargs
-    with torch.set_grad_enabled(grad):
-        return getattr(lib, cls)(I, H, **kwargs).double()(*args)
-
-
-@pytest.mark.parametrize("mode", ERROR_MODES, ids=["reference", "cpu-no_grad"])
-@pytest.mark.parametrize("name,desc,make", ERROR_CASES, ids=[f"{c[0]}-{c[1]}" for c in ERROR_CASES])
-def test_cell_errors_match_torch(name, desc, make, mode, same_error):
-    cls, extra = CELLS[name]
-    x, hx = make(name)
-    same_error(lambda lib: _run_cell(mode, lib, cls, x, hx, **extra))
-
-
-@pytest.mark.parametrize("mode", ERROR_MODES, ids=["reference", "cpu-no_grad"])
-def test_rnn_cell_unknown_nonlinearity_fails_at_forward(mode, same_error):
-    x = _t(2, I)  # the constructor accepts "gelu", as torch.nn's does
-    same_error(lambda lib: _run_cell(mode, lib, "RNNCell", x, nonlinearity="gelu"), RuntimeError)

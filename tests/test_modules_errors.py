@@ -1,38 +1,42 @@
-"""Bad input to LSTM / GRU / RNN: the same exception type and message as torch.nn, built
-from the same arguments and run on the same input."""
+"""Bad input to LSTM / GRU / RNN and to their cells: the same exception type and message as
+torch.nn, built from the same arguments and run on the same input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MODES
+from module_testlib import mode_kwargs, random_state
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-D = torch.float64
-CLASSES = {"LSTM": {}, "GRU": {}, "RNN": {}, "RNN_RELU": {"nonlinearity": "relu"}}
+F32 = torch.float32
+I, H = 4, 6  # every module and cell here: input_size 4, hidden_size 6
+# (backend, autograd on): "reference" with autograd takes the general path; "cpu" without
+# takes a cell's shortcut for a sampling call (RNNCellBase._one_step), which must hand every
+# bad call to the general path
+RUNS = [("reference", True), ("cpu", False)]
 
 
-def _module(lib, name, *args, **kwargs):
-    cls = "RNN" if name.startswith("RNN") else name
-    backend = {"backend": "reference"} if lib is fusedrnn else {}
-    return getattr(lib, cls)(*args, **CLASSES[name], **kwargs, **backend).to(D)
+def _module(lib, mode, *args, cell=False, backend="reference", **kwargs):
+    """``lib``'s module (or cell) of one of conftest's MODES in float64; fusedrnn's on
+    ``backend``."""
+    if backend not in fusedrnn.available_backends("cpu"):
+        pytest.skip(f"the {backend} backend is not built")
+    cls, kw = mode_kwargs(mode, **kwargs)
+    kw = {**kw, "backend": backend} if lib is fusedrnn else kw
+    return getattr(lib, cls + ("Cell" if cell else ""))(*args, **kw).to(torch.float64)
 
 
-def _t(*shape, dtype=D):
+def _t(*shape, dtype=torch.float64):
     return torch.randn(shape, dtype=dtype)
 
 
-def _state(name, h):
-    """GRU/RNN take h; LSTM takes (h, c), with c shaped like h."""
-    return (h, h.clone()) if name == "LSTM" else h
-
-
 # (description, constructor kwargs, input, hx or None): a shape (for an LSTM, h and c of
-# that shape) or a factory of the class name
-F32 = torch.float32
+# that shape) or a factory of the mode
 CASES = [
     ("input size 3-D", {}, (5, 3, 7), None),
     ("input size 2-D", {}, (5, 7), None),
@@ -59,8 +63,8 @@ CASES = [
     ("hx 1-D for unbatched", {}, (5, 4), (6,)),
     ("hx hidden unbatched", {}, (5, 4), (1, 5)),
     ("hx layers unbatched", {}, (5, 4), (3, 6)),
-    ("hx dtype", {}, (5, 3, 4), lambda n: _state(n, _t(1, 3, 6, dtype=F32))),
-    ("hx not a tensor", {}, (5, 3, 4), lambda n: [[0.0] * 6] * 3),
+    ("hx dtype", {}, (5, 3, 4), lambda m: random_state(m, (1, 3), 6, dtype=F32)),
+    ("hx not a tensor", {}, (5, 3, 4), lambda m: [[0.0] * 6] * 3),
     ("input not a tensor", {}, lambda: [[0.0] * 4] * 5, None),
     # several mistakes at once: the first check torch.nn makes decides the error
     ("input size and hx layers", {}, (5, 3, 7), (2, 3, 6)),
@@ -69,46 +73,92 @@ CASES = [
     ("hx dims and hidden", {}, (5, 3, 4), (3, 5)),
 ]
 LSTM_CASES = [
-    ("c hidden", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 3, 5))),
-    ("c batch", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(1, 2, 6))),
-    ("c layers", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(2, 3, 6))),
-    ("c 2-D for batched", {}, (5, 3, 4), lambda n: (_t(1, 3, 6), _t(3, 6))),
-    ("h 2-D for batched", {}, (5, 3, 4), lambda n: (_t(3, 6), _t(1, 3, 6))),
-    ("c 3-D for unbatched", {}, (5, 4), lambda n: (_t(1, 6), _t(1, 1, 6))),
+    ("c hidden", {}, (5, 3, 4), lambda m: (_t(1, 3, 6), _t(1, 3, 5))),
+    ("c batch", {}, (5, 3, 4), lambda m: (_t(1, 3, 6), _t(1, 2, 6))),
+    ("c layers", {}, (5, 3, 4), lambda m: (_t(1, 3, 6), _t(2, 3, 6))),
+    ("c 2-D for batched", {}, (5, 3, 4), lambda m: (_t(1, 3, 6), _t(3, 6))),
+    ("h 2-D for batched", {}, (5, 3, 4), lambda m: (_t(3, 6), _t(1, 3, 6))),
+    ("c 3-D for unbatched", {}, (5, 4), lambda m: (_t(1, 6), _t(1, 1, 6))),
     ("h of cell size with proj", {"proj_size": 2}, (5, 3, 4), (1, 3, 6)),
     ("c of proj size", {"proj_size": 2}, (5, 3, 4), (1, 3, 2)),
-    ("hx a single tensor", {}, (5, 3, 4), lambda n: _t(1, 3, 6)),
-    ("hx a 1-tuple", {}, (5, 3, 4), lambda n: (_t(1, 3, 6),)),
-    ("hx a 3-tuple", {}, (5, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
-    ("hx a 3-tuple seq len 0", {}, (0, 3, 4), lambda n: (_t(1, 3, 6),) * 3),
-    ("h dtype", {}, (5, 3, 4), lambda n: (_t(1, 3, 6, dtype=F32), _t(1, 3, 6))),
+    ("hx a single tensor", {}, (5, 3, 4), lambda m: _t(1, 3, 6)),
+    ("hx a 1-tuple", {}, (5, 3, 4), lambda m: (_t(1, 3, 6),)),
+    ("hx a 3-tuple", {}, (5, 3, 4), lambda m: (_t(1, 3, 6),) * 3),
+    ("hx a 3-tuple seq len 0", {}, (0, 3, 4), lambda m: (_t(1, 3, 6),) * 3),
+    ("h dtype", {}, (5, 3, 4), lambda m: (_t(1, 3, 6, dtype=F32), _t(1, 3, 6))),
+]
+CELL_CASES = [
+    ("input size", {}, (3, 11), (3, H)),
+    ("hidden size", {}, (3, I), (3, H + 1)),
+    ("batch size", {}, (3, I), (5, H)),
+    ("input 3-D", {}, (2, 3, I), None),
+    ("input 0-D", {}, (), None),
+    ("hidden 3-D", {}, (3, I), (1, 3, H)),
+    ("hidden 4-D", {}, (3, I), (3, 1, 1, H)),
+    ("unbatched input, batched hidden", {}, (I,), (3, H)),
+    ("batched input, unbatched hidden", {}, (3, I), (H,)),
+    ("input dtype", {}, lambda: _t(3, I, dtype=F32), None),
+    ("hidden dtype", {}, (3, I), lambda m: random_state(m, (3,), H, dtype=F32)),
+    ("unbatched input size", {}, (I + 1,), (H,)),
+    ("unbatched hidden size", {}, (I,), (H - 1,)),
+]
+LSTM_CELL_CASES = [
+    ("c size", {}, (3, I), lambda m: (_t(3, H), _t(3, H + 1))),
+    ("c batch", {}, (3, I), lambda m: (_t(3, H), _t(2, H))),
+    ("c 3-D", {}, (3, I), lambda m: (_t(3, H), _t(1, 3, H))),
+    ("hx a 1-tuple", {}, (3, I), lambda m: (_t(3, H),)),
+    ("hx a 3-tuple", {}, (3, I), lambda m: (_t(3, H),) * 3),
+    ("hx a 1-tuple with bad input", {}, (3, I + 1), lambda m: (_t(3, H),)),
+    ("unbatched hx a 1-tuple", {}, (I,), lambda m: (_t(H),)),
+    ("hx a tensor", {}, (3, I), lambda m: _t(3, H)),
+]
+# (cell or not, mode, *case): every mode meets CASES and CELL_CASES; only the LSTM (its
+# (h, c) state) meets LSTM_CASES and LSTM_CELL_CASES
+# (cell or not, mode, *case, *run): every mode meets CASES and CELL_CASES, only the LSTM (its
+# (h, c) state) LSTM_CASES and LSTM_CELL_CASES; the cells on every run, the modules on the first
+ALL_CASES = [
+    *((False, m, *c, *RUNS[0]) for c in CASES for m in MODES),
+    *((False, "LSTM", *c, *RUNS[0]) for c in LSTM_CASES),
+    *((True, m, *c, *run) for run in RUNS for c in CELL_CASES for m in MODES),
+    *((True, "LSTM", *c, *run) for run in RUNS for c in LSTM_CELL_CASES),
 ]
 
 
-# every class meets CASES; only LSTM meets LSTM_CASES (its (h, c) state)
-ALL_CASES = [(n, *c) for c in CASES for n in CLASSES] + [("LSTM", *c) for c in LSTM_CASES]
-
-
 @pytest.mark.parametrize(
-    "name,desc,kwargs,x,hx", ALL_CASES, ids=[f"{c[0]}-{c[1]}" for c in ALL_CASES]
+    "cell,mode,desc,kwargs,x,hx,backend,grad",
+    ALL_CASES,
+    ids=[f"{m}{'Cell' if cell else ''}-{d}-{b}" for cell, m, d, _, _, _, b, _ in ALL_CASES],
 )
-def test_bad_input_same_error(name, desc, kwargs, x, hx, same_error):
+def test_bad_input_same_error(cell, mode, desc, kwargs, x, hx, backend, grad, same_error):
     x = _t(*x) if isinstance(x, tuple) else x()
-    hx = _state(name, _t(*hx)) if isinstance(hx, tuple) else hx(name) if hx else None
-    same_error(lambda lib: _module(lib, name, 4, 6, **kwargs)(x, hx))
+    if isinstance(hx, tuple):  # a shape: for an LSTM, c is shaped like h
+        hx = random_state(mode, hx[:-1], hx[-1])
+    hx = hx(mode) if callable(hx) else hx
+    with torch.set_grad_enabled(grad):
+        same_error(
+            lambda lib: _module(lib, mode, I, H, cell=cell, backend=backend, **kwargs)(x, hx)
+        )
 
 
-@pytest.mark.parametrize("name", ["GRU", "RNN", "RNN_RELU"])
+@pytest.mark.parametrize("backend,grad", RUNS)
+def test_rnn_cell_unknown_nonlinearity_fails_at_forward(backend, grad, same_error):
+    x = _t(2, I)  # the constructor accepts "gelu", as torch.nn's does
+    kwargs = dict(cell=True, backend=backend, nonlinearity="gelu")
+    with torch.set_grad_enabled(grad):
+        same_error(lambda lib: _module(lib, "RNN_TANH", I, H, **kwargs)(x), RuntimeError)
+
+
+@pytest.mark.parametrize("mode", ["GRU", "RNN_TANH", "RNN_RELU"])
 @pytest.mark.parametrize("enforce_sorted", [True, False])
-def test_bad_packed_input_same_error(name, enforce_sorted, same_error):
+def test_bad_packed_input_same_error(mode, enforce_sorted, same_error):
     lengths = [4, 3, 1] if enforce_sorted else [3, 4, 1]
     packed = pack_padded_sequence(_t(4, 3, 4), lengths, enforce_sorted=enforce_sorted)
     wrong_size = pack_padded_sequence(_t(4, 3, 5), lengths, enforce_sorted=enforce_sorted)
-    same_error(lambda lib: _module(lib, name, 4, 6)(wrong_size))
-    same_error(lambda lib: _module(lib, name, 4, 6)(packed, _t(1, 3, 5)))
-    same_error(lambda lib: _module(lib, name, 4, 6)(packed, _t(2, 3, 6)))
-    same_error(lambda lib: _module(lib, name, 4, 6)(packed, _t(1, 2, 6)))
-    same_error(lambda lib: _module(lib, name, 4, 6).float()(packed))
+    same_error(lambda lib: _module(lib, mode, 4, 6)(wrong_size))
+    same_error(lambda lib: _module(lib, mode, 4, 6)(packed, _t(1, 3, 5)))
+    same_error(lambda lib: _module(lib, mode, 4, 6)(packed, _t(2, 3, 6)))
+    same_error(lambda lib: _module(lib, mode, 4, 6)(packed, _t(1, 2, 6)))
+    same_error(lambda lib: _module(lib, mode, 4, 6).float()(packed))
 
 
 def test_bad_packed_lstm_input_gives_clear_errors():
@@ -120,19 +170,18 @@ def test_bad_packed_lstm_input_gives_clear_errors():
     packed = pack_padded_sequence(x, [3, 4, 1], enforce_sorted=False)
     lstm = _module(fusedrnn, "LSTM", 4, 6)
     h, c = _t(1, 3, 6), _t(1, 3, 6)
-    sorted_packed = pack_padded_sequence(x, [4, 3, 1])
-    size = "input.size(-1) must be equal to input_size. Expected 4, got 5"
     hidden = "Expected hidden[{}] size (1, 3, 6), got [{}, 3, {}]"
     cases = [
-        (lambda: lstm(pack_padded_sequence(_t(4, 3, 5), [4, 3, 1])), size),
-        (lambda: lstm(packed, (_t(1, 3, 5), c)), hidden.format(0, 1, 5)),
-        (lambda: lstm(packed, (h, _t(1, 3, 5))), hidden.format(1, 1, 5)),
-        (lambda: lstm(packed, (_t(2, 3, 6), _t(2, 3, 6))), hidden.format(0, 2, 6)),
-        (lambda: lstm(sorted_packed, (h, c, c)), "lstm expects two hidden states"),
-    ]
-    for fn, message in cases:
+        (pack_padded_sequence(_t(4, 3, 5), [4, 3, 1]), None,
+         "input.size(-1) must be equal to input_size. Expected 4, got 5"),
+        (packed, (_t(1, 3, 5), c), hidden.format(0, 1, 5)),
+        (packed, (h, _t(1, 3, 5)), hidden.format(1, 1, 5)),
+        (packed, (_t(2, 3, 6), _t(2, 3, 6)), hidden.format(0, 2, 6)),
+        (pack_padded_sequence(x, [4, 3, 1]), (h, c, c), "lstm expects two hidden states"),
+    ]  # fmt: skip
+    for inp, hx, message in cases:
         with pytest.raises(RuntimeError) as info:
-            fn()
+            lstm(inp, hx)
         assert str(info.value) == message
     with pytest.raises(ValueError, match=r"RNN input dtype \(torch.float64\) does not match"):
         lstm.float()(packed)

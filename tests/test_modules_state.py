@@ -44,9 +44,9 @@ def _new(lib, mode, **kwargs):
     return getattr(lib, cls)(I, H, **kw, **kwargs)
 
 
-def _pair(mode, backend, rnn_pair, dtype=torch.float64):
+def _pair(mode, backend, rnn_pair):
     cls, kw = MODES[mode]
-    return rnn_pair(cls, I, H, backend=backend, dtype=dtype, **kw)
+    return rnn_pair(cls, I, H, backend=backend, **kw)
 
 
 def _same(mod, ref, x, **tol):
@@ -113,7 +113,7 @@ def test_load_state_dict_rejects_mismatches():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_dtype_conversions_are_seen(mode, cpu_backend):
+def test_dtype_conversions_are_seen(mode, cpu_backend, monkeypatch):
     mod, ref = _new(fusedrnn, mode, backend=cpu_backend), _new(nn, mode)
     ref.load_state_dict(mod.state_dict())
     x = _x(torch.float32)
@@ -125,25 +125,15 @@ def test_dtype_conversions_are_seen(mode, cpu_backend):
         their weights), so the oracle is converted the ordinary way."""
         if m is ref:
             return m.double()
-        params, previous = (
-            list(m.parameters()),
-            torch.__future__.get_swap_module_params_on_conversion(),
-        )
-        torch.__future__.set_swap_module_params_on_conversion(True)
-        try:
+        params = list(m.parameters())
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.__future__, "_swap_module_params_on_conversion", True)
             m.double()
-        finally:
-            torch.__future__.set_swap_module_params_on_conversion(previous)
         assert all(a is b for a, b in zip(params, m.parameters(), strict=True))
 
-    for convert in (
-        lambda m: m.double(),
-        lambda m: m.to(torch.float64),
-        lambda m: m.float(),
-        lambda m: m.to(dtype=torch.float64),
-        lambda m: m.float(),
-        swapped_double,
-    ):
+    conversions = [nn.Module.double, lambda m: m.to(torch.float64), nn.Module.float]
+    conversions += [lambda m: m.to(dtype=torch.float64), nn.Module.float, swapped_double]
+    for convert in conversions:
         convert(mod)
         convert(ref)
         dtype = mod.weight_ih_l0.dtype

@@ -11,20 +11,18 @@ The triton case runs only under ``TRITON_INTERPRET=1`` (``.ci/run`` has a proces
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layer_cases import triton_interpreting
 from module_testlib import mode_pair, outputs_and_grads
 
 import fusedrnn
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 SITES = ["x", "h0", "c0", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
-VALUES = [math.nan, math.inf, -math.inf]
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _check(rnn_pair, cell, backend, site, value, where, T, B, I, H, layers, bidirectional):  # noqa: E741
@@ -54,36 +52,26 @@ def _check(rnn_pair, cell, backend, site, value, where, T, B, I, H, layers, bidi
         )
 
 
-@pytest.mark.skipif(INTERPRETING, reason="the CPU backends run in the ordinary test process")
+@pytest.mark.skipif(triton_interpreting(), reason="the CPU backends run in the ordinary process")
 @pytest.mark.parametrize(
     "backend", [b for b in ("reference", "cpu") if b in fusedrnn.available_backends("cpu")]
 )
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(
-    cell=st.sampled_from(CELLS),
-    site=st.sampled_from(SITES),
-    value=st.sampled_from(VALUES),
-    where=st.integers(0, 10**6),
-    T=st.integers(1, 4),
-    B=st.integers(1, 3),
-    I=st.integers(1, 5),
-    H=st.integers(1, 5),
-    layers=st.integers(1, 2),
-    bidirectional=st.booleans(),
-)
+    cell=st.sampled_from(CELLS), site=st.sampled_from(SITES),
+    value=st.sampled_from([math.nan, math.inf, -math.inf]), where=st.integers(0, 10**6),
+    T=st.integers(1, 4), B=st.integers(1, 3), I=st.integers(1, 5), H=st.integers(1, 5),
+    layers=st.integers(1, 2), bidirectional=st.booleans(),
+)  # fmt: skip
 def test_nonfinite_pattern_matches_torch_nn(rnn_pair, backend, cell, site, value, where, **shape):
     _check(rnn_pair, cell, backend, site, value, where, **shape)
 
 
-@pytest.mark.skipif(not INTERPRETING, reason="triton runs on CPU tensors only when interpreted")
+@pytest.mark.skipif(not triton_interpreting(), reason="triton runs on CPU tensors when interpreted")
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize(
     "site,value", [("x", math.nan), ("h0", math.inf), ("weight_hh_l0", -math.inf)]
 )
 def test_nonfinite_pattern_matches_torch_nn_triton(rnn_pair, cell, site, value):
-    if "triton" not in fusedrnn.available_backends("cpu"):
-        pytest.skip("triton is not installed")
-    _check(
-        rnn_pair, cell, "triton", site, value, 7, T=3, B=2, I=3, H=4, layers=1, bidirectional=False
-    )
+    _check(rnn_pair, cell, "triton", site, value, 7, 3, 2, 3, 4, layers=1, bidirectional=False)

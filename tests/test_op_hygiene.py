@@ -17,11 +17,9 @@ fails on:
   no-op that never reaches the dispatcher, so this rule only bites on a GPU; the literal or
   index tensor such an upload needs is caught by the first two.
 
-**Device guard.** Triton launches on the current CUDA device, not on its tensors' device;
-every launch goes through :func:`fusedrnn.ops.triton.runtime.launch`, which refuses to launch
-outside :func:`~fusedrnn.ops.triton.runtime.device_guard` for the tensors' device. A static
-scan checks that no other launch site exists and that the op bodies enter the guard; a mocked
-two-device test checks what the guard enters.
+**Device guard.** Triton launches on the current CUDA device, not on its tensors' device, so
+every launch must go through :func:`fusedrnn.ops.triton.runtime.launch`, which refuses to
+launch outside :func:`~fusedrnn.ops.triton.runtime.device_guard` for the tensors' device.
 
 The triton cases need ``TRITON_INTERPRET=1`` (set before triton is imported) and skip without
 it: ``TRITON_INTERPRET=1 python -m pytest tests/test_op_hygiene.py -k triton``.
@@ -62,9 +60,7 @@ class NoHostSync(TorchDispatchMode):
     def __init__(self, batch_sizes: torch.Tensor | None, namespace: str = "fusedrnn"):
         super().__init__()
         self.namespace = namespace
-        self.host_ptrs = (
-            set() if batch_sizes is None else {batch_sizes.untyped_storage().data_ptr()}
-        )
+        self.host_ptrs = {b.untyped_storage().data_ptr() for b in [batch_sizes] if b is not None}
         self.inside: list[str] = []  # the fusedrnn ops being run
         self.ops_run: list[str] = []
 

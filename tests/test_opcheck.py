@@ -21,6 +21,7 @@ import torch
 from layer_cases import Case, call, make_inputs, outputs_and_grads, triton_interpreting, with_leaves
 from misc_testlib import needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
 
 from fusedrnn.ops import cpu, library
 
@@ -48,12 +49,12 @@ class _Capture(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _inputs(cell: str, layout: str, dtype: torch.dtype, variant=False, device="cpu") -> dict:
+def _inputs(cell: str, layout: str, dtype: torch.dtype, variant=False, device="cpu", proj=0):
     """The layer op's arguments by name, the differentiable ones requiring grad; ``variant``
     turns on layer norm, zoneout masks and (LSTM) peepholes."""
     options = dict(ln=True, peep=cell == "lstm", zone="hc") if variant else {}
     lengths, reverse = (3, 2) if layout.startswith("packed") else None, layout.endswith("reverse")
-    case = Case(cell, T=3, B=2, I=3, H=4, lengths=lengths, reverse=reverse, **options)
+    case = Case(cell, T=3, B=2, I=3, H=4, proj=proj, lengths=lengths, reverse=reverse, **options)
     a = make_inputs(case, dtype, device)
     if layout == "batch_first":  # as a batch_first module hands it over
         a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
@@ -74,25 +75,23 @@ def _regrad(op: torch._ops.OpOverload, args: tuple, kwargs: dict):
     the backward ops are checked as first-order ops (detached inputs)."""
     forward = op.name().endswith("_fwd")
 
-    def fix(a, name):
-        if isinstance(a, (list, tuple)):
-            return type(a)(fix(b, name) for b in a)
-        if not isinstance(a, torch.Tensor):
-            return a
-        a = a.detach().clone()
-        if forward and a.is_floating_point() and not name.startswith("mask"):
-            a.requires_grad_()
-        return a
+    def fix(t, name):
+        t = t.detach().clone()
+        return t.requires_grad_(forward and t.is_floating_point() and not name.startswith("mask"))
 
-    return tuple(fix(a, s.name) for a, s in zip(args, op._schema.arguments, strict=False)), kwargs
+    fixed = [tree_map_only(torch.Tensor, lambda t, n=s.name: fix(t, n), a)
+             for a, s in zip(args, op._schema.arguments, strict=False)]  # fmt: skip
+    return tuple(fixed), kwargs
 
 
-def _check(layer, layout, dtype, variant, cells=None, device="cpu") -> set[str]:
+def _check(layer, layout, dtype, variant, cells=None, device="cpu", proj=0) -> set[str]:
     """opcheck every op call of a forward and backward through ``layer`` (plain or variant
     layers of ``cells``, all by default); returns the names of the ops checked."""
     seen = set()
     for cell in cells or (VARIANT_CELLS if variant else PLAIN_CELLS):
-        for op, a, k in _run_and_capture(layer, _inputs(cell, layout, dtype, variant, device)):
+        for op, a, k in _run_and_capture(
+            layer, _inputs(cell, layout, dtype, variant, device, proj)
+        ):
             seen.add(op.name())
             torch.library.opcheck(op, *_regrad(op, a, k))  # all of its tests
     return seen
@@ -107,6 +106,13 @@ def _ops(backend: str) -> set[str]:  # the forward and backward op of a backend
 @pytest.mark.parametrize("variant", [False, True], ids=["layer", "variant"])
 def test_cpu_ops(variant, layout, dtype):
     assert _check(cpu.layer, layout, dtype, variant) == _ops("cpu")
+
+
+@needs_cpu
+@pytest.mark.parametrize("variant,layout", [(False, "dense_reverse"), (True, "packed")])
+def test_cpu_ops_lstm_projection(variant, layout):
+    """An LSTM with a projection: w_hr and an h narrower than c, plain and as a variant."""
+    assert _check(cpu.layer, layout, torch.float64, variant, ("lstm",), proj=3) == _ops("cpu")
 
 
 @needs_cpu
