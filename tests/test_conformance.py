@@ -139,7 +139,7 @@ def backend(request) -> Backend:
 
 # -- torch.nn's cells ------------------------------------------------------------------------
 
-# awkward shapes and every option: B=1, T=1, H=1, odd H, H above one unit chunk or block,
+# awkward shapes and every option: B=1, T=1, H=1, odd H, H above one block,
 # rows ending at different steps, several programs (B=20)
 SHAPES = [
     dict(),
@@ -155,15 +155,6 @@ SHAPES = [
     dict(T=2, B=20, I=3, H=40, packed=True, reverse=True),
     dict(T=4, B=3, I=6, H=70, lengths=(4, 3, 3)),
 ]
-# H = 70 spans three unit chunks (32, 32, 6) of the cpu kernels' gate-column layout: the
-# weight permutation and the gradients' way back to PyTorch's gate order, dense and packed in
-# reverse (the LSTM's packed in reverse, with a projection, is in PLAIN below)
-CHUNKS = [
-    Case(cell, T=4, B=3, I=6, H=70, **s)
-    for cell in CELLS
-    for s in (dict(), dict(lengths=(4, 3, 3), reverse=True))
-    if not (s and cell == "lstm")
-]
 # the cuda kernels' launch shapes: B = T = H = 1, one row of many steps, many rows of one step,
 # rows * H = 900 beyond one 256-thread block (several blocks), and 9 x 40 rows, whose bias
 # gradients' two-pass column sum takes several partial chunks
@@ -173,7 +164,6 @@ GRIDS = [
     for B, T, I, H in ((1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 4, 5, 300))  # noqa: E741
 ] + [Case("rnn_tanh", T=40, B=9, I=2, H=3)]
 PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
-    *CHUNKS,
     *GRIDS,
     Case("lstm", T=4, B=3, I=4, H=11, proj=5),
     Case("lstm", T=5, B=4, I=3, H=6, proj=2, packed=True),
@@ -188,8 +178,6 @@ PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", PLAIN, ids=str)
 def test_plain_cells(backend, case, dtype):
-    if case in CHUNKS and backend.name.startswith("triton") and backend.device == "cpu":
-        pytest.skip("the Triton interpreter is slow, and the chunks are the cpu kernels' layout")
     backend.check(case, dtype)
 
 

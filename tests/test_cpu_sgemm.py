@@ -1,9 +1,9 @@
-"""The CPU backend's packed float32 GEMM (csrc/cpu/sgemm*.{h,cpp}) against float64 torch.matmul.
+"""The CPU backend's packed float32 GEMM (csrc/cpu/sgemm*.{h,cpp}) against float64 matmul.
 
 ``gemm()`` sends float32 products with at least 128 rows and k > 1 to the packed kernel, and
-the step loops multiply every step against recurrent weights packed once per call. Checked here: every
-transposition, alpha / beta (beta == 0 must not read C), leading dimensions larger than the
-row, edge tiles (rows not a multiple of 6, columns not a multiple of 16 or 32), inner
+the step loops multiply every step against recurrent weights packed once per call. Checked:
+every transposition, alpha / beta (beta == 0 must not read C), leading dimensions larger than
+the row, edge tiles (rows not a multiple of 6, columns not a multiple of 16 or 32), inner
 dimensions across the 256-deep blocks, and layers whose step products take the packed path,
 with either tile width of the kernel and with the BLAS.
 """
@@ -20,13 +20,14 @@ from test_cpu_backend import num_threads
 
 from fusedrnn.ops import cpu, reference
 
+_C = cpu._C
 pytestmark = [
     pytest.mark.skipif(
         not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
     ),
     # the switch between the two GEMMs and the gemm() entry are in the test build only
     pytest.mark.skipif(
-        cpu.is_available() and not hasattr(cpu._C, "_gemm"),
+        cpu.is_available() and not hasattr(_C, "_gemm"),
         reason="build fusedrnn._C with FUSEDRNN_TEST_HOOKS=1 (as .ci/run does)",
     ),
 ]
@@ -35,8 +36,6 @@ pytestmark = [
 @pytest.fixture(params=["avx512f", "avx2+fma", ""], ids=["own-avx512", "own-avx2", "blas"])
 def own_sgemm(request):
     """The packed kernel with its 6x32 AVX-512 tile, with its 6x16 AVX2 tile, or the BLAS."""
-    from fusedrnn import _C
-
     _C._set_own_sgemm(request.param != "")
     _C._set_sgemm_avx512(request.param == "avx512f")
     try:  # the defaults come back after a skip too
@@ -75,26 +74,29 @@ SHAPES = [  # (m, n, k): edges of the 6-row / 16- and 32-column tiles and of the
 ]
 
 
+def gemm_vs_float64(ta, tb, alpha, A, B, beta, C, *, rtol, atol, what):
+    """C <- alpha op(A) op(B) + beta C by _C._gemm, against float64 torch.matmul. With beta == 0
+    C is first filled with NaN: a C that is read anyway leaves NaN in the result."""
+    c_in = C.clone()
+    if beta == 0.0:
+        C.fill_(float("nan"))
+    _C._gemm(ta, tb, alpha, A, B, beta, C)
+    want = alpha * ((A.t() if ta else A).double() @ (B.t() if tb else B).double())
+    want += beta * c_in.double()
+    torch.testing.assert_close(C.double(), want, rtol=rtol, atol=atol, msg=lambda s: f"{what}: {s}")
+
+
 @pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
 def test_gemm_matches_float64(own_sgemm, ta, tb, threads):
-    from fusedrnn import _C
-
     g = torch.Generator().manual_seed(7)
     for (m, n, k), (alpha, beta) in zip(SHAPES, itertools.cycle([(1.0, 0.0), (0.5, 1.0),
                                                                  (-2.0, 0.75)])):  # fmt: skip
         _, A = strided(k, m, g) if ta else strided(m, k, g)
         _, B = strided(n, k, g) if tb else strided(k, n, g)
         c_base, C = strided(m, n, g, pad=5)
-        c_in = C.clone()
-        if beta == 0.0:  # C must not be read: NaN would survive into the result
-            C.fill_(float("nan"))
-        _C._gemm(ta, tb, alpha, A, B, beta, C)
-        want = alpha * ((A.t() if ta else A).double() @ (B.t() if tb else B).double())
-        want += beta * c_in.double()  # c_in is finite: nothing where beta == 0
         # float32 accumulation of k products of unit-variance values
         tol = 1e-6 * k**0.5 * 8 * abs(alpha)
-        torch.testing.assert_close(C.double(), want, rtol=1e-5, atol=tol,
-                                   msg=lambda s, mnk=(m, n, k): f"{mnk}: {s}")  # fmt: skip
+        gemm_vs_float64(ta, tb, alpha, A, B, beta, C, rtol=1e-5, atol=tol, what=(m, n, k))
         assert torch.isnan(c_base[:, n:]).all(), "wrote past the last column of C"
 
 
@@ -123,9 +125,10 @@ def compare_to_float64(case: Case, seed: int) -> None:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_layer_with_packed_step_products(own_sgemm, cell, threads):
-    """B = 13 rows per step (above the small-product path), H = 300 (several unit chunks, a
-    partial last chunk, recurrent products 300 deep in the forward and G*300 in the backward),
-    N = 143 rows of input projection; dense forward and packed reverse; an LSTM's projection."""
+    """B = 13 rows per step (above the small-product path), H = 300 (column blocks of the step
+    products ending in a partial one, recurrent products 300 deep in the forward and G*300 in
+    the backward), N = 143 rows of input projection; dense forward and packed reverse; an
+    LSTM's projection."""
     compare_to_float64(Case(cell, T=11, B=13, I=270, H=300), seed=11)
     lengths = (11,) * 6 + (9,) * 4 + (5, 2, 1)
     compare_to_float64(Case(cell, T=11, B=13, I=270, H=300, lengths=lengths, reverse=True), 12)
@@ -139,17 +142,12 @@ def test_small_m_products_match_float64(dtype, m):
     """gemm() sends x W^T with at most four rows to the dot-product kernel (sampling steps):
     blocks of eight rows of W with a shuffle-tree lane sum, then four, then single rows, and
     a scalar tail of k."""
-    from fusedrnn import _C
-
     g = torch.Generator().manual_seed(m)
+    eps = torch.finfo(dtype).eps
     for n, k in itertools.product([1, 7, 8, 9, 16, 68, 515], [1, 7, 8, 9, 64, 130]):
         A = torch.randn(m, k, generator=g).to(dtype)
         W = torch.randn(n, k, generator=g).to(dtype)
         for beta in (0.0, 1.0):
-            c_in = torch.randn(m, n, generator=g).to(dtype)
-            C = torch.full((m, n), float("nan"), dtype=dtype) if beta == 0 else c_in.clone()
-            _C._gemm(False, True, 1.0, A, W, beta, C)
-            want = A.double() @ W.double().t() + beta * c_in.double()
-            eps = torch.finfo(dtype).eps
-            torch.testing.assert_close(C.double(), want, rtol=0, atol=8 * eps * k**0.5 * 4,
-                                       msg=lambda s, nk=(n, k): f"{nk}: {s}")  # fmt: skip
+            C = torch.randn(m, n, generator=g).to(dtype)
+            gemm_vs_float64(False, True, 1.0, A, W, beta, C, rtol=0, atol=8 * eps * k**0.5 * 4,
+                            what=(n, k))  # fmt: skip

@@ -1,10 +1,8 @@
 """The compiled CPU kernels of the cell variants: what is particular to them.
 
-Every option, shape and dtype against the reference op (outputs, every gradient, gradcheck) is
-tests/test_conformance.py, in each ISA copy of the kernels too (test_cpu_backend.py's
-test_narrower_isa_copies_match_too); here are the cpu backend's own work split (row blocks,
-split steps) and the argument checks of the plain cells and the variants (scratch reuse, half
-precision and the op registration with the plain cells' in test_cpu_backend.py).
+Against the reference op (every option, shape, dtype and ISA copy): tests/test_conformance.py.
+Here: the cpu backend's own work split (row blocks, split steps) and the argument checks of
+the plain cells and the variants.
 """
 
 from __future__ import annotations
@@ -25,27 +23,32 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "cell,variants",
+    [("lstm", True), ("gru", True), ("lstm", False), ("gru", False), ("rnn_tanh", False)],
+)
 @pytest.mark.parametrize("batch,blocks", [(17, True), (17, False), (3, True)])
 @pytest.mark.skipif(
-    not hasattr(_C, "_set_variant_row_blocks"),
+    not hasattr(_C, "_set_row_blocks"),
     reason="build fusedrnn._C with FUSEDRNN_TEST_HOOKS=1 (as .ci/run does)",
 )
-def test_several_threads(cell, batch, blocks, dtype):
+def test_several_threads(cell, variants, batch, blocks, dtype):
     # B=17: big enough for blocks of rows on separate threads, cut unevenly (packed lengths),
     # or (blocks off) for steps split over the threads: GEMMs over columns (H >= 128, uneven),
     # pointwise over rows; B=3: too small for blocks, split steps. In float32 the step
     # products of more than four rows use the packed weights (shared by the row blocks).
-    _C._set_variant_row_blocks(blocks)
+    # Without variants the LSTM and RNN take the direct way (GEMM into the gates).
+    _C._set_row_blocks(blocks)
     try:
         lengths = (3,) * 9 + (2,) * 5 + (1,) * 3 if batch == 17 else (3, 2, 2)
         shape = dict(T=3, B=batch, I=8, H=130, lengths=lengths)
+        opts = dict(ln=True, peep=cell == "lstm", zone="hc") if variants else {}
         with num_threads(2):
             for reverse in (False, True):
-                case = Case(cell, ln=True, peep=cell == "lstm", zone="hc", reverse=reverse, **shape)
+                case = Case(cell, reverse=reverse, **opts, **shape)
                 layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype), TOL[dtype])
     finally:
-        _C._set_variant_row_blocks(True)
+        _C._set_row_blocks(True)
 
 
 def f64(*shape):

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 from conftest import MODES
-from module_testlib import assert_outputs_close, assert_same, flatten
+from module_testlib import assert_outputs_close, assert_same, flatten, random_state
 
 import fusedrnn
 import fusedrnn.modules
@@ -20,9 +20,25 @@ STEP_BACKENDS = [
 ]
 pytestmark = pytest.mark.skipif(not STEP_BACKENDS, reason="no backend with a stack_step fast path")
 
-CASES = [*MODES.values(), ("LSTM", {"proj_size": 3})]  # (class name, keyword arguments)
-CELLS = [(f"{cls}Cell", kw) for cls, kw in MODES.values()]
+
+def _rows(cases):
+    return [pytest.param(cls, kw, id=f"{cls}{kw}") for cls, kw in cases]
+
+
+CASES = _rows([*MODES.values(), ("LSTM", {"proj_size": 3})])  # (class name, keyword arguments)
+CELLS = _rows((f"{cls}Cell", kw) for cls, kw in MODES.values())
 TOL = {torch.float32: {"rtol": 2e-6, "atol": 2e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
+F32 = TOL[torch.float32]
+
+
+@pytest.fixture(params=STEP_BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=[torch.float32, torch.float64])
+def dtype(request):
+    return request.param
 
 
 @pytest.fixture
@@ -30,9 +46,8 @@ def count_steps(monkeypatch):
     calls = []
     for name in STEP_BACKENDS:
         mod = backends.get(name)
-        original = mod.stack_step
 
-        def counted(*args, _original=original, **kwargs):
+        def counted(*args, _original=mod.stack_step, **kwargs):
             out = _original(*args, **kwargs)
             if out is not None:  # None: a shortcut call whose tensors did not fit ran nothing
                 calls.append(1)
@@ -42,9 +57,7 @@ def count_steps(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("backend", STEP_BACKENDS)
-@pytest.mark.parametrize("cls,kw", CASES, ids=[f"{c}{k}" for c, k in CASES])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls,kw", CASES)
 def test_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, rnn_pair):
     grid = itertools.product([1, 3], [1, 3], [True, False], [False, True])
     for layers, batch, bias, batch_first in grid:
@@ -59,42 +72,30 @@ def test_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, rnn_pair):
         assert len(count_steps) - before == 3, "the fast path was not taken"
 
 
-@pytest.mark.parametrize("backend", STEP_BACKENDS)
 def test_fast_path_not_taken_when_autograd_or_dropout_needs_the_layer_path(backend, count_steps):
     mod = fusedrnn.LSTM(5, 7, 2, dropout=0.5, backend=backend)
     x = torch.randn(1, 2, 5)
-    mod.train()
     with torch.no_grad():
-        mod(x)  # training with inter-layer dropout: the layer path draws the masks
-    mod.eval()
-    y, _ = mod(x)  # autograd on: the layer path records the graph
-    assert y.requires_grad
-    assert count_steps == []
+        mod.train()(x)  # training with inter-layer dropout: the layer path draws the masks
+    y, _ = mod.eval()(x)  # autograd on: the layer path records the graph
+    assert y.requires_grad and count_steps == []
     with torch.no_grad():
         mod(x)
-    assert len(count_steps) == 1
-    bidir = fusedrnn.GRU(5, 7, bidirectional=True, backend=backend)
-    with torch.no_grad():
-        bidir(x)
+        assert len(count_steps) == 1
+        fusedrnn.GRU(5, 7, bidirectional=True, backend=backend)(x)
     assert len(count_steps) == 1
 
 
-@pytest.mark.parametrize("backend", STEP_BACKENDS)
-@pytest.mark.parametrize("cls,kw", CELLS, ids=[f"{c}{k}" for c, k in CELLS])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls,kw", CELLS)
 def test_cell_without_autograd_takes_the_step_path(backend, cls, kw, dtype, count_steps, rnn_pair):
-    """A cell call under no_grad is a one-layer stack_step; hidden 70 is wider than one unit
-    chunk of the layer op, batch 6 above the small-row product's limit."""
-    for batch, hidden, bias, with_state in itertools.product(
-        [None, 0, 1, 6], [7, 70], [True, False], [True, False]
-    ):
+    """A cell call under no_grad is a one-layer stack_step; batch 6 is above the small-row
+    product's limit."""
+    grid = itertools.product([None, 0, 1, 6], [7, 70], [True, False], [True, False])
+    for batch, hidden, bias, with_state in grid:
         ref, mod = rnn_pair(cls, 5, hidden, bias=bias, dtype=dtype, backend=backend, **kw)
         lead = () if batch is None else (batch,)
         x = torch.randn(*lead, 5, dtype=dtype)
-        state = None
-        if with_state:
-            state = torch.randn(*lead, hidden, dtype=dtype)
-            state = (state, torch.randn_like(state)) if cls == "LSTMCell" else state
+        state = random_state(cls, lead, hidden, dtype=dtype) if with_state else None
         before = len(count_steps)
         with torch.no_grad():
             out_ref, out_mod = ref(x, state), mod(x, state)
@@ -102,13 +103,10 @@ def test_cell_without_autograd_takes_the_step_path(backend, cls, kw, dtype, coun
         assert len(count_steps) - before == 1, "the cell did not take the step path"
 
 
-@pytest.mark.parametrize("backend", STEP_BACKENDS)
-@pytest.mark.parametrize("cls,kw", CASES + CELLS, ids=[f"{c}{k}" for c, k in CASES + CELLS])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls,kw", CASES + CELLS)
 def test_one_step_with_autograd_at_wide_hidden(backend, cls, kw, dtype, count_steps, tol, rnn_pair):
-    """With autograd a single step runs the layer op, which lays a one-step call out in
-    torch.nn's gate order (no chunk permutation) and multiplies unpacked weights: outputs and
-    every gradient against torch.nn, hidden wider than one unit chunk."""
+    """With autograd a single step runs the layer op, which multiplies unpacked weights (one
+    step packs none): outputs and every gradient against torch.nn, at hidden 70."""
     layer = not cls.endswith("Cell")
     args = (5, 70, 2) if layer else (5, 70)
     ref, mod = rnn_pair(cls, *args, dtype=dtype, backend=backend, **kw)
@@ -128,14 +126,12 @@ def test_module_shortcut_skips_the_general_path_only_for_valid_calls(
     general = mock.Mock(wraps=fusedrnn.modules.rnn_stack)  # counts the general path's calls
     monkeypatch.setattr(fusedrnn.modules, "rnn_stack", general)
     ref, mod = rnn_pair(cls, 5, 7, 2, backend=None, dtype=torch.float32)
-    lstm = cls == "LSTM"
 
     def state(batch, dtype=torch.float32):
-        h = torch.randn(2, batch, 7, dtype=dtype)
-        return (h, torch.randn(2, batch, 7, dtype=dtype)) if lstm else h
+        return random_state(cls, (2, batch), 7, dtype=dtype)
 
     def same(x, s):
-        torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+        torch.testing.assert_close(mod(x, s), ref(x, s), **F32)
 
     with torch.no_grad():
         same(torch.randn(1, 3, 5), state(3))
@@ -174,14 +170,11 @@ def test_cell_shortcut_skips_the_general_path_for_batched_calls(
     general = mock.Mock(wraps=fusedrnn.modules.cell_step)  # counts the general path's calls
     monkeypatch.setattr(fusedrnn.modules, "cell_step", general)
     ref, mod = rnn_pair(cls, 5, 7, backend=None, dtype=torch.float32)
-    h = torch.randn(3, 7)
     with torch.no_grad():
-        for x, s in [
-            (torch.randn(3, 5), None),
-            (torch.randn(3, 5), (h, torch.randn(3, 7)) if cls == "LSTMCell" else h),
-        ]:
-            torch.testing.assert_close(mod(x, s), ref(x, s), rtol=2e-6, atol=2e-6)
+        h = random_state(cls, (3,), 7, dtype=torch.float32)
+        for x, s in [(torch.randn(3, 5), None), (torch.randn(3, 5), h)]:
+            torch.testing.assert_close(mod(x, s), ref(x, s), **F32)
         assert (len(count_steps), general.call_count) == (2, 0)
         x = torch.randn(5)
-        torch.testing.assert_close(mod(x), ref(x), rtol=2e-6, atol=2e-6)
+        torch.testing.assert_close(mod(x), ref(x), **F32)
     assert (len(count_steps), general.call_count) == (3, 1)

@@ -8,15 +8,14 @@
 #include "layer_ops.h"
 #include "scratch.h"
 #include "sgemm.h"
-#include "variant_ops.h"
 
 namespace py = pybind11;
 using fusedrnn::cpu::kernel_isa;
 
 namespace {
 
-// The names of the layer entry points' leading parameters (FRNN_VARIANT_PARAMS, layer_ops.h)
-// and of `variant`, then `rest`, the names of an entry point's own.
+// The names of the layer entry points' leading parameters (FRNN_LAYER_PARAMS, layer_ops.h),
+// then `rest`, the names of an entry point's own.
 template <typename F, typename... Rest>
 void def_layer(py::module_& m, const char* name, F f, const char* doc, const Rest&... rest) {
   m.def(name, f, py::call_guard<py::gil_scoped_release>(), doc, py::arg("cell"), py::arg("x"),
@@ -25,7 +24,7 @@ void def_layer(py::module_& m, const char* name, F f, const char* doc, const Res
         py::arg("cifg"), py::arg("ln_ih_w"), py::arg("ln_ih_b"), py::arg("ln_hh_w"),
         py::arg("ln_hh_b"), py::arg("ln_c_w"), py::arg("ln_c_b"), py::arg("w_ch"),
         py::arg("zoneout_h"), py::arg("zoneout_c"), py::arg("mask_h"), py::arg("mask_c"),
-        py::arg("eps"), py::arg("variant"), rest...);
+        py::arg("eps"), rest...);
 }
 
 }  // namespace
@@ -67,10 +66,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // FUSEDRNN_TEST_HOOKS=1, as .ci/run does): they run both strategies of a choice against the
   // same oracle. A production build has none of them.
   m.def(
-      "_set_variant_row_blocks",
-      [](bool on) { fusedrnn::cpu::variant_row_blocks_enabled() = on; },
-      "Cell variants run blocks of batch rows per thread through the whole sequence (default "
-      "on) instead of splitting every step over the threads");
+      "_set_row_blocks",
+      [](bool on) { fusedrnn::cpu::row_blocks_enabled() = on; },
+      "Layers run blocks of batch rows per thread through the whole sequence where that pays "
+      "(default on) instead of splitting every step over the threads");
   m.def(
       "_set_own_sgemm",
       [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },

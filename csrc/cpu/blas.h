@@ -140,7 +140,7 @@ class StepWeights {
       if (use_own_sgemm() && k > 0 && n > 0 && steps > 1) packed_ = pack_b(tw, k, n, W, ldw, slot);
   }
   // C[:, c0:c1] = A[m, k] op(W)[:, c0:c1] + beta * C[:, c0:c1]; C points at column 0 and c0
-  // is a multiple of 16 (the chunk layout's and parallel_columns' column blocks are).
+  // is a multiple of 16 (parallel_columns' column blocks are).
   void mul(int64_t m, int64_t c0, int64_t c1, const T* A, int64_t lda, T beta, T* C,
            int64_t ldc) const {
     if constexpr (std::is_same_v<T, float>) {

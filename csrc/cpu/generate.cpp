@@ -179,7 +179,7 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
                                  h.select(0, l), c0, w[l * per_layer], w[l * per_layer + 1], b_ih,
                                  b_hh, std::nullopt, std::nullopt, false, cifg, v(0), v(1), v(2),
                                  v(3), v(4), v(5), v(6), zoneout_h, zoneout_c, std::nullopt,
-                                 std::nullopt, eps, /*variant=*/true, /*train=*/false);
+                                 std::nullopt, eps, /*train=*/false);
         h.select(0, l).copy_(r[1]);
         if (lstm) c->select(0, l).copy_(r[2]);
         in = r[0].view({B, H});

@@ -45,20 +45,11 @@ struct PointwiseKernels {
   // i, f, g, o when save_act. c_prev, c_out [H] distinct. h_out [H] (before any projection).
   void (*lstm_fwd)(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out,
                    T* h_out, bool save_act);
-  // LSTM backward. act [4H] saved activations; c_prev, c [H]; dh = dh_a (+ dh_b if not null);
-  // dc [H] in: gradient from step t+1, out: gradient w.r.t. c_prev; dg [4H] out:
-  // pre-activation gradients; hraw [H] out if not null: o * tanh(c) (for dW_hr).
-  void (*lstm_bwd)(int64_t n, int64_t H, const T* act, const T* c_prev, const T* c,
-                   const T* dh_a, const T* dh_b, T* dc, T* dg, T* hraw);
   // GRU forward. g [3H]: x-part without biases, overwritten by r, z, n when save_act;
   // hg [3H]: h_prev W_hh^T without biases; bias_x [3H] = b_ih + (b_hr, b_hz, 0);
   // bias_hn [H] = b_hn; hn_out [H] (if not null): hn including b_hn, saved for backward.
   void (*gru_fwd)(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
                   const T* h_prev, T* h_out, T* hn_out, bool save_act);
-  // GRU backward. act [3H] r, z, n; hn [H]; dh [H] in: gradient from step t+1 (dy added here),
-  // out: the direct part z * dh of the gradient w.r.t. h_prev; dgx, dgh [3H] out.
-  void (*gru_bwd)(int64_t n, int64_t H, const T* act, const T* hn, const T* h_prev,
-                  const T* dy, T* dh, T* dgx, T* dgh);
   // Elman RNN forward: h_out = act(pre + bias).
   void (*rnn_fwd)(int64_t n, const T* bias, const T* pre, T* h_out, bool relu);
   // Elman RNN backward: dg = act'(h) * (dy + dh).
@@ -74,7 +65,7 @@ struct PointwiseKernels {
 };
 
 // Per-row pointwise kernels of the cell variants (layer norm, zoneout, peephole, cifg;
-// variant_fwd.cpp / variant_bwd.cpp). One call handles one batch row; pointers arrive offset to
+// layer_fwd.cpp / layer_bwd.cpp). One call handles one batch row; pointers arrive offset to
 // the row, gate k of a row sits at +k*H in PyTorch's gate order (LSTM i, f, g, o; with cifg
 // i, g, o; GRU r, z, n). Every call maps its option flags once to a loop instantiated for
 // exactly that combination (variant_kernels_impl.h), so no loop branches per element.

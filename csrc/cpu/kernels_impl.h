@@ -58,45 +58,6 @@ void lstm_fwd(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_o
   });
 }
 
-template <typename T, bool TWO_DH, bool HRAW>
-void lstm_bwd_loop(int64_t n, int64_t H, const T* __restrict act, const T* __restrict c_prev,
-                   const T* __restrict c, const T* __restrict dh_a, const T* __restrict dh_b,
-                   T* __restrict dc, T* __restrict dg, T* __restrict hraw) {
-  const T* __restrict ai = act;
-  const T* __restrict af = act + H;
-  const T* __restrict ag = act + 2 * H;
-  const T* __restrict ao = act + 3 * H;
-  T* __restrict di = dg;
-  T* __restrict df = dg + H;
-  T* __restrict dgg = dg + 2 * H;
-  T* __restrict dout = dg + 3 * H;
-  for (int64_t j = 0; j < n; ++j) {
-    T dh = dh_a[j];
-    if constexpr (TWO_DH) dh += dh_b[j];
-    const T tc = tanh_(c[j]);
-    T gi, gf, gg, go, dcp;
-    LSTMCell::backward<T>(dh, dc[j], ai[j], af[j], ag[j], ao[j], c_prev[j], tc, gi, gf, gg, go,
-                          dcp);
-    di[j] = gi;
-    df[j] = gf;
-    dgg[j] = gg;
-    dout[j] = go;
-    dc[j] = dcp;
-    if constexpr (HRAW) hraw[j] = ao[j] * tc;
-  }
-}
-
-template <typename T>
-void lstm_bwd(int64_t n, int64_t H, const T* act, const T* c_prev, const T* c, const T* dh_a,
-              const T* dh_b, T* dc, T* dg, T* hraw) {
-  with_bool(dh_b != nullptr, [&](auto two_dh) {
-    with_bool(hraw != nullptr, [&](auto has_hraw) {
-      lstm_bwd_loop<T, decltype(two_dh)::value, decltype(has_hraw)::value>(
-          n, H, act, c_prev, c, dh_a, dh_b, dc, dg, hraw);
-    });
-  });
-}
-
 template <typename T, bool SAVE>
 void gru_fwd_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* __restrict bias_hn,
                   T* __restrict g, const T* __restrict hg, const T* __restrict h_prev,
@@ -131,33 +92,6 @@ void gru_fwd(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, cons
   with_bool(save_act, [&](auto save) {
     gru_fwd_loop<T, decltype(save)::value>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
   });
-}
-
-template <typename T>
-void gru_bwd(int64_t n, int64_t H, const T* __restrict act, const T* __restrict hn,
-             const T* __restrict h_prev, const T* __restrict dy, T* __restrict dh,
-             T* __restrict dgx, T* __restrict dgh) {
-  const T* __restrict ar = act;
-  const T* __restrict az = act + H;
-  const T* __restrict an = act + 2 * H;
-  T* __restrict dxr = dgx;
-  T* __restrict dxz = dgx + H;
-  T* __restrict dxn = dgx + 2 * H;
-  T* __restrict dhr = dgh;
-  T* __restrict dhz = dgh + H;
-  T* __restrict dhn = dgh + 2 * H;
-  for (int64_t j = 0; j < n; ++j) {
-    T xr, xz, xn, gr, gz, gn, direct;
-    GRUCell::backward<T>(dy[j] + dh[j], ar[j], az[j], an[j], hn[j], h_prev[j], xr, xz, xn, gr, gz,
-                         gn, direct);
-    dxr[j] = xr;
-    dxz[j] = xz;
-    dxn[j] = xn;
-    dhr[j] = gr;
-    dhz[j] = gz;
-    dhn[j] = gn;
-    dh[j] = direct;
-  }
 }
 
 template <typename T, typename Cell>
@@ -357,9 +291,7 @@ template <typename T>
 PointwiseKernels<T> make_kernels() {
   PointwiseKernels<T> k;
   k.lstm_fwd = &lstm_fwd<T>;
-  k.lstm_bwd = &lstm_bwd<T>;
   k.gru_fwd = &gru_fwd<T>;
-  k.gru_bwd = &gru_bwd<T>;
   k.rnn_fwd = &rnn_fwd<T>;
   k.rnn_bwd = &rnn_bwd<T>;
   k.gemm_small_m = &gemm_small_m<T, T>;

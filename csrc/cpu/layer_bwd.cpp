@@ -1,168 +1,329 @@
-// Backward of one layer in one direction: the forward's steps visited in the opposite order.
+// Backward of one layer in one direction: the forward's steps visited in the opposite order by
+// every block of batch rows (the blocks of layer_fwd.cpp), per step:
 //
-//   per step (rows = batch_sizes[t]), gate columns in the forward's chunk layout (common.h):
-//     dh = dy_t + dh_state                        (LSTM with projection: DH_t = dy_t + dh_state
-//                                                  and dh_raw = DH_t W_hr, one small GEMM)
-//     fused pointwise -> dG_t (pre-activation gradients), dc_state <- dc_{t-1}
-//     dh_state = dG_t W_hh                         one GEMM per step into a preallocated buffer
-//                                                 (GRU: dh_state = z dh + dGh_t W_hh, beta = 1)
-//   after the loop, large GEMMs over all steps at once:
-//     dW_ih = dG^T X     dX = dG W_ih     dW_hh = sum_t dG_t^T h_{t-1} (stacked: one GEMM)
-//     dW_hr = DH^T H_raw                  db = column sums of dG (deterministic, no atomics)
+//   dh_t = dy_t + dh_state;  zoneout: dh~ = (1 - keep) dh_t, dh_state <- keep dh_t
+//   LSTM with projection: dh_raw = dh~ W_hr                   (one GEMM call)
+//   pointwise (LSTM in two halves around the LN_c row sums) -> dP, the gate pre-activation
+//     gradients (GRU: dA input side, dS recurrent side), dc_state <- dc_{t-1}
+//     (RNN: dP = act'(y) dh~, from y alone)
+//   ln: dHP = LN_hh backward of dP (dS) per row;  without ln dHP = dP (dS)
+//   dh_state += dHP W_hh                                       (one GEMM call)
+//
+// then over all steps at once (deterministic column sums and GEMMs, no atomics):
+//   db_ih = sum_rows dP;  db_hh = sum_rows dS (LSTM, RNN: dS = dP);  LN biases: the same sums
+//   ln:  dln_hh_w = sum_rows dS hh;  dln_ih_w = sum_rows dP xh;  dXP = LN_ih backward of dP
+//        dln_c_w = sum_rows dcn chat;  dln_c_b = sum_rows dcn
+//   dX = dXP W_ih    dW_ih = dXP^T X    dW_hh = dHP^T H_prev    dW_hr = dH~^T H_raw
+//   peephole: dw_ci = sum_rows dP_i c_prev, dw_cf = sum_rows dP_f c_prev, dw_co = sum dP_o c~
 //
 // dh_state / dc_state start as grad h_n / grad c_n and end as grad h0 / grad c0: a row that
 // finished early in the forward direction picks up its grad h_n when the walk reaches its last
 // step, a row that started late in the reverse direction leaves its grad h0 behind.
-// The per-element derivations are in csrc/cell_math.h.
-#include "backward.h"
+// The layer around the cell, derived: docs/backward.md; per element: csrc/cell_math.h.
+#include <array>
+
+#include "blas.h"
+#include "layer_ops.h"
+#include "scratch.h"
 
 namespace fusedrnn::cpu {
 
 namespace {
 
+// grad h_n / grad c_n as a fresh contiguous [rows, cols] buffer, zeros where autograd has none;
+// the loop updates it in place into grad h0 / grad c0.
+at::Tensor state_grad(const OptTensor& g, int64_t rows, int64_t cols,
+                      const at::TensorOptions& opts) {
+  if (!g.has_value() || !g->defined()) return at::zeros({rows, cols}, opts);
+  return g->reshape({rows, cols}).clone(at::MemoryFormat::Contiguous);
+}
+
+// The gradients that are GEMMs over all steps, into out (the order of layer_bwd), as mask asks:
+//   out[0] dx = dX W_ih [N, I]     out[3] dW_ih = dX^T X [G*H, I]
+//   out[4] dW_hh = dH^T H_prev [G*H, Hout], H_prev = h_{t-1} of every row (y shifted, h0)
+//   out[7] dW_hr = DH^T H_raw [Hout, H] (projection)
+// dX [N, G*H]: gradient of the input projection; dH [N, G*H]: of h_prev W_hh^T; y [N, Hout];
+// DH [N, Hout], Hraw [N, H] (projection only).
 template <typename T>
-std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in, const at::Tensor& ws1,
-                                 const at::Tensor& ws2, const at::Tensor& grad_y,
-                                 const OptTensor& grad_hn, const OptTensor& grad_cn, int64_t mask) {
-  const Cell cell = a.cell;
-  const int64_t G = num_gates(cell), H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
+void gemm_grads(const LayerArgs& a, const std::vector<Step>& steps, const T* dX, const T* dH,
+                const T* y, const T* DH, const T* Hraw, int64_t mask,
+                std::vector<at::Tensor>& out) {
+  const int64_t GH = a.G * a.H, Hout = a.Hout, H = a.H, N = a.N, B = a.B, I = a.I;
+  const auto dtype = a.x.scalar_type();
+  if (mask & kGradX) {
+    at::Tensor dx = pooled_output({N, I}, dtype);
+    gemm<T>(false, false, N, I, GH, T(1), dX, GH, cptr<T>(a.w_ih), I, T(0), ptr<T>(dx), I);
+    out[0] = a.packed ? dx : dx.view({a.T, B, I});
+  }
+  if (mask & kGradWih) {
+    out[3] = pooled_output({GH, I}, dtype);
+    gemm<T>(true, false, GH, I, N, T(1), dX, GH, cptr<T>(a.x), I, T(0), ptr<T>(out[3]), I);
+  }
+  if (mask & kGradWhh) {
+    at::Tensor dw = pooled_output({GH, Hout}, dtype);
+    T* dwp = ptr<T>(dw);
+    const T* h0 = cptr<T>(a.h0);
+    if (N == 0) {
+      dw.zero_();
+    } else if (!a.packed) {
+      // Dense: the previous states of all steps but the first visited are y shifted by one
+      // step, so the stacked GEMM reads y in place; the first visited step pairs with h0.
+      const int64_t body = N - B;
+      const T* g_body = a.reverse ? dH : dH + B * GH;
+      const T* h_body = a.reverse ? y + B * Hout : y;
+      const T* g_first = a.reverse ? dH + body * GH : dH;
+      gemm<T>(true, false, GH, Hout, body, T(1), g_body, GH, h_body, Hout, T(0), dwp, Hout);
+      gemm<T>(true, false, GH, Hout, B, T(1), g_first, GH, h0, Hout, T(1), dwp, Hout);
+    } else {
+      // Packed: h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM.
+      at::Tensor hprev = scratch(Scratch::kWork7, {N, Hout}, dtype);
+      gather_previous(steps, y, h0, Hout, ptr<T>(hprev));
+      gemm<T>(true, false, GH, Hout, N, T(1), dH, GH, cptr<T>(hprev), Hout, T(0), dwp, Hout);
+    }
+    out[4] = dw;
+  }
+  if ((mask & kGradWhr) && a.w_hr.has_value()) {
+    out[7] = at::empty({Hout, H}, a.x.options());
+    gemm<T>(true, false, Hout, H, N, T(1), DH, Hout, Hraw, H, T(0), ptr<T>(out[7]), H);
+  }
+}
+
+// Column sums over rows of a [rows, cols] (row stride lda), in one pass over a:
+// {sum a (if with_sum), sum a b1 (if b1), sum a b2 (if b2)}, each [cols] (undefined if not
+// asked for); b1, b2 [rows, cols] with row stride ldb. Each thread owns one contiguous block
+// of columns and walks the rows in order, summing blocks of kRows rows and then the block
+// sums, so every column is summed in the same order whatever the number of threads.
+template <typename T>
+std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, const T* b1,
+                                      const T* b2, int64_t ldb, int64_t rows, int64_t cols,
+                                      const at::TensorOptions& opts) {
+  constexpr int64_t kRows = 64;
+  const auto& K = variant_kernels(T{});
+  std::array<at::Tensor, 3> out;
+  const bool want[3] = {with_sum, b1 != nullptr, b2 != nullptr};
+  T* o[3] = {nullptr, nullptr, nullptr};
+  for (int k = 0; k < 3; ++k)
+    if (want[k]) {
+      out[k] = at::zeros({cols}, opts);
+      o[k] = out[k].data_ptr<T>();
+    }
+  if (!want[0] && !want[1] && !want[2]) return out;
+  const int64_t P = rows * cols < 65536 ? 1 : std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per = ((cols + P - 1) / P + 15) / 16 * 16;
+  at::parallel_for(0, P, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c0 = q * per, w = std::min(cols, c0 + per) - c0;
+      if (w <= 0) continue;
+      std::vector<T> part(3 * w);
+      T* pp[3];
+      for (int k = 0; k < 3; ++k) pp[k] = want[k] ? part.data() + k * w : nullptr;
+      for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+        std::fill(part.begin(), part.end(), T(0));
+        K.col_accumulate(std::min(kRows, rows - r0), w, a + r0 * lda + c0, lda,
+                         b1 ? b1 + r0 * ldb + c0 : nullptr, b2 ? b2 + r0 * ldb + c0 : nullptr,
+                         ldb, pp[0], pp[1], pp[2]);
+        for (int k = 0; k < 3; ++k)
+          if (want[k])
+            for (int64_t j = 0; j < w; ++j) o[k][c0 + j] += pp[k][j];
+      }
+    }
+  });
+  return out;
+}
+
+template <typename T>
+std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
+                                 const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
+                                 const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                 int64_t mask) {
+  const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU, rnn = !lstm && !gru;
+  const bool ln = a.flags.ln, proj = a.w_hr.has_value(), direct = direct_gates(a);
+  const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto opts = a.x.options();
-  const auto& K = kernels(T{});
-  auto none = [&] { return at::empty({0}, opts); };
-  std::vector<at::Tensor> out(8);
-  for (auto& t : out) t = none();
+  const auto& K = variant_kernels(T{});
+  const auto& P = kernels(T{});
+  const VariantFlags& fl = a.flags;
+  auto empty = [&] { return at::empty({0}, opts); };
+  std::vector<at::Tensor> out(15);
+  for (auto& t : out) t = empty();
   if (mask == 0) return out;
 
+  TORCH_CHECK(saved.size() == kLayerSaved, "fusedrnn cpu backend: backward needs the ",
+              kLayerSaved, " tensors the forward saved");
+  const at::Tensor act_t = saved[0].contiguous(), cs_t = saved[1].contiguous(),
+                   ct_t = saved[2].contiguous(), hh_t = saved[3].contiguous(),
+                   xh_t = saved[4].contiguous(), st_t = saved[5].contiguous();
+  TORCH_CHECK((rnn || act_t.numel() == N * GH) && (direct || ct_t.numel() == N * H) &&
+                  (!lstm || cs_t.numel() == N * H) &&
+                  (!ln || (hh_t.numel() == N * GH && xh_t.numel() == N * GH &&
+                           st_t.numel() == N * 4)),
+              "fusedrnn cpu backend: the backward needs the forward's saved tensors (run the "
+              "forward with train=True)");
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
-  const auto [y, dy] = output_rows(y_in, grad_y, N, Hout);  // [N, Hout] each
-  at::Tensor dh_state = state_grad(grad_hn, B, Hout, opts);                   // [B, Hout]
-  at::Tensor dc_state = cell == Cell::LSTM ? state_grad(grad_cn, B, H, opts) : none();  // [B, H]
-  const auto dtype = a.x.scalar_type();
-  // [N, G*H] pre-activation gradients: input side, and recurrent side (GRU only)
-  at::Tensor dG = scratch(Scratch::kGates, {N, GH}, dtype);
-  at::Tensor dGh = cell == Cell::GRU ? scratch(Scratch::kGatesH, {N, GH}, dtype) : dG;
+  TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
+              " elements, expected ", N * Hout);
+  const at::Tensor y = y_in.reshape({N, Hout}).contiguous();    // [N, Hout]
+  const at::Tensor dy = grad_y.reshape({N, Hout}).contiguous();  // [N, Hout]
+  at::Tensor dh_state = state_grad(grad_hn, B, Hout, opts);               // [B, Hout]
+  at::Tensor dc_state = lstm ? state_grad(grad_cn, B, H, opts) : empty();  // [B, H]
 
+  const auto dtype = a.x.scalar_type();
+  auto tmp = [&](Scratch slot, at::IntArrayRef shape) { return scratch(slot, shape, dtype); };
+  at::Tensor dP = tmp(Scratch::kGates, {N, GH});                     // input side
+  at::Tensor dS = gru ? tmp(Scratch::kGatesH, {N, GH}) : dP;         // recurrent side (GRU)
+  at::Tensor dHP = ln ? tmp(Scratch::kWork1, {N, GH}) : dS;          // before LN_hh
+  at::Tensor dcn = tmp(Scratch::kWork2, {lstm && ln ? N : B, H});
+  at::Tensor pcn = tmp(Scratch::kWork3, {lstm && ln ? N : B, H});    // dcn xhat
+  at::Tensor dht = tmp(Scratch::kWork4, {proj ? N : B, Hout});       // dh~
+  at::Tensor hraw = tmp(Scratch::kWork5, {proj ? N : B, H});
+  at::Tensor dhraw = proj ? at::empty({B, H}, opts) : empty();
+
+  const T* act = rnn ? nullptr : cptr<T>(act_t);
+  const T* C = lstm ? cptr<T>(cs_t) : nullptr;
+  const T* CT = direct ? C : cptr<T>(ct_t);  // c~_t (direct LSTM: c_t itself)
+  const T* HH = ln ? cptr<T>(hh_t) : nullptr;
+  const T* ST = ln ? cptr<T>(st_t) : nullptr;
   const T* yp = cptr<T>(y);
   const T* dyp = cptr<T>(dy);
   const T* h0 = cptr<T>(a.h0);
-  // dG_t W_hh, op(W) = W_hh [G*H, Hout]
+  const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
+  // dHP_t W_hh and DH_t W_hr: weights packed once for all steps and row blocks
   const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
+  const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? cptr<T>(*a.w_hr) : nullptr, H,
+                           Scratch::kPackedProj, a.T);
+  const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
+  const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
+  const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
+  const T* wch = fl.peep ? cptr<T>(a.w_ch) : nullptr;
+  const T* kh = a.zone_h ? cptr<T>(a.keep_h) : nullptr;
+  const T* kc = fl.zone_c ? cptr<T>(a.keep_c) : nullptr;
   T* dhs = ptr<T>(dh_state);
-  T* dGp = ptr<T>(dG);
-  T* dGhp = ptr<T>(dGh);
-  const bool proj = a.w_hr.has_value();
-  const ChunkLayout& L = a.layout;
-  at::Tensor DH, Hraw;
+  T* dcs = lstm ? ptr<T>(dc_state) : nullptr;
+  T* dPp = ptr<T>(dP);
+  T* dSp = ptr<T>(dS);
+  T* dHPp = ptr<T>(dHP);
+  T* dcnp = ptr<T>(dcn);
+  T* pcnp = ptr<T>(pcn);
+  T* dhtp = ptr<T>(dht);
+  T* hrawp = ptr<T>(hraw);
+  T* dhrawp = proj ? ptr<T>(dhraw) : nullptr;
 
-  if (cell == Cell::LSTM) {
-    TORCH_CHECK(ws1.numel() == N * GH && ws2.numel() == N * H,
-                "fusedrnn cpu backend: LSTM backward needs the forward's saved tensors");
-    const T* act = cptr<T>(ws1);
-    const T* C = cptr<T>(ws2);
-    const T* c0 = cptr<T>(a.c0);
-    T* dcs = ptr<T>(dc_state);
-    at::Tensor dhraw;
-    T *DHp = nullptr, *Hrawp = nullptr, *dhrawp = nullptr;
-    std::optional<StepWeights<T>> whr;
-    if (proj) {
-      DH = scratch(Scratch::kWork1, {N, Hout}, dtype);
-      Hraw = scratch(Scratch::kWork2, {N, H}, dtype);
-      dhraw = at::empty({B, H}, opts);
-      // DH_t W_hr, op(W) = W_hr [Hout, H]
-      whr.emplace(false, Hout, H, cptr<T>(*a.w_hr), H, Scratch::kPackedProj, a.T);
-      DHp = ptr<T>(DH);
-      Hrawp = ptr<T>(Hraw);
-      dhrawp = ptr<T>(dhraw);
-    }
+  // Rows [b0, b1) through every step, last step first; blocks of rows run on different
+  // threads without meeting in the loop (run_row_blocks, as in the forward).
+  auto run_rows = [&](int64_t b0, int64_t b1) {
     for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
       const Step& s = *it;
-      if (proj) {
-        T* dst = DHp + s.off * Hout;
-        const T* src = dyp + s.off * Hout;
-        for (int64_t k = 0; k < s.rows * Hout; ++k) dst[k] = src[k] + dhs[k];
-        mul_split_n(*whr, s.rows, dst, Hout, T(0), dhrawp, H);
-      }
-      parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
-        for (int64_t b = 0; b < s.rows; ++b) {
+      const int64_t e = std::min(b1, s.rows);  // active rows of the block: [b0, e)
+      if (e <= b0) continue;
+      T* dh_rows = dhtp + (proj ? s.off : 0) * Hout;
+      T* hraw_rows = hrawp + (proj ? s.off : 0) * H;
+      T* dcn_rows = dcnp + (lstm && ln ? s.off : 0) * H;
+      T* pcn_rows = pcnp + (lstm && ln ? s.off : 0) * H;
+      // pointwise rows, split over the threads when this is the single block
+      step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
+        for (int64_t b = q0; b < q1; ++b) {
           const int64_t r = s.off + b;
-          const T* cp = b < s.from_prev ? C + (s.prev_off + b) * H : c0 + b * H;
-          const T* dh_a = proj ? dhrawp + b * H : dyp + r * Hout;
-          const T* dh_b = proj ? nullptr : dhs + b * Hout;
-          for (int64_t c = k0; c < k1; ++c) {
-            const int64_t u = L.start(c), w = L.width(c), col = L.col(c);
-            K.lstm_bwd(w, w, act + r * GH + col, cp + u, C + r * H + u, dh_a + u,
-                       dh_b ? dh_b + u : nullptr, dcs + b * H + u, dGp + r * GH + col,
-                       proj ? Hrawp + r * H + u : nullptr);
+          K.zone_bwd(a.zone_h, Hout, a.zone_h ? kh + r * a.keep_h_stride : nullptr,
+                     dyp + r * Hout, dhs + b * Hout, dh_rows + b * Hout);
+        }
+        if (proj) mul_split_n(whr, q1 - q0, dh_rows + q0 * Hout, Hout, T(0), dhrawp + q0 * H, H);
+        for (int64_t b = q0; b < q1; ++b) {
+          const int64_t r = s.off + b;
+          if (rnn) {  // dh_state was left zero by zone_bwd: dy + dh = dh~
+            P.rnn_bwd(H, yp + r * H, dh_rows + b * H, dhs + b * H, dPp + r * GH,
+                      a.cell == Cell::RNN_RELU);
+          } else if (lstm) {
+            const T* cp = b < s.from_prev ? C + (s.prev_off + b) * H : c0 + b * H;
+            const T mc = ln ? ST[r * 4 + 2] : T(0), rc = ln ? ST[r * 4 + 3] : T(1);
+            T m1 = 0, m2 = 0;
+            const T* dh = proj ? dhrawp + b * H : dh_rows + b * Hout;
+            K.lstm_bwd_a(fl, H, dh, act + r * GH + (G - 1) * H, CT + r * H, mc, rc, lncw, lncb,
+                         dPp + r * GH + (G - 1) * H, dcn_rows + b * H, pcn_rows + b * H,
+                         hraw_rows + b * H, &m1, &m2);
+            K.lstm_bwd_b(fl, H, dcs + b * H, fl.zone_c ? kc + r * a.keep_c_stride : nullptr,
+                         dcn_rows + b * H, CT + r * H, mc, rc, lncw, m1, m2, act + r * GH, cp,
+                         wch, dPp + r * GH);
+          } else {
+            const T* hp = b < s.from_prev ? yp + (s.prev_off + b) * H : h0 + b * H;
+            K.gru_bwd(H, dh_rows + b * H, act + r * GH, CT + r * H, hp, dhs + b * H,
+                      dPp + r * GH, dSp + r * GH);
           }
+          if (ln) K.ln_bwd(GH, dSp + r * GH, HH + r * GH, lnhh, ST[r * 4 + 1], dHPp + r * GH);
         }
       });
-      mul_split_n(whh, s.rows, dGp + s.off * GH, GH, T(0), dhs, Hout);
+      mul_split_n(whh, e - b0, dHPp + (s.off + b0) * GH, GH, T(1), dhs + b0 * Hout, Hout);
     }
-  } else if (cell == Cell::GRU) {
-    TORCH_CHECK(ws1.numel() == N * GH && ws2.numel() == N * H,
-                "fusedrnn cpu backend: GRU backward needs the forward's saved tensors");
-    const T* act = cptr<T>(ws1);
-    const T* hn = cptr<T>(ws2);
-    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-      const Step& s = *it;
-      parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
-        for (int64_t b = 0; b < s.rows; ++b) {
-          const int64_t r = s.off + b;
-          const T* hp = b < s.from_prev ? yp + (s.prev_off + b) * H : h0 + b * H;
-          for (int64_t c = k0; c < k1; ++c) {
-            const int64_t u = L.start(c), w = L.width(c), col = L.col(c);
-            K.gru_bwd(w, w, act + r * GH + col, hn + r * H + u, hp + u, dyp + r * H + u,
-                      dhs + b * H + u, dGp + r * GH + col, dGhp + r * GH + col);
-          }
-        }
-      });
-      mul_split_n(whh, s.rows, dGhp + s.off * GH, GH, T(1), dhs, H);
-    }
-  } else {
-    const bool relu = cell == Cell::RNN_RELU;
-    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-      const Step& s = *it;
-      parallel_rows(s.rows, H, 2, [&](int64_t b, int64_t j0, int64_t j1) {
-        const int64_t r = s.off + b;
-        K.rnn_bwd(j1 - j0, yp + r * H + j0, dyp + r * H + j0, dhs + b * H + j0, dGp + r * H + j0,
-                  relu);
-      });
-      mul_split_n(whh, s.rows, dGp + s.off * GH, GH, T(0), dhs, H);
-    }
+  };
+  const int64_t weight_bytes = (GH + (proj ? H : 0)) * Hout * int64_t(sizeof(T));  // W_hh, W_hr
+  run_row_blocks(steps, B, GH * Hout, weight_bytes, run_rows);
+
+  // Column sums first: they read dP, which the LN_ih backward below overwrites. b_ih and the
+  // LN_ih bias enter as one sum, b_hh and the LN_hh bias too (LSTM: all four, dS = dP); the
+  // gain gradients are sums of dP xh and dS hh. Every output gets its own tensor (outputs of
+  // the op must not alias each other).
+  {
+    const int64_t want_in = kGradBih | kGradLnIhB, want_rec = kGradBhh | kGradLnHhB;
+    const bool sum_in = mask & (want_in | (gru ? 0 : want_rec));
+    const T* b_xh = ln && (mask & kGradLnIhW) ? cptr<T>(xh_t) : nullptr;
+    const T* b_hh = ln && (mask & kGradLnHhW) ? HH : nullptr;
+    auto s_in = column_sums<T>(dPp, GH, sum_in, b_xh, gru ? nullptr : b_hh, GH, N, GH, opts);
+    std::array<at::Tensor, 3> s_rec;
+    if (gru)
+      s_rec = column_sums<T>(dSp, GH, (mask & want_rec) != 0, nullptr, b_hh, GH, N, GH, opts);
+    const at::Tensor& db_in = s_in[0];
+    const at::Tensor& db_rec = gru ? s_rec[0] : s_in[0];
+    if (mask & kGradBih) out[5] = db_in.clone();
+    if (mask & kGradLnIhB) out[9] = db_in.clone();
+    if (mask & kGradBhh) out[6] = db_rec.clone();
+    if (mask & kGradLnHhB) out[11] = db_rec.clone();
+    if (b_xh) out[8] = s_in[1];
+    if (b_hh) out[10] = gru ? s_rec[2] : s_in[2];
   }
-
-  gemm_grads<T>(a, steps, dGp, dGhp, yp, proj ? cptr<T>(DH) : nullptr,
-                proj ? cptr<T>(Hraw) : nullptr, mask, a.perm.defined(), out);
+  if (ln && lstm && (mask & (kGradLnCW | kGradLnCB))) {
+    // pcn = dcn xhat_c row by row: the gain's terms; dcn: the bias'
+    const bool gain = mask & kGradLnCW, bias = mask & kGradLnCB;
+    auto s_c = column_sums<T>(pcnp, H, gain, nullptr, nullptr, H, N, H, opts);
+    auto s_b = column_sums<T>(dcnp, H, bias, nullptr, nullptr, H, N, H, opts);
+    if (mask & kGradLnCW) out[12] = s_c[0];
+    if (mask & kGradLnCB) out[13] = s_b[0];
+  }
+  if ((mask & kGradWch) && fl.peep) {
+    at::Tensor cprev = tmp(Scratch::kWork6, {N, H});  // c_{t-1} of every row
+    T* cpv = ptr<T>(cprev);
+    gather_previous(steps, C, c0, H, cpv);
+    // rows (w_ci, w_cf, w_co) or (w_ci, w_co): dP_i c_prev, dP_f c_prev, dP_o c~
+    const int64_t ko = fl.cifg ? 2 : 3;
+    std::vector<at::Tensor> rows{column_sums<T>(dPp, GH, false, cpv, nullptr, H, N, H, opts)[1]};
+    if (!fl.cifg)
+      rows.push_back(column_sums<T>(dPp + H, GH, false, cpv, nullptr, H, N, H, opts)[1]);
+    rows.push_back(column_sums<T>(dPp + ko * H, GH, false, CT, nullptr, H, N, H, opts)[1]);
+    out[14] = at::stack(rows);
+  }
+  // Input side: LN_ih backward row by row over all steps, in place (dP becomes the gradient of
+  // X W_ih^T) once the column sums above have read dP.
+  if (ln && (mask & (kGradX | kGradWih))) {
+    const T* XH = cptr<T>(xh_t);
+    const T* w = cptr<T>(a.ln_ih_w);
+    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
+                     [&](int64_t r0, int64_t r1) {
+                       for (int64_t r = r0; r < r1; ++r)
+                         K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);
+                     });
+  }
+  gemm_grads<T>(a, steps, dPp, dHPp, yp, dhtp, hrawp, mask, out);
   if (mask & kGradH0) out[1] = dh_state;
-  if ((mask & kGradC0) && cell == Cell::LSTM) out[2] = dc_state;
-  if (mask & kGradBih) out[5] = dG.sum(0);
-  if (mask & kGradBhh)  // LSTM / RNN add both biases once: the same gradient, one reduction
-    out[6] = (cell != Cell::GRU && (mask & kGradBih)) ? out[5].clone() : dGh.sum(0);
-  if (a.perm.defined()) {  // gradient rows (and bias entries) back to PyTorch's gate order
-    const at::Tensor inv = at::empty_like(a.perm).index_copy_(
-        0, a.perm, at::arange(a.perm.numel(), a.perm.options()));
-    for (int k : {3, 4})
-      if (out[k].numel() > 0) {
-        at::Tensor dst = pooled_output(out[k].sizes(), dtype);
-        out[k] = at::index_select_out(dst, out[k], 0, inv);
-      }
-    for (int k : {5, 6})
-      if (out[k].numel() > 0) out[k] = out[k].index_select(0, inv);
-  }
+  if ((mask & kGradC0) && lstm) out[2] = dc_state;
   return out;
 }
 
 }  // namespace
 
-std::vector<at::Tensor> plain_bwd(const LayerArgs& a, const at::Tensor& y,
-                                  const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
-                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
-                                  int64_t grad_mask) {
-  TORCH_CHECK(saved.size() == 2, "fusedrnn cpu backend: the backward needs the forward's 2 "
-              "saved tensors");
+std::vector<at::Tensor> bwd_loop(const LayerArgs& a, const at::Tensor& y,
+                                 const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
+                                 const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                 int64_t grad_mask) {
   return dispatch_float(a.x.scalar_type(), [&](auto t) {
-    return bwd_impl<decltype(t)>(a, y, saved[0].contiguous(), saved[1].contiguous(), grad_y,
-                                 grad_hn, grad_cn, grad_mask);
+    return bwd_impl<decltype(t)>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
   });
 }
 

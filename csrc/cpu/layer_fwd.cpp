@@ -1,22 +1,25 @@
-// Forward of one layer in one direction over a whole (dense or packed) sequence.
+// Forward of one layer in one direction over a whole (dense or packed) sequence, every cell
+// and option (layer norm, zoneout, peephole, cifg); the math of fusedrnn/ops/reference.py::layer.
 //
-//   xg = X W_ih^T                        one GEMM for every step           [N, G*H]
-//   per visited step t (rows = batch_sizes[t]), one parallel region in which every thread
-//   owns a run of unit chunks (see ChunkLayout) and
-//     gates_t[:, its columns] += h_prev W_hh[its rows]^T    one single-threaded GEMM call
-//                                        accumulating into xg's block (beta = 1), so the
-//                                        input projection needs no separate add pass
-//     runs the fused pointwise (biases, gates, state update) on exactly those columns while
-//     they are in its cache, writing y_t directly
-//     (LSTM with projection: h_raw into a [B, H] buffer, then y_t = h_raw W_hr^T)
+//   XP = X W_ih^T                           one GEMM for every step               [N, G*H]
+//   xg = LN_ih(XP) + b_ih + LN_ih bias       row by row, all N rows at once (LN is per row)
+//   per step, for the batch rows of a block (run_row_blocks, common.h):
+//     HP = h_prev W_hh^T                     one GEMM call
+//     per row: LN_hh statistics of HP, first pointwise half (gates, c~), LN_c statistics of
+//              c~, second half (o, h~, zoneout of c)       (GRU: one pointwise pass)
+//     LSTM with projection: y rows = h~ W_hr^T, one GEMM call
+//     zoneout of h on the y rows
+// torch.nn's LSTM and the RNN (direct_gates, layer_ops.h) take a shorter way: the GEMM adds HP
+// into xg in place and one fused kernel per row (kernels.h) adds both biases and runs the cell.
+// The blocks are one per thread when the batch is large enough and the weights small (the
+// threads never wait for each other inside the loop); otherwise one block whose GEMMs are
+// split over column blocks of the weights and whose rows are split over the threads.
 //
 // h_prev is read in place from the previous step's rows of y (plus h0 rows for sequences that
-// start at this step), so no state copies are made. With train=true the activations overwrite
-// xg (they are what the backward needs) and every c_t is kept; otherwise nothing is saved.
-#include "layer_ops.h"
-
+// start at this step). With train=true the activations overwrite xg and everything the
+// backward needs is kept (see layer_ops.h); otherwise only [B, .] scratch rows are used.
 #include "blas.h"
-#include "common.h"
+#include "layer_ops.h"
 #include "scratch.h"
 
 namespace fusedrnn::cpu {
@@ -25,134 +28,183 @@ namespace {
 
 template <typename T>
 std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
-  const Cell cell = a.cell;
-  const int64_t G = num_gates(cell), H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
+  const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU, rnn = !lstm && !gru;
+  const bool ln = a.flags.ln, proj = a.w_hr.has_value(), direct = direct_gates(a);
+  const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   const auto opts = a.x.options();
-  const auto& K = kernels(T{});
+  const auto& K = variant_kernels(T{});
+  const auto& P = kernels(T{});  // the fused kernels of torch.nn's cells
+  const VariantFlags& fl = a.flags;
+  const T eps = static_cast<T>(a.eps);
+  auto empty = [&] { return at::empty({0}, opts); };
 
-  // [N, G*H]; kept (returned as ws1) only when training
+  // Input side for all steps: xg [N, G*H] (becomes the activations; the RNN's backward reads
+  // y instead), xh [N, G*H] (ln). [N, .] buffers are outputs (saved for the backward) when
+  // training, scratch otherwise
   const auto dtype = a.x.scalar_type();
-  at::Tensor xg = output_or_scratch(train, Scratch::kGates, {N, GH}, dtype);
-  gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), ptr<T>(xg),
-          GH);
-
-  at::Tensor y = pooled_output({N, Hout}, dtype);     // [N, Hout]
-  at::Tensor h_n = a.h0.clone();                       // [B, Hout]
-  at::Tensor c_n = cell == Cell::LSTM ? a.c0.clone() : at::empty({0}, opts);  // [B, H]
-  at::Tensor ws1 = at::empty({0}, opts), ws2 = at::empty({0}, opts);
-
-  // h_prev W_hh^T, op(W) = W_hh^T [Hout, G*H]
-  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
-  const T* h0 = cptr<T>(a.h0);
-  T* yp = ptr<T>(y);
-  T* xgp = ptr<T>(xg);
-
-  const ChunkLayout& L = a.layout;
-  // Recurrent GEMM of one step into dst rows [0, rows), gate columns [c0, c1) only (row stride
-  // GH): rows continuing from the previous step read its y block, rows starting here read h0.
-  // Called inside the per-step parallel region, so each call runs on one thread.
-  auto recurrent = [&](const Step& s, T* dst, T beta, int64_t c0, int64_t c1) {
-    if (s.from_prev > 0) whh.mul(s.from_prev, c0, c1, yp + s.prev_off * Hout, Hout, beta, dst, GH);
-    if (s.rows > s.from_prev)
-      whh.mul(s.rows - s.from_prev, c0, c1, h0 + s.from_prev * Hout, Hout, beta,
-              dst + s.from_prev * GH, GH);
-  };
-  auto finish_h = [&](const Step& s) {
-    if (s.finish_from < s.rows)
-      std::memcpy(ptr<T>(h_n) + s.finish_from * Hout, yp + (s.off + s.finish_from) * Hout,
-                  sizeof(T) * (s.rows - s.finish_from) * Hout);
-  };
-
-  if (cell == Cell::LSTM) {
-    const T* bias = cptr<T>(a.bias);
-    const T* c0 = cptr<T>(a.c0);
-    const bool proj = a.w_hr.has_value();
-    at::Tensor cs = train ? pooled_output({N, H}, dtype) : at::empty({2, B, H}, opts);
-    at::Tensor hraw = proj ? at::empty({B, H}, opts) : at::empty({0}, opts);
-    T* csp = ptr<T>(cs);
-    T* hrawp = proj ? ptr<T>(hraw) : nullptr;
-    // h_raw W_hr^T, op(W) = W_hr^T [H, Hout]
-    const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H,
-                             Scratch::kPackedProj, a.T);
-    for (size_t k = 0; k < steps.size(); ++k) {
-      const Step& s = steps[k];
-      T* gates = xgp + s.off * GH;
-      // c_t goes to the saved [N, H] block when training, else to a ping-pong [2, B, H] buffer.
-      T* c_out = train ? csp + s.off * H : csp + (k % 2) * B * H;
-      const T* c_in = !train ? csp + ((k + 1) % 2) * B * H
-                       : s.prev_off >= 0 ? csp + s.prev_off * H
-                                         : nullptr;
-      parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
-        recurrent(s, gates, T(1), L.col(k0), L.col(k1));
-        for (int64_t b = 0; b < s.rows; ++b) {
-          const T* cp = (b < s.from_prev ? c_in : c0) + b * H;
-          T* ho = proj ? hrawp + b * H : yp + (s.off + b) * Hout;
-          for (int64_t c = k0; c < k1; ++c) {
-            const int64_t u = L.start(c), w = L.width(c);
-            K.lstm_fwd(w, w, bias + L.col(c), gates + b * GH + L.col(c), cp + u,
-                       c_out + b * H + u, ho + u, train);
-          }
-        }
-      });
-      if (proj) mul_split_n(whr, s.rows, hrawp, H, T(0), yp + s.off * Hout, Hout);
-      finish_h(s);
-      if (s.finish_from < s.rows)
-        std::memcpy(ptr<T>(c_n) + s.finish_from * H, c_out + s.finish_from * H,
-                    sizeof(T) * (s.rows - s.finish_from) * H);
-    }
-    if (train) {
-      ws1 = xg;
-      ws2 = cs;
-    }
-  } else if (cell == Cell::GRU) {
-    const T* bias_x = cptr<T>(a.bias);
-    const T* bias_hn = cptr<T>(a.bias_hn);
-    at::Tensor hg = at::empty({B, GH}, opts);          // [B, 3H] h_prev W_hh^T of one step
-    at::Tensor hn = train ? pooled_output({N, H}, dtype) : at::empty({0}, opts);  // [N, H] saved
-    T* hgp = ptr<T>(hg);
-    T* hnp = train ? ptr<T>(hn) : nullptr;
-    for (const Step& s : steps) {
-      parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
-        recurrent(s, hgp, T(0), L.col(k0), L.col(k1));
-        for (int64_t b = 0; b < s.rows; ++b) {
-          const T* hp = b < s.from_prev ? yp + (s.prev_off + b) * H : h0 + b * H;
-          const int64_t r = s.off + b;
-          for (int64_t c = k0; c < k1; ++c) {
-            const int64_t u = L.start(c), w = L.width(c), col = L.col(c);
-            K.gru_fwd(w, w, bias_x + col, bias_hn + u, xgp + r * GH + col, hgp + b * GH + col,
-                      hp + u, yp + r * H + u, train ? hnp + r * H + u : nullptr, train);
-          }
-        }
-      });
-      finish_h(s);
-    }
-    if (train) {
-      ws1 = xg;
-      ws2 = hn;
-    }
-  } else {
-    const bool relu = cell == Cell::RNN_RELU;
-    const T* bias = cptr<T>(a.bias);
-    for (const Step& s : steps) {
-      T* gates = xgp + s.off * GH;
-      parallel_chunks(L, s.rows, [&](int64_t k0, int64_t k1) {
-        recurrent(s, gates, T(1), L.col(k0), L.col(k1));
-        const int64_t u0 = L.start(k0), u1 = L.start(k1);
-        for (int64_t b = 0; b < s.rows; ++b)
-          K.rnn_fwd(u1 - u0, bias + u0, gates + b * GH + u0, yp + (s.off + b) * H + u0, relu);
-      });
-      finish_h(s);
+  at::Tensor xg = output_or_scratch(train && !rnn, Scratch::kGates, {N, GH}, dtype);
+  at::Tensor xh = ln ? output_or_scratch(train, Scratch::kWork1, {N, GH}, dtype) : empty();
+  // rstd_ih, rstd_hh, mean_c, rstd_c; zeroed because it is an op output and the GRU (no cell
+  // state) leaves the last two columns unwritten
+  at::Tensor stats = ln ? at::zeros({train ? N : B, 4}, opts) : empty();
+  T* stp = ln ? ptr<T>(stats) : nullptr;
+  {
+    T* dst = ln ? ptr<T>(xh) : ptr<T>(xg);
+    gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), dst,
+            GH);
+    if (ln) {
+      const T* w = cptr<T>(a.ln_ih_w);
+      const T* b = cptr<T>(a.b_in);
+      T* xgp = ptr<T>(xg);
+      at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
+                       [&](int64_t r0, int64_t r1) {
+                         for (int64_t r = r0; r < r1; ++r) {
+                           T mean, rstd;
+                           K.ln_stats(GH, dst + r * GH, eps, &mean, &rstd);
+                           K.ln_apply(GH, dst + r * GH, xgp + r * GH, w, b, mean, rstd);
+                           if (train) stp[r * 4] = rstd;
+                         }
+                       });
+    } else if (!direct) {
+      xg.add_(a.b_in);
     }
   }
+  // direct: b_ih + b_hh, added by the fused kernel
+  const at::Tensor bias = direct ? a.b_in + a.b_rec : empty();
+
+  at::Tensor y = pooled_output({N, Hout}, dtype);  // [N, Hout]
+  at::Tensor h_n = a.h0.clone();              // [B, Hout]
+  at::Tensor c_n = lstm ? a.c0.clone() : empty();
+  // hp: h_prev W_hh^T, normalised in place (ln: the saved hh when training); direct: none,
+  // the product goes straight into the gates
+  at::Tensor hh = direct ? empty()
+                  : ln && train ? pooled_output({N, GH}, dtype)
+                                : at::empty({B, GH}, opts);
+  // LSTM: c_t states (all kept when training, else a [2, B, H] ping-pong), c~_t (not direct:
+  // there c~_t = c_t); GRU: nothing, and the recurrent n part in ct
+  at::Tensor cs = !lstm  ? empty()
+                  : train ? pooled_output({N, H}, dtype)
+                          : at::empty({2, B, H}, opts);
+  at::Tensor ct = direct  ? empty()
+                  : train ? pooled_output({N, H}, dtype)
+                          : at::empty({B, H}, opts);
+  at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
+
+  // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
+  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
+  const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H,
+                           Scratch::kPackedProj, a.T);
+  const T* h0 = cptr<T>(a.h0);
+  const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
+  const T* b_rec = cptr<T>(a.b_rec);
+  const T* b_direct = direct ? cptr<T>(bias) : nullptr;
+  const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
+  const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
+  const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
+  const T* wch = fl.peep ? cptr<T>(a.w_ch) : nullptr;
+  const T* wco = fl.peep ? wch + (fl.cifg ? 1 : 2) * H : nullptr;
+  const T* kh = a.zone_h ? cptr<T>(a.keep_h) : nullptr;
+  const T* kc = fl.zone_c ? cptr<T>(a.keep_c) : nullptr;
+  T* yp = ptr<T>(y);
+  T* xgp = ptr<T>(xg);
+  T* hhp = direct ? nullptr : ptr<T>(hh);
+  T* csp = lstm ? ptr<T>(cs) : nullptr;
+  T* ctp = direct ? nullptr : ptr<T>(ct);
+  T* hrawp = proj ? ptr<T>(hraw) : nullptr;
+
+  // Rows [b0, b1) through every step. Rows are independent sequences, so blocks of rows run
+  // on different threads without meeting once in the loop (see row_blocks); a single block
+  // splits each step's GEMMs over the columns instead (mul_split_n, inline when called from
+  // a block thread).
+  auto run_rows = [&](int64_t b0, int64_t b1) {
+    for (size_t k = 0; k < steps.size(); ++k) {
+      const Step& s = steps[k];
+      const int64_t e = std::min(b1, s.rows);  // active rows of the block: [b0, e)
+      if (e <= b0) continue;
+      // rows of this step in the buffers that are [N, .] when training, [B, .] scratch else
+      const int64_t so = train ? s.off : 0;
+      T* act = xgp + s.off * GH;
+      T* hp = direct ? act : hhp + (ln && train ? s.off : 0) * GH;
+      T* ctr = direct ? nullptr : ctp + so * H;
+      T* st = ln ? stp + so * 4 : nullptr;
+      T* c_out = nullptr;
+      const T* c_in = nullptr;
+      if (lstm) {
+        c_out = train ? csp + s.off * H : csp + (k % 2) * B * H;
+        c_in = !train ? csp + ((k + 1) % 2) * B * H : s.prev_off >= 0 ? csp + s.prev_off * H : c0;
+      }
+      auto h_prev = [&](int64_t b) {
+        return b < s.from_prev ? yp + (s.prev_off + b) * Hout : h0 + b * Hout;
+      };
+      // HP: continuing rows read the previous step's y, rows starting here read h0
+      const int64_t m = std::min(e, s.from_prev), n0 = std::max(b0, s.from_prev);
+      const T beta = direct ? T(1) : T(0);
+      if (b0 < m)
+        mul_split_n(whh, m - b0, yp + (s.prev_off + b0) * Hout, Hout, beta, hp + b0 * GH, GH);
+      if (n0 < e) mul_split_n(whh, e - n0, h0 + n0 * Hout, Hout, beta, hp + n0 * GH, GH);
+      // pointwise rows, split over the threads when this is the single block
+      step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
+        for (int64_t b = q0; b < q1; ++b) {
+          T mean = 0, rstd = 1;
+          if (ln) {
+            K.ln_stats(GH, hp + b * GH, eps, &mean, &rstd);
+            st[b * 4 + 1] = rstd;
+          }
+          const int64_t r = s.off + b;
+          if (rnn) {
+            P.rnn_fwd(H, b_direct, act + b * GH, yp + r * H, a.cell == Cell::RNN_RELU);
+          } else if (lstm && direct) {
+            const T* cp = (b < s.from_prev ? c_in : c0) + b * H;
+            P.lstm_fwd(H, H, b_direct, act + b * GH, cp, c_out + b * H,
+                       proj ? hrawp + b * H : yp + r * Hout, train);
+          } else if (lstm) {
+            const T* cp = (b < s.from_prev ? c_in : c0) + b * H;
+            K.rec_part(ln, true, GH, hp + b * GH, mean, rstd, lnhh, b_rec, act + b * GH);
+            K.lstm_fwd_a(fl, H, act + b * GH, wch, cp, ctr + b * H);
+            T mc = 0, rc = 1;
+            if (ln) {
+              K.ln_stats(H, ctr + b * H, eps, &mc, &rc);
+              st[b * 4 + 2] = mc;
+              st[b * 4 + 3] = rc;
+            }
+            T* ho = proj ? hrawp + b * H : yp + r * Hout;
+            K.lstm_fwd_b(fl, H, act + b * GH + (G - 1) * H, ctr + b * H, mc, rc, lncw, lncb, wco,
+                         cp, fl.zone_c ? kc + r * a.keep_c_stride : nullptr, ho, c_out + b * H);
+          } else {
+            K.rec_part(ln, true, 2 * H, hp + b * GH, mean, rstd, lnhh, b_rec, act + b * GH);
+            K.rec_part(ln, false, H, hp + b * GH + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
+                       b_rec + 2 * H, ctr + b * H);
+            K.gru_fwd(H, act + b * GH, ctr + b * H, h_prev(b), yp + r * H);
+          }
+        }
+        if (proj)
+          mul_split_n(whr, q1 - q0, hrawp + q0 * H, H, T(0), yp + (s.off + q0) * Hout, Hout);
+        if (a.zone_h)
+          for (int64_t b = q0; b < q1; ++b)
+            K.zone_fwd(Hout, kh + (s.off + b) * a.keep_h_stride, h_prev(b),
+                       yp + (s.off + b) * Hout);
+      });
+      // rows that are not active in the next step are final
+      const int64_t f0 = std::max(b0, s.finish_from);
+      if (f0 < e) {
+        std::memcpy(ptr<T>(h_n) + f0 * Hout, yp + (s.off + f0) * Hout, sizeof(T) * (e - f0) * Hout);
+        if (lstm)
+          std::memcpy(ptr<T>(c_n) + f0 * H, c_out + f0 * H, sizeof(T) * (e - f0) * H);
+      }
+    }
+  };
+  const int64_t weight_bytes = (GH + (proj ? H : 0)) * Hout * int64_t(sizeof(T));  // W_hh, W_hr
+  run_row_blocks(steps, B, GH * Hout, weight_bytes, run_rows);
 
   if (!a.packed) y = y.view({a.T, B, Hout});
-  return {y, h_n, c_n, ws1, ws2};
+  if (!train) return {y, h_n, c_n, empty(), empty(), empty(), empty(), empty(), empty()};
+  return {y, h_n, c_n, rnn ? empty() : xg, lstm ? cs : empty(), ct, ln ? hh : empty(), xh, stats};
 }
 
 }  // namespace
 
-std::vector<at::Tensor> plain_fwd(const LayerArgs& a, bool train) {
+std::vector<at::Tensor> fwd_loop(const LayerArgs& a, bool train) {
   return dispatch_float(a.x.scalar_type(), [&](auto t) { return fwd_impl<decltype(t)>(a, train); });
 }
 

@@ -1,9 +1,6 @@
-// The layer entry points: validation of the arguments (clear errors for bad input), their
-// contiguous form (operands() for what every layer has, prepare() / prepare_variant() for the
-// two time loops) and the choice of loop.
+// The layer entry points: validation of the arguments (clear errors for bad input) and their
+// contiguous form (prepare).
 #include "layer_ops.h"
-#include "scratch.h"
-#include "variant_ops.h"
 
 namespace fusedrnn::cpu {
 
@@ -23,10 +20,48 @@ at::Tensor checked(const at::Tensor& t, const char* name, at::ScalarType dtype,
   return t.contiguous();
 }
 
-// The arguments every layer has, with G gate blocks; the biases are only checked.
-void operands(Operands& a, FRNN_LAYER_PARAMS, Cell kind, int64_t G) {
+// Folded bias: sum of the given vectors, zeros when none is given.
+at::Tensor fold(const OptTensor& a, const OptTensor& b, int64_t n, const at::TensorOptions& o) {
+  at::Tensor out = at::zeros({n}, o);
+  if (a.has_value()) out.add_(*a);
+  if (b.has_value()) out.add_(*b);
+  return out;
+}
+
+// Zoneout keep values: the mask as [N, K] (stride K), or a [K] row of p (stride 0).
+void keep_values(const OptTensor& mask, double p, int64_t K, const char* name,
+                 const LayerArgs& a, at::Tensor& keep, int64_t& stride) {
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK(m.device().is_cpu(), kWho, name, " must be a CPU tensor");
+    const bool ok = a.packed ? m.dim() == 2 && m.size(0) == a.N && m.size(1) == K
+                             : m.dim() == 3 && m.size(0) == a.T && m.size(1) == a.B &&
+                                   m.size(2) == K;
+    TORCH_CHECK(ok, kWho, name, " must have the leading shape of the input and ", K,
+                " features (", a.packed ? "[N, K]" : "[T, B, K]", "), got ", m.sizes());
+    keep = m.reshape({a.N, K}).to(a.x.scalar_type()).contiguous();
+    stride = K;
+  } else if (p > 0) {
+    keep = at::full({K}, p, a.x.options());
+    stride = 0;
+  }
+}
+}  // namespace
+
+// The biases are folded: b_in = b_ih + LN_ih bias and b_rec = b_hh + LN_hh bias enter the gates
+// only as these sums (GRU: b_hn and the LN bias both stay inside r * (.)).
+LayerArgs prepare(FRNN_LAYER_PARAMS) {
+  LayerArgs a;
+  const Cell kind = parse_cell(cell);
+  const bool lstm = kind == Cell::LSTM;
+  TORCH_CHECK(lstm || kind == Cell::GRU ||
+                  !(ln_ih_w.has_value() || mask_h.has_value() || zoneout_h > 0),
+              kWho, "cell variants exist for lstm and gru, got '", cell, "'");
+  TORCH_CHECK(lstm || !(cifg || w_ch.has_value() || ln_c_w.has_value() || mask_c.has_value() ||
+                        zoneout_c > 0),
+              kWho, "cifg, peephole, layer norm of c and zoneout of c are LSTM-only");
   a.cell = kind;
-  a.G = G;
+  const int64_t G = a.G = lstm && cifg ? 3 : num_gates(kind);
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, kWho,
               "supports float32 and float64, got ", dtype);
@@ -78,84 +113,7 @@ void operands(Operands& a, FRNN_LAYER_PARAMS, Cell kind, int64_t G) {
   }
   if (b_ih.has_value()) checked(*b_ih, "b_ih", dtype, {G * a.H});
   if (b_hh.has_value()) checked(*b_hh, "b_hh", dtype, {G * a.H});
-}
-
-// Folded bias: sum of the given vectors, zeros when none is given.
-at::Tensor fold(const OptTensor& a, const OptTensor& b, int64_t n, const at::TensorOptions& o) {
-  at::Tensor out = at::zeros({n}, o);
-  if (a.has_value()) out.add_(*a);
-  if (b.has_value()) out.add_(*b);
-  return out;
-}
-
-// Zoneout keep values: the mask as [N, K] (stride K), or a [K] row of p (stride 0).
-void keep_values(const OptTensor& mask, double p, int64_t K, const char* name,
-                 const VariantArgs& a, at::Tensor& keep, int64_t& stride) {
-  if (mask.has_value()) {
-    const at::Tensor& m = *mask;
-    TORCH_CHECK(m.device().is_cpu(), kWho, name, " must be a CPU tensor");
-    const bool ok = a.packed ? m.dim() == 2 && m.size(0) == a.N && m.size(1) == K
-                             : m.dim() == 3 && m.size(0) == a.T && m.size(1) == a.B &&
-                                   m.size(2) == K;
-    TORCH_CHECK(ok, kWho, name, " must have the leading shape of the input and ", K,
-                " features (", a.packed ? "[N, K]" : "[T, B, K]", "), got ", m.sizes());
-    keep = m.reshape({a.N, K}).to(a.x.scalar_type()).contiguous();
-    stride = K;
-  } else if (p > 0) {
-    keep = at::full({K}, p, a.x.options());
-    stride = 0;
-  }
-}
-}  // namespace
-
-LayerArgs prepare(FRNN_LAYER_PARAMS) {
-  LayerArgs a;
-  const Cell kind = parse_cell(cell);
-  operands(a, FRNN_LAYER_ARGS, kind, num_gates(kind));
-  const int64_t GH = a.G * a.H;
-  const auto dtype = a.x.scalar_type();
-  // Biases are folded into one vector added inside the pointwise kernels (no extra pass).
-  a.bias = b_ih.has_value() ? b_ih->contiguous().clone() : at::zeros({GH}, a.x.options());
-  if (a.cell == Cell::GRU) {
-    if (b_hh.has_value()) {
-      a.bias.narrow(0, 0, 2 * a.H).add_(b_hh->narrow(0, 0, 2 * a.H));
-      a.bias_hn = b_hh->narrow(0, 2 * a.H, a.H).contiguous();
-    } else {
-      a.bias_hn = at::zeros({a.H}, a.x.options());
-    }
-  } else if (b_hh.has_value()) {
-    a.bias.add_(*b_hh);
-  }
-  a.layout = ChunkLayout(a.H, a.G, a.T);
-  if (!a.layout.identity()) {
-    a.perm = at::empty({GH}, at::TensorOptions().dtype(at::kLong));
-    int64_t* p = a.perm.data_ptr<int64_t>();
-    for (int64_t c = 0; c < a.layout.n; ++c)
-      for (int64_t g = 0; g < a.G; ++g)
-        for (int64_t j = 0; j < a.layout.width(c); ++j)
-          p[a.layout.col(c) + g * a.layout.width(c) + j] = g * a.H + a.layout.start(c) + j;
-    at::Tensor w_ih_l = scratch(Scratch::kPermIh, a.w_ih.sizes(), dtype);
-    at::Tensor w_hh_l = scratch(Scratch::kPermHh, a.w_hh.sizes(), dtype);
-    a.w_ih = at::index_select_out(w_ih_l, a.w_ih, 0, a.perm);
-    a.w_hh = at::index_select_out(w_hh_l, a.w_hh, 0, a.perm);
-    a.bias = a.bias.index_select(0, a.perm);
-  }
-  return a;
-}
-
-// The biases are folded: b_in = b_ih + LN_ih bias and b_rec = b_hh + LN_hh bias enter the gates
-// only as these sums (GRU: b_hn and the LN bias both stay inside r * (.)).
-VariantArgs prepare_variant(FRNN_VARIANT_PARAMS) {
-  VariantArgs a;
-  TORCH_CHECK(cell == "lstm" || cell == "gru", kWho, "cell variants exist for lstm and gru, got '",
-              cell, "'");
-  const bool lstm = cell == "lstm";
-  TORCH_CHECK(lstm || !(cifg || w_ch.has_value() || ln_c_w.has_value() || mask_c.has_value() ||
-                        zoneout_c > 0),
-              kWho, "cifg, peephole, layer norm of c and zoneout of c are LSTM-only");
-  operands(a, FRNN_LAYER_ARGS, lstm ? Cell::LSTM : Cell::GRU, lstm && cifg ? 3 : lstm ? 4 : 3);
-  const int64_t GH = a.G * a.H;
-  const auto dtype = a.x.scalar_type();
+  const int64_t GH = G * a.H;
   const auto opts = a.x.options();
   auto vec = [&](const OptTensor& t, const char* name, int64_t n) {
     return t.has_value() ? OptTensor(checked(*t, name, dtype, {n})) : OptTensor();
@@ -191,13 +149,12 @@ VariantArgs prepare_variant(FRNN_VARIANT_PARAMS) {
   return a;
 }
 
-std::vector<at::Tensor> layer_fwd(FRNN_VARIANT_PARAMS, bool variant, bool train) {
+std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train) {
   c10::NoGradGuard no_grad;
-  if (variant) return variant_fwd(prepare_variant(FRNN_VARIANT_ARGS), train);
-  return plain_fwd(prepare(FRNN_LAYER_ARGS), train);
+  return fwd_loop(prepare(FRNN_LAYER_ARGS), train);
 }
 
-std::vector<at::Tensor> layer_bwd(FRNN_VARIANT_PARAMS, bool variant, const at::Tensor& y,
+std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
                                   const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
                                   const OptTensor& grad_hn, const OptTensor& grad_cn,
                                   int64_t grad_mask) {
@@ -212,10 +169,7 @@ std::vector<at::Tensor> layer_bwd(FRNN_VARIANT_PARAMS, bool variant, const at::T
       {cell != "lstm", kGradC0}};
   for (const auto& [gone, bit] : absent)
     if (gone) grad_mask &= ~bit;
-  if (variant)
-    return variant_bwd(prepare_variant(FRNN_VARIANT_ARGS), y, saved, grad_y, grad_hn, grad_cn,
-                       grad_mask);
-  return plain_bwd(prepare(FRNN_LAYER_ARGS), y, saved, grad_y, grad_hn, grad_cn, grad_mask);
+  return bwd_loop(prepare(FRNN_LAYER_ARGS), y, saved, grad_y, grad_hn, grad_cn, grad_mask);
 }
 
 }  // namespace fusedrnn::cpu

@@ -7,16 +7,30 @@
 #include <functional>
 #include <optional>
 #include <string>
-#include <tuple>
-#include <utility>
 #include <vector>
 
 #include "common.h"
 
 namespace fusedrnn::cpu {
 
-// What every layer's arguments have, validated and contiguous (prepare.cpp).
-struct Operands {
+// The parameters of the layer entry points, in the order of fusedrnn/ops/library.py::LAYER_ARGS
+// (the Python side passes them positionally), written once; FRNN_LAYER_ARGS passes them on.
+#define FRNN_LAYER_PARAMS                                                                   \
+  const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,     \
+      const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,                   \
+      const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse, \
+      bool cifg, const OptTensor& ln_ih_w, const OptTensor& ln_ih_b, const OptTensor& ln_hh_w, \
+      const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,             \
+      const OptTensor& w_ch, double zoneout_h, double zoneout_c, const OptTensor& mask_h,     \
+      const OptTensor& mask_c, double eps
+#define FRNN_LAYER_ARGS                                                                      \
+  cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b, \
+      ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c, eps
+
+// A layer's arguments, validated and contiguous (layer_ops.cpp::prepare). The options (layer
+// norm, zoneout, peephole, cifg; the math of fusedrnn/ops/reference.py::layer, per element
+// csrc/cell_math.h) are all off for torch.nn's cells.
+struct LayerArgs {
   Cell cell;
   bool packed, reverse;
   int64_t T, B, N, I, H, Hout, G;
@@ -27,49 +41,40 @@ struct Operands {
   at::Tensor w_hh;                        // [G*H, Hout]
   std::optional<at::Tensor> w_hr;         // [Hout, H]
   std::optional<at::Tensor> batch_sizes;  // [T] int64
+  VariantFlags flags;                     // ln, peep, cifg, zone_c
+  bool zone_h = false;
+  double eps = 0;
+  at::Tensor b_in;              // [G*H] b_ih + LN_ih bias (zeros when both are absent)
+  at::Tensor b_rec;             // [G*H] b_hh + LN_hh bias
+  at::Tensor ln_ih_w, ln_hh_w;  // [G*H] (ln)
+  at::Tensor ln_c_w, ln_c_b;    // [H] (ln, LSTM; the bias zeros when absent)
+  at::Tensor w_ch;              // [3H] or [2H] flat (peep)
+  // Zoneout "keep" values: the mask [N, K] (row stride K) or one row [K] filled with p (row
+  // stride 0), so that training and evaluation run the same loop. Undefined when off.
+  at::Tensor keep_h, keep_c;
+  int64_t keep_h_stride = 0, keep_c_stride = 0;
 };
 
-// The plain cells' form (layer_fwd.cpp, layer_bwd.cpp).
-struct LayerArgs : Operands {
-  ChunkLayout layout;  // gate-column order of w_ih, w_hh, bias and of every [*, G*H] buffer
-  at::Tensor perm;     // [G*H] int64: layout column -> PyTorch row (undefined if identity)
-  // w_ih, w_hh: rows in layout order
-  // [G*H] layout order: b_ih + b_hh (LSTM, RNN); b_ih + (b_hr, b_hz, 0) (GRU)
-  at::Tensor bias;
-  at::Tensor bias_hn;  // [H]: b_hn (GRU), else undefined
-};
+// torch.nn's LSTM (zoneout of h aside) and the Elman RNN: no option needs the recurrent
+// product h_prev W_hh^T apart from the input side, so it accumulates straight into the gates
+// and the fused kernels of kernels.h add b_ih + b_hh; nothing but the activations, c_t (LSTM)
+// and y are kept for the backward.
+inline bool direct_gates(const LayerArgs& a) {
+  const VariantFlags& f = a.flags;
+  return a.cell != Cell::GRU && !f.ln && !f.peep && !f.cifg && !f.zone_c;
+}
 
-// The parameters of the layer entry points, in the order of fusedrnn/ops/library.py::LAYER_ARGS
-// (the Python side passes them positionally), written once: FRNN_LAYER_PARAMS declares the
-// plain cell's, FRNN_VARIANT_PARAMS adds the options; the _ARGS macros pass them on.
-#define FRNN_LAYER_PARAMS                                                                  \
-  const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,    \
-      const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,                  \
-      const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse
-#define FRNN_LAYER_ARGS cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
-
-#define FRNN_VARIANT_PARAMS                                                                 \
-  FRNN_LAYER_PARAMS, bool cifg, const OptTensor& ln_ih_w, const OptTensor& ln_ih_b,           \
-      const OptTensor& ln_hh_w, const OptTensor& ln_hh_b, const OptTensor& ln_c_w,            \
-      const OptTensor& ln_c_b, const OptTensor& w_ch, double zoneout_h, double zoneout_c,     \
-      const OptTensor& mask_h, const OptTensor& mask_c, double eps
-#define FRNN_VARIANT_ARGS                                                                   \
-  FRNN_LAYER_ARGS, cifg, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h,  \
-      zoneout_c, mask_h, mask_c, eps
-
-// Validates a plain layer's arguments (clear errors for bad input); parses the cell name.
+// Validates a layer's arguments (clear errors for bad input).
 LayerArgs prepare(FRNN_LAYER_PARAMS);
 
-// Forward of one layer in one direction. `variant` (some option on, fusedrnn/ops/library.py::
-// is_variant) picks the time loop: the plain cells' (layer_fwd.cpp) or the variants'
-// (variant_fwd.cpp). -> {y [T, B, Hout] or [N, Hout], h_n [B, Hout], c_n [B, H] or [0], then
-// what the backward reads, [0] unless train}:
-//   plain: ws1, ws2: LSTM activations [N, 4H] and cells [N, H]; GRU activations [N, 3H] and
-//     hn [N, H]; RNN nothing (y suffices);
-//   variant: act [N, G*H] activations, cs [N, H] the states c_t (LSTM), ct [N, H] c~_t (LSTM)
-//     or the recurrent n part (GRU), hh / xh [N, G*H] the normalised recurrent / input
-//     projections (ln), stats [N, 4] (rstd_ih, rstd_hh, mean_c, rstd_c) (ln).
-std::vector<at::Tensor> layer_fwd(FRNN_VARIANT_PARAMS, bool variant, bool train);
+// Forward of one layer in one direction (layer_fwd.cpp). -> {y [T, B, Hout] or [N, Hout],
+// h_n [B, Hout], c_n [B, H] or [0], then the kLayerSaved tensors the backward reads, [0] unless
+// train and the configuration needs them: act [N, G*H] activations (not RNN), cs [N, H] the
+// states c_t (LSTM), ct [N, H] c~_t (LSTM, not direct_gates) or the recurrent n part (GRU),
+// hh / xh [N, G*H] the normalised recurrent / input projections (ln), stats [N, 4] (rstd_ih,
+// rstd_hh, mean_c, rstd_c) (ln)}.
+std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train);
+constexpr int kLayerSaved = 6;
 
 // Gradient mask bits, in the order of the backward's outputs (library.py::GRAD_INPUTS).
 enum GradBit : int64_t {
@@ -78,20 +83,20 @@ enum GradBit : int64_t {
   kGradLnHhB = 2048, kGradLnCW = 4096, kGradLnCB = 8192, kGradWch = 16384
 };
 
-// Backward of layer_fwd; `saved` is what it returned after c_n. -> {dx, dh0, dc0, dw_ih, dw_hh,
-// db_ih, db_hh, dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch}
-// (plain cells: the first 8); a gradient not asked for (or of an absent input) is [0].
-std::vector<at::Tensor> layer_bwd(FRNN_VARIANT_PARAMS, bool variant, const at::Tensor& y,
+// Backward of layer_fwd (layer_bwd.cpp); `saved` is what it returned after c_n. -> {dx, dh0,
+// dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w,
+// dln_c_b, dw_ch}; a gradient not asked for (or of an absent input) is [0].
+std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
                                   const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
                                   const OptTensor& grad_hn, const OptTensor& grad_cn,
                                   int64_t grad_mask);
 
-// The two time loops behind them (grad_mask without the bits of absent inputs).
-std::vector<at::Tensor> plain_fwd(const LayerArgs& a, bool train);
-std::vector<at::Tensor> plain_bwd(const LayerArgs& a, const at::Tensor& y,
-                                  const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
-                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
-                                  int64_t grad_mask);
+// The time loops behind them (grad_mask without the bits of absent inputs).
+std::vector<at::Tensor> fwd_loop(const LayerArgs& a, bool train);
+std::vector<at::Tensor> bwd_loop(const LayerArgs& a, const at::Tensor& y,
+                                 const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
+                                 const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                 int64_t grad_mask);
 
 // One time step of a unidirectional stack of layers, no autograd, minimal overhead.
 // x [B, I] or one step [1, B, I] ([B, 1, I] when batch_first); hx [L, B, Hout] and cx [L, B, H]

@@ -18,12 +18,8 @@ enum class Scratch : int {
   kPackedRecurrent,  // StepWeights of W_hh
   kPackedProj,       // StepWeights of W_hr
   kPackedGemm,       // op(B) packed inside one sgemm() call
-  kPermIh,           // W_ih rows in the chunk layout
-  kPermHh,           // W_hh rows in the chunk layout
   kGates,            // [N, G*H]: gates of an inference forward / dG of a backward
   kGatesH,           // [N, G*H]: recurrent-side dG of a GRU backward
-  kGradWih,          // dW_ih / dW_hh in the chunk layout, before the rows go back to
-  kGradWhh,          //   PyTorch's gate order
   kWork1,
   kWork2,
   kWork3,

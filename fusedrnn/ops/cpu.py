@@ -1,11 +1,18 @@
 """The ``cpu`` backend: the compiled C++ extension ``fusedrnn._C`` (csrc/cpu).
 
-Each layer runs its whole time loop in C++: one GEMM for the input projection of all steps,
-then per step one parallel region in which every thread accumulates ``h W_hh^T`` for its own
-block of gate columns into that projection and runs the fused pointwise kernel (the
-per-element math of csrc/cell_math.h, shared with the CUDA kernels) on those columns. The
-backward is hand-written: a fused pointwise kernel and one GEMM per step, then the weight
-gradients as large GEMMs over all steps and the bias gradients as column sums.
+Each layer runs its whole time loop in C++ (csrc/cpu/layer_fwd.cpp): one GEMM for the input
+projection of all steps, then per step the recurrent GEMM ``h W_hh^T`` and fused per-row
+pointwise kernels (the per-element math of csrc/cell_math.h, shared with the CUDA kernels).
+torch.nn's LSTM and the RNN accumulate the recurrent product straight into the input
+projection and run one fused kernel per row; the cell variants (layer norm, zoneout, peephole,
+CIFG; math in docs/variants.md) are options of the same loop, which then normalises rows and
+runs the cell in two halves around the statistics of ``c``. The batch rows are cut into one
+block per thread (rows are independent sequences) that runs through all the steps without
+waiting for the other threads, where the batch is large enough and the recurrent weights
+small; otherwise every step is split over the threads (GEMMs over column blocks, pointwise
+work over rows). The backward (csrc/cpu/layer_bwd.cpp) is cut the same way; weight, gain and
+bias gradients are GEMMs and column sums over all steps after the loop (deterministic, no
+atomics), derived in docs/backward.md.
 ``stack_step`` runs one time step of a whole unidirectional stack in one C++ call (sampling).
 
 Float32 GEMMs take the extension's own packed kernel (a 6x16 AVX2 register tile, or 6x32 in
@@ -16,19 +23,6 @@ weights are packed once per layer call rather than once per step. Large temporar
 per-thread scratch buffers and outputs come from a per-thread pool of released outputs, so
 that repeated calls of the same shapes (training) reuse memory instead of faulting in new
 pages; :func:`empty_cache` returns it.
-
-The cell variants (layer norm, zoneout, peephole, CIFG; math in docs/variants.md) are options
-of the same ``layer``; with any of them on, the time loop is csrc/cpu/variant_fwd.cpp: one
-GEMM for the input projection of all steps and its layer norm row by row, then the batch rows
-are cut into one block per thread (rows are independent sequences, and layer norm needs whole
-rows of ``h W_hh^T``) and every thread runs its block through all the steps (the recurrent
-GEMM of its rows, their row statistics, the fused pointwise kernels), never waiting for the
-other threads inside the loop. A batch too small to cut runs as one block with each step's
-GEMMs split over the threads. The backward (csrc/cpu/variant_bwd.cpp) is cut the same way;
-weight, gain and bias gradients are GEMMs and column sums over all steps after the loop
-(deterministic, no atomics).
-
-The backward of both loops, derived: docs/backward.md.
 
 The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cpu_layer_fwd``
 / ``_bwd`` (fake implementations and autograd included), so ``torch.compile(fullgraph=True)``
@@ -73,20 +67,19 @@ def _need_extension() -> None:
 
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
-    """Plain cells: ``[y, h_n, c_n, ws1 [N, G*H], ws2 [N, H]]``; with variants ``[y, h_n, c_n,
-    act [N, G*H], cs [N, H], ct [N, H], hh [N, G*H], xh [N, G*H], stats [N, 4]]``. y, h_n and
-    c_n come first (the double backward reads their gradients there); c_n is [0] unless LSTM
-    and the saved buffers are [0] unless ``save``."""
+    """``[y, h_n, c_n, act [N, G*H], cs [N, H], ct [N, H], hh [N, G*H], xh [N, G*H],
+    stats [N, 4]]`` (csrc/cpu/layer_ops.h::layer_fwd says which of the saved buffers a
+    configuration keeps). y, h_n and c_n come first (the double backward reads their gradients
+    there); c_n is [0] unless LSTM and the saved buffers are [0] unless ``save``."""
     _need_extension()
     if a.cell == "lstm" and a.c0 is None:
         raise ValueError("fusedrnn cpu backend: LSTM needs c0")
-    variant = library.is_variant(a)
-    if variant:
+    if library.is_variant(a):
         check_options(a.cell, a.w_ih, a.w_hh, a.cifg, a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.w_ch,
                       a.zoneout_c, a.mask_c)  # fmt: skip
     else:
         check_cell(a.cell)
-    return list(_C.layer_fwd(*a[:-1], LN_EPS, variant, a.save))
+    return list(_C.layer_fwd(*a[:-1], LN_EPS, a.save))
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -95,22 +88,19 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     H = a.w_ih.shape[0] // G
     B, Hout = h0.shape
     N = x.shape[0] if packed else x.shape[0] * x.shape[1]
-    lstm = a.cell == "lstm"
+    lstm, gru, ln = a.cell == "lstm", a.cell == "gru", a.ln_ih_w is not None
+    # csrc/cpu/layer_ops.h::direct_gates: c~_t is c_t itself
+    direct = not gru and not (ln or a.w_ch is not None or a.cifg or a.mask_c is not None
+                              or a.zoneout_c > 0)  # fmt: skip
 
     def saved(keep: bool, *shape: int) -> Tensor:
         return x.new_empty(shape if a.save and keep else (0,))
 
-    out = [
+    return [
         x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout)),
         h0.new_empty((B, Hout)),
         h0.new_empty((B, H) if lstm else (0,)),
-    ]
-    if not library.is_variant(a):
-        keep = a.cell in ("lstm", "gru")
-        return [*out, saved(keep, N, G * H), saved(keep, N, H)]
-    ln = a.ln_ih_w is not None
-    return [
-        *out, saved(True, N, G * H), saved(lstm, N, H), saved(True, N, H),
+        saved(lstm or gru, N, G * H), saved(lstm, N, H), saved(not direct, N, H),
         saved(ln, N, G * H), saved(ln, N, G * H), saved(ln, N, 4),
     ]  # fmt: skip
 
@@ -122,8 +112,7 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
     grad_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
     grad_cn = grads[2] if a.cell == "lstm" else None
     mask = sum(1 << k for k, n in enumerate(needs) if n)
-    return _C.layer_bwd(*a[:-1], LN_EPS, library.is_variant(a), y, buffers[3:], grad_y,
-                        grads[1], grad_cn, mask)  # fmt: skip
+    return _C.layer_bwd(*a[:-1], LN_EPS, y, buffers[3:], grad_y, grads[1], grad_cn, mask)
 
 
 def unpack(a: library.LayerArgs, buffers) -> tuple[Tensor, Tensor, Tensor]:
