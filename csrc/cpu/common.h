@@ -100,9 +100,10 @@ void gather_previous(const std::vector<Step>& steps, const T* hist, const T* ini
 // also keep their speed when another process takes a core for a while (a split step waits for
 // every thread twice, and with a core taken away a step can take several times as long).
 // Measured on a quiet 2-core Xeon (AVX-512, L2 2 MiB per core), B = 64, T = 64: row blocks
-// are 0-3 % faster than the split steps at H = 256 (LSTM 1 MiB of W_hh, GRU 0.75 MiB) and
-// 4-10 % slower at H = 512 (4 and 3 MiB), where two threads each streaming all of W_hh every
-// step cost more memory traffic than each reading its own half.
+// and split steps are within 3 % of each other at H = 256 (LSTM 1 MiB of W_hh, GRU 0.75 MiB);
+// at H = 512 (4 and 3 MiB) the blocks' forward is 4-10 % slower: two threads that each stream
+// all of W_hh every step move more memory than two that each read their own half
+// (bench/results/cpu-intel-xeon-avx512-2t/loop-strategies).
 constexpr int64_t kRowBlockWeightBytes = int64_t(1) << 20;
 
 inline std::atomic<bool>& row_blocks_enabled() {
