@@ -12,32 +12,17 @@
 namespace py = pybind11;
 using fusedrnn::cpu::kernel_isa;
 
-namespace {
-
-// The names of the layer entry points' leading parameters (FRNN_LAYER_PARAMS, layer_ops.h),
-// then `rest`, the names of an entry point's own.
-template <typename F, typename... Rest>
-void def_layer(py::module_& m, const char* name, F f, const char* doc, const Rest&... rest) {
-  m.def(name, f, py::call_guard<py::gil_scoped_release>(), doc, py::arg("cell"), py::arg("x"),
-        py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
-        py::arg("b_hh"), py::arg("w_hr"), py::arg("batch_sizes"), py::arg("reverse"),
-        py::arg("cifg"), py::arg("ln_ih_w"), py::arg("ln_ih_b"), py::arg("ln_hh_w"),
-        py::arg("ln_hh_b"), py::arg("ln_c_w"), py::arg("ln_c_b"), py::arg("w_ch"),
-        py::arg("zoneout_h"), py::arg("zoneout_c"), py::arg("mask_h"), py::arg("mask_c"),
-        py::arg("eps"), rest...);
-}
-
-}  // namespace
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn compiled CPU backend";
-  def_layer(m, "layer_fwd", &fusedrnn::cpu::layer_fwd,
-            "Forward of one layer/direction: -> [y, h_n, c_n, saved...]", py::arg("train"));
-  def_layer(m, "layer_bwd", &fusedrnn::cpu::layer_bwd,
-            "Backward of one layer/direction: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, "
-            "dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch]",
-            py::arg("y"), py::arg("saved"), py::arg("grad_y"), py::arg("grad_hn"),
-            py::arg("grad_cn"), py::arg("grad_mask"));
+  // The layer entry points take the arguments of fusedrnn/ops/library.py::LAYER_ARGS
+  // positionally (FRNN_LAYER_PARAMS, layer_ops.h), then their own.
+  m.def("layer_fwd", &fusedrnn::cpu::layer_fwd, py::call_guard<py::gil_scoped_release>(),
+        "Forward of one layer/direction (LAYER_ARGS but save, eps, train): -> [y, h_n, c_n, "
+        "saved...]");
+  m.def("layer_bwd", &fusedrnn::cpu::layer_bwd, py::call_guard<py::gil_scoped_release>(),
+        "Backward of one layer/direction (LAYER_ARGS but save, eps, y, saved, grad_y, grad_hn, "
+        "grad_cn, grad_mask): -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dln_ih_w, "
+        "dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch]");
   m.def("stack_step", &fusedrnn::cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
         "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n], or [] when "
         "the tensors do not fit and fallback is set",
