@@ -278,4 +278,7 @@ def test_state_dict_of_a_model_holding_the_module(cpu_backend):
     x = _x()
     want = theirs["head"](theirs["rnn"](x)[0])
     torch.testing.assert_close(ours["head"](ours["rnn"](x)[0]), want, **EXACT)
-    ours.load_state_dict(model(nn).state_dict())
+    fresh = model(nn)
+    ours.load_state_dict(fresh.state_dict())  # and the other way round
+    want = fresh["head"](fresh["rnn"](x)[0])
+    torch.testing.assert_close(ours["head"](ours["rnn"](x)[0]), want, **EXACT)
