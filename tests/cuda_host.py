@@ -9,14 +9,12 @@ into build/cuda_host_driver (rebuilt when a source changes).
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import layer_cases
-import pytest
 import torch
 from layer_cases import Case
 
@@ -103,12 +101,8 @@ def problem(case: Case, dtype: torch.dtype = torch.float64, device=None, seed: i
     def rnd(*shape, scale=0.5, center=0.0):
         return center + (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
 
-    batch_sizes, lead = None, (T, B)
-    if case.packed:
-        lengths = sorted(torch.randint(1, T + 1, (B,), generator=g).tolist(), reverse=True)
-        lengths[0] = T
-        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(T)])
-        lead = (int(batch_sizes.sum()),)
+    batch_sizes = layer_cases._batch_sizes(case, g)
+    lead = (T, B) if batch_sizes is None else (int(batch_sizes.sum()),)
     bias = case.bias
     p = dict(
         cell=cell, x=rnd(*lead, I, scale=1.0), h0=rnd(B, Hout), c0=rnd(B, H) if lstm else None,
@@ -219,24 +213,7 @@ def compare(layer, case: Case, dtype: torch.dtype, device=None) -> None:
     assert_results_close(got, want, tol)
 
 
-# -- checks that the plain-cell and the variant tests run on their own cases -----------------
-
-
-def host_checks(*groups):
-    """A test running checks on the host build: each group is a check (below, or ``compare``),
-    its cases and a sequence of values for each of its further arguments; every combination."""
-    rows = [(check, case, args) for check, cases, *values in groups
-            for args in itertools.product(*values) for case in cases]  # fmt: skip
-
-    @pytest.mark.parametrize(
-        "check,case,args",
-        rows,
-        ids=lambda v: getattr(v, "__name__", str(v).replace("torch.", "").replace(" ", "")),
-    )
-    def test_host(host_layer, check, case, args):
-        check(host_layer, case, *args)
-
-    return test_host
+# -- checks on the host build (test_cuda_backend.py's table runs them) ------------------------
 
 
 def check_inference_path(layer, case: Case, dtype: torch.dtype) -> None:
@@ -251,17 +228,35 @@ def check_inference_path(layer, case: Case, dtype: torch.dtype) -> None:
         assert torch.equal(a, b)
 
 
-def check_fake_forward(layer, case: Case, dtype: torch.dtype, save: bool) -> None:
-    """The meta implementation (used by torch.compile) promises the buffers the driver
-    returns: shapes and dtypes."""
+def check_fake_ops(layer, case: Case, dtype: torch.dtype, save: bool) -> None:
+    """The meta implementations (used by torch.compile) promise what the driver returns: the
+    forward's buffers (shapes, dtypes) and, after a saving forward, the gradients' shapes and
+    strides. A saving forward on dense x gets it transposed, as batch_first modules pass it: the
+    real backward still returns contiguous gradients (dx is a view of a fresh [N, I] buffer),
+    and a compiled graph traced with other layouts than the op produces would be wrong."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-    args = op_args(problem(case, dtype), save)
+    p = problem(case, dtype)
+    if save and not case.packed:  # [T, B, I] of a [B, T, I]
+        p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)
+        assert not p["x"].is_contiguous()
+    args = op_args(p, save)
     real = layer.fwd_op(*args)
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = layer.fwd_op(*args)
     assert all(isinstance(t, FakeTensor) for t in fake)
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real]
+    if not save:
+        return
+    upstream = 3 if case.cell == "lstm" else 2  # y, h_n and c_n, then the saved buffers
+    grads = [torch.ones_like(b) if k < upstream else None for k, b in enumerate(real)]
+    needs = [getattr(args, k) is not None for k in library.GRAD_INPUTS]
+    real_grads = layer.bwd_op(*args, real, grads, needs)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake_grads = layer.bwd_op(*args, real, grads, needs)
+    assert real_grads[0].shape == p["x"].shape
+    layout = [None if t is None else (t.shape, t.stride()) for t in real_grads]
+    assert [None if t is None else (t.shape, t.stride()) for t in fake_grads] == layout
 
 
 def check_under_autocast(layer, case: Case) -> None:

@@ -5,13 +5,14 @@
 * a CPU build of the same code -- layer driver, Python glue, dispatch, launch shapes,
   grid-stride loop and element functors, with each kernel launch replaced by a walk over every
   (block, thread) of its grid (tests/cuda_host.py) -- runs behind fusedrnn.ops.cuda's layer op
-  on CPU tensors and is compared with the reference backend.
-The cell variants, the grid walks and the runs on a GPU: test_cuda_variants.py.
+  on CPU tensors and is compared with the reference backend, every cell and variant.
+The grid walks, torch.compile and the runs on a GPU: test_cuda_variants.py.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from pathlib import Path
 
@@ -104,26 +105,47 @@ def test_every_kernel_compiles_without_spills():
 
 # -- CPU build of the CUDA backend's code (the host_layer fixture: tests/conftest.py) --------------
 
-# every cell, shape (the launch shapes of GRIDS included) and option in float64 / float32 against
-# the reference op (and gradcheck) on this host build: tests/test_conformance.py (backend
-# "cuda-host"); the cases below are half precision and the driver's paths
+# every cell, shape (the launch shapes of test_cuda_variants.py's grid walks included) and option
+# in float64 / float32 against the reference op (and gradcheck) on this host build:
+# tests/test_conformance.py (backend "cuda-host"); the cases below are half precision and the
+# driver's paths, the plain cells (which run the plain kernels) then the variants
 _case = functools.partial(Case, **SMALL)
+_tiny = functools.partial(Case, **TINY)
+_long = functools.partial(Case, T=512, B=3, I=4, H=8)
+F64, BF16, F16 = torch.float64, torch.bfloat16, torch.float16
 
-test_host = cuda_host.host_checks(
+HOST_CHECKS = [  # (check, its cases, the values of each further argument): every combination
     # half precision against the reference op in float64 on the same rounded inputs
-    (cuda_host.compare, [_case("lstm"), _case("lstm", proj=2), _case("gru"), _case("rnn_relu")],
-     (torch.float16, torch.bfloat16)),
-    # without grad the driver runs the kernels' no-save variants: bitwise the same outputs
+    (cuda_host.compare, [_case("lstm"), _case("lstm", proj=2), _case("gru"), _case("rnn_relu"),
+     _case("lstm", proj=2, ln=True, peep=True, zone="hc"),
+     _case("lstm", ln=True, cifg=True, zone="eval"), _case("gru", ln=True, zone="hc")],
+     (F16, BF16)),
+    # without grad the driver runs the kernels' no-save paths (the variants write scratch rows
+    # instead of the history): bitwise the same outputs
     (cuda_host.check_inference_path, [_case("lstm"), _case("lstm", proj=2, bias=False),
-     _case("gru"), _case("gru", bias=False), _case("rnn_relu")], (F32, torch.float16)),
-    (cuda_host.check_fake_forward, [Case("lstm", proj=2, packed=True, **TINY),
-     Case("gru", packed=True, **TINY), Case("rnn_tanh", packed=True, **TINY)],
-     (torch.float64, torch.bfloat16), (True, False)),
-    (cuda_host.check_under_autocast,
-     [_case("lstm"), _case("lstm", proj=2), _case("gru"), _case("rnn_tanh")]),
-    (cuda_host.check_long_sequence_bfloat16,
-     [Case(cell, T=512, B=3, I=4, H=8) for cell in ("lstm", "gru", "rnn_tanh")]),
-)  # fmt: skip
+     _case("gru"), _case("gru", bias=False), _case("rnn_relu"),
+     _case("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc"),
+     _case("gru", ln=True, zone="eval")], (F32, F16)),
+    # with and without the history saved for backward
+    (cuda_host.check_fake_ops, [_tiny("lstm", proj=2, packed=True), _tiny("gru", packed=True),
+     _tiny("rnn_tanh", packed=True),
+     _tiny("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc", packed=True),
+     _tiny("lstm", bias=False, zone="eval"), _tiny("gru", ln=True, zone="eval"),
+     _tiny("lstm", peep=True), _tiny("gru", ln=True)], (F64, BF16), (True, False)),
+    (cuda_host.check_under_autocast, [_case("lstm"), _case("lstm", proj=2), _case("gru"),
+     _case("rnn_tanh"), _tiny("lstm", proj=2, ln=True, peep=True, zone="hc", packed=True),
+     _tiny("gru", ln=True, packed=True)]),
+    (cuda_host.check_long_sequence_bfloat16, [_long("lstm"), _long("gru"), _long("rnn_tanh"),
+     _long("gru", zone="eval"), _long("gru", zone="hc"), _long("lstm", ln=True, peep=True)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("check,case,args", [
+    (check, case, args) for check, cases, *values in HOST_CHECKS
+    for args in itertools.product(*values) for case in cases
+], ids=lambda v: getattr(v, "__name__", str(v).replace("torch.", "").replace(" ", "")))  # fmt: skip
+def test_host(host_layer, check, case, args):
+    check(host_layer, case, *args)
 
 
 def test_launch_shapes(host_layer):
@@ -160,7 +182,7 @@ def _ints(p: dict) -> dict:
 
 
 SHAPE = dict(B=2, T=3, I=2, H=3)
-F64, GRU, GRU_LN = torch.float64, Case("gru", **SHAPE), Case("gru", ln=True, **SHAPE)
+GRU, GRU_LN = Case("gru", **SHAPE), Case("gru", ln=True, **SHAPE)
 LSTM_FULL = Case("lstm", ln=True, peep=True, zone="hc", **SHAPE)
 BAD_INPUTS = [  # (case, dtype, the arguments -> the changed ones, error, message)
     (GRU, F32, lambda p: {"w_hh": p["w_hh"].double()}, TypeError,
@@ -187,9 +209,8 @@ def test_host_rejects_bad_input(host_layer, case, dtype, change, error, match):
         host_layer(**{**p, **change(p)}, reverse=False)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_backend_unavailable_without_gpu():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
     assert cuda_ops.is_available() is False
     p = cuda_host.problem(Case("lstm", B=2, T=2, I=2, H=3), F32)
     with pytest.raises(ValueError, match="needs cuda tensors"):

@@ -32,16 +32,17 @@ LENGTHS = [6, 4, 1]
 BACKENDS = ["triton", "triton-cooperative", "cuda"]
 
 
-def _backend(spec: str):
-    """(backend name, factory of a context selecting its kernel path) for a BACKENDS entry."""
+def _module(spec: str, cls: str):
+    """(two-layer ``cls`` on the GPU, factory of a context selecting its kernel path)."""
     backend, _, path = spec.partition("-")
     if backend not in fusedrnn.available_backends("cuda"):
         pytest.skip(f"backend {backend} not built")
+    mod = getattr(fusedrnn, cls)(I, H, num_layers=2, backend=backend).cuda()
     if not path:
-        return backend, contextlib.nullcontext
+        return mod, contextlib.nullcontext
     from fusedrnn.ops import triton as tb
 
-    return backend, lambda: tb.kernel_path(path)
+    return mod, lambda: tb.kernel_path(path)
 
 
 def _outputs(mod, inp, packed: bool) -> list:
@@ -52,15 +53,11 @@ def _outputs(mod, inp, packed: bool) -> list:
 def _setup(spec: str, cls: str, packed: bool):
     """``(input leaf, call)``: ``call`` runs forward, a random linear loss and backward, and
     returns every output and every gradient (of the input and of each parameter)."""
-    backend, path = _backend(spec)
-    mod = getattr(fusedrnn, cls)(I, H, num_layers=2, backend=backend).cuda()
+    mod, path = _module(spec, cls)
     x = torch.randn(T, B, I, device="cuda")
-    if packed:
-        p = pack_padded_sequence(x, LENGTHS)
-        leaf = p.data.clone().requires_grad_()
-        inp = PackedSequence(leaf, p.batch_sizes)
-    else:
-        leaf = inp = x.clone().requires_grad_()
+    p = pack_padded_sequence(x, LENGTHS) if packed else None
+    leaf = (p.data if packed else x).clone().requires_grad_()
+    inp = PackedSequence(leaf, p.batch_sizes) if packed else leaf
     leaves = [leaf, *mod.parameters()]
     with torch.no_grad():
         ups = [torch.randn_like(o) for o in _outputs(mod, inp, packed)]
@@ -105,9 +102,8 @@ def test_compile_reduce_overhead_matches_eager(backend):
     fresh inputs, over the calls that warm up, record and then replay the graph."""
     import torch._dynamo
 
-    backend, path = _backend(backend)
+    mod, path = _module(backend, "LSTM")
     torch._dynamo.reset()
-    mod = fusedrnn.LSTM(I, H, num_layers=2, backend=backend).cuda()
     compiled = torch.compile(mod, mode="reduce-overhead")
     params = list(mod.parameters())
     for _ in range(4):

@@ -1,11 +1,8 @@
-"""The CUDA cell-variant kernels (csrc/cuda/*variants*, zoneout) behind fusedrnn/ops/cuda.py, and
-the grid walks and GPU runs of every cell.
-
-Without a GPU the CPU build of the kernels (tests/cuda_host.py; row functors with their block
-reductions walked with the GPU's work partition and summation order) runs behind the layer op
-and is compared with reference.layer; every variant, shape and option in float64 / float32 (and
-gradcheck): tests/test_conformance.py (backend "cuda-host"); their compile check:
-test_cuda_backend.py. With a GPU (skipped here): fusedrnn.ops.cuda.layer on CUDA tensors.
+"""The CUDA backend's grid walks and torch.compile on the CPU build of the kernels
+(tests/cuda_host.py), and fusedrnn.ops.cuda.layer on CUDA tensors, every cell and variant
+(skipped without a GPU). Float64 / float32 against the reference op for every variant, shape and
+option: tests/test_conformance.py; half precision and the driver's paths on the CPU build, and
+the compile check: test_cuda_backend.py.
 """
 
 from __future__ import annotations
@@ -13,38 +10,14 @@ from __future__ import annotations
 import cuda_host
 import pytest
 import torch
-from cuda_host import SMALL, TINY, full
+from cuda_host import TINY, full
 from layer_cases import Case
 
 from fusedrnn.ops import cuda as cv
-from fusedrnn.ops import library
 
 HALF = (torch.float16, torch.bfloat16)
 
-# -- CPU build of the kernels' code (the host_layer fixture: tests/conftest.py) ---------------
-
-test_host = cuda_host.host_checks(
-    # half precision against the reference op in float64 on the same rounded inputs
-    (cuda_host.compare, [Case("lstm", proj=2, ln=True, peep=True, zone="hc", **SMALL),
-                         Case("lstm", ln=True, cifg=True, zone="eval", **SMALL),
-                         Case("gru", ln=True, zone="hc", **SMALL)], HALF),
-    # a variant option on in each: the plain cells run the plain kernels
-    (cuda_host.check_long_sequence_bfloat16,
-     [Case(T=512, B=3, I=4, H=8, **options) for options in [dict(cell="gru", zone="eval"),
-      dict(cell="gru", zone="hc"), dict(cell="lstm", ln=True, peep=True)]]),
-    # without grad the driver writes scratch rows instead of the history: same outputs
-    (cuda_host.check_inference_path,
-     [Case("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc", **SMALL),
-      Case("gru", ln=True, zone="eval", **SMALL)], (torch.float32, torch.float16)),
-    # with and without the history saved for backward
-    (cuda_host.check_fake_forward,
-     [Case("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc", packed=True, **TINY),
-      Case("lstm", bias=False, zone="eval", **TINY), Case("gru", ln=True, zone="eval", **TINY)],
-     (torch.float64, torch.bfloat16), (True, False)),
-    (cuda_host.check_under_autocast,
-     [Case("lstm", proj=2, ln=True, peep=True, zone="hc", packed=True, **TINY),
-      Case("gru", ln=True, packed=True, **TINY)]),
-)  # fmt: skip
+# -- grid walks on the CPU build (the host_layer fixture: tests/conftest.py) ---------------
 
 GRID = dict(B=6, T=4, I=3, packed=True, reverse=True)
 
@@ -71,28 +44,6 @@ def test_host_walk_independent_of_grid_order(host_layer, case, dtype):
         cuda_host.compare(host_layer, case, torch.float64)
     finally:
         host_layer.ext.set_grid(65535, False, 0)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_fake_backward_strides_match_real(host_layer, cell):
-    """batch_first modules pass the op a transposed x. The real backward returns contiguous
-    gradients (dx is a view of a fresh [N, I] buffer); the fake must promise the same strides,
-    or a compiled graph would be traced with layouts the op does not produce."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    p = cuda_host.problem(Case(cell, ln=cell == "gru", peep=cell == "lstm", **TINY), torch.float32)
-    p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, I] of a [B, T, I]
-    assert not p["x"].is_contiguous()
-    args = cuda_host.op_args(p, True)
-    buffers = host_layer.fwd_op(*args)
-    upstream = 3 if cell == "lstm" else 2  # y, h_n and c_n, then the saved buffers
-    grads = [torch.ones_like(b) if k < upstream else None for k, b in enumerate(buffers)]
-    needs = [getattr(args, k) is not None for k in library.GRAD_INPUTS]
-    real = host_layer.bwd_op(*args, buffers, grads, needs)
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        fake = host_layer.bwd_op(*args, buffers, grads, needs)
-    assert real[0].shape == p["x"].shape
-    assert [(t.shape, t.stride()) for t in fake] == [(t.shape, t.stride()) for t in real]
 
 
 def test_host_torch_compile_fullgraph(host_layer):
@@ -129,23 +80,22 @@ GPU_CASES = [  # Case options; proj 18 is H // 2 at the H = 37 of the test
 ]  # fmt: skip
 
 
-@gpu  # float64 / float32 on CUDA tensors: tests/test_conformance.py (backend "cuda")
-@pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("options", GPU_CASES, ids=lambda o: str(Case(**o)))
-def test_gpu_half_precision_matches_reference(options, reverse, packed, dtype):
+# float64 / float32 on CUDA tensors: tests/test_conformance.py (backend "cuda")
+GPU_COMPARE = [
     # H = 37: one warp and a few idle threads; proj_size H // 2 for layer norm, since h W_hh^T
     # of rank 3 leaves layer norm too ill-conditioned for bfloat16 to resolve
-    case = Case(**options, B=5, T=6, I=4, H=37, packed=packed, reverse=reverse)
-    cuda_host.compare(cv.layer, case, dtype, device="cuda")
+    *((Case(**options, B=5, T=6, I=4, H=37, packed=packed, reverse=reverse), dtype)
+      for options in GPU_CASES for packed in (False, True) for reverse in (False, True)
+      for dtype in HALF),
+    # H = 300: several units per thread and a full 256-thread reduction tree
+    *((full(cell, B=3, T=4, I=5, H=300), torch.float64) for cell in ("lstm", "gru")),
+]  # fmt: skip
 
 
 @gpu
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gpu_wide_rows(cell):
-    """H = 300: several units per thread and a full 256-thread reduction tree."""
-    cuda_host.compare(cv.layer, full(cell, B=3, T=4, I=5, H=300), torch.float64, device="cuda")
+@pytest.mark.parametrize("case,dtype", GPU_COMPARE, ids=str)
+def test_gpu_matches_reference(case, dtype):
+    cuda_host.compare(cv.layer, case, dtype, device="cuda")
 
 
 @gpu

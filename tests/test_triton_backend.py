@@ -1,5 +1,5 @@
 """The triton backend: what is particular to it (the comparisons of every case with the
-reference op are tests/test_conformance.py).
+reference op are tests/test_conformance.py, the argument checks tests/test_triton_variants.py).
 
 On a machine without CUDA the kernels run on CPU tensors under the Triton
 interpreter, which must be chosen before triton is first imported (and
@@ -114,19 +114,6 @@ def test_resident_programs():
     assert resident_programs(16, 0, 1, sms=1) == 32  # the per-SM program limit
     # the barrier counter is int32: a launch whose arrivals would pass 2**31 - 1 runs per step
     assert counter_fits(2 * 4_000_000, 268) and not counter_fits(2 * 4_100_000, 268)
-
-
-def test_bad_input_errors():
-    a = _inputs(Case("gru", T=2, B=2, I=3, H=4), torch.float64)
-    for change, error, match in [
-        (dict(w_hh=a["w_hh"].float()), TypeError, "share one dtype"),
-        (dict(cell="lstmx"), ValueError, "unknown cell"),
-        (dict(cell="lstm"), ValueError, "c0 must be given"),
-        (dict(h0=a["h0"][:, :3]), ValueError, "h0 has shape"),
-        (dict(b_ih=a["b_ih"][:-1]), ValueError, "b_ih has shape"),
-    ]:
-        with pytest.raises(error, match=match):
-            call(tb.layer, {**a, **change})
 
 
 # fp16 under the interpreter, whose tl.dot is right for fp16 and wrong for bf16
