@@ -144,15 +144,17 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   const auto& P = kernels(T{});
   const VariantFlags& fl = a.flags;
   auto empty = [&] { return at::empty({0}, opts); };
-  std::vector<at::Tensor> out(15);
-  for (auto& t : out) t = empty();
+  std::vector<at::Tensor> out(15);  // undefined (None) where not computed
   if (mask == 0) return out;
 
-  TORCH_CHECK(saved.size() == kLayerSaved, "fusedrnn cpu backend: backward needs the ",
-              kLayerSaved, " tensors the forward saved");
-  const at::Tensor act_t = saved[0].contiguous(), cs_t = saved[1].contiguous(),
-                   ct_t = saved[2].contiguous(), hh_t = saved[3].contiguous(),
-                   xh_t = saved[4].contiguous(), st_t = saved[5].contiguous();
+  const SavedSlots present = saved_slots(a);
+  TORCH_CHECK(saved.size() == present.count(), "fusedrnn cpu backend: the backward needs the ",
+              present.count(), " tensors the forward saved, got ", saved.size());
+  at::Tensor slots[6];  // act, cs, ct, hh, xh, stats (undefined where the configuration has none)
+  for (int k = 0, n = 0; k < 6; ++k)
+    if (present.present[k]) slots[k] = saved[n++].contiguous();
+  const at::Tensor &act_t = slots[0], &cs_t = slots[1], &ct_t = slots[2], &hh_t = slots[3],
+                   &xh_t = slots[4], &st_t = slots[5];
   TORCH_CHECK((rnn || act_t.numel() == N * GH) && (direct || ct_t.numel() == N * H) &&
                   (!lstm || cs_t.numel() == N * H) &&
                   (!ln || (hh_t.numel() == N * GH && xh_t.numel() == N * GH &&
@@ -172,10 +174,10 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   at::Tensor dP = tmp(Scratch::kGates, {N, GH});                     // input side
   at::Tensor dS = gru ? tmp(Scratch::kGatesH, {N, GH}) : dP;         // recurrent side (GRU)
   at::Tensor dHP = ln ? tmp(Scratch::kWork1, {N, GH}) : dS;          // before LN_hh
-  at::Tensor dcn = tmp(Scratch::kWork2, {lstm && ln ? N : B, H});
-  at::Tensor pcn = tmp(Scratch::kWork3, {lstm && ln ? N : B, H});    // dcn xhat
+  at::Tensor dcn = lstm ? tmp(Scratch::kWork2, {ln ? N : B, H}) : empty();
+  at::Tensor pcn = lstm ? tmp(Scratch::kWork3, {ln ? N : B, H}) : empty();  // dcn xhat
   at::Tensor dht = tmp(Scratch::kWork4, {proj ? N : B, Hout});       // dh~
-  at::Tensor hraw = tmp(Scratch::kWork5, {proj ? N : B, H});
+  at::Tensor hraw = lstm ? tmp(Scratch::kWork5, {proj ? N : B, H}) : empty();
   at::Tensor dhraw = proj ? at::empty({B, H}, opts) : empty();
 
   const T* act = rnn ? nullptr : cptr<T>(act_t);
@@ -202,10 +204,10 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   T* dPp = ptr<T>(dP);
   T* dSp = ptr<T>(dS);
   T* dHPp = ptr<T>(dHP);
-  T* dcnp = ptr<T>(dcn);
-  T* pcnp = ptr<T>(pcn);
+  T* dcnp = lstm ? ptr<T>(dcn) : nullptr;
+  T* pcnp = lstm ? ptr<T>(pcn) : nullptr;
   T* dhtp = ptr<T>(dht);
-  T* hrawp = ptr<T>(hraw);
+  T* hrawp = lstm ? ptr<T>(hraw) : nullptr;
   T* dhrawp = proj ? ptr<T>(dhraw) : nullptr;
 
   // Rows [b0, b1) through every step, last step first; blocks of rows run on different
@@ -216,9 +218,9 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
       const int64_t e = std::min(b1, s.rows);  // active rows of the block: [b0, e)
       if (e <= b0) continue;
       T* dh_rows = dhtp + (proj ? s.off : 0) * Hout;
-      T* hraw_rows = hrawp + (proj ? s.off : 0) * H;
-      T* dcn_rows = dcnp + (lstm && ln ? s.off : 0) * H;
-      T* pcn_rows = pcnp + (lstm && ln ? s.off : 0) * H;
+      T* hraw_rows = lstm ? hrawp + (proj ? s.off : 0) * H : nullptr;
+      T* dcn_rows = lstm ? dcnp + (ln ? s.off : 0) * H : nullptr;
+      T* pcn_rows = lstm ? pcnp + (ln ? s.off : 0) * H : nullptr;
       // pointwise rows, split over the threads when this is the single block
       step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
         for (int64_t b = q0; b < q1; ++b) {

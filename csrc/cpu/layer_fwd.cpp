@@ -38,6 +38,15 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   const VariantFlags& fl = a.flags;
   const T eps = static_cast<T>(a.eps);
   auto empty = [&] { return at::empty({0}, opts); };
+  // The biases enter folded: b_in = b_ih + LN_ih bias on the input side, b_rec = b_hh + LN_hh
+  // bias on the recurrent one (GRU: b_hn and the LN bias stay inside r * (.)); direct: all in
+  // b_in, which the fused kernel adds.
+  auto fold = [&](const OptTensor& u, const OptTensor& v) {
+    if (u.has_value() && v.has_value()) return at::add(*u, *v);
+    return u.has_value() ? *u : v.has_value() ? *v : at::zeros({GH}, opts);
+  };
+  const at::Tensor b_in = direct ? fold(a.b_ih, a.b_hh) : fold(a.b_ih, a.ln_ih_b);
+  const at::Tensor b_rec = direct ? empty() : fold(a.b_hh, a.ln_hh_b);
 
   // Input side for all steps: xg [N, G*H] (becomes the activations; the RNN's backward reads
   // y instead), xh [N, G*H] (ln). [N, .] buffers are outputs (saved for the backward) when
@@ -55,7 +64,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
             GH);
     if (ln) {
       const T* w = cptr<T>(a.ln_ih_w);
-      const T* b = cptr<T>(a.b_in);
+      const T* b = cptr<T>(b_in);
       T* xgp = ptr<T>(xg);
       at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
                        [&](int64_t r0, int64_t r1) {
@@ -67,11 +76,9 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
                          }
                        });
     } else if (!direct) {
-      xg.add_(a.b_in);
+      xg.add_(b_in);
     }
   }
-  // direct: b_ih + b_hh, added by the fused kernel
-  const at::Tensor bias = direct ? a.b_in + a.b_rec : empty();
 
   at::Tensor y = pooled_output({N, Hout}, dtype);  // [N, Hout]
   at::Tensor h_n = a.h0.clone();              // [B, Hout]
@@ -97,8 +104,8 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
                            Scratch::kPackedProj, a.T);
   const T* h0 = cptr<T>(a.h0);
   const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
-  const T* b_rec = cptr<T>(a.b_rec);
-  const T* b_direct = direct ? cptr<T>(bias) : nullptr;
+  const T* b_recp = direct ? nullptr : cptr<T>(b_rec);
+  const T* b_direct = direct ? cptr<T>(b_in) : nullptr;
   const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
   const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
   const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
@@ -160,7 +167,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
                        proj ? hrawp + b * H : yp + r * Hout, train);
           } else if (lstm) {
             const T* cp = (b < s.from_prev ? c_in : c0) + b * H;
-            K.rec_part(ln, true, GH, hp + b * GH, mean, rstd, lnhh, b_rec, act + b * GH);
+            K.rec_part(ln, true, GH, hp + b * GH, mean, rstd, lnhh, b_recp, act + b * GH);
             K.lstm_fwd_a(fl, H, act + b * GH, wch, cp, ctr + b * H);
             T mc = 0, rc = 1;
             if (ln) {
@@ -172,9 +179,9 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
             K.lstm_fwd_b(fl, H, act + b * GH + (G - 1) * H, ctr + b * H, mc, rc, lncw, lncb, wco,
                          cp, fl.zone_c ? kc + r * a.keep_c_stride : nullptr, ho, c_out + b * H);
           } else {
-            K.rec_part(ln, true, 2 * H, hp + b * GH, mean, rstd, lnhh, b_rec, act + b * GH);
+            K.rec_part(ln, true, 2 * H, hp + b * GH, mean, rstd, lnhh, b_recp, act + b * GH);
             K.rec_part(ln, false, H, hp + b * GH + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
-                       b_rec + 2 * H, ctr + b * H);
+                       b_recp + 2 * H, ctr + b * H);
             K.gru_fwd(H, act + b * GH, ctr + b * H, h_prev(b), yp + r * H);
           }
         }
@@ -198,8 +205,13 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   run_row_blocks(steps, B, GH * Hout, weight_bytes, run_rows);
 
   if (!a.packed) y = y.view({a.T, B, Hout});
-  if (!train) return {y, h_n, c_n, empty(), empty(), empty(), empty(), empty(), empty()};
-  return {y, h_n, c_n, rnn ? empty() : xg, lstm ? cs : empty(), ct, ln ? hh : empty(), xh, stats};
+  // what the backward reads, in the order of saved_slots
+  std::vector<at::Tensor> out{y, h_n, c_n};
+  const SavedSlots slots = saved_slots(a);
+  const at::Tensor kept[] = {xg, cs, ct, hh, xh, stats};
+  for (int k = 0; k < 6; ++k)
+    if (slots.present[k]) out.push_back(train ? kept[k] : empty());
+  return out;
 }
 
 }  // namespace

@@ -20,14 +20,6 @@ at::Tensor checked(const at::Tensor& t, const char* name, at::ScalarType dtype,
   return t.contiguous();
 }
 
-// Folded bias: sum of the given vectors, zeros when none is given.
-at::Tensor fold(const OptTensor& a, const OptTensor& b, int64_t n, const at::TensorOptions& o) {
-  at::Tensor out = at::zeros({n}, o);
-  if (a.has_value()) out.add_(*a);
-  if (b.has_value()) out.add_(*b);
-  return out;
-}
-
 // Zoneout keep values: the mask as [N, K] (stride K), or a [K] row of p (stride 0).
 void keep_values(const OptTensor& mask, double p, int64_t K, const char* name,
                  const LayerArgs& a, at::Tensor& keep, int64_t& stride) {
@@ -48,8 +40,6 @@ void keep_values(const OptTensor& mask, double p, int64_t K, const char* name,
 }
 }  // namespace
 
-// The biases are folded: b_in = b_ih + LN_ih bias and b_rec = b_hh + LN_hh bias enter the gates
-// only as these sums (GRU: b_hn and the LN bias both stay inside r * (.)).
 LayerArgs prepare(FRNN_LAYER_PARAMS) {
   LayerArgs a;
   const Cell kind = parse_cell(cell);
@@ -111,15 +101,15 @@ LayerArgs prepare(FRNN_LAYER_PARAMS) {
     TORCH_CHECK(c0.has_value(), kWho, "LSTM needs c0");
     a.c0 = checked(*c0, "c0", dtype, {a.B, a.H});
   }
-  if (b_ih.has_value()) checked(*b_ih, "b_ih", dtype, {G * a.H});
-  if (b_hh.has_value()) checked(*b_hh, "b_hh", dtype, {G * a.H});
   const int64_t GH = G * a.H;
   const auto opts = a.x.options();
   auto vec = [&](const OptTensor& t, const char* name, int64_t n) {
     return t.has_value() ? OptTensor(checked(*t, name, dtype, {n})) : OptTensor();
   };
-  a.b_in = fold(b_ih, vec(ln_ih_b, "ln_ih_b", GH), GH, opts);
-  a.b_rec = fold(b_hh, vec(ln_hh_b, "ln_hh_b", GH), GH, opts);
+  a.b_ih = vec(b_ih, "b_ih", GH);
+  a.b_hh = vec(b_hh, "b_hh", GH);
+  a.ln_ih_b = vec(ln_ih_b, "ln_ih_b", GH);
+  a.ln_hh_b = vec(ln_hh_b, "ln_hh_b", GH);
 
   const bool ln = ln_ih_w.has_value();
   TORCH_CHECK(ln == ln_hh_w.has_value() && (!lstm || ln == ln_c_w.has_value()), kWho,

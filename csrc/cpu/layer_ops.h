@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <string>
@@ -44,8 +45,8 @@ struct LayerArgs {
   VariantFlags flags;                     // ln, peep, cifg, zone_c
   bool zone_h = false;
   double eps = 0;
-  at::Tensor b_in;              // [G*H] b_ih + LN_ih bias (zeros when both are absent)
-  at::Tensor b_rec;             // [G*H] b_hh + LN_hh bias
+  OptTensor b_ih, b_hh;         // [G*H]
+  OptTensor ln_ih_b, ln_hh_b;   // [G*H] (ln)
   at::Tensor ln_ih_w, ln_hh_w;  // [G*H] (ln)
   at::Tensor ln_c_w, ln_c_b;    // [H] (ln, LSTM; the bias zeros when absent)
   at::Tensor w_ch;              // [3H] or [2H] flat (peep)
@@ -67,14 +68,24 @@ inline bool direct_gates(const LayerArgs& a) {
 // Validates a layer's arguments (clear errors for bad input).
 LayerArgs prepare(FRNN_LAYER_PARAMS);
 
+// What the backward reads, in this order, where the configuration has it: act [N, G*H]
+// activations (not RNN: its backward reads y), cs [N, H] the states c_t (LSTM), ct [N, H] c~_t
+// (LSTM, not direct_gates) or the recurrent n part (GRU), hh / xh [N, G*H] the normalised
+// recurrent / input projections (ln), stats [N, 4] (rstd_ih, rstd_hh, mean_c, rstd_c) (ln).
+// fusedrnn/ops/cpu.py::fake_forward follows the same rule.
+struct SavedSlots {
+  bool present[6];
+  size_t count() const { return std::count(present, present + 6, true); }
+};
+inline SavedSlots saved_slots(const LayerArgs& a) {
+  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln;
+  return {{lstm || a.cell == Cell::GRU, lstm, !direct_gates(a), ln, ln, ln}};
+}
+
 // Forward of one layer in one direction (layer_fwd.cpp). -> {y [T, B, Hout] or [N, Hout],
-// h_n [B, Hout], c_n [B, H] or [0], then the kLayerSaved tensors the backward reads, [0] unless
-// train and the configuration needs them: act [N, G*H] activations (not RNN), cs [N, H] the
-// states c_t (LSTM), ct [N, H] c~_t (LSTM, not direct_gates) or the recurrent n part (GRU),
-// hh / xh [N, G*H] the normalised recurrent / input projections (ln), stats [N, 4] (rstd_ih,
-// rstd_hh, mean_c, rstd_c) (ln)}.
+// h_n [B, Hout], c_n [B, H] or [0], then the saved_slots of the configuration, each [0] unless
+// train}.
 std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train);
-constexpr int kLayerSaved = 6;
 
 // Gradient mask bits, in the order of the backward's outputs (library.py::GRAD_INPUTS).
 enum GradBit : int64_t {
@@ -85,7 +96,7 @@ enum GradBit : int64_t {
 
 // Backward of layer_fwd (layer_bwd.cpp); `saved` is what it returned after c_n. -> {dx, dh0,
 // dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dln_ih_w, dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w,
-// dln_c_b, dw_ch}; a gradient not asked for (or of an absent input) is [0].
+// dln_c_b, dw_ch}; a gradient not asked for (or of an absent input) is undefined (None).
 std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
                                   const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
                                   const OptTensor& grad_hn, const OptTensor& grad_cn,

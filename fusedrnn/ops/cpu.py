@@ -67,10 +67,9 @@ def _need_extension() -> None:
 
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
-    """``[y, h_n, c_n, act [N, G*H], cs [N, H], ct [N, H], hh [N, G*H], xh [N, G*H],
-    stats [N, 4]]`` (csrc/cpu/layer_ops.h::layer_fwd says which of the saved buffers a
-    configuration keeps). y, h_n and c_n come first (the double backward reads their gradients
-    there); c_n is [0] unless LSTM and the saved buffers are [0] unless ``save``."""
+    """``[y, h_n, c_n, *saved]``: the saved buffers are those of the configuration
+    (csrc/cpu/layer_ops.h::saved_slots, in that order), each [0] unless ``save``. y, h_n and
+    c_n come first (the double backward reads their gradients there); c_n is [0] unless LSTM."""
     _need_extension()
     if a.cell == "lstm" and a.c0 is None:
         raise ValueError("fusedrnn cpu backend: LSTM needs c0")
@@ -89,20 +88,17 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     B, Hout = h0.shape
     N = x.shape[0] if packed else x.shape[0] * x.shape[1]
     lstm, gru, ln = a.cell == "lstm", a.cell == "gru", a.ln_ih_w is not None
-    # csrc/cpu/layer_ops.h::direct_gates: c~_t is c_t itself
+    # csrc/cpu/layer_ops.h::direct_gates (c~_t is c_t itself) and saved_slots
     direct = not gru and not (ln or a.w_ch is not None or a.cifg or a.mask_c is not None
                               or a.zoneout_c > 0)  # fmt: skip
-
-    def saved(keep: bool, *shape: int) -> Tensor:
-        return x.new_empty(shape if a.save and keep else (0,))
-
+    slots = [(lstm or gru, (N, G * H)), (lstm, (N, H)), (not direct, (N, H)),
+             (ln, (N, G * H)), (ln, (N, G * H)), (ln, (N, 4))]  # fmt: skip
     return [
         x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout)),
         h0.new_empty((B, Hout)),
         h0.new_empty((B, H) if lstm else (0,)),
-        saved(lstm or gru, N, G * H), saved(lstm, N, H), saved(not direct, N, H),
-        saved(ln, N, G * H), saved(ln, N, G * H), saved(ln, N, 4),
-    ]  # fmt: skip
+        *(x.new_empty(shape if a.save else (0,)) for present, shape in slots if present),
+    ]
 
 
 def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
