@@ -121,7 +121,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   T* hrawp = proj ? ptr<T>(hraw) : nullptr;
 
   // Rows [b0, b1) through every step. Rows are independent sequences, so blocks of rows run
-  // on different threads without meeting once in the loop (see row_blocks); a single block
+  // on different threads without meeting once in the loop (run_row_blocks); a single block
   // splits each step's GEMMs over the columns instead (mul_split_n, inline when called from
   // a block thread).
   auto run_rows = [&](int64_t b0, int64_t b1) {
@@ -159,14 +159,13 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
             st[b * 4 + 1] = rstd;
           }
           const int64_t r = s.off + b;
+          const T* cp = lstm ? (b < s.from_prev ? c_in : c0) + b * H : nullptr;  // c_{t-1}
           if (rnn) {
             P.rnn_fwd(H, b_direct, act + b * GH, yp + r * H, a.cell == Cell::RNN_RELU);
           } else if (lstm && direct) {
-            const T* cp = (b < s.from_prev ? c_in : c0) + b * H;
             P.lstm_fwd(H, H, b_direct, act + b * GH, cp, c_out + b * H,
                        proj ? hrawp + b * H : yp + r * Hout, train);
           } else if (lstm) {
-            const T* cp = (b < s.from_prev ? c_in : c0) + b * H;
             K.rec_part(ln, true, GH, hp + b * GH, mean, rstd, lnhh, b_recp, act + b * GH);
             K.lstm_fwd_a(fl, H, act + b * GH, wch, cp, ctr + b * H);
             T mc = 0, rc = 1;
