@@ -1,6 +1,6 @@
 """The CPU build of the CUDA backend (csrc/cuda/harness/host_driver.cpp) for the tests.
 
-The same drivers, glue, dispatch and functors as fusedrnn._C_cuda, with each kernel launch
+The same driver, glue, dispatch and functors as fusedrnn._C_cuda, with each kernel launch
 replaced by a walk over its grid, behind :func:`fusedrnn.ops.cuda.make_layer`. It needs a C++
 compiler and the CUDA headers (cuda_fp16.h, found beside nvcc); it is built once per process
 into build/cuda_host_driver (rebuilt when a source changes).

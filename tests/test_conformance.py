@@ -316,7 +316,7 @@ def test_repeatable_and_same_without_grad(backend, case):
     """The same call twice bit for bit, outputs and gradients (no atomics), and the same
     outputs under no_grad (nothing saved for a backward): a result that read uninitialised
     memory, or a reduction in a varying order, would differ between the runs. Without grad the
-    cuda drivers write the variant cells' per-step rows to [B, .] scratch instead of the [N, .]
+    cuda driver writes the variant cells' per-step rows to [B, .] scratch instead of the [N, .]
     history, and a GEMM over other row counts may round differently (cuBLAS and the host
     build's at::mm alike): there, no_grad outputs agree to the float32 tolerance."""
     backend.skip_unless_supported(case)

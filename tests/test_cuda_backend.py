@@ -79,28 +79,27 @@ def test_report_fails_on_compile_error(tmp_path, monkeypatch, capsys):
 def test_every_kernel_compiles_without_spills():
     """Every kernel file compiles for sm_80 and sm_90 (cuda_host.compile_report), and every
     template configuration the dispatch can select was instantiated for both archs: 4 dtypes x
-    (plain: lstm 2^3 + 2, gru 2^2 + 1, rnn 2^3 + 2, column sum 2; variants: LSTM 2^3 (ln, peep,
-    cifg) forward and backward, GRU 2 and 2, zoneout 1 + 1)."""
+    (elementwise kernels, torch.nn's cells: LSTM forward 2^3 (bias, save, proj) and backward 2
+    (proj), GRU 2^2 (bias, save) and 1, RNN 2^3 (relu, bias, save) and 2 (relu); row kernels, any
+    option on: LSTM 2^3 (ln, peep, cifg) forward and backward, GRU 2 (ln) and 2; the
+    projection's zoneout 1 + 1; the column sum's two passes)."""
     results = cuda_host.compile_report()["results"]
     assert {Path(r["file"]).name for r in results} == {p.name for p in CUDA_SRC.glob("*.cu")}
     assert all(r["ok"] for r in results)
     kernels = [k for r in results for k in r["kernels"]]
     assert all(k["spill_stores"] == 0 and k["spill_loads"] == 0 for k in kernels)
-    want = {"LstmVarFwdOp": 32, "LstmVarBwdOp": 32, "GruVarFwdOp": 8, "GruVarBwdOp": 8,
-            "ZoneFwdOp": 4, "ZoneBwdOp": 4}  # fmt: skip
-
-    def names(arch, files):
-        return [k["name"] for k in kernels if k["arch"] == arch and Path(k["file"]).name in files]
-
-    for arch in ("sm_80", "sm_90"):
-        plain = names(arch, {"lstm.cu", "gru.cu", "rnn.cu", "colsum.cu"})
-        assert len(plain) == 4 * (10 + 5 + 10 + 2), arch
-        for op in ("LstmFwdOp", "LstmBwdOp", "GruFwdOp", "GruBwdOp", "RnnFwdOp", "RnnBwdOp"):
-            assert any(op in n for n in plain), (arch, op)
-        variants = names(arch, {"lstm_variants.cu", "gru_variants.cu", "zoneout.cu"})
-        assert len(variants) == sum(want.values()), arch
-        for op, n in want.items():
-            assert sum(f"{op}<" in name for name in variants) == n, (arch, op)
+    want = {  # per dtype
+        "lstm.cu": {"LstmFwdOp": 8, "LstmBwdOp": 2, "LstmRowFwdOp": 8, "LstmRowBwdOp": 8,
+                    "ZoneFwdOp": 1, "ZoneBwdOp": 1},
+        "gru.cu": {"GruFwdOp": 4, "GruBwdOp": 1, "GruRowFwdOp": 2, "GruRowBwdOp": 2},
+        "rnn.cu": {"RnnFwdOp": 8, "RnnBwdOp": 2},
+        "colsum.cu": {"ColSumPartialOp": 1, "ColSumFinalOp": 1},
+    }  # fmt: skip
+    for arch, (file, ops) in itertools.product(("sm_80", "sm_90"), want.items()):
+        names = [k["name"] for k in kernels if k["arch"] == arch and Path(k["file"]).name == file]
+        assert len(names) == 4 * sum(ops.values()), (arch, file)
+        for op, n in ops.items():
+            assert sum(f"{op}<" in name for name in names) == 4 * n, (arch, op)
 
 
 # -- CPU build of the CUDA backend's code (the host_layer fixture: tests/conftest.py) --------------
@@ -108,7 +107,8 @@ def test_every_kernel_compiles_without_spills():
 # every cell, shape (the launch shapes of test_cuda_variants.py's grid walks included) and option
 # in float64 / float32 against the reference op (and gradcheck) on this host build:
 # tests/test_conformance.py (backend "cuda-host"); the cases below are half precision and the
-# driver's paths, the plain cells (which run the plain kernels) then the variants
+# driver's paths, torch.nn's cells (which run the elementwise kernels) then the variants (the row
+# kernels)
 _case = functools.partial(Case, **SMALL)
 _tiny = functools.partial(Case, **TINY)
 _long = functools.partial(Case, T=512, B=3, I=4, H=8)

@@ -1,8 +1,7 @@
 // fusedrnn._C_cuda: the CUDA backend's layer op. Built only when torch has CUDA (setup.py).
-// The kernels are plain .cu files behind launchers.h; the time loops are layer_driver.h and
-// variant_driver.h; the Python functions are layer_module.h, the Launch is launch.h. What is
-// CUDA-specific is only this policy: the current stream of the input's device, and a launch
-// check after every kernel.
+// The kernels are plain .cu files behind launchers.h; the time loop is layer_driver.h, the
+// Python functions are layer_module.h, the Launch is launch.h. What is CUDA-specific is only
+// this policy: the current stream of the input's device, and a launch check after every kernel.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -1,11 +1,11 @@
 // Shared pieces of the CUDA kernels that also compile as plain host C++.
 //
-// Every kernel of csrc/cuda is `elementwise_kernel<Op>`: a grid-stride loop that calls an
-// element functor `Op` (one per op and template configuration) for every index. The functors,
-// the loop, the launch shape and the dispatch from runtime options to template parameters are
+// Every kernel of csrc/cuda is `elementwise_kernel<Op>`, a grid-stride loop that calls an
+// element functor `Op` (one per op and template configuration) for every index, or
+// `row_kernel<Op>`, which calls a row functor for every batch row (rowblock.cuh). The functors,
+// the loops, the launch shapes and the dispatch from runtime options to template parameters are
 // all host+device code, so csrc/cuda/harness/host_driver.cpp runs exactly this code on the CPU
-// by walking every (block, thread) of the grid the launcher would use. Only the `<<<...>>>`
-// itself is GPU-only.
+// by walking the grid the launcher would use. Only the `<<<...>>>` itself is GPU-only.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -1,10 +1,13 @@
-// The one kernel template of csrc/cuda and its launch, shared by every launcher (device code:
-// included only by the .cu files). The host harness (harness/host_driver.cpp) compiles the same
-// .cu files without nvcc: there this header is only common.cuh, and the harness defines
-// KernelRun and launch_status as a walk over the grid before including them.
+// The two kernel templates of csrc/cuda and their launches, shared by every launcher (device
+// code: included only by the .cu files): elementwise_kernel (a grid-stride loop over elements)
+// and row_kernel (one block per batch row, rowblock.cuh). The host harness
+// (harness/host_driver.cpp) compiles the same .cu files without nvcc: there this header is only
+// common.cuh and rowblock.cuh, and the harness defines KernelRun, RowKernelRun and
+// launch_status as walks over the grid before including them.
 #pragma once
 
 #include "cuda/common.cuh"
+#include "cuda/rowblock.cuh"
 
 #if defined(__CUDACC__)
 namespace fusedrnn {
@@ -18,6 +21,15 @@ __global__ void elementwise_kernel(const Op op, int64_t n) {
   grid_stride_loop(blockIdx.x, blockDim.x, gridDim.x, threadIdx.x, n, op);
 }
 
+// One block per row (stride over rows when the grid is smaller); blockDim.x accumulators of
+// the op's accumulation type in dynamic shared memory. No __launch_bounds__, as above.
+template <class Op>
+__global__ void row_kernel(const Op op, int64_t rows) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const DeviceBlock blk{smem};
+  row_loop(blockIdx.x, gridDim.x, rows, blk, op);
+}
+
 // Runs op(i) for every i < n: one launch of elementwise_kernel<Op> on `stream` (the harness'
 // KernelRun walks the same grid on the CPU).
 struct KernelRun {
@@ -29,6 +41,21 @@ struct KernelRun {
     if (n <= 0) return;
     const LaunchShape shape = launch_shape(n);
     elementwise_kernel<Op><<<shape.blocks, shape.threads, 0, stream>>>(op, n);
+  }
+};
+
+// Runs op over every row: one launch of row_kernel<Op>, one accumulator of the functor's acc
+// type in shared memory per thread (the harness' RowKernelRun walks the same blocks).
+struct RowKernelRun {
+  cudaStream_t stream;
+  int64_t rows, hidden;
+
+  template <class Op>
+  void operator()(const Op& op) const {
+    if (rows <= 0) return;
+    const LaunchShape shape = row_launch_shape(rows, hidden);
+    const size_t smem = shape.threads * sizeof(acc_t<typename StorageOf<Op>::type>);
+    row_kernel<Op><<<shape.blocks, shape.threads, smem, stream>>>(op, rows);
   }
 };
 

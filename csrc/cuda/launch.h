@@ -1,4 +1,4 @@
-// The `Launch` of layer_driver.h and variant_driver.h, one template for the extension
+// The `Launch` of layer_driver.h, one template for the extension
 // (bindings.cpp) and the CPU harness (harness/host_driver.cpp): launch(launcher, args...) calls
 // one launcher of launchers.h as launcher(args..., stream) and hands its status to the
 // policy's check. A Policy provides `Guard` (constructed from the input's device

@@ -1,31 +1,41 @@
-// One layer, one direction, of the CUDA backend: the time loop around the per-step kernels.
+// One layer, one direction, of the CUDA backend: the time loop around the per-step kernels, for
+// every cell (lstm, gru, rnn_tanh, rnn_relu) and every option (layer norm, zoneout, peephole,
+// cifg, projection).
 //
-// ATen only (no CUDA headers): the GEMMs are ATen calls, the per-step element kernels are reached
+// ATen only (no CUDA headers): the GEMMs are ATen calls, the per-step kernels are reached
 // through a `Launch` policy. bindings.cpp instantiates it with the CUDA launchers (GEMMs go to
 // cuBLAS on the current stream); the test-suite instantiates it with the host harness
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors, so this exact loop is tested here.
-//
 // A Launch (launch.h) runs one launcher of launchers.h, launch(launcher, args...) calling
-// launcher(args..., stream), and checks for errors itself. The parts both drivers share are here.
+// launcher(args..., stream), and checks for errors itself.
 //
-// Forward, per step t with `rows` active rows starting at packed row `start`:
-//   hg[:rows] = h_state[:rows] W_hh^T                  (GEMM)
-//   kernel: gates, c_state/h_state/y update, saved activations
-//   (proj) h_state[:rows] = hpre_t W_hr^T; y_t = h_state[:rows]   (GEMM + copy)
-// For half and bfloat16 storage, the recurrent state (h_state, c_state), hg and everything the
-// backward carries across steps (dh_state, dc_state, dG, dHG) are float, so the error stays at
-// the rounding of the stored outputs instead of compounding with T. The GEMMs that produce them
-// run on float operands: W_hh (and W_hr) are converted once per call, Hpre per step with proj;
-// the weight-gradient GEMMs after the loop convert X, H_prev and Hpre once. On a GPU this costs
-// the half-precision tensor-core rate of those GEMMs and doubles the W_hh bytes each step reads;
-// ATen's mixed-dtype mm (half operands, float result) would avoid both but has no CPU kernel,
-// and the host harness must run this same code.
-// Backward, walking the steps in the opposite order (G_t = gate pre-activations):
-//   (proj) dh_t = dy_t + dh_state[:rows]; dhpre = dh_t W_hr
-//   kernel: dG_t (and for GRU the recurrent-side dHG_t and the direct term dh_t * z)
-//   dh_state[:rows] = dHG_t W_hh (+ direct term for GRU)   (GEMM)
-// then dX = dG W_ih, dW_ih = dG^T X, dW_hh = dHG^T H_prev, dW_hr = dH^T Hpre (GEMMs over all
-// steps at once) and the bias gradients as deterministic column sums of dG and dHG.
+// Forward: XP = X W_ih^T for every step; xg = XP + b_ih, with layer norm LN_ih(XP) + LN_ih bias
+// + b_ih (ATen, all rows at once: layer norm is per row). Per step t (`rows` active rows from
+// packed row `start`):
+//   hg[:rows] = h_state[:rows] W_hh^T                          (GEMM)
+//   kernel: [LN_hh], gates, [peephole, cifg], c, [LN_c], h, [zoneout]; saved activations
+//   (proj) hy = hraw_t W_hr^T; zone_forward: zoneout of hy, y_t and h_state[:rows]
+// The cell's launcher picks the kernel: elementwise for torch.nn's cell, a row kernel (one
+// block per batch row) with any option on (launchers.h).
+// For half and bfloat16 storage, the recurrent state (h_state, c_state), hg, hy and everything
+// the backward carries across steps (dh_state, dc_state, dP, dS, dHP, dht, dh_raw) are float, so
+// the error stays at the rounding of the stored outputs instead of compounding with T. The GEMMs
+// that produce them run on float operands: W_hh and W_hr are converted once per call, hraw per
+// step; the weight-gradient GEMMs after the loop convert X, H_prev and Hraw once. On a GPU this
+// costs the half-precision tensor-core rate of those GEMMs and doubles the W_hh bytes each step
+// reads; ATen's mixed-dtype mm (half operands, float result) would avoid both but has no CPU
+// kernel, and the host harness must run this same code.
+// Backward, the steps in the opposite order:
+//   (proj) zone_backward: dht = (1 - keep)(dy_t + dh_state), dh_state = keep (..);
+//          dh_raw = dht W_hr
+//   kernel: dP_t (gate pre-activations), dc_{t-1}; GRU: dS_t (recurrent side) and the direct
+//          part of dh_{t-1}; row kernel: zoneout's direct part, [ln] dHP_t (before LN_hh)
+//   dh_state[:rows] = dHP_t W_hh (+ the direct part, where a kernel left one)   (GEMM)
+//          (without layer norm dHP = dS, and dS = dP but for GRU)
+// then over all steps: dXP = dP, with layer norm LN_ih's backward of dP (ATen), dX = dXP W_ih,
+// dW_ih = dXP^T X, dW_hh = dHP^T H_prev, dW_hr = dHt^T Hraw, and every bias / gain / peephole
+// gradient as a deterministic column sum (column_sum, two passes, no atomics) of dP, dS (GRU's
+// recurrent side; otherwise dP) or of their products with the saved normalised values.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -46,15 +56,6 @@ inline CellKind parse_cell(const std::string& cell) {
   if (cell == "rnn_tanh") return CellKind::rnn_tanh;
   if (cell == "rnn_relu") return CellKind::rnn_relu;
   TORCH_CHECK(false, "fusedrnn: unknown cell '", cell, "'; expected lstm, gru, rnn_tanh, rnn_relu");
-}
-
-inline int64_t num_gates(CellKind c) {
-  return c == CellKind::lstm ? 4 : (c == CellKind::gru ? 3 : 1);
-}
-
-// Columns of the per-row saved activations, in units of H (see launchers.h).
-inline int64_t saved_width(CellKind c) {
-  return c == CellKind::lstm ? 6 : (c == CellKind::gru ? 4 : 0);
 }
 
 inline DType dtype_of(const at::Tensor& t) {
@@ -107,6 +108,42 @@ inline std::vector<Step> visit_order(const std::vector<int64_t>& sizes, int64_t 
   return steps;
 }
 
+inline ZoneArgs zone_args(const at::Tensor& mask, double p, const Step& s) {
+  ZoneArgs z{};
+  z.mask = mask.defined() ? mask.narrow(0, s.start, s.rows).data_ptr() : nullptr;
+  z.p = p;
+  z.on = mask.defined() || p > 0;
+  return z;
+}
+
+// A layer's cell and options (checked by layer_module.h). The option tensors are contiguous,
+// in x's dtype, or undefined where absent; the backward needs no biases of layer norm.
+struct Layer {
+  CellKind cell;
+  bool cifg;
+  double p_h, p_c, eps;
+  int64_t G, H, Hout, B, N;
+  at::Tensor ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b;  // [GH]
+  at::Tensor ln_c_w, ln_c_b;                      // [H] (LSTM)
+  at::Tensor w_ch;                                // [P, H] (LSTM)
+  at::Tensor mask_h, mask_c;                      // [N, Hout], [N, H] (LSTM)
+
+  // The CellOptions of step s; of Step{} for what no step changes (the kernel, zoneout on).
+  CellOptions options(const Step& s = Step{}) const {
+    CellOptions o{};
+    o.ln_hh_w = ptr(ln_hh_w);
+    o.ln_hh_b = ptr(ln_hh_b);
+    o.ln_c_w = ptr(ln_c_w);
+    o.ln_c_b = ptr(ln_c_b);
+    o.w_ch = ptr(w_ch);
+    o.zone_h = zone_args(mask_h, p_h, s);
+    o.zone_c = zone_args(mask_c, p_c, s);
+    o.eps = eps;
+    o.cifg = cifg;
+    return o;
+  }
+};
+
 // Deterministic column sums of an acc [N, C] matrix (see ColSumArgs), returned in `dtype`.
 template <class Launch>
 at::Tensor column_sum_of(Launch& launch, const at::Tensor& src, at::ScalarType dtype) {
@@ -122,16 +159,6 @@ at::Tensor column_sum_of(Launch& launch, const at::Tensor& src, at::ScalarType d
   a.out = out.data_ptr();
   if (a.n_cols > 0) launch(column_sum, dtype_of(m), a);
   return out.to(dtype);
-}
-
-// x W_ih^T + b_ih, every step at once (the variants' layer norm builds its own).
-inline at::Tensor input_side(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& b_ih) {
-  at::Tensor xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());
-  // the kernels read xg as x's dtype: a retyped GEMM (autocast) would be read out of bounds
-  TORCH_CHECK(xg.scalar_type() == x.scalar_type() && xg.is_contiguous(),
-              "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
-              x.scalar_type(), " operands (is autocast excluded?)");
-  return xg;
 }
 
 // a b in a's acc dtype (b converted), returned in `dtype`: the GEMMs after a backward loop.
@@ -155,178 +182,248 @@ inline Carried carried(const at::Tensor& w_hh, const at::Tensor& w_hr, const at:
   return r;
 }
 
-// Starts forward step s: its recurrent GEMM hg[:rows] = h[:rows] W_hh^T, then `a` with the fields
-// that every forward kernel's arguments share (st: the forward's Carried, y_t: the step's y rows).
-template <class Args>
-Args begin_step(const Step& s, const Carried& st, const at::Tensor& hg, const at::Tensor& xg,
-                const at::Tensor& b_hh, const at::Tensor& y_t, int64_t H, Args a) {
-  at::Tensor hg_t = hg.narrow(0, 0, s.rows);
-  at::mm_out(hg_t, st.h.narrow(0, 0, s.rows), st.w_hh.t());
-  a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-  a.hg = hg_t.data_ptr();
-  a.b_hh = ptr(b_hh);
-  a.h_state = st.h.data_ptr();
-  a.y = y_t.data_ptr();
-  a.rows = s.rows;
-  a.hidden = H;
-  return a;
-}
-
-// Returns {y [N, Hout], h_n [B, Hout], c_n [B, H] or undefined, saved [N, S*H] acc or undefined,
-// h_prev [N, Hout] or undefined, hpre [N, H] or undefined}; the last three only when `save`.
-// All tensor arguments contiguous, same dtype and device (checked by the caller).
+// Returns {y [N, Hout], h_n [B, Hout], c_n [B, H] (LSTM), act acc (LSTM [N, GH + 3H], GRU
+// [N, 4H]; launchers.h), hhat [N, GH] acc (ln), stats [N, 4] acc (ln), h_prev [N, Hout], hraw
+// [N, H] (proj), xhat_ih [N, GH] acc (ln), rstd_ih [N, 1] acc (ln)}, absent ones undefined.
+// Without `save` the per-row buffers are [B, .] scratch rows where a row kernel runs (it passes
+// values between its phases through them; hraw in any case) and undefined otherwise. Operands
+// contiguous, one dtype (checked by the caller).
 template <class Launch>
-std::vector<at::Tensor> layer_forward(Launch& launch, CellKind cell,
-                                      const at::Tensor& x,       // [N, I]
-                                      const at::Tensor& h0,      // [B, Hout]
-                                      const at::Tensor& c0,      // [B, H] (LSTM)
-                                      const at::Tensor& w_ih,    // [G*H, I]
-                                      const at::Tensor& w_hh,    // [G*H, Hout]
-                                      const at::Tensor& b_ih,    // [G*H] or undefined
-                                      const at::Tensor& b_hh,    // [G*H] or undefined
-                                      const at::Tensor& w_hr,    // [Hout, H] or undefined
-                                      const std::vector<int64_t>& sizes,  // [T] rows per step
-                                      bool reverse, bool save) {
-  const int64_t G = num_gates(cell), H = w_hh.size(0) / G, Hout = h0.size(1), B = h0.size(0);
-  const int64_t N = x.size(0);
-  const bool has_bias = b_hh.defined(), proj = w_hr.defined();
+std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L,
+                                      const at::Tensor& x,     // [N, I]
+                                      const at::Tensor& h0,    // [B, Hout]
+                                      const at::Tensor& c0,    // [B, H] (LSTM)
+                                      const at::Tensor& w_ih,  // [GH, I]
+                                      const at::Tensor& w_hh,  // [GH, Hout]
+                                      const at::Tensor& b_ih,  // [GH] or undefined
+                                      const at::Tensor& b_hh,  // [GH] or undefined
+                                      const at::Tensor& w_hr,  // [Hout, H] or undefined
+                                      const std::vector<int64_t>& sizes, bool reverse,
+                                      bool save) {
+  const int64_t GH = L.G * L.H, H = L.H, Hout = L.Hout, B = L.B, N = L.N;
+  const bool lstm = L.cell == CellKind::lstm, ln = L.ln_ih_w.defined(), proj = w_hr.defined();
   const DType dt = dtype_of(x);
   const at::ScalarType A = acc_type_of(x);
   const auto acc = x.options().dtype(A);
+  const int64_t R = save ? N : B;  // rows of the per-row buffers
+  const bool kept = save || L.options().any();  // or a row kernel runs: it needs scratch rows
+  auto per_row = [&](bool has, int64_t width, const at::TensorOptions& o) {
+    return has && kept ? at::empty({R, width}, o) : at::Tensor();
+  };
 
-  const at::Tensor xg = input_side(x, w_ih, b_ih);
-  const Carried st = carried(w_hh, w_hr, h0, c0, cell == CellKind::lstm, H);
+  at::Tensor xg, xhat_ih, rstd_ih;  // [N, GH] T, [N, GH] acc, [N, 1] acc
+  if (ln) {
+    const at::Tensor xp = at::mm(x, w_ih.t()).to(A);
+    const at::Tensor xc = xp - xp.mean(1, /*keepdim=*/true);
+    rstd_ih = ((xc * xc).mean(1, true) + L.eps).rsqrt();
+    xhat_ih = xc * rstd_ih;
+    at::Tensor g = xhat_ih * L.ln_ih_w.to(A);
+    if (L.ln_ih_b.defined()) g = g + L.ln_ih_b;
+    if (b_ih.defined()) g = g + b_ih;
+    xg = g.to(x.scalar_type()).contiguous();
+  } else {
+    xg = b_ih.defined() ? at::addmm(b_ih, x, w_ih.t()) : at::mm(x, w_ih.t());
+    // the kernels read xg as x's dtype: a retyped GEMM (autocast) would be read out of bounds
+    TORCH_CHECK(xg.scalar_type() == x.scalar_type() && xg.is_contiguous(),
+                "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
+                x.scalar_type(), " operands (is autocast excluded?)");
+  }
+  const Carried st = carried(w_hh, w_hr, h0, c0, lstm, H);
   at::Tensor y = at::empty({N, Hout}, x.options());
-  at::Tensor hpre = proj ? at::empty({N, H}, x.options()) : at::Tensor();  // o * tanh(c_t)
-  at::Tensor hg = at::empty({B, G * H}, acc);
-  const int64_t S = saved_width(cell);
-  at::Tensor saved = save && S > 0 ? at::empty({N, S * H}, acc) : at::Tensor();
-  at::Tensor h_prev = save ? at::empty({N, Hout}, x.options()) : at::Tensor();
+  at::Tensor hg = at::empty({B, GH}, acc);
+  at::Tensor act = per_row(L.cell == CellKind::gru || lstm, lstm ? GH + 3 * H : 4 * H, acc);
+  at::Tensor hhat = per_row(ln, GH, acc);
+  at::Tensor stats = per_row(ln, 4, acc);
+  at::Tensor h_prev = per_row(true, Hout, x.options());
+  at::Tensor hraw = proj ? at::empty({R, H}, x.options()) : at::Tensor();
+  at::Tensor hy = proj ? at::empty({B, Hout}, acc) : at::Tensor();
 
   for (const Step& s : visit_order(sizes, B, reverse)) {
+    const int64_t so = save ? s.start : 0;
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
-    auto step_args = [&](auto a) {  // starts the step, with the fields the three cells share
-      a = begin_step(s, st, hg, xg, b_hh, y_t, H, a);
-      a.h_prev_save = ptr(rows_of(h_prev, s.start, s.rows));
+    at::Tensor hg_t = hg.narrow(0, 0, s.rows);
+    at::mm_out(hg_t, st.h.narrow(0, 0, s.rows), st.w_hh.t());
+    auto step_args = [&](auto a) {  // the fields every cell's arguments share
+      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
+      a.hg = hg_t.data_ptr();
+      a.b_hh = ptr(b_hh);
+      a.h_state = st.h.data_ptr();
+      a.y = y_t.data_ptr();
+      a.h_prev = ptr(rows_of(h_prev, so, s.rows));
+      a.rows = s.rows;
+      a.hidden = H;
       return a;
     };
-    if (cell == CellKind::lstm) {
-      LstmFwdArgs a = step_args(LstmFwdArgs{});
+    auto cell_args = [&](auto a) {  // and those of LSTM and GRU
+      static_cast<CellOptions&>(a) = L.options(s);
+      a.act = ptr(rows_of(act, so, s.rows));
+      a.hhat = ptr(rows_of(hhat, so, s.rows));
+      a.stats = ptr(rows_of(stats, so, s.rows));
+      return step_args(a);
+    };
+    if (lstm) {
+      LstmFwdArgs a = cell_args(LstmFwdArgs{});
       a.c_state = st.c.data_ptr();
-      if (proj) a.y = hpre.narrow(0, s.start, s.rows).data_ptr();
-      a.save = ptr(rows_of(saved, s.start, s.rows));
+      a.hraw = ptr(rows_of(hraw, so, s.rows));
+      a.proj = proj;
       a.hidden_out = Hout;
-      launch(lstm_forward_step, dt, has_bias, save, proj, a);
+      launch(lstm_forward_step, dt, a);
       if (proj) {
-        at::Tensor h_rows = st.h.narrow(0, 0, s.rows);
-        at::mm_out(h_rows, hpre.narrow(0, s.start, s.rows).to(A), st.w_hr.t());
-        y_t.copy_(h_rows);
+        at::Tensor hy_t = hy.narrow(0, 0, s.rows);
+        at::mm_out(hy_t, hraw.narrow(0, so, s.rows).to(A), st.w_hr.t());
+        ZoneFwdArgs z{};
+        z.hy = hy_t.data_ptr();
+        z.y = y_t.data_ptr();
+        z.h_state = st.h.data_ptr();
+        z.zone = a.zone_h;
+        z.rows = s.rows;
+        z.width = Hout;
+        launch(zone_forward, dt, z);
       }
-    } else if (cell == CellKind::gru) {
-      GruFwdArgs a = step_args(GruFwdArgs{});
-      a.save = ptr(rows_of(saved, s.start, s.rows));
-      launch(gru_forward_step, dt, has_bias, save, a);
+    } else if (L.cell == CellKind::gru) {
+      launch(gru_forward_step, dt, cell_args(GruFwdArgs{}));
     } else {
-      const bool relu = cell == CellKind::rnn_relu;
-      launch(rnn_forward_step, dt, relu, has_bias, save, step_args(RnnFwdArgs{}));
+      RnnFwdArgs a = step_args(RnnFwdArgs{});
+      a.relu = L.cell == CellKind::rnn_relu;
+      launch(rnn_forward_step, dt, a);
     }
   }
-  at::Tensor c_n = cell == CellKind::lstm ? st.c.to(x.scalar_type()) : at::Tensor();
-  return {y, st.h.to(x.scalar_type()), c_n, saved, h_prev, hpre};
+  at::Tensor c_n = lstm ? st.c.to(x.scalar_type()) : at::Tensor();
+  return {y, st.h.to(x.scalar_type()), c_n, act, hhat, stats, h_prev, hraw, xhat_ih, rstd_ih};
 }
 
-// Returns {dx [N, I], dh0 [B, Hout], dc0 [B, H] or undefined, dw_ih, dw_hh, db_ih, db_hh (or
-// undefined without bias), dw_hr (or undefined)}. `y`, `saved`, `h_prev`, `hpre` are the
-// forward's outputs (forward run with save = true).
+// Returns the gradients of {x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b,
+// ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch}, undefined for absent inputs. `fwd` is the forward's
+// return value (run with save = true); has[k] says whether input k is present.
 template <class Launch>
-std::vector<at::Tensor> layer_backward(Launch& launch, CellKind cell,
-                                       const at::Tensor& dy,      // [N, Hout]
-                                       const at::Tensor& dh_n,    // [B, Hout]
-                                       const at::Tensor& dc_n,    // [B, H] (LSTM) or undefined
-                                       const at::Tensor& x,       // [N, I]
-                                       const at::Tensor& w_ih,    // [G*H, I]
-                                       const at::Tensor& w_hh,    // [G*H, Hout]
-                                       const at::Tensor& w_hr,    // [Hout, H] or undefined
-                                       bool has_bias,
+std::vector<at::Tensor> layer_backward(Launch& launch, const Layer& L,
+                                       const at::Tensor& dy,    // [N, Hout]
+                                       const at::Tensor& dh_n,  // [B, Hout]
+                                       const at::Tensor& dc_n,  // [B, H] (LSTM) or undefined
+                                       const at::Tensor& x,     // [N, I]
+                                       const at::Tensor& w_ih,  // [GH, I]
+                                       const at::Tensor& w_hh,  // [GH, Hout]
+                                       const at::Tensor& w_hr,  // [Hout, H] or undefined
+                                       const std::vector<bool>& has,
                                        const std::vector<int64_t>& sizes, bool reverse,
-                                       const at::Tensor& y,       // [N, Hout]
-                                       const at::Tensor& saved,   // [N, S*H] acc (LSTM, GRU)
-                                       const at::Tensor& h_prev,  // [N, Hout]
-                                       const at::Tensor& hpre) {  // [N, H] (proj)
-  const int64_t G = num_gates(cell), H = w_hh.size(0) / G, Hout = dh_n.size(1);
-  const int64_t B = dh_n.size(0), N = x.size(0);
-  const bool proj = w_hr.defined();
+                                       const std::vector<at::Tensor>& fwd) {
+  const int64_t G = L.G, GH = G * L.H, H = L.H, Hout = L.Hout, B = L.B, N = L.N;
+  const bool lstm = L.cell == CellKind::lstm, gru = L.cell == CellKind::gru;
+  const bool ln = L.ln_ih_w.defined(), proj = w_hr.defined();
   const DType dt = dtype_of(x);
   const at::ScalarType T = x.scalar_type(), A = acc_type_of(x);
   const auto acc = x.options().dtype(A);
-  const Carried st = carried(w_hh, w_hr, dh_n, dc_n, cell == CellKind::lstm, H);
+  const Carried st = carried(w_hh, w_hr, dh_n, dc_n, lstm, H);
   const at::Tensor &dh_state = st.h, &dc_state = st.c;  // [B, Hout], [B, H]
-  at::Tensor dxg = at::empty({N, G * H}, acc);                                 // dG
-  at::Tensor dhg = cell == CellKind::gru ? at::empty({N, G * H}, acc) : dxg;  // dHG
-  at::Tensor dh_all = proj ? at::empty({N, Hout}, acc) : at::Tensor();
-  at::Tensor dhpre = proj ? at::empty({B, H}, acc) : at::Tensor();
+  const at::Tensor &y = fwd[0], &act = fwd[3], &hhat = fwd[4], &stats = fwd[5],
+                   &h_prev = fwd[6], &hraw = fwd[7], &xhat_ih = fwd[8], &rstd_ih = fwd[9];
+  // GRU's kernels and zoneout of h (the row kernel, or zone_backward with proj) leave a direct
+  // part of dh_{t-1} in dh_state for the GEMM to add to (beta 1); otherwise the GEMM overwrites
+  // dh_state[:rows] (beta 0, whatever is there is not read)
+  const double direct = (gru || L.options().zone_h.on) ? 1 : 0;
+
+  at::Tensor dP = at::empty({N, GH}, acc);            // gates / input side
+  at::Tensor dS = gru ? at::empty({N, GH}, acc) : dP;  // recurrent side
+  at::Tensor dHP = ln ? at::empty({N, GH}, acc) : dS;  // before LN_hh
+  at::Tensor dcn = lstm && ln ? at::empty({N, H}, acc) : at::Tensor();
+  at::Tensor pcn = lstm && ln ? at::empty({N, H}, acc) : at::Tensor();
+  at::Tensor dht = proj ? at::empty({N, Hout}, acc) : at::Tensor();
+  at::Tensor dhraw = proj ? at::empty({B, H}, acc) : at::Tensor();
 
   for (const Step& s : visit_order(sizes, B, !reverse)) {  // the forward's steps, last first
-    at::Tensor dh_rows = dh_state.narrow(0, 0, s.rows);
-    at::Tensor dy_t = dy.narrow(0, s.start, s.rows);
-    at::Tensor dxg_t = dxg.narrow(0, s.start, s.rows);
-    if (cell == CellKind::lstm) {
-      LstmBwdArgs a{};
+    auto rows = [&](const at::Tensor& t) { return ptr(rows_of(t, s.start, s.rows)); };
+    auto cell_args = [&](auto a) {  // the fields LSTM's and GRU's arguments share
+      static_cast<CellOptions&>(a) = L.options(s);
+      a.dy = rows(dy);
+      a.dh_state = dh_state.data_ptr();
+      a.act = rows(act);
+      a.hhat = rows(hhat);
+      a.stats = rows(stats);
+      a.dhp = ln ? rows(dHP) : nullptr;
+      a.rows = s.rows;
+      a.hidden = H;
+      return a;
+    };
+    if (lstm) {
+      LstmBwdArgs a = cell_args(LstmBwdArgs{});
       if (proj) {
-        at::Tensor dh_t = dh_all.narrow(0, s.start, s.rows);
-        at::add_out(dh_t, dy_t, dh_rows);
-        at::Tensor dhpre_t = dhpre.narrow(0, 0, s.rows);
-        at::mm_out(dhpre_t, dh_t, st.w_hr);
-        a.dh = dhpre_t.data_ptr();
-      } else {
-        a.dh = dy_t.data_ptr();
-        a.dh_state = dh_state.data_ptr();
+        ZoneBwdArgs z{};
+        z.dy = a.dy;
+        z.dh_state = a.dh_state;
+        z.dht = rows(dht);
+        z.zone = a.zone_h;
+        z.rows = s.rows;
+        z.width = Hout;
+        launch(zone_backward, dt, z);
+        at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
+        at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), st.w_hr);
+        a.dh_raw = dhraw_t.data_ptr();
       }
       a.dc_state = dc_state.data_ptr();
-      a.save = saved.narrow(0, s.start, s.rows).data_ptr();
-      a.dgates = dxg_t.data_ptr();
-      a.rows = s.rows;
-      a.hidden = H;
-      launch(lstm_backward_step, dt, /*add_state=*/!proj, a);
-      at::mm_out(dh_rows, dxg_t, st.w_hh);
-    } else if (cell == CellKind::gru) {
-      GruBwdArgs a{};
-      at::Tensor dhg_t = dhg.narrow(0, s.start, s.rows);
-      a.dy = dy_t.data_ptr();
-      a.dh_state = dh_state.data_ptr();
-      a.save = saved.narrow(0, s.start, s.rows).data_ptr();
-      a.h_prev = h_prev.narrow(0, s.start, s.rows).data_ptr();
-      a.dxg = dxg_t.data_ptr();
-      a.dhg = dhg_t.data_ptr();
-      a.rows = s.rows;
-      a.hidden = H;
+      a.dgates = rows(dP);
+      a.dcn = rows(dcn);
+      a.pcn = rows(pcn);
+      a.proj = proj;
+      a.hidden_out = Hout;
+      launch(lstm_backward_step, dt, a);
+    } else if (gru) {
+      GruBwdArgs a = cell_args(GruBwdArgs{});
+      a.h_prev = rows(h_prev);
+      a.dxg = rows(dP);
+      a.dhg = rows(dS);
       launch(gru_backward_step, dt, a);
-      dh_rows.addmm_(dhg_t, st.w_hh);  // the kernel left the direct term dh_t * z there
     } else {
       RnnBwdArgs a{};
-      a.dy = dy_t.data_ptr();
+      a.dy = rows(dy);
       a.dh_state = dh_state.data_ptr();
-      a.y = y.narrow(0, s.start, s.rows).data_ptr();
-      a.dgates = dxg_t.data_ptr();
+      a.y = rows(y);
+      a.dgates = rows(dP);
+      a.relu = L.cell == CellKind::rnn_relu;
       a.rows = s.rows;
       a.hidden = H;
-      launch(rnn_backward_step, dt, cell == CellKind::rnn_relu, a);
-      at::mm_out(dh_rows, dxg_t, st.w_hh);
+      launch(rnn_backward_step, dt, a);
     }
+    dh_state.narrow(0, 0, s.rows).addmm_(dHP.narrow(0, s.start, s.rows), st.w_hh, direct);
   }
 
-  // .to(T) of an acc result is a fresh tensor for half types and the same one otherwise
-  at::Tensor dx = acc_mm(dxg, w_ih, T);           // [N, I]
-  at::Tensor dw_ih = acc_mm(dxg.t(), x, T);       // [G*H, I]
-  at::Tensor dw_hh = acc_mm(dhg.t(), h_prev, T);  // [G*H, Hout]
-  at::Tensor db_ih, db_hh;
-  if (has_bias) {
-    db_ih = column_sum_of(launch, dxg, T);  // [G*H]
-    db_hh = cell == CellKind::gru ? column_sum_of(launch, dhg, T) : db_ih.clone();
+  std::vector<at::Tensor> g(15);
+  at::Tensor dXP = dP;  // gradient of X W_ih^T
+  if (ln) {
+    // LN_ih backward, all rows at once: dxhat = dP w, dXP = rstd (dxhat - mean(dxhat)
+    // - xhat mean(dxhat xhat)) (csrc/cell_math.h, LayerNorm)
+    const at::Tensor dxh = dP * L.ln_ih_w.to(A);
+    dXP = rstd_ih * (dxh - dxh.mean(1, true) - xhat_ih * (dxh * xhat_ih).mean(1, true));
   }
-  at::Tensor dw_hr = proj ? acc_mm(dh_all.t(), hpre, T) : at::Tensor();  // [Hout, H]
-  at::Tensor dc0 = cell == CellKind::lstm ? dc_state.to(T) : at::Tensor();
-  return {dx, dh_state.to(T), dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+  // .to(T) of an acc result is a fresh tensor for half types and the same one otherwise
+  g[0] = acc_mm(dXP, w_ih, T);        // dx [N, I]
+  g[1] = dh_state.to(T);              // dh0 [B, Hout]
+  if (lstm) g[2] = dc_state.to(T);    // dc0 [B, H]
+  g[3] = acc_mm(dXP.t(), x, T);       // dW_ih [GH, I]
+  g[4] = acc_mm(dHP.t(), h_prev, T);  // dW_hh [GH, Hout]
+  if (has[5]) g[5] = column_sum_of(launch, dP, T);  // db_ih: the input side's pre-activations
+  if (has[6]) {  // db_hh: the recurrent side's (the same ones but for GRU)
+    g[6] = has[5] && !gru ? g[5].clone() : column_sum_of(launch, dS, T);
+  }
+  if (proj) g[7] = acc_mm(dht.t(), hraw, T);  // dW_hr [Hout, H]
+  if (ln) {
+    g[8] = column_sum_of(launch, dP * xhat_ih, T);
+    if (has[9]) g[9] = column_sum_of(launch, dP, T);
+    g[10] = column_sum_of(launch, dS * hhat, T);
+    if (has[11]) g[11] = column_sum_of(launch, dS, T);
+    if (lstm) {
+      g[12] = column_sum_of(launch, pcn, T);
+      if (has[13]) g[13] = column_sum_of(launch, dcn, T);
+    }
+  }
+  if (L.w_ch.defined()) {
+    // rows w_ci, w_cf, w_co (cifg: w_ci, w_co): dP_i c_{t-1}, dP_f c_{t-1}, dP_o c~_t
+    const at::Tensor c_prev = act.narrow(1, GH, H), c_new = act.narrow(1, GH + 2 * H, H);
+    std::vector<at::Tensor> rows{column_sum_of(launch, dP.narrow(1, 0, H) * c_prev, T)};
+    if (!L.cifg) rows.push_back(column_sum_of(launch, dP.narrow(1, H, H) * c_prev, T));
+    rows.push_back(column_sum_of(launch, dP.narrow(1, (G - 1) * H, H) * c_new, T));
+    g[14] = at::stack(rows);
+  }
+  return g;
 }
 
 }  // namespace cuda

@@ -1,17 +1,20 @@
-// LSTM step functors (one call = one (row, unit) element); the launchers in lstm.cu pick their
-// template parameters from the runtime options (common.cuh: dispatch). Host+device code: the
-// kernels and the host harness both run exactly this. The per-element math is
-// fusedrnn::LSTMCell (csrc/cell_math.h).
+// LSTM step functors, launched by lstm.cu (common.cuh: dispatch): the elementwise ones run
+// torch.nn's cell, one call per (row, unit) element; the row ones (one call per batch row, see
+// rowblock.cuh) every configuration with an option on, with layer norm LN, peephole PEEP and the
+// coupled input-forget gate CIFG as template bools, zoneout and the projection as uniform
+// runtime branches. Then the projection's zoneout (elementwise). Host+device code: the kernels
+// and the host harness both run exactly this. Per-element math: LSTMCell, LSTMVariantCell,
+// LayerNorm, Zoneout in csrc/cell_math.h.
 #pragma once
 
-#include "cuda/common.cuh"
+#include "cuda/rowblock.cuh"
 
 namespace fusedrnn {
 namespace cuda {
 
-// Forward. Element idx = r * H + j handles unit j of row r for all four gates, so the loads of a
-// warp are 32 consecutive units of one gate row (coalesced). Reads h_state[r, j] before writing
-// it in the same thread, which is why h_state may be both input and output.
+// Forward, elementwise. Element idx = r * H + j handles unit j of row r for all four gates, so
+// the loads of a warp are 32 consecutive units of one gate row (coalesced). Reads h_state[r, j]
+// before writing it in the same thread, which is why h_state may be both input and output.
 template <typename T, bool HasBias, bool Save, bool Proj>
 struct LstmFwdOp {
   LstmFwdArgs a;
@@ -31,22 +34,23 @@ struct LstmFwdOp {
     const A c_prev = *c_state;
     A* h_state = out<A>(a.h_state) + r * Ho + j;
     if constexpr (Save) {
-      if (j < Ho) out<T>(a.h_prev_save)[r * Ho + j] = from_acc<T>(*h_state);
+      if (j < Ho) out<T>(a.h_prev)[r * Ho + j] = from_acc<T>(*h_state);
     }
     A i, f, g, o, c, tanh_c, h;
     LSTMCell::forward<A>(pre[0], pre[1], pre[2], pre[3], c_prev, i, f, g, o, c, tanh_c, h);
     *c_state = c;
-    const T h_out = from_acc<T>(h);
-    out<T>(a.y)[r * H + j] = h_out;  // y is [rows, H]: without proj Hout == H
-    if constexpr (!Proj) *h_state = h;  // with proj: the caller's W_hr GEMM writes h_t
+    // [rows, H]: without proj Hout == H; with proj zone_forward writes h_t after the W_hr GEMM
+    out<T>(Proj ? a.hraw : a.y)[r * H + j] = from_acc<T>(h);
+    if constexpr (!Proj) *h_state = h;
     if constexpr (Save) {
-      store_strided(out<A>(a.save) + r * 6 * H + j, H, i, f, g, o, c_prev, tanh_c);
+      store_strided(out<A>(a.act) + r * 7 * H + j, H, i, f, g, o, c_prev, tanh_c, c);
     }
   }
 };
 
-// Backward: gate pre-activation gradients and dc_{t-1}; dh_{t-1} is the caller's GEMM.
-template <typename T, bool AddState>
+// Backward, elementwise: gate pre-activation gradients and dc_{t-1}; dh_{t-1} is the caller's
+// GEMM.
+template <typename T, bool Proj>
 struct LstmBwdOp {
   LstmBwdArgs a;
 
@@ -55,18 +59,249 @@ struct LstmBwdOp {
     const int64_t H = a.hidden;
     const int64_t r = idx / H, j = idx - r * H;
     A dh;
-    if constexpr (AddState) {
-      dh = to_acc(in<T>(a.dh)[r * H + j]) + in<A>(a.dh_state)[r * H + j];
+    if constexpr (Proj) {
+      dh = in<A>(a.dh_raw)[r * H + j];
     } else {
-      dh = in<A>(a.dh)[r * H + j];
+      dh = to_acc(in<T>(a.dy)[r * H + j]) + in<A>(a.dh_state)[r * H + j];
     }
     A* dc = out<A>(a.dc_state) + r * H + j;
-    const A* s = in<A>(a.save) + r * 6 * H + j;
+    const A* s = in<A>(a.act) + r * 7 * H + j;
     A dgi, dgf, dgg, dgo, dc_prev;
     LSTMCell::backward<A>(dh, *dc, s[0], s[H], s[2 * H], s[3 * H], s[4 * H], s[5 * H], dgi, dgf,
                           dgg, dgo, dc_prev);
     *dc = dc_prev;
     store_strided(out<A>(a.dgates) + r * 4 * H + j, H, dgi, dgf, dgg, dgo);
+  }
+};
+
+// Forward, row kernel, per row: [ln] mean / variance of the G*H recurrent features; first half per
+// unit j (gates with LN_hh and biases, peephole i / f, c~); [ln] mean / variance of c~ over H;
+// second half per unit (LN_c, o with peephole, h, zoneout of c and, without proj, of h).
+template <typename T, bool LN, bool PEEP, bool CIFG>
+struct LstmRowFwdOp {
+  LstmFwdArgs a;
+
+  template <class Blk>
+  FRNN_HD void operator()(const Blk& blk, int64_t r) const {
+    using A = acc_t<T>;
+    constexpr int64_t G = CIFG ? 3 : 4;
+    const int64_t H = a.hidden, Ho = a.hidden_out, GH = G * H;
+    const T* xg = in<T>(a.xg) + r * GH;
+    const A* hg = in<A>(a.hg) + r * GH;
+    const T* b_hh = in<T>(a.b_hh);
+    const T* ln_w = in<T>(a.ln_hh_w);
+    const T* ln_b = in<T>(a.ln_hh_b);
+    const T* w_ch = in<T>(a.w_ch);
+    A* act = out<A>(a.act) + r * (GH + 3 * H);
+    A* cell = act + GH;  // c_{t-1} | tanh(cn) | c~
+    A* c_state = out<A>(a.c_state) + r * H;
+    A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
+    A* st = LN ? out<A>(a.stats) + r * 4 : nullptr;
+    A* h_state = out<A>(a.h_state) + r * Ho;
+    T* h_prev = out<T>(a.h_prev) + r * Ho;
+
+    blk.for_each(Ho, [&](int64_t j) { h_prev[j] = from_acc<T>(h_state[j]); });
+    A mean = A(0), rstd = A(1);
+    if constexpr (LN) ln_row_stats(blk, GH, hg, a.eps, mean, rstd);
+    // pre-activation of gate k, unit j without the peephole term
+    auto pre = [&](int64_t k, int64_t j) -> A {
+      const int64_t e = k * H + j;
+      A v = to_acc(hg[e]);
+      if constexpr (LN) {
+        v = ln_feature(v, mean, rstd, ln_w, ln_b, e, hhat[e]);
+      }
+      if (b_hh != nullptr) v += to_acc(b_hh[e]);
+      return v + to_acc(xg[e]);
+    };
+    blk.for_each(H, [&](int64_t j) {
+      if constexpr (LN) {
+        if (j == 0) {
+          st[0] = mean;
+          st[1] = rstd;
+        }
+      }
+      const A c_prev = c_state[j];
+      const A w_ci = PEEP ? to_acc(w_ch[j]) : A(0);
+      const A w_cf = PEEP && !CIFG ? to_acc(w_ch[H + j]) : A(0);
+      A pf = A(0);
+      if constexpr (!CIFG) pf = pre(1, j);
+      A i, f, g, c;
+      LSTMVariantCell::forward_state<PEEP, CIFG, A>(pre(0, j), pf, pre(G - 2, j), c_prev, w_ci,
+                                                   w_cf, i, f, g, c);
+      act[j] = i;
+      if constexpr (!CIFG) act[H + j] = f;
+      act[(G - 2) * H + j] = g;
+      act[(G - 1) * H + j] = pre(G - 1, j);  // o's pre-activation until the second half
+      cell[j] = c_prev;
+      cell[2 * H + j] = c;
+    });
+    A mean_c = A(0), rstd_c = A(1);
+    if constexpr (LN) ln_row_stats(blk, H, cell + 2 * H, a.eps, mean_c, rstd_c);
+    const T* ln_cw = in<T>(a.ln_c_w);
+    const T* ln_cb = in<T>(a.ln_c_b);
+    blk.for_each(H, [&](int64_t j) {
+      if constexpr (LN) {
+        if (j == 0) {
+          st[2] = mean_c;
+          st[3] = rstd_c;
+        }
+      }
+      const A c = cell[2 * H + j];
+      A cn = c;
+      if constexpr (LN) {
+        A chat;
+        cn = ln_feature(c, mean_c, rstd_c, ln_cw, ln_cb, j, chat);
+      }
+      const A w_co = PEEP ? to_acc(w_ch[(G - 2) * H + j]) : A(0);
+      A o, tanh_cn, h;
+      LSTMVariantCell::forward_output<PEEP, A>(act[(G - 1) * H + j], c, cn, w_co, o, tanh_cn, h);
+      act[(G - 1) * H + j] = o;
+      cell[H + j] = tanh_cn;
+      c_state[j] = a.zone_c.on ? Zoneout::forward<A>(c, cell[j], zone_keep<T>(a.zone_c, r * H, j))
+                               : c;
+      if (a.proj) {
+        out<T>(a.hraw)[r * H + j] = from_acc<T>(h);
+      } else {  // Hout == H: this thread read h_state[j] above (same partition)
+        if (a.zone_h.on) {
+          h = Zoneout::forward<A>(h, h_state[j], zone_keep<T>(a.zone_h, r * Ho, j));
+        }
+        out<T>(a.y)[r * Ho + j] = from_acc<T>(h);
+        h_state[j] = h;
+      }
+    });
+  }
+};
+
+// Backward, row kernel, per row: [ln] the two LN_c row sums of dcn w_c and dcn w_c chat; per unit j
+// the output half, LN_c's backward, zoneout of c and the state half (dP, dc_{t-1}); [ln] the two
+// LN_hh row sums of dP w_hh and dP w_hh hhat, then dHP per feature.
+template <typename T, bool LN, bool PEEP, bool CIFG>
+struct LstmRowBwdOp {
+  LstmBwdArgs a;
+
+  template <class Blk>
+  FRNN_HD void operator()(const Blk& blk, int64_t r) const {
+    using A = acc_t<T>;
+    constexpr int64_t G = CIFG ? 3 : 4;
+    const int64_t H = a.hidden, Ho = a.hidden_out, GH = G * H;
+    const A* act = in<A>(a.act) + r * (GH + 3 * H);
+    const A* cell = act + GH;
+    const A* st = LN ? in<A>(a.stats) + r * 4 : nullptr;
+    const T* ln_cw = in<T>(a.ln_c_w);
+    const T* w_ch = in<T>(a.w_ch);
+    A* dc_state = out<A>(a.dc_state) + r * H;
+    A* dg = out<A>(a.dgates) + r * GH;
+    A* dh_state = a.proj ? nullptr : out<A>(a.dh_state) + r * Ho;
+
+    // total gradient reaching y_t (= the zoned-out h_t) without proj; dh~ W_hr with proj
+    auto dh_total = [&](int64_t j) -> A {
+      if (a.proj) return in<A>(a.dh_raw)[r * H + j];
+      return to_acc(in<T>(a.dy)[r * Ho + j]) + dh_state[j];
+    };
+    auto dh_new = [&](int64_t j, A dh) -> A {  // the part reaching h~ (zoneout's backward)
+      if (a.proj || !a.zone_h.on) return dh;
+      A dnew, dold;
+      Zoneout::backward<A>(dh, zone_keep<T>(a.zone_h, r * Ho, j), dnew, dold);
+      return dnew;
+    };
+    const A mean_c = LN ? st[2] : A(0), rstd_c = LN ? st[3] : A(1);
+    auto chat = [&](int64_t j) { return LayerNorm::normalize<A>(cell[2 * H + j], mean_c, rstd_c); };
+    A m1 = A(0), m2 = A(0);
+    if constexpr (LN) {
+      A* dcn = out<A>(a.dcn) + r * H;
+      A* pcn = out<A>(a.pcn) + r * H;
+      blk.for_each(H, [&](int64_t j) {
+        A dpo, d;
+        LSTMVariantCell::backward_output<A>(dh_new(j, dh_total(j)), act[(G - 1) * H + j],
+                                            cell[H + j], dpo, d);
+        dcn[j] = d;
+        pcn[j] = d * chat(j);
+      });
+      m1 = blk.template sum<A>(H, [&](int64_t j) {
+        return LayerNorm::dxhat<A>(dcn[j], to_acc(ln_cw[j]));
+      }) / A(H);
+      m2 = blk.template sum<A>(H, [&](int64_t j) {
+        return LayerNorm::dxhat<A>(dcn[j], to_acc(ln_cw[j])) * chat(j);
+      }) / A(H);
+    }
+    blk.for_each(H, [&](int64_t j) {
+      const A dh = dh_total(j);
+      A dpo, dcn;
+      LSTMVariantCell::backward_output<A>(dh_new(j, dh), act[(G - 1) * H + j], cell[H + j],
+                                          dpo, dcn);
+      A dc = dcn;
+      if constexpr (LN) {
+        dc = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dcn, to_acc(ln_cw[j])), chat(j), rstd_c,
+                                    m1, m2);
+      }
+      // zoneout of c: c_t = keep c_{t-1} + (1 - keep) c~
+      const A dct = dc_state[j];
+      A dnew = dct, dold = A(0);
+      if (a.zone_c.on) Zoneout::backward<A>(dct, zone_keep<T>(a.zone_c, r * H, j), dnew, dold);
+      dc += dnew;
+      const A i = act[j];
+      const A f = CIFG ? A(1) - i : act[H + j];
+      const A w_ci = PEEP ? to_acc(w_ch[j]) : A(0);
+      const A w_cf = PEEP && !CIFG ? to_acc(w_ch[H + j]) : A(0);
+      const A w_co = PEEP ? to_acc(w_ch[(G - 2) * H + j]) : A(0);
+      A dpi, dpf, dpg, dc_prev;
+      LSTMVariantCell::backward_state<PEEP, CIFG, A>(dc, dpo, i, f, act[(G - 2) * H + j],
+                                                     cell[j], w_ci, w_cf, w_co, dpi, dpf, dpg,
+                                                     dc_prev);
+      dc_state[j] = dc_prev + dold;
+      dg[j] = dpi;
+      if constexpr (!CIFG) dg[H + j] = dpf;
+      dg[(G - 2) * H + j] = dpg;
+      dg[(G - 1) * H + j] = dpo;
+      if (!a.proj) {  // direct part of dh_{t-1}; the caller adds dHP W_hh
+        A direct = A(0);
+        if (a.zone_h.on) direct = zone_keep<T>(a.zone_h, r * Ho, j) * dh;
+        dh_state[j] = direct;
+      }
+    });
+    if constexpr (LN) {
+      ln_row_backward<T>(blk, GH, dg, in<T>(a.ln_hh_w), in<A>(a.hhat) + r * GH, st[1],
+                         out<A>(a.dhp) + r * GH);
+    }
+  }
+};
+
+// keep value of element idx = r * width + j (mask row r or p)
+template <typename T, class Args>
+FRNN_HD acc_t<T> zone_keep_at(const Args& a, int64_t idx) {
+  const int64_t j = idx % a.width;
+  return zone_keep<T>(a.zone, idx - j, j);
+}
+
+// Projection, elementwise (idx = r * K + j): h_state[r] <- keep h_{t-1} + (1 - keep) hy (or hy),
+// y <- h_state[r]; h_{t-1} is read from the acc state, not from the rounded copy in h_prev
+template <typename T>
+struct ZoneFwdOp {
+  ZoneFwdArgs a;
+
+  FRNN_HD void operator()(int64_t idx) const {
+    using A = acc_t<T>;
+    A* h_state = out<A>(a.h_state) + idx;  // rows of h_state are the step's first rows
+    A h = in<A>(a.hy)[idx];
+    if (a.zone.on) h = Zoneout::forward<A>(h, *h_state, zone_keep_at<T>(a, idx));
+    out<T>(a.y)[idx] = from_acc<T>(h);
+    *h_state = h;
+  }
+};
+
+// dh_t = dy_t + dh_state: dht <- (1 - keep) dh_t (reaches the projection), dh_state <- keep dh_t
+template <typename T>
+struct ZoneBwdOp {
+  ZoneBwdArgs a;
+
+  FRNN_HD void operator()(int64_t idx) const {
+    using A = acc_t<T>;
+    A* dhs = out<A>(a.dh_state) + idx;
+    const A dh = to_acc(in<T>(a.dy)[idx]) + *dhs;
+    A dnew = dh, dold = A(0);
+    if (a.zone.on) Zoneout::backward<A>(dh, zone_keep_at<T>(a, idx), dnew, dold);
+    out<A>(a.dht)[idx] = dnew;
+    *dhs = dold;
   }
 };
 

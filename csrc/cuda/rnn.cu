@@ -5,15 +5,15 @@
 namespace fusedrnn {
 namespace cuda {
 
-cudaError_t rnn_forward_step(DType dtype, bool relu, bool has_bias, bool save,
-                             const RnnFwdArgs& a, cudaStream_t stream) {
+cudaError_t rnn_forward_step(DType dtype, const RnnFwdArgs& a, cudaStream_t stream) {
   const KernelRun run{stream, a.rows * a.hidden};
-  return launch_status(dispatch_op<RnnFwdOp>(dtype, a, run, relu, has_bias, save));
+  return launch_status(
+      dispatch_op<RnnFwdOp>(dtype, a, run, a.relu, a.b_hh != nullptr, a.h_prev != nullptr));
 }
 
-cudaError_t rnn_backward_step(DType dtype, bool relu, const RnnBwdArgs& a,
-                              cudaStream_t stream) {
-  return launch_status(dispatch_op<RnnBwdOp>(dtype, a, KernelRun{stream, a.rows * a.hidden}, relu));
+cudaError_t rnn_backward_step(DType dtype, const RnnBwdArgs& a, cudaStream_t stream) {
+  const KernelRun run{stream, a.rows * a.hidden};
+  return launch_status(dispatch_op<RnnBwdOp>(dtype, a, run, a.relu));
 }
 
 }  // namespace cuda

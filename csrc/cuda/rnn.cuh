@@ -21,7 +21,7 @@ struct RnnFwdOp {
     A pre = to_acc(in<T>(a.xg)[r * H + j]) + in<A>(a.hg)[r * H + j];
     if constexpr (HasBias) pre += to_acc(in<T>(a.b_hh)[j]);
     A* h_state = out<A>(a.h_state) + r * H + j;
-    if constexpr (Save) out<T>(a.h_prev_save)[r * H + j] = from_acc<T>(*h_state);
+    if constexpr (Save) out<T>(a.h_prev)[r * H + j] = from_acc<T>(*h_state);
     const A h = RnnCellOf<Relu>::template forward<A>(pre);
     out<T>(a.y)[r * H + j] = from_acc<T>(h);
     *h_state = h;

@@ -80,5 +80,49 @@ struct DeviceBlock {
 };
 #endif
 
+// Layer norm and zoneout pieces of both cells' row functors.
+
+// keep value of element j of a zoneout (mask row or p; also the LSTM's projection zoneout)
+template <typename T>
+FRNN_HD acc_t<T> zone_keep(const ZoneArgs& z, int64_t row_offset, int64_t j) {
+  using A = acc_t<T>;
+  return z.mask != nullptr ? to_acc(in<T>(z.mask)[row_offset + j]) : static_cast<A>(z.p);
+}
+
+// Layer norm statistics of one row of K features: mean and 1/std, from two block sums.
+template <typename A, class Blk>
+FRNN_HD void ln_row_stats(const Blk& blk, int64_t K, const A* x, double eps, A& mean, A& rstd) {
+  mean = blk.template sum<A>(K, [&](int64_t k) { return x[k]; }) / A(K);
+  const A var = blk.template sum<A>(K, [&](int64_t k) {
+    const A d = x[k] - mean;
+    return d * d;
+  }) / A(K);
+  rstd = LayerNorm::rstd<A>(var, A(eps));
+}
+
+// LayerNorm::forward of feature e with weight w[e] and bias b[e] (no bias when b is null).
+template <typename T, typename A>
+FRNN_HD A ln_feature(A v, A mean, A rstd, const T* w, const T* b, int64_t e, A& xhat) {
+  return LayerNorm::forward<A>(v, mean, rstd, to_acc(w[e]), b != nullptr ? to_acc(b[e]) : A(0),
+                               xhat);
+}
+
+// Layer norm backward over one row of K features (LN_hh of either cell):
+// dv[k] = LayerNorm::backward(dout[k] w[k], xhat[k]), whose two row means are block sums.
+template <typename T, typename A, class Blk>
+FRNN_HD void ln_row_backward(const Blk& blk, int64_t K, const A* dout, const T* w,
+                             const A* xhat, A rstd, A* dv) {
+  const A n1 = blk.template sum<A>(K, [&](int64_t k) {
+    return LayerNorm::dxhat<A>(dout[k], to_acc(w[k]));
+  }) / A(K);
+  const A n2 = blk.template sum<A>(K, [&](int64_t k) {
+    return LayerNorm::dxhat<A>(dout[k], to_acc(w[k])) * xhat[k];
+  }) / A(K);
+  blk.for_each(K, [&](int64_t k) {
+    dv[k] = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dout[k], to_acc(w[k])), xhat[k], rstd, n1,
+                                   n2);
+  });
+}
+
 }  // namespace cuda
 }  // namespace fusedrnn

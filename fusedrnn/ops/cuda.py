@@ -1,28 +1,25 @@
 """The ``cuda`` backend: hand-written CUDA kernels (csrc/cuda) behind the layer op contract.
 
-Per step, one cuBLAS GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel; the backward walks the
-steps in reverse with one gate-gradient kernel and one ``dG_t W_hh`` GEMM per step, then the
-weight gradients as GEMMs over all steps and the bias gradients as deterministic column sums.
-The time loop is C++ (csrc/cuda/layer_driver.h) in the extension ``fusedrnn._C_cuda``, which is
-built only when torch has CUDA and nvcc is present.
+One time loop for every cell and option, in C++ (csrc/cuda/layer_driver.h) in the extension
+``fusedrnn._C_cuda``, which is built only when torch has CUDA and nvcc is present. The input
+projection of all steps is one GEMM (with layer norm, normalised for all rows at once); per
+step one cuBLAS GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel. torch.nn's cells run an
+elementwise kernel (a thread per unit of a row); with a variant option on (layer norm, zoneout,
+peephole, CIFG; math in docs/variants.md) the kernel is a row kernel, in which a thread block
+owns one batch row (layer norm needs whole rows) and reduces the row statistics in a fixed order
+(csrc/cuda/rowblock.cuh). The per-element math is csrc/cell_math.h, the same code the cpu
+backend runs. With a projection, ``y_t = hraw W_hr^T`` is a GEMM per step and zoneout of h acts
+on it in a small elementwise kernel.
 
-With a variant option on (layer norm, zoneout, peephole, CIFG; math in docs/variants.md) the
-time loop is csrc/cuda/variant_driver.h: the input projection of all steps is one GEMM and its
-layer norm is done for all rows at once; per step one cuBLAS GEMM
-``h_{t-1} W_hh^T`` and one fused row kernel, in which a thread block owns one batch row (layer
-norm needs whole rows) and reduces the row statistics in a fixed order (csrc/cuda/rowblock.cuh).
-The per-element math is csrc/cell_math.h (LayerNorm, Zoneout, LSTMVariantCell, GRUCell), the
-same code the cpu backend runs. With a projection, zoneout of h acts on ``y_t = hraw W_hr^T``
-in a small elementwise kernel after the GEMM.
-
-The variant backward walks the steps in reverse with one row kernel per step (layer norm's two
-row means are block reductions in it), then forms every weight, gain and bias gradient as
-GEMMs and deterministic column sums over all steps. Both backwards, derived: docs/backward.md.
+The backward walks the steps in reverse with one gate-gradient kernel (layer norm's two row
+means are block reductions in the row kernel) and one ``dG_t W_hh`` GEMM per step, then forms
+every weight, gain and bias gradient as GEMMs and deterministic column sums over all steps
+(derived in docs/backward.md).
 
 The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cuda_layer_fwd``
-/ ``_bwd``; with ``save=False`` (no backward can follow) the drivers write no activations.
-Importing this module never touches CUDA and never imports the extension; ``is_available()``
-does both, lazily.
+/ ``_bwd``; with ``save=False`` (no backward can follow) the driver writes no activations
+(the row kernels write scratch rows). Importing this module never touches CUDA and never imports
+the extension; ``is_available()`` does both, lazily.
 """
 
 from __future__ import annotations
@@ -39,8 +36,6 @@ from . import library
 from .checks import check_layer, gate_count
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# columns of the saved activations per row, in units of H (layer_driver.h: saved_width)
-_SAVED_WIDTH = {"lstm": 6, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
 
 _ext: ModuleType | None = None
 
@@ -87,31 +82,29 @@ def make_layer(
     backend: str, get_ext: Callable[[], ModuleType], device_type: str = "cuda"
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
     """The layer op over an extension module with ``layer_forward`` / ``layer_backward``
-    (fusedrnn._C_cuda, csrc/cuda/layer_module.h; the test-suite passes CPU builds of the same
-    drivers)."""
+    (fusedrnn._C_cuda, csrc/cuda/layer_module.h; the test-suite passes a CPU build of the same
+    driver)."""
 
     def forward(a: library.LayerArgs) -> list[Tensor]:
-        """Plain: ``[y [N, Hout], h_n, c_n, saved [N, S*H] acc, h_prev [N, Hout], hpre [N, H]]``
-        (layer_driver.h); variants: ``[y, h_n, c_n, act, cell, hhat, stats, h_prev, hraw,
-        xhat_ih, rstd_ih]`` (variant_driver.h). [0] placeholders for absent buffers and, without
-        ``save``, for everything after c_n (the variant driver then returns scratch rows)."""
-        variant = library.is_variant(a)
-        opts = library.options_of(a) if variant else {}
+        """``[y [N, Hout], h_n, c_n, act, hhat, stats, h_prev, hraw, xhat_ih, rstd_ih]``
+        (layer_driver.h); [0] placeholders for absent buffers and, without ``save``, for
+        everything after c_n (the driver's scratch rows)."""
         check_layer(
             backend, SUPPORTED_DTYPES, a.cell, *a[1 : library.N_POSITIONAL - 1],
-            device_type=device_type, proj_below_hidden=True, both_biases=not variant, **opts,
+            device_type=device_type, proj_below_hidden=True, both_biases=not library.is_variant(a),
+            **library.options_of(a),
         )  # fmt: skip
         x, h0, sizes = a.x, a.h0, _sizes(a.x, a.h0, a.batch_sizes)
         lns = (a.ln_ih_w, a.ln_ih_b, a.ln_hh_w, a.ln_hh_b, a.ln_c_w, a.ln_c_b, a.w_ch)
         out = get_ext().layer_forward(
             a.cell, _rows(x), h0.contiguous(), _c(a.c0), _c(a.w_ih), _c(a.w_hh), _c(a.b_ih),
-            _c(a.b_hh), _c(a.w_hr), sizes, a.reverse, variant, a.cifg, *[_c(t) for t in lns],
+            _c(a.b_hh), _c(a.w_hr), sizes, a.reverse, a.cifg, *[_c(t) for t in lns],
             a.zoneout_h, a.zoneout_c, _rows(a.mask_h), _rows(a.mask_c), LN_EPS, a.save,
         )  # fmt: skip
         if not a.save:
             out = out[:3]
         return [t if t is not None else x.new_empty(0) for t in out] + [
-            x.new_empty(0) for _ in range(len(out), 6 if not variant else 11)
+            x.new_empty(0) for _ in range(len(out), 10)
         ]
 
     def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -127,13 +120,10 @@ def make_layer(
                 return x.new_empty(0)
             return x.new_empty(shape, dtype=dtype)
 
-        out = [x.new_empty(N, Hout), x.new_empty(B, Hout), x.new_empty((B, H) if lstm else (0,))]
-        if not library.is_variant(a):
-            S = _SAVED_WIDTH[cell]
-            return [*out, buf(S > 0, N, S * H, dtype=acc), buf(True, N, Hout), buf(proj, N, H)]
         return [
-            *out, buf(True, N, G * H if lstm else 4 * H, dtype=acc),
-            buf(lstm, N, 3 * H, dtype=acc), buf(ln, N, G * H, dtype=acc), buf(ln, N, 4, dtype=acc),
+            x.new_empty(N, Hout), x.new_empty(B, Hout), x.new_empty((B, H) if lstm else (0,)),
+            buf(cell in ("lstm", "gru"), N, (G + 3) * H if lstm else 4 * H, dtype=acc),
+            buf(ln, N, G * H, dtype=acc), buf(ln, N, 4, dtype=acc),
             buf(True, N, Hout), buf(proj, N, H), buf(ln, N, G * H, dtype=acc),
             buf(ln, N, 1, dtype=acc),
         ]  # fmt: skip
@@ -146,10 +136,9 @@ def make_layer(
         has = [getattr(a, name) is not None for name in library.GRAD_INPUTS]
         fwd = [t if t.dim() == 2 else None for t in buffers]  # [0] placeholders -> None
         out = get_ext().layer_backward(
-            a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr),
-            library.is_variant(a), a.cifg, _c(a.ln_ih_w), _c(a.ln_hh_w), _c(a.ln_c_w), _c(a.w_ch),
-            a.zoneout_h, a.zoneout_c, _rows(a.mask_h), _rows(a.mask_c), has, sizes, a.reverse,
-            LN_EPS, fwd,
+            a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr), a.cifg,
+            _c(a.ln_ih_w), _c(a.ln_hh_w), _c(a.ln_c_w), _c(a.w_ch), a.zoneout_h, a.zoneout_c,
+            _rows(a.mask_h), _rows(a.mask_c), has, sizes, a.reverse, LN_EPS, fwd,
         )  # fmt: skip
         if out[0] is not None:
             out[0] = out[0].view(a.x.shape)  # dx [N, I] -> x's shape

@@ -1,5 +1,5 @@
 // Test build of the CUDA backend on the CPU: the same launchers (the .cu files, compiled here
-// as plain C++), layer drivers, glue, dispatch, launch shapes, grid-stride loop, row functors
+// as plain C++), layer driver, glue, dispatch, launch shapes, grid-stride loop, row functors
 // and element functors as fusedrnn._C_cuda, with each launch replaced by a walk over the grid
 // the GPU launch would use. Elementwise kernels walk every (block, thread); row kernels walk
 // their blocks, and within a block every collective operation (rowblock.cuh) walks the threads
@@ -24,7 +24,7 @@ uint32_t g_max_blocks = kMaxBlocks;
 bool g_backwards = false;
 uint32_t g_threads = 0;
 
-// What kernel.cuh and rowkernel.cuh provide to the .cu files under nvcc: the status of a
+// What kernel.cuh provides to the .cu files under nvcc: the status of a
 // launch (here only an unknown dtype fails) and the walks that stand in for the launches.
 inline cudaError_t launch_status(bool dtype_known) {
   return dtype_known ? cudaSuccess : cudaErrorInvalidValue;
@@ -97,11 +97,8 @@ struct RowKernelRun {  // row kernels
 // The launchers of launchers.h, exactly as the extension's.
 #include "cuda/colsum.cu"
 #include "cuda/gru.cu"
-#include "cuda/gru_variants.cu"
 #include "cuda/lstm.cu"
-#include "cuda/lstm_variants.cu"
 #include "cuda/rnn.cu"
-#include "cuda/zoneout.cu"
 
 namespace fusedrnn {
 namespace cuda {
