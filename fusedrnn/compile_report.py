@@ -83,7 +83,8 @@ class Job:
 def _launchers(torch, dtype):
     """Run every launcher for every flag-steering input combination; yields nothing,
     the launches are captured by the caller."""
-    from fusedrnn.ops.triton import gru_variants, lstm_variants, persistent, step
+    from fusedrnn.ops.checks import gate_count
+    from fusedrnn.ops.triton import persistent, step, variant_step
     from fusedrnn.ops.triton.configs import pick_persistent_config
     from fusedrnn.ops.triton.runtime import Plan, acc_dtype
 
@@ -144,39 +145,27 @@ def _launchers(torch, dtype):
             if not variants_ok:
                 continue
             par = e(3)
-            # GRU variants
-            for bias, ln, zh in itertools.product((False, True), (False, True), (0, 1, 2)):
-                bufs = gru_variants._gru_variant_fwd(
-                    e(N, 3 * H), e(B, H), e(3 * H, H), opt(bias, 3 * H), opt(ln, 3 * H),
-                    opt(zh == 1, N, H), par, zh, plan, packed,
-                )  # fmt: skip
-                if bias:  # the backward does not depend on the bias
-                    continue
-                for dhs, dy in itertools.product((False, True), dys):
-                    gru_variants._gru_variant_bwd(e(3 * H, H), opt(ln, 3 * H), opt(zh == 1, N, H),
-                                                  par, zh, bufs, opt(dhs, T + 1, B, H),
-                                                  opt(dy, N, H), plan)  # fmt: skip
-            # LSTM variants
-            for ln, peep, cifg, proj, zh, zc in itertools.product(
-                (False, True), (False, True), (False, True), (False, True), (0, 1, 2), (0, 1, 2)
-            ):
-                G = 3 if cifg else 4
-                hout = Hp if proj else H
-                lnc = opt(ln, H)
-                w_ch = opt(peep, G - 1, H)
-                args = (opt(ln, G * H), lnc, lnc, w_ch, opt(proj, hout, H),
-                        opt(zh == 1, N, hout), opt(zc == 1, N, H), par, (zh, zc), cifg)  # fmt: skip
-                for bias in (False, True):
-                    bufs = lstm_variants._lstm_variant_fwd(
-                        e(N, G * H), e(B, hout), e(B, H), e(G * H, hout), opt(bias, G * H),
-                        *args[:8], args[8], cifg, plan, packed,
-                    )  # fmt: skip
-                for dhs, dcs, dy in itertools.product((False, True), (False, True), dys):
-                    lstm_variants._lstm_variant_bwd(
-                        e(G * H, hout), args[4], args[0], args[1], args[2], args[3], args[5],
-                        args[6], par, (zh, zc), cifg, bufs, opt(dhs, T + 1, B, hout),
-                        opt(dcs, T + 1, B, H), opt(dy, N, hout), plan,
-                    )  # fmt: skip
+            for cell in ("gru", "lstm"):
+                lstm_ = cell == "lstm"
+                # peephole, CIFG, projection, zoneout of c and dCs: LSTM only
+                lstm_only, zones_c = ((False, True), (0, 1, 2)) if lstm_ else ((False,), (0,))
+                for ln, peep, cifg, proj, zh, zc in itertools.product(
+                    (False, True), lstm_only, lstm_only, lstm_only, (0, 1, 2), zones_c
+                ):
+                    G = gate_count(cell, cifg)
+                    hout = Hp if proj else H
+                    lnc = opt(ln and lstm_, H)
+                    inputs = (e(G * H, hout), opt(ln, G * H), lnc, lnc, opt(peep, G - 1, H),
+                              opt(proj, hout, H), opt(zh == 1, N, hout), opt(zc == 1, N, H),
+                              (zh, zc), par, cifg)  # fmt: skip
+                    for bias in (False, True):
+                        bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout),
+                                                        opt(lstm_, B, H), opt(bias, G * H),
+                                                        *inputs, plan, packed)  # fmt: skip
+                    for dhs, dcs, dy in itertools.product((False, True), lstm_only, dys):
+                        variant_step.variant_bwd(cell, *inputs, bufs, opt(dhs, T + 1, B, hout),
+                                                 opt(dcs, T + 1, B, H), opt(dy, N, hout),
+                                                 plan)  # fmt: skip
 
 
 _BINDERS: dict = {}

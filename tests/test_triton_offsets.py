@@ -201,7 +201,7 @@ def _sequence_launches():
     multiples of 16, other values and 1 (batch sizes 3, 3, 2, 1, 1; H = 20)."""
     import torch
 
-    from fusedrnn.ops.triton import gru_variants, lstm_variants, persistent, step
+    from fusedrnn.ops.triton import persistent, step, variant_step
     from fusedrnn.ops.triton.runtime import Plan, capture_launches
 
     sizes = torch.tensor([3, 3, 2, 1, 1])
@@ -221,18 +221,16 @@ def _sequence_launches():
                       e(N, H), plan)  # fmt: skip
         persistent.persistent_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H, H), None, plan, True)
         par = e(3)
-        bufs = gru_variants._gru_variant_fwd(e(N, 3 * H), e(B, H), e(3 * H, H), e(3 * H),
-                                             e(3 * H), e(N, H), par, 1, plan, True)  # fmt: skip
-        gru_variants._gru_variant_bwd(e(3 * H, H), e(3 * H), e(N, H), par, 1, bufs,
-                                      e(T + 1, B, H), e(N, H), plan)  # fmt: skip
-        bufs = lstm_variants._lstm_variant_fwd(
-            e(N, 4 * H), e(B, H), e(B, H), e(4 * H, H), e(4 * H), e(4 * H), e(H), e(H),
-            e(3, H), None, e(N, H), e(N, H), par, (1, 1), False, plan, True,
-        )  # fmt: skip
-        lstm_variants._lstm_variant_bwd(
-            e(4 * H, H), None, e(4 * H), e(H), e(H), e(3, H), e(N, H), e(N, H), par, (1, 1),
-            False, bufs, e(T + 1, B, H), e(T + 1, B, H), e(N, H), plan,
-        )  # fmt: skip
+        gru = (e(3 * H, H), e(3 * H), None, None, None, None, e(N, H), None, (1, 0), par, False)
+        bufs = variant_step.variant_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H), *gru, plan,
+                                        True)  # fmt: skip
+        variant_step.variant_bwd("gru", *gru, bufs, e(T + 1, B, H), None, e(N, H), plan)
+        lstm = (e(4 * H, H), e(4 * H), e(H), e(H), e(3, H), None, e(N, H), e(N, H), (1, 1), par,
+                False)  # fmt: skip
+        bufs = variant_step.variant_fwd("lstm", e(N, 4 * H), e(B, H), e(B, H), e(4 * H), *lstm,
+                                        plan, True)  # fmt: skip
+        variant_step.variant_bwd("lstm", *lstm, bufs, e(T + 1, B, H), e(T + 1, B, H), e(N, H),
+                                 plan)  # fmt: skip
     return records
 
 
@@ -256,6 +254,6 @@ def test_a_sequence_compiles_each_kernel_once_as_planned():
     assert set(keys) == {
         *((name, cell) for name in ("_step_fwd_kernel", "_step_bwd_kernel") for cell in (0, 1, 2)),
         ("_persistent_fwd_kernel", 1),
-        *((f"_{c}_variant_{d}_step_kernel", None) for c in ("gru", "lstm") for d in ("fwd", "bwd")),
+        *((f"_variant_{d}_step_kernel", cell) for d in ("fwd", "bwd") for cell in (0, 1)),
     }, sorted(keys)
     assert {name: len(k) for name, k in keys.items() if len(k) > 1} == {}

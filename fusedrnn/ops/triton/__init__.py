@@ -14,8 +14,8 @@ whose programs meet at a grid barrier between steps, :mod:`.sync`, or a launch p
 registration), :mod:`.configs` (the shipped block configurations), :mod:`.runtime` (the
 guarded launcher, device guard, launch accounting, debug poisoning, the plan of a layer's
 steps and its host-side row and buffer helpers), :mod:`.variants` (the op's layer norm /
-zoneout / peephole / CIFG branch; its step kernels in :mod:`.lstm_variants` /
-:mod:`.gru_variants`, whole-row helpers in :mod:`.rowwise`).
+zoneout / peephole / CIFG branch; its step kernels of both cells and their launchers in
+:mod:`.variant_step`, whole-row helpers in :mod:`.rowwise`).
 
 Launches per layer and direction, T steps (see :func:`launch_counter`):
 

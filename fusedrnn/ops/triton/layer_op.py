@@ -83,11 +83,11 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
 def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, h_n, c_n)`` as views of the state histories. Every cell's buffers begin with
     ``Hs``, the LSTM's with ``Hs, Cs``; the packed ``y`` is the fifth buffer but the ninth of
-    the variant LSTM (see :func:`.variants.forward`)."""
+    the variant op (see :func:`.variants.forward`)."""
     hs = buffers[0]
     T = hs.shape[0] - 1
     last = 0 if a.reverse else T
-    y = buffers[8 if a.cell == "lstm" and library.is_variant(a) else 4]
+    y = buffers[8 if library.is_variant(a) else 4]
     if a.batch_sizes is None:
         y = hs[:T] if a.reverse else hs[1:]
     c_n = buffers[1][last].to(a.h0.dtype) if a.cell == "lstm" else None

@@ -3,11 +3,11 @@
 Same contract, validation and results as :func:`fusedrnn.ops.reference.layer` with variant options
 (math in ``docs/variants.md``). Forward: the input projection of every step in one
 GEMM, ``xg = LN_ih(x W_ih^T) + b_ih`` (layer norm is per row, so normalising all
-steps at once is exact), then one variant step kernel per step
-(:mod:`.lstm_variants`, :mod:`.gru_variants`). Backward: the backward step kernels
-produce, per step, ``dG`` (gradient of ``xg``), ``dG_s`` (of the recurrent part ``s``
-after its layer norm and biases; ``dG`` itself for the LSTM) and ``dS_raw`` (of
-``h_prev W_hh^T``), zero in rows a packed step did not compute; then, over all steps::
+steps at once is exact), then one launch of the variant step kernel per step
+(:mod:`.variant_step`). Backward: the backward step kernel produces, per step, ``dG``
+(gradient of ``xg``), ``dG_s`` (of the recurrent part ``s`` after its layer norm and
+biases; ``dG`` itself for the LSTM) and ``dS_raw`` (of ``h_prev W_hh^T``), zero in rows a
+packed step did not compute; then, over all steps::
 
     dxg = dG (packed rows)      du = LN_bwd(dxg ln_ih_w, uhat, rstd_u)  (or dxg)
     dx = du W_ih                dW_ih = du^T x            db_ih = sum dxg
@@ -25,8 +25,6 @@ float64; the op computes half-precision inputs in float32.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,6 +34,7 @@ from .. import library
 from ..checks import check_layer
 from ..library import GRAD_INPUTS
 from . import runtime
+from .variant_step import variant_buffers, variant_bwd, variant_fwd
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -51,9 +50,9 @@ def _sum_bias(*ts: Tensor | None) -> Tensor | None:
 
 
 def _kernel_inputs(a: library.LayerArgs, packed: bool) -> tuple:
-    """What both directions' kernels read besides the states: ``w_hh, ln_hh_w, ln_c_w,
-    ln_c_b`` (zeros when only the gain is given), ``w_ch, w_hr`` contiguous, the zoneout masks
-    as rows, their modes and ``par`` (:func:`_params`)."""
+    """What both directions' kernels read besides the states, in the launchers' order:
+    ``w_hh, ln_hh_w, ln_c_w, ln_c_b`` (zeros when only the gain is given), ``w_ch, w_hr``
+    contiguous, the zoneout masks as rows, their modes and ``par`` (:func:`_params`)."""
     ln_c_b = a.ln_c_b
     if a.ln_c_w is not None and ln_c_b is None:
         ln_c_b = torch.zeros_like(a.ln_c_w)
@@ -68,18 +67,15 @@ def _kernel_inputs(a: library.LayerArgs, packed: bool) -> tuple:
 
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
-    """Buffers: LSTM ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]``, GRU
-    ``[Hs, gates, shat, rstd, y, uhat, rstd_u]`` (see the cell launchers; ``uhat [N, GH]``
-    and ``rstd_u [N, 1]`` are the input projection's layer norm; empty when unused)."""
+    """Buffers ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]`` (the first nine
+    :func:`.variant_step.variant_buffers`; ``uhat [N, GH]`` and ``rstd_u [N, 1]`` are the
+    input projection's layer norm; empty when unused)."""
     check_layer("triton", DTYPES, *a[: library.N_POSITIONAL - 1], **library.options_of(a))
     with runtime.device_guard(a.x.device):
         return _forward(a)
 
 
 def _forward(a: library.LayerArgs) -> list[Tensor]:
-    from .gru_variants import _gru_variant_fwd
-    from .lstm_variants import _lstm_variant_fwd
-
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
     packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
@@ -95,35 +91,20 @@ def _forward(a: library.LayerArgs) -> list[Tensor]:
         xg = uhat * a.ln_ih_w
         for b in (a.ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
-    xg = xg.contiguous()
-    w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mh, mc, zone, par = _kernel_inputs(a, packed)
-    bias = _sum_bias(b_hh, a.ln_hh_b)
-    h0 = h0.contiguous()
-    if cell == "gru":
-        out = _gru_variant_fwd(xg, h0, w_hh, bias, ln_hh_w, mh, par, zone[0], plan, packed)
-    else:
-        out = _lstm_variant_fwd(
-            xg, h0, c0.contiguous(), w_hh, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mh, mc, par,
-            zone, a.cifg, plan, packed,
-        )  # fmt: skip
+    c0 = c0.contiguous() if c0 is not None else None
+    out = variant_fwd(cell, xg.contiguous(), h0.contiguous(), c0, _sum_bias(b_hh, a.ln_hh_b),
+                      *_kernel_inputs(a, packed), a.cifg, plan, packed)  # fmt: skip
     return [*out, uhat, rstd_u]
 
 
 def fake_forward(a: library.LayerArgs, T: int, B: int, Hout: int, H: int) -> list[Tensor]:
     """:func:`forward`'s buffers (sizes from :func:`.layer_op.fake_forward`)."""
-    x, batch_sizes = a.x, a.batch_sizes
-    N = x.shape[0] if batch_sizes is not None else T * x.shape[1]
-    GH = a.w_hh.shape[0]
-    ln, packed = a.ln_ih_w is not None, batch_sizes is not None
-    buf = functools.partial(runtime.buffer, x)
-    tail = [buf(N, GH, on=ln), buf(N, 1, on=ln)]
-    y = buf(x.shape[0], Hout, on=packed)
-    if a.cell == "gru":
-        return [buf(T + 1, B, H), buf(T, B, 4 * H), buf(T, B, GH, on=ln), buf(T, B, on=ln), y,
-                *tail]  # fmt: skip
-    return [buf(T + 1, B, Hout), buf(T + 1, B, H), buf(T, B, 4 * H), buf(T, B, H),
-            buf(T, B, GH, on=ln), buf(T, B, H, on=ln), buf(T, B, 2, on=ln),
-            buf(T, B, H, on=a.w_hr is not None), y, *tail]  # fmt: skip
+    x, packed = a.x, a.batch_sizes is not None
+    N = x.shape[0] if packed else T * x.shape[1]
+    GH, ln = a.w_hh.shape[0], a.ln_ih_w is not None
+    out = variant_buffers(x, a.cell, T, B, H, Hout, GH, a.ln_hh_w is not None,
+                          a.w_hr is not None, N if packed else None)  # fmt: skip
+    return [*out, runtime.buffer(x, N, GH, on=ln), runtime.buffer(x, N, 1, on=ln)]
 
 
 def _params(x: Tensor, zoneout_h: float, zoneout_c: float) -> Tensor:
@@ -150,9 +131,6 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]
 
 
 def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
-    from .gru_variants import _gru_variant_bwd
-    from .lstm_variants import _lstm_variant_bwd
-
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
     cifg, ln_ih_w = a.cifg, a.ln_ih_w
     grads = runtime.dense_grads(grads)
@@ -160,38 +138,26 @@ def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     GH, Hout = w_hh.shape
-    w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mh, mc, zone, par = _kernel_inputs(a, packed)
-    hs, uhat, rstd_u = buffers[0], buffers[-2], buffers[-1]
-    out: dict[str, Tensor | None] = {}
-    if cell == "gru":
-        dhs, _, _, _, dy = grads[:5]
-        dgx, dgs, ds, dh0 = _gru_variant_bwd(
-            w_hh, ln_hh_w, mh, par, zone[0], buffers[:5], dhs, dy, plan
-        )
-        shat = buffers[2]
-    else:
+    inputs = _kernel_inputs(a, packed)
+    w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr = inputs[:6]
+    hs, cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u = buffers
+    dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(cell, *inputs, cifg, buffers[:9], grads[0],
+                                                  grads[1], grads[8], plan)  # fmt: skip
+    out: dict[str, Tensor | None] = {"h0": dh0, "c0": dc0}
+    # the LSTM's own parameters
+    if ln_c_w is not None:
+        out["ln_c_w"] = (dl * chat).sum((0, 1))
+        out["ln_c_b"] = dl.sum((0, 1))
+    if w_ch is not None:
         H = GH // (3 if cifg else 4)
-        dhs, dcs, dy = grads[0], grads[1], grads[8]
-        dgx, ds, dht, dl, dh0, dc0 = _lstm_variant_bwd(
-            w_hh, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mh, mc, par, zone, cifg, buffers[:9], dhs,
-            dcs, dy, plan,
-        )  # fmt: skip
-        dgs = dgx
-        cs, ct, shat, chat, m = buffers[1], buffers[3], buffers[4], buffers[5], buffers[7]
-        out["c0"] = dc0
-        if ln_c_w is not None:
-            out["ln_c_w"] = (dl * chat).sum((0, 1))
-            out["ln_c_b"] = dl.sum((0, 1))
-        if w_ch is not None:
-            c_prev = runtime.prev_states(cs, plan)
-            rows = [(dgx[..., :H] * c_prev).sum((0, 1))]
-            if not cifg:
-                rows.append((dgx[..., H : 2 * H] * c_prev).sum((0, 1)))
-            rows.append((dgx[..., GH - H :] * ct).sum((0, 1)))
-            out["w_ch"] = torch.stack(rows)
-        if w_hr is not None:
-            out["w_hr"] = dht.view(T * B, Hout).t() @ m.view(T * B, -1)
-    out["h0"] = dh0
+        c_prev = runtime.prev_states(cs, plan)
+        rows = [(dgx[..., :H] * c_prev).sum((0, 1))]
+        if not cifg:
+            rows.append((dgx[..., H : 2 * H] * c_prev).sum((0, 1)))
+        rows.append((dgx[..., GH - H :] * ct).sum((0, 1)))
+        out["w_ch"] = torch.stack(rows)
+    if w_hr is not None:
+        out["w_hr"] = dht.view(T * B, Hout).t() @ m.view(T * B, -1)
 
     # input side: dG of the packed rows, through LN_ih, then the input GEMMs
     dxg = runtime.input_grad_rows(dgx, plan, packed)

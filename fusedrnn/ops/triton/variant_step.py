@@ -1,0 +1,579 @@
+"""Variant step kernels (layer norm, zoneout, peephole, CIFG) and their launchers: one
+forward and one backward kernel, the cell a compile-time constant (``CELL``: LSTM or GRU,
+as in :mod:`.step`).
+
+One launch per step each way. A program owns BLOCK_B batch rows and every hidden
+unit of them (looping in BLOCK_H chunks, see :mod:`.rowwise`), because layer norm
+needs whole rows: of ``h W_hh^T`` over all G*H features and of the LSTM's ``c`` over H.
+Gate blocks follow the weights: LSTM i, f, g, o (G = 4) or i, g, o with CIFG (G = 3),
+GRU r, z, n.
+
+Forward passes over the rows of a program (``s`` = recurrent part of the gates)::
+
+    1 (LAYER_NORM)  s_raw = h_prev W_hh^T into Shat, row mean and rstd
+    2               s = LN(s_raw) or h_prev W_hh^T, plus b (b_hh + LN bias, so the GRU's
+                    b_hn stays inside the reset product); shat = normalised s_raw saved
+      GRU           gates with x-part xg (cellmath.gru_fwd), saving r, z, n, s_n;
+                    h~ = the new state
+      LSTM          gates, candidate c~, zoneout of c into Cs; saves gates and c~
+    3 (LSTM)        l = LN_c(c~) or c~; m = o tanh(l); h~ = m (or stores m with PROJ)
+    4 (PROJ)        h~ = m W_hr^T
+    then zoneout of h~ into Hs / y (:func:`.rowwise.emit_state`).
+
+Backward of one step, from the running gradients ``dh`` (see :mod:`.common`) and the
+LSTM's ``dc`` (k_h, k_c are the zoneout keep weights, see :mod:`.cellmath`); the GRU in
+one pass over the units::
+
+    dh_t = state_grad(...)                    dh~ = (1 - k_h) dh_t
+    dG_x = [d pre_r, d pre_z, d pre_n]        gradient of xg (x side)
+    dG_s = [d pre_r, d pre_z, r d pre_n]      gradient of s (b_hh, LN_hh bias and gain)
+    running dh = k_h dh_t + z dh~             (reaches h_prev directly)
+
+the LSTM in three (its ``dG_x = dG_s = dG = d pre``)::
+
+    A  dh_t = state_grad(...)          dh~ = (1 - k_h) dh_t    (saved in dHt)
+       the running dh keeps k_h dh_t, which reaches h_prev directly
+    B  dm = dh~ W_hr (PROJ) or dh~;    d pre_o, dl = out_bwd(o, l, dm)     (dl saved)
+    C  dc~ = (1 - k_c) dc_t + LN_c backward of dl (or dl) + d pre_o w_co;
+       d pre_i, d pre_f, d pre_g, dc_prev by cellmath.lstm_variant_bwd; dc_prev += k_c dc_t
+
+then (LAYER_NORM) ``dS_raw`` = LN backward of ``dG_s`` over the G*H features. ``dS_raw``
+(= ``dG_s`` without layer norm) is the gradient of ``h_prev W_hh^T``, used for ``dW_hh``
+and, at the next launch, for ``dh_prev``. Parameter gradients are column sums over all
+steps afterwards (:mod:`.variants`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..checks import gate_count
+from . import runtime
+from .cellmath import (
+    CELL_CODE,
+    GRU,
+    LSTM,
+    gru_bwd,
+    gru_fwd,
+    layer_norm_bwd,
+    lstm_variant_bwd,
+    lstm_variant_fwd,
+    lstm_variant_out_bwd,
+    sigmoid,
+    tanh,
+)
+from .common import finish_state_grad
+from .configs import pick_variant_config
+from .rowwise import (
+    emit_state,
+    ln_bwd_rows,
+    ln_grad_sums,
+    rec_raw_stats,
+    recurrent_gates,
+    row_chunk,
+    row_rstd,
+    zoned_state_grad,
+    zoneout_weight,
+)
+from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, store_gates, tile_ptrs
+
+
+@triton.jit
+def gate_offsets(H, CIFG: tl.constexpr):
+    """``(off_g, off_cf, off_co)``: the offset of the LSTM's g block in the gate tensors and
+    of the f and o peephole rows in w_ch (CIFG drops the f gate and its peephole row)."""
+    if CIFG:
+        off_g = H
+        off_cf = 0
+        off_co = H
+    else:
+        off_g = 2 * H
+        off_cf = H
+        off_co = 2 * H
+    return off_g, off_cf, off_co
+
+
+@triton.jit
+def peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE: tl.constexpr,
+                  ACC_TY: tl.constexpr, BLOCK_H: tl.constexpr):  # fmt: skip
+    """The [BLOCK_H] peephole weights ``w_ci, w_cf, w_co`` of the units (zeros without
+    peepholes; ``w_cf`` is unused under CIFG)."""
+    if PEEPHOLE:
+        w_ci = tl.load(wch_ptr + units, mask=umask, other=0.0)
+        w_cf = tl.load(wch_ptr + off_cf + units, mask=umask, other=0.0)
+        w_co = tl.load(wch_ptr + off_co + units, mask=umask, other=0.0)
+    else:
+        w_ci = tl.zeros((BLOCK_H,), dtype=ACC_TY)
+        w_cf = w_ci
+        w_co = w_ci
+    return w_ci, w_cf, w_co
+
+
+@kernel_jit
+def _variant_fwd_step_kernel(
+    xg_ptr,  # [N, GH] input projection (LN_ih and b_ih applied)
+    w_ptr,  # [GH, HOUT] W_hh
+    b_ptr,  # [GH] b_hh + LN_hh bias (HAS_BIAS)
+    lnw_ptr,  # [GH] LN_hh gain (LAYER_NORM)
+    lncw_ptr,  # [H] LN_c gain (LSTM, LAYER_NORM)
+    lncb_ptr,  # [H] LN_c bias (LSTM, LAYER_NORM)
+    wch_ptr,  # [3, H] peephole rows i, f, o; [2, H] i, o with CIFG (PEEPHOLE)
+    whr_ptr,  # [HOUT, H] W_hr (PROJ)
+    mh_ptr,  # [N, HOUT] zoneout mask of h (ZONE_H == 1)
+    mc_ptr,  # [N, H] zoneout mask of c (ZONE_C == 1)
+    par_ptr,  # [3] p_h, p_c, layer-norm eps
+    hs_ptr,  # [T+1, B, HOUT] hidden-state history
+    cs_ptr,  # [T+1, B, H] cell-state history (LSTM; carried, zoned-out)
+    gates_ptr,  # [T, B, 4H] saved LSTM i, f, g, o / GRU r, z, n, s_n
+    ct_ptr,  # [T, B, H] saved candidate cell state c~ (LSTM)
+    shat_ptr,  # [T, B, GH] saved normalised recurrent projection (LAYER_NORM)
+    chat_ptr,  # [T, B, H] saved normalised c~ (LSTM, LAYER_NORM)
+    rstd_ptr,  # [T, B, 2] saved rstd of the recurrent projection and of c~; GRU [T, B, 1]
+    m_ptr,  # [T, B, H] unprojected output (PROJ)
+    y_ptr,  # [N, HOUT] packed output (WRITE_Y)
+    row0,  # first row of this step in xg / y / masks
+    rows_active,
+    hs_r: tl.int64,  # offsets of the Hs slots read / written
+    hs_w: tl.int64,
+    cs_r: tl.int64,  # offsets of the Cs slots read / written
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * GH
+    h_off: tl.int64,  # t * B * H
+    stat_off: tl.int64,  # t * B * 2; GRU t * B
+    B,
+    H,
+    HOUT,  # H unless the LSTM projects
+    CELL: tl.constexpr,  # cellmath.LSTM or GRU
+    HAS_BIAS,
+    LAYER_NORM: tl.constexpr,
+    PEEPHOLE: tl.constexpr,
+    CIFG: tl.constexpr,
+    PROJ: tl.constexpr,
+    ZONE_H,  # 0 off, 1 mask, 2 evaluation (p)
+    ZONE_C,
+    WRITE_Y,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
+    G: tl.constexpr = 3 if CELL == GRU or CIFG else 4
+    # only the LSTM's W_hh may be [GH, HOUT]: the GRU uses the one size H throughout
+    K = HOUT if CELL == LSTM else H
+    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
+    GH = G * H
+    off_g, off_cf, off_co = gate_offsets(H, CIFG)
+    p_h = tl.load(par_ptr)
+    p_c = tl.load(par_ptr + 1)
+    eps = tl.load(par_ptr + 2)
+    h_prev_ptr = hs_ptr + hs_r
+    shat = shat_ptr + gh_off
+    gates = gates_ptr + gates_off
+
+    # pass 1 (LAYER_NORM)
+    mean_s, rstd_s = rec_raw_stats(h_prev_ptr, w_ptr, shat, rows, rmask, act, GH, K, eps,
+                                   LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                   BLOCK_K)  # fmt: skip
+    if LAYER_NORM and CELL == GRU:  # the LSTM stores it with the rstd of c~ after pass 2
+        tl.store(rstd_ptr + stat_off + rows, tl.where(act, rstd_s, 0.0), mask=rmask)
+
+    # pass 2: the gates, and the GRU's new state or the LSTM's candidate cell state
+    c_sum = tl.zeros((BLOCK_B,), dtype=acc_ty)
+    for u0 in range(0, H, BLOCK_H):
+        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
+        s0, s1, s2, s3 = recurrent_gates(
+            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act, units,
+            umask, H, GH, K, HAS_BIAS, G, LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+            BLOCK_K,
+        )  # fmt: skip
+        # the input parts after the recurrent ones: fewer registers than interleaved
+        am = act[:, None] & umask[None, :]
+        x0, x1, x2, x3 = load_gates(packed_ptrs(xg_ptr, row0, rows, units, GH), H, am, G)
+        if CELL == GRU:
+            h_prev = tl.load(h_prev_ptr + rows[:, None] * H + units[None, :], mask=m2, other=0.0)
+            r, z, n, h = gru_fwd(x0, x1, x2, s0, s1, s2, h_prev)
+            store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, r, z, n, s2, 4)
+            emit_state(h, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
+                       units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
+        else:
+            if CIFG:  # gate blocks i, g, o
+                pre_i, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2
+                pre_f = pre_i  # unused
+            else:
+                pre_i, pre_f, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2, x3 + s3
+            w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE,
+                                             acc_ty, BLOCK_H)  # fmt: skip
+            state = rows[:, None] * H + units[None, :]
+            c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
+            i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE, CIFG)
+            o = sigmoid(pre_o + w_co[None, :] * c)
+            k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, c)
+            a = act[:, None]
+            tl.store(cs_ptr + cs_w + state, tl.where(a, k * c_prev + (1.0 - k) * c, c_prev),
+                     mask=m2)  # fmt: skip
+            store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, i, f, g, o, 4)
+            c = tl.where(a, c, 0.0)
+            tl.store(ct_ptr + h_off + state, c, mask=m2)
+            c_sum += tl.sum(tl.where(umask[None, :], c, 0.0), axis=1)
+
+    if CELL == LSTM:
+        tl.debug_barrier()
+        if LAYER_NORM:
+            mean_c = c_sum / H
+            rstd_c = row_rstd(ct_ptr + h_off, rows, act, mean_c, H, eps, acc_ty, BLOCK_B,
+                              BLOCK_H)  # fmt: skip
+            stat = rstd_ptr + stat_off + rows * 2
+            tl.store(stat, tl.where(act, rstd_s, 0.0), mask=rmask)
+            tl.store(stat + 1, tl.where(act, rstd_c, 0.0), mask=rmask)
+        else:
+            mean_c = c_sum
+            rstd_c = c_sum
+
+        # pass 3: the (unprojected) output m = o tanh(LN_c(c~))
+        for u0 in range(0, H, BLOCK_H):
+            units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
+            state = rows[:, None] * H + units[None, :]
+            c = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
+            o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=m2, other=0.0)
+            if LAYER_NORM:
+                chat = tl.where(act[:, None], (c - mean_c[:, None]) * rstd_c[:, None], 0.0)
+                tl.store(chat_ptr + h_off + state, chat, mask=m2)
+                lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
+                lb = tl.load(lncb_ptr + units, mask=umask, other=0.0)
+                l = chat * lw[None, :] + lb[None, :]
+            else:
+                l = c
+            m = o * tanh(l)
+            if PROJ:
+                tl.store(m_ptr + h_off + state, tl.where(act[:, None], m, 0.0), mask=m2)
+            else:
+                emit_state(m, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
+                           units, umask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
+
+    if PROJ:  # pass 4: h~ = m W_hr^T
+        tl.debug_barrier()
+        for c0 in range(0, HOUT, BLOCK_H):
+            cols, cmask, _ = row_chunk(c0, HOUT, rmask, BLOCK_H)
+            hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
+                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
+                       cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
+
+
+@kernel_jit
+def _variant_bwd_step_kernel(
+    dg_ptr,  # [T, B, GH] out: gradient of the gate pre-activations dG_x (of xg)
+    dgs_ptr,  # [T, B, GH] out: GRU's gradient dG_s of s (the LSTM's is dG_x)
+    ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG_s itself), read at the next launch
+    w_ptr,  # [GH, HOUT] W_hh
+    whr_ptr,  # [HOUT, H] W_hr (PROJ)
+    lnw_ptr,  # [GH] LN_hh gain (LAYER_NORM)
+    lncw_ptr,  # [H] LN_c gain (LSTM, LAYER_NORM)
+    lncb_ptr,  # [H] LN_c bias (LSTM, LAYER_NORM)
+    wch_ptr,  # [3 | 2, H] peephole weights (PEEPHOLE)
+    mh_ptr,  # [N, HOUT] zoneout mask of h (ZONE_H == 1)
+    mc_ptr,  # [N, H] zoneout mask of c (ZONE_C == 1)
+    par_ptr,  # [3] p_h, p_c, eps
+    hs_ptr,  # [T+1, B, H] hidden-state history (GRU)
+    cs_ptr,  # [T+1, B, H] cell-state history (LSTM)
+    gates_ptr,  # [T, B, 4H] saved gates
+    ct_ptr,  # [T, B, H] saved c~ (LSTM)
+    shat_ptr,  # [T, B, GH] saved normalised recurrent projection (LAYER_NORM)
+    chat_ptr,  # [T, B, H] saved normalised c~ (LSTM, LAYER_NORM)
+    rstd_ptr,  # [T, B, STATS] saved rstds (LAYER_NORM; STATS = 2, GRU 1)
+    dh_ptr,  # [B, HOUT] running state gradient (see common.py)
+    dc_ptr,  # [B, H] running cell-state gradient (LSTM)
+    dhs_ptr,  # [T+1, B, HOUT] gradient of Hs (HAS_DHS)
+    dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
+    dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
+    dht_ptr,  # [T, B, HOUT] out: gradient of h~ (before zoneout; LSTM)
+    dl_ptr,  # [T, B, H] out: gradient of l = LN_c(c~) (or c~; LSTM)
+    row0,
+    rows_active,
+    rows_prev,  # rows active at the step processed before (0 for the first)
+    hs_r: tl.int64,  # offsets of the Hs slots this step read / wrote
+    hs_w: tl.int64,
+    cs_r: tl.int64,
+    cs_w: tl.int64,
+    gates_off: tl.int64,  # t * B * 4H
+    gh_off: tl.int64,  # t * B * GH
+    gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
+    h_off: tl.int64,  # t * B * H
+    hout_off: tl.int64,  # t * B * HOUT
+    stat_off: tl.int64,  # t * B * STATS
+    B,
+    H,
+    HOUT,
+    CELL: tl.constexpr,
+    LAYER_NORM: tl.constexpr,
+    PEEPHOLE: tl.constexpr,
+    CIFG: tl.constexpr,
+    PROJ: tl.constexpr,
+    ZONE_H,
+    ZONE_C,
+    HAS_DHS,
+    HAS_DY,
+    HAS_DCS,
+    PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
+    G: tl.constexpr = 3 if CELL == GRU or CIFG else 4
+    STATS: tl.constexpr = 2 if CELL == LSTM else 1
+    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
+    a = act[:, None]
+    GH = G * H
+    off_g, off_cf, off_co = gate_offsets(H, CIFG)
+    off_o = GH - H
+    p_h = tl.load(par_ptr)
+    p_c = tl.load(par_ptr + 1)
+    dg = dg_ptr + gh_off
+    gates = gates_ptr + gates_off
+    sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
+    sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
+
+    if CELL == GRU:  # the gradients of every gate and of h_prev, with the LN_hh row sums
+        for u0 in range(0, H, BLOCK_H):
+            units, umask, m2, total, k = zoned_state_grad(
+                u0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0,
+                rows, rmask, act, rows_prev, GH, H, ZONE_H, HAS_DHS, HAS_DY, PRECISION,
+                BLOCK_B, BLOCK_H, BLOCK_K,
+            )  # fmt: skip
+            state = rows[:, None] * H + units[None, :]
+            h_prev = tl.load(hs_ptr + hs_r + state, mask=m2, other=0.0)
+            r, z, n, s_n = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, m2, 4)
+            d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total)
+            tl.store(dh_ptr + state, tl.where(a, direct + k * total, total), mask=m2)
+            out = gh_off + rows[:, None] * GH + units[None, :]
+            store_gates(dg_ptr + out, H, act, m2, d_r, d_z, d_n, d_n, 3)
+            store_gates(dgs_ptr + out, H, act, m2, d_r, d_z, d_sn, d_sn, 3)
+            if LAYER_NORM:
+                d_r = tl.where(a, d_r, 0.0)
+                d_z = tl.where(a, d_z, 0.0)
+                d_sn = tl.where(a, d_sn, 0.0)
+                lnw = lnw_ptr + units
+                shat = shat_ptr + out
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_r, lnw, shat, umask, m2)
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_z, lnw + H, shat + H, umask, m2)
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_sn, lnw + 2 * H, shat + 2 * H,
+                                             umask, m2)  # fmt: skip
+    else:
+        # A: gradient of h~, and the part of dh_t that reaches h_prev directly
+        for c0 in range(0, HOUT, BLOCK_H):
+            cols, cmask, m2, total, k = zoned_state_grad(
+                c0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0,
+                rows, rmask, act, rows_prev, GH, HOUT, ZONE_H, HAS_DHS, HAS_DY, PRECISION,
+                BLOCK_B, BLOCK_H, BLOCK_K,
+            )  # fmt: skip
+            off = rows[:, None] * HOUT + cols[None, :]
+            tl.store(dht_ptr + hout_off + off, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
+            tl.store(dh_ptr + off, tl.where(a, k * total, total), mask=m2)
+        tl.debug_barrier()
+
+        # B: output gate and the gradient of l, with the row sums of the LN_c backward
+        sum_d = tl.zeros((BLOCK_B,), dtype=acc_ty)
+        sum_dx = tl.zeros((BLOCK_B,), dtype=acc_ty)
+        for u0 in range(0, H, BLOCK_H):
+            units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
+            state = rows[:, None] * H + units[None, :]
+            if PROJ:
+                dm = rec_tile(dht_ptr + hout_off, whr_ptr, rows, act, units, umask, HOUT, 1, H,
+                              acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            else:
+                dm = tl.load(dht_ptr + hout_off + state, mask=m2, other=0.0)
+            o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=m2, other=0.0)
+            if LAYER_NORM:
+                chat = tl.load(chat_ptr + h_off + state, mask=m2, other=0.0)
+                lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
+                lb = tl.load(lncb_ptr + units, mask=umask, other=0.0)
+                l = chat * lw[None, :] + lb[None, :]
+            else:
+                l = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
+            d_o, dl = lstm_variant_out_bwd(o, l, dm)
+            d_o = tl.where(a, d_o, 0.0)
+            dl = tl.where(a, dl, 0.0)
+            tl.store(dg + rows[:, None] * GH + off_o + units[None, :], d_o, mask=m2)
+            tl.store(dl_ptr + h_off + state, dl, mask=m2)
+            if LAYER_NORM:
+                dchat = dl * lw[None, :]
+                sum_d += tl.sum(dchat, axis=1)
+                sum_dx += tl.sum(dchat * chat, axis=1)
+        tl.debug_barrier()
+
+        # C: the cell state, the other gates; row sums of the LN_hh backward
+        if LAYER_NORM:
+            rstd_c = tl.load(rstd_ptr + stat_off + rows * STATS + 1, mask=rmask, other=0.0)
+        for u0 in range(0, H, BLOCK_H):
+            units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
+            state = rows[:, None] * H + units[None, :]
+            dc_t = tl.load(dc_ptr + state, mask=m2, other=0.0)
+            if HAS_DCS:
+                dc_t += tl.load(dcs_ptr + cs_w + state, mask=m2, other=0.0)
+            k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, dc_t)
+            dl = tl.load(dl_ptr + h_off + state, mask=m2, other=0.0)
+            if LAYER_NORM:
+                lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
+                chat = tl.load(chat_ptr + h_off + state, mask=m2, other=0.0)
+                dl = layer_norm_bwd(dl * lw[None, :], chat, rstd_c, sum_d / H, sum_dx / H)
+            dc = (1.0 - k) * dc_t + dl
+            gate = dg + rows[:, None] * GH + units[None, :]
+            d_o = tl.load(gate + off_o, mask=m2, other=0.0)
+            w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE,
+                                             acc_ty, BLOCK_H)  # fmt: skip
+            if PEEPHOLE:
+                dc += d_o * w_co[None, :]
+            i, f, g, _ = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, m2, 3)
+            c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
+            d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE,
+                                                      CIFG)  # fmt: skip
+            tl.store(dc_ptr + state, tl.where(a, dc_prev + k * dc_t, dc_t), mask=m2)
+            d_i = tl.where(a, d_i, 0.0)
+            d_g = tl.where(a, d_g, 0.0)
+            tl.store(gate, d_i, mask=m2)
+            tl.store(gate + off_g, d_g, mask=m2)
+            if not CIFG:
+                d_f = tl.where(a, d_f, 0.0)
+                tl.store(gate + H, d_f, mask=m2)
+            if LAYER_NORM:
+                shat = shat_ptr + gh_off + rows[:, None] * GH + units[None, :]
+                lnw = lnw_ptr + units
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_i, lnw, shat, umask, m2)
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_g, lnw + off_g, shat + off_g, umask,
+                                             m2)  # fmt: skip
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_o, lnw + off_o, shat + off_o, umask,
+                                             m2)  # fmt: skip
+                if not CIFG:
+                    sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_f, lnw + H, shat + H, umask, m2)
+
+    if LAYER_NORM:  # through LN_hh to h_prev W_hh^T
+        tl.debug_barrier()
+        rstd_s = tl.load(rstd_ptr + stat_off + rows * STATS, mask=rmask, other=0.0)
+        # dG_s: dG itself but for the GRU
+        dgs = (dgs_ptr if CELL == GRU else dg_ptr) + gh_off
+        ln_bwd_rows(dgs, shat_ptr + gh_off, lnw_ptr, rstd_s, sum_s, sum_sx, ds_ptr + gh_off,
+                    rows, rmask, act, GH, BLOCK_H)  # fmt: skip
+
+
+def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, GH: int,
+                    ln: bool, proj: bool, packed_rows: int | None) -> list[Tensor]:  # fmt: skip
+    """The forward's buffers in ``like``'s dtype: ``[Hs [T+1,B,Hout], Cs [T+1,B,H], gates
+    [T,B,4H], ct [T,B,H], shat [T,B,GH], chat [T,B,H], rstd [T,B,STATS], m [T,B,H], y [N,Hout]]``
+    (STATS = 2 rstds per row for the LSTM, 1 for the GRU; N = ``packed_rows``, None when the
+    output is not packed), empty where unused: the GRU uses Hs, gates, shat, rstd and y."""
+    lstm = cell == "lstm"
+    buf = functools.partial(runtime.buffer, like)
+    return [buf(T + 1, B, Hout), buf(T + 1, B, H, on=lstm), buf(T, B, 4 * H),
+            buf(T, B, H, on=lstm), buf(T, B, GH, on=ln), buf(T, B, H, on=ln and lstm),
+            buf(T, B, 2 if lstm else 1, on=ln), buf(T, B, H, on=proj),
+            buf(packed_rows or 0, Hout, on=packed_rows is not None)]  # fmt: skip
+
+
+def variant_fwd(
+    cell: str,
+    xg: Tensor,  # [N, GH] input projection, LN_ih and b_ih applied
+    h0: Tensor,  # [B, Hout]
+    c0: Tensor | None,  # [B, H] (LSTM)
+    bias: Tensor | None,  # [GH] b_hh + LN_hh bias, contiguous
+    w_hh: Tensor,  # [GH, Hout] contiguous
+    ln_hh_w: Tensor | None,  # [GH] (layer norm on iff given)
+    ln_c_w: Tensor | None,  # [H] (LSTM)
+    ln_c_b: Tensor | None,  # [H] (zeros when absent)
+    w_ch: Tensor | None,  # [3 | 2, H]
+    w_hr: Tensor | None,  # [Hout, H]
+    mask_h: Tensor | None,  # [N, Hout]
+    mask_c: Tensor | None,  # [N, H]
+    zone: tuple[int, int],  # zoneout modes of h, c (0 off, 1 mask, 2 evaluation)
+    par: Tensor,  # [3] p_h, p_c, eps
+    cifg: bool,
+    plan: runtime.Plan,
+    packed: bool,
+) -> list[Tensor]:
+    """Allocate and launch; returns :func:`variant_buffers`."""
+    T, B = plan.T, plan.B
+    GH, Hout = w_hh.shape
+    H = GH // gate_count(cell, cifg)
+    lstm, ln, proj = cell == "lstm", ln_hh_w is not None, w_hr is not None
+    out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln, proj, xg.shape[0] if packed else None)
+    hs, cs, *_ = out
+    hs[plan.first_slot] = h0
+    if lstm:
+        cs[plan.first_slot] = c0
+    stats = 2 if lstm else 1
+    cfg = pick_variant_config(B)
+    for s in plan.steps:
+        runtime.launch(
+            _variant_fwd_step_kernel, cfg.row_grid(B),
+            xg, w_hh, *runtime.given(xg, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c),
+            par, *runtime.given(xg, *out),
+            s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H,
+            s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, s.t * B * H, s.t * B * stats, B, H,
+            Hout, CELL=CELL_CODE[cell], HAS_BIAS=bias is not None, LAYER_NORM=ln,
+            PEEPHOLE=w_ch is not None, CIFG=cifg, PROJ=proj, ZONE_H=zone[0], ZONE_C=zone[1],
+            WRITE_Y=packed, PRECISION=runtime.dot_precision(xg.dtype), **cfg.launch_kwargs(),
+        )  # fmt: skip
+    return out
+
+
+def variant_bwd(
+    cell: str,
+    w_hh: Tensor,  # [GH, Hout] contiguous
+    ln_hh_w: Tensor | None,  # [GH]
+    ln_c_w: Tensor | None,  # [H]
+    ln_c_b: Tensor | None,  # [H]
+    w_ch: Tensor | None,  # [3 | 2, H]
+    w_hr: Tensor | None,  # [Hout, H]
+    mask_h: Tensor | None,  # [N, Hout]
+    mask_c: Tensor | None,  # [N, H]
+    zone: tuple[int, int],
+    par: Tensor,  # [3]
+    cifg: bool,
+    buffers: list[Tensor],  # the forward's
+    dhs: Tensor | None,  # [T+1, B, Hout] gradient of Hs
+    dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
+    dy: Tensor | None,  # [N, Hout] gradient of the packed output
+    plan: runtime.Plan,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Launch the backward steps. Returns ``dG_x``, ``dG_s``, ``dS_raw [T,B,GH]`` (``dG_s``
+    is the same tensor as ``dG_x`` but for the GRU, ``dS_raw`` as ``dG_s`` without layer
+    norm), the LSTM's ``dHt [T,B,Hout]`` (gradient of h~) and ``dl [T,B,H]`` (empty for the
+    GRU), ``dh0 [B,Hout]`` and ``dc0 [B,H]`` (LSTM; else None); zero in rows a packed step
+    did not compute."""
+    hs, cs, gates, ct, shat, chat, rstd, m, y = buffers
+    T, B = plan.T, plan.B
+    GH, Hout = w_hh.shape
+    H = GH // gate_count(cell, cifg)
+    lstm, ln = cell == "lstm", ln_hh_w is not None
+    buf = functools.partial(runtime.buffer, w_hh)
+    dg = buf(T, B, GH)
+    dgs = dg if lstm else buf(T, B, GH)
+    ds = buf(T, B, GH) if ln else dgs
+    dht, dl = buf(T, B, Hout, on=lstm), buf(T, B, H, on=lstm)
+    dh, dc = w_hh.new_zeros(B, Hout), w_hh.new_zeros(B, H) if lstm else None
+    stats = 2 if lstm else 1
+    cfg = pick_variant_config(B)
+    for s, rows_prev, t_prev in plan.backward():
+        runtime.launch(
+            _variant_bwd_step_kernel, cfg.row_grid(B),
+            dg, dgs, ds, w_hh, *runtime.given(dg, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h,
+                                              mask_c, par, hs, cs, gates, ct, shat, chat, rstd,
+                                              dh, dc, dhs, dy, dcs, dht, dl),
+            s.row0, s.rows, rows_prev, s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H,
+            s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, t_prev * B * GH, s.t * B * H,
+            s.t * B * Hout, s.t * B * stats, B, H, Hout,
+            CELL=CELL_CODE[cell], LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
+            PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1], HAS_DHS=dhs is not None,
+            HAS_DY=dy is not None, HAS_DCS=dcs is not None,
+            PRECISION=runtime.dot_precision(w_hh.dtype), **cfg.launch_kwargs(),
+        )  # fmt: skip
+    finish_state_grad(dh, ds, w_hh, dhs, plan)
+    if dcs is not None:
+        dc += dcs[plan.first_slot]
+    return dg, dgs, ds, dht, dl, dh, dc
