@@ -1,12 +1,15 @@
-// The fused per-step pointwise kernels of the CPU backend: one call handles units [j0, j1) of
-// one batch row; pointers arrive already offset to j0, gate k of a row sits at +k*H.
+// The fused pointwise kernels of the CPU backend, one table of function pointers per dtype.
+// Two kinds: the kernels of torch.nn's cells handle units [j0, j1) of one batch row, pointers
+// already offset to j0 (stack_step.h splits a row's units over threads; layer_fwd.cpp /
+// layer_bwd.cpp pass whole rows); the kernels of the time loop's options (layer norm,
+// zoneout, peephole, cifg) handle one whole row, pointers offset to the row. Gate k of a row
+// sits at +k*H in PyTorch's gate order (LSTM i, f, g, o; with cifg i, g, o; GRU r, z, n).
 //
-// They and the variants' kernels (below) are compiled three times (kernels_generic.cpp for the
-// baseline ISA, kernels_avx2.cpp for AVX2+FMA, kernels_avx512.cpp for AVX-512F) from
-// kernels_impl.h and variant_kernels_impl.h and selected once at run time, so a wheel built
-// here runs on any x86-64 and still gets 8- or 16-wide vector math where the CPU has it. This
-// header declares only tables of function pointers: no inline code, nothing that could be
-// linked across the ISA copies.
+// The table is compiled three times (kernels_generic.cpp for the baseline ISA, kernels_avx2.cpp
+// for AVX2+FMA, kernels_avx512.cpp for AVX-512F) from kernels_impl.h and
+// variant_kernels_impl.h and selected once at run time, so a wheel built here runs on any
+// x86-64 and still gets 8- or 16-wide vector math where the CPU has it. This header declares
+// only the table: no inline code, nothing that could be linked across the ISA copies.
 #pragma once
 
 #include <cstdint>
@@ -39,17 +42,26 @@
 
 namespace fusedrnn::cpu {
 
+// The options of a row kernel call: each call maps them once to a loop instantiated for exactly
+// that combination (variant_kernels_impl.h), so no loop branches per element.
+struct VariantFlags {
+  bool ln = false;      // layer norm of the recurrent projection and (LSTM) of c
+  bool peep = false;    // peephole weights w_ch
+  bool cifg = false;    // f = 1 - i, 3 gate blocks
+  bool zone_c = false;  // zoneout of c (keep_c given)
+};
+
 template <typename T>
 struct PointwiseKernels {
   // LSTM forward. g [4H]: pre-activations without biases, overwritten by the activations
   // i, f, g, o when save_act. c_prev, c_out [H] distinct. h_out [H] (before any projection).
   void (*lstm_fwd)(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out,
                    T* h_out, bool save_act);
-  // GRU forward. g [3H]: x-part without biases, overwritten by r, z, n when save_act;
-  // hg [3H]: h_prev W_hh^T without biases; bias_x [3H] = b_ih + (b_hr, b_hz, 0);
+  // GRU forward with the recurrent part apart (stack_step.h). g [3H]: x-part without biases,
+  // overwritten by r, z, n when save_act; hg [3H]: h_prev W_hh^T without biases; bias_x [3H] = b_ih + (b_hr, b_hz, 0);
   // bias_hn [H] = b_hn; hn_out [H] (if not null): hn including b_hn, saved for backward.
-  void (*gru_fwd)(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
-                  const T* h_prev, T* h_out, T* hn_out, bool save_act);
+  void (*gru_fwd_hg)(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
+                     const T* h_prev, T* h_out, T* hn_out, bool save_act);
   // Elman RNN forward: h_out = act(pre + bias).
   void (*rnn_fwd)(int64_t n, const T* bias, const T* pre, T* h_out, bool relu);
   // Elman RNN backward: dg = act'(h) * (dy + dh).
@@ -62,23 +74,8 @@ struct PointwiseKernels {
   // forms from the widened B (sampling with weights rounded to half precision).
   void (*gemm_small_m_half)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
                             const uint16_t* B, int64_t ldb, T beta, T* C, int64_t ldc);
-};
 
-// Per-row pointwise kernels of the cell variants (layer norm, zoneout, peephole, cifg;
-// layer_fwd.cpp / layer_bwd.cpp). One call handles one batch row; pointers arrive offset to
-// the row, gate k of a row sits at +k*H in PyTorch's gate order (LSTM i, f, g, o; with cifg
-// i, g, o; GRU r, z, n). Every call maps its option flags once to a loop instantiated for
-// exactly that combination (variant_kernels_impl.h), so no loop branches per element.
-struct VariantFlags {
-  bool ln = false;      // layer norm of the recurrent projection and (LSTM) of c
-  bool peep = false;    // peephole weights w_ch
-  bool cifg = false;    // f = 1 - i, 3 gate blocks
-  bool zone_c = false;  // zoneout of c (keep_c given)
-};
-
-template <typename T>
-struct VariantKernels {
-  // Layer-norm statistics of v[0, n): mean and 1 / sqrt(biased var + eps), two passes.
+  // The row kernels. Layer-norm statistics of v[0, n): mean and 1 / sqrt(biased var + eps), two passes.
   void (*ln_stats)(int64_t n, const T* v, T eps, T* mean, T* rstd);
   // Layer norm of one row: v [n] in: raw, out: xhat = (v - mean) rstd; out [n] = xhat w + b.
   void (*ln_apply)(int64_t n, T* v, T* out, const T* w, const T* b, T mean, T rstd);
@@ -137,12 +134,10 @@ struct VariantKernels {
                   T* da, T* ds);
 };
 
-// One copy of both tables per ISA; the wider copies exist in x86 builds only (FRNN_TARGET_AVX2).
-#define FRNN_KERNEL_TABLES                          \
-  PointwiseKernels<float> make_kernels_f32();       \
-  PointwiseKernels<double> make_kernels_f64();      \
-  VariantKernels<float> make_variant_kernels_f32(); \
-  VariantKernels<double> make_variant_kernels_f64();
+// One copy of the table per ISA; the wider copies exist in x86 builds only (FRNN_TARGET_AVX2).
+#define FRNN_KERNEL_TABLES                    \
+  PointwiseKernels<float> make_kernels_f32(); \
+  PointwiseKernels<double> make_kernels_f64();
 namespace generic {
 FRNN_KERNEL_TABLES
 }  // namespace generic
@@ -154,12 +149,10 @@ FRNN_KERNEL_TABLES
 }  // namespace avx512
 #undef FRNN_KERNEL_TABLES
 
-// The tables for this CPU: the AVX-512F copy (Intel CPUs), else the AVX2+FMA one, where both the
+// The table for this CPU: the AVX-512F copy (Intel CPUs), else the AVX2+FMA one, where both the
 // build and the CPU have it (kernels_generic.cpp says why).
 const PointwiseKernels<float>& kernels(float);
 const PointwiseKernels<double>& kernels(double);
-const VariantKernels<float>& variant_kernels(float);
-const VariantKernels<double>& variant_kernels(double);
 const char* kernel_isa();
 
 }  // namespace fusedrnn::cpu

@@ -1,5 +1,5 @@
 // Baseline-ISA copy of the pointwise kernels, plain cells and variants, and the run-time choice
-// between the copies (both tables always come from the same ISA).
+// between the copies.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -44,8 +44,7 @@ Isa isa() {
   return chosen;
 }
 
-// The table of one dtype and kernel family, chosen once (one instantiation, and so one static,
-// per Table type).
+// The table of one dtype, chosen once (one instantiation, and so one static, per Table type).
 template <class Table>
 const Table& choose(Table (*avx512_table)(), Table (*avx2_table)(), Table (*generic_table)()) {
   static const Table k = isa() == Isa::avx512 ? avx512_table()
@@ -65,14 +64,6 @@ const Table& choose(Table (*avx512_table)(), Table (*avx2_table)(), Table (*gene
 const PointwiseKernels<float>& kernels(float) { return choose(FRNN_COPIES(make_kernels_f32)); }
 
 const PointwiseKernels<double>& kernels(double) { return choose(FRNN_COPIES(make_kernels_f64)); }
-
-const VariantKernels<float>& variant_kernels(float) {
-  return choose(FRNN_COPIES(make_variant_kernels_f32));
-}
-
-const VariantKernels<double>& variant_kernels(double) {
-  return choose(FRNN_COPIES(make_variant_kernels_f64));
-}
 
 const char* kernel_isa() {
   return isa() == Isa::avx512 ? "avx512f" : isa() == Isa::avx2 ? "avx2+fma" : "generic";

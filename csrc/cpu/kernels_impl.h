@@ -1,6 +1,6 @@
-// Loops of the pointwise kernels declared in kernels.h. Included once per ISA by
-// kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set (beside variant_kernels_impl.h);
-// nothing else includes it.
+// Loops of torch.nn's cells' pointwise kernels and of the small-m GEMM (kernels.h). Included
+// once per ISA by kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set, before
+// variant_kernels_impl.h, which fills the table; nothing else includes it.
 //
 // Each loop walks contiguous units j with every pointer __restrict and no branches other than
 // selects, so that -O3 -fno-trapping-math vectorises it, including the exp inside the
@@ -59,7 +59,7 @@ void lstm_fwd(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_o
 }
 
 template <typename T, bool SAVE>
-void gru_fwd_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* __restrict bias_hn,
+void gru_fwd_hg_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* __restrict bias_hn,
                   T* __restrict g, const T* __restrict hg, const T* __restrict h_prev,
                   T* __restrict h_out, T* __restrict hn_out) {
   T* __restrict gr = g;
@@ -87,10 +87,10 @@ void gru_fwd_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* __r
 }
 
 template <typename T>
-void gru_fwd(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
+void gru_fwd_hg(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
              const T* h_prev, T* h_out, T* hn_out, bool save_act) {
   with_bool(save_act, [&](auto save) {
-    gru_fwd_loop<T, decltype(save)::value>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
+    gru_fwd_hg_loop<T, decltype(save)::value>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
   });
 }
 
@@ -286,20 +286,5 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, cons
     }
 }
 #endif
-
-template <typename T>
-PointwiseKernels<T> make_kernels() {
-  PointwiseKernels<T> k;
-  k.lstm_fwd = &lstm_fwd<T>;
-  k.gru_fwd = &gru_fwd<T>;
-  k.rnn_fwd = &rnn_fwd<T>;
-  k.rnn_bwd = &rnn_bwd<T>;
-  k.gemm_small_m = &gemm_small_m<T, T>;
-  k.gemm_small_m_half = &gemm_small_m<T, uint16_t>;
-  return k;
-}
-
-PointwiseKernels<float> make_kernels_f32() { return make_kernels<float>(); }
-PointwiseKernels<double> make_kernels_f64() { return make_kernels<double>(); }
 
 }  // namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE

@@ -98,7 +98,7 @@ std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, co
                                       const T* b2, int64_t ldb, int64_t rows, int64_t cols,
                                       const at::TensorOptions& opts) {
   constexpr int64_t kRows = 64;
-  const auto& K = variant_kernels(T{});
+  const auto& K = kernels(T{});
   std::array<at::Tensor, 3> out;
   const bool want[3] = {with_sum, b1 != nullptr, b2 != nullptr};
   T* o[3] = {nullptr, nullptr, nullptr};
@@ -140,8 +140,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   const bool ln = a.flags.ln, proj = a.w_hr.has_value(), direct = direct_gates(a);
   const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto opts = a.x.options();
-  const auto& K = variant_kernels(T{});
-  const auto& P = kernels(T{});
+  const auto& K = kernels(T{});
   const VariantFlags& fl = a.flags;
   auto empty = [&] { return at::empty({0}, opts); };
   std::vector<at::Tensor> out(15);  // undefined (None) where not computed
@@ -232,7 +231,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
         for (int64_t b = q0; b < q1; ++b) {
           const int64_t r = s.off + b;
           if (rnn) {  // dh_state was left zero by zone_bwd: dy + dh = dh~
-            P.rnn_bwd(H, yp + r * H, dh_rows + b * H, dhs + b * H, dPp + r * GH,
+            K.rnn_bwd(H, yp + r * H, dh_rows + b * H, dhs + b * H, dPp + r * GH,
                       a.cell == Cell::RNN_RELU);
           } else if (lstm) {
             const T* cp = b < s.from_prev ? C + (s.prev_off + b) * H : c0 + b * H;

@@ -33,8 +33,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   const auto opts = a.x.options();
-  const auto& K = variant_kernels(T{});
-  const auto& P = kernels(T{});  // the fused kernels of torch.nn's cells
+  const auto& K = kernels(T{});
   const VariantFlags& fl = a.flags;
   const T eps = static_cast<T>(a.eps);
   auto empty = [&] { return at::empty({0}, opts); };
@@ -161,9 +160,9 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
           const int64_t r = s.off + b;
           const T* cp = lstm ? (b < s.from_prev ? c_in : c0) + b * H : nullptr;  // c_{t-1}
           if (rnn) {
-            P.rnn_fwd(H, b_direct, act + b * GH, yp + r * H, a.cell == Cell::RNN_RELU);
+            K.rnn_fwd(H, b_direct, act + b * GH, yp + r * H, a.cell == Cell::RNN_RELU);
           } else if (lstm && direct) {
-            P.lstm_fwd(H, H, b_direct, act + b * GH, cp, c_out + b * H,
+            K.lstm_fwd(H, H, b_direct, act + b * GH, cp, c_out + b * H,
                        proj ? hrawp + b * H : yp + r * Hout, train);
           } else if (lstm) {
             K.rec_part(ln, true, GH, hp + b * GH, mean, rstd, lnhh, b_recp, act + b * GH);

@@ -118,7 +118,7 @@ class StackStep {
       if (cell_ == Cell::GRU) {
         const T* bias_hn = y.bias_hn.data();
         parallel_rows(B, H, 6, [&](int64_t b, int64_t j0, int64_t j1) {
-          K.gru_fwd(j1 - j0, H, bias + j0, bias_hn + j0, gp + b * GH + j0, hgp + b * GH + j0,
+          K.gru_fwd_hg(j1 - j0, H, bias + j0, bias_hn + j0, gp + b * GH + j0, hgp + b * GH + j0,
                     hprev + b * H + j0, hout + b * H + j0, nullptr, false);
         });
       } else if (cell_ == Cell::LSTM) {

@@ -1,6 +1,6 @@
-// Loops of the variant kernels declared in kernels.h. Included once per ISA by
-// kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set, after kernels_impl.h
-// (with_bool).
+// Loops of the row kernels declared in kernels.h, and the kernel table of one ISA. Included once
+// per ISA by kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set, after kernels_impl.h
+// (with_bool and torch.nn's cells' loops).
 //
 // As in kernels_impl.h every loop walks contiguous units with __restrict pointers and selects
 // only, so that -O3 -fno-trapping-math vectorises it; row sums use `omp simd reduction`
@@ -325,8 +325,14 @@ void col_accumulate(int64_t rows, int64_t w, const T* a, int64_t lda, const T* b
 }
 
 template <typename T>
-VariantKernels<T> make() {
-  VariantKernels<T> k;
+PointwiseKernels<T> make() {
+  PointwiseKernels<T> k;
+  k.lstm_fwd = &lstm_fwd<T>;
+  k.gru_fwd_hg = &gru_fwd_hg<T>;
+  k.rnn_fwd = &rnn_fwd<T>;
+  k.rnn_bwd = &rnn_bwd<T>;
+  k.gemm_small_m = &gemm_small_m<T, T>;
+  k.gemm_small_m_half = &gemm_small_m<T, uint16_t>;
   k.ln_stats = &ln_stats<T>;
   k.ln_apply = &ln_apply<T>;
   k.ln_bwd = &ln_bwd<T>;
@@ -345,7 +351,7 @@ VariantKernels<T> make() {
 
 }  // namespace
 
-VariantKernels<float> make_variant_kernels_f32() { return make<float>(); }
-VariantKernels<double> make_variant_kernels_f64() { return make<double>(); }
+PointwiseKernels<float> make_kernels_f32() { return make<float>(); }
+PointwiseKernels<double> make_kernels_f64() { return make<double>(); }
 
 }  // namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE
