@@ -3,10 +3,10 @@
     python -m fusedrnn.compile_report --arch sm_80,sm_90 [--dtypes fp16,bf16,fp32,tf32,fp64]
                                       [--jobs 2] [--filter NAME] [--list]
 
-What is compiled is not written down here but taken from the launch code: every
-launcher (per-step, persistent, variant; forward and backward) runs on small CPU
-tensors inside :func:`fusedrnn.ops.triton.runtime.capture_launches`, once for every
-combination of the inputs that steer its compile-time flags (bias or not, packed or
+What is compiled is not written down here but taken from the launch code: the
+launchers of every path (per-step, cooperative, persistent, variant; forward and backward)
+run on small CPU tensors inside :func:`fusedrnn.ops.triton.runtime.capture_launches`, once
+for every combination of the inputs that steer their compile-time flags (bias or not, packed or
 not, reverse, projection, whether the saved gates are written, which output gradients
 exist, every variant option and zoneout mode), for every dtype the ops accept (float16, bfloat16, float32 with IEEE
 and with TF32 dot products, float64; the variant ops accept float32 and float64
@@ -84,7 +84,7 @@ def _launchers(torch, dtype):
     """Run every launcher for every flag-steering input combination; yields nothing,
     the launches are captured by the caller."""
     from fusedrnn.ops.checks import gate_count
-    from fusedrnn.ops.triton import persistent, step, variant_step
+    from fusedrnn.ops.triton import step, variant_step
     from fusedrnn.ops.triton.configs import pick_persistent_config
     from fusedrnn.ops.triton.runtime import Plan, acc_dtype
 
@@ -109,38 +109,39 @@ def _launchers(torch, dtype):
                 lstm_, gated = cell == "lstm", cell in ("lstm", "gru")
                 lstm_only = (False, True) if lstm_ else (False,)  # projection, dCs
                 # per step, and the same kernels' cooperative launch
-                for bias, proj, save, coop in itertools.product(
-                    (False, True), lstm_only, (False, True), (False, True)
+                for bias, proj, save, path in itertools.product(
+                    (False, True), lstm_only, (False, True), ("step", "cooperative")
                 ):
                     hout = Hp if proj else H
                     step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H, dt=acc),
                                   e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan,
-                                  packed, save, coop)  # fmt: skip
-                for proj, dhs, dcs, dy, coop in itertools.product(
-                    lstm_only, (False, True), lstm_only, dys, (False, True)
+                                  packed, save, path)  # fmt: skip
+                for proj, dhs, dcs, dy, path in itertools.product(
+                    lstm_only, (False, True), lstm_only, dys, ("step", "cooperative")
                 ):
                     hout = Hp if proj else H
                     step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
                                   opt(lstm_, T + 1, B, H, dt=acc),
                                   opt(gated, T, B, 4 * H, dt=acc),
                                   opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H),
-                                  opt(dy, N, hout), plan, coop)  # fmt: skip
+                                  opt(dy, N, hout), plan, path)  # fmt: skip
             # persistent (whole sequence): small H, no float64
             for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
                 if dtype == torch.float64 or pick_persistent_config(cell, H, H) is None:
                     continue
                 lstm_ = cell == "lstm"
                 for bias, save in itertools.product((False, True), (False, True)):
-                    persistent.persistent_fwd(cell, e(N, G * H), e(B, H), opt(lstm_, B, H),
-                                              e(G * H, H), opt(bias, G * H), plan, packed,
-                                              save)  # fmt: skip
+                    step.step_fwd(cell, e(N, G * H), e(B, H), opt(lstm_, B, H), e(G * H, H),
+                                  opt(bias, G * H), None, plan, packed, save,
+                                  "persistent")  # fmt: skip
                 for dhs, dcs, dy in itertools.product((False, True), (False, True), dys):
                     if dcs and not lstm_:
                         continue
-                    persistent.persistent_bwd(
-                        cell, e(G * H, H), e(T + 1, B, H), e(T + 1, B, H, dt=acc) if lstm_ else e(0),
+                    step.step_bwd(
+                        cell, e(G * H, H), None, e(T + 1, B, H),
+                        e(T + 1, B, H, dt=acc) if lstm_ else e(0),
                         e(T, B, 4 * H, dt=acc) if G > 1 else e(0), opt(dhs, T + 1, B, H),
-                        opt(dcs, T + 1, B, H, dt=acc), opt(dy, N, H), plan,
+                        opt(dcs, T + 1, B, H, dt=acc), opt(dy, N, H), plan, "persistent",
                     )  # fmt: skip
             if not variants_ok:
                 continue

@@ -201,7 +201,7 @@ def _sequence_launches():
     multiples of 16, other values and 1 (batch sizes 3, 3, 2, 1, 1; H = 20)."""
     import torch
 
-    from fusedrnn.ops.triton import persistent, step, variant_step
+    from fusedrnn.ops.triton import step, variant_step
     from fusedrnn.ops.triton.runtime import Plan, capture_launches
 
     sizes = torch.tensor([3, 3, 2, 1, 1])
@@ -219,7 +219,8 @@ def _sequence_launches():
         step.step_fwd("rnn_tanh", e(N, H), e(B, H), None, e(H, H), e(H), None, plan, True)
         step.step_bwd("rnn_tanh", e(H, H), None, e(T + 1, B, H), None, None, e(T + 1, B, H), None,
                       e(N, H), plan)  # fmt: skip
-        persistent.persistent_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H, H), None, plan, True)
+        step.step_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H, H), None, None, plan, True,
+                      path="persistent")  # fmt: skip
         par = e(3)
         gru = (e(3 * H, H), e(3 * H), None, None, None, None, e(N, H), None, (1, 0), par, False)
         bufs = variant_step.variant_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H), *gru, plan,

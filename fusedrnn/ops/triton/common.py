@@ -73,6 +73,12 @@ def state_grad(
 
 
 @triton.jit
+def gate_blocks(CELL: tl.constexpr, CIFG: tl.constexpr = False):
+    """The number G of gate blocks of a cell (a constexpr): LSTM 4 (3 with CIFG), GRU 3, RNN 1."""
+    return (3 if CIFG else 4) if CELL == LSTM else (3 if CELL == GRU else 1)
+
+
+@triton.jit
 def cell_bwd(dh, dc, hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2, CELL: tl.constexpr):
     """Gate gradients of a step of a torch.nn cell (:mod:`.cellmath`) from the gradients
     ``dh`` (and, LSTM, ``dc``) of the states it wrote: LSTM ``(d_i, d_f, d_g, d_o, dc_prev)``,
@@ -133,16 +139,18 @@ def forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save) -> list:
     return [hs, cs, gates, m, y]
 
 
-def finish_state_grad(dh, dg, w_hh, dhs, plan) -> None:
-    """Completes ``dh`` [B, Hout] (the running state gradient after the last backward
-    launch) into the gradient of the first slot's state: adds ``dG W_hh`` of the step
-    processed last (``plan.steps[0]``, from ``dg`` [T, B, GH]) and the gradient arriving at
-    that slot (``dhs``)."""
+def finish_state_grad(dh, dc, dg, w_hh, dhs, dcs, plan) -> None:
+    """Completes ``dh`` [B, Hout] and the LSTM's ``dc`` [B, H] (the running state gradients
+    after the last backward launch) into the gradients of the first slot's states: adds
+    ``dG W_hh`` of the step processed last (``plan.steps[0]``, from ``dg`` [T, B, GH]) and the
+    gradients arriving at that slot (``dhs``, ``dcs``)."""
     last = plan.steps[0] if plan.steps else None
     if last is not None and last.rows:
         dh[: last.rows].addmm_(dg[last.t, : last.rows].to(dh.dtype), w_hh.to(dh.dtype))
     if dhs is not None:
         dh += dhs[plan.first_slot]
+    if dcs is not None:
+        dc += dcs[plan.first_slot]
 
 
 def steps_table(plan: runtime.Plan, device: torch.device) -> Tensor:

@@ -29,7 +29,7 @@ from torch import Tensor
 from .. import library
 from ..checks import check_layer, gate_count
 from . import runtime, variants
-from .persistent import choose_path, persistent_bwd, persistent_fwd
+from .persistent import choose_path
 from .step import step_bwd, step_fwd
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -52,13 +52,10 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
     w_hh = w_hh.contiguous()
     b_hh = b_hh.contiguous() if b_hh is not None else None
     h0 = h0.contiguous()
-
     c0 = c0.contiguous() if c0 is not None else None
-    path = choose_path(cell, w_hh, w_hr, plan)
-    if path == "persistent":
-        return persistent_fwd(cell, xg, h0, c0, w_hh, b_hh, plan, packed, save)
     w_hr = w_hr.contiguous() if w_hr is not None else None
-    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, packed, save, path == "cooperative")
+    path = choose_path(cell, w_hh, w_hr, plan)
+    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, packed, save, path)
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -110,14 +107,9 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     w_hh = w_hh.contiguous()
-    dht = None
+    w_hr = w_hr.contiguous() if w_hr is not None else None
     path = choose_path(cell, w_hh, w_hr, plan)
-    if path == "persistent":
-        dgx, dgh, dh0, dc0 = persistent_bwd(cell, w_hh, hs, cs, gates, dhs, dcs, dy, plan)
-    else:
-        w_hr = w_hr.contiguous() if w_hr is not None else None
-        dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan,
-                                           path == "cooperative")  # fmt: skip
+    dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan, path)
     acc = dh0.dtype
     dxg = runtime.input_grad_rows(dgx, plan, packed)
     dgh_flat = dgh.view(T * B, dgh.shape[-1])

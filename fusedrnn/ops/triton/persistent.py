@@ -7,7 +7,8 @@ loops over time inside the kernel, keeping ``h`` (and ``c``) on chip; there is n
 inter-program communication. That only fits for small H: the shipped limits
 (``configs.PERSISTENT_CONFIGS``) are the largest H whose kernels compile with zero
 spills on sm_80 and sm_90 (see ``python -m fusedrnn.compile_report``). Larger H,
-``proj_size > 0`` and float64 use the step kernels (:mod:`.step`).
+``proj_size > 0`` and float64 use the step kernels (:mod:`.step`, whose launchers also
+launch these).
 
 The forward writes exactly the buffers the per-step kernels write (``Hs``, ``Cs``,
 saved gates, packed ``y``), so the weight-gradient GEMMs are shared. The backward
@@ -30,11 +31,11 @@ import triton.language as tl
 from torch import Tensor
 
 from . import runtime
-from .cellmath import CELL_CODE, GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
-from .common import cell_bwd, forward_buffers, steps_table, visit
+from .cellmath import GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
+from .common import cell_bwd, gate_blocks, steps_table, visit
 from .configs import PersistentConfig, pick_persistent_config
 from .sync import counter_fits
-from .tiles import add_gates, kernel_jit, load_gates, packed_ptrs, store_gates, tile_ptrs
+from .tiles import add_gates, kernel_jit, load_gates, packed_ptrs, row_block, store_gates, tile_ptrs
 
 _forced: str | None = None  # one of PATHS, or None (automatic); for tests
 PATHS = ("step", "cooperative", "persistent")
@@ -53,11 +54,13 @@ def _w_tiles(w_ptr, H, units, umask, G: tl.constexpr, TRANSPOSE: tl.constexpr):
 
 @triton.jit
 def _program_rows(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """This program's int64 batch rows and all (padded) units, ``rows < B``, ``units < H``
-    and the ``[BLOCK_B, BLOCK_H]`` offsets of the tile in a ``[B, H]`` state slot."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    """This program's int64 batch rows and all (padded) units, ``rows < B``, ``units < H``,
+    the ``[BLOCK_B, BLOCK_H]`` offsets of the tile in a ``[B, H]`` state slot and its mask."""
+    rows, rmask, _ = row_block(B, B, BLOCK_B)
     units = tl.arange(0, BLOCK_H)
-    return rows, units, rows < B, units < H, rows[:, None] * H + units[None, :]
+    umask = units < H
+    state = rows[:, None] * H + units[None, :]
+    return rows, units, rmask, umask, state, rmask[:, None] & umask[None, :]
 
 
 @kernel_jit
@@ -83,9 +86,8 @@ def _persistent_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
-    rows, units, rmask, umask, state = _program_rows(B, H, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    G: tl.constexpr = gate_blocks(CELL)
+    rows, units, rmask, umask, state, mask2 = _program_rows(B, H, BLOCK_B, BLOCK_H)
     first = T if REVERSE else 0
 
     # W_hh^T and b_hh per gate, resident for the whole sequence
@@ -166,9 +168,8 @@ def _persistent_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
-    rows, units, rmask, umask, state = _program_rows(B, H, BLOCK_B, BLOCK_H)
-    mask2 = rmask[:, None] & umask[None, :]
+    G: tl.constexpr = gate_blocks(CELL)
+    rows, units, rmask, umask, state, mask2 = _program_rows(B, H, BLOCK_B, BLOCK_H)
     dg_ty = dgx_ptr.dtype.element_ty
 
     # W_hh per gate ([gate unit, k]), resident for the whole sequence
@@ -280,81 +281,20 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
     return "cooperative"
 
 
-def _block_h(H: int) -> int:
-    return max(16, triton.next_power_of_2(H))
-
-
-def _launch_params(cell: str, w_hh: Tensor) -> dict:
+def launch(backward: bool, cell: str, w_hh: Tensor, plan: runtime.Plan, tensors: tuple,
+           flags: dict) -> None:  # fmt: skip
+    """Launch the persistent forward or backward kernel for the whole sequence, a program per
+    ``BLOCK_B`` rows (for :func:`.step.step_fwd` / :func:`.step.step_bwd`): ``tensors`` are its
+    pointer arguments before the steps table, ``flags`` its constexprs but the block
+    configuration and ``REVERSE``."""
     cfg = _config(cell, w_hh, None)
+    H = w_hh.shape[1]
     block_b = cfg.block_b if cfg else 16
-    warps = cfg.num_warps if cfg else 4
-    stages = cfg.num_stages if cfg else 1
-    acc = tl.float64 if w_hh.dtype == torch.float64 else tl.float32
-    return dict(
-        CELL=CELL_CODE[cell],
-        ACC_TY=acc,
-        PRECISION=runtime.dot_precision(w_hh.dtype),
-        BLOCK_B=block_b,
-        BLOCK_H=cfg.block_h if cfg else _block_h(w_hh.shape[1]),
-        num_warps=warps,
-        num_stages=stages,
-        maxnreg=cfg.maxnreg if cfg else None,
-    )
-
-
-def persistent_fwd(
-    cell: str,
-    xg: Tensor,  # [N, G*H] input projection, b_ih included
-    h0: Tensor,  # [B, H]
-    c0: Tensor | None,  # [B, H] (LSTM)
-    w_hh: Tensor,  # [G*H, H] contiguous
-    b_hh: Tensor | None,  # [G*H]
-    plan: runtime.Plan,
-    packed: bool,
-    save: bool = True,
-) -> list[Tensor]:
-    """One launch for the sequence; the same buffers as the per-step launchers."""
-    T, B, H = plan.T, plan.B, w_hh.shape[1]
-    write = cell in ("lstm", "gru") and save
-    out = forward_buffers(cell, xg, h0, c0, H, False, plan, packed, save)
-    hs, cs, gates, _, y = out
-    params = _launch_params(cell, w_hh)
     runtime.launch(
-        _persistent_fwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
-        xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs),
-        gates if write else hs, *runtime.given(hs, y), steps_table(plan, xg.device), T, B, H,
-        HAS_BIAS=b_hh is not None, REVERSE=plan.reverse, WRITE_Y=packed, WRITE_GATES=write,
-        **params,
+        _persistent_bwd_kernel if backward else _persistent_fwd_kernel,
+        (triton.cdiv(plan.B, block_b),), *tensors, steps_table(plan, w_hh.device), plan.T,
+        plan.B, H, REVERSE=plan.reverse, BLOCK_B=block_b,
+        BLOCK_H=cfg.block_h if cfg else max(16, triton.next_power_of_2(H)),
+        num_warps=cfg.num_warps if cfg else 4, num_stages=cfg.num_stages if cfg else 1,
+        maxnreg=cfg.maxnreg if cfg else None, **flags,
     )  # fmt: skip
-    return out
-
-
-def persistent_bwd(
-    cell: str,
-    w_hh: Tensor,  # [G*H, H] contiguous
-    hs: Tensor,  # [T+1, B, H]
-    cs: Tensor,  # [T+1, B, H] (LSTM) or empty
-    gates: Tensor,  # [T, B, 4H] (LSTM, GRU) or empty
-    dhs: Tensor | None,  # [T+1, B, H]
-    dcs: Tensor | None,  # [T+1, B, H]
-    dy: Tensor | None,  # [N, H]
-    plan: runtime.Plan,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """One launch; returns ``dG_x``, ``dG_h`` [T,B,G*H], ``dh0`` and ``dc0`` (LSTM)."""
-    T, B, H = plan.T, plan.B, w_hh.shape[1]
-    GH = w_hh.shape[0]
-    dev, acc = w_hh.device, runtime.acc_dtype(w_hh.dtype)
-    dgx = runtime.buffer(w_hh, T, B, GH)
-    dgh = runtime.buffer(w_hh, T, B, GH) if cell == "gru" else dgx
-    dh0 = runtime.empty(B, H, dtype=acc, device=dev)
-    dc0 = runtime.empty(B, H, dtype=acc, device=dev) if cell == "lstm" else None
-    params = _launch_params(cell, w_hh)
-    runtime.launch(
-        _persistent_bwd_kernel, (triton.cdiv(B, params["BLOCK_B"]),),
-        dgx, dgh, w_hh, hs, *runtime.given(hs, cs, gates, dhs, dy), *runtime.given(dh0, dcs),
-        dh0, *runtime.given(dh0, dc0),
-        steps_table(plan, dev), T, B, H,
-        REVERSE=plan.reverse, HAS_DHS=dhs is not None, HAS_DY=dy is not None,
-        HAS_DCS=dcs is not None, **params,
-    )  # fmt: skip
-    return dgx, dgh, dh0, dc0

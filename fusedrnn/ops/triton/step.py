@@ -1,6 +1,8 @@
-"""Step kernels of the torch.nn cells (LSTM, GRU, Elman RNN) and their launchers: one
-forward and one backward kernel, the cell a compile-time constant (``CELL``, as in
-:mod:`.persistent`), the LSTM's projection (proj_size > 0) a second phase of each step.
+"""Step kernels of the torch.nn cells (LSTM, GRU, Elman RNN) and the launchers of every
+path of these cells (:func:`step_fwd` / :func:`step_bwd` also launch the :mod:`.persistent`
+kernels, with the same buffers): one forward and one backward kernel, the cell a
+compile-time constant (``CELL``, as in :mod:`.persistent`), the LSTM's projection
+(proj_size > 0) a second phase of each step.
 
 A launch runs the steps ``s_begin .. s_end - 1`` of the layer's visiting order, each
 program walking tiles of ``BLOCK_B`` rows x ``BLOCK_H`` units. Two ways to launch the same
@@ -46,17 +48,17 @@ import triton.language as tl
 from torch import Tensor
 
 from ..checks import GATES
-from . import runtime
-from .cellmath import (
-    CELL_CODE,
-    GRU,
-    LSTM,
-    RNN_RELU,
-    gru_fwd,
-    lstm_fwd,
-    rnn_fwd,
+from . import persistent, runtime
+from .cellmath import CELL_CODE, GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
+from .common import (
+    cell_bwd,
+    finish_state_grad,
+    forward_buffers,
+    gate_blocks,
+    state_grad,
+    steps_table,
+    visit,
 )
-from .common import cell_bwd, finish_state_grad, forward_buffers, state_grad, steps_table, visit
 from .configs import pick_cooperative_config, pick_step_config
 from .sync import cooperative_grid, grid_barrier
 from .tiles import (
@@ -124,7 +126,7 @@ def _step_fwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
+    G: tl.constexpr = gate_blocks(CELL)
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
@@ -229,7 +231,7 @@ def _step_bwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if CELL == LSTM else (3 if CELL == GRU else 1)
+    G: tl.constexpr = gate_blocks(CELL)
     acc_ty = dh_ptr.dtype.element_ty
     K = HOUT if CELL == LSTM else H
     # dG itself but for the GRU: through dg_ptr, so that the compiler sees one tensor
@@ -340,14 +342,20 @@ def _projected_grad_tile(
              mask=mask2)  # fmt: skip
 
 
-def _launch_steps(kernel, tensors, sizes, flags, cfg, plan, cooperative, phases):
+def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):
     """Launch ``kernel`` over the plan's steps: one cooperative launch for all of them (its
     programs meet at a grid barrier after each phase of a step, see :mod:`.sync`), or a
-    launch per phase of each step, in the order of ``phases`` (1 the cell, 2 the projection;
-    each launch with a program per tile). ``tensors`` are the kernel's pointer arguments
-    before the steps table, ``sizes`` its ``B, H, HOUT``."""
+    launch per phase of each step (1 the cell, 2 the projection: the forward's cell first,
+    the backward's projected state first; each launch with a program per tile). ``tensors``
+    are the kernel's pointer arguments before the steps table (the first in the op's dtype),
+    ``sizes`` its ``B, H, HOUT``, ``flags`` its constexprs but the block configuration."""
     T, B, H, Hout = plan.T, plan.B, sizes[1], sizes[2]
-    dev = tensors[0].device
+    dev, proj = tensors[0].device, flags["PROJ"]
+    cfg = pick_step_config(B, H)
+    if cooperative:
+        dtype = str(tensors[0].dtype).removeprefix("torch.")
+        cfg = pick_cooperative_config(B, H, dtype, backward, proj)
+    phases = ((2, 1) if backward else (1, 2)) if proj else (1,)
     table = steps_table(plan, dev)
     tiles = {1: math.prod(cfg.step_grid(H, B)), 2: math.prod(cfg.step_grid(Hout, B))}
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
@@ -377,27 +385,28 @@ def step_fwd(
     plan: runtime.Plan,
     packed: bool,
     save: bool = True,
-    cooperative: bool = False,
+    path: str = "step",
 ) -> list[Tensor]:
-    """Launch the step kernel (per step, or once with ``cooperative``); returns its buffers
+    """Launch the forward kernels of ``path`` (:func:`.persistent.choose_path`: a launch per
+    step, one cooperative launch or the persistent kernel); returns their buffers
     (:func:`.common.forward_buffers`)."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     dt = xg.dtype
     gated, proj = cell in ("lstm", "gru"), w_hr is not None
     out = forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save)
     hs, cs, gates, m, y = out
-    cfg = pick_step_config(B, H)
-    if cooperative:
-        cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), False, proj)
+    flags = dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt),
+                 CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, WRITE_Y=packed,
+                 WRITE_GATES=gated and save)  # fmt: skip
     # hs stands for the buffers the cell has not (its kernel never reads them)
-    tensors = (xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs),
-               gates if gated else hs, *runtime.given(hs, m, w_hr, y))  # fmt: skip
-    _launch_steps(
-        _step_fwd_kernel, tensors, (B, H, Hout),
-        dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt), CELL=CELL_CODE[cell],
-             HAS_BIAS=b_hh is not None, PROJ=proj, WRITE_Y=packed, WRITE_GATES=gated and save),
-        cfg, plan, cooperative, (1, 2) if proj else (1,),
-    )  # fmt: skip
+    head = (xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs))
+    if path == "persistent":
+        tensors = (*head, gates if gated and save else hs, *runtime.given(hs, y))
+        persistent.launch(False, cell, w_hh, plan, tensors, flags)
+        return out
+    tensors = (*head, gates if gated else hs, *runtime.given(hs, m, w_hr, y))
+    _launch_steps(_step_fwd_kernel, tensors, (B, H, Hout), dict(flags, PROJ=proj), plan,
+                  path == "cooperative", False)  # fmt: skip
     return out
 
 
@@ -406,16 +415,16 @@ def step_bwd(
     w_hh: Tensor,  # [G*H, Hout] contiguous
     w_hr: Tensor | None,  # [Hout, H] contiguous (LSTM)
     hs: Tensor,  # [T+1, B, Hout]
-    cs: Tensor,  # [T+1, B, H] (LSTM)
-    gates: Tensor,  # [T, B, 4H] (LSTM, GRU)
+    cs: Tensor,  # [T+1, B, H] (LSTM) or empty
+    gates: Tensor,  # [T, B, 4H] (LSTM, GRU) or empty
     dhs: Tensor | None,  # [T+1, B, Hout] gradient of Hs
     dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
     dy: Tensor | None,  # [N, Hout] gradient of the packed output
     plan: runtime.Plan,
-    cooperative: bool = False,
+    path: str = "step",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Launch the backward steps (per step, or once with ``cooperative``). Returns ``dG_x``
-    and ``dG_h`` [T,B,G*H] (one tensor but for the GRU; zero in inactive rows), ``dh0
+    """Launch the backward kernels of ``path`` (as :func:`step_fwd`). Returns ``dG_x`` and
+    ``dG_h`` [T,B,G*H] (one tensor but for the GRU; zero in inactive rows), ``dh0
     [B,Hout]``, ``dc0 [B,H]`` (LSTM; both in the accumulation dtype) and, with projection,
     ``dh [T,B,Hout]`` (gradient of every projected output, for ``dW_hr``)."""
     T, B, (GH, Hout) = plan.T, plan.B, w_hh.shape
@@ -424,21 +433,22 @@ def step_bwd(
     lstm, proj = cell == "lstm", w_hr is not None
     dgx = runtime.buffer(w_hh, T, B, GH)
     dgh = runtime.buffer(w_hh, T, B, GH) if cell == "gru" else dgx
+    flags = dict(CELL=CELL_CODE[cell], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
+                 HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt))  # fmt: skip
+    if path == "persistent":  # dh0 and dc0 come out of the same launch
+        dh0 = runtime.empty(B, H, dtype=acc, device=dev)
+        dc0 = runtime.empty(B, H, dtype=acc, device=dev) if lstm else None
+        tensors = (dgx, dgh, w_hh, hs, *runtime.given(hs, cs, gates, dhs, dy),
+                   *runtime.given(dh0, dcs), dh0, *runtime.given(dh0, dc0))  # fmt: skip
+        persistent.launch(True, cell, w_hh, plan, tensors,
+                          dict(flags, ACC_TY=runtime.acc_ty(dt)))  # fmt: skip
+        return dgx, dgh, dh0, dc0, None
     dh = torch.zeros(B, Hout, dtype=acc, device=dev)
     dc = torch.zeros(B, H, dtype=acc, device=dev) if lstm else None
     dht = runtime.buffer(w_hh, T, B, Hout) if proj else None
-    cfg = pick_step_config(B, H)
-    if cooperative:
-        cfg = pick_cooperative_config(B, H, str(dt).removeprefix("torch."), backward=True)
     tensors = (dgx, dgh, w_hh, *runtime.given(dgx, hs, cs, gates), dh,
                *runtime.given(dgx, dc, dhs, dy, dcs, dht, w_hr))  # fmt: skip
-    _launch_steps(
-        _step_bwd_kernel, tensors, (B, H, Hout),
-        dict(HAS_DHS=dhs is not None, HAS_DY=dy is not None, PRECISION=runtime.dot_precision(dt),
-             CELL=CELL_CODE[cell], PROJ=proj, HAS_DCS=dcs is not None),
-        cfg, plan, cooperative, (2, 1) if proj else (1,),
-    )  # fmt: skip
-    finish_state_grad(dh, dgh, w_hh, dhs, plan)
-    if dcs is not None:
-        dc += dcs[plan.first_slot]
+    _launch_steps(_step_bwd_kernel, tensors, (B, H, Hout), dict(flags, PROJ=proj), plan,
+                  path == "cooperative", True)  # fmt: skip
+    finish_state_grad(dh, dc, dgh, w_hh, dhs, dcs, plan)
     return dgx, dgh, dh, dc, dht

@@ -66,7 +66,7 @@ from .cellmath import (
     sigmoid,
     tanh,
 )
-from .common import finish_state_grad
+from .common import finish_state_grad, gate_blocks
 from .configs import pick_variant_config
 from .rowwise import (
     emit_state,
@@ -83,18 +83,19 @@ from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, sto
 
 
 @triton.jit
-def gate_offsets(H, CIFG: tl.constexpr):
-    """``(off_g, off_cf, off_co)``: the offset of the LSTM's g block in the gate tensors and
-    of the f and o peephole rows in w_ch (CIFG drops the f gate and its peephole row)."""
+def _program(par_ptr, B, H, rows_active, CELL: tl.constexpr, CIFG: tl.constexpr,
+             BLOCK_B: tl.constexpr):  # fmt: skip
+    """What both variant kernels start from: this program's rows (:func:`.tiles.row_block`),
+    the G*H gate features, ``(off_g, off_cf, off_co)`` (the offset of the LSTM's g block in the
+    gate tensors and of the f and o peephole rows in w_ch; CIFG drops the f gate and its
+    peephole row) and the zoneout probabilities ``p_h, p_c``."""
+    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
+    GH = gate_blocks(CELL, CIFG) * H
     if CIFG:
-        off_g = H
-        off_cf = 0
-        off_co = H
+        off_g, off_cf, off_co = H, 0, H
     else:
-        off_g = 2 * H
-        off_cf = H
-        off_co = 2 * H
-    return off_g, off_cf, off_co
+        off_g, off_cf, off_co = 2 * H, H, 2 * H
+    return rows, rmask, act, GH, off_g, off_cf, off_co, tl.load(par_ptr), tl.load(par_ptr + 1)
 
 
 @triton.jit
@@ -163,14 +164,12 @@ def _variant_fwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
-    G: tl.constexpr = 3 if CELL == GRU or CIFG else 4
+    G: tl.constexpr = gate_blocks(CELL, CIFG)
     # only the LSTM's W_hh may be [GH, HOUT]: the GRU uses the one size H throughout
     K = HOUT if CELL == LSTM else H
-    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
-    GH = G * H
-    off_g, off_cf, off_co = gate_offsets(H, CIFG)
-    p_h = tl.load(par_ptr)
-    p_c = tl.load(par_ptr + 1)
+    rows, rmask, act, GH, off_g, off_cf, off_co, p_h, p_c = _program(
+        par_ptr, B, H, rows_active, CELL, CIFG, BLOCK_B
+    )
     eps = tl.load(par_ptr + 2)
     h_prev_ptr = hs_ptr + hs_r
     shat = shat_ptr + gh_off
@@ -326,15 +325,12 @@ def _variant_bwd_step_kernel(
     BLOCK_K: tl.constexpr,
 ):
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
-    G: tl.constexpr = 3 if CELL == GRU or CIFG else 4
     STATS: tl.constexpr = 2 if CELL == LSTM else 1
-    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
+    rows, rmask, act, GH, off_g, off_cf, off_co, p_h, p_c = _program(
+        par_ptr, B, H, rows_active, CELL, CIFG, BLOCK_B
+    )
     a = act[:, None]
-    GH = G * H
-    off_g, off_cf, off_co = gate_offsets(H, CIFG)
     off_o = GH - H
-    p_h = tl.load(par_ptr)
-    p_c = tl.load(par_ptr + 1)
     dg = dg_ptr + gh_off
     gates = gates_ptr + gates_off
     sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
@@ -476,6 +472,26 @@ def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, 
             buf(packed_rows or 0, Hout, on=packed_rows is not None)]  # fmt: skip
 
 
+def _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, cifg, plan) -> tuple:
+    """``(T, B, H, Hout, GH, STATS, grid, flags)`` of either variant kernel's launches:
+    the sizes, the rstds saved per row (2 for the LSTM, 1 for the GRU), the grid and the
+    constexprs and block configuration both kernels take."""
+    GH, Hout = w_hh.shape
+    cfg = pick_variant_config(plan.B)
+    flags = dict(CELL=CELL_CODE[cell], LAYER_NORM=ln_hh_w is not None, PEEPHOLE=w_ch is not None,
+                 CIFG=cifg, PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1],
+                 PRECISION=runtime.dot_precision(w_hh.dtype), **cfg.launch_kwargs())  # fmt: skip
+    return (plan.T, plan.B, GH // gate_count(cell, cifg), Hout, GH, 2 if cell == "lstm" else 1,
+            cfg.row_grid(plan.B), flags)  # fmt: skip
+
+
+def _slots(s: runtime.Step, B: int, H: int, Hout: int, GH: int) -> tuple[int, ...]:
+    """A step's offsets in both kernels' order: the Hs slots read / written, the Cs slots,
+    its gates (``t * B * 4H``) and its rows of the ``GH`` wide buffers."""
+    return (s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H, s.slot_w * B * H,
+            s.t * B * 4 * H, s.t * B * GH)  # fmt: skip
+
+
 def variant_fwd(
     cell: str,
     xg: Tensor,  # [N, GH] input projection, LN_ih and b_ih applied
@@ -497,27 +513,21 @@ def variant_fwd(
     packed: bool,
 ) -> list[Tensor]:
     """Allocate and launch; returns :func:`variant_buffers`."""
-    T, B = plan.T, plan.B
-    GH, Hout = w_hh.shape
-    H = GH // gate_count(cell, cifg)
-    lstm, ln, proj = cell == "lstm", ln_hh_w is not None, w_hr is not None
-    out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln, proj, xg.shape[0] if packed else None)
+    T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
+                                                          cifg, plan)  # fmt: skip
+    out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln_hh_w is not None, w_hr is not None,
+                          xg.shape[0] if packed else None)  # fmt: skip
     hs, cs, *_ = out
     hs[plan.first_slot] = h0
-    if lstm:
+    if cell == "lstm":
         cs[plan.first_slot] = c0
-    stats = 2 if lstm else 1
-    cfg = pick_variant_config(B)
     for s in plan.steps:
         runtime.launch(
-            _variant_fwd_step_kernel, cfg.row_grid(B),
+            _variant_fwd_step_kernel, grid,
             xg, w_hh, *runtime.given(xg, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c),
-            par, *runtime.given(xg, *out),
-            s.row0, s.rows, s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H,
-            s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, s.t * B * H, s.t * B * stats, B, H,
-            Hout, CELL=CELL_CODE[cell], HAS_BIAS=bias is not None, LAYER_NORM=ln,
-            PEEPHOLE=w_ch is not None, CIFG=cifg, PROJ=proj, ZONE_H=zone[0], ZONE_C=zone[1],
-            WRITE_Y=packed, PRECISION=runtime.dot_precision(xg.dtype), **cfg.launch_kwargs(),
+            par, *runtime.given(xg, *out), s.row0, s.rows, *_slots(s, B, H, Hout, GH),
+            s.t * B * H, s.t * B * stats, B, H, Hout, HAS_BIAS=bias is not None, WRITE_Y=packed,
+            **flags,
         )  # fmt: skip
     return out
 
@@ -546,34 +556,25 @@ def variant_bwd(
     norm), the LSTM's ``dHt [T,B,Hout]`` (gradient of h~) and ``dl [T,B,H]`` (empty for the
     GRU), ``dh0 [B,Hout]`` and ``dc0 [B,H]`` (LSTM; else None); zero in rows a packed step
     did not compute."""
+    T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
+                                                          cifg, plan)  # fmt: skip
     hs, cs, gates, ct, shat, chat, rstd, m, y = buffers
-    T, B = plan.T, plan.B
-    GH, Hout = w_hh.shape
-    H = GH // gate_count(cell, cifg)
-    lstm, ln = cell == "lstm", ln_hh_w is not None
+    lstm = cell == "lstm"
     buf = functools.partial(runtime.buffer, w_hh)
     dg = buf(T, B, GH)
     dgs = dg if lstm else buf(T, B, GH)
-    ds = buf(T, B, GH) if ln else dgs
+    ds = buf(T, B, GH) if ln_hh_w is not None else dgs
     dht, dl = buf(T, B, Hout, on=lstm), buf(T, B, H, on=lstm)
     dh, dc = w_hh.new_zeros(B, Hout), w_hh.new_zeros(B, H) if lstm else None
-    stats = 2 if lstm else 1
-    cfg = pick_variant_config(B)
     for s, rows_prev, t_prev in plan.backward():
         runtime.launch(
-            _variant_bwd_step_kernel, cfg.row_grid(B),
+            _variant_bwd_step_kernel, grid,
             dg, dgs, ds, w_hh, *runtime.given(dg, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h,
                                               mask_c, par, hs, cs, gates, ct, shat, chat, rstd,
                                               dh, dc, dhs, dy, dcs, dht, dl),
-            s.row0, s.rows, rows_prev, s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H,
-            s.slot_w * B * H, s.t * B * 4 * H, s.t * B * GH, t_prev * B * GH, s.t * B * H,
-            s.t * B * Hout, s.t * B * stats, B, H, Hout,
-            CELL=CELL_CODE[cell], LAYER_NORM=ln, PEEPHOLE=w_ch is not None, CIFG=cifg,
-            PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1], HAS_DHS=dhs is not None,
-            HAS_DY=dy is not None, HAS_DCS=dcs is not None,
-            PRECISION=runtime.dot_precision(w_hh.dtype), **cfg.launch_kwargs(),
+            s.row0, s.rows, rows_prev, *_slots(s, B, H, Hout, GH), t_prev * B * GH, s.t * B * H,
+            s.t * B * Hout, s.t * B * stats, B, H, Hout, HAS_DHS=dhs is not None,
+            HAS_DY=dy is not None, HAS_DCS=dcs is not None, **flags,
         )  # fmt: skip
-    finish_state_grad(dh, ds, w_hh, dhs, plan)
-    if dcs is not None:
-        dc += dcs[plan.first_slot]
+    finish_state_grad(dh, dc, ds, w_hh, dhs, dcs, plan)
     return dg, dgs, ds, dht, dl, dh, dc
