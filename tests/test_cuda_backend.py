@@ -161,20 +161,21 @@ def test_launch_shapes(host_layer):
 
 
 def test_every_op_holds_device_guard_and_excludes_autocast():
-    """Each exported op body constructs the Launch's device guard for x's device (the CUDA
-    build's Guard is c10::cuda::CUDAGuard) and excludes autocast before any tensor work. The
-    host build runs the same bodies with a no-op guard, so which device becomes current can
-    only be observed on a machine with more than one GPU; this checks the source."""
+    """Every exported op is defined by def_op, whose body constructs the Launch's device guard
+    for x's device (the CUDA build's Guard is c10::cuda::CUDAGuard) and excludes autocast before
+    any tensor work. The host build runs the same body with a no-op guard, so which device
+    becomes current can only be observed on a machine with more than one GPU; this checks the
+    source."""
     assert "using Guard = c10::cuda::CUDAGuard;" in (CUDA_SRC / "bindings.cpp").read_text()
-    bodies = (CUDA_SRC / "layer_module.h").read_text().split("m.def(")[1:]
-    assert len(bodies) == 2
-    for body in bodies:
-        op = re.search(r'"(\w+)"', body).group(1)
-        guard = body.find("typename Launch::Guard guard(x.device());")
-        no_autocast = body.find("const NoAutocast no_autocast(c10::autocast_dispatch_keyset);")
-        launch = body.find("Launch launch;")
-        assert 0 <= no_autocast < launch and 0 <= guard < launch, op
-        assert body.count("Launch launch;") == 1, op
+    source = (CUDA_SRC / "layer_module.h").read_text()
+    (body,) = source.split("m.def(")[1:]
+    assert re.findall(r'def_op\(m, "(\w+)"', source) == ["layer_forward", "layer_backward"]
+    guard = body.find("typename Launch::Guard guard(x.device());")
+    no_autocast = body.find("const NoAutocast no_autocast(c10::autocast_dispatch_keyset);")
+    operands = body.find("const Layer layer = layer_of(")
+    launch = body.find("Launch launch;")
+    assert 0 <= no_autocast < operands < launch and 0 <= guard < operands
+    assert body.count("Launch launch;") == 1
 
 
 def _ints(p: dict) -> dict:

@@ -104,15 +104,6 @@ struct Tag {
 };
 
 template <class F>
-void with_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
-template <class F>
 bool with_dtype(DType dt, F&& f) {
   switch (dt) {
     case DType::f32:
@@ -138,7 +129,8 @@ void with_bools(F&& f) {
 
 template <class F, class... Bools>
 void with_bools(F&& f, bool b, Bools... rest) {
-  with_bool(b, [&](auto v) { with_bools([&](auto... vs) { f(v, vs...); }, rest...); });
+  auto with = [&](auto v) { with_bools([&](auto... vs) { f(v, vs...); }, rest...); };
+  b ? with(std::true_type{}) : with(std::false_type{});
 }
 
 // The whole dispatch of a launcher: f(Tag<T>, flag...) with one std::bool_constant per runtime
@@ -152,7 +144,7 @@ bool dispatch(DType dt, F&& f, Bools... bools) {
 
 // The launcher of one functor template: run(Op<T, flag...>{a}) for the storage type of dt and
 // the runtime flags; false for an unknown dtype. Only for functors with at least one flag (nvcc
-// rejects Op<T, (empty pack)...> for a one-parameter Op: those call dispatch themselves).
+// rejects Op<T, (empty pack)...> for a one-parameter Op: those use dispatch_plain).
 template <template <class, bool...> class Op, class Args, class Run, class... Bools>
 bool dispatch_op(DType dt, const Args& a, const Run& run, Bools... bools) {
   return dispatch(
@@ -161,6 +153,12 @@ bool dispatch_op(DType dt, const Args& a, const Run& run, Bools... bools) {
         run(Op<typename decltype(tag)::type, decltype(flags)::value...>{a});
       },
       bools...);
+}
+
+// dispatch_op of a functor template without flags: run(Op<T>{a}).
+template <template <class> class Op, class Args, class Run>
+bool dispatch_plain(DType dt, const Args& a, const Run& run) {
+  return with_dtype(dt, [&](auto tag) { run(Op<typename decltype(tag)::type>{a}); });
 }
 
 // The storage type T of a functor Op<T, flag...>.

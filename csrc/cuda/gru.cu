@@ -18,9 +18,8 @@ cudaError_t gru_forward_step(DType dtype, const GruFwdArgs& a, cudaStream_t stre
 
 cudaError_t gru_backward_step(DType dtype, const GruBwdArgs& a, cudaStream_t stream) {
   if (!a.any()) {
-    return launch_status(dispatch(dtype, [&](auto t) {  // no flags (see dispatch_op)
-      KernelRun{stream, a.rows * a.hidden}(GruBwdOp<typename decltype(t)::type>{a});
-    }));
+    const KernelRun run{stream, a.rows * a.hidden};
+    return launch_status(dispatch_plain<GruBwdOp>(dtype, a, run));
   }
   const RowKernelRun run{stream, a.rows, a.hidden};
   return launch_status(dispatch_op<GruRowBwdOp>(dtype, a, run, a.ln_hh_w != nullptr));

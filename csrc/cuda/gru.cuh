@@ -81,20 +81,15 @@ struct GruRowFwdOp {
     if constexpr (LN) ln_row_stats(blk, GH, hg, a.eps, mean, rstd);
     auto rec = [&](int64_t e) -> A {  // recurrent part of feature e
       A v = to_acc(hg[e]);
-      if constexpr (LN) {
-        v = ln_feature(v, mean, rstd, ln_w, ln_b, e, hhat[e]);
-      }
+      if constexpr (LN) v = ln_feature(v, mean, rstd, ln_w, ln_b, e, hhat[e]);
       return b_hh != nullptr ? v + to_acc(b_hh[e]) : v;
     };
     blk.for_each(H, [&](int64_t j) {
       if constexpr (LN) {
-        if (j == 0) {
-          A* st = out<A>(a.stats) + r * 4;
-          st[0] = mean;
-          st[1] = rstd;
-          st[2] = A(0);  // the LSTM's cell-norm slots: identity statistics, so that every
-          st[3] = A(1);  // element of the returned buffer is defined
-        }
+        save_stats(out<A>(a.stats) + r * 4, j, mean, rstd);
+        // the LSTM's cell-norm slots: identity statistics, so that every element of the
+        // returned buffer is defined
+        save_stats(out<A>(a.stats) + r * 4 + 2, j, A(0), A(1));
       }
       const A hp = h_state[j];
       out<T>(a.h_prev)[r * H + j] = from_acc<T>(hp);

@@ -63,35 +63,47 @@ struct CellOptions {
   bool any() const { return ln_hh_w || w_ch || cifg || zone_h.on || zone_c.on; }
 };
 
-// LSTM forward step (gates i, f, g, o; cifg: i, g, o).
-struct LstmFwdArgs : CellOptions {
+// The fields of every cell's forward step (K = Hout for the LSTM, H otherwise).
+struct StepFwdArgs {
   const void* xg;    // [rows, GH] T   x W_ih^T + b_ih (ln: LN_ih(x W_ih^T) + LN_ih bias + b_ih)
   const void* hg;    // [rows, GH] acc h_{t-1} W_hh^T (no bias)
   const void* b_hh;  // [GH] T or null
-  void* h_state;     // [B, Hout] acc  h_{t-1} in; h_t out unless proj (then zone_forward)
-  void* c_state;     // [B, H] acc     c_{t-1} in, c_t (after zoneout) out
-  void* y;           // [rows, Hout] T h_t (without proj)
-  void* hraw;        // [rows, H] T    o * tanh(cn), before W_hr (proj)
-  void* h_prev;      // [rows, Hout] T copy of h_{t-1}, or null (see above)
+  void* h_state;     // [B, K] acc     h_{t-1} in; h_t out (LSTM with proj: zone_forward)
+  void* y;           // [rows, K] T    h_t (LSTM: without proj)
+  void* h_prev;      // [rows, K] T    copy of h_{t-1}, or null (see above)
+  int64_t rows;
+  int64_t hidden;  // H
+};
+
+// The fields of every cell's backward step. Afterwards the caller writes dHP W_hh (dHP = dP
+// without layer norm) into dh_state[:rows], added to the direct part of dh_{t-1} where a kernel
+// leaves one there (see each cell).
+struct StepBwdArgs {
+  const void* dy;  // [rows, K] T  (LSTM: without proj)
+  void* dh_state;  // [B, K] acc   gradient reaching h_t from step t+1 (LSTM: without proj)
+  int64_t rows;
+  int64_t hidden;  // H
+};
+
+// LSTM forward step (gates i, f, g, o; cifg: i, g, o).
+struct LstmFwdArgs : CellOptions, StepFwdArgs {
+  void* c_state;  // [B, H] acc     c_{t-1} in, c_t (after zoneout) out
+  void* hraw;     // [rows, H] T    o * tanh(cn), before W_hr (proj)
   // [rows, GH + 3H] acc: i, f, g, o (cifg: i, g, o) after the activations | c_{t-1} |
   // tanh(cn_t) | c~_t, one block, so that the elementwise kernels address them through one
   // pointer (a second buffer costs them registers)
   void* act;
-  void* hhat;        // [rows, GH] acc  LN_hh's normalised input (ln)
-  void* stats;       // [rows, 4] acc   mean_hh, rstd_hh, mean_c, rstd_c (ln)
+  void* hhat;   // [rows, GH] acc  LN_hh's normalised input (ln)
+  void* stats;  // [rows, 4] acc   mean_hh, rstd_hh, mean_c, rstd_c (ln)
   bool proj;
-  int64_t rows;
-  int64_t hidden;      // H
   int64_t hidden_out;  // Hout
 };
 
 // LSTM backward step. Without proj the kernel reads dh_t = dy_t + dh_state and applies zoneout's
 // backward; the row kernel leaves the direct part keep * dh_t in dh_state (0 without zoneout),
 // the elementwise one leaves dh_state as it was. With proj the caller did that (zone_backward)
-// and passes dh_raw = dh~ W_hr. Either way the caller then adds dHP W_hh.
-struct LstmBwdArgs : CellOptions {
-  const void* dy;      // [rows, Hout] T (without proj)
-  void* dh_state;      // [B, Hout] acc (without proj)
+// and passes dh_raw = dh~ W_hr.
+struct LstmBwdArgs : CellOptions, StepBwdArgs {
   const void* dh_raw;  // [rows, H] acc (proj)
   void* dc_state;      // [B, H] acc   dc_t in, dc_{t-1} out
   const void* act;     // [rows, GH + 3H] acc (see LstmFwdArgs)
@@ -102,30 +114,18 @@ struct LstmBwdArgs : CellOptions {
   void* dcn;           // [rows, H] acc  gradient reaching LN_c's output (ln)
   void* pcn;           // [rows, H] acc  dcn * chat (ln; the LN_c gain gradient's terms)
   bool proj;
-  int64_t rows;
-  int64_t hidden;
   int64_t hidden_out;
 };
 
 // GRU forward step (gates r, z, n; b_hn and LN_hh stay inside r * (.)).
-struct GruFwdArgs : CellOptions {
-  const void* xg;    // [rows, 3H] T  input side (as LstmFwdArgs)
-  const void* hg;    // [rows, 3H] acc h_{t-1} W_hh^T (no bias)
-  const void* b_hh;  // [3H] T or null
-  void* h_state;     // [B, H] acc   h_{t-1} in, h_t out
-  void* y;           // [rows, H] T  h_t
-  void* h_prev;      // [rows, H] T  copy of h_{t-1}, or null (see above)
-  void* act;         // [rows, 4H] acc  r, z, n, hn (recurrent n part with LN and b_hn)
-  void* hhat;        // [rows, 3H] acc (ln)
-  void* stats;       // [rows, 4] acc  mean_hh, rstd_hh, then 0, 1 (ln)
-  int64_t rows;
-  int64_t hidden;
+struct GruFwdArgs : CellOptions, StepFwdArgs {
+  void* act;    // [rows, 4H] acc  r, z, n, hn (recurrent n part with LN and b_hn)
+  void* hhat;   // [rows, 3H] acc (ln)
+  void* stats;  // [rows, 4] acc  mean_hh, rstd_hh, then 0, 1 (ln)
 };
 
-// GRU backward step; afterwards the caller adds dHP W_hh into dh_state[:rows].
-struct GruBwdArgs : CellOptions {
-  const void* dy;      // [rows, H] T
-  void* dh_state;      // [B, H] acc dh from t+1 in; direct part (z (1-keep) + keep) dh_t out
+// GRU backward step: leaves the direct part (z (1-keep) + keep) dh_t in dh_state.
+struct GruBwdArgs : CellOptions, StepBwdArgs {
   const void* act;     // [rows, 4H] acc
   const void* h_prev;  // [rows, H] T
   const void* hhat;    // [rows, 3H] acc (ln)
@@ -133,32 +133,19 @@ struct GruBwdArgs : CellOptions {
   void* dxg;           // [rows, 3H] acc gradient of the input side
   void* dhg;           // [rows, 3H] acc dS: gradient of the recurrent side (after LN_hh)
   void* dhp;           // [rows, 3H] acc dHP = LN_hh backward of dS (ln)
-  int64_t rows;
-  int64_t hidden;
 };
 
-// Elman RNN (tanh or relu) forward step; elementwise only.
-struct RnnFwdArgs {
-  const void* xg;    // [rows, H] T  x_t W_ih^T + b_ih
-  const void* hg;    // [rows, H] acc h_{t-1} W_hh^T (no bias)
-  const void* b_hh;  // [H] T or null
-  void* h_state;     // [B, H] acc   h_{t-1} in, h_t out
-  void* y;           // [rows, H] T  h_t (the backward reads it back: no other saving)
-  void* h_prev;      // [rows, H] T  copy of h_{t-1}, or null (no backward follows)
+// Elman RNN (tanh or relu) forward step; elementwise only. The backward reads y back: no other
+// saving.
+struct RnnFwdArgs : StepFwdArgs {
   bool relu;
-  int64_t rows;
-  int64_t hidden;
 };
 
-// Elman RNN backward step. Afterwards the caller writes dgates W_hh into dh_state[:rows].
-struct RnnBwdArgs {
-  const void* dy;        // [rows, H] T
-  const void* dh_state;  // [B, H] acc   gradient reaching h_t from step t+1
-  const void* y;         // [rows, H] T    h_t of this step
-  void* dgates;          // [rows, H] acc  gradient of the pre-activation
+// Elman RNN backward step: leaves dh_state as it was.
+struct RnnBwdArgs : StepBwdArgs {
+  const void* y;  // [rows, H] T    h_t of this step
+  void* dgates;   // [rows, H] acc  gradient of the pre-activation
   bool relu;
-  int64_t rows;
-  int64_t hidden;
 };
 
 // The LSTM's projection, elementwise: y_t = hraw W_hr^T comes from the caller's GEMM, and

@@ -40,6 +40,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -59,19 +61,13 @@ inline CellKind parse_cell(const std::string& cell) {
 }
 
 inline DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return DType::f32;
-    case at::kDouble:
-      return DType::f64;
-    case at::kHalf:
-      return DType::f16;
-    case at::kBFloat16:
-      return DType::bf16;
-    default:
-      TORCH_CHECK(false, "fusedrnn cuda backend: unsupported dtype ", t.scalar_type(),
-                  " (float32, float64, float16, bfloat16 are supported)");
-  }
+  const at::ScalarType s = t.scalar_type();
+  if (s == at::kFloat) return DType::f32;
+  if (s == at::kDouble) return DType::f64;
+  if (s == at::kHalf) return DType::f16;
+  if (s == at::kBFloat16) return DType::bf16;
+  TORCH_CHECK(false, "fusedrnn cuda backend: unsupported dtype ", s,
+              " (float32, float64, float16, bfloat16 are supported)");
 }
 
 // Accumulation / cell-state dtype: float for half and bfloat16.
@@ -86,43 +82,39 @@ inline at::Tensor rows_of(const at::Tensor& t, int64_t start, int64_t rows) {
   return t.defined() ? t.narrow(0, start, rows) : t;
 }
 
-// The (t, start, rows) of every step in the order the direction visits them.
+// The packed rows [start, start + rows) of every step, in the order the direction visits them.
 struct Step {
-  int64_t t, start, rows;
+  int64_t start, rows;
 };
 
 inline std::vector<Step> visit_order(const std::vector<int64_t>& sizes, int64_t batch,
                                      bool reverse) {
-  const int64_t n = static_cast<int64_t>(sizes.size());
-  std::vector<int64_t> offsets(n, 0);
-  for (int64_t t = 0; t < n; ++t) {
+  std::vector<Step> steps;
+  int64_t start = 0;
+  for (size_t t = 0; t < sizes.size(); ++t) {
     TORCH_CHECK(sizes[t] >= 1 && sizes[t] <= batch && (t == 0 || sizes[t] <= sizes[t - 1]),
                 "fusedrnn: batch sizes must be non-increasing and within [1, batch]");
-    if (t > 0) offsets[t] = offsets[t - 1] + sizes[t - 1];
+    steps.push_back({start, sizes[t]});
+    start += sizes[t];
   }
-  std::vector<Step> steps;
-  for (int64_t k = 0; k < n; ++k) {
-    const int64_t t = reverse ? n - 1 - k : k;
-    steps.push_back({t, offsets[t], sizes[t]});
-  }
+  if (reverse) std::reverse(steps.begin(), steps.end());
   return steps;
 }
 
 inline ZoneArgs zone_args(const at::Tensor& mask, double p, const Step& s) {
-  ZoneArgs z{};
-  z.mask = mask.defined() ? mask.narrow(0, s.start, s.rows).data_ptr() : nullptr;
-  z.p = p;
-  z.on = mask.defined() || p > 0;
-  return z;
+  return {ptr(rows_of(mask, s.start, s.rows)), p, mask.defined() || p > 0};
 }
 
-// A layer's cell and options (checked by layer_module.h). The option tensors are contiguous,
-// in x's dtype, or undefined where absent; the backward needs no biases of layer norm.
+// One call of the layer op: its cell, options and operands (checked by layer_module.h), the
+// tensors contiguous, in x's dtype, or undefined where absent.
 struct Layer {
   CellKind cell;
-  bool cifg;
+  bool cifg, reverse;
   double p_h, p_c, eps;
   int64_t G, H, Hout, B, N;
+  std::vector<int64_t> sizes;                     // active rows of every step
+  at::Tensor x, h0, c0;                           // [N, I], [B, Hout], [B, H] (LSTM)
+  at::Tensor w_ih, w_hh, b_ih, b_hh, w_hr;        // [GH, I], [GH, Hout], [GH], [GH], [Hout, H]
   at::Tensor ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b;  // [GH]
   at::Tensor ln_c_w, ln_c_b;                      // [H] (LSTM)
   at::Tensor w_ch;                                // [P, H] (LSTM)
@@ -148,15 +140,10 @@ struct Layer {
 template <class Launch>
 at::Tensor column_sum_of(Launch& launch, const at::Tensor& src, at::ScalarType dtype) {
   const at::Tensor m = src.contiguous();
-  ColSumArgs a{};
-  a.n_rows = m.size(0);
-  a.n_cols = m.size(1);
-  a.parts = colsum_parts(a.n_rows);
-  at::Tensor partial = at::empty({a.parts, a.n_cols}, m.options().dtype(acc_type_of(m)));
-  at::Tensor out = at::empty({a.n_cols}, m.options());
-  a.src = m.data_ptr();
-  a.partial = partial.data_ptr();
-  a.out = out.data_ptr();
+  const int64_t parts = colsum_parts(m.size(0));
+  at::Tensor partial = at::empty({parts, m.size(1)}, m.options().dtype(acc_type_of(m)));
+  at::Tensor out = at::empty({m.size(1)}, m.options());
+  const ColSumArgs a{m.data_ptr(), partial.data_ptr(), out.data_ptr(), m.size(0), m.size(1), parts};
   if (a.n_cols > 0) launch(column_sum, dtype_of(m), a);
   return out.to(dtype);
 }
@@ -173,12 +160,13 @@ struct Carried {
   at::Tensor w_hh, w_hr, h, c;
 };
 
-inline Carried carried(const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& h,
-                       const at::Tensor& c, bool lstm, int64_t H) {
+inline Carried carried(const Layer& L, const at::Tensor& h, const at::Tensor& c) {
   const at::ScalarType A = acc_type_of(h);
   const auto acc = h.options().dtype(A);
-  Carried r{w_hh.to(A), w_hr.defined() ? w_hr.to(A) : w_hr, h.to(acc, false, /*copy=*/true), {}};
-  if (lstm) r.c = c.defined() ? c.to(acc, false, /*copy=*/true) : at::zeros({h.size(0), H}, acc);
+  Carried r{L.w_hh.to(A), L.w_hr.defined() ? L.w_hr.to(A) : L.w_hr,
+            h.to(acc, false, /*copy=*/true), {}};
+  if (L.cell != CellKind::lstm) return r;
+  r.c = c.defined() ? c.to(acc, false, /*copy=*/true) : at::zeros({h.size(0), L.H}, acc);
   return r;
 }
 
@@ -186,20 +174,10 @@ inline Carried carried(const at::Tensor& w_hh, const at::Tensor& w_hr, const at:
 // [N, 4H]; launchers.h), hhat [N, GH] acc (ln), stats [N, 4] acc (ln), h_prev [N, Hout], hraw
 // [N, H] (proj), xhat_ih [N, GH] acc (ln), rstd_ih [N, 1] acc (ln)}, absent ones undefined.
 // Without `save` the per-row buffers are [B, .] scratch rows where a row kernel runs (it passes
-// values between its phases through them; hraw in any case) and undefined otherwise. Operands
-// contiguous, one dtype (checked by the caller).
+// values between its phases through them; hraw in any case) and undefined otherwise.
 template <class Launch>
-std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L,
-                                      const at::Tensor& x,     // [N, I]
-                                      const at::Tensor& h0,    // [B, Hout]
-                                      const at::Tensor& c0,    // [B, H] (LSTM)
-                                      const at::Tensor& w_ih,  // [GH, I]
-                                      const at::Tensor& w_hh,  // [GH, Hout]
-                                      const at::Tensor& b_ih,  // [GH] or undefined
-                                      const at::Tensor& b_hh,  // [GH] or undefined
-                                      const at::Tensor& w_hr,  // [Hout, H] or undefined
-                                      const std::vector<int64_t>& sizes, bool reverse,
-                                      bool save) {
+std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L, bool save) {
+  const at::Tensor &x = L.x, &w_ih = L.w_ih, &b_ih = L.b_ih, &b_hh = L.b_hh, &w_hr = L.w_hr;
   const int64_t GH = L.G * L.H, H = L.H, Hout = L.Hout, B = L.B, N = L.N;
   const bool lstm = L.cell == CellKind::lstm, ln = L.ln_ih_w.defined(), proj = w_hr.defined();
   const DType dt = dtype_of(x);
@@ -228,7 +206,7 @@ std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L,
                 "fusedrnn: the input projection came back as ", xg.scalar_type(), " for ",
                 x.scalar_type(), " operands (is autocast excluded?)");
   }
-  const Carried st = carried(w_hh, w_hr, h0, c0, lstm, H);
+  const Carried st = carried(L, L.h0, L.c0);
   at::Tensor y = at::empty({N, Hout}, x.options());
   at::Tensor hg = at::empty({B, GH}, acc);
   at::Tensor act = per_row(L.cell == CellKind::gru || lstm, lstm ? GH + 3 * H : 4 * H, acc);
@@ -238,54 +216,37 @@ std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L,
   at::Tensor hraw = proj ? at::empty({R, H}, x.options()) : at::Tensor();
   at::Tensor hy = proj ? at::empty({B, Hout}, acc) : at::Tensor();
 
-  for (const Step& s : visit_order(sizes, B, reverse)) {
+  for (const Step& s : visit_order(L.sizes, B, L.reverse)) {
     const int64_t so = save ? s.start : 0;
     at::Tensor y_t = y.narrow(0, s.start, s.rows);
     at::Tensor hg_t = hg.narrow(0, 0, s.rows);
     at::mm_out(hg_t, st.h.narrow(0, 0, s.rows), st.w_hh.t());
-    auto step_args = [&](auto a) {  // the fields every cell's arguments share
-      a.xg = xg.narrow(0, s.start, s.rows).data_ptr();
-      a.hg = hg_t.data_ptr();
-      a.b_hh = ptr(b_hh);
-      a.h_state = st.h.data_ptr();
-      a.y = y_t.data_ptr();
-      a.h_prev = ptr(rows_of(h_prev, so, s.rows));
-      a.rows = s.rows;
-      a.hidden = H;
+    auto saved = [&](const at::Tensor& t) { return ptr(rows_of(t, so, s.rows)); };
+    const StepFwdArgs step{xg.narrow(0, s.start, s.rows).data_ptr(), hg_t.data_ptr(), ptr(b_hh),
+                           st.h.data_ptr(), y_t.data_ptr(), saved(h_prev), s.rows, H};
+    auto cell_args = [&](auto a) {  // the buffers LSTM's and GRU's arguments share
+      a.act = saved(act);
+      a.hhat = saved(hhat);
+      a.stats = saved(stats);
       return a;
     };
-    auto cell_args = [&](auto a) {  // and those of LSTM and GRU
-      static_cast<CellOptions&>(a) = L.options(s);
-      a.act = ptr(rows_of(act, so, s.rows));
-      a.hhat = ptr(rows_of(hhat, so, s.rows));
-      a.stats = ptr(rows_of(stats, so, s.rows));
-      return step_args(a);
-    };
     if (lstm) {
-      LstmFwdArgs a = cell_args(LstmFwdArgs{});
+      LstmFwdArgs a = cell_args(LstmFwdArgs{L.options(s), step});
       a.c_state = st.c.data_ptr();
-      a.hraw = ptr(rows_of(hraw, so, s.rows));
+      a.hraw = saved(hraw);
       a.proj = proj;
       a.hidden_out = Hout;
       launch(lstm_forward_step, dt, a);
       if (proj) {
         at::Tensor hy_t = hy.narrow(0, 0, s.rows);
         at::mm_out(hy_t, hraw.narrow(0, so, s.rows).to(A), st.w_hr.t());
-        ZoneFwdArgs z{};
-        z.hy = hy_t.data_ptr();
-        z.y = y_t.data_ptr();
-        z.h_state = st.h.data_ptr();
-        z.zone = a.zone_h;
-        z.rows = s.rows;
-        z.width = Hout;
-        launch(zone_forward, dt, z);
+        launch(zone_forward, dt,
+               ZoneFwdArgs{hy_t.data_ptr(), a.y, a.h_state, a.zone_h, s.rows, Hout});
       }
     } else if (L.cell == CellKind::gru) {
-      launch(gru_forward_step, dt, cell_args(GruFwdArgs{}));
+      launch(gru_forward_step, dt, cell_args(GruFwdArgs{L.options(s), step}));
     } else {
-      RnnFwdArgs a = step_args(RnnFwdArgs{});
-      a.relu = L.cell == CellKind::rnn_relu;
-      launch(rnn_forward_step, dt, a);
+      launch(rnn_forward_step, dt, RnnFwdArgs{step, L.cell == CellKind::rnn_relu});
     }
   }
   at::Tensor c_n = lstm ? st.c.to(x.scalar_type()) : at::Tensor();
@@ -294,26 +255,21 @@ std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L,
 
 // Returns the gradients of {x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b,
 // ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch}, undefined for absent inputs. `fwd` is the forward's
-// return value (run with save = true); has[k] says whether input k is present.
+// return value (run with save = true).
 template <class Launch>
 std::vector<at::Tensor> layer_backward(Launch& launch, const Layer& L,
                                        const at::Tensor& dy,    // [N, Hout]
                                        const at::Tensor& dh_n,  // [B, Hout]
                                        const at::Tensor& dc_n,  // [B, H] (LSTM) or undefined
-                                       const at::Tensor& x,     // [N, I]
-                                       const at::Tensor& w_ih,  // [GH, I]
-                                       const at::Tensor& w_hh,  // [GH, Hout]
-                                       const at::Tensor& w_hr,  // [Hout, H] or undefined
-                                       const std::vector<bool>& has,
-                                       const std::vector<int64_t>& sizes, bool reverse,
                                        const std::vector<at::Tensor>& fwd) {
+  const at::Tensor &x = L.x, &w_ih = L.w_ih, &w_hr = L.w_hr;
   const int64_t G = L.G, GH = G * L.H, H = L.H, Hout = L.Hout, B = L.B, N = L.N;
   const bool lstm = L.cell == CellKind::lstm, gru = L.cell == CellKind::gru;
   const bool ln = L.ln_ih_w.defined(), proj = w_hr.defined();
   const DType dt = dtype_of(x);
   const at::ScalarType T = x.scalar_type(), A = acc_type_of(x);
   const auto acc = x.options().dtype(A);
-  const Carried st = carried(w_hh, w_hr, dh_n, dc_n, lstm, H);
+  const Carried st = carried(L, dh_n, dc_n);
   const at::Tensor &dh_state = st.h, &dc_state = st.c;  // [B, Hout], [B, H]
   const at::Tensor &y = fwd[0], &act = fwd[3], &hhat = fwd[4], &stats = fwd[5],
                    &h_prev = fwd[6], &hraw = fwd[7], &xhat_ih = fwd[8], &rstd_ih = fwd[9];
@@ -330,31 +286,20 @@ std::vector<at::Tensor> layer_backward(Launch& launch, const Layer& L,
   at::Tensor dht = proj ? at::empty({N, Hout}, acc) : at::Tensor();
   at::Tensor dhraw = proj ? at::empty({B, H}, acc) : at::Tensor();
 
-  for (const Step& s : visit_order(sizes, B, !reverse)) {  // the forward's steps, last first
+  for (const Step& s : visit_order(L.sizes, B, !L.reverse)) {  // the forward's steps, last first
     auto rows = [&](const at::Tensor& t) { return ptr(rows_of(t, s.start, s.rows)); };
-    auto cell_args = [&](auto a) {  // the fields LSTM's and GRU's arguments share
-      static_cast<CellOptions&>(a) = L.options(s);
-      a.dy = rows(dy);
-      a.dh_state = dh_state.data_ptr();
+    const StepBwdArgs step{rows(dy), dh_state.data_ptr(), s.rows, H};
+    auto cell_args = [&](auto a) {  // the buffers LSTM's and GRU's arguments share
       a.act = rows(act);
       a.hhat = rows(hhat);
       a.stats = rows(stats);
       a.dhp = ln ? rows(dHP) : nullptr;
-      a.rows = s.rows;
-      a.hidden = H;
       return a;
     };
     if (lstm) {
-      LstmBwdArgs a = cell_args(LstmBwdArgs{});
+      LstmBwdArgs a = cell_args(LstmBwdArgs{L.options(s), step});
       if (proj) {
-        ZoneBwdArgs z{};
-        z.dy = a.dy;
-        z.dh_state = a.dh_state;
-        z.dht = rows(dht);
-        z.zone = a.zone_h;
-        z.rows = s.rows;
-        z.width = Hout;
-        launch(zone_backward, dt, z);
+        launch(zone_backward, dt, ZoneBwdArgs{a.dy, a.dh_state, rows(dht), a.zone_h, s.rows, Hout});
         at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
         at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), st.w_hr);
         a.dh_raw = dhraw_t.data_ptr();
@@ -367,21 +312,14 @@ std::vector<at::Tensor> layer_backward(Launch& launch, const Layer& L,
       a.hidden_out = Hout;
       launch(lstm_backward_step, dt, a);
     } else if (gru) {
-      GruBwdArgs a = cell_args(GruBwdArgs{});
+      GruBwdArgs a = cell_args(GruBwdArgs{L.options(s), step});
       a.h_prev = rows(h_prev);
       a.dxg = rows(dP);
       a.dhg = rows(dS);
       launch(gru_backward_step, dt, a);
     } else {
-      RnnBwdArgs a{};
-      a.dy = rows(dy);
-      a.dh_state = dh_state.data_ptr();
-      a.y = rows(y);
-      a.dgates = rows(dP);
-      a.relu = L.cell == CellKind::rnn_relu;
-      a.rows = s.rows;
-      a.hidden = H;
-      launch(rnn_backward_step, dt, a);
+      launch(rnn_backward_step, dt,
+             RnnBwdArgs{step, rows(y), rows(dP), L.cell == CellKind::rnn_relu});
     }
     dh_state.narrow(0, 0, s.rows).addmm_(dHP.narrow(0, s.start, s.rows), st.w_hh, direct);
   }
@@ -400,19 +338,24 @@ std::vector<at::Tensor> layer_backward(Launch& launch, const Layer& L,
   if (lstm) g[2] = dc_state.to(T);    // dc0 [B, H]
   g[3] = acc_mm(dXP.t(), x, T);       // dW_ih [GH, I]
   g[4] = acc_mm(dHP.t(), h_prev, T);  // dW_hh [GH, Hout]
-  if (has[5]) g[5] = column_sum_of(launch, dP, T);  // db_ih: the input side's pre-activations
-  if (has[6]) {  // db_hh: the recurrent side's (the same ones but for GRU)
-    g[6] = has[5] && !gru ? g[5].clone() : column_sum_of(launch, dS, T);
-  }
+  // the column sums of dP and of dS (dP itself but for GRU) are the gradients of both a bias and
+  // a layer-norm bias: each is summed once, and a second use gets a copy
+  std::map<const void*, at::Tensor> sums;
+  auto sum_of = [&](const at::Tensor& m) {
+    at::Tensor& sum = sums[m.data_ptr()];
+    return sum.defined() ? sum.clone() : (sum = column_sum_of(launch, m, T));
+  };
+  if (L.b_ih.defined()) g[5] = sum_of(dP);  // db_ih: the input side's pre-activations
+  if (L.b_hh.defined()) g[6] = sum_of(dS);  // db_hh: the recurrent side's
   if (proj) g[7] = acc_mm(dht.t(), hraw, T);  // dW_hr [Hout, H]
   if (ln) {
     g[8] = column_sum_of(launch, dP * xhat_ih, T);
-    if (has[9]) g[9] = column_sum_of(launch, dP, T);
+    if (L.ln_ih_b.defined()) g[9] = sum_of(dP);
     g[10] = column_sum_of(launch, dS * hhat, T);
-    if (has[11]) g[11] = column_sum_of(launch, dS, T);
+    if (L.ln_hh_b.defined()) g[11] = sum_of(dS);
     if (lstm) {
       g[12] = column_sum_of(launch, pcn, T);
-      if (has[13]) g[13] = column_sum_of(launch, dcn, T);
+      if (L.ln_c_b.defined()) g[13] = column_sum_of(launch, dcn, T);
     }
   }
   if (L.w_ch.defined()) {

@@ -28,15 +28,11 @@ cudaError_t lstm_backward_step(DType dtype, const LstmBwdArgs& a, cudaStream_t s
 }
 
 cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& a, cudaStream_t stream) {
-  return launch_status(dispatch(dtype, [&](auto t) {  // no flags (see dispatch_op)
-    KernelRun{stream, a.rows * a.width}(ZoneFwdOp<typename decltype(t)::type>{a});
-  }));
+  return launch_status(dispatch_plain<ZoneFwdOp>(dtype, a, KernelRun{stream, a.rows * a.width}));
 }
 
 cudaError_t zone_backward(DType dtype, const ZoneBwdArgs& a, cudaStream_t stream) {
-  return launch_status(dispatch(dtype, [&](auto t) {
-    KernelRun{stream, a.rows * a.width}(ZoneBwdOp<typename decltype(t)::type>{a});
-  }));
+  return launch_status(dispatch_plain<ZoneBwdOp>(dtype, a, KernelRun{stream, a.rows * a.width}));
 }
 
 }  // namespace cuda

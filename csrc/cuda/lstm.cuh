@@ -12,6 +12,16 @@
 namespace fusedrnn {
 namespace cuda {
 
+// The blocks of H columns of a saved act row (LstmFwdArgs::act) for G gate blocks: the gates
+// after their activations, in the gate order of xg, hg and dP (i, f, g, o; cifg: i, g, o), then
+// from block `cell` on the cell's c_{t-1}, tanh(cn_t) and c~_t. The row kernels address those
+// through a pointer of their own: indexed from act, ptxas gives them more registers.
+template <int64_t G>
+struct LstmAct {
+  enum : int64_t { i = 0, f = 1, g = G - 2, o = G - 1, cell = G, blocks = G + 3 };
+  enum : int64_t { c_prev = 0, tanh_c = 1, c_new = 2 };  // blocks from `cell` on
+};
+
 // Forward, elementwise. Element idx = r * H + j handles unit j of row r for all four gates, so
 // the loads of a warp are 32 consecutive units of one gate row (coalesced). Reads h_state[r, j]
 // before writing it in the same thread, which is why h_state may be both input and output.
@@ -43,7 +53,8 @@ struct LstmFwdOp {
     out<T>(Proj ? a.hraw : a.y)[r * H + j] = from_acc<T>(h);
     if constexpr (!Proj) *h_state = h;
     if constexpr (Save) {
-      store_strided(out<A>(a.act) + r * 7 * H + j, H, i, f, g, o, c_prev, tanh_c, c);
+      store_strided(out<A>(a.act) + r * LstmAct<4>::blocks * H + j, H, i, f, g, o, c_prev, tanh_c,
+                    c);
     }
   }
 };
@@ -65,9 +76,11 @@ struct LstmBwdOp {
       dh = to_acc(in<T>(a.dy)[r * H + j]) + in<A>(a.dh_state)[r * H + j];
     }
     A* dc = out<A>(a.dc_state) + r * H + j;
-    const A* s = in<A>(a.act) + r * 7 * H + j;
+    using L = LstmAct<4>;
+    const A* s = in<A>(a.act) + r * L::blocks * H + j;
     A dgi, dgf, dgg, dgo, dc_prev;
-    LSTMCell::backward<A>(dh, *dc, s[0], s[H], s[2 * H], s[3 * H], s[4 * H], s[5 * H], dgi, dgf,
+    LSTMCell::backward<A>(dh, *dc, s[L::i * H], s[L::f * H], s[L::g * H], s[L::o * H],
+                          s[(L::cell + L::c_prev) * H], s[(L::cell + L::tanh_c) * H], dgi, dgf,
                           dgg, dgo, dc_prev);
     *dc = dc_prev;
     store_strided(out<A>(a.dgates) + r * 4 * H + j, H, dgi, dgf, dgg, dgo);
@@ -92,8 +105,9 @@ struct LstmRowFwdOp {
     const T* ln_w = in<T>(a.ln_hh_w);
     const T* ln_b = in<T>(a.ln_hh_b);
     const T* w_ch = in<T>(a.w_ch);
-    A* act = out<A>(a.act) + r * (GH + 3 * H);
-    A* cell = act + GH;  // c_{t-1} | tanh(cn) | c~
+    using L = LstmAct<G>;
+    A* act = out<A>(a.act) + r * L::blocks * H;
+    A* cell = act + L::cell * H;
     A* c_state = out<A>(a.c_state) + r * H;
     A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
     A* st = LN ? out<A>(a.stats) + r * 4 : nullptr;
@@ -107,46 +121,34 @@ struct LstmRowFwdOp {
     auto pre = [&](int64_t k, int64_t j) -> A {
       const int64_t e = k * H + j;
       A v = to_acc(hg[e]);
-      if constexpr (LN) {
-        v = ln_feature(v, mean, rstd, ln_w, ln_b, e, hhat[e]);
-      }
+      if constexpr (LN) v = ln_feature(v, mean, rstd, ln_w, ln_b, e, hhat[e]);
       if (b_hh != nullptr) v += to_acc(b_hh[e]);
       return v + to_acc(xg[e]);
     };
     blk.for_each(H, [&](int64_t j) {
-      if constexpr (LN) {
-        if (j == 0) {
-          st[0] = mean;
-          st[1] = rstd;
-        }
-      }
+      if constexpr (LN) save_stats(st, j, mean, rstd);
       const A c_prev = c_state[j];
       const A w_ci = PEEP ? to_acc(w_ch[j]) : A(0);
       const A w_cf = PEEP && !CIFG ? to_acc(w_ch[H + j]) : A(0);
       A pf = A(0);
-      if constexpr (!CIFG) pf = pre(1, j);
+      if constexpr (!CIFG) pf = pre(L::f, j);
       A i, f, g, c;
-      LSTMVariantCell::forward_state<PEEP, CIFG, A>(pre(0, j), pf, pre(G - 2, j), c_prev, w_ci,
+      LSTMVariantCell::forward_state<PEEP, CIFG, A>(pre(L::i, j), pf, pre(L::g, j), c_prev, w_ci,
                                                    w_cf, i, f, g, c);
-      act[j] = i;
-      if constexpr (!CIFG) act[H + j] = f;
-      act[(G - 2) * H + j] = g;
-      act[(G - 1) * H + j] = pre(G - 1, j);  // o's pre-activation until the second half
-      cell[j] = c_prev;
-      cell[2 * H + j] = c;
+      act[L::i * H + j] = i;
+      if constexpr (!CIFG) act[L::f * H + j] = f;
+      act[L::g * H + j] = g;
+      act[L::o * H + j] = pre(L::o, j);  // o's pre-activation until the second half
+      cell[L::c_prev * H + j] = c_prev;
+      cell[L::c_new * H + j] = c;
     });
     A mean_c = A(0), rstd_c = A(1);
-    if constexpr (LN) ln_row_stats(blk, H, cell + 2 * H, a.eps, mean_c, rstd_c);
+    if constexpr (LN) ln_row_stats(blk, H, cell + L::c_new * H, a.eps, mean_c, rstd_c);
     const T* ln_cw = in<T>(a.ln_c_w);
     const T* ln_cb = in<T>(a.ln_c_b);
     blk.for_each(H, [&](int64_t j) {
-      if constexpr (LN) {
-        if (j == 0) {
-          st[2] = mean_c;
-          st[3] = rstd_c;
-        }
-      }
-      const A c = cell[2 * H + j];
+      if constexpr (LN) save_stats(st + 2, j, mean_c, rstd_c);
+      const A c = cell[L::c_new * H + j];
       A cn = c;
       if constexpr (LN) {
         A chat;
@@ -154,10 +156,11 @@ struct LstmRowFwdOp {
       }
       const A w_co = PEEP ? to_acc(w_ch[(G - 2) * H + j]) : A(0);
       A o, tanh_cn, h;
-      LSTMVariantCell::forward_output<PEEP, A>(act[(G - 1) * H + j], c, cn, w_co, o, tanh_cn, h);
-      act[(G - 1) * H + j] = o;
-      cell[H + j] = tanh_cn;
-      c_state[j] = a.zone_c.on ? Zoneout::forward<A>(c, cell[j], zone_keep<T>(a.zone_c, r * H, j))
+      LSTMVariantCell::forward_output<PEEP, A>(act[L::o * H + j], c, cn, w_co, o, tanh_cn, h);
+      act[L::o * H + j] = o;
+      cell[L::tanh_c * H + j] = tanh_cn;
+      c_state[j] = a.zone_c.on ? Zoneout::forward<A>(c, cell[L::c_prev * H + j],
+                                                     zone_keep<T>(a.zone_c, r * H, j))
                                : c;
       if (a.proj) {
         out<T>(a.hraw)[r * H + j] = from_acc<T>(h);
@@ -184,8 +187,9 @@ struct LstmRowBwdOp {
     using A = acc_t<T>;
     constexpr int64_t G = CIFG ? 3 : 4;
     const int64_t H = a.hidden, Ho = a.hidden_out, GH = G * H;
-    const A* act = in<A>(a.act) + r * (GH + 3 * H);
-    const A* cell = act + GH;
+    using L = LstmAct<G>;
+    const A* act = in<A>(a.act) + r * L::blocks * H;
+    const A* cell = act + L::cell * H;
     const A* st = LN ? in<A>(a.stats) + r * 4 : nullptr;
     const T* ln_cw = in<T>(a.ln_c_w);
     const T* w_ch = in<T>(a.w_ch);
@@ -205,30 +209,27 @@ struct LstmRowBwdOp {
       return dnew;
     };
     const A mean_c = LN ? st[2] : A(0), rstd_c = LN ? st[3] : A(1);
-    auto chat = [&](int64_t j) { return LayerNorm::normalize<A>(cell[2 * H + j], mean_c, rstd_c); };
+    auto chat = [&](int64_t j) {
+      return LayerNorm::normalize<A>(cell[L::c_new * H + j], mean_c, rstd_c);
+    };
     A m1 = A(0), m2 = A(0);
     if constexpr (LN) {
       A* dcn = out<A>(a.dcn) + r * H;
       A* pcn = out<A>(a.pcn) + r * H;
       blk.for_each(H, [&](int64_t j) {
         A dpo, d;
-        LSTMVariantCell::backward_output<A>(dh_new(j, dh_total(j)), act[(G - 1) * H + j],
-                                            cell[H + j], dpo, d);
+        LSTMVariantCell::backward_output<A>(dh_new(j, dh_total(j)), act[L::o * H + j],
+                                            cell[L::tanh_c * H + j], dpo, d);
         dcn[j] = d;
         pcn[j] = d * chat(j);
       });
-      m1 = blk.template sum<A>(H, [&](int64_t j) {
-        return LayerNorm::dxhat<A>(dcn[j], to_acc(ln_cw[j]));
-      }) / A(H);
-      m2 = blk.template sum<A>(H, [&](int64_t j) {
-        return LayerNorm::dxhat<A>(dcn[j], to_acc(ln_cw[j])) * chat(j);
-      }) / A(H);
+      ln_row_means(blk, H, dcn, ln_cw, chat, m1, m2);
     }
     blk.for_each(H, [&](int64_t j) {
       const A dh = dh_total(j);
       A dpo, dcn;
-      LSTMVariantCell::backward_output<A>(dh_new(j, dh), act[(G - 1) * H + j], cell[H + j],
-                                          dpo, dcn);
+      LSTMVariantCell::backward_output<A>(dh_new(j, dh), act[L::o * H + j],
+                                          cell[L::tanh_c * H + j], dpo, dcn);
       A dc = dcn;
       if constexpr (LN) {
         dc = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dcn, to_acc(ln_cw[j])), chat(j), rstd_c,
@@ -239,20 +240,20 @@ struct LstmRowBwdOp {
       A dnew = dct, dold = A(0);
       if (a.zone_c.on) Zoneout::backward<A>(dct, zone_keep<T>(a.zone_c, r * H, j), dnew, dold);
       dc += dnew;
-      const A i = act[j];
-      const A f = CIFG ? A(1) - i : act[H + j];
+      const A i = act[L::i * H + j];
+      const A f = CIFG ? A(1) - i : act[L::f * H + j];
       const A w_ci = PEEP ? to_acc(w_ch[j]) : A(0);
       const A w_cf = PEEP && !CIFG ? to_acc(w_ch[H + j]) : A(0);
       const A w_co = PEEP ? to_acc(w_ch[(G - 2) * H + j]) : A(0);
       A dpi, dpf, dpg, dc_prev;
-      LSTMVariantCell::backward_state<PEEP, CIFG, A>(dc, dpo, i, f, act[(G - 2) * H + j],
-                                                     cell[j], w_ci, w_cf, w_co, dpi, dpf, dpg,
-                                                     dc_prev);
+      LSTMVariantCell::backward_state<PEEP, CIFG, A>(dc, dpo, i, f, act[L::g * H + j],
+                                                     cell[L::c_prev * H + j], w_ci, w_cf, w_co,
+                                                     dpi, dpf, dpg, dc_prev);
       dc_state[j] = dc_prev + dold;
-      dg[j] = dpi;
-      if constexpr (!CIFG) dg[H + j] = dpf;
-      dg[(G - 2) * H + j] = dpg;
-      dg[(G - 1) * H + j] = dpo;
+      dg[L::i * H + j] = dpi;
+      if constexpr (!CIFG) dg[L::f * H + j] = dpf;
+      dg[L::g * H + j] = dpg;
+      dg[L::o * H + j] = dpo;
       if (!a.proj) {  // direct part of dh_{t-1}; the caller adds dHP W_hh
         A direct = A(0);
         if (a.zone_h.on) direct = zone_keep<T>(a.zone_h, r * Ho, j) * dh;

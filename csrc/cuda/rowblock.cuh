@@ -100,6 +100,15 @@ FRNN_HD void ln_row_stats(const Blk& blk, int64_t K, const A* x, double eps, A& 
   rstd = LayerNorm::rstd<A>(var, A(eps));
 }
 
+// The row's statistics at st[0], st[1], saved by the thread of unit 0.
+template <typename A>
+FRNN_HD void save_stats(A* st, int64_t j, A mean, A rstd) {
+  if (j == 0) {
+    st[0] = mean;
+    st[1] = rstd;
+  }
+}
+
 // LayerNorm::forward of feature e with weight w[e] and bias b[e] (no bias when b is null).
 template <typename T, typename A>
 FRNN_HD A ln_feature(A v, A mean, A rstd, const T* w, const T* b, int64_t e, A& xhat) {
@@ -107,17 +116,23 @@ FRNN_HD A ln_feature(A v, A mean, A rstd, const T* w, const T* b, int64_t e, A& 
                                xhat);
 }
 
+// The two row means of layer norm's backward over K features, block sums: n1 = mean(dxhat),
+// n2 = mean(dxhat xhat(k)), dxhat = LayerNorm::dxhat(dout[k], w[k]).
+template <typename T, typename A, class Blk, class Xhat>
+FRNN_HD void ln_row_means(const Blk& blk, int64_t K, const A* dout, const T* w, const Xhat& xhat,
+                          A& n1, A& n2) {
+  auto dxhat = [&](int64_t k) { return LayerNorm::dxhat<A>(dout[k], to_acc(w[k])); };
+  n1 = blk.template sum<A>(K, dxhat) / A(K);
+  n2 = blk.template sum<A>(K, [&](int64_t k) { return dxhat(k) * xhat(k); }) / A(K);
+}
+
 // Layer norm backward over one row of K features (LN_hh of either cell):
-// dv[k] = LayerNorm::backward(dout[k] w[k], xhat[k]), whose two row means are block sums.
+// dv[k] = LayerNorm::backward(dout[k] w[k], xhat[k]).
 template <typename T, typename A, class Blk>
 FRNN_HD void ln_row_backward(const Blk& blk, int64_t K, const A* dout, const T* w,
                              const A* xhat, A rstd, A* dv) {
-  const A n1 = blk.template sum<A>(K, [&](int64_t k) {
-    return LayerNorm::dxhat<A>(dout[k], to_acc(w[k]));
-  }) / A(K);
-  const A n2 = blk.template sum<A>(K, [&](int64_t k) {
-    return LayerNorm::dxhat<A>(dout[k], to_acc(w[k])) * xhat[k];
-  }) / A(K);
+  A n1, n2;
+  ln_row_means(blk, K, dout, w, [&](int64_t k) { return xhat[k]; }, n1, n2);
   blk.for_each(K, [&](int64_t k) {
     dv[k] = LayerNorm::backward<A>(LayerNorm::dxhat<A>(dout[k], to_acc(w[k])), xhat[k], rstd, n1,
                                    n2);

@@ -58,26 +58,6 @@ def is_available() -> bool:
     return True
 
 
-def _sizes(x: Tensor, h0: Tensor, batch_sizes: Tensor | None) -> list[int]:
-    """Active rows of every step (dense input: all rows, every step)."""
-    if batch_sizes is not None:
-        return [int(b) for b in batch_sizes.tolist()]
-    return [h0.shape[0]] * x.shape[0]
-
-
-def _rows(t: Tensor | None) -> Tensor | None:
-    """[T, B, K] or [N, K] -> contiguous [N, K]."""
-    return None if t is None else t.reshape(-1, t.shape[-1]).contiguous()
-
-
-def _c(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.contiguous()
-
-
-def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
-    return g.contiguous() if g is not None else torch.zeros_like(like)
-
-
 def make_layer(
     backend: str, get_ext: Callable[[], ModuleType], device_type: str = "cuda"
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
@@ -94,18 +74,8 @@ def make_layer(
             device_type=device_type, proj_below_hidden=True, both_biases=not library.is_variant(a),
             **library.options_of(a),
         )  # fmt: skip
-        x, h0, sizes = a.x, a.h0, _sizes(a.x, a.h0, a.batch_sizes)
-        lns = (a.ln_ih_w, a.ln_ih_b, a.ln_hh_w, a.ln_hh_b, a.ln_c_w, a.ln_c_b, a.w_ch)
-        out = get_ext().layer_forward(
-            a.cell, _rows(x), h0.contiguous(), _c(a.c0), _c(a.w_ih), _c(a.w_hh), _c(a.b_ih),
-            _c(a.b_hh), _c(a.w_hr), sizes, a.reverse, a.cifg, *[_c(t) for t in lns],
-            a.zoneout_h, a.zoneout_c, _rows(a.mask_h), _rows(a.mask_c), LN_EPS, a.save,
-        )  # fmt: skip
-        if not a.save:
-            out = out[:3]
-        return [t if t is not None else x.new_empty(0) for t in out] + [
-            x.new_empty(0) for _ in range(len(out), 10)
-        ]
+        out = get_ext().layer_forward(*a[:-1], LN_EPS, a.save)[: 10 if a.save else 3]
+        return [a.x.new_empty(0) if t is None else t for t in out + [None] * (10 - len(out))]
 
     def fake_forward(a: library.LayerArgs) -> list[Tensor]:
         x, h0, cell = a.x, a.h0, a.cell
@@ -116,9 +86,7 @@ def make_layer(
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
 
         def buf(keep: bool, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
-            if not (keep and a.save):
-                return x.new_empty(0)
-            return x.new_empty(shape, dtype=dtype)
+            return x.new_empty(shape, dtype=dtype) if keep and a.save else x.new_empty(0)
 
         return [
             x.new_empty(N, Hout), x.new_empty(B, Hout), x.new_empty((B, H) if lstm else (0,)),
@@ -129,17 +97,8 @@ def make_layer(
         ]  # fmt: skip
 
     def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
-        y, h_n, c_n = buffers[:3]
-        lstm, sizes = a.cell == "lstm", _sizes(a.x, a.h0, a.batch_sizes)
-        dy, dh_n = _or_zeros(grads[0], y), _or_zeros(grads[1], h_n)  # [N, Hout], [B, Hout]
-        dc_n = _or_zeros(grads[2], c_n) if lstm else None  # [B, H]
-        has = [getattr(a, name) is not None for name in library.GRAD_INPUTS]
         fwd = [t if t.dim() == 2 else None for t in buffers]  # [0] placeholders -> None
-        out = get_ext().layer_backward(
-            a.cell, dy, dh_n, dc_n, _rows(a.x), _c(a.w_ih), _c(a.w_hh), _c(a.w_hr), a.cifg,
-            _c(a.ln_ih_w), _c(a.ln_hh_w), _c(a.ln_c_w), _c(a.w_ch), a.zoneout_h, a.zoneout_c,
-            _rows(a.mask_h), _rows(a.mask_c), has, sizes, a.reverse, LN_EPS, fwd,
-        )  # fmt: skip
+        out = get_ext().layer_backward(*a[:-1], LN_EPS, *grads[:3], fwd)  # dy, dh_n, dc_n
         if out[0] is not None:
             out[0] = out[0].view(a.x.shape)  # dx [N, I] -> x's shape
         return out
