@@ -177,8 +177,6 @@ def test_stack_step_names_what_does_not_fit_or_falls_back():
 
 
 def test_kernel_isa_selection():
-    from fusedrnn import _C
-
     forced = os.environ.get("FUSEDRNN_CPU_ISA")
     expected = {"generic", "avx2+fma", "avx512f"}
     if forced in ("generic", "avx2"):  # a cap, not a demand: the CPU may have less
@@ -194,8 +192,6 @@ def test_narrower_isa_copies_match_too(isa):
     cpu conformance cases of torch.nn's cells and of the variants, the packed GEMM and the
     sampling loop's float16-weight product again with the choice capped at a narrower copy than
     this CPU's."""
-    from fusedrnn import _C
-
     if os.environ.get("FUSEDRNN_CPU_ISA") in ("generic", isa) or _C.kernel_isa() == "generic" or (
             isa == "avx2" and _C.kernel_isa() == "avx2+fma"):  # fmt: skip
         pytest.skip(f"this process already runs the {isa} copy or a narrower one")

@@ -50,21 +50,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Switches and entries for the tests only (setup.py compiles them in with
   // FUSEDRNN_TEST_HOOKS=1, as .ci/run does): they run both strategies of a choice against the
   // same oracle. A production build has none of them.
-  m.def(
-      "_set_row_blocks",
-      [](bool on) { fusedrnn::cpu::row_blocks_enabled() = on; },
-      "Layers run blocks of batch rows per thread through the whole sequence where that pays "
-      "(default on) instead of splitting every step over the threads");
-  m.def(
-      "_set_own_sgemm",
-      [](bool on) { fusedrnn::cpu::own_sgemm_enabled() = on; },
-      "float32 GEMMs use the packed kernel (default on where the CPU has AVX2+FMA) "
-      "instead of the BLAS");
-  m.def(
-      "_set_sgemm_avx512",
-      [](bool on) { fusedrnn::cpu::sgemm_avx512_enabled() = on; },
-      "The packed kernel takes its AVX-512 tile (default on where the CPU has AVX-512F) "
-      "instead of the AVX2 one");
+  const std::tuple<const char*, std::atomic<bool>*, const char*> switches[] = {
+      {"_set_row_blocks", &fusedrnn::cpu::row_blocks_enabled,
+       "Layers run blocks of batch rows per thread through the whole sequence where that pays "
+       "(default on) instead of splitting every step over the threads"},
+      {"_set_own_sgemm", &fusedrnn::cpu::own_sgemm_enabled,
+       "float32 GEMMs use the packed kernel (default on where the CPU has AVX2+FMA) "
+       "instead of the BLAS"},
+      {"_set_sgemm_avx512", &fusedrnn::cpu::sgemm_avx512_enabled,
+       "The packed kernel takes its AVX-512 tile (default on where the CPU has AVX-512F) "
+       "instead of the AVX2 one"}};
+  for (const auto& [name, flag, doc] : switches)
+    m.def(name, [flag = flag](bool on) { *flag = on; }, doc);
   m.def(
       "_gemm",
       [](bool ta, bool tb, double alpha, const at::Tensor& A, const at::Tensor& B, double beta,

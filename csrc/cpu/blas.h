@@ -32,25 +32,6 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 
 namespace fusedrnn::cpu {
 
-namespace detail {
-inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-                         const float* alpha, const float* a, const int* lda, const float* b,
-                         const int* ldb, const float* beta, float* c, const int* ldc) {
-  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-                         const double* alpha, const double* a, const int* lda, const double* b,
-                         const int* ldb, const double* beta, double* c, const int* ldc) {
-  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-template <typename T>
-inline bool have_fortran_gemm();
-template <>
-inline bool have_fortran_gemm<float>() { return sgemm_ != nullptr; }
-template <>
-inline bool have_fortran_gemm<double>() { return dgemm_ != nullptr; }
-}  // namespace detail
-
 // Products with at most this many rows in C and B stored transposed (a sampling step's
 // x W^T) go to gemm_small_m of the kernel table instead of the BLAS.
 constexpr int64_t kSmallM = 4;
@@ -84,12 +65,18 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
       return;
     }
   }
-  if (detail::have_fortran_gemm<T>()) {
+  const auto fortran_gemm = [] {  // null when libtorch_cpu does not export it (weak)
+    if constexpr (std::is_same_v<T, float>)
+      return sgemm_;
+    else
+      return dgemm_;
+  }();
+  if (fortran_gemm != nullptr) {
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
     const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
     const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
     const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
-    detail::fortran_gemm(&opb, &opa, &M, &N, &K, &alpha, B, &LDA, A, &LDB, &beta, C, &LDC);
+    fortran_gemm(&opb, &opa, &M, &N, &K, &alpha, B, &LDA, A, &LDB, &beta, C, &LDC);
     return;
   }
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);

@@ -106,10 +106,7 @@ void gather_previous(const std::vector<Step>& steps, const T* hist, const T* ini
 // (bench/results/cpu-intel-xeon-avx512-2t/loop-strategies).
 constexpr int64_t kRowBlockWeightBytes = int64_t(1) << 20;
 
-inline std::atomic<bool>& row_blocks_enabled() {
-  static std::atomic<bool> on{true};  // off only in the tests of the other strategy
-  return on;
-}
+inline std::atomic<bool> row_blocks_enabled{true};  // off only in the tests of the other strategy
 
 template <typename F>
 inline void run_row_blocks(const std::vector<Step>& steps, int64_t B, int64_t work_per_row_step,
@@ -118,7 +115,7 @@ inline void run_row_blocks(const std::vector<Step>& steps, int64_t B, int64_t wo
   int64_t total = 0;  // (row, step) pairs
   for (const Step& s : steps) total += s.rows;
   const int64_t P = std::min<int64_t>(at::get_num_threads(), B / kMinRows);
-  if (P <= 1 || !row_blocks_enabled() || at::in_parallel_region() ||
+  if (P <= 1 || !row_blocks_enabled || at::in_parallel_region() ||
       weight_bytes > kRowBlockWeightBytes || total * work_per_row_step < (int64_t(1) << 20)) {
     fn(int64_t(0), B);
     return;
@@ -151,15 +148,19 @@ inline void step_rows(int64_t b0, int64_t e, int64_t work_per_row, const F& fn) 
   at::parallel_for(b0, e, grain, fn);
 }
 
+// The grain of a parallel_for whose units cost about `cost` cheap element-steps each: below
+// ~16k of them a second thread costs more than it saves.
+inline int64_t grain_of(int64_t cost) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(cost, 1));
+}
+
 // Runs fn(row, j0, j1) over rows [0, rows) x units [0, H) split across threads; a chunk may
 // cover the tail of one row and the head of the next, so fn sees at most a row at a time.
 template <typename F>
 inline void parallel_rows(int64_t rows, int64_t H, int64_t cost_per_unit, const F& fn) {
   const int64_t total = rows * H;
   if (total == 0) return;
-  // Below ~16k cheap element-steps a second thread costs more than it saves.
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cost_per_unit, 1));
-  at::parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, total, grain_of(cost_per_unit), [&](int64_t begin, int64_t end) {
     int64_t idx = begin;
     while (idx < end) {
       const int64_t b = idx / H;
@@ -179,15 +180,16 @@ inline auto dispatch_float(at::ScalarType dtype, const F& f) {
   return f(double{});
 }
 
-// A flat weight list (torch.nn order) holds `expected` CPU tensors of dtype; the errors start
-// with `who` and call the list's entries `what`.
-inline void check_flat_weights(const std::vector<at::Tensor>& w, int64_t expected,
-                               at::ScalarType dtype, const char* who, const char* what) {
-  TORCH_CHECK(static_cast<int64_t>(w.size()) == expected, who, ": expected ", expected, " ",
-              what, ", got ", w.size());
+// Why a flat weight list (torch.nn order) is not `expected` CPU tensors of dtype, or "" when
+// it is; the message calls the list's entries `what`.
+inline std::string flat_weights_mismatch(const std::vector<at::Tensor>& w, int64_t expected,
+                                         at::ScalarType dtype, const char* what) {
+  if (static_cast<int64_t>(w.size()) != expected)
+    return c10::str("expected ", expected, " ", what, ", got ", w.size());
   for (const auto& t : w)
-    TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu(), who,
-                ": every weight must be a CPU tensor of dtype ", dtype);
+    if (t.scalar_type() != dtype || !t.device().is_cpu())
+      return c10::str("every weight must be a CPU tensor of dtype ", dtype);
+  return "";
 }
 
 template <typename T>

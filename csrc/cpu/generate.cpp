@@ -74,15 +74,10 @@ void pick(const at::Tensor& logits, const Sampling& s, at::Tensor& q, int64_t* i
 }
 
 template <typename T>
-at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
-                         const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
-                         const std::vector<std::optional<at::Tensor>>& vw, bool cifg,
-                         double zoneout_h, double zoneout_c, double eps, const at::Tensor& dec_w,
-                         const std::optional<at::Tensor>& dec_b, at::Tensor& h,
-                         const std::optional<at::Tensor>& c, at::Tensor& logits, int64_t length,
-                         const Sampling& s, const IdsCallback& on_ids, int64_t every,
-                         bool half_weights) {
-  const bool lstm = cell == Cell::LSTM, variant = !vw.empty();
+at::Tensor generate_impl(FRNN_GENERATE_PARAMS) {
+  const Cell kind = parse_cell(cell);
+  const Sampling s{temperature, top_k, argmax, generator};
+  const bool lstm = kind == Cell::LSTM, variant = !variant_weights.empty();
   const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
   const int64_t E = embed.has_value() ? embed->size(1) : V;
   const auto opts = h.options();
@@ -92,6 +87,14 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
   at::Tensor raw = std::is_same_v<T, float> ? logits : at::empty({B, V}, opts);
   std::vector<int64_t> next(B);
   const at::Tensor embed_rows = embed.has_value() ? embed->contiguous() : at::Tensor();
+  auto input_row = [&](int64_t id, T* row) {  // [E]: the embedding of id, or one-hot
+    if (embed_rows.defined()) {
+      std::copy_n(cptr<T>(embed_rows) + id * E, E, row);
+    } else {
+      std::fill(row, row + E, T(0));
+      row[id] = T(1);
+    }
+  };
   const at::Tensor wdt = dec_w.t();  // [H, V], as nn.Linear hands it to addmm
 
   // Plain cells: the stack steps between two state buffers (StackStep's in and out must not
@@ -102,22 +105,16 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
   // step would compute it (StackStep::input_products), and looked up per character.
   std::vector<T> table, gates0;
   if (!variant) {
-    stack.emplace(cell, w, L, has_bias, 0, B, E, half_weights);
+    stack.emplace(kind, flat_weights, num_layers, has_bias, 0, B, E, half_weights);
     h2 = at::empty_like(h);
     if (lstm) c2 = at::empty_like(*c);
     if (B <= kSmallM) {
-      const int64_t GH = num_gates(cell) * stack->H();
+      const int64_t GH = num_gates(kind) * stack->H();
       table.resize(V * GH);
       gates0.resize(B * GH);
       std::vector<T> one(E);
       for (int64_t v = 0; v < V; ++v) {
-        if (embed_rows.defined()) {
-          const T* row = cptr<T>(embed_rows) + v * E;
-          std::copy(row, row + E, one.begin());
-        } else {
-          std::fill(one.begin(), one.end(), T(0));
-          one[v] = T(1);
-        }
+        input_row(v, one.data());
         stack->input_products(one.data(), 1, table.data() + v * GH);
       }
     }
@@ -138,15 +135,7 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
     }
     if (i + 1 == length) break;  // the state stays at the last character's input
     T* xp = ptr<T>(x);
-    for (int64_t b = 0; b < B && table.empty(); ++b) {
-      if (embed_rows.defined()) {
-        const T* row = cptr<T>(embed_rows) + next[b] * E;
-        std::copy(row, row + E, xp + b * E);
-      } else {
-        std::fill(xp + b * E, xp + (b + 1) * E, T(0));
-        xp[b * E + next[b]] = T(1);
-      }
-    }
+    for (int64_t b = 0; b < B && table.empty(); ++b) input_row(next[b], xp + b * E);
     at::Tensor top;
     if (!variant) {
       at::Tensor& h_next = h_cur.is_same(h) ? h2 : h;
@@ -162,29 +151,24 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
                  lstm ? ptr<T>(c_next) : nullptr, g0);
       h_cur = h_next;
       c_cur = c_next;
-      top = h_cur[L - 1];
+      top = h_cur[num_layers - 1];
     } else {
       at::Tensor in = x;
-      for (int64_t l = 0; l < L; ++l) {
-        const auto& v = [&](int k) -> const std::optional<at::Tensor>& {
-          return vw[l * kVariantWeights + k];
-        };
-        std::optional<at::Tensor> b_ih, b_hh, c0;
-        if (has_bias) {
-          b_ih = w[l * per_layer + 2];
-          b_hh = w[l * per_layer + 3];
-        }
-        if (lstm) c0 = c->select(0, l);
-        const auto r = layer_fwd(lstm ? "lstm" : "gru", in.view({1, B, in.size(1)}),
-                                 h.select(0, l), c0, w[l * per_layer], w[l * per_layer + 1], b_ih,
-                                 b_hh, std::nullopt, std::nullopt, false, cifg, v(0), v(1), v(2),
-                                 v(3), v(4), v(5), v(6), zoneout_h, zoneout_c, std::nullopt,
+      for (int64_t l = 0; l < num_layers; ++l) {
+        const OptTensor* v = variant_weights.data() + l * kVariantWeights;
+        const at::Tensor* w = flat_weights.data() + l * per_layer;  // w_ih, w_hh, b_ih, b_hh
+        const OptTensor b_ih = has_bias ? OptTensor(w[2]) : std::nullopt;
+        const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
+        const OptTensor c0 = lstm ? OptTensor(c->select(0, l)) : std::nullopt;
+        const auto r = layer_fwd(cell, in.view({1, B, in.size(1)}), h.select(0, l), c0, w[0], w[1],
+                                 b_ih, b_hh, std::nullopt, std::nullopt, false, cifg, v[0], v[1],
+                                 v[2], v[3], v[4], v[5], v[6], zoneout_h, zoneout_c, std::nullopt,
                                  std::nullopt, eps, /*train=*/false);
         h.select(0, l).copy_(r[1]);
         if (lstm) c->select(0, l).copy_(r[2]);
         in = r[0].view({B, H});
       }
-      top = h.select(0, L - 1);
+      top = h.select(0, num_layers - 1);
     }
     if (dec_b.has_value())
       at::addmm_out(raw, *dec_b, top, wdt);
@@ -201,16 +185,8 @@ at::Tensor generate_impl(Cell cell, const std::optional<at::Tensor>& embed,
 
 }  // namespace
 
-at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor>& embed,
-                    const std::vector<at::Tensor>& flat_weights, int64_t num_layers,
-                    bool has_bias, const std::vector<std::optional<at::Tensor>>& variant_weights,
-                    bool cifg, double zoneout_h, double zoneout_c, double eps,
-                    const at::Tensor& dec_w, const std::optional<at::Tensor>& dec_b, at::Tensor h,
-                    const std::optional<at::Tensor>& c, at::Tensor logits, int64_t length,
-                    double temperature, int64_t top_k, bool argmax,
-                    std::optional<at::Generator> generator, const IdsCallback& on_ids,
-                    int64_t every, bool half_weights) {
-  const Cell cell = parse_cell(cell_name);
+at::Tensor generate(FRNN_GENERATE_PARAMS) {
+  const Cell kind = parse_cell(cell);
   c10::NoGradGuard no_grad;
   const auto dtype = h.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
@@ -219,7 +195,7 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
   TORCH_CHECK(h.dim() == 3 && h.size(0) == num_layers && h.size(1) >= 1 && h.is_contiguous(),
               "fusedrnn generate: h must be a contiguous [L, B, H] tensor, got ", h.sizes());
   const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
-  const bool lstm = cell == Cell::LSTM;
+  const bool lstm = kind == Cell::LSTM;
   TORCH_CHECK(!lstm || (c.has_value() && c->sizes() == h.sizes() && c->is_contiguous() &&
                         c->scalar_type() == dtype),
               "fusedrnn generate: LSTM needs a contiguous c shaped like h");
@@ -233,24 +209,19 @@ at::Tensor generate(const std::string& cell_name, const std::optional<at::Tensor
   TORCH_CHECK(!embed.has_value() || (embed->dim() == 2 && embed->size(0) == V &&
                                      embed->scalar_type() == dtype),
               "fusedrnn generate: embedding must be [", V, ", E] of the model's dtype");
-  const int64_t per_layer = has_bias ? 4 : 2;
-  check_flat_weights(flat_weights, num_layers * per_layer, dtype, "fusedrnn generate",
-                     "layer weights");
+  const std::string why =
+      flat_weights_mismatch(flat_weights, num_layers * (has_bias ? 4 : 2), dtype, "layer weights");
+  TORCH_CHECK(why.empty(), "fusedrnn generate: ", why);
   TORCH_CHECK(variant_weights.empty() ||
                   static_cast<int64_t>(variant_weights.size()) == num_layers * kVariantWeights,
               "fusedrnn generate: expected ", num_layers * kVariantWeights,
               " variant weights (7 per layer), got ", variant_weights.size());
-  TORCH_CHECK(variant_weights.empty() || cell == Cell::LSTM || cell == Cell::GRU,
+  TORCH_CHECK(variant_weights.empty() || lstm || kind == Cell::GRU,
               "fusedrnn generate: cell variants exist for LSTM and GRU only");
   TORCH_CHECK(!half_weights || (dtype == at::kFloat && variant_weights.empty()),
               "fusedrnn generate: float16 weights are for float32 models of plain cells");
-  const Sampling s{temperature, top_k, argmax, generator};
-  return dispatch_float(dtype, [&](auto t) {
-    return generate_impl<decltype(t)>(cell, embed, flat_weights, num_layers, has_bias,
-                                      variant_weights, cifg, zoneout_h, zoneout_c, eps, dec_w,
-                                      dec_b, h, c, logits, length, s, on_ids, every,
-                                      half_weights);
-  });
+  return dispatch_float(dtype,
+                        [&](auto t) { return generate_impl<decltype(t)>(FRNN_GENERATE_ARGS); });
 }
 
 }  // namespace fusedrnn::cpu

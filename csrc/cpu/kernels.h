@@ -12,13 +12,18 @@
 // only the table: no inline code, nothing that could be linked across the ISA copies.
 #pragma once
 
+#include <c10/util/Half.h>
+
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 // FRNN_TARGET_AVX2: this compiler can build AVX2+FMA(+F16C) functions into a baseline-ISA
 // binary (x86 with GCC or clang); FRNN_AVX2_BEGIN / FRNN_AVX2_END then bracket the code that gets the wider
 // ISA (kernels_avx2.cpp, sgemm_simd.cpp; FRNN_AVX512_BEGIN / _END for AVX-512F code).
-// Every standard header is included before FRNN_AVX2_BEGIN, so that only the bracketed
-// functions, and what they inline, get it.
+// Every header is included before FRNN_AVX2_BEGIN (the ones of the kernel loops here), so that
+// only the bracketed functions, and what they inline, get it.
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FRNN_TARGET_AVX2 1
 #if defined(__clang__)
@@ -36,6 +41,7 @@
   _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx2,fma,f16c\")")
 #define FRNN_AVX512_END _Pragma("GCC pop_options")
 #endif
+#include <immintrin.h>
 #else
 #define FRNN_TARGET_AVX2 0
 #endif

@@ -1,13 +1,7 @@
 // Baseline-ISA copy of the pointwise kernels, plain cells and variants, and the run-time choice
 // between the copies.
-#include <cmath>
-#include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <string>
-#include <type_traits>
-
-#include <c10/util/Half.h>
 
 #include "kernels.h"
 

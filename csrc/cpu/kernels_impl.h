@@ -14,13 +14,19 @@
 namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE {
 
 namespace {
-// Calls f(std::integral_constant<bool, b>) so that a run-time flag selects an instantiation.
+// Calls f(std::bool_constant<b>...) with one constant per run-time flag, in order, so that
+// the flags select an instantiation.
 template <typename F>
-inline void with_bool(bool b, const F& f) {
+inline void with_bools(const F& f) {
+  f();
+}
+template <typename F, typename... Bools>
+inline void with_bools(const F& f, bool b, Bools... rest) {
+  const auto bind = [&](auto v) { with_bools([&](auto... vs) { f(v, vs...); }, rest...); };
   if (b)
-    f(std::true_type{});
+    bind(std::true_type{});
   else
-    f(std::false_type{});
+    bind(std::false_type{});
 }
 }  // namespace
 
@@ -53,9 +59,8 @@ void lstm_fwd_loop(int64_t n, int64_t H, const T* __restrict bias, T* __restrict
 template <typename T>
 void lstm_fwd(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out, T* h_out,
               bool save_act) {
-  with_bool(save_act, [&](auto save) {
-    lstm_fwd_loop<T, decltype(save)::value>(n, H, bias, g, c_prev, c_out, h_out);
-  });
+  with_bools([&](auto save) { lstm_fwd_loop<T, save>(n, H, bias, g, c_prev, c_out, h_out); },
+             save_act);
 }
 
 template <typename T, bool SAVE>
@@ -89,9 +94,9 @@ void gru_fwd_hg_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* 
 template <typename T>
 void gru_fwd_hg(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
              const T* h_prev, T* h_out, T* hn_out, bool save_act) {
-  with_bool(save_act, [&](auto save) {
-    gru_fwd_hg_loop<T, decltype(save)::value>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
-  });
+  with_bools([&](auto save) {
+    gru_fwd_hg_loop<T, save>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
+  }, save_act);
 }
 
 template <typename T, typename Cell>
@@ -100,12 +105,12 @@ void rnn_fwd_loop(int64_t n, const T* __restrict bias, const T* __restrict pre,
   for (int64_t j = 0; j < n; ++j) h_out[j] = Cell::template forward<T>(pre[j] + bias[j]);
 }
 
+template <bool RELU>
+using ElmanCell = std::conditional_t<RELU, RNNReluCell, RNNTanhCell>;
+
 template <typename T>
 void rnn_fwd(int64_t n, const T* bias, const T* pre, T* h_out, bool relu) {
-  if (relu)
-    rnn_fwd_loop<T, RNNReluCell>(n, bias, pre, h_out);
-  else
-    rnn_fwd_loop<T, RNNTanhCell>(n, bias, pre, h_out);
+  with_bools([&](auto r) { rnn_fwd_loop<T, ElmanCell<r>>(n, bias, pre, h_out); }, relu);
 }
 
 template <typename T, typename Cell>
@@ -116,10 +121,7 @@ void rnn_bwd_loop(int64_t n, const T* __restrict h, const T* __restrict dy,
 
 template <typename T>
 void rnn_bwd(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu) {
-  if (relu)
-    rnn_bwd_loop<T, RNNReluCell>(n, h, dy, dh, dg);
-  else
-    rnn_bwd_loop<T, RNNTanhCell>(n, h, dy, dh, dg);
+  with_bools([&](auto r) { rnn_bwd_loop<T, ElmanCell<r>>(n, h, dy, dh, dg); }, relu);
 }
 
 // B's values: stored as T, or as IEEE float16 bits widened on load (a sampling loop whose

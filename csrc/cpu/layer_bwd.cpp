@@ -146,12 +146,13 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   std::vector<at::Tensor> out(15);  // undefined (None) where not computed
   if (mask == 0) return out;
 
-  const SavedSlots present = saved_slots(a);
-  TORCH_CHECK(saved.size() == present.count(), "fusedrnn cpu backend: the backward needs the ",
-              present.count(), " tensors the forward saved, got ", saved.size());
+  const auto present = saved_slots(a);
+  const auto count = static_cast<size_t>(std::count(present.begin(), present.end(), true));
+  TORCH_CHECK(saved.size() == count, "fusedrnn cpu backend: the backward needs the ", count,
+              " tensors the forward saved, got ", saved.size());
   at::Tensor slots[6];  // act, cs, ct, hh, xh, stats (undefined where the configuration has none)
   for (int k = 0, n = 0; k < 6; ++k)
-    if (present.present[k]) slots[k] = saved[n++].contiguous();
+    if (present[k]) slots[k] = saved[n++].contiguous();
   const at::Tensor &act_t = slots[0], &cs_t = slots[1], &ct_t = slots[2], &hh_t = slots[3],
                    &xh_t = slots[4], &st_t = slots[5];
   TORCH_CHECK((rnn || act_t.numel() == N * GH) && (direct || ct_t.numel() == N * H) &&
@@ -273,31 +274,30 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
       s_rec = column_sums<T>(dSp, GH, (mask & want_rec) != 0, nullptr, b_hh, GH, N, GH, opts);
     const at::Tensor& db_in = s_in[0];
     const at::Tensor& db_rec = gru ? s_rec[0] : s_in[0];
-    if (mask & kGradBih) out[5] = db_in.clone();
-    if (mask & kGradLnIhB) out[9] = db_in.clone();
-    if (mask & kGradBhh) out[6] = db_rec.clone();
-    if (mask & kGradLnHhB) out[11] = db_rec.clone();
-    if (b_xh) out[8] = s_in[1];
-    if (b_hh) out[10] = gru ? s_rec[2] : s_in[2];
+    auto give = [&](int64_t bit, int k, const at::Tensor& sum) {  // copies once sum is given
+      const bool taken = sum.is_same(out[5]) || sum.is_same(out[9]) || sum.is_same(out[6]);
+      if (mask & bit) out[k] = taken ? sum.clone() : sum;
+    };
+    give(kGradBih, 5, db_in);
+    give(kGradLnIhB, 9, db_in);
+    give(kGradBhh, 6, db_rec);
+    give(kGradLnHhB, 11, db_rec);
+    out[8] = s_in[1];  // the gain sums: undefined unless asked for
+    out[10] = gru ? s_rec[2] : s_in[2];
   }
-  if (ln && lstm && (mask & (kGradLnCW | kGradLnCB))) {
-    // pcn = dcn xhat_c row by row: the gain's terms; dcn: the bias'
-    const bool gain = mask & kGradLnCW, bias = mask & kGradLnCB;
-    auto s_c = column_sums<T>(pcnp, H, gain, nullptr, nullptr, H, N, H, opts);
-    auto s_b = column_sums<T>(dcnp, H, bias, nullptr, nullptr, H, N, H, opts);
-    if (mask & kGradLnCW) out[12] = s_c[0];
-    if (mask & kGradLnCB) out[13] = s_b[0];
+  if (ln && lstm) {  // pcn = dcn xhat_c row by row: the gain's terms; dcn: the bias'
+    out[12] = column_sums<T>(pcnp, H, mask & kGradLnCW, nullptr, nullptr, H, N, H, opts)[0];
+    out[13] = column_sums<T>(dcnp, H, mask & kGradLnCB, nullptr, nullptr, H, N, H, opts)[0];
   }
   if ((mask & kGradWch) && fl.peep) {
     at::Tensor cprev = tmp(Scratch::kWork6, {N, H});  // c_{t-1} of every row
     T* cpv = ptr<T>(cprev);
     gather_previous(steps, C, c0, H, cpv);
-    // rows (w_ci, w_cf, w_co) or (w_ci, w_co): dP_i c_prev, dP_f c_prev, dP_o c~
-    const int64_t ko = fl.cifg ? 2 : 3;
-    std::vector<at::Tensor> rows{column_sums<T>(dPp, GH, false, cpv, nullptr, H, N, H, opts)[1]};
-    if (!fl.cifg)
-      rows.push_back(column_sums<T>(dPp + H, GH, false, cpv, nullptr, H, N, H, opts)[1]);
-    rows.push_back(column_sums<T>(dPp + ko * H, GH, false, CT, nullptr, H, N, H, opts)[1]);
+    // rows (w_ci, w_cf, w_co) or (w_ci, w_co): dP_i c_prev, dP_f c_prev, dP_o c~ (slot G - 1)
+    std::vector<at::Tensor> rows;
+    for (const int64_t k : fl.cifg ? std::vector<int64_t>{0, 2} : std::vector<int64_t>{0, 1, 3})
+      rows.push_back(column_sums<T>(dPp + k * H, GH, false, k == G - 1 ? CT : cpv, nullptr, H, N,
+                                    H, opts)[1]);
     out[14] = at::stack(rows);
   }
   // Input side: LN_ih backward row by row over all steps, in place (dP becomes the gradient of
@@ -305,11 +305,10 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   if (ln && (mask & (kGradX | kGradWih))) {
     const T* XH = cptr<T>(xh_t);
     const T* w = cptr<T>(a.ln_ih_w);
-    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
-                     [&](int64_t r0, int64_t r1) {
-                       for (int64_t r = r0; r < r1; ++r)
-                         K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);
-                     });
+    at::parallel_for(0, N, grain_of(GH), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);
+    });
   }
   gemm_grads<T>(a, steps, dPp, dHPp, yp, dhtp, hrawp, mask, out);
   if (mask & kGradH0) out[1] = dh_state;
@@ -319,10 +318,19 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
 
 }  // namespace
 
-std::vector<at::Tensor> bwd_loop(const LayerArgs& a, const at::Tensor& y,
-                                 const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
-                                 const OptTensor& grad_hn, const OptTensor& grad_cn,
-                                 int64_t grad_mask) {
+std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
+                                  const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
+                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
+                                  int64_t grad_mask) {
+  c10::NoGradGuard no_grad;
+  // gradients of absent inputs are never produced; the optional inputs' bits are kGradBih
+  // shifted by their place here (GradBit's order)
+  const OptTensor* optional[] = {&b_ih,    &b_hh,    &w_hr,   &ln_ih_w, &ln_ih_b,
+                                 &ln_hh_w, &ln_hh_b, &ln_c_w, &ln_c_b,  &w_ch};
+  for (int k = 0; k < 10; ++k)
+    if (!optional[k]->has_value()) grad_mask &= ~(kGradBih << k);
+  if (cell != "lstm") grad_mask &= ~kGradC0;
+  const LayerArgs a = prepare(FRNN_LAYER_ARGS);
   return dispatch_float(a.x.scalar_type(), [&](auto t) {
     return bwd_impl<decltype(t)>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
   });

@@ -65,15 +65,14 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
       const T* w = cptr<T>(a.ln_ih_w);
       const T* b = cptr<T>(b_in);
       T* xgp = ptr<T>(xg);
-      at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(GH, 1)),
-                       [&](int64_t r0, int64_t r1) {
-                         for (int64_t r = r0; r < r1; ++r) {
-                           T mean, rstd;
-                           K.ln_stats(GH, dst + r * GH, eps, &mean, &rstd);
-                           K.ln_apply(GH, dst + r * GH, xgp + r * GH, w, b, mean, rstd);
-                           if (train) stp[r * 4] = rstd;
-                         }
-                       });
+      at::parallel_for(0, N, grain_of(GH), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          T mean, rstd;
+          K.ln_stats(GH, dst + r * GH, eps, &mean, &rstd);
+          K.ln_apply(GH, dst + r * GH, xgp + r * GH, w, b, mean, rstd);
+          if (train) stp[r * 4] = rstd;
+        }
+      });
     } else if (!direct) {
       xg.add_(b_in);
     }
@@ -205,16 +204,18 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   if (!a.packed) y = y.view({a.T, B, Hout});
   // what the backward reads, in the order of saved_slots
   std::vector<at::Tensor> out{y, h_n, c_n};
-  const SavedSlots slots = saved_slots(a);
+  const auto slots = saved_slots(a);
   const at::Tensor kept[] = {xg, cs, ct, hh, xh, stats};
   for (int k = 0; k < 6; ++k)
-    if (slots.present[k]) out.push_back(train ? kept[k] : empty());
+    if (slots[k]) out.push_back(train ? kept[k] : empty());
   return out;
 }
 
 }  // namespace
 
-std::vector<at::Tensor> fwd_loop(const LayerArgs& a, bool train) {
+std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train) {
+  c10::NoGradGuard no_grad;
+  const LayerArgs a = prepare(FRNN_LAYER_ARGS);
   return dispatch_float(a.x.scalar_type(), [&](auto t) { return fwd_impl<decltype(t)>(a, train); });
 }
 

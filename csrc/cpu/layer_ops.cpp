@@ -1,4 +1,4 @@
-// The layer entry points: validation of the arguments (clear errors for bad input) and their
+// Validation of the layer entry points' arguments (clear errors for bad input) and their
 // contiguous form (prepare).
 #include "layer_ops.h"
 
@@ -137,29 +137,6 @@ LayerArgs prepare(FRNN_LAYER_PARAMS) {
   a.flags.zone_c = a.keep_c.defined();
   a.eps = eps;
   return a;
-}
-
-std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train) {
-  c10::NoGradGuard no_grad;
-  return fwd_loop(prepare(FRNN_LAYER_ARGS), train);
-}
-
-std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
-                                  const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
-                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
-                                  int64_t grad_mask) {
-  c10::NoGradGuard no_grad;
-  // gradients of absent inputs are never produced
-  const std::pair<bool, int64_t> absent[] = {
-      {!b_ih.has_value(), kGradBih},       {!b_hh.has_value(), kGradBhh},
-      {!w_hr.has_value(), kGradWhr},       {!ln_ih_w.has_value(), kGradLnIhW},
-      {!ln_ih_b.has_value(), kGradLnIhB},  {!ln_hh_w.has_value(), kGradLnHhW},
-      {!ln_hh_b.has_value(), kGradLnHhB},  {!ln_c_w.has_value(), kGradLnCW},
-      {!ln_c_b.has_value(), kGradLnCB},    {!w_ch.has_value(), kGradWch},
-      {cell != "lstm", kGradC0}};
-  for (const auto& [gone, bit] : absent)
-    if (gone) grad_mask &= ~bit;
-  return bwd_loop(prepare(FRNN_LAYER_ARGS), y, saved, grad_y, grad_hn, grad_cn, grad_mask);
 }
 
 }  // namespace fusedrnn::cpu

@@ -4,7 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
+#include <array>
 #include <functional>
 #include <optional>
 #include <string>
@@ -73,13 +73,9 @@ LayerArgs prepare(FRNN_LAYER_PARAMS);
 // (LSTM, not direct_gates) or the recurrent n part (GRU), hh / xh [N, G*H] the normalised
 // recurrent / input projections (ln), stats [N, 4] (rstd_ih, rstd_hh, mean_c, rstd_c) (ln).
 // fusedrnn/ops/cpu.py::fake_forward follows the same rule.
-struct SavedSlots {
-  bool present[6];
-  size_t count() const { return std::count(present, present + 6, true); }
-};
-inline SavedSlots saved_slots(const LayerArgs& a) {
+inline std::array<bool, 6> saved_slots(const LayerArgs& a) {
   const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln;
-  return {{lstm || a.cell == Cell::GRU, lstm, !direct_gates(a), ln, ln, ln}};
+  return {lstm || a.cell == Cell::GRU, lstm, !direct_gates(a), ln, ln, ln};
 }
 
 // Forward of one layer in one direction (layer_fwd.cpp). -> {y [T, B, Hout] or [N, Hout],
@@ -102,13 +98,6 @@ std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
                                   const OptTensor& grad_hn, const OptTensor& grad_cn,
                                   int64_t grad_mask);
 
-// The time loops behind them (grad_mask without the bits of absent inputs).
-std::vector<at::Tensor> fwd_loop(const LayerArgs& a, bool train);
-std::vector<at::Tensor> bwd_loop(const LayerArgs& a, const at::Tensor& y,
-                                 const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
-                                 const OptTensor& grad_hn, const OptTensor& grad_cn,
-                                 int64_t grad_mask);
-
 // One time step of a unidirectional stack of layers, no autograd, minimal overhead.
 // x [B, I] or one step [1, B, I] ([B, 1, I] when batch_first); hx [L, B, Hout] and cx [L, B, H]
 // (LSTM), absent: zeros; a cell (x [B, I], one layer) may pass states [B, .], and gets them back
@@ -127,15 +116,21 @@ std::vector<at::Tensor> stack_step(const std::string& cell, const at::Tensor& x,
 // updated in place; the state ends at the last character's input. -> ids [B, length] int64.
 // on_ids (if set, and every > 0) receives each run of `every` new ids [B, n] as it is chosen.
 // half_weights (float32, plain cells): the layers' w_ih and w_hh are used rounded to float16.
+// Its parameters are written once here, for it and its implementation; FRNN_GENERATE_ARGS
+// passes them on.
 using IdsCallback = std::function<void(const at::Tensor&)>;
-at::Tensor generate(const std::string& cell, const std::optional<at::Tensor>& embed,
-                    const std::vector<at::Tensor>& flat_weights, int64_t num_layers,
-                    bool has_bias, const std::vector<std::optional<at::Tensor>>& variant_weights,
-                    bool cifg, double zoneout_h, double zoneout_c, double eps,
-                    const at::Tensor& dec_w, const std::optional<at::Tensor>& dec_b, at::Tensor h,
-                    const std::optional<at::Tensor>& c, at::Tensor logits, int64_t length,
-                    double temperature, int64_t top_k, bool argmax,
-                    std::optional<at::Generator> generator, const IdsCallback& on_ids,
-                    int64_t every, bool half_weights);
+#define FRNN_GENERATE_PARAMS                                                                    \
+  const std::string& cell, const OptTensor& embed, const std::vector<at::Tensor>& flat_weights, \
+      int64_t num_layers, bool has_bias, const std::vector<OptTensor>& variant_weights,         \
+      bool cifg, double zoneout_h, double zoneout_c, double eps, const at::Tensor& dec_w,       \
+      const OptTensor& dec_b, at::Tensor h, const OptTensor& c, at::Tensor logits,              \
+      int64_t length, double temperature, int64_t top_k, bool argmax,                           \
+      std::optional<at::Generator> generator, const IdsCallback& on_ids, int64_t every,         \
+      bool half_weights
+#define FRNN_GENERATE_ARGS                                                                      \
+  cell, embed, flat_weights, num_layers, has_bias, variant_weights, cifg, zoneout_h,            \
+      zoneout_c, eps, dec_w, dec_b, h, c, logits, length, temperature, top_k, argmax,           \
+      generator, on_ids, every, half_weights
+at::Tensor generate(FRNN_GENERATE_PARAMS);
 
 }  // namespace fusedrnn::cpu

@@ -11,27 +11,17 @@
 
 namespace fusedrnn::cpu {
 
-std::atomic<bool>& own_sgemm_enabled() {
-  static std::atomic<bool> on{true};
-  return on;
-}
-
 bool use_own_sgemm() {
   // The same run-time choice as the pointwise kernels (kernels_generic.cpp).
   static const bool available =
       sgemm_simd::compiled() && std::strcmp(kernel_isa(), "generic") != 0;
-  return available && own_sgemm_enabled();
-}
-
-std::atomic<bool>& sgemm_avx512_enabled() {
-  static std::atomic<bool> on{true};
-  return on;
+  return available && own_sgemm_enabled;
 }
 
 namespace {
 bool use_avx512() {
   static const bool available = std::strcmp(kernel_isa(), "avx512f") == 0;
-  return available && sgemm_avx512_enabled();
+  return available && sgemm_avx512_enabled;
 }
 }  // namespace
 

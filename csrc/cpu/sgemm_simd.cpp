@@ -18,16 +18,12 @@
 //
 // Every standard header is included before FRNN_AVX2_BEGIN (kernels.h), as in kernels_avx2.cpp.
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
 #include <utility>
 
 #include "kernels.h"
 #include "sgemm.h"
 
 #if FRNN_TARGET_AVX2
-#include <immintrin.h>
-
 namespace fusedrnn::cpu::sgemm_simd {
 
 namespace {

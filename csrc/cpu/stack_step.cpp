@@ -20,11 +20,9 @@ std::string step_mismatch(Cell cell, const at::Tensor& x, const OptTensor& hx, c
   if (!x.device().is_cpu()) return "CPU tensors only";
   if (L < 1) return "num_layers must be >= 1";
   if (proj != 0 && cell != Cell::LSTM) return "proj_size is LSTM only";
-  const size_t expected = L * (2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0));
-  if (w.size() != expected) return c10::str("expected ", expected, " weights, got ", w.size());
-  for (const auto& t : w)
-    if (t.scalar_type() != dtype || !t.device().is_cpu())
-      return c10::str("every weight must be a CPU tensor of dtype ", dtype);
+  const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0);
+  if (auto why = flat_weights_mismatch(w, L * per_layer, dtype, "weights"); !why.empty())
+    return why;
   const bool one_step = x.dim() == 3 && x.size(batch_first ? 1 : 0) == 1;
   if (x.dim() != 2 && !one_step)
     return c10::str("x must be [B, I] or one step of [T, B, I] (batch_first: [B, T, I]), got ",
@@ -51,53 +49,42 @@ std::string step_mismatch(Cell cell, const at::Tensor& x, const OptTensor& hx, c
   return "";
 }
 
-template <typename T>
-std::vector<at::Tensor> step_impl(Cell cell, const at::Tensor& x, const OptTensor& hx,
-                                  const OptTensor& cx, const std::vector<at::Tensor>& w,
-                                  int64_t L, bool has_bias, int64_t proj, bool batch_first) {
-  const bool seq = x.dim() == 3;
+}  // namespace
+
+std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tensor& x,
+                                   const OptTensor& hx, const OptTensor& cx,
+                                   const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
+                                   int64_t proj, bool batch_first, bool fallback) {
+  const Cell cell = parse_cell(cell_name);
+  c10::NoGradGuard no_grad;
+  const std::string why = step_mismatch(cell, x, hx, cx, w, L, has_bias, proj, batch_first);
+  if (!why.empty()) {
+    TORCH_CHECK(fallback, "fusedrnn stack_step: ", why);
+    return {};
+  }
+  const bool seq = x.dim() == 3, lstm = cell == Cell::LSTM;
   const int64_t B = x.size(seq && !batch_first ? 1 : 0), I = x.size(-1);
-  StackStep<T> stack(cell, w, L, has_bias, proj, B, I);
+  const int64_t H = w[0].size(0) / num_gates(cell), Hout = proj > 0 ? proj : H;
   const auto opts = x.options();
-  const bool lstm = cell == Cell::LSTM;
-  const int64_t Hout = stack.Hout();
   // [L, B, Hout] and [L, B, H], or [B, .] like a cell's states
   const bool cell_h = hx && hx->dim() == 2, cell_c = lstm && cx && cx->dim() == 2;
   at::Tensor h_n = cell_h ? at::empty({B, Hout}, opts) : at::empty({L, B, Hout}, opts);
-  at::Tensor c_n = cell_c ? at::empty({B, stack.H()}, opts)
-                          : at::empty({lstm ? L : 0, B, stack.H()}, opts);
+  at::Tensor c_n = cell_c ? at::empty({B, H}, opts) : at::empty({lstm ? L : 0, B, H}, opts);
   // y owns its memory, as torch.nn's output does; shaped here rather than by ATen view ops
   at::Tensor y = !seq ? at::empty({B, Hout}, opts)
                  : batch_first ? at::empty({B, 1, Hout}, opts) : at::empty({1, B, Hout}, opts);
   const at::Tensor xc = x.contiguous();
   const at::Tensor h_in = hx ? hx->contiguous() : at::zeros_like(h_n);
   const at::Tensor c_in = !lstm ? c_n : cx ? cx->contiguous() : at::zeros_like(c_n);
-  T* top = ptr<T>(h_n) + (L - 1) * B * Hout;
-  stack.run(cptr<T>(xc), cptr<T>(h_in), lstm ? cptr<T>(c_in) : nullptr, ptr<T>(h_n),
-            lstm ? ptr<T>(c_n) : nullptr);
-  std::copy(top, top + B * Hout, ptr<T>(y));
-  return {y, h_n, c_n};
-}
-
-}  // namespace
-
-std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tensor& x,
-                                   const OptTensor& hx, const OptTensor& cx,
-                                   const std::vector<at::Tensor>& flat_weights,
-                                   int64_t num_layers, bool has_bias, int64_t proj_size,
-                                   bool batch_first, bool fallback) {
-  const Cell cell = parse_cell(cell_name);
-  c10::NoGradGuard no_grad;
-  const std::string why = step_mismatch(cell, x, hx, cx, flat_weights, num_layers, has_bias,
-                                        proj_size, batch_first);
-  if (!why.empty()) {
-    TORCH_CHECK(fallback, "fusedrnn stack_step: ", why);
-    return {};
-  }
-  return dispatch_float(x.scalar_type(), [&](auto t) {
-    return step_impl<decltype(t)>(cell, x, hx, cx, flat_weights, num_layers, has_bias,
-                                  proj_size, batch_first);
+  dispatch_float(x.scalar_type(), [&](auto t) {
+    using T = decltype(t);
+    StackStep<T> stack(cell, w, L, has_bias, proj, B, I);
+    T* top = ptr<T>(h_n) + (L - 1) * B * Hout;
+    stack.run(cptr<T>(xc), cptr<T>(h_in), lstm ? cptr<T>(c_in) : nullptr, ptr<T>(h_n),
+              lstm ? ptr<T>(c_n) : nullptr);
+    std::copy(top, top + B * Hout, ptr<T>(y));
   });
+  return {y, h_n, c_n};
 }
 
 }  // namespace fusedrnn::cpu

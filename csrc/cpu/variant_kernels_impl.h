@@ -1,6 +1,6 @@
 // Loops of the row kernels declared in kernels.h, and the kernel table of one ISA. Included once
 // per ISA by kernels_{generic,avx2,avx512}.cpp with FRNN_ISA_NAMESPACE set, after kernels_impl.h
-// (with_bool and torch.nn's cells' loops).
+// (with_bools and torch.nn's cells' loops).
 //
 // As in kernels_impl.h every loop walks contiguous units with __restrict pointers and selects
 // only, so that -O3 -fno-trapping-math vectorises it; row sums use `omp simd reduction`
@@ -71,11 +71,8 @@ void rec_part_loop(int64_t n, T* __restrict hp, T mean, T rstd, const T* __restr
 template <typename T>
 void rec_part(bool ln, bool acc, int64_t n, T* hp, T mean, T rstd, const T* w, const T* b,
               T* dst) {
-  with_bool(ln, [&](auto l) {
-    with_bool(acc, [&](auto a) {
-      rec_part_loop<T, decltype(l)::value, decltype(a)::value>(n, hp, mean, rstd, w, b, dst);
-    });
-  });
+  with_bools([&](auto l, auto a) { rec_part_loop<T, l, a>(n, hp, mean, rstd, w, b, dst); },
+             ln, acc);
 }
 
 template <typename T, bool PEEP, bool CIFG>
@@ -103,11 +100,8 @@ void lstm_fwd_a_loop(int64_t H, T* __restrict g, const T* __restrict w_ch,
 template <typename T>
 void lstm_fwd_a(const VariantFlags& fl, int64_t H, T* g, const T* w_ch, const T* c_prev,
                 T* ct) {
-  with_bool(fl.peep, [&](auto pe) {
-    with_bool(fl.cifg, [&](auto ci) {
-      lstm_fwd_a_loop<T, decltype(pe)::value, decltype(ci)::value>(H, g, w_ch, c_prev, ct);
-    });
-  });
+  with_bools([&](auto pe, auto ci) { lstm_fwd_a_loop<T, pe, ci>(H, g, w_ch, c_prev, ct); },
+             fl.peep, fl.cifg);
 }
 
 template <typename T, bool LN, bool PEEP, bool ZC>
@@ -137,14 +131,10 @@ template <typename T>
 void lstm_fwd_b(const VariantFlags& fl, int64_t H, T* go, const T* ct, T mean, T rstd,
                 const T* ln_w, const T* ln_b, const T* w_co, const T* c_prev, const T* keep_c,
                 T* h_out, T* c_out) {
-  with_bool(fl.ln, [&](auto ln) {
-    with_bool(fl.peep, [&](auto pe) {
-      with_bool(fl.zone_c, [&](auto zc) {
-        lstm_fwd_b_loop<T, decltype(ln)::value, decltype(pe)::value, decltype(zc)::value>(
-            H, go, ct, mean, rstd, ln_w, ln_b, w_co, c_prev, keep_c, h_out, c_out);
-      });
-    });
-  });
+  with_bools([&](auto ln, auto pe, auto zc) {
+    lstm_fwd_b_loop<T, ln, pe, zc>(H, go, ct, mean, rstd, ln_w, ln_b, w_co, c_prev, keep_c, h_out,
+                                   c_out);
+  }, fl.ln, fl.peep, fl.zone_c);
 }
 
 template <typename T>
@@ -218,10 +208,9 @@ template <typename T>
 void lstm_bwd_a(const VariantFlags& fl, int64_t H, const T* dh, const T* o, const T* ct, T mean,
                 T rstd, const T* ln_w, const T* ln_b, T* dpo, T* dcn, T* pcn, T* hraw, T* m1,
                 T* m2) {
-  if (fl.ln)
-    lstm_bwd_a_loop<T, true>(H, dh, o, ct, mean, rstd, ln_w, ln_b, dpo, dcn, pcn, hraw, m1, m2);
-  else
-    lstm_bwd_a_loop<T, false>(H, dh, o, ct, mean, rstd, ln_w, ln_b, dpo, dcn, pcn, hraw, m1, m2);
+  with_bools([&](auto ln) {
+    lstm_bwd_a_loop<T, ln>(H, dh, o, ct, mean, rstd, ln_w, ln_b, dpo, dcn, pcn, hraw, m1, m2);
+  }, fl.ln);
 }
 
 template <typename T, bool LN, bool PEEP, bool CIFG, bool ZC>
@@ -264,17 +253,10 @@ template <typename T>
 void lstm_bwd_b(const VariantFlags& fl, int64_t H, T* dc, const T* keep_c, const T* dcn,
                 const T* ct, T mean, T rstd, const T* ln_w, T m1, T m2, const T* act,
                 const T* c_prev, const T* w_ch, T* dp) {
-  with_bool(fl.ln, [&](auto ln) {
-    with_bool(fl.peep, [&](auto pe) {
-      with_bool(fl.cifg, [&](auto ci) {
-        with_bool(fl.zone_c, [&](auto zc) {
-          lstm_bwd_b_loop<T, decltype(ln)::value, decltype(pe)::value, decltype(ci)::value,
-                          decltype(zc)::value>(H, dc, keep_c, dcn, ct, mean, rstd, ln_w, m1, m2,
-                                               act, c_prev, w_ch, dp);
-        });
-      });
-    });
-  });
+  with_bools([&](auto ln, auto pe, auto ci, auto zc) {
+    lstm_bwd_b_loop<T, ln, pe, ci, zc>(H, dc, keep_c, dcn, ct, mean, rstd, ln_w, m1, m2, act,
+                                       c_prev, w_ch, dp);
+  }, fl.ln, fl.peep, fl.cifg, fl.zone_c);
 }
 
 template <typename T>
@@ -314,39 +296,19 @@ void col_accumulate_loop(int64_t rows, int64_t w, const T* a, int64_t lda, const
 template <typename T>
 void col_accumulate(int64_t rows, int64_t w, const T* a, int64_t lda, const T* b1, const T* b2,
                     int64_t ldb, T* p0, T* p1, T* p2) {
-  with_bool(p0 != nullptr, [&](auto s0) {
-    with_bool(b1 != nullptr, [&](auto s1) {
-      with_bool(b2 != nullptr, [&](auto s2) {
-        col_accumulate_loop<T, decltype(s0)::value, decltype(s1)::value, decltype(s2)::value>(
-            rows, w, a, lda, b1, b2, ldb, p0, p1, p2);
-      });
-    });
-  });
+  with_bools([&](auto s0, auto s1, auto s2) {
+    col_accumulate_loop<T, s0, s1, s2>(rows, w, a, lda, b1, b2, ldb, p0, p1, p2);
+  }, p0 != nullptr, b1 != nullptr, b2 != nullptr);
 }
 
+// In the order of PointwiseKernels' members; no two of them have the same type, so an entry
+// out of place does not compile.
 template <typename T>
 PointwiseKernels<T> make() {
-  PointwiseKernels<T> k;
-  k.lstm_fwd = &lstm_fwd<T>;
-  k.gru_fwd_hg = &gru_fwd_hg<T>;
-  k.rnn_fwd = &rnn_fwd<T>;
-  k.rnn_bwd = &rnn_bwd<T>;
-  k.gemm_small_m = &gemm_small_m<T, T>;
-  k.gemm_small_m_half = &gemm_small_m<T, uint16_t>;
-  k.ln_stats = &ln_stats<T>;
-  k.ln_apply = &ln_apply<T>;
-  k.ln_bwd = &ln_bwd<T>;
-  k.rec_part = &rec_part<T>;
-  k.lstm_fwd_a = &lstm_fwd_a<T>;
-  k.lstm_fwd_b = &lstm_fwd_b<T>;
-  k.gru_fwd = &gru_fwd<T>;
-  k.zone_fwd = &zone_fwd<T>;
-  k.zone_bwd = &zone_bwd<T>;
-  k.lstm_bwd_a = &lstm_bwd_a<T>;
-  k.lstm_bwd_b = &lstm_bwd_b<T>;
-  k.gru_bwd = &gru_bwd<T>;
-  k.col_accumulate = &col_accumulate<T>;
-  return k;
+  return {&lstm_fwd<T>, &gru_fwd_hg<T>, &rnn_fwd<T>, &rnn_bwd<T>, &gemm_small_m<T, T>,
+          &gemm_small_m<T, uint16_t>, &ln_stats<T>, &ln_apply<T>, &ln_bwd<T>, &rec_part<T>,
+          &lstm_fwd_a<T>, &lstm_fwd_b<T>, &gru_fwd<T>, &zone_fwd<T>, &zone_bwd<T>,
+          &lstm_bwd_a<T>, &lstm_bwd_b<T>, &col_accumulate<T>, &gru_bwd<T>};
 }
 
 }  // namespace

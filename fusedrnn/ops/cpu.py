@@ -88,16 +88,16 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     B, Hout = h0.shape
     N = x.shape[0] if packed else x.shape[0] * x.shape[1]
     lstm, gru, ln = a.cell == "lstm", a.cell == "gru", a.ln_ih_w is not None
-    # csrc/cpu/layer_ops.h::direct_gates (c~_t is c_t itself) and saved_slots
+    # csrc/cpu/layer_ops.h::direct_gates (c~_t is c_t itself) and saved_slots: act, cs, ct, hh,
+    # xh, stats, each [N, width] where the configuration has it
     direct = not gru and not (ln or a.w_ch is not None or a.cifg or a.mask_c is not None
                               or a.zoneout_c > 0)  # fmt: skip
-    slots = [(lstm or gru, (N, G * H)), (lstm, (N, H)), (not direct, (N, H)),
-             (ln, (N, G * H)), (ln, (N, G * H)), (ln, (N, 4))]  # fmt: skip
+    slots = [(lstm or gru, G * H), (lstm, H), (not direct, H), (ln, G * H), (ln, G * H), (ln, 4)]
     return [
         x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout)),
         h0.new_empty((B, Hout)),
         h0.new_empty((B, H) if lstm else (0,)),
-        *(x.new_empty(shape if a.save else (0,)) for present, shape in slots if present),
+        *(x.new_empty((N, width) if a.save else (0,)) for present, width in slots if present),
     ]
 
 
@@ -111,16 +111,12 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
     return _C.layer_bwd(*a[:-1], LN_EPS, y, buffers[3:], grad_y, grads[1], grad_cn, mask)
 
 
-def unpack(a: library.LayerArgs, buffers) -> tuple[Tensor, Tensor, Tensor]:
-    return buffers[0], buffers[1], buffers[2]
-
-
 # The layer op contract (fusedrnn/ops/CONTRACT.md): bfloat16 / float16 (e.g. under CPU autocast)
 # are computed in float32, as the GPU backends accumulate, and returned in the input's dtype
 # (the kernels take float32 and float64).
 layer = library.define_layer(
-    "cpu", forward, fake_forward, backward, unpack, in_float32_when=lambda dtype, variant: True,
-    double_backward=True,
+    "cpu", forward, fake_forward, backward, lambda a, buffers: tuple(buffers[:3]),
+    in_float32_when=lambda dtype, variant: True, double_backward=True,
 )  # fmt: skip
 
 
@@ -159,7 +155,4 @@ def stack_step(
         cell, x, hx, cx if lstm else None, flat_weights, num_layers, has_bias, proj_size,
         batch_first, fallback,
     )  # fmt: skip
-    if not out:
-        return None
-    y, h_n, c_n = out
-    return y, h_n, c_n if lstm else None
+    return (out[0], out[1], out[2] if lstm else None) if out else None
