@@ -45,8 +45,9 @@ def _inputs(case: Case, dtype=torch.float32) -> dict:
     return layer_cases.make_inputs(case, dtype, DEVICE)
 
 
-def _count_launches(cell, H, proj, path, T=4, packed=False):
-    a = with_leaves(_inputs(Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True)))
+def _count_launches(cell, H, proj, path, T=4, packed=False, **options):
+    case = Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True, **options)
+    a = with_leaves(_inputs(case))
     with tb.kernel_path(path):
         with tb.launch_counter() as fwd:
             y, h, c = call(tb.layer, a)
@@ -70,6 +71,12 @@ def test_launch_counts(path, cell, proj, H, T, launches, packed):
     projection launch forward, the state-gradient launch backward). Persistent and
     cooperative kernels: one launch per sequence forward and one backward."""
     assert _count_launches(cell, H, proj, path, T, packed) == (launches, launches)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_variant_launch_counts(cell):
+    """The variant kernels: one launch per step each way."""
+    assert _count_launches(cell, 5, 3 * (cell == "lstm"), None, ln=True, zone="eval") == (4, 4)
 
 
 def test_automatic_path_choice():

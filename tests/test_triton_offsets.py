@@ -190,12 +190,6 @@ def test_kernel_offsets_are_int64_or_pointer_first(path):
     assert offset_problems(path.read_text(), path.name) == []
 
 
-compiling = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1",
-    reason="the interpreter has no specialisation; run without TRITON_INTERPRET",
-)
-
-
 def _sequence_launches():
     """The launches of one packed sequence whose per-step offsets alternate between
     multiples of 16, other values and 1 (batch sizes 3, 3, 2, 1, 1; H = 20)."""
@@ -235,7 +229,10 @@ def _sequence_launches():
     return records
 
 
-@compiling
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1",
+    reason="the interpreter has no specialisation; run without TRITON_INTERPRET",
+)
 def test_a_sequence_compiles_each_kernel_once_as_planned():
     """Per-step offsets are ``do_not_specialize`` (and int64): the specialisation that
     Triton's launcher derives from the arguments (Triton's own binder) is the same at every

@@ -1,5 +1,6 @@
 """The triton variant kernels (layer norm, zoneout, peephole, CIFG): what is particular to
-them, launch counts, torch.compile, half inputs, and the triton layer op's argument checks.
+them (their launch counts are in ``test_triton_backend.py``), torch.compile, half inputs, and
+the triton layer op's argument checks.
 Every option, shape and dtype against the reference op (outputs, every gradient, one output
 alone, gradient selection, repeatability, gradcheck) is tests/test_conformance.py.
 
@@ -20,8 +21,8 @@ import layer_cases  # noqa: E402
 from layer_cases import Case, assert_close, call, cast, with_leaves  # noqa: E402
 
 from fusedrnn.ops import library, reference  # noqa: E402
-from fusedrnn.ops.triton import launch_counter, poison_buffers  # noqa: E402
 from fusedrnn.ops.triton import layer as triton_layer  # noqa: E402
+from fusedrnn.ops.triton import poison_buffers  # noqa: E402
 
 if not layer_cases.triton_devices():
     layer_cases.skip_module_without_triton()
@@ -39,17 +40,6 @@ def _inputs(case: Case, leaves=False) -> dict:
     leaves requiring grad (the variant parameters are left without)."""
     a = layer_cases.make_inputs(case, torch.float64, DEVICE)
     return {**a, **with_leaves({k: a[k] for k in library.NAMES[1:9]})} if leaves else a
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_one_launch_per_step(cell):
-    case = Case(cell, T=4, B=3, I=2, H=5, proj=3 * (cell == "lstm"), ln=True, zone="eval")
-    a = _inputs(case, leaves=True)
-    with launch_counter() as fwd:
-        y, h, c = call(triton_layer, a)
-    with launch_counter() as bwd:
-        (y.sum() + h.sum()).backward()
-    assert (fwd.total, bwd.total) == (4, 4)
 
 
 def test_torch_compile_traces_the_op():

@@ -4,18 +4,13 @@ Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` is set befor
 the kernels are first loaded. Importing this package imports neither triton nor a
 GPU runtime; :func:`layer` loads the kernels on first use.
 
-Layout (one op per file): :mod:`.cellmath` (per-element gate math, forward and
-backward), :mod:`.common` (the backward's state gradient and gate gradients of every cell,
-shared by the step and persistent kernels; step visiting order and forward buffers),
-:mod:`.step` (the step kernels of every cell and their launchers: one cooperative launch
-whose programs meet at a grid barrier between steps, :mod:`.sync`, or a launch per step),
-:mod:`.persistent` (whole-sequence kernels for small H, and the choice of path),
-:mod:`.layer_op` (the one op: input GEMM, weight-gradient GEMMs, torch.library
-registration), :mod:`.configs` (the shipped block configurations), :mod:`.runtime` (the
-guarded launcher, device guard, launch accounting, debug poisoning, the plan of a layer's
-steps and its host-side row and buffer helpers), :mod:`.variants` (the op's layer norm /
-zoneout / peephole / CIFG branch; its step kernels of both cells and their launchers in
-:mod:`.variant_step`, whole-row helpers in :mod:`.rowwise`).
+Layout: the one op, :mod:`.layer_op` (input GEMM, weight-gradient GEMMs, torch.library
+registration), hands a call with a variant option to :mod:`.variants`. torch.nn's cells run
+the kernels of :mod:`.step` (a launch per step, or one cooperative launch whose programs meet
+at a grid barrier, :mod:`.sync`) or :mod:`.persistent` (small H), the options those of
+:mod:`.variant_step`; the kernels' helpers are :mod:`.cellmath` (per-element gate math),
+:mod:`.tiles`, :mod:`.common` and :mod:`.rowwise`, their block configurations
+:mod:`.configs`, and :mod:`.runtime` the guarded launcher and the host-side plan and buffers.
 
 Launches per layer and direction, T steps (see :func:`launch_counter`):
 

@@ -6,14 +6,8 @@ same code runs under ``TRITON_INTERPRET=1``, which has no libdevice.
 
 Backward formulas (``d*`` are gradients of the loss, ``'`` marks derivatives):
 
-LSTM, with ``m = o * tanh(c)`` the unprojected output::
-
-    dc   = dc_in + dm * o * (1 - tanh(c)^2)
-    d(o) = dm * tanh(c)          d(pre_o) = d(o) * o (1 - o)
-    d(i) = dc * g                d(pre_i) = d(i) * i (1 - i)
-    d(g) = dc * i                d(pre_g) = d(g) * (1 - g^2)
-    d(f) = dc * c_prev           d(pre_f) = d(f) * f (1 - f)
-    dc_prev = dc * f
+LSTM: the variant LSTM below with every option off (no peepholes, no CIFG, ``l = c``, so the
+total gradient of ``c`` is the incoming ``dc_in`` plus ``dl``).
 
 GRU (``hn = W_hn h_prev + b_hn`` is the recurrent part of the new gate)::
 

@@ -102,10 +102,9 @@ def cell_bwd(dh, dc, hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2, CELL:
 
 @triton.jit
 def visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
-    """The s-th step visited: its time index, the Hs/Cs slots it reads and writes (the forward
-    direction reads slot t and writes t+1, the reverse one reads t+1 and writes t; the
-    backward visits the forward's order reversed), its first row in x / y and its active
-    rows (from the ``[T, 2]`` steps table)."""
+    """The s-th step visited (the backward visits the forward's order reversed): its time
+    index, the Hs/Cs slots it reads and writes (see the module docstring), its first row in
+    x / y and its active rows (from the ``[T, 2]`` steps table)."""
     if REVERSE == BACKWARD:
         t = s
     else:
@@ -117,25 +116,21 @@ def visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
     return t, t, t + 1, row0, rows
 
 
-def forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save) -> list:
+def forward_buffers(cell, like, T, B, Hout, H, proj, packed, save) -> list:
     """The buffers the forward kernels of the torch.nn cells write (per-step and persistent
-    alike): ``[Hs [T+1,B,Hout], Cs [T+1,B,H] (LSTM), gates [T,B,4H] (LSTM, GRU), m [T,B,H]
-    (proj), y [N,Hout] (packed)]`` from ``xg`` [N, G*H], with ``h0`` [B, Hout] and ``c0``
-    [B, H] in the first slot of the histories. Empty where unused: the gates unless ``save``
-    (only the backward reads them), then in the accumulation dtype where the cell has gates."""
-    T, B, Hout = plan.T, plan.B, h0.shape[1]
-    dt, dev, acc = xg.dtype, xg.device, runtime.acc_dtype(xg.dtype)
+    alike), in ``like``'s dtype (``x`` or ``xg`` [N, K]) and on its device: ``[Hs [T+1,B,Hout],
+    Cs [T+1,B,H] (LSTM), gates [T,B,4H] (LSTM, GRU), m [T,B,H] (proj), y [N,Hout] (packed)]``.
+    Empty where unused: the gates unless ``save`` (only the backward reads them), then in the
+    accumulation dtype where the cell has gates."""
+    dt, dev, acc = like.dtype, like.device, runtime.acc_dtype(like.dtype)
     lstm, gated = cell == "lstm", cell in ("lstm", "gru")
     hs = runtime.empty(T + 1, B, Hout, dtype=dt, device=dev)
-    hs[plan.first_slot] = h0
     cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev) if lstm else hs.new_empty(0)
-    if lstm:
-        cs[plan.first_slot] = c0
     gates = hs.new_empty(0, dtype=acc if gated else dt)
     if gated and save:
         gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev)
     m = runtime.empty(T, B, H, dtype=dt, device=dev) if proj else hs.new_empty(0)
-    y = runtime.empty(xg.shape[0], Hout, dtype=dt, device=dev) if packed else hs.new_empty(0)
+    y = runtime.empty(like.shape[0], Hout, dtype=dt, device=dev) if packed else hs.new_empty(0)
     return [hs, cs, gates, m, y]
 
 
@@ -160,8 +155,7 @@ def steps_table(plan: runtime.Plan, device: torch.device) -> Tensor:
     equal batch sizes (at most min(T, B) runs, batch sizes never increase) and a cumsum."""
     T = plan.T
     rows = torch.empty(T, dtype=torch.int32, device=device)
-    by_t = sorted(plan.steps, key=lambda s: s.t)
-    start = 0
+    by_t, start = plan.by_t, 0
     for t in range(1, T + 1):
         if t == T or by_t[t].rows != by_t[start].rows:
             rows[start:t].fill_(by_t[start].rows)

@@ -9,12 +9,10 @@ Per-step kernels: a program owns ``block_b`` batch rows x ``block_h`` hidden uni
 chunks. ``tl.dot`` needs every block dimension >= 16, so B=1 still uses 16 rows
 (masked).
 
-Persistent kernels: a program owns ``block_b`` batch rows for the whole sequence
-and all hidden units, so it keeps the whole ``W_hh`` ([G*H, H]) in registers
-across steps; ``max_hidden`` is the largest H for which the compile report shows
-zero spills on sm_80 and sm_90 (float16, bfloat16, float32 IEEE and TF32; float64
-never takes the persistent path). This module imports nothing from triton, so cost models can read
-it anywhere.
+Persistent kernels keep the whole ``W_hh`` in registers (:mod:`.persistent`): ``max_hidden``
+is the largest H whose compiles show zero spills on sm_80 and sm_90 (float16, bfloat16, float32
+IEEE and TF32; float64 never takes the persistent path). This module imports nothing from
+triton, so cost models can read it anywhere.
 """
 
 from __future__ import annotations
@@ -42,9 +40,10 @@ class StepConfig:
                     num_warps=self.num_warps, num_stages=self.num_stages,
                     maxnreg=self.maxnreg)  # fmt: skip
 
-    def step_grid(self, cols: int, batch: int) -> tuple[int, int]:
-        """The per-step grid ``(column blocks, row blocks)`` of a ``[batch, cols]`` tile."""
-        return (-(-cols // self.block_h), -(-batch // self.block_b))
+    def tiles(self, cols: int, batch: int) -> int:
+        """The ``[block_b, block_h]`` tiles of a ``[batch, cols]`` step (a per-step launch's
+        programs)."""
+        return -(-cols // self.block_h) * -(-batch // self.block_b)
 
     def row_grid(self, batch: int) -> tuple[int]:
         """The row-only grid of the variant kernels (a program owns whole rows)."""
@@ -62,7 +61,7 @@ class PersistentConfig:
     maxnreg: int = 255  # see StepConfig: without it ptxas spills the LSTM/GRU backward
 
 
-# per-step kernels (forward step, backward step, projection step, state-gradient step)
+# the step kernels launched per step (every phase of the forward and of the backward)
 STEP_CONFIGS: tuple[StepConfig, ...] = (
     StepConfig(block_b=16, block_h=32, block_k=16, num_warps=4, num_stages=2),
     # 8 warps: with 4 the TF32 LSTM forward step spills at 255 registers
@@ -122,17 +121,8 @@ def pick_step_config(batch: int, hidden: int) -> StepConfig:
     Under the interpreter (cost grows with the number of programs): the config
     with the fewest programs."""
     if interpreting():
-        return min(
-            STEP_CONFIGS,
-            key=lambda c: (
-                -(-batch // c.block_b) * -(-hidden // c.block_h),
-                c.block_b * c.block_h,
-            ),
-        )
-    fits = [c for c in STEP_CONFIGS if c.block_b >= batch]
-    if not fits:
-        return max(STEP_CONFIGS, key=lambda c: c.block_b)
-    return min(fits, key=lambda c: c.block_b)
+        return min(STEP_CONFIGS, key=lambda c: (c.tiles(hidden, batch), c.block_b * c.block_h))
+    return _covering(STEP_CONFIGS, batch)
 
 
 def pick_cooperative_config(
@@ -142,23 +132,24 @@ def pick_cooperative_config(
     "float64"; with ``proj`` the projection's forward, any dtype); under the interpreter, and
     otherwise for float64, the per-step choice (one program walks every tile under the
     interpreter, so the fewest tiles cost least)."""
-    group = "half" if dtype in ("float16", "bfloat16") else dtype
     if interpreting():
         return pick_step_config(batch, hidden)
     if proj and not backward:
         return COOPERATIVE_PROJ_FORWARD
-    if group not in COOPERATIVE_CONFIGS:
-        return pick_step_config(batch, hidden)
-    return COOPERATIVE_CONFIGS[group][backward]
+    configs = COOPERATIVE_CONFIGS.get("half" if dtype in ("float16", "bfloat16") else dtype)
+    return configs[backward] if configs else pick_step_config(batch, hidden)
 
 
 def pick_variant_config(batch: int) -> StepConfig:
-    """The smallest row block covering B (the largest when none does): under the
-    interpreter that is the fewest programs, on a GPU it keeps the most in flight."""
-    fits = [c for c in VARIANT_CONFIGS if c.block_b >= batch]
-    if not fits:
-        return max(VARIANT_CONFIGS, key=lambda c: c.block_b)
-    return min(fits, key=lambda c: c.block_b)
+    """The smallest row block covering B (:func:`_covering`): under the interpreter that is the
+    fewest programs, on a GPU it keeps the most in flight."""
+    return _covering(VARIANT_CONFIGS, batch)
+
+
+def _covering(configs: tuple[StepConfig, ...], batch: int) -> StepConfig:
+    """The config with the smallest batch block covering ``batch`` (the largest when none does)."""
+    fits = [c for c in configs if c.block_b >= batch]
+    return min(fits, key=lambda c: c.block_b) if fits else max(configs, key=lambda c: c.block_b)
 
 
 def pick_persistent_config(cell: str, hidden: int, hidden_out: int) -> PersistentConfig | None:

@@ -1,10 +1,10 @@
 """The triton backend's layer op: input GEMM, the cell's step kernels, weight GEMMs.
 
-Forward: ``xg = x W_ih^T + b_ih`` for every step in one GEMM, then the cell's step
-kernel in one cooperative launch (or the persistent kernel for small H; the path is
-:func:`.persistent.choose_path`'s) over the state histories. Backward: the cell's backward step kernels produce the gate
-gradients ``dG [T, B, G*H]`` of every step (zero in rows a packed step did not
-compute), then one GEMM each::
+Forward: ``xg = x W_ih^T + b_ih`` for every step in one GEMM, then the cell's step kernel in one
+cooperative launch (or the persistent kernel for small H; the path is
+:func:`.persistent.choose_path`'s) over the state histories. Backward: the cell's backward step
+kernels produce the gate gradients ``dG [T, B, G*H]`` of every step (zero in rows a packed step
+did not compute), then one GEMM each::
 
     dx = dG_x W_ih      dW_ih = dG_x^T x      db_ih = sum(dG_x)
     dW_hh = dG_h^T h_prev      db_hh = sum(dG_h)      dW_hr = dh^T m
@@ -29,6 +29,7 @@ from torch import Tensor
 from .. import library
 from ..checks import check_layer, gate_count
 from . import runtime, variants
+from .common import forward_buffers
 from .persistent import choose_path
 from .step import step_bwd, step_fwd
 
@@ -49,11 +50,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse
     packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     xg = F.linear(runtime.flat_rows(x, packed), w_ih, b_ih)  # [N, G*H]: one GEMM for every step
-    w_hh = w_hh.contiguous()
-    b_hh = b_hh.contiguous() if b_hh is not None else None
-    h0 = h0.contiguous()
-    c0 = c0.contiguous() if c0 is not None else None
-    w_hr = w_hr.contiguous() if w_hr is not None else None
+    w_hh, b_hh, h0, c0, w_hr = runtime.contiguous(w_hh, b_hh, h0, c0, w_hr)
     path = choose_path(cell, w_hh, w_hr, plan)
     return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, packed, save, path)
 
@@ -65,16 +62,8 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     H = w_hh.shape[0] // gate_count(cell, a.cifg)
     if library.is_variant(a):
         return variants.fake_forward(a, T, B, Hout, H)
-    acc = runtime.acc_dtype(x.dtype)
-    hs = x.new_empty(T + 1, B, Hout)
-    y = x.new_empty(x.shape[0], Hout) if batch_sizes is not None else x.new_empty(0)
-    # the saved gates of the LSTM and GRU, only with save (placeholder in the same dtype)
-    gated = cell in ("lstm", "gru")
-    gates = x.new_empty((T, B, 4 * H) if a.save else (0,), dtype=acc) if gated else x.new_empty(0)
-    if cell == "lstm":
-        m = x.new_empty(T, B, H) if w_hr is not None else x.new_empty(0)
-        return [hs, x.new_empty(T + 1, B, H, dtype=acc), gates, m, y]
-    return [hs, x.new_empty(0), gates, x.new_empty(0), y]
+    return forward_buffers(cell, x, T, B, Hout, H, w_hr is not None, batch_sizes is not None,
+                           a.save)  # fmt: skip
 
 
 def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -106,8 +95,7 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
-    w_hh = w_hh.contiguous()
-    w_hr = w_hr.contiguous() if w_hr is not None else None
+    w_hh, w_hr = runtime.contiguous(w_hh, w_hr)
     path = choose_path(cell, w_hh, w_hr, plan)
     dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan, path)
     acc = dh0.dtype
@@ -127,10 +115,6 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
     ]
 
 
-def _in_float32_when(dtype: torch.dtype, variant: bool) -> bool:
-    return variant  # the variant kernels take float32 and float64
-
-
-layer = library.define_layer(
-    "triton", forward, fake_forward, backward, unpack, in_float32_when=_in_float32_when
-)
+# half inputs of a variant call run in float32: the variant kernels take float32 and float64
+layer = library.define_layer("triton", forward, fake_forward, backward, unpack,
+                             in_float32_when=lambda dtype, variant: variant)  # fmt: skip

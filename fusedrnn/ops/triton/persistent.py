@@ -15,9 +15,8 @@ saved gates, packed ``y``), so the weight-gradient GEMMs are shared. The backwar
 walks time in reverse inside one launch: the state gradient
 ``dh = dh_carry + dHs[slot] (+ dy)`` and ``dc`` give the gate gradients through
 :mod:`.cellmath`, and ``dh_prev = sum_q dG_h,q W_hh,q (+ dh z for the GRU)`` is
-formed in registers, so ``dh0``/``dc0`` come out of the same launch. Per-step
-``(first row, active rows)`` pairs are read from a small int32 table, which
-covers packed sequences; REVERSE flips the visiting order without copying.
+formed in registers, so ``dh0``/``dc0`` come out of the same launch. Packed sequences
+and REVERSE go through the steps table (:func:`.common.visit`), as in the step kernels.
 """
 
 from __future__ import annotations
@@ -233,32 +232,24 @@ def _persistent_bwd_kernel(
         tl.store(dc0_ptr + state, dc, mask=mask2)
 
 
-def force_path(path: str | None) -> None:
-    """Force the "step", "cooperative" or "persistent" kernels (tests); None restores the
-    automatic choice."""
+@contextlib.contextmanager
+def kernel_path(path: str | None) -> Iterator[None]:
+    """Forces the kernels of ``path`` (one of PATHS) inside the block; None: the automatic
+    choice (:func:`choose_path`)."""
     global _forced
     if path not in (None, *PATHS):
         raise ValueError(f"unknown kernel path {path!r}")
-    _forced = path
-
-
-@contextlib.contextmanager
-def kernel_path(path: str | None) -> Iterator[None]:
-    """``with kernel_path("step"):`` forces the per-step (or another) path."""
-    old = _forced
-    force_path(path)
+    old, _forced = _forced, path
     try:
         yield
     finally:
-        force_path(old)
+        _forced = old
 
 
 def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | None:
-    H = w_hh.shape[1]
-    hout = w_hr.shape[0] if w_hr is not None else H
     if w_hh.dtype == torch.float64 or w_hr is not None:
         return None
-    return pick_persistent_config(cell, H, hout)
+    return pick_persistent_config(cell, w_hh.shape[1], w_hh.shape[1])
 
 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
@@ -287,14 +278,14 @@ def launch(backward: bool, cell: str, w_hh: Tensor, plan: runtime.Plan, tensors:
     ``BLOCK_B`` rows (for :func:`.step.step_fwd` / :func:`.step.step_bwd`): ``tensors`` are its
     pointer arguments before the steps table, ``flags`` its constexprs but the block
     configuration and ``REVERSE``."""
-    cfg = _config(cell, w_hh, None)
     H = w_hh.shape[1]
-    block_b = cfg.block_b if cfg else 16
+    # a forced launch past the shipped limits: the smallest block holding every unit
+    block_h = max(16, triton.next_power_of_2(H))
+    cfg = _config(cell, w_hh, None) or PersistentConfig(cell, block_h, max_hidden=H, block_b=16,
+                                                        num_warps=4, maxnreg=None)  # fmt: skip
     runtime.launch(
         _persistent_bwd_kernel if backward else _persistent_fwd_kernel,
-        (triton.cdiv(plan.B, block_b),), *tensors, steps_table(plan, w_hh.device), plan.T,
-        plan.B, H, REVERSE=plan.reverse, BLOCK_B=block_b,
-        BLOCK_H=cfg.block_h if cfg else max(16, triton.next_power_of_2(H)),
-        num_warps=cfg.num_warps if cfg else 4, num_stages=cfg.num_stages if cfg else 1,
-        maxnreg=cfg.maxnreg if cfg else None, **flags,
+        (triton.cdiv(plan.B, cfg.block_b),), *tensors, steps_table(plan, w_hh.device), plan.T,
+        plan.B, H, REVERSE=plan.reverse, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg, **flags,
     )  # fmt: skip

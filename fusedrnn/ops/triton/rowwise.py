@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 
 from .cellmath import layer_norm_bwd, zoneout_keep
-from .common import state_grad
 from .tiles import packed_ptrs, rec_tile, store_state
 
 
@@ -42,8 +41,7 @@ def row_rstd(
     variance: exact enough for float64 comparisons, unlike sum-of-squares)."""
     ss = tl.zeros((BLOCK_B,), dtype=ACC_TY)
     for f0 in range(0, F, BLOCK_H):
-        feats = f0 + tl.arange(0, BLOCK_H)
-        m2 = act[:, None] & (feats < F)[None, :]
+        feats, _, m2 = row_chunk(f0, F, act, BLOCK_H)
         v = tl.load(buf_ptr + rows[:, None] * F + feats[None, :], mask=m2, other=0.0)
         d = tl.where(m2, v - mean[:, None], 0.0)
         ss += tl.sum(d * d, axis=1)
@@ -87,25 +85,6 @@ def rec_raw_stats(
         return mean, rstd
     else:
         return s1, s1
-
-
-@triton.jit
-def zoned_state_grad(
-    c0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0, rows, rmask,
-    act, rows_prev, GH, HOUT, ZONE_H, HAS_DHS, HAS_DY, PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """Chunk ``c0 .. c0 + BLOCK_H`` of the gradient ``dh_t`` of the state a variant step
-    wrote (:func:`.common.state_grad`) and of its zoneout keep weight ``k_h``: ``(cols,
-    cmask, mask, dh_t, k_h)``."""
-    cols, cmask, m2 = row_chunk(c0, HOUT, rmask, BLOCK_H)
-    total = state_grad(
-        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
-        rows, cols, rmask, cmask, act, rows < rows_prev, GH, HOUT,
-        HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-    )  # fmt: skip
-    k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, total)
-    return cols, cmask, m2, total, k
 
 
 @triton.jit

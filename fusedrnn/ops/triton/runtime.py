@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -178,18 +179,12 @@ class Plan:
     """The visiting order of a layer's steps (packed or dense, either direction)."""
 
     def __init__(self, batch_sizes: torch.Tensor | None, seq_len: int, batch: int, reverse: bool):
-        if batch_sizes is None:
-            sizes = [batch] * seq_len
-        else:
-            sizes = [int(b) for b in batch_sizes.tolist()]
+        sizes = [batch] * seq_len if batch_sizes is None else [int(b) for b in batch_sizes.tolist()]
         self.T, self.B, self.reverse = len(sizes), batch, reverse
-        offsets = [0] * len(sizes)
-        for t in range(1, len(sizes)):
-            offsets[t] = offsets[t - 1] + sizes[t - 1]
-        order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
-        self.steps = [Step(t, offsets[t], sizes[t], reverse) for t in order]
+        row0 = [0, *itertools.accumulate(sizes)]
+        self.by_t = [Step(t, row0[t], n, reverse) for t, n in enumerate(sizes)]  # time order
+        self.steps = self.by_t[::-1] if reverse else self.by_t  # visiting order
         self.first_slot = self.T if reverse else 0  # holds h0 / c0
-        self.last_slot = 0 if reverse else self.T  # holds h_n / c_n
 
     def backward(self) -> Iterator[tuple[Step, int, int]]:
         """The steps in backward order, each with the active rows and the time of the step
@@ -218,6 +213,11 @@ def prev_states(hs: torch.Tensor, plan: Plan) -> torch.Tensor:
     return hs[1:] if plan.reverse else hs[: plan.T]
 
 
+def contiguous(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The tensors made contiguous (the kernels index densely), None kept."""
+    return [t.contiguous() if t is not None else None for t in tensors]
+
+
 def dense_grads(grads) -> list[torch.Tensor | None]:
     """The op's incoming gradients made contiguous (autograd may hand over expanded or
     strided ones; the kernels index densely), None for absent ones and for those of the
@@ -226,14 +226,10 @@ def dense_grads(grads) -> list[torch.Tensor | None]:
 
 
 def input_grad_rows(dg: torch.Tensor, plan: Plan, packed: bool) -> torch.Tensor:
-    """The gate gradients ``dG [T, B, GH]`` of the rows the input projection produced:
-    ``[N, GH]`` packed rows, or all ``[T*B, GH]``."""
-    return packed_rows(dg, plan) if packed else dg.view(plan.T * plan.B, dg.shape[-1])
-
-
-def packed_rows(dense: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """The packed rows ``[N, K]`` (t-major) of a ``[T, B, K]`` tensor: views sliced with the
-    host's batch sizes and one cat, so no index tensor is copied to the device and nothing
-    waits for it (as ``nonzero`` on a device mask would)."""
-    by_t = sorted(plan.steps, key=lambda s: s.t)
-    return torch.cat([dense[s.t, : s.rows] for s in by_t])
+    """The gate gradients ``dG [T, B, GH]`` of the rows the input projection produced: all
+    ``[T*B, GH]``, or the packed rows ``[N, GH]`` (t-major), views sliced with the host's batch
+    sizes and one cat, so no index tensor is copied to the device and nothing waits for it (as
+    ``nonzero`` on a device mask would)."""
+    if not packed:
+        return dg.view(plan.T * plan.B, dg.shape[-1])
+    return torch.cat([dg[s.t, : s.rows] for s in plan.by_t])

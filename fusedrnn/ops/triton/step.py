@@ -16,31 +16,21 @@ L1/L2 caches between steps, not in registers.
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
 recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg``
-and ``b_hh`` and applies the cell (:mod:`.cellmath`):
-
-- LSTM: ``pre_q = xg_q + h_prev W_hh,q^T + b_hh,q``; writes ``c_t``, the gates i, f, g, o
-  (saved for the backward) and ``h_t``, or with PROJ the unprojected ``m_t``, from which
-  the projection phase (after a barrier: it reads all of ``m_t``) writes ``h_t = m_t
-  W_hr^T``;
-- GRU: ``r, z = sigmoid(x_q + h_q)``, ``n = tanh(x_n + r * hn)`` with ``h_q = h_prev
-  W_hh,q^T + b_hh,q`` (``b_hn`` inside the reset product, as PyTorch) and ``h = (1 - z) n
-  + z h_prev``; saves r, z, n, hn;
-- RNN: ``h = act(xg + h_prev W_hh^T + b_hh)``; nothing beyond the state history is saved
-  (the backward takes the activation's derivative from the output).
+and ``b_hh`` (the GRU's ``b_hn`` inside the reset product, as PyTorch) and applies the cell
+(:mod:`.cellmath`), saving the LSTM's i, f, g, o or the GRU's r, z, n, hn for the backward
+(the RNN's backward takes the activation's derivative from the output). With PROJ the LSTM
+writes the unprojected ``m_t``, from which the projection phase (after a barrier: it reads
+all of ``m_t``) writes ``h_t = m_t W_hr^T``.
 
 Backward, per step: the state gradient (:func:`.common.state_grad`, which folds in
-``dG_next W_hh``), then the cell's gate gradients (:mod:`.cellmath`). With projection a
-first phase forms ``dh_t`` over the ``Hout`` columns and the cell's phase computes
-``dm_t = dh_t W_hr``. The GRU
-writes two gate gradients: ``dG_x = [d pre_r, d pre_z, d pre_n]`` (for W_ih, b_ih, x)
-and ``dG_h = [d pre_r, d pre_z, r d pre_n]`` (for W_hh, b_hh, h_prev); its direct term
-``dh z`` stays in the running state gradient. Weight gradients are GEMMs over all steps
-afterwards (see :mod:`.layer_op`).
+``dG_next W_hh``), then the cell's gate gradients (:mod:`.cellmath`); with projection a first
+phase forms ``dh_t`` over the ``Hout`` columns and the cell's phase computes ``dm_t = dh_t
+W_hr``. The GRU writes ``dG_x`` and ``dG_h`` (see :func:`step_bwd`); its direct term ``dh z``
+stays in the running state gradient. Weight gradients are GEMMs over all steps afterwards
+(see :mod:`.layer_op`).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
@@ -343,21 +333,19 @@ def _projected_grad_tile(
 
 
 def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):
-    """Launch ``kernel`` over the plan's steps: one cooperative launch for all of them (its
-    programs meet at a grid barrier after each phase of a step, see :mod:`.sync`), or a
-    launch per phase of each step (1 the cell, 2 the projection: the forward's cell first,
-    the backward's projected state first; each launch with a program per tile). ``tensors``
-    are the kernel's pointer arguments before the steps table (the first in the op's dtype),
-    ``sizes`` its ``B, H, HOUT``, ``flags`` its constexprs but the block configuration."""
+    """Launch ``kernel`` over the plan's steps, cooperatively or a launch per phase of each
+    step (1 the cell, 2 the projection: the forward's cell first, the backward's projected
+    state first). ``tensors`` are the kernel's pointer arguments before the steps table (the
+    first in the op's dtype), ``sizes`` its ``B, H, HOUT``, ``flags`` its constexprs but the
+    block configuration."""
     T, B, H, Hout = plan.T, plan.B, sizes[1], sizes[2]
     dev, proj = tensors[0].device, flags["PROJ"]
-    cfg = pick_step_config(B, H)
-    if cooperative:
-        dtype = str(tensors[0].dtype).removeprefix("torch.")
-        cfg = pick_cooperative_config(B, H, dtype, backward, proj)
+    dtype = str(tensors[0].dtype).removeprefix("torch.")
+    cfg = (pick_cooperative_config(B, H, dtype, backward, proj) if cooperative
+           else pick_step_config(B, H))  # fmt: skip
     phases = ((2, 1) if backward else (1, 2)) if proj else (1,)
     table = steps_table(plan, dev)
-    tiles = {1: math.prod(cfg.step_grid(H, B)), 2: math.prod(cfg.step_grid(Hout, B))}
+    tiles = {1: cfg.tiles(H, B), 2: cfg.tiles(Hout, B)}
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
     if cooperative:
         sync = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -393,8 +381,11 @@ def step_fwd(
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     dt = xg.dtype
     gated, proj = cell in ("lstm", "gru"), w_hr is not None
-    out = forward_buffers(cell, xg, h0, c0, H, proj, plan, packed, save)
+    out = forward_buffers(cell, xg, plan.T, B, Hout, H, proj, packed, save)
     hs, cs, gates, m, y = out
+    hs[plan.first_slot] = h0
+    if cell == "lstm":
+        cs[plan.first_slot] = c0
     flags = dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt),
                  CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, WRITE_Y=packed,
                  WRITE_GATES=gated and save)  # fmt: skip
@@ -424,9 +415,11 @@ def step_bwd(
     path: str = "step",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Launch the backward kernels of ``path`` (as :func:`step_fwd`). Returns ``dG_x`` and
-    ``dG_h`` [T,B,G*H] (one tensor but for the GRU; zero in inactive rows), ``dh0
-    [B,Hout]``, ``dc0 [B,H]`` (LSTM; both in the accumulation dtype) and, with projection,
-    ``dh [T,B,Hout]`` (gradient of every projected output, for ``dW_hr``)."""
+    ``dG_h`` [T,B,G*H] (one tensor but for the GRU, whose ``dG_x = [d pre_r, d pre_z, d pre_n]``
+    is the gradient of ``xg`` and ``dG_h = [d pre_r, d pre_z, r d pre_n]`` that of the
+    recurrent parts; zero in inactive rows), ``dh0 [B,Hout]``, ``dc0 [B,H]`` (LSTM; both in the
+    accumulation dtype) and, with projection, ``dh [T,B,Hout]`` (gradient of every projected
+    output, for ``dW_hr``)."""
     T, B, (GH, Hout) = plan.T, plan.B, w_hh.shape
     H = GH // GATES[cell]
     dt, dev, acc = w_hh.dtype, w_hh.device, runtime.acc_dtype(w_hh.dtype)

@@ -17,25 +17,15 @@ import inspect
 import triton
 import triton.language as tl
 
-# arguments that change between launches of a kernel besides its ``tl.int64`` offsets
-_PER_LAUNCH = (
-    "row0",
-    "xg_row0",
-    "y_row0",
-    "rows_active",
-    "rows_prev",
-    "B",
-    "ZONE_H",
-    "ZONE_C",
-    "phases",
-)
+# what changes from launch to launch besides the ``tl.int64`` offsets (rows, B, zoneout, phase)
+_PER_LAUNCH = ("row0", "xg_row0", "y_row0", "rows_active", "rows_prev", "B", "ZONE_H", "ZONE_C",
+               "phases")  # fmt: skip
 
 
 def kernel_jit(fn):
-    """``triton.jit`` of a launched kernel: what changes from launch to launch (every
-    argument annotated ``tl.int64``: the offsets along the sequence, and the names in
-    ``_PER_LAUNCH``: first row, active rows, B, zoneout modes) is ``do_not_specialize``, so
-    a sequence compiles each kernel once (see ``tests/test_triton_offsets.py``)."""
+    """``triton.jit`` of a launched kernel, ``do_not_specialize`` in the arguments annotated
+    ``tl.int64`` and those in ``_PER_LAUNCH``, so a sequence compiles each kernel once (see
+    ``tests/test_triton_offsets.py``)."""
     params = inspect.signature(fn).parameters.items()
     keep = [n for n, p in params if p.annotation in (tl.int64, "tl.int64") or n in _PER_LAUNCH]
     return triton.jit(do_not_specialize=keep)(fn)

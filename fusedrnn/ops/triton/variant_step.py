@@ -66,7 +66,7 @@ from .cellmath import (
     sigmoid,
     tanh,
 )
-from .common import finish_state_grad, gate_blocks
+from .common import finish_state_grad, gate_blocks, state_grad
 from .configs import pick_variant_config
 from .rowwise import (
     emit_state,
@@ -76,7 +76,6 @@ from .rowwise import (
     recurrent_gates,
     row_chunk,
     row_rstd,
-    zoned_state_grad,
     zoneout_weight,
 )
 from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, store_gates, tile_ptrs
@@ -336,42 +335,41 @@ def _variant_bwd_step_kernel(
     sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
     sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
 
-    if CELL == GRU:  # the gradients of every gate and of h_prev, with the LN_hh row sums
-        for u0 in range(0, H, BLOCK_H):
-            units, umask, m2, total, k = zoned_state_grad(
-                u0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0,
-                rows, rmask, act, rows_prev, GH, H, ZONE_H, HAS_DHS, HAS_DY, PRECISION,
-                BLOCK_B, BLOCK_H, BLOCK_K,
-            )  # fmt: skip
-            state = rows[:, None] * H + units[None, :]
+    # the GRU's gradients of every gate and of h_prev, with the LN_hh row sums; the LSTM's (A)
+    # of h~, and the part of dh_t that reaches h_prev directly
+    W = H if CELL == GRU else HOUT  # the columns of dh_t
+    for c0 in range(0, W, BLOCK_H):
+        cols, cmask, m2 = row_chunk(c0, W, rmask, BLOCK_H)
+        total = state_grad(
+            dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
+            rows, cols, rmask, cmask, act, rows < rows_prev, GH, W,
+            HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+        )  # fmt: skip
+        k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, W, total)  # k_h
+        if CELL == GRU:
+            state = rows[:, None] * H + cols[None, :]
             h_prev = tl.load(hs_ptr + hs_r + state, mask=m2, other=0.0)
-            r, z, n, s_n = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, m2, 4)
+            r, z, n, s_n = load_gates(tile_ptrs(gates, rows, cols, 4 * H), H, m2, 4)
             d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total)
             tl.store(dh_ptr + state, tl.where(a, direct + k * total, total), mask=m2)
-            out = gh_off + rows[:, None] * GH + units[None, :]
+            out = gh_off + rows[:, None] * GH + cols[None, :]
             store_gates(dg_ptr + out, H, act, m2, d_r, d_z, d_n, d_n, 3)
             store_gates(dgs_ptr + out, H, act, m2, d_r, d_z, d_sn, d_sn, 3)
             if LAYER_NORM:
                 d_r = tl.where(a, d_r, 0.0)
                 d_z = tl.where(a, d_z, 0.0)
                 d_sn = tl.where(a, d_sn, 0.0)
-                lnw = lnw_ptr + units
+                lnw = lnw_ptr + cols
                 shat = shat_ptr + out
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_r, lnw, shat, umask, m2)
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_z, lnw + H, shat + H, umask, m2)
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_r, lnw, shat, cmask, m2)
+                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_z, lnw + H, shat + H, cmask, m2)
                 sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_sn, lnw + 2 * H, shat + 2 * H,
-                                             umask, m2)  # fmt: skip
-    else:
-        # A: gradient of h~, and the part of dh_t that reaches h_prev directly
-        for c0 in range(0, HOUT, BLOCK_H):
-            cols, cmask, m2, total, k = zoned_state_grad(
-                c0, dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, gh_prev_off, hs_w, row0,
-                rows, rmask, act, rows_prev, GH, HOUT, ZONE_H, HAS_DHS, HAS_DY, PRECISION,
-                BLOCK_B, BLOCK_H, BLOCK_K,
-            )  # fmt: skip
+                                             cmask, m2)  # fmt: skip
+        else:
             off = rows[:, None] * HOUT + cols[None, :]
             tl.store(dht_ptr + hout_off + off, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
             tl.store(dh_ptr + off, tl.where(a, k * total, total), mask=m2)
+    if CELL == LSTM:
         tl.debug_barrier()
 
         # B: output gate and the gradient of l, with the row sums of the LN_c backward

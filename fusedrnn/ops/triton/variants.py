@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ...variants import LN_EPS
 from .. import library
-from ..checks import check_layer
+from ..checks import check_layer, gate_count
 from ..library import GRAD_INPUTS
 from . import runtime
 from .variant_step import variant_buffers, variant_bwd, variant_fwd
@@ -56,12 +56,9 @@ def _kernel_inputs(a: library.LayerArgs, packed: bool) -> tuple:
     ln_c_b = a.ln_c_b
     if a.ln_c_w is not None and ln_c_b is None:
         ln_c_b = torch.zeros_like(a.ln_c_w)
-    weights = (a.w_hh, a.ln_hh_w, a.ln_c_w, ln_c_b, a.w_ch, a.w_hr)
-    weights = [t.contiguous() if t is not None else None for t in weights]
-    masks = [
-        runtime.flat_rows(m, packed).contiguous() if m is not None else None
-        for m in (a.mask_h, a.mask_c)
-    ]
+    weights = runtime.contiguous(a.w_hh, a.ln_hh_w, a.ln_c_w, ln_c_b, a.w_ch, a.w_hr)
+    masks = runtime.contiguous(*(m if m is None else runtime.flat_rows(m, packed)
+                                 for m in (a.mask_h, a.mask_c)))  # fmt: skip
     zone = (_zone_mode(a.mask_h, a.zoneout_h), _zone_mode(a.mask_c, a.zoneout_c))
     return *weights, *masks, zone, _params(a.x, a.zoneout_h, a.zoneout_c)
 
@@ -91,8 +88,7 @@ def _forward(a: library.LayerArgs) -> list[Tensor]:
         xg = uhat * a.ln_ih_w
         for b in (a.ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
-    c0 = c0.contiguous() if c0 is not None else None
-    out = variant_fwd(cell, xg.contiguous(), h0.contiguous(), c0, _sum_bias(b_hh, a.ln_hh_b),
+    out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0), _sum_bias(b_hh, a.ln_hh_b),
                       *_kernel_inputs(a, packed), a.cifg, plan, packed)  # fmt: skip
     return [*out, uhat, rstd_u]
 
@@ -149,7 +145,7 @@ def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None
         out["ln_c_w"] = (dl * chat).sum((0, 1))
         out["ln_c_b"] = dl.sum((0, 1))
     if w_ch is not None:
-        H = GH // (3 if cifg else 4)
+        H = GH // gate_count(cell, cifg)
         c_prev = runtime.prev_states(cs, plan)
         rows = [(dgx[..., :H] * c_prev).sum((0, 1))]
         if not cifg:
