@@ -62,7 +62,9 @@ def assert_all_close(got, want, names, *, rtol, atol, scaled=False):
         assert a is not None, f"{name} missing"
         assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, b.shape)
         scale = max(1.0, b.abs().max().item()) if scaled and b.numel() else 1.0
-        torch.testing.assert_close(a / scale, b / scale, rtol=rtol, atol=atol, msg=name)
+        torch.testing.assert_close(
+            a / scale, b / scale, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def assert_outputs_close(got, want, *, rtol=1e-12, atol=1e-12):
@@ -90,6 +92,27 @@ def random_state(mode: str, lead, hidden: int, proj: int = 0, *, dtype=torch.flo
     if not mode.startswith("LSTM"):
         return h
     return h, torch.randn(*lead, hidden, dtype=dtype, generator=gen)
+
+
+def module_input(cls: str) -> torch.Tensor:
+    """A float32 input for ``cls(3, hidden)``: [B=2, 3] for a cell, [T=5, B=2, 3] otherwise."""
+    return torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
+
+
+def module_inputs(
+    mode, dtype, sizes, num_layers=2, bidirectional=True, batch_first=False, proj=0,
+    batched=True, with_hx=True, gen=None,
+):  # fmt: skip
+    """Random input and (optionally) initial state of ``mode`` (a class name or one of
+    conftest's MODES), shaped as torch.nn expects; ``sizes`` = (seq_len, batch, input_size,
+    hidden), ``gen`` the generator drawn from (the global one by default)."""
+    seq_len, batch, input_size, hidden = sizes
+    lead = (batch,) if batched else ()
+    steps = ((batch, seq_len) if batch_first else (seq_len, batch)) if batched else (seq_len,)
+    x = torch.randn(*steps, input_size, dtype=dtype, generator=gen)
+    n = num_layers * (2 if bidirectional else 1)
+    state = random_state(mode, (n, *lead), hidden, proj, dtype=dtype, gen=gen) if with_hx else None
+    return x, state
 
 
 def param_list(module, *attrs) -> list[tuple]:

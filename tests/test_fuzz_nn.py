@@ -10,7 +10,7 @@ import torch
 from conftest import MODES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from module_testlib import assert_same, mode_kwargs, random_state
+from module_testlib import assert_same, mode_kwargs, module_inputs
 from torch.nn.utils.rnn import pack_padded_sequence
 
 pytestmark = [
@@ -68,12 +68,10 @@ def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
         cls, c["input_size"], c["hidden"], backend=c["backend"], dtype=torch.float32, **kwargs
     )
     gen = torch.Generator().manual_seed(c["seq_len"] * 1000 + c["batch"])
-    shape = (c["batch"], c["seq_len"]) if c["batch_first"] else (c["seq_len"], c["batch"])
-    x = torch.randn(*shape, c["input_size"], generator=gen)
-    hx = pack = None
-    if c["with_hx"]:
-        lead = (c["num_layers"] * (2 if c["bidirectional"] else 1), c["batch"])
-        hx = random_state(cls, lead, c["hidden"], c["proj"], dtype=torch.float32, gen=gen)
+    sizes = (c["seq_len"], c["batch"], c["input_size"], c["hidden"])
+    x, hx = module_inputs(cls, torch.float32, sizes, c["num_layers"], c["bidirectional"],
+                          c["batch_first"], c["proj"], with_hx=c["with_hx"], gen=gen)  # fmt: skip
+    pack = None
     if c["lengths"] is not None:
         lengths = sorted(c["lengths"], reverse=True) if c["enforce_sorted"] else c["lengths"]
         options = dict(batch_first=c["batch_first"], enforce_sorted=c["enforce_sorted"])

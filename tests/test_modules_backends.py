@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from module_testlib import flatten
+from module_testlib import flatten, module_input
 
 import fusedrnn
 from fusedrnn import backends
@@ -46,14 +46,10 @@ def test_available_backends_lists_reference():
     assert issubclass(fusedrnn.BackendUnavailableError, RuntimeError)
 
 
-def _input(cls):
-    return torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
-
-
 def _assert_unavailable(module, name):
     """``module`` refuses to run on backend ``name``; one that is not built says how to build it."""
     with pytest.raises(fusedrnn.BackendUnavailableError) as info:
-        module(_input(type(module).__name__))
+        module(module_input(type(module).__name__))
     message = str(info.value)
     assert f"fusedrnn backend '{name}'" in message
     if name == "cuda" and name not in fusedrnn.available_backends():
@@ -62,7 +58,7 @@ def _assert_unavailable(module, name):
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_backend_argument_attribute_and_env_var(cls, clean_env):
-    x = _input(cls)
+    x = module_input(cls)
     clean_env.setenv("FUSEDRNN_BACKEND", "cuda")  # explicit backend= wins over the env var
     with warnings.catch_warnings(action="error"):  # no fallback warning for an explicit choice
         getattr(fusedrnn, cls)(3, 4, backend="reference")(x)

@@ -112,8 +112,6 @@ LSTM_CELL_CASES = [
     ("unbatched hx a 1-tuple", {}, (I,), lambda m: (_t(H),)),
     ("hx a tensor", {}, (3, I), lambda m: _t(3, H)),
 ]
-# (cell or not, mode, *case): every mode meets CASES and CELL_CASES; only the LSTM (its
-# (h, c) state) meets LSTM_CASES and LSTM_CELL_CASES
 # (cell or not, mode, *case, *run): every mode meets CASES and CELL_CASES, only the LSTM (its
 # (h, c) state) LSTM_CASES and LSTM_CELL_CASES; the cells on every run, the modules on the first
 ALL_CASES = [

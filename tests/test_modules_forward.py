@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import MODES
-from module_testlib import assert_same, flatten, mode_kwargs, mode_pair, random_state
+from module_testlib import assert_same, flatten, mode_kwargs, mode_pair, module_inputs
 from torch import nn
 
 import fusedrnn
@@ -28,20 +28,6 @@ MODE_PROJ = [(m, 0) for m in MODES] + [("LSTM", P)]  # a projection only for the
 # float64 over the full grid; float32 with fewer layers, always with an initial state
 DTYPE_LAYERS_HX = [(torch.float64, n, hx) for n in (1, 2, 3) for hx in (False, True)]
 DTYPE_LAYERS_HX += [(torch.float32, n, True) for n in (1, 2)]
-
-
-def make_inputs(
-    mode, dtype, num_layers=2, bidirectional=True, batch_first=False, proj=0, batched=True,
-    with_hx=True, sizes=(T, B, I, H),
-):  # fmt: skip
-    """Random input and (optionally) initial state, shaped as torch.nn expects.
-    ``sizes`` = (seq_len, batch, input_size, hidden)."""
-    seq_len, batch, input_size, hidden = sizes
-    lead = (batch,) if batched else ()
-    steps = ((batch, seq_len) if batch_first else (seq_len, batch)) if batched else (seq_len,)
-    x = torch.randn(*steps, input_size, dtype=dtype)
-    n = num_layers * (2 if bidirectional else 1)
-    return x, random_state(mode, (n, *lead), hidden, proj, dtype=dtype) if with_hx else None
 
 
 @pytest.mark.parametrize("mode,proj", MODE_PROJ, ids=[f"{m}-p{p}" for m, p in MODE_PROJ])
@@ -62,7 +48,9 @@ def test_grid(
     ref, mod = mode_pair(
         rnn_pair, mode, I, H, proj=proj, bias=bias, backend=cpu_backend, dtype=dtype, **layout
     )
-    x, hx = make_inputs(mode, dtype, proj=proj, batched=batched, with_hx=with_hx, **layout)
+    x, hx = module_inputs(
+        mode, dtype, (T, B, I, H), proj=proj, batched=batched, with_hx=with_hx, **layout
+    )
     assert_same(ref, mod, x, hx, **tol(dtype))
 
 
@@ -90,7 +78,7 @@ def test_awkward_shapes(
     ref, mod = mode_pair(
         rnn_pair, mode, *sizes[2:], proj=proj, backend=cpu_backend, dtype=dtype, **layout
     )
-    x, hx = make_inputs(mode, dtype, proj=proj, with_hx=with_hx, sizes=sizes, **layout)
+    x, hx = module_inputs(mode, dtype, sizes, proj=proj, with_hx=with_hx, **layout)
     assert_same(ref, mod, x, hx, **tol(dtype))
 
 
@@ -146,7 +134,9 @@ def test_unbatched_equals_a_batch_of_one(mode, batch_first, cpu_backend):
     proj = P if mode == "LSTM" else 0
     cls, kw = mode_kwargs(mode, proj, num_layers=2, batch_first=batch_first, bidirectional=True)
     mod = getattr(fusedrnn, cls)(I, H, backend=cpu_backend, **kw).double()
-    x, hx = make_inputs(mode, torch.float64, batch_first=batch_first, proj=proj, batched=False)
+    x, hx = module_inputs(
+        mode, torch.float64, (T, B, I, H), batch_first=batch_first, proj=proj, batched=False
+    )
     out, state = mod(x, hx)
     batched_hx = tuple(h.unsqueeze(1) for h in hx) if mode == "LSTM" else hx.unsqueeze(1)
     x1 = x.unsqueeze(0 if batch_first else 1)

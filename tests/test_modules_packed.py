@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 from conftest import MODES, TOLERANCES
-from module_testlib import assert_same, flatten, mode_kwargs, mode_pair, random_state
+from module_testlib import assert_same, flatten, mode_kwargs, mode_pair, module_inputs, random_state
 from torch.nn.utils.rnn import (
     pack_padded_sequence,
     pack_sequence,
@@ -49,10 +49,8 @@ def test_packed_matches_torch(
     )
     if enforce_sorted:
         lengths = sorted(lengths, reverse=True)
-    batch, steps = len(lengths), max(lengths)
-    padded = torch.randn((batch, steps, I) if batch_first else (steps, batch, I), dtype=dtype)
-    lead = (num_layers * (2 if bidirectional else 1), batch)
-    hx = random_state(mode, lead, H, proj, dtype=dtype) if with_hx else None
+    sizes = (max(lengths), len(lengths), I, H)
+    padded, hx = module_inputs(mode, dtype, sizes, proj=proj, with_hx=with_hx, **layout)
 
     def pack(x):
         return pack_padded_sequence(x, lengths, batch_first, enforce_sorted)

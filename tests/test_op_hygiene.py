@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import pathlib
+from unittest import mock
 
 import pytest
 import torch
@@ -147,45 +148,36 @@ def test_the_mode_catches_the_patterns():
         bad(x, bs, 3)
 
 
-@needs_cpu
-@pytest.mark.parametrize("layout", ["dense", "packed"])
-@pytest.mark.parametrize(
-    "cell,variant", [("lstm", False), ("gru", False), ("rnn_tanh", False),
-                     ("lstm", True), ("gru", True)],
-)  # fmt: skip
-def test_cpu_ops_do_not_sync(cell, variant, layout):
-    _run(cpu.layer, cell, layout, variant)
-
-
-TRITON_CASES = [  # cell, layout, kernel path (None: the default), variant
-    *((cell, layout, path, False) for cell in ("lstm", "gru")
-      for layout in ("dense", "packed", "packed_reverse")
+HYGIENE = [  # backend, cell, layout, triton kernel path (None: the default), variant
+    *(pytest.param("cpu", cell, layout, None, variant, marks=needs_cpu,
+                   id=f"cpu-{cell}-{layout}" + "-variant" * variant)
+      for layout in ("dense", "packed")
+      for cell, variant in (("lstm", False), ("gru", False), ("rnn_tanh", False),
+                            ("lstm", True), ("gru", True))),
+    *(pytest.param("triton", cell, layout, path, False, marks=needs_interpreter,
+                   id=f"triton-{cell}-{layout}-{path}")
+      for cell in ("lstm", "gru") for layout in ("dense", "packed", "packed_reverse")
       for path in ("step", "cooperative", "persistent")),
-    ("lstm", "dense", None, True), ("lstm", "packed", None, True),
+    *(pytest.param("triton", "lstm", layout, None, True, marks=needs_interpreter,
+                   id=f"triton-lstm-{layout}-variant") for layout in ("dense", "packed")),
 ]  # fmt: skip
 
 
-@needs_interpreter
-@pytest.mark.parametrize("cell,layout,path,variant", TRITON_CASES)
-def test_triton_ops_do_not_sync_and_run_under_the_guard(cell, layout, path, variant, monkeypatch):
-    """No host sync; the op bodies enter the guard for x's device, forward and backward, and
-    every launch happens inside it (runtime.launch checks each one)."""
+@pytest.mark.parametrize("backend,cell,layout,path,variant", HYGIENE)
+def test_ops_do_not_sync(backend, cell, layout, path, variant, monkeypatch):
+    """No host sync; the triton op bodies enter the guard for x's device, forward and
+    backward, and every launch happens inside it (runtime.launch checks each one)."""
+    if backend == "cpu":
+        return _run(cpu.layer, cell, layout, variant)
     from fusedrnn.ops import triton as tb
     from fusedrnn.ops.triton import runtime
     from fusedrnn.ops.triton.layer_op import layer
 
-    seen, real = [], runtime.device_guard
-
-    @contextlib.contextmanager
-    def recording(device):
-        seen.append(device)
-        with real(device):
-            yield
-
-    monkeypatch.setattr(runtime, "device_guard", recording)
+    guard = mock.Mock(wraps=runtime.device_guard)  # records the device of each entry
+    monkeypatch.setattr(runtime, "device_guard", guard)
     with tb.kernel_path(path), runtime.launch_counter() as launches:
         _run(layer, cell, layout, variant)
-    assert seen == [torch.device("cpu")] * 2
+    assert guard.call_args_list == [mock.call(torch.device("cpu"))] * 2
     assert launches.total > 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from layer_cases import Case, call, make_inputs
+from module_testlib import assert_all_close
 from torch import nn
 
 from fusedrnn.ops.reference import CELLS, layer, step_slices
@@ -20,14 +21,8 @@ EXACT = {"rtol": 1e-12, "atol": 1e-12}
 
 
 def _assert_all_close(got, want, **tol):
-    """Each of ``got`` equals ``want``'s in shape, dtype and values; None where it has None."""
-    assert len(got) == len(want)
-    for k, (a, b) in enumerate(zip(got, want, strict=True)):
-        if b is None:
-            assert a is None, k
-        else:
-            assert a.shape == b.shape and a.dtype == b.dtype, k
-            torch.testing.assert_close(a, b, **(tol or EXACT), msg=lambda m, k=k: f"[{k}] {m}")
+    """(y, h_n, c_n) equal ``want``'s in shape, dtype and values; None where it has None."""
+    assert_all_close(got, want, ["y", "h_n", "c_n"], **(tol or EXACT))
 
 
 @pytest.mark.parametrize("cell", CELLS)

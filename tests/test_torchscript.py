@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from module_testlib import module_input
 
 import fusedrnn
 
@@ -20,10 +21,6 @@ MODULES = {
 MESSAGE = r"TorchScript.*not supported.*torch\.compile.*torch\.export"
 
 
-def _input(name):
-    return torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
-
-
 @pytest.mark.parametrize(
     "refuse",
     [
@@ -35,7 +32,7 @@ def _input(name):
 )
 @pytest.mark.parametrize("name", MODULES)
 def test_torchscript_raises_and_eager_still_runs(name, refuse):
-    mod, x = MODULES[name](), _input(name)
+    mod, x = MODULES[name](), module_input(name)
     with pytest.raises(RuntimeError, match=MESSAGE):
         refuse(mod, x)
     mod(x)
