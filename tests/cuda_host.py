@@ -145,11 +145,6 @@ def cast(p: dict, dtype: torch.dtype, device=None) -> dict:
     }
 
 
-def op_args(p: dict, save: bool) -> library.LayerArgs:
-    """The op's arguments for problem ``p`` (forward direction)."""
-    return library.LayerArgs(**{**library.OPTION_DEFAULTS, **p}, reverse=False, save=save)
-
-
 def run(layer, p: dict, reverse: bool, seed: int = 1):
     """Outputs and the gradients of every present input for a fixed random output weighting
     (drawn on the CPU in float64, so that every device and dtype gets the same one)."""
@@ -240,7 +235,7 @@ def check_fake_ops(layer, case: Case, dtype: torch.dtype, save: bool) -> None:
     if save and not case.packed:  # [T, B, I] of a [B, T, I]
         p["x"] = p["x"].transpose(0, 1).contiguous().transpose(0, 1)
         assert not p["x"].is_contiguous()
-    args = op_args(p, save)
+    args = library.LayerArgs(**{**library.OPTION_DEFAULTS, **p}, reverse=False, save=save)
     real = layer.fwd_op(*args)
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = layer.fwd_op(*args)

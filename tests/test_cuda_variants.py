@@ -15,8 +15,6 @@ from layer_cases import Case
 
 from fusedrnn.ops import cuda as cv
 
-HALF = (torch.float16, torch.bfloat16)
-
 # -- grid walks on the CPU build (the host_layer fixture: tests/conftest.py) ---------------
 
 GRID = dict(B=6, T=4, I=3, packed=True, reverse=True)
@@ -86,7 +84,7 @@ GPU_COMPARE = [
     # of rank 3 leaves layer norm too ill-conditioned for bfloat16 to resolve
     *((Case(**options, B=5, T=6, I=4, H=37, packed=packed, reverse=reverse), dtype)
       for options in GPU_CASES for packed in (False, True) for reverse in (False, True)
-      for dtype in HALF),
+      for dtype in (torch.float16, torch.bfloat16)),
     # H = 300: several units per thread and a full 256-thread reduction tree
     *((full(cell, B=3, T=4, I=5, H=300), torch.float64) for cell in ("lstm", "gru")),
 ]  # fmt: skip

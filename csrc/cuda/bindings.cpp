@@ -1,12 +1,11 @@
 // fusedrnn._C_cuda: the CUDA backend's layer op. Built only when torch has CUDA (setup.py).
 // The kernels are plain .cu files behind launchers.h; the time loop is layer_driver.h, the
-// Python functions are layer_module.h, the Launch is launch.h. What is CUDA-specific is only
+// Python functions and the Launch are layer_module.h. What is CUDA-specific is only
 // this policy: the current stream of the input's device, and a launch check after every kernel.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "cuda/launch.h"
 #include "cuda/layer_module.h"
 
 namespace fusedrnn {
@@ -24,13 +23,11 @@ struct CudaPolicy {
   }
 };
 
-using CudaLaunch = CheckedLaunch<CudaPolicy>;
-
 }  // namespace
 }  // namespace cuda
 }  // namespace fusedrnn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn CUDA backend (per-step fused gate kernels, cuBLAS GEMMs)";
-  fusedrnn::cuda::bind_layer<fusedrnn::cuda::CudaLaunch>(m);
+  fusedrnn::cuda::bind_layer<fusedrnn::cuda::CudaPolicy>(m);
 }

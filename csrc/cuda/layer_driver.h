@@ -6,7 +6,7 @@
 // through a `Launch` policy. bindings.cpp instantiates it with the CUDA launchers (GEMMs go to
 // cuBLAS on the current stream); the test-suite instantiates it with the host harness
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors, so this exact loop is tested here.
-// A Launch (launch.h) runs one launcher of launchers.h, launch(launcher, args...) calling
+// A Launch (layer_module.h) runs one launcher of launchers.h, launch(launcher, args...) calling
 // launcher(args..., stream), and checks for errors itself.
 //
 // Forward: XP = X W_ih^T for every step; xg = XP + b_ih, with layer norm LN_ih(XP) + LN_ih bias
@@ -122,17 +122,8 @@ struct Layer {
 
   // The CellOptions of step s; of Step{} for what no step changes (the kernel, zoneout on).
   CellOptions options(const Step& s = Step{}) const {
-    CellOptions o{};
-    o.ln_hh_w = ptr(ln_hh_w);
-    o.ln_hh_b = ptr(ln_hh_b);
-    o.ln_c_w = ptr(ln_c_w);
-    o.ln_c_b = ptr(ln_c_b);
-    o.w_ch = ptr(w_ch);
-    o.zone_h = zone_args(mask_h, p_h, s);
-    o.zone_c = zone_args(mask_c, p_c, s);
-    o.eps = eps;
-    o.cifg = cifg;
-    return o;
+    return {ptr(ln_hh_w), ptr(ln_hh_b), ptr(ln_c_w), ptr(ln_c_b), ptr(w_ch),
+            zone_args(mask_h, p_h, s), zone_args(mask_c, p_c, s), eps, cifg};
   }
 };
 

@@ -2,8 +2,9 @@
 // test build (harness/host_driver.cpp), so that the tests go through this glue as well: one
 // layer_forward / layer_backward for every cell and option (the time loop: layer_driver.h).
 //
-// A Launch type (see layer_driver.h) also provides `Guard`, constructed from the input's device
-// before the Launch itself (the CUDA Launch picks up the current stream of that device).
+// Each build gives bind_layer a Policy: `Guard`, constructed from the input's device before the
+// Launch (the CUDA policy then picks up the current stream of that device), the member `stream`
+// and static check(cudaError_t).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +22,16 @@ namespace fusedrnn {
 namespace cuda {
 
 using OptT = std::optional<at::Tensor>;
+
+// The `Launch` of layer_driver.h: launch(launcher, args...) calls one launcher of launchers.h
+// as launcher(args..., stream) and hands its status to the policy's check.
+template <class Policy>
+struct CheckedLaunch : Policy {
+  template <class Launcher, class... Args>
+  void operator()(Launcher launcher, const Args&... args) const {
+    Policy::check(launcher(args..., this->stream));
+  }
+};
 
 // An operand as the kernels read it: contiguous, undefined where absent.
 inline at::Tensor operand(const OptT& t) {
@@ -131,8 +142,9 @@ std::vector<at::Tensor> backward_op(Launch& launch, const Layer& L, const OptT& 
   return layer_backward(launch, L, dy_, dh_n_, dc_n_, buffers);
 }
 
-template <class Launch>
+template <class Policy>
 void bind_layer(pybind11::module& m) {
+  using Launch = CheckedLaunch<Policy>;
   def_op(m, "layer_forward",
          "One layer, one direction: returns [y, h_n, c_n, act, hhat, stats, h_prev, hraw, "
          "xhat_ih, rstd_ih] (None where absent; see layer_driver.h)",

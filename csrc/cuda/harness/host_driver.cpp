@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "cuda/common.cuh"
-#include "cuda/launch.h"
 #include "cuda/layer_module.h"
 #include "cuda/rowblock.cuh"
 
@@ -104,7 +103,7 @@ namespace fusedrnn {
 namespace cuda {
 namespace {
 
-// The Launch policy (launch.h); the GPU's is in csrc/cuda/bindings.cpp.
+// The Launch policy (layer_module.h); the GPU's is in csrc/cuda/bindings.cpp.
 struct HostPolicy {
   struct Guard {
     explicit Guard(c10::Device) {}
@@ -117,15 +116,13 @@ struct HostPolicy {
   }
 };
 
-using HostLaunch = CheckedLaunch<HostPolicy>;
-
 }  // namespace
 }  // namespace cuda
 }  // namespace fusedrnn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CPU walk of the fusedrnn CUDA kernels' grids (tests only)";
-  fusedrnn::cuda::bind_layer<fusedrnn::cuda::HostLaunch>(m);
+  fusedrnn::cuda::bind_layer<fusedrnn::cuda::HostPolicy>(m);
   m.def(
       "set_grid",
       [](uint32_t max_blocks, bool backwards, uint32_t threads) {
