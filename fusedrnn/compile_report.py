@@ -127,7 +127,7 @@ def _launchers(torch, dtype):
                                   opt(dy, N, hout), plan, path)  # fmt: skip
             # persistent (whole sequence): small H, no float64
             for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
-                if dtype == torch.float64 or pick_persistent_config(cell, H, H) is None:
+                if dtype == torch.float64 or pick_persistent_config(cell, H) is None:
                     continue
                 lstm_ = cell == "lstm"
                 for bias, save in itertools.product((False, True), (False, True)):

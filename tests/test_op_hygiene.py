@@ -209,17 +209,16 @@ def test_triton_dots_name_their_accumulator_dtype():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("file", ["layer_op.py", "variants.py"])
 @pytest.mark.parametrize("op", ["forward", "backward"])
-def test_triton_op_bodies_enter_the_guard(file, op):
-    """Static: the bodies of the custom ops (what torch.library calls) enter
-    ``runtime.device_guard(a.x.device)`` around all their work (layer_op's after handing a
-    variant call to variants.py)."""
-    fn = next(n for n in TREES[file].body if isinstance(n, ast.FunctionDef) and n.name == op)
-    withs = [
-        ast.unparse(i.context_expr) for w in fn.body if isinstance(w, ast.With) for i in w.items
-    ]
-    assert "runtime.device_guard(a.x.device)" in withs
+def test_triton_op_bodies_enter_the_guard(op):
+    """Static: the bodies of the custom ops (what torch.library calls, layer_op's) end in
+    ``with runtime.device_guard(a.x.device)``, and only inside it call their work, plain
+    (``_forward`` / ``_backward``) and variant (variants.py's)."""
+    fn = next(n for n in TREES["layer_op.py"].body if getattr(n, "name", None) == op)
+    *before, guard = map(ast.unparse, fn.body)
+    assert guard.startswith("with runtime.device_guard(a.x.device):")
+    for work in (f" _{op}(", f" variants.{op}("):
+        assert work in guard and not any(work in s for s in before), work
 
 
 def test_triton_guard_enters_the_tensors_device_and_launches_only_inside(monkeypatch):

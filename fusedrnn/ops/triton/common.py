@@ -122,16 +122,14 @@ def forward_buffers(cell, like, T, B, Hout, H, proj, packed, save) -> list:
     Cs [T+1,B,H] (LSTM), gates [T,B,4H] (LSTM, GRU), m [T,B,H] (proj), y [N,Hout] (packed)]``.
     Empty where unused: the gates unless ``save`` (only the backward reads them), then in the
     accumulation dtype where the cell has gates."""
-    dt, dev, acc = like.dtype, like.device, runtime.acc_dtype(like.dtype)
-    lstm, gated = cell == "lstm", cell in ("lstm", "gru")
-    hs = runtime.empty(T + 1, B, Hout, dtype=dt, device=dev)
-    cs = runtime.empty(T + 1, B, H, dtype=acc, device=dev) if lstm else hs.new_empty(0)
-    gates = hs.new_empty(0, dtype=acc if gated else dt)
+    acc, lstm, gated = runtime.acc_dtype(like.dtype), cell == "lstm", cell in ("lstm", "gru")
+    hs = runtime.buffer(like, T + 1, B, Hout)
+    cs = runtime.empty(T + 1, B, H, dtype=acc, device=like.device) if lstm else hs.new_empty(0)
+    gates = hs.new_empty(0, dtype=acc if gated else like.dtype)
     if gated and save:
-        gates = runtime.empty(T, B, 4 * H, dtype=acc, device=dev)
-    m = runtime.empty(T, B, H, dtype=dt, device=dev) if proj else hs.new_empty(0)
-    y = runtime.empty(like.shape[0], Hout, dtype=dt, device=dev) if packed else hs.new_empty(0)
-    return [hs, cs, gates, m, y]
+        gates = runtime.empty(T, B, 4 * H, dtype=acc, device=like.device)
+    return [hs, cs, gates, runtime.buffer(like, T, B, H, on=proj),
+            runtime.buffer(like, like.shape[0], Hout, on=packed)]  # fmt: skip
 
 
 def finish_state_grad(dh, dc, dg, w_hh, dhs, dcs, plan) -> None:

@@ -152,9 +152,7 @@ def _covering(configs: tuple[StepConfig, ...], batch: int) -> StepConfig:
     return min(fits, key=lambda c: c.block_b) if fits else max(configs, key=lambda c: c.block_b)
 
 
-def pick_persistent_config(cell: str, hidden: int, hidden_out: int) -> PersistentConfig | None:
+def pick_persistent_config(cell: str, hidden: int) -> PersistentConfig | None:
     """The persistent config for this cell and H, or None when W_hh does not fit."""
-    if hidden_out != hidden:
-        return None
     fits = [c for c in PERSISTENT_CONFIGS if c.cell == cell and hidden <= c.max_hidden]
     return min(fits, key=lambda c: c.block_h) if fits else None

@@ -37,12 +37,13 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
-    """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused)."""
-    if library.is_variant(a):
-        return variants.forward(a)
-    check_layer("triton", DTYPES, *a[: library.N_POSITIONAL - 1])
+    """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused), or the
+    variant op's (:func:`.variants.forward`)."""
+    variant = library.is_variant(a)
+    check_layer("triton", variants.DTYPES if variant else DTYPES, *a[: library.N_POSITIONAL - 1],
+                **library.options_of(a))  # fmt: skip
     with runtime.device_guard(a.x.device):
-        return _forward(*a[: library.N_POSITIONAL], a.save)
+        return variants.forward(a) if variant else _forward(*a[: library.N_POSITIONAL], a.save)
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
@@ -82,9 +83,9 @@ def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor,
 
 def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
     """Gradients of the library.GRAD_INPUTS; None where not needed."""
-    if library.is_variant(a):
-        return variants.backward(a, buffers, grads, needs)
     with runtime.device_guard(a.x.device):
+        if library.is_variant(a):
+            return variants.backward(a, buffers, grads, needs)
         return _backward(*a[: library.N_POSITIONAL], buffers, grads, needs[:8])
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from . import runtime
 from .cellmath import GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
 from .common import cell_bwd, gate_blocks, steps_table, visit
-from .configs import PersistentConfig, pick_persistent_config
+from .configs import PERSISTENT_CONFIGS, PersistentConfig, pick_persistent_config
 from .sync import counter_fits
 from .tiles import add_gates, kernel_jit, load_gates, packed_ptrs, row_block, store_gates, tile_ptrs
 
@@ -249,7 +249,7 @@ def kernel_path(path: str | None) -> Iterator[None]:
 def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | None:
     if w_hh.dtype == torch.float64 or w_hr is not None:
         return None
-    return pick_persistent_config(cell, w_hh.shape[1], w_hh.shape[1])
+    return pick_persistent_config(cell, w_hh.shape[1])
 
 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
@@ -257,9 +257,9 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
     "cooperative" (the step kernel's whole time loop in one launch) or "step" (a launch per
     step: when forced, for empty sequences, and for sequences too long for the cooperative
     launch's barrier counter)."""
-    H = w_hh.shape[1]
-    if _forced == "persistent" and (w_hr is not None or H > 64):
-        raise ValueError("persistent kernels need proj_size == 0 and H <= 64")
+    H, limit = w_hh.shape[1], max(c.max_hidden for c in PERSISTENT_CONFIGS)
+    if _forced == "persistent" and (w_hr is not None or H > limit):
+        raise ValueError(f"persistent kernels need proj_size == 0 and H <= {limit}")
     if _forced is not None:
         return _forced
     if plan.T == 0:

@@ -19,8 +19,9 @@ packed step did not compute; then, over all steps::
 with ``LN_bwd(dxhat, xhat, rstd) = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``
 per row; every sum is a deterministic column reduction (no atomics).
 
-These are the variant branch of the one triton op (:mod:`.layer_op`). Supports float32 and
-float64; the op computes half-precision inputs in float32.
+These are the variant branch of the one triton op (:mod:`.layer_op`, which checks the arguments
+and enters the device guard). Supports float32 and float64; the op computes half-precision
+inputs in float32.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from ...variants import LN_EPS
 from .. import library
-from ..checks import check_layer, gate_count
+from ..checks import gate_count
 from ..library import GRAD_INPUTS
 from . import runtime
 from .variant_step import variant_buffers, variant_bwd, variant_fwd
@@ -67,12 +68,6 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     """Buffers ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]`` (the first nine
     :func:`.variant_step.variant_buffers`; ``uhat [N, GH]`` and ``rstd_u [N, 1]`` are the
     input projection's layer norm; empty when unused)."""
-    check_layer("triton", DTYPES, *a[: library.N_POSITIONAL - 1], **library.options_of(a))
-    with runtime.device_guard(a.x.device):
-        return _forward(a)
-
-
-def _forward(a: library.LayerArgs) -> list[Tensor]:
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
     packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
@@ -106,10 +101,9 @@ def fake_forward(a: library.LayerArgs, T: int, B: int, Hout: int, H: int) -> lis
 def _params(x: Tensor, zoneout_h: float, zoneout_c: float) -> Tensor:
     """``[zoneout_h, zoneout_c, LN_EPS]`` on x's device, written by fills with scalar
     arguments: a tensor literal would be a host-to-device copy inside the op."""
-    par = x.new_empty(3)
+    par = x.new_full((3,), LN_EPS)
     par[0:1].fill_(zoneout_h)
     par[1:2].fill_(zoneout_c)
-    par[2:3].fill_(LN_EPS)
     return par
 
 
@@ -122,11 +116,6 @@ def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
 
 def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
     """Gradients of the library.GRAD_INPUTS; None where not needed."""
-    with runtime.device_guard(a.x.device):
-        return _backward(a, buffers, grads, needs)
-
-
-def _backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
     cifg, ln_ih_w = a.cifg, a.ln_ih_w
     grads = runtime.dense_grads(grads)
