@@ -140,6 +140,7 @@ class StepWeights {
     gemm<T>(false, tw_, m, c1 - c0, k_, T(1), A, lda, Wc, ldw_, beta, C + c0, ldc);
   }
   int64_t n() const { return n_; }
+  int64_t bytes() const { return k_ * n_ * int64_t(sizeof(T)); }  // of op(W)
 
  private:
   bool tw_;

@@ -192,12 +192,9 @@ inline std::string flat_weights_mismatch(const std::vector<at::Tensor>& w, int64
   return "";
 }
 
+// t's data as T* (const T* where it is only read)
 template <typename T>
-inline T* ptr(at::Tensor& t) {
-  return t.data_ptr<T>();
-}
-template <typename T>
-inline const T* cptr(const at::Tensor& t) {
+inline T* ptr(const at::Tensor& t) {
   return t.data_ptr<T>();
 }
 

@@ -28,25 +28,28 @@ struct Sampling {
   std::optional<at::Generator> gen;
 };
 
+// ids [B] <- the first index of each row's largest value of v [B, V] (torch.argmax: a NaN
+// ranks above everything).
+void argmax_rows(const float* v, int64_t B, int64_t V, int64_t* ids) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* row = v + b * V;
+    int64_t best = 0;
+    for (int64_t k = 0; k < V; ++k) {
+      if (std::isnan(row[k])) {
+        best = k;
+        break;
+      }
+      if (row[k] > row[best]) best = k;
+    }
+    ids[b] = best;
+  }
+}
+
 // logits [B, V] float32 -> ids [B] (sample.pick).
 void pick(const at::Tensor& logits, const Sampling& s, at::Tensor& q, int64_t* ids) {
   const int64_t B = logits.size(0), V = logits.size(1);
-  if (s.argmax || s.temperature == 0) {
-    const float* l = logits.const_data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b) {
-      const float* row = l + b * V;
-      int64_t best = 0;
-      for (int64_t v = 0; v < V; ++v) {
-        if (std::isnan(row[v])) {  // torch.argmax ranks NaN above everything
-          best = v;
-          break;
-        }
-        if (row[v] > row[best]) best = v;
-      }
-      ids[b] = best;
-    }
-    return;
-  }
+  if (s.argmax || s.temperature == 0)
+    return argmax_rows(logits.const_data_ptr<float>(), B, V, ids);
   at::Tensor l = at::div(logits, s.temperature);
   if (s.top_k > 0 && s.top_k < V) {
     const at::Tensor kth = std::get<0>(at::topk(l, s.top_k, -1)).narrow(-1, s.top_k - 1, 1);
@@ -57,20 +60,10 @@ void pick(const at::Tensor& logits, const Sampling& s, at::Tensor& q, int64_t* i
   for (int64_t i = 0; i < B * V; ++i)
     TORCH_CHECK(std::isfinite(p[i]) && p[i] >= 0,
                 "probability tensor contains either `inf`, `nan` or element < 0");
-  q.exponential_(1, s.gen);  // torch.multinomial's draw for one sample
-  const float* e = q.const_data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t best = 0;
-    float top = -1;
-    for (int64_t v = 0; v < V; ++v) {
-      const float r = p[b * V + v] / e[b * V + v];
-      if (r > top) {
-        top = r;
-        best = v;
-      }
-    }
-    ids[b] = best;
-  }
+  q.exponential_(1, s.gen);  // torch.multinomial's draw for one sample: argmax of p / q
+  float* r = q.data_ptr<float>();
+  for (int64_t i = 0; i < B * V; ++i) r[i] = p[i] / r[i];
+  argmax_rows(r, B, V, ids);
 }
 
 template <typename T>
@@ -89,7 +82,7 @@ at::Tensor generate_impl(FRNN_GENERATE_PARAMS) {
   const at::Tensor embed_rows = embed.has_value() ? embed->contiguous() : at::Tensor();
   auto input_row = [&](int64_t id, T* row) {  // [E]: the embedding of id, or one-hot
     if (embed_rows.defined()) {
-      std::copy_n(cptr<T>(embed_rows) + id * E, E, row);
+      std::copy_n(ptr<T>(embed_rows) + id * E, E, row);
     } else {
       std::fill(row, row + E, T(0));
       row[id] = T(1);
@@ -147,7 +140,7 @@ at::Tensor generate_impl(FRNN_GENERATE_PARAMS) {
           std::copy_n(table.data() + next[b] * GH, GH, gates0.data() + b * GH);
         g0 = gates0.data();
       }
-      stack->run(xp, cptr<T>(h_cur), lstm ? cptr<T>(c_cur) : nullptr, ptr<T>(h_next),
+      stack->run(xp, ptr<T>(h_cur), lstm ? ptr<T>(c_cur) : nullptr, ptr<T>(h_next),
                  lstm ? ptr<T>(c_next) : nullptr, g0);
       h_cur = h_next;
       c_cur = c_next;

@@ -20,27 +20,23 @@
 #include <type_traits>
 
 // FRNN_TARGET_AVX2: this compiler can build AVX2+FMA(+F16C) functions into a baseline-ISA
-// binary (x86 with GCC or clang); FRNN_AVX2_BEGIN / FRNN_AVX2_END then bracket the code that gets the wider
-// ISA (kernels_avx2.cpp, sgemm_simd.cpp; FRNN_AVX512_BEGIN / _END for AVX-512F code).
-// Every header is included before FRNN_AVX2_BEGIN (the ones of the kernel loops here), so that
-// only the bracketed functions, and what they inline, get it.
+// binary (x86 with GCC or clang); FRNN_AVX2_BEGIN (FRNN_AVX512_BEGIN for AVX-512F code) and
+// FRNN_TARGET_END then bracket the code that gets the wider ISA (kernels_avx2.cpp,
+// kernels_avx512.cpp, sgemm_simd.cpp). Every header is included before the bracket (the ones
+// of the kernel loops here), so that only the bracketed functions, and what they inline, get it.
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FRNN_TARGET_AVX2 1
+#define FRNN_PRAGMA(x) _Pragma(#x)
 #if defined(__clang__)
-#define FRNN_AVX2_BEGIN \
-  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
-#define FRNN_AVX2_END _Pragma("clang attribute pop")
-#define FRNN_AVX512_BEGIN                                                                    \
-  _Pragma("clang attribute push(__attribute__((target(\"avx512f,avx2,fma,f16c\"))), "          \
-          "apply_to = function)")
-#define FRNN_AVX512_END _Pragma("clang attribute pop")
+#define FRNN_TARGET_BEGIN(isa) \
+  FRNN_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define FRNN_TARGET_END FRNN_PRAGMA(clang attribute pop)
 #else
-#define FRNN_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
-#define FRNN_AVX2_END _Pragma("GCC pop_options")
-#define FRNN_AVX512_BEGIN \
-  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx2,fma,f16c\")")
-#define FRNN_AVX512_END _Pragma("GCC pop_options")
+#define FRNN_TARGET_BEGIN(isa) FRNN_PRAGMA(GCC push_options) FRNN_PRAGMA(GCC target(isa))
+#define FRNN_TARGET_END FRNN_PRAGMA(GCC pop_options)
 #endif
+#define FRNN_AVX2_BEGIN FRNN_TARGET_BEGIN("avx2,fma,f16c")
+#define FRNN_AVX512_BEGIN FRNN_TARGET_BEGIN("avx512f,avx2,fma,f16c")
 #include <immintrin.h>
 #else
 #define FRNN_TARGET_AVX2 0

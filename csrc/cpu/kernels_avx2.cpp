@@ -12,5 +12,5 @@ FRNN_AVX2_BEGIN
 #define FRNN_ISA_F16C 1  // float16 weights widen with vcvtph2ps
 #include "kernels_impl.h"
 #include "variant_kernels_impl.h"
-FRNN_AVX2_END
+FRNN_TARGET_END
 #endif

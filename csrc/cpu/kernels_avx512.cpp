@@ -10,5 +10,5 @@ FRNN_AVX512_BEGIN
 #define FRNN_ISA_F16C 1
 #include "kernels_impl.h"
 #include "variant_kernels_impl.h"
-FRNN_AVX512_END
+FRNN_TARGET_END
 #endif

@@ -52,17 +52,17 @@ void gemm_grads(const LayerArgs& a, const std::vector<Step>& steps, const T* dX,
   const auto dtype = a.x.scalar_type();
   if (mask & kGradX) {
     at::Tensor dx = pooled_output({N, I}, dtype);
-    gemm<T>(false, false, N, I, GH, T(1), dX, GH, cptr<T>(a.w_ih), I, T(0), ptr<T>(dx), I);
+    gemm<T>(false, false, N, I, GH, T(1), dX, GH, ptr<T>(a.w_ih), I, T(0), ptr<T>(dx), I);
     out[0] = a.packed ? dx : dx.view({a.T, B, I});
   }
   if (mask & kGradWih) {
     out[3] = pooled_output({GH, I}, dtype);
-    gemm<T>(true, false, GH, I, N, T(1), dX, GH, cptr<T>(a.x), I, T(0), ptr<T>(out[3]), I);
+    gemm<T>(true, false, GH, I, N, T(1), dX, GH, ptr<T>(a.x), I, T(0), ptr<T>(out[3]), I);
   }
   if (mask & kGradWhh) {
     at::Tensor dw = pooled_output({GH, Hout}, dtype);
     T* dwp = ptr<T>(dw);
-    const T* h0 = cptr<T>(a.h0);
+    const T* h0 = ptr<T>(a.h0);
     if (N == 0) {
       dw.zero_();
     } else if (!a.packed) {
@@ -78,7 +78,7 @@ void gemm_grads(const LayerArgs& a, const std::vector<Step>& steps, const T* dX,
       // Packed: h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM.
       at::Tensor hprev = scratch(Scratch::kWork7, {N, Hout}, dtype);
       gather_previous(steps, y, h0, Hout, ptr<T>(hprev));
-      gemm<T>(true, false, GH, Hout, N, T(1), dH, GH, cptr<T>(hprev), Hout, T(0), dwp, Hout);
+      gemm<T>(true, false, GH, Hout, N, T(1), dH, GH, ptr<T>(hprev), Hout, T(0), dwp, Hout);
     }
     out[4] = dw;
   }
@@ -146,21 +146,19 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   std::vector<at::Tensor> out(15);  // undefined (None) where not computed
   if (mask == 0) return out;
 
-  const auto present = saved_slots(a);
-  const auto count = static_cast<size_t>(std::count(present.begin(), present.end(), true));
+  const auto widths = saved_widths(a);
+  const auto count = static_cast<size_t>(6 - std::count(widths.begin(), widths.end(), 0));
   TORCH_CHECK(saved.size() == count, "fusedrnn cpu backend: the backward needs the ", count,
               " tensors the forward saved, got ", saved.size());
   at::Tensor slots[6];  // act, cs, ct, hh, xh, stats (undefined where the configuration has none)
   for (int k = 0, n = 0; k < 6; ++k)
-    if (present[k]) slots[k] = saved[n++].contiguous();
+    if (widths[k] > 0) {
+      slots[k] = saved[n++].contiguous();
+      TORCH_CHECK(slots[k].numel() == N * widths[k], "fusedrnn cpu backend: the backward needs "
+                  "the forward's saved tensors (run the forward with train=True)");
+    }
   const at::Tensor &act_t = slots[0], &cs_t = slots[1], &ct_t = slots[2], &hh_t = slots[3],
                    &xh_t = slots[4], &st_t = slots[5];
-  TORCH_CHECK((rnn || act_t.numel() == N * GH) && (direct || ct_t.numel() == N * H) &&
-                  (!lstm || cs_t.numel() == N * H) &&
-                  (!ln || (hh_t.numel() == N * GH && xh_t.numel() == N * GH &&
-                           st_t.numel() == N * 4)),
-              "fusedrnn cpu backend: the backward needs the forward's saved tensors (run the "
-              "forward with train=True)");
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
               " elements, expected ", N * Hout);
@@ -180,25 +178,18 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   at::Tensor hraw = lstm ? tmp(Scratch::kWork5, {proj ? N : B, H}) : empty();
   at::Tensor dhraw = proj ? at::empty({B, H}, opts) : empty();
 
-  const T* act = rnn ? nullptr : cptr<T>(act_t);
-  const T* C = lstm ? cptr<T>(cs_t) : nullptr;
-  const T* CT = direct ? C : cptr<T>(ct_t);  // c~_t (direct LSTM: c_t itself)
-  const T* HH = ln ? cptr<T>(hh_t) : nullptr;
-  const T* ST = ln ? cptr<T>(st_t) : nullptr;
-  const T* yp = cptr<T>(y);
-  const T* dyp = cptr<T>(dy);
-  const T* h0 = cptr<T>(a.h0);
-  const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
+  const T* act = rnn ? nullptr : ptr<T>(act_t);
+  const T* C = lstm ? ptr<T>(cs_t) : nullptr;
+  const T* CT = direct ? C : ptr<T>(ct_t);  // c~_t (direct LSTM: c_t itself)
+  const T* HH = ln ? ptr<T>(hh_t) : nullptr;
+  const T* ST = ln ? ptr<T>(st_t) : nullptr;
+  const T* yp = ptr<T>(y);
+  const T* dyp = ptr<T>(dy);
+  const auto [h0, c0, lnhh, lncw, lncb, wch, kh, kc] = row_inputs<T>(a);
   // dHP_t W_hh and DH_t W_hr: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(false, GH, Hout, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? cptr<T>(*a.w_hr) : nullptr, H,
+  const StepWeights<T> whh(false, GH, Hout, ptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
+  const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? ptr<T>(*a.w_hr) : nullptr, H,
                            Scratch::kPackedProj, a.T);
-  const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
-  const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
-  const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
-  const T* wch = fl.peep ? cptr<T>(a.w_ch) : nullptr;
-  const T* kh = a.zone_h ? cptr<T>(a.keep_h) : nullptr;
-  const T* kc = fl.zone_c ? cptr<T>(a.keep_c) : nullptr;
   T* dhs = ptr<T>(dh_state);
   T* dcs = lstm ? ptr<T>(dc_state) : nullptr;
   T* dPp = ptr<T>(dP);
@@ -256,8 +247,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
       mul_split_n(whh, e - b0, dHPp + (s.off + b0) * GH, GH, T(1), dhs + b0 * Hout, Hout);
     }
   };
-  const int64_t weight_bytes = (GH + (proj ? H : 0)) * Hout * int64_t(sizeof(T));  // W_hh, W_hr
-  run_row_blocks(steps, B, GH * Hout, weight_bytes, run_rows);
+  run_row_blocks(steps, B, GH * Hout, whh.bytes() + whr.bytes(), run_rows);
 
   // Column sums first: they read dP, which the LN_ih backward below overwrites. b_ih and the
   // LN_ih bias enter as one sum, b_hh and the LN_hh bias too (LSTM: all four, dS = dP); the
@@ -266,7 +256,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   {
     const int64_t want_in = kGradBih | kGradLnIhB, want_rec = kGradBhh | kGradLnHhB;
     const bool sum_in = mask & (want_in | (gru ? 0 : want_rec));
-    const T* b_xh = ln && (mask & kGradLnIhW) ? cptr<T>(xh_t) : nullptr;
+    const T* b_xh = ln && (mask & kGradLnIhW) ? ptr<T>(xh_t) : nullptr;
     const T* b_hh = ln && (mask & kGradLnHhW) ? HH : nullptr;
     auto s_in = column_sums<T>(dPp, GH, sum_in, b_xh, gru ? nullptr : b_hh, GH, N, GH, opts);
     std::array<at::Tensor, 3> s_rec;
@@ -303,8 +293,8 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   // Input side: LN_ih backward row by row over all steps, in place (dP becomes the gradient of
   // X W_ih^T) once the column sums above have read dP.
   if (ln && (mask & (kGradX | kGradWih))) {
-    const T* XH = cptr<T>(xh_t);
-    const T* w = cptr<T>(a.ln_ih_w);
+    const T* XH = ptr<T>(xh_t);
+    const T* w = ptr<T>(a.ln_ih_w);
     at::parallel_for(0, N, grain_of(GH), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);

@@ -59,11 +59,11 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   T* stp = ln ? ptr<T>(stats) : nullptr;
   {
     T* dst = ln ? ptr<T>(xh) : ptr<T>(xg);
-    gemm<T>(false, true, N, GH, a.I, T(1), cptr<T>(a.x), a.I, cptr<T>(a.w_ih), a.I, T(0), dst,
+    gemm<T>(false, true, N, GH, a.I, T(1), ptr<T>(a.x), a.I, ptr<T>(a.w_ih), a.I, T(0), dst,
             GH);
     if (ln) {
-      const T* w = cptr<T>(a.ln_ih_w);
-      const T* b = cptr<T>(b_in);
+      const T* w = ptr<T>(a.ln_ih_w);
+      const T* b = ptr<T>(b_in);
       T* xgp = ptr<T>(xg);
       at::parallel_for(0, N, grain_of(GH), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
@@ -81,36 +81,27 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   at::Tensor y = pooled_output({N, Hout}, dtype);  // [N, Hout]
   at::Tensor h_n = a.h0.clone();              // [B, Hout]
   at::Tensor c_n = lstm ? a.c0.clone() : empty();
+  // [N, cols] kept for the backward when keep, else [rows, cols] for this call only
+  auto kept_or_rows = [&](bool keep, int64_t rows, int64_t cols) {
+    return keep ? pooled_output({N, cols}, dtype) : at::empty({rows, cols}, opts);
+  };
   // hp: h_prev W_hh^T, normalised in place (ln: the saved hh when training); direct: none,
   // the product goes straight into the gates
-  at::Tensor hh = direct ? empty()
-                  : ln && train ? pooled_output({N, GH}, dtype)
-                                : at::empty({B, GH}, opts);
-  // LSTM: c_t states (all kept when training, else a [2, B, H] ping-pong), c~_t (not direct:
+  at::Tensor hh = direct ? empty() : kept_or_rows(ln && train, B, GH);
+  // LSTM: c_t states (all kept when training, else a [2B, H] ping-pong), c~_t (not direct:
   // there c~_t = c_t); GRU: nothing, and the recurrent n part in ct
-  at::Tensor cs = !lstm  ? empty()
-                  : train ? pooled_output({N, H}, dtype)
-                          : at::empty({2, B, H}, opts);
-  at::Tensor ct = direct  ? empty()
-                  : train ? pooled_output({N, H}, dtype)
-                          : at::empty({B, H}, opts);
+  at::Tensor cs = lstm ? kept_or_rows(train, 2 * B, H) : empty();
+  at::Tensor ct = direct ? empty() : kept_or_rows(train, B, H);
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
   // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(true, Hout, GH, cptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? cptr<T>(*a.w_hr) : nullptr, H,
+  const StepWeights<T> whh(true, Hout, GH, ptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
+  const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? ptr<T>(*a.w_hr) : nullptr, H,
                            Scratch::kPackedProj, a.T);
-  const T* h0 = cptr<T>(a.h0);
-  const T* c0 = lstm ? cptr<T>(a.c0) : nullptr;
-  const T* b_recp = direct ? nullptr : cptr<T>(b_rec);
-  const T* b_direct = direct ? cptr<T>(b_in) : nullptr;
-  const T* lnhh = ln ? cptr<T>(a.ln_hh_w) : nullptr;
-  const T* lncw = ln && lstm ? cptr<T>(a.ln_c_w) : nullptr;
-  const T* lncb = ln && lstm ? cptr<T>(a.ln_c_b) : nullptr;
-  const T* wch = fl.peep ? cptr<T>(a.w_ch) : nullptr;
+  const auto [h0, c0, lnhh, lncw, lncb, wch, kh, kc] = row_inputs<T>(a);
   const T* wco = fl.peep ? wch + (fl.cifg ? 1 : 2) * H : nullptr;
-  const T* kh = a.zone_h ? cptr<T>(a.keep_h) : nullptr;
-  const T* kc = fl.zone_c ? cptr<T>(a.keep_c) : nullptr;
+  const T* b_recp = direct ? nullptr : ptr<T>(b_rec);
+  const T* b_direct = direct ? ptr<T>(b_in) : nullptr;
   T* yp = ptr<T>(y);
   T* xgp = ptr<T>(xg);
   T* hhp = direct ? nullptr : ptr<T>(hh);
@@ -198,16 +189,15 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
       }
     }
   };
-  const int64_t weight_bytes = (GH + (proj ? H : 0)) * Hout * int64_t(sizeof(T));  // W_hh, W_hr
-  run_row_blocks(steps, B, GH * Hout, weight_bytes, run_rows);
+  run_row_blocks(steps, B, GH * Hout, whh.bytes() + whr.bytes(), run_rows);
 
   if (!a.packed) y = y.view({a.T, B, Hout});
-  // what the backward reads, in the order of saved_slots
+  // what the backward reads, in the order of saved_widths
   std::vector<at::Tensor> out{y, h_n, c_n};
-  const auto slots = saved_slots(a);
+  const auto widths = saved_widths(a);
   const at::Tensor kept[] = {xg, cs, ct, hh, xh, stats};
   for (int k = 0; k < 6; ++k)
-    if (slots[k]) out.push_back(train ? kept[k] : empty());
+    if (widths[k] > 0) out.push_back(train ? kept[k] : empty());
   return out;
 }
 

@@ -68,18 +68,29 @@ inline bool direct_gates(const LayerArgs& a) {
 // Validates a layer's arguments (clear errors for bad input).
 LayerArgs prepare(FRNN_LAYER_PARAMS);
 
-// What the backward reads, in this order, where the configuration has it: act [N, G*H]
-// activations (not RNN: its backward reads y), cs [N, H] the states c_t (LSTM), ct [N, H] c~_t
-// (LSTM, not direct_gates) or the recurrent n part (GRU), hh / xh [N, G*H] the normalised
-// recurrent / input projections (ln), stats [N, 4] (rstd_ih, rstd_hh, mean_c, rstd_c) (ln).
-// fusedrnn/ops/cpu.py::fake_forward follows the same rule.
-inline std::array<bool, 6> saved_slots(const LayerArgs& a) {
+// The per-row inputs of a layer's step loop, null where the configuration has none (prepare
+// leaves those tensors undefined): h0, c0, ln_hh_w, ln_c_w, ln_c_b, w_ch, keep_h, keep_c.
+template <typename T>
+std::array<const T*, 8> row_inputs(const LayerArgs& a) {
+  auto p = [](const at::Tensor& t) -> const T* { return t.defined() ? ptr<T>(t) : nullptr; };
+  return {p(a.h0), p(a.c0), p(a.ln_hh_w), p(a.ln_c_w), p(a.ln_c_b), p(a.w_ch), p(a.keep_h),
+          p(a.keep_c)};
+}
+
+// What the backward reads, in this order, as the width of each [N, width] tensor, 0 where the
+// configuration has none: act [N, G*H] activations (not RNN: its backward reads y), cs [N, H]
+// the states c_t (LSTM), ct [N, H] c~_t (LSTM, not direct_gates) or the recurrent n part (GRU),
+// hh / xh [N, G*H] the normalised recurrent / input projections (ln), stats [N, 4] (rstd_ih,
+// rstd_hh, mean_c, rstd_c) (ln). fusedrnn/ops/cpu.py::fake_forward follows the same rule.
+inline std::array<int64_t, 6> saved_widths(const LayerArgs& a) {
   const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln;
-  return {lstm || a.cell == Cell::GRU, lstm, !direct_gates(a), ln, ln, ln};
+  const int64_t GH = a.G * a.H, H = a.H;
+  return {lstm || a.cell == Cell::GRU ? GH : 0, lstm ? H : 0, direct_gates(a) ? 0 : H,
+          ln ? GH : 0, ln ? GH : 0, ln ? 4 : 0};
 }
 
 // Forward of one layer in one direction (layer_fwd.cpp). -> {y [T, B, Hout] or [N, Hout],
-// h_n [B, Hout], c_n [B, H] or [0], then the saved_slots of the configuration, each [0] unless
+// h_n [B, Hout], c_n [B, H] or [0], then the saved_widths of the configuration, each [0] unless
 // train}.
 std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train);
 

@@ -9,14 +9,8 @@
 namespace fusedrnn::cpu {
 
 namespace {
-std::array<at::Tensor, static_cast<size_t>(Scratch::kCount)>& buffers() {
-  thread_local std::array<at::Tensor, static_cast<size_t>(Scratch::kCount)> b;
-  return b;
-}
-std::vector<c10::Storage>& output_pool() {
-  thread_local std::vector<c10::Storage> pool;
-  return pool;
-}
+thread_local std::array<at::Tensor, static_cast<size_t>(Scratch::kCount)> buffers;
+thread_local std::vector<c10::Storage> output_pool;
 int64_t nbytes(at::IntArrayRef shape, at::ScalarType dtype) {
   return c10::multiply_integers(shape) * static_cast<int64_t>(c10::elementSize(dtype));
 }
@@ -26,7 +20,7 @@ at::Tensor pooled_output(at::IntArrayRef shape, at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(dtype);
   const auto bytes = static_cast<size_t>(nbytes(shape, dtype));
   if (bytes < (size_t(1) << 20)) return at::empty(shape, opts);  // malloc reuses small blocks
-  auto& pool = output_pool();
+  auto& pool = output_pool;
   auto as_tensor = [&](const c10::Storage& st) {
     return at::empty({0}, opts).set_(st, 0, shape, c10::contiguous_strides(shape));
   };
@@ -54,7 +48,7 @@ at::Tensor scratch(Scratch slot, at::IntArrayRef shape, at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(dtype);
   const int64_t bytes = nbytes(shape, dtype);
   if (bytes == 0 || bytes > kScratchMaxBytes) return at::empty(shape, opts);
-  at::Tensor& buf = buffers()[static_cast<size_t>(slot)];
+  at::Tensor& buf = buffers[static_cast<size_t>(slot)];
   if (buf.defined() && buf.storage().use_count() > 1) return at::empty(shape, opts);
   if (!buf.defined() || buf.numel() < bytes) {
     buf = at::Tensor();  // drop the old buffer before taking the new one
@@ -69,8 +63,8 @@ at::Tensor output_or_scratch(bool keep, Scratch slot, at::IntArrayRef shape,
 }
 
 void release_scratch() {
-  for (auto& b : buffers()) b = at::Tensor();
-  output_pool().clear();
+  for (auto& b : buffers) b = at::Tensor();
+  output_pool.clear();
 }
 
 }  // namespace fusedrnn::cpu

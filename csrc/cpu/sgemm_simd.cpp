@@ -187,7 +187,7 @@ void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, floa
   }
 }
 
-FRNN_AVX2_END
+FRNN_TARGET_END
 
 FRNN_AVX512_BEGIN
 
@@ -239,7 +239,7 @@ void tile_avx512(int64_t kb, const float* a, int64_t lda, const float* Bp, int64
 
 }  // namespace
 
-FRNN_AVX512_END
+FRNN_TARGET_END
 
 void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const float* A,
                   int64_t lda, bool packed, const float* Bp, float beta, float* C, int64_t ldc,

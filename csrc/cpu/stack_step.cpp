@@ -80,7 +80,7 @@ std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tenso
     using T = decltype(t);
     StackStep<T> stack(cell, w, L, has_bias, proj, B, I);
     T* top = ptr<T>(h_n) + (L - 1) * B * Hout;
-    stack.run(cptr<T>(xc), cptr<T>(h_in), lstm ? cptr<T>(c_in) : nullptr, ptr<T>(h_n),
+    stack.run(ptr<T>(xc), ptr<T>(h_in), lstm ? ptr<T>(c_in) : nullptr, ptr<T>(h_n),
               lstm ? ptr<T>(c_n) : nullptr);
     std::copy(top, top + B * Hout, ptr<T>(y));
   });

@@ -60,8 +60,8 @@ class StackStep {
         const at::Tensor b_hh = w[l * per_layer + 3].contiguous();  // [G*H]
         TORCH_CHECK(b_ih.numel() == GH && b_hh.numel() == GH, "fusedrnn stack_step: layer ", l,
                     " biases must have ", GH, " elements");
-        const T* bi = cptr<T>(b_ih);
-        const T* bh = cptr<T>(b_hh);
+        const T* bi = ptr<T>(b_ih);
+        const T* bh = ptr<T>(b_hh);
         const int64_t folded = cell == Cell::GRU ? 2 * H_ : GH;  // b_hn stays inside r * (.)
         for (int64_t k = 0; k < GH; ++k) y.bias[k] = bi[k] + (k < folded ? bh[k] : T(0));
         if (cell == Cell::GRU)
@@ -78,7 +78,6 @@ class StackStep {
   }
 
   int64_t H() const { return H_; }
-  int64_t Hout() const { return Hout_; }
 
   // The first layer's input products x W_ih^T of `rows` rows x [rows, I0] -> out [rows, G*H],
   // as run() computes them. Each row's result depends on that row alone as long as
@@ -130,7 +129,7 @@ class StackStep {
                      cout + b * H + j0, hdst + b * H + j0, false);
         });
         if (proj_ > 0)
-          gemm<T>(false, true, B, Hout, H, T(1), hdst, H, cptr<T>(y.w_hr), H, T(0), hout, Hout);
+          gemm<T>(false, true, B, Hout, H, T(1), hdst, H, ptr<T>(y.w_hr), H, T(0), hout, Hout);
       } else {
         const bool relu = cell_ == Cell::RNN_RELU;
         parallel_rows(B, H, 3, [&](int64_t b, int64_t j0, int64_t j1) {
@@ -153,7 +152,7 @@ class StackStep {
       kernels(T{}).gemm_small_m_half(rows, c1 - c0, k, A, k, Wh, k, beta, C + c0, ldc);
       return;
     }
-    gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, cptr<T>(W) + c0 * k, k, beta, C + c0, ldc);
+    gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, ptr<T>(W) + c0 * k, k, beta, C + c0, ldc);
   }
   static at::Tensor to_half(const at::Tensor& w, int64_t l, const char* name) {
     const double top = w.numel() == 0 ? 0.0 : w.abs().max().item<double>();

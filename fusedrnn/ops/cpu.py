@@ -68,7 +68,7 @@ def _need_extension() -> None:
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
     """``[y, h_n, c_n, *saved]``: the saved buffers are those of the configuration
-    (csrc/cpu/layer_ops.h::saved_slots, in that order), each [0] unless ``save``. y, h_n and
+    (csrc/cpu/layer_ops.h::saved_widths, in that order), each [0] unless ``save``. y, h_n and
     c_n come first (the double backward reads their gradients there); c_n is [0] unless LSTM."""
     _need_extension()
     if a.cell == "lstm" and a.c0 is None:
@@ -88,7 +88,7 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     B, Hout = h0.shape
     N = x.shape[0] if packed else x.shape[0] * x.shape[1]
     lstm, gru, ln = a.cell == "lstm", a.cell == "gru", a.ln_ih_w is not None
-    # csrc/cpu/layer_ops.h::direct_gates (c~_t is c_t itself) and saved_slots: act, cs, ct, hh,
+    # csrc/cpu/layer_ops.h::direct_gates (c~_t is c_t itself) and saved_widths: act, cs, ct, hh,
     # xh, stats, each [N, width] where the configuration has it
     direct = not gru and not (ln or a.w_ch is not None or a.cifg or a.mask_c is not None
                               or a.zoneout_c > 0)  # fmt: skip
