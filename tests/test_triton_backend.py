@@ -103,6 +103,17 @@ def test_automatic_path_choice():
     assert choose_path("lstm", big, None, Plan(None, 32_768, 4096, False)) == "step"
 
 
+def test_nested_captures_record_into_the_innermost_open_one():
+    from fusedrnn.ops.triton import runtime
+
+    kernel = object()  # recorded, never run
+    with runtime.capture_launches() as outer:
+        with runtime.capture_launches() as inner:
+            pass
+        runtime.launch(kernel, (1,))
+    assert inner == [] and outer == [(kernel, (1,), (), {})]
+
+
 def test_resident_programs():
     """The occupancy arithmetic the cooperative grid is sized by (CUDA's rules: registers
     per warp in units of 256, 1 KB of shared memory reserved per program)."""

@@ -95,8 +95,8 @@ def capture_launches() -> Iterator[list]:
     _captured.append(records)
     try:
         yield records
-    finally:
-        _captured.remove(records)
+    finally:  # by identity: list.remove would take the first equal list, e.g. an outer empty one
+        del _captured[next(k for k, r in enumerate(_captured) if r is records)]
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
