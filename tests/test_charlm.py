@@ -26,11 +26,9 @@ from charlm_testlib import (
     tiny_args,
 )
 
-import fusedrnn
 from fusedrnn.charlm import cli, corpus
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fusedrnn.charlm.config import resolve
-from fusedrnn.charlm.corpus import markdown_to_text
 from fusedrnn.charlm.data import (
     Position,
     StreamBatcher,
@@ -80,7 +78,7 @@ def test_markdown_conversion():
         "**BERNARDO**  \nWho's there?\n\n**FRANCISCO**  \nNay, answer me:  \nstand.\n\n"
         "_\\[Aside]_  \nA line \\-- with \u2014 dash\n\n*Enter King Edward, and \nArtois.*\n"
     )
-    assert markdown_to_text(md) == (
+    assert corpus.markdown_to_text(md) == (
         "Hamlet\n\nACT I\n\nSCENE I. Elsinore.\n\nFRANCISCO at his post.\n\n"
         "BERNARDO:\nWho's there?\n\nFRANCISCO:\nNay, answer me:\nstand.\n\n"
         "[Aside]\nA line -- with -- dash\n\nEnter King Edward, and Artois.\n"
@@ -373,13 +371,10 @@ def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
         _train(new, tmp_path / "y", max_iters=1, init_from=str(ck), hidden=99)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_bfloat16_autocast(text_file, tmp_path, backend):
-    if backend not in fusedrnn.available_backends("cpu"):
-        pytest.skip(f"{backend} backend not built")
+def test_bfloat16_autocast(text_file, tmp_path, cpu_backend):
     runs = {}
     for dt in ("float32", "bfloat16"):
-        _train(text_file, tmp_path / dt, max_iters=4, backend=backend, dtype=dt)
+        _train(text_file, tmp_path / dt, max_iters=4, backend=cpu_backend, dtype=dt)
         runs[dt] = [float(x) for _, x in read_losses(tmp_path / dt)]
         ck = read_checkpoint(tmp_path / dt / "last.pt")
         assert all(t.dtype == torch.float32 for t in ck["model"].values())  # weights stay fp32

@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 from charlm_testlib import (
-    cli_command,
     cli_flags,
     cli_out,
     env,
@@ -22,6 +21,7 @@ from charlm_testlib import (
     run_cli,
     tiny_args,
 )
+from misc_testlib import run_python
 
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint
 from fusedrnn.charlm.train import train
@@ -86,12 +86,12 @@ def test_embedded_corpus_round_trip(tmp_path, capsys):
 
 def test_sigkill_during_checkpoint_then_resume(base, tmp_path):
     """SIGKILL while a checkpoint is half written: the old one stays valid, resume is exact."""
-    cfg = dict(base, max_iters=30, checkpoint_every=1, eval_every=10, dropout=0.2)
+    cfg = dict(base, max_iters=30, checkpoint_every=1, eval_every=10, dropout=0.2, quiet=True)
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    train({**cfg, "out": str(ref), "quiet": True})
+    train({**cfg, "out": str(ref)})
 
     e = {**env(), "FUSEDRNN_CHARLM_TEST_SAVE_PAUSE": "0.5"}  # each write pauses half written
-    argv = cli_command("train", *cli_flags(cfg), "--out", out, "--quiet")
+    argv = [sys.executable, "-m", "fusedrnn.charlm", "train", *cli_flags(cfg), "--out", out]
     proc = subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline, killed = time.time() + 120, False
@@ -126,11 +126,10 @@ def test_torchrun_two_processes_match_single(base, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    cmd += ["--master_addr=127.0.0.1", f"--master_port={port}", "-m", "fusedrnn.charlm"]
-    cmd += ["train", *cli_flags(cfg), "--out", str(dist_out), "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
+    rdzv = ["--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    argv = ["train", *cli_flags(cfg), "--out", dist_out, "--no-progress"]
+    r = run_python("-m", "torch.distributed.run", *rdzv, "-m", "fusedrnn.charlm", *argv,
+                   env=env(), timeout=240, check=True)  # fmt: skip
     assert "2 processes" in r.stdout
     a, b = read_losses(single), read_losses(dist_out)
     assert [i for i, _ in b] == list(range(1, 11))  # rank 0 alone wrote the metrics

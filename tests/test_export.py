@@ -11,8 +11,6 @@ import fusedrnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BACKENDS = ["cpu", "reference"]
-
 
 class Tagger(nn.Module):
     def __init__(self, cls, backend, batch_first, **kw):
@@ -28,7 +26,7 @@ class Tagger(nn.Module):
         return self.head(out), h_n
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
 @pytest.mark.parametrize(
     "cls,kw", [("LSTM", {}), ("GRU", {"bidirectional": True})], ids=["LSTM", "GRU-bi"]

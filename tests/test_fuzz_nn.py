@@ -23,41 +23,27 @@ SIZE = st.integers(1, 37)
 
 @st.composite
 def configs(draw):
-    mode = draw(st.sampled_from(list(MODES)))
-    hidden = draw(SIZE)
+    mode, hidden = draw(st.sampled_from(list(MODES))), draw(SIZE)
     proj = 0
     if mode == "LSTM" and hidden > 1 and draw(st.booleans()):
         proj = draw(st.integers(1, hidden - 1))
-    batch, seq_len = draw(SIZE), draw(SIZE)
-    packed = draw(st.booleans())
+    batch, seq_len, packed = draw(SIZE), draw(SIZE), draw(st.booleans())
     lengths = None
     if packed:
         lengths = draw(st.lists(st.integers(1, seq_len), min_size=batch, max_size=batch))
         lengths[draw(st.integers(0, batch - 1))] = seq_len  # the padded length is the max
+    flag = st.booleans()
     return dict(
-        mode=mode,
-        backend=draw(st.sampled_from(["cpu", "reference"])),
-        input_size=draw(SIZE),
-        hidden=hidden,
-        proj=proj,
-        batch=batch,
-        seq_len=seq_len,
-        num_layers=draw(st.integers(1, 3)),
-        bidirectional=draw(st.booleans()),
-        batch_first=draw(st.booleans()),
-        bias=draw(st.booleans()),
-        lengths=lengths,
-        enforce_sorted=packed and draw(st.booleans()),
-        with_hx=draw(st.booleans()),
-    )
+        mode=mode, backend=draw(st.sampled_from(["cpu", "reference"])), input_size=draw(SIZE),
+        hidden=hidden, proj=proj, batch=batch, seq_len=seq_len, num_layers=draw(st.integers(1, 3)),
+        bidirectional=draw(flag), batch_first=draw(flag), bias=draw(flag), lengths=lengths,
+        enforce_sorted=packed and draw(flag), with_hx=draw(flag),
+    )  # fmt: skip
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])  # fmt: skip
 @given(c=configs())
 def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
     # the weights come from the global generator: one seed per example makes a failure replay

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from misc_testlib import BENCH, ROOT, csv_rows, run_python
 
 from fusedrnn import gpu_check as gc
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(BENCH))
 
 import providers as P  # noqa: E402
 import run as bench_run  # noqa: E402
@@ -27,19 +25,13 @@ EXPECTED_FILES = {"env.json", "results.csv", "results.md", "meta.json", "gpu_che
                   "summary.md", "gpu_check.log", "speedup_headline.png"}  # fmt: skip
 
 
-def _python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
-
-
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check_dry")
     start = time.monotonic()
     # about 20 s here; the budget leaves room for a busy CI machine
     args = ("--dry-run", "--out", str(out), "--budget-s", "180")
-    proc = _python("-m", "fusedrnn.gpu_check", *args, timeout=300)
+    proc = run_python("-m", "fusedrnn.gpu_check", *args, timeout=300)
     return out, proc, time.monotonic() - start
 
 
@@ -48,10 +40,7 @@ def _json(out: Path, name="gpu_check.json") -> dict:
 
 
 def _rows(out: Path) -> list[dict]:
-    with open(out / "results.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        assert reader.fieldnames == bench_run.COLUMNS
-        return list(reader)
+    return csv_rows(out / "results.csv", bench_run.COLUMNS)
 
 
 def test_dry_run_completes_in_time_writes_every_file_and_checks_every_cell(dry_run):
@@ -248,7 +237,7 @@ gc.start_watchdog(s, 0.5)
 time.sleep(60)  # a kernel that never returns
 """
     start = time.monotonic()
-    proc = _python("-c", script)
+    proc = run_python("-c", script)
     assert time.monotonic() - start < 50
     assert proc.returncode == 1, proc.stdout + proc.stderr
     check = _json(tmp_path)["phases"][1]
@@ -272,7 +261,7 @@ def test_without_gpu_exits_2_and_writes_nothing(capsys):
     msg = capsys.readouterr().out
     assert msg.startswith("gpu_check: no CUDA device: ") and msg.count("\n") == 1
     assert sorted(p.name for p in gc.RESULTS.iterdir()) == before
-    proc = _python("-m", "fusedrnn.gpu_check")
+    proc = run_python("-m", "fusedrnn.gpu_check")
     assert proc.returncode == 2 and "no CUDA device" in proc.stdout
 
 
@@ -297,8 +286,7 @@ def test_dry_run_writes_outside_results_and_needs_bench(tmp_path, monkeypatch, c
 def test_import_touches_neither_gpu_nor_bench():
     code = "import sys, torch, fusedrnn.gpu_check; assert not torch.cuda.is_initialized()"
     code += "; assert not {'run', 'measure', 'providers', 'report'} & set(sys.modules)"
-    proc = _python("-c", code)
-    assert proc.returncode == 0, proc.stderr
+    run_python("-c", code, check=True)
 
 
 PLAIN = """\
