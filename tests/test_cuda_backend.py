@@ -2,10 +2,9 @@
 
 * every kernel file compiles with nvcc for sm_80 and sm_90 without register spills
   (python -m fusedrnn.cuda_report);
-* a CPU build of the same code -- layer driver, Python glue, dispatch, launch shapes,
-  grid-stride loop and element functors, with each kernel launch replaced by a walk over every
-  (block, thread) of its grid (tests/cuda_host.py) -- runs behind fusedrnn.ops.cuda's layer op
-  on CPU tensors and is compared with the reference backend, every cell and variant.
+* a CPU build of the same code with each launch replaced by a walk over its grid
+  (tests/cuda_host.py, csrc/cuda/harness/host_driver.cpp) runs behind fusedrnn.ops.cuda's layer
+  op on CPU tensors and is compared with the reference backend, every cell and variant.
 The grid walks, torch.compile and the runs on a GPU: test_cuda_variants.py.
 """
 

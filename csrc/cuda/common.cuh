@@ -23,15 +23,7 @@ namespace cuda {
 // Arithmetic type for a storage type: half and bfloat16 compute (and keep the cell state) in
 // float; float and double compute in themselves.
 template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <typename T>
-using acc_t = typename AccOf<T>::type;
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 FRNN_HD float to_acc(float x) { return x; }
 FRNN_HD double to_acc(double x) { return x; }
@@ -133,26 +125,16 @@ void with_bools(F&& f, bool b, Bools... rest) {
   b ? with(std::true_type{}) : with(std::false_type{});
 }
 
-// The whole dispatch of a launcher: f(Tag<T>, flag...) with one std::bool_constant per runtime
-// bool, in order; false (nothing run) for an unknown dtype.
-template <class F, class... Bools>
-bool dispatch(DType dt, F&& f, Bools... bools) {
-  return with_dtype(dt, [&](auto tag) {
-    with_bools([&](auto... flags) { f(tag, flags...); }, bools...);
-  });
-}
-
-// The launcher of one functor template: run(Op<T, flag...>{a}) for the storage type of dt and
-// the runtime flags; false for an unknown dtype. Only for functors with at least one flag (nvcc
-// rejects Op<T, (empty pack)...> for a one-parameter Op: those use dispatch_plain).
+// The whole dispatch of a launcher: run(Op<T, flag...>{a}) for the storage type of dt and one
+// std::bool_constant per runtime bool, in order; false (nothing run) for an unknown dtype. Only
+// for functors with at least one flag (nvcc rejects Op<T, (empty pack)...> for a one-parameter
+// Op: those use dispatch_plain).
 template <template <class, bool...> class Op, class Args, class Run, class... Bools>
 bool dispatch_op(DType dt, const Args& a, const Run& run, Bools... bools) {
-  return dispatch(
-      dt,
-      [&](auto tag, auto... flags) {
-        run(Op<typename decltype(tag)::type, decltype(flags)::value...>{a});
-      },
-      bools...);
+  return with_dtype(dt, [&](auto tag) {
+    with_bools([&](auto... f) { run(Op<typename decltype(tag)::type, decltype(f)::value...>{a}); },
+               bools...);
+  });
 }
 
 // dispatch_op of a functor template without flags: run(Op<T>{a}).

@@ -136,23 +136,21 @@ struct GruRowBwdOp {
   }
 };
 
-cudaError_t gru_forward_step(DType dtype, const GruFwdArgs& a, cudaStream_t stream) {
+cudaError_t gru_forward_step(DType dt, const GruFwdArgs& a, cudaStream_t s) {
   if (!a.any()) {
-    const KernelRun run{stream, a.rows * a.hidden};
-    return launch_status(
-        dispatch_op<GruFwdOp>(dtype, a, run, a.b_hh != nullptr, a.h_prev != nullptr));
+    return launch_status(dispatch_op<GruFwdOp>(dt, a, KernelRun{s, a.rows * a.hidden},
+                                               a.b_hh != nullptr, a.h_prev != nullptr));
   }
-  const RowKernelRun run{stream, a.rows, a.hidden};
-  return launch_status(dispatch_op<GruRowFwdOp>(dtype, a, run, a.ln_hh_w != nullptr));
+  return launch_status(
+      dispatch_op<GruRowFwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden}, a.ln_hh_w != nullptr));
 }
 
-cudaError_t gru_backward_step(DType dtype, const GruBwdArgs& a, cudaStream_t stream) {
+cudaError_t gru_backward_step(DType dt, const GruBwdArgs& a, cudaStream_t s) {
   if (!a.any()) {
-    const KernelRun run{stream, a.rows * a.hidden};
-    return launch_status(dispatch_plain<GruBwdOp>(dtype, a, run));
+    return launch_status(dispatch_plain<GruBwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}));
   }
-  const RowKernelRun run{stream, a.rows, a.hidden};
-  return launch_status(dispatch_op<GruRowBwdOp>(dtype, a, run, a.ln_hh_w != nullptr));
+  return launch_status(
+      dispatch_op<GruRowBwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden}, a.ln_hh_w != nullptr));
 }
 
 }  // namespace cuda

@@ -1,9 +1,6 @@
-// The two kernel templates of csrc/cuda and their launches, shared by every launcher (device
-// code: included only by the .cu files): elementwise_kernel (a grid-stride loop over elements)
-// and row_kernel (one block per batch row, rowblock.cuh). The host harness
-// (harness/host_driver.cpp) compiles the same .cu files without nvcc: there this header is only
-// common.cuh and rowblock.cuh, and the harness defines KernelRun, RowKernelRun and
-// launch_status as walks over the grid before including them.
+// The two kernel templates of csrc/cuda (common.cuh) and their launches, included by the .cu
+// files. Without nvcc (harness/host_driver.cpp) this header is only common.cuh and rowblock.cuh:
+// the harness defines KernelRun, RowKernelRun and launch_status as walks over the grid.
 #pragma once
 
 #include "cuda/common.cuh"

@@ -11,8 +11,7 @@
 // contiguous and row-major. "State" buffers hold all B rows; per-step buffers start at the
 // step's first row. The recurrent state (h, c), the recurrent product h W_hh^T and everything the
 // backward carries from step to step (dh_state, dc_state, the gate gradients that feed dh_{t-1})
-// are acc: rounding them to a half type every step would compound over the sequence. Outputs
-// (y, saved h_{t-1}, hraw) are T.
+// are acc (why: layer_driver.h); outputs (y, saved h_{t-1}, hraw) are T.
 //
 // The LSTM and GRU launchers run torch.nn's cell (every CellOptions option off) as an
 // elementwise kernel, one thread per (row, unit), and any other configuration as a row kernel:
@@ -47,12 +46,11 @@ struct ZoneArgs {
 };
 
 // The cell options of a step (the math of fusedrnn/ops/reference.py); null / off everywhere is
-// torch.nn's cell. The GRU has no ln_c, peephole, cifg or zoneout of c.
+// torch.nn's cell. The GRU has no ln_c, peephole, cifg or zoneout of c. The layer-norm biases
+// are the forward's alone (StepFwdArgs, LstmFwdArgs).
 struct CellOptions {
   const void* ln_hh_w;  // [GH] T (ln)
-  const void* ln_hh_b;  // [GH] T or null (forward)
   const void* ln_c_w;   // [H] T (ln, LSTM)
-  const void* ln_c_b;   // [H] T or null (forward)
   const void* w_ch;     // [P, H] T (peephole): rows w_ci, w_cf, w_co (cifg: w_ci, w_co)
   ZoneArgs zone_h;      // mask [rows, Hout]; in the LSTM's kernels only without projection
   ZoneArgs zone_c;      // mask [rows, H]
@@ -65,12 +63,13 @@ struct CellOptions {
 
 // The fields of every cell's forward step (K = Hout for the LSTM, H otherwise).
 struct StepFwdArgs {
-  const void* xg;    // [rows, GH] T   x W_ih^T + b_ih (ln: LN_ih(x W_ih^T) + LN_ih bias + b_ih)
-  const void* hg;    // [rows, GH] acc h_{t-1} W_hh^T (no bias)
-  const void* b_hh;  // [GH] T or null
-  void* h_state;     // [B, K] acc     h_{t-1} in; h_t out (LSTM with proj: zone_forward)
-  void* y;           // [rows, K] T    h_t (LSTM: without proj)
-  void* h_prev;      // [rows, K] T    copy of h_{t-1}, or null (see above)
+  const void* xg;       // [rows, GH] T   x W_ih^T + b_ih (ln: LN_ih(x W_ih^T) + LN_ih bias + b_ih)
+  const void* hg;       // [rows, GH] acc h_{t-1} W_hh^T (no bias)
+  const void* b_hh;     // [GH] T or null
+  const void* ln_hh_b;  // [GH] T or null (ln)
+  void* h_state;        // [B, K] acc     h_{t-1} in; h_t out (LSTM with proj: zone_forward)
+  void* y;              // [rows, K] T    h_t (LSTM: without proj)
+  void* h_prev;         // [rows, K] T    copy of h_{t-1}, or null (see above)
   int64_t rows;
   int64_t hidden;  // H
 };
@@ -79,22 +78,28 @@ struct StepFwdArgs {
 // without layer norm) into dh_state[:rows], added to the direct part of dh_{t-1} where a kernel
 // leaves one there (see each cell).
 struct StepBwdArgs {
-  const void* dy;  // [rows, K] T  (LSTM: without proj)
-  void* dh_state;  // [B, K] acc   gradient reaching h_t from step t+1 (LSTM: without proj)
+  const void* dy;  // [rows, K] T   (LSTM: without proj)
+  void* dh_state;  // [B, K] acc    gradient reaching h_t from step t+1 (LSTM: without proj)
+  void* dhp;       // [rows, GH] acc dHP = LN_hh backward of the recurrent side's dP / dS (ln)
   int64_t rows;
   int64_t hidden;  // H
 };
 
-// LSTM forward step (gates i, f, g, o; cifg: i, g, o).
-struct LstmFwdArgs : CellOptions, StepFwdArgs {
-  void* c_state;  // [B, H] acc     c_{t-1} in, c_t (after zoneout) out
-  void* hraw;     // [rows, H] T    o * tanh(cn), before W_hr (proj)
-  // [rows, GH + 3H] acc: i, f, g, o (cifg: i, g, o) after the activations | c_{t-1} |
-  // tanh(cn_t) | c~_t, one block, so that the elementwise kernels address them through one
-  // pointer (a second buffer costs them registers)
-  void* act;
-  void* hhat;   // [rows, GH] acc  LN_hh's normalised input (ln)
-  void* stats;  // [rows, 4] acc   mean_hh, rstd_hh, mean_c, rstd_c (ln)
+// The rows that the LSTM's and GRU's forward steps save for their backward, all acc: act (see
+// each cell), hhat [rows, GH] (LN_hh's normalised input; ln) and stats [rows, 4] (mean_hh,
+// rstd_hh, mean_c, rstd_c; the GRU's c pair is 0, 1; ln). P: void* forward, const void* backward.
+template <class P>
+struct SavedRows {
+  P act, hhat, stats;
+};
+
+// LSTM forward step (gates i, f, g, o; cifg: i, g, o). act [rows, GH + 3H]: the gates after
+// their activations | c_{t-1} | tanh(cn_t) | c~_t, one block, so that the elementwise kernels
+// address them through one pointer (a second buffer costs them registers).
+struct LstmFwdArgs : CellOptions, StepFwdArgs, SavedRows<void*> {
+  const void* ln_c_b;  // [H] T or null (ln)
+  void* c_state;       // [B, H] acc     c_{t-1} in, c_t (after zoneout) out
+  void* hraw;          // [rows, H] T    o * tanh(cn), before W_hr (proj)
   bool proj;
   int64_t hidden_out;  // Hout
 };
@@ -103,36 +108,25 @@ struct LstmFwdArgs : CellOptions, StepFwdArgs {
 // backward; the row kernel leaves the direct part keep * dh_t in dh_state (0 without zoneout),
 // the elementwise one leaves dh_state as it was. With proj the caller did that (zone_backward)
 // and passes dh_raw = dh~ W_hr.
-struct LstmBwdArgs : CellOptions, StepBwdArgs {
+struct LstmBwdArgs : CellOptions, StepBwdArgs, SavedRows<const void*> {
   const void* dh_raw;  // [rows, H] acc (proj)
   void* dc_state;      // [B, H] acc   dc_t in, dc_{t-1} out
-  const void* act;     // [rows, GH + 3H] acc (see LstmFwdArgs)
-  const void* hhat;    // [rows, GH] acc (ln)
-  const void* stats;   // [rows, 4] acc (ln)
   void* dgates;        // [rows, GH] acc dP: gradient of the gate pre-activations
-  void* dhp;           // [rows, GH] acc dHP = LN_hh backward of dP (ln)
   void* dcn;           // [rows, H] acc  gradient reaching LN_c's output (ln)
   void* pcn;           // [rows, H] acc  dcn * chat (ln; the LN_c gain gradient's terms)
   bool proj;
   int64_t hidden_out;
 };
 
-// GRU forward step (gates r, z, n; b_hn and LN_hh stay inside r * (.)).
-struct GruFwdArgs : CellOptions, StepFwdArgs {
-  void* act;    // [rows, 4H] acc  r, z, n, hn (recurrent n part with LN and b_hn)
-  void* hhat;   // [rows, 3H] acc (ln)
-  void* stats;  // [rows, 4] acc  mean_hh, rstd_hh, then 0, 1 (ln)
-};
+// GRU forward step (gates r, z, n; b_hn and LN_hh stay inside r * (.)). act [rows, 4H]: r, z, n,
+// hn (the recurrent n part with LN and b_hn).
+struct GruFwdArgs : CellOptions, StepFwdArgs, SavedRows<void*> {};
 
 // GRU backward step: leaves the direct part (z (1-keep) + keep) dh_t in dh_state.
-struct GruBwdArgs : CellOptions, StepBwdArgs {
-  const void* act;     // [rows, 4H] acc
+struct GruBwdArgs : CellOptions, StepBwdArgs, SavedRows<const void*> {
   const void* h_prev;  // [rows, H] T
-  const void* hhat;    // [rows, 3H] acc (ln)
-  const void* stats;   // [rows, 4] acc (ln)
   void* dxg;           // [rows, 3H] acc gradient of the input side
   void* dhg;           // [rows, 3H] acc dS: gradient of the recurrent side (after LN_hh)
-  void* dhp;           // [rows, 3H] acc dHP = LN_hh backward of dS (ln)
 };
 
 // Elman RNN (tanh or relu) forward step; elementwise only. The backward reads y back: no other

@@ -15,8 +15,6 @@
 //   hg[:rows] = h_state[:rows] W_hh^T                          (GEMM)
 //   kernel: [LN_hh], gates, [peephole, cifg], c, [LN_c], h, [zoneout]; saved activations
 //   (proj) hy = hraw_t W_hr^T; zone_forward: zoneout of hy, y_t and h_state[:rows]
-// The cell's launcher picks the kernel: elementwise for torch.nn's cell, a row kernel (one
-// block per batch row) with any option on (launchers.h).
 // For half and bfloat16 storage, the recurrent state (h_state, c_state), hg, hy and everything
 // the backward carries across steps (dh_state, dc_state, dP, dS, dHP, dht, dh_raw) are float, so
 // the error stays at the rounding of the stored outputs instead of compounding with T. The GEMMs
@@ -122,8 +120,8 @@ struct Layer {
 
   // The CellOptions of step s; of Step{} for what no step changes (the kernel, zoneout on).
   CellOptions options(const Step& s = Step{}) const {
-    return {ptr(ln_hh_w), ptr(ln_hh_b), ptr(ln_c_w), ptr(ln_c_b), ptr(w_ch),
-            zone_args(mask_h, p_h, s), zone_args(mask_c, p_c, s), eps, cifg};
+    return {ptr(ln_hh_w), ptr(ln_c_w), ptr(w_ch), zone_args(mask_h, p_h, s),
+            zone_args(mask_c, p_c, s), eps, cifg};
   }
 };
 
@@ -214,19 +212,12 @@ std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L, bool save)
     at::mm_out(hg_t, st.h.narrow(0, 0, s.rows), st.w_hh.t());
     auto saved = [&](const at::Tensor& t) { return ptr(rows_of(t, so, s.rows)); };
     const StepFwdArgs step{xg.narrow(0, s.start, s.rows).data_ptr(), hg_t.data_ptr(), ptr(b_hh),
-                           st.h.data_ptr(), y_t.data_ptr(), saved(h_prev), s.rows, H};
-    auto cell_args = [&](auto a) {  // the buffers LSTM's and GRU's arguments share
-      a.act = saved(act);
-      a.hhat = saved(hhat);
-      a.stats = saved(stats);
-      return a;
-    };
+                           ptr(L.ln_hh_b), st.h.data_ptr(), y_t.data_ptr(), saved(h_prev),
+                           s.rows, H};
+    const SavedRows<void*> saves{saved(act), saved(hhat), saved(stats)};
     if (lstm) {
-      LstmFwdArgs a = cell_args(LstmFwdArgs{L.options(s), step});
-      a.c_state = st.c.data_ptr();
-      a.hraw = saved(hraw);
-      a.proj = proj;
-      a.hidden_out = Hout;
+      const LstmFwdArgs a{L.options(s), step, saves, ptr(L.ln_c_b), st.c.data_ptr(), saved(hraw),
+                          proj, Hout};
       launch(lstm_forward_step, dt, a);
       if (proj) {
         at::Tensor hy_t = hy.narrow(0, 0, s.rows);
@@ -235,7 +226,7 @@ std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L, bool save)
                ZoneFwdArgs{hy_t.data_ptr(), a.y, a.h_state, a.zone_h, s.rows, Hout});
       }
     } else if (L.cell == CellKind::gru) {
-      launch(gru_forward_step, dt, cell_args(GruFwdArgs{L.options(s), step}));
+      launch(gru_forward_step, dt, GruFwdArgs{L.options(s), step, saves});
     } else {
       launch(rnn_forward_step, dt, RnnFwdArgs{step, L.cell == CellKind::rnn_relu});
     }
@@ -279,35 +270,21 @@ std::vector<at::Tensor> layer_backward(Launch& launch, const Layer& L,
 
   for (const Step& s : visit_order(L.sizes, B, !L.reverse)) {  // the forward's steps, last first
     auto rows = [&](const at::Tensor& t) { return ptr(rows_of(t, s.start, s.rows)); };
-    const StepBwdArgs step{rows(dy), dh_state.data_ptr(), s.rows, H};
-    auto cell_args = [&](auto a) {  // the buffers LSTM's and GRU's arguments share
-      a.act = rows(act);
-      a.hhat = rows(hhat);
-      a.stats = rows(stats);
-      a.dhp = ln ? rows(dHP) : nullptr;
-      return a;
-    };
+    const StepBwdArgs step{rows(dy), dh_state.data_ptr(), ln ? rows(dHP) : nullptr, s.rows, H};
+    const SavedRows<const void*> saves{rows(act), rows(hhat), rows(stats)};
     if (lstm) {
-      LstmBwdArgs a = cell_args(LstmBwdArgs{L.options(s), step});
+      LstmBwdArgs a{L.options(s), step, saves, /*dh_raw, with proj: below*/ nullptr,
+                    dc_state.data_ptr(), rows(dP), rows(dcn), rows(pcn), proj, Hout};
       if (proj) {
         launch(zone_backward, dt, ZoneBwdArgs{a.dy, a.dh_state, rows(dht), a.zone_h, s.rows, Hout});
         at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
         at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), st.w_hr);
         a.dh_raw = dhraw_t.data_ptr();
       }
-      a.dc_state = dc_state.data_ptr();
-      a.dgates = rows(dP);
-      a.dcn = rows(dcn);
-      a.pcn = rows(pcn);
-      a.proj = proj;
-      a.hidden_out = Hout;
       launch(lstm_backward_step, dt, a);
     } else if (gru) {
-      GruBwdArgs a = cell_args(GruBwdArgs{L.options(s), step});
-      a.h_prev = rows(h_prev);
-      a.dxg = rows(dP);
-      a.dhg = rows(dS);
-      launch(gru_backward_step, dt, a);
+      launch(gru_backward_step, dt,
+             GruBwdArgs{L.options(s), step, saves, rows(h_prev), rows(dP), rows(dS)});
     } else {
       launch(rnn_backward_step, dt,
              RnnBwdArgs{step, rows(y), rows(dP), L.cell == CellKind::rnn_relu});

@@ -2,9 +2,8 @@
 // torch.nn's cell, one call per (row, unit) element; the row ones (one call per batch row, see
 // rowblock.cuh) every configuration with an option on, with layer norm LN, peephole PEEP and the
 // coupled input-forget gate CIFG as template bools, zoneout and the projection as uniform
-// runtime branches. Then the projection's zoneout (elementwise). Host+device code: the kernels
-// and the host harness both run exactly this. Per-element math: LSTMCell, LSTMVariantCell,
-// LayerNorm, Zoneout in csrc/cell_math.h.
+// runtime branches. Then the projection's zoneout (elementwise). Per-element math: LSTMCell,
+// LSTMVariantCell, LayerNorm, Zoneout in csrc/cell_math.h.
 #include "cuda/kernel.cuh"
 
 namespace fusedrnn {
@@ -304,25 +303,21 @@ struct ZoneBwdOp {
   }
 };
 
-cudaError_t lstm_forward_step(DType dtype, const LstmFwdArgs& a, cudaStream_t stream) {
+cudaError_t lstm_forward_step(DType dt, const LstmFwdArgs& a, cudaStream_t s) {
   if (!a.any()) {
-    const KernelRun run{stream, a.rows * a.hidden};
-    return launch_status(
-        dispatch_op<LstmFwdOp>(dtype, a, run, a.b_hh != nullptr, a.h_prev != nullptr, a.proj));
+    return launch_status(dispatch_op<LstmFwdOp>(dt, a, KernelRun{s, a.rows * a.hidden},
+                                                a.b_hh != nullptr, a.h_prev != nullptr, a.proj));
   }
-  const RowKernelRun run{stream, a.rows, a.hidden};
-  return launch_status(dispatch_op<LstmRowFwdOp>(dtype, a, run, a.ln_hh_w != nullptr,
-                                                 a.w_ch != nullptr, a.cifg));
+  return launch_status(dispatch_op<LstmRowFwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
+                                                 a.ln_hh_w != nullptr, a.w_ch != nullptr, a.cifg));
 }
 
-cudaError_t lstm_backward_step(DType dtype, const LstmBwdArgs& a, cudaStream_t stream) {
+cudaError_t lstm_backward_step(DType dt, const LstmBwdArgs& a, cudaStream_t s) {
   if (!a.any()) {
-    const KernelRun run{stream, a.rows * a.hidden};
-    return launch_status(dispatch_op<LstmBwdOp>(dtype, a, run, a.proj));
+    return launch_status(dispatch_op<LstmBwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}, a.proj));
   }
-  const RowKernelRun run{stream, a.rows, a.hidden};
-  return launch_status(dispatch_op<LstmRowBwdOp>(dtype, a, run, a.ln_hh_w != nullptr,
-                                                 a.w_ch != nullptr, a.cifg));
+  return launch_status(dispatch_op<LstmRowBwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
+                                                 a.ln_hh_w != nullptr, a.w_ch != nullptr, a.cifg));
 }
 
 cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& a, cudaStream_t stream) {

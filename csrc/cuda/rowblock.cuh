@@ -4,14 +4,12 @@
 //   blk.for_each(n, f)  every thread runs f(i) for its strided share i = tid, tid + threads, ..
 //   blk.sum<A>(n, f)    sum of f(i) over [0, n), the same value in every thread; a barrier
 //                       before and after, so it may read what for_each wrote in other threads
-// DeviceBlock implements them on the GPU (shared-memory tree, __syncthreads); the host harness
-// (csrc/cuda/harness/host_driver.cpp) implements them by walking the threads one after
-// the other with the same partition and the same summation order, so the CPU runs this exact
-// code; its results differ from a GPU's only by rounding (cell_math.h's host exp / tanh are
-// not the device's, and compilers contract to FMA differently).
+// DeviceBlock implements them on the GPU (shared-memory tree, __syncthreads), the host harness's
+// HostBlock on the CPU (harness/host_driver.cpp), with results that differ only by rounding
+// (cell_math.h's host exp / tanh are not the device's; compilers contract to FMA differently).
 //
 // Data pass between the phases of a row only through memory; a for_each that reads another
-// thread's output of an earlier for_each must have a sum (or blk.sync()) in between.
+// thread's output of an earlier for_each must have a sum in between.
 #pragma once
 
 #include "cuda/common.cuh"
@@ -50,12 +48,6 @@ struct DeviceBlock {
   FRNN_HD void for_each(int64_t n, const F& f) const {
 #if defined(__CUDA_ARCH__)
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) f(i);
-#endif
-  }
-
-  FRNN_HD void sync() const {
-#if defined(__CUDA_ARCH__)
-    __syncthreads();
 #endif
   }
 

@@ -1,20 +1,13 @@
 """The ``cuda`` backend: hand-written CUDA kernels (csrc/cuda) behind the layer op contract.
 
-One time loop for every cell and option, in C++ (csrc/cuda/layer_driver.h) in the extension
-``fusedrnn._C_cuda``, which is built only when torch has CUDA and nvcc is present. The input
-projection of all steps is one GEMM (with layer norm, normalised for all rows at once); per
-step one cuBLAS GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel. torch.nn's cells run an
-elementwise kernel (a thread per unit of a row); with a variant option on (layer norm, zoneout,
-peephole, CIFG; math in docs/variants.md) the kernel is a row kernel, in which a thread block
-owns one batch row (layer norm needs whole rows) and reduces the row statistics in a fixed order
-(csrc/cuda/rowblock.cuh). The per-element math is csrc/cell_math.h, the same code the cpu
-backend runs. With a projection, ``y_t = hraw W_hr^T`` is a GEMM per step and zoneout of h acts
-on it in a small elementwise kernel.
-
-The backward walks the steps in reverse with one gate-gradient kernel (layer norm's two row
-means are block reductions in the row kernel) and one ``dG_t W_hh`` GEMM per step, then forms
-every weight, gain and bias gradient as GEMMs and deterministic column sums over all steps
-(derived in docs/backward.md).
+One time loop for every cell and option, in C++ (csrc/cuda/layer_driver.h: the GEMMs and fused
+kernels of each step, forward and backward) in the extension ``fusedrnn._C_cuda``, which is
+built only when torch has CUDA and nvcc is present. torch.nn's cells run an elementwise kernel
+(a thread per unit of a row); with a variant option on (layer norm, zoneout, peephole, CIFG;
+math in docs/variants.md) a row kernel, in which a thread block owns one batch row and reduces
+the row statistics in a fixed order (csrc/cuda/launchers.h). The per-element math is
+csrc/cell_math.h, the same code the cpu backend runs; the backward is derived in
+docs/backward.md.
 
 The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cuda_layer_fwd``
 / ``_bwd``; with ``save=False`` (no backward can follow) the driver writes no activations

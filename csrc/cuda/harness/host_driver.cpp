@@ -56,8 +56,6 @@ struct HostBlock {  // one thread block of a row kernel
     }
   }
 
-  void sync() const {}
-
   template <typename A, class F>
   A sum(int64_t n, const F& f) const {
     std::vector<A> sh(threads);
