@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .library import OPTION_TENSORS, variants_on
+from .library import OPTION_DEFAULTS, OPTION_TENSORS, variants_on
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -48,9 +48,7 @@ def check_options(
         raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
     if not is_lstm and zoneout_c > 0:
         raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
-    ln_given = [ln_ih_w is not None, ln_hh_w is not None] + (
-        [ln_c_w is not None] if is_lstm else []
-    )
+    ln_given = [w is not None for w in (ln_ih_w, ln_hh_w, *([ln_c_w] if is_lstm else []))]
     if any(ln_given) and not all(ln_given):
         raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
     gates = gate_count(cell, cifg)
@@ -90,17 +88,15 @@ def check_layer(
     backends; the C++ extension repeats the few that guard its own pointers), with one set of
     messages: the cell and options first (:func:`check_options`), then dtype, device and every
     shape. Returns H."""
+    o = {**OPTION_DEFAULTS, **options}
     if variants_on(**options):
-        check_options(
-            cell, w_ih, w_hh, options.get("cifg", False), options.get("ln_ih_w"),
-            options.get("ln_hh_w"), options.get("ln_c_w"), options.get("w_ch"),
-            options.get("zoneout_c", 0.0), options.get("mask_c"),
-        )  # fmt: skip
+        check_options(cell, w_ih, w_hh, o["cifg"], o["ln_ih_w"], o["ln_hh_w"], o["ln_c_w"],
+                      o["w_ch"], o["zoneout_c"], o["mask_c"])  # fmt: skip
     else:
         check_cell(cell)
     is_lstm = cell == "lstm"
     named = dict(x=x, h0=h0, c0=c0 if is_lstm else None, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                 b_hh=b_hh, w_hr=w_hr, **{k: options.get(k) for k in OPTION_TENSORS})  # fmt: skip
+                 b_hh=b_hh, w_hr=w_hr, **{k: o[k] for k in OPTION_TENSORS})  # fmt: skip
     tensors = {name: t for name, t in named.items() if t is not None}
     if device_type is not None:
         for name, t in tensors.items():
@@ -133,7 +129,7 @@ def check_layer(
     for name in ("h0", "w_ih", "w_hh"):
         if named[name].dim() != 2:
             raise ValueError(f"{name} has shape {tuple(named[name].shape)}, expected 2 dims")
-    gates = gate_count(cell, options.get("cifg", False))
+    gates = gate_count(cell, o["cifg"])
     gh, hout = w_hh.shape
     hidden = gh // gates
     if gh != gates * hidden or hidden == 0:
@@ -159,15 +155,11 @@ def check_layer(
         )
     if both_biases and (b_ih is None) != (b_hh is None):
         raise ValueError("give both biases or none")
-    if (
-        any(options.get(k) is not None for k in ("ln_ih_b", "ln_hh_b", "ln_c_b"))
-        and options.get("ln_ih_w") is None
-    ):
+    if o["ln_ih_w"] is None and any(o[k] is not None for k in ("ln_ih_b", "ln_hh_b", "ln_c_b")):
         raise ValueError("layer-norm biases need the layer-norm gains")
     for name in ("zoneout_h", "zoneout_c"):
-        p = options.get(name, 0.0)
-        if not 0 <= p < 1:
-            raise ValueError(f"{name} must lie in [0, 1), got {p}")
+        if not 0 <= o[name] < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {o[name]}")
     if packed:
         if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu":
             raise ValueError("batch_sizes must be a 1-D CPU tensor")

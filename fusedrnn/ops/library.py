@@ -72,10 +72,9 @@ LAYER_ARGS = (
 )
 NAMES = tuple(name for name, _, _ in LAYER_ARGS)
 N_POSITIONAL = NAMES.index("cifg")  # cell ... reverse: the contract's positional arguments
-OPTION_DEFAULTS = dict(
-    cifg=False, ln_ih_w=None, ln_ih_b=None, ln_hh_w=None, ln_hh_b=None, ln_c_w=None,
-    ln_c_b=None, w_ch=None, zoneout_h=0.0, zoneout_c=0.0, mask_h=None, mask_c=None,
-)  # fmt: skip
+OPTION_DEFAULTS = {  # the keyword-only options after them (all but save), each off
+    name: {"bool": False, "float": 0.0}.get(ty) for name, ty, _ in LAYER_ARGS[N_POSITIONAL:-1]
+}
 OPTION_TENSORS = tuple(  # the tensor-valued options
     name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty.startswith("Tensor")
 )
@@ -147,16 +146,10 @@ def differentiable_backward(
     ]  # fmt: skip
     if not pairs:
         return result
-    computed = iter(
-        torch.autograd.grad(
-            [o for o, _ in pairs],
-            wanted,
-            [g for _, g in pairs],
-            create_graph=True,
-            allow_unused=True,
-            materialize_grads=True,
-        )
-    )
+    computed = iter(torch.autograd.grad(
+        [o for o, _ in pairs], wanted, [g for _, g in pairs],
+        create_graph=True, allow_unused=True, materialize_grads=True,
+    ))  # fmt: skip
     return [next(computed) if n else None for n in needs]
 
 
@@ -170,10 +163,6 @@ def in_float32(op, dtype: torch.dtype, *args, **kwargs) -> tuple[Tensor, Tensor,
 
     y, h_n, c_n = op(*[f32(a) for a in args], **{k: f32(v) for k, v in kwargs.items()})
     return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
-
-
-def _never(dtype: torch.dtype, variant: bool) -> bool:
-    return False
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -201,7 +190,7 @@ def define_layer(
     backward: BackwardFn,
     unpack: UnpackFn,
     *,
-    in_float32_when: Callable[[torch.dtype, bool], bool] = _never,
+    in_float32_when: Callable[[torch.dtype, bool], bool] = lambda dtype, variant: False,
     double_backward: bool = False,
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
     """Register ``fusedrnn::<backend>_layer_fwd/_bwd`` and return the backend's ``layer``.
@@ -279,13 +268,11 @@ def define_layer(
     fwd_op.register_autograd(backward_rule, setup_context=setup_context)
 
     class EagerLayer(torch.autograd.Function):
-        """The same autograd rule for eager calls that record a graph. Through
-        ``register_autograd`` torch rebuilds the op's argument list from its schema at every
-        call (hundreds of microseconds for this schema's 24 arguments); inside a Function the
-        op runs below autograd and skips that. Compiled code keeps the registered rule. While
-        anything observes the dispatcher (:func:`_unwatched`) the ops themselves are called, so
-        dispatch modes (fake tensors, profilers, opcheck's capture in tests/test_opcheck.py)
-        see them as in compiled code; otherwise their Python bodies run directly."""
+        """The same autograd rule for eager calls that record a graph (why: the module
+        docstring); compiled code keeps the registered rule. While anything observes the
+        dispatcher (:func:`_unwatched`) the ops themselves are called, so dispatch modes (fake
+        tensors, profilers, opcheck's capture in tests/test_opcheck.py) see them as in compiled
+        code; otherwise their Python bodies run directly."""
 
         @staticmethod
         def forward(ctx, *args):

@@ -21,6 +21,8 @@ with all of them off each cell is exactly torch.nn's:
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,10 +41,6 @@ def _ln(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
     return F.layer_norm(x, (x.shape[-1],), w, b, LN_EPS)
 
 
-def _add(x: Tensor, b: Tensor | None) -> Tensor:
-    return x if b is None else x + b
-
-
 def _project(
     v: Tensor,  # [rows, K]
     w: Tensor,  # [G*H, K]
@@ -52,7 +50,8 @@ def _project(
 ) -> Tensor:
     if ln_w is None:
         return F.linear(v, w, b)
-    return _add(_ln(F.linear(v, w), ln_w, ln_b), b)
+    v = _ln(F.linear(v, w), ln_w, ln_b)
+    return v if b is None else v + b
 
 
 def _zone(
@@ -141,13 +140,8 @@ def step_slices(
     """(t, first row in the flattened input, active rows) for every step, in
     the order the direction visits them. Dense input is packed input whose
     batch sizes are all ``batch``."""
-    if batch_sizes is None:
-        sizes = [batch] * seq_len
-    else:
-        sizes = [int(b) for b in batch_sizes.tolist()]
-    offsets = [0] * len(sizes)
-    for t in range(1, len(sizes)):
-        offsets[t] = offsets[t - 1] + sizes[t - 1]
+    sizes = [batch] * seq_len if batch_sizes is None else [int(b) for b in batch_sizes.tolist()]
+    offsets = list(itertools.accumulate(sizes, initial=0))
     order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
     return [(t, offsets[t], sizes[t]) for t in order]
 
