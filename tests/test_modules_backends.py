@@ -5,22 +5,18 @@ touches a GPU."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from misc_testlib import ROOT, run_python
 from module_testlib import flatten, module_input
 
 import fusedrnn
 from fusedrnn import backends
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -141,7 +137,5 @@ def test_import_never_touches_a_gpu():
     env = {k: v for k, v in os.environ.items() if k not in ("FUSEDRNN_BACKEND", "TRITON_INTERPRET")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-W", "ignore", "-c", _SUBPROCESS]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python("-W", "ignore", "-c", _SUBPROCESS, env=env, timeout=300, check=True)
     assert result.stdout.startswith("ok")

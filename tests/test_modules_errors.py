@@ -21,14 +21,14 @@ I, H = 4, 6  # every module and cell here: input_size 4, hidden_size 6
 RUNS = [("reference", True), ("cpu", False)]
 
 
-def _module(lib, mode, *args, cell=False, backend="reference", **kwargs):
-    """``lib``'s module (or cell) of one of conftest's MODES in float64; fusedrnn's on
-    ``backend``."""
+def _module(lib, mode, cell=False, backend="reference", **kwargs):
+    """``lib``'s module (or cell) ``(I, H)`` of one of conftest's MODES in float64; fusedrnn's
+    on ``backend``."""
     if backend not in fusedrnn.available_backends("cpu"):
         pytest.skip(f"the {backend} backend is not built")
     cls, kw = mode_kwargs(mode, **kwargs)
     kw = {**kw, "backend": backend} if lib is fusedrnn else kw
-    return getattr(lib, cls + ("Cell" if cell else ""))(*args, **kw).to(torch.float64)
+    return getattr(lib, cls + ("Cell" if cell else ""))(I, H, **kw).to(torch.float64)
 
 
 def _t(*shape, dtype=torch.float64):
@@ -112,6 +112,8 @@ LSTM_CELL_CASES = [
     ("unbatched hx a 1-tuple", {}, (I,), lambda m: (_t(H),)),
     ("hx a tensor", {}, (3, I), lambda m: _t(3, H)),
 ]
+# the constructor accepts "gelu", as torch.nn's does: the forward fails
+RNN_CELL_CASES = [("unknown nonlinearity", {"nonlinearity": "gelu"}, (2, I), None)]
 # (cell or not, mode, *case, *run): every mode meets CASES and CELL_CASES, only the LSTM (its
 # (h, c) state) LSTM_CASES and LSTM_CELL_CASES; the cells on every run, the modules on the first
 ALL_CASES = [
@@ -119,6 +121,7 @@ ALL_CASES = [
     *((False, "LSTM", *c, *RUNS[0]) for c in LSTM_CASES),
     *((True, m, *c, *run) for run in RUNS for c in CELL_CASES for m in MODES),
     *((True, "LSTM", *c, *run) for run in RUNS for c in LSTM_CELL_CASES),
+    *((True, "RNN_TANH", *c, *run) for run in RUNS for c in RNN_CELL_CASES),
 ]
 
 
@@ -133,17 +136,7 @@ def test_bad_input_same_error(cell, mode, desc, kwargs, x, hx, backend, grad, sa
         hx = random_state(mode, hx[:-1], hx[-1])
     hx = hx(mode) if callable(hx) else hx
     with torch.set_grad_enabled(grad):
-        same_error(
-            lambda lib: _module(lib, mode, I, H, cell=cell, backend=backend, **kwargs)(x, hx)
-        )
-
-
-@pytest.mark.parametrize("backend,grad", RUNS)
-def test_rnn_cell_unknown_nonlinearity_fails_at_forward(backend, grad, same_error):
-    x = _t(2, I)  # the constructor accepts "gelu", as torch.nn's does
-    kwargs = dict(cell=True, backend=backend, nonlinearity="gelu")
-    with torch.set_grad_enabled(grad):
-        same_error(lambda lib: _module(lib, "RNN_TANH", I, H, **kwargs)(x), RuntimeError)
+        same_error(lambda lib: _module(lib, mode, cell=cell, backend=backend, **kwargs)(x, hx))
 
 
 @pytest.mark.parametrize("mode", ["GRU", "RNN_TANH", "RNN_RELU"])
@@ -152,11 +145,10 @@ def test_bad_packed_input_same_error(mode, enforce_sorted, same_error):
     lengths = [4, 3, 1] if enforce_sorted else [3, 4, 1]
     packed = pack_padded_sequence(_t(4, 3, 4), lengths, enforce_sorted=enforce_sorted)
     wrong_size = pack_padded_sequence(_t(4, 3, 5), lengths, enforce_sorted=enforce_sorted)
-    same_error(lambda lib: _module(lib, mode, 4, 6)(wrong_size))
-    same_error(lambda lib: _module(lib, mode, 4, 6)(packed, _t(1, 3, 5)))
-    same_error(lambda lib: _module(lib, mode, 4, 6)(packed, _t(2, 3, 6)))
-    same_error(lambda lib: _module(lib, mode, 4, 6)(packed, _t(1, 2, 6)))
-    same_error(lambda lib: _module(lib, mode, 4, 6).float()(packed))
+    bad = [(wrong_size, None), *((packed, _t(*s)) for s in [(1, 3, 5), (2, 3, 6), (1, 2, 6)])]
+    for inp, hx in bad:
+        same_error(lambda lib, inp=inp, hx=hx: _module(lib, mode)(inp, hx))
+    same_error(lambda lib: _module(lib, mode).float()(packed))
 
 
 def test_bad_packed_lstm_input_gives_clear_errors():
@@ -166,7 +158,7 @@ def test_bad_packed_lstm_input_gives_clear_errors():
     torch.nn.LSTM for sizes, with torch.nn's own clear messages."""
     x = _t(4, 3, 4)
     packed = pack_padded_sequence(x, [3, 4, 1], enforce_sorted=False)
-    lstm = _module(fusedrnn, "LSTM", 4, 6)
+    lstm = _module(fusedrnn, "LSTM")
     h, c = _t(1, 3, 6), _t(1, 3, 6)
     hidden = "Expected hidden[{}] size (1, 3, 6), got [{}, 3, {}]"
     cases = [

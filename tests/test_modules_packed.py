@@ -18,10 +18,7 @@ from torch.nn.utils.rnn import (
 
 import fusedrnn
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 I, H, P = 3, 5, 2
 LENGTHS = [4, 2, 5, 1, 2]  # unsorted, with ties, max not first
@@ -51,10 +48,7 @@ def test_packed_matches_torch(
         lengths = sorted(lengths, reverse=True)
     sizes = (max(lengths), len(lengths), I, H)
     padded, hx = module_inputs(mode, dtype, sizes, proj=proj, with_hx=with_hx, **layout)
-
-    def pack(x):
-        return pack_padded_sequence(x, lengths, batch_first, enforce_sorted)
-
+    pack = lambda x: pack_padded_sequence(x, lengths, batch_first, enforce_sorted)  # noqa: E731
     assert_same(ref, mod, padded, hx, pack=pack, **TOLERANCES[dtype])
 
 
@@ -72,12 +66,10 @@ def test_each_sequence_equals_running_it_alone(mode, bidirectional, proj, cpu_ba
     assert lengths.tolist() == LENGTHS
     for b, seq in enumerate(seqs):
         alone_hx = tuple(h[:, b] for h in hx) if mode == "LSTM" else hx[:, b]
-        alone_out, alone_state = mod(seq, alone_hx)  # unbatched 2-D input
-        n = len(seq)
-        torch.testing.assert_close(padded[:n, b], alone_out, rtol=1e-12, atol=1e-12)
-        assert torch.all(padded[n:, b] == 0)
-        for s, a in zip(flatten(state), flatten(alone_state), strict=True):
-            torch.testing.assert_close(s[:, b], a, rtol=1e-12, atol=1e-12)
+        alone = flatten(mod(seq, alone_hx))  # unbatched 2-D input
+        got = [padded[: len(seq), b], *(s[:, b] for s in flatten(state))]
+        torch.testing.assert_close(got, alone, rtol=1e-12, atol=1e-12)
+        assert torch.all(padded[len(seq) :, b] == 0)
 
 
 # Run dense, a ragged batch's backward direction reads the padding first: one direction only
@@ -99,5 +91,4 @@ def test_packed_equals_the_padded_dense_run(mode, lengths, cpu_backend):
         torch.testing.assert_close(padded[b, :n], dense_out[b, :n], rtol=0, atol=1e-14)
         assert torch.all(padded[b, n:] == -3.0)
     if not ragged:
-        for p, d in zip(flatten(state), flatten(dense_state), strict=True):
-            torch.testing.assert_close(p, d, rtol=0, atol=1e-14)
+        torch.testing.assert_close(flatten(state), flatten(dense_state), rtol=0, atol=1e-14)

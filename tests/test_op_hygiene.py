@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import pathlib
 from unittest import mock
 
 import pytest
 import torch
 import torch._library.custom_ops as custom_ops
 from layer_cases import Case, make_inputs, outputs_and_grads
-from misc_testlib import needs_cpu, needs_interpreter
+from misc_testlib import ROOT, needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedrnn.ops import cpu
 
 aten = torch.ops.aten
-TRITON_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
+TRITON_DIR = ROOT / "fusedrnn" / "ops" / "triton"
 TREES = {p.name: ast.parse(p.read_text()) for p in sorted(TRITON_DIR.glob("*.py"))}
 
 SYNCS = "_local_scalar_dense item nonzero masked_select _unique2 unique_consecutive".split()

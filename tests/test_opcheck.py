@@ -33,7 +33,6 @@ CASES = [pytest.param(lay, torch.float64, id=f"{lay}-fp64") for lay in LAYOUTS] 
 ]
 PLAIN_CELLS, VARIANT_CELLS = ("lstm", "gru", "rnn_relu"), ("lstm", "gru")
 TRITON_OPS = "fusedrnn.ops.triton.layer_op"  # the module that declares the triton ops
-INTERPRET = triton_interpreting()
 
 
 class _Capture(TorchDispatchMode):
@@ -193,7 +192,7 @@ def test_triton_every_custom_op_is_covered():
     """No op in the fusedrnn namespace escapes the checks above (named "triton" so that the
     interpreter run, where the triton ops can load, executes it too)."""
     importlib.import_module("fusedrnn.ops.cuda")
-    if INTERPRET:
+    if triton_interpreting():
         importlib.import_module(TRITON_OPS)
     # the CUDA tests register the cuda op factories over a CPU build of the kernels under
     # "*host_test*" names when they run in this process; they are test fixtures, not ops

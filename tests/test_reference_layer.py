@@ -31,9 +31,8 @@ def test_matches_a_loop_of_torch_cells(cell):
     case = Case(cell)
     a = make_inputs(case, D)
     cls = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(cell, nn.RNNCell)
-    c = cls(
-        case.I, case.H, **({"nonlinearity": cell[4:]} if cell.startswith("rnn") else {})
-    ).double()
+    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    c = cls(case.I, case.H, **kw).double()
     with torch.no_grad():
         for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
             getattr(c, k.replace("w_", "weight_").replace("b_", "bias_")).copy_(a[k])

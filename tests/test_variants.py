@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 from layer_cases import Case, call, make_inputs
-from module_testlib import flatten
+from module_testlib import assert_all_close, assert_outputs_close, flatten
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -184,16 +184,14 @@ def _check_against_oracle(mode, kw, packed, training, num_layers=2, bidir=True, 
     params = dict(m64.named_parameters())
     x0, h0, c0 = [*inputs, None][:3]
     outs_o = oracle(mode, params, kw, x0, lengths, h0, c0, num_layers, bidir, masks, training)[:n]
-    outs, tol = [pad_packed_sequence(y)[0] if packed else y, *(hn if n == 3 else [hn])], TOLS[dtype]
-    for a, b in zip(outs, outs_o, strict=True):
-        assert a.dtype == dtype
-        torch.testing.assert_close(a, b.to(dtype), **tol)
+    outs = [pad_packed_sequence(y)[0] if packed else y, *(hn if n == 3 else [hn])]
+    assert_all_close(outs, [o.to(dtype) for o in outs_o], ["y", "h_n", "c_n"][:n], **TOLS[dtype])
     ups = [torch.randn_like(o) for o in outs_o]
     grads = torch.autograd.grad(outs, run_in + list(m.parameters()), [u.to(dtype) for u in ups])
     grads_o = torch.autograd.grad(outs_o, inputs + list(params.values()), ups)
     names = ["x", "h0", "c0"][:n] + list(params)
-    for name, g, g_o in zip(names, grads, grads_o, strict=True):
-        torch.testing.assert_close(g, g_o.to(dtype), **tol, msg=lambda s, n=name: f"grad {n}: {s}")
+    assert_all_close(grads, [g.to(dtype) for g in grads_o], names, **TOLS[dtype])
+    for name, g in zip(names, grads, strict=True):
         assert g.abs().sum() > 0 or name == "c0", f"grad of {name} is zero"
 
 
@@ -248,9 +246,12 @@ def _seeded(seed, f, *args):
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_zoneout_masks_follow_the_seed_and_differ_from_eval_and_plain(mode):
+def test_zoneout_masks_follow_the_seed_and_zero_is_plain(mode):
+    """Training masks follow the seed, and differ from evaluation and from the plain cell;
+    zoneout 0 is the plain cell bit for bit."""
+    cls = getattr(fusedrnn, mode)
     m = _make(mode, {"zoneout": 0.4})
-    plain = getattr(fusedrnn, mode)(I, H, 2, bidirectional=True, dtype=torch.float64)
+    plain = cls(I, H, 2, bidirectional=True, dtype=torch.float64)
     plain.load_state_dict(m.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
     a, b, c = (_seeded(seed, m.train(), x)[0] for seed in (7, 7, 8))
@@ -258,18 +259,12 @@ def test_zoneout_masks_follow_the_seed_and_differ_from_eval_and_plain(mode):
     eval_out, plain_out = m.eval()(x)[0], plain(x)[0]
     assert not torch.allclose(a, eval_out) and not torch.allclose(a, plain_out)
     assert not torch.allclose(eval_out, plain_out)
-
-
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_zoneout_zero_is_plain_bit_for_bit(mode):
-    cls = getattr(fusedrnn, mode)
     m = cls(I, H, 2, bidirectional=True, zoneout=0.0, backend="reference")
     plain = cls(I, H, 2, bidirectional=True, backend="reference")
     plain.load_state_dict(m.state_dict())
     assert not m.cell_options.enabled and list(m.state_dict()) == list(plain.state_dict())
     x = torch.randn(T, B, I)
-    for u, v in zip(flatten(m.train()(x)), flatten(plain.train()(x)), strict=True):
-        assert torch.equal(u, v)
+    assert_outputs_close(flatten(m.train()(x)), flatten(plain.train()(x)), rtol=0, atol=0)
     # the variant op itself, given all-zero masks, reproduces the plain op bit for bit
     a = make_inputs(Case(mode.lower(), T=T, B=B, I=I, H=H, reverse=True), torch.float32)
     zeros = torch.zeros(T, B, H)
@@ -389,17 +384,14 @@ def test_repr_mentions_variants():
         (lambda: fusedrnn.LSTM(I, H, zoneout="0.1"), ValueError, "zoneout should be"),
         (lambda: fusedrnn.LSTM(I, H, layer_norm=1), TypeError, "layer_norm should be of type"),
         (lambda: fusedrnn.LSTM(I, H, cifg="yes"), TypeError, "cifg should be of type bool"),
+        # the variant options are keyword-only
+        (lambda: fusedrnn.LSTM(I, H, 1, True, False, 0.0, False, 0, None, None, None, True),
+         TypeError, None),
     ],
-)
+)  # fmt: skip
 def test_invalid_options_raise(ctor, exc, match):
     with pytest.raises(exc, match=match):
         ctor()
-
-
-def test_variants_are_keyword_only_and_rnn_unchanged():
-    with pytest.raises(TypeError):
-        fusedrnn.LSTM(I, H, 1, True, False, 0.0, False, 0, None, None, None, True)
-    assert not fusedrnn.RNN(I, H).cell_options.enabled
 
 
 @pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
@@ -430,6 +422,7 @@ def test_cell_options_helpers():
     assert opts == variants.CellOptions(True, 0.2, 0.2, True, True)
     assert opts.gate_count("LSTM") == 3 and variants.CellOptions().gate_count("LSTM") == 4
     assert opts.names() == ["layer_norm", "zoneout", "peephole", "cifg"]
+    assert not fusedrnn.RNN(I, H).cell_options.enabled
     assert variants.parse("GRU", zoneout=0.3) == variants.CellOptions(zoneout_h=0.3)
     specs = opts.param_specs("LSTM", H, bias=True)
     gates = [
