@@ -13,10 +13,7 @@ from hypothesis import strategies as st
 from module_testlib import assert_same, mode_kwargs, module_inputs
 from torch.nn.utils.rnn import pack_padded_sequence
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = st.integers(1, 37)
 
