@@ -151,9 +151,6 @@ def lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE: tl.constexpr,
     return d_i, d_f, d_g, dc_prev
 
 
-# torch.nn's LSTM cell is the variant cell with every flag off (the equations are written once)
-
-
 @triton.jit
 def lstm_fwd(pre_i, pre_f, pre_g, pre_o, c_prev):
     i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, 0.0, 0.0, False, False)

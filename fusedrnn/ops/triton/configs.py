@@ -99,15 +99,12 @@ VARIANT_CONFIGS: tuple[StepConfig, ...] = (
     StepConfig(block_b=16, block_h=32, block_k=32, num_warps=8, num_stages=1),
 )
 
-# persistent whole-sequence kernels; see the module docstring for max_hidden
-# one config per cell: smaller H runs the same kernel with masked units
-PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = (
-    PersistentConfig("lstm", block_h=32, max_hidden=32, block_b=16, num_warps=8),
-    # 8 warps: with 4 the float32 backward spills at 255 registers (H not a multiple of 16)
-    PersistentConfig("gru", block_h=32, max_hidden=32, block_b=16, num_warps=8),
-    # RNN: 8 warps, with 4 the float32 backward spills (H not a multiple of 16)
-    PersistentConfig("rnn_tanh", block_h=64, max_hidden=64, block_b=16, num_warps=8),
-    PersistentConfig("rnn_relu", block_h=64, max_hidden=64, block_b=16, num_warps=8),
+# persistent whole-sequence kernels, one config per cell (smaller H runs the same kernel with
+# masked units; see the module docstring for max_hidden); 8 warps: with 4 the float32 backward
+# of the GRU and the RNN spills at 255 registers (H not a multiple of 16)
+PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = tuple(
+    PersistentConfig(cell, block_h=h, max_hidden=h, block_b=16, num_warps=8)
+    for cell, h in (("lstm", 32), ("gru", 32), ("rnn_tanh", 64), ("rnn_relu", 64))
 )
 
 

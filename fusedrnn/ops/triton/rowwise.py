@@ -17,12 +17,13 @@ from .tiles import packed_ptrs, rec_tile, store_state
 
 
 @triton.jit
-def row_chunk(f0, F, rmask, BLOCK_H: tl.constexpr):
+def row_chunk(rows, rmask, f0, F, BLOCK_H: tl.constexpr):
     """Chunk ``f0 .. f0 + BLOCK_H`` of the F features of the program's rows: the features,
-    ``feats < F`` and the ``[BLOCK_B, BLOCK_H]`` mask ``rmask & fmask``."""
+    ``feats < F``, the ``[BLOCK_B, BLOCK_H]`` mask ``rmask & fmask`` and the chunk's offsets in
+    a ``[B, F]`` matrix."""
     feats = f0 + tl.arange(0, BLOCK_H)
     fmask = feats < F
-    return feats, fmask, rmask[:, None] & fmask[None, :]
+    return feats, fmask, rmask[:, None] & fmask[None, :], rows[:, None] * F + feats[None, :]
 
 
 @triton.jit
@@ -41,8 +42,8 @@ def row_rstd(
     variance: exact enough for float64 comparisons, unlike sum-of-squares)."""
     ss = tl.zeros((BLOCK_B,), dtype=ACC_TY)
     for f0 in range(0, F, BLOCK_H):
-        feats, _, m2 = row_chunk(f0, F, act, BLOCK_H)
-        v = tl.load(buf_ptr + rows[:, None] * F + feats[None, :], mask=m2, other=0.0)
+        _, _, m2, off = row_chunk(rows, act, f0, F, BLOCK_H)
+        v = tl.load(buf_ptr + off, mask=m2, other=0.0)
         d = tl.where(m2, v - mean[:, None], 0.0)
         ss += tl.sum(d * d, axis=1)
     return 1.0 / tl.sqrt(ss / F + eps)
@@ -72,10 +73,11 @@ def rec_raw_stats(
     s1 = tl.zeros((BLOCK_B,), dtype=ACC_TY)
     if LAYER_NORM:
         for f0 in range(0, F, BLOCK_H):
-            feats, fmask, m2 = row_chunk(f0, F, rmask, BLOCK_H)
+            feats, fmask, m2, _ = row_chunk(rows, rmask, f0, F, BLOCK_H)
             s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, ACC_TY, PRECISION,
                          BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
             s = tl.where(act[:, None] & fmask[None, :], s, 0.0)
+            # the offsets formed after the loop, not held across it
             tl.store(out_ptr + rows[:, None] * F + feats[None, :], s, mask=m2)
             s1 += tl.sum(s, axis=1)
         mean = s1 / F
@@ -154,8 +156,7 @@ def ln_bwd_rows(
 ):
     """Last layer-norm backward pass: ``dx`` for all F features of the rows."""
     for f0 in range(0, F, BLOCK_H):
-        feats, fmask, m2 = row_chunk(f0, F, rmask, BLOCK_H)
-        off = rows[:, None] * F + feats[None, :]
+        feats, fmask, m2, off = row_chunk(rows, rmask, f0, F, BLOCK_H)
         w = tl.load(w_ptr + feats, mask=fmask, other=0.0)
         dxhat = tl.load(dy_ptr + off, mask=m2, other=0.0) * w[None, :]
         xhat = tl.load(xhat_ptr + off, mask=m2, other=0.0)

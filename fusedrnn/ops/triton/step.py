@@ -363,21 +363,13 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):
 
 
 def step_fwd(
-    cell: str,
-    xg: Tensor,  # [N, G*H] input projection, b_ih included
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H] (LSTM)
-    w_hh: Tensor,  # [G*H, Hout] contiguous
-    b_hh: Tensor | None,  # [G*H]
-    w_hr: Tensor | None,  # [Hout, H] contiguous (LSTM)
-    plan: runtime.Plan,
-    packed: bool,
-    save: bool = True,
-    path: str = "step",
-) -> list[Tensor]:
+    cell: str, xg: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, b_hh: Tensor | None,
+    w_hr: Tensor | None, plan: runtime.Plan, packed: bool, save: bool = True, path: str = "step",
+) -> list[Tensor]:  # fmt: skip
     """Launch the forward kernels of ``path`` (:func:`.persistent.choose_path`: a launch per
     step, one cooperative launch or the persistent kernel); returns their buffers
-    (:func:`.common.forward_buffers`)."""
+    (:func:`.common.forward_buffers`). The tensors are the forward kernel's (shapes there;
+    ``h0`` [B, Hout], ``c0`` [B, H] for the LSTM), the weights contiguous."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     dt = xg.dtype
     gated, proj = cell in ("lstm", "gru"), w_hr is not None
@@ -402,18 +394,14 @@ def step_fwd(
 
 
 def step_bwd(
-    cell: str,
-    w_hh: Tensor,  # [G*H, Hout] contiguous
-    w_hr: Tensor | None,  # [Hout, H] contiguous (LSTM)
-    hs: Tensor,  # [T+1, B, Hout]
-    cs: Tensor,  # [T+1, B, H] (LSTM) or empty
-    gates: Tensor,  # [T, B, 4H] (LSTM, GRU) or empty
+    cell: str, w_hh: Tensor, w_hr: Tensor | None,  # as step_fwd's
+    hs: Tensor, cs: Tensor, gates: Tensor,  # the forward's (common.forward_buffers)
     dhs: Tensor | None,  # [T+1, B, Hout] gradient of Hs
     dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
     dy: Tensor | None,  # [N, Hout] gradient of the packed output
     plan: runtime.Plan,
     path: str = "step",
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:  # fmt: skip
     """Launch the backward kernels of ``path`` (as :func:`step_fwd`). Returns ``dG_x`` and
     ``dG_h`` [T,B,G*H] (one tensor but for the GRU, whose ``dG_x = [d pre_r, d pre_z, d pre_n]``
     is the gradient of ``xg`` and ``dG_h = [d pre_r, d pre_z, r d pre_n]`` that of the

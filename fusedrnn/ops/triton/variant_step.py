@@ -184,7 +184,7 @@ def _variant_fwd_step_kernel(
     # pass 2: the gates, and the GRU's new state or the LSTM's candidate cell state
     c_sum = tl.zeros((BLOCK_B,), dtype=acc_ty)
     for u0 in range(0, H, BLOCK_H):
-        units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
+        units, umask, m2, _ = row_chunk(rows, rmask, u0, H, BLOCK_H)
         s0, s1, s2, s3 = recurrent_gates(
             h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act, units,
             umask, H, GH, K, HAS_BIAS, G, LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
@@ -193,21 +193,20 @@ def _variant_fwd_step_kernel(
         # the input parts after the recurrent ones: fewer registers than interleaved
         am = act[:, None] & umask[None, :]
         x0, x1, x2, x3 = load_gates(packed_ptrs(xg_ptr, row0, rows, units, GH), H, am, G)
+        # the tile's offsets formed after the recurrent loop, not held across it
+        state = rows[:, None] * H + units[None, :]
         if CELL == GRU:
-            h_prev = tl.load(h_prev_ptr + rows[:, None] * H + units[None, :], mask=m2, other=0.0)
+            h_prev = tl.load(h_prev_ptr + state, mask=m2, other=0.0)
             r, z, n, h = gru_fwd(x0, x1, x2, s0, s1, s2, h_prev)
             store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, r, z, n, s2, 4)
             emit_state(h, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                        units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
         else:
-            if CIFG:  # gate blocks i, g, o
-                pre_i, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2
-                pre_f = pre_i  # unused
-            else:
-                pre_i, pre_f, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2, x3 + s3
+            pre_i, pre_f, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2, x3 + s3
+            if CIFG:  # gate blocks i, g, o (pre_f unused)
+                pre_f, pre_g, pre_o = pre_i, pre_f, pre_g
             w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE,
                                              acc_ty, BLOCK_H)  # fmt: skip
-            state = rows[:, None] * H + units[None, :]
             c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
             i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE, CIFG)
             o = sigmoid(pre_o + w_co[None, :] * c)
@@ -235,8 +234,7 @@ def _variant_fwd_step_kernel(
 
         # pass 3: the (unprojected) output m = o tanh(LN_c(c~))
         for u0 in range(0, H, BLOCK_H):
-            units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
-            state = rows[:, None] * H + units[None, :]
+            units, umask, m2, state = row_chunk(rows, rmask, u0, H, BLOCK_H)
             c = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
             o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=m2, other=0.0)
             if LAYER_NORM:
@@ -257,7 +255,7 @@ def _variant_fwd_step_kernel(
     if PROJ:  # pass 4: h~ = m W_hr^T
         tl.debug_barrier()
         for c0 in range(0, HOUT, BLOCK_H):
-            cols, cmask, _ = row_chunk(c0, HOUT, rmask, BLOCK_H)
+            cols, cmask, _, _ = row_chunk(rows, rmask, c0, HOUT, BLOCK_H)
             hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
                           PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
             emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
@@ -339,15 +337,15 @@ def _variant_bwd_step_kernel(
     # of h~, and the part of dh_t that reaches h_prev directly
     W = H if CELL == GRU else HOUT  # the columns of dh_t
     for c0 in range(0, W, BLOCK_H):
-        cols, cmask, m2 = row_chunk(c0, W, rmask, BLOCK_H)
+        cols, cmask, m2, _ = row_chunk(rows, rmask, c0, W, BLOCK_H)
         total = state_grad(
             dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
             rows, cols, rmask, cmask, act, rows < rows_prev, GH, W,
             HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
         )  # fmt: skip
         k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, W, total)  # k_h
+        state = rows[:, None] * W + cols[None, :]  # after the loop, not held across it
         if CELL == GRU:
-            state = rows[:, None] * H + cols[None, :]
             h_prev = tl.load(hs_ptr + hs_r + state, mask=m2, other=0.0)
             r, z, n, s_n = load_gates(tile_ptrs(gates, rows, cols, 4 * H), H, m2, 4)
             d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total)
@@ -366,9 +364,8 @@ def _variant_bwd_step_kernel(
                 sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_sn, lnw + 2 * H, shat + 2 * H,
                                              cmask, m2)  # fmt: skip
         else:
-            off = rows[:, None] * HOUT + cols[None, :]
-            tl.store(dht_ptr + hout_off + off, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
-            tl.store(dh_ptr + off, tl.where(a, k * total, total), mask=m2)
+            tl.store(dht_ptr + hout_off + state, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
+            tl.store(dh_ptr + state, tl.where(a, k * total, total), mask=m2)
     if CELL == LSTM:
         tl.debug_barrier()
 
@@ -376,8 +373,7 @@ def _variant_bwd_step_kernel(
         sum_d = tl.zeros((BLOCK_B,), dtype=acc_ty)
         sum_dx = tl.zeros((BLOCK_B,), dtype=acc_ty)
         for u0 in range(0, H, BLOCK_H):
-            units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
-            state = rows[:, None] * H + units[None, :]
+            units, umask, m2, state = row_chunk(rows, rmask, u0, H, BLOCK_H)
             if PROJ:
                 dm = rec_tile(dht_ptr + hout_off, whr_ptr, rows, act, units, umask, HOUT, 1, H,
                               acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
@@ -406,8 +402,7 @@ def _variant_bwd_step_kernel(
         if LAYER_NORM:
             rstd_c = tl.load(rstd_ptr + stat_off + rows * STATS + 1, mask=rmask, other=0.0)
         for u0 in range(0, H, BLOCK_H):
-            units, umask, m2 = row_chunk(u0, H, rmask, BLOCK_H)
-            state = rows[:, None] * H + units[None, :]
+            units, umask, m2, state = row_chunk(rows, rmask, u0, H, BLOCK_H)
             dc_t = tl.load(dc_ptr + state, mask=m2, other=0.0)
             if HAS_DCS:
                 dc_t += tl.load(dcs_ptr + cs_w + state, mask=m2, other=0.0)
@@ -491,26 +486,15 @@ def _slots(s: runtime.Step, B: int, H: int, Hout: int, GH: int) -> tuple[int, ..
 
 
 def variant_fwd(
-    cell: str,
-    xg: Tensor,  # [N, GH] input projection, LN_ih and b_ih applied
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H] (LSTM)
-    bias: Tensor | None,  # [GH] b_hh + LN_hh bias, contiguous
-    w_hh: Tensor,  # [GH, Hout] contiguous
-    ln_hh_w: Tensor | None,  # [GH] (layer norm on iff given)
-    ln_c_w: Tensor | None,  # [H] (LSTM)
-    ln_c_b: Tensor | None,  # [H] (zeros when absent)
-    w_ch: Tensor | None,  # [3 | 2, H]
-    w_hr: Tensor | None,  # [Hout, H]
-    mask_h: Tensor | None,  # [N, Hout]
-    mask_c: Tensor | None,  # [N, H]
-    zone: tuple[int, int],  # zoneout modes of h, c (0 off, 1 mask, 2 evaluation)
-    par: Tensor,  # [3] p_h, p_c, eps
-    cifg: bool,
-    plan: runtime.Plan,
-    packed: bool,
-) -> list[Tensor]:
-    """Allocate and launch; returns :func:`variant_buffers`."""
+    cell: str, xg: Tensor, h0: Tensor, c0: Tensor | None, bias: Tensor | None, w_hh: Tensor,
+    ln_hh_w: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None, w_ch: Tensor | None,
+    w_hr: Tensor | None, mask_h: Tensor | None, mask_c: Tensor | None, zone: tuple[int, int],
+    par: Tensor, cifg: bool, plan: runtime.Plan, packed: bool,
+) -> list[Tensor]:  # fmt: skip
+    """Allocate and launch; returns :func:`variant_buffers`. The tensors are the forward
+    kernel's (shapes there; ``h0`` [B, Hout], ``c0`` [B, H]), contiguous, None where absent:
+    layer norm is on iff ``ln_hh_w`` is given, ``ln_c_b`` comes with ``ln_c_w`` (zeros when the
+    layer has none); ``zone`` holds the zoneout modes of h and c (``ZONE_H``, ``ZONE_C``)."""
     T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
                                                           cifg, plan)  # fmt: skip
     out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln_hh_w is not None, w_hr is not None,
@@ -531,24 +515,15 @@ def variant_fwd(
 
 
 def variant_bwd(
-    cell: str,
-    w_hh: Tensor,  # [GH, Hout] contiguous
-    ln_hh_w: Tensor | None,  # [GH]
-    ln_c_w: Tensor | None,  # [H]
-    ln_c_b: Tensor | None,  # [H]
-    w_ch: Tensor | None,  # [3 | 2, H]
-    w_hr: Tensor | None,  # [Hout, H]
-    mask_h: Tensor | None,  # [N, Hout]
-    mask_c: Tensor | None,  # [N, H]
-    zone: tuple[int, int],
-    par: Tensor,  # [3]
-    cifg: bool,
+    cell: str, w_hh: Tensor, ln_hh_w: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None,
+    w_ch: Tensor | None, w_hr: Tensor | None, mask_h: Tensor | None, mask_c: Tensor | None,
+    zone: tuple[int, int], par: Tensor, cifg: bool,  # as variant_fwd's
     buffers: list[Tensor],  # the forward's
     dhs: Tensor | None,  # [T+1, B, Hout] gradient of Hs
     dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
     dy: Tensor | None,  # [N, Hout] gradient of the packed output
     plan: runtime.Plan,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
     """Launch the backward steps. Returns ``dG_x``, ``dG_s``, ``dS_raw [T,B,GH]`` (``dG_s``
     is the same tensor as ``dG_x`` but for the GRU, ``dS_raw`` as ``dG_s`` without layer
     norm), the LSTM's ``dHt [T,B,Hout]`` (gradient of h~) and ``dl [T,B,H]`` (empty for the

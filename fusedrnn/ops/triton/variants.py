@@ -45,11 +45,6 @@ def _zone_mode(mask: Tensor | None, p: float) -> int:
     return 1 if mask is not None else (2 if p > 0 else 0)
 
 
-def _sum_bias(*ts: Tensor | None) -> Tensor | None:
-    present = [t for t in ts if t is not None]
-    return None if not present else sum(present[1:], present[0]).contiguous()
-
-
 def _kernel_inputs(a: library.LayerArgs, packed: bool) -> tuple:
     """What both directions' kernels read besides the states, in the launchers' order:
     ``w_hh, ln_hh_w, ln_c_w, ln_c_b`` (zeros when only the gain is given), ``w_ch, w_hr``
@@ -83,8 +78,9 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
         xg = uhat * a.ln_ih_w
         for b in (a.ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
-    out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0), _sum_bias(b_hh, a.ln_hh_b),
-                      *_kernel_inputs(a, packed), a.cifg, plan, packed)  # fmt: skip
+    bias = a.ln_hh_b if b_hh is None else b_hh if a.ln_hh_b is None else b_hh + a.ln_hh_b
+    out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0, bias), *_kernel_inputs(a, packed),
+                      a.cifg, plan, packed)  # fmt: skip
     return [*out, uhat, rstd_u]
 
 
