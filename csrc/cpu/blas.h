@@ -6,7 +6,7 @@
 // weights packed once per layer call (StepWeights below). Everything else goes to the BLAS
 // inside libtorch_cpu: when it exports the Fortran symbols sgemm_/dgemm_ (MKL and OpenBLAS
 // builds do) we call them directly; they are declared weak so that a torch build without them
-// still loads this extension and falls back to at::addmm_out on tensors wrapping the memory.
+// still loads this extension and falls back to ATen's mm on tensors wrapping the memory.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -118,13 +118,19 @@ void parallel_columns(int64_t n, const F& fn) {
 // previous states: packed once per layer call when gemm() would use the packed float32 kernel
 // and more than one step reads them. A single step (a cell call) reads each weight once, so
 // packing would double its memory traffic: it multiplies the weights where they are.
+// W: a contiguous [rows, cols] tensor (undefined: no weights, k = n = 0); op(W) = W^T with tw
+// (the forward's h W^T), else W (the backward's dG W).
 template <typename T>
 class StepWeights {
  public:
-  StepWeights(bool tw, int64_t k, int64_t n, const T* W, int64_t ldw, Scratch slot, int64_t steps)
-      : tw_(tw), k_(k), n_(n), W_(W), ldw_(ldw) {
+  StepWeights(bool tw, const at::Tensor& W, Scratch slot, int64_t steps)
+      : tw_(tw), W_(W.defined() ? W.data_ptr<T>() : nullptr), ldw_(W.defined() ? W.size(1) : 0) {
+    const int64_t rows = W.defined() ? W.size(0) : 0;
+    k_ = tw ? ldw_ : rows;
+    n_ = tw ? rows : ldw_;
     if constexpr (std::is_same_v<T, float>)
-      if (use_own_sgemm() && k > 0 && n > 0 && steps > 1) packed_ = pack_b(tw, k, n, W, ldw, slot);
+      if (use_own_sgemm() && k_ > 0 && n_ > 0 && steps > 1)
+        packed_ = pack_b(tw, k_, n_, W_, ldw_, slot);
   }
   // C[:, c0:c1] = A[m, k] op(W)[:, c0:c1] + beta * C[:, c0:c1]; C points at column 0 and c0
   // is a multiple of 16 (parallel_columns' column blocks are).
@@ -144,9 +150,8 @@ class StepWeights {
 
  private:
   bool tw_;
-  int64_t k_, n_;
   const T* W_;
-  int64_t ldw_;
+  int64_t ldw_, k_, n_;
   std::optional<PackedB> packed_;
 };
 

@@ -180,10 +180,18 @@ inline auto dispatch_float(at::ScalarType dtype, const F& f) {
   return f(double{});
 }
 
-// Why a flat weight list (torch.nn order) is not `expected` CPU tensors of dtype, or "" when
-// it is; the message calls the list's entries `what`.
-inline std::string flat_weights_mismatch(const std::vector<at::Tensor>& w, int64_t expected,
-                                         at::ScalarType dtype, const char* what) {
+// Entries per layer of torch.nn's flat weight list of a unidirectional stack: w_ih, w_hh, then
+// b_ih, b_hh when has_bias, then w_hr when proj > 0.
+inline int64_t weights_per_layer(bool has_bias, int64_t proj) {
+  return 2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0);
+}
+
+// Why the flat weight list of L such layers is not CPU tensors of dtype, or "" when it is; the
+// message calls the list's entries `what`.
+inline std::string flat_weights_mismatch(const std::vector<at::Tensor>& w, int64_t L,
+                                         bool has_bias, int64_t proj, at::ScalarType dtype,
+                                         const char* what) {
+  const int64_t expected = L * weights_per_layer(has_bias, proj);
   if (static_cast<int64_t>(w.size()) != expected)
     return c10::str("expected ", expected, " ", what, ", got ", w.size());
   for (const auto& t : w)
@@ -192,10 +200,10 @@ inline std::string flat_weights_mismatch(const std::vector<at::Tensor>& w, int64
   return "";
 }
 
-// t's data as T* (const T* where it is only read)
+// t's data as T* (const T* where it is only read); null when t is undefined or empty
 template <typename T>
 inline T* ptr(const at::Tensor& t) {
-  return t.data_ptr<T>();
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 }  // namespace fusedrnn::cpu

@@ -66,116 +66,6 @@ void pick(const at::Tensor& logits, const Sampling& s, at::Tensor& q, int64_t* i
   argmax_rows(r, B, V, ids);
 }
 
-template <typename T>
-at::Tensor generate_impl(FRNN_GENERATE_PARAMS) {
-  const Cell kind = parse_cell(cell);
-  const Sampling s{temperature, top_k, argmax, generator};
-  const bool lstm = kind == Cell::LSTM, variant = !variant_weights.empty();
-  const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
-  const int64_t E = embed.has_value() ? embed->size(1) : V;
-  const auto opts = h.options();
-  at::Tensor ids = at::empty({B, length}, logits.options().dtype(at::kLong));  // [B, length]
-  at::Tensor x = at::zeros({B, E}, opts);                                    // [B, E]
-  at::Tensor q = at::empty({B, V}, logits.options());                        // [B, V]
-  at::Tensor raw = std::is_same_v<T, float> ? logits : at::empty({B, V}, opts);
-  std::vector<int64_t> next(B);
-  const at::Tensor embed_rows = embed.has_value() ? embed->contiguous() : at::Tensor();
-  auto input_row = [&](int64_t id, T* row) {  // [E]: the embedding of id, or one-hot
-    if (embed_rows.defined()) {
-      std::copy_n(ptr<T>(embed_rows) + id * E, E, row);
-    } else {
-      std::fill(row, row + E, T(0));
-      row[id] = T(1);
-    }
-  };
-  const at::Tensor wdt = dec_w.t();  // [H, V], as nn.Linear hands it to addmm
-
-  // Plain cells: the stack steps between two state buffers (StackStep's in and out must not
-  // overlap); variant cells: layer_fwd per layer, whose outputs are fresh tensors.
-  std::optional<StackStep<T>> stack;
-  at::Tensor h2, c2;
-  // With few rows the first layer's input product of each symbol is computed once, as the
-  // step would compute it (StackStep::input_products), and looked up per character.
-  std::vector<T> table, gates0;
-  if (!variant) {
-    stack.emplace(kind, flat_weights, num_layers, has_bias, 0, B, E, half_weights);
-    h2 = at::empty_like(h);
-    if (lstm) c2 = at::empty_like(*c);
-    if (B <= kSmallM) {
-      const int64_t GH = num_gates(kind) * stack->H();
-      table.resize(V * GH);
-      gates0.resize(B * GH);
-      std::vector<T> one(E);
-      for (int64_t v = 0; v < V; ++v) {
-        input_row(v, one.data());
-        stack->input_products(one.data(), 1, table.data() + v * GH);
-      }
-    }
-  }
-  at::Tensor h_cur = h, c_cur = lstm ? *c : at::Tensor();
-  const int64_t per_layer = has_bias ? 4 : 2;
-
-  for (int64_t i = 0; i < length; ++i) {
-    pick(logits, s, q, next.data());
-    int64_t* out = ids.data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      TORCH_CHECK(next[b] >= 0 && next[b] < V, "fusedrnn generate: id out of range");
-      out[b * length + i] = next[b];
-    }
-    if (on_ids && every > 0 && ((i + 1) % every == 0 || i + 1 == length)) {
-      const int64_t from = i / every * every;
-      on_ids(ids.narrow(1, from, i + 1 - from));
-    }
-    if (i + 1 == length) break;  // the state stays at the last character's input
-    T* xp = ptr<T>(x);
-    for (int64_t b = 0; b < B && table.empty(); ++b) input_row(next[b], xp + b * E);
-    at::Tensor top;
-    if (!variant) {
-      at::Tensor& h_next = h_cur.is_same(h) ? h2 : h;
-      at::Tensor c_next = lstm ? (c_cur.is_same(*c) ? c2 : *c) : at::Tensor();
-      const T* g0 = nullptr;
-      if (!table.empty()) {
-        const int64_t GH = static_cast<int64_t>(gates0.size()) / B;
-        for (int64_t b = 0; b < B; ++b)
-          std::copy_n(table.data() + next[b] * GH, GH, gates0.data() + b * GH);
-        g0 = gates0.data();
-      }
-      stack->run(xp, ptr<T>(h_cur), lstm ? ptr<T>(c_cur) : nullptr, ptr<T>(h_next),
-                 lstm ? ptr<T>(c_next) : nullptr, g0);
-      h_cur = h_next;
-      c_cur = c_next;
-      top = h_cur[num_layers - 1];
-    } else {
-      at::Tensor in = x;
-      for (int64_t l = 0; l < num_layers; ++l) {
-        const OptTensor* v = variant_weights.data() + l * kVariantWeights;
-        const at::Tensor* w = flat_weights.data() + l * per_layer;  // w_ih, w_hh, b_ih, b_hh
-        const OptTensor b_ih = has_bias ? OptTensor(w[2]) : std::nullopt;
-        const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
-        const OptTensor c0 = lstm ? OptTensor(c->select(0, l)) : std::nullopt;
-        const auto r = layer_fwd(cell, in.view({1, B, in.size(1)}), h.select(0, l), c0, w[0], w[1],
-                                 b_ih, b_hh, std::nullopt, std::nullopt, false, cifg, v[0], v[1],
-                                 v[2], v[3], v[4], v[5], v[6], zoneout_h, zoneout_c, std::nullopt,
-                                 std::nullopt, eps, /*train=*/false);
-        h.select(0, l).copy_(r[1]);
-        if (lstm) c->select(0, l).copy_(r[2]);
-        in = r[0].view({B, H});
-      }
-      top = h.select(0, num_layers - 1);
-    }
-    if (dec_b.has_value())
-      at::addmm_out(raw, *dec_b, top, wdt);
-    else
-      at::mm_out(raw, top, wdt);
-    if (!raw.is_same(logits)) logits.copy_(raw);  // sample.py reads float32 logits
-  }
-  if (!variant && !h_cur.is_same(h)) {
-    h.copy_(h_cur);
-    if (lstm) c->copy_(c_cur);
-  }
-  return ids;
-}
-
 }  // namespace
 
 at::Tensor generate(FRNN_GENERATE_PARAMS) {
@@ -203,7 +93,7 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
                                      embed->scalar_type() == dtype),
               "fusedrnn generate: embedding must be [", V, ", E] of the model's dtype");
   const std::string why =
-      flat_weights_mismatch(flat_weights, num_layers * (has_bias ? 4 : 2), dtype, "layer weights");
+      flat_weights_mismatch(flat_weights, num_layers, has_bias, 0, dtype, "layer weights");
   TORCH_CHECK(why.empty(), "fusedrnn generate: ", why);
   TORCH_CHECK(variant_weights.empty() ||
                   static_cast<int64_t>(variant_weights.size()) == num_layers * kVariantWeights,
@@ -213,8 +103,113 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
               "fusedrnn generate: cell variants exist for LSTM and GRU only");
   TORCH_CHECK(!half_weights || (dtype == at::kFloat && variant_weights.empty()),
               "fusedrnn generate: float16 weights are for float32 models of plain cells");
-  return dispatch_float(dtype,
-                        [&](auto t) { return generate_impl<decltype(t)>(FRNN_GENERATE_ARGS); });
+  return dispatch_float(dtype, [&](auto t) {
+    using T = decltype(t);
+    const Sampling s{temperature, top_k, argmax, generator};
+    const bool variant = !variant_weights.empty();
+    const int64_t E = embed.has_value() ? embed->size(1) : V;
+    const auto opts = h.options();
+    at::Tensor ids = at::empty({B, length}, logits.options().dtype(at::kLong));  // [B, length]
+    at::Tensor x = at::zeros({B, E}, opts);                                    // [B, E]
+    at::Tensor q = at::empty({B, V}, logits.options());                        // [B, V]
+    at::Tensor raw = std::is_same_v<T, float> ? logits : at::empty({B, V}, opts);
+    std::vector<int64_t> next(B);
+    const at::Tensor embed_rows = embed.has_value() ? embed->contiguous() : at::Tensor();
+    auto input_row = [&](int64_t id, T* row) {  // [E]: the embedding of id, or one-hot
+      if (embed_rows.defined()) {
+        std::copy_n(ptr<T>(embed_rows) + id * E, E, row);
+      } else {
+        std::fill(row, row + E, T(0));
+        row[id] = T(1);
+      }
+    };
+    const at::Tensor wdt = dec_w.t();  // [H, V], as nn.Linear hands it to addmm
+
+    // Plain cells: the stack steps between two state buffers (StackStep's in and out must not
+    // overlap); variant cells: layer_fwd per layer, whose outputs are fresh tensors.
+    std::optional<StackStep<T>> stack;
+    at::Tensor h2, c2;
+    // With few rows the first layer's input product of each symbol is computed once, as the
+    // step would compute it (StackStep::input_products), and looked up per character.
+    std::vector<T> table, gates0;
+    if (!variant) {
+      stack.emplace(kind, flat_weights, num_layers, has_bias, 0, B, E, half_weights);
+      h2 = at::empty_like(h);
+      if (lstm) c2 = at::empty_like(*c);
+      if (B <= kSmallM) {
+        const int64_t GH = num_gates(kind) * stack->H();
+        table.resize(V * GH);
+        gates0.resize(B * GH);
+        std::vector<T> one(E);
+        for (int64_t v = 0; v < V; ++v) {
+          input_row(v, one.data());
+          stack->input_products(one.data(), 1, table.data() + v * GH);
+        }
+      }
+    }
+    at::Tensor h_cur = h, c_cur = lstm ? *c : at::Tensor();
+    const int64_t per_layer = weights_per_layer(has_bias, 0);
+
+    for (int64_t i = 0; i < length; ++i) {
+      pick(logits, s, q, next.data());
+      int64_t* out = ids.data_ptr<int64_t>();
+      for (int64_t b = 0; b < B; ++b) {
+        TORCH_CHECK(next[b] >= 0 && next[b] < V, "fusedrnn generate: id out of range");
+        out[b * length + i] = next[b];
+      }
+      if (on_ids && every > 0 && ((i + 1) % every == 0 || i + 1 == length)) {
+        const int64_t from = i / every * every;
+        on_ids(ids.narrow(1, from, i + 1 - from));
+      }
+      if (i + 1 == length) break;  // the state stays at the last character's input
+      T* xp = ptr<T>(x);
+      for (int64_t b = 0; b < B && table.empty(); ++b) input_row(next[b], xp + b * E);
+      at::Tensor top;
+      if (!variant) {
+        at::Tensor& h_next = h_cur.is_same(h) ? h2 : h;
+        at::Tensor c_next = lstm ? (c_cur.is_same(*c) ? c2 : *c) : at::Tensor();
+        const T* g0 = nullptr;
+        if (!table.empty()) {
+          const int64_t GH = static_cast<int64_t>(gates0.size()) / B;
+          for (int64_t b = 0; b < B; ++b)
+            std::copy_n(table.data() + next[b] * GH, GH, gates0.data() + b * GH);
+          g0 = gates0.data();
+        }
+        stack->run(xp, ptr<T>(h_cur), lstm ? ptr<T>(c_cur) : nullptr, ptr<T>(h_next),
+                   lstm ? ptr<T>(c_next) : nullptr, g0);
+        h_cur = h_next;
+        c_cur = c_next;
+        top = h_cur[num_layers - 1];
+      } else {
+        at::Tensor in = x;
+        for (int64_t l = 0; l < num_layers; ++l) {
+          const OptTensor* v = variant_weights.data() + l * kVariantWeights;
+          const at::Tensor* w = flat_weights.data() + l * per_layer;  // w_ih, w_hh, b_ih, b_hh
+          const OptTensor b_ih = has_bias ? OptTensor(w[2]) : std::nullopt;
+          const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
+          const OptTensor c0 = lstm ? OptTensor(c->select(0, l)) : std::nullopt;
+          const auto r = layer_fwd(cell, in.view({1, B, in.size(1)}), h.select(0, l), c0, w[0],
+                                   w[1], b_ih, b_hh, std::nullopt, std::nullopt, false, cifg,
+                                   v[0], v[1], v[2], v[3], v[4], v[5], v[6], zoneout_h,
+                                   zoneout_c, std::nullopt, std::nullopt, eps, /*train=*/false);
+          h.select(0, l).copy_(r[1]);
+          if (lstm) c->select(0, l).copy_(r[2]);
+          in = r[0].view({B, H});
+        }
+        top = h.select(0, num_layers - 1);
+      }
+      if (dec_b.has_value())
+        at::addmm_out(raw, *dec_b, top, wdt);
+      else
+        at::mm_out(raw, top, wdt);
+      if (!raw.is_same(logits)) logits.copy_(raw);  // sample.py reads float32 logits
+    }
+    if (!variant && !h_cur.is_same(h)) {
+      h.copy_(h_cur);
+      if (lstm) c->copy_(c_cur);
+    }
+    return ids;
+  });
 }
 
 }  // namespace fusedrnn::cpu

@@ -59,11 +59,10 @@ struct PointwiseKernels {
   // i, f, g, o when save_act. c_prev, c_out [H] distinct. h_out [H] (before any projection).
   void (*lstm_fwd)(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out,
                    T* h_out, bool save_act);
-  // GRU forward with the recurrent part apart (stack_step.h). g [3H]: x-part without biases,
-  // overwritten by r, z, n when save_act; hg [3H]: h_prev W_hh^T without biases; bias_x [3H] = b_ih + (b_hr, b_hz, 0);
-  // bias_hn [H] = b_hn; hn_out [H] (if not null): hn including b_hn, saved for backward.
-  void (*gru_fwd_hg)(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
-                     const T* h_prev, T* h_out, T* hn_out, bool save_act);
+  // GRU forward with the recurrent part apart (stack_step.h): g [3H] the x-part and hg [3H]
+  // h_prev W_hh^T, both without biases; bias_x [3H] = b_ih + (b_hr, b_hz, 0), bias_hn [H] = b_hn.
+  void (*gru_fwd_hg)(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, const T* g,
+                     const T* hg, const T* h_prev, T* h_out);
   // Elman RNN forward: h_out = act(pre + bias).
   void (*rnn_fwd)(int64_t n, const T* bias, const T* pre, T* h_out, bool relu);
   // Elman RNN backward: dg = act'(h) * (dy + dh).
@@ -77,7 +76,8 @@ struct PointwiseKernels {
   void (*gemm_small_m_half)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
                             const uint16_t* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
-  // The row kernels. Layer-norm statistics of v[0, n): mean and 1 / sqrt(biased var + eps), two passes.
+  // The row kernels. Layer-norm statistics of v[0, n): mean and 1 / sqrt(biased var + eps),
+  // two passes.
   void (*ln_stats)(int64_t n, const T* v, T eps, T* mean, T* rstd);
   // Layer norm of one row: v [n] in: raw, out: xhat = (v - mean) rstd; out [n] = xhat w + b.
   void (*ln_apply)(int64_t n, T* v, T* out, const T* w, const T* b, T mean, T rstd);
@@ -136,20 +136,20 @@ struct PointwiseKernels {
                   T* da, T* ds);
 };
 
-// One copy of the table per ISA; the wider copies exist in x86 builds only (FRNN_TARGET_AVX2).
-#define FRNN_KERNEL_TABLES                    \
-  PointwiseKernels<float> make_kernels_f32(); \
-  PointwiseKernels<double> make_kernels_f64();
+// One copy of the table per ISA, for float and double; the wider copies exist in x86 builds
+// only (FRNN_TARGET_AVX2).
 namespace generic {
-FRNN_KERNEL_TABLES
+template <typename T>
+PointwiseKernels<T> make_kernels();
 }  // namespace generic
 namespace avx2 {
-FRNN_KERNEL_TABLES
+template <typename T>
+PointwiseKernels<T> make_kernels();
 }  // namespace avx2
 namespace avx512 {
-FRNN_KERNEL_TABLES
+template <typename T>
+PointwiseKernels<T> make_kernels();
 }  // namespace avx512
-#undef FRNN_KERNEL_TABLES
 
 // The table for this CPU: the AVX-512F copy (Intel CPUs), else the AVX2+FMA one, where both the
 // build and the CPU have it (kernels_generic.cpp says why).

@@ -38,26 +38,23 @@ Isa isa() {
   return chosen;
 }
 
-// The table of one dtype, chosen once (one instantiation, and so one static, per Table type).
-template <class Table>
-const Table& choose(Table (*avx512_table)(), Table (*avx2_table)(), Table (*generic_table)()) {
-  static const Table k = isa() == Isa::avx512 ? avx512_table()
-                         : isa() == Isa::avx2 ? avx2_table()
-                                              : generic_table();
+// The table of one dtype, chosen once (one static per T); builds for other CPUs have the
+// baseline copy only.
+template <typename T>
+const PointwiseKernels<T>& choose() {
+  static const PointwiseKernels<T> k = [] {
+#if FRNN_TARGET_AVX2
+    if (isa() == Isa::avx512) return avx512::make_kernels<T>();
+    if (isa() == Isa::avx2) return avx2::make_kernels<T>();
+#endif
+    return generic::make_kernels<T>();
+  }();
   return k;
 }
 }  // namespace
 
-// Builds for other CPUs have the baseline copy only.
-#if FRNN_TARGET_AVX2
-#define FRNN_COPIES(make) avx512::make, avx2::make, generic::make
-#else
-#define FRNN_COPIES(make) nullptr, nullptr, generic::make
-#endif
-
-const PointwiseKernels<float>& kernels(float) { return choose(FRNN_COPIES(make_kernels_f32)); }
-
-const PointwiseKernels<double>& kernels(double) { return choose(FRNN_COPIES(make_kernels_f64)); }
+const PointwiseKernels<float>& kernels(float) { return choose<float>(); }
+const PointwiseKernels<double>& kernels(double) { return choose<double>(); }
 
 const char* kernel_isa() {
   return isa() == Isa::avx512 ? "avx512f" : isa() == Isa::avx2 ? "avx2+fma" : "generic";

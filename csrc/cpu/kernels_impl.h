@@ -63,40 +63,25 @@ void lstm_fwd(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_o
              save_act);
 }
 
-template <typename T, bool SAVE>
-void gru_fwd_hg_loop(int64_t n, int64_t H, const T* __restrict bias_x, const T* __restrict bias_hn,
-                  T* __restrict g, const T* __restrict hg, const T* __restrict h_prev,
-                  T* __restrict h_out, T* __restrict hn_out) {
-  T* __restrict gr = g;
-  T* __restrict gz = g + H;
-  T* __restrict gn = g + 2 * H;
+template <typename T>
+void gru_fwd_hg(int64_t n, int64_t H, const T* __restrict bias_x, const T* __restrict bias_hn,
+                const T* __restrict g, const T* __restrict hg, const T* __restrict h_prev,
+                T* __restrict h_out) {
+  const T* __restrict gr = g;
+  const T* __restrict gz = g + H;
+  const T* __restrict gn = g + 2 * H;
   const T* __restrict hr = hg;
   const T* __restrict hz = hg + H;
-  const T* __restrict hnp = hg + 2 * H;
+  const T* __restrict hn = hg + 2 * H;
   const T* __restrict br = bias_x;
   const T* __restrict bz = bias_x + H;
   const T* __restrict bn = bias_x + 2 * H;
   for (int64_t j = 0; j < n; ++j) {
-    const T hn = hnp[j] + bias_hn[j];
     T r, z, nn, h;
-    GRUCell::forward<T>(gr[j] + br[j], gz[j] + bz[j], gn[j] + bn[j], hr[j], hz[j], hn, h_prev[j],
-                        r, z, nn, h);
+    GRUCell::forward<T>(gr[j] + br[j], gz[j] + bz[j], gn[j] + bn[j], hr[j], hz[j],
+                        hn[j] + bias_hn[j], h_prev[j], r, z, nn, h);
     h_out[j] = h;
-    if constexpr (SAVE) {
-      gr[j] = r;
-      gz[j] = z;
-      gn[j] = nn;
-      hn_out[j] = hn;
-    }
   }
-}
-
-template <typename T>
-void gru_fwd_hg(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, T* g, const T* hg,
-             const T* h_prev, T* h_out, T* hn_out, bool save_act) {
-  with_bools([&](auto save) {
-    gru_fwd_hg_loop<T, save>(n, H, bias_x, bias_hn, g, hg, h_prev, h_out, hn_out);
-  }, save_act);
 }
 
 template <typename T, typename Cell>
@@ -133,10 +118,11 @@ inline T widen(T w) {
 }
 
 // Dot products of contiguous rows, eight (float) or four rows of B at a time so that every
-// load of A's row is shared, with explicit 32-byte vector accumulators: the compiler may not vectorise a scalar
-// float sum itself (that would reassociate it). GCC/Clang vector extensions lower to AVX in
-// the AVX2 copy and to pairs of SSE registers in the generic one. MKL's sgemv/sgemm take a
-// generic path for one row on some non-Intel CPUs; this loop is several times faster there.
+// load of A's row is shared, with explicit 32-byte vector accumulators: the compiler may not
+// vectorise a scalar float sum itself (that would reassociate it). GCC/Clang vector extensions
+// lower to AVX in the AVX2 copy and to pairs of SSE registers in the generic one. MKL's
+// sgemv/sgemm take a generic path for one row on some non-Intel CPUs; this loop is several
+// times faster there.
 #if defined(__GNUC__)
 // The generic copy passes 32-byte vectors between inlined lambdas; GCC notes an ABI change
 // that does not apply to code that never crosses a call boundary.
@@ -202,10 +188,13 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
     for (int64_t l = 0; l < kLanes; ++l) r += v[l];
     return r;
   };
-  auto store = [&](T* c, int64_t j, T r) { c[j] = beta == T(0) ? r : r + beta * c[j]; };
-  // An explicit fused multiply-add: whether the compiler fuses a * w + r may differ between
-  // the stored and the widened weights, and the two must agree bit for bit.
-  auto tail_fma = [](T a, W w, T r) { return std::fma(a, T(widen(w)), r); };
+  // *c = the dot product of rows a and w, r its part up to kv: the tail of k in explicit fused
+  // multiply-adds (whether the compiler fuses a * w + r may differ between the stored and the
+  // widened weights, and the two must agree bit for bit), then beta * *c (not read if beta == 0)
+  auto finish = [&](T r, const T* a, const W* w, T* c) {
+    for (int64_t q = kv; q < k; ++q) r = std::fma(a[q], T(widen(w[q])), r);
+    *c = beta == T(0) ? r : r + beta * *c;
+  };
   int64_t j = 0;
   if constexpr (kLanes == 8) {
     // Eight rows of B at a time, one accumulator each (eight independent FMA chains), and
@@ -224,10 +213,7 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
         const V sums = sum8(s);
         T r[8];
         std::memcpy(r, &sums, sizeof(V));
-        for (int64_t u = 0; u < 8; ++u) {
-          for (int64_t q = kv; q < k; ++q) r[u] = tail_fma(a[q], w[u * ldb + q], r[u]);
-          store(C + b * ldc, j + u, r[u]);
-        }
+        for (int64_t u = 0; u < 8; ++u) finish(r[u], a, w + u * ldb, C + b * ldc + j + u);
       }
     }
   }
@@ -236,31 +222,23 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
     for (int64_t b = 0; b < m; ++b) {
       const T* __restrict a = A + b * lda;
       // two accumulators per row: eight independent FMA chains hide the FMA latency
-      V s0 = {}, s1 = {}, s2 = {}, s3 = {}, t0 = {}, t1 = {}, t2 = {}, t3 = {};
+      V s[4] = {}, t[4] = {};
       int64_t q = 0;
       for (; q + 2 * kLanes <= kv; q += 2 * kLanes) {
         const V av = load(a + q), bv = load(a + q + kLanes);
-        s0 += av * wload(w + q);
-        s1 += av * wload(w + ldb + q);
-        s2 += av * wload(w + 2 * ldb + q);
-        s3 += av * wload(w + 3 * ldb + q);
-        t0 += bv * wload(w + q + kLanes);
-        t1 += bv * wload(w + ldb + q + kLanes);
-        t2 += bv * wload(w + 2 * ldb + q + kLanes);
-        t3 += bv * wload(w + 3 * ldb + q + kLanes);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) {
+          s[u] += av * wload(w + u * ldb + q);
+          t[u] += bv * wload(w + u * ldb + q + kLanes);
+        }
       }
       for (; q < kv; q += kLanes) {
         const V av = load(a + q);
-        s0 += av * wload(w + q);
-        s1 += av * wload(w + ldb + q);
-        s2 += av * wload(w + 2 * ldb + q);
-        s3 += av * wload(w + 3 * ldb + q);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) s[u] += av * wload(w + u * ldb + q);
       }
-      T r[4] = {hsum(s0 + t0), hsum(s1 + t1), hsum(s2 + t2), hsum(s3 + t3)};
-      for (int64_t u = 0; u < 4; ++u) {
-        for (int64_t q = kv; q < k; ++q) r[u] = tail_fma(a[q], w[u * ldb + q], r[u]);
-        store(C + b * ldc, j + u, r[u]);
-      }
+      for (int64_t u = 0; u < 4; ++u)
+        finish(hsum(s[u] + t[u]), a, w + u * ldb, C + b * ldc + j + u);
     }
   }
   for (; j < n; ++j) {
@@ -269,9 +247,7 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
       const T* __restrict a = A + b * lda;
       V s = {};
       for (int64_t q = 0; q < kv; q += kLanes) s += load(a + q) * wload(w + q);
-      T r = hsum(s);
-      for (int64_t q = kv; q < k; ++q) r = tail_fma(a[q], w[q], r);
-      store(C + b * ldc, j, r);
+      finish(hsum(s), a, w, C + b * ldc + j);
     }
   }
 }

@@ -82,7 +82,7 @@ void gemm_grads(const LayerArgs& a, const std::vector<Step>& steps, const T* dX,
     }
     out[4] = dw;
   }
-  if ((mask & kGradWhr) && a.w_hr.has_value()) {
+  if ((mask & kGradWhr) && a.w_hr.defined()) {
     out[7] = at::empty({Hout, H}, a.x.options());
     gemm<T>(true, false, Hout, H, N, T(1), DH, Hout, Hraw, H, T(0), ptr<T>(out[7]), H);
   }
@@ -90,44 +90,38 @@ void gemm_grads(const LayerArgs& a, const std::vector<Step>& steps, const T* dX,
 
 // Column sums over rows of a [rows, cols] (row stride lda), in one pass over a:
 // {sum a (if with_sum), sum a b1 (if b1), sum a b2 (if b2)}, each [cols] (undefined if not
-// asked for); b1, b2 [rows, cols] with row stride ldb. Each thread owns one contiguous block
-// of columns and walks the rows in order, summing blocks of kRows rows and then the block
-// sums, so every column is summed in the same order whatever the number of threads.
+// asked for); b1, b2 [rows, cols] with row stride ldb. Each thread owns one block of columns
+// (parallel_columns) and walks the rows in order, summing blocks of kRows rows and then the
+// block sums, so every column is summed in the same order whatever the number of threads.
 template <typename T>
 std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, const T* b1,
                                       const T* b2, int64_t ldb, int64_t rows, int64_t cols,
                                       const at::TensorOptions& opts) {
   constexpr int64_t kRows = 64;
-  const auto& K = kernels(T{});
   std::array<at::Tensor, 3> out;
   const bool want[3] = {with_sum, b1 != nullptr, b2 != nullptr};
   T* o[3] = {nullptr, nullptr, nullptr};
   for (int k = 0; k < 3; ++k)
-    if (want[k]) {
-      out[k] = at::zeros({cols}, opts);
-      o[k] = out[k].data_ptr<T>();
+    if (want[k]) o[k] = ptr<T>(out[k] = at::zeros({cols}, opts));
+  auto sum_columns = [&](int64_t c0, int64_t c1) {
+    const int64_t w = c1 - c0;
+    std::vector<T> part(3 * w);
+    T* pp[3];
+    for (int k = 0; k < 3; ++k) pp[k] = want[k] ? part.data() + k * w : nullptr;
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      std::fill(part.begin(), part.end(), T(0));
+      kernels(T{}).col_accumulate(std::min(kRows, rows - r0), w, a + r0 * lda + c0, lda,
+                                  b1 ? b1 + r0 * ldb + c0 : nullptr,
+                                  b2 ? b2 + r0 * ldb + c0 : nullptr, ldb, pp[0], pp[1], pp[2]);
+      for (int k = 0; k < 3; ++k)
+        for (int64_t j = 0; j < w && want[k]; ++j) o[k][c0 + j] += pp[k][j];
     }
+  };
   if (!want[0] && !want[1] && !want[2]) return out;
-  const int64_t P = rows * cols < 65536 ? 1 : std::max<int64_t>(1, at::get_num_threads());
-  const int64_t per = ((cols + P - 1) / P + 15) / 16 * 16;
-  at::parallel_for(0, P, 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t c0 = q * per, w = std::min(cols, c0 + per) - c0;
-      if (w <= 0) continue;
-      std::vector<T> part(3 * w);
-      T* pp[3];
-      for (int k = 0; k < 3; ++k) pp[k] = want[k] ? part.data() + k * w : nullptr;
-      for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-        std::fill(part.begin(), part.end(), T(0));
-        K.col_accumulate(std::min(kRows, rows - r0), w, a + r0 * lda + c0, lda,
-                         b1 ? b1 + r0 * ldb + c0 : nullptr, b2 ? b2 + r0 * ldb + c0 : nullptr,
-                         ldb, pp[0], pp[1], pp[2]);
-        for (int k = 0; k < 3; ++k)
-          if (want[k])
-            for (int64_t j = 0; j < w; ++j) o[k][c0 + j] += pp[k][j];
-      }
-    }
-  });
+  if (rows * cols < 65536)
+    sum_columns(0, cols);
+  else
+    parallel_columns(cols, sum_columns);
   return out;
 }
 
@@ -137,7 +131,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
                                  const OptTensor& grad_hn, const OptTensor& grad_cn,
                                  int64_t mask) {
   const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU, rnn = !lstm && !gru;
-  const bool ln = a.flags.ln, proj = a.w_hr.has_value(), direct = direct_gates(a);
+  const bool ln = a.flags.ln, proj = a.w_hr.defined(), direct = direct_gates(a);
   const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto opts = a.x.options();
   const auto& K = kernels(T{});
@@ -157,8 +151,6 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
       TORCH_CHECK(slots[k].numel() == N * widths[k], "fusedrnn cpu backend: the backward needs "
                   "the forward's saved tensors (run the forward with train=True)");
     }
-  const at::Tensor &act_t = slots[0], &cs_t = slots[1], &ct_t = slots[2], &hh_t = slots[3],
-                   &xh_t = slots[4], &st_t = slots[5];
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
               " elements, expected ", N * Hout);
@@ -178,28 +170,18 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   at::Tensor hraw = lstm ? tmp(Scratch::kWork5, {proj ? N : B, H}) : empty();
   at::Tensor dhraw = proj ? at::empty({B, H}, opts) : empty();
 
-  const T* act = rnn ? nullptr : ptr<T>(act_t);
-  const T* C = lstm ? ptr<T>(cs_t) : nullptr;
-  const T* CT = direct ? C : ptr<T>(ct_t);  // c~_t (direct LSTM: c_t itself)
-  const T* HH = ln ? ptr<T>(hh_t) : nullptr;
-  const T* ST = ln ? ptr<T>(st_t) : nullptr;
-  const T* yp = ptr<T>(y);
-  const T* dyp = ptr<T>(dy);
+  // null where the configuration has no such tensor (undefined or empty)
+  const T *act = ptr<T>(slots[0]), *C = ptr<T>(slots[1]), *HH = ptr<T>(slots[3]),
+          *XH = ptr<T>(slots[4]), *ST = ptr<T>(slots[5]);
+  const T* CT = direct ? C : ptr<T>(slots[2]);  // c~_t (direct LSTM: c_t itself)
+  const T *yp = ptr<T>(y), *dyp = ptr<T>(dy);
   const auto [h0, c0, lnhh, lncw, lncb, wch, kh, kc] = row_inputs<T>(a);
   // dHP_t W_hh and DH_t W_hr: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(false, GH, Hout, ptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(false, proj ? Hout : 0, H, proj ? ptr<T>(*a.w_hr) : nullptr, H,
-                           Scratch::kPackedProj, a.T);
-  T* dhs = ptr<T>(dh_state);
-  T* dcs = lstm ? ptr<T>(dc_state) : nullptr;
-  T* dPp = ptr<T>(dP);
-  T* dSp = ptr<T>(dS);
-  T* dHPp = ptr<T>(dHP);
-  T* dcnp = lstm ? ptr<T>(dcn) : nullptr;
-  T* pcnp = lstm ? ptr<T>(pcn) : nullptr;
-  T* dhtp = ptr<T>(dht);
-  T* hrawp = lstm ? ptr<T>(hraw) : nullptr;
-  T* dhrawp = proj ? ptr<T>(dhraw) : nullptr;
+  const StepWeights<T> whh(false, a.w_hh, Scratch::kPackedRecurrent, a.T);
+  const StepWeights<T> whr(false, a.w_hr, Scratch::kPackedProj, a.T);
+  T *dhs = ptr<T>(dh_state), *dcs = ptr<T>(dc_state), *dPp = ptr<T>(dP), *dSp = ptr<T>(dS),
+    *dHPp = ptr<T>(dHP), *dcnp = ptr<T>(dcn), *pcnp = ptr<T>(pcn), *dhtp = ptr<T>(dht),
+    *hrawp = ptr<T>(hraw), *dhrawp = ptr<T>(dhraw);
 
   // Rows [b0, b1) through every step, last step first; blocks of rows run on different
   // threads without meeting in the loop (run_row_blocks, as in the forward).
@@ -216,30 +198,28 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
       step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
         for (int64_t b = q0; b < q1; ++b) {
           const int64_t r = s.off + b;
-          K.zone_bwd(a.zone_h, Hout, a.zone_h ? kh + r * a.keep_h_stride : nullptr,
-                     dyp + r * Hout, dhs + b * Hout, dh_rows + b * Hout);
+          K.zone_bwd(a.zone_h, Hout, kh + r * a.keep_h_stride, dyp + r * Hout, dhs + b * Hout,
+                     dh_rows + b * Hout);
         }
         if (proj) mul_split_n(whr, q1 - q0, dh_rows + q0 * Hout, Hout, T(0), dhrawp + q0 * H, H);
         for (int64_t b = q0; b < q1; ++b) {
           const int64_t r = s.off + b;
+          const T* dh = proj ? dhrawp + b * H : dh_rows + b * Hout;  // dh~ (before projection)
+          T* dp = dPp + r * GH;  // the row's gate gradients
           if (rnn) {  // dh_state was left zero by zone_bwd: dy + dh = dh~
-            K.rnn_bwd(H, yp + r * H, dh_rows + b * H, dhs + b * H, dPp + r * GH,
-                      a.cell == Cell::RNN_RELU);
+            K.rnn_bwd(H, yp + r * H, dh, dhs + b * H, dp, a.cell == Cell::RNN_RELU);
           } else if (lstm) {
             const T* cp = b < s.from_prev ? C + (s.prev_off + b) * H : c0 + b * H;
             const T mc = ln ? ST[r * 4 + 2] : T(0), rc = ln ? ST[r * 4 + 3] : T(1);
             T m1 = 0, m2 = 0;
-            const T* dh = proj ? dhrawp + b * H : dh_rows + b * Hout;
             K.lstm_bwd_a(fl, H, dh, act + r * GH + (G - 1) * H, CT + r * H, mc, rc, lncw, lncb,
-                         dPp + r * GH + (G - 1) * H, dcn_rows + b * H, pcn_rows + b * H,
+                         dp + (G - 1) * H, dcn_rows + b * H, pcn_rows + b * H,
                          hraw_rows + b * H, &m1, &m2);
-            K.lstm_bwd_b(fl, H, dcs + b * H, fl.zone_c ? kc + r * a.keep_c_stride : nullptr,
-                         dcn_rows + b * H, CT + r * H, mc, rc, lncw, m1, m2, act + r * GH, cp,
-                         wch, dPp + r * GH);
+            K.lstm_bwd_b(fl, H, dcs + b * H, kc + r * a.keep_c_stride, dcn_rows + b * H,
+                         CT + r * H, mc, rc, lncw, m1, m2, act + r * GH, cp, wch, dp);
           } else {
             const T* hp = b < s.from_prev ? yp + (s.prev_off + b) * H : h0 + b * H;
-            K.gru_bwd(H, dh_rows + b * H, act + r * GH, CT + r * H, hp, dhs + b * H,
-                      dPp + r * GH, dSp + r * GH);
+            K.gru_bwd(H, dh, act + r * GH, CT + r * H, hp, dhs + b * H, dp, dSp + r * GH);
           }
           if (ln) K.ln_bwd(GH, dSp + r * GH, HH + r * GH, lnhh, ST[r * 4 + 1], dHPp + r * GH);
         }
@@ -256,7 +236,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   {
     const int64_t want_in = kGradBih | kGradLnIhB, want_rec = kGradBhh | kGradLnHhB;
     const bool sum_in = mask & (want_in | (gru ? 0 : want_rec));
-    const T* b_xh = ln && (mask & kGradLnIhW) ? ptr<T>(xh_t) : nullptr;
+    const T* b_xh = ln && (mask & kGradLnIhW) ? XH : nullptr;
     const T* b_hh = ln && (mask & kGradLnHhW) ? HH : nullptr;
     auto s_in = column_sums<T>(dPp, GH, sum_in, b_xh, gru ? nullptr : b_hh, GH, N, GH, opts);
     std::array<at::Tensor, 3> s_rec;
@@ -293,7 +273,6 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   // Input side: LN_ih backward row by row over all steps, in place (dP becomes the gradient of
   // X W_ih^T) once the column sums above have read dP.
   if (ln && (mask & (kGradX | kGradWih))) {
-    const T* XH = ptr<T>(xh_t);
     const T* w = ptr<T>(a.ln_ih_w);
     at::parallel_for(0, N, grain_of(GH), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)

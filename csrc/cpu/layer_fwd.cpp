@@ -29,7 +29,7 @@ namespace {
 template <typename T>
 std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU, rnn = !lstm && !gru;
-  const bool ln = a.flags.ln, proj = a.w_hr.has_value(), direct = direct_gates(a);
+  const bool ln = a.flags.ln, proj = a.w_hr.defined(), direct = direct_gates(a);
   const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
   const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   const auto opts = a.x.options();
@@ -56,14 +56,13 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   // rstd_ih, rstd_hh, mean_c, rstd_c; zeroed because it is an op output and the GRU (no cell
   // state) leaves the last two columns unwritten
   at::Tensor stats = ln ? at::zeros({train ? N : B, 4}, opts) : empty();
-  T* stp = ln ? ptr<T>(stats) : nullptr;
+  T* stp = ptr<T>(stats);
   {
     T* dst = ln ? ptr<T>(xh) : ptr<T>(xg);
     gemm<T>(false, true, N, GH, a.I, T(1), ptr<T>(a.x), a.I, ptr<T>(a.w_ih), a.I, T(0), dst,
             GH);
     if (ln) {
-      const T* w = ptr<T>(a.ln_ih_w);
-      const T* b = ptr<T>(b_in);
+      const T *w = ptr<T>(a.ln_ih_w), *b = ptr<T>(b_in);
       T* xgp = ptr<T>(xg);
       at::parallel_for(0, N, grain_of(GH), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
@@ -95,19 +94,14 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
   // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(true, Hout, GH, ptr<T>(a.w_hh), Hout, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(true, proj ? H : 0, Hout, proj ? ptr<T>(*a.w_hr) : nullptr, H,
-                           Scratch::kPackedProj, a.T);
+  const StepWeights<T> whh(true, a.w_hh, Scratch::kPackedRecurrent, a.T);
+  const StepWeights<T> whr(true, a.w_hr, Scratch::kPackedProj, a.T);
   const auto [h0, c0, lnhh, lncw, lncb, wch, kh, kc] = row_inputs<T>(a);
   const T* wco = fl.peep ? wch + (fl.cifg ? 1 : 2) * H : nullptr;
-  const T* b_recp = direct ? nullptr : ptr<T>(b_rec);
-  const T* b_direct = direct ? ptr<T>(b_in) : nullptr;
-  T* yp = ptr<T>(y);
-  T* xgp = ptr<T>(xg);
-  T* hhp = direct ? nullptr : ptr<T>(hh);
-  T* csp = lstm ? ptr<T>(cs) : nullptr;
-  T* ctp = direct ? nullptr : ptr<T>(ct);
-  T* hrawp = proj ? ptr<T>(hraw) : nullptr;
+  const T *b_inp = ptr<T>(b_in), *b_recp = ptr<T>(b_rec);
+  // null where the configuration has no such buffer (empty)
+  T *yp = ptr<T>(y), *xgp = ptr<T>(xg), *hhp = ptr<T>(hh), *csp = ptr<T>(cs), *ctp = ptr<T>(ct),
+    *hrawp = ptr<T>(hraw);
 
   // Rows [b0, b1) through every step. Rows are independent sequences, so blocks of rows run
   // on different threads without meeting once in the loop (run_row_blocks); a single block
@@ -142,35 +136,35 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
       // pointwise rows, split over the threads when this is the single block
       step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
         for (int64_t b = q0; b < q1; ++b) {
+          const int64_t r = s.off + b;
+          T *g = act + b * GH, *hq = hp + b * GH;  // the row's gates and h_prev W_hh^T
+          T* ho = proj ? hrawp + b * H : yp + r * Hout;  // h~ (the projection's input), or y
           T mean = 0, rstd = 1;
           if (ln) {
-            K.ln_stats(GH, hp + b * GH, eps, &mean, &rstd);
+            K.ln_stats(GH, hq, eps, &mean, &rstd);
             st[b * 4 + 1] = rstd;
           }
-          const int64_t r = s.off + b;
           const T* cp = lstm ? (b < s.from_prev ? c_in : c0) + b * H : nullptr;  // c_{t-1}
           if (rnn) {
-            K.rnn_fwd(H, b_direct, act + b * GH, yp + r * H, a.cell == Cell::RNN_RELU);
+            K.rnn_fwd(H, b_inp, g, ho, a.cell == Cell::RNN_RELU);
           } else if (lstm && direct) {
-            K.lstm_fwd(H, H, b_direct, act + b * GH, cp, c_out + b * H,
-                       proj ? hrawp + b * H : yp + r * Hout, train);
+            K.lstm_fwd(H, H, b_inp, g, cp, c_out + b * H, ho, train);
           } else if (lstm) {
-            K.rec_part(ln, true, GH, hp + b * GH, mean, rstd, lnhh, b_recp, act + b * GH);
-            K.lstm_fwd_a(fl, H, act + b * GH, wch, cp, ctr + b * H);
+            K.rec_part(ln, true, GH, hq, mean, rstd, lnhh, b_recp, g);
+            K.lstm_fwd_a(fl, H, g, wch, cp, ctr + b * H);
             T mc = 0, rc = 1;
             if (ln) {
               K.ln_stats(H, ctr + b * H, eps, &mc, &rc);
               st[b * 4 + 2] = mc;
               st[b * 4 + 3] = rc;
             }
-            T* ho = proj ? hrawp + b * H : yp + r * Hout;
-            K.lstm_fwd_b(fl, H, act + b * GH + (G - 1) * H, ctr + b * H, mc, rc, lncw, lncb, wco,
-                         cp, fl.zone_c ? kc + r * a.keep_c_stride : nullptr, ho, c_out + b * H);
+            K.lstm_fwd_b(fl, H, g + (G - 1) * H, ctr + b * H, mc, rc, lncw, lncb, wco, cp,
+                         kc + r * a.keep_c_stride, ho, c_out + b * H);
           } else {
-            K.rec_part(ln, true, 2 * H, hp + b * GH, mean, rstd, lnhh, b_recp, act + b * GH);
-            K.rec_part(ln, false, H, hp + b * GH + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
+            K.rec_part(ln, true, 2 * H, hq, mean, rstd, lnhh, b_recp, g);
+            K.rec_part(ln, false, H, hq + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
                        b_recp + 2 * H, ctr + b * H);
-            K.gru_fwd(H, act + b * GH, ctr + b * H, h_prev(b), yp + r * H);
+            K.gru_fwd(H, g, ctr + b * H, h_prev(b), ho);
           }
         }
         if (proj)

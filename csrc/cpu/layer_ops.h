@@ -40,7 +40,7 @@ struct LayerArgs {
   at::Tensor c0;                          // [B, H] (LSTM), else undefined
   at::Tensor w_ih;                        // [G*H, I]
   at::Tensor w_hh;                        // [G*H, Hout]
-  std::optional<at::Tensor> w_hr;         // [Hout, H]
+  at::Tensor w_hr;                        // [Hout, H] (projection), else undefined
   std::optional<at::Tensor> batch_sizes;  // [T] int64
   VariantFlags flags;                     // ln, peep, cifg, zone_c
   bool zone_h = false;
@@ -72,9 +72,8 @@ LayerArgs prepare(FRNN_LAYER_PARAMS);
 // leaves those tensors undefined): h0, c0, ln_hh_w, ln_c_w, ln_c_b, w_ch, keep_h, keep_c.
 template <typename T>
 std::array<const T*, 8> row_inputs(const LayerArgs& a) {
-  auto p = [](const at::Tensor& t) -> const T* { return t.defined() ? ptr<T>(t) : nullptr; };
-  return {p(a.h0), p(a.c0), p(a.ln_hh_w), p(a.ln_c_w), p(a.ln_c_b), p(a.w_ch), p(a.keep_h),
-          p(a.keep_c)};
+  return {ptr<T>(a.h0),     ptr<T>(a.c0),   ptr<T>(a.ln_hh_w), ptr<T>(a.ln_c_w),
+          ptr<T>(a.ln_c_b), ptr<T>(a.w_ch), ptr<T>(a.keep_h),  ptr<T>(a.keep_c)};
 }
 
 // What the backward reads, in this order, as the width of each [N, width] tensor, 0 where the
@@ -127,8 +126,7 @@ std::vector<at::Tensor> stack_step(const std::string& cell, const at::Tensor& x,
 // updated in place; the state ends at the last character's input. -> ids [B, length] int64.
 // on_ids (if set, and every > 0) receives each run of `every` new ids [B, n] as it is chosen.
 // half_weights (float32, plain cells): the layers' w_ih and w_hh are used rounded to float16.
-// Its parameters are written once here, for it and its implementation; FRNN_GENERATE_ARGS
-// passes them on.
+// Its parameters are written once here, for its declaration and its definition.
 using IdsCallback = std::function<void(const at::Tensor&)>;
 #define FRNN_GENERATE_PARAMS                                                                    \
   const std::string& cell, const OptTensor& embed, const std::vector<at::Tensor>& flat_weights, \
@@ -138,10 +136,6 @@ using IdsCallback = std::function<void(const at::Tensor&)>;
       int64_t length, double temperature, int64_t top_k, bool argmax,                           \
       std::optional<at::Generator> generator, const IdsCallback& on_ids, int64_t every,         \
       bool half_weights
-#define FRNN_GENERATE_ARGS                                                                      \
-  cell, embed, flat_weights, num_layers, has_bias, variant_weights, cifg, zoneout_h,            \
-      zoneout_c, eps, dec_w, dec_b, h, c, logits, length, temperature, top_k, argmax,           \
-      generator, on_ids, every, half_weights
 at::Tensor generate(FRNN_GENERATE_PARAMS);
 
 }  // namespace fusedrnn::cpu

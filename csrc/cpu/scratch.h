@@ -20,13 +20,7 @@ enum class Scratch : int {
   kPackedGemm,       // op(B) packed inside one sgemm() call
   kGates,            // [N, G*H]: gates of an inference forward / dG of a backward
   kGatesH,           // [N, G*H]: recurrent-side dG of a GRU backward
-  kWork1,
-  kWork2,
-  kWork3,
-  kWork4,
-  kWork5,
-  kWork6,
-  kWork7,
+  kWork1, kWork2, kWork3, kWork4, kWork5, kWork6, kWork7,  // other temporaries of one call
   kCount
 };
 

@@ -12,10 +12,8 @@
 // gradients, or a block of the sequence, all of which fit L2, and packing them (a scalar
 // transpose) cost about a tenth of a char-LM layer's forward+backward. op(A) = A^T is packed:
 // read in place it would touch a new row (and page) of A per product term for every column
-// panel.
-//
-// The step loops pack their recurrent weights once per layer call (PackedB) and multiply
-// every step against them, where the BLAS would repack the weights at every step.
+// panel. The step loops pack their recurrent weights once per layer call (PackedB, blas.h:
+// StepWeights), where the BLAS would repack them at every step.
 // Only the packing and the micro-kernels are ISA specific (sgemm_simd.cpp); the loops are here.
 #pragma once
 

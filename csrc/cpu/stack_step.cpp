@@ -20,8 +20,7 @@ std::string step_mismatch(Cell cell, const at::Tensor& x, const OptTensor& hx, c
   if (!x.device().is_cpu()) return "CPU tensors only";
   if (L < 1) return "num_layers must be >= 1";
   if (proj != 0 && cell != Cell::LSTM) return "proj_size is LSTM only";
-  const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0);
-  if (auto why = flat_weights_mismatch(w, L * per_layer, dtype, "weights"); !why.empty())
+  if (auto why = flat_weights_mismatch(w, L, has_bias, proj, dtype, "weights"); !why.empty())
     return why;
   const bool one_step = x.dim() == 3 && x.size(batch_first ? 1 : 0) == 1;
   if (x.dim() != 2 && !one_step)

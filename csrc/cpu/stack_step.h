@@ -18,18 +18,18 @@ namespace fusedrnn::cpu {
 template <typename T>
 class StackStep {
  public:
-  // w: torch.nn's flat weight list of a unidirectional stack, per layer
-  // w_ih [G*H, I_l], w_hh [G*H, Hout], then b_ih, b_hh [G*H] when has_bias, then w_hr [Hout, H]
-  // when proj > 0. B rows; the first layer reads I0 features. half: w_ih and w_hh are kept
-  // rounded to float16 (half the bytes each step streams) and widened in the products, which
-  // then equal float32 products with the rounded weights (float32, no projection).
+  // w: torch.nn's flat weight list of a unidirectional stack (weights_per_layer), per layer
+  // w_ih [G*H, I_l], w_hh [G*H, Hout], b_ih, b_hh [G*H], w_hr [Hout, H]. B rows; the first
+  // layer reads I0 features. half: w_ih and w_hh are kept rounded to float16 (half the bytes
+  // each step streams) and widened in the products, which then equal float32 products with the
+  // rounded weights (float32, no projection).
   StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
             int64_t B, int64_t I0, bool half = false)
       : cell_(cell), L_(L), B_(B), proj_(proj), half_(half) {
     TORCH_CHECK(!half || (std::is_same_v<T, float> && proj == 0),
                 "fusedrnn: float16 weights need a float32 stack without projection");
     const int64_t G = num_gates(cell);
-    const int64_t per_layer = 2 + (has_bias ? 2 : 0) + (proj > 0 ? 1 : 0);
+    const int64_t per_layer = weights_per_layer(has_bias, proj);
     H_ = w[0].size(0) / G;
     Hout_ = proj > 0 ? proj : H_;
     const int64_t GH = G * H_;
@@ -118,7 +118,7 @@ class StackStep {
         const T* bias_hn = y.bias_hn.data();
         parallel_rows(B, H, 6, [&](int64_t b, int64_t j0, int64_t j1) {
           K.gru_fwd_hg(j1 - j0, H, bias + j0, bias_hn + j0, gp + b * GH + j0, hgp + b * GH + j0,
-                    hprev + b * H + j0, hout + b * H + j0, nullptr, false);
+                       hprev + b * H + j0, hout + b * H + j0);
         });
       } else if (cell_ == Cell::LSTM) {
         const T* cprev = c_in + l * B * H;

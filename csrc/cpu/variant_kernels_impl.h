@@ -301,19 +301,18 @@ void col_accumulate(int64_t rows, int64_t w, const T* a, int64_t lda, const T* b
   }, p0 != nullptr, b1 != nullptr, b2 != nullptr);
 }
 
+}  // namespace
+
 // In the order of PointwiseKernels' members; no two of them have the same type, so an entry
 // out of place does not compile.
 template <typename T>
-PointwiseKernels<T> make() {
+PointwiseKernels<T> make_kernels() {
   return {&lstm_fwd<T>, &gru_fwd_hg<T>, &rnn_fwd<T>, &rnn_bwd<T>, &gemm_small_m<T, T>,
           &gemm_small_m<T, uint16_t>, &ln_stats<T>, &ln_apply<T>, &ln_bwd<T>, &rec_part<T>,
           &lstm_fwd_a<T>, &lstm_fwd_b<T>, &gru_fwd<T>, &zone_fwd<T>, &zone_bwd<T>,
           &lstm_bwd_a<T>, &lstm_bwd_b<T>, &col_accumulate<T>, &gru_bwd<T>};
 }
-
-}  // namespace
-
-PointwiseKernels<float> make_kernels_f32() { return make<float>(); }
-PointwiseKernels<double> make_kernels_f64() { return make<double>(); }
+template PointwiseKernels<float> make_kernels<float>();
+template PointwiseKernels<double> make_kernels<double>();
 
 }  // namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE

@@ -1,28 +1,18 @@
 """The ``cpu`` backend: the compiled C++ extension ``fusedrnn._C`` (csrc/cpu).
 
-Each layer runs its whole time loop in C++ (csrc/cpu/layer_fwd.cpp): one GEMM for the input
-projection of all steps, then per step the recurrent GEMM ``h W_hh^T`` and fused per-row
-pointwise kernels (the per-element math of csrc/cell_math.h, shared with the CUDA kernels).
-torch.nn's LSTM and the RNN accumulate the recurrent product straight into the input
-projection and run one fused kernel per row; the cell variants (layer norm, zoneout, peephole,
-CIFG; math in docs/variants.md) are options of the same loop, which then normalises rows and
-runs the cell in two halves around the statistics of ``c``. The batch rows are cut into one
-block per thread (rows are independent sequences) that runs through all the steps without
-waiting for the other threads, where the batch is large enough and the recurrent weights
-small; otherwise every step is split over the threads (GEMMs over column blocks, pointwise
-work over rows). The backward (csrc/cpu/layer_bwd.cpp) is cut the same way; weight, gain and
-bias gradients are GEMMs and column sums over all steps after the loop (deterministic, no
-atomics), derived in docs/backward.md.
+Each layer runs its whole time loop in C++ (csrc/cpu/layer_fwd.cpp, the backward
+csrc/cpu/layer_bwd.cpp, derived in docs/backward.md): one GEMM for the input projection of all
+steps, then per step the recurrent GEMM ``h W_hh^T`` and fused per-row pointwise kernels (the
+per-element math of csrc/cell_math.h, shared with the CUDA kernels; the cell variants of
+docs/variants.md are options of the same loop), with blocks of batch rows or the parts of every
+step spread over the threads (csrc/cpu/common.h::run_row_blocks says which).
 ``stack_step`` runs one time step of a whole unidirectional stack in one C++ call (sampling).
 
-Float32 GEMMs take the extension's own packed kernel (a 6x16 AVX2 register tile, or 6x32 in
-AVX-512 registers on Intel CPUs with AVX-512F; csrc/cpu/sgemm*) on CPUs with AVX2+FMA; the
-pointwise kernels are compiled once per ISA (baseline, AVX2, AVX-512) and chosen at run time
-(csrc/cpu/kernels_generic.cpp says how; ``FUSEDRNN_CPU_ISA`` overrides it); the recurrent
-weights are packed once per layer call rather than once per step. Large temporaries live in
-per-thread scratch buffers and outputs come from a per-thread pool of released outputs, so
-that repeated calls of the same shapes (training) reuse memory instead of faulting in new
-pages; :func:`empty_cache` returns it.
+Float32 GEMMs take the extension's own packed kernel on CPUs with AVX2+FMA (csrc/cpu/sgemm.h);
+the pointwise kernels are compiled once per ISA and chosen at run time
+(csrc/cpu/kernels_generic.cpp; ``FUSEDRNN_CPU_ISA`` overrides it). Large temporaries live in
+per-thread scratch buffers and outputs come from a per-thread pool of released outputs
+(csrc/cpu/scratch.h); :func:`empty_cache` returns that memory.
 
 The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cpu_layer_fwd``
 / ``_bwd`` (fake implementations and autograd included), so ``torch.compile(fullgraph=True)``
