@@ -5,8 +5,8 @@ kernels, on CPU tensors under the interpreter: ``TRITON_INTERPRET=1 python -m py
 tests/test_conformance.py -k triton``, set before triton is imported; on CUDA tensors when a GPU
 is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the CPU, each
 launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each case (cell x
-shape x options x packed x reverse x proj x bias) is compared in float64 and float32 on fresh
-seeded data: every output and the gradient of every differentiable input, with every buffer the
+shape x options x packed x reverse x proj x bias) is compared in float64 and float32 (against
+the reference op in float64 on the same inputs) on fresh seeded data: every output and the gradient of every differentiable input, with every buffer the
 kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. The
 reference op, the oracle of the rest, is itself checked: its gradcheck (``reference``) and, on
 the plain cells, torch.nn's one-layer modules against it (``torch.nn``, tight tolerance). Half
@@ -129,7 +129,12 @@ class Backend:
     def check(self, case: Case, dtype: torch.dtype, pick: int | None = None) -> None:
         self.skip_unless_supported(case)
         a = make_inputs(case, dtype, self.device)
-        compare(self.layer, a, self.tol(dtype, case), poison=self.poison, pick=pick)
+        # float32 results against the float64 truth on the same inputs: the reference op's own
+        # float32 rounding is no error of the backend's (on the ill-conditioned layer-norm
+        # gradients of H=300 it alone reaches a third of the tolerance)
+        upcast = torch.float64 if dtype == torch.float32 else None
+        tol = self.tol(dtype, case)
+        compare(self.layer, a, tol, poison=self.poison, pick=pick, upcast=upcast)
 
 
 @pytest.fixture(params=BACKENDS)
