@@ -17,12 +17,11 @@ from pathlib import Path
 import layer_cases
 import torch
 from layer_cases import Case
+from misc_testlib import ROOT
 
 from fusedrnn import cuda_report
 from fusedrnn.ops import cuda, library, reference
 from fusedrnn.ops.checks import gate_count
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def cuda_include() -> Path | None:
@@ -219,8 +218,7 @@ def check_inference_path(layer, case: Case, dtype: torch.dtype) -> None:
     with torch.no_grad():
         infer = layer(**p, reverse=True)
     assert len(train) == sum(t is not None for t in infer)
-    for a, b in zip(train, infer, strict=False):
-        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(train, infer, strict=False))
 
 
 def check_fake_ops(layer, case: Case, dtype: torch.dtype, save: bool) -> None:

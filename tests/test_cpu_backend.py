@@ -10,21 +10,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import layer_cases
 import pytest
 import torch
 from layer_cases import TOL, Case, call, with_leaves
+from misc_testlib import needs_cpu, run_python
 from module_testlib import assert_outputs_close, flatten, mode_kwargs, random_state
 
 from fusedrnn.ops import cpu, reference
 
 _C = cpu._C
-pytestmark = pytest.mark.skipif(
-    not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
+pytestmark = needs_cpu
+# the switches between strategies and the gemm() entry are in the test build only
+needs_test_hooks = pytest.mark.skipif(
+    not hasattr(_C, "_gemm"),
+    reason="build fusedrnn._C with FUSEDRNN_TEST_HOOKS=1 (as .ci/run does)",
 )
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -46,10 +47,7 @@ def num_threads(n: int):
     [("lstm", True), ("gru", True), ("lstm", False), ("gru", False), ("rnn_tanh", False)],
 )
 @pytest.mark.parametrize("batch,blocks", [(17, True), (17, False), (3, True)])
-@pytest.mark.skipif(
-    not hasattr(_C, "_set_row_blocks"),
-    reason="build fusedrnn._C with FUSEDRNN_TEST_HOOKS=1 (as .ci/run does)",
-)
+@needs_test_hooks
 def test_several_threads(cell, variants, batch, blocks, dtype):
     # B=17: big enough for blocks of rows on separate threads, cut unevenly (packed lengths),
     # or (blocks off) for steps split over the threads: GEMMs over columns (H >= 128, uneven),
@@ -94,9 +92,8 @@ def f64(*shape):
     ],
 )  # fmt: skip
 def test_bad_arguments_raise_clear_errors(cell, change, exc, match):
-    case = Case(cell, ln=True, peep=cell == "lstm")
-    if cell == "plain":
-        case = Case("lstm", T=3, B=2, I=4, H=5, bias=False)
+    plain = Case("lstm", T=3, B=2, I=4, H=5, bias=False)
+    case = plain if cell == "plain" else Case(cell, ln=True, peep=cell == "lstm")
     a = with_leaves(layer_cases.make_inputs(case, torch.float64))
     for op in (reference.layer, cpu.layer) if exc is ValueError else (cpu.layer,):
         with pytest.raises(exc, match=match):
@@ -177,11 +174,9 @@ def test_stack_step_names_what_does_not_fit_or_falls_back():
 
 
 def test_kernel_isa_selection():
-    forced = os.environ.get("FUSEDRNN_CPU_ISA")
-    expected = {"generic", "avx2+fma", "avx512f"}
-    if forced in ("generic", "avx2"):  # a cap, not a demand: the CPU may have less
-        expected = {"generic"} if forced == "generic" else {"generic", "avx2+fma"}
-    assert _C.kernel_isa() in expected
+    # FUSEDRNN_CPU_ISA is a cap, not a demand: the CPU may have less
+    cap = {"generic": 1, "avx2": 2}.get(os.environ.get("FUSEDRNN_CPU_ISA"), 3)
+    assert _C.kernel_isa() in ["generic", "avx2+fma", "avx512f"][:cap]
     # the packed GEMM's tile follows the pointwise kernels' ISA
     assert _C.sgemm_isa() in ("", _C.kernel_isa())
 
@@ -195,17 +190,13 @@ def test_narrower_isa_copies_match_too(isa):
     if os.environ.get("FUSEDRNN_CPU_ISA") in ("generic", isa) or _C.kernel_isa() == "generic" or (
             isa == "avx2" and _C.kernel_isa() == "avx2+fma"):  # fmt: skip
         pytest.skip(f"this process already runs the {isa} copy or a narrower one")
-    env = dict(os.environ, FUSEDRNN_CPU_ISA=isa)
-    here = Path(__file__).parent
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         str(here / "test_conformance.py"), str(here / "test_charlm_generate.py"),
-         str(here / "test_cpu_sgemm.py"), "-k", "test_kernel_isa_selection or "
-         "((test_plain_cells or test_variants_float) and cpu) or test_half_weights_state or "
-         "test_gemm_matches"],
-        env=env, capture_output=True, text=True, timeout=600,
+    r = run_python(
+        "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "tests/test_conformance.py",
+        "tests/test_charlm_generate.py", "tests/test_cpu_sgemm.py", "-k",
+        "test_kernel_isa_selection or ((test_plain_cells or test_variants_float) and cpu) or "
+        "test_half_weights_state or test_gemm_matches",
+        env=dict(os.environ, FUSEDRNN_CPU_ISA=isa), timeout=600, check=True,
     )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout
 
 
@@ -233,8 +224,6 @@ def test_scratch_reuse_leaves_earlier_results_intact(case):
     once(22)
     once(23, packed=True)
     once(24, B=4, lengths=(5, 4, 2, 1))
-    for a, b in zip(first, kept, strict=True):
-        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(first, kept, strict=True))
     cpu.empty_cache()
-    for a, b in zip(once(21), kept, strict=True):
-        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(once(21), kept, strict=True))

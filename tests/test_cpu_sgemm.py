@@ -16,21 +16,13 @@ import layer_cases
 import pytest
 import torch
 from layer_cases import Case
-from test_cpu_backend import num_threads
+from misc_testlib import needs_cpu
+from test_cpu_backend import needs_test_hooks, num_threads
 
 from fusedrnn.ops import cpu, reference
 
 _C = cpu._C
-pytestmark = [
-    pytest.mark.skipif(
-        not cpu.is_available(), reason="fusedrnn._C (the CPU extension) is not built"
-    ),
-    # the switch between the two GEMMs and the gemm() entry are in the test build only
-    pytest.mark.skipif(
-        cpu.is_available() and not hasattr(_C, "_gemm"),
-        reason="build fusedrnn._C with FUSEDRNN_TEST_HOOKS=1 (as .ci/run does)",
-    ),
-]
+pytestmark = [needs_cpu, needs_test_hooks]
 
 
 @pytest.fixture(params=["avx512f", "avx2+fma", ""], ids=["own-avx512", "own-avx2", "blas"])

@@ -28,7 +28,7 @@ CUDA_SRC = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
 needs_nvcc = pytest.mark.skipif(
     cuda_report.find_nvcc() is None, reason="nvcc not found: the CUDA compile check needs it"
 )
-F32 = torch.float32
+F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 
 
 # -- compile report --------------------------------------------------------------------------------
@@ -44,10 +44,9 @@ ptxas info    : Function properties for _Z1kPf
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 40 registers, used 0 barriers, 364 bytes cmem[0]
 """
-    (k80,) = cuda_report.parse_ptxas(log, "k.cu", "sm_80")
-    (k90,) = cuda_report.parse_ptxas(log, "k.cu", "sm_90")
-    assert (k80.registers, k80.spill_stores, k80.spill_loads, k80.smem) == (255, 8, 4, 512)
-    assert (k90.registers, k90.spill_stores, k90.spill_loads, k90.smem) == (40, 0, 0, 0)
+    for arch, want in (("sm_80", (255, 8, 4, 512)), ("sm_90", (40, 0, 0, 0))):
+        (k,) = cuda_report.parse_ptxas(log, "k.cu", arch)
+        assert (k.registers, k.spill_stores, k.spill_loads, k.smem) == want, arch
 
 
 def test_report_fails_on_spill(monkeypatch, capsys):
@@ -111,7 +110,6 @@ def test_every_kernel_compiles_without_spills():
 _case = functools.partial(Case, **SMALL)
 _tiny = functools.partial(Case, **TINY)
 _long = functools.partial(Case, T=512, B=3, I=4, H=8)
-F64, BF16, F16 = torch.float64, torch.bfloat16, torch.float16
 
 HOST_CHECKS = [  # (check, its cases, the values of each further argument): every combination
     # half precision against the reference op in float64 on the same rounded inputs

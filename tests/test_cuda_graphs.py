@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from misc_testlib import BENCH
+from module_testlib import flatten
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(BENCH))
 
 import measure  # noqa: E402
 
@@ -45,11 +46,6 @@ def _module(spec: str, cls: str):
     return mod, lambda: tb.kernel_path(path)
 
 
-def _outputs(mod, inp, packed: bool) -> list:
-    out, h = mod(inp)
-    return [out.data if packed else out, *(h if isinstance(h, tuple) else (h,))]
-
-
 def _setup(spec: str, cls: str, packed: bool):
     """``(input leaf, call)``: ``call`` runs forward, a random linear loss and backward, and
     returns every output and every gradient (of the input and of each parameter)."""
@@ -60,23 +56,17 @@ def _setup(spec: str, cls: str, packed: bool):
     inp = PackedSequence(leaf, p.batch_sizes) if packed else leaf
     leaves = [leaf, *mod.parameters()]
     with torch.no_grad():
-        ups = [torch.randn_like(o) for o in _outputs(mod, inp, packed)]
+        ups = [torch.randn_like(o) for o in flatten(mod(inp))]
 
     def call():
         for t in leaves:
             t.grad = None
         with path():
-            outs = _outputs(mod, inp, packed)
+            outs = flatten(mod(inp))
             sum((o * u).sum() for o, u in zip(outs, ups, strict=True)).backward()
         return [o.detach() for o in outs] + [t.grad for t in leaves]
 
     return leaf, call
-
-
-def _assert_same(got, want):
-    for a, b in zip(got, want, strict=True):
-        assert a is not None and b is not None
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
@@ -90,7 +80,7 @@ def test_replay_matches_eager(backend, cls, packed):
     for _ in range(2):  # the captured values, then new ones copied into the same input
         graph.replay()
         torch.cuda.synchronize()
-        _assert_same([t.clone() for t in static], call())
+        torch.testing.assert_close([t.clone() for t in static], call(), rtol=1e-6, atol=1e-6)
         with torch.no_grad():
             leaf.copy_(torch.randn_like(leaf))
 
@@ -116,4 +106,4 @@ def test_compile_reduce_overhead_matches_eager(backend):
                 y, (h, c) = fn(x)
                 grads = torch.autograd.grad((y * u).sum() + h.sum() + c.sum(), [x, *params])
             results.append([t.detach().clone() for t in (y, h, c, *grads)])
-        _assert_same(*results)
+        torch.testing.assert_close(*results, rtol=1e-6, atol=1e-6)

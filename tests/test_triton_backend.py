@@ -26,8 +26,6 @@ import fusedrnn  # noqa: E402
 from fusedrnn.ops import library  # noqa: E402
 from fusedrnn.ops import triton as tb  # noqa: E402
 
-INTERPRET = layer_cases.triton_interpreting()
-HAS_CUDA = torch.cuda.is_available()
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 PATHS = ("step", "cooperative", "persistent")
 
@@ -41,13 +39,9 @@ def _poison():
         yield
 
 
-def _inputs(case: Case, dtype=torch.float32) -> dict:
-    return layer_cases.make_inputs(case, dtype, DEVICE)
-
-
 def _count_launches(cell, H, proj, path, T=4, packed=False, **options):
     case = Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True, **options)
-    a = with_leaves(_inputs(case))
+    a = with_leaves(layer_cases.make_inputs(case, torch.float32, DEVICE))
     with tb.kernel_path(path):
         with tb.launch_counter() as fwd:
             y, h, c = call(tb.layer, a)
@@ -58,25 +52,22 @@ def _count_launches(cell, H, proj, path, T=4, packed=False, **options):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize(
-    "path,cell,proj,H,T,launches",
+    "path,cell,proj,H,T,variants,launches",
     [
-        *[("step", cell, 0, 17, 4, 4) for cell in CELLS],
-        ("step", "lstm", 3, 17, 4, 8),
-        *[(path, cell, 0, 20, 5, 1) for path in PATHS[1:] for cell in CELLS],
-        ("cooperative", "lstm", 7, 20, 5, 1),
+        *[("step", cell, 0, 17, 4, False, 4) for cell in CELLS],
+        ("step", "lstm", 3, 17, 4, False, 8),
+        *[(path, cell, 0, 20, 5, False, 1) for path in PATHS[1:] for cell in CELLS],
+        ("cooperative", "lstm", 7, 20, 5, False, 1),
+        *[(None, cell, 3 * (cell == "lstm"), 5, 4, True, 4) for cell in ("lstm", "gru")],
     ],
 )
-def test_launch_counts(path, cell, proj, H, T, launches, packed):
+def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
     """Per-step kernels: one launch per step forward and backward (two with proj: the
-    projection launch forward, the state-gradient launch backward). Persistent and
-    cooperative kernels: one launch per sequence forward and one backward."""
-    assert _count_launches(cell, H, proj, path, T, packed) == (launches, launches)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_variant_launch_counts(cell):
-    """The variant kernels: one launch per step each way."""
-    assert _count_launches(cell, 5, 3 * (cell == "lstm"), None, ln=True, zone="eval") == (4, 4)
+    projection launch forward, the state-gradient launch backward); the variant kernels
+    (layer norm, zoneout) one per step too. Persistent and cooperative kernels: one launch per
+    sequence forward and one backward."""
+    options = dict(ln=True, zone="eval") if variants else {}
+    assert _count_launches(cell, H, proj, path, T, packed, **options) == (launches, launches)
 
 
 def test_automatic_path_choice():
@@ -136,10 +127,10 @@ def test_resident_programs():
 
 # fp16 under the interpreter, whose tl.dot is right for fp16 and wrong for bf16
 HALF = [
-    pytest.param("cpu", torch.float16, id="interpreter-fp16",
-                 marks=pytest.mark.skipif(not INTERPRET, reason="interpreter run")),
-    *[pytest.param("cuda", dtype, id=f"cuda-{dtype}".replace("torch.", ""),
-                   marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")])
+    pytest.param("cpu", torch.float16, id="interpreter-fp16", marks=pytest.mark.skipif(
+        not layer_cases.triton_interpreting(), reason="interpreter run")),
+    *[pytest.param("cuda", dtype, id=f"cuda-{dtype}".replace("torch.", ""), marks=[
+        pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])
       for dtype in (torch.bfloat16, torch.float16)],
 ]  # fmt: skip
 
@@ -219,7 +210,7 @@ def test_no_saved_gates_without_backward(cell, path):
     bitwise those of a call that saves them."""
     from fusedrnn.ops.triton.layer_op import layer
 
-    a = _inputs(Case(cell, T=4, B=3, I=3, H=8, packed=True))
+    a = layer_cases.make_inputs(Case(cell, T=4, B=3, I=3, H=8, packed=True), torch.float32, DEVICE)
     args = library.LayerArgs(**library.OPTION_DEFAULTS, **a, save=False)
     with tb.kernel_path(path):
         lean = layer.fwd_op(*args)

@@ -3,11 +3,8 @@ them (their launch counts are in ``test_triton_backend.py``), torch.compile, hal
 the triton layer op's argument checks.
 Every option, shape and dtype against the reference op (outputs, every gradient, one output
 alone, gradient selection, repeatability, gradcheck) is tests/test_conformance.py.
-
-Like ``test_triton_backend.py`` this runs on CPU tensors under the Triton interpreter
-(``TRITON_INTERPRET=1`` in the environment of the pytest process, set before triton is
-imported) or on CUDA tensors, and skips otherwise. Every buffer the kernels write is
-NaN-poisoned first, so an element a kernel forgets to write shows up.
+The tests run under the Triton interpreter or on CUDA tensors, every buffer NaN-poisoned,
+as ``test_triton_backend.py`` explains.
 """
 
 from __future__ import annotations
@@ -19,20 +16,12 @@ pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
 from layer_cases import Case, assert_close, call, cast, with_leaves  # noqa: E402
+from test_triton_backend import _poison  # noqa: E402, F401 -- autouse: buffers NaN-poisoned
 
 from fusedrnn.ops import library, reference  # noqa: E402
 from fusedrnn.ops.triton import layer as triton_layer  # noqa: E402
-from fusedrnn.ops.triton import poison_buffers  # noqa: E402
 
-if not layer_cases.triton_devices():
-    layer_cases.skip_module_without_triton()
-DEVICE = layer_cases.triton_device()
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    with poison_buffers():
-        yield
+DEVICE = layer_cases.triton_device() or layer_cases.skip_module_without_triton()
 
 
 def _inputs(case: Case, leaves=False) -> dict:
