@@ -10,26 +10,26 @@
 #include "sgemm.h"
 
 namespace py = pybind11;
-using fusedrnn::cpu::kernel_isa;
+namespace cpu = fusedrnn::cpu;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn compiled CPU backend";
   // The layer entry points take the arguments of fusedrnn/ops/library.py::LAYER_ARGS
   // positionally (FRNN_LAYER_PARAMS, layer_ops.h), then their own.
-  m.def("layer_fwd", &fusedrnn::cpu::layer_fwd, py::call_guard<py::gil_scoped_release>(),
+  m.def("layer_fwd", &cpu::layer_fwd, py::call_guard<py::gil_scoped_release>(),
         "Forward of one layer/direction (LAYER_ARGS but save, eps, train): -> [y, h_n, c_n, "
         "saved...]");
-  m.def("layer_bwd", &fusedrnn::cpu::layer_bwd, py::call_guard<py::gil_scoped_release>(),
+  m.def("layer_bwd", &cpu::layer_bwd, py::call_guard<py::gil_scoped_release>(),
         "Backward of one layer/direction (LAYER_ARGS but save, eps, y, saved, grad_y, grad_hn, "
         "grad_cn, grad_mask): -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dln_ih_w, "
         "dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch]");
-  m.def("stack_step", &fusedrnn::cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
+  m.def("stack_step", &cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
         "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n], or [] when "
         "the tensors do not fit and fallback is set",
         py::arg("cell"), py::arg("x"), py::arg("hx"), py::arg("cx"), py::arg("flat_weights"),
         py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"),
         py::arg("batch_first") = false, py::arg("fallback") = false);
-  m.def("generate", &fusedrnn::cpu::generate, py::call_guard<py::gil_scoped_release>(),
+  m.def("generate", &cpu::generate, py::call_guard<py::gil_scoped_release>(),
         "The sampling loop of a character model: -> ids [B, length]; h, c, logits updated; "
         "on_ids(ids [B, n]) every `every` characters (it runs holding the GIL)",
         py::arg("cell"), py::arg("embed"), py::arg("flat_weights"), py::arg("num_layers"),
@@ -38,26 +38,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("temperature"),
         py::arg("top_k"), py::arg("argmax"), py::arg("generator"), py::arg("on_ids") = nullptr,
         py::arg("every") = 0, py::arg("half_weights") = false);
-  m.def("kernel_isa", [] { return std::string(kernel_isa()); },
+  m.def("kernel_isa", [] { return std::string(cpu::kernel_isa()); },
         "Instruction set of the pointwise kernels chosen for this CPU");
-  m.def("release_scratch", &fusedrnn::cpu::release_scratch,
+  m.def("release_scratch", &cpu::release_scratch,
         "Frees the scratch buffers that the calling thread keeps between layer calls");
-  m.def("own_sgemm", &fusedrnn::cpu::use_own_sgemm,
-        "Whether float32 GEMMs currently use the packed kernel");
-  m.def("sgemm_isa", [] { return std::string(fusedrnn::cpu::sgemm_isa()); },
+  m.def("own_sgemm", &cpu::use_own_sgemm, "Whether float32 GEMMs currently use the packed kernel");
+  m.def("sgemm_isa", [] { return std::string(cpu::sgemm_isa()); },
         "Instruction set of the packed float32 GEMM's tile ('' when GEMMs go to the BLAS)");
 #ifdef FUSEDRNN_TEST_HOOKS
   // Switches and entries for the tests only (setup.py compiles them in with
   // FUSEDRNN_TEST_HOOKS=1, as .ci/run does): they run both strategies of a choice against the
   // same oracle. A production build has none of them.
   const std::tuple<const char*, std::atomic<bool>*, const char*> switches[] = {
-      {"_set_row_blocks", &fusedrnn::cpu::row_blocks_enabled,
+      {"_set_row_blocks", &cpu::row_blocks_enabled,
        "Layers run blocks of batch rows per thread through the whole sequence where that pays "
        "(default on) instead of splitting every step over the threads"},
-      {"_set_own_sgemm", &fusedrnn::cpu::own_sgemm_enabled,
+      {"_set_own_sgemm", &cpu::own_sgemm_enabled,
        "float32 GEMMs use the packed kernel (default on where the CPU has AVX2+FMA) "
        "instead of the BLAS"},
-      {"_set_sgemm_avx512", &fusedrnn::cpu::sgemm_avx512_enabled,
+      {"_set_sgemm_avx512", &cpu::sgemm_avx512_enabled,
        "The packed kernel takes its AVX-512 tile (default on where the CPU has AVX-512F) "
        "instead of the AVX2 one"}};
   for (const auto& [name, flag, doc] : switches)
@@ -76,9 +75,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                         (tb ? B.size(0) : B.size(1)) == n,
                     "_gemm: shapes do not match");
         AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "_gemm", [&] {
-          fusedrnn::cpu::gemm<scalar_t>(ta, tb, m, n, k, scalar_t(alpha), A.data_ptr<scalar_t>(),
-                                        A.stride(0), B.data_ptr<scalar_t>(), B.stride(0),
-                                        scalar_t(beta), C.data_ptr<scalar_t>(), C.stride(0));
+          cpu::gemm<scalar_t>(ta, tb, m, n, k, scalar_t(alpha), A.data_ptr<scalar_t>(), A.stride(0),
+                              B.data_ptr<scalar_t>(), B.stride(0), scalar_t(beta),
+                              C.data_ptr<scalar_t>(), C.stride(0));
         });
       },
       py::call_guard<py::gil_scoped_release>(),

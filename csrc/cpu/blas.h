@@ -49,22 +49,16 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
       for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
     return;
   }
-  if (m <= kSmallM && !ta && tb && alpha == T(1)) {
-    kernels(T{}).gemm_small_m(m, n, k, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  if constexpr (std::is_same_v<T, float>) {
-    // Below kSgemmMinM rows packing op(B) on every call costs more than the kernel saves
-    // (the step loops pack their weights once: StepWeights). A product with k == 1 (the
-    // weight gradients of a single step at batch 1, an outer product) goes to the BLAS: its
-    // cost is writing C, and the micro-kernel's per-tile work made it 2.5x slower there
-    // (512 x 512: 51 against 20 us, one thread); from k == 2 on the packed kernel is as fast
-    // or faster.
-    if (m >= kSgemmMinM && k > 1 && use_own_sgemm()) {
-      sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-      return;
-    }
-  }
+  if (m <= kSmallM && !ta && tb && alpha == T(1))
+    return kernels(T{}).gemm_small_m(m, n, k, A, lda, B, ldb, beta, C, ldc);
+  // float32: below kSgemmMinM rows packing op(B) on every call costs more than the kernel saves
+  // (the step loops pack their weights once: StepWeights). A product with k == 1 (the weight
+  // gradients of a single step at batch 1, an outer product) goes to the BLAS: its cost is
+  // writing C, and the micro-kernel's per-tile work made it 2.5x slower there (512 x 512: 51
+  // against 20 us, one thread); from k == 2 on the packed kernel is as fast or faster.
+  if constexpr (std::is_same_v<T, float>)
+    if (m >= kSgemmMinM && k > 1 && use_own_sgemm())
+      return sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   const auto fortran_gemm = [] {  // null when libtorch_cpu does not export it (weak)
     if constexpr (std::is_same_v<T, float>)
       return sgemm_;
@@ -76,15 +70,13 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
     const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
     const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
     const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
-    fortran_gemm(&opb, &opa, &M, &N, &K, &alpha, B, &LDA, A, &LDB, &beta, C, &LDC);
-    return;
+    return fortran_gemm(&opb, &opa, &M, &N, &K, &alpha, B, &LDA, A, &LDB, &beta, C, &LDC);
   }
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto a = ta ? at::from_blob(const_cast<T*>(A), {m, k}, {1, lda}, opts)
-              : at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opts);
-  auto b = tb ? at::from_blob(const_cast<T*>(B), {k, n}, {1, ldb}, opts)
-              : at::from_blob(const_cast<T*>(B), {k, n}, {ldb, 1}, opts);
-  auto c = at::from_blob(C, {m, n}, {ldc, 1}, opts);
+  const auto view = [&](const T* p, bool t, int64_t rows, int64_t cols, int64_t ld) {
+    return at::from_blob(const_cast<T*>(p), {rows, cols}, {t ? 1 : ld, t ? ld : 1}, opts);
+  };
+  auto a = view(A, ta, m, k, lda), b = view(B, tb, k, n, ldb), c = view(C, false, m, n, ldc);
   if (beta == T(0)) {
     at::mm_out(c, a, b);
     if (alpha != T(1)) c.mul_(alpha);
@@ -136,12 +128,9 @@ class StepWeights {
   // is a multiple of 16 (parallel_columns' column blocks are).
   void mul(int64_t m, int64_t c0, int64_t c1, const T* A, int64_t lda, T beta, T* C,
            int64_t ldc) const {
-    if constexpr (std::is_same_v<T, float>) {
-      if (packed_ && m > kSmallM) {
-        sgemm_packed(false, m, c0, c1, 1.f, A, lda, *packed_, beta, C, ldc);
-        return;
-      }
-    }
+    if constexpr (std::is_same_v<T, float>)
+      if (packed_ && m > kSmallM)
+        return sgemm_packed(false, m, c0, c1, 1.f, A, lda, *packed_, beta, C, ldc);
     const T* Wc = tw_ ? W_ + c0 * ldw_ : W_ + c0;
     gemm<T>(false, tw_, m, c1 - c0, k_, T(1), A, lda, Wc, ldw_, beta, C + c0, ldc);
   }

@@ -108,6 +108,7 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
     const Sampling s{temperature, top_k, argmax, generator};
     const bool variant = !variant_weights.empty();
     const int64_t E = embed.has_value() ? embed->size(1) : V;
+    const int64_t GH = flat_weights[0].size(0);  // w_ih [G*H, E]
     const auto opts = h.options();
     at::Tensor ids = at::empty({B, length}, logits.options().dtype(at::kLong));  // [B, length]
     at::Tensor x = at::zeros({B, E}, opts);                                    // [B, E]
@@ -128,16 +129,15 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
     // Plain cells: the stack steps between two state buffers (StackStep's in and out must not
     // overlap); variant cells: layer_fwd per layer, whose outputs are fresh tensors.
     std::optional<StackStep<T>> stack;
-    at::Tensor h2, c2;
+    at::Tensor h_cur = h, c_cur = lstm ? *c : at::Tensor(), h_next, c_next;
     // With few rows the first layer's input product of each symbol is computed once, as the
     // step would compute it (StackStep::input_products), and looked up per character.
     std::vector<T> table, gates0;
     if (!variant) {
       stack.emplace(kind, flat_weights, num_layers, has_bias, 0, B, E, half_weights);
-      h2 = at::empty_like(h);
-      if (lstm) c2 = at::empty_like(*c);
+      h_next = at::empty_like(h);
+      if (lstm) c_next = at::empty_like(*c);
       if (B <= kSmallM) {
-        const int64_t GH = num_gates(kind) * stack->H();
         table.resize(V * GH);
         gates0.resize(B * GH);
         std::vector<T> one(E);
@@ -147,7 +147,6 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
         }
       }
     }
-    at::Tensor h_cur = h, c_cur = lstm ? *c : at::Tensor();
     const int64_t per_layer = weights_per_layer(has_bias, 0);
 
     for (int64_t i = 0; i < length; ++i) {
@@ -166,19 +165,12 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
       for (int64_t b = 0; b < B && table.empty(); ++b) input_row(next[b], xp + b * E);
       at::Tensor top;
       if (!variant) {
-        at::Tensor& h_next = h_cur.is_same(h) ? h2 : h;
-        at::Tensor c_next = lstm ? (c_cur.is_same(*c) ? c2 : *c) : at::Tensor();
-        const T* g0 = nullptr;
-        if (!table.empty()) {
-          const int64_t GH = static_cast<int64_t>(gates0.size()) / B;
-          for (int64_t b = 0; b < B; ++b)
-            std::copy_n(table.data() + next[b] * GH, GH, gates0.data() + b * GH);
-          g0 = gates0.data();
-        }
+        for (int64_t b = 0; b < B && !table.empty(); ++b)
+          std::copy_n(table.data() + next[b] * GH, GH, gates0.data() + b * GH);
         stack->run(xp, ptr<T>(h_cur), lstm ? ptr<T>(c_cur) : nullptr, ptr<T>(h_next),
-                   lstm ? ptr<T>(c_next) : nullptr, g0);
-        h_cur = h_next;
-        c_cur = c_next;
+                   lstm ? ptr<T>(c_next) : nullptr, table.empty() ? nullptr : gates0.data());
+        std::swap(h_cur, h_next);
+        std::swap(c_cur, c_next);
         top = h_cur[num_layers - 1];
       } else {
         at::Tensor in = x;
@@ -204,7 +196,7 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
         at::mm_out(raw, top, wdt);
       if (!raw.is_same(logits)) logits.copy_(raw);  // sample.py reads float32 logits
     }
-    if (!variant && !h_cur.is_same(h)) {
+    if (!h_cur.is_same(h)) {  // variant cells update h and c in place
       h.copy_(h_cur);
       if (lstm) c->copy_(c_cur);
     }

@@ -20,23 +20,20 @@ at::Tensor pooled_output(at::IntArrayRef shape, at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(dtype);
   const auto bytes = static_cast<size_t>(nbytes(shape, dtype));
   if (bytes < (size_t(1) << 20)) return at::empty(shape, opts);  // malloc reuses small blocks
-  auto& pool = output_pool;
-  auto as_tensor = [&](const c10::Storage& st) {
-    return at::empty({0}, opts).set_(st, 0, shape, c10::contiguous_strides(shape));
-  };
-  int64_t held = 0;
-  for (const c10::Storage& st : pool) {
+  size_t held = 0;
+  for (const c10::Storage& st : output_pool) {
     // use_count 1: only the pool holds it; resizing a returned tensor may have changed nbytes
-    if (st.use_count() == 1 && st.nbytes() == bytes) return as_tensor(st);
-    held += static_cast<int64_t>(st.nbytes());
+    if (st.use_count() == 1 && st.nbytes() == bytes)
+      return at::empty({0}, opts).set_(st, 0, shape, c10::contiguous_strides(shape));
+    held += st.nbytes();
   }
   at::Tensor fresh = at::empty(shape, opts);
-  if (held + static_cast<int64_t>(bytes) <= kOutputPoolBytes) {
-    pool.push_back(fresh.storage());
-  } else {  // full: replace a released buffer of another size, if there is one
-    for (c10::Storage& st : pool)
-      if (st.use_count() == 1 &&
-          held - static_cast<int64_t>(st.nbytes() + bytes) <= kOutputPoolBytes) {
+  constexpr auto cap = static_cast<size_t>(kOutputPoolBytes);
+  if (held + bytes <= cap) {
+    output_pool.push_back(fresh.storage());
+  } else {  // full: replace a released buffer of another size where the pool then fits
+    for (c10::Storage& st : output_pool)
+      if (st.use_count() == 1 && held - st.nbytes() + bytes <= cap) {
         st = fresh.storage();
         break;
       }
@@ -55,11 +52,6 @@ at::Tensor scratch(Scratch slot, at::IntArrayRef shape, at::ScalarType dtype) {
     buf = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
   }
   return buf.narrow(0, 0, bytes).view(dtype).view(shape);
-}
-
-at::Tensor output_or_scratch(bool keep, Scratch slot, at::IntArrayRef shape,
-                             at::ScalarType dtype) {
-  return keep ? pooled_output(shape, dtype) : scratch(slot, shape, dtype);
 }
 
 void release_scratch() {

@@ -18,12 +18,10 @@ bool use_own_sgemm() {
   return available && own_sgemm_enabled;
 }
 
-namespace {
-bool use_avx512() {
+static bool use_avx512() {
   static const bool available = std::strcmp(kernel_isa(), "avx512f") == 0;
   return available && sgemm_avx512_enabled;
 }
-}  // namespace
 
 const char* sgemm_isa() {
   return !use_own_sgemm() ? "" : use_avx512() ? "avx512f" : "avx2+fma";
@@ -35,14 +33,11 @@ PackedB pack_b(bool tb, int64_t k, int64_t n, const float* B, int64_t ldb, Scrat
   p.n = n;
   p.panels = (n + kSgemmNR - 1) / kSgemmNR;
   p.buf = scratch(slot, {k * p.panels * kSgemmNR}, at::kFloat);
-  float* out = p.buf.data_ptr<float>();
   at::parallel_for(0, p.panels, 8, [&](int64_t j0, int64_t j1) {
     const int64_t c0 = j0 * kSgemmNR, c1 = std::min(n, j1 * kSgemmNR);
-    for (int64_t q0 = 0; q0 < k; q0 += kSgemmKC) {
-      const int64_t kb = std::min(kSgemmKC, k - q0);
-      const float* src = tb ? B + c0 * ldb + q0 : B + q0 * ldb + c0;
-      sgemm_simd::pack_b(tb, kb, c1 - c0, src, ldb, out + q0 * p.panels * kSgemmNR + c0 * kb);
-    }
+    for (int64_t q0 = 0; q0 < k; q0 += kSgemmKC)
+      sgemm_simd::pack(kSgemmNR, !tb, c1 - c0, std::min(kSgemmKC, k - q0),
+                       tb ? B + c0 * ldb + q0 : B + q0 * ldb + c0, ldb, p.at(q0 / kSgemmKC, c0));
   });
   return p;
 }
@@ -66,7 +61,7 @@ void sgemm_packed(bool ta, int64_t m, int64_t c0, int64_t c1, float alpha, const
     for (int64_t p = 0, q0 = 0; q0 < B.k; ++p, q0 += kSgemmKC) {
       const int64_t kb = std::min(kSgemmKC, B.k - q0);
       const float* a = ta ? A + q0 * lda + i0 : A + i0 * lda + q0;
-      if (!in_place) sgemm_simd::pack_a(ta, mc, kb, a, lda, apack.data());
+      if (!in_place) sgemm_simd::pack(kSgemmMR, ta, mc, kb, a, lda, apack.data());
       // later K blocks add onto the earlier ones: beta only applies to the first
       sgemm_simd::macro_kernel(mc, c1 - c0, kb, alpha, in_place ? a : apack.data(), lda,
                                !in_place, B.at(p, c0), p == 0 ? beta : 1.f,

@@ -1,14 +1,7 @@
-// SIMD pieces of the packed float32 GEMM (sgemm.h): operand packing and the register-tile
-// micro-kernels, 6x16 in AVX2 registers and 6x32 (two packed column panels) in AVX-512 ones.
-// The blocking loops that drive them are ISA-independent and live in sgemm.cpp; this file
-// holds only what must be compiled for a wider ISA, and the walk over one block's tiles that
-// both widths share.
-//
-// Why a GEMM of our own: on the AMD CPUs we measured, the BLAS inside libtorch_cpu reaches
-// 55-65 % of the FMA peak for the shapes of a recurrent step (m = batch, n = a thread's gate
-// columns, k = H), and it repacks the weights on every call, i.e. once per time step. This
-// kernel reaches 75-90 % in the same setting, and the step loops pack the weights once per
-// layer call (sgemm.h: PackedB).
+// SIMD pieces of the packed float32 GEMM (sgemm.h, which says why it exists): operand packing,
+// the register-tile micro-kernels, 6x16 in AVX2 registers and 6x32 (two packed column panels) in
+// AVX-512 ones, and the walk over one block's tiles that both widths share. The blocking loops
+// that drive them are ISA-independent and live in sgemm.cpp.
 //
 // Why a second width: a core with two 512-bit FMA units (Intel Xeon from Skylake-SP on) does
 // about 1.65x the float32 work in 512-bit FMAs that it does in 256-bit ones (measured on the
@@ -18,6 +11,7 @@
 //
 // Every standard header is included before FRNN_AVX2_BEGIN (kernels.h), as in kernels_avx2.cpp.
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "kernels.h"
@@ -59,7 +53,7 @@ void walk_tiles(int64_t rows, int64_t cols, int64_t kb, float alpha, const float
   // (zero-padded), once for every column panel.
   alignas(64) float edge[MR * kSgemmKC];
   const int64_t full = packed ? rows : rows / MR * MR;
-  if (full < rows) pack_a(false, rows - full, kb, A + full * lda, lda, edge);
+  if (full < rows) pack(MR, false, rows - full, kb, A + full * lda, lda, edge);
   // B micro-panels outermost: they stay in L1 while the rows of A stream from L1/L2.
   for (int64_t j0 = 0; j0 < cols; j0 += NC) {
     for (int64_t i0 = 0; i0 < rows; i0 += MR) {
@@ -149,42 +143,36 @@ void interleave_rows(int64_t valid, int64_t kb, const float* src, int64_t ld,
   }
 }
 
-}  // namespace
-
-void pack_a(bool ta, int64_t rows, int64_t kb, const float* A, int64_t lda, float* out) {
-  if (ta) {  // op(A)[i, q] = A[q, i]: each row q of A read once, its values dealt to the panels
-    // (panel by panel, the rows of A, often 4 KiB apart, would contend for a few L1 sets)
-    for (int64_t q = 0; q < kb; ++q) {
-      const float* __restrict a = A + q * lda;
-      // Each row starts a new page, where the hardware prefetchers stop: fetch ahead by hand.
-      if (q + 16 < kb)
-        for (int64_t b = 0; b < rows * 4 + 64; b += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(a + 16 * lda) + b, _MM_HINT_T0);
-      for (int64_t i0 = 0; i0 < rows; i0 += MR) {
-        const int64_t h = std::min(MR, rows - i0);
-        float* __restrict o = out + i0 * kb + q * MR;
-        for (int64_t i = 0; i < MR; ++i) o[i] = i < h ? a[i0 + i] : 0.f;
-      }
-    }
+// pack (sgemm.h) for a panel width W. With by_rows each row q of X is read once, its values
+// dealt to the panels (panel by panel, the rows, often 4 KiB apart, would contend for L1 sets).
+template <int64_t W>
+void pack_panels(bool by_rows, int64_t n, int64_t kb, const float* x, int64_t ld, float* out) {
+  if (!by_rows) {
+    for (int64_t c0 = 0; c0 < n; c0 += W)
+      interleave_rows<W>(std::min(W, n - c0), kb, x + c0 * ld, ld, out + c0 * kb);
     return;
   }
-  for (int64_t i0 = 0; i0 < rows; i0 += MR)
-    interleave_rows<MR>(std::min(MR, rows - i0), kb, A + i0 * lda, lda, out + i0 * kb);
-}
-
-void pack_b(bool tb, int64_t kb, int64_t cols, const float* B, int64_t ldb, float* out) {
-  for (int64_t j0 = 0; j0 < cols; j0 += NR) {
-    const int64_t w = std::min(NR, cols - j0);
-    float* __restrict o = out + j0 * kb;
-    if (!tb && w == NR) {  // op(B)[q, j] = B[q, j]: sixteen contiguous values per q
-      for (int64_t q = 0; q < kb; ++q) std::memcpy(o + q * NR, B + q * ldb + j0, NR * 4);
-    } else if (!tb) {
-      for (int64_t q = 0; q < kb; ++q)
-        for (int64_t j = 0; j < NR; ++j) o[q * NR + j] = j < w ? B[q * ldb + j0 + j] : 0.f;
-    } else {  // op(B)[q, j] = B[j, q]: column j is row j of B, contiguous in q
-      interleave_rows<NR>(w, kb, B + j0 * ldb, ldb, o);
+  for (int64_t q = 0; q < kb; ++q) {
+    const float* __restrict r = x + q * ld;
+    // Each row starts a new page, where the hardware prefetchers stop: fetch ahead by hand.
+    if (q + 16 < kb)
+      for (int64_t b = 0; b < n * 4 + 64; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(r + 16 * ld) + b, _MM_HINT_T0);
+    for (int64_t c0 = 0; c0 < n; c0 += W) {
+      const int64_t w = std::min(W, n - c0);
+      float* __restrict o = out + c0 * kb + q * W;
+      if (w == W)
+        std::memcpy(o, r + c0, W * 4);
+      else
+        for (int64_t j = 0; j < W; ++j) o[j] = j < w ? r[c0 + j] : 0.f;
     }
   }
+}
+
+}  // namespace
+
+void pack(int64_t W, bool by_rows, int64_t n, int64_t kb, const float* x, int64_t ld, float* out) {
+  (W == MR ? pack_panels<MR> : pack_panels<NR>)(by_rows, n, kb, x, ld, out);
 }
 
 FRNN_TARGET_END
@@ -245,11 +233,10 @@ void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const flo
                   int64_t lda, bool packed, const float* Bp, float beta, float* C, int64_t ldc,
                   bool wide) {
   if (wide)
-    walk_tiles<2 * NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc,
-                       tile_avx512<true>, tile_avx512<false>);
-  else
-    walk_tiles<NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc, tile_avx2<true>,
-                   tile_avx2<false>);
+    return walk_tiles<2 * NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc,
+                              tile_avx512<true>, tile_avx512<false>);
+  walk_tiles<NR>(rows, cols, kb, alpha, A, lda, packed, Bp, beta, C, ldc, tile_avx2<true>,
+                 tile_avx2<false>);
 }
 
 bool compiled() { return true; }
@@ -259,8 +246,7 @@ bool compiled() { return true; }
 #else
 
 namespace fusedrnn::cpu::sgemm_simd {
-void pack_a(bool, int64_t, int64_t, const float*, int64_t, float*) {}
-void pack_b(bool, int64_t, int64_t, const float*, int64_t, float*) {}
+void pack(int64_t, bool, int64_t, int64_t, const float*, int64_t, float*) {}
 void macro_kernel(int64_t, int64_t, int64_t, float, const float*, int64_t, bool, const float*,
                   float, float*, int64_t, bool) {}
 bool compiled() { return false; }

@@ -48,7 +48,6 @@ class StackStep {
                   "fusedrnn stack_step: layer ", l, " weights have shapes ", y.w_ih.sizes(),
                   ", ", y.w_hh.sizes(), "; expected [", GH, ", ", I, "] and [", GH, ", ", Hout_,
                   "]");
-      y.I = I;
       if (half) {
         y.w_ih = to_half(y.w_ih, l, "w_ih");
         y.w_hh = to_half(y.w_hh, l, "w_hh");
@@ -56,16 +55,14 @@ class StackStep {
       y.bias.assign(GH, T(0));
       y.bias_hn.assign(H_, T(0));
       if (has_bias) {
-        const at::Tensor b_ih = w[l * per_layer + 2].contiguous();  // [G*H]
-        const at::Tensor b_hh = w[l * per_layer + 3].contiguous();  // [G*H]
+        const at::Tensor b_ih = w[l * per_layer + 2].contiguous(),  // [G*H] each
+            b_hh = w[l * per_layer + 3].contiguous();
         TORCH_CHECK(b_ih.numel() == GH && b_hh.numel() == GH, "fusedrnn stack_step: layer ", l,
                     " biases must have ", GH, " elements");
-        const T* bi = ptr<T>(b_ih);
-        const T* bh = ptr<T>(b_hh);
+        const T *bi = ptr<T>(b_ih), *bh = ptr<T>(b_hh);
         const int64_t folded = cell == Cell::GRU ? 2 * H_ : GH;  // b_hn stays inside r * (.)
         for (int64_t k = 0; k < GH; ++k) y.bias[k] = bi[k] + (k < folded ? bh[k] : T(0));
-        if (cell == Cell::GRU)
-          for (int64_t k = 0; k < H_; ++k) y.bias_hn[k] = bh[2 * H_ + k];
+        if (cell == Cell::GRU) std::copy_n(bh + 2 * H_, H_, y.bias_hn.begin());
       }
       if (proj > 0) {
         y.w_hr = w[l * per_layer + per_layer - 1].contiguous();  // [Hout, H]
@@ -76,8 +73,6 @@ class StackStep {
       I = Hout_;
     }
   }
-
-  int64_t H() const { return H_; }
 
   // The first layer's input products x W_ih^T of `rows` rows x [rows, I0] -> out [rows, G*H],
   // as run() computes them. Each row's result depends on that row alone as long as
@@ -141,12 +136,16 @@ class StackStep {
   }
 
  private:
-  struct Layer;
+  struct Layer {
+    at::Tensor w_ih, w_hh, w_hr;  // [G*H, I], [G*H, Hout], [Hout, H] (projection); half: float16
+    std::vector<T> bias;          // [G*H]: b_ih + b_hh (GRU: b_ih + (b_hr, b_hz, 0))
+    std::vector<T> bias_hn;       // [H]: b_hn (GRU)
+  };
   // C[:, c0:c1] = A op(W)[:, c0:c1] + beta C[:, c0:c1] for W = w_ih (input) or w_hh.
   void product(const Layer& y, bool input, int64_t rows, int64_t c0, int64_t c1, const T* A,
                T beta, T* C, int64_t ldc) const {
-    const int64_t k = input ? y.I : Hout_;
     const at::Tensor& W = input ? y.w_ih : y.w_hh;
+    const int64_t k = W.size(1);
     if (half_) {  // any number of rows: the block of W rows is reused from L1 for each
       const auto* Wh = reinterpret_cast<const uint16_t*>(W.const_data_ptr<at::Half>()) + c0 * k;
       kernels(T{}).gemm_small_m_half(rows, c1 - c0, k, A, k, Wh, k, beta, C + c0, ldc);
@@ -160,12 +159,6 @@ class StackStep {
                 " has values up to ", top, ", beyond float16's range (65504)");
     return w.to(at::kHalf).contiguous();
   }
-  struct Layer {
-    at::Tensor w_ih, w_hh, w_hr;  // [G*H, I], [G*H, Hout], [Hout, H] (projection); half: float16
-    std::vector<T> bias;          // [G*H]: b_ih + b_hh (GRU: b_ih + (b_hr, b_hz, 0))
-    std::vector<T> bias_hn;       // [H]: b_hn (GRU)
-    int64_t I = 0;
-  };
   Cell cell_;
   int64_t L_, B_, proj_, H_ = 0, Hout_ = 0;
   bool half_;
