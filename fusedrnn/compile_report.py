@@ -83,90 +83,87 @@ class Job:
 def _launchers(torch, dtype):
     """Run every launcher for every flag-steering input combination; yields nothing,
     the launches are captured by the caller."""
-    from fusedrnn.ops.checks import gate_count
+    for B, H, Hp in SHAPES:
+        for packed, reverse in itertools.product((False, True), (False, True)):
+            _launch_shape(torch, dtype, B, H, Hp, packed, reverse)
+
+
+def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
+    """:func:`_launchers` for one shape (B, H, Hout with projection), layout and direction."""
+    from fusedrnn.ops.checks import GATES, gate_count
     from fusedrnn.ops.triton import step, variant_step
     from fusedrnn.ops.triton.configs import pick_persistent_config
     from fusedrnn.ops.triton.runtime import Plan, acc_dtype
 
-    acc = acc_dtype(dtype)
-    variants_ok = dtype in (torch.float32, torch.float64)
-    for B, H, Hp in SHAPES:
-        for packed, reverse in itertools.product((False, True), (False, True)):
-            T = 2
-            sizes = torch.tensor([B, max(1, B - 1)]) if packed else None
-            plan = Plan(sizes, T, B, reverse)
-            N = int(sizes.sum()) if packed else T * B
+    acc, T = acc_dtype(dtype), 2
+    sizes = torch.tensor([B, max(1, B - 1)]) if packed else None
+    plan = Plan(sizes, T, B, reverse)
+    N = int(sizes.sum()) if packed else T * B
 
-            def e(*shape, dt=dtype):
-                return torch.zeros(*shape, dtype=dt)
+    def e(*shape, dt=dtype):
+        return torch.zeros(*shape, dtype=dt)
 
-            def opt(on, *shape, dt=dtype):
-                return e(*shape, dt=dt) if on else None
+    def opt(on, *shape, dt=dtype):
+        return e(*shape, dt=dt) if on else None
 
-            dys = (False, True) if packed else (False,)
-            # per step: every cell, the LSTM with and without projection
-            for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
-                lstm_, gated = cell == "lstm", cell in ("lstm", "gru")
-                lstm_only = (False, True) if lstm_ else (False,)  # projection, dCs
-                # per step, and the same kernels' cooperative launch
-                for bias, proj, save, path in itertools.product(
-                    (False, True), lstm_only, (False, True), ("step", "cooperative")
-                ):
-                    hout = Hp if proj else H
-                    step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H, dt=acc),
-                                  e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan,
-                                  packed, save, path)  # fmt: skip
-                for proj, dhs, dcs, dy, path in itertools.product(
-                    lstm_only, (False, True), lstm_only, dys, ("step", "cooperative")
-                ):
-                    hout = Hp if proj else H
-                    step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
-                                  opt(lstm_, T + 1, B, H, dt=acc),
-                                  opt(gated, T, B, 4 * H, dt=acc),
-                                  opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H),
-                                  opt(dy, N, hout), plan, path)  # fmt: skip
-            # persistent (whole sequence): small H, no float64
-            for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
-                if dtype == torch.float64 or pick_persistent_config(cell, H) is None:
-                    continue
-                lstm_ = cell == "lstm"
-                for bias, save in itertools.product((False, True), (False, True)):
-                    step.step_fwd(cell, e(N, G * H), e(B, H), opt(lstm_, B, H), e(G * H, H),
-                                  opt(bias, G * H), None, plan, packed, save,
-                                  "persistent")  # fmt: skip
-                for dhs, dcs, dy in itertools.product((False, True), (False, True), dys):
-                    if dcs and not lstm_:
-                        continue
-                    step.step_bwd(
-                        cell, e(G * H, H), None, e(T + 1, B, H),
-                        e(T + 1, B, H, dt=acc) if lstm_ else e(0),
-                        e(T, B, 4 * H, dt=acc) if G > 1 else e(0), opt(dhs, T + 1, B, H),
-                        opt(dcs, T + 1, B, H, dt=acc), opt(dy, N, H), plan, "persistent",
-                    )  # fmt: skip
-            if not variants_ok:
-                continue
-            par = e(3)
-            for cell in ("gru", "lstm"):
-                lstm_ = cell == "lstm"
-                # peephole, CIFG, projection, zoneout of c and dCs: LSTM only
-                lstm_only, zones_c = ((False, True), (0, 1, 2)) if lstm_ else ((False,), (0,))
-                for ln, peep, cifg, proj, zh, zc in itertools.product(
-                    (False, True), lstm_only, lstm_only, lstm_only, (0, 1, 2), zones_c
-                ):
-                    G = gate_count(cell, cifg)
-                    hout = Hp if proj else H
-                    lnc = opt(ln and lstm_, H)
-                    inputs = (e(G * H, hout), opt(ln, G * H), lnc, lnc, opt(peep, G - 1, H),
-                              opt(proj, hout, H), opt(zh == 1, N, hout), opt(zc == 1, N, H),
-                              (zh, zc), par, cifg)  # fmt: skip
-                    for bias in (False, True):
-                        bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout),
-                                                        opt(lstm_, B, H), opt(bias, G * H),
-                                                        *inputs, plan, packed)  # fmt: skip
-                    for dhs, dcs, dy in itertools.product((False, True), lstm_only, dys):
-                        variant_step.variant_bwd(cell, *inputs, bufs, opt(dhs, T + 1, B, hout),
-                                                 opt(dcs, T + 1, B, H), opt(dy, N, hout),
-                                                 plan)  # fmt: skip
+    def fwd(cell, bias, proj, save, path):
+        G, hout = GATES[cell], Hp if proj else H
+        step.step_fwd(cell, e(N, G * H), e(B, hout), opt(cell == "lstm", B, H, dt=acc),
+                      e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, packed, save,
+                      path)  # fmt: skip
+
+    def bwd(cell, proj, dhs, dcs, dy, path, dcs_dt=dtype):
+        G, hout = GATES[cell], Hp if proj else H
+        step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
+                      opt(cell == "lstm", T + 1, B, H, dt=acc), opt(G > 1, T, B, 4 * H, dt=acc),
+                      opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H, dt=dcs_dt),
+                      opt(dy, N, hout), plan, path)  # fmt: skip
+
+    dys = (False, True) if packed else (False,)
+    lstm_only = {c: (False, True) if c == "lstm" else (False,) for c in GATES}
+    # per step and the same kernels' cooperative launch: every cell, the LSTM with and without
+    # projection and dCs
+    for cell in GATES:
+        for bias, proj, save, path in itertools.product(
+            (False, True), lstm_only[cell], (False, True), ("step", "cooperative")
+        ):
+            fwd(cell, bias, proj, save, path)
+        for proj, dhs, dcs, dy, path in itertools.product(
+            lstm_only[cell], (False, True), lstm_only[cell], dys, ("step", "cooperative")
+        ):
+            bwd(cell, proj, dhs, dcs, dy, path)
+    # persistent (whole sequence): small H, no float64
+    for cell in GATES:
+        if dtype == torch.float64 or pick_persistent_config(cell, H) is None:
+            continue
+        for bias, save in itertools.product((False, True), (False, True)):
+            fwd(cell, bias, False, save, "persistent")
+        for dhs, dcs, dy in itertools.product((False, True), lstm_only[cell], dys):
+            bwd(cell, False, dhs, dcs, dy, "persistent", dcs_dt=acc)
+    if dtype not in (torch.float32, torch.float64):  # the variant ops' dtypes
+        return
+    par = e(3)
+    for cell in ("gru", "lstm"):
+        lstm_ = cell == "lstm"
+        # peephole, CIFG, projection, zoneout of c and dCs: LSTM only
+        zones_c = (0, 1, 2) if lstm_ else (0,)
+        for ln, peep, cifg, proj, zh, zc in itertools.product(
+            (False, True), *[lstm_only[cell]] * 3, (0, 1, 2), zones_c
+        ):
+            G = gate_count(cell, cifg)
+            hout = Hp if proj else H
+            lnc = opt(ln and lstm_, H)
+            inputs = (e(G * H, hout), opt(ln, G * H), lnc, lnc, opt(peep, G - 1, H),
+                      opt(proj, hout, H), opt(zh == 1, N, hout), opt(zc == 1, N, H), (zh, zc), par,
+                      cifg)  # fmt: skip
+            for bias in (False, True):
+                bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H),
+                                                opt(bias, G * H), *inputs, plan,
+                                                packed)  # fmt: skip
+            for dhs, dcs, dy in itertools.product((False, True), lstm_only[cell], dys):
+                variant_step.variant_bwd(cell, *inputs, bufs, opt(dhs, T + 1, B, hout),
+                                         opt(dcs, T + 1, B, H), opt(dy, N, hout),
+                                         plan)  # fmt: skip
 
 
 _BINDERS: dict = {}

@@ -125,9 +125,8 @@ def forward_buffers(cell, like, T, B, Hout, H, proj, packed, save) -> list:
     acc, lstm, gated = runtime.acc_dtype(like.dtype), cell == "lstm", cell in ("lstm", "gru")
     hs = runtime.buffer(like, T + 1, B, Hout)
     cs = runtime.empty(T + 1, B, H, dtype=acc, device=like.device) if lstm else hs.new_empty(0)
-    gates = hs.new_empty(0, dtype=acc if gated else like.dtype)
-    if gated and save:
-        gates = runtime.empty(T, B, 4 * H, dtype=acc, device=like.device)
+    gates = (runtime.empty(T, B, 4 * H, dtype=acc, device=like.device) if gated and save
+             else hs.new_empty(0, dtype=acc if gated else like.dtype))  # fmt: skip
     return [hs, cs, gates, runtime.buffer(like, T, B, H, on=proj),
             runtime.buffer(like, like.shape[0], Hout, on=packed)]  # fmt: skip
 

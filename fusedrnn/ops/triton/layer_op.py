@@ -48,12 +48,11 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
              save) -> list[Tensor]:  # fmt: skip
-    packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
-    xg = F.linear(runtime.flat_rows(x, packed), w_ih, b_ih)  # [N, G*H]: one GEMM for every step
+    xg = F.linear(runtime.flat_rows(x, plan), w_ih, b_ih)  # [N, G*H]: one GEMM for every step
     w_hh, b_hh, h0, c0, w_hr = runtime.contiguous(w_hh, b_hh, h0, c0, w_hr)
     path = choose_path(cell, w_hh, w_hr, plan)
-    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, packed, save, path)
+    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, plan.packed, save, path)
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -93,14 +92,13 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
               grads, needs):  # fmt: skip
     hs, cs, gates, m, y = buffers
     dhs, dcs, _, _, dy = runtime.dense_grads(grads)
-    packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     w_hh, w_hr = runtime.contiguous(w_hh, w_hr)
     path = choose_path(cell, w_hh, w_hr, plan)
     dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan, path)
     acc = dh0.dtype
-    dxg = runtime.input_grad_rows(dgx, plan, packed)
+    dxg = runtime.input_grad_rows(dgx, plan)
     dgh_flat = dgh.view(T * B, dgh.shape[-1])
     h_prev = runtime.prev_states(hs, plan).reshape(T * B, -1)
     n_x, n_h0, n_c0, n_wih, n_whh, n_bih, n_bhh, n_whr = needs
@@ -108,7 +106,7 @@ def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, revers
         (dxg @ w_ih).view(x.shape) if n_x else None,
         dh0.to(h0.dtype) if n_h0 else None,
         dc0.to(h0.dtype) if n_c0 and dc0 is not None else None,
-        dxg.t() @ runtime.flat_rows(x, packed) if n_wih else None,
+        dxg.t() @ runtime.flat_rows(x, plan) if n_wih else None,
         dgh_flat.t() @ h_prev if n_whh else None,
         dxg.sum(0, dtype=acc).to(x.dtype) if n_bih else None,
         dgh_flat.sum(0, dtype=acc).to(x.dtype) if n_bhh else None,

@@ -36,7 +36,7 @@ from .configs import PERSISTENT_CONFIGS, PersistentConfig, pick_persistent_confi
 from .sync import counter_fits
 from .tiles import add_gates, kernel_jit, load_gates, packed_ptrs, row_block, store_gates, tile_ptrs
 
-_forced: str | None = None  # one of PATHS, or None (automatic); for tests
+_forced: list[str | None] = [None]  # one of PATHS, or None (automatic), innermost last; for tests
 PATHS = ("step", "cooperative", "persistent")
 
 
@@ -236,14 +236,10 @@ def _persistent_bwd_kernel(
 def kernel_path(path: str | None) -> Iterator[None]:
     """Forces the kernels of ``path`` (one of PATHS) inside the block; None: the automatic
     choice (:func:`choose_path`)."""
-    global _forced
     if path not in (None, *PATHS):
         raise ValueError(f"unknown kernel path {path!r}")
-    old, _forced = _forced, path
-    try:
+    with runtime.pushed(_forced, path):
         yield
-    finally:
-        _forced = old
 
 
 def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | None:
@@ -258,10 +254,11 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
     step: when forced, for empty sequences, and for sequences too long for the cooperative
     launch's barrier counter)."""
     H, limit = w_hh.shape[1], max(c.max_hidden for c in PERSISTENT_CONFIGS)
-    if _forced == "persistent" and (w_hr is not None or H > limit):
+    forced = _forced[-1]
+    if forced == "persistent" and (w_hr is not None or H > limit):
         raise ValueError(f"persistent kernels need proj_size == 0 and H <= {limit}")
-    if _forced is not None:
-        return _forced
+    if forced is not None:
+        return forced
     if plan.T == 0:
         return "step"
     if _config(cell, w_hh, w_hr) is not None:

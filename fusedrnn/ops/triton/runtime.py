@@ -28,18 +28,23 @@ class LaunchCounter:
 
 _counters: list[LaunchCounter] = []
 _captured: list[list] = []
-_poison = os.environ.get("FUSEDRNN_TRITON_POISON") == "1"
+_poison = [os.environ.get("FUSEDRNN_TRITON_POISON") == "1"]  # innermost setting last
 
 
 @contextlib.contextmanager
-def launch_counter() -> Iterator[LaunchCounter]:
-    """Count the Triton launches made inside the ``with`` block."""
-    counter = LaunchCounter()
-    _counters.append(counter)
+def pushed(stack: list, item):
+    """``item`` on top of ``stack`` inside the block. Taken off by identity, innermost first:
+    list.remove would take the first equal item, e.g. an outer empty capture list."""
+    stack.append(item)
     try:
-        yield counter
+        yield item
     finally:
-        _counters.remove(counter)
+        del stack[next(k for k in reversed(range(len(stack))) if stack[k] is item)]
+
+
+def launch_counter() -> contextlib.AbstractContextManager[LaunchCounter]:
+    """Count the Triton launches made inside the ``with`` block."""
+    return pushed(_counters, LaunchCounter())
 
 
 _guarded = threading.local()  # .devices: the devices entered by device_guard, innermost last
@@ -53,16 +58,9 @@ def device_guard(device: torch.device) -> Iterator[None]:
     the tensors it is handed; without this, tensors on cuda:1 while cuda:0 is current would be
     read from the wrong device. A no-op for CPU tensors (the interpreter) apart from recording
     the device, which :func:`launch` checks."""
-    stack = _guarded.__dict__.setdefault("devices", [])
-    stack.append(device)
-    try:
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                yield
-        else:
+    with pushed(_guarded.__dict__.setdefault("devices", []), device):
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             yield
-    finally:
-        stack.pop()
 
 
 def _name(kernel) -> str:
@@ -86,17 +84,11 @@ def _check_guard(kernel, args) -> None:
         )
 
 
-@contextlib.contextmanager
-def capture_launches() -> Iterator[list]:
+def capture_launches() -> contextlib.AbstractContextManager[list]:
     """Inside the block, launches are recorded as ``(kernel, grid, args, kwargs)`` and
     not run. The compile report derives the specialisations a launch makes from these
     (no GPU needed: the launchers run on CPU tensors and only their arguments matter)."""
-    records: list = []
-    _captured.append(records)
-    try:
-        yield records
-    finally:  # by identity: list.remove would take the first equal list, e.g. an outer empty one
-        del _captured[next(k for k, r in enumerate(_captured) if r is records)]
+    return pushed(_captured, [])
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -112,21 +104,15 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
-@contextlib.contextmanager
-def poison_buffers(enabled: bool = True) -> Iterator[None]:
+def poison_buffers(enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
     """Fill every buffer a kernel writes with NaN before launching (debug):
     an element a kernel forgets to write then shows up in the results."""
-    global _poison
-    old, _poison = _poison, enabled
-    try:
-        yield
-    finally:
-        _poison = old
+    return pushed(_poison, enabled)
 
 
 def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A buffer that the kernels fully overwrite (NaN-filled in poison mode)."""
-    if _poison:
+    if _poison[-1]:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     if _captured:  # no kernel fills it; torch work after the launches must not meet denormals
         return torch.zeros(shape, dtype=dtype, device=device)
@@ -181,6 +167,7 @@ class Plan:
     def __init__(self, batch_sizes: torch.Tensor | None, seq_len: int, batch: int, reverse: bool):
         sizes = [batch] * seq_len if batch_sizes is None else [int(b) for b in batch_sizes.tolist()]
         self.T, self.B, self.reverse = len(sizes), batch, reverse
+        self.packed = batch_sizes is not None  # the op's x, y, dy are packed [N, K] rows
         row0 = [0, *itertools.accumulate(sizes)]
         self.by_t = [Step(t, row0[t], n, reverse) for t, n in enumerate(sizes)]  # time order
         self.steps = self.by_t[::-1] if reverse else self.by_t  # visiting order
@@ -202,9 +189,9 @@ def layer_plan(x, h0, batch_sizes, reverse) -> Plan:
     return Plan(batch_sizes, seq_len, h0.shape[0], reverse)
 
 
-def flat_rows(t: torch.Tensor, packed: bool) -> torch.Tensor:
+def flat_rows(t: torch.Tensor, plan: Plan) -> torch.Tensor:
     """``[T, B, K]`` as ``[T*B, K]`` rows (packed ``[N, K]`` already is)."""
-    return t if packed else t.reshape(-1, t.shape[-1])
+    return t if plan.packed else t.reshape(-1, t.shape[-1])
 
 
 def prev_states(hs: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -222,14 +209,14 @@ def dense_grads(grads) -> list[torch.Tensor | None]:
     """The op's incoming gradients made contiguous (autograd may hand over expanded or
     strided ones; the kernels index densely), None for absent ones and for those of the
     empty placeholder buffers."""
-    return [g.contiguous() if g is not None and g.numel() else None for g in grads]
+    return contiguous(*(g if g is not None and g.numel() else None for g in grads))
 
 
-def input_grad_rows(dg: torch.Tensor, plan: Plan, packed: bool) -> torch.Tensor:
+def input_grad_rows(dg: torch.Tensor, plan: Plan) -> torch.Tensor:
     """The gate gradients ``dG [T, B, GH]`` of the rows the input projection produced: all
     ``[T*B, GH]``, or the packed rows ``[N, GH]`` (t-major), views sliced with the host's batch
     sizes and one cat, so no index tensor is copied to the device and nothing waits for it (as
     ``nonzero`` on a device mask would)."""
-    if not packed:
+    if not plan.packed:
         return dg.view(plan.T * plan.B, dg.shape[-1])
     return torch.cat([dg[s.t, : s.rows] for s in plan.by_t])

@@ -371,25 +371,23 @@ def step_fwd(
     (:func:`.common.forward_buffers`). The tensors are the forward kernel's (shapes there;
     ``h0`` [B, Hout], ``c0`` [B, H] for the LSTM), the weights contiguous."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
-    dt = xg.dtype
     gated, proj = cell in ("lstm", "gru"), w_hr is not None
-    out = forward_buffers(cell, xg, plan.T, B, Hout, H, proj, packed, save)
-    hs, cs, gates, m, y = out
+    hs, cs, gates, m, y = out = forward_buffers(cell, xg, plan.T, B, Hout, H, proj, packed, save)
     hs[plan.first_slot] = h0
     if cell == "lstm":
         cs[plan.first_slot] = c0
-    flags = dict(ACC_TY=runtime.acc_ty(dt), PRECISION=runtime.dot_precision(dt),
+    flags = dict(ACC_TY=runtime.acc_ty(xg.dtype), PRECISION=runtime.dot_precision(xg.dtype),
                  CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, WRITE_Y=packed,
                  WRITE_GATES=gated and save)  # fmt: skip
     # hs stands for the buffers the cell has not (its kernel never reads them)
     head = (xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs))
     if path == "persistent":
-        tensors = (*head, gates if gated and save else hs, *runtime.given(hs, y))
-        persistent.launch(False, cell, w_hh, plan, tensors, flags)
-        return out
-    tensors = (*head, gates if gated else hs, *runtime.given(hs, m, w_hr, y))
-    _launch_steps(_step_fwd_kernel, tensors, (B, H, Hout), dict(flags, PROJ=proj), plan,
-                  path == "cooperative", False)  # fmt: skip
+        persistent.launch(False, cell, w_hh, plan, (*head, gates if gated and save else hs,
+                                                     *runtime.given(hs, y)), flags)  # fmt: skip
+    else:
+        _launch_steps(_step_fwd_kernel, (*head, gates if gated else hs,
+                                         *runtime.given(hs, m, w_hr, y)), (B, H, Hout),
+                      dict(flags, PROJ=proj), plan, path == "cooperative", False)  # fmt: skip
     return out
 
 
@@ -408,8 +406,7 @@ def step_bwd(
     recurrent parts; zero in inactive rows), ``dh0 [B,Hout]``, ``dc0 [B,H]`` (LSTM; both in the
     accumulation dtype) and, with projection, ``dh [T,B,Hout]`` (gradient of every projected
     output, for ``dW_hr``)."""
-    T, B, (GH, Hout) = plan.T, plan.B, w_hh.shape
-    H = GH // GATES[cell]
+    T, B, (GH, Hout), H = plan.T, plan.B, w_hh.shape, w_hh.shape[0] // GATES[cell]
     dt, dev, acc = w_hh.dtype, w_hh.device, runtime.acc_dtype(w_hh.dtype)
     lstm, proj = cell == "lstm", w_hr is not None
     dgx = runtime.buffer(w_hh, T, B, GH)
@@ -421,8 +418,7 @@ def step_bwd(
         dc0 = runtime.empty(B, H, dtype=acc, device=dev) if lstm else None
         tensors = (dgx, dgh, w_hh, hs, *runtime.given(hs, cs, gates, dhs, dy),
                    *runtime.given(dh0, dcs), dh0, *runtime.given(dh0, dc0))  # fmt: skip
-        persistent.launch(True, cell, w_hh, plan, tensors,
-                          dict(flags, ACC_TY=runtime.acc_ty(dt)))  # fmt: skip
+        persistent.launch(True, cell, w_hh, plan, tensors, dict(flags, ACC_TY=runtime.acc_ty(dt)))
         return dgx, dgh, dh0, dc0, None
     dh = torch.zeros(B, Hout, dtype=acc, device=dev)
     dc = torch.zeros(B, H, dtype=acc, device=dev) if lstm else None

@@ -17,6 +17,7 @@ compile report builds the kernels that use it for sm_80 and sm_90.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -82,17 +83,12 @@ def cooperative_grid(kernel, tiles: int, args: tuple, kwargs: dict, device) -> i
     compiled = kernel.warmup(*args, grid=(1,), **kwargs)
     key = (compiled.hash, device.index)
     if key not in _fit_cache:
-        import torch
-
         compiled._init_handles()  # loads the binary: n_regs is known from then on
         props = torch.cuda.get_device_properties(device)
         _fit_cache[key] = resident_programs(
-            compiled.n_regs,
-            compiled.metadata.shared,
-            compiled.metadata.num_warps,
-            props.multi_processor_count,
-            getattr(props, "regs_per_multiprocessor", 65536),
+            compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps,
+            props.multi_processor_count, getattr(props, "regs_per_multiprocessor", 65536),
             props.max_threads_per_multi_processor,
             getattr(props, "shared_memory_per_multiprocessor", 233472),
-        )
+        )  # fmt: skip
     return max(1, min(tiles, _fit_cache[key]))

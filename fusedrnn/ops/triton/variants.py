@@ -40,23 +40,25 @@ from .variant_step import variant_buffers, variant_bwd, variant_fwd
 DTYPES = (torch.float32, torch.float64)
 
 
-def _zone_mode(mask: Tensor | None, p: float) -> int:
-    """0 off, 1 training mask, 2 evaluation expectation (as the reference's _zone)."""
-    return 1 if mask is not None else (2 if p > 0 else 0)
-
-
-def _kernel_inputs(a: library.LayerArgs, packed: bool) -> tuple:
+def _kernel_inputs(a: library.LayerArgs, plan: runtime.Plan) -> tuple:
     """What both directions' kernels read besides the states, in the launchers' order:
     ``w_hh, ln_hh_w, ln_c_w, ln_c_b`` (zeros when only the gain is given), ``w_ch, w_hr``
-    contiguous, the zoneout masks as rows, their modes and ``par`` (:func:`_params`)."""
+    contiguous, the zoneout masks as rows, their modes (0 off, 1 training mask, 2 evaluation
+    expectation, as the reference's _zone) and ``par``: ``[zoneout_h, zoneout_c, LN_EPS]`` on
+    x's device, written by fills with scalar arguments (a tensor literal would be a
+    host-to-device copy inside the op)."""
     ln_c_b = a.ln_c_b
     if a.ln_c_w is not None and ln_c_b is None:
         ln_c_b = torch.zeros_like(a.ln_c_w)
     weights = runtime.contiguous(a.w_hh, a.ln_hh_w, a.ln_c_w, ln_c_b, a.w_ch, a.w_hr)
-    masks = runtime.contiguous(*(m if m is None else runtime.flat_rows(m, packed)
+    masks = runtime.contiguous(*(m if m is None else runtime.flat_rows(m, plan)
                                  for m in (a.mask_h, a.mask_c)))  # fmt: skip
-    zone = (_zone_mode(a.mask_h, a.zoneout_h), _zone_mode(a.mask_c, a.zoneout_c))
-    return *weights, *masks, zone, _params(a.x, a.zoneout_h, a.zoneout_c)
+    zone = tuple(1 if m is not None else 2 if p > 0 else 0
+                 for m, p in ((a.mask_h, a.zoneout_h), (a.mask_c, a.zoneout_c)))  # fmt: skip
+    par = a.x.new_full((3,), LN_EPS)
+    par[0:1].fill_(a.zoneout_h)
+    par[1:2].fill_(a.zoneout_c)
+    return *weights, *masks, zone, par
 
 
 def forward(a: library.LayerArgs) -> list[Tensor]:
@@ -64,9 +66,8 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     :func:`.variant_step.variant_buffers`; ``uhat [N, GH]`` and ``rstd_u [N, 1]`` are the
     input projection's layer norm; empty when unused)."""
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
-    packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
-    flat_x = runtime.flat_rows(x, packed)
+    flat_x = runtime.flat_rows(x, plan)
     if a.ln_ih_w is None:
         xg = F.linear(flat_x, w_ih, b_ih)  # [N, G*H]: one GEMM for every step
         uhat, rstd_u = x.new_empty(0), x.new_empty(0)
@@ -79,8 +80,8 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
         for b in (a.ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
     bias = a.ln_hh_b if b_hh is None else b_hh if a.ln_hh_b is None else b_hh + a.ln_hh_b
-    out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0, bias), *_kernel_inputs(a, packed),
-                      a.cifg, plan, packed)  # fmt: skip
+    out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0, bias), *_kernel_inputs(a, plan),
+                      a.cifg, plan, plan.packed)  # fmt: skip
     return [*out, uhat, rstd_u]
 
 
@@ -94,15 +95,6 @@ def fake_forward(a: library.LayerArgs, T: int, B: int, Hout: int, H: int) -> lis
     return [*out, runtime.buffer(x, N, GH, on=ln), runtime.buffer(x, N, 1, on=ln)]
 
 
-def _params(x: Tensor, zoneout_h: float, zoneout_c: float) -> Tensor:
-    """``[zoneout_h, zoneout_c, LN_EPS]`` on x's device, written by fills with scalar
-    arguments: a tensor literal would be a host-to-device copy inside the op."""
-    par = x.new_full((3,), LN_EPS)
-    par[0:1].fill_(zoneout_h)
-    par[1:2].fill_(zoneout_c)
-    return par
-
-
 def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
     """Layer-norm input gradient per row (see the module docstring)."""
     return rstd * (
@@ -113,16 +105,14 @@ def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
 def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
     """Gradients of the library.GRAD_INPUTS; None where not needed."""
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
-    cifg, ln_ih_w = a.cifg, a.ln_ih_w
     grads = runtime.dense_grads(grads)
-    packed = batch_sizes is not None
     plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
     T, B = plan.T, plan.B
     GH, Hout = w_hh.shape
-    inputs = _kernel_inputs(a, packed)
+    inputs = _kernel_inputs(a, plan)
     w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr = inputs[:6]
     hs, cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u = buffers
-    dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(cell, *inputs, cifg, buffers[:9], grads[0],
+    dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(cell, *inputs, a.cifg, buffers[:9], grads[0],
                                                   grads[1], grads[8], plan)  # fmt: skip
     out: dict[str, Tensor | None] = {"h0": dh0, "c0": dc0}
     # the LSTM's own parameters
@@ -130,29 +120,26 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]
         out["ln_c_w"] = (dl * chat).sum((0, 1))
         out["ln_c_b"] = dl.sum((0, 1))
     if w_ch is not None:
-        H = GH // gate_count(cell, cifg)
-        c_prev = runtime.prev_states(cs, plan)
-        rows = [(dgx[..., :H] * c_prev).sum((0, 1))]
-        if not cifg:
-            rows.append((dgx[..., H : 2 * H] * c_prev).sum((0, 1)))
-        rows.append((dgx[..., GH - H :] * ct).sum((0, 1)))
-        out["w_ch"] = torch.stack(rows)
+        H, c_prev = GH // gate_count(cell, a.cifg), runtime.prev_states(cs, plan)
+        # w_ci and w_cf (none with CIFG) act on c_prev, w_co on c~
+        peep = [(0, c_prev), (H, c_prev)][: 1 if a.cifg else 2] + [(GH - H, ct)]
+        out["w_ch"] = torch.stack([(dgx[..., q : q + H] * c).sum((0, 1)) for q, c in peep])
     if w_hr is not None:
         out["w_hr"] = dht.view(T * B, Hout).t() @ m.view(T * B, -1)
 
     # input side: dG of the packed rows, through LN_ih, then the input GEMMs
-    dxg = runtime.input_grad_rows(dgx, plan, packed)
+    dxg = runtime.input_grad_rows(dgx, plan)
     out["b_ih"] = dxg.sum(0)
     du = dxg
-    if ln_ih_w is not None:
+    if a.ln_ih_w is not None:
         out["ln_ih_w"] = (dxg * uhat).sum(0)
         out["ln_ih_b"] = out["b_ih"].clone()  # op outputs may not alias
-        du = _ln_bwd(dxg * ln_ih_w, uhat, rstd_u)
+        du = _ln_bwd(dxg * a.ln_ih_w, uhat, rstd_u)
     n = dict(zip(GRAD_INPUTS, needs, strict=True))
     if n["x"]:
         out["x"] = (du @ w_ih).view(x.shape)
     if n["w_ih"]:
-        out["w_ih"] = du.t() @ runtime.flat_rows(x, packed)
+        out["w_ih"] = du.t() @ runtime.flat_rows(x, plan)
 
     # recurrent side
     out["b_hh"] = dgs.sum((0, 1))
