@@ -144,12 +144,10 @@ def make_inputs(case: Case, dtype: torch.dtype, device="cpu", seed: int = 0) -> 
         a["zoneout_h"] = 0.3
         if lstm:
             a["zoneout_c"] = 0.2
-    if case.zone in ("h", "hc"):
-        a["zoneout_h"] = 0.4
-        a["mask_h"] = (torch.rand(*lead, Hout, generator=gen) < 0.4).to(dtype=dtype, device=device)
-    if case.zone in ("c", "hc") and lstm:
-        a["zoneout_c"] = 0.4
-        a["mask_c"] = (torch.rand(*lead, H, generator=gen) < 0.4).to(dtype=dtype, device=device)
+    for s, width in (("h", Hout), ("c", H))[: 1 + lstm]:  # training masks, h's drawn first
+        if case.zone in (s, "hc"):
+            a[f"zoneout_{s}"] = 0.4
+            a[f"mask_{s}"] = (torch.rand(*lead, width, generator=gen) < 0.4).to(x)
     return a
 
 

@@ -120,21 +120,22 @@ class Backend:
             return 5e-3  # TF32 tl.dot on GPUs
         return TOL[dtype]
 
-    def skip_unless_supported(self, case: Case) -> None:
+    def inputs(self, case: Case, dtype: torch.dtype, seed: int = 0) -> dict:
+        """``case``'s inputs on this backend's device; skips the cases it does not take."""
         if self.name in ("triton-persistent", "triton-cooperative") and case.variant:
             pytest.skip("the variant kernels have one path (run as triton-step)")
         if self.name == "triton-persistent" and (case.proj or case.H > 64):
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
+        return make_inputs(case, dtype, self.device, seed)
 
-    def check(self, case: Case, dtype: torch.dtype, pick: int | None = None) -> None:
-        self.skip_unless_supported(case)
-        a = make_inputs(case, dtype, self.device)
+    def check(self, case: Case, dtype: torch.dtype, pick: int | None = None, a=None) -> None:
+        """Outputs and gradients against the reference op, on ``a`` (``case``'s by default)."""
+        a = self.inputs(case, dtype) if a is None else a
         # float32 results against the float64 truth on the same inputs: the reference op's own
         # float32 rounding is no error of the backend's (on the ill-conditioned layer-norm
         # gradients of H=300 it alone reaches a third of the tolerance)
         upcast = torch.float64 if dtype == torch.float32 else None
-        tol = self.tol(dtype, case)
-        compare(self.layer, a, tol, poison=self.poison, pick=pick, upcast=upcast)
+        compare(self.layer, a, self.tol(dtype, case), poison=self.poison, pick=pick, upcast=upcast)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -227,11 +228,6 @@ AWKWARD = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", VARIANTS + AWKWARD, ids=str)
-def test_variants_float64(backend, case):
-    backend.check(case, torch.float64)
-
-
 # option mixes the slices above lack in float32: packed with a projection, CIFG with bias
 FLOAT32 = [
     Case("lstm", T=5, B=4, I=3, H=6, proj=2, packed=True, ln=True, peep=True, zone="hc"),
@@ -239,9 +235,16 @@ FLOAT32 = [
 ]
 
 
-@pytest.mark.parametrize("case", VARIANTS[::4] + AWKWARD[::3] + FLOAT32, ids=str)
-def test_variants_float32(backend, case):
-    backend.check(case, torch.float32)
+@pytest.mark.parametrize(
+    "case,dtype",
+    [pytest.param(c, torch.float64, id=f"{c}-f64") for c in VARIANTS + AWKWARD]
+    + [
+        pytest.param(c, torch.float32, id=f"{c}-f32")
+        for c in VARIANTS[::4] + AWKWARD[::3] + FLOAT32
+    ],
+)
+def test_variants_float64_float32(backend, case, dtype):
+    backend.check(case, dtype)
 
 
 # -- gradients through one output only, non-contiguous x, repeatability ----------------------
@@ -279,8 +282,7 @@ def test_only_requested_gradients(backend, case, dtype, wanted):
     """Some weights (and c0) frozen (no requires_grad): the gradients of the inputs that do
     require grad still match the reference, whose own ones must exist (autograd.grad raises
     on an unused input), and without grad mode nothing is recorded."""
-    backend.skip_unless_supported(case)
-    a = make_inputs(case, dtype, backend.device)
+    a = backend.inputs(case, dtype)
 
     def grads(layer):
         b = {**a, **{k: a[k].clone().requires_grad_() for k in wanted}}
@@ -300,11 +302,10 @@ def test_only_requested_gradients(backend, case, dtype, wanted):
 )
 def test_non_contiguous_x(backend, case):
     """A batch_first module hands the op a transposed x."""
-    backend.skip_unless_supported(case)
-    a = make_inputs(case, torch.float64, backend.device)
+    a = backend.inputs(case, torch.float64)
     a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
     assert not a["x"].is_contiguous()
-    compare(backend.layer, a, TOL[torch.float64], poison=backend.poison)
+    backend.check(case, torch.float64, a=a)
 
 
 @pytest.mark.parametrize(
@@ -324,8 +325,7 @@ def test_repeatable_and_same_without_grad(backend, case):
     cuda driver writes the variant cells' per-step rows to [B, .] scratch instead of the [N, .]
     history, and a GEMM over other row counts may round differently (cuBLAS and the host
     build's at::mm alike): there, no_grad outputs agree to the float32 tolerance."""
-    backend.skip_unless_supported(case)
-    a = make_inputs(case, torch.float32, backend.device, seed=5)
+    a = backend.inputs(case, torch.float32, seed=5)
     (out1, g1), (out2, g2) = (outputs_and_grads(backend.layer, a) for _ in range(2))
     with torch.no_grad():
         out3 = call(backend.layer, a)
@@ -398,10 +398,10 @@ def test_gradcheck(backend, case):
     random projection of the Jacobian on the Triton interpreter, which is slow; the whole
     Jacobian elsewhere). The reference op (autograd through float64 PyTorch ops) is held to
     a tenfold tighter atol."""
-    backend.skip_unless_supported(case)
-    if backend.name.startswith("triton") and str(case) not in TRITON_GRADCHECK:
+    a = backend.inputs(case, torch.float64, seed=7)
+    triton = backend.name.startswith("triton")
+    if triton and str(case) not in TRITON_GRADCHECK:
         pytest.skip("the Triton interpreter is slow: it takes the cases of TRITON_GRADCHECK")
-    a = make_inputs(case, torch.float64, backend.device, seed=7)
     names = [k for k in library.GRAD_INPUTS if a.get(k) is not None]
 
     def fn(*ts):
@@ -409,6 +409,5 @@ def test_gradcheck(backend, case):
         return tuple(o for o in outs if o is not None)
 
     inputs = tuple(a[k].clone().requires_grad_() for k in names)
-    fast = backend.name.startswith("triton")
     atol = 1e-7 if backend.name == "reference" else 1e-6
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=atol, rtol=1e-5, fast_mode=fast)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=atol, rtol=1e-5, fast_mode=triton)
