@@ -103,6 +103,7 @@ std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, co
   T* o[3] = {nullptr, nullptr, nullptr};
   for (int k = 0; k < 3; ++k)
     if (want[k]) o[k] = ptr<T>(out[k] = at::zeros({cols}, opts));
+  const auto& K = kernels(T{});
   auto sum_columns = [&](int64_t c0, int64_t c1) {
     const int64_t w = c1 - c0;
     std::vector<T> part(3 * w);
@@ -110,11 +111,12 @@ std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, co
     for (int k = 0; k < 3; ++k) pp[k] = want[k] ? part.data() + k * w : nullptr;
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       std::fill(part.begin(), part.end(), T(0));
-      kernels(T{}).col_accumulate(std::min(kRows, rows - r0), w, a + r0 * lda + c0, lda,
-                                  b1 ? b1 + r0 * ldb + c0 : nullptr,
-                                  b2 ? b2 + r0 * ldb + c0 : nullptr, ldb, pp[0], pp[1], pp[2]);
+      K.col_accumulate(std::min(kRows, rows - r0), w, a + r0 * lda + c0, lda,
+                       b1 ? b1 + r0 * ldb + c0 : nullptr, b2 ? b2 + r0 * ldb + c0 : nullptr, ldb,
+                       pp[0], pp[1], pp[2]);
       for (int k = 0; k < 3; ++k)
-        for (int64_t j = 0; j < w && want[k]; ++j) o[k][c0 + j] += pp[k][j];
+        if (want[k])
+          for (int64_t j = 0; j < w; ++j) o[k][c0 + j] += pp[k][j];
     }
   };
   if (!want[0] && !want[1] && !want[2]) return out;
