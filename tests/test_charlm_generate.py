@@ -22,7 +22,8 @@ from fusedrnn.charlm.errors import DataError
 from fusedrnn.charlm.model import CharRNN
 from fusedrnn.charlm.sample import fused_unsupported, generate, generate_batch, half_weight_model
 
-VOCAB = Vocab(sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\n")))
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
+VOCAB = Vocab(sorted(set(TEXT)))
 
 
 pytestmark = pytest.mark.skipif(
@@ -147,18 +148,37 @@ def test_fused_loop_calls_the_model_once_and_leaves_it_as_it_was():
 
 
 def test_which_loop_runs_and_what_is_refused(monkeypatch):
-    model = _model("lstm", layers=1, hidden=8)
-    assert fused_unsupported(model) is None
-    torch_model = CharRNN(len(VOCAB.chars), "lstm", 8, 1, 4, impl="torch")
-    assert "torch.nn" in fused_unsupported(torch_model)
-    with pytest.raises(DataError, match="fused sampling loop cannot run this model"):
-        generate(torch_model, VOCAB, "F", 5, fused=True)
-    bf16 = CharRNN(len(VOCAB.chars), "lstm", 8, 1, 4).to(torch.bfloat16)
-    assert "float32 or float64" in fused_unsupported(bf16)
-    # the automatic choice falls back to the Python loop for both, and still samples
+    """The fused loop refuses by name what it cannot run, the Python loop then samples (the
+    rounded copy with half_weights); weights beyond float16's range are refused by name."""
+    V = len(VOCAB.chars)
+    model, ln = (_model("lstm", layers=1, hidden=8, **v) for v in ({}, {"layer_norm": True}))
+    torch_model = CharRNN(V, "lstm", 8, 1, 4, impl="torch")
+    refused = [  # a model, half_weights, why the fused loop cannot run it
+        (torch_model, False, "torch.nn"),
+        (CharRNN(V, "lstm", 8, 1, 4).to(torch.bfloat16), False, "float32 or float64"),
+        (CharRNN(V, "gru", 8, 1, 4, backend="reference"), False, "'reference' backend"),
+        (ln, True, "plain cells"),
+        (_model("gru", layers=1, hidden=8, dtype=torch.float64), True, "float32"),
+    ]
+    for m, half, why in refused:
+        assert why in fused_unsupported(m, half_weights=half), why
+    assert fused_unsupported(model) is None and fused_unsupported(ln) is None
+    for m, half in ((torch_model, False), (ln, True)):
+        with pytest.raises(DataError, match="fused sampling loop cannot run this model"):
+            generate(m, VOCAB, "F", 5, fused=True, half_weights=half)
+    # the automatic choice falls back to the Python loop, and still samples
     assert len(generate(torch_model, VOCAB, "F", 5)) == 5
-    reference = CharRNN(len(VOCAB.chars), "gru", 8, 1, 4, backend="reference")
-    assert "'reference' backend" in fused_unsupported(reference)
+    before = {k: v.clone() for k, v in ln.state_dict().items()}
+    kinds = ("model", None, True), ("rounded", False, False)  # automatic choice; the oracle
+    auto, rounded = _runs(ln, *kinds, prime="F", length=40, num_samples=1, seed=5)
+    assert auto == rounded
+    torch.testing.assert_close(ln.state_dict(), before, rtol=0, atol=0)
+    big = _model("rnn", layers=1, hidden=8)
+    with torch.no_grad():
+        big.rnns[0].weight_hh_l0[0, 0] = 7e4
+    for fused in (True, False):
+        with pytest.raises(DataError, match=r"weight_hh_l0 has values up to 70000"):
+            generate(big, VOCAB, "F", 5, fused=fused, half_weights=True)
     with pytest.raises(DataError, match="on_text streams one sample"):
         generate_batch(model, VOCAB, "F", 5, 2, on_text=print)
     with pytest.raises(DataError, match="num_samples must be >= 1"):
@@ -221,8 +241,7 @@ def test_half_weights_move_each_distribution_by_little(cell):
     bfloat16 (2^-8) does, and by little in absolute terms; a sampled text of n characters then
     differs in law from the float32 one by at most n times the per-step distance."""
     model = _model(cell, 16, layers=2, hidden=64)
-    text = ("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 30)[:1500]
-    ids = torch.tensor([VOCAB.encode(text)])
+    ids = torch.tensor([VOCAB.encode((TEXT * 30)[:1500])])
     bf16 = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in bf16.rnns.named_parameters():
@@ -234,26 +253,3 @@ def test_half_weights_move_each_distribution_by_little(cell):
     tv16, tvbf = (0.5 * (probs[0] - q).abs().sum(-1) for q in probs[1:])
     assert tv16.mean() * 4 < tvbf.mean()
     assert tv16.max() < 5e-3
-
-
-def test_half_weights_where_the_fused_loop_cannot_keep_them():
-    """Variant cells and float64 models sample the rounded copy in the Python loop; weights
-    beyond float16's range are refused by name."""
-    model = _model("lstm", layers=1, hidden=8, layer_norm=True)
-    assert "plain cells" in fused_unsupported(model, half_weights=True)
-    assert fused_unsupported(model) is None
-    with pytest.raises(DataError, match="fused sampling loop cannot run this model"):
-        generate(model, VOCAB, "F", 5, fused=True, half_weights=True)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    kinds = ("model", None, True), ("rounded", False, False)  # automatic choice; the oracle
-    auto, rounded = _runs(model, *kinds, prime="F", length=40, num_samples=1, seed=5)
-    assert auto == rounded
-    torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
-    double = _model("gru", layers=1, hidden=8, dtype=torch.float64)
-    assert "float32" in fused_unsupported(double, half_weights=True)
-    big = _model("rnn", layers=1, hidden=8)
-    with torch.no_grad():
-        big.rnns[0].weight_hh_l0[0, 0] = 7e4
-    for fused in (True, False):
-        with pytest.raises(DataError, match=r"weight_hh_l0 has values up to 70000"):
-            generate(big, VOCAB, "F", 5, fused=fused, half_weights=True)
