@@ -157,25 +157,28 @@ def call(layer, a: dict):
     return layer(*(a[k] for k in library.NAMES[: library.N_POSITIONAL]), **options)
 
 
-def with_leaves(a: dict) -> dict:
-    """A copy of the arguments whose differentiable tensors are fresh leaves requiring grad."""
+def with_leaves(a: dict, wanted=library.GRAD_INPUTS) -> dict:
+    """A copy of the arguments whose differentiable tensors (those named in ``wanted``) are
+    fresh leaves requiring grad."""
     return {
-        k: v.detach().clone().requires_grad_() if k in library.GRAD_INPUTS and v is not None else v
+        k: v.detach().clone().requires_grad_() if k in wanted and v is not None else v
         for k, v in a.items()
     }
 
 
-def outputs_and_grads(layer, a: dict, seed: int = 1, pick: int | None = None):
+def outputs_and_grads(layer, a: dict, seed: int = 1, pick: int | None = None, wanted=None):
     """Outputs (y, h_n, c_n; None where absent) and the gradient of every present
     differentiable input by name, under a seeded random linear loss on every output
-    (on output ``pick`` alone when given)."""
-    a = with_leaves(a)
+    (on output ``pick`` alone when given). With ``wanted`` (names) only those inputs require
+    grad, and each must get a gradient."""
+    names = wanted or library.GRAD_INPUTS
+    a = with_leaves(a, names)
     outs = call(layer, a)
     gen = torch.Generator().manual_seed(seed)
     used = [o for k, o in enumerate(outs) if o is not None and pick in (None, k)]
     ups = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in used]
-    leaves = {k: v for k, v in a.items() if k in library.GRAD_INPUTS and v is not None}
-    grads = torch.autograd.grad(used, list(leaves.values()), ups, allow_unused=True)
+    leaves = {k: v for k, v in a.items() if k in names and v is not None}
+    grads = torch.autograd.grad(used, list(leaves.values()), ups, allow_unused=wanted is None)
     return [None if o is None else o.detach() for o in outs], dict(zip(leaves, grads, strict=True))
 
 
@@ -195,20 +198,22 @@ def cast(v, dtype: torch.dtype):
 
 
 def compare(
-    layer, a: dict, tol: float, *, poison=contextlib.nullcontext, pick=None, upcast=None
-) -> None:
-    """Every output and every gradient of ``layer`` against the reference op on ``a``. With
-    ``upcast`` (a dtype): ``layer``'s results, checked to be in ``a``'s dtype, are cast to it
-    and compared with the reference op's on ``a`` cast to it (half precision)."""
+    layer, a: dict, tol: float, *, poison=contextlib.nullcontext, pick=None, upcast=None,
+    wanted=None,
+) -> None:  # fmt: skip
+    """Every output and every gradient (of the inputs named in ``wanted`` only, when given)
+    of ``layer`` against the reference op on ``a``. With ``upcast`` (a dtype): ``layer``'s
+    results, checked to be in ``a``'s dtype, are cast to it and compared with the reference
+    op's on ``a`` cast to it (half precision)."""
     with poison():
-        outs, grads = outputs_and_grads(layer, a, pick=pick)
+        outs, grads = outputs_and_grads(layer, a, pick=pick, wanted=wanted)
     if upcast is not None:
         results = [t for t in (*outs, *grads.values()) if t is not None]
         assert all(t.dtype == a["x"].dtype for t in results), "not in the inputs' dtype"
         outs = [cast(o, upcast) for o in outs]
         grads = {k: cast(g, upcast) for k, g in grads.items()}
         a = {k: cast(v, upcast) for k, v in a.items()}
-    ref_outs, ref_grads = outputs_and_grads(reference.layer, a, pick=pick)
+    ref_outs, ref_grads = outputs_and_grads(reference.layer, a, pick=pick, wanted=wanted)
     for name, o, r in zip(("y", "h_n", "c_n"), outs, ref_outs, strict=True):
         assert_close(o, r, tol, name)
     assert grads.keys() == ref_grads.keys()

@@ -26,14 +26,17 @@ def _structure(result):
     return type(result).__name__, [_structure(item) for item in result]
 
 
-def outputs_and_grads(module, x, hx=None, *, pack=None, seed=1):
+def outputs_and_grads(module, x, hx=None, *, pack=None, seed=1, draw_seed=None):
     """(result structure, outputs, grads) of ``module(x, hx)``, or of
-    ``module(pack(x), hx)``. The grads are those of the input, of each state tensor and of
-    every parameter (None for a frozen one), under a seeded random linear loss on every
-    output, the same for any module given the same seed."""
+    ``module(pack(x), hx)``, after ``torch.manual_seed(draw_seed)`` where given (dropout
+    masks). The grads are those of the input, of each state tensor and of every parameter
+    (None for a frozen one), under a seeded random linear loss on every output, the same for
+    any module given the same seed."""
     x = x.detach().clone().requires_grad_()
     hx = tree_map_only(torch.Tensor, lambda t: t.detach().clone().requires_grad_(), hx)
     inp = x if pack is None else pack(x)
+    if draw_seed is not None:
+        torch.manual_seed(draw_seed)
     result = module(inp, hx)
     if pack is not None:  # the output keeps the input's batch layout and order
         out = result[0]
@@ -72,10 +75,13 @@ def assert_outputs_close(got, want, *, rtol=1e-12, atol=1e-12):
     assert_all_close(got, want, [f"output {i}" for i in range(len(want))], rtol=rtol, atol=atol)
 
 
-def assert_same(ref, mod, x, hx=None, *, rtol, atol, pack=None, scaled=False, what=""):
+def assert_same(
+    ref, mod, x, hx=None, *, rtol, atol, pack=None, scaled=False, what="", draw_seed=None
+):
     """``mod`` gives ``ref``'s result structure, outputs and gradients on ``x`` and ``hx``."""
-    ref_structure, ref_outs, ref_grads = outputs_and_grads(ref, x, hx, pack=pack)
-    structure, outs, grads = outputs_and_grads(mod, x, hx, pack=pack)
+    run = dict(pack=pack, draw_seed=draw_seed)
+    ref_structure, ref_outs, ref_grads = outputs_and_grads(ref, x, hx, **run)
+    structure, outs, grads = outputs_and_grads(mod, x, hx, **run)
     assert structure == ref_structure, what
     params = [n for n, _ in ref.named_parameters()]
     states = [f"state {i}" for i in range(len(ref_grads) - 1 - len(params))]
@@ -113,11 +119,6 @@ def module_inputs(
     n = num_layers * (2 if bidirectional else 1)
     state = random_state(mode, (n, *lead), hidden, proj, dtype=dtype, gen=gen) if with_hx else None
     return x, state
-
-
-def param_list(module, *attrs) -> list[tuple]:
-    """(name, *attributes) of each parameter, e.g. ``param_list(m, "shape", "dtype")``."""
-    return [(n, *(getattr(p, a) for a in attrs)) for n, p in module.named_parameters()]
 
 
 def mode_kwargs(mode: str, proj: int = 0, **kwargs) -> tuple[str, dict]:

@@ -1,17 +1,17 @@
 """Backend conformance: every backend's layer op against the reference op, one suite.
 
-Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``-cooperative`` / ``-persistent`` (the Triton
-kernels, on CPU tensors under the interpreter: ``TRITON_INTERPRET=1 python -m pytest
-tests/test_conformance.py -k triton``, set before triton is imported; on CUDA tensors when a GPU
-is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the CPU, each
-launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each case (cell x
-shape x options x packed x reverse x proj x bias) is compared in float64 and float32 (against
-the reference op in float64 on the same inputs) on fresh seeded data: every output and the gradient of every differentiable input, with every buffer the
-kernels write poisoned first (NaN), so an element a kernel forgets to write shows up. The
-reference op, the oracle of the rest, is itself checked: its gradcheck (``reference``) and, on
-the plain cells, torch.nn's one-layer modules against it (``torch.nn``, tight tolerance). Half
-precision and the other grid walks of the cuda backend are in tests/test_cuda_backend.py and
-tests/test_cuda_variants.py.
+Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``-cooperative`` / ``-persistent``
+(the Triton kernels, on CPU tensors under the interpreter: ``TRITON_INTERPRET=1 python -m
+pytest tests/test_conformance.py -k triton``, set before triton is imported; on CUDA tensors
+when a GPU is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the
+CPU, each launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each case
+(cell x shape x options x packed x reverse x proj x bias) is compared in float64 and float32
+(against the reference op in float64 on the same inputs) on fresh seeded data: every output
+and the gradient of every differentiable input, with every buffer the kernels write poisoned
+first (NaN), so an element a kernel forgets to write shows up. The reference op, the oracle of
+the rest, is itself checked: its gradcheck (``reference``) and, on the plain cells, torch.nn's
+one-layer modules against it (``torch.nn``, tight tolerance). Half precision and the other grid
+walks of the cuda backend are in tests/test_cuda_backend.py and tests/test_cuda_variants.py.
 
 Backend-specific checks (thread splits, ISA copies, launch counts, grid walks, error messages)
 stay in the backend's own test file.
@@ -128,14 +128,15 @@ class Backend:
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
         return make_inputs(case, dtype, self.device, seed)
 
-    def check(self, case: Case, dtype: torch.dtype, pick: int | None = None, a=None) -> None:
-        """Outputs and gradients against the reference op, on ``a`` (``case``'s by default)."""
+    def check(self, case: Case, dtype: torch.dtype, a=None, **options) -> None:
+        """Outputs and gradients against the reference op, on ``a`` (``case``'s by default);
+        ``options`` (pick, wanted) as for layer_cases.compare."""
         a = self.inputs(case, dtype) if a is None else a
         # float32 results against the float64 truth on the same inputs: the reference op's own
         # float32 rounding is no error of the backend's (on the ill-conditioned layer-norm
         # gradients of H=300 it alone reaches a third of the tolerance)
         upcast = torch.float64 if dtype == torch.float32 else None
-        compare(self.layer, a, self.tol(dtype, case), poison=self.poison, pick=pick, upcast=upcast)
+        compare(self.layer, a, self.tol(dtype, case), poison=self.poison, upcast=upcast, **options)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -247,65 +248,45 @@ def test_variants_float64_float32(backend, case, dtype):
     backend.check(case, dtype)
 
 
-# -- gradients through one output only, non-contiguous x, repeatability ----------------------
+# -- one output's gradients, frozen inputs, a transposed x, repeatability --------------------
 
-ONE_OUTPUT = [
-    Case("lstm", T=5, B=3, I=4, H=40),
-    Case("gru", T=3, B=3, I=2, H=6, packed=True),
-    Case("rnn_tanh", T=3, B=3, I=2, H=6, packed=True),
-    Case("lstm", packed=True, ln=True, peep=True, zone="hc"),
-    Case("gru", T=3, B=3, I=2, H=6, ln=True, zone="h", packed=True),
-]
-
-
-@pytest.mark.parametrize("pick", [0, 1, 2], ids=["y", "h_n", "c_n"])
-@pytest.mark.parametrize("case", ONE_OUTPUT, ids=str)
-def test_loss_on_one_output(backend, case, pick):
-    """Output gradients autograd does not produce reach the backward as None: each output
-    alone must still give the reference gradients."""
-    if pick == 2 and case.cell != "lstm":
-        pytest.skip("c_n is the LSTM's")
-    backend.check(case, torch.float64, pick=pick)
-
-
-@pytest.mark.parametrize(
-    "case,dtype,wanted",
-    [
-        (Case("lstm", T=4, B=3, I=5, H=6), torch.float32, ("x",)),
-        (Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="eval"), torch.float64,
-         ("x", "ln_c_w")),
-        *[(Case(cell, bias=False), torch.float64, ("x", "h0", "w_ih", "w_hh")) for cell in CELLS],
-    ],
-    ids=lambda v: "-".join(v) if isinstance(v, tuple) else str(v).removeprefix("torch."),
-)  # fmt: skip
-def test_only_requested_gradients(backend, case, dtype, wanted):
-    """Some weights (and c0) frozen (no requires_grad): the gradients of the inputs that do
-    require grad still match the reference, whose own ones must exist (autograd.grad raises
-    on an unused input), and without grad mode nothing is recorded."""
-    a = backend.inputs(case, dtype)
-
-    def grads(layer):
-        b = {**a, **{k: a[k].clone().requires_grad_() for k in wanted}}
-        loss = sum(o.sum() for o in call(layer, b) if o is not None)
-        return torch.autograd.grad(loss, [b[k] for k in wanted])
-
-    with backend.poison():
-        got = grads(backend.layer)
-    for k, g, r in zip(wanted, got, grads(reference.layer), strict=True):
-        assert_close(g, r, backend.tol(dtype, case), f"d{k}")
-    with torch.no_grad():
-        assert not any(o.requires_grad for o in call(backend.layer, a) if o is not None)
+F64 = torch.float64
+CALLS = [  # (case, dtype, how): a loss on output ``pick``, grads of ``wanted``, x ``transposed``
+    *((c, F64, {"pick": k}) for c in (
+        Case("lstm", T=5, B=3, I=4, H=40),
+        Case("gru", T=3, B=3, I=2, H=6, packed=True),
+        Case("rnn_tanh", T=3, B=3, I=2, H=6, packed=True),
+        Case("lstm", packed=True, ln=True, peep=True, zone="hc"),
+        Case("gru", T=3, B=3, I=2, H=6, ln=True, zone="h", packed=True),
+    ) for k in range(3 if c.cell == "lstm" else 2)),
+    (Case("lstm", T=4, B=3, I=5, H=6), torch.float32, {"wanted": ("x",)}),
+    (Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="eval"), F64,
+     {"wanted": ("x", "ln_c_w")}),
+    *((Case(cell, bias=False), F64, {"wanted": ("x", "h0", "w_ih", "w_hh")}) for cell in CELLS),
+    *((c, F64, {"transposed": True})
+      for c in (Case("gru", T=5, B=4, I=6, H=5), Case("lstm", ln=True, zone="eval"))),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "case", [Case("gru", T=5, B=4, I=6, H=5), Case("lstm", ln=True, zone="eval")], ids=str
+    "case,dtype,how",
+    CALLS,
+    ids=lambda v: "".join(c for c in str(v).removeprefix("torch.") if c not in " '{}"),
 )
-def test_non_contiguous_x(backend, case):
-    """A batch_first module hands the op a transposed x."""
-    a = backend.inputs(case, torch.float64)
-    a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
-    assert not a["x"].is_contiguous()
-    backend.check(case, torch.float64, a=a)
+def test_call_forms(backend, case, dtype, how):
+    """``pick``: output gradients autograd does not produce reach the backward as None, and
+    each output alone must still give the reference gradients. ``wanted``: the other weights
+    (and c0) frozen (no requires_grad), the gradients of those that do require grad still
+    match the reference's (which must exist). ``transposed``: a batch_first module hands the
+    op a transposed x. Without grad mode nothing is recorded."""
+    a = backend.inputs(case, dtype)
+    if how.get("transposed"):
+        a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
+        assert not a["x"].is_contiguous()
+    backend.check(case, dtype, a=a, pick=how.get("pick"), wanted=how.get("wanted"))
+    with torch.no_grad():
+        outs = call(backend.layer, a)
+    assert not any(o.requires_grad for o in outs if o is not None)
 
 
 @pytest.mark.parametrize(

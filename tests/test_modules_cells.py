@@ -1,6 +1,6 @@
-"""LSTMCell / GRUCell / RNNCell against the torch.nn cells: construction, parameters,
-values and gradients (batched, unbatched, hx None, bias False); their errors are in
-test_modules_errors.py."""
+"""LSTMCell / GRUCell / RNNCell against the torch.nn cells: values and gradients (batched,
+unbatched, hx None, bias False); their construction is checked in
+test_modules_construction.py, their errors in test_modules_errors.py."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ import itertools
 import pytest
 import torch
 from conftest import MODES
-from module_testlib import assert_outputs_close, assert_same, flatten, param_list, random_state
-from torch import nn
-
-import fusedrnn
+from module_testlib import assert_outputs_close, assert_same, flatten, random_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,34 +52,3 @@ def test_cell_loop_over_time(name, cpu_backend, rnn_pair):
             total = total + (flatten(state)[0] * (t + 1)).sum()
         results.append(torch.autograd.grad(total, [x, *cell.parameters()]))
     assert_outputs_close(results[1], results[0])
-
-
-# arguments after input_size and hidden_size: bias, [nonlinearity,] device, dtype
-BY_POSITION = {
-    "LSTM": [(False,), (True, "cpu", torch.float64)],
-    "GRU": [(False,), (True, "cpu", torch.float64)],
-    "RNN_TANH": [(False,), (False, "tanh", "cpu")],
-    "RNN_RELU": [(True, "relu"), (True, "relu", None, torch.float64)],
-}
-
-
-@pytest.mark.parametrize("name", CELLS)
-def test_cell_parameters_init_and_repr(name):
-    cls, extra = CELLS[name]
-    calls = [((), {**extra, **kw}) for kw in ({}, {"bias": False}, {"dtype": torch.float64})]
-    for args, kwargs in calls + [(args, {}) for args in BY_POSITION[name]]:
-        torch.manual_seed(4)
-        ref = getattr(nn, cls)(I, H, *args, **kwargs)
-        torch.manual_seed(4)
-        mod = getattr(fusedrnn, cls)(I, H, *args, **kwargs)
-        assert isinstance(mod, nn.Module) and type(mod).__name__ == cls
-        assert param_list(mod, "shape", "dtype") == param_list(ref, "shape", "dtype")
-        # torch.nn's U(-1/sqrt(H), 1/sqrt(H)) from the same seed
-        torch.testing.assert_close(list(mod.parameters()), list(ref.parameters()), rtol=0, atol=0)
-        assert list(mod.state_dict()) == list(ref.state_dict())
-        assert repr(mod) == repr(ref)
-        assert (mod.bias_ih is None) == (ref.bias_ih is None)
-        for attr in ("input_size", "hidden_size", "bias", "nonlinearity"):
-            assert getattr(mod, attr, None) == getattr(ref, attr, None)
-    cell = getattr(fusedrnn, cls)(3, 4, backend="reference")
-    assert cell.backend == "reference" and repr(cell) == f"{cls}(3, 4, backend='reference')"

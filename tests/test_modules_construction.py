@@ -10,14 +10,14 @@ import warnings
 
 import pytest
 import torch
-from module_testlib import param_list
 from torch import nn
 
 import fusedrnn
 
 CLASSES = ["LSTM", "GRU", "RNN"]
 CONFIG_ATTRS = (
-    "input_size hidden_size num_layers bias batch_first dropout bidirectional proj_size mode"
+    "input_size hidden_size bias num_layers batch_first dropout bidirectional proj_size mode "
+    "nonlinearity"
 ).split()
 
 
@@ -30,11 +30,11 @@ def _build(lib, cls, *args, **kwargs):
 
 
 def _assert_same_config(ref: nn.Module, mod: nn.Module) -> None:
-    for attr in CONFIG_ATTRS:
-        assert getattr(mod, attr) == getattr(ref, attr), attr
-        assert type(getattr(mod, attr)) is type(getattr(ref, attr)), attr
-    if hasattr(ref, "nonlinearity"):
-        assert mod.nonlinearity == ref.nonlinearity
+    for attr in CONFIG_ATTRS:  # a cell has fewer, an LSTM or GRU no nonlinearity
+        assert hasattr(mod, attr) == hasattr(ref, attr), attr
+        if hasattr(ref, attr):
+            assert getattr(mod, attr) == getattr(ref, attr), attr
+            assert type(getattr(mod, attr)) is type(getattr(ref, attr)), attr
 
 
 # -- the same module as torch.nn's --------------------------------------------------------
@@ -54,6 +54,11 @@ POSITIONAL = {
             (3, 5, 2, "relu", True, True), (3, 5, 3, "relu", False, True, 0.25),
             (3, 5, 2, "tanh", True, False, 0.5, True),
             (3, 5, 2, "relu", True, False, 0.0, True, 0, "cpu", torch.float64)],
+    # the cells: bias, [nonlinearity,] device, dtype
+    "LSTMCell": [(3, 5, False), (3, 5, True, "cpu", torch.float64)],
+    "GRUCell": [(3, 5, False), (3, 5, True, "cpu", torch.float64)],
+    "RNNCell": [(3, 5), (3, 5, False), (3, 5, False, "tanh", "cpu"), (3, 5, True, "relu"),
+                (3, 5, True, "relu", None, torch.float64)],
 }
 KEYWORDS = [
     ("LSTM", {"input_size": 2, "hidden_size": 7}),
@@ -79,12 +84,19 @@ LAYOUTS = [
 SAME_AS_NN = [(cls, args, {}) for cls, cases in POSITIONAL.items() for args in cases]
 SAME_AS_NN += [(cls, (), kwargs) for cls, kwargs in KEYWORDS]
 SAME_AS_NN += [(c, (3, 5), {**kw, "batch_first": bf}) for c, kw in LAYOUTS for bf in (False, True)]
+SAME_AS_NN += [
+    (c, (3, 5), {**kw, **more})
+    for c, kw in (("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "tanh"}),
+                  ("RNNCell", {"nonlinearity": "relu"}))
+    for more in ({}, {"bias": False}, {"dtype": torch.float64})
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("cls,args,kwargs", SAME_AS_NN)
 def test_same_module_as_torch_nn(cls, args, kwargs):
     """Configuration; parameter names, shapes, dtypes, order and, from the same seed,
-    initial values; the same repr when no backend is named."""
+    initial values (torch.nn's U(-1/sqrt(H), 1/sqrt(H))); the same repr when no backend is
+    named. The modules and the cells."""
     torch.manual_seed(123)
     ref = _build(nn, cls, *args, **kwargs)
     torch.manual_seed(123)
@@ -92,11 +104,15 @@ def test_same_module_as_torch_nn(cls, args, kwargs):
     _assert_same_config(ref, mod)
     assert isinstance(mod, nn.Module) and type(mod).__name__ == cls
     assert repr(mod) == repr(ref)
-    assert param_list(mod, "shape", "dtype") == param_list(ref, "shape", "dtype")
+    # names and order (no buffers: the state_dict holds the parameters alone), then shapes,
+    # dtypes and values
+    assert list(mod.named_buffers()) == []
+    assert list(mod.state_dict()) == list(ref.state_dict())
     torch.testing.assert_close(list(mod.parameters()), list(ref.parameters()), rtol=0, atol=0)
     assert all(p.requires_grad for p in mod.parameters())
-    assert list(mod.state_dict()) == list(ref.state_dict())
-    assert list(mod.named_buffers()) == []
+    if cls.endswith("Cell"):  # without a bias, bias_ih is None, as in torch.nn
+        assert (mod.bias_ih is None) == (ref.bias_ih is None)
+        return
     assert mod._flat_weights_names == ref._flat_weights_names
     shapes = [[[w.shape for w in ws] for ws in m.all_weights] for m in (mod, ref)]
     assert shapes[0] == shapes[1]
@@ -126,8 +142,10 @@ def test_factory_kwargs_and_default_dtype(cls, dtype):
 
 def test_backend_is_keyword_only():
     # (an 11th positional argument is refused as by torch.nn: see BAD_POSITIONAL)
-    assert fusedrnn.LSTM(3, 4, backend="reference").backend == "reference"
-    assert fusedrnn.LSTM(3, 4).backend is None
+    for cls in (*CLASSES, "LSTMCell", "GRUCell", "RNNCell"):
+        mod = getattr(fusedrnn, cls)(3, 4, backend="reference")
+        assert mod.backend == "reference" and repr(mod) == f"{cls}(3, 4, backend='reference')"
+        assert getattr(fusedrnn, cls)(3, 4).backend is None
     mod = fusedrnn.GRU(3, 5, num_layers=2, backend="reference")
     assert repr(mod) == "GRU(3, 5, num_layers=2, backend='reference')"
 

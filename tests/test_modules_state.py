@@ -267,14 +267,10 @@ def test_state_dict_of_a_model_holding_the_module(cpu_backend):
             {"rnn": lib.LSTM(I, H, num_layers=2, **kw), "head": nn.Linear(H, 2)}
         ).double()
 
-    ours, theirs = model(fusedrnn, backend=cpu_backend), model(nn)
-    theirs.load_state_dict(ours.state_dict())
-    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours, x = model(fusedrnn, backend=cpu_backend), _x()
     assert "rnn.weight_hh_l1" in ours.state_dict()
-    x = _x()
-    want = theirs["head"](theirs["rnn"](x)[0])
-    torch.testing.assert_close(ours["head"](ours["rnn"](x)[0]), want, **EXACT)
-    fresh = model(nn)
-    ours.load_state_dict(fresh.state_dict())  # and the other way round
-    want = fresh["head"](fresh["rnn"](x)[0])
-    torch.testing.assert_close(ours["head"](ours["rnn"](x)[0]), want, **EXACT)
+    for src, dst in ((ours, model(nn)), (model(nn), ours)):
+        dst.load_state_dict(src.state_dict())
+        assert list(dst.state_dict()) == list(src.state_dict())
+        run = [m["head"](m["rnn"](x)[0]) for m in (dst, src)]
+        torch.testing.assert_close(*run, **EXACT)

@@ -362,11 +362,6 @@ def test_batch_first_unbatched_and_compiled_with_variants():
     assert torch.equal(_seeded(5, compiled, x)[0], _seeded(5, m, x)[0])
 
 
-def test_repr_mentions_variants():
-    text = repr(fusedrnn.LSTM(I, H, layer_norm=True, zoneout=(0.1, 0.2), cifg=True))
-    assert "layer_norm=True" in text and "zoneout=(0.1, 0.2)" in text and "cifg=True" in text
-
-
 # -- invalid options and backends -------------------------------------------------------------
 @pytest.mark.parametrize(
     "ctor,exc,match",
@@ -432,6 +427,8 @@ def test_cell_options_helpers():
     assert [s[:2] for s in specs] == gates + rest
     with pytest.raises(AttributeError):
         opts.cifg = False  # frozen
+    text = repr(fusedrnn.LSTM(I, H, layer_norm=True, zoneout=(0.1, 0.2), cifg=True))
+    assert "layer_norm=True" in text and "zoneout=(0.1, 0.2)" in text and "cifg=True" in text
 
 
 def test_variants_with_interlayer_dropout():
