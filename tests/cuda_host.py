@@ -116,14 +116,11 @@ def problem(case: Case, dtype: torch.dtype = torch.float64, device=None, seed: i
             p.update(ln_c_w=rnd(H, center=1.0), ln_c_b=rnd(H) if bias else None)
     if case.peep:
         p["w_ch"] = rnd(2 if case.cifg else 3, H)
-    if case.zone != "none":
-        p["zoneout_h"] = 0.3
-        if lstm:
-            p["zoneout_c"] = 0.4
+    for s, width, prob in (("h", Hout, 0.3), ("c", H, 0.4))[: 1 + lstm]:  # h's mask drawn first
+        if case.zone != "none":
+            p[f"zoneout_{s}"] = prob
         if case.zone == "hc":
-            p["mask_h"] = (torch.rand(*lead, Hout, generator=g) < 0.3).double()
-            if lstm:
-                p["mask_c"] = (torch.rand(*lead, H, generator=g) < 0.4).double()
+            p[f"mask_{s}"] = (torch.rand(*lead, width, generator=g) < prob).double()
     return cast(p, dtype, device)
 
 

@@ -78,8 +78,7 @@ GPU_CASES = [  # Case options; proj 18 is H // 2 at the H = 37 of the test
 ]  # fmt: skip
 
 
-# float64 / float32 on CUDA tensors: tests/test_conformance.py (backend "cuda")
-GPU_COMPARE = [
+GPU_COMPARE = [  # float64 / float32 on CUDA tensors: tests/test_conformance.py (backend "cuda")
     # H = 37: one warp and a few idle threads; proj_size H // 2 for layer norm, since h W_hh^T
     # of rank 3 leaves layer norm too ill-conditioned for bfloat16 to resolve
     *((Case(**options, B=5, T=6, I=4, H=37, packed=packed, reverse=reverse), dtype)

@@ -27,8 +27,7 @@ __global__ void row_kernel(const Op op, int64_t rows) {
   row_loop(blockIdx.x, gridDim.x, rows, blk, op);
 }
 
-// Runs op(i) for every i < n: one launch of elementwise_kernel<Op> on `stream` (the harness'
-// KernelRun walks the same grid on the CPU).
+// Runs op(i) for every i < n: one launch of elementwise_kernel<Op> on `stream`.
 struct KernelRun {
   cudaStream_t stream;
   int64_t n;
@@ -42,7 +41,7 @@ struct KernelRun {
 };
 
 // Runs op over every row: one launch of row_kernel<Op>, one accumulator of the functor's acc
-// type in shared memory per thread (the harness' RowKernelRun walks the same blocks).
+// type in shared memory per thread.
 struct RowKernelRun {
   cudaStream_t stream;
   int64_t rows, hidden;

@@ -3,11 +3,9 @@
 // cifg, projection).
 //
 // ATen only (no CUDA headers): the GEMMs are ATen calls, the per-step kernels are reached
-// through a `Launch` policy. bindings.cpp instantiates it with the CUDA launchers (GEMMs go to
-// cuBLAS on the current stream); the test-suite instantiates it with the host harness
+// through a `Launch` (layer_module.h). bindings.cpp instantiates it with the CUDA launchers
+// (GEMMs go to cuBLAS on the current stream); the test-suite with the host harness
 // (csrc/cuda/harness/host_driver.cpp) on CPU tensors, so this exact loop is tested here.
-// A Launch (layer_module.h) runs one launcher of launchers.h, launch(launcher, args...) calling
-// launcher(args..., stream), and checks for errors itself.
 //
 // Forward: XP = X W_ih^T for every step; xg = XP + b_ih, with layer norm LN_ih(XP) + LN_ih bias
 // + b_ih (ATen, all rows at once: layer norm is per row). Per step t (`rows` active rows from

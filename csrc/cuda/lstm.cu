@@ -9,10 +9,9 @@
 namespace fusedrnn {
 namespace cuda {
 
-// The blocks of H columns of a saved act row (LstmFwdArgs::act) for G gate blocks: the gates
-// after their activations, in the gate order of xg, hg and dP (i, f, g, o; cifg: i, g, o), then
-// from block `cell` on the cell's c_{t-1}, tanh(cn_t) and c~_t. The row kernels address those
-// through a pointer of their own: indexed from act, ptxas gives them more registers.
+// The blocks of H columns of a saved act row (LstmFwdArgs::act) for G gate blocks, in the gate
+// order of xg, hg and dP. The row kernels address the cell blocks through a pointer of their
+// own: indexed from act, ptxas gives them more registers.
 template <int64_t G>
 struct LstmAct {
   enum : int64_t { i = 0, f = 1, g = G - 2, o = G - 1, cell = G, blocks = G + 3 };
@@ -264,15 +263,14 @@ struct LstmRowBwdOp {
   }
 };
 
-// keep value of element idx = r * width + j (mask row r or p)
 template <typename T, class Args>
 FRNN_HD acc_t<T> zone_keep_at(const Args& a, int64_t idx) {
   const int64_t j = idx % a.width;
   return zone_keep<T>(a.zone, idx - j, j);
 }
 
-// Projection, elementwise (idx = r * K + j): h_state[r] <- keep h_{t-1} + (1 - keep) hy (or hy),
-// y <- h_state[r]; h_{t-1} is read from the acc state, not from the rounded copy in h_prev
+// The projection's zoneout (ZoneFwdArgs, ZoneBwdArgs), elementwise. h_{t-1} is read from the
+// acc state, not from the rounded copy in h_prev.
 template <typename T>
 struct ZoneFwdOp {
   ZoneFwdArgs a;
@@ -287,7 +285,6 @@ struct ZoneFwdOp {
   }
 };
 
-// dh_t = dy_t + dh_state: dht <- (1 - keep) dh_t (reaches the projection), dh_state <- keep dh_t
 template <typename T>
 struct ZoneBwdOp {
   ZoneBwdArgs a;

@@ -38,9 +38,8 @@ def check_options(
     w_ch: Tensor | None,
     zoneout_c: float,
     mask_c: Tensor | None,
-) -> int:
-    """The checks of a layer op call with variants, with the same messages on every backend;
-    returns H."""
+) -> None:
+    """The checks of a layer op call with variants, with the same messages on every backend."""
     if cell not in VARIANT_CELLS:
         raise ValueError(f"cell variants exist for {VARIANT_CELLS}, got {cell!r}")
     is_lstm = cell == "lstm"
@@ -62,7 +61,16 @@ def check_options(
         raise ValueError(
             f"peephole weights must be [{2 if cifg else 3}, {hidden}], got {tuple(w_ch.shape)}"
         )
-    return hidden
+
+
+def check_cell_and_options(cell: str, w_ih: Tensor, w_hh: Tensor, options: dict) -> None:
+    """The first checks of every layer op call: :func:`check_options` when ``options`` (the
+    layer op's keyword-only options) ask for a variant, else :func:`check_cell`."""
+    if not variants_on(**options):
+        return check_cell(cell)
+    o = {**OPTION_DEFAULTS, **options}
+    keys = ("cifg", "ln_ih_w", "ln_hh_w", "ln_c_w", "w_ch", "zoneout_c", "mask_c")
+    check_options(cell, w_ih, w_hh, *(o[k] for k in keys))
 
 
 def check_layer(
@@ -86,14 +94,10 @@ def check_layer(
 ) -> int:
     """Every argument check of a layer op call whose kernels index raw memory (the GPU
     backends; the C++ extension repeats the few that guard its own pointers), with one set of
-    messages: the cell and options first (:func:`check_options`), then dtype, device and every
-    shape. Returns H."""
+    messages: the cell and options first (:func:`check_cell_and_options`), then dtype, device
+    and every shape. Returns H."""
+    check_cell_and_options(cell, w_ih, w_hh, options)
     o = {**OPTION_DEFAULTS, **options}
-    if variants_on(**options):
-        check_options(cell, w_ih, w_hh, o["cifg"], o["ln_ih_w"], o["ln_hh_w"], o["ln_c_w"],
-                      o["w_ch"], o["zoneout_c"], o["mask_c"])  # fmt: skip
-    else:
-        check_cell(cell)
     is_lstm = cell == "lstm"
     named = dict(x=x, h0=h0, c0=c0 if is_lstm else None, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                  b_hh=b_hh, w_hr=w_hr, **{k: o[k] for k in OPTION_TENSORS})  # fmt: skip

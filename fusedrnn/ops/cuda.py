@@ -2,11 +2,9 @@
 
 One time loop for every cell and option, in C++ (csrc/cuda/layer_driver.h: the GEMMs and fused
 kernels of each step, forward and backward) in the extension ``fusedrnn._C_cuda``, which is
-built only when torch has CUDA and nvcc is present. torch.nn's cells run an elementwise kernel
-(a thread per unit of a row); with a variant option on (layer norm, zoneout, peephole, CIFG;
-math in docs/variants.md) a row kernel, in which a thread block owns one batch row and reduces
-the row statistics in a fixed order (csrc/cuda/launchers.h). The per-element math is
-csrc/cell_math.h, the same code the cpu backend runs; the backward is derived in
+built only when torch has CUDA and nvcc is present. torch.nn's cells run elementwise kernels,
+the variants (math in docs/variants.md) row kernels (csrc/cuda/launchers.h). The per-element
+math is csrc/cell_math.h, the same code the cpu backend runs; the backward is derived in
 docs/backward.md.
 
 The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cuda_layer_fwd``

@@ -101,12 +101,8 @@ def variants_on(**options) -> bool:
         raise TypeError(f"unknown layer op option(s) {sorted(unknown)}; the options are "
                         f"{list(OPTION_DEFAULTS)}")  # fmt: skip
     o = {**OPTION_DEFAULTS, **options}
-    return bool(
-        o["cifg"]
-        or any(o[name] is not None for name in OPTION_TENSORS)
-        or o["zoneout_h"] > 0
-        or o["zoneout_c"] > 0
-    )
+    tensors = any(o[name] is not None for name in OPTION_TENSORS)
+    return bool(o["cifg"] or tensors or o["zoneout_h"] > 0 or o["zoneout_c"] > 0)
 
 
 def is_variant(a: LayerArgs) -> bool:
@@ -153,16 +149,8 @@ def differentiable_backward(
     return [next(computed) if n else None for n in needs]
 
 
-def in_float32(op, dtype: torch.dtype, *args, **kwargs) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``op(*args, **kwargs)`` with every floating-point tensor argument in float32, as the GPU
-    backends accumulate; its (y, h_n, c_n) are returned in ``dtype``. For the half-precision
-    inputs (e.g. under autocast) that a backend's kernels do not take directly."""
-
-    def f32(t):
-        return t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
-
-    y, h_n, c_n = op(*[f32(a) for a in args], **{k: f32(v) for k, v in kwargs.items()})
-    return y.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
+def _f32(t):
+    return t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -195,7 +183,9 @@ def define_layer(
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
     """Register ``fusedrnn::<backend>_layer_fwd/_bwd`` and return the backend's ``layer``.
 
-    ``in_float32_when(dtype, variant)``: inputs of that dtype run in float32 (:func:`in_float32`).
+    ``in_float32_when(dtype, variant)``: half-precision inputs of that dtype (e.g. under
+    autocast) that the kernels do not take run with every floating-point tensor in float32, as
+    the GPU backends accumulate; y, h_n and c_n come back in the input's dtype.
     ``double_backward``: under ``create_graph=True`` the backward recomputes through the
     reference op (:func:`differentiable_backward`) instead of refusing; the backend's forward
     then returns y, h_n and c_n as its first three buffers."""
@@ -289,10 +279,10 @@ def define_layer(
         """One layer in one direction; the contract of :func:`fusedrnn.ops.reference.layer`."""
         variant = variants_on(**options)  # an unknown option is a TypeError here
         if x.dtype in LOW_PRECISION and in_float32_when(x.dtype, variant):
-            return in_float32(
-                layer, x.dtype, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-                reverse, **options,
-            )  # fmt: skip
+            args = map(_f32, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+            y, h_n, c_n = layer(cell, *args, batch_sizes, reverse,
+                                **{k: _f32(v) for k, v in options.items()})  # fmt: skip
+            return y.to(x.dtype), h_n.to(x.dtype), None if c_n is None else c_n.to(x.dtype)
         lstm = cell == "lstm"
         opts = {**OPTION_DEFAULTS, **options}
         opts["zoneout_h"], opts["zoneout_c"] = float(opts["zoneout_h"]), float(opts["zoneout_c"])

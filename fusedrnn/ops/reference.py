@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..variants import LN_EPS
-from .checks import CELLS, GATES, check_cell, check_options
-from .library import variants_on
+from .checks import CELLS, GATES, check_cell_and_options
 
 __all__ = ["CELLS", "GATES", "layer", "step_slices"]
 
@@ -57,32 +56,28 @@ def _project(
 def _zone(
     new: Tensor,  # [rows, K] candidate state
     old: Tensor,  # [rows, K] previous state
-    mask: Tensor | None,  # [rows, K] 1 = keep old (training), or None
+    mask: Tensor | None,  # [N, K] 1 = keep old (training), or None
+    start: int,  # the step's first row in mask
     p: float,
 ) -> Tensor:
     if mask is not None:
+        mask = mask[start : start + new.shape[0]]
         return mask * old + (1 - mask) * new
     if p > 0:
         return p * old + (1 - p) * new
     return new
 
 
-def lstm_cell_reference(
-    xg: Tensor,  # [B, G*H] input projection of this step (LN and b_ih applied)
-    h: Tensor,  # [B, Hout]
-    c: Tensor,  # [B, H]
-    w_hh: Tensor,  # [G*H, Hout]
-    b_hh: Tensor | None,  # [G*H]
+def _lstm_candidate(
+    gates: Tensor,  # [rows, G*H] pre-activations without the peephole terms
+    c: Tensor,  # [rows, H] c_{t-1}
+    w_ch: Tensor | None,  # [3, H] rows i, f, o; [2, H] rows i, o with cifg
+    cifg: bool,
+    ln_c_w: Tensor | None,  # [H]
+    ln_c_b: Tensor | None,  # [H]
     w_hr: Tensor | None,  # [Hout, H]
-    ln_hh_w: Tensor | None = None,  # [G*H]
-    ln_hh_b: Tensor | None = None,  # [G*H]
-    ln_c_w: Tensor | None = None,  # [H]
-    ln_c_b: Tensor | None = None,  # [H]
-    w_ch: Tensor | None = None,  # [3, H] rows i, f, o; [2, H] rows i, o with cifg
-    cifg: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One step before zoneout: the candidate (h~_t [B, Hout], c~_t [B, H])."""
-    gates = xg + _project(h, w_hh, b_hh, ln_hh_w, ln_hh_b)
+    """One LSTM step before zoneout: the candidate (h~_t [rows, Hout], c~_t [rows, H])."""
     if cifg:
         i, g, o = gates.chunk(3, dim=1)
         f = None
@@ -103,32 +98,15 @@ def lstm_cell_reference(
     return h_new, c_new
 
 
-def gru_cell_reference(
-    xg: Tensor,  # [B, 3H] input projection of this step (LN and b_ih applied)
-    h: Tensor,  # [B, H]
-    w_hh: Tensor,  # [3H, H]
-    b_hh: Tensor | None,  # [3H]
-    ln_hh_w: Tensor | None = None,  # [3H]
-    ln_hh_b: Tensor | None = None,  # [3H]
-) -> Tensor:
-    """One step before zoneout: the candidate h~_t [B, H]. b_hn stays inside r * (.)."""
+def _gru_candidate(xg: Tensor, hg: Tensor, h: Tensor) -> Tensor:
+    """One GRU step before zoneout: the candidate h~_t [rows, H] from the input and recurrent
+    sides xg, hg [rows, 3H] and h_{t-1}; b_hn and LN_hh stay inside r * (.)."""
     xr, xz, xn = xg.chunk(3, dim=1)
-    hr, hz, hn = _project(h, w_hh, b_hh, ln_hh_w, ln_hh_b).chunk(3, dim=1)
+    hr, hz, hn = hg.chunk(3, dim=1)
     r = torch.sigmoid(xr + hr)
     z = torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
     return (1 - z) * n + z * h
-
-
-def rnn_cell_reference(
-    xg: Tensor,  # [B, H] input projection of this step, b_ih included
-    h: Tensor,  # [B, H]
-    w_hh: Tensor,  # [H, H]
-    b_hh: Tensor | None,  # [H]
-    relu: bool,
-) -> Tensor:
-    pre = xg + F.linear(h, w_hh, b_hh)
-    return torch.relu(pre) if relu else torch.tanh(pre)
 
 
 def step_slices(
@@ -182,42 +160,34 @@ def layer(
     ``batch_sizes[t]`` rows. Rows that have ended keep their last state (forward
     direction); rows that have not started yet still hold ``h0`` (reverse).
     """
-    if variants_on(
+    check_cell_and_options(cell, w_ih, w_hh, dict(
         cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
         ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
         mask_h=mask_h, mask_c=mask_c,
-    ):  # fmt: skip
-        check_options(cell, w_ih, w_hh, cifg, ln_ih_w, ln_hh_w, ln_c_w, w_ch, zoneout_c, mask_c)
-    else:
-        check_cell(cell)
+    ))  # fmt: skip
     packed = batch_sizes is not None
     batch = h0.shape[0]
     seq_len = batch_sizes.numel() if packed else x.shape[0]
     flat_x = x if packed else x.reshape(-1, x.shape[-1])
     # one GEMM for every step (layer norm is per row, so normalising them all at once is exact)
     xg = _project(flat_x, w_ih, b_ih, ln_ih_w, ln_ih_b)  # [N, G*H]
-    flat_mh = None if mask_h is None else mask_h.reshape(-1, mask_h.shape[-1])
-    flat_mc = None if mask_c is None else mask_c.reshape(-1, mask_c.shape[-1])
+    flat_mh, flat_mc = (None if m is None else m.reshape(-1, m.shape[-1]) for m in (mask_h, mask_c))
 
     h, c = h0, c0
     ys: list[Tensor | None] = [None] * seq_len
     for t, start, rows in step_slices(batch_sizes, seq_len, batch, reverse):
-        xg_t = xg[start : start + rows]
-        h_t = h[:rows]
+        xg_t, h_t = xg[start : start + rows], h[:rows]
+        hg = _project(h_t, w_hh, b_hh, ln_hh_w, ln_hh_b)  # [rows, G*H] the recurrent side
         if cell == "lstm":
             c_t = c[:rows]
-            h_new, c_new = lstm_cell_reference(
-                xg_t, h_t, c_t, w_hh, b_hh, w_hr, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, cifg
-            )
-            mc = None if flat_mc is None else flat_mc[start : start + rows]
-            c_new = _zone(c_new, c_t, mc, zoneout_c)
+            h_new, c_new = _lstm_candidate(xg_t + hg, c_t, w_ch, cifg, ln_c_w, ln_c_b, w_hr)
+            c_new = _zone(c_new, c_t, flat_mc, start, zoneout_c)
             c = c_new if rows == batch else torch.cat([c_new, c[rows:]])
         elif cell == "gru":
-            h_new = gru_cell_reference(xg_t, h_t, w_hh, b_hh, ln_hh_w, ln_hh_b)
+            h_new = _gru_candidate(xg_t, hg, h_t)
         else:
-            h_new = rnn_cell_reference(xg_t, h_t, w_hh, b_hh, cell == "rnn_relu")
-        mh = None if flat_mh is None else flat_mh[start : start + rows]
-        h_new = _zone(h_new, h_t, mh, zoneout_h)
+            h_new = torch.relu(xg_t + hg) if cell == "rnn_relu" else torch.tanh(xg_t + hg)
+        h_new = _zone(h_new, h_t, flat_mh, start, zoneout_h)
         h = h_new if rows == batch else torch.cat([h_new, h[rows:]])
         ys[t] = h_new
 
