@@ -32,30 +32,15 @@ from .tiles import load_gates, packed_ptrs, rec_tile
 
 
 @triton.jit
-def state_grad(
-    dh_ptr,  # [B, HOUT] running state gradient (accumulation dtype)
-    dg_ptr,  # [T, B, GH] recurrent gate gradients of every step
-    w_ptr,  # [GH, HOUT] W_hh
-    dhs_ptr,  # [T+1, B, HOUT] gradient of the state history (HAS_DHS)
-    dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
-    dg_prev_off,  # element offset of dG of the step processed before this one
-    dhs_off,  # element offset of dHs[slot written by this step]
-    y_row0,  # first row of this step in the packed output
-    rows,  # [BLOCK_B] batch rows of this program
-    cols,  # [BLOCK_H] state columns of this program
-    rmask,  # [BLOCK_B] rows < B
-    cmask,  # [BLOCK_H] cols < HOUT
-    act,  # [BLOCK_B] rows active at this step
-    prev,  # [BLOCK_B] rows active at the step processed before this one
-    GH,
-    HOUT,
-    HAS_DHS,
-    HAS_DY,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+def state_grad(dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_row0, rows, cols,
+               rmask, cmask, act, prev, GH, HOUT, HAS_DHS, HAS_DY, PRECISION: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """The tile ``rows x cols`` (masks ``rmask``, ``cmask``) of the gradient of the state a
+    step writes (see the module docstring): the running ``dh`` [B, HOUT] (accumulation dtype),
+    plus ``dG W_hh`` of the step processed before this one (``dg`` [T, B, GH] at
+    ``dg_prev_off``, ``W_hh`` [GH, HOUT]; its active rows ``prev``), plus ``dHs`` [T+1, B, HOUT]
+    at ``dhs_off``, the slot this step writes (HAS_DHS), plus, in this step's active rows
+    ``act``, ``dy`` [N, HOUT] from row ``y_row0`` (HAS_DY)."""
     acc_ty = dh_ptr.dtype.element_ty
     mask2 = rmask[:, None] & cmask[None, :]
     total = tl.load(dh_ptr + rows[:, None] * HOUT + cols[None, :], mask=mask2, other=0.0)

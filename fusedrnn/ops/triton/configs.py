@@ -45,10 +45,6 @@ class StepConfig:
         programs)."""
         return -(-cols // self.block_h) * -(-batch // self.block_b)
 
-    def row_grid(self, batch: int) -> tuple[int]:
-        """The row-only grid of the variant kernels (a program owns whole rows)."""
-        return (-(-batch // self.block_b),)
-
 
 @dataclass(frozen=True)
 class PersistentConfig:

@@ -64,27 +64,13 @@ def _program_rows(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
 
 @kernel_jit
 def _persistent_fwd_kernel(
-    xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
-    w_ptr,  # [G*H, H] W_hh
-    b_ptr,  # [G*H] b_hh (HAS_BIAS)
-    hs_ptr,  # [T+1, B, H] hidden-state history (slot of h0 filled)
-    cs_ptr,  # [T+1, B, H] cell-state history (LSTM; slot of c0 filled)
-    gates_ptr,  # [T, B, 4H] saved gates (LSTM: i f g o, GRU: r z n hn; WRITE_GATES)
-    y_ptr,  # [N, H] packed output (WRITE_Y)
-    steps_ptr,  # [T, 2] int32: first row of step t in x / y, active rows at t
-    T: tl.int64,
-    B,
-    H,
-    CELL: tl.constexpr,
-    HAS_BIAS,
-    REVERSE: tl.constexpr,
-    WRITE_Y,
-    WRITE_GATES: tl.constexpr,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
+    xg_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, gates_ptr, y_ptr, steps_ptr,
+    T: tl.int64, B, H, CELL: tl.constexpr, HAS_BIAS, REVERSE: tl.constexpr, WRITE_Y,
+    WRITE_GATES: tl.constexpr, ACC_TY: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Arguments as :func:`.step._step_fwd_kernel`'s, with ``HOUT = H`` (the first slots of
+    ``Hs`` and ``Cs`` hold h0 and c0)."""
     G: tl.constexpr = gate_blocks(CELL)
     rows, units, rmask, umask, state, mask2 = _program_rows(B, H, BLOCK_B, BLOCK_H)
     first = T if REVERSE else 0
@@ -142,31 +128,15 @@ def _persistent_fwd_kernel(
 
 @kernel_jit
 def _persistent_bwd_kernel(
-    dgx_ptr,  # [T, B, G*H] out: input-side gate gradients (zero in inactive rows)
-    dgh_ptr,  # [T, B, G*H] out: recurrent-side gate gradients (GRU only)
-    w_ptr,  # [G*H, H] W_hh
-    hs_ptr,  # [T+1, B, H] hidden-state history
-    cs_ptr,  # [T+1, B, H] cell-state history (LSTM)
-    gates_ptr,  # [T, B, 4H] saved gates (LSTM, GRU)
-    dhs_ptr,  # [T+1, B, H] gradient of Hs (HAS_DHS)
-    dy_ptr,  # [N, H] gradient of the packed output (HAS_DY)
-    dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
+    dgx_ptr, dgh_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, dy_ptr, dcs_ptr,
     dh0_ptr,  # [B, H] out: gradient of h0 (accumulation dtype)
     dc0_ptr,  # [B, H] out: gradient of c0 (LSTM)
-    steps_ptr,  # [T, 2] int32: first row of step t, active rows at t
-    T: tl.int64,
-    B,
-    H,
-    CELL: tl.constexpr,
-    REVERSE: tl.constexpr,
-    HAS_DHS,
-    HAS_DY,
-    HAS_DCS,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
+    steps_ptr, T: tl.int64, B, H, CELL: tl.constexpr, REVERSE: tl.constexpr, HAS_DHS, HAS_DY,
+    HAS_DCS, ACC_TY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
-):
+):  # fmt: skip
+    """Arguments as :func:`.step._step_bwd_kernel`'s, with ``HOUT = H`` (``dgx`` is its ``dg``,
+    zero in inactive rows), and the gradients of the first slot's states."""
     G: tl.constexpr = gate_blocks(CELL)
     rows, units, rmask, umask, state, mask2 = _program_rows(B, H, BLOCK_B, BLOCK_H)
     dg_ty = dgx_ptr.dtype.element_ty

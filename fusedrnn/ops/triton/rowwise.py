@@ -27,19 +27,11 @@ def row_chunk(rows, rmask, f0, F, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def row_rstd(
-    buf_ptr,  # [B, F] rows to normalise (already offset to the step)
-    rows,
-    act,
-    mean,  # [BLOCK_B]
-    F,
-    eps,
-    ACC_TY: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    """``1 / sqrt(var + eps)`` of every row, variance about the given mean (two-pass
-    variance: exact enough for float64 comparisons, unlike sum-of-squares)."""
+def row_rstd(buf_ptr, rows, act, mean, F, eps, ACC_TY: tl.constexpr, BLOCK_B: tl.constexpr,
+             BLOCK_H: tl.constexpr):  # fmt: skip
+    """``1 / sqrt(var + eps)`` of every row of ``buf`` [B, F] (already offset to the step),
+    variance about the given ``mean`` [BLOCK_B] (two-pass variance: exact enough for float64
+    comparisons, unlike sum-of-squares)."""
     ss = tl.zeros((BLOCK_B,), dtype=ACC_TY)
     for f0 in range(0, F, BLOCK_H):
         _, _, m2, off = row_chunk(rows, act, f0, F, BLOCK_H)
@@ -50,25 +42,12 @@ def row_rstd(
 
 
 @triton.jit
-def rec_raw_stats(
-    h_ptr,  # [B, K] previous hidden state
-    w_ptr,  # [F, K] W_hh
-    out_ptr,  # [B, F] out: raw recurrent projection (zero in inactive rows)
-    rows,
-    rmask,
-    act,
-    F,
-    K,
-    eps,
-    LAYER_NORM: tl.constexpr,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """First layer-norm pass over the recurrent projection: writes ``h W^T`` for all F
-    features and returns its row mean and rstd, visible to every thread of the program
+def rec_raw_stats(h_ptr, w_ptr, out_ptr, rows, rmask, act, F, K, eps, LAYER_NORM: tl.constexpr,
+                  ACC_TY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """First layer-norm pass over the recurrent projection of the previous state ``h`` [B, K]
+    and ``W_hh`` [F, K]: writes ``h W^T`` for all F features to ``out`` [B, F] (zero in
+    inactive rows) and returns its row mean and rstd, visible to every thread of the program
     when it returns (zeros without layer norm, when nothing is written)."""
     s1 = tl.zeros((BLOCK_B,), dtype=ACC_TY)
     if LAYER_NORM:
@@ -140,21 +119,12 @@ def recurrent_gates(
 
 
 @triton.jit
-def ln_bwd_rows(
-    dy_ptr,  # [B, F] gradient of the layer-norm output (already offset to the step)
-    xhat_ptr,  # [B, F] saved normalised input
-    w_ptr,  # [F] gain
-    rstd,  # [BLOCK_B]
-    sum_d,  # [BLOCK_B] row sums of dy * w
-    sum_dx,  # [BLOCK_B] row sums of dy * w * xhat
-    out_ptr,  # [B, F] out: gradient of the layer-norm input (zero in inactive rows)
-    rows,
-    rmask,
-    act,
-    F,
-    BLOCK_H: tl.constexpr,
-):
-    """Last layer-norm backward pass: ``dx`` for all F features of the rows."""
+def ln_bwd_rows(dy_ptr, xhat_ptr, w_ptr, rstd, sum_d, sum_dx, out_ptr, rows, rmask, act, F,
+                BLOCK_H: tl.constexpr):  # fmt: skip
+    """Last layer-norm backward pass: the gradient ``out`` [B, F] of the layer-norm input for
+    all F features of the rows (zero in inactive rows), from the gradient ``dy`` [B, F] of its
+    output (already offset to the step), the saved normalised input ``xhat`` [B, F], the gain
+    ``w`` [F], ``rstd`` and the row sums of :func:`ln_grad_sums`."""
     for f0 in range(0, F, BLOCK_H):
         feats, fmask, m2, off = row_chunk(rows, rmask, f0, F, BLOCK_H)
         w = tl.load(w_ptr + feats, mask=fmask, other=0.0)
@@ -165,26 +135,12 @@ def ln_bwd_rows(
 
 
 @triton.jit
-def emit_state(
-    h_new,  # [BLOCK_B, BLOCK_H] candidate state h~ of columns ``cols``
-    hs_ptr,  # [T+1, B, HOUT] state history
-    mh_ptr,  # [N, HOUT] zoneout mask of h, laid out like y (ZONE_H == 1)
-    y_ptr,  # [N, HOUT] packed output (WRITE_Y)
-    p_h,  # zoneout probability of h (ZONE_H == 2)
-    hs_r,  # offset of the slot read
-    hs_w,  # offset of the slot written
-    row0,  # first row of this step in y / the masks
-    rows,
-    rmask,
-    act,
-    cols,
-    cmask,
-    HOUT,
-    ZONE_H,
-    WRITE_Y,
-):
-    """Zoneout of h, then the new state (the old one in inactive rows) into the history
-    and the packed output."""
+def emit_state(h_new, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act, cols, cmask,
+               HOUT, ZONE_H, WRITE_Y):  # fmt: skip
+    """Zoneout of the candidate state ``h_new`` of columns ``cols`` (:func:`zoneout_weight`:
+    the mask ``mh`` [N, HOUT] or ``p_h``), then the new state (the old one in inactive rows)
+    into the history ``Hs`` [T+1, B, HOUT] (slots at ``hs_r`` read / ``hs_w`` written) and the
+    packed output ``y`` [N, HOUT] (WRITE_Y; the step's rows from ``row0``, as the mask's)."""
     h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
                      mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
     k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT, h_new)
@@ -193,20 +149,10 @@ def emit_state(
 
 
 @triton.jit
-def zoneout_weight(
-    mask_ptr,  # [N, F] zoneout mask, laid out like y (MODE 1)
-    p,  # zoneout probability (MODE 2)
-    MODE,  # 0 off, 1 mask, 2 evaluation
-    row0,  # first row of this step in the mask
-    rows,
-    act,
-    cols,
-    cmask,
-    F,
-    like,  # [BLOCK_B, BLOCK_H] a tile of the accumulation dtype
-):
-    """Keep weight of the old value for the tile (:func:`.cellmath.zoneout_keep`), reading
-    the mask only in MODE 1."""
+def zoneout_weight(mask_ptr, p, MODE, row0, rows, act, cols, cmask, F, like):
+    """Keep weight of the old value for the tile (:func:`.cellmath.zoneout_keep`; MODE 0 off, 1
+    the mask [N, F] laid out like y from ``row0``, 2 evaluation: ``p``), reading the mask only
+    in MODE 1; ``like`` is a tile of the accumulation dtype."""
     if MODE == 1:
         m = tl.load(packed_ptrs(mask_ptr, row0, rows, cols, F), mask=act[:, None] & cmask[None, :],
                     other=0.0)  # fmt: skip
@@ -216,17 +162,10 @@ def zoneout_weight(
 
 
 @triton.jit
-def ln_grad_sums(
-    sum_d,  # [BLOCK_B] running row sums of dy * w
-    sum_dx,  # [BLOCK_B] running row sums of dy * w * xhat
-    dy,  # [BLOCK_B, BLOCK_H] gradient of a chunk of layer-norm outputs
-    w_ptr,  # [BLOCK_H] pointers to the chunk's gain
-    xhat_ptr,  # [BLOCK_B, BLOCK_H] pointers to the chunk's saved normalised input
-    fmask,
-    mask,
-):
-    """The two row sums of the layer-norm backward (:func:`ln_bwd_rows`), with one more
-    chunk added."""
+def ln_grad_sums(sum_d, sum_dx, dy, w_ptr, xhat_ptr, fmask, mask):
+    """The two running row sums of the layer-norm backward (:func:`ln_bwd_rows`), ``dy * w``
+    and ``dy * w * xhat``, with one more chunk added: ``dy`` the gradient of a chunk of
+    layer-norm outputs, pointers to the chunk's gain and saved normalised input."""
     d = dy * tl.load(w_ptr, mask=fmask, other=0.0)[None, :]
     sum_d += tl.sum(d, axis=1)
     sum_dx += tl.sum(d * tl.load(xhat_ptr, mask=mask, other=0.0), axis=1)

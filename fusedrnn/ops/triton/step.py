@@ -99,23 +99,14 @@ def _step_fwd_kernel(
     s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in visiting order
     s_end: tl.int64,
     phases,  # of each step: 1 the cell, 2 the projection (PROJ), 3 both (cooperative)
-    T: tl.int64,
-    B,
-    H,
+    T: tl.int64, B, H,
     HOUT,  # H unless the LSTM projects
     CELL: tl.constexpr,  # cellmath.LSTM, GRU, RNN_TANH or RNN_RELU
-    HAS_BIAS,
-    PROJ: tl.constexpr,
-    REVERSE: tl.constexpr,
+    HAS_BIAS, PROJ: tl.constexpr, REVERSE: tl.constexpr,
     SYNC: tl.constexpr,  # a grid-wide barrier between steps (cooperative launch)
-    WRITE_Y,
-    WRITE_GATES: tl.constexpr,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    WRITE_Y, WRITE_GATES: tl.constexpr, ACC_TY: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
@@ -189,38 +180,21 @@ def _step_fwd_kernel(
 def _step_bwd_kernel(
     dg_ptr,  # [T, B, G*H] out: gate gradients (GRU: the input side, dG_x)
     dgh_ptr,  # [T, B, G*H] GRU: out, recurrent-side dG_h, read at the next step
-    w_ptr,  # [G*H, HOUT] W_hh
-    hs_ptr,  # [T+1, B, H] hidden-state history (GRU, RNN)
-    cs_ptr,  # [T+1, B, H] cell-state history (LSTM)
-    gates_ptr,  # [T, B, 4H] saved gates (LSTM, GRU)
+    w_ptr, hs_ptr, cs_ptr, gates_ptr,  # as the forward kernel's (hs: GRU, RNN; cs: LSTM)
     dh_ptr,  # [B, HOUT] running state gradient (accumulation dtype; see common.py)
     dc_ptr,  # [B, H] running cell-state gradient (LSTM)
     dhs_ptr,  # [T+1, B, HOUT] gradient of Hs (HAS_DHS)
     dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
     dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
     dht_ptr,  # [T, B, HOUT] gradient of h_t from the projection launch (PROJ)
-    whr_ptr,  # [HOUT, H] W_hr (PROJ)
-    steps_ptr,  # [T, 2] int32: first row of step t in y, active rows at t
-    sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
+    whr_ptr, steps_ptr, sync_ptr,  # as the forward kernel's
     s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in backward order
     s_end: tl.int64,
     phases,  # of each step: 2 the projected state's gradient (PROJ), 1 the cell, 3 both
-    T: tl.int64,
-    B,
-    H,
-    HOUT,  # H unless the LSTM projects
-    CELL: tl.constexpr,
-    PROJ: tl.constexpr,
-    REVERSE: tl.constexpr,
-    SYNC: tl.constexpr,
-    HAS_DHS,
-    HAS_DY,
-    HAS_DCS,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    T: tl.int64, B, H, HOUT, CELL: tl.constexpr, PROJ: tl.constexpr, REVERSE: tl.constexpr,
+    SYNC: tl.constexpr, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     acc_ty = dh_ptr.dtype.element_ty
     K = HOUT if CELL == LSTM else H

@@ -119,23 +119,11 @@ def rec_gates(
 
 
 @triton.jit
-def rec_tile(
-    a_ptr,  # [B, K] left operand rows (already offset to the step)
-    w_ptr,  # weight: element (f, k) at f * stride_f + k * stride_k
-    rows,  # [BLOCK_B]
-    live,  # [BLOCK_B] rows to read (the others count as 0)
-    feats,  # [BLOCK_H]
-    fmask,  # [BLOCK_H]
-    K,
-    stride_f,
-    stride_k,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """``sum_k a[rows, k] w(feats, k)`` as one ``[BLOCK_B, BLOCK_H]`` tile."""
+def rec_tile(a_ptr, w_ptr, rows, live, feats, fmask, K, stride_f, stride_k, ACC_TY: tl.constexpr,
+             PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+             BLOCK_K: tl.constexpr):  # fmt: skip
+    """``sum_k a[rows, k] w(feats, k)`` as one ``[BLOCK_B, BLOCK_H]`` tile (:func:`rec_gates`
+    of one gate: ``w(f, k)`` at ``f * stride_f + k * stride_k``)."""
     acc, _, _, _ = rec_gates(a_ptr, w_ptr, rows, live, feats, fmask, 0, K, stride_f, stride_k, 1,
                              ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
     return acc
@@ -184,22 +172,11 @@ def store_gates(ptr, H, act, mask, g0, g1, g2, g3, G: tl.constexpr):
 
 
 @triton.jit
-def store_state(
-    new,  # [BLOCK_B, BLOCK_H] new state of the active rows
-    old,  # [BLOCK_B, BLOCK_H] state read at this step (the history's dtype)
-    hs_ptr,  # [B, N] slot of the state history written (already offset)
-    y_ptr,  # [rows, N] packed output (WRITE_Y)
-    row0,  # first row of this step in y
-    rows,
-    rmask,
-    act,
-    cols,
-    cmask,
-    N,
-    WRITE_Y,
-):
-    """Writes the new state (the old one in inactive rows: every slot holds the full
-    batch) into the history and, for the active rows, into the packed output."""
+def store_state(new, old, hs_ptr, y_ptr, row0, rows, rmask, act, cols, cmask, N, WRITE_Y):
+    """Writes the new state ``new`` (the state ``old`` read at this step, in the history's
+    dtype, in inactive rows: every slot holds the full batch) into the history slot ``hs``
+    [B, N] (already offset) and, for the active rows, into the packed output ``y`` [rows, N]
+    (WRITE_Y; this step's rows from ``row0``)."""
     h = tl.where(act[:, None], new.to(old.dtype), old)
     # the offsets as one term: the same values as the caller's load of ``old`` (shared)
     state = rows[:, None] * N + cols[None, :]

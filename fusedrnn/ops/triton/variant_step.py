@@ -66,7 +66,7 @@ from .cellmath import (
     sigmoid,
     tanh,
 )
-from .common import finish_state_grad, gate_blocks, state_grad
+from .common import finish_state_grad, forward_buffers, gate_blocks, state_grad
 from .configs import pick_variant_config
 from .rowwise import (
     emit_state,
@@ -145,23 +145,15 @@ def _variant_fwd_step_kernel(
     gh_off: tl.int64,  # t * B * GH
     h_off: tl.int64,  # t * B * H
     stat_off: tl.int64,  # t * B * 2; GRU t * B
-    B,
-    H,
+    B, H,
     HOUT,  # H unless the LSTM projects
     CELL: tl.constexpr,  # cellmath.LSTM or GRU
-    HAS_BIAS,
-    LAYER_NORM: tl.constexpr,
-    PEEPHOLE: tl.constexpr,
-    CIFG: tl.constexpr,
+    HAS_BIAS, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr, CIFG: tl.constexpr,
     PROJ: tl.constexpr,
-    ZONE_H,  # 0 off, 1 mask, 2 evaluation (p)
-    ZONE_C,
-    WRITE_Y,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    ZONE_H, ZONE_C,  # 0 off, 1 mask, 2 evaluation (p)
+    WRITE_Y, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
-):
+):  # fmt: skip
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
     G: tl.constexpr = gate_blocks(CELL, CIFG)
     # only the LSTM's W_hh may be [GH, HOUT]: the GRU uses the one size H throughout
@@ -267,22 +259,8 @@ def _variant_bwd_step_kernel(
     dg_ptr,  # [T, B, GH] out: gradient of the gate pre-activations dG_x (of xg)
     dgs_ptr,  # [T, B, GH] out: GRU's gradient dG_s of s (the LSTM's is dG_x)
     ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG_s itself), read at the next launch
-    w_ptr,  # [GH, HOUT] W_hh
-    whr_ptr,  # [HOUT, H] W_hr (PROJ)
-    lnw_ptr,  # [GH] LN_hh gain (LAYER_NORM)
-    lncw_ptr,  # [H] LN_c gain (LSTM, LAYER_NORM)
-    lncb_ptr,  # [H] LN_c bias (LSTM, LAYER_NORM)
-    wch_ptr,  # [3 | 2, H] peephole weights (PEEPHOLE)
-    mh_ptr,  # [N, HOUT] zoneout mask of h (ZONE_H == 1)
-    mc_ptr,  # [N, H] zoneout mask of c (ZONE_C == 1)
-    par_ptr,  # [3] p_h, p_c, eps
-    hs_ptr,  # [T+1, B, H] hidden-state history (GRU)
-    cs_ptr,  # [T+1, B, H] cell-state history (LSTM)
-    gates_ptr,  # [T, B, 4H] saved gates
-    ct_ptr,  # [T, B, H] saved c~ (LSTM)
-    shat_ptr,  # [T, B, GH] saved normalised recurrent projection (LAYER_NORM)
-    chat_ptr,  # [T, B, H] saved normalised c~ (LSTM, LAYER_NORM)
-    rstd_ptr,  # [T, B, STATS] saved rstds (LAYER_NORM; STATS = 2, GRU 1)
+    w_ptr, whr_ptr, lnw_ptr, lncw_ptr, lncb_ptr, wch_ptr, mh_ptr, mc_ptr, par_ptr, hs_ptr,
+    cs_ptr, gates_ptr, ct_ptr, shat_ptr, chat_ptr, rstd_ptr,  # as the forward kernel's
     dh_ptr,  # [B, HOUT] running state gradient (see common.py)
     dc_ptr,  # [B, H] running cell-state gradient (LSTM)
     dhs_ptr,  # [T+1, B, HOUT] gradient of Hs (HAS_DHS)
@@ -290,37 +268,18 @@ def _variant_bwd_step_kernel(
     dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
     dht_ptr,  # [T, B, HOUT] out: gradient of h~ (before zoneout; LSTM)
     dl_ptr,  # [T, B, H] out: gradient of l = LN_c(c~) (or c~; LSTM)
-    row0,
-    rows_active,
+    row0, rows_active,
     rows_prev,  # rows active at the step processed before (0 for the first)
-    hs_r: tl.int64,  # offsets of the Hs slots this step read / wrote
-    hs_w: tl.int64,
-    cs_r: tl.int64,
-    cs_w: tl.int64,
-    gates_off: tl.int64,  # t * B * 4H
-    gh_off: tl.int64,  # t * B * GH
+    hs_r: tl.int64, hs_w: tl.int64, cs_r: tl.int64, cs_w: tl.int64, gates_off: tl.int64,
+    gh_off: tl.int64,  # as the forward kernel's
     gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
     h_off: tl.int64,  # t * B * H
     hout_off: tl.int64,  # t * B * HOUT
     stat_off: tl.int64,  # t * B * STATS
-    B,
-    H,
-    HOUT,
-    CELL: tl.constexpr,
-    LAYER_NORM: tl.constexpr,
-    PEEPHOLE: tl.constexpr,
-    CIFG: tl.constexpr,
-    PROJ: tl.constexpr,
-    ZONE_H,
-    ZONE_C,
-    HAS_DHS,
-    HAS_DY,
-    HAS_DCS,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    B, H, HOUT, CELL: tl.constexpr, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr,
+    CIFG: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C, HAS_DHS, HAS_DY, HAS_DCS,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
     STATS: tl.constexpr = 2 if CELL == LSTM else 1
     rows, rmask, act, GH, off_g, off_cf, off_co, p_h, p_c = _program(
@@ -452,17 +411,17 @@ def _variant_bwd_step_kernel(
 
 
 def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, GH: int,
-                    ln: bool, proj: bool, packed_rows: int | None) -> list[Tensor]:  # fmt: skip
-    """The forward's buffers in ``like``'s dtype: ``[Hs [T+1,B,Hout], Cs [T+1,B,H], gates
-    [T,B,4H], ct [T,B,H], shat [T,B,GH], chat [T,B,H], rstd [T,B,STATS], m [T,B,H], y [N,Hout]]``
-    (STATS = 2 rstds per row for the LSTM, 1 for the GRU; N = ``packed_rows``, None when the
-    output is not packed), empty where unused: the GRU uses Hs, gates, shat, rstd and y."""
+                    ln: bool, proj: bool, packed: bool) -> list[Tensor]:  # fmt: skip
+    """The forward's buffers in ``like``'s dtype (float32 or float64, its own accumulation
+    dtype): :func:`.common.forward_buffers` ``[Hs, Cs, gates, m, y]`` with the gates always
+    saved, and after the gates ``ct [T,B,H], shat [T,B,GH], chat [T,B,H], rstd [T,B,STATS]``
+    (STATS = 2 rstds per row for the LSTM, 1 for the GRU), empty where unused: the GRU uses
+    Hs, gates, shat, rstd and y."""
     lstm = cell == "lstm"
+    hs, cs, gates, m, y = forward_buffers(cell, like, T, B, Hout, H, proj, packed, True)
     buf = functools.partial(runtime.buffer, like)
-    return [buf(T + 1, B, Hout), buf(T + 1, B, H, on=lstm), buf(T, B, 4 * H),
-            buf(T, B, H, on=lstm), buf(T, B, GH, on=ln), buf(T, B, H, on=ln and lstm),
-            buf(T, B, 2 if lstm else 1, on=ln), buf(T, B, H, on=proj),
-            buf(packed_rows or 0, Hout, on=packed_rows is not None)]  # fmt: skip
+    return [hs, cs, gates, buf(T, B, H, on=lstm), buf(T, B, GH, on=ln),
+            buf(T, B, H, on=ln and lstm), buf(T, B, 2 if lstm else 1, on=ln), m, y]  # fmt: skip
 
 
 def _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, cifg, plan) -> tuple:
@@ -475,7 +434,7 @@ def _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, cifg, plan) -> tuple:
                  CIFG=cifg, PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1],
                  PRECISION=runtime.dot_precision(w_hh.dtype), **cfg.launch_kwargs())  # fmt: skip
     return (plan.T, plan.B, GH // gate_count(cell, cifg), Hout, GH, 2 if cell == "lstm" else 1,
-            cfg.row_grid(plan.B), flags)  # fmt: skip
+            (triton.cdiv(plan.B, cfg.block_b),), flags)  # fmt: skip
 
 
 def _slots(s: runtime.Step, B: int, H: int, Hout: int, GH: int) -> tuple[int, ...]:
@@ -498,7 +457,7 @@ def variant_fwd(
     T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
                                                           cifg, plan)  # fmt: skip
     out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln_hh_w is not None, w_hr is not None,
-                          xg.shape[0] if packed else None)  # fmt: skip
+                          packed)  # fmt: skip
     hs, cs, *_ = out
     hs[plan.first_slot] = h0
     if cell == "lstm":
@@ -518,7 +477,7 @@ def variant_bwd(
     cell: str, w_hh: Tensor, ln_hh_w: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None,
     w_ch: Tensor | None, w_hr: Tensor | None, mask_h: Tensor | None, mask_c: Tensor | None,
     zone: tuple[int, int], par: Tensor, cifg: bool,  # as variant_fwd's
-    buffers: list[Tensor],  # the forward's
+    buffers: list[Tensor],  # the forward's (variant_buffers)
     dhs: Tensor | None,  # [T+1, B, Hout] gradient of Hs
     dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
     dy: Tensor | None,  # [N, Hout] gradient of the packed output
@@ -531,7 +490,6 @@ def variant_bwd(
     did not compute."""
     T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
                                                           cifg, plan)  # fmt: skip
-    hs, cs, gates, ct, shat, chat, rstd, m, y = buffers
     lstm = cell == "lstm"
     buf = functools.partial(runtime.buffer, w_hh)
     dg = buf(T, B, GH)
@@ -543,8 +501,8 @@ def variant_bwd(
         runtime.launch(
             _variant_bwd_step_kernel, grid,
             dg, dgs, ds, w_hh, *runtime.given(dg, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h,
-                                              mask_c, par, hs, cs, gates, ct, shat, chat, rstd,
-                                              dh, dc, dhs, dy, dcs, dht, dl),
+                                              mask_c, par, *buffers[:7], dh, dc, dhs, dy, dcs,
+                                              dht, dl),
             s.row0, s.rows, rows_prev, *_slots(s, B, H, Hout, GH), t_prev * B * GH, s.t * B * H,
             s.t * B * Hout, s.t * B * stats, B, H, Hout, HAS_DHS=dhs is not None,
             HAS_DY=dy is not None, HAS_DCS=dcs is not None, **flags,

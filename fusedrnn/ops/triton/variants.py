@@ -91,7 +91,7 @@ def fake_forward(a: library.LayerArgs, T: int, B: int, Hout: int, H: int) -> lis
     N = x.shape[0] if packed else T * x.shape[1]
     GH, ln = a.w_hh.shape[0], a.ln_ih_w is not None
     out = variant_buffers(x, a.cell, T, B, H, Hout, GH, a.ln_hh_w is not None,
-                          a.w_hr is not None, N if packed else None)  # fmt: skip
+                          a.w_hr is not None, packed)  # fmt: skip
     return [*out, runtime.buffer(x, N, GH, on=ln), runtime.buffer(x, N, 1, on=ln)]
 
 
