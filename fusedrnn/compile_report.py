@@ -112,11 +112,11 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
                       e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, packed, save,
                       path)  # fmt: skip
 
-    def bwd(cell, proj, dhs, dcs, dy, path, dcs_dt=dtype):
+    def bwd(cell, proj, dhs, dcs, dy, path):  # Cs and so dCs in the accumulation dtype
         G, hout = GATES[cell], Hp if proj else H
         step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
                       opt(cell == "lstm", T + 1, B, H, dt=acc), opt(G > 1, T, B, 4 * H, dt=acc),
-                      opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H, dt=dcs_dt),
+                      opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H, dt=acc),
                       opt(dy, N, hout), plan, path)  # fmt: skip
 
     dys = (False, True) if packed else (False,)
@@ -139,7 +139,7 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
         for bias, save in itertools.product((False, True), (False, True)):
             fwd(cell, bias, False, save, "persistent")
         for dhs, dcs, dy in itertools.product((False, True), lstm_only[cell], dys):
-            bwd(cell, False, dhs, dcs, dy, "persistent", dcs_dt=acc)
+            bwd(cell, False, dhs, dcs, dy, "persistent")
     if dtype not in (torch.float32, torch.float64):  # the variant ops' dtypes
         return
     par = e(3)

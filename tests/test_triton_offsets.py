@@ -255,3 +255,42 @@ def test_a_sequence_compiles_each_kernel_once_as_planned():
         *((f"_variant_{d}_step_kernel", cell) for d in ("fwd", "bwd") for cell in (0, 1)),
     }, sorted(keys)
     assert {name: len(k) for name, k in keys.items() if len(k) > 1} == {}
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1",
+    reason="the interpreter has no specialisation; run without TRITON_INTERPRET",
+)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_half_precision_layer_op_launches_only_planned_kernels(precision):
+    """The layer op's own launches in half precision (forward and backward with every
+    output's gradient, on every kernel path) are compiles of the report: the LSTM's ``dCs``
+    arrives in the dtype of ``Cs`` (float32), not the op's."""
+    import torch
+
+    from fusedrnn import compile_report
+    from fusedrnn.ops import library
+    from fusedrnn.ops.triton import layer_op
+    from fusedrnn.ops.triton.persistent import PATHS, kernel_path
+    from fusedrnn.ops.triton.runtime import capture_launches
+
+    planned = set(compile_report.jobs([0], [precision]))
+    dt = getattr(torch, compile_report.PRECISIONS[precision][0])
+    T, B, I, H = 2, 3, 5, 24  # a shape of compile_report.SHAPES
+
+    def e(*shape):
+        return torch.zeros(*shape, dtype=dt)
+
+    unplanned = []
+    for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1)):
+        c0 = e(B, H) if cell == "lstm" else None
+        a = library.LayerArgs(cell, e(T, B, I), e(B, H), c0, e(G * H, I), e(G * H, H), e(G * H),
+                              e(G * H), None, None, False, **library.OPTION_DEFAULTS, save=True)  # fmt: skip
+        for path in PATHS:
+            with kernel_path(path), capture_launches() as records:
+                bufs = layer_op.forward(a)
+                grads = [torch.zeros_like(b) if b.numel() else None for b in bufs]
+                layer_op.backward(a, bufs, grads, [True] * len(library.GRAD_INPUTS))
+            unplanned += [(cell, path, kernel.fn.__name__) for kernel, _, args, kwargs in records
+                          if compile_report.job_key(kernel, args, kwargs, precision) not in planned]  # fmt: skip
+    assert unplanned == []
