@@ -128,6 +128,8 @@ _SUBPROCESS = textwrap.dedent(
     assert "reference" in names, names
     assert not torch.cuda.is_initialized(), "probing backends initialised CUDA"
     assert not triton_driver_created(), "probing backends created triton's GPU driver"
+    # nor imported triton, which fixes whether its kernels run in the interpreter
+    assert "triton" not in sys.modules, "probing backends imported triton"
     print("ok", names)
     """
 )

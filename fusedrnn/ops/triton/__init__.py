@@ -41,8 +41,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from .runtime import launch_counter, poison_buffers
-
 __all__ = ["is_available", "kernel_path", "layer", "launch_counter", "poison_buffers"]
 
 
@@ -66,6 +64,15 @@ def kernel_path(path: str | None):
     from .persistent import kernel_path as _kernel_path
 
     return _kernel_path(path)
+
+
+def __getattr__(name: str):
+    # launch_counter and poison_buffers live in .runtime, which imports triton
+    if name in ("launch_counter", "poison_buffers"):
+        from . import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def layer(*args, **options):
