@@ -36,14 +36,12 @@ def _small_run(script: str, out: Path, args: str, table_row: str) -> list[dict]:
     return csv_rows(csv_path)
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench_quick")
-    return out, run_python(BENCH / "run.py", "--quick", "--out", out, timeout=600, check=True)
+def test_quick_run_csv_and_markdown(tmp_path):
+    """bench/run.py --quick: a well-formed CSV; consistent markdown tables that show the plots."""
+    import matplotlib.image as mpimg
 
-
-def test_quick_csv_is_well_formed(quick_run):
-    out, proc = quick_run
+    out = tmp_path
+    proc = run_python(BENCH / "run.py", "--quick", "--out", out, timeout=600, check=True)
     assert "wrote" in proc.stdout
     rows = csv_rows(out / "results.csv", bench_run.COLUMNS)
     assert {r["provider"] for r in rows} == set(P.all_provider_names("cpu"))
@@ -73,12 +71,6 @@ def test_quick_csv_is_well_formed(quick_run):
     comp = [r for r in rows if r["provider"] == P.COMPILE and r["status"] != "skipped"]
     assert {r["mode"] for r in comp} == set(P.MODES)
     assert all(r["first_call_s"] for r in comp if r["status"] == "ok")
-
-
-def test_quick_markdown_tables_are_consistent_and_show_the_plots(quick_run):
-    import matplotlib.image as mpimg
-
-    out, _ = quick_run
     text = (out / "results.md").read_text()
     assert text.startswith("# fusedrnn benchmark results")
     for heading in ("## Headline", "## Sweeps", "## torch.compile", "## Memory", "## Plots"):
@@ -129,15 +121,13 @@ def test_correctness_check_catches_a_wrong_provider():
     assert bad[2].startswith("outputs differ")
 
 
-def test_flop_count_by_hand():
+def test_flops_and_the_costmodel_step_and_variant_kernels_by_hand():
     # LSTM, I=128, H=256, 2 layers, B=64, T=64: 2·B·T·4H·(I+H) + 2·B·T·4H·(H+H)
     fwd = 2 * 64 * 64 * 1024 * (128 + 256) + 2 * 64 * 64 * 1024 * 512
     assert measure.forward_flops("lstm", 64, 64, 128, 256, 2) == fwd
     assert measure.mode_flops("fwdbwd", "lstm", 64, 64, 128, 256, 2) == 3 * fwd
     assert measure.mode_flops("step", "rnn", 1, 1, 128, 512, 2) == 2 * 512 * 640 + 2 * 512 * 1024
-
-
-def test_costmodel_step_and_variant_kernels_by_hand():
+    # the cost model's step kernel of that LSTM's first layer
     cfg = costmodel.KernelConfig(
         "triton", "step", "hand", block_b=64, block_h=32, block_k=16, num_warps=4, num_stages=2
     )

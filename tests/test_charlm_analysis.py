@@ -153,35 +153,6 @@ def test_ngram_sampling():
             call()
 
 
-def test_ngram_cli_on_utf8_file(tmp_path, capsys):
-    rng = random.Random(0)
-    words = ["héllo", "wörld", "naïve", "café", "✓", "日本", "a<b>&c"]
-    p = tmp_path / "u.txt"
-    lines = (" ".join(rng.choice(words) for _ in range(8)) for _ in range(300))
-    p.write_text("\n".join(lines), encoding="utf-8")
-    flags = "--order 3 --table --json --sample 40 --seed 1 --val-frac 0.1 --test-frac 0".split()
-    res = json.loads(run_main(ngram.main, capsys, "--data", p, *flags))
-    rows = res["results"]
-    assert [r["order"] for r in rows] == [1, 2, 3]
-    assert rows[0]["nats_per_char"] > rows[2]["nats_per_char"]
-    for r in rows:
-        assert r["bits_per_char"] == pytest.approx(r["nats_per_char"] / math.log(2))
-    assert len(res["sample"]) == 40
-    # the same split as `eval`: the held-out text is split_corpus(...)[1]
-    text = load_corpus(str(p))
-    assert rows[0]["chars"] == len(split_corpus(text, 0.1, 0.0)[1]) - 1
-    assert "order must be >= 1" in run_main(ngram.main, capsys, "--data", p, "--order", 0, rc=1)
-    assert "not found" in run_main(ngram.main, capsys, "--data", tmp_path / "missing.txt", rc=1)
-    # the same command in `fusedrnn-charlm`
-    charlm = cli.build_parser()
-    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "2", "--json"])
-    assert args.func(args) == 0
-    assert json.loads(capsys.readouterr().out)["results"][0]["order"] == 2
-    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "-1"])
-    with pytest.raises(CharLMError):
-        args.func(args)
-
-
 @pytest.mark.skipif(not TINYSHAKESPEARE.is_file(), reason=f"{TINYSHAKESPEARE} not present")
 def test_ngram_tinyshakespeare_matches_docs():
     """The orders 1, 3, 5 rows of the table in docs/analysis.md (val = last 10%)."""
@@ -356,11 +327,11 @@ def test_html_renders_in_headless_chromium(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A 2-layer LSTM trained for a few iterations by the charlm trainer on a UTF-8 file with
-    HTML-special characters, recording samples at chosen iterations."""
+    """A 2-layer LSTM trained for a few iterations by the charlm trainer on a UTF-8 file (HTML
+    specials, 2- and 3-byte characters), recording samples at chosen iterations."""
     d = tmp_path_factory.mktemp("tinyrun")
     rng = random.Random(3)
-    words = ["alpha", "béta", "<tag>", "a&b", '"quoted words"', "(x [y])", "# note", "ünï"]
+    words = ["alpha", "béta", "<tag>", "a&b", '"quoted words"', "(x [y])", "# note", "ünï", "日本✓"]
     data = d / "data.txt"
     lines = (" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(400))
     data.write_text("\n".join(lines), encoding="utf-8")
@@ -369,6 +340,40 @@ def tiny_run(tmp_path_factory):
     over.update(sample_at=[0, 6, 12], sample_length=40)
     train(tiny_args(data=str(data), impl="torch", out=str(out), **over))
     return {"data": data, "out": out, "ckpt": out / "last.pt"}
+
+
+def test_ngram_command_and_the_analysis_commands(tiny_run, tmp_path, capsys):
+    """ngram on a UTF-8 file, on its own and in `fusedrnn-charlm`; the analysis subcommands
+    plug into any parser, and `fusedrnn-charlm` has them all."""
+    p = tiny_run["data"]
+    flags = "--order 3 --table --json --sample 40 --seed 1 --val-frac 0.1 --test-frac 0".split()
+    res = json.loads(run_main(ngram.main, capsys, "--data", p, *flags))
+    rows = res["results"]
+    assert [r["order"] for r in rows] == [1, 2, 3]
+    assert rows[0]["nats_per_char"] > rows[2]["nats_per_char"]
+    for r in rows:
+        assert r["bits_per_char"] == pytest.approx(r["nats_per_char"] / math.log(2))
+    assert len(res["sample"]) == 40
+    # the same split as `eval`: the held-out text is split_corpus(...)[1]
+    assert rows[0]["chars"] == len(split_corpus(load_corpus(str(p)), 0.1, 0.0)[1]) - 1
+    assert "order must be >= 1" in run_main(ngram.main, capsys, "--data", p, "--order", 0, rc=1)
+    assert "not found" in run_main(ngram.main, capsys, "--data", tmp_path / "missing.txt", rc=1)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    register_analysis_commands(sub)
+    assert set(sub.choices) == set(ANALYSIS_COMMANDS)
+    args = parser.parse_args(["ngram", "--order", "3"])
+    assert args.func is ngram.run and args.order == 3
+    assert parser.parse_args(["find-cells", "--checkpoint", "x.pt"]).func is cells.run
+    charlm = cli.build_parser()
+    sub = next(a for a in charlm._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(ANALYSIS_COMMANDS) <= set(sub.choices)
+    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "2", "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["order"] == 2
+    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "-1"])
+    with pytest.raises(CharLMError):
+        args.func(args)
 
 
 def test_visualize_command(tiny_run, tmp_path, capsys):
@@ -555,16 +560,3 @@ def test_commands_on_the_embedded_corpus(tmp_path, capsys):
     res = json.loads(run_main(ngram.main, capsys, "--order", 2, "--json"))
     assert res["data"] == "embedded"
     assert 1.5 < res["results"][0]["nats_per_char"] < 3.0
-
-
-def test_analysis_commands_in_the_charlm_command_line():
-    """The subcommands plug into any parser, and `fusedrnn-charlm` has them all."""
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command")
-    register_analysis_commands(sub)
-    assert set(sub.choices) == set(ANALYSIS_COMMANDS)
-    args = p.parse_args(["ngram", "--order", "3"])
-    assert args.func is ngram.run and args.order == 3
-    assert p.parse_args(["find-cells", "--checkpoint", "x.pt"]).func is cells.run
-    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(ANALYSIS_COMMANDS) <= set(sub.choices)

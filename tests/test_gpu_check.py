@@ -25,16 +25,6 @@ EXPECTED_FILES = {"env.json", "results.csv", "results.md", "meta.json", "gpu_che
                   "summary.md", "gpu_check.log", "speedup_headline.png"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_check_dry")
-    start = time.monotonic()
-    # about 20 s here; the budget leaves room for a busy CI machine
-    args = ("--dry-run", "--out", str(out), "--budget-s", "180")
-    proc = run_python("-m", "fusedrnn.gpu_check", *args, timeout=300)
-    return out, proc, time.monotonic() - start
-
-
 def _json(out: Path, name="gpu_check.json") -> dict:
     return json.loads((out / name).read_text())
 
@@ -43,8 +33,14 @@ def _rows(out: Path) -> list[dict]:
     return csv_rows(out / "results.csv", bench_run.COLUMNS)
 
 
-def test_dry_run_completes_in_time_writes_every_file_and_checks_every_cell(dry_run):
-    out, proc, wall = dry_run
+def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
+    """The dry run in time, every file written, every cell checked, every benchmark row and
+    ratio; its rows under a GPU machine's report state that machine."""
+    out, start = tmp_path, time.monotonic()
+    # about 20 s here; the budget leaves room for a busy CI machine
+    proc = run_python("-m", "fusedrnn.gpu_check", "--dry-run", "--out", out, "--budget-s", 180,
+                      timeout=300)  # fmt: skip
+    wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
     report = _json(out)
@@ -62,19 +58,14 @@ def test_dry_run_completes_in_time_writes_every_file_and_checks_every_cell(dry_r
     env = _json(out, "env.json")
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
     # the check phase compares every cell in every dtype
-    cases = phases["check"]["details"]["cases"]
-    dtypes = [str(d).replace("torch.", "") for d in gc.dry_run_plan().check_dtypes]
+    cases, plan = phases["check"]["details"]["cases"], gc.dry_run_plan()
+    dtypes = [str(d).replace("torch.", "") for d in plan.check_dtypes]
     assert {(c["cell"], c["dtype"]) for c in cases} == {(c, d) for c in P.CELLS for d in dtypes}
     for c in cases:
-        assert c["status"] == "ok", c
-        tol_out, _ = P.TOLERANCES[getattr(torch, c["dtype"])]
-        assert c["max_abs_err_out"] <= tol_out
-
-
-def test_dry_run_benchmark_rows_and_ratios(dry_run):
-    out, _, _ = dry_run
+        tol_out = P.TOLERANCES[getattr(torch, c["dtype"])][0]
+        assert c["status"] == "ok" and c["max_abs_err_out"] <= tol_out, c
+    # the benchmark: a row per shape, mode and provider, its ratio from the CSV's own medians
     rows = _rows(out)
-    plan = gc.dry_run_plan()
 
     def key(r):
         return tuple(r[k] for k in ("dtype", "mode", "B", "T", "I", "H", "layers"))
@@ -84,12 +75,10 @@ def test_dry_run_benchmark_rows_and_ratios(dry_run):
             for s in plan.shapes for mode in ("fwd", "fwdbwd")}  # fmt: skip
     assert {key(r) for r in rows} == want
     assert {r["provider"] for r in rows} == {P.TORCH_NN, f"fusedrnn[{plan.wanted_backends[0]}]"}
-    summary = (out / "summary.md").read_text()
-    results_md = (out / "results.md").read_text()
+    summary, results_md = (out / "summary.md").read_text(), (out / "results.md").read_text()
     for r in rows:
-        assert r["status"] == "ok", r
-        assert r["machine"] == "dry-run-cpu"
-        ratio = float(nn[key(r)]["median_ms"]) / float(r["median_ms"])  # the CSV's own medians
+        assert r["status"] == "ok" and r["machine"] == "dry-run-cpu", r
+        ratio = float(nn[key(r)]["median_ms"]) / float(r["median_ms"])
         assert float(r["speedup_vs_torch_nn"]) == pytest.approx(ratio, rel=2e-3, abs=1e-3)
         if r["provider"] != P.TORCH_NN:
             speedup = f"{float(r['speedup_vs_torch_nn']):.2f}×"
@@ -97,6 +86,23 @@ def test_dry_run_benchmark_rows_and_ratios(dry_run):
     meta = _json(out, "meta.json")
     assert meta["tag"] == "dry-run-cpu" and meta["quick"] is True
     assert "float32+tf32" in summary
+    # the same rows under a GPU machine's report
+    env = {
+        "date_utc": "2026-12-04 00:00 UTC", "gpu": "NVIDIA H200", "sm_count": 132,
+        "capability": "9.0", "cpu_model": "Some CPU", "cpu_count": 16, "torch": "2.11.0+cu130",
+        "torch_cuda": "13.0", "cudnn": 91000, "triton": "3.6.0", "python": "3.12.3",
+        "nvidia_smi": {"name": "NVIDIA H200", "driver_version": "580.1", "clocks.sm": "1980",
+                       "clocks.max.sm": "1980", "clocks.mem": "3201"},
+    }  # fmt: skip
+    assert gc.gpu_tag(env) == "gpu-nvidia-h200"
+    report = {
+        "tag": gc.gpu_tag(env), "mode": "gpu", "command": "python -m fusedrnn.gpu_check",
+        "elapsed_s": 400.0, "budget_s": 450.0, "exit_status": 0, "env": env,
+        "phases": [vars(gc.Phase("bench", "ok", "", 200.0))],
+    }  # fmt: skip
+    text = gc.summary_markdown(report, rows)
+    assert "NVIDIA H200, 132 SMs, capability 9.0" in text
+    assert "SM 1980 / 1980 MHz" in text and "CUDA 13.0" in text
 
 
 def test_budget_allot_and_skip_with_a_fake_clock():
@@ -139,6 +145,13 @@ def test_zero_budget_skips_every_phase_but_still_reports(tmp_path, capsys):
     assert all(c["status"] == "skipped" for c in phase.details["cases"])
     assert len(phase.details["cases"]) == len(P.CELLS) * len(plan.check_dtypes)
     assert gc.exit_status([phase], gc.BenchState()) == 3
+    # exit status 1 if something failed, else 3 if the budget cut something short, else 0
+    ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
+    assert gc.exit_status([ok], gc.BenchState()) == 0
+    assert gc.exit_status([ok, gc.Phase("t", "timeout")], gc.BenchState()) == 3
+    assert gc.exit_status([ok], gc.BenchState(skipped=["lstm fwd"])) == 3
+    assert gc.exit_status([ok, skipped], gc.BenchState()) == 3
+    assert gc.exit_status([ok, skipped, failed], gc.BenchState()) == 1
 
 
 @pytest.mark.parametrize(
@@ -201,31 +214,14 @@ def test_a_timeout_or_an_interrupt_ends_the_command_and_its_children(tmp_path):
     assert _gone(int(pid.read_text()))
 
 
-def test_gpu_summary_states_the_machine(dry_run):
-    out, _, _ = dry_run
-    env = {
-        "date_utc": "2026-12-04 00:00 UTC", "gpu": "NVIDIA H200", "sm_count": 132,
-        "capability": "9.0", "cpu_model": "Some CPU", "cpu_count": 16, "torch": "2.11.0+cu130",
-        "torch_cuda": "13.0", "cudnn": 91000, "triton": "3.6.0", "python": "3.12.3",
-        "nvidia_smi": {"name": "NVIDIA H200", "driver_version": "580.1", "clocks.sm": "1980",
-                       "clocks.max.sm": "1980", "clocks.mem": "3201"},
-    }  # fmt: skip
-    assert gc.gpu_tag(env) == "gpu-nvidia-h200"
-    report = {
-        "tag": gc.gpu_tag(env), "mode": "gpu", "command": "python -m fusedrnn.gpu_check",
-        "elapsed_s": 400.0, "budget_s": 450.0, "exit_status": 0, "env": env,
-        "phases": [vars(gc.Phase("bench", "ok", "", 200.0))],
-    }  # fmt: skip
-    text = gc.summary_markdown(report, _rows(out))
-    assert "NVIDIA H200, 132 SMs, capability 9.0" in text
-    assert "SM 1980 / 1980 MHz" in text and "CUDA 13.0" in text
-
-
 def test_watchdog_writes_the_report_and_ends_a_hung_run(tmp_path):
     script = f"""
-import time
+import sys, time
 from pathlib import Path
+import torch
 from fusedrnn import gpu_check as gc
+if torch.cuda.is_initialized() or {{"run", "measure", "providers", "report"}} & set(sys.modules):
+    sys.exit(4)  # importing gpu_check must touch neither the GPU nor bench/
 gc.import_bench()
 args = gc.parse_args(["--dry-run", "--no-plots"])
 plan = gc.dry_run_plan()
@@ -243,15 +239,6 @@ time.sleep(60)  # a kernel that never returns
     check = _json(tmp_path)["phases"][1]
     assert check["status"] == "failed" and "still running" in check["reason"]
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "results.csv").is_file()
-
-
-def test_exit_status():
-    ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
-    assert gc.exit_status([ok], gc.BenchState()) == 0
-    assert gc.exit_status([ok, gc.Phase("t", "timeout")], gc.BenchState()) == 3
-    assert gc.exit_status([ok], gc.BenchState(skipped=["lstm fwd"])) == 3
-    assert gc.exit_status([ok, skipped], gc.BenchState()) == 3
-    assert gc.exit_status([ok, skipped, failed], gc.BenchState()) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
@@ -281,12 +268,6 @@ def test_dry_run_writes_outside_results_and_needs_bench(tmp_path, monkeypatch, c
     assert gc.main(["--dry-run", "--out", str(tmp_path / "out")]) == 2
     assert "source checkout" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
-
-
-def test_import_touches_neither_gpu_nor_bench():
-    code = "import sys, torch, fusedrnn.gpu_check; assert not torch.cuda.is_initialized()"
-    code += "; assert not {'run', 'measure', 'providers', 'report'} & set(sys.modules)"
-    run_python("-c", code, check=True)
 
 
 PLAIN = """\
