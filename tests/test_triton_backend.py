@@ -19,12 +19,14 @@ pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
 from layer_cases import Case, call, with_leaves  # noqa: E402
+from misc_testlib import needs_interpreter  # noqa: E402
 from module_testlib import assert_same, random_state  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import fusedrnn  # noqa: E402
 from fusedrnn.ops import library  # noqa: E402
 from fusedrnn.ops import triton as tb  # noqa: E402
+from fusedrnn.ops.triton.configs import PERSISTENT_CONFIGS  # noqa: E402
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 PATHS = ("step", "cooperative", "persistent")
@@ -39,15 +41,8 @@ def _poison():
         yield
 
 
-def _count_launches(cell, H, proj, path, T=4, packed=False, **options):
-    case = Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True, **options)
-    a = with_leaves(layer_cases.make_inputs(case, torch.float32, DEVICE))
-    with tb.kernel_path(path):
-        with tb.launch_counter() as fwd:
-            y, h, c = call(tb.layer, a)
-        with tb.launch_counter() as bwd:
-            (y.sum() + h.sum()).backward()
-    return fwd.total, bwd.total
+# the largest H of each cell's persistent kernels, which the automatic choice takes up to it
+LIMIT = {cell: max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell) for cell in CELLS}
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
@@ -59,31 +54,38 @@ def _count_launches(cell, H, proj, path, T=4, packed=False, **options):
         *[(path, cell, 0, 20, 5, False, 1) for path in PATHS[1:] for cell in CELLS],
         ("cooperative", "lstm", 7, 20, 5, False, 1),
         *[(None, cell, 3 * (cell == "lstm"), 5, 4, True, 4) for cell in ("lstm", "gru")],
+        *[(None, cell, 0, LIMIT[cell] + d, 2, False, 1) for cell in CELLS for d in (0, 1)],
+        (None, "lstm", 4, 8, 2, False, 1),
     ],
 )
 def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
     """Per-step kernels: one launch per step forward and backward (two with proj: the
     projection launch forward, the state-gradient launch backward); the variant kernels
     (layer norm, zoneout) one per step too. Persistent and cooperative kernels: one launch per
-    sequence forward and one backward."""
+    sequence forward and one backward. The automatic choice (path None) takes the persistent
+    kernels for small H, for larger H and proj_size the cooperative launch of the step
+    kernels."""
     options = dict(ln=True, zone="eval") if variants else {}
-    assert _count_launches(cell, H, proj, path, T, packed, **options) == (launches, launches)
+    case = Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True, **options)
+    a = with_leaves(layer_cases.make_inputs(case, torch.float32, DEVICE))
+    with tb.kernel_path(path):
+        with tb.launch_counter() as fwd:
+            y, h, c = call(tb.layer, a)
+        with tb.launch_counter() as bwd:
+            (y.sum() + h.sum()).backward()
+    assert (fwd.total, bwd.total) == (launches, launches)
+    persistent = path == "persistent" or path is None and not proj and H <= LIMIT[cell]
+    kernel = "_variant_fwd_step" if variants else "_persistent_fwd" if persistent else "_step_fwd"
+    assert f"{kernel}_kernel" in fwd.by_kernel, fwd
 
 
 def test_automatic_path_choice():
-    """Small H takes the persistent kernels automatically, larger H and proj_size the
-    cooperative launch of the step kernels; a forced path with what it cannot run raises."""
-    from fusedrnn.ops.triton.configs import PERSISTENT_CONFIGS
+    """Nothing to run takes the step kernels, as do sequences too long for the cooperative
+    launch; a forced path with what it cannot run raises (the choice by H and proj_size:
+    test_launch_counts)."""
     from fusedrnn.ops.triton.persistent import choose_path
     from fusedrnn.ops.triton.runtime import Plan
 
-    for cell in CELLS:
-        limit = max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell)
-        for H, kernel in ((limit, "_persistent_fwd_kernel"), (limit + 1, "_step_fwd_kernel")):
-            with tb.launch_counter() as count:
-                assert _count_launches(cell, H, 0, None, T=2) == (1, 1)
-            assert kernel in count.by_kernel
-    assert _count_launches("lstm", 8, 4, None, T=2) == (1, 1)
     w = torch.zeros(32, 8)
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
     with tb.kernel_path("persistent"), pytest.raises(ValueError, match="proj_size == 0"):
@@ -126,12 +128,10 @@ def test_resident_programs():
 
 
 # fp16 under the interpreter, whose tl.dot is right for fp16 and wrong for bf16
-HALF = [
-    pytest.param("cpu", torch.float16, id="interpreter-fp16", marks=pytest.mark.skipif(
-        not layer_cases.triton_interpreting(), reason="interpreter run")),
-    *[pytest.param("cuda", dtype, id=f"cuda-{dtype}".replace("torch.", ""), marks=[
+HALF = [pytest.param("cpu", torch.float16, id="interpreter-fp16", marks=needs_interpreter)] + [
+    pytest.param("cuda", dtype, id=f"cuda-{dtype}".replace("torch.", ""), marks=[
         pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])
-      for dtype in (torch.bfloat16, torch.float16)],
+    for dtype in (torch.bfloat16, torch.float16)
 ]  # fmt: skip
 
 

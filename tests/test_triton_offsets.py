@@ -49,7 +49,8 @@ def _is_attr(node: ast.expr | None, attr: str) -> bool:
 
 
 class _Checker:
-    """Walks one function body in order, tracking the kind of every local name."""
+    """Walks one function body in order on construction, tracking the kind of every local
+    name."""
 
     def __init__(self, fn: ast.FunctionDef, path: str):
         self.fn, self.path, self.problems = fn, path, []
@@ -66,6 +67,7 @@ class _Checker:
                 self.kinds[a.arg] = OFFSET
             elif INDEX_NAME.search(a.arg):
                 self.kinds[a.arg] = INDEX
+        self.run(fn.body)
 
     def flag(self, node: ast.AST, why: str) -> None:
         self.problems.append(f"{self.path}:{node.lineno} {self.fn.name}: {why}: "
@@ -154,35 +156,27 @@ class _Checker:
 
 
 def offset_problems(source: str, name: str = "<src>") -> list[str]:
-    out = []
-    for fn in ast.walk(ast.parse(source)):
-        if isinstance(fn, ast.FunctionDef) and any(_is_jit(d) for d in fn.decorator_list):
-            checker = _Checker(fn, name)
-            checker.run(fn.body)
-            out += checker.problems
-    return out
+    return [p for fn in ast.walk(ast.parse(source))
+            if isinstance(fn, ast.FunctionDef) and any(_is_jit(d) for d in fn.decorator_list)
+            for p in _Checker(fn, name).problems]  # fmt: skip
 
 
-def test_rule_catches_int32_offset_sums():
-    bad = """
+# one kernel twice: with an int32 offset and index, and with both int64
+RULE_EXAMPLE = """
 @triton.jit
-def k(dg_ptr, dg_off, H, BLOCK_B: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    out = dg_off + rows[:, None] * (3 * H)
-    tl.store(dg_ptr + out, 0.0)
-"""
-    problems = offset_problems(bad)
-    assert any("offset combined" in p for p in problems), problems
-    assert any("index multiplied" in p for p in problems), problems
-    good = """
-@triton.jit
-def k(dg_ptr, dg_off: tl.int64, H, BLOCK_B: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+def k(dg_ptr, dg_off{wide}, H, BLOCK_B: tl.constexpr):
+    rows = tl.program_id(0){to_wide} * BLOCK_B + tl.arange(0, BLOCK_B)
     out = dg_off + rows[:, None] * (3 * H)
     tl.store(dg_ptr + out, 0.0)
     tl.store(dg_ptr + 7 + dg_off, 0.0)
 """
-    assert offset_problems(good) == []
+
+
+def test_rule_catches_int32_offset_sums():
+    problems = offset_problems(RULE_EXAMPLE.format(wide="", to_wide=""))
+    assert any("offset combined" in p for p in problems), problems
+    assert any("index multiplied" in p for p in problems), problems
+    assert offset_problems(RULE_EXAMPLE.format(wide=": tl.int64", to_wide=".to(tl.int64)")) == []
 
 
 @pytest.mark.parametrize("path", sorted(KERNEL_DIR.glob("*.py")), ids=lambda p: p.name)
@@ -190,107 +184,85 @@ def test_kernel_offsets_are_int64_or_pointer_first(path):
     assert offset_problems(path.read_text(), path.name) == []
 
 
-def _sequence_launches():
-    """The launches of one packed sequence whose per-step offsets alternate between
-    multiples of 16, other values and 1 (batch sizes 3, 3, 2, 1, 1; H = 20)."""
+def _layer_launches(dtype, cases):
+    """``(case, path, launches)`` of the layer op's forward and backward (with every output's
+    gradient) on each case's inputs, on every kernel path that takes them (the persistent
+    kernels take no projection; the variant kernels have one path)."""
     import torch
+    from layer_cases import make_inputs
 
-    from fusedrnn.ops.triton import step, variant_step
-    from fusedrnn.ops.triton.runtime import Plan, capture_launches
+    from fusedrnn.ops import library
+    from fusedrnn.ops.triton import layer_op
+    from fusedrnn.ops.triton.persistent import PATHS, kernel_path
+    from fusedrnn.ops.triton.runtime import capture_launches
 
-    sizes = torch.tensor([3, 3, 2, 1, 1])
-    T, B, H, N = 5, 3, 20, int(sizes.sum())
-    e = torch.zeros
-    plan = Plan(sizes, T, B, False)
-    with capture_launches() as records:
-        step.step_fwd("lstm", e(N, 4 * H), e(B, 8), e(B, H), e(4 * H, 8), e(4 * H), e(8, H), plan,
-                      True)  # fmt: skip
-        step.step_bwd("lstm", e(4 * H, 8), e(8, H), e(T + 1, B, 8), e(T + 1, B, H), e(T, B, 4 * H),
-                      e(T + 1, B, 8), e(T + 1, B, H), e(N, 8), plan)  # fmt: skip
-        step.step_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H, H), e(3 * H), None, plan, True)
-        step.step_bwd("gru", e(3 * H, H), None, e(T + 1, B, H), None, e(T, B, 4 * H),
-                      e(T + 1, B, H), None, e(N, H), plan)  # fmt: skip
-        step.step_fwd("rnn_tanh", e(N, H), e(B, H), None, e(H, H), e(H), None, plan, True)
-        step.step_bwd("rnn_tanh", e(H, H), None, e(T + 1, B, H), None, None, e(T + 1, B, H), None,
-                      e(N, H), plan)  # fmt: skip
-        step.step_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H, H), None, None, plan, True,
-                      path="persistent")  # fmt: skip
-        par = e(3)
-        gru = (e(3 * H, H), e(3 * H), None, None, None, None, e(N, H), None, (1, 0), par, False)
-        bufs = variant_step.variant_fwd("gru", e(N, 3 * H), e(B, H), None, e(3 * H), *gru, plan,
-                                        True)  # fmt: skip
-        variant_step.variant_bwd("gru", *gru, bufs, e(T + 1, B, H), None, e(N, H), plan)
-        lstm = (e(4 * H, H), e(4 * H), e(H), e(H), e(3, H), None, e(N, H), e(N, H), (1, 1), par,
-                False)  # fmt: skip
-        bufs = variant_step.variant_fwd("lstm", e(N, 4 * H), e(B, H), e(B, H), e(4 * H), *lstm,
-                                        plan, True)  # fmt: skip
-        variant_step.variant_bwd("lstm", *lstm, bufs, e(T + 1, B, H), e(T + 1, B, H), e(N, H),
-                                 plan)  # fmt: skip
-    return records
+    for case in cases:
+        a = library.LayerArgs(**{**library.OPTION_DEFAULTS, **make_inputs(case, dtype)}, save=True)
+        for path in (None,) if case.variant else PATHS[: 2 if case.proj else 3]:
+            with kernel_path(path), capture_launches() as records:
+                bufs = layer_op.forward(a)
+                grads = [torch.zeros_like(b) if b.numel() else None for b in bufs]
+                layer_op.backward(a, bufs, grads, [True] * len(library.GRAD_INPUTS))
+            yield case, path, records
 
 
-@pytest.mark.skipif(
+compiled_only = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1",
     reason="the interpreter has no specialisation; run without TRITON_INTERPRET",
 )
+
+
+@compiled_only
 def test_a_sequence_compiles_each_kernel_once_as_planned():
     """Per-step offsets are ``do_not_specialize`` (and int64): the specialisation that
     Triton's launcher derives from the arguments (Triton's own binder) is the same at every
-    step, so a sequence compiles each kernel once. That specialisation (here: a packed float32
-    sequence with H = 20, not a multiple of 16, through every cell's launchers) is among the
-    compile report's compiles, attributes and constants included."""
+    step, so a sequence compiles each kernel once. That specialisation (here: packed float32
+    sequences with H = 20, not a multiple of 16, whose per-step offsets alternate between
+    multiples of 16, other values and 1, through every cell's kernels on every path) is among
+    the compile report's compiles, attributes and constants included."""
+    import torch
+    from layer_cases import Case
+
     from fusedrnn import compile_report
 
     planned = {replace(j, precision="", arch=0) for j in compile_report.jobs([90], ["fp32"])}
-    keys: dict[tuple, set] = {}
-    for kernel, _grid, args, kwargs in _sequence_launches():
-        assert compile_report.job_key(kernel, args, kwargs) in planned
-        sig, constexprs, attrs, _ = compile_report.specialisation(kernel, args, kwargs)
-        key = repr((sorted(sig.items()), sorted(constexprs.items()), sorted(attrs.items())))
-        keys.setdefault((kernel.fn.__name__, kwargs.get("CELL")), set()).add(key)
-    # every kernel of the sequence above was launched (the step kernels once per cell)
-    assert set(keys) == {
-        *((name, cell) for name in ("_step_fwd_kernel", "_step_bwd_kernel") for cell in (0, 1, 2)),
-        ("_persistent_fwd_kernel", 1),
+    seq = dict(T=5, B=3, I=8, H=20, lengths=(5, 3, 2))
+    cases = [Case(cell, **seq, **options) for cell, options in (
+        ("lstm", {}), ("lstm", dict(proj=8)), ("gru", {}), ("rnn_tanh", {}),
+        ("gru", dict(ln=True, zone="h")), ("lstm", dict(ln=True, peep=True, zone="hc")))]  # fmt: skip
+    jobs: dict[tuple, set] = {}
+    for case, path, records in _layer_launches(torch.float32, cases):
+        for kernel, _grid, args, kwargs in records:
+            job = compile_report.job_key(kernel, args, kwargs)
+            assert job in planned
+            jobs.setdefault((case, path, kernel.fn.__name__, kwargs.get("CELL")), set()).add(job)
+    # every kernel was launched, each for every cell it runs
+    launched = {k[2:] for k in jobs}
+    assert launched == {
+        *((f"_{name}_{d}_kernel", cell) for name in ("step", "persistent") for d in ("fwd", "bwd")
+          for cell in (0, 1, 2)),
         *((f"_variant_{d}_step_kernel", cell) for d in ("fwd", "bwd") for cell in (0, 1)),
-    }, sorted(keys)
-    assert {name: len(k) for name, k in keys.items() if len(k) > 1} == {}
+    }, sorted(launched)  # fmt: skip
+    assert {k: len(v) for k, v in jobs.items() if len(v) > 1} == {}
 
 
-@pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1",
-    reason="the interpreter has no specialisation; run without TRITON_INTERPRET",
-)
+@compiled_only
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_half_precision_layer_op_launches_only_planned_kernels(precision):
     """The layer op's own launches in half precision (forward and backward with every
     output's gradient, on every kernel path) are compiles of the report: the LSTM's ``dCs``
     arrives in the dtype of ``Cs`` (float32), not the op's."""
     import torch
+    from layer_cases import Case
 
     from fusedrnn import compile_report
-    from fusedrnn.ops import library
-    from fusedrnn.ops.triton import layer_op
-    from fusedrnn.ops.triton.persistent import PATHS, kernel_path
-    from fusedrnn.ops.triton.runtime import capture_launches
 
     planned = set(compile_report.jobs([0], [precision]))
     dt = getattr(torch, compile_report.PRECISIONS[precision][0])
-    T, B, I, H = 2, 3, 5, 24  # a shape of compile_report.SHAPES
-
-    def e(*shape):
-        return torch.zeros(*shape, dtype=dt)
-
-    unplanned = []
-    for cell, G in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1)):
-        c0 = e(B, H) if cell == "lstm" else None
-        a = library.LayerArgs(cell, e(T, B, I), e(B, H), c0, e(G * H, I), e(G * H, H), e(G * H),
-                              e(G * H), None, None, False, **library.OPTION_DEFAULTS, save=True)  # fmt: skip
-        for path in PATHS:
-            with kernel_path(path), capture_launches() as records:
-                bufs = layer_op.forward(a)
-                grads = [torch.zeros_like(b) if b.numel() else None for b in bufs]
-                layer_op.backward(a, bufs, grads, [True] * len(library.GRAD_INPUTS))
-            unplanned += [(cell, path, kernel.fn.__name__) for kernel, _, args, kwargs in records
-                          if compile_report.job_key(kernel, args, kwargs, precision) not in planned]  # fmt: skip
+    # a shape of compile_report.SHAPES
+    cases = [Case(cell, T=2, B=3, I=5, H=24) for cell in ("lstm", "gru", "rnn_tanh")]
+    unplanned = [(case.cell, path, kernel.fn.__name__)
+                 for case, path, records in _layer_launches(dt, cases)
+                 for kernel, _, args, kwargs in records
+                 if compile_report.job_key(kernel, args, kwargs, precision) not in planned]  # fmt: skip
     assert unplanned == []

@@ -16,19 +16,14 @@ pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
 from layer_cases import Case, assert_close, call, cast, with_leaves  # noqa: E402
-from test_triton_backend import _poison  # noqa: E402, F401 -- autouse: buffers NaN-poisoned
+from test_triton_backend import DEVICE, _poison  # noqa: E402, F401 -- autouse: NaN-poisoned buffers
 
 from fusedrnn.ops import library, reference  # noqa: E402
 from fusedrnn.ops.triton import layer as triton_layer  # noqa: E402
 
-DEVICE = layer_cases.triton_device() or layer_cases.skip_module_without_triton()
 
-
-def _inputs(case: Case, leaves=False) -> dict:
-    """``case``'s layer-op arguments in float64 on DEVICE; with ``leaves``, x to w_hr are fresh
-    leaves requiring grad (the variant parameters are left without)."""
-    a = layer_cases.make_inputs(case, torch.float64, DEVICE)
-    return {**a, **with_leaves({k: a[k] for k in library.NAMES[1:9]})} if leaves else a
+def _inputs(case: Case) -> dict:
+    return layer_cases.make_inputs(case, torch.float64, DEVICE)
 
 
 def test_torch_compile_traces_the_op():
@@ -39,7 +34,8 @@ def test_torch_compile_traces_the_op():
         y, h, c = call(triton_layer, a)
         return y.square().sum() + h.sum() + c.sum()
 
-    compiled, eager = _inputs(case, leaves=True), _inputs(case, leaves=True)
+    # x to w_hr require grad, the variant parameters not
+    compiled, eager = (with_leaves(_inputs(case), library.NAMES[1:9]) for _ in range(2))
     torch.compile(fn, backend="aot_eager", fullgraph=True)(compiled).backward()
     fn(eager).backward()
     for k, v in compiled.items():
