@@ -21,15 +21,12 @@ from misc_testlib import ROOT
 
 from fusedrnn import cuda_report
 from fusedrnn.ops import cuda, library, reference
-from fusedrnn.ops.checks import gate_count
 
 
 def cuda_include() -> Path | None:
     nvcc = cuda_report.find_nvcc()
-    if nvcc is None:
-        return None
-    inc = Path(nvcc).resolve().parent.parent / "include"
-    return inc if (inc / "cuda_fp16.h").is_file() else None
+    inc = nvcc and Path(nvcc).resolve().parent.parent / "include"
+    return inc if inc and (inc / "cuda_fp16.h").is_file() else None
 
 
 def why_not() -> str | None:
@@ -87,44 +84,29 @@ def compile_report() -> dict:
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 
-def problem(case: Case, dtype: torch.dtype = torch.float64, device=None, seed: int = 0) -> dict:
-    """The layer op's keyword arguments for ``case`` in dtype, drawn in float64 uniformly in
-    [-0.5, 0.5] (x in [-1, 1], layer-norm gains around 1), the bounds the half-precision
-    tolerances were set on. Packed input has random lengths sorted descending, the first of
-    length T. Zoneout ("eval" or "hc"): p = 0.3 for h, 0.4 for c; "hc" draws the masks."""
+def problem(case: Case, dtype: torch.dtype = torch.float64, device=None) -> dict:
+    """The layer op's keyword arguments for ``case`` in dtype: those of layer_cases.make_inputs
+    (names, shapes, options; its random lengths for packed input), each value drawn again in
+    make_inputs' order, in float64 uniformly in [-0.5, 0.5] (x in [-1, 1], layer-norm gains
+    around 1), the bounds the half-precision tolerances were set on. Zoneout ("eval" or
+    "hc"): p = 0.3 for h, 0.4 for c; "hc" draws the masks."""
     assert case.lengths is None and case.zone in ("none", "eval", "hc"), case
-    g = torch.Generator().manual_seed(seed)
-    cell, B, T, I, H = case.cell, case.B, case.T, case.I, case.H  # noqa: E741
-    lstm, G, Hout = cell == "lstm", gate_count(cell, case.cifg), case.proj or case.H
-
-    def rnd(*shape, scale=0.5, center=0.0):
-        return center + (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
-
-    batch_sizes = layer_cases._batch_sizes(case, g)
-    lead = (T, B) if batch_sizes is None else (int(batch_sizes.sum()),)
-    bias = case.bias
-    p = dict(
-        cell=cell, x=rnd(*lead, I, scale=1.0), h0=rnd(B, Hout), c0=rnd(B, H) if lstm else None,
-        w_ih=rnd(G * H, I), w_hh=rnd(G * H, Hout), b_ih=rnd(G * H) if bias else None,
-        b_hh=rnd(G * H) if bias else None, w_hr=rnd(Hout, H) if case.proj else None,
-        batch_sizes=batch_sizes, cifg=case.cifg,
-    )  # fmt: skip
-    if case.ln:  # gains around 1, biases around 0, all random so that every gradient matters
-        p.update(ln_ih_w=rnd(G * H, center=1.0), ln_hh_w=rnd(G * H, center=1.0))
-        p.update(ln_ih_b=rnd(G * H) if bias else None, ln_hh_b=rnd(G * H) if bias else None)
-        if lstm:
-            p.update(ln_c_w=rnd(H, center=1.0), ln_c_b=rnd(H) if bias else None)
-    if case.peep:
-        p["w_ch"] = rnd(2 if case.cifg else 3, H)
-    for s, width, prob in (("h", Hout, 0.3), ("c", H, 0.4))[: 1 + lstm]:  # h's mask drawn first
-        if case.zone != "none":
-            p[f"zoneout_{s}"] = prob
-        if case.zone == "hc":
-            p[f"mask_{s}"] = (torch.rand(*lead, width, generator=g) < prob).double()
+    g = torch.Generator().manual_seed(0)
+    p = layer_cases.make_inputs(case, torch.float64)
+    del p["reverse"]
+    p["batch_sizes"] = layer_cases._batch_sizes(case, g)  # make_inputs' (seed 0's first draw)
+    for k, v in p.items():
+        if k.startswith(("zoneout_", "mask_")):
+            prob = 0.3 if k.endswith("_h") else 0.4
+            p[k] = prob if k[0] == "z" else (torch.rand(v.shape, generator=g) < prob).double()
+        elif torch.is_tensor(v) and k != "batch_sizes":
+            # gains around 1, biases around 0, all random so that every gradient matters
+            center = 1.0 if k in ("ln_ih_w", "ln_hh_w", "ln_c_w") else 0.0
+            u = torch.rand(v.shape, generator=g, dtype=torch.float64) * 2 - 1
+            p[k] = center + u * (1.0 if k == "x" else 0.5)
     return cast(p, dtype, device)
 
 
-SMALL = dict(B=4, T=5, I=3, H=6, packed=True)
 TINY = dict(B=3, T=4, I=2, H=5)
 
 
@@ -141,11 +123,16 @@ def cast(p: dict, dtype: torch.dtype, device=None) -> dict:
     }
 
 
-def run(layer, p: dict, reverse: bool, seed: int = 1):
-    """Outputs and the gradients of every present input for a fixed random output weighting
-    (drawn on the CPU in float64, so that every device and dtype gets the same one)."""
-    outs, grads = layer_cases.outputs_and_grads(layer, {**p, "reverse": reverse}, seed)
-    return [o for o in outs if o is not None], grads
+OUTPUTS = ("y", "h_n", "c_n")
+
+
+def run(layer, p: dict, reverse: bool = False) -> dict:
+    """Every present output (y, h_n, c_n) and the gradient of every present input (dx, ...) by
+    name, for a fixed random output weighting (drawn on the CPU in float64, so that every
+    device and dtype gets the same one)."""
+    outs, grads = layer_cases.outputs_and_grads(layer, {**p, "reverse": reverse})
+    named = {k: o for k, o in zip(OUTPUTS, outs, strict=True) if o is not None}
+    return named | {f"d{k}": g for k, g in grads.items()}
 
 
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -162,46 +149,37 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -
     assert err <= tol, f"{what}: max error {err:.3g} > {tol:g} (relative to max(|ref|, 1))"
 
 
-def _pairs(got, want):
-    """(name, got, want) for each output and each gradient of two ``run`` results."""
-    (outs, grads), (ref_outs, ref_grads) = got, want
-    assert len(outs) == len(ref_outs) and grads.keys() == ref_grads.keys()
-    return [*zip(("y", "h_n", "c_n"), outs, ref_outs, strict=False),
-            *((f"d{k}", grads[k], ref_grads[k]) for k in grads)]  # fmt: skip
+def assert_same(got: dict, want: dict, tol: float | None = None) -> None:
+    """Two ``run`` results bitwise equal, dtypes included; with ``tol``, each element within
+    ``tol`` instead."""
+    assert got.keys() == want.keys(), (got.keys(), want.keys())
+    for k, b in want.items():
+        if tol is None:
+            assert got[k].dtype == b.dtype and torch.equal(got[k], b), k
+        else:
+            assert_close(got[k], b, tol, k)
 
 
-def assert_results_close(got, want, tol: float) -> None:
-    """Two ``run`` results (outputs, gradients), each element within ``tol``."""
-    for name, a, b in _pairs(got, want):
-        assert_close(a, b, tol, name)
+def compare(layer, case: Case, dtype: torch.dtype, device=None, p=None, tol=None) -> None:
+    """``layer`` in dtype (on device) against the reference op in float64 on the same inputs
+    rounded to dtype (``p``, by default ``problem(case)``): every output and every gradient.
 
-
-def assert_same(got, want) -> None:
-    """Two ``run`` results bitwise equal, dtypes included."""
-    for name, a, b in _pairs(got, want):
-        assert a.dtype == b.dtype and torch.equal(a, b), name
-
-
-def compare(layer, case: Case, dtype: torch.dtype, device=None) -> None:
-    """``layer`` in dtype (on device) against the reference op in float64 on the same rounded
-    inputs (``problem(case)``): every output and every gradient.
-
-    The bound is TOL[dtype]. For the variant cells below float64 it is 4x the largest relative
-    error that the reference op itself, differentiated by autograd in that dtype, makes on
-    this problem if that is larger: layer norm over few features (with a projection, h W_hh^T
-    has rank Hout) and a few steps of recurrence amplify rounding errors beyond the plain
-    cells' TOL, for PyTorch's own kernels as well; a wrong kernel is off by O(1), far outside
-    either bound."""
-    rounded = cast(problem(case, dtype), torch.float64)
+    The bound is ``tol``, by default TOL[dtype]. For the variant cells below float64 the
+    default is 4x the largest relative error that the reference op itself, differentiated by
+    autograd in that dtype, makes on this problem if that is larger: layer norm over few
+    features (with a projection, h W_hh^T has rank Hout) and a few steps of recurrence amplify
+    rounding errors beyond the plain cells' TOL, for PyTorch's own kernels as well; a wrong
+    kernel is off by O(1), far outside either bound."""
+    rounded = cast(cast(problem(case) if p is None else p, dtype), torch.float64)
     got = run(layer, cast(rounded, dtype, device), case.reverse)
     want = run(reference.layer, rounded, case.reverse)
-    tol = TOL[dtype]
-    if case.variant and dtype != torch.float64:
-        own = run(reference.layer, cast(rounded, dtype), case.reverse)
-        tol = max(tol, 4 * max(rel_error(a, b) for _, a, b in _pairs(own, want)))
-    for name, a, _ in _pairs(got, want):
-        assert a is not None and a.dtype == dtype, name
-    assert_results_close(got, want, tol)
+    if tol is None:
+        tol = TOL[dtype]
+        if case.variant and dtype != torch.float64:
+            own = run(reference.layer, cast(rounded, dtype), case.reverse)
+            tol = max(tol, 4 * max(rel_error(own[k], want[k]) for k in want))
+    assert all(a.dtype == dtype for a in got.values()), [a.dtype for a in got.values()]
+    assert_same(got, want, tol)
 
 
 # -- checks on the host build (test_cuda_backend.py's table runs them) ------------------------
@@ -211,11 +189,11 @@ def check_inference_path(layer, case: Case, dtype: torch.dtype) -> None:
     """Without grad the driver runs the kernels' no-save paths: bitwise the same outputs as
     with grad, in reverse."""
     p = problem(case, dtype)
-    train, _ = run(layer, p, reverse=True)
+    train = run(layer, p, reverse=True)
     with torch.no_grad():
         infer = layer(**p, reverse=True)
-    assert len(train) == sum(t is not None for t in infer)
-    assert all(torch.equal(a, b) for a, b in zip(train, infer, strict=False))
+    for k, t in zip(OUTPUTS, infer, strict=True):
+        assert (t is None) == (k not in train) and (t is None or torch.equal(train[k], t)), k
 
 
 def check_fake_ops(layer, case: Case, dtype: torch.dtype, save: bool) -> None:
@@ -255,10 +233,10 @@ def check_under_autocast(layer, case: Case) -> None:
     only exercise AutocastCPU, which retypes the same GEMMs (mm, addmm) to bfloat16 that
     AutocastCUDA retypes on the GPU build."""
     p = problem(case, torch.float32)
-    want = run(layer, p, reverse=False)
+    want = run(layer, p)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = run(layer, p, reverse=False)
-    assert all(t.dtype == torch.float32 for t in (*got[0], *got[1].values()))
+        got = run(layer, p)
+    assert all(t.dtype == torch.float32 for t in got.values())
     assert_same(got, want)
 
 
@@ -277,6 +255,4 @@ def check_long_sequence_bfloat16(layer, case: Case) -> None:
     p, H = problem(case), case.H
     if case.cell in ("lstm", "gru"):
         p["ln_ih_b" if case.ln else "b_ih"][H : 2 * H] += 5.0
-    rounded = cast(cast(p, torch.bfloat16), torch.float64)
-    got = run(layer, cast(rounded, torch.bfloat16), case.reverse)
-    assert_results_close(got, run(reference.layer, rounded, case.reverse), 2 * BF16_ULP)
+    compare(layer, case, torch.bfloat16, p=p, tol=2 * BF16_ULP)

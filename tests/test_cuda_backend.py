@@ -18,7 +18,7 @@ from pathlib import Path
 import cuda_host
 import pytest
 import torch
-from cuda_host import SMALL, TINY
+from cuda_host import TINY
 from layer_cases import Case
 
 from fusedrnn import cuda_report
@@ -102,7 +102,7 @@ def test_every_kernel_compiles_without_spills():
 
 # float64 / float32 on this host build: tests/test_conformance.py (backend "cuda-host"); below,
 # half precision and the driver's paths, torch.nn's cells (elementwise kernels) then variants
-_case = functools.partial(Case, **SMALL)
+_case = functools.partial(Case, B=4, T=5, I=3, H=6, packed=True)
 _tiny = functools.partial(Case, **TINY)
 _long = functools.partial(Case, T=512, B=3, I=4, H=8)
 

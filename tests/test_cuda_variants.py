@@ -48,10 +48,10 @@ def test_host_torch_compile_fullgraph(host_layer):
     """The custom ops trace as two opaque nodes (fake implementations, registered autograd):
     compiled forward and backward equal eager ones."""
     p = cuda_host.problem(full("lstm", **TINY))
-    eager = cuda_host.run(host_layer, p, reverse=False)
+    eager = cuda_host.run(host_layer, p)
     torch._dynamo.reset()
     compiled = torch.compile(host_layer, fullgraph=True, backend="aot_eager")
-    cuda_host.assert_same(cuda_host.run(compiled, p, reverse=False), eager)
+    cuda_host.assert_same(cuda_host.run(compiled, p), eager)
 
 
 # -- the real backend -------------------------------------------------------------------------
@@ -103,12 +103,12 @@ def test_gpu_deterministic(case):
     """Gradient column sums (the bias gradients) and row reductions have a fixed order:
     bitwise equal reruns."""
     p = cuda_host.problem(case, torch.float32, "cuda")
-    cuda_host.assert_same(cuda_host.run(cv.layer, p, False), cuda_host.run(cv.layer, p, False))
+    cuda_host.assert_same(cuda_host.run(cv.layer, p), cuda_host.run(cv.layer, p))
 
 
 @gpu
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gpu_module_matches_reference_module(cell, monkeypatch):
+def test_gpu_module_matches_reference_module(cell):
     """End to end through fusedrnn.LSTM / GRU (two bidirectional layers, every variant that
     applies, zoneout in evaluation so that no mask is drawn): outputs and parameter grads."""
     import fusedrnn

@@ -29,7 +29,13 @@ inline cudaError_t launch_status(bool dtype_known) {
   return dtype_known ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-struct KernelRun {  // elementwise kernels
+// f(0), ..., f(count - 1), in reverse order when g_backwards
+template <class F>
+void walk(uint32_t count, const F& f) {
+  for (uint32_t k = 0; k < count; ++k) f(g_backwards ? count - 1 - k : k);
+}
+
+struct KernelRun {  // elementwise kernels: every (block, thread)
   cudaStream_t stream;  // unused
   int64_t n;
 
@@ -37,34 +43,26 @@ struct KernelRun {  // elementwise kernels
   void operator()(const Op& op) const {
     if (n <= 0) return;
     const LaunchShape s = launch_shape(n, g_max_blocks);
-    for (uint32_t k = 0; k < s.blocks * s.threads; ++k) {
-      const uint32_t flat = g_backwards ? s.blocks * s.threads - 1 - k : k;
+    walk(s.blocks * s.threads, [&](uint32_t flat) {
       grid_stride_loop(flat / s.threads, s.threads, s.blocks, flat % s.threads, n, op);
-    }
+    });
   }
 };
 
 struct HostBlock {  // one thread block of a row kernel
   uint32_t threads;
 
-  uint32_t thread(uint32_t k) const { return g_backwards ? threads - 1 - k : k; }
-
   template <class F>
   void for_each(int64_t n, const F& f) const {
-    for (uint32_t k = 0; k < threads; ++k) {
-      for (int64_t i = thread(k); i < n; i += threads) f(i);
-    }
+    walk(threads, [&](uint32_t t) {
+      for (int64_t i = t; i < n; i += threads) f(i);
+    });
   }
 
   template <typename A, class F>
-  A sum(int64_t n, const F& f) const {
-    std::vector<A> sh(threads);
-    for (uint32_t k = 0; k < threads; ++k) {
-      const uint32_t t = thread(k);
-      A s = A(0);
-      for (int64_t i = t; i < n; i += threads) s += f(i);
-      sh[t] = s;
-    }
+  A sum(int64_t n, const F& f) const {  // each thread's partial sum (as for_each), then the tree
+    std::vector<A> sh(threads, A(0));
+    for_each(n, [&](int64_t i) { sh[i % threads] += f(i); });
     for (uint32_t w = threads / 2; w > 0; w >>= 1) {
       for (uint32_t t = 0; t < w; ++t) sh[t] += sh[t + w];
     }
@@ -82,24 +80,9 @@ struct RowKernelRun {  // row kernels
     LaunchShape s = row_launch_shape(rows, hidden, g_max_blocks);
     if (g_threads > 0) s.threads = g_threads;
     const HostBlock blk{s.threads};
-    for (uint32_t k = 0; k < s.blocks; ++k) {
-      row_loop(g_backwards ? s.blocks - 1 - k : k, s.blocks, rows, blk, op);
-    }
+    walk(s.blocks, [&](uint32_t block) { row_loop(block, s.blocks, rows, blk, op); });
   }
 };
-
-}  // namespace cuda
-}  // namespace fusedrnn
-
-// The launchers of launchers.h, exactly as the extension's.
-#include "cuda/colsum.cu"
-#include "cuda/gru.cu"
-#include "cuda/lstm.cu"
-#include "cuda/rnn.cu"
-
-namespace fusedrnn {
-namespace cuda {
-namespace {
 
 // The Launch policy (layer_module.h); the GPU's is in csrc/cuda/bindings.cpp.
 struct HostPolicy {
@@ -114,9 +97,14 @@ struct HostPolicy {
   }
 };
 
-}  // namespace
 }  // namespace cuda
 }  // namespace fusedrnn
+
+// The launchers of launchers.h, exactly as the extension's.
+#include "cuda/colsum.cu"
+#include "cuda/gru.cu"
+#include "cuda/lstm.cu"
+#include "cuda/rnn.cu"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CPU walk of the fusedrnn CUDA kernels' grids (tests only)";
