@@ -203,7 +203,9 @@ def test_extension_refuses_mismatched_arguments():
            ({"embed": torch.zeros(V + 2, 8)}, "embedding must be"),
            ({"variant_weights": [None] * 3}, "expected 7 variant weights"),
            ({"logits": torch.full((1, V), float("nan"))}, "probability tensor contains"),
-           ({"h": torch.zeros(2, 1, 8)}, "h must be a contiguous")]  # fmt: skip
+           ({"h": torch.zeros(2, 1, 8)}, "h must be a contiguous"),
+           ({"h": torch.zeros(1, 1, 6), "c": torch.zeros(1, 1, 6), "dec_w": torch.zeros(V, 6)},
+            r"w_hh must be \[G\*H, 6\] for h's H")]  # fmt: skip
     for change, message in bad:
         with pytest.raises(RuntimeError, match=message):
             _C.generate(**{**good, **change})

@@ -124,17 +124,18 @@ class StepWeights {
       if (use_own_sgemm() && k_ > 0 && n_ > 0 && steps > 1)
         packed_ = pack_b(tw, k_, n_, W_, ldw_, slot);
   }
-  // C[:, c0:c1] = A[m, k] op(W)[:, c0:c1] + beta * C[:, c0:c1]; C points at column 0 and c0
-  // is a multiple of 16 (parallel_columns' column blocks are).
-  void mul(int64_t m, int64_t c0, int64_t c1, const T* A, int64_t lda, T beta, T* C,
-           int64_t ldc) const {
-    if constexpr (std::is_same_v<T, float>)
-      if (packed_ && m > kSmallM)
-        return sgemm_packed(false, m, c0, c1, 1.f, A, lda, *packed_, beta, C, ldc);
-    const T* Wc = tw_ ? W_ + c0 * ldw_ : W_ + c0;
-    gemm<T>(false, tw_, m, c1 - c0, k_, T(1), A, lda, Wc, ldw_, beta, C + c0, ldc);
+  // C[m, n] = A[m, k] op(W) + beta * C, split over the threads in column blocks
+  // (parallel_columns: multiples of 16, as the packed kernel needs).
+  void mul_split_n(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+    if (m == 0) return;
+    parallel_columns(n_, [&](int64_t c0, int64_t c1) {
+      if constexpr (std::is_same_v<T, float>)
+        if (packed_ && m > kSmallM)
+          return sgemm_packed(false, m, c0, c1, 1.f, A, lda, *packed_, beta, C, ldc);
+      const T* Wc = tw_ ? W_ + c0 * ldw_ : W_ + c0;
+      gemm<T>(false, tw_, m, c1 - c0, k_, T(1), A, lda, Wc, ldw_, beta, C + c0, ldc);
+    });
   }
-  int64_t n() const { return n_; }
   int64_t bytes() const { return k_ * n_ * int64_t(sizeof(T)); }  // of op(W)
 
  private:
@@ -143,13 +144,5 @@ class StepWeights {
   int64_t ldw_, k_, n_;
   std::optional<PackedB> packed_;
 };
-
-// StepWeights::mul over all columns, split over the threads by parallel_columns.
-template <typename T>
-void mul_split_n(const StepWeights<T>& W, int64_t m, const T* A, int64_t lda, T beta, T* C,
-                 int64_t ldc) {
-  if (m == 0) return;
-  parallel_columns(W.n(), [&](int64_t c0, int64_t c1) { W.mul(m, c0, c1, A, lda, beta, C, ldc); });
-}
 
 }  // namespace fusedrnn::cpu

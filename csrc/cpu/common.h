@@ -41,6 +41,12 @@ inline int64_t num_gates(Cell c) { return c == Cell::LSTM ? 4 : c == Cell::GRU ?
 // visited step, so their state after this step is final (h_n, c_n).
 struct Step {
   int64_t t, off, rows, prev_off, from_prev, finish_from;
+  // Row b's state before this step: row prev_off + b of hist [N, K] where the row continues,
+  // row b of init [B, K] (h0 / c0) where it starts here.
+  template <typename T>
+  const T* prev(int64_t b, const T* hist, const T* init, int64_t K) const {
+    return b < from_prev ? hist + (prev_off + b) * K : init + b * K;
+  }
 };
 
 inline std::vector<Step> schedule(const std::optional<at::Tensor>& batch_sizes, int64_t T,
@@ -74,23 +80,19 @@ inline std::vector<Step> schedule(const std::optional<at::Tensor>& batch_sizes, 
   return steps;
 }
 
-// prev [N, K] = the state each row starts a visited step from: the previous visited step's row
-// of hist [N, K] where the row continues, init [B, K] (h0 / c0) where it starts at this step.
-// The backward's weight gradients then take every step in one GEMM or column sum.
+// prev [N, K] = the state each row starts a visited step from (Step::prev), so that the
+// backward's weight gradients take every step in one GEMM or column sum.
 template <typename T>
 void gather_previous(const std::vector<Step>& steps, const T* hist, const T* init, int64_t K,
                      T* prev) {
-  for (const Step& s : steps) {
-    if (s.from_prev > 0)
-      std::memcpy(prev + s.off * K, hist + s.prev_off * K, sizeof(T) * s.from_prev * K);
-    if (s.rows > s.from_prev)
-      std::memcpy(prev + (s.off + s.from_prev) * K, init + s.from_prev * K,
-                  sizeof(T) * (s.rows - s.from_prev) * K);
-  }
+  for (const Step& s : steps)
+    for (int64_t b = 0; b < s.rows; ++b)
+      std::memcpy(prev + (s.off + b) * K, s.prev(b, hist, init, K), sizeof(T) * K);
 }
 
-// Runs fn(b0, b1) once per block of batch rows, one block per thread, in parallel: fn runs
-// its rows through all the steps (rows are independent sequences). Block bounds balance the
+// Runs fn(k, steps[k], b0, e) for every block [b0, b1) of batch rows through all the steps, in
+// order or (backward) last first, where the block has active rows [b0, e), e = min(b1, rows);
+// one block per thread, in parallel (rows are independent sequences). Block bounds balance the
 // number of (row, step) pairs (packed sequences: the first rows are the longest). Below
 // kMinRows rows per block, or when the whole layer is small (work_per_row_step ~ flops of one
 // row in one step), or when the recurrent weights that every block multiplies at every step
@@ -109,15 +111,22 @@ constexpr int64_t kRowBlockWeightBytes = int64_t(1) << 20;
 inline std::atomic<bool> row_blocks_enabled{true};  // off only in the tests of the other strategy
 
 template <typename F>
-inline void run_row_blocks(const std::vector<Step>& steps, int64_t B, int64_t work_per_row_step,
-                           int64_t weight_bytes, const F& fn) {
+inline void run_row_blocks(const std::vector<Step>& steps, bool backward, int64_t B,
+                           int64_t work_per_row_step, int64_t weight_bytes, const F& fn) {
   constexpr int64_t kMinRows = 8;
+  const auto walk = [&](int64_t b0, int64_t b1) {
+    for (size_t i = 0, n = steps.size(); i < n; ++i) {
+      const size_t k = backward ? n - 1 - i : i;
+      const int64_t e = std::min(b1, steps[k].rows);
+      if (e > b0) fn(k, steps[k], b0, e);
+    }
+  };
   int64_t total = 0;  // (row, step) pairs
   for (const Step& s : steps) total += s.rows;
   const int64_t P = std::min<int64_t>(at::get_num_threads(), B / kMinRows);
   if (P <= 1 || !row_blocks_enabled || at::in_parallel_region() ||
       weight_bytes > kRowBlockWeightBytes || total * work_per_row_step < (int64_t(1) << 20)) {
-    fn(int64_t(0), B);
+    walk(int64_t(0), B);
     return;
   }
   // length of row b = number of steps with more than b rows; blocks cut at equal shares of
@@ -134,7 +143,7 @@ inline void run_row_blocks(const std::vector<Step>& steps, int64_t B, int64_t wo
   bound.push_back(B);
   const int64_t nblk = static_cast<int64_t>(bound.size()) - 1;
   at::parallel_for(0, nblk, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) fn(bound[p], bound[p + 1]);
+    for (int64_t p = p0; p < p1; ++p) walk(bound[p], bound[p + 1]);
   });
 }
 
@@ -152,24 +161,6 @@ inline void step_rows(int64_t b0, int64_t e, int64_t work_per_row, const F& fn) 
 // ~16k of them a second thread costs more than it saves.
 inline int64_t grain_of(int64_t cost) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(cost, 1));
-}
-
-// Runs fn(row, j0, j1) over rows [0, rows) x units [0, H) split across threads; a chunk may
-// cover the tail of one row and the head of the next, so fn sees at most a row at a time.
-template <typename F>
-inline void parallel_rows(int64_t rows, int64_t H, int64_t cost_per_unit, const F& fn) {
-  const int64_t total = rows * H;
-  if (total == 0) return;
-  at::parallel_for(0, total, grain_of(cost_per_unit), [&](int64_t begin, int64_t end) {
-    int64_t idx = begin;
-    while (idx < end) {
-      const int64_t b = idx / H;
-      const int64_t j0 = idx - b * H;
-      const int64_t j1 = std::min(H, j0 + (end - idx));
-      fn(b, j0, j1);
-      idx += j1 - j0;
-    }
-  });
 }
 
 // f(float{}) or f(double{}) by the (already checked) dtype: the instantiation of an entry

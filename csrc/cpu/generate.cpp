@@ -21,13 +21,6 @@ namespace {
 
 constexpr int kVariantWeights = 7;  // ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch
 
-struct Sampling {
-  double temperature;
-  int64_t top_k;  // <= 0 or >= V: all characters
-  bool argmax;
-  std::optional<at::Generator> gen;
-};
-
 // ids [B] <- the first index of each row's largest value of v [B, V] (torch.argmax: a NaN
 // ranks above everything).
 void argmax_rows(const float* v, int64_t B, int64_t V, int64_t* ids) {
@@ -45,14 +38,14 @@ void argmax_rows(const float* v, int64_t B, int64_t V, int64_t* ids) {
   }
 }
 
-// logits [B, V] float32 -> ids [B] (sample.pick).
-void pick(const at::Tensor& logits, const Sampling& s, at::Tensor& q, int64_t* ids) {
+// logits [B, V] float32 -> ids [B] (sample.pick); top_k <= 0 or >= V: all characters.
+void pick(const at::Tensor& logits, double temperature, int64_t top_k, bool argmax,
+          const std::optional<at::Generator>& gen, at::Tensor& q, int64_t* ids) {
   const int64_t B = logits.size(0), V = logits.size(1);
-  if (s.argmax || s.temperature == 0)
-    return argmax_rows(logits.const_data_ptr<float>(), B, V, ids);
-  at::Tensor l = at::div(logits, s.temperature);
-  if (s.top_k > 0 && s.top_k < V) {
-    const at::Tensor kth = std::get<0>(at::topk(l, s.top_k, -1)).narrow(-1, s.top_k - 1, 1);
+  if (argmax || temperature == 0) return argmax_rows(logits.const_data_ptr<float>(), B, V, ids);
+  at::Tensor l = at::div(logits, temperature);
+  if (top_k > 0 && top_k < V) {
+    const at::Tensor kth = std::get<0>(at::topk(l, top_k, -1)).narrow(-1, top_k - 1, 1);
     l = l.masked_fill(l < kth, -std::numeric_limits<double>::infinity());
   }
   const at::Tensor probs = at::softmax(l, -1);
@@ -60,7 +53,7 @@ void pick(const at::Tensor& logits, const Sampling& s, at::Tensor& q, int64_t* i
   for (int64_t i = 0; i < B * V; ++i)
     TORCH_CHECK(std::isfinite(p[i]) && p[i] >= 0,
                 "probability tensor contains either `inf`, `nan` or element < 0");
-  q.exponential_(1, s.gen);  // torch.multinomial's draw for one sample: argmax of p / q
+  q.exponential_(1, gen);  // torch.multinomial's draw for one sample: argmax of p / q
   float* r = q.data_ptr<float>();
   for (int64_t i = 0; i < B * V; ++i) r[i] = p[i] / r[i];
   argmax_rows(r, B, V, ids);
@@ -95,6 +88,9 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
   const std::string why =
       flat_weights_mismatch(flat_weights, num_layers, has_bias, 0, dtype, "layer weights");
   TORCH_CHECK(why.empty(), "fusedrnn generate: ", why);
+  TORCH_CHECK(flat_weights[1].dim() == 2 && flat_weights[1].size(1) == H,
+              "fusedrnn generate: w_hh must be [G*H, ", H, "] for h's H, got ",
+              flat_weights[1].sizes());
   TORCH_CHECK(variant_weights.empty() ||
                   static_cast<int64_t>(variant_weights.size()) == num_layers * kVariantWeights,
               "fusedrnn generate: expected ", num_layers * kVariantWeights,
@@ -105,7 +101,6 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
               "fusedrnn generate: float16 weights are for float32 models of plain cells");
   return dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
-    const Sampling s{temperature, top_k, argmax, generator};
     const bool variant = !variant_weights.empty();
     const int64_t E = embed.has_value() ? embed->size(1) : V;
     const int64_t GH = flat_weights[0].size(0);  // w_ih [G*H, E]
@@ -150,7 +145,7 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
     const int64_t per_layer = weights_per_layer(has_bias, 0);
 
     for (int64_t i = 0; i < length; ++i) {
-      pick(logits, s, q, next.data());
+      pick(logits, temperature, top_k, argmax, generator, q, next.data());
       int64_t* out = ids.data_ptr<int64_t>();
       for (int64_t b = 0; b < B; ++b) {
         TORCH_CHECK(next[b] >= 0 && next[b] < V, "fusedrnn generate: id out of range");

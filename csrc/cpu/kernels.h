@@ -79,19 +79,17 @@ struct PointwiseKernels {
   // The row kernels. Layer-norm statistics of v[0, n): mean and 1 / sqrt(biased var + eps),
   // two passes.
   void (*ln_stats)(int64_t n, const T* v, T eps, T* mean, T* rstd);
-  // Layer norm of one row: v [n] in: raw, out: xhat = (v - mean) rstd; out [n] = xhat w + b.
-  void (*ln_apply)(int64_t n, T* v, T* out, const T* w, const T* b, T mean, T rstd);
   // Layer-norm backward of one row: dv = rstd (dout w - mean(dout w) - xhat mean(dout w xhat));
   // dv may be dout (in place).
   void (*ln_bwd)(int64_t n, const T* dout, const T* xhat, const T* w, T rstd, T* dv);
 
-  // Recurrent part of one row: s = LN_hh(hp) + b_rec (ln; hp [n] in: h_prev W_hh^T, out: its
-  // xhat; mean, rstd its row statistics) or hp + b_rec; dst [n] += s (acc) or = s.
-  // b_rec = b_hh (+ LN_hh bias).
-  void (*rec_part)(bool ln, bool acc, int64_t n, T* hp, T mean, T rstd, const T* ln_w,
-                   const T* b_rec, T* dst);
+  // One row's part of the gates: s = LN(v) + b (ln; v [n] in: raw, out: its xhat; mean, rstd
+  // its row statistics) or v + b; dst [n] += s (acc) or = s. The input side: v = x W_ih^T,
+  // b = b_ih + LN_ih bias; the recurrent one: v = h_prev W_hh^T, b = b_hh (+ LN_hh bias).
+  void (*norm_bias)(bool ln, bool acc, int64_t n, T* v, T mean, T rstd, const T* ln_w,
+                    const T* b, T* dst);
   // LSTM step, first half. g [G*H] in: pre-activations without the peephole terms (input
-  // and recurrent parts, see rec_part), out: i, (f), g activations (the o slot untouched).
+  // and recurrent parts, see norm_bias), out: i, (f), g activations (the o slot untouched).
   // w_ch [3H] or [2H] (peep). c_prev [H]; ct [H] out: c~.
   void (*lstm_fwd_a)(const VariantFlags& f, int64_t H, T* g, const T* w_ch, const T* c_prev,
                      T* ct);
@@ -101,7 +99,7 @@ struct PointwiseKernels {
   void (*lstm_fwd_b)(const VariantFlags& f, int64_t H, T* go, const T* ct, T mean, T rstd,
                      const T* ln_w, const T* ln_b, const T* w_co, const T* c_prev,
                      const T* keep_c, T* h_out, T* c_out);
-  // GRU step. g [3H] in: input part plus the recurrent r, z parts (rec_part), out: r, z, n.
+  // GRU step. g [3H] in: input part plus the recurrent r, z parts (norm_bias), out: r, z, n.
   // sn [H]: recurrent n part (LN_hh, b_hn applied); h_prev [H]; h_out [H]: the candidate
   // before zoneout.
   void (*gru_fwd)(int64_t H, T* g, const T* sn, const T* h_prev, T* h_out);
@@ -138,18 +136,9 @@ struct PointwiseKernels {
 
 // One copy of the table per ISA, for float and double; the wider copies exist in x86 builds
 // only (FRNN_TARGET_AVX2).
-namespace generic {
-template <typename T>
-PointwiseKernels<T> make_kernels();
-}  // namespace generic
-namespace avx2 {
-template <typename T>
-PointwiseKernels<T> make_kernels();
-}  // namespace avx2
-namespace avx512 {
-template <typename T>
-PointwiseKernels<T> make_kernels();
-}  // namespace avx512
+namespace generic { template <typename T> PointwiseKernels<T> make_kernels(); }
+namespace avx2 { template <typename T> PointwiseKernels<T> make_kernels(); }
+namespace avx512 { template <typename T> PointwiseKernels<T> make_kernels(); }
 
 // The table for this CPU: the AVX-512F copy (Intel CPUs), else the AVX2+FMA one, where both the
 // build and the CPU have it (kernels_generic.cpp says why).

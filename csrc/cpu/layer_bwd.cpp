@@ -38,56 +38,6 @@ at::Tensor state_grad(const OptTensor& g, int64_t rows, int64_t cols,
   return g->reshape({rows, cols}).clone(at::MemoryFormat::Contiguous);
 }
 
-// The gradients that are GEMMs over all steps, into out (the order of layer_bwd), as mask asks:
-//   out[0] dx = dX W_ih [N, I]     out[3] dW_ih = dX^T X [G*H, I]
-//   out[4] dW_hh = dH^T H_prev [G*H, Hout], H_prev = h_{t-1} of every row (y shifted, h0)
-//   out[7] dW_hr = DH^T H_raw [Hout, H] (projection)
-// dX [N, G*H]: gradient of the input projection; dH [N, G*H]: of h_prev W_hh^T; y [N, Hout];
-// DH [N, Hout], Hraw [N, H] (projection only).
-template <typename T>
-void gemm_grads(const LayerArgs& a, const std::vector<Step>& steps, const T* dX, const T* dH,
-                const T* y, const T* DH, const T* Hraw, int64_t mask,
-                std::vector<at::Tensor>& out) {
-  const int64_t GH = a.G * a.H, Hout = a.Hout, H = a.H, N = a.N, B = a.B, I = a.I;
-  const auto dtype = a.x.scalar_type();
-  if (mask & kGradX) {
-    at::Tensor dx = pooled_output({N, I}, dtype);
-    gemm<T>(false, false, N, I, GH, T(1), dX, GH, ptr<T>(a.w_ih), I, T(0), ptr<T>(dx), I);
-    out[0] = a.packed ? dx : dx.view({a.T, B, I});
-  }
-  if (mask & kGradWih) {
-    out[3] = pooled_output({GH, I}, dtype);
-    gemm<T>(true, false, GH, I, N, T(1), dX, GH, ptr<T>(a.x), I, T(0), ptr<T>(out[3]), I);
-  }
-  if (mask & kGradWhh) {
-    at::Tensor dw = pooled_output({GH, Hout}, dtype);
-    T* dwp = ptr<T>(dw);
-    const T* h0 = ptr<T>(a.h0);
-    if (N == 0) {
-      dw.zero_();
-    } else if (!a.packed) {
-      // Dense: the previous states of all steps but the first visited are y shifted by one
-      // step, so the stacked GEMM reads y in place; the first visited step pairs with h0.
-      const int64_t body = N - B;
-      const T* g_body = a.reverse ? dH : dH + B * GH;
-      const T* h_body = a.reverse ? y + B * Hout : y;
-      const T* g_first = a.reverse ? dH + body * GH : dH;
-      gemm<T>(true, false, GH, Hout, body, T(1), g_body, GH, h_body, Hout, T(0), dwp, Hout);
-      gemm<T>(true, false, GH, Hout, B, T(1), g_first, GH, h0, Hout, T(1), dwp, Hout);
-    } else {
-      // Packed: h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM.
-      at::Tensor hprev = scratch(Scratch::kWork7, {N, Hout}, dtype);
-      gather_previous(steps, y, h0, Hout, ptr<T>(hprev));
-      gemm<T>(true, false, GH, Hout, N, T(1), dH, GH, ptr<T>(hprev), Hout, T(0), dwp, Hout);
-    }
-    out[4] = dw;
-  }
-  if ((mask & kGradWhr) && a.w_hr.defined()) {
-    out[7] = at::empty({Hout, H}, a.x.options());
-    gemm<T>(true, false, Hout, H, N, T(1), DH, Hout, Hraw, H, T(0), ptr<T>(out[7]), H);
-  }
-}
-
 // Column sums over rows of a [rows, cols] (row stride lda), in one pass over a:
 // {sum a (if with_sum), sum a b1 (if b1), sum a b2 (if b2)}, each [cols] (undefined if not
 // asked for); b1, b2 [rows, cols] with row stride ldb. Each thread owns one block of columns
@@ -120,10 +70,7 @@ std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, co
     }
   };
   if (!want[0] && !want[1] && !want[2]) return out;
-  if (rows * cols < 65536)
-    sum_columns(0, cols);
-  else
-    parallel_columns(cols, sum_columns);
+  rows * cols < 65536 ? sum_columns(0, cols) : parallel_columns(cols, sum_columns);
   return out;
 }
 
@@ -185,51 +132,45 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
     *dHPp = ptr<T>(dHP), *dcnp = ptr<T>(dcn), *pcnp = ptr<T>(pcn), *dhtp = ptr<T>(dht),
     *hrawp = ptr<T>(hraw), *dhrawp = ptr<T>(dhraw);
 
-  // Rows [b0, b1) through every step, last step first; blocks of rows run on different
-  // threads without meeting in the loop (run_row_blocks, as in the forward).
-  auto run_rows = [&](int64_t b0, int64_t b1) {
-    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-      const Step& s = *it;
-      const int64_t e = std::min(b1, s.rows);  // active rows of the block: [b0, e)
-      if (e <= b0) continue;
-      T* dh_rows = dhtp + (proj ? s.off : 0) * Hout;
-      T* hraw_rows = lstm ? hrawp + (proj ? s.off : 0) * H : nullptr;
-      T* dcn_rows = lstm ? dcnp + (ln ? s.off : 0) * H : nullptr;
-      T* pcn_rows = lstm ? pcnp + (ln ? s.off : 0) * H : nullptr;
-      // pointwise rows, split over the threads when this is the single block
-      step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
-        for (int64_t b = q0; b < q1; ++b) {
-          const int64_t r = s.off + b;
-          K.zone_bwd(a.zone_h, Hout, kh + r * a.keep_h_stride, dyp + r * Hout, dhs + b * Hout,
-                     dh_rows + b * Hout);
+  // Blocks of rows through every step, last step first (run_row_blocks, as in the forward).
+  const auto step = [&](size_t, const Step& s, int64_t b0, int64_t e) {
+    T* dh_rows = dhtp + (proj ? s.off : 0) * Hout;
+    T* hraw_rows = lstm ? hrawp + (proj ? s.off : 0) * H : nullptr;
+    T* dcn_rows = lstm ? dcnp + (ln ? s.off : 0) * H : nullptr;
+    T* pcn_rows = lstm ? pcnp + (ln ? s.off : 0) * H : nullptr;
+    // pointwise rows, split over the threads when this is the single block
+    step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
+      for (int64_t b = q0; b < q1; ++b) {
+        const int64_t r = s.off + b;
+        K.zone_bwd(a.zone_h, Hout, kh + r * a.keep_h_stride, dyp + r * Hout, dhs + b * Hout,
+                   dh_rows + b * Hout);
+      }
+      if (proj) whr.mul_split_n(q1 - q0, dh_rows + q0 * Hout, Hout, T(0), dhrawp + q0 * H, H);
+      for (int64_t b = q0; b < q1; ++b) {
+        const int64_t r = s.off + b;
+        const T* dh = proj ? dhrawp + b * H : dh_rows + b * Hout;  // dh~ (before projection)
+        T* dp = dPp + r * GH;  // the row's gate gradients
+        if (rnn) {  // dh_state was left zero by zone_bwd: dy + dh = dh~
+          K.rnn_bwd(H, yp + r * H, dh, dhs + b * H, dp, a.cell == Cell::RNN_RELU);
+        } else if (lstm) {
+          const T mc = ln ? ST[r * 4 + 2] : T(0), rc = ln ? ST[r * 4 + 3] : T(1);
+          T m1 = 0, m2 = 0;
+          K.lstm_bwd_a(fl, H, dh, act + r * GH + (G - 1) * H, CT + r * H, mc, rc, lncw, lncb,
+                       dp + (G - 1) * H, dcn_rows + b * H, pcn_rows + b * H, hraw_rows + b * H,
+                       &m1, &m2);
+          K.lstm_bwd_b(fl, H, dcs + b * H, kc + r * a.keep_c_stride, dcn_rows + b * H,
+                       CT + r * H, mc, rc, lncw, m1, m2, act + r * GH, s.prev(b, C, c0, H), wch,
+                       dp);
+        } else {
+          K.gru_bwd(H, dh, act + r * GH, CT + r * H, s.prev(b, yp, h0, H), dhs + b * H, dp,
+                    dSp + r * GH);
         }
-        if (proj) mul_split_n(whr, q1 - q0, dh_rows + q0 * Hout, Hout, T(0), dhrawp + q0 * H, H);
-        for (int64_t b = q0; b < q1; ++b) {
-          const int64_t r = s.off + b;
-          const T* dh = proj ? dhrawp + b * H : dh_rows + b * Hout;  // dh~ (before projection)
-          T* dp = dPp + r * GH;  // the row's gate gradients
-          if (rnn) {  // dh_state was left zero by zone_bwd: dy + dh = dh~
-            K.rnn_bwd(H, yp + r * H, dh, dhs + b * H, dp, a.cell == Cell::RNN_RELU);
-          } else if (lstm) {
-            const T* cp = b < s.from_prev ? C + (s.prev_off + b) * H : c0 + b * H;
-            const T mc = ln ? ST[r * 4 + 2] : T(0), rc = ln ? ST[r * 4 + 3] : T(1);
-            T m1 = 0, m2 = 0;
-            K.lstm_bwd_a(fl, H, dh, act + r * GH + (G - 1) * H, CT + r * H, mc, rc, lncw, lncb,
-                         dp + (G - 1) * H, dcn_rows + b * H, pcn_rows + b * H,
-                         hraw_rows + b * H, &m1, &m2);
-            K.lstm_bwd_b(fl, H, dcs + b * H, kc + r * a.keep_c_stride, dcn_rows + b * H,
-                         CT + r * H, mc, rc, lncw, m1, m2, act + r * GH, cp, wch, dp);
-          } else {
-            const T* hp = b < s.from_prev ? yp + (s.prev_off + b) * H : h0 + b * H;
-            K.gru_bwd(H, dh, act + r * GH, CT + r * H, hp, dhs + b * H, dp, dSp + r * GH);
-          }
-          if (ln) K.ln_bwd(GH, dSp + r * GH, HH + r * GH, lnhh, ST[r * 4 + 1], dHPp + r * GH);
-        }
-      });
-      mul_split_n(whh, e - b0, dHPp + (s.off + b0) * GH, GH, T(1), dhs + b0 * Hout, Hout);
-    }
+        if (ln) K.ln_bwd(GH, dSp + r * GH, HH + r * GH, lnhh, ST[r * 4 + 1], dHPp + r * GH);
+      }
+    });
+    whh.mul_split_n(e - b0, dHPp + (s.off + b0) * GH, GH, T(1), dhs + b0 * Hout, Hout);
   };
-  run_row_blocks(steps, B, GH * Hout, whh.bytes() + whr.bytes(), run_rows);
+  run_row_blocks(steps, true, B, GH * Hout, whh.bytes() + whr.bytes(), step);
 
   // Column sums first: they read dP, which the LN_ih backward below overwrites. b_ih and the
   // LN_ih bias enter as one sum, b_hh and the LN_hh bias too (LSTM: all four, dS = dP); the
@@ -281,7 +222,41 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
         K.ln_bwd(GH, dPp + r * GH, XH + r * GH, w, ST[r * 4], dPp + r * GH);
     });
   }
-  gemm_grads<T>(a, steps, dPp, dHPp, yp, dhtp, hrawp, mask, out);
+  // The GEMMs over all steps (dX, dW_ih, dW_hh, dW_hr above); dP is now dXP.
+  if (mask & kGradX) {
+    at::Tensor dx = pooled_output({N, a.I}, dtype);
+    gemm<T>(false, false, N, a.I, GH, T(1), dPp, GH, ptr<T>(a.w_ih), a.I, T(0), ptr<T>(dx), a.I);
+    out[0] = a.packed ? dx : dx.view({a.T, B, a.I});
+  }
+  if (mask & kGradWih) {
+    out[3] = pooled_output({GH, a.I}, dtype);
+    gemm<T>(true, false, GH, a.I, N, T(1), dPp, GH, ptr<T>(a.x), a.I, T(0), ptr<T>(out[3]), a.I);
+  }
+  if (mask & kGradWhh) {
+    at::Tensor dw = out[4] = pooled_output({GH, Hout}, dtype);
+    T* dwp = ptr<T>(dw);
+    if (N == 0) {
+      dw.zero_();
+    } else if (!a.packed) {
+      // Dense: the previous states of all steps but the first visited are y shifted by one
+      // step, so the stacked GEMM reads y in place; the first visited step pairs with h0.
+      const int64_t body = N - B;
+      const T* g_body = a.reverse ? dHPp : dHPp + B * GH;
+      const T* h_body = a.reverse ? yp + B * Hout : yp;
+      const T* g_first = a.reverse ? dHPp + body * GH : dHPp;
+      gemm<T>(true, false, GH, Hout, body, T(1), g_body, GH, h_body, Hout, T(0), dwp, Hout);
+      gemm<T>(true, false, GH, Hout, B, T(1), g_first, GH, h0, Hout, T(1), dwp, Hout);
+    } else {
+      // Packed: h_{t-1} of every row gathered into one [N, Hout] matrix, then one GEMM.
+      at::Tensor hprev = tmp(Scratch::kWork7, {N, Hout});
+      gather_previous(steps, yp, h0, Hout, ptr<T>(hprev));
+      gemm<T>(true, false, GH, Hout, N, T(1), dHPp, GH, ptr<T>(hprev), Hout, T(0), dwp, Hout);
+    }
+  }
+  if ((mask & kGradWhr) && proj) {
+    out[7] = at::empty({Hout, H}, opts);
+    gemm<T>(true, false, Hout, H, N, T(1), dhtp, Hout, hrawp, H, T(0), ptr<T>(out[7]), H);
+  }
   if (mask & kGradH0) out[1] = dh_state;
   if ((mask & kGradC0) && lstm) out[2] = dc_state;
   return out;

@@ -68,7 +68,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
         for (int64_t r = r0; r < r1; ++r) {
           T mean, rstd;
           K.ln_stats(GH, dst + r * GH, eps, &mean, &rstd);
-          K.ln_apply(GH, dst + r * GH, xgp + r * GH, w, b, mean, rstd);
+          K.norm_bias(true, false, GH, dst + r * GH, mean, rstd, w, b, xgp + r * GH);
           if (train) stp[r * 4] = rstd;
         }
       });
@@ -103,87 +103,75 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   T *yp = ptr<T>(y), *xgp = ptr<T>(xg), *hhp = ptr<T>(hh), *csp = ptr<T>(cs), *ctp = ptr<T>(ct),
     *hrawp = ptr<T>(hraw);
 
-  // Rows [b0, b1) through every step. Rows are independent sequences, so blocks of rows run
-  // on different threads without meeting once in the loop (run_row_blocks); a single block
-  // splits each step's GEMMs over the columns instead (mul_split_n, inline when called from
-  // a block thread).
-  auto run_rows = [&](int64_t b0, int64_t b1) {
-    for (size_t k = 0; k < steps.size(); ++k) {
-      const Step& s = steps[k];
-      const int64_t e = std::min(b1, s.rows);  // active rows of the block: [b0, e)
-      if (e <= b0) continue;
-      // rows of this step in the buffers that are [N, .] when training, [B, .] scratch else
-      const int64_t so = train ? s.off : 0;
-      T* act = xgp + s.off * GH;
-      T* hp = direct ? act : hhp + (ln && train ? s.off : 0) * GH;
-      T* ctr = direct ? nullptr : ctp + so * H;
-      T* st = ln ? stp + so * 4 : nullptr;
-      T* c_out = nullptr;
-      const T* c_in = nullptr;
-      if (lstm) {
-        c_out = train ? csp + s.off * H : csp + (k % 2) * B * H;
-        c_in = !train ? csp + ((k + 1) % 2) * B * H : s.prev_off >= 0 ? csp + s.prev_off * H : c0;
-      }
-      auto h_prev = [&](int64_t b) {
-        return b < s.from_prev ? yp + (s.prev_off + b) * Hout : h0 + b * Hout;
-      };
-      // HP: continuing rows read the previous step's y, rows starting here read h0
-      const int64_t m = std::min(e, s.from_prev), n0 = std::max(b0, s.from_prev);
-      const T beta = direct ? T(1) : T(0);
-      if (b0 < m)
-        mul_split_n(whh, m - b0, yp + (s.prev_off + b0) * Hout, Hout, beta, hp + b0 * GH, GH);
-      if (n0 < e) mul_split_n(whh, e - n0, h0 + n0 * Hout, Hout, beta, hp + n0 * GH, GH);
-      // pointwise rows, split over the threads when this is the single block
-      step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
-        for (int64_t b = q0; b < q1; ++b) {
-          const int64_t r = s.off + b;
-          T *g = act + b * GH, *hq = hp + b * GH;  // the row's gates and h_prev W_hh^T
-          T* ho = proj ? hrawp + b * H : yp + r * Hout;  // h~ (the projection's input), or y
-          T mean = 0, rstd = 1;
-          if (ln) {
-            K.ln_stats(GH, hq, eps, &mean, &rstd);
-            st[b * 4 + 1] = rstd;
-          }
-          const T* cp = lstm ? (b < s.from_prev ? c_in : c0) + b * H : nullptr;  // c_{t-1}
-          if (rnn) {
-            K.rnn_fwd(H, b_inp, g, ho, a.cell == Cell::RNN_RELU);
-          } else if (lstm && direct) {
-            K.lstm_fwd(H, H, b_inp, g, cp, c_out + b * H, ho, train);
-          } else if (lstm) {
-            K.rec_part(ln, true, GH, hq, mean, rstd, lnhh, b_recp, g);
-            K.lstm_fwd_a(fl, H, g, wch, cp, ctr + b * H);
-            T mc = 0, rc = 1;
-            if (ln) {
-              K.ln_stats(H, ctr + b * H, eps, &mc, &rc);
-              st[b * 4 + 2] = mc;
-              st[b * 4 + 3] = rc;
-            }
-            K.lstm_fwd_b(fl, H, g + (G - 1) * H, ctr + b * H, mc, rc, lncw, lncb, wco, cp,
-                         kc + r * a.keep_c_stride, ho, c_out + b * H);
-          } else {
-            K.rec_part(ln, true, 2 * H, hq, mean, rstd, lnhh, b_recp, g);
-            K.rec_part(ln, false, H, hq + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
-                       b_recp + 2 * H, ctr + b * H);
-            K.gru_fwd(H, g, ctr + b * H, h_prev(b), ho);
-          }
+  // Rows are independent sequences, so blocks of rows run on different threads without meeting
+  // once in the loop (run_row_blocks); a single block splits each step's GEMMs over the columns
+  // instead (mul_split_n, inline when called from a block thread).
+  const T beta = direct ? T(1) : T(0);
+  const auto step = [&](size_t k, const Step& s, int64_t b0, int64_t e) {
+    // rows of this step in the buffers that are [N, .] when training, [B, .] scratch else
+    const int64_t so = train ? s.off : 0;
+    T* act = xgp + s.off * GH;
+    T* hp = direct ? act : hhp + (ln && train ? s.off : 0) * GH;
+    T* ctr = direct ? nullptr : ctp + so * H;
+    T* st = ln ? stp + so * 4 : nullptr;
+    T* c_out = lstm ? csp + (train ? s.off : (k % 2) * B) * H : nullptr;
+    const T* c_pong = lstm && !train ? csp + ((k + 1) % 2) * B * H : nullptr;
+    // HP: continuing rows read the previous step's y, rows starting here read h0
+    const int64_t m = std::min(e, s.from_prev), n0 = std::max(b0, s.from_prev);
+    if (b0 < m)
+      whh.mul_split_n(m - b0, yp + (s.prev_off + b0) * Hout, Hout, beta, hp + b0 * GH, GH);
+    if (n0 < e) whh.mul_split_n(e - n0, h0 + n0 * Hout, Hout, beta, hp + n0 * GH, GH);
+    // pointwise rows, split over the threads when this is the single block
+    step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
+      for (int64_t b = q0; b < q1; ++b) {
+        const int64_t r = s.off + b;
+        T *g = act + b * GH, *hq = hp + b * GH;  // the row's gates and h_prev W_hh^T
+        T* ho = proj ? hrawp + b * H : yp + r * Hout;  // h~ (the projection's input), or y
+        T* cr = direct ? nullptr : ctr + b * H;       // c~_t (GRU: the recurrent n part)
+        T mean = 0, rstd = 1;
+        if (ln) {
+          K.ln_stats(GH, hq, eps, &mean, &rstd);
+          st[b * 4 + 1] = rstd;
         }
-        if (proj)
-          mul_split_n(whr, q1 - q0, hrawp + q0 * H, H, T(0), yp + (s.off + q0) * Hout, Hout);
-        if (a.zone_h)
-          for (int64_t b = q0; b < q1; ++b)
-            K.zone_fwd(Hout, kh + (s.off + b) * a.keep_h_stride, h_prev(b),
-                       yp + (s.off + b) * Hout);
-      });
-      // rows that are not active in the next step are final
-      const int64_t f0 = std::max(b0, s.finish_from);
-      if (f0 < e) {
-        std::memcpy(ptr<T>(h_n) + f0 * Hout, yp + (s.off + f0) * Hout, sizeof(T) * (e - f0) * Hout);
-        if (lstm)
-          std::memcpy(ptr<T>(c_n) + f0 * H, c_out + f0 * H, sizeof(T) * (e - f0) * H);
+        const T* cp = !lstm ? nullptr  // c_{t-1}
+                      : train ? s.prev(b, csp, c0, H)
+                              : (b < s.from_prev ? c_pong : c0) + b * H;
+        if (rnn) {
+          K.rnn_fwd(H, b_inp, g, ho, a.cell == Cell::RNN_RELU);
+        } else if (lstm && direct) {
+          K.lstm_fwd(H, H, b_inp, g, cp, c_out + b * H, ho, train);
+        } else if (lstm) {
+          K.norm_bias(ln, true, GH, hq, mean, rstd, lnhh, b_recp, g);
+          K.lstm_fwd_a(fl, H, g, wch, cp, cr);
+          T mc = 0, rc = 1;
+          if (ln) {
+            K.ln_stats(H, cr, eps, &mc, &rc);
+            st[b * 4 + 2] = mc;
+            st[b * 4 + 3] = rc;
+          }
+          K.lstm_fwd_b(fl, H, g + (G - 1) * H, cr, mc, rc, lncw, lncb, wco, cp,
+                       kc + r * a.keep_c_stride, ho, c_out + b * H);
+        } else {
+          K.norm_bias(ln, true, 2 * H, hq, mean, rstd, lnhh, b_recp, g);
+          K.norm_bias(ln, false, H, hq + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
+                     b_recp + 2 * H, cr);
+          K.gru_fwd(H, g, cr, s.prev(b, yp, h0, Hout), ho);
+        }
       }
+      if (proj)
+        whr.mul_split_n(q1 - q0, hrawp + q0 * H, H, T(0), yp + (s.off + q0) * Hout, Hout);
+      for (int64_t b = q0; b < q1 && a.zone_h; ++b)
+        K.zone_fwd(Hout, kh + (s.off + b) * a.keep_h_stride, s.prev(b, yp, h0, Hout),
+                   yp + (s.off + b) * Hout);
+    });
+    // rows that are not active in the next step are final
+    const int64_t f0 = std::max(b0, s.finish_from);
+    if (f0 < e) {
+      std::memcpy(ptr<T>(h_n) + f0 * Hout, yp + (s.off + f0) * Hout, sizeof(T) * (e - f0) * Hout);
+      if (lstm) std::memcpy(ptr<T>(c_n) + f0 * H, c_out + f0 * H, sizeof(T) * (e - f0) * H);
     }
   };
-  run_row_blocks(steps, B, GH * Hout, whh.bytes() + whr.bytes(), run_rows);
+  run_row_blocks(steps, false, B, GH * Hout, whh.bytes() + whr.bytes(), step);
 
   if (!a.packed) y = y.view({a.T, B, Hout});
   // what the backward reads, in the order of saved_widths

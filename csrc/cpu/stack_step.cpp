@@ -6,29 +6,34 @@
 
 namespace fusedrnn::cpu {
 
-namespace {
-
-// Why the tensors of a call do not fit stack_step, or "" when they do. The modules' one-step
-// shortcut asks this of every sampling call (fallback), so it is a few integer comparisons
-// here instead of a dozen Python attribute reads.
-std::string step_mismatch(Cell cell, const at::Tensor& x, const OptTensor& hx, const OptTensor& cx,
-                          const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
-                          int64_t proj, bool batch_first) {
+std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tensor& x,
+                                   const OptTensor& hx, const OptTensor& cx,
+                                   const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
+                                   int64_t proj, bool batch_first, bool fallback) {
+  const Cell cell = parse_cell(cell_name);
+  c10::NoGradGuard no_grad;
+  // Tensors that do not fit raise, or with fallback answer {}. The modules' one-step shortcut
+  // asks this of every sampling call, so it is a few integer comparisons here instead of a
+  // dozen Python attribute reads.
+  const auto mismatch = [&](const auto&... why) {
+    TORCH_CHECK(fallback, "fusedrnn stack_step: ", why...);
+    return std::vector<at::Tensor>{};
+  };
   const auto dtype = x.scalar_type();
   if (dtype != at::kFloat && dtype != at::kDouble)
-    return c10::str("supports float32 and float64, got ", dtype);
-  if (!x.device().is_cpu()) return "CPU tensors only";
-  if (L < 1) return "num_layers must be >= 1";
-  if (proj != 0 && cell != Cell::LSTM) return "proj_size is LSTM only";
+    return mismatch("supports float32 and float64, got ", dtype);
+  if (!x.device().is_cpu()) return mismatch("CPU tensors only");
+  if (L < 1) return mismatch("num_layers must be >= 1");
+  if (proj != 0 && cell != Cell::LSTM) return mismatch("proj_size is LSTM only");
   if (auto why = flat_weights_mismatch(w, L, has_bias, proj, dtype, "weights"); !why.empty())
-    return why;
-  const bool one_step = x.dim() == 3 && x.size(batch_first ? 1 : 0) == 1;
-  if (x.dim() != 2 && !one_step)
-    return c10::str("x must be [B, I] or one step of [T, B, I] (batch_first: [B, T, I]), got ",
+    return mismatch(why);
+  const bool seq = x.dim() == 3, lstm = cell == Cell::LSTM;
+  if (x.dim() != 2 && !(seq && x.size(batch_first ? 1 : 0) == 1))
+    return mismatch("x must be [B, I] or one step of [T, B, I] (batch_first: [B, T, I]), got ",
                     x.sizes());
-  const int64_t B = x.size(x.dim() == 3 && !batch_first ? 1 : 0);
-  if (w[0].dim() != 2 || w[0].size(1) != x.size(-1))
-    return c10::str("x has ", x.size(-1), " features, the first layer's w_ih is ", w[0].sizes());
+  const int64_t B = x.size(seq && !batch_first ? 1 : 0), I = x.size(-1);
+  if (w[0].dim() != 2 || w[0].size(1) != I)
+    return mismatch("x has ", I, " features, the first layer's w_ih is ", w[0].sizes());
   const int64_t H = w[0].size(0) / num_gates(cell), Hout = proj > 0 ? proj : H;
   // [L, B, size]; a cell's call (x [B, I], one layer) may also pass [B, size]
   const auto fits = [&](const OptTensor& s, int64_t size) {
@@ -38,32 +43,13 @@ std::string step_mismatch(Cell cell, const at::Tensor& x, const OptTensor& hx, c
            s->size(b + 1) == size && s->scalar_type() == dtype && s->device().is_cpu();
   };
   if (hx && !fits(hx, Hout))
-    return c10::str("hx must be [", L, ", ", B, ", ", Hout, "] of x's dtype, got ", hx->sizes(),
+    return mismatch("hx must be [", L, ", ", B, ", ", Hout, "] of x's dtype, got ", hx->sizes(),
                     " ", hx->scalar_type());
-  if (cell == Cell::LSTM && hx.has_value() != cx.has_value())
-    return "an LSTM takes both hx and cx or neither";
-  if (cell == Cell::LSTM && cx && !fits(cx, H))
-    return c10::str("cx must be [", L, ", ", B, ", ", H, "] of x's dtype, got ", cx->sizes(), " ",
+  if (lstm && hx.has_value() != cx.has_value())
+    return mismatch("an LSTM takes both hx and cx or neither");
+  if (lstm && cx && !fits(cx, H))
+    return mismatch("cx must be [", L, ", ", B, ", ", H, "] of x's dtype, got ", cx->sizes(), " ",
                     cx->scalar_type());
-  return "";
-}
-
-}  // namespace
-
-std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tensor& x,
-                                   const OptTensor& hx, const OptTensor& cx,
-                                   const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
-                                   int64_t proj, bool batch_first, bool fallback) {
-  const Cell cell = parse_cell(cell_name);
-  c10::NoGradGuard no_grad;
-  const std::string why = step_mismatch(cell, x, hx, cx, w, L, has_bias, proj, batch_first);
-  if (!why.empty()) {
-    TORCH_CHECK(fallback, "fusedrnn stack_step: ", why);
-    return {};
-  }
-  const bool seq = x.dim() == 3, lstm = cell == Cell::LSTM;
-  const int64_t B = x.size(seq && !batch_first ? 1 : 0), I = x.size(-1);
-  const int64_t H = w[0].size(0) / num_gates(cell), Hout = proj > 0 ? proj : H;
   const auto opts = x.options();
   // [L, B, Hout] and [L, B, H], or [B, .] like a cell's states
   const bool cell_h = hx && hx->dim() == 2, cell_c = lstm && cx && cx->dim() == 2;

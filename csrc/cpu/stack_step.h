@@ -94,13 +94,14 @@ class StackStep {
            const T* gates0 = nullptr) {
     const auto& K = kernels(T{});
     const int64_t B = B_, H = H_, Hout = Hout_, GH = num_gates(cell_) * H;
+    const bool gru = cell_ == Cell::GRU, lstm = cell_ == Cell::LSTM;
     T* gp = gates_.data();
     for (int64_t l = 0; l < L_; ++l) {
       const Layer& y = layers_[l];
       const T* hprev = h_in + l * B * Hout;
       T* hout = h_out + l * B * Hout;
-      T* hgp = cell_ == Cell::GRU ? hg_.data() : gp;  // GRU keeps the h-part apart (b_hn, r)
-      const T hbeta = cell_ == Cell::GRU ? T(0) : T(1);
+      T* hgp = gru ? hg_.data() : gp;  // GRU keeps the h-part apart (b_hn, r)
+      const T hbeta = gru ? T(0) : T(1);
       const bool have_x = l == 0 && gates0 != nullptr;
       if (have_x) std::copy(gates0, gates0 + B * GH, gp);
       // Both products of a column block in one pass: each thread streams its own weight rows.
@@ -108,29 +109,26 @@ class StackStep {
         if (!have_x) product(y, true, B, c0, c1, x, T(0), gp, GH);
         product(y, false, B, c0, c1, hprev, hbeta, hgp, GH);
       });
-      const T* bias = y.bias.data();
-      if (cell_ == Cell::GRU) {
-        const T* bias_hn = y.bias_hn.data();
-        parallel_rows(B, H, 6, [&](int64_t b, int64_t j0, int64_t j1) {
-          K.gru_fwd_hg(j1 - j0, H, bias + j0, bias_hn + j0, gp + b * GH + j0, hgp + b * GH + j0,
-                       hprev + b * H + j0, hout + b * H + j0);
-        });
-      } else if (cell_ == Cell::LSTM) {
-        const T* cprev = c_in + l * B * H;
-        T* cout = c_out + l * B * H;
-        T* hdst = proj_ > 0 ? hraw_.data() : hout;
-        parallel_rows(B, H, 8, [&](int64_t b, int64_t j0, int64_t j1) {
-          K.lstm_fwd(j1 - j0, H, bias + j0, gp + b * GH + j0, cprev + b * H + j0,
-                     cout + b * H + j0, hdst + b * H + j0, false);
-        });
-        if (proj_ > 0)
-          gemm<T>(false, true, B, Hout, H, T(1), hdst, H, ptr<T>(y.w_hr), H, T(0), hout, Hout);
-      } else {
-        const bool relu = cell_ == Cell::RNN_RELU;
-        parallel_rows(B, H, 3, [&](int64_t b, int64_t j0, int64_t j1) {
-          K.rnn_fwd(j1 - j0, bias + j0, gp + b * GH + j0, hout + b * H + j0, relu);
-        });
-      }
+      const T *bias = y.bias.data(), *bias_hn = y.bias_hn.data();
+      const T* cprev = lstm ? c_in + l * B * H : nullptr;
+      T* cout = lstm ? c_out + l * B * H : nullptr;
+      T* hdst = proj_ > 0 ? hraw_.data() : hout;  // LSTM: h before the projection
+      // units [0, B*H) split over the threads; a chunk may cover the tail of one row and the
+      // head of the next, so the kernels see at most a row at a time
+      at::parallel_for(0, B * H, grain_of(gru ? 6 : lstm ? 8 : 3), [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0, n; i < i1; i += n) {
+          const int64_t b = i / H, j0 = i - b * H, g = b * GH + j0;  // unit j0 of row b
+          n = std::min(H - j0, i1 - i);
+          if (gru)
+            K.gru_fwd_hg(n, H, bias + j0, bias_hn + j0, gp + g, hgp + g, hprev + i, hout + i);
+          else if (lstm)
+            K.lstm_fwd(n, H, bias + j0, gp + g, cprev + i, cout + i, hdst + i, false);
+          else
+            K.rnn_fwd(n, bias + j0, gp + g, hout + i, cell_ == Cell::RNN_RELU);
+        }
+      });
+      if (proj_ > 0)
+        gemm<T>(false, true, B, Hout, H, T(1), hdst, H, ptr<T>(y.w_hr), H, T(0), hout, Hout);
       x = hout;
     }
   }

@@ -28,16 +28,6 @@ void ln_stats(int64_t n, const T* __restrict v, T eps, T* mean_out, T* rstd_out)
   *rstd_out = LayerNorm::rstd<T>(n > 0 ? q / T(n) : T(0), eps);
 }
 
-template <typename T>
-void ln_apply(int64_t n, T* __restrict v, T* __restrict out, const T* __restrict w,
-              const T* __restrict b, T mean, T rstd) {
-  for (int64_t j = 0; j < n; ++j) {
-    T xh;
-    out[j] = LayerNorm::forward<T>(v[j], mean, rstd, w[j], b[j], xh);
-    v[j] = xh;
-  }
-}
-
 // dout and dv may be the same row (in place): element j is read before dv[j] is written.
 template <typename T>
 void ln_bwd(int64_t n, const T* dout, const T* __restrict xhat, const T* __restrict w, T rstd,
@@ -55,24 +45,22 @@ void ln_bwd(int64_t n, const T* dout, const T* __restrict xhat, const T* __restr
 }
 
 template <typename T, bool LN, bool ACC>
-void rec_part_loop(int64_t n, T* __restrict hp, T mean, T rstd, const T* __restrict w,
-                   const T* __restrict b, T* __restrict dst) {
+void norm_bias_loop(int64_t n, T* __restrict v, T mean, T rstd, const T* __restrict w,
+                    const T* __restrict b, T* __restrict dst) {
   for (int64_t j = 0; j < n; ++j) {
-    T s = hp[j] + b[j];
+    T s = v[j] + b[j];
     if constexpr (LN) {
       T xh;
-      s = LayerNorm::forward<T>(hp[j], mean, rstd, w[j], b[j], xh);
-      hp[j] = xh;
+      s = LayerNorm::forward<T>(v[j], mean, rstd, w[j], b[j], xh);
+      v[j] = xh;
     }
     dst[j] = ACC ? dst[j] + s : s;
   }
 }
 
-template <typename T>
-void rec_part(bool ln, bool acc, int64_t n, T* hp, T mean, T rstd, const T* w, const T* b,
-              T* dst) {
-  with_bools([&](auto l, auto a) { rec_part_loop<T, l, a>(n, hp, mean, rstd, w, b, dst); },
-             ln, acc);
+template <typename T, typename... A>
+void norm_bias(bool ln, bool acc, A... a) {
+  with_bools([&](auto... f) { norm_bias_loop<T, decltype(f)::value...>(a...); }, ln, acc);
 }
 
 template <typename T, bool PEEP, bool CIFG>
@@ -97,11 +85,9 @@ void lstm_fwd_a_loop(int64_t H, T* __restrict g, const T* __restrict w_ch,
   }
 }
 
-template <typename T>
-void lstm_fwd_a(const VariantFlags& fl, int64_t H, T* g, const T* w_ch, const T* c_prev,
-                T* ct) {
-  with_bools([&](auto pe, auto ci) { lstm_fwd_a_loop<T, pe, ci>(H, g, w_ch, c_prev, ct); },
-             fl.peep, fl.cifg);
+template <typename T, typename... A>
+void lstm_fwd_a(const VariantFlags& fl, A... a) {
+  with_bools([&](auto... f) { lstm_fwd_a_loop<T, decltype(f)::value...>(a...); }, fl.peep, fl.cifg);
 }
 
 template <typename T, bool LN, bool PEEP, bool ZC>
@@ -127,14 +113,10 @@ void lstm_fwd_b_loop(int64_t H, T* __restrict go, const T* __restrict ct, T mean
   }
 }
 
-template <typename T>
-void lstm_fwd_b(const VariantFlags& fl, int64_t H, T* go, const T* ct, T mean, T rstd,
-                const T* ln_w, const T* ln_b, const T* w_co, const T* c_prev, const T* keep_c,
-                T* h_out, T* c_out) {
-  with_bools([&](auto ln, auto pe, auto zc) {
-    lstm_fwd_b_loop<T, ln, pe, zc>(H, go, ct, mean, rstd, ln_w, ln_b, w_co, c_prev, keep_c, h_out,
-                                   c_out);
-  }, fl.ln, fl.peep, fl.zone_c);
+template <typename T, typename... A>
+void lstm_fwd_b(const VariantFlags& fl, A... a) {
+  with_bools([&](auto... f) { lstm_fwd_b_loop<T, decltype(f)::value...>(a...); }, fl.ln, fl.peep,
+             fl.zone_c);
 }
 
 template <typename T>
@@ -145,7 +127,7 @@ void gru_fwd(int64_t H, T* __restrict g, const T* __restrict sn, const T* __rest
   T* __restrict gn = g + 2 * H;
   for (int64_t j = 0; j < H; ++j) {
     T r, z, n, h;
-    // the recurrent r and z parts are already in gr, gz (rec_part accumulated them)
+    // the recurrent r and z parts are already in gr, gz (norm_bias accumulated them)
     GRUCell::forward<T>(gr[j], gz[j], gn[j], T(0), T(0), sn[j], h_prev[j], r, z, n, h);
     gr[j] = r;
     gz[j] = z;
@@ -204,13 +186,9 @@ void lstm_bwd_a_loop(int64_t H, const T* __restrict dh, const T* __restrict o,
   *m2 = H > 0 ? s2 / T(H) : T(0);
 }
 
-template <typename T>
-void lstm_bwd_a(const VariantFlags& fl, int64_t H, const T* dh, const T* o, const T* ct, T mean,
-                T rstd, const T* ln_w, const T* ln_b, T* dpo, T* dcn, T* pcn, T* hraw, T* m1,
-                T* m2) {
-  with_bools([&](auto ln) {
-    lstm_bwd_a_loop<T, ln>(H, dh, o, ct, mean, rstd, ln_w, ln_b, dpo, dcn, pcn, hraw, m1, m2);
-  }, fl.ln);
+template <typename T, typename... A>
+void lstm_bwd_a(const VariantFlags& fl, A... a) {
+  with_bools([&](auto... f) { lstm_bwd_a_loop<T, decltype(f)::value...>(a...); }, fl.ln);
 }
 
 template <typename T, bool LN, bool PEEP, bool CIFG, bool ZC>
@@ -249,14 +227,10 @@ void lstm_bwd_b_loop(int64_t H, T* __restrict dc, const T* __restrict keep_c,
   }
 }
 
-template <typename T>
-void lstm_bwd_b(const VariantFlags& fl, int64_t H, T* dc, const T* keep_c, const T* dcn,
-                const T* ct, T mean, T rstd, const T* ln_w, T m1, T m2, const T* act,
-                const T* c_prev, const T* w_ch, T* dp) {
-  with_bools([&](auto ln, auto pe, auto ci, auto zc) {
-    lstm_bwd_b_loop<T, ln, pe, ci, zc>(H, dc, keep_c, dcn, ct, mean, rstd, ln_w, m1, m2, act,
-                                       c_prev, w_ch, dp);
-  }, fl.ln, fl.peep, fl.cifg, fl.zone_c);
+template <typename T, typename... A>
+void lstm_bwd_b(const VariantFlags& fl, A... a) {
+  with_bools([&](auto... f) { lstm_bwd_b_loop<T, decltype(f)::value...>(a...); }, fl.ln, fl.peep,
+             fl.cifg, fl.zone_c);
 }
 
 template <typename T>
@@ -304,11 +278,12 @@ void col_accumulate(int64_t rows, int64_t w, const T* a, int64_t lda, const T* b
 }  // namespace
 
 // In the order of PointwiseKernels' members; no two of them have the same type, so an entry
-// out of place does not compile.
+// out of place does not compile (a wrapper over flagged loops takes its argument types from the
+// member it fills, and the loop's parameters then do not match).
 template <typename T>
 PointwiseKernels<T> make_kernels() {
   return {&lstm_fwd<T>, &gru_fwd_hg<T>, &rnn_fwd<T>, &rnn_bwd<T>, &gemm_small_m<T, T>,
-          &gemm_small_m<T, uint16_t>, &ln_stats<T>, &ln_apply<T>, &ln_bwd<T>, &rec_part<T>,
+          &gemm_small_m<T, uint16_t>, &ln_stats<T>, &ln_bwd<T>, &norm_bias<T>,
           &lstm_fwd_a<T>, &lstm_fwd_b<T>, &gru_fwd<T>, &zone_fwd<T>, &zone_bwd<T>,
           &lstm_bwd_a<T>, &lstm_bwd_b<T>, &col_accumulate<T>, &gru_bwd<T>};
 }
