@@ -27,27 +27,26 @@ def check_cell(cell: str) -> None:
         raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
 
 
-def check_options(
+def check_cell_and_options(
     cell: str,
     w_ih: Tensor,  # [G*H, I]
     w_hh: Tensor,  # [G*H, Hout]
-    cifg: bool,
-    ln_ih_w: Tensor | None,
-    ln_hh_w: Tensor | None,
-    ln_c_w: Tensor | None,
-    w_ch: Tensor | None,
-    zoneout_c: float,
-    mask_c: Tensor | None,
+    options: dict,  # the layer op's keyword-only options (absent ones off)
 ) -> None:
-    """The checks of a layer op call with variants, with the same messages on every backend."""
+    """The first checks of every layer op call, with the same messages on every backend: the
+    cell, and when the options ask for a variant, which combinations make sense."""
+    if not variants_on(**options):
+        return check_cell(cell)
+    o = {**OPTION_DEFAULTS, **options}
+    cifg, ln_c_w, w_ch = o["cifg"], o["ln_c_w"], o["w_ch"]
     if cell not in VARIANT_CELLS:
         raise ValueError(f"cell variants exist for {VARIANT_CELLS}, got {cell!r}")
     is_lstm = cell == "lstm"
-    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or mask_c is not None):
+    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or o["mask_c"] is not None):
         raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
-    if not is_lstm and zoneout_c > 0:
+    if not is_lstm and o["zoneout_c"] > 0:
         raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
-    ln_given = [w is not None for w in (ln_ih_w, ln_hh_w, *([ln_c_w] if is_lstm else []))]
+    ln_given = [o[k] is not None for k in ("ln_ih_w", "ln_hh_w", *(["ln_c_w"] if is_lstm else []))]
     if any(ln_given) and not all(ln_given):
         raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
     gates = gate_count(cell, cifg)
@@ -61,16 +60,6 @@ def check_options(
         raise ValueError(
             f"peephole weights must be [{2 if cifg else 3}, {hidden}], got {tuple(w_ch.shape)}"
         )
-
-
-def check_cell_and_options(cell: str, w_ih: Tensor, w_hh: Tensor, options: dict) -> None:
-    """The first checks of every layer op call: :func:`check_options` when ``options`` (the
-    layer op's keyword-only options) ask for a variant, else :func:`check_cell`."""
-    if not variants_on(**options):
-        return check_cell(cell)
-    o = {**OPTION_DEFAULTS, **options}
-    keys = ("cifg", "ln_ih_w", "ln_hh_w", "ln_c_w", "w_ch", "zoneout_c", "mask_c")
-    check_options(cell, w_ih, w_hh, *(o[k] for k in keys))
 
 
 def check_layer(

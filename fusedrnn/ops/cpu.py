@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import library
-from .checks import check_cell, check_options, gate_count
+from .checks import check_cell, check_cell_and_options, gate_count
 
 try:
     from fusedrnn import _C
@@ -63,11 +63,7 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     _need_extension()
     if a.cell == "lstm" and a.c0 is None:
         raise ValueError("fusedrnn cpu backend: LSTM needs c0")
-    if library.is_variant(a):
-        check_options(a.cell, a.w_ih, a.w_hh, a.cifg, a.ln_ih_w, a.ln_hh_w, a.ln_c_w, a.w_ch,
-                      a.zoneout_c, a.mask_c)  # fmt: skip
-    else:
-        check_cell(a.cell)
+    check_cell_and_options(a.cell, a.w_ih, a.w_hh, library.options_of(a))
     return list(_C.layer_fwd(*a[:-1], LN_EPS, a.save))
 
 
