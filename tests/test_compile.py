@@ -1,11 +1,15 @@
-"""torch.compile(fullgraph=True) over models built from fusedrnn modules.
+"""Graph capture of models built from fusedrnn modules: torch.compile(fullgraph=True) and
+torch.export, and TorchScript, which is refused.
 
 The cpu and triton backends are pairs of torch.library custom ops (forward / backward, with
 fake kernels and an autograd registration; see fusedrnn/ops/library.py) that Dynamo traces as
 opaque nodes; the reference backend is plain PyTorch. Each must trace without a graph break
-and match eager, forward and backward. The models take dense input (pack_padded_sequence is
+and match eager, forward and backward; an exported program runs the same custom ops (or the
+same plain PyTorch) and matches eager. The models take dense input (pack_padded_sequence is
 data-dependent and breaks the graph in torch.nn too). Without CUDA the triton backend runs
 under the Triton interpreter: TRITON_INTERPRET=1 in the pytest process's environment.
+Scripting or tracing a module fails up front with one message that names the supported
+paths, torch.compile and torch.export.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 from layer_cases import triton_interpreting
+from module_testlib import module_input
 
 import fusedrnn
 
@@ -30,26 +35,28 @@ def backend(request) -> str:
     return request.param
 
 
-class TwoLayerLM(torch.nn.Module):
+class Tagger(torch.nn.Module):
+    """An RNN and a linear head: (head(y), h_n)."""
+
     def __init__(self, rnn: torch.nn.Module):
         super().__init__()
         self.rnn = rnn
-        self.head = torch.nn.Linear((rnn.proj_size or 6) * (2 if rnn.bidirectional else 1), 4)
+        self.head = torch.nn.Linear((rnn.proj_size or rnn.hidden_size) * (1 + rnn.bidirectional), 4)
 
     def forward(self, x):
         # x straight into the module: with batch_first the op sees the transposed graph input,
         # and its dx becomes x.grad through the transpose's backward alone
         y, hidden = self.rnn(x)
-        h = hidden[0] if isinstance(hidden, tuple) else hidden
-        return self.head(y).square().mean() + h.sum()
+        return self.head(y), hidden[0] if isinstance(hidden, tuple) else hidden
 
 
 def _loss_and_grads(model, x, run=None):
-    """``run(x)`` (``model(x)`` by default) and, after its backward, the gradient of x and of
-    each of ``model``'s parameters by name."""
+    """A loss on ``run(x)`` (``model(x)`` by default) and, after its backward, the gradient of
+    x and of each of ``model``'s parameters by name."""
     model.zero_grad()
     x = x.clone().requires_grad_()
-    loss = (model if run is None else run)(x)
+    y, h = (model if run is None else run)(x)
+    loss = y.square().mean() + h.sum()
     loss.backward()
     return loss.detach(), {"x": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
 
@@ -64,7 +71,7 @@ def _loss_and_grads(model, x, run=None):
     ids=["two_layer_lstm", "bidirectional_gru", "lstm_proj_batch_first"],
 )
 def test_compile(backend, cls, kw, shape):
-    model = TwoLayerLM(getattr(fusedrnn, cls)(3, 6, num_layers=2, backend=backend, **kw)).double()
+    model = Tagger(getattr(fusedrnn, cls)(3, 6, num_layers=2, backend=backend, **kw)).double()
     x = torch.randn(shape, dtype=torch.float64)
     torch._dynamo.reset()
     # fullgraph=True turns any graph break into an error
@@ -82,8 +89,8 @@ def test_inductor_batch_first_lstm_matches_torch_nn(backend):
     included, against eager torch.nn with the same weights."""
     if backend == "reference":
         pytest.skip("plain PyTorch: nothing opaque for Inductor to plan around")
-    ref = TwoLayerLM(torch.nn.LSTM(3, 6, num_layers=2, batch_first=True))
-    mod = TwoLayerLM(fusedrnn.LSTM(3, 6, num_layers=2, batch_first=True, backend=backend))
+    ref = Tagger(torch.nn.LSTM(3, 6, num_layers=2, batch_first=True))
+    mod = Tagger(fusedrnn.LSTM(3, 6, num_layers=2, batch_first=True, backend=backend))
     mod.load_state_dict(ref.state_dict())
     x = torch.randn(2, 5, 3)
     torch._dynamo.reset()
@@ -92,3 +99,53 @@ def test_inductor_batch_first_lstm_matches_torch_nn(backend):
     with torch._inductor.config.patch(force_disable_caches=True):
         got = _loss_and_grads(mod, x, torch.compile(mod, backend="inductor", fullgraph=True))
     torch.testing.assert_close(got, _loss_and_grads(ref, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize(
+    "cls,kw", [("LSTM", {}), ("GRU", {"bidirectional": True})], ids=["LSTM", "GRU-bi"]
+)
+def test_export_matches_eager(cls, kw, backend, batch_first, tol):
+    rnn = getattr(fusedrnn, cls)(5, 6, num_layers=2, batch_first=batch_first, backend=backend, **kw)
+    model = Tagger(rnn).eval()
+    shape = (2, 7, 5) if batch_first else (7, 2, 5)
+    exported = torch.export.export(model, (torch.randn(shape),))
+    if backend == "cpu":
+        assert "fusedrnn.cpu_layer_fwd" in str(exported.graph)
+    x = torch.randn(shape)  # fresh data, not the example the program was traced with
+    with torch.no_grad():
+        expected = model(x)
+        got = exported.module()(x)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, **tol(torch.float32))
+
+
+SCRIPTED = {
+    "LSTM": lambda: fusedrnn.LSTM(3, 4, backend="cpu"),
+    "LSTM_PROJ": lambda: fusedrnn.LSTM(3, 4, proj_size=2, num_layers=2, backend="cpu"),
+    "GRU": lambda: fusedrnn.GRU(3, 4, bidirectional=True, backend="cpu"),
+    "RNN": lambda: fusedrnn.RNN(3, 4, batch_first=True, backend="reference"),
+    "LSTMCell": lambda: fusedrnn.LSTMCell(3, 4, backend="cpu"),
+    "GRUCell": lambda: fusedrnn.GRUCell(3, 4, backend="cpu"),
+    "RNNCell": lambda: fusedrnn.RNNCell(3, 4, backend="reference"),
+}
+MESSAGE = r"TorchScript.*not supported.*torch\.compile.*torch\.export"
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [
+        lambda mod, x: torch.jit.script(mod),
+        lambda mod, x: torch.jit.script(torch.nn.Sequential(mod)),
+        lambda mod, x: torch.jit.trace(mod, (x,)),
+    ],
+    ids=["script", "script_submodule", "trace"],
+)
+@pytest.mark.parametrize("name", SCRIPTED)
+def test_torchscript_raises_and_eager_still_runs(name, refuse):
+    mod, x = SCRIPTED[name](), module_input(name)
+    with pytest.raises(RuntimeError, match=MESSAGE):
+        refuse(mod, x)
+    mod(x)

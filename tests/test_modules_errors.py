@@ -1,5 +1,6 @@
 """Bad input to LSTM / GRU / RNN and to their cells: the same exception type and message as
-torch.nn, built from the same arguments and run on the same input."""
+torch.nn, built from the same arguments and run on the same input (torch.nn.LSTM on packed
+input's padded form: see test_bad_input_same_error)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from conftest import MODES
 from module_testlib import mode_kwargs, random_state
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 
@@ -21,14 +22,14 @@ I, H = 4, 6  # every module and cell here: input_size 4, hidden_size 6
 RUNS = [("reference", True), ("cpu", False)]
 
 
-def _module(lib, mode, cell=False, backend="reference", **kwargs):
-    """``lib``'s module (or cell) ``(I, H)`` of one of conftest's MODES in float64; fusedrnn's
-    on ``backend``."""
+def _module(lib, mode, cell=False, backend="reference", dtype=torch.float64, **kwargs):
+    """``lib``'s module (or cell) ``(I, H)`` of one of conftest's MODES in ``dtype``;
+    fusedrnn's on ``backend``."""
     if backend not in fusedrnn.available_backends("cpu"):
         pytest.skip(f"the {backend} backend is not built")
     cls, kw = mode_kwargs(mode, **kwargs)
     kw = {**kw, "backend": backend} if lib is fusedrnn else kw
-    return getattr(lib, cls + ("Cell" if cell else ""))(I, H, **kw).to(torch.float64)
+    return getattr(lib, cls + ("Cell" if cell else ""))(I, H, **kw).to(dtype)
 
 
 def _t(*shape, dtype=torch.float64):
@@ -114,11 +115,35 @@ LSTM_CELL_CASES = [
 ]
 # the constructor accepts "gelu", as torch.nn's does: the forward fails
 RNN_CELL_CASES = [("unknown nonlinearity", {"nonlinearity": "gelu"}, (2, I), None)]
+
+
+def _packed(rows, sorts=(True, False)):
+    """``(desc, kwargs, input_size, hx)`` rows as cases of packed input, sorted and not."""
+    return [
+        (f"packed {desc}{'' if s else ' unsorted'}", kw, lambda s=s, n=n: pack_padded_sequence(
+            _t(4, 3, n), [4, 3, 1] if s else [3, 4, 1], enforce_sorted=s), hx)
+        for s in sorts for desc, kw, n, hx in rows
+    ]  # fmt: skip
+
+
+# every mode; the LSTM also with a wrong c, and its 3-tuple and wrong batch only on sorted
+# input (unsorted input permutes the state first: no error of torch.nn.LSTM's to compare with)
+PACKED_ROWS = [("input size", {}, 5, None), ("module dtype", {"dtype": F32}, I, None),
+               ("hx hidden", {}, I, (1, 3, 5)), ("hx layers", {}, I, (2, 3, 6))]  # fmt: skip
+BATCH = ("hx batch", {}, I, (1, 2, 6))
+PACKED_CASES = _packed([*PACKED_ROWS, BATCH])
+LSTM_PACKED_CASES = [
+    *_packed([*PACKED_ROWS, ("c hidden", {}, I, lambda m: (_t(1, 3, 6), _t(1, 3, 5)))]),
+    *_packed([BATCH, ("hx a 3-tuple", {}, I, lambda m: (_t(1, 3, 6),) * 3)], sorts=(True,)),
+]  # fmt: skip
+
+
 # (cell or not, mode, *case, *run): every mode meets CASES and CELL_CASES, only the LSTM (its
 # (h, c) state) LSTM_CASES and LSTM_CELL_CASES; the cells on every run, the modules on the first
 ALL_CASES = [
     *((False, m, *c, *RUNS[0]) for c in CASES for m in MODES),
-    *((False, "LSTM", *c, *RUNS[0]) for c in LSTM_CASES),
+    *((False, m, *c, *RUNS[0]) for c in PACKED_CASES for m in MODES if m != "LSTM"),
+    *((False, "LSTM", *c, *RUNS[0]) for c in LSTM_CASES + LSTM_PACKED_CASES),
     *((True, m, *c, *run) for run in RUNS for c in CELL_CASES for m in MODES),
     *((True, "LSTM", *c, *run) for run in RUNS for c in LSTM_CELL_CASES),
     *((True, "RNN_TANH", *c, *run) for run in RUNS for c in RNN_CELL_CASES),
@@ -135,46 +160,13 @@ def test_bad_input_same_error(cell, mode, desc, kwargs, x, hx, backend, grad, sa
     if isinstance(hx, tuple):  # a shape: for an LSTM, c is shaped like h
         hx = random_state(mode, hx[:-1], hx[-1])
     hx = hx(mode) if callable(hx) else hx
+    # torch.nn.LSTM skips its Python checks for packed input and fails later inside ATen ("got
+    # an incorrect number of RNN parameters", a matmul shape error, ...); fusedrnn checks packed
+    # input as torch.nn.GRU does, with the errors torch.nn.LSTM gives for the padded input
+    lstm_packed = mode == "LSTM" and isinstance(x, PackedSequence)
+    inp = {torch.nn: pad_packed_sequence(x)[0] if lstm_packed else x, fusedrnn: x}
     with torch.set_grad_enabled(grad):
-        same_error(lambda lib: _module(lib, mode, cell=cell, backend=backend, **kwargs)(x, hx))
-
-
-@pytest.mark.parametrize("mode", ["GRU", "RNN_TANH", "RNN_RELU"])
-@pytest.mark.parametrize("enforce_sorted", [True, False])
-def test_bad_packed_input_same_error(mode, enforce_sorted, same_error):
-    lengths = [4, 3, 1] if enforce_sorted else [3, 4, 1]
-    packed = pack_padded_sequence(_t(4, 3, 4), lengths, enforce_sorted=enforce_sorted)
-    wrong_size = pack_padded_sequence(_t(4, 3, 5), lengths, enforce_sorted=enforce_sorted)
-    bad = [(wrong_size, None), *((packed, _t(*s)) for s in [(1, 3, 5), (2, 3, 6), (1, 2, 6)])]
-    for inp, hx in bad:
-        same_error(lambda lib, inp=inp, hx=hx: _module(lib, mode)(inp, hx))
-    same_error(lambda lib: _module(lib, mode).float()(packed))
-
-
-def test_bad_packed_lstm_input_gives_clear_errors():
-    """torch.nn.LSTM skips its Python checks for packed input and fails later inside
-    ATen ("got an incorrect number of RNN parameters", a matmul shape error, ...).
-    fusedrnn checks packed input as torch.nn.GRU does: the same exception types as
-    torch.nn.LSTM for sizes, with torch.nn's own clear messages."""
-    x = _t(4, 3, 4)
-    packed = pack_padded_sequence(x, [3, 4, 1], enforce_sorted=False)
-    lstm = _module(fusedrnn, "LSTM")
-    h, c = _t(1, 3, 6), _t(1, 3, 6)
-    hidden = "Expected hidden[{}] size (1, 3, 6), got [{}, 3, {}]"
-    cases = [
-        (pack_padded_sequence(_t(4, 3, 5), [4, 3, 1]), None,
-         "input.size(-1) must be equal to input_size. Expected 4, got 5"),
-        (packed, (_t(1, 3, 5), c), hidden.format(0, 1, 5)),
-        (packed, (h, _t(1, 3, 5)), hidden.format(1, 1, 5)),
-        (packed, (_t(2, 3, 6), _t(2, 3, 6)), hidden.format(0, 2, 6)),
-        (pack_padded_sequence(x, [4, 3, 1]), (h, c, c), "lstm expects two hidden states"),
-    ]  # fmt: skip
-    for inp, hx, message in cases:
-        with pytest.raises(RuntimeError) as info:
-            lstm(inp, hx)
-        assert str(info.value) == message
-    with pytest.raises(ValueError, match=r"RNN input dtype \(torch.float64\) does not match"):
-        lstm.float()(packed)
+        same_error(lambda lib: _module(lib, mode, cell, backend, **kwargs)(inp[lib], hx))
 
 
 # (class, what lives on the meta device: the state h, the LSTM's cell state c, or the weights)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import MODES
+from module_testlib import flatten, random_state
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -15,16 +16,14 @@ import fusedrnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# torch.nn's modes, the LSTM also with a projection
+# torch.nn's modes, the LSTM also with a projection; for the cpu backend's own double
+# backward, also the LSTM with layer norm, at CPU_SIZES (H = 2)
 CASES = {**MODES, "LSTM_PROJ": ("LSTM", {"proj_size": 2})}
-# the cpu backend's own double backward: also the LSTM with layer norm, at H = 2
-CPU_CASES = {
-    **MODES,
-    "LSTM_PROJ": ("LSTM", {"proj_size": 1}),
-    "LSTM_LN": ("LSTM", {"layer_norm": True}),
-}
-T, B, I, H = 3, 2, 2, 3
-CPU_SIZES = (3, 2, 3, 2)  # T, B, I, H
+CPU_CASES = CASES | dict(
+    LSTM_PROJ=("LSTM", {"proj_size": 1}), LSTM_LN=("LSTM", {"layer_norm": True})
+)
+T, B, I, H = SIZES = (3, 2, 2, 3)
+CPU_SIZES = (3, 2, 3, 2)
 LENGTHS = [2, 3]
 
 
@@ -48,18 +47,17 @@ def _as_function(mod, x, states, run):
 def _function(mode, bidirectional=False, packed=False, backend="cpu", num_layers=1, cpu=False):
     """(f, inputs) of a float64 module of ``mode`` (CPU_CASES at CPU_SIZES when ``cpu``)."""
     cls, kw = (CPU_CASES if cpu else CASES)[mode]
-    t, b, i, h = CPU_SIZES if cpu else (T, B, I, H)
+    t, b, i, h = CPU_SIZES if cpu else SIZES
     layout = dict(num_layers=num_layers, bidirectional=bidirectional, backend=backend)
     mod = getattr(fusedrnn, cls)(i, h, **layout, **kw).double()
-    lstm = cls == "LSTM"
-    n = num_layers * (2 if bidirectional else 1)
-    x = _leaf(t, b, i)
-    states = [_leaf(n, b, kw.get("proj_size") or h), *([_leaf(n, b, h)] if lstm else [])]
+    lstm, x = cls == "LSTM", _leaf(t, b, i)
+    lead = (num_layers * (2 if bidirectional else 1), b)
+    states = flatten(random_state(cls, lead, h, kw.get("proj_size", 0)))
+    states = [s.requires_grad_() for s in states]
 
     def run(call, x, hx):
         inp = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
-        out, state = call(inp, hx if lstm else hx[0])
-        return (out.data if packed else out, *(state if lstm else (state,)))
+        return tuple(flatten(call(inp, hx if lstm else hx[0])))  # a packed output as its data
 
     return _as_function(mod, x, states, run)
 

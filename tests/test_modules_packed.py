@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import (
     pad_packed_sequence,
     pad_sequence,
 )
+from torch.utils._pytree import tree_map_only
 
 import fusedrnn
 
@@ -54,41 +55,34 @@ def test_packed_matches_torch(
 
 @pytest.mark.parametrize("mode,proj", MODE_PROJ)
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_each_sequence_equals_running_it_alone(mode, bidirectional, proj, cpu_backend):
-    """Independent of torch.nn: packing must equal running each sequence by itself,
-    with h_n/c_n and the initial state in the caller's (unsorted) batch order."""
-    cls, kw = mode_kwargs(mode, proj, num_layers=2, bidirectional=bidirectional)
-    mod = getattr(fusedrnn, cls)(I, H, backend=cpu_backend, **kw).double()
-    seqs = [torch.randn(n, I, dtype=torch.float64) for n in LENGTHS]
-    hx = random_state(mode, (4 if bidirectional else 2, len(LENGTHS)), H, proj)
-    out, state = mod(pack_sequence(seqs, enforce_sorted=False), hx)
-    padded, lengths = pad_packed_sequence(out)
-    assert lengths.tolist() == LENGTHS
-    for b, seq in enumerate(seqs):
-        alone_hx = tuple(h[:, b] for h in hx) if mode == "LSTM" else hx[:, b]
-        alone = flatten(mod(seq, alone_hx))  # unbatched 2-D input
-        got = [padded[: len(seq), b], *(s[:, b] for s in flatten(state))]
-        torch.testing.assert_close(got, alone, rtol=1e-12, atol=1e-12)
-        assert torch.all(padded[len(seq) :, b] == 0)
-
-
-# Run dense, a ragged batch's backward direction reads the padding first: one direction only
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("lengths", [LENGTHS, [4, 4, 4]], ids=["ragged", "equal"])
-def test_packed_equals_the_padded_dense_run(mode, lengths, cpu_backend):
-    """pack_sequence → module → pad_packed_sequence(batch_first) equals the module run on the
-    padded batch at every valid step (padding only follows the valid steps) and holds the
-    padding value elsewhere; with equal lengths the final states are equal too."""
-    ragged = len(set(lengths)) > 1
-    cls, kw = mode_kwargs(mode, num_layers=2, bidirectional=not ragged, batch_first=True)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major-hx", "batch_first"])
+def test_packed_equals_each_sequence_alone_and_the_padded_run(
+    mode, proj, bidirectional, lengths, batch_first, cpu_backend
+):
+    """Independent of torch.nn: pack_sequence → module → pad_packed_sequence equals running
+    each sequence alone, h_n/c_n and the initial state (given time-major) in the caller's
+    (unsorted) batch order, with the padding value after each sequence; and equals the module
+    run on the padded batch at every valid step (padding only follows them), with equal
+    lengths in the final states too. Run dense, a ragged batch's backward direction reads the
+    padding first: there one direction only."""
+    layout = dict(num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
+    cls, kw = mode_kwargs(mode, proj, **layout)
     mod = getattr(fusedrnn, cls)(I, H, backend=cpu_backend, **kw).double()
     seqs = [torch.randn(n, I, dtype=torch.float64) for n in lengths]
-    out, state = mod(pack_sequence(seqs, enforce_sorted=False))
+    hx = None if batch_first else random_state(mode, (2 + 2 * bidirectional, len(lengths)), H, proj)
+    out, state = mod(pack_sequence(seqs, enforce_sorted=False), hx)
     padded, padded_lengths = pad_packed_sequence(out, batch_first=True, padding_value=-3.0)
     assert padded_lengths.tolist() == lengths
-    dense_out, dense_state = mod(pad_sequence(seqs, batch_first=True))
-    for b, n in enumerate(lengths):
-        torch.testing.assert_close(padded[b, :n], dense_out[b, :n], rtol=0, atol=1e-14)
+    dense_out, dense_state = mod(pad_sequence(seqs, batch_first=batch_first), hx)
+    dense_out = dense_out if batch_first else dense_out.transpose(0, 1)
+    ragged = len(set(lengths)) > 1
+    for b, seq in enumerate(seqs):
+        n, alone_hx = len(seq), tree_map_only(torch.Tensor, lambda h, b=b: h[:, b], hx)
+        got = [padded[b, :n], *(s[:, b] for s in flatten(state))]
+        torch.testing.assert_close(got, flatten(mod(seq, alone_hx)), rtol=1e-12, atol=1e-12)
         assert torch.all(padded[b, n:] == -3.0)
+        if not (ragged and bidirectional):
+            torch.testing.assert_close(padded[b, :n], dense_out[b, :n], rtol=0, atol=1e-14)
     if not ragged:
         torch.testing.assert_close(flatten(state), flatten(dense_state), rtol=0, atol=1e-14)

@@ -25,7 +25,7 @@ CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 SITES = ["x", "h0", "c0", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
 
 
-def _check(rnn_pair, cell, backend, site, value, where, T, B, I, H, layers, bidirectional):  # noqa: E741
+def _check(rnn_pair, cell, backend, site, value, where, T, B, I, H, layers, bidirectional):
     torch.manual_seed(1234)
     kw = dict(backend=backend, dtype=torch.float32, num_layers=layers, bidirectional=bidirectional)
     ref, mod = mode_pair(rnn_pair, cell.upper(), I, H, **kw)

@@ -112,39 +112,24 @@ class NoHostSync(TorchDispatchMode):
                 raise HostSyncError(f"{where}: host-to-device copy by {func}")
 
 
-def _run(layer, cell: str, layout: str, variant: bool = False):
-    """The layer op's forward and backward under NoHostSync; ``variant``: with layer norm and
-    zoneout (evaluation) on."""
-    packed, reverse = layout.startswith("packed"), layout.endswith("reverse")
-    case = Case(cell, T=3, B=3, I=3, H=4, lengths=(3, 2, 1) if packed else None, reverse=reverse,
-                ln=variant, zone="eval" if variant else "none")  # fmt: skip
-    a = make_inputs(case, torch.float32)
-    with NoHostSync(a["batch_sizes"]) as mode:
-        outputs_and_grads(layer, a)
-    # both ops ran under the mode
-    assert any(n.endswith("_fwd") for n in mode.ops_run), mode.ops_run
-    assert any(n.endswith("_bwd") for n in mode.ops_run), mode.ops_run
-
-
 def test_the_mode_catches_the_patterns():
     """The checks fire on what they are meant to catch (a test of the test)."""
     bs, x = torch.tensor([2, 1]), torch.randn(2)
+    patterns = [
+        lambda x, bs: x * int(x.sum()),
+        lambda x, bs: x[(x > 0).nonzero().squeeze(1)],
+        lambda x, bs: x * torch.tensor([1.0, 2.0]),
+        lambda x, bs: x * int(bs[0]),  # allowed: a host read
+    ]
 
     @torch.library.custom_op("fusedrnn_test::bad", mutates_args=())
     def bad(x: torch.Tensor, batch_sizes: torch.Tensor, how: int) -> torch.Tensor:
-        if how == 0:
-            return x * int(x.sum())
-        if how == 1:
-            return x[(x > 0).nonzero().squeeze(1)]
-        if how == 2:
-            return x * torch.tensor([1.0, 2.0])
-        return x * int(batch_sizes[0])  # allowed: a host read
+        return patterns[how](x, batch_sizes)
 
-    for how in (0, 1, 2):
-        with pytest.raises(HostSyncError), NoHostSync(bs, "fusedrnn_test"):
-            bad(x, bs, how)
-    with NoHostSync(bs, "fusedrnn_test"):
-        bad(x, bs, 3)
+    for how in (0, 1, 2, 3):
+        with pytest.raises(HostSyncError) if how < 3 else contextlib.nullcontext():
+            with NoHostSync(bs, "fusedrnn_test"):
+                bad(x, bs, how)
 
 
 HYGIENE = [  # backend, cell, layout, triton kernel path (None: the default), variant
@@ -164,20 +149,28 @@ HYGIENE = [  # backend, cell, layout, triton kernel path (None: the default), va
 
 @pytest.mark.parametrize("backend,cell,layout,path,variant", HYGIENE)
 def test_ops_do_not_sync(backend, cell, layout, path, variant, monkeypatch):
-    """No host sync; the triton op bodies enter the guard for x's device, forward and
+    """No host sync in the layer op's forward and backward (``variant``: with layer norm and
+    zoneout, evaluation, on); the triton op bodies enter the guard for x's device, forward and
     backward, and every launch happens inside it (runtime.launch checks each one)."""
-    if backend == "cpu":
-        return _run(cpu.layer, cell, layout, variant)
-    from fusedrnn.ops import triton as tb
-    from fusedrnn.ops.triton import runtime
-    from fusedrnn.ops.triton.layer_op import layer
+    packed, zone = layout.startswith("packed"), "eval" if variant else "none"
+    case = Case(cell, T=3, B=3, I=3, H=4, lengths=(3, 2, 1) if packed else None,
+                reverse=layout.endswith("reverse"), ln=variant, zone=zone)  # fmt: skip
+    a = make_inputs(case, torch.float32)
+    layer, stack = cpu.layer, contextlib.ExitStack()
+    if backend == "triton":
+        from fusedrnn.ops import triton as tb
+        from fusedrnn.ops.triton import layer_op, runtime
 
-    guard = mock.Mock(wraps=runtime.device_guard)  # records the device of each entry
-    monkeypatch.setattr(runtime, "device_guard", guard)
-    with tb.kernel_path(path), runtime.launch_counter() as launches:
-        _run(layer, cell, layout, variant)
-    assert guard.call_args_list == [mock.call(torch.device("cpu"))] * 2
-    assert launches.total > 0
+        guard = mock.Mock(wraps=runtime.device_guard)  # records the device of each entry
+        monkeypatch.setattr(runtime, "device_guard", guard)
+        stack.enter_context(tb.kernel_path(path))
+        layer, launches = layer_op.layer, stack.enter_context(runtime.launch_counter())
+    with stack, NoHostSync(a["batch_sizes"]) as mode:
+        outputs_and_grads(layer, a)
+    assert {n[-4:] for n in mode.ops_run} == {"_fwd", "_bwd"}, mode.ops_run  # both ran under it
+    if backend == "triton":
+        assert guard.call_args_list == [mock.call(torch.device("cpu"))] * 2
+        assert launches.total > 0
 
 
 # ---- device guard, statically and with a mocked device -----------------------------------
