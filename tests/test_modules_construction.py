@@ -96,14 +96,18 @@ SAME_AS_NN += [
 def test_same_module_as_torch_nn(cls, args, kwargs):
     """Configuration; parameter names, shapes, dtypes, order and, from the same seed,
     initial values (torch.nn's U(-1/sqrt(H), 1/sqrt(H))); the same repr when no backend is
-    named. The modules and the cells."""
+    named, and that backend shown last when one is. The modules and the cells."""
     torch.manual_seed(123)
     ref = _build(nn, cls, *args, **kwargs)
     torch.manual_seed(123)
     mod = _build(fusedrnn, cls, *args, **kwargs)
     _assert_same_config(ref, mod)
     assert isinstance(mod, nn.Module) and type(mod).__name__ == cls
-    assert repr(mod) == repr(ref)
+    assert repr(mod) == repr(ref) and mod.backend is None
+    # backend is keyword-only: an 11th positional argument is refused as by torch.nn (see
+    # BAD_POSITIONAL)
+    named = _build(fusedrnn, cls, *args, **kwargs, backend="reference")
+    assert named.backend == "reference" and repr(named) == f"{repr(ref)[:-1]}, backend='reference')"
     # names and order (no buffers: the state_dict holds the parameters alone), then shapes,
     # dtypes and values
     assert list(mod.named_buffers()) == []
@@ -138,16 +142,6 @@ def test_factory_kwargs_and_default_dtype(cls, dtype):
     finally:
         torch.set_default_dtype(old)
     assert all(p.dtype == dtype for p in mod.parameters())
-
-
-def test_backend_is_keyword_only():
-    # (an 11th positional argument is refused as by torch.nn: see BAD_POSITIONAL)
-    for cls in (*CLASSES, "LSTMCell", "GRUCell", "RNNCell"):
-        mod = getattr(fusedrnn, cls)(3, 4, backend="reference")
-        assert mod.backend == "reference" and repr(mod) == f"{cls}(3, 4, backend='reference')"
-        assert getattr(fusedrnn, cls)(3, 4).backend is None
-    mod = fusedrnn.GRU(3, 5, num_layers=2, backend="reference")
-    assert repr(mod) == "GRU(3, 5, num_layers=2, backend='reference')"
 
 
 # -- validation errors: same type and message as torch.nn --------------------------------

@@ -282,30 +282,10 @@ def test_zoneout_masks_follow_p():
     assert 0.88 < (y == 7.0).double().mean().item() < 0.92
 
 
-# -- layer norm -------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_layer_norm_at_init(mode):
-    cls = getattr(fusedrnn, mode)
-    m = cls(I, H, 2, bidirectional=True, layer_norm=True, dtype=torch.float64)
-    names = [n for n, _ in m.named_parameters() if n.startswith("layer_norm")]
-    assert len(names) == (6 if mode == "LSTM" else 4) * 4
-    for n in names:
-        assert torch.equal(getattr(m, n), torch.full_like(getattr(m, n), float("_weight_" in n))), n
-    m.reset_parameters()  # a later reset keeps the LN init
-    assert torch.equal(m.layer_norm_ih_weight_l0, torch.ones(4 * H if mode == "LSTM" else 3 * H))
-    plain = cls(I, H, 2, bidirectional=True, dtype=torch.float64)
-    plain.load_state_dict(m.state_dict(), strict=False)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    out = m(x)[0]
-    assert not torch.allclose(out, plain(x)[0])
-    out.square().sum().backward()
-    for n, p in m.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, n
-
-
 # -- parameters, shapes, state_dict -----------------------------------------------------------
-def test_cifg_shapes_and_state_dict():
-    m = fusedrnn.LSTM(I, H, 2, cifg=True, peephole=True, proj_size=P)
+def test_cifg_shapes_options_and_repr():
+    kw = {"layer_norm": True, "zoneout": (0.1, 0.2), "peephole": True, "cifg": True}
+    m = fusedrnn.LSTM(I, H, 2, proj_size=P, **kw)
     assert m.weight_ih_l0.shape == (3 * H, I) and m.weight_hh_l0.shape == (3 * H, P)
     assert m.bias_ih_l1.shape == (3 * H,) and m.bias_hh_l1.shape == (3 * H,)
     assert m.weight_ih_l1.shape == (3 * H, P) and m.weight_hr_l0.shape == (P, H)
@@ -315,6 +295,21 @@ def test_cifg_shapes_and_state_dict():
         nn.LSTM(I, H, 2, proj_size=P).load_state_dict(m.state_dict(), strict=False)
     y, (h, c) = m(torch.randn(T, B, I))
     assert y.shape == (T, B, P) and h.shape == (2, B, P) and c.shape == (2, B, H)
+    opts = variants.parse("LSTM", True, 0.2, True, True)
+    assert opts == variants.CellOptions(True, 0.2, 0.2, True, True)
+    assert opts.gate_count("LSTM") == 3 and variants.CellOptions().gate_count("LSTM") == 4
+    assert opts.names() == ["layer_norm", "zoneout", "peephole", "cifg"]
+    assert not fusedrnn.RNN(I, H).cell_options.enabled
+    assert variants.parse("GRU", zoneout=0.3) == variants.CellOptions(zoneout_h=0.3)
+    specs = opts.param_specs("LSTM", H, bias=True)
+    gates = [
+        (f"layer_norm_{k}", (3 * H,)) for k in ("ih_weight", "ih_bias", "hh_weight", "hh_bias")
+    ]
+    rest = [("layer_norm_c_weight", (H,)), ("layer_norm_c_bias", (H,)), ("weight_ch", (2, H))]
+    assert [s[:2] for s in specs] == gates + rest
+    with pytest.raises(AttributeError):
+        opts.cifg = False  # frozen
+    assert all(f"{k}={v}" in repr(m) for k, v in kw.items())
 
 
 @pytest.mark.parametrize(
@@ -323,21 +318,30 @@ def test_cifg_shapes_and_state_dict():
         ("LSTM", {"layer_norm": True, "peephole": True, "zoneout": 0.1}),
         ("LSTM", {"layer_norm": True}),
         ("GRU", {"layer_norm": True, "zoneout": 0.2}),
+        ("GRU", {"layer_norm": True}),
     ],
 )
 @pytest.mark.parametrize("bias", [True, False])
 def test_state_dict_superset_of_torch_nn(mode, kw, bias):
-    ref = getattr(nn, mode)(I, H, 2, bias=bias, bidirectional=True)
-    m = getattr(fusedrnn, mode)(I, H, 2, bias=bias, bidirectional=True, **kw)
+    """torch.nn's keys first, then the variants'. The layer norm starts (and is reset) at
+    gains 1 and biases 0; with a torch.nn state_dict loaded (strict=False) it still changes
+    the outputs, and every parameter gets a gradient."""
+    ref = getattr(nn, mode)(I, H, 2, bias=bias, bidirectional=True, dtype=torch.float64)
+    m = getattr(fusedrnn, mode)(I, H, 2, bias=bias, bidirectional=True, dtype=torch.float64, **kw)
+    ln = [n for n, _ in m.named_parameters() if n.startswith("layer_norm")]
+    assert len(ln) == (3 if mode == "LSTM" else 2) * (2 if bias else 1) * 4
+    for _ in range(2):  # at init, and after a reset
+        for n in ln:
+            assert torch.equal(getattr(m, n), torch.full_like(getattr(m, n), "_weight_" in n)), n
+        m.reset_parameters()
     ref_keys, keys = list(ref.state_dict()), list(m.state_dict())
     assert keys[: len(ref_keys)] == ref_keys
     extra = keys[len(ref_keys) :]
     groups = m.cell_options.param_names(mode, H, bias, 2, True)
     assert extra == [n for group in groups for n in group]
-    if kw.get("layer_norm"):
-        assert "layer_norm_ih_weight_l1_reverse" in extra
-        assert ("layer_norm_hh_bias_l0" in extra) == bias
-        assert ("layer_norm_c_weight_l0" in extra) == (mode == "LSTM")
+    assert "layer_norm_ih_weight_l1_reverse" in extra
+    assert ("layer_norm_hh_bias_l0" in extra) == bias
+    assert ("layer_norm_c_weight_l0" in extra) == (mode == "LSTM")
     before = {k: v.clone() for k, v in m.state_dict().items()}
     result = m.load_state_dict(ref.state_dict(), strict=False)
     assert result.unexpected_keys == [] and result.missing_keys == extra
@@ -345,12 +349,19 @@ def test_state_dict_superset_of_torch_nn(mode, kw, bias):
         torch.testing.assert_close(v, ref.state_dict()[k] if k in ref_keys else before[k])
     with pytest.raises(RuntimeError, match="Missing key"):
         m.load_state_dict(ref.state_dict())
-
-
-def test_batch_first_unbatched_and_compiled_with_variants():
-    kw = {"layer_norm": True, "peephole": True, "zoneout": 0.2}
-    m = _make("LSTM", kw, num_layers=1, bidir=False).eval()
     x = torch.randn(T, B, I, dtype=torch.float64)
+    out = m.eval()(x)[0]
+    assert not torch.allclose(out, ref(x)[0])
+    out.square().sum().backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+def test_layouts_compile_and_dropout_with_variants():
+    """batch_first, unbatched and compiled calls give the plain call's results; zoneout and
+    inter-layer dropout draw from the seed together, and dropout is off in evaluation."""
+    m = _make("LSTM", {"layer_norm": True, "peephole": True, "zoneout": 0.2}, bidir=False).eval()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     y = m(x)[0]
     m.batch_first = True
     torch.testing.assert_close(m(x.transpose(0, 1))[0].transpose(0, 1), y, **TOL)
@@ -360,6 +371,12 @@ def test_batch_first_unbatched_and_compiled_with_variants():
     torch.testing.assert_close(compiled(x)[0], y, **TOL)
     m.train()  # the compiled module draws the same zoneout masks from the same seed
     assert torch.equal(_seeded(5, compiled, x)[0], _seeded(5, m, x)[0])
+    m.dropout = 0.5
+    a = _seeded(3, m, x)[0]
+    assert torch.equal(a, _seeded(3, m, x)[0])
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    torch.testing.assert_close(m.eval()(x)[0], y, **TOL)
 
 
 # -- invalid options and backends -------------------------------------------------------------
@@ -410,35 +427,3 @@ def test_variant_on_unavailable_backend_raises(backend):
     m = fusedrnn.LSTM(I, H, layer_norm=True, backend=backend)
     with pytest.raises(fusedrnn.BackendUnavailableError, match=f"{backend!r}"):
         m(torch.randn(T, B, I))
-
-
-def test_cell_options_helpers():
-    opts = variants.parse("LSTM", True, 0.2, True, True)
-    assert opts == variants.CellOptions(True, 0.2, 0.2, True, True)
-    assert opts.gate_count("LSTM") == 3 and variants.CellOptions().gate_count("LSTM") == 4
-    assert opts.names() == ["layer_norm", "zoneout", "peephole", "cifg"]
-    assert not fusedrnn.RNN(I, H).cell_options.enabled
-    assert variants.parse("GRU", zoneout=0.3) == variants.CellOptions(zoneout_h=0.3)
-    specs = opts.param_specs("LSTM", H, bias=True)
-    gates = [
-        (f"layer_norm_{k}", (3 * H,)) for k in ("ih_weight", "ih_bias", "hh_weight", "hh_bias")
-    ]
-    rest = [("layer_norm_c_weight", (H,)), ("layer_norm_c_bias", (H,)), ("weight_ch", (2, H))]
-    assert [s[:2] for s in specs] == gates + rest
-    with pytest.raises(AttributeError):
-        opts.cifg = False  # frozen
-    text = repr(fusedrnn.LSTM(I, H, layer_norm=True, zoneout=(0.1, 0.2), cifg=True))
-    assert "layer_norm=True" in text and "zoneout=(0.1, 0.2)" in text and "cifg=True" in text
-
-
-def test_variants_with_interlayer_dropout():
-    m = _make("LSTM", {"layer_norm": True, "zoneout": 0.2}, num_layers=2, bidir=False)
-    m.dropout = 0.5
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    a = _seeded(3, m, x)[0]
-    assert torch.equal(a, _seeded(3, m, x)[0])
-    a.sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    m_nodrop = copy.deepcopy(m).eval()
-    m_nodrop.dropout = 0.0
-    torch.testing.assert_close(m.eval()(x)[0], m_nodrop(x)[0], **TOL)
