@@ -15,14 +15,13 @@ namespace cpu = fusedrnn::cpu;
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn compiled CPU backend";
   // The layer entry points take the arguments of fusedrnn/ops/library.py::LAYER_ARGS
-  // positionally (FRNN_LAYER_PARAMS, layer_ops.h), then their own.
+  // positionally (FRNN_LAYER_PARAMS), then their own; layer_ops.h documents their results.
   m.def("layer_fwd", &cpu::layer_fwd, py::call_guard<py::gil_scoped_release>(),
         "Forward of one layer/direction (LAYER_ARGS but save, eps, train): -> [y, h_n, c_n, "
         "saved...]");
   m.def("layer_bwd", &cpu::layer_bwd, py::call_guard<py::gil_scoped_release>(),
         "Backward of one layer/direction (LAYER_ARGS but save, eps, y, saved, grad_y, grad_hn, "
-        "grad_cn, grad_mask): -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dln_ih_w, "
-        "dln_ih_b, dln_hh_w, dln_hh_b, dln_c_w, dln_c_b, dw_ch]");
+        "grad_cn, grad_mask): -> one gradient per GRAD_INPUTS entry");
   m.def("stack_step", &cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
         "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n], or [] when "
         "the tensors do not fit and fallback is set",

@@ -142,8 +142,8 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
     step_rows(b0, e, GH * (proj ? H + 16 : 16), [&](int64_t q0, int64_t q1) {
       for (int64_t b = q0; b < q1; ++b) {
         const int64_t r = s.off + b;
-        K.zone_bwd(a.zone_h, Hout, kh + r * a.keep_h_stride, dyp + r * Hout, dhs + b * Hout,
-                   dh_rows + b * Hout);
+        K.zone_bwd(a.keep_h.defined(), Hout, kh + r * a.keep_h_stride, dyp + r * Hout,
+                   dhs + b * Hout, dh_rows + b * Hout);
       }
       if (proj) whr.mul_split_n(q1 - q0, dh_rows + q0 * Hout, Hout, T(0), dhrawp + q0 * H, H);
       for (int64_t b = q0; b < q1; ++b) {

@@ -40,9 +40,9 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   // The biases enter folded: b_in = b_ih + LN_ih bias on the input side, b_rec = b_hh + LN_hh
   // bias on the recurrent one (GRU: b_hn and the LN bias stay inside r * (.)); direct: all in
   // b_in, which the fused kernel adds.
-  auto fold = [&](const OptTensor& u, const OptTensor& v) {
-    if (u.has_value() && v.has_value()) return at::add(*u, *v);
-    return u.has_value() ? *u : v.has_value() ? *v : at::zeros({GH}, opts);
+  auto fold = [&](const at::Tensor& u, const at::Tensor& v) {
+    if (u.defined() && v.defined()) return at::add(u, v);
+    return u.defined() ? u : v.defined() ? v : at::zeros({GH}, opts);
   };
   const at::Tensor b_in = direct ? fold(a.b_ih, a.b_hh) : fold(a.b_ih, a.ln_ih_b);
   const at::Tensor b_rec = direct ? empty() : fold(a.b_hh, a.ln_hh_b);
@@ -160,7 +160,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
       }
       if (proj)
         whr.mul_split_n(q1 - q0, hrawp + q0 * H, H, T(0), yp + (s.off + q0) * Hout, Hout);
-      for (int64_t b = q0; b < q1 && a.zone_h; ++b)
+      for (int64_t b = q0; b < q1 && a.keep_h.defined(); ++b)
         K.zone_fwd(Hout, kh + (s.off + b) * a.keep_h_stride, s.prev(b, yp, h0, Hout),
                    yp + (s.off + b) * Hout);
     });

@@ -63,7 +63,7 @@ LayerArgs prepare(FRNN_LAYER_PARAMS) {
   a.I = w_ih.size(1);
   a.Hout = a.H;
   if (w_hr.has_value()) {
-    TORCH_CHECK(kind == Cell::LSTM, kWho, "w_hr (proj_size) is LSTM only");
+    TORCH_CHECK(lstm, kWho, "w_hr (proj_size) is LSTM only");
     check_tensor(*w_hr, "w_hr", dtype);
     TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == a.H, kWho, "w_hr must be [Hout, H=", a.H,
                 "], got ", w_hr->sizes());
@@ -97,43 +97,38 @@ LayerArgs prepare(FRNN_LAYER_PARAMS) {
   a.h0 = checked(h0, "h0", dtype, {a.B, a.Hout});
   a.w_ih = w_ih.contiguous();
   a.w_hh = checked(w_hh, "w_hh", dtype, {G * a.H, a.Hout});
-  if (kind == Cell::LSTM) {
-    TORCH_CHECK(c0.has_value(), kWho, "LSTM needs c0");
-    a.c0 = checked(*c0, "c0", dtype, {a.B, a.H});
-  }
+  TORCH_CHECK(!lstm || c0.has_value(), kWho, "LSTM needs c0");
+  if (lstm) a.c0 = checked(*c0, "c0", dtype, {a.B, a.H});
   const int64_t GH = G * a.H;
   const auto opts = a.x.options();
-  auto vec = [&](const OptTensor& t, const char* name, int64_t n) {
-    return t.has_value() ? OptTensor(checked(*t, name, dtype, {n})) : OptTensor();
+  // an optional argument, checked and contiguous; undefined when absent
+  auto opt = [&](const OptTensor& t, const char* name, at::IntArrayRef shape) {
+    return t.has_value() ? checked(*t, name, dtype, shape) : at::Tensor();
   };
-  a.b_ih = vec(b_ih, "b_ih", GH);
-  a.b_hh = vec(b_hh, "b_hh", GH);
-  a.ln_ih_b = vec(ln_ih_b, "ln_ih_b", GH);
-  a.ln_hh_b = vec(ln_hh_b, "ln_hh_b", GH);
+  a.b_ih = opt(b_ih, "b_ih", {GH});
+  a.b_hh = opt(b_hh, "b_hh", {GH});
+  a.ln_ih_b = opt(ln_ih_b, "ln_ih_b", {GH});
+  a.ln_hh_b = opt(ln_hh_b, "ln_hh_b", {GH});
 
-  const bool ln = ln_ih_w.has_value();
+  // After these checks and the LSTM-only one above, the gains are given exactly when ln
+  // (ln_c_w: and LSTM), the biases only then.
+  const bool ln = a.flags.ln = ln_ih_w.has_value();
   TORCH_CHECK(ln == ln_hh_w.has_value() && (!lstm || ln == ln_c_w.has_value()), kWho,
               "layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together");
   TORCH_CHECK(ln || !(ln_ih_b.has_value() || ln_hh_b.has_value() || ln_c_b.has_value()), kWho,
               "layer-norm biases given without the layer-norm gains");
-  a.flags.ln = ln;
-  if (ln) {
-    a.ln_ih_w = checked(*ln_ih_w, "ln_ih_w", dtype, {GH});
-    a.ln_hh_w = checked(*ln_hh_w, "ln_hh_w", dtype, {GH});
-    if (lstm) {
-      a.ln_c_w = checked(*ln_c_w, "ln_c_w", dtype, {a.H});
-      a.ln_c_b = ln_c_b.has_value() ? checked(*ln_c_b, "ln_c_b", dtype, {a.H})
-                                    : at::zeros({a.H}, opts);
-    }
-  }
+  a.ln_ih_w = opt(ln_ih_w, "ln_ih_w", {GH});
+  a.ln_hh_w = opt(ln_hh_w, "ln_hh_w", {GH});
+  a.ln_c_w = opt(ln_c_w, "ln_c_w", {a.H});
+  if (a.ln_c_w.defined())  // the bias zeros when absent
+    a.ln_c_b = ln_c_b.has_value() ? opt(ln_c_b, "ln_c_b", {a.H}) : at::zeros({a.H}, opts);
   a.flags.cifg = cifg;
   a.flags.peep = w_ch.has_value();
-  if (a.flags.peep) a.w_ch = checked(*w_ch, "w_ch", dtype, {cifg ? 2 : 3, a.H}).view({-1});
+  if (a.flags.peep) a.w_ch = opt(w_ch, "w_ch", {cifg ? 2 : 3, a.H}).view({-1});
 
   // As the reference: a mask means training zoneout whatever p is; p <= 0 without one is off.
   keep_values(mask_h, zoneout_h, a.Hout, "mask_h", a, a.keep_h, a.keep_h_stride);
   if (lstm) keep_values(mask_c, zoneout_c, a.H, "mask_c", a, a.keep_c, a.keep_c_stride);
-  a.zone_h = a.keep_h.defined();
   a.flags.zone_c = a.keep_c.defined();
   a.eps = eps;
   return a;

@@ -28,9 +28,9 @@ namespace fusedrnn::cpu {
   cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b, \
       ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c, eps
 
-// A layer's arguments, validated and contiguous (layer_ops.cpp::prepare). The options (layer
-// norm, zoneout, peephole, cifg; the math of fusedrnn/ops/reference.py::layer, per element
-// csrc/cell_math.h) are all off for torch.nn's cells.
+// A layer's arguments, validated and contiguous (layer_ops.cpp::prepare), absent ones undefined.
+// The options (layer norm, zoneout, peephole, cifg; the math of fusedrnn/ops/reference.py::layer,
+// per element csrc/cell_math.h) are all off for torch.nn's cells.
 struct LayerArgs {
   Cell cell;
   bool packed, reverse;
@@ -43,13 +43,11 @@ struct LayerArgs {
   at::Tensor w_hr;                        // [Hout, H] (projection), else undefined
   std::optional<at::Tensor> batch_sizes;  // [T] int64
   VariantFlags flags;                     // ln, peep, cifg, zone_c
-  bool zone_h = false;
   double eps = 0;
-  OptTensor b_ih, b_hh;         // [G*H]
-  OptTensor ln_ih_b, ln_hh_b;   // [G*H] (ln)
-  at::Tensor ln_ih_w, ln_hh_w;  // [G*H] (ln)
-  at::Tensor ln_c_w, ln_c_b;    // [H] (ln, LSTM; the bias zeros when absent)
-  at::Tensor w_ch;              // [3H] or [2H] flat (peep)
+  at::Tensor b_ih, b_hh;                          // [G*H]
+  at::Tensor ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b;  // [G*H] (ln)
+  at::Tensor ln_c_w, ln_c_b;                      // [H] (ln, LSTM; the bias zeros when absent)
+  at::Tensor w_ch;                                // [3H] or [2H] flat (peep)
   // Zoneout "keep" values: the mask [N, K] (row stride K) or one row [K] filled with p (row
   // stride 0), so that training and evaluation run the same loop. Undefined when off.
   at::Tensor keep_h, keep_c;
