@@ -109,7 +109,7 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     def fwd(cell, bias, proj, save, path):
         G, hout = GATES[cell], Hp if proj else H
         step.step_fwd(cell, e(N, G * H), e(B, hout), opt(cell == "lstm", B, H, dt=acc),
-                      e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, packed, save,
+                      e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, save,
                       path)  # fmt: skip
 
     def bwd(cell, proj, dhs, dcs, dy, path):  # Cs and so dCs in the accumulation dtype
@@ -158,8 +158,7 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
                       cifg)  # fmt: skip
             for bias in (False, True):
                 bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H),
-                                                opt(bias, G * H), *inputs, plan,
-                                                packed)  # fmt: skip
+                                                opt(bias, G * H), *inputs, plan)  # fmt: skip
             for dhs, dcs, dy in itertools.product((False, True), lstm_only[cell], dys):
                 variant_step.variant_bwd(cell, *inputs, bufs, opt(dhs, T + 1, B, hout),
                                          opt(dcs, T + 1, B, H), opt(dy, N, hout),

@@ -58,20 +58,14 @@ def is_available() -> bool:
         return False
 
 
-def kernel_path(path: str | None):
-    """Context manager forcing the "step", "cooperative" or "persistent" kernels (None:
-    automatic, :func:`.persistent.choose_path`)."""
-    from .persistent import kernel_path as _kernel_path
-
-    return _kernel_path(path)
+# the lazy attributes and their modules, which import triton; kernel_path(path) forces the
+# "step", "cooperative" or "persistent" kernels (None: automatic, :func:`.persistent.choose_path`)
+_LAZY = {"kernel_path": "persistent", "launch_counter": "runtime", "poison_buffers": "runtime"}
 
 
 def __getattr__(name: str):
-    # launch_counter and poison_buffers live in .runtime, which imports triton
-    if name in ("launch_counter", "poison_buffers"):
-        from . import runtime
-
-        return getattr(runtime, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

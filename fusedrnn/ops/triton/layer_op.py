@@ -13,11 +13,12 @@ where ``dG_x = dG_h = dG`` except for the GRU (its ``n`` gate's recurrent part i
 scaled by ``r``), ``h_prev`` is a view of the state history and the sums are
 deterministic reductions (no atomics).
 
-With a variant option on, the forward, its fake and the backward hand over to :mod:`.variants`
-(:func:`unpack` serves both). Registered by :func:`fusedrnn.ops.library.define_layer` as
-``fusedrnn::triton_layer_fwd`` / ``_bwd``. With ``save=False`` (no backward can follow) the
-torch.nn cells' kernels skip the saved gates (``WRITE_GATES``); the state histories are the
-outputs and are always written. The variant kernels still write their saved activations.
+With a variant option on, the forward, its fake and the backward's kernels hand over to
+:mod:`.variants` (:func:`unpack` and the backward's GEMMs serve both). Registered by
+:func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::triton_layer_fwd`` / ``_bwd``. With
+``save=False`` (no backward can follow) the torch.nn cells' kernels skip the saved gates
+(``WRITE_GATES``); the state histories are the outputs and are always written. The variant
+kernels still write their saved activations.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from .. import library
 from ..checks import check_layer, gate_count
+from ..library import GRAD_INPUTS
 from . import runtime, variants
 from .common import forward_buffers
 from .persistent import choose_path
@@ -43,37 +45,39 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     check_layer("triton", variants.DTYPES if variant else DTYPES, *a[: library.N_POSITIONAL - 1],
                 **library.options_of(a))  # fmt: skip
     with runtime.device_guard(a.x.device):
-        return variants.forward(a) if variant else _forward(*a[: library.N_POSITIONAL], a.save)
+        plan = runtime.layer_plan(a.x, a.h0, a.batch_sizes, a.reverse)
+        return variants.forward(a, plan) if variant else _forward(a, plan)
 
 
-def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-             save) -> list[Tensor]:  # fmt: skip
-    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
+def _forward(a: library.LayerArgs, plan: runtime.Plan) -> list[Tensor]:
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = a[: library.N_POSITIONAL - 2]
     xg = F.linear(runtime.flat_rows(x, plan), w_ih, b_ih)  # [N, G*H]: one GEMM for every step
     w_hh, b_hh, h0, c0, w_hr = runtime.contiguous(w_hh, b_hh, h0, c0, w_hr)
     path = choose_path(cell, w_hh, w_hr, plan)
-    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, plan.packed, save, path)
+    return step_fwd(cell, xg, h0, c0, w_hh, b_hh, w_hr, plan, a.save, path)
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
-    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
-    T = batch_sizes.shape[0] if batch_sizes is not None else x.shape[0]
-    B, Hout = h0.shape
-    H = w_hh.shape[0] // gate_count(cell, a.cifg)
+    packed, (B, Hout) = a.batch_sizes is not None, a.h0.shape
+    T = a.batch_sizes.shape[0] if packed else a.x.shape[0]
+    H = a.w_hh.shape[0] // gate_count(a.cell, a.cifg)
     if library.is_variant(a):
         return variants.fake_forward(a, T, B, Hout, H)
-    return forward_buffers(cell, x, T, B, Hout, H, w_hr is not None, batch_sizes is not None,
-                           a.save)  # fmt: skip
+    return forward_buffers(a.cell, a.x, T, B, Hout, H, a.w_hr is not None, packed, a.save)
+
+
+def _y_buffer(a: library.LayerArgs) -> int:
+    """The packed ``y``'s place among the buffers: the fifth, the variant op's ninth."""
+    return 8 if library.is_variant(a) else 4
 
 
 def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, h_n, c_n)`` as views of the state histories. Every cell's buffers begin with
-    ``Hs``, the LSTM's with ``Hs, Cs``; the packed ``y`` is the fifth buffer but the ninth of
-    the variant op (see :func:`.variants.forward`)."""
+    ``Hs``, the LSTM's with ``Hs, Cs``."""
     hs = buffers[0]
     T = hs.shape[0] - 1
     last = 0 if a.reverse else T
-    y = buffers[8 if library.is_variant(a) else 4]
+    y = buffers[_y_buffer(a)]
     if a.batch_sizes is None:
         y = hs[:T] if a.reverse else hs[1:]
     c_n = buffers[1][last].to(a.h0.dtype) if a.cell == "lstm" else None
@@ -81,37 +85,50 @@ def unpack(a: library.LayerArgs, buffers: list[Tensor]) -> tuple[Tensor, Tensor,
 
 
 def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
-    """Gradients of the library.GRAD_INPUTS; None where not needed."""
+    """Gradients of the library.GRAD_INPUTS; None where not needed: the kernels' part (the
+    cell's, :func:`_cell_backward`, or the variant op's, :func:`.variants.backward`), then
+    :func:`_backward`'s GEMMs."""
+    # contiguous (autograd may hand over expanded or strided ones; the kernels index densely),
+    # None for absent ones and for those of the empty placeholder buffers
+    grads = runtime.contiguous(*(g if g is not None and g.numel() else None for g in grads))
+    dstates = grads[0], grads[1], grads[_y_buffer(a)]  # of Hs, Cs and the packed y
     with runtime.device_guard(a.x.device):
-        if library.is_variant(a):
-            return variants.backward(a, buffers, grads, needs)
-        return _backward(*a[: library.N_POSITIONAL], buffers, grads, needs[:8])
+        plan = runtime.layer_plan(a.x, a.h0, a.batch_sizes, a.reverse)
+        args = (a, plan, buffers, *dstates)
+        part = variants.backward(*args) if library.is_variant(a) else _cell_backward(*args)
+        return _backward(a, plan, buffers, needs, *part)
 
 
-def _backward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, buffers,
-              grads, needs):  # fmt: skip
-    hs, cs, gates, m, y = buffers
-    dhs, dcs, _, _, dy = runtime.dense_grads(grads)
-    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
-    T, B = plan.T, plan.B
-    w_hh, w_hr = runtime.contiguous(w_hh, w_hr)
-    path = choose_path(cell, w_hh, w_hr, plan)
-    dgx, dgh, dh0, dc0, dht = step_bwd(cell, w_hh, w_hr, hs, cs, gates, dhs, dcs, dy, plan, path)
-    acc = dh0.dtype
+def _cell_backward(a: library.LayerArgs, plan: runtime.Plan, buffers, dhs, dcs, dy) -> tuple:
+    """The torch.nn cells' part of :func:`backward`, as :func:`.variants.backward`'s."""
+    w_hh, w_hr = runtime.contiguous(a.w_hh, a.w_hr)
+    path = choose_path(a.cell, w_hh, w_hr, plan)
+    dgx, dgh, dh0, dc0, dht = step_bwd(a.cell, w_hh, w_hr, *buffers[:3], dhs, dcs, dy, plan, path)
+    out = {"h0": dh0.to(a.h0.dtype), "c0": dc0 if dc0 is None else dc0.to(a.h0.dtype)}
     dxg = runtime.input_grad_rows(dgx, plan)
-    dgh_flat = dgh.view(T * B, dgh.shape[-1])
-    h_prev = runtime.prev_states(hs, plan).reshape(T * B, -1)
-    n_x, n_h0, n_c0, n_wih, n_whh, n_bih, n_bhh, n_whr = needs
-    return [
-        (dxg @ w_ih).view(x.shape) if n_x else None,
-        dh0.to(h0.dtype) if n_h0 else None,
-        dc0.to(h0.dtype) if n_c0 and dc0 is not None else None,
-        dxg.t() @ runtime.flat_rows(x, plan) if n_wih else None,
-        dgh_flat.t() @ h_prev if n_whh else None,
-        dxg.sum(0, dtype=acc).to(x.dtype) if n_bih else None,
-        dgh_flat.sum(0, dtype=acc).to(x.dtype) if n_bhh else None,
-        dht.view(T * B, -1).t() @ m.view(T * B, -1) if n_whr and dht is not None else None,
-    ]
+    return out, dxg, dxg, dgh, dgh, dht
+
+
+def _backward(a: library.LayerArgs, plan: runtime.Plan, buffers, needs, out, dxg, du, dgh, ds,
+              dht) -> list[Tensor | None]:  # fmt: skip
+    """The GEMMs and sums after the kernels (see the module docstring; ``du`` is ``dxg`` but
+    with the variant op's LN_ih, ``dgh`` the ``dG_h`` of the bias, ``ds`` that of ``W_hh``);
+    ``out`` holds the gradients the kernels' part computed."""
+    x, w_ih, N = a.x, a.w_ih, plan.T * plan.B
+    acc, n = runtime.acc_dtype(x.dtype), dict(zip(GRAD_INPUTS, needs, strict=True))
+    if n["x"]:
+        out["x"] = (du @ w_ih).view(x.shape)
+    if n["w_ih"]:
+        out["w_ih"] = du.t() @ runtime.flat_rows(x, plan)
+    if n["w_hh"]:
+        out["w_hh"] = ds.view(N, -1).t() @ runtime.prev_states(buffers[0], plan).reshape(N, -1)
+    if n["b_ih"]:
+        out["b_ih"] = dxg.sum(0, dtype=acc).to(x.dtype)
+    if n["b_hh"]:
+        out["b_hh"] = dgh.view(N, -1).sum(0, dtype=acc).to(x.dtype)
+    if n["w_hr"] and a.w_hr is not None:  # m [T, B, H] comes just before y in both lists
+        out["w_hr"] = dht.view(N, -1).t() @ buffers[_y_buffer(a) - 1].view(N, -1)
+    return [out.get(name) if need else None for name, need in zip(GRAD_INPUTS, needs, strict=True)]
 
 
 # half inputs of a variant call run in float32: the variant kernels take float32 and float64

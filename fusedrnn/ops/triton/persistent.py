@@ -213,9 +213,8 @@ def kernel_path(path: str | None) -> Iterator[None]:
 
 
 def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | None:
-    if w_hh.dtype == torch.float64 or w_hr is not None:
-        return None
-    return pick_persistent_config(cell, w_hh.shape[1])
+    fits = w_hh.dtype != torch.float64 and w_hr is None
+    return pick_persistent_config(cell, w_hh.shape[1]) if fits else None
 
 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:

@@ -7,6 +7,7 @@ import itertools
 import os
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import triton.language as tl
@@ -148,17 +149,14 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-class Step:
+class Step(NamedTuple):
     """One time step as the kernels see it."""
 
-    __slots__ = ("t", "row0", "rows", "slot_r", "slot_w")
-
-    def __init__(self, t: int, row0: int, rows: int, reverse: bool) -> None:
-        self.t = t  # time index
-        self.row0 = row0  # first row of this step in x / xg / packed y
-        self.rows = rows  # active batch rows
-        # Hs/Cs slots: forward reads t and writes t+1, reverse reads t+1 and writes t
-        self.slot_r, self.slot_w = (t + 1, t) if reverse else (t, t + 1)
+    t: int  # time index
+    row0: int  # first row of this step in x / xg / packed y
+    rows: int  # active batch rows
+    slot_r: int  # the Hs/Cs slot read: t forward, t+1 reverse
+    slot_w: int  # the one written: t+1 forward, t reverse
 
 
 class Plan:
@@ -169,18 +167,10 @@ class Plan:
         self.T, self.B, self.reverse = len(sizes), batch, reverse
         self.packed = batch_sizes is not None  # the op's x, y, dy are packed [N, K] rows
         row0 = [0, *itertools.accumulate(sizes)]
-        self.by_t = [Step(t, row0[t], n, reverse) for t, n in enumerate(sizes)]  # time order
+        r, w = (1, 0) if reverse else (0, 1)
+        self.by_t = [Step(t, row0[t], n, t + r, t + w) for t, n in enumerate(sizes)]  # time order
         self.steps = self.by_t[::-1] if reverse else self.by_t  # visiting order
         self.first_slot = self.T if reverse else 0  # holds h0 / c0
-
-    def backward(self) -> Iterator[tuple[Step, int, int]]:
-        """The steps in backward order, each with the active rows and the time of the step
-        processed just before it (``0, 0`` for the first): a backward launch reads that
-        step's gate gradients (see :mod:`.common`)."""
-        rows_prev, t_prev = 0, 0
-        for s in reversed(self.steps):
-            yield s, rows_prev, t_prev
-            rows_prev, t_prev = s.rows, s.t
 
 
 def layer_plan(x, h0, batch_sizes, reverse) -> Plan:
@@ -203,13 +193,6 @@ def prev_states(hs: torch.Tensor, plan: Plan) -> torch.Tensor:
 def contiguous(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """The tensors made contiguous (the kernels index densely), None kept."""
     return [t.contiguous() if t is not None else None for t in tensors]
-
-
-def dense_grads(grads) -> list[torch.Tensor | None]:
-    """The op's incoming gradients made contiguous (autograd may hand over expanded or
-    strided ones; the kernels index densely), None for absent ones and for those of the
-    empty placeholder buffers."""
-    return contiguous(*(g if g is not None and g.numel() else None for g in grads))
 
 
 def input_grad_rows(dg: torch.Tensor, plan: Plan) -> torch.Tensor:

@@ -338,7 +338,7 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):
 
 def step_fwd(
     cell: str, xg: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, b_hh: Tensor | None,
-    w_hr: Tensor | None, plan: runtime.Plan, packed: bool, save: bool = True, path: str = "step",
+    w_hr: Tensor | None, plan: runtime.Plan, save: bool = True, path: str = "step",
 ) -> list[Tensor]:  # fmt: skip
     """Launch the forward kernels of ``path`` (:func:`.persistent.choose_path`: a launch per
     step, one cooperative launch or the persistent kernel); returns their buffers
@@ -346,12 +346,13 @@ def step_fwd(
     ``h0`` [B, Hout], ``c0`` [B, H] for the LSTM), the weights contiguous."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     gated, proj = cell in ("lstm", "gru"), w_hr is not None
-    hs, cs, gates, m, y = out = forward_buffers(cell, xg, plan.T, B, Hout, H, proj, packed, save)
+    hs, cs, gates, m, y = out = forward_buffers(cell, xg, plan.T, B, Hout, H, proj, plan.packed,
+                                                save)  # fmt: skip
     hs[plan.first_slot] = h0
     if cell == "lstm":
         cs[plan.first_slot] = c0
     flags = dict(ACC_TY=runtime.acc_ty(xg.dtype), PRECISION=runtime.dot_precision(xg.dtype),
-                 CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, WRITE_Y=packed,
+                 CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, WRITE_Y=plan.packed,
                  WRITE_GATES=gated and save)  # fmt: skip
     # hs stands for the buffers the cell has not (its kernel never reads them)
     head = (xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs))
@@ -387,15 +388,15 @@ def step_bwd(
     dgh = runtime.buffer(w_hh, T, B, GH) if cell == "gru" else dgx
     flags = dict(CELL=CELL_CODE[cell], HAS_DHS=dhs is not None, HAS_DY=dy is not None,
                  HAS_DCS=dcs is not None, PRECISION=runtime.dot_precision(dt))  # fmt: skip
+    # the running state gradients, or dh0 and dc0, written whole by the persistent launch
+    alloc = runtime.empty if path == "persistent" else torch.zeros
+    dh = alloc(B, Hout, dtype=acc, device=dev)
+    dc = alloc(B, H, dtype=acc, device=dev) if lstm else None
     if path == "persistent":  # dh0 and dc0 come out of the same launch
-        dh0 = runtime.empty(B, H, dtype=acc, device=dev)
-        dc0 = runtime.empty(B, H, dtype=acc, device=dev) if lstm else None
         tensors = (dgx, dgh, w_hh, hs, *runtime.given(hs, cs, gates, dhs, dy),
-                   *runtime.given(dh0, dcs), dh0, *runtime.given(dh0, dc0))  # fmt: skip
+                   *runtime.given(dh, dcs), dh, *runtime.given(dh, dc))  # fmt: skip
         persistent.launch(True, cell, w_hh, plan, tensors, dict(flags, ACC_TY=runtime.acc_ty(dt)))
-        return dgx, dgh, dh0, dc0, None
-    dh = torch.zeros(B, Hout, dtype=acc, device=dev)
-    dc = torch.zeros(B, H, dtype=acc, device=dev) if lstm else None
+        return dgx, dgh, dh, dc, None
     dht = runtime.buffer(w_hh, T, B, Hout) if proj else None
     tensors = (dgx, dgh, w_hh, *runtime.given(dgx, hs, cs, gates), dh,
                *runtime.given(dgx, dc, dhs, dy, dcs, dht, w_hr))  # fmt: skip

@@ -40,7 +40,7 @@ the LSTM in three (its ``dG_x = dG_s = dG = d pre``)::
 then (LAYER_NORM) ``dS_raw`` = LN backward of ``dG_s`` over the G*H features. ``dS_raw``
 (= ``dG_s`` without layer norm) is the gradient of ``h_prev W_hh^T``, used for ``dW_hh``
 and, at the next launch, for ``dh_prev``. Parameter gradients are column sums over all
-steps afterwards (:mod:`.variants`).
+steps afterwards (:mod:`.variants`, :mod:`.layer_op`).
 """
 
 from __future__ import annotations
@@ -448,7 +448,7 @@ def variant_fwd(
     cell: str, xg: Tensor, h0: Tensor, c0: Tensor | None, bias: Tensor | None, w_hh: Tensor,
     ln_hh_w: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None, w_ch: Tensor | None,
     w_hr: Tensor | None, mask_h: Tensor | None, mask_c: Tensor | None, zone: tuple[int, int],
-    par: Tensor, cifg: bool, plan: runtime.Plan, packed: bool,
+    par: Tensor, cifg: bool, plan: runtime.Plan,
 ) -> list[Tensor]:  # fmt: skip
     """Allocate and launch; returns :func:`variant_buffers`. The tensors are the forward
     kernel's (shapes there; ``h0`` [B, Hout], ``c0`` [B, H]), contiguous, None where absent:
@@ -457,7 +457,7 @@ def variant_fwd(
     T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
                                                           cifg, plan)  # fmt: skip
     out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln_hh_w is not None, w_hr is not None,
-                          packed)  # fmt: skip
+                          plan.packed)  # fmt: skip
     hs, cs, *_ = out
     hs[plan.first_slot] = h0
     if cell == "lstm":
@@ -467,8 +467,8 @@ def variant_fwd(
             _variant_fwd_step_kernel, grid,
             xg, w_hh, *runtime.given(xg, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c),
             par, *runtime.given(xg, *out), s.row0, s.rows, *_slots(s, B, H, Hout, GH),
-            s.t * B * H, s.t * B * stats, B, H, Hout, HAS_BIAS=bias is not None, WRITE_Y=packed,
-            **flags,
+            s.t * B * H, s.t * B * stats, B, H, Hout, HAS_BIAS=bias is not None,
+            WRITE_Y=plan.packed, **flags,
         )  # fmt: skip
     return out
 
@@ -478,9 +478,7 @@ def variant_bwd(
     w_ch: Tensor | None, w_hr: Tensor | None, mask_h: Tensor | None, mask_c: Tensor | None,
     zone: tuple[int, int], par: Tensor, cifg: bool,  # as variant_fwd's
     buffers: list[Tensor],  # the forward's (variant_buffers)
-    dhs: Tensor | None,  # [T+1, B, Hout] gradient of Hs
-    dcs: Tensor | None,  # [T+1, B, H] gradient of Cs
-    dy: Tensor | None,  # [N, Hout] gradient of the packed output
+    dhs: Tensor | None, dcs: Tensor | None, dy: Tensor | None,  # as .step.step_bwd's
     plan: runtime.Plan,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
     """Launch the backward steps. Returns ``dG_x``, ``dG_s``, ``dS_raw [T,B,GH]`` (``dG_s``
@@ -497,7 +495,9 @@ def variant_bwd(
     ds = buf(T, B, GH) if ln_hh_w is not None else dgs
     dht, dl = buf(T, B, Hout, on=lstm), buf(T, B, H, on=lstm)
     dh, dc = w_hh.new_zeros(B, Hout), w_hh.new_zeros(B, H) if lstm else None
-    for s, rows_prev, t_prev in plan.backward():
+    # each launch reads the gate gradients of the step processed just before it (none first)
+    rows_prev, t_prev = 0, 0
+    for s in reversed(plan.steps):
         runtime.launch(
             _variant_bwd_step_kernel, grid,
             dg, dgs, ds, w_hh, *runtime.given(dg, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h,
@@ -507,5 +507,6 @@ def variant_bwd(
             s.t * B * Hout, s.t * B * stats, B, H, Hout, HAS_DHS=dhs is not None,
             HAS_DY=dy is not None, HAS_DCS=dcs is not None, **flags,
         )  # fmt: skip
+        rows_prev, t_prev = s.rows, s.t
     finish_state_grad(dh, dc, ds, w_hh, dhs, dcs, plan)
     return dg, dgs, ds, dht, dl, dh, dc

@@ -19,9 +19,9 @@ packed step did not compute; then, over all steps::
 with ``LN_bwd(dxhat, xhat, rstd) = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``
 per row; every sum is a deterministic column reduction (no atomics).
 
-These are the variant branch of the one triton op (:mod:`.layer_op`, which checks the arguments
-and enters the device guard). Supports float32 and float64; the op computes half-precision
-inputs in float32.
+These are the variant branch of the one triton op (:mod:`.layer_op`, which checks the arguments,
+enters the device guard and runs the GEMMs and bias sums of x, w_ih, b_ih, w_hh, b_hh, w_hr).
+Supports float32 and float64; the op computes half-precision inputs in float32.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from torch import Tensor
 from ...variants import LN_EPS
 from .. import library
 from ..checks import gate_count
-from ..library import GRAD_INPUTS
 from . import runtime
 from .variant_step import variant_buffers, variant_bwd, variant_fwd
 
@@ -61,12 +60,11 @@ def _kernel_inputs(a: library.LayerArgs, plan: runtime.Plan) -> tuple:
     return *weights, *masks, zone, par
 
 
-def forward(a: library.LayerArgs) -> list[Tensor]:
+def forward(a: library.LayerArgs, plan: runtime.Plan) -> list[Tensor]:
     """Buffers ``[Hs, Cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u]`` (the first nine
     :func:`.variant_step.variant_buffers`; ``uhat [N, GH]`` and ``rstd_u [N, 1]`` are the
     input projection's layer norm; empty when unused)."""
-    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
-    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = a[: library.N_POSITIONAL - 2]
     flat_x = runtime.flat_rows(x, plan)
     if a.ln_ih_w is None:
         xg = F.linear(flat_x, w_ih, b_ih)  # [N, G*H]: one GEMM for every step
@@ -81,7 +79,7 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
             xg = xg + b if b is not None else xg
     bias = a.ln_hh_b if b_hh is None else b_hh if a.ln_hh_b is None else b_hh + a.ln_hh_b
     out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0, bias), *_kernel_inputs(a, plan),
-                      a.cifg, plan, plan.packed)  # fmt: skip
+                      a.cifg, plan)  # fmt: skip
     return [*out, uhat, rstd_u]
 
 
@@ -102,51 +100,34 @@ def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
     )
 
 
-def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
-    """Gradients of the library.GRAD_INPUTS; None where not needed."""
-    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = a[: library.N_POSITIONAL]
-    grads = runtime.dense_grads(grads)
-    plan = runtime.layer_plan(x, h0, batch_sizes, reverse)
-    T, B = plan.T, plan.B
-    GH, Hout = w_hh.shape
+def backward(a: library.LayerArgs, plan: runtime.Plan, buffers, dhs, dcs, dy) -> tuple:
+    """The variant op's part of :func:`.layer_op.backward`, from the dense gradients of ``Hs``,
+    ``Cs`` and the packed ``y``: ``(out, dxg, du, dG_s, dS_raw, dHt)``, ``out`` the gradients
+    of h0, c0 and the variant parameters by name, ``dxg`` the packed rows of ``dG``, ``du``
+    their gradient before LN_ih (see the module docstring)."""
     inputs = _kernel_inputs(a, plan)
     w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr = inputs[:6]
     hs, cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u = buffers
-    dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(cell, *inputs, a.cifg, buffers[:9], grads[0],
-                                                  grads[1], grads[8], plan)  # fmt: skip
+    dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(a.cell, *inputs, a.cifg, buffers[:9], dhs, dcs,
+                                                  dy, plan)  # fmt: skip
     out: dict[str, Tensor | None] = {"h0": dh0, "c0": dc0}
     # the LSTM's own parameters
     if ln_c_w is not None:
         out["ln_c_w"] = (dl * chat).sum((0, 1))
         out["ln_c_b"] = dl.sum((0, 1))
     if w_ch is not None:
-        H, c_prev = GH // gate_count(cell, a.cifg), runtime.prev_states(cs, plan)
+        GH = w_hh.shape[0]
+        H, c_prev = GH // gate_count(a.cell, a.cifg), runtime.prev_states(cs, plan)
         # w_ci and w_cf (none with CIFG) act on c_prev, w_co on c~
         peep = [(0, c_prev), (H, c_prev)][: 1 if a.cifg else 2] + [(GH - H, ct)]
         out["w_ch"] = torch.stack([(dgx[..., q : q + H] * c).sum((0, 1)) for q, c in peep])
-    if w_hr is not None:
-        out["w_hr"] = dht.view(T * B, Hout).t() @ m.view(T * B, -1)
-
-    # input side: dG of the packed rows, through LN_ih, then the input GEMMs
-    dxg = runtime.input_grad_rows(dgx, plan)
-    out["b_ih"] = dxg.sum(0)
-    du = dxg
+    # the layer norms: LN_ih's gain and bias, then back through it; LN_hh's gain and bias
+    dxg = du = runtime.input_grad_rows(dgx, plan)
     if a.ln_ih_w is not None:
         out["ln_ih_w"] = (dxg * uhat).sum(0)
-        out["ln_ih_b"] = out["b_ih"].clone()  # op outputs may not alias
+        out["ln_ih_b"] = dxg.sum(0)
         du = _ln_bwd(dxg * a.ln_ih_w, uhat, rstd_u)
-    n = dict(zip(GRAD_INPUTS, needs, strict=True))
-    if n["x"]:
-        out["x"] = (du @ w_ih).view(x.shape)
-    if n["w_ih"]:
-        out["w_ih"] = du.t() @ runtime.flat_rows(x, plan)
-
-    # recurrent side
-    out["b_hh"] = dgs.sum((0, 1))
     if ln_hh_w is not None:
         out["ln_hh_w"] = (dgs * shat).sum((0, 1))
-        out["ln_hh_b"] = out["b_hh"].clone()
-    if n["w_hh"]:
-        h_prev = runtime.prev_states(hs, plan).reshape(T * B, Hout)
-        out["w_hh"] = ds.view(T * B, GH).t() @ h_prev
-    return [out.get(name) if need else None for name, need in zip(GRAD_INPUTS, needs, strict=True)]
+        out["ln_hh_b"] = dgs.sum((0, 1))
+    return out, dxg, du, dgs, ds, dht
