@@ -106,8 +106,8 @@ def backward(a: library.LayerArgs, plan: runtime.Plan, buffers, dhs, dcs, dy) ->
     of h0, c0 and the variant parameters by name, ``dxg`` the packed rows of ``dG``, ``du``
     their gradient before LN_ih (see the module docstring)."""
     inputs = _kernel_inputs(a, plan)
-    w_hh, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr = inputs[:6]
-    hs, cs, gates, ct, shat, chat, rstd, m, y, uhat, rstd_u = buffers
+    w_hh, ln_hh_w, ln_c_w, _, w_ch = inputs[:5]
+    _, cs, _, ct, shat, chat, _, _, _, uhat, rstd_u = buffers  # the rest only the kernels read
     dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(a.cell, *inputs, a.cifg, buffers[:9], dhs, dcs,
                                                   dy, plan)  # fmt: skip
     out: dict[str, Tensor | None] = {"h0": dh0, "c0": dc0}
