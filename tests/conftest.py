@@ -63,12 +63,6 @@ def cpu_backend(request) -> str:
 
 
 @pytest.fixture
-def tol():
-    """dtype -> dict(rtol=..., atol=...) for comparisons with torch.nn."""
-    return TOLERANCES.__getitem__
-
-
-@pytest.fixture
 def rnn_pair():
     """Factory: (torch.nn module, fusedrnn module) with identical weights.
 

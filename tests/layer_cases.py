@@ -58,6 +58,17 @@ def skip_module_without_triton() -> None:
     )
 
 
+@pytest.fixture
+def poisoned_triton_buffers():
+    """Every buffer the Triton kernels write NaN-filled first (a module of Triton tests imports
+    it with ``pytestmark = pytest.mark.usefixtures(...)``), so an element a kernel forgets to
+    write shows up."""
+    from fusedrnn.ops import triton
+
+    with triton.poison_buffers():
+        yield
+
+
 # tolerance against the reference in the same dtype (rtol = atol)
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 

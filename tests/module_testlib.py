@@ -4,10 +4,14 @@ of the initial state and of each parameter."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
-from conftest import MODES
-from torch.nn.utils.rnn import PackedSequence
+from conftest import MODES, TOLERANCES
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.utils._pytree import tree_map_only
+
+LENGTHS = [4, 2, 5, 1, 2]  # a batch's sequence lengths: unsorted, with ties, max not first
 
 
 def flatten(result) -> list[torch.Tensor]:
@@ -132,3 +136,26 @@ def mode_pair(rnn_pair, mode: str, *args, proj: int = 0, **kwargs):
     """conftest's ``rnn_pair`` for one of its MODES (see ``mode_kwargs``)."""
     cls, kw = mode_kwargs(mode, proj, **kwargs)
     return rnn_pair(cls, *args, **kw)
+
+
+def assert_mode_same(
+    rnn_pair, mode, sizes, *, dtype, backend, num_layers, bidirectional, batch_first=False,
+    bias=True, proj=0, batched=True, with_hx=True, lengths=None, enforce_sorted=False, gen=None,
+    **compare,
+):  # fmt: skip
+    """``mode_pair``'s two modules give the same results (``assert_same``, at TOLERANCES[dtype]
+    unless ``compare`` says otherwise) on ``module_inputs(mode, dtype, sizes, ...)``, packed
+    with ``lengths`` (sorted first where ``enforce_sorted``) where given."""
+    layout = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    ref, mod = mode_pair(
+        rnn_pair, mode, *sizes[2:], proj=proj, bias=bias, backend=backend, dtype=dtype, **layout
+    )
+    x, hx = module_inputs(
+        mode, dtype, sizes, proj=proj, batched=batched, with_hx=with_hx, gen=gen, **layout
+    )
+    pack = None
+    if lengths is not None:
+        lengths = sorted(lengths, reverse=True) if enforce_sorted else lengths
+        options = dict(batch_first=batch_first, enforce_sorted=enforce_sorted)
+        pack = partial(pack_padded_sequence, lengths=lengths, **options)
+    assert_same(ref, mod, x, hx, pack=pack, **{**TOLERANCES[dtype], **compare})

@@ -100,12 +100,16 @@ def test_dtype_and_values_against_torch_nn(case, cpu_backend, dtype, rnn_pair):
     _compare(got, want, dtype, want_dtype=nn_dtype)
 
 
-def test_training_step_under_autocast(cpu_backend, rnn_pair):
+@pytest.mark.parametrize(
+    "cls,dtype,tol", [("RNN", torch.float32, 5e-2), ("LSTM", torch.float64, 1e-12)]
+)
+def test_training_step_under_autocast(cls, dtype, tol, cpu_backend, rnn_pair):
     """Gradients flow to the float32 weights through the cast (as with torch.nn's autocast
-    ops) and agree with torch.nn's within bfloat16's tolerance."""
-    ref, mod = rnn_pair("RNN", I, H, num_layers=2, backend=cpu_backend, dtype=torch.float32)
+    ops) and agree with torch.nn's within bfloat16's tolerance. autocast does not cast
+    float64; neither does the boundary."""
+    ref, mod = rnn_pair(cls, I, H, num_layers=2, backend=cpu_backend, dtype=dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # dtypes too: float32 weight gradients
-        assert_same(ref, mod, torch.randn(T, B, I), rtol=5e-2, atol=5e-2)
+        assert_same(ref, mod, torch.randn(T, B, I, dtype=dtype), rtol=tol, atol=tol)
 
 
 VARIANTS = [  # (class, keyword arguments, autocast dtype) per backend
@@ -126,15 +130,6 @@ def test_variants_under_autocast(backend, cls, kw, dtype):
     with torch.autocast("cpu", dtype=dtype):
         got = mod(x)
     _compare(got, want, dtype, want_dtype=torch.float32)
-
-
-def test_float64_is_left_alone(rnn_pair):
-    """autocast does not cast float64; neither does the boundary."""
-    ref, mod = rnn_pair("LSTM", I, H)  # float64, reference backend
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got, want = mod(x), ref(x)
-    _compare(got, want, torch.float64, atol=1e-12)
 
 
 # ---- triton, under the interpreter ------------------------------------------------------

@@ -24,8 +24,6 @@ import providers as P  # noqa: E402
 import run as bench_run  # noqa: E402
 import variants as bench_variants  # noqa: E402
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 def _small_run(script: str, out: Path, args: str, table_row: str) -> list[dict]:
     """The rows of a small run of bench/<script> (which must exit 0): one CSV, beside one
@@ -82,7 +80,7 @@ def test_quick_run_csv_and_markdown(tmp_path):
     assert {"speedup_headline.png", "time_vs_hidden_fwd.png", "time_vs_batch_fwdbwd.png"} <= names
     for name in names:
         assert f"]({name})" in text
-        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         img = mpimg.imread(out / name)
         assert img.shape[0] > 100 and img.shape[1] > 100
 
@@ -251,21 +249,15 @@ def test_variants_bench_quick(tmp_path):
     assert {"cell loop", "fusedrnn[reference]"} <= {r["provider"] for r in head}
 
 
-@pytest.mark.parametrize(
-    "flags,tag",
-    [({"avx2", "fma"}, "cpu-amd-epyc-2t"), ({"avx2", "avx512f"}, "cpu-amd-epyc-avx512-2t")],
-)
-def test_machine_tag_tells_cpus_of_one_name_apart_by_avx512(monkeypatch, flags, tag):
-    monkeypatch.setattr(measure, "cpu_model", lambda: "AMD EPYC")
-    monkeypatch.setattr(measure, "cpu_flags", lambda: flags)
-    assert measure.machine_tag("cpu", 2) == tag
-
-
-def test_cpu_flags_reads_this_machine():
-    flags = measure.cpu_flags()
+def test_cpu_flags_and_the_machine_tag_that_tells_cpus_of_one_name_apart_by_avx512(monkeypatch):
+    flags = measure.cpu_flags()  # this machine's
     assert isinstance(flags, set)
     if Path("/proc/cpuinfo").is_file() and "x86" in measure.platform.machine():
         assert "sse2" in flags  # every x86-64 CPU has it
+    monkeypatch.setattr(measure, "cpu_model", lambda: "AMD EPYC")
+    for flags, isa in (({"avx2", "fma"}, ""), ({"avx2", "avx512f"}, "-avx512")):
+        monkeypatch.setattr(measure, "cpu_flags", lambda f=flags: f)
+        assert measure.machine_tag("cpu", 2) == f"cpu-amd-epyc{isa}-2t"
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.+-]+/)+[\w.+-]*")

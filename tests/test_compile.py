@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
+from conftest import TOLERANCES
 from layer_cases import triton_interpreting
 from module_testlib import module_input
 
@@ -62,43 +63,33 @@ def _loss_and_grads(model, x, run=None):
 
 
 @pytest.mark.parametrize(
-    "cls,kw,shape",
+    "cls,kw,shape,compiler",
     [
-        ("LSTM", {}, (5, 2, 3)),
-        ("GRU", dict(bidirectional=True), (4, 3, 3)),
-        ("LSTM", dict(proj_size=4, batch_first=True), (2, 5, 3)),
+        ("LSTM", {}, (5, 2, 3), "aot_eager"),
+        ("GRU", dict(bidirectional=True), (4, 3, 3), "aot_eager"),
+        ("LSTM", dict(proj_size=4, batch_first=True), (2, 5, 3), "aot_eager"),
+        ("LSTM", dict(batch_first=True), (2, 5, 3), "inductor"),
     ],
-    ids=["two_layer_lstm", "bidirectional_gru", "lstm_proj_batch_first"],
+    ids=["two_layer_lstm", "bidirectional_gru", "lstm_proj_batch_first", "inductor_batch_first"],
 )
-def test_compile(backend, cls, kw, shape):
+def test_compile(backend, cls, kw, shape, compiler):
+    """fullgraph=True turns any graph break into an error. Inductor (not aot_eager) plans
+    buffers from the ops' fake strides: a batch_first model hands the op a transposed x, and
+    the op's gradient of x must come back with the strides the fake promised, or x.grad is
+    silently permuted."""
+    if compiler == "inductor" and backend == "reference":
+        pytest.skip("plain PyTorch: nothing opaque for Inductor to plan around")
     model = Tagger(getattr(fusedrnn, cls)(3, 6, num_layers=2, backend=backend, **kw)).double()
     x = torch.randn(shape, dtype=torch.float64)
-    torch._dynamo.reset()
-    # fullgraph=True turns any graph break into an error
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    loss_c, grads_c = _loss_and_grads(model, x, compiled)
-    loss_e, grads_e = _loss_and_grads(model, x)
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grads_c, grads_e, rtol=1e-10, atol=1e-12)
-
-
-def test_inductor_batch_first_lstm_matches_torch_nn(backend):
-    """Inductor (not aot_eager) plans buffers from the ops' fake strides: a batch_first model
-    hands the op a transposed x, and the op's gradient of x must come back with the strides
-    the fake promised, or x.grad is silently permuted. Forward and every gradient, x.grad
-    included, against eager torch.nn with the same weights."""
-    if backend == "reference":
-        pytest.skip("plain PyTorch: nothing opaque for Inductor to plan around")
-    ref = Tagger(torch.nn.LSTM(3, 6, num_layers=2, batch_first=True))
-    mod = Tagger(fusedrnn.LSTM(3, 6, num_layers=2, batch_first=True, backend=backend))
-    mod.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 5, 3)
     torch._dynamo.reset()
     # the on-disk caches key on the graph, not on the custom ops' fake kernels: a graph
     # compiled by another version of the ops must not be reused
     with torch._inductor.config.patch(force_disable_caches=True):
-        got = _loss_and_grads(mod, x, torch.compile(mod, backend="inductor", fullgraph=True))
-    torch.testing.assert_close(got, _loss_and_grads(ref, x), rtol=1e-5, atol=1e-5)
+        compiled = torch.compile(model, fullgraph=True, backend=compiler)
+        loss_c, grads_c = _loss_and_grads(model, x, compiled)
+    loss_e, grads_e = _loss_and_grads(model, x)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads_c, grads_e, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -107,7 +98,7 @@ def test_inductor_batch_first_lstm_matches_torch_nn(backend):
 @pytest.mark.parametrize(
     "cls,kw", [("LSTM", {}), ("GRU", {"bidirectional": True})], ids=["LSTM", "GRU-bi"]
 )
-def test_export_matches_eager(cls, kw, backend, batch_first, tol):
+def test_export_matches_eager(cls, kw, backend, batch_first):
     rnn = getattr(fusedrnn, cls)(5, 6, num_layers=2, batch_first=batch_first, backend=backend, **kw)
     model = Tagger(rnn).eval()
     shape = (2, 7, 5) if batch_first else (7, 2, 5)
@@ -119,7 +110,7 @@ def test_export_matches_eager(cls, kw, backend, batch_first, tol):
         expected = model(x)
         got = exported.module()(x)
     for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g, e, **tol(torch.float32))
+        torch.testing.assert_close(g, e, **TOLERANCES[torch.float32])
 
 
 SCRIPTED = {

@@ -10,8 +10,9 @@ CPU, each launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GP
 and the gradient of every differentiable input, with every buffer the kernels write poisoned
 first (NaN), so an element a kernel forgets to write shows up. The reference op, the oracle of
 the rest, is itself checked: its gradcheck (``reference``) and, on the plain cells, torch.nn's
-one-layer modules against it (``torch.nn``, tight tolerance). Half precision and the other grid
-walks of the cuda backend are in tests/test_cuda_backend.py and tests/test_cuda_variants.py.
+one-layer modules against it (``torch.nn``, tight tolerance). Half inputs run in float32 are
+here too; the cuda backend's half precision and other grid walks are in
+tests/test_cuda_backend.py and tests/test_cuda_variants.py.
 
 Backend-specific checks (thread splits, ISA copies, launch counts, grid walks, error messages)
 stay in the backend's own test file.
@@ -31,17 +32,19 @@ from layer_cases import (
     Case,
     assert_close,
     call,
+    cast,
     compare,
     make_inputs,
     outputs_and_grads,
     triton_device,
+    with_leaves,
 )
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
 from fusedrnn.ops import cpu, cuda, library, reference
+from fusedrnn.ops.checks import CELLS
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 TRITON_DEVICE = triton_device()
 needs_triton = [
     pytest.mark.skipif(
@@ -162,13 +165,14 @@ SHAPES = [
     dict(T=2, B=20, I=3, H=40, packed=True, reverse=True),
     dict(T=4, B=3, I=6, H=70, lengths=(4, 3, 3)),
 ]
-# the cuda kernels' launch shapes: B = T = H = 1, one row of many steps, many rows of one step,
-# rows * H = 900 beyond one 256-thread block (several blocks), and 9 x 40 rows, whose bias
-# gradients' two-pass column sum takes several partial chunks
+# the cuda kernels' launch shapes (B, T, I, H): B = T = H = 1, one row of many steps, many rows
+# of one step, H = 300 beyond one 256-thread row (rows * H = 900: several blocks); for the plain
+# cells also 9 x 40 rows, whose bias gradients' two-pass column sum takes several partial chunks
+LAUNCHES = ((1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 4, 5, 300))
 GRIDS = [
     Case(cell, T=T, B=B, I=I, H=H)
     for cell in ("lstm", "gru", "rnn_tanh")
-    for B, T, I, H in ((1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 4, 5, 300))  # noqa: E741
+    for B, T, I, H in LAUNCHES
 ] + [Case("rnn_tanh", T=40, B=9, I=2, H=3)]
 PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
     *GRIDS,
@@ -222,10 +226,9 @@ AWKWARD = [
          lengths=(6, 6, 3, 3, 1), reverse=reverse)
     for cell in ("lstm", "gru")
     for reverse in (False, True)
-] + [  # the cuda kernels' row launches: H = 1, B = 1 or T = 1, H = 300 beyond one 256-thread row
+] + [
     Case(cell, T=T, B=B, I=I, H=H, ln=True, peep=cell == "lstm", zone="hc")
-    for cell in ("lstm", "gru")
-    for B, T, I, H in ((1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 3, 5, 300))  # noqa: E741
+    for cell in ("lstm", "gru") for B, T, I, H in LAUNCHES
 ]  # fmt: skip
 
 
@@ -278,15 +281,12 @@ def test_call_forms(backend, case, dtype, how):
     each output alone must still give the reference gradients. ``wanted``: the other weights
     (and c0) frozen (no requires_grad), the gradients of those that do require grad still
     match the reference's (which must exist). ``transposed``: a batch_first module hands the
-    op a transposed x. Without grad mode nothing is recorded."""
+    op a transposed x."""
     a = backend.inputs(case, dtype)
     if how.get("transposed"):
         a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
         assert not a["x"].is_contiguous()
     backend.check(case, dtype, a=a, pick=how.get("pick"), wanted=how.get("wanted"))
-    with torch.no_grad():
-        outs = call(backend.layer, a)
-    assert not any(o.requires_grad for o in outs if o is not None)
 
 
 @pytest.mark.parametrize(
@@ -301,19 +301,21 @@ def test_call_forms(backend, case, dtype, how):
 )
 def test_repeatable_and_same_without_grad(backend, case):
     """The same call twice bit for bit, outputs and gradients (no atomics), and the same
-    outputs under no_grad (nothing saved for a backward): a result that read uninitialised
-    memory, or a reduction in a varying order, would differ between the runs. Without grad the
-    cuda driver writes the variant cells' per-step rows to [B, .] scratch instead of the [N, .]
-    history, and a GEMM over other row counts may round differently (cuBLAS and the host
-    build's at::mm alike): there, no_grad outputs agree to the float32 tolerance."""
+    outputs under no_grad (nothing saved for a backward, nothing recorded though the inputs
+    require grad): a result that read uninitialised memory, or a reduction in a varying order,
+    would differ between the runs. Without grad the cuda driver writes the variant cells'
+    per-step rows to [B, .] scratch instead of the [N, .] history, and a GEMM over other row
+    counts may round differently (cuBLAS and the host build's at::mm alike): there, no_grad
+    outputs agree to the float32 tolerance."""
     a = backend.inputs(case, torch.float32, seed=5)
     (out1, g1), (out2, g2) = (outputs_and_grads(backend.layer, a) for _ in range(2))
     with torch.no_grad():
-        out3 = call(backend.layer, a)
+        out3 = call(backend.layer, with_leaves(a))
     for name, o1, o2, o3 in zip(("y", "h_n", "c_n"), out1, out2, out3, strict=True):
         assert (o1 is None) == (o2 is None) == (o3 is None), name
         if o1 is None:
             continue
+        assert not o3.requires_grad, name
         assert torch.equal(o1, o2), name
         if backend.name == "cuda-host" and case.variant:
             assert_close(o3, o1, TOL[torch.float32], f"{name} without grad")
@@ -321,6 +323,24 @@ def test_repeatable_and_same_without_grad(backend, case):
             assert torch.equal(o1, o3), f"{name} without grad"
     for k in g1:
         assert torch.equal(g1[k], g2[k]), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize(
+    "case", [Case("lstm", T=3, B=2, I=4, H=5), Case("lstm", ln=True, peep=True, zone="hc")], ids=str
+)
+def test_half_inputs_computed_in_float32(backend, case, dtype):
+    """Half inputs (autocast) that the kernels do not take (the cpu backend's, the triton
+    variants') are computed in float32 and returned in their dtype: the backend's float32 result
+    on the same values, rounded once (the float32 results: the tests above)."""
+    half = backend.inputs(case, dtype)
+    if backend.name != "cpu" and not (backend.name.startswith("triton") and case.variant):
+        pytest.skip("the kernels take these half inputs (the backend's own tests)")
+    want = call(backend.layer, {k: cast(v, torch.float32) for k, v in half.items()})
+    with backend.poison():
+        got = call(backend.layer, half)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype and torch.equal(g, w.to(dtype))
 
 
 # -- numerical gradients ---------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Against the reference op on every cell, shape and option: tests/test_conformance.py; the op
 registration: tests/test_opcheck.py. Here: the work splits over threads, argument errors,
-scratch-buffer reuse, the single-step stack call, the ISA copies and half precision.
+scratch-buffer reuse, the single-step stack call and the ISA copies (half precision, computed in
+float32: tests/test_conformance.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from misc_testlib import ROOT, needs_cpu, run_python
 from module_testlib import assert_outputs_close, flatten, mode_kwargs, random_state
 
 from fusedrnn.ops import cpu, reference
+from fusedrnn.ops.checks import CELLS
 
 _C = cpu._C
 pytestmark = needs_cpu
@@ -29,8 +31,6 @@ needs_test_hooks = pytest.mark.skipif(
     not hasattr(_C, "_gemm"),
     reason="build fusedrnn._C with FUSEDRNN_TEST_HOOKS=1 (as .ci/run does)",
 )
-
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
 @contextlib.contextmanager
@@ -100,22 +100,6 @@ def test_bad_arguments_raise_clear_errors(cell, change, exc, match):
     for op in (reference.layer, cpu.layer) if exc is ValueError else (cpu.layer,):
         with pytest.raises(exc, match=match):
             call(op, {**a, **change})
-
-
-@pytest.mark.parametrize(
-    "case", [Case("lstm", T=3, B=2, I=4, H=5), Case("lstm", ln=True, peep=True, zone="hc")], ids=str
-)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_computed_in_float32(case, dtype):
-    """bf16/fp16 (CPU autocast) run the float32 kernels and come back in the input dtype: equal
-    to the reference on the same values in float32, rounded once at the end (float32 results
-    that differ in the last bits may round to neighbouring values: one unit of the dtype)."""
-    low = layer_cases.make_inputs(case, dtype)
-    want = call(reference.layer, {k: layer_cases.cast(v, torch.float32) for k, v in low.items()})
-    eps = torch.finfo(dtype).eps
-    for g, w in zip(call(cpu.layer, low), want, strict=True):
-        assert g.dtype == dtype
-        torch.testing.assert_close(g, w.to(dtype), rtol=eps, atol=eps)
 
 
 @pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 3)])

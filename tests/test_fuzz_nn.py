@@ -3,15 +3,12 @@ gradients of the input, the initial state and every parameter, with the same wei
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 from conftest import MODES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from module_testlib import assert_same, mode_kwargs, module_inputs
-from torch.nn.utils.rnn import pack_padded_sequence
+from module_testlib import assert_mode_same
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,25 +39,18 @@ def configs(draw):
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow])  # fmt: skip
 @given(c=configs())
-def test_random_configuration_matches_torch_nn(c, rnn_pair, tol):
+def test_random_configuration_matches_torch_nn(c, rnn_pair):
     # the weights come from the global generator: one seed per example makes a failure replay
-    torch.manual_seed(c["seq_len"] * 1000 + c["batch"])
-    layout = {k: c[k] for k in ("num_layers", "bidirectional", "batch_first", "bias")}
-    cls, kwargs = mode_kwargs(c["mode"], c["proj"], dropout=0.0, **layout)
-    ref, mod = rnn_pair(
-        cls, c["input_size"], c["hidden"], backend=c["backend"], dtype=torch.float32, **kwargs
-    )
-    gen = torch.Generator().manual_seed(c["seq_len"] * 1000 + c["batch"])
+    seed = c["seq_len"] * 1000 + c["batch"]
+    torch.manual_seed(seed)
     sizes = (c["seq_len"], c["batch"], c["input_size"], c["hidden"])
-    x, hx = module_inputs(cls, torch.float32, sizes, c["num_layers"], c["bidirectional"],
-                          c["batch_first"], c["proj"], with_hx=c["with_hx"], gen=gen)  # fmt: skip
-    pack = None
-    if c["lengths"] is not None:
-        lengths = sorted(c["lengths"], reverse=True) if c["enforce_sorted"] else c["lengths"]
-        options = dict(batch_first=c["batch_first"], enforce_sorted=c["enforce_sorted"])
-        pack = partial(pack_padded_sequence, lengths=lengths, **options)
+    keys = "num_layers bidirectional batch_first bias proj with_hx lengths enforce_sorted".split()
     # the float32 tolerances, relative to the tensor's largest entry when that exceeds 1: a
     # weight gradient here sums up to 37 * 37 products through 3 layers, and two float32
     # summation orders of entries that large differ by more than 1e-5 (torch.nn's own float32
     # result is that far from its float64 one)
-    assert_same(ref, mod, x, hx, pack=pack, scaled=True, what=str(c), **tol(torch.float32))
+    assert_mode_same(
+        rnn_pair, c["mode"], sizes, dtype=torch.float32, backend=c["backend"],
+        gen=torch.Generator().manual_seed(seed), scaled=True, what=str(c),
+        **{k: c[k] for k in keys},
+    )  # fmt: skip

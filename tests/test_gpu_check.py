@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from operator import itemgetter
 from pathlib import Path
 
 import pytest
@@ -21,16 +22,9 @@ sys.path.insert(0, str(BENCH))
 import providers as P  # noqa: E402
 import run as bench_run  # noqa: E402
 
-EXPECTED_FILES = {"env.json", "results.csv", "results.md", "meta.json", "gpu_check.json",
-                  "summary.md", "gpu_check.log", "speedup_headline.png"}  # fmt: skip
-
 
 def _json(out: Path, name="gpu_check.json") -> dict:
     return json.loads((out / name).read_text())
-
-
-def _rows(out: Path) -> list[dict]:
-    return csv_rows(out / "results.csv", bench_run.COLUMNS)
 
 
 def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
@@ -38,11 +32,11 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
     ratio; its rows under a GPU machine's report state that machine."""
     out, start = tmp_path, time.monotonic()
     # about 20 s here; the budget leaves room for a busy CI machine
-    proc = run_python("-m", "fusedrnn.gpu_check", "--dry-run", "--out", out, "--budget-s", 180,
-                      timeout=300)  # fmt: skip
+    run_python("-m", "fusedrnn.gpu_check", "--dry-run", "--out", out, "--budget-s", 180,
+               timeout=300, check=True)  # fmt: skip
     wall = time.monotonic() - start
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == EXPECTED_FILES
+    assert {p.name for p in out.iterdir()} == {"env.json", "results.csv", "results.md", "meta.json",
+        "gpu_check.json", "summary.md", "gpu_check.log", "speedup_headline.png"}  # fmt: skip
     report = _json(out)
     assert report["mode"] == "dry-run" and report["exit_status"] == 0
     assert report["elapsed_s"] <= report["budget_s"]
@@ -65,11 +59,8 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
         tol_out = P.TOLERANCES[getattr(torch, c["dtype"])][0]
         assert c["status"] == "ok" and c["max_abs_err_out"] <= tol_out, c
     # the benchmark: a row per shape, mode and provider, its ratio from the CSV's own medians
-    rows = _rows(out)
-
-    def key(r):
-        return tuple(r[k] for k in ("dtype", "mode", "B", "T", "I", "H", "layers"))
-
+    rows = csv_rows(out / "results.csv", bench_run.COLUMNS)
+    key = itemgetter("dtype", "mode", "B", "T", "I", "H", "layers")
     nn = {key(r): r for r in rows if r["provider"] == P.TORCH_NN}
     want = {(s.dtype_label, mode, *map(str, (s.B, s.T, s.I, s.H, s.layers)))
             for s in plan.shapes for mode in ("fwd", "fwdbwd")}  # fmt: skip
@@ -105,7 +96,7 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
     assert "SM 1980 / 1980 MHz" in text and "CUDA 13.0" in text
 
 
-def test_budget_allot_and_skip_with_a_fake_clock():
+def test_budget_allots_skips_and_still_reports(tmp_path, capsys):
     now = [100.0]
     budget = gc.Budget(60, clock=lambda: now[0])
     assert budget.allot(max_s=30, reserve_s=10) == 30
@@ -117,36 +108,32 @@ def test_budget_allot_and_skip_with_a_fake_clock():
         now[0] += 7
         return "ok", f"had {allotted:.0f} s"
 
-    phase = gc.run_phase(budget, gc.Phase("a"), gc.Limits(5, 30), 10, work)
-    assert (phase.status, phase.reason, phase.wall_s) == ("ok", "had 25 s", 7)
+    ok = gc.run_phase(budget, gc.Phase("a"), gc.Limits(5, 30), 10, work)
+    assert (ok.status, ok.reason, ok.wall_s) == ("ok", "had 25 s", 7)
     # 28 s left, 25 of them kept for later: 3 s is under this phase's minimum
-    phase = gc.run_phase(budget, gc.Phase("b"), gc.Limits(5, 30), 25, work)
-    assert phase.status == "skipped" and "time budget" in phase.reason
+    skipped = gc.run_phase(budget, gc.Phase("b"), gc.Limits(5, 30), 25, work)
+    assert skipped.status == "skipped" and "time budget" in skipped.reason
     assert now[0] == 132, "a skipped phase must not run"
 
     def broken(allotted):
         raise RuntimeError("kernel exploded")
 
-    phase = gc.run_phase(budget, gc.Phase("c"), gc.Limits(0, 30), 0, broken)
-    assert phase.status == "failed" and "kernel exploded" in phase.reason
-
-
-def test_zero_budget_skips_every_phase_but_still_reports(tmp_path, capsys):
+    failed = gc.run_phase(budget, gc.Phase("c"), gc.Limits(0, 30), 0, broken)
+    assert failed.status == "failed" and "kernel exploded" in failed.reason
+    # a zero budget skips every phase but still reports
     assert gc.main(["--dry-run", "--budget-s", "0", "--out", str(tmp_path)]) == 3
     for p in _json(tmp_path)["phases"][1:]:
         assert p["status"] == "skipped" and "time budget" in p["reason"], p
-    assert _rows(tmp_path) == []
+    assert csv_rows(tmp_path / "results.csv", bench_run.COLUMNS) == []
     assert "Not measured" in (tmp_path / "summary.md").read_text()
     # and the check phase starts no case past its allotment
-    plan = gc.dry_run_plan()
-    phase = gc.Phase("check")
-    status, reason = gc.check_phase(plan, phase, gc.Budget(60), allotted=0)
+    plan, phase = gc.dry_run_plan(), gc.Phase("check")
+    status, _ = gc.check_phase(plan, phase, gc.Budget(60), allotted=0)
     assert status == "skipped" and phase.details["cut_short"]
     assert all(c["status"] == "skipped" for c in phase.details["cases"])
     assert len(phase.details["cases"]) == len(P.CELLS) * len(plan.check_dtypes)
     assert gc.exit_status([phase], gc.BenchState()) == 3
     # exit status 1 if something failed, else 3 if the budget cut something short, else 0
-    ok, skipped, failed = gc.Phase("a", "ok"), gc.Phase("b", "skipped"), gc.Phase("c", "failed")
     assert gc.exit_status([ok], gc.BenchState()) == 0
     assert gc.exit_status([ok, gc.Phase("t", "timeout")], gc.BenchState()) == 3
     assert gc.exit_status([ok], gc.BenchState(skipped=["lstm fwd"])) == 3
@@ -254,10 +241,8 @@ def test_without_gpu_exits_2_and_writes_nothing(capsys):
 
 def test_dry_run_writes_outside_results_and_needs_bench(tmp_path, monkeypatch, capsys):
     out = gc.choose_out(argparse.Namespace(out=None), dry_run=True, tag="dry-run-cpu")
-    try:
-        assert not gc._inside(out, ROOT)
-    finally:
-        out.rmdir()
+    out.rmdir()  # a new empty folder
+    assert not gc._inside(out, ROOT)
     inside = gc.RESULTS / "dry-run-cpu"
     assert gc.main(["--dry-run", "--out", str(inside)]) == 2
     assert not inside.exists()

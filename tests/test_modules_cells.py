@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import MODES
+from conftest import MODES, TOLERANCES
 from module_testlib import assert_outputs_close, assert_same, flatten, random_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,14 +28,14 @@ GRID = [
 
 @pytest.mark.parametrize("name,bias,shape,with_hx", GRID)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cell_matches_torch(name, bias, shape, with_hx, dtype, cpu_backend, tol, rnn_pair):
+def test_cell_matches_torch(name, bias, shape, with_hx, dtype, cpu_backend, rnn_pair):
     batch, in_size, hidden = shape
     cls, extra = CELLS[name]
     ref, mod = rnn_pair(cls, in_size, hidden, bias=bias, backend=cpu_backend, dtype=dtype, **extra)
     lead = () if batch is None else (batch,)
     x = torch.randn(*lead, in_size, dtype=dtype)
     hx = random_state(name, lead, hidden, dtype=dtype) if with_hx else None
-    assert_same(ref, mod, x, hx, **tol(dtype))
+    assert_same(ref, mod, x, hx, **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("name", CELLS)

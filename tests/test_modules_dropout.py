@@ -37,7 +37,8 @@ def test_training_dropout_draws_like_torch(
     mode, bidirectional, num_layers, p, packed, cpu_backend, rnn_pair
 ):
     """With the same seed, torch.nn and fusedrnn drop the same elements: the masks are
-    drawn once per layer output (both directions together), as ATen does."""
+    drawn once per layer output (both directions together), as ATen does. ``module.dropout``
+    is read at every call, and dropout is off in evaluation."""
     layout = dict(num_layers=num_layers, dropout=p, bidirectional=bidirectional)
     ref, mod = mode_pair(rnn_pair, mode, I, H, backend=cpu_backend, **layout)
     x = torch.randn(T, B, I, dtype=torch.float64)
@@ -50,27 +51,12 @@ def test_training_dropout_draws_like_torch(
         assert_outputs_close(other_seed, outs, rtol=0, atol=0)
     else:
         assert not torch.allclose(other_seed[0], outs[0])
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_dropout_is_read_at_every_call_and_off_in_eval(mode, cpu_backend, rnn_pair):
-    ref, mod = mode_pair(rnn_pair, mode, I, H, num_layers=2, backend=cpu_backend)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    no_dropout = _outputs(mod, x)
-    assert_outputs_close(no_dropout, _outputs(ref, x))
-    # in training with p=0: deterministic
-    assert_outputs_close(_outputs(mod, x, seed=1), no_dropout, rtol=0, atol=0)
-    for m in (ref, mod):
-        m.dropout = 0.6
-    dropped = _outputs(mod, x, seed=4)
-    assert not torch.allclose(dropped[0], no_dropout[0])
-    assert_outputs_close(dropped, _outputs(ref, x, seed=4))
-    mod.eval()
-    assert_outputs_close(_outputs(mod, x, seed=4), no_dropout, rtol=0, atol=0)
-    mod.train()
-    assert_outputs_close(_outputs(mod, x, seed=4), dropped, rtol=0, atol=0)
-    mod.dropout = 0.0
-    assert_outputs_close(_outputs(mod, x, seed=4), no_dropout, rtol=0, atol=0)
+    no_dropout = _outputs(mod.eval(), x, 11, packed)
+    assert_outputs_close(no_dropout, _outputs(ref.eval(), x, packed=packed))
+    mod.train().dropout = 0.0  # in training with p=0: deterministic
+    assert_outputs_close(_outputs(mod, x, 11, packed), no_dropout, rtol=0, atol=0)
+    mod.dropout = p
+    assert_outputs_close(_outputs(mod, x, 11, packed), outs, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("p", [0.25, 0.6])

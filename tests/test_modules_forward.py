@@ -2,18 +2,18 @@
 against torch.nn with identical weights.
 
 Every output (output, h_n, c_n: values, shapes, dtypes, tuple structure) and every gradient
-(input, h0, c0, each parameter) is compared, over the full argument grid, on every backend
-that runs on CPU tensors.
+(input, h0, c0, each parameter) is compared, over the full argument grid, dense and packed
+(in the input's packing), on every backend that runs on CPU tensors.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from conftest import MODES
-from module_testlib import assert_same, flatten, mode_kwargs, mode_pair, module_inputs
-
-import fusedrnn
+from module_testlib import LENGTHS, assert_mode_same, assert_same, flatten, mode_pair, module_inputs
 
 T, B, I, H, P = 3, 2, 3, 5, 2
 
@@ -24,33 +24,14 @@ MODE_PROJ = [(m, 0) for m in MODES] + [("LSTM", P)]  # a projection only for the
 # float64 over the full grid; float32 with fewer layers, always with an initial state
 DTYPE_LAYERS_HX = [(torch.float64, n, hx) for n in (1, 2, 3) for hx in (False, True)]
 DTYPE_LAYERS_HX += [(torch.float32, n, True) for n in (1, 2)]
-
-
-@pytest.mark.parametrize("mode,proj", MODE_PROJ, ids=[f"{m}-p{p}" for m, p in MODE_PROJ])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tf", "bf"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("batched", [True, False], ids=["3d", "2d"])
-@pytest.mark.parametrize(
-    "dtype,num_layers,with_hx",
-    DTYPE_LAYERS_HX,
-    ids=[f"{str(d)[6:]}-L{n}-{'hx' if h else 'nohx'}" for d, n, h in DTYPE_LAYERS_HX],
-)
-def test_grid(
-    mode, proj, bidirectional, batch_first, bias, batched, dtype, num_layers, with_hx,
-    cpu_backend, rnn_pair, tol,
-):  # fmt: skip
-    layout = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
-    ref, mod = mode_pair(
-        rnn_pair, mode, I, H, proj=proj, bias=bias, backend=cpu_backend, dtype=dtype, **layout
-    )
-    x, hx = module_inputs(
-        mode, dtype, (T, B, I, H), proj=proj, batched=batched, with_hx=with_hx, **layout
-    )
-    assert_same(ref, mod, x, hx, **tol(dtype))
-
-
-AWKWARD = [  # ((seq_len, batch, input_size, hidden), proj)
+FLAGS = [(False, True)] * 2 + [(True, False)] * 2  # bidirectional, batch_first, bias, batched
+GRID = [
+    dict(mode=m, proj=p, sizes=(T, B, I, H), bidirectional=bi, batch_first=bf, bias=bias,
+         batched=batched, dtype=dtype, num_layers=n, with_hx=hx)
+    for (m, p), bi, bf, bias, batched, (dtype, n, hx) in itertools.product(
+        MODE_PROJ, *FLAGS, DTYPE_LAYERS_HX)
+]  # fmt: skip
+AWKWARD = [  # ((seq_len, batch, input_size, hidden), proj): two time-major layers
     ((1, 1, 1, 1), 0),
     ((1, 4, 2, 3), 0),
     ((6, 1, 1, 7), 0),
@@ -59,23 +40,37 @@ AWKWARD = [  # ((seq_len, batch, input_size, hidden), proj)
     ((7, 5, 4, 9), 4),
     ((2, 1, 3, 3), 2),
 ]
+GRID += [
+    dict(mode=m, proj=p, sizes=sizes, bidirectional=bi, dtype=dtype, num_layers=2, with_hx=hx)
+    for m in MODES for sizes, p in AWKWARD if m == "LSTM" or not p
+    for bi in (False, True) for hx in (False, True) for dtype in (torch.float64, torch.float32)
+]  # fmt: skip
+# packed input, (dtype, num_layers, batch_first, enforce_sorted, with_hx, lengths): float64 over
+# every layout, float32 for two time-major layers, unsorted, with an initial state; short batches
+PACKED = [(torch.float64, *c, LENGTHS) for c in itertools.product((1, 2), *[(False, True)] * 3)]
+PACKED += [(torch.float32, 2, False, False, True, LENGTHS)]
+PACKED += [(torch.float64, 1, False, False, False, n) for n in ([1], [3], [1, 1, 1], [3, 1])]
+GRID += [
+    dict(mode=m, proj=p, sizes=(max(lengths), len(lengths), I, H), bidirectional=bi,
+         dtype=dtype, num_layers=n, batch_first=bf, enforce_sorted=es, with_hx=hx, lengths=lengths)
+    for (m, p), bi, (dtype, n, bf, es, hx, lengths) in itertools.product(
+        MODE_PROJ, (False, True), PACKED)
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "mode,sizes,proj", [(m, *row) for m in MODES for row in AWKWARD if m == "LSTM" or not row[1]]
-)
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_awkward_shapes(
-    mode, sizes, proj, bidirectional, with_hx, dtype, cpu_backend, tol, rnn_pair
-):
-    layout = dict(num_layers=2, bidirectional=bidirectional)
-    ref, mod = mode_pair(
-        rnn_pair, mode, *sizes[2:], proj=proj, backend=cpu_backend, dtype=dtype, **layout
+def _id(row):
+    on = [k for k in ("bidirectional", "batch_first", "with_hx", "enforce_sorted") if row.get(k)]
+    on += [f"packed{row['lengths']}".replace(" ", "")] if row.get("lengths") else []
+    off = [f"no_{k}" for k in ("bias", "batched") if not row.get(k, True)]
+    sizes, dtype = "x".join(map(str, row["sizes"])), str(row["dtype"])[6:]
+    return "-".join(
+        [row["mode"], f"p{row['proj']}", sizes, dtype, f"L{row['num_layers']}", *on, *off]
     )
-    x, hx = module_inputs(mode, dtype, sizes, proj=proj, with_hx=with_hx, **layout)
-    assert_same(ref, mod, x, hx, **tol(dtype))
+
+
+@pytest.mark.parametrize("row", GRID, ids=_id)
+def test_matches_torch_nn(row, cpu_backend, rnn_pair):
+    assert_mode_same(rnn_pair, backend=cpu_backend, **row)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -125,15 +120,13 @@ def test_lstm_state_forms(cls, x_lead, h_lead, cpu_backend, rnn_pair):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_unbatched_equals_a_batch_of_one(mode, batch_first, cpu_backend):
+def test_unbatched_equals_a_batch_of_one(mode, batch_first, cpu_backend, rnn_pair):
     """The no-batch-dim contract of torch.nn's ModuleInfo tests, checked without torch.nn
-    (against torch.nn, unbatched and batched: test_grid)."""
+    (against torch.nn, unbatched and batched: test_matches_torch_nn)."""
     proj = P if mode == "LSTM" else 0
-    cls, kw = mode_kwargs(mode, proj, num_layers=2, batch_first=batch_first, bidirectional=True)
-    mod = getattr(fusedrnn, cls)(I, H, backend=cpu_backend, **kw).double()
-    x, hx = module_inputs(
-        mode, torch.float64, (T, B, I, H), batch_first=batch_first, proj=proj, batched=False
-    )
+    layout = dict(num_layers=2, bidirectional=True, batch_first=batch_first)
+    _, mod = mode_pair(rnn_pair, mode, I, H, proj=proj, backend=cpu_backend, **layout)
+    x, hx = module_inputs(mode, torch.float64, (T, B, I, H), proj=proj, batched=False, **layout)
     out, state = mod(x, hx)
     batched_hx = tuple(h.unsqueeze(1) for h in hx) if mode == "LSTM" else hx.unsqueeze(1)
     x1 = x.unsqueeze(0 if batch_first else 1)

@@ -1,20 +1,13 @@
-"""PackedSequence input: values, state order, gradients and round trips vs torch.nn,
-and against an independent oracle (each sequence run alone, unpadded)."""
+"""PackedSequence input against an independent oracle: each sequence run alone, unpadded
+(against torch.nn: test_modules_forward.py)."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from conftest import MODES, TOLERANCES
-from module_testlib import assert_same, flatten, mode_kwargs, mode_pair, module_inputs, random_state
-from torch.nn.utils.rnn import (
-    pack_padded_sequence,
-    pack_sequence,
-    pad_packed_sequence,
-    pad_sequence,
-)
+from conftest import MODES
+from module_testlib import LENGTHS, flatten, mode_kwargs, random_state
+from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence, pad_sequence
 from torch.utils._pytree import tree_map_only
 
 import fusedrnn
@@ -22,35 +15,7 @@ import fusedrnn
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 I, H, P = 3, 5, 2
-LENGTHS = [4, 2, 5, 1, 2]  # unsorted, with ties, max not first
-
-
 MODE_PROJ = [(m, 0) for m in MODES] + [("LSTM", P)]  # a projection only for the LSTM
-# (dtype, num_layers, batch_first, enforce_sorted, with_hx, lengths): float64 over every
-# layout, float32 for two time-major layers, unsorted, with an initial state; short batches
-LAYOUTS = [(torch.float64, *c, LENGTHS) for c in itertools.product((1, 2), *[(False, True)] * 3)]
-LAYOUTS += [(torch.float32, 2, False, False, True, LENGTHS)]
-LAYOUTS += [(torch.float64, 1, False, False, False, n) for n in ([1], [3], [1, 1, 1], [3, 1])]
-
-
-@pytest.mark.parametrize("mode,proj", MODE_PROJ)
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("dtype,num_layers,batch_first,enforce_sorted,with_hx,lengths", LAYOUTS)
-def test_packed_matches_torch(
-    mode, proj, bidirectional, dtype, num_layers, batch_first, enforce_sorted, with_hx, lengths,
-    cpu_backend, rnn_pair,
-):  # fmt: skip
-    """The same results as torch.nn, in the input's packing, on a random padded batch."""
-    layout = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
-    ref, mod = mode_pair(
-        rnn_pair, mode, I, H, proj=proj, backend=cpu_backend, dtype=dtype, **layout
-    )
-    if enforce_sorted:
-        lengths = sorted(lengths, reverse=True)
-    sizes = (max(lengths), len(lengths), I, H)
-    padded, hx = module_inputs(mode, dtype, sizes, proj=proj, with_hx=with_hx, **layout)
-    pack = lambda x: pack_padded_sequence(x, lengths, batch_first, enforce_sorted)  # noqa: E731
-    assert_same(ref, mod, padded, hx, pack=pack, **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("mode,proj", MODE_PROJ)

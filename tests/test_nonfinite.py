@@ -19,8 +19,6 @@ from hypothesis import strategies as st
 from layer_cases import triton_interpreting
 from module_testlib import mode_pair, outputs_and_grads
 
-import fusedrnn
-
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 SITES = ["x", "h0", "c0", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
 
@@ -50,9 +48,6 @@ def _check(rnn_pair, cell, backend, site, value, where, T, B, I, H, layers, bidi
 
 
 @pytest.mark.skipif(triton_interpreting(), reason="the CPU backends run in the ordinary process")
-@pytest.mark.parametrize(
-    "backend", [b for b in ("reference", "cpu") if b in fusedrnn.available_backends("cpu")]
-)
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(
@@ -61,8 +56,10 @@ def _check(rnn_pair, cell, backend, site, value, where, T, B, I, H, layers, bidi
     T=st.integers(1, 4), B=st.integers(1, 3), I=st.integers(1, 5), H=st.integers(1, 5),
     layers=st.integers(1, 2), bidirectional=st.booleans(),
 )  # fmt: skip
-def test_nonfinite_pattern_matches_torch_nn(rnn_pair, backend, cell, site, value, where, **shape):
-    _check(rnn_pair, cell, backend, site, value, where, **shape)
+def test_nonfinite_pattern_matches_torch_nn(
+    rnn_pair, cpu_backend, cell, site, value, where, **shape
+):
+    _check(rnn_pair, cell, cpu_backend, site, value, where, **shape)
 
 
 @pytest.mark.skipif(not triton_interpreting(), reason="triton runs on CPU tensors when interpreted")

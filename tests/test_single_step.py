@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import MODES
+from conftest import MODES, TOLERANCES
 from module_testlib import assert_outputs_close, assert_same, flatten, random_state
 
 import fusedrnn
@@ -26,18 +26,7 @@ def _rows(cases):
 
 CASES = _rows([*MODES.values(), ("LSTM", {"proj_size": 3})])  # (class name, keyword arguments)
 CELLS = _rows((f"{cls}Cell", kw) for cls, kw in MODES.values())
-TOL = {torch.float32: {"rtol": 2e-6, "atol": 2e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
-F32 = TOL[torch.float32]
-
-
-@pytest.fixture(params=STEP_BACKENDS)
-def backend(request):
-    return request.param
-
-
-@pytest.fixture(params=[torch.float32, torch.float64])
-def dtype(request):
-    return request.param
+TOL = {**TOLERANCES, torch.float32: {"rtol": 2e-6, "atol": 2e-6}}  # float32 tighter
 
 
 @pytest.fixture
@@ -56,8 +45,10 @@ def count_steps(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cls,kw", CASES + CELLS)
-def test_one_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, tol, rnn_pair):
+def test_one_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, rnn_pair):
     """Without autograd every call is one stack_step: a module's, over three calls carrying
     the state as sampling does; a cell's, one layer, unbatched (batch None) or batched (6 is
     above the small-row product's limit), with or without a state. With autograd a single
@@ -84,10 +75,12 @@ def test_one_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, tol, rn
         assert len(count_steps) - before == calls, "the fast path was not taken"
     before = len(count_steps)
     ref, mod = rnn_pair(cls, 5, 70, *(() if cell else (2,)), dtype=dtype, backend=backend, **kw)
-    assert_same(ref, mod, torch.randn(*((6,) if cell else (1, 6)), 5, dtype=dtype), **tol(dtype))
+    x = torch.randn(*((6,) if cell else (1, 6)), 5, dtype=dtype)
+    assert_same(ref, mod, x, **TOLERANCES[dtype])
     assert len(count_steps) == before
 
 
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
 def test_fast_path_not_taken_for_dropout_or_two_directions(backend, count_steps):
     """Inter-layer dropout in training (the layer path draws the masks) and a second
     direction take the layer path, as autograd does (test_one_step_matches_torch_nn)."""
@@ -122,7 +115,7 @@ def test_shortcut_skips_the_general_path_only_for_its_calls(
         return random_state(cls, (batch,) if cell else (2, batch), 7, dtype=dtype)
 
     def same(x, s):
-        torch.testing.assert_close(mod(x, s), ref(x, s), **F32)
+        torch.testing.assert_close(mod(x, s), ref(x, s), **TOL[torch.float32])
 
     with torch.no_grad():
         x = torch.randn(3, 5) if cell else torch.randn(1, 3, 5)

@@ -1,13 +1,11 @@
 """The triton backend: what is particular to it (the comparisons of every case with the
 reference op are tests/test_conformance.py, the argument checks tests/test_triton_variants.py).
 
-On a machine without CUDA the kernels run on CPU tensors under the Triton
-interpreter, which must be chosen before triton is first imported (and
-``import fusedrnn`` already imports it, through torch._dynamo), so run this module
-as ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_backend.py``; without
-that (and without CUDA) it skips. With CUDA the same checks run on CUDA tensors
-(marked ``gpu``). Every buffer the kernels write is NaN-poisoned first, so an
-element a kernel forgets to write shows up in the comparison.
+Without CUDA the kernels run on CPU tensors under the Triton interpreter, chosen before triton
+is first imported (``import fusedrnn`` imports it, through torch._dynamo): run this module as
+``TRITON_INTERPRET=1 python -m pytest tests/test_triton_backend.py``; without that (and without
+CUDA) it skips. With CUDA the same checks run on CUDA tensors (marked ``gpu``). Every buffer the
+kernels write is NaN-poisoned first (``layer_cases.poisoned_triton_buffers``).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-from layer_cases import Case, call, with_leaves  # noqa: E402
+from layer_cases import Case, call, poisoned_triton_buffers, with_leaves  # noqa: E402, F401
 from misc_testlib import needs_interpreter  # noqa: E402
 from module_testlib import assert_same, random_state  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
@@ -26,20 +24,13 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 import fusedrnn  # noqa: E402
 from fusedrnn.ops import library  # noqa: E402
 from fusedrnn.ops import triton as tb  # noqa: E402
+from fusedrnn.ops.checks import CELLS  # noqa: E402
 from fusedrnn.ops.triton.configs import PERSISTENT_CONFIGS  # noqa: E402
-
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-PATHS = ("step", "cooperative", "persistent")
+from fusedrnn.ops.triton.persistent import PATHS  # noqa: E402
 
 DEVICES = layer_cases.triton_devices() or layer_cases.skip_module_without_triton()
 DEVICE = layer_cases.triton_device()  # of the tests that do not run on every device
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    with tb.poison_buffers():
-        yield
-
+pytestmark = pytest.mark.usefixtures("poisoned_triton_buffers")
 
 # the largest H of each cell's persistent kernels, which the automatic choice takes up to it
 LIMIT = {cell: max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell) for cell in CELLS}

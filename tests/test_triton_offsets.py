@@ -4,7 +4,7 @@ Offsets into the sequence-long buffers (``[T, B, G*H]`` gate gradients, ``[T+1, 
 histories, ``[N, G*H]`` packed inputs) pass 2**31 elements at sizes that fit on one GPU, and
 Triton does integer arithmetic in the width of its operands: an int32 sum wraps before it
 reaches the pointer. The rule checked here, per ``@triton.jit`` function (an AST scan, no
-triton import needed):
+triton import needed; the launch tests below import it):
 
 * an *offset* -- a parameter named ``*_off``, ``hs_r``/``hs_w`` or ``cs_r``/``cs_w``, which the
   launchers compute as ``t * B * width`` -- must be added straight to a pointer (``ptr + off +
@@ -30,6 +30,11 @@ import re
 from dataclasses import replace
 
 import pytest
+import torch
+from layer_cases import Case, make_inputs
+
+from fusedrnn import compile_report
+from fusedrnn.ops import library
 
 KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
 OFFSET_NAME = re.compile(r"(_off$|^(hs|cs)_[rw]$)")
@@ -188,10 +193,6 @@ def _layer_launches(dtype, cases):
     """``(case, path, launches)`` of the layer op's forward and backward (with every output's
     gradient) on each case's inputs, on every kernel path that takes them (the persistent
     kernels take no projection; the variant kernels have one path)."""
-    import torch
-    from layer_cases import make_inputs
-
-    from fusedrnn.ops import library
     from fusedrnn.ops.triton import layer_op
     from fusedrnn.ops.triton.persistent import PATHS, kernel_path
     from fusedrnn.ops.triton.runtime import capture_launches
@@ -220,11 +221,6 @@ def test_a_sequence_compiles_each_kernel_once_as_planned():
     sequences with H = 20, not a multiple of 16, whose per-step offsets alternate between
     multiples of 16, other values and 1, through every cell's kernels on every path) is among
     the compile report's compiles, attributes and constants included."""
-    import torch
-    from layer_cases import Case
-
-    from fusedrnn import compile_report
-
     planned = {replace(j, precision="", arch=0) for j in compile_report.jobs([90], ["fp32"])}
     seq = dict(T=5, B=3, I=8, H=20, lengths=(5, 3, 2))
     cases = [Case(cell, **seq, **options) for cell, options in (
@@ -252,11 +248,6 @@ def test_the_half_precision_layer_op_launches_only_planned_kernels(precision):
     """The layer op's own launches in half precision (forward and backward with every
     output's gradient, on every kernel path) are compiles of the report: the LSTM's ``dCs``
     arrives in the dtype of ``Cs`` (float32), not the op's."""
-    import torch
-    from layer_cases import Case
-
-    from fusedrnn import compile_report
-
     planned = set(compile_report.jobs([0], [precision]))
     dt = getattr(torch, compile_report.PRECISIONS[precision][0])
     # a shape of compile_report.SHAPES

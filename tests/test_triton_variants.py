@@ -1,6 +1,6 @@
 """The triton variant kernels (layer norm, zoneout, peephole, CIFG): what is particular to
-them (their launch counts are in ``test_triton_backend.py``), torch.compile, half inputs, and
-the triton layer op's argument checks.
+them (their launch counts are in ``test_triton_backend.py``), torch.compile and the triton
+layer op's argument checks (half inputs, computed in float32: tests/test_conformance.py).
 Every option, shape and dtype against the reference op (outputs, every gradient, one output
 alone, gradient selection, repeatability, gradcheck) is tests/test_conformance.py.
 The tests run under the Triton interpreter or on CUDA tensors, every buffer NaN-poisoned,
@@ -15,11 +15,13 @@ import torch
 pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
-from layer_cases import Case, assert_close, call, cast, with_leaves  # noqa: E402
-from test_triton_backend import DEVICE, _poison  # noqa: E402, F401 -- autouse: NaN-poisoned buffers
+from layer_cases import Case, assert_close, call, poisoned_triton_buffers, with_leaves  # noqa: E402, F401
 
 from fusedrnn.ops import library, reference  # noqa: E402
 from fusedrnn.ops.triton import layer as triton_layer  # noqa: E402
+
+DEVICE = layer_cases.triton_device() or layer_cases.skip_module_without_triton()
+pytestmark = pytest.mark.usefixtures("poisoned_triton_buffers")
 
 
 def _inputs(case: Case) -> dict:
@@ -87,12 +89,3 @@ def test_bad_arguments(case, change, error, message):
         call(triton_layer, a)
     if message is None:
         assert str(got.value) == str(want.value)
-
-
-def test_half_inputs_are_computed_in_float32():
-    """Half inputs (autocast) are computed in float32, which the kernels take, and returned in
-    half: the float32 result on the same values, rounded once."""
-    half = {k: cast(v, torch.half) for k, v in _inputs(MASKED).items()}
-    want = call(triton_layer, {k: cast(v, torch.float) for k, v in half.items()})
-    for g, w in zip(call(triton_layer, half), want, strict=True):
-        assert g.dtype == torch.float16 and torch.equal(g, w.half())

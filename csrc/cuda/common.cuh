@@ -97,18 +97,13 @@ struct Tag {
 
 template <class F>
 bool with_dtype(DType dt, F&& f) {
-  if (dt == DType::f32) {
-    f(Tag<float>{});
-  } else if (dt == DType::f64) {
-    f(Tag<double>{});
-  } else if (dt == DType::f16) {
-    f(Tag<__half>{});
-  } else if (dt == DType::bf16) {
-    f(Tag<__nv_bfloat16>{});
-  } else {
-    return false;
+  switch (dt) {
+    case DType::f32: f(Tag<float>{}); return true;
+    case DType::f64: f(Tag<double>{}); return true;
+    case DType::f16: f(Tag<__half>{}); return true;
+    case DType::bf16: f(Tag<__nv_bfloat16>{}); return true;
   }
-  return true;
+  return false;
 }
 
 template <class F>

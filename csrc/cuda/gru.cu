@@ -137,20 +137,18 @@ struct GruRowBwdOp {
 };
 
 cudaError_t gru_forward_step(DType dt, const GruFwdArgs& a, cudaStream_t s) {
-  if (!a.any()) {
-    return launch_status(dispatch_op<GruFwdOp>(dt, a, KernelRun{s, a.rows * a.hidden},
-                                               a.b_hh != nullptr, a.h_prev != nullptr));
-  }
   return launch_status(
-      dispatch_op<GruRowFwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden}, a.ln_hh_w != nullptr));
+      a.any() ? dispatch_op<GruRowFwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
+                                         a.ln_hh_w != nullptr)
+              : dispatch_op<GruFwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}, a.b_hh != nullptr,
+                                      a.h_prev != nullptr));
 }
 
 cudaError_t gru_backward_step(DType dt, const GruBwdArgs& a, cudaStream_t s) {
-  if (!a.any()) {
-    return launch_status(dispatch_plain<GruBwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}));
-  }
   return launch_status(
-      dispatch_op<GruRowBwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden}, a.ln_hh_w != nullptr));
+      a.any() ? dispatch_op<GruRowBwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
+                                         a.ln_hh_w != nullptr)
+              : dispatch_plain<GruBwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}));
 }
 
 }  // namespace cuda

@@ -301,20 +301,18 @@ struct ZoneBwdOp {
 };
 
 cudaError_t lstm_forward_step(DType dt, const LstmFwdArgs& a, cudaStream_t s) {
-  if (!a.any()) {
-    return launch_status(dispatch_op<LstmFwdOp>(dt, a, KernelRun{s, a.rows * a.hidden},
-                                                a.b_hh != nullptr, a.h_prev != nullptr, a.proj));
-  }
-  return launch_status(dispatch_op<LstmRowFwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
-                                                 a.ln_hh_w != nullptr, a.w_ch != nullptr, a.cifg));
+  return launch_status(
+      a.any() ? dispatch_op<LstmRowFwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
+                                          a.ln_hh_w != nullptr, a.w_ch != nullptr, a.cifg)
+              : dispatch_op<LstmFwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}, a.b_hh != nullptr,
+                                       a.h_prev != nullptr, a.proj));
 }
 
 cudaError_t lstm_backward_step(DType dt, const LstmBwdArgs& a, cudaStream_t s) {
-  if (!a.any()) {
-    return launch_status(dispatch_op<LstmBwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}, a.proj));
-  }
-  return launch_status(dispatch_op<LstmRowBwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
-                                                 a.ln_hh_w != nullptr, a.w_ch != nullptr, a.cifg));
+  return launch_status(
+      a.any() ? dispatch_op<LstmRowBwdOp>(dt, a, RowKernelRun{s, a.rows, a.hidden},
+                                          a.ln_hh_w != nullptr, a.w_ch != nullptr, a.cifg)
+              : dispatch_op<LstmBwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}, a.proj));
 }
 
 cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& a, cudaStream_t stream) {

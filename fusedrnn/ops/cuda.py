@@ -15,6 +15,7 @@ the extension; ``is_available()`` does both, lazily.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from types import ModuleType
@@ -28,14 +29,10 @@ from .checks import check_layer, gate_count
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-_ext: ModuleType | None = None
 
-
+@functools.cache
 def _load_ext() -> ModuleType:
-    global _ext
-    if _ext is None:
-        _ext = importlib.import_module("fusedrnn._C_cuda")
-    return _ext
+    return importlib.import_module("fusedrnn._C_cuda")
 
 
 def is_available() -> bool:

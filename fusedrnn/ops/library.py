@@ -7,21 +7,18 @@ functions of a :data:`LayerArgs` tuple and gets two custom ops in the ``fusedrnn
     fusedrnn::<backend>_layer_bwd(<LAYER_ARGS>, Tensor[] buffers, Tensor?[] grads, bool[] needs)
                                   -> Tensor[] one gradient per GRAD_INPUTS entry
 
-plus the public ``layer`` with the contract signature (fusedrnn/ops/CONTRACT.md). Schema, fake
-backward, setup_context, the needed-gradient list and the autograd registration all come from
-:data:`LAYER_ARGS`, whose rows are ``(name, schema type, differentiable)``; a new option is one
-row here and a branch in each backend's kernels.
+plus the public ``layer`` with the contract signature; ``save``, ``needs`` and the eager path are
+described in fusedrnn/ops/CONTRACT.md. Schema, fake backward, setup_context, the needed-gradient
+list and the autograd registration all come from :data:`LAYER_ARGS`; a new option is one row
+here and a branch in each backend's kernels.
 
 - The forward returns *buffers* (whatever the backward needs: state histories, saved gates)
   rather than ``(y, h_n, c_n)``, because a custom op's outputs may not alias each other;
   ``unpack`` turns them into ``(y, h_n, c_n)`` with views and indexing that Dynamo traces.
-- ``save`` (the last argument) is True only when a backward can follow: grad mode on and some
-  differentiable input requiring grad. It is decided in ``layer``, before the op, so eager
-  no-grad calls, ``torch.inference_mode`` and compiled inference all skip writing the
-  activations a backward would read. A backward after ``save=False`` raises.
-- ``needs`` is one bool per :data:`GRAD_INPUTS` entry: wanted by autograd and not None. The
-  backward op returns an empty placeholder for each gradient not needed (custom ops return
-  no None) and the autograd glue maps those to None.
+- ``save`` is decided in ``layer``, before the op, so eager no-grad calls,
+  ``torch.inference_mode`` and compiled inference all skip writing what a backward would read.
+- The backward op returns an empty placeholder for each gradient not in ``needs`` (custom ops
+  return no None) and the autograd glue maps those to None.
 - Output gradients autograd did not compute stay None (``set_materialize_grads(False)``):
   materialised, the saved buffers' would be zeros the size of the activations, per backward.
 - ``register_fake`` gives both ops meta shapes, so ``torch.compile(fullgraph=True)`` sees two
@@ -259,10 +256,9 @@ def define_layer(
 
     class EagerLayer(torch.autograd.Function):
         """The same autograd rule for eager calls that record a graph (why: the module
-        docstring); compiled code keeps the registered rule. While anything observes the
-        dispatcher (:func:`_unwatched`) the ops themselves are called, so dispatch modes (fake
-        tensors, profilers, opcheck's capture in tests/test_opcheck.py) see them as in compiled
-        code; otherwise their Python bodies run directly."""
+        docstring; compiled code keeps the registered rule). While anything observes the
+        dispatcher (:func:`_unwatched`) the ops themselves run, so that dispatch modes see them
+        as in compiled code; otherwise their Python bodies do."""
 
         @staticmethod
         def forward(ctx, *args):

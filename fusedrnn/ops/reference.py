@@ -4,19 +4,10 @@ This is the oracle every fused backend is tested against. It is differentiated b
 so it has no backward of its own, and it follows PyTorch's conventions exactly (gate order,
 GRU's ``b_hn`` inside the reset product, cuDNN-style packed sequences).
 
-The cell variants are keyword-only options of the same op (math in ``docs/variants.md``);
-with all of them off each cell is exactly torch.nn's:
-
-- layer norm (on when ``ln_ih_w`` is given): the input and recurrent projections are each
-  normalised over their full G*H features before the biases are added; LSTM also normalises
-  c_t inside ``h_t = o * tanh(LN_c(c_t))`` (the carried c_t stays unnormalised).
-- peephole (on when ``w_ch`` is given, LSTM): ``i += w_ci*c_{t-1}``, ``f += w_cf*c_{t-1}``,
-  ``o += w_co*c_t``; ``w_ch`` rows are (i, f, o), or (i, o) with cifg.
-- cifg (LSTM): ``f = 1 - i``; weights have 3 gate blocks in the order i, g, o.
-- zoneout: with a mask (training), ``h_t = m*h_{t-1} + (1-m)*h~_t`` (m = 1 keeps the old
-  value); without a mask but p > 0 (evaluation), ``h_t = p*h_{t-1} + (1-p)*h~_t``. The same for
-  c with ``mask_c`` / ``zoneout_c``. The output y_t is the zoned-out h_t. Masks are laid out
-  like ``y`` ([T, B, Hout] or packed [N, Hout]).
+The cell variants (layer norm, peephole, CIFG, zoneout) are keyword-only options of the same
+op, all off by default (each cell is then exactly torch.nn's); their math is docs/variants.md.
+Zoneout here: a given mask (training) keeps the old value where it is 1; without one, p > 0
+(evaluation) blends ``p * old + (1 - p) * new``.
 """
 
 from __future__ import annotations
@@ -29,6 +20,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from .checks import CELLS, GATES, check_cell_and_options
+from .library import OPTION_DEFAULTS as OPTIONS
 
 __all__ = ["CELLS", "GATES", "layer", "step_slices"]
 
@@ -150,21 +142,9 @@ def layer(
     mask_h: Tensor | None = None,  # like y: [T, B, Hout] or [N, Hout]; training zoneout
     mask_c: Tensor | None = None,  # [T, B, H] or [N, H]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Run one layer in one direction over a whole sequence.
-
-    Returns ``y`` ([T, B, Hout], or [N, Hout] for packed input), ``h_n``
-    ([B, Hout]) and ``c_n`` ([B, H] for LSTM; the other cells return ``c0`` as given, None
-    from the stack driver).
-
-    Packed input is processed as cuDNN does: step ``t`` computes only the first
-    ``batch_sizes[t]`` rows. Rows that have ended keep their last state (forward
-    direction); rows that have not started yet still hold ``h0`` (reverse).
-    """
-    check_cell_and_options(cell, w_ih, w_hh, dict(
-        cifg=cifg, ln_ih_w=ln_ih_w, ln_ih_b=ln_ih_b, ln_hh_w=ln_hh_w, ln_hh_b=ln_hh_b,
-        ln_c_w=ln_c_w, ln_c_b=ln_c_b, w_ch=w_ch, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
-        mask_h=mask_h, mask_c=mask_c,
-    ))  # fmt: skip
+    """Run one layer in one direction over a whole sequence -> (y, h_n, c_n): the contract of
+    fusedrnn/ops/CONTRACT.md, packed semantics included (the cells but the LSTM return c0)."""
+    check_cell_and_options(cell, w_ih, w_hh, {k: v for k, v in locals().items() if k in OPTIONS})
     packed = batch_sizes is not None
     batch = h0.shape[0]
     seq_len = batch_sizes.numel() if packed else x.shape[0]

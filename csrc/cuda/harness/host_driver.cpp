@@ -5,6 +5,7 @@
 // their blocks, and within a block every collective operation (rowblock.cuh) walks the threads
 // one after the other, with the GPU's partition of the work and its summation order. Built by
 // tests/cuda_host.py with torch.utils.cpp_extension (CPU tensors).
+#include <type_traits>
 #include <vector>
 
 #include "cuda/common.cuh"
@@ -23,8 +24,8 @@ uint32_t g_max_blocks = kMaxBlocks;
 bool g_backwards = false;
 uint32_t g_threads = 0;
 
-// What kernel.cuh provides to the .cu files under nvcc: the status of a
-// launch (here only an unknown dtype fails) and the walks that stand in for the launches.
+// What kernel.cuh provides to the .cu files under nvcc: launch_status (here only an unknown
+// dtype fails) and launch_grid, here the walks that stand in for the launches.
 inline cudaError_t launch_status(bool dtype_known) {
   return dtype_known ? cudaSuccess : cudaErrorInvalidValue;
 }
@@ -35,19 +36,13 @@ void walk(uint32_t count, const F& f) {
   for (uint32_t k = 0; k < count; ++k) f(g_backwards ? count - 1 - k : k);
 }
 
-struct KernelRun {  // elementwise kernels: every (block, thread)
-  cudaStream_t stream;  // unused
-  int64_t n;
-
-  template <class Op>
-  void operator()(const Op& op) const {
-    if (n <= 0) return;
-    const LaunchShape s = launch_shape(n, g_max_blocks);
-    walk(s.blocks * s.threads, [&](uint32_t flat) {
-      grid_stride_loop(flat / s.threads, s.threads, s.blocks, flat % s.threads, n, op);
-    });
-  }
-};
+template <class Op>  // elementwise kernels: every (block, thread)
+void launch_grid(std::false_type, const Op& op, int64_t n, int64_t, cudaStream_t) {
+  const LaunchShape s = launch_shape(n, g_max_blocks);
+  walk(s.blocks * s.threads, [&](uint32_t flat) {
+    grid_stride_loop(flat / s.threads, s.threads, s.blocks, flat % s.threads, n, op);
+  });
+}
 
 struct HostBlock {  // one thread block of a row kernel
   uint32_t threads;
@@ -70,19 +65,13 @@ struct HostBlock {  // one thread block of a row kernel
   }
 };
 
-struct RowKernelRun {  // row kernels
-  cudaStream_t stream;  // unused
-  int64_t rows, hidden;
-
-  template <class Op>
-  void operator()(const Op& op) const {
-    if (rows <= 0) return;
-    LaunchShape s = row_launch_shape(rows, hidden, g_max_blocks);
-    if (g_threads > 0) s.threads = g_threads;
-    const HostBlock blk{s.threads};
-    walk(s.blocks, [&](uint32_t block) { row_loop(block, s.blocks, rows, blk, op); });
-  }
-};
+template <class Op>  // row kernels
+void launch_grid(std::true_type, const Op& op, int64_t rows, int64_t hidden, cudaStream_t) {
+  LaunchShape s = row_launch_shape(rows, hidden, g_max_blocks);
+  if (g_threads > 0) s.threads = g_threads;
+  const HostBlock blk{s.threads};
+  walk(s.blocks, [&](uint32_t block) { row_loop(block, s.blocks, rows, blk, op); });
+}
 
 // The Launch policy (layer_module.h); the GPU's is in csrc/cuda/bindings.cpp.
 struct HostPolicy {
