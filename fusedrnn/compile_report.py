@@ -83,9 +83,8 @@ class Job:
 def _launchers(torch, dtype):
     """Run every launcher for every flag-steering input combination; yields nothing,
     the launches are captured by the caller."""
-    for B, H, Hp in SHAPES:
-        for packed, reverse in itertools.product((False, True), (False, True)):
-            _launch_shape(torch, dtype, B, H, Hp, packed, reverse)
+    for (B, H, Hp), packed, reverse in itertools.product(SHAPES, (False, True), (False, True)):
+        _launch_shape(torch, dtype, B, H, Hp, packed, reverse)
 
 
 def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
@@ -121,25 +120,22 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
 
     dys = (False, True) if packed else (False,)
     lstm_only = {c: (False, True) if c == "lstm" else (False,) for c in GATES}
-    # per step and the same kernels' cooperative launch: every cell, the LSTM with and without
-    # projection and dCs
+    # every cell per step and in the same kernels' cooperative launch, the LSTM with and without
+    # projection and dCs; the persistent kernels (whole sequence) for small H, no projection and
+    # no float64
     for cell in GATES:
+        small = dtype != torch.float64 and pick_persistent_config(cell, H) is not None
+        paths = ("step", "cooperative", *(("persistent",) if small else ()))
         for bias, proj, save, path in itertools.product(
-            (False, True), lstm_only[cell], (False, True), ("step", "cooperative")
+            (False, True), lstm_only[cell], (False, True), paths
         ):
-            fwd(cell, bias, proj, save, path)
+            if not (proj and path == "persistent"):
+                fwd(cell, bias, proj, save, path)
         for proj, dhs, dcs, dy, path in itertools.product(
-            lstm_only[cell], (False, True), lstm_only[cell], dys, ("step", "cooperative")
+            lstm_only[cell], (False, True), lstm_only[cell], dys, paths
         ):
-            bwd(cell, proj, dhs, dcs, dy, path)
-    # persistent (whole sequence): small H, no float64
-    for cell in GATES:
-        if dtype == torch.float64 or pick_persistent_config(cell, H) is None:
-            continue
-        for bias, save in itertools.product((False, True), (False, True)):
-            fwd(cell, bias, False, save, "persistent")
-        for dhs, dcs, dy in itertools.product((False, True), lstm_only[cell], dys):
-            bwd(cell, False, dhs, dcs, dy, "persistent")
+            if not (proj and path == "persistent"):
+                bwd(cell, proj, dhs, dcs, dy, path)
     if dtype not in (torch.float32, torch.float64):  # the variant ops' dtypes
         return
     par = e(3)

@@ -4,11 +4,9 @@ A program owns BLOCK_B batch rows for the entire sequence. Because the next step
 of those rows needs *all* hidden units of the previous step, the program holds the
 whole ``W_hh`` ([G*H, H], one [BLOCK_H, BLOCK_H] tile per gate) in registers and
 loops over time inside the kernel, keeping ``h`` (and ``c``) on chip; there is no
-inter-program communication. That only fits for small H: the shipped limits
-(``configs.PERSISTENT_CONFIGS``) are the largest H whose kernels compile with zero
-spills on sm_80 and sm_90 (see ``python -m fusedrnn.compile_report``). Larger H,
-``proj_size > 0`` and float64 use the step kernels (:mod:`.step`, whose launchers also
-launch these).
+inter-program communication. That only fits for small H (the limits of
+``configs.PERSISTENT_CONFIGS``); larger H, ``proj_size > 0`` and float64 use the step
+kernels (:mod:`.step`, whose launchers also launch these).
 
 The forward writes exactly the buffers the per-step kernels write (``Hs``, ``Cs``,
 saved gates, packed ``y``), so the weight-gradient GEMMs are shared. The backward

@@ -12,7 +12,7 @@ not necessarily read by the thread that wrote them).
 import triton
 import triton.language as tl
 
-from .cellmath import layer_norm_bwd, zoneout_keep
+from .cellmath import zoneout_keep
 from .tiles import packed_ptrs, rec_tile, store_state
 
 
@@ -42,33 +42,6 @@ def row_rstd(buf_ptr, rows, act, mean, F, eps, ACC_TY: tl.constexpr, BLOCK_B: tl
 
 
 @triton.jit
-def rec_raw_stats(h_ptr, w_ptr, out_ptr, rows, rmask, act, F, K, eps, LAYER_NORM: tl.constexpr,
-                  ACC_TY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    """First layer-norm pass over the recurrent projection of the previous state ``h`` [B, K]
-    and ``W_hh`` [F, K]: writes ``h W^T`` for all F features to ``out`` [B, F] (zero in
-    inactive rows) and returns its row mean and rstd, visible to every thread of the program
-    when it returns (zeros without layer norm, when nothing is written)."""
-    s1 = tl.zeros((BLOCK_B,), dtype=ACC_TY)
-    if LAYER_NORM:
-        for f0 in range(0, F, BLOCK_H):
-            feats, fmask, m2, _ = row_chunk(rows, rmask, f0, F, BLOCK_H)
-            s = rec_tile(h_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, ACC_TY, PRECISION,
-                         BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-            s = tl.where(act[:, None] & fmask[None, :], s, 0.0)
-            # the offsets formed after the loop, not held across it
-            tl.store(out_ptr + rows[:, None] * F + feats[None, :], s, mask=m2)
-            s1 += tl.sum(s, axis=1)
-        mean = s1 / F
-        tl.debug_barrier()
-        rstd = row_rstd(out_ptr, rows, act, mean, F, eps, ACC_TY, BLOCK_B, BLOCK_H)
-        tl.debug_barrier()
-        return mean, rstd
-    else:
-        return s1, s1
-
-
-@triton.jit
 def recurrent_part(
     h_ptr, w_ptr, b_ptr, lnw_ptr, shat_ptr, mean, rstd, rows, rmask, act, feats, fmask, GH, HOUT,
     HAS_BIAS, LAYER_NORM: tl.constexpr, ACC_TY: tl.constexpr, PRECISION: tl.constexpr,
@@ -77,7 +50,8 @@ def recurrent_part(
     """``LN_hh(h W_hh^T)[feats] + b`` or ``h W_hh^T + b`` for the gate features ``feats``, from
     the previous state ``h`` [B, HOUT] and ``W_hh`` [GH, HOUT]; ``b`` [GH] is b_hh plus the LN
     bias. With layer norm the raw projection in ``shat`` [B, GH] and its row ``mean`` and
-    ``rstd`` come from :func:`rec_raw_stats`; the normalised values replace the raw ones."""
+    ``rstd`` come from the forward kernel's first pass; the normalised values replace the raw
+    ones."""
     if LAYER_NORM:
         off = rows[:, None] * GH + feats[None, :]
         m2 = rmask[:, None] & fmask[None, :]
@@ -119,22 +93,6 @@ def recurrent_gates(
 
 
 @triton.jit
-def ln_bwd_rows(dy_ptr, xhat_ptr, w_ptr, rstd, sum_d, sum_dx, out_ptr, rows, rmask, act, F,
-                BLOCK_H: tl.constexpr):  # fmt: skip
-    """Last layer-norm backward pass: the gradient ``out`` [B, F] of the layer-norm input for
-    all F features of the rows (zero in inactive rows), from the gradient ``dy`` [B, F] of its
-    output (already offset to the step), the saved normalised input ``xhat`` [B, F], the gain
-    ``w`` [F], ``rstd`` and the row sums of :func:`ln_grad_sums`."""
-    for f0 in range(0, F, BLOCK_H):
-        feats, fmask, m2, off = row_chunk(rows, rmask, f0, F, BLOCK_H)
-        w = tl.load(w_ptr + feats, mask=fmask, other=0.0)
-        dxhat = tl.load(dy_ptr + off, mask=m2, other=0.0) * w[None, :]
-        xhat = tl.load(xhat_ptr + off, mask=m2, other=0.0)
-        dx = layer_norm_bwd(dxhat, xhat, rstd, sum_d / F, sum_dx / F)
-        tl.store(out_ptr + off, tl.where(act[:, None], dx, 0.0), mask=m2)
-
-
-@triton.jit
 def emit_state(h_new, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act, cols, cmask,
                HOUT, ZONE_H, WRITE_Y):  # fmt: skip
     """Zoneout of the candidate state ``h_new`` of columns ``cols`` (:func:`zoneout_weight`:
@@ -163,9 +121,10 @@ def zoneout_weight(mask_ptr, p, MODE, row0, rows, act, cols, cmask, F, like):
 
 @triton.jit
 def ln_grad_sums(sum_d, sum_dx, dy, w_ptr, xhat_ptr, fmask, mask):
-    """The two running row sums of the layer-norm backward (:func:`ln_bwd_rows`), ``dy * w``
-    and ``dy * w * xhat``, with one more chunk added: ``dy`` the gradient of a chunk of
-    layer-norm outputs, pointers to the chunk's gain and saved normalised input."""
+    """The two running row sums of the layer-norm backward (read by the variant backward
+    kernel's last pass), ``dy * w`` and ``dy * w * xhat``, with one more chunk added: ``dy``
+    the gradient of a chunk of layer-norm outputs, pointers to the chunk's gain and saved
+    normalised input."""
     d = dy * tl.load(w_ptr, mask=fmask, other=0.0)[None, :]
     sum_d += tl.sum(d, axis=1)
     sum_dx += tl.sum(d * tl.load(xhat_ptr, mask=mask, other=0.0), axis=1)

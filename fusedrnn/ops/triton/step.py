@@ -77,9 +77,9 @@ def _walk(SYNC: tl.constexpr):
 
 
 @triton.jit
-def _tiles(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Column blocks and tiles of a ``[B, H]`` step (a program walks tiles pid, pid + grid, ...)."""
-    col_blocks = tl.cdiv(H, BLOCK_H)
+def _tiles(B, N, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Column blocks and tiles of a ``[B, N]`` phase (:func:`.tiles.block_tile` numbers them)."""
+    col_blocks = tl.cdiv(N, BLOCK_H)
     return col_blocks, col_blocks * tl.cdiv(B, BLOCK_B)
 
 
@@ -96,11 +96,9 @@ def _step_fwd_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     steps_ptr,  # [T, 2] int32: first row of step t in x / xg / y, active rows at t
     sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
-    s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in visiting order
-    s_end: tl.int64,
+    s_begin: tl.int64, s_end: tl.int64,  # steps s_begin .. s_end - 1 of the visiting order
     phases,  # of each step: 1 the cell, 2 the projection (PROJ), 3 both (cooperative)
-    T: tl.int64, B, H,
-    HOUT,  # H unless the LSTM projects
+    T: tl.int64, B, H, HOUT,  # HOUT: H unless the LSTM projects
     CELL: tl.constexpr,  # cellmath.LSTM, GRU, RNN_TANH or RNN_RELU
     HAS_BIAS, PROJ: tl.constexpr, REVERSE: tl.constexpr,
     SYNC: tl.constexpr,  # a grid-wide barrier between steps (cooperative launch)
@@ -118,7 +116,7 @@ def _step_fwd_kernel(
         for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
                 rows, units, rmask, umask, act, mask2 = block_tile(
-                    tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                    tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
                 )
                 amask = act[:, None] & umask[None, :]
                 p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K, K,
@@ -164,14 +162,22 @@ def _step_fwd_kernel(
                                 rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
         if SYNC:  # the projection (or the next step) reads every unit
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1)
-        if PROJ:
+        if PROJ:  # the projected state h_t = m_t W_hr^T ([HOUT, H]), into Hs and y
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
             for tile in range(first, out_tiles if SYNC else first + 1, every):
                 if phases & 2:
-                    _project_tile(tile % out_blocks, tile // out_blocks, m_ptr, whr_ptr, hs_ptr,
-                                  y_ptr, xg_row0, rows_active, hs_r, slot_w * B * HOUT,
-                                  t * B * H, B, H, HOUT, WRITE_Y, ACC_TY, PRECISION, BLOCK_B,
-                                  BLOCK_H, BLOCK_K)  # fmt: skip
+                    hs_w, m_off = slot_w * B * HOUT, t * B * H
+                    rows, cols, rmask, cmask, act, _ = block_tile(
+                        tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, H, 1,
+                                   ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+                    # the tile mask formed after the loop, not held across it (up to 88
+                    # registers more)
+                    h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
+                                     mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
+                    store_state(acc, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act,
+                                cols, cmask, HOUT, WRITE_Y)  # fmt: skip
             if SYNC:
                 grid_barrier(sync_ptr, (s - s_begin) * 2 + 2)
 
@@ -188,8 +194,7 @@ def _step_bwd_kernel(
     dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
     dht_ptr,  # [T, B, HOUT] gradient of h_t from the projection launch (PROJ)
     whr_ptr, steps_ptr, sync_ptr,  # as the forward kernel's
-    s_begin: tl.int64,  # the launch runs steps s_begin .. s_end - 1 in backward order
-    s_end: tl.int64,
+    s_begin: tl.int64, s_end: tl.int64,  # as the forward kernel's, in backward order
     phases,  # of each step: 2 the projected state's gradient (PROJ), 1 the cell, 3 both
     T: tl.int64, B, H, HOUT, CELL: tl.constexpr, PROJ: tl.constexpr, REVERSE: tl.constexpr,
     SYNC: tl.constexpr, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -210,18 +215,28 @@ def _step_bwd_kernel(
         if PROJ:  # dh_t over the projected state, which the cell's dm_t = dh_t W_hr reads whole
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
             for tile in range(first, out_tiles if SYNC else first + 1, every):
-                if phases & 2:
-                    _projected_grad_tile(tile % out_blocks, tile // out_blocks, dg_ptr, w_ptr,
-                                         dh_ptr, dhs_ptr, dy_ptr, dht_ptr, y_row0, rows_active,
-                                         rows_prev, slot_w * B * HOUT, t * B * HOUT,
-                                         t_prev * B * G * H, B, H, HOUT, HAS_DHS, HAS_DY,
-                                         PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+                if phases & 2:  # into dht, for the cell's backward and the dW_hr GEMM
+                    dhs_off, dht_off, dg_off = slot_w * B * HOUT, t * B * HOUT, t_prev * B * G * H
+                    rows, cols, rmask, cmask, act, mask2 = block_tile(
+                        tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    total = state_grad(
+                        dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_off, dhs_off, y_row0, rows,
+                        cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT, HAS_DHS, HAS_DY,
+                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                    )  # fmt: skip
+                    state = rows[:, None] * HOUT + cols[None, :]
+                    a = act[:, None]
+                    tl.store(dh_ptr + state, tl.where(a, 0.0, total), mask=mask2)
+                    tl.store(dht_ptr + dht_off + state,
+                             tl.where(a, total, 0.0).to(dht_ptr.dtype.element_ty),
+                             mask=mask2)  # fmt: skip
             if SYNC:
                 grid_barrier(sync_ptr, (s - s_begin) * 2 + 1)
         for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
                 rows, units, rmask, umask, act, mask2 = block_tile(
-                    tile % col_blocks, tile // col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                    tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
                 )
                 a = act[:, None]
                 if PROJ:
@@ -262,48 +277,6 @@ def _step_bwd_kernel(
                     tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
         if SYNC:  # the next step's state gradient reads every unit's dG
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ)
-
-
-@triton.jit
-def _project_tile(
-    col_block, row_block, m_ptr, whr_ptr, hs_ptr, y_ptr, xg_row0, rows_active, hs_r, hs_w, m_off,
-    B, H, HOUT, WRITE_Y, ACC_TY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """A ``[BLOCK_B, BLOCK_H]`` tile of the LSTM's projected state ``h_t = m_t W_hr^T``
-    (``m_t`` [B, H] at ``m_off``, ``W_hr`` [HOUT, H]) into the history and the packed output."""
-    rows, cols, rmask, cmask, act, _ = block_tile(col_block, row_block, B, HOUT, rows_active,
-                                                  BLOCK_B, BLOCK_H)  # fmt: skip
-    acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, H, 1, ACC_TY, PRECISION,
-                   BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-    # the tile mask formed after the loop, not held across it (up to 88 registers more)
-    h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
-                     mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
-    store_state(acc, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act, cols, cmask, HOUT,
-                WRITE_Y)  # fmt: skip
-
-
-@triton.jit
-def _projected_grad_tile(
-    col_block, row_block, dg_ptr, w_ptr, dh_ptr, dhs_ptr, dy_ptr, dht_ptr, y_row0, rows_active,
-    rows_prev, dhs_off, dht_off, dg_prev_off, B, H, HOUT, HAS_DHS, HAS_DY,
-    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """A tile of ``dh_t`` [B, HOUT], the gradient of the LSTM's projected state
-    (:func:`.common.state_grad` over ``dG`` [T, B, 4H] and ``W_hh`` [4H, HOUT]), written to
-    ``dht`` at ``dht_off`` for the cell's backward and the ``dW_hr`` GEMM."""
-    rows, cols, rmask, cmask, act, mask2 = block_tile(col_block, row_block, B, HOUT, rows_active,
-                                                      BLOCK_B, BLOCK_H)  # fmt: skip
-    total = state_grad(
-        dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_row0,
-        rows, cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT,
-        HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-    )  # fmt: skip
-    state = rows[:, None] * HOUT + cols[None, :]
-    a = act[:, None]
-    tl.store(dh_ptr + state, tl.where(a, 0.0, total), mask=mask2)
-    tl.store(dht_ptr + dht_off + state, tl.where(a, total, 0.0).to(dht_ptr.dtype.element_ty),
-             mask=mask2)  # fmt: skip
 
 
 def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):

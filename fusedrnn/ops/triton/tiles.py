@@ -32,11 +32,12 @@ def kernel_jit(fn):
 
 
 @triton.jit
-def block_tile(col_block, row_block, B, N, rows_active, BLOCK_B: tl.constexpr,
+def block_tile(tile, col_blocks, B, N, rows_active, BLOCK_B: tl.constexpr,
                BLOCK_H: tl.constexpr):  # fmt: skip
-    """Tile ``(col_block, row_block)`` of a ``[B, N]`` step: int64 ``rows`` and ``cols``,
-    the masks ``rows < B`` and ``cols < N``, the rows active at this step and the tile's
-    mask (``rmask & cmask``)."""
+    """Tile ``tile`` of a ``[B, N]`` step (row block ``tile // col_blocks``, column block
+    ``tile % col_blocks``): int64 ``rows`` and ``cols``, the masks ``rows < B`` and
+    ``cols < N``, the rows active at this step and the tile's mask (``rmask & cmask``)."""
+    col_block, row_block = tile % col_blocks, tile // col_blocks
     rows = row_block.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = col_block.to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
@@ -67,27 +68,14 @@ def tile_ptrs(ptr, rows, cols, N):
 
 
 @triton.jit
-def rec_gates(
-    a_ptr,  # [B, K] left operand rows (already offset to the step)
-    w_ptr,  # weight: gate q's element (f, k) at (q * H + f) * stride_f + k * stride_k
-    rows,  # [BLOCK_B]
-    live,  # [BLOCK_B] rows to read (the others count as 0)
-    feats,  # [BLOCK_H] output features of each gate
-    fmask,  # [BLOCK_H]
-    H,  # features per gate block
-    K,
-    stride_f,
-    stride_k,
-    G: tl.constexpr,
-    ACC_TY: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+def rec_gates(a_ptr, w_ptr, rows, live, feats, fmask, H, K, stride_f, stride_k, G: tl.constexpr,
+              ACC_TY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """``sum_k a[rows, k] w_q(feats, k)`` for gates q < G, as four ``[BLOCK_B, BLOCK_H]``
     tiles accumulated over BLOCK_K chunks of K; each ``a`` chunk is loaded once for all
-    gates."""
+    gates. ``a`` [B, K] is the left operand (already offset to the step), read in the rows
+    ``live`` (the others count as 0); gate q's weight element (f, k) is at
+    ``(q * H + f) * stride_f + k * stride_k``, H features per gate block."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)

@@ -70,9 +70,7 @@ from .common import finish_state_grad, forward_buffers, gate_blocks, state_grad
 from .configs import pick_variant_config
 from .rowwise import (
     emit_state,
-    ln_bwd_rows,
     ln_grad_sums,
-    rec_raw_stats,
     recurrent_gates,
     row_chunk,
     row_rstd,
@@ -119,8 +117,7 @@ def _variant_fwd_step_kernel(
     w_ptr,  # [GH, HOUT] W_hh
     b_ptr,  # [GH] b_hh + LN_hh bias (HAS_BIAS)
     lnw_ptr,  # [GH] LN_hh gain (LAYER_NORM)
-    lncw_ptr,  # [H] LN_c gain (LSTM, LAYER_NORM)
-    lncb_ptr,  # [H] LN_c bias (LSTM, LAYER_NORM)
+    lncw_ptr, lncb_ptr,  # [H] LN_c gain and bias (LSTM, LAYER_NORM)
     wch_ptr,  # [3, H] peephole rows i, f, o; [2, H] i, o with CIFG (PEEPHOLE)
     whr_ptr,  # [HOUT, H] W_hr (PROJ)
     mh_ptr,  # [N, HOUT] zoneout mask of h (ZONE_H == 1)
@@ -135,18 +132,12 @@ def _variant_fwd_step_kernel(
     rstd_ptr,  # [T, B, 2] saved rstd of the recurrent projection and of c~; GRU [T, B, 1]
     m_ptr,  # [T, B, H] unprojected output (PROJ)
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
-    row0,  # first row of this step in xg / y / masks
-    rows_active,
-    hs_r: tl.int64,  # offsets of the Hs slots read / written
-    hs_w: tl.int64,
-    cs_r: tl.int64,  # offsets of the Cs slots read / written
-    cs_w: tl.int64,
-    gates_off: tl.int64,  # t * B * 4H
-    gh_off: tl.int64,  # t * B * GH
-    h_off: tl.int64,  # t * B * H
+    row0, rows_active,  # first row of this step in xg / y / masks, its active rows
+    hs_r: tl.int64, hs_w: tl.int64,  # offsets of the Hs slots read / written
+    cs_r: tl.int64, cs_w: tl.int64,  # offsets of the Cs slots read / written
+    gates_off: tl.int64, gh_off: tl.int64, h_off: tl.int64,  # t * B * 4H, t * B * GH, t * B * H
     stat_off: tl.int64,  # t * B * 2; GRU t * B
-    B, H,
-    HOUT,  # H unless the LSTM projects
+    B, H, HOUT,  # HOUT: H unless the LSTM projects
     CELL: tl.constexpr,  # cellmath.LSTM or GRU
     HAS_BIAS, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr, CIFG: tl.constexpr,
     PROJ: tl.constexpr,
@@ -166,12 +157,24 @@ def _variant_fwd_step_kernel(
     shat = shat_ptr + gh_off
     gates = gates_ptr + gates_off
 
-    # pass 1 (LAYER_NORM)
-    mean_s, rstd_s = rec_raw_stats(h_prev_ptr, w_ptr, shat, rows, rmask, act, GH, K, eps,
-                                   LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
-                                   BLOCK_K)  # fmt: skip
-    if LAYER_NORM and CELL == GRU:  # the LSTM stores it with the rstd of c~ after pass 2
-        tl.store(rstd_ptr + stat_off + rows, tl.where(act, rstd_s, 0.0), mask=rmask)
+    # pass 1 (LAYER_NORM): h_prev W_hh^T into Shat (zero in inactive rows), its row mean and rstd
+    mean_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
+    rstd_s = mean_s
+    if LAYER_NORM:
+        for f0 in range(0, GH, BLOCK_H):
+            feats, fmask, m2, _ = row_chunk(rows, rmask, f0, GH, BLOCK_H)
+            raw = rec_tile(h_prev_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, acc_ty, PRECISION,
+                           BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+            raw = tl.where(act[:, None] & fmask[None, :], raw, 0.0)
+            # the offsets formed after the loop, not held across it
+            tl.store(shat + rows[:, None] * GH + feats[None, :], raw, mask=m2)
+            mean_s += tl.sum(raw, axis=1)
+        mean_s = mean_s / GH
+        tl.debug_barrier()
+        rstd_s = row_rstd(shat, rows, act, mean_s, GH, eps, acc_ty, BLOCK_B, BLOCK_H)
+        tl.debug_barrier()
+        if CELL == GRU:  # the LSTM stores it with the rstd of c~ after pass 2
+            tl.store(rstd_ptr + stat_off + rows, tl.where(act, rstd_s, 0.0), mask=rmask)
 
     # pass 2: the gates, and the GRU's new state or the LSTM's candidate cell state
     c_sum = tl.zeros((BLOCK_B,), dtype=acc_ty)
@@ -268,14 +271,11 @@ def _variant_bwd_step_kernel(
     dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
     dht_ptr,  # [T, B, HOUT] out: gradient of h~ (before zoneout; LSTM)
     dl_ptr,  # [T, B, H] out: gradient of l = LN_c(c~) (or c~; LSTM)
-    row0, rows_active,
-    rows_prev,  # rows active at the step processed before (0 for the first)
+    row0, rows_active, rows_prev,  # rows_prev: active at the step processed before (0 first)
     hs_r: tl.int64, hs_w: tl.int64, cs_r: tl.int64, cs_w: tl.int64, gates_off: tl.int64,
     gh_off: tl.int64,  # as the forward kernel's
     gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
-    h_off: tl.int64,  # t * B * H
-    hout_off: tl.int64,  # t * B * HOUT
-    stat_off: tl.int64,  # t * B * STATS
+    h_off: tl.int64, hout_off: tl.int64, stat_off: tl.int64,  # t * B * (H, HOUT, STATS)
     B, H, HOUT, CELL: tl.constexpr, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr,
     CIFG: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C, HAS_DHS, HAS_DY, HAS_DCS,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -404,10 +404,16 @@ def _variant_bwd_step_kernel(
     if LAYER_NORM:  # through LN_hh to h_prev W_hh^T
         tl.debug_barrier()
         rstd_s = tl.load(rstd_ptr + stat_off + rows * STATS, mask=rmask, other=0.0)
-        # dG_s: dG itself but for the GRU
+        # dS_raw from dG_s (dG itself but for the GRU), zero in inactive rows
         dgs = (dgs_ptr if CELL == GRU else dg_ptr) + gh_off
-        ln_bwd_rows(dgs, shat_ptr + gh_off, lnw_ptr, rstd_s, sum_s, sum_sx, ds_ptr + gh_off,
-                    rows, rmask, act, GH, BLOCK_H)  # fmt: skip
+        shat, ds = shat_ptr + gh_off, ds_ptr + gh_off
+        for f0 in range(0, GH, BLOCK_H):
+            feats, fmask, m2, off = row_chunk(rows, rmask, f0, GH, BLOCK_H)
+            lw = tl.load(lnw_ptr + feats, mask=fmask, other=0.0)
+            dxhat = tl.load(dgs + off, mask=m2, other=0.0) * lw[None, :]
+            xhat = tl.load(shat + off, mask=m2, other=0.0)
+            dx = layer_norm_bwd(dxhat, xhat, rstd_s, sum_s / GH, sum_sx / GH)
+            tl.store(ds + off, tl.where(act[:, None], dx, 0.0), mask=m2)
 
 
 def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, GH: int,
