@@ -37,12 +37,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("temperature"),
         py::arg("top_k"), py::arg("argmax"), py::arg("generator"), py::arg("on_ids") = nullptr,
         py::arg("every") = 0, py::arg("half_weights") = false);
-  m.def("kernel_isa", [] { return std::string(cpu::kernel_isa()); },
+  m.def("kernel_isa", &cpu::kernel_isa,
         "Instruction set of the pointwise kernels chosen for this CPU");
   m.def("release_scratch", &cpu::release_scratch,
         "Frees the scratch buffers that the calling thread keeps between layer calls");
   m.def("own_sgemm", &cpu::use_own_sgemm, "Whether float32 GEMMs currently use the packed kernel");
-  m.def("sgemm_isa", [] { return std::string(cpu::sgemm_isa()); },
+  m.def("sgemm_isa", &cpu::sgemm_isa,
         "Instruction set of the packed float32 GEMM's tile ('' when GEMMs go to the BLAS)");
 #ifdef FUSEDRNN_TEST_HOOKS
   // Switches and entries for the tests only (setup.py compiles them in with

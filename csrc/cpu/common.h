@@ -33,14 +33,14 @@ inline Cell parse_cell(const std::string& name) {
 
 inline int64_t num_gates(Cell c) { return c == Cell::LSTM ? 4 : c == Cell::GRU ? 3 : 1; }
 
-// One visited step: time index, first row of its block in the flat [N, .] layout, active
-// rows, and where the previous visited step's block starts (-1 at the first visited step).
+// One visited step: first row of its block in the flat [N, .] layout, active rows, and where
+// the previous visited step's block starts (-1 at the first visited step).
 // Rows [0, from_prev) of this step continue rows of the previous visited step; rows
 // [from_prev, rows) start here from h0/c0 (only possible in the reverse direction of a packed
 // sequence, or at the first step). Rows [finish_from, rows) are not active in the next
 // visited step, so their state after this step is final (h_n, c_n).
 struct Step {
-  int64_t t, off, rows, prev_off, from_prev, finish_from;
+  int64_t off, rows, prev_off, from_prev, finish_from;
   // Row b's state before this step: row prev_off + b of hist [N, K] where the row continues,
   // row b of init [B, K] (h0 / c0) where it starts here.
   template <typename T>
@@ -67,7 +67,7 @@ inline std::vector<Step> schedule(const std::optional<at::Tensor>& batch_sizes, 
   steps.reserve(T);
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = reverse ? T - 1 - k : k;
-    Step s{t, offs[t], sizes[t], -1, 0, 0};
+    Step s{offs[t], sizes[t], -1, 0, 0};
     if (k > 0) {
       const int64_t tp = reverse ? t + 1 : t - 1;
       s.prev_off = offs[tp];

@@ -6,10 +6,10 @@
 // sits at +k*H in PyTorch's gate order (LSTM i, f, g, o; with cifg i, g, o; GRU r, z, n).
 //
 // The table is compiled three times (kernels_generic.cpp for the baseline ISA, kernels_avx2.cpp
-// for AVX2+FMA, kernels_avx512.cpp for AVX-512F) from kernels_impl.h and
-// variant_kernels_impl.h and selected once at run time, so a wheel built here runs on any
-// x86-64 and still gets 8- or 16-wide vector math where the CPU has it. This header declares
-// only the table: no inline code, nothing that could be linked across the ISA copies.
+// for AVX2+FMA, kernels_avx512.cpp for AVX-512F) from kernels_impl.h and selected once at run
+// time, so a wheel built here runs on any x86-64 and still gets 8- or 16-wide vector math where
+// the CPU has it. This header declares only the table: no inline code, nothing that could be
+// linked across the ISA copies.
 #pragma once
 
 #include <c10/util/Half.h>
@@ -45,7 +45,7 @@
 namespace fusedrnn::cpu {
 
 // The options of a row kernel call: each call maps them once to a loop instantiated for exactly
-// that combination (variant_kernels_impl.h), so no loop branches per element.
+// that combination (kernels_impl.h), so no loop branches per element.
 struct VariantFlags {
   bool ln = false;      // layer norm of the recurrent projection and (LSTM) of c
   bool peep = false;    // peephole weights w_ch
@@ -57,16 +57,16 @@ template <typename T>
 struct PointwiseKernels {
   // LSTM forward. g [4H]: pre-activations without biases, overwritten by the activations
   // i, f, g, o when save_act. c_prev, c_out [H] distinct. h_out [H] (before any projection).
-  void (*lstm_fwd)(int64_t n, int64_t H, const T* bias, T* g, const T* c_prev, T* c_out,
-                   T* h_out, bool save_act);
+  void (*lstm_fwd)(bool save_act, int64_t n, int64_t H, const T* bias, T* g, const T* c_prev,
+                   T* c_out, T* h_out);
   // GRU forward with the recurrent part apart (stack_step.h): g [3H] the x-part and hg [3H]
   // h_prev W_hh^T, both without biases; bias_x [3H] = b_ih + (b_hr, b_hz, 0), bias_hn [H] = b_hn.
   void (*gru_fwd_hg)(int64_t n, int64_t H, const T* bias_x, const T* bias_hn, const T* g,
                      const T* hg, const T* h_prev, T* h_out);
   // Elman RNN forward: h_out = act(pre + bias).
-  void (*rnn_fwd)(int64_t n, const T* bias, const T* pre, T* h_out, bool relu);
+  void (*rnn_fwd)(bool relu, int64_t n, const T* bias, const T* pre, T* h_out);
   // Elman RNN backward: dg = act'(h) * (dy + dh).
-  void (*rnn_bwd)(int64_t n, const T* h, const T* dy, const T* dh, T* dg, bool relu);
+  void (*rnn_bwd)(bool relu, int64_t n, const T* h, const T* dy, const T* dh, T* dg);
   // Row-major C[m, n] = A[m, k] B^T + beta C with B stored [n, k], for m of a few rows
   // (sampling steps); with beta == 0 C is not read.
   void (*gemm_small_m)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,

@@ -9,6 +9,5 @@ FRNN_AVX512_BEGIN
 #define FRNN_ISA_NAMESPACE avx512
 #define FRNN_ISA_F16C 1
 #include "kernels_impl.h"
-#include "variant_kernels_impl.h"
 FRNN_TARGET_END
 #endif

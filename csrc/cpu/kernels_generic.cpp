@@ -7,7 +7,6 @@
 
 #define FRNN_ISA_NAMESPACE generic
 #include "kernels_impl.h"
-#include "variant_kernels_impl.h"
 
 namespace fusedrnn::cpu {
 

@@ -151,7 +151,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
         const T* dh = proj ? dhrawp + b * H : dh_rows + b * Hout;  // dh~ (before projection)
         T* dp = dPp + r * GH;  // the row's gate gradients
         if (rnn) {  // dh_state was left zero by zone_bwd: dy + dh = dh~
-          K.rnn_bwd(H, yp + r * H, dh, dhs + b * H, dp, a.cell == Cell::RNN_RELU);
+          K.rnn_bwd(a.cell == Cell::RNN_RELU, H, yp + r * H, dh, dhs + b * H, dp);
         } else if (lstm) {
           const T mc = ln ? ST[r * 4 + 2] : T(0), rc = ln ? ST[r * 4 + 3] : T(1);
           T m1 = 0, m2 = 0;
@@ -181,22 +181,20 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
     const bool sum_in = mask & (want_in | (gru ? 0 : want_rec));
     const T* b_xh = ln && (mask & kGradLnIhW) ? XH : nullptr;
     const T* b_hh = ln && (mask & kGradLnHhW) ? HH : nullptr;
-    auto s_in = column_sums<T>(dPp, GH, sum_in, b_xh, gru ? nullptr : b_hh, GH, N, GH, opts);
-    std::array<at::Tensor, 3> s_rec;
-    if (gru)
-      s_rec = column_sums<T>(dSp, GH, (mask & want_rec) != 0, nullptr, b_hh, GH, N, GH, opts);
-    const at::Tensor& db_in = s_in[0];
-    const at::Tensor& db_rec = gru ? s_rec[0] : s_in[0];
+    const auto s_in =
+        column_sums<T>(dPp, GH, sum_in, b_xh, gru ? nullptr : b_hh, GH, N, GH, opts);
+    const auto s_rec =  // GRU: its own sums of dS; else those of dP (dS = dP)
+        gru ? column_sums<T>(dSp, GH, mask & want_rec, nullptr, b_hh, GH, N, GH, opts) : s_in;
     auto give = [&](int64_t bit, int k, const at::Tensor& sum) {  // copies once sum is given
       const bool taken = sum.is_same(out[5]) || sum.is_same(out[9]) || sum.is_same(out[6]);
       if (mask & bit) out[k] = taken ? sum.clone() : sum;
     };
-    give(kGradBih, 5, db_in);
-    give(kGradLnIhB, 9, db_in);
-    give(kGradBhh, 6, db_rec);
-    give(kGradLnHhB, 11, db_rec);
+    give(kGradBih, 5, s_in[0]);
+    give(kGradLnIhB, 9, s_in[0]);
+    give(kGradBhh, 6, s_rec[0]);
+    give(kGradLnHhB, 11, s_rec[0]);
     out[8] = s_in[1];  // the gain sums: undefined unless asked for
-    out[10] = gru ? s_rec[2] : s_in[2];
+    out[10] = s_rec[2];
   }
   if (ln && lstm) {  // pcn = dcn xhat_c row by row: the gain's terms; dcn: the bias'
     out[12] = column_sums<T>(pcnp, H, mask & kGradLnCW, nullptr, nullptr, H, N, H, opts)[0];

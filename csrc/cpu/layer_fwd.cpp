@@ -47,12 +47,15 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   const at::Tensor b_in = direct ? fold(a.b_ih, a.b_hh) : fold(a.b_ih, a.ln_ih_b);
   const at::Tensor b_rec = direct ? empty() : fold(a.b_hh, a.ln_hh_b);
 
-  // Input side for all steps: xg [N, G*H] (becomes the activations; the RNN's backward reads
-  // y instead), xh [N, G*H] (ln). [N, .] buffers are outputs (saved for the backward) when
-  // training, scratch otherwise
+  // [N, cols] kept for the backward (an op output) when keep, else `rows` rows of scratch
   const auto dtype = a.x.scalar_type();
-  at::Tensor xg = output_or_scratch(train && !rnn, Scratch::kGates, {N, GH}, dtype);
-  at::Tensor xh = ln ? output_or_scratch(train, Scratch::kWork1, {N, GH}, dtype) : empty();
+  auto buffer = [&](bool keep, Scratch slot, int64_t rows, int64_t cols) {
+    return keep ? pooled_output({N, cols}, dtype) : scratch(slot, {rows, cols}, dtype);
+  };
+  // Input side for all steps: xg [N, G*H] (becomes the activations; the RNN's backward reads
+  // y instead), xh [N, G*H] (ln)
+  at::Tensor xg = buffer(train && !rnn, Scratch::kGates, N, GH);
+  at::Tensor xh = ln ? buffer(train, Scratch::kWork1, N, GH) : empty();
   // rstd_ih, rstd_hh, mean_c, rstd_c; zeroed because it is an op output and the GRU (no cell
   // state) leaves the last two columns unwritten
   at::Tensor stats = ln ? at::zeros({train ? N : B, 4}, opts) : empty();
@@ -80,17 +83,13 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   at::Tensor y = pooled_output({N, Hout}, dtype);  // [N, Hout]
   at::Tensor h_n = a.h0.clone();              // [B, Hout]
   at::Tensor c_n = lstm ? a.c0.clone() : empty();
-  // [N, cols] kept for the backward when keep, else [rows, cols] for this call only
-  auto kept_or_rows = [&](bool keep, int64_t rows, int64_t cols) {
-    return keep ? pooled_output({N, cols}, dtype) : at::empty({rows, cols}, opts);
-  };
   // hp: h_prev W_hh^T, normalised in place (ln: the saved hh when training); direct: none,
   // the product goes straight into the gates
-  at::Tensor hh = direct ? empty() : kept_or_rows(ln && train, B, GH);
+  at::Tensor hh = direct ? empty() : buffer(ln && train, Scratch::kWork2, B, GH);
   // LSTM: c_t states (all kept when training, else a [2B, H] ping-pong), c~_t (not direct:
   // there c~_t = c_t); GRU: nothing, and the recurrent n part in ct
-  at::Tensor cs = lstm ? kept_or_rows(train, 2 * B, H) : empty();
-  at::Tensor ct = direct ? empty() : kept_or_rows(train, B, H);
+  at::Tensor cs = lstm ? buffer(train, Scratch::kWork3, 2 * B, H) : empty();
+  at::Tensor ct = direct ? empty() : buffer(train, Scratch::kWork4, B, H);
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
   // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
@@ -137,9 +136,9 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
                       : train ? s.prev(b, csp, c0, H)
                               : (b < s.from_prev ? c_pong : c0) + b * H;
         if (rnn) {
-          K.rnn_fwd(H, b_inp, g, ho, a.cell == Cell::RNN_RELU);
+          K.rnn_fwd(a.cell == Cell::RNN_RELU, H, b_inp, g, ho);
         } else if (lstm && direct) {
-          K.lstm_fwd(H, H, b_inp, g, cp, c_out + b * H, ho, train);
+          K.lstm_fwd(train, H, H, b_inp, g, cp, c_out + b * H, ho);
         } else if (lstm) {
           K.norm_bias(ln, true, GH, hq, mean, rstd, lnhh, b_recp, g);
           K.lstm_fwd_a(fl, H, g, wch, cp, cr);

@@ -43,12 +43,6 @@ at::Tensor pooled_output(at::IntArrayRef shape, at::ScalarType dtype);
 
 constexpr int64_t kOutputPoolBytes = int64_t(1) << 30;
 
-// A tensor that the op returns (kept for the backward) when keep, else scratch in slot.
-inline at::Tensor output_or_scratch(bool keep, Scratch slot, at::IntArrayRef shape,
-                                    at::ScalarType dtype) {
-  return keep ? pooled_output(shape, dtype) : scratch(slot, shape, dtype);
-}
-
 // Frees the calling thread's scratch buffers and output pool (memory still referenced by
 // live tensors stays with them).
 void release_scratch();

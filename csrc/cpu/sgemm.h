@@ -46,14 +46,13 @@ void macro_kernel(int64_t rows, int64_t cols, int64_t kb, float alpha, const flo
                   bool wide);
 }  // namespace sgemm_simd
 
-// Benchmarking switch (default on): float32 GEMMs use the packed kernel where available.
-inline std::atomic<bool> own_sgemm_enabled{true};
+// Switches that only the test build turns off (bindings.cpp): float32 GEMMs use the packed
+// kernel where available, which takes its AVX-512 tile where the pointwise kernels are the
+// AVX-512F copy (kernel_isa(), chosen in kernels_generic.cpp).
+inline std::atomic<bool> own_sgemm_enabled{true}, sgemm_avx512_enabled{true};
 // The packed kernel is compiled, the CPU has AVX2+FMA (FUSEDRNN_CPU_ISA=generic turns it off
 // with the other SIMD kernels) and the switch is on.
 bool use_own_sgemm();
-// Test and benchmark switch (default on): the packed kernel takes its AVX-512 tile where the
-// pointwise kernels are the AVX-512F copy (kernel_isa(), chosen in kernels_generic.cpp).
-inline std::atomic<bool> sgemm_avx512_enabled{true};
 // "avx512f", "avx2+fma", or "" when float32 GEMMs go to the BLAS.
 const char* sgemm_isa();
 

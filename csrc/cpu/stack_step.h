@@ -22,12 +22,10 @@ class StackStep {
   // w_ih [G*H, I_l], w_hh [G*H, Hout], b_ih, b_hh [G*H], w_hr [Hout, H]. B rows; the first
   // layer reads I0 features. half: w_ih and w_hh are kept rounded to float16 (half the bytes
   // each step streams) and widened in the products, which then equal float32 products with the
-  // rounded weights (float32, no projection).
+  // rounded weights (callers pass it for float32 stacks without projection only: generate).
   StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
             int64_t B, int64_t I0, bool half = false)
       : cell_(cell), L_(L), B_(B), proj_(proj), half_(half) {
-    TORCH_CHECK(!half || (std::is_same_v<T, float> && proj == 0),
-                "fusedrnn: float16 weights need a float32 stack without projection");
     const int64_t G = num_gates(cell);
     const int64_t per_layer = weights_per_layer(has_bias, proj);
     H_ = w[0].size(0) / G;
@@ -122,9 +120,9 @@ class StackStep {
           if (gru)
             K.gru_fwd_hg(n, H, bias + j0, bias_hn + j0, gp + g, hgp + g, hprev + i, hout + i);
           else if (lstm)
-            K.lstm_fwd(n, H, bias + j0, gp + g, cprev + i, cout + i, hdst + i, false);
+            K.lstm_fwd(false, n, H, bias + j0, gp + g, cprev + i, cout + i, hdst + i);
           else
-            K.rnn_fwd(n, bias + j0, gp + g, hout + i, cell_ == Cell::RNN_RELU);
+            K.rnn_fwd(cell_ == Cell::RNN_RELU, n, bias + j0, gp + g, hout + i);
         }
       });
       if (proj_ > 0)

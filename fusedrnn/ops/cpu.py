@@ -69,16 +69,15 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
     x, h0, packed = a.x, a.h0, a.batch_sizes is not None
-    G = gate_count(a.cell, a.cifg)
-    H = a.w_ih.shape[0] // G
-    B, Hout = h0.shape
+    GH, (B, Hout) = a.w_ih.shape[0], h0.shape
+    H = GH // gate_count(a.cell, a.cifg)
     N = x.shape[0] if packed else x.shape[0] * x.shape[1]
     lstm, gru, ln = a.cell == "lstm", a.cell == "gru", a.ln_ih_w is not None
     # csrc/cpu/layer_ops.h::direct_gates (c~_t is c_t itself) and saved_widths: act, cs, ct, hh,
     # xh, stats, each [N, width] where the configuration has it
     direct = not gru and not (ln or a.w_ch is not None or a.cifg or a.mask_c is not None
                               or a.zoneout_c > 0)  # fmt: skip
-    slots = [(lstm or gru, G * H), (lstm, H), (not direct, H), (ln, G * H), (ln, G * H), (ln, 4)]
+    slots = [(lstm or gru, GH), (lstm, H), (not direct, H), (ln, GH), (ln, GH), (ln, 4)]
     return [
         x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout)),
         h0.new_empty((B, Hout)),
@@ -122,8 +121,9 @@ def stack_step(
 
     For sampling loops: the whole stack runs in one C++ call. Returns ``y`` (the last layer's
     new h: [B, Hout] in x's layout), ``h_n`` [L, B, Hout] and ``c_n`` [L, B, H] (LSTM) or
-    None (each state in the rank it was given). Tensors that do not fit (dtype, device, shapes) raise, or with ``fallback`` return
-    None, for a caller that has a general path with its own messages (the modules).
+    None (each state in the rank it was given). Tensors that do not fit (dtype, device, shapes)
+    raise, or with ``fallback`` return None, for a caller that has a general path with its own
+    messages (the modules).
     """
     _need_extension()
     check_cell(cell)
