@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+
 import cuda_host
 import pytest
 import torch
+from misc_testlib import BENCH
 
 import fusedrnn
 
 # Backends that run on CPU tensors in the ordinary test run. Triton under the
 # interpreter is slow and is covered by its own tests.
 CPU_BACKENDS = [name for name in fusedrnn.available_backends("cpu") if name != "triton"]
+
+sys.path.insert(0, str(BENCH))  # the benchmark harness's modules (bench/*.py) import by name
 
 # torch.nn's recurrent modes: (fusedrnn / torch.nn class name, its keyword arguments)
 MODES = {

@@ -67,13 +67,9 @@ CASES = {
     "lstm-packed": ("LSTM", {}, "fp32 packed", torch.float32),
     # y and h_n in the autocast dtype (the projection is a matmul), c_n in float32
     "lstm-proj": ("LSTM", dict(proj_size=3), "fp32", "any"),
-    "rnncell-fp32in": ("RNNCell", {}, "fp32", None),
-    "rnncell-bf16in": ("RNNCell", {}, "bf16", None),
-    "lstmcell-fp32in": ("LSTMCell", {}, "fp32", torch.float32),
-    "lstmcell-bf16in": ("LSTMCell", {}, "bf16", None),
-    "grucell-fp32in": ("GRUCell", {}, "fp32", torch.float32),
-    "grucell-bf16in": ("GRUCell", {}, "bf16", None),
-}
+    **{f"{c.lower()}-{k}in": (c, {}, k, torch.float32 if k == "fp32" and c != "RNNCell" else None)
+       for c in ("RNNCell", "LSTMCell", "GRUCell") for k in ("fp32", "bf16")},
+}  # fmt: skip
 
 
 def _input(cls, kw, kind="fp32"):

@@ -7,19 +7,14 @@ host-to-device copies inside an op) are checked on CPU tensors by test_op_hygien
 from __future__ import annotations
 
 import contextlib
-import sys
 
+import measure
 import pytest
 import torch
-from misc_testlib import BENCH
 from module_testlib import flatten
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fusedrnn
-
-sys.path.insert(0, str(BENCH))
-
-import measure  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,

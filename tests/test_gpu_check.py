@@ -11,16 +11,14 @@ import time
 from operator import itemgetter
 from pathlib import Path
 
+import graph_replay
+import providers as P
 import pytest
+import run as bench_run
 import torch
-from misc_testlib import BENCH, ROOT, csv_rows, run_python
+from misc_testlib import ROOT, csv_rows, run_python
 
 from fusedrnn import gpu_check as gc
-
-sys.path.insert(0, str(BENCH))
-
-import providers as P  # noqa: E402
-import run as bench_run  # noqa: E402
 
 
 def _json(out: Path, name="gpu_check.json") -> dict:
@@ -229,14 +227,22 @@ time.sleep(60)  # a kernel that never returns
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
-def test_without_gpu_exits_2_and_writes_nothing(capsys):
+@pytest.mark.parametrize(
+    "main,argv,status,says",
+    [(gc.main, [], 2, "gpu_check: no CUDA device: "),
+     (bench_run.main, ["--device", "cuda"], 0, "bench: "),
+     (graph_replay.main, [], 2, "graph_replay: no CUDA device")],
+    ids=["gpu_check", "bench_run", "graph_replay"],
+)  # fmt: skip
+def test_without_gpu_says_so_in_a_line_and_writes_nothing(capsys, main, argv, status, says):
     before = sorted(p.name for p in gc.RESULTS.iterdir())
-    assert gc.main([]) == 2
+    assert main(argv) == status
     msg = capsys.readouterr().out
-    assert msg.startswith("gpu_check: no CUDA device: ") and msg.count("\n") == 1
+    assert msg.startswith(says) and "no CUDA device" in msg and msg.count("\n") == 1
     assert sorted(p.name for p in gc.RESULTS.iterdir()) == before
-    proc = run_python("-m", "fusedrnn.gpu_check")
-    assert proc.returncode == 2 and "no CUDA device" in proc.stdout
+    if main is gc.main:
+        proc = run_python("-m", "fusedrnn.gpu_check")
+        assert proc.returncode == 2 and "no CUDA device" in proc.stdout
 
 
 def test_dry_run_writes_outside_results_and_needs_bench(tmp_path, monkeypatch, capsys):

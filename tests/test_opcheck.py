@@ -18,7 +18,7 @@ import importlib
 
 import pytest
 import torch
-from layer_cases import Case, call, make_inputs, outputs_and_grads, triton_interpreting, with_leaves
+from layer_cases import Case, make_inputs, outputs_and_grads, triton_interpreting
 from misc_testlib import needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
@@ -49,22 +49,21 @@ class _Capture(TorchDispatchMode):
 
 
 def _inputs(cell: str, layout: str, dtype: torch.dtype, variant=False, device="cpu", proj=0):
-    """The layer op's arguments by name, the differentiable ones requiring grad; ``variant``
-    turns on layer norm, zoneout masks and (LSTM) peepholes."""
+    """The layer op's arguments by name; ``variant`` turns on layer norm, zoneout masks and
+    (LSTM) peepholes."""
     options = dict(ln=True, peep=cell == "lstm", zone="hc") if variant else {}
     lengths, reverse = (3, 2) if layout.startswith("packed") else None, layout.endswith("reverse")
     case = Case(cell, T=3, B=2, I=3, H=4, proj=proj, lengths=lengths, reverse=reverse, **options)
     a = make_inputs(case, dtype, device)
     if layout == "batch_first":  # as a batch_first module hands it over
         a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
-    return with_leaves(a)
+    return a
 
 
 def _run_and_capture(layer, a: dict):
     """The fusedrnn op calls of a forward and a backward into every output."""
     with _Capture() as cap:
-        outs = [o for o in call(layer, a) if o is not None]
-        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+        outputs_and_grads(layer, a)
     return cap.calls
 
 
