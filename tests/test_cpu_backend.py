@@ -2,8 +2,9 @@
 
 Against the reference op on every cell, shape and option: tests/test_conformance.py; the op
 registration: tests/test_opcheck.py. Here: the work splits over threads, argument errors,
-scratch-buffer reuse, the single-step stack call and the ISA copies (half precision, computed in
-float32: tests/test_conformance.py).
+scratch-buffer reuse, the single-step stack call's refusals (its results against torch.nn:
+tests/test_single_step.py) and the ISA copies (half precision, computed in float32:
+tests/test_conformance.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import pytest
 import torch
 from layer_cases import TOL, Case, call, with_leaves
 from misc_testlib import ROOT, needs_cpu, run_python
-from module_testlib import assert_outputs_close, flatten, mode_kwargs, random_state
 
 from fusedrnn.ops import cpu, reference
 from fusedrnn.ops.checks import CELLS
@@ -34,13 +34,17 @@ needs_test_hooks = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def num_threads(n: int):
-    saved = torch.get_num_threads()
-    torch.set_num_threads(n)
+def switched(setter, value, restore):
+    """``setter(value)`` for the block, then ``setter(restore)``, also after a failure."""
+    setter(value)
     try:
         yield
     finally:
-        torch.set_num_threads(saved)
+        setter(restore)
+
+
+def num_threads(n: int):
+    return switched(torch.set_num_threads, n, torch.get_num_threads())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -56,17 +60,13 @@ def test_several_threads(cell, variants, batch, blocks, dtype):
     # pointwise over rows; B=3: too small for blocks, split steps. In float32 the step
     # products of more than four rows use the packed weights (shared by the row blocks).
     # Without variants the LSTM and RNN take the direct way (GEMM into the gates).
-    _C._set_row_blocks(blocks)
-    try:
-        lengths = (3,) * 9 + (2,) * 5 + (1,) * 3 if batch == 17 else (3, 2, 2)
-        shape = dict(T=3, B=batch, I=8, H=130, lengths=lengths)
-        opts = dict(ln=True, peep=cell == "lstm", zone="hc") if variants else {}
-        with num_threads(2):
-            for reverse in (False, True):
-                case = Case(cell, reverse=reverse, **opts, **shape)
-                layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype), TOL[dtype])
-    finally:
-        _C._set_row_blocks(True)
+    lengths = (3,) * 9 + (2,) * 5 + (1,) * 3 if batch == 17 else (3, 2, 2)
+    shape = dict(T=3, B=batch, I=8, H=130, lengths=lengths)
+    opts = dict(ln=True, peep=cell == "lstm", zone="hc") if variants else {}
+    with switched(_C._set_row_blocks, blocks, True), num_threads(2):
+        for reverse in (False, True):
+            case = Case(cell, reverse=reverse, **opts, **shape)
+            layer_cases.compare(cpu.layer, layer_cases.make_inputs(case, dtype), TOL[dtype])
 
 
 def f64(*shape):
@@ -102,31 +102,6 @@ def test_bad_arguments_raise_clear_errors(cell, change, exc, match):
             call(op, {**a, **change})
 
 
-@pytest.mark.parametrize("cell,proj", [(c, 0) for c in CELLS] + [("lstm", 3)])
-@pytest.mark.parametrize("B", [1, 5])
-@pytest.mark.parametrize("layout", ["2-D", "time-major", "batch-first", "zero state"])
-def test_stack_step_matches_torch_nn(cell, proj, B, layout):
-    """x as [B, I] or as one step of a sequence ([1, B, I]; [B, 1, I] batch-first, y then in
-    the same layout); an absent state is zeros, as in torch.nn."""
-    torch.manual_seed(11)
-    I, H, L = 6, 8, 3
-    cls, kw = mode_kwargs(cell.upper(), proj)
-    m = getattr(torch.nn, cls)(I, H, L, **kw).double()
-    x = torch.randn(1, B, I, dtype=torch.float64)
-    state = None if layout == "zero state" else random_state(cell.upper(), (L, B), H, proj)
-    h, c = state if isinstance(state, tuple) else (state, None)
-    as_layout = {"2-D": lambda t: t[0], "batch-first": lambda t: t.transpose(0, 1)}
-    as_layout = as_layout.get(layout, lambda t: t)
-    with torch.no_grad():
-        want = flatten(m(x, state))
-        got = cpu.stack_step(cell, as_layout(x), h, c, m._flat_weights, L, True, proj,
-                             layout == "batch-first")  # fmt: skip
-    assert got[0].is_contiguous() and (got[2] is None) == (cell != "lstm")
-    tol = TOL[torch.float64]
-    assert_outputs_close([t for t in got if t is not None], [as_layout(want[0]), *want[1:]],
-                         rtol=tol, atol=tol)  # fmt: skip
-
-
 def test_stack_step_names_what_does_not_fit_or_falls_back():
     """Each mismatch raises naming the problem; with fallback the call answers None instead
     (the modules' shortcut then takes the general path). Autograd is refused outright."""
@@ -153,10 +128,8 @@ def test_stack_step_names_what_does_not_fit_or_falls_back():
             assert cpu.stack_step("lstm", xi, hi, ci, wi, 2, True, 0, fallback=True) is None, name
             with pytest.raises(RuntimeError, match=f"fusedrnn stack_step: .*{message}"):
                 cpu.stack_step("lstm", xi, hi, ci, wi, 2, True, 0)
-    gru = torch.nn.GRU(3, 4, 1)
-    with pytest.raises(RuntimeError, match="does not record autograd"):
-        cpu.stack_step("gru", torch.randn(2, 3), torch.zeros(1, 2, 4), None, gru._flat_weights,
-                       1, True, 0)  # fmt: skip
+    with pytest.raises(RuntimeError, match="does not record autograd"):  # w requires grad
+        cpu.stack_step("lstm", x, h, c, w, 2, True, 0)
 
 
 def test_kernel_isa_selection():

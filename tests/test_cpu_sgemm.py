@@ -17,7 +17,7 @@ import pytest
 import torch
 from layer_cases import Case
 from misc_testlib import needs_cpu
-from test_cpu_backend import needs_test_hooks, num_threads
+from test_cpu_backend import needs_test_hooks, num_threads, switched
 
 from fusedrnn.ops import cpu, reference
 
@@ -28,15 +28,11 @@ pytestmark = [needs_cpu, needs_test_hooks]
 @pytest.fixture(params=["avx512f", "avx2+fma", ""], ids=["own-avx512", "own-avx2", "blas"])
 def own_sgemm(request):
     """The packed kernel with its 6x32 AVX-512 tile, with its 6x16 AVX2 tile, or the BLAS."""
-    _C._set_own_sgemm(request.param != "")
-    _C._set_sgemm_avx512(request.param == "avx512f")
-    try:  # the defaults come back after a skip too
-        if _C.sgemm_isa() != request.param:
+    own, avx512 = request.param != "", request.param == "avx512f"
+    with switched(_C._set_own_sgemm, own, True), switched(_C._set_sgemm_avx512, avx512, True):
+        if _C.sgemm_isa() != request.param:  # the defaults come back after a skip too
             pytest.skip(f"this CPU or build has no {request.param} packed GEMM")
         yield request.param
-    finally:
-        _C._set_own_sgemm(True)
-        _C._set_sgemm_avx512(True)
 
 
 @pytest.fixture(params=[1, 2])

@@ -29,11 +29,6 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def _unavailable(device="cpu"):
-    """Names of known backends that cannot run on ``device`` here."""
-    return [n for n in backends.BACKENDS if n not in fusedrnn.available_backends(device)]
-
-
 def _assert_unavailable(module, name):
     """``module`` refuses to run on backend ``name``; one that is not built says how to build it."""
     with pytest.raises(fusedrnn.BackendUnavailableError) as info:
@@ -62,11 +57,12 @@ def test_backend_argument_attribute_and_env_var(cls, clean_env):
     clean_env.setenv("FUSEDRNN_BACKEND", "bogus")
     with pytest.raises(ValueError, match="unknown fusedrnn backend 'bogus'"):
         mod(x)
-    for name in _unavailable():  # named by the env var
+    unavailable = [n for n in backends.BACKENDS if n not in fusedrnn.available_backends("cpu")]
+    for name in unavailable:  # named by the env var
         clean_env.setenv("FUSEDRNN_BACKEND", name)
         _assert_unavailable(mod, name)
     clean_env.delenv("FUSEDRNN_BACKEND")
-    for name in _unavailable():  # named at construction, or set on the attribute between calls
+    for name in unavailable:  # named at construction, or set on the attribute between calls
         _assert_unavailable(getattr(fusedrnn, cls)(3, 4, backend=name), name)
         mod.backend = name
         _assert_unavailable(mod, name)
@@ -88,9 +84,7 @@ def test_cpu_backend_and_automatic_choice(clean_env):
     mod, auto, x = fusedrnn.RNN(3, 4, backend="cpu"), fusedrnn.GRU(3, 4), torch.randn(5, 2, 3)
     built = "cpu" in names
     if built:
-        ref = fusedrnn.RNN(3, 4, backend="reference")
-        ref.load_state_dict(mod.state_dict())
-        torch.testing.assert_close(mod(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+        mod(x)  # runs (its results against torch.nn: test_modules_forward.py)
     else:
         with pytest.raises(fusedrnn.BackendUnavailableError, match="fusedrnn._C was not built"):
             mod(x)

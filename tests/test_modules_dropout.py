@@ -4,11 +4,12 @@ read from ``module.dropout`` at every call, and drawn exactly as torch.nn draws 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 from conftest import MODES
-from module_testlib import assert_outputs_close, assert_same, flatten, mode_pair
+from module_testlib import assert_outputs_close, assert_same, mode_pair, outputs_and_grads
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
@@ -16,16 +17,6 @@ import fusedrnn
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 T, B, I, H = 4, 3, 3, 5
-
-
-def _pack(x):
-    return pack_padded_sequence(x, [2, 4, 3], enforce_sorted=False)
-
-
-def _outputs(module, x, seed=None, packed=False):
-    if seed is not None:
-        torch.manual_seed(seed)
-    return flatten(module(_pack(x) if packed else x))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -42,8 +33,14 @@ def test_training_dropout_draws_like_torch(
     layout = dict(num_layers=num_layers, dropout=p, bidirectional=bidirectional)
     ref, mod = mode_pair(rnn_pair, mode, I, H, backend=cpu_backend, **layout)
     x = torch.randn(T, B, I, dtype=torch.float64)
-    assert_same(ref, mod, x, rtol=1e-12, atol=1e-12, pack=_pack if packed else None, draw_seed=11)
-    outs, other_seed = _outputs(mod, x, 11, packed), _outputs(mod, x, 12, packed)
+    pack = partial(pack_padded_sequence, lengths=[2, 4, 3], enforce_sorted=False)
+    pack = pack if packed else None
+
+    def outputs(module, seed=11):
+        return outputs_and_grads(module, x, pack=pack, draw_seed=seed)[1]
+
+    assert_same(ref, mod, x, rtol=1e-12, atol=1e-12, pack=pack, draw_seed=11)
+    outs, other_seed = outputs(mod), outputs(mod, 12)
     assert all(torch.isfinite(o).all() for o in outs)
     # nothing random is left where p=1 zeroes every inter-layer activation, or where there
     # is a single layer: never dropout after the last
@@ -51,12 +48,12 @@ def test_training_dropout_draws_like_torch(
         assert_outputs_close(other_seed, outs, rtol=0, atol=0)
     else:
         assert not torch.allclose(other_seed[0], outs[0])
-    no_dropout = _outputs(mod.eval(), x, 11, packed)
-    assert_outputs_close(no_dropout, _outputs(ref.eval(), x, packed=packed))
+    no_dropout = outputs(mod.eval())
+    assert_outputs_close(no_dropout, outputs(ref.eval()))
     mod.train().dropout = 0.0  # in training with p=0: deterministic
-    assert_outputs_close(_outputs(mod, x, 11, packed), no_dropout, rtol=0, atol=0)
+    assert_outputs_close(outputs(mod), no_dropout, rtol=0, atol=0)
     mod.dropout = p
-    assert_outputs_close(_outputs(mod, x, 11, packed), outs, rtol=0, atol=0)
+    assert_outputs_close(outputs(mod), outs, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("p", [0.25, 0.6])

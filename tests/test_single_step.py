@@ -20,12 +20,9 @@ STEP_BACKENDS = [
 pytestmark = pytest.mark.skipif(not STEP_BACKENDS, reason="no backend with a stack_step fast path")
 
 
-def _rows(cases):
-    return [pytest.param(cls, kw, id=f"{cls}{kw}") for cls, kw in cases]
-
-
-CASES = _rows([*MODES.values(), ("LSTM", {"proj_size": 3})])  # (class name, keyword arguments)
-CELLS = _rows((f"{cls}Cell", kw) for cls, kw in MODES.values())
+# (class name, keyword arguments): the modules, an LSTM with a projection, the cells
+CASES = [*MODES.values(), ("LSTM", {"proj_size": 3}), *((c + "Cell", k) for c, k in MODES.values())]
+CASES = [pytest.param(cls, kw, id=f"{cls}{kw}") for cls, kw in CASES]
 TOL = {**TOLERANCES, torch.float32: {"rtol": 2e-6, "atol": 2e-6}}  # float32 tighter
 
 
@@ -47,18 +44,20 @@ def count_steps(monkeypatch):
 
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cls,kw", CASES + CELLS)
+@pytest.mark.parametrize("cls,kw", CASES)
 def test_one_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, rnn_pair):
     """Without autograd every call is one stack_step: a module's, over three calls carrying
-    the state as sampling does; a cell's, one layer, unbatched (batch None) or batched (6 is
-    above the small-row product's limit), with or without a state. With autograd a single
-    step runs the layer op, which multiplies unpacked weights (one step packs none): outputs
-    and every gradient against torch.nn, at hidden 70."""
+    the state as sampling does (none at first: zeros, as in torch.nn); a cell's, one layer,
+    unbatched (batch None) or batched, with or without a state (5 and 6 are above the
+    small-row product's limit). Each module step also goes to stack_step directly with x as
+    [B, I] (y then [B, Hout]), a layout only cells pass otherwise. With autograd a single step
+    runs the layer op, which multiplies unpacked weights (one step packs none): outputs and
+    every gradient against torch.nn, at hidden 70."""
     cell = cls.endswith("Cell")
     if cell:  # (size arguments, batch, with a state, batch_first)
         grid = itertools.product([(5, 7), (5, 70)], [None, 0, 1, 6], [True, False], [False])
     else:
-        grid = itertools.product([(5, 7, 1), (5, 7, 3)], [1, 3], [False], [False, True])
+        grid = itertools.product([(5, 7, 1), (5, 7, 3)], [1, 3, 5], [False], [False, True])
     for (args, batch, with_state, batch_first), bias in itertools.product(grid, [True, False]):
         layout = {} if cell else {"batch_first": batch_first}
         ref, mod = rnn_pair(cls, *args, bias=bias, dtype=dtype, backend=backend, **layout, **kw)
@@ -70,29 +69,27 @@ def test_one_step_matches_torch_nn(backend, cls, kw, dtype, count_steps, rnn_pai
             for _ in range(calls):
                 x = torch.randn(*shape, 5, dtype=dtype)
                 out_ref, out_mod = ref(x, s_ref), mod(x, s_mod)
-                assert_outputs_close(flatten(out_mod), flatten(out_ref), **TOL[dtype])
+                want, got = flatten(out_ref), flatten(out_mod)
+                assert_outputs_close(got, want, **TOL[dtype])
+                assert got[0].is_contiguous()
+                if not cell:
+                    h, c = s_mod if isinstance(s_mod, tuple) else (s_mod, None)
+                    y, h_n, c_n = backends.get(backend).stack_step(
+                        mod.mode.lower(), x.reshape(-1, 5), h, c, mod._flat_weights, args[2],
+                        bias, kw.get("proj_size", 0),
+                    )  # fmt: skip
+                    assert y.is_contiguous() and (c_n is None) == (cls != "LSTM")
+                    want[0] = want[0].reshape(y.shape)
+                    direct = [t for t in (y, h_n, c_n) if t is not None]
+                    assert_outputs_close(direct, want, **TOL[dtype])
                 s_ref, s_mod = (out_ref, out_mod) if cell else (out_ref[1], out_mod[1])
-        assert len(count_steps) - before == calls, "the fast path was not taken"
+        # a module's step counts twice: its own call and the direct one
+        assert len(count_steps) - before == calls * (2 - cell), "the fast path was not taken"
     before = len(count_steps)
     ref, mod = rnn_pair(cls, 5, 70, *(() if cell else (2,)), dtype=dtype, backend=backend, **kw)
     x = torch.randn(*((6,) if cell else (1, 6)), 5, dtype=dtype)
     assert_same(ref, mod, x, **TOLERANCES[dtype])
     assert len(count_steps) == before
-
-
-@pytest.mark.parametrize("backend", STEP_BACKENDS)
-def test_fast_path_not_taken_for_dropout_or_two_directions(backend, count_steps):
-    """Inter-layer dropout in training (the layer path draws the masks) and a second
-    direction take the layer path, as autograd does (test_one_step_matches_torch_nn)."""
-    mod = fusedrnn.LSTM(5, 7, 2, dropout=0.5, backend=backend)
-    x = torch.randn(1, 2, 5)
-    with torch.no_grad():
-        mod.train()(x)
-        assert count_steps == []
-        mod.eval()(x)
-        assert len(count_steps) == 1
-        fusedrnn.GRU(5, 7, bidirectional=True, backend=backend)(x)
-    assert len(count_steps) == 1
 
 
 @pytest.mark.skipif("cpu" not in STEP_BACKENDS, reason="the shortcuts call the cpu backend")
@@ -137,7 +134,15 @@ def test_shortcut_skips_the_general_path_only_for_its_calls(
                 mod(torch.randn(1, 3, 5), state(3, torch.float64))
             # valid, but not a shortcut call: two steps, another backend
             same(torch.randn(2, 3, 5), state(3))
+            # nor, reaching stack_step by no path, one with inter-layer dropout in training (the
+            # layer path draws the masks) or a second direction; in evaluation the first one is
+            x, mod.dropout = torch.randn(1, 3, 5), 0.5
+            mod(x)
+            rnn_pair(cls, 5, 7, bidirectional=True, backend=None, dtype=torch.float32)[1](x)
+            assert len(count_steps) == 2
+            mod.eval()(x)
+            assert len(count_steps) == 3
             monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
             same(torch.randn(1, 3, 5), state(3))
     # the bad calls failed before reaching rnn_stack (the state dtype inside it)
-    assert (len(count_steps), general.call_count) == ((3, 1) if cell else (2, 4))
+    assert (len(count_steps), general.call_count) == ((3, 1) if cell else (3, 6))
