@@ -67,8 +67,10 @@ cli_out = partial(run_main, cli.main)  # (capsys, *argv): runs the command line,
 
 
 def cli_error(capsys, *argv) -> str:
-    """Runs the command line in this process; it must fail (exit code 1) with one line on stderr."""
+    """Runs the command line in this process; it must fail (exit code 1) with one line on stderr.
+    (capsys may be capsysbinary.)"""
     err = run_main(cli.main, capsys, *argv, rc=1)
+    err = err.decode() if isinstance(err, bytes) else err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fusedrnn-charlm: error:"), err
     assert "Traceback" not in err

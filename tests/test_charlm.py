@@ -12,11 +12,12 @@ import shlex
 import warnings
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from charlm_testlib import ROOT, cli_error, cli_flags, cli_out, make_text, read_losses, tiny_args
 
-from fusedrnn.charlm import cli, corpus
+from fusedrnn.charlm import cli, corpus, visualize
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fusedrnn.charlm.config import resolve
 from fusedrnn.charlm.data import (
@@ -54,11 +55,11 @@ def _train(data, out, on_sample=None, on_eval=None, **over) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(text_file, tmp_path_factory):
-    """A tiny trained run (fusedrnn layers) that keeps a checkpoint per evaluation, shared by the
-    read-only tests: (its directory, its summary, (iter, val loss) of each evaluation)."""
+    """A tiny run (fusedrnn layers, 80 steps) that keeps a checkpoint per evaluation, shared by
+    the read-only tests: (its directory, its summary, (iter, val loss) of each evaluation)."""
     out, evals = tmp_path_factory.mktemp("run"), []
-    over = dict(max_iters=10, sample_at="0,5", keep_checkpoints=True)
-    summary = _train(text_file, out, on_eval=evals.append, **over)
+    over = dict(max_iters=80, eval_every=40, lr=1e-2, batch_size=8, sample_at="0,5")
+    summary = _train(text_file, out, on_eval=evals.append, keep_checkpoints=True, **over)
     return out, summary, [(r["iter"], r["val_loss"]) for r in evals]
 
 
@@ -131,16 +132,19 @@ def test_stream_batcher():
         StreamBatcher(torch.arange(10), batch_size=2, seq_len=6)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn_relu"])
 @pytest.mark.parametrize("embed", [0, 5])
 def test_model_matches_torch_and_trace(cell, embed):
     torch.manual_seed(1)
-    ref = CharRNN(11, cell, hidden=7, layers=2, embed=embed, impl="torch").double()
-    fused = CharRNN(11, cell, hidden=7, layers=2, embed=embed, impl="fusedrnn").double()
+    ref = CharRNN(8, cell, hidden=7, layers=2, embed=embed, impl="torch").double()
+    with torch.no_grad():  # larger weights: saturated gates and |c| > 1 are exercised too
+        for p in ref.parameters():
+            p.mul_(3.0)
+    fused = CharRNN(8, cell, hidden=7, layers=2, embed=embed, impl="fusedrnn").double()
     fused.load_state_dict(ref.state_dict())
-    idx = torch.randint(0, 11, (3, 5))
+    idx = torch.randint(0, 8, (3, 5))
     lf, sf, outs_f = fused.forward_with_hidden(idx)
-    assert lf.shape == (3, 5, 11) and len(outs_f) == 2 and outs_f[0].shape == (3, 5, 7)
+    assert lf.shape == (3, 5, 8) and len(outs_f) == 2 and outs_f[0].shape == (3, 5, 7)
     close((lf, sf, outs_f), ref.forward_with_hidden(idx))  # logits, final state, every layer's h
     # carrying the state over a split sequence equals one pass
     l1, s1 = fused(idx[:, :2])
@@ -155,6 +159,21 @@ def test_model_matches_torch_and_trace(cell, embed):
         close(torch.stack([c[-1] for c in tr["c"]]), fused(idx[:1])[1][1][:, 0])
     else:
         assert tr["c"] is None
+    # visualize.run_trace in float32: whole-sequence passes by chunks (an LSTM's c rebuilt from
+    # the weights) equal the stepwise trace, for either implementation
+    vocab, text = Vocab(list('abc \n"()')), 'ab "c" (a b)\nabc "a\nb" c ' * 3
+    for m in (ref.float(), fused.float()):
+        fast = visualize.run_trace(m, vocab, text, chunk=11)  # chunk boundaries carry state
+        slow = visualize.run_trace(m, vocab, text, chunk=len(text), fast=False)
+        assert fast.h.shape == (2, len(text), 7)
+        np.testing.assert_allclose(fast.h, slow.h, atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(fast.probs, slow.probs, atol=2e-5)
+        np.testing.assert_allclose(fast.probs.sum(1), 1.0, atol=1e-9)
+        if cell == "lstm":
+            assert np.abs(slow.c).max() > 1.0
+            np.testing.assert_allclose(fast.c, slow.c, atol=1e-4, rtol=1e-4)
+        else:
+            assert fast.c is None and slow.c is None
 
 
 def test_pick_topk_temperature_argmax():
@@ -177,21 +196,26 @@ def test_pick_topk_temperature_argmax():
     torch.testing.assert_close(freq, torch.softmax(logits[0], 0), atol=0.03, rtol=0)
 
 
-def test_train_outputs(trained):
+def test_train_outputs(trained, text_file):
     out, summary, evals = trained
-    assert summary["iters"] == 10 and summary["stopped_by"] == "max_iters"
+    assert summary["iters"] == 80 and summary["stopped_by"] == "max_iters"
     assert (out / "config.json").is_file()  # and the files read below
     recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in recs] == [0, 5] and all(len(r["text"]) == 20 for r in recs)
     losses = [float(v) for _, v in read_losses(out)]
-    assert len(losses) == 10 and losses[-1] < losses[0]
+    assert len(losses) == 80 and losses[-1] < losses[0]
+    # the model learns: its val loss is far below the unigram entropy of the text
+    text = text_file.read_text()
+    p = torch.bincount(torch.tensor(Vocab.from_text(text).encode(text))).double() / len(text)
+    unigram = float(-(p * p.log()).sum())
+    assert summary["val_loss"] < unigram - 0.8, (summary["val_loss"], unigram)
     model, vocab, config = load_checkpoint(out / "best.pt")
     assert isinstance(model, CharRNN) and config["hidden"] == 24
     json.dumps(config)  # plain data only
-    assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 10
+    assert read_checkpoint(out / "last.pt")["progress"]["iter"] == 80
     # eval reproduces the logged validation loss of the final iteration
     _, val, _ = split_corpus(load_corpus(config["data"]), config["val_frac"], config["test_frac"])
-    nats, n = evaluate(model, encode_tensor(vocab, val), 4, 16, 2000)
+    nats, n = evaluate(model, encode_tensor(vocab, val), 8, 16, 2000)
     assert nats == pytest.approx(summary["val_loss"], rel=1e-6) and n > 500
     # --keep-checkpoints: one more checkpoint per evaluation, named by its iter, epoch, val loss
     kept = sorted(p.name for p in out.glob("ckpt_*.pt"))
@@ -200,17 +224,6 @@ def test_train_outputs(trained):
     assert [(int(m[1]), m[3]) for m in got] == [(it, f"{v:.4f}") for it, v in evals]
     for name, (it, _) in zip(kept, evals, strict=True):
         assert read_checkpoint(out / name)["progress"]["iter"] == it
-
-
-def test_loss_decreases_to_structure(text_file, tmp_path):
-    """The model learns: after 80 steps the loss is far below the unigram entropy."""
-    text = text_file.read_text()
-    counts = torch.bincount(torch.tensor(Vocab.from_text(text).encode(text))).double()
-    p = counts / counts.sum()
-    unigram = float(-(p * p.log()).sum())
-    over = dict(max_iters=80, impl="torch", eval_every=80, lr=1e-2, batch_size=8)
-    s = _train(text_file, tmp_path, **over)
-    assert s["val_loss"] < unigram - 0.8, (s["val_loss"], unigram)
 
 
 @pytest.mark.parametrize("impl, n_chars, stop, by_path", [
@@ -410,37 +423,33 @@ def test_generate_sample_and_eval_commands(trained, text_file, tmp_path, capsys)
         seq += vocab.chars[int(logits[0, -1].argmax())]
     assert greedy == seq[4:]
     assert generate(model, vocab, "KING", 30, 1.0, top_k=1) == greedy
-    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--argmax", "--length", 30]
-    assert cli_out(capsys, *argv, "--seed", 3) == f"KING{greedy}\n"
+    sample, ev = (partial(cli_out, capsys, cmd, "--checkpoint", ck) for cmd in ("sample", "eval"))
+    assert sample("--prime", "KING", "--argmax", "--length", 30, "--seed", 3) == f"KING{greedy}\n"
     with pytest.raises(DataError):
         generate(model, vocab, "KING\u00e9", 5)
-    res = json.loads(cli_out(capsys, "eval", "--checkpoint", ck, "--split", "test", "--json"))
+    res = json.loads(ev("--split", "test", "--json"))
     assert res["split"] == "test" and res["same_data_as_training"]
     assert res["bits_per_char"] == pytest.approx(res["loss_nats"] / 0.6931471805599453)
-    losses = [
-        json.loads(cli_out(capsys, "eval", "--checkpoint", ck, "--json", *extra))["loss_nats"]
-        for extra in ([], ["--half-weights"])
-    ]
+    losses = [json.loads(ev("--json", *extra))["loss_nats"] for extra in ([], ["--half-weights"])]
     assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 1e-3
     rounded = half_weight_model(model)
     weights = [p for n, p in rounded.rnns.named_parameters() if "weight" in n]
     assert all(torch.equal(p, p.half().float()) for p in weights)
-    argv = ["sample", "--checkpoint", ck, "--prime", "KING", "--seed", 3, "--length", 60]
     g = torch.Generator().manual_seed(3)
     expected = generate(model, vocab, "KING", 60, 0.8, generator=g, half_weights=True)
-    assert cli_out(capsys, *argv, "--half-weights") == f"KING{expected}\n"
+    argv = ["--prime", "KING", "--seed", 3, "--length", 60, "--half-weights"]
+    assert sample(*argv) == f"KING{expected}\n"
     # a prime file, 3 samples to a file: each under its own numbered line, so that they do not
     # run together; the same as the prime given on the command line, to stdout (seeded)
     (tmp_path / "prime.txt").write_text("KING:\n", encoding="utf-8")
-    out, argv = tmp_path / "samples.txt", ["sample", "--checkpoint", ck, "--length", 30]
-    argv += ["--seed", 4, "--num-samples", 3]
-    got = cli_out(capsys, *argv, "--prime-file", tmp_path / "prime.txt", "--output", out)
+    out, argv = tmp_path / "samples.txt", ["--length", 30, "--seed", 4, "--num-samples", 3]
+    got = sample(*argv, "--prime-file", tmp_path / "prime.txt", "--output", out)
     assert got.strip() == f"wrote 3 samples to {out}"
     text = out.read_text(encoding="utf-8")
     layout = r"\n\n".join(rf"--- sample {i} of 3 ---\nKING:\n.*" for i in (1, 2, 3))
     assert re.fullmatch(layout, text, re.DOTALL), text
     assert text.count("--- sample") == 3 and text.count("\nKING:\n") == 3
-    assert cli_out(capsys, *argv, "--prime", "KING:\n") == text
+    assert sample(*argv, "--prime", "KING:\n") == text
     # From a zero state a lone newline is an unusual context, and weakly trained models then
     # produce runs of spaces at low temperatures; unprimed samples first read a stretch of real
     # text that ends at a line start (stored in the checkpoint), chosen by the generator.
@@ -461,29 +470,14 @@ def test_generate_sample_and_eval_commands(trained, text_file, tmp_path, capsys)
     assert all(s in ctx for s in seen) and len(set(seen)) >= 2
 
 
-def test_bytes_mode_round_trip(tmp_path, capsysbinary):
-    blob = bytes(range(256)) * 8 + "h\u00e9llo w\u00f6rld\n".encode() * 100
-    (tmp_path / "blob.bin").write_bytes(blob)
-    out = tmp_path / "run"
-    assert _train(tmp_path / "blob.bin", out, bytes=True, max_iters=3)["vocab_size"] == 256
-    model, vocab, cfg = load_checkpoint(out / "last.pt")
-    assert vocab.bytes_mode and cfg["bytes"]
-    argv = ["sample", "--checkpoint", out / "last.pt", "--prime", "h\u00e9", "--argmax"]
-    got = cli_out(capsysbinary, *argv, "--length", "12")
-    # the prime is UTF-8 on the command line, i.e. 3 bytes; 12 generated bytes; a newline
-    assert got[:3] == "h\u00e9".encode() and len(got) == 3 + 12 + 1
-    expected = generate(model, vocab, vocab.text_from_user("h\u00e9"), 12, argmax=True)
-    assert got[3:-1] == expected.encode("latin-1")
-
-
-def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsys, monkeypatch):
+def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsysbinary, monkeypatch):
     ck, t = trained[0] / "last.pt", tmp_path
     monkeypatch.chdir(t)  # where a run without --out would create its default folder
     (t / "truncated.pt").write_bytes(ck.read_bytes()[:3000])
     (t / "broken.pt").write_bytes((trained[0] / "best.pt").read_bytes()[:1000])
     (t / "empty.txt").write_text("")
     (t / "short.txt").write_text("tiny text")
-    (t / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 400)
+    (t / "blob.bin").write_bytes(bytes(range(256)) * 8 + "h\u00e9llo w\u00f6rld\n".encode() * 100)
     (t / "other.txt").write_text(OTHER_CHARS)
     new_run = ["train", "--out", t / "o", "--max-iters", 2, "--quiet", "--impl", "torch"]
     resume = ["train", "--out", trained[0], "--resume"]
@@ -493,7 +487,7 @@ def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsys,
     cases = [  # a command line, and the words its one line of error must hold
         ([*new_run, "--data", t / "empty.txt"], "empty"),
         ([*new_run, "--data", t / "short.txt"], "too short"),
-        ([*new_run, "--data", t / "latin1.txt"], "UTF-8", "--bytes"),
+        ([*new_run, "--data", t / "blob.bin"], "UTF-8", "--bytes"),
         (["train", "--data", t, "--quiet"], "directory"),
         (["train", "--data", text_file, *cli_flags(blow_up)], "loss became"),
         (["train", "--data", t / "missing.txt", "--quiet"], "not found"),
@@ -516,10 +510,18 @@ def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsys,
     ]
     not_ours = ("miniz", "PytorchStreamReader", "[Errno", "Error:")
     for argv, *words in cases:
-        m = cli_error(capsys, *argv)
+        m = cli_error(capsysbinary, *argv)
         assert not any(s in m for s in not_ours), m
         assert m.count(". ") == 0 and len(m) < 240, m
         assert all(w in m for w in words), m
     assert not (t / "runs").exists()  # no failed run created the default output folder
-    # the file refused as text trains as bytes
-    cli_out(capsys, *new_run, "--data", t / "latin1.txt", "--bytes", "--batch-size", 2)
+    # the file refused as text trains as bytes, one symbol per byte, and samples bytes
+    cli_out(capsysbinary, *new_run, "--data", t / "blob.bin", "--bytes", "--batch-size", 2)
+    model, vocab, cfg = load_checkpoint(t / "o" / "last.pt")
+    assert vocab.bytes_mode and cfg["bytes"] and vocab.size == 256
+    argv = ["sample", "--checkpoint", t / "o" / "last.pt", "--prime", "h\u00e9", "--argmax"]
+    got = cli_out(capsysbinary, *argv, "--length", "12")
+    # the prime is UTF-8 on the command line, i.e. 3 bytes; 12 generated bytes; a newline
+    assert got[:3] == "h\u00e9".encode() and len(got) == 3 + 12 + 1
+    expected = generate(model, vocab, vocab.text_from_user("h\u00e9"), 12, argmax=True)
+    assert got[3:-1] == expected.encode("latin-1")

@@ -147,7 +147,8 @@ def test_fused_loop_calls_the_model_once_and_leaves_it_as_it_was():
 
 def test_which_loop_runs_and_what_is_refused(monkeypatch):
     """The fused loop refuses by name what it cannot run, the Python loop then samples (the
-    rounded copy with half_weights); weights beyond float16's range are refused by name."""
+    rounded copy with half_weights); weights beyond float16's range are refused by name, and
+    the extension's loop refuses arguments that do not fit together."""
     model, ln = (_model("lstm", layers=1, hidden=8, **v) for v in ({}, {"layer_norm": True}))
     torch_model = CharRNN(V, "lstm", 8, 1, 4, impl="torch")
     refused = [  # a model, half_weights, why the fused loop cannot run it
@@ -179,16 +180,8 @@ def test_which_loop_runs_and_what_is_refused(monkeypatch):
         generate_batch(model, VOCAB, "F", 5, 2, on_text=print)
     with pytest.raises(DataError, match="num_samples must be >= 1"):
         generate_batch(model, VOCAB, "F", 5, 0)
-    # a backend chosen by the environment is respected
-    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
-    assert "'reference' backend" in fused_unsupported(model)
-    monkeypatch.setenv("FUSEDRNN_BACKEND", "no-such-backend")
-    assert "unknown fusedrnn backend" in fused_unsupported(model)
-
-
-def test_extension_refuses_mismatched_arguments():
+    # the extension checks its arguments itself
     _C = backends.get("cpu")._C
-    model = _model("lstm", layers=1, hidden=8)
     good = _c_args(model, "lstm", torch.zeros(1, 1, 8), torch.zeros(1, 1, 8), 3)
     assert _C.generate(**good).shape == (1, 3)
     bad = [({"c": None}, "LSTM needs a contiguous c"),
@@ -204,6 +197,11 @@ def test_extension_refuses_mismatched_arguments():
     for change, message in bad:
         with pytest.raises(RuntimeError, match=message):
             _C.generate(**{**good, **change})
+    # a backend chosen by the environment is respected
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
+    assert "'reference' backend" in fused_unsupported(model)
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "no-such-backend")
+    assert "unknown fusedrnn backend" in fused_unsupported(model)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -223,10 +221,9 @@ def test_half_weights_state_is_the_rounded_models_bit_for_bit(cell, batch):
         return h if c is None else torch.cat([h, c])
 
     half = final_state(model, True)
-    if batch <= 4:  # the float32 run takes the same small-row product only up to 4 rows
-        assert torch.equal(half, final_state(half_weight_model(model), False))
-    else:
-        torch.testing.assert_close(half, final_state(half_weight_model(model), False))
+    # the float32 run takes the same small-row product (bit for bit) only up to 4 rows
+    exact = dict(rtol=0, atol=0) if batch <= 4 else {}
+    torch.testing.assert_close(half, final_state(half_weight_model(model), False), **exact)
     assert not torch.equal(half, final_state(model, False))
 
 
