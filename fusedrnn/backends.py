@@ -37,13 +37,7 @@ _HOW_TO_GET = {
     ),
 }
 
-_MODULES = {
-    "reference": "fusedrnn.ops.reference",
-    "cpu": "fusedrnn.ops.cpu",
-    "triton": "fusedrnn.ops.triton",
-    "cuda": "fusedrnn.ops.cuda",
-}
-
+_MODULES = {name: f"fusedrnn.ops.{name}" for name in BACKENDS}
 _probe_cache: dict[str, ModuleType | None] = {}
 _warned_fallback = False
 
@@ -65,16 +59,11 @@ def _load(name: str) -> ModuleType | None:
 
 
 def _runs_on(name: str, device: torch.device) -> bool:
-    if name == "reference":
-        return True
-    if name == "cpu":
-        return device.type == "cpu"
-    if name == "cuda":
-        return device.type == "cuda"
+    if name in ("cpu", "cuda"):
+        return device.type == name
     # triton: CUDA tensors, or CPU tensors under the interpreter
-    return device.type == "cuda" or (
-        device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-    )
+    interpreted = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return name == "reference" or device.type == "cuda" or interpreted
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -112,10 +101,7 @@ def resolve(name: str | None, device_type: str) -> str:
             )
         return name
     if device.type == "cuda":
-        for candidate in ("triton", "cuda"):
-            if _load(candidate) is not None:
-                return candidate
-        return "reference"
+        return next((c for c in ("triton", "cuda") if _load(c) is not None), "reference")
     if device.type == "cpu" and _load("cpu") is not None:
         return "cpu"
     if device.type == "cpu" and not _warned_fallback:

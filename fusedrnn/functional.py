@@ -15,28 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops.library import records_autograd
 from .variants import layer_options
 
 MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
-
-
-def weights_per_direction(has_bias: bool, proj_size: int) -> int:
-    return 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
 
 
 def split_weights(
     flat: list[Tensor], has_bias: bool, proj_size: int
 ) -> list[tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]]:
     """torch.nn's flat weight order → (w_ih, w_hh, b_ih, b_hh, w_hr) per layer×direction."""
-    k = weights_per_direction(has_bias, proj_size)
-    out = []
-    for i in range(0, len(flat), k):
-        group = flat[i : i + k]
-        w_ih, w_hh = group[0], group[1]
-        b_ih, b_hh = (group[2], group[3]) if has_bias else (None, None)
-        w_hr = group[-1] if proj_size > 0 else None
-        out.append((w_ih, w_hh, b_ih, b_hh, w_hr))
-    return out
+    k = 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
+    return [
+        (g[0], g[1], *(g[2:4] if has_bias else (None, None)), g[-1] if proj_size > 0 else None)
+        for g in (flat[i : i + k] for i in range(0, len(flat), k))
+    ]
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -58,13 +51,6 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return t.to(dtype)
 
 
-def _records_autograd(*tensors) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    flat = [t for item in tensors for t in (item if isinstance(item, list) else [item])]
-    return any(t is not None and t.requires_grad for t in flat)
-
-
 def _stack_step_applies(backend: ModuleType, x: Tensor, *tensors) -> bool:
     """True when one step may run as the backend's ``stack_step``: one C++ call for the whole
     stack, no per-layer op dispatch (what dominates at sampling sizes). That call records no
@@ -72,7 +58,7 @@ def _stack_step_applies(backend: ModuleType, x: Tensor, *tensors) -> bool:
     itself, with None under ``fallback=True``."""
     return (
         hasattr(backend, "stack_step")
-        and not _records_autograd(x, *tensors)
+        and not records_autograd(x, *tensors)
         and not torch.compiler.is_compiling()
     )
 
@@ -134,25 +120,22 @@ def rnn_stack(
     else:
         extra = [{} for _ in weights]
     h_n: list[Tensor] = []
-    c_n: list[Tensor] = []
+    c_n: list[Tensor | None] = []  # Nones without cx (then unused)
     layer_in = x
     for layer in range(num_layers):
         outs = []
         for d in range(dirs):
             idx = layer * dirs + d
-            w_ih, w_hh, b_ih, b_hh, w_hr = weights[idx]
             y, h, c = backend.layer(
-                cell, layer_in, hx[idx], cx[idx] if cx is not None else None,
-                w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, d == 1, **extra[idx],
+                cell, layer_in, hx[idx], cx[idx] if cx is not None else None, *weights[idx],
+                batch_sizes, d == 1, **extra[idx],
             )  # fmt: skip
             outs.append(y)
             h_n.append(h)
-            if c is not None:
-                c_n.append(c)
-        layer_out = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+            c_n.append(c)
+        layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_out = F.dropout(layer_out, p=dropout, training=True)
-        layer_in = layer_out
+            layer_in = F.dropout(layer_in, p=dropout, training=True)
     return layer_in, torch.stack(h_n), torch.stack(c_n) if cx is not None else None
 
 

@@ -8,9 +8,7 @@ themselves (names, types, defaults) are rows of :data:`fusedrnn.ops.library.LAYE
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from .library import OPTION_DEFAULTS, OPTION_TENSORS, variants_on
+from .library import N_POSITIONAL, OPTION_TENSORS, LayerArgs, is_variant
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -27,26 +25,29 @@ def check_cell(cell: str) -> None:
         raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
 
 
-def check_cell_and_options(
-    cell: str,
-    w_ih: Tensor,  # [G*H, I]
-    w_hh: Tensor,  # [G*H, Hout]
-    options: dict,  # the layer op's keyword-only options (absent ones off)
-) -> None:
+def layer_dims(a: LayerArgs) -> tuple[int, int, int, int, int]:
+    """``(T, N, B, Hout, H)`` of a call: steps, rows of x (``T*B`` dense), batch, the widths of
+    h and c (for the fake forwards: nothing is checked)."""
+    packed, (B, Hout) = a.batch_sizes is not None, a.h0.shape
+    T = a.batch_sizes.shape[0] if packed else a.x.shape[0]
+    N = a.x.shape[0] if packed else T * a.x.shape[1]
+    return T, N, B, Hout, a.w_hh.shape[0] // gate_count(a.cell, a.cifg)
+
+
+def check_cell_and_options(a: LayerArgs) -> None:
     """The first checks of every layer op call, with the same messages on every backend: the
     cell, and when the options ask for a variant, which combinations make sense."""
-    if not variants_on(**options):
+    cell, w_ih, w_hh, cifg, ln_c_w, w_ch = a.cell, a.w_ih, a.w_hh, a.cifg, a.ln_c_w, a.w_ch
+    if not is_variant(a):
         return check_cell(cell)
-    o = {**OPTION_DEFAULTS, **options}
-    cifg, ln_c_w, w_ch = o["cifg"], o["ln_c_w"], o["w_ch"]
     if cell not in VARIANT_CELLS:
         raise ValueError(f"cell variants exist for {VARIANT_CELLS}, got {cell!r}")
     is_lstm = cell == "lstm"
-    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or o["mask_c"] is not None):
+    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or a.mask_c is not None):
         raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
-    if not is_lstm and o["zoneout_c"] > 0:
+    if not is_lstm and a.zoneout_c > 0:
         raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
-    ln_given = [o[k] is not None for k in ("ln_ih_w", "ln_hh_w", *(["ln_c_w"] if is_lstm else []))]
+    ln_given = [t is not None for t in (a.ln_ih_w, a.ln_hh_w, *([ln_c_w] if is_lstm else []))]
     if any(ln_given) and not all(ln_given):
         raise ValueError("layer norm needs ln_ih_w, ln_hh_w (and ln_c_w for LSTM) together")
     gates = gate_count(cell, cifg)
@@ -65,31 +66,21 @@ def check_cell_and_options(
 def check_layer(
     backend: str,
     dtypes: tuple,  # the dtypes the backend's kernels take
-    cell: str,
-    x: Tensor,  # [T, B, I] dense or [N, I] packed
-    h0: Tensor,  # [B, Hout]
-    c0: Tensor | None,  # [B, H] (LSTM; ignored for the other cells)
-    w_ih: Tensor,  # [G*H, I]
-    w_hh: Tensor,  # [G*H, Hout]
-    b_ih: Tensor | None,  # [G*H]
-    b_hh: Tensor | None,  # [G*H]
-    w_hr: Tensor | None,  # [Hout, H]
-    batch_sizes: Tensor | None,  # [T] int64 CPU
+    a: LayerArgs,
     *,
     device_type: str | None = None,  # the device type the kernels need, if only one
     proj_below_hidden: bool = False,  # kernels that need proj_size < H, as torch.nn asks
     both_biases: bool = False,  # kernels that take both biases or none
-    **options,  # the layer op's variant options
 ) -> int:
     """Every argument check of a layer op call whose kernels index raw memory (the GPU
     backends; the C++ extension repeats the few that guard its own pointers), with one set of
     messages: the cell and options first (:func:`check_cell_and_options`), then dtype, device
-    and every shape. Returns H."""
-    check_cell_and_options(cell, w_ih, w_hh, options)
-    o = {**OPTION_DEFAULTS, **options}
+    and every shape (fusedrnn/ops/CONTRACT.md). Returns H."""
+    check_cell_and_options(a)
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes = a[: N_POSITIONAL - 1]
     is_lstm = cell == "lstm"
     named = dict(x=x, h0=h0, c0=c0 if is_lstm else None, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                 b_hh=b_hh, w_hr=w_hr, **{k: o[k] for k in OPTION_TENSORS})  # fmt: skip
+                 b_hh=b_hh, w_hr=w_hr, **{k: getattr(a, k) for k in OPTION_TENSORS})  # fmt: skip
     tensors = {name: t for name, t in named.items() if t is not None}
     if device_type is not None:
         for name, t in tensors.items():
@@ -122,7 +113,7 @@ def check_layer(
     for name in ("h0", "w_ih", "w_hh"):
         if named[name].dim() != 2:
             raise ValueError(f"{name} has shape {tuple(named[name].shape)}, expected 2 dims")
-    gates = gate_count(cell, o["cifg"])
+    gates = gate_count(cell, a.cifg)
     gh, hout = w_hh.shape
     hidden = gh // gates
     if gh != gates * hidden or hidden == 0:
@@ -148,11 +139,11 @@ def check_layer(
         )
     if both_biases and (b_ih is None) != (b_hh is None):
         raise ValueError("give both biases or none")
-    if o["ln_ih_w"] is None and any(o[k] is not None for k in ("ln_ih_b", "ln_hh_b", "ln_c_b")):
+    if a.ln_ih_w is None and any(t is not None for t in (a.ln_ih_b, a.ln_hh_b, a.ln_c_b)):
         raise ValueError("layer-norm biases need the layer-norm gains")
     for name in ("zoneout_h", "zoneout_c"):
-        if not 0 <= o[name] < 1:
-            raise ValueError(f"{name} must lie in [0, 1), got {o[name]}")
+        if not 0 <= getattr(a, name) < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {getattr(a, name)}")
     if packed:
         if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu":
             raise ValueError("batch_sizes must be a 1-D CPU tensor")

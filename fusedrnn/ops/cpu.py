@@ -14,10 +14,6 @@ the pointwise kernels are compiled once per ISA and chosen at run time
 per-thread scratch buffers and outputs come from a per-thread pool of released outputs
 (csrc/cpu/scratch.h); :func:`empty_cache` returns that memory.
 
-The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cpu_layer_fwd``
-/ ``_bwd`` (fake implementations and autograd included), so ``torch.compile(fullgraph=True)``
-traces models using this backend without graph breaks.
-
 This module imports cleanly when the extension was not built; ``is_available()`` is then False.
 """
 
@@ -28,7 +24,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import library
-from .checks import check_cell, check_cell_and_options, gate_count
+from .checks import check_cell, check_cell_and_options, layer_dims
 
 try:
     from fusedrnn import _C
@@ -63,27 +59,21 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     _need_extension()
     if a.cell == "lstm" and a.c0 is None:
         raise ValueError("fusedrnn cpu backend: LSTM needs c0")
-    check_cell_and_options(a.cell, a.w_ih, a.w_hh, library.options_of(a))
+    check_cell_and_options(a)
     return list(_C.layer_fwd(*a[:-1], LN_EPS, a.save))
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
-    x, h0, packed = a.x, a.h0, a.batch_sizes is not None
-    GH, (B, Hout) = a.w_ih.shape[0], h0.shape
-    H = GH // gate_count(a.cell, a.cifg)
-    N = x.shape[0] if packed else x.shape[0] * x.shape[1]
-    lstm, gru, ln = a.cell == "lstm", a.cell == "gru", a.ln_ih_w is not None
+    (T, N, B, Hout, H), x = layer_dims(a), a.x
+    GH, lstm, gru, ln = a.w_hh.shape[0], a.cell == "lstm", a.cell == "gru", a.ln_ih_w is not None
     # csrc/cpu/layer_ops.h::direct_gates (c~_t is c_t itself) and saved_widths: act, cs, ct, hh,
     # xh, stats, each [N, width] where the configuration has it
     direct = not gru and not (ln or a.w_ch is not None or a.cifg or a.mask_c is not None
                               or a.zoneout_c > 0)  # fmt: skip
     slots = [(lstm or gru, GH), (lstm, H), (not direct, H), (ln, GH), (ln, GH), (ln, 4)]
-    return [
-        x.new_empty((N, Hout) if packed else (x.shape[0], B, Hout)),
-        h0.new_empty((B, Hout)),
-        h0.new_empty((B, H) if lstm else (0,)),
-        *(x.new_empty((N, width) if a.save else (0,)) for present, width in slots if present),
-    ]
+    y = (N, Hout) if a.batch_sizes is not None else (T, B, Hout)
+    return [x.new_empty(y), a.h0.new_empty((B, Hout)), a.h0.new_empty((B, H) if lstm else (0,)),
+            *(x.new_empty((N, w) if a.save else (0,)) for on, w in slots if on)]  # fmt: skip
 
 
 def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
@@ -117,21 +107,12 @@ def stack_step(
     batch_first: bool = False,
     fallback: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None] | None:
-    """One time step through a unidirectional stack, no dropout, no autograd.
-
-    For sampling loops: the whole stack runs in one C++ call. Returns ``y`` (the last layer's
-    new h: [B, Hout] in x's layout), ``h_n`` [L, B, Hout] and ``c_n`` [L, B, H] (LSTM) or
-    None (each state in the rank it was given). Tensors that do not fit (dtype, device, shapes)
-    raise, or with ``fallback`` return None, for a caller that has a general path with its own
-    messages (the modules).
-    """
+    """The contract's ``stack_step`` (fusedrnn/ops/CONTRACT.md): one time step of a
+    unidirectional stack in one C++ call, for sampling loops; ``y`` is the last layer's new h,
+    ``h_n`` and ``c_n`` come back in the rank their states were given."""
     _need_extension()
     check_cell(cell)
-    if torch.is_grad_enabled() and (
-        x.requires_grad
-        or (hx is not None and hx.requires_grad)
-        or any(w.requires_grad for w in flat_weights)
-    ):
+    if library.records_autograd(x, hx, flat_weights):
         raise RuntimeError(
             "fusedrnn.ops.cpu.stack_step does not record autograd; call it under "
             "torch.no_grad() / torch.inference_mode(), or use layer()"

@@ -7,10 +7,9 @@ the variants (math in docs/variants.md) row kernels (csrc/cuda/launchers.h). The
 math is csrc/cell_math.h, the same code the cpu backend runs; the backward is derived in
 docs/backward.md.
 
-The op is registered by :func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::cuda_layer_fwd``
-/ ``_bwd``; with ``save=False`` (no backward can follow) the driver writes no activations
-(the row kernels write scratch rows). Importing this module never touches CUDA and never imports
-the extension; ``is_available()`` does both, lazily.
+With ``save=False`` the driver writes no activations (the row kernels write scratch rows).
+Importing this module never touches CUDA and never imports the extension; ``is_available()``
+does both, lazily.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import library
-from .checks import check_layer, gate_count
+from .checks import check_layer, gate_count, layer_dims
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -38,12 +37,9 @@ def _load_ext() -> ModuleType:
 def is_available() -> bool:
     """True when a CUDA device is usable and the extension fusedrnn._C_cuda was built."""
     try:
-        if not torch.cuda.is_available():
-            return False
-        _load_ext()
+        return torch.cuda.is_available() and _load_ext() is not None
     except (ImportError, OSError, RuntimeError):
         return False
-    return True
 
 
 def make_layer(
@@ -57,19 +53,13 @@ def make_layer(
         """``[y [N, Hout], h_n, c_n, act, hhat, stats, h_prev, hraw, xhat_ih, rstd_ih]``
         (layer_driver.h); [0] placeholders for absent buffers and, without ``save``, for
         everything after c_n (the driver's scratch rows)."""
-        check_layer(
-            backend, SUPPORTED_DTYPES, a.cell, *a[1 : library.N_POSITIONAL - 1],
-            device_type=device_type, proj_below_hidden=True, both_biases=not library.is_variant(a),
-            **library.options_of(a),
-        )  # fmt: skip
+        check_layer(backend, SUPPORTED_DTYPES, a, device_type=device_type, proj_below_hidden=True,
+                    both_biases=not library.is_variant(a))  # fmt: skip
         out = get_ext().layer_forward(*a[:-1], LN_EPS, a.save)[: 10 if a.save else 3]
         return [a.x.new_empty(0) if t is None else t for t in out + [None] * (10 - len(out))]
 
     def fake_forward(a: library.LayerArgs) -> list[Tensor]:
-        x, h0, cell = a.x, a.h0, a.cell
-        G = gate_count(cell, a.cifg)
-        H, (B, Hout) = a.w_hh.shape[0] // G, h0.shape
-        N = x.shape[0] if a.batch_sizes is not None else x.shape[0] * x.shape[1]
+        (_, N, B, Hout, H), x, cell, G = layer_dims(a), a.x, a.cell, gate_count(a.cell, a.cifg)
         lstm, ln, proj = cell == "lstm", a.ln_ih_w is not None, a.w_hr is not None
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
 

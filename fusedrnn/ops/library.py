@@ -23,9 +23,6 @@ here and a branch in each backend's kernels.
   materialised, the saved buffers' would be zeros the size of the activations, per backward.
 - ``register_fake`` gives both ops meta shapes, so ``torch.compile(fullgraph=True)`` sees two
   opaque nodes and no graph break.
-- Eager calls that record a graph apply the same setup_context / backward rule through a small
-  ``autograd.Function`` instead: the registered path rebuilds the full argument list from the
-  schema at every call, which costs more than a small layer's kernels.
 """
 
 from __future__ import annotations
@@ -106,6 +103,15 @@ def is_variant(a: LayerArgs) -> bool:
     return variants_on(**options_of(a))
 
 
+def records_autograd(*tensors) -> bool:
+    """True when grad mode is on and a tensor requires grad (None allowed; a list or tuple
+    stands for its items): a backward can follow."""
+    if not torch.is_grad_enabled():
+        return False
+    flat = [t for item in tensors for t in (item if isinstance(item, list | tuple) else [item])]
+    return any(t is not None and t.requires_grad for t in flat)
+
+
 # forward(a) -> buffers;  fake_forward(a) -> buffers of the same shapes and strides
 ForwardFn = Callable[[LayerArgs], list[Tensor]]
 # backward(a, buffers, grads, needs) -> gradients in GRAD_INPUTS order (None allowed; a shorter
@@ -124,21 +130,18 @@ def differentiable_backward(
     """The gradients of the GRAD_INPUTS as a graph autograd can differentiate again: the
     backward of a fused op is itself an opaque kernel, so under ``create_graph=True`` the
     forward is recomputed with :func:`fusedrnn.ops.reference.layer` (same contract, plain
-    PyTorch) and differentiated by autograd. ``grads`` are those of (y, h_n, c_n)."""
+    PyTorch) and differentiated by autograd. ``grads`` are those of (y, h_n, c_n); ``needs``
+    asks for at least one gradient."""
     from . import reference
 
-    inputs = [getattr(a, name) for name in GRAD_INPUTS]
-    wanted = [t for t, n in zip(inputs, needs, strict=True) if n]
-    result: list[Tensor | None] = [None] * len(inputs)
-    if not wanted:
-        return result
+    wanted = [getattr(a, name) for name, n in zip(GRAD_INPUTS, needs, strict=True) if n]
     outs = reference.layer(*a[:N_POSITIONAL], **options_of(a))
     pairs = [
         (o, g) for o, g in zip(outs, grads, strict=False)
         if o is not None and g is not None and o.requires_grad
     ]  # fmt: skip
     if not pairs:
-        return result
+        return [None] * len(needs)
     computed = iter(torch.autograd.grad(
         [o for o, _ in pairs], wanted, [g for _, g in pairs],
         create_graph=True, allow_unused=True, materialize_grads=True,
@@ -255,10 +258,10 @@ def define_layer(
     fwd_op.register_autograd(backward_rule, setup_context=setup_context)
 
     class EagerLayer(torch.autograd.Function):
-        """The same autograd rule for eager calls that record a graph (why: the module
-        docstring; compiled code keeps the registered rule). While anything observes the
-        dispatcher (:func:`_unwatched`) the ops themselves run, so that dispatch modes see them
-        as in compiled code; otherwise their Python bodies do."""
+        """The same autograd rule for eager calls that record a graph (CONTRACT.md; compiled
+        code keeps the registered rule). While anything observes the dispatcher
+        (:func:`_unwatched`) the ops themselves run, so that dispatch modes see them as in
+        compiled code; otherwise their Python bodies do."""
 
         @staticmethod
         def forward(ctx, *args):
@@ -287,7 +290,7 @@ def define_layer(
                 opts[m] = opts[m].detach().to(x.dtype)
         tensors = (x, h0, c0 if lstm else None, w_ih, w_hh, b_ih, b_hh, w_hr)
         diff = [*tensors, *(opts[n] for n in GRAD_INPUTS[len(tensors) :])]
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in diff)
+        save = records_autograd(*diff)
         a = LayerArgs(cell, *tensors, batch_sizes, reverse, **opts, save=save)
         eager = save and not torch.compiler.is_compiling()
         y, h_n, c_n = unpack(a, list(EagerLayer.apply(*a)) if eager else fwd_op(*a))

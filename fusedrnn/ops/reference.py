@@ -2,12 +2,8 @@
 
 This is the oracle every fused backend is tested against. It is differentiated by autograd,
 so it has no backward of its own, and it follows PyTorch's conventions exactly (gate order,
-GRU's ``b_hn`` inside the reset product, cuDNN-style packed sequences).
-
-The cell variants (layer norm, peephole, CIFG, zoneout) are keyword-only options of the same
-op, all off by default (each cell is then exactly torch.nn's); their math is docs/variants.md.
-Zoneout here: a given mask (training) keeps the old value where it is 1; without one, p > 0
-(evaluation) blends ``p * old + (1 - p) * new``.
+GRU's ``b_hn`` inside the reset product, cuDNN-style packed sequences). The cell variants are
+keyword-only options, all off by default (math in docs/variants.md; zoneout: :func:`_zone`).
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from .checks import CELLS, GATES, check_cell_and_options
-from .library import OPTION_DEFAULTS as OPTIONS
+from .library import LayerArgs
 
 __all__ = ["CELLS", "GATES", "layer", "step_slices"]
 
@@ -52,6 +48,8 @@ def _zone(
     start: int,  # the step's first row in mask
     p: float,
 ) -> Tensor:
+    """Zoneout: a given mask keeps the old value where it is 1; without one, p > 0 (evaluation)
+    blends ``p * old + (1 - p) * new``."""
     if mask is not None:
         mask = mask[start : start + new.shape[0]]
         return mask * old + (1 - mask) * new
@@ -144,7 +142,7 @@ def layer(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Run one layer in one direction over a whole sequence -> (y, h_n, c_n): the contract of
     fusedrnn/ops/CONTRACT.md, packed semantics included (the cells but the LSTM return c0)."""
-    check_cell_and_options(cell, w_ih, w_hh, {k: v for k, v in locals().items() if k in OPTIONS})
+    check_cell_and_options(LayerArgs(**locals(), save=False))
     packed = batch_sizes is not None
     batch = h0.shape[0]
     seq_len = batch_sizes.numel() if packed else x.shape[0]
@@ -171,8 +169,6 @@ def layer(
         h = h_new if rows == batch else torch.cat([h_new, h[rows:]])
         ys[t] = h_new
 
-    if packed:
-        y = torch.cat(ys) if seq_len else x.new_empty(0, h0.shape[1])
-    else:
-        y = torch.stack(ys) if seq_len else x.new_empty(0, batch, h0.shape[1])
-    return y, h, c
+    if not seq_len:  # y [0, Hout] packed, [0, B, Hout] dense
+        return x.new_empty(0, *h0.shape[1 if packed else 0 :]), h, c
+    return torch.cat(ys) if packed else torch.stack(ys), h, c

@@ -14,11 +14,9 @@ scaled by ``r``), ``h_prev`` is a view of the state history and the sums are
 deterministic reductions (no atomics).
 
 With a variant option on, the forward, its fake and the backward's kernels hand over to
-:mod:`.variants` (:func:`unpack` and the backward's GEMMs serve both). Registered by
-:func:`fusedrnn.ops.library.define_layer` as ``fusedrnn::triton_layer_fwd`` / ``_bwd``. With
-``save=False`` (no backward can follow) the torch.nn cells' kernels skip the saved gates
-(``WRITE_GATES``); the state histories are the outputs and are always written. The variant
-kernels still write their saved activations.
+:mod:`.variants` (:func:`unpack` and the backward's GEMMs serve both). With ``save=False``
+the torch.nn cells' kernels skip the saved gates (``WRITE_GATES``); the state histories are the
+outputs and are always written. The variant kernels still write their saved activations.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import library
-from ..checks import check_layer, gate_count
+from ..checks import check_layer, layer_dims
 from ..library import GRAD_INPUTS
 from . import runtime, variants
 from .common import forward_buffers
@@ -42,8 +40,7 @@ def forward(a: library.LayerArgs) -> list[Tensor]:
     """Buffers ``[Hs, Cs, gates, m, y]`` (see the cell launchers; empty when unused), or the
     variant op's (:func:`.variants.forward`)."""
     variant = library.is_variant(a)
-    check_layer("triton", variants.DTYPES if variant else DTYPES, *a[: library.N_POSITIONAL - 1],
-                **library.options_of(a))  # fmt: skip
+    check_layer("triton", variants.DTYPES if variant else DTYPES, a)
     with runtime.device_guard(a.x.device):
         plan = runtime.layer_plan(a.x, a.h0, a.batch_sizes, a.reverse)
         return variants.forward(a, plan) if variant else _forward(a, plan)
@@ -58,12 +55,11 @@ def _forward(a: library.LayerArgs, plan: runtime.Plan) -> list[Tensor]:
 
 
 def fake_forward(a: library.LayerArgs) -> list[Tensor]:
-    packed, (B, Hout) = a.batch_sizes is not None, a.h0.shape
-    T = a.batch_sizes.shape[0] if packed else a.x.shape[0]
-    H = a.w_hh.shape[0] // gate_count(a.cell, a.cifg)
     if library.is_variant(a):
-        return variants.fake_forward(a, T, B, Hout, H)
-    return forward_buffers(a.cell, a.x, T, B, Hout, H, a.w_hr is not None, packed, a.save)
+        return variants.fake_forward(a)
+    T, _, B, Hout, H = layer_dims(a)
+    return forward_buffers(a.cell, a.x, T, B, Hout, H, a.w_hr is not None,
+                           a.batch_sizes is not None, a.save)  # fmt: skip
 
 
 def _y_buffer(a: library.LayerArgs) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -11,6 +10,8 @@ from typing import NamedTuple
 
 import torch
 import triton.language as tl
+
+from ..reference import step_slices
 
 
 class LaunchCounter:
@@ -163,12 +164,11 @@ class Plan:
     """The visiting order of a layer's steps (packed or dense, either direction)."""
 
     def __init__(self, batch_sizes: torch.Tensor | None, seq_len: int, batch: int, reverse: bool):
-        sizes = [batch] * seq_len if batch_sizes is None else [int(b) for b in batch_sizes.tolist()]
-        self.T, self.B, self.reverse = len(sizes), batch, reverse
-        self.packed = batch_sizes is not None  # the op's x, y, dy are packed [N, K] rows
-        row0 = [0, *itertools.accumulate(sizes)]
         r, w = (1, 0) if reverse else (0, 1)
-        self.by_t = [Step(t, row0[t], n, t + r, t + w) for t, n in enumerate(sizes)]  # time order
+        self.by_t = [Step(t, row0, n, t + r, t + w)  # time order
+                     for t, row0, n in step_slices(batch_sizes, seq_len, batch, False)]  # fmt: skip
+        self.T, self.B, self.reverse = len(self.by_t), batch, reverse
+        self.packed = batch_sizes is not None  # the op's x, y, dy are packed [N, K] rows
         self.steps = self.by_t[::-1] if reverse else self.by_t  # visiting order
         self.first_slot = self.T if reverse else 0  # holds h0 / c0
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ...variants import LN_EPS
 from .. import library
-from ..checks import gate_count
+from ..checks import gate_count, layer_dims
 from . import runtime
 from .variant_step import variant_buffers, variant_bwd, variant_fwd
 
@@ -83,13 +83,11 @@ def forward(a: library.LayerArgs, plan: runtime.Plan) -> list[Tensor]:
     return [*out, uhat, rstd_u]
 
 
-def fake_forward(a: library.LayerArgs, T: int, B: int, Hout: int, H: int) -> list[Tensor]:
-    """:func:`forward`'s buffers (sizes from :func:`.layer_op.fake_forward`)."""
-    x, packed = a.x, a.batch_sizes is not None
-    N = x.shape[0] if packed else T * x.shape[1]
-    GH, ln = a.w_hh.shape[0], a.ln_ih_w is not None
+def fake_forward(a: library.LayerArgs) -> list[Tensor]:
+    """:func:`forward`'s buffers."""
+    (T, N, B, Hout, H), x, GH, ln = layer_dims(a), a.x, a.w_hh.shape[0], a.ln_ih_w is not None
     out = variant_buffers(x, a.cell, T, B, H, Hout, GH, a.ln_hh_w is not None,
-                          a.w_hr is not None, packed)  # fmt: skip
+                          a.w_hr is not None, a.batch_sizes is not None)  # fmt: skip
     return [*out, runtime.buffer(x, N, GH, on=ln), runtime.buffer(x, N, 1, on=ln)]
 
 
