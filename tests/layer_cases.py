@@ -39,10 +39,8 @@ def triton_devices() -> list:
     """The devices the Triton kernels run on here: "cpu" under the interpreter, "cuda" (a
     GPU test) with a GPU. A module of Triton tests skips without either:
     ``DEVICES = triton_devices() or skip_module_without_triton()``."""
-    out: list = ["cpu"] if triton_interpreting() else []
-    if _triton_on_gpu():
-        out.append(pytest.param("cuda", marks=pytest.mark.gpu))
-    return out
+    gpu = [pytest.param("cuda", marks=pytest.mark.gpu)] if _triton_on_gpu() else []
+    return (["cpu"] if triton_interpreting() else []) + gpu
 
 
 def triton_device() -> str | None:
@@ -94,13 +92,10 @@ class Case:
     def variant(self) -> bool:
         return self.ln or self.peep or self.cifg or self.zone != "none"
 
-    def __str__(self) -> str:
-        default = Case(self.cell)
-        parts = [self.cell, f"T{self.T}B{self.B}I{self.I}H{self.H}"]
-        for name, value in asdict(self).items():
-            if name not in ("cell", "T", "B", "I", "H") and value != getattr(default, name):
-                parts.append(name if value is True else f"{name}={value}")
-        return "-".join(str(p) for p in parts).replace(" ", "")
+    def __str__(self) -> str:  # the shape, then each option that is not the default
+        opts = [k if v is True else f"{k}={v}".replace(" ", "") for k, v in asdict(self).items()
+                if k not in ("cell", "T", "B", "I", "H") and v != getattr(Case, k)]  # fmt: skip
+        return "-".join([self.cell, f"T{self.T}B{self.B}I{self.I}H{self.H}", *opts])
 
 
 def _batch_sizes(case: Case, gen: torch.Generator) -> torch.Tensor | None:
@@ -142,19 +137,13 @@ def make_inputs(case: Case, dtype: torch.dtype, device="cpu", seed: int = 0) -> 
     if case.cifg:
         a["cifg"] = True
     if case.ln:  # gains away from 1 and biases away from 0, so that a wrong use of either shows
-        a.update(ln_ih_w=rnd(G * H, scale=0.3, shift=1.0), ln_hh_w=rnd(G * H, scale=0.3, shift=1.0))
-        if case.bias:
-            a.update(ln_ih_b=rnd(G * H, scale=0.3), ln_hh_b=rnd(G * H, scale=0.3))
-        if lstm:
-            a["ln_c_w"] = rnd(H, scale=0.3, shift=1.0)
-            if case.bias:
-                a["ln_c_b"] = rnd(H, scale=0.3)
+        for parts, n in (("ih", "hh"), G * H), (("c",) * lstm, H):  # c: the LSTM's cell state
+            for end, shift in (("w", 1.0), ("b", 0.0))[: 1 + case.bias]:
+                a.update({f"ln_{p}_{end}": rnd(n, scale=0.3, shift=shift) for p in parts})
     if case.peep:
         a["w_ch"] = rnd(2 if case.cifg else 3, H, scale=0.5)
     if case.zone == "eval":
-        a["zoneout_h"] = 0.3
-        if lstm:
-            a["zoneout_c"] = 0.2
+        a.update(zoneout_h=0.3, **({"zoneout_c": 0.2} if lstm else {}))
     for s, width in (("h", Hout), ("c", H))[: 1 + lstm]:  # training masks, h's drawn first
         if case.zone in (s, "hc"):
             a[f"zoneout_{s}"] = 0.4

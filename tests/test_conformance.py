@@ -24,28 +24,19 @@ import contextlib
 import itertools
 
 import cuda_host
+import layer_cases
 import pytest
 import torch
 from conftest import MODES, TOLERANCES
-from layer_cases import (
-    TOL,
-    Case,
-    assert_close,
-    call,
-    cast,
-    compare,
-    make_inputs,
-    outputs_and_grads,
-    triton_device,
-    with_leaves,
-)
+from layer_cases import TOL, Case, call, compare
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
 from fusedrnn.ops import cpu, cuda, library, reference
 from fusedrnn.ops.checks import CELLS
 
-TRITON_DEVICE = triton_device()
+F64, F32 = torch.float64, torch.float32
+TRITON_DEVICE = layer_cases.triton_device()
 needs_triton = [
     pytest.mark.skipif(
         TRITON_DEVICE is None, reason="the triton kernels need CUDA, or TRITON_INTERPRET=1"
@@ -62,15 +53,6 @@ BACKENDS = [
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
         not cuda.is_available(), reason="needs CUDA and fusedrnn._C_cuda")]),
 ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def _nan_pages():
-    """Freed memory refilled with NaN, so an output the C++ kernels allocate uninitialised
-    and miss shows up as NaN instead of a lucky zero."""
-    junk = [torch.full((n,), float("nan")) for n in (16, 64, 256, 1024, 4096) * 4]
-    del junk
-    yield
 
 
 def torch_nn_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
@@ -96,11 +78,10 @@ class Backend:
 
     def __init__(self, name: str):
         self.name, self.device = name, "cuda" if name == "cuda" else "cpu"
-        fixed = {"cpu": lambda: cpu.layer, "cuda-host": cuda_host.host_layer,
-                 "cuda": lambda: cuda.layer, "reference": lambda: reference.layer,
-                 "torch.nn": lambda: torch_nn_layer}  # fmt: skip
-        if name in fixed:
-            self.layer = fixed[name]()
+        if not name.startswith("triton"):
+            fixed = {"cpu": cpu.layer, "cuda": cuda.layer, "reference": reference.layer,
+                     "torch.nn": torch_nn_layer}  # fmt: skip
+            self.layer = cuda_host.host_layer() if name == "cuda-host" else fixed[name]
             return
         from fusedrnn.ops import triton as tb
 
@@ -112,7 +93,15 @@ class Backend:
 
         self.layer = layer
 
-    poison = staticmethod(_nan_pages)
+    @staticmethod
+    @contextlib.contextmanager
+    def poison():
+        """Freed memory refilled with NaN, so an output the C++ kernels allocate uninitialised
+        and miss shows up as NaN instead of a lucky zero (the triton backends poison their
+        kernels' buffers instead)."""
+        junk = [torch.full((n,), float("nan")) for n in (16, 64, 256, 1024, 4096) * 4]
+        del junk
+        yield
 
     def tol(self, dtype: torch.dtype, case: Case) -> float:
         if self.name == "torch.nn":
@@ -129,12 +118,16 @@ class Backend:
             pytest.skip("the variant kernels have one path (run as triton-step)")
         if self.name == "triton-persistent" and (case.proj or case.H > 64):
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
-        return make_inputs(case, dtype, self.device, seed)
+        return layer_cases.make_inputs(case, dtype, self.device, seed)
 
-    def check(self, case: Case, dtype: torch.dtype, a=None, **options) -> None:
-        """Outputs and gradients against the reference op, on ``a`` (``case``'s by default);
-        ``options`` (pick, wanted) as for layer_cases.compare."""
-        a = self.inputs(case, dtype) if a is None else a
+    def check(self, case: Case, dtype: torch.dtype, transposed=False, **options) -> None:
+        """Outputs and gradients against the reference op on ``case``'s inputs (``transposed``:
+        x as a batch_first module hands it to the op); ``options`` (pick, wanted) as for
+        layer_cases.compare."""
+        a = self.inputs(case, dtype)
+        if transposed:
+            a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
+            assert not a["x"].is_contiguous()
         # float32 results against the float64 truth on the same inputs: the reference op's own
         # float32 rounding is no error of the backend's (on the ill-conditioned layer-norm
         # gradients of H=300 it alone reaches a third of the tolerance)
@@ -169,24 +162,21 @@ SHAPES = [
 # of one step, H = 300 beyond one 256-thread row (rows * H = 900: several blocks); for the plain
 # cells also 9 x 40 rows, whose bias gradients' two-pass column sum takes several partial chunks
 LAUNCHES = ((1, 1, 1, 1), (1, 9, 3, 5), (7, 1, 2, 3), (3, 4, 5, 300))
-GRIDS = [
-    Case(cell, T=T, B=B, I=I, H=H)
-    for cell in ("lstm", "gru", "rnn_tanh")
-    for B, T, I, H in LAUNCHES
-] + [Case("rnn_tanh", T=40, B=9, I=2, H=3)]
 PLAIN = [Case(cell, **s) for cell in CELLS for s in SHAPES] + [
-    *GRIDS,
+    *(Case(cell, T=T, B=B, I=I, H=H)
+      for cell in ("lstm", "gru", "rnn_tanh") for B, T, I, H in LAUNCHES),
+    Case("rnn_tanh", T=40, B=9, I=2, H=3),
     Case("lstm", T=4, B=3, I=4, H=11, proj=5),
     Case("lstm", T=5, B=4, I=3, H=6, proj=2, packed=True),
     Case("lstm", T=4, B=4, I=3, H=9, proj=4, packed=True, reverse=True),
     Case("lstm", T=3, B=2, I=3, H=6, proj=3, bias=False, reverse=True),
     Case("lstm", T=4, B=3, I=6, H=70, proj=5, lengths=(4, 3, 3), reverse=True),
-]
+]  # fmt: skip
 
 
 # "torch.nn" checks the reference op itself (the oracle of the rest) against torch.nn's modules
 @pytest.mark.parametrize("backend", [*BACKENDS, "torch.nn"], indirect=True)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", PLAIN, ids=str)
 def test_plain_cells(backend, case, dtype):
     backend.check(case, dtype)
@@ -233,19 +223,15 @@ AWKWARD = [
 
 
 # option mixes the slices above lack in float32: packed with a projection, CIFG with bias
-FLOAT32 = [
-    Case("lstm", T=5, B=4, I=3, H=6, proj=2, packed=True, ln=True, peep=True, zone="hc"),
-    Case("lstm", T=5, B=4, I=3, H=6, packed=True, ln=True, cifg=True, zone="eval"),
-]
+FLOAT32 = [Case("lstm", T=5, B=4, I=3, H=6, packed=True, ln=True, **opts)
+           for opts in (dict(proj=2, peep=True, zone="hc"), dict(cifg=True, zone="eval"))]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "case,dtype",
-    [pytest.param(c, torch.float64, id=f"{c}-f64") for c in VARIANTS + AWKWARD]
-    + [
-        pytest.param(c, torch.float32, id=f"{c}-f32")
-        for c in VARIANTS[::4] + AWKWARD[::3] + FLOAT32
-    ],
+    [(c, F64) for c in VARIANTS + AWKWARD]
+    + [(c, F32) for c in VARIANTS[::4] + AWKWARD[::3] + FLOAT32],
+    ids=lambda v: {F64: "f64", F32: "f32"}.get(v, str(v)),
 )
 def test_variants_float64_float32(backend, case, dtype):
     backend.check(case, dtype)
@@ -253,7 +239,6 @@ def test_variants_float64_float32(backend, case, dtype):
 
 # -- one output's gradients, frozen inputs, a transposed x, repeatability --------------------
 
-F64 = torch.float64
 CALLS = [  # (case, dtype, how): a loss on output ``pick``, grads of ``wanted``, x ``transposed``
     *((c, F64, {"pick": k}) for c in (
         Case("lstm", T=5, B=3, I=4, H=40),
@@ -262,7 +247,7 @@ CALLS = [  # (case, dtype, how): a loss on output ``pick``, grads of ``wanted``,
         Case("lstm", packed=True, ln=True, peep=True, zone="hc"),
         Case("gru", T=3, B=3, I=2, H=6, ln=True, zone="h", packed=True),
     ) for k in range(3 if c.cell == "lstm" else 2)),
-    (Case("lstm", T=4, B=3, I=5, H=6), torch.float32, {"wanted": ("x",)}),
+    (Case("lstm", T=4, B=3, I=5, H=6), F32, {"wanted": ("x",)}),
     (Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="eval"), F64,
      {"wanted": ("x", "ln_c_w")}),
     *((Case(cell, bias=False), F64, {"wanted": ("x", "h0", "w_ih", "w_hh")}) for cell in CELLS),
@@ -271,34 +256,23 @@ CALLS = [  # (case, dtype, how): a loss on output ``pick``, grads of ``wanted``,
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "case,dtype,how",
-    CALLS,
-    ids=lambda v: "".join(c for c in str(v).removeprefix("torch.") if c not in " '{}"),
-)
+@pytest.mark.parametrize("case,dtype,how", CALLS, ids=lambda v: "".join(
+    c for c in str(v).removeprefix("torch.") if c not in " '{}"))  # fmt: skip
 def test_call_forms(backend, case, dtype, how):
     """``pick``: output gradients autograd does not produce reach the backward as None, and
     each output alone must still give the reference gradients. ``wanted``: the other weights
     (and c0) frozen (no requires_grad), the gradients of those that do require grad still
     match the reference's (which must exist). ``transposed``: a batch_first module hands the
     op a transposed x."""
-    a = backend.inputs(case, dtype)
-    if how.get("transposed"):
-        a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
-        assert not a["x"].is_contiguous()
-    backend.check(case, dtype, a=a, pick=how.get("pick"), wanted=how.get("wanted"))
+    backend.check(case, dtype, **how)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        Case("lstm", T=3, B=20, I=2, H=9, ln=True, peep=True, zone="hc", packed=True),
-        Case("gru", T=5, B=4, H=9, ln=True, zone="hc", lengths=(5, 4, 4, 2)),
-        Case("lstm", T=5, B=4, H=9, ln=True, peep=True, zone="hc", proj=3, lengths=(5, 4, 4, 2)),
-        Case("lstm", T=4, B=5, I=3, H=13, packed=True, reverse=True),
-    ],
-    ids=str,
-)
+@pytest.mark.parametrize("case", [
+    Case("lstm", T=3, B=20, I=2, H=9, ln=True, peep=True, zone="hc", packed=True),
+    Case("gru", T=5, B=4, H=9, ln=True, zone="hc", lengths=(5, 4, 4, 2)),
+    Case("lstm", T=5, B=4, H=9, ln=True, peep=True, zone="hc", proj=3, lengths=(5, 4, 4, 2)),
+    Case("lstm", T=4, B=5, I=3, H=13, packed=True, reverse=True),
+], ids=str)  # fmt: skip
 def test_repeatable_and_same_without_grad(backend, case):
     """The same call twice bit for bit, outputs and gradients (no atomics), and the same
     outputs under no_grad (nothing saved for a backward, nothing recorded though the inputs
@@ -308,19 +282,15 @@ def test_repeatable_and_same_without_grad(backend, case):
     counts may round differently (cuBLAS and the host build's at::mm alike): there, no_grad
     outputs agree to the float32 tolerance."""
     a = backend.inputs(case, torch.float32, seed=5)
-    (out1, g1), (out2, g2) = (outputs_and_grads(backend.layer, a) for _ in range(2))
+    (out1, g1), (out2, g2) = (layer_cases.outputs_and_grads(backend.layer, a) for _ in range(2))
     with torch.no_grad():
-        out3 = call(backend.layer, with_leaves(a))
+        out3 = call(backend.layer, layer_cases.with_leaves(a))
+    tol = TOL[F32] if backend.name == "cuda-host" and case.variant else 0  # else bit for bit
     for name, o1, o2, o3 in zip(("y", "h_n", "c_n"), out1, out2, out3, strict=True):
         assert (o1 is None) == (o2 is None) == (o3 is None), name
-        if o1 is None:
-            continue
-        assert not o3.requires_grad, name
-        assert torch.equal(o1, o2), name
-        if backend.name == "cuda-host" and case.variant:
-            assert_close(o3, o1, TOL[torch.float32], f"{name} without grad")
-        else:
-            assert torch.equal(o1, o3), f"{name} without grad"
+        if o1 is not None:
+            assert not o3.requires_grad and torch.equal(o1, o2), name
+            layer_cases.assert_close(o3, o1, tol, f"{name} without grad")
     for k in g1:
         assert torch.equal(g1[k], g2[k]), k
 
@@ -336,7 +306,7 @@ def test_half_inputs_computed_in_float32(backend, case, dtype):
     half = backend.inputs(case, dtype)
     if backend.name != "cpu" and not (backend.name.startswith("triton") and case.variant):
         pytest.skip("the kernels take these half inputs (the backend's own tests)")
-    want = call(backend.layer, {k: cast(v, torch.float32) for k, v in half.items()})
+    want = call(backend.layer, {k: layer_cases.cast(v, F32) for k, v in half.items()})
     with backend.poison():
         got = call(backend.layer, half)
     for g, w in zip(got, want, strict=True):
@@ -345,50 +315,36 @@ def test_half_inputs_computed_in_float32(backend, case, dtype):
 
 # -- numerical gradients ---------------------------------------------------------------------
 
-GRADCHECK = [
-    Case(cell, T=3, B=2, I=3, H=3, proj=2 * (cell == "lstm"), lengths=lengths, reverse=reverse)
-    for cell in CELLS
-    for lengths in (None, (3, 2))
-    for reverse in (False, True)
-] + [
-    Case("lstm", T=3, B=2, I=2, H=3, lengths=(3, 2), **opts)
-    for opts in (
+
+def _four_ways(cell, I=2, **opts):
+    """``cell`` with ``opts`` (T=3, B=2, H=3), dense and packed, forward and reverse."""
+    return [Case(cell, T=3, B=2, I=I, H=3, lengths=lengths, reverse=reverse, **opts)
+            for lengths in (None, (3, 2)) for reverse in (False, True)]  # fmt: skip
+
+
+GRADCHECK = list(dict.fromkeys([
+    *(c for cell in CELLS for c in _four_ways(cell, I=3, proj=2 * (cell == "lstm"))),
+    *(Case("lstm", T=3, B=2, I=2, H=3, lengths=(3, 2), **opts) for opts in (
         dict(ln=True), dict(peep=True), dict(cifg=True), dict(cifg=True, peep=True, ln=True),
         dict(zone="eval"), dict(zone="h"), dict(zone="c"), dict(proj=2, ln=True, zone="h"),
         dict(bias=False, ln=True), dict(ln=True, peep=True, proj=2, zone="hc", reverse=True),
-    )
-] + [
-    Case("gru", T=3, B=2, I=2, H=3, **opts)
-    for opts in (dict(ln=True), dict(zone="eval"), dict(zone="h"), dict(bias=False, ln=True))
-]  # fmt: skip
-
-
+    )),
+    *(Case("gru", T=3, B=2, I=2, H=3, **opts)
+      for opts in (dict(ln=True), dict(zone="eval"), dict(zone="h"), dict(bias=False, ln=True))),
+    *(c for cell, opts in (  # four option mixes each dense and packed, forward and reverse
+        ("lstm", dict(ln=True, peep=True, zone="hc")),
+        ("lstm", dict(cifg=True, peep=True, proj=2, zone="eval")),
+        ("lstm", dict(bias=False, ln=True)), ("gru", dict(ln=True, zone="h")),
+    ) for c in _four_ways(cell, **opts)),
+]))  # fmt: skip
 # the cases the Triton kernels take (on the interpreter each costs seconds): every cell once,
 # packed and reverse, the projection, and every variant option in two calls
 TRITON_GRADCHECK = {
-    str(c) for c in GRADCHECK
-    if (c.cell, c.proj, c.lengths, c.reverse, c.variant) in (
-        ("lstm", 2, (3, 2), True, False), ("gru", 0, (3, 2), False, False),
-        ("rnn_tanh", 0, None, False, False), ("rnn_relu", 0, (3, 2), True, False),
-        ("lstm", 2, (3, 2), True, True),
-    ) or (c.cell == "gru" and c.ln and c.bias)
+    "lstm-T3B2I3H3-proj=2-lengths=(3,2)-reverse", "gru-T3B2I3H3-lengths=(3,2)", "rnn_tanh-T3B2I3H3",
+    "rnn_relu-T3B2I3H3-lengths=(3,2)-reverse", "gru-T3B2I2H3-ln",
+    "lstm-T3B2I2H3-proj=2-lengths=(3,2)-reverse-ln-peep-zone=hc",
 }  # fmt: skip
-
-# four option mixes each dense and packed, forward and reverse; added after TRITON_GRADCHECK
-# is drawn, so the interpreter runs none of them
-GRADCHECK += [
-    c
-    for cell, opts in (
-        ("lstm", dict(ln=True, peep=True, zone="hc")),
-        ("lstm", dict(cifg=True, peep=True, proj=2, zone="eval")),
-        ("lstm", dict(bias=False, ln=True)),
-        ("gru", dict(ln=True, zone="h")),
-    )
-    for lengths in (None, (3, 2))
-    for reverse in (False, True)
-    if (c := Case(cell, T=3, B=2, I=2, H=3, lengths=lengths, reverse=reverse, **opts))
-    not in GRADCHECK
-]
+assert TRITON_GRADCHECK <= set(map(str, GRADCHECK))
 
 
 # the reference op is the oracle of the other tests: its own gradients are checked here only

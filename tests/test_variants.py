@@ -11,17 +11,17 @@ option: tests/test_conformance.py.
 from __future__ import annotations
 
 import copy
+from itertools import combinations
 
 import pytest
 import torch
-from layer_cases import Case, call, make_inputs
+from layer_cases import Case, make_inputs
 from module_testlib import assert_all_close, assert_outputs_close, flatten
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from fusedrnn import variants
-from fusedrnn.ops import reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,12 +48,9 @@ def _ln(x, w, b):
     return y if b is None else y + b
 
 
-def _zone(new, old, mask, p, training):
-    if training and mask is not None:
-        return mask * old + (1 - mask) * new
-    if not training and p > 0:
-        return p * old + (1 - p) * new
-    return new
+def _zone(new, old, keep):
+    """``keep`` (a training mask, or in evaluation the probability p) of the old state."""
+    return new if keep is None else keep * old + (1 - keep) * new
 
 
 def _pre(x, h, prm, kw):
@@ -67,7 +64,7 @@ def _pre(x, h, prm, kw):
     return a, r
 
 
-def _lstm_step(x, h, c, prm, kw, mh, mc, training):
+def _lstm_step(x, h, c, prm, kw, kh, kc):
     a, r = _pre(x, h, prm, kw)
     blocks = list((a + r).split(c.shape[0]))
     zi, zf, zg, zo = blocks[:1] + [None] + blocks[1:] if kw.get("cifg") else blocks
@@ -84,17 +81,13 @@ def _lstm_step(x, h, c, prm, kw, mh, mc, training):
     h_new = _sig(zo) * torch.tanh(_ln(c_new, *ln_c) if kw.get("layer_norm") else c_new)
     if "weight_hr" in prm:
         h_new = prm["weight_hr"] @ h_new
-    p_h, p_c = _probs(kw, True)
-    return _zone(h_new, h, mh, p_h, training), _zone(c_new, c, mc, p_c, training)
+    return _zone(h_new, h, kh), _zone(c_new, c, kc)
 
 
-def _gru_step(x, h, prm, kw, mh, training):
-    hid = h.shape[0]
-    a, r = _pre(x, h, prm, kw)
-    rr = _sig(a[:hid] + r[:hid])
-    zz = _sig(a[hid : 2 * hid] + r[hid : 2 * hid])
-    n = torch.tanh(a[2 * hid :] + rr * r[2 * hid :])
-    return _zone((1 - zz) * n + zz * h, h, mh, _probs(kw, False)[0], training)
+def _gru_step(x, h, prm, kw, kh):
+    (a_r, a_z, a_n), (r_r, r_z, r_n) = (t.split(h.shape[0]) for t in _pre(x, h, prm, kw))
+    r, z = _sig(a_r + r_r), _sig(a_z + r_z)
+    return _zone((1 - z) * torch.tanh(a_n + r * r_n) + z * h, h, kh)
 
 
 def _probs(kw, is_lstm):
@@ -102,10 +95,10 @@ def _probs(kw, is_lstm):
     return zo if isinstance(zo, tuple) else (zo, zo if is_lstm else 0.0)
 
 
-def oracle(mode, params, kw, x, lengths, h0, c0, num_layers, bidir, masks, training):
+def oracle(mode, params, kw, x, lengths, h0, c0, num_layers, bidir, keeps):
     """x [T, B, I] padded -> (y [T, B, D*Hout] zero-padded, h_n [L*D, B, Hout], c_n), each
-    sequence on its own. masks: per layer-direction (mask_h, mask_c) padded to [T, B, .],
-    each None if not drawn."""
+    sequence on its own. keeps: per layer-direction (h's, c's) zoneout: in training the masks
+    padded to [T, B, .], in evaluation the probabilities; None where off."""
     dirs = 2 if bidir else 1
     sfx = [f"_l{k // dirs}" + ("_reverse" if k % dirs else "") for k in range(num_layers * dirs)]
     prms = [{k[: -len(s)]: v for k, v in params.items() if k.endswith(s)} for s in sfx]
@@ -117,12 +110,12 @@ def oracle(mode, params, kw, x, lengths, h0, c0, num_layers, bidir, masks, train
             for d in range(dirs):
                 idx = layer * dirs + d
                 h, c, out = h0[idx, b], (c0[idx, b] if c0 is not None else None), [None] * n
-                mh, mc = (m[:, b] if m is not None else [None] * n for m in masks[idx])
+                kh, kc = (k[:, b] if torch.is_tensor(k) else [k] * n for k in keeps[idx])
                 for t in reversed(range(n)) if d else range(n):
                     if mode == "LSTM":
-                        h, c = _lstm_step(seq[t], h, c, prms[idx], kw, mh[t], mc[t], training)
+                        h, c = _lstm_step(seq[t], h, c, prms[idx], kw, kh[t], kc[t])
                     else:
-                        h = _gru_step(seq[t], h, prms[idx], kw, mh[t], training)
+                        h = _gru_step(seq[t], h, prms[idx], kw, kh[t])
                     out[t] = h
                 h_n[idx].append(h)
                 c_n[idx].append(c)
@@ -144,17 +137,19 @@ def _make(mode, kw, num_layers=2, bidir=True, bias=True, proj=0, backend=None):
     return m
 
 
-def _draw_masks(kw, is_lstm, lead, hout, groups, packed_sizes, dtype):
-    """The documented draw: per layer-direction, h then c, only when p > 0 (training);
-    uniform < p is Bernoulli(p), the module's draw number for number. Returned in float64."""
+def _keeps(x, kw, is_lstm, hout, groups, dtype, training):
+    """The oracle's zoneout of each layer-direction (h's, c's), None where p = 0: in evaluation
+    p; in training the documented draw, h then c: uniform < p is Bernoulli(p), the module's
+    draw number for number (run from the seed the module ran from), in float64, padded."""
+    packed = isinstance(x, PackedSequence)
 
     def draw(p, width):
-        mask = (torch.rand(lead + (width,), dtype=dtype) < p).double()
-        if packed_sizes is None:
-            return mask
-        return pad_packed_sequence(PackedSequence(mask, packed_sizes))[0]  # padded with zeros
+        mask = (torch.rand(*x.data.shape[: 2 - packed], width, dtype=dtype) < p).double()
+        return pad_packed_sequence(PackedSequence(mask, x.batch_sizes))[0] if packed else mask
 
     probs = list(zip(_probs(kw, is_lstm), (hout, H), strict=True))
+    if not training:
+        return [tuple(p or None for p, _ in probs)] * groups
     return [tuple(draw(p, w) if p else None for p, w in probs) for _ in range(groups)]
 
 
@@ -165,7 +160,7 @@ def _check_against_oracle(mode, kw, packed, training, num_layers=2, bidir=True, 
     m64 = _make(mode, kw, num_layers, bidir, bias, proj, backend)
     m = copy.deepcopy(m64).to(dtype).train(training)
     hout, n, n_states = proj or H, 3 if mode == "LSTM" else 2, num_layers * (2 if bidir else 1)
-    lengths = lengths or (LENGTHS if packed else [T] * B)
+    lengths = lengths or LENGTHS
     if not packed:
         lengths = [max(lengths)] * len(lengths)
     batch = len(lengths)
@@ -176,12 +171,11 @@ def _check_against_oracle(mode, kw, packed, training, num_layers=2, bidir=True, 
     torch.manual_seed(1234)
     x = pack_padded_sequence(run_in[0], torch.tensor(lengths)) if packed else run_in[0]
     y, hn = m(x, tuple(run_in[1:]) if n == 3 else run_in[1])
-    lead, sizes = ((x.data.shape[0],), x.batch_sizes) if packed else (tuple(x.shape[:2]), None)
     torch.manual_seed(1234)
-    masks = _draw_masks(kw, n == 3, lead, hout, n_states, sizes, dtype)
+    keeps = _keeps(x, kw, n == 3, hout, n_states, dtype, training)
     params = dict(m64.named_parameters())
     x0, h0, c0 = [*inputs, None][:3]
-    outs_o = oracle(mode, params, kw, x0, lengths, h0, c0, num_layers, bidir, masks, training)[:n]
+    outs_o = oracle(mode, params, kw, x0, lengths, h0, c0, num_layers, bidir, keeps)[:n]
     outs = [pad_packed_sequence(y)[0] if packed else y, *(hn if n == 3 else [hn])]
     assert_all_close(outs, [o.to(dtype) for o in outs_o], ["y", "h_n", "c_n"][:n], **TOLS[dtype])
     ups = [torch.randn_like(o) for o in outs_o]
@@ -253,31 +247,14 @@ def test_zoneout_masks_follow_the_seed_and_zero_is_plain(mode):
     plain.load_state_dict(m.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
     a, b, c = (_seeded(seed, m.train(), x)[0] for seed in (7, 7, 8))
-    assert torch.equal(a, b) and not torch.allclose(a, c)
-    eval_out, plain_out = m.eval()(x)[0], plain(x)[0]
-    assert not torch.allclose(a, eval_out) and not torch.allclose(a, plain_out)
-    assert not torch.allclose(eval_out, plain_out)
+    outs = (a, c, m.eval()(x)[0], plain(x)[0])  # two seeds, evaluation, the plain cell
+    assert torch.equal(a, b) and not any(torch.allclose(u, v) for u, v in combinations(outs, 2))
     m = cls(I, H, 2, bidirectional=True, zoneout=0.0, backend="reference")
     plain = cls(I, H, 2, bidirectional=True, backend="reference")
     plain.load_state_dict(m.state_dict())
     assert not m.cell_options.enabled and list(m.state_dict()) == list(plain.state_dict())
     x = torch.randn(T, B, I)
     assert_outputs_close(flatten(m.train()(x)), flatten(plain.train()(x)), rtol=0, atol=0)
-    # the variant op itself, given all-zero masks, reproduces the plain op bit for bit
-    a = make_inputs(Case(mode.lower(), T=T, B=B, I=I, H=H, reverse=True), torch.float32)
-    zeros = torch.zeros(T, B, H)
-    masks = {"mask_h": zeros, "mask_c": zeros if mode == "LSTM" else None}
-    for u, v in zip(call(reference.layer, a), call(reference.layer, {**a, **masks}), strict=True):
-        assert (u is None and v is None) or torch.equal(u, v)
-
-
-def test_zoneout_masks_follow_p():
-    """Training zoneout with p close to 1 keeps most of h0: a coarse rate check of the masks."""
-    m = fusedrnn.LSTM(I, H, zoneout=(0.9, 0.0), dtype=torch.float64)
-    x = torch.randn(1, 2000, I, dtype=torch.float64)
-    h0 = torch.full((1, 2000, H), 7.0, dtype=torch.float64)  # |h~| < 1, so h == 7 marks a kept unit
-    y = m(x, (h0, torch.zeros_like(h0)))[0]
-    assert 0.88 < (y == 7.0).double().mean().item() < 0.92
 
 
 # -- parameters, shapes, state_dict -----------------------------------------------------------
@@ -299,12 +276,9 @@ def test_cifg_shapes_options_and_repr():
     assert opts.names() == ["layer_norm", "zoneout", "peephole", "cifg"]
     assert not fusedrnn.RNN(I, H).cell_options.enabled
     assert variants.parse("GRU", zoneout=0.3) == variants.CellOptions(zoneout_h=0.3)
-    specs = opts.param_specs("LSTM", H, bias=True)
-    gates = [
-        (f"layer_norm_{k}", (3 * H,)) for k in ("ih_weight", "ih_bias", "hh_weight", "hh_bias")
-    ]
-    rest = [("layer_norm_c_weight", (H,)), ("layer_norm_c_bias", (H,)), ("weight_ch", (2, H))]
-    assert [s[:2] for s in specs] == gates + rest
+    want = [(f"layer_norm_{k}", (3 * H,)) for k in ("ih_weight", "ih_bias", "hh_weight", "hh_bias")]
+    want += [("layer_norm_c_weight", (H,)), ("layer_norm_c_bias", (H,)), ("weight_ch", (2, H))]
+    assert [s[:2] for s in opts.param_specs("LSTM", H, bias=True)] == want
     with pytest.raises(AttributeError):
         opts.cifg = False  # frozen
     assert all(f"{k}={v}" in repr(m) for k, v in kw.items())
@@ -332,11 +306,9 @@ def test_state_dict_superset_of_torch_nn(mode, kw, bias):
         for n in ln:
             assert torch.equal(getattr(m, n), torch.full_like(getattr(m, n), "_weight_" in n)), n
         m.reset_parameters()
-    ref_keys, keys = list(ref.state_dict()), list(m.state_dict())
-    assert keys[: len(ref_keys)] == ref_keys
-    extra = keys[len(ref_keys) :]
-    groups = m.cell_options.param_names(mode, H, bias, 2, True)
-    assert extra == [n for group in groups for n in group]
+    ref_keys = list(ref.state_dict())
+    extra = [n for group in m.cell_options.param_names(mode, H, bias, 2, True) for n in group]
+    assert list(m.state_dict()) == ref_keys + extra
     assert "layer_norm_ih_weight_l1_reverse" in extra
     assert ("layer_norm_hh_bias_l0" in extra) == bias
     assert ("layer_norm_c_weight_l0" in extra) == (mode == "LSTM")
@@ -404,21 +376,17 @@ def test_invalid_options_raise(ctor, exc, match):
         ctor()
 
 
-@pytest.mark.parametrize("backend", fusedrnn.available_backends("cpu"))
-def test_layer_op_is_one_op_with_variant_options(backend):
-    """Each backend's one layer op takes the variants as keyword options (the face the stack
-    driver calls for plain and variant layers alike; their results against the reference op's,
-    so none is dropped: tests/test_conformance.py) and refuses an option it does not know
-    rather than running the plain cell."""
-    plain = make_inputs(Case("gru", bias=False), torch.float64)  # the op's positional arguments
-    with pytest.raises(TypeError):
-        fusedrnn.backends.get(backend).layer(*plain.values(), layer_norm=True)
-
-
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_variant_on_unavailable_backend_raises(backend):
+@pytest.mark.parametrize("backend", fusedrnn.backends.BACKENDS)
+def test_each_backend_takes_or_refuses_the_variants(backend):
+    """A backend that runs on CPU tensors here: its one layer op takes the variants as keyword
+    options (the face the stack driver calls for plain and variant layers alike; their results
+    against the reference op's, so none is dropped: tests/test_conformance.py) and refuses an
+    option it does not know rather than running the plain cell. Any other: a variant module
+    on it raises an error that names it."""
     if backend in fusedrnn.available_backends("cpu"):
-        pytest.skip(f"{backend} runs on CPU tensors here")
-    m = fusedrnn.LSTM(I, H, layer_norm=True, backend=backend)
-    with pytest.raises(fusedrnn.BackendUnavailableError, match=f"{backend!r}"):
-        m(torch.randn(T, B, I))
+        plain = make_inputs(Case("gru", bias=False), torch.float64)  # the positional arguments
+        with pytest.raises(TypeError):
+            fusedrnn.backends.get(backend).layer(*plain.values(), layer_norm=True)
+    else:
+        with pytest.raises(fusedrnn.BackendUnavailableError, match=f"{backend!r}"):
+            fusedrnn.LSTM(I, H, layer_norm=True, backend=backend)(torch.randn(T, B, I))
