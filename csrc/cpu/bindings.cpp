@@ -16,19 +16,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn compiled CPU backend";
   // The layer entry points take the arguments of fusedrnn/ops/library.py::LAYER_ARGS
   // positionally (FRNN_LAYER_PARAMS), then their own; layer_ops.h documents their results.
-  m.def("layer_fwd", &cpu::layer_fwd, py::call_guard<py::gil_scoped_release>(),
+  const py::call_guard<py::gil_scoped_release> nogil;
+  m.def("layer_fwd", &cpu::layer_fwd, nogil,
         "Forward of one layer/direction (LAYER_ARGS but save, eps, train): -> [y, h_n, c_n, "
         "saved...]");
-  m.def("layer_bwd", &cpu::layer_bwd, py::call_guard<py::gil_scoped_release>(),
+  m.def("layer_bwd", &cpu::layer_bwd, nogil,
         "Backward of one layer/direction (LAYER_ARGS but save, eps, y, saved, grad_y, grad_hn, "
         "grad_cn, grad_mask): -> one gradient per GRAD_INPUTS entry");
-  m.def("stack_step", &cpu::stack_step, py::call_guard<py::gil_scoped_release>(),
+  m.def("stack_step", &cpu::stack_step, nogil,
         "One step of a unidirectional layer stack, no autograd: -> [y, h_n, c_n], or [] when "
         "the tensors do not fit and fallback is set",
         py::arg("cell"), py::arg("x"), py::arg("hx"), py::arg("cx"), py::arg("flat_weights"),
         py::arg("num_layers"), py::arg("has_bias"), py::arg("proj_size"),
         py::arg("batch_first") = false, py::arg("fallback") = false);
-  m.def("generate", &cpu::generate, py::call_guard<py::gil_scoped_release>(),
+  m.def("generate", &cpu::generate, nogil,
         "The sampling loop of a character model: -> ids [B, length]; h, c, logits updated; "
         "on_ids(ids [B, n]) every `every` characters (it runs holding the GIL)",
         py::arg("cell"), py::arg("embed"), py::arg("flat_weights"), py::arg("num_layers"),
@@ -79,7 +80,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                               C.data_ptr<scalar_t>(), C.stride(0));
         });
       },
-      py::call_guard<py::gil_scoped_release>(),
-      "Test entry: C = alpha op(A) op(B) + beta C through the backend's gemm()");
+      nogil, "Test entry: C = alpha op(A) op(B) + beta C through the backend's gemm()");
 #endif
 }

@@ -1,8 +1,10 @@
-// generate: the sampling loop of a character model (embedding -> recurrent stack -> linear
-// decoder -> next character) as one call, so that no Python runs between characters.
+// The sampling entry points over StackStep (stack_step.h). stack_step: one time step through a
+// whole unidirectional stack (T = 1, no autograd) per call. generate: the sampling loop of a
+// character model (embedding -> recurrent stack -> linear decoder -> next character) as one
+// call, so that no Python runs between characters.
 //
-// It reproduces fusedrnn/charlm/sample.py's per-character loop operation for operation: the
-// choice uses the same ATen ops and the same generator draws as sample.pick (softmax, then
+// generate reproduces fusedrnn/charlm/sample.py's per-character loop operation for operation:
+// the choice uses the same ATen ops and the same generator draws as sample.pick (softmax, then
 // torch.multinomial's one-sample rule argmax(p / q) with q ~ Exp(1) drawn by exponential_),
 // the plain stack runs StackStep (the arithmetic of stack_step, which the modules' single-step
 // path calls), the variant layers run layer_fwd with T = 1 (what the modules call), and the
@@ -60,6 +62,72 @@ void pick(const at::Tensor& logits, double temperature, int64_t top_k, bool argm
 }
 
 }  // namespace
+
+std::vector<at::Tensor> stack_step(const std::string& cell_name, const at::Tensor& x,
+                                   const OptTensor& hx, const OptTensor& cx,
+                                   const std::vector<at::Tensor>& w, int64_t L, bool has_bias,
+                                   int64_t proj, bool batch_first, bool fallback) {
+  const Cell cell = parse_cell(cell_name);
+  c10::NoGradGuard no_grad;
+  // Tensors that do not fit raise, or with fallback answer {}. The modules' one-step shortcut
+  // asks this of every sampling call, so it is a few integer comparisons here instead of a
+  // dozen Python attribute reads.
+  const auto mismatch = [&](const auto&... why) {
+    TORCH_CHECK(fallback, "fusedrnn stack_step: ", why...);
+    return std::vector<at::Tensor>{};
+  };
+  const auto dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble)
+    return mismatch("supports float32 and float64, got ", dtype);
+  if (!x.device().is_cpu()) return mismatch("CPU tensors only");
+  if (L < 1) return mismatch("num_layers must be >= 1");
+  if (proj != 0 && cell != Cell::LSTM) return mismatch("proj_size is LSTM only");
+  if (auto why = flat_weights_mismatch(w, L, has_bias, proj, dtype, "weights"); !why.empty())
+    return mismatch(why);
+  const bool seq = x.dim() == 3, lstm = cell == Cell::LSTM;
+  if (x.dim() != 2 && !(seq && x.size(batch_first ? 1 : 0) == 1))
+    return mismatch("x must be [B, I] or one step of [T, B, I] (batch_first: [B, T, I]), got ",
+                    x.sizes());
+  const int64_t B = x.size(seq && !batch_first ? 1 : 0), I = x.size(-1);
+  if (w[0].dim() != 2 || w[0].size(1) != I)
+    return mismatch("x has ", I, " features, the first layer's w_ih is ", w[0].sizes());
+  const int64_t H = w[0].size(0) / num_gates(cell), Hout = proj > 0 ? proj : H;
+  // [L, B, size]; a cell's call (x [B, I], one layer) may also pass [B, size]
+  const auto fits = [&](const OptTensor& s, int64_t size) {
+    const bool cell_state = s->dim() == 2 && x.dim() == 2 && L == 1;
+    const int64_t b = cell_state ? 0 : 1;
+    return (cell_state || (s->dim() == 3 && s->size(0) == L)) && s->size(b) == B &&
+           s->size(b + 1) == size && s->scalar_type() == dtype && s->device().is_cpu();
+  };
+  if (hx && !fits(hx, Hout))
+    return mismatch("hx must be [", L, ", ", B, ", ", Hout, "] of x's dtype, got ", hx->sizes(),
+                    " ", hx->scalar_type());
+  if (lstm && hx.has_value() != cx.has_value())
+    return mismatch("an LSTM takes both hx and cx or neither");
+  if (lstm && cx && !fits(cx, H))
+    return mismatch("cx must be [", L, ", ", B, ", ", H, "] of x's dtype, got ", cx->sizes(), " ",
+                    cx->scalar_type());
+  const auto opts = x.options();
+  // [L, B, Hout] and [L, B, H], or [B, .] like a cell's states
+  const bool cell_h = hx && hx->dim() == 2, cell_c = lstm && cx && cx->dim() == 2;
+  at::Tensor h_n = cell_h ? at::empty({B, Hout}, opts) : at::empty({L, B, Hout}, opts);
+  at::Tensor c_n = cell_c ? at::empty({B, H}, opts) : at::empty({lstm ? L : 0, B, H}, opts);
+  // y owns its memory, as torch.nn's output does; shaped here rather than by ATen view ops
+  at::Tensor y = !seq ? at::empty({B, Hout}, opts)
+                 : batch_first ? at::empty({B, 1, Hout}, opts) : at::empty({1, B, Hout}, opts);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor h_in = hx ? hx->contiguous() : at::zeros_like(h_n);
+  const at::Tensor c_in = !lstm ? c_n : cx ? cx->contiguous() : at::zeros_like(c_n);
+  dispatch_float(x.scalar_type(), [&](auto t) {
+    using T = decltype(t);
+    StackStep<T> stack(cell, w, L, has_bias, proj, B, I);
+    T* top = ptr<T>(h_n) + (L - 1) * B * Hout;
+    stack.run(ptr<T>(xc), ptr<T>(h_in), lstm ? ptr<T>(c_in) : nullptr, ptr<T>(h_n),
+              lstm ? ptr<T>(c_n) : nullptr);
+    std::copy(top, top + B * Hout, ptr<T>(y));
+  });
+  return {y, h_n, c_n};
+}
 
 at::Tensor generate(FRNN_GENERATE_PARAMS) {
   const Cell kind = parse_cell(cell);
@@ -121,10 +189,11 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
     };
     const at::Tensor wdt = dec_w.t();  // [H, V], as nn.Linear hands it to addmm
 
-    // Plain cells: the stack steps between two state buffers (StackStep's in and out must not
-    // overlap); variant cells: layer_fwd per layer, whose outputs are fresh tensors.
+    // h and c hold the state after every step; plain cells: the stack steps into h_next, c_next
+    // (StackStep's in and out must not overlap), copied back; variant cells: layer_fwd per layer.
     std::optional<StackStep<T>> stack;
-    at::Tensor h_cur = h, c_cur = lstm ? *c : at::Tensor(), h_next, c_next;
+    at::Tensor h_next, c_next;
+    const at::Tensor top = h.select(0, num_layers - 1);  // the decoder's input
     // With few rows the first layer's input product of each symbol is computed once, as the
     // step would compute it (StackStep::input_products), and looked up per character.
     std::vector<T> table, gates0;
@@ -158,15 +227,13 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
       if (i + 1 == length) break;  // the state stays at the last character's input
       T* xp = ptr<T>(x);
       for (int64_t b = 0; b < B && table.empty(); ++b) input_row(next[b], xp + b * E);
-      at::Tensor top;
       if (!variant) {
         for (int64_t b = 0; b < B && !table.empty(); ++b)
           std::copy_n(table.data() + next[b] * GH, GH, gates0.data() + b * GH);
-        stack->run(xp, ptr<T>(h_cur), lstm ? ptr<T>(c_cur) : nullptr, ptr<T>(h_next),
+        stack->run(xp, ptr<T>(h), lstm ? ptr<T>(*c) : nullptr, ptr<T>(h_next),
                    lstm ? ptr<T>(c_next) : nullptr, table.empty() ? nullptr : gates0.data());
-        std::swap(h_cur, h_next);
-        std::swap(c_cur, c_next);
-        top = h_cur[num_layers - 1];
+        h.copy_(h_next);
+        if (lstm) c->copy_(c_next);
       } else {
         at::Tensor in = x;
         for (int64_t l = 0; l < num_layers; ++l) {
@@ -183,17 +250,12 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
           if (lstm) c->select(0, l).copy_(r[2]);
           in = r[0].view({B, H});
         }
-        top = h.select(0, num_layers - 1);
       }
       if (dec_b.has_value())
         at::addmm_out(raw, *dec_b, top, wdt);
       else
         at::mm_out(raw, top, wdt);
       if (!raw.is_same(logits)) logits.copy_(raw);  // sample.py reads float32 logits
-    }
-    if (!h_cur.is_same(h)) {  // variant cells update h and c in place
-      h.copy_(h_cur);
-      if (lstm) c->copy_(c_cur);
     }
     return ids;
   });

@@ -59,9 +59,8 @@ LayerArgs prepare(FRNN_LAYER_PARAMS) {
   check_tensor(w_ih, "w_ih", dtype);
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % G == 0 && w_ih.size(0) > 0, kWho,
               "w_ih must be [", G, "*H, I], got ", w_ih.sizes());
-  a.H = w_ih.size(0) / G;
+  a.Hout = a.H = w_ih.size(0) / G;
   a.I = w_ih.size(1);
-  a.Hout = a.H;
   if (w_hr.has_value()) {
     TORCH_CHECK(lstm, kWho, "w_hr (proj_size) is LSTM only");
     check_tensor(*w_hr, "w_hr", dtype);

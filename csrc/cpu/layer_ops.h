@@ -63,7 +63,6 @@ inline bool direct_gates(const LayerArgs& a) {
   return a.cell != Cell::GRU && !f.ln && !f.peep && !f.cifg && !f.zone_c;
 }
 
-// Validates a layer's arguments (clear errors for bad input).
 LayerArgs prepare(FRNN_LAYER_PARAMS);
 
 // The per-row inputs of a layer's step loop, null where the configuration has none (prepare

@@ -25,22 +25,17 @@ class StackStep {
   // rounded weights (callers pass it for float32 stacks without projection only: generate).
   StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
             int64_t B, int64_t I0, bool half = false)
-      : cell_(cell), L_(L), B_(B), proj_(proj), half_(half) {
-    const int64_t G = num_gates(cell);
-    const int64_t per_layer = weights_per_layer(has_bias, proj);
-    H_ = w[0].size(0) / G;
-    Hout_ = proj > 0 ? proj : H_;
-    const int64_t GH = G * H_;
-    // Plain buffers, not tensors: a sampling call builds a StackStep per step, and each ATen
-    // allocation is a dispatcher round trip.
+      : cell_(cell), L_(L), B_(B), proj_(proj), H_(w[0].size(0) / num_gates(cell)),
+        Hout_(proj > 0 ? proj : H_), half_(half) {
+    const int64_t GH = num_gates(cell) * H_, per_layer = weights_per_layer(has_bias, proj);
+    // Plain buffers, not tensors: a module's sampling loop builds one per step (stack_step),
+    // and each ATen allocation is a dispatcher round trip.
     gates_.resize(B * GH);                                 // [B, G*H]
     hg_.resize(cell == Cell::GRU ? B * GH : 0);            // [B, 3H] (GRU)
     hraw_.resize(proj > 0 ? B * H_ : 0);                   // [B, H] (projection)
-    int64_t I = I0;
-    for (int64_t l = 0; l < L; ++l) {
-      Layer y;
-      y.w_ih = w[l * per_layer].contiguous();
-      y.w_hh = w[l * per_layer + 1].contiguous();
+    for (int64_t l = 0, I = I0; l < L; ++l, I = Hout_) {
+      const at::Tensor* wl = w.data() + l * per_layer;  // w_ih, w_hh[, b_ih, b_hh][, w_hr]
+      Layer y{wl[0].contiguous(), wl[1].contiguous()};
       TORCH_CHECK(y.w_ih.dim() == 2 && y.w_ih.size(0) == GH && y.w_ih.size(1) == I &&
                       y.w_hh.dim() == 2 && y.w_hh.size(0) == GH && y.w_hh.size(1) == Hout_,
                   "fusedrnn stack_step: layer ", l, " weights have shapes ", y.w_ih.sizes(),
@@ -53,8 +48,7 @@ class StackStep {
       y.bias.assign(GH, T(0));
       y.bias_hn.assign(H_, T(0));
       if (has_bias) {
-        const at::Tensor b_ih = w[l * per_layer + 2].contiguous(),  // [G*H] each
-            b_hh = w[l * per_layer + 3].contiguous();
+        const at::Tensor b_ih = wl[2].contiguous(), b_hh = wl[3].contiguous();  // [G*H] each
         TORCH_CHECK(b_ih.numel() == GH && b_hh.numel() == GH, "fusedrnn stack_step: layer ", l,
                     " biases must have ", GH, " elements");
         const T *bi = ptr<T>(b_ih), *bh = ptr<T>(b_hh);
@@ -63,21 +57,19 @@ class StackStep {
         if (cell == Cell::GRU) std::copy_n(bh + 2 * H_, H_, y.bias_hn.begin());
       }
       if (proj > 0) {
-        y.w_hr = w[l * per_layer + per_layer - 1].contiguous();  // [Hout, H]
+        y.w_hr = wl[per_layer - 1].contiguous();  // [Hout, H]
         TORCH_CHECK(y.w_hr.dim() == 2 && y.w_hr.size(0) == Hout_ && y.w_hr.size(1) == H_,
                     "fusedrnn stack_step: layer ", l, " w_hr must be [", Hout_, ", ", H_, "]");
       }
       layers_.push_back(std::move(y));
-      I = Hout_;
     }
   }
 
   // The first layer's input products x W_ih^T of `rows` rows x [rows, I0] -> out [rows, G*H],
   // as run() computes them. Each row's result depends on that row alone as long as
-  // rows, B <= kSmallM (the small-m kernel), so a table of them per input symbol can stand in
-  // for the product (run's gates0).
+  // rows, B <= kSmallM (the small-m kernel; the caller keeps to that), so a table of them per
+  // input symbol can stand in for the product (run's gates0).
   void input_products(const T* x, int64_t rows, T* out) const {
-    TORCH_CHECK(rows <= kSmallM && B_ <= kSmallM, "fusedrnn: input_products needs few rows");
     const int64_t GH = num_gates(cell_) * H_;
     parallel_columns(GH, [&](int64_t c0, int64_t c1) {
       product(layers_[0], true, rows, c0, c1, x, T(0), out, GH);
@@ -156,7 +148,7 @@ class StackStep {
     return w.to(at::kHalf).contiguous();
   }
   Cell cell_;
-  int64_t L_, B_, proj_, H_ = 0, Hout_ = 0;
+  int64_t L_, B_, proj_, H_, Hout_;
   bool half_;
   std::vector<Layer> layers_;
   std::vector<T> gates_, hg_, hraw_;

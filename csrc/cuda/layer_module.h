@@ -63,17 +63,12 @@ inline void check_operands(const at::Tensor& x, std::initializer_list<at::Tensor
 }
 
 // The Layer of a Python call, given its cell, options and operands: with G, H and N, after
-// checking the operands and the options against the cell as far as the kernels' pointers need
-// it.
+// checking the operands and the options as far as the kernels' pointers need it (a missing c0
+// starts from zeros; each cell's kernels read only the options that the cell has).
 inline Layer layer_of(Layer v) {
   check_operands(v.x, {v.h0, v.c0, v.w_ih, v.w_hh, v.b_ih, v.b_hh, v.w_hr, v.ln_ih_w, v.ln_ih_b,
                        v.ln_hh_w, v.ln_hh_b, v.ln_c_w, v.ln_c_b, v.w_ch, v.mask_h, v.mask_c});
   const bool lstm = v.cell == CellKind::lstm;
-  TORCH_CHECK(!lstm || v.c0.defined(), "fusedrnn: LSTM needs c0");
-  TORCH_CHECK(lstm || v.cell == CellKind::gru || !v.options().any(),
-              "fusedrnn: cell variants exist for lstm and gru");
-  TORCH_CHECK(lstm || !(v.cifg || v.w_ch.defined() || v.w_hr.defined()),
-              "fusedrnn: cifg, peephole, proj are LSTM-only");
   TORCH_CHECK(!v.ln_ih_w.defined() || (v.ln_hh_w.defined() && (!lstm || v.ln_c_w.defined())),
               "fusedrnn: layer norm needs all its gains");
   v.G = lstm ? (v.cifg ? 3 : 4) : (v.cell == CellKind::gru ? 3 : 1);
