@@ -107,23 +107,21 @@ def test_gpu_deterministic(case):
 
 
 @gpu
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gpu_module_matches_reference_module(cell):
+@pytest.mark.parametrize("cls,kw", [("LSTM", dict(proj_size=3, peephole=True)), ("GRU", {})],
+                         ids=["lstm", "gru"])  # fmt: skip
+def test_gpu_module_matches_reference_module(cls, kw):
     """End to end through fusedrnn.LSTM / GRU (two bidirectional layers, every variant that
     applies, zoneout in evaluation so that no mask is drawn): outputs and parameter grads."""
     import fusedrnn
 
-    kw = dict(num_layers=2, bidirectional=True, layer_norm=True, zoneout=0.2)
-    if cell == "lstm":
-        kw.update(proj_size=3, peephole=True)
-    cls = fusedrnn.LSTM if cell == "lstm" else fusedrnn.GRU
-    ref = cls(5, 8, backend="reference", **kw).double().eval()
-    dev = cls(5, 8, backend="cuda", **kw).double().cuda().eval()
+    kw = dict(num_layers=2, bidirectional=True, layer_norm=True, zoneout=0.2, **kw)
+    ref = getattr(fusedrnn, cls)(5, 8, backend="reference", **kw).double().eval()
+    dev = getattr(fusedrnn, cls)(5, 8, backend="cuda", **kw).double().cuda().eval()
     dev.load_state_dict(ref.state_dict())
-    x = torch.randn(6, 4, 5, dtype=torch.float64)
-    outs_ref, outs_dev = ref(x), dev(x.cuda())
-    cuda_host.assert_close(outs_dev[0], outs_ref[0], cuda_host.TOL[torch.float64], "y")
-    outs_ref[0].sum().backward()
-    outs_dev[0].sum().backward()
+    x, tol = torch.randn(6, 4, 5, dtype=torch.float64), cuda_host.TOL[torch.float64]
+    y_ref, y_dev = ref(x)[0], dev(x.cuda())[0]
+    cuda_host.assert_close(y_dev, y_ref, tol, "y")
+    y_ref.sum().backward()
+    y_dev.sum().backward()
     for (name, p_ref), p_dev in zip(ref.named_parameters(), dev.parameters(), strict=True):
-        cuda_host.assert_close(p_dev.grad, p_ref.grad, cuda_host.TOL[torch.float64], f"d{name}")
+        cuda_host.assert_close(p_dev.grad, p_ref.grad, tol, f"d{name}")

@@ -27,7 +27,6 @@ import ast
 import os
 import pathlib
 import re
-from dataclasses import replace
 
 import pytest
 import torch
@@ -64,14 +63,11 @@ class _Checker:
         for a in fn.args.args:
             if _is_attr(a.annotation, "constexpr"):
                 self.constexpr.add(a.arg)
-            elif _is_attr(a.annotation, "int64"):
-                self.kinds[a.arg] = WIDE
-            elif a.arg.endswith("_ptr"):
-                self.kinds[a.arg] = PTR
-            elif OFFSET_NAME.search(a.arg):
-                self.kinds[a.arg] = OFFSET
-            elif INDEX_NAME.search(a.arg):
-                self.kinds[a.arg] = INDEX
+            else:
+                self.kinds[a.arg] = (WIDE if _is_attr(a.annotation, "int64") else
+                                     PTR if a.arg.endswith("_ptr") else
+                                     OFFSET if OFFSET_NAME.search(a.arg) else
+                                     INDEX if INDEX_NAME.search(a.arg) else OTHER)  # fmt: skip
         self.run(fn.body)
 
     def flag(self, node: ast.AST, why: str) -> None:
@@ -189,14 +185,18 @@ def test_kernel_offsets_are_int64_or_pointer_first(path):
     assert offset_problems(path.read_text(), path.name) == []
 
 
-def _layer_launches(dtype, cases):
-    """``(case, path, launches)`` of the layer op's forward and backward (with every output's
-    gradient) on each case's inputs, on every kernel path that takes them (the persistent
-    kernels take no projection; the variant kernels have one path)."""
+def _layer_launches(precision, cases):
+    """``(case, path, kernel name, CELL, job, planned)`` of each launch of the layer op's forward
+    and backward (with every output's gradient) in ``precision`` (compile_report.PRECISIONS) on
+    each case's inputs, on every kernel path that takes them (the persistent kernels take no
+    projection; the variant kernels have one path): ``job`` is the compile the launch needs,
+    ``planned`` whether the compile report makes it."""
     from fusedrnn.ops.triton import layer_op
     from fusedrnn.ops.triton.persistent import PATHS, kernel_path
     from fusedrnn.ops.triton.runtime import capture_launches
 
+    planned = set(compile_report.jobs([0], [precision]))
+    dtype = getattr(torch, compile_report.PRECISIONS[precision][0])
     for case in cases:
         a = library.LayerArgs(**{**library.OPTION_DEFAULTS, **make_inputs(case, dtype)}, save=True)
         for path in (None,) if case.variant else PATHS[: 2 if case.proj else 3]:
@@ -204,7 +204,9 @@ def _layer_launches(dtype, cases):
                 bufs = layer_op.forward(a)
                 grads = [torch.zeros_like(b) if b.numel() else None for b in bufs]
                 layer_op.backward(a, bufs, grads, [True] * len(library.GRAD_INPUTS))
-            yield case, path, records
+            for kernel, _grid, args, kwargs in records:
+                job = compile_report.job_key(kernel, args, kwargs, precision)
+                yield case, path, kernel.fn.__name__, kwargs.get("CELL"), job, job in planned
 
 
 compiled_only = pytest.mark.skipif(
@@ -221,17 +223,14 @@ def test_a_sequence_compiles_each_kernel_once_as_planned():
     sequences with H = 20, not a multiple of 16, whose per-step offsets alternate between
     multiples of 16, other values and 1, through every cell's kernels on every path) is among
     the compile report's compiles, attributes and constants included."""
-    planned = {replace(j, precision="", arch=0) for j in compile_report.jobs([90], ["fp32"])}
     seq = dict(T=5, B=3, I=8, H=20, lengths=(5, 3, 2))
     cases = [Case(cell, **seq, **options) for cell, options in (
         ("lstm", {}), ("lstm", dict(proj=8)), ("gru", {}), ("rnn_tanh", {}),
         ("gru", dict(ln=True, zone="h")), ("lstm", dict(ln=True, peep=True, zone="hc")))]  # fmt: skip
     jobs: dict[tuple, set] = {}
-    for case, path, records in _layer_launches(torch.float32, cases):
-        for kernel, _grid, args, kwargs in records:
-            job = compile_report.job_key(kernel, args, kwargs)
-            assert job in planned
-            jobs.setdefault((case, path, kernel.fn.__name__, kwargs.get("CELL")), set()).add(job)
+    for case, path, kernel, cell, job, planned in _layer_launches("fp32", cases):
+        assert planned, job
+        jobs.setdefault((case, path, kernel, cell), set()).add(job)
     # every kernel was launched, each for every cell it runs
     launched = {k[2:] for k in jobs}
     assert launched == {
@@ -248,12 +247,9 @@ def test_the_half_precision_layer_op_launches_only_planned_kernels(precision):
     """The layer op's own launches in half precision (forward and backward with every
     output's gradient, on every kernel path) are compiles of the report: the LSTM's ``dCs``
     arrives in the dtype of ``Cs`` (float32), not the op's."""
-    planned = set(compile_report.jobs([0], [precision]))
-    dt = getattr(torch, compile_report.PRECISIONS[precision][0])
     # a shape of compile_report.SHAPES
     cases = [Case(cell, T=2, B=3, I=5, H=24) for cell in ("lstm", "gru", "rnn_tanh")]
-    unplanned = [(case.cell, path, kernel.fn.__name__)
-                 for case, path, records in _layer_launches(dt, cases)
-                 for kernel, _, args, kwargs in records
-                 if compile_report.job_key(kernel, args, kwargs, precision) not in planned]  # fmt: skip
+    unplanned = [(case.cell, path, kernel)
+                 for case, path, kernel, _, _, planned in _layer_launches(precision, cases)
+                 if not planned]  # fmt: skip
     assert unplanned == []
