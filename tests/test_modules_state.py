@@ -110,7 +110,8 @@ def test_state_dict_keys_shapes_and_round_trip(mode, cpu_backend, rnn_pair, same
 @pytest.mark.parametrize("mode", MODES)
 def test_weight_changes_are_seen(mode, cpu_backend, monkeypatch):
     """dtype conversions (the last one swapping the Parameters' contents in place), then
-    optimizer steps, a new Parameter object, an in-place copy, a ``.data`` assignment."""
+    optimizer steps, a new Parameter object, an in-place copy, a ``.data`` assignment, and
+    functional_call's substituted parameters."""
     mod, ref = _new(fusedrnn, mode, backend=cpu_backend), _new(nn, mode)
     ref.load_state_dict(mod.state_dict())
     x = _x(torch.float32)
@@ -157,19 +158,14 @@ def test_weight_changes_are_seen(mode, cpu_backend, monkeypatch):
     # the new parameter is trained
     sum(o.sum() for o in flatten(mod(x))).backward()
     assert mod.weight_hh_l0.grad is not None
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_functional_call_uses_substituted_params(mode, cpu_backend, rnn_pair):
-    ref, mod = _pair(mode, cpu_backend, rnn_pair)
+    mod.zero_grad()
+    # functional_call: substituted tensors are used and get the gradients, not the module's
     params = {n: (torch.randn_like(p) * 0.5).requires_grad_() for n, p in mod.named_parameters()}
-    x = _x()
     own = flatten(mod(x))
     got = flatten(functional_call(mod, params, (x,)))
     want = flatten(functional_call(ref, params, (x,)))
     assert_outputs_close(got, want)
     assert not torch.allclose(got[0], own[0])
-    # gradients flow to the substituted tensors, not to the module's parameters
     grads = torch.autograd.grad(sum(o.sum() for o in got), list(params.values()))
     ref_grads = torch.autograd.grad(sum(o.sum() for o in want), list(params.values()))
     assert_all_close(grads, ref_grads, list(params), **EXACT)
