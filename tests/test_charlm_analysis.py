@@ -94,7 +94,6 @@ def test_ngram_matches_dict_oracle_and_normalises(order, seed):
     contexts = ["", "a", "X", "ab", "XY", "ba", "eeee", "Xab", train[:10], train[-7:], "YYY"]
     for ctx in contexts:
         p = lm.distribution(ctx)
-        assert p.shape == (len(chars),)
         assert abs(p.sum() - 1.0) < 1e-9, (ctx, p.sum())
         assert np.all(p > 0), ctx  # every character has nonzero probability
         want = [oracle(w, ctx[-(order - 1) :] if order > 1 else "") for w in chars]
@@ -196,7 +195,7 @@ def _guesses(text: str, chars: list[str], k: int, seed: int = 0):
     return probs, visualize.top_k(trace, k)
 
 
-def test_render_html_escapes_shows_whitespace_and_top_k_columns():
+def test_render_html_escapes_shows_whitespace_and_top_k_columns(tmp_path):
     nasty = "if a<b && c>\"d\" then\n\t<script>alert(1)</script> & 'x'  end"
     doc = visualize.render_html(nasty, np.linspace(-1, 1, len(nasty)), title="<t>", info=["<i>&"])
     chk = _HtmlCheck(doc)
@@ -211,17 +210,30 @@ def test_render_html_escapes_shows_whitespace_and_top_k_columns():
     (r0, b0), (r1, b1) = ((int(s[1:3], 16), int(s[5:7], 16)) for s in (spans[0], spans[-1]))
     assert b0 > r0 + 100 and r1 > b1 + 100  # -1 is blue, +1 is red
     # the top k guesses: a column per character, a row per guess
-    chars, text, k = list("ab\n <"), "ab\n<a ", 3
+    chars, text, k = list('ab\n <"'), 'ab <"a"\nba  a<b\n' * 20, 5
     probs, (idx, pr) = _guesses(text, chars, k)
     assert np.all(np.diff(pr, axis=1) <= 0)
     np.testing.assert_allclose(pr[:, 0], probs.max(1))
-    doc = visualize.render_html(text, np.zeros(len(text)), topk=(idx, pr), chars=chars)
-    chk = _HtmlCheck(doc)
+    vals = np.cos(np.arange(len(text)) / 4)
+    doc = visualize.render_html(text, vals, "top k guesses", topk=(idx, pr), chars=chars)
+    chk, rows = _HtmlCheck(doc), text.count("\n")
     assert doc.count('class="col"') == len(text)
     assert doc.count('class="p"') == len(text) * k
-    assert doc.count('class="br"') == 1  # the newline ends a row
-    assert "<a" not in doc and "&lt;" in doc  # the text's '<' is escaped
-    assert chk.counts["div"] == len(text) + 3  # columns, the row break, the grid and the legend
+    assert doc.count('class="br"') == rows  # each newline ends a row
+    assert "><</span>" not in doc and ">&lt;</span>" in doc  # the text's '<' is escaped
+    assert chk.counts["div"] == len(text) + rows + 2  # columns, row breaks, the grid, the legend
+    if os.path.exists(CHROMIUM):  # the page as a browser shows it: red and blue cells
+        page, shot = tmp_path / "page.html", tmp_path / "shot.png"
+        page.write_text(doc, encoding="utf-8")
+        flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+        flags += " --disable-background-networking --disable-component-update --disable-sync"
+        argv = [CHROMIUM, *flags.split(), f"--user-data-dir={tmp_path / 'profile'}"]
+        argv += [f"--screenshot={shot}", "--window-size=1200,800", page.as_uri()]
+        subprocess.run(argv, capture_output=True, timeout=120, check=False)
+        assert shot.is_file(), "chromium wrote no screenshot"
+        rgb, reddish, bluish = _png_rgb(shot)
+        assert rgb.shape[:2] == (800, 1200) and rgb.std() > 0.05
+        assert reddish > 0.01 and bluish > 0.004  # red activations / guesses; blue ones (~1%)
 
 
 def test_display_scales():
@@ -275,28 +287,6 @@ def test_render_png_size_and_content(tmp_path):
     n = visualize.PNG_MAX_CHARS + 1
     with pytest.raises(CharLMError):
         visualize.render_png(tmp_path / "big.png", "a" * n, np.zeros(n))
-
-
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
-def test_html_renders_in_headless_chromium(tmp_path):
-    chars = list('ab\n <"')
-    text = 'ab <"a"\nba  a<b\n' * 20
-    vals = np.cos(np.arange(len(text)) / 4)
-    doc = visualize.render_html(
-        text, vals, "chromium check", topk=_guesses(text, chars, 5)[1], chars=chars
-    )
-    page = tmp_path / "page.html"
-    page.write_text(doc, encoding="utf-8")
-    shot = tmp_path / "shot.png"
-    flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
-    flags += " --disable-background-networking --disable-component-update --disable-sync"
-    argv = [CHROMIUM, *flags.split(), f"--user-data-dir={tmp_path / 'profile'}"]
-    argv += [f"--screenshot={shot}", "--window-size=1200,800", page.as_uri()]
-    subprocess.run(argv, capture_output=True, timeout=120, check=False)
-    assert shot.is_file(), "chromium wrote no screenshot"
-    rgb, reddish, bluish = _png_rgb(shot)
-    assert rgb.shape[:2] == (800, 1200) and rgb.std() > 0.05
-    assert reddish > 0.01 and bluish > 0.004  # red activations / guesses; blue ones (~1% seen)
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _model(
-    cell: str, embed: int = 8, layers: int = 2, hidden: int = 24, dtype=torch.float32, **variants
-) -> CharRNN:
+def _model(cell, embed=8, layers=2, hidden=24, dtype=torch.float32, **variants) -> CharRNN:
     torch.manual_seed(zlib.crc32(repr((cell, embed, layers, hidden, dtype, variants)).encode()))
     m = CharRNN(V, cell, hidden, layers, embed, **variants).to(dtype)
     with torch.no_grad():  # peaked distributions: the choice depends on every logit
@@ -120,29 +118,21 @@ def test_fused_loop_chooses_what_the_python_loop_chooses(model, sample):
 
 @pytest.mark.parametrize("length", [0, 1, 2, 63, 64, 65, 200])
 def test_streaming_pieces_join_to_the_text_and_match(length):
-    model, pieces = _model("lstm", layers=2, hidden=16), []
-    run = partial(generate, model, VOCAB, "F", length)
-    text = run(generator=torch.Generator().manual_seed(2), on_text=pieces.append, fused=True)
-    assert "".join(pieces) == text and len(text) == length
+    """Either loop leaves the model as it was (weights, train mode); the fused one reads the
+    prime through the model and then never calls it again, and streams its text in pieces."""
+    model, pieces, texts = _model("lstm", layers=2, hidden=16).train(), [], []
+    run = partial(generate, model, VOCAB, "Fi", length)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for fused, calls, on_text in ((True, 1, pieces.append), (False, max(length, 1), None)):
+        g = torch.Generator().manual_seed(2)
+        with mock.patch.object(model, "forward_layers", wraps=model.forward_layers) as spy:
+            texts.append(run(generator=g, on_text=on_text, fused=fused))
+        assert spy.call_count == calls and model.training
+        torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
+    assert "".join(pieces) == texts[0] == texts[1] and len(texts[0]) == length
     # whole STREAM_CHUNKs, the rest in one last piece
     assert len(pieces) == -(-length // sampling.STREAM_CHUNK)
     assert all(len(p) == sampling.STREAM_CHUNK for p in pieces[:-1])
-    assert text == run(generator=torch.Generator().manual_seed(2), fused=False)
-
-
-def test_fused_loop_calls_the_model_once_and_leaves_it_as_it_was():
-    """The fused path reads the prime through the model and then never calls it again."""
-    model = _model("lstm", layers=2, hidden=16).train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    for fused, calls in ((True, 1), (False, 50)):
-        g = torch.Generator().manual_seed(0)
-        with mock.patch.object(model, "forward_layers", wraps=model.forward_layers) as spy:
-            generate(model, VOCAB, "Fi", 50, generator=g, fused=fused)
-        assert spy.call_count == calls and model.training
-        torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
-    reader = mock.Mock(side_effect=BrokenPipeError("the reader went away"))
-    with pytest.raises(BrokenPipeError, match="the reader went away"):
-        generate(model, VOCAB, "F", 500, on_text=reader, fused=True)
 
 
 def test_which_loop_runs_and_what_is_refused(monkeypatch):
@@ -180,6 +170,9 @@ def test_which_loop_runs_and_what_is_refused(monkeypatch):
         generate_batch(model, VOCAB, "F", 5, 2, on_text=print)
     with pytest.raises(DataError, match="num_samples must be >= 1"):
         generate_batch(model, VOCAB, "F", 5, 0)
+    reader = mock.Mock(side_effect=BrokenPipeError("the reader went away"))
+    with pytest.raises(BrokenPipeError, match="the reader went away"):
+        generate(model, VOCAB, "F", 500, on_text=reader, fused=True)
     # the extension checks its arguments itself
     _C = backends.get("cpu")._C
     good = _c_args(model, "lstm", torch.zeros(1, 1, 8), torch.zeros(1, 1, 8), 3)
@@ -241,9 +234,8 @@ def test_half_weights_move_each_distribution_by_little(cell):
         for name, p in bf16.rnns.named_parameters():
             if "weight_ih" in name or "weight_hh" in name:
                 p.copy_(p.bfloat16().float())
-        probs = [
-            m.forward_layers(ids)[0].softmax(-1) for m in (model, half_weight_model(model), bf16)
-        ]
+        models = (model, half_weight_model(model), bf16)
+        probs = [m.forward_layers(ids)[0].softmax(-1) for m in models]
     tv16, tvbf = (0.5 * (probs[0] - q).abs().sum(-1) for q in probs[1:])
     assert tv16.mean() * 4 < tvbf.mean()
     assert tv16.max() < 5e-3
