@@ -94,9 +94,7 @@ def variants_on(**options) -> bool:
     if unknown:
         raise TypeError(f"unknown layer op option(s) {sorted(unknown)}; the options are "
                         f"{list(OPTION_DEFAULTS)}")  # fmt: skip
-    o = {**OPTION_DEFAULTS, **options}
-    tensors = any(o[name] is not None for name in OPTION_TENSORS)
-    return bool(o["cifg"] or tensors or o["zoneout_h"] > 0 or o["zoneout_c"] > 0)
+    return any(v is not None and (k in OPTION_TENSORS or v > 0) for k, v in options.items())
 
 
 def is_variant(a: LayerArgs) -> bool:
