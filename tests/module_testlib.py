@@ -111,17 +111,18 @@ def module_input(cls: str) -> torch.Tensor:
 
 def module_inputs(
     mode, dtype, sizes, num_layers=2, bidirectional=True, batch_first=False, proj=0,
-    batched=True, with_hx=True, gen=None,
+    batched=True, with_hx=True, gen=None, cell=False,
 ):  # fmt: skip
     """Random input and (optionally) initial state of ``mode`` (a class name or one of
     conftest's MODES), shaped as torch.nn expects; ``sizes`` = (seq_len, batch, input_size,
-    hidden), ``gen`` the generator drawn from (the global one by default)."""
+    hidden), ``gen`` the generator drawn from (the global one by default). For its ``cell``
+    one step: no seq_len, no layers or directions."""
     seq_len, batch, input_size, hidden = sizes
     lead = (batch,) if batched else ()
     steps = ((batch, seq_len) if batch_first else (seq_len, batch)) if batched else (seq_len,)
-    x = torch.randn(*steps, input_size, dtype=dtype, generator=gen)
-    n = num_layers * (2 if bidirectional else 1)
-    state = random_state(mode, (n, *lead), hidden, proj, dtype=dtype, gen=gen) if with_hx else None
+    x = torch.randn(*(lead if cell else steps), input_size, dtype=dtype, generator=gen)
+    n = () if cell else (num_layers * (2 if bidirectional else 1),)
+    state = random_state(mode, (*n, *lead), hidden, proj, dtype=dtype, gen=gen) if with_hx else None
     return x, state
 
 
@@ -139,20 +140,21 @@ def mode_pair(rnn_pair, mode: str, *args, proj: int = 0, **kwargs):
 
 
 def assert_mode_same(
-    rnn_pair, mode, sizes, *, dtype, backend, num_layers, bidirectional, batch_first=False,
-    bias=True, proj=0, batched=True, with_hx=True, lengths=None, enforce_sorted=False, gen=None,
-    **compare,
+    rnn_pair, mode, sizes, *, dtype, backend, num_layers=1, bidirectional=False,
+    batch_first=False, bias=True, proj=0, batched=True, with_hx=True, lengths=None,
+    enforce_sorted=False, gen=None, cell=False, **compare,
 ):  # fmt: skip
-    """``mode_pair``'s two modules give the same results (``assert_same``, at TOLERANCES[dtype]
-    unless ``compare`` says otherwise) on ``module_inputs(mode, dtype, sizes, ...)``, packed
-    with ``lengths`` (sorted first where ``enforce_sorted``) where given."""
+    """``mode_pair``'s two modules (or, with ``cell``, the mode's two cells, which take no
+    layout) give the same results (``assert_same``, at TOLERANCES[dtype] unless ``compare`` says
+    otherwise) on ``module_inputs(mode, dtype, sizes, ...)``, packed with ``lengths`` (sorted
+    first where ``enforce_sorted``) where given."""
     layout = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
-    ref, mod = mode_pair(
-        rnn_pair, mode, *sizes[2:], proj=proj, bias=bias, backend=backend, dtype=dtype, **layout
-    )
+    cls, kw = mode_kwargs(mode, proj, bias=bias, **({} if cell else layout))
+    ref, mod = rnn_pair(cls + "Cell" * cell, *sizes[2:], backend=backend, dtype=dtype, **kw)
     x, hx = module_inputs(
-        mode, dtype, sizes, proj=proj, batched=batched, with_hx=with_hx, gen=gen, **layout
-    )
+        mode, dtype, sizes, proj=proj, batched=batched, with_hx=with_hx, gen=gen, cell=cell,
+        **layout,
+    )  # fmt: skip
     pack = None
     if lengths is not None:
         lengths = sorted(lengths, reverse=True) if enforce_sorted else lengths

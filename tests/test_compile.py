@@ -20,7 +20,7 @@ import torch._dynamo
 import torch._inductor.config
 from conftest import TOLERANCES
 from layer_cases import triton_interpreting
-from module_testlib import module_input
+from module_testlib import module_input, outputs_and_grads
 
 import fusedrnn
 
@@ -44,22 +44,11 @@ class Tagger(torch.nn.Module):
         self.rnn = rnn
         self.head = torch.nn.Linear((rnn.proj_size or rnn.hidden_size) * (1 + rnn.bidirectional), 4)
 
-    def forward(self, x):
+    def forward(self, x, hx=None):
         # x straight into the module: with batch_first the op sees the transposed graph input,
-        # and its dx becomes x.grad through the transpose's backward alone
-        y, hidden = self.rnn(x)
+        # and its dx becomes the input's gradient through the transpose's backward alone
+        y, hidden = self.rnn(x, hx)
         return self.head(y), hidden[0] if isinstance(hidden, tuple) else hidden
-
-
-def _loss_and_grads(model, x, run=None):
-    """A loss on ``run(x)`` (``model(x)`` by default) and, after its backward, the gradient of
-    x and of each of ``model``'s parameters by name."""
-    model.zero_grad()
-    x = x.clone().requires_grad_()
-    y, h = (model if run is None else run)(x)
-    loss = y.square().mean() + h.sum()
-    loss.backward()
-    return loss.detach(), {"x": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
 
 
 @pytest.mark.parametrize(
@@ -75,8 +64,8 @@ def _loss_and_grads(model, x, run=None):
 def test_compile(backend, cls, kw, shape, compiler):
     """fullgraph=True turns any graph break into an error. Inductor (not aot_eager) plans
     buffers from the ops' fake strides: a batch_first model hands the op a transposed x, and
-    the op's gradient of x must come back with the strides the fake promised, or x.grad is
-    silently permuted."""
+    the op's gradient of x must come back with the strides the fake promised, or the input's
+    gradient is silently permuted."""
     if compiler == "inductor" and backend == "reference":
         pytest.skip("plain PyTorch: nothing opaque for Inductor to plan around")
     model = Tagger(getattr(fusedrnn, cls)(3, 6, num_layers=2, backend=backend, **kw)).double()
@@ -86,9 +75,9 @@ def test_compile(backend, cls, kw, shape, compiler):
     # compiled by another version of the ops must not be reused
     with torch._inductor.config.patch(force_disable_caches=True):
         compiled = torch.compile(model, fullgraph=True, backend=compiler)
-        loss_c, grads_c = _loss_and_grads(model, x, compiled)
-    loss_e, grads_e = _loss_and_grads(model, x)
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=1e-12)
+        _, outs_c, grads_c = outputs_and_grads(compiled, x)  # of x and of every parameter
+    _, outs_e, grads_e = outputs_and_grads(model, x)
+    torch.testing.assert_close(outs_c, outs_e, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads_c, grads_e, rtol=1e-10, atol=1e-12)
 
 

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import MODES
 from torch import nn
 
 import fusedrnn
@@ -21,12 +22,16 @@ CONFIG_ATTRS = (
 ).split()
 
 
+def _recorded(lib, cls, *args, **kwargs):
+    """(``lib``'s ``cls(*args, **kwargs)``, the warnings it gave). backend= is left out so that
+    Python's own argument errors read the same; nothing here runs a forward pass."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        return getattr(lib, cls)(*args, **kwargs), caught
+
+
 def _build(lib, cls, *args, **kwargs):
-    # backend= is left out so that Python's own argument errors read the same; nothing
-    # here runs a forward pass.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return getattr(lib, cls)(*args, **kwargs)
+    return _recorded(lib, cls, *args, **kwargs)[0]
 
 
 # -- the same module as torch.nn's, or the same error -------------------------------------
@@ -76,12 +81,8 @@ LAYOUTS = [
 SAME_AS_NN = [(cls, args, {}) for cls, cases in POSITIONAL.items() for args in cases]
 SAME_AS_NN += [(cls, (), kwargs) for cls, kwargs in KEYWORDS]
 SAME_AS_NN += [(c, (3, 5), {**kw, "batch_first": bf}) for c, kw in LAYOUTS for bf in (False, True)]
-SAME_AS_NN += [
-    (c, (3, 5), {**kw, **more})
-    for c, kw in (("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "tanh"}),
-                  ("RNNCell", {"nonlinearity": "relu"}))
-    for more in ({}, {"bias": False}, {"dtype": torch.float64})
-]  # fmt: skip
+SAME_AS_NN += [(c + "Cell", (3, 5), {**kw, **more}) for c, kw in MODES.values()
+               for more in ({}, {"bias": False}, {"dtype": torch.float64})]  # fmt: skip
 
 
 # argument lists, and single keyword arguments after (4, 3), that torch.nn rejects or that
@@ -105,6 +106,9 @@ BAD_ARGS = [(args, {}) for args in BAD_POSITIONAL]
 BAD_ARGS += [((4, 3), {k: v}) for k, values in BAD_KEYWORDS.items() for v in values]
 BAD_ARGS += [((4, 3, 2, "relu"), {"nonlinearity": "tanh"})]
 SAME_AS_NN += [(cls, args, kwargs) for cls in CLASSES for args, kwargs in BAD_ARGS]
+# dropout with a single layer warns (a p of 1 written as an int, too), with more layers not
+SAME_AS_NN += [(cls, (3, 4), {"num_layers": n, "dropout": p}) for cls in CLASSES
+               for n, p in [(1, 0.2), (1, 1), (1, 1.0), (2, 0.5), (1, 0.0)]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cls,args,kwargs", SAME_AS_NN)
@@ -112,18 +116,23 @@ def test_same_module_as_torch_nn(cls, args, kwargs, same_error):
     """Where torch.nn raises, fusedrnn raises the same (type and message); where it accepts
     (e.g. RNN's nonlinearity keyword), fusedrnn builds the same module: configuration;
     parameter names, shapes, dtypes, order and, from the same seed, initial values (torch.nn's
-    U(-1/sqrt(H), 1/sqrt(H))); the same repr when no backend is named, and that backend shown
-    last when one is. The modules and the cells."""
+    U(-1/sqrt(H), 1/sqrt(H))); the same warnings; the same repr when no backend is named, and
+    that backend shown last when one is. The modules and the cells."""
     torch.manual_seed(123)
     try:
-        ref = _build(nn, cls, *args, **kwargs)
+        ref, ref_w = _recorded(nn, cls, *args, **kwargs)
     except Exception:
         err = same_error(lambda lib: _build(lib, cls, *args, **kwargs))
         if "proj_size" in kwargs and cls != "LSTM":
             assert isinstance(err, ValueError) and "only supported for LSTM" in str(err)
         return
     torch.manual_seed(123)
-    mod = _build(fusedrnn, cls, *args, **kwargs)
+    mod, mod_w = _recorded(fusedrnn, cls, *args, **kwargs)
+    assert len(ref_w) == (getattr(ref, "dropout", 0) > 0 and ref.num_layers == 1)
+    seen = [[(w.category, str(w.message)) for w in ws] for ws in (ref_w, mod_w)]
+    assert seen[0] == seen[1]
+    # the warning points at the user's line, not into fusedrnn
+    assert all(w.filename == __file__ for w in mod_w)
     for attr in CONFIG_ATTRS:  # absent alike: a cell has fewer, an LSTM or GRU no nonlinearity
         got, want = (getattr(m, attr, AttributeError) for m in (mod, ref))
         assert got == want and type(got) is type(want), attr
@@ -167,23 +176,6 @@ def test_factory_kwargs_and_default_dtype(cls, dtype):
     finally:
         torch.set_default_dtype(old)
     assert all(p.dtype == dtype for p in mod.parameters())
-
-
-@pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("num_layers,dropout", [(1, 0.2), (1, 1), (1, 1.0), (2, 0.5), (1, 0.0)])
-def test_dropout_warning_only_for_one_layer(cls, num_layers, dropout):
-    def warnings_of(lib, **kw):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            getattr(lib, cls)(3, 4, num_layers=num_layers, dropout=dropout, **kw)
-        return caught
-
-    ref_w, mod_w = warnings_of(nn), warnings_of(fusedrnn, backend="reference")
-    assert len(ref_w) == (num_layers == 1 and dropout > 0)
-    seen = [[(w.category, str(w.message)) for w in ws] for ws in (ref_w, mod_w)]
-    assert seen[0] == seen[1]
-    # the warning points at the user's line, not into fusedrnn
-    assert all(w.filename == __file__ for w in mod_w)
 
 
 # -- initialisation -----------------------------------------------------------------------

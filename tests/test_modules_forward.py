@@ -1,9 +1,10 @@
-"""Outputs and gradients of LSTM / GRU / RNN (and of the cells, where they share a contract)
-against torch.nn with identical weights.
+"""Outputs and gradients of LSTM / GRU / RNN and of their cells against torch.nn with
+identical weights.
 
 Every output (output, h_n, c_n: values, shapes, dtypes, tuple structure) and every gradient
 (input, h0, c0, each parameter) is compared, over the full argument grid, dense and packed
-(in the input's packing), on every backend that runs on CPU tensors.
+(in the input's packing), on every backend that runs on CPU tensors. The cells' construction
+is checked in test_modules_construction.py, their errors in test_modules_errors.py.
 """
 
 from __future__ import annotations
@@ -57,15 +58,26 @@ GRID += [
         MODE_PROJ, (False, True), PACKED)
 ]  # fmt: skip
 
+# the cells, one step (the seq_len of sizes unused): (batch, or None for unbatched input,
+# input_size, hidden), with and without an initial state, in float64 and float32; the first two
+# also without a bias
+CELL_SHAPES = [(4, I, H), (None, I, H), (1, 1, 1), (1, 2, 7), (3, 1, 2), (5, 4, 9), (0, I, H)]
+GRID += [
+    dict(mode=m, proj=0, cell=True, sizes=(1, b, i, h), batched=b is not None, bias=bias,
+         dtype=dtype, num_layers=1, with_hx=hx)
+    for m in MODES for n, (b, i, h) in enumerate(CELL_SHAPES)
+    for bias in (True, False)[: 1 + (n < 2)] for hx in (True, False)
+    for dtype in (torch.float64, torch.float32)
+]  # fmt: skip
+
 
 def _id(row):
     on = [k for k in ("bidirectional", "batch_first", "with_hx", "enforce_sorted") if row.get(k)]
     on += [f"packed{row['lengths']}".replace(" ", "")] if row.get("lengths") else []
     off = [f"no_{k}" for k in ("bias", "batched") if not row.get(k, True)]
     sizes, dtype = "x".join(map(str, row["sizes"])), str(row["dtype"])[6:]
-    return "-".join(
-        [row["mode"], f"p{row['proj']}", sizes, dtype, f"L{row['num_layers']}", *on, *off]
-    )
+    name = row["mode"] + "Cell" * row.get("cell", False)
+    return "-".join([name, f"p{row['proj']}", sizes, dtype, f"L{row['num_layers']}", *on, *off])
 
 
 @pytest.mark.parametrize("row", GRID, ids=_id)
@@ -148,3 +160,19 @@ def test_nonlinearity_set_after_construction(cls, x_lead, cpu_backend, rnn_pair)
     out = flatten(mod(x, h))[0]
     torch.testing.assert_close(out, flatten(ref(x, h))[0], rtol=1e-12, atol=1e-12)
     assert bool((out >= 0).all()) == cell
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cell_loop_over_time(mode, cpu_backend, rnn_pair):
+    """Gradients through several chained steps of a cell, as a user's own loop would run them."""
+    cls, extra = MODES[mode]
+    ref, mod = rnn_pair(cls + "Cell", I, H, backend=cpu_backend, **extra)
+    xs = torch.randn(6, 4, I, dtype=torch.float64)
+    results = []
+    for cell in (ref, mod):
+        x, state, total = xs.clone().requires_grad_(), None, 0
+        for t in range(x.shape[0]):
+            state = cell(x[t], state)
+            total = total + (flatten(state)[0] * (t + 1)).sum()
+        results.append(torch.autograd.grad(total, [x, *cell.parameters()]))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)

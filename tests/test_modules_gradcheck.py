@@ -22,7 +22,7 @@ CASES = {**MODES, "LSTM_PROJ": ("LSTM", {"proj_size": 2})}
 CPU_CASES = CASES | dict(
     LSTM_PROJ=("LSTM", {"proj_size": 1}), LSTM_LN=("LSTM", {"layer_norm": True})
 )
-T, B, I, H = SIZES = (3, 2, 2, 3)
+SIZES = (3, 2, 2, 3)  # T, B, I, H
 CPU_SIZES = (3, 2, 3, 2)
 LENGTHS = [2, 3]
 
@@ -31,35 +31,32 @@ def _leaf(*shape):
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
 
-def _as_function(mod, x, states, run):
-    """(f, inputs) for gradcheck / gradgradcheck: f(x, *states, *params) is
-    ``run(call, x, states)``, where ``call`` runs ``mod`` with those parameters."""
+def _function(
+    mode, bidirectional=False, packed=False, backend="cpu", num_layers=1, cpu=False, cell=False,
+    bias=True,
+):  # fmt: skip
+    """(f, inputs) for gradcheck / gradgradcheck of a float64 module of ``mode`` (CPU_CASES at
+    CPU_SIZES when ``cpu``), or of its ``cell``: f(x, *states, *params) runs it with those
+    parameters (through functional_call)."""
+    cls, kw = (CPU_CASES if cpu else CASES)[mode]
+    t, b, i, h = CPU_SIZES if cpu else SIZES
+    layout = {} if cell else dict(num_layers=num_layers, bidirectional=bidirectional)
+    mod = getattr(fusedrnn, cls + "Cell" * cell)(i, h, bias=bias, backend=backend, **layout, **kw)
+    mod, lstm, x = mod.double(), cls == "LSTM", _leaf(*(b, i) if cell else (t, b, i))
+    lead = (b,) if cell else (num_layers * (2 if bidirectional else 1), b)
+    states = flatten(random_state(cls, lead, h, kw.get("proj_size", 0)))
+    states = [s.requires_grad_() for s in states]
     names = [n for n, _ in mod.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in mod.parameters()]
 
     def f(x, *rest):
         weights = dict(zip(names, rest[len(states) :], strict=True))
-        return run(lambda *args: functional_call(mod, weights, args), x, rest[: len(states)])
+        hx = rest[: len(states)]
+        inp = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
+        out = functional_call(mod, weights, (inp, hx if lstm else hx[0]))
+        return tuple(flatten(out))  # a packed output as its data
 
     return f, (x, *states, *params)
-
-
-def _function(mode, bidirectional=False, packed=False, backend="cpu", num_layers=1, cpu=False):
-    """(f, inputs) of a float64 module of ``mode`` (CPU_CASES at CPU_SIZES when ``cpu``)."""
-    cls, kw = (CPU_CASES if cpu else CASES)[mode]
-    t, b, i, h = CPU_SIZES if cpu else SIZES
-    layout = dict(num_layers=num_layers, bidirectional=bidirectional, backend=backend)
-    mod = getattr(fusedrnn, cls)(i, h, **layout, **kw).double()
-    lstm, x = cls == "LSTM", _leaf(t, b, i)
-    lead = (num_layers * (2 if bidirectional else 1), b)
-    states = flatten(random_state(cls, lead, h, kw.get("proj_size", 0)))
-    states = [s.requires_grad_() for s in states]
-
-    def run(call, x, hx):
-        inp = pack_padded_sequence(x, LENGTHS, enforce_sorted=False) if packed else x
-        return tuple(flatten(call(inp, hx if lstm else hx[0])))  # a packed output as its data
-
-    return _as_function(mod, x, states, run)
 
 
 # (bidirectional, packed, num_layers): every layout of one layer, and a bidirectional stack
@@ -100,14 +97,10 @@ def test_gradgradcheck(backend, mode, bi_packed):
     assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=fast)
 
 
-@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_cell_gradcheck(cls, bias, cpu_backend):
-    cell = getattr(fusedrnn, cls)(I, H, bias=bias, backend=cpu_backend).double()
-    x, states = _leaf(B, I), [_leaf(B, H), _leaf(B, H)]  # (h, c): c only for the LSTMCell
-    f, inputs = _as_function(
-        cell, x, states, lambda call, x, hx: call(x, hx if cls == "LSTMCell" else hx[0])
-    )
+def test_cell_gradcheck(mode, bias, cpu_backend):
+    f, inputs = _function(mode, backend=cpu_backend, cell=True, bias=bias)
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
     if cpu_backend == "reference":
         assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
