@@ -186,8 +186,8 @@ def compare(layer, case: Case, dtype: torch.dtype, device=None, p=None, tol=None
 
 
 def check_inference_path(layer, case: Case, dtype: torch.dtype) -> None:
-    """Without grad the driver runs the kernels' no-save paths: bitwise the same outputs as
-    with grad, in reverse."""
+    """Without grad the driver runs the kernels' no-save paths (the variants write scratch rows
+    instead of the history): bitwise the same outputs as with grad, in reverse."""
     p = problem(case, dtype)
     train = run(layer, p, reverse=True)
     with torch.no_grad():
@@ -227,22 +227,22 @@ def check_fake_ops(layer, case: Case, dtype: torch.dtype, save: bool) -> None:
     assert [None if t is None else (t.shape, t.stride()) for t in fake_grads] == layout
 
 
-def check_under_autocast(layer, case: Case) -> None:
-    """Under torch.autocast (CPU, bfloat16) float32 operands give bitwise the float32 outputs
-    and gradients: the op excludes every autocast dispatch key for its body. A CPU build can
-    only exercise AutocastCPU, which retypes the same GEMMs (mm, addmm) to bfloat16 that
-    AutocastCUDA retypes on the GPU build."""
-    p = problem(case, torch.float32)
+def check_same_results(layer, case: Case, dtype: torch.dtype, how: str) -> None:
+    """Bitwise a plain call's outputs and gradients, dtypes included, ``how``: "autocast",
+    under torch.autocast (CPU, bfloat16), since the op excludes every autocast dispatch key for
+    its body (a CPU build can only exercise AutocastCPU, which retypes the same GEMMs (mm,
+    addmm) to bfloat16 that AutocastCUDA retypes on the GPU build); "compiled", through
+    torch.compile(fullgraph=True), where the custom ops trace as two opaque nodes (fake
+    implementations, registered autograd)."""
+    p = problem(case, dtype)
     want = run(layer, p)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    if how == "compiled":
+        torch._dynamo.reset()
+        layer = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
         got = run(layer, p)
-    assert all(t.dtype == torch.float32 for t in got.values())
+    assert all(t.dtype == dtype for t in got.values())
     assert_same(got, want)
-
-
-# one unit of bfloat16's spacing at 1 (2^-8, twice the unit roundoff): outputs and gradients
-# are stored in bfloat16, and so are the operands they are computed from
-BF16_ULP = 2.0**-8
 
 
 def check_long_sequence_bfloat16(layer, case: Case) -> None:
@@ -250,9 +250,9 @@ def check_long_sequence_bfloat16(layer, case: Case) -> None:
     inputs, the LSTM's forget / the GRU's update gate biased towards 1, so that the state and
     its gradient carry over hundreds of steps: rounding the running state, the pre-activation
     (h W_hh^T) or the running gradient to bfloat16 every step would compound with T. The bound
-    is two units of bfloat16's spacing of the largest magnitude, the rounding of the stored
-    outputs and inputs alone, the same for any T."""
+    is two units of bfloat16's spacing (2^-8 at 1) of the largest magnitude, the rounding of the
+    stored outputs and gradients and of the inputs alone, the same for any T."""
     p, H = problem(case), case.H
     if case.cell in ("lstm", "gru"):
         p["ln_ih_b" if case.ln else "b_ih"][H : 2 * H] += 5.0
-    compare(layer, case, torch.bfloat16, p=p, tol=2 * BF16_ULP)
+    compare(layer, case, torch.bfloat16, p=p, tol=2 * 2.0**-8)

@@ -21,23 +21,27 @@ import variants as bench_variants
 from misc_testlib import BENCH, ROOT, csv_rows, run_python
 
 
-def _small_run(script: str, out: Path, args: str, table_row: str) -> list[dict]:
-    """The rows of a small run of bench/<script> (which must exit 0): one CSV, beside one
-    markdown table that holds ``table_row``."""
-    run_python(BENCH / script, *args.split(), "--out", out, timeout=600, check=True)
+def _small_run(script: str, out: Path, args: str, holds: str, says: str = ""):
+    """``(rows, markdown)`` of a small run of bench/<script>, which must exit 0 and print
+    ``says``: one CSV, beside one markdown report whose tables are consistent (every row as
+    wide, a header rule) and which holds ``holds``."""
+    proc = run_python(BENCH / script, *args.split(), "--out", out, timeout=600, check=True)
+    assert says in proc.stdout
     (csv_path,), (md_path,) = out.glob("*.csv"), out.glob("*.md")
-    assert table_row in md_path.read_text()
-    return csv_rows(csv_path)
+    text = md_path.read_text()
+    assert holds in text
+    for table in (t.splitlines() for t in re.findall(r"(?:^\|.*\n?)+", text, re.MULTILINE)):
+        assert len({ln.count("|") for ln in table}) == 1, table
+        assert set(table[1].replace("|", "")) <= set("-"), table
+    return csv_rows(csv_path), text
 
 
 def test_quick_run_csv_and_markdown(tmp_path):
     """bench/run.py --quick: a well-formed CSV; consistent markdown tables that show the plots."""
     import matplotlib.image as mpimg
 
-    out = tmp_path
-    proc = run_python(BENCH / "run.py", "--quick", "--out", out, timeout=600, check=True)
-    assert "wrote" in proc.stdout
-    rows = csv_rows(out / "results.csv", bench_run.COLUMNS)
+    rows, text = _small_run("run.py", tmp_path, "--quick", "## Headline", "wrote")
+    assert list(rows[0]) == bench_run.COLUMNS
     assert {r["provider"] for r in rows} == set(P.all_provider_names("cpu"))
     assert {r["cell"] for r in rows} == set(P.CELLS)
     assert {r["mode"] for r in rows} == set(P.MODES)
@@ -65,26 +69,22 @@ def test_quick_run_csv_and_markdown(tmp_path):
     comp = [r for r in rows if r["provider"] == P.COMPILE and r["status"] != "skipped"]
     assert {r["mode"] for r in comp} == set(P.MODES)
     assert all(r["first_call_s"] for r in comp if r["status"] == "ok")
-    text = (out / "results.md").read_text()
     assert text.startswith("# fusedrnn benchmark results")
-    for heading in ("## Headline", "## Sweeps", "## torch.compile", "## Memory", "## Plots"):
+    for heading in ("## Sweeps", "## torch.compile", "## Memory", "## Plots"):
         assert heading in text
-    for table in (t.splitlines() for t in re.findall(r"(?:^\|.*\n?)+", text, re.MULTILINE)):
-        assert len({ln.count("|") for ln in table}) == 1, table  # every row as wide
-        assert set(table[1].replace("|", "")) <= set("-"), table  # a header rule
-    names = {p.name for p in out.glob("*.png")}
+    names = {p.name for p in tmp_path.glob("*.png")}
     assert {"speedup_headline.png", "time_vs_hidden_fwd.png", "time_vs_batch_fwdbwd.png"} <= names
     for name in names:
         assert f"]({name})" in text
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        img = mpimg.imread(out / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(tmp_path / name)
         assert img.shape[0] > 100 and img.shape[1] > 100
 
 
 def test_graph_replay_dry_run(tmp_path):
     """bench/graph_replay.py's code path on CPU tensors (a stand-in graph that reruns the call):
     every row captured, compared and timed."""
-    rows = _small_run("graph_replay.py", tmp_path, "--dry-run --rounds 1", "| fwdbwd |")
+    rows, _ = _small_run("graph_replay.py", tmp_path, "--dry-run --rounds 1", "| fwdbwd |")
     want = [(m, p) for m in ("fwd", "fwdbwd") for p in ("torch.nn", "fusedrnn")]
     assert [(r["mode"], r["provider"][:8]) for r in rows] == want
     for r in rows:
@@ -228,7 +228,7 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
 def test_variants_bench_quick(tmp_path):
     """bench/variants.py --quick: every provider agrees with the reference op (checked inside
     the script, which fails otherwise), and the CSV / table are written."""
-    rows = _small_run("variants.py", tmp_path, "--quick", "| LN-LSTM | forward+backward |")
+    rows, _ = _small_run("variants.py", tmp_path, "--quick", "| LN-LSTM | forward+backward |")
     assert {r["variant"] for r in rows} == set(bench_variants.VARIANTS)
     assert {r["phase"] for r in rows} == {"forward", "forward+backward"}
     assert all(float(r["median_ms"]) > 0 for r in rows)
@@ -265,11 +265,9 @@ def test_quick_run_never_writes_the_committed_results_and_they_name_no_absolute_
     assert out_dir() == committed
     assert out_dir("--quick", "--out", "/somewhere/else") == Path("/somewhere/else")
     # and what is committed names no path of the machine that wrote it
-    found = []
-    for p in sorted((BENCH / "results").rglob("*")):
-        if p.suffix in (".md", ".json", ".csv") and "tmp" not in p.relative_to(BENCH).parts:
-            for m in _ABSOLUTE_PATH.finditer(p.read_text(encoding="utf-8")):
-                found.append(f"{p.relative_to(ROOT)}: {m.group(0)}")
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in sorted((BENCH / "results").rglob("*"))
+             if p.suffix in (".md", ".json", ".csv") and "tmp" not in p.relative_to(BENCH).parts
+             for m in _ABSOLUTE_PATH.finditer(p.read_text(encoding="utf-8"))]  # fmt: skip
     assert not found, found
 
 
@@ -292,7 +290,7 @@ def test_charlm_speed_writes_portable_paths_and_reads_its_recipe():
 
 def test_sampling_bench_small(tmp_path):
     args = "--rounds 1 --seconds 0.02 --shapes 1x8 --cells lstm,rnn --batches 1,2"
-    rows = _small_run("sampling.py", tmp_path, args, "| lstm | 1 × 8 | 2 |")
+    rows, _ = _small_run("sampling.py", tmp_path, args, "| lstm | 1 × 8 | 2 |")
     assert [r["cell"] + r["batch"] for r in rows] == ["lstm1", "lstm2", "rnn1", "rnn2"]
     for r in rows:
         assert all(float(r[f"{loop}_chars_per_s"]) > 0 for loop in ("fused", "python", "torch"))
@@ -304,7 +302,7 @@ def test_sampling_bench_small(tmp_path):
 
 def test_cells_bench_small(tmp_path):
     args = "--rounds 1 --seconds 0.01 --shapes 1x8,3x5 --cells LSTMCell,GRUCell"
-    rows = _small_run("cells.py", tmp_path, args, "| GRUCell | fwdbwd | 3 | 5 |")
+    rows, _ = _small_run("cells.py", tmp_path, args, "| GRUCell | fwdbwd | 3 | 5 |")
     assert [(r["batch"], r["hidden"], r["cell"], r["mode"]) for r in rows] == [
         (b, h, c, m) for b, h in (("1", "8"), ("3", "5")) for c in ("LSTMCell", "GRUCell")
         for m in ("step", "fwdbwd")

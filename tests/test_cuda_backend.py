@@ -5,7 +5,7 @@
 * a CPU build of the same code with each launch replaced by a walk over its grid
   (tests/cuda_host.py, csrc/cuda/harness/host_driver.cpp) runs behind fusedrnn.ops.cuda's layer
   op on CPU tensors and is compared with the reference backend, every cell and variant.
-The grid walks, torch.compile and the runs on a GPU: test_cuda_variants.py.
+The grid walks and the runs on a GPU: test_cuda_variants.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import cuda_host
 import pytest
 import torch
-from cuda_host import TINY
+from cuda_host import TINY, full
 from layer_cases import Case
 
 from fusedrnn import cuda_report
@@ -105,13 +105,10 @@ _tiny = functools.partial(Case, **TINY)
 _long = functools.partial(Case, T=512, B=3, I=4, H=8)
 
 HOST_CHECKS = [  # (check, its cases, the values of each further argument): every combination
-    # half precision against the reference op in float64 on the same rounded inputs
     (cuda_host.compare, [_case("lstm"), _case("lstm", proj=2), _case("gru"), _case("rnn_relu"),
      _case("lstm", proj=2, ln=True, peep=True, zone="hc"),
      _case("lstm", ln=True, cifg=True, zone="eval"), _case("gru", ln=True, zone="hc")],
      (F16, BF16)),
-    # without grad the driver runs the kernels' no-save paths (the variants write scratch rows
-    # instead of the history): bitwise the same outputs
     (cuda_host.check_inference_path, [_case("lstm"), _case("lstm", proj=2, bias=False),
      _case("gru"), _case("gru", bias=False), _case("rnn_relu"),
      _case("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc"),
@@ -122,9 +119,10 @@ HOST_CHECKS = [  # (check, its cases, the values of each further argument): ever
      _tiny("lstm", proj=2, ln=True, peep=True, cifg=True, zone="hc", packed=True),
      _tiny("lstm", bias=False, zone="eval"), _tiny("gru", ln=True, zone="eval"),
      _tiny("lstm", peep=True), _tiny("gru", ln=True)], (F64, BF16), (True, False)),
-    (cuda_host.check_under_autocast, [_case("lstm"), _case("lstm", proj=2), _case("gru"),
+    (cuda_host.check_same_results, [_case("lstm"), _case("lstm", proj=2), _case("gru"),
      _case("rnn_tanh"), _tiny("lstm", proj=2, ln=True, peep=True, zone="hc", packed=True),
-     _tiny("gru", ln=True, packed=True)]),
+     _tiny("gru", ln=True, packed=True)], (F32,), ("autocast",)),
+    (cuda_host.check_same_results, [full("lstm", **TINY)], (F64,), ("compiled",)),
     (cuda_host.check_long_sequence_bfloat16, [_long("lstm"), _long("gru"), _long("rnn_tanh"),
      _long("gru", zone="eval"), _long("gru", zone="hc"), _long("lstm", ln=True, peep=True)]),
 ]  # fmt: skip

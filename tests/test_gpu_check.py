@@ -75,21 +75,12 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
     meta = _json(out, "meta.json")
     assert meta["tag"] == "dry-run-cpu" and meta["quick"] is True
     assert "float32+tf32" in summary
-    # the same rows under a GPU machine's report
-    env = {
-        "date_utc": "2026-12-04 00:00 UTC", "gpu": "NVIDIA H200", "sm_count": 132,
-        "capability": "9.0", "cpu_model": "Some CPU", "cpu_count": 16, "torch": "2.11.0+cu130",
-        "torch_cuda": "13.0", "cudnn": 91000, "triton": "3.6.0", "python": "3.12.3",
-        "nvidia_smi": {"name": "NVIDIA H200", "driver_version": "580.1", "clocks.sm": "1980",
-                       "clocks.max.sm": "1980", "clocks.mem": "3201"},
-    }  # fmt: skip
+    # the same rows and run under a GPU machine's report
+    env |= {"gpu": "NVIDIA H200", "sm_count": 132, "capability": "9.0", "torch_cuda": "13.0",
+            "cudnn": 91000, "nvidia_smi": {"name": "NVIDIA H200", "driver_version": "580.1",
+            "clocks.sm": "1980", "clocks.max.sm": "1980", "clocks.mem": "3201"}}  # fmt: skip
     assert gc.gpu_tag(env) == "gpu-nvidia-h200"
-    report = {
-        "tag": gc.gpu_tag(env), "mode": "gpu", "command": "python -m fusedrnn.gpu_check",
-        "elapsed_s": 400.0, "budget_s": 450.0, "exit_status": 0, "env": env,
-        "phases": [vars(gc.Phase("bench", "ok", "", 200.0))],
-    }  # fmt: skip
-    text = gc.summary_markdown(report, rows)
+    text = gc.summary_markdown(report | {"tag": gc.gpu_tag(env), "mode": "gpu", "env": env}, rows)
     assert "NVIDIA H200, 132 SMs, capability 9.0" in text
     assert "SM 1980 / 1980 MHz" in text and "CUDA 13.0" in text
 
@@ -280,13 +271,11 @@ XDIST_CUT = """\
 
 
 def test_parse_pytest_output():
-    got = gc.parse_pytest(PLAIN)
-    assert got["counts"] == {"failed": 1, "passed": 1, "skipped": 1, "deselected": 3, "error": 1}
-    assert got["failing"] == ["tests/test_a.py::test_x[cuda-gru]", "tests/test_b.py::test_z"]
-    assert got["complete"]
-    cut = gc.parse_pytest(XDIST_CUT)  # a run stopped at its timeout: no summary line
-    assert cut["counts"] == {"passed": 2, "failed": 1} and not cut["complete"]
-    assert cut["failing"] == ["tests/test_a.py::test_x[cuda-gru]"]
+    counts = {"failed": 1, "passed": 1, "skipped": 1, "deselected": 3, "error": 1}
+    failing = ["tests/test_a.py::test_x[cuda-gru]", "tests/test_b.py::test_z"]
+    assert gc.parse_pytest(PLAIN) == {"counts": counts, "failing": failing, "complete": True}
+    cut = {"counts": {"passed": 2, "failed": 1}, "failing": failing[:1], "complete": False}
+    assert gc.parse_pytest(XDIST_CUT) == cut  # a run stopped at its timeout: no summary line
 
 
 def test_tf32_context_sets_both_libraries_and_restores():
