@@ -200,25 +200,17 @@ VARIANTS = [
     if ln or zone != "none"
 ]  # fmt: skip
 # awkward shapes with every option on: B=1, T=1, odd H, H above one chunk, several programs,
-# rows finishing at the same step and a row of length 1
+# rows finishing at the same step and a row of length 1, the cuda kernels' launch shapes
 AWKWARD = [
-    Case(cell, ln=True, peep=cell == "lstm", zone="hc", proj=4 * (cell == "lstm"), **s)
-    for cell in ("lstm", "gru")
-    for s in (
-        dict(T=1, B=1, I=2, H=5),
-        dict(T=3, B=1, I=1, H=33),
-        dict(T=1, B=4, I=3, H=5, reverse=True),
-        dict(T=5, B=2, I=4, H=40),
-        dict(T=3, B=20, I=2, H=17, packed=True, reverse=True),
+    Case(cell, ln=True, peep=cell == "lstm", zone="hc", **s, **(lstm if cell == "lstm" else {}))
+    for shapes, lstm in (
+        ((dict(T=1, B=1, I=2, H=5), dict(T=3, B=1, I=1, H=33), dict(T=1, B=4, I=3, H=5, reverse=True),
+          dict(T=5, B=2, I=4, H=40), dict(T=3, B=20, I=2, H=17, packed=True, reverse=True)),
+         {"proj": 4}),
+        ([dict(B=5, H=35, lengths=(6, 6, 3, 3, 1), reverse=r) for r in (False, True)], {"cifg": True}),
+        ([dict(T=T, B=B, I=I, H=H) for B, T, I, H in LAUNCHES], {}),
     )
-] + [
-    Case(cell, B=5, H=35, ln=True, peep=cell == "lstm", cifg=cell == "lstm", zone="hc",
-         lengths=(6, 6, 3, 3, 1), reverse=reverse)
-    for cell in ("lstm", "gru")
-    for reverse in (False, True)
-] + [
-    Case(cell, T=T, B=B, I=I, H=H, ln=True, peep=cell == "lstm", zone="hc")
-    for cell in ("lstm", "gru") for B, T, I, H in LAUNCHES
+    for cell in ("lstm", "gru") for s in shapes
 ]  # fmt: skip
 
 
@@ -242,8 +234,7 @@ def test_variants_float64_float32(backend, case, dtype):
 CALLS = [  # (case, dtype, how): a loss on output ``pick``, grads of ``wanted``, x ``transposed``
     *((c, F64, {"pick": k}) for c in (
         Case("lstm", T=5, B=3, I=4, H=40),
-        Case("gru", T=3, B=3, I=2, H=6, packed=True),
-        Case("rnn_tanh", T=3, B=3, I=2, H=6, packed=True),
+        *(Case(cell, T=3, B=3, I=2, H=6, packed=True) for cell in ("gru", "rnn_tanh")),
         Case("lstm", packed=True, ln=True, peep=True, zone="hc"),
         Case("gru", T=3, B=3, I=2, H=6, ln=True, zone="h", packed=True),
     ) for k in range(3 if c.cell == "lstm" else 2)),

@@ -173,11 +173,10 @@ def test_dot_precision_follows_allow_tf32():
 
     old = torch.backends.cuda.matmul.allow_tf32
     try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        assert dot_precision(torch.float32) == "ieee"
-        torch.backends.cuda.matmul.allow_tf32 = True
-        assert dot_precision(torch.float32) == "tf32"
-        assert dot_precision(torch.float64) == "ieee"
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            assert dot_precision(torch.float32) == ("tf32" if tf32 else "ieee")
+            assert dot_precision(torch.float64) == "ieee"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 

@@ -24,15 +24,11 @@ DEVICE = layer_cases.triton_device() or layer_cases.skip_module_without_triton()
 pytestmark = pytest.mark.usefixtures("poisoned_triton_buffers")
 
 
-def _inputs(case: Case) -> dict:
-    return layer_cases.make_inputs(case, torch.float64, DEVICE)
-
-
 def test_torch_compile_traces_the_op():
     """fullgraph: the op is two opaque nodes with fake (meta) implementations; the outputs and
     the gradients of x to w_hr (the variant parameters do not require grad) are eager's."""
-    a = _inputs(Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="c", packed=True,
-                     reverse=True))  # fmt: skip
+    case = Case("lstm", T=3, B=2, I=3, H=5, ln=True, peep=True, zone="c", packed=True, reverse=True)
+    a = layer_cases.make_inputs(case, torch.float64, DEVICE)
     compiled = torch.compile(triton_layer, backend="aot_eager", fullgraph=True)
     (outs, grads), (want, want_grads) = (outputs_and_grads(f, a, wanted=library.NAMES[1:9])
                                          for f in (compiled, triton_layer))  # fmt: skip
@@ -76,7 +72,7 @@ BAD_ARGUMENTS = [
     ids=lambda v: str(v) if isinstance(v, Case) else "+".join(v) if isinstance(v, dict) else None,
 )
 def test_bad_arguments(case, change, error, message):
-    a = _inputs(case)
+    a = layer_cases.make_inputs(case, torch.float64, DEVICE)
     a.update({k: v(a[k]) if callable(v) else v for k, v in change.items()})
     if message is None:
         with pytest.raises(error) as want:

@@ -84,22 +84,17 @@ def _lstm_step(x, h, c, prm, kw, kh, kc):
     return _zone(h_new, h, kh), _zone(c_new, c, kc)
 
 
-def _gru_step(x, h, prm, kw, kh):
+def _gru_step(x, h, c, prm, kw, kh, kc):
     (a_r, a_z, a_n), (r_r, r_z, r_n) = (t.split(h.shape[0]) for t in _pre(x, h, prm, kw))
     r, z = _sig(a_r + r_r), _sig(a_z + r_z)
-    return _zone((1 - z) * torch.tanh(a_n + r * r_n) + z * h, h, kh)
-
-
-def _probs(kw, is_lstm):
-    zo = kw.get("zoneout", 0.0)
-    return zo if isinstance(zo, tuple) else (zo, zo if is_lstm else 0.0)
+    return _zone((1 - z) * torch.tanh(a_n + r * r_n) + z * h, h, kh), None
 
 
 def oracle(mode, params, kw, x, lengths, h0, c0, num_layers, bidir, keeps):
     """x [T, B, I] padded -> (y [T, B, D*Hout] zero-padded, h_n [L*D, B, Hout], c_n), each
     sequence on its own. keeps: per layer-direction (h's, c's) zoneout: in training the masks
     padded to [T, B, .], in evaluation the probabilities; None where off."""
-    dirs = 2 if bidir else 1
+    dirs, step = 2 if bidir else 1, _lstm_step if mode == "LSTM" else _gru_step
     sfx = [f"_l{k // dirs}" + ("_reverse" if k % dirs else "") for k in range(num_layers * dirs)]
     prms = [{k[: -len(s)]: v for k, v in params.items() if k.endswith(s)} for s in sfx]
     ys, h_n, c_n = [], [[] for _ in sfx], [[] for _ in sfx]
@@ -112,10 +107,7 @@ def oracle(mode, params, kw, x, lengths, h0, c0, num_layers, bidir, keeps):
                 h, c, out = h0[idx, b], (c0[idx, b] if c0 is not None else None), [None] * n
                 kh, kc = (k[:, b] if torch.is_tensor(k) else [k] * n for k in keeps[idx])
                 for t in reversed(range(n)) if d else range(n):
-                    if mode == "LSTM":
-                        h, c = _lstm_step(seq[t], h, c, prms[idx], kw, kh[t], kc[t])
-                    else:
-                        h = _gru_step(seq[t], h, prms[idx], kw, kh[t])
+                    h, c = step(seq[t], h, c, prms[idx], kw, kh[t], kc[t])
                     out[t] = h
                 h_n[idx].append(h)
                 c_n[idx].append(c)
@@ -147,7 +139,9 @@ def _keeps(x, kw, is_lstm, hout, groups, dtype, training):
         mask = (torch.rand(*x.data.shape[: 2 - packed], width, dtype=dtype) < p).double()
         return pad_packed_sequence(PackedSequence(mask, x.batch_sizes))[0] if packed else mask
 
-    probs = list(zip(_probs(kw, is_lstm), (hout, H), strict=True))
+    zo = kw.get("zoneout", 0.0)
+    zo = zo if isinstance(zo, tuple) else (zo, zo if is_lstm else 0.0)
+    probs = list(zip(zo, (hout, H), strict=True))
     if not training:
         return [tuple(p or None for p, _ in probs)] * groups
     return [tuple(draw(p, w) if p else None for p, w in probs) for _ in range(groups)]
@@ -161,8 +155,7 @@ def _check_against_oracle(mode, kw, packed, training, num_layers=2, bidir=True, 
     m = copy.deepcopy(m64).to(dtype).train(training)
     hout, n, n_states = proj or H, 3 if mode == "LSTM" else 2, num_layers * (2 if bidir else 1)
     lengths = lengths or LENGTHS
-    if not packed:
-        lengths = [max(lengths)] * len(lengths)
+    lengths = lengths if packed else [max(lengths)] * len(lengths)
     batch = len(lengths)
     shapes = [(max(lengths), batch, I), (n_states, batch, hout), (n_states, batch, H)][:n]
     inputs = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
@@ -284,15 +277,10 @@ def test_cifg_shapes_options_and_repr():
     assert all(f"{k}={v}" in repr(m) for k, v in kw.items())
 
 
-@pytest.mark.parametrize(
-    "mode,kw",
-    [
-        ("LSTM", {"layer_norm": True, "peephole": True, "zoneout": 0.1}),
-        ("LSTM", {"layer_norm": True}),
-        ("GRU", {"layer_norm": True, "zoneout": 0.2}),
-        ("GRU", {"layer_norm": True}),
-    ],
-)
+@pytest.mark.parametrize("mode,kw", [
+    ("LSTM", {"layer_norm": True, "peephole": True, "zoneout": 0.1}), ("LSTM", {"layer_norm": True}),
+    ("GRU", {"layer_norm": True, "zoneout": 0.2}), ("GRU", {"layer_norm": True}),
+])  # fmt: skip
 @pytest.mark.parametrize("bias", [True, False])
 def test_state_dict_superset_of_torch_nn(mode, kw, bias):
     """torch.nn's keys first, then the variants'. The layer norm starts (and is reset) at
