@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define FRNN_HD __host__ __device__ __forceinline__
@@ -35,6 +36,22 @@
 
 namespace fusedrnn {
 inline namespace FRNN_ISA_NAMESPACE {
+
+// Calls f(std::bool_constant<b>...) with one constant per run-time flag, in order, so that the
+// flags select a template instantiation once per call: both backends' loops over elements (the
+// CPU kernels, kernels_impl.h; the CUDA functors, common.cuh) take their options so. Host only.
+template <typename F>
+inline void with_bools(const F& f) {
+  f();
+}
+template <typename F, typename... Bools>
+inline void with_bools(const F& f, bool b, Bools... rest) {
+  const auto bind = [&](auto v) { with_bools([&](auto... vs) { f(v, vs...); }, rest...); };
+  if (b)
+    bind(std::true_type{});
+  else
+    bind(std::false_type{});
+}
 
 // ---------------------------------------------------------------------------------------------
 // Activation helpers

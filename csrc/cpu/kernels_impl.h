@@ -7,30 +7,13 @@
 // activations (cell_math.h keeps float exp free of library calls for exactly this reason); row
 // sums use `omp simd reduction` (-fopenmp), the reassociation that lets them vectorise too
 // (deterministic: the order only depends on n and the ISA). Options that would otherwise be a
-// branch per element are template parameters, chosen once per call (with_bools).
+// branch per element are template parameters, chosen once per call (with_bools, cell_math.h).
 
 #include <type_traits>
 
 #include "../cell_math.h"
 
 namespace fusedrnn::cpu::FRNN_ISA_NAMESPACE {
-
-namespace {
-// Calls f(std::bool_constant<b>...) with one constant per run-time flag, in order, so that
-// the flags select an instantiation.
-template <typename F>
-inline void with_bools(const F& f) {
-  f();
-}
-template <typename F, typename... Bools>
-inline void with_bools(const F& f, bool b, Bools... rest) {
-  const auto bind = [&](auto v) { with_bools([&](auto... vs) { f(v, vs...); }, rest...); };
-  if (b)
-    bind(std::true_type{});
-  else
-    bind(std::false_type{});
-}
-}  // namespace
 
 // The table entry `name` over name##_loop, whose bool template parameters the run-time flags
 // choose once per call: `params` declares the entry's leading flag parameters, the expressions
@@ -46,14 +29,10 @@ inline void with_bools(const F& f, bool b, Bools... rest) {
 template <typename T, bool SAVE>
 void lstm_fwd_loop(int64_t n, int64_t H, const T* __restrict bias, T* __restrict g,
                    const T* __restrict c_prev, T* __restrict c_out, T* __restrict h_out) {
-  T* __restrict gi = g;
-  T* __restrict gf = g + H;
-  T* __restrict gg = g + 2 * H;
-  T* __restrict go = g + 3 * H;
-  const T* __restrict bi = bias;
-  const T* __restrict bf = bias + H;
-  const T* __restrict bg = bias + 2 * H;
-  const T* __restrict bo = bias + 3 * H;
+  T *__restrict gi = g, *__restrict gf = g + H, *__restrict gg = g + 2 * H,
+    *__restrict go = g + 3 * H;
+  const T *__restrict bi = bias, *__restrict bf = bias + H, *__restrict bg = bias + 2 * H,
+          *__restrict bo = bias + 3 * H;
   for (int64_t j = 0; j < n; ++j) {
     T i, f, gv, o, c, tc, h;
     LSTMCell::forward<T>(gi[j] + bi[j], gf[j] + bf[j], gg[j] + bg[j], go[j] + bo[j], c_prev[j],
@@ -75,15 +54,9 @@ template <typename T>
 void gru_fwd_hg(int64_t n, int64_t H, const T* __restrict bias_x, const T* __restrict bias_hn,
                 const T* __restrict g, const T* __restrict hg, const T* __restrict h_prev,
                 T* __restrict h_out) {
-  const T* __restrict gr = g;
-  const T* __restrict gz = g + H;
-  const T* __restrict gn = g + 2 * H;
-  const T* __restrict hr = hg;
-  const T* __restrict hz = hg + H;
-  const T* __restrict hn = hg + 2 * H;
-  const T* __restrict br = bias_x;
-  const T* __restrict bz = bias_x + H;
-  const T* __restrict bn = bias_x + 2 * H;
+  const T *__restrict gr = g, *__restrict gz = g + H, *__restrict gn = g + 2 * H;
+  const T *__restrict hr = hg, *__restrict hz = hg + H, *__restrict hn = hg + 2 * H;
+  const T *__restrict br = bias_x, *__restrict bz = bias_x + H, *__restrict bn = bias_x + 2 * H;
   for (int64_t j = 0; j < n; ++j) {
     T r, z, nn, h;
     GRUCell::forward<T>(gr[j] + br[j], gz[j] + bz[j], gn[j] + bn[j], hr[j], hz[j],
@@ -321,11 +294,8 @@ void lstm_fwd_a_loop(int64_t H, T* __restrict g, const T* __restrict w_ch,
                      const T* __restrict c_prev, T* __restrict ct) {
   // gate slots: i 0, f 1, g 2, o 3; with cifg i 0, g 1, o 2 (no f)
   constexpr int64_t kf = CIFG ? 0 : 1, kg = CIFG ? 1 : 2;
-  T* __restrict gi = g;
-  T* __restrict gf = g + kf * H;
-  T* __restrict gg = g + kg * H;
-  const T* __restrict wci = w_ch;
-  const T* __restrict wcf = w_ch + H;
+  T *__restrict gi = g, *__restrict gf = g + kf * H, *__restrict gg = g + kg * H;
+  const T *__restrict wci = w_ch, *__restrict wcf = w_ch + H;
   for (int64_t j = 0; j < H; ++j) {
     T i, f, gv, c;
     LSTMVariantCell::forward_state<PEEP, CIFG, T>(gi[j], CIFG ? T(0) : gf[j], gg[j], c_prev[j],
@@ -368,9 +338,7 @@ FRNN_FLAGGED(lstm_fwd_b, (const VariantFlags& fl), fl.ln, fl.peep, fl.zone_c)
 template <typename T>
 void gru_fwd(int64_t H, T* __restrict g, const T* __restrict sn, const T* __restrict h_prev,
              T* __restrict h_out) {
-  T* __restrict gr = g;
-  T* __restrict gz = g + H;
-  T* __restrict gn = g + 2 * H;
+  T *__restrict gr = g, *__restrict gz = g + H, *__restrict gn = g + 2 * H;
   for (int64_t j = 0; j < H; ++j) {
     T r, z, n, h;
     // the recurrent r and z parts are already in gr, gz (norm_bias accumulated them)
@@ -387,23 +355,18 @@ void zone_fwd(int64_t n, const T* __restrict keep, const T* __restrict h_prev, T
   for (int64_t j = 0; j < n; ++j) h[j] = Zoneout::forward<T>(h[j], h_prev[j], keep[j]);
 }
 
-template <typename T>
-void zone_bwd(bool zone, int64_t n, const T* __restrict keep, const T* __restrict dy,
-              T* __restrict dstate, T* __restrict dnew) {
-  if (zone) {
-    for (int64_t j = 0; j < n; ++j) {
-      T a, b;
-      Zoneout::backward<T>(dy[j] + dstate[j], keep[j], a, b);
-      dnew[j] = a;
-      dstate[j] = b;
-    }
-  } else {
-    for (int64_t j = 0; j < n; ++j) {
-      dnew[j] = dy[j] + dstate[j];
-      dstate[j] = T(0);
-    }
+template <typename T, bool ZONE>
+void zone_bwd_loop(int64_t n, const T* __restrict keep, const T* __restrict dy,
+                   T* __restrict dstate, T* __restrict dnew) {
+  for (int64_t j = 0; j < n; ++j) {
+    T a = dy[j] + dstate[j], b = T(0);
+    if constexpr (ZONE) Zoneout::backward<T>(a, keep[j], a, b);
+    dnew[j] = a;
+    dstate[j] = b;
   }
 }
+
+FRNN_FLAGGED(zone_bwd, (bool zone), zone)
 
 template <typename T, bool LN>
 void lstm_bwd_a_loop(int64_t H, const T* __restrict dh, const T* __restrict o,
@@ -440,16 +403,11 @@ void lstm_bwd_b_loop(int64_t H, T* __restrict dc, const T* __restrict keep_c,
                      const T* __restrict ln_w, T m1, T m2, const T* __restrict act,
                      const T* __restrict c_prev, const T* __restrict w_ch, T* __restrict dp) {
   constexpr int64_t kf = CIFG ? 0 : 1, kg = CIFG ? 1 : 2, ko = CIFG ? 2 : 3;
-  const T* __restrict ai = act;
-  const T* __restrict af = act + kf * H;
-  const T* __restrict ag = act + kg * H;
-  T* __restrict di = dp;
-  T* __restrict df = dp + kf * H;
-  T* __restrict dg = dp + kg * H;
+  const T *__restrict ai = act, *__restrict af = act + kf * H, *__restrict ag = act + kg * H;
+  T *__restrict di = dp, *__restrict df = dp + kf * H, *__restrict dg = dp + kg * H;
   const T* __restrict dpo = dp + ko * H;
-  const T* __restrict wci = w_ch;
-  const T* __restrict wcf = w_ch + H;
-  const T* __restrict wco = w_ch + (CIFG ? 1 : 2) * H;
+  const T *__restrict wci = w_ch, *__restrict wcf = w_ch + H,
+          *__restrict wco = w_ch + (CIFG ? 1 : 2) * H;
   for (int64_t j = 0; j < H; ++j) {
     T dnew = dc[j], dold = T(0);
     if constexpr (ZC) Zoneout::backward<T>(dc[j], keep_c[j], dnew, dold);

@@ -26,8 +26,8 @@ class StackStep {
   StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
             int64_t B, int64_t I0, bool half = false)
       : cell_(cell), L_(L), B_(B), proj_(proj), H_(w[0].size(0) / num_gates(cell)),
-        Hout_(proj > 0 ? proj : H_), half_(half) {
-    const int64_t GH = num_gates(cell) * H_, per_layer = weights_per_layer(has_bias, proj);
+        Hout_(proj > 0 ? proj : H_), GH_(num_gates(cell) * H_), half_(half) {
+    const int64_t GH = GH_, per_layer = weights_per_layer(has_bias, proj);
     // Plain buffers, not tensors: a module's sampling loop builds one per step (stack_step),
     // and each ATen allocation is a dispatcher round trip.
     gates_.resize(B * GH);                                 // [B, G*H]
@@ -70,9 +70,8 @@ class StackStep {
   // rows, B <= kSmallM (the small-m kernel; the caller keeps to that), so a table of them per
   // input symbol can stand in for the product (run's gates0).
   void input_products(const T* x, int64_t rows, T* out) const {
-    const int64_t GH = num_gates(cell_) * H_;
-    parallel_columns(GH, [&](int64_t c0, int64_t c1) {
-      product(layers_[0], true, rows, c0, c1, x, T(0), out, GH);
+    parallel_columns(GH_, [&](int64_t c0, int64_t c1) {
+      product(layers_[0], true, rows, c0, c1, x, T(0), out, GH_);
     });
   }
 
@@ -83,7 +82,7 @@ class StackStep {
   void run(const T* x, const T* h_in, const T* c_in, T* h_out, T* c_out,
            const T* gates0 = nullptr) {
     const auto& K = kernels(T{});
-    const int64_t B = B_, H = H_, Hout = Hout_, GH = num_gates(cell_) * H;
+    const int64_t B = B_, H = H_, Hout = Hout_, GH = GH_;
     const bool gru = cell_ == Cell::GRU, lstm = cell_ == Cell::LSTM;
     T* gp = gates_.data();
     for (int64_t l = 0; l < L_; ++l) {
@@ -148,7 +147,7 @@ class StackStep {
     return w.to(at::kHalf).contiguous();
   }
   Cell cell_;
-  int64_t L_, B_, proj_, H_, Hout_;
+  int64_t L_, B_, proj_, H_, Hout_, GH_;
   bool half_;
   std::vector<Layer> layers_;
   std::vector<T> gates_, hg_, hraw_;

@@ -88,8 +88,9 @@ inline LaunchShape launch_shape(int64_t n, uint32_t max_blocks = kMaxBlocks) {
   return {static_cast<uint32_t>(blocks), kThreads};
 }
 
-// Runtime option -> template parameter. `f` receives std::true_type / std::false_type, or a
-// Tag<T> for the storage type, and reads the value with decltype(...)::value / ::type.
+// Runtime option -> template parameter (with_bools, cell_math.h). `f` receives
+// std::true_type / std::false_type, or a Tag<T> for the storage type, and reads the value with
+// decltype(...)::value / ::type.
 template <typename T>
 struct Tag {
   using type = T;
@@ -104,17 +105,6 @@ bool with_dtype(DType dt, F&& f) {
     case DType::bf16: f(Tag<__nv_bfloat16>{}); return true;
   }
   return false;
-}
-
-template <class F>
-void with_bools(F&& f) {
-  f();
-}
-
-template <class F, class... Bools>
-void with_bools(F&& f, bool b, Bools... rest) {
-  auto with = [&](auto v) { with_bools([&](auto... vs) { f(v, vs...); }, rest...); };
-  b ? with(std::true_type{}) : with(std::false_type{});
 }
 
 // The whole dispatch of a launcher: run(Op<T, flag...>{a}) for the storage type of dt and one

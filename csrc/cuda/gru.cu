@@ -69,9 +69,7 @@ struct GruRowFwdOp {
     const int64_t H = a.hidden, GH = 3 * H;
     const T* xg = in<T>(a.xg) + r * GH;
     const A* hg = in<A>(a.hg) + r * GH;
-    const T* b_hh = in<T>(a.b_hh);
-    const T* ln_w = in<T>(a.ln_hh_w);
-    const T* ln_b = in<T>(a.ln_hh_b);
+    const T *b_hh = in<T>(a.b_hh), *ln_w = in<T>(a.ln_hh_w), *ln_b = in<T>(a.ln_hh_b);
     A* act = out<A>(a.act) + r * 4 * H;
     A* hhat = LN ? out<A>(a.hhat) + r * GH : nullptr;
     A* h_state = out<A>(a.h_state) + r * H;

@@ -143,25 +143,16 @@ struct RnnBwdArgs : StepBwdArgs {
 };
 
 // The LSTM's projection, elementwise: y_t = hraw W_hr^T comes from the caller's GEMM, and
-// zoneout of h (when on) acts on it. Forward y <- keep h_{t-1} + (1 - keep) hy (or hy) and
-// h_state[:rows] <- the same in acc; backward dh_t = dy_t + dh_state, dht <- (1 - keep) dh_t,
-// dh_state <- keep dh_t (0 without zoneout).
-struct ZoneFwdArgs {
-  const void* hy;  // [rows, K] acc hraw W_hr^T
-  void* y;         // [rows, K] T
-  void* h_state;   // [B, K] acc
+// zoneout of h (when on) acts on it. Forward (zone_forward) y <- keep h_{t-1} + (1 - keep) hy
+// (or hy) and h_state[:rows] <- the same in acc; backward (zone_backward) dh_t = dy_t +
+// dh_state, dht <- (1 - keep) dh_t, dh_state <- keep dh_t (0 without zoneout).
+struct ZoneStepArgs {
+  const void* src;  // [rows, K] forward: hy = hraw W_hr^T, acc; backward: dy, T
+  void* dst;        // [rows, K] forward: y, T; backward: dht, acc
+  void* state;      // [B, K] acc forward: h_state; backward: dh_state
   ZoneArgs zone;
   int64_t rows;
   int64_t width;  // K
-};
-
-struct ZoneBwdArgs {
-  const void* dy;  // [rows, K] T
-  void* dh_state;  // [B, K] acc
-  void* dht;       // [rows, K] acc
-  ZoneArgs zone;
-  int64_t rows;
-  int64_t width;
 };
 
 // Deterministic column sum (bias gradients): out[c] = sum_r src[r, c]. Pass 1 sums fixed row
@@ -184,8 +175,8 @@ cudaError_t gru_forward_step(DType dtype, const GruFwdArgs& args, cudaStream_t s
 cudaError_t gru_backward_step(DType dtype, const GruBwdArgs& args, cudaStream_t stream);
 cudaError_t rnn_forward_step(DType dtype, const RnnFwdArgs& args, cudaStream_t stream);
 cudaError_t rnn_backward_step(DType dtype, const RnnBwdArgs& args, cudaStream_t stream);
-cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& args, cudaStream_t stream);
-cudaError_t zone_backward(DType dtype, const ZoneBwdArgs& args, cudaStream_t stream);
+cudaError_t zone_forward(DType dtype, const ZoneStepArgs& args, cudaStream_t stream);
+cudaError_t zone_backward(DType dtype, const ZoneStepArgs& args, cudaStream_t stream);
 cudaError_t column_sum(DType dtype, const ColSumArgs& args, cudaStream_t stream);
 
 }  // namespace cuda

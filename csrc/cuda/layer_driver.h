@@ -221,7 +221,7 @@ std::vector<at::Tensor> layer_forward(Launch& launch, const Layer& L, bool save)
         at::Tensor hy_t = hy.narrow(0, 0, s.rows);
         at::mm_out(hy_t, hraw.narrow(0, so, s.rows).to(A), st.w_hr.t());
         launch(zone_forward, dt,
-               ZoneFwdArgs{hy_t.data_ptr(), a.y, a.h_state, a.zone_h, s.rows, Hout});
+               ZoneStepArgs{hy_t.data_ptr(), a.y, a.h_state, a.zone_h, s.rows, Hout});
       }
     } else if (L.cell == CellKind::gru) {
       launch(gru_forward_step, dt, GruFwdArgs{L.options(s), step, saves});
@@ -274,7 +274,8 @@ std::vector<at::Tensor> layer_backward(Launch& launch, const Layer& L,
       LstmBwdArgs a{L.options(s), step, saves, /*dh_raw, with proj: below*/ nullptr,
                     dc_state.data_ptr(), rows(dP), rows(dcn), rows(pcn), proj, Hout};
       if (proj) {
-        launch(zone_backward, dt, ZoneBwdArgs{a.dy, a.dh_state, rows(dht), a.zone_h, s.rows, Hout});
+        launch(zone_backward, dt,
+               ZoneStepArgs{a.dy, rows(dht), a.dh_state, a.zone_h, s.rows, Hout});
         at::Tensor dhraw_t = dhraw.narrow(0, 0, s.rows);
         at::mm_out(dhraw_t, dht.narrow(0, s.start, s.rows), st.w_hr);
         a.dh_raw = dhraw_t.data_ptr();

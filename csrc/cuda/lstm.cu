@@ -97,9 +97,7 @@ struct LstmRowFwdOp {
     const int64_t H = a.hidden, Ho = a.hidden_out, GH = G * H;
     const T* xg = in<T>(a.xg) + r * GH;
     const A* hg = in<A>(a.hg) + r * GH;
-    const T* b_hh = in<T>(a.b_hh);
-    const T* ln_w = in<T>(a.ln_hh_w);
-    const T* ln_b = in<T>(a.ln_hh_b);
+    const T *b_hh = in<T>(a.b_hh), *ln_w = in<T>(a.ln_hh_w), *ln_b = in<T>(a.ln_hh_b);
     const T* w_ch = in<T>(a.w_ch);
     using L = LstmAct<G>;
     A* act = out<A>(a.act) + r * L::blocks * H;
@@ -140,8 +138,7 @@ struct LstmRowFwdOp {
     });
     A mean_c = A(0), rstd_c = A(1);
     if constexpr (LN) ln_row_stats(blk, H, cell + L::c_new * H, a.eps, mean_c, rstd_c);
-    const T* ln_cw = in<T>(a.ln_c_w);
-    const T* ln_cb = in<T>(a.ln_c_b);
+    const T *ln_cw = in<T>(a.ln_c_w), *ln_cb = in<T>(a.ln_c_b);
     blk.for_each(H, [&](int64_t j) {
       if constexpr (LN) save_stats(st + 2, j, mean_c, rstd_c);
       const A c = cell[L::c_new * H + j];
@@ -187,8 +184,7 @@ struct LstmRowBwdOp {
     const A* act = in<A>(a.act) + r * L::blocks * H;
     const A* cell = act + L::cell * H;
     const A* st = LN ? in<A>(a.stats) + r * 4 : nullptr;
-    const T* ln_cw = in<T>(a.ln_c_w);
-    const T* w_ch = in<T>(a.w_ch);
+    const T *ln_cw = in<T>(a.ln_c_w), *w_ch = in<T>(a.w_ch);
     A* dc_state = out<A>(a.dc_state) + r * H;
     A* dg = out<A>(a.dgates) + r * GH;
     A* dh_state = a.proj ? nullptr : out<A>(a.dh_state) + r * Ho;
@@ -263,39 +259,39 @@ struct LstmRowBwdOp {
   }
 };
 
-template <typename T, class Args>
-FRNN_HD acc_t<T> zone_keep_at(const Args& a, int64_t idx) {
+template <typename T>
+FRNN_HD acc_t<T> zone_keep_at(const ZoneStepArgs& a, int64_t idx) {
   const int64_t j = idx % a.width;
   return zone_keep<T>(a.zone, idx - j, j);
 }
 
-// The projection's zoneout (ZoneFwdArgs, ZoneBwdArgs), elementwise. h_{t-1} is read from the
-// acc state, not from the rounded copy in h_prev.
+// The projection's zoneout (ZoneStepArgs), elementwise. h_{t-1} is read from the acc state, not
+// from the rounded copy in h_prev; rows of the state are the step's first rows.
 template <typename T>
 struct ZoneFwdOp {
-  ZoneFwdArgs a;
+  ZoneStepArgs a;
 
   FRNN_HD void operator()(int64_t idx) const {
     using A = acc_t<T>;
-    A* h_state = out<A>(a.h_state) + idx;  // rows of h_state are the step's first rows
-    A h = in<A>(a.hy)[idx];
+    A* h_state = out<A>(a.state) + idx;
+    A h = in<A>(a.src)[idx];
     if (a.zone.on) h = Zoneout::forward<A>(h, *h_state, zone_keep_at<T>(a, idx));
-    out<T>(a.y)[idx] = from_acc<T>(h);
+    out<T>(a.dst)[idx] = from_acc<T>(h);
     *h_state = h;
   }
 };
 
 template <typename T>
 struct ZoneBwdOp {
-  ZoneBwdArgs a;
+  ZoneStepArgs a;
 
   FRNN_HD void operator()(int64_t idx) const {
     using A = acc_t<T>;
-    A* dhs = out<A>(a.dh_state) + idx;
-    const A dh = to_acc(in<T>(a.dy)[idx]) + *dhs;
+    A* dhs = out<A>(a.state) + idx;
+    const A dh = to_acc(in<T>(a.src)[idx]) + *dhs;
     A dnew = dh, dold = A(0);
     if (a.zone.on) Zoneout::backward<A>(dh, zone_keep_at<T>(a, idx), dnew, dold);
-    out<A>(a.dht)[idx] = dnew;
+    out<A>(a.dst)[idx] = dnew;
     *dhs = dold;
   }
 };
@@ -315,11 +311,11 @@ cudaError_t lstm_backward_step(DType dt, const LstmBwdArgs& a, cudaStream_t s) {
               : dispatch_op<LstmBwdOp>(dt, a, KernelRun{s, a.rows * a.hidden}, a.proj));
 }
 
-cudaError_t zone_forward(DType dtype, const ZoneFwdArgs& a, cudaStream_t stream) {
+cudaError_t zone_forward(DType dtype, const ZoneStepArgs& a, cudaStream_t stream) {
   return launch_status(dispatch_plain<ZoneFwdOp>(dtype, a, KernelRun{stream, a.rows * a.width}));
 }
 
-cudaError_t zone_backward(DType dtype, const ZoneBwdArgs& a, cudaStream_t stream) {
+cudaError_t zone_backward(DType dtype, const ZoneStepArgs& a, cudaStream_t stream) {
   return launch_status(dispatch_plain<ZoneBwdOp>(dtype, a, KernelRun{stream, a.rows * a.width}));
 }
 
