@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import itertools
+import json
 import os
+import pathlib
 import re
 import sys
 import tempfile
@@ -80,15 +83,9 @@ class Job:
         return "x".join(dims) + f" w{self.num_warps} s{self.num_stages}{regs}"
 
 
-def _launchers(torch, dtype):
-    """Run every launcher for every flag-steering input combination; yields nothing,
-    the launches are captured by the caller."""
-    for (B, H, Hp), packed, reverse in itertools.product(SHAPES, (False, True), (False, True)):
-        _launch_shape(torch, dtype, B, H, Hp, packed, reverse)
-
-
 def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
-    """:func:`_launchers` for one shape (B, H, Hout with projection), layout and direction."""
+    """Run every launcher for every flag-steering input combination of one shape (B, H, Hout
+    with projection), layout and direction; the caller captures the launches."""
     from fusedrnn.ops.checks import GATES, gate_count
     from fusedrnn.ops.triton import step, variant_step
     from fusedrnn.ops.triton.configs import pick_persistent_config
@@ -105,90 +102,88 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     def opt(on, *shape, dt=dtype):
         return e(*shape, dt=dt) if on else None
 
-    def fwd(cell, bias, proj, save, path):
-        G, hout = GATES[cell], Hp if proj else H
-        step.step_fwd(cell, e(N, G * H), e(B, hout), opt(cell == "lstm", B, H, dt=acc),
-                      e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, save,
-                      path)  # fmt: skip
-
-    def bwd(cell, proj, dhs, dcs, dy, path):  # Cs and so dCs in the accumulation dtype
-        G, hout = GATES[cell], Hp if proj else H
-        step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
-                      opt(cell == "lstm", T + 1, B, H, dt=acc), opt(G > 1, T, B, 4 * H, dt=acc),
-                      opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H, dt=acc),
-                      opt(dy, N, hout), plan, path)  # fmt: skip
-
-    dys = (False, True) if packed else (False,)
-    lstm_only = {c: (False, True) if c == "lstm" else (False,) for c in GATES}
+    bools = (False, True)
+    dys = bools if packed else (False,)
+    lstm_only = {c: bools if c == "lstm" else (False,) for c in GATES}
     # every cell per step and in the same kernels' cooperative launch, the LSTM with and without
     # projection and dCs; the persistent kernels (whole sequence) for small H, no projection and
-    # no float64
-    for cell in GATES:
+    # no float64. Cs and so dCs in the accumulation dtype
+    for cell, G in GATES.items():
         small = dtype != torch.float64 and pick_persistent_config(cell, H) is not None
         paths = ("step", "cooperative", *(("persistent",) if small else ()))
-        for bias, proj, save, path in itertools.product(
-            (False, True), lstm_only[cell], (False, True), paths
-        ):
+        lstm = cell == "lstm"
+        for bias, proj, save, path in itertools.product(bools, lstm_only[cell], bools, paths):
+            hout = Hp if proj else H
             if not (proj and path == "persistent"):
-                fwd(cell, bias, proj, save, path)
+                step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm, B, H, dt=acc),
+                              e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, save,
+                              path)  # fmt: skip
         for proj, dhs, dcs, dy, path in itertools.product(
-            lstm_only[cell], (False, True), lstm_only[cell], dys, paths
+            lstm_only[cell], bools, lstm_only[cell], dys, paths
         ):
+            hout = Hp if proj else H
             if not (proj and path == "persistent"):
-                bwd(cell, proj, dhs, dcs, dy, path)
+                step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
+                              opt(lstm, T + 1, B, H, dt=acc), opt(G > 1, T, B, 4 * H, dt=acc),
+                              opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H, dt=acc),
+                              opt(dy, N, hout), plan, path)  # fmt: skip
     if dtype not in (torch.float32, torch.float64):  # the variant ops' dtypes
         return
     par = e(3)
     for cell in ("gru", "lstm"):
-        lstm_ = cell == "lstm"
+        lstm = cell == "lstm"
         # peephole, CIFG, projection, zoneout of c and dCs: LSTM only
-        zones_c = (0, 1, 2) if lstm_ else (0,)
+        zones_c = (0, 1, 2) if lstm else (0,)
         for ln, peep, cifg, proj, zh, zc in itertools.product(
-            (False, True), *[lstm_only[cell]] * 3, (0, 1, 2), zones_c
+            bools, *[lstm_only[cell]] * 3, (0, 1, 2), zones_c
         ):
             G = gate_count(cell, cifg)
             hout = Hp if proj else H
-            lnc = opt(ln and lstm_, H)
+            lnc = opt(ln and lstm, H)
             inputs = (e(G * H, hout), opt(ln, G * H), lnc, lnc, opt(peep, G - 1, H),
                       opt(proj, hout, H), opt(zh == 1, N, hout), opt(zc == 1, N, H), (zh, zc), par,
                       cifg)  # fmt: skip
-            for bias in (False, True):
-                bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout), opt(lstm_, B, H),
+            for bias in bools:
+                bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout), opt(lstm, B, H),
                                                 opt(bias, G * H), *inputs, plan)  # fmt: skip
-            for dhs, dcs, dy in itertools.product((False, True), lstm_only[cell], dys):
+            for dhs, dcs, dy in itertools.product(bools, lstm_only[cell], dys):
                 variant_step.variant_bwd(cell, *inputs, bufs, opt(dhs, T + 1, B, hout),
                                          opt(dcs, T + 1, B, H), opt(dy, N, hout),
                                          plan)  # fmt: skip
 
 
-_BINDERS: dict = {}
+_BINDERS: dict = {}  # "backend": a sm_90 backend; id(kernel): Triton's argument binder
 _PACKED: dict = {}
 
 
-def specialisation(kernel, args: tuple, kwargs: dict, backend=None):
-    """``(signature, constexprs, attrs, options)`` exactly as ``JITFunction.run`` derives
-    them for a launch with these arguments (Triton's own binder: integer and pointer
-    divisibility, integers equal to 1 made constant, ``do_not_specialize``)."""
+def job_key(kernel, args: tuple, kwargs: dict, precision: str = "", arch: int = 0) -> Job:
+    """The compile a launch with these arguments needs: the signature, constexprs and
+    ``tt.divisibility`` attributes exactly as ``JITFunction.run`` derives them (Triton's own
+    binder: integer and pointer divisibility, integers equal to 1 made constant,
+    ``do_not_specialize``)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    if backend is None:
-        backend = _BINDERS.setdefault("backend", make_backend(GPUTarget("cuda", 90, 32)))
-    binder = _BINDERS.get((id(kernel), id(backend)))
-    if binder is None:
-        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-        _BINDERS[(id(kernel), id(backend))] = binder
-    bound, spec, options = binder(*args, **kwargs)
+    if "backend" not in _BINDERS:
+        _BINDERS["backend"] = make_backend(GPUTarget("cuda", 90, 32))
+    backend = _BINDERS["backend"]
+    if id(kernel) not in _BINDERS:
+        _BINDERS[id(kernel)] = create_function_from_signature(kernel.signature, kernel.params,
+                                                              backend)  # fmt: skip
+    bound, spec, options = _BINDERS[id(kernel)](*args, **kwargs)
     # the launcher's cache key is made from ``spec`` and the options: equal keys, one compile
     key = (id(kernel), repr(spec), repr(sorted(options.items())))
-    packed = _PACKED.get(key)
-    if packed is None:
-        packed = kernel._pack_args(backend, kwargs, bound, spec, options)[1:] + (
-            {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs},
-        )
-        _PACKED[key] = packed
-    return packed
+    if key not in _PACKED:
+        _PACKED[key] = kernel._pack_args(backend, kwargs, bound, spec, options)[1:]
+    sig, constexprs, attrs = _PACKED[key]
+    names = [p.name for p in kernel.params]
+    cx = tuple((names[k[0]], str(v) if hasattr(v, "primitive_bitwidth") else v)
+               for k, v in constexprs.items())  # fmt: skip
+    divisible = tuple(names[k[0]] for k, v in attrs.items() if v)
+    return Job(kernel.fn.__module__.rsplit(".", 1)[1], kernel.fn.__name__, precision,
+               tuple(sig.items()), cx, divisible, kwargs.get("num_warps", 4),
+               kwargs.get("num_stages", 3), kwargs.get("maxnreg"), arch)  # fmt: skip
 
 
 def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
@@ -206,29 +201,14 @@ def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
             dtype_name, tf32 = PRECISIONS[label]
             torch.backends.cuda.matmul.allow_tf32 = tf32
             with capture_launches() as records:
-                _launchers(torch, getattr(torch, dtype_name))
-            jobs_of: dict[tuple, Job] = {}
+                for shape, packed, reverse in itertools.product(SHAPES, *[(False, True)] * 2):
+                    _launch_shape(torch, getattr(torch, dtype_name), *shape, packed, reverse)
             for kernel, _grid, args, kwargs in records:
-                spec = specialisation(kernel, args, kwargs)
-                if id(spec) not in jobs_of:
-                    jobs_of[id(spec)] = job_key(kernel, args, kwargs, label)
-                seen[jobs_of[id(spec)]] = None
+                seen[job_key(kernel, args, kwargs, label)] = None
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
         torch.set_num_threads(old_threads)
     return [replace(j, arch=arch) for arch in archs for j in seen]
-
-
-def job_key(kernel, args: tuple, kwargs: dict, precision: str = "", arch: int = 0) -> Job:
-    """The compile a launch with these arguments needs (see :func:`specialisation`)."""
-    sig, constexprs, attrs, opts = specialisation(kernel, args, kwargs)
-    names = [p.name for p in kernel.params]
-    cx = tuple((names[k[0]], str(v) if hasattr(v, "primitive_bitwidth") else v)
-               for k, v in constexprs.items())  # fmt: skip
-    divisible = tuple(names[k[0]] for k, v in attrs.items() if v)
-    return Job(kernel.fn.__module__.rsplit(".", 1)[1], kernel.fn.__name__, precision,
-               tuple(sig.items()), cx, divisible, opts.get("num_warps", 4),
-               opts.get("num_stages", 3), opts.get("maxnreg"), arch)  # fmt: skip
 
 
 def _compile(job: Job) -> dict:
@@ -283,10 +263,6 @@ class _Cache:
     job, which holds the block configuration and every specialised argument."""
 
     def __init__(self, path: str):
-        import hashlib
-        import json
-        import pathlib
-
         import triton
 
         self.path = pathlib.Path(path)
@@ -298,20 +274,16 @@ class _Cache:
                 digest.update(text)
         self.salt = digest.hexdigest()
         self.rows = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self._json = json
-
-    def _key(self, job: Job) -> str:
-        return f"{self.salt}:{job!r}"
 
     def get(self, job: Job) -> dict | None:
-        row = self.rows.get(self._key(job))
+        row = self.rows.get(f"{self.salt}:{job!r}")
         return None if row is None else dict(row, job=job)
 
     def put(self, job: Job, row: dict) -> None:
-        self.rows[self._key(job)] = {k: v for k, v in row.items() if k != "job"}
+        self.rows[f"{self.salt}:{job!r}"] = {k: v for k, v in row.items() if k != "job"}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        live = {k: v for k, v in self.rows.items() if k.startswith(self.salt)}
-        self.path.write_text(self._json.dumps(live))
+        self.path.write_text(json.dumps({k: v for k, v in self.rows.items()
+                                         if k.startswith(self.salt)}))  # fmt: skip
 
 
 def _fmt(row: dict) -> str:

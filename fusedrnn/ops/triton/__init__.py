@@ -22,9 +22,8 @@ persistent (small H)   1                   1
 per-step (forced)      T (2T with proj)    T (2T with proj)
 =====================  ==================  ==================
 
-plus torch GEMMs around them: the input projection before the loop, and after the
-backward loop ``dx``, ``dW_ih``, ``dW_hh``, ``dW_hr`` and the bias sums (plus one
-``dG_first W_hh`` product for ``dh0`` after the step kernels).
+plus the torch GEMMs of :mod:`.layer_op` around them (and, after the step kernels, one
+``dG W_hh`` product for ``dh0``: :func:`.common.finish_state_grad`).
 
 Specialisation: compile-time flags only where they change the arithmetic (cell,
 projection, layer norm, peephole, CIFG, ReLU, direction of the persistent loop); whether

@@ -94,13 +94,6 @@ def rnn_bwd(h, dh, RELU: tl.constexpr):
 
 
 @triton.jit
-def zoneout_keep(mask, p, MODE):
-    """Keep weight of the old value: mask (MODE 1), p (MODE 2) or 0 (MODE 0). MODE is a
-    run-time value (one compile serves every zoneout setting), hence selects, not ifs."""
-    return tl.where(MODE == 1, mask, tl.where(MODE == 2, p + 0.0 * mask, 0.0 * mask))
-
-
-@triton.jit
 def layer_norm_bwd(dxhat, xhat, rstd, mean_d, mean_dx):
     """Input gradient of layer norm from ``dxhat = dy * w`` and the row means
     ``mean(dxhat)``, ``mean(dxhat * xhat)`` ([BLOCK_B] each)."""

@@ -115,7 +115,7 @@ def pick_step_config(batch: int, hidden: int) -> StepConfig:
     with the fewest programs."""
     if interpreting():
         return min(STEP_CONFIGS, key=lambda c: (c.tiles(hidden, batch), c.block_b * c.block_h))
-    return _covering(STEP_CONFIGS, batch)
+    return pick_variant_config(batch, STEP_CONFIGS)
 
 
 def pick_cooperative_config(
@@ -133,14 +133,9 @@ def pick_cooperative_config(
     return configs[backward] if configs else pick_step_config(batch, hidden)
 
 
-def pick_variant_config(batch: int) -> StepConfig:
-    """The smallest row block covering B (:func:`_covering`): under the interpreter that is the
-    fewest programs, on a GPU it keeps the most in flight."""
-    return _covering(VARIANT_CONFIGS, batch)
-
-
-def _covering(configs: tuple[StepConfig, ...], batch: int) -> StepConfig:
-    """The config with the smallest batch block covering ``batch`` (the largest when none does)."""
+def pick_variant_config(batch: int, configs=VARIANT_CONFIGS) -> StepConfig:
+    """The config with the smallest batch block covering ``batch`` (the largest when none does):
+    under the interpreter that is the fewest programs, on a GPU it keeps the most in flight."""
     fits = [c for c in configs if c.block_b >= batch]
     return min(fits, key=lambda c: c.block_b) if fits else max(configs, key=lambda c: c.block_b)
 

@@ -4,14 +4,8 @@ Forward: ``xg = x W_ih^T + b_ih`` for every step in one GEMM, then the cell's st
 cooperative launch (or the persistent kernel for small H; the path is
 :func:`.persistent.choose_path`'s) over the state histories. Backward: the cell's backward step
 kernels produce the gate gradients ``dG [T, B, G*H]`` of every step (zero in rows a packed step
-did not compute), then one GEMM each::
-
-    dx = dG_x W_ih      dW_ih = dG_x^T x      db_ih = sum(dG_x)
-    dW_hh = dG_h^T h_prev      db_hh = sum(dG_h)      dW_hr = dh^T m
-
-where ``dG_x = dG_h = dG`` except for the GRU (its ``n`` gate's recurrent part is
-scaled by ``r``), ``h_prev`` is a view of the state history and the sums are
-deterministic reductions (no atomics).
+did not compute), then the GEMMs and sums over all steps of docs/backward.md, one each
+(:func:`_backward`; ``dG_h`` is its ``dHG``, ``h_prev`` a view of the state history).
 
 With a variant option on, the forward, its fake and the backward's kernels hand over to
 :mod:`.variants` (:func:`unpack` and the backward's GEMMs serve both). With ``save=False``
@@ -107,7 +101,7 @@ def _cell_backward(a: library.LayerArgs, plan: runtime.Plan, buffers, dhs, dcs, 
 
 def _backward(a: library.LayerArgs, plan: runtime.Plan, buffers, needs, out, dxg, du, dgh, ds,
               dht) -> list[Tensor | None]:  # fmt: skip
-    """The GEMMs and sums after the kernels (see the module docstring; ``du`` is ``dxg`` but
+    """The GEMMs and sums after the kernels (docs/backward.md; ``du`` is ``dxg`` but
     with the variant op's LN_ih, ``dgh`` the ``dG_h`` of the bias, ``ds`` that of ``W_hh``);
     ``out`` holds the gradients the kernels' part computed."""
     x, w_ih, N = a.x, a.w_ih, plan.T * plan.B

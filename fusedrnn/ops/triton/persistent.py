@@ -20,7 +20,6 @@ and REVERSE go through the steps table (:func:`.common.visit`), as in the step k
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 import triton
@@ -200,14 +199,12 @@ def _persistent_bwd_kernel(
         tl.store(dc0_ptr + state, dc, mask=mask2)
 
 
-@contextlib.contextmanager
-def kernel_path(path: str | None) -> Iterator[None]:
-    """Forces the kernels of ``path`` (one of PATHS) inside the block; None: the automatic
-    choice (:func:`choose_path`)."""
+def kernel_path(path: str | None) -> contextlib.AbstractContextManager:
+    """Forces the kernels of ``path`` (one of PATHS) inside the ``with`` block; None: the
+    automatic choice (:func:`choose_path`)."""
     if path not in (None, *PATHS):
         raise ValueError(f"unknown kernel path {path!r}")
-    with runtime.pushed(_forced, path):
-        yield
+    return runtime.pushed(_forced, path)
 
 
 def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | None:

@@ -12,7 +12,6 @@ not necessarily read by the thread that wrote them).
 import triton
 import triton.language as tl
 
-from .cellmath import zoneout_keep
 from .tiles import packed_ptrs, rec_tile, store_state
 
 
@@ -108,15 +107,16 @@ def emit_state(h_new, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask,
 
 @triton.jit
 def zoneout_weight(mask_ptr, p, MODE, row0, rows, act, cols, cmask, F, like):
-    """Keep weight of the old value for the tile (:func:`.cellmath.zoneout_keep`; MODE 0 off, 1
-    the mask [N, F] laid out like y from ``row0``, 2 evaluation: ``p``), reading the mask only
-    in MODE 1; ``like`` is a tile of the accumulation dtype."""
+    """Keep weight of the old value for the tile (zoneout, see :mod:`.cellmath`): MODE 1 the
+    mask [N, F] laid out like y from ``row0`` (loaded only then), 2 evaluation ``p``, 0 off;
+    ``like`` is a tile of the accumulation dtype. MODE is a run-time value (one compile serves
+    every zoneout setting), hence the selects."""
     if MODE == 1:
         m = tl.load(packed_ptrs(mask_ptr, row0, rows, cols, F), mask=act[:, None] & cmask[None, :],
                     other=0.0)  # fmt: skip
     else:
         m = tl.zeros_like(like)
-    return zoneout_keep(m, p, MODE)
+    return tl.where(MODE == 1, m, tl.where(MODE == 2, p + 0.0 * m, 0.0 * m))
 
 
 @triton.jit

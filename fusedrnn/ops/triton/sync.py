@@ -1,13 +1,11 @@
-"""The grid-wide barrier of the cooperative step kernels, and how many programs may wait on it.
+"""The grid-wide barrier of the cooperative step kernels (:mod:`.step`), and how many programs
+may wait on it.
 
-A cooperative launch runs the per-step kernels' whole time loop in one launch: each program
-owns tiles of hidden units, and the next step of every tile needs the complete state the
-previous step wrote, so the programs meet at a barrier between steps. A program that waits
-at the barrier spins: every program of the grid must be resident on the GPU at once, or the
-ones spinning keep the others from ever starting. :func:`resident_programs` computes that
-limit from the compiled kernel, the launcher never asks for more, and the launch is a CUDA
-cooperative launch, which the driver refuses (an error, not a hang) if the grid could not be
-co-resident.
+A program that waits at the barrier spins: every program of the grid must be resident on the
+GPU at once, or the ones spinning keep the others from ever starting. :func:`resident_programs`
+computes that limit from the compiled kernel, the launcher never asks for more, and the launch
+is a CUDA cooperative launch, which the driver refuses (an error, not a hang) if the grid could
+not be co-resident.
 
 The barrier is the one part of these kernels the interpreter cannot test: the interpreter
 runs programs one after another, so a cooperative launch there has one program (which then

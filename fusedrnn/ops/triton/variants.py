@@ -7,17 +7,9 @@ steps at once is exact), then one launch of the variant step kernel per step
 (:mod:`.variant_step`). Backward: the backward step kernel produces, per step, ``dG``
 (gradient of ``xg``), ``dG_s`` (of the recurrent part ``s`` after its layer norm and
 biases; ``dG`` itself for the LSTM) and ``dS_raw`` (of ``h_prev W_hh^T``), zero in rows a
-packed step did not compute; then, over all steps::
-
-    dxg = dG (packed rows)      du = LN_bwd(dxg ln_ih_w, uhat, rstd_u)  (or dxg)
-    dx = du W_ih                dW_ih = du^T x            db_ih = sum dxg
-    d ln_ih_w = sum dxg uhat    d ln_ih_b = sum dxg
-    dW_hh = dS_raw^T h_prev     db_hh = d ln_hh_b = sum dG_s     d ln_hh_w = sum dG_s shat
-    d ln_c_w = sum dl chat      d ln_c_b = sum dl         dW_hr = dh~^T m
-    d w_ci = sum dG_i c_prev    d w_cf = sum dG_f c_prev  d w_co = sum dG_o c~
-
-with ``LN_bwd(dxhat, xhat, rstd) = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``
-per row; every sum is a deterministic column reduction (no atomics).
+packed step did not compute; then the GEMMs and deterministic column sums over all steps of
+docs/backward.md, whose ``dP``, ``dS``, ``dHP`` and ``dXP`` are ``dG``, ``dG_s``, ``dS_raw`` and
+``du`` (the gradient of the rows ``dxg`` of ``dG`` before LN_ih) here.
 
 These are the variant branch of the one triton op (:mod:`.layer_op`, which checks the arguments,
 enters the device guard and runs the GEMMs and bias sums of x, w_ih, b_ih, w_hh, b_hh, w_hr).
@@ -92,7 +84,7 @@ def fake_forward(a: library.LayerArgs) -> list[Tensor]:
 
 
 def _ln_bwd(dxhat: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
-    """Layer-norm input gradient per row (see the module docstring)."""
+    """Layer-norm input gradient per row (docs/backward.md)."""
     return rstd * (
         dxhat - dxhat.mean(-1, keepdim=True) - xhat * (dxhat * xhat).mean(-1, keepdim=True)
     )
