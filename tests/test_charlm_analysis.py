@@ -351,7 +351,7 @@ def test_visualize_command(tiny_run, tmp_path, capsys):
     argv = ["--text", tmp_path / "t.txt", "--out", tmp_path / "a", "--kind", "c", "--scale", "max"]
     vis(*argv, "--save-trace", npz)
     doc = (tmp_path / "a.html").read_text(encoding="utf-8")
-    assert "<tag" not in doc and "&lt;" in doc and "&amp;" in doc
+    assert "><</span>" not in doc and ">&lt;</span>" in doc and ">&amp;</span>" in doc
     z = np.load(npz)
     assert z["h"].shape == (2, 17, 16) and z["c"].shape == (2, 17, 16) and len(z["probs"]) == 17
     vis("--text-string", "alpha", "--no-png", "--out", tmp_path / "b")

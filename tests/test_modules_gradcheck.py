@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import MODES
+from misc_testlib import needs_cpu
 from module_testlib import flatten, random_state
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
@@ -106,6 +107,7 @@ def test_cell_gradcheck(mode, bias, cpu_backend):
         assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
+@needs_cpu
 def test_second_order_matches_torch_nn(rnn_pair):
     t, b, i, h = CPU_SIZES
     ref, mod = rnn_pair("LSTM", i, h, num_layers=2, backend="cpu", dtype=torch.float64)

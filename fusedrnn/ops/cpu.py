@@ -91,7 +91,7 @@ def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor]:
 # (the kernels take float32 and float64).
 layer = library.define_layer(
     "cpu", forward, fake_forward, backward, lambda a, buffers: tuple(buffers[:3]),
-    in_float32_when=lambda dtype, variant: True, double_backward=True,
+    in_float32_when=lambda variant: True, double_backward=True,
 )  # fmt: skip
 
 

@@ -176,14 +176,15 @@ def define_layer(
     backward: BackwardFn,
     unpack: UnpackFn,
     *,
-    in_float32_when: Callable[[torch.dtype, bool], bool] = lambda dtype, variant: False,
+    in_float32_when: Callable[[bool], bool] = lambda variant: False,
     double_backward: bool = False,
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
     """Register ``fusedrnn::<backend>_layer_fwd/_bwd`` and return the backend's ``layer``.
 
-    ``in_float32_when(dtype, variant)``: half-precision inputs of that dtype (e.g. under
-    autocast) that the kernels do not take run with every floating-point tensor in float32, as
-    the GPU backends accumulate; y, h_n and c_n come back in the input's dtype.
+    ``in_float32_when(variant)``: whether a call with half-precision inputs (e.g. under
+    autocast), variant or not, runs with every floating-point tensor in float32 because the
+    kernels do not take them, as the GPU backends accumulate; y, h_n and c_n come back in the
+    input's dtype.
     ``double_backward``: under ``create_graph=True`` the backward recomputes through the
     reference op (:func:`differentiable_backward`) instead of refusing; the backend's forward
     then returns y, h_n and c_n as its first three buffers."""
@@ -275,7 +276,7 @@ def define_layer(
     def layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, **options):
         """One layer in one direction; the contract of :func:`fusedrnn.ops.reference.layer`."""
         variant = variants_on(**options)  # an unknown option is a TypeError here
-        if x.dtype in LOW_PRECISION and in_float32_when(x.dtype, variant):
+        if x.dtype in LOW_PRECISION and in_float32_when(variant):
             args = map(_f32, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
             y, h_n, c_n = layer(cell, *args, batch_sizes, reverse,
                                 **{k: _f32(v) for k, v in options.items()})  # fmt: skip

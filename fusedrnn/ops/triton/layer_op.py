@@ -123,4 +123,4 @@ def _backward(a: library.LayerArgs, plan: runtime.Plan, buffers, needs, out, dxg
 
 # half inputs of a variant call run in float32: the variant kernels take float32 and float64
 layer = library.define_layer("triton", forward, fake_forward, backward, unpack,
-                             in_float32_when=lambda dtype, variant: variant)  # fmt: skip
+                             in_float32_when=lambda variant: variant)  # fmt: skip
