@@ -72,6 +72,9 @@ OPTION_DEFAULTS = {  # the keyword-only options after them (all but save), each 
 OPTION_TENSORS = tuple(  # the tensor-valued options
     name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty.startswith("Tensor")
 )
+# The bool options, next to each other right after ``reverse``: the C++ backends take them in
+# this order from one list (csrc/cell_math.h::FRNN_BOOL_OPTIONS), the Triton kernels as bits.
+BOOL_OPTIONS = tuple(name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty == "bool")
 GRAD_INPUTS = tuple(name for name, _, diff in LAYER_ARGS if diff)
 _GRAD_POS = tuple(k for k, (_, _, diff) in enumerate(LAYER_ARGS) if diff)
 _TENSOR_POS = tuple(k for k, (_, ty, _) in enumerate(LAYER_ARGS) if ty.startswith("Tensor"))
