@@ -150,7 +150,7 @@ def compile_all(
 def sources_hash(nvcc: str, archs: list[str]) -> str:
     """Identifies one report: every file the kernels include, the flags, the archs, nvcc."""
     h = hashlib.sha256(" ".join([nvcc, *NVCC_FLAGS, *archs]).encode())
-    for f in sorted([CSRC / "cell_math.h", *CUDA_DIR.glob("*.cu*"), *CUDA_DIR.glob("*.h")]):
+    for f in sorted([*CSRC.glob("*.h"), *CUDA_DIR.glob("*.cu*"), *CUDA_DIR.glob("*.h")]):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 

@@ -21,7 +21,7 @@ import torch
 from layer_cases import TOL, Case, call, with_leaves
 from misc_testlib import ROOT, needs_cpu, run_python
 
-from fusedrnn.ops import cpu, reference
+from fusedrnn.ops import cpu, library, reference
 from fusedrnn.ops.checks import CELLS
 
 _C = cpu._C
@@ -100,6 +100,14 @@ def test_bad_arguments_raise_clear_errors(cell, change, exc, match):
     for op in (reference.layer, cpu.layer) if exc is ValueError else (cpu.layer,):
         with pytest.raises(exc, match=match):
             call(op, {**a, **change})
+
+
+def test_the_extension_takes_the_tables_bool_options():
+    """The C++ backends take the bool options from csrc/options.h's list, positionally: the
+    table's bool rows must be that list, in its order, right after ``reverse``."""
+    k = library.N_POSITIONAL
+    assert library.NAMES[k : k + len(library.BOOL_OPTIONS)] == library.BOOL_OPTIONS
+    assert _C.bool_options == list(library.BOOL_OPTIONS)
 
 
 def test_stack_step_names_what_does_not_fit_or_falls_back():

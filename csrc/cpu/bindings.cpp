@@ -12,11 +12,16 @@
 namespace py = pybind11;
 namespace cpu = fusedrnn::cpu;
 
+#define FRNN_PY_ARG(name) py::arg(#name),
+#define FRNN_NAME_STRING(name) #name,
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn compiled CPU backend";
   // The layer entry points take the arguments of fusedrnn/ops/library.py::LAYER_ARGS
   // positionally (FRNN_LAYER_PARAMS), then their own; layer_ops.h documents their results.
   const py::call_guard<py::gil_scoped_release> nogil;
+  // options.h's list, which library.BOOL_OPTIONS must equal (the positions agree)
+  m.attr("bool_options") = std::vector<std::string>{FRNN_BOOL_OPTIONS(FRNN_NAME_STRING)};
   m.def("layer_fwd", &cpu::layer_fwd, nogil,
         "Forward of one layer/direction (LAYER_ARGS but save, eps, train): -> [y, h_n, c_n, "
         "saved...]");
@@ -33,11 +38,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The sampling loop of a character model: -> ids [B, length]; h, c, logits updated; "
         "on_ids(ids [B, n]) every `every` characters (it runs holding the GIL)",
         py::arg("cell"), py::arg("embed"), py::arg("flat_weights"), py::arg("num_layers"),
-        py::arg("has_bias"), py::arg("variant_weights"), py::arg("cifg"), py::arg("zoneout_h"),
-        py::arg("zoneout_c"), py::arg("eps"), py::arg("dec_w"), py::arg("dec_b"), py::arg("h"),
-        py::arg("c"), py::arg("logits"), py::arg("length"), py::arg("temperature"),
-        py::arg("top_k"), py::arg("argmax"), py::arg("generator"), py::arg("on_ids") = nullptr,
-        py::arg("every") = 0, py::arg("half_weights") = false);
+        py::arg("has_bias"), py::arg("variant_weights"), FRNN_BOOL_OPTIONS(FRNN_PY_ARG)
+        py::arg("zoneout_h"), py::arg("zoneout_c"), py::arg("eps"), py::arg("dec_w"),
+        py::arg("dec_b"), py::arg("h"), py::arg("c"), py::arg("logits"), py::arg("length"),
+        py::arg("temperature"), py::arg("top_k"), py::arg("argmax"), py::arg("generator"),
+        py::arg("on_ids") = nullptr, py::arg("every") = 0, py::arg("half_weights") = false);
   m.def("kernel_isa", &cpu::kernel_isa,
         "Instruction set of the pointwise kernels chosen for this CPU");
   m.def("release_scratch", &cpu::release_scratch,

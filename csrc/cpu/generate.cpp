@@ -243,7 +243,8 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
           const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
           const OptTensor c0 = lstm ? OptTensor(c->select(0, l)) : std::nullopt;
           const auto r = layer_fwd(cell, in.view({1, B, in.size(1)}), h.select(0, l), c0, w[0],
-                                   w[1], b_ih, b_hh, std::nullopt, std::nullopt, false, cifg,
+                                   w[1], b_ih, b_hh, std::nullopt, std::nullopt, false,
+                                   FRNN_BOOL_OPTIONS(FRNN_BOOL_NAME)
                                    v[0], v[1], v[2], v[3], v[4], v[5], v[6], zoneout_h,
                                    zoneout_c, std::nullopt, std::nullopt, eps, /*train=*/false);
           h.select(0, l).copy_(r[1]);

@@ -19,6 +19,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "options.h"
+
 // FRNN_TARGET_AVX2: this compiler can build AVX2+FMA(+F16C) functions into a baseline-ISA
 // binary (x86 with GCC or clang); FRNN_AVX2_BEGIN (FRNN_AVX512_BEGIN for AVX-512F code) and
 // FRNN_TARGET_END then bracket the code that gets the wider ISA (kernels_avx2.cpp,
@@ -45,11 +47,11 @@
 namespace fusedrnn::cpu {
 
 // The options of a row kernel call: each call maps them once to a loop instantiated for exactly
-// that combination (kernels_impl.h), so no loop branches per element.
-struct VariantFlags {
+// that combination (kernels_impl.h), so no loop branches per element. The bool options of the
+// layer op (BoolOptions, options.h: cifg) and what the given tensors switch on.
+struct VariantFlags : BoolOptions {
   bool ln = false;      // layer norm of the recurrent projection and (LSTM) of c
   bool peep = false;    // peephole weights w_ch
-  bool cifg = false;    // f = 1 - i, 3 gate blocks
   bool zone_c = false;  // zoneout of c (keep_c given)
 };
 
@@ -102,7 +104,8 @@ struct PointwiseKernels {
   // GRU step. g [3H] in: input part plus the recurrent r, z parts (norm_bias), out: r, z, n.
   // sn [H]: recurrent n part (LN_hh, b_hn applied); h_prev [H]; h_out [H]: the candidate
   // before zoneout.
-  void (*gru_fwd)(int64_t H, T* g, const T* sn, const T* h_prev, T* h_out);
+  void (*gru_fwd)(const VariantFlags& f, int64_t H, T* g, const T* sn, const T* h_prev,
+                  T* h_out);
   // Zoneout forward, in place: h [n] <- keep h_prev + (1 - keep) h.
   void (*zone_fwd)(int64_t n, const T* keep, const T* h_prev, T* h);
   // Zoneout backward of h: d = dy + dstate; dnew [n] = (1 - keep) d, dstate [n] <- keep d
@@ -130,8 +133,8 @@ struct PointwiseKernels {
                          const T* b2, int64_t ldb, T* p0, T* p1, T* p2);
   // GRU backward. dh [H] (after zoneout); act [3H] r, z, n; sn [H]; h_prev [H]. dstate [H]
   // += z dh (the direct part); da [3H] out: input-side, ds [3H] out: recurrent-side gradients.
-  void (*gru_bwd)(int64_t H, const T* dh, const T* act, const T* sn, const T* h_prev, T* dstate,
-                  T* da, T* ds);
+  void (*gru_bwd)(const VariantFlags& f, int64_t H, const T* dh, const T* act, const T* sn,
+                  const T* h_prev, T* dstate, T* da, T* ds);
 };
 
 // One copy of the table per ISA, for float and double; the wider copies exist in x86 builds

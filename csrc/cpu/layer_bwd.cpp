@@ -162,7 +162,7 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
                        CT + r * H, mc, rc, lncw, m1, m2, act + r * GH, s.prev(b, C, c0, H), wch,
                        dp);
         } else {
-          K.gru_bwd(H, dh, act + r * GH, CT + r * H, s.prev(b, yp, h0, H), dhs + b * H, dp,
+          K.gru_bwd(fl, H, dh, act + r * GH, CT + r * H, s.prev(b, yp, h0, H), dhs + b * H, dp,
                     dSp + r * GH);
         }
         if (ln) K.ln_bwd(GH, dSp + r * GH, HH + r * GH, lnhh, ST[r * 4 + 1], dHPp + r * GH);

@@ -154,7 +154,7 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
           K.norm_bias(ln, true, 2 * H, hq, mean, rstd, lnhh, b_recp, g);
           K.norm_bias(ln, false, H, hq + 2 * H, mean, rstd, ln ? lnhh + 2 * H : nullptr,
                      b_recp + 2 * H, cr);
-          K.gru_fwd(H, g, cr, s.prev(b, yp, h0, Hout), ho);
+          K.gru_fwd(fl, H, g, cr, s.prev(b, yp, h0, Hout), ho);
         }
       }
       if (proj)

@@ -121,7 +121,7 @@ LayerArgs prepare(FRNN_LAYER_PARAMS) {
   a.ln_c_w = opt(ln_c_w, "ln_c_w", {a.H});
   if (a.ln_c_w.defined())  // the bias zeros when absent
     a.ln_c_b = ln_c_b.has_value() ? opt(ln_c_b, "ln_c_b", {a.H}) : at::zeros({a.H}, opts);
-  a.flags.cifg = cifg;
+  static_cast<BoolOptions&>(a.flags) = {FRNN_BOOL_OPTIONS(FRNN_BOOL_NAME)};
   a.flags.peep = w_ch.has_value();
   if (a.flags.peep) a.w_ch = opt(w_ch, "w_ch", {cifg ? 2 : 3, a.H}).view({-1});
 

@@ -11,22 +11,25 @@
 #include <vector>
 
 #include "common.h"
+#include "options.h"
 
 namespace fusedrnn::cpu {
 
 // The parameters of the layer entry points, in the order of fusedrnn/ops/library.py::LAYER_ARGS
-// (the Python side passes them positionally), written once; FRNN_LAYER_ARGS passes them on.
+// (the Python side passes them positionally; the bool options from options.h), written once;
+// FRNN_LAYER_ARGS passes them on.
 #define FRNN_LAYER_PARAMS                                                                   \
   const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptTensor& c0,     \
       const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,                   \
       const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse, \
-      bool cifg, const OptTensor& ln_ih_w, const OptTensor& ln_ih_b, const OptTensor& ln_hh_w, \
-      const OptTensor& ln_hh_b, const OptTensor& ln_c_w, const OptTensor& ln_c_b,             \
-      const OptTensor& w_ch, double zoneout_h, double zoneout_c, const OptTensor& mask_h,     \
-      const OptTensor& mask_c, double eps
+      FRNN_BOOL_OPTIONS(FRNN_BOOL_PARAM) const OptTensor& ln_ih_w, const OptTensor& ln_ih_b,   \
+      const OptTensor& ln_hh_w, const OptTensor& ln_hh_b, const OptTensor& ln_c_w,             \
+      const OptTensor& ln_c_b, const OptTensor& w_ch, double zoneout_h, double zoneout_c,     \
+      const OptTensor& mask_h, const OptTensor& mask_c, double eps
 #define FRNN_LAYER_ARGS                                                                      \
-  cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, cifg, ln_ih_w, ln_ih_b, \
-      ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, w_ch, zoneout_h, zoneout_c, mask_h, mask_c, eps
+  cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,                        \
+      FRNN_BOOL_OPTIONS(FRNN_BOOL_NAME) ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b,    \
+      w_ch, zoneout_h, zoneout_c, mask_h, mask_c, eps
 
 // A layer's arguments, validated and contiguous (layer_ops.cpp::prepare), absent ones undefined.
 // The options (layer norm, zoneout, peephole, cifg; the math of fusedrnn/ops/reference.py::layer,
@@ -42,7 +45,7 @@ struct LayerArgs {
   at::Tensor w_hh;                        // [G*H, Hout]
   at::Tensor w_hr;                        // [Hout, H] (projection), else undefined
   std::optional<at::Tensor> batch_sizes;  // [T] int64
-  VariantFlags flags;                     // ln, peep, cifg, zone_c
+  VariantFlags flags;                     // ln, peep, zone_c and the bool options
   double eps = 0;
   at::Tensor b_ih, b_hh;                          // [G*H]
   at::Tensor ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b;  // [G*H] (ln)
@@ -60,7 +63,7 @@ struct LayerArgs {
 // and y are kept for the backward.
 inline bool direct_gates(const LayerArgs& a) {
   const VariantFlags& f = a.flags;
-  return a.cell != Cell::GRU && !f.ln && !f.peep && !f.cifg && !f.zone_c;
+  return a.cell != Cell::GRU && !f.ln && !f.peep && !f.zone_c && !f.any();
 }
 
 LayerArgs prepare(FRNN_LAYER_PARAMS);
@@ -128,9 +131,9 @@ using IdsCallback = std::function<void(const at::Tensor&)>;
 #define FRNN_GENERATE_PARAMS                                                                    \
   const std::string& cell, const OptTensor& embed, const std::vector<at::Tensor>& flat_weights, \
       int64_t num_layers, bool has_bias, const std::vector<OptTensor>& variant_weights,         \
-      bool cifg, double zoneout_h, double zoneout_c, double eps, const at::Tensor& dec_w,       \
-      const OptTensor& dec_b, at::Tensor h, const OptTensor& c, at::Tensor logits,              \
-      int64_t length, double temperature, int64_t top_k, bool argmax,                           \
+      FRNN_BOOL_OPTIONS(FRNN_BOOL_PARAM) double zoneout_h, double zoneout_c, double eps,       \
+      const at::Tensor& dec_w, const OptTensor& dec_b, at::Tensor h, const OptTensor& c,       \
+      at::Tensor logits, int64_t length, double temperature, int64_t top_k, bool argmax,        \
       std::optional<at::Generator> generator, const IdsCallback& on_ids, int64_t every,         \
       bool half_weights
 at::Tensor generate(FRNN_GENERATE_PARAMS);

@@ -32,6 +32,8 @@
 
 #include <cstdint>
 
+#include "options.h"
+
 namespace fusedrnn {
 namespace cuda {
 
@@ -45,20 +47,20 @@ struct ZoneArgs {
   bool on;
 };
 
-// The cell options of a step (the math of fusedrnn/ops/reference.py); null / off everywhere is
-// torch.nn's cell. The GRU has no ln_c, peephole, cifg or zoneout of c. The layer-norm biases
-// are the forward's alone (StepFwdArgs, LstmFwdArgs).
-struct CellOptions {
+// The cell options of a step (the math of fusedrnn/ops/reference.py): the layer op's bool options
+// (options.h) and the given tensors; null / off everywhere is torch.nn's cell. The GRU has no
+// ln_c, peephole, cifg or zoneout of c. The layer-norm biases are the forward's alone
+// (StepFwdArgs, LstmFwdArgs).
+struct CellOptions : BoolOptions {
   const void* ln_hh_w;  // [GH] T (ln)
   const void* ln_c_w;   // [H] T (ln, LSTM)
   const void* w_ch;     // [P, H] T (peephole): rows w_ci, w_cf, w_co (cifg: w_ci, w_co)
   ZoneArgs zone_h;      // mask [rows, Hout]; in the LSTM's kernels only without projection
   ZoneArgs zone_c;      // mask [rows, H]
   double eps;           // layer norm's
-  bool cifg;
 
   // an option on: the launchers run the row kernel
-  bool any() const { return ln_hh_w || w_ch || cifg || zone_h.on || zone_c.on; }
+  bool any() const { return ln_hh_w || w_ch || BoolOptions::any() || zone_h.on || zone_c.on; }
 };
 
 // The fields of every cell's forward step (K = Hout for the LSTM, H otherwise).

@@ -103,9 +103,9 @@ inline ZoneArgs zone_args(const at::Tensor& mask, double p, const Step& s) {
 
 // One call of the layer op: its cell, options and operands (checked by layer_module.h), the
 // tensors contiguous, in x's dtype, or undefined where absent.
-struct Layer {
+struct Layer : BoolOptions {
   CellKind cell;
-  bool cifg, reverse;
+  bool reverse;
   double p_h, p_c, eps;
   int64_t G, H, Hout, B, N;
   std::vector<int64_t> sizes;                     // active rows of every step
@@ -118,8 +118,8 @@ struct Layer {
 
   // The CellOptions of step s; of Step{} for what no step changes (the kernel, zoneout on).
   CellOptions options(const Step& s = Step{}) const {
-    return {ptr(ln_hh_w), ptr(ln_c_w), ptr(w_ch), zone_args(mask_h, p_h, s),
-            zone_args(mask_c, p_c, s), eps, cifg};
+    return {*this, ptr(ln_hh_w), ptr(ln_c_w), ptr(w_ch), zone_args(mask_h, p_h, s),
+            zone_args(mask_c, p_c, s), eps};
   }
 };
 

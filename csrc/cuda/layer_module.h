@@ -95,7 +95,8 @@ void def_op(pybind11::module& m, const char* name, const char* doc,
       name,
       [op](const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const OptT& c0,
            const at::Tensor& w_ih, const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh,
-           const OptT& w_hr, const OptT& batch_sizes, bool reverse, bool cifg,
+           const OptT& w_hr, const OptT& batch_sizes, bool reverse,
+           FRNN_BOOL_OPTIONS(FRNN_BOOL_PARAM)
            const OptT& ln_ih_w, const OptT& ln_ih_b, const OptT& ln_hh_w, const OptT& ln_hh_b,
            const OptT& ln_c_w, const OptT& ln_c_b, const OptT& w_ch, double p_h, double p_c,
            const OptT& mask_h, const OptT& mask_c, double eps, Extra... extra) {
@@ -103,11 +104,12 @@ void def_op(pybind11::module& m, const char* name, const char* doc,
         typename Launch::Guard guard(x.device());
         const int64_t B = h0.size(0);
         const Layer layer = layer_of(
-            {parse_cell(cell), cifg, reverse, p_h, p_c, eps, 0, 0, h0.size(1), B, 0,
-             step_sizes(batch_sizes, x, B), flat_rows(x), operand(h0), operand(c0), operand(w_ih),
-             operand(w_hh), operand(b_ih), operand(b_hh), operand(w_hr), operand(ln_ih_w),
-             operand(ln_ih_b), operand(ln_hh_w), operand(ln_hh_b), operand(ln_c_w),
-             operand(ln_c_b), operand(w_ch), flat_rows(mask_h), flat_rows(mask_c)});
+            {{FRNN_BOOL_OPTIONS(FRNN_BOOL_NAME)}, parse_cell(cell), reverse, p_h, p_c, eps, 0, 0,
+             h0.size(1), B, 0, step_sizes(batch_sizes, x, B), flat_rows(x), operand(h0),
+             operand(c0), operand(w_ih), operand(w_hh), operand(b_ih), operand(b_hh),
+             operand(w_hr), operand(ln_ih_w), operand(ln_ih_b), operand(ln_hh_w),
+             operand(ln_hh_b), operand(ln_c_w), operand(ln_c_b), operand(w_ch), flat_rows(mask_h),
+             flat_rows(mask_c)});
         Launch launch;
         return op(launch, layer, extra...);
       },

@@ -9,8 +9,9 @@ functions of a :data:`LayerArgs` tuple and gets two custom ops in the ``fusedrnn
 
 plus the public ``layer`` with the contract signature; ``save``, ``needs`` and the eager path are
 described in fusedrnn/ops/CONTRACT.md. Schema, fake backward, setup_context, the needed-gradient
-list and the autograd registration all come from :data:`LAYER_ARGS`; a new option is one row
-here and a branch in each backend's kernels.
+list and the autograd registration all come from :data:`LAYER_ARGS`. A new option is a row
+here (a bool option also a row of csrc/options.h, from which both C++ backends take their
+parameters and flags), then its math and kernel branches in each backend.
 
 - The forward returns *buffers* (whatever the backward needs: state histories, saved gates)
   rather than ``(y, h_n, c_n)``, because a custom op's outputs may not alias each other;
@@ -73,7 +74,7 @@ OPTION_TENSORS = tuple(  # the tensor-valued options
     name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty.startswith("Tensor")
 )
 # The bool options, next to each other right after ``reverse``: the C++ backends take them in
-# this order from one list (csrc/cell_math.h::FRNN_BOOL_OPTIONS), the Triton kernels as bits.
+# this order from one list (csrc/options.h::FRNN_BOOL_OPTIONS).
 BOOL_OPTIONS = tuple(name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty == "bool")
 GRAD_INPUTS = tuple(name for name, _, diff in LAYER_ARGS if diff)
 _GRAD_POS = tuple(k for k, (_, _, diff) in enumerate(LAYER_ARGS) if diff)
