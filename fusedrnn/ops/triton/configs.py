@@ -115,7 +115,7 @@ def pick_step_config(batch: int, hidden: int) -> StepConfig:
     with the fewest programs."""
     if interpreting():
         return min(STEP_CONFIGS, key=lambda c: (c.tiles(hidden, batch), c.block_b * c.block_h))
-    return pick_variant_config(batch, STEP_CONFIGS)
+    return pick_variant_config(batch, STEP_CONFIGS)  # the same covering rule, over these configs
 
 
 def pick_cooperative_config(
