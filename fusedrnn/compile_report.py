@@ -71,9 +71,15 @@ class Job:
     arch: int
 
     def flags(self) -> str:
+        from fusedrnn.ops.library import BOOL_OPTIONS
+
         skip = {"PRECISION", "BLOCK_B", "BLOCK_H", "BLOCK_K", "ACC_TY"}
-        on = [f"{k}={v}" if not isinstance(v, bool) else k
-              for k, v in self.constexprs if k not in skip and v is not False]  # fmt: skip
+        on = []
+        for k, v in self.constexprs:
+            if k == "OPTIONS":  # the bool options by name (cellmath.option_bits)
+                on += [name.upper() for j, name in enumerate(BOOL_OPTIONS) if v >> j & 1]
+            elif k not in skip and v is not False:
+                on.append(f"{k}={v}" if not isinstance(v, bool) else k)
         return ",".join(on) or "-"
 
     def blocks(self) -> str:
@@ -86,8 +92,10 @@ class Job:
 def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     """Run every launcher for every flag-steering input combination of one shape (B, H, Hout
     with projection), layout and direction; the caller captures the launches."""
-    from fusedrnn.ops.checks import GATES, gate_count
+    from fusedrnn.ops.checks import GATES, VARIANT_CELLS, gate_count
+    from fusedrnn.ops.library import BOOL_OPTION_CELLS, BOOL_OPTIONS
     from fusedrnn.ops.triton import step, variant_step
+    from fusedrnn.ops.triton.cellmath import option_bits
     from fusedrnn.ops.triton.configs import pick_persistent_config
     from fusedrnn.ops.triton.runtime import Plan, acc_dtype
 
@@ -130,19 +138,22 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     if dtype not in (torch.float32, torch.float64):  # the variant ops' dtypes
         return
     par = e(3)
-    for cell in ("gru", "lstm"):
+    for cell in VARIANT_CELLS:
         lstm = cell == "lstm"
-        # peephole, CIFG, projection, zoneout of c and dCs: LSTM only
+        # peephole, projection, zoneout of c and dCs: LSTM only; each bool option where it applies
         zones_c = (0, 1, 2) if lstm else (0,)
-        for ln, peep, cifg, proj, zh, zc in itertools.product(
-            bools, *[lstm_only[cell]] * 3, (0, 1, 2), zones_c
+        on = [bools if cell in BOOL_OPTION_CELLS.get(n, VARIANT_CELLS) else (False,)
+              for n in BOOL_OPTIONS]  # fmt: skip
+        for ln, peep, proj, zh, zc, *flags in itertools.product(
+            bools, *[lstm_only[cell]] * 2, (0, 1, 2), zones_c, *on
         ):
-            G = gate_count(cell, cifg)
+            options = dict(zip(BOOL_OPTIONS, flags, strict=True))
+            G = gate_count(cell, options["cifg"])
             hout = Hp if proj else H
             lnc = opt(ln and lstm, H)
             inputs = (e(G * H, hout), opt(ln, G * H), lnc, lnc, opt(peep, G - 1, H),
                       opt(proj, hout, H), opt(zh == 1, N, hout), opt(zc == 1, N, H), (zh, zc), par,
-                      cifg)  # fmt: skip
+                      option_bits(options))  # fmt: skip
             for bias in bools:
                 bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout), opt(lstm, B, H),
                                                 opt(bias, G * H), *inputs, plan)  # fmt: skip

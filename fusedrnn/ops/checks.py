@@ -8,7 +8,7 @@ themselves (names, types, defaults) are rows of :data:`fusedrnn.ops.library.LAYE
 
 from __future__ import annotations
 
-from .library import N_POSITIONAL, OPTION_TENSORS, LayerArgs, is_variant
+from .library import BOOL_OPTION_CELLS, N_POSITIONAL, OPTION_TENSORS, LayerArgs, is_variant
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -42,9 +42,12 @@ def check_cell_and_options(a: LayerArgs) -> None:
         return check_cell(cell)
     if cell not in VARIANT_CELLS:
         raise ValueError(f"cell variants exist for {VARIANT_CELLS}, got {cell!r}")
+    for name, cells in BOOL_OPTION_CELLS.items():
+        if getattr(a, name) and cell not in cells:
+            raise ValueError(f"{name} is {' / '.join(c.upper() for c in cells)}-only")
     is_lstm = cell == "lstm"
-    if not is_lstm and (cifg or w_ch is not None or ln_c_w is not None or a.mask_c is not None):
-        raise ValueError("cifg, peephole, layer norm of c and zoneout of c are LSTM-only")
+    if not is_lstm and (w_ch is not None or ln_c_w is not None or a.mask_c is not None):
+        raise ValueError("peephole, layer norm of c and zoneout of c are LSTM-only")
     if not is_lstm and a.zoneout_c > 0:
         raise ValueError("zoneout_c needs an LSTM; GRU has no cell state")
     ln_given = [t is not None for t in (a.ln_ih_w, a.ln_hh_w, *([ln_c_w] if is_lstm else []))]

@@ -9,9 +9,8 @@ functions of a :data:`LayerArgs` tuple and gets two custom ops in the ``fusedrnn
 
 plus the public ``layer`` with the contract signature; ``save``, ``needs`` and the eager path are
 described in fusedrnn/ops/CONTRACT.md. Schema, fake backward, setup_context, the needed-gradient
-list and the autograd registration all come from :data:`LAYER_ARGS`. A new option is a row
-here (a bool option also a row of csrc/options.h, from which both C++ backends take their
-parameters and flags), then its math and kernel branches in each backend.
+list and the autograd registration all come from :data:`LAYER_ARGS`; what a new option touches
+besides its rows is listed in fusedrnn/ops/CONTRACT.md.
 
 - The forward returns *buffers* (whatever the backward needs: state histories, saved gates)
   rather than ``(y, h_n, c_n)``, because a custom op's outputs may not alias each other;
@@ -76,6 +75,9 @@ OPTION_TENSORS = tuple(  # the tensor-valued options
 # The bool options, next to each other right after ``reverse``: the C++ backends take them in
 # this order from one list (csrc/options.h::FRNN_BOOL_OPTIONS).
 BOOL_OPTIONS = tuple(name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty == "bool")
+# The bool options that only some of the variant cells (LSTM, GRU) take, with those cells:
+# checks.py rejects them for the others, the compile report walks them only there.
+BOOL_OPTION_CELLS = {"cifg": ("lstm",)}
 GRAD_INPUTS = tuple(name for name, _, diff in LAYER_ARGS if diff)
 _GRAD_POS = tuple(k for k, (_, _, diff) in enumerate(LAYER_ARGS) if diff)
 _TENSOR_POS = tuple(k for k, (_, ty, _) in enumerate(LAYER_ARGS) if ty.startswith("Tensor"))

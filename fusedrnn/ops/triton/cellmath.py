@@ -23,9 +23,20 @@ RNN: ``d(pre) = dh (1 - h^2)`` (tanh) or ``dh [h > 0]`` (relu), from the saved o
 import triton
 import triton.language as tl
 
+from ..library import BOOL_OPTIONS
+
 # the CELL constexpr of the kernels that serve every torch.nn cell (per-step, persistent)
 LSTM, GRU, RNN_TANH, RNN_RELU = (tl.constexpr(code) for code in range(4))
 CELL_CODE = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+# The variant kernels' OPTIONS constexpr holds the layer op's bool options as bits, bit k for
+# library.BOOL_OPTIONS[k]: a new bool option reaches every variant kernel through it, and only
+# the math here reads its bit.
+CIFG = tl.constexpr(1 << BOOL_OPTIONS.index("cifg"))
+
+
+def option_bits(options: dict) -> int:
+    """The OPTIONS constexpr of the bool options in ``options`` (by name)."""
+    return sum(1 << k for k, name in enumerate(BOOL_OPTIONS) if options[name])
 
 
 @triton.jit
@@ -39,7 +50,7 @@ def tanh(x):
 
 
 @triton.jit
-def gru_fwd(xr, xz, xn, hr, hz, hn, h_prev):
+def gru_fwd(xr, xz, xn, hr, hz, hn, h_prev, OPTIONS: tl.constexpr = 0):
     r = sigmoid(xr + hr)
     z = sigmoid(xz + hz)
     n = tanh(xn + r * hn)
@@ -48,7 +59,7 @@ def gru_fwd(xr, xz, xn, hr, hz, hn, h_prev):
 
 
 @triton.jit
-def gru_bwd(r, z, n, hn, h_prev, dh):
+def gru_bwd(r, z, n, hn, h_prev, dh, OPTIONS: tl.constexpr = 0):
     d_n = dh * (1.0 - z) * (1.0 - n * n)
     d_z = dh * (h_prev - n) * z * (1.0 - z)
     d_r = d_n * hn * r * (1.0 - r)
@@ -102,14 +113,14 @@ def layer_norm_bwd(dxhat, xhat, rstd, mean_d, mean_dx):
 
 @triton.jit
 def lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE: tl.constexpr,
-                     CIFG: tl.constexpr):  # fmt: skip
+                     OPTIONS: tl.constexpr):  # fmt: skip
     """i, f, g and the candidate cell state; w_ci / w_cf are [BLOCK_H] peephole rows."""
     if PEEPHOLE:
         pre_i = pre_i + w_ci[None, :] * c_prev
-        if not CIFG:
+        if not (CIFG & OPTIONS):
             pre_f = pre_f + w_cf[None, :] * c_prev
     i = sigmoid(pre_i)
-    if CIFG:
+    if CIFG & OPTIONS:
         f = 1.0 - i
     else:
         f = sigmoid(pre_f)
@@ -126,10 +137,10 @@ def lstm_variant_out_bwd(o, l, dm):
 
 @triton.jit
 def lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE: tl.constexpr,
-                     CIFG: tl.constexpr):  # fmt: skip
+                     OPTIONS: tl.constexpr):  # fmt: skip
     """``(d pre_i, d pre_f, d pre_g, dc_prev)`` from the total gradient ``dc`` of the
     candidate cell state (``d pre_f`` is 0 under CIFG)."""
-    if CIFG:
+    if CIFG & OPTIONS:
         d_i = dc * (g - c_prev) * i * (1.0 - i)
         d_f = 0.0 * dc
     else:
@@ -139,14 +150,14 @@ def lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE: tl.constexpr,
     dc_prev = dc * f
     if PEEPHOLE:
         dc_prev += d_i * w_ci[None, :]
-        if not CIFG:
+        if not (CIFG & OPTIONS):
             dc_prev += d_f * w_cf[None, :]
     return d_i, d_f, d_g, dc_prev
 
 
 @triton.jit
 def lstm_fwd(pre_i, pre_f, pre_g, pre_o, c_prev):
-    i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, 0.0, 0.0, False, False)
+    i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, 0.0, 0.0, False, 0)
     o = sigmoid(pre_o)
     return i, f, g, o, c, o * tanh(c)
 
@@ -154,5 +165,5 @@ def lstm_fwd(pre_i, pre_f, pre_g, pre_o, c_prev):
 @triton.jit
 def lstm_bwd(i, f, g, o, c_prev, c, dm, dc_in):
     d_o, dl = lstm_variant_out_bwd(o, c, dm)
-    d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc_in + dl, 0.0, 0.0, False, False)
+    d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc_in + dl, 0.0, 0.0, False, 0)
     return d_i, d_f, d_g, d_o, dc_prev

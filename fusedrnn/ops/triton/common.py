@@ -27,7 +27,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import runtime
-from .cellmath import GRU, LSTM, RNN_RELU, gru_bwd, lstm_bwd, rnn_bwd
+from .cellmath import CIFG, GRU, LSTM, RNN_RELU, gru_bwd, lstm_bwd, rnn_bwd
 from .tiles import load_gates, packed_ptrs, rec_tile
 
 
@@ -58,9 +58,9 @@ def state_grad(dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_r
 
 
 @triton.jit
-def gate_blocks(CELL: tl.constexpr, CIFG: tl.constexpr = False):
+def gate_blocks(CELL: tl.constexpr, OPTIONS: tl.constexpr = 0):
     """The number G of gate blocks of a cell (a constexpr): LSTM 4 (3 with CIFG), GRU 3, RNN 1."""
-    return (3 if CIFG else 4) if CELL == LSTM else (3 if CELL == GRU else 1)
+    return (3 if CIFG & OPTIONS else 4) if CELL == LSTM else (3 if CELL == GRU else 1)
 
 
 @triton.jit

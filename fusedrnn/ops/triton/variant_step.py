@@ -51,10 +51,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..checks import gate_count
 from . import runtime
 from .cellmath import (
     CELL_CODE,
+    CIFG,
     GRU,
     LSTM,
     gru_bwd,
@@ -80,15 +80,15 @@ from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, sto
 
 
 @triton.jit
-def _program(par_ptr, B, H, rows_active, CELL: tl.constexpr, CIFG: tl.constexpr,
+def _program(par_ptr, B, H, rows_active, CELL: tl.constexpr, OPTIONS: tl.constexpr,
              BLOCK_B: tl.constexpr):  # fmt: skip
     """What both variant kernels start from: this program's rows (:func:`.tiles.row_block`),
     the G*H gate features, ``(off_g, off_cf, off_co)`` (the offset of the LSTM's g block in the
     gate tensors and of the f and o peephole rows in w_ch; CIFG drops the f gate and its
     peephole row) and the zoneout probabilities ``p_h, p_c``."""
     rows, rmask, act = row_block(B, rows_active, BLOCK_B)
-    GH = gate_blocks(CELL, CIFG) * H
-    if CIFG:
+    GH = gate_blocks(CELL, OPTIONS) * H
+    if CIFG & OPTIONS:
         off_g, off_cf, off_co = H, 0, H
     else:
         off_g, off_cf, off_co = 2 * H, H, 2 * H
@@ -139,18 +139,19 @@ def _variant_fwd_step_kernel(
     stat_off: tl.int64,  # t * B * 2; GRU t * B
     B, H, HOUT,  # HOUT: H unless the LSTM projects
     CELL: tl.constexpr,  # cellmath.LSTM or GRU
-    HAS_BIAS, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr, CIFG: tl.constexpr,
+    HAS_BIAS, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr,
+    OPTIONS: tl.constexpr,  # the bool options' bits (cellmath.option_bits)
     PROJ: tl.constexpr,
     ZONE_H, ZONE_C,  # 0 off, 1 mask, 2 evaluation (p)
     WRITE_Y, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
-    G: tl.constexpr = gate_blocks(CELL, CIFG)
+    G: tl.constexpr = gate_blocks(CELL, OPTIONS)
     # only the LSTM's W_hh may be [GH, HOUT]: the GRU uses the one size H throughout
     K = HOUT if CELL == LSTM else H
     rows, rmask, act, GH, off_g, off_cf, off_co, p_h, p_c = _program(
-        par_ptr, B, H, rows_active, CELL, CIFG, BLOCK_B
+        par_ptr, B, H, rows_active, CELL, OPTIONS, BLOCK_B
     )
     eps = tl.load(par_ptr + 2)
     h_prev_ptr = hs_ptr + hs_r
@@ -192,18 +193,19 @@ def _variant_fwd_step_kernel(
         state = rows[:, None] * H + units[None, :]
         if CELL == GRU:
             h_prev = tl.load(h_prev_ptr + state, mask=m2, other=0.0)
-            r, z, n, h = gru_fwd(x0, x1, x2, s0, s1, s2, h_prev)
+            r, z, n, h = gru_fwd(x0, x1, x2, s0, s1, s2, h_prev, OPTIONS)
             store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, r, z, n, s2, 4)
             emit_state(h, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                        units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
         else:
             pre_i, pre_f, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2, x3 + s3
-            if CIFG:  # gate blocks i, g, o (pre_f unused)
+            if CIFG & OPTIONS:  # gate blocks i, g, o (pre_f unused)
                 pre_f, pre_g, pre_o = pre_i, pre_f, pre_g
             w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE,
                                              acc_ty, BLOCK_H)  # fmt: skip
             c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
-            i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE, CIFG)
+            i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE,
+                                          OPTIONS)  # fmt: skip
             o = sigmoid(pre_o + w_co[None, :] * c)
             k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, c)
             a = act[:, None]
@@ -277,13 +279,13 @@ def _variant_bwd_step_kernel(
     gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
     h_off: tl.int64, hout_off: tl.int64, stat_off: tl.int64,  # t * B * (H, HOUT, STATS)
     B, H, HOUT, CELL: tl.constexpr, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr,
-    CIFG: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C, HAS_DHS, HAS_DY, HAS_DCS,
+    OPTIONS: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C, HAS_DHS, HAS_DY, HAS_DCS,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
     STATS: tl.constexpr = 2 if CELL == LSTM else 1
     rows, rmask, act, GH, off_g, off_cf, off_co, p_h, p_c = _program(
-        par_ptr, B, H, rows_active, CELL, CIFG, BLOCK_B
+        par_ptr, B, H, rows_active, CELL, OPTIONS, BLOCK_B
     )
     a = act[:, None]
     off_o = GH - H
@@ -307,7 +309,8 @@ def _variant_bwd_step_kernel(
         if CELL == GRU:
             h_prev = tl.load(hs_ptr + hs_r + state, mask=m2, other=0.0)
             r, z, n, s_n = load_gates(tile_ptrs(gates, rows, cols, 4 * H), H, m2, 4)
-            d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total)
+            d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total,
+                                                  OPTIONS)  # fmt: skip
             tl.store(dh_ptr + state, tl.where(a, direct + k * total, total), mask=m2)
             out = gh_off + rows[:, None] * GH + cols[None, :]
             store_gates(dg_ptr + out, H, act, m2, d_r, d_z, d_n, d_n, 3)
@@ -381,13 +384,13 @@ def _variant_bwd_step_kernel(
             i, f, g, _ = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, m2, 3)
             c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
             d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE,
-                                                      CIFG)  # fmt: skip
+                                                      OPTIONS)  # fmt: skip
             tl.store(dc_ptr + state, tl.where(a, dc_prev + k * dc_t, dc_t), mask=m2)
             d_i = tl.where(a, d_i, 0.0)
             d_g = tl.where(a, d_g, 0.0)
             tl.store(gate, d_i, mask=m2)
             tl.store(gate + off_g, d_g, mask=m2)
-            if not CIFG:
+            if not (CIFG & OPTIONS):
                 d_f = tl.where(a, d_f, 0.0)
                 tl.store(gate + H, d_f, mask=m2)
             if LAYER_NORM:
@@ -398,7 +401,7 @@ def _variant_bwd_step_kernel(
                                              m2)  # fmt: skip
                 sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_o, lnw + off_o, shat + off_o, umask,
                                              m2)  # fmt: skip
-                if not CIFG:
+                if not (CIFG & OPTIONS):
                     sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_f, lnw + H, shat + H, umask, m2)
 
     if LAYER_NORM:  # through LN_hh to h_prev W_hh^T
@@ -430,16 +433,17 @@ def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, 
             buf(T, B, H, on=ln and lstm), buf(T, B, 2 if lstm else 1, on=ln), m, y]  # fmt: skip
 
 
-def _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, cifg, plan) -> tuple:
+def _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, options, plan) -> tuple:
     """``(T, B, H, Hout, GH, STATS, grid, flags)`` of either variant kernel's launches:
     the sizes, the rstds saved per row (2 for the LSTM, 1 for the GRU), the grid and the
     constexprs and block configuration both kernels take."""
     GH, Hout = w_hh.shape
     cfg = pick_variant_config(plan.B)
     flags = dict(CELL=CELL_CODE[cell], LAYER_NORM=ln_hh_w is not None, PEEPHOLE=w_ch is not None,
-                 CIFG=cifg, PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1],
+                 OPTIONS=options, PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1],
                  PRECISION=runtime.dot_precision(w_hh.dtype), **cfg.launch_kwargs())  # fmt: skip
-    return (plan.T, plan.B, GH // gate_count(cell, cifg), Hout, GH, 2 if cell == "lstm" else 1,
+    H = Hout if w_hr is None else w_hr.shape[1]
+    return (plan.T, plan.B, H, Hout, GH, 2 if cell == "lstm" else 1,
             (triton.cdiv(plan.B, cfg.block_b),), flags)  # fmt: skip
 
 
@@ -454,14 +458,15 @@ def variant_fwd(
     cell: str, xg: Tensor, h0: Tensor, c0: Tensor | None, bias: Tensor | None, w_hh: Tensor,
     ln_hh_w: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None, w_ch: Tensor | None,
     w_hr: Tensor | None, mask_h: Tensor | None, mask_c: Tensor | None, zone: tuple[int, int],
-    par: Tensor, cifg: bool, plan: runtime.Plan,
+    par: Tensor, options: int, plan: runtime.Plan,
 ) -> list[Tensor]:  # fmt: skip
     """Allocate and launch; returns :func:`variant_buffers`. The tensors are the forward
     kernel's (shapes there; ``h0`` [B, Hout], ``c0`` [B, H]), contiguous, None where absent:
     layer norm is on iff ``ln_hh_w`` is given, ``ln_c_b`` comes with ``ln_c_w`` (zeros when the
-    layer has none); ``zone`` holds the zoneout modes of h and c (``ZONE_H``, ``ZONE_C``)."""
+    layer has none); ``zone`` holds the zoneout modes of h and c (``ZONE_H``, ``ZONE_C``),
+    ``options`` the bool options' bits (:func:`.cellmath.option_bits`)."""
     T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
-                                                          cifg, plan)  # fmt: skip
+                                                          options, plan)  # fmt: skip
     out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln_hh_w is not None, w_hr is not None,
                           plan.packed)  # fmt: skip
     hs, cs, *_ = out
@@ -482,7 +487,7 @@ def variant_fwd(
 def variant_bwd(
     cell: str, w_hh: Tensor, ln_hh_w: Tensor | None, ln_c_w: Tensor | None, ln_c_b: Tensor | None,
     w_ch: Tensor | None, w_hr: Tensor | None, mask_h: Tensor | None, mask_c: Tensor | None,
-    zone: tuple[int, int], par: Tensor, cifg: bool,  # as variant_fwd's
+    zone: tuple[int, int], par: Tensor, options: int,  # as variant_fwd's
     buffers: list[Tensor],  # the forward's (variant_buffers)
     dhs: Tensor | None, dcs: Tensor | None, dy: Tensor | None,  # as .step.step_bwd's
     plan: runtime.Plan,
@@ -493,7 +498,7 @@ def variant_bwd(
     GRU), ``dh0 [B,Hout]`` and ``dc0 [B,H]`` (LSTM; else None); zero in rows a packed step
     did not compute."""
     T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
-                                                          cifg, plan)  # fmt: skip
+                                                          options, plan)  # fmt: skip
     lstm = cell == "lstm"
     buf = functools.partial(runtime.buffer, w_hh)
     dg = buf(T, B, GH)

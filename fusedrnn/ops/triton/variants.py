@@ -26,6 +26,7 @@ from ...variants import LN_EPS
 from .. import library
 from ..checks import gate_count, layer_dims
 from . import runtime
+from .cellmath import option_bits
 from .variant_step import variant_buffers, variant_bwd, variant_fwd
 
 DTYPES = (torch.float32, torch.float64)
@@ -37,7 +38,7 @@ def _kernel_inputs(a: library.LayerArgs, plan: runtime.Plan) -> tuple:
     contiguous, the zoneout masks as rows, their modes (0 off, 1 training mask, 2 evaluation
     expectation, as the reference's _zone) and ``par``: ``[zoneout_h, zoneout_c, LN_EPS]`` on
     x's device, written by fills with scalar arguments (a tensor literal would be a
-    host-to-device copy inside the op)."""
+    host-to-device copy inside the op); then the bool options' bits (``OPTIONS``)."""
     ln_c_b = a.ln_c_b
     if a.ln_c_w is not None and ln_c_b is None:
         ln_c_b = torch.zeros_like(a.ln_c_w)
@@ -49,7 +50,7 @@ def _kernel_inputs(a: library.LayerArgs, plan: runtime.Plan) -> tuple:
     par = a.x.new_full((3,), LN_EPS)
     par[0:1].fill_(a.zoneout_h)
     par[1:2].fill_(a.zoneout_c)
-    return *weights, *masks, zone, par
+    return *weights, *masks, zone, par, option_bits(library.options_of(a))
 
 
 def forward(a: library.LayerArgs, plan: runtime.Plan) -> list[Tensor]:
@@ -70,8 +71,7 @@ def forward(a: library.LayerArgs, plan: runtime.Plan) -> list[Tensor]:
         for b in (a.ln_ih_b, b_ih):
             xg = xg + b if b is not None else xg
     bias = a.ln_hh_b if b_hh is None else b_hh if a.ln_hh_b is None else b_hh + a.ln_hh_b
-    out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0, bias), *_kernel_inputs(a, plan),
-                      a.cifg, plan)  # fmt: skip
+    out = variant_fwd(cell, *runtime.contiguous(xg, h0, c0, bias), *_kernel_inputs(a, plan), plan)
     return [*out, uhat, rstd_u]
 
 
@@ -98,8 +98,8 @@ def backward(a: library.LayerArgs, plan: runtime.Plan, buffers, dhs, dcs, dy) ->
     inputs = _kernel_inputs(a, plan)
     w_hh, ln_hh_w, ln_c_w, _, w_ch = inputs[:5]
     _, cs, _, ct, shat, chat, _, _, _, uhat, rstd_u = buffers  # the rest only the kernels read
-    dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(a.cell, *inputs, a.cifg, buffers[:9], dhs, dcs,
-                                                  dy, plan)  # fmt: skip
+    dgx, dgs, ds, dht, dl, dh0, dc0 = variant_bwd(a.cell, *inputs, buffers[:9], dhs, dcs, dy,
+                                                  plan)  # fmt: skip
     out: dict[str, Tensor | None] = {"h0": dh0, "c0": dc0}
     # the LSTM's own parameters
     if ln_c_w is not None:
