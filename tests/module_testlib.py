@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.utils._pytree import tree_map_only
 
 LENGTHS = [4, 2, 5, 1, 2]  # a batch's sequence lengths: unsorted, with ties, max not first
+MODE_PROJ = [(m, 0) for m in MODES] + [("LSTM", 2)]  # (mode, proj_size): a projection for the LSTM
 
 
 def flatten(result) -> list[torch.Tensor]:
@@ -109,23 +110,6 @@ def module_input(cls: str) -> torch.Tensor:
     return torch.randn(2, 3) if cls.endswith("Cell") else torch.randn(5, 2, 3)
 
 
-def module_inputs(
-    mode, dtype, sizes, num_layers=2, bidirectional=True, batch_first=False, proj=0,
-    batched=True, with_hx=True, gen=None, cell=False,
-):  # fmt: skip
-    """Random input and (optionally) initial state of ``mode`` (a class name or one of
-    conftest's MODES), shaped as torch.nn expects; ``sizes`` = (seq_len, batch, input_size,
-    hidden), ``gen`` the generator drawn from (the global one by default). For its ``cell``
-    one step: no seq_len, no layers or directions."""
-    seq_len, batch, input_size, hidden = sizes
-    lead = (batch,) if batched else ()
-    steps = ((batch, seq_len) if batch_first else (seq_len, batch)) if batched else (seq_len,)
-    x = torch.randn(*(lead if cell else steps), input_size, dtype=dtype, generator=gen)
-    n = () if cell else (num_layers * (2 if bidirectional else 1),)
-    state = random_state(mode, (*n, *lead), hidden, proj, dtype=dtype, gen=gen) if with_hx else None
-    return x, state
-
-
 def mode_kwargs(mode: str, proj: int = 0, **kwargs) -> tuple[str, dict]:
     """(class name, constructor keyword arguments) for one of conftest's MODES, with
     ``proj_size=proj`` where ``proj`` is nonzero."""
@@ -146,15 +130,19 @@ def assert_mode_same(
 ):  # fmt: skip
     """``mode_pair``'s two modules (or, with ``cell``, the mode's two cells, which take no
     layout) give the same results (``assert_same``, at TOLERANCES[dtype] unless ``compare`` says
-    otherwise) on ``module_inputs(mode, dtype, sizes, ...)``, packed with ``lengths`` (sorted
-    first where ``enforce_sorted``) where given."""
+    otherwise) on a random input and (``with_hx``) initial state shaped as torch.nn expects,
+    drawn from ``gen`` (the global generator by default), packed with ``lengths`` (sorted first
+    where ``enforce_sorted``) where given. ``sizes`` = (seq_len, batch, input_size, hidden); a
+    cell's one step has no seq_len, no layers or directions."""
+    seq_len, batch, input_size, hidden = sizes
     layout = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
     cls, kw = mode_kwargs(mode, proj, bias=bias, **({} if cell else layout))
-    ref, mod = rnn_pair(cls + "Cell" * cell, *sizes[2:], backend=backend, dtype=dtype, **kw)
-    x, hx = module_inputs(
-        mode, dtype, sizes, proj=proj, batched=batched, with_hx=with_hx, gen=gen, cell=cell,
-        **layout,
-    )  # fmt: skip
+    ref, mod = rnn_pair(cls + "Cell" * cell, input_size, hidden, backend=backend, dtype=dtype, **kw)
+    lead = (batch,) if batched else ()
+    steps = ((batch, seq_len) if batch_first else (seq_len, batch)) if batched else (seq_len,)
+    x = torch.randn(*(lead if cell else steps), input_size, dtype=dtype, generator=gen)
+    n = () if cell else (num_layers * (2 if bidirectional else 1),)
+    hx = random_state(mode, (*n, *lead), hidden, proj, dtype=dtype, gen=gen) if with_hx else None
     pack = None
     if lengths is not None:
         lengths = sorted(lengths, reverse=True) if enforce_sorted else lengths

@@ -52,8 +52,7 @@ POSITIONAL = {
             (3, 5, 2, "tanh", True, False, 0.5, True),
             (3, 5, 2, "relu", True, False, 0.0, True, 0, "cpu", torch.float64)],
     # the cells: bias, [nonlinearity,] device, dtype
-    "LSTMCell": [(3, 5, False), (3, 5, True, "cpu", torch.float64)],
-    "GRUCell": [(3, 5, False), (3, 5, True, "cpu", torch.float64)],
+    **dict.fromkeys(["LSTMCell", "GRUCell"], [(3, 5, False), (3, 5, True, "cpu", torch.float64)]),
     "RNNCell": [(3, 5), (3, 5, False), (3, 5, False, "tanh", "cpu"), (3, 5, True, "relu"),
                 (3, 5, True, "relu", None, torch.float64)],
 }

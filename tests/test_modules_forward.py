@@ -14,14 +14,12 @@ import itertools
 import pytest
 import torch
 from conftest import MODES
-from module_testlib import LENGTHS, assert_mode_same, assert_same, flatten, mode_pair, module_inputs
+from module_testlib import LENGTHS, MODE_PROJ, assert_mode_same, assert_same, flatten, mode_pair
 
-T, B, I, H, P = 3, 2, 3, 5, 2
+T, B, I, H = 3, 2, 3, 5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-MODE_PROJ = [(m, 0) for m in MODES] + [("LSTM", P)]  # a projection only for the LSTM
 # float64 over the full grid; float32 with fewer layers, always with an initial state
 DTYPE_LAYERS_HX = [(torch.float64, n, hx) for n in (1, 2, 3) for hx in (False, True)]
 DTYPE_LAYERS_HX += [(torch.float32, n, True) for n in (1, 2)]
@@ -128,23 +126,6 @@ def test_lstm_state_forms(cls, x_lead, h_lead, cpu_backend, rnn_pair):
     c = torch.randn(*h_lead, H)
     for hx in ([h, c.double()], (h, c)):
         assert_same(ref, mod, x, hx, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("batch_first", [False, True])
-def test_unbatched_equals_a_batch_of_one(mode, batch_first, cpu_backend, rnn_pair):
-    """The no-batch-dim contract of torch.nn's ModuleInfo tests, checked without torch.nn
-    (against torch.nn, unbatched and batched: test_matches_torch_nn)."""
-    proj = P if mode == "LSTM" else 0
-    layout = dict(num_layers=2, bidirectional=True, batch_first=batch_first)
-    _, mod = mode_pair(rnn_pair, mode, I, H, proj=proj, backend=cpu_backend, **layout)
-    x, hx = module_inputs(mode, torch.float64, (T, B, I, H), proj=proj, batched=False, **layout)
-    out, state = mod(x, hx)
-    batched_hx = tuple(h.unsqueeze(1) for h in hx) if mode == "LSTM" else hx.unsqueeze(1)
-    x1 = x.unsqueeze(0 if batch_first else 1)
-    out1, state1 = mod(x1, batched_hx)
-    want = [out1.squeeze(0 if batch_first else 1), *(s.squeeze(1) for s in flatten(state1))]
-    torch.testing.assert_close(flatten((out, state)), want, rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("cls,x_lead", [("RNN", (T, B)), ("RNNCell", (B,))])

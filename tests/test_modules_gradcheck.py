@@ -60,51 +60,42 @@ def _function(
     return f, (x, *states, *params)
 
 
-# (bidirectional, packed, num_layers): every layout of one layer, and a bidirectional stack
-LAYOUTS = [(False, False, 1), (False, True, 1), (True, False, 1), (True, True, 1), (True, False, 2)]
+# every layout of one layer, a bidirectional stack, and the cell with and without a bias
+BI, PACKED = dict(bidirectional=True), dict(packed=True)
+LAYOUTS = {
+    "uni-dense": {}, "uni-packed": PACKED, "bi-dense": BI, "bi-packed": {**BI, **PACKED},
+    "bi-dense-L2": {**BI, "num_layers": 2}, "cell": dict(cell=True),
+    "cell-no_bias": dict(cell=True, bias=False),
+}  # fmt: skip
+CELL_CASES = [m for m in CASES if m != "LSTM_PROJ"]  # a cell takes no projection
 
 
-@pytest.mark.parametrize("mode", CASES)
 @pytest.mark.parametrize(
-    "bidirectional,packed,num_layers",
-    LAYOUTS,
-    ids=[f"{'bi' if b else 'uni'}-{'packed' if p else 'dense'}-L{n}" for b, p, n in LAYOUTS],
+    "mode,layout", [(m, k) for k in LAYOUTS for m in (CELL_CASES if "cell" in k else CASES)]
 )
-def test_gradcheck(mode, bidirectional, packed, num_layers, cpu_backend):
-    f, inputs = _function(mode, bidirectional, packed, cpu_backend, num_layers)
-    # the full Jacobian for the simplest layout; random projections of it elsewhere
-    fast = bidirectional or packed
+def test_gradcheck(mode, layout, cpu_backend):
+    f, inputs = _function(mode, backend=cpu_backend, **LAYOUTS[layout])
+    # the full Jacobian for the simplest layout and the cell; random projections of it elsewhere
+    fast = layout.startswith("bi") or "packed" in layout
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast)
 
 
-# (backend, mode, bidirectional and packed): torch.nn supports double backward; the
-# reference backend is autograd differentiated twice, the cpu backend has its own
+# (backend, mode, layout): torch.nn supports double backward; the reference backend is
+# autograd differentiated twice, the cpu backend has its own
 GRADGRAD = [
-    *(("reference", mode, bi_packed) for bi_packed in (False, True) for mode in CASES),
-    *(("cpu", mode, False) for mode in CPU_CASES),
-    *(("cpu", mode, True) for mode in ("LSTM", "GRU")),
+    *(("reference", mode, layout) for layout in ("uni-dense", "bi-packed") for mode in CASES),
+    *(("reference", mode, layout) for layout in ("cell", "cell-no_bias") for mode in CELL_CASES),
+    *(("cpu", mode, "uni-dense") for mode in CPU_CASES),
+    *(("cpu", mode, "bi-packed") for mode in ("LSTM", "GRU")),
 ]
 
 
-@pytest.mark.parametrize(
-    "backend,mode,bi_packed",
-    GRADGRAD,
-    ids=[f"{b}-{m}-{'bi-packed' if p else 'uni-dense'}" for b, m, p in GRADGRAD],
-)
-def test_gradgradcheck(backend, mode, bi_packed):
-    f, inputs = _function(mode, bi_packed, bi_packed, backend, cpu=backend == "cpu")
+@pytest.mark.parametrize("backend,mode,layout", GRADGRAD)
+def test_gradgradcheck(backend, mode, layout):
+    f, inputs = _function(mode, backend=backend, cpu=backend == "cpu", **LAYOUTS[layout])
     # the full second-order Jacobian for the cpu backend's dense layout; projections elsewhere
-    fast = bi_packed or backend == "reference"
+    fast = layout != "uni-dense" or backend == "reference"
     assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=fast)
-
-
-@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_cell_gradcheck(mode, bias, cpu_backend):
-    f, inputs = _function(mode, backend=cpu_backend, cell=True, bias=bias)
-    assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
-    if cpu_backend == "reference":
-        assert gradgradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
 @needs_cpu
