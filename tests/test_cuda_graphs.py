@@ -85,8 +85,6 @@ def test_compile_reduce_overhead_matches_eager(backend):
     """``torch.compile(mode="reduce-overhead")`` (Inductor with CUDA-graph trees) around a
     two-layer LSTM: forward and the gradients of input and weights agree with eager calls on
     fresh inputs, over the calls that warm up, record and then replay the graph."""
-    import torch._dynamo
-
     mod, path = _module(backend, "LSTM")
     torch._dynamo.reset()
     compiled = torch.compile(mod, mode="reduce-overhead")
