@@ -225,6 +225,7 @@ def _fused_loop(
     """fusedrnn._C.generate over the whole text, streamed in STREAM_CHUNK pieces."""
     from fusedrnn import backends
     from fusedrnn.functional import MODES
+    from fusedrnn.ops.library import BOOL_OPTIONS
     from fusedrnn.variants import LN_EPS, layer_weights
 
     rnns = list(model.rnns)
@@ -244,7 +245,7 @@ def _fused_loop(
         num_layers=len(rnns),
         has_bias=rnns[0].bias,
         variant_weights=[None if w is None else w.detach() for w in variant_weights],
-        cifg=options.cifg,
+        **{name: getattr(options, name) for name in BOOL_OPTIONS},  # the module's bool fields
         zoneout_h=float(options.zoneout_h),
         zoneout_c=float(options.zoneout_c),
         eps=LN_EPS,
