@@ -3,11 +3,7 @@
 #include <pybind11/functional.h>
 #include <torch/extension.h>
 
-#include "blas.h"
-#include "kernels.h"
-#include "layer_ops.h"
-#include "scratch.h"
-#include "sgemm.h"
+#include "layer_ops.h"  // and through it blas.h, kernels.h, scratch.h, sgemm.h
 
 namespace py = pybind11;
 namespace cpu = fusedrnn::cpu;

@@ -135,41 +135,37 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
   const auto dtype = h.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
               "fusedrnn generate supports float32 and float64 models, got ", dtype);
-  TORCH_CHECK(num_layers >= 1 && length >= 0, "fusedrnn generate: num_layers >= 1, length >= 0");
-  TORCH_CHECK(h.dim() == 3 && h.size(0) == num_layers && h.size(1) >= 1 && h.is_contiguous(),
-              "fusedrnn generate: h must be a contiguous [L, B, H] tensor, got ", h.sizes());
+  const auto need = [](bool ok, const auto&... m) { TORCH_CHECK(ok, "fusedrnn generate: ", m...); };
+  need(num_layers >= 1 && length >= 0, "num_layers >= 1, length >= 0");
+  need(h.dim() == 3 && h.size(0) == num_layers && h.size(1) >= 1 && h.is_contiguous(),
+       "h must be a contiguous [L, B, H] tensor, got ", h.sizes());
   const int64_t B = h.size(1), H = h.size(2), V = dec_w.size(0);
   const bool lstm = kind == Cell::LSTM;
-  TORCH_CHECK(!lstm || (c.has_value() && c->sizes() == h.sizes() && c->is_contiguous() &&
-                        c->scalar_type() == dtype),
-              "fusedrnn generate: LSTM needs a contiguous c shaped like h");
-  TORCH_CHECK(dec_w.dim() == 2 && dec_w.size(1) == H && dec_w.scalar_type() == dtype,
-              "fusedrnn generate: decoder weight must be [V, ", H, "] of the model's dtype");
-  TORCH_CHECK(!dec_b.has_value() || (dec_b->numel() == V && dec_b->scalar_type() == dtype),
-              "fusedrnn generate: decoder bias must have ", V, " elements");
-  TORCH_CHECK(logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
-                  logits.sizes() == at::IntArrayRef({B, V}),
-              "fusedrnn generate: logits must be a contiguous float32 [", B, ", ", V, "] tensor");
-  TORCH_CHECK(!embed.has_value() || (embed->dim() == 2 && embed->size(0) == V &&
-                                     embed->scalar_type() == dtype),
-              "fusedrnn generate: embedding must be [", V, ", E] of the model's dtype");
+  need(!lstm || (c && c->sizes() == h.sizes() && c->is_contiguous() && c->scalar_type() == dtype),
+       "LSTM needs a contiguous c shaped like h");
+  need(dec_w.dim() == 2 && dec_w.size(1) == H && dec_w.scalar_type() == dtype,
+       "decoder weight must be [V, ", H, "] of the model's dtype");
+  need(!dec_b || (dec_b->numel() == V && dec_b->scalar_type() == dtype),
+       "decoder bias must have ", V, " elements");
+  need(logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
+           logits.sizes() == at::IntArrayRef({B, V}),
+       "logits must be a contiguous float32 [", B, ", ", V, "] tensor");
+  need(!embed || (embed->dim() == 2 && embed->size(0) == V && embed->scalar_type() == dtype),
+       "embedding must be [", V, ", E] of the model's dtype");
   const std::string why =
       flat_weights_mismatch(flat_weights, num_layers, has_bias, 0, dtype, "layer weights");
-  TORCH_CHECK(why.empty(), "fusedrnn generate: ", why);
-  TORCH_CHECK(flat_weights[1].dim() == 2 && flat_weights[1].size(1) == H,
-              "fusedrnn generate: w_hh must be [G*H, ", H, "] for h's H, got ",
-              flat_weights[1].sizes());
-  TORCH_CHECK(variant_weights.empty() ||
-                  static_cast<int64_t>(variant_weights.size()) == num_layers * kVariantWeights,
-              "fusedrnn generate: expected ", num_layers * kVariantWeights,
-              " variant weights (7 per layer), got ", variant_weights.size());
-  TORCH_CHECK(variant_weights.empty() || lstm || kind == Cell::GRU,
-              "fusedrnn generate: cell variants exist for LSTM and GRU only");
-  TORCH_CHECK(!half_weights || (dtype == at::kFloat && variant_weights.empty()),
-              "fusedrnn generate: float16 weights are for float32 models of plain cells");
+  need(why.empty(), why);
+  need(flat_weights[1].dim() == 2 && flat_weights[1].size(1) == H, "w_hh must be [G*H, ", H,
+       "] for h's H, got ", flat_weights[1].sizes());
+  const bool variant = !variant_weights.empty();
+  const int64_t n_variant = num_layers * kVariantWeights;
+  need(!variant || static_cast<int64_t>(variant_weights.size()) == n_variant, "expected ",
+       n_variant, " variant weights (7 per layer), got ", variant_weights.size());
+  need(!variant || lstm || kind == Cell::GRU, "cell variants exist for LSTM and GRU only");
+  need(!half_weights || (dtype == at::kFloat && !variant),
+       "float16 weights are for float32 models of plain cells");
   return dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
-    const bool variant = !variant_weights.empty();
     const int64_t E = embed.has_value() ? embed->size(1) : V;
     const int64_t GH = flat_weights[0].size(0);  // w_ih [G*H, E]
     const auto opts = h.options();

@@ -22,9 +22,7 @@
 // The layer around the cell, derived: docs/backward.md; per element: csrc/cell_math.h.
 #include <array>
 
-#include "blas.h"
 #include "layer_ops.h"
-#include "scratch.h"
 
 namespace fusedrnn::cpu {
 
@@ -74,22 +72,15 @@ std::array<at::Tensor, 3> column_sums(const T* a, int64_t lda, bool with_sum, co
   return out;
 }
 
-template <typename T>
-std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
-                                 const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
-                                 const OptTensor& grad_hn, const OptTensor& grad_cn,
-                                 int64_t mask) {
-  const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU, rnn = !lstm && !gru;
-  const bool ln = a.flags.ln, proj = a.w_hr.defined(), direct = direct_gates(a);
-  const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
-  const auto opts = a.x.options();
-  const auto& K = kernels(T{});
-  const VariantFlags& fl = a.flags;
-  auto empty = [&] { return at::empty({0}, opts); };
-  std::vector<at::Tensor> out(15);  // undefined (None) where not computed
-  if (mask == 0) return out;
+}  // namespace
 
-  const auto widths = saved_widths(a);
+template <typename T>
+std::vector<at::Tensor> LayerLoop<T>::backward(const at::Tensor& y_in,
+                                              const std::vector<at::Tensor>& saved,
+                                              const at::Tensor& grad_y, const OptTensor& grad_hn,
+                                              const OptTensor& grad_cn, int64_t mask) const {
+  std::vector<at::Tensor> out(15);  // undefined (None) where not computed
+  const auto widths = saved_widths();
   const auto count = static_cast<size_t>(6 - std::count(widths.begin(), widths.end(), 0));
   TORCH_CHECK(saved.size() == count, "fusedrnn cpu backend: the backward needs the ", count,
               " tensors the forward saved, got ", saved.size());
@@ -100,7 +91,6 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
       TORCH_CHECK(slots[k].numel() == N * widths[k], "fusedrnn cpu backend: the backward needs "
                   "the forward's saved tensors (run the forward with train=True)");
     }
-  const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
   TORCH_CHECK(grad_y.numel() == N * Hout, "fusedrnn cpu backend: grad_y has ", grad_y.numel(),
               " elements, expected ", N * Hout);
   const at::Tensor y = y_in.reshape({N, Hout}).contiguous();    // [N, Hout]
@@ -108,7 +98,6 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   at::Tensor dh_state = state_grad(grad_hn, B, Hout, opts);               // [B, Hout]
   at::Tensor dc_state = lstm ? state_grad(grad_cn, B, H, opts) : empty();  // [B, H]
 
-  const auto dtype = a.x.scalar_type();
   auto tmp = [&](Scratch slot, at::IntArrayRef shape) { return scratch(slot, shape, dtype); };
   at::Tensor dP = tmp(Scratch::kGates, {N, GH});                     // input side
   at::Tensor dS = gru ? tmp(Scratch::kGatesH, {N, GH}) : dP;         // recurrent side (GRU)
@@ -124,10 +113,6 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
           *XH = ptr<T>(slots[4]), *ST = ptr<T>(slots[5]);
   const T* CT = direct ? C : ptr<T>(slots[2]);  // c~_t (direct LSTM: c_t itself)
   const T *yp = ptr<T>(y), *dyp = ptr<T>(dy);
-  const auto [h0, c0, lnhh, lncw, lncb, wch, kh, kc] = row_inputs<T>(a);
-  // dHP_t W_hh and DH_t W_hr: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(false, a.w_hh, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(false, a.w_hr, Scratch::kPackedProj, a.T);
   T *dhs = ptr<T>(dh_state), *dcs = ptr<T>(dc_state), *dPp = ptr<T>(dP), *dSp = ptr<T>(dS),
     *dHPp = ptr<T>(dHP), *dcnp = ptr<T>(dcn), *pcnp = ptr<T>(pcn), *dhtp = ptr<T>(dht),
     *hrawp = ptr<T>(hraw), *dhrawp = ptr<T>(dhraw);
@@ -260,8 +245,6 @@ std::vector<at::Tensor> bwd_impl(const LayerArgs& a, const at::Tensor& y_in,
   return out;
 }
 
-}  // namespace
-
 std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
                                   const std::vector<at::Tensor>& saved, const at::Tensor& grad_y,
                                   const OptTensor& grad_hn, const OptTensor& grad_cn,
@@ -275,8 +258,10 @@ std::vector<at::Tensor> layer_bwd(FRNN_LAYER_PARAMS, const at::Tensor& y,
     if (!optional[k]->has_value()) grad_mask &= ~(kGradBih << k);
   if (cell != "lstm") grad_mask &= ~kGradC0;
   const LayerArgs a = prepare(FRNN_LAYER_ARGS);
+  if (grad_mask == 0) return std::vector<at::Tensor>(15);
   return dispatch_float(a.x.scalar_type(), [&](auto t) {
-    return bwd_impl<decltype(t)>(a, y, saved, grad_y, grad_hn, grad_cn, grad_mask);
+    const LayerLoop<decltype(t)> loop(a, false);
+    return loop.backward(y, saved, grad_y, grad_hn, grad_cn, grad_mask);
   });
 }
 

@@ -18,25 +18,13 @@
 // h_prev is read in place from the previous step's rows of y (plus h0 rows for sequences that
 // start at this step). With train=true the activations overwrite xg and everything the
 // backward needs is kept (see layer_ops.h); otherwise only [B, .] scratch rows are used.
-#include "blas.h"
 #include "layer_ops.h"
-#include "scratch.h"
 
 namespace fusedrnn::cpu {
 
-namespace {
-
 template <typename T>
-std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
-  const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU, rnn = !lstm && !gru;
-  const bool ln = a.flags.ln, proj = a.w_hr.defined(), direct = direct_gates(a);
-  const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
-  const auto steps = schedule(a.batch_sizes, a.T, B, a.reverse);
-  const auto opts = a.x.options();
-  const auto& K = kernels(T{});
-  const VariantFlags& fl = a.flags;
+std::vector<at::Tensor> LayerLoop<T>::forward(bool train) const {
   const T eps = static_cast<T>(a.eps);
-  auto empty = [&] { return at::empty({0}, opts); };
   // The biases enter folded: b_in = b_ih + LN_ih bias on the input side, b_rec = b_hh + LN_hh
   // bias on the recurrent one (GRU: b_hn and the LN bias stay inside r * (.)); direct: all in
   // b_in, which the fused kernel adds.
@@ -48,7 +36,6 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   const at::Tensor b_rec = direct ? empty() : fold(a.b_hh, a.ln_hh_b);
 
   // [N, cols] kept for the backward (an op output) when keep, else `rows` rows of scratch
-  const auto dtype = a.x.scalar_type();
   auto buffer = [&](bool keep, Scratch slot, int64_t rows, int64_t cols) {
     return keep ? pooled_output({N, cols}, dtype) : scratch(slot, {rows, cols}, dtype);
   };
@@ -92,10 +79,6 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   at::Tensor ct = direct ? empty() : buffer(train, Scratch::kWork4, B, H);
   at::Tensor hraw = proj ? at::empty({B, H}, opts) : empty();
 
-  // h_prev W_hh^T and h_raw W_hr^T: weights packed once for all steps and row blocks
-  const StepWeights<T> whh(true, a.w_hh, Scratch::kPackedRecurrent, a.T);
-  const StepWeights<T> whr(true, a.w_hr, Scratch::kPackedProj, a.T);
-  const auto [h0, c0, lnhh, lncw, lncb, wch, kh, kc] = row_inputs<T>(a);
   const T* wco = fl.peep ? wch + (fl.cifg ? 1 : 2) * H : nullptr;
   const T *b_inp = ptr<T>(b_in), *b_recp = ptr<T>(b_rec);
   // null where the configuration has no such buffer (empty)
@@ -175,19 +158,19 @@ std::vector<at::Tensor> fwd_impl(const LayerArgs& a, bool train) {
   if (!a.packed) y = y.view({a.T, B, Hout});
   // what the backward reads, in the order of saved_widths
   std::vector<at::Tensor> out{y, h_n, c_n};
-  const auto widths = saved_widths(a);
+  const auto widths = saved_widths();
   const at::Tensor kept[] = {xg, cs, ct, hh, xh, stats};
   for (int k = 0; k < 6; ++k)
     if (widths[k] > 0) out.push_back(train ? kept[k] : empty());
   return out;
 }
 
-}  // namespace
-
 std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train) {
   c10::NoGradGuard no_grad;
   const LayerArgs a = prepare(FRNN_LAYER_ARGS);
-  return dispatch_float(a.x.scalar_type(), [&](auto t) { return fwd_impl<decltype(t)>(a, train); });
+  return dispatch_float(a.x.scalar_type(), [&](auto t) {
+    return LayerLoop<decltype(t)>(a, true).forward(train);
+  });
 }
 
 }  // namespace fusedrnn::cpu

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "blas.h"
 #include "common.h"
 #include "options.h"
 
@@ -68,30 +69,49 @@ inline bool direct_gates(const LayerArgs& a) {
 
 LayerArgs prepare(FRNN_LAYER_PARAMS);
 
-// The per-row inputs of a layer's step loop, null where the configuration has none (prepare
-// leaves those tensors undefined): h0, c0, ln_hh_w, ln_c_w, ln_c_b, w_ch, keep_h, keep_c.
-template <typename T>
-std::array<const T*, 8> row_inputs(const LayerArgs& a) {
-  return {ptr<T>(a.h0),     ptr<T>(a.c0),   ptr<T>(a.ln_hh_w), ptr<T>(a.ln_c_w),
-          ptr<T>(a.ln_c_b), ptr<T>(a.w_ch), ptr<T>(a.keep_h),  ptr<T>(a.keep_c)};
-}
-
-// What the backward reads, in this order, as the width of each [N, width] tensor, 0 where the
-// configuration has none: act [N, G*H] activations (not RNN: its backward reads y), cs [N, H]
-// the states c_t (LSTM), ct [N, H] c~_t (LSTM, not direct_gates) or the recurrent n part (GRU),
-// hh / xh [N, G*H] the normalised recurrent / input projections (ln), stats [N, 4] (rstd_ih,
-// rstd_hh, mean_c, rstd_c) (ln). fusedrnn/ops/cpu.py::fake_forward follows the same rule.
-inline std::array<int64_t, 6> saved_widths(const LayerArgs& a) {
-  const bool lstm = a.cell == Cell::LSTM, ln = a.flags.ln;
-  const int64_t GH = a.G * a.H, H = a.H;
-  return {lstm || a.cell == Cell::GRU ? GH : 0, lstm ? H : 0, direct_gates(a) ? 0 : H,
-          ln ? GH : 0, ln ? GH : 0, ln ? 4 : 0};
-}
-
 // Forward of one layer in one direction (layer_fwd.cpp). -> {y [T, B, Hout] or [N, Hout],
 // h_n [B, Hout], c_n [B, H] or [0], then the saved_widths of the configuration, each [0] unless
 // train}.
 std::vector<at::Tensor> layer_fwd(FRNN_LAYER_PARAMS, bool train);
+
+// What the forward (layer_fwd.cpp) and the backward (layer_bwd.cpp) of a layer both start
+// from: its cell and dimensions, the step schedule, the per-row inputs of the step loop (null
+// where the configuration has none: prepare leaves those tensors undefined), and W_hh and W_hr
+// packed once for all steps and row blocks (forward: h_prev W_hh^T, h_raw W_hr^T; backward:
+// dHP_t W_hh, dH~_t W_hr).
+template <typename T>
+struct LayerLoop {
+  LayerLoop(const LayerArgs& args, bool forward)
+      : a(args), whh(forward, a.w_hh, Scratch::kPackedRecurrent, a.T),
+        whr(forward, a.w_hr, Scratch::kPackedProj, a.T) {}
+  std::vector<at::Tensor> forward(bool train) const;
+  std::vector<at::Tensor> backward(const at::Tensor& y_in, const std::vector<at::Tensor>& saved,
+                                   const at::Tensor& grad_y, const OptTensor& grad_hn,
+                                   const OptTensor& grad_cn, int64_t mask) const;
+  at::Tensor empty() const { return at::empty({0}, opts); }
+  // What the backward reads, in this order, as the width of each [N, width] tensor, 0 where the
+  // configuration has none: act [N, G*H] activations (not RNN: its backward reads y), cs [N, H]
+  // c_t (LSTM), ct [N, H] c~_t (LSTM, not direct_gates) or the recurrent n part (GRU), hh / xh
+  // [N, G*H] the normalised recurrent / input projections (ln), stats [N, 4] (rstd_ih, rstd_hh,
+  // mean_c, rstd_c) (ln). fusedrnn/ops/cpu.py::fake_forward follows the same rule.
+  std::array<int64_t, 6> saved_widths() const {
+    return {rnn ? 0 : GH, lstm ? H : 0, direct ? 0 : H, ln ? GH : 0, ln ? GH : 0, ln ? 4 : 0};
+  }
+
+  const LayerArgs& a;
+  const bool lstm = a.cell == Cell::LSTM, gru = a.cell == Cell::GRU, rnn = !lstm && !gru;
+  const bool ln = a.flags.ln, proj = a.w_hr.defined(), direct = direct_gates(a);
+  const int64_t G = a.G, H = a.H, Hout = a.Hout, GH = G * H, B = a.B, N = a.N;
+  const std::vector<Step> steps = schedule(a.batch_sizes, a.T, B, a.reverse);
+  const at::TensorOptions opts = a.x.options();
+  const at::ScalarType dtype = a.x.scalar_type();
+  const PointwiseKernels<T>& K = kernels(T{});
+  const VariantFlags& fl = a.flags;
+  const T *h0 = ptr<T>(a.h0), *c0 = ptr<T>(a.c0), *lnhh = ptr<T>(a.ln_hh_w),
+          *lncw = ptr<T>(a.ln_c_w), *lncb = ptr<T>(a.ln_c_b), *wch = ptr<T>(a.w_ch),
+          *kh = ptr<T>(a.keep_h), *kc = ptr<T>(a.keep_c);
+  const StepWeights<T> whh, whr;
+};
 
 // Gradient mask bits, in the order of the backward's outputs (library.py::GRAD_INPUTS).
 enum GradBit : int64_t {
