@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import cuda_host
@@ -43,14 +44,26 @@ def _seed():
     torch.manual_seed(0)
 
 
+@contextlib.contextmanager
+def switched(setter, value, restore):
+    """``setter(value)`` for the block, then ``setter(restore)``, also after a failure."""
+    setter(value)
+    try:
+        yield
+    finally:
+        setter(restore)
+
+
+def num_threads(n: int):
+    return switched(torch.set_num_threads, n, torch.get_num_threads())
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``: tiny tensors
     run fastest, and steadiest on a shared machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with num_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

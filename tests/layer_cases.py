@@ -83,6 +83,7 @@ class Case:
     packed: bool = False  # random non-increasing lengths, the first of length T
     lengths: tuple[int, ...] | None = None  # packed with these lengths instead
     reverse: bool = False
+    batch_first: bool = False  # x transposed in memory, as a batch_first module hands it over
     ln: bool = False
     peep: bool = False
     cifg: bool = False
@@ -124,6 +125,9 @@ def make_inputs(case: Case, dtype: torch.dtype, device="cpu", seed: int = 0) -> 
     k = H**-0.5  # torch.nn's initialisation scale: activations away from saturation
     bs = _batch_sizes(case, gen)
     x = rnd(int(bs.sum()), case.I) if bs is not None else rnd(case.T, case.B, case.I)
+    if case.batch_first:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+        assert not x.is_contiguous()
     lead = x.shape[:-1]
     a = dict(
         cell=case.cell, x=x, h0=rnd(case.B, Hout, scale=0.5),

@@ -30,17 +30,17 @@ T, B, I, H = 5, 3, 4, 6
 TOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
-def _nn_under_autocast(ref, x, dtype):
-    """torch.nn's outputs under CPU autocast. oneDNN's LSTM raises on CPUs without bfloat16
-    or float16 support (as here); what it computes there is the LSTM on the input autocast
-    hands it, so that is run instead."""
+def _autocast(module, x, dtype):
+    """``module(x)`` under CPU autocast to ``dtype``. torch.nn's oneDNN LSTM raises on CPUs
+    without bfloat16 or float16 support (as here); what it computes there is the LSTM on the
+    input autocast hands it, so that is run instead."""
     with torch.autocast("cpu", dtype=dtype):
         try:
-            return ref(x)
+            return module(x)
         except RuntimeError as e:
-            if "primitive" not in str(e) or not isinstance(ref, torch.nn.LSTM):
+            if "primitive" not in str(e) or not isinstance(module, torch.nn.LSTM):
                 raise
-            return ref(x.to(dtype))
+            return module(x.to(dtype))
 
 
 def _compare(got, want, dtype, *, want_dtype=None, atol=None):
@@ -90,10 +90,7 @@ def test_dtype_and_values_against_torch_nn(case, cpu_backend, dtype, rnn_pair):
         pytest.skip("torch.nn returns float32 for bfloat16 inputs under float16 autocast")
     ref, mod = rnn_pair(cls, I, H, backend=cpu_backend, dtype=torch.float32, **kw)
     x = _input(cls, kw, kind)
-    want = _nn_under_autocast(ref, x, dtype)
-    with torch.autocast("cpu", dtype=dtype):
-        got = mod(x)
-    _compare(got, want, dtype, want_dtype=nn_dtype)
+    _compare(_autocast(mod, x, dtype), _autocast(ref, x, dtype), dtype, want_dtype=nn_dtype)
 
 
 @pytest.mark.parametrize(
@@ -122,10 +119,7 @@ def test_variants_under_autocast(backend, cls, kw, dtype):
     module run in float32)."""
     mod = getattr(fusedrnn, cls)(I, H, backend=backend, **kw)
     x = torch.randn(T, B, I)
-    want = mod(x)
-    with torch.autocast("cpu", dtype=dtype):
-        got = mod(x)
-    _compare(got, want, dtype, want_dtype=torch.float32)
+    _compare(_autocast(mod, x, dtype), mod(x), dtype, want_dtype=torch.float32)
 
 
 # ---- triton, under the interpreter ------------------------------------------------------
@@ -146,10 +140,7 @@ def test_triton_under_autocast(cls, batch_first, path, rnn_pair):
     ref, mod = rnn_pair(cls, I, H, batch_first=batch_first, backend="triton", dtype=torch.float32)
     x = _input(cls, {"batch_first": batch_first})
     with tb.kernel_path(path):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = flatten(mod(x))
-        with torch.autocast("cpu", dtype=torch.float16):
-            got = mod(x)
+        bf16, got = flatten(_autocast(mod, x, torch.bfloat16)), _autocast(mod, x, torch.float16)
     assert all(t.dtype == torch.bfloat16 for t in bf16) and bf16[0].shape == (*x.shape[:2], H)
     # torch.nn's CPU modules cannot run float16 here (oneDNN); its math on the values
     # autocast hands the layer, in float32
@@ -183,6 +174,5 @@ def test_compiled_under_autocast(cpu_backend):
     x = torch.randn(T, B, I)
     torch._dynamo.reset()
     compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got, want = compiled(x), mod(x)
+    got, want = (_autocast(m, x, torch.bfloat16) for m in (compiled, mod))
     _compare(got, want, torch.bfloat16, atol=0)

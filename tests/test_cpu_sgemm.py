@@ -15,9 +15,10 @@ import itertools
 import layer_cases
 import pytest
 import torch
+from conftest import num_threads, switched
 from layer_cases import Case
 from misc_testlib import needs_cpu
-from test_cpu_backend import needs_test_hooks, num_threads, switched
+from test_cpu_backend import needs_test_hooks
 
 from fusedrnn.ops import cpu, reference
 
@@ -50,16 +51,12 @@ def strided(rows, cols, g, pad=3):
 
 SHAPES = [  # (m, n, k): edges of the 6-row / 16- and 32-column tiles and of the 256-deep K blocks;
     # A is read in place (its last panel packed) unless transposed or 4 KiB-strided
-    (128, 16, 256),
-    (129, 17, 257),
+    (128, 16, 256), (129, 17, 257),
     (133, 1, 1),  # k == 1 goes to the BLAS (an outer product)
     (140, 18, 2),  # the smallest k the packed kernel takes
-    (150, 40, 513),
-    (300, 7, 31),
-    (144, 33, 600),
-    (290, 64, 255),
+    (150, 40, 513), (300, 7, 31), (144, 33, 600), (290, 64, 255),
     (133, 20, 1021),  # A's rows 1024 floats apart (k + 3): A packed, not read in place
-]
+]  # fmt: skip
 
 
 def gemm_vs_float64(ta, tb, alpha, A, B, beta, C, *, rtol, atol, what):
@@ -104,8 +101,7 @@ def compare_to_float64(case: Case, seed: int) -> None:
     truth = results(reference.layer, torch.float64)
     ref32, got = results(reference.layer, torch.float32), results(cpu.layer, torch.float32)
     for i, (t, r, c) in enumerate(zip(truth, ref32, got, strict=True)):
-        err_ref = (r - t).abs().max().item()
-        err = (c - t).abs().max().item()
+        err_ref, err = ((v - t).abs().max().item() for v in (r, c))
         assert err <= 4 * err_ref + 1e-6 * (1 + t.abs().max().item()), (
             f"result {i}: cpu float32 error {err:.3g}, reference float32 error {err_ref:.3g}"
         )

@@ -23,7 +23,7 @@ from misc_testlib import needs_cpu, needs_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
-from fusedrnn.ops import cpu, library
+from fusedrnn.ops import cpu, cuda, library
 
 LAYOUTS = ("dense", "batch_first", "packed", "dense_reverse", "packed_reverse")
 # every layout in float64, the layouts whose fakes differ most in float32 (kept few: the
@@ -53,18 +53,16 @@ def _inputs(cell: str, layout: str, dtype: torch.dtype, variant=False, device="c
     (LSTM) peepholes."""
     options = dict(ln=True, peep=cell == "lstm", zone="hc") if variant else {}
     lengths, reverse = (3, 2) if layout.startswith("packed") else None, layout.endswith("reverse")
-    case = Case(cell, T=3, B=2, I=3, H=4, proj=proj, lengths=lengths, reverse=reverse, **options)
-    a = make_inputs(case, dtype, device)
-    if layout == "batch_first":  # as a batch_first module hands it over
-        a["x"] = a["x"].transpose(0, 1).contiguous().transpose(0, 1)
-    return a
+    case = Case(cell, T=3, B=2, I=3, H=4, proj=proj, lengths=lengths, reverse=reverse,
+                batch_first=layout == "batch_first", **options)  # fmt: skip
+    return make_inputs(case, dtype, device)
 
 
-def _run_and_capture(layer, a: dict):
-    """The fusedrnn op calls of a forward and a backward into every output."""
+def _captured(layer, a: dict) -> tuple:
+    """A forward and a backward into every output (outputs and gradients, as
+    layer_cases.outputs_and_grads), and the fusedrnn op calls (op, args, kwargs) they made."""
     with _Capture() as cap:
-        outputs_and_grads(layer, a)
-    return cap.calls
+        return outputs_and_grads(layer, a), cap.calls
 
 
 def _regrad(op: torch._ops.OpOverload, args: tuple) -> tuple:
@@ -87,7 +85,7 @@ def _check(layer, layout, dtype, variant, cells=None, device="cpu", proj=0) -> s
     seen = set()
     for cell in cells or (VARIANT_CELLS if variant else PLAIN_CELLS):
         a = _inputs(cell, layout, dtype, variant, device, proj)
-        for op, args, kw in _run_and_capture(layer, a):
+        for op, args, kw in _captured(layer, a)[1]:
             seen.add(op.name())
             torch.library.opcheck(op, _regrad(op, args), kw)  # all of its tests
     return seen
@@ -120,10 +118,9 @@ def test_eager_calls_run_the_op_bodies_only_while_unwatched(cell, monkeypatch):
     a = _inputs(cell, "dense", torch.float64)
     direct = outputs_and_grads(cpu.layer, a)
     assert answers == [True, True]  # forward, backward
-    with _Capture() as cap:
-        watched = outputs_and_grads(cpu.layer, a)
+    watched, calls = _captured(cpu.layer, a)
     assert answers[2:] == [False]  # a watched forward runs its backward as an op too
-    assert {op.name() for op, _, _ in cap.calls} == _ops("cpu")
+    assert {op.name() for op, _, _ in calls} == _ops("cpu")
     with torch.profiler.profile() as prof:
         profiled = outputs_and_grads(cpu.layer, a)
     assert answers[3:] == [False]
@@ -135,7 +132,7 @@ def test_eager_calls_run_the_op_bodies_only_while_unwatched(cell, monkeypatch):
 def test_cpu_variant_gru_outputs_are_deterministic():
     """Every output is a function of the inputs: the GRU's layer-norm statistics [N, 4] use two
     columns, and the other two must not carry whatever the allocator left there."""
-    op, a, kw = _run_and_capture(cpu.layer, _inputs("gru", "dense", torch.float32, True))[0]
+    op, a, kw = _captured(cpu.layer, _inputs("gru", "dense", torch.float32, True))[1][0]
     a = [t.detach() if isinstance(t, torch.Tensor) else t for t in a]
     outs = []
     for fill in (7.0, 9.0):
@@ -146,21 +143,19 @@ def test_cpu_variant_gru_outputs_are_deterministic():
 
 
 @needs_interpreter
-@pytest.mark.parametrize(  # variant layers run kernels of their own, whatever the path
-    "variant,path",
-    [(False, "step"), (False, "cooperative"), (False, "persistent"), (True, None)],
-    ids=["step", "cooperative", "persistent", "variant"],
-)
+# variant layers run kernels of their own, whatever the path
+@pytest.mark.parametrize("path", ["step", "cooperative", "persistent", "variant"])
 @pytest.mark.parametrize("layout,dtype", CASES)
-def test_triton_ops(layout, dtype, variant, path):
+def test_triton_ops(layout, dtype, path):
     from fusedrnn.ops import triton as tb
     from fusedrnn.ops.triton.layer_op import layer
 
     if path == "persistent" and dtype == torch.float64:
         pytest.skip("the persistent kernels do not take float64")
     # one cell per case, in turn, to keep the interpreter's time down
+    variant = path == "variant"
     cells = VARIANT_CELLS if variant else PLAIN_CELLS
-    with tb.kernel_path(path):
+    with tb.kernel_path(None if variant else path):
         seen = _check(layer, layout, dtype, variant, (cells[LAYOUTS.index(layout) % len(cells)],))
     assert seen == _ops("triton")
 
@@ -171,8 +166,6 @@ def test_triton_ops(layout, dtype, variant, path):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_ops(backend, layout, dtype):
     """The GPU backends' ops on CUDA tensors (the cuda ops load only in a CUDA build)."""
-    from fusedrnn.ops import cuda
-
     if backend == "cuda" and not cuda.is_available():
         pytest.skip("the CUDA extension is not built")
     layer = cuda.layer if backend == "cuda" else importlib.import_module(TRITON_OPS).layer
@@ -183,7 +176,6 @@ def test_gpu_ops(backend, layout, dtype):
 def test_triton_every_custom_op_is_covered():
     """No op in the fusedrnn namespace escapes the checks above (named "triton" so that the
     interpreter run, where the triton ops can load, executes it too)."""
-    importlib.import_module("fusedrnn.ops.cuda")
     if triton_interpreting():
         importlib.import_module(TRITON_OPS)
     # the CUDA tests register the cuda op factories over a CPU build of the kernels under

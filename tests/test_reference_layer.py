@@ -60,11 +60,6 @@ def test_empty_sequence():
     assert y.shape == (0, 7) and torch.equal(h_n, a["h0"])
 
 
-def test_unknown_cell_is_a_value_error():
-    with pytest.raises(ValueError, match=r"unknown cell 'peephole'; expected one of"):
-        call(layer, {**make_inputs(Case("lstm"), D), "cell": "peephole"})
-
-
 def test_step_slices():
     assert step_slices(None, 3, 2, False) == [(0, 0, 2), (1, 2, 2), (2, 4, 2)]
     assert step_slices(None, 3, 2, True) == [(2, 4, 2), (1, 2, 2), (0, 0, 2)]
