@@ -92,8 +92,7 @@ class Job:
 def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     """Run every launcher for every flag-steering input combination of one shape (B, H, Hout
     with projection), layout and direction; the caller captures the launches."""
-    from fusedrnn.ops.checks import GATES, VARIANT_CELLS, gate_count
-    from fusedrnn.ops.library import BOOL_OPTION_CELLS, BOOL_OPTIONS
+    from fusedrnn.ops.checks import GATES, OPTION_CELLS, VARIANT_CELLS, gate_count
     from fusedrnn.ops.triton import step, variant_step
     from fusedrnn.ops.triton.cellmath import option_bits
     from fusedrnn.ops.triton.configs import pick_persistent_config
@@ -142,12 +141,11 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
         lstm = cell == "lstm"
         # peephole, projection, zoneout of c and dCs: LSTM only; each bool option where it applies
         zones_c = (0, 1, 2) if lstm else (0,)
-        on = [bools if cell in BOOL_OPTION_CELLS.get(n, VARIANT_CELLS) else (False,)
-              for n in BOOL_OPTIONS]  # fmt: skip
+        on = [bools if cell in cells else (False,) for cells in OPTION_CELLS.values()]
         for ln, peep, proj, zh, zc, *flags in itertools.product(
             bools, *[lstm_only[cell]] * 2, (0, 1, 2), zones_c, *on
         ):
-            options = dict(zip(BOOL_OPTIONS, flags, strict=True))
+            options = dict(zip(OPTION_CELLS, flags, strict=True))
             G = gate_count(cell, options["cifg"])
             hout = Hp if proj else H
             lnc = opt(ln and lstm, H)

@@ -8,11 +8,20 @@ themselves (names, types, defaults) are rows of :data:`fusedrnn.ops.library.LAYE
 
 from __future__ import annotations
 
-from .library import BOOL_OPTION_CELLS, N_POSITIONAL, OPTION_TENSORS, LayerArgs, is_variant
+from .library import (
+    BOOL_OPTION_CELLS,
+    BOOL_OPTIONS,
+    N_POSITIONAL,
+    OPTION_TENSORS,
+    LayerArgs,
+    is_variant,
+)
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 VARIANT_CELLS = ("lstm", "gru")  # the cells that take the variant options
+# the cells that take each bool option: those of library.BOOL_OPTION_CELLS, else every variant cell
+OPTION_CELLS = {name: BOOL_OPTION_CELLS.get(name, VARIANT_CELLS) for name in BOOL_OPTIONS}
 
 
 def gate_count(cell: str, cifg: bool = False) -> int:
@@ -42,7 +51,7 @@ def check_cell_and_options(a: LayerArgs) -> None:
         return check_cell(cell)
     if cell not in VARIANT_CELLS:
         raise ValueError(f"cell variants exist for {VARIANT_CELLS}, got {cell!r}")
-    for name, cells in BOOL_OPTION_CELLS.items():
+    for name, cells in OPTION_CELLS.items():
         if getattr(a, name) and cell not in cells:
             raise ValueError(f"{name} is {' / '.join(c.upper() for c in cells)}-only")
     is_lstm = cell == "lstm"

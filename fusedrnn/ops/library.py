@@ -76,7 +76,8 @@ OPTION_TENSORS = tuple(  # the tensor-valued options
 # this order from one list (csrc/options.h::FRNN_BOOL_OPTIONS).
 BOOL_OPTIONS = tuple(name for name, ty, _ in LAYER_ARGS if name in OPTION_DEFAULTS and ty == "bool")
 # The bool options that only some of the variant cells (LSTM, GRU) take, with those cells:
-# checks.py rejects them for the others, the compile report walks them only there.
+# checks.OPTION_CELLS completes it (checks rejects a bool option elsewhere, the compile report
+# walks it only there).
 BOOL_OPTION_CELLS = {"cifg": ("lstm",)}
 GRAD_INPUTS = tuple(name for name, _, diff in LAYER_ARGS if diff)
 _GRAD_POS = tuple(k for k, (_, _, diff) in enumerate(LAYER_ARGS) if diff)
