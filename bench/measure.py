@@ -223,6 +223,27 @@ def own_sgemm_peak_gflops(threads: int, n: int = 2048, min_run_time: float = 1.0
     )
 
 
+def read_gbs(nbytes: int, threads: int, repeats: int = 50) -> float:
+    """Best GB/s at which ``threads`` threads read ``nbytes`` that are already in cache: the
+    best of ``repeats`` calls of ``torch.sum`` over a float32 buffer of that size, less the best
+    time of the same call on one element (its fixed cost, a few µs, which would otherwise
+    understate the rate of small buffers). What bounds a batch-1 step, which reads each weight
+    once."""
+
+    def best_s(buf: torch.Tensor) -> float:
+        best = math.inf
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            buf.sum()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    buf = torch.rand(max(nbytes // 4, 1))
+    with set_threads(threads):
+        fixed, total = best_s(torch.rand(1)), best_s(buf)
+    return buf.numel() * 4 / max(total - fixed, 1e-9) / 1e9
+
+
 # 10 independent FMA chains: Zen 3 and recent Intel cores retire 2 FMAs per cycle with a 4-5
 # cycle latency, so 8-10 chains in flight keep both units busy. Different start values stop the
 # compiler from merging identical chains into one.

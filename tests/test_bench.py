@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ceilings
 import charlm_speed
 import costmodel
 import measure
@@ -18,7 +19,7 @@ import pytest
 import run as bench_run
 import torch
 import variants as bench_variants
-from misc_testlib import BENCH, ROOT, csv_rows, run_python
+from misc_testlib import BENCH, ROOT, csv_rows, needs_cpu, run_python
 
 
 def _small_run(script: str, out: Path, args: str, holds: str, says: str = ""):
@@ -310,6 +311,37 @@ def test_cells_bench_small(tmp_path):
     for r in rows:
         t, f = float(r["torch_us"]), float(r["fusedrnn_us"])
         assert t > 0 and f > 0 and math.isclose(float(r["speedup"]), t / f, rel_tol=2e-2)
+
+
+@needs_cpu
+def test_ceilings_small(tmp_path):
+    """bench/ceilings.py: every configuration's ceiling is torch.nn's time over its work at the
+    row's best rate (FLOPs at the FMA peak, or the step's weight bytes at the read rate)."""
+    args = (
+        "--batch 3 --steps 4 --input 8 --layers 1 --hidden 8,16 --step-hidden 16 --cells lstm,gru "
+        "--rounds 1 --seconds 0.02 --gemm-n 64"
+    )
+    rows, _ = _small_run("ceilings.py", tmp_path, args, "| gru | forward+backward | 16 |")
+    assert [(r["cell"], r["mode"], r["H"]) for r in rows] == [
+        ("lstm", "step", "16"), ("gru", "step", "16"),
+        *((c, m, h) for h in ("8", "16") for m in ("fwd", "fwdbwd") for c in ("lstm", "gru")),
+    ]  # fmt: skip
+    for r in rows:
+        t_nn, work = float(r["torch_nn_ms"]) / 1e3, float(r["work"])
+        assert math.isclose(float(r["speedup"]), t_nn * 1e3 / float(r["fusedrnn_ms"]), rel_tol=2e-2)
+        if r["mode"] == "step":  # 1 layer of 16 units on 8 inputs, float32, by hand
+            gates = 4 if r["cell"] == "lstm" else 3
+            assert work == 4 * gates * 16 * (8 + 16 + 2)
+            rate = float(r["best_rate"]) * 1e9
+        else:
+            h = int(r["H"])
+            assert work == measure.mode_flops(r["mode"], r["cell"], 3, 4, 8, h, 1)
+            assert float(r["ceiling_gemm"]) > 0
+            if r["best_rate"] == "":  # no FMA peak measured on this machine
+                continue
+            rate = float(r["best_rate"]) * 1e9
+        assert math.isclose(float(r["ceiling"]), t_nn * rate / work, rel_tol=2e-2)
+    assert ceilings.ceiling(2.0, 10.0, 20.0) == 4.0 and ceilings.ceiling(2.0, 10.0, None) is None
 
 
 @pytest.mark.parametrize("warmup,iters,block", [(0, 1, 2), (3, 15, 6), (1, 7, 3), (2, 4, 10)])
