@@ -11,7 +11,8 @@ the work can take here:
   math, layer glue and memory traffic not counted, so the true bound is lower) at the FMA peak
   of ``--threads`` cores (``measure.fma_gflops_one_core``). A second, practical ceiling takes
   the best square-GEMM rate measured in the same run instead (torch.mm or fusedrnn's packed
-  GEMM on 2048² float32): no recurrent layer's small per-step products run faster than that.
+  GEMM on 2048² float32), a rate that a recurrent layer's small per-step products seldom
+  reach.
 * a single step at batch 1: every weight is read once (about 2 FLOPs per 4-byte weight, so the
   reads bound it, not the FMAs), at the best rate ``--threads`` threads read that many bytes
   already in cache (``measure.read_gbs``).
