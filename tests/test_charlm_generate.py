@@ -97,7 +97,7 @@ MATCHES = (  # (the model, how it is sampled): pytest ids name both
         dict(prime="", length=40, seed=8, context=["Before we proceed\n", "hear me speak.\n"]))]
     # float16 weights: the float16 product is the float32 one on the widened weights, sum for
     # sum; H = 21 and E = 11 give column blocks of 8, 4 and 1 and a tail of each dot product
-    + [(dict(cell=c, embed=e, hidden=21),
+    + [(dict(cell=c, embed=e, hidden=21 if e else 24),
         dict(prime="Fir", length=150, num_samples=n, seed=5, half=True))
        for c in ("lstm", "gru", "rnn", "rnn_relu") for e in (11, 0) for n in (1, 3)]
 )  # fmt: skip

@@ -118,13 +118,12 @@ def generate_batch(
     if fused and why_not:
         raise DataError(f"the fused sampling loop cannot run this model: {why_not}")
     use_fused = why_not is None if fused is None else fused
-    if half_weights and not use_fused:
-        model = half_weight_model(model)
-    elif half_weights:
-        _weight_matrices(model)  # the range check
     was_training = model.training
     model.eval()
     try:
+        # with half_weights both loops read the prime through a rounded copy; the fused loop
+        # then keeps the same rounded values itself, the Python loop runs on the copy
+        rounded = half_weight_model(model) if half_weights else model
         device = model.decoder.weight.device
         usable = [c for c in (context or []) if c and not vocab.unknown(c)]
         if prime:
@@ -134,7 +133,7 @@ def generate_batch(
         else:
             seed = "\n" if "\n" in vocab.stoi else vocab.chars[0]
         ids = torch.tensor([vocab.encode(seed)] * num_samples, dtype=torch.long, device=device)
-        logits, states, _ = model.forward_layers(ids)  # ids [B, P]
+        logits, states, _ = rounded.forward_layers(ids)  # ids [B, P]
         last = logits[:, -1].float().cpu()  # [B, V]; choices are made on the CPU generator
         emit = None if on_text is None else lambda row: on_text(vocab.decode(row))
         if use_fused:
@@ -144,7 +143,7 @@ def generate_batch(
             )  # fmt: skip
         else:
             chosen = _python_loop(
-                model, states, last, length, temperature, top_k, argmax, generator, emit
+                rounded, states, last, length, temperature, top_k, argmax, generator, emit
             )
         return [vocab.decode(row) for row in chosen.tolist()]
     finally:
