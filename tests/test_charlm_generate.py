@@ -96,7 +96,8 @@ MATCHES = (  # (the model, how it is sampled): pytest ids name both
        (dict(cell="gru", hidden=10),
         dict(prime="", length=40, seed=8, context=["Before we proceed\n", "hear me speak.\n"]))]
     # float16 weights: the float16 product is the float32 one on the widened weights, sum for
-    # sum; H = 21 and E = 11 give column blocks of 8, 4 and 1 and a tail of each dot product
+    # sum; H = 21 and E = 11 give column blocks of 8, 4 and 1 and a tail of each dot product,
+    # H = 24 the fused loop's interleaved blocks (w_hh, the second layer's w_ih)
     + [(dict(cell=c, embed=e, hidden=21 if e else 24),
         dict(prime="Fir", length=150, num_samples=n, seed=5, half=True))
        for c in ("lstm", "gru", "rnn", "rnn_relu") for e in (11, 0) for n in (1, 3)]

@@ -50,7 +50,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A
     return;
   }
   if (m <= kSmallM && !ta && tb && alpha == T(1))
-    return kernels(T{}).gemm_small_m(m, n, k, A, lda, B, ldb, beta, C, ldc);
+    return kernels(T{}).gemm_small_m(m, n, k, A, lda, B, ldb, beta, C, ldc, false);
   // float32: below kSgemmMinM rows packing op(B) on every call costs more than the kernel saves
   // (the step loops pack their weights once: StepWeights). A product with k == 1 (the weight
   // gradients of a single step at batch 1, an outer product) goes to the BLAS: its cost is

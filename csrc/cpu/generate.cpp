@@ -194,7 +194,8 @@ at::Tensor generate(FRNN_GENERATE_PARAMS) {
     // step would compute it (StackStep::input_products), and looked up per character.
     std::vector<T> table, gates0;
     if (!variant) {
-      stack.emplace(kind, flat_weights, num_layers, has_bias, 0, B, E, half_weights);
+      stack.emplace(kind, flat_weights, num_layers, has_bias, 0, B, E, half_weights,
+                    /*interleave=*/true);
       h_next = at::empty_like(h);
       if (lstm) c_next = at::empty_like(*c);
       if (B <= kSmallM) {

@@ -70,13 +70,17 @@ struct PointwiseKernels {
   // Elman RNN backward: dg = act'(h) * (dy + dh).
   void (*rnn_bwd)(bool relu, int64_t n, const T* h, const T* dy, const T* dh, T* dg);
   // Row-major C[m, n] = A[m, k] B^T + beta C with B stored [n, k], for m of a few rows
-  // (sampling steps); with beta == 0 C is not read.
+  // (sampling steps); with beta == 0 C is not read. interleaved (float, ldb == k, k % 8 == 0):
+  // each block of eight rows [8, k] starting at a multiple of 8 is stored [k/8][8 rows][8]
+  // (StackStep::interleave), the last n % 8 rows as they are, so that a block is read front to
+  // back; the sums are those of the plain layout, bit for bit.
   void (*gemm_small_m)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
-                       int64_t ldb, T beta, T* C, int64_t ldc);
+                       int64_t ldb, T beta, T* C, int64_t ldc, bool interleaved);
   // The same with B stored as IEEE float16 bits [n, k]: each C value is the sum gemm_small_m
   // forms from the widened B (sampling with weights rounded to half precision).
   void (*gemm_small_m_half)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
-                            const uint16_t* B, int64_t ldb, T beta, T* C, int64_t ldc);
+                            const uint16_t* B, int64_t ldb, T beta, T* C, int64_t ldc,
+                            bool interleaved);
 
   // The row kernels. Layer-norm statistics of v[0, n): mean and 1 / sqrt(biased var + eps),
   // two passes.

@@ -149,10 +149,12 @@ inline typename Vec32<T>::type load_lanes(const W* p) {
 
 // Each C[b, j] is the dot product of A's row b with B's row j, summed in an order that depends
 // on j's block and k only; the batch loop sits inside each block of B's rows, so that a block
-// read once from memory serves every row of A from L1.
+// read once from memory serves every row of A from L1. With interleaved (see kernels.h) the
+// eight-row blocks are read front to back, the same products in the same order.
 template <typename T, typename W>
 void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_t lda,
-                  const W* __restrict B, int64_t ldb, T beta, T* __restrict C, int64_t ldc) {
+                  const W* __restrict B, int64_t ldb, T beta, T* __restrict C, int64_t ldc,
+                  bool interleaved) {
   using V = typename Vec32<T>::type;
   constexpr int64_t kLanes = sizeof(V) / sizeof(T);
   const int64_t kv = k / kLanes * kLanes;
@@ -175,22 +177,30 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
     // Eight rows of B at a time, one accumulator each (eight independent FMA chains), and
     // the eight lane sums done together by a shuffle tree (sum8): at k of a few hundred,
     // sequential lane sums per row cost as much as the products themselves.
-    for (; j + 8 <= n; j += 8) {
-      const W* __restrict w = B + j * ldb;
-      for (int64_t b = 0; b < m; ++b) {
-        const T* __restrict a = A + b * lda;
-        V s[8] = {};
-        for (int64_t q = 0; q < kv; q += kLanes) {
-          const V av = load(a + q);
+    // lanes [q, q + 8) of the block's row u: plain rows, or the [k/8][8][8] block (k % 8 == 0)
+    const auto blocks = [&](auto il) {
+      for (; j + 8 <= n; j += 8) {
+        const W* __restrict w = B + j * ldb;
+        for (int64_t b = 0; b < m; ++b) {
+          const T* __restrict a = A + b * lda;
+          V s[8] = {};
+          for (int64_t q = 0; q < kv; q += kLanes) {
+            const V av = load(a + q);
 #pragma GCC unroll 8
-          for (int u = 0; u < 8; ++u) s[u] += av * wload(w + u * ldb + q);
+            for (int u = 0; u < 8; ++u)
+              s[u] += av * wload(il ? w + (q + u) * 8 : w + u * ldb + q);
+          }
+          const V sums = sum8(s);
+          T r[8];
+          std::memcpy(r, &sums, sizeof(V));
+          for (int64_t u = 0; u < 8; ++u) finish(r[u], a, w + u * ldb, C + b * ldc + j + u);
         }
-        const V sums = sum8(s);
-        T r[8];
-        std::memcpy(r, &sums, sizeof(V));
-        for (int64_t u = 0; u < 8; ++u) finish(r[u], a, w + u * ldb, C + b * ldc + j + u);
       }
-    }
+    };
+    if (interleaved)
+      blocks(std::true_type{});
+    else
+      blocks(std::false_type{});
   }
   for (; j + 4 <= n; j += 4) {
     const W* __restrict w = B + j * ldb;
@@ -230,11 +240,15 @@ void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* __restrict A, int64_
 #else
 template <typename T, typename W>
 void gemm_small_m(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const W* B,
-                  int64_t ldb, T beta, T* C, int64_t ldc) {
+                  int64_t ldb, T beta, T* C, int64_t ldc, bool interleaved) {
+  const int64_t blocked = interleaved ? n / 8 * 8 : 0;  // rows in [k/8][8][8] blocks
+  auto at = [&](int64_t j, int64_t q) {
+    return j < blocked ? B[j / 8 * 8 * ldb + q / 8 * 64 + j % 8 * 8 + q % 8] : B[j * ldb + q];
+  };
   for (int64_t b = 0; b < m; ++b)
     for (int64_t j = 0; j < n; ++j) {
       T r = 0;
-      for (int64_t q = 0; q < k; ++q) r += A[b * lda + q] * T(widen(B[j * ldb + q]));
+      for (int64_t q = 0; q < k; ++q) r += A[b * lda + q] * T(widen(at(j, q)));
       C[b * ldc + j] = beta == T(0) ? r : r + beta * C[b * ldc + j];
     }
 }

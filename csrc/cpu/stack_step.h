@@ -23,8 +23,12 @@ class StackStep {
   // layer reads I0 features. half: w_ih and w_hh are kept rounded to float16 (half the bytes
   // each step streams) and widened in the products, which then equal float32 products with the
   // rounded weights (callers pass it for float32 stacks without projection only: generate).
+  // interleave: a caller that runs many steps (generate) has the float32 weights that the
+  // small-row product reads stored in its interleaved layout (kernels.h), packed once: a block
+  // is then read front to back, which streams weights beyond the L2 cache about a fifth faster
+  // on the AMD CPUs measured; the sums do not change.
   StackStep(Cell cell, const std::vector<at::Tensor>& w, int64_t L, bool has_bias, int64_t proj,
-            int64_t B, int64_t I0, bool half = false)
+            int64_t B, int64_t I0, bool half = false, bool interleave = false)
       : cell_(cell), L_(L), B_(B), proj_(proj), H_(w[0].size(0) / num_gates(cell)),
         Hout_(proj > 0 ? proj : H_), GH_(num_gates(cell) * H_), half_(half) {
     const int64_t GH = GH_, per_layer = weights_per_layer(has_bias, proj);
@@ -44,6 +48,16 @@ class StackStep {
       if (half) {
         y.w_ih = to_half(y.w_ih, l, "w_ih");
         y.w_hh = to_half(y.w_hh, l, "w_hh");
+      }
+      // the small-row product reads them (half, or few rows) and its 8-row blocks exist (float)
+      const bool small = std::is_same_v<T, float> && (half || B <= kSmallM);
+      if (interleave && small && I % 8 == 0) {
+        y.w_ih = interleaved(y.w_ih);
+        y.il_ih = true;
+      }
+      if (interleave && small && Hout_ % 8 == 0) {
+        y.w_hh = interleaved(y.w_hh);
+        y.il_hh = true;
       }
       y.bias.assign(GH, T(0));
       y.bias_hn.assign(H_, T(0));
@@ -125,6 +139,7 @@ class StackStep {
  private:
   struct Layer {
     at::Tensor w_ih, w_hh, w_hr;  // [G*H, I], [G*H, Hout], [Hout, H] (projection); half: float16
+    bool il_ih = false, il_hh = false;  // w_ih, w_hh in the interleaved layout
     std::vector<T> bias;          // [G*H]: b_ih + b_hh (GRU: b_ih + (b_hr, b_hz, 0))
     std::vector<T> bias_hn;       // [H]: b_hn (GRU)
   };
@@ -132,13 +147,26 @@ class StackStep {
   void product(const Layer& y, bool input, int64_t rows, int64_t c0, int64_t c1, const T* A,
                T beta, T* C, int64_t ldc) const {
     const at::Tensor& W = input ? y.w_ih : y.w_hh;
+    const bool il = input ? y.il_ih : y.il_hh;
     const int64_t k = W.size(1);
     if (half_) {  // any number of rows: the block of W rows is reused from L1 for each
       const auto* Wh = reinterpret_cast<const uint16_t*>(W.const_data_ptr<at::Half>()) + c0 * k;
-      kernels(T{}).gemm_small_m_half(rows, c1 - c0, k, A, k, Wh, k, beta, C + c0, ldc);
+      kernels(T{}).gemm_small_m_half(rows, c1 - c0, k, A, k, Wh, k, beta, C + c0, ldc, il);
       return;
     }
+    if (il)  // c0 is a multiple of 16 (parallel_columns): its blocks are the packed ones
+      return kernels(T{}).gemm_small_m(rows, c1 - c0, k, A, k, ptr<T>(W) + c0 * k, k, beta,
+                                       C + c0, ldc, true);
     gemm<T>(false, true, rows, c1 - c0, k, T(1), A, k, ptr<T>(W) + c0 * k, k, beta, C + c0, ldc);
+  }
+  // W [n, k] with each block of eight rows stored [k/8][8][8] (the interleaved layout of
+  // kernels.h), the last n % 8 rows as they are.
+  static at::Tensor interleaved(const at::Tensor& W) {
+    const int64_t n = W.size(0), k = W.size(1), nb = n / 8 * 8;
+    at::Tensor out = W.clone();
+    out.narrow(0, 0, nb).view({nb / 8, k / 8, 8, 8}).copy_(
+        W.narrow(0, 0, nb).view({nb / 8, 8, k / 8, 8}).permute({0, 2, 1, 3}));
+    return out;
   }
   static at::Tensor to_half(const at::Tensor& w, int64_t l, const char* name) {
     const double top = w.numel() == 0 ? 0.0 : w.abs().max().item<double>();
