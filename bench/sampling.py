@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.measure import results_markdown, run_standalone, standalone_parser  # noqa: E402
+from bench.measure import read_gbs, results_markdown, run_standalone, standalone_parser  # noqa: E402
 from fusedrnn.charlm.data import Vocab  # noqa: E402
 from fusedrnn.charlm.model import CharRNN  # noqa: E402
 from fusedrnn.charlm.sample import generate_batch  # noqa: E402
@@ -107,6 +107,7 @@ def rows(args):
                 row["fused16_weight_gb_per_s"] = round(
                     med["fused16"] / batch * med["weight_bytes_half"] / 1e9, 1
                 )
+                row["read_gb_per_s"] = round(read_gbs(med["weight_bytes"], args.threads), 1)
                 yield row
 
 
@@ -118,10 +119,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     intro = (
         "Embedding 64, vocabulary 65, random weights. Characters per second over all samples "
         "of the batch; ratios against the Python loop over torch.nn layers. Raw numbers: "
-        "results.csv. Weights: the recurrent and decoder weights one step reads; their rate is "
-        "what bounds the fused loop at B=1 (on the AVX-512 EPYC one core streams a step's "
-        "weights at 60–85 GB/s while they fit in its share of the L3, about 30 GB/s beyond "
-        "(a 3×512 LSTM's 21.7 MB on one thread; two threads read them at about 115 GB/s). "
+        "results.csv. Weights: the recurrent and decoder weights one step reads; the rate "
+        "at which the fused loop reads them is what bounds it at B=1, beside the best rate "
+        "the run's threads read that many cached bytes (bench/measure.read_gbs). "
         "float16 weights: the fused loop with "
         "`half_weights` (the layers' weight matrices rounded to float16 and kept so, float32 "
         "arithmetic; it samples the rounded model, see docs/charlm.md)."
@@ -129,7 +129,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     columns = [
         "cell", "layers × hidden", "batch", "fused loop", "fused loop, float16 weights",
         "Python loop, fusedrnn layers", "Python loop, torch.nn layers", "weights (MB)",
-        "fused loop reads (GB/s)", "float16 weights: reads (GB/s)",
+        "fused loop reads (GB/s)", "float16 weights: reads (GB/s)", "best read (GB/s)",
     ]  # fmt: skip
     body = []
     for r in rows:
@@ -140,7 +140,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         ]
         body.append([r["cell"], f"{r['layers']} × {r['hidden']}", str(r["batch"]), *rates,
                      f"{r['weight_mb']:.2f}", f"{r['fused_weight_gb_per_s']:.1f}",
-                     f"{r['fused16_weight_gb_per_s']:.1f}"])  # fmt: skip
+                     f"{r['fused16_weight_gb_per_s']:.1f}", f"{r['read_gb_per_s']:.1f}"])  # fmt: skip
     return results_markdown("Char-LM sampling speed", meta, intro, columns, body)
 
 

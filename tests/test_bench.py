@@ -295,6 +295,7 @@ def test_sampling_bench_small(tmp_path):
     assert [r["cell"] + r["batch"] for r in rows] == ["lstm1", "lstm2", "rnn1", "rnn2"]
     for r in rows:
         assert all(float(r[f"{loop}_chars_per_s"]) > 0 for loop in ("fused", "python", "torch"))
+        assert float(r["read_gb_per_s"]) > 0
         # 1 layer x 8 units, embedding 64, 65 symbols: the weights one step reads, by hand
         gates = 4 if r["cell"] == "lstm" else 1
         want = (gates * 8 * (64 + 8) + 2 * gates * 8 + 65 * 8 + 65) * 4 / 1e6
