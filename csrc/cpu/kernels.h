@@ -72,7 +72,7 @@ struct PointwiseKernels {
   // Row-major C[m, n] = A[m, k] B^T + beta C with B stored [n, k], for m of a few rows
   // (sampling steps); with beta == 0 C is not read. interleaved (float, ldb == k, k % 8 == 0):
   // each block of eight rows [8, k] starting at a multiple of 8 is stored [k/8][8 rows][8]
-  // (StackStep::interleave), the last n % 8 rows as they are, so that a block is read front to
+  // (StackStep::interleaved), the last n % 8 rows as they are, so that a block is read front to
   // back; the sums are those of the plain layout, bit for bit.
   void (*gemm_small_m)(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
                        int64_t ldb, T beta, T* C, int64_t ldc, bool interleaved);
