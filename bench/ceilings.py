@@ -24,7 +24,6 @@ and meta.json to ``--out`` (default bench/results/<machine-tag>/ceilings/).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -84,28 +83,17 @@ def configs(args) -> list[P.Config]:
     return out
 
 
-def timed_pair(cfg: P.Config, args) -> dict[str, float]:
-    """Median seconds per call of torch.nn and fusedrnn[cpu], interleaved, after both agree."""
-    ref = P.make_reference_module(cfg)
-    x, state = P.make_inputs(cfg)
-    fns = {}
-    want = None
-    for name in (P.TORCH_NN, FUSED):
-        run, params = P.build(name, ref, cfg)
-        got = P.evaluate(run, params, x, state, with_grad=True)
-        if want is None:
-            want = got
-        elif problem := P.compare(got, want, cfg.dtype)[2]:
-            raise SystemExit(
-                f"ceilings: {FUSED} disagrees with torch.nn on {cfg.label()}: {problem}"
-            )
-        fns[name] = suite._timed_fn(cfg, run, params, x, state)
-        measure.warm_up(fns[name], "cpu")
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(args.rounds):
-        for name, fn in fns.items():
-            times[name] += measure.time_round_cpu(fn, args.seconds, args.threads)
-    return {name: statistics.median(t) for name, t in times.items()}
+def timed_pair(cfg: P.Config, args, gemm_gflops: float) -> dict[str, float]:
+    """Median seconds per call of torch.nn and fusedrnn[cpu]: bench/run.py's measurement of one
+    configuration (both checked against torch.nn first, then timed in interleaved rounds)."""
+    how = argparse.Namespace(rounds=args.rounds, min_run_time=args.seconds, threads=args.threads,
+                             warmup_calls=1, verbose=False)  # fmt: skip
+    ctx = {"row": {}, "sgemm_peak_gflops": gemm_gflops}
+    rows = suite.measure_config(cfg, [P.TORCH_NN, FUSED], how, ctx)
+    for r in rows:
+        if r["status"] != "ok":
+            raise SystemExit(f"ceilings: {r['provider']} on {cfg.label()}: {r['reason']}")
+    return {r["provider"]: float(r["median_ms"]) / 1e3 for r in rows}
 
 
 def rows(args):
@@ -117,7 +105,7 @@ def rows(args):
     )
     gemm = max(r for r in gemms if r) * 1e9
     for cfg in configs(args):
-        t = timed_pair(cfg, args)
+        t = timed_pair(cfg, args, gemm / 1e9)
         t_nn = t[P.TORCH_NN]
         if cfg.mode == "step":  # the weights' bytes, each read once
             ref = P.make_reference_module(cfg)
