@@ -5,7 +5,7 @@
 Nothing here runs on a GPU: every time printed is a PREDICTION from the ceilings and
 assumptions below (each with its source), printed beside published measurements where they
 exist. The kernel configurations are read from the code that launches them:
-``fusedrnn.ops.triton.configs`` (``STEP_CONFIGS``, ``VARIANT_CONFIGS``, ``PERSISTENT_CONFIGS``
+``fusedrnn.ops.triton.configs`` (``STEP_CONFIGS``, ``COOPERATIVE_CONFIGS``, ``PERSISTENT_CONFIGS``
 and the ``pick_*`` functions the launchers call) and the CUDA backend's launch shape
 (``kThreads`` / ``kMaxBlocks`` in ``csrc/cuda/common.cuh``).
 
@@ -46,7 +46,9 @@ step kernel's whole time loop in one launch: no launch per step, W_hh re-read fr
 at every step, and a grid-wide barrier after each step that adds ``BARRIER_ROUND_TRIPS`` L2
 round trips to the chain; its programs hold ~255 registers each (the compile report), so
 ``REGS_PER_THREAD`` limits how many fit on an SM, and tiles beyond that are walked serially
-(waves).
+(waves). The cell variants' kernels have the same shape; layer norm adds phases to a step
+(LSTM: two each way, GRU: one), each ending at a barrier (:data:`VARIANT_PHASE_ROUND_TRIPS`) and
+writing or re-reading the normalised values it saves (``B·(G·H + H)·a`` bytes more each way).
 
 A sequence's time adds the kernels of its layers. The host issues the launches: a per-step
 launch loop costs ``launches × host cost`` on the CPU, and the GPU cannot finish before the host
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib
 import json
 import math
@@ -153,6 +156,9 @@ HOST_LAUNCH_SOURCE = (
 # cuBLAS picks its own kernels; the per-step GEMM [B, H]·[H, G·H] is costed with one assumed
 # tile shape and pipeline depth, typical of its Ampere/Hopper kernels.
 BARRIER_ROUND_TRIPS = 2
+# a variant kernel's extra phase: its barrier, plus its own loads (the partial row statistics,
+# the values the phase before saved) and stores (fusedrnn/ops/triton/variant_step.py)
+VARIANT_PHASE_ROUND_TRIPS = BARRIER_ROUND_TRIPS + 2
 BARRIER_SOURCE = (
     "assumed: a grid barrier is one release increment reaching L2 and one acquire poll that "
     "sees the last arrival (ops/triton/sync.py); contention of the arrivals is not modelled"
@@ -198,9 +204,10 @@ def dot_rate(gpu: Gpu, dtype: str, precision: str) -> float:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """One way the fused layer runs; ``kind`` is step (per-step launch), variant (the per-step
-    kernels of the cell variants), persistent (one launch per sequence) or gemm+pointwise (a
-    library GEMM and one element-wise kernel per step)."""
+    """One way the fused layer runs; ``kind`` is step (per-step launch), cooperative (the
+    step kernel's time loop in one launch, also the cell variants' kernels), persistent (one
+    launch per sequence) or gemm+pointwise (a library GEMM and one element-wise kernel per
+    step)."""
 
     backend: str
     kind: str
@@ -220,6 +227,7 @@ class KernelConfig:
     persistent_up_to: tuple[tuple[str, int], ...] = ()
     # cooperative: the backward's block_b, block_h, block_k, warps, stages
     bwd: tuple[int, int, int, int, int] | None = None
+    variants: bool = False  # cooperative: the variant kernels' config (they serve only those)
 
 
 def _triton_config(kind, description, c, copied, picker=None) -> KernelConfig:
@@ -233,8 +241,7 @@ def _triton_config(kind, description, c, copied, picker=None) -> KernelConfig:
 def _step_config(kind, c, picker) -> KernelConfig:
     return _triton_config(
         kind,
-        f"{'per-step' if kind == 'step' else 'variant per-step'} block_b={c.block_b} "
-        f"block_h={c.block_h} block_k={c.block_k} warps={c.num_warps} stages={c.num_stages}",
+        f"per-step block_b={c.block_b} block_h={c.block_h} block_k={c.block_k} warps={c.num_warps} stages={c.num_stages}",
         c,
         ("block_b", "block_h", "block_k", "num_warps", "num_stages"),
         picker,
@@ -251,26 +258,27 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
         _step_config("step", c, getattr(tc, "pick_step_config", None))
         for c in getattr(tc, "STEP_CONFIGS", ())
     ]
-    out += [
-        _step_config("variant", c, getattr(tc, "pick_variant_config", None))
-        for c in getattr(tc, "VARIANT_CONFIGS", ())
-    ]
     groups = {"half": ("bfloat16", "float16"), "float32": ("float32",)}
     limits: dict[str, int] = {}
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
         cell = "rnn" if c.cell.startswith("rnn") else c.cell
         limits[cell] = max(limits.get(cell, 0), c.max_hidden)
-    for group, (f, b) in getattr(tc, "COOPERATIVE_CONFIGS", {}).items():
+    pairs = [(f"cooperative ({g})", f, b, groups.get(g, (g,)), False)
+             for g, (f, b) in getattr(tc, "COOPERATIVE_CONFIGS", {}).items()]  # fmt: skip
+    if hasattr(tc, "pick_variant_config"):  # the variant kernels compute in float32 (or 64)
+        pick = functools.partial(tc.pick_variant_config, 16, 512, "float32")
+        pairs.append(("variant cooperative (float32)", pick(False), pick(True), ("float32",), True))
+    for name, f, b, dtypes, variants in pairs:
         out.append(
             KernelConfig(
                 "triton", "cooperative",
-                f"cooperative ({group}) fwd {f.block_b}x{f.block_h}x{f.block_k} w{f.num_warps} "
+                f"{name} fwd {f.block_b}x{f.block_h}x{f.block_k} w{f.num_warps} "
                 f"s{f.num_stages}, bwd {b.block_b}x{b.block_h}x{b.block_k} w{b.num_warps} "
                 f"s{b.num_stages}",
                 block_b=f.block_b, block_h=f.block_h, block_k=f.block_k, num_warps=f.num_warps,
-                num_stages=f.num_stages, dtypes=groups.get(group, (group,)),
+                num_stages=f.num_stages, dtypes=dtypes,
                 bwd=(b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages),
-                persistent_up_to=tuple(sorted(limits.items())),
+                persistent_up_to=tuple(sorted(limits.items())), variants=variants,
             )
         )  # fmt: skip
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
@@ -316,14 +324,13 @@ def applicable(
     cfg: KernelConfig, cell: str, B: int, H: int, variant: bool = False, dtype: str = ""
 ) -> bool:
     """Whether the launchers would pick ``cfg`` for this shape (mirrors the pick functions;
-    the per-step configs are shown too, as the per-step path they also serve)."""
-    if (cfg.kind == "variant") != variant:  # the variant kernels serve only the variants
-        return False
+    the per-step configs are shown too, as the per-step path they also serve). The variants
+    (layer norm; float32 kernels) run the cooperative and per-step shapes at any H."""
     if cfg.kind == "cooperative":
-        small = dict(cfg.persistent_up_to).get(cell, 0)
-        return H > small and (not dtype or dtype in cfg.dtypes)
-    if cfg.kind == "variant":
-        return cfg.picker is None or _picked(cfg, B)
+        small = 0 if variant else dict(cfg.persistent_up_to).get(cell, 0)
+        return cfg.variants == variant and H > small and (not dtype or dtype in cfg.dtypes)
+    if variant and cfg.kind not in ("step", "cooperative"):
+        return False
     if cfg.kind == "persistent":
         return cfg.cell in (cell, "rnn_tanh" if cell == "rnn" else cell) and H <= cfg.max_hidden
     if cfg.kind == "step":
@@ -384,8 +391,10 @@ def chain_length(k: int, block_k: int, stages: int) -> float:
 
 
 def plan(
-    cfg: KernelConfig, cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool
-) -> Plan:  # noqa: E741
+    cfg: KernelConfig, cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool,
+    variant: bool = False,
+) -> Plan:  # noqa: E741  # fmt: skip
+    """The kernels of one layer; ``variant``: with layer norm (module docstring)."""
     G, S, e, a = GATES["rnn_tanh" if cell == "rnn" else cell], SAVED[cell], ELEM[dtype], ACC
     lstm = cell == "lstm"
     w_hh = G * H * H * e
@@ -394,6 +403,11 @@ def plan(
     fwd_rows += B * S * H * a if training else 0
     bwd_rows = B * (H * e + 2 * G * H * a + S * H * a + (2 * H * a if lstm else H * e))
     bwd_rows += B * H * a if lstm else 0
+    extra_phases = (2 if lstm else 1) if variant else 0
+    if variant:  # the normalised values saved and re-read
+        fwd_rows += B * (G * H + H) * a
+        bwd_rows += B * (G * H + H) * a
+    extra_chain = extra_phases * VARIANT_PHASE_ROUND_TRIPS
     rec_flops = 2.0 * B * G * H * H
     once_bwd = [
         _gemm("dW_hh GEMM", G * H, H, T * B, a, out_e=e),
@@ -407,13 +421,16 @@ def plan(
         programs = blocks_b * math.ceil(H / cfg.block_h)
         l2 = (blocks_b - 1) * w_hh
         bk, st = cfg.block_k, cfg.num_stages
+        # a variant's extra phases are launches of their own (their round trips counted alike)
         step_fwd = [
             Kernel("fused step", rec_flops, w_hh + G * H * e + fwd_rows, programs, l2,
-                   chain=chain_length(H, bk, st), warps=w)
+                   launches=1 + extra_phases, chain=chain_length(H, bk, st) + extra_chain,
+                   warps=w)
         ]  # fmt: skip
         step_bwd = [
             Kernel("fused step bwd", rec_flops, w_hh + bwd_rows, programs, l2,
-                   chain=chain_length(G * H, bk, st), warps=w)
+                   launches=1 + extra_phases, chain=chain_length(G * H, bk, st) + extra_chain,
+                   warps=w)
         ]  # fmt: skip
         return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
     if cfg.kind == "cooperative":
@@ -431,28 +448,11 @@ def plan(
             regs = -(-REGS_PER_THREAD * 32 // 256) * 256 * warps
             kernels.append(
                 Kernel(name, rec_flops, G * H * e + rows, blocks_b * math.ceil(H / bh),
-                       blocks_b * w_hh, 0, chain=chain_length(k, bk, st) + BARRIER_ROUND_TRIPS,
+                       blocks_b * w_hh, 0,
+                       chain=chain_length(k, bk, st) + BARRIER_ROUND_TRIPS + extra_chain,
                        warps=warps, per_sm=max(1, 65536 // regs))
             )  # fmt: skip
         return Plan(once_fwd + [launch], kernels[:1], kernels[1:], [launch, *once_bwd])
-    if cfg.kind == "variant":
-        # a program owns block_b rows and all G·H features: it walks G·H in block_h chunks,
-        # each a reduction over H (forward) or G·H (backward) in block_k chunks
-        programs = math.ceil(B / cfg.block_b)
-        l2 = (programs - 1) * w_hh
-        n_chunks = math.ceil(G * H / cfg.block_h)
-        bk, st = cfg.block_k, cfg.num_stages
-        fwd_chain = n_chunks * (chain_length(H, bk, st) - 2) + 2
-        bwd_chain = math.ceil(H / cfg.block_h) * (chain_length(G * H, bk, st) - 2) + 2
-        step_fwd = [
-            Kernel("variant step", rec_flops, w_hh + G * H * e + fwd_rows, programs, l2,
-                   chain=fwd_chain, warps=w)
-        ]  # fmt: skip
-        step_bwd = [
-            Kernel("variant step bwd", rec_flops, w_hh + bwd_rows, programs, l2,
-                   chain=bwd_chain, warps=w)
-        ]  # fmt: skip
-        return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
     if cfg.kind == "persistent":
         programs = math.ceil(B / cfg.block_b)
         # W_hh is loaded once per program and stays on chip: a step waits for its xg_t load
@@ -540,11 +540,12 @@ def predict(
     layers: int,
     dtype: str,
     precision: str = "ieee",
+    variant: bool = False,
 ) -> Prediction:
-    inf = plan(cfg, cell, B, T, I, H, dtype, training=False)
-    tr = plan(cfg, cell, B, T, I, H, dtype, training=True)
-    deep_inf = plan(cfg, cell, B, T, H, H, dtype, training=False)
-    deep_tr = plan(cfg, cell, B, T, H, H, dtype, training=True)
+    inf = plan(cfg, cell, B, T, I, H, dtype, training=False, variant=variant)
+    tr = plan(cfg, cell, B, T, I, H, dtype, training=True, variant=variant)
+    deep_inf = plan(cfg, cell, B, T, H, H, dtype, training=False, variant=variant)
+    deep_tr = plan(cfg, cell, B, T, H, H, dtype, training=True, variant=variant)
 
     def t(ks) -> float:
         return sum(kernel_time(k, gpu, dtype, precision) for k in ks)
@@ -598,8 +599,9 @@ CASES = [
      "layers": 2, "dtype": "float32"},
     {"label": "CPU bench headline", "cell": "gru", "B": 64, "T": 64, "I": 128, "H": 512,
      "layers": 2, "dtype": "float32"},
+    # the variant kernels compute half inputs in float32
     {"label": "layer-norm LSTM (variant kernels)", "cell": "lstm", "B": 16, "T": 1024,
-     "I": 768, "H": 768, "layers": 1, "dtype": "bfloat16", "variant": True},
+     "I": 768, "H": 768, "layers": 1, "dtype": "float32", "variant": True},
     {"label": "small H (persistent range)", "cell": "rnn", "B": 16, "T": 1024, "I": 64,
      "H": 64, "layers": 1, "dtype": "bfloat16"},
     {"label": "sampling step", "cell": "lstm", "B": 1, "T": 1, "I": 128, "H": 512,
@@ -620,9 +622,9 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
     lines = [
         "## Every shipped configuration, one step (training)",
         "",
-        "Per-step and variant kernels at LSTM B=64 H=256 float32 IEEE (whether or not the "
-        "launcher would pick that config there); persistent kernels at their cell, largest H "
-        "and B=block_b, bfloat16. Chain: dependent L2 round trips per step, forward / backward.",
+        "Per-step and cooperative kernels at LSTM B=64 H=256 float32 IEEE (whether or not the "
+        "launcher would pick that config there; the variant config with layer norm); persistent "
+        "kernels at their cell, largest H and B=block_b, bfloat16. Chain: dependent L2 round trips per step, forward / backward.",
         "",
         "| config | shape | programs | launches/step fwd, bwd | chain fwd, bwd | FLOPs/step | "
         "bytes/step | " + " | ".join(f"predicted µs/step fwd, bwd {g}" for g in gpus) + " |",
@@ -634,7 +636,7 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
             B, H, dt = c.block_b, c.max_hidden, "bfloat16"
         else:
             cell, B, H, dt = "lstm", 64, 256, "float32"
-        p = plan(c, cell, B, 64, 128, H, dt, training=True)
+        p = plan(c, cell, B, 64, 128, H, dt, training=True, variant=c.variants)
         times = [
             (
                 sum(kernel_time(k, GPUS[g], dt) for k in p.step_fwd) * 1e6,
@@ -671,7 +673,7 @@ def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]
     ]
     for g in gpus:
         for c in chosen:
-            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec)
+            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant)
             lines.append(
                 f"| {g} | {p.implementation} | {p.launches_step_fwd}, {p.launches_step_bwd} | "
                 f"{p.launches_seq_fwd}, {p.launches_seq_fwdbwd} | "

@@ -19,7 +19,8 @@ distinct specialisation is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. Registers and
 spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory from
 the kernel metadata. One row per compile; exits non-zero on any compile error or any
-spill.
+spill. A last table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024
+in each dtype, the compile its cooperative launch runs (:func:`named_launches`).
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
 argument equal to 1 into a constant, a further specialisation) and tensors whose data
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -55,6 +57,9 @@ PRECISIONS = {
 # (B, H, Hout with projection): B on both sides of the step configs' 16-row block,
 # hidden sizes divisible by 16 and not; H <= 32 also reaches the persistent kernels
 SHAPES = ((3, 32, 16), (20, 24, 12), (3, 24, 12), (20, 32, 16))
+# the hidden sizes of real layers the report names its cooperative compiles for (B = 16): H is
+# a run-time argument, so these run compiles of the shapes above (H a multiple of 16)
+NAMED_H = (256, 512, 768, 1024)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     from fusedrnn.ops.triton import step, variant_step
     from fusedrnn.ops.triton.cellmath import option_bits
     from fusedrnn.ops.triton.configs import pick_persistent_config
+    from fusedrnn.ops.triton.persistent import kernel_path
     from fusedrnn.ops.triton.runtime import Plan, acc_dtype
 
     acc, T = acc_dtype(dtype), 2
@@ -137,7 +143,8 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     if dtype not in (torch.float32, torch.float64):  # the variant ops' dtypes
         return
     par = e(3)
-    for cell in VARIANT_CELLS:
+    # the variant kernels in their cooperative launch and a launch per phase of each step
+    for cell, path in itertools.product(VARIANT_CELLS, ("step", "cooperative")):
         lstm = cell == "lstm"
         # peephole, projection, zoneout of c and dCs: LSTM only; each bool option where it applies
         zones_c = (0, 1, 2) if lstm else (0,)
@@ -152,13 +159,15 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
             inputs = (e(G * H, hout), opt(ln, G * H), lnc, lnc, opt(peep, G - 1, H),
                       opt(proj, hout, H), opt(zh == 1, N, hout), opt(zc == 1, N, H), (zh, zc), par,
                       option_bits(options))  # fmt: skip
-            for bias in bools:
-                bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout), opt(lstm, B, H),
-                                                opt(bias, G * H), *inputs, plan)  # fmt: skip
-            for dhs, dcs, dy in itertools.product(bools, lstm_only[cell], dys):
-                variant_step.variant_bwd(cell, *inputs, bufs, opt(dhs, T + 1, B, hout),
-                                         opt(dcs, T + 1, B, H), opt(dy, N, hout),
-                                         plan)  # fmt: skip
+            with kernel_path(path):
+                for bias in bools:
+                    bufs = variant_step.variant_fwd(cell, e(N, G * H), e(B, hout),
+                                                    opt(lstm, B, H), opt(bias, G * H), *inputs,
+                                                    plan)  # fmt: skip
+                for dhs, dcs, dy in itertools.product(bools, lstm_only[cell], dys):
+                    variant_step.variant_bwd(cell, *inputs, bufs, opt(dhs, T + 1, B, hout),
+                                             opt(dcs, T + 1, B, H), opt(dy, N, hout),
+                                             plan)  # fmt: skip
 
 
 _BINDERS: dict = {}  # "backend": a sm_90 backend; id(kernel): Triton's argument binder
@@ -218,6 +227,65 @@ def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
         torch.set_num_threads(old_threads)
     return [replace(j, arch=arch) for arch in archs for j in seen]
+
+
+def named_launches(precisions: list[str]) -> list[tuple[str, Job]]:
+    """``(name, job)`` for each kernel of the cooperative launch of every cell (and of the
+    layer-norm variants, in their dtypes) at the hidden sizes NAMED_H, B = 16: which compile
+    runs e.g. ``cooperative lstm fwd H=768 bf16``."""
+    import torch
+
+    from fusedrnn.ops.checks import GATES, VARIANT_CELLS
+    from fusedrnn.ops.triton import step, variant_step
+    from fusedrnn.ops.triton.persistent import kernel_path
+    from fusedrnn.ops.triton.runtime import Plan, acc_dtype, capture_launches
+
+    B, T, out = 16, 2, []
+    plan = Plan(None, T, B, False)
+    for label, H in itertools.product(precisions, NAMED_H):
+        dtype_name, tf32 = PRECISIONS[label]
+        dtype = getattr(torch, dtype_name)
+        old, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
+        try:
+            for cell, G in GATES.items():
+                e = functools.partial(torch.zeros, dtype=dtype)
+                lstm, acc = cell == "lstm", acc_dtype(dtype)
+                c = torch.zeros(T + 1, B, H, dtype=acc) if lstm else None
+                gates = torch.zeros(T, B, 4 * H, dtype=acc) if G > 1 else None
+                with capture_launches() as records:
+                    step.step_fwd(
+                        cell,
+                        e(T * B, G * H),
+                        e(B, H),
+                        None if c is None else c[0],
+                        e(G * H, H),
+                        e(G * H),
+                        None,
+                        plan,
+                        True,
+                        "cooperative",
+                    )
+                    step.step_bwd(cell, e(G * H, H), None, e(T + 1, B, H), c, gates,
+                                  e(T + 1, B, H), None, None, plan, "cooperative")  # fmt: skip
+                    if cell in VARIANT_CELLS and dtype_name in ("float32", "float64"):
+                        ln, zone, par = e(G * H), (0, 0), e(3)
+                        ins = (e(G * H, H), ln, *(e(H) if lstm else None,) * 2, None, None,
+                               None, None, zone, par, 0)  # fmt: skip
+                        with kernel_path("cooperative"):
+                            bufs = variant_step.variant_fwd(cell, e(T * B, G * H), e(B, H),
+                                                            e(B, H) if lstm else None, ln, *ins,
+                                                            plan)  # fmt: skip
+                            variant_step.variant_bwd(cell, *ins, bufs, e(T + 1, B, H), None,
+                                                     None, plan)  # fmt: skip
+                for kernel, _grid, args, kwargs in records:
+                    name = kernel.fn.__name__.strip("_").removesuffix("_kernel")
+                    kind = "layer-norm " if name.startswith("variant") else ""
+                    what = f"{kind}{cell} {name.rsplit('_', 1)[1]}"
+                    out.append((f"cooperative {what} H={H} {label}",
+                                job_key(kernel, args, kwargs, label)))  # fmt: skip
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    return out
 
 
 def _compile(job: Job) -> dict:
@@ -329,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unset TRITON_INTERPRET: the report compiles the kernels for real")
     start = time.time()
     todo = [j for j in jobs(archs, precisions) if args.filter in j.kernel]
+    named = [(name, replace(j, arch=a)) for name, j in named_launches(precisions)
+             for a in archs if args.filter in j.kernel]  # fmt: skip
+    todo += [j for j in dict.fromkeys(j for _, j in named) if j not in set(todo)]
     print(f"{len(todo)} specialisations from the launch code in {time.time() - start:.1f} s")
     if args.list:
         for j in todo:
@@ -340,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     cache = _Cache(args.cache) if args.cache else None
     fresh = [j for j in todo if cache is None or cache.get(j) is None]
+    rows = {}
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         compiled = pool.map(_compile, fresh)
         for job in todo:
@@ -349,9 +421,14 @@ def main(argv: list[str] | None = None) -> int:
                 if cache is not None and not row["error"]:
                     cache.put(job, row)
             print(_fmt(row), flush=True)
+            rows[job] = row
             failures += bool(row["error"]) or bool(row["spill_st"]) or bool(row["spill_ld"])
     if cache is not None:
         print(f"{len(todo) - len(fresh)} results from the cache {args.cache}")
+    if named:
+        print("\nreal layer sizes (B = 16): the compile above that runs each")
+        for name, job in dict.fromkeys(named):
+            print(f"sm_{job.arch:<3} {name:<44} {_fmt(rows[job]).split(None, 3)[3]}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors or spills")
     return 1 if failures else 0
 

@@ -107,7 +107,7 @@ def test_correctness_check_catches_a_wrong_provider():
     assert bad[2].startswith("outputs differ")
 
 
-def test_flops_and_the_costmodel_step_and_variant_kernels_by_hand():
+def test_flops_and_the_costmodel_step_cooperative_and_variant_kernels_by_hand():
     # LSTM, I=128, H=256, 2 layers, B=64, T=64: 2·B·T·4H·(I+H) + 2·B·T·4H·(H+H)
     fwd = 2 * 64 * 64 * 1024 * (128 + 256) + 2 * 64 * 64 * 1024 * 512
     assert measure.forward_flops("lstm", 64, 64, 128, 256, 2) == fwd
@@ -138,12 +138,21 @@ def test_flops_and_the_costmodel_step_and_variant_kernels_by_hand():
     assert inf.step_fwd[0].bytes == 1839104 - saved_gates
     (gemm,) = plan.once_fwd
     assert gemm.flops == 2 * 64 * 64 * 1024 * 128
-    # a variant program walks 4H / 32 = 8 feature chunks, each reducing over H / 32 = 2 tiles;
-    # backward: H / 32 = 2 chunks of dh, each reducing over 4H / 32 = 8 tiles
-    var = costmodel.KernelConfig("triton", "variant", "hand", block_b=16, block_h=32, block_k=32)
-    p = costmodel.plan(var, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True)
-    assert p.step_fwd[0].chain == 8 * 2 + 2 and p.step_fwd[0].programs == 2
-    assert p.step_bwd[0].chain == 2 * 8 + 2
+    # layer norm: two more phases each way for the LSTM, each a barrier and its own loads and
+    # stores (4 round trips); per step, each phase a launch of its own
+    coop = costmodel.KernelConfig("triton", "cooperative", "hand", block_b=16, block_h=32,
+                                  block_k=32, num_stages=2, bwd=(16, 16, 64, 4, 3))  # fmt: skip
+    p = costmodel.plan(coop, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True,
+                       variant=True)  # fmt: skip
+    # forward: 64 / 32 K chunks + 2, the step's barrier (2), two phases (2 x 4)
+    assert p.step_fwd[0].chain == 2 + 2 + 2 + 8 and p.step_fwd[0].programs == 2 * 2
+    # backward: 256 / 64 chunks over 2 stages in flight + 2, barrier, phases
+    assert p.step_bwd[0].chain == 2 + 2 + 2 + 8 and p.step_bwd[0].programs == 2 * 4
+    plain = costmodel.plan(coop, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True)
+    assert p.step_fwd[0].bytes - plain.step_fwd[0].bytes == 20 * (4 * 64 + 64) * 4
+    p = costmodel.plan(cfg, "gru", B=20, T=4, I=8, H=64, dtype="float32", training=True,
+                       variant=True)  # fmt: skip
+    assert (p.step_fwd[0].launches, p.step_fwd[0].chain) == (2, 64 / 16 + 2 + 4)
 
 
 def test_costmodel_rates_waves_and_chain():

@@ -114,8 +114,8 @@ class Backend:
 
     def inputs(self, case: Case, dtype: torch.dtype, seed: int = 0) -> dict:
         """``case``'s inputs on this backend's device; skips the cases it does not take."""
-        if self.name in ("triton-persistent", "triton-cooperative") and case.variant:
-            pytest.skip("the variant kernels have one path (run as triton-step)")
+        if self.name == "triton-persistent" and case.variant:
+            pytest.skip("the variant kernels have no persistent path")
         if self.name == "triton-persistent" and (case.proj or case.H > 64):
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
         return layer_cases.make_inputs(case, dtype, self.device, seed)

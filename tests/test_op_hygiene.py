@@ -142,8 +142,9 @@ HYGIENE = [  # backend, cell, layout, triton kernel path (None: the default), va
                    id=f"triton-{cell}-{layout}-{path}")
       for cell in ("lstm", "gru") for layout in ("dense", "packed", "packed_reverse")
       for path in ("step", "cooperative", "persistent")),
-    *(pytest.param("triton", "lstm", layout, None, True, marks=needs_interpreter,
-                   id=f"triton-lstm-{layout}-variant") for layout in ("dense", "packed")),
+    *(pytest.param("triton", "lstm", layout, path, True, marks=needs_interpreter,
+                   id=f"triton-lstm-{layout}-{path}-variant")
+      for layout in ("dense", "packed") for path in ("step", "cooperative")),
 ]  # fmt: skip
 
 

@@ -44,18 +44,22 @@ LIMIT = {cell: max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell) f
         ("step", "lstm", 3, 17, 4, False, 8),
         *[(path, cell, 0, 20, 5, False, 1) for path in PATHS[1:] for cell in CELLS],
         ("cooperative", "lstm", 7, 20, 5, False, 1),
-        *[(None, cell, 3 * (cell == "lstm"), 5, 4, True, 4) for cell in ("lstm", "gru")],
+        # the variants (layer norm, zoneout) per step: a launch per phase (LSTM with
+        # projection: four each way, GRU: two), or one cooperative launch
+        ("step", "lstm", 3, 5, 4, True, 16),
+        ("step", "gru", 0, 5, 4, True, 8),
+        *[(None, cell, 3 * (cell == "lstm"), 5, 4, True, 1) for cell in ("lstm", "gru")],
         *[(None, cell, 0, LIMIT[cell] + d, 2, False, 1) for cell in CELLS for d in (0, 1)],
         (None, "lstm", 4, 8, 2, False, 1),
     ],
 )
 def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
     """Per-step kernels: one launch per step forward and backward (two with proj: the
-    projection launch forward, the state-gradient launch backward); the variant kernels
-    (layer norm, zoneout) one per step too. Persistent and cooperative kernels: one launch per
-    sequence forward and one backward. The automatic choice (path None) takes the persistent
-    kernels for small H, for larger H and proj_size the cooperative launch of the step
-    kernels."""
+    projection launch forward, the state-gradient launch backward), the variant kernels one
+    per phase of a step. Persistent and cooperative kernels: one launch per sequence forward
+    and one backward. The automatic choice (path None) takes the persistent kernels for small
+    H, for larger H and proj_size the cooperative launch of the step kernels, and for the
+    variants their cooperative launch."""
     options = dict(ln=True, zone="eval") if variants else {}
     case = Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True, **options)
     a = with_leaves(layer_cases.make_inputs(case, torch.float32, DEVICE))
@@ -66,7 +70,7 @@ def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
             (y.sum() + h.sum()).backward()
     assert (fwd.total, bwd.total) == (launches, launches)
     persistent = path == "persistent" or path is None and not proj and H <= LIMIT[cell]
-    kernel = "_variant_fwd_step" if variants else "_persistent_fwd" if persistent else "_step_fwd"
+    kernel = "_variant_fwd" if variants else "_persistent_fwd" if persistent else "_step_fwd"
     assert f"{kernel}_kernel" in fwd.by_kernel, fwd
 
 
@@ -76,6 +80,7 @@ def test_automatic_path_choice():
     test_launch_counts)."""
     from fusedrnn.ops.triton.persistent import choose_path
     from fusedrnn.ops.triton.runtime import Plan
+    from fusedrnn.ops.triton.variant_step import variant_path
 
     w = torch.zeros(32, 8)
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
@@ -85,6 +90,12 @@ def test_automatic_path_choice():
     big = torch.zeros(2048, 512)
     assert choose_path("lstm", big, None, Plan(None, 32_767, 4096, False)) == "cooperative"
     assert choose_path("lstm", big, None, Plan(None, 32_768, 4096, False)) == "step"
+    # the variant kernels: four barriers per step at most, no persistent kernels
+    assert variant_path(Plan(None, 0, 2, False), 8) == "step"
+    assert variant_path(Plan(None, 65_535, 4096, False), 512) == "cooperative"
+    assert variant_path(Plan(None, 65_536, 4096, False), 512) == "step"
+    with tb.kernel_path("persistent"), pytest.raises(ValueError, match="no persistent path"):
+        variant_path(Plan(None, 3, 2, False), 8)
 
 
 def test_nested_captures_record_into_the_innermost_open_one():

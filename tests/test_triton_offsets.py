@@ -189,7 +189,7 @@ def _layer_launches(precision, cases):
     """``(case, path, kernel name, CELL, job, planned)`` of each launch of the layer op's forward
     and backward (with every output's gradient) in ``precision`` (compile_report.PRECISIONS) on
     each case's inputs, on every kernel path that takes them (the persistent kernels take no
-    projection; the variant kernels have one path): ``job`` is the compile the launch needs,
+    projection, nor the variants): ``job`` is the compile the launch needs,
     ``planned`` whether the compile report makes it."""
     from fusedrnn.ops.triton import layer_op
     from fusedrnn.ops.triton.persistent import PATHS, kernel_path
@@ -199,7 +199,7 @@ def _layer_launches(precision, cases):
     dtype = getattr(torch, compile_report.PRECISIONS[precision][0])
     for case in cases:
         a = library.LayerArgs(**{**library.OPTION_DEFAULTS, **make_inputs(case, dtype)}, save=True)
-        for path in (None,) if case.variant else PATHS[: 2 if case.proj else 3]:
+        for path in PATHS[: 2 if case.proj or case.variant else 3]:
             with kernel_path(path), capture_launches() as records:
                 bufs = layer_op.forward(a)
                 grads = [torch.zeros_like(b) if b.numel() else None for b in bufs]
@@ -236,7 +236,7 @@ def test_a_sequence_compiles_each_kernel_once_as_planned():
     assert launched == {
         *((f"_{name}_{d}_kernel", cell) for name in ("step", "persistent") for d in ("fwd", "bwd")
           for cell in (0, 1, 2)),
-        *((f"_variant_{d}_step_kernel", cell) for d in ("fwd", "bwd") for cell in (0, 1)),
+        *((f"_variant_{d}_kernel", cell) for d in ("fwd", "bwd") for cell in (0, 1)),
     }, sorted(launched)  # fmt: skip
     assert {k: len(v) for k, v in jobs.items() if len(v) > 1} == {}
 
@@ -253,3 +253,19 @@ def test_the_half_precision_layer_op_launches_only_planned_kernels(precision):
                  for case, path, kernel, _, _, planned in _layer_launches(precision, cases)
                  if not planned]  # fmt: skip
     assert unplanned == []
+
+
+@compiled_only
+def test_the_named_layer_sizes_run_planned_compiles():
+    """The report's last table (a row per kernel x cell x H x dtype of the cooperative launch at
+    H = 256 ... 1024, layer-norm variants included) names compiles the report makes: H is a
+    run-time argument, so real sizes run the compiles of its small shapes."""
+    precisions = ["bf16", "fp32"]
+    named = compile_report.named_launches(precisions)
+    planned = set(compile_report.jobs([0], precisions))
+    names = [name for name, _ in named]
+    # per H: four cells forward and backward in each dtype, the two layer-norm cells in fp32
+    assert len(names) == len(set(names)) == 4 * (4 * 2 + 4 * 2 + 2 * 2)
+    assert "cooperative lstm fwd H=768 bf16" in names
+    assert "cooperative layer-norm gru bwd H=1024 fp32" in names
+    assert [name for name, job in named if job not in planned] == []

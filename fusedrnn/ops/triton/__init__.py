@@ -9,18 +9,20 @@ registration), hands a call with a variant option to :mod:`.variants`. torch.nn'
 the kernels of :mod:`.step` (a launch per step, or one cooperative launch whose programs meet
 at a grid barrier, :mod:`.sync`) or :mod:`.persistent` (small H), the options those of
 :mod:`.variant_step`; the kernels' helpers are :mod:`.cellmath` (per-element gate math),
-:mod:`.tiles`, :mod:`.common` and :mod:`.rowwise`, their block configurations
+:mod:`.tiles`, :mod:`.common` and :mod:`.rowstats`, their block configurations
 :mod:`.configs`, and :mod:`.runtime` the guarded launcher and the host-side plan and buffers.
 
 Launches per layer and direction, T steps (see :func:`launch_counter`):
 
-=====================  ==================  ==================
-path                   forward             backward
-=====================  ==================  ==================
-cooperative            1                   1
-persistent (small H)   1                   1
-per-step (forced)      T (2T with proj)    T (2T with proj)
-=====================  ==================  ==================
+=====================  =========================  =========================
+path                   forward                    backward
+=====================  =========================  =========================
+cooperative            1                          1
+persistent (small H)   1                          1
+per-step (forced)      T (2T with proj)           T (2T with proj)
+variants, cooperative  1                          1
+variants, per-step     T per phase (1-4 phases)   T per phase (1-4 phases)
+=====================  =========================  =========================
 
 plus the torch GEMMs of :mod:`.layer_op` around them (and, after the step kernels, one
 ``dG W_hh`` product for ``dh0``: :func:`.common.finish_state_grad`).

@@ -18,7 +18,7 @@ triton, so cost models can read it anywhere.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,6 @@ COOPERATIVE_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
 COOPERATIVE_PROJ_FORWARD = StepConfig(block_b=16, block_h=32, block_k=16, num_warps=8,
                                       num_stages=2)  # fmt: skip
 
-# variant step kernels (layer norm, zoneout, peephole, cifg): a program owns block_b rows
-# and all G*H features of them, looping in block_h chunks (layer norm needs whole rows).
-# 32-row blocks spill on sm_90 (fp32) with 4 or 8 warps, so B > 16 runs several programs.
-VARIANT_CONFIGS: tuple[StepConfig, ...] = (
-    StepConfig(block_b=16, block_h=32, block_k=32, num_warps=8, num_stages=1),
-)
-
 # persistent whole-sequence kernels, one config per cell (smaller H runs the same kernel with
 # masked units; see the module docstring for max_hidden); 8 warps: with 4 the float32 backward
 # of the GRU and the RNN spills at 255 registers (H not a multiple of 16)
@@ -115,15 +108,17 @@ def pick_step_config(batch: int, hidden: int) -> StepConfig:
     with the fewest programs."""
     if interpreting():
         return min(STEP_CONFIGS, key=lambda c: (c.tiles(hidden, batch), c.block_b * c.block_h))
-    return pick_variant_config(batch, STEP_CONFIGS)  # the same covering rule, over these configs
+    fits = [c for c in STEP_CONFIGS if c.block_b >= batch]
+    return min(fits or [max(STEP_CONFIGS, key=lambda c: c.block_b)], key=lambda c: c.block_b)
 
 
 def pick_cooperative_config(
     batch: int, hidden: int, dtype: str, backward: bool, proj: bool = False
 ) -> StepConfig:
     """The cooperative launch's config for ``dtype`` ("float16", "bfloat16", "float32",
-    "float64"; with ``proj`` the projection's forward, any dtype); under the interpreter, and
-    otherwise for float64, the per-step choice (one program walks every tile under the
+    "float64"; with ``proj`` the projection's forward, any dtype), for the torch.nn cells'
+    step kernels and the variant kernels alike; under the interpreter, and otherwise for
+    float64, the per-step choice (one program walks every tile under the
     interpreter, so the fewest tiles cost least)."""
     if interpreting():
         return pick_step_config(batch, hidden)
@@ -133,11 +128,17 @@ def pick_cooperative_config(
     return configs[backward] if configs else pick_step_config(batch, hidden)
 
 
-def pick_variant_config(batch: int, configs=VARIANT_CONFIGS) -> StepConfig:
-    """The config with the smallest batch block covering ``batch`` (the largest when none does):
-    under the interpreter that is the fewest programs, on a GPU it keeps the most in flight."""
-    fits = [c for c in configs if c.block_b >= batch]
-    return min(fits, key=lambda c: c.block_b) if fits else max(configs, key=lambda c: c.block_b)
+def pick_variant_config(
+    batch: int, hidden: int, dtype: str, backward: bool, proj: bool = False
+) -> StepConfig:
+    """The variant kernels' config (both launches): the cooperative choice with 8 warps (with
+    4 the float32 layer-norm kernels spill 4-20 bytes on sm_90) and, in float64, 16 rows;
+    under the interpreter the per-step choice."""
+    if interpreting():
+        return pick_step_config(batch, hidden)
+    if dtype == "float64":
+        return COOPERATIVE_PROJ_FORWARD
+    return replace(pick_cooperative_config(batch, hidden, dtype, backward, proj), num_warps=8)
 
 
 def pick_persistent_config(cell: str, hidden: int) -> PersistentConfig | None:

@@ -207,6 +207,11 @@ def kernel_path(path: str | None) -> contextlib.AbstractContextManager:
     return runtime.pushed(_forced, path)
 
 
+def forced_path() -> str | None:
+    """The path :func:`kernel_path` forces here, or None."""
+    return _forced[-1]
+
+
 def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | None:
     fits = w_hh.dtype != torch.float64 and w_hr is None
     return pick_persistent_config(cell, w_hh.shape[1]) if fits else None

@@ -279,34 +279,42 @@ def _step_bwd_kernel(
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ)
 
 
-def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):
-    """Launch ``kernel`` over the plan's steps, cooperatively or a launch per phase of each
-    step (1 the cell, 2 the projection: the forward's cell first, the backward's projected
-    state first). ``tensors`` are the kernel's pointer arguments before the steps table (the
-    first in the op's dtype), ``sizes`` its ``B, H, HOUT``, ``flags`` its constexprs but the
-    block configuration."""
-    T, B, H, Hout = plan.T, plan.B, sizes[1], sizes[2]
-    dev, proj = tensors[0].device, flags["PROJ"]
-    dtype = str(tensors[0].dtype).removeprefix("torch.")
-    cfg = (pick_cooperative_config(B, H, dtype, backward, proj) if cooperative
-           else pick_step_config(B, H))  # fmt: skip
-    phases = ((2, 1) if backward else (1, 2)) if proj else (1,)
+def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperative) -> None:
+    """Launch ``kernel`` over the plan's steps in block config ``cfg``: every step in one
+    cooperative launch, or a launch per phase of each step with a program per tile.
+    ``phase_cols`` maps each phase's bit to the columns its tiles cover, in the order a step
+    runs them (the kernel's ``phases`` argument: one bit per launch, all of them in a
+    cooperative launch). ``tensors`` are the kernel's pointer arguments before the steps
+    table (the first on the op's device), ``sizes`` those after ``T``, ``flags`` its
+    constexprs but the block configuration."""
+    T, B, dev = plan.T, plan.B, tensors[0].device
     table = steps_table(plan, dev)
-    tiles = {1: cfg.tiles(H, B), 2: cfg.tiles(Hout, B)}
+    tiles = {p: cfg.tiles(cols, B) for p, cols in phase_cols.items()}
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
     if cooperative:
         sync = torch.zeros(1, dtype=torch.int32, device=dev)
-        args = (*tensors, table, sync, 0, T, 3, T, *sizes)
+        args = (*tensors, table, sync, 0, T, sum(tiles), T, *sizes)
         kw = dict(flags, SYNC=True)
         if dev.type == "cuda":  # the driver refuses a grid that cannot be co-resident
             kw["launch_cooperative_grid"] = True
-        most = max(tiles[p] for p in phases)
-        runtime.launch(kernel, (cooperative_grid(kernel, most, args, kw, dev),), *args, **kw)
+        grid = cooperative_grid(kernel, max(tiles.values()), args, kw, dev)
+        runtime.launch(kernel, (grid,), *args, **kw)
         return
     for i in range(T):
-        for p in phases:
-            runtime.launch(kernel, (tiles[p],), *tensors, table, table, i, i + 1, p, T, *sizes,
+        for p, n in tiles.items():
+            runtime.launch(kernel, (n,), *tensors, table, table, i, i + 1, p, T, *sizes,
                            SYNC=False, **flags)  # fmt: skip
+
+
+def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):
+    """:func:`launch_phases` of a step kernel: phase 1 the cell, 2 the projection (the
+    forward's cell first, the backward's projected state first)."""
+    H, Hout = sizes[1], sizes[2]
+    dtype = str(tensors[0].dtype).removeprefix("torch.")
+    cfg = (pick_cooperative_config(plan.B, H, dtype, backward, flags["PROJ"]) if cooperative
+           else pick_step_config(plan.B, H))  # fmt: skip
+    cols = ({2: Hout, 1: H} if backward else {1: H, 2: Hout}) if flags["PROJ"] else {1: H}
+    launch_phases(kernel, tensors, sizes, flags, plan, cfg, cols, cooperative)
 
 
 def step_fwd(

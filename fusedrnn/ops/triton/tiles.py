@@ -17,17 +17,19 @@ import inspect
 import triton
 import triton.language as tl
 
-# what changes from launch to launch besides the ``tl.int64`` offsets (rows, B, zoneout, phase)
+# what changes from launch to launch besides the ``tl.int64`` offsets (rows, B, zoneout, phase,
+# the variant kernels' run-time SYNC)
 _PER_LAUNCH = ("row0", "xg_row0", "y_row0", "rows_active", "rows_prev", "B", "ZONE_H", "ZONE_C",
-               "phases")  # fmt: skip
+               "phases", "SYNC")  # fmt: skip
 
 
 def kernel_jit(fn):
     """``triton.jit`` of a launched kernel, ``do_not_specialize`` in the arguments annotated
-    ``tl.int64`` and those in ``_PER_LAUNCH``, so a sequence compiles each kernel once (see
-    ``tests/test_triton_offsets.py``)."""
+    ``tl.int64`` and those in ``_PER_LAUNCH`` that are not constexprs, so a sequence compiles
+    each kernel once (see ``tests/test_triton_offsets.py``)."""
     params = inspect.signature(fn).parameters.items()
-    keep = [n for n, p in params if p.annotation in (tl.int64, "tl.int64") or n in _PER_LAUNCH]
+    keep = [n for n, p in params if p.annotation in (tl.int64, "tl.int64")
+            or n in _PER_LAUNCH and "constexpr" not in str(p.annotation)]  # fmt: skip
     return triton.jit(do_not_specialize=keep)(fn)
 
 

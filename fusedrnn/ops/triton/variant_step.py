@@ -1,46 +1,53 @@
 """Variant step kernels (layer norm, zoneout, peephole, CIFG) and their launchers: one
-forward and one backward kernel, the cell a compile-time constant (``CELL``: LSTM or GRU,
-as in :mod:`.step`).
+forward and one backward kernel, the cell a compile-time constant (``CELL``: LSTM or GRU).
 
-One launch per step each way. A program owns BLOCK_B batch rows and every hidden
-unit of them (looping in BLOCK_H chunks, see :mod:`.rowwise`), because layer norm
-needs whole rows: of ``h W_hh^T`` over all G*H features and of the LSTM's ``c`` over H.
-Gate blocks follow the weights: LSTM i, f, g, o (G = 4) or i, g, o with CIFG (G = 3),
-GRU r, z, n.
+They have the shape of the torch.nn cells' step kernels (:mod:`.step`, whose launcher
+:func:`.step.launch_phases` they share): a program walks tiles of BLOCK_B batch rows x
+BLOCK_H hidden units with all gates of those units, every step of the sequence in one
+cooperative launch whose programs meet at a grid barrier after each phase of a step, or a
+launch per phase of each step (the same kernel, ``SYNC`` off). Gate blocks follow the
+weights: LSTM i, f, g, o (G = 4) or i, g, o with CIFG (G = 3), GRU r, z, n.
 
-Forward passes over the rows of a program (``s`` = recurrent part of the gates)::
+Layer norm needs statistics of whole rows (of ``h W_hh^T`` over all G*H features, of the
+LSTM's ``c~`` over H), which no tile holds: each tile writes its rows' partial moments, and
+after a barrier every tile merges them (:mod:`.rowstats`). So a normalisation costs a barrier
+per step and direction, not a kernel whose program owns whole rows (which would run
+``cdiv(B, 16)`` programs at any H, and walk all G*H features of its rows every step). Without
+layer norm a step is one phase, as the torch.nn cells' (two with the projection).
 
-    1 (LAYER_NORM)  s_raw = h_prev W_hh^T into Shat, row mean and rstd
-    2               s = LN(s_raw) or h_prev W_hh^T, plus b (b_hh + LN bias, so the GRU's
-                    b_hn stays inside the reset product); shat = normalised s_raw saved
-      GRU           gates with x-part xg (cellmath.gru_fwd), saving r, z, n, s_n;
-                    h~ = the new state
-      LSTM          gates, candidate c~, zoneout of c into Cs; saves gates and c~
-    3 (LSTM)        l = LN_c(c~) or c~; m = o tanh(l); h~ = m (or stores m with PROJ)
-    4 (PROJ)        h~ = m W_hr^T
-    then zoneout of h~ into Hs / y (:func:`.rowwise.emit_state`).
+Forward phases of a step (``s`` = recurrent part of the gates; a barrier after each)::
 
-Backward of one step, from the running gradients ``dh`` (see :mod:`.common`) and the
-LSTM's ``dc`` (k_h, k_c are the zoneout keep weights, see :mod:`.cellmath`); the GRU in
-one pass over the units::
+    1 (LAYER_NORM)  s_raw = h_prev W_hh^T into Shat; partial moments of its rows
+    2               s = LN(s_raw) (saved normalised in Shat, rstd saved) or h_prev W_hh^T,
+                    plus b (b_hh + LN bias, so the GRU's b_hn stays inside the reset product)
+      GRU           gates with x-part xg (cellmath.gru_fwd), saving r, z, n, s_n; zoneout of
+                    the new state into Hs / y (:func:`.rowstats.emit_state`)
+      LSTM          gates, candidate c~ (saved), zoneout of c into Cs; saves the gates; with
+                    layer norm the partial moments of c~, else m = o tanh(c~) as in 4
+    4 (LSTM, LAYER_NORM)  l = LN_c(c~); m = o tanh(l): zoneout into Hs / y, or stored (PROJ)
+    8 (PROJ)        h~ = m W_hr^T over the Hout columns; zoneout into Hs / y
 
-    dh_t = state_grad(...)                    dh~ = (1 - k_h) dh_t
-    dG_x = [d pre_r, d pre_z, d pre_n]        gradient of xg (x side)
-    dG_s = [d pre_r, d pre_z, r d pre_n]      gradient of s (b_hh, LN_hh bias and gain)
-    running dh = k_h dh_t + z dh~             (reaches h_prev directly)
+Backward phases of a step, from the running gradients ``dh`` (see :mod:`.common`) and the
+LSTM's ``dc`` (k_h, k_c are the zoneout keep weights, see :mod:`.cellmath`)::
 
-the LSTM in three (its ``dG_x = dG_s = dG = d pre``)::
+    1 (PROJ)  dh_t = state_grad(...) over the Hout columns; dh~ = (1 - k_h) dh_t saved in
+              dHt; the running dh keeps k_h dh_t, which reaches h_prev directly
+    2 GRU     dh_t = state_grad(...), dh~ = (1 - k_h) dh_t, then
+                dG_x = [d pre_r, d pre_z, d pre_n]     gradient of xg (x side)
+                dG_s = [d pre_r, d pre_z, r d pre_n]   gradient of s (b_hh, LN_hh bias, gain)
+                running dh = k_h dh_t + z dh~          (reaches h_prev directly)
+              with layer norm the partial row sums of LN_hh's backward
+      LSTM    dm = dh~ W_hr (PROJ) or dh~ (dh_t formed here as in 1); d pre_o, dl =
+              out_bwd(o, l, dm); with layer norm dl saved and the partial row sums of LN_c's
+              backward, else the cell state's gradient as in 4
+    4 (LSTM, LAYER_NORM)  dc~ = (1 - k_c) dc_t + LN_c backward of dl + d pre_o w_co; d pre_i,
+              d pre_f, d pre_g, dc_prev by cellmath.lstm_variant_bwd, dc_prev += k_c dc_t;
+              partial row sums of LN_hh's backward
+    8 (LAYER_NORM)  dS_raw = LN backward of dG_s over the G*H features
 
-    A  dh_t = state_grad(...)          dh~ = (1 - k_h) dh_t    (saved in dHt)
-       the running dh keeps k_h dh_t, which reaches h_prev directly
-    B  dm = dh~ W_hr (PROJ) or dh~;    d pre_o, dl = out_bwd(o, l, dm)     (dl saved)
-    C  dc~ = (1 - k_c) dc_t + LN_c backward of dl (or dl) + d pre_o w_co;
-       d pre_i, d pre_f, d pre_g, dc_prev by cellmath.lstm_variant_bwd; dc_prev += k_c dc_t
-
-then (LAYER_NORM) ``dS_raw`` = LN backward of ``dG_s`` over the G*H features. ``dS_raw``
-(= ``dG_s`` without layer norm) is the gradient of ``h_prev W_hh^T``, used for ``dW_hh``
-and, at the next launch, for ``dh_prev``. Parameter gradients are column sums over all
-steps afterwards (:mod:`.variants`, :mod:`.layer_op`).
+``dS_raw`` (= ``dG_s`` without layer norm; the LSTM's ``dG_s`` is ``dG_x``) is the gradient
+of ``h_prev W_hh^T``, used for ``dW_hh`` and, at the next step, for ``dh_prev``. Parameter
+gradients are column sums over all steps afterwards (:mod:`.variants`, :mod:`.layer_op`).
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import runtime
+from . import persistent, runtime
 from .cellmath import (
     CELL_CODE,
     CIFG,
@@ -66,33 +73,39 @@ from .cellmath import (
     sigmoid,
     tanh,
 )
-from .common import finish_state_grad, forward_buffers, gate_blocks, state_grad
+from .common import finish_state_grad, forward_buffers, gate_blocks, state_grad, visit
 from .configs import pick_variant_config
-from .rowwise import (
+from .rowstats import (
     emit_state,
     ln_grad_sums,
-    recurrent_gates,
-    row_chunk,
-    row_rstd,
+    merge_moments,
+    merge_sums,
+    store_partial,
+    tile_moments,
     zoneout_weight,
 )
-from .tiles import kernel_jit, load_gates, packed_ptrs, rec_tile, row_block, store_gates, tile_ptrs
+from .step import _tiles, launch_phases
+from .sync import counter_fits, grid_barrier
+from .tiles import (
+    add_gates,
+    block_tile,
+    kernel_jit,
+    load_gates,
+    packed_ptrs,
+    rec_gates,
+    rec_tile,
+    store_gates,
+    tile_ptrs,
+)
 
 
 @triton.jit
-def _program(par_ptr, B, H, rows_active, CELL: tl.constexpr, OPTIONS: tl.constexpr,
-             BLOCK_B: tl.constexpr):  # fmt: skip
-    """What both variant kernels start from: this program's rows (:func:`.tiles.row_block`),
-    the G*H gate features, ``(off_g, off_cf, off_co)`` (the offset of the LSTM's g block in the
-    gate tensors and of the f and o peephole rows in w_ch; CIFG drops the f gate and its
-    peephole row) and the zoneout probabilities ``p_h, p_c``."""
-    rows, rmask, act = row_block(B, rows_active, BLOCK_B)
-    GH = gate_blocks(CELL, OPTIONS) * H
+def _offsets(H, CELL: tl.constexpr, OPTIONS: tl.constexpr):
+    """``(off_g, off_cf, off_co)``: the offset of the LSTM's g block in the gate tensors and
+    of the f and o peephole rows in w_ch (CIFG drops the f gate and its peephole row)."""
     if CIFG & OPTIONS:
-        off_g, off_cf, off_co = H, 0, H
-    else:
-        off_g, off_cf, off_co = 2 * H, H, 2 * H
-    return rows, rmask, act, GH, off_g, off_cf, off_co, tl.load(par_ptr), tl.load(par_ptr + 1)
+        return H, 0, H
+    return 2 * H, H, 2 * H
 
 
 @triton.jit
@@ -111,8 +124,38 @@ def peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE: tl.constexpr,
     return w_ci, w_cf, w_co
 
 
+@triton.jit
+def _program_tiles():
+    """``(first tile, stride)`` of the tiles a program visits in a phase: pid, pid + grid,
+    ... A launch per phase has a program per tile of its phase, so each visits its own.
+    ``SYNC`` is a run-time flag of these kernels (unlike the step kernels' constexpr): one
+    compile serves both launches, which halves the variant compiles."""
+    return tl.program_id(0), tl.num_programs(0)
+
+
+@triton.jit
+def _sync(sync_ptr, s, n, PER_STEP: tl.constexpr, SYNC):
+    """The ``n``-th barrier (1, 2, ...) of the launch's step ``s`` (counted from 0), of
+    PER_STEP per step; nothing in a launch per phase."""
+    if SYNC:
+        grid_barrier(sync_ptr, s * PER_STEP + n)
+
+
+@triton.jit
+def _lstm_output(m, m_ptr, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act, units,
+                 umask, mask2, H, ZONE_H, PROJ: tl.constexpr, WRITE_Y):  # fmt: skip
+    """The LSTM's unprojected output ``m``: stored for the projection phase (PROJ; zero in
+    inactive rows, which the dW_hr GEMM reads) or, zoned out, the new state."""
+    if PROJ:
+        tl.store(m_ptr + rows[:, None] * H + units[None, :], tl.where(act[:, None], m, 0.0),
+                 mask=mask2)  # fmt: skip
+    else:
+        emit_state(m, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act, units,
+                   umask, H, ZONE_H, WRITE_Y)  # fmt: skip
+
+
 @kernel_jit
-def _variant_fwd_step_kernel(
+def _variant_fwd_kernel(
     xg_ptr,  # [N, GH] input projection (LN_ih and b_ih applied)
     w_ptr,  # [GH, HOUT] W_hh
     b_ptr,  # [GH] b_hh + LN_hh bias (HAS_BIAS)
@@ -132,138 +175,202 @@ def _variant_fwd_step_kernel(
     rstd_ptr,  # [T, B, 2] saved rstd of the recurrent projection and of c~; GRU [T, B, 1]
     m_ptr,  # [T, B, H] unprojected output (PROJ)
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
-    row0, rows_active,  # first row of this step in xg / y / masks, its active rows
-    hs_r: tl.int64, hs_w: tl.int64,  # offsets of the Hs slots read / written
-    cs_r: tl.int64, cs_w: tl.int64,  # offsets of the Cs slots read / written
-    gates_off: tl.int64, gh_off: tl.int64, h_off: tl.int64,  # t * B * 4H, t * B * GH, t * B * H
-    stat_off: tl.int64,  # t * B * 2; GRU t * B
-    B, H, HOUT,  # HOUT: H unless the LSTM projects
+    part_ptr,  # [2, cdiv(H, BLOCK_H), B, 2] partial moments of a step: of s_raw, of c~ (LSTM)
+    steps_ptr,  # [T, 2] int32: first row of step t in xg / y / masks, active rows at t
+    sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
+    s_begin: tl.int64, s_end: tl.int64,  # steps s_begin .. s_end - 1 of the visiting order
+    phases,  # of each step (see the module docstring), one bit per launch or all of them
+    T: tl.int64, B, H, HOUT,  # HOUT: H unless the LSTM projects
     CELL: tl.constexpr,  # cellmath.LSTM or GRU
     HAS_BIAS, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr,
     OPTIONS: tl.constexpr,  # the bool options' bits (cellmath.option_bits)
     PROJ: tl.constexpr,
     ZONE_H, ZONE_C,  # 0 off, 1 mask, 2 evaluation (p)
+    REVERSE: tl.constexpr,
+    SYNC,  # a grid barrier after each phase (cooperative launch); see _program_tiles
     WRITE_Y, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
     G: tl.constexpr = gate_blocks(CELL, OPTIONS)
+    STATS: tl.constexpr = 2 if CELL == LSTM else 1
+    LN_C: tl.constexpr = LAYER_NORM and CELL == LSTM
+    # barriers per step: after phases 1 (LAYER_NORM), 2, 4 (LN_C) and 8 (PROJ)
+    N1: tl.constexpr = 1 if LAYER_NORM else 0
+    N4: tl.constexpr = N1 + 2 if LN_C else N1 + 1
+    PER_STEP: tl.constexpr = N4 + 1 if PROJ else N4
     # only the LSTM's W_hh may be [GH, HOUT]: the GRU uses the one size H throughout
     K = HOUT if CELL == LSTM else H
-    rows, rmask, act, GH, off_g, off_cf, off_co, p_h, p_c = _program(
-        par_ptr, B, H, rows_active, CELL, OPTIONS, BLOCK_B
-    )
-    eps = tl.load(par_ptr + 2)
-    h_prev_ptr = hs_ptr + hs_r
-    shat = shat_ptr + gh_off
-    gates = gates_ptr + gates_off
+    GH = G * H
+    col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
+    first, every = _program_tiles()
+    p_h, p_c, eps = tl.load(par_ptr), tl.load(par_ptr + 1), tl.load(par_ptr + 2)
+    # (the tuple indexed: a name ``_`` here would clash with the loops' in compiled code)
+    offsets = _offsets(H, CELL, OPTIONS)
+    off_cf, off_co = offsets[1], offsets[2]
+    part_c = part_ptr + col_blocks * B * 2
+    for s in range(s_begin, s_end):
+        t, slot_r, slot_w, row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
+        hs_r, hs_w = slot_r * B * HOUT, slot_w * B * HOUT
+        shat, gates, h_off = shat_ptr + t * B * GH, gates_ptr + t * B * 4 * H, t * B * H
+        stat = rstd_ptr + t * B * STATS
+        if LAYER_NORM:  # 1: the raw recurrent projection and its partial moments
+            for tile in range(first, tiles, every):
+                if phases & 1:
+                    rows, units, rmask, umask, act, mask2 = block_tile(
+                        tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    r0, r1, r2, r3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H,
+                                               K, K, 1, G, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                               BLOCK_K)  # fmt: skip
+                    store_gates(tile_ptrs(shat, rows, units, GH), H, act, mask2, r0, r1, r2, r3, G)
+                    mean, m2 = tile_moments(r0, r1, r2, r3, umask, G)
+                    store_partial(part_ptr, tile % col_blocks, B, rows, rmask, mean, m2)
+            _sync(sync_ptr, s - s_begin, N1, PER_STEP, SYNC)
+        for tile in range(first, tiles, every):  # 2: the gates
+            if phases & 2:
+                rows, units, rmask, umask, act, mask2 = block_tile(
+                    tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                )
+                a = act[:, None]
+                if LAYER_NORM:
+                    mean, rstd = merge_moments(part_ptr, rows, rmask, B, H, eps, G, acc_ty,
+                                               BLOCK_B, BLOCK_H)  # fmt: skip
+                    at = tile_ptrs(shat, rows, units, GH)
+                    s0, s1, s2, s3 = load_gates(at, H, mask2, G)
+                    s0 = tl.where(a, (s0 - mean[:, None]) * rstd[:, None], 0.0)
+                    s1 = tl.where(a, (s1 - mean[:, None]) * rstd[:, None], 0.0)
+                    s2 = tl.where(a, (s2 - mean[:, None]) * rstd[:, None], 0.0)
+                    s3 = tl.where(a, (s3 - mean[:, None]) * rstd[:, None], 0.0)
+                    store_gates(at, H, act, mask2, s0, s1, s2, s3, G)  # the saved xhat
+                    s0, s1, s2, s3 = _gain(s0, s1, s2, s3, lnw_ptr + units, H, umask, G)
+                    tl.store(stat + rows * STATS, tl.where(act, rstd, 0.0),
+                             mask=rmask & (tile % col_blocks == 0))  # fmt: skip
+                else:
+                    s0, s1, s2, s3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H,
+                                               K, K, 1, G, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                               BLOCK_K)  # fmt: skip
+                if HAS_BIAS:
+                    s0, s1, s2, s3 = add_gates(s0, s1, s2, s3, b_ptr + units, H, umask, G)
+                # the input parts after the recurrent ones: fewer registers than interleaved
+                x0, x1, x2, x3 = load_gates(packed_ptrs(xg_ptr, row0, rows, units, GH), H,
+                                            a & umask[None, :], G)  # fmt: skip
+                state = rows[:, None] * H + units[None, :]
+                if CELL == GRU:
+                    h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
+                    r, z, n, h = gru_fwd(x0, x1, x2, s0, s1, s2, h_prev, OPTIONS)
+                    store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, mask2, r, z, n, s2, 4)
+                    emit_state(h, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
+                               units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
+                else:
+                    pre_i, pre_f, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2, x3 + s3
+                    if CIFG & OPTIONS:  # gate blocks i, g, o (pre_f unused)
+                        pre_f, pre_g, pre_o = pre_i, pre_f, pre_g
+                    w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask,
+                                                     PEEPHOLE, acc_ty, BLOCK_H)  # fmt: skip
+                    c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+                    i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf,
+                                                  PEEPHOLE, OPTIONS)  # fmt: skip
+                    o = sigmoid(pre_o + w_co[None, :] * c)
+                    k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, c)
+                    tl.store(cs_ptr + slot_w * B * H + state,
+                             tl.where(a, k * c_prev + (1.0 - k) * c, c_prev), mask=mask2)  # fmt: skip
+                    store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, mask2, i, f, g, o, 4)
+                    c = tl.where(a, c, 0.0)
+                    tl.store(ct_ptr + h_off + state, c, mask=mask2)
+                    if LAYER_NORM:
+                        mean, m2 = tile_moments(c, c, c, c, umask, 1)
+                        store_partial(part_c, tile % col_blocks, B, rows, rmask, mean, m2)
+                    else:
+                        _lstm_output(o * tanh(c), m_ptr + h_off, hs_ptr, mh_ptr, y_ptr, p_h, hs_r,
+                                     hs_w, row0, rows, rmask, act, units, umask, mask2, H, ZONE_H,
+                                     PROJ, WRITE_Y)  # fmt: skip
+        _sync(sync_ptr, s - s_begin, N1 + 1, PER_STEP, SYNC)
+        if LN_C:  # 4: the output m = o tanh(LN_c(c~))
+            for tile in range(first, tiles, every):
+                if phases & 4:
+                    rows, units, rmask, umask, act, mask2 = block_tile(
+                        tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    mean, rstd = merge_moments(part_c, rows, rmask, B, H, eps, 1, acc_ty, BLOCK_B,
+                                               BLOCK_H)  # fmt: skip
+                    tl.store(stat + rows * 2 + 1, tl.where(act, rstd, 0.0),
+                             mask=rmask & (tile % col_blocks == 0))  # fmt: skip
+                    state = rows[:, None] * H + units[None, :]
+                    c = tl.load(ct_ptr + h_off + state, mask=mask2, other=0.0)
+                    o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=mask2, other=0.0)
+                    chat = tl.where(act[:, None], (c - mean[:, None]) * rstd[:, None], 0.0)
+                    tl.store(chat_ptr + h_off + state, chat, mask=mask2)
+                    lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
+                    lb = tl.load(lncb_ptr + units, mask=umask, other=0.0)
+                    m = o * tanh(chat * lw[None, :] + lb[None, :])
+                    _lstm_output(m, m_ptr + h_off, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0,
+                                 rows, rmask, act, units, umask, mask2, H, ZONE_H, PROJ,
+                                 WRITE_Y)  # fmt: skip
+            _sync(sync_ptr, s - s_begin, N4, PER_STEP, SYNC)
+        if PROJ:  # 8: h~ = m W_hr^T
+            out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
+            for tile in range(first, out_tiles, every):
+                if phases & 8:
+                    rows, cols, rmask, cmask, act, _ = block_tile(
+                        tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
+                                  PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+                    emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
+                               cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
+            _sync(sync_ptr, s - s_begin, PER_STEP, PER_STEP, SYNC)
 
-    # pass 1 (LAYER_NORM): h_prev W_hh^T into Shat (zero in inactive rows), its row mean and rstd
-    mean_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
-    rstd_s = mean_s
-    if LAYER_NORM:
-        for f0 in range(0, GH, BLOCK_H):
-            feats, fmask, m2, _ = row_chunk(rows, rmask, f0, GH, BLOCK_H)
-            raw = rec_tile(h_prev_ptr, w_ptr, rows, act, feats, fmask, K, K, 1, acc_ty, PRECISION,
-                           BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-            raw = tl.where(act[:, None] & fmask[None, :], raw, 0.0)
-            # the offsets formed after the loop, not held across it
-            tl.store(shat + rows[:, None] * GH + feats[None, :], raw, mask=m2)
-            mean_s += tl.sum(raw, axis=1)
-        mean_s = mean_s / GH
-        tl.debug_barrier()
-        rstd_s = row_rstd(shat, rows, act, mean_s, GH, eps, acc_ty, BLOCK_B, BLOCK_H)
-        tl.debug_barrier()
-        if CELL == GRU:  # the LSTM stores it with the rstd of c~ after pass 2
-            tl.store(rstd_ptr + stat_off + rows, tl.where(act, rstd_s, 0.0), mask=rmask)
 
-    # pass 2: the gates, and the GRU's new state or the LSTM's candidate cell state
-    c_sum = tl.zeros((BLOCK_B,), dtype=acc_ty)
-    for u0 in range(0, H, BLOCK_H):
-        units, umask, m2, _ = row_chunk(rows, rmask, u0, H, BLOCK_H)
-        s0, s1, s2, s3 = recurrent_gates(
-            h_prev_ptr, w_ptr, b_ptr, lnw_ptr, shat, mean_s, rstd_s, rows, rmask, act, units,
-            umask, H, GH, K, HAS_BIAS, G, LAYER_NORM, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
-            BLOCK_K,
-        )  # fmt: skip
-        # the input parts after the recurrent ones: fewer registers than interleaved
-        am = act[:, None] & umask[None, :]
-        x0, x1, x2, x3 = load_gates(packed_ptrs(xg_ptr, row0, rows, units, GH), H, am, G)
-        # the tile's offsets formed after the recurrent loop, not held across it
-        state = rows[:, None] * H + units[None, :]
-        if CELL == GRU:
-            h_prev = tl.load(h_prev_ptr + state, mask=m2, other=0.0)
-            r, z, n, h = gru_fwd(x0, x1, x2, s0, s1, s2, h_prev, OPTIONS)
-            store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, r, z, n, s2, 4)
-            emit_state(h, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
-                       units, umask, H, ZONE_H, WRITE_Y)  # fmt: skip
-        else:
-            pre_i, pre_f, pre_g, pre_o = x0 + s0, x1 + s1, x2 + s2, x3 + s3
-            if CIFG & OPTIONS:  # gate blocks i, g, o (pre_f unused)
-                pre_f, pre_g, pre_o = pre_i, pre_f, pre_g
-            w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE,
-                                             acc_ty, BLOCK_H)  # fmt: skip
-            c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
-            i, f, g, c = lstm_variant_fwd(pre_i, pre_f, pre_g, c_prev, w_ci, w_cf, PEEPHOLE,
-                                          OPTIONS)  # fmt: skip
-            o = sigmoid(pre_o + w_co[None, :] * c)
-            k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, c)
-            a = act[:, None]
-            tl.store(cs_ptr + cs_w + state, tl.where(a, k * c_prev + (1.0 - k) * c, c_prev),
-                     mask=m2)  # fmt: skip
-            store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, m2, i, f, g, o, 4)
-            c = tl.where(a, c, 0.0)
-            tl.store(ct_ptr + h_off + state, c, mask=m2)
-            c_sum += tl.sum(tl.where(umask[None, :], c, 0.0), axis=1)
+@triton.jit
+def _gain(s0, s1, s2, s3, w_ptr, H, umask, G: tl.constexpr):
+    """The gate tiles q < G times their rows of the gain at ``w_ptr + q * H``."""
+    w0, w1, w2, w3 = load_gates(w_ptr, H, umask, G)
+    return s0 * w0[None, :], s1 * w1[None, :], s2 * w2[None, :], s3 * w3[None, :]
 
-    if CELL == LSTM:
-        tl.debug_barrier()
-        if LAYER_NORM:
-            mean_c = c_sum / H
-            rstd_c = row_rstd(ct_ptr + h_off, rows, act, mean_c, H, eps, acc_ty, BLOCK_B,
-                              BLOCK_H)  # fmt: skip
-            stat = rstd_ptr + stat_off + rows * 2
-            tl.store(stat, tl.where(act, rstd_s, 0.0), mask=rmask)
-            tl.store(stat + 1, tl.where(act, rstd_c, 0.0), mask=rmask)
-        else:
-            mean_c = c_sum
-            rstd_c = c_sum
 
-        # pass 3: the (unprojected) output m = o tanh(LN_c(c~))
-        for u0 in range(0, H, BLOCK_H):
-            units, umask, m2, state = row_chunk(rows, rmask, u0, H, BLOCK_H)
-            c = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
-            o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=m2, other=0.0)
-            if LAYER_NORM:
-                chat = tl.where(act[:, None], (c - mean_c[:, None]) * rstd_c[:, None], 0.0)
-                tl.store(chat_ptr + h_off + state, chat, mask=m2)
-                lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
-                lb = tl.load(lncb_ptr + units, mask=umask, other=0.0)
-                l = chat * lw[None, :] + lb[None, :]
-            else:
-                l = c
-            m = o * tanh(l)
-            if PROJ:
-                tl.store(m_ptr + h_off + state, tl.where(act[:, None], m, 0.0), mask=m2)
-            else:
-                emit_state(m, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
-                           units, umask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
-
-    if PROJ:  # pass 4: h~ = m W_hr^T
-        tl.debug_barrier()
-        for c0 in range(0, HOUT, BLOCK_H):
-            cols, cmask, _, _ = row_chunk(rows, rmask, c0, HOUT, BLOCK_H)
-            hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
-                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-            emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
-                       cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
+@triton.jit
+def _lstm_cell_bwd(dl, d_o, dc_ptr, dcs_ptr, cs_ptr, mc_ptr, wch_ptr, gates, dg, p_c, cs_r, cs_w,
+                   row0, rows, act, units, umask, mask2, H, GH, ZONE_C, HAS_DCS,
+                   PEEPHOLE: tl.constexpr, OPTIONS: tl.constexpr, ACC_TY: tl.constexpr,
+                   BLOCK_H: tl.constexpr):  # fmt: skip
+    """The LSTM's cell-state gradient and gate gradients of a tile from ``dl`` (of c~ through
+    the output, LN_c's backward applied) and ``d pre_o``: stores ``dG`` (``dg`` [B, GH], the
+    step's) and the running ``dc``; returns ``(d pre_i, d pre_f, d pre_g)``, zero in inactive
+    rows."""
+    a = act[:, None]
+    off_g, off_cf, off_co = _offsets(H, LSTM, OPTIONS)
+    state = rows[:, None] * H + units[None, :]
+    dc_t = tl.load(dc_ptr + state, mask=mask2, other=0.0)
+    if HAS_DCS:
+        dc_t += tl.load(dcs_ptr + cs_w + state, mask=mask2, other=0.0)
+    k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, dc_t)
+    dc = (1.0 - k) * dc_t + dl
+    w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE, ACC_TY,
+                                     BLOCK_H)  # fmt: skip
+    if PEEPHOLE:
+        dc += d_o * w_co[None, :]
+    i, f, g, _ = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, mask2, 3)
+    c_prev = tl.load(cs_ptr + cs_r + state, mask=mask2, other=0.0)
+    d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE, OPTIONS)
+    tl.store(dc_ptr + state, tl.where(a, dc_prev + k * dc_t, dc_t), mask=mask2)
+    d_i = tl.where(a, d_i, 0.0)
+    d_f = tl.where(a, d_f, 0.0)
+    d_g = tl.where(a, d_g, 0.0)
+    gate = tile_ptrs(dg, rows, units, GH)
+    tl.store(gate, d_i, mask=mask2)
+    tl.store(gate + off_g, d_g, mask=mask2)
+    tl.store(gate + GH - H, d_o, mask=mask2)
+    if not (CIFG & OPTIONS):
+        tl.store(gate + H, d_f, mask=mask2)
+    return d_i, d_f, d_g
 
 
 @kernel_jit
-def _variant_bwd_step_kernel(
+def _variant_bwd_kernel(
     dg_ptr,  # [T, B, GH] out: gradient of the gate pre-activations dG_x (of xg)
     dgs_ptr,  # [T, B, GH] out: GRU's gradient dG_s of s (the LSTM's is dG_x)
-    ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG_s itself), read at the next launch
+    ds_ptr,  # [T, B, GH] out: dS_raw (LAYER_NORM; else dG_s itself), read at the next step
     w_ptr, whr_ptr, lnw_ptr, lncw_ptr, lncb_ptr, wch_ptr, mh_ptr, mc_ptr, par_ptr, hs_ptr,
     cs_ptr, gates_ptr, ct_ptr, shat_ptr, chat_ptr, rstd_ptr,  # as the forward kernel's
     dh_ptr,  # [B, HOUT] running state gradient (see common.py)
@@ -271,152 +378,183 @@ def _variant_bwd_step_kernel(
     dhs_ptr,  # [T+1, B, HOUT] gradient of Hs (HAS_DHS)
     dy_ptr,  # [N, HOUT] gradient of the packed output (HAS_DY)
     dcs_ptr,  # [T+1, B, H] gradient of Cs (HAS_DCS)
-    dht_ptr,  # [T, B, HOUT] out: gradient of h~ (before zoneout; LSTM)
-    dl_ptr,  # [T, B, H] out: gradient of l = LN_c(c~) (or c~; LSTM)
-    row0, rows_active, rows_prev,  # rows_prev: active at the step processed before (0 first)
-    hs_r: tl.int64, hs_w: tl.int64, cs_r: tl.int64, cs_w: tl.int64, gates_off: tl.int64,
-    gh_off: tl.int64,  # as the forward kernel's
-    gh_prev_off: tl.int64,  # offset of dS_raw of the step processed before
-    h_off: tl.int64, hout_off: tl.int64, stat_off: tl.int64,  # t * B * (H, HOUT, STATS)
-    B, H, HOUT, CELL: tl.constexpr, LAYER_NORM: tl.constexpr, PEEPHOLE: tl.constexpr,
-    OPTIONS: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C, HAS_DHS, HAS_DY, HAS_DCS,
-    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    dht_ptr,  # [T, B, HOUT] out: gradient of h~ (before zoneout; LSTM, PROJ)
+    dl_ptr,  # [T, B, H] out: gradient of l = LN_c(c~) (LSTM, LAYER_NORM)
+    part_ptr,  # [2, cdiv(H, BLOCK_H), B, 2] partial row sums of a step: of LN_hh's backward,
+    # of LN_c's (LSTM)
+    steps_ptr, sync_ptr,  # as the forward kernel's
+    s_begin: tl.int64, s_end: tl.int64,  # as the forward kernel's, in backward order
+    phases,  # as the forward kernel's (see the module docstring)
+    T: tl.int64, B, H, HOUT, CELL: tl.constexpr, LAYER_NORM: tl.constexpr,
+    PEEPHOLE: tl.constexpr, OPTIONS: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C,
+    REVERSE: tl.constexpr, SYNC, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
+    G: tl.constexpr = gate_blocks(CELL, OPTIONS)
     STATS: tl.constexpr = 2 if CELL == LSTM else 1
-    rows, rmask, act, GH, off_g, off_cf, off_co, p_h, p_c = _program(
-        par_ptr, B, H, rows_active, CELL, OPTIONS, BLOCK_B
-    )
-    a = act[:, None]
+    LN_C: tl.constexpr = LAYER_NORM and CELL == LSTM
+    # barriers per step: after phases 1 (PROJ), 2, 4 (LN_C) and 8 (LAYER_NORM)
+    N2: tl.constexpr = 2 if PROJ else 1
+    N4: tl.constexpr = N2 + 1 if LN_C else N2
+    PER_STEP: tl.constexpr = N4 + 1 if LAYER_NORM else N4
+    GH = G * H
+    col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
+    first, every = _program_tiles()
+    p_h, p_c = tl.load(par_ptr), tl.load(par_ptr + 1)
+    off_g = _offsets(H, CELL, OPTIONS)[0]
     off_o = GH - H
-    dg = dg_ptr + gh_off
-    gates = gates_ptr + gates_off
-    sum_s = tl.zeros((BLOCK_B,), dtype=acc_ty)
-    sum_sx = tl.zeros((BLOCK_B,), dtype=acc_ty)
-
-    # the GRU's gradients of every gate and of h_prev, with the LN_hh row sums; the LSTM's (A)
-    # of h~, and the part of dh_t that reaches h_prev directly
-    W = H if CELL == GRU else HOUT  # the columns of dh_t
-    for c0 in range(0, W, BLOCK_H):
-        cols, cmask, m2, _ = row_chunk(rows, rmask, c0, W, BLOCK_H)
-        total = state_grad(
-            dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, gh_prev_off, hs_w, row0,
-            rows, cols, rmask, cmask, act, rows < rows_prev, GH, W,
-            HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-        )  # fmt: skip
-        k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, W, total)  # k_h
-        state = rows[:, None] * W + cols[None, :]  # after the loop, not held across it
-        if CELL == GRU:
-            h_prev = tl.load(hs_ptr + hs_r + state, mask=m2, other=0.0)
-            r, z, n, s_n = load_gates(tile_ptrs(gates, rows, cols, 4 * H), H, m2, 4)
-            d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, (1.0 - k) * total,
-                                                  OPTIONS)  # fmt: skip
-            tl.store(dh_ptr + state, tl.where(a, direct + k * total, total), mask=m2)
-            out = gh_off + rows[:, None] * GH + cols[None, :]
-            store_gates(dg_ptr + out, H, act, m2, d_r, d_z, d_n, d_n, 3)
-            store_gates(dgs_ptr + out, H, act, m2, d_r, d_z, d_sn, d_sn, 3)
-            if LAYER_NORM:
-                d_r = tl.where(a, d_r, 0.0)
-                d_z = tl.where(a, d_z, 0.0)
-                d_sn = tl.where(a, d_sn, 0.0)
-                lnw = lnw_ptr + cols
-                shat = shat_ptr + out
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_r, lnw, shat, cmask, m2)
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_z, lnw + H, shat + H, cmask, m2)
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_sn, lnw + 2 * H, shat + 2 * H,
-                                             cmask, m2)  # fmt: skip
-        else:
-            tl.store(dht_ptr + hout_off + state, tl.where(a, (1.0 - k) * total, 0.0), mask=m2)
-            tl.store(dh_ptr + state, tl.where(a, k * total, total), mask=m2)
-    if CELL == LSTM:
-        tl.debug_barrier()
-
-        # B: output gate and the gradient of l, with the row sums of the LN_c backward
-        sum_d = tl.zeros((BLOCK_B,), dtype=acc_ty)
-        sum_dx = tl.zeros((BLOCK_B,), dtype=acc_ty)
-        for u0 in range(0, H, BLOCK_H):
-            units, umask, m2, state = row_chunk(rows, rmask, u0, H, BLOCK_H)
-            if PROJ:
-                dm = rec_tile(dht_ptr + hout_off, whr_ptr, rows, act, units, umask, HOUT, 1, H,
-                              acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-            else:
-                dm = tl.load(dht_ptr + hout_off + state, mask=m2, other=0.0)
-            o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=m2, other=0.0)
-            if LAYER_NORM:
-                chat = tl.load(chat_ptr + h_off + state, mask=m2, other=0.0)
-                lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
-                lb = tl.load(lncb_ptr + units, mask=umask, other=0.0)
-                l = chat * lw[None, :] + lb[None, :]
-            else:
-                l = tl.load(ct_ptr + h_off + state, mask=m2, other=0.0)
-            d_o, dl = lstm_variant_out_bwd(o, l, dm)
-            d_o = tl.where(a, d_o, 0.0)
-            dl = tl.where(a, dl, 0.0)
-            tl.store(dg + rows[:, None] * GH + off_o + units[None, :], d_o, mask=m2)
-            tl.store(dl_ptr + h_off + state, dl, mask=m2)
-            if LAYER_NORM:
-                dchat = dl * lw[None, :]
-                sum_d += tl.sum(dchat, axis=1)
-                sum_dx += tl.sum(dchat * chat, axis=1)
-        tl.debug_barrier()
-
-        # C: the cell state, the other gates; row sums of the LN_hh backward
-        if LAYER_NORM:
-            rstd_c = tl.load(rstd_ptr + stat_off + rows * STATS + 1, mask=rmask, other=0.0)
-        for u0 in range(0, H, BLOCK_H):
-            units, umask, m2, state = row_chunk(rows, rmask, u0, H, BLOCK_H)
-            dc_t = tl.load(dc_ptr + state, mask=m2, other=0.0)
-            if HAS_DCS:
-                dc_t += tl.load(dcs_ptr + cs_w + state, mask=m2, other=0.0)
-            k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, dc_t)
-            dl = tl.load(dl_ptr + h_off + state, mask=m2, other=0.0)
-            if LAYER_NORM:
-                lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
-                chat = tl.load(chat_ptr + h_off + state, mask=m2, other=0.0)
-                dl = layer_norm_bwd(dl * lw[None, :], chat, rstd_c, sum_d / H, sum_dx / H)
-            dc = (1.0 - k) * dc_t + dl
-            gate = dg + rows[:, None] * GH + units[None, :]
-            d_o = tl.load(gate + off_o, mask=m2, other=0.0)
-            w_ci, w_cf, w_co = peephole_rows(wch_ptr, off_cf, off_co, units, umask, PEEPHOLE,
-                                             acc_ty, BLOCK_H)  # fmt: skip
-            if PEEPHOLE:
-                dc += d_o * w_co[None, :]
-            i, f, g, _ = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, m2, 3)
-            c_prev = tl.load(cs_ptr + cs_r + state, mask=m2, other=0.0)
-            d_i, d_f, d_g, dc_prev = lstm_variant_bwd(i, f, g, c_prev, dc, w_ci, w_cf, PEEPHOLE,
-                                                      OPTIONS)  # fmt: skip
-            tl.store(dc_ptr + state, tl.where(a, dc_prev + k * dc_t, dc_t), mask=m2)
-            d_i = tl.where(a, d_i, 0.0)
-            d_g = tl.where(a, d_g, 0.0)
-            tl.store(gate, d_i, mask=m2)
-            tl.store(gate + off_g, d_g, mask=m2)
-            if not (CIFG & OPTIONS):
-                d_f = tl.where(a, d_f, 0.0)
-                tl.store(gate + H, d_f, mask=m2)
-            if LAYER_NORM:
-                shat = shat_ptr + gh_off + rows[:, None] * GH + units[None, :]
-                lnw = lnw_ptr + units
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_i, lnw, shat, umask, m2)
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_g, lnw + off_g, shat + off_g, umask,
-                                             m2)  # fmt: skip
-                sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_o, lnw + off_o, shat + off_o, umask,
-                                             m2)  # fmt: skip
-                if not (CIFG & OPTIONS):
-                    sum_s, sum_sx = ln_grad_sums(sum_s, sum_sx, d_f, lnw + H, shat + H, umask, m2)
-
-    if LAYER_NORM:  # through LN_hh to h_prev W_hh^T
-        tl.debug_barrier()
-        rstd_s = tl.load(rstd_ptr + stat_off + rows * STATS, mask=rmask, other=0.0)
-        # dS_raw from dG_s (dG itself but for the GRU), zero in inactive rows
-        dgs = (dgs_ptr if CELL == GRU else dg_ptr) + gh_off
-        shat, ds = shat_ptr + gh_off, ds_ptr + gh_off
-        for f0 in range(0, GH, BLOCK_H):
-            feats, fmask, m2, off = row_chunk(rows, rmask, f0, GH, BLOCK_H)
-            lw = tl.load(lnw_ptr + feats, mask=fmask, other=0.0)
-            dxhat = tl.load(dgs + off, mask=m2, other=0.0) * lw[None, :]
-            xhat = tl.load(shat + off, mask=m2, other=0.0)
-            dx = layer_norm_bwd(dxhat, xhat, rstd_s, sum_s / GH, sum_sx / GH)
-            tl.store(ds + off, tl.where(act[:, None], dx, 0.0), mask=m2)
+    part_c = part_ptr + col_blocks * B * 2
+    for s in range(s_begin, s_end):
+        t, slot_r, slot_w, row0, rows_active = visit(s, T, steps_ptr, REVERSE, True)
+        # the step processed just before (the next one in time): none for the first
+        t_prev = t - 1 if REVERSE else t + 1
+        rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
+        hs_w, cs_r, cs_w = slot_w * B * HOUT, slot_r * B * H, slot_w * B * H
+        gates, dg, h_off = gates_ptr + t * B * 4 * H, dg_ptr + t * B * GH, t * B * H
+        stat = rstd_ptr + t * B * STATS
+        if PROJ:  # 1: dh_t over the projected state, which dm = dh~ W_hr reads whole
+            out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
+            for tile in range(first, out_tiles, every):
+                if phases & 1:
+                    rows, cols, rmask, cmask, act, mask2 = block_tile(
+                        tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    total = state_grad(
+                        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, t_prev * B * GH, hs_w, row0, rows,
+                        cols, rmask, cmask, act, rows < rows_prev, GH, HOUT, HAS_DHS, HAS_DY,
+                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                    )  # fmt: skip
+                    k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT,
+                                       total)  # fmt: skip
+                    state = rows[:, None] * HOUT + cols[None, :]
+                    a = act[:, None]
+                    tl.store(dht_ptr + t * B * HOUT + state, tl.where(a, (1.0 - k) * total, 0.0),
+                             mask=mask2)  # fmt: skip
+                    tl.store(dh_ptr + state, tl.where(a, k * total, total), mask=mask2)
+            _sync(sync_ptr, s - s_begin, 1, PER_STEP, SYNC)
+        for tile in range(first, tiles, every):  # 2
+            if phases & 2:
+                rows, units, rmask, umask, act, mask2 = block_tile(
+                    tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                )
+                a = act[:, None]
+                state = rows[:, None] * H + units[None, :]
+                if PROJ:
+                    dm = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask, HOUT,
+                                  1, H, acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+                    total = dm
+                    k = dm
+                else:  # HOUT == H
+                    total = state_grad(
+                        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, t_prev * B * GH, hs_w, row0, rows,
+                        units, rmask, umask, act, rows < rows_prev, GH, H, HAS_DHS, HAS_DY,
+                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                    )  # fmt: skip
+                    k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, units, umask, H,
+                                       total)  # fmt: skip
+                    dm = (1.0 - k) * total
+                if CELL == GRU:
+                    h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+                    r, z, n, s_n = load_gates(tile_ptrs(gates, rows, units, 4 * H), H, mask2, 4)
+                    d_r, d_z, d_n, d_sn, direct = gru_bwd(r, z, n, s_n, h_prev, dm, OPTIONS)
+                    tl.store(dh_ptr + state, tl.where(a, direct + k * total, total), mask=mask2)
+                    out = t * B * GH + rows[:, None] * GH + units[None, :]
+                    store_gates(dg_ptr + out, H, act, mask2, d_r, d_z, d_n, d_n, 3)
+                    store_gates(dgs_ptr + out, H, act, mask2, d_r, d_z, d_sn, d_sn, 3)
+                    if LAYER_NORM:
+                        lnw, shat = lnw_ptr + units, shat_ptr + out
+                        sum_d = tl.zeros((BLOCK_B,), dtype=acc_ty)
+                        sum_d, sum_dx = ln_grad_sums(sum_d, sum_d, tl.where(a, d_r, 0.0), lnw,
+                                                     shat, umask, mask2)  # fmt: skip
+                        sum_d, sum_dx = ln_grad_sums(sum_d, sum_dx, tl.where(a, d_z, 0.0),
+                                                     lnw + H, shat + H, umask, mask2)  # fmt: skip
+                        sum_d, sum_dx = ln_grad_sums(sum_d, sum_dx, tl.where(a, d_sn, 0.0),
+                                                     lnw + 2 * H, shat + 2 * H, umask,
+                                                     mask2)  # fmt: skip
+                        store_partial(part_ptr, tile % col_blocks, B, rows, rmask, sum_d, sum_dx)
+                else:
+                    if not PROJ:  # the part of dh_t that reaches h_prev directly
+                        tl.store(dh_ptr + state, tl.where(a, k * total, total), mask=mask2)
+                    o = tl.load(tile_ptrs(gates, rows, units, 4 * H) + 3 * H, mask=mask2,
+                                other=0.0)  # fmt: skip
+                    if LAYER_NORM:
+                        chat = tl.load(chat_ptr + h_off + state, mask=mask2, other=0.0)
+                        lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
+                        lb = tl.load(lncb_ptr + units, mask=umask, other=0.0)
+                        l = chat * lw[None, :] + lb[None, :]
+                    else:
+                        l = tl.load(ct_ptr + h_off + state, mask=mask2, other=0.0)
+                    d_o, dl = lstm_variant_out_bwd(o, l, dm)
+                    d_o = tl.where(a, d_o, 0.0)
+                    dl = tl.where(a, dl, 0.0)
+                    if LAYER_NORM:  # LN_c's row sums first: the rest is phase 4's
+                        tl.store(dg + rows[:, None] * GH + off_o + units[None, :], d_o, mask=mask2)
+                        tl.store(dl_ptr + h_off + state, dl, mask=mask2)
+                        dchat = dl * lw[None, :]
+                        store_partial(part_c, tile % col_blocks, B, rows, rmask,
+                                      tl.sum(dchat, axis=1), tl.sum(dchat * chat, axis=1))  # fmt: skip
+                    else:
+                        _lstm_cell_bwd(dl, d_o, dc_ptr, dcs_ptr, cs_ptr, mc_ptr, wch_ptr, gates,
+                                       dg, p_c, cs_r, cs_w, row0, rows, act, units, umask, mask2,
+                                       H, GH, ZONE_C, HAS_DCS, PEEPHOLE, OPTIONS, acc_ty,
+                                       BLOCK_H)  # fmt: skip
+        _sync(sync_ptr, s - s_begin, N2, PER_STEP, SYNC)
+        if LN_C:  # 4: through LN_c to the cell state and the other gates; LN_hh's row sums
+            for tile in range(first, tiles, every):
+                if phases & 4:
+                    rows, units, rmask, umask, act, mask2 = block_tile(
+                        tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    sum_d, sum_dx = merge_sums(part_c, rows, rmask, B, H, acc_ty, BLOCK_B,
+                                               BLOCK_H)  # fmt: skip
+                    state = rows[:, None] * H + units[None, :]
+                    lw = tl.load(lncw_ptr + units, mask=umask, other=0.0)
+                    chat = tl.load(chat_ptr + h_off + state, mask=mask2, other=0.0)
+                    dl = tl.load(dl_ptr + h_off + state, mask=mask2, other=0.0)
+                    rstd = tl.load(stat + rows * 2 + 1, mask=rmask, other=0.0)
+                    dl = layer_norm_bwd(dl * lw[None, :], chat, rstd, sum_d / H, sum_dx / H)
+                    gate = tile_ptrs(dg, rows, units, GH)
+                    d_o = tl.load(gate + off_o, mask=mask2, other=0.0)
+                    d_i, d_f, d_g = _lstm_cell_bwd(
+                        dl, d_o, dc_ptr, dcs_ptr, cs_ptr, mc_ptr, wch_ptr, gates, dg, p_c, cs_r,
+                        cs_w, row0, rows, act, units, umask, mask2, H, GH, ZONE_C, HAS_DCS,
+                        PEEPHOLE, OPTIONS, acc_ty, BLOCK_H,
+                    )  # fmt: skip
+                    lnw, shat = lnw_ptr + units, tile_ptrs(shat_ptr + t * B * GH, rows, units, GH)
+                    sum_d = tl.zeros((BLOCK_B,), dtype=acc_ty)
+                    sum_d, sum_dx = ln_grad_sums(sum_d, sum_d, d_i, lnw, shat, umask, mask2)
+                    sum_d, sum_dx = ln_grad_sums(sum_d, sum_dx, d_g, lnw + off_g, shat + off_g,
+                                                 umask, mask2)  # fmt: skip
+                    sum_d, sum_dx = ln_grad_sums(sum_d, sum_dx, d_o, lnw + off_o, shat + off_o,
+                                                 umask, mask2)  # fmt: skip
+                    if not (CIFG & OPTIONS):
+                        sum_d, sum_dx = ln_grad_sums(sum_d, sum_dx, d_f, lnw + H, shat + H, umask,
+                                                     mask2)  # fmt: skip
+                    store_partial(part_ptr, tile % col_blocks, B, rows, rmask, sum_d, sum_dx)
+            _sync(sync_ptr, s - s_begin, N4, PER_STEP, SYNC)
+        if LAYER_NORM:  # 8: through LN_hh to h_prev W_hh^T; dS_raw zero in inactive rows
+            for tile in range(first, tiles, every):
+                if phases & 8:
+                    rows, units, rmask, umask, act, mask2 = block_tile(
+                        tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
+                    )
+                    sum_d, sum_dx = merge_sums(part_ptr, rows, rmask, B, H, acc_ty, BLOCK_B,
+                                               BLOCK_H)  # fmt: skip
+                    rstd = tl.load(stat + rows * STATS, mask=rmask, other=0.0)
+                    at = t * B * GH + rows[:, None] * GH + units[None, :]
+                    # dG_s: dG itself but for the GRU
+                    g0, g1, g2, g3 = load_gates((dgs_ptr if CELL == GRU else dg_ptr) + at, H,
+                                                mask2, G)  # fmt: skip
+                    g0, g1, g2, g3 = _gain(g0, g1, g2, g3, lnw_ptr + units, H, umask, G)
+                    x0, x1, x2, x3 = load_gates(shat_ptr + at, H, mask2, G)
+                    mean_d, mean_dx = sum_d / GH, sum_dx / GH
+                    store_gates(ds_ptr + at, H, act, mask2,
+                                layer_norm_bwd(g0, x0, rstd, mean_d, mean_dx),
+                                layer_norm_bwd(g1, x1, rstd, mean_d, mean_dx),
+                                layer_norm_bwd(g2, x2, rstd, mean_d, mean_dx),
+                                layer_norm_bwd(g3, x3, rstd, mean_d, mean_dx), G)  # fmt: skip
+            _sync(sync_ptr, s - s_begin, PER_STEP, PER_STEP, SYNC)
 
 
 def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, GH: int,
@@ -433,25 +571,53 @@ def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, 
             buf(T, B, H, on=ln and lstm), buf(T, B, 2 if lstm else 1, on=ln), m, y]  # fmt: skip
 
 
-def _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, options, plan) -> tuple:
-    """``(T, B, H, Hout, GH, STATS, grid, flags)`` of either variant kernel's launches:
-    the sizes, the rstds saved per row (2 for the LSTM, 1 for the GRU), the grid and the
-    constexprs and block configuration both kernels take."""
+def variant_path(plan: runtime.Plan, H: int) -> str:
+    """Which launch runs a variant layer: "cooperative" (every step in one launch) or "step" (a launch per phase of each step:
+    when forced, for empty sequences, and for sequences too long for the barrier counter);
+    the persistent kernels have no variant."""
+    forced = persistent.forced_path()
+    if forced == "persistent":
+        raise ValueError("the variant kernels have no persistent path")
+    if forced is not None:
+        return forced
+    # at most four barriers per step, at most one program per 16 x 16 tile of [B, H]
+    if plan.T == 0 or not counter_fits(4 * plan.T, -(-plan.B // 16) * -(-H // 16)):
+        return "step"
+    return "cooperative"
+
+
+def _launch(kernel, tensors, sizes, flags, plan, like, backward) -> None:
+    """Allocate the partial buffer and launch ``kernel`` (:func:`.step.launch_phases`):
+    ``tensors`` are its pointer arguments before ``part``, ``sizes`` its ``B, H, HOUT``,
+    ``flags`` its constexprs but the block configuration, ``like`` a tensor of the
+    accumulation dtype."""
+    B, H, Hout = sizes
+    path = variant_path(plan, H)
+    dtype = str(like.dtype).removeprefix("torch.")
+    # one config for both launches: they are one compile (see _program_tiles)
+    cfg = pick_variant_config(B, H, dtype, backward, flags["PROJ"])
+    part = runtime.empty(2, -(-H // cfg.block_h), B, 2, dtype=like.dtype, device=like.device)
+    ln, proj = flags["LAYER_NORM"], flags["PROJ"]
+    ln_c = ln and flags["CELL"] == LSTM
+    if backward:
+        on = {1: (proj, Hout), 2: (True, H), 4: (ln_c, H), 8: (ln, H)}
+    else:
+        on = {1: (ln, H), 2: (True, H), 4: (ln_c, H), 8: (proj, Hout)}
+    cols = {p: n for p, (used, n) in on.items() if used}
+    launch_phases(kernel, (*tensors, part), sizes, flags, plan, cfg, cols, path == "cooperative")
+
+
+def _flags(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, options) -> dict:
+    """The constexprs and run-time flags both variant kernels take."""
+    return dict(CELL=CELL_CODE[cell], LAYER_NORM=ln_hh_w is not None, PEEPHOLE=w_ch is not None,
+                OPTIONS=options, PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1],
+                PRECISION=runtime.dot_precision(w_hh.dtype))  # fmt: skip
+
+
+def _sizes(w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> tuple[int, int, int, int]:
+    """``(B, H, Hout, GH)`` of a layer."""
     GH, Hout = w_hh.shape
-    cfg = pick_variant_config(plan.B)
-    flags = dict(CELL=CELL_CODE[cell], LAYER_NORM=ln_hh_w is not None, PEEPHOLE=w_ch is not None,
-                 OPTIONS=options, PROJ=w_hr is not None, ZONE_H=zone[0], ZONE_C=zone[1],
-                 PRECISION=runtime.dot_precision(w_hh.dtype), **cfg.launch_kwargs())  # fmt: skip
-    H = Hout if w_hr is None else w_hr.shape[1]
-    return (plan.T, plan.B, H, Hout, GH, 2 if cell == "lstm" else 1,
-            (triton.cdiv(plan.B, cfg.block_b),), flags)  # fmt: skip
-
-
-def _slots(s: runtime.Step, B: int, H: int, Hout: int, GH: int) -> tuple[int, ...]:
-    """A step's offsets in both kernels' order: the Hs slots read / written, the Cs slots,
-    its gates (``t * B * 4H``) and its rows of the ``GH`` wide buffers."""
-    return (s.slot_r * B * Hout, s.slot_w * B * Hout, s.slot_r * B * H, s.slot_w * B * H,
-            s.t * B * 4 * H, s.t * B * GH)  # fmt: skip
+    return plan.B, Hout if w_hr is None else w_hr.shape[1], Hout, GH
 
 
 def variant_fwd(
@@ -465,22 +631,18 @@ def variant_fwd(
     layer norm is on iff ``ln_hh_w`` is given, ``ln_c_b`` comes with ``ln_c_w`` (zeros when the
     layer has none); ``zone`` holds the zoneout modes of h and c (``ZONE_H``, ``ZONE_C``),
     ``options`` the bool options' bits (:func:`.cellmath.option_bits`)."""
-    T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
-                                                          options, plan)  # fmt: skip
-    out = variant_buffers(xg, cell, T, B, H, Hout, GH, ln_hh_w is not None, w_hr is not None,
-                          plan.packed)  # fmt: skip
+    B, H, Hout, GH = _sizes(w_hh, w_hr, plan)
+    out = variant_buffers(xg, cell, plan.T, B, H, Hout, GH, ln_hh_w is not None,
+                          w_hr is not None, plan.packed)  # fmt: skip
     hs, cs, *_ = out
     hs[plan.first_slot] = h0
     if cell == "lstm":
         cs[plan.first_slot] = c0
-    for s in plan.steps:
-        runtime.launch(
-            _variant_fwd_step_kernel, grid,
-            xg, w_hh, *runtime.given(xg, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h, mask_c),
-            par, *runtime.given(xg, *out), s.row0, s.rows, *_slots(s, B, H, Hout, GH),
-            s.t * B * H, s.t * B * stats, B, H, Hout, HAS_BIAS=bias is not None,
-            WRITE_Y=plan.packed, **flags,
-        )  # fmt: skip
+    tensors = (xg, w_hh, *runtime.given(xg, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h,
+                                        mask_c), par, *runtime.given(xg, *out))  # fmt: skip
+    flags = dict(_flags(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, options),
+                 HAS_BIAS=bias is not None, WRITE_Y=plan.packed)  # fmt: skip
+    _launch(_variant_fwd_kernel, tensors, (B, H, Hout), flags, plan, xg, False)
     return out
 
 
@@ -494,30 +656,22 @@ def variant_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
     """Launch the backward steps. Returns ``dG_x``, ``dG_s``, ``dS_raw [T,B,GH]`` (``dG_s``
     is the same tensor as ``dG_x`` but for the GRU, ``dS_raw`` as ``dG_s`` without layer
-    norm), the LSTM's ``dHt [T,B,Hout]`` (gradient of h~) and ``dl [T,B,H]`` (empty for the
-    GRU), ``dh0 [B,Hout]`` and ``dc0 [B,H]`` (LSTM; else None); zero in rows a packed step
-    did not compute."""
-    T, B, H, Hout, GH, stats, grid, flags = _launch_setup(cell, w_hh, ln_hh_w, w_ch, w_hr, zone,
-                                                          options, plan)  # fmt: skip
-    lstm = cell == "lstm"
+    norm), the LSTM's ``dHt [T,B,Hout]`` (gradient of h~; with projection, else empty) and
+    ``dl [T,B,H]`` (with layer norm, else empty), ``dh0 [B,Hout]`` and ``dc0 [B,H]`` (LSTM;
+    else None); zero in rows a packed step did not compute."""
+    T, (B, H, Hout, GH) = plan.T, _sizes(w_hh, w_hr, plan)
+    lstm, ln = cell == "lstm", ln_hh_w is not None
     buf = functools.partial(runtime.buffer, w_hh)
     dg = buf(T, B, GH)
     dgs = dg if lstm else buf(T, B, GH)
-    ds = buf(T, B, GH) if ln_hh_w is not None else dgs
-    dht, dl = buf(T, B, Hout, on=lstm), buf(T, B, H, on=lstm)
+    ds = buf(T, B, GH) if ln else dgs
+    dht, dl = buf(T, B, Hout, on=lstm and w_hr is not None), buf(T, B, H, on=lstm and ln)
     dh, dc = w_hh.new_zeros(B, Hout), w_hh.new_zeros(B, H) if lstm else None
-    # each launch reads the gate gradients of the step processed just before it (none first)
-    rows_prev, t_prev = 0, 0
-    for s in reversed(plan.steps):
-        runtime.launch(
-            _variant_bwd_step_kernel, grid,
-            dg, dgs, ds, w_hh, *runtime.given(dg, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h,
-                                              mask_c, par, *buffers[:7], dh, dc, dhs, dy, dcs,
-                                              dht, dl),
-            s.row0, s.rows, rows_prev, *_slots(s, B, H, Hout, GH), t_prev * B * GH, s.t * B * H,
-            s.t * B * Hout, s.t * B * stats, B, H, Hout, HAS_DHS=dhs is not None,
-            HAS_DY=dy is not None, HAS_DCS=dcs is not None, **flags,
-        )  # fmt: skip
-        rows_prev, t_prev = s.rows, s.t
+    tensors = (dg, dgs, ds, w_hh, *runtime.given(dg, w_hr, ln_hh_w, ln_c_w, ln_c_b, w_ch, mask_h,
+                                                 mask_c, par, *buffers[:7], dh, dc, dhs, dy, dcs,
+                                                 dht, dl))  # fmt: skip
+    flags = dict(_flags(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, options), HAS_DHS=dhs is not None,
+                 HAS_DY=dy is not None, HAS_DCS=dcs is not None)  # fmt: skip
+    _launch(_variant_bwd_kernel, tensors, (B, H, Hout), flags, plan, w_hh, True)
     finish_state_grad(dh, dc, ds, w_hh, dhs, dcs, plan)
     return dg, dgs, ds, dht, dl, dh, dc

@@ -3,8 +3,8 @@
 Same contract, validation and results as :func:`fusedrnn.ops.reference.layer` with variant options
 (math in ``docs/variants.md``). Forward: the input projection of every step in one
 GEMM, ``xg = LN_ih(x W_ih^T) + b_ih`` (layer norm is per row, so normalising all
-steps at once is exact), then one launch of the variant step kernel per step
-(:mod:`.variant_step`). Backward: the backward step kernel produces, per step, ``dG``
+steps at once is exact), then the variant step kernel's launch (:mod:`.variant_step`:
+one cooperative launch, or a launch per phase of each step). Backward: the backward step kernel produces, per step, ``dG``
 (gradient of ``xg``), ``dG_s`` (of the recurrent part ``s`` after its layer norm and
 biases; ``dG`` itself for the LSTM) and ``dS_raw`` (of ``h_prev W_hh^T``), zero in rows a
 packed step did not compute; then the GEMMs and deterministic column sums over all steps of
