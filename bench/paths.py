@@ -9,6 +9,11 @@ warps, ``s`` pipeline stages). Every provider is first checked against torch.nn 
 every gradient, bench/providers.py's tolerances); then forward (no grad) and forward+backward
 are timed eagerly, CUDA-event medians over interleaved rounds. Writes ``paths.csv`` and
 ``paths.md`` into ``--out``.
+
+The ``ln-*`` shapes run fusedrnn's layer-norm LSTM / GRU (float32 kernels), which torch.nn
+lacks: their baseline, and the oracle of the checks, is fusedrnn's reference op on the same
+device (PyTorch ops per step, autograd's backward); a launch per phase of each step ("step")
+against the cooperative launch.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import graph_replay  # noqa: E402
 import measure  # noqa: E402
 import providers as P  # noqa: E402
 
+LN = (("layer_norm", True),)  # the variant kernels compute in float32
 SHAPES = {
     "anchor": dict(cell="lstm", B=16, T=1024, I=768, H=768, layers=1, dtype=torch.bfloat16),
     "mid": dict(cell="lstm", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
@@ -36,7 +42,22 @@ SHAPES = {
     "rnn-mid": dict(cell="rnn", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
     # a dry run on CPU tensors under TRITON_INTERPRET=1
     "tiny": dict(cell="lstm", B=3, T=4, I=5, H=40, layers=1, dtype=torch.float32),
+    # layer norm (the module docstring)
+    **{
+        name: dict(spec, dtype=torch.float32, options=LN)
+        for name, spec in (
+            ("ln-anchor", dict(cell="lstm", B=16, T=1024, I=768, H=768, layers=1)),
+            ("ln-gru-mid", dict(cell="gru", B=64, T=100, I=512, H=512, layers=1)),
+            ("ln-tiny", dict(cell="lstm", B=3, T=4, I=5, H=40, layers=1)),
+        )
+    },
 }
+REFERENCE = "fusedrnn[reference]"
+
+
+def baseline(cfg: P.Config) -> str:
+    """The provider the others are checked against and compared with."""
+    return REFERENCE if cfg.options else P.TORCH_NN
 
 
 def parse_config(text: str):
@@ -67,9 +88,10 @@ def triton_path(path: str, config=None):
 
 
 def provider_calls(cfg: P.Config, path: str, config, mode: str):
-    """A call of the provider (``torch.nn`` or a Triton path) returning its outputs."""
-    if path == "torch.nn":
-        return graph_replay.make_call(P.TORCH_NN, cfg, mode)
+    """A call of the provider (``torch.nn``, the reference op or a Triton path) returning its
+    outputs."""
+    if path in (P.TORCH_NN, REFERENCE):
+        return graph_replay.make_call(path, cfg, mode)
     inner = graph_replay.make_call("fusedrnn[triton]", cfg, mode)
 
     def call():
@@ -80,9 +102,9 @@ def provider_calls(cfg: P.Config, path: str, config, mode: str):
 
 
 def check(cfg: P.Config, path: str, config) -> str:
-    """ "" when the provider matches torch.nn, else the problem."""
+    """ "" when the provider matches the baseline, else the problem."""
     ref = P.make_reference_module(cfg)
-    want_run, want_params = P.build(P.TORCH_NN, ref, cfg)
+    want_run, want_params = P.build(baseline(cfg), ref, cfg)
     got_run, got_params = P.build("fusedrnn[triton]", ref, cfg)
     x, state = P.make_inputs(cfg)
     want = P.evaluate(want_run, want_params, x, state, True)
@@ -107,8 +129,9 @@ def main(argv=None) -> int:
         with P.tf32(shape.endswith("tf32")):
             for mode in ("fwd", "fwdbwd"):
                 cfg = P.Config(mode=mode, device=args.device, group=shape, **spec)
+                base = baseline(cfg)
                 candidates = {
-                    "torch.nn": ("torch.nn", None),
+                    base: (base, None),
                     "step": ("step", None),
                     "cooperative (shipped)": ("cooperative", None),
                 }
@@ -116,7 +139,7 @@ def main(argv=None) -> int:
                     candidates[f"cooperative {text}"] = ("cooperative", parse_config(text))
                 fns, problems = {}, {}
                 for name, (path, config) in candidates.items():
-                    problems[name] = "" if path == "torch.nn" else check(cfg, path, config)
+                    problems[name] = "" if path == base else check(cfg, path, config)
                     if not problems[name]:
                         fn = provider_calls(cfg, path, config, mode)
                         measure.warm_up(fn, args.device)
@@ -128,7 +151,7 @@ def main(argv=None) -> int:
                     ms = times.get(name)
                     label = cfg.label() + (", TF32 on" if shape.endswith("tf32") else "")
                     rows.append(dict(shape=shape, label=label, mode=mode, provider=name,
-                                     ms=ms, vs_torch=times["torch.nn"] / ms if ms else None,
+                                     ms=ms, vs_base=times[base] / ms if ms else None,
                                      problem=problems[name]))  # fmt: skip
                     print(
                         f"{shape:8} {mode:6} {name:28} "
@@ -141,17 +164,18 @@ def main(argv=None) -> int:
         w.writerows(rows)
     machine = torch.cuda.get_device_name() if args.device == "cuda" else measure.cpu_model()
     lines = [
-        "# Triton kernel paths vs torch.nn",
+        "# Triton kernel paths vs torch.nn (layer norm: vs the reference op)",
         "",
         f"{machine}, torch {torch.__version__}; eager calls, CUDA-event "
-        "medians of interleaved rounds; each provider checked against torch.nn first.",
+        "medians of interleaved rounds; each provider checked against the baseline first: "
+        "torch.nn, or for layer norm fusedrnn's reference op.",
         "",
-        "| shape | mode | provider | ms | × torch.nn | check |",
+        "| shape | mode | provider | ms | × baseline | check |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         ms = f"{r['ms']:.3f}" if r["ms"] else "–"
-        ratio = f"{r['vs_torch']:.2f}×" if r["vs_torch"] else "–"
+        ratio = f"{r['vs_base']:.2f}×" if r["vs_base"] else "–"
         lines.append(f"| {r['label']} | {r['mode']} | {r['provider']} | {ms} | {ratio} | "
                      f"{r['problem'] or 'ok'} |")  # fmt: skip
     (args.out / "paths.md").write_text("\n".join(lines) + "\n")

@@ -61,14 +61,18 @@ class Config:
     dtype: torch.dtype
     device: str
     group: str = "sweep"  # "headline" rows form the summary table
+    # fusedrnn's variant options (e.g. (("layer_norm", True),)): the model is then fusedrnn's
+    # module with them, its reference backend the baseline (torch.nn has no such layer)
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).replace("torch.", "")
 
     def label(self) -> str:
+        opts = "".join(f" {k}" if v is True else f" {k}={v}" for k, v in self.options)
         return (
-            f"{self.cell} {self.mode} B={self.B} T={self.T} I={self.I} H={self.H} "
+            f"{self.cell}{opts} {self.mode} B={self.B} T={self.T} I={self.I} H={self.H} "
             f"L={self.layers} {self.dtype_name}"
         )
 
@@ -88,9 +92,14 @@ def all_provider_names(device: str) -> list[str]:
 
 
 def make_reference_module(cfg: Config, seed: int = 0) -> nn.Module:
-    """The torch.nn module whose weights every provider of ``cfg`` copies."""
+    """The torch.nn module whose weights every provider of ``cfg`` copies (with variant
+    options: fusedrnn's module on its reference backend)."""
     torch.manual_seed(seed)
-    mod = NN_LAYER[cfg.cell](cfg.I, cfg.H, num_layers=cfg.layers)
+    if cfg.options:
+        cls = getattr(fusedrnn, FUSED_LAYER[cfg.cell])
+        mod = cls(cfg.I, cfg.H, num_layers=cfg.layers, backend="reference", **dict(cfg.options))
+    else:
+        mod = NN_LAYER[cfg.cell](cfg.I, cfg.H, num_layers=cfg.layers)
     return mod.to(device=cfg.device, dtype=cfg.dtype)
 
 
@@ -119,7 +128,7 @@ def _torch_nn(ref: nn.Module, cfg: Config) -> tuple[Run, list[nn.Parameter]]:
 def _fused(backend: str):
     def build(ref: nn.Module, cfg: Config) -> tuple[Run, list[nn.Parameter]]:
         cls = getattr(fusedrnn, FUSED_LAYER[cfg.cell])
-        mod = cls(cfg.I, cfg.H, num_layers=cfg.layers, backend=backend)
+        mod = cls(cfg.I, cfg.H, num_layers=cfg.layers, backend=backend, **dict(cfg.options))
         mod = mod.to(device=cfg.device, dtype=cfg.dtype)
         mod.load_state_dict(ref.state_dict())
 

@@ -79,3 +79,25 @@ def test_bad_arguments(case, change, error, message):
         call(triton_layer, a)
     if message is None:
         assert str(got.value) == str(want.value)
+
+
+def test_bench_paths_measures_the_variant_launches(tmp_path):
+    """bench/paths.py's layer-norm rows (run on a GPU; here a dry run on the interpreter): the
+    reference op as baseline, both launches of the variant kernels checked against it first."""
+    import csv
+
+    import paths
+
+    if DEVICE != "cpu":
+        pytest.skip("the dry run is for the interpreter (a GPU run times real shapes)")
+    argv = ["--out", str(tmp_path), "--shapes", "ln-tiny", "--device", "cpu", "--rounds", "1",
+            "--min-run-time", "0.001"]  # fmt: skip
+    assert paths.main(argv) == 0
+    with open(tmp_path / "paths.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["mode"], r["provider"], r["problem"]) for r in rows] == [
+        (mode, provider, "")
+        for mode in ("fwd", "fwdbwd")
+        for provider in ("fusedrnn[reference]", "step", "cooperative (shipped)")
+    ]
+    assert all(r["label"].startswith("lstm layer_norm") for r in rows)
