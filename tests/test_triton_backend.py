@@ -112,7 +112,7 @@ def test_nested_captures_record_into_the_innermost_open_one():
 def test_resident_programs():
     """The occupancy arithmetic the cooperative grid is sized by (CUDA's rules: registers
     per warp in units of 256, 1 KB of shared memory reserved per program)."""
-    from fusedrnn.ops.triton.sync import counter_fits, resident_programs
+    from fusedrnn.ops.triton.sync import counter_fits, grid_for, resident_programs
 
     # 4 warps of 255 registers: 8,192 per warp, 32,768 per program -> 2 per SM
     assert resident_programs(255, 0, 4, sms=132) == 264
@@ -125,6 +125,10 @@ def test_resident_programs():
     # threads decide: 8 warps -> 8 programs of 256 threads
     assert resident_programs(16, 0, 8, sms=1) == 8
     assert resident_programs(16, 0, 1, sms=1) == 32  # the per-SM program limit
+    # more tiles than fit: every program that fits, each walking several tiles (counted)
+    with tb.launch_counter() as launches:
+        assert (grid_for(300, 264), grid_for(264, 264), grid_for(0, 264)) == (264, 264, 1)
+    assert launches.oversubscribed == 1
     # the barrier counter is int32: a launch whose arrivals would pass 2**31 - 1 runs per step
     assert counter_fits(2 * 4_000_000, 268) and not counter_fits(2 * 4_100_000, 268)
 

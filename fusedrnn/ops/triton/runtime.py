@@ -15,17 +15,21 @@ from ..reference import step_slices
 
 
 class LaunchCounter:
-    """Number of Triton kernel launches, per kernel name, while active."""
+    """Number of Triton kernel launches, per kernel name, while active; ``oversubscribed``:
+    cooperative launches with more tiles than programs fit on the GPU at once (see
+    :func:`.sync.cooperative_grid`)."""
 
     def __init__(self) -> None:
         self.by_kernel: dict[str, int] = {}
+        self.oversubscribed = 0
 
     @property
     def total(self) -> int:
         return sum(self.by_kernel.values())
 
     def __repr__(self) -> str:
-        return f"LaunchCounter(total={self.total}, by_kernel={self.by_kernel})"
+        return (f"LaunchCounter(total={self.total}, by_kernel={self.by_kernel}, "
+                f"oversubscribed={self.oversubscribed})")  # fmt: skip
 
 
 _counters: list[LaunchCounter] = []
@@ -47,6 +51,12 @@ def pushed(stack: list, item):
 def launch_counter() -> contextlib.AbstractContextManager[LaunchCounter]:
     """Count the Triton launches made inside the ``with`` block."""
     return pushed(_counters, LaunchCounter())
+
+
+def count_oversubscribed() -> None:
+    """Record a cooperative launch whose programs walk several tiles per step."""
+    for counter in _counters:
+        counter.oversubscribed += 1
 
 
 _guarded = threading.local()  # .devices: the devices entered by device_guard, innermost last

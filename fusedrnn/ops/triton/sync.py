@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import runtime
+
 
 @triton.jit
 def grid_barrier(count_ptr, n):
@@ -89,4 +91,14 @@ def cooperative_grid(kernel, tiles: int, args: tuple, kwargs: dict, device) -> i
             props.max_threads_per_multi_processor,
             getattr(props, "shared_memory_per_multiprocessor", 233472),
         )  # fmt: skip
-    return max(1, min(tiles, _fit_cache[key]))
+    return grid_for(tiles, _fit_cache[key])
+
+
+def grid_for(tiles: int, resident: int) -> int:
+    """Programs of a cooperative launch of ``tiles`` tiles when ``resident`` programs fit at
+    once: one per tile, or all that fit, each then walking several tiles per step in turn
+    (counted, :func:`.runtime.count_oversubscribed`: the launch then runs waves of tiles
+    inside each step)."""
+    if tiles > resident:
+        runtime.count_oversubscribed()
+    return max(1, min(tiles, resident))
