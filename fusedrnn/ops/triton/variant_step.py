@@ -330,6 +330,20 @@ def _gain(s0, s1, s2, s3, w_ptr, H, umask, G: tl.constexpr):
 
 
 @triton.jit
+def _zoned_state_grad(dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, ds_prev_off, hs_w, row0,
+                      rows, cols, rmask, cmask, act, prev, GH, W, ZONE_H, HAS_DHS, HAS_DY,
+                      PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                      BLOCK_K: tl.constexpr):  # fmt: skip
+    """``(dh_t, k_h)``: the gradient of the state a step writes in the tile's ``W`` columns
+    (:func:`.common.state_grad`, with ``dS_raw`` of the step processed before at
+    ``ds_prev_off``) and its zoneout keep weight."""
+    total = state_grad(dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, ds_prev_off, hs_w, row0, rows, cols,
+                       rmask, cmask, act, prev, GH, W, HAS_DHS, HAS_DY, PRECISION, BLOCK_B,
+                       BLOCK_H, BLOCK_K)  # fmt: skip
+    return total, zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, W, total)
+
+
+@triton.jit
 def _lstm_cell_bwd(dl, d_o, dc_ptr, dcs_ptr, cs_ptr, mc_ptr, wch_ptr, gates, dg, p_c, cs_r, cs_w,
                    row0, rows, act, units, umask, mask2, H, GH, ZONE_C, HAS_DCS,
                    PEEPHOLE: tl.constexpr, OPTIONS: tl.constexpr, ACC_TY: tl.constexpr,
@@ -420,13 +434,11 @@ def _variant_bwd_kernel(
                     rows, cols, rmask, cmask, act, mask2 = block_tile(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
-                    total = state_grad(
-                        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, t_prev * B * GH, hs_w, row0, rows,
-                        cols, rmask, cmask, act, rows < rows_prev, GH, HOUT, HAS_DHS, HAS_DY,
-                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                    total, k = _zoned_state_grad(
+                        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, t_prev * B * GH, hs_w,
+                        row0, rows, cols, rmask, cmask, act, rows < rows_prev, GH, HOUT, ZONE_H,
+                        HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
                     )  # fmt: skip
-                    k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, HOUT,
-                                       total)  # fmt: skip
                     state = rows[:, None] * HOUT + cols[None, :]
                     a = act[:, None]
                     tl.store(dht_ptr + t * B * HOUT + state, tl.where(a, (1.0 - k) * total, 0.0),
@@ -446,13 +458,11 @@ def _variant_bwd_kernel(
                     total = dm
                     k = dm
                 else:  # HOUT == H
-                    total = state_grad(
-                        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, t_prev * B * GH, hs_w, row0, rows,
-                        units, rmask, umask, act, rows < rows_prev, GH, H, HAS_DHS, HAS_DY,
-                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                    total, k = _zoned_state_grad(
+                        dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, t_prev * B * GH, hs_w,
+                        row0, rows, units, rmask, umask, act, rows < rows_prev, GH, H, ZONE_H,
+                        HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
                     )  # fmt: skip
-                    k = zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, units, umask, H,
-                                       total)  # fmt: skip
                     dm = (1.0 - k) * total
                 if CELL == GRU:
                     h_prev = tl.load(hs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
