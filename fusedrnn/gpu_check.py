@@ -17,7 +17,11 @@ say, after writing the report):
    with the same weights (bench/providers.py's comparison and tolerances);
 4. benchmark: bench/run.py's measurement of the headline shapes against cuDNN (providers checked
    against torch.nn first, CUDA-event medians over interleaved rounds), written by the same
-   writers as the CPU results: ``results.csv``, ``results.md``, ``meta.json``.
+   writers as the CPU results: ``results.csv``, ``results.md``, ``meta.json``;
+5. paths: bench/paths.py in a subprocess: the Triton backend's launches (a launch per step
+   against the cooperative launch) at the bf16 anchor shape and of the layer-norm variants,
+   each checked first against torch.nn or fusedrnn's reference op (``paths.csv``,
+   ``paths.md``).
 
 Into ``--out`` (default ``bench/results/gpu-<name>/``; a scratch directory with ``--dry-run``)
 it also writes ``gpu_check.json`` (phases, wall times, counts), ``summary.md`` and
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime as dt
 import json
 import os
@@ -180,6 +185,7 @@ class Plan:
     threads: int
     peak_n: int
     budget_s: float
+    paths_args: tuple[str, ...] = ()  # bench/paths.py's shapes and timing options
 
 
 def _headline_shapes(anchor, mid, charlm) -> tuple[Shape, ...]:
@@ -211,6 +217,7 @@ def gpu_plan() -> Plan:
             "tests": Limits(30, 240),
             "check": Limits(10, 60),
             "bench": Limits(90, float("inf")),
+            "paths": Limits(30, 150),
         },
         write_reserve_s=15,
         config_floor_s=10,
@@ -219,6 +226,7 @@ def gpu_plan() -> Plan:
         threads=torch.get_num_threads(),
         peak_n=4096,
         budget_s=450,
+        paths_args=("--shapes", "anchor,ln-anchor,ln-gru-mid", "--rounds", "3"),
     )
 
 
@@ -242,6 +250,7 @@ def dry_run_plan() -> Plan:
             "tests": Limits(5, 60),
             "check": Limits(1, 30),
             "bench": Limits(2, float("inf")),
+            "paths": Limits(5, 90),
         },
         write_reserve_s=5,
         config_floor_s=0.5,
@@ -250,6 +259,8 @@ def dry_run_plan() -> Plan:
         threads=1,
         peak_n=256,
         budget_s=90,
+        # the Triton kernels under the interpreter (never a speed), the layer-norm rows
+        paths_args=tuple("--shapes ln-tiny --device cpu --rounds 1 --min-run-time 0.001".split()),
     )
 
 
@@ -712,6 +723,34 @@ def bench_phase(
     return "ok", summary
 
 
+def paths_phase(plan: Plan, out: Path, phase: Phase, log, allotted: float) -> tuple[str, str]:
+    """bench/paths.py into ``out`` (on CPU tensors: under the Triton interpreter)."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return "skipped", "triton is not installed"
+    env = dict(os.environ)
+    if plan.device == "cuda":
+        env.pop("TRITON_INTERPRET", None)
+    else:
+        env["TRITON_INTERPRET"] = "1"
+    cmd = [sys.executable, str(BENCH / "paths.py"), "--out", str(out), *plan.paths_args]
+    rc, text = run_logged(cmd, allotted, log, env=env)
+    rows = []
+    if (out / "paths.csv").is_file():
+        with open(out / "paths.csv") as f:
+            rows = list(csv.DictReader(f))
+    bad = [f"{r['label']} {r['provider']}: {r['problem']}" for r in rows if r["problem"]]
+    phase.details.update(command=portable(" ".join(cmd)), exit_status=rc, rows=len(rows),
+                         disagree=bad)  # fmt: skip
+    if rc is None:
+        return "timeout", f"stopped after {allotted:.0f} s"
+    if rc != 0 or bad:
+        why = f"{len(bad)} rows disagree with their baseline" if bad else "; ".join(tail(text, 1))
+        return "failed", f"exit status {rc}: {why}"
+    return "ok", f"{len(rows)} rows, each provider checked against its baseline"
+
+
 def _cfg_key(row: dict) -> tuple:
     return (row["dtype"], row["mode"], *(row[k] for k in "BTIH"), row["layers"])
 
@@ -1029,7 +1068,7 @@ def _main(args, argv, clock) -> int:
         budget=Budget(plan.budget_s if args.budget_s is None else args.budget_s, clock),
         command="python -m fusedrnn.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv),
     )
-    s.phases = {n: Phase(n) for n in ("environment", "build", "tests", "check", "bench")}
+    s.phases = {n: Phase(n) for n in ("environment", "build", "tests", "check", "bench", "paths")}
     start = clock()
     s.env = environment(plan, s.budget)
     s.phases["environment"].status = "ok"
@@ -1061,7 +1100,7 @@ def _interrupt(signum, frame):
 
 def _run_phases(s: Session) -> None:
     plan, budget, args = s.plan, s.budget, s.args
-    order = ["build", "tests", "check", "bench"]
+    order = ["build", "tests", "check", "bench", "paths"]
 
     def reserve(name: str) -> float:
         later = order[order.index(name) + 1 :]
@@ -1085,6 +1124,7 @@ def _run_phases(s: Session) -> None:
                 args.compile,
                 s.command,
             ),
+            "paths": lambda t: paths_phase(plan, s.out, s.phases["paths"], log, t),
         }
         for name in order:
             s.current = name

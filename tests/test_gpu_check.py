@@ -34,17 +34,20 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
                timeout=300, check=True)  # fmt: skip
     wall = time.monotonic() - start
     assert {p.name for p in out.iterdir()} == {"env.json", "results.csv", "results.md", "meta.json",
-        "gpu_check.json", "summary.md", "gpu_check.log", "speedup_headline.png"}  # fmt: skip
+        "gpu_check.json", "summary.md", "gpu_check.log", "speedup_headline.png", "paths.csv",
+        "paths.md"}  # fmt: skip
     report = _json(out)
     assert report["mode"] == "dry-run" and report["exit_status"] == 0
     assert report["elapsed_s"] <= report["budget_s"]
     assert wall < 180, f"the dry run took {wall:.0f} s"
     phases = {p["name"]: p for p in report["phases"]}
-    assert list(phases) == ["environment", "build", "tests", "check", "bench"]
+    assert list(phases) == ["environment", "build", "tests", "check", "bench", "paths"]
     for p in phases.values():
         # a checkout without the cpu extension is not built by a dry run
         assert p["status"] == "ok" or (p["name"], p["status"]) == ("build", "not attempted"), p
         assert p["wall_s"] >= 0
+    # the Triton launches of bench/paths.py: the layer-norm LSTM's, checked against the reference
+    assert phases["paths"]["details"]["rows"] == 6 and phases["paths"]["details"]["disagree"] == []
     assert phases["tests"]["details"]["counts"].get("passed", 0) > 0
     assert phases["tests"]["details"]["failing"] == []
     env = _json(out, "env.json")
