@@ -75,9 +75,9 @@ def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
 
 
 def test_automatic_path_choice():
-    """Nothing to run takes the step kernels, as do sequences too long for the cooperative
-    launch; a forced path with what it cannot run raises (the choice by H and proj_size:
-    test_launch_counts)."""
+    """Nothing to run takes the step kernels; a forced path with what it cannot run raises (the
+    choice by H and proj_size: test_launch_counts). Sequences too long for one cooperative
+    launch's barrier counter run in several (test_long_sequences_run_in_several_launches)."""
     from fusedrnn.ops.triton.persistent import choose_path
     from fusedrnn.ops.triton.runtime import Plan
     from fusedrnn.ops.triton.variant_step import variant_path
@@ -86,16 +86,39 @@ def test_automatic_path_choice():
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
     with tb.kernel_path("persistent"), pytest.raises(ValueError, match="proj_size == 0"):
         choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
-    # 256 x 128 tiles of [B, 4H]: 32,768 steps would pass the int32 barrier counter
     big = torch.zeros(2048, 512)
-    assert choose_path("lstm", big, None, Plan(None, 32_767, 4096, False)) == "cooperative"
-    assert choose_path("lstm", big, None, Plan(None, 32_768, 4096, False)) == "step"
-    # the variant kernels: four barriers per step at most, no persistent kernels
-    assert variant_path(Plan(None, 0, 2, False), 8) == "step"
-    assert variant_path(Plan(None, 65_535, 4096, False), 512) == "cooperative"
-    assert variant_path(Plan(None, 65_536, 4096, False), 512) == "step"
+    assert choose_path("lstm", big, None, Plan(None, 1_000_000, 4096, False)) == "cooperative"
+    # the variant kernels: no persistent kernels
+    assert variant_path(Plan(None, 0, 2, False)) == "step"
+    assert variant_path(Plan(None, 1_000_000, 4096, False)) == "cooperative"
     with tb.kernel_path("persistent"), pytest.raises(ValueError, match="no persistent path"):
-        variant_path(Plan(None, 3, 2, False), 8)
+        variant_path(Plan(None, 3, 2, False))
+
+
+@pytest.mark.parametrize("case", [
+    Case("lstm", T=5, B=3, I=3, H=20, proj=3, packed=True, reverse=True),
+    Case("gru", T=5, B=3, I=3, H=20, ln=True, zone="h", lengths=(5, 4, 2)),
+], ids=str)  # fmt: skip
+def test_long_sequences_run_in_several_launches(case, monkeypatch):
+    """The int32 barrier counter of a cooperative launch wraps after 2**31 arrivals: a longer
+    sequence runs as several launches over consecutive steps, each with a fresh counter (the
+    split: step_chunks). Here five steps run two at a time, three launches each way, and the
+    results equal a single launch's bit for bit."""
+    from fusedrnn.ops.triton import step
+    from fusedrnn.ops.triton.sync import step_chunks
+
+    # 2**31 - 1 arrivals: 4,067,203 steps of two barriers for 264 programs
+    assert step_chunks(5, 2, 264) == [(0, 5)]
+    assert step_chunks(10**7, 2, 264) == [(0, 4067203), (4067203, 8134406), (8134406, 10**7)]
+    a = layer_cases.make_inputs(case, torch.float64, DEVICE)
+    with tb.kernel_path("cooperative"):
+        want = layer_cases.outputs_and_grads(tb.layer, a)
+        monkeypatch.setattr(step, "step_chunks",
+                            lambda T, *_: [(s, min(T, s + 2)) for s in range(0, T, 2)])  # fmt: skip
+        with tb.launch_counter() as launches:
+            got = layer_cases.outputs_and_grads(tb.layer, a)
+    assert launches.total == 6
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_nested_captures_record_into_the_innermost_open_one():
@@ -112,7 +135,7 @@ def test_nested_captures_record_into_the_innermost_open_one():
 def test_resident_programs():
     """The occupancy arithmetic the cooperative grid is sized by (CUDA's rules: registers
     per warp in units of 256, 1 KB of shared memory reserved per program)."""
-    from fusedrnn.ops.triton.sync import counter_fits, grid_for, resident_programs
+    from fusedrnn.ops.triton.sync import grid_for, resident_programs
 
     # 4 warps of 255 registers: 8,192 per warp, 32,768 per program -> 2 per SM
     assert resident_programs(255, 0, 4, sms=132) == 264
@@ -129,8 +152,6 @@ def test_resident_programs():
     with tb.launch_counter() as launches:
         assert (grid_for(300, 264), grid_for(264, 264), grid_for(0, 264)) == (264, 264, 1)
     assert launches.oversubscribed == 1
-    # the barrier counter is int32: a launch whose arrivals would pass 2**31 - 1 runs per step
-    assert counter_fits(2 * 4_000_000, 268) and not counter_fits(2 * 4_100_000, 268)
 
 
 # fp16 under the interpreter, whose tl.dot is right for fp16 and wrong for bf16

@@ -30,7 +30,6 @@ from . import runtime
 from .cellmath import GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
 from .common import cell_bwd, gate_blocks, steps_table, visit
 from .configs import PERSISTENT_CONFIGS, PersistentConfig, pick_persistent_config
-from .sync import counter_fits
 from .tiles import add_gates, kernel_jit, load_gates, packed_ptrs, row_block, store_gates, tile_ptrs
 
 _forced: list[str | None] = [None]  # one of PATHS, or None (automatic), innermost last; for tests
@@ -220,8 +219,7 @@ def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
     """Which kernels run a layer: "persistent" (W_hh in registers, small H, no projection),
     "cooperative" (the step kernel's whole time loop in one launch) or "step" (a launch per
-    step: when forced, for empty sequences, and for sequences too long for the cooperative
-    launch's barrier counter)."""
+    step: when forced, and for empty sequences)."""
     H, limit = w_hh.shape[1], max(c.max_hidden for c in PERSISTENT_CONFIGS)
     forced = _forced[-1]
     if forced == "persistent" and (w_hr is not None or H > limit):
@@ -232,9 +230,6 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
         return "step"
     if _config(cell, w_hh, w_hr) is not None:
         return "persistent"
-    # at most two barriers per step, and at most one program per 16 x 16 tile of [B, G*H]
-    if not counter_fits(2 * plan.T, -(-plan.B // 16) * -(-w_hh.shape[0] // 16)):
-        return "step"  # millions of steps: the barrier counter would wrap
     return "cooperative"
 
 

@@ -50,7 +50,7 @@ from .common import (
     visit,
 )
 from .configs import pick_cooperative_config, pick_step_config
-from .sync import cooperative_grid, grid_barrier
+from .sync import cooperative_grid, grid_barrier, step_chunks
 from .tiles import (
     add_gates,
     block_tile,
@@ -281,7 +281,8 @@ def _step_bwd_kernel(
 
 def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperative) -> None:
     """Launch ``kernel`` over the plan's steps in block config ``cfg``: every step in one
-    cooperative launch, or a launch per phase of each step with a program per tile.
+    cooperative launch (:func:`.sync.step_chunks`), or a launch per phase of each step with a
+    program per tile.
     ``phase_cols`` maps each phase's bit to the columns its tiles cover, in the order a step
     runs them (the kernel's ``phases`` argument: one bit per launch, all of them in a
     cooperative launch). ``tensors`` are the kernel's pointer arguments before the steps
@@ -293,12 +294,17 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
     if cooperative:
         sync = torch.zeros(1, dtype=torch.int32, device=dev)
-        args = (*tensors, table, sync, 0, T, sum(tiles), T, *sizes)
         kw = dict(flags, SYNC=True)
         if dev.type == "cuda":  # the driver refuses a grid that cannot be co-resident
             kw["launch_cooperative_grid"] = True
+        args = (*tensors, table, sync, 0, T, sum(tiles), T, *sizes)
         grid = cooperative_grid(kernel, max(tiles.values()), args, kw, dev)
-        runtime.launch(kernel, (grid,), *args, **kw)
+        # a phase ends at a barrier: one launch, or a few when the counter would wrap
+        for i, (begin, end) in enumerate(step_chunks(T, len(tiles), grid)):
+            if i:
+                sync.zero_()
+            runtime.launch(kernel, (grid,), *tensors, table, sync, begin, end, sum(tiles), T,
+                           *sizes, **kw)  # fmt: skip
         return
     for i in range(T):
         for p, n in tiles.items():

@@ -42,10 +42,15 @@ def grid_barrier(count_ptr, n):
     tl.debug_barrier()
 
 
-def counter_fits(barriers: int, programs: int) -> bool:
-    """Whether the int32 barrier counter holds ``barriers`` x ``programs`` arrivals (past
-    2**31 - 1 it would wrap and the programs would wait forever)."""
-    return barriers * programs < 2**31
+COUNTER_LIMIT = 2**31  # the int32 barrier counter wraps here (the programs would wait forever)
+
+
+def step_chunks(T: int, barriers_per_step: int, programs: int) -> list[tuple[int, int]]:
+    """``(s_begin, s_end)`` of the cooperative launches that run T steps, each with a fresh
+    counter: as many steps per launch as the counter holds (one launch but for sequences of
+    millions of steps)."""
+    per_launch = max(1, (COUNTER_LIMIT - 1) // (barriers_per_step * programs))
+    return [(s, min(T, s + per_launch)) for s in range(0, T, per_launch)]
 
 
 def resident_programs(

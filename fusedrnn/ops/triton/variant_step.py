@@ -85,7 +85,7 @@ from .rowstats import (
     zoneout_weight,
 )
 from .step import _tiles, launch_phases
-from .sync import counter_fits, grid_barrier
+from .sync import grid_barrier
 from .tiles import (
     add_gates,
     block_tile,
@@ -581,19 +581,16 @@ def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, 
             buf(T, B, H, on=ln and lstm), buf(T, B, 2 if lstm else 1, on=ln), m, y]  # fmt: skip
 
 
-def variant_path(plan: runtime.Plan, H: int) -> str:
-    """Which launch runs a variant layer: "cooperative" (every step in one launch) or "step" (a launch per phase of each step:
-    when forced, for empty sequences, and for sequences too long for the barrier counter);
-    the persistent kernels have no variant."""
+def variant_path(plan: runtime.Plan) -> str:
+    """Which launch runs a variant layer: "cooperative" (every step in one launch) or "step"
+    (a launch per phase of each step: when forced, and for empty sequences); the persistent
+    kernels have no variant."""
     forced = persistent.forced_path()
     if forced == "persistent":
         raise ValueError("the variant kernels have no persistent path")
     if forced is not None:
         return forced
-    # at most four barriers per step, at most one program per 16 x 16 tile of [B, H]
-    if plan.T == 0 or not counter_fits(4 * plan.T, -(-plan.B // 16) * -(-H // 16)):
-        return "step"
-    return "cooperative"
+    return "step" if plan.T == 0 else "cooperative"
 
 
 def _launch(kernel, tensors, sizes, flags, plan, like, backward) -> None:
@@ -602,7 +599,7 @@ def _launch(kernel, tensors, sizes, flags, plan, like, backward) -> None:
     ``flags`` its constexprs but the block configuration, ``like`` a tensor of the
     accumulation dtype."""
     B, H, Hout = sizes
-    path = variant_path(plan, H)
+    path = variant_path(plan)
     dtype = str(like.dtype).removeprefix("torch.")
     # one config for both launches: they are one compile (see _program_tiles)
     cfg = pick_variant_config(B, H, dtype, backward, flags["PROJ"])
