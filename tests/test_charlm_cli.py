@@ -70,6 +70,14 @@ def test_round_trip_train_sample_eval_resume(base, tmp_path, capsys):
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [want]
 
 
+def _size(path) -> int:
+    """The file's size, 0 once it is gone."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_sigkill_during_checkpoint_then_resume(base, tmp_path):
     """SIGKILL while a checkpoint is half written: the old one stays valid, resume is exact."""
     cfg = dict(base, max_iters=30, checkpoint_every=1, eval_every=10, dropout=0.2, quiet=True)
@@ -84,8 +92,9 @@ def test_sigkill_during_checkpoint_then_resume(base, tmp_path):
         while not killed and time.time() < deadline and proc.poll() is None:
             time.sleep(0.02)
             tmp = [*out.glob(".last.pt.tmp-*"), *out.glob(".best.pt.tmp-*")]
-            # wait for a complete checkpoint, then for the next write to be in progress
-            killed = (out / "last.pt").exists() and bool(tmp) and tmp[0].stat().st_size > 0
+            # wait for a complete checkpoint, then for the next write to be in progress (a temp
+            # file may be renamed into place between the glob and its stat)
+            killed = (out / "last.pt").exists() and any(_size(t) > 0 for t in tmp)
     finally:
         proc.kill()  # SIGKILL
         proc.wait(timeout=30)
