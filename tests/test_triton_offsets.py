@@ -185,6 +185,29 @@ def test_kernel_offsets_are_int64_or_pointer_first(path):
     assert offset_problems(path.read_text(), path.name) == []
 
 
+def constexpr_from_jit(sources: dict[str, str]) -> list[str]:
+    """``X: tl.constexpr = f(...)`` where ``f`` is a ``@triton.jit`` function of these
+    modules: Triton 3.8 folds such a call into a constant, Triton 3.6 (the GPU machines'
+    version) returns a tensor, which a ``tl.constexpr`` parameter it reaches then rejects, so
+    the kernel does not compile there. Such helpers are ``@triton.constexpr_function``s."""
+    trees = {path: ast.parse(src) for path, src in sources.items()}
+    jitted = {f.name for tree in trees.values() for f in ast.walk(tree)
+              if isinstance(f, ast.FunctionDef) and any(map(_is_jit, f.decorator_list))}  # fmt: skip
+    return [f"{path}:{node.lineno}: {ast.unparse(node)}" for path, tree in trees.items()
+            for node in ast.walk(tree)
+            if isinstance(node, ast.AnnAssign) and _is_attr(node.annotation, "constexpr")
+            and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") in jitted]  # fmt: skip
+
+
+def test_constexpr_locals_do_not_come_from_jit_functions():
+    sources = {p.name: p.read_text() for p in sorted(KERNEL_DIR.glob("*.py"))}
+    assert constexpr_from_jit(sources) == []
+    bad = "@triton.jit\ndef g(C: tl.constexpr):\n    return C\n\n@triton.jit\ndef k(C: tl.constexpr):\n"
+    assert constexpr_from_jit({"k.py": bad + "    G: tl.constexpr = g(C)\n"}) == [
+        "k.py:7: G: tl.constexpr = g(C)"
+    ]
+
+
 def _layer_launches(precision, cases):
     """``(case, path, kernel name, CELL, job, planned)`` of each launch of the layer op's forward
     and backward (with every output's gradient) in ``precision`` (compile_report.PRECISIONS) on

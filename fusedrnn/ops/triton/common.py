@@ -57,9 +57,11 @@ def state_grad(dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_r
     return total
 
 
-@triton.jit
-def gate_blocks(CELL: tl.constexpr, OPTIONS: tl.constexpr = 0):
-    """The number G of gate blocks of a cell (a constexpr): LSTM 4 (3 with CIFG), GRU 3, RNN 1."""
+@triton.constexpr_function
+def gate_blocks(CELL, OPTIONS=0):
+    """The number G of gate blocks of a cell: LSTM 4 (3 with CIFG), GRU 3, RNN 1. A constexpr
+    function, not a ``@triton.jit`` one: Triton 3.6 (the GPU machines' version) returns a
+    jit function's value as a tensor, which a ``tl.constexpr`` parameter then rejects."""
     return (3 if CIFG & OPTIONS else 4) if CELL == LSTM else (3 if CELL == GRU else 1)
 
 
