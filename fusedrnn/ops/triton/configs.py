@@ -128,16 +128,21 @@ def pick_cooperative_config(
     return configs[backward] if configs else pick_step_config(batch, hidden)
 
 
+# the variant kernels in float64: one pipeline stage (with two, Triton 3.6 spills 4-8 bytes in
+# the forward on sm_90; Triton 3.8 does not)
+VARIANT_FLOAT64 = StepConfig(block_b=16, block_h=32, block_k=16, num_warps=8, num_stages=1)
+
+
 def pick_variant_config(
     batch: int, hidden: int, dtype: str, backward: bool, proj: bool = False
 ) -> StepConfig:
     """The variant kernels' config (both launches): the cooperative choice with 8 warps (with
-    4 the float32 layer-norm kernels spill 4-20 bytes on sm_90) and, in float64, 16 rows;
+    4 the float32 layer-norm kernels spill 4-20 bytes on sm_90), VARIANT_FLOAT64 in float64;
     under the interpreter the per-step choice."""
     if interpreting():
         return pick_step_config(batch, hidden)
     if dtype == "float64":
-        return COOPERATIVE_PROJ_FORWARD
+        return VARIANT_FLOAT64
     return replace(pick_cooperative_config(batch, hidden, dtype, backward, proj), num_warps=8)
 
 
