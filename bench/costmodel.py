@@ -241,7 +241,8 @@ def _triton_config(kind, description, c, copied, picker=None) -> KernelConfig:
 def _step_config(kind, c, picker) -> KernelConfig:
     return _triton_config(
         kind,
-        f"per-step block_b={c.block_b} block_h={c.block_h} block_k={c.block_k} warps={c.num_warps} stages={c.num_stages}",
+        f"per-step block_b={c.block_b} block_h={c.block_h} block_k={c.block_k} "
+        f"warps={c.num_warps} stages={c.num_stages}",
         c,
         ("block_b", "block_h", "block_k", "num_warps", "num_stages"),
         picker,
@@ -624,7 +625,8 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
         "",
         "Per-step and cooperative kernels at LSTM B=64 H=256 float32 IEEE (whether or not the "
         "launcher would pick that config there; the variant config with layer norm); persistent "
-        "kernels at their cell, largest H and B=block_b, bfloat16. Chain: dependent L2 round trips per step, forward / backward.",
+        "kernels at their cell, largest H and B=block_b, bfloat16. Chain: dependent L2 round "
+        "trips per step, forward / backward.",
         "",
         "| config | shape | programs | launches/step fwd, bwd | chain fwd, bwd | FLOPs/step | "
         "bytes/step | " + " | ".join(f"predicted µs/step fwd, bwd {g}" for g in gpus) + " |",

@@ -253,18 +253,9 @@ def named_launches(precisions: list[str]) -> list[tuple[str, Job]]:
                 c = torch.zeros(T + 1, B, H, dtype=acc) if lstm else None
                 gates = torch.zeros(T, B, 4 * H, dtype=acc) if G > 1 else None
                 with capture_launches() as records:
-                    step.step_fwd(
-                        cell,
-                        e(T * B, G * H),
-                        e(B, H),
-                        None if c is None else c[0],
-                        e(G * H, H),
-                        e(G * H),
-                        None,
-                        plan,
-                        True,
-                        "cooperative",
-                    )
+                    step.step_fwd(cell, e(T * B, G * H), e(B, H), None if c is None else c[0],
+                                  e(G * H, H), e(G * H), None, plan, True,
+                                  "cooperative")  # fmt: skip
                     step.step_bwd(cell, e(G * H, H), None, e(T + 1, B, H), c, gates,
                                   e(T + 1, B, H), None, None, plan, "cooperative")  # fmt: skip
                     if cell in VARIANT_CELLS and dtype_name in ("float32", "float64"):

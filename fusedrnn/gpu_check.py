@@ -735,6 +735,7 @@ def paths_phase(plan: Plan, out: Path, phase: Phase, log, allotted: float) -> tu
     else:
         env["TRITON_INTERPRET"] = "1"
     cmd = [sys.executable, str(BENCH / "paths.py"), "--out", str(out), *plan.paths_args]
+    (out / "paths.csv").unlink(missing_ok=True)  # an earlier run's rows are not this run's
     rc, text = run_logged(cmd, allotted, log, env=env)
     rows = []
     if (out / "paths.csv").is_file():

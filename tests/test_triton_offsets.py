@@ -191,18 +191,22 @@ def constexpr_from_jit(sources: dict[str, str]) -> list[str]:
     version) returns a tensor, which a ``tl.constexpr`` parameter it reaches then rejects, so
     the kernel does not compile there. Such helpers are ``@triton.constexpr_function``s."""
     trees = {path: ast.parse(src) for path, src in sources.items()}
-    jitted = {f.name for tree in trees.values() for f in ast.walk(tree)
+    nodes = [(path, node) for path, tree in trees.items() for node in ast.walk(tree)]
+    jitted = {f.name for _, f in nodes
               if isinstance(f, ast.FunctionDef) and any(map(_is_jit, f.decorator_list))}  # fmt: skip
-    return [f"{path}:{node.lineno}: {ast.unparse(node)}" for path, tree in trees.items()
-            for node in ast.walk(tree)
+    return [f"{path}:{node.lineno}: {ast.unparse(node)}" for path, node in nodes
             if isinstance(node, ast.AnnAssign) and _is_attr(node.annotation, "constexpr")
-            and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") in jitted]  # fmt: skip
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", "") in jitted]  # fmt: skip
 
 
 def test_constexpr_locals_do_not_come_from_jit_functions():
     sources = {p.name: p.read_text() for p in sorted(KERNEL_DIR.glob("*.py"))}
     assert constexpr_from_jit(sources) == []
-    bad = "@triton.jit\ndef g(C: tl.constexpr):\n    return C\n\n@triton.jit\ndef k(C: tl.constexpr):\n"
+    bad = (
+        "@triton.jit\ndef g(C: tl.constexpr):\n    return C\n\n"
+        "@triton.jit\ndef k(C: tl.constexpr):\n"
+    )
     assert constexpr_from_jit({"k.py": bad + "    G: tl.constexpr = g(C)\n"}) == [
         "k.py:7: G: tl.constexpr = g(C)"
     ]

@@ -297,14 +297,14 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
         kw = dict(flags, SYNC=True)
         if dev.type == "cuda":  # the driver refuses a grid that cannot be co-resident
             kw["launch_cooperative_grid"] = True
-        args = (*tensors, table, sync, 0, T, sum(tiles), T, *sizes)
-        grid = cooperative_grid(kernel, max(tiles.values()), args, kw, dev)
+        # the arguments around the steps s_begin, s_end
+        head, tail = (*tensors, table, sync), (sum(tiles), T, *sizes)
+        grid = cooperative_grid(kernel, max(tiles.values()), (*head, 0, T, *tail), kw, dev)
         # a phase ends at a barrier: one launch, or a few when the counter would wrap
         for i, (begin, end) in enumerate(step_chunks(T, len(tiles), grid)):
             if i:
                 sync.zero_()
-            runtime.launch(kernel, (grid,), *tensors, table, sync, begin, end, sum(tiles), T,
-                           *sizes, **kw)  # fmt: skip
+            runtime.launch(kernel, (grid,), *head, begin, end, *tail, **kw)
         return
     for i in range(T):
         for p, n in tiles.items():

@@ -273,8 +273,8 @@ def _variant_fwd_kernel(
                                                   PEEPHOLE, OPTIONS)  # fmt: skip
                     o = sigmoid(pre_o + w_co[None, :] * c)
                     k = zoneout_weight(mc_ptr, p_c, ZONE_C, row0, rows, act, units, umask, H, c)
-                    tl.store(cs_ptr + slot_w * B * H + state,
-                             tl.where(a, k * c_prev + (1.0 - k) * c, c_prev), mask=mask2)  # fmt: skip
+                    c_kept = tl.where(a, k * c_prev + (1.0 - k) * c, c_prev)  # zoned out
+                    tl.store(cs_ptr + slot_w * B * H + state, c_kept, mask=mask2)
                     store_gates(tile_ptrs(gates, rows, units, 4 * H), H, act, mask2, i, f, g, o, 4)
                     c = tl.where(a, c, 0.0)
                     tl.store(ct_ptr + h_off + state, c, mask=mask2)
@@ -502,8 +502,8 @@ def _variant_bwd_kernel(
                         tl.store(dg + rows[:, None] * GH + off_o + units[None, :], d_o, mask=mask2)
                         tl.store(dl_ptr + h_off + state, dl, mask=mask2)
                         dchat = dl * lw[None, :]
-                        store_partial(part_c, tile % col_blocks, B, rows, rmask,
-                                      tl.sum(dchat, axis=1), tl.sum(dchat * chat, axis=1))  # fmt: skip
+                        sum_d, sum_dx = tl.sum(dchat, axis=1), tl.sum(dchat * chat, axis=1)
+                        store_partial(part_c, tile % col_blocks, B, rows, rmask, sum_d, sum_dx)
                     else:
                         _lstm_cell_bwd(dl, d_o, dc_ptr, dcs_ptr, cs_ptr, mc_ptr, wch_ptr, gates,
                                        dg, p_c, cs_r, cs_w, row0, rows, act, units, umask, mask2,
