@@ -5,9 +5,9 @@
 Nothing here runs on a GPU: every time printed is a PREDICTION from the ceilings and
 assumptions below (each with its source), printed beside published measurements where they
 exist. The kernel configurations are read from the code that launches them:
-``fusedrnn.ops.triton.configs`` (``STEP_CONFIGS``, ``COOPERATIVE_CONFIGS``, ``PERSISTENT_CONFIGS``
-and the ``pick_*`` functions the launchers call) and the CUDA backend's launch shape
-(``kThreads`` / ``kMaxBlocks`` in ``csrc/cuda/common.cuh``).
+``fusedrnn.ops.triton.configs`` (``STEP_CONFIGS``, ``COOPERATIVE_CONFIGS``, ``RESIDENT_CONFIGS``,
+``PERSISTENT_CONFIGS`` and the ``pick_*`` functions the launchers call) and the CUDA backend's
+launch shape (``kThreads`` / ``kMaxBlocks`` in ``csrc/cuda/common.cuh``).
 
 Work, per layer and direction (G gates, H hidden, I input, B batch, T steps, ``e`` bytes per
 element of the data type, ``a`` = 4 bytes for the float32 gates, cell state and gradients):
@@ -49,6 +49,25 @@ round trips to the chain; its programs hold ~255 registers each (the compile rep
 (waves). The cell variants' kernels have the same shape; layer norm adds phases to a step
 (LSTM: two each way, GRU: one), each ending at a barrier (:data:`VARIANT_PHASE_ROUND_TRIPS`) and
 writing or re-reading the normalised values it saves (``B·(G·H + H)·a`` bytes more each way).
+
+The resident launch (the Triton backend's default for the torch.nn cells above the persistent
+range, ``persistent.choose_path``) is the cooperative launch with each program holding its column
+block's slice of W_hh in shared memory for the whole launch: G gate tiles [H, block_h] forward,
+the columns [G·H, block_h] of W_hh backward, K in whole ``block_k`` chunks, beside a buffer of
+one [block_b, block_k] tile (:data:`RESIDENT_BUFFER_SOURCE`). W_hh comes from HBM once per launch
+(a kernel of its own here, which carries the launch) and never again, so a step's L2 traffic is
+its A operand (h_{t-1} forward, dG_{t+1} backward: B·K·e bytes per column block); the chunk loop
+is unrolled, so the A loads wait on nothing but the step's start and the step's chain is one
+round trip for them, two for its own loads and stores, and the barrier (:func:`resident_chain`).
+The grid is a program per column block times as many row blocks as fit at once: registers
+(``REGS_PER_THREAD``, which the resident kernels use too) and shared memory (the slice, its buffer
+and the 1 KiB CUDA reserves per program, :data:`SMEM_RESERVED`, against each GPU's limits in
+:class:`Gpu`, from :data:`SMEM_SOURCE`); the row blocks beyond are walked in turn, each walk three
+more round trips. Where not even one program per column block fits (float32 H=1024: 256 KiB of
+slice; float32 H=768 on an A100), the launcher runs the cooperative launch instead, and
+:func:`applicable` shows resident rows only where they fit. Like the cooperative launch it is one
+launch per layer and direction, none per step. The tables mark the Triton row the launcher runs
+unless a path is forced: *(automatic path)*. The variant kernels have no resident launch.
 
 A sequence's time adds the kernels of its layers. The host issues the launches: a per-step
 launch loop costs ``launches × host cost`` on the CPU, and the GPU cannot finish before the host
@@ -95,6 +114,8 @@ class Gpu:
     sms: int
     clock: float  # Hz, boost clock
     source: str
+    smem_per_sm: int  # bytes of shared memory per SM (SMEM_SOURCE)
+    smem_per_block: int  # bytes one program may use, with the opt-in attribute (SMEM_SOURCE)
 
 
 GPUS = {
@@ -108,6 +129,8 @@ GPUS = {
         1.98e9,
         "NVIDIA H100 datasheet (SXM5): 3.35 TB/s HBM3, 67 TFLOP/s fp32, 989 TFLOP/s TF32 and "
         "1,979 TFLOP/s bf16/fp16 with sparsity (half that dense), 132 SMs, 1.98 GHz boost",
+        smem_per_sm=228 * 1024,
+        smem_per_block=227 * 1024,
     ),
     "H200": Gpu(
         "H200 SXM 141GB",
@@ -118,6 +141,8 @@ GPUS = {
         132,
         1.98e9,
         "NVIDIA H200 datasheet: 4.8 TB/s HBM3e; the H100 SXM5's SMs, clocks and compute rates",
+        smem_per_sm=228 * 1024,
+        smem_per_block=227 * 1024,
     ),
     "A100": Gpu(
         "A100 SXM4 80GB",
@@ -129,8 +154,16 @@ GPUS = {
         1.41e9,
         "NVIDIA A100 datasheet (SXM4 80GB): 2,039 GB/s HBM2e, 19.5 TFLOP/s fp32, 156 TFLOP/s "
         "TF32 and 312 TFLOP/s bf16/fp16 dense, 108 SMs, 1.41 GHz boost",
+        smem_per_sm=164 * 1024,
+        smem_per_block=163 * 1024,
     ),
 }
+SMEM_SOURCE = (
+    "CUDA C++ Programming Guide, technical specifications per compute capability: 228 KB of "
+    "shared memory per SM and at most 227 KB per block (opt-in) on 9.0 (H100, H200), 164 KB and "
+    "163 KB on 8.0 (A100); 1 KB of an SM's shared memory is reserved for each resident block"
+)
+SMEM_RESERVED = 1024  # per program (SMEM_SOURCE; ops/triton/sync.resident_programs counts it)
 
 # -- assumptions (not measured here; each says where it comes from) ----------------------------
 
@@ -166,7 +199,14 @@ BARRIER_SOURCE = (
 REGS_PER_THREAD = 255
 REGS_SOURCE = (
     "python -m fusedrnn.compile_report: the cooperative step kernels use 200-255 registers "
-    "per thread on sm_90; 65,536 per SM"
+    "per thread on sm_90, the resident ones 255 (LSTM, bf16 and float32, H=256 and 768); "
+    "65,536 per SM"
+)
+RESIDENT_BUFFER_SOURCE = (
+    "python -m fusedrnn.compile_report (sm_90, Triton 3.8): a resident LSTM kernel's shared "
+    "memory is its W_hh slice plus one [block_b, block_k] tile of the data type (2 KiB in bf16, "
+    "4 KiB in float32, forward and backward, H=256, 768 and 896: 100,352 bytes at bf16 H=768, "
+    "233,472 at float32 H=896, over the 227 KiB a program may have)"
 )
 CUBLAS_TILE = (64, 128, 32)  # (BM, BN, BK)
 CUBLAS_STAGES = 4
@@ -205,9 +245,9 @@ def dot_rate(gpu: Gpu, dtype: str, precision: str) -> float:
 @dataclass(frozen=True)
 class KernelConfig:
     """One way the fused layer runs; ``kind`` is step (per-step launch), cooperative (the
-    step kernel's time loop in one launch, also the cell variants' kernels), persistent (one
-    launch per sequence) or gemm+pointwise (a library GEMM and one element-wise kernel per
-    step)."""
+    step kernel's time loop in one launch, also the cell variants' kernels), resident (the
+    cooperative launch with W_hh's slices held in shared memory), persistent (one launch per
+    sequence) or gemm+pointwise (a library GEMM and one element-wise kernel per step)."""
 
     backend: str
     kind: str
@@ -222,12 +262,17 @@ class KernelConfig:
     max_hidden: int = 0  # persistent: the largest H it takes
     cell: str = ""  # persistent configs are per cell
     picker: object = field(default=None, compare=False, repr=False)
-    dtypes: tuple[str, ...] = ()  # cooperative: the data types it serves
-    # cooperative: (cell, largest H of the persistent kernels), which take those H instead
+    dtypes: tuple[str, ...] = ()  # cooperative, resident: the data types it serves
+    # cooperative, resident: (cell, largest H of the persistent kernels), which take those H
     persistent_up_to: tuple[tuple[str, int], ...] = ()
-    # cooperative: the backward's block_b, block_h, block_k, warps, stages
+    # cooperative, resident: the backward's block_b, block_h, block_k, warps, stages
     bwd: tuple[int, int, int, int, int] | None = None
     variants: bool = False  # cooperative: the variant kernels' config (they serve only those)
+
+    def blocks(self, backward: bool) -> tuple[int, int, int, int, int]:
+        """block_b, block_h, block_k, warps, stages of the forward's or the backward's launch."""
+        fwd = (self.block_b, self.block_h, self.block_k, self.num_warps, self.num_stages)
+        return (self.bwd or fwd) if backward else fwd
 
 
 def _triton_config(kind, description, c, copied, picker=None) -> KernelConfig:
@@ -264,15 +309,19 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
         cell = "rnn" if c.cell.startswith("rnn") else c.cell
         limits[cell] = max(limits.get(cell, 0), c.max_hidden)
-    pairs = [(f"cooperative ({g})", f, b, groups.get(g, (g,)), False)
+    pairs = [("cooperative", f"cooperative ({g})", f, b, groups.get(g, (g,)), False)
              for g, (f, b) in getattr(tc, "COOPERATIVE_CONFIGS", {}).items()]  # fmt: skip
     if hasattr(tc, "pick_variant_config"):  # the variant kernels compute in float32 (or 64)
         pick = functools.partial(tc.pick_variant_config, 16, 512, "float32")
-        pairs.append(("variant cooperative (float32)", pick(False), pick(True), ("float32",), True))
-    for name, f, b, dtypes, variants in pairs:
+        pairs.append(("cooperative", "variant cooperative (float32)", pick(False), pick(True),
+                      ("float32",), True))  # fmt: skip
+    # float64 runs resident only when forced (persistent.choose_path), and has no sizes here
+    pairs += [("resident", f"resident ({g})", f, b, groups[g], False)
+              for g, (f, b) in getattr(tc, "RESIDENT_CONFIGS", {}).items() if g in groups]  # fmt: skip
+    for kind, name, f, b, dtypes, variants in pairs:
         out.append(
             KernelConfig(
-                "triton", "cooperative",
+                "triton", kind,
                 f"{name} fwd {f.block_b}x{f.block_h}x{f.block_k} w{f.num_warps} "
                 f"s{f.num_stages}, bwd {b.block_b}x{b.block_h}x{b.block_k} w{b.num_warps} "
                 f"s{b.num_stages}",
@@ -322,11 +371,23 @@ def cuda_config() -> tuple[KernelConfig, str]:
 
 
 def applicable(
-    cfg: KernelConfig, cell: str, B: int, H: int, variant: bool = False, dtype: str = ""
-) -> bool:
-    """Whether the launchers would pick ``cfg`` for this shape (mirrors the pick functions;
-    the per-step configs are shown too, as the per-step path they also serve). The variants
-    (layer norm; float32 kernels) run the cooperative and per-step shapes at any H."""
+    cfg: KernelConfig, cell: str, B: int, H: int, variant: bool = False, dtype: str = "",
+    gpu: Gpu | None = None,
+) -> bool:  # fmt: skip
+    """Whether the launchers would pick ``cfg`` for this shape on ``gpu`` (H100 when not
+    given; mirrors the pick functions; the per-step configs are shown too, as the per-step path
+    they also serve, and the cooperative ones where the resident launch runs, as the path it
+    falls back to). The variants (layer norm; float32 kernels) run the cooperative and
+    per-step shapes at any H; the resident launch needs its slices to fit on ``gpu``."""
+    if cfg.kind == "resident":
+        small = dict(cfg.persistent_up_to).get(cell, 0)
+        if variant or H <= small or (dtype and dtype not in cfg.dtypes):
+            return False
+        e = ELEM[dtype or cfg.dtypes[0]]
+        return all(
+            resident_layout(cfg, cell, B, H, e, gpu or GPUS["H100"], backward).fits
+            for backward in (False, True)
+        )
     if cfg.kind == "cooperative":
         small = 0 if variant else dict(cfg.persistent_up_to).get(cell, 0)
         return cfg.variants == variant and H > small and (not dtype or dtype in cfg.dtypes)
@@ -391,11 +452,71 @@ def chain_length(k: int, block_k: int, stages: int) -> float:
     return math.ceil(k / block_k) / max(1, stages - 1) + 2
 
 
+def resident_chain(walks: int = 1) -> float:
+    """Dependent L2 round trips of one step of a resident launch whose programs walk ``walks``
+    tiles each. W_hh is on chip, so nothing in the reduction waits for it; the A operand's
+    chunks are loaded by an unrolled loop (tiles.rec_gates_resident), none of them waiting on
+    another, so together they cost one round trip where chain_length counts one per chunk in
+    flight; the tile's own loads and stores add two, as in chain_length. The step ends at one
+    grid barrier, whatever the number of tiles a program walked before it."""
+    return walks * (1 + 2) + BARRIER_ROUND_TRIPS
+
+
+def _register_limit(warps: int) -> int:
+    """Programs of ``warps`` warps whose REGS_PER_THREAD registers fit in an SM's 65,536
+    (allocated per warp in units of 256, as ops/triton/sync.resident_programs counts them)."""
+    return max(1, 65536 // (-(-REGS_PER_THREAD * 32 // 256) * 256 * warps))
+
+
+def _padded(k: int, block_k: int) -> int:
+    """``k`` in whole chunks of ``block_k``: a resident slice holds zeros past K."""
+    return -(-k // block_k) * block_k
+
+
+@dataclass(frozen=True)
+class ResidentLayout:
+    """One direction of a resident launch on a GPU (:func:`resident_layout`)."""
+
+    slice_bytes: int  # W_hh held by one program
+    smem: int  # shared memory of one program: the slice and the buffer beside it
+    per_sm: int  # programs one SM holds at once (0: one program exceeds the per-block limit)
+    col_blocks: int
+    programs: int
+    walks: int  # tiles each program walks per step
+    fits: bool  # a program per column block fits at once: else the launch runs cooperative
+
+
+def resident_layout(
+    cfg: KernelConfig, cell: str, B: int, H: int, e: int, gpu: Gpu, backward: bool
+) -> ResidentLayout:
+    """The grid ops/triton/sync.resident_grid gives a resident launch: a program per column
+    block times as many row blocks as fit on ``gpu`` at once, so that every tile a program
+    walks is in its own column block; the row blocks beyond are walked in turn. Where not even
+    a program per column block fits, the layout is that of one row block per column block (the
+    launcher would run the cooperative launch)."""
+    bb, bh, bk, warps, _ = cfg.blocks(backward)
+    G = GATES["rnn_tanh" if cell == "rnn" else cell]
+    # forward: G gate tiles of [H, block_h]; backward: the [G·H, block_h] columns of W_hh
+    k = _padded(G * H, bk) if backward else G * _padded(H, bk)
+    slice_bytes = k * bh * e
+    smem = slice_bytes + bb * bk * e  # RESIDENT_BUFFER_SOURCE
+    per_sm = 0
+    if smem <= gpu.smem_per_block:
+        per_sm = min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // warps, _register_limit(warps),
+                     gpu.smem_per_sm // (smem + SMEM_RESERVED))  # fmt: skip
+    cols, rows = math.ceil(H / bh), math.ceil(B / bb)
+    per_col = min(rows, gpu.sms * per_sm // cols)
+    placed = max(1, per_col)
+    return ResidentLayout(slice_bytes, smem, per_sm, cols, cols * placed, math.ceil(rows / placed),
+                          per_col > 0)  # fmt: skip
+
+
 def plan(
     cfg: KernelConfig, cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool,
-    variant: bool = False,
+    variant: bool = False, gpu: Gpu | None = None,
 ) -> Plan:  # noqa: E741  # fmt: skip
-    """The kernels of one layer; ``variant``: with layer norm (module docstring)."""
+    """The kernels of one layer; ``variant``: with layer norm (module docstring); ``gpu``: the
+    GPU whose shared memory and SMs size a resident launch's grid (H100 when not given)."""
     G, S, e, a = GATES["rnn_tanh" if cell == "rnn" else cell], SAVED[cell], ELEM[dtype], ACC
     lstm = cell == "lstm"
     w_hh = G * H * H * e
@@ -446,14 +567,33 @@ def plan(
                                                  cfg.num_stages), G * H, bwd_rows),
         ):  # fmt: skip
             blocks_b = math.ceil(B / bb)
-            regs = -(-REGS_PER_THREAD * 32 // 256) * 256 * warps
             kernels.append(
                 Kernel(name, rec_flops, G * H * e + rows, blocks_b * math.ceil(H / bh),
                        blocks_b * w_hh, 0,
                        chain=chain_length(k, bk, st) + BARRIER_ROUND_TRIPS + extra_chain,
-                       warps=warps, per_sm=max(1, 65536 // regs))
+                       warps=warps, per_sm=_register_limit(warps))
             )  # fmt: skip
         return Plan(once_fwd + [launch], kernels[:1], kernels[1:], [launch, *once_bwd])
+    if cfg.kind == "resident":
+        # each program loads its column block's slice of W_hh once, from HBM (programs sharing
+        # a column block read it again from L2), and a step reads only the A operand: every
+        # column block all B rows of h_{t-1} (K = H) or dG_{t+1} (K = G·H), from L2
+        loads, steps = [], []
+        for backward, k, rows in ((False, H, fwd_rows), (True, G * H, bwd_rows)):
+            warps = cfg.blocks(backward)[3]
+            lay = resident_layout(cfg, cell, B, H, e, gpu or GPUS["H100"], backward)
+            suffix = " bwd" if backward else ""
+            copies = lay.programs // lay.col_blocks
+            loads.append(
+                Kernel(f"resident launch{suffix} (W_hh slices)", 0.0, w_hh, lay.programs,
+                       (copies - 1) * w_hh, warps=warps, per_sm=lay.per_sm)
+            )  # fmt: skip
+            steps.append(
+                Kernel(f"resident step{suffix}", rec_flops, G * H * e + rows, lay.programs,
+                       lay.col_blocks * B * k * e, 0, chain=resident_chain(lay.walks),
+                       warps=warps, per_sm=lay.per_sm)
+            )  # fmt: skip
+        return Plan(once_fwd + loads[:1], steps[:1], steps[1:], [*loads[1:], *once_bwd])
     if cfg.kind == "persistent":
         programs = math.ceil(B / cfg.block_b)
         # W_hh is loaded once per program and stays on chip: a step waits for its xg_t load
@@ -543,10 +683,10 @@ def predict(
     precision: str = "ieee",
     variant: bool = False,
 ) -> Prediction:
-    inf = plan(cfg, cell, B, T, I, H, dtype, training=False, variant=variant)
-    tr = plan(cfg, cell, B, T, I, H, dtype, training=True, variant=variant)
-    deep_inf = plan(cfg, cell, B, T, H, H, dtype, training=False, variant=variant)
-    deep_tr = plan(cfg, cell, B, T, H, H, dtype, training=True, variant=variant)
+    inf = plan(cfg, cell, B, T, I, H, dtype, training=False, variant=variant, gpu=gpu)
+    tr = plan(cfg, cell, B, T, I, H, dtype, training=True, variant=variant, gpu=gpu)
+    deep_inf = plan(cfg, cell, B, T, H, H, dtype, training=False, variant=variant, gpu=gpu)
+    deep_tr = plan(cfg, cell, B, T, H, H, dtype, training=True, variant=variant, gpu=gpu)
 
     def t(ks) -> float:
         return sum(kernel_time(k, gpu, dtype, precision) for k in ks)
@@ -590,6 +730,11 @@ _ANCHOR_SHAPE = {k: PUBLISHED[k] for k in ("cell", "B", "T", "I", "H", "layers")
 CASES = [
     dict(_ANCHOR_SHAPE, label="published anchor", dtype="float16", published=True),
     dict(_ANCHOR_SHAPE, label="published anchor, bf16", dtype="bfloat16", published=True),
+    # the resident slices (192 KiB) fit an sm_90 program, not an A100's: cooperative there
+    dict(_ANCHOR_SHAPE, label="anchor shape, float32", dtype="float32"),
+    # 256 KiB of slice fits no GPU here: the launcher runs the cooperative launch
+    {"label": "resident slices too large", "cell": "lstm", "B": 16, "T": 1024, "I": 1024,
+     "H": 1024, "layers": 1, "dtype": "float32"},
     {"label": "GPU headline", "cell": "lstm", "B": 64, "T": 100, "I": 512, "H": 512,
      "layers": 1, "dtype": "float32"},
     {"label": "GPU headline, TF32 allowed", "cell": "lstm", "B": 64, "T": 100, "I": 512,
@@ -623,10 +768,11 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
     lines = [
         "## Every shipped configuration, one step (training)",
         "",
-        "Per-step and cooperative kernels at LSTM B=64 H=256 float32 IEEE (whether or not the "
-        "launcher would pick that config there; the variant config with layer norm); persistent "
-        "kernels at their cell, largest H and B=block_b, bfloat16. Chain: dependent L2 round "
-        "trips per step, forward / backward.",
+        "Per-step, cooperative and resident kernels at LSTM B=64 H=256 float32 IEEE (whether or "
+        "not the launcher would pick that config there; the variant config with layer norm); "
+        "persistent kernels at their cell, largest H and B=block_b, bfloat16. Chain: dependent "
+        f"L2 round trips per step, forward / backward; programs and chain on the {gpus[0]} (a "
+        "resident launch's grid follows the GPU's shared memory).",
         "",
         "| config | shape | programs | launches/step fwd, bwd | chain fwd, bwd | FLOPs/step | "
         "bytes/step | " + " | ".join(f"predicted µs/step fwd, bwd {g}" for g in gpus) + " |",
@@ -638,14 +784,19 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
             B, H, dt = c.block_b, c.max_hidden, "bfloat16"
         else:
             cell, B, H, dt = "lstm", 64, 256, "float32"
-        p = plan(c, cell, B, 64, 128, H, dt, training=True, variant=c.variants)
+        plans = [
+            (GPUS[g], plan(c, cell, B, 64, 128, H, dt, training=True, variant=c.variants,
+                           gpu=GPUS[g]))
+            for g in gpus
+        ]  # fmt: skip
         times = [
             (
-                sum(kernel_time(k, GPUS[g], dt) for k in p.step_fwd) * 1e6,
-                sum(kernel_time(k, GPUS[g], dt) for k in p.step_bwd) * 1e6,
+                sum(kernel_time(k, gpu, dt) for k in q.step_fwd) * 1e6,
+                sum(kernel_time(k, gpu, dt) for k in q.step_bwd) * 1e6,
             )
-            for g in gpus
+            for gpu, q in plans
         ]
+        p = plans[0][1]
         progs = "+".join(str(k.programs if k.programs < 10**6 else "lib") for k in p.step_fwd)
         lines.append(
             f"| {c.backend}: {c.description} | {cell.upper()} B={B} H={H} {dt} | {progs} | "
@@ -659,11 +810,19 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
     return lines + [""]
 
 
+def automatic_path(chosen: list[KernelConfig]) -> KernelConfig | None:
+    """The Triton config among the applicable ``chosen`` that the launcher runs unless a path
+    is forced (persistent.choose_path): persistent, else resident where its slices fit, else
+    cooperative (the variants' too); never the per-step launch, which runs only when forced
+    (or for an empty sequence)."""
+    triton = {c.kind: c for c in chosen if c.backend == "triton"}
+    return next((triton[k] for k in ("persistent", "resident", "cooperative") if k in triton), None)
+
+
 def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]:
     cell, B, T, I, H, L, dt = (case[k] for k in ("cell", "B", "T", "I", "H", "layers", "dtype"))  # noqa: E741
     prec = case.get("precision", "ieee")
     variant = case.get("variant", False)
-    chosen = [c for c in configs if applicable(c, cell, B, H, variant, dt)]
     prec_note = f" {prec.upper()}" if dt == "float32" else ""
     lines = [
         f"## {case['label']}: {cell.upper()} B={B} T={T} I={I} H={H} layers={L} {dt}{prec_note}",
@@ -674,10 +833,13 @@ def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in gpus:
+        chosen = [c for c in configs if applicable(c, cell, B, H, variant, dt, GPUS[g])]
+        auto = automatic_path(chosen)
         for c in chosen:
             p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant)
+            name = p.implementation + (" *(automatic path)*" if c is auto else "")
             lines.append(
-                f"| {g} | {p.implementation} | {p.launches_step_fwd}, {p.launches_step_bwd} | "
+                f"| {g} | {name} | {p.launches_step_fwd}, {p.launches_step_bwd} | "
                 f"{p.launches_seq_fwd}, {p.launches_seq_fwdbwd} | "
                 f"{_ms(p.host_fwd_s)}, {_ms(p.host_fwdbwd_s)} | "
                 f"{_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} | "
@@ -739,6 +901,9 @@ def report(gpus: list[str]) -> str:
     configs, note = triton_configs()
     cuda, cuda_note = cuda_config()
     configs = configs + [cuda]
+    smem = ", ".join(
+        f"{g} {GPUS[g].smem_per_sm // 1024} / {GPUS[g].smem_per_block // 1024} KiB" for g in gpus
+    )
     lines = [
         "# fusedrnn GPU cost model — PREDICTIONS, with measurements beside them",
         "",
@@ -747,10 +912,14 @@ def report(gpus: list[str]) -> str:
         "memory and latency). Rows marked *measured* are not predictions: they are read from "
         "`bench/results/gpu-*/` (`python -m fusedrnn.gpu_check`, eager calls; "
         "`bench/graph_replay.py`, the same calls replayed from a CUDA graph, in the last "
-        "column), and rows marked *published* are other projects' measurements.",
+        "column), and rows marked *published* are other projects' measurements. *(automatic "
+        "path)* marks the Triton kernels the launcher runs at that shape on that GPU unless a "
+        "path is forced (`fusedrnn.ops.triton.kernel_path`); the other Triton rows are the "
+        "paths it runs when forced, or falls back to.",
         "",
-        "Ceilings (datasheets):",
+        "Ceilings (datasheets; shared memory from the CUDA programming guide):",
         *[f"- {GPUS[g].name}: {GPUS[g].source}" for g in gpus],
+        f"- shared memory per SM / per program: {smem}: {SMEM_SOURCE}",
         "",
         "Assumptions (not measured here):",
         f"- {BANDWIDTH_SHARE:.0%} of the datasheet bandwidth: {BANDWIDTH_SHARE_SOURCE}",
@@ -760,7 +929,10 @@ def report(gpus: list[str]) -> str:
         f"- host time per launch {', '.join(f'{k} {v * 1e6:.0f} µs' for k, v in HOST_LAUNCH_S.items())}: "
         f"{HOST_LAUNCH_SOURCE}",
         f"- grid barrier: {BARRIER_ROUND_TRIPS} L2 round trips per step: {BARRIER_SOURCE}",
-        f"- {REGS_PER_THREAD} registers per thread in the cooperative kernels: {REGS_SOURCE}",
+        f"- {REGS_PER_THREAD} registers per thread in the cooperative and resident kernels: "
+        f"{REGS_SOURCE}",
+        f"- a resident program's shared memory: its W_hh slice and one [block_b, block_k] "
+        f"buffer: {RESIDENT_BUFFER_SOURCE}",
         f"- cuBLAS per-step GEMM: tile {'x'.join(map(str, CUBLAS_TILE))}, {CUBLAS_STAGES} "
         "pipeline stages (its real kernel choice was not inspected)",
         f"- at most {MAX_WARPS_PER_SM} warps and {MAX_PROGRAMS_PER_SM} programs per SM (CUDA "

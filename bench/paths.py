@@ -2,13 +2,14 @@
 
     python bench/paths.py --out DIR [--shapes anchor,mid] [--configs 16x16x64w4s2,...]
 
-For each shape: torch.nn (cuDNN), the per-step path (a launch per step) and the cooperative
+For each shape: torch.nn (cuDNN), the per-step path (a launch per step), the cooperative
 path (the same kernel's time loop in one launch, programs meeting at a grid barrier between
 steps) for every block configuration given (``BxHxK`` rows x units x reduction block, ``w``
-warps, ``s`` pipeline stages). Every provider is first checked against torch.nn (outputs and
-every gradient, bench/providers.py's tolerances); then forward (no grad) and forward+backward
-are timed eagerly, CUDA-event medians over interleaved rounds. Writes ``paths.csv`` and
-``paths.md`` into ``--out``.
+warps, ``s`` pipeline stages) and the resident path (the cooperative launch with each
+program's slice of W_hh held in shared memory, its shipped config). Every provider is first
+checked against torch.nn (outputs and every gradient, bench/providers.py's tolerances); then
+forward (no grad) and forward+backward are timed eagerly, CUDA-event medians over interleaved
+rounds. Writes ``paths.csv`` and ``paths.md`` into ``--out``.
 
 The ``ln-*`` shapes run fusedrnn's layer-norm LSTM / GRU (float32 kernels), which torch.nn
 lacks: their baseline, and the oracle of the checks, is fusedrnn's reference op on the same
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
                 }
                 for text in filter(None, args.configs.split(",")):
                     candidates[f"cooperative {text}"] = ("cooperative", parse_config(text))
+                if not cfg.options:  # the variant kernels have no resident launch
+                    candidates["resident"] = ("resident", None)
                 fns, problems = {}, {}
                 for name, (path, config) in candidates.items():
                     problems[name] = "" if path == base else check(cfg, path, config)

@@ -20,7 +20,8 @@ distinct specialisation is compiled with
 spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory from
 the kernel metadata. One row per compile; exits non-zero on any compile error or any
 spill. A last table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024
-in each dtype, the compile its cooperative launch runs (:func:`named_launches`).
+in each dtype, the compile its cooperative and resident launches run (:func:`named_launches`);
+the resident launch's chunks of K follow H, so those are compiles at that H.
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
 argument equal to 1 into a constant, a further specialisation) and tensors whose data
@@ -57,9 +58,13 @@ PRECISIONS = {
 # (B, H, Hout with projection): B on both sides of the step configs' 16-row block,
 # hidden sizes divisible by 16 and not; H <= 32 also reaches the persistent kernels
 SHAPES = ((3, 32, 16), (20, 24, 12), (3, 24, 12), (20, 32, 16))
-# the hidden sizes of real layers the report names its cooperative compiles for (B = 16): H is
-# a run-time argument, so these run compiles of the shapes above (H a multiple of 16)
+# the hidden sizes of real layers the report names its cooperative and resident compiles for
+# (B = 16): H is a run-time argument, so the cooperative launch runs compiles of the shapes
+# above (H a multiple of 16); the resident launch's chunk count makes compiles of their own
 NAMED_H = (256, 512, 768, 1024)
+# bytes of shared memory one program may use (CUDA's opt-in maximum per block): a resident
+# compile over it fails to load, and the layer runs cooperative (ops/triton/sync.py)
+MAX_SHARED = {80: 166912, 90: 232448}
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class Job:
         for k, v in self.constexprs:
             if k == "OPTIONS":  # the bool options by name (cellmath.option_bits)
                 on += [name.upper() for j, name in enumerate(BOOL_OPTIONS) if v >> j & 1]
-            elif k not in skip and v is not False:
+            elif k not in skip and v is not False and not (k == "RESIDENT" and v == 0):
                 on.append(f"{k}={v}" if not isinstance(v, bool) else k)
         return ",".join(on) or "-"
 
@@ -123,11 +128,11 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
     # no float64. Cs and so dCs in the accumulation dtype
     for cell, G in GATES.items():
         small = dtype != torch.float64 and pick_persistent_config(cell, H) is not None
-        paths = ("step", "cooperative", *(("persistent",) if small else ()))
+        paths = ("step", "cooperative", "resident", *(("persistent",) if small else ()))
         lstm = cell == "lstm"
         for bias, proj, save, path in itertools.product(bools, lstm_only[cell], bools, paths):
             hout = Hp if proj else H
-            if not (proj and path == "persistent"):
+            if not (proj and path in ("persistent", "resident")):
                 step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm, B, H, dt=acc),
                               e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, save,
                               path)  # fmt: skip
@@ -135,7 +140,7 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
             lstm_only[cell], bools, lstm_only[cell], dys, paths
         ):
             hout = Hp if proj else H
-            if not (proj and path == "persistent"):
+            if not (proj and path in ("persistent", "resident")):
                 step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
                               opt(lstm, T + 1, B, H, dt=acc), opt(G > 1, T, B, 4 * H, dt=acc),
                               opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H, dt=acc),
@@ -229,10 +234,12 @@ def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
     return [replace(j, arch=arch) for arch in archs for j in seen]
 
 
-def named_launches(precisions: list[str]) -> list[tuple[str, Job]]:
-    """``(name, job)`` for each kernel of the cooperative launch of every cell (and of the
-    layer-norm variants, in their dtypes) at the hidden sizes NAMED_H, B = 16: which compile
-    runs e.g. ``cooperative lstm fwd H=768 bf16``."""
+def named_launches(
+    precisions: list[str], hidden: tuple[int, ...] = NAMED_H
+) -> list[tuple[str, Job]]:
+    """``(name, job)`` for each kernel of the cooperative and resident launches of every cell
+    (and of the layer-norm variants' cooperative launch, in their dtypes) at the hidden sizes
+    ``hidden`` (NAMED_H), B = 16: which compile runs e.g. ``resident lstm fwd H=768 bf16``."""
     import torch
 
     from fusedrnn.ops.checks import GATES, VARIANT_CELLS
@@ -242,7 +249,7 @@ def named_launches(precisions: list[str]) -> list[tuple[str, Job]]:
 
     B, T, out = 16, 2, []
     plan = Plan(None, T, B, False)
-    for label, H in itertools.product(precisions, NAMED_H):
+    for label, H in itertools.product(precisions, hidden):
         dtype_name, tf32 = PRECISIONS[label]
         dtype = getattr(torch, dtype_name)
         old, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
@@ -253,11 +260,12 @@ def named_launches(precisions: list[str]) -> list[tuple[str, Job]]:
                 c = torch.zeros(T + 1, B, H, dtype=acc) if lstm else None
                 gates = torch.zeros(T, B, 4 * H, dtype=acc) if G > 1 else None
                 with capture_launches() as records:
-                    step.step_fwd(cell, e(T * B, G * H), e(B, H), None if c is None else c[0],
-                                  e(G * H, H), e(G * H), None, plan, True,
-                                  "cooperative")  # fmt: skip
-                    step.step_bwd(cell, e(G * H, H), None, e(T + 1, B, H), c, gates,
-                                  e(T + 1, B, H), None, None, plan, "cooperative")  # fmt: skip
+                    for path in ("cooperative", "resident"):
+                        step.step_fwd(cell, e(T * B, G * H), e(B, H),
+                                      None if c is None else c[0], e(G * H, H), e(G * H), None,
+                                      plan, True, path)  # fmt: skip
+                        step.step_bwd(cell, e(G * H, H), None, e(T + 1, B, H), c, gates,
+                                      e(T + 1, B, H), None, None, plan, path)  # fmt: skip
                     if cell in VARIANT_CELLS and dtype_name in ("float32", "float64"):
                         ln, zone, par = e(G * H), (0, 0), e(3)
                         ins = (e(G * H, H), ln, *(e(H) if lstm else None,) * 2, None, None,
@@ -272,14 +280,18 @@ def named_launches(precisions: list[str]) -> list[tuple[str, Job]]:
                     name = kernel.fn.__name__.strip("_").removesuffix("_kernel")
                     kind = "layer-norm " if name.startswith("variant") else ""
                     what = f"{kind}{cell} {name.rsplit('_', 1)[1]}"
-                    out.append((f"cooperative {what} H={H} {label}",
+                    path = "resident" if kwargs.get("RESIDENT") else "cooperative"
+                    out.append((f"{path} {what} H={H} {label}",
                                 job_key(kernel, args, kwargs, label)))  # fmt: skip
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
     return out
 
 
-def _compile(job: Job) -> dict:
+def compile_job(job: Job):
+    """``triton.compile`` of ``job`` for its arch in a fresh cache (so that ptxas runs, and
+    logs when ``knobs.nvidia.dump_ptxas_log`` is on): the compiled kernel, whose ``asm``
+    holds every stage (``ttgir``, ``ptx``, ...)."""
     import importlib
 
     import triton
@@ -294,20 +306,31 @@ def _compile(job: Job) -> dict:
     # dtype constants travel as their names ("fp32")
     constexprs = {(index[k],): tl.dtype(v) if k.endswith("_TY") else v for k, v in job.constexprs}
     attrs = {(index[k],): [["tt.divisibility", 16]] for k in job.attrs}
-    row = dict(job=job, error=None, regs=None, spill_st=None, spill_ld=None, smem=None)
-    t0 = time.time()
-    log = io.StringIO()
-    knobs.nvidia.dump_ptxas_log = True
-    try:
-        with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(log):
-            knobs.cache.dir = cache  # a fresh cache: ptxas must run and log
-            k = triton.compile(
+    old = knobs.cache.dir
+    with tempfile.TemporaryDirectory() as cache:
+        knobs.cache.dir = cache
+        try:
+            return triton.compile(
                 ASTSource(fn=fn, signature=dict(job.signature), constexprs=constexprs,
                           attrs=attrs),
                 target=GPUTarget("cuda", job.arch, 32),
                 options={"num_warps": job.num_warps, "num_stages": job.num_stages,
                          "maxnreg": job.maxnreg},
             )  # fmt: skip
+        finally:
+            knobs.cache.dir = old
+
+
+def _compile(job: Job) -> dict:
+    from triton import knobs
+
+    row = dict(job=job, error=None, regs=None, spill_st=None, spill_ld=None, smem=None)
+    t0 = time.time()
+    log = io.StringIO()
+    knobs.nvidia.dump_ptxas_log = True
+    try:
+        with contextlib.redirect_stdout(log):
+            k = compile_job(job)
         text = log.getvalue()
         regs = re.search(r"Used (\d+) registers", text)
         spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
@@ -419,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     if named:
         print("\nreal layer sizes (B = 16): the compile above that runs each")
         for name, job in dict.fromkeys(named):
-            print(f"sm_{job.arch:<3} {name:<44} {_fmt(rows[job]).split(None, 3)[3]}")
+            row = rows[job]
+            over = (row["smem"] or 0) > MAX_SHARED[job.arch]
+            note = "  (over the shared memory of a program: runs cooperative)" if over else ""
+            print(f"sm_{job.arch:<3} {name:<44} {_fmt(row).split(None, 3)[3]}{note}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors or spills")
     return 1 if failures else 0
 

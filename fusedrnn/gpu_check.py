@@ -18,8 +18,9 @@ say, after writing the report):
 4. benchmark: bench/run.py's measurement of the headline shapes against cuDNN (providers checked
    against torch.nn first, CUDA-event medians over interleaved rounds), written by the same
    writers as the CPU results: ``results.csv``, ``results.md``, ``meta.json``;
-5. paths: bench/paths.py in a subprocess: the Triton backend's launches (a launch per step
-   against the cooperative launch) at the bf16 anchor shape and of the layer-norm variants,
+5. paths: bench/paths.py in a subprocess: the Triton backend's launches (a launch per step,
+   the cooperative launch and the resident one) at the bf16 anchor shape and of the
+   layer-norm variants,
    each checked first against torch.nn or fusedrnn's reference op (``paths.csv``,
    ``paths.md``).
 

@@ -126,7 +126,7 @@ def test_variants_under_autocast(backend, cls, kw, dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "resident", "persistent"])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
 def test_triton_under_autocast(cls, batch_first, path, rnn_pair):

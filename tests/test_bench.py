@@ -202,6 +202,119 @@ def test_costmodel_cooperative_by_hand():
     assert not costmodel.applicable(cfg, "lstm", 32, 32, dtype="bfloat16")  # persistent range
 
 
+def _resident(dtypes=("bfloat16", "float16"), warps=4):
+    """A resident config written out (the shipped ones are 16x16x64, one stage)."""
+    return costmodel.KernelConfig(
+        "triton", "resident", "hand", block_b=16, block_h=16, block_k=64, num_warps=warps,
+        num_stages=1, dtypes=dtypes, bwd=(16, 16, 64, warps, 1),
+        persistent_up_to=(("gru", 32), ("lstm", 32), ("rnn", 64)),
+    )  # fmt: skip
+
+
+def test_costmodel_resident_by_hand():
+    cfg, h100 = _resident(), costmodel.GPUS["H100"]
+    # the anchor: LSTM B=16 T=1024 I=768 H=768 bf16
+    p = costmodel.plan(cfg, "lstm", B=16, T=1024, I=768, H=768, dtype="bfloat16",
+                       training=True, gpu=h100)  # fmt: skip
+    (f,), (b,), load = p.step_fwd, p.step_bwd, p.once_fwd[-1]
+    # 768 / 16 = 48 column blocks, one row block: a program each, no tile walked twice
+    assert f.programs == b.programs == load.programs == 48
+    # shared memory: the slice 4 gates x 768 x 16 units x 2 bytes = 98,304, its buffer
+    # 16 x 64 x 2 = 2,048 (100,352 in all), 1,024 reserved: 233,472 // 101,376 = 2 per SM;
+    # registers 255 x 32 -> 8,192 per warp x 4 warps: 65,536 // 32,768 = 2 per SM too
+    assert f.per_sm == b.per_sm == 2
+    # no launch per step; the launch (W_hh from HBM once, 4 x 768 x 768 x 2 bytes) is one
+    assert f.launches == b.launches == 0 and load.launches == 1
+    assert load.bytes == 4_718_592 and load.l2_bytes == 0
+    assert p.once_bwd[0].bytes == 4_718_592 and p.once_bwd[0].launches == 1
+    # L2: no W_hh; the A operand, every column block all 16 rows: K = 768 fwd, 3,072 bwd
+    assert f.l2_bytes == 48 * 16 * 768 * 2 == 1_179_648
+    assert b.l2_bytes == 48 * 16 * 3072 * 2 == 4_718_592
+    # one round trip for every A chunk (unrolled), two for the step's own, the barrier's two
+    assert f.chain == b.chain == 1 + 2 + 2
+    # inference: b_hh 3,072 x 2, and per row xg 3,072 x 2, h_{t-1} and h_t 768 x 2 each, c_{t-1}
+    # and c_t 768 x 4 each: 6,144 + 16 x 15,360 = 251,904 bytes
+    inf = costmodel.plan(cfg, "lstm", B=16, T=1024, I=768, H=768, dtype="bfloat16",
+                         training=False, gpu=h100)  # fmt: skip
+    (step,), load = inf.step_fwd, inf.once_fwd[-1]
+    assert step.bytes == 251_904
+    share = 48 / 132
+    compute = 2 * 16 * 3072 * 768 / (989.4e12 * share)  # 0.21 µs
+    memory = 251_904 / (3.35e12 * 0.9 * share)  # 0.23 µs
+    latency = 5 * 270 / 1.98e9  # 0.68 µs: the chain decides
+    step_s = max(compute, memory, latency)
+    assert math.isclose(costmodel.kernel_time(step, h100, "bfloat16"), step_s, rel_tol=1e-12)
+    # the sequence: input GEMM [16,384 x 768] x [768 x 3,072] (compute-bound, 78 µs), the
+    # launch loading W_hh (4.3 µs), 1,024 steps: 0.785 ms
+    gemm_flops, gemm_bytes = 2 * 16384 * 3072 * 768, (16384 * 768 + 768 * 3072 + 16384 * 3072) * 2
+    gemm_s = max(gemm_flops / 989.4e12, gemm_bytes / (3.35e12 * 0.9)) + 2e-6
+    load_s = 4_718_592 / (3.35e12 * 0.9 * share) + 2e-6
+    pred = costmodel.predict(cfg, h100, "lstm", 16, 1024, 768, 768, 1, "bfloat16")
+    assert math.isclose(pred.gpu_fwd_s, gemm_s + load_s + 1024 * step_s, rel_tol=1e-12)
+    assert 0.784e-3 < pred.gpu_fwd_s < 0.786e-3
+    assert (pred.launches_step_fwd, pred.launches_step_bwd) == (0, 0)
+    # a launch each way besides the GEMMs: input GEMM + launch; + launch + 3 weight GEMMs
+    assert pred.launches_seq_fwd == 2 and pred.launches_seq_fwdbwd == 2 + 1 + 3
+    assert pred.fwd_s == max(pred.gpu_fwd_s, 2 * 20e-6) + 20e-6
+
+    # B=192: 12 row blocks. H100: 132 x 2 = 264 programs fit, 264 // 48 = 5 per column
+    # block: 240 programs walk ceil(12 / 5) = 3 tiles a step, the barrier once
+    big = costmodel.plan(cfg, "lstm", B=192, T=4, I=8, H=768, dtype="bfloat16", training=False,
+                         gpu=h100)  # fmt: skip
+    (f,), load = big.step_fwd, big.once_fwd[-1]
+    assert f.programs == 240 and f.chain == 3 * 3 + 2
+    assert load.bytes == 4_718_592 and load.l2_bytes == 4 * 4_718_592  # 4 more copies
+    # A100: 167,936 // 101,376 = 1 per SM, 108 fit, 108 // 48 = 2 per column block: 96
+    # programs, 6 tiles each
+    big = costmodel.plan(cfg, "lstm", B=192, T=4, I=8, H=768, dtype="bfloat16", training=False,
+                         gpu=costmodel.GPUS["A100"])  # fmt: skip
+    assert big.step_fwd[0].programs == 96 and big.step_fwd[0].chain == 6 * 3 + 2
+    # H=896: 4 x 896 x 16 x 2 + 2,048 = 116,736 bytes, two with their 1,024 reserved are
+    # 235,520 > 233,472: one per SM, 132 // 56 column blocks = 2 of B=64's 4 row blocks
+    p = costmodel.plan(cfg, "lstm", B=64, T=4, I=8, H=896, dtype="bfloat16", training=False,
+                       gpu=h100)  # fmt: skip
+    assert p.step_fwd[0].per_sm == 1 and p.step_fwd[0].programs == 112
+    assert p.step_fwd[0].chain == 2 * 3 + 2
+    # H=256: 4 x 256 x 16 x 2 + 2,048 = 34,816 bytes, 233,472 // 35,840 = 6 per SM, but the
+    # registers hold 2
+    p = costmodel.plan(cfg, "lstm", B=64, T=4, I=8, H=256, dtype="bfloat16", training=False,
+                       gpu=h100)  # fmt: skip
+    assert p.step_fwd[0].per_sm == 2
+
+
+def test_costmodel_resident_where_its_slices_fit():
+    half, f32 = _resident(), _resident(("float32",), warps=8)
+    h100, a100 = costmodel.GPUS["H100"], costmodel.GPUS["A100"]
+    for gpu in (None, h100, a100):  # 100,352 bytes of shared memory: fits 163 and 227 KiB
+        assert costmodel.applicable(half, "lstm", 16, 768, dtype="bfloat16", gpu=gpu)
+    assert not costmodel.applicable(half, "lstm", 16, 768, variant=True, dtype="bfloat16")
+    assert not costmodel.applicable(half, "lstm", 16, 768, dtype="float32")
+    assert not costmodel.applicable(half, "lstm", 16, 32, dtype="bfloat16")  # persistent range
+    # float32 H=768: 4 x 768 x 16 x 4 + 16 x 64 x 4 = 200,704 bytes: under 227 KiB (232,448),
+    # over 163 KiB (166,912)
+    assert costmodel.applicable(f32, "lstm", 16, 768, dtype="float32", gpu=h100)
+    assert not costmodel.applicable(f32, "lstm", 16, 768, dtype="float32", gpu=a100)
+    # float32 H=896: the slice 4 x 896 x 16 x 4 = 229,376 bytes would fit, but not with its
+    # buffer 16 x 64 x 4 = 4,096 (233,472)
+    assert not costmodel.applicable(f32, "lstm", 16, 896, dtype="float32", gpu=h100)
+    # H=880: the forward's K in whole chunks of 64 is 896 again
+    assert not costmodel.applicable(f32, "lstm", 16, 880, dtype="float32", gpu=h100)
+    # H=832: 4 x 832 x 16 x 4 + 4,096 = 217,088
+    assert costmodel.applicable(f32, "lstm", 16, 832, dtype="float32", gpu=h100)
+    # float32 H=1024: 4 x 1024 x 16 x 4 = 262,144 bytes of slice alone
+    assert not costmodel.applicable(f32, "lstm", 16, 1024, dtype="float32", gpu=h100)
+    # where it does not fit, the cooperative launch is the one the launcher runs
+    coop = costmodel.KernelConfig(
+        "triton", "cooperative", "hand", block_b=16, block_h=32, block_k=16, num_stages=2,
+        dtypes=("float32",), bwd=(16, 16, 64, 4, 3), persistent_up_to=f32.persistent_up_to,
+    )  # fmt: skip
+    cuda, _ = costmodel.cuda_config()
+    for gpu, want in ((h100, f32), (a100, coop)):
+        chosen = [c for c in (coop, f32, cuda)
+                  if costmodel.applicable(c, "lstm", 16, 768, dtype="float32", gpu=gpu)]  # fmt: skip
+        assert costmodel.automatic_path(chosen) is want
+
+
 def test_costmodel_host_time_is_part_of_the_prediction():
     cuda, _ = costmodel.cuda_config()
     p = costmodel.predict(cuda, costmodel.GPUS["A100"], "gru", 16, 100, 32, 64, 2, "bfloat16")
@@ -229,6 +342,14 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
             for cell, limit in c.persistent_up_to:
                 hidden = [p.max_hidden for p in tc.PERSISTENT_CONFIGS if p.cell.startswith(cell)]
                 assert limit == max(hidden)
+        # the resident launch: one config per dtype group, but float64 (never automatic)
+        resident = {c.dtypes: c for c in configs if c.kind == "resident"}
+        assert set(resident) == {("bfloat16", "float16"), ("float32",)}
+        for dtypes, group in ((("bfloat16", "float16"), "half"), (("float32",), "float32")):
+            f, b = tc.RESIDENT_CONFIGS[group]
+            c = resident[dtypes]
+            assert (c.block_h, c.block_k, c.num_warps) == (f.block_h, f.block_k, f.num_warps)
+            assert c.bwd == (b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages)
     monkeypatch.setitem(sys.modules, "fusedrnn.ops.triton.configs", None)
     configs, note = costmodel.triton_configs()
     assert configs == [] and note.startswith("no triton configs found")

@@ -1,8 +1,9 @@
 """Backend conformance: every backend's layer op against the reference op, one suite.
 
-Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``-cooperative`` / ``-persistent``
-(the Triton kernels, on CPU tensors under the interpreter: ``TRITON_INTERPRET=1 python -m
-pytest tests/test_conformance.py -k triton``, set before triton is imported; on CUDA tensors
+Backends: ``cpu`` (the C++ extension), ``triton-step`` / ``-cooperative`` / ``-resident`` /
+``-persistent`` (the Triton kernels, on CPU tensors under the interpreter:
+``TRITON_INTERPRET=1 python -m pytest tests/test_conformance.py -k triton``, set before triton
+is imported; on CUDA tensors
 when a GPU is present), ``cuda-host`` (the cuda backend's drivers and kernels built for the
 CPU, each launch a walk over its grid: tests/cuda_host.py) and ``cuda`` (on a GPU). Each case
 (cell x shape x options x packed x reverse x proj x bias) is compared in float64 and float32
@@ -47,7 +48,7 @@ needs_triton = [
 BACKENDS = [
     pytest.param("cpu", marks=pytest.mark.skipif(not cpu.is_available(), reason="no fusedrnn._C")),
     *[pytest.param(f"triton-{path}", marks=needs_triton)
-      for path in ("step", "persistent", "cooperative")],
+      for path in ("step", "persistent", "cooperative", "resident")],
     pytest.param("cuda-host", marks=pytest.mark.skipif(bool(cuda_host.why_not()),
                                                       reason=str(cuda_host.why_not()))),
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -114,10 +115,12 @@ class Backend:
 
     def inputs(self, case: Case, dtype: torch.dtype, seed: int = 0) -> dict:
         """``case``'s inputs on this backend's device; skips the cases it does not take."""
-        if self.name == "triton-persistent" and case.variant:
-            pytest.skip("the variant kernels have no persistent path")
+        if self.name in ("triton-persistent", "triton-resident") and case.variant:
+            pytest.skip(f"the variant kernels have no {self.name[7:]} path")
         if self.name == "triton-persistent" and (case.proj or case.H > 64):
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
+        if self.name == "triton-resident" and case.proj:
+            pytest.skip("the resident kernels take proj_size == 0")
         return layer_cases.make_inputs(case, dtype, self.device, seed)
 
     def check(self, case: Case, dtype: torch.dtype, **options) -> None:

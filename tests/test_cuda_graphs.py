@@ -23,9 +23,9 @@ pytestmark = [
 
 T, B, I, H = 6, 3, 5, 7
 LENGTHS = [6, 4, 1]
-# "triton-cooperative": the triton backend forced onto its cooperative launch (at H = 7 it
-# would take the persistent kernels)
-BACKENDS = ["triton", "triton-cooperative", "cuda"]
+# "triton-cooperative" / "-resident": the triton backend forced onto those launches (at H = 7
+# it would take the persistent kernels)
+BACKENDS = ["triton", "triton-cooperative", "triton-resident", "cuda"]
 
 
 def _module(spec: str, cls: str):

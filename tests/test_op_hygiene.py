@@ -141,7 +141,7 @@ HYGIENE = [  # backend, cell, layout, triton kernel path (None: the default), va
     *(pytest.param("triton", cell, layout, path, False, marks=needs_interpreter,
                    id=f"triton-{cell}-{layout}-{path}")
       for cell in ("lstm", "gru") for layout in ("dense", "packed", "packed_reverse")
-      for path in ("step", "cooperative", "persistent")),
+      for path in ("step", "cooperative", "resident", "persistent")),
     *(pytest.param("triton", "lstm", layout, path, True, marks=needs_interpreter,
                    id=f"triton-lstm-{layout}-{path}-variant")
       for layout in ("dense", "packed") for path in ("step", "cooperative")),

@@ -144,7 +144,7 @@ def test_cpu_variant_gru_outputs_are_deterministic():
 
 @needs_interpreter
 # variant layers run kernels of their own, whatever the path
-@pytest.mark.parametrize("path", ["step", "cooperative", "persistent", "variant"])
+@pytest.mark.parametrize("path", ["step", "cooperative", "resident", "persistent", "variant"])
 @pytest.mark.parametrize("layout,dtype", CASES)
 def test_triton_ops(layout, dtype, path):
     from fusedrnn.ops import triton as tb

@@ -10,6 +10,8 @@ kernels write is NaN-poisoned first (``layer_cases.poisoned_triton_buffers``).
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -42,8 +44,19 @@ LIMIT = {cell: max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell) f
     [
         *[("step", cell, 0, 17, 4, False, 4) for cell in CELLS],
         ("step", "lstm", 3, 17, 4, False, 8),
-        *[(path, cell, 0, 20, 5, False, 1) for path in PATHS[1:] for cell in CELLS],
+        *[
+            (path, cell, 0, 20, 5, False, 1)
+            for path in ("cooperative", "persistent")
+            for cell in CELLS
+        ],
         ("cooperative", "lstm", 7, 20, 5, False, 1),
+        # the interpreter runs one program at a time: a resident launch of several column
+        # blocks (16 units each) runs a launch per step there
+        *[
+            ("resident", cell, 0, H, 5, False, 1 if DEVICE == "cuda" or H <= 16 else 5)
+            for cell in CELLS
+            for H in (16, 20)
+        ],
         # the variants (layer norm, zoneout) per step: a launch per phase (LSTM with
         # projection: four each way, GRU: two), or one cooperative launch
         ("step", "lstm", 3, 5, 4, True, 16),
@@ -86,13 +99,24 @@ def test_automatic_path_choice():
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
     with tb.kernel_path("persistent"), pytest.raises(ValueError, match="proj_size == 0"):
         choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
+    with tb.kernel_path("resident"), pytest.raises(ValueError, match="proj_size == 0"):
+        choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
+    long = Plan(None, 1_000_000, 4096, False)
     big = torch.zeros(2048, 512)
-    assert choose_path("lstm", big, None, Plan(None, 1_000_000, 4096, False)) == "cooperative"
-    # the variant kernels: no persistent kernels
+    assert choose_path("lstm", big, None, long) == "cooperative"  # on CPU tensors
+    # on a GPU, W_hh held on chip unless projected or float64 (only the fields read)
+    gpu = types.SimpleNamespace(shape=(2048, 512), dtype=torch.bfloat16,
+                                device=torch.device("cuda", 1))  # fmt: skip
+    assert choose_path("lstm", gpu, None, long) == "resident"
+    assert choose_path("lstm", gpu, torch.zeros(4, 512), long) == "cooperative"
+    gpu.dtype = torch.float64
+    assert choose_path("lstm", gpu, None, long) == "cooperative"
+    # the variant kernels: no persistent or resident kernels
     assert variant_path(Plan(None, 0, 2, False)) == "step"
     assert variant_path(Plan(None, 1_000_000, 4096, False)) == "cooperative"
-    with tb.kernel_path("persistent"), pytest.raises(ValueError, match="no persistent path"):
-        variant_path(Plan(None, 3, 2, False))
+    for path in ("persistent", "resident"):
+        with tb.kernel_path(path), pytest.raises(ValueError, match=f"no {path} path"):
+            variant_path(Plan(None, 3, 2, False))
 
 
 @pytest.mark.parametrize("case", [
@@ -152,6 +176,30 @@ def test_resident_programs():
     with tb.launch_counter() as launches:
         assert (grid_for(300, 264), grid_for(264, 264), grid_for(0, 264)) == (264, 264, 1)
     assert launches.oversubscribed == 1
+
+
+def test_resident_grid(monkeypatch):
+    """A resident launch's grid: a multiple of the column blocks (every tile a program walks,
+    pid + k * grid, is in its own column block), at most one program per tile, and none when
+    not even one program per column block fits at once (the launcher then runs the cooperative
+    launch). Only the GPU's fit is faked here; a torch.device needs no GPU."""
+    from fusedrnn.ops.triton import sync
+
+    fit = [0]
+    monkeypatch.setattr(sync, "_programs_that_fit", lambda *_: fit[0])
+    cuda = torch.device("cuda", 0)
+    for programs, col_blocks, row_blocks, grid in (
+        (132, 48, 1, 48),  # B=16 H=768, 16-unit blocks: a program per column block
+        (132, 32, 4, 128),  # B=64 H=512: four row blocks, each program one tile
+        (100, 32, 4, 96),  # three per column block fit: a third of the programs walk two tiles
+        (40, 48, 1, 0),  # too few: not resident
+    ):
+        fit[0] = programs
+        assert sync.resident_grid(None, col_blocks, row_blocks, (), {}, cuda) == grid
+    # the interpreter runs one program: resident only with one column block
+    cpu = torch.device("cpu")
+    assert sync.resident_grid(None, 1, 3, (), {}, cpu) == 1
+    assert sync.resident_grid(None, 2, 3, (), {}, cpu) == 0
 
 
 # fp16 under the interpreter, whose tl.dot is right for fp16 and wrong for bf16

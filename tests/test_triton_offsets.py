@@ -27,6 +27,7 @@ import ast
 import os
 import pathlib
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -212,28 +213,59 @@ def test_constexpr_locals_do_not_come_from_jit_functions():
     ]
 
 
+def tuple_defaults(sources: dict[str, str]) -> list[str]:
+    """Parameters of ``@triton.jit`` functions whose default is a tuple: Triton 3.6 (the GPU
+    machines' version) fails to compile a call that leaves such a parameter out (Triton 3.8
+    takes it). The resident kernels' empty weight tuple is passed explicitly instead."""
+    out = []
+    for path, src in sources.items():
+        for f in ast.walk(ast.parse(src)):
+            if isinstance(f, ast.FunctionDef) and any(map(_is_jit, f.decorator_list)):
+                args = (f.args.posonlyargs + f.args.args)[
+                    -len(f.args.defaults) or len(f.args.args) :
+                ]
+                for arg, default in zip(args, f.args.defaults, strict=True):
+                    if isinstance(default, ast.Tuple):
+                        out.append(f"{path}:{f.lineno}: {f.name}({arg.arg}={ast.unparse(default)})")
+    return out
+
+
+def test_no_jit_parameter_defaults_to_a_tuple():
+    sources = {p.name: p.read_text() for p in sorted(KERNEL_DIR.glob("*.py"))}
+    assert tuple_defaults(sources) == []
+    bad = "@triton.jit\ndef g(a, ws=(), C: tl.constexpr = 0):\n    return a\n"
+    assert tuple_defaults({"g.py": bad}) == ["g.py:2: g(ws=())"]
+
+
 def _layer_launches(precision, cases):
     """``(case, path, kernel name, CELL, job, planned)`` of each launch of the layer op's forward
     and backward (with every output's gradient) in ``precision`` (compile_report.PRECISIONS) on
-    each case's inputs, on every kernel path that takes them (the persistent kernels take no
-    projection, nor the variants): ``job`` is the compile the launch needs,
-    ``planned`` whether the compile report makes it."""
+    each case's inputs, on every kernel path that takes them (the persistent and resident
+    kernels take no projection, nor the variants): ``job`` is the compile the launch needs,
+    ``planned`` whether the compile report makes it. The resident launch's count of K chunks
+    follows H, so its compile counts as planned when the report makes it for some count (its
+    table of real layer sizes compiles those)."""
     from fusedrnn.ops.triton import layer_op
     from fusedrnn.ops.triton.persistent import PATHS, kernel_path
     from fusedrnn.ops.triton.runtime import capture_launches
 
-    planned = set(compile_report.jobs([0], [precision]))
+    def any_chunks(job):
+        return replace(job, constexprs=tuple((k, bool(v) if k == "RESIDENT" else v)
+                                             for k, v in job.constexprs))  # fmt: skip
+
+    planned = {any_chunks(j) for j in compile_report.jobs([0], [precision])}
     dtype = getattr(torch, compile_report.PRECISIONS[precision][0])
     for case in cases:
         a = library.LayerArgs(**{**library.OPTION_DEFAULTS, **make_inputs(case, dtype)}, save=True)
-        for path in PATHS[: 2 if case.proj or case.variant else 3]:
+        for path in ("step", "cooperative") if case.proj or case.variant else PATHS:
             with kernel_path(path), capture_launches() as records:
                 bufs = layer_op.forward(a)
                 grads = [torch.zeros_like(b) if b.numel() else None for b in bufs]
                 layer_op.backward(a, bufs, grads, [True] * len(library.GRAD_INPUTS))
             for kernel, _grid, args, kwargs in records:
                 job = compile_report.job_key(kernel, args, kwargs, precision)
-                yield case, path, kernel.fn.__name__, kwargs.get("CELL"), job, job in planned
+                yield (case, path, kernel.fn.__name__, kwargs.get("CELL"), job,
+                       any_chunks(job) in planned)  # fmt: skip
 
 
 compiled_only = pytest.mark.skipif(
@@ -284,15 +316,23 @@ def test_the_half_precision_layer_op_launches_only_planned_kernels(precision):
 
 @compiled_only
 def test_the_named_layer_sizes_run_planned_compiles():
-    """The report's last table (a row per kernel x cell x H x dtype of the cooperative launch at
-    H = 256 ... 1024, layer-norm variants included) names compiles the report makes: H is a
-    run-time argument, so real sizes run the compiles of its small shapes."""
+    """The report's last table (a row per kernel x cell x H x dtype of the cooperative and
+    resident launches at H = 256 ... 1024, layer-norm variants included) names compiles the
+    report makes. H is a run-time argument, so the cooperative launch at real sizes runs the
+    compiles of the small shapes; the resident launch's chunks of K follow H, so its rows are
+    compiles of their own, one per H."""
     precisions = ["bf16", "fp32"]
     named = compile_report.named_launches(precisions)
     planned = set(compile_report.jobs([0], precisions))
     names = [name for name, _ in named]
-    # per H: four cells forward and backward in each dtype, the two layer-norm cells in fp32
-    assert len(names) == len(set(names)) == 4 * (4 * 2 + 4 * 2 + 2 * 2)
+    # per H: four cells forward and backward in each dtype on both launches, the two
+    # layer-norm cells in fp32 (cooperative only)
+    assert len(names) == len(set(names)) == 4 * (4 * 2 * 2 * 2 + 2 * 2)
     assert "cooperative lstm fwd H=768 bf16" in names
+    assert "resident gru bwd H=1024 fp32" in names
     assert "cooperative layer-norm gru bwd H=1024 fp32" in names
-    assert [name for name, job in named if job not in planned] == []
+    cooperative = [(name, job) for name, job in named if name.startswith("cooperative")]
+    assert [name for name, job in cooperative if job not in planned] == []
+    for kind in ("fwd", "bwd"):
+        jobs = {job for name, job in named if name.startswith(f"resident lstm {kind}")}
+        assert len(jobs) == 4 * 2, kind  # every H and dtype

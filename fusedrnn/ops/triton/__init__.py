@@ -60,7 +60,8 @@ def is_available() -> bool:
 
 
 # the lazy attributes and their modules, which import triton; kernel_path(path) forces the
-# "step", "cooperative" or "persistent" kernels (None: automatic, :func:`.persistent.choose_path`)
+# "step", "cooperative", "resident" or "persistent" kernels (None: automatic,
+# :func:`.persistent.choose_path`)
 _LAZY = {"kernel_path": "persistent", "launch_counter": "runtime", "poison_buffers": "runtime"}
 
 

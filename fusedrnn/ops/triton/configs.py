@@ -82,6 +82,21 @@ COOPERATIVE_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
     ),
 }
 
+# the same kernels holding each program's slice of W_hh on chip for the whole launch
+# (RESIDENT, the "resident" path), (forward, backward) by element type: a program per column
+# block of 16 units, K read in unrolled chunks of block_k (see tiles.resident_slice). At
+# bf16 H=1024 the slice is 4 x 1024 x 16 x 2 bytes = 128 KiB of shared memory (the
+# backward's W_hh^T slice the same), at float32 H=512 as much. 8 warps in float32 and
+# float64: with 4 the float32 LSTM backward spills 8-32 bytes on sm_90.
+_HALF_RESIDENT = StepConfig(block_b=16, block_h=16, block_k=64, num_warps=4, num_stages=1)
+_F32_RESIDENT = StepConfig(block_b=16, block_h=16, block_k=64, num_warps=8, num_stages=1)
+_F64_RESIDENT = StepConfig(block_b=16, block_h=16, block_k=32, num_warps=8, num_stages=1)
+RESIDENT_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
+    "half": (_HALF_RESIDENT, _HALF_RESIDENT),
+    "float32": (_F32_RESIDENT, _F32_RESIDENT),
+    "float64": (_F64_RESIDENT, _F64_RESIDENT),
+}
+
 # the forward with the LSTM's projection as a second phase of each step holds both bodies:
 # 8 warps on 16 rows, every dtype, or it spills (4-12 bytes with the configs above, float64's
 # 32-row per-step config too)
@@ -126,6 +141,15 @@ def pick_cooperative_config(
         return COOPERATIVE_PROJ_FORWARD
     configs = COOPERATIVE_CONFIGS.get("half" if dtype in ("float16", "bfloat16") else dtype)
     return configs[backward] if configs else pick_step_config(batch, hidden)
+
+
+def pick_resident_config(batch: int, hidden: int, dtype: str, backward: bool) -> StepConfig:
+    """The resident launch's config for ``dtype`` (as :func:`pick_cooperative_config`);
+    under the interpreter 16-unit column blocks with the per-step choice's K block."""
+    cfg = RESIDENT_CONFIGS["half" if dtype in ("float16", "bfloat16") else dtype][backward]
+    if interpreting():
+        return replace(cfg, block_k=pick_step_config(batch, hidden).block_k)
+    return cfg
 
 
 # the variant kernels in float64: one pipeline stage (with two, Triton 3.6 spills 4-8 bytes in

@@ -17,11 +17,13 @@ from ..reference import step_slices
 class LaunchCounter:
     """Number of Triton kernel launches, per kernel name, while active; ``oversubscribed``:
     cooperative launches with more tiles than programs fit on the GPU at once (see
-    :func:`.sync.cooperative_grid`)."""
+    :func:`.sync.cooperative_grid`); ``not_resident``: resident launches that ran as
+    cooperative ones, their programs too many to fit at once (:func:`.sync.resident_grid`)."""
 
     def __init__(self) -> None:
         self.by_kernel: dict[str, int] = {}
         self.oversubscribed = 0
+        self.not_resident = 0
 
     @property
     def total(self) -> int:
@@ -29,7 +31,8 @@ class LaunchCounter:
 
     def __repr__(self) -> str:
         return (f"LaunchCounter(total={self.total}, by_kernel={self.by_kernel}, "
-                f"oversubscribed={self.oversubscribed})")  # fmt: skip
+                f"oversubscribed={self.oversubscribed}, "
+                f"not_resident={self.not_resident})")  # fmt: skip
 
 
 _counters: list[LaunchCounter] = []
@@ -57,6 +60,12 @@ def count_oversubscribed() -> None:
     """Record a cooperative launch whose programs walk several tiles per step."""
     for counter in _counters:
         counter.oversubscribed += 1
+
+
+def count_not_resident() -> None:
+    """Record a resident launch that ran as a cooperative one."""
+    for counter in _counters:
+        counter.not_resident += 1
 
 
 _guarded = threading.local()  # .devices: the devices entered by device_guard, innermost last
@@ -101,6 +110,11 @@ def capture_launches() -> contextlib.AbstractContextManager[list]:
     not run. The compile report derives the specialisations a launch makes from these
     (no GPU needed: the launchers run on CPU tensors and only their arguments matter)."""
     return pushed(_captured, [])
+
+
+def capturing() -> bool:
+    """Whether launches are being recorded (:func:`capture_launches`), not run."""
+    return bool(_captured)
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:

@@ -10,9 +10,15 @@ kernel: every step in one cooperative launch (``SYNC``), the programs meeting at
 barrier (:mod:`.sync`) after each phase of a step, since the next phase reads the whole
 state; or a launch per phase of each step, with a program per tile (the per-step path,
 kept for comparison and for empty sequences). So the arithmetic the interpreter tests is
-exactly what the cooperative launch runs; the barrier is the only difference. A program's
-slice of ``W_hh`` (all gates of its units) is read again at every step and stays in the
-L1/L2 caches between steps, not in registers.
+exactly what the cooperative launch runs; the barrier is the only difference.
+
+Where ``W_hh`` lives: in the plain cooperative launch a program re-reads its slice (all gates
+of its units) at every step, from the L1/L2 caches. The resident launch (``RESIDENT`` > 0, no
+projection) loads the slice once, before the step loop, and keeps it in shared memory
+(:func:`.tiles.resident_slice`): a program per column block of units, each walking the row
+blocks of its own units (:func:`.sync.resident_grid`). The backward holds the same units'
+columns of ``W_hh`` for its state gradient. Its K loop is unrolled: the chunks of ``h_prev``
+(or ``dG``) are loaded without waiting on each other.
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
 recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg``
@@ -49,8 +55,8 @@ from .common import (
     steps_table,
     visit,
 )
-from .configs import pick_cooperative_config, pick_step_config
-from .sync import cooperative_grid, grid_barrier, step_chunks
+from .configs import pick_cooperative_config, pick_resident_config, pick_step_config
+from .sync import cooperative_grid, grid_barrier, resident_grid, step_chunks
 from .tiles import (
     add_gates,
     block_tile,
@@ -58,7 +64,9 @@ from .tiles import (
     load_gates,
     packed_ptrs,
     rec_gates,
+    rec_gates_resident,
     rec_tile,
+    resident_slice,
     store_gates,
     store_state,
     tile_ptrs,
@@ -83,6 +91,16 @@ def _tiles(B, N, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     return col_blocks, col_blocks * tl.cdiv(B, BLOCK_B)
 
 
+@triton.jit
+def _resident_units(first, col_blocks, H, BLOCK_H: tl.constexpr):
+    """The units (and ``units < H``) whose weights a program holds on chip: those of its first
+    tile's column block. A resident launch gives each program tiles of one column block, its
+    grid a multiple of the column blocks (:func:`launch_phases`); a launch per phase has a
+    program per tile."""
+    units = (first % col_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)
+    return units, units < H
+
+
 @kernel_jit
 def _step_fwd_kernel(
     xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
@@ -104,12 +122,17 @@ def _step_fwd_kernel(
     SYNC: tl.constexpr,  # a grid-wide barrier between steps (cooperative launch)
     WRITE_Y, WRITE_GATES: tl.constexpr, ACC_TY: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr = 0,  # chunks of W_hh held on chip (see _resident_units), 0: none
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
+    ws = ()
+    if RESIDENT:  # W_hh,q[units, :] as [k, unit] tiles
+        own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
+        ws = resident_slice(w_ptr, own, own_mask, K, K, 1, H * K, G, RESIDENT, BLOCK_K)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
         t, slot_r, slot_w, xg_row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
@@ -119,9 +142,14 @@ def _step_fwd_kernel(
                     tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
                 )
                 amask = act[:, None] & umask[None, :]
-                p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K, K,
-                                           1, G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
-                                           BLOCK_K)  # fmt: skip
+                if RESIDENT:
+                    p0, p1, p2, p3 = rec_gates_resident(hs_ptr + hs_r, ws, rows, act, K, G, ACC_TY,
+                                                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                                                        RESIDENT)  # fmt: skip
+                else:
+                    p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K,
+                                               K, 1, G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
+                                               BLOCK_K)  # fmt: skip
                 if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts alone
                     if HAS_BIAS:
                         p0, p1, p2, _ = add_gates(p0, p1, p2, p2, b_ptr + units, H, umask, 3)
@@ -199,6 +227,7 @@ def _step_bwd_kernel(
     T: tl.int64, B, H, HOUT, CELL: tl.constexpr, PROJ: tl.constexpr, REVERSE: tl.constexpr,
     SYNC: tl.constexpr, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr = 0,  # as the forward kernel's (never with PROJ)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     acc_ty = dh_ptr.dtype.element_ty
@@ -207,6 +236,10 @@ def _step_bwd_kernel(
     dg_rec = dgh_ptr if CELL == GRU else dg_ptr
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
+    ws = ()
+    if RESIDENT:  # W_hh[:, units] ([G*H, H]) as [k, unit] tiles
+        own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
+        ws = resident_slice(w_ptr, own, own_mask, G * H, 1, H, 0, 1, RESIDENT, BLOCK_K)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
         t, slot_r, slot_w, y_row0, rows_active = visit(s, T, steps_ptr, REVERSE, True)
         # the step processed just before (the next one in time): none for the first
@@ -223,7 +256,7 @@ def _step_bwd_kernel(
                     total = state_grad(
                         dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_off, dhs_off, y_row0, rows,
                         cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT, HAS_DHS, HAS_DY,
-                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, ws, RESIDENT,
                     )  # fmt: skip
                     state = rows[:, None] * HOUT + cols[None, :]
                     a = act[:, None]
@@ -246,7 +279,8 @@ def _step_bwd_kernel(
                     dh = state_grad(
                         dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, t_prev * B * G * H,
                         slot_w * B * HOUT, y_row0, rows, units, rmask, umask, act, rows < rows_prev,
-                        G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                        G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, ws,
+                        RESIDENT,
                     )  # fmt: skip
                     if CELL == LSTM:  # the state gradient has reached the gates
                         tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
@@ -279,7 +313,7 @@ def _step_bwd_kernel(
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ)
 
 
-def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperative) -> None:
+def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperative) -> bool:
     """Launch ``kernel`` over the plan's steps in block config ``cfg``: every step in one
     cooperative launch (:func:`.sync.step_chunks`), or a launch per phase of each step with a
     program per tile.
@@ -287,7 +321,9 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     runs them (the kernel's ``phases`` argument: one bit per launch, all of them in a
     cooperative launch). ``tensors`` are the kernel's pointer arguments before the steps
     table (the first on the op's device), ``sizes`` those after ``T``, ``flags`` its
-    constexprs but the block configuration."""
+    constexprs but the block configuration. With ``flags["RESIDENT"]`` (one phase) a
+    cooperative launch needs a program per column block (:func:`.sync.resident_grid`);
+    returns False, launching nothing, when they do not fit at once."""
     T, B, dev = plan.T, plan.B, tensors[0].device
     table = steps_table(plan, dev)
     tiles = {p: cfg.tiles(cols, B) for p, cols in phase_cols.items()}
@@ -299,28 +335,55 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
             kw["launch_cooperative_grid"] = True
         # the arguments around the steps s_begin, s_end
         head, tail = (*tensors, table, sync), (sum(tiles), T, *sizes)
-        grid = cooperative_grid(kernel, max(tiles.values()), (*head, 0, T, *tail), kw, dev)
+        args = (*head, 0, T, *tail)
+        if flags.get("RESIDENT"):
+            (cols,) = phase_cols.values()
+            grid = resident_grid(kernel, -(-cols // cfg.block_h), -(-B // cfg.block_b), args,
+                                 kw, dev)  # fmt: skip
+            if not grid:
+                return False
+        else:
+            grid = cooperative_grid(kernel, max(tiles.values()), args, kw, dev)
         # a phase ends at a barrier: one launch, or a few when the counter would wrap
         for i, (begin, end) in enumerate(step_chunks(T, len(tiles), grid)):
             if i:
                 sync.zero_()
             runtime.launch(kernel, (grid,), *head, begin, end, *tail, **kw)
-        return
+        return True
     for i in range(T):
         for p, n in tiles.items():
             runtime.launch(kernel, (n,), *tensors, table, table, i, i + 1, p, T, *sizes,
                            SYNC=False, **flags)  # fmt: skip
+    return True
 
 
-def _launch_steps(kernel, tensors, sizes, flags, plan, cooperative, backward):
-    """:func:`launch_phases` of a step kernel: phase 1 the cell, 2 the projection (the
-    forward's cell first, the backward's projected state first)."""
+def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
+    """:func:`launch_phases` of a step kernel on ``path`` ("step", "cooperative" or
+    "resident"): phase 1 the cell, 2 the projection (the forward's cell first, the
+    backward's projected state first).
+
+    A resident launch holds the program's slice of ``W_hh`` in ``RESIDENT`` chunks of K (the
+    forward's K is Hout, the backward's G*H). When its programs do not fit on the GPU at once
+    it runs as a cooperative launch instead, counted (``launch_counter().not_resident``);
+    under the interpreter, which runs one program at a time, a layer of several column
+    blocks runs the resident kernel a launch per step."""
     H, Hout = sizes[1], sizes[2]
     dtype = str(tensors[0].dtype).removeprefix("torch.")
-    cfg = (pick_cooperative_config(plan.B, H, dtype, backward, flags["PROJ"]) if cooperative
-           else pick_step_config(plan.B, H))  # fmt: skip
     cols = ({2: Hout, 1: H} if backward else {1: H, 2: Hout}) if flags["PROJ"] else {1: H}
-    launch_phases(kernel, tensors, sizes, flags, plan, cfg, cols, cooperative)
+    if path == "resident":
+        cfg = pick_resident_config(plan.B, H, dtype, backward)
+        K = gate_blocks(flags["CELL"]) * H if backward else Hout
+        kw = dict(flags, RESIDENT=triton.cdiv(K, cfg.block_k))
+        if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True):
+            return
+        if tensors[0].device.type != "cuda":
+            launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, False)
+            return
+        runtime.count_not_resident()
+        path = "cooperative"
+    cfg = (pick_cooperative_config(plan.B, H, dtype, backward, flags["PROJ"])
+           if path == "cooperative" else pick_step_config(plan.B, H))  # fmt: skip
+    launch_phases(kernel, tensors, sizes, flags, plan, cfg, cols, path == "cooperative")
 
 
 def step_fwd(
@@ -349,7 +412,7 @@ def step_fwd(
     else:
         _launch_steps(_step_fwd_kernel, (*head, gates if gated else hs,
                                          *runtime.given(hs, m, w_hr, y)), (B, H, Hout),
-                      dict(flags, PROJ=proj), plan, path == "cooperative", False)  # fmt: skip
+                      dict(flags, PROJ=proj), plan, path, False)  # fmt: skip
     return out
 
 
@@ -387,7 +450,7 @@ def step_bwd(
     dht = runtime.buffer(w_hh, T, B, Hout) if proj else None
     tensors = (dgx, dgh, w_hh, *runtime.given(dgx, hs, cs, gates), dh,
                *runtime.given(dgx, dc, dhs, dy, dcs, dht, w_hr))  # fmt: skip
-    _launch_steps(_step_bwd_kernel, tensors, (B, H, Hout), dict(flags, PROJ=proj), plan,
-                  path == "cooperative", True)  # fmt: skip
+    _launch_steps(_step_bwd_kernel, tensors, (B, H, Hout), dict(flags, PROJ=proj), plan, path,
+                  True)  # fmt: skip
     finish_state_grad(dh, dc, dgh, w_hh, dhs, dcs, plan)
     return dgx, dgh, dh, dc, dht

@@ -79,16 +79,17 @@ def resident_programs(
 _fit_cache: dict = {}  # (compiled kernel's hash, device index) -> resident programs
 
 
-def cooperative_grid(kernel, tiles: int, args: tuple, kwargs: dict, device) -> int:
-    """The number of programs for a cooperative launch of ``kernel`` with these arguments:
-    one per tile, at most :func:`resident_programs` (programs then own several tiles), and
-    one under the interpreter (see the module docstring)."""
-    if device.type != "cuda":
-        return 1
+def _programs_that_fit(kernel, args: tuple, kwargs: dict, device) -> int:
+    """:func:`resident_programs` of ``kernel`` compiled for these arguments on ``device``
+    (0 when one program needs more shared memory than the GPU has)."""
     compiled = kernel.warmup(*args, grid=(1,), **kwargs)
     key = (compiled.hash, device.index)
     if key not in _fit_cache:
-        compiled._init_handles()  # loads the binary: n_regs is known from then on
+        try:
+            compiled._init_handles()  # loads the binary: n_regs is known from then on
+        except triton.runtime.errors.OutOfResources:
+            _fit_cache[key] = 0
+            return 0
         props = torch.cuda.get_device_properties(device)
         _fit_cache[key] = resident_programs(
             compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps,
@@ -96,7 +97,32 @@ def cooperative_grid(kernel, tiles: int, args: tuple, kwargs: dict, device) -> i
             props.max_threads_per_multi_processor,
             getattr(props, "shared_memory_per_multiprocessor", 233472),
         )  # fmt: skip
-    return grid_for(tiles, _fit_cache[key])
+    return _fit_cache[key]
+
+
+def cooperative_grid(kernel, tiles: int, args: tuple, kwargs: dict, device) -> int:
+    """The number of programs for a cooperative launch of ``kernel`` with these arguments:
+    one per tile, at most :func:`resident_programs` (programs then own several tiles), and
+    one under the interpreter (see the module docstring)."""
+    if device.type != "cuda":
+        return 1
+    return grid_for(tiles, _programs_that_fit(kernel, args, kwargs, device))
+
+
+def resident_grid(kernel, col_blocks: int, row_blocks: int, args: tuple, kwargs: dict,
+                  device) -> int:  # fmt: skip
+    """The number of programs for a cooperative launch whose programs hold weights on chip
+    (``RESIDENT``): a multiple of the column blocks, so that every tile a program walks
+    (pid, pid + grid, ...) is in its column block, and at most one per tile. 0 when not even
+    one program per column block fits at once; under the interpreter (one program) unless
+    there is a single column block. Launches recorded for the compile report take the grid
+    a GPU would (its size does not enter the compile)."""
+    if runtime.capturing():
+        return col_blocks
+    if device.type != "cuda":
+        return 1 if col_blocks == 1 else 0
+    fit = _programs_that_fit(kernel, args, kwargs, device)
+    return col_blocks * min(row_blocks, fit // col_blocks)
 
 
 def grid_for(tiles: int, resident: int) -> int:

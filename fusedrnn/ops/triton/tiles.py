@@ -109,6 +109,52 @@ def rec_gates(a_ptr, w_ptr, rows, live, feats, fmask, H, K, stride_f, stride_k, 
 
 
 @triton.jit
+def resident_slice(w_ptr, feats, fmask, K, stride_f, stride_k, gate_stride, G: tl.constexpr,
+                   CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """The weights a program keeps on chip for a whole launch (the right operand of
+    :func:`rec_gates_resident`): a tuple whose item ``c * G + q`` is gate q's
+    ``[BLOCK_K, BLOCK_H]`` tile of chunk c (k in ``c * BLOCK_K ..``, zeros past K), weight
+    element (f, k) of gate q at ``q * gate_stride + f * stride_f + k * stride_k``.
+
+    Loaded before the step loop, the tiles are loop invariants: Triton writes them to shared
+    memory once (its ``local_alloc`` of each is hoisted out of the loop) and every step reads
+    them from there. Chunks, not one ``[K, BLOCK_H]`` tile per gate: a ``tl.dot`` loads its
+    whole right operand into registers, which spills at K = 1024."""
+    ws = ()
+    for c in tl.static_range(CHUNKS):
+        ks = c * BLOCK_K + tl.arange(0, BLOCK_K)
+        off = feats[None, :] * stride_f + ks[:, None] * stride_k
+        mask = (ks < K)[:, None] & fmask[None, :]
+        for q in tl.static_range(G):
+            ws = ws + (tl.load(w_ptr + q * gate_stride + off, mask=mask, other=0.0),)
+    return ws
+
+
+@triton.jit
+def rec_gates_resident(a_ptr, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.constexpr,
+                       PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                       BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr):  # fmt: skip
+    """:func:`rec_gates` with the weights held on chip (``ws`` from :func:`resident_slice`):
+    ``sum_k a[rows, k] w_q(f, k)`` for gates q < G, ``a`` [B, K] read in the rows ``live``.
+    The chunk loop is unrolled, so the loads of ``a`` do not wait on each other."""
+    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
+    for c in tl.static_range(CHUNKS):
+        ks = c * BLOCK_K + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                    mask=live[:, None] & (ks < K)[None, :], other=0.0)  # fmt: skip
+        acc0 = tl.dot(a, ws[c * G], acc0, input_precision=PRECISION, out_dtype=ACC_TY)
+        if G > 1:
+            acc1 = tl.dot(a, ws[c * G + 1], acc1, input_precision=PRECISION, out_dtype=ACC_TY)
+            acc2 = tl.dot(a, ws[c * G + 2], acc2, input_precision=PRECISION, out_dtype=ACC_TY)
+        if G > 3:
+            acc3 = tl.dot(a, ws[c * G + 3], acc3, input_precision=PRECISION, out_dtype=ACC_TY)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def rec_tile(a_ptr, w_ptr, rows, live, feats, fmask, K, stride_f, stride_k, ACC_TY: tl.constexpr,
              PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
              BLOCK_K: tl.constexpr):  # fmt: skip

@@ -339,7 +339,7 @@ def _zoned_state_grad(dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, ds_pr
     ``ds_prev_off``) and its zoneout keep weight."""
     total = state_grad(dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, ds_prev_off, hs_w, row0, rows, cols,
                        rmask, cmask, act, prev, GH, W, HAS_DHS, HAS_DY, PRECISION, BLOCK_B,
-                       BLOCK_H, BLOCK_K)  # fmt: skip
+                       BLOCK_H, BLOCK_K, (), 0)  # fmt: skip
     return total, zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, W, total)
 
 
@@ -584,10 +584,10 @@ def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, 
 def variant_path(plan: runtime.Plan) -> str:
     """Which launch runs a variant layer: "cooperative" (every step in one launch) or "step"
     (a launch per phase of each step: when forced, and for empty sequences); the persistent
-    kernels have no variant."""
+    and resident kernels have no variant."""
     forced = persistent.forced_path()
-    if forced == "persistent":
-        raise ValueError("the variant kernels have no persistent path")
+    if forced in ("persistent", "resident"):
+        raise ValueError(f"the variant kernels have no {forced} path")
     if forced is not None:
         return forced
     return "step" if plan.T == 0 else "cooperative"

@@ -1,0 +1,99 @@
+"""The resident launch of the Triton step kernels: each program holds its units' slice of
+``W_hh`` on chip for the whole sequence (fusedrnn/ops/triton/step.py).
+
+Its arithmetic is checked with every other path in tests/test_conformance.py (backend
+``triton-resident``) and tests/test_triton_backend.py. Here: that the compiler keeps the
+weights where the design says (a compile for sm_90, no GPU), and, on a GPU, real layer sizes
+against torch.nn and the fallback when a slice does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import layer_cases  # noqa: E402
+from layer_cases import Case  # noqa: E402
+
+from fusedrnn import compile_report  # noqa: E402
+from fusedrnn.ops.checks import GATES  # noqa: E402
+
+compiled_only = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1",
+    reason="the interpreter does not compile; run without TRITON_INTERPRET",
+)
+
+
+def _resident_jobs(precision: str, H: int) -> dict:
+    """``{name: job}`` of the resident launches the compile report names at H, for sm_90."""
+    named = compile_report.named_launches([precision], hidden=(H,))
+    return {name: replace(job, arch=90) for name, job in named if name.startswith("resident")}
+
+
+def _weight_allocs_before_the_step_loop(ttgir: str) -> int:
+    """Shared-memory allocations a kernel makes before its first loop."""
+    head = ttgir[: ttgir.index("scf.for")]
+    return len(re.findall(r"ttg\.local_alloc", head))
+
+
+@compiled_only
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_resident_weights_sit_in_shared_memory_before_the_step_loop(cell):
+    """Triton writes the weight tiles to shared memory once, before the loop over steps, and
+    each step reads them from there (``local_load``), at H = 256 in bf16: forward G gates x
+    (256 / 64) chunks of K, backward (G x 256 / 64) chunks. A compiler that reloaded them
+    from global memory at every step would leave none before the loop."""
+    G, chunks = GATES[cell], 256 // 64  # the half-precision resident config's block_k
+    jobs = _resident_jobs("bf16", 256)
+    fwd = compile_report.compile_job(jobs[f"resident {cell} fwd H=256 bf16"])
+    bwd = compile_report.compile_job(jobs[f"resident {cell} bwd H=256 bf16"])
+    assert _weight_allocs_before_the_step_loop(fwd.asm["ttgir"]) == G * chunks
+    assert _weight_allocs_before_the_step_loop(bwd.asm["ttgir"]) == G * chunks
+    # the slice is the bulk of the kernel's shared memory: G x 256 x 16 bf16 values
+    assert G * 256 * 16 * 2 <= fwd.metadata.shared < G * 256 * 16 * 2 + 16 * 1024
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "cell,H,B,dtype",
+    [
+        ("lstm", 768, 16, torch.bfloat16),  # the anchor's layer: 48 programs, 12 chunks of K
+        ("gru", 1024, 16, torch.float16),
+        ("rnn_tanh", 512, 64, torch.float32),  # four row blocks per column block
+        ("lstm", 512, 40, torch.float32),  # a partial row block
+    ],
+)
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_resident_launch_at_real_sizes(cell, H, B, dtype, packed):
+    """One resident launch each way at real layer sizes: outputs and every gradient as the
+    reference op's in float64 on the same inputs."""
+    from fusedrnn.ops import triton as tb
+
+    case = Case(cell, T=6, B=B, I=32, H=H, packed=packed, reverse=packed)
+    a = layer_cases.make_inputs(case, dtype, "cuda")
+    tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 5e-3}[dtype]
+    with tb.kernel_path("resident"), tb.launch_counter() as launches:
+        layer_cases.compare(tb.layer, a, tol, upcast=torch.float64)
+    assert launches.by_kernel == {"_step_fwd_kernel": 1, "_step_bwd_kernel": 1}
+    assert launches.not_resident == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_slice_too_large_for_shared_memory_runs_cooperative():
+    """float32 H = 1024: a program's slice (4 x 1024 x 16 x 4 bytes = 256 KiB) exceeds a
+    program's shared memory, so each way runs the cooperative launch instead, counted."""
+    from fusedrnn.ops import triton as tb
+
+    a = layer_cases.make_inputs(Case("lstm", T=3, B=16, I=8, H=1024), torch.float32, "cuda")
+    with tb.kernel_path("resident"), tb.launch_counter() as launches:
+        layer_cases.compare(tb.layer, a, 5e-3, upcast=torch.float64)
+    assert launches.not_resident == 2
+    assert launches.by_kernel == {"_step_fwd_kernel": 1, "_step_bwd_kernel": 1}
