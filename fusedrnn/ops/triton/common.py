@@ -96,19 +96,22 @@ def cell_bwd(dh, dc, hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2, CELL:
 
 
 @triton.jit
-def visit(s, T, steps_ptr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr):
+def visit(s, T, steps_ptr, REVERSE, BACKWARD: tl.constexpr):
     """The s-th step visited (the backward visits the forward's order reversed): its time
     index, the Hs/Cs slots it reads and writes (see the module docstring), its first row in
-    x / y and its active rows (from the ``[T, 2]`` steps table)."""
+    x / y and its active rows (from the ``[T, 2]`` steps table). REVERSE is a compile-time
+    constant (the step and persistent kernels) or a run-time flag (the variant kernels, which
+    so compile once for both directions)."""
     if REVERSE == BACKWARD:
         t = s
     else:
         t = T - 1 - s
     row0 = tl.load(steps_ptr + 2 * t)
     rows = tl.load(steps_ptr + 2 * t + 1)
+    slot_r, slot_w = t, t + 1
     if REVERSE:
-        return t, t + 1, t, row0, rows
-    return t, t, t + 1, row0, rows
+        slot_r, slot_w = t + 1, t
+    return t, slot_r, slot_w, row0, rows
 
 
 def forward_buffers(cell, like, T, B, Hout, H, proj, packed, save) -> list:

@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 # what changes from launch to launch besides the ``tl.int64`` offsets (rows, B, zoneout, phase,
-# the variant kernels' run-time SYNC)
+# the variant kernels' run-time SYNC and REVERSE)
 _PER_LAUNCH = ("row0", "xg_row0", "y_row0", "rows_active", "rows_prev", "B", "ZONE_H", "ZONE_C",
-               "phases", "SYNC")  # fmt: skip
+               "phases", "SYNC", "REVERSE")  # fmt: skip
 
 
 def kernel_jit(fn):

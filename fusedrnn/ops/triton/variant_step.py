@@ -186,7 +186,7 @@ def _variant_fwd_kernel(
     OPTIONS: tl.constexpr,  # the bool options' bits (cellmath.option_bits)
     PROJ: tl.constexpr,
     ZONE_H, ZONE_C,  # 0 off, 1 mask, 2 evaluation (p)
-    REVERSE: tl.constexpr,
+    REVERSE,  # run-time (common.visit): one compile for both directions
     SYNC,  # a grid barrier after each phase (cooperative launch); see _program_tiles
     WRITE_Y, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -401,7 +401,7 @@ def _variant_bwd_kernel(
     phases,  # as the forward kernel's (see the module docstring)
     T: tl.int64, B, H, HOUT, CELL: tl.constexpr, LAYER_NORM: tl.constexpr,
     PEEPHOLE: tl.constexpr, OPTIONS: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C,
-    REVERSE: tl.constexpr, SYNC, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr,
+    REVERSE, SYNC, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
@@ -422,7 +422,9 @@ def _variant_bwd_kernel(
     for s in range(s_begin, s_end):
         t, slot_r, slot_w, row0, rows_active = visit(s, T, steps_ptr, REVERSE, True)
         # the step processed just before (the next one in time): none for the first
-        t_prev = t - 1 if REVERSE else t + 1
+        t_prev = t + 1
+        if REVERSE:
+            t_prev = t - 1
         rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
         hs_w, cs_r, cs_w = slot_w * B * HOUT, slot_r * B * H, slot_w * B * H
         gates, dg, h_off = gates_ptr + t * B * 4 * H, dg_ptr + t * B * GH, t * B * H
