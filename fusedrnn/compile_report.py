@@ -281,8 +281,8 @@ def named_launches(
                     name = kernel.fn.__name__.strip("_").removesuffix("_kernel")
                     kind = "layer-norm " if name.startswith("variant") else ""
                     what = f"{kind}{cell} {name.rsplit('_', 1)[1]}"
-                    path = "resident" if kwargs.get("RESIDENT") else "cooperative"
-                    out.append((f"{path} {what} H={H} {label}",
+                    launch = "resident" if kwargs.get("RESIDENT") else "cooperative"
+                    out.append((f"{launch} {what} H={H} {label}",
                                 job_key(kernel, args, kwargs, label)))  # fmt: skip
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
