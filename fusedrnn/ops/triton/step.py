@@ -322,8 +322,10 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     cooperative launch). ``tensors`` are the kernel's pointer arguments before the steps
     table (the first on the op's device), ``sizes`` those after ``T``, ``flags`` its
     constexprs but the block configuration. With ``flags["RESIDENT"]`` (one phase) a
-    cooperative launch needs a program per column block (:func:`.sync.resident_grid`);
-    returns False, launching nothing, when they do not fit at once."""
+    cooperative launch needs a program per column block (:func:`.sync.resident_grid`): on a
+    GPU it returns False, launching nothing, when they do not fit at once; under the
+    interpreter, which runs one program at a time, several column blocks run a launch per
+    step."""
     T, B, dev = plan.T, plan.B, tensors[0].device
     table = steps_table(plan, dev)
     tiles = {p: cfg.tiles(cols, B) for p, cols in phase_cols.items()}
@@ -340,16 +342,18 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
             (cols,) = phase_cols.values()
             grid = resident_grid(kernel, -(-cols // cfg.block_h), -(-B // cfg.block_b), args,
                                  kw, dev)  # fmt: skip
-            if not grid:
-                return False
         else:
             grid = cooperative_grid(kernel, max(tiles.values()), args, kw, dev)
-        # a phase ends at a barrier: one launch, or a few when the counter would wrap
-        for i, (begin, end) in enumerate(step_chunks(T, len(tiles), grid)):
-            if i:
-                sync.zero_()
-            runtime.launch(kernel, (grid,), *head, begin, end, *tail, **kw)
-        return True
+        if grid:
+            # a phase ends at a barrier: one launch, or a few when the counter would wrap
+            for i, (begin, end) in enumerate(step_chunks(T, len(tiles), grid)):
+                if i:
+                    sync.zero_()
+                runtime.launch(kernel, (grid,), *head, begin, end, *tail, **kw)
+            return True
+        if dev.type == "cuda":  # the resident programs do not fit at once
+            return False
+        # the interpreter: the resident kernel a launch per phase of each step
     for i in range(T):
         for p, n in tiles.items():
             runtime.launch(kernel, (n,), *tensors, table, table, i, i + 1, p, T, *sizes,
@@ -375,9 +379,6 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
         K = gate_blocks(flags["CELL"]) * H if backward else Hout
         kw = dict(flags, RESIDENT=triton.cdiv(K, cfg.block_k))
         if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True):
-            return
-        if tensors[0].device.type != "cuda":
-            launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, False)
             return
         runtime.count_not_resident()
         path = "cooperative"
