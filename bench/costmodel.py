@@ -69,6 +69,13 @@ slice; float32 H=768 on an A100), the launcher runs the cooperative launch inste
 launch per layer and direction, none per step. The tables mark the Triton row the launcher runs
 unless a path is forced: *(automatic path)*. The variant kernels have no resident launch.
 
+Calibration. On the H200 these formulas were 3-15x optimistic for the cooperative launch:
+a step there costs several µs more than its chain of L2 hits. ``bench/calibrate.py`` fits
+:class:`Calibration`'s constants (a round trip of the chain, a cost per barrier and per program
+meeting there, the share of the FMA peak an IEEE float32 ``tl.dot`` reaches) to a GPU's
+measurements of the cooperative launch and checks them on measurements it did not fit; the
+report adds, for that GPU, *calibrated* rows of the cooperative and resident launches.
+
 A sequence's time adds the kernels of its layers. The host issues the launches: a per-step
 launch loop costs ``launches × host cost`` on the CPU, and the GPU cannot finish before the host
 has issued the last launch, so the predicted wall time is
@@ -237,6 +244,47 @@ def dot_rate(gpu: Gpu, dtype: str, precision: str) -> float:
     if dtype != "float32":
         return gpu.half
     return gpu.tf32 if precision == "tf32" else gpu.fp32
+
+
+# -- calibration: constants fitted to a GPU's measurements (bench/calibrate.py) ---------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a GPU's measurements of the cooperative launch say a step costs, fitted by
+    ``bench/calibrate.py`` and stored beside them (``results/gpu-*/calibration.json``). It
+    replaces, in the steps that end at grid barriers (the cooperative and resident launches),
+    the assumed L2 round trip of their chain, the barrier's round trips, and the FMA peak of an
+    IEEE float32 ``tl.dot``:
+
+        max(compute at the fitted share of the peak, memory, waves · body · round_trip_s)
+            + barriers · (barrier_s + programs meeting there · per_program_s)
+
+    where ``body`` is the step's chain without its barriers. Tensor-core rates, bandwidth and
+    every other kernel keep the uncalibrated model's values."""
+
+    gpu: str  # key of GPUS
+    round_trip_s: float  # one dependent round trip of a step's chain
+    barrier_s: float  # a step's cost per barrier, besides its chain: the barrier and the rest
+    per_program_s: float  # added per program meeting at a barrier
+    ieee_fwd: float  # share of the FMA peak an IEEE float32 tl.dot reaches, forward step
+    ieee_bwd: float  # the same, backward step
+    source: str  # what it was fitted to
+    fit_ratio_range: tuple[float, float] = (math.nan, math.nan)  # measured / fitted, fit points
+    held_out_ratio_range: tuple[float, float] = (math.nan, math.nan)  # the same, held out
+    path: str = ""  # where it is stored, relative to bench/results
+
+
+def load_calibrations(results: Path = _ROOT / "bench" / "results") -> dict[str, Calibration]:
+    """The calibrations stored under ``results/gpu-*/calibration.json``, by GPUS key."""
+    out = {}
+    for path in sorted(results.glob("gpu-*/calibration.json")):
+        d = dict(json.loads(path.read_text()), path=str(path.relative_to(results)))
+        d = {f: d[f] for f in Calibration.__dataclass_fields__ if f in d}
+        for f in ("fit_ratio_range", "held_out_ratio_range"):
+            d[f] = tuple(d.get(f, (math.nan, math.nan)))
+        out[d["gpu"]] = Calibration(**d)
+    return out
 
 
 # -- kernel configurations, read from the code ------------------------------------------------
@@ -429,6 +477,8 @@ class Kernel:
     warps: int = 4  # per program, for the number of waves
     rate_per_sm: bool = False  # persistent: a program's product runs on its own SM only
     per_sm: int = 0  # programs resident per SM when registers decide (0: the warp limit)
+    barriers: int = 0  # grid barriers per step (cooperative and resident launches)
+    backward: bool = False  # a backward step (its own share of the IEEE float32 peak, fitted)
 
 
 @dataclass
@@ -571,7 +621,8 @@ def plan(
                 Kernel(name, rec_flops, G * H * e + rows, blocks_b * math.ceil(H / bh),
                        blocks_b * w_hh, 0,
                        chain=chain_length(k, bk, st) + BARRIER_ROUND_TRIPS + extra_chain,
-                       warps=warps, per_sm=_register_limit(warps))
+                       warps=warps, per_sm=_register_limit(warps), barriers=1 + extra_phases,
+                       backward=name.endswith("bwd"))
             )  # fmt: skip
         return Plan(once_fwd + [launch], kernels[:1], kernels[1:], [launch, *once_bwd])
     if cfg.kind == "resident":
@@ -591,7 +642,7 @@ def plan(
             steps.append(
                 Kernel(f"resident step{suffix}", rec_flops, G * H * e + rows, lay.programs,
                        lay.col_blocks * B * k * e, 0, chain=resident_chain(lay.walks),
-                       warps=warps, per_sm=lay.per_sm)
+                       warps=warps, per_sm=lay.per_sm, barriers=1, backward=backward)
             )  # fmt: skip
         return Plan(once_fwd + loads[:1], steps[:1], steps[1:], [*loads[1:], *once_bwd])
     if cfg.kind == "persistent":
@@ -633,18 +684,31 @@ def waves(k: Kernel, gpu: Gpu) -> int:
     return math.ceil(k.programs / (gpu.sms * per_sm))
 
 
-def kernel_time(k: Kernel, gpu: Gpu, dtype: str, precision: str = "ieee") -> float:
+def kernel_time(
+    k: Kernel, gpu: Gpu, dtype: str, precision: str = "ieee", cal: Calibration | None = None
+) -> float:
     """Seconds on ``gpu`` (module docstring): roofline at the grid's share of the SMs, or the
-    serial chain when it is longer, plus the GPU gap of its launches."""
+    serial chain when it is longer, plus the GPU gap of its launches. With ``cal`` (fitted to
+    this GPU), a step that ends at grid barriers takes the fitted costs instead
+    (:class:`Calibration`); other kernels are costed as without it."""
     rate = dot_rate(gpu, dtype, precision)
+    fitted = cal is not None and k.barriers > 0
+    if fitted and dtype == "float32" and precision == "ieee":
+        rate *= cal.ieee_bwd if k.backward else cal.ieee_fwd
     share = min(1.0, k.programs / gpu.sms)
     if k.rate_per_sm:  # each program's product runs on one SM; programs run side by side
         compute = k.flops / k.programs / (rate / gpu.sms) if k.flops else 0.0
     else:
         compute = k.flops / (rate * share)
     memory = k.bytes / (gpu.bandwidth * BANDWIDTH_SHARE * share)
-    chain = waves(k, gpu) * k.chain * l2_latency(gpu)
-    return max(compute, memory, chain) + GPU_LAUNCH_S * k.launches
+    if not fitted:
+        chain = waves(k, gpu) * k.chain * l2_latency(gpu)
+        return max(compute, memory, chain) + GPU_LAUNCH_S * k.launches
+    n = waves(k, gpu)
+    body = n * (k.chain - k.barriers * BARRIER_ROUND_TRIPS) * cal.round_trip_s
+    arrivals = math.ceil(k.programs / n)  # the programs of one wave meet at each barrier
+    sync = k.barriers * (cal.barrier_s + arrivals * cal.per_program_s)
+    return max(compute, memory, body) + sync + GPU_LAUNCH_S * k.launches
 
 
 @dataclass
@@ -682,6 +746,7 @@ def predict(
     dtype: str,
     precision: str = "ieee",
     variant: bool = False,
+    cal: Calibration | None = None,
 ) -> Prediction:
     inf = plan(cfg, cell, B, T, I, H, dtype, training=False, variant=variant, gpu=gpu)
     tr = plan(cfg, cell, B, T, I, H, dtype, training=True, variant=variant, gpu=gpu)
@@ -689,7 +754,7 @@ def predict(
     deep_tr = plan(cfg, cell, B, T, H, H, dtype, training=True, variant=variant, gpu=gpu)
 
     def t(ks) -> float:
-        return sum(kernel_time(k, gpu, dtype, precision) for k in ks)
+        return sum(kernel_time(k, gpu, dtype, precision, cal) for k in ks)
 
     def seq_time(p: Plan, backward: bool) -> float:
         s = t(p.once_fwd) + T * t(p.step_fwd)
@@ -763,6 +828,10 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.3g}"
 
 
+def _range(r: tuple[float, float]) -> str:
+    return f"{r[0]:.2f}-{r[1]:.2f}"
+
+
 def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
     """One row per shipped configuration: its per-step cost at a shape it serves."""
     lines = [
@@ -819,7 +888,10 @@ def automatic_path(chosen: list[KernelConfig]) -> KernelConfig | None:
     return next((triton[k] for k in ("persistent", "resident", "cooperative") if k in triton), None)
 
 
-def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]:
+def _case(
+    case: dict, configs: list[KernelConfig], gpus: list[str],
+    cals: dict[str, Calibration] | None = None,
+) -> list[str]:  # fmt: skip
     cell, B, T, I, H, L, dt = (case[k] for k in ("cell", "B", "T", "I", "H", "layers", "dtype"))  # noqa: E741
     prec = case.get("precision", "ieee")
     variant = case.get("variant", False)
@@ -845,6 +917,18 @@ def _case(case: dict, configs: list[KernelConfig], gpus: list[str]) -> list[str]
                 f"{_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} | "
                 f"**{_ms(p.fwd_s)}** (prediction) | **{_ms(p.fwdbwd_s)}** (prediction) | "
                 f"{_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} (prediction) |"
+            )
+        cal = (cals or {}).get(g)
+        for c in chosen if cal else ():
+            if c.kind not in ("cooperative", "resident"):
+                continue
+            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant, cal=cal)
+            name = p.implementation + (" *(automatic path)*" if c is auto else "")
+            lines.append(
+                f"| {g} | {name}, *calibrated* | | | | {_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} | "
+                f"**{_ms(p.fwd_s)}** (calibrated prediction) | **{_ms(p.fwdbwd_s)}** "
+                f"(calibrated prediction) | {_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} "
+                "(calibrated prediction) |"
             )
     lines += measured(case)
     if case.get("published"):
@@ -908,8 +992,9 @@ def report(gpus: list[str]) -> str:
         "# fusedrnn GPU cost model — PREDICTIONS, with measurements beside them",
         "",
         "Generated by `python bench/costmodel.py`; the formulas are in its docstring. Every "
-        "prediction is optimistic by construction (peak rates, perfect overlap of compute, "
-        "memory and latency). Rows marked *measured* are not predictions: they are read from "
+        "uncalibrated prediction is optimistic by construction (peak rates, perfect overlap of "
+        "compute, memory and latency); rows marked *calibrated* are fits to a GPU's "
+        "measurements instead (below). Rows marked *measured* are not predictions: they are read from "
         "`bench/results/gpu-*/` (`python -m fusedrnn.gpu_check`, eager calls; "
         "`bench/graph_replay.py`, the same calls replayed from a CUDA graph, in the last "
         "column), and rows marked *published* are other projects' measurements. *(automatic "
@@ -947,9 +1032,25 @@ def report(gpus: list[str]) -> str:
         lines += [f"**{note}**: only the CUDA backend's configuration is modelled.", ""]
     if cuda_note:
         lines += [f"CUDA backend: {cuda_note}.", ""]
+    cals = {g: c for g, c in load_calibrations().items() if g in gpus}
+    for g, c in cals.items():
+        lines += [
+            f"Calibrated rows ({g}, *calibrated*): the steps of the cooperative and resident "
+            f"launches costed with constants fitted to the {g}'s measurements of the "
+            f"cooperative launch (`bench/calibrate.py`; the points and the fit: "
+            f"`results/{Path(c.path).with_suffix('.md')}`): one round trip of a step's chain "
+            f"{c.round_trip_s * 1e9:.0f} ns, per barrier {c.barrier_s * 1e6:.2f} µs plus "
+            f"{c.per_program_s * 1e9:.0f} ns per program meeting there, an IEEE float32 "
+            f"`tl.dot` at {c.ieee_fwd:.1%} (forward) and {c.ieee_bwd:.1%} (backward) of the "
+            f"FMA peak. Measured / calibrated: {_range(c.fit_ratio_range)} on the points "
+            f"fitted, {_range(c.held_out_ratio_range)} on points held out. These rows are fits, "
+            "not bounds: the resident launch was never measured, and its calibrated rows "
+            "assume its step costs what the cooperative one's does besides the chain.",
+            "",
+        ]
     lines += _every_config(configs, gpus)
     for case in CASES:
-        lines += _case(case, configs, gpus)
+        lines += _case(case, configs, gpus, cals)
     return "\n".join(lines)
 
 

@@ -21,7 +21,8 @@ spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory f
 the kernel metadata. One row per compile; exits non-zero on any compile error or any
 spill. A last table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024
 in each dtype, the compile its cooperative and resident launches run (:func:`named_launches`);
-the resident launch's chunks of K follow H, so those are compiles at that H.
+the resident launch's chunks of K follow H, so those are compiles at that H. The grid barrier's
+probe kernel (``ops/triton/barrier_probe.py``, used by ``bench/barrier.py``) is compiled too.
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
 argument equal to 1 into a constant, a further specialisation) and tensors whose data
@@ -228,6 +229,15 @@ def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
                     _launch_shape(torch, getattr(torch, dtype_name), *shape, packed, reverse)
             for kernel, _grid, args, kwargs in records:
                 seen[job_key(kernel, args, kwargs, label)] = None
+        # the grid barrier alone (bench/barrier.py), in both of its forms; no data type. A
+        # count of barriers other than 1 (a constant then) and not a multiple of 16
+        from fusedrnn.ops.triton.barrier_probe import probe
+
+        with capture_launches() as records:
+            for exchange in (False, True):
+                probe(2, 3, exchange, torch.device("cpu"))
+        for kernel, _grid, args, kwargs in records:
+            seen[job_key(kernel, args, kwargs, "fp32")] = None
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
         torch.set_num_threads(old_threads)

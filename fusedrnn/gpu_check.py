@@ -18,11 +18,11 @@ say, after writing the report):
 4. benchmark: bench/run.py's measurement of the headline shapes against cuDNN (providers checked
    against torch.nn first, CUDA-event medians over interleaved rounds), written by the same
    writers as the CPU results: ``results.csv``, ``results.md``, ``meta.json``;
-5. paths: bench/paths.py in a subprocess: the Triton backend's launches (a launch per step,
-   the cooperative launch and the resident one) at the bf16 anchor shape and of the
-   layer-norm variants,
-   each checked first against torch.nn or fusedrnn's reference op (``paths.csv``,
-   ``paths.md``).
+5. paths: bench/barrier.py in a subprocess, the grid barrier alone for grids of 1 to 256
+   programs, each launch's result checked (``barrier.csv``, ``barrier.md``); then
+   bench/paths.py: the Triton backend's launches (a launch per step, the cooperative launch and
+   the resident one) at the bf16 anchor shape and of the layer-norm variants, each checked
+   first against torch.nn or fusedrnn's reference op (``paths.csv``, ``paths.md``).
 
 Into ``--out`` (default ``bench/results/gpu-<name>/``; a scratch directory with ``--dry-run``)
 it also writes ``gpu_check.json`` (phases, wall times, counts), ``summary.md`` and
@@ -187,6 +187,7 @@ class Plan:
     peak_n: int
     budget_s: float
     paths_args: tuple[str, ...] = ()  # bench/paths.py's shapes and timing options
+    barrier_args: tuple[str, ...] = ()  # bench/barrier.py's options
 
 
 def _headline_shapes(anchor, mid, charlm) -> tuple[Shape, ...]:
@@ -262,6 +263,9 @@ def dry_run_plan() -> Plan:
         budget_s=90,
         # the Triton kernels under the interpreter (never a speed), the layer-norm rows
         paths_args=tuple("--shapes ln-tiny --device cpu --rounds 1 --min-run-time 0.001".split()),
+        barrier_args=tuple(
+            "--device cpu --short 2 --long 10 --rounds 1 --min-run-time 0.001".split()
+        ),  # fmt: skip
     )
 
 
@@ -725,7 +729,8 @@ def bench_phase(
 
 
 def paths_phase(plan: Plan, out: Path, phase: Phase, log, allotted: float) -> tuple[str, str]:
-    """bench/paths.py into ``out`` (on CPU tensors: under the Triton interpreter)."""
+    """bench/barrier.py (the grid barrier alone, at most a quarter of the time), then
+    bench/paths.py into ``out`` (on CPU tensors: under the Triton interpreter)."""
     import importlib.util
 
     if importlib.util.find_spec("triton") is None:
@@ -735,22 +740,31 @@ def paths_phase(plan: Plan, out: Path, phase: Phase, log, allotted: float) -> tu
         env.pop("TRITON_INTERPRET", None)
     else:
         env["TRITON_INTERPRET"] = "1"
-    cmd = [sys.executable, str(BENCH / "paths.py"), "--out", str(out), *plan.paths_args]
-    (out / "paths.csv").unlink(missing_ok=True)  # an earlier run's rows are not this run's
-    rc, text = run_logged(cmd, allotted, log, env=env)
-    rows = []
-    if (out / "paths.csv").is_file():
-        with open(out / "paths.csv") as f:
-            rows = list(csv.DictReader(f))
-    bad = [f"{r['label']} {r['provider']}: {r['problem']}" for r in rows if r["problem"]]
-    phase.details.update(command=portable(" ".join(cmd)), exit_status=rc, rows=len(rows),
-                         disagree=bad)  # fmt: skip
-    if rc is None:
-        return "timeout", f"stopped after {allotted:.0f} s"
-    if rc != 0 or bad:
-        why = f"{len(bad)} rows disagree with their baseline" if bad else "; ".join(tail(text, 1))
-        return "failed", f"exit status {rc}: {why}"
-    return "ok", f"{len(rows)} rows, each provider checked against its baseline"
+    end = time.monotonic() + allotted
+    results = []
+    for script, args, share, row_name, what in (
+        ("barrier", plan.barrier_args, 0.25, "{programs} programs {form}",
+         "ended with a wrong count"),
+        ("paths", plan.paths_args, 1.0, "{label} {provider}", "disagree with their baseline"),
+    ):  # fmt: skip
+        cmd = [sys.executable, str(BENCH / f"{script}.py"), "--out", str(out), *args]
+        (out / f"{script}.csv").unlink(missing_ok=True)  # an earlier run's rows are not this run's
+        rc, text = run_logged(cmd, max(1.0, (end - time.monotonic()) * share), log, env=env)
+        rows = []
+        if (out / f"{script}.csv").is_file():
+            with open(out / f"{script}.csv") as f:
+                rows = list(csv.DictReader(f))
+        bad = [f"{row_name.format(**r)}: {r['problem']}" for r in rows if r["problem"]]
+        phase.details[script] = dict(command=portable(" ".join(cmd)), exit_status=rc,
+                                     rows=len(rows), problems=bad)  # fmt: skip
+        results.append((script, rc, text, rows, bad, what))
+    for script, rc, text, _rows, bad, what in results:
+        if rc is None:
+            return "timeout", f"{script}.py stopped at its share of {allotted:.0f} s"
+        if rc != 0 or bad:
+            why = f"{len(bad)} rows {what}" if bad else "; ".join(tail(text, 1))
+            return "failed", f"{script}.py exit status {rc}: {why}"
+    return "ok", ", ".join(f"{script}.py {len(rows)} rows" for script, _, _, rows, _, _ in results)
 
 
 def _cfg_key(row: dict) -> tuple:

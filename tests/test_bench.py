@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 import re
@@ -9,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import calibrate
 import ceilings
 import charlm_speed
 import costmodel
@@ -326,6 +329,130 @@ def test_costmodel_host_time_is_part_of_the_prediction():
     assert p.fwdbwd_s == max(p.gpu_fwdbwd_s, p.host_fwdbwd_s) + 5e-6
     assert p.gpu_fwd_s > 0 and p.gpu_fwdbwd_s > p.gpu_fwd_s
     assert costmodel.wall_time(1.0, 3.0, 0.5) == costmodel.wall_time(3.0, 1.0, 0.5) == 3.5
+
+
+def _cal(**kw):
+    fields = dict(gpu="H200", round_trip_s=300e-9, barrier_s=5e-6, per_program_s=40e-9,
+                  ieee_fwd=0.05, ieee_bwd=0.2, source="hand")  # fmt: skip
+    return costmodel.Calibration(**dict(fields, **kw))
+
+
+def test_calibrated_step_time_by_hand():
+    """A step ending at a barrier: max(compute at the fitted share of the peak, memory, the
+    chain without the barrier's round trips x the fitted round trip) + the barrier's fitted
+    cost; kernels without a barrier are costed as without the calibration."""
+    h200, cal = costmodel.GPUS["H200"], _cal()
+    k = costmodel.Kernel("step", 2.0e6, 1.0e5, programs=48, chain=10, warps=4, per_sm=2,
+                         barriers=1, launches=0)  # fmt: skip
+    share = 48 / 132
+    memory = 1.0e5 / (4.8e12 * 0.9 * share)
+    latency = (10 - 2) * 300e-9  # 2.4 µs: the chain decides in bf16
+    sync = 5e-6 + 48 * 40e-9
+    assert math.isclose(costmodel.kernel_time(k, h200, "bfloat16", cal=cal),
+                        max(2.0e6 / (989.4e12 * share), memory, latency) + sync, rel_tol=1e-12)  # fmt: skip
+    # IEEE float32: the FMA peak times the fitted share, forward or backward
+    for backward, share_of_peak in ((False, 0.05), (True, 0.2)):
+        big = costmodel.Kernel("step", 4.0e9, 0.0, programs=264, chain=10, per_sm=2,
+                               barriers=2, backward=backward, launches=0)  # fmt: skip
+        compute = 4.0e9 / (66.9e12 * share_of_peak)  # 264 programs: the whole GPU
+        # two barriers each way; one wave of 264 programs meets at each
+        want = max(compute, (10 - 4) * 300e-9) + 2 * (5e-6 + 264 * 40e-9)
+        assert math.isclose(costmodel.kernel_time(big, h200, "float32", "ieee", cal), want,
+                            rel_tol=1e-12)  # fmt: skip
+        # TF32 keeps the datasheet's tensor-core rate
+        tf32 = max(4.0e9 / 494.7e12, 6 * 300e-9) + 2 * (5e-6 + 264 * 40e-9)
+        assert math.isclose(costmodel.kernel_time(big, h200, "float32", "tf32", cal), tf32,
+                            rel_tol=1e-12)  # fmt: skip
+    # two waves: the chain twice, half the programs at each barrier
+    two = costmodel.Kernel("step", 0.0, 0.0, programs=2 * 264, chain=6, per_sm=2, barriers=1)
+    want = 2 * 4 * 300e-9 + 5e-6 + 264 * 40e-9 + costmodel.GPU_LAUNCH_S
+    assert math.isclose(costmodel.kernel_time(two, h200, "bfloat16", cal=cal), want,
+                        rel_tol=1e-12)  # fmt: skip
+    plain = costmodel.Kernel("gemm", 1e9, 1e6, programs=10**6)
+    assert costmodel.kernel_time(plain, h200, "float32", cal=cal) == costmodel.kernel_time(
+        plain, h200, "float32"
+    )
+
+
+def test_cooperative_and_resident_steps_count_their_barriers():
+    coop = costmodel.KernelConfig("triton", "cooperative", "hand", block_b=16, block_h=32,
+                                  block_k=16, num_stages=2, bwd=(16, 16, 64, 4, 3))  # fmt: skip
+    p = costmodel.plan(coop, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True)
+    assert [(k.barriers, k.backward) for k in p.step_fwd + p.step_bwd] == [(1, False), (1, True)]
+    # layer norm: the LSTM's two extra phases each way end at barriers of their own
+    p = costmodel.plan(coop, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True,
+                       variant=True)  # fmt: skip
+    assert [k.barriers for k in p.step_fwd + p.step_bwd] == [3, 3]
+    p = costmodel.plan(_resident(), "gru", B=16, T=4, I=8, H=256, dtype="bfloat16",
+                       training=True)  # fmt: skip
+    assert [(k.barriers, k.backward) for k in p.step_fwd + p.step_bwd] == [(1, False), (1, True)]
+    assert all(k.barriers == 0 for k in p.once_fwd + p.once_bwd)
+
+
+def _points(cal):
+    """The fit's kind of points (four configs x three shapes x two modes), their medians
+    made by the calibrated model itself."""
+    shapes = [("lstm", 16, 1024, 768, 768, 1, "bfloat16", "ieee"),
+              ("lstm", 64, 100, 512, 512, 1, "float32", "ieee"),
+              ("lstm", 64, 128, 64, 512, 2, "float32", "ieee")]  # fmt: skip
+    configs = [(16, 16, 64, 4, 2), (16, 32, 64, 4, 2), (16, 16, 128, 4, 3), (16, 16, 32, 4, 2)]
+    points = []
+    for shape, blocks, mode in itertools.product(shapes, configs, ("fwd", "fwdbwd")):
+        p = calibrate.Point("hand", *shape, mode, blocks, blocks, "x".join(map(str, blocks)), 0.0)
+        points.append(dataclasses.replace(p, ms=calibrate.predicted_ms(p, "H200", cal)))
+    return points
+
+
+def test_the_fit_recovers_the_constants_its_points_were_made_with():
+    """Medians generated by a known calibration: the fit returns it; medians off by 10 % at
+    one shape: it does not (the fit follows the data)."""
+    want = _cal()
+    points = _points(want)
+    got = calibrate.fit(points, "H200")
+    for name in calibrate.NAMES:
+        assert math.isclose(getattr(got, name), getattr(want, name), rel_tol=1e-4), name
+    slower = [dataclasses.replace(p, ms=p.ms * (1.1 if p.dtype == "bfloat16" else 1.0))
+              for p in points]  # fmt: skip
+    moved = calibrate.fit(slower, "H200")
+    assert moved.barrier_s > want.barrier_s * 1.03
+
+
+def test_calibrate_reads_the_cooperative_rows_of_paths_and_results_csvs(tmp_path):
+    (tmp_path / "paths.csv").write_text(
+        "shape,label,mode,provider,ms,vs_torch,problem\n"
+        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,torch.nn,1.5,1.0,\n"
+        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,step,3.8,0.4,\n"
+        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,cooperative (shipped),2.2,0.7,\n"
+        "gru,gru fwdbwd B=4 T=5 I=6 H=70 L=2 bfloat16,fwdbwd,cooperative 16x32x64w8s3,4.5,1,\n"
+        "gru,gru fwdbwd B=4 T=5 I=6 H=70 L=2 bfloat16,fwdbwd,cooperative 16x16x32w4s2,9,1,bad\n"
+        "anchor,lstm fwd B=16 T=1024 I=768 H=768 L=1 bfloat16,fwd,resident,7.0,2.0,\n"
+    )
+    got = calibrate.read_paths(tmp_path / "paths.csv", "p")
+    shipped_f32 = calibrate.MEASURED_SHIPPED["float32"]
+    assert [(p.cell, p.B, p.T, p.I, p.H, p.layers, p.dtype, p.precision, p.mode, p.fwd, p.bwd,
+             p.config, p.ms) for p in got] == [
+        ("lstm", 64, 100, 512, 512, 1, "float32", "tf32", "fwd", *shipped_f32, "shipped", 2.2),
+        ("gru", 4, 5, 6, 70, 2, "bfloat16", "ieee", "fwdbwd", (16, 32, 64, 8, 3),
+         (16, 32, 64, 8, 3), "16x32x64w8s3", 4.5),
+    ]  # fmt: skip
+
+
+def test_the_committed_calibration_is_what_calibrate_makes_of_the_committed_measurements():
+    results = ROOT / "bench" / "results" / "gpu-nvidia-h200"
+    _cal_, doc, text = calibrate.calibrate(results)
+    committed = json.loads((results / "calibration.json").read_text())
+    # after a change to the cost model or the measurements: python bench/calibrate.py
+    assert committed.keys() == doc.keys()
+    for key, value in doc.items():
+        if isinstance(value, str):
+            assert committed[key] == value, key
+        else:
+            assert committed[key] == pytest.approx(value, rel=1e-6), key
+    assert (results / "calibration.md").read_text() == text + "\n"
+    assert doc["fit_points"] == 24 and doc["held_out_points"] == 20
+    loaded = costmodel.load_calibrations()["H200"]
+    assert loaded.round_trip_s == committed["round_trip_s"]
+    assert loaded.path == "gpu-nvidia-h200/calibration.json"
 
 
 def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):

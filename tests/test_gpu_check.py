@@ -35,7 +35,7 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
     wall = time.monotonic() - start
     assert {p.name for p in out.iterdir()} == {"env.json", "results.csv", "results.md", "meta.json",
         "gpu_check.json", "summary.md", "gpu_check.log", "speedup_headline.png", "paths.csv",
-        "paths.md"}  # fmt: skip
+        "paths.md", "barrier.csv", "barrier.md"}  # fmt: skip
     report = _json(out)
     assert report["mode"] == "dry-run" and report["exit_status"] == 0
     assert report["elapsed_s"] <= report["budget_s"]
@@ -46,8 +46,11 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
         # a checkout without the cpu extension is not built by a dry run
         assert p["status"] == "ok" or (p["name"], p["status"]) == ("build", "not attempted"), p
         assert p["wall_s"] >= 0
-    # the Triton launches of bench/paths.py: the layer-norm LSTM's, checked against the reference
-    assert phases["paths"]["details"]["rows"] == 6 and phases["paths"]["details"]["disagree"] == []
+    # the Triton launches of bench/paths.py: the layer-norm LSTM's, checked against the
+    # reference; bench/barrier.py's one-program grid in both forms, its counts checked
+    paths, barrier = phases["paths"]["details"]["paths"], phases["paths"]["details"]["barrier"]
+    assert paths["rows"] == 6 and paths["problems"] == [] and paths["exit_status"] == 0
+    assert barrier["rows"] == 2 and barrier["problems"] == [] and barrier["exit_status"] == 0
     assert phases["tests"]["details"]["counts"].get("passed", 0) > 0
     assert phases["tests"]["details"]["failing"] == []
     env = _json(out, "env.json")
