@@ -39,6 +39,7 @@ import hashlib
 import io
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import re
@@ -388,6 +389,17 @@ class _Cache:
                                          if k.startswith(self.salt)}))  # fmt: skip
 
 
+def _worker_start(started, first: int, when: str, done) -> None:
+    """Pool initializer: the workers after the first ``first`` take no job until the file
+    ``when`` exists (or every job is done), so that the report can start beside the tests on
+    one CPU and use more once they are over."""
+    with started.get_lock():
+        started.value += 1
+        index = started.value
+    while index > first and when and not os.path.exists(when) and not done.wait(1.0):
+        pass
+
+
 def _fmt(row: dict) -> str:
     j = row["job"]
     name = j.kernel.strip("_").removesuffix("_kernel")
@@ -407,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default=",".join(PRECISIONS),
                         help=f"any of {','.join(PRECISIONS)} (tf32: float32, TF32 dots)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--extra-jobs", type=int, default=0,
+                        help="more workers, which start once the file --extra-when exists (CI "
+                             "creates it when its tests no longer need the CPUs)")  # fmt: skip
+    parser.add_argument("--extra-when", default="", help="see --extra-jobs")
     parser.add_argument("--filter", default="", help="only kernels whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the compiles, do not run them")
     parser.add_argument("--cache", default="",
@@ -437,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     cache = _Cache(args.cache) if args.cache else None
     fresh = [j for j in todo if cache is None or cache.get(j) is None]
     rows = {}
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    extra = max(0, args.extra_jobs) if args.extra_when else 0
+    ctx = multiprocessing.get_context()
+    started, done = ctx.Value("i", 0), ctx.Event()
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs) + extra, mp_context=ctx,
+                             initializer=_worker_start,
+                             initargs=(started, max(1, args.jobs), args.extra_when, done),
+                             ) as pool:  # fmt: skip
         compiled = pool.map(_compile, fresh)
         for job in todo:
             row = cache.get(job) if cache is not None else None
@@ -448,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_fmt(row), flush=True)
             rows[job] = row
             failures += bool(row["error"]) or bool(row["spill_st"]) or bool(row["spill_ld"])
+        done.set()  # an extra worker still waiting ends, so that the pool can shut down
     if cache is not None:
         print(f"{len(todo) - len(fresh)} results from the cache {args.cache}")
     if named:
