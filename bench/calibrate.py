@@ -16,7 +16,14 @@ measurements, all eager wall times of the Triton backend forced onto the coopera
   the chain's round trip from the barrier's cost and the per-program term.
 - **held out** (``paths.csv`` and gpu_check's ``results.csv`` of a later run): the shipped
   configurations (:data:`MEASURED_SHIPPED`) and 16x16x128 with 3 stages, LSTM and GRU, bf16,
-  float32 IEEE and TF32.
+  float32 IEEE and TF32. Rows of the resident launch, when a run has them, are held out too:
+  the fit is of the cooperative launch, so they test its transfer to the resident one.
+
+``bench/paths.py`` writes the configs each row ran (``configs``: forward/backward); rows of
+runs older than that column take their configs from the provider's name, "shipped" meaning
+:data:`MEASURED_SHIPPED`. gpu_check's ``results.csv`` says no config: it is read only from a run
+whose ``meta.json`` does not name its ``triton_path`` (runs before the resident launch became the
+automatic path). The layer-norm rows are left out (the variant kernels are not fitted).
 
 The fit minimises the sum of squared ``log(predicted / measured)`` over the fit points
 (relative errors: the points span 2-50 ms), by Gauss-Newton steps with Levenberg damping on the
@@ -63,7 +70,7 @@ _CONFIG = re.compile(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)$")
 
 @dataclass(frozen=True)
 class Point:
-    """One measurement: a shape, the cooperative configs it ran, and its median."""
+    """One measurement: a shape, the launch and configs it ran, and its median."""
 
     source: str
     cell: str
@@ -79,6 +86,7 @@ class Point:
     bwd: tuple[int, int, int, int, int]
     config: str
     ms: float
+    kind: str = "cooperative"  # or "resident" (held out: the fit is of the cooperative launch)
 
     @property
     def label(self) -> str:
@@ -87,16 +95,33 @@ class Point:
                 f"{self.dtype}{prec}")  # fmt: skip
 
 
-def _configs(provider: str, dtype: str):
-    """(fwd, bwd, name) of a cooperative provider of bench/paths.py, None for the others."""
-    if provider == "cooperative (shipped)" or provider == "fusedrnn[triton]":
-        fwd, bwd = MEASURED_SHIPPED["float32" if dtype == "float32" else "half"]
-        return fwd, bwd, "shipped"
-    m = _CONFIG.search(provider) if provider.startswith("cooperative ") else None
-    if m is None:
+def _blocks(text: str) -> tuple[int, ...]:
+    """``16x16x64w4s2`` -> (16, 16, 64, 4, 2)."""
+    return tuple(int(v) for v in _CONFIG.fullmatch(text).groups())
+
+
+def _configs(provider: str, dtype: str, recorded: str = ""):
+    """(fwd, bwd, name, kind) of a cooperative or resident provider of bench/paths.py (or
+    gpu_check's ``fusedrnn[triton]``), None for the others: from the CSV's ``configs`` column
+    where it has one (``fwd/bwd``), else from the provider's name, the shipped configs being
+    those of the measured kernels (:data:`MEASURED_SHIPPED`; the resident launch came after)."""
+    shipped = provider in ("cooperative (shipped)", "fusedrnn[triton]", "resident")
+    if provider == "resident":
+        kind = "resident"
+    elif shipped or (provider.startswith("cooperative ") and _CONFIG.search(provider)):
+        kind = "cooperative"
+    else:
         return None
-    blocks = tuple(int(v) for v in m.groups())
-    return blocks, blocks, provider.split()[1]
+    name = "shipped" if shipped else provider.split()[1]
+    if recorded:
+        fwd, bwd = (_blocks(t) for t in recorded.split("/"))
+    elif kind == "resident":
+        return None
+    elif shipped:
+        fwd, bwd = MEASURED_SHIPPED["float32" if dtype == "float32" else "half"]
+    else:
+        fwd = bwd = _blocks(name)
+    return fwd, bwd, name, kind
 
 
 def read_paths(path: Path, source: str) -> list[Point]:
@@ -109,23 +134,27 @@ def read_paths(path: Path, source: str) -> list[Point]:
                 continue
             cell, B, T, I, H, L, dtype, tf32 = m.groups()  # noqa: E741
             tf32 = tf32 or r["shape"].endswith("tf32")  # the CSV's label leaves it out
-            picked = _configs(r["provider"], dtype)
+            picked = _configs(r["provider"], dtype, r.get("configs") or "")
             if picked is None:
                 continue
+            fwd, bwd, name, kind = picked
             out.append(Point(source, cell, int(B), int(T), int(I), int(H), int(L), dtype,
-                             "tf32" if tf32 else "ieee", r["mode"], *picked, float(r["ms"])))  # fmt: skip
+                             "tf32" if tf32 else "ieee", r["mode"], fwd, bwd, name,
+                             float(r["ms"]), kind))  # fmt: skip
     return out
 
 
 def read_results(path: Path, source: str) -> list[Point]:
-    """gpu_check's ``fusedrnn[triton]`` rows (eager calls, the automatic path)."""
+    """gpu_check's ``fusedrnn[triton]`` rows (eager calls, the automatic path) of a run whose
+    automatic path was the cooperative launch with :data:`MEASURED_SHIPPED`: one whose
+    ``meta.json`` has no ``triton_path`` (:func:`calibrate` checks)."""
     out = []
     with open(path) as f:
         for r in csv.DictReader(f):
             if r["provider"] != "fusedrnn[triton]" or r["status"] != "ok":
                 continue
             dtype, _, tf32 = r["dtype"].partition("+")
-            fwd, bwd, name = _configs(r["provider"], dtype)
+            fwd, bwd, name, _kind = _configs(r["provider"], dtype)
             out.append(Point(source, r["cell"], *(int(r[k]) for k in "BTIH"), int(r["layers"]),
                              dtype, "tf32" if tf32 else "ieee", r["mode"], fwd, bwd, name,
                              float(r["median_ms"])))  # fmt: skip
@@ -142,8 +171,8 @@ def gpu_key(results: Path) -> str:
 
 def kernel_config(p: Point) -> cm.KernelConfig:
     bb, bh, bk, w, st = p.fwd
-    return cm.KernelConfig("triton", "cooperative", p.config, block_b=bb, block_h=bh,
-                           block_k=bk, num_warps=w, num_stages=st, bwd=p.bwd)  # fmt: skip
+    return cm.KernelConfig("triton", p.kind, p.config, block_b=bb, block_h=bh, block_k=bk,
+                           num_warps=w, num_stages=st, bwd=p.bwd)  # fmt: skip
 
 
 def predicted_ms(p: Point, gpu: str, cal: cm.Calibration | None) -> float:
@@ -244,7 +273,8 @@ def markdown(cal: cm.Calibration, fit_rows, held_rows, device: str) -> str:
             "uncalibrated ms | ratio |",
             "|---|---|---|---|---|---|---|---|---|",
             *[
-                f"| {p.source} | {p.label} | {p.mode} | {p.config} | {m:.3g} | {c:.3g} | "
+                f"| {p.source} | {p.label} | {p.mode} | "
+                f"{p.config if p.kind == 'cooperative' else f'{p.kind} ({p.config})'} | {m:.3g} | {c:.3g} | "
                 f"{m / c:.2f} | {u:.3g} | {m / u:.1f} |"
                 for p, m, c, u in rows
             ],
@@ -256,12 +286,16 @@ def markdown(cal: cm.Calibration, fit_rows, held_rows, device: str) -> str:
 def calibrate(results: Path) -> tuple[cm.Calibration, dict, str]:
     """Fit to ``results``' sweep, check on its later files: (calibration, JSON, markdown)."""
     gpu = gpu_key(results)
-    device = json.loads((results / "meta.json").read_text())["device"]
-    fit_points = read_paths(results / FIT_FILE, FIT_FILE)
-    held = (
-        read_paths(results / "paths.csv", "paths.csv") if (results / "paths.csv").is_file() else []
-    )
-    if (results / "results.csv").is_file():
+    meta = json.loads((results / "meta.json").read_text())
+    device = meta["device"]
+    sweep = read_paths(results / FIT_FILE, FIT_FILE)
+    fit_points = [p for p in sweep if p.kind == "cooperative"]
+    held = [p for p in sweep if p.kind != "cooperative"]
+    if (results / "paths.csv").is_file():
+        held += read_paths(results / "paths.csv", "paths.csv")
+    # a run that names its Triton path ran the automatic one (resident where it fits): its
+    # rows say no config, so only paths.csv's rows of it are read
+    if (results / "results.csv").is_file() and "triton_path" not in meta:
         held += read_results(results / "results.csv", "results.csv")
     if not fit_points:
         raise SystemExit(f"calibrate: no cooperative measurements in {results / FIT_FILE}")

@@ -72,6 +72,34 @@ def parse_config(text: str):
                       num_stages=int(stages))  # fmt: skip
 
 
+def _config_text(c) -> str:
+    return f"{c.block_b}x{c.block_h}x{c.block_k}w{c.num_warps}s{c.num_stages}"
+
+
+def launch_configs(cfg: P.Config, path: str, config) -> str:
+    """The block configs of ``path``'s forward and backward launches at ``cfg``'s shape, as
+    ``BxHxKwWsS/BxHxKwWsS`` (the ``configs`` column, which bench/calibrate.py reads); "" for
+    the baselines. The variant kernels (``cfg.options``) take their own config on every path."""
+    from fusedrnn.ops.triton import configs as C
+
+    if path in (P.TORCH_NN, REFERENCE):
+        return ""
+    B, H, dtype = cfg.B, cfg.H, cfg.dtype_name
+
+    def pick(backward: bool):
+        if config is not None:
+            return config
+        if cfg.options:
+            return C.pick_variant_config(B, H, dtype, backward)
+        if path == "step":
+            return C.pick_step_config(B, H)
+        if path == "resident":
+            return C.pick_resident_config(B, H, dtype, backward)
+        return C.pick_cooperative_config(B, H, dtype, backward)
+
+    return "/".join(_config_text(pick(backward)) for backward in (False, True))
+
+
 @contextlib.contextmanager
 def triton_path(path: str, config=None):
     """The Triton backend forced onto ``path``, the cooperative launch with ``config``."""
@@ -153,9 +181,11 @@ def main(argv=None) -> int:
                 for name in candidates:
                     ms = times.get(name)
                     label = cfg.label() + (", TF32 on" if shape.endswith("tf32") else "")
+                    path, config = candidates[name]
                     rows.append(dict(shape=shape, label=label, mode=mode, provider=name,
                                      ms=ms, vs_base=times[base] / ms if ms else None,
-                                     problem=problems[name]))  # fmt: skip
+                                     problem=problems[name],
+                                     configs=launch_configs(cfg, path, config)))  # fmt: skip
                     print(
                         f"{shape:8} {mode:6} {name:28} "
                         f"{ms if ms else float('nan'):9.3f} ms  {problems[name]}",
@@ -165,11 +195,13 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else measure.cpu_model()
+    cuda = args.device == "cuda"
+    machine = torch.cuda.get_device_name() if cuda else measure.cpu_model()
+    clock = "CUDA-event" if cuda else "wall-clock (the interpreter: no speed)"
     lines = [
         "# Triton kernel paths vs torch.nn (layer norm: vs the reference op)",
         "",
-        f"{machine}, torch {torch.__version__}; eager calls, CUDA-event "
+        f"{machine}, torch {torch.__version__}; eager calls, {clock} "
         "medians of interleaved rounds; each provider checked against the baseline first: "
         "torch.nn, or for layer norm fusedrnn's reference op.",
         "",

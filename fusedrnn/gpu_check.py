@@ -229,6 +229,7 @@ def gpu_plan() -> Plan:
         peak_n=4096,
         budget_s=450,
         paths_args=("--shapes", "anchor,ln-anchor,ln-gru-mid", "--rounds", "3"),
+        barrier_args=("--rounds", "3"),  # 6 grids x 2 forms, as paths.py: 3 rounds
     )
 
 
@@ -800,6 +801,9 @@ def _meta(plan, env, tag, peaks, command, device_desc, compile_charlm) -> dict:
         "command": command,
         "date": env["date_utc"],
         "goals": {},  # the CPU backend's goals; none are set for the GPU
+        # what fusedrnn[triton] runs: bench/calibrate.py reads results.csv only without it
+        "triton_path": "automatic (fusedrnn.ops.triton.persistent.choose_path: persistent for "
+        "small H, else resident where the W_hh slices fit, else cooperative)",
         "providers": [P.TORCH_NN]
         + [f"fusedrnn[{b}]" for b in plan.wanted_backends]
         + ([P.COMPILE] if compile_charlm else []),

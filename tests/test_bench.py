@@ -417,24 +417,50 @@ def test_the_fit_recovers_the_constants_its_points_were_made_with():
     assert moved.barrier_s > want.barrier_s * 1.03
 
 
-def test_calibrate_reads_the_cooperative_rows_of_paths_and_results_csvs(tmp_path):
-    (tmp_path / "paths.csv").write_text(
-        "shape,label,mode,provider,ms,vs_torch,problem\n"
-        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,torch.nn,1.5,1.0,\n"
-        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,step,3.8,0.4,\n"
-        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,cooperative (shipped),2.2,0.7,\n"
-        "gru,gru fwdbwd B=4 T=5 I=6 H=70 L=2 bfloat16,fwdbwd,cooperative 16x32x64w8s3,4.5,1,\n"
-        "gru,gru fwdbwd B=4 T=5 I=6 H=70 L=2 bfloat16,fwdbwd,cooperative 16x16x32w4s2,9,1,bad\n"
-        "anchor,lstm fwd B=16 T=1024 I=768 H=768 L=1 bfloat16,fwd,resident,7.0,2.0,\n"
-    )
-    got = calibrate.read_paths(tmp_path / "paths.csv", "p")
+def test_calibrate_reads_the_cooperative_and_resident_rows_of_paths_csvs(tmp_path):
+    """Rows before the configs column: configs from the provider's name; with it: from the
+    column, resident rows included; baselines, per-step launches, layer norm and rows with a
+    problem left out."""
+    head = "shape,label,mode,provider,ms,vs_torch,problem"
+    old = [
+        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,torch.nn,1.5,1.0,",
+        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,step,3.8,0.4,",
+        "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,cooperative (shipped),2.2,1,",
+        "gru,gru fwdbwd B=4 T=5 I=6 H=70 L=2 bfloat16,fwdbwd,cooperative 16x32x64w8s3,4.5,1,",
+        "gru,gru fwdbwd B=4 T=5 I=6 H=70 L=2 bfloat16,fwdbwd,cooperative 16x16x32w4s2,9,1,bad",
+        "anchor,lstm fwd B=16 T=1024 I=768 H=768 L=1 bfloat16,fwd,resident,7.0,2.0,",
+    ]
+    (tmp_path / "old.csv").write_text("\n".join([head, *old]) + "\n")
+    got = calibrate.read_paths(tmp_path / "old.csv", "p")
     shipped_f32 = calibrate.MEASURED_SHIPPED["float32"]
     assert [(p.cell, p.B, p.T, p.I, p.H, p.layers, p.dtype, p.precision, p.mode, p.fwd, p.bwd,
-             p.config, p.ms) for p in got] == [
-        ("lstm", 64, 100, 512, 512, 1, "float32", "tf32", "fwd", *shipped_f32, "shipped", 2.2),
+             p.config, p.ms, p.kind) for p in got] == [
+        ("lstm", 64, 100, 512, 512, 1, "float32", "tf32", "fwd", *shipped_f32, "shipped", 2.2,
+         "cooperative"),
         ("gru", 4, 5, 6, 70, 2, "bfloat16", "ieee", "fwdbwd", (16, 32, 64, 8, 3),
-         (16, 32, 64, 8, 3), "16x32x64w8s3", 4.5),
+         (16, 32, 64, 8, 3), "16x32x64w8s3", 4.5, "cooperative"),
     ]  # fmt: skip
+    new = [
+        "anchor,lstm fwd B=16 T=1024 I=768 H=768 L=1 bfloat16,fwd,torch.nn,9,1,,",
+        "anchor,lstm fwd B=16 T=1024 I=768 H=768 L=1 bfloat16,fwd,step,30,1,,16x32x16w4s2/"
+        "16x32x16w4s2",
+        "anchor,lstm fwd B=16 T=1024 I=768 H=768 L=1 bfloat16,fwd,cooperative (shipped),9,1,,"
+        "16x16x64w4s3/16x16x128w4s3",
+        "anchor,lstm fwd B=16 T=1024 I=768 H=768 L=1 bfloat16,fwd,resident,7,1,,16x16x64w4s1/"
+        "16x16x32w8s1",
+        "ln,lstm layer_norm fwd B=3 T=4 I=5 H=40 L=1 float32,fwd,cooperative (shipped),1,1,,"
+        "16x32x16w8s2/16x16x64w8s3",
+    ]
+    (tmp_path / "new.csv").write_text("\n".join([head + ",configs", *new]) + "\n")
+    got = calibrate.read_paths(tmp_path / "new.csv", "p")
+    assert [(p.fwd, p.bwd, p.config, p.kind) for p in got] == [
+        ((16, 16, 64, 4, 3), (16, 16, 128, 4, 3), "shipped", "cooperative"),
+        ((16, 16, 64, 4, 1), (16, 16, 32, 8, 1), "shipped", "resident"),
+    ]
+    # a resident point is costed as the resident launch
+    (coop, res) = got
+    assert calibrate.kernel_config(res).kind == "resident"
+    assert calibrate.predicted_ms(res, "H200", None) < calibrate.predicted_ms(coop, "H200", None)
 
 
 def test_the_committed_calibration_is_what_calibrate_makes_of_the_committed_measurements():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -50,6 +51,11 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
     # reference; bench/barrier.py's one-program grid in both forms, its counts checked
     paths, barrier = phases["paths"]["details"]["paths"], phases["paths"]["details"]["barrier"]
     assert paths["rows"] == 6 and paths["problems"] == [] and paths["exit_status"] == 0
+    # each Triton row names the block configs of its forward and backward launches
+    config = r"\d+x\d+x\d+w\d+s\d+"
+    for r in csv_rows(out / "paths.csv"):
+        want = "" if r["provider"] == "fusedrnn[reference]" else f"{config}/{config}"
+        assert re.fullmatch(want, r["configs"]), r
     assert barrier["rows"] == 2 and barrier["problems"] == [] and barrier["exit_status"] == 0
     assert phases["tests"]["details"]["counts"].get("passed", 0) > 0
     assert phases["tests"]["details"]["failing"] == []
