@@ -125,7 +125,7 @@ def _configs(provider: str, dtype: str, recorded: str = ""):
 
 
 def read_paths(path: Path, source: str) -> list[Point]:
-    """The cooperative rows of a ``bench/paths.py`` CSV."""
+    """The cooperative and resident rows of a ``bench/paths.py`` CSV (:func:`_configs`)."""
     out = []
     with open(path) as f:
         for r in csv.DictReader(f):
@@ -161,8 +161,8 @@ def read_results(path: Path, source: str) -> list[Point]:
     return out
 
 
-def gpu_key(results: Path) -> str:
-    device = json.loads((results / "meta.json").read_text())["device"]
+def gpu_key(device: str) -> str:
+    """The cost model's GPU (a key of ``costmodel.GPUS``) that ``device`` names."""
     keys = [k for k in cm.GPUS if k in device]
     if len(keys) != 1:
         raise SystemExit(f"calibrate: no cost-model GPU for device {device!r} ({list(cm.GPUS)})")
@@ -285,9 +285,9 @@ def markdown(cal: cm.Calibration, fit_rows, held_rows, device: str) -> str:
 
 def calibrate(results: Path) -> tuple[cm.Calibration, dict, str]:
     """Fit to ``results``' sweep, check on its later files: (calibration, JSON, markdown)."""
-    gpu = gpu_key(results)
     meta = json.loads((results / "meta.json").read_text())
     device = meta["device"]
+    gpu = gpu_key(device)
     sweep = read_paths(results / FIT_FILE, FIT_FILE)
     fit_points = [p for p in sweep if p.kind == "cooperative"]
     held = [p for p in sweep if p.kind != "cooperative"]
