@@ -80,8 +80,11 @@ A sequence's time adds the kernels of its layers. The host issues the launches: 
 launch loop costs ``launches × host cost`` on the CPU, and the GPU cannot finish before the host
 has issued the last launch, so the predicted wall time is
 ``max(GPU time, host time) + one host launch`` (the first launch's latency). A CUDA graph replay
-removes the host term; the column "if graph-captured" shows what that would give (the per-step
-paths are not graph-captured today).
+removes the host term; the column "if graph-captured" shows what that would give. The ``cuda``
+backend replays its per-step loop from a CUDA graph (``fusedrnn/ops/graphs.py``; ``replayed``
+configs): its host issues, per layer call, one copy into the graph's static inputs for each
+device tensor the call reads, the replay and one clone of each output, and the GPU runs those
+copies besides the loop (:func:`graph_copies`); the per-step launches cost no host time.
 """
 
 from __future__ import annotations
@@ -188,10 +191,14 @@ MAX_WARPS_PER_SM = 64  # CUDA programming guide, compute capability 8.0 and 9.0
 MAX_PROGRAMS_PER_SM = 32  # same table: resident blocks per SM
 GPU_LAUNCH_S = 2.0e-6
 GPU_LAUNCH_SOURCE = "assumed: drain + start of a small kernel behind the previous one"
-HOST_LAUNCH_S = {"triton": 20e-6, "cuda": 5e-6}
+HOST_LAUNCH_S = {"triton": 20e-6, "cuda": 17e-6}
 HOST_LAUNCH_SOURCE = (
-    "assumed: Triton's Python launch path plus the launcher's own Python per step (10-20 µs "
-    "are commonly quoted per Triton launch); a C++ loop through ATen and cuBLAS ~5 µs per call"
+    "assumed for triton: Triton's Python launch path plus the launcher's own Python per step "
+    "(10-20 µs are commonly quoted per Triton launch); measured for cuda: on the H200, its "
+    "eager C++ loop took 3.42 ms for the 100 steps (two launches each) of LSTM B=64 T=100 "
+    "H=512 float32 forward, where a graph replay of the same call took 1.78 ms "
+    "(results/gpu-nvidia-h200/graph_replay.csv), so at least 17 µs per launch on that host; "
+    "the same figure is used for the Python copies around a replay"
 )
 # cuBLAS picks its own kernels; the per-step GEMM [B, H]·[H, G·H] is costed with one assumed
 # tile shape and pipeline depth, typical of its Ampere/Hopper kernels.
@@ -316,6 +323,7 @@ class KernelConfig:
     # cooperative, resident: the backward's block_b, block_h, block_k, warps, stages
     bwd: tuple[int, int, int, int, int] | None = None
     variants: bool = False  # cooperative: the variant kernels' config (they serve only those)
+    replayed: bool = False  # the layer call replayed from a CUDA graph (fusedrnn/ops/graphs.py)
 
     def blocks(self, backward: bool) -> tuple[int, int, int, int, int]:
         """block_b, block_h, block_k, warps, stages of the forward's or the backward's launch."""
@@ -407,7 +415,10 @@ def cuda_config() -> tuple[KernelConfig, str]:
             threads, max_blocks, note = int(t.group(1)), int(m.group(1)), ""
     except OSError:
         pass
-    desc = f"cuBLAS GEMM + element-wise kernel per step ({threads} threads/block, grid-stride)"
+    desc = (
+        f"cuBLAS GEMM + element-wise kernel per step ({threads} threads/block, grid-stride), "
+        "replayed from a CUDA graph"
+    )
     return KernelConfig(
         "cuda",
         "gemm+pointwise",
@@ -415,6 +426,7 @@ def cuda_config() -> tuple[KernelConfig, str]:
         threads=threads,
         max_blocks=max_blocks,
         num_warps=threads // 32,
+        replayed=True,
     ), note
 
 
@@ -479,6 +491,7 @@ class Kernel:
     per_sm: int = 0  # programs resident per SM when registers decide (0: the warp limit)
     barriers: int = 0  # grid barriers per step (cooperative and resident launches)
     backward: bool = False  # a backward step (its own share of the IEEE float32 peak, fitted)
+    host_issued: bool = False  # issued by the host around a graph replay (graph_copies)
 
 
 @dataclass
@@ -495,6 +508,32 @@ def _gemm(name, m, n, k, e, out_e=None) -> Kernel:
     """A large library GEMM: fills the GPU, its time is its roofline."""
     out_e = e if out_e is None else out_e
     return Kernel(name, 2.0 * m * n * k, (m * k + k * n) * e + m * n * out_e, 10**6)
+
+
+def graph_copies(
+    cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool
+) -> tuple[Kernel, Kernel]:  # noqa: E741
+    """What a replayed layer call (fusedrnn/ops/graphs.py) adds to a layer, forward and
+    backward: each device tensor it reads copied into the graph's static inputs and each output
+    cloned out of the graph, a launch each, every byte read and written once.
+    Forward in: x, h0, (c0), W_ih, W_hh, b_ih, b_hh; out: y, h_n, (c_n) and, training, the
+    saved inputs of each step and (LSTM, GRU) the saved gates. Backward in: the forward's
+    inputs and outputs, dy, dh_n, (dc_n); out: a gradient of each forward input."""
+    G, e, a = GATES["rnn_tanh" if cell == "rnn" else cell], ELEM[dtype], ACC
+    n, states = T * B, 2 if cell == "lstm" else 1
+    gates = {"lstm": (G + 3) * H, "gru": 4 * H}.get(cell, 0)  # the driver's act rows (acc)
+    ins = n * I * e + states * B * H * e + (G * H * (I + H) + 2 * G * H) * e
+    outs = n * H * e + states * B * H * e + (n * (gates * a + H * e) if training else 0)
+    n_ins = 5 + states
+    n_outs = 1 + states + ((2 if gates else 1) if training else 0)
+    fwd = Kernel("graph copies", 0.0, 2.0 * (ins + outs), 10**6, launches=n_ins + n_outs,
+                 host_issued=True)  # fmt: skip
+    if not training:
+        return fwd, Kernel("graph copies bwd", 0.0, 0.0, 10**6, launches=0, host_issued=True)
+    grads = n * H * e + states * B * H * e  # dy, dh_n, (dc_n)
+    bwd = Kernel("graph copies bwd", 0.0, 2.0 * (ins + outs + grads + ins), 10**6,
+                 launches=n_ins + n_outs + 1 + states + n_ins, host_issued=True)  # fmt: skip
+    return fwd, bwd
 
 
 def chain_length(k: int, block_k: int, stages: int) -> float:
@@ -674,6 +713,9 @@ def plan(
     )  # fmt: skip
     pw = Kernel("pointwise", 0.0, fwd_rows + hg + G * H * e, blocks, chain=2, warps=w)
     pw_b = Kernel("pointwise bwd", 0.0, bwd_rows, blocks, chain=2, warps=w)
+    if cfg.replayed:
+        copies = graph_copies(cell, B, T, I, H, dtype, training)
+        once_fwd, once_bwd = [copies[0], *once_fwd], [copies[1], *once_bwd]
     return Plan(once_fwd, [gemm_f, pw], [pw_b, gemm_b], once_bwd)
 
 
@@ -766,11 +808,21 @@ def predict(
             n += T * sum(k.launches for k in p.step_bwd) + sum(k.launches for k in p.once_bwd)
         return n
 
+    def host_launches(p: Plan, backward: bool) -> int:
+        """What the host issues: every launch, or around a graph replay its copies and the
+        replay itself (one per layer call, forward and backward)."""
+        if not cfg.replayed:
+            return launches(p, backward)
+        ks = p.once_fwd + (p.once_bwd if backward else [])
+        return sum(k.launches for k in ks if k.host_issued) + 1 + backward
+
     gpu_fwd = seq_time(inf, False) + (layers - 1) * seq_time(deep_inf, False)
     gpu_fwdbwd = seq_time(tr, True) + (layers - 1) * seq_time(deep_tr, True)
     n_fwd = launches(inf, False) * layers
     n_fwdbwd = launches(tr, True) * layers
     host = HOST_LAUNCH_S[cfg.backend]
+    host_fwd = (host_launches(inf, False) + (layers - 1) * host_launches(deep_inf, False)) * host
+    host_fwdbwd = (host_launches(tr, True) + (layers - 1) * host_launches(deep_tr, True)) * host
     return Prediction(
         implementation=f"{cfg.backend}: {cfg.description}",
         launches_step_fwd=sum(k.launches for k in inf.step_fwd),
@@ -782,10 +834,10 @@ def predict(
         l2_bytes_step=sum(k.l2_bytes for k in inf.step_fwd),
         gpu_fwd_s=gpu_fwd,
         gpu_fwdbwd_s=gpu_fwdbwd,
-        host_fwd_s=n_fwd * host,
-        host_fwdbwd_s=n_fwdbwd * host,
-        fwd_s=wall_time(gpu_fwd, n_fwd * host, host),
-        fwdbwd_s=wall_time(gpu_fwdbwd, n_fwdbwd * host, host),
+        host_fwd_s=host_fwd,
+        host_fwdbwd_s=host_fwdbwd,
+        fwd_s=wall_time(gpu_fwd, host_fwd, host),
+        fwdbwd_s=wall_time(gpu_fwdbwd, host_fwdbwd, host),
     )
 
 

@@ -15,7 +15,9 @@ the call is captured by ``torch.cuda.graph`` (``measure.cuda_graph``), its repla
 gradients compared with an eager call's on the same inputs, then eager calls and replays are
 timed (CUDA-event medians over interleaved rounds). The per-step paths launch one to three
 kernels per time step from the host, a replay launches them with no host work, so
-``eager / replay`` is the share of host time in the eager call.
+``eager / replay`` is the share of host time in the eager call. The ``cuda`` backend replays
+its own calls from graphs (``fusedrnn/ops/graphs.py``), so it runs twice: as it ships, and as
+``fusedrnn[cuda] (own replay off)``, its per-step launches issued by the host at every call.
 
 Writes ``graph_replay.csv`` and ``graph_replay.md`` into ``--out`` (default
 ``bench/results/gpu-<name>/``). The dry run replaces the graph by a stand-in that reruns the
@@ -39,6 +41,9 @@ import measure  # noqa: E402
 import providers as P  # noqa: E402
 
 import fusedrnn  # noqa: E402
+from fusedrnn.ops import graphs  # noqa: E402
+
+OWN_REPLAY_OFF = " (own replay off)"
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ("shape", "dtype", "mode", "provider", "capture", "replay_vs_eager", "max_abs_diff",
@@ -68,6 +73,17 @@ class StandIn:
 def make_call(provider: str, cfg: P.Config, mode: str):
     """A function of no arguments returning every output (and every gradient with ``fwdbwd``)
     as a list, with its inputs, weights and upstream gradients fixed on the device."""
+    if provider.endswith(OWN_REPLAY_OFF):
+        inner = make_call(provider.removesuffix(OWN_REPLAY_OFF), cfg, mode)
+
+        def call_eagerly():
+            previous = graphs.set_enabled(False)
+            try:
+                return inner()
+            finally:
+                graphs.set_enabled(previous)
+
+        return call_eagerly
     ref = P.make_reference_module(cfg)
     run, params = P.build(provider, ref, cfg)
     x, state = P.make_inputs(cfg)
@@ -197,7 +213,10 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     for label, B, T, I, H, layers, dtype in GPU_SHAPES if device == "cuda" else DRY_SHAPES:  # noqa: E741
         for mode in ("fwd", "fwdbwd"):
-            for provider in [P.TORCH_NN, *[f"fusedrnn[{b}]" for b in backends]]:
+            fused = [f"fusedrnn[{b}]" for b in backends]
+            if "cuda" in backends:
+                fused.append("fusedrnn[cuda]" + OWN_REPLAY_OFF)
+            for provider in [P.TORCH_NN, *fused]:
                 cfg = P.Config("lstm", mode, B, T, I, H, layers, dtype, device)
                 with P.tf32(False):
                     row = measure_one(provider, cfg, mode, device, args.rounds, args.min_run_time)

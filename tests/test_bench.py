@@ -96,6 +96,40 @@ def test_graph_replay_dry_run(tmp_path):
         assert float(r["eager_ms"]) > 0 and float(r["replay_ms"]) > 0
 
 
+def test_graph_replay_turns_the_backends_own_replay_off(monkeypatch):
+    """``fusedrnn[cuda] (own replay off)``: the same call with fusedrnn.ops.graphs off while it
+    runs (backward included), and the setting restored after."""
+    import graph_replay
+
+    from fusedrnn.ops import graphs
+
+    seen = []
+    build = P.build
+
+    def watched(name, ref, cfg):
+        run, params = build(name, ref, cfg)
+
+        def run_watched(x, state):
+            seen.append(graphs.enabled())
+            return run(x, state)
+
+        return run_watched, params
+
+    monkeypatch.setattr(P, "build", watched)
+    cfg = P.Config("lstm", "fwdbwd", 2, 3, 4, 5, 1, torch.float32, "cpu")
+    previous = graphs.set_enabled(True)
+    try:
+        provider = "fusedrnn[reference]"
+        plain = graph_replay.make_call(provider, cfg, "fwdbwd")()
+        off = graph_replay.make_call(provider + graph_replay.OWN_REPLAY_OFF, cfg, "fwdbwd")()
+        assert graphs.enabled()
+    finally:
+        graphs.set_enabled(previous)
+    # each provider: make_call's own call (it fixes the upstream gradients), then the call
+    assert seen == [True, True, True, False]
+    assert all(torch.equal(a, b) for a, b in zip(plain, off, strict=True))
+
+
 def test_correctness_check_catches_a_wrong_provider():
     cfg = P.Config("gru", "fwdbwd", 3, 5, 4, 7, 2, torch.float32, "cpu")
     ref = P.make_reference_module(cfg)
@@ -320,15 +354,48 @@ def test_costmodel_resident_where_its_slices_fit():
 
 def test_costmodel_host_time_is_part_of_the_prediction():
     cuda, _ = costmodel.cuda_config()
-    p = costmodel.predict(cuda, costmodel.GPUS["A100"], "gru", 16, 100, 32, 64, 2, "bfloat16")
+    eager = dataclasses.replace(cuda, replayed=False)  # every launch issued by the host
+    host = costmodel.HOST_LAUNCH_S["cuda"]
+    p = costmodel.predict(eager, costmodel.GPUS["A100"], "gru", 16, 100, 32, 64, 2, "bfloat16")
     # per layer: input GEMM + T x (GEMM + pointwise); backward adds T x 2 and three GEMMs
     assert p.launches_seq_fwd == 2 * (1 + 100 * 2)
     assert p.launches_seq_fwdbwd == 2 * (1 + 100 * 2 + 100 * 2 + 3)
-    assert p.host_fwd_s == p.launches_seq_fwd * 5e-6
-    assert p.fwd_s == max(p.gpu_fwd_s, p.host_fwd_s) + 5e-6
-    assert p.fwdbwd_s == max(p.gpu_fwdbwd_s, p.host_fwdbwd_s) + 5e-6
+    assert p.host_fwd_s == p.launches_seq_fwd * host
+    assert p.fwd_s == max(p.gpu_fwd_s, p.host_fwd_s) + host
+    assert p.fwdbwd_s == max(p.gpu_fwdbwd_s, p.host_fwdbwd_s) + host
     assert p.gpu_fwd_s > 0 and p.gpu_fwdbwd_s > p.gpu_fwd_s
     assert costmodel.wall_time(1.0, 3.0, 0.5) == costmodel.wall_time(3.0, 1.0, 0.5) == 3.5
+
+
+def test_costmodel_replayed_layer_call_by_hand():
+    """The cuda backend's replayed call (fusedrnn/ops/graphs.py): the host issues only the
+    copies in and out and the replay; the GPU runs the copies besides the loop."""
+    cuda, _ = costmodel.cuda_config()
+    assert cuda.replayed
+    host = costmodel.HOST_LAUNCH_S["cuda"]
+    fwd, bwd = costmodel.graph_copies("gru", 16, 100, 32, 64, "bfloat16", training=False)
+    # in: x [1600, 32], h0 [16, 64], W_ih [192, 32], W_hh [192, 64], b_ih, b_hh [192] (bf16);
+    # out: y [1600, 64], h_n [16, 64]
+    ins = (1600 * 32 + 16 * 64 + 192 * 96 + 2 * 192) * 2
+    outs = (1600 * 64 + 16 * 64) * 2
+    assert (fwd.bytes, fwd.launches, bwd.launches) == (2 * (ins + outs), 6 + 2, 0)
+    fwd, bwd = costmodel.graph_copies("gru", 16, 100, 32, 64, "bfloat16", training=True)
+    saved = 1600 * (4 * 64 * 4 + 64 * 2)  # the GRU's four gate blocks (float32), h_{t-1}
+    grads = (1600 * 64 + 16 * 64) * 2  # dy, dh_n
+    assert (fwd.bytes, fwd.launches) == (2 * (ins + outs + saved), 6 + 4)
+    assert (bwd.bytes, bwd.launches) == (2 * (2 * ins + outs + saved + grads), 6 + 4 + 2 + 6)
+
+    p = costmodel.predict(cuda, costmodel.GPUS["A100"], "gru", 16, 100, 32, 64, 2, "bfloat16")
+    # GPU launches: the copies join the input GEMM and the T x 2 launches of each layer
+    assert p.launches_seq_fwd == 2 * (8 + 1 + 100 * 2)
+    assert p.launches_seq_fwdbwd == 2 * (10 + 1 + 100 * 2 + 100 * 2 + 18 + 3)
+    # host: the copies and one replay per layer call; layer 2's input is 64 wide, same counts
+    assert p.host_fwd_s == pytest.approx(2 * (8 + 1) * host)
+    assert p.host_fwdbwd_s == pytest.approx(2 * (10 + 1 + 18 + 1) * host)
+    assert p.fwd_s == max(p.gpu_fwd_s, p.host_fwd_s) + host
+    eager = costmodel.predict(dataclasses.replace(cuda, replayed=False), costmodel.GPUS["A100"],
+                              "gru", 16, 100, 32, 64, 2, "bfloat16")  # fmt: skip
+    assert p.gpu_fwd_s > eager.gpu_fwd_s  # the copies' bytes and launches
 
 
 def _cal(**kw):

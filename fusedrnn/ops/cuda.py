@@ -8,6 +8,8 @@ math is csrc/cell_math.h, the same code the cpu backend runs; the backward is de
 docs/backward.md.
 
 With ``save=False`` the driver writes no activations (the row kernels write scratch rows).
+The driver's calls are replayed from CUDA graphs (:mod:`.graphs`): the second call of a shape
+captures the time loop, later ones replay it, so a step costs no host time.
 Importing this module never touches CUDA and never imports the extension; ``is_available()``
 does both, lazily.
 """
@@ -25,6 +27,7 @@ from torch import Tensor
 from ..variants import LN_EPS
 from . import library
 from .checks import check_layer, gate_count, layer_dims
+from .graphs import GraphCache
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -42,12 +45,21 @@ def is_available() -> bool:
         return False
 
 
+# the position of batch_sizes in the driver's arguments: read on the host while it launches
+_HOST_ARGS = (library.NAMES.index("batch_sizes"),)
+
+
 def make_layer(
-    backend: str, get_ext: Callable[[], ModuleType], device_type: str = "cuda"
+    backend: str,
+    get_ext: Callable[[], ModuleType],
+    device_type: str = "cuda",
+    graphs: Callable[[], GraphCache] = GraphCache,
 ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]]:
     """The layer op over an extension module with ``layer_forward`` / ``layer_backward``
     (fusedrnn._C_cuda, csrc/cuda/layer_module.h; the test-suite passes a CPU build of the same
-    driver)."""
+    driver), each call through its own :class:`.graphs.GraphCache` made by ``graphs``
+    (``layer.graphs``: forward's, backward's)."""
+    fwd_graphs, bwd_graphs = graphs(), graphs()
 
     def forward(a: library.LayerArgs) -> list[Tensor]:
         """``[y [N, Hout], h_n, c_n, act, hhat, stats, h_prev, hraw, xhat_ih, rstd_ih]``
@@ -55,7 +67,12 @@ def make_layer(
         everything after c_n (the driver's scratch rows)."""
         check_layer(backend, SUPPORTED_DTYPES, a, device_type=device_type, proj_below_hidden=True,
                     both_biases=not library.is_variant(a))  # fmt: skip
-        out = get_ext().layer_forward(*a[:-1], LN_EPS, a.save)[: 10 if a.save else 3]
+        kept = 10 if a.save else 3  # the rest are scratch rows: neither returned nor copied
+
+        def run(*args):
+            return get_ext().layer_forward(*args)[:kept]
+
+        out = fwd_graphs(run, (*a[:-1], LN_EPS, a.save), _HOST_ARGS)
         return [a.x.new_empty(0) if t is None else t for t in out + [None] * (10 - len(out))]
 
     def fake_forward(a: library.LayerArgs) -> list[Tensor]:
@@ -76,7 +93,8 @@ def make_layer(
 
     def backward(a: library.LayerArgs, buffers, grads, needs) -> list[Tensor | None]:
         fwd = [t if t.dim() == 2 else None for t in buffers]  # [0] placeholders -> None
-        out = get_ext().layer_backward(*a[:-1], LN_EPS, *grads[:3], fwd)  # dy, dh_n, dc_n
+        # dy, dh_n, dc_n: grads[:3]
+        out = bwd_graphs(get_ext().layer_backward, (*a[:-1], LN_EPS, *grads[:3], fwd), _HOST_ARGS)
         if out[0] is not None:
             out[0] = out[0].view(a.x.shape)  # dx [N, I] -> x's shape
         return out
@@ -87,7 +105,9 @@ def make_layer(
             y = y.view(a.x.shape[0], a.x.shape[1], a.h0.shape[1])
         return y, buffers[1], buffers[2]
 
-    return library.define_layer(backend, forward, fake_forward, backward, unpack)
+    layer = library.define_layer(backend, forward, fake_forward, backward, unpack)
+    layer.graphs = (fwd_graphs, bwd_graphs)
+    return layer
 
 
 # The layer op contract (fusedrnn/ops/CONTRACT.md).
