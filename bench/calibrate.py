@@ -170,9 +170,12 @@ def gpu_key(device: str) -> str:
 
 
 def kernel_config(p: Point) -> cm.KernelConfig:
+    """The model's config of a point; a resident one loads its A operand in the shipped
+    kernels' groups of chunks (no resident launch was measured before they did)."""
     bb, bh, bk, w, st = p.fwd
+    group = cm.shipped_load_group() if p.kind == "resident" else None
     return cm.KernelConfig("triton", p.kind, p.config, block_b=bb, block_h=bh, block_k=bk,
-                           num_warps=w, num_stages=st, bwd=p.bwd)  # fmt: skip
+                           num_warps=w, num_stages=st, bwd=p.bwd, load_group=group)  # fmt: skip
 
 
 def predicted_ms(p: Point, gpu: str, cal: cm.Calibration | None) -> float:

@@ -53,12 +53,14 @@ writing or re-reading the normalised values it saves (``B·(G·H + H)·a`` bytes
 The resident launch (the Triton backend's default for the torch.nn cells above the persistent
 range, ``persistent.choose_path``) is the cooperative launch with each program holding its column
 block's slice of W_hh in shared memory for the whole launch: G gate tiles [H, block_h] forward,
-the columns [G·H, block_h] of W_hh backward, K in whole ``block_k`` chunks, beside a buffer of
-one [block_b, block_k] tile (:data:`RESIDENT_BUFFER_SOURCE`). W_hh comes from HBM once per launch
-(a kernel of its own here, which carries the launch) and never again, so a step's L2 traffic is
-its A operand (h_{t-1} forward, dG_{t+1} backward: B·K·e bytes per column block); the chunk loop
-is unrolled, so the A loads wait on nothing but the step's start and the step's chain is one
-round trip for them, two for its own loads and stores, and the barrier (:func:`resident_chain`).
+the columns [G·H, block_h] of W_hh backward, K in whole ``block_k`` chunks, beside a
+[block_b, block_k] staging buffer for each chunk of the A operand it loads together
+(:data:`RESIDENT_BUFFER_SOURCE`; the launcher's group: as many chunks as the GPU's shared memory
+per program leaves room for, at most ``MAX_LOAD_GROUP``, ``ops/triton/configs.py``). W_hh comes
+from HBM once per launch (a kernel of its own here, which carries the launch) and never again, so
+a step's L2 traffic is its A operand (h_{t-1} forward, dG_{t+1} backward: B·K·e bytes per column
+block); the chunks of a group are loaded together, so the step's chain is one round trip per
+group, two for its own loads and stores, and the barrier (:func:`resident_chain`).
 The grid is a program per column block times as many row blocks as fit at once: registers
 (``REGS_PER_THREAD``, which the resident kernels use too) and shared memory (the slice, its buffer
 and the 1 KiB CUDA reserves per program, :data:`SMEM_RESERVED`, against each GPU's limits in
@@ -219,8 +221,9 @@ REGS_SOURCE = (
 RESIDENT_BUFFER_SOURCE = (
     "python -m fusedrnn.compile_report (sm_90, Triton 3.8): a resident LSTM kernel's shared "
     "memory is its W_hh slice plus one [block_b, block_k] tile of the data type (2 KiB in bf16, "
-    "4 KiB in float32, forward and backward, H=256, 768 and 896: 100,352 bytes at bf16 H=768, "
-    "233,472 at float32 H=896, over the 227 KiB a program may have)"
+    "4 KiB in float32) for each chunk of the A operand loaded together: 122,880 bytes at bf16 "
+    "H=768 forward (12 chunks), 163,840 backward (32), 229,376 at float32 H=768 (8 each way); "
+    "one chunk at a time, 100,352 and 200,704"
 )
 CUBLAS_TILE = (64, 128, 32)  # (BM, BN, BK)
 CUBLAS_STAGES = 4
@@ -323,6 +326,8 @@ class KernelConfig:
     # cooperative, resident: the backward's block_b, block_h, block_k, warps, stages
     bwd: tuple[int, int, int, int, int] | None = None
     variants: bool = False  # cooperative: the variant kernels' config (they serve only those)
+    # resident: configs.resident_load_group, the chunks of the A operand a step loads together
+    load_group: object = field(default=None, compare=False, repr=False)
     replayed: bool = False  # the layer call replayed from a CUDA graph (fusedrnn/ops/graphs.py)
 
     def blocks(self, backward: bool) -> tuple[int, int, int, int, int]:
@@ -348,6 +353,15 @@ def _step_config(kind, c, picker) -> KernelConfig:
         ("block_b", "block_h", "block_k", "num_warps", "num_stages"),
         picker,
     )
+
+
+def shipped_load_group():
+    """``resident_load_group`` of fusedrnn/ops/triton/configs.py (the chunks of its A operand a
+    resident step loads together), or None where that module cannot be read."""
+    try:
+        return importlib.import_module("fusedrnn.ops.triton.configs").resident_load_group
+    except Exception:  # noqa: BLE001 - triton missing, or the module not importable
+        return None
 
 
 def triton_configs() -> tuple[list[KernelConfig], str]:
@@ -385,6 +399,7 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
                 num_stages=f.num_stages, dtypes=dtypes,
                 bwd=(b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages),
                 persistent_up_to=tuple(sorted(limits.items())), variants=variants,
+                load_group=shipped_load_group() if kind == "resident" else None,
             )
         )  # fmt: skip
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
@@ -541,14 +556,16 @@ def chain_length(k: int, block_k: int, stages: int) -> float:
     return math.ceil(k / block_k) / max(1, stages - 1) + 2
 
 
-def resident_chain(walks: int = 1) -> float:
+def resident_chain(walks: int = 1, groups: int = 1) -> float:
     """Dependent L2 round trips of one step of a resident launch whose programs walk ``walks``
-    tiles each. W_hh is on chip, so nothing in the reduction waits for it; the A operand's
-    chunks are loaded by an unrolled loop (tiles.rec_gates_resident), none of them waiting on
-    another, so together they cost one round trip where chain_length counts one per chunk in
-    flight; the tile's own loads and stores add two, as in chain_length. The step ends at one
-    grid barrier, whatever the number of tiles a program walked before it."""
-    return walks * (1 + 2) + BARRIER_ROUND_TRIPS
+    tiles each and load their A operand in ``groups`` groups of chunks. W_hh is on chip, so
+    nothing in the reduction waits for it; the chunks of a group are loaded together
+    (tiles.rec_gates_resident), so a group costs one round trip where chain_length counts one
+    per chunk in flight; the tile's own loads and stores add two, as in chain_length. The step
+    ends at one grid barrier, whatever the number of tiles a program walked before it. (The
+    sm_90 code of the LSTM's kernels at bf16 H=768, counted by fusedrnn.sass: 6 forward with
+    one group, 15 backward with two; this formula gives 5 and 6.)"""
+    return walks * (groups + 2) + BARRIER_ROUND_TRIPS
 
 
 def _register_limit(warps: int) -> int:
@@ -567,7 +584,8 @@ class ResidentLayout:
     """One direction of a resident launch on a GPU (:func:`resident_layout`)."""
 
     slice_bytes: int  # W_hh held by one program
-    smem: int  # shared memory of one program: the slice and the buffer beside it
+    smem: int  # shared memory of one program: the slice and the staging buffers beside it
+    groups: int  # groups of chunks a step loads its A operand in
     per_sm: int  # programs one SM holds at once (0: one program exceeds the per-block limit)
     col_blocks: int
     programs: int
@@ -588,7 +606,11 @@ def resident_layout(
     # forward: G gate tiles of [H, block_h]; backward: the [G·H, block_h] columns of W_hh
     k = _padded(G * H, bk) if backward else G * _padded(H, bk)
     slice_bytes = k * bh * e
-    smem = slice_bytes + bb * bk * e  # RESIDENT_BUFFER_SOURCE
+    chunks = math.ceil((G * H if backward else H) / bk)
+    group = 1
+    if cfg.load_group is not None:  # the launcher's choice (ops/triton/sync.load_group)
+        group = cfg.load_group(bb, bh, bk, chunks, k // bk, e, gpu.smem_per_block)
+    smem = slice_bytes + group * bb * bk * e  # RESIDENT_BUFFER_SOURCE
     per_sm = 0
     if smem <= gpu.smem_per_block:
         per_sm = min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // warps, _register_limit(warps),
@@ -596,8 +618,8 @@ def resident_layout(
     cols, rows = math.ceil(H / bh), math.ceil(B / bb)
     per_col = min(rows, gpu.sms * per_sm // cols)
     placed = max(1, per_col)
-    return ResidentLayout(slice_bytes, smem, per_sm, cols, cols * placed, math.ceil(rows / placed),
-                          per_col > 0)  # fmt: skip
+    return ResidentLayout(slice_bytes, smem, math.ceil(chunks / group), per_sm, cols,
+                          cols * placed, math.ceil(rows / placed), per_col > 0)  # fmt: skip
 
 
 def plan(
@@ -680,7 +702,7 @@ def plan(
             )  # fmt: skip
             steps.append(
                 Kernel(f"resident step{suffix}", rec_flops, G * H * e + rows, lay.programs,
-                       lay.col_blocks * B * k * e, 0, chain=resident_chain(lay.walks),
+                       lay.col_blocks * B * k * e, 0, chain=resident_chain(lay.walks, lay.groups),
                        warps=warps, per_sm=lay.per_sm, barriers=1, backward=backward)
             )  # fmt: skip
         return Plan(once_fwd + loads[:1], steps[:1], steps[1:], [*loads[1:], *once_bwd])

@@ -21,7 +21,9 @@ spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory f
 the kernel metadata. One row per compile; exits non-zero on any compile error or any
 spill. A last table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024
 in each dtype, the compile its cooperative and resident launches run (:func:`named_launches`);
-the resident launch's chunks of K follow H, so those are compiles at that H. The grid barrier's
+the resident launch's chunks of K follow H, so those are compiles at that H, and their rows give
+the dependent global round trips of a step read from the machine code (:mod:`fusedrnn.sass`:
+their step loop is straight-line code, the reduction unrolled). The grid barrier's
 probe kernel (``ops/triton/barrier_probe.py``, used by ``bench/barrier.py``) is compiled too.
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
@@ -48,6 +50,8 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+
+from fusedrnn.sass import disassemble, round_trips
 
 # label -> (torch dtype name, allow TF32)
 PRECISIONS = {
@@ -90,7 +94,12 @@ class Job:
         for k, v in self.constexprs:
             if k == "OPTIONS":  # the bool options by name (cellmath.option_bits)
                 on += [name.upper() for j, name in enumerate(BOOL_OPTIONS) if v >> j & 1]
-            elif k not in skip and v is not False and not (k == "RESIDENT" and v == 0):
+            elif (
+                k not in skip
+                and v is not False
+                and not (k == "RESIDENT" and v == 0)
+                and not (k == "LOAD_GROUP" and not dict(self.constexprs).get("RESIDENT"))
+            ):
                 on.append(f"{k}={v}" if not isinstance(v, bool) else k)
         return ",".join(on) or "-"
 
@@ -354,6 +363,8 @@ def _compile(job: Job) -> dict:
             spill_ld=int(spill.group(2)),
             smem=int(k.metadata.shared),
         )
+        if dict(job.constexprs).get("RESIDENT"):  # an unrolled step: its chain, from the SASS
+            row["round_trips"] = round_trips(disassemble(k.asm["cubin"]))
     except Exception as e:  # noqa: BLE001 - every failure is reported in the table
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
     row["seconds"] = time.time() - t0
@@ -375,6 +386,7 @@ class _Cache:
             text = f.read_bytes()
             if b"@triton.jit" in text or b"@kernel_jit" in text:
                 digest.update(text)
+        digest.update((pathlib.Path(__file__).parent / "sass.py").read_bytes())
         self.salt = digest.hexdigest()
         self.rows = json.loads(self.path.read_text()) if self.path.exists() else {}
 
@@ -479,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             row = rows[job]
             over = (row["smem"] or 0) > MAX_SHARED[job.arch]
             note = "  (over the shared memory of a program: runs cooperative)" if over else ""
+            if row.get("round_trips") is not None:
+                note = f"  {row['round_trips']} dependent global round trips per step{note}"
             print(f"sm_{job.arch:<3} {name:<44} {_fmt(row).split(None, 3)[3]}{note}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors or spills")
     return 1 if failures else 0

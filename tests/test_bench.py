@@ -239,12 +239,16 @@ def test_costmodel_cooperative_by_hand():
     assert not costmodel.applicable(cfg, "lstm", 32, 32, dtype="bfloat16")  # persistent range
 
 
-def _resident(dtypes=("bfloat16", "float16"), warps=4):
-    """A resident config written out (the shipped ones are 16x16x64, one stage)."""
+def _resident(dtypes=("bfloat16", "float16"), warps=4, grouped=True):
+    """A resident config written out (the shipped ones are 16x16x64, one stage), loading its
+    A operand in the launcher's groups of chunks, or (``grouped=False``) a chunk at a time."""
+    from fusedrnn.ops.triton.configs import resident_load_group
+
     return costmodel.KernelConfig(
         "triton", "resident", "hand", block_b=16, block_h=16, block_k=64, num_warps=warps,
         num_stages=1, dtypes=dtypes, bwd=(16, 16, 64, warps, 1),
         persistent_up_to=(("gru", 32), ("lstm", 32), ("rnn", 64)),
+        load_group=resident_load_group if grouped else None,
     )  # fmt: skip
 
 
@@ -256,10 +260,11 @@ def test_costmodel_resident_by_hand():
     (f,), (b,), load = p.step_fwd, p.step_bwd, p.once_fwd[-1]
     # 768 / 16 = 48 column blocks, one row block: a program each, no tile walked twice
     assert f.programs == b.programs == load.programs == 48
-    # shared memory: the slice 4 gates x 768 x 16 units x 2 bytes = 98,304, its buffer
-    # 16 x 64 x 2 = 2,048 (100,352 in all), 1,024 reserved: 233,472 // 101,376 = 2 per SM;
-    # registers 255 x 32 -> 8,192 per warp x 4 warps: 65,536 // 32,768 = 2 per SM too
-    assert f.per_sm == b.per_sm == 2
+    # shared memory: the slice 4 gates x 768 x 16 units x 2 bytes = 98,304, and a buffer of
+    # 16 x 64 x 2 = 2,048 for each chunk loaded together: forward all 12 (122,880 in all),
+    # backward 32 of its 48 (the most a group takes; 163,840): one program per SM (233,472 //
+    # 123,904); registers 255 x 32 -> 8,192 per warp x 4 warps: 65,536 // 32,768 = 2 per SM
+    assert f.per_sm == b.per_sm == 1
     # no launch per step; the launch (W_hh from HBM once, 4 x 768 x 768 x 2 bytes) is one
     assert f.launches == b.launches == 0 and load.launches == 1
     assert load.bytes == 4_718_592 and load.l2_bytes == 0
@@ -267,8 +272,13 @@ def test_costmodel_resident_by_hand():
     # L2: no W_hh; the A operand, every column block all 16 rows: K = 768 fwd, 3,072 bwd
     assert f.l2_bytes == 48 * 16 * 768 * 2 == 1_179_648
     assert b.l2_bytes == 48 * 16 * 3072 * 2 == 4_718_592
-    # one round trip for every A chunk (unrolled), two for the step's own, the barrier's two
-    assert f.chain == b.chain == 1 + 2 + 2
+    # one round trip for each group of A chunks, two for the step's own, the barrier's two
+    assert (f.chain, b.chain) == (1 + 2 + 2, 2 + 2 + 2)
+    # a chunk at a time: a round trip each, one buffer, two programs per SM (100,352 bytes)
+    single = costmodel.plan(_resident(grouped=False), "lstm", B=16, T=1024, I=768, H=768,
+                            dtype="bfloat16", training=True, gpu=h100)  # fmt: skip
+    (sf,), (sb,) = single.step_fwd, single.step_bwd
+    assert (sf.chain, sb.chain, sf.per_sm) == (12 + 2 + 2, 48 + 2 + 2, 2)
     # inference: b_hh 3,072 x 2, and per row xg 3,072 x 2, h_{t-1} and h_t 768 x 2 each, c_{t-1}
     # and c_t 768 x 4 each: 6,144 + 16 x 15,360 = 251,904 bytes
     inf = costmodel.plan(cfg, "lstm", B=16, T=1024, I=768, H=768, dtype="bfloat16",
@@ -294,24 +304,31 @@ def test_costmodel_resident_by_hand():
     assert pred.launches_seq_fwd == 2 and pred.launches_seq_fwdbwd == 2 + 1 + 3
     assert pred.fwd_s == max(pred.gpu_fwd_s, 2 * 20e-6) + 20e-6
 
-    # B=192: 12 row blocks. H100: 132 x 2 = 264 programs fit, 264 // 48 = 5 per column
-    # block: 240 programs walk ceil(12 / 5) = 3 tiles a step, the barrier once
+    # B=192: 12 row blocks. One program per SM (122,880 bytes): 132 // 48 = 2 per column block,
+    # 96 programs walking 6 tiles a step, each tile one group: 6 x 3 round trips, the barrier's 2
+    big = costmodel.plan(cfg, "lstm", B=192, T=4, I=8, H=768, dtype="bfloat16", training=False,
+                         gpu=h100)  # fmt: skip
+    assert big.step_fwd[0].programs == 96 and big.step_fwd[0].chain == 6 * 3 + 2
+    # the grid arithmetic, a chunk at a time (one 2,048-byte buffer). H100: 132 x 2 = 264
+    # programs fit, 264 // 48 = 5 per column block: 240 programs walk ceil(12 / 5) = 3 tiles
+    # a step of 12 + 2 round trips each, the barrier once
+    cfg = _resident(grouped=False)
     big = costmodel.plan(cfg, "lstm", B=192, T=4, I=8, H=768, dtype="bfloat16", training=False,
                          gpu=h100)  # fmt: skip
     (f,), load = big.step_fwd, big.once_fwd[-1]
-    assert f.programs == 240 and f.chain == 3 * 3 + 2
+    assert f.programs == 240 and f.chain == 3 * 14 + 2
     assert load.bytes == 4_718_592 and load.l2_bytes == 4 * 4_718_592  # 4 more copies
     # A100: 167,936 // 101,376 = 1 per SM, 108 fit, 108 // 48 = 2 per column block: 96
     # programs, 6 tiles each
     big = costmodel.plan(cfg, "lstm", B=192, T=4, I=8, H=768, dtype="bfloat16", training=False,
                          gpu=costmodel.GPUS["A100"])  # fmt: skip
-    assert big.step_fwd[0].programs == 96 and big.step_fwd[0].chain == 6 * 3 + 2
+    assert big.step_fwd[0].programs == 96 and big.step_fwd[0].chain == 6 * 14 + 2
     # H=896: 4 x 896 x 16 x 2 + 2,048 = 116,736 bytes, two with their 1,024 reserved are
     # 235,520 > 233,472: one per SM, 132 // 56 column blocks = 2 of B=64's 4 row blocks
     p = costmodel.plan(cfg, "lstm", B=64, T=4, I=8, H=896, dtype="bfloat16", training=False,
                        gpu=h100)  # fmt: skip
     assert p.step_fwd[0].per_sm == 1 and p.step_fwd[0].programs == 112
-    assert p.step_fwd[0].chain == 2 * 3 + 2
+    assert p.step_fwd[0].chain == 2 * 16 + 2  # 14 chunks
     # H=256: 4 x 256 x 16 x 2 + 2,048 = 34,816 bytes, 233,472 // 35,840 = 6 per SM, but the
     # registers hold 2
     p = costmodel.plan(cfg, "lstm", B=64, T=4, I=8, H=256, dtype="bfloat16", training=False,

@@ -209,7 +209,7 @@ def host_layers():
         pytest.skip(cuda_host.why_not())
     plain = cuda_host.host_layer()
     replayed = make_layer(
-        "cuda_host_graph_test", lambda: plain.ext, device_type="cpu",
+        "cuda_graph_host_test", lambda: plain.ext, device_type="cpu",
         graphs=lambda: GraphCache(graphs=FakeGraphs()),
     )  # fmt: skip
     return plain, replayed

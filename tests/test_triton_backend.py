@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 import fusedrnn  # noqa: E402
 from fusedrnn.ops import library  # noqa: E402
 from fusedrnn.ops import triton as tb  # noqa: E402
-from fusedrnn.ops.checks import CELLS  # noqa: E402
+from fusedrnn.ops.checks import CELLS, GATES  # noqa: E402
 from fusedrnn.ops.triton.configs import PERSISTENT_CONFIGS  # noqa: E402
 from fusedrnn.ops.triton.persistent import PATHS  # noqa: E402
 
@@ -85,6 +85,34 @@ def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
     persistent = path == "persistent" or path is None and not proj and H <= LIMIT[cell]
     kernel = "_variant_fwd" if variants else "_persistent_fwd" if persistent else "_step_fwd"
     assert f"{kernel}_kernel" in fwd.by_kernel, fwd
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_resident_load_groups_change_no_bit(cell, monkeypatch):
+    """The resident kernels load h_{t-1} (backward: dG) a group of chunks at a time
+    (tiles.rec_gates_resident). Every group size gives the same bits, a last group shorter
+    than the others included: H = 20 in groups of 1, 2, 3 and all of its chunks (16 wide under
+    the interpreter: forward 2, backward 5 for the LSTM, 4 for the GRU, 2 for the RNN)."""
+    from fusedrnn.ops.triton import configs, step
+    from fusedrnn.ops.triton.configs import pick_resident_config
+
+    case = Case(cell, T=3, B=3, I=3, H=20, packed=True)
+    a = layer_cases.make_inputs(case, torch.float32, DEVICE)
+    chunks = [-(-K // pick_resident_config(3, 20, "float32", bwd).block_k)
+              for bwd, K in ((False, 20), (True, GATES[cell] * 20))]  # fmt: skip
+    used, real = [], step.load_group
+    monkeypatch.setattr(step, "load_group", lambda *args: used.append(real(*args)) or used[-1])
+    results = []
+    for group in (1, 2, 3, 64):
+        monkeypatch.setattr(configs, "INTERPRETER_LOAD_GROUP", group)  # the interpreter's
+        monkeypatch.setattr(configs, "MAX_LOAD_GROUP", group)  # a GPU's
+        used.clear()
+        with tb.kernel_path("resident"):
+            outs, grads = layer_cases.outputs_and_grads(tb.layer, a)
+        assert used == [min(group, n) for n in chunks]
+        results.append([t for t in (*outs, *grads.values()) if t is not None])
+    for other in results[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(results[0], other, strict=True))
 
 
 def test_automatic_path_choice():

@@ -55,8 +55,34 @@ def test_resident_weights_sit_in_shared_memory_before_the_step_loop(cell):
     bwd = compile_report.compile_job(jobs[f"resident {cell} bwd H=256 bf16"])
     assert _weight_allocs_before_the_step_loop(fwd.asm["ttgir"]) == G * chunks
     assert _weight_allocs_before_the_step_loop(bwd.asm["ttgir"]) == G * chunks
-    # the slice is the bulk of the kernel's shared memory: G x 256 x 16 bf16 values
-    assert G * 256 * 16 * 2 <= fwd.metadata.shared < G * 256 * 16 * 2 + 16 * 1024
+    # the slice is the bulk of the kernel's shared memory: G x 256 x 16 bf16 values, then
+    # a [16, 64] bf16 staging buffer for each chunk of h_prev (backward: dG) loaded together
+    assert fwd.metadata.shared == G * 256 * 16 * 2 + chunks * 16 * 64 * 2
+    assert bwd.metadata.shared == G * 256 * 16 * 2 + G * chunks * 16 * 64 * 2
+
+
+@compiled_only
+def test_resident_steps_load_their_operand_in_few_round_trips(monkeypatch):
+    """The LSTM's resident kernels at bf16 H = 768 in the sm_90 machine code (fusedrnn.sass):
+    loading h_{t-1} (backward: dG) a group of chunks at a time, a step waits on few global
+    round trips; one chunk at a time, on at least one per chunk (forward 12, backward 48), as
+    the kernels did before the groups. Counts of this Triton and ptxas: the shipped groups
+    give 6 forward and 15 backward."""
+    from fusedrnn.ops.triton import configs
+    from fusedrnn.sass import disassemble, round_trips
+
+    def trips(cap: int) -> tuple[int, int]:
+        monkeypatch.setattr(configs, "MAX_LOAD_GROUP", cap)
+        jobs = _resident_jobs("bf16", 768)
+        return tuple(
+            round_trips(disassemble(compile_report.compile_job(jobs[name]).asm["cubin"]))
+            for name in ("resident lstm fwd H=768 bf16", "resident lstm bwd H=768 bf16")
+        )
+
+    grouped_fwd, grouped_bwd = trips(configs.MAX_LOAD_GROUP)
+    single_fwd, single_bwd = trips(1)
+    assert grouped_fwd <= 7 and grouped_bwd <= 16, (grouped_fwd, grouped_bwd)
+    assert single_fwd >= 12 and single_bwd >= 48, (single_fwd, single_bwd)
 
 
 @pytest.mark.gpu

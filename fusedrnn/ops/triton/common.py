@@ -35,14 +35,15 @@ from .tiles import load_gates, packed_ptrs, rec_gates_resident, rec_tile
 def state_grad(dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_row0, rows, cols,
                rmask, cmask, act, prev, GH, HOUT, HAS_DHS, HAS_DY, PRECISION: tl.constexpr,
                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, ws,
-               CHUNKS: tl.constexpr):  # fmt: skip
+               CHUNKS: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
     """The tile ``rows x cols`` (masks ``rmask``, ``cmask``) of the gradient of the state a
     step writes (see the module docstring): the running ``dh`` [B, HOUT] (accumulation dtype),
     plus ``dG W_hh`` of the step processed before this one (``dg`` [T, B, GH] at
     ``dg_prev_off``, ``W_hh`` [GH, HOUT]; its active rows ``prev``), plus ``dHs`` [T+1, B, HOUT]
     at ``dhs_off``, the slot this step writes (HAS_DHS), plus, in this step's active rows
     ``act``, ``dy`` [N, HOUT] from row ``y_row0`` (HAS_DY). With CHUNKS > 0 the program's
-    columns of ``W_hh`` are ``ws``, held on chip (:func:`.tiles.resident_slice`); else ``ws``
+    columns of ``W_hh`` are ``ws``, held on chip (:func:`.tiles.resident_slice`), and ``dG``
+    is loaded ``GROUP`` chunks at a time (:func:`.tiles.rec_gates_resident`); else ``ws``
     is ``()``, and no default stands for it: Triton 3.6 fails on a tuple default."""
     acc_ty = dh_ptr.dtype.element_ty
     mask2 = rmask[:, None] & cmask[None, :]
@@ -50,7 +51,8 @@ def state_grad(dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_r
     # W_hh is [GH, HOUT]: element (col, k) of the product's weight at k * HOUT + col
     if CHUNKS:
         rec, _, _, _ = rec_gates_resident(dg_ptr + dg_prev_off, ws, rows, prev, GH, 1, acc_ty,
-                                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, CHUNKS)  # fmt: skip
+                                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, CHUNKS,
+                                          GROUP)  # fmt: skip
     else:
         rec = rec_tile(dg_ptr + dg_prev_off, w_ptr, rows, prev, cols, cmask, GH, 1, HOUT, acc_ty,
                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip

@@ -97,6 +97,30 @@ RESIDENT_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
     "float64": (_F64_RESIDENT, _F64_RESIDENT),
 }
 
+# Shared memory one program may use on sm_90 (H100, H200; opt-in, CUDA programming guide):
+# resident launches recorded off a GPU (the compile report) size their load groups for it.
+SM90_SMEM_PER_PROGRAM = 232_448
+# Under the interpreter a resident step loads two chunks at a time, so that the tests run
+# several groups and a partial last one (every group size gives the same sums).
+INTERPRETER_LOAD_GROUP = 2
+# At most this many chunks per group: ptxas holds a group's loads in registers until they are
+# staged (4 per chunk and thread in the shipped configs), and with more of them at 255
+# registers it stages some before issuing the rest, each stage a round trip again.
+MAX_LOAD_GROUP = 32
+
+
+def resident_load_group(block_b: int, block_h: int, block_k: int, chunks: int,
+                        slice_tiles: int, elem: int, smem: int) -> int:  # fmt: skip
+    """The chunks of its left operand (h_prev forward, dG backward) a resident step loads
+    together (tiles.rec_gates_resident): as many as the shared memory beside the program's
+    slice of W_hh holds, a [block_b, block_k] staging buffer each (this is what the sm_90
+    compiles allocate: the slice, then one buffer per chunk of a group), at most
+    MAX_LOAD_GROUP. ``slice_tiles``: the [block_k, block_h] tiles of the slice (forward G per
+    chunk, backward one); ``elem``: bytes per element; ``smem``: bytes a program may use."""
+    spare = smem - slice_tiles * block_k * block_h * elem
+    return max(1, min(chunks, MAX_LOAD_GROUP, spare // (block_b * block_k * elem)))
+
+
 # the forward with the LSTM's projection as a second phase of each step holds both bodies:
 # 8 warps on 16 rows, every dtype, or it spills (4-12 bytes with the configs above, float64's
 # 32-row per-step config too)

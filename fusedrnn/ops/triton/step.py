@@ -17,8 +17,9 @@ of its units) at every step, from the L1/L2 caches. The resident launch (``RESID
 projection) loads the slice once, before the step loop, and keeps it in shared memory
 (:func:`.tiles.resident_slice`): a program per column block of units, each walking the row
 blocks of its own units (:func:`.sync.resident_grid`). The backward holds the same units'
-columns of ``W_hh`` for its state gradient. Its K loop is unrolled: the chunks of ``h_prev``
-(or ``dG``) are loaded without waiting on each other.
+columns of ``W_hh`` for its state gradient. Its K loop is unrolled, and the chunks of
+``h_prev`` (or ``dG``) are loaded ``LOAD_GROUP`` at a time, as many as the shared memory beside
+the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`).
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
 recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg``
@@ -56,9 +57,10 @@ from .common import (
     visit,
 )
 from .configs import pick_cooperative_config, pick_resident_config, pick_step_config
-from .sync import cooperative_grid, grid_barrier, resident_grid, step_chunks
+from .sync import cooperative_grid, grid_barrier, load_group, resident_grid, step_chunks
 from .tiles import (
     add_gates,
+    add_loaded,
     block_tile,
     kernel_jit,
     load_gates,
@@ -101,6 +103,28 @@ def _resident_units(first, col_blocks, H, BLOCK_H: tl.constexpr):
     return units, units < H
 
 
+@triton.jit
+def _cell_inputs(xg_ptr, b_ptr, cs_ptr, h_ptr, xg_row0, rows, units, umask, amask, mask2, state,
+                 c_off, H, HAS_BIAS, CELL: tl.constexpr, GX: tl.constexpr, BLOCK_H: tl.constexpr,
+                 STATE: tl.constexpr):  # fmt: skip
+    """What a forward step reads for its tile besides the product ``h_{t-1} W_hh^T``: the
+    tiles of ``xg`` and ``b_hh`` ([1, BLOCK_H], zeros without a bias) of its GX gates, the
+    LSTM's ``c_{t-1}`` (``cs`` at ``c_off``) and, with STATE, the state an inactive row keeps
+    (``h`` [B, H], already offset); ``xg``'s first tile stands in for what is not read."""
+    x0, x1, x2, x3 = load_gates(packed_ptrs(xg_ptr, xg_row0, rows, units, GX * H), H, amask, GX)
+    b0 = tl.zeros((1, BLOCK_H), dtype=b_ptr.dtype.element_ty)
+    b1, b2, b3 = b0, b0, b0
+    if HAS_BIAS:  # GRU: b_hn belongs to the reset product, the bias joins h's parts alone
+        b0, b1, b2, b3 = load_gates(b_ptr + units[None, :], H, umask[None, :], GX)
+    c_prev = x0
+    if CELL == LSTM:
+        c_prev = tl.load(cs_ptr + c_off + state, mask=mask2, other=0.0)
+    h_prev = x0
+    if STATE:
+        h_prev = tl.load(h_ptr + state, mask=mask2, other=0.0)
+    return x0, x1, x2, x3, b0, b1, b2, b3, c_prev, h_prev
+
+
 @kernel_jit
 def _step_fwd_kernel(
     xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
@@ -123,8 +147,10 @@ def _step_fwd_kernel(
     WRITE_Y, WRITE_GATES: tl.constexpr, ACC_TY: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RESIDENT: tl.constexpr = 0,  # chunks of W_hh held on chip (see _resident_units), 0: none
+    LOAD_GROUP: tl.constexpr = 1,  # chunks of h_prev loaded together (tiles.rec_gates_resident)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
+    GX: tl.constexpr = 3 if CELL == GRU else G  # gate blocks of xg and b_hh (GRU: G is 3 too)
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
@@ -142,29 +168,42 @@ def _step_fwd_kernel(
                     tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
                 )
                 amask = act[:, None] & umask[None, :]
+                state = rows[:, None] * H + units[None, :]
                 if RESIDENT:
+                    # issued before the product, these loads travel with h_{t-1}'s instead of
+                    # one dependent round trip after it (fusedrnn.sass); the other launches load
+                    # them after their K loop, which would spill holding them (float64)
+                    ins = _cell_inputs(xg_ptr, b_ptr, cs_ptr, hs_ptr + hs_r, xg_row0, rows, units,
+                                       umask, amask, mask2, state, slot_r * B * H, H, HAS_BIAS,
+                                       CELL, GX, BLOCK_H, not (CELL == LSTM and PROJ))  # fmt: skip
                     p0, p1, p2, p3 = rec_gates_resident(hs_ptr + hs_r, ws, rows, act, K, G, ACC_TY,
                                                         PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-                                                        RESIDENT)  # fmt: skip
+                                                        RESIDENT, LOAD_GROUP)  # fmt: skip
+                    x0, x1, x2, x3, b0, b1, b2, b3, c_prev, h_prev = ins
+                    if CELL != GRU:
+                        p0, p1, p2, p3 = add_loaded(p0, p1, p2, p3, x0, x1, x2, x3, G)
+                    if HAS_BIAS:
+                        p0, p1, p2, p3 = add_loaded(p0, p1, p2, p3, b0, b1, b2, b3, GX)
                 else:
                     p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K,
                                                K, 1, G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
                                                BLOCK_K)  # fmt: skip
-                if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts alone
-                    if HAS_BIAS:
-                        p0, p1, p2, _ = add_gates(p0, p1, p2, p2, b_ptr + units, H, umask, 3)
-                    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, 3 * H)
-                    x0, x1, x2, _ = load_gates(xg, H, amask, 3)
-                else:
-                    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, G * H)
-                    p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, xg, H, amask, G)
-                    if HAS_BIAS:
-                        p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, b_ptr + units, H, umask, G)
+                    xg = packed_ptrs(xg_ptr, xg_row0, rows, units, GX * H)
+                    if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts
+                        if HAS_BIAS:
+                            p0, p1, p2, _ = add_gates(p0, p1, p2, p2, b_ptr + units, H, umask, 3)
+                        x0, x1, x2, _ = load_gates(xg, H, amask, 3)
+                    else:
+                        p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, xg, H, amask, G)
+                        if HAS_BIAS:
+                            p0, p1, p2, p3 = add_gates(p0, p1, p2, p3, b_ptr + units, H, umask, G)
+                    if CELL == LSTM:
+                        c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
+                    else:  # the LSTM's after its cell: held across it, it spills (float64)
+                        h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
 
-                state = rows[:, None] * H + units[None, :]
                 gates_at = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
                 if CELL == LSTM:
-                    c_prev = tl.load(cs_ptr + slot_r * B * H + state, mask=mask2, other=0.0)
                     i, f, g, o, c, h_new = lstm_fwd(p0, p1, p2, p3, c_prev)
                     tl.store(cs_ptr + slot_w * B * H + state, tl.where(act[:, None], c, c_prev),
                              mask=mask2)  # fmt: skip
@@ -174,10 +213,9 @@ def _step_fwd_kernel(
                         # zeros in inactive rows: the dW_hr GEMM reads every row
                         tl.store(m_ptr + t * B * H + state, tl.where(act[:, None], h_new, 0.0),
                                  mask=mask2)  # fmt: skip
-                    else:
+                    elif not RESIDENT:
                         h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
                 else:
-                    h_prev = tl.load(hs_ptr + hs_r + state, mask=mask2, other=0.0)
                     if CELL == GRU:
                         r, z, n, h_new = gru_fwd(x0.to(ACC_TY), x1.to(ACC_TY), x2.to(ACC_TY),
                                                  p0, p1, p2, h_prev.to(ACC_TY))  # fmt: skip
@@ -228,6 +266,7 @@ def _step_bwd_kernel(
     SYNC: tl.constexpr, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RESIDENT: tl.constexpr = 0,  # as the forward kernel's (never with PROJ)
+    LOAD_GROUP: tl.constexpr = 1,  # chunks of dG loaded together (tiles.rec_gates_resident)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     acc_ty = dh_ptr.dtype.element_ty
@@ -256,7 +295,7 @@ def _step_bwd_kernel(
                     total = state_grad(
                         dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_off, dhs_off, y_row0, rows,
                         cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT, HAS_DHS, HAS_DY,
-                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, ws, RESIDENT,
+                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, ws, RESIDENT, LOAD_GROUP,
                     )  # fmt: skip
                     state = rows[:, None] * HOUT + cols[None, :]
                     a = act[:, None]
@@ -280,7 +319,7 @@ def _step_bwd_kernel(
                         dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, t_prev * B * G * H,
                         slot_w * B * HOUT, y_row0, rows, units, rmask, umask, act, rows < rows_prev,
                         G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, ws,
-                        RESIDENT,
+                        RESIDENT, LOAD_GROUP,
                     )  # fmt: skip
                     if CELL == LSTM:  # the state gradient has reached the gates
                         tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
@@ -367,7 +406,9 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     backward's projected state first).
 
     A resident launch holds the program's slice of ``W_hh`` in ``RESIDENT`` chunks of K (the
-    forward's K is Hout, the backward's G*H). When its programs do not fit on the GPU at once
+    forward's K is Hout, the backward's G*H) and loads its left operand ``LOAD_GROUP`` chunks
+    at a time (one chunk if that group's kernel does not fit). When its programs do not fit on
+    the GPU at once
     it runs as a cooperative launch instead, counted (``launch_counter().not_resident``);
     under the interpreter, which runs one program at a time, a layer of several column
     blocks runs the resident kernel a launch per step."""
@@ -376,10 +417,15 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     cols = ({2: Hout, 1: H} if backward else {1: H, 2: Hout}) if flags["PROJ"] else {1: H}
     if path == "resident":
         cfg = pick_resident_config(plan.B, H, dtype, backward)
-        K = gate_blocks(flags["CELL"]) * H if backward else Hout
-        kw = dict(flags, RESIDENT=triton.cdiv(K, cfg.block_k))
-        if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True):
-            return
+        G = gate_blocks(flags["CELL"])
+        chunks = triton.cdiv(G * H if backward else Hout, cfg.block_k)
+        group = load_group(cfg, chunks, chunks if backward else G * chunks,
+                           tensors[0].element_size(), tensors[0].device)  # fmt: skip
+        # one chunk at a time, the least shared memory, before giving up on the launch
+        for g in dict.fromkeys((group, 1)):
+            kw = dict(flags, RESIDENT=chunks, LOAD_GROUP=g)
+            if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True):
+                return
         runtime.count_not_resident()
         path = "cooperative"
     cfg = (pick_cooperative_config(plan.B, H, dtype, backward, flags["PROJ"])

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import runtime
+from . import configs, runtime
 
 
 @triton.jit
@@ -123,6 +123,20 @@ def resident_grid(kernel, col_blocks: int, row_blocks: int, args: tuple, kwargs:
         return 1 if col_blocks == 1 else 0
     fit = _programs_that_fit(kernel, args, kwargs, device)
     return col_blocks * min(row_blocks, fit // col_blocks)
+
+
+def load_group(cfg, chunks: int, slice_tiles: int, elem: int, device) -> int:
+    """:func:`.configs.resident_load_group` for ``device``'s shared memory per program; for
+    sm_90 when the launch is recorded off a GPU; ``INTERPRETER_LOAD_GROUP`` chunks under the
+    interpreter."""
+    if device.type == "cuda":
+        smem = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    elif runtime.capturing():
+        smem = configs.SM90_SMEM_PER_PROGRAM
+    else:
+        return min(chunks, configs.INTERPRETER_LOAD_GROUP)
+    return configs.resident_load_group(cfg.block_b, cfg.block_h, cfg.block_k, chunks,
+                                       slice_tiles, elem, smem)  # fmt: skip
 
 
 def grid_for(tiles: int, resident: int) -> int:

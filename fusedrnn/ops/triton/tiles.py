@@ -133,25 +133,41 @@ def resident_slice(w_ptr, feats, fmask, K, stride_f, stride_k, gate_stride, G: t
 @triton.jit
 def rec_gates_resident(a_ptr, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.constexpr,
                        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                       BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr):  # fmt: skip
+                       BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
     """:func:`rec_gates` with the weights held on chip (``ws`` from :func:`resident_slice`):
     ``sum_k a[rows, k] w_q(f, k)`` for gates q < G, ``a`` [B, K] read in the rows ``live``.
-    The chunk loop is unrolled, so the loads of ``a`` do not wait on each other."""
+
+    ``a`` is loaded ``GROUP`` chunks at a time, all of a group before any of its products:
+    a ``tl.dot`` stages its left operand in shared memory, and with a load before each
+    product the compiler reuses one staging buffer, so each load waits for the one before
+    (one L2 round trip per chunk, 12 per step at K = 768 in the sm_90 code). A group costs
+    one round trip and ``GROUP`` staging buffers of shared memory (see
+    :func:`.configs.resident_load_group`). The products run in chunk order whatever
+    ``GROUP`` is: the same sums, bit for bit."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
-    for c in tl.static_range(CHUNKS):
-        ks = c * BLOCK_K + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
-                    mask=live[:, None] & (ks < K)[None, :], other=0.0)  # fmt: skip
-        acc0 = tl.dot(a, ws[c * G], acc0, input_precision=PRECISION, out_dtype=ACC_TY)
-        if G > 1:
-            acc1 = tl.dot(a, ws[c * G + 1], acc1, input_precision=PRECISION, out_dtype=ACC_TY)
-            acc2 = tl.dot(a, ws[c * G + 2], acc2, input_precision=PRECISION, out_dtype=ACC_TY)
-        if G > 3:
-            acc3 = tl.dot(a, ws[c * G + 3], acc3, input_precision=PRECISION, out_dtype=ACC_TY)
+    for first in tl.static_range(0, CHUNKS, GROUP):
+        chunks = ()
+        for c in tl.static_range(first, _smaller(first + GROUP, CHUNKS)):
+            ks = c * BLOCK_K + tl.arange(0, BLOCK_K)
+            chunks = chunks + (tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                                       mask=live[:, None] & (ks < K)[None, :], other=0.0),)  # fmt: skip
+        for c in tl.static_range(first, _smaller(first + GROUP, CHUNKS)):
+            a = chunks[c - first]
+            acc0 = tl.dot(a, ws[c * G], acc0, input_precision=PRECISION, out_dtype=ACC_TY)
+            if G > 1:
+                acc1 = tl.dot(a, ws[c * G + 1], acc1, input_precision=PRECISION, out_dtype=ACC_TY)
+                acc2 = tl.dot(a, ws[c * G + 2], acc2, input_precision=PRECISION, out_dtype=ACC_TY)
+            if G > 3:
+                acc3 = tl.dot(a, ws[c * G + 3], acc3, input_precision=PRECISION, out_dtype=ACC_TY)
     return acc0, acc1, acc2, acc3
+
+
+@triton.constexpr_function
+def _smaller(a, b):
+    return min(a, b)
 
 
 @triton.jit
@@ -185,6 +201,13 @@ def add_gates(acc0, acc1, acc2, acc3, ptr, H, mask, G: tl.constexpr):
     """``acc_q + (gate q at ptr + q * H)`` in the accumulators' dtype, q < G (a row of
     gate values, e.g. a bias, adds to every row)."""
     g0, g1, g2, g3 = load_gates(ptr, H, mask, G)
+    return add_loaded(acc0, acc1, acc2, acc3, g0, g1, g2, g3, G)
+
+
+@triton.jit
+def add_loaded(acc0, acc1, acc2, acc3, g0, g1, g2, g3, G: tl.constexpr):
+    """``acc_q + g_q`` in the accumulators' dtype, q < G (:func:`add_gates` of tiles loaded
+    earlier)."""
     acc0 += g0.to(acc0.dtype)
     if G > 1:
         acc1 += g1.to(acc1.dtype)
