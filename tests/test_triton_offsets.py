@@ -243,14 +243,14 @@ def _layer_launches(precision, cases):
     each case's inputs, on every kernel path that takes them (the persistent and resident
     kernels take no projection, nor the variants): ``job`` is the compile the launch needs,
     ``planned`` whether the compile report makes it. The resident launch's count of K chunks
-    follows H, so its compile counts as planned when the report makes it for some count (its
-    table of real layer sizes compiles those)."""
+    and its load group follow H, so its compile counts as planned when the report makes it for
+    some count and group (its table of real layer sizes compiles those)."""
     from fusedrnn.ops.triton import layer_op
     from fusedrnn.ops.triton.persistent import PATHS, kernel_path
     from fusedrnn.ops.triton.runtime import capture_launches
 
     def any_chunks(job):
-        return replace(job, constexprs=tuple((k, bool(v) if k == "RESIDENT" else v)
+        return replace(job, constexprs=tuple((k, bool(v) if k in ("RESIDENT", "LOAD_GROUP") else v)
                                              for k, v in job.constexprs))  # fmt: skip
 
     planned = {any_chunks(j) for j in compile_report.jobs([0], [precision])}
