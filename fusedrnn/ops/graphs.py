@@ -138,7 +138,8 @@ class GraphCache:
         self._lock = threading.Lock()
 
     def __call__(self, fn: Callable[..., list], args: Sequence, host: Collection[int] = ()):
-        device = self._device(args, host)
+        tensors = self._device_tensors(args, host)  # copied into the static inputs, in order
+        device = self._device(tensors)
         if device is None or not _enabled or self.capacity <= 0 or self.graphs.capturing():
             return self._eager(fn, args)
         key = self._key(args, host, device)
@@ -151,9 +152,9 @@ class GraphCache:
             self.entries.move_to_end(key)
             if entry.failed:
                 return self._eager(fn, args)
-            if entry.graph is None and not self._capture(entry, fn, args, host, device):
+            if entry.graph is None and not self._capture(entry, fn, args, host, tensors, device):
                 return self._eager(fn, args)
-            for static, t in zip(entry.static, self._device_tensors(args, host), strict=True):
+            for static, t in zip(entry.static, tensors, strict=True):
                 static.copy_(t)
             self.graphs.replay(entry.graph)
             self.counts["replayed"] += 1
@@ -170,12 +171,12 @@ class GraphCache:
         self.counts["eager"] += 1
         return fn(*args)
 
-    def _capture(self, entry: _Entry, fn, args, host, device) -> bool:
+    def _capture(self, entry: _Entry, fn, args, host, tensors, device) -> bool:
         """Record ``fn`` over fresh copies of the device tensors; False (and a warning) when
         it cannot be captured, and the key runs eagerly from then on."""
         # plain tensors even under torch.inference_mode: a later call outside it copies into them
         with torch.inference_mode(False):
-            entry.static = [torch.empty_like(t) for t in self._device_tensors(args, host)]
+            entry.static = [torch.empty_like(t) for t in tensors]
         replaced = iter(entry.static)
         static_args = [
             v if k in host else self._map(v, lambda _: next(replaced)) for k, v in enumerate(args)
@@ -199,13 +200,12 @@ class GraphCache:
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
 
-    def _device(self, args, host) -> torch.device | None:
+    def _device(self, tensors: list[Tensor]) -> torch.device | None:
         """The device of the call's device tensors; None when there are none, or when they
         are not of the graphs' device type."""
-        ts = self._device_tensors(args, host)
-        if not ts or ts[0].device.type != self.graphs.device_type:
+        if not tensors or tensors[0].device.type != self.graphs.device_type:
             return None
-        return ts[0].device
+        return tensors[0].device
 
     @staticmethod
     def _map(v, f):
