@@ -59,13 +59,13 @@ the columns [G·H, block_h] of W_hh backward, K in whole ``block_k`` chunks, bes
 per program leaves room for, at most ``MAX_LOAD_GROUP``, ``ops/triton/configs.py``). W_hh comes
 from HBM once per launch (a kernel of its own here, which carries the launch) and never again, so
 a step's L2 traffic is its A operand (h_{t-1} forward, dG_{t+1} backward: B·K·e bytes per column
-block); the chunks of a group are loaded together, so the step's chain is one round trip per
-group, two for its own loads and stores, and the barrier (:func:`resident_chain`).
+block); the chunks of a group are loaded together, and the tile's other loads with the first
+group, so the step's chain is one round trip per group and the barrier (:func:`resident_chain`).
 The grid is a program per column block times as many row blocks as fit at once: registers
 (``REGS_PER_THREAD``, which the resident kernels use too) and shared memory (the slice, its buffer
 and the 1 KiB CUDA reserves per program, :data:`SMEM_RESERVED`, against each GPU's limits in
-:class:`Gpu`, from :data:`SMEM_SOURCE`); the row blocks beyond are walked in turn, each walk three
-more round trips. Where not even one program per column block fits (float32 H=1024: 256 KiB of
+:class:`Gpu`, from :data:`SMEM_SOURCE`); the row blocks beyond are walked in turn, each walk its groups'
+round trips again. Where not even one program per column block fits (float32 H=1024: 256 KiB of
 slice; float32 H=768 on an A100), the launcher runs the cooperative launch instead, and
 :func:`applicable` shows resident rows only where they fit. Like the cooperative launch it is one
 launch per layer and direction, none per step. The tables mark the Triton row the launcher runs
@@ -561,11 +561,15 @@ def resident_chain(walks: int = 1, groups: int = 1) -> float:
     tiles each and load their A operand in ``groups`` groups of chunks. W_hh is on chip, so
     nothing in the reduction waits for it; the chunks of a group are loaded together
     (tiles.rec_gates_resident), so a group costs one round trip where chain_length counts one
-    per chunk in flight; the tile's own loads and stores add two, as in chain_length. The step
-    ends at one grid barrier, whatever the number of tiles a program walked before it. (The
-    sm_90 code of the LSTM's kernels at bf16 H=768, counted by fusedrnn.sass: 6 forward with
-    one group, 15 backward with two; this formula gives 5 and 6.)"""
-    return walks * (groups + 2) + BARRIER_ROUND_TRIPS
+    per chunk in flight. The tile's own loads are issued with its first group and its stores
+    wait for nothing (ops/triton/step.py), and the next step's row counts are loaded before the
+    barrier, so nothing else adds to a tile's chain. The step ends at one grid barrier, whatever
+    the number of tiles a program walked before it. (The sm_90 code counted by fusedrnn.sass
+    agrees for every resident kernel that fits a program's shared memory at bf16, fp16 and TF32,
+    H = 256..1024, and for the GRU's and RNN's in IEEE float32; the IEEE float32 LSTM backward
+    waits longer, its FMA products issuing a group's loads in parts: 14 round trips at H=768
+    where this gives 8.)"""
+    return walks * groups + BARRIER_ROUND_TRIPS
 
 
 def _register_limit(warps: int) -> int:

@@ -28,43 +28,77 @@ from torch import Tensor
 
 from . import runtime
 from .cellmath import CIFG, GRU, LSTM, RNN_RELU, gru_bwd, lstm_bwd, rnn_bwd
-from .tiles import load_gates, packed_ptrs, rec_gates_resident, rec_tile
+from .tiles import load_gates, packed_ptrs, rec_tile
 
 
 @triton.jit
 def state_grad(dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_prev_off, dhs_off, y_row0, rows, cols,
                rmask, cmask, act, prev, GH, HOUT, HAS_DHS, HAS_DY, PRECISION: tl.constexpr,
-               BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, ws,
-               CHUNKS: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
+               BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """The tile ``rows x cols`` (masks ``rmask``, ``cmask``) of the gradient of the state a
     step writes (see the module docstring): the running ``dh`` [B, HOUT] (accumulation dtype),
     plus ``dG W_hh`` of the step processed before this one (``dg`` [T, B, GH] at
     ``dg_prev_off``, ``W_hh`` [GH, HOUT]; its active rows ``prev``), plus ``dHs`` [T+1, B, HOUT]
     at ``dhs_off``, the slot this step writes (HAS_DHS), plus, in this step's active rows
-    ``act``, ``dy`` [N, HOUT] from row ``y_row0`` (HAS_DY). With CHUNKS > 0 the program's
-    columns of ``W_hh`` are ``ws``, held on chip (:func:`.tiles.resident_slice`), and ``dG``
-    is loaded ``GROUP`` chunks at a time (:func:`.tiles.rec_gates_resident`); else ``ws``
-    is ``()``, and no default stands for it: Triton 3.6 fails on a tuple default."""
-    acc_ty = dh_ptr.dtype.element_ty
-    mask2 = rmask[:, None] & cmask[None, :]
-    total = tl.load(dh_ptr + rows[:, None] * HOUT + cols[None, :], mask=mask2, other=0.0)
+    ``act``, ``dy`` [N, HOUT] from row ``y_row0`` (HAS_DY). (The resident launch, which holds
+    ``W_hh`` on chip, calls its parts in another order: :func:`.step._step_bwd_kernel`.)"""
     # W_hh is [GH, HOUT]: element (col, k) of the product's weight at k * HOUT + col
-    if CHUNKS:
-        rec, _, _, _ = rec_gates_resident(dg_ptr + dg_prev_off, ws, rows, prev, GH, 1, acc_ty,
-                                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, CHUNKS,
-                                          GROUP)  # fmt: skip
-    else:
-        rec = rec_tile(dg_ptr + dg_prev_off, w_ptr, rows, prev, cols, cmask, GH, 1, HOUT, acc_ty,
-                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-    total += rec
+    rec = rec_tile(dg_ptr + dg_prev_off, w_ptr, rows, prev, cols, cmask, GH, 1, HOUT,
+                   dh_ptr.dtype.element_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+    # loaded after the K loop: not held across it
+    ins = state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, dhs_off, y_row0, rows, cols, rmask, cmask,
+                            act, HOUT, HAS_DHS, HAS_DY)  # fmt: skip
+    return state_grad_sum(ins, rec, HAS_DHS, HAS_DY)
+
+
+@triton.jit
+def state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, dhs_off, y_row0, rows, cols, rmask, cmask, act,
+                      HOUT, HAS_DHS, HAS_DY):  # fmt: skip
+    """The tiles :func:`state_grad` adds to its product: ``(dh, dHs, dy)``, zeros for the
+    gradients not given."""
+    mask2 = rmask[:, None] & cmask[None, :]
+    state = rows[:, None] * HOUT + cols[None, :]
+    dh = tl.load(dh_ptr + state, mask=mask2, other=0.0)
+    # masked off, not branched around: a load in a branch is waited for where the branch
+    # ends, before the loads written after it are issued
+    dhs = tl.load(dhs_ptr + dhs_off + state, mask=mask2 & HAS_DHS, other=0.0)
+    dy = tl.load(packed_ptrs(dy_ptr, y_row0, rows, cols, HOUT),
+                 mask=act[:, None] & cmask[None, :] & HAS_DY, other=0.0)  # fmt: skip
+    return dh, dhs, dy
+
+
+@triton.jit
+def state_grad_sum(ins, rec, HAS_DHS, HAS_DY):
+    """:func:`state_grad`'s sum of its product ``rec`` and the tiles ``ins``
+    (:func:`state_grad_inputs`), in that order, in the accumulation dtype (``rec``'s)."""
+    dh, dhs, dy = ins
+    total = dh + rec
     if HAS_DHS:
-        total += tl.load(
-            dhs_ptr + dhs_off + rows[:, None] * HOUT + cols[None, :], mask=mask2, other=0.0
-        ).to(acc_ty)
+        total += dhs.to(rec.dtype)
     if HAS_DY:
-        dy = packed_ptrs(dy_ptr, y_row0, rows, cols, HOUT)
-        total += tl.load(dy, mask=act[:, None] & cmask[None, :], other=0.0).to(acc_ty)
+        total += dy.to(rec.dtype)
     return total
+
+
+@triton.jit
+def late(x, mask):
+    """``x`` where ``mask``, else 0: the identity on a tile loaded with ``mask`` and
+    ``other=0.0``, written where the tile is used. A loaded tile that takes the layout of a
+    ``tl.dot``'s result changes layout through shared memory behind a CTA barrier; the
+    compiler puts that change right after the load, unless an operation on the tile in its
+    load layout stands between, and loads written after the change wait for it (one round
+    trip more, :mod:`fusedrnn.sass`). So a step that loads all its tiles first and passes them
+    through ``late`` at their use issues the loads together."""
+    return tl.where(mask, x, 0.0)
+
+
+@triton.jit
+def late_all(tiles, mask):
+    """:func:`late` of each tile of a tuple."""
+    out = ()
+    for i in tl.static_range(len(tiles)):
+        out = out + (late(tiles[i], mask),)
+    return out
 
 
 @triton.constexpr_function
@@ -82,18 +116,38 @@ def cell_bwd(dh, dc, hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2, CELL:
     GRU ``(d_r, d_z, d_n, d_hn, dh z)``, RNN ``d pre`` in every slot (from the saved output).
     The states are read at ``r_off`` / ``w_off`` (the slots read / written) plus ``state``, the
     tile's offsets in a [B, H] slot; ``saved`` points at the tile of the first saved gate."""
+    ins = cell_bwd_inputs(hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2, CELL)
+    return cell_bwd_loaded(dh, dc, ins, CELL)
+
+
+@triton.jit
+def cell_bwd_inputs(hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2, CELL: tl.constexpr):
+    """The tiles :func:`cell_bwd` reads (arguments as there), six: LSTM ``(c_{t-1}, c_t, i, f,
+    g, o)``, GRU ``(h_{t-1}, h_{t-1}, r, z, n, hn)``, RNN ``h_t`` six times."""
     if CELL == LSTM:
-        c_prev = tl.load(cs_ptr + r_off + state, mask=mask2, other=0.0)
-        c = tl.load(cs_ptr + w_off + state, mask=mask2, other=0.0)
-        i, f, g, o = load_gates(saved, H, mask2, 4)
-        return lstm_bwd(i, f, g, o, c_prev, c, dh, dc)
+        a = tl.load(cs_ptr + r_off + state, mask=mask2, other=0.0)
+        b = tl.load(cs_ptr + w_off + state, mask=mask2, other=0.0)
+        g0, g1, g2, g3 = load_gates(saved, H, mask2, 4)
     elif CELL == GRU:
-        h_prev = tl.load(hs_ptr + r_off + state, mask=mask2, other=0.0).to(dh.dtype)
-        r, z, n, hn = load_gates(saved, H, mask2, 4)
-        return gru_bwd(r, z, n, hn, h_prev, dh)
+        a = tl.load(hs_ptr + r_off + state, mask=mask2, other=0.0)
+        b = a
+        g0, g1, g2, g3 = load_gates(saved, H, mask2, 4)
     else:
-        h = tl.load(hs_ptr + w_off + state, mask=mask2, other=0.0).to(dh.dtype)
-        d = rnn_bwd(h, dh, CELL == RNN_RELU)
+        a = tl.load(hs_ptr + w_off + state, mask=mask2, other=0.0)
+        b, g0, g1, g2, g3 = a, a, a, a, a
+    return a, b, g0, g1, g2, g3
+
+
+@triton.jit
+def cell_bwd_loaded(dh, dc, ins, CELL: tl.constexpr):
+    """:func:`cell_bwd` of the tiles ``ins`` it reads (:func:`cell_bwd_inputs`)."""
+    a, b, g0, g1, g2, g3 = ins
+    if CELL == LSTM:
+        return lstm_bwd(g0, g1, g2, g3, a, b, dh, dc)
+    elif CELL == GRU:
+        return gru_bwd(g0, g1, g2, g3, a.to(dh.dtype), dh)
+    else:
+        d = rnn_bwd(a.to(dh.dtype), dh, CELL == RNN_RELU)
         return d, d, d, d, d
 
 
@@ -104,16 +158,35 @@ def visit(s, T, steps_ptr, REVERSE, BACKWARD: tl.constexpr):
     x / y and its active rows (from the ``[T, 2]`` steps table). REVERSE is a compile-time
     constant (the step and persistent kernels) or a run-time flag (the variant kernels, which
     so compile once for both directions)."""
+    t, slot_r, slot_w = visit_slots(s, T, REVERSE, BACKWARD)
+    row0 = tl.load(steps_ptr + 2 * t)
+    rows = tl.load(steps_ptr + 2 * t + 1)
+    return t, slot_r, slot_w, row0, rows
+
+
+@triton.jit
+def visit_slots(s, T, REVERSE, BACKWARD: tl.constexpr):
+    """:func:`visit`'s time index and slots, without the table."""
     if REVERSE == BACKWARD:
         t = s
     else:
         t = T - 1 - s
-    row0 = tl.load(steps_ptr + 2 * t)
-    rows = tl.load(steps_ptr + 2 * t + 1)
     slot_r, slot_w = t, t + 1
     if REVERSE:
         slot_r, slot_w = t + 1, t
-    return t, slot_r, slot_w, row0, rows
+    return t, slot_r, slot_w
+
+
+@triton.jit
+def visit_rows(s, s_end, T, steps_ptr, REVERSE, BACKWARD: tl.constexpr):
+    """:func:`visit`'s first row and active rows of the s-th step, zeros unless
+    ``0 <= s < s_end``: a step kernel loads them a step ahead, before the barrier that ends
+    the step before, so that a step does not begin with a round trip to the table."""
+    t, _, _ = visit_slots(s, T, REVERSE, BACKWARD)
+    live = (s >= 0) & (s < s_end)
+    row0 = tl.load(steps_ptr + 2 * t, mask=live, other=0)
+    rows = tl.load(steps_ptr + 2 * t + 1, mask=live, other=0)
+    return row0, rows
 
 
 def forward_buffers(cell, like, T, B, Hout, H, proj, packed, save) -> list:

@@ -104,9 +104,11 @@ SM90_SMEM_PER_PROGRAM = 232_448
 # several groups and a partial last one (every group size gives the same sums).
 INTERPRETER_LOAD_GROUP = 2
 # At most this many chunks per group: ptxas holds a group's loads in registers until they are
-# staged (4 per chunk and thread in the shipped configs), and with more of them at 255
-# registers it stages some before issuing the rest, each stage a round trip again.
-MAX_LOAD_GROUP = 32
+# staged (4 per chunk and thread in the shipped configs), and with more of them near 255
+# registers it stages some before issuing the rest, each stage a round trip again. In the sm_90
+# code groups of 16 are issued whole (the compile report's round-trip counts); groups of 24 and
+# 32 were split in two at bf16 H = 768 and 1024 backward.
+MAX_LOAD_GROUP = 16
 
 
 def resident_load_group(block_b: int, block_h: int, block_k: int, chunks: int,

@@ -19,7 +19,9 @@ projection) loads the slice once, before the step loop, and keeps it in shared m
 blocks of its own units (:func:`.sync.resident_grid`). The backward holds the same units'
 columns of ``W_hh`` for its state gradient. Its K loop is unrolled, and the chunks of
 ``h_prev`` (or ``dG``) are loaded ``LOAD_GROUP`` at a time, as many as the shared memory beside
-the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`).
+the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`), the step's
+other tiles before the first group (:func:`.common.late`): a step waits one round trip per group
+and the barrier's. Every launch loads the next step's row counts before the barrier.
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
 recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg``
@@ -49,12 +51,18 @@ from . import persistent, runtime
 from .cellmath import CELL_CODE, GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
 from .common import (
     cell_bwd,
+    cell_bwd_inputs,
+    cell_bwd_loaded,
     finish_state_grad,
     forward_buffers,
     gate_blocks,
+    late_all,
     state_grad,
+    state_grad_inputs,
+    state_grad_sum,
     steps_table,
-    visit,
+    visit_rows,
+    visit_slots,
 )
 from .configs import pick_cooperative_config, pick_resident_config, pick_step_config
 from .sync import cooperative_grid, grid_barrier, load_group, resident_grid, step_chunks
@@ -63,12 +71,14 @@ from .tiles import (
     add_loaded,
     block_tile,
     kernel_jit,
+    load_chunks,
     load_gates,
     packed_ptrs,
     rec_gates,
     rec_gates_resident,
     rec_tile,
     resident_slice,
+    smaller,
     store_gates,
     store_state,
     tile_ptrs,
@@ -105,17 +115,16 @@ def _resident_units(first, col_blocks, H, BLOCK_H: tl.constexpr):
 
 @triton.jit
 def _cell_inputs(xg_ptr, b_ptr, cs_ptr, h_ptr, xg_row0, rows, units, umask, amask, mask2, state,
-                 c_off, H, HAS_BIAS, CELL: tl.constexpr, GX: tl.constexpr, BLOCK_H: tl.constexpr,
+                 c_off, H, HAS_BIAS, CELL: tl.constexpr, GX: tl.constexpr,
                  STATE: tl.constexpr):  # fmt: skip
     """What a forward step reads for its tile besides the product ``h_{t-1} W_hh^T``: the
     tiles of ``xg`` and ``b_hh`` ([1, BLOCK_H], zeros without a bias) of its GX gates, the
     LSTM's ``c_{t-1}`` (``cs`` at ``c_off``) and, with STATE, the state an inactive row keeps
     (``h`` [B, H], already offset); ``xg``'s first tile stands in for what is not read."""
     x0, x1, x2, x3 = load_gates(packed_ptrs(xg_ptr, xg_row0, rows, units, GX * H), H, amask, GX)
-    b0 = tl.zeros((1, BLOCK_H), dtype=b_ptr.dtype.element_ty)
-    b1, b2, b3 = b0, b0, b0
-    if HAS_BIAS:  # GRU: b_hn belongs to the reset product, the bias joins h's parts alone
-        b0, b1, b2, b3 = load_gates(b_ptr + units[None, :], H, umask[None, :], GX)
+    # masked off without a bias, not branched around (see common.state_grad_inputs); GRU:
+    # b_hn belongs to the reset product, the bias joins h's parts alone
+    b0, b1, b2, b3 = load_gates(b_ptr + units[None, :], H, umask[None, :] & HAS_BIAS, GX)
     c_prev = x0
     if CELL == LSTM:
         c_prev = tl.load(cs_ptr + c_off + state, mask=mask2, other=0.0)
@@ -123,6 +132,32 @@ def _cell_inputs(xg_ptr, b_ptr, cs_ptr, h_ptr, xg_row0, rows, units, umask, amas
     if STATE:
         h_prev = tl.load(h_ptr + state, mask=mask2, other=0.0)
     return x0, x1, x2, x3, b0, b1, b2, b3, c_prev, h_prev
+
+
+@triton.jit
+def _cell_grad_inputs(dc_ptr, dcs_ptr, state, w_off, mask2, CELL: tl.constexpr, HAS_DCS):
+    """The LSTM's tiles of its running cell-state gradient ``dc`` [B, H] and of ``dCs``
+    [T+1, B, H] at the slot ``w_off`` the step writes (zeros without HAS_DCS); none for the
+    other cells."""
+    ins = ()
+    if CELL == LSTM:
+        dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
+        # masked off, not branched around (see common.state_grad_inputs)
+        dcs = tl.load(dcs_ptr + w_off + state, mask=mask2 & HAS_DCS, other=0.0)
+        ins = (dc, dcs)
+    return ins
+
+
+@triton.jit
+def _cell_grad(dh, ins, CELL: tl.constexpr, HAS_DCS):
+    """The gradient of the cell state a step writes, from :func:`_cell_grad_inputs`'s tiles
+    ``ins`` (LSTM); ``dh`` for the other cells, which pass it on unused."""
+    dc = dh
+    if CELL == LSTM:
+        dc = ins[0]
+        if HAS_DCS:
+            dc += ins[1].to(dc.dtype)
+    return dc
 
 
 @kernel_jit
@@ -159,8 +194,10 @@ def _step_fwd_kernel(
     if RESIDENT:  # W_hh,q[units, :] as [k, unit] tiles
         own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
         ws = resident_slice(w_ptr, own, own_mask, K, K, 1, H * K, G, RESIDENT, BLOCK_K)
-    for s in range(s_begin, s_end if SYNC else s_begin + 1):
-        t, slot_r, slot_w, xg_row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
+    steps_end = s_end if SYNC else s_begin + 1
+    xg_row0, rows_active = visit_rows(s_begin, steps_end, T, steps_ptr, REVERSE, False)
+    for s in range(s_begin, steps_end):
+        t, slot_r, slot_w = visit_slots(s, T, REVERSE, False)
         hs_r = slot_r * B * HOUT
         for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
@@ -170,16 +207,21 @@ def _step_fwd_kernel(
                 amask = act[:, None] & umask[None, :]
                 state = rows[:, None] * H + units[None, :]
                 if RESIDENT:
-                    # issued before the product, these loads travel with h_{t-1}'s instead of
-                    # one dependent round trip after it (fusedrnn.sass); the other launches load
-                    # them after their K loop, which would spill holding them (float64)
+                    # every load of the step issued before the product, h_{t-1}'s first group
+                    # last, and the tiles passed through `late` where used: one round trip for
+                    # them all (fusedrnn.sass). The other launches load these tiles after their
+                    # K loop: holding them across it, they would spill (float64)
                     ins = _cell_inputs(xg_ptr, b_ptr, cs_ptr, hs_ptr + hs_r, xg_row0, rows, units,
                                        umask, amask, mask2, state, slot_r * B * H, H, HAS_BIAS,
-                                       CELL, GX, BLOCK_H, not (CELL == LSTM and PROJ))  # fmt: skip
-                    p0, p1, p2, p3 = rec_gates_resident(hs_ptr + hs_r, ws, rows, act, K, G, ACC_TY,
-                                                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-                                                        RESIDENT, LOAD_GROUP)  # fmt: skip
+                                       CELL, GX, not (CELL == LSTM and PROJ))  # fmt: skip
+                    head = load_chunks(hs_ptr + hs_r, rows, act, K, 0,
+                                       smaller(LOAD_GROUP, RESIDENT), BLOCK_K)  # fmt: skip
+                    p0, p1, p2, p3 = rec_gates_resident(hs_ptr + hs_r, head, ws, rows, act, K, G,
+                                                        ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
+                                                        BLOCK_K, RESIDENT, LOAD_GROUP)  # fmt: skip
                     x0, x1, x2, x3, b0, b1, b2, b3, c_prev, h_prev = ins
+                    x0, x1, x2, x3 = late_all((x0, x1, x2, x3), amask)
+                    c_prev, h_prev = late_all((c_prev, h_prev), mask2)
                     if CELL != GRU:
                         p0, p1, p2, p3 = add_loaded(p0, p1, p2, p3, x0, x1, x2, x3, G)
                     if HAS_BIAS:
@@ -226,6 +268,7 @@ def _step_fwd_kernel(
                 if not PROJ:
                     store_state(h_new, h_prev, hs_ptr + slot_w * B * HOUT, y_ptr, xg_row0, rows,
                                 rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
+        next_rows = visit_rows(s + 1, steps_end, T, steps_ptr, REVERSE, False)
         if SYNC:  # the projection (or the next step) reads every unit
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1)
         if PROJ:  # the projected state h_t = m_t W_hr^T ([HOUT, H]), into Hs and y
@@ -246,6 +289,7 @@ def _step_fwd_kernel(
                                 cols, cmask, HOUT, WRITE_Y)  # fmt: skip
             if SYNC:
                 grid_barrier(sync_ptr, (s - s_begin) * 2 + 2)
+        xg_row0, rows_active = next_rows
 
 
 @kernel_jit
@@ -279,11 +323,14 @@ def _step_bwd_kernel(
     if RESIDENT:  # W_hh[:, units] ([G*H, H]) as [k, unit] tiles
         own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
         ws = resident_slice(w_ptr, own, own_mask, G * H, 1, H, 0, 1, RESIDENT, BLOCK_K)
-    for s in range(s_begin, s_end if SYNC else s_begin + 1):
-        t, slot_r, slot_w, y_row0, rows_active = visit(s, T, steps_ptr, REVERSE, True)
-        # the step processed just before (the next one in time): none for the first
+    steps_end = s_end if SYNC else s_begin + 1
+    y_row0, rows_active = visit_rows(s_begin, steps_end, T, steps_ptr, REVERSE, True)
+    # the active rows of the step processed just before (the next one in time): none for the
+    # first; then carried from step to step
+    rows_prev = visit_rows(s_begin - 1, s_begin, T, steps_ptr, REVERSE, True)[1]
+    for s in range(s_begin, steps_end):
+        t, slot_r, slot_w = visit_slots(s, T, REVERSE, True)
         t_prev = t - 1 if REVERSE else t + 1
-        rows_prev = tl.load(steps_ptr + 2 * t_prev + 1, mask=s > 0, other=0)
         if PROJ:  # dh_t over the projected state, which the cell's dm_t = dh_t W_hr reads whole
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
             for tile in range(first, out_tiles if SYNC else first + 1, every):
@@ -295,7 +342,7 @@ def _step_bwd_kernel(
                     total = state_grad(
                         dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_off, dhs_off, y_row0, rows,
                         cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT, HAS_DHS, HAS_DY,
-                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, ws, RESIDENT, LOAD_GROUP,
+                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
                     )  # fmt: skip
                     state = rows[:, None] * HOUT + cols[None, :]
                     a = act[:, None]
@@ -311,30 +358,45 @@ def _step_bwd_kernel(
                     tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
                 )
                 a = act[:, None]
-                if PROJ:
-                    dh = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask, HOUT, 1,
-                                  H, acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
-                else:
-                    dh = state_grad(
-                        dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, t_prev * B * G * H,
-                        slot_w * B * HOUT, y_row0, rows, units, rmask, umask, act, rows < rows_prev,
-                        G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K, ws,
-                        RESIDENT, LOAD_GROUP,
-                    )  # fmt: skip
-                    if CELL == LSTM:  # the state gradient has reached the gates
-                        tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
-                                 mask=mask2)  # fmt: skip
                 state = rows[:, None] * H + units[None, :]
-                dc = dh  # the cell state's gradient: LSTM only
-                if CELL == LSTM:
-                    dc = tl.load(dc_ptr + state, mask=mask2, other=0.0)
-                    if HAS_DCS:
-                        dc += tl.load(dcs_ptr + slot_w * B * H + state, mask=mask2,
-                                      other=0.0).to(acc_ty)  # fmt: skip
-                d0, d1, d2, d3, carry = cell_bwd(
-                    dh, dc, hs_ptr, cs_ptr, tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H),
-                    state, slot_r * B * H, slot_w * B * H, H, mask2, CELL,
-                )  # fmt: skip
+                saved = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
+                r_off, w_off, prev = slot_r * B * H, slot_w * B * H, rows < rows_prev
+                if RESIDENT:
+                    # every tile of the step loaded before the product, each passed through
+                    # `late` where it is used: their loads travel with dG's first group
+                    sg = state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, slot_w * B * HOUT, y_row0,
+                                           rows, units, rmask, umask, act, K, HAS_DHS,
+                                           HAS_DY)  # fmt: skip
+                    dcs = _cell_grad_inputs(dc_ptr, dcs_ptr, state, w_off, mask2, CELL, HAS_DCS)
+                    ins = cell_bwd_inputs(hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2,
+                                          CELL)  # fmt: skip
+                    dg_prev = dg_rec + t_prev * B * G * H
+                    head = load_chunks(dg_prev, rows, prev, G * H, 0,
+                                       smaller(LOAD_GROUP, RESIDENT), BLOCK_K)  # fmt: skip
+                    rec, _, _, _ = rec_gates_resident(dg_prev, head, ws, rows, prev, G * H, 1,
+                                                      acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                                      BLOCK_K, RESIDENT, LOAD_GROUP)  # fmt: skip
+                    dh = state_grad_sum(late_all(sg, mask2), rec, HAS_DHS, HAS_DY)
+                    dc = _cell_grad(dh, late_all(dcs, mask2), CELL, HAS_DCS)
+                    d0, d1, d2, d3, carry = cell_bwd_loaded(dh, dc, late_all(ins, mask2), CELL)
+                else:
+                    if PROJ:
+                        dh = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask,
+                                      HOUT, 1, H, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                      BLOCK_K)  # fmt: skip
+                    else:
+                        dh = state_grad(
+                            dh_ptr, dg_rec, w_ptr, dhs_ptr, dy_ptr, t_prev * B * G * H,
+                            slot_w * B * HOUT, y_row0, rows, units, rmask, umask, act, prev,
+                            G * H, K, HAS_DHS, HAS_DY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                        )  # fmt: skip
+                    dc = _cell_grad(dh, _cell_grad_inputs(dc_ptr, dcs_ptr, state, w_off, mask2,
+                                                          CELL, HAS_DCS), CELL, HAS_DCS)  # fmt: skip
+                    d0, d1, d2, d3, carry = cell_bwd(dh, dc, hs_ptr, cs_ptr, saved, state, r_off,
+                                                     w_off, H, mask2, CELL)  # fmt: skip
+                if CELL == LSTM and not PROJ:  # the state gradient has reached the gates
+                    tl.store(tile_ptrs(dh_ptr, rows, units, HOUT), tl.where(a, 0.0, dh),
+                             mask=mask2)  # fmt: skip
                 if CELL == LSTM:
                     out = tile_ptrs(dg_ptr + t * B * 4 * H, rows, units, 4 * H)
                     store_gates(out, H, act, mask2, d0, d1, d2, d3, 4)
@@ -348,8 +410,11 @@ def _step_bwd_kernel(
                     d = tl.where(a, d0, 0.0)
                     tl.store(dg_ptr + t * B * H + state, d.to(dg_ptr.dtype.element_ty), mask=mask2)
                     tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
+        next_rows = visit_rows(s + 1, steps_end, T, steps_ptr, REVERSE, True)
         if SYNC:  # the next step's state gradient reads every unit's dG
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ)
+        rows_prev = rows_active
+        y_row0, rows_active = next_rows
 
 
 def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperative) -> bool:

@@ -131,7 +131,21 @@ def resident_slice(w_ptr, feats, fmask, K, stride_f, stride_k, gate_stride, G: t
 
 
 @triton.jit
-def rec_gates_resident(a_ptr, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.constexpr,
+def load_chunks(a_ptr, rows, live, K, FIRST: tl.constexpr, LAST: tl.constexpr,
+                BLOCK_K: tl.constexpr):  # fmt: skip
+    """Chunks ``FIRST .. LAST - 1`` of ``a`` [B, K] (BLOCK_K columns each, zeros past K), read in
+    the rows ``live``, as a tuple of ``[BLOCK_B, BLOCK_K]`` tiles: a group of
+    :func:`rec_gates_resident`'s left operand."""
+    chunks = ()
+    for c in tl.static_range(FIRST, LAST):
+        ks = c * BLOCK_K + tl.arange(0, BLOCK_K)
+        chunks = chunks + (tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                                   mask=live[:, None] & (ks < K)[None, :], other=0.0),)  # fmt: skip
+    return chunks
+
+
+@triton.jit
+def rec_gates_resident(a_ptr, head, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.constexpr,
                        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                        BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
     """:func:`rec_gates` with the weights held on chip (``ws`` from :func:`resident_slice`):
@@ -143,18 +157,22 @@ def rec_gates_resident(a_ptr, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.con
     (one L2 round trip per chunk, 12 per step at K = 768 in the sm_90 code). A group costs
     one round trip and ``GROUP`` staging buffers of shared memory (see
     :func:`.configs.resident_load_group`). The products run in chunk order whatever
-    ``GROUP`` is: the same sums, bit for bit."""
+    ``GROUP`` is: the same sums, bit for bit.
+
+    ``head`` is the first group, loaded by the caller (:func:`load_chunks` of chunks
+    ``0 .. min(GROUP, CHUNKS) - 1``) after the step's other loads: the compiler stages a
+    group in shared memory right after its loads, behind a CTA barrier that no later load is
+    issued across, so a step issues its other loads first (see :func:`.common.late`)."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     for first in tl.static_range(0, CHUNKS, GROUP):
-        chunks = ()
-        for c in tl.static_range(first, _smaller(first + GROUP, CHUNKS)):
-            ks = c * BLOCK_K + tl.arange(0, BLOCK_K)
-            chunks = chunks + (tl.load(a_ptr + rows[:, None] * K + ks[None, :],
-                                       mask=live[:, None] & (ks < K)[None, :], other=0.0),)  # fmt: skip
-        for c in tl.static_range(first, _smaller(first + GROUP, CHUNKS)):
+        chunks = head
+        if first > 0:
+            chunks = load_chunks(a_ptr, rows, live, K, first, smaller(first + GROUP, CHUNKS),
+                                 BLOCK_K)  # fmt: skip
+        for c in tl.static_range(first, smaller(first + GROUP, CHUNKS)):
             a = chunks[c - first]
             acc0 = tl.dot(a, ws[c * G], acc0, input_precision=PRECISION, out_dtype=ACC_TY)
             if G > 1:
@@ -166,7 +184,7 @@ def rec_gates_resident(a_ptr, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.con
 
 
 @triton.constexpr_function
-def _smaller(a, b):
+def smaller(a, b):
     return min(a, b)
 
 

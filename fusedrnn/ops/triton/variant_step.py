@@ -339,7 +339,7 @@ def _zoned_state_grad(dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, mh_ptr, p_h, ds_pr
     ``ds_prev_off``) and its zoneout keep weight."""
     total = state_grad(dh_ptr, ds_ptr, w_ptr, dhs_ptr, dy_ptr, ds_prev_off, hs_w, row0, rows, cols,
                        rmask, cmask, act, prev, GH, W, HAS_DHS, HAS_DY, PRECISION, BLOCK_B,
-                       BLOCK_H, BLOCK_K, (), 0, 1)  # fmt: skip
+                       BLOCK_H, BLOCK_K)  # fmt: skip
     return total, zoneout_weight(mh_ptr, p_h, ZONE_H, row0, rows, act, cols, cmask, W, total)
 
 
