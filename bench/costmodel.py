@@ -60,7 +60,8 @@ per program leaves room for, at most ``MAX_LOAD_GROUP``, ``ops/triton/configs.py
 from HBM once per launch (a kernel of its own here, which carries the launch) and never again, so
 a step's L2 traffic is its A operand (h_{t-1} forward, dG_{t+1} backward: B·K·e bytes per column
 block); the chunks of a group are loaded together, and the tile's other loads with the first
-group, so the step's chain is one round trip per group and the barrier (:func:`resident_chain`).
+group, so the step's chain is one round trip per group, the forward's row counts and the
+barrier (:func:`resident_chain`).
 The grid is a program per column block times as many row blocks as fit at once: registers
 (``REGS_PER_THREAD``, which the resident kernels use too) and shared memory (the slice, its buffer
 and the 1 KiB CUDA reserves per program, :data:`SMEM_RESERVED`, against each GPU's limits in
@@ -556,20 +557,20 @@ def chain_length(k: int, block_k: int, stages: int) -> float:
     return math.ceil(k / block_k) / max(1, stages - 1) + 2
 
 
-def resident_chain(walks: int = 1, groups: int = 1) -> float:
+def resident_chain(walks: int = 1, groups: int = 1, backward: bool = False) -> float:
     """Dependent L2 round trips of one step of a resident launch whose programs walk ``walks``
     tiles each and load their A operand in ``groups`` groups of chunks. W_hh is on chip, so
     nothing in the reduction waits for it; the chunks of a group are loaded together
     (tiles.rec_gates_resident), so a group costs one round trip where chain_length counts one
     per chunk in flight. The tile's own loads are issued with its first group and its stores
-    wait for nothing (ops/triton/step.py), and the next step's row counts are loaded before the
-    barrier, so nothing else adds to a tile's chain. The step ends at one grid barrier, whatever
-    the number of tiles a program walked before it. (The sm_90 code counted by fusedrnn.sass
-    agrees for every resident kernel that fits a program's shared memory at bf16, fp16 and TF32,
-    H = 256..1024, and for the GRU's and RNN's in IEEE float32; the IEEE float32 LSTM backward
-    waits longer, its FMA products issuing a group's loads in parts: 14 round trips at H=768
-    where this gives 8.)"""
-    return walks * groups + BARRIER_ROUND_TRIPS
+    wait for nothing (ops/triton/step.py). The forward step begins with one round trip for its
+    row counts; the backward loads them a step ahead, before the barrier. The step ends at one
+    grid barrier, whatever the number of tiles a program walked before it. (The sm_90 code
+    counted by fusedrnn.sass agrees for every resident kernel that fits a program's shared
+    memory at bf16, fp16 and TF32, H = 256..1024, and for the GRU's and RNN's in IEEE float32;
+    the IEEE float32 LSTM backward waits longer, its FMA products issuing a group's loads in
+    parts: 14 round trips at H=768 where this gives 8.)"""
+    return walks * groups + (0 if backward else 1) + BARRIER_ROUND_TRIPS
 
 
 def _register_limit(warps: int) -> int:
@@ -706,7 +707,8 @@ def plan(
             )  # fmt: skip
             steps.append(
                 Kernel(f"resident step{suffix}", rec_flops, G * H * e + rows, lay.programs,
-                       lay.col_blocks * B * k * e, 0, chain=resident_chain(lay.walks, lay.groups),
+                       lay.col_blocks * B * k * e, 0,
+                       chain=resident_chain(lay.walks, lay.groups, backward),
                        warps=warps, per_sm=lay.per_sm, barriers=1, backward=backward)
             )  # fmt: skip
         return Plan(once_fwd + loads[:1], steps[:1], steps[1:], [*loads[1:], *once_bwd])

@@ -180,8 +180,8 @@ def visit_slots(s, T, REVERSE, BACKWARD: tl.constexpr):
 @triton.jit
 def visit_rows(s, s_end, T, steps_ptr, REVERSE, BACKWARD: tl.constexpr):
     """:func:`visit`'s first row and active rows of the s-th step, zeros unless
-    ``0 <= s < s_end``: a step kernel loads them a step ahead, before the barrier that ends
-    the step before, so that a step does not begin with a round trip to the table."""
+    ``0 <= s < s_end``: the backward step kernel loads them a step ahead, before the barrier
+    that ends the step before, so that a step does not begin with a round trip to the table."""
     t, _, _ = visit_slots(s, T, REVERSE, BACKWARD)
     live = (s >= 0) & (s < s_end)
     row0 = tl.load(steps_ptr + 2 * t, mask=live, other=0)

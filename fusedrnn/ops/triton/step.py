@@ -21,7 +21,8 @@ columns of ``W_hh`` for its state gradient. Its K loop is unrolled, and the chun
 ``h_prev`` (or ``dG``) are loaded ``LOAD_GROUP`` at a time, as many as the shared memory beside
 the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`), the step's
 other tiles before the first group (:func:`.common.late`): a step waits one round trip per group
-and the barrier's. Every launch loads the next step's row counts before the barrier.
+and the barrier's (the forward one more, for its row counts). Every backward launch loads the
+next step's row counts before the barrier.
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
 recurrent parts of those units ``h_prev W_hh,q^T`` in one loop over ``h_prev``, adds ``xg``
@@ -61,6 +62,7 @@ from .common import (
     state_grad_inputs,
     state_grad_sum,
     steps_table,
+    visit,
     visit_rows,
     visit_slots,
 )
@@ -194,10 +196,10 @@ def _step_fwd_kernel(
     if RESIDENT:  # W_hh,q[units, :] as [k, unit] tiles
         own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
         ws = resident_slice(w_ptr, own, own_mask, K, K, 1, H * K, G, RESIDENT, BLOCK_K)
-    steps_end = s_end if SYNC else s_begin + 1
-    xg_row0, rows_active = visit_rows(s_begin, steps_end, T, steps_ptr, REVERSE, False)
-    for s in range(s_begin, steps_end):
-        t, slot_r, slot_w = visit_slots(s, T, REVERSE, False)
+    # the row counts loaded as the step begins: a step ahead, as the backward does, the float32
+    # and TF32 forward kernels spilled (at 255 registers)
+    for s in range(s_begin, s_end if SYNC else s_begin + 1):
+        t, slot_r, slot_w, xg_row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
         for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
@@ -268,7 +270,6 @@ def _step_fwd_kernel(
                 if not PROJ:
                     store_state(h_new, h_prev, hs_ptr + slot_w * B * HOUT, y_ptr, xg_row0, rows,
                                 rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
-        next_rows = visit_rows(s + 1, steps_end, T, steps_ptr, REVERSE, False)
         if SYNC:  # the projection (or the next step) reads every unit
             grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1)
         if PROJ:  # the projected state h_t = m_t W_hr^T ([HOUT, H]), into Hs and y
@@ -289,7 +290,6 @@ def _step_fwd_kernel(
                                 cols, cmask, HOUT, WRITE_Y)  # fmt: skip
             if SYNC:
                 grid_barrier(sync_ptr, (s - s_begin) * 2 + 2)
-        xg_row0, rows_active = next_rows
 
 
 @kernel_jit
@@ -323,6 +323,7 @@ def _step_bwd_kernel(
     if RESIDENT:  # W_hh[:, units] ([G*H, H]) as [k, unit] tiles
         own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
         ws = resident_slice(w_ptr, own, own_mask, G * H, 1, H, 0, 1, RESIDENT, BLOCK_K)
+    # the row counts of a step loaded before the barrier that ends the step before
     steps_end = s_end if SYNC else s_begin + 1
     y_row0, rows_active = visit_rows(s_begin, steps_end, T, steps_ptr, REVERSE, True)
     # the active rows of the step processed just before (the next one in time): none for the
