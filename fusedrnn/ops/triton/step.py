@@ -196,8 +196,8 @@ def _step_fwd_kernel(
     if RESIDENT:  # W_hh,q[units, :] as [k, unit] tiles
         own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
         ws = resident_slice(w_ptr, own, own_mask, K, K, 1, H * K, G, RESIDENT, BLOCK_K)
-    # the row counts loaded as the step begins: a step ahead, as the backward does, the float32
-    # and TF32 forward kernels spilled (at 255 registers)
+    # the row counts loaded as the step begins: loaded a step ahead, as the backward's are, the
+    # float32 and TF32 forward kernels spilled (at 255 registers)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
         t, slot_r, slot_w, xg_row0, rows_active = visit(s, T, steps_ptr, REVERSE, False)
         hs_r = slot_r * B * HOUT
