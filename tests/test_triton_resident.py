@@ -68,11 +68,10 @@ def test_resident_steps_wait_one_round_trip_per_group(monkeypatch, precision):
     step waits one global round trip per group of chunks of h_{t-1} (backward: dG), its other
     loads travelling with the first group, plus the barrier's two (its arrival's poll and the
     poll loop, walked once), plus, forward, one for its row counts, as
-    bench/costmodel.resident_chain counts. The groups are the
-    launcher's for sm_90's shared memory: bf16 one of 12 chunks forward, three of 16 backward;
-    TF32 12 chunks in groups of 8 forward, 48 backward, 2 and 6 groups. One chunk at a time a
-    step waits on at least one round trip per chunk (forward 12, backward 48), as the kernels
-    did before the groups."""
+    bench/costmodel.resident_chain counts. The groups are the launcher's for sm_90's shared
+    memory: bf16 one of 12 chunks forward, three of 16 backward; TF32 12 chunks in groups of 8
+    forward, 48 backward, 2 and 6 groups. One chunk at a time a step waits on at least one
+    round trip per chunk (forward 12, backward 48), as the kernels did before the groups."""
     from fusedrnn.ops.triton import configs
     from fusedrnn.sass import disassemble, round_trips
 
