@@ -18,8 +18,9 @@ binder derives from the arguments, with ``do_not_specialize`` honoured -- and ev
 distinct specialisation is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. Registers and
 spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory from
-the kernel metadata. One row per compile; exits non-zero on any compile error or any
-spill. A last table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024
+the kernel metadata. One row per compile; exits non-zero on any compile error, any
+spill, or any shared-memory bank conflict in the operand reads of an FMA product
+(:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024
 in each dtype, the compile its cooperative and resident launches run (:func:`named_launches`);
 the resident launch's chunks of K follow H, so those are compiles at that H, and their rows give
 the dependent global round trips of a step read from the machine code (:mod:`fusedrnn.sass`:
@@ -52,6 +53,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 from fusedrnn.sass import disassemble, round_trips
+from fusedrnn.smem import worst_conflicts
 
 # label -> (torch dtype name, allow TF32)
 PRECISIONS = {
@@ -365,6 +367,8 @@ def _compile(job: Job) -> dict:
         )
         if dict(job.constexprs).get("RESIDENT"):  # an unrolled step: its chain, from the SASS
             row["round_trips"] = round_trips(disassemble(k.asm["cubin"]))
+        # shared-memory bank conflicts of the FMA products' operand reads (a failure, as spills)
+        row["conflicts"] = worst_conflicts(k.asm["ttgir"], job.arch)
     except Exception as e:  # noqa: BLE001 - every failure is reported in the table
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
     row["seconds"] = time.time() - t0
@@ -386,7 +390,8 @@ class _Cache:
             text = f.read_bytes()
             if b"@triton.jit" in text or b"@kernel_jit" in text:
                 digest.update(text)
-        digest.update((pathlib.Path(__file__).parent / "sass.py").read_bytes())
+        for name in ("sass.py", "smem.py"):  # what a row's counts come from
+            digest.update((pathlib.Path(__file__).parent / name).read_bytes())
         self.salt = digest.hexdigest()
         self.rows = json.loads(self.path.read_text()) if self.path.exists() else {}
 
@@ -420,6 +425,8 @@ def _fmt(row: dict) -> str:
     else:
         spill = f"{row['spill_st']}/{row['spill_ld']}"
         stats = f"{row['regs']:>4} {spill:>11} {row['smem']:>7}"
+        if row.get("conflicts"):
+            stats += f" BANK CONFLICTS {row['conflicts']}"
     div = ",".join(a for a in j.attrs if not a.endswith("_ptr")) or "-"
     return (f"sm_{j.arch:<3} {name:<28} {j.precision:<5} {j.blocks():<16} {stats}  "
             f"[{j.flags()}] div16:{div}")  # fmt: skip
@@ -481,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                     cache.put(job, row)
             print(_fmt(row), flush=True)
             rows[job] = row
-            failures += bool(row["error"]) or bool(row["spill_st"]) or bool(row["spill_ld"])
+            failures += (bool(row["error"]) or bool(row["spill_st"]) or bool(row["spill_ld"])
+                         or bool(row.get("conflicts")))  # fmt: skip
         done.set()  # an extra worker still waiting ends, so that the pool can shut down
     if cache is not None:
         print(f"{len(todo) - len(fresh)} results from the cache {args.cache}")
@@ -494,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             if row.get("round_trips") is not None:
                 note = f"  {row['round_trips']} dependent global round trips per step{note}"
             print(f"sm_{job.arch:<3} {name:<44} {_fmt(row).split(None, 3)[3]}{note}")
-    print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors or spills")
+    print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors, spills "
+          "or bank conflicts")  # fmt: skip
     return 1 if failures else 0
 
 

@@ -280,6 +280,47 @@ def test_module_matches_torch_nn(rnn_pair, cls, kwargs, lengths, device):
     assert_same(ref, mod, x, hx, rtol=1e-10, atol=1e-10, pack=pack)
 
 
+@pytest.mark.parametrize("path,case", [
+    ("step", Case("lstm", T=3, B=3, I=3, H=20, proj=6, packed=True)),
+    ("cooperative", Case("gru", T=3, B=3, I=3, H=20, reverse=True)),
+    ("resident", Case("lstm", T=3, B=3, I=3, H=20)),
+    ("persistent", Case("lstm", T=3, B=3, I=3, H=20, packed=True)),
+    ("cooperative", Case("lstm", T=3, B=3, I=3, H=20, proj=6, ln=True, peep=True, zone="hc")),
+], ids=str)  # fmt: skip
+def test_transposed_weights_change_no_bit(path, case, monkeypatch):
+    """Where their product is a loop of FMAs (float32 IEEE) the forward kernels read ``W_hh``
+    and ``W_hr`` transposed (runtime.weights_transposed), on every path and in the variant
+    kernel: the same products in the same order, so every output and gradient keeps its bits
+    when the weights are read as they are."""
+    from fusedrnn.ops.triton import runtime
+
+    a = layer_cases.make_inputs(case, torch.float32, DEVICE)
+    results, used = [], []
+    for transposed in (True, False):
+        monkeypatch.setattr(runtime, "weights_transposed",
+                            lambda dtype, t=transposed: used.append(t) or t)  # fmt: skip
+        with tb.kernel_path(path):
+            outs, grads = layer_cases.outputs_and_grads(tb.layer, a)
+        results.append([t for t in (*outs, *grads.values()) if t is not None])
+    assert sorted(set(used)) == [False, True]  # each forward asked
+    assert all(torch.equal(x, y) for x, y in zip(*results, strict=True))
+
+
+def test_weights_transposed_where_the_product_is_fma():
+    from fusedrnn.ops.triton.runtime import weights_transposed
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            assert weights_transposed(torch.float32) is not tf32
+            assert not weights_transposed(torch.float64)  # tensor cores
+            assert not weights_transposed(torch.bfloat16)
+            assert not weights_transposed(torch.float16)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def test_dot_precision_follows_allow_tf32():
     from fusedrnn.ops.triton.runtime import dot_precision
 

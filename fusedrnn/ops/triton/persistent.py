@@ -37,14 +37,18 @@ PATHS = ("step", "cooperative", "resident", "persistent")
 
 
 @triton.jit
-def _w_tiles(w_ptr, H, units, umask, G: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """The blocks of W_hh [G*H, H] of gates q < G, each [k, unit] if TRANSPOSE else
-    [unit, k] (zeros for q >= G)."""
+def _w_tiles(w_ptr, H, units, umask, G: tl.constexpr, TRANSPOSE: tl.constexpr,
+             W_T: tl.constexpr = False):  # fmt: skip
+    """The blocks of W_hh [G*H, H] (W_T: given as W_hh^T [H, G*H]) of gates q < G, each
+    [k, unit] if TRANSPOSE else [unit, k] (zeros for q >= G)."""
+    mask = umask[:, None] & umask[None, :]
+    if W_T:  # (only [k, unit] blocks are read from it)
+        return load_gates(w_ptr + units[:, None] * (G * H) + units[None, :], H, mask, G)
     if TRANSPOSE:
         off = units[None, :] * H + units[:, None]
     else:
         off = units[:, None] * H + units[None, :]
-    return load_gates(w_ptr + off, H * H, umask[:, None] & umask[None, :], G)
+    return load_gates(w_ptr + off, H * H, mask, G)
 
 
 @triton.jit
@@ -63,7 +67,7 @@ def _persistent_fwd_kernel(
     xg_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, gates_ptr, y_ptr, steps_ptr,
     T: tl.int64, B, H, CELL: tl.constexpr, HAS_BIAS, REVERSE: tl.constexpr, WRITE_Y,
     WRITE_GATES: tl.constexpr, ACC_TY: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, W_T: tl.constexpr = False,
 ):  # fmt: skip
     """Arguments as :func:`.step._step_fwd_kernel`'s, with ``HOUT = H`` (the first slots of
     ``Hs`` and ``Cs`` hold h0 and c0)."""
@@ -72,7 +76,7 @@ def _persistent_fwd_kernel(
     first = T if REVERSE else 0
 
     # W_hh^T and b_hh per gate, resident for the whole sequence
-    w0, w1, w2, w3 = _w_tiles(w_ptr, H, units, umask, G, True)
+    w0, w1, w2, w3 = _w_tiles(w_ptr, H, units, umask, G, True, W_T)
     zero = tl.zeros((BLOCK_H,), dtype=ACC_TY)
     b0, b1, b2, b3 = zero, zero, zero, zero
     if HAS_BIAS:

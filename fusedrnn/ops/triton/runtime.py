@@ -174,6 +174,16 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def weights_transposed(dtype: torch.dtype) -> bool:
+    """Whether the forward kernels read ``W_hh`` and ``W_hr`` transposed: where their ``tl.dot``
+    is a loop of FMAs (float32 IEEE; float64 runs on tensor cores). Its right operand goes
+    through shared memory in the order it was loaded in. In the weights' own order (k fastest)
+    the threads of a warp read their units' k values from addresses one unit apart, in the
+    same few banks: an 8-way bank conflict (``fusedrnn.smem``), every read replayed 8 times.
+    Transposed (units fastest), as the backward reads ``W_hh``, they are conflict-free."""
+    return dtype == torch.float32 and dot_precision(dtype) == "ieee"
+
+
 class Step(NamedTuple):
     """One time step as the kernels see it."""
 

@@ -99,6 +99,15 @@ def _walk(SYNC: tl.constexpr):
 
 
 @triton.jit
+def _strides(K, F, W_T: tl.constexpr):
+    """``(stride_f, stride_k)`` of weight element (f, k) of an ``[F, K]`` weight, given as is
+    or transposed (``W_T``, :func:`weights_transposed`)."""
+    if W_T:
+        return 1, F
+    return K, 1
+
+
+@triton.jit
 def _tiles(B, N, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Column blocks and tiles of a ``[B, N]`` phase (:func:`.tiles.block_tile` numbers them)."""
     col_blocks = tl.cdiv(N, BLOCK_H)
@@ -165,13 +174,13 @@ def _cell_grad(dh, ins, CELL: tl.constexpr, HAS_DCS):
 @kernel_jit
 def _step_fwd_kernel(
     xg_ptr,  # [N, G*H] input projection x W_ih^T + b_ih (x layout)
-    w_ptr,  # [G*H, HOUT] W_hh
+    w_ptr,  # [G*H, HOUT] W_hh, or [HOUT, G*H] W_hh^T (W_T)
     b_ptr,  # [G*H] b_hh (HAS_BIAS)
     hs_ptr,  # [T+1, B, HOUT] hidden-state history
     cs_ptr,  # [T+1, B, H] cell-state history (LSTM; accumulation dtype)
     gates_ptr,  # [T, B, 4H] saved LSTM i, f, g, o / GRU r, z, n, hn (WRITE_GATES)
     m_ptr,  # [T, B, H] unprojected output (PROJ)
-    whr_ptr,  # [HOUT, H] W_hr (PROJ)
+    whr_ptr,  # [HOUT, H] W_hr, or [H, HOUT] W_hr^T (W_T) (PROJ)
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     steps_ptr,  # [T, 2] int32: first row of step t in x / xg / y, active rows at t
     sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
@@ -185,17 +194,21 @@ def _step_fwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RESIDENT: tl.constexpr = 0,  # chunks of W_hh held on chip (see _resident_units), 0: none
     LOAD_GROUP: tl.constexpr = 1,  # chunks of h_prev loaded together (tiles.rec_gates_resident)
+    W_T: tl.constexpr = False,  # the weights transposed (see weights_transposed)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     GX: tl.constexpr = 3 if CELL == GRU else G  # gate blocks of xg and b_hh (GRU: G is 3 too)
     # only the LSTM's W_hh may be [4H, HOUT]: the others use the one size H throughout
     K = HOUT if CELL == LSTM else H
+    # weight element (f, k) of W_hh ([G*H, K]) and W_hr ([HOUT, H]) at f * stride_f + k * stride_k
+    w_f, w_k = _strides(K, G * H, W_T)
+    r_f, r_k = _strides(H, HOUT, W_T)
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
     ws = ()
     if RESIDENT:  # W_hh,q[units, :] as [k, unit] tiles
         own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
-        ws = resident_slice(w_ptr, own, own_mask, K, K, 1, H * K, G, RESIDENT, BLOCK_K)
+        ws = resident_slice(w_ptr, own, own_mask, K, w_f, w_k, H * w_f, G, RESIDENT, BLOCK_K)
     # the row counts loaded as the step begins: loaded a step ahead, as the backward's are, the
     # float32 and TF32 forward kernels spilled (at 255 registers)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
@@ -230,7 +243,7 @@ def _step_fwd_kernel(
                         p0, p1, p2, p3 = add_loaded(p0, p1, p2, p3, b0, b1, b2, b3, GX)
                 else:
                     p0, p1, p2, p3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H, K,
-                                               K, 1, G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
+                                               w_f, w_k, G, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
                                                BLOCK_K)  # fmt: skip
                     xg = packed_ptrs(xg_ptr, xg_row0, rows, units, GX * H)
                     if CELL == GRU:  # b_hn belongs to the reset product: the bias joins h's parts
@@ -280,7 +293,7 @@ def _step_fwd_kernel(
                     rows, cols, rmask, cmask, act, _ = block_tile(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
-                    acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, H, 1,
+                    acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, r_f, r_k,
                                    ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
                     # the tile mask formed after the loop, not held across it (up to 88
                     # registers more)
@@ -506,7 +519,8 @@ def step_fwd(
     """Launch the forward kernels of ``path`` (:func:`.persistent.choose_path`: a launch per
     step, one cooperative launch or the persistent kernel); returns their buffers
     (:func:`.common.forward_buffers`). The tensors are the forward kernel's (shapes there;
-    ``h0`` [B, Hout], ``c0`` [B, H] for the LSTM), the weights contiguous."""
+    ``h0`` [B, Hout], ``c0`` [B, H] for the LSTM), the weights contiguous; the kernels read
+    them transposed where :func:`.runtime.weights_transposed` says."""
     B, Hout, H = plan.B, w_hh.shape[1], w_hh.shape[0] // GATES[cell]
     gated, proj = cell in ("lstm", "gru"), w_hr is not None
     hs, cs, gates, m, y = out = forward_buffers(cell, xg, plan.T, B, Hout, H, proj, plan.packed,
@@ -516,15 +530,18 @@ def step_fwd(
         cs[plan.first_slot] = c0
     flags = dict(ACC_TY=runtime.acc_ty(xg.dtype), PRECISION=runtime.dot_precision(xg.dtype),
                  CELL=CELL_CODE[cell], HAS_BIAS=b_hh is not None, WRITE_Y=plan.packed,
-                 WRITE_GATES=gated and save)  # fmt: skip
+                 WRITE_GATES=gated and save, W_T=runtime.weights_transposed(xg.dtype))  # fmt: skip
+    w_rec, w_out = w_hh, w_hr
+    if flags["W_T"]:
+        w_rec, w_out = w_hh.t().contiguous(), None if w_hr is None else w_hr.t().contiguous()
     # hs stands for the buffers the cell has not (its kernel never reads them)
-    head = (xg, w_hh, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs))
+    head = (xg, w_rec, *runtime.given(xg, b_hh), hs, *runtime.given(hs, cs))
     if path == "persistent":
         persistent.launch(False, cell, w_hh, plan, (*head, gates if gated and save else hs,
                                                      *runtime.given(hs, y)), flags)  # fmt: skip
     else:
         _launch_steps(_step_fwd_kernel, (*head, gates if gated else hs,
-                                         *runtime.given(hs, m, w_hr, y)), (B, H, Hout),
+                                         *runtime.given(hs, m, w_out, y)), (B, H, Hout),
                       dict(flags, PROJ=proj), plan, path, False)  # fmt: skip
     return out
 

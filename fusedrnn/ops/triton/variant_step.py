@@ -84,7 +84,7 @@ from .rowstats import (
     tile_moments,
     zoneout_weight,
 )
-from .step import _tiles, launch_phases
+from .step import _strides, _tiles, launch_phases
 from .sync import grid_barrier
 from .tiles import (
     add_gates,
@@ -157,12 +157,12 @@ def _lstm_output(m, m_ptr, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, r
 @kernel_jit
 def _variant_fwd_kernel(
     xg_ptr,  # [N, GH] input projection (LN_ih and b_ih applied)
-    w_ptr,  # [GH, HOUT] W_hh
+    w_ptr,  # [GH, HOUT] W_hh, or [HOUT, GH] W_hh^T (W_T)
     b_ptr,  # [GH] b_hh + LN_hh bias (HAS_BIAS)
     lnw_ptr,  # [GH] LN_hh gain (LAYER_NORM)
     lncw_ptr, lncb_ptr,  # [H] LN_c gain and bias (LSTM, LAYER_NORM)
     wch_ptr,  # [3, H] peephole rows i, f, o; [2, H] i, o with CIFG (PEEPHOLE)
-    whr_ptr,  # [HOUT, H] W_hr (PROJ)
+    whr_ptr,  # [HOUT, H] W_hr, or [H, HOUT] W_hr^T (W_T) (PROJ)
     mh_ptr,  # [N, HOUT] zoneout mask of h (ZONE_H == 1)
     mc_ptr,  # [N, H] zoneout mask of c (ZONE_C == 1)
     par_ptr,  # [3] p_h, p_c, layer-norm eps
@@ -190,6 +190,7 @@ def _variant_fwd_kernel(
     SYNC,  # a grid barrier after each phase (cooperative launch); see _program_tiles
     WRITE_Y, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,  # the weights transposed (runtime.weights_transposed)
 ):  # fmt: skip
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
     G: tl.constexpr = gate_blocks(CELL, OPTIONS)
@@ -202,6 +203,8 @@ def _variant_fwd_kernel(
     # only the LSTM's W_hh may be [GH, HOUT]: the GRU uses the one size H throughout
     K = HOUT if CELL == LSTM else H
     GH = G * H
+    w_f, w_k = _strides(K, GH, W_T)  # as the step kernel's
+    r_f, r_k = _strides(H, HOUT, W_T)
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _program_tiles()
     p_h, p_c, eps = tl.load(par_ptr), tl.load(par_ptr + 1), tl.load(par_ptr + 2)
@@ -221,8 +224,8 @@ def _variant_fwd_kernel(
                         tile, col_blocks, B, H, rows_active, BLOCK_B, BLOCK_H
                     )
                     r0, r1, r2, r3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H,
-                                               K, K, 1, G, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
-                                               BLOCK_K)  # fmt: skip
+                                               K, w_f, w_k, G, acc_ty, PRECISION, BLOCK_B,
+                                               BLOCK_H, BLOCK_K)  # fmt: skip
                     store_gates(tile_ptrs(shat, rows, units, GH), H, act, mask2, r0, r1, r2, r3, G)
                     mean, m2 = tile_moments(r0, r1, r2, r3, umask, G)
                     store_partial(part_ptr, tile % col_blocks, B, rows, rmask, mean, m2)
@@ -248,8 +251,8 @@ def _variant_fwd_kernel(
                              mask=rmask & (tile % col_blocks == 0))  # fmt: skip
                 else:
                     s0, s1, s2, s3 = rec_gates(hs_ptr + hs_r, w_ptr, rows, act, units, umask, H,
-                                               K, K, 1, G, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
-                                               BLOCK_K)  # fmt: skip
+                                               K, w_f, w_k, G, acc_ty, PRECISION, BLOCK_B,
+                                               BLOCK_H, BLOCK_K)  # fmt: skip
                 if HAS_BIAS:
                     s0, s1, s2, s3 = add_gates(s0, s1, s2, s3, b_ptr + units, H, umask, G)
                 # the input parts after the recurrent ones: fewer registers than interleaved
@@ -315,7 +318,7 @@ def _variant_fwd_kernel(
                     rows, cols, rmask, cmask, act, _ = block_tile(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
-                    hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, H, 1, acc_ty,
+                    hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, r_f, r_k, acc_ty,
                                   PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
                     emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                                cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
@@ -647,10 +650,13 @@ def variant_fwd(
     hs[plan.first_slot] = h0
     if cell == "lstm":
         cs[plan.first_slot] = c0
+    flags = dict(_flags(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, options),
+                 HAS_BIAS=bias is not None, WRITE_Y=plan.packed,
+                 W_T=runtime.weights_transposed(xg.dtype))  # fmt: skip
+    if flags["W_T"]:
+        w_hh, w_hr = w_hh.t().contiguous(), None if w_hr is None else w_hr.t().contiguous()
     tensors = (xg, w_hh, *runtime.given(xg, bias, ln_hh_w, ln_c_w, ln_c_b, w_ch, w_hr, mask_h,
                                         mask_c), par, *runtime.given(xg, *out))  # fmt: skip
-    flags = dict(_flags(cell, w_hh, ln_hh_w, w_ch, w_hr, zone, options),
-                 HAS_BIAS=bias is not None, WRITE_Y=plan.packed)  # fmt: skip
     _launch(_variant_fwd_kernel, tensors, (B, H, Hout), flags, plan, xg, False)
     return out
 

@@ -1,0 +1,140 @@
+"""Shared-memory bank conflicts of a compiled kernel's FMA products, counted by Triton's own
+model instead of assumed.
+
+A ``tl.dot`` that runs as a loop of FMAs (float32 without TF32, float64) stages its operands in
+shared memory and reads them back in the layout the FMAs want (``ttg.local_load`` into a
+``dot_op`` layout whose parent is a blocked layout, in the kernel's TTGIR). Shared memory serves a
+warp's read in one pass only when its addresses fall in distinct banks (or are equal); otherwise
+the read is replayed, one extra pass per conflict. :func:`bank_conflicts` asks Triton for that
+number (``triton.experimental.gluon.language.bank_conflicts``: the extra accesses per wavefront
+of each instruction its lowering emits) for every such read of a kernel. Tensor-core products
+stage theirs in swizzled layouts built to avoid conflicts and are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import re
+import tempfile
+from typing import NamedTuple
+
+_LIST = r"\[([\d, ]+)\]"
+_BLOCKED = re.compile(rf"^(#\w+) = #ttg\.blocked<\{{sizePerThread = {_LIST}, "
+                      rf"threadsPerWarp = {_LIST}, warpsPerCTA = {_LIST}, order = {_LIST}\}}>",
+                      re.M)  # fmt: skip
+_SHARED = re.compile(rf"^(#\w+) = #ttg\.swizzled_shared<\{{vec = (\d+), perPhase = (\d+), "
+                     rf"maxPhase = (\d+), order = {_LIST}\}}>", re.M)  # fmt: skip
+_READ = re.compile(r"ttg\.local_load .*?!ttg\.memdesc<(\d+)x(\d+)x(\w+), (#\w+)\b.*?-> "
+                   r"tensor<[^,]+, #ttg\.dot_op<\{opIdx = (\d), parent = (#\w+)\}>>")  # fmt: skip
+
+
+class OperandRead(NamedTuple):
+    """One kind of shared-memory read behind a ``tl.dot`` operand of an FMA product."""
+
+    operand: int  # 0 the left operand, 1 the right
+    shape: tuple[int, int]
+    dtype: str  # the TTGIR element type: f32, f64, ...
+    blocked: tuple  # the product's layout: sizePerThread, threadsPerWarp, warpsPerCTA, order
+    shared: tuple  # where the operand is staged: vec, perPhase, maxPhase, order
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def operand_reads(ttgir: str) -> list[OperandRead]:
+    """The distinct shared-memory reads into FMA ``tl.dot`` operands in a kernel's TTGIR."""
+    blocked = {m[1]: tuple(_ints(g) for g in m.groups()[1:]) for m in _BLOCKED.finditer(ttgir)}
+    shared = {m[1]: (int(m[2]), int(m[3]), int(m[4]), _ints(m[5]))
+              for m in _SHARED.finditer(ttgir)}  # fmt: skip
+    reads = {}
+    for m in _READ.finditer(ttgir):
+        rows, cols, dtype, smem, operand, parent = m.groups()
+        if parent in blocked and smem in shared:
+            read = OperandRead(int(operand), (int(rows), int(cols)), dtype, blocked[parent],
+                               shared[smem])  # fmt: skip
+            reads[read] = None
+    return list(reads)
+
+
+@functools.cache
+def _probe():
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as ttgl
+
+    @gluon.jit
+    def probe(OPERAND: ttgl.constexpr, ROWS: ttgl.constexpr, COLS: ttgl.constexpr,
+              BITS: ttgl.constexpr, SPT: ttgl.constexpr, TPW: ttgl.constexpr,
+              WPC: ttgl.constexpr, ORDER: ttgl.constexpr, VEC: ttgl.constexpr,
+              PER_PHASE: ttgl.constexpr, MAX_PHASE: ttgl.constexpr,
+              SMEM_ORDER: ttgl.constexpr):  # fmt: skip
+        parent: ttgl.constexpr = ttgl.BlockedLayout(SPT, TPW, WPC, ORDER)
+        layout: ttgl.constexpr = ttgl.DotOperandLayout(OPERAND, parent, 0)
+        smem: ttgl.constexpr = ttgl.SwizzledSharedLayout(VEC, PER_PHASE, MAX_PHASE, SMEM_ORDER)
+        # the count depends on the element's width only
+        if BITS == 64:
+            ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
+                ttgl.distributed_type(ttgl.float64, [ROWS, COLS], layout),
+                ttgl.shared_memory_descriptor_type(ttgl.float64, [ROWS, COLS], smem,
+                                                   [ROWS, COLS])))  # fmt: skip
+        elif BITS == 32:
+            ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
+                ttgl.distributed_type(ttgl.float32, [ROWS, COLS], layout),
+                ttgl.shared_memory_descriptor_type(ttgl.float32, [ROWS, COLS], smem,
+                                                   [ROWS, COLS])))  # fmt: skip
+        else:
+            ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
+                ttgl.distributed_type(ttgl.float16, [ROWS, COLS], layout),
+                ttgl.shared_memory_descriptor_type(ttgl.float16, [ROWS, COLS], smem,
+                                                   [ROWS, COLS])))  # fmt: skip
+
+    return probe
+
+
+_BITS = {"f64": 64, "f32": 32, "f16": 16, "bf16": 16}
+
+
+@functools.cache
+def bank_conflicts(read: OperandRead, arch: int = 90) -> int:
+    """Extra shared-memory accesses per wavefront of the instructions that perform ``read``
+    (0: conflict-free), by Triton's model for ``sm_<arch>``. Compiles a small Gluon kernel that
+    prints the count as it is built; no GPU is needed."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    spt, tpw, wpc, order = read.blocked
+    vec, per_phase, max_phase, smem_order = read.shared
+    values = dict(OPERAND=read.operand, ROWS=read.shape[0], COLS=read.shape[1],
+                  BITS=_BITS[read.dtype], SPT=list(spt), TPW=list(tpw),
+                  WPC=list(wpc), ORDER=list(order), VEC=vec, PER_PHASE=per_phase,
+                  MAX_PHASE=max_phase, SMEM_ORDER=list(smem_order))  # fmt: skip
+    warps = 1
+    for w in wpc:
+        warps *= w
+    out = io.StringIO()
+    old = knobs.cache.dir
+    # a compile found in Triton's cache would not run the code that prints the count
+    with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(out):
+        knobs.cache.dir = cache
+        try:
+            triton.compile(
+                GluonASTSource(_probe(), signature={}, constexprs=values),
+                target=GPUTarget("cuda", arch, 32),
+                options=dict(num_warps=warps),
+            )
+        finally:
+            knobs.cache.dir = old
+    found = re.findall(r"bank conflicts: (\d+)", out.getvalue())
+    if not found:
+        raise RuntimeError(f"Triton printed no bank-conflict count for {read}: {out.getvalue()!r}")
+    return int(found[-1])
+
+
+def worst_conflicts(ttgir: str, arch: int = 90) -> int:
+    """The largest :func:`bank_conflicts` of any FMA operand read in ``ttgir`` (0 when it has
+    none)."""
+    return max((bank_conflicts(r, arch) for r in operand_reads(ttgir)), default=0)

@@ -1,0 +1,65 @@
+"""Shared-memory bank conflicts of the FMA products (fusedrnn/smem.py), read from sm_90 compiles
+(no GPU): the float32 IEEE forward kernels read their weights transposed so that the reads are
+conflict-free (fusedrnn.ops.triton.runtime.weights_transposed). The compile report checks every
+kernel the same way; here, that the check finds the conflict it is there for."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fusedrnn import compile_report, smem  # noqa: E402
+from fusedrnn.ops.triton import runtime  # noqa: E402
+
+compiled_only = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1",
+    reason="the interpreter does not compile; run without TRITON_INTERPRET",
+)
+
+
+def _ttgir(name: str) -> str:
+    (job,) = [j for n, j in compile_report.named_launches(["fp32"], hidden=(256,)) if n == name]
+    return compile_report.compile_job(replace(job, arch=90)).asm["ttgir"]
+
+
+@compiled_only
+def test_fma_weight_reads_conflict_only_in_the_weights_own_order(monkeypatch):
+    """The resident LSTM forward at float32 H = 256 (8 warps; a [16, 16] tile of 4 gates):
+    read in W_hh's own order (k fastest) the right operand's loads are 8-way bank conflicts
+    (7 extra accesses each); transposed, none. Its left operand, and the backward's reads of
+    W_hh (units fastest already), have none."""
+    monkeypatch.setattr(runtime, "weights_transposed", lambda dtype: False)
+    reads = {r.operand: smem.bank_conflicts(r)
+             for r in smem.operand_reads(_ttgir("resident lstm fwd H=256 fp32"))}  # fmt: skip
+    assert reads == {0: 0, 1: 7}
+    monkeypatch.undo()
+    assert runtime.weights_transposed(torch.float32)  # TF32 off by default
+    for name in ("resident lstm fwd H=256 fp32", "resident lstm bwd H=256 fp32"):
+        reads = smem.operand_reads(_ttgir(name))
+        assert sorted(r.operand for r in reads) == [0, 1]  # both operands staged and counted
+        assert smem.worst_conflicts(_ttgir(name)) == 0
+
+
+def test_operand_reads_parse_the_layouts():
+    """The parser picks the reads into FMA ``dot_op`` layouts with their blocked parent and
+    swizzled shared layout, once each, and skips tensor-core operands."""
+    ttgir = """
+#blocked2 = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [2, 16], warpsPerCTA = [8, 1], order = [1, 0]}>
+#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [4, 1], instrShape = [16, 8]}>
+#shared = #ttg.swizzled_shared<{vec = 1, perPhase = 1, maxPhase = 1, order = [0, 1]}>
+#shared1 = #ttg.swizzled_shared<{vec = 4, perPhase = 2, maxPhase = 4, order = [1, 0]}>
+%1 = ttg.local_load %w : !ttg.memdesc<64x16xf32, #shared, #smem> -> tensor<64x16xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked2}>> loc(#l)
+%2 = ttg.local_load %w2 : !ttg.memdesc<64x16xf32, #shared, #smem> -> tensor<64x16xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked2}>> loc(#l)
+%3 = ttg.local_load %a : !ttg.memdesc<16x64xf64, #shared1, #smem, mutable> -> tensor<16x64xf64, #ttg.dot_op<{opIdx = 0, parent = #blocked2}>> loc(#l)
+%4 = ttg.local_load %b : !ttg.memdesc<16x64xf16, #shared1, #smem> -> tensor<16x64xf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 2}>> loc(#l)
+"""  # noqa: E501
+    blocked = ((1, 1), (2, 16), (8, 1), (1, 0))
+    assert smem.operand_reads(ttgir) == [
+        smem.OperandRead(1, (64, 16), "f32", blocked, (1, 1, 1, (0, 1))),
+        smem.OperandRead(0, (16, 64), "f64", blocked, (4, 2, 4, (1, 0))),
+    ]
