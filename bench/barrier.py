@@ -1,10 +1,15 @@
 """What one grid barrier costs on a GPU, against the number of programs meeting at it.
 
-    python bench/barrier.py --out DIR [--programs 1,24,48,96,128,256] [--device cuda]
+    python bench/barrier.py --out DIR [--programs 1,24,48,96,128,256] [--kinds counter,...]
+                            [--device cuda]
 
 Runs ``fusedrnn/ops/triton/barrier_probe.py``: programs that only meet at barriers, alone
 ("barrier") or passing a tile of values to their neighbour across each one ("exchange", a
-step's store, barrier and dependent load, without its arithmetic). Each grid runs ``--short``
+step's store, barrier and dependent load, without its arithmetic), for each kind of barrier
+(``sync.BARRIER_KINDS``): "counter", the one the launches use; "relaxed", its polls relaxed
+loads with one acquire at the end; "flags", a flag per program and no counter that every
+program increments and polls, which tells whether the counter's contention is part of the
+cost per program. Each grid runs ``--short``
 and ``--long`` barriers in one launch, CUDA-event medians of interleaved rounds; one barrier's
 cost is the difference over ``long - short``, so that the launch's own cost cancels. Grids
 larger than fit on the GPU at once are left out. Every launch's result is checked first (each
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import itertools
 import sys
 from pathlib import Path
 
@@ -38,6 +44,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--programs", default="1,24,48,96,128,256")
+    ap.add_argument("--kinds", default="counter,relaxed,flags")
     ap.add_argument("--short", type=int, default=100)  # neither 1 nor a multiple of 16: the
     ap.add_argument("--long", type=int, default=1100)  # specialisation the compile report has
     ap.add_argument("--rounds", type=int, default=5)
@@ -47,28 +54,33 @@ def main(argv=None) -> int:
     if not 0 <= args.short < args.long:
         ap.error("--short must be below --long")
     from fusedrnn.ops.triton.barrier_probe import max_programs, probe
+    from fusedrnn.ops.triton.sync import BARRIER_KINDS
 
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(BARRIER_KINDS):
+        ap.error(f"--kinds: choose from {','.join(BARRIER_KINDS)}")
     device = torch.device(args.device)
-    fit = max_programs(device)
+    fit = min(max_programs(device, kind) for kind in kinds)
     wanted = sorted({int(p) for p in args.programs.split(",")})
     grids, left_out = [p for p in wanted if p <= fit], [p for p in wanted if p > fit]
     rows, failed = [], False
     for programs in grids:
-        for form, exchange in FORMS.items():
+        for kind, (form, exchange) in itertools.product(kinds, FORMS.items()):
             calls, problem = {}, ""
             for n in (args.short, args.long):
-                got = probe(programs, n, exchange, device)
+                got = probe(programs, n, exchange, device, kind)
                 bad = int((got != n).sum())
                 if bad:
                     problem = f"{bad} of {programs} programs ended with a count other than {n}"
-                calls[n] = functools.partial(probe, programs, n, exchange, device)
+                calls[n] = functools.partial(probe, programs, n, exchange, device, kind)
                 measure.warm_up(calls[n], args.device)
             failed |= bool(problem)
             ms = graph_replay.time_interleaved(calls, args.device, args.rounds, args.min_run_time)
             per = (ms[args.long] - ms[args.short]) * 1e3 / (args.long - args.short)
-            rows.append(dict(programs=programs, form=form, us_per_barrier=per,
+            rows.append(dict(programs=programs, kind=kind, form=form, us_per_barrier=per,
                              short_ms=ms[args.short], long_ms=ms[args.long], problem=problem))  # fmt: skip
-            print(f"{programs:5} {form:9} {per:8.3f} µs per barrier  {problem}", flush=True)
+            print(f"{programs:5} {kind:8} {form:9} {per:8.3f} µs per barrier  {problem}",
+                  flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "barrier.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(FIELDS))
@@ -86,10 +98,11 @@ def main(argv=None) -> int:
         + (f"; left out: {', '.join(map(str, left_out))} programs" if left_out else "")
         + ".",
         "",
-        "| programs | form | µs per barrier | check |",
-        "|---|---|---|---|",
+        "| programs | kind | form | µs per barrier | check |",
+        "|---|---|---|---|---|",
         *[
-            f"| {r['programs']} | {r['form']} | {r['us_per_barrier']:.3f} | {r['problem'] or 'ok'} |"
+            f"| {r['programs']} | {r['kind']} | {r['form']} | {r['us_per_barrier']:.3f} | "
+            f"{r['problem'] or 'ok'} |"
             for r in rows
         ],  # fmt: skip
     ]
@@ -97,7 +110,7 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
-FIELDS = ("programs", "form", "us_per_barrier", "short_ms", "long_ms", "problem")
+FIELDS = ("programs", "kind", "form", "us_per_barrier", "short_ms", "long_ms", "problem")
 
 if __name__ == "__main__":
     sys.exit(main())

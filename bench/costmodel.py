@@ -1125,7 +1125,10 @@ def report(gpus: list[str]) -> str:
             f"FMA peak. Measured / calibrated: {_range(c.fit_ratio_range)} on the points "
             f"fitted, {_range(c.held_out_ratio_range)} on points held out. These rows are fits, "
             "not bounds: the resident launch was never measured, and its calibrated rows "
-            "assume its step costs what the cooperative one's does besides the chain.",
+            "assume its step costs what the cooperative one's does besides the chain. The "
+            "forward's IEEE share was fitted to forward kernels whose reads of the weights were "
+            "8-way shared-memory bank conflicts, since removed (`fusedrnn/smem.py`); the "
+            "calibrated IEEE float32 forward rows still take it.",
             "",
         ]
     lines += _every_config(configs, gpus)

@@ -244,10 +244,11 @@ def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
         # the grid barrier alone (bench/barrier.py), in both of its forms; no data type. A
         # count of barriers other than 1 (a constant then) and not a multiple of 16
         from fusedrnn.ops.triton.barrier_probe import probe
+        from fusedrnn.ops.triton.sync import BARRIER_KINDS
 
         with capture_launches() as records:
-            for exchange in (False, True):
-                probe(2, 3, exchange, torch.device("cpu"))
+            for exchange, kind in itertools.product((False, True), BARRIER_KINDS):
+                probe(2, 3, exchange, torch.device("cpu"), kind)
         for kernel, _grid, args, kwargs in records:
             seen[job_key(kernel, args, kwargs, "fp32")] = None
     finally:

@@ -19,7 +19,8 @@ say, after writing the report):
    against torch.nn first, CUDA-event medians over interleaved rounds), written by the same
    writers as the CPU results: ``results.csv``, ``results.md``, ``meta.json``;
 5. paths: bench/barrier.py in a subprocess, the grid barrier alone for grids of 1 to 256
-   programs, each launch's result checked (``barrier.csv``, ``barrier.md``); then
+   programs, the launches' kind and two alternatives, each launch's result checked
+   (``barrier.csv``, ``barrier.md``); then
    bench/paths.py: the Triton backend's launches (a launch per step, the cooperative launch and
    the resident one) at the bf16 anchor shape and of the layer-norm variants, each checked
    first against torch.nn or fusedrnn's reference op (``paths.csv``, ``paths.md``).
@@ -229,7 +230,7 @@ def gpu_plan() -> Plan:
         peak_n=4096,
         budget_s=450,
         paths_args=("--shapes", "anchor,ln-anchor,ln-gru-mid", "--rounds", "3"),
-        barrier_args=("--rounds", "3"),  # 6 grids x 2 forms, as paths.py: 3 rounds
+        barrier_args=("--rounds", "3"),  # 6 grids x 3 kinds x 2 forms, as paths.py: 3 rounds
     )
 
 
@@ -744,7 +745,7 @@ def paths_phase(plan: Plan, out: Path, phase: Phase, log, allotted: float) -> tu
     end = time.monotonic() + allotted
     results = []
     for script, args, share, row_name, what in (
-        ("barrier", plan.barrier_args, 0.25, "{programs} programs {form}",
+        ("barrier", plan.barrier_args, 0.25, "{programs} programs {kind} {form}",
          "ended with a wrong count"),
         ("paths", plan.paths_args, 1.0, "{label} {provider}", "disagree with their baseline"),
     ):  # fmt: skip

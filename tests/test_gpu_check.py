@@ -48,7 +48,7 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
         assert p["status"] == "ok" or (p["name"], p["status"]) == ("build", "not attempted"), p
         assert p["wall_s"] >= 0
     # the Triton launches of bench/paths.py: the layer-norm LSTM's, checked against the
-    # reference; bench/barrier.py's one-program grid in both forms, its counts checked
+    # reference; bench/barrier.py's one-program grid, each kind in both forms, counts checked
     paths, barrier = phases["paths"]["details"]["paths"], phases["paths"]["details"]["barrier"]
     assert paths["rows"] == 6 and paths["problems"] == [] and paths["exit_status"] == 0
     # each Triton row names the block configs of its forward and backward launches
@@ -56,7 +56,7 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
     for r in csv_rows(out / "paths.csv"):
         want = "" if r["provider"] == "fusedrnn[reference]" else f"{config}/{config}"
         assert re.fullmatch(want, r["configs"]), r
-    assert barrier["rows"] == 2 and barrier["problems"] == [] and barrier["exit_status"] == 0
+    assert barrier["rows"] == 6 and barrier["problems"] == [] and barrier["exit_status"] == 0
     assert phases["tests"]["details"]["counts"].get("passed", 0) > 0
     assert phases["tests"]["details"]["failing"] == []
     env = _json(out, "env.json")

@@ -15,31 +15,85 @@ compile report builds the kernels that use it for sm_80 and sm_90.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from . import configs, runtime
 
+# How programs meet at a grid barrier (``grid_barrier``'s KIND). The launches use COUNTER;
+# bench/barrier.py measures the other two beside it (the probe kernel), to tell what the wait
+# costs and whether the single counter's contention is part of it.
+# COUNTER: one counter, a release increment per program, acquire polls of it. RELAXED_POLLS:
+# the same counter polled by relaxed loads, with one acquire once it is met. FLAGS: a flag per
+# program, each written once per barrier, all polled together.
+COUNTER, RELAXED_POLLS, FLAGS = (tl.constexpr(kind) for kind in range(3))
+BARRIER_KINDS = {"counter": 0, "relaxed": 1, "flags": 2}
+MAX_FLAG_PROGRAMS = tl.constexpr(1024)  # programs a FLAGS barrier polls at most
+
 
 @triton.jit
-def grid_barrier(count_ptr, n):
-    """The ``n``-th barrier of the launch (1, 2, ...): wait until ``*count_ptr`` (int32, zero
-    at launch) reaches ``n`` x programs after adding this program's arrival, so the counter
+def grid_barrier(count_ptr, n, KIND: tl.constexpr = COUNTER):
+    """The ``n``-th barrier of the launch (1, 2, ...). COUNTER: wait until ``*count_ptr`` (int32,
+    zero at launch) reaches ``n`` x programs after adding this program's arrival, so the counter
     is never reset within a launch.
 
     Ordering, as CUDA's cooperative groups do it: the CTA barrier makes every thread's
     stores of this step happen before the one thread's release increment; that thread's
     acquire reads then see every other program's increment and, through them, their stores;
     the second CTA barrier makes those visible to all threads before the next step reads.
-    A scalar atomic runs in one thread of the program and its result is shared."""
-    target = n * tl.num_programs(0)
-    tl.debug_barrier()
-    tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-    while seen < target:
-        seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
+    A scalar atomic runs in one thread of the program and its result is shared.
+
+    RELAXED_POLLS waits on the same counter with relaxed loads, which do not invalidate the L1
+    cache as each acquire load does, then reads it once with acquire: that read sees at least
+    the value the last poll saw (coherence), written by increments that each continue the
+    release sequence of every increment before them. FLAGS (``count_ptr`` holds one int32
+    per program, zero at launch): each program writes ``n`` into its own flag with release,
+    then polls every program's flag with relaxed loads until all hold ``n``, then fences
+    (:func:`_acquire_fence`); no word is written by more than one program, and no word is
+    read with a read-modify-write."""
+    if KIND == FLAGS:
+        flags = tl.arange(0, MAX_FLAG_PROGRAMS)
+        live = flags < tl.num_programs(0)
+        tl.debug_barrier()
+        tl.atomic_xchg(count_ptr + tl.program_id(0), n, sem="release", scope="gpu")
+        seen = tl.min(tl.load(count_ptr + flags, mask=live, other=n, volatile=True), axis=0)
+        while seen < n:
+            seen = tl.min(tl.load(count_ptr + flags, mask=live, other=n, volatile=True), axis=0)
+        _acquire_fence(n)
+        tl.debug_barrier()
+    else:
+        target = n * tl.num_programs(0)
+        tl.debug_barrier()
+        tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+        if KIND == RELAXED_POLLS:
+            seen = tl.load(count_ptr, volatile=True)
+            while seen < target:
+                seen = tl.load(count_ptr, volatile=True)
+            tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+        else:
+            seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+            while seen < target:
+                seen = tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+
+# the interpreter runs one program at a time, so it needs no fence (and has no inline assembly)
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@triton.jit
+def _acquire_fence(x):
+    """``fence.acq_rel.gpu`` in every thread: after the relaxed reads that saw the flags' new
+    values, it makes them acquire the releases that wrote them (an acquire pattern of the PTX
+    memory model). ``x`` is passed through, so that the fence is an instruction of its own
+    with a result (and is not dropped)."""
+    if not _INTERPRETED:
+        x = tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.b32 $0, $1;", "=r,r", [x],
+                                      dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+    return x
 
 
 COUNTER_LIMIT = 2**31  # the int32 barrier counter wraps here (the programs would wait forever)
