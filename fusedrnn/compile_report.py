@@ -20,8 +20,8 @@ distinct specialisation is compiled with
 spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory from
 the kernel metadata. One row per compile; exits non-zero on any compile error, any
 spill, or any shared-memory bank conflict in the operand reads of an FMA product
-(:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024
-in each dtype, the compile its cooperative and resident launches run (:func:`named_launches`);
+(:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and
+layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its cooperative and resident launches run (:func:`named_launches`);
 the resident launch's chunks of K follow H, so those are compiles at that H, and their rows give
 the dependent global round trips of a step read from the machine code (:mod:`fusedrnn.sass`:
 their step loop is straight-line code, the reduction unrolled). The grid barrier's

@@ -11,9 +11,9 @@ Two uses, where a GPU is present (``bench/barrier.py``, ``tests/test_triton_barr
   after the next barrier, which every program reaches after its loads.
 - **The barrier's cost.** The time per barrier for grids of 1 to a few hundred programs, with
   and without the exchange, for each kind of barrier (:data:`.sync.BARRIER_KINDS`: the
-  launches' counter, and two alternatives measured beside it). The cost model's calibration (``bench/calibrate.py``) lumps
-  everything a step spends besides its chain into one constant per barrier; this measures how
-  much of it the barrier itself takes.
+  launches' counter, and two alternatives measured beside it). The cost model's calibration
+  (``bench/calibrate.py``) lumps everything a step spends besides its chain into one constant
+  per barrier; this measures how much of it the barrier itself takes.
 
 Under the interpreter a launch must have one program: programs run one after another there,
 and the first would wait forever for the others (:mod:`.sync`).

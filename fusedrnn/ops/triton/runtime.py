@@ -178,9 +178,9 @@ def weights_transposed(dtype: torch.dtype) -> bool:
     """Whether the forward kernels read ``W_hh`` and ``W_hr`` transposed: where their ``tl.dot``
     is a loop of FMAs (float32 IEEE; float64 runs on tensor cores). Its right operand goes
     through shared memory in the order it was loaded in. In the weights' own order (k fastest)
-    the threads of a warp read their units' k values from addresses one unit apart, in the
-    same few banks: an 8-way bank conflict (``fusedrnn.smem``), every read replayed 8 times.
-    Transposed (units fastest), as the backward reads ``W_hh``, they are conflict-free."""
+    the units a warp reads at once lie a whole chunk of k apart, in the same few banks: an
+    8-way bank conflict (:mod:`fusedrnn.smem`), every read replayed 8 times. Transposed (units
+    fastest), as the backward reads ``W_hh``, they are conflict-free."""
     return dtype == torch.float32 and dot_precision(dtype) == "ieee"
 
 

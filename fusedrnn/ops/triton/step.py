@@ -101,7 +101,7 @@ def _walk(SYNC: tl.constexpr):
 @triton.jit
 def _strides(K, F, W_T: tl.constexpr):
     """``(stride_f, stride_k)`` of weight element (f, k) of an ``[F, K]`` weight, given as is
-    or transposed (``W_T``, :func:`weights_transposed`)."""
+    or transposed (``W_T``, :func:`.runtime.weights_transposed`)."""
     if W_T:
         return 1, F
     return K, 1
@@ -194,7 +194,7 @@ def _step_fwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RESIDENT: tl.constexpr = 0,  # chunks of W_hh held on chip (see _resident_units), 0: none
     LOAD_GROUP: tl.constexpr = 1,  # chunks of h_prev loaded together (tiles.rec_gates_resident)
-    W_T: tl.constexpr = False,  # the weights transposed (see weights_transposed)
+    W_T: tl.constexpr = False,  # the weights transposed (runtime.weights_transposed)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     GX: tl.constexpr = 3 if CELL == GRU else G  # gate blocks of xg and b_hh (GRU: G is 3 too)

@@ -318,8 +318,8 @@ def _variant_fwd_kernel(
                     rows, cols, rmask, cmask, act, _ = block_tile(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
-                    hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, r_f, r_k, acc_ty,
-                                  PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+                    hn = rec_tile(m_ptr + h_off, whr_ptr, rows, act, cols, cmask, H, r_f, r_k,
+                                  acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
                     emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                                cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
             _sync(sync_ptr, s - s_begin, PER_STEP, PER_STEP, SYNC)
