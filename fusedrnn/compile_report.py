@@ -418,6 +418,11 @@ def _worker_start(started, first: int, when: str, done) -> None:
         pass
 
 
+def failed(row: dict) -> bool:
+    """Whether a compile fails the report: an error, a spill or a shared-memory bank conflict."""
+    return bool(row["error"] or row["spill_st"] or row["spill_ld"] or row.get("conflicts"))
+
+
 def _fmt(row: dict) -> str:
     j = row["job"]
     name = j.kernel.strip("_").removesuffix("_kernel")
@@ -489,8 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                     cache.put(job, row)
             print(_fmt(row), flush=True)
             rows[job] = row
-            failures += (bool(row["error"]) or bool(row["spill_st"]) or bool(row["spill_ld"])
-                         or bool(row.get("conflicts")))  # fmt: skip
+            failures += failed(row)
         done.set()  # an extra worker still waiting ends, so that the pool can shut down
     if cache is not None:
         print(f"{len(todo) - len(fresh)} results from the cache {args.cache}")

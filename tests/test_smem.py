@@ -22,9 +22,30 @@ compiled_only = pytest.mark.skipif(
 )
 
 
-def _ttgir(name: str) -> str:
+NAME = "resident lstm fwd H=256 fp32"
+
+
+def _job(name: str):
+    """The sm_90 compile the report names ``name`` (float32, H = 256), as the launchers make it
+    now (with runtime.weights_transposed as it is at the call)."""
     (job,) = [j for n, j in compile_report.named_launches(["fp32"], hidden=(256,)) if n == name]
-    return compile_report.compile_job(replace(job, arch=90)).asm["ttgir"]
+    return replace(job, arch=90)
+
+
+def _ttgir(name: str) -> str:
+    return compile_report.compile_job(_job(name)).asm["ttgir"]
+
+
+@compiled_only
+def test_the_compile_report_fails_a_conflict(monkeypatch):
+    """The report's row of the resident LSTM forward (float32 H = 256) read in the weights'
+    own order names the conflict and fails; transposed, it passes."""
+    row = compile_report._compile(_job(NAME))
+    assert row["conflicts"] == 0 and not compile_report.failed(row)
+    monkeypatch.setattr(runtime, "weights_transposed", lambda dtype: False)
+    row = compile_report._compile(_job(NAME))
+    assert row["conflicts"] == 7 and compile_report.failed(row)
+    assert "BANK CONFLICTS 7" in compile_report._fmt(row)
 
 
 @compiled_only
@@ -35,14 +56,14 @@ def test_fma_weight_reads_conflict_only_in_the_weights_own_order(monkeypatch):
     W_hh (units fastest already), have none."""
     monkeypatch.setattr(runtime, "weights_transposed", lambda dtype: False)
     reads = {r.operand: smem.bank_conflicts(r)
-             for r in smem.operand_reads(_ttgir("resident lstm fwd H=256 fp32"))}  # fmt: skip
+             for r in smem.operand_reads(_ttgir(NAME))}  # fmt: skip
     assert reads == {0: 0, 1: 7}
     monkeypatch.undo()
     assert runtime.weights_transposed(torch.float32)  # TF32 off by default
-    for name in ("resident lstm fwd H=256 fp32", "resident lstm bwd H=256 fp32"):
-        reads = smem.operand_reads(_ttgir(name))
-        assert sorted(r.operand for r in reads) == [0, 1]  # both operands staged and counted
-        assert smem.worst_conflicts(_ttgir(name)) == 0
+    for name in (NAME, NAME.replace("fwd", "bwd")):
+        ttgir = _ttgir(name)
+        assert sorted(r.operand for r in smem.operand_reads(ttgir)) == [0, 1]  # both counted
+        assert smem.worst_conflicts(ttgir) == 0
 
 
 def test_operand_reads_parse_the_layouts():
