@@ -1,14 +1,15 @@
 """Shared-memory bank conflicts of a compiled kernel's FMA products, counted by Triton's own
 model instead of assumed.
 
-A ``tl.dot`` that runs as a loop of FMAs (float32 without TF32, float64) stages its operands in
-shared memory and reads them back in the layout the FMAs want (``ttg.local_load`` into a
-``dot_op`` layout whose parent is a blocked layout, in the kernel's TTGIR). Shared memory serves a
-warp's read in one pass only when its addresses fall in distinct banks (or are equal); otherwise
-the read is replayed, one extra pass per conflict. :func:`bank_conflicts` asks Triton for that
-number (``triton.experimental.gluon.language.bank_conflicts``: the extra accesses per wavefront
-of each instruction its lowering emits) for every such read of a kernel. Tensor-core products
-stage theirs in swizzled layouts built to avoid conflicts and are not counted.
+A ``tl.dot`` that runs as a loop of FMAs (float32 without TF32; float64 products run on the
+tensor cores of sm_80 and later) stages its operands in shared memory and reads them back in
+the layout the FMAs want (``ttg.local_load`` into a ``dot_op`` layout whose parent is a blocked
+layout, in the kernel's TTGIR). Shared memory serves a warp's read in one pass only when its
+addresses fall in distinct banks (or are equal); otherwise the read is replayed, one extra pass
+per conflict. :func:`bank_conflicts` asks Triton for that number
+(``triton.experimental.gluon.language.bank_conflicts``: the extra accesses per wavefront of each
+instruction its lowering emits) for every such read of a kernel. Tensor-core products stage
+theirs in swizzled layouts built to avoid conflicts and are not counted.
 """
 
 from __future__ import annotations

@@ -24,11 +24,8 @@ import triton.language as tl
 from . import configs, runtime
 
 # How programs meet at a grid barrier (``grid_barrier``'s KIND). The launches use COUNTER;
-# bench/barrier.py measures the other two beside it (the probe kernel), to tell what the wait
-# costs and whether the single counter's contention is part of it.
-# COUNTER: one counter, a release increment per program, acquire polls of it. RELAXED_POLLS:
-# the same counter polled by relaxed loads, with one acquire once it is met. FLAGS: a flag per
-# program, each written once per barrier, all polled together.
+# bench/barrier.py measures RELAXED_POLLS and FLAGS beside it (through the probe kernel), to
+# tell what the wait costs and whether contention at the one counter is part of it.
 COUNTER, RELAXED_POLLS, FLAGS = (tl.constexpr(kind) for kind in range(3))
 BARRIER_KINDS = {"counter": 0, "relaxed": 1, "flags": 2}
 MAX_FLAG_PROGRAMS = tl.constexpr(1024)  # programs a FLAGS barrier polls at most
@@ -51,7 +48,7 @@ def grid_barrier(count_ptr, n, KIND: tl.constexpr = COUNTER):
     the value the last poll saw (coherence), written by increments that each continue the
     release sequence of every increment before them. FLAGS (``count_ptr`` holds one int32
     per program, zero at launch): each program writes ``n`` into its own flag with release,
-    then polls every program's flag with relaxed loads until all hold ``n``, then fences
+    then polls every program's flag with relaxed loads until all hold at least ``n``, then fences
     (:func:`_acquire_fence`); no word is written by more than one program, and no word is
     read with a read-modify-write."""
     if KIND == FLAGS:
