@@ -9,11 +9,10 @@ step's store, barrier and dependent load, without its arithmetic), for each kind
 (``sync.BARRIER_KINDS``): "counter", the one the launches use; "relaxed", its polls relaxed
 loads with one acquire at the end; "flags", a flag per program and no counter that every
 program increments and polls, which tells whether the counter's contention is part of the
-cost per program. Each grid runs ``--short``
-and ``--long`` barriers in one launch, CUDA-event medians of interleaved rounds; one barrier's
-cost is the difference over ``long - short``, so that the launch's own cost cancels. Grids
-larger than fit on the GPU at once are left out. Every launch's result is checked first (each
-program must end holding the number of barriers).
+cost per program. Each grid runs ``--short`` and ``--long`` barriers in one launch, CUDA-event
+medians of interleaved rounds; one barrier's cost is the difference over ``long - short``, so
+that the launch's own cost cancels. Grids larger than fit on the GPU at once are left out.
+Every launch's result is checked first (each program must end holding the number of barriers).
 
 The cost model's calibration (``bench/calibrate.py``) fits one constant per barrier for all a
 step costs besides its chain, and one per program meeting at it; set beside these rows, they

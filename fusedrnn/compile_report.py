@@ -21,11 +21,12 @@ spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory f
 the kernel metadata. One row per compile; exits non-zero on any compile error, any
 spill, or any shared-memory bank conflict in the operand reads of an FMA product
 (:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and
-layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its cooperative and resident launches run (:func:`named_launches`);
-the resident launch's chunks of K follow H, so those are compiles at that H, and their rows give
-the dependent global round trips of a step read from the machine code (:mod:`fusedrnn.sass`:
-their step loop is straight-line code, the reduction unrolled). The grid barrier's
-probe kernel (``ops/triton/barrier_probe.py``, used by ``bench/barrier.py``) is compiled too.
+layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its cooperative
+and resident launches run (:func:`named_launches`); the resident launch's chunks of K follow
+H, so those are compiles at that H, and their rows give the dependent global round trips of a
+step read from the machine code (:mod:`fusedrnn.sass`: their step loop is straight-line code,
+the reduction unrolled). The grid barrier's probe kernel (``ops/triton/barrier_probe.py``, used
+by ``bench/barrier.py``), each kind of barrier, is compiled too.
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
 argument equal to 1 into a constant, a further specialisation) and tensors whose data
@@ -241,7 +242,7 @@ def jobs(archs: list[int], precisions: list[str]) -> list[Job]:
                     _launch_shape(torch, getattr(torch, dtype_name), *shape, packed, reverse)
             for kernel, _grid, args, kwargs in records:
                 seen[job_key(kernel, args, kwargs, label)] = None
-        # the grid barrier alone (bench/barrier.py), in both of its forms; no data type. A
+        # the grid barrier alone (bench/barrier.py), each kind in both forms; no data type. A
         # count of barriers other than 1 (a constant then) and not a multiple of 16
         from fusedrnn.ops.triton.barrier_probe import probe
         from fusedrnn.ops.triton.sync import BARRIER_KINDS

@@ -89,9 +89,10 @@ def test_the_barrier_compiles_to_a_release_arrival_and_acquire_polls(exchange):
 @pytest.mark.parametrize("exchange", [False, True], ids=["barrier", "exchange"])
 def test_the_alternative_barriers_compile_to_relaxed_polls_and_one_acquire(exchange):
     """sm_90, the kinds bench/barrier.py measures beside the launches' one. "relaxed": the same
-    release increment, polls by relaxed (volatile) loads and one acquire load. "flags": each program's flag written by an exchange with release semantics (no
-    increment), the flags polled by relaxed loads, then one acquire fence; no read-modify-write
-    reads a flag. Both after a CTA barrier, and without spills."""
+    release increment, polls by relaxed (volatile) loads and one acquire load. "flags": each
+    program's flag written by an exchange with release semantics (no increment), the flags
+    polled by relaxed loads, then one acquire fence; no read-modify-write reads a flag. Both
+    after a CTA barrier, and without spills."""
     ptx, row = _probe_ptx(exchange, "relaxed")
     assert re.findall(r"atom\.[\w.]+", ptx) == ["atom.global.gpu.release.add.u32"]
     assert re.findall(r"ld\.global\.[\w.]*acquire[\w.]*", ptx) == ["ld.global.gpu.acquire.b32"]
