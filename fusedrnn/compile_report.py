@@ -19,8 +19,8 @@ distinct specialisation is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. Registers and
 spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory from
 the kernel metadata. One row per compile; exits non-zero on any compile error, any
-spill, or any shared-memory bank conflict in the operand reads of an FMA product
-(:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and
+spill, or any shared-memory bank conflict in the operand reads of an FMA product or in a store
+from registers to shared memory (:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and
 layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its cooperative
 and resident launches run (:func:`named_launches`); the resident launch's chunks of K follow
 H, so those are compiles at that H, and their rows give the dependent global round trips of a
@@ -369,7 +369,8 @@ def _compile(job: Job) -> dict:
         )
         if dict(job.constexprs).get("RESIDENT"):  # an unrolled step: its chain, from the SASS
             row["round_trips"] = round_trips(disassemble(k.asm["cubin"]))
-        # shared-memory bank conflicts of the FMA products' operand reads (a failure, as spills)
+        # shared-memory bank conflicts of the FMA products' operand reads and of the stores from
+        # registers (a failure, as spills are)
         row["conflicts"] = worst_conflicts(k.asm["ttgir"], job.arch)
     except Exception as e:  # noqa: BLE001 - every failure is reported in the table
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"

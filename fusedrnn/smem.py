@@ -1,5 +1,5 @@
-"""Shared-memory bank conflicts of a compiled kernel's FMA products, counted by Triton's own
-model instead of assumed.
+"""Shared-memory bank conflicts of a compiled kernel, counted by Triton's own model instead of
+assumed: of its FMA products' operand reads, and of its stores from registers.
 
 A ``tl.dot`` that runs as a loop of FMAs (float32 without TF32; float64 products run on the
 tensor cores of sm_80 and later) stages its operands in shared memory and reads them back in
@@ -8,8 +8,11 @@ layout, in the kernel's TTGIR). Shared memory serves a warp's read in one pass o
 addresses fall in distinct banks (or are equal); otherwise the read is replayed, one extra pass
 per conflict. :func:`bank_conflicts` asks Triton for that number
 (``triton.experimental.gluon.language.bank_conflicts``: the extra accesses per wavefront of each
-instruction its lowering emits) for every such read of a kernel. Tensor-core products stage
-theirs in swizzled layouts built to avoid conflicts and are not counted.
+instruction its lowering emits) for every such read of a kernel, and for every store of a
+register tensor in a blocked layout into shared memory (``ttg.local_alloc`` or
+``ttg.local_store``: a tile staged for a ``tl.dot``, say). Tensor-core products read theirs from
+swizzled layouts built to avoid conflicts, and ``cp.async`` copies write without registers;
+neither is counted.
 """
 
 from __future__ import annotations
@@ -29,35 +32,58 @@ _SHARED = re.compile(rf"^(#\w+) = #ttg\.swizzled_shared<\{{vec = (\d+), perPhase
                      rf"maxPhase = (\d+), order = {_LIST}\}}>", re.M)  # fmt: skip
 _READ = re.compile(r"ttg\.local_load .*?!ttg\.memdesc<(\d+)x(\d+)x(\w+), (#\w+)\b.*?-> "
                    r"tensor<[^,]+, #ttg\.dot_op<\{opIdx = (\d), parent = (#\w+)\}>>")  # fmt: skip
+_WRITE = re.compile(r"ttg\.local_(?:alloc|store) .*?tensor<(\d+)x(\d+)x(\w+), (#\w+)>.*?"
+                    r"!ttg\.memdesc<\d+x\d+x\w+, (#\w+)")  # fmt: skip
 
 
-class OperandRead(NamedTuple):
-    """One kind of shared-memory read behind a ``tl.dot`` operand of an FMA product."""
+class SharedAccess(NamedTuple):
+    """One kind of shared-memory access: a read into a ``tl.dot`` operand of an FMA product, or
+    a store from registers."""
 
-    operand: int  # 0 the left operand, 1 the right
+    operand: int  # the read's operand (0 the left, 1 the right); -1 for a store
     shape: tuple[int, int]
     dtype: str  # the TTGIR element type: f32, f64, ...
-    blocked: tuple  # the product's layout: sizePerThread, threadsPerWarp, warpsPerCTA, order
-    shared: tuple  # where the operand is staged: vec, perPhase, maxPhase, order
+    blocked: tuple  # the product's layout, or the stored tensor's: sizePerThread,
+    # threadsPerWarp, warpsPerCTA, order
+    shared: tuple  # the buffer's layout: vec, perPhase, maxPhase, order
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
-def operand_reads(ttgir: str) -> list[OperandRead]:
-    """The distinct shared-memory reads into FMA ``tl.dot`` operands in a kernel's TTGIR."""
+def _layouts(ttgir: str) -> tuple[dict, dict]:
     blocked = {m[1]: tuple(_ints(g) for g in m.groups()[1:]) for m in _BLOCKED.finditer(ttgir)}
     shared = {m[1]: (int(m[2]), int(m[3]), int(m[4]), _ints(m[5]))
               for m in _SHARED.finditer(ttgir)}  # fmt: skip
+    return blocked, shared
+
+
+def operand_reads(ttgir: str) -> list[SharedAccess]:
+    """The distinct shared-memory reads into FMA ``tl.dot`` operands in a kernel's TTGIR."""
+    blocked, shared = _layouts(ttgir)
     reads = {}
     for m in _READ.finditer(ttgir):
         rows, cols, dtype, smem, operand, parent = m.groups()
         if parent in blocked and smem in shared:
-            read = OperandRead(int(operand), (int(rows), int(cols)), dtype, blocked[parent],
-                               shared[smem])  # fmt: skip
+            read = SharedAccess(int(operand), (int(rows), int(cols)), dtype, blocked[parent],
+                                shared[smem])  # fmt: skip
             reads[read] = None
     return list(reads)
+
+
+def register_stores(ttgir: str) -> list[SharedAccess]:
+    """The distinct stores of blocked register tensors into swizzled shared buffers in a
+    kernel's TTGIR."""
+    blocked, shared = _layouts(ttgir)
+    stores = {}
+    for m in _WRITE.finditer(ttgir):
+        rows, cols, dtype, layout, smem = m.groups()
+        if layout in blocked and smem in shared and dtype in _BITS:
+            store = SharedAccess(-1, (int(rows), int(cols)), dtype, blocked[layout],
+                                 shared[smem])  # fmt: skip
+            stores[store] = None
+    return list(stores)
 
 
 @functools.cache
@@ -66,14 +92,8 @@ def _probe():
     from triton.experimental.gluon import language as ttgl
 
     @gluon.jit
-    def probe(OPERAND: ttgl.constexpr, ROWS: ttgl.constexpr, COLS: ttgl.constexpr,
-              BITS: ttgl.constexpr, SPT: ttgl.constexpr, TPW: ttgl.constexpr,
-              WPC: ttgl.constexpr, ORDER: ttgl.constexpr, VEC: ttgl.constexpr,
-              PER_PHASE: ttgl.constexpr, MAX_PHASE: ttgl.constexpr,
-              SMEM_ORDER: ttgl.constexpr):  # fmt: skip
-        parent: ttgl.constexpr = ttgl.BlockedLayout(SPT, TPW, WPC, ORDER)
-        layout: ttgl.constexpr = ttgl.DotOperandLayout(OPERAND, parent, 0)
-        smem: ttgl.constexpr = ttgl.SwizzledSharedLayout(VEC, PER_PHASE, MAX_PHASE, SMEM_ORDER)
+    def count(BITS: ttgl.constexpr, ROWS: ttgl.constexpr, COLS: ttgl.constexpr,
+              layout: ttgl.constexpr, smem: ttgl.constexpr):  # fmt: skip
         # the count depends on the element's width only
         if BITS == 64:
             ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
@@ -91,6 +111,19 @@ def _probe():
                 ttgl.shared_memory_descriptor_type(ttgl.float16, [ROWS, COLS], smem,
                                                    [ROWS, COLS])))  # fmt: skip
 
+    @gluon.jit
+    def probe(OPERAND: ttgl.constexpr, ROWS: ttgl.constexpr, COLS: ttgl.constexpr,
+              BITS: ttgl.constexpr, SPT: ttgl.constexpr, TPW: ttgl.constexpr,
+              WPC: ttgl.constexpr, ORDER: ttgl.constexpr, VEC: ttgl.constexpr,
+              PER_PHASE: ttgl.constexpr, MAX_PHASE: ttgl.constexpr,
+              SMEM_ORDER: ttgl.constexpr):  # fmt: skip
+        blocked: ttgl.constexpr = ttgl.BlockedLayout(SPT, TPW, WPC, ORDER)
+        smem: ttgl.constexpr = ttgl.SwizzledSharedLayout(VEC, PER_PHASE, MAX_PHASE, SMEM_ORDER)
+        if OPERAND >= 0:  # a read into a tl.dot operand of that product
+            count(BITS, ROWS, COLS, ttgl.DotOperandLayout(OPERAND, blocked, 0), smem)
+        else:  # a write from registers in the blocked layout itself
+            count(BITS, ROWS, COLS, blocked, smem)
+
     return probe
 
 
@@ -98,8 +131,8 @@ _BITS = {"f64": 64, "f32": 32, "f16": 16, "bf16": 16}
 
 
 @functools.cache
-def bank_conflicts(read: OperandRead, arch: int = 90) -> int:
-    """Extra shared-memory accesses per wavefront of the instructions that perform ``read``
+def bank_conflicts(access: SharedAccess, arch: int = 90) -> int:
+    """Extra shared-memory accesses per wavefront of the instructions that perform ``access``
     (0: conflict-free), by Triton's model for ``sm_<arch>``. Compiles a small Gluon kernel that
     prints the count as it is built; no GPU is needed."""
     import triton
@@ -107,10 +140,10 @@ def bank_conflicts(read: OperandRead, arch: int = 90) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    spt, tpw, wpc, order = read.blocked
-    vec, per_phase, max_phase, smem_order = read.shared
-    values = dict(OPERAND=read.operand, ROWS=read.shape[0], COLS=read.shape[1],
-                  BITS=_BITS[read.dtype], SPT=list(spt), TPW=list(tpw),
+    spt, tpw, wpc, order = access.blocked
+    vec, per_phase, max_phase, smem_order = access.shared
+    values = dict(OPERAND=access.operand, ROWS=access.shape[0], COLS=access.shape[1],
+                  BITS=_BITS[access.dtype], SPT=list(spt), TPW=list(tpw),
                   WPC=list(wpc), ORDER=list(order), VEC=vec, PER_PHASE=per_phase,
                   MAX_PHASE=max_phase, SMEM_ORDER=list(smem_order))  # fmt: skip
     warps = 1
@@ -131,11 +164,13 @@ def bank_conflicts(read: OperandRead, arch: int = 90) -> int:
             knobs.cache.dir = old
     found = re.findall(r"bank conflicts: (\d+)", out.getvalue())
     if not found:
-        raise RuntimeError(f"Triton printed no bank-conflict count for {read}: {out.getvalue()!r}")
+        raise RuntimeError(f"Triton printed no bank-conflict count for {access}: "
+                           f"{out.getvalue()!r}")  # fmt: skip
     return int(found[-1])
 
 
 def worst_conflicts(ttgir: str, arch: int = 90) -> int:
-    """The largest :func:`bank_conflicts` of any FMA operand read in ``ttgir`` (0 when it has
-    none)."""
-    return max((bank_conflicts(r, arch) for r in operand_reads(ttgir)), default=0)
+    """The largest :func:`bank_conflicts` of any FMA operand read or register store in
+    ``ttgir`` (0 when it has none)."""
+    accesses = operand_reads(ttgir) + register_stores(ttgir)
+    return max((bank_conflicts(a, arch) for a in accesses), default=0)

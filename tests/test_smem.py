@@ -66,9 +66,10 @@ def test_fma_weight_reads_conflict_only_in_the_weights_own_order(monkeypatch):
         assert smem.worst_conflicts(ttgir) == 0
 
 
-def test_operand_reads_parse_the_layouts():
+def test_the_parser_finds_operand_reads_and_register_stores():
     """The parser picks the reads into FMA ``dot_op`` layouts with their blocked parent and
-    swizzled shared layout, once each, and skips tensor-core operands."""
+    swizzled shared layout, once each, and skips tensor-core operands; and the stores of
+    blocked register tensors into swizzled buffers (``local_alloc``, ``local_store``)."""
     ttgir = """
 #blocked2 = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [2, 16], warpsPerCTA = [8, 1], order = [1, 0]}>
 #mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [4, 1], instrShape = [16, 8]}>
@@ -78,9 +79,32 @@ def test_operand_reads_parse_the_layouts():
 %2 = ttg.local_load %w2 : !ttg.memdesc<64x16xf32, #shared, #smem> -> tensor<64x16xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked2}>> loc(#l)
 %3 = ttg.local_load %a : !ttg.memdesc<16x64xf64, #shared1, #smem, mutable> -> tensor<16x64xf64, #ttg.dot_op<{opIdx = 0, parent = #blocked2}>> loc(#l)
 %4 = ttg.local_load %b : !ttg.memdesc<16x64xf16, #shared1, #smem> -> tensor<16x64xf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 2}>> loc(#l)
+%5 = ttg.local_alloc %x : (tensor<64x16xf32, #blocked2>) -> !ttg.memdesc<64x16xf32, #shared, #smem> loc(#l)
+ttg.local_store %y, %6 : tensor<16x64xf16, #blocked2> -> !ttg.memdesc<16x64xf16, #shared1, #smem, mutable> loc(#l)
+%7 = ttg.local_alloc %z : (tensor<16x8xf16, #mma>) -> !ttg.memdesc<16x8xf16, #shared1, #smem> loc(#l)
 """  # noqa: E501
     blocked = ((1, 1), (2, 16), (8, 1), (1, 0))
     assert smem.operand_reads(ttgir) == [
-        smem.OperandRead(1, (64, 16), "f32", blocked, (1, 1, 1, (0, 1))),
-        smem.OperandRead(0, (16, 64), "f64", blocked, (4, 2, 4, (1, 0))),
+        smem.SharedAccess(1, (64, 16), "f32", blocked, (1, 1, 1, (0, 1))),
+        smem.SharedAccess(0, (16, 64), "f64", blocked, (4, 2, 4, (1, 0))),
     ]
+    assert smem.register_stores(ttgir) == [
+        smem.SharedAccess(-1, (64, 16), "f32", blocked, (1, 1, 1, (0, 1))),
+        smem.SharedAccess(-1, (16, 64), "f16", blocked, (4, 2, 4, (1, 0))),
+    ]
+
+
+@compiled_only
+def test_stores_are_counted_too():
+    """A [64, 16] float32 tile held row by row (16 lanes along a row) stored into a buffer kept
+    column by column: the lanes' addresses lie a column (256 bytes) apart, all in one bank, 15
+    extra accesses. The staging store of a bf16 chunk of h_{t-1} as the resident kernels make
+    it ([16, 64], 8 per thread, into a swizzled buffer): none."""
+    rows = ((1, 1), (2, 16), (8, 1), (1, 0))
+    assert (
+        smem.bank_conflicts(smem.SharedAccess(-1, (64, 16), "f32", rows, (1, 1, 1, (0, 1)))) == 15
+    )
+    chunk = ((1, 8), (4, 8), (4, 1), (1, 0))
+    assert (
+        smem.bank_conflicts(smem.SharedAccess(-1, (16, 64), "bf16", chunk, (8, 1, 8, (1, 0)))) == 0
+    )
