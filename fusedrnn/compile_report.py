@@ -319,10 +319,7 @@ def compile_job(job: Job):
     holds every stage (``ttgir``, ``ptx``, ...)."""
     import importlib
 
-    import triton
     import triton.language as tl
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = getattr(importlib.import_module(f"fusedrnn.ops.triton.{job.module}"), job.kernel)
@@ -331,17 +328,25 @@ def compile_job(job: Job):
     # dtype constants travel as their names ("fp32")
     constexprs = {(index[k],): tl.dtype(v) if k.endswith("_TY") else v for k, v in job.constexprs}
     attrs = {(index[k],): [["tt.divisibility", 16]] for k in job.attrs}
+    return fresh_compile(ASTSource(fn=fn, signature=dict(job.signature), constexprs=constexprs,
+                                   attrs=attrs), job.arch,
+                         {"num_warps": job.num_warps, "num_stages": job.num_stages,
+                          "maxnreg": job.maxnreg})  # fmt: skip
+
+
+def fresh_compile(src, arch: int, options: dict):
+    """``triton.compile`` of ``src`` (an ``ASTSource``) for ``sm_<arch>`` in a fresh cache, so
+    that the compile runs whole (ptxas, and whatever the source prints as it is built) instead
+    of being found in Triton's cache."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+
     old = knobs.cache.dir
     with tempfile.TemporaryDirectory() as cache:
         knobs.cache.dir = cache
         try:
-            return triton.compile(
-                ASTSource(fn=fn, signature=dict(job.signature), constexprs=constexprs,
-                          attrs=attrs),
-                target=GPUTarget("cuda", job.arch, 32),
-                options={"num_warps": job.num_warps, "num_stages": job.num_stages,
-                         "maxnreg": job.maxnreg},
-            )  # fmt: skip
+            return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         finally:
             knobs.cache.dir = old
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import re
-import tempfile
 from typing import NamedTuple
 
 _LIST = r"\[([\d, ]+)\]"
@@ -92,24 +92,13 @@ def _probe():
     from triton.experimental.gluon import language as ttgl
 
     @gluon.jit
-    def count(BITS: ttgl.constexpr, ROWS: ttgl.constexpr, COLS: ttgl.constexpr,
+    def count(DTYPE: ttgl.constexpr, ROWS: ttgl.constexpr, COLS: ttgl.constexpr,
               layout: ttgl.constexpr, smem: ttgl.constexpr):  # fmt: skip
-        # the count depends on the element's width only
-        if BITS == 64:
-            ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
-                ttgl.distributed_type(ttgl.float64, [ROWS, COLS], layout),
-                ttgl.shared_memory_descriptor_type(ttgl.float64, [ROWS, COLS], smem,
-                                                   [ROWS, COLS])))  # fmt: skip
-        elif BITS == 32:
-            ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
-                ttgl.distributed_type(ttgl.float32, [ROWS, COLS], layout),
-                ttgl.shared_memory_descriptor_type(ttgl.float32, [ROWS, COLS], smem,
-                                                   [ROWS, COLS])))  # fmt: skip
-        else:
-            ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
-                ttgl.distributed_type(ttgl.float16, [ROWS, COLS], layout),
-                ttgl.shared_memory_descriptor_type(ttgl.float16, [ROWS, COLS], smem,
-                                                   [ROWS, COLS])))  # fmt: skip
+        # (the element type unwrapped: bank_conflicts reads its width)
+        ttgl.static_print("bank conflicts:", ttgl.bank_conflicts(
+            ttgl.distributed_type(DTYPE.value, [ROWS, COLS], layout),
+            ttgl.shared_memory_descriptor_type(DTYPE.value, [ROWS, COLS], smem,
+                                               [ROWS, COLS])))  # fmt: skip
 
     @gluon.jit
     def probe(OPERAND: ttgl.constexpr, ROWS: ttgl.constexpr, COLS: ttgl.constexpr,
@@ -119,10 +108,13 @@ def _probe():
               SMEM_ORDER: ttgl.constexpr):  # fmt: skip
         blocked: ttgl.constexpr = ttgl.BlockedLayout(SPT, TPW, WPC, ORDER)
         smem: ttgl.constexpr = ttgl.SwizzledSharedLayout(VEC, PER_PHASE, MAX_PHASE, SMEM_ORDER)
+        # the count depends on the element's width only
+        dtype: ttgl.constexpr = (ttgl.float64 if BITS == 64 else
+                                 ttgl.float32 if BITS == 32 else ttgl.float16)  # fmt: skip
         if OPERAND >= 0:  # a read into a tl.dot operand of that product
-            count(BITS, ROWS, COLS, ttgl.DotOperandLayout(OPERAND, blocked, 0), smem)
+            count(dtype, ROWS, COLS, ttgl.DotOperandLayout(OPERAND, blocked, 0), smem)
         else:  # a write from registers in the blocked layout itself
-            count(BITS, ROWS, COLS, blocked, smem)
+            count(dtype, ROWS, COLS, blocked, smem)
 
     return probe
 
@@ -135,10 +127,9 @@ def bank_conflicts(access: SharedAccess, arch: int = 90) -> int:
     """Extra shared-memory accesses per wavefront of the instructions that perform ``access``
     (0: conflict-free), by Triton's model for ``sm_<arch>``. Compiles a small Gluon kernel that
     prints the count as it is built; no GPU is needed."""
-    import triton
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
+
+    from fusedrnn.compile_report import fresh_compile  # (which imports this module)
 
     spt, tpw, wpc, order = access.blocked
     vec, per_phase, max_phase, smem_order = access.shared
@@ -146,22 +137,10 @@ def bank_conflicts(access: SharedAccess, arch: int = 90) -> int:
                   BITS=_BITS[access.dtype], SPT=list(spt), TPW=list(tpw),
                   WPC=list(wpc), ORDER=list(order), VEC=vec, PER_PHASE=per_phase,
                   MAX_PHASE=max_phase, SMEM_ORDER=list(smem_order))  # fmt: skip
-    warps = 1
-    for w in wpc:
-        warps *= w
     out = io.StringIO()
-    old = knobs.cache.dir
-    # a compile found in Triton's cache would not run the code that prints the count
-    with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(out):
-        knobs.cache.dir = cache
-        try:
-            triton.compile(
-                GluonASTSource(_probe(), signature={}, constexprs=values),
-                target=GPUTarget("cuda", arch, 32),
-                options=dict(num_warps=warps),
-            )
-        finally:
-            knobs.cache.dir = old
+    with contextlib.redirect_stdout(out):
+        fresh_compile(GluonASTSource(_probe(), signature={}, constexprs=values), arch,
+                      dict(num_warps=math.prod(wpc)))  # fmt: skip
     found = re.findall(r"bank conflicts: (\d+)", out.getvalue())
     if not found:
         raise RuntimeError(f"Triton printed no bank-conflict count for {access}: "
