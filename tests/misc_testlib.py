@@ -18,6 +18,9 @@ needs_cpu = pytest.mark.skipif(not cpu.is_available(), reason="fusedrnn._C is no
 needs_interpreter = pytest.mark.skipif(
     not triton_interpreting(), reason="triton ops run on CPU tensors only with TRITON_INTERPRET=1"
 )
+compiled_only = pytest.mark.skipif(
+    triton_interpreting(), reason="the interpreter does not compile; run without TRITON_INTERPRET"
+)
 
 
 def csv_rows(path, columns=None) -> list[dict]:

@@ -1,11 +1,11 @@
-"""Shared-memory bank conflicts of the FMA products (fusedrnn/smem.py), read from sm_90 compiles
-(no GPU): the float32 IEEE forward kernels read their weights transposed so that the reads are
-conflict-free (fusedrnn.ops.triton.runtime.weights_transposed). The compile report checks every
-kernel the same way; here, that the check finds the conflict it is there for."""
+"""Shared-memory bank conflicts of the FMA products' operand reads and of the stores from
+registers (fusedrnn/smem.py), read from sm_90 compiles (no GPU): the float32 IEEE forward
+kernels read their weights transposed so that the reads are conflict-free
+(fusedrnn.ops.triton.runtime.weights_transposed). The compile report checks every kernel the
+same way; here, that the check finds the conflicts it is there for."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import pytest
@@ -13,14 +13,10 @@ import torch
 
 pytest.importorskip("triton")
 
+from misc_testlib import compiled_only  # noqa: E402
+
 from fusedrnn import compile_report, smem  # noqa: E402
 from fusedrnn.ops.triton import runtime  # noqa: E402
-
-compiled_only = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1",
-    reason="the interpreter does not compile; run without TRITON_INTERPRET",
-)
-
 
 NAME = "resident lstm fwd H=256 fp32"
 

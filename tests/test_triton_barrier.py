@@ -8,7 +8,6 @@ barrier's ordering is checked by the instructions a compile for sm_90 emits, and
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import replace
 
@@ -19,16 +18,13 @@ pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
 from layer_cases import poisoned_triton_buffers  # noqa: E402, F401
+from misc_testlib import compiled_only  # noqa: E402
 
 from fusedrnn import compile_report  # noqa: E402
 from fusedrnn.ops.triton import barrier_probe, runtime  # noqa: E402
 from fusedrnn.ops.triton.sync import BARRIER_KINDS, COUNTER_LIMIT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("poisoned_triton_buffers")
-compiled_only = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1",
-    reason="the interpreter does not compile; run without TRITON_INTERPRET",
-)
 
 
 @pytest.mark.skipif(not layer_cases.triton_interpreting(), reason="needs TRITON_INTERPRET=1")

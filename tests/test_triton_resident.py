@@ -9,7 +9,6 @@ against torch.nn and the fallback when a slice does not fit.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import replace
 
@@ -20,14 +19,10 @@ pytest.importorskip("triton")
 
 import layer_cases  # noqa: E402
 from layer_cases import Case  # noqa: E402
+from misc_testlib import compiled_only  # noqa: E402
 
 from fusedrnn import compile_report  # noqa: E402
 from fusedrnn.ops.checks import GATES  # noqa: E402
-
-compiled_only = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1",
-    reason="the interpreter does not compile; run without TRITON_INTERPRET",
-)
 
 
 def _resident_jobs(precision: str, H: int) -> dict:
