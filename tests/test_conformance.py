@@ -22,7 +22,9 @@ stay in the backend's own test file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+from collections.abc import Iterator
 
 import cuda_host
 import layer_cases
@@ -79,6 +81,7 @@ class Backend:
 
     def __init__(self, name: str):
         self.name, self.device = name, "cuda" if name == "cuda" else "cpu"
+        self.forced = contextlib.nullcontext
         if not name.startswith("triton"):
             fixed = {"cpu": cpu.layer, "cuda": cuda.layer, "reference": reference.layer,
                      "torch.nn": torch_nn_layer}  # fmt: skip
@@ -86,13 +89,9 @@ class Backend:
             return
         from fusedrnn.ops import triton as tb
 
-        path, self.device, self.poison = name.split("-")[1], TRITON_DEVICE, tb.poison_buffers
-
-        def layer(*args, **kw):
-            with tb.kernel_path(path):
-                return tb.layer(*args, **kw)
-
-        self.layer = layer
+        self.device, self.poison, self.layer = TRITON_DEVICE, tb.poison_buffers, tb.layer
+        # the path forced for the whole test: a layer's backward chooses its path when it runs
+        self.forced = functools.partial(tb.kernel_path, name.split("-")[1])
 
     @staticmethod
     @contextlib.contextmanager
@@ -135,8 +134,10 @@ class Backend:
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request) -> Backend:
-    return Backend(request.param)
+def backend(request) -> Iterator[Backend]:
+    b = Backend(request.param)
+    with b.forced():
+        yield b
 
 
 # -- torch.nn's cells ------------------------------------------------------------------------
