@@ -22,10 +22,11 @@ the kernel metadata. One row per compile; exits non-zero on any compile error, a
 spill, or any shared-memory bank conflict in the operand reads of an FMA product or in a store
 from registers to shared memory (:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and
 layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its cooperative
-and resident launches run (:func:`named_launches`); the resident launch's chunks of K follow
-H, so those are compiles at that H, and their rows give the dependent global round trips of a
-step read from the machine code (:mod:`fusedrnn.sass`: their step loop is straight-line code,
-the reduction unrolled). The grid barrier's probe kernel (``ops/triton/barrier_probe.py``, used
+and resident launches run (:func:`named_launches`; the LSTM's resident launch with proj_size
+= H / 2 too); the resident launch's chunks of K follow H, so those are compiles at that H, and
+their rows give the dependent global round trips of a step read from the machine code
+(:mod:`fusedrnn.sass`: their step loop is straight-line code, the reduction unrolled, but for
+the projection's product with ``W_hr``, a loop walked once). The grid barrier's probe kernel (``ops/triton/barrier_probe.py``, used
 by ``bench/barrier.py``), each kind of barrier, is compiled too.
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
@@ -146,7 +147,7 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
         lstm = cell == "lstm"
         for bias, proj, save, path in itertools.product(bools, lstm_only[cell], bools, paths):
             hout = Hp if proj else H
-            if not (proj and path in ("persistent", "resident")):
+            if not (proj and path == "persistent"):
                 step.step_fwd(cell, e(N, G * H), e(B, hout), opt(lstm, B, H, dt=acc),
                               e(G * H, hout), opt(bias, G * H), opt(proj, hout, H), plan, save,
                               path)  # fmt: skip
@@ -154,7 +155,7 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
             lstm_only[cell], bools, lstm_only[cell], dys, paths
         ):
             hout = Hp if proj else H
-            if not (proj and path in ("persistent", "resident")):
+            if not (proj and path == "persistent"):
                 step.step_bwd(cell, e(G * H, hout), opt(proj, hout, H), e(T + 1, B, hout),
                               opt(lstm, T + 1, B, H, dt=acc), opt(G > 1, T, B, 4 * H, dt=acc),
                               opt(dhs, T + 1, B, hout), opt(dcs, T + 1, B, H, dt=acc),
@@ -262,8 +263,10 @@ def named_launches(
     precisions: list[str], hidden: tuple[int, ...] = NAMED_H
 ) -> list[tuple[str, Job]]:
     """``(name, job)`` for each kernel of the cooperative and resident launches of every cell
-    (and of the layer-norm variants' cooperative launch, in their dtypes) at the hidden sizes
-    ``hidden`` (NAMED_H), B = 16: which compile runs e.g. ``resident lstm fwd H=768 bf16``."""
+    (and of the layer-norm variants' cooperative launch, in their dtypes; of the LSTM's
+    resident launch with proj_size = H / 2) at the hidden sizes ``hidden`` (NAMED_H), B = 16:
+    which compile runs e.g. ``resident lstm fwd H=768 bf16``, ``resident lstm fwd H=768
+    proj=384 bf16``."""
     import torch
 
     from fusedrnn.ops.checks import GATES, VARIANT_CELLS
@@ -301,12 +304,22 @@ def named_launches(
                                                             plan)  # fmt: skip
                             variant_step.variant_bwd(cell, *ins, bufs, e(T + 1, B, H), None,
                                                      None, plan)  # fmt: skip
-                for kernel, _grid, args, kwargs in records:
+                P = H // 2
+                with capture_launches() as projected:
+                    if lstm and label != "fp64":  # the resident launches' slices follow P
+                        step.step_fwd(cell, e(T * B, G * H), e(B, P), c[0], e(G * H, P),
+                                      e(G * H), e(P, H), plan, True, "resident")  # fmt: skip
+                        step.step_bwd(cell, e(G * H, P), e(P, H), e(T + 1, B, P), c, gates,
+                                      e(T + 1, B, P), None, None, plan, "resident")  # fmt: skip
+                for (kernel, _grid, args, kwargs), size in (
+                    *((r, f"H={H}") for r in records),
+                    *((r, f"H={H} proj={P}") for r in projected),
+                ):
                     name = kernel.fn.__name__.strip("_").removesuffix("_kernel")
                     kind = "layer-norm " if name.startswith("variant") else ""
                     what = f"{kind}{cell} {name.rsplit('_', 1)[1]}"
                     launch = "resident" if kwargs.get("RESIDENT") else "cooperative"
-                    out.append((f"{launch} {what} H={H} {label}",
+                    out.append((f"{launch} {what} {size} {label}",
                                 job_key(kernel, args, kwargs, label)))  # fmt: skip
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
@@ -512,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             over = (row["smem"] or 0) > MAX_SHARED[job.arch]
             note = "  (over the shared memory of a program: runs cooperative)" if over else ""
             if row.get("round_trips") is not None:
-                note = f"  {row['round_trips']} dependent global round trips per step{note}"
+                # the projection's phase is the cooperative launch's K loop, not unrolled
+                walked = " (W_hr's K loop walked once)" if dict(job.constexprs)["PROJ"] else ""
+                note = f"  {row['round_trips']} dependent global round trips per step{walked}{note}"
             print(f"sm_{job.arch:<3} {name:<44} {_fmt(row).split(None, 3)[3]}{note}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors, spills "
           "or bank conflicts")  # fmt: skip

@@ -118,8 +118,6 @@ class Backend:
             pytest.skip(f"the variant kernels have no {self.name[7:]} path")
         if self.name == "triton-persistent" and (case.proj or case.H > 64):
             pytest.skip("the persistent kernels take proj_size == 0 and H <= 64")
-        if self.name == "triton-resident" and case.proj:
-            pytest.skip("the resident kernels take proj_size == 0")
         return layer_cases.make_inputs(case, dtype, self.device, seed)
 
     def check(self, case: Case, dtype: torch.dtype, **options) -> None:

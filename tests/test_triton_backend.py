@@ -57,6 +57,8 @@ LIMIT = {cell: max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell) f
             for cell in CELLS
             for H in (16, 20)
         ],
+        # with projection: one column block of H forward, of Hout backward
+        ("resident", "lstm", 7, 16, 5, False, 1),
         # the variants (layer norm, zoneout) per step: a launch per phase (LSTM with
         # projection: four each way, GRU: two), or one cooperative launch
         ("step", "lstm", 3, 5, 4, True, 16),
@@ -69,10 +71,10 @@ LIMIT = {cell: max(c.max_hidden for c in PERSISTENT_CONFIGS if c.cell == cell) f
 def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
     """Per-step kernels: one launch per step forward and backward (two with proj: the
     projection launch forward, the state-gradient launch backward), the variant kernels one
-    per phase of a step. Persistent and cooperative kernels: one launch per sequence forward
-    and one backward. The automatic choice (path None) takes the persistent kernels for small
-    H, for larger H and proj_size the cooperative launch of the step kernels, and for the
-    variants their cooperative launch."""
+    per phase of a step. Persistent, cooperative and resident kernels: one launch per sequence
+    forward and one backward. The automatic choice (path None) takes the persistent kernels
+    for small H, for larger H and proj_size the cooperative launch of the step kernels (the
+    resident one on a GPU), and for the variants their cooperative launch."""
     options = dict(ln=True, zone="eval") if variants else {}
     case = Case(cell, T=T, B=3, I=3, H=H, proj=proj, packed=packed, reverse=True, **options)
     a = with_leaves(layer_cases.make_inputs(case, torch.float32, DEVICE))
@@ -87,19 +89,20 @@ def test_launch_counts(path, cell, proj, H, T, variants, launches, packed):
     assert f"{kernel}_kernel" in fwd.by_kernel, fwd
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_resident_load_groups_change_no_bit(cell, monkeypatch):
+@pytest.mark.parametrize("cell,proj", [("lstm", 0), ("gru", 0), ("rnn_tanh", 0), ("lstm", 18)])
+def test_resident_load_groups_change_no_bit(cell, proj, monkeypatch):
     """The resident kernels load h_{t-1} (backward: dG) a group of chunks at a time
     (tiles.rec_gates_resident). Every group size gives the same bits, a last group shorter
     than the others included: H = 20 in groups of 1, 2, 3 and all of its chunks (16 wide under
-    the interpreter: forward 2, backward 5 for the LSTM, 4 for the GRU, 2 for the RNN)."""
+    the interpreter: forward 2, backward 5 for the LSTM, 4 for the GRU, 2 for the RNN); with
+    projection, forward the 2 chunks of Hout = 18."""
     from fusedrnn.ops.triton import configs, step
     from fusedrnn.ops.triton.configs import pick_resident_config
 
-    case = Case(cell, T=3, B=3, I=3, H=20, packed=True)
+    case = Case(cell, T=3, B=3, I=3, H=20, proj=proj, packed=True)
     a = layer_cases.make_inputs(case, torch.float32, DEVICE)
     chunks = [-(-K // pick_resident_config(3, 20, "float32", bwd).block_k)
-              for bwd, K in ((False, 20), (True, GATES[cell] * 20))]  # fmt: skip
+              for bwd, K in ((False, proj or 20), (True, GATES[cell] * 20))]  # fmt: skip
     used, real = [], step.load_group
     monkeypatch.setattr(step, "load_group", lambda *args: used.append(real(*args)) or used[-1])
     results = []
@@ -127,16 +130,14 @@ def test_automatic_path_choice():
     assert choose_path("lstm", w, None, Plan(None, 0, 2, False)) == "step"  # nothing to run
     with tb.kernel_path("persistent"), pytest.raises(ValueError, match="proj_size == 0"):
         choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
-    with tb.kernel_path("resident"), pytest.raises(ValueError, match="proj_size == 0"):
-        choose_path("lstm", w, torch.zeros(4, 8), Plan(None, 3, 2, False))
     long = Plan(None, 1_000_000, 4096, False)
     big = torch.zeros(2048, 512)
     assert choose_path("lstm", big, None, long) == "cooperative"  # on CPU tensors
-    # on a GPU, W_hh held on chip unless projected or float64 (only the fields read)
+    # on a GPU, W_hh held on chip, projected or not, unless float64 (only the fields read)
     gpu = types.SimpleNamespace(shape=(2048, 512), dtype=torch.bfloat16,
                                 device=torch.device("cuda", 1))  # fmt: skip
     assert choose_path("lstm", gpu, None, long) == "resident"
-    assert choose_path("lstm", gpu, torch.zeros(4, 512), long) == "cooperative"
+    assert choose_path("lstm", gpu, torch.zeros(512, 512), long) == "resident"
     gpu.dtype = torch.float64
     assert choose_path("lstm", gpu, None, long) == "cooperative"
     # the variant kernels: no persistent or resident kernels
@@ -284,6 +285,7 @@ def test_module_matches_torch_nn(rnn_pair, cls, kwargs, lengths, device):
     ("step", Case("lstm", T=3, B=3, I=3, H=20, proj=6, packed=True)),
     ("cooperative", Case("gru", T=3, B=3, I=3, H=20, reverse=True)),
     ("resident", Case("lstm", T=3, B=3, I=3, H=20)),
+    ("resident", Case("lstm", T=3, B=3, I=3, H=20, proj=18, reverse=True)),
     ("persistent", Case("lstm", T=3, B=3, I=3, H=20, packed=True)),
     ("cooperative", Case("lstm", T=3, B=3, I=3, H=20, proj=6, ln=True, peep=True, zone="hc")),
 ], ids=str)  # fmt: skip

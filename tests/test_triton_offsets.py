@@ -24,7 +24,6 @@ reduction loop) are not covered by the rule.
 from __future__ import annotations
 
 import ast
-import os
 import pathlib
 import re
 from dataclasses import replace
@@ -32,6 +31,7 @@ from dataclasses import replace
 import pytest
 import torch
 from layer_cases import Case, make_inputs
+from misc_testlib import compiled_only
 
 from fusedrnn import compile_report
 from fusedrnn.ops import library
@@ -240,8 +240,8 @@ def test_no_jit_parameter_defaults_to_a_tuple():
 def _layer_launches(precision, cases):
     """``(case, path, kernel name, CELL, job, planned)`` of each launch of the layer op's forward
     and backward (with every output's gradient) in ``precision`` (compile_report.PRECISIONS) on
-    each case's inputs, on every kernel path that takes them (the persistent and resident
-    kernels take no projection, nor the variants): ``job`` is the compile the launch needs,
+    each case's inputs, on every kernel path that takes them (the persistent kernels take no
+    projection, nor the variants, which have no resident kernels either): ``job`` is the compile the launch needs,
     ``planned`` whether the compile report makes it. The resident launch's count of K chunks
     and its load group follow H, so its compile counts as planned when the report makes it for
     some count and group (its table of real layer sizes compiles those)."""
@@ -257,7 +257,8 @@ def _layer_launches(precision, cases):
     dtype = getattr(torch, compile_report.PRECISIONS[precision][0])
     for case in cases:
         a = library.LayerArgs(**{**library.OPTION_DEFAULTS, **make_inputs(case, dtype)}, save=True)
-        for path in ("step", "cooperative") if case.proj or case.variant else PATHS:
+        paths = ("step", "cooperative", "resident") if case.proj else PATHS
+        for path in ("step", "cooperative") if case.variant else paths:
             with kernel_path(path), capture_launches() as records:
                 bufs = layer_op.forward(a)
                 grads = [torch.zeros_like(b) if b.numel() else None for b in bufs]
@@ -266,12 +267,6 @@ def _layer_launches(precision, cases):
                 job = compile_report.job_key(kernel, args, kwargs, precision)
                 yield (case, path, kernel.fn.__name__, kwargs.get("CELL"), job,
                        any_chunks(job) in planned)  # fmt: skip
-
-
-compiled_only = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1",
-    reason="the interpreter has no specialisation; run without TRITON_INTERPRET",
-)
 
 
 @compiled_only
@@ -317,22 +312,24 @@ def test_the_half_precision_layer_op_launches_only_planned_kernels(precision):
 @compiled_only
 def test_the_named_layer_sizes_run_planned_compiles():
     """The report's last table (a row per kernel x cell x H x dtype of the cooperative and
-    resident launches at H = 256 ... 1024, layer-norm variants included) names compiles the
-    report makes. H is a run-time argument, so the cooperative launch at real sizes runs the
-    compiles of the small shapes; the resident launch's chunks of K follow H, so its rows are
-    compiles of their own, one per H."""
+    resident launches at H = 256 ... 1024, layer-norm variants and the LSTM's resident launch
+    with proj_size = H / 2 included) names compiles the report makes. H is a run-time
+    argument, so the cooperative launch at real sizes runs the compiles of the small shapes;
+    the resident launch's chunks of K follow H (forward with projection: proj_size), so its
+    rows are compiles of their own, one per H (and projection)."""
     precisions = ["bf16", "fp32"]
     named = compile_report.named_launches(precisions)
     planned = set(compile_report.jobs([0], precisions))
     names = [name for name, _ in named]
     # per H: four cells forward and backward in each dtype on both launches, the two
-    # layer-norm cells in fp32 (cooperative only)
-    assert len(names) == len(set(names)) == 4 * (4 * 2 * 2 * 2 + 2 * 2)
+    # layer-norm cells in fp32 (cooperative only), the projected LSTM in each dtype (resident)
+    assert len(names) == len(set(names)) == 4 * (4 * 2 * 2 * 2 + 2 * 2 + 2 * 2)
     assert "cooperative lstm fwd H=768 bf16" in names
+    assert "resident lstm bwd H=768 proj=384 bf16" in names
     assert "resident gru bwd H=1024 fp32" in names
     assert "cooperative layer-norm gru bwd H=1024 fp32" in names
     cooperative = [(name, job) for name, job in named if name.startswith("cooperative")]
     assert [name for name, job in cooperative if job not in planned] == []
     for kind in ("fwd", "bwd"):
         jobs = {job for name, job in named if name.startswith(f"resident lstm {kind}")}
-        assert len(jobs) == 4 * 2, kind  # every H and dtype
+        assert len(jobs) == 4 * 2 * 2, kind  # every H and dtype, projected or not

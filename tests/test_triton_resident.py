@@ -38,22 +38,26 @@ def _weight_allocs_before_the_step_loop(ttgir: str) -> int:
 
 
 @compiled_only
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_resident_weights_sit_in_shared_memory_before_the_step_loop(cell):
+@pytest.mark.parametrize("cell,proj", [("lstm", 0), ("gru", 0), ("rnn_tanh", 0), ("lstm", 128)])
+def test_resident_weights_sit_in_shared_memory_before_the_step_loop(cell, proj):
     """Triton writes the weight tiles to shared memory once, before the loop over steps, and
     each step reads them from there (``local_load``), at H = 256 in bf16: forward G gates x
     (256 / 64) chunks of K, backward (G x 256 / 64) chunks. A compiler that reloaded them
-    from global memory at every step would leave none before the loop."""
-    G, chunks = GATES[cell], 256 // 64  # the half-precision resident config's block_k
+    from global memory at every step would leave none before the loop. With proj_size = 128
+    the forward's K is 128: G x 2 chunks; the backward holds the same G x 256 rows of
+    ``W_hh`` (for 16 of the 128 projected units)."""
+    G, block_k = GATES[cell], 64  # the half-precision resident config's
+    K, size = proj or 256, f"H=256 proj={proj}" if proj else "H=256"
     jobs = _resident_jobs("bf16", 256)
-    fwd = compile_report.compile_job(jobs[f"resident {cell} fwd H=256 bf16"])
-    bwd = compile_report.compile_job(jobs[f"resident {cell} bwd H=256 bf16"])
-    assert _weight_allocs_before_the_step_loop(fwd.asm["ttgir"]) == G * chunks
-    assert _weight_allocs_before_the_step_loop(bwd.asm["ttgir"]) == G * chunks
-    # the slice is the bulk of the kernel's shared memory: G x 256 x 16 bf16 values, then
-    # a [16, 64] bf16 staging buffer for each chunk of h_prev (backward: dG) loaded together
-    assert fwd.metadata.shared == G * 256 * 16 * 2 + chunks * 16 * 64 * 2
-    assert bwd.metadata.shared == G * 256 * 16 * 2 + G * chunks * 16 * 64 * 2
+    fwd = compile_report.compile_job(jobs[f"resident {cell} fwd {size} bf16"])
+    bwd = compile_report.compile_job(jobs[f"resident {cell} bwd {size} bf16"])
+    assert _weight_allocs_before_the_step_loop(fwd.asm["ttgir"]) == G * K // block_k
+    assert _weight_allocs_before_the_step_loop(bwd.asm["ttgir"]) == G * 256 // block_k
+    # the slice is the bulk of the kernel's shared memory: G x K x 16 bf16 values (backward
+    # G x 256 x 16), then a [16, 64] bf16 staging buffer for each chunk of h_prev (backward:
+    # dG) loaded together (all of them here)
+    assert fwd.metadata.shared == G * K * 16 * 2 + K // block_k * 16 * block_k * 2
+    assert bwd.metadata.shared == G * 256 * 16 * 2 + G * 256 // block_k * 16 * block_k * 2
 
 
 @compiled_only
@@ -88,21 +92,24 @@ def test_resident_steps_wait_one_round_trip_per_group(monkeypatch, precision):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
-    "cell,H,B,dtype",
+    "cell,H,B,dtype,proj",
     [
-        ("lstm", 768, 16, torch.bfloat16),  # the anchor's layer: 48 programs, 12 chunks of K
-        ("gru", 1024, 16, torch.float16),
-        ("rnn_tanh", 512, 64, torch.float32),  # four row blocks per column block
-        ("lstm", 512, 40, torch.float32),  # a partial row block
+        ("lstm", 768, 16, torch.bfloat16, 0),  # the anchor's layer: 48 programs, 12 chunks of K
+        ("gru", 1024, 16, torch.float16, 0),
+        ("rnn_tanh", 512, 64, torch.float32, 0),  # four row blocks per column block
+        ("lstm", 512, 40, torch.float32, 0),  # a partial row block
+        # projected: 64 column blocks forward, 16 backward (programs walk the other phase)
+        ("lstm", 1024, 16, torch.bfloat16, 256),
+        ("lstm", 512, 20, torch.float32, 200),  # a partial column block of Hout
     ],
 )
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_resident_launch_at_real_sizes(cell, H, B, dtype, packed):
+def test_resident_launch_at_real_sizes(cell, H, B, dtype, proj, packed):
     """One resident launch each way at real layer sizes: outputs and every gradient as the
     reference op's in float64 on the same inputs."""
     from fusedrnn.ops import triton as tb
 
-    case = Case(cell, T=6, B=B, I=32, H=H, packed=packed, reverse=packed)
+    case = Case(cell, T=6, B=B, I=32, H=H, proj=proj, packed=packed, reverse=packed)
     a = layer_cases.make_inputs(case, dtype, "cuda")
     tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 5e-3}[dtype]
     with tb.kernel_path("resident"), tb.launch_counter() as launches:

@@ -223,7 +223,7 @@ def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
     """Which kernels run a layer: "persistent" (W_hh in registers, small H, no projection),
     "resident" (the step kernels' whole time loop in one launch, each program holding its
-    units' slice of W_hh on chip; no projection, not float64, on a GPU), "cooperative" (the
+    units' slice of W_hh on chip; not float64, on a GPU), "cooperative" (the
     same launch reading W_hh from the caches at every step) or "step" (a launch per step: when
     forced, and for empty sequences). The interpreter runs one program at a time, so there a
     resident launch of several column blocks becomes a launch per step
@@ -232,15 +232,13 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
     forced = _forced[-1]
     if forced == "persistent" and (w_hr is not None or H > limit):
         raise ValueError(f"persistent kernels need proj_size == 0 and H <= {limit}")
-    if forced == "resident" and w_hr is not None:
-        raise ValueError("resident kernels need proj_size == 0")
     if forced is not None:
         return forced
     if plan.T == 0:
         return "step"
     if _config(cell, w_hh, w_hr) is not None:
         return "persistent"
-    if w_hr is None and w_hh.dtype != torch.float64 and w_hh.device.type == "cuda":
+    if w_hh.dtype != torch.float64 and w_hh.device.type == "cuda":
         return "resident"
     return "cooperative"
 

@@ -13,11 +13,14 @@ kept for comparison and for empty sequences). So the arithmetic the interpreter 
 exactly what the cooperative launch runs; the barrier is the only difference.
 
 Where ``W_hh`` lives: in the plain cooperative launch a program re-reads its slice (all gates
-of its units) at every step, from the L1/L2 caches. The resident launch (``RESIDENT`` > 0, no
-projection) loads the slice once, before the step loop, and keeps it in shared memory
+of its units) at every step, from the L1/L2 caches. The resident launch (``RESIDENT`` > 0)
+loads the slice once, before the step loop, and keeps it in shared memory
 (:func:`.tiles.resident_slice`): a program per column block of units, each walking the row
 blocks of its own units (:func:`.sync.resident_grid`). The backward holds the same units'
-columns of ``W_hh`` for its state gradient. Its K loop is unrolled, and the chunks of
+columns of ``W_hh`` for its state gradient. With projection the slice is the first phase's
+(forward: units of H, rows of ``W_hh``; backward: units of Hout, columns of ``W_hh``), and
+the other phase, the product with ``W_hr``, reads its weights from the caches as the
+cooperative launch does. The resident K loop is unrolled, and the chunks of
 ``h_prev`` (or ``dG``) are loaded ``LOAD_GROUP`` at a time, as many as the shared memory beside
 the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`), the step's
 other tiles before the first group (:func:`.common.late`): a step waits one round trip per group
@@ -322,7 +325,7 @@ def _step_bwd_kernel(
     T: tl.int64, B, H, HOUT, CELL: tl.constexpr, PROJ: tl.constexpr, REVERSE: tl.constexpr,
     SYNC: tl.constexpr, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-    RESIDENT: tl.constexpr = 0,  # as the forward kernel's (never with PROJ)
+    RESIDENT: tl.constexpr = 0,  # as the forward kernel's (with PROJ: its first phase's)
     LOAD_GROUP: tl.constexpr = 1,  # chunks of dG loaded together (tiles.rec_gates_resident)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
@@ -333,9 +336,9 @@ def _step_bwd_kernel(
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
     ws = ()
-    if RESIDENT:  # W_hh[:, units] ([G*H, H]) as [k, unit] tiles
-        own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
-        ws = resident_slice(w_ptr, own, own_mask, G * H, 1, H, 0, 1, RESIDENT, BLOCK_K)
+    if RESIDENT:  # W_hh[:, units] ([G*H, K]) as [k, unit] tiles; with PROJ units of Hout
+        own, own_mask = _resident_units(first, _tiles(B, K, BLOCK_B, BLOCK_H)[0], K, BLOCK_H)
+        ws = resident_slice(w_ptr, own, own_mask, G * H, 1, K, 0, 1, RESIDENT, BLOCK_K)
     # the row counts of a step loaded before the barrier that ends the step before
     steps_end = s_end if SYNC else s_begin + 1
     y_row0, rows_active = visit_rows(s_begin, steps_end, T, steps_ptr, REVERSE, True)
@@ -353,11 +356,24 @@ def _step_bwd_kernel(
                     rows, cols, rmask, cmask, act, mask2 = block_tile(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
-                    total = state_grad(
-                        dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_off, dhs_off, y_row0, rows,
-                        cols, rmask, cmask, act, rows < rows_prev, 4 * H, HOUT, HAS_DHS, HAS_DY,
-                        PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-                    )  # fmt: skip
+                    prev = rows < rows_prev
+                    if RESIDENT:  # the tiles loaded before the product (as the cell's below)
+                        sg = state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, dhs_off, y_row0, rows,
+                                               cols, rmask, cmask, act, HOUT, HAS_DHS,
+                                               HAS_DY)  # fmt: skip
+                        head = load_chunks(dg_ptr + dg_off, rows, prev, 4 * H, 0,
+                                           smaller(LOAD_GROUP, RESIDENT), BLOCK_K)  # fmt: skip
+                        rec, _, _, _ = rec_gates_resident(dg_ptr + dg_off, head, ws, rows, prev,
+                                                          4 * H, 1, acc_ty, PRECISION, BLOCK_B,
+                                                          BLOCK_H, BLOCK_K, RESIDENT,
+                                                          LOAD_GROUP)  # fmt: skip
+                        total = state_grad_sum(late_all(sg, mask2), rec, HAS_DHS, HAS_DY)
+                    else:
+                        total = state_grad(
+                            dh_ptr, dg_ptr, w_ptr, dhs_ptr, dy_ptr, dg_off, dhs_off, y_row0,
+                            rows, cols, rmask, cmask, act, prev, 4 * H, HOUT, HAS_DHS, HAS_DY,
+                            PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                        )  # fmt: skip
                     state = rows[:, None] * HOUT + cols[None, :]
                     a = act[:, None]
                     tl.store(dh_ptr + state, tl.where(a, 0.0, total), mask=mask2)
@@ -375,7 +391,7 @@ def _step_bwd_kernel(
                 state = rows[:, None] * H + units[None, :]
                 saved = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
                 r_off, w_off, prev = slot_r * B * H, slot_w * B * H, rows < rows_prev
-                if RESIDENT:
+                if RESIDENT and not PROJ:
                     # every tile of the step loaded before the product, each passed through
                     # `late` where it is used: their loads travel with dG's first group
                     sg = state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, slot_w * B * HOUT, y_row0,
@@ -439,8 +455,9 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     runs them (the kernel's ``phases`` argument: one bit per launch, all of them in a
     cooperative launch). ``tensors`` are the kernel's pointer arguments before the steps
     table (the first on the op's device), ``sizes`` those after ``T``, ``flags`` its
-    constexprs but the block configuration. With ``flags["RESIDENT"]`` (one phase) a
-    cooperative launch needs a program per column block (:func:`.sync.resident_grid`): on a
+    constexprs but the block configuration. With ``flags["RESIDENT"]`` a cooperative launch
+    needs a program per column block of the first phase, whose product holds ``W_hh``
+    (:func:`.sync.resident_grid`; the programs walk a second phase's tiles in turn): on a
     GPU it returns False, launching nothing, when they do not fit at once; under the
     interpreter, which runs one program at a time, several column blocks run a launch per
     step."""
@@ -456,8 +473,8 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
         # the arguments around the steps s_begin, s_end
         head, tail = (*tensors, table, sync), (sum(tiles), T, *sizes)
         args = (*head, 0, T, *tail)
-        if flags.get("RESIDENT"):
-            (cols,) = phase_cols.values()
+        if flags.get("RESIDENT"):  # the first phase of a step holds W_hh
+            cols = next(iter(phase_cols.values()))
             grid = resident_grid(kernel, -(-cols // cfg.block_h), -(-B // cfg.block_b), args,
                                  kw, dev)  # fmt: skip
         else:
@@ -485,7 +502,9 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     backward's projected state first).
 
     A resident launch holds the program's slice of ``W_hh`` in ``RESIDENT`` chunks of K (the
-    forward's K is Hout, the backward's G*H) and loads its left operand ``LOAD_GROUP`` chunks
+    forward's K is Hout, the backward's G*H; with projection the slice serves the first
+    phase, the cell forward, the projected state's gradient backward, and the second phase
+    reads ``W_hr`` from the caches) and loads its left operand ``LOAD_GROUP`` chunks
     at a time (one chunk if that group's kernel does not fit). When its programs do not fit on
     the GPU at once
     it runs as a cooperative launch instead, counted (``launch_counter().not_resident``);
