@@ -204,7 +204,8 @@ def _persistent_bwd_kernel(
 
 def kernel_path(path: str | None) -> contextlib.AbstractContextManager:
     """Forces the kernels of ``path`` (one of PATHS) inside the ``with`` block; None: the
-    automatic choice (:func:`choose_path`)."""
+    automatic choice (:func:`choose_path`). A layer's backward chooses its path when it runs:
+    to force both, call ``backward()`` inside the block too."""
     if path not in (None, *PATHS):
         raise ValueError(f"unknown kernel path {path!r}")
     return runtime.pushed(_forced, path)
