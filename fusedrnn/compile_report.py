@@ -25,8 +25,8 @@ layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its
 and resident launches run (:func:`named_launches`; the LSTM's resident launch with proj_size
 = H / 2 too); the resident launch's chunks of K follow H, so those are compiles at that H, and
 their rows give the dependent global round trips of a step read from the machine code
-(:mod:`fusedrnn.sass`: their step loop is straight-line code, the reduction unrolled, but for
-the projection's product with ``W_hr``, a loop walked once). The grid barrier's probe kernel (``ops/triton/barrier_probe.py``, used
+(:mod:`fusedrnn.sass`: their step loop is straight-line code, the reductions unrolled, but for
+a product with ``W_hr`` that reads it from the caches, a loop walked once). The grid barrier's probe kernel (``ops/triton/barrier_probe.py``, used
 by ``bench/barrier.py``), each kind of barrier, is compiled too.
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
@@ -525,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
             over = (row["smem"] or 0) > MAX_SHARED[job.arch]
             note = "  (over the shared memory of a program: runs cooperative)" if over else ""
             if row.get("round_trips") is not None:
-                # the projection's phase is the cooperative launch's K loop, not unrolled
-                walked = " (W_hr's K loop walked once)" if dict(job.constexprs)["PROJ"] else ""
+                # W_hr read in the cooperative launch's K loop, not unrolled
+                c = dict(job.constexprs)
+                looped = c["PROJ"] and not c.get("RESIDENT_PROJ")
+                walked = " (W_hr's K loop walked once)" if looped else ""
                 note = f"  {row['round_trips']} dependent global round trips per step{walked}{note}"
             print(f"sm_{job.arch:<3} {name:<44} {_fmt(row).split(None, 3)[3]}{note}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors, spills "

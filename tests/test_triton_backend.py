@@ -10,6 +10,7 @@ kernels write is NaN-poisoned first (``layer_cases.poisoned_triton_buffers``).
 
 from __future__ import annotations
 
+import functools
 import types
 
 import pytest
@@ -95,7 +96,8 @@ def test_resident_load_groups_change_no_bit(cell, proj, monkeypatch):
     (tiles.rec_gates_resident). Every group size gives the same bits, a last group shorter
     than the others included: H = 20 in groups of 1, 2, 3 and all of its chunks (16 wide under
     the interpreter: forward 2, backward 5 for the LSTM, 4 for the GRU, 2 for the RNN); with
-    projection, forward the 2 chunks of Hout = 18."""
+    projection, forward the 2 chunks of Hout = 18, and the product with ``W_hr`` held on chip
+    in groups of the same size."""
     from fusedrnn.ops.triton import configs, step
     from fusedrnn.ops.triton.configs import pick_resident_config
 
@@ -103,8 +105,13 @@ def test_resident_load_groups_change_no_bit(cell, proj, monkeypatch):
     a = layer_cases.make_inputs(case, torch.float32, DEVICE)
     chunks = [-(-K // pick_resident_config(3, 20, "float32", bwd).block_k)
               for bwd, K in ((False, proj or 20), (True, GATES[cell] * 20))]  # fmt: skip
-    used, real = [], step.load_group
-    monkeypatch.setattr(step, "load_group", lambda *args: used.append(real(*args)) or used[-1])
+    used, real = [], step.launch_phases
+
+    def spy(kernel, tensors, sizes, flags, *rest):
+        used.append(flags["LOAD_GROUP"])
+        return real(kernel, tensors, sizes, flags, *rest)
+
+    monkeypatch.setattr(step, "launch_phases", spy)
     results = []
     for group in (1, 2, 3, 64):
         monkeypatch.setattr(configs, "INTERPRETER_LOAD_GROUP", group)  # the interpreter's
@@ -116,6 +123,43 @@ def test_resident_load_groups_change_no_bit(cell, proj, monkeypatch):
         results.append([t for t in (*outs, *grads.values()) if t is not None])
     for other in results[1:]:
         assert all(torch.equal(x, y) for x, y in zip(results[0], other, strict=True))
+
+
+@pytest.mark.parametrize("H,proj,on_chip", [(64, 20, True), (40, 18, False)])
+def test_resident_projection_weights_on_chip(H, proj, on_chip, monkeypatch):
+    """With a projection the resident launch holds ``W_hr`` on chip too (``RESIDENT_PROJ``)
+    where a grid of H's column blocks keeps every program in one column block of each phase:
+    H's column blocks a multiple of Hout's (16 wide: 4 and 2 at H = 64, Hout = 20; not at
+    H = 40, Hout = 18, 3 and 2, which reads ``W_hr`` from the caches). Outputs and gradients
+    as the reference op's, and on chip the same bits as read from the caches (the same
+    products in the same order)."""
+    from fusedrnn.ops.triton import step
+    from fusedrnn.ops.triton.configs import pick_resident_config
+
+    case = Case("lstm", T=3, B=3, I=3, H=H, proj=proj, packed=True, reverse=True)
+    a = layer_cases.make_inputs(case, torch.float32, DEVICE)
+    seen, real = [], step.launch_phases
+
+    def spy(kernel, tensors, sizes, flags, *rest, drop=False):
+        seen.append(flags.get("RESIDENT_PROJ", 0))
+        if drop:
+            flags = {k: v for k, v in flags.items() if k != "RESIDENT_PROJ"}
+        return real(kernel, tensors, sizes, flags, *rest)
+
+    results = []
+    for drop in (False, True):
+        monkeypatch.setattr(step, "launch_phases", functools.partial(spy, drop=drop))
+        with tb.kernel_path("resident"):
+            if not drop:
+                layer_cases.compare(tb.layer, a, layer_cases.TOL[torch.float32])
+            seen.clear()
+            outs, grads = layer_cases.outputs_and_grads(tb.layer, a)
+        results.append([t for t in (*outs, *grads.values()) if t is not None])
+        # forward: W_hr's chunks of H, backward: of Hout
+        chunks = [-(-K // pick_resident_config(3, H, "float32", bwd).block_k)
+                  for bwd, K in ((False, H), (True, proj))]  # fmt: skip
+        assert seen == (chunks if on_chip else [0, 0])
+    assert all(torch.equal(x, y) for x, y in zip(*results, strict=True))
 
 
 def test_automatic_path_choice():

@@ -44,20 +44,27 @@ def test_resident_weights_sit_in_shared_memory_before_the_step_loop(cell, proj):
     each step reads them from there (``local_load``), at H = 256 in bf16: forward G gates x
     (256 / 64) chunks of K, backward (G x 256 / 64) chunks. A compiler that reloaded them
     from global memory at every step would leave none before the loop. With proj_size = 128
-    the forward's K is 128: G x 2 chunks; the backward holds the same G x 256 rows of
-    ``W_hh`` (for 16 of the 128 projected units)."""
+    the forward's K is 128, G x 2 chunks, and it holds W_hr's rows of 16 outputs too, 256 / 64
+    chunks; the backward holds the same G x 256 rows of ``W_hh`` (for 16 of the 128 projected
+    units) and W_hr's columns of 16 units, 128 / 64 chunks."""
     G, block_k = GATES[cell], 64  # the half-precision resident config's
     K, size = proj or 256, f"H=256 proj={proj}" if proj else "H=256"
+    w_hr = (256 // block_k, proj // block_k)  # W_hr's tiles forward, backward
     jobs = _resident_jobs("bf16", 256)
     fwd = compile_report.compile_job(jobs[f"resident {cell} fwd {size} bf16"])
     bwd = compile_report.compile_job(jobs[f"resident {cell} bwd {size} bf16"])
-    assert _weight_allocs_before_the_step_loop(fwd.asm["ttgir"]) == G * K // block_k
-    assert _weight_allocs_before_the_step_loop(bwd.asm["ttgir"]) == G * 256 // block_k
-    # the slice is the bulk of the kernel's shared memory: G x K x 16 bf16 values (backward
-    # G x 256 x 16), then a [16, 64] bf16 staging buffer for each chunk of h_prev (backward:
-    # dG) loaded together (all of them here)
-    assert fwd.metadata.shared == G * K * 16 * 2 + K // block_k * 16 * block_k * 2
-    assert bwd.metadata.shared == G * 256 * 16 * 2 + G * 256 // block_k * 16 * block_k * 2
+    assert dict(jobs[f"resident {cell} fwd {size} bf16"].constexprs).get("RESIDENT_PROJ", 0) == (
+        w_hr[0] if proj else 0
+    )
+    tiles = (G * K // block_k + bool(proj) * w_hr[0], G * 256 // block_k + bool(proj) * w_hr[1])
+    assert _weight_allocs_before_the_step_loop(fwd.asm["ttgir"]) == tiles[0]
+    assert _weight_allocs_before_the_step_loop(bwd.asm["ttgir"]) == tiles[1]
+    # the slices are the bulk of the kernel's shared memory, [64, 16] bf16 tiles, then a
+    # [16, 64] bf16 staging buffer for each chunk of h_prev (backward: dG; with W_hr the
+    # longer of the two phases' left operands) loaded together (all of them here)
+    staged = (max(K, bool(proj) * 256), G * 256)
+    assert fwd.metadata.shared == (tiles[0] + staged[0] // block_k) * 64 * 16 * 2
+    assert bwd.metadata.shared == (tiles[1] + staged[1] // block_k) * 64 * 16 * 2
 
 
 @compiled_only
@@ -87,6 +94,26 @@ def test_resident_steps_wait_one_round_trip_per_group(monkeypatch, precision):
     assert trips(configs.MAX_LOAD_GROUP) == (groups[0] + 1 + 2, groups[1] + 2)
     single_fwd, single_bwd = trips(1)
     assert single_fwd >= 12 and single_bwd >= 48, (single_fwd, single_bwd)
+
+
+@compiled_only
+def test_w_hr_held_on_chip_where_a_step_waits_no_longer():
+    """With a projection the launcher holds ``W_hr`` on chip too where a step then waits no more
+    round trips (step._with_w_hr), for sm_90's shared memory (the compile report's launches):
+    in bf16 W_hr's slice leaves the load groups as they were, and its product waits one round
+    trip for a group instead of one per chunk of K. In float32 at H = 768 the backward's
+    slice of W_hh takes 192 KiB: beside W_hr's 24 KiB the 48 chunks of dG would load two at
+    a time (24 + 3 round trips against 6 + 6), so it reads W_hr in the K loop."""
+    named = dict(compile_report.named_launches(["bf16", "fp32"], hidden=(768,)))
+
+    def held(name: str) -> tuple[int, int]:
+        c = dict(named[f"resident lstm {name}"].constexprs)
+        return c.get("RESIDENT_PROJ", 0), c["LOAD_GROUP"]
+
+    assert held("fwd H=768 proj=384 bf16") == (768 // 64, 12)
+    assert held("bwd H=768 proj=384 bf16") == (384 // 64, 16)
+    assert held("fwd H=768 proj=384 fp32") == (768 // 64, 12)
+    assert held("bwd H=768 proj=384 fp32") == (0, 8)
 
 
 @pytest.mark.gpu

@@ -19,8 +19,11 @@ loads the slice once, before the step loop, and keeps it in shared memory
 blocks of its own units (:func:`.sync.resident_grid`). The backward holds the same units'
 columns of ``W_hh`` for its state gradient. With projection the slice is the first phase's
 (forward: units of H, rows of ``W_hh``; backward: units of Hout, columns of ``W_hh``), and
-the other phase, the product with ``W_hr``, reads its weights from the caches as the
-cooperative launch does. The resident K loop is unrolled, and the chunks of
+the other phase's product with ``W_hr`` holds a slice of its own (``RESIDENT_PROJ``: forward
+the rows of the program's outputs, backward the columns of its units) where one grid keeps
+each program in one column block of both phases and a step then waits no longer
+(:func:`_with_w_hr`); otherwise it reads ``W_hr`` from the caches in the cooperative launch's
+K loop. The resident K loops are unrolled, and the chunks of
 ``h_prev`` (or ``dG``) are loaded ``LOAD_GROUP`` at a time, as many as the shared memory beside
 the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`), the step's
 other tiles before the first group (:func:`.common.late`): a step waits one round trip per group
@@ -198,6 +201,7 @@ def _step_fwd_kernel(
     RESIDENT: tl.constexpr = 0,  # chunks of W_hh held on chip (see _resident_units), 0: none
     LOAD_GROUP: tl.constexpr = 1,  # chunks of h_prev loaded together (tiles.rec_gates_resident)
     W_T: tl.constexpr = False,  # the weights transposed (runtime.weights_transposed)
+    RESIDENT_PROJ: tl.constexpr = 0,  # chunks of W_hr held on chip as W_hh's (PROJ), 0: none
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     GX: tl.constexpr = 3 if CELL == GRU else G  # gate blocks of xg and b_hh (GRU: G is 3 too)
@@ -208,10 +212,14 @@ def _step_fwd_kernel(
     r_f, r_k = _strides(H, HOUT, W_T)
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
-    ws = ()
+    ws, wr = (), ()
     if RESIDENT:  # W_hh,q[units, :] as [k, unit] tiles
         own, own_mask = _resident_units(first, col_blocks, H, BLOCK_H)
         ws = resident_slice(w_ptr, own, own_mask, K, w_f, w_k, H * w_f, G, RESIDENT, BLOCK_K)
+    if RESIDENT_PROJ:  # W_hr[outputs, :] as [k, output] tiles, the projection's
+        outs, outs_mask = _resident_units(first, _tiles(B, HOUT, BLOCK_B, BLOCK_H)[0], HOUT,
+                                          BLOCK_H)  # fmt: skip
+        wr = resident_slice(whr_ptr, outs, outs_mask, H, r_f, r_k, 0, 1, RESIDENT_PROJ, BLOCK_K)
     # the row counts loaded as the step begins: loaded a step ahead, as the backward's are, the
     # float32 and TF32 forward kernels spilled (at 255 registers)
     for s in range(s_begin, s_end if SYNC else s_begin + 1):
@@ -296,8 +304,17 @@ def _step_fwd_kernel(
                     rows, cols, rmask, cmask, act, _ = block_tile(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
-                    acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, r_f, r_k,
-                                   ACC_TY, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
+                    if RESIDENT_PROJ:
+                        head = load_chunks(m_ptr + m_off, rows, act, H, 0,
+                                           smaller(LOAD_GROUP, RESIDENT_PROJ), BLOCK_K)  # fmt: skip
+                        acc, _, _, _ = rec_gates_resident(m_ptr + m_off, head, wr, rows, act, H,
+                                                          1, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
+                                                          BLOCK_K, RESIDENT_PROJ,
+                                                          LOAD_GROUP)  # fmt: skip
+                    else:
+                        acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, r_f,
+                                       r_k, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
+                                       BLOCK_K)  # fmt: skip
                     # the tile mask formed after the loop, not held across it (up to 88
                     # registers more)
                     h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
@@ -327,6 +344,7 @@ def _step_bwd_kernel(
     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RESIDENT: tl.constexpr = 0,  # as the forward kernel's (with PROJ: its first phase's)
     LOAD_GROUP: tl.constexpr = 1,  # chunks of dG loaded together (tiles.rec_gates_resident)
+    RESIDENT_PROJ: tl.constexpr = 0,  # chunks of W_hr held on chip for the cell's phase (PROJ)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     acc_ty = dh_ptr.dtype.element_ty
@@ -335,10 +353,14 @@ def _step_bwd_kernel(
     dg_rec = dgh_ptr if CELL == GRU else dg_ptr
     col_blocks, tiles = _tiles(B, H, BLOCK_B, BLOCK_H)
     first, every = _walk(SYNC)
-    ws = ()
+    ws, wr = (), ()
     if RESIDENT:  # W_hh[:, units] ([G*H, K]) as [k, unit] tiles; with PROJ units of Hout
         own, own_mask = _resident_units(first, _tiles(B, K, BLOCK_B, BLOCK_H)[0], K, BLOCK_H)
         ws = resident_slice(w_ptr, own, own_mask, G * H, 1, K, 0, 1, RESIDENT, BLOCK_K)
+    if RESIDENT_PROJ:  # W_hr[:, units] ([HOUT, H]) as [k, unit] tiles, the cell's phase's
+        cell_units, cell_mask = _resident_units(first, col_blocks, H, BLOCK_H)
+        wr = resident_slice(whr_ptr, cell_units, cell_mask, HOUT, 1, H, 0, 1, RESIDENT_PROJ,
+                            BLOCK_K)  # fmt: skip
     # the row counts of a step loaded before the barrier that ends the step before
     steps_end = s_end if SYNC else s_begin + 1
     y_row0, rows_active = visit_rows(s_begin, steps_end, T, steps_ptr, REVERSE, True)
@@ -410,7 +432,14 @@ def _step_bwd_kernel(
                     dc = _cell_grad(dh, late_all(dcs, mask2), CELL, HAS_DCS)
                     d0, d1, d2, d3, carry = cell_bwd_loaded(dh, dc, late_all(ins, mask2), CELL)
                 else:
-                    if PROJ:
+                    if PROJ and RESIDENT_PROJ:
+                        dht = dht_ptr + t * B * HOUT
+                        head = load_chunks(dht, rows, act, HOUT, 0,
+                                           smaller(LOAD_GROUP, RESIDENT_PROJ), BLOCK_K)  # fmt: skip
+                        dh, _, _, _ = rec_gates_resident(dht, head, wr, rows, act, HOUT, 1, acc_ty,
+                                                         PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                                                         RESIDENT_PROJ, LOAD_GROUP)  # fmt: skip
+                    elif PROJ:
                         dh = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask,
                                       HOUT, 1, H, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
                                       BLOCK_K)  # fmt: skip
@@ -457,7 +486,8 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     table (the first on the op's device), ``sizes`` those after ``T``, ``flags`` its
     constexprs but the block configuration. With ``flags["RESIDENT"]`` a cooperative launch
     needs a program per column block of the first phase, whose product holds ``W_hh``
-    (:func:`.sync.resident_grid`; the programs walk a second phase's tiles in turn): on a
+    (:func:`.sync.resident_grid`; the programs walk a second phase's tiles in turn), with
+    ``RESIDENT_PROJ`` of the widest phase (H's, a multiple of the other's): on a
     GPU it returns False, launching nothing, when they do not fit at once; under the
     interpreter, which runs one program at a time, several column blocks run a launch per
     step."""
@@ -473,8 +503,10 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
         # the arguments around the steps s_begin, s_end
         head, tail = (*tensors, table, sync), (sum(tiles), T, *sizes)
         args = (*head, 0, T, *tail)
-        if flags.get("RESIDENT"):  # the first phase of a step holds W_hh
-            cols = next(iter(phase_cols.values()))
+        if flags.get("RESIDENT"):
+            # the first phase of a step holds W_hh; with RESIDENT_PROJ the other one W_hr,
+            # and the widest phase's column blocks (H's) are a multiple of the other's
+            cols = (max if flags.get("RESIDENT_PROJ") else next)(iter(phase_cols.values()))
             grid = resident_grid(kernel, -(-cols // cfg.block_h), -(-B // cfg.block_b), args,
                                  kw, dev)  # fmt: skip
         else:
@@ -496,6 +528,30 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     return True
 
 
+def _group(cfg, chunks: int, slice_tiles: int, proj_chunks: int, like: Tensor) -> int:
+    """:func:`.sync.load_group` of a resident launch whose slices take ``slice_tiles`` tiles of
+    ``W_hh`` and ``proj_chunks`` of ``W_hr``, its phases' left operands ``chunks`` and
+    ``proj_chunks`` chunks long."""
+    return load_group(cfg, max(chunks, proj_chunks), slice_tiles + proj_chunks,
+                      like.element_size(), like.device)  # fmt: skip
+
+
+def _with_w_hr(cfg, H: int, Hout: int, chunks: int, G: int, backward: bool, group: int,
+               like: Tensor) -> tuple[int, int]:  # fmt: skip
+    """``(RESIDENT_PROJ, LOAD_GROUP)`` of a resident launch with projection: ``W_hr`` held on
+    chip too (its chunks of K: H forward, Hout backward) where a grid of H's column blocks
+    keeps every program in one column block of Hout's phase as well, and where a step then
+    waits no more round trips, one per group of each phase, than with ``W_hr`` read in the K
+    loop, one per chunk (the resident configs run one stage): ``W_hr``'s slice takes shared
+    memory from the groups. Otherwise ``(0, group)``, ``group`` the launch's without it."""
+    proj_chunks = triton.cdiv(Hout if backward else H, cfg.block_k)
+    if triton.cdiv(H, cfg.block_h) % triton.cdiv(Hout, cfg.block_h):
+        return 0, group
+    on = _group(cfg, chunks, chunks if backward else G * chunks, proj_chunks, like)
+    held = triton.cdiv(chunks, on) + triton.cdiv(proj_chunks, on)
+    return (proj_chunks, on) if held <= triton.cdiv(chunks, group) + proj_chunks else (0, group)
+
+
 def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     """:func:`launch_phases` of a step kernel on ``path`` ("step", "cooperative" or
     "resident"): phase 1 the cell, 2 the projection (the forward's cell first, the
@@ -504,10 +560,10 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     A resident launch holds the program's slice of ``W_hh`` in ``RESIDENT`` chunks of K (the
     forward's K is Hout, the backward's G*H; with projection the slice serves the first
     phase, the cell forward, the projected state's gradient backward, and the second phase
-    reads ``W_hr`` from the caches) and loads its left operand ``LOAD_GROUP`` chunks
-    at a time (one chunk if that group's kernel does not fit). When its programs do not fit on
-    the GPU at once
-    it runs as a cooperative launch instead, counted (``launch_counter().not_resident``);
+    holds ``W_hr``'s in ``RESIDENT_PROJ`` chunks or reads it from the caches:
+    :func:`_with_w_hr`) and loads its left operands ``LOAD_GROUP`` chunks at a time (then
+    without ``W_hr`` on chip, then one chunk at a time, if that kernel does not fit). When its
+    programs do not fit on the GPU at once it runs as a cooperative launch instead, counted (``launch_counter().not_resident``);
     under the interpreter, which runs one program at a time, a layer of several column
     blocks runs the resident kernel a launch per step."""
     H, Hout = sizes[1], sizes[2]
@@ -517,13 +573,18 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
         cfg = pick_resident_config(plan.B, H, dtype, backward)
         G = gate_blocks(flags["CELL"])
         chunks = triton.cdiv(G * H if backward else Hout, cfg.block_k)
-        group = load_group(cfg, chunks, chunks if backward else G * chunks,
-                           tensors[0].element_size(), tensors[0].device)  # fmt: skip
-        # one chunk at a time, the least shared memory, before giving up on the launch
-        for g in dict.fromkeys((group, 1)):
-            kw = dict(flags, RESIDENT=chunks, LOAD_GROUP=g)
-            if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True):
-                return
+        # (RESIDENT_PROJ, LOAD_GROUP) to try in turn, each then with one chunk at a time (the
+        # least shared memory) before giving up on the launch
+        tries = [(0, _group(cfg, chunks, chunks if backward else G * chunks, 0, tensors[0]))]
+        if flags["PROJ"]:
+            tries.insert(0, _with_w_hr(cfg, H, Hout, chunks, G, backward, tries[0][1], tensors[0]))
+        for pc, group in dict.fromkeys(tries):
+            for g in dict.fromkeys((group, 1)):
+                kw = dict(flags, RESIDENT=chunks, LOAD_GROUP=g)
+                if pc:
+                    kw["RESIDENT_PROJ"] = pc
+                if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True):
+                    return
         runtime.count_not_resident()
         path = "cooperative"
     cfg = (pick_cooperative_config(plan.B, H, dtype, backward, flags["PROJ"])
