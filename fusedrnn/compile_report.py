@@ -26,8 +26,9 @@ and resident launches run (:func:`named_launches`; the LSTM's resident launch wi
 = H / 2 too); the resident launch's chunks of K follow H, so those are compiles at that H, and
 their rows give the dependent global round trips of a step read from the machine code
 (:mod:`fusedrnn.sass`: their step loop is straight-line code, the reductions unrolled, but for
-a product with ``W_hr`` that reads it from the caches, a loop walked once). The grid barrier's probe kernel (``ops/triton/barrier_probe.py``, used
-by ``bench/barrier.py``), each kind of barrier, is compiled too.
+a product with ``W_hr`` that reads it from the caches, a loop walked once). The grid barrier's
+probe kernel (``ops/triton/barrier_probe.py``, used by ``bench/barrier.py``), each kind of
+barrier, is compiled too.
 
 Not covered: a hidden or projection size of exactly 1 (Triton turns an integer
 argument equal to 1 into a constant, a further specialisation) and tensors whose data

@@ -241,16 +241,19 @@ def _layer_launches(precision, cases):
     """``(case, path, kernel name, CELL, job, planned)`` of each launch of the layer op's forward
     and backward (with every output's gradient) in ``precision`` (compile_report.PRECISIONS) on
     each case's inputs, on every kernel path that takes them (the persistent kernels take no
-    projection, nor the variants, which have no resident kernels either): ``job`` is the compile the launch needs,
-    ``planned`` whether the compile report makes it. The resident launch's count of K chunks
-    and its load group follow H, so its compile counts as planned when the report makes it for
-    some count and group (its table of real layer sizes compiles those)."""
+    projection, nor the variants, which have no resident kernels either): ``job`` is the
+    compile the launch needs, ``planned`` whether the compile report makes it. The resident
+    launch's counts of K chunks and its load group follow H, so its compile counts as planned
+    when the report makes it for some counts and group (its table of real layer sizes
+    compiles those)."""
     from fusedrnn.ops.triton import layer_op
     from fusedrnn.ops.triton.persistent import PATHS, kernel_path
     from fusedrnn.ops.triton.runtime import capture_launches
 
+    counts = ("RESIDENT", "LOAD_GROUP", "RESIDENT_PROJ")
+
     def any_chunks(job):
-        return replace(job, constexprs=tuple((k, bool(v) if k in ("RESIDENT", "LOAD_GROUP") else v)
+        return replace(job, constexprs=tuple((k, bool(v) if k in counts else v)
                                              for k, v in job.constexprs))  # fmt: skip
 
     planned = {any_chunks(j) for j in compile_report.jobs([0], [precision])}
