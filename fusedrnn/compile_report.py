@@ -102,7 +102,7 @@ class Job:
             elif (
                 k not in skip
                 and v is not False
-                and not (k == "RESIDENT" and v == 0)
+                and not (k in ("RESIDENT", "RESIDENT_PROJ") and v == 0)
                 and not (k == "LOAD_GROUP" and not dict(self.constexprs).get("RESIDENT"))
             ):
                 on.append(f"{k}={v}" if not isinstance(v, bool) else k)

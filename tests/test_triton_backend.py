@@ -177,11 +177,16 @@ def test_automatic_path_choice():
     long = Plan(None, 1_000_000, 4096, False)
     big = torch.zeros(2048, 512)
     assert choose_path("lstm", big, None, long) == "cooperative"  # on CPU tensors
-    # on a GPU, W_hh held on chip, projected or not, unless float64 (only the fields read)
+    # on a GPU, W_hh held on chip unless float64 (only the fields read)
     gpu = types.SimpleNamespace(shape=(2048, 512), dtype=torch.bfloat16,
                                 device=torch.device("cuda", 1))  # fmt: skip
     assert choose_path("lstm", gpu, None, long) == "resident"
-    assert choose_path("lstm", gpu, torch.zeros(512, 512), long) == "resident"
+    # with projection where the programs can hold W_hr too: H's 32 column blocks of 16 units
+    # a multiple of Hout's 16, not of its 24
+    gpu.shape = (2048, 256)
+    assert choose_path("lstm", gpu, torch.zeros(256, 512), long) == "resident"
+    gpu.shape = (2048, 384)
+    assert choose_path("lstm", gpu, torch.zeros(384, 512), long) == "cooperative"
     gpu.dtype = torch.float64
     assert choose_path("lstm", gpu, None, long) == "cooperative"
     # the variant kernels: no persistent or resident kernels

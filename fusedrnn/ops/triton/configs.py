@@ -111,6 +111,14 @@ INTERPRETER_LOAD_GROUP = 2
 MAX_LOAD_GROUP = 16
 
 
+def w_hr_on_chip(hidden: int, proj: int, block_h: int) -> bool:
+    """Whether a resident launch with projection can hold a slice of ``W_hr`` on chip as well
+    as ``W_hh``'s: its grid, a multiple of H's column blocks (``block_h`` units each), keeps
+    every program in one column block of the Hout-wide phase only if H's column blocks are a
+    multiple of Hout's."""
+    return -(-hidden // block_h) % -(-proj // block_h) == 0
+
+
 def resident_load_group(block_b: int, block_h: int, block_k: int, chunks: int,
                         slice_tiles: int, elem: int, smem: int) -> int:  # fmt: skip
     """The chunks of its left operand (h_prev forward, dG backward) a resident step loads

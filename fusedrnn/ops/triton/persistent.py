@@ -26,10 +26,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..checks import GATES
 from . import runtime
 from .cellmath import GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
 from .common import cell_bwd, gate_blocks, steps_table, visit
-from .configs import PERSISTENT_CONFIGS, PersistentConfig, pick_persistent_config
+from .configs import (
+    PERSISTENT_CONFIGS,
+    PersistentConfig,
+    pick_persistent_config,
+    pick_resident_config,
+    w_hr_on_chip,
+)
 from .tiles import add_gates, kernel_jit, load_gates, packed_ptrs, row_block, store_gates, tile_ptrs
 
 _forced: list[str | None] = [None]  # one of PATHS, or None (automatic), innermost last; for tests
@@ -224,8 +231,9 @@ def _config(cell: str, w_hh: Tensor, w_hr: Tensor | None) -> PersistentConfig | 
 def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan) -> str:
     """Which kernels run a layer: "persistent" (W_hh in registers, small H, no projection),
     "resident" (the step kernels' whole time loop in one launch, each program holding its
-    units' slice of W_hh on chip; not float64, on a GPU), "cooperative" (the
-    same launch reading W_hh from the caches at every step) or "step" (a launch per step: when
+    units' slice of W_hh on chip, with projection of W_hr too, where it can
+    (:func:`.configs.w_hr_on_chip`); not float64, on a GPU), "cooperative" (the same launch
+    reading the weights from the caches at every step) or "step" (a launch per step: when
     forced, and for empty sequences). The interpreter runs one program at a time, so there a
     resident launch of several column blocks becomes a launch per step
     (:func:`.step.launch_phases`): it runs when forced, for tests."""
@@ -240,7 +248,11 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
     if _config(cell, w_hh, w_hr) is not None:
         return "persistent"
     if w_hh.dtype != torch.float64 and w_hh.device.type == "cuda":
-        return "resident"
+        # forced, the resident launch reads W_hr from the caches where it cannot hold it
+        units, dtype = w_hh.shape[0] // GATES[cell], str(w_hh.dtype).removeprefix("torch.")
+        block_h = pick_resident_config(plan.B, units, dtype, False).block_h
+        if w_hr is None or w_hr_on_chip(units, H, block_h):
+            return "resident"
     return "cooperative"
 
 

@@ -72,7 +72,12 @@ from .common import (
     visit_rows,
     visit_slots,
 )
-from .configs import pick_cooperative_config, pick_resident_config, pick_step_config
+from .configs import (
+    pick_cooperative_config,
+    pick_resident_config,
+    pick_step_config,
+    w_hr_on_chip,
+)
 from .sync import cooperative_grid, grid_barrier, load_group, resident_grid, step_chunks
 from .tiles import (
     add_gates,
@@ -539,13 +544,13 @@ def _group(cfg, chunks: int, slice_tiles: int, proj_chunks: int, like: Tensor) -
 def _with_w_hr(cfg, H: int, Hout: int, chunks: int, G: int, backward: bool, group: int,
                like: Tensor) -> tuple[int, int]:  # fmt: skip
     """``(RESIDENT_PROJ, LOAD_GROUP)`` of a resident launch with projection: ``W_hr`` held on
-    chip too (its chunks of K: H forward, Hout backward) where a grid of H's column blocks
-    keeps every program in one column block of Hout's phase as well, and where a step then
+    chip too (its chunks of K: H forward, Hout backward) where it can be
+    (:func:`.configs.w_hr_on_chip`) and where a step then
     waits no more round trips, one per group of each phase, than with ``W_hr`` read in the K
     loop, one per chunk (the resident configs run one stage): ``W_hr``'s slice takes shared
     memory from the groups. Otherwise ``(0, group)``, ``group`` the launch's without it."""
     proj_chunks = triton.cdiv(Hout if backward else H, cfg.block_k)
-    if triton.cdiv(H, cfg.block_h) % triton.cdiv(Hout, cfg.block_h):
+    if not w_hr_on_chip(H, Hout, cfg.block_h):
         return 0, group
     on = _group(cfg, chunks, chunks if backward else G * chunks, proj_chunks, like)
     held = triton.cdiv(chunks, on) + triton.cdiv(proj_chunks, on)
