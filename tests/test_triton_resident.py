@@ -111,6 +111,10 @@ def test_w_hr_held_on_chip_where_a_step_waits_no_longer():
         return c.get("RESIDENT_PROJ", 0), c["LOAD_GROUP"]
 
     assert held("fwd H=768 proj=384 bf16") == (768 // 64, 12)
+    # the TF32 forward with projection spills resident (step._launch_steps): cooperative
+    tf32 = [name for name, _ in compile_report.named_launches(["tf32"], hidden=(768,))]
+    assert "cooperative lstm fwd H=768 proj=384 tf32" in tf32
+    assert "resident lstm bwd H=768 proj=384 tf32" in tf32
     assert held("bwd H=768 proj=384 bf16") == (384 // 64, 16)
     assert held("fwd H=768 proj=384 fp32") == (768 // 64, 12)
     assert held("bwd H=768 proj=384 fp32") == (0, 8)
