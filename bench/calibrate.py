@@ -125,7 +125,9 @@ def _configs(provider: str, dtype: str, recorded: str = ""):
 
 
 def read_paths(path: Path, source: str) -> list[Point]:
-    """The cooperative and resident rows of a ``bench/paths.py`` CSV (:func:`_configs`)."""
+    """The cooperative and resident rows of a ``bench/paths.py`` CSV (:func:`_configs`), but
+    not the projected LSTM's (``proj=`` in the label, which :data:`_LABEL` does not match): the
+    cost model has no projection."""
     out = []
     with open(path) as f:
         for r in csv.DictReader(f):

@@ -11,6 +11,10 @@ checked against torch.nn (outputs and every gradient, bench/providers.py's toler
 forward (no grad) and forward+backward are timed eagerly, CUDA-event medians over interleaved
 rounds. Writes ``paths.csv`` and ``paths.md`` into ``--out``.
 
+The ``*-proj`` shapes run the LSTM with ``proj_size`` (cuDNN has it too): the resident launch
+holds ``W_hr``'s slice on chip beside ``W_hh``'s where it can, and the cooperative launch runs the
+projection as a second phase of each step.
+
 The ``ln-*`` shapes run fusedrnn's layer-norm LSTM / GRU (float32 kernels), which torch.nn
 lacks: their baseline, and the oracle of the checks, is fusedrnn's reference op on the same
 device (PyTorch ops per step, autograd's backward); a launch per phase of each step ("step")
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -39,10 +44,18 @@ SHAPES = {
     "mid": dict(cell="lstm", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
     "mid-tf32": dict(cell="lstm", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
     "charlm": dict(cell="lstm", B=64, T=128, I=64, H=512, layers=2, dtype=torch.float32),
+    # the anchor and the mid shape with projections (LSTMP), h [B, H/2]
+    "anchor-proj": dict(
+        cell="lstm", B=16, T=1024, I=768, H=768, proj=384, layers=1, dtype=torch.bfloat16
+    ),
+    "mid-proj": dict(
+        cell="lstm", B=64, T=100, I=512, H=512, proj=256, layers=1, dtype=torch.float32
+    ),
     "gru-mid": dict(cell="gru", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
     "rnn-mid": dict(cell="rnn", B=64, T=100, I=512, H=512, layers=1, dtype=torch.float32),
     # a dry run on CPU tensors under TRITON_INTERPRET=1
     "tiny": dict(cell="lstm", B=3, T=4, I=5, H=40, layers=1, dtype=torch.float32),
+    "tiny-proj": dict(cell="lstm", B=3, T=4, I=5, H=40, proj=18, layers=1, dtype=torch.float32),
     # layer norm (the module docstring)
     **{
         name: dict(spec, dtype=torch.float32, options=LN)
@@ -95,7 +108,7 @@ def launch_configs(cfg: P.Config, path: str, config) -> str:
             return C.pick_step_config(B, H)
         if path == "resident":
             return C.pick_resident_config(B, H, dtype, backward)
-        return C.pick_cooperative_config(B, H, dtype, backward)
+        return C.pick_cooperative_config(B, H, dtype, backward, bool(cfg.proj))
 
     return "/".join(_config_text(pick(backward)) for backward in (False, True))
 
@@ -191,11 +204,21 @@ def main(argv=None) -> int:
                         f"{ms if ms else float('nan'):9.3f} ms  {problems[name]}",
                         flush=True,
                     )
-    with open(args.out / "paths.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    cuda = args.device == "cuda"
+        write(args.out, rows, args.device)  # after each shape: a run stopped early keeps them
+    return 1 if any(r["problem"] for r in rows) else 0
+
+
+def write(out: Path, rows: list[dict], device: str) -> None:
+    """``paths.csv`` and ``paths.md`` of ``rows``, each file replaced whole and at once (a run
+    stopped while writing leaves the last shape's files)."""
+    from fusedrnn.charlm.checkpoint import atomic_write_bytes
+
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / "paths.csv", text.getvalue().encode())
+    cuda = device == "cuda"
     machine = torch.cuda.get_device_name() if cuda else measure.cpu_model()
     clock = "CUDA-event" if cuda else "wall-clock (the interpreter: no speed)"
     lines = [
@@ -213,8 +236,7 @@ def main(argv=None) -> int:
         ratio = f"{r['vs_base']:.2f}×" if r["vs_base"] else "–"
         lines.append(f"| {r['label']} | {r['mode']} | {r['provider']} | {ms} | {ratio} | "
                      f"{r['problem'] or 'ok'} |")  # fmt: skip
-    (args.out / "paths.md").write_text("\n".join(lines) + "\n")
-    return 1 if any(r["problem"] for r in rows) else 0
+    atomic_write_bytes(out / "paths.md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

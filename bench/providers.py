@@ -64,17 +64,28 @@ class Config:
     # fusedrnn's variant options (e.g. (("layer_norm", True),)): the model is then fusedrnn's
     # module with them, its reference backend the baseline (torch.nn has no such layer)
     options: tuple[tuple[str, object], ...] = ()
+    proj: int = 0  # the LSTM's proj_size: h (the output and the state fed back) is [B, proj]
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).replace("torch.", "")
 
+    @property
+    def out_size(self) -> int:
+        """The width of y and h: ``proj`` where the LSTM has a projection, else H."""
+        return self.proj or self.H
+
     def label(self) -> str:
         opts = "".join(f" {k}" if v is True else f" {k}={v}" for k, v in self.options)
+        proj = f" proj={self.proj}" if self.proj else ""
         return (
-            f"{self.cell}{opts} {self.mode} B={self.B} T={self.T} I={self.I} H={self.H} "
+            f"{self.cell}{opts} {self.mode} B={self.B} T={self.T} I={self.I} H={self.H}{proj} "
             f"L={self.layers} {self.dtype_name}"
         )
+
+    def layer_kwargs(self) -> dict:
+        """The keyword arguments beyond (I, H, num_layers) of the layer module of this shape."""
+        return {**dict(self.options), **({"proj_size": self.proj} if self.proj else {})}
 
 
 def fused_provider_names(device: str) -> list[str]:
@@ -97,9 +108,9 @@ def make_reference_module(cfg: Config, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     if cfg.options:
         cls = getattr(fusedrnn, FUSED_LAYER[cfg.cell])
-        mod = cls(cfg.I, cfg.H, num_layers=cfg.layers, backend="reference", **dict(cfg.options))
+        mod = cls(cfg.I, cfg.H, num_layers=cfg.layers, backend="reference", **cfg.layer_kwargs())
     else:
-        mod = NN_LAYER[cfg.cell](cfg.I, cfg.H, num_layers=cfg.layers)
+        mod = NN_LAYER[cfg.cell](cfg.I, cfg.H, num_layers=cfg.layers, **cfg.layer_kwargs())
     return mod.to(device=cfg.device, dtype=cfg.dtype)
 
 
@@ -112,7 +123,7 @@ def make_inputs(cfg: Config, seed: int = 1) -> tuple[Tensor, State]:
         return torch.randn(*shape, generator=gen).to(**kw)
 
     x = rnd(cfg.T, cfg.B, cfg.I)
-    h = 0.5 * rnd(cfg.layers, cfg.B, cfg.H)
+    h = 0.5 * rnd(cfg.layers, cfg.B, cfg.out_size)
     if cfg.cell == "lstm":
         return x, (h, 0.5 * rnd(cfg.layers, cfg.B, cfg.H))
     return x, h
@@ -128,7 +139,7 @@ def _torch_nn(ref: nn.Module, cfg: Config) -> tuple[Run, list[nn.Parameter]]:
 def _fused(backend: str):
     def build(ref: nn.Module, cfg: Config) -> tuple[Run, list[nn.Parameter]]:
         cls = getattr(fusedrnn, FUSED_LAYER[cfg.cell])
-        mod = cls(cfg.I, cfg.H, num_layers=cfg.layers, backend=backend, **dict(cfg.options))
+        mod = cls(cfg.I, cfg.H, num_layers=cfg.layers, backend=backend, **cfg.layer_kwargs())
         mod = mod.to(device=cfg.device, dtype=cfg.dtype)
         mod.load_state_dict(ref.state_dict())
 
@@ -142,6 +153,8 @@ def _fused(backend: str):
 
 def _cells_from(ref: nn.Module, cfg: Config) -> nn.ModuleList:
     """One nn.*Cell per layer holding copies of ``ref``'s layer weights."""
+    if cfg.proj:
+        raise ValueError(f"{cfg.label()}: nn.LSTMCell has no projection (proj_size)")
     cells = nn.ModuleList()
     for layer in range(cfg.layers):
         in_size = cfg.I if layer == 0 else cfg.H

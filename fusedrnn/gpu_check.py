@@ -22,8 +22,9 @@ say, after writing the report):
    programs, the launches' kind and two alternatives, each launch's result checked
    (``barrier.csv``, ``barrier.md``); then
    bench/paths.py: the Triton backend's launches (a launch per step, the cooperative launch and
-   the resident one) at the bf16 anchor shape and of the layer-norm variants, each checked
-   first against torch.nn or fusedrnn's reference op (``paths.csv``, ``paths.md``).
+   the resident one) at the bf16 anchor shape, without and with a projection (``proj_size``
+   H/2), and of the layer-norm variants, each checked first against torch.nn or fusedrnn's
+   reference op (``paths.csv``, ``paths.md``, written after each shape).
 
 Into ``--out`` (default ``bench/results/gpu-<name>/``; a scratch directory with ``--dry-run``)
 it also writes ``gpu_check.json`` (phases, wall times, counts), ``summary.md`` and
@@ -229,7 +230,7 @@ def gpu_plan() -> Plan:
         threads=torch.get_num_threads(),
         peak_n=4096,
         budget_s=450,
-        paths_args=("--shapes", "anchor,ln-anchor,ln-gru-mid", "--rounds", "3"),
+        paths_args=("--shapes", "anchor,anchor-proj,ln-anchor,ln-gru-mid", "--rounds", "3"),
         barrier_args=("--rounds", "3"),  # 6 grids x 3 kinds x 2 forms, as paths.py: 3 rounds
     )
 
@@ -263,8 +264,11 @@ def dry_run_plan() -> Plan:
         threads=1,
         peak_n=256,
         budget_s=90,
-        # the Triton kernels under the interpreter (never a speed), the layer-norm rows
-        paths_args=tuple("--shapes ln-tiny --device cpu --rounds 1 --min-run-time 0.001".split()),
+        # the Triton kernels under the interpreter (never a speed): the projected LSTM's rows,
+        # the layer-norm LSTM's
+        paths_args=tuple(
+            "--shapes tiny-proj,ln-tiny --device cpu --rounds 1 --min-run-time 0.001".split()
+        ),
         barrier_args=tuple(
             "--device cpu --short 2 --long 10 --rounds 1 --min-run-time 0.001".split()
         ),  # fmt: skip

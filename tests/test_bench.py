@@ -144,6 +144,30 @@ def test_correctness_check_catches_a_wrong_provider():
     assert bad[2].startswith("outputs differ")
 
 
+def test_a_projected_lstm_is_built_alike_by_every_layer_provider():
+    """``proj`` reaches torch.nn and fusedrnn's modules alike (h is [L, B, proj]); the check
+    catches a wrong W_hr; the cell loops, which have no projection, refuse it by name."""
+    cfg = P.Config("lstm", "fwdbwd", 3, 5, 4, 9, 2, torch.float32, "cpu", proj=5)
+    assert "H=9 proj=5 L=2" in cfg.label() and cfg.out_size == 5
+    ref = P.make_reference_module(cfg)
+    x, state = P.make_inputs(cfg)
+    assert state[0].shape == (2, 3, 5) and state[1].shape == (2, 3, 9)
+    want = P.evaluate(*P.build(P.TORCH_NN, ref, cfg), x, state, with_grad=True)
+    assert want.out[0].shape == (5, 3, 5)
+    for name in P.fused_provider_names("cpu") + ["fusedrnn[reference]"]:
+        run, params = P.build(name, ref, cfg)
+        ok = P.compare(P.evaluate(run, params, x, state, with_grad=True), want, cfg.dtype)
+        assert ok[2] == "" and ok[0] < 1e-5 and ok[1] < 1e-5, (name, ok)
+        w_hr = dict(zip(dict(ref.named_parameters()), params, strict=True))["weight_hr_l1"]
+        with torch.no_grad():
+            w_hr[0, 0] += 0.1
+        bad = P.compare(P.evaluate(run, params, x, state, with_grad=True), want, cfg.dtype)
+        assert bad[2].startswith("outputs differ"), (name, bad)
+    for name in (P.NAIVE, P.COMPILE):
+        with pytest.raises(ValueError, match="no projection"):
+            P.build(name, ref, cfg)
+
+
 def test_flops_and_the_costmodel_step_cooperative_and_variant_kernels_by_hand():
     # LSTM, I=128, H=256, 2 layers, B=64, T=64: 2·B·T·4H·(I+H) + 2·B·T·4H·(H+H)
     fwd = 2 * 64 * 64 * 1024 * (128 + 256) + 2 * 64 * 64 * 1024 * 512
@@ -507,8 +531,8 @@ def test_the_fit_recovers_the_constants_its_points_were_made_with():
 
 def test_calibrate_reads_the_cooperative_and_resident_rows_of_paths_csvs(tmp_path):
     """Rows before the configs column: configs from the provider's name; with it: from the
-    column, resident rows included; baselines, per-step launches, layer norm and rows with a
-    problem left out."""
+    column, resident rows included; baselines, per-step launches, layer norm, projections and
+    rows with a problem left out."""
     head = "shape,label,mode,provider,ms,vs_torch,problem"
     old = [
         "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,torch.nn,1.5,1.0,",
@@ -538,6 +562,8 @@ def test_calibrate_reads_the_cooperative_and_resident_rows_of_paths_csvs(tmp_pat
         "16x16x32w8s1",
         "ln,lstm layer_norm fwd B=3 T=4 I=5 H=40 L=1 float32,fwd,cooperative (shipped),1,1,,"
         "16x32x16w8s2/16x16x64w8s3",
+        "anchor-proj,lstm fwd B=16 T=1024 I=768 H=768 proj=384 L=1 bfloat16,fwd,resident,7,1,,"
+        "16x16x64w4s1/16x16x32w8s1",
     ]
     (tmp_path / "new.csv").write_text("\n".join([head + ",configs", *new]) + "\n")
     got = calibrate.read_paths(tmp_path / "new.csv", "p")

@@ -47,15 +47,21 @@ def test_dry_run_end_to_end_and_the_gpu_summary(tmp_path):
         # a checkout without the cpu extension is not built by a dry run
         assert p["status"] == "ok" or (p["name"], p["status"]) == ("build", "not attempted"), p
         assert p["wall_s"] >= 0
-    # the Triton launches of bench/paths.py: the layer-norm LSTM's, checked against the
-    # reference; bench/barrier.py's one-program grid, each kind in both forms, counts checked
+    # the Triton launches of bench/paths.py: the projected LSTM's (4 providers, torch.nn the
+    # baseline) and the layer-norm LSTM's (3, the reference op the baseline), both modes,
+    # checked against their baseline; bench/barrier.py's one-program grid, each kind in both
+    # forms, counts checked
     paths, barrier = phases["paths"]["details"]["paths"], phases["paths"]["details"]["barrier"]
-    assert paths["rows"] == 6 and paths["problems"] == [] and paths["exit_status"] == 0
+    assert paths["rows"] == 14 and paths["problems"] == [] and paths["exit_status"] == 0
+    path_rows = csv_rows(out / "paths.csv")
+    assert {(r["shape"], r["provider"]) for r in path_rows if "proj=18" in r["label"]} == {
+        ("tiny-proj", p) for p in (P.TORCH_NN, "step", "cooperative (shipped)", "resident")
+    }
     # each Triton row names the block configs of its forward and backward launches
     config = r"\d+x\d+x\d+w\d+s\d+"
-    for r in csv_rows(out / "paths.csv"):
-        want = "" if r["provider"] == "fusedrnn[reference]" else f"{config}/{config}"
-        assert re.fullmatch(want, r["configs"]), r
+    for r in path_rows:
+        baseline = r["provider"] in (P.TORCH_NN, "fusedrnn[reference]")
+        assert re.fullmatch("" if baseline else f"{config}/{config}", r["configs"]), r
     assert barrier["rows"] == 6 and barrier["problems"] == [] and barrier["exit_status"] == 0
     assert phases["tests"]["details"]["counts"].get("passed", 0) > 0
     assert phases["tests"]["details"]["failing"] == []
