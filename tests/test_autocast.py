@@ -128,20 +128,27 @@ def test_variants_under_autocast(backend, cls, kw, dtype):
 @needs_interpreter
 @pytest.mark.parametrize("path", ["step", "cooperative", "resident", "persistent"])
 @pytest.mark.parametrize("batch_first", [False, True])
-@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
-def test_triton_under_autocast(cls, batch_first, path, rnn_pair):
+@pytest.mark.parametrize(
+    "cls, kw", [("LSTM", {}), ("GRU", {}), ("LSTM", {"proj_size": 4})], ids=["LSTM", "GRU", "LSTMP"]
+)
+def test_triton_under_autocast(cls, kw, batch_first, path, rnn_pair):
     """float16 autocast, where the interpreter's tl.dot is right: float16 out, values as
     torch.nn's on the same float16-rounded input and weights. bfloat16 autocast: the op
     takes the cast inputs (before, a bf16 input projection met float32 weights in tl.dot) and
     returns bfloat16; the interpreter's bf16 tl.dot is wrong, so the GPU test compares
-    those values."""
+    those values. The LSTM with projection (LSTMP) takes every path but the persistent
+    kernels', which have none."""
     from fusedrnn.ops import triton as tb
 
-    ref, mod = rnn_pair(cls, I, H, batch_first=batch_first, backend="triton", dtype=torch.float32)
+    if path == "persistent" and kw:
+        pytest.skip("the persistent kernels have no projection")
+    ref, mod = rnn_pair(cls, I, H, batch_first=batch_first, backend="triton", dtype=torch.float32,
+                        **kw)  # fmt: skip
     x = _input(cls, {"batch_first": batch_first})
     with tb.kernel_path(path):
         bf16, got = flatten(_autocast(mod, x, torch.bfloat16)), _autocast(mod, x, torch.float16)
-    assert all(t.dtype == torch.bfloat16 for t in bf16) and bf16[0].shape == (*x.shape[:2], H)
+    width = kw.get("proj_size", H)
+    assert all(t.dtype == torch.bfloat16 for t in bf16) and bf16[0].shape == (*x.shape[:2], width)
     # torch.nn's CPU modules cannot run float16 here (oneDNN); its math on the values
     # autocast hands the layer, in float32
     with torch.no_grad():

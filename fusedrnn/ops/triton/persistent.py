@@ -237,9 +237,10 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
     forced, and for empty sequences). The interpreter runs one program at a time, so there a
     resident launch of several column blocks becomes a launch per step
     (:func:`.step.launch_phases`): it runs when forced, for tests."""
-    H, limit = w_hh.shape[1], max(c.max_hidden for c in PERSISTENT_CONFIGS)
+    # h's width, W_hh's K: the hidden size, or proj_size with a projection
+    hout, limit = w_hh.shape[1], max(c.max_hidden for c in PERSISTENT_CONFIGS)
     forced = _forced[-1]
-    if forced == "persistent" and (w_hr is not None or H > limit):
+    if forced == "persistent" and (w_hr is not None or hout > limit):
         raise ValueError(f"persistent kernels need proj_size == 0 and H <= {limit}")
     if forced is not None:
         return forced
@@ -251,7 +252,7 @@ def choose_path(cell: str, w_hh: Tensor, w_hr: Tensor | None, plan: runtime.Plan
         # forced, the resident launch reads W_hr from the caches where it cannot hold it
         units, dtype = w_hh.shape[0] // GATES[cell], str(w_hh.dtype).removeprefix("torch.")
         block_h = pick_resident_config(plan.B, units, dtype, False).block_h
-        if w_hr is None or w_hr_on_chip(units, H, block_h):
+        if w_hr is None or w_hr_on_chip(units, hout, block_h):
             return "resident"
     return "cooperative"
 

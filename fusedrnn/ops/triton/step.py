@@ -84,14 +84,12 @@ from .tiles import (
     add_loaded,
     block_tile,
     kernel_jit,
-    load_chunks,
     load_gates,
     packed_ptrs,
     rec_gates,
     rec_gates_resident,
     rec_tile,
     resident_slice,
-    smaller,
     store_gates,
     store_state,
     tile_ptrs,
@@ -245,9 +243,7 @@ def _step_fwd_kernel(
                     ins = _cell_inputs(xg_ptr, b_ptr, cs_ptr, hs_ptr + hs_r, xg_row0, rows, units,
                                        umask, amask, mask2, state, slot_r * B * H, H, HAS_BIAS,
                                        CELL, GX, not (CELL == LSTM and PROJ))  # fmt: skip
-                    head = load_chunks(hs_ptr + hs_r, rows, act, K, 0,
-                                       smaller(LOAD_GROUP, RESIDENT), BLOCK_K)  # fmt: skip
-                    p0, p1, p2, p3 = rec_gates_resident(hs_ptr + hs_r, head, ws, rows, act, K, G,
+                    p0, p1, p2, p3 = rec_gates_resident(hs_ptr + hs_r, ws, rows, act, K, G,
                                                         ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
                                                         BLOCK_K, RESIDENT, LOAD_GROUP)  # fmt: skip
                     x0, x1, x2, x3, b0, b1, b2, b3, c_prev, h_prev = ins
@@ -310,10 +306,8 @@ def _step_fwd_kernel(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
                     if RESIDENT_PROJ:
-                        head = load_chunks(m_ptr + m_off, rows, act, H, 0,
-                                           smaller(LOAD_GROUP, RESIDENT_PROJ), BLOCK_K)  # fmt: skip
-                        acc, _, _, _ = rec_gates_resident(m_ptr + m_off, head, wr, rows, act, H,
-                                                          1, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
+                        acc, _, _, _ = rec_gates_resident(m_ptr + m_off, wr, rows, act, H, 1,
+                                                          ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
                                                           BLOCK_K, RESIDENT_PROJ,
                                                           LOAD_GROUP)  # fmt: skip
                     else:
@@ -388,12 +382,9 @@ def _step_bwd_kernel(
                         sg = state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, dhs_off, y_row0, rows,
                                                cols, rmask, cmask, act, HOUT, HAS_DHS,
                                                HAS_DY)  # fmt: skip
-                        head = load_chunks(dg_ptr + dg_off, rows, prev, 4 * H, 0,
-                                           smaller(LOAD_GROUP, RESIDENT), BLOCK_K)  # fmt: skip
-                        rec, _, _, _ = rec_gates_resident(dg_ptr + dg_off, head, ws, rows, prev,
-                                                          4 * H, 1, acc_ty, PRECISION, BLOCK_B,
-                                                          BLOCK_H, BLOCK_K, RESIDENT,
-                                                          LOAD_GROUP)  # fmt: skip
+                        rec, _, _, _ = rec_gates_resident(dg_ptr + dg_off, ws, rows, prev, 4 * H,
+                                                          1, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                                          BLOCK_K, RESIDENT, LOAD_GROUP)  # fmt: skip
                         total = state_grad_sum(late_all(sg, mask2), rec, HAS_DHS, HAS_DY)
                     else:
                         total = state_grad(
@@ -428,20 +419,16 @@ def _step_bwd_kernel(
                     ins = cell_bwd_inputs(hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2,
                                           CELL)  # fmt: skip
                     dg_prev = dg_rec + t_prev * B * G * H
-                    head = load_chunks(dg_prev, rows, prev, G * H, 0,
-                                       smaller(LOAD_GROUP, RESIDENT), BLOCK_K)  # fmt: skip
-                    rec, _, _, _ = rec_gates_resident(dg_prev, head, ws, rows, prev, G * H, 1,
+                    rec, _, _, _ = rec_gates_resident(dg_prev, ws, rows, prev, G * H, 1,
                                                       acc_ty, PRECISION, BLOCK_B, BLOCK_H,
                                                       BLOCK_K, RESIDENT, LOAD_GROUP)  # fmt: skip
                     dh = state_grad_sum(late_all(sg, mask2), rec, HAS_DHS, HAS_DY)
                     dc = _cell_grad(dh, late_all(dcs, mask2), CELL, HAS_DCS)
                     d0, d1, d2, d3, carry = cell_bwd_loaded(dh, dc, late_all(ins, mask2), CELL)
                 else:
-                    if PROJ and RESIDENT_PROJ:
+                    if RESIDENT_PROJ:  # set with PROJ only
                         dht = dht_ptr + t * B * HOUT
-                        head = load_chunks(dht, rows, act, HOUT, 0,
-                                           smaller(LOAD_GROUP, RESIDENT_PROJ), BLOCK_K)  # fmt: skip
-                        dh, _, _, _ = rec_gates_resident(dht, head, wr, rows, act, HOUT, 1, acc_ty,
+                        dh, _, _, _ = rec_gates_resident(dht, wr, rows, act, HOUT, 1, acc_ty,
                                                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
                                                          RESIDENT_PROJ, LOAD_GROUP)  # fmt: skip
                     elif PROJ:
@@ -545,10 +532,10 @@ def _with_w_hr(cfg, H: int, Hout: int, chunks: int, G: int, backward: bool, grou
                like: Tensor) -> tuple[int, int]:  # fmt: skip
     """``(RESIDENT_PROJ, LOAD_GROUP)`` of a resident launch with projection: ``W_hr`` held on
     chip too (its chunks of K: H forward, Hout backward) where it can be
-    (:func:`.configs.w_hr_on_chip`) and where a step then
-    waits no more round trips, one per group of each phase, than with ``W_hr`` read in the K
-    loop, one per chunk (the resident configs run one stage): ``W_hr``'s slice takes shared
-    memory from the groups. Otherwise ``(0, group)``, ``group`` the launch's without it."""
+    (:func:`.configs.w_hr_on_chip`) and where a step then waits no more round trips, one per
+    group of each phase, than with ``W_hr`` read in the K loop, one per chunk (the resident
+    configs run one stage): ``W_hr``'s slice takes shared memory from the groups. Otherwise
+    ``(0, group)``, ``group`` the launch's without it."""
     proj_chunks = triton.cdiv(Hout if backward else H, cfg.block_k)
     if not w_hr_on_chip(H, Hout, cfg.block_h):
         return 0, group

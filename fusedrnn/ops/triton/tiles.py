@@ -145,7 +145,7 @@ def load_chunks(a_ptr, rows, live, K, FIRST: tl.constexpr, LAST: tl.constexpr,
 
 
 @triton.jit
-def rec_gates_resident(a_ptr, head, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.constexpr,
+def rec_gates_resident(a_ptr, ws, rows, live, K, G: tl.constexpr, ACC_TY: tl.constexpr,
                        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                        BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
     """:func:`rec_gates` with the weights held on chip (``ws`` from :func:`resident_slice`):
@@ -159,19 +159,17 @@ def rec_gates_resident(a_ptr, head, ws, rows, live, K, G: tl.constexpr, ACC_TY: 
     :func:`.configs.resident_load_group`). The products run in chunk order whatever
     ``GROUP`` is: the same sums, bit for bit.
 
-    ``head`` is the first group, loaded by the caller (:func:`load_chunks` of chunks
-    ``0 .. min(GROUP, CHUNKS) - 1``) after the step's other loads: the compiler stages a
-    group in shared memory right after its loads, behind a CTA barrier that no later load is
-    issued across, so a step issues its other loads first (see :func:`.common.late`)."""
+    The first group's loads are issued where the call stands, so a step issues its other
+    loads before the call: the compiler stages a group in shared memory right after its
+    loads, behind a CTA barrier that no later load is issued across (see
+    :func:`.common.late`)."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_TY)
     for first in tl.static_range(0, CHUNKS, GROUP):
-        chunks = head
-        if first > 0:
-            chunks = load_chunks(a_ptr, rows, live, K, first, smaller(first + GROUP, CHUNKS),
-                                 BLOCK_K)  # fmt: skip
+        chunks = load_chunks(a_ptr, rows, live, K, first, smaller(first + GROUP, CHUNKS),
+                             BLOCK_K)  # fmt: skip
         for c in tl.static_range(first, smaller(first + GROUP, CHUNKS)):
             a = chunks[c - first]
             acc0 = tl.dot(a, ws[c * G], acc0, input_precision=PRECISION, out_dtype=ACC_TY)
