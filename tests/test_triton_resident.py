@@ -97,6 +97,26 @@ def test_resident_steps_wait_one_round_trip_per_group(monkeypatch, precision):
 
 
 @compiled_only
+def test_projected_resident_steps_wait_one_round_trip_per_group():
+    """With a projection (bf16, H = 768, proj_size = 384, W_hr on chip) each phase of a step
+    waits one global round trip per group of its left operand, the tiles it reads travelling
+    with the first group, plus the barrier's two; the forward one more for its row counts.
+    Forward: the cell's phase one group (6 chunks of h_{t-1}), the projection's one (12
+    chunks of m_t) with h_{t-1}'s tile. Backward: the projected state's gradient three groups
+    of 16 of dG's 48 chunks, the cell's phase one group (6 chunks of dh_t) with the cell's
+    tiles. (Its tiles loaded after the product, the backward waited 14.)"""
+    from fusedrnn.sass import disassemble, round_trips
+
+    jobs = _resident_jobs("bf16", 768)
+    trips = [
+        round_trips(disassemble(compile_report.compile_job(
+            jobs[f"resident lstm {direction} H=768 proj=384 bf16"]).asm["cubin"]))
+        for direction in ("fwd", "bwd")
+    ]  # fmt: skip
+    assert trips == [(1 + 1 + 2) + (1 + 2), (3 + 2) + (1 + 2)]
+
+
+@compiled_only
 def test_w_hr_held_on_chip_where_a_step_waits_no_longer():
     """With a projection the launcher holds ``W_hr`` on chip too where a step then waits no more
     round trips (step._with_w_hr), for sm_90's shared memory (the compile report's launches):

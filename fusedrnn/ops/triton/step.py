@@ -25,9 +25,10 @@ each program in one column block of both phases and a step then waits no longer
 (:func:`_with_w_hr`); otherwise it reads ``W_hr`` from the caches in the cooperative launch's
 K loop. The resident K loops are unrolled, and the chunks of
 ``h_prev`` (or ``dG``) are loaded ``LOAD_GROUP`` at a time, as many as the shared memory beside
-the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`), the step's
-other tiles before the first group (:func:`.common.late`): a step waits one round trip per group
-and the barrier's (the forward one more, for its row counts). Every backward launch loads the
+the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`), the
+phase's other tiles before the first group (:func:`.common.late`; with projection in both
+phases where ``W_hr`` is held): a step waits one round trip per group of each phase and each
+barrier's two (the forward one more, for its row counts). Every backward launch loads the
 next step's row counts before the barrier.
 
 Forward, per step: a tile of BLOCK_B batch rows x BLOCK_H hidden units computes the G
@@ -63,6 +64,7 @@ from .common import (
     finish_state_grad,
     forward_buffers,
     gate_blocks,
+    late,
     late_all,
     state_grad,
     state_grad_inputs,
@@ -305,19 +307,23 @@ def _step_fwd_kernel(
                     rows, cols, rmask, cmask, act, _ = block_tile(
                         tile, out_blocks, B, HOUT, rows_active, BLOCK_B, BLOCK_H
                     )
-                    if RESIDENT_PROJ:
+                    if RESIDENT_PROJ:  # h_{t-1}'s tile loaded with the product's first group
+                        tile_mask = rmask[:, None] & cmask[None, :]
+                        h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
+                                         mask=tile_mask, other=0.0)  # fmt: skip
                         acc, _, _, _ = rec_gates_resident(m_ptr + m_off, wr, rows, act, H, 1,
                                                           ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
                                                           BLOCK_K, RESIDENT_PROJ,
                                                           LOAD_GROUP)  # fmt: skip
+                        h_prev = late(h_prev, tile_mask)
                     else:
                         acc = rec_tile(m_ptr + m_off, whr_ptr, rows, act, cols, cmask, H, r_f,
                                        r_k, ACC_TY, PRECISION, BLOCK_B, BLOCK_H,
                                        BLOCK_K)  # fmt: skip
-                    # the tile mask formed after the loop, not held across it (up to 88
-                    # registers more)
-                    h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
-                                     mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
+                        # the tile mask formed after the loop, not held across it (up to 88
+                        # registers more)
+                        h_prev = tl.load(hs_ptr + hs_r + (rows[:, None] * HOUT + cols[None, :]),
+                                         mask=rmask[:, None] & cmask[None, :], other=0.0)  # fmt: skip
                     store_state(acc, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act,
                                 cols, cmask, HOUT, WRITE_Y)  # fmt: skip
             if SYNC:
@@ -425,13 +431,17 @@ def _step_bwd_kernel(
                     dh = state_grad_sum(late_all(sg, mask2), rec, HAS_DHS, HAS_DY)
                     dc = _cell_grad(dh, late_all(dcs, mask2), CELL, HAS_DCS)
                     d0, d1, d2, d3, carry = cell_bwd_loaded(dh, dc, late_all(ins, mask2), CELL)
+                elif RESIDENT_PROJ:  # (set with PROJ only) the tiles loaded first, as above
+                    dcs = _cell_grad_inputs(dc_ptr, dcs_ptr, state, w_off, mask2, CELL, HAS_DCS)
+                    ins = cell_bwd_inputs(hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2,
+                                          CELL)  # fmt: skip
+                    dh, _, _, _ = rec_gates_resident(dht_ptr + t * B * HOUT, wr, rows, act, HOUT,
+                                                     1, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                                     BLOCK_K, RESIDENT_PROJ, LOAD_GROUP)  # fmt: skip
+                    dc = _cell_grad(dh, late_all(dcs, mask2), CELL, HAS_DCS)
+                    d0, d1, d2, d3, carry = cell_bwd_loaded(dh, dc, late_all(ins, mask2), CELL)
                 else:
-                    if RESIDENT_PROJ:  # set with PROJ only
-                        dht = dht_ptr + t * B * HOUT
-                        dh, _, _, _ = rec_gates_resident(dht, wr, rows, act, HOUT, 1, acc_ty,
-                                                         PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
-                                                         RESIDENT_PROJ, LOAD_GROUP)  # fmt: skip
-                    elif PROJ:
+                    if PROJ:
                         dh = rec_tile(dht_ptr + t * B * HOUT, whr_ptr, rows, act, units, umask,
                                       HOUT, 1, H, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
                                       BLOCK_K)  # fmt: skip
