@@ -22,9 +22,10 @@ say, after writing the report):
    programs, the launches' kind and two alternatives, each launch's result checked
    (``barrier.csv``, ``barrier.md``); then
    bench/paths.py: the Triton backend's launches (a launch per step, the cooperative launch and
-   the resident one) at the bf16 anchor shape, without and with a projection (``proj_size``
-   H/2), and of the layer-norm variants, each checked first against torch.nn or fusedrnn's
-   reference op (``paths.csv``, ``paths.md``, written after each shape).
+   the resident one) at the bf16 anchor shape, of the layer-norm variants, and last of the
+   anchor with a projection (``proj_size`` H/2), each checked first against torch.nn or
+   fusedrnn's reference op (``paths.csv``, ``paths.md``, written after each shape, so that
+   the shapes done stay when the budget stops the rest).
 
 Into ``--out`` (default ``bench/results/gpu-<name>/``; a scratch directory with ``--dry-run``)
 it also writes ``gpu_check.json`` (phases, wall times, counts), ``summary.md`` and
@@ -230,7 +231,7 @@ def gpu_plan() -> Plan:
         threads=torch.get_num_threads(),
         peak_n=4096,
         budget_s=450,
-        paths_args=("--shapes", "anchor,anchor-proj,ln-anchor,ln-gru-mid", "--rounds", "3"),
+        paths_args=("--shapes", "anchor,ln-anchor,ln-gru-mid,anchor-proj", "--rounds", "3"),
         barrier_args=("--rounds", "3"),  # 6 grids x 3 kinds x 2 forms, as paths.py: 3 rounds
     )
 
