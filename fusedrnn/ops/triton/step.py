@@ -415,29 +415,27 @@ def _step_bwd_kernel(
                 state = rows[:, None] * H + units[None, :]
                 saved = tile_ptrs(gates_ptr + t * B * 4 * H, rows, units, 4 * H)
                 r_off, w_off, prev = slot_r * B * H, slot_w * B * H, rows < rows_prev
-                if RESIDENT and not PROJ:
+                if RESIDENT and (RESIDENT_PROJ or not PROJ):  # RESIDENT_PROJ: PROJ's only
                     # every tile of the step loaded before the product, each passed through
-                    # `late` where it is used: their loads travel with dG's first group
-                    sg = state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, slot_w * B * HOUT, y_row0,
-                                           rows, units, rmask, umask, act, K, HAS_DHS,
-                                           HAS_DY)  # fmt: skip
+                    # `late` where it is used: their loads travel with its first group
+                    if not PROJ:
+                        sg = state_grad_inputs(dh_ptr, dhs_ptr, dy_ptr, slot_w * B * HOUT,
+                                               y_row0, rows, units, rmask, umask, act, K,
+                                               HAS_DHS, HAS_DY)  # fmt: skip
                     dcs = _cell_grad_inputs(dc_ptr, dcs_ptr, state, w_off, mask2, CELL, HAS_DCS)
                     ins = cell_bwd_inputs(hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2,
                                           CELL)  # fmt: skip
-                    dg_prev = dg_rec + t_prev * B * G * H
-                    rec, _, _, _ = rec_gates_resident(dg_prev, ws, rows, prev, G * H, 1,
-                                                      acc_ty, PRECISION, BLOCK_B, BLOCK_H,
-                                                      BLOCK_K, RESIDENT, LOAD_GROUP)  # fmt: skip
-                    dh = state_grad_sum(late_all(sg, mask2), rec, HAS_DHS, HAS_DY)
-                    dc = _cell_grad(dh, late_all(dcs, mask2), CELL, HAS_DCS)
-                    d0, d1, d2, d3, carry = cell_bwd_loaded(dh, dc, late_all(ins, mask2), CELL)
-                elif RESIDENT_PROJ:  # (set with PROJ only) the tiles loaded first, as above
-                    dcs = _cell_grad_inputs(dc_ptr, dcs_ptr, state, w_off, mask2, CELL, HAS_DCS)
-                    ins = cell_bwd_inputs(hs_ptr, cs_ptr, saved, state, r_off, w_off, H, mask2,
-                                          CELL)  # fmt: skip
-                    dh, _, _, _ = rec_gates_resident(dht_ptr + t * B * HOUT, wr, rows, act, HOUT,
-                                                     1, acc_ty, PRECISION, BLOCK_B, BLOCK_H,
-                                                     BLOCK_K, RESIDENT_PROJ, LOAD_GROUP)  # fmt: skip
+                    if PROJ:  # dh_t W_hr, the projected state's gradient through W_hr
+                        dh, _, _, _ = rec_gates_resident(dht_ptr + t * B * HOUT, wr, rows, act,
+                                                         HOUT, 1, acc_ty, PRECISION, BLOCK_B,
+                                                         BLOCK_H, BLOCK_K, RESIDENT_PROJ,
+                                                         LOAD_GROUP)  # fmt: skip
+                    else:
+                        dg_prev = dg_rec + t_prev * B * G * H
+                        rec, _, _, _ = rec_gates_resident(dg_prev, ws, rows, prev, G * H, 1,
+                                                          acc_ty, PRECISION, BLOCK_B, BLOCK_H,
+                                                          BLOCK_K, RESIDENT, LOAD_GROUP)  # fmt: skip
+                        dh = state_grad_sum(late_all(sg, mask2), rec, HAS_DHS, HAS_DY)
                     dc = _cell_grad(dh, late_all(dcs, mask2), CELL, HAS_DCS)
                     d0, d1, d2, d3, carry = cell_bwd_loaded(dh, dc, late_all(ins, mask2), CELL)
                 else:
