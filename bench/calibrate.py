@@ -17,7 +17,8 @@ measurements, all eager wall times of the Triton backend forced onto the coopera
 - **held out** (``paths.csv`` and gpu_check's ``results.csv`` of a later run): the shipped
   configurations (:data:`MEASURED_SHIPPED`) and 16x16x128 with 3 stages, LSTM and GRU, bf16,
   float32 IEEE and TF32. Rows of the resident launch, when a run has them, are held out too:
-  the fit is of the cooperative launch, so they test its transfer to the resident one.
+  the fit is of the cooperative launch, so they test its transfer to the resident one; and so
+  are the projected LSTM's (``proj=`` in the label: two phases a step, each with its barrier).
 
 ``bench/paths.py`` writes the configs each row ran (``configs``: forward/backward); rows of
 runs older than that column take their configs from the provider's name, "shipped" meaning
@@ -64,7 +65,9 @@ MEASURED_SHIPPED = {
 FIT_FILE = "paths-sweep/paths.csv"
 HELD_OUT_FILES = ("paths.csv", "results.csv")
 NAMES = ("round_trip_s", "barrier_s", "per_program_s", "ieee_fwd", "ieee_bwd")
-_LABEL = re.compile(r"(\w+) \w+ B=(\d+) T=(\d+) I=(\d+) H=(\d+) L=(\d+) (\w+)(, TF32 on)?")
+_LABEL = re.compile(
+    r"(\w+) \w+ B=(\d+) T=(\d+) I=(\d+) H=(\d+)(?: proj=(\d+))? L=(\d+) (\w+)(, TF32 on)?"
+)
 _CONFIG = re.compile(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)$")
 
 
@@ -87,11 +90,13 @@ class Point:
     config: str
     ms: float
     kind: str = "cooperative"  # or "resident" (held out: the fit is of the cooperative launch)
+    proj: int = 0  # the LSTM's proj_size
 
     @property
     def label(self) -> str:
         prec = f" {self.precision.upper()}" if self.dtype == "float32" else ""
-        return (f"{self.cell} B={self.B} T={self.T} H={self.H} L={self.layers} "
+        proj = f" proj={self.proj}" if self.proj else ""
+        return (f"{self.cell} B={self.B} T={self.T} H={self.H}{proj} L={self.layers} "
                 f"{self.dtype}{prec}")  # fmt: skip
 
 
@@ -125,16 +130,15 @@ def _configs(provider: str, dtype: str, recorded: str = ""):
 
 
 def read_paths(path: Path, source: str) -> list[Point]:
-    """The cooperative and resident rows of a ``bench/paths.py`` CSV (:func:`_configs`), but
-    not the projected LSTM's (``proj=`` in the label, which :data:`_LABEL` does not match): the
-    cost model has no projection."""
+    """The cooperative and resident rows of a ``bench/paths.py`` CSV (:func:`_configs`), the
+    projected LSTM's (``proj=`` in the label) included."""
     out = []
     with open(path) as f:
         for r in csv.DictReader(f):
             m = _LABEL.match(r["label"])
             if m is None or r.get("problem"):
                 continue
-            cell, B, T, I, H, L, dtype, tf32 = m.groups()  # noqa: E741
+            cell, B, T, I, H, proj, L, dtype, tf32 = m.groups()  # noqa: E741
             tf32 = tf32 or r["shape"].endswith("tf32")  # the CSV's label leaves it out
             picked = _configs(r["provider"], dtype, r.get("configs") or "")
             if picked is None:
@@ -142,7 +146,7 @@ def read_paths(path: Path, source: str) -> list[Point]:
             fwd, bwd, name, kind = picked
             out.append(Point(source, cell, int(B), int(T), int(I), int(H), int(L), dtype,
                              "tf32" if tf32 else "ieee", r["mode"], fwd, bwd, name,
-                             float(r["ms"]), kind))  # fmt: skip
+                             float(r["ms"]), kind, int(proj or 0)))  # fmt: skip
     return out
 
 
@@ -173,16 +177,21 @@ def gpu_key(device: str) -> str:
 
 def kernel_config(p: Point) -> cm.KernelConfig:
     """The model's config of a point; a resident one loads its A operand in the shipped
-    kernels' groups of chunks (no resident launch was measured before they did)."""
+    kernels' groups of chunks (no resident launch was measured before they did). With
+    projection the cooperative forward's recorded config is the projection's; the resident
+    launch's TF32 forward runs the shipped one (``COOPERATIVE_PROJ_FORWARD``)."""
     bb, bh, bk, w, st = p.fwd
-    group = cm.shipped_load_group() if p.kind == "resident" else None
+    resident = p.kind == "resident"
+    group = cm.shipped_load_group() if resident else None
+    proj_fwd = cm.shipped_proj_forward() if resident else p.fwd
     return cm.KernelConfig("triton", p.kind, p.config, block_b=bb, block_h=bh, block_k=bk,
-                           num_warps=w, num_stages=st, bwd=p.bwd, load_group=group)  # fmt: skip
+                           num_warps=w, num_stages=st, bwd=p.bwd, load_group=group,
+                           proj_fwd=proj_fwd)  # fmt: skip
 
 
 def predicted_ms(p: Point, gpu: str, cal: cm.Calibration | None) -> float:
     pred = cm.predict(kernel_config(p), cm.GPUS[gpu], p.cell, p.B, p.T, p.I, p.H, p.layers,
-                      p.dtype, p.precision, cal=cal)  # fmt: skip
+                      p.dtype, p.precision, cal=cal, proj=p.proj)  # fmt: skip
     return (pred.fwd_s if p.mode == "fwd" else pred.fwdbwd_s) * 1e3
 
 

@@ -72,6 +72,21 @@ slice; float32 H=768 on an A100), the launcher runs the cooperative launch inste
 launch per layer and direction, none per step. The tables mark the Triton row the launcher runs
 unless a path is forced: *(automatic path)*. The variant kernels have no resident launch.
 
+The LSTM's projection (``proj_size`` = P; ``proj`` here): h is P wide, so W_hh is [G·H, P] and
+the forward's recurrent K is P, and each step gets a second phase, each phase ending at a grid
+barrier of its own (per step: a launch of its own). Forward, after the cell's phase, the
+projection h_t = m_t·W_hrᵀ (K = H, tiles over P units). Backward, first the projected state's
+gradient dh_t = dy_t + dG_{t+1}·W_hh (K = G·H, tiles over P units), then the cell's phase with
+dm_t = dh_t·W_hr (K = P, tiles over H units). The cooperative forward runs in the projection's
+own config (``COOPERATIVE_PROJ_FORWARD``); the resident launch holds W_hr's slice too where
+``resident_tries`` (ops/triton/configs.py) does, its grid then a program per column block of H,
+and that phase waits a round trip per group; otherwise the phase's K loop reads W_hr from the
+caches (:func:`chain_length` at the config's one stage). Its TF32 forward runs cooperative, as
+the launcher does. A phase with fewer tiles than its launch's grid leaves programs idle, but
+they all meet at its barrier. The ``cuda`` backend's step adds a GEMM and an element-wise kernel
+each way (in half types a cast of the forward GEMM's operand too), and dW_hr is one more GEMM
+after the loop. A layer above the first reads P inputs.
+
 Calibration. On the H200 these formulas were 3-15x optimistic for the cooperative launch:
 a step there costs several µs more than its chain of L2 hits. ``bench/calibrate.py`` fits
 :class:`Calibration`'s constants (a round trip of the chain, a cost per barrier and per program
@@ -329,6 +344,9 @@ class KernelConfig:
     variants: bool = False  # cooperative: the variant kernels' config (they serve only those)
     # resident: configs.resident_load_group, the chunks of the A operand a step loads together
     load_group: object = field(default=None, compare=False, repr=False)
+    # cooperative, resident: the forward's blocks with the LSTM's projection (the projection's
+    # own config, COOPERATIVE_PROJ_FORWARD; the resident launch's TF32 forward runs it)
+    proj_fwd: tuple[int, int, int, int, int] | None = None
     replayed: bool = False  # the layer call replayed from a CUDA graph (fusedrnn/ops/graphs.py)
 
     def blocks(self, backward: bool) -> tuple[int, int, int, int, int]:
@@ -365,6 +383,16 @@ def shipped_load_group():
         return None
 
 
+def shipped_proj_forward() -> tuple[int, int, int, int, int] | None:
+    """The blocks of ``COOPERATIVE_PROJ_FORWARD`` (fusedrnn/ops/triton/configs.py), the
+    cooperative forward with the LSTM's projection, or None where it cannot be read."""
+    try:
+        c = importlib.import_module("fusedrnn.ops.triton.configs").COOPERATIVE_PROJ_FORWARD
+    except Exception:  # noqa: BLE001 - as shipped_load_group
+        return None
+    return c.block_b, c.block_h, c.block_k, c.num_warps, c.num_stages
+
+
 def triton_configs() -> tuple[list[KernelConfig], str]:
     """The Triton backend's shipped configurations, or ([], why not)."""
     try:
@@ -389,7 +417,10 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
     # float64 runs resident only when forced (persistent.choose_path), and has no sizes here
     pairs += [("resident", f"resident ({g})", f, b, groups[g], False)
               for g, (f, b) in getattr(tc, "RESIDENT_CONFIGS", {}).items() if g in groups]  # fmt: skip
+    proj = shipped_proj_forward()
     for kind, name, f, b, dtypes, variants in pairs:
+        # the projection's forward config (the variants': 8 warps, as pick_variant_config's)
+        p = proj and (proj[:3] + (8,) + proj[4:] if variants else proj)
         out.append(
             KernelConfig(
                 "triton", kind,
@@ -401,6 +432,7 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
                 bwd=(b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages),
                 persistent_up_to=tuple(sorted(limits.items())), variants=variants,
                 load_group=shipped_load_group() if kind == "resident" else None,
+                proj_fwd=p,
             )
         )  # fmt: skip
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
@@ -448,29 +480,31 @@ def cuda_config() -> tuple[KernelConfig, str]:
 
 def applicable(
     cfg: KernelConfig, cell: str, B: int, H: int, variant: bool = False, dtype: str = "",
-    gpu: Gpu | None = None,
+    gpu: Gpu | None = None, proj: int = 0,
 ) -> bool:  # fmt: skip
     """Whether the launchers would pick ``cfg`` for this shape on ``gpu`` (H100 when not
     given; mirrors the pick functions; the per-step configs are shown too, as the per-step path
     they also serve, and the cooperative ones where the resident launch runs, as the path it
     falls back to). The variants (layer norm; float32 kernels) run the cooperative and
-    per-step shapes at any H; the resident launch needs its slices to fit on ``gpu``."""
+    per-step shapes at any H; the resident launch needs its slices to fit on ``gpu``; the
+    persistent kernels have no projection (``proj``)."""
+    small = 0 if proj else dict(cfg.persistent_up_to).get(cell, 0)
     if cfg.kind == "resident":
-        small = dict(cfg.persistent_up_to).get(cell, 0)
         if variant or H <= small or (dtype and dtype not in cfg.dtypes):
             return False
         e = ELEM[dtype or cfg.dtypes[0]]
         return all(
-            resident_layout(cfg, cell, B, H, e, gpu or GPUS["H100"], backward).fits
+            resident_layout(cfg, cell, B, H, e, gpu or GPUS["H100"], backward, proj).fits
             for backward in (False, True)
         )
     if cfg.kind == "cooperative":
-        small = 0 if variant else dict(cfg.persistent_up_to).get(cell, 0)
+        small = 0 if variant else small
         return cfg.variants == variant and H > small and (not dtype or dtype in cfg.dtypes)
     if variant and cfg.kind not in ("step", "cooperative"):
         return False
     if cfg.kind == "persistent":
-        return cfg.cell in (cell, "rnn_tanh" if cell == "rnn" else cell) and H <= cfg.max_hidden
+        return (not proj and cfg.cell in (cell, "rnn_tanh" if cell == "rnn" else cell)
+                and H <= cfg.max_hidden)  # fmt: skip
     if cfg.kind == "step":
         return cfg.picker is None or _picked(cfg, B, H)
     return True
@@ -506,6 +540,7 @@ class Kernel:
     rate_per_sm: bool = False  # persistent: a program's product runs on its own SM only
     per_sm: int = 0  # programs resident per SM when registers decide (0: the warp limit)
     barriers: int = 0  # grid barriers per step (cooperative and resident launches)
+    meeting: int = 0  # programs meeting at them, where more than its own (a launch's grid)
     backward: bool = False  # a backward step (its own share of the IEEE float32 peak, fitted)
     host_issued: bool = False  # issued by the host around a graph replay (graph_copies)
 
@@ -527,26 +562,29 @@ def _gemm(name, m, n, k, e, out_e=None) -> Kernel:
 
 
 def graph_copies(
-    cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool
+    cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool, proj: int = 0
 ) -> tuple[Kernel, Kernel]:  # noqa: E741
     """What a replayed layer call (fusedrnn/ops/graphs.py) adds to a layer, forward and
     backward: each device tensor it reads copied into the graph's static inputs and each output
     cloned out of the graph, a launch each, every byte read and written once.
-    Forward in: x, h0, (c0), W_ih, W_hh, b_ih, b_hh; out: y, h_n, (c_n) and, training, the
-    saved inputs of each step and (LSTM, GRU) the saved gates. Backward in: the forward's
-    inputs and outputs, dy, dh_n, (dc_n); out: a gradient of each forward input."""
+    Forward in: x, h0, (c0), W_ih, W_hh, b_ih, b_hh, (W_hr); out: y, h_n, (c_n) and, training,
+    the saved inputs of each step, (LSTM, GRU) the saved gates and (projection) the unprojected
+    outputs. Backward in: the forward's inputs and outputs, dy, dh_n, (dc_n); out: a gradient
+    of each forward input. ``proj``: the LSTM's projection (h, y and dy Hout = proj wide)."""
     G, e, a = GATES["rnn_tanh" if cell == "rnn" else cell], ELEM[dtype], ACC
-    n, states = T * B, 2 if cell == "lstm" else 1
+    n, states, hout = T * B, 2 if cell == "lstm" else 1, proj or H
     gates = {"lstm": (G + 3) * H, "gru": 4 * H}.get(cell, 0)  # the driver's act rows (acc)
-    ins = n * I * e + states * B * H * e + (G * H * (I + H) + 2 * G * H) * e
-    outs = n * H * e + states * B * H * e + (n * (gates * a + H * e) if training else 0)
-    n_ins = 5 + states
-    n_outs = 1 + states + ((2 if gates else 1) if training else 0)
+    state = B * hout * e + (B * H * e if states == 2 else 0)  # h (and c): h0 or h_n, dh_n ...
+    ins = n * I * e + state + (G * H * (I + hout) + 2 * G * H + proj * H) * e
+    saved = n * (gates * a + hout * e + (H * e if proj else 0))
+    outs = n * hout * e + state + (saved if training else 0)
+    n_ins = 5 + states + bool(proj)
+    n_outs = 1 + states + ((2 if gates else 1) + bool(proj) if training else 0)
     fwd = Kernel("graph copies", 0.0, 2.0 * (ins + outs), 10**6, launches=n_ins + n_outs,
                  host_issued=True)  # fmt: skip
     if not training:
         return fwd, Kernel("graph copies bwd", 0.0, 0.0, 10**6, launches=0, host_issued=True)
-    grads = n * H * e + states * B * H * e  # dy, dh_n, (dc_n)
+    grads = n * hout * e + state  # dy, dh_n, (dc_n)
     bwd = Kernel("graph copies bwd", 0.0, 2.0 * (ins + outs + grads + ins), 10**6,
                  launches=n_ins + n_outs + 1 + states + n_ins, host_issued=True)  # fmt: skip
     return fwd, bwd
@@ -579,140 +617,205 @@ def _register_limit(warps: int) -> int:
     return max(1, 65536 // (-(-REGS_PER_THREAD * 32 // 256) * 256 * warps))
 
 
-def _padded(k: int, block_k: int) -> int:
-    """``k`` in whole chunks of ``block_k``: a resident slice holds zeros past K."""
-    return -(-k // block_k) * block_k
-
-
 @dataclass(frozen=True)
 class ResidentLayout:
     """One direction of a resident launch on a GPU (:func:`resident_layout`)."""
 
-    slice_bytes: int  # W_hh held by one program
-    smem: int  # shared memory of one program: the slice and the staging buffers beside it
-    groups: int  # groups of chunks a step loads its A operand in
+    slice_bytes: int  # W_hh held by one program (with W_hr's where it holds that too)
+    smem: int  # shared memory of one program: the slices and the staging buffers beside them
+    groups: int  # groups of chunks a step loads the A operand of its W_hh product in
     per_sm: int  # programs one SM holds at once (0: one program exceeds the per-block limit)
-    col_blocks: int
+    col_blocks: int  # of the grid: the phase whose slices decide it (H's where W_hr is held)
     programs: int
-    walks: int  # tiles each program walks per step
+    walks: int  # tiles each program walks per step in the phase of its W_hh product
     fits: bool  # a program per column block fits at once: else the launch runs cooperative
+    proj_chunks: int = 0  # chunks of W_hr's slice held on chip (projection; 0: none)
+    proj_groups: int = 0  # groups of chunks of its product's A operand, where W_hr is held
+    proj_walks: int = 0  # tiles each program walks per step in the projection's phase
 
 
 def resident_layout(
-    cfg: KernelConfig, cell: str, B: int, H: int, e: int, gpu: Gpu, backward: bool
-) -> ResidentLayout:
+    cfg: KernelConfig, cell: str, B: int, H: int, e: int, gpu: Gpu, backward: bool,
+    proj: int = 0,
+) -> ResidentLayout:  # fmt: skip
     """The grid ops/triton/sync.resident_grid gives a resident launch: a program per column
     block times as many row blocks as fit on ``gpu`` at once, so that every tile a program
-    walks is in its own column block; the row blocks beyond are walked in turn. Where not even
-    a program per column block fits, the layout is that of one row block per column block (the
-    launcher would run the cooperative launch)."""
+    walks is in its own column block; the row blocks beyond are walked in turn. The slices and
+    the load groups are the launcher's (``resident_tries`` of fusedrnn/ops/triton/configs.py:
+    with ``proj``, ``W_hr``'s slice too where a step then waits no longer), the first of its
+    tries that fits. Where not even a program per column block fits, the layout is that of
+    the last try with one row block per column block (the launcher would run the cooperative
+    launch)."""
     bb, bh, bk, warps, _ = cfg.blocks(backward)
     G = GATES["rnn_tanh" if cell == "rnn" else cell]
-    # forward: G gate tiles of [H, block_h]; backward: the [G·H, block_h] columns of W_hh
-    k = _padded(G * H, bk) if backward else G * _padded(H, bk)
-    slice_bytes = k * bh * e
-    chunks = math.ceil((G * H if backward else H) / bk)
-    group = 1
-    if cfg.load_group is not None:  # the launcher's choice (ops/triton/sync.load_group)
-        group = cfg.load_group(bb, bh, bk, chunks, k // bk, e, gpu.smem_per_block)
-    smem = slice_bytes + group * bb * bk * e  # RESIDENT_BUFFER_SOURCE
-    per_sm = 0
-    if smem <= gpu.smem_per_block:
-        per_sm = min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // warps, _register_limit(warps),
-                     gpu.smem_per_sm // (smem + SMEM_RESERVED))  # fmt: skip
-    cols, rows = math.ceil(H / bh), math.ceil(B / bb)
-    per_col = min(rows, gpu.sms * per_sm // cols)
-    placed = max(1, per_col)
-    return ResidentLayout(slice_bytes, smem, math.ceil(chunks / group), per_sm, cols,
-                          cols * placed, math.ceil(rows / placed), per_col > 0)  # fmt: skip
+    hout = proj or H
+
+    def group_of(chunks: int, tiles: int) -> int:
+        if cfg.load_group is None:
+            return 1
+        return cfg.load_group(bb, bh, bk, chunks, tiles, e, gpu.smem_per_block)
+
+    tries = importlib.import_module("fusedrnn.ops.triton.configs").resident_tries
+    chunks, options = tries(H, proj, G, backward, bh, bk, group_of)
+    # forward: G gate tiles of [Hout, block_h]; backward: the [G·H, block_h] columns of W_hh
+    tiles = chunks if backward else G * chunks
+    rows = math.ceil(B / bb)
+    # the W_hh phase's columns (forward H's units, backward Hout's) and the other phase's
+    own, other = (hout, H) if backward else (H, hout)
+    for held, group in options:
+        slice_bytes = (tiles + held) * bk * bh * e
+        smem = slice_bytes + group * bb * bk * e  # RESIDENT_BUFFER_SOURCE
+        per_sm = 0
+        if smem <= gpu.smem_per_block:
+            per_sm = min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // warps,
+                         _register_limit(warps), gpu.smem_per_sm // (smem + SMEM_RESERVED))  # fmt: skip
+        cols = math.ceil((H if held else own) / bh)
+        per_col = min(rows, gpu.sms * per_sm // cols)
+        if per_col > 0:
+            break
+    programs = cols * max(1, per_col)
+    return ResidentLayout(
+        slice_bytes, smem, math.ceil(chunks / group), per_sm, cols, programs,
+        math.ceil(math.ceil(own / bh) * rows / programs), per_col > 0, held,
+        math.ceil(held / group), math.ceil(math.ceil(other / bh) * rows / programs) if proj else 0,
+    )  # fmt: skip
 
 
 def plan(
     cfg: KernelConfig, cell: str, B: int, T: int, I: int, H: int, dtype: str, training: bool,
-    variant: bool = False, gpu: Gpu | None = None,
+    variant: bool = False, gpu: Gpu | None = None, proj: int = 0, precision: str = "ieee",
 ) -> Plan:  # noqa: E741  # fmt: skip
-    """The kernels of one layer; ``variant``: with layer norm (module docstring); ``gpu``: the
-    GPU whose shared memory and SMs size a resident launch's grid (H100 when not given)."""
+    """The kernels of one layer; ``variant``: with layer norm, ``proj``: the LSTM's projection
+    (``proj_size``; both in the module docstring); ``gpu``: the GPU whose shared memory and SMs
+    size a resident launch's grid (H100 when not given); ``precision``: "tf32" where allowed
+    (the resident launch's TF32 forward with projection runs cooperative)."""
     G, S, e, a = GATES["rnn_tanh" if cell == "rnn" else cell], SAVED[cell], ELEM[dtype], ACC
     lstm = cell == "lstm"
-    w_hh = G * H * H * e
+    if proj and not lstm:
+        raise ValueError(f"only the LSTM projects: {cell} with proj={proj}")
+    hout = proj or H
+    w_hh, w_hr = G * H * hout * e, proj * H * e
     once_fwd = [_gemm("input GEMM", T * B, G * H, I, e)]
-    fwd_rows = B * (G * H * e + H * e + H * e + (2 * H * a if lstm else 0))
+    fwd_rows = B * (G * H * e + hout * e + H * e + (2 * H * a if lstm else 0))
     fwd_rows += B * S * H * a if training else 0
-    bwd_rows = B * (H * e + 2 * G * H * a + S * H * a + (2 * H * a if lstm else H * e))
-    bwd_rows += B * H * a if lstm else 0
+    if proj:
+        # the projection's phase: m_t (its product's operand), h_{t-1} (inactive rows keep
+        # it) and h_t; backward, the projected state's gradient phase: dy_t, dG_{t+1} (its
+        # product's operand) and dh_t, which the cell's phase reads as its operand
+        proj_rows, grad_rows = B * (H * e + 2 * proj * e), B * (proj * e + G * H * a + proj * a)
+        bwd_rows = B * (proj * a + G * H * a + S * H * a + 3 * H * a)
+    else:
+        bwd_rows = B * (H * e + 2 * G * H * a + S * H * a + (2 * H * a if lstm else H * e))
+        bwd_rows += B * H * a if lstm else 0
     extra_phases = (2 if lstm else 1) if variant else 0
     if variant:  # the normalised values saved and re-read
         fwd_rows += B * (G * H + H) * a
         bwd_rows += B * (G * H + H) * a
     extra_chain = extra_phases * VARIANT_PHASE_ROUND_TRIPS
-    rec_flops = 2.0 * B * G * H * H
+    rec_flops, proj_flops = 2.0 * B * G * H * hout, 2.0 * B * H * proj
     once_bwd = [
-        _gemm("dW_hh GEMM", G * H, H, T * B, a, out_e=e),
+        _gemm("dW_hh GEMM", G * H, hout, T * B, a, out_e=e),
         _gemm("dW_ih GEMM", G * H, I, T * B, a, out_e=e),
         _gemm("dX GEMM", T * B, I, G * H, a, out_e=e),
     ]
+    if proj:
+        once_bwd.append(_gemm("dW_hr GEMM", proj, H, T * B, a, out_e=e))
+    # the phases of a step, in the order they run: (name, FLOPs, weights, rows, the units
+    # their tiles cover, K of their product, the cell's phase: the variants' extra phases
+    # join it)
+    fwd = [("", rec_flops, w_hh, fwd_rows, H, hout, True)]
+    bwd = [("", rec_flops, w_hh, bwd_rows, H, G * H, True)]
+    if proj:
+        fwd.append((" (projection)", proj_flops, w_hr, proj_rows, proj, H, False))
+        bwd = [(" (projected state)", rec_flops, w_hh, grad_rows, proj, G * H, False),
+               ("", proj_flops, w_hr, bwd_rows, H, proj, True)]  # fmt: skip
     w = cfg.num_warps
 
     if cfg.kind == "step":
         blocks_b = math.ceil(B / cfg.block_b)
-        programs = blocks_b * math.ceil(H / cfg.block_h)
-        l2 = (blocks_b - 1) * w_hh
         bk, st = cfg.block_k, cfg.num_stages
-        # a variant's extra phases are launches of their own (their round trips counted alike)
-        step_fwd = [
-            Kernel("fused step", rec_flops, w_hh + G * H * e + fwd_rows, programs, l2,
-                   launches=1 + extra_phases, chain=chain_length(H, bk, st) + extra_chain,
-                   warps=w)
+        # a variant's extra phases and the projection are launches of their own (their round
+        # trips counted alike)
+        steps = [
+            [Kernel(f"fused step{' bwd' if backward else ''}{name}", flops,
+                    weights + (G * H * e if i == 0 and not backward else 0) + rows,
+                    blocks_b * math.ceil(n / cfg.block_h), (blocks_b - 1) * weights,
+                    launches=1 + (extra_phases if cell_phase else 0),
+                    chain=chain_length(k, bk, st) + (extra_chain if cell_phase else 0), warps=w)
+             for i, (name, flops, weights, rows, n, k, cell_phase) in enumerate(phases)]
+            for backward, phases in ((False, fwd), (True, bwd))
         ]  # fmt: skip
-        step_bwd = [
-            Kernel("fused step bwd", rec_flops, w_hh + bwd_rows, programs, l2,
-                   launches=1 + extra_phases, chain=chain_length(G * H, bk, st) + extra_chain,
-                   warps=w)
+        return Plan(once_fwd, steps[0], steps[1], once_bwd)
+
+    def cooperative(backward: bool, blocks: tuple) -> list[Kernel]:
+        """The step kernel's loop in one launch: the weights stay in L2 (re-read by every
+        batch block at every step), each phase of a step ends at a grid barrier, no launch per
+        step; ``blocks``: block_b, block_h, block_k, warps, stages."""
+        bb, bh, bk, warps, st = blocks
+        blocks_b = math.ceil(B / bb)
+        phases = bwd if backward else fwd
+        grid = blocks_b * max(math.ceil(n / bh) for _, _, _, _, n, _, _ in phases)
+        return [
+            Kernel(f"cooperative step{' bwd' if backward else ''}{name}", flops,
+                   (G * H * e if i == 0 else 0) + rows, blocks_b * math.ceil(n / bh),
+                   blocks_b * weights, 0,
+                   chain=chain_length(k, bk, st) + BARRIER_ROUND_TRIPS
+                   + (extra_chain if cell_phase else 0),
+                   warps=warps, per_sm=_register_limit(warps),
+                   barriers=1 + (extra_phases if cell_phase else 0), backward=backward,
+                   meeting=grid)
+            for i, (name, flops, weights, rows, n, k, cell_phase) in enumerate(phases)
         ]  # fmt: skip
-        return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
+
+    launch = Kernel("cooperative launch", 0.0, 0.0, 1)
+    fwd_blocks = (cfg.proj_fwd or cfg.blocks(False)) if proj else cfg.blocks(False)
     if cfg.kind == "cooperative":
-        # the step kernel's loop in one launch: W_hh stays in L2 (re-read by every batch block
-        # at every step), each step ends at a grid barrier, no launch per step
-        launch = Kernel("cooperative launch", 0.0, 0.0, 1)
-        kernels = []
-        for name, (bb, bh, bk, warps, st), k, rows in (
-            ("cooperative step", (cfg.block_b, cfg.block_h, cfg.block_k, w, cfg.num_stages),
-             H, fwd_rows),
-            ("cooperative step bwd", cfg.bwd or (cfg.block_b, cfg.block_h, cfg.block_k, w,
-                                                 cfg.num_stages), G * H, bwd_rows),
-        ):  # fmt: skip
-            blocks_b = math.ceil(B / bb)
-            kernels.append(
-                Kernel(name, rec_flops, G * H * e + rows, blocks_b * math.ceil(H / bh),
-                       blocks_b * w_hh, 0,
-                       chain=chain_length(k, bk, st) + BARRIER_ROUND_TRIPS + extra_chain,
-                       warps=warps, per_sm=_register_limit(warps), barriers=1 + extra_phases,
-                       backward=name.endswith("bwd"))
-            )  # fmt: skip
-        return Plan(once_fwd + [launch], kernels[:1], kernels[1:], [launch, *once_bwd])
+        return Plan(once_fwd + [launch], cooperative(False, fwd_blocks),
+                    cooperative(True, cfg.blocks(True)), [launch, *once_bwd])  # fmt: skip
     if cfg.kind == "resident":
-        # each program loads its column block's slice of W_hh once, from HBM (programs sharing
-        # a column block read it again from L2), and a step reads only the A operand: every
-        # column block all B rows of h_{t-1} (K = H) or dG_{t+1} (K = G·H), from L2
+        # each program loads its column block's slice of W_hh (and of W_hr where held) once,
+        # from HBM (programs sharing a column block read it again from L2), and a step reads
+        # only the A operands: every column block all B rows of h_{t-1} (K = Hout) or
+        # dG_{t+1} (K = G·H), and with projection m_t (K = H) or dh_t (K = Hout), from L2
         loads, steps = [], []
-        for backward, k, rows in ((False, H, fwd_rows), (True, G * H, bwd_rows)):
-            warps = cfg.blocks(backward)[3]
-            lay = resident_layout(cfg, cell, B, H, e, gpu or GPUS["H100"], backward)
+        for backward, phases in ((False, fwd), (True, bwd)):
+            if proj and not backward and precision == "tf32":
+                # its resident kernel spills (ops/triton/step._launch_steps): cooperative
+                loads.append(launch)
+                steps.append(cooperative(False, fwd_blocks))
+                continue
+            _, bh, bk, warps, st = cfg.blocks(backward)
+            lay = resident_layout(cfg, cell, B, H, e, gpu or GPUS["H100"], backward, proj)
             suffix = " bwd" if backward else ""
-            copies = lay.programs // lay.col_blocks
+            # programs holding a copy of each slice: every program one of W_hh's, and where
+            # it is held one of W_hr's
+            l2 = (lay.programs // math.ceil(phases[0][4] / bh) - 1) * w_hh
+            if lay.proj_chunks:
+                l2 += (lay.programs // math.ceil(phases[1][4] / bh) - 1) * w_hr
             loads.append(
-                Kernel(f"resident launch{suffix} (W_hh slices)", 0.0, w_hh, lay.programs,
-                       (copies - 1) * w_hh, warps=warps, per_sm=lay.per_sm)
+                Kernel(f"resident launch{suffix} (W_hh slices)", 0.0,
+                       w_hh + (w_hr if lay.proj_chunks else 0), lay.programs, l2, warps=warps,
+                       per_sm=lay.per_sm)
             )  # fmt: skip
-            steps.append(
-                Kernel(f"resident step{suffix}", rec_flops, G * H * e + rows, lay.programs,
-                       lay.col_blocks * B * k * e, 0,
-                       chain=resident_chain(lay.walks, lay.groups, backward),
-                       warps=warps, per_sm=lay.per_sm, barriers=1, backward=backward)
-            )  # fmt: skip
-        return Plan(once_fwd + loads[:1], steps[:1], steps[1:], [*loads[1:], *once_bwd])
+            # the W_hh phase a round trip per group and walk (resident_chain); the projection's
+            # phase the same where W_hr is held, otherwise its K loop reads W_hr from the caches
+            kernels = []
+            for name, flops, _, rows, n, k, _ in phases:
+                if kernels:
+                    body = lay.proj_groups if lay.proj_chunks else chain_length(k, bk, st)
+                    chain = lay.proj_walks * body + BARRIER_ROUND_TRIPS
+                else:
+                    chain, rows = resident_chain(lay.walks, lay.groups, backward), G * H * e + rows
+                kernels.append(
+                    Kernel(f"resident step{suffix}{name}", flops, rows, lay.programs,
+                           math.ceil(n / bh) * B * k * e, 0, chain=chain, warps=warps,
+                           per_sm=lay.per_sm, barriers=1, backward=backward)
+                )  # fmt: skip
+            steps.append(kernels)
+        return Plan(once_fwd + loads[:1], steps[0], steps[1], [*loads[1:], *once_bwd])
     if cfg.kind == "persistent":
+        if proj:
+            raise ValueError("the persistent kernels have no projection")
         programs = math.ceil(B / cfg.block_b)
         # W_hh is loaded once per program and stays on chip: a step waits for its xg_t load
         # (one round trip) and the store of h_t (one more) around an on-chip product
@@ -726,25 +829,37 @@ def plan(
                    warps=w, rate_per_sm=True)
         ]  # fmt: skip
         return Plan(once_fwd + [load], step_fwd, step_bwd, [load, *once_bwd])
-    # gemm+pointwise: the product hg = h·W_hhᵀ goes through memory between the two launches
+    # gemm+pointwise: the product hg = h·W_hhᵀ goes through memory between the two launches;
+    # with projection the driver's projected state: a GEMM hy = m·W_hrᵀ ([B, H] x [H, Hout],
+    # its operand cast to float first in half types) and an element-wise kernel writing h_t and
+    # y_t; backward an element-wise kernel (dh_t) and a GEMM dh_t·W_hr before the cell's kernel
     bm, bn, bk = CUBLAS_TILE
-    n = B * H
-    blocks = min(math.ceil(n / cfg.threads), cfg.max_blocks)
     hg = B * G * H * a
-    gemm_f = Kernel(
-        "recurrent GEMM", rec_flops, w_hh + B * H * e + hg,
-        math.ceil(B / bm) * math.ceil(G * H / bn), chain=chain_length(H, bk, CUBLAS_STAGES),
-    )  # fmt: skip
-    gemm_b = Kernel(
-        "recurrent GEMM bwd", rec_flops, w_hh + B * G * H * a + B * H * a,
-        math.ceil(B / bm) * math.ceil(H / bn), chain=chain_length(G * H, bk, CUBLAS_STAGES),
-    )  # fmt: skip
-    pw = Kernel("pointwise", 0.0, fwd_rows + hg + G * H * e, blocks, chain=2, warps=w)
-    pw_b = Kernel("pointwise bwd", 0.0, bwd_rows, blocks, chain=2, warps=w)
+
+    def gemm(name: str, flops: float, nbytes: float, n: int, k: int) -> Kernel:
+        return Kernel(name, flops, nbytes, math.ceil(B / bm) * math.ceil(n / bn),
+                      chain=chain_length(k, bk, CUBLAS_STAGES))  # fmt: skip
+
+    def pointwise(name: str, nbytes: float, units: int = H) -> Kernel:
+        return Kernel(name, 0.0, nbytes, min(math.ceil(B * units / cfg.threads), cfg.max_blocks),
+                      chain=2, warps=w)  # fmt: skip
+
+    step_fwd = [gemm("recurrent GEMM", rec_flops, w_hh + B * hout * e + hg, G * H, hout),
+                pointwise("pointwise", fwd_rows + hg + G * H * e)]  # fmt: skip
+    step_bwd = [pointwise("pointwise bwd", bwd_rows),
+                gemm("recurrent GEMM bwd", rec_flops, w_hh + hg + B * hout * a, hout, G * H)]  # fmt: skip
+    if proj:
+        step_fwd += [gemm("projection GEMM", proj_flops, w_hr + B * (H * a + proj * a), proj, H),
+                     pointwise("projection pointwise", B * proj * (a + e + a), proj)]  # fmt: skip
+        if e != a:
+            step_fwd.insert(2, pointwise("projection operand cast", B * H * (e + a)))
+        step_bwd[:0] = [pointwise("projection pointwise bwd", B * proj * (e + 3 * a), proj),
+                        gemm("projection GEMM bwd", proj_flops, w_hr + B * (proj + H) * a, H,
+                             proj)]  # fmt: skip
     if cfg.replayed:
-        copies = graph_copies(cell, B, T, I, H, dtype, training)
+        copies = graph_copies(cell, B, T, I, H, dtype, training, proj)
         once_fwd, once_bwd = [copies[0], *once_fwd], [copies[1], *once_bwd]
-    return Plan(once_fwd, [gemm_f, pw], [pw_b, gemm_b], once_bwd)
+    return Plan(once_fwd, step_fwd, step_bwd, once_bwd)
 
 
 def waves(k: Kernel, gpu: Gpu) -> int:
@@ -776,7 +891,9 @@ def kernel_time(
         return max(compute, memory, chain) + GPU_LAUNCH_S * k.launches
     n = waves(k, gpu)
     body = n * (k.chain - k.barriers * BARRIER_ROUND_TRIPS) * cal.round_trip_s
-    arrivals = math.ceil(k.programs / n)  # the programs of one wave meet at each barrier
+    # the programs of one wave meet at each barrier (a phase with fewer tiles than its
+    # launch's grid: the grid's)
+    arrivals = math.ceil(max(k.programs, k.meeting) / n)
     sync = k.barriers * (cal.barrier_s + arrivals * cal.per_program_s)
     return max(compute, memory, body) + sync + GPU_LAUNCH_S * k.launches
 
@@ -817,11 +934,15 @@ def predict(
     precision: str = "ieee",
     variant: bool = False,
     cal: Calibration | None = None,
+    proj: int = 0,
 ) -> Prediction:
-    inf = plan(cfg, cell, B, T, I, H, dtype, training=False, variant=variant, gpu=gpu)
-    tr = plan(cfg, cell, B, T, I, H, dtype, training=True, variant=variant, gpu=gpu)
-    deep_inf = plan(cfg, cell, B, T, H, H, dtype, training=False, variant=variant, gpu=gpu)
-    deep_tr = plan(cfg, cell, B, T, H, H, dtype, training=True, variant=variant, gpu=gpu)
+    """The predicted cost of ``layers`` layers (the first reading I inputs, the others the
+    layer below's Hout = ``proj`` or H)."""
+    kw = dict(variant=variant, gpu=gpu, proj=proj, precision=precision)
+    inf = plan(cfg, cell, B, T, I, H, dtype, training=False, **kw)
+    tr = plan(cfg, cell, B, T, I, H, dtype, training=True, **kw)
+    deep_inf = plan(cfg, cell, B, T, proj or H, H, dtype, training=False, **kw)
+    deep_tr = plan(cfg, cell, B, T, proj or H, H, dtype, training=True, **kw)
 
     def t(ks) -> float:
         return sum(kernel_time(k, gpu, dtype, precision, cal) for k in ks)
@@ -897,6 +1018,12 @@ CASES = [
      "H": 64, "layers": 1, "dtype": "bfloat16"},
     {"label": "sampling step", "cell": "lstm", "B": 1, "T": 1, "I": 128, "H": 512,
      "layers": 2, "dtype": "float32"},
+    # the LSTM's projection (proj_size, a second phase of each step): bench/paths.py's
+    # anchor-proj and mid-proj shapes
+    dict(_ANCHOR_SHAPE, label="anchor shape with a projection", dtype="bfloat16", proj=384),
+    {"label": "GPU headline with a projection, TF32 allowed", "cell": "lstm", "B": 64,
+     "T": 100, "I": 512, "H": 512, "proj": 256, "layers": 1, "dtype": "float32",
+     "precision": "tf32"},
 ]  # fmt: skip
 
 
@@ -968,16 +1095,29 @@ def automatic_path(chosen: list[KernelConfig]) -> KernelConfig | None:
     return next((triton[k] for k in ("persistent", "resident", "cooperative") if k in triton), None)
 
 
+def _projected(cfg: KernelConfig, proj: int, precision: str) -> str:
+    """What a config's description leaves out at a shape with projection: the cooperative
+    forward's own config, which the resident launch's TF32 forward runs too."""
+    if not (proj and cfg.proj_fwd) or (cfg.kind == "resident" and precision != "tf32"):
+        return ""
+    bb, bh, bk, warps, stages = cfg.proj_fwd
+    blocks = f"{bb}x{bh}x{bk} w{warps} s{stages}"
+    if cfg.kind == "resident":
+        return f"; its TF32 forward with projection runs cooperative {blocks}"
+    return f"; with projection fwd {blocks}"
+
+
 def _case(
     case: dict, configs: list[KernelConfig], gpus: list[str],
     cals: dict[str, Calibration] | None = None,
 ) -> list[str]:  # fmt: skip
     cell, B, T, I, H, L, dt = (case[k] for k in ("cell", "B", "T", "I", "H", "layers", "dtype"))  # noqa: E741
     prec = case.get("precision", "ieee")
-    variant = case.get("variant", False)
+    variant, proj = case.get("variant", False), case.get("proj", 0)
     prec_note = f" {prec.upper()}" if dt == "float32" else ""
+    shape = f"B={B} T={T} I={I} H={H}" + (f" proj={proj}" if proj else "")
     lines = [
-        f"## {case['label']}: {cell.upper()} B={B} T={T} I={I} H={H} layers={L} {dt}{prec_note}",
+        f"## {case['label']}: {cell.upper()} {shape} layers={L} {dt}{prec_note}",
         "",
         "| GPU | implementation | launches/step fwd, bwd | launches/seq fwd, fwd+bwd | "
         "host time fwd, fwd+bwd ms | GPU time fwd, fwd+bwd ms | predicted fwd ms | "
@@ -985,11 +1125,12 @@ def _case(
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in gpus:
-        chosen = [c for c in configs if applicable(c, cell, B, H, variant, dt, GPUS[g])]
+        chosen = [c for c in configs if applicable(c, cell, B, H, variant, dt, GPUS[g], proj)]
         auto = automatic_path(chosen)
         for c in chosen:
-            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant)
-            name = p.implementation + (" *(automatic path)*" if c is auto else "")
+            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant, proj=proj)
+            name = p.implementation + _projected(c, proj, prec)
+            name += " *(automatic path)*" if c is auto else ""
             lines.append(
                 f"| {g} | {name} | {p.launches_step_fwd}, {p.launches_step_bwd} | "
                 f"{p.launches_seq_fwd}, {p.launches_seq_fwdbwd} | "
@@ -1002,8 +1143,9 @@ def _case(
         for c in chosen if cal else ():
             if c.kind not in ("cooperative", "resident"):
                 continue
-            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant, cal=cal)
-            name = p.implementation + (" *(automatic path)*" if c is auto else "")
+            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant, cal=cal, proj=proj)
+            name = p.implementation + _projected(c, proj, prec)
+            name += " *(automatic path)*" if c is auto else ""
             lines.append(
                 f"| {g} | {name}, *calibrated* | | | | {_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} | "
                 f"**{_ms(p.fwd_s)}** (calibrated prediction) | **{_ms(p.fwdbwd_s)}** "
@@ -1028,7 +1170,9 @@ def measured(case: dict, results: Path = _ROOT / "bench" / "results") -> list[st
     cell, B, T, I, H, L = (case[k] for k in ("cell", "B", "T", "I", "H", "layers"))  # noqa: E741
     dtype = case["dtype"] + ("+tf32" if case.get("precision") == "tf32" else "")
     rows: list[str] = []
-    if case.get("variant"):  # the measurements are of torch.nn's cells only
+    # the measurements are of torch.nn's cells only, without projection (gpu_check times the
+    # projected anchor in paths.csv, which is not read here)
+    if case.get("variant") or case.get("proj"):
         return rows
     for d in sorted(results.glob("gpu-*")):
         if not (d / "results.csv").is_file():

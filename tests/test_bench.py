@@ -397,6 +397,150 @@ def test_costmodel_resident_where_its_slices_fit():
         assert costmodel.automatic_path(chosen) is want
 
 
+def test_costmodel_projected_resident_by_hand():
+    """The anchor with proj_size = 384 in bf16 on an H100: each step two phases, each ending at
+    its barrier; W_hr's slices held on chip too (configs.resident_tries), so each phase waits
+    a round trip per group."""
+    cfg, h100 = _resident(), costmodel.GPUS["H100"]
+    fwd, bwd = (costmodel.resident_layout(cfg, "lstm", 16, 768, 2, h100, backward, proj=384)
+                for backward in (False, True))  # fmt: skip
+    # forward: W_hh's 4 gates x 384 / 64 = 24 tiles [64, 16] and W_hr's 768 / 64 = 12, then 12
+    # [16, 64] buffers (the longer operand, m_t: 12 chunks; h_{t-1} has 6): 98,304 bytes, two
+    # per SM; a program per column block of H (48), each walking one tile per phase
+    assert (fwd.proj_chunks, fwd.groups, fwd.proj_groups) == (12, 1, 1)
+    assert (fwd.slice_bytes, fwd.smem, fwd.per_sm) == (36 * 2048, 48 * 2048, 2)
+    assert (fwd.programs, fwd.walks, fwd.proj_walks) == (48, 1, 1)
+    # backward: W_hh's 3,072 / 64 = 48 tiles and W_hr's 384 / 64 = 6, 16 buffers: dG's 48
+    # chunks in three groups, dh_t's 6 in one; 48 programs (H's column blocks) for the 24 of
+    # Hout: each walks one tile of either phase
+    assert (bwd.proj_chunks, bwd.groups, bwd.proj_groups) == (6, 3, 1)
+    assert (bwd.smem, bwd.per_sm, bwd.col_blocks, bwd.programs) == (70 * 2048, 1, 48, 48)
+    assert (bwd.walks, bwd.proj_walks) == (1, 1)
+    p = costmodel.plan(cfg, "lstm", B=16, T=1024, I=768, H=768, dtype="bfloat16", training=True,
+                       gpu=h100, proj=384)  # fmt: skip
+    # forward: the cell's group + its row counts + the barrier, the projection's group + its
+    # barrier; backward: dG's three groups + the barrier, dh_t's group + the barrier
+    assert [k.chain for k in p.step_fwd] == [1 + 1 + 2, 1 + 2]
+    assert [k.chain for k in p.step_bwd] == [3 + 2, 1 + 2]
+    assert all((k.barriers, k.launches) == (1, 0) for k in p.step_fwd + p.step_bwd)
+    assert [k.backward for k in p.step_bwd] == [True, True]
+    # W_hh is [3,072, 384]: the cell's product 2 x 16 x 3,072 x 384, the projection's
+    # 2 x 16 x 768 x 384, the same two each way
+    rec, proj = 2 * 16 * 3072 * 384, 2 * 16 * 768 * 384
+    assert [k.flops for k in p.step_fwd] == [rec, proj]
+    assert [k.flops for k in p.step_bwd] == [rec, proj]
+    # the launch loads W_hh (3,072 x 384 x 2 bytes) and W_hr (384 x 768 x 2) from HBM; the
+    # 48 programs hold W_hr's 24 slices forward twice over, W_hh's 24 backward
+    w_hh, w_hr = 3072 * 384 * 2, 384 * 768 * 2
+    load_f, load_b = p.once_fwd[-1], p.once_bwd[0]
+    assert load_f.bytes == load_b.bytes == w_hh + w_hr
+    assert (load_f.l2_bytes, load_b.l2_bytes) == (w_hr, w_hh)
+    # the A operands from L2, every column block all 16 rows: h_{t-1} (384) for 48 blocks, m_t
+    # (768) for 24; backward dG (3,072) for 24, dh_t (384) for 48
+    assert [k.l2_bytes for k in p.step_fwd] == [48 * 16 * 384 * 2, 24 * 16 * 768 * 2]
+    assert [k.l2_bytes for k in p.step_bwd] == [24 * 16 * 3072 * 2, 48 * 16 * 384 * 2]
+    # dW_hr after the loop: [384, 768] over T x B rows
+    assert p.once_bwd[-1].name == "dW_hr GEMM"
+    assert p.once_bwd[-1].flops == 2 * 384 * 768 * 16 * 1024
+    assert p.once_bwd[1].flops == 2 * 3072 * 384 * 16 * 1024  # dW_hh: [3,072, 384]
+
+    # float32: the backward's W_hh slice (192 KiB) leaves W_hr's 24 KiB no room beside
+    # groups worth it: W_hr read in the K loop, and the grid a program per column block of
+    # Hout (24), so each walks two of the cell phase's 48 tiles, each 6 chunks of dh_t a
+    # round trip and the tile's loads and stores (chain_length), then the barrier
+    f32 = _resident(("float32",), warps=8)
+    lay = costmodel.resident_layout(f32, "lstm", 16, 768, 4, h100, True, proj=384)
+    assert (lay.proj_chunks, lay.programs, lay.walks, lay.proj_walks) == (0, 24, 1, 2)
+    p = costmodel.plan(f32, "lstm", B=16, T=4, I=8, H=768, dtype="float32", training=True,
+                       gpu=h100, proj=384)  # fmt: skip
+    assert [k.chain for k in p.step_bwd] == [48 / 8 + 2, 2 * (6 + 2) + 2]
+    assert p.once_bwd[0].bytes == 3072 * 384 * 4  # W_hh alone
+    # float32 H=1024 proj=512: the backward's W_hh slice alone is 256 KiB
+    assert costmodel.applicable(f32, "lstm", 16, 1024, dtype="float32", proj=0) is False
+    assert not costmodel.applicable(f32, "lstm", 16, 1024, dtype="float32", gpu=h100, proj=512)
+    assert costmodel.applicable(f32, "lstm", 16, 768, dtype="float32", gpu=h100, proj=384)
+
+
+def test_costmodel_projected_step_cooperative_and_cuda_by_hand():
+    step = costmodel.KernelConfig("triton", "step", "hand", block_b=16, block_h=32, block_k=16,
+                                  num_warps=4, num_stages=2)  # fmt: skip
+    p = costmodel.plan(step, "lstm", B=20, T=4, I=8, H=64, dtype="float32", training=True,
+                       proj=48)  # fmt: skip
+    # per step a launch per phase: forward the cell (K = 48: 3 chunks over one tile in flight,
+    # + 2) on 2 x 2 tiles, the projection (K = 64) on 2 x 2; backward the projected state's
+    # gradient (K = 256) on 2 x 2, the cell's (K = 48) on 2 x 2
+    assert [(k.launches, k.chain, k.programs) for k in p.step_fwd] == [(1, 3 + 2, 4), (1, 4 + 2, 4)]
+    assert [(k.launches, k.chain) for k in p.step_bwd] == [(1, 16 + 2), (1, 3 + 2)]
+    # the weights each phase reads: W_hh [256, 48] with b_hh; W_hr [48, 64]
+    assert p.step_fwd[1].bytes == 48 * 64 * 4 + 20 * (64 + 2 * 48) * 4
+    assert p.step_fwd[0].l2_bytes == 256 * 48 * 4 and p.step_fwd[1].l2_bytes == 48 * 64 * 4
+    # the cooperative forward runs the projection's own config (16 x 32 x 16, 8 warps, 2
+    # stages); its grid covers the widest phase, and all of it meets at each barrier
+    coop = costmodel.KernelConfig(
+        "triton", "cooperative", "hand", block_b=16, block_h=16, block_k=64, num_stages=3,
+        bwd=(16, 16, 128, 4, 3), proj_fwd=(16, 32, 16, 8, 2),
+    )  # fmt: skip
+    p = costmodel.plan(coop, "lstm", B=20, T=4, I=8, H=128, dtype="float32", training=True,
+                       proj=64)  # fmt: skip
+    assert [(k.programs, k.meeting, k.warps, k.chain) for k in p.step_fwd] == [
+        (2 * 4, 8, 8, 64 / 16 + 2 + 2), (2 * 2, 8, 8, 128 / 16 + 2 + 2)
+    ]  # fmt: skip
+    assert [(k.programs, k.meeting, k.chain) for k in p.step_bwd] == [
+        (2 * 4, 16, 512 / 128 / 2 + 2 + 2), (2 * 8, 16, 1 / 2 + 2 + 2)  # K = 64: one chunk
+    ]  # fmt: skip
+    # calibrated: the 4 programs of the projection's phase wait for the grid's 8
+    cal, h200 = _cal(), costmodel.GPUS["H200"]
+    k = p.step_fwd[1]
+    want = max(k.flops / (66.9e12 * 0.05 * 4 / 132), k.bytes / (4.8e12 * 0.9 * 4 / 132),
+               (k.chain - 2) * 300e-9) + 5e-6 + 8 * 40e-9  # fmt: skip
+    assert math.isclose(costmodel.kernel_time(k, h200, "float32", cal=cal), want, rel_tol=1e-12)
+    # the resident launch's TF32 forward with projection runs cooperative (it spills resident)
+    res = dataclasses.replace(_resident(("float32",), warps=8), proj_fwd=(16, 32, 16, 8, 2))
+    tf32 = costmodel.plan(res, "lstm", B=16, T=4, I=8, H=768, dtype="float32", training=True,
+                          proj=384, precision="tf32")  # fmt: skip
+    ieee = costmodel.plan(res, "lstm", B=16, T=4, I=8, H=768, dtype="float32", training=True,
+                          proj=384)  # fmt: skip
+    assert [k.name for k in tf32.step_fwd] == ["cooperative step", "cooperative step (projection)"]
+    assert tf32.once_fwd[-1].name == "cooperative launch"
+    assert [k.name for k in ieee.step_fwd] == ["resident step", "resident step (projection)"]
+    assert tf32.step_bwd == ieee.step_bwd
+    with pytest.raises(ValueError, match="only the LSTM projects"):
+        costmodel.plan(coop, "gru", B=20, T=4, I=8, H=128, dtype="float32", training=True,
+                       proj=64)  # fmt: skip
+
+    # the cuda backend: a projection GEMM and an element-wise kernel more each way, and in
+    # bf16 the cast of the GEMM's operand; the replayed call copies W_hr in and, training,
+    # the unprojected outputs out (and their gradients)
+    cuda, _ = costmodel.cuda_config()
+    for dtype, fwd_launches in (("bfloat16", 5), ("float32", 4)):
+        p = costmodel.predict(cuda, costmodel.GPUS["H100"], "lstm", 16, 10, 8, 64, 2, dtype,
+                              proj=32)  # fmt: skip
+        assert (p.launches_step_fwd, p.launches_step_bwd) == (fwd_launches, 4)
+    fwd, bwd = costmodel.graph_copies("lstm", 16, 10, 8, 64, "float32", training=True, proj=32)
+    # in: x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr; out: y, h_n, c_n, the gates, h_{t-1}, m_t
+    assert (fwd.launches, bwd.launches) == (8 + 6, 8 + 6 + 3 + 8)
+    ins = (160 * 8 + 16 * 32 + 16 * 64 + 256 * (8 + 32) + 2 * 256 + 32 * 64) * 4
+    outs = (160 * 32 + 16 * 32 + 16 * 64) * 4 + 160 * (7 * 64 * 4 + 32 * 4 + 64 * 4)
+    assert fwd.bytes == 2 * (ins + outs)
+    # two layers: the second reads the first's 32-wide output
+    p = costmodel.plan(step, "lstm", B=16, T=10, I=32, H=64, dtype="float32", training=False,
+                       proj=32)  # fmt: skip
+    pred = costmodel.predict(step, costmodel.GPUS["H100"], "lstm", 16, 10, 8, 64, 2, "float32",
+                             proj=32)  # fmt: skip
+    first = costmodel.predict(step, costmodel.GPUS["H100"], "lstm", 16, 10, 8, 64, 1, "float32",
+                              proj=32)  # fmt: skip
+    h100 = costmodel.GPUS["H100"]
+    layer2 = sum(costmodel.kernel_time(k, h100, "float32") for k in p.once_fwd)
+    layer2 += 10 * sum(costmodel.kernel_time(k, h100, "float32") for k in p.step_fwd)
+    assert math.isclose(pred.gpu_fwd_s, first.gpu_fwd_s + layer2, rel_tol=1e-12)
+    assert p.once_fwd[0].flops == 2 * 160 * 256 * 32
+    # no persistent kernel projects
+    small = costmodel.KernelConfig("triton", "persistent", "hand", block_b=16, block_h=32,
+                                   max_hidden=32, cell="lstm")  # fmt: skip
+    assert costmodel.applicable(small, "lstm", 16, 32)
+    assert not costmodel.applicable(small, "lstm", 16, 32, proj=16)
+
+
 def test_costmodel_host_time_is_part_of_the_prediction():
     cuda, _ = costmodel.cuda_config()
     eager = dataclasses.replace(cuda, replayed=False)  # every launch issued by the host
@@ -531,8 +675,8 @@ def test_the_fit_recovers_the_constants_its_points_were_made_with():
 
 def test_calibrate_reads_the_cooperative_and_resident_rows_of_paths_csvs(tmp_path):
     """Rows before the configs column: configs from the provider's name; with it: from the
-    column, resident rows included; baselines, per-step launches, layer norm, projections and
-    rows with a problem left out."""
+    column, resident and projected rows included; baselines, per-step launches, layer norm
+    and rows with a problem left out."""
     head = "shape,label,mode,provider,ms,vs_torch,problem"
     old = [
         "mid-tf32,lstm fwd B=64 T=100 I=512 H=512 L=1 float32,fwd,torch.nn,1.5,1.0,",
@@ -567,14 +711,23 @@ def test_calibrate_reads_the_cooperative_and_resident_rows_of_paths_csvs(tmp_pat
     ]
     (tmp_path / "new.csv").write_text("\n".join([head + ",configs", *new]) + "\n")
     got = calibrate.read_paths(tmp_path / "new.csv", "p")
-    assert [(p.fwd, p.bwd, p.config, p.kind) for p in got] == [
-        ((16, 16, 64, 4, 3), (16, 16, 128, 4, 3), "shipped", "cooperative"),
-        ((16, 16, 64, 4, 1), (16, 16, 32, 8, 1), "shipped", "resident"),
+    assert [(p.fwd, p.bwd, p.config, p.kind, p.proj) for p in got] == [
+        ((16, 16, 64, 4, 3), (16, 16, 128, 4, 3), "shipped", "cooperative", 0),
+        ((16, 16, 64, 4, 1), (16, 16, 32, 8, 1), "shipped", "resident", 0),
+        ((16, 16, 64, 4, 1), (16, 16, 32, 8, 1), "shipped", "resident", 384),
     ]
-    # a resident point is costed as the resident launch
-    (coop, res) = got
+    # a resident point is costed as the resident launch; the projected one with its two phases
+    # a step, each ending at a barrier
+    (coop, res, proj) = got
     assert calibrate.kernel_config(res).kind == "resident"
     assert calibrate.predicted_ms(res, "H200", None) < calibrate.predicted_ms(coop, "H200", None)
+    assert proj.label == "lstm B=16 T=1024 H=768 proj=384 L=1 bfloat16"
+    cal = _cal()
+    want = costmodel.predict(calibrate.kernel_config(proj), costmodel.GPUS["H200"], "lstm", 16,
+                             1024, 768, 768, 1, "bfloat16", cal=cal, proj=384).fwd_s  # fmt: skip
+    assert calibrate.predicted_ms(proj, "H200", cal) == want * 1e3
+    assert want > costmodel.predict(calibrate.kernel_config(res), costmodel.GPUS["H200"], "lstm",
+                                    16, 1024, 768, 768, 1, "bfloat16", cal=cal).fwd_s  # fmt: skip
 
 
 def test_the_committed_calibration_is_what_calibrate_makes_of_the_committed_measurements():

@@ -31,6 +31,19 @@ def _resident_jobs(precision: str, H: int) -> dict:
     return {name: replace(job, arch=90) for name, job in named if name.startswith("resident")}
 
 
+def _model_chains(dtype: str, H: int, proj: int = 0) -> list[float]:
+    """The round trips per step, forward and backward, that bench/costmodel.py counts for the
+    LSTM's shipped resident launch at B = 16 on an sm_90 GPU (an H100's shared memory per
+    program, the compile report's), every phase's barrier included."""
+    import costmodel
+
+    (cfg,) = [c for c in costmodel.triton_configs()[0]
+              if c.kind == "resident" and dtype in c.dtypes]  # fmt: skip
+    p = costmodel.plan(cfg, "lstm", B=16, T=4, I=8, H=H, dtype=dtype, training=True,
+                       gpu=costmodel.GPUS["H100"], proj=proj)  # fmt: skip
+    return [sum(k.chain for k in p.step_fwd), sum(k.chain for k in p.step_bwd)]
+
+
 def _weight_allocs_before_the_step_loop(ttgir: str) -> int:
     """Shared-memory allocations a kernel makes before its first loop."""
     head = ttgir[: ttgir.index("scf.for")]
@@ -73,8 +86,8 @@ def test_resident_steps_wait_one_round_trip_per_group(monkeypatch, precision):
     """The LSTM's resident kernels at H = 768 in the sm_90 machine code (fusedrnn.sass): a
     step waits one global round trip per group of chunks of h_{t-1} (backward: dG), its other
     loads travelling with the first group, plus the barrier's two (its arrival's poll and the
-    poll loop, walked once), plus, forward, one for its row counts, as
-    bench/costmodel.resident_chain counts. The groups are the launcher's for sm_90's shared
+    poll loop, walked once), plus, forward, one for its row counts, as bench/costmodel.py
+    counts. The groups are the launcher's for sm_90's shared
     memory: bf16 one of 12 chunks forward, three of 16 backward; TF32 12 chunks in groups of 8
     forward, 48 backward, 2 and 6 groups. One chunk at a time a step waits on at least one
     round trip per chunk (forward 12, backward 48), as the kernels did before the groups."""
@@ -91,7 +104,9 @@ def test_resident_steps_wait_one_round_trip_per_group(monkeypatch, precision):
         )  # fmt: skip
 
     groups = {"bf16": (1, 3), "tf32": (2, 6)}[precision]
-    assert trips(configs.MAX_LOAD_GROUP) == (groups[0] + 1 + 2, groups[1] + 2)
+    grouped = trips(configs.MAX_LOAD_GROUP)
+    assert grouped == (groups[0] + 1 + 2, groups[1] + 2)
+    assert list(grouped) == _model_chains("bfloat16" if precision == "bf16" else "float32", 768)
     single_fwd, single_bwd = trips(1)
     assert single_fwd >= 12 and single_bwd >= 48, (single_fwd, single_bwd)
 
@@ -104,7 +119,8 @@ def test_projected_resident_steps_wait_one_round_trip_per_group():
     Forward: the cell's phase one group (6 chunks of h_{t-1}), the projection's one (12
     chunks of m_t) with h_{t-1}'s tile. Backward: the projected state's gradient three groups
     of 16 of dG's 48 chunks, the cell's phase one group (6 chunks of dh_t) with the cell's
-    tiles. (Its tiles loaded after the product, the backward waited 14.)"""
+    tiles. (Its tiles loaded after the product, the backward waited 14.) The cost model counts
+    the same."""
     from fusedrnn.sass import disassemble, round_trips
 
     jobs = _resident_jobs("bf16", 768)
@@ -114,12 +130,13 @@ def test_projected_resident_steps_wait_one_round_trip_per_group():
         for direction in ("fwd", "bwd")
     ]  # fmt: skip
     assert trips == [(1 + 1 + 2) + (1 + 2), (3 + 2) + (1 + 2)]
+    assert trips == _model_chains("bfloat16", 768, proj=384)
 
 
 @compiled_only
 def test_w_hr_held_on_chip_where_a_step_waits_no_longer():
     """With a projection the launcher holds ``W_hr`` on chip too where a step then waits no more
-    round trips (step._with_w_hr), for sm_90's shared memory (the compile report's launches):
+    round trips (configs.resident_tries), for sm_90's shared memory (the compile report's launches):
     in bf16 W_hr's slice leaves the load groups as they were, and its product waits one round
     trip for a group instead of one per chunk of K. In float32 at H = 768 the backward's
     slice of W_hh takes 192 KiB: beside W_hr's 24 KiB the 48 chunks of dG would load two at

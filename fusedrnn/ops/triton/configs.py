@@ -131,6 +131,31 @@ def resident_load_group(block_b: int, block_h: int, block_k: int, chunks: int,
     return max(1, min(chunks, MAX_LOAD_GROUP, spare // (block_b * block_k * elem)))
 
 
+def resident_tries(hidden: int, proj: int, gates: int, backward: bool, block_h: int,
+                   block_k: int, group_of) -> tuple[int, list[tuple[int, int]]]:  # fmt: skip
+    """``(chunks, tries)`` of a resident launch of ``gates`` x ``hidden`` units (``proj``: the
+    projection's outputs, 0 without): the chunks of ``block_k`` in the K of its ``W_hh``
+    product (forward Hout, backward G*H), and the ``(RESIDENT_PROJ, LOAD_GROUP)`` it tries in
+    turn. ``group_of(chunks, tiles)`` is the load group of a launch whose longest left operand
+    is ``chunks`` chunks and whose slices take ``tiles`` [block_k, block_h] tiles
+    (:func:`.sync.load_group` for a device, :func:`resident_load_group` in the cost model).
+    With projection ``W_hr``'s slice (its chunks of K: H forward, Hout backward) is tried on
+    chip first where it can be (:func:`w_hr_on_chip`) and where a step then waits no more round
+    trips, one per group of each phase, than with ``W_hr`` read in the K loop, one per chunk
+    (the resident configs run one stage): it takes shared memory from the groups."""
+    chunks = -(-(gates * hidden if backward else proj or hidden) // block_k)
+    tiles = chunks if backward else gates * chunks
+    plain = (0, group_of(chunks, tiles))
+    if not proj or not w_hr_on_chip(hidden, proj, block_h):
+        return chunks, [plain]
+    proj_chunks = -(-(proj if backward else hidden) // block_k)
+    on = group_of(max(chunks, proj_chunks), tiles + proj_chunks)
+    held = -(-chunks // on) + -(-proj_chunks // on)
+    if held <= -(-chunks // plain[1]) + proj_chunks:
+        return chunks, [(proj_chunks, on), plain]
+    return chunks, [plain]
+
+
 # the forward with the LSTM's projection as a second phase of each step holds both bodies:
 # 8 warps on 16 rows, every dtype, or it spills (4-12 bytes with the configs above, float64's
 # 32-row per-step config too)

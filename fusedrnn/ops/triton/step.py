@@ -22,8 +22,8 @@ columns of ``W_hh`` for its state gradient. With projection the slice is the fir
 the other phase's product with ``W_hr`` holds a slice of its own (``RESIDENT_PROJ``: forward
 the rows of the program's outputs, backward the columns of its units) where one grid keeps
 each program in one column block of both phases and a step then waits no longer
-(:func:`_with_w_hr`); otherwise it reads ``W_hr`` from the caches in the cooperative launch's
-K loop. The resident K loops are unrolled, and the chunks of
+(:func:`.configs.resident_tries`); otherwise it reads ``W_hr`` from the caches in the
+cooperative launch's K loop. The resident K loops are unrolled, and the chunks of
 ``h_prev`` (or ``dG``) are loaded ``LOAD_GROUP`` at a time, as many as the shared memory beside
 the slice can stage (:func:`.tiles.rec_gates_resident`, :func:`.sync.load_group`), the
 phase's other tiles before the first group (:func:`.common.late`; with projection in both
@@ -78,7 +78,7 @@ from .configs import (
     pick_cooperative_config,
     pick_resident_config,
     pick_step_config,
-    w_hr_on_chip,
+    resident_tries,
 )
 from .sync import cooperative_grid, grid_barrier, load_group, resident_grid, step_chunks
 from .tiles import (
@@ -528,30 +528,6 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     return True
 
 
-def _group(cfg, chunks: int, slice_tiles: int, proj_chunks: int, like: Tensor) -> int:
-    """:func:`.sync.load_group` of a resident launch whose slices take ``slice_tiles`` tiles of
-    ``W_hh`` and ``proj_chunks`` of ``W_hr``, its phases' left operands ``chunks`` and
-    ``proj_chunks`` chunks long."""
-    return load_group(cfg, max(chunks, proj_chunks), slice_tiles + proj_chunks,
-                      like.element_size(), like.device)  # fmt: skip
-
-
-def _with_w_hr(cfg, H: int, Hout: int, chunks: int, G: int, backward: bool, group: int,
-               like: Tensor) -> tuple[int, int]:  # fmt: skip
-    """``(RESIDENT_PROJ, LOAD_GROUP)`` of a resident launch with projection: ``W_hr`` held on
-    chip too (its chunks of K: H forward, Hout backward) where it can be
-    (:func:`.configs.w_hr_on_chip`) and where a step then waits no more round trips, one per
-    group of each phase, than with ``W_hr`` read in the K loop, one per chunk (the resident
-    configs run one stage): ``W_hr``'s slice takes shared memory from the groups. Otherwise
-    ``(0, group)``, ``group`` the launch's without it."""
-    proj_chunks = triton.cdiv(Hout if backward else H, cfg.block_k)
-    if not w_hr_on_chip(H, Hout, cfg.block_h):
-        return 0, group
-    on = _group(cfg, chunks, chunks if backward else G * chunks, proj_chunks, like)
-    held = triton.cdiv(chunks, on) + triton.cdiv(proj_chunks, on)
-    return (proj_chunks, on) if held <= triton.cdiv(chunks, group) + proj_chunks else (0, group)
-
-
 def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     """:func:`launch_phases` of a step kernel on ``path`` ("step", "cooperative" or
     "resident"): phase 1 the cell, 2 the projection (the forward's cell first, the
@@ -561,7 +537,7 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     forward's K is Hout, the backward's G*H; with projection the slice serves the first
     phase, the cell forward, the projected state's gradient backward, and the second phase
     holds ``W_hr``'s in ``RESIDENT_PROJ`` chunks or reads it from the caches:
-    :func:`_with_w_hr`) and loads its left operands ``LOAD_GROUP`` chunks at a time (then
+    :func:`.configs.resident_tries`) and loads its left operands ``LOAD_GROUP`` chunks at a time (then
     without ``W_hr`` on chip, then one chunk at a time, if that kernel does not fit). When its
     programs do not fit on the GPU at once it runs as a cooperative launch instead, counted
     (``launch_counter().not_resident``); under the interpreter, which runs one program at a
@@ -576,14 +552,13 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
         path = "cooperative"
     if path == "resident":
         cfg = pick_resident_config(plan.B, H, dtype, backward)
-        G = gate_blocks(flags["CELL"])
-        chunks = triton.cdiv(G * H if backward else Hout, cfg.block_k)
-        # (RESIDENT_PROJ, LOAD_GROUP) to try in turn, each then with one chunk at a time (the
-        # least shared memory) before giving up on the launch
-        tries = [(0, _group(cfg, chunks, chunks if backward else G * chunks, 0, tensors[0]))]
-        if flags["PROJ"]:
-            tries.insert(0, _with_w_hr(cfg, H, Hout, chunks, G, backward, tries[0][1], tensors[0]))
-        for pc, group in dict.fromkeys(tries):
+        e, dev = tensors[0].element_size(), tensors[0].device
+        chunks, tries = resident_tries(
+            H, Hout if flags["PROJ"] else 0, gate_blocks(flags["CELL"]), backward, cfg.block_h,
+            cfg.block_k, lambda n, tiles: load_group(cfg, n, tiles, e, dev),
+        )  # fmt: skip
+        # each then with one chunk at a time (the least shared memory) before giving up
+        for pc, group in tries:
             for g in dict.fromkeys((group, 1)):
                 kw = dict(flags, RESIDENT=chunks, LOAD_GROUP=g)
                 if pc:
