@@ -1039,8 +1039,20 @@ def _range(r: tuple[float, float]) -> str:
     return f"{r[0]:.2f}-{r[1]:.2f}"
 
 
-def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
-    """One row per shipped configuration: its per-step cost at a shape it serves."""
+def _step_us(c: KernelConfig, shape: tuple, g: str, cal: Calibration | None = None):
+    """µs of one training step of ``c``, forward and backward, at ``shape`` (plan's cell, B,
+    T, I, H, dtype) on GPU ``g``."""
+    q = plan(c, *shape, training=True, variant=c.variants, gpu=GPUS[g])
+    return tuple(sum(kernel_time(k, GPUS[g], shape[-1], cal=cal) for k in ks) * 1e6
+                 for ks in (q.step_fwd, q.step_bwd))  # fmt: skip
+
+
+def _every_config(
+    configs: list[KernelConfig], gpus: list[str], cals: dict[str, Calibration] | None = None
+) -> list[str]:
+    """One row per shipped configuration: its per-step cost at a shape it serves, and for each
+    GPU with a calibration (``cals``) the calibrated cost of the steps that end at barriers."""
+    cals = cals or {}
     lines = [
         "## Every shipped configuration, one step (training)",
         "",
@@ -1048,31 +1060,25 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
         "not the launcher would pick that config there; the variant config with layer norm); "
         "persistent kernels at their cell, largest H and B=block_b, bfloat16. Chain: dependent "
         f"L2 round trips per step, forward / backward; programs and chain on the {gpus[0]} (a "
-        "resident launch's grid follows the GPU's shared memory).",
+        "resident launch's grid follows the GPU's shared memory). Calibrated: the steps that "
+        "end at grid barriers (cooperative and resident) with a GPU's fitted constants.",
         "",
         "| config | shape | programs | launches/step fwd, bwd | chain fwd, bwd | FLOPs/step | "
-        "bytes/step | " + " | ".join(f"predicted µs/step fwd, bwd {g}" for g in gpus) + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(gpus),
-    ]
+        "bytes/step | " + " | ".join(f"predicted µs/step fwd, bwd {g}" for g in gpus)
+        + "".join(f" | calibrated µs/step fwd, bwd {g}" for g in cals) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * (len(gpus) + len(cals)),
+    ]  # fmt: skip
     for c in configs:
         if c.kind == "persistent":
             cell = "rnn" if c.cell.startswith("rnn") else c.cell
             B, H, dt = c.block_b, c.max_hidden, "bfloat16"
         else:
             cell, B, H, dt = "lstm", 64, 256, "float32"
-        plans = [
-            (GPUS[g], plan(c, cell, B, 64, 128, H, dt, training=True, variant=c.variants,
-                           gpu=GPUS[g]))
-            for g in gpus
-        ]  # fmt: skip
-        times = [
-            (
-                sum(kernel_time(k, gpu, dt) for k in q.step_fwd) * 1e6,
-                sum(kernel_time(k, gpu, dt) for k in q.step_bwd) * 1e6,
-            )
-            for gpu, q in plans
-        ]
-        p = plans[0][1]
+        shape = (cell, B, 64, 128, H, dt)
+        times = [_step_us(c, shape, g) for g in gpus]
+        fitted = [_step_us(c, shape, g, cal) if c.kind in ("cooperative", "resident") else None
+                  for g, cal in cals.items()]  # fmt: skip
+        p = plan(c, *shape, training=True, variant=c.variants, gpu=GPUS[gpus[0]])
         progs = "+".join(str(k.programs if k.programs < 10**6 else "lib") for k in p.step_fwd)
         lines.append(
             f"| {c.backend}: {c.description} | {cell.upper()} B={B} H={H} {dt} | {progs} | "
@@ -1081,8 +1087,10 @@ def _every_config(configs: list[KernelConfig], gpus: list[str]) -> list[str]:
             f"{sum(k.flops for k in p.step_fwd) / 1e6:.2f} M | "
             f"{_fmt_bytes(sum(k.bytes for k in p.step_fwd))} | "
             + " | ".join(f"{f:.2f}, {b:.2f} (prediction)" for f, b in times)
+            + "".join(f" | {t[0]:.2f}, {t[1]:.2f} (calibrated prediction)" if t else " | "
+                      for t in fitted)
             + " |"
-        )
+        )  # fmt: skip
     return lines + [""]
 
 
@@ -1124,13 +1132,18 @@ def _case(
         "predicted fwd+bwd ms | if graph-captured fwd, fwd+bwd ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def row(g: str, c: KernelConfig, auto: bool, cal=None) -> tuple[Prediction, str]:
+        """The prediction on GPU ``g`` and its row's name (``auto``: the automatic path)."""
+        p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant, cal=cal, proj=proj)
+        auto_mark = " *(automatic path)*" if auto else ""
+        return p, p.implementation + _projected(c, proj, prec) + auto_mark
+
     for g in gpus:
         chosen = [c for c in configs if applicable(c, cell, B, H, variant, dt, GPUS[g], proj)]
         auto = automatic_path(chosen)
         for c in chosen:
-            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant, proj=proj)
-            name = p.implementation + _projected(c, proj, prec)
-            name += " *(automatic path)*" if c is auto else ""
+            p, name = row(g, c, c is auto)
             lines.append(
                 f"| {g} | {name} | {p.launches_step_fwd}, {p.launches_step_bwd} | "
                 f"{p.launches_seq_fwd}, {p.launches_seq_fwdbwd} | "
@@ -1143,9 +1156,7 @@ def _case(
         for c in chosen if cal else ():
             if c.kind not in ("cooperative", "resident"):
                 continue
-            p = predict(c, GPUS[g], cell, B, T, I, H, L, dt, prec, variant, cal=cal, proj=proj)
-            name = p.implementation + _projected(c, proj, prec)
-            name += " *(automatic path)*" if c is auto else ""
+            p, name = row(g, c, c is auto, cal)
             lines.append(
                 f"| {g} | {name}, *calibrated* | | | | {_ms(p.gpu_fwd_s)}, {_ms(p.gpu_fwdbwd_s)} | "
                 f"**{_ms(p.fwd_s)}** (calibrated prediction) | **{_ms(p.fwdbwd_s)}** "
@@ -1275,7 +1286,7 @@ def report(gpus: list[str]) -> str:
             "calibrated IEEE float32 forward rows still take it.",
             "",
         ]
-    lines += _every_config(configs, gpus)
+    lines += _every_config(configs, gpus, cals)
     for case in CASES:
         lines += _case(case, configs, gpus, cals)
     return "\n".join(lines)

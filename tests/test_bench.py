@@ -630,6 +630,24 @@ def test_calibrated_step_time_by_hand():
     )
 
 
+def test_every_config_table_adds_the_calibrated_step_where_a_step_ends_at_barriers():
+    step = costmodel.KernelConfig("triton", "step", "hand", block_b=16, block_h=32, block_k=16,
+                                  num_warps=4, num_stages=2)  # fmt: skip
+    coop = costmodel.KernelConfig("triton", "cooperative", "hand", block_b=16, block_h=32,
+                                  block_k=16, num_stages=2, bwd=(16, 16, 64, 4, 3))  # fmt: skip
+    cal = _cal()
+    lines = costmodel._every_config([step, coop], ["H100", "H200"], {"H200": cal})
+    header, rule, *rows = [ln for ln in lines if ln.startswith("|")]
+    assert header.endswith("| calibrated µs/step fwd, bwd H200 |")
+    assert len({ln.count("|") for ln in (header, rule, *rows)}) == 1
+    assert rows[0].endswith("|  |")  # a per-step launch has no barrier to calibrate
+    q = costmodel.plan(coop, "lstm", 64, 64, 128, 256, "float32", training=True,
+                       gpu=costmodel.GPUS["H200"])  # fmt: skip
+    f, b = (sum(costmodel.kernel_time(k, costmodel.GPUS["H200"], "float32", cal=cal)
+                for k in ks) * 1e6 for ks in (q.step_fwd, q.step_bwd))  # fmt: skip
+    assert rows[1].endswith(f"| {f:.2f}, {b:.2f} (calibrated prediction) |")
+
+
 def test_cooperative_and_resident_steps_count_their_barriers():
     coop = costmodel.KernelConfig("triton", "cooperative", "hand", block_b=16, block_h=32,
                                   block_k=16, num_stages=2, bwd=(16, 16, 64, 4, 3))  # fmt: skip
