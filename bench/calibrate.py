@@ -111,7 +111,7 @@ def _configs(provider: str, dtype: str, recorded: str = ""):
     where it has one (``fwd/bwd``), else from the provider's name, the shipped configs being
     those of the measured kernels (:data:`MEASURED_SHIPPED`; the resident launch came after)."""
     shipped = provider in ("cooperative (shipped)", "fusedrnn[triton]", "resident")
-    if provider == "resident":
+    if provider == "resident" or (provider.startswith("resident ") and recorded):
         kind = "resident"
     elif shipped or (provider.startswith("cooperative ") and _CONFIG.search(provider)):
         kind = "cooperative"

@@ -1,12 +1,15 @@
 """The Triton backend's kernel paths against each other and against torch.nn on a GPU.
 
     python bench/paths.py --out DIR [--shapes anchor,mid] [--configs 16x16x64w4s2,...]
+                          [--resident-configs 16x32x64w4s1,...]
 
 For each shape: torch.nn (cuDNN), the per-step path (a launch per step), the cooperative
 path (the same kernel's time loop in one launch, programs meeting at a grid barrier between
 steps) for every block configuration given (``BxHxK`` rows x units x reduction block, ``w``
 warps, ``s`` pipeline stages) and the resident path (the cooperative launch with each
-program's slice of W_hh held in shared memory, its shipped config). Every provider is first
+program's slice of W_hh held in shared memory, its shipped config and every one given: a
+config whose slices do not fit the GPU's shared memory is reported, not timed, as the launcher
+runs the cooperative launch instead). Every provider is first
 checked against torch.nn (outputs and every gradient, bench/providers.py's tolerances); then
 forward (no grad) and forward+backward are timed eagerly, CUDA-event medians over interleaved
 rounds. Writes ``paths.csv`` and ``paths.md`` into ``--out``.
@@ -115,18 +118,20 @@ def launch_configs(cfg: P.Config, path: str, config) -> str:
 
 @contextlib.contextmanager
 def triton_path(path: str, config=None):
-    """The Triton backend forced onto ``path``, the cooperative launch with ``config``."""
+    """The Triton backend forced onto ``path``, the cooperative or resident launch with
+    ``config`` (forward and backward, every dtype)."""
     from fusedrnn.ops import triton as tb
     from fusedrnn.ops.triton import configs
 
-    old = configs.COOPERATIVE_CONFIGS
-    if config is not None:  # forward and backward, every dtype
-        configs.COOPERATIVE_CONFIGS = {"half": (config, config), "float32": (config, config)}
+    name = "RESIDENT_CONFIGS" if path == "resident" else "COOPERATIVE_CONFIGS"
+    old = getattr(configs, name)
+    if config is not None:
+        setattr(configs, name, dict.fromkeys(old, (config, config)))
     try:
         with tb.kernel_path(path):
             yield
     finally:
-        configs.COOPERATIVE_CONFIGS = old
+        setattr(configs, name, old)
 
 
 def provider_calls(cfg: P.Config, path: str, config, mode: str):
@@ -144,14 +149,19 @@ def provider_calls(cfg: P.Config, path: str, config, mode: str):
 
 
 def check(cfg: P.Config, path: str, config) -> str:
-    """ "" when the provider matches the baseline, else the problem."""
+    """ "" when the provider matches the baseline, else the problem (a resident config given
+    whose launches ran cooperative: its slices do not fit at once)."""
+    from fusedrnn.ops.triton.runtime import launch_counter
+
     ref = P.make_reference_module(cfg)
     want_run, want_params = P.build(baseline(cfg), ref, cfg)
     got_run, got_params = P.build("fusedrnn[triton]", ref, cfg)
     x, state = P.make_inputs(cfg)
     want = P.evaluate(want_run, want_params, x, state, True)
-    with triton_path(path, config):
+    with triton_path(path, config), launch_counter() as counter:
         got = P.evaluate(got_run, got_params, x, state, True)
+    if config is not None and counter.not_resident:
+        return f"ran cooperative: {counter.not_resident} launches did not fit resident"
     return P.compare(got, want, cfg.dtype)[2]
 
 
@@ -160,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default="anchor,mid")
     ap.add_argument("--configs", default="", help="cooperative configs; the shipped ones always")
+    ap.add_argument("--resident-configs", default="",
+                    help="resident configs besides the shipped ones (BxHxKwWsS, as --configs)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-run-time", type=float, default=0.05)
     ap.add_argument("--device", default="cuda")
@@ -181,6 +193,8 @@ def main(argv=None) -> int:
                     candidates[f"cooperative {text}"] = ("cooperative", parse_config(text))
                 if not cfg.options:  # the variant kernels have no resident launch
                     candidates["resident"] = ("resident", None)
+                    for text in filter(None, args.resident_configs.split(",")):
+                        candidates[f"resident {text}"] = ("resident", parse_config(text))
                 fns, problems = {}, {}
                 for name, (path, config) in candidates.items():
                     problems[name] = "" if path == base else check(cfg, path, config)

@@ -234,6 +234,43 @@ def test_nested_captures_record_into_the_innermost_open_one():
     assert inner == [] and outer == [(kernel, (1,), (), {})]
 
 
+def test_bench_paths_times_a_resident_config_given(tmp_path, monkeypatch):
+    """bench/paths.py's ``--resident-configs`` (run on a GPU; here a dry run on the
+    interpreter): the resident launch in the config given, 32-unit column blocks here beside
+    the shipped 16, checked against torch.nn first and recorded with its config, which
+    bench/calibrate.py reads as a resident point."""
+    import csv
+
+    import calibrate
+    import paths
+
+    from fusedrnn.ops.triton import step
+
+    if DEVICE != "cpu":
+        pytest.skip("the dry run is for the interpreter (a GPU run times real shapes)")
+    widths, real = set(), step.launch_phases
+
+    def spy(kernel, tensors, sizes, flags, plan, cfg, *rest):
+        if flags.get("RESIDENT"):
+            widths.add(cfg.block_h)
+        return real(kernel, tensors, sizes, flags, plan, cfg, *rest)
+
+    monkeypatch.setattr(step, "launch_phases", spy)
+    argv = ["--out", str(tmp_path), "--shapes", "tiny", "--device", "cpu", "--rounds", "1",
+            "--min-run-time", "0.001", "--resident-configs", "16x32x16w4s1"]  # fmt: skip
+    assert paths.main(argv) == 0
+    assert widths == {16, 32}
+    with open(tmp_path / "paths.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["provider"] == "resident 16x32x16w4s1"]
+    assert [(r["mode"], r["problem"], r["configs"]) for r in rows] == [
+        (mode, "", "16x32x16w4s1/16x32x16w4s1") for mode in ("fwd", "fwdbwd")
+    ]
+    points = [p for p in calibrate.read_paths(tmp_path / "paths.csv", "p")
+              if p.config == "16x32x16w4s1"]  # fmt: skip
+    blocks = (16, 32, 16, 4, 1)
+    assert [(p.kind, p.fwd, p.bwd) for p in points] == [("resident", blocks, blocks)] * 2
+
+
 def test_resident_programs():
     """The occupancy arithmetic the cooperative grid is sized by (CUDA's rules: registers
     per warp in units of 256, 1 KB of shared memory reserved per program)."""
