@@ -1,15 +1,16 @@
 """The Triton backend's kernel paths against each other and against torch.nn on a GPU.
 
     python bench/paths.py --out DIR [--shapes anchor,mid] [--configs 16x16x64w4s2,...]
-                          [--resident-configs 16x32x64w4s1,...]
+                          [--resident-configs [SHAPE:]16x32x64w4s1,...]
 
 For each shape: torch.nn (cuDNN), the per-step path (a launch per step), the cooperative
 path (the same kernel's time loop in one launch, programs meeting at a grid barrier between
 steps) for every block configuration given (``BxHxK`` rows x units x reduction block, ``w``
 warps, ``s`` pipeline stages) and the resident path (the cooperative launch with each
-program's slice of W_hh held in shared memory, its shipped config and every one given: a
-config whose slices do not fit the GPU's shared memory is reported, not timed, as the launcher
-runs the cooperative launch instead). Every provider is first
+program's slice of W_hh held in shared memory, its shipped config and every one given, at
+every shape or, as ``SHAPE:config``, at that one: a config whose slices do not fit the GPU's
+shared memory is reported, not timed, as the launcher runs the cooperative launch instead).
+Every provider is first
 checked against torch.nn (outputs and every gradient, bench/providers.py's tolerances); then
 forward (no grad) and forward+backward are timed eagerly, CUDA-event medians over interleaved
 rounds. Writes ``paths.csv`` and ``paths.md`` into ``--out``.
@@ -171,7 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="anchor,mid")
     ap.add_argument("--configs", default="", help="cooperative configs; the shipped ones always")
     ap.add_argument("--resident-configs", default="",
-                    help="resident configs besides the shipped ones (BxHxKwWsS, as --configs)")  # fmt: skip
+                    help="resident configs besides the shipped ones (BxHxKwWsS, as --configs), "
+                         "each at every shape or, as SHAPE:config, at that one")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-run-time", type=float, default=0.05)
     ap.add_argument("--device", default="cuda")
@@ -193,8 +195,10 @@ def main(argv=None) -> int:
                     candidates[f"cooperative {text}"] = ("cooperative", parse_config(text))
                 if not cfg.options:  # the variant kernels have no resident launch
                     candidates["resident"] = ("resident", None)
-                    for text in filter(None, args.resident_configs.split(",")):
-                        candidates[f"resident {text}"] = ("resident", parse_config(text))
+                    for entry in filter(None, args.resident_configs.split(",")):
+                        at, _, text = entry.rpartition(":")
+                        if at in ("", shape):
+                            candidates[f"resident {text}"] = ("resident", parse_config(text))
                 fns, problems = {}, {}
                 for name, (path, config) in candidates.items():
                     problems[name] = "" if path == base else check(cfg, path, config)

@@ -22,7 +22,8 @@ say, after writing the report):
    programs, the launches' kind and two alternatives, each launch's result checked
    (``barrier.csv``, ``barrier.md``); then
    bench/paths.py: the Triton backend's launches (a launch per step, the cooperative launch and
-   the resident one) at the bf16 anchor shape, of the layer-norm variants, and last of the
+   the resident one, there also with 32 units per program, an experiment the calibrated cost
+   model suggests) at the bf16 anchor shape, of the layer-norm variants, and last of the
    anchor with a projection (``proj_size`` H/2), each checked first against torch.nn or
    fusedrnn's reference op (``paths.csv``, ``paths.md``, written after each shape, so that
    the shapes done stay when the budget stops the rest).
@@ -231,7 +232,12 @@ def gpu_plan() -> Plan:
         threads=torch.get_num_threads(),
         peak_n=4096,
         budget_s=450,
-        paths_args=("--shapes", "anchor,ln-anchor,ln-gru-mid,anchor-proj", "--rounds", "3"),
+        # at the anchor also the resident launch with 32 units per program (half the
+        # programs at each barrier: bench/README.md, GPU cost model)
+        paths_args=tuple(
+            "--shapes anchor,ln-anchor,ln-gru-mid,anchor-proj --rounds 3 "
+            "--resident-configs anchor:16x32x64w4s1".split()
+        ),
         barrier_args=("--rounds", "3"),  # 6 grids x 3 kinds x 2 forms, as paths.py: 3 rounds
     )
 

@@ -238,7 +238,8 @@ def test_bench_paths_times_a_resident_config_given(tmp_path, monkeypatch):
     """bench/paths.py's ``--resident-configs`` (run on a GPU; here a dry run on the
     interpreter): the resident launch in the config given, 32-unit column blocks here beside
     the shipped 16, checked against torch.nn first and recorded with its config, which
-    bench/calibrate.py reads as a resident point."""
+    bench/calibrate.py reads as a resident point; a config given for another shape is not
+    run."""
     import csv
 
     import calibrate
@@ -256,12 +257,14 @@ def test_bench_paths_times_a_resident_config_given(tmp_path, monkeypatch):
         return real(kernel, tensors, sizes, flags, plan, cfg, *rest)
 
     monkeypatch.setattr(step, "launch_phases", spy)
+    # the second config is for another shape only (SHAPE:config)
     argv = ["--out", str(tmp_path), "--shapes", "tiny", "--device", "cpu", "--rounds", "1",
-            "--min-run-time", "0.001", "--resident-configs", "16x32x16w4s1"]  # fmt: skip
+            "--min-run-time", "0.001", "--resident-configs",
+            "16x32x16w4s1,anchor:16x64x16w4s1"]  # fmt: skip
     assert paths.main(argv) == 0
     assert widths == {16, 32}
     with open(tmp_path / "paths.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["provider"] == "resident 16x32x16w4s1"]
+        rows = [r for r in csv.DictReader(f) if r["provider"].startswith("resident ")]
     assert [(r["mode"], r["problem"], r["configs"]) for r in rows] == [
         (mode, "", "16x32x16w4s1/16x32x16w4s1") for mode in ("fwd", "fwdbwd")
     ]
