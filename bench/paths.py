@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import csv
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -76,6 +77,9 @@ REFERENCE = "fusedrnn[reference]"
 def baseline(cfg: P.Config) -> str:
     """The provider the others are checked against and compared with."""
     return REFERENCE if cfg.options else P.TORCH_NN
+
+
+_CONFIG_TEXT = re.compile(r"\d+x\d+x\d+w\d+s\d+")
 
 
 def parse_config(text: str):
@@ -166,7 +170,7 @@ def check(cfg: P.Config, path: str, config) -> str:
     return P.compare(got, want, cfg.dtype)[2]
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shapes", default="anchor,mid")
@@ -178,6 +182,23 @@ def main(argv=None) -> int:
     ap.add_argument("--min-run-time", type=float, default=0.05)
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
+    known = ", ".join(SHAPES)
+    for shape in args.shapes.split(","):
+        if shape not in SHAPES:
+            ap.error(f"--shapes: no shape {shape!r} ({known})")
+    for option, entries, scoped in (("--configs", args.configs, False),
+                                    ("--resident-configs", args.resident_configs, True)):  # fmt: skip
+        for entry in filter(None, entries.split(",")):
+            at, _, text = entry.rpartition(":") if scoped else ("", "", entry)
+            if at and at not in SHAPES:
+                ap.error(f"{option} {entry}: no shape {at!r} ({known})")
+            if not _CONFIG_TEXT.fullmatch(text):
+                ap.error(f"{option} {entry}: not a config like 16x16x64w4s2")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for shape in args.shapes.split(","):

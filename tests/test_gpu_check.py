@@ -317,6 +317,27 @@ def test_gpu_plan_holds_the_headline_shapes():
     } <= got, got  # fmt: skip
     assert plan.budget_s <= 480 and set(plan.wanted_backends) == {"triton", "cuda"}
     assert plan.test_args == ("-m", "gpu", "tests")
+    # bench/paths.py takes the plan's arguments, and each config given for one shape is for a
+    # shape the plan runs
+    import paths
+
+    args = paths.parse_args([*plan.paths_args, "--out", "unused"])
+    scoped = [e.rpartition(":")[0] for e in args.resident_configs.split(",")]
+    assert scoped and set(scoped) <= set(args.shapes.split(",")), args
+
+
+@pytest.mark.parametrize("argv,says", [
+    ("--shapes ancor", "no shape 'ancor'"),
+    ("--resident-configs ancor:16x32x64w4s1", "no shape 'ancor'"),
+    ("--resident-configs anchor:16x32x64", "not a config like"),
+    ("--configs anchor:16x16x64w4s2", "not a config like"),
+])  # fmt: skip
+def test_bench_paths_names_a_bad_shape_or_config(argv, says, capsys):
+    import paths
+
+    with pytest.raises(SystemExit) as exit_:
+        paths.parse_args([*argv.split(), "--out", "unused"])
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_outputs_name_no_path_of_this_machine():
