@@ -100,9 +100,13 @@ class Point:
                 f"{self.dtype}{prec}")  # fmt: skip
 
 
-def _blocks(text: str) -> tuple[int, ...]:
-    """``16x16x64w4s2`` -> (16, 16, 64, 4, 2)."""
-    return tuple(int(v) for v in _CONFIG.fullmatch(text).groups())
+def blocks(text: str) -> tuple[int, int, int, int, int]:
+    """``16x16x64w4s2`` -> (16, 16, 64, 4, 2): block_b, block_h, block_k, warps, stages (the
+    text bench/paths.py's options and its ``configs`` column write)."""
+    m = _CONFIG.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a config like 16x16x64w4s2")
+    return tuple(int(v) for v in m.groups())
 
 
 def _configs(provider: str, dtype: str, recorded: str = ""):
@@ -119,13 +123,13 @@ def _configs(provider: str, dtype: str, recorded: str = ""):
         return None
     name = "shipped" if shipped else provider.split()[1]
     if recorded:
-        fwd, bwd = (_blocks(t) for t in recorded.split("/"))
+        fwd, bwd = (blocks(t) for t in recorded.split("/"))
     elif kind == "resident":
         return None
     elif shipped:
         fwd, bwd = MEASURED_SHIPPED["float32" if dtype == "float32" else "half"]
     else:
-        fwd = bwd = _blocks(name)
+        fwd = bwd = blocks(name)
     return fwd, bwd, name, kind
 
 

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import csv
 import io
-import re
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import calibrate  # noqa: E402
 import graph_replay  # noqa: E402
 import measure  # noqa: E402
 import providers as P  # noqa: E402
@@ -79,18 +79,12 @@ def baseline(cfg: P.Config) -> str:
     return REFERENCE if cfg.options else P.TORCH_NN
 
 
-_CONFIG_TEXT = re.compile(r"\d+x\d+x\d+w\d+s\d+")
-
-
 def parse_config(text: str):
     """``16x16x64w4s2`` -> StepConfig(block_b=16, block_h=16, block_k=64, 4 warps, 2 stages)."""
     from fusedrnn.ops.triton.configs import StepConfig
 
-    blocks, rest = text.split("w")
-    warps, stages = rest.split("s")
-    b, h, k = (int(v) for v in blocks.split("x"))
-    return StepConfig(block_b=b, block_h=h, block_k=k, num_warps=int(warps),
-                      num_stages=int(stages))  # fmt: skip
+    b, h, k, warps, stages = calibrate.blocks(text)
+    return StepConfig(block_b=b, block_h=h, block_k=k, num_warps=warps, num_stages=stages)
 
 
 def _config_text(c) -> str:
@@ -192,8 +186,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             at, _, text = entry.rpartition(":") if scoped else ("", "", entry)
             if at and at not in SHAPES:
                 ap.error(f"{option} {entry}: no shape {at!r} ({known})")
-            if not _CONFIG_TEXT.fullmatch(text):
-                ap.error(f"{option} {entry}: not a config like 16x16x64w4s2")
+            try:
+                calibrate.blocks(text)
+            except ValueError as exc:
+                ap.error(f"{option} {entry}: {exc}")
     return args
 
 
