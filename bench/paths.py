@@ -87,10 +87,6 @@ def parse_config(text: str):
     return StepConfig(block_b=b, block_h=h, block_k=k, num_warps=warps, num_stages=stages)
 
 
-def _config_text(c) -> str:
-    return f"{c.block_b}x{c.block_h}x{c.block_k}w{c.num_warps}s{c.num_stages}"
-
-
 def launch_configs(cfg: P.Config, path: str, config) -> str:
     """The block configs of ``path``'s forward and backward launches at ``cfg``'s shape, as
     ``BxHxKwWsS/BxHxKwWsS`` (the ``configs`` column, which bench/calibrate.py reads); "" for
@@ -112,7 +108,7 @@ def launch_configs(cfg: P.Config, path: str, config) -> str:
             return C.pick_resident_config(B, H, dtype, backward)
         return C.pick_cooperative_config(B, H, dtype, backward, bool(cfg.proj))
 
-    return "/".join(_config_text(pick(backward)) for backward in (False, True))
+    return "/".join(pick(backward).text() for backward in (False, True))
 
 
 @contextlib.contextmanager

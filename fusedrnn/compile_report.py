@@ -23,8 +23,9 @@ spill, or any shared-memory bank conflict in the operand reads of an FMA product
 from registers to shared memory (:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and
 layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its cooperative
 and resident launches run (:func:`named_launches`; the LSTM's resident launch with proj_size
-= H / 2 too); the resident launch's chunks of K follow H, so those are compiles at that H, and
-their rows give the dependent global round trips of a step read from the machine code
+= H / 2 too, and at H = 768 in bf16 in the config no launcher picks yet,
+``configs.RESIDENT_CANDIDATE``); the resident launch's chunks of K follow H, so those are
+compiles at that H, and their rows give the dependent global round trips of a step read from the machine code
 (:mod:`fusedrnn.sass`: their step loop is straight-line code, the reductions unrolled, but for
 a product with ``W_hr`` that reads it from the caches, a loop walked once). The grid barrier's
 probe kernel (``ops/triton/barrier_probe.py``, used by ``bench/barrier.py``), each kind of
@@ -73,6 +74,7 @@ SHAPES = ((3, 32, 16), (20, 24, 12), (3, 24, 12), (20, 32, 16))
 # (B = 16): H is a run-time argument, so the cooperative launch runs compiles of the shapes
 # above (H a multiple of 16); the resident launch's chunk count makes compiles of their own
 NAMED_H = (256, 512, 768, 1024)
+CANDIDATE_H = 768  # where the named launches add configs.RESIDENT_CANDIDATE's (bf16, LSTM)
 # bytes of shared memory one program may use (CUDA's opt-in maximum per block): a resident
 # compile over it fails to load, and the layer runs cooperative (ops/triton/sync.py)
 MAX_SHARED = {80: 166912, 90: 232448}
@@ -278,6 +280,8 @@ def named_launches(
     B, T, out = 16, 2, []
     plan = Plan(None, T, B, False)
     for label, H in itertools.product(precisions, hidden):
+        if label == "bf16" and H == CANDIDATE_H:
+            out += _candidate_launches(H, plan)
         dtype_name, tf32 = PRECISIONS[label]
         dtype = getattr(torch, dtype_name)
         old, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
@@ -325,6 +329,33 @@ def named_launches(
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
     return out
+
+
+def _candidate_launches(H: int, plan) -> list[tuple[str, Job]]:
+    """``(name, job)`` of the LSTM's resident launch at ``H`` in bf16 in the config no
+    launcher picks (``configs.RESIDENT_CANDIDATE``, which gpu_check times at that shape), e.g.
+    ``resident lstm fwd H=768 bf16 16x32x64w4s1``."""
+    import torch
+
+    from fusedrnn.ops.triton import configs, step
+    from fusedrnn.ops.triton.configs import RESIDENT_CANDIDATE
+    from fusedrnn.ops.triton.runtime import capture_launches
+
+    e, (T, B) = functools.partial(torch.zeros, dtype=torch.bfloat16), (plan.T, plan.B)
+    c, gates = torch.zeros(T + 1, B, H), torch.zeros(T, B, 4 * H)
+    old = configs.RESIDENT_CONFIGS
+    configs.RESIDENT_CONFIGS = dict(old, half=(RESIDENT_CANDIDATE,) * 2)
+    try:
+        with capture_launches() as records:
+            step.step_fwd("lstm", e(T * B, 4 * H), e(B, H), c[0], e(4 * H, H), e(4 * H), None,
+                          plan, True, "resident")  # fmt: skip
+            step.step_bwd("lstm", e(4 * H, H), None, e(T + 1, B, H), c, gates, e(T + 1, B, H),
+                          None, None, plan, "resident")  # fmt: skip
+    finally:
+        configs.RESIDENT_CONFIGS = old
+    text = RESIDENT_CANDIDATE.text()
+    return [(f"resident lstm {kernel.fn.__name__.split('_')[2]} H={H} bf16 {text}",
+             job_key(kernel, args, kwargs, "bf16")) for kernel, _grid, args, kwargs in records]  # fmt: skip
 
 
 def compile_job(job: Job):

@@ -61,6 +61,8 @@ from pathlib import Path
 
 import torch
 
+from fusedrnn.ops.triton.configs import RESIDENT_CANDIDATE
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
@@ -232,11 +234,11 @@ def gpu_plan() -> Plan:
         threads=torch.get_num_threads(),
         peak_n=4096,
         budget_s=450,
-        # at the anchor also the resident launch with 32 units per program (half the
-        # programs at each barrier: bench/README.md, GPU cost model)
-        paths_args=tuple(
-            "--shapes anchor,ln-anchor,ln-gru-mid,anchor-proj --rounds 3 "
-            "--resident-configs anchor:16x32x64w4s1".split()
+        # at the anchor also the resident launch in the config no launcher picks
+        # (configs.RESIDENT_CANDIDATE: bench/README.md, GPU cost model)
+        paths_args=(
+            *"--shapes anchor,ln-anchor,ln-gru-mid,anchor-proj --rounds 3".split(),
+            *("--resident-configs", f"anchor:{RESIDENT_CANDIDATE.text()}"),
         ),
         barrier_args=("--rounds", "3"),  # 6 grids x 3 kinds x 2 forms, as paths.py: 3 rounds
     )

@@ -35,6 +35,7 @@ from misc_testlib import compiled_only
 
 from fusedrnn import compile_report
 from fusedrnn.ops import library
+from fusedrnn.ops.triton.configs import RESIDENT_CANDIDATE
 
 KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
 OFFSET_NAME = re.compile(r"(_off$|^(hs|cs)_[rw]$)")
@@ -325,8 +326,11 @@ def test_the_named_layer_sizes_run_planned_compiles():
     planned = set(compile_report.jobs([0], precisions))
     names = [name for name, _ in named]
     # per H: four cells forward and backward in each dtype on both launches, the two
-    # layer-norm cells in fp32 (cooperative only), the projected LSTM in each dtype (resident)
-    assert len(names) == len(set(names)) == 4 * (4 * 2 * 2 * 2 + 2 * 2 + 2 * 2)
+    # layer-norm cells in fp32 (cooperative only), the projected LSTM in each dtype (resident);
+    # and the LSTM's resident launch in the candidate config at H = 768 in bf16
+    candidate = RESIDENT_CANDIDATE.text()
+    assert len(names) == len(set(names)) == 4 * (4 * 2 * 2 * 2 + 2 * 2 + 2 * 2) + 2
+    assert f"resident lstm bwd H=768 bf16 {candidate}" in names
     assert "cooperative lstm fwd H=768 bf16" in names
     assert "resident lstm bwd H=768 proj=384 bf16" in names
     assert "resident gru bwd H=1024 fp32" in names
@@ -334,5 +338,9 @@ def test_the_named_layer_sizes_run_planned_compiles():
     cooperative = [(name, job) for name, job in named if name.startswith("cooperative")]
     assert [name for name, job in cooperative if job not in planned] == []
     for kind in ("fwd", "bwd"):
-        jobs = {job for name, job in named if name.startswith(f"resident lstm {kind}")}
+        jobs = {job for name, job in named
+                if name.startswith(f"resident lstm {kind}") and candidate not in name}  # fmt: skip
         assert len(jobs) == 4 * 2 * 2, kind  # every H and dtype, projected or not
+        (wide,) = [dict(job.constexprs) for name, job in named
+                   if name == f"resident lstm {kind} H=768 bf16 {candidate}"]  # fmt: skip
+        assert wide["BLOCK_H"] == 32 and wide["RESIDENT"]

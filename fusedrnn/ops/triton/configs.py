@@ -40,6 +40,11 @@ class StepConfig:
                     num_warps=self.num_warps, num_stages=self.num_stages,
                     maxnreg=self.maxnreg)  # fmt: skip
 
+    def text(self) -> str:
+        """``BxHxKwWsS``, e.g. ``16x16x64w4s1`` (bench/paths.py's options and CSV column)."""
+        return (f"{self.block_b}x{self.block_h}x{self.block_k}w{self.num_warps}"
+                f"s{self.num_stages}")  # fmt: skip
+
     def tiles(self, cols: int, batch: int) -> int:
         """The ``[block_b, block_h]`` tiles of a ``[batch, cols]`` step (a per-step launch's
         programs)."""
@@ -96,6 +101,12 @@ RESIDENT_CONFIGS: dict[str, tuple[StepConfig, StepConfig]] = {
     "float32": (_F32_RESIDENT, _F32_RESIDENT),
     "float64": (_F64_RESIDENT, _F64_RESIDENT),
 }
+
+# Not picked by any launcher: a resident config with 32 units per program, half the programs
+# of the shipped one at each barrier. python -m fusedrnn.gpu_check times it at its bf16 anchor
+# shape (LSTM H = 768, where its slices fit sm_90's shared memory) and the compile report
+# keeps it free of spills there; whether it ships is for that measurement to say.
+RESIDENT_CANDIDATE = StepConfig(block_b=16, block_h=32, block_k=64, num_warps=4, num_stages=1)
 
 # Shared memory one program may use on sm_90 (H100, H200; opt-in, CUDA programming guide):
 # resident launches recorded off a GPU (the compile report) size their load groups for it.
