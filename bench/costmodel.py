@@ -348,6 +348,7 @@ class KernelConfig:
     # own config, COOPERATIVE_PROJ_FORWARD; the resident launch's TF32 forward runs it)
     proj_fwd: tuple[int, int, int, int, int] | None = None
     replayed: bool = False  # the layer call replayed from a CUDA graph (fusedrnn/ops/graphs.py)
+    picked: bool = True  # False: a candidate no launcher picks (configs.RESIDENT_CANDIDATE)
 
     def blocks(self, backward: bool) -> tuple[int, int, int, int, int]:
         """block_b, block_h, block_k, warps, stages of the forward's or the backward's launch."""
@@ -417,6 +418,10 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
     # float64 runs resident only when forced (persistent.choose_path), and has no sizes here
     pairs += [("resident", f"resident ({g})", f, b, groups[g], False)
               for g, (f, b) in getattr(tc, "RESIDENT_CONFIGS", {}).items() if g in groups]  # fmt: skip
+    candidate = getattr(tc, "RESIDENT_CANDIDATE", None)
+    if candidate is not None:
+        pairs.append(("resident", "resident candidate, picked by no launcher (half)", candidate,
+                      candidate, groups["half"], False))  # fmt: skip
     proj = shipped_proj_forward()
     for kind, name, f, b, dtypes, variants in pairs:
         # the projection's forward config (the variants': 8 warps, as pick_variant_config's)
@@ -432,7 +437,7 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
                 bwd=(b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages),
                 persistent_up_to=tuple(sorted(limits.items())), variants=variants,
                 load_group=shipped_load_group() if kind == "resident" else None,
-                proj_fwd=p,
+                proj_fwd=p, picked="candidate" not in name,
             )
         )  # fmt: skip
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):
@@ -1099,7 +1104,7 @@ def automatic_path(chosen: list[KernelConfig]) -> KernelConfig | None:
     is forced (persistent.choose_path): persistent, else resident where its slices fit, else
     cooperative (the variants' too); never the per-step launch, which runs only when forced
     (or for an empty sequence)."""
-    triton = {c.kind: c for c in chosen if c.backend == "triton"}
+    triton = {c.kind: c for c in chosen if c.backend == "triton" and c.picked}
     return next((triton[k] for k in ("persistent", "resident", "cooperative") if k in triton), None)
 
 

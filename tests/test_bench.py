@@ -781,13 +781,22 @@ def test_costmodel_reads_the_shipped_triton_configs(monkeypatch):
                 hidden = [p.max_hidden for p in tc.PERSISTENT_CONFIGS if p.cell.startswith(cell)]
                 assert limit == max(hidden)
         # the resident launch: one config per dtype group, but float64 (never automatic)
-        resident = {c.dtypes: c for c in configs if c.kind == "resident"}
+        resident = {c.dtypes: c for c in configs if c.kind == "resident" and c.picked}
         assert set(resident) == {("bfloat16", "float16"), ("float32",)}
         for dtypes, group in ((("bfloat16", "float16"), "half"), (("float32",), "float32")):
             f, b = tc.RESIDENT_CONFIGS[group]
             c = resident[dtypes]
             assert (c.block_h, c.block_k, c.num_warps) == (f.block_h, f.block_k, f.num_warps)
             assert c.bwd == (b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages)
+        # and the candidate no launcher picks, never the automatic path where it applies
+        (candidate,) = [c for c in configs if not c.picked]
+        w = tc.RESIDENT_CANDIDATE
+        assert candidate.kind == "resident" and candidate.bwd == (
+            w.block_b, w.block_h, w.block_k, w.num_warps, w.num_stages)  # fmt: skip
+        chosen = [c for c in configs
+                  if costmodel.applicable(c, "lstm", 16, 768, dtype="bfloat16")]  # fmt: skip
+        assert candidate in chosen
+        assert costmodel.automatic_path(chosen) is resident[("bfloat16", "float16")]
     monkeypatch.setitem(sys.modules, "fusedrnn.ops.triton.configs", None)
     configs, note = costmodel.triton_configs()
     assert configs == [] and note.startswith("no triton configs found")
