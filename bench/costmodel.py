@@ -672,8 +672,8 @@ def resident_layout(
         smem = slice_bytes + group * bb * bk * e  # RESIDENT_BUFFER_SOURCE
         per_sm = 0
         if smem <= gpu.smem_per_block:
-            per_sm = min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // warps,
-                         _register_limit(warps), gpu.smem_per_sm // (smem + SMEM_RESERVED))  # fmt: skip
+            per_sm = min(MAX_PROGRAMS_PER_SM, MAX_WARPS_PER_SM // warps, _register_limit(warps),
+                         gpu.smem_per_sm // (smem + SMEM_RESERVED))  # fmt: skip
         cols = math.ceil((H if held else own) / bh)
         per_col = min(rows, gpu.sms * per_sm // cols)
         if per_col > 0:
@@ -852,7 +852,8 @@ def plan(
     step_fwd = [gemm("recurrent GEMM", rec_flops, w_hh + B * hout * e + hg, G * H, hout),
                 pointwise("pointwise", fwd_rows + hg + G * H * e)]  # fmt: skip
     step_bwd = [pointwise("pointwise bwd", bwd_rows),
-                gemm("recurrent GEMM bwd", rec_flops, w_hh + hg + B * hout * a, hout, G * H)]  # fmt: skip
+                gemm("recurrent GEMM bwd", rec_flops, w_hh + hg + B * hout * a, hout,
+                     G * H)]  # fmt: skip
     if proj:
         step_fwd += [gemm("projection GEMM", proj_flops, w_hr + B * (H * a + proj * a), proj, H),
                      pointwise("projection pointwise", B * proj * (a + e + a), proj)]  # fmt: skip

@@ -176,8 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             ap.error(f"--shapes: no shape {shape!r} ({known})")
-    for option, entries, scoped in (("--configs", args.configs, False),
-                                    ("--resident-configs", args.resident_configs, True)):  # fmt: skip
+    options = (("--configs", args.configs, False),
+               ("--resident-configs", args.resident_configs, True))  # fmt: skip
+    for option, entries, scoped in options:
         for entry in filter(None, entries.split(",")):
             at, _, text = entry.rpartition(":") if scoped else ("", "", entry)
             if at and at not in SHAPES:

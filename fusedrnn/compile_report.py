@@ -19,15 +19,16 @@ distinct specialisation is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. Registers and
 spills come from the ``ptxas -v`` log of Triton's bundled ptxas, shared memory from
 the kernel metadata. One row per compile; exits non-zero on any compile error, any
-spill, or any shared-memory bank conflict in the operand reads of an FMA product or in a store
-from registers to shared memory (:mod:`fusedrnn.smem`, Triton's own count). A last table names, for each cell (and
-layer-norm variant) at H = 256, 512, 768 and 1024 in each dtype, the compile its cooperative
-and resident launches run (:func:`named_launches`; the LSTM's resident launch with proj_size
-= H / 2 too, and at H = 768 in bf16 in the config no launcher picks yet,
-``configs.RESIDENT_CANDIDATE``); the resident launch's chunks of K follow H, so those are
-compiles at that H, and their rows give the dependent global round trips of a step read from the machine code
-(:mod:`fusedrnn.sass`: their step loop is straight-line code, the reductions unrolled, but for
-a product with ``W_hr`` that reads it from the caches, a loop walked once). The grid barrier's
+spill, or any shared-memory bank conflict in the operand reads of an FMA product or in a
+store from registers to shared memory (:mod:`fusedrnn.smem`, Triton's own count). A last
+table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024 in each
+dtype, the compile its cooperative and resident launches run (:func:`named_launches`; the
+LSTM's resident launch with proj_size = H / 2 too, and at H = 768 in bf16 in the config no
+launcher picks yet, ``configs.RESIDENT_CANDIDATE``); the resident launch's chunks of K follow
+H, so those are compiles at that H, and their rows give the dependent global round trips of a
+step read from the machine code (:mod:`fusedrnn.sass`: their step loop is straight-line code,
+the reductions unrolled, but for a product with ``W_hr`` that reads it from the caches, a loop
+walked once). The grid barrier's
 probe kernel (``ops/triton/barrier_probe.py``, used by ``bench/barrier.py``), each kind of
 barrier, is compiled too.
 
@@ -355,7 +356,8 @@ def _candidate_launches(H: int, plan) -> list[tuple[str, Job]]:
         configs.RESIDENT_CONFIGS = old
     text = RESIDENT_CANDIDATE.text()
     return [(f"resident lstm {kernel.fn.__name__.split('_')[2]} H={H} bf16 {text}",
-             job_key(kernel, args, kwargs, "bf16")) for kernel, _grid, args, kwargs in records]  # fmt: skip
+             job_key(kernel, args, kwargs, "bf16"))
+            for kernel, _grid, args, kwargs in records]  # fmt: skip
 
 
 def compile_job(job: Job):

@@ -537,12 +537,13 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     forward's K is Hout, the backward's G*H; with projection the slice serves the first
     phase, the cell forward, the projected state's gradient backward, and the second phase
     holds ``W_hr``'s in ``RESIDENT_PROJ`` chunks or reads it from the caches:
-    :func:`.configs.resident_tries`) and loads its left operands ``LOAD_GROUP`` chunks at a time (then
-    without ``W_hr`` on chip, then one chunk at a time, if that kernel does not fit). When its
-    programs do not fit on the GPU at once it runs as a cooperative launch instead, counted
-    (``launch_counter().not_resident``); under the interpreter, which runs one program at a
-    time, a layer of several column blocks runs the resident kernel a launch per step. The
-    TF32 forward with projection runs the cooperative launch (it spills resident)."""
+    :func:`.configs.resident_tries`) and loads its left operands ``LOAD_GROUP`` chunks at a
+    time (then without ``W_hr`` on chip, then one chunk at a time, if that kernel does not
+    fit). When its programs do not fit on the GPU at once it runs as a cooperative launch
+    instead, counted (``launch_counter().not_resident``); under the interpreter, which runs
+    one program at a time, a layer of several column blocks runs the resident kernel a launch
+    per step. The TF32 forward with projection runs the cooperative launch (it spills
+    resident)."""
     H, Hout = sizes[1], sizes[2]
     dtype = str(tensors[0].dtype).removeprefix("torch.")
     cols = ({2: Hout, 1: H} if backward else {1: H, 2: Hout}) if flags["PROJ"] else {1: H}
