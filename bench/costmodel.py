@@ -375,11 +375,17 @@ def _step_config(kind, c, picker) -> KernelConfig:
     )
 
 
+def shipped(name: str):
+    """``name`` of fusedrnn/ops/triton/configs.py, the launchers' configurations and rules
+    (importing it imports no triton, but its package may be missing)."""
+    return getattr(importlib.import_module("fusedrnn.ops.triton.configs"), name)
+
+
 def shipped_load_group():
     """``resident_load_group`` of fusedrnn/ops/triton/configs.py (the chunks of its A operand a
     resident step loads together), or None where that module cannot be read."""
     try:
-        return importlib.import_module("fusedrnn.ops.triton.configs").resident_load_group
+        return shipped("resident_load_group")
     except Exception:  # noqa: BLE001 - triton missing, or the module not importable
         return None
 
@@ -388,7 +394,7 @@ def shipped_proj_forward() -> tuple[int, int, int, int, int] | None:
     """The blocks of ``COOPERATIVE_PROJ_FORWARD`` (fusedrnn/ops/triton/configs.py), the
     cooperative forward with the LSTM's projection, or None where it cannot be read."""
     try:
-        c = importlib.import_module("fusedrnn.ops.triton.configs").COOPERATIVE_PROJ_FORWARD
+        c = shipped("COOPERATIVE_PROJ_FORWARD")
     except Exception:  # noqa: BLE001 - as shipped_load_group
         return None
     return c.block_b, c.block_h, c.block_k, c.num_warps, c.num_stages
@@ -660,8 +666,7 @@ def resident_layout(
             return 1
         return cfg.load_group(bb, bh, bk, chunks, tiles, e, gpu.smem_per_block)
 
-    tries = importlib.import_module("fusedrnn.ops.triton.configs").resident_tries
-    chunks, options = tries(H, proj, G, backward, bh, bk, group_of)
+    chunks, options = shipped("resident_tries")(H, proj, G, backward, bh, bk, group_of)
     # forward: G gate tiles of [Hout, block_h]; backward: the [G·H, block_h] columns of W_hh
     tiles = chunks if backward else G * chunks
     rows = math.ceil(B / bb)
@@ -784,8 +789,7 @@ def plan(
         # dG_{t+1} (K = G·H), and with projection m_t (K = H) or dh_t (K = Hout), from L2
         loads, steps = [], []
         for backward, phases in ((False, fwd), (True, bwd)):
-            if proj and not backward and precision == "tf32":
-                # its resident kernel spills (ops/triton/step._launch_steps): cooperative
+            if not shipped("resident_allowed")(precision, bool(proj), backward):  # cooperative
                 loads.append(launch)
                 steps.append(cooperative(False, fwd_blocks))
                 continue
@@ -1111,14 +1115,16 @@ def automatic_path(chosen: list[KernelConfig]) -> KernelConfig | None:
 
 def _projected(cfg: KernelConfig, proj: int, precision: str) -> str:
     """What a config's description leaves out at a shape with projection: the cooperative
-    forward's own config, which the resident launch's TF32 forward runs too."""
-    if not (proj and cfg.proj_fwd) or (cfg.kind == "resident" and precision != "tf32"):
+    forward's own config, which a resident launch's forward runs too where it may not run
+    resident (the TF32 forward)."""
+    if not (proj and cfg.proj_fwd):
         return ""
-    bb, bh, bk, warps, stages = cfg.proj_fwd
-    blocks = f"{bb}x{bh}x{bk} w{warps} s{stages}"
-    if cfg.kind == "resident":
-        return f"; its TF32 forward with projection runs cooperative {blocks}"
-    return f"; with projection fwd {blocks}"
+    blocks = "{}x{}x{} w{} s{}".format(*cfg.proj_fwd)
+    if cfg.kind == "cooperative":
+        return f"; with projection fwd {blocks}"
+    if cfg.kind == "resident" and not shipped("resident_allowed")(precision, True, False):
+        return f"; its {precision.upper()} forward with projection runs cooperative {blocks}"
+    return ""
 
 
 def _case(

@@ -38,7 +38,7 @@ def _model_chains(dtype: str, H: int, proj: int = 0) -> list[float]:
     import costmodel
 
     (cfg,) = [c for c in costmodel.triton_configs()[0]
-              if c.kind == "resident" and dtype in c.dtypes]  # fmt: skip
+              if c.kind == "resident" and c.picked and dtype in c.dtypes]  # fmt: skip
     p = costmodel.plan(cfg, "lstm", B=16, T=4, I=8, H=H, dtype=dtype, training=True,
                        gpu=costmodel.GPUS["H100"], proj=proj)  # fmt: skip
     return [sum(k.chain for k in p.step_fwd), sum(k.chain for k in p.step_bwd)]

@@ -167,6 +167,13 @@ def resident_tries(hidden: int, proj: int, gates: int, backward: bool, block_h: 
     return chunks, [plain]
 
 
+def resident_allowed(precision: str, proj: bool, backward: bool) -> bool:
+    """Whether a launch may run resident (else cooperative): not the TF32 forward with
+    projection, whose resident kernel, holding both phases' bodies, reaches 255 registers and
+    spills 4-16 bytes on sm_90 (H = 24 or 32, W_hr on chip or not)."""
+    return not (proj and not backward and precision == "tf32")
+
+
 # the forward with the LSTM's projection as a second phase of each step holds both bodies:
 # 8 warps on 16 rows, every dtype, or it spills (4-12 bytes with the configs above, float64's
 # 32-row per-step config too)

@@ -78,6 +78,7 @@ from .configs import (
     pick_cooperative_config,
     pick_resident_config,
     pick_step_config,
+    resident_allowed,
     resident_tries,
 )
 from .sync import cooperative_grid, grid_barrier, load_group, resident_grid, step_chunks
@@ -542,14 +543,12 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     fit). When its programs do not fit on the GPU at once it runs as a cooperative launch
     instead, counted (``launch_counter().not_resident``); under the interpreter, which runs
     one program at a time, a layer of several column blocks runs the resident kernel a launch
-    per step. The TF32 forward with projection runs the cooperative launch (it spills
-    resident)."""
+    per step. The TF32 forward with projection runs the cooperative launch
+    (:func:`.configs.resident_allowed`)."""
     H, Hout = sizes[1], sizes[2]
     dtype = str(tensors[0].dtype).removeprefix("torch.")
     cols = ({2: Hout, 1: H} if backward else {1: H, 2: Hout}) if flags["PROJ"] else {1: H}
-    if path == "resident" and flags["PROJ"] and not backward and flags["PRECISION"] == "tf32":
-        # the TF32 forward holding both phases' bodies reaches 255 registers and spills 4-16
-        # bytes on sm_90 (H = 24 or 32, W_hr on chip or not): the cooperative launch instead
+    if path == "resident" and not resident_allowed(flags["PRECISION"], flags["PROJ"], backward):
         path = "cooperative"
     if path == "resident":
         cfg = pick_resident_config(plan.B, H, dtype, backward)
