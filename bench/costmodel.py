@@ -443,7 +443,7 @@ def triton_configs() -> tuple[list[KernelConfig], str]:
                 bwd=(b.block_b, b.block_h, b.block_k, b.num_warps, b.num_stages),
                 persistent_up_to=tuple(sorted(limits.items())), variants=variants,
                 load_group=shipped_load_group() if kind == "resident" else None,
-                proj_fwd=p, picked="candidate" not in name,
+                proj_fwd=p, picked=f is not candidate,
             )
         )  # fmt: skip
     for c in getattr(tc, "PERSISTENT_CONFIGS", ()):

@@ -17,6 +17,7 @@ Launches per layer and direction, T steps (see :func:`launch_counter`):
 =====================  =========================  =========================
 path                   forward                    backward
 =====================  =========================  =========================
+resident (on a GPU)    1                          1
 cooperative            1                          1
 persistent (small H)   1                          1
 per-step (forced)      T (2T with proj)           T (2T with proj)
