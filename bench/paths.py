@@ -118,15 +118,9 @@ def triton_path(path: str, config=None):
     from fusedrnn.ops import triton as tb
     from fusedrnn.ops.triton import configs
 
-    name = "RESIDENT_CONFIGS" if path == "resident" else "COOPERATIVE_CONFIGS"
-    old = getattr(configs, name)
-    if config is not None:
-        setattr(configs, name, dict.fromkeys(old, (config, config)))
-    try:
-        with tb.kernel_path(path):
-            yield
-    finally:
-        setattr(configs, name, old)
+    given = contextlib.nullcontext() if config is None else configs.replaced(path, config)
+    with given, tb.kernel_path(path):
+        yield
 
 
 def provider_calls(cfg: P.Config, path: str, config, mode: str):

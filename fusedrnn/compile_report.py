@@ -344,16 +344,11 @@ def _candidate_launches(H: int, plan) -> list[tuple[str, Job]]:
 
     e, (T, B) = functools.partial(torch.zeros, dtype=torch.bfloat16), (plan.T, plan.B)
     c, gates = torch.zeros(T + 1, B, H), torch.zeros(T, B, 4 * H)
-    old = configs.RESIDENT_CONFIGS
-    configs.RESIDENT_CONFIGS = dict(old, half=(RESIDENT_CANDIDATE,) * 2)
-    try:
-        with capture_launches() as records:
-            step.step_fwd("lstm", e(T * B, 4 * H), e(B, H), c[0], e(4 * H, H), e(4 * H), None,
-                          plan, True, "resident")  # fmt: skip
-            step.step_bwd("lstm", e(4 * H, H), None, e(T + 1, B, H), c, gates, e(T + 1, B, H),
-                          None, None, plan, "resident")  # fmt: skip
-    finally:
-        configs.RESIDENT_CONFIGS = old
+    with configs.replaced("resident", RESIDENT_CANDIDATE), capture_launches() as records:
+        step.step_fwd("lstm", e(T * B, 4 * H), e(B, H), c[0], e(4 * H, H), e(4 * H), None, plan,
+                      True, "resident")  # fmt: skip
+        step.step_bwd("lstm", e(4 * H, H), None, e(T + 1, B, H), c, gates, e(T + 1, B, H), None,
+                      None, plan, "resident")  # fmt: skip
     text = RESIDENT_CANDIDATE.text()
     return [(f"resident lstm {kernel.fn.__name__.split('_')[2]} H={H} bf16 {text}",
              job_key(kernel, args, kwargs, "bf16"))

@@ -17,6 +17,7 @@ triton, so cost models can read it anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 
@@ -187,6 +188,20 @@ PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = tuple(
     PersistentConfig(cell, block_h=h, max_hidden=h, block_b=16, num_warps=8)
     for cell, h in (("lstm", 32), ("gru", 32), ("rnn_tanh", 64), ("rnn_relu", 64))
 )
+
+
+@contextlib.contextmanager
+def replaced(path: str, config: StepConfig):
+    """Inside the block, ``config`` is the launchers' config of the ``path`` ("cooperative" or
+    "resident") launch, forward and backward, for every dtype: they read these tables at each
+    launch (bench/paths.py's configs, the compile report's candidate rows)."""
+    name = {"cooperative": "COOPERATIVE_CONFIGS", "resident": "RESIDENT_CONFIGS"}[path]
+    old = globals()[name]
+    globals()[name] = dict.fromkeys(old, (config, config))
+    try:
+        yield
+    finally:
+        globals()[name] = old
 
 
 def interpreting() -> bool:
