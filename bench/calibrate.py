@@ -55,6 +55,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import costmodel as cm  # noqa: E402
 
+from fusedrnn.ops.triton.configs import CONFIG_TEXT, StepConfig  # noqa: E402
+
 # the cooperative configs the measured kernels shipped (fusedrnn/ops/triton/configs.py at
 # commit 57c2da2, the kernels of runs 5 and 6): forward, backward as (block_b, block_h,
 # block_k, warps, stages)
@@ -68,7 +70,6 @@ NAMES = ("round_trip_s", "barrier_s", "per_program_s", "ieee_fwd", "ieee_bwd")
 _LABEL = re.compile(
     r"(\w+) \w+ B=(\d+) T=(\d+) I=(\d+) H=(\d+)(?: proj=(\d+))? L=(\d+) (\w+)(, TF32 on)?"
 )
-_CONFIG = re.compile(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,9 @@ class Point:
 
 def blocks(text: str) -> tuple[int, int, int, int, int]:
     """``16x16x64w4s2`` -> (16, 16, 64, 4, 2): block_b, block_h, block_k, warps, stages (the
-    text bench/paths.py's options and its ``configs`` column write)."""
-    m = _CONFIG.fullmatch(text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a config like 16x16x64w4s2")
-    return tuple(int(v) for v in m.groups())
+    text bench/paths.py's ``configs`` column writes, ``StepConfig.text``)."""
+    c = StepConfig.parse(text)
+    return c.block_b, c.block_h, c.block_k, c.num_warps, c.num_stages
 
 
 def _configs(provider: str, dtype: str, recorded: str = ""):
@@ -117,7 +116,7 @@ def _configs(provider: str, dtype: str, recorded: str = ""):
     shipped = provider in ("cooperative (shipped)", "fusedrnn[triton]", "resident")
     if provider == "resident" or (provider.startswith("resident ") and recorded):
         kind = "resident"
-    elif shipped or (provider.startswith("cooperative ") and _CONFIG.search(provider)):
+    elif shipped or (provider.startswith("cooperative ") and CONFIG_TEXT.search(provider)):
         kind = "cooperative"
     else:
         return None
@@ -135,12 +134,14 @@ def _configs(provider: str, dtype: str, recorded: str = ""):
 
 def read_paths(path: Path, source: str) -> list[Point]:
     """The cooperative and resident rows of a ``bench/paths.py`` CSV (:func:`_configs`), the
-    projected LSTM's (``proj=`` in the label) included."""
+    projected LSTM's (``proj=`` in the label) included, those with another grid barrier than
+    the counter (``--resident-barriers``) not."""
     out = []
     with open(path) as f:
         for r in csv.DictReader(f):
             m = _LABEL.match(r["label"])
-            if m is None or r.get("problem"):
+            # the model's barrier is the counter, the one every launch measured so far used
+            if m is None or r.get("problem") or (r.get("barrier") or "counter") != "counter":
                 continue
             cell, B, T, I, H, proj, L, dtype, tf32 = m.groups()  # noqa: E741
             tf32 = tf32 or r["shape"].endswith("tf32")  # the CSV's label leaves it out

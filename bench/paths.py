@@ -2,6 +2,7 @@
 
     python bench/paths.py --out DIR [--shapes anchor,mid] [--configs 16x16x64w4s2,...]
                           [--resident-configs [SHAPE:]16x32x64w4s1,...]
+                          [--resident-barriers [SHAPE:]flags,...]
 
 For each shape: torch.nn (cuDNN), the per-step path (a launch per step), the cooperative
 path (the same kernel's time loop in one launch, programs meeting at a grid barrier between
@@ -9,8 +10,9 @@ steps) for every block configuration given (``BxHxK`` rows x units x reduction b
 warps, ``s`` pipeline stages) and the resident path (the cooperative launch with each
 program's slice of W_hh held in shared memory, its shipped config and every one given, at
 every shape or, as ``SHAPE:config``, at that one: a config whose slices do not fit the GPU's
-shared memory is reported, not timed, as the launcher runs the cooperative launch instead).
-Every provider is first checked against torch.nn (outputs and every gradient,
+shared memory is reported, not timed, as the launcher runs the cooperative launch instead;
+and in its shipped config with each grid barrier given, a kind of ``sync.BARRIER_KINDS`` other
+than the launches' counter, the ``barrier`` column). Every provider is first checked against torch.nn (outputs and every gradient,
 bench/providers.py's tolerances); then forward (no grad) and forward+backward are timed
 eagerly, CUDA-event medians over interleaved rounds. Writes ``paths.csv`` and ``paths.md``
 into ``--out``.
@@ -38,10 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import calibrate  # noqa: E402
 import graph_replay  # noqa: E402
 import measure  # noqa: E402
 import providers as P  # noqa: E402
+
+from fusedrnn.ops.triton import configs  # noqa: E402  (imports no triton)
 
 LN = (("layer_norm", True),)  # the variant kernels compute in float32
 SHAPES = {
@@ -79,20 +82,10 @@ def baseline(cfg: P.Config) -> str:
     return REFERENCE if cfg.options else P.TORCH_NN
 
 
-def parse_config(text: str):
-    """``16x16x64w4s2`` -> StepConfig(block_b=16, block_h=16, block_k=64, 4 warps, 2 stages)."""
-    from fusedrnn.ops.triton.configs import StepConfig
-
-    b, h, k, warps, stages = calibrate.blocks(text)
-    return StepConfig(block_b=b, block_h=h, block_k=k, num_warps=warps, num_stages=stages)
-
-
 def launch_configs(cfg: P.Config, path: str, config) -> str:
     """The block configs of ``path``'s forward and backward launches at ``cfg``'s shape, as
     ``BxHxKwWsS/BxHxKwWsS`` (the ``configs`` column, which bench/calibrate.py reads); "" for
     the baselines. The variant kernels (``cfg.options``) take their own config on every path."""
-    from fusedrnn.ops.triton import configs as C
-
     if path in (P.TORCH_NN, REFERENCE):
         return ""
     B, H, dtype = cfg.B, cfg.H, cfg.dtype_name
@@ -101,29 +94,31 @@ def launch_configs(cfg: P.Config, path: str, config) -> str:
         if config is not None:
             return config
         if cfg.options:
-            return C.pick_variant_config(B, H, dtype, backward)
+            return configs.pick_variant_config(B, H, dtype, backward)
         if path == "step":
-            return C.pick_step_config(B, H)
+            return configs.pick_step_config(B, H)
         if path == "resident":
-            return C.pick_resident_config(B, H, dtype, backward)
-        return C.pick_cooperative_config(B, H, dtype, backward, bool(cfg.proj))
+            return configs.pick_resident_config(B, H, dtype, backward)
+        return configs.pick_cooperative_config(B, H, dtype, backward, bool(cfg.proj))
 
     return "/".join(pick(backward).text() for backward in (False, True))
 
 
 @contextlib.contextmanager
-def triton_path(path: str, config=None):
+def triton_path(path: str, config=None, barrier=None):
     """The Triton backend forced onto ``path``, the cooperative or resident launch with
-    ``config`` (forward and backward, every dtype)."""
+    ``config`` (forward and backward, every dtype) and grid barriers of kind ``barrier``
+    (None: as shipped)."""
     from fusedrnn.ops import triton as tb
-    from fusedrnn.ops.triton import configs
 
-    given = contextlib.nullcontext() if config is None else configs.replaced(path, config)
+    given = contextlib.nullcontext()
+    if path in ("cooperative", "resident"):
+        given = configs.replaced(path, config, barrier)
     with given, tb.kernel_path(path):
         yield
 
 
-def provider_calls(cfg: P.Config, path: str, config, mode: str):
+def provider_calls(cfg: P.Config, path: str, config, barrier, mode: str):
     """A call of the provider (``torch.nn``, the reference op or a Triton path) returning its
     outputs."""
     if path in (P.TORCH_NN, REFERENCE):
@@ -131,15 +126,15 @@ def provider_calls(cfg: P.Config, path: str, config, mode: str):
     inner = graph_replay.make_call("fusedrnn[triton]", cfg, mode)
 
     def call():
-        with triton_path(path, config):
+        with triton_path(path, config, barrier):
             return inner()
 
     return call
 
 
-def check(cfg: P.Config, path: str, config) -> str:
-    """ "" when the provider matches the baseline, else the problem (a resident config given
-    whose launches ran cooperative: its slices do not fit at once)."""
+def check(cfg: P.Config, path: str, config, barrier) -> str:
+    """ "" when the provider matches the baseline, else the problem (a resident config or
+    barrier given whose launches ran cooperative: its slices do not fit at once)."""
     from fusedrnn.ops.triton.runtime import launch_counter
 
     ref = P.make_reference_module(cfg)
@@ -147,11 +142,18 @@ def check(cfg: P.Config, path: str, config) -> str:
     got_run, got_params = P.build("fusedrnn[triton]", ref, cfg)
     x, state = P.make_inputs(cfg)
     want = P.evaluate(want_run, want_params, x, state, True)
-    with triton_path(path, config), launch_counter() as counter:
+    with triton_path(path, config, barrier), launch_counter() as counter:
         got = P.evaluate(got_run, got_params, x, state, True)
-    if config is not None and counter.not_resident:
+    if (config or barrier) is not None and counter.not_resident:
         return f"ran cooperative: {counter.not_resident} launches did not fit resident"
     return P.compare(got, want, cfg.dtype)[2]
+
+
+def barrier_kind(text: str) -> str:
+    """``text``, a grid barrier's kind (``sync.BARRIER_KINDS``); ValueError for another text."""
+    if text not in configs.BARRIER_KINDS:
+        raise ValueError(f"no barrier kind {text!r} ({', '.join(configs.BARRIER_KINDS)})")
+    return text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -162,6 +164,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--resident-configs", default="",
                     help="resident configs besides the shipped ones (BxHxKwWsS, as --configs), "
                          "each at every shape or, as SHAPE:config, at that one")  # fmt: skip
+    ap.add_argument("--resident-barriers", default="",
+                    help="grid barriers (counter, relaxed, flags) the resident launch runs "
+                         "with besides the counter, as --resident-configs")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-run-time", type=float, default=0.05)
     ap.add_argument("--device", default="cuda")
@@ -170,22 +175,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             ap.error(f"--shapes: no shape {shape!r} ({known})")
-    options = (("--configs", args.configs, False),
-               ("--resident-configs", args.resident_configs, True))  # fmt: skip
-    for option, entries, scoped in options:
+    options = (("--configs", args.configs, False, configs.StepConfig.parse),
+               ("--resident-configs", args.resident_configs, True, configs.StepConfig.parse),
+               ("--resident-barriers", args.resident_barriers, True, barrier_kind))  # fmt: skip
+    for option, entries, scoped, parse in options:
         for entry in filter(None, entries.split(",")):
             at, _, text = entry.rpartition(":") if scoped else ("", "", entry)
             if at and at not in SHAPES:
                 ap.error(f"{option} {entry}: no shape {at!r} ({known})")
             try:
-                calibrate.blocks(text)
+                parse(text)
             except ValueError as exc:
                 ap.error(f"{option} {entry}: {exc}")
     return args
 
 
+def _at(entries: str, shape: str) -> list[str]:
+    """The texts of ``SHAPE:text`` or ``text`` entries that apply at ``shape``."""
+    at_shape = (entry.rpartition(":") for entry in filter(None, entries.split(",")))
+    return [text for at, _, text in at_shape if at in ("", shape)]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    parse = configs.StepConfig.parse
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for shape in args.shapes.split(","):
@@ -194,24 +207,25 @@ def main(argv=None) -> int:
             for mode in ("fwd", "fwdbwd"):
                 cfg = P.Config(mode=mode, device=args.device, group=shape, **spec)
                 base = baseline(cfg)
+                # name -> (path, config, barrier), None standing for the shipped one
                 candidates = {
-                    base: (base, None),
-                    "step": ("step", None),
-                    "cooperative (shipped)": ("cooperative", None),
+                    base: (base, None, None),
+                    "step": ("step", None, None),
+                    "cooperative (shipped)": ("cooperative", None, None),
                 }
                 for text in filter(None, args.configs.split(",")):
-                    candidates[f"cooperative {text}"] = ("cooperative", parse_config(text))
+                    candidates[f"cooperative {text}"] = ("cooperative", parse(text), None)
                 if not cfg.options:  # the variant kernels have no resident launch
-                    candidates["resident"] = ("resident", None)
-                    for entry in filter(None, args.resident_configs.split(",")):
-                        at, _, text = entry.rpartition(":")
-                        if at in ("", shape):
-                            candidates[f"resident {text}"] = ("resident", parse_config(text))
+                    candidates["resident"] = ("resident", None, None)
+                    for text in _at(args.resident_configs, shape):
+                        candidates[f"resident {text}"] = ("resident", parse(text), None)
+                    for kind in _at(args.resident_barriers, shape):
+                        candidates[f"resident barrier={kind}"] = ("resident", None, kind)
                 fns, problems = {}, {}
-                for name, (path, config) in candidates.items():
-                    problems[name] = "" if path == base else check(cfg, path, config)
+                for name, (path, config, barrier) in candidates.items():
+                    problems[name] = "" if path == base else check(cfg, path, config, barrier)
                     if not problems[name]:
-                        fn = provider_calls(cfg, path, config, mode)
+                        fn = provider_calls(cfg, path, config, barrier, mode)
                         measure.warm_up(fn, args.device)
                         fns[name] = fn
                 times = graph_replay.time_interleaved(
@@ -220,11 +234,15 @@ def main(argv=None) -> int:
                 for name in candidates:
                     ms = times.get(name)
                     label = cfg.label() + (", TF32 on" if shape.endswith("tf32") else "")
-                    path, config = candidates[name]
+                    path, config, barrier = candidates[name]
+                    # the launches with grid barriers: which kind
+                    synced = path in ("cooperative", "resident")
+                    barrier = (barrier or configs.GRID_BARRIER) if synced else ""
                     rows.append(dict(shape=shape, label=label, mode=mode, provider=name,
                                      ms=ms, vs_base=times[base] / ms if ms else None,
                                      problem=problems[name],
-                                     configs=launch_configs(cfg, path, config)))  # fmt: skip
+                                     configs=launch_configs(cfg, path, config),
+                                     barrier=barrier))  # fmt: skip
                     print(
                         f"{shape:8} {mode:6} {name:28} "
                         f"{ms if ms else float('nan'):9.3f} ms  {problems[name]}",

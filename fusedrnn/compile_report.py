@@ -24,7 +24,8 @@ store from registers to shared memory (:mod:`fusedrnn.smem`, Triton's own count)
 table names, for each cell (and layer-norm variant) at H = 256, 512, 768 and 1024 in each
 dtype, the compile its cooperative and resident launches run (:func:`named_launches`; the
 LSTM's resident launch with proj_size = H / 2 too, and at H = 768 in bf16 in the config no
-launcher picks yet, ``configs.RESIDENT_CANDIDATE``); the resident launch's chunks of K follow
+launcher picks yet, ``configs.RESIDENT_CANDIDATE``, and with each grid barrier the launches do
+not use, ``configs.GRID_BARRIER``); the resident launch's chunks of K follow
 H, so those are compiles at that H, and their rows give the dependent global round trips of a
 step read from the machine code (:mod:`fusedrnn.sass`: their step loop is straight-line code,
 the reductions unrolled, but for a product with ``W_hr`` that reads it from the caches, a loop
@@ -105,7 +106,7 @@ class Job:
             elif (
                 k not in skip
                 and v is not False
-                and not (k in ("RESIDENT", "RESIDENT_PROJ") and v == 0)
+                and not (k in ("RESIDENT", "RESIDENT_PROJ", "BARRIER") and v == 0)
                 and not (k == "LOAD_GROUP" and not dict(self.constexprs).get("RESIDENT"))
             ):
                 on.append(f"{k}={v}" if not isinstance(v, bool) else k)
@@ -333,26 +334,33 @@ def named_launches(
 
 
 def _candidate_launches(H: int, plan) -> list[tuple[str, Job]]:
-    """``(name, job)`` of the LSTM's resident launch at ``H`` in bf16 in the config no
-    launcher picks (``configs.RESIDENT_CANDIDATE``, which gpu_check times at that shape), e.g.
-    ``resident lstm fwd H=768 bf16 16x32x64w4s1``."""
+    """``(name, job)`` of the LSTM's resident launch at ``H`` in bf16 in each experiment no
+    launcher runs yet and gpu_check times at that shape: the config
+    ``configs.RESIDENT_CANDIDATE`` and each grid barrier other than the shipped one
+    (``configs.GRID_BARRIER``), e.g. ``resident lstm fwd H=768 bf16 16x32x64w4s1``,
+    ``resident lstm bwd H=768 bf16 barrier=flags``."""
     import torch
 
     from fusedrnn.ops.triton import configs, step
-    from fusedrnn.ops.triton.configs import RESIDENT_CANDIDATE
     from fusedrnn.ops.triton.runtime import capture_launches
 
     e, (T, B) = functools.partial(torch.zeros, dtype=torch.bfloat16), (plan.T, plan.B)
     c, gates = torch.zeros(T + 1, B, H), torch.zeros(T, B, 4 * H)
-    with configs.replaced("resident", RESIDENT_CANDIDATE), capture_launches() as records:
-        step.step_fwd("lstm", e(T * B, 4 * H), e(B, H), c[0], e(4 * H, H), e(4 * H), None, plan,
-                      True, "resident")  # fmt: skip
-        step.step_bwd("lstm", e(4 * H, H), None, e(T + 1, B, H), c, gates, e(T + 1, B, H), None,
-                      None, plan, "resident")  # fmt: skip
-    text = RESIDENT_CANDIDATE.text()
-    return [(f"resident lstm {kernel.fn.__name__.split('_')[2]} H={H} bf16 {text}",
-             job_key(kernel, args, kwargs, "bf16"))
-            for kernel, _grid, args, kwargs in records]  # fmt: skip
+    experiments = {configs.RESIDENT_CANDIDATE.text(): dict(config=configs.RESIDENT_CANDIDATE)}
+    for kind in configs.BARRIER_KINDS:
+        if kind != configs.GRID_BARRIER:
+            experiments[f"barrier={kind}"] = dict(barrier=kind)
+    out = []
+    for text, given in experiments.items():
+        with configs.replaced("resident", **given), capture_launches() as records:
+            step.step_fwd("lstm", e(T * B, 4 * H), e(B, H), c[0], e(4 * H, H), e(4 * H), None,
+                          plan, True, "resident")  # fmt: skip
+            step.step_bwd("lstm", e(4 * H, H), None, e(T + 1, B, H), c, gates, e(T + 1, B, H),
+                          None, None, plan, "resident")  # fmt: skip
+        out += [(f"resident lstm {kernel.fn.__name__.split('_')[2]} H={H} bf16 {text}",
+                 job_key(kernel, args, kwargs, "bf16"))
+                for kernel, _grid, args, kwargs in records]  # fmt: skip
+    return out
 
 
 def compile_job(job: Job):

@@ -23,7 +23,7 @@ say, after writing the report):
    (``barrier.csv``, ``barrier.md``); then
    bench/paths.py: the Triton backend's launches (a launch per step, the cooperative launch and
    the resident one, there also with 32 units per program, an experiment the calibrated cost
-   model suggests) at the bf16 anchor shape, of the layer-norm variants, and last of the
+   model suggests, and with each other kind of grid barrier) at the bf16 anchor shape, of the layer-norm variants, and last of the
    anchor with a projection (``proj_size`` H/2), each checked first against torch.nn or
    fusedrnn's reference op (``paths.csv``, ``paths.md``, written after each shape, so that
    the shapes done stay when the budget stops the rest).
@@ -61,7 +61,7 @@ from pathlib import Path
 
 import torch
 
-from fusedrnn.ops.triton.configs import RESIDENT_CANDIDATE
+from fusedrnn.ops.triton.configs import BARRIER_KINDS, GRID_BARRIER, RESIDENT_CANDIDATE
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -235,10 +235,13 @@ def gpu_plan() -> Plan:
         peak_n=4096,
         budget_s=450,
         # at the anchor also the resident launch in the config no launcher picks
-        # (configs.RESIDENT_CANDIDATE: bench/README.md, GPU cost model)
+        # (configs.RESIDENT_CANDIDATE: bench/README.md, GPU cost model) and with the grid
+        # barriers the launches do not use (configs.GRID_BARRIER)
         paths_args=(
             *"--shapes anchor,ln-anchor,ln-gru-mid,anchor-proj --rounds 3".split(),
             *("--resident-configs", f"anchor:{RESIDENT_CANDIDATE.text()}"),
+            "--resident-barriers",
+            ",".join(f"anchor:{kind}" for kind in BARRIER_KINDS if kind != GRID_BARRIER),
         ),
         barrier_args=("--rounds", "3"),  # 6 grids x 3 kinds x 2 forms, as paths.py: 3 rounds
     )

@@ -317,13 +317,15 @@ def test_gpu_plan_holds_the_headline_shapes():
     } <= got, got  # fmt: skip
     assert plan.budget_s <= 480 and set(plan.wanted_backends) == {"triton", "cuda"}
     assert plan.test_args == ("-m", "gpu", "tests")
-    # bench/paths.py takes the plan's arguments, and each config given for one shape is for a
-    # shape the plan runs
+    # bench/paths.py takes the plan's arguments, and each config or barrier given for one
+    # shape is for a shape the plan runs: the barriers the launches do not use, at the anchor
     import paths
 
     args = paths.parse_args([*plan.paths_args, "--out", "unused"])
-    scoped = [e.rpartition(":")[0] for e in args.resident_configs.split(",")]
-    assert scoped and set(scoped) <= set(args.shapes.split(",")), args
+    for entries in (args.resident_configs, args.resident_barriers):
+        scoped = [e.rpartition(":")[0] for e in entries.split(",")]
+        assert scoped and set(scoped) <= set(args.shapes.split(",")), args
+    assert args.resident_barriers == "anchor:relaxed,anchor:flags"
 
 
 @pytest.mark.parametrize("argv,says", [
@@ -331,8 +333,10 @@ def test_gpu_plan_holds_the_headline_shapes():
     ("--resident-configs ancor:16x32x64w4s1", "no shape 'ancor'"),
     ("--resident-configs anchor:16x32x64", "not a config like"),
     ("--configs anchor:16x16x64w4s2", "not a config like"),
+    ("--resident-barriers anchor:flag", "no barrier kind 'flag' (counter, relaxed, flags)"),
+    ("--resident-barriers ancor:flags", "no shape 'ancor'"),
 ])  # fmt: skip
-def test_bench_paths_names_a_bad_shape_or_config(argv, says, capsys):
+def test_bench_paths_names_a_bad_shape_config_or_barrier(argv, says, capsys):
     import paths
 
     with pytest.raises(SystemExit) as exit_:

@@ -162,6 +162,50 @@ def test_resident_projection_weights_on_chip(H, proj, on_chip, monkeypatch):
     assert all(torch.equal(x, y) for x, y in zip(*results, strict=True))
 
 
+@pytest.mark.parametrize("path,case", [
+    ("cooperative", Case("gru", T=3, B=3, I=3, H=20, packed=True)),
+    # one column block of 16 units: one cooperative launch under the interpreter too
+    ("resident", Case("lstm", T=3, B=3, I=3, H=16, proj=7, reverse=True)),
+    ("resident", Case("rnn_tanh", T=3, B=3, I=3, H=16, packed=True)),
+    (None, Case("lstm", T=3, B=3, I=3, H=5, proj=3, ln=True, zone="eval")),  # variant kernels
+])  # fmt: skip
+@pytest.mark.parametrize("barrier", ["relaxed", "flags"])
+def test_every_grid_barrier_gives_the_same_bits(path, case, barrier, monkeypatch):
+    """The grid barrier's kind (``configs.GRID_BARRIER``, which bench/paths.py replaces to time
+    the others) is a compile-time constant of every kernel with a barrier: each launch with
+    barriers passes it, with the barrier's state zeroed and sized for it (a flag for each of
+    the most programs a FLAGS barrier holds, else one counter), and every output and gradient
+    is bitwise the counter's. Under the interpreter a cooperative launch has one program, whose
+    barrier returns at once; on a GPU, grids as large as fit (and
+    test_triton_resident.py at real sizes)."""
+    from fusedrnn.ops.triton import configs, runtime
+    from fusedrnn.ops.triton.sync import BARRIER_KINDS, MAX_FLAG_PROGRAMS
+
+    a = layer_cases.make_inputs(case, torch.float32, DEVICE)
+    seen, real = [], runtime.launch
+
+    def spy(kernel, grid, *args, **kw):
+        if kw.get("SYNC"):  # the variant kernels' SYNC is a run-time argument
+            state = args[kernel.arg_names.index("sync_ptr")]
+            seen.append((kw.get("BARRIER", 0), state.numel(), int(state.count_nonzero())))
+        return real(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(runtime, "launch", spy)
+    results = []
+    for kind in ("counter", barrier):
+        seen.clear()
+        with configs.replaced("cooperative", barrier=kind), tb.kernel_path(path):
+            outs, grads = layer_cases.outputs_and_grads(tb.layer, a)
+        results.append([t for t in (*outs, *grads.values()) if t is not None])
+        code = BARRIER_KINDS[kind]
+        words = MAX_FLAG_PROGRAMS.value if kind == "flags" else 1
+        assert seen == [(code, words, 0)] * 2, kind  # one launch each way
+    assert all(torch.equal(x, y) for x, y in zip(*results, strict=True))
+    with pytest.raises(ValueError, match="unknown barrier kind 'flag'"):
+        with configs.replaced("resident", barrier="flag"):
+            pass
+
+
 def test_automatic_path_choice():
     """Nothing to run takes the step kernels; a forced path with what it cannot run raises (the
     choice by H and proj_size: test_launch_counts). Sequences too long for one cooperative
@@ -235,11 +279,12 @@ def test_nested_captures_record_into_the_innermost_open_one():
 
 
 def test_bench_paths_times_a_resident_config_given(tmp_path, monkeypatch):
-    """bench/paths.py's ``--resident-configs`` (run on a GPU; here a dry run on the
-    interpreter): the resident launch in the config given, 32-unit column blocks here beside
-    the shipped 16, checked against torch.nn first and recorded with its config, which
-    bench/calibrate.py reads as a resident point; a config given for another shape is not
-    run."""
+    """bench/paths.py's ``--resident-configs`` and ``--resident-barriers`` (run on a GPU; here a
+    dry run on the interpreter): the resident launch in the config given, 32-unit column blocks
+    here beside the shipped 16, checked against torch.nn first and recorded with its config,
+    which bench/calibrate.py reads as a resident point; a config given for another shape is not
+    run. The resident launch with a barrier given is recorded with it, and calibrate.py, whose
+    model has the counter's cost, leaves it out."""
     import csv
 
     import calibrate
@@ -260,18 +305,23 @@ def test_bench_paths_times_a_resident_config_given(tmp_path, monkeypatch):
     # the second config is for another shape only (SHAPE:config)
     argv = ["--out", str(tmp_path), "--shapes", "tiny", "--device", "cpu", "--rounds", "1",
             "--min-run-time", "0.001", "--resident-configs",
-            "16x32x16w4s1,anchor:16x64x16w4s1"]  # fmt: skip
+            "16x32x16w4s1,anchor:16x64x16w4s1", "--resident-barriers", "tiny:flags"]  # fmt: skip
     assert paths.main(argv) == 0
     assert widths == {16, 32}
     with open(tmp_path / "paths.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["provider"].startswith("resident ")]
-    assert [(r["mode"], r["problem"], r["configs"]) for r in rows] == [
-        (mode, "", "16x32x16w4s1/16x32x16w4s1") for mode in ("fwd", "fwdbwd")
-    ]
-    points = [p for p in calibrate.read_paths(tmp_path / "paths.csv", "p")
-              if p.config == "16x32x16w4s1"]  # fmt: skip
+        rows = [r for r in csv.DictReader(f) if r["provider"].startswith("resident")]
+    shipped = "16x16x16w8s1/16x16x16w8s1"
+    assert [(r["provider"], r["problem"], r["configs"], r["barrier"]) for r in rows] == [
+        ("resident", "", shipped, "counter"),
+        ("resident 16x32x16w4s1", "", "16x32x16w4s1/16x32x16w4s1", "counter"),
+        ("resident barrier=flags", "", shipped, "flags"),
+    ] * 2
+    points = calibrate.read_paths(tmp_path / "paths.csv", "p")
     blocks = (16, 32, 16, 4, 1)
-    assert [(p.kind, p.fwd, p.bwd) for p in points] == [("resident", blocks, blocks)] * 2
+    assert [(p.kind, p.fwd, p.bwd) for p in points if p.config == "16x32x16w4s1"] == [
+        ("resident", blocks, blocks)
+    ] * 2
+    assert {p.config for p in points if p.kind == "resident"} == {"shipped", "16x32x16w4s1"}
 
 
 def test_resident_programs():

@@ -35,7 +35,7 @@ from misc_testlib import compiled_only
 
 from fusedrnn import compile_report
 from fusedrnn.ops import library
-from fusedrnn.ops.triton.configs import RESIDENT_CANDIDATE
+from fusedrnn.ops.triton.configs import BARRIER_KINDS, RESIDENT_CANDIDATE
 
 KERNEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "fusedrnn" / "ops" / "triton"
 OFFSET_NAME = re.compile(r"(_off$|^(hs|cs)_[rw]$)")
@@ -327,9 +327,12 @@ def test_the_named_layer_sizes_run_planned_compiles():
     names = [name for name, _ in named]
     # per H: four cells forward and backward in each dtype on both launches, the two
     # layer-norm cells in fp32 (cooperative only), the projected LSTM in each dtype (resident);
-    # and the LSTM's resident launch in the candidate config at H = 768 in bf16
+    # and the LSTM's resident launch at H = 768 in bf16 in the candidate config and with each
+    # grid barrier the launches do not use
     candidate = RESIDENT_CANDIDATE.text()
-    assert len(names) == len(set(names)) == 4 * (4 * 2 * 2 * 2 + 2 * 2 + 2 * 2) + 2
+    barriers = {f"barrier={kind}": BARRIER_KINDS.index(kind) for kind in ("relaxed", "flags")}
+    experiments = (candidate, *barriers)
+    assert len(names) == len(set(names)) == 4 * (4 * 2 * 2 * 2 + 2 * 2 + 2 * 2) + 2 * 3
     assert f"resident lstm bwd H=768 bf16 {candidate}" in names
     assert "cooperative lstm fwd H=768 bf16" in names
     assert "resident lstm bwd H=768 proj=384 bf16" in names
@@ -338,9 +341,13 @@ def test_the_named_layer_sizes_run_planned_compiles():
     cooperative = [(name, job) for name, job in named if name.startswith("cooperative")]
     assert [name for name, job in cooperative if job not in planned] == []
     for kind in ("fwd", "bwd"):
-        jobs = {job for name, job in named
-                if name.startswith(f"resident lstm {kind}") and candidate not in name}  # fmt: skip
+        jobs = {job for name, job in named if name.startswith(f"resident lstm {kind}")
+                and not name.endswith(experiments)}  # fmt: skip
         assert len(jobs) == 4 * 2 * 2, kind  # every H and dtype, projected or not
         (wide,) = [dict(job.constexprs) for name, job in named
                    if name == f"resident lstm {kind} H=768 bf16 {candidate}"]  # fmt: skip
-        assert wide["BLOCK_H"] == 32 and wide["RESIDENT"]
+        assert wide["BLOCK_H"] == 32 and wide["RESIDENT"] and wide["BARRIER"] == 0
+        shipped = dict(dict(named)[f"resident lstm {kind} H=768 bf16"].constexprs)
+        for text, code in barriers.items():
+            c = dict(dict(named)[f"resident lstm {kind} H=768 bf16 {text}"].constexprs)
+            assert c == dict(shipped, BARRIER=code), text  # the shipped launch but its barrier

@@ -188,6 +188,40 @@ def test_resident_launch_at_real_sizes(cell, H, B, dtype, proj, packed):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("barrier", ["relaxed", "flags"])
+@pytest.mark.parametrize(
+    "cell,H,B,dtype,proj",
+    [
+        ("lstm", 768, 16, torch.bfloat16, 0),  # the anchor's layer, as gpu_check times it
+        ("gru", 512, 64, torch.float32, 0),  # 128 programs at each barrier
+        ("lstm", 1024, 16, torch.bfloat16, 256),  # two barriers a step
+    ],
+)
+def test_resident_launch_with_each_grid_barrier(cell, H, B, dtype, proj, barrier):
+    """The resident launch with the grid barriers the launches do not use (bench/paths.py's
+    ``--resident-barriers``): outputs and every gradient as the reference op's in float64, and
+    bitwise those of the counter's launch (every program writes the same values either way;
+    a barrier that let a program read a tile before its step's store would change them)."""
+    from fusedrnn.ops import triton as tb
+    from fusedrnn.ops.triton import configs
+
+    case = Case(cell, T=6, B=B, I=32, H=H, proj=proj, packed=True)
+    a = layer_cases.make_inputs(case, dtype, "cuda")
+    tol = {torch.bfloat16: 5e-2, torch.float32: 5e-3}[dtype]
+    results = []
+    for kind in ("counter", barrier):
+        with configs.replaced("resident", barrier=kind), tb.kernel_path("resident"):
+            with tb.launch_counter() as launches:
+                if kind != "counter":
+                    layer_cases.compare(tb.layer, a, tol, upcast=torch.float64)
+                outs, grads = layer_cases.outputs_and_grads(tb.layer, a)
+        assert launches.not_resident == 0
+        results.append([t for t in (*outs, *grads.values()) if t is not None])
+    assert all(torch.equal(x, y) for x, y in zip(*results, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_slice_too_large_for_shared_memory_runs_cooperative():
     """float32 H = 1024: a program's slice (4 x 1024 x 16 x 4 bytes = 256 KiB) exceeds a
     program's shared memory, so each way runs the cooperative launch instead, counted."""

@@ -26,7 +26,14 @@ import triton
 import triton.language as tl
 
 from . import runtime
-from .sync import BARRIER_KINDS, COUNTER_LIMIT, FLAGS, MAX_FLAG_PROGRAMS, grid_barrier
+from .sync import (
+    BARRIER_KINDS,
+    COUNTER_LIMIT,
+    FLAGS,
+    MAX_FLAG_PROGRAMS,
+    barrier_state,
+    grid_barrier,
+)
 
 _FLAGS, _MAX_FLAGS = FLAGS.value, MAX_FLAG_PROGRAMS.value
 
@@ -36,13 +43,13 @@ NUM_WARPS = 4
 
 @triton.jit
 def _barrier_probe_kernel(
-    count_ptr,  # [1] int32, zero at launch: the barrier's counter ([programs] flags: FLAGS)
+    count_ptr,  # int32, zero at launch: the barrier's state (sync.barrier_state)
     slots_ptr,  # [2, programs, BLOCK] float32: the values passed on, by the round's parity
     out_ptr,  # [programs] float32: the smallest value each program holds at the end
     n_barriers,
     EXCHANGE: tl.constexpr,  # pass the count on through memory (else count locally)
     BLOCK: tl.constexpr,
-    KIND: tl.constexpr = 0,  # the barrier's kind (sync.BARRIER_KINDS)
+    BARRIER: tl.constexpr = 0,  # the barrier's kind (sync.BARRIER_KINDS)
 ):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -52,7 +59,7 @@ def _barrier_probe_kernel(
         slot = slots_ptr + (i % 2) * programs * BLOCK
         if EXCHANGE:
             tl.store(slot + pid * BLOCK + offs, held + 1.0)
-        grid_barrier(count_ptr, i + 1, KIND)
+        grid_barrier(count_ptr, i + 1, BARRIER)
         if EXCHANGE:
             held = tl.load(slot + ((pid + 1) % programs) * BLOCK + offs)
         else:
@@ -88,23 +95,22 @@ def probe(programs: int, n_barriers: int, exchange: bool, device: torch.device,
 
 
 def max_programs(device: torch.device, kind: str = "counter") -> int:
-    """Programs of the probe that fit on ``device`` at once (1 off a GPU)."""
+    """Programs of the probe that fit on ``device`` at once and can meet at its barrier (1 off
+    a GPU)."""
     if device.type != "cuda":
         return 1
     from .sync import _programs_that_fit
 
     args, kw = _arguments(1, 0, True, device, kind)
     with runtime.device_guard(device):
-        fit = _programs_that_fit(_barrier_probe_kernel, args, kw, device)
-    return min(fit, _MAX_FLAGS) if BARRIER_KINDS[kind] == _FLAGS else fit
+        return _programs_that_fit(_barrier_probe_kernel, args, kw, device)
 
 
 def _arguments(programs: int, n_barriers: int, exchange: bool, device: torch.device, kind: str):
-    words = programs if BARRIER_KINDS[kind] == _FLAGS else 1
-    count = torch.zeros(words, dtype=torch.int32, device=device)
+    count = barrier_state(BARRIER_KINDS[kind], device)
     slots = runtime.empty(2, programs, BLOCK, dtype=torch.float32, device=device)
     out = runtime.empty(programs, dtype=torch.float32, device=device)
-    kw = dict(EXCHANGE=exchange, BLOCK=BLOCK, KIND=BARRIER_KINDS[kind], num_warps=NUM_WARPS)
+    kw = dict(EXCHANGE=exchange, BLOCK=BLOCK, BARRIER=BARRIER_KINDS[kind], num_warps=NUM_WARPS)
     if device.type == "cuda":  # the driver refuses a grid that cannot be co-resident
         kw["launch_cooperative_grid"] = True
     return (count, slots, out, n_barriers), kw

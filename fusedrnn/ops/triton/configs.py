@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, replace
+
+# StepConfig.text(): rows x units x reduction block, warps, pipeline stages
+CONFIG_TEXT = re.compile(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,14 @@ class StepConfig:
         """``BxHxKwWsS``, e.g. ``16x16x64w4s1`` (bench/paths.py's options and CSV column)."""
         return (f"{self.block_b}x{self.block_h}x{self.block_k}w{self.num_warps}"
                 f"s{self.num_stages}")  # fmt: skip
+
+    @classmethod
+    def parse(cls, text: str) -> StepConfig:
+        """The config whose :meth:`text` is ``text``; ValueError for another text."""
+        m = CONFIG_TEXT.fullmatch(text)
+        if m is None:
+            raise ValueError(f"{text!r} is not a config like 16x16x64w4s2")
+        return cls(*(int(v) for v in m.groups()))
 
     def tiles(self, cols: int, batch: int) -> int:
         """The ``[block_b, block_h]`` tiles of a ``[batch, cols]`` step (a per-step launch's
@@ -190,18 +202,33 @@ PERSISTENT_CONFIGS: tuple[PersistentConfig, ...] = tuple(
 )
 
 
+# How the programs of a cooperative or resident launch meet at the grid barrier that ends each
+# phase of a step (a name of sync.BARRIER_KINDS): one counter that every program increments and
+# polls with acquire loads. bench/barrier.py times the other kinds alone and bench/paths.py
+# (--resident-barriers) the resident launch with them; whether one replaces the counter is for
+# those measurements to say.
+GRID_BARRIER = "counter"
+BARRIER_KINDS = ("counter", "relaxed", "flags")  # sync.grid_barrier's KIND 0, 1, 2
+
+
 @contextlib.contextmanager
-def replaced(path: str, config: StepConfig):
+def replaced(path: str, config: StepConfig | None = None, barrier: str | None = None):
     """Inside the block, ``config`` is the launchers' config of the ``path`` ("cooperative" or
-    "resident") launch, forward and backward, for every dtype: they read these tables at each
-    launch (bench/paths.py's configs, the compile report's candidate rows)."""
+    "resident") launch, forward and backward, for every dtype, and ``barrier`` (one of
+    :data:`BARRIER_KINDS`) the grid barrier of every launch that has one; None
+    leaves either as shipped. The launchers read these at each launch (bench/paths.py's given
+    configs and barriers, the compile report's candidate rows)."""
+    if barrier is not None and barrier not in BARRIER_KINDS:
+        raise ValueError(f"unknown barrier kind {barrier!r}; choose from {list(BARRIER_KINDS)}")
     name = {"cooperative": "COOPERATIVE_CONFIGS", "resident": "RESIDENT_CONFIGS"}[path]
-    old = globals()[name]
-    globals()[name] = dict.fromkeys(old, (config, config))
+    new = {name: None if config is None else dict.fromkeys(globals()[name], (config, config)),
+           "GRID_BARRIER": barrier}  # fmt: skip
+    old = {k: globals()[k] for k, v in new.items() if v is not None}
+    globals().update((k, new[k]) for k in old)
     try:
         yield
     finally:
-        globals()[name] = old
+        globals().update(old)
 
 
 def interpreting() -> bool:

@@ -55,7 +55,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..checks import GATES
-from . import persistent, runtime
+from . import configs, persistent, runtime
 from .cellmath import CELL_CODE, GRU, LSTM, RNN_RELU, gru_fwd, lstm_fwd, rnn_fwd
 from .common import (
     cell_bwd,
@@ -81,7 +81,15 @@ from .configs import (
     resident_allowed,
     resident_tries,
 )
-from .sync import cooperative_grid, grid_barrier, load_group, resident_grid, step_chunks
+from .sync import (
+    BARRIER_KINDS,
+    barrier_state,
+    cooperative_grid,
+    grid_barrier,
+    load_group,
+    resident_grid,
+    step_chunks,
+)
 from .tiles import (
     add_gates,
     add_loaded,
@@ -195,7 +203,7 @@ def _step_fwd_kernel(
     whr_ptr,  # [HOUT, H] W_hr, or [H, HOUT] W_hr^T (W_T) (PROJ)
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     steps_ptr,  # [T, 2] int32: first row of step t in x / xg / y, active rows at t
-    sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
+    sync_ptr,  # int32 barrier state, zero at launch (SYNC; sync.barrier_state)
     s_begin: tl.int64, s_end: tl.int64,  # steps s_begin .. s_end - 1 of the visiting order
     phases,  # of each step: 1 the cell, 2 the projection (PROJ), 3 both (cooperative)
     T: tl.int64, B, H, HOUT,  # HOUT: H unless the LSTM projects
@@ -208,6 +216,7 @@ def _step_fwd_kernel(
     LOAD_GROUP: tl.constexpr = 1,  # chunks of h_prev loaded together (tiles.rec_gates_resident)
     W_T: tl.constexpr = False,  # the weights transposed (runtime.weights_transposed)
     RESIDENT_PROJ: tl.constexpr = 0,  # chunks of W_hr held on chip as W_hh's (PROJ), 0: none
+    BARRIER: tl.constexpr = 0,  # the grid barrier's kind (sync.BARRIER_KINDS; SYNC)
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     GX: tl.constexpr = 3 if CELL == GRU else G  # gate blocks of xg and b_hh (GRU: G is 3 too)
@@ -299,7 +308,7 @@ def _step_fwd_kernel(
                     store_state(h_new, h_prev, hs_ptr + slot_w * B * HOUT, y_ptr, xg_row0, rows,
                                 rmask, act, units, umask, H, WRITE_Y)  # fmt: skip
         if SYNC:  # the projection (or the next step) reads every unit
-            grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1)
+            grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1, BARRIER)
         if PROJ:  # the projected state h_t = m_t W_hr^T ([HOUT, H]), into Hs and y
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
             for tile in range(first, out_tiles if SYNC else first + 1, every):
@@ -328,7 +337,7 @@ def _step_fwd_kernel(
                     store_state(acc, h_prev, hs_ptr + hs_w, y_ptr, xg_row0, rows, rmask, act,
                                 cols, cmask, HOUT, WRITE_Y)  # fmt: skip
             if SYNC:
-                grid_barrier(sync_ptr, (s - s_begin) * 2 + 2)
+                grid_barrier(sync_ptr, (s - s_begin) * 2 + 2, BARRIER)
 
 
 @kernel_jit
@@ -351,6 +360,7 @@ def _step_bwd_kernel(
     RESIDENT: tl.constexpr = 0,  # as the forward kernel's (with PROJ: its first phase's)
     LOAD_GROUP: tl.constexpr = 1,  # chunks of dG loaded together (tiles.rec_gates_resident)
     RESIDENT_PROJ: tl.constexpr = 0,  # chunks of W_hr held on chip for the cell's phase (PROJ)
+    BARRIER: tl.constexpr = 0,  # as the forward kernel's
 ):  # fmt: skip
     G: tl.constexpr = gate_blocks(CELL)
     acc_ty = dh_ptr.dtype.element_ty
@@ -406,7 +416,7 @@ def _step_bwd_kernel(
                              tl.where(a, total, 0.0).to(dht_ptr.dtype.element_ty),
                              mask=mask2)  # fmt: skip
             if SYNC:
-                grid_barrier(sync_ptr, (s - s_begin) * 2 + 1)
+                grid_barrier(sync_ptr, (s - s_begin) * 2 + 1, BARRIER)
         for tile in range(first, tiles if SYNC else first + 1, every):
             if phases & 1:
                 rows, units, rmask, umask, act, mask2 = block_tile(
@@ -472,7 +482,7 @@ def _step_bwd_kernel(
                     tl.store(dh_ptr + state, tl.where(a, 0.0, dh), mask=mask2)
         next_rows = visit_rows(s + 1, steps_end, T, steps_ptr, REVERSE, True)
         if SYNC:  # the next step's state gradient reads every unit's dG
-            grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ)
+            grid_barrier(sync_ptr, (s - s_begin) * (1 + PROJ) + 1 + PROJ, BARRIER)
         rows_prev = rows_active
         y_row0, rows_active = next_rows
 
@@ -485,7 +495,8 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     runs them (the kernel's ``phases`` argument: one bit per launch, all of them in a
     cooperative launch). ``tensors`` are the kernel's pointer arguments before the steps
     table (the first on the op's device), ``sizes`` those after ``T``, ``flags`` its
-    constexprs but the block configuration. With ``flags["RESIDENT"]`` a cooperative launch
+    constexprs but the block configuration. A cooperative launch's programs meet at grid
+    barriers of the kind :data:`.configs.GRID_BARRIER`. With ``flags["RESIDENT"]`` it
     needs a program per column block of the first phase, whose product holds ``W_hh``
     (:func:`.sync.resident_grid`; the programs walk a second phase's tiles in turn), with
     ``RESIDENT_PROJ`` of the widest phase (H's, a multiple of the other's): on a
@@ -497,8 +508,9 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     tiles = {p: cfg.tiles(cols, B) for p, cols in phase_cols.items()}
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
     if cooperative:
-        sync = torch.zeros(1, dtype=torch.int32, device=dev)
-        kw = dict(flags, SYNC=True)
+        barrier = BARRIER_KINDS[configs.GRID_BARRIER]
+        sync = barrier_state(barrier, dev)
+        kw = dict(flags, SYNC=True, **({"BARRIER": barrier} if barrier else {}))
         if dev.type == "cuda":  # the driver refuses a grid that cannot be co-resident
             kw["launch_cooperative_grid"] = True
         # the arguments around the steps s_begin, s_end

@@ -23,11 +23,12 @@ import triton.language as tl
 
 from . import configs, runtime
 
-# How programs meet at a grid barrier (``grid_barrier``'s KIND). The launches use COUNTER;
-# bench/barrier.py measures RELAXED_POLLS and FLAGS beside it (through the probe kernel), to
-# tell what the wait costs and whether contention at the one counter is part of it.
+# How programs meet at a grid barrier (``grid_barrier``'s KIND, a kernel's ``BARRIER``). The
+# launches use COUNTER (configs.GRID_BARRIER); bench/barrier.py measures RELAXED_POLLS and FLAGS
+# beside it (through the probe kernel), to tell what the wait costs and whether contention at
+# the one counter is part of it, and bench/paths.py times the resident launch with them.
 COUNTER, RELAXED_POLLS, FLAGS = (tl.constexpr(kind) for kind in range(3))
-BARRIER_KINDS = {"counter": 0, "relaxed": 1, "flags": 2}
+BARRIER_KINDS = {name: kind for kind, name in enumerate(configs.BARRIER_KINDS)}
 MAX_FLAG_PROGRAMS = tl.constexpr(1024)  # programs a FLAGS barrier polls at most
 
 
@@ -96,6 +97,14 @@ def _acquire_fence(x):
 COUNTER_LIMIT = 2**31  # the int32 barrier counter wraps here (the programs would wait forever)
 
 
+def barrier_state(kind: int, device) -> torch.Tensor:
+    """The int32 words a barrier of ``kind`` starts from, zero: a flag for each program a
+    FLAGS barrier may hold (:func:`_programs_that_fit` holds grids to that), else the one
+    counter."""
+    return torch.zeros(MAX_FLAG_PROGRAMS.value if kind == FLAGS.value else 1, dtype=torch.int32,
+                       device=device)  # fmt: skip
+
+
 def step_chunks(T: int, barriers_per_step: int, programs: int) -> list[tuple[int, int]]:
     """``(s_begin, s_end)`` of the cooperative launches that run T steps, each with a fresh
     counter: as many steps per launch as the counter holds (one launch but for sequences of
@@ -132,7 +141,8 @@ _fit_cache: dict = {}  # (compiled kernel's hash, device index) -> resident prog
 
 def _programs_that_fit(kernel, args: tuple, kwargs: dict, device) -> int:
     """:func:`resident_programs` of ``kernel`` compiled for these arguments on ``device``
-    (0 when one program needs more shared memory than the GPU has)."""
+    (0 when one program needs more shared memory than the GPU has), at most the programs its
+    barrier can hold (``BARRIER``: a FLAGS barrier polls MAX_FLAG_PROGRAMS flags)."""
     compiled = kernel.warmup(*args, grid=(1,), **kwargs)
     key = (compiled.hash, device.index)
     if key not in _fit_cache:
@@ -148,6 +158,8 @@ def _programs_that_fit(kernel, args: tuple, kwargs: dict, device) -> int:
             props.max_threads_per_multi_processor,
             getattr(props, "shared_memory_per_multiprocessor", 233472),
         )  # fmt: skip
+    if kwargs.get("BARRIER") == FLAGS.value:
+        return min(_fit_cache[key], MAX_FLAG_PROGRAMS.value)
     return _fit_cache[key]
 
 

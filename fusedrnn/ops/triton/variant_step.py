@@ -134,11 +134,11 @@ def _program_tiles():
 
 
 @triton.jit
-def _sync(sync_ptr, s, n, PER_STEP: tl.constexpr, SYNC):
+def _sync(sync_ptr, s, n, PER_STEP: tl.constexpr, SYNC, BARRIER: tl.constexpr):
     """The ``n``-th barrier (1, 2, ...) of the launch's step ``s`` (counted from 0), of
-    PER_STEP per step; nothing in a launch per phase."""
+    PER_STEP per step, of kind BARRIER (sync.BARRIER_KINDS); nothing in a launch per phase."""
     if SYNC:
-        grid_barrier(sync_ptr, s * PER_STEP + n)
+        grid_barrier(sync_ptr, s * PER_STEP + n, BARRIER)
 
 
 @triton.jit
@@ -177,7 +177,7 @@ def _variant_fwd_kernel(
     y_ptr,  # [N, HOUT] packed output (WRITE_Y)
     part_ptr,  # [2, cdiv(H, BLOCK_H), B, 2] partial moments of a step: of s_raw, of c~ (LSTM)
     steps_ptr,  # [T, 2] int32: first row of step t in xg / y / masks, active rows at t
-    sync_ptr,  # [1] int32 barrier counter, zero at launch (SYNC)
+    sync_ptr,  # int32 barrier state, zero at launch (SYNC; sync.barrier_state)
     s_begin: tl.int64, s_end: tl.int64,  # steps s_begin .. s_end - 1 of the visiting order
     phases,  # of each step (see the module docstring), one bit per launch or all of them
     T: tl.int64, B, H, HOUT,  # HOUT: H unless the LSTM projects
@@ -191,6 +191,7 @@ def _variant_fwd_kernel(
     WRITE_Y, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
     W_T: tl.constexpr = False,  # the weights transposed (runtime.weights_transposed)
+    BARRIER: tl.constexpr = 0,  # the grid barrier's kind (sync.BARRIER_KINDS; SYNC)
 ):  # fmt: skip
     acc_ty: tl.constexpr = gates_ptr.dtype.element_ty
     G: tl.constexpr = gate_blocks(CELL, OPTIONS)
@@ -229,7 +230,7 @@ def _variant_fwd_kernel(
                     store_gates(tile_ptrs(shat, rows, units, GH), H, act, mask2, r0, r1, r2, r3, G)
                     mean, m2 = tile_moments(r0, r1, r2, r3, umask, G)
                     store_partial(part_ptr, tile % col_blocks, B, rows, rmask, mean, m2)
-            _sync(sync_ptr, s - s_begin, N1, PER_STEP, SYNC)
+            _sync(sync_ptr, s - s_begin, N1, PER_STEP, SYNC, BARRIER)
         for tile in range(first, tiles, every):  # 2: the gates
             if phases & 2:
                 rows, units, rmask, umask, act, mask2 = block_tile(
@@ -288,7 +289,7 @@ def _variant_fwd_kernel(
                         _lstm_output(o * tanh(c), m_ptr + h_off, hs_ptr, mh_ptr, y_ptr, p_h, hs_r,
                                      hs_w, row0, rows, rmask, act, units, umask, mask2, H, ZONE_H,
                                      PROJ, WRITE_Y)  # fmt: skip
-        _sync(sync_ptr, s - s_begin, N1 + 1, PER_STEP, SYNC)
+        _sync(sync_ptr, s - s_begin, N1 + 1, PER_STEP, SYNC, BARRIER)
         if LN_C:  # 4: the output m = o tanh(LN_c(c~))
             for tile in range(first, tiles, every):
                 if phases & 4:
@@ -310,7 +311,7 @@ def _variant_fwd_kernel(
                     _lstm_output(m, m_ptr + h_off, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0,
                                  rows, rmask, act, units, umask, mask2, H, ZONE_H, PROJ,
                                  WRITE_Y)  # fmt: skip
-            _sync(sync_ptr, s - s_begin, N4, PER_STEP, SYNC)
+            _sync(sync_ptr, s - s_begin, N4, PER_STEP, SYNC, BARRIER)
         if PROJ:  # 8: h~ = m W_hr^T
             out_blocks, out_tiles = _tiles(B, HOUT, BLOCK_B, BLOCK_H)
             for tile in range(first, out_tiles, every):
@@ -322,7 +323,7 @@ def _variant_fwd_kernel(
                                   acc_ty, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)  # fmt: skip
                     emit_state(hn, hs_ptr, mh_ptr, y_ptr, p_h, hs_r, hs_w, row0, rows, rmask, act,
                                cols, cmask, HOUT, ZONE_H, WRITE_Y)  # fmt: skip
-            _sync(sync_ptr, s - s_begin, PER_STEP, PER_STEP, SYNC)
+            _sync(sync_ptr, s - s_begin, PER_STEP, PER_STEP, SYNC, BARRIER)
 
 
 @triton.jit
@@ -406,6 +407,7 @@ def _variant_bwd_kernel(
     PEEPHOLE: tl.constexpr, OPTIONS: tl.constexpr, PROJ: tl.constexpr, ZONE_H, ZONE_C,
     REVERSE, SYNC, HAS_DHS, HAS_DY, HAS_DCS, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    BARRIER: tl.constexpr = 0,  # as the forward kernel's
 ):  # fmt: skip
     acc_ty: tl.constexpr = dh_ptr.dtype.element_ty
     G: tl.constexpr = gate_blocks(CELL, OPTIONS)
@@ -449,7 +451,7 @@ def _variant_bwd_kernel(
                     tl.store(dht_ptr + t * B * HOUT + state, tl.where(a, (1.0 - k) * total, 0.0),
                              mask=mask2)  # fmt: skip
                     tl.store(dh_ptr + state, tl.where(a, k * total, total), mask=mask2)
-            _sync(sync_ptr, s - s_begin, 1, PER_STEP, SYNC)
+            _sync(sync_ptr, s - s_begin, 1, PER_STEP, SYNC, BARRIER)
         for tile in range(first, tiles, every):  # 2
             if phases & 2:
                 rows, units, rmask, umask, act, mask2 = block_tile(
@@ -514,7 +516,7 @@ def _variant_bwd_kernel(
                                        dg, p_c, cs_r, cs_w, row0, rows, act, units, umask, mask2,
                                        H, GH, ZONE_C, HAS_DCS, PEEPHOLE, OPTIONS, acc_ty,
                                        BLOCK_H)  # fmt: skip
-        _sync(sync_ptr, s - s_begin, N2, PER_STEP, SYNC)
+        _sync(sync_ptr, s - s_begin, N2, PER_STEP, SYNC, BARRIER)
         if LN_C:  # 4: through LN_c to the cell state and the other gates; LN_hh's row sums
             for tile in range(first, tiles, every):
                 if phases & 4:
@@ -547,7 +549,7 @@ def _variant_bwd_kernel(
                         sum_d, sum_dx = ln_grad_sums(sum_d, sum_dx, d_f, lnw + H, shat + H, umask,
                                                      mask2)  # fmt: skip
                     store_partial(part_ptr, tile % col_blocks, B, rows, rmask, sum_d, sum_dx)
-            _sync(sync_ptr, s - s_begin, N4, PER_STEP, SYNC)
+            _sync(sync_ptr, s - s_begin, N4, PER_STEP, SYNC, BARRIER)
         if LAYER_NORM:  # 8: through LN_hh to h_prev W_hh^T; dS_raw zero in inactive rows
             for tile in range(first, tiles, every):
                 if phases & 8:
@@ -569,7 +571,7 @@ def _variant_bwd_kernel(
                                 layer_norm_bwd(g1, x1, rstd, mean_d, mean_dx),
                                 layer_norm_bwd(g2, x2, rstd, mean_d, mean_dx),
                                 layer_norm_bwd(g3, x3, rstd, mean_d, mean_dx), G)  # fmt: skip
-            _sync(sync_ptr, s - s_begin, PER_STEP, PER_STEP, SYNC)
+            _sync(sync_ptr, s - s_begin, PER_STEP, PER_STEP, SYNC, BARRIER)
 
 
 def variant_buffers(like: Tensor, cell: str, T: int, B: int, H: int, Hout: int, GH: int,
