@@ -115,7 +115,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -259,6 +259,9 @@ PUBLISHED = {
     ],
 }
 ANCHOR = PUBLISHED  # the shape every comparison is made at
+# the speed goals at the anchor shape in bfloat16 (issue 16, stated for an H100): wall time of
+# one layer's forward and forward+backward
+GOALS_S = {"forward": 4.0e-3, "forward+backward": 11e-3}
 
 
 def l2_latency(gpu: Gpu) -> float:
@@ -1000,6 +1003,66 @@ def predict(
     )
 
 
+def barrier_budget(
+    cfg: KernelConfig, gpu: Gpu, cal: Calibration, dtype: str = "bfloat16"
+) -> dict[str, tuple[float, float]]:
+    """For each of :data:`GOALS_S` at the anchor shape: (what the calibration charges a grid
+    barrier of ``cfg``'s launch, the most a barrier may cost for the calibrated prediction to
+    meet the goal), in seconds. A barrier's cost is all the fit adds per barrier, ``barrier_s``
+    plus ``per_program_s`` for each program meeting there, taken alike at every barrier of the
+    sequence; the prediction is linear in it, so two predictions give the barriers in the
+    sequence and the time without them. Below zero: the goal is missed with free barriers."""
+
+    def wall(barrier_s: float, per_program_s: float) -> tuple[float, float]:
+        fit = replace(cal, barrier_s=barrier_s, per_program_s=per_program_s)
+        p = predict(cfg, gpu, *(ANCHOR[k] for k in ("cell", "B", "T", "I", "H", "layers")),
+                    dtype, cal=fit)  # fmt: skip
+        return p.fwd_s, p.fwdbwd_s
+
+    free, per_us, now = wall(0, 0), wall(1e-6, 0), wall(cal.barrier_s, cal.per_program_s)
+    out = {}
+    for i, (goal, goal_s) in enumerate(GOALS_S.items()):
+        barriers = (per_us[i] - free[i]) / 1e-6
+        out[goal] = ((now[i] - free[i]) / barriers, (goal_s - free[i]) / barriers)
+    return out
+
+
+def _goals(configs: list[KernelConfig], cals: dict[str, Calibration]) -> list[str]:
+    """The section that sets the calibrated resident launches at the anchor beside the goals,
+    as a cost per grid barrier (:func:`barrier_budget`)."""
+    if not cals:
+        return []
+    goals = " and ".join(f"{goal} ≤ {s * 1e3:.1f} ms" for goal, s in GOALS_S.items())
+    lines = [
+        "## What the speed goals need from a grid barrier (calibrated)",
+        "",
+        f"The goals at the anchor shape in bfloat16 ({goals}, stated for an H100) against the "
+        "calibrated resident launch, as the cost of one grid barrier: what the fit charges now "
+        "(its fixed cost per barrier plus its cost per program meeting there) and the most a "
+        "barrier may cost for the calibrated prediction to meet each goal, the rest of each "
+        "step as fitted. These are arithmetic on a fit, not measurements: `bench/barrier.py`'s "
+        "µs per barrier (the barrier alone) and `bench/paths.py`'s `resident barrier=...` rows "
+        "(the launch with another kind of barrier) are what to set beside them.",
+        "",
+        "| GPU | launch | a barrier now, µs (calibrated) | "
+        + " | ".join(f"{goal} ≤ {s * 1e3:.1f} ms needs, µs" for goal, s in GOALS_S.items())
+        + " |",
+        "|---|---|---|" + "---|" * len(GOALS_S),
+    ]
+    for g, cal in cals.items():
+        for c in configs:
+            if c.kind != "resident" or "bfloat16" not in c.dtypes:
+                continue
+            budget = barrier_budget(c, GPUS[g], cal)
+            now = " / ".join(dict.fromkeys(f"{now * 1e6:.2f}" for now, _ in budget.values()))
+            lines.append(
+                f"| {g} | {c.backend}: {c.description} | {now} | "
+                + " | ".join(f"≤ {need * 1e6:.2f}" for _, need in budget.values())
+                + " |"
+            )
+    return lines + [""]
+
+
 # -- report -----------------------------------------------------------------------------------
 
 _ANCHOR_SHAPE = {k: PUBLISHED[k] for k in ("cell", "B", "T", "I", "H", "layers")}
@@ -1298,6 +1361,7 @@ def report(gpus: list[str]) -> str:
             "calibrated IEEE float32 forward rows still take it.",
             "",
         ]
+    lines += _goals(configs, cals)
     lines += _every_config(configs, gpus, cals)
     for case in CASES:
         lines += _case(case, configs, gpus, cals)

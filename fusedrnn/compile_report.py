@@ -275,9 +275,9 @@ def named_launches(
     import torch
 
     from fusedrnn.ops.checks import GATES, VARIANT_CELLS
-    from fusedrnn.ops.triton import step, variant_step
+    from fusedrnn.ops.triton import variant_step
     from fusedrnn.ops.triton.persistent import kernel_path
-    from fusedrnn.ops.triton.runtime import Plan, acc_dtype, capture_launches
+    from fusedrnn.ops.triton.runtime import Plan, capture_launches
 
     B, T, out = 16, 2, []
     plan = Plan(None, T, B, False)
@@ -290,17 +290,11 @@ def named_launches(
         try:
             for cell, G in GATES.items():
                 e = functools.partial(torch.zeros, dtype=dtype)
-                lstm, acc = cell == "lstm", acc_dtype(dtype)
-                c = torch.zeros(T + 1, B, H, dtype=acc) if lstm else None
-                gates = torch.zeros(T, B, 4 * H, dtype=acc) if G > 1 else None
+                lstm = cell == "lstm"
                 with capture_launches() as records:
                     # float64 never takes the resident launch unless forced
                     for path in ("cooperative", "resident")[: 1 if label == "fp64" else 2]:
-                        step.step_fwd(cell, e(T * B, G * H), e(B, H),
-                                      None if c is None else c[0], e(G * H, H), e(G * H), None,
-                                      plan, True, path)  # fmt: skip
-                        step.step_bwd(cell, e(G * H, H), None, e(T + 1, B, H), c, gates,
-                                      e(T + 1, B, H), None, None, plan, path)  # fmt: skip
+                        _layer_launches(cell, dtype, H, 0, plan, path)
                     if cell in VARIANT_CELLS and dtype_name in ("float32", "float64"):
                         ln, zone, par = e(G * H), (0, 0), e(3)
                         ins = (e(G * H, H), ln, *(e(H) if lstm else None,) * 2, None, None,
@@ -314,10 +308,7 @@ def named_launches(
                 P = H // 2
                 with capture_launches() as projected:
                     if lstm and label != "fp64":  # the resident launches' slices follow P
-                        step.step_fwd(cell, e(T * B, G * H), e(B, P), c[0], e(G * H, P),
-                                      e(G * H), e(P, H), plan, True, "resident")  # fmt: skip
-                        step.step_bwd(cell, e(G * H, P), e(P, H), e(T + 1, B, P), c, gates,
-                                      e(T + 1, B, P), None, None, plan, "resident")  # fmt: skip
+                        _layer_launches(cell, dtype, H, P, plan, "resident")
                 for (kernel, _grid, args, kwargs), size in (
                     *((r, f"H={H}") for r in records),
                     *((r, f"H={H} proj={P}") for r in projected),
@@ -333,6 +324,27 @@ def named_launches(
     return out
 
 
+def _layer_launches(cell: str, dtype, H: int, P: int, plan, path: str) -> None:
+    """The step launchers of a layer of ``H`` units (``P``: proj_size, 0 without) on ``path``,
+    forward then backward, on zero tensors of ``dtype`` at ``plan``'s T and B; the caller
+    captures the launches."""
+    import torch
+
+    from fusedrnn.ops.checks import GATES
+    from fusedrnn.ops.triton import step
+    from fusedrnn.ops.triton.runtime import acc_dtype
+
+    G, T, B, acc, Hout = GATES[cell], plan.T, plan.B, acc_dtype(dtype), P or H
+    e = functools.partial(torch.zeros, dtype=dtype)
+    c = torch.zeros(T + 1, B, H, dtype=acc) if cell == "lstm" else None
+    gates = torch.zeros(T, B, 4 * H, dtype=acc) if G > 1 else None
+    w_hr = e(P, H) if P else None
+    step.step_fwd(cell, e(T * B, G * H), e(B, Hout), None if c is None else c[0],
+                  e(G * H, Hout), e(G * H), w_hr, plan, True, path)  # fmt: skip
+    step.step_bwd(cell, e(G * H, Hout), w_hr, e(T + 1, B, Hout), c, gates, e(T + 1, B, Hout),
+                  None, None, plan, path)  # fmt: skip
+
+
 def _candidate_launches(H: int, plan) -> list[tuple[str, Job]]:
     """``(name, job)`` of the LSTM's resident launch at ``H`` in bf16 in each experiment no
     launcher runs yet and gpu_check times at that shape: the config
@@ -341,11 +353,9 @@ def _candidate_launches(H: int, plan) -> list[tuple[str, Job]]:
     ``resident lstm bwd H=768 bf16 barrier=flags``."""
     import torch
 
-    from fusedrnn.ops.triton import configs, step
+    from fusedrnn.ops.triton import configs
     from fusedrnn.ops.triton.runtime import capture_launches
 
-    e, (T, B) = functools.partial(torch.zeros, dtype=torch.bfloat16), (plan.T, plan.B)
-    c, gates = torch.zeros(T + 1, B, H), torch.zeros(T, B, 4 * H)
     experiments = {configs.RESIDENT_CANDIDATE.text(): dict(config=configs.RESIDENT_CANDIDATE)}
     for kind in configs.BARRIER_KINDS:
         if kind != configs.GRID_BARRIER:
@@ -353,10 +363,7 @@ def _candidate_launches(H: int, plan) -> list[tuple[str, Job]]:
     out = []
     for text, given in experiments.items():
         with configs.replaced("resident", **given), capture_launches() as records:
-            step.step_fwd("lstm", e(T * B, 4 * H), e(B, H), c[0], e(4 * H, H), e(4 * H), None,
-                          plan, True, "resident")  # fmt: skip
-            step.step_bwd("lstm", e(4 * H, H), None, e(T + 1, B, H), c, gates, e(T + 1, B, H),
-                          None, None, plan, "resident")  # fmt: skip
+            _layer_launches("lstm", torch.bfloat16, H, 0, plan, "resident")
         out += [(f"resident lstm {kernel.fn.__name__.split('_')[2]} H={H} bf16 {text}",
                  job_key(kernel, args, kwargs, "bf16"))
                 for kernel, _grid, args, kwargs in records]  # fmt: skip

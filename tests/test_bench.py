@@ -630,6 +630,36 @@ def test_calibrated_step_time_by_hand():
     )
 
 
+def test_barrier_budget_by_hand():
+    """What the goals need from a grid barrier: the calibrated resident launch at the anchor
+    (48 programs of 16 units each way, one barrier a step: 1,024 barriers forward, 2,048 with
+    the backward) charges each barrier its fixed cost plus 48 programs' cost, and meets each
+    goal exactly when every barrier costs the amount given, all else as fitted."""
+    h200, cal = costmodel.GPUS["H200"], _cal()
+    (cfg,) = [c for c in costmodel.triton_configs()[0]
+              if c.kind == "resident" and c.picked and "bfloat16" in c.dtypes]  # fmt: skip
+    shape = [costmodel.ANCHOR[k] for k in ("cell", "B", "T", "I", "H", "layers")]
+    budget = costmodel.barrier_budget(cfg, h200, cal)
+    assert list(budget) == ["forward", "forward+backward"]
+
+    def predict(barrier_s: float, per_program_s: float):
+        fit = dataclasses.replace(cal, barrier_s=barrier_s, per_program_s=per_program_s)
+        return costmodel.predict(cfg, h200, *shape, "bfloat16", cal=fit)
+
+    free = predict(0.0, 0.0)
+    for (goal, (now, need)), goal_s, free_s, barriers in zip(
+        budget.items(), (4.0e-3, 11e-3), (free.fwd_s, free.fwdbwd_s), (1024, 2048), strict=True
+    ):
+        assert math.isclose(now, 5e-6 + 48 * 40e-9, rel_tol=1e-9), goal
+        assert math.isclose(need, (goal_s - free_s) / barriers, rel_tol=1e-9), goal
+        met = predict(need, 0.0)
+        assert math.isclose(met.fwd_s if barriers == 1024 else met.fwdbwd_s, goal_s,
+                            rel_tol=1e-9), goal  # fmt: skip
+    fitted = predict(cal.barrier_s, cal.per_program_s)
+    assert math.isclose(fitted.fwd_s, free.fwd_s + 1024 * (5e-6 + 48 * 40e-9), rel_tol=1e-9)
+    assert costmodel._goals([cfg], {}) == []
+
+
 def test_every_config_table_adds_the_calibrated_step_where_a_step_ends_at_barriers():
     step = costmodel.KernelConfig("triton", "step", "hand", block_b=16, block_h=32, block_k=16,
                                   num_warps=4, num_stages=2)  # fmt: skip
