@@ -8,6 +8,8 @@ themselves (names, types, defaults) are rows of :data:`fusedrnn.ops.library.LAYE
 
 from __future__ import annotations
 
+import torch
+
 from .library import (
     BOOL_OPTION_CELLS,
     BOOL_OPTIONS,
@@ -22,6 +24,12 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 VARIANT_CELLS = ("lstm", "gru")  # the cells that take the variant options
 # the cells that take each bool option: those of library.BOOL_OPTION_CELLS, else every variant cell
 OPTION_CELLS = {name: BOOL_OPTION_CELLS.get(name, VARIANT_CELLS) for name in BOOL_OPTIONS}
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a layer op accumulates, keeps its cell state and saves its gates in for inputs
+    of ``dtype``: float64 stays float64, the rest use float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def gate_count(cell: str, cifg: bool = False) -> int:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..variants import LN_EPS
 from . import library
-from .checks import check_layer, gate_count, layer_dims
+from .checks import acc_dtype, check_layer, gate_count, layer_dims
 from .graphs import GraphCache
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -78,7 +78,7 @@ def make_layer(
     def fake_forward(a: library.LayerArgs) -> list[Tensor]:
         (_, N, B, Hout, H), x, cell, G = layer_dims(a), a.x, a.cell, gate_count(a.cell, a.cifg)
         lstm, ln, proj = cell == "lstm", a.ln_ih_w is not None, a.w_hr is not None
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(x.dtype)
 
         def buf(keep: bool, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
             return x.new_empty(shape, dtype=dtype) if keep and a.save else x.new_empty(0)

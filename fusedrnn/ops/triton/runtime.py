@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 import triton.language as tl
 
+from ..checks import acc_dtype
 from ..reference import step_slices
 
 
@@ -157,14 +158,10 @@ def given(placeholder: torch.Tensor, *tensors: torch.Tensor | None) -> list[torc
     return [t if t is not None and t.numel() else placeholder for t in tensors]
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation / cell-state dtype: float64 stays float64, the rest use float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def acc_ty(dtype: torch.dtype) -> tl.dtype:
-    """:func:`acc_dtype` as the kernels' ``ACC_TY`` constexpr."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """:func:`.checks.acc_dtype` as the kernels' ``ACC_TY`` constexpr (the launchers call it
+    as ``runtime.acc_dtype``)."""
+    return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
 
 
 def dot_precision(dtype: torch.dtype) -> str:
