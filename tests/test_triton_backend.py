@@ -370,6 +370,35 @@ def test_resident_grid(monkeypatch):
     assert sync.resident_grid(None, 2, 3, (), {}, cpu) == 0
 
 
+def test_a_flags_barrier_holds_the_grid_to_its_flags(monkeypatch):
+    """The programs that fit at once, as the compiled kernel's registers, warps and shared
+    memory allow on the GPU, at most MAX_FLAG_PROGRAMS for a kernel whose barrier has a flag per
+    program (``BARRIER`` = FLAGS), which polls no more; the other kinds hold any number. The
+    compiled kernel and the GPU are faked (a torch.device needs no GPU)."""
+    from fusedrnn.ops.triton import sync
+
+    compiled = types.SimpleNamespace(
+        hash="fake", n_regs=32, _init_handles=lambda: None,
+        metadata=types.SimpleNamespace(shared=0, num_warps=1),
+    )  # fmt: skip
+    kernel = types.SimpleNamespace(warmup=lambda *args, **kwargs: compiled)
+    props = types.SimpleNamespace(multi_processor_count=100, regs_per_multiprocessor=65536,
+                                  max_threads_per_multi_processor=2048,
+                                  shared_memory_per_multiprocessor=233472)  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(sync, "_fit_cache", {})
+    cuda = torch.device("cuda", 0)
+    # one warp of 32 registers: 32 programs per SM (the per-SM limit), 3,200 on 100 SMs
+    assert sync.resident_programs(32, 0, 1, sms=100) == 3200
+    for kind, fit in ((None, 3200), (sync.COUNTER.value, 3200), (sync.RELAXED_POLLS.value, 3200),
+                      (sync.FLAGS.value, sync.MAX_FLAG_PROGRAMS.value)):  # fmt: skip
+        kwargs = {} if kind is None else {"BARRIER": kind}
+        assert sync._programs_that_fit(kernel, (), kwargs, cuda) == fit, kind
+        assert sync.cooperative_grid(kernel, 5000, (), kwargs, cuda) == fit, kind
+    assert sync.barrier_state(sync.FLAGS.value, "cpu").tolist() == [0] * 1024
+    assert sync.barrier_state(sync.COUNTER.value, "cpu").tolist() == [0]
+
+
 # fp16 under the interpreter, whose tl.dot is right for fp16 and wrong for bf16
 HALF = [pytest.param("cpu", torch.float16, id="interpreter-fp16", marks=needs_interpreter)] + [
     pytest.param("cuda", dtype, id=f"cuda-{dtype}".replace("torch.", ""), marks=[
