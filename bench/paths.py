@@ -12,10 +12,10 @@ program's slice of W_hh held in shared memory, its shipped config and every one 
 every shape or, as ``SHAPE:config``, at that one: a config whose slices do not fit the GPU's
 shared memory is reported, not timed, as the launcher runs the cooperative launch instead;
 and in its shipped config with each grid barrier given, a kind of ``sync.BARRIER_KINDS`` other
-than the launches' counter, the ``barrier`` column). Every provider is first checked against torch.nn (outputs and every gradient,
-bench/providers.py's tolerances); then forward (no grad) and forward+backward are timed
-eagerly, CUDA-event medians over interleaved rounds. Writes ``paths.csv`` and ``paths.md``
-into ``--out``.
+than the launches' counter, the ``barrier`` column). Every provider is first checked against
+torch.nn (outputs and every gradient, bench/providers.py's tolerances); then forward (no grad)
+and forward+backward are timed eagerly, CUDA-event medians over interleaved rounds. Writes
+``paths.csv`` and ``paths.md`` into ``--out``.
 
 The ``*-proj`` shapes run the LSTM with ``proj_size`` (cuDNN has it too): the resident launch
 holds ``W_hr``'s slice on chip beside ``W_hh``'s where it can, and the cooperative launch runs the
