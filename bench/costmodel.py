@@ -1248,22 +1248,61 @@ def _case(
     return lines + [""]
 
 
+def _paths_shape(r: dict) -> tuple:
+    """(cell, variant, B, T, I, H, proj, layers, dtype) of a ``bench/paths.py`` row, from its
+    label (``lstm layer_norm fwd B=16 T=1024 I=768 H=768 proj=384 L=1 float32``), the dtype
+    ``float32+tf32`` where TF32 was on (its shape's name ends in ``tf32``)."""
+    words = r["label"].split(", ")[0].split()
+    at = next(i for i, w in enumerate(words) if w.startswith("B="))
+    sizes = dict(w.split("=") for w in words[at:-1])
+    tf32 = "+tf32" if r["shape"].endswith("tf32") else ""
+    return (words[0], at > 2, *(int(sizes.get(k, 0)) for k in ("B", "T", "I", "H", "proj", "L")),
+            words[-1] + tf32)  # fmt: skip
+
+
+def _paths_rows(case: dict, d: Path, device: str) -> list[str]:
+    """Table rows of ``d/paths.csv`` (``bench/paths.py``, eager medians of each kernel path and
+    config, and of its baseline, in one run) at ``case``'s shape, one per provider that passed
+    its check."""
+    if not (d / "paths.csv").is_file():
+        return []
+    want = (case["cell"], bool(case.get("variant")), case["B"], case["T"], case["I"], case["H"],
+            case.get("proj", 0), case["layers"],
+            case["dtype"] + ("+tf32" if case.get("precision") == "tf32" else ""))  # fmt: skip
+    times: dict[str, dict[str, float]] = {}
+    with open(d / "paths.csv") as f:
+        for r in csv.DictReader(f):
+            if not r.get("problem") and r["ms"] and _paths_shape(r) == want:
+                times.setdefault(r["provider"], {})[r["mode"]] = float(r["ms"])
+    rows = []
+    for provider, t in times.items():
+        name = provider if provider.startswith(("torch.nn", "fusedrnn[")) else (
+            f"fusedrnn[triton] {provider}")  # fmt: skip
+        fwd, fwdbwd = (f"{t[m]:.4g}" if m in t else "" for m in ("fwd", "fwdbwd"))
+        rows.append(f"| {device} | {name} (measured: {d.name}/paths.csv) | | | | | {fwd} | "
+                    f"{fwdbwd} | |")  # fmt: skip
+    return rows
+
+
 def measured(case: dict, results: Path = _ROOT / "bench" / "results") -> list[str]:
     """Table rows of what a GPU measured at ``case``'s shape: ``gpu_check``'s eager medians
     (``results.csv``) and, in rows of their own, the CUDA-graph replay medians of
     ``bench/graph_replay.py`` (``graph_replay.csv``, a run of its own that may predate the
-    eager one), one row per provider, from every ``results/gpu-*/``."""
+    eager one) and the eager medians of each Triton path of ``bench/paths.py`` (``paths.csv``:
+    projected and layer-norm shapes too), one row per provider, from every
+    ``results/gpu-*/`` with a ``results.csv`` (gpu_check writes it before ``paths.csv``)."""
     cell, B, T, I, H, L = (case[k] for k in ("cell", "B", "T", "I", "H", "layers"))  # noqa: E741
     dtype = case["dtype"] + ("+tf32" if case.get("precision") == "tf32" else "")
     rows: list[str] = []
-    # the measurements are of torch.nn's cells only, without projection (gpu_check times the
-    # projected anchor in paths.csv, which is not read here)
-    if case.get("variant") or case.get("proj"):
-        return rows
     for d in sorted(results.glob("gpu-*")):
         if not (d / "results.csv").is_file():
             continue
         meta = json.loads((d / "meta.json").read_text())
+        paths = _paths_rows(case, d, meta["device"])
+        # results.csv and graph_replay.csv are of torch.nn's cells only, without projection
+        if case.get("variant") or case.get("proj"):
+            rows += paths
+            continue
         eager: dict[str, dict[str, str]] = {}
         with open(d / "results.csv") as f:
             for r in csv.DictReader(f):
@@ -1288,6 +1327,7 @@ def measured(case: dict, results: Path = _ROOT / "bench" / "results") -> list[st
                     f"| {meta['device']} | {provider} (measured: {d.name}/graph_replay.csv) | "
                     f"| | | | | | {g['fwd']}, {g['fwdbwd']} (measured) |"
                 )
+        rows += paths
     return rows
 
 
@@ -1305,7 +1345,8 @@ def report(gpus: list[str]) -> str:
         "uncalibrated prediction is optimistic by construction (peak rates, perfect overlap of "
         "compute, memory and latency); rows marked *calibrated* are fits to a GPU's "
         "measurements instead (below). Rows marked *measured* are not predictions: they are read from "
-        "`bench/results/gpu-*/` (`python -m fusedrnn.gpu_check`, eager calls; "
+        "`bench/results/gpu-*/` (`python -m fusedrnn.gpu_check`, eager calls, and its "
+        "`bench/paths.py` rows, each Triton path forced; "
         "`bench/graph_replay.py`, the same calls replayed from a CUDA graph, in the last "
         "column), and rows marked *published* are other projects' measurements. *(automatic "
         "path)* marks the Triton kernels the launcher runs at that shape on that GPU unless a "

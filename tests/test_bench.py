@@ -630,6 +630,55 @@ def test_calibrated_step_time_by_hand():
     )
 
 
+def test_costmodel_reads_the_paths_rows_at_each_case(tmp_path):
+    """The report's measured rows include bench/paths.py's (every path, config and barrier that
+    passed its check, in one run) at the case's shape only: the same cell, sizes, projection,
+    layer norm or not, dtype, and TF32 only where the case allows it."""
+    d = tmp_path / "gpu-fake"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"device": "Fake GPU", "date": "2026-12-07"}))
+    (d / "results.csv").write_text("cell,B,T,I,H,layers,dtype,mode,provider,status,median_ms\n")
+    anchor = "B=16 T=1024 I=768 H=768"
+    rows = [
+        ("anchor", f"lstm fwd {anchor} L=1 bfloat16", "fwd", "resident", "8.5", ""),
+        ("anchor", f"lstm fwdbwd {anchor} L=1 bfloat16", "fwdbwd", "resident", "17.25", ""),
+        ("anchor", f"lstm fwd {anchor} L=1 bfloat16", "fwd", "resident barrier=flags", "6", ""),
+        ("anchor", f"lstm fwd {anchor} L=1 bfloat16", "fwd", "resident 16x32x64w4s1", "", "ran"),
+        ("anchor", f"lstm fwd {anchor} L=1 bfloat16", "fwd", "torch.nn", "18.3", ""),
+        ("anchor-proj", f"lstm fwd {anchor} proj=384 L=1 bfloat16", "fwd", "resident", "16", ""),
+        ("ln-anchor", f"lstm layer_norm fwd {anchor} L=1 float32", "fwd", "cooperative (shipped)",
+         "90", ""),
+        ("mid-tf32", "lstm fwd B=64 T=100 I=512 H=512 L=1 float32, TF32 on", "fwd", "resident",
+         "2", ""),
+    ]  # fmt: skip
+    lines = ["shape,label,mode,provider,ms,problem"]
+    lines += [",".join(f'"{v}"' if "," in v else v for v in r) for r in rows]
+    (d / "paths.csv").write_text("\n".join(lines) + "\n")
+    shape = dict(cell="lstm", B=16, T=1024, I=768, H=768, layers=1, dtype="bfloat16")
+
+    def got(**case):
+        """GPU, implementation, fwd and fwd+bwd ms of each measured row"""
+        cells = [[c.strip() for c in line.strip("|").split("|")]
+                 for line in costmodel.measured(dict(shape, **case), tmp_path)]  # fmt: skip
+        return [[c[0], c[1], c[6], c[7]] for c in cells]
+
+    where = "(measured: gpu-fake/paths.csv)"
+    assert got() == [
+        ["Fake GPU", f"fusedrnn[triton] resident {where}", "8.5", "17.25"],
+        ["Fake GPU", f"fusedrnn[triton] resident barrier=flags {where}", "6", ""],
+        ["Fake GPU", f"torch.nn {where}", "18.3", ""],
+    ]
+    assert got(proj=384) == [["Fake GPU", f"fusedrnn[triton] resident {where}", "16", ""]]
+    assert got(dtype="float32", variant=True) == [
+        ["Fake GPU", f"fusedrnn[triton] cooperative (shipped) {where}", "90", ""]
+    ]
+    assert got(dtype="float32") == [] and got(proj=256) == []
+    mid = dict(B=64, T=100, I=512, H=512, dtype="float32")
+    assert got(**mid, precision="tf32") == [["Fake GPU", f"fusedrnn[triton] resident {where}",
+                                              "2", ""]]  # fmt: skip
+    assert got(**mid) == []
+
+
 def test_barrier_budget_by_hand():
     """What the goals need from a grid barrier: the calibrated resident launch at the anchor
     (48 programs of 16 units each way, one barrier a step: 1,024 barriers forward, 2,048 with
