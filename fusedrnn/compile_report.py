@@ -487,18 +487,23 @@ def failed(row: dict) -> bool:
     return bool(row["error"] or row["spill_st"] or row["spill_ld"] or row.get("conflicts"))
 
 
-def _fmt(row: dict) -> str:
+def _fmt(row: dict, listed: bool = False) -> str:
+    """A compile's row: arch, kernel, dtype, block config, then its registers, spills and
+    shared memory (or its error), then its flags and the integer arguments Triton marks
+    divisible by 16; ``listed``: the compile not yet run (``--list``), without the stats."""
     j = row["job"]
     name = j.kernel.strip("_").removesuffix("_kernel")
-    if row["error"]:
-        stats = f"ERROR {row['error']}"
+    if listed:
+        stats = ""
+    elif row["error"]:
+        stats = f" ERROR {row['error']}"
     else:
         spill = f"{row['spill_st']}/{row['spill_ld']}"
-        stats = f"{row['regs']:>4} {spill:>11} {row['smem']:>7}"
+        stats = f" {row['regs']:>4} {spill:>11} {row['smem']:>7}"
         if row.get("conflicts"):
             stats += f" BANK CONFLICTS {row['conflicts']}"
     div = ",".join(a for a in j.attrs if not a.endswith("_ptr")) or "-"
-    return (f"sm_{j.arch:<3} {name:<28} {j.precision:<5} {j.blocks():<16} {stats}  "
+    return (f"sm_{j.arch:<3} {name:<28} {j.precision:<5} {j.blocks():<16}{stats}  "
             f"[{j.flags()}] div16:{div}")  # fmt: skip
 
 
@@ -533,8 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(todo)} specialisations from the launch code in {time.time() - start:.1f} s")
     if args.list:
         for j in todo:
-            print(f"sm_{j.arch} {j.kernel} {j.precision} {j.blocks()} [{j.flags()}] "
-                  f"div16:{','.join(j.attrs)}")  # fmt: skip
+            print(_fmt({"job": j}, listed=True))
         return 0
     print(f"{'arch':<7} {'kernel':<28} {'dtype':<5} {'block config':<16} "
           f"{'regs':>4} {'spill st/ld':>11} {'smem B':>7}  [flags] div16")  # fmt: skip
