@@ -195,8 +195,17 @@ def _launch_shape(torch, dtype, B, H, Hp, packed, reverse):
                                              plan)  # fmt: skip
 
 
-_BINDERS: dict = {}  # "backend": a sm_90 backend; id(kernel): Triton's argument binder
+_BINDERS: dict = {}  # id(kernel): Triton's argument binder
 _PACKED: dict = {}
+
+
+@functools.cache
+def _sm90_backend():
+    """Triton's compiler backend for sm_90, which binds and packs the launches' arguments."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    return make_backend(GPUTarget("cuda", 90, 32))
 
 
 def job_key(kernel, args: tuple, kwargs: dict, precision: str = "", arch: int = 0) -> Job:
@@ -204,13 +213,9 @@ def job_key(kernel, args: tuple, kwargs: dict, precision: str = "", arch: int = 
     ``tt.divisibility`` attributes exactly as ``JITFunction.run`` derives them (Triton's own
     binder: integer and pointer divisibility, integers equal to 1 made constant,
     ``do_not_specialize``)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    if "backend" not in _BINDERS:
-        _BINDERS["backend"] = make_backend(GPUTarget("cuda", 90, 32))
-    backend = _BINDERS["backend"]
+    backend = _sm90_backend()
     if id(kernel) not in _BINDERS:
         _BINDERS[id(kernel)] = create_function_from_signature(kernel.signature, kernel.params,
                                                               backend)  # fmt: skip
