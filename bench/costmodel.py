@@ -1097,6 +1097,10 @@ CASES = [
     {"label": "GPU headline with a projection, TF32 allowed", "cell": "lstm", "B": 64,
      "T": 100, "I": 512, "H": 512, "proj": 256, "layers": 1, "dtype": "float32",
      "precision": "tf32"},
+    # the variant kernels' phases with the projection's one more
+    {"label": "layer-norm LSTM with a projection (variant kernels)", "cell": "lstm", "B": 16,
+     "T": 1024, "I": 768, "H": 768, "proj": 384, "layers": 1, "dtype": "float32",
+     "variant": True},
 ]  # fmt: skip
 
 
