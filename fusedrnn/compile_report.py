@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 looped = c["PROJ"] and not c.get("RESIDENT_PROJ")
                 walked = " (W_hr's K loop walked once)" if looped else ""
                 note = f"  {row['round_trips']} dependent global round trips per step{walked}{note}"
-            print(f"sm_{job.arch:<3} {name:<44} {_fmt(row).split(None, 3)[3]}{note}")
+            print(f"sm_{job.arch:<3} {name:<48} {_fmt(row).split(None, 3)[3]}{note}")
     print(f"{len(todo)} compiles in {time.time() - start:.0f} s; {failures} with errors, spills "
           "or bank conflicts")  # fmt: skip
     return 1 if failures else 0
