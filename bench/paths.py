@@ -248,13 +248,14 @@ def main(argv=None) -> int:
                         f"{ms if ms else float('nan'):9.3f} ms  {problems[name]}",
                         flush=True,
                     )
-        write(args.out, rows, args.device)  # after each shape: a run stopped early keeps them
+                # after each shape and mode: a run stopped early keeps what it timed
+                write(args.out, rows, args.device)
     return 1 if any(r["problem"] for r in rows) else 0
 
 
 def write(out: Path, rows: list[dict], device: str) -> None:
     """``paths.csv`` and ``paths.md`` of ``rows``, each file replaced whole and at once (a run
-    stopped while writing leaves the last shape's files)."""
+    stopped while writing leaves the files of the mode timed before)."""
     from fusedrnn.charlm.checkpoint import atomic_write_bytes
 
     text = io.StringIO(newline="")

@@ -23,10 +23,11 @@ say, after writing the report):
    (``barrier.csv``, ``barrier.md``); then
    bench/paths.py: the Triton backend's launches (a launch per step, the cooperative launch and
    the resident one, there also with 32 units per program, an experiment the calibrated cost
-   model suggests, and with each other kind of grid barrier) at the bf16 anchor shape, of the layer-norm variants, and last of the
-   anchor with a projection (``proj_size`` H/2), each checked first against torch.nn or
-   fusedrnn's reference op (``paths.csv``, ``paths.md``, written after each shape, so that
-   the shapes done stay when the budget stops the rest).
+   model suggests, and with each other kind of grid barrier) at the bf16 anchor shape, of the
+   layer-norm variants, and last of the anchor with a projection (``proj_size`` H/2), each
+   checked first against torch.nn or fusedrnn's reference op (``paths.csv``, ``paths.md``,
+   written after each shape and mode, so that what was timed stays when the budget stops the
+   rest).
 
 Into ``--out`` (default ``bench/results/gpu-<name>/``; a scratch directory with ``--dry-run``)
 it also writes ``gpu_check.json`` (phases, wall times, counts), ``summary.md`` and
