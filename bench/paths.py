@@ -150,9 +150,12 @@ def check(cfg: P.Config, path: str, config, barrier) -> str:
 
 
 def barrier_kind(text: str) -> str:
-    """``text``, a grid barrier's kind (``sync.BARRIER_KINDS``); ValueError for another text."""
+    """``text``, a grid barrier's kind (``sync.BARRIER_KINDS``) other than the launches' own;
+    ValueError for another text."""
     if text not in configs.BARRIER_KINDS:
         raise ValueError(f"no barrier kind {text!r} ({', '.join(configs.BARRIER_KINDS)})")
+    if text == configs.GRID_BARRIER:
+        raise ValueError(f"{text!r} is the launches' own barrier (the provider 'resident')")
     return text
 
 
@@ -165,8 +168,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="resident configs besides the shipped ones (BxHxKwWsS, as --configs), "
                          "each at every shape or, as SHAPE:config, at that one")  # fmt: skip
     ap.add_argument("--resident-barriers", default="",
-                    help="grid barriers (counter, relaxed, flags) the resident launch runs "
-                         "with besides the counter, as --resident-configs")  # fmt: skip
+                    help="grid barriers the resident launch runs with besides its own "
+                         "(relaxed, flags), as --resident-configs")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-run-time", type=float, default=0.05)
     ap.add_argument("--device", default="cuda")

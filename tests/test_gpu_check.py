@@ -335,6 +335,7 @@ def test_gpu_plan_holds_the_headline_shapes():
     ("--configs anchor:16x16x64w4s2", "not a config like"),
     ("--resident-barriers anchor:flag", "no barrier kind 'flag' (counter, relaxed, flags)"),
     ("--resident-barriers ancor:flags", "no shape 'ancor'"),
+    ("--resident-barriers counter", "'counter' is the launches' own barrier"),
 ])  # fmt: skip
 def test_bench_paths_names_a_bad_shape_config_or_barrier(argv, says, capsys):
     import paths
