@@ -492,13 +492,13 @@ def failed(row: dict) -> bool:
     return bool(row["error"] or row["spill_st"] or row["spill_ld"] or row.get("conflicts"))
 
 
-def _fmt(row: dict, listed: bool = False) -> str:
+def _fmt(row: dict) -> str:
     """A compile's row: arch, kernel, dtype, block config, then its registers, spills and
     shared memory (or its error), then its flags and the integer arguments Triton marks
-    divisible by 16; ``listed``: the compile not yet run (``--list``), without the stats."""
+    divisible by 16; a row of a compile not run (``--list``: only its ``job``) without stats."""
     j = row["job"]
     name = j.kernel.strip("_").removesuffix("_kernel")
-    if listed:
+    if "error" not in row:
         stats = ""
     elif row["error"]:
         stats = f" ERROR {row['error']}"
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(todo)} specialisations from the launch code in {time.time() - start:.1f} s")
     if args.list:
         for j in todo:
-            print(_fmt({"job": j}, listed=True))
+            print(_fmt({"job": j}))
         return 0
     print(f"{'arch':<7} {'kernel':<28} {'dtype':<5} {'block config':<16} "
           f"{'regs':>4} {'spill st/ld':>11} {'smem B':>7}  [flags] div16")  # fmt: skip
