@@ -1288,18 +1288,28 @@ def _paths_rows(case: dict, d: Path, device: str) -> list[str]:
     return rows
 
 
+def _paths_device(d: Path) -> str:
+    """The GPU of a ``bench/paths.py`` run written to ``d`` without gpu_check's ``meta.json``:
+    the first words of its ``paths.md``'s machine line (``NVIDIA H200, torch ...``)."""
+    if not (d / "paths.md").is_file():
+        return d.name
+    line = next((ln for ln in (d / "paths.md").read_text().splitlines()[1:] if ln), "")
+    return line.split(",")[0] or d.name
+
+
 def measured(case: dict, results: Path = _ROOT / "bench" / "results") -> list[str]:
     """Table rows of what a GPU measured at ``case``'s shape: ``gpu_check``'s eager medians
     (``results.csv``) and, in rows of their own, the CUDA-graph replay medians of
     ``bench/graph_replay.py`` (``graph_replay.csv``, a run of its own that may predate the
     eager one) and the eager medians of each Triton path of ``bench/paths.py`` (``paths.csv``:
     projected and layer-norm shapes too), one row per provider, from every
-    ``results/gpu-*/`` with a ``results.csv`` (gpu_check writes it before ``paths.csv``)."""
+    ``results/gpu-*/`` (a ``paths.py`` run of its own included)."""
     cell, B, T, I, H, L = (case[k] for k in ("cell", "B", "T", "I", "H", "layers"))  # noqa: E741
     dtype = case["dtype"] + ("+tf32" if case.get("precision") == "tf32" else "")
     rows: list[str] = []
     for d in sorted(results.glob("gpu-*")):
         if not (d / "results.csv").is_file():
+            rows += _paths_rows(case, d, _paths_device(d))
             continue
         meta = json.loads((d / "meta.json").read_text())
         paths = _paths_rows(case, d, meta["device"])

@@ -677,6 +677,15 @@ def test_costmodel_reads_the_paths_rows_at_each_case(tmp_path):
     assert got(**mid, precision="tf32") == [["Fake GPU", f"fusedrnn[triton] resident {where}",
                                               "2", ""]]  # fmt: skip
     assert got(**mid) == []
+    # a paths.py run of its own (no results.csv, no meta.json) is read too, its GPU named by
+    # its paths.md, else by its directory
+    alone = tmp_path / "gpu-alone"
+    alone.mkdir()
+    (alone / "paths.csv").write_text(lines[0] + "\n" + lines[1] + "\n")
+    assert got()[0] == ["gpu-alone", "fusedrnn[triton] resident (measured: gpu-alone/paths.csv)",
+                         "8.5", ""]  # fmt: skip
+    (alone / "paths.md").write_text("# Triton kernel paths\n\nOther GPU, torch 2.13; eager\n")
+    assert got()[0][0] == "Other GPU" and len(got()) == 4
 
 
 def test_barrier_budget_by_hand():

@@ -250,12 +250,16 @@ def test_long_sequences_run_in_several_launches(case, monkeypatch):
     sequence runs as several launches over consecutive steps, each with a fresh counter (the
     split: step_chunks). Here five steps run two at a time, three launches each way, and the
     results equal a single launch's bit for bit."""
-    from fusedrnn.ops.triton import step
+    from fusedrnn.ops.triton import step, sync
     from fusedrnn.ops.triton.sync import step_chunks
 
     # 2**31 - 1 arrivals: 4,067,203 steps of two barriers for 264 programs
     assert step_chunks(5, 2, 264) == [(0, 5)]
     assert step_chunks(10**7, 2, 264) == [(0, 4067203), (4067203, 8134406), (8134406, 10**7)]
+    # a flags barrier raises each program's own flag by one: 2**31 - 1 barriers whatever the grid
+    flags = sync.FLAGS.value
+    assert step_chunks(10**7, 2, 1024, flags) == [(0, 10**7)]
+    assert step_chunks(2**30 + 1, 2, 1024, flags) == [(0, 2**30 - 1), (2**30 - 1, 2**30 + 1)]
     a = layer_cases.make_inputs(case, torch.float64, DEVICE)
     with tb.kernel_path("cooperative"):
         want = layer_cases.outputs_and_grads(tb.layer, a)

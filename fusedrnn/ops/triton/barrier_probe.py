@@ -31,6 +31,7 @@ from .sync import (
     COUNTER_LIMIT,
     FLAGS,
     MAX_FLAG_PROGRAMS,
+    barrier_rise,
     barrier_state,
     grid_barrier,
 )
@@ -82,7 +83,7 @@ def probe(programs: int, n_barriers: int, exchange: bool, device: torch.device,
     if flags and programs > _MAX_FLAGS:
         raise ValueError(f"{programs} programs: a flags barrier polls at most "
                          f"{_MAX_FLAGS}")  # fmt: skip
-    if n_barriers * (1 if flags else programs) >= COUNTER_LIMIT:
+    if n_barriers * barrier_rise(BARRIER_KINDS[kind], programs) >= COUNTER_LIMIT:
         raise ValueError(f"{n_barriers} barriers of {programs} programs overflow the int32 "
                          "barrier counter")  # fmt: skip
     if device.type != "cuda" and programs > 1 and not runtime.capturing():

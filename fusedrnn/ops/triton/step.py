@@ -525,8 +525,8 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
         else:
             grid = cooperative_grid(kernel, max(tiles.values()), args, kw, dev)
         if grid:
-            # a phase ends at a barrier: one launch, or a few when the counter would wrap
-            for i, (begin, end) in enumerate(step_chunks(T, len(tiles), grid)):
+            # a phase ends at a barrier: one launch, or a few when its state would wrap
+            for i, (begin, end) in enumerate(step_chunks(T, len(tiles), grid, barrier)):
                 if i:
                     sync.zero_()
                 runtime.launch(kernel, (grid,), *head, begin, end, *tail, **kw)

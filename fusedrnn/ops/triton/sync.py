@@ -105,11 +105,19 @@ def barrier_state(kind: int, device) -> torch.Tensor:
                        device=device)  # fmt: skip
 
 
-def step_chunks(T: int, barriers_per_step: int, programs: int) -> list[tuple[int, int]]:
+def barrier_rise(kind: int, programs: int) -> int:
+    """How much one barrier of ``kind`` among ``programs`` raises the highest word of its state
+    (:func:`barrier_state`): the counter by one arrival per program, a FLAGS program's flag by
+    one. A launch's barriers times this must stay below COUNTER_LIMIT."""
+    return 1 if kind == FLAGS.value else programs
+
+
+def step_chunks(T: int, barriers_per_step: int, programs: int,
+                kind: int = COUNTER.value) -> list[tuple[int, int]]:  # fmt: skip
     """``(s_begin, s_end)`` of the cooperative launches that run T steps, each with a fresh
-    counter: as many steps per launch as the counter holds (one launch but for sequences of
-    millions of steps)."""
-    per_launch = max(1, (COUNTER_LIMIT - 1) // (barriers_per_step * programs))
+    barrier state: as many steps per launch as its words hold (:func:`barrier_rise`; one
+    launch but for sequences of millions of steps)."""
+    per_launch = max(1, (COUNTER_LIMIT - 1) // (barriers_per_step * barrier_rise(kind, programs)))
     return [(s, min(T, s + per_launch)) for s in range(0, T, per_launch)]
 
 
