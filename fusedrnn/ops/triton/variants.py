@@ -111,13 +111,12 @@ def backward(a: library.LayerArgs, plan: runtime.Plan, buffers, dhs, dcs, dy) ->
         # w_ci and w_cf (none with CIFG) act on c_prev, w_co on c~
         peep = [(0, c_prev), (H, c_prev)][: 1 if a.cifg else 2] + [(GH - H, ct)]
         out["w_ch"] = torch.stack([(dgx[..., q : q + H] * c).sum((0, 1)) for q, c in peep])
-    # the layer norms: LN_ih's gain and bias, then back through it; LN_hh's gain and bias
+    # the layer norms: LN_ih's gain, then back through it; LN_hh's gain (their biases' gradients
+    # are those of b_ih and b_hh, which layer_op sums once for both)
     dxg = du = runtime.input_grad_rows(dgx, plan)
     if a.ln_ih_w is not None:
         out["ln_ih_w"] = (dxg * uhat).sum(0)
-        out["ln_ih_b"] = dxg.sum(0)
         du = _ln_bwd(dxg * a.ln_ih_w, uhat, rstd_u)
     if ln_hh_w is not None:
         out["ln_hh_w"] = (dgs * shat).sum((0, 1))
-        out["ln_hh_b"] = dgs.sum((0, 1))
     return out, dxg, du, dgs, ds, dht
