@@ -487,7 +487,8 @@ def _step_bwd_kernel(
         y_row0, rows_active = next_rows
 
 
-def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperative) -> bool:
+def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperative,
+                  table=None) -> bool:  # fmt: skip
     """Launch ``kernel`` over the plan's steps in block config ``cfg``: every step in one
     cooperative launch (:func:`.sync.step_chunks`), or a launch per phase of each step with a
     program per tile.
@@ -502,9 +503,10 @@ def launch_phases(kernel, tensors, sizes, flags, plan, cfg, phase_cols, cooperat
     ``RESIDENT_PROJ`` of the widest phase (H's, a multiple of the other's): on a
     GPU it returns False, launching nothing, when they do not fit at once; under the
     interpreter, which runs one program at a time, several column blocks run a launch per
-    step."""
+    step. ``table``: the plan's :func:`.common.steps_table`, made here when not given (a
+    caller trying several launches makes it once)."""
     T, B, dev = plan.T, plan.B, tensors[0].device
-    table = steps_table(plan, dev)
+    table = steps_table(plan, dev) if table is None else table
     tiles = {p: cfg.tiles(cols, B) for p, cols in phase_cols.items()}
     flags = dict(flags, REVERSE=plan.reverse, **cfg.launch_kwargs())
     if cooperative:
@@ -562,6 +564,7 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
     cols = ({2: Hout, 1: H} if backward else {1: H, 2: Hout}) if flags["PROJ"] else {1: H}
     if path == "resident" and not resident_allowed(flags["PRECISION"], flags["PROJ"], backward):
         path = "cooperative"
+    table = steps_table(plan, tensors[0].device)  # one for every launch tried
     if path == "resident":
         cfg = pick_resident_config(plan.B, H, dtype, backward)
         e, dev = tensors[0].element_size(), tensors[0].device
@@ -575,13 +578,13 @@ def _launch_steps(kernel, tensors, sizes, flags, plan, path, backward):
                 kw = dict(flags, RESIDENT=chunks, LOAD_GROUP=g)
                 if pc:
                     kw["RESIDENT_PROJ"] = pc
-                if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True):
+                if launch_phases(kernel, tensors, sizes, kw, plan, cfg, cols, True, table):
                     return
         runtime.count_not_resident()
         path = "cooperative"
     cfg = (pick_cooperative_config(plan.B, H, dtype, backward, flags["PROJ"])
            if path == "cooperative" else pick_step_config(plan.B, H))  # fmt: skip
-    launch_phases(kernel, tensors, sizes, flags, plan, cfg, cols, path == "cooperative")
+    launch_phases(kernel, tensors, sizes, flags, plan, cfg, cols, path == "cooperative", table)
 
 
 def step_fwd(
