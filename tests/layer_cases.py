@@ -183,6 +183,10 @@ def outputs_and_grads(layer, a: dict, seed: int = 1, pick: int | None = None, wa
     ups = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in used]
     leaves = {k: v for k, v in a.items() if k in names and v is not None}
     grads = torch.autograd.grad(used, list(leaves.values()), ups, allow_unused=wanted is None)
+    # one tensor given as two gradients (a backend's shared sum) would let an optimizer's
+    # in-place step on one parameter's gradient change another's
+    starts = [g.data_ptr() for g in grads if g is not None and g.numel()]
+    assert len(set(starts)) == len(starts), "two gradients share memory"
     return [None if o is None else o.detach() for o in outs], dict(zip(leaves, grads, strict=True))
 
 
