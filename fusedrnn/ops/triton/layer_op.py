@@ -112,18 +112,18 @@ def _backward(a: library.LayerArgs, plan: runtime.Plan, buffers, needs, out, dxg
         out["w_ih"] = du.t() @ runtime.flat_rows(x, plan)
     if n["w_hh"]:
         out["w_hh"] = ds.view(N, -1).t() @ runtime.prev_states(buffers[0], plan).reshape(N, -1)
-    # The biases' gradients are column sums: b_ih's of dG, b_hh's of dG_h (dG itself but for the
-    # GRU, dense input), a layer norm's bias's those of the bias it is added beside. Each sum is
-    # made once; a second use gets a copy (the op's outputs must not alias).
+    # The biases' gradients are column sums: b_ih's of dG, b_hh's of dG_h (often dG itself: then,
+    # with dense input, one sum serves both), a layer norm's bias's those of the bias it is added
+    # beside. Each sum is made once; a second use gets a copy (outputs must not alias).
     sums: dict[tuple[int, int], Tensor] = {}
     for names, rows in ((("b_ih", "ln_ih_b"), dxg), (("b_hh", "ln_hh_b"), dgh)):
         key = (rows.data_ptr(), rows.numel())
-        for name in (name for name in names if n[name]):
+        for name in filter(n.get, names):
             if key in sums:
                 out[name] = sums[key].clone()
             else:
-                out[name] = sums[key] = rows.reshape(-1, rows.shape[-1]).sum(0, dtype=acc).to(
-                    x.dtype)  # fmt: skip
+                total = rows.reshape(-1, rows.shape[-1]).sum(0, dtype=acc)
+                sums[key] = out[name] = total.to(x.dtype)
     if n["w_hr"] and a.w_hr is not None:  # m [T, B, H] comes just before y in both lists
         out["w_hr"] = dht.view(N, -1).t() @ buffers[_y_buffer(a) - 1].view(N, -1)
     return [out.get(name) if need else None for name, need in zip(GRAD_INPUTS, needs, strict=True)]
